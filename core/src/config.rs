@@ -1,0 +1,225 @@
+//! The plugin configuration (Envoy `configuration`, Istio `pluginConfig`):
+//! JSON schema, defaults, and validation into `Settings`.
+
+use serde::Deserialize;
+
+use crate::error::{json_parts, ConfigError};
+use crate::group::is_valid_group;
+use crate::table::{Limits, RawTable, Table};
+
+fn default_group_header() -> String {
+    "x-isogroup".into()
+}
+fn default_baggage_key() -> Option<String> {
+    Some("isogroup".into())
+}
+fn default_cookie() -> String {
+    "isogroup".into()
+}
+fn default_strict_header() -> String {
+    "x-isogroup-strict".into()
+}
+fn default_cluster_header() -> String {
+    "x-isogroup-cluster".into()
+}
+fn default_target_header() -> String {
+    "x-isogroup-target".into()
+}
+fn default_base_group() -> String {
+    "base".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_failfast_status() -> u16 {
+    503
+}
+fn default_table_path() -> String {
+    "/v1/table".into()
+}
+fn default_wait_s() -> u32 {
+    25
+}
+
+/// The JSON document as written by the user. Every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default = "default_group_header")]
+    pub group_header: String,
+    /// `null` disables reading and writing the baggage member.
+    #[serde(default = "default_baggage_key")]
+    pub baggage_key: Option<String>,
+    #[serde(default = "default_cookie")]
+    pub cookie: String,
+    #[serde(default = "default_strict_header")]
+    pub strict_header: String,
+    #[serde(default = "default_cluster_header")]
+    pub cluster_header: String,
+    #[serde(default = "default_target_header")]
+    pub target_header: String,
+    #[serde(default = "default_base_group")]
+    pub base_group: String,
+    #[serde(default)]
+    pub workload_group: Option<String>,
+    #[serde(default = "default_true")]
+    pub inject_baggage: bool,
+    #[serde(default = "default_true")]
+    pub annotate_response: bool,
+    #[serde(default = "default_failfast_status")]
+    pub failfast_status: u16,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub table: Option<TableSource>,
+}
+
+/// Where the route table comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TableSource {
+    Inline(RawTable),
+    Companion(CompanionSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompanionSource {
+    /// The Envoy cluster that reaches the companion.
+    pub cluster: String,
+    /// `:authority` sent to it.
+    pub authority: String,
+    #[serde(default = "default_table_path")]
+    pub path: String,
+    /// Long-poll hold time asked of the companion.
+    #[serde(default = "default_wait_s")]
+    pub wait_s: u32,
+}
+
+/// The validated configuration the filter runs with.
+#[derive(Debug)]
+pub struct Settings {
+    pub group_header: String,
+    pub baggage_key: Option<String>,
+    pub cookie: String,
+    pub strict_header: String,
+    pub cluster_header: String,
+    pub target_header: String,
+    pub base_group: String,
+    pub workload_group: Option<String>,
+    pub inject_baggage: bool,
+    pub annotate_response: bool,
+    pub failfast_status: u16,
+    pub limits: Limits,
+    pub source: Source,
+}
+
+/// The table source after validation; the inline table is already compiled.
+#[derive(Debug)]
+pub enum Source {
+    None,
+    Inline(Table),
+    Companion(CompanionSource),
+}
+
+impl Settings {
+    /// Parses and validates a plugin configuration. Empty input means all
+    /// defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        let bytes = if bytes.trim_ascii().is_empty() { b"{}" } else { bytes };
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let (path, message) = json_parts(e);
+            ConfigError::Json { path, message }
+        })?;
+        Settings::validate(raw)
+    }
+
+    pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
+        let headers = [
+            ("group_header", &raw.group_header),
+            ("strict_header", &raw.strict_header),
+            ("cluster_header", &raw.cluster_header),
+            ("target_header", &raw.target_header),
+        ];
+        for (field, value) in headers {
+            if !is_header_name(value) {
+                return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
+            }
+        }
+        if let Some(key) = &raw.baggage_key {
+            if !is_token(key) {
+                return Err(ConfigError::InvalidValue { field: "baggage_key", value: key.clone(), why: "a baggage key is a non-empty token" });
+            }
+        }
+        if !is_token(&raw.cookie) {
+            return Err(ConfigError::InvalidValue { field: "cookie", value: raw.cookie.clone(), why: "a cookie name is a non-empty token" });
+        }
+        if !is_valid_group(raw.base_group.as_bytes()) {
+            return Err(ConfigError::InvalidGroupName { field: "base_group", value: raw.base_group });
+        }
+        if let Some(g) = &raw.workload_group {
+            if !is_valid_group(g.as_bytes()) {
+                return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
+            }
+        }
+        if !(400..=599).contains(&raw.failfast_status) {
+            return Err(ConfigError::InvalidValue {
+                field: "failfast_status",
+                value: raw.failfast_status.to_string(),
+                why: "an HTTP error status, 400 to 599",
+            });
+        }
+        let source = match raw.table {
+            None => Source::None,
+            Some(TableSource::Inline(t)) => {
+                Source::Inline(Table::compile(&t, &raw.base_group, &raw.limits).map_err(ConfigError::InlineTable)?)
+            }
+            Some(TableSource::Companion(c)) => {
+                validate_companion(&c)?;
+                Source::Companion(c)
+            }
+        };
+        Ok(Settings {
+            group_header: raw.group_header,
+            baggage_key: raw.baggage_key,
+            cookie: raw.cookie,
+            strict_header: raw.strict_header,
+            cluster_header: raw.cluster_header,
+            target_header: raw.target_header,
+            base_group: raw.base_group,
+            workload_group: raw.workload_group,
+            inject_baggage: raw.inject_baggage,
+            annotate_response: raw.annotate_response,
+            failfast_status: raw.failfast_status,
+            limits: raw.limits,
+            source,
+        })
+    }
+}
+
+fn validate_companion(c: &CompanionSource) -> Result<(), ConfigError> {
+    if c.cluster.is_empty() {
+        return Err(ConfigError::InvalidValue { field: "table.companion.cluster", value: c.cluster.clone(), why: "the Envoy cluster of the companion, not empty" });
+    }
+    if c.authority.is_empty() || !c.authority.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::InvalidValue { field: "table.companion.authority", value: c.authority.clone(), why: "a host[:port]" });
+    }
+    if !c.path.starts_with('/') {
+        return Err(ConfigError::InvalidValue { field: "table.companion.path", value: c.path.clone(), why: "an absolute path starting with '/'" });
+    }
+    if !(1..=300).contains(&c.wait_s) {
+        return Err(ConfigError::InvalidValue { field: "table.companion.wait_s", value: c.wait_s.to_string(), why: "seconds, 1 to 300" });
+    }
+    Ok(())
+}
+
+/// Envoy lower-cases header names; a configured name must already be lower-case.
+fn is_header_name(name: &str) -> bool {
+    is_token(name) && !name.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// RFC 9110 token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

@@ -1,0 +1,115 @@
+//! The one decision: where a request goes. Pure and allocation-free; the
+//! filter, the companion's `/v1/resolve` and `explain`, and the tests call it.
+
+use crate::authority;
+use crate::group::strict_lists;
+use crate::table::{ServiceId, Table};
+
+/// The plain request values the decision needs, already read from headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestView<'a> {
+    /// The `:authority` (or `host`) as sent.
+    pub authority: &'a [u8],
+    /// A valid group name, or `None` for the base group.
+    pub group: Option<&'a str>,
+    /// The strict-list header value (`svc,svc` or `*`), if any.
+    pub strict: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// The service is not in the table: Envoy's route stays as it is.
+    PassThrough,
+    Route(Route<'a>),
+    FailFast(FailFast<'a>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub service: &'a str,
+    /// The group the request asked for (the base group when none).
+    pub group: &'a str,
+    /// The group whose instance serves it.
+    pub serving: &'a str,
+    pub cluster: &'a str,
+    /// `serving != group`.
+    pub fallback: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailFast<'a> {
+    pub service: &'a str,
+    pub group: &'a str,
+    pub reason: FailReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// The request's group is in strict mode.
+    StrictGroup,
+    /// The request's strict header lists the service (or `*`).
+    StrictRequest,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::StrictGroup => "strict_group",
+            FailReason::StrictRequest => "strict_request",
+        }
+    }
+}
+
+/// Decides for a request addressed by `:authority`.
+pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
+    let mut buf = [0u8; authority::MAX_HOST_LEN + 1];
+    let Some(service) = authority::normalize(req.authority, &mut buf).and_then(|h| table.service_by_host(h)) else {
+        return Decision::PassThrough;
+    };
+    resolve(table, service, req.group, req.strict)
+}
+
+/// Decides for a service named directly (companion `/v1/resolve`, `explain`).
+pub fn decide_service<'a>(table: &'a Table, service: &str, group: Option<&'a str>, strict: Option<&'a [u8]>) -> Decision<'a> {
+    match table.service_by_name(service) {
+        Some(id) => resolve(table, id, group, strict),
+        None => Decision::PassThrough,
+    }
+}
+
+fn resolve<'a>(table: &'a Table, service: ServiceId, group: Option<&'a str>, strict: Option<&'a [u8]>) -> Decision<'a> {
+    let service_name = table.service_name(service);
+    let requested = group.and_then(|g| table.group_id(g));
+    let group_name = group.unwrap_or_else(|| table.group_name(table.base()));
+
+    // A group the table does not know has no instance anywhere: straight to base.
+    let own = requested.and_then(|g| table.cluster(service, g));
+    if own.is_none() {
+        let strict_group = requested.is_some_and(|g| table.is_strict(g));
+        let strict_request = strict.is_some_and(|s| strict_lists(s, service_name));
+        let is_base = requested == Some(table.base()) || group.is_none();
+        if !is_base && (strict_group || strict_request) {
+            let reason = if strict_group { FailReason::StrictGroup } else { FailReason::StrictRequest };
+            return Decision::FailFast(FailFast { service: service_name, group: group_name, reason });
+        }
+    }
+    if let (Some(cluster), Some(g)) = (own, requested) {
+        return route(service_name, group_name, table.group_name(g), cluster, false);
+    }
+    let order = requested.map_or(&[][..], |g| table.order(g));
+    for &g in order.iter().skip(1) {
+        if let Some(cluster) = table.cluster(service, g) {
+            return route(service_name, group_name, table.group_name(g), cluster, true);
+        }
+    }
+    // Every service has a base cluster (validated), so this always routes.
+    let base = table.base();
+    match table.cluster(service, base) {
+        Some(cluster) => route(service_name, group_name, table.group_name(base), cluster, group.is_some() && requested != Some(base)),
+        None => Decision::PassThrough,
+    }
+}
+
+fn route<'a>(service: &'a str, group: &'a str, serving: &'a str, cluster: &'a str, fallback: bool) -> Decision<'a> {
+    Decision::Route(Route { service, group, serving, cluster, fallback })
+}

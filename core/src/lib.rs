@@ -1,0 +1,19 @@
+//! isogroup-core: pure isolation-group routing. No I/O, no proxy-wasm: the
+//! filter, the companion and the tests all call the same `decide`.
+#![forbid(unsafe_code)]
+
+pub mod authority;
+pub mod config;
+pub mod decide;
+pub mod error;
+pub mod group;
+pub mod table;
+
+pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};
+pub use decide::{decide, decide_service, Decision, FailFast, FailReason, RequestView, Route};
+pub use error::{ConfigError, TableError};
+pub use group::{GroupName, Lookup};
+pub use table::{Limits, Mode, RawGroup, RawService, RawTable, Table};
+
+#[cfg(test)]
+mod tests;

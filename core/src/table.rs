@@ -1,0 +1,402 @@
+//! The route table: its JSON schema (`RawTable`) and the immutable compiled
+//! form (`Table`) that `decide` reads. Compiling validates everything once, so
+//! the per-request path only does lookups.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::authority;
+use crate::error::{json_parts, TableError};
+use crate::group::is_valid_group;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    #[serde(default)]
+    pub version: u64,
+    /// Defaults to the plugin's `base_group` (itself `base` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_group: Option<String>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, RawGroup>,
+    #[serde(default)]
+    pub services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    #[serde(default, skip_serializing_if = "Mode::is_permissive")]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Permissive,
+    Strict,
+}
+
+impl Mode {
+    fn is_permissive(&self) -> bool {
+        *self == Mode::Permissive
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub hosts: Vec<String>,
+    pub clusters: BTreeMap<String, String>,
+}
+
+/// Size limits; a table over any of them is rejected whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_services: usize,
+    pub max_groups: usize,
+    pub max_cluster_entries: usize,
+    pub max_table_bytes: usize,
+    pub max_fallback_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_services: 100_000,
+            max_groups: 1_000,
+            max_cluster_entries: 1_000_000,
+            max_table_bytes: 64 << 20,
+            max_fallback_depth: 8,
+        }
+    }
+}
+
+pub type GroupId = u32;
+pub type ServiceId = u32;
+
+/// The compiled table. Immutable: a new version is compiled beside it and
+/// swapped in whole.
+#[derive(Debug)]
+pub struct Table {
+    version: u64,
+    base: GroupId,
+    group_names: Vec<Box<str>>,
+    group_index: HashMap<Box<str>, GroupId>,
+    groups: Vec<CompiledGroup>,
+    services: Vec<CompiledService>,
+    service_index: HashMap<Box<str>, ServiceId>,
+    host_index: HashMap<Box<str>, ServiceId>,
+}
+
+#[derive(Debug)]
+struct CompiledGroup {
+    strict: bool,
+    /// The group itself, its fallbacks depth first (each once), then base.
+    order: Box<[GroupId]>,
+}
+
+#[derive(Debug)]
+struct CompiledService {
+    name: Box<str>,
+    /// Sorted by group id: a handful of entries, binary searched.
+    clusters: Box<[(GroupId, Box<str>)]>,
+}
+
+impl Table {
+    /// Parses JSON bytes and compiles them; `default_base` is used when the
+    /// table names no `base_group`.
+    pub fn from_json(bytes: &[u8], default_base: &str, limits: &Limits) -> Result<Table, TableError> {
+        if bytes.len() > limits.max_table_bytes {
+            return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawTable = serde_path_to_error::deserialize(de).map_err(|e| {
+            let (path, message) = json_parts(e);
+            TableError::Json { path, message }
+        })?;
+        Table::compile(&raw, default_base, limits)
+    }
+
+    pub fn compile(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, TableError> {
+        Compiler::new(raw, default_base, limits)?.finish()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn base(&self) -> GroupId {
+        self.base
+    }
+
+    pub fn group_name(&self, id: GroupId) -> &str {
+        self.group_names.get(id as usize).map_or("", |n| n)
+    }
+
+    pub fn group_id(&self, name: &str) -> Option<GroupId> {
+        self.group_index.get(name).copied()
+    }
+
+    pub fn service_by_host(&self, host: &str) -> Option<ServiceId> {
+        self.host_index.get(host).copied()
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<ServiceId> {
+        self.service_index.get(name).copied()
+    }
+
+    pub fn service_name(&self, id: ServiceId) -> &str {
+        self.services.get(id as usize).map_or("", |s| &s.name)
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.group_names.len()
+    }
+
+    /// Every service name with its id, in id order.
+    pub fn services(&self) -> impl Iterator<Item = (ServiceId, &str)> {
+        self.services.iter().enumerate().map(|(i, s)| (i as ServiceId, &*s.name))
+    }
+
+    /// Every group name with its id, in id order.
+    pub fn groups(&self) -> impl Iterator<Item = (GroupId, &str)> {
+        self.group_names.iter().enumerate().map(|(i, g)| (i as GroupId, &**g))
+    }
+
+    pub(crate) fn is_strict(&self, group: GroupId) -> bool {
+        self.groups.get(group as usize).is_some_and(|g| g.strict)
+    }
+
+    pub(crate) fn order(&self, group: GroupId) -> &[GroupId] {
+        self.groups.get(group as usize).map_or(&[], |g| &g.order)
+    }
+
+    pub(crate) fn cluster(&self, service: ServiceId, group: GroupId) -> Option<&str> {
+        let clusters = &self.services.get(service as usize)?.clusters;
+        let i = clusters.binary_search_by_key(&group, |(g, _)| *g).ok()?;
+        Some(&clusters[i].1)
+    }
+}
+
+struct Compiler<'r> {
+    raw: &'r RawTable,
+    limits: &'r Limits,
+    base_name: &'r str,
+    group_names: Vec<Box<str>>,
+    group_index: HashMap<Box<str>, GroupId>,
+}
+
+impl<'r> Compiler<'r> {
+    fn new(raw: &'r RawTable, default_base: &'r str, limits: &'r Limits) -> Result<Self, TableError> {
+        let base_name = raw.base_group.as_deref().unwrap_or(default_base);
+        if !is_valid_group(base_name.as_bytes()) {
+            return Err(TableError::InvalidGroupName { field: "base_group".into(), name: base_name.into() });
+        }
+        if raw.services.len() > limits.max_services {
+            return Err(TableError::TooMany { field: "services", count: raw.services.len(), limit: limits.max_services });
+        }
+        let entries: usize = raw.services.values().map(|s| s.clusters.len()).sum();
+        if entries > limits.max_cluster_entries {
+            return Err(TableError::TooMany { field: "services.*.clusters", count: entries, limit: limits.max_cluster_entries });
+        }
+        let mut c = Compiler { raw, limits, base_name, group_names: Vec::new(), group_index: HashMap::new() };
+        c.intern(base_name);
+        for name in raw.groups.keys() {
+            if !is_valid_group(name.as_bytes()) {
+                return Err(TableError::InvalidGroupName { field: format!("groups.{name}"), name: name.clone() });
+            }
+            c.intern(name);
+        }
+        for (svc, s) in &raw.services {
+            for group in s.clusters.keys() {
+                if !is_valid_group(group.as_bytes()) {
+                    return Err(TableError::InvalidGroupName { field: format!("services.{svc}.clusters.{group}"), name: group.clone() });
+                }
+                c.intern(group);
+            }
+        }
+        if c.group_names.len() > limits.max_groups {
+            return Err(TableError::TooMany { field: "groups", count: c.group_names.len(), limit: limits.max_groups });
+        }
+        Ok(c)
+    }
+
+    fn intern(&mut self, name: &str) -> GroupId {
+        if let Some(&id) = self.group_index.get(name) {
+            return id;
+        }
+        let id = self.group_names.len() as GroupId;
+        self.group_names.push(name.into());
+        self.group_index.insert(name.into(), id);
+        id
+    }
+
+    fn finish(self) -> Result<Table, TableError> {
+        let groups = self.compile_groups()?;
+        let (services, service_index, host_index) = self.compile_services()?;
+        Ok(Table {
+            version: self.raw.version,
+            base: 0,
+            group_names: self.group_names,
+            group_index: self.group_index,
+            groups,
+            services,
+            service_index,
+            host_index,
+        })
+    }
+
+    fn compile_groups(&self) -> Result<Vec<CompiledGroup>, TableError> {
+        for (name, g) in &self.raw.groups {
+            if name == self.base_name && !g.fallback.is_empty() {
+                return Err(TableError::BaseHasFallback { group: name.clone() });
+            }
+            if g.mode == Mode::Strict && !g.fallback.is_empty() {
+                return Err(TableError::StrictWithFallback { group: name.clone() });
+            }
+            for f in &g.fallback {
+                if !self.group_index.contains_key(f.as_str()) {
+                    return Err(TableError::UnknownFallback { group: name.clone(), fallback: f.clone() });
+                }
+            }
+        }
+        let mut depth: HashMap<&str, usize> = HashMap::new();
+        for name in self.raw.groups.keys() {
+            let mut path = Vec::new();
+            let d = self.depth(name, &mut path, &mut depth)?;
+            if d > self.limits.max_fallback_depth {
+                return Err(TableError::FallbackTooDeep { group: name.clone(), depth: d, limit: self.limits.max_fallback_depth });
+            }
+        }
+        let compiled = self
+            .group_names
+            .iter()
+            .map(|name| {
+                let strict = self.raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
+                let mut order = Vec::new();
+                self.visit(name, &mut order);
+                let base = 0;
+                if !order.contains(&base) {
+                    order.push(base);
+                }
+                CompiledGroup { strict, order: order.into() }
+            })
+            .collect();
+        Ok(compiled)
+    }
+
+    /// Longest fallback chain below `name`, in edges; errors on a cycle.
+    fn depth<'a>(&'a self, name: &'a str, path: &mut Vec<&'a str>, memo: &mut HashMap<&'a str, usize>) -> Result<usize, TableError> {
+        if let Some(&d) = memo.get(name) {
+            return Ok(d);
+        }
+        if let Some(start) = path.iter().position(|&p| p == name) {
+            let mut cycle: Vec<&str> = path[start..].to_vec();
+            cycle.push(name);
+            return Err(TableError::FallbackCycle { group: path[start].to_owned(), cycle: cycle.join(" -> ") });
+        }
+        path.push(name);
+        let mut d = 0;
+        for f in self.raw.groups.get(name).map_or(&[][..], |g| &g.fallback) {
+            d = d.max(1 + self.depth(f, path, memo)?);
+        }
+        path.pop();
+        memo.insert(name, d);
+        Ok(d)
+    }
+
+    /// Depth-first resolution order; acyclic by the time it runs.
+    fn visit(&self, name: &str, order: &mut Vec<GroupId>) {
+        let Some(&id) = self.group_index.get(name) else { return };
+        if order.contains(&id) {
+            return;
+        }
+        order.push(id);
+        for f in self.raw.groups.get(name).map_or(&[][..], |g| &g.fallback) {
+            self.visit(f, order);
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn compile_services(
+        &self,
+    ) -> Result<(Vec<CompiledService>, HashMap<Box<str>, ServiceId>, HashMap<Box<str>, ServiceId>), TableError> {
+        let mut services = Vec::with_capacity(self.raw.services.len());
+        let mut service_index = HashMap::with_capacity(self.raw.services.len());
+        let mut host_index: HashMap<Box<str>, ServiceId> = HashMap::new();
+        for (id, (name, s)) in self.raw.services.iter().enumerate() {
+            let id = id as ServiceId;
+            if !is_valid_service(name) {
+                return Err(TableError::InvalidServiceName { service: name.clone() });
+            }
+            if s.hosts.is_empty() {
+                return Err(TableError::NoHosts { service: name.clone() });
+            }
+            for host in &s.hosts {
+                if host.contains('/') || host.contains('*') {
+                    return Err(TableError::InvalidHost { service: name.clone(), host: host.clone(), why: "a host has no '/' and no wildcard" });
+                }
+                let norm = authority::normalize_owned(host)
+                    .ok_or_else(|| TableError::InvalidHost { service: name.clone(), host: host.clone(), why: "empty, too long, or not printable ASCII" })?;
+                if let Some(&other) = host_index.get(norm.as_str()) {
+                    if other != id {
+                        let other = services.get(other as usize).map_or(String::new(), |s: &CompiledService| s.name.to_string());
+                        return Err(TableError::DuplicateHost { service: name.clone(), host: host.clone(), other });
+                    }
+                }
+                host_index.insert(norm.into(), id);
+            }
+            if !s.clusters.contains_key(self.base_name) {
+                return Err(TableError::NoBaseCluster { service: name.clone(), base: self.base_name.to_owned() });
+            }
+            let mut clusters = Vec::with_capacity(s.clusters.len());
+            for (group, cluster) in &s.clusters {
+                if let Err(why) = check_cluster(cluster) {
+                    return Err(TableError::InvalidCluster { service: name.clone(), group: group.clone(), cluster: cluster.clone(), why });
+                }
+                if let Some(&g) = self.group_index.get(group.as_str()) {
+                    clusters.push((g, cluster.as_str().into()));
+                }
+            }
+            clusters.sort_by_key(|(g, _)| *g);
+            service_index.insert(name.as_str().into(), id);
+            services.push(CompiledService { name: name.as_str().into(), clusters: clusters.into() });
+        }
+        Ok((services, service_index, host_index))
+    }
+}
+
+/// Service names: lower-case DNS-ish (`reviews`, `reviews.default`).
+pub fn is_valid_service(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+        && b.iter().all(|c| alnum(c) || *c == b'-' || *c == b'.')
+}
+
+/// A cluster name travels as a header value: printable ASCII, no spaces.
+fn check_cluster(cluster: &str) -> Result<(), &'static str> {
+    if cluster.is_empty() {
+        return Err("empty");
+    }
+    if cluster.len() > 1024 {
+        return Err("longer than 1024 bytes");
+    }
+    if !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("only printable ASCII without spaces");
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Table-driven tests of every decision step and every validation error.
+//! They run natively and, compiled to wasm32, under Node.js.
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use crate::*;
+
+const TABLE: &str = r#"{
+  "version": 42,
+  "groups": {
+    "feature-1": { "fallback": ["team-a"] },
+    "team-a":    { "fallback": [] },
+    "team-s":    { "mode": "strict" },
+    "deep":      { "fallback": ["mid", "other"] },
+    "mid":       { "fallback": ["team-a"] },
+    "other":     {}
+  },
+  "services": {
+    "reviews": {
+      "hosts": ["reviews", "reviews.default.svc.cluster.local"],
+      "clusters": {
+        "base":      "reviews-base",
+        "feature-1": "reviews-f1",
+        "team-s":    "reviews-s"
+      }
+    },
+    "ratings": {
+      "hosts": ["ratings"],
+      "clusters": { "base": "ratings-base", "team-a": "ratings-a", "other": "ratings-other" }
+    },
+    "details": {
+      "hosts": ["details", "[::1]"],
+      "clusters": { "base": "details-base", "other": "details-other" }
+    }
+  }
+}"#;
+
+fn table() -> Table {
+    Table::from_json(TABLE.as_bytes(), "base", &Limits::default()).unwrap()
+}
+
+/// What a decision comes to, as one comparable string.
+fn outcome(d: Decision<'_>) -> String {
+    match d {
+        Decision::PassThrough => "pass".into(),
+        Decision::Route(r) => {
+            format!("{}={} via {}{}", r.service, r.serving, r.cluster, if r.fallback { " (fallback)" } else { "" })
+        }
+        Decision::FailFast(f) => format!("failfast {} {} {}", f.service, f.group, f.reason.as_str()),
+    }
+}
+
+#[test]
+fn decisions() {
+    let t = table();
+    // (authority, group, strict header, expected)
+    let cases: &[(&str, Option<&str>, Option<&str>, &str)] = &[
+        // step 2: unknown service passes through, group or not
+        ("productpage", None, None, "pass"),
+        ("productpage", Some("feature-1"), Some("*"), "pass"),
+        ("", None, None, "pass"),
+        // no group: base
+        ("reviews", None, None, "reviews=base via reviews-base"),
+        ("reviews", None, Some("*"), "reviews=base via reviews-base"),
+        ("reviews", Some("base"), Some("*"), "reviews=base via reviews-base"),
+        // authority normalisation: port, case, trailing dot, IPv6
+        ("REVIEWS:9080", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
+        ("reviews.default.svc.cluster.local.", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
+        ("[::1]:8080", Some("other"), None, "details=other via details-other"),
+        // step 3: own instance
+        ("reviews", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
+        // fallback chain: feature-1 -> team-a -> base
+        ("ratings", Some("feature-1"), None, "ratings=team-a via ratings-a (fallback)"),
+        ("details", Some("feature-1"), None, "details=base via details-base (fallback)"),
+        // depth first: deep -> mid -> team-a before other
+        ("ratings", Some("deep"), None, "ratings=team-a via ratings-a (fallback)"),
+        ("details", Some("deep"), None, "details=other via details-other (fallback)"),
+        // a group the table does not know goes to base
+        ("reviews", Some("nobody"), None, "reviews=base via reviews-base (fallback)"),
+        // step 4: strict group fails fast, wins over strict_request
+        ("ratings", Some("team-s"), None, "failfast ratings team-s strict_group"),
+        ("ratings", Some("team-s"), Some("ratings"), "failfast ratings team-s strict_group"),
+        ("reviews", Some("team-s"), None, "reviews=team-s via reviews-s"),
+        // strict request: listed service, list with spaces, `*`, not listed
+        ("ratings", Some("feature-1"), Some("ratings"), "failfast ratings feature-1 strict_request"),
+        ("ratings", Some("feature-1"), Some(" details , ratings "), "failfast ratings feature-1 strict_request"),
+        ("ratings", Some("feature-1"), Some("*"), "failfast ratings feature-1 strict_request"),
+        ("ratings", Some("feature-1"), Some("details"), "ratings=team-a via ratings-a (fallback)"),
+        ("reviews", Some("feature-1"), Some("*"), "reviews=feature-1 via reviews-f1"),
+        ("reviews", Some("nobody"), Some("reviews"), "failfast reviews nobody strict_request"),
+    ];
+    for (authority, group, strict, want) in cases {
+        let req = RequestView { authority: authority.as_bytes(), group: *group, strict: strict.map(str::as_bytes) };
+        assert_eq!(outcome(decide(&t, &req)), *want, "{authority:?} {group:?} {strict:?}");
+    }
+}
+
+#[test]
+fn decide_by_service_name() {
+    let t = table();
+    assert_eq!(outcome(decide_service(&t, "ratings", Some("feature-1"), None)), "ratings=team-a via ratings-a (fallback)");
+    assert_eq!(outcome(decide_service(&t, "nope", Some("feature-1"), None)), "pass");
+}
+
+#[test]
+fn compiled_table_facts() {
+    let t = table();
+    assert_eq!(t.version(), 42);
+    assert_eq!(t.service_count(), 3);
+    assert_eq!(t.group_name(t.base()), "base");
+    assert_eq!(t.services().map(|(_, n)| n).collect::<Vec<_>>(), ["details", "ratings", "reviews"]);
+}
+
+#[test]
+fn table_base_group_override() {
+    let json = r#"{"base_group":"stable","services":{"a":{"hosts":["a"],"clusters":{"stable":"a0"}}}}"#;
+    let t = Table::from_json(json.as_bytes(), "base", &Limits::default()).unwrap();
+    let req = RequestView { authority: b"a", group: Some("x"), strict: None };
+    assert_eq!(outcome(decide(&t, &req)), "a=stable via a0 (fallback)");
+}
+
+fn table_error(json: &str, limits: Limits) -> String {
+    match Table::from_json(json.as_bytes(), "base", &limits) {
+        Ok(_) => "accepted".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn table_validation_errors() {
+    let svc = |clusters: &str| format!(r#"{{"services":{{"reviews":{{"hosts":["reviews"],"clusters":{clusters}}}}}}}"#);
+    let groups = |g: &str| format!(r#"{{"groups":{g},"services":{{"a":{{"hosts":["a"],"clusters":{{"base":"a0","x":"ax","y":"ay"}}}}}}}}"#);
+    let cases: Vec<(String, &str)> = vec![
+        (svc(r#"{"feature-1":"c"}"#), r#"services.reviews.clusters: no cluster for base group "base""#),
+        (svc(r#"{"base":"c","Bad":"d"}"#), r#"services.reviews.clusters.Bad: "Bad" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
+        (svc(r#"{"base":"has space"}"#), r#"services.reviews.clusters.base: "has space" is not a valid cluster name (only printable ASCII without spaces)"#),
+        (svc(r#"{"base":""}"#), r#"services.reviews.clusters.base: "" is not a valid cluster name (empty)"#),
+        (r#"{"services":{"Reviews":{"hosts":["r"],"clusters":{"base":"c"}}}}"#.into(), r#"services.Reviews: "Reviews" is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)"#),
+        (r#"{"services":{"r":{"hosts":[],"clusters":{"base":"c"}}}}"#.into(), "services.r.hosts: the list is empty; a service needs at least one host"),
+        (r#"{"services":{"r":{"hosts":["*.r"],"clusters":{"base":"c"}}}}"#.into(), r#"services.r.hosts: "*.r" is not a valid host (a host has no '/' and no wildcard)"#),
+        (r#"{"services":{"r":{"hosts":["a b"],"clusters":{"base":"c"}}}}"#.into(), r#"services.r.hosts: "a b" is not a valid host (empty, too long, or not printable ASCII)"#),
+        (
+            r#"{"services":{"a":{"hosts":["shared"],"clusters":{"base":"c"}},"b":{"hosts":["Shared."],"clusters":{"base":"c"}}}}"#.into(),
+            r#"services.b.hosts: host "Shared." already belongs to service "a""#,
+        ),
+        (groups(r#"{"x":{"mode":"strict","fallback":["y"]}}"#), "groups.x: a strict group cannot have a fallback"),
+        (groups(r#"{"base":{"fallback":["x"]}}"#), "groups.base: the base group cannot have a fallback"),
+        (groups(r#"{"x":{"fallback":["nope"]}}"#), r#"groups.x.fallback: unknown group "nope" (not in groups, not the base group, not serving any service)"#),
+        (groups(r#"{"x":{"fallback":["y"]},"y":{"fallback":["x"]}}"#), "groups.x.fallback: cycle x -> y -> x"),
+        (groups(r#"{"x":{"fallback":["x"]}}"#), "groups.x.fallback: cycle x -> x"),
+        (groups(r#"{"Bad":{}}"#), r#"groups.Bad: "Bad" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
+        (groups(r#"{"x":{"mode":"loose"}}"#), "groups.x.mode: unknown variant `loose`, expected `permissive` or `strict` at line 1 column 30"),
+        (r#"{"base_group":"Base"}"#.into(), r#"base_group: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
+        (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `base_group`, `groups`, `services` at line 1 column 11"),
+        (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 63"),
+        ("not json".into(), "(document): expected ident at line 1 column 2"),
+        (r#"{"version":-1}"#.into(), "version: invalid value: integer `-1`, expected u64 at line 1 column 13"),
+        ("{}".into(), "accepted"),
+    ];
+    for (json, want) in &cases {
+        assert_eq!(table_error(json, Limits::default()), *want, "{json}");
+    }
+}
+
+#[test]
+fn fallback_depth_limit() {
+    // g0 -> g1 -> … -> g9: depth 9 from g0
+    let mut groups = Vec::new();
+    for i in 0..10 {
+        let fb = if i < 9 { format!(r#"["g{}"]"#, i + 1) } else { "[]".into() };
+        groups.push(format!(r#""g{i}":{{"fallback":{fb}}}"#));
+    }
+    let json = format!(r#"{{"groups":{{{}}}}}"#, groups.join(","));
+    assert_eq!(table_error(&json, Limits::default()), "groups.g0.fallback: chain depth 9 exceeds the limit of 8");
+    let deep_ok = Limits { max_fallback_depth: 9, ..Limits::default() };
+    assert_eq!(table_error(&json, deep_ok), "accepted");
+}
+
+#[test]
+fn size_limits() {
+    let two = r#"{"groups":{"x":{},"y":{}},"services":{"a":{"hosts":["a"],"clusters":{"base":"c","x":"d"}},"b":{"hosts":["b"],"clusters":{"base":"c"}}}}"#;
+    let lim = |f: fn(&mut Limits)| {
+        let mut l = Limits::default();
+        f(&mut l);
+        l
+    };
+    assert_eq!(table_error(two, lim(|l| l.max_services = 1)), "services: 2 exceeds the limit of 1");
+    assert_eq!(table_error(two, lim(|l| l.max_groups = 2)), "groups: 3 exceeds the limit of 2");
+    assert_eq!(table_error(two, lim(|l| l.max_cluster_entries = 2)), "services.*.clusters: 3 exceeds the limit of 2");
+    assert_eq!(table_error(two, lim(|l| l.max_table_bytes = 10)), format!("table: {} bytes exceeds the limit of 10", two.len()));
+    assert_eq!(table_error(two, Limits::default()), "accepted");
+}
+
+fn config_error(json: &str) -> String {
+    match Settings::from_json(json.as_bytes()) {
+        Ok(_) => "accepted".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn config_defaults() {
+    let s = Settings::from_json(b"").unwrap();
+    assert_eq!(s.group_header, "x-isogroup");
+    assert_eq!(s.baggage_key.as_deref(), Some("isogroup"));
+    assert_eq!(s.cookie, "isogroup");
+    assert_eq!(s.strict_header, "x-isogroup-strict");
+    assert_eq!(s.cluster_header, "x-isogroup-cluster");
+    assert_eq!(s.target_header, "x-isogroup-target");
+    assert_eq!(s.base_group, "base");
+    assert_eq!(s.workload_group, None);
+    assert!(s.inject_baggage && s.annotate_response);
+    assert_eq!(s.failfast_status, 503);
+    assert_eq!(s.limits, Limits::default());
+    assert!(matches!(s.source, Source::None));
+    let s = Settings::from_json(br#"{"baggage_key":null,"table":{"companion":{"cluster":"c","authority":"companion"}}}"#).unwrap();
+    assert_eq!(s.baggage_key, None);
+    match s.source {
+        Source::Companion(c) => assert_eq!((c.path.as_str(), c.wait_s), ("/v1/table", 25)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn config_validation_errors() {
+    let cases: &[(&str, &str)] = &[
+        (r#"{"group_header":"X-Group"}"#, r#"group_header: "X-Group" is not a valid header name (lower-case token characters)"#),
+        (r#"{"cluster_header":"a b"}"#, r#"cluster_header: "a b" is not a valid header name (lower-case token characters)"#),
+        (r#"{"baggage_key":""}"#, r#"baggage_key: "" is not valid (a baggage key is a non-empty token)"#),
+        (r#"{"cookie":"a=b"}"#, r#"cookie: "a=b" is not valid (a cookie name is a non-empty token)"#),
+        (r#"{"base_group":"BASE"}"#, r#"base_group: "BASE" is not a valid group name (DNS-1123 label)"#),
+        (r#"{"workload_group":"-x"}"#, r#"workload_group: "-x" is not a valid group name (DNS-1123 label)"#),
+        (r#"{"failfast_status":200}"#, r#"failfast_status: "200" is not valid (an HTTP error status, 400 to 599)"#),
+        (r#"{"failfast_status":"503"}"#, r#"failfast_status: invalid type: string "503", expected u16 at line 1 column 24"#),
+        (r#"{"colour":1}"#, "colour: unknown field `colour`, expected one of `group_header`, `baggage_key`, `cookie`, `strict_header`, `cluster_header`, `target_header`, `base_group`, `workload_group`, `inject_baggage`, `annotate_response`, `failfast_status`, `limits`, `table` at line 1 column 9"),
+        (r#"{"limits":{"max_sevices":1}}"#, "limits.max_sevices: unknown field `max_sevices`, expected one of `max_services`, `max_groups`, `max_cluster_entries`, `max_table_bytes`, `max_fallback_depth` at line 1 column 24"),
+        (r#"{"table":{"file":"x"}}"#, "table: unknown variant `file`, expected `inline` or `companion` at line 1 column 16"),
+        (r#"{"table":{"inline":{"services":{"r":{"hosts":["r"],"clusters":{}}}}}}"#, r#"table.inline.services.r.clusters: no cluster for base group "base""#),
+        (r#"{"base_group":"stable","table":{"inline":{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"}}}}}}"#, r#"table.inline.services.r.clusters: no cluster for base group "stable""#),
+        (r#"{"table":{"companion":{"cluster":"","authority":"c"}}}"#, r#"table.companion.cluster: "" is not valid (the Envoy cluster of the companion, not empty)"#),
+        (r#"{"table":{"companion":{"cluster":"c","authority":"c","path":"v1"}}}"#, r#"table.companion.path: "v1" is not valid (an absolute path starting with '/')"#),
+        (r#"{"table":{"companion":{"cluster":"c","authority":"c","wait_s":0}}}"#, r#"table.companion.wait_s: "0" is not valid (seconds, 1 to 300)"#),
+        ("[1]", "(document): invalid type: sequence, expected struct RawConfig at line 1 column 0"),
+        ("{}", "accepted"),
+    ];
+    for (json, want) in cases {
+        assert_eq!(config_error(json), *want, "{json}");
+    }
+}
