@@ -153,7 +153,7 @@ fn table_validation_errors() {
         (groups(r#"{"x":{"mode":"loose"}}"#), "groups.x.mode: unknown variant `loose`, expected `permissive` or `strict` at line 1 column 30"),
         (r#"{"base_group":"Base"}"#.into(), r#"base_group: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
         (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `base_group`, `groups`, `services` at line 1 column 11"),
-        (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 63"),
+        (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 62"),
         ("not json".into(), "(document): expected ident at line 1 column 2"),
         (r#"{"version":-1}"#.into(), "version: invalid value: integer `-1`, expected u64 at line 1 column 13"),
         ("{}".into(), "accepted"),
@@ -241,7 +241,7 @@ fn config_validation_errors() {
         (r#"{"table":{"companion":{"cluster":"","authority":"c"}}}"#, r#"table.companion.cluster: "" is not valid (the Envoy cluster of the companion, not empty)"#),
         (r#"{"table":{"companion":{"cluster":"c","authority":"c","path":"v1"}}}"#, r#"table.companion.path: "v1" is not valid (an absolute path starting with '/')"#),
         (r#"{"table":{"companion":{"cluster":"c","authority":"c","wait_s":0}}}"#, r#"table.companion.wait_s: "0" is not valid (seconds, 1 to 300)"#),
-        ("[1]", "(document): invalid type: sequence, expected struct RawConfig at line 1 column 0"),
+        (r#""x""#, r#"(document): invalid type: string "x", expected struct RawConfig at line 1 column 3"#),
         ("{}", "accepted"),
     ];
     for (json, want) in cases {
