@@ -126,7 +126,11 @@ impl Settings {
     /// Parses and validates a plugin configuration. Empty input means all
     /// defaults.
     pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
-        let bytes = if bytes.trim_ascii().is_empty() { b"{}" } else { bytes };
+        let bytes = if bytes.trim_ascii().is_empty() {
+            b"{}"
+        } else {
+            bytes
+        };
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let (path, message) = json_parts(e);
@@ -144,23 +148,40 @@ impl Settings {
         ];
         for (field, value) in headers {
             if !is_header_name(value) {
-                return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
+                return Err(ConfigError::InvalidHeaderName {
+                    field,
+                    value: value.clone(),
+                });
             }
         }
         if let Some(key) = &raw.baggage_key {
             if !is_token(key) {
-                return Err(ConfigError::InvalidValue { field: "baggage_key", value: key.clone(), why: "a baggage key is a non-empty token" });
+                return Err(ConfigError::InvalidValue {
+                    field: "baggage_key",
+                    value: key.clone(),
+                    why: "a baggage key is a non-empty token",
+                });
             }
         }
         if !is_token(&raw.cookie) {
-            return Err(ConfigError::InvalidValue { field: "cookie", value: raw.cookie.clone(), why: "a cookie name is a non-empty token" });
+            return Err(ConfigError::InvalidValue {
+                field: "cookie",
+                value: raw.cookie.clone(),
+                why: "a cookie name is a non-empty token",
+            });
         }
         if !is_valid_group(raw.base_group.as_bytes()) {
-            return Err(ConfigError::InvalidGroupName { field: "base_group", value: raw.base_group });
+            return Err(ConfigError::InvalidGroupName {
+                field: "base_group",
+                value: raw.base_group,
+            });
         }
         if let Some(g) = &raw.workload_group {
             if !is_valid_group(g.as_bytes()) {
-                return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
+                return Err(ConfigError::InvalidGroupName {
+                    field: "workload_group",
+                    value: g.clone(),
+                });
             }
         }
         if !(400..=599).contains(&raw.failfast_status) {
@@ -172,9 +193,10 @@ impl Settings {
         }
         let source = match raw.table {
             None => Source::None,
-            Some(TableSource::Inline(t)) => {
-                Source::Inline(Table::compile(&t, &raw.base_group, &raw.limits).map_err(ConfigError::InlineTable)?)
-            }
+            Some(TableSource::Inline(t)) => Source::Inline(
+                Table::compile(&t, &raw.base_group, &raw.limits)
+                    .map_err(ConfigError::InlineTable)?,
+            ),
             Some(TableSource::Companion(c)) => {
                 validate_companion(&c)?;
                 Source::Companion(c)
@@ -200,16 +222,32 @@ impl Settings {
 
 fn validate_companion(c: &CompanionSource) -> Result<(), ConfigError> {
     if c.cluster.is_empty() {
-        return Err(ConfigError::InvalidValue { field: "table.companion.cluster", value: c.cluster.clone(), why: "the Envoy cluster of the companion, not empty" });
+        return Err(ConfigError::InvalidValue {
+            field: "table.companion.cluster",
+            value: c.cluster.clone(),
+            why: "the Envoy cluster of the companion, not empty",
+        });
     }
     if c.authority.is_empty() || !c.authority.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError::InvalidValue { field: "table.companion.authority", value: c.authority.clone(), why: "a host[:port]" });
+        return Err(ConfigError::InvalidValue {
+            field: "table.companion.authority",
+            value: c.authority.clone(),
+            why: "a host[:port]",
+        });
     }
     if !c.path.starts_with('/') {
-        return Err(ConfigError::InvalidValue { field: "table.companion.path", value: c.path.clone(), why: "an absolute path starting with '/'" });
+        return Err(ConfigError::InvalidValue {
+            field: "table.companion.path",
+            value: c.path.clone(),
+            why: "an absolute path starting with '/'",
+        });
     }
     if !(1..=300).contains(&c.wait_s) {
-        return Err(ConfigError::InvalidValue { field: "table.companion.wait_s", value: c.wait_s.to_string(), why: "seconds, 1 to 300" });
+        return Err(ConfigError::InvalidValue {
+            field: "table.companion.wait_s",
+            value: c.wait_s.to_string(),
+            why: "seconds, 1 to 300",
+        });
     }
     Ok(())
 }
@@ -221,5 +259,7 @@ fn is_header_name(name: &str) -> bool {
 
 /// RFC 9110 token.
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

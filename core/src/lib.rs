@@ -7,6 +7,7 @@ pub mod config;
 pub mod decide;
 pub mod error;
 pub mod group;
+pub mod request;
 pub mod table;
 
 pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};

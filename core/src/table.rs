@@ -111,9 +111,17 @@ struct CompiledService {
 impl Table {
     /// Parses JSON bytes and compiles them; `default_base` is used when the
     /// table names no `base_group`.
-    pub fn from_json(bytes: &[u8], default_base: &str, limits: &Limits) -> Result<Table, TableError> {
+    pub fn from_json(
+        bytes: &[u8],
+        default_base: &str,
+        limits: &Limits,
+    ) -> Result<Table, TableError> {
         if bytes.len() > limits.max_table_bytes {
-            return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
+            return Err(TableError::TooManyBytes {
+                field: "table",
+                size: bytes.len(),
+                limit: limits.max_table_bytes,
+            });
         }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawTable = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -123,7 +131,11 @@ impl Table {
         Table::compile(&raw, default_base, limits)
     }
 
-    pub fn compile(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, TableError> {
+    pub fn compile(
+        raw: &RawTable,
+        default_base: &str,
+        limits: &Limits,
+    ) -> Result<Table, TableError> {
         Compiler::new(raw, default_base, limits)?.finish()
     }
 
@@ -165,12 +177,18 @@ impl Table {
 
     /// Every service name with its id, in id order.
     pub fn services(&self) -> impl Iterator<Item = (ServiceId, &str)> {
-        self.services.iter().enumerate().map(|(i, s)| (i as ServiceId, &*s.name))
+        self.services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as ServiceId, &*s.name))
     }
 
     /// Every group name with its id, in id order.
     pub fn groups(&self) -> impl Iterator<Item = (GroupId, &str)> {
-        self.group_names.iter().enumerate().map(|(i, g)| (i as GroupId, &**g))
+        self.group_names
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (i as GroupId, &**g))
     }
 
     pub(crate) fn is_strict(&self, group: GroupId) -> bool {
@@ -197,36 +215,67 @@ struct Compiler<'r> {
 }
 
 impl<'r> Compiler<'r> {
-    fn new(raw: &'r RawTable, default_base: &'r str, limits: &'r Limits) -> Result<Self, TableError> {
+    fn new(
+        raw: &'r RawTable,
+        default_base: &'r str,
+        limits: &'r Limits,
+    ) -> Result<Self, TableError> {
         let base_name = raw.base_group.as_deref().unwrap_or(default_base);
         if !is_valid_group(base_name.as_bytes()) {
-            return Err(TableError::InvalidGroupName { field: "base_group".into(), name: base_name.into() });
+            return Err(TableError::InvalidGroupName {
+                field: "base_group".into(),
+                name: base_name.into(),
+            });
         }
         if raw.services.len() > limits.max_services {
-            return Err(TableError::TooMany { field: "services", count: raw.services.len(), limit: limits.max_services });
+            return Err(TableError::TooMany {
+                field: "services",
+                count: raw.services.len(),
+                limit: limits.max_services,
+            });
         }
         let entries: usize = raw.services.values().map(|s| s.clusters.len()).sum();
         if entries > limits.max_cluster_entries {
-            return Err(TableError::TooMany { field: "services.*.clusters", count: entries, limit: limits.max_cluster_entries });
+            return Err(TableError::TooMany {
+                field: "services.*.clusters",
+                count: entries,
+                limit: limits.max_cluster_entries,
+            });
         }
-        let mut c = Compiler { raw, limits, base_name, group_names: Vec::new(), group_index: HashMap::new() };
+        let mut c = Compiler {
+            raw,
+            limits,
+            base_name,
+            group_names: Vec::new(),
+            group_index: HashMap::new(),
+        };
         c.intern(base_name);
         for name in raw.groups.keys() {
             if !is_valid_group(name.as_bytes()) {
-                return Err(TableError::InvalidGroupName { field: format!("groups.{name}"), name: name.clone() });
+                return Err(TableError::InvalidGroupName {
+                    field: format!("groups.{name}"),
+                    name: name.clone(),
+                });
             }
             c.intern(name);
         }
         for (svc, s) in &raw.services {
             for group in s.clusters.keys() {
                 if !is_valid_group(group.as_bytes()) {
-                    return Err(TableError::InvalidGroupName { field: format!("services.{svc}.clusters.{group}"), name: group.clone() });
+                    return Err(TableError::InvalidGroupName {
+                        field: format!("services.{svc}.clusters.{group}"),
+                        name: group.clone(),
+                    });
                 }
                 c.intern(group);
             }
         }
         if c.group_names.len() > limits.max_groups {
-            return Err(TableError::TooMany { field: "groups", count: c.group_names.len(), limit: limits.max_groups });
+            return Err(TableError::TooMany {
+                field: "groups",
+                count: c.group_names.len(),
+                limit: limits.max_groups,
+            });
         }
         Ok(c)
     }
@@ -259,14 +308,21 @@ impl<'r> Compiler<'r> {
     fn compile_groups(&self) -> Result<Vec<CompiledGroup>, TableError> {
         for (name, g) in &self.raw.groups {
             if name == self.base_name && !g.fallback.is_empty() {
-                return Err(TableError::BaseHasFallback { group: name.clone() });
+                return Err(TableError::BaseHasFallback {
+                    group: name.clone(),
+                });
             }
             if g.mode == Mode::Strict && !g.fallback.is_empty() {
-                return Err(TableError::StrictWithFallback { group: name.clone() });
+                return Err(TableError::StrictWithFallback {
+                    group: name.clone(),
+                });
             }
             for f in &g.fallback {
                 if !self.group_index.contains_key(f.as_str()) {
-                    return Err(TableError::UnknownFallback { group: name.clone(), fallback: f.clone() });
+                    return Err(TableError::UnknownFallback {
+                        group: name.clone(),
+                        fallback: f.clone(),
+                    });
                 }
             }
         }
@@ -275,35 +331,54 @@ impl<'r> Compiler<'r> {
             let mut path = Vec::new();
             let d = self.depth(name, &mut path, &mut depth)?;
             if d > self.limits.max_fallback_depth {
-                return Err(TableError::FallbackTooDeep { group: name.clone(), depth: d, limit: self.limits.max_fallback_depth });
+                return Err(TableError::FallbackTooDeep {
+                    group: name.clone(),
+                    depth: d,
+                    limit: self.limits.max_fallback_depth,
+                });
             }
         }
         let compiled = self
             .group_names
             .iter()
             .map(|name| {
-                let strict = self.raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
+                let strict = self
+                    .raw
+                    .groups
+                    .get(&**name)
+                    .is_some_and(|g| g.mode == Mode::Strict);
                 let mut order = Vec::new();
                 self.visit(name, &mut order);
                 let base = 0;
                 if !order.contains(&base) {
                     order.push(base);
                 }
-                CompiledGroup { strict, order: order.into() }
+                CompiledGroup {
+                    strict,
+                    order: order.into(),
+                }
             })
             .collect();
         Ok(compiled)
     }
 
     /// Longest fallback chain below `name`, in edges; errors on a cycle.
-    fn depth<'a>(&'a self, name: &'a str, path: &mut Vec<&'a str>, memo: &mut HashMap<&'a str, usize>) -> Result<usize, TableError> {
+    fn depth<'a>(
+        &'a self,
+        name: &'a str,
+        path: &mut Vec<&'a str>,
+        memo: &mut HashMap<&'a str, usize>,
+    ) -> Result<usize, TableError> {
         if let Some(&d) = memo.get(name) {
             return Ok(d);
         }
         if let Some(start) = path.iter().position(|&p| p == name) {
             let mut cycle: Vec<&str> = path[start..].to_vec();
             cycle.push(name);
-            return Err(TableError::FallbackCycle { group: path[start].to_owned(), cycle: cycle.join(" -> ") });
+            return Err(TableError::FallbackCycle {
+                group: path[start].to_owned(),
+                cycle: cycle.join(" -> "),
+            });
         }
         path.push(name);
         let mut d = 0;
@@ -317,7 +392,9 @@ impl<'r> Compiler<'r> {
 
     /// Depth-first resolution order; acyclic by the time it runs.
     fn visit(&self, name: &str, order: &mut Vec<GroupId>) {
-        let Some(&id) = self.group_index.get(name) else { return };
+        let Some(&id) = self.group_index.get(name) else {
+            return;
+        };
         if order.contains(&id) {
             return;
         }
@@ -330,39 +407,72 @@ impl<'r> Compiler<'r> {
     #[allow(clippy::type_complexity)]
     fn compile_services(
         &self,
-    ) -> Result<(Vec<CompiledService>, HashMap<Box<str>, ServiceId>, HashMap<Box<str>, ServiceId>), TableError> {
+    ) -> Result<
+        (
+            Vec<CompiledService>,
+            HashMap<Box<str>, ServiceId>,
+            HashMap<Box<str>, ServiceId>,
+        ),
+        TableError,
+    > {
         let mut services = Vec::with_capacity(self.raw.services.len());
         let mut service_index = HashMap::with_capacity(self.raw.services.len());
         let mut host_index: HashMap<Box<str>, ServiceId> = HashMap::new();
         for (id, (name, s)) in self.raw.services.iter().enumerate() {
             let id = id as ServiceId;
             if !is_valid_service(name) {
-                return Err(TableError::InvalidServiceName { service: name.clone() });
+                return Err(TableError::InvalidServiceName {
+                    service: name.clone(),
+                });
             }
             if s.hosts.is_empty() {
-                return Err(TableError::NoHosts { service: name.clone() });
+                return Err(TableError::NoHosts {
+                    service: name.clone(),
+                });
             }
             for host in &s.hosts {
                 if host.contains('/') || host.contains('*') {
-                    return Err(TableError::InvalidHost { service: name.clone(), host: host.clone(), why: "a host has no '/' and no wildcard" });
+                    return Err(TableError::InvalidHost {
+                        service: name.clone(),
+                        host: host.clone(),
+                        why: "a host has no '/' and no wildcard",
+                    });
                 }
-                let norm = authority::normalize_owned(host)
-                    .ok_or_else(|| TableError::InvalidHost { service: name.clone(), host: host.clone(), why: "empty, too long, or not printable ASCII" })?;
+                let norm =
+                    authority::normalize_owned(host).ok_or_else(|| TableError::InvalidHost {
+                        service: name.clone(),
+                        host: host.clone(),
+                        why: "empty, too long, or not printable ASCII",
+                    })?;
                 if let Some(&other) = host_index.get(norm.as_str()) {
                     if other != id {
-                        let other = services.get(other as usize).map_or(String::new(), |s: &CompiledService| s.name.to_string());
-                        return Err(TableError::DuplicateHost { service: name.clone(), host: host.clone(), other });
+                        let other = services
+                            .get(other as usize)
+                            .map_or(String::new(), |s: &CompiledService| s.name.to_string());
+                        return Err(TableError::DuplicateHost {
+                            service: name.clone(),
+                            host: host.clone(),
+                            other,
+                        });
                     }
                 }
                 host_index.insert(norm.into(), id);
             }
             if !s.clusters.contains_key(self.base_name) {
-                return Err(TableError::NoBaseCluster { service: name.clone(), base: self.base_name.to_owned() });
+                return Err(TableError::NoBaseCluster {
+                    service: name.clone(),
+                    base: self.base_name.to_owned(),
+                });
             }
             let mut clusters = Vec::with_capacity(s.clusters.len());
             for (group, cluster) in &s.clusters {
                 if let Err(why) = check_cluster(cluster) {
-                    return Err(TableError::InvalidCluster { service: name.clone(), group: group.clone(), cluster: cluster.clone(), why });
+                    return Err(TableError::InvalidCluster {
+                        service: name.clone(),
+                        group: group.clone(),
+                        cluster: cluster.clone(),
+                        why,
+                    });
                 }
                 if let Some(&g) = self.group_index.get(group.as_str()) {
                     clusters.push((g, cluster.as_str().into()));
@@ -370,7 +480,10 @@ impl<'r> Compiler<'r> {
             }
             clusters.sort_by_key(|(g, _)| *g);
             service_index.insert(name.as_str().into(), id);
-            services.push(CompiledService { name: name.as_str().into(), clusters: clusters.into() });
+            services.push(CompiledService {
+                name: name.as_str().into(),
+                clusters: clusters.into(),
+            });
         }
         Ok((services, service_index, host_index))
     }

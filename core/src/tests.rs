@@ -45,9 +45,17 @@ fn outcome(d: Decision<'_>) -> String {
     match d {
         Decision::PassThrough => "pass".into(),
         Decision::Route(r) => {
-            format!("{}={} via {}{}", r.service, r.serving, r.cluster, if r.fallback { " (fallback)" } else { "" })
+            format!(
+                "{}={} via {}{}",
+                r.service,
+                r.serving,
+                r.cluster,
+                if r.fallback { " (fallback)" } else { "" }
+            )
         }
-        Decision::FailFast(f) => format!("failfast {} {} {}", f.service, f.group, f.reason.as_str()),
+        Decision::FailFast(f) => {
+            format!("failfast {} {} {}", f.service, f.group, f.reason.as_str())
+        }
     }
 }
 
@@ -63,44 +71,153 @@ fn decisions() {
         // no group: base
         ("reviews", None, None, "reviews=base via reviews-base"),
         ("reviews", None, Some("*"), "reviews=base via reviews-base"),
-        ("reviews", Some("base"), Some("*"), "reviews=base via reviews-base"),
+        (
+            "reviews",
+            Some("base"),
+            Some("*"),
+            "reviews=base via reviews-base",
+        ),
         // authority normalisation: port, case, trailing dot, IPv6
-        ("REVIEWS:9080", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
-        ("reviews.default.svc.cluster.local.", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
-        ("[::1]:8080", Some("other"), None, "details=other via details-other"),
+        (
+            "REVIEWS:9080",
+            Some("feature-1"),
+            None,
+            "reviews=feature-1 via reviews-f1",
+        ),
+        (
+            "reviews.default.svc.cluster.local.",
+            Some("feature-1"),
+            None,
+            "reviews=feature-1 via reviews-f1",
+        ),
+        (
+            "[::1]:8080",
+            Some("other"),
+            None,
+            "details=other via details-other",
+        ),
         // step 3: own instance
-        ("reviews", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
+        (
+            "reviews",
+            Some("feature-1"),
+            None,
+            "reviews=feature-1 via reviews-f1",
+        ),
         // fallback chain: feature-1 -> team-a -> base
-        ("ratings", Some("feature-1"), None, "ratings=team-a via ratings-a (fallback)"),
-        ("details", Some("feature-1"), None, "details=base via details-base (fallback)"),
+        (
+            "ratings",
+            Some("feature-1"),
+            None,
+            "ratings=team-a via ratings-a (fallback)",
+        ),
+        (
+            "details",
+            Some("feature-1"),
+            None,
+            "details=base via details-base (fallback)",
+        ),
         // depth first: deep -> mid -> team-a before other
-        ("ratings", Some("deep"), None, "ratings=team-a via ratings-a (fallback)"),
-        ("details", Some("deep"), None, "details=other via details-other (fallback)"),
+        (
+            "ratings",
+            Some("deep"),
+            None,
+            "ratings=team-a via ratings-a (fallback)",
+        ),
+        (
+            "details",
+            Some("deep"),
+            None,
+            "details=other via details-other (fallback)",
+        ),
         // a group the table does not know goes to base
-        ("reviews", Some("nobody"), None, "reviews=base via reviews-base (fallback)"),
+        (
+            "reviews",
+            Some("nobody"),
+            None,
+            "reviews=base via reviews-base (fallback)",
+        ),
         // step 4: strict group fails fast, wins over strict_request
-        ("ratings", Some("team-s"), None, "failfast ratings team-s strict_group"),
-        ("ratings", Some("team-s"), Some("ratings"), "failfast ratings team-s strict_group"),
-        ("reviews", Some("team-s"), None, "reviews=team-s via reviews-s"),
+        (
+            "ratings",
+            Some("team-s"),
+            None,
+            "failfast ratings team-s strict_group",
+        ),
+        (
+            "ratings",
+            Some("team-s"),
+            Some("ratings"),
+            "failfast ratings team-s strict_group",
+        ),
+        (
+            "reviews",
+            Some("team-s"),
+            None,
+            "reviews=team-s via reviews-s",
+        ),
         // strict request: listed service, list with spaces, `*`, not listed
-        ("ratings", Some("feature-1"), Some("ratings"), "failfast ratings feature-1 strict_request"),
-        ("ratings", Some("feature-1"), Some(" details , ratings "), "failfast ratings feature-1 strict_request"),
-        ("ratings", Some("feature-1"), Some("*"), "failfast ratings feature-1 strict_request"),
-        ("ratings", Some("feature-1"), Some("details"), "ratings=team-a via ratings-a (fallback)"),
-        ("reviews", Some("feature-1"), Some("*"), "reviews=feature-1 via reviews-f1"),
-        ("reviews", Some("nobody"), Some("reviews"), "failfast reviews nobody strict_request"),
+        (
+            "ratings",
+            Some("feature-1"),
+            Some("ratings"),
+            "failfast ratings feature-1 strict_request",
+        ),
+        (
+            "ratings",
+            Some("feature-1"),
+            Some(" details , ratings "),
+            "failfast ratings feature-1 strict_request",
+        ),
+        (
+            "ratings",
+            Some("feature-1"),
+            Some("*"),
+            "failfast ratings feature-1 strict_request",
+        ),
+        (
+            "ratings",
+            Some("feature-1"),
+            Some("details"),
+            "ratings=team-a via ratings-a (fallback)",
+        ),
+        (
+            "reviews",
+            Some("feature-1"),
+            Some("*"),
+            "reviews=feature-1 via reviews-f1",
+        ),
+        (
+            "reviews",
+            Some("nobody"),
+            Some("reviews"),
+            "failfast reviews nobody strict_request",
+        ),
     ];
     for (authority, group, strict, want) in cases {
-        let req = RequestView { authority: authority.as_bytes(), group: *group, strict: strict.map(str::as_bytes) };
-        assert_eq!(outcome(decide(&t, &req)), *want, "{authority:?} {group:?} {strict:?}");
+        let req = RequestView {
+            authority: authority.as_bytes(),
+            group: *group,
+            strict: strict.map(str::as_bytes),
+        };
+        assert_eq!(
+            outcome(decide(&t, &req)),
+            *want,
+            "{authority:?} {group:?} {strict:?}"
+        );
     }
 }
 
 #[test]
 fn decide_by_service_name() {
     let t = table();
-    assert_eq!(outcome(decide_service(&t, "ratings", Some("feature-1"), None)), "ratings=team-a via ratings-a (fallback)");
-    assert_eq!(outcome(decide_service(&t, "nope", Some("feature-1"), None)), "pass");
+    assert_eq!(
+        outcome(decide_service(&t, "ratings", Some("feature-1"), None)),
+        "ratings=team-a via ratings-a (fallback)"
+    );
+    assert_eq!(
+        outcome(decide_service(&t, "nope", Some("feature-1"), None)),
+        "pass"
+    );
 }
 
 #[test]
@@ -109,14 +226,22 @@ fn compiled_table_facts() {
     assert_eq!(t.version(), 42);
     assert_eq!(t.service_count(), 3);
     assert_eq!(t.group_name(t.base()), "base");
-    assert_eq!(t.services().map(|(_, n)| n).collect::<Vec<_>>(), ["details", "ratings", "reviews"]);
+    assert_eq!(
+        t.services().map(|(_, n)| n).collect::<Vec<_>>(),
+        ["details", "ratings", "reviews"]
+    );
 }
 
 #[test]
 fn table_base_group_override() {
-    let json = r#"{"base_group":"stable","services":{"a":{"hosts":["a"],"clusters":{"stable":"a0"}}}}"#;
+    let json =
+        r#"{"base_group":"stable","services":{"a":{"hosts":["a"],"clusters":{"stable":"a0"}}}}"#;
     let t = Table::from_json(json.as_bytes(), "base", &Limits::default()).unwrap();
-    let req = RequestView { authority: b"a", group: Some("x"), strict: None };
+    let req = RequestView {
+        authority: b"a",
+        group: Some("x"),
+        strict: None,
+    };
     assert_eq!(outcome(decide(&t, &req)), "a=stable via a0 (fallback)");
 }
 
@@ -129,8 +254,14 @@ fn table_error(json: &str, limits: Limits) -> String {
 
 #[test]
 fn table_validation_errors() {
-    let svc = |clusters: &str| format!(r#"{{"services":{{"reviews":{{"hosts":["reviews"],"clusters":{clusters}}}}}}}"#);
-    let groups = |g: &str| format!(r#"{{"groups":{g},"services":{{"a":{{"hosts":["a"],"clusters":{{"base":"a0","x":"ax","y":"ay"}}}}}}}}"#);
+    let svc = |clusters: &str| {
+        format!(r#"{{"services":{{"reviews":{{"hosts":["reviews"],"clusters":{clusters}}}}}}}"#)
+    };
+    let groups = |g: &str| {
+        format!(
+            r#"{{"groups":{g},"services":{{"a":{{"hosts":["a"],"clusters":{{"base":"a0","x":"ax","y":"ay"}}}}}}}}"#
+        )
+    };
     let cases: Vec<(String, &str)> = vec![
         (svc(r#"{"feature-1":"c"}"#), r#"services.reviews.clusters: no cluster for base group "base""#),
         (svc(r#"{"base":"c","Bad":"d"}"#), r#"services.reviews.clusters.Bad: "Bad" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
@@ -168,12 +299,22 @@ fn fallback_depth_limit() {
     // g0 -> g1 -> … -> g9: depth 9 from g0
     let mut groups = Vec::new();
     for i in 0..10 {
-        let fb = if i < 9 { format!(r#"["g{}"]"#, i + 1) } else { "[]".into() };
+        let fb = if i < 9 {
+            format!(r#"["g{}"]"#, i + 1)
+        } else {
+            "[]".into()
+        };
         groups.push(format!(r#""g{i}":{{"fallback":{fb}}}"#));
     }
     let json = format!(r#"{{"groups":{{{}}}}}"#, groups.join(","));
-    assert_eq!(table_error(&json, Limits::default()), "groups.g0.fallback: chain depth 9 exceeds the limit of 8");
-    let deep_ok = Limits { max_fallback_depth: 9, ..Limits::default() };
+    assert_eq!(
+        table_error(&json, Limits::default()),
+        "groups.g0.fallback: chain depth 9 exceeds the limit of 8"
+    );
+    let deep_ok = Limits {
+        max_fallback_depth: 9,
+        ..Limits::default()
+    };
     assert_eq!(table_error(&json, deep_ok), "accepted");
 }
 
@@ -185,10 +326,22 @@ fn size_limits() {
         f(&mut l);
         l
     };
-    assert_eq!(table_error(two, lim(|l| l.max_services = 1)), "services: 2 exceeds the limit of 1");
-    assert_eq!(table_error(two, lim(|l| l.max_groups = 2)), "groups: 3 exceeds the limit of 2");
-    assert_eq!(table_error(two, lim(|l| l.max_cluster_entries = 2)), "services.*.clusters: 3 exceeds the limit of 2");
-    assert_eq!(table_error(two, lim(|l| l.max_table_bytes = 10)), format!("table: {} bytes exceeds the limit of 10", two.len()));
+    assert_eq!(
+        table_error(two, lim(|l| l.max_services = 1)),
+        "services: 2 exceeds the limit of 1"
+    );
+    assert_eq!(
+        table_error(two, lim(|l| l.max_groups = 2)),
+        "groups: 3 exceeds the limit of 2"
+    );
+    assert_eq!(
+        table_error(two, lim(|l| l.max_cluster_entries = 2)),
+        "services.*.clusters: 3 exceeds the limit of 2"
+    );
+    assert_eq!(
+        table_error(two, lim(|l| l.max_table_bytes = 10)),
+        format!("table: {} bytes exceeds the limit of 10", two.len())
+    );
     assert_eq!(table_error(two, Limits::default()), "accepted");
 }
 
@@ -214,7 +367,10 @@ fn config_defaults() {
     assert_eq!(s.failfast_status, 503);
     assert_eq!(s.limits, Limits::default());
     assert!(matches!(s.source, Source::None));
-    let s = Settings::from_json(br#"{"baggage_key":null,"table":{"companion":{"cluster":"c","authority":"companion"}}}"#).unwrap();
+    let s = Settings::from_json(
+        br#"{"baggage_key":null,"table":{"companion":{"cluster":"c","authority":"companion"}}}"#,
+    )
+    .unwrap();
     assert_eq!(s.baggage_key, None);
     match s.source {
         Source::Companion(c) => assert_eq!((c.path.as_str(), c.wait_s), ("/v1/table", 25)),

@@ -1,1 +1,163 @@
-fn main(){}
+//! The demo service: one binary that plays service X in group G. It answers
+//! with who it is and, when it has a next service, calls it through Envoy,
+//! passing the group headers on, and nests the answer. `show` drives a
+//! running demo and prints what each request went through.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+mod show;
+
+/// Headers a well-behaved app forwards to the next hop.
+const FORWARDED: [&str; 7] = [
+    "x-isogroup",
+    "x-isogroup-strict",
+    "baggage",
+    "traceparent",
+    "x-request-id",
+    "x-isogroup-debug",
+    "content-type",
+];
+/// Response annotations copied from the next hop, so the client sees the chain.
+const ANNOTATIONS: [&str; 3] = [
+    "x-isogroup-served",
+    "x-isogroup-decision",
+    "x-isogroup-failfast",
+];
+
+#[derive(Parser)]
+#[command(name = "isogroup-demo", about = "isogroup demo service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve as one service instance.
+    Serve {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The service to call next (its host name as Envoy routes it).
+        #[arg(long)]
+        next: Option<String>,
+        /// Envoy's listener that reaches the next service.
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        via: String,
+        /// Forget to forward `x-isogroup` (keep `traceparent`): a sloppy app.
+        #[arg(long)]
+        drop_group_header: bool,
+    },
+    /// Send the demo requests through Envoy and print a table.
+    Show {
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        via: String,
+    },
+}
+
+struct App {
+    service: String,
+    group: String,
+    next: Option<String>,
+    via: String,
+    drop_group_header: bool,
+    client: reqwest::Client,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match Cli::parse().command {
+        Command::Serve {
+            service,
+            group,
+            listen,
+            next,
+            via,
+            drop_group_header,
+        } => {
+            let app = Arc::new(App {
+                service,
+                group,
+                next,
+                via,
+                drop_group_header,
+                client: reqwest::Client::new(),
+            });
+            let router = axum::Router::new().fallback(handle).with_state(app);
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown())
+                .await?;
+        }
+        Command::Show { via } => show::run(&via).await?,
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
+    let received: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut body = json!({ "service": app.service, "group": app.group, "headers": received });
+    let mut out = HeaderMap::new();
+    let mut status = StatusCode::OK;
+    if let Some(next) = &app.next {
+        let mut req = app
+            .client
+            .get(format!("http://{}/", app.via))
+            .header("host", next.as_str());
+        for name in FORWARDED {
+            if app.drop_group_header && name == "x-isogroup" {
+                continue;
+            }
+            for v in headers.get_all(name) {
+                req = req.header(name, v);
+            }
+        }
+        match req.send().await {
+            Ok(resp) => {
+                status = resp.status();
+                for name in ANNOTATIONS {
+                    for v in resp.headers().get_all(name) {
+                        out.append(name, v.clone());
+                    }
+                }
+                let text = resp.text().await.unwrap_or_default();
+                body["next"] = serde_json::from_str::<Value>(&text)
+                    .unwrap_or(json!({ "status": status.as_u16(), "body": text }));
+            }
+            Err(e) => {
+                status = StatusCode::BAD_GATEWAY;
+                body["next"] = json!({ "error": e.to_string() });
+            }
+        }
+    }
+    out.insert(
+        "x-demo-instance",
+        HeaderValue::from_str(&format!("{}@{}", app.service, app.group))
+            .unwrap_or(HeaderValue::from_static("?")),
+    );
+    (status, out, Json(body))
+}

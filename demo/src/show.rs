@@ -1,0 +1,114 @@
+//! `isogroup-demo show`: the demo requests and a readable table of the path
+//! each one took (a -> b -> c), with fallback and fail-fast marked.
+
+use serde_json::Value;
+
+struct Case {
+    what: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    /// The group the request asks for, to mark hops served by another group.
+    group: Option<&'static str>,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        what: "no group",
+        headers: &[],
+        group: None,
+    },
+    Case {
+        what: "x-isogroup: feature-1",
+        headers: &[("x-isogroup", "feature-1")],
+        group: Some("feature-1"),
+    },
+    Case {
+        what: "baggage: isogroup=feature-1",
+        headers: &[("baggage", "user=alice, isogroup=feature-1")],
+        group: Some("feature-1"),
+    },
+    Case {
+        what: "x-isogroup: feature-2 (falls back to feature-1)",
+        headers: &[("x-isogroup", "feature-2")],
+        group: Some("feature-2"),
+    },
+    Case {
+        what: "x-isogroup: nobody (unknown group)",
+        headers: &[("x-isogroup", "nobody")],
+        group: Some("nobody"),
+    },
+    Case {
+        what: "x-isogroup: feature-1, x-isogroup-strict: c",
+        headers: &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "c")],
+        group: Some("feature-1"),
+    },
+    Case {
+        what: "x-isogroup: team-s (strict group)",
+        headers: &[("x-isogroup", "team-s")],
+        group: Some("team-s"),
+    },
+];
+
+pub async fn run(via: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let client = reqwest::Client::new();
+    println!("{:<46} {:<6} path taken (a -> b -> c)", "request", "status");
+    println!("{}", "-".repeat(110));
+    for case in CASES {
+        let mut req = client.get(format!("http://{via}/")).header("host", "a");
+        for (k, v) in case.headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let served: Vec<String> = resp
+            .headers()
+            .get_all("x-isogroup-served")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        println!(
+            "{:<46} {:<6} {}",
+            case.what,
+            status,
+            path(&body, case.group)
+        );
+        println!(
+            "{:<46} {:<6} x-isogroup-served: {}",
+            "",
+            "",
+            served.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `a@feature-1 -> b@feature-1 -> c@base (fallback)` from the nested answers.
+fn path(body: &Value, group: Option<&str>) -> String {
+    let mut hops = Vec::new();
+    let mut node = body;
+    loop {
+        if let Some(err) = node.get("error").and_then(Value::as_str) {
+            let service = node.get("service").and_then(Value::as_str).unwrap_or("?");
+            let reason = node.get("reason").and_then(Value::as_str).unwrap_or(err);
+            hops.push(format!("{service}: FAIL-FAST 503 ({reason})"));
+            break;
+        }
+        let (Some(service), Some(served)) = (
+            node.get("service").and_then(Value::as_str),
+            node.get("group").and_then(Value::as_str),
+        ) else {
+            hops.push(format!("? {node}"));
+            break;
+        };
+        let fallback = group.is_some_and(|g| g != served);
+        hops.push(format!(
+            "{service}@{served}{}",
+            if fallback { " (fallback)" } else { "" }
+        ));
+        match node.get("next") {
+            Some(next) => node = next,
+            None => break,
+        }
+    }
+    hops.join(" -> ")
+}

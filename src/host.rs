@@ -1,0 +1,165 @@
+//! Every proxy-wasm host call the filter makes, in one place, each returning
+//! `Result` with a typed error. Headers are read as bytes only: the SDK's
+//! string getters unwrap UTF-8 and would trap the VM on a hostile value.
+//!
+//! The SDK's `hostcalls` still panic on a status the host is not documented
+//! to return; Envoy 1.40 returns only the documented ones for these calls.
+#![allow(dead_code)] // the companion sync (next) uses the rest
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, Bytes, GrpcStatusCode, LogLevel, MapType, MetricType, Status};
+
+/// A host call that did not succeed: which call, and the status it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError {
+    pub call: &'static str,
+    pub status: Status,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed: {:?}", self.call, self.status)
+    }
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+fn check<T>(call: &'static str, r: Result<T, Status>) -> HostResult<T> {
+    r.map_err(|status| HostError { call, status })
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    // Nowhere to report a failed log line; dropping it is the only option.
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn plugin_configuration() -> HostResult<Option<Bytes>> {
+    check(
+        "get_buffer(plugin_configuration)",
+        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX),
+    )
+}
+
+pub fn now() -> HostResult<SystemTime> {
+    check("get_current_time", hostcalls::get_current_time())
+}
+
+pub fn set_tick_period(period: Duration) -> HostResult<()> {
+    check("set_tick_period", hostcalls::set_tick_period(period))
+}
+
+/// All request headers in one call, values as bytes.
+pub fn request_headers() -> HostResult<Vec<(String, Bytes)>> {
+    check(
+        "get_map(request_headers)",
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders),
+    )
+}
+
+/// Replaces (or adds) a request header. Envoy re-picks the route after it.
+pub fn set_request_header(name: &str, value: &[u8]) -> HostResult<()> {
+    check(
+        "set_map_value(request_headers)",
+        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value)),
+    )
+}
+
+pub fn add_request_header(name: &str, value: &[u8]) -> HostResult<()> {
+    check(
+        "add_map_value(request_headers)",
+        hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value),
+    )
+}
+
+pub fn remove_request_header(name: &str) -> HostResult<()> {
+    check(
+        "remove_map_value(request_headers)",
+        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+    )
+}
+
+/// Appends a response header value (never replaces what upstream hops set).
+pub fn add_response_header(name: &str, value: &str) -> HostResult<()> {
+    check(
+        "add_map_value(response_headers)",
+        hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value),
+    )
+}
+
+/// A local HTTP answer; the caller then returns `Action::Pause`.
+pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) -> HostResult<()> {
+    check(
+        "send_http_response",
+        hostcalls::send_http_response(status, headers, Some(body)),
+    )
+}
+
+/// A trailers-only gRPC answer with `grpc-status` and `grpc-message`.
+pub fn send_grpc_reply(
+    code: GrpcStatusCode,
+    message: &str,
+    metadata: Vec<(&str, &[u8])>,
+) -> HostResult<()> {
+    check(
+        "send_grpc_response",
+        hostcalls::send_grpc_response(code, Some(message), metadata),
+    )
+}
+
+pub fn define_metric(kind: MetricType, name: &str) -> HostResult<u32> {
+    check("define_metric", hostcalls::define_metric(kind, name))
+}
+
+pub fn increment_metric(id: u32, by: i64) -> HostResult<()> {
+    check("increment_metric", hostcalls::increment_metric(id, by))
+}
+
+pub fn record_metric(id: u32, value: u64) -> HostResult<()> {
+    check("record_metric", hostcalls::record_metric(id, value))
+}
+
+/// (value, cas); `(None, None)` for a missing key.
+pub fn shared_get(key: &str) -> HostResult<(Option<Bytes>, Option<u32>)> {
+    check("get_shared_data", hostcalls::get_shared_data(key))
+}
+
+/// Writes a shared-data value; with `cas`, fails with `CasMismatch` when
+/// someone wrote in between (a missing key ignores the CAS: seed it first).
+pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+    check(
+        "set_shared_data",
+        hostcalls::set_shared_data(key, Some(value), cas),
+    )
+}
+
+pub fn property(path: Vec<&str>) -> HostResult<Option<Bytes>> {
+    check("get_property", hostcalls::get_property(path))
+}
+
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    timeout: Duration,
+) -> HostResult<u32> {
+    check(
+        "dispatch_http_call",
+        hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout),
+    )
+}
+
+pub fn http_call_response_headers() -> HostResult<Vec<(String, Bytes)>> {
+    check(
+        "get_map(http_call_response_headers)",
+        hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders),
+    )
+}
+
+pub fn http_call_response_body(size: usize) -> HostResult<Option<Bytes>> {
+    check(
+        "get_buffer(http_call_response_body)",
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size),
+    )
+}

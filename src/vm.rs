@@ -1,0 +1,28 @@
+//! State shared by the root context and the HTTP contexts of one VM (one
+//! worker thread): settings, the compiled table in force, metrics.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use isogroup_core::{Settings, Table};
+
+use crate::metrics::Metrics;
+
+pub struct Vm {
+    pub settings: Settings,
+    /// Swapped whole when a new table compiles; requests in flight keep theirs.
+    pub table: RefCell<Option<Rc<Table>>>,
+    pub metrics: Metrics,
+    /// Names this VM in `x-isogroup-decision`, so tests can tell workers apart.
+    pub id: String,
+}
+
+impl Vm {
+    pub fn table(&self) -> Option<Rc<Table>> {
+        self.table.borrow().clone()
+    }
+
+    pub fn install(&self, table: Table) {
+        *self.table.borrow_mut() = Some(Rc::new(table));
+    }
+}

@@ -1,0 +1,414 @@
+//! End-to-end harness: the real Envoy binary with the built wasm, the demo
+//! services as real processes on loopback, and helpers that poll (never sleep
+//! blindly). Every process started here is killed on drop.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bin(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(default));
+    assert!(
+        path.exists(),
+        "{} not found (set {env} or run ./build.sh test)",
+        path.display()
+    );
+    path
+}
+
+pub fn envoy_bin() -> PathBuf {
+    bin("ISOGROUP_ENVOY", ".venv/bin/envoy")
+}
+
+pub fn demo_bin() -> PathBuf {
+    bin("ISOGROUP_DEMO", "target/debug/isogroup-demo")
+}
+
+/// A port free right now on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Polls `probe` until it yields a value, or fails the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(exit code)` once the process has exited.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A shipped Envoy YAML with every `port_value` mapped to a free port (the
+/// same default port always maps to the same new one).
+pub struct Rendered {
+    pub yaml: String,
+    pub ports: BTreeMap<u16, u16>,
+}
+
+impl Rendered {
+    pub fn from_file(relative: &str) -> Rendered {
+        let text = std::fs::read_to_string(root().join(relative))
+            .unwrap_or_else(|e| panic!("{relative}: {e}"));
+        let mut ports = BTreeMap::new();
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        const KEY: &str = "port_value: ";
+        while let Some(i) = rest.find(KEY) {
+            out.push_str(&rest[..i + KEY.len()]);
+            rest = &rest[i + KEY.len()..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let old: u16 = rest[..digits]
+                .parse()
+                .unwrap_or_else(|e| panic!("port in {relative}: {e}"));
+            let new = *ports.entry(old).or_insert_with(free_port);
+            out.push_str(&new.to_string());
+            rest = &rest[digits..];
+        }
+        out.push_str(rest);
+        Rendered { yaml: out, ports }
+    }
+
+    pub fn port(&self, default: u16) -> u16 {
+        *self
+            .ports
+            .get(&default)
+            .unwrap_or_else(|| panic!("no port_value {default} in the config"))
+    }
+
+    /// Replaces the plugin configuration JSON (between the marker comments).
+    pub fn with_plugin_config(mut self, json: &str) -> Rendered {
+        let start_marker = "# isogroup configuration\n";
+        let end_marker = "# end isogroup configuration";
+        let start = self.yaml.find(start_marker).expect("start marker") + start_marker.len();
+        let end = self.yaml.find(end_marker).expect("end marker");
+        let value_line = &self.yaml[start..end];
+        let indent: String = value_line.chars().take_while(|c| *c == ' ').collect();
+        let body: String = json.lines().map(|l| format!("{indent}  {l}\n")).collect();
+        self.yaml
+            .replace_range(start..end, &format!("{indent}value: |\n{body}{indent}"));
+        self
+    }
+}
+
+/// The log lines worth showing when Envoy fails: warnings and worse.
+fn log_problems(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.contains("][warning][") || l.contains("][error][") || l.contains("][critical][")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub struct Envoy {
+    pub proc: Proc,
+    pub admin: u16,
+    pub listener: u16,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "isogroup-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+}
+
+/// A client that opens a new connection for every request.
+pub fn http_fresh_connections() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+}
+
+impl Envoy {
+    /// Starts Envoy (run from the repository root, as users do) and waits
+    /// until its admin says LIVE. `Err(log)` if it exits instead.
+    pub async fn start(
+        rendered: &Rendered,
+        admin_default: u16,
+        listener_default: u16,
+    ) -> Result<Envoy, String> {
+        let dir = TempDir::new("envoy");
+        let config = dir.0.join("envoy.yaml");
+        let log = dir.0.join("envoy.log");
+        std::fs::write(&config, &rendered.yaml).map_err(|e| e.to_string())?;
+        let admin = rendered.port(admin_default);
+        let listener = rendered.port(listener_default);
+        let mut proc = Proc::spawn(
+            "envoy",
+            Command::new(envoy_bin())
+                .current_dir(root())
+                .arg("-c")
+                .arg(&config)
+                .args([
+                    "--concurrency",
+                    "2",
+                    "--disable-hot-restart",
+                    "-l",
+                    "info",
+                    "--base-id",
+                ])
+                .arg(admin.to_string())
+                .arg("--log-path")
+                .arg(&log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let client = http();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(code) = proc.exited() {
+                return Err(format!("envoy exited with {code}:\n{}", log_problems(&log)));
+            }
+            let ready = client
+                .get(format!("http://127.0.0.1:{admin}/ready"))
+                .send()
+                .await;
+            if let Ok(r) = ready {
+                if r.status().is_success() {
+                    return Ok(Envoy {
+                        proc,
+                        admin,
+                        listener,
+                        log,
+                        _dir: dir,
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("envoy not ready in 30 s:\n{}", log_problems(&log)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.listener)
+    }
+
+    /// Every stat whose name contains `filter`, as name → value.
+    pub async fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
+        let url = format!("http://127.0.0.1:{}/stats?filter={filter}", self.admin);
+        let text = match http().get(url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub async fn stat(&self, name: &str) -> u64 {
+        self.stats(name).await.get(name).copied().unwrap_or(0)
+    }
+
+    /// Waits until stat `name` reaches at least `want` (metrics flush on ticks).
+    pub async fn wait_stat(&self, name: &str, want: u64) -> u64 {
+        wait_for(
+            &format!("{name} >= {want}"),
+            Duration::from_secs(5),
+            || async move {
+                let v = self.stat(name).await;
+                (v >= want).then_some(v)
+            },
+        )
+        .await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The demo topology of `envoy/demo.yaml`: (default port, service, group, next).
+pub const DEMO_INSTANCES: &[(u16, &str, &str, Option<&str>)] = &[
+    (18000, "a", "base", Some("b")),
+    (18001, "a", "feature-1", Some("b")),
+    (18002, "a", "feature-2", Some("b")),
+    (18003, "a", "team-s", Some("b")),
+    (18010, "b", "base", Some("c")),
+    (18011, "b", "feature-1", Some("c")),
+    (18020, "c", "base", None),
+];
+
+/// Envoy with `envoy/demo.yaml` plus every demo service, ready.
+pub struct Mesh {
+    pub envoy: Envoy,
+    pub services: Vec<Proc>,
+}
+
+impl Mesh {
+    pub async fn start() -> Mesh {
+        Mesh::start_with(Rendered::from_file("envoy/demo.yaml")).await
+    }
+
+    pub async fn start_with(rendered: Rendered) -> Mesh {
+        let listener = rendered.port(10000);
+        let mut services = Vec::new();
+        for &(default, service, group, next) in DEMO_INSTANCES {
+            let port = rendered.port(default);
+            let mut cmd = Command::new(demo_bin());
+            cmd.args(["serve", "--service", service, "--group", group, "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--via")
+                .arg(format!("127.0.0.1:{listener}"));
+            if let Some(next) = next {
+                cmd.args(["--next", next]);
+            }
+            services.push(Proc::spawn(&format!("{service}@{group}"), &mut cmd));
+            wait_for(
+                &format!("{service}@{group} listening"),
+                Duration::from_secs(10),
+                || async move {
+                    std::net::TcpStream::connect(("127.0.0.1", port))
+                        .ok()
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+        let envoy = match Envoy::start(&rendered, 9901, 10000).await {
+            Ok(e) => e,
+            Err(log) => panic!("{log}"),
+        };
+        Mesh { envoy, services }
+    }
+
+    pub fn request(&self, client: &reqwest::Client, host: &str) -> reqwest::RequestBuilder {
+        client.get(self.envoy.url()).header("host", host)
+    }
+}
+
+/// `a@feature-1 > b@feature-1 > c@base` from a demo answer; a fail-fast hop
+/// shows as `c:503 <reason>`.
+pub fn chain(body: &serde_json::Value) -> String {
+    let mut hops = Vec::new();
+    let mut node = body;
+    loop {
+        if node.get("error").is_some() {
+            hops.push(format!(
+                "{}:failfast {}",
+                node["service"].as_str().unwrap_or("?"),
+                node["reason"].as_str().unwrap_or("?")
+            ));
+            break;
+        }
+        hops.push(format!(
+            "{}@{}",
+            node["service"].as_str().unwrap_or("?"),
+            node["group"].as_str().unwrap_or("?")
+        ));
+        match node.get("next") {
+            Some(n) => node = n,
+            None => break,
+        }
+    }
+    hops.join(" > ")
+}
+
+pub fn header_values(resp: &reqwest::Response, name: &str) -> Vec<String> {
+    resp.headers()
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

@@ -1,0 +1,120 @@
+//! Hostile input and bad configuration against real Envoy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+mod common;
+
+use common::{chain, http, Envoy, Mesh, Rendered};
+
+#[tokio::test]
+async fn invalid_group_is_ignored_counted_and_stripped() {
+    let mesh = Mesh::start().await;
+    let cases: &[(&str, &str)] = &[
+        ("x-isogroup", "Feature-1"),
+        ("x-isogroup", "feature_1"),
+        ("baggage", "a=1, isogroup=BAD, b=2"),
+    ];
+    for (name, value) in cases {
+        let resp = mesh
+            .request(&http(), "a")
+            .header(*name, *value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(chain(&body), "a@base > b@base > c@base", "{name}: {value}");
+        assert!(
+            body["headers"].get("x-isogroup").is_none(),
+            "invalid value stripped: {body}"
+        );
+        if *name == "baggage" {
+            assert_eq!(body["headers"]["baggage"], "a=1,b=2", "other members kept");
+        }
+    }
+    // an invalid header does not hide a valid baggage member
+    let resp = mesh
+        .request(&http(), "a")
+        .header("x-isogroup", "NOPE")
+        .header("baggage", "isogroup=feature-1")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
+    mesh.envoy
+        .wait_stat("wasmcustom.isogroup_invalid_group_total", 4)
+        .await;
+}
+
+#[tokio::test]
+async fn hostile_group_bytes_do_not_break_the_worker() {
+    let mesh = Mesh::start().await;
+    let client = common::http_fresh_connections();
+    let non_utf8 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9-\xff\xfe").unwrap();
+    let oversized = "a".repeat(8000);
+    for round in 0..6 {
+        let resp = mesh
+            .request(&client, "c")
+            .header("x-isogroup", non_utf8.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "round {round}: non-UTF-8 group ignored"
+        );
+        let resp = mesh
+            .request(&client, "c")
+            .header("x-isogroup", oversized.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "round {round}: oversized group ignored"
+        );
+        let resp = mesh
+            .request(&client, "b")
+            .header("x-isogroup", "feature-1")
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            chain(&body),
+            "b@feature-1 > c@base",
+            "round {round}: the next request is routed"
+        );
+    }
+    mesh.envoy
+        .wait_stat("wasmcustom.isogroup_invalid_group_total", 12)
+        .await;
+}
+
+#[tokio::test]
+async fn bad_plugin_config_refuses_to_start() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"table": {"inline": {"services": {"b": {"hosts": ["b"], "clusters": {"feature-1": "b-feature-1"}}}}}}"#,
+            r#"invalid plugin configuration: table.inline.services.b.clusters: no cluster for base group "base""#,
+        ),
+        (
+            r#"{"group_hedaer": "x"}"#,
+            "invalid plugin configuration: group_hedaer: unknown field `group_hedaer`",
+        ),
+        (
+            r#"{"failfast_status": 200}"#,
+            r#"invalid plugin configuration: failfast_status: "200" is not valid"#,
+        ),
+    ];
+    for (config, want) in cases {
+        let rendered = Rendered::from_file("envoy/demo.yaml").with_plugin_config(config);
+        match Envoy::start(&rendered, 9901, 10000).await {
+            Ok(envoy) => panic!("envoy started with {config}:\n{}", envoy.log_text()),
+            Err(log) => assert!(log.contains(want), "log lacks {want:?}:\n{log}"),
+        }
+    }
+}
