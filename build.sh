@@ -98,20 +98,20 @@ demo() {
   ensure_envoy
   cargo build --quiet --release -p isogroup-demo
   mkdir -p "$RUN_DIR"
-  local pids=()
-  trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+  DEMO_PIDS=()
+  trap 'kill "${DEMO_PIDS[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
   log "starting the demo services"
   for inst in "${DEMO_INSTANCES[@]}"; do
     read -r port service group next <<<"$inst"
     local args=(serve --service "$service" --group "$group" --listen "127.0.0.1:$port" --via 127.0.0.1:10000)
     [ "$next" = - ] || args+=(--next "$next")
     target/release/isogroup-demo "${args[@]}" &
-    pids+=($!)
+    DEMO_PIDS+=($!)
     printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
   done
   log "starting Envoy $ENVOY_VERSION with the isogroup filter (envoy/demo.yaml)"
   "$ENVOY" -c envoy/demo.yaml --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
-  pids+=($!)
+  DEMO_PIDS+=($!)
   wait_for "Envoy" 30 curl -sf http://127.0.0.1:9901/ready
   for inst in "${DEMO_INSTANCES[@]}"; do
     read -r port _ <<<"$inst"

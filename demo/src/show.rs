@@ -50,7 +50,7 @@ const CASES: &[Case] = &[
 
 pub async fn run(via: &str) -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::new();
-    println!("{:<46} {:<6} path taken (a -> b -> c)", "request", "status");
+    println!("{:<50} {:<6} path taken (a -> b -> c)", "request", "status");
     println!("{}", "-".repeat(110));
     for case in CASES {
         let mut req = client.get(format!("http://{via}/")).header("host", "a");
@@ -67,13 +67,13 @@ pub async fn run(via: &str) -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         println!(
-            "{:<46} {:<6} {}",
+            "{:<50} {:<6} {}",
             case.what,
             status,
             path(&body, case.group)
         );
         println!(
-            "{:<46} {:<6} x-isogroup-served: {}",
+            "{:<50} {:<6} x-isogroup-served: {}",
             "",
             "",
             served.join(", ")
