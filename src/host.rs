@@ -37,10 +37,7 @@ pub fn log(level: LogLevel, message: &str) {
 }
 
 pub fn plugin_configuration() -> HostResult<Option<Bytes>> {
-    check(
-        "get_buffer(plugin_configuration)",
-        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX),
-    )
+    check("get_buffer(plugin_configuration)", hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX))
 }
 
 pub fn now() -> HostResult<SystemTime> {
@@ -53,10 +50,7 @@ pub fn set_tick_period(period: Duration) -> HostResult<()> {
 
 /// All request headers in one call, values as bytes.
 pub fn request_headers() -> HostResult<Vec<(String, Bytes)>> {
-    check(
-        "get_map(request_headers)",
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders),
-    )
+    check("get_map(request_headers)", hostcalls::get_map_bytes(MapType::HttpRequestHeaders))
 }
 
 /// Replaces (or adds) a request header. Envoy re-picks the route after it.
@@ -68,45 +62,26 @@ pub fn set_request_header(name: &str, value: &[u8]) -> HostResult<()> {
 }
 
 pub fn add_request_header(name: &str, value: &[u8]) -> HostResult<()> {
-    check(
-        "add_map_value(request_headers)",
-        hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value),
-    )
+    check("add_map_value(request_headers)", hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value))
 }
 
 pub fn remove_request_header(name: &str) -> HostResult<()> {
-    check(
-        "remove_map_value(request_headers)",
-        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
-    )
+    check("remove_map_value(request_headers)", hostcalls::remove_map_value(MapType::HttpRequestHeaders, name))
 }
 
 /// Appends a response header value (never replaces what upstream hops set).
 pub fn add_response_header(name: &str, value: &str) -> HostResult<()> {
-    check(
-        "add_map_value(response_headers)",
-        hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value),
-    )
+    check("add_map_value(response_headers)", hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value))
 }
 
 /// A local HTTP answer; the caller then returns `Action::Pause`.
 pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) -> HostResult<()> {
-    check(
-        "send_http_response",
-        hostcalls::send_http_response(status, headers, Some(body)),
-    )
+    check("send_http_response", hostcalls::send_http_response(status, headers, Some(body)))
 }
 
 /// A trailers-only gRPC answer with `grpc-status` and `grpc-message`.
-pub fn send_grpc_reply(
-    code: GrpcStatusCode,
-    message: &str,
-    metadata: Vec<(&str, &[u8])>,
-) -> HostResult<()> {
-    check(
-        "send_grpc_response",
-        hostcalls::send_grpc_response(code, Some(message), metadata),
-    )
+pub fn send_grpc_reply(code: GrpcStatusCode, message: &str, metadata: Vec<(&str, &[u8])>) -> HostResult<()> {
+    check("send_grpc_response", hostcalls::send_grpc_response(code, Some(message), metadata))
 }
 
 pub fn define_metric(kind: MetricType, name: &str) -> HostResult<u32> {
@@ -129,37 +104,21 @@ pub fn shared_get(key: &str) -> HostResult<(Option<Bytes>, Option<u32>)> {
 /// Writes a shared-data value; with `cas`, fails with `CasMismatch` when
 /// someone wrote in between (a missing key ignores the CAS: seed it first).
 pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
-    check(
-        "set_shared_data",
-        hostcalls::set_shared_data(key, Some(value), cas),
-    )
+    check("set_shared_data", hostcalls::set_shared_data(key, Some(value), cas))
 }
 
 pub fn property(path: Vec<&str>) -> HostResult<Option<Bytes>> {
     check("get_property", hostcalls::get_property(path))
 }
 
-pub fn dispatch_http_call(
-    cluster: &str,
-    headers: Vec<(&str, &str)>,
-    timeout: Duration,
-) -> HostResult<u32> {
-    check(
-        "dispatch_http_call",
-        hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout),
-    )
+pub fn dispatch_http_call(cluster: &str, headers: Vec<(&str, &str)>, timeout: Duration) -> HostResult<u32> {
+    check("dispatch_http_call", hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout))
 }
 
 pub fn http_call_response_headers() -> HostResult<Vec<(String, Bytes)>> {
-    check(
-        "get_map(http_call_response_headers)",
-        hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders),
-    )
+    check("get_map(http_call_response_headers)", hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders))
 }
 
 pub fn http_call_response_body(size: usize) -> HostResult<Option<Bytes>> {
-    check(
-        "get_buffer(http_call_response_body)",
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size),
-    )
+    check("get_buffer(http_call_response_body)", hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size))
 }

@@ -24,12 +24,7 @@ pub struct Request {
 impl Request {
     pub fn new(vm: Rc<Vm>) -> Self {
         let table = vm.table();
-        Request {
-            vm,
-            table,
-            served: None,
-            explanation: None,
-        }
+        Request { vm, table, served: None, explanation: None }
     }
 
     fn count(&self, decision: Option<&Decision<'_>>) {
@@ -67,12 +62,8 @@ impl HttpContext for Request {
         let decision = table.as_deref().map(|t| incoming.decide(t));
         self.count(decision.as_ref());
         if incoming.debug {
-            self.explanation = Some(request::explain(
-                &incoming,
-                decision.as_ref(),
-                table.as_ref().map(|t| t.version()),
-                &self.vm.id,
-            ));
+            self.explanation =
+                Some(request::explain(&incoming, decision.as_ref(), table.as_ref().map(|t| t.version()), &self.vm.id));
         }
         if let Some(Decision::FailFast(f)) = &decision {
             let reply = incoming.local_reply(f, settings);
@@ -96,10 +87,7 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let annotations = [
-            ("x-isogroup-served", self.served.take()),
-            ("x-isogroup-decision", self.explanation.take()),
-        ];
+        let annotations = [("x-isogroup-served", self.served.take()), ("x-isogroup-decision", self.explanation.take())];
         for (name, value) in annotations {
             if let Some(value) = value {
                 if let Err(e) = host::add_response_header(name, &value) {
@@ -127,10 +115,7 @@ fn send_reply(reply: &LocalReply) -> HostResult<()> {
             vec![("x-isogroup-failfast", reply.service.as_bytes())],
         )
     } else {
-        let headers = vec![
-            ("x-isogroup-failfast", reply.service.as_str()),
-            ("content-type", "application/json"),
-        ];
+        let headers = vec![("x-isogroup-failfast", reply.service.as_str()), ("content-type", "application/json")];
         host::send_local_reply(u32::from(reply.status), headers, reply.body.as_bytes())
     }
 }

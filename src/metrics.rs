@@ -34,10 +34,8 @@ pub enum Gauge {
     TableAgeSeconds,
 }
 
-const GAUGES: [(Gauge, &str); 2] = [
-    (Gauge::TableVersion, "isogroup_table_version"),
-    (Gauge::TableAgeSeconds, "isogroup_table_age_seconds"),
-];
+const GAUGES: [(Gauge, &str); 2] =
+    [(Gauge::TableVersion, "isogroup_table_version"), (Gauge::TableAgeSeconds, "isogroup_table_age_seconds")];
 
 /// Metric ids from Envoy plus the counts not yet flushed.
 #[derive(Debug, Default)]

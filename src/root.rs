@@ -31,45 +31,26 @@ impl RootContext for Root {
         let bytes = match host::plugin_configuration() {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
-                host::log(
-                    LogLevel::Error,
-                    &format!("isogroup: cannot read the plugin configuration: {e}"),
-                );
+                host::log(LogLevel::Error, &format!("isogroup: cannot read the plugin configuration: {e}"));
                 return false;
             }
         };
         let mut settings = match Settings::from_json(&bytes) {
             Ok(s) => s,
             Err(e) => {
-                host::log(
-                    LogLevel::Error,
-                    &format!("isogroup: invalid plugin configuration: {e}"),
-                );
+                host::log(LogLevel::Error, &format!("isogroup: invalid plugin configuration: {e}"));
                 return false;
             }
         };
         let source = std::mem::replace(&mut settings.source, Source::None);
-        let vm = Rc::new(Vm {
-            settings,
-            table: Default::default(),
-            metrics: Metrics::define(),
-            id: next_vm_id(),
-        });
+        let vm = Rc::new(Vm { settings, table: Default::default(), metrics: Metrics::define(), id: next_vm_id() });
         self.sync = Some(TableSync::start(source, &vm));
         if let Err(e) = host::set_tick_period(TICK) {
             host::log(LogLevel::Error, &format!("isogroup: {e}"));
             return false;
         }
-        let version = vm
-            .table()
-            .map_or("none".to_owned(), |t| t.version().to_string());
-        host::log(
-            LogLevel::Info,
-            &format!(
-                "isogroup: configured vm {} (table version {version})",
-                vm.id
-            ),
-        );
+        let version = vm.table().map_or("none".to_owned(), |t| t.version().to_string());
+        host::log(LogLevel::Info, &format!("isogroup: configured vm {} (table version {version})", vm.id));
         self.vm = Some(vm);
         true
     }
@@ -101,11 +82,7 @@ fn next_vm_id() -> String {
         let Ok((Some(value), cas)) = host::shared_get(VM_SEQ_KEY) else {
             break;
         };
-        let next = std::str::from_utf8(&value)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            + 1;
+        let next = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
         if host::shared_set(VM_SEQ_KEY, next.to_string().as_bytes(), cas).is_ok() {
             return next.to_string();
         }

@@ -11,12 +11,7 @@ use common::{header_values, http, Mesh};
 async fn strict_group_fails_fast_without_upstream_request() {
     let mesh = Mesh::start().await;
     let before = mesh.envoy.stat("cluster.b-base.upstream_rq_total").await;
-    let resp = mesh
-        .request(&http(), "b")
-        .header("x-isogroup", "team-s")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.request(&http(), "b").header("x-isogroup", "team-s").send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(header_values(&resp, "x-isogroup-failfast"), ["b"]);
     assert_eq!(header_values(&resp, "content-type"), ["application/json"]);
@@ -24,26 +19,11 @@ async fn strict_group_fails_fast_without_upstream_request() {
         resp.text().await.unwrap(),
         r#"{"error":"isogroup_unavailable","service":"b","group":"team-s","reason":"strict_group"}"#
     );
-    mesh.envoy
-        .wait_stat("wasmcustom.isogroup_requests_failfast_total", 1)
-        .await;
-    assert_eq!(
-        mesh.envoy.stat("cluster.b-base.upstream_rq_total").await,
-        before,
-        "no request reached b"
-    );
+    mesh.envoy.wait_stat("wasmcustom.isogroup_requests_failfast_total", 1).await;
+    assert_eq!(mesh.envoy.stat("cluster.b-base.upstream_rq_total").await, before, "no request reached b");
     // a strict group with its own instance is served normally
-    let resp = mesh
-        .request(&http(), "a")
-        .header("x-isogroup", "team-s")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status().as_u16(),
-        503,
-        "a@team-s serves, then its call to b fails fast"
-    );
+    let resp = mesh.request(&http(), "a").header("x-isogroup", "team-s").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503, "a@team-s serves, then its call to b fails fast");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["group"], "team-s");
     assert_eq!(body["next"]["reason"], "strict_group");
@@ -85,15 +65,8 @@ async fn strict_request_lists() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(
-        common::chain(&body),
-        "a@feature-1 > b@feature-1 > c:failfast strict_request"
-    );
-    assert_eq!(
-        mesh.envoy.stat("cluster.c-base.upstream_rq_total").await,
-        2,
-        "only the two 200 cases reached c"
-    );
+    assert_eq!(common::chain(&body), "a@feature-1 > b@feature-1 > c:failfast strict_request");
+    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 2, "only the two 200 cases reached c");
 }
 
 #[tokio::test]
@@ -107,21 +80,11 @@ async fn grpc_fail_fast_is_trailers_only_unavailable() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.status().as_u16(),
-        200,
-        "gRPC errors travel in grpc-status"
-    );
+    assert_eq!(resp.status().as_u16(), 200, "gRPC errors travel in grpc-status");
     assert_eq!(header_values(&resp, "grpc-status"), ["14"]);
     assert_eq!(header_values(&resp, "x-isogroup-failfast"), ["c"]);
     let message = header_values(&resp, "grpc-message").join("");
-    assert!(
-        message.contains("isogroup_unavailable") && message.contains("strict_request"),
-        "{message}"
-    );
-    assert!(
-        resp.bytes().await.unwrap().is_empty(),
-        "trailers-only: no body"
-    );
+    assert!(message.contains("isogroup_unavailable") && message.contains("strict_request"), "{message}");
+    assert!(resp.bytes().await.unwrap().is_empty(), "trailers-only: no body");
     assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0);
 }

@@ -9,25 +9,14 @@ use common::{chain, http, Envoy, Mesh, Rendered};
 #[tokio::test]
 async fn invalid_group_is_ignored_counted_and_stripped() {
     let mesh = Mesh::start().await;
-    let cases: &[(&str, &str)] = &[
-        ("x-isogroup", "Feature-1"),
-        ("x-isogroup", "feature_1"),
-        ("baggage", "a=1, isogroup=BAD, b=2"),
-    ];
+    let cases: &[(&str, &str)] =
+        &[("x-isogroup", "Feature-1"), ("x-isogroup", "feature_1"), ("baggage", "a=1, isogroup=BAD, b=2")];
     for (name, value) in cases {
-        let resp = mesh
-            .request(&http(), "a")
-            .header(*name, *value)
-            .send()
-            .await
-            .unwrap();
+        let resp = mesh.request(&http(), "a").header(*name, *value).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(chain(&body), "a@base > b@base > c@base", "{name}: {value}");
-        assert!(
-            body["headers"].get("x-isogroup").is_none(),
-            "invalid value stripped: {body}"
-        );
+        assert!(body["headers"].get("x-isogroup").is_none(), "invalid value stripped: {body}");
         if *name == "baggage" {
             assert_eq!(body["headers"]["baggage"], "a=1,b=2", "other members kept");
         }
@@ -42,9 +31,7 @@ async fn invalid_group_is_ignored_counted_and_stripped() {
         .unwrap();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
-    mesh.envoy
-        .wait_stat("wasmcustom.isogroup_invalid_group_total", 4)
-        .await;
+    mesh.envoy.wait_stat("wasmcustom.isogroup_invalid_group_total", 4).await;
 }
 
 #[tokio::test]
@@ -54,44 +41,15 @@ async fn hostile_group_bytes_do_not_break_the_worker() {
     let non_utf8 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9-\xff\xfe").unwrap();
     let oversized = "a".repeat(8000);
     for round in 0..6 {
-        let resp = mesh
-            .request(&client, "c")
-            .header("x-isogroup", non_utf8.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status().as_u16(),
-            200,
-            "round {round}: non-UTF-8 group ignored"
-        );
-        let resp = mesh
-            .request(&client, "c")
-            .header("x-isogroup", oversized.as_str())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status().as_u16(),
-            200,
-            "round {round}: oversized group ignored"
-        );
-        let resp = mesh
-            .request(&client, "b")
-            .header("x-isogroup", "feature-1")
-            .send()
-            .await
-            .unwrap();
+        let resp = mesh.request(&client, "c").header("x-isogroup", non_utf8.clone()).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "round {round}: non-UTF-8 group ignored");
+        let resp = mesh.request(&client, "c").header("x-isogroup", oversized.as_str()).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "round {round}: oversized group ignored");
+        let resp = mesh.request(&client, "b").header("x-isogroup", "feature-1").send().await.unwrap();
         let body: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(
-            chain(&body),
-            "b@feature-1 > c@base",
-            "round {round}: the next request is routed"
-        );
+        assert_eq!(chain(&body), "b@feature-1 > c@base", "round {round}: the next request is routed");
     }
-    mesh.envoy
-        .wait_stat("wasmcustom.isogroup_invalid_group_total", 12)
-        .await;
+    mesh.envoy.wait_stat("wasmcustom.isogroup_invalid_group_total", 12).await;
 }
 
 #[tokio::test]
@@ -101,14 +59,8 @@ async fn bad_plugin_config_refuses_to_start() {
             r#"{"table": {"inline": {"services": {"b": {"hosts": ["b"], "clusters": {"feature-1": "b-feature-1"}}}}}}"#,
             r#"invalid plugin configuration: table.inline.services.b.clusters: no cluster for base group "base""#,
         ),
-        (
-            r#"{"group_hedaer": "x"}"#,
-            "invalid plugin configuration: group_hedaer: unknown field `group_hedaer`",
-        ),
-        (
-            r#"{"failfast_status": 200}"#,
-            r#"invalid plugin configuration: failfast_status: "200" is not valid"#,
-        ),
+        (r#"{"group_hedaer": "x"}"#, "invalid plugin configuration: group_hedaer: unknown field `group_hedaer`"),
+        (r#"{"failfast_status": 200}"#, r#"invalid plugin configuration: failfast_status: "200" is not valid"#),
     ];
     for (config, want) in cases {
         let rendered = Rendered::from_file("envoy/demo.yaml").with_plugin_config(config);

@@ -25,11 +25,7 @@ async fn routes_groups_with_fallback_and_chains() {
     let mesh = Mesh::start().await;
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
     let cases: &[Case] = &[
-        (
-            &[],
-            "a@base > b@base > c@base",
-            &["c=base", "b=base", "a=base"],
-        ),
+        (&[], "a@base > b@base > c@base", &["c=base", "b=base", "a=base"]),
         (
             &[("x-isogroup", "feature-1")],
             "a@feature-1 > b@feature-1 > c@base",
@@ -54,18 +50,8 @@ async fn routes_groups_with_fallback_and_chains() {
         assert_eq!(chain(&body), *want_chain, "{headers:?}");
         assert_eq!(served, *want_served, "{headers:?}");
     }
-    assert_eq!(
-        mesh.envoy
-            .wait_stat("wasmcustom.isogroup_requests_routed_total", 12)
-            .await,
-        12
-    );
-    assert_eq!(
-        mesh.envoy
-            .wait_stat("wasmcustom.isogroup_requests_fallback_total", 6)
-            .await,
-        6
-    );
+    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_requests_routed_total", 12).await, 12);
+    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_requests_fallback_total", 6).await, 6);
 }
 
 #[tokio::test]
@@ -73,10 +59,7 @@ async fn baggage_carries_the_group() {
     let mesh = Mesh::start().await;
     let cases: &[(&str, &str)] = &[
         ("isogroup=feature-1", "a@feature-1 > b@feature-1 > c@base"),
-        (
-            "  user=alice ,  isogroup = feature-1 ;ttl=3 , other=x",
-            "a@feature-1 > b@feature-1 > c@base",
-        ),
+        ("  user=alice ,  isogroup = feature-1 ;ttl=3 , other=x", "a@feature-1 > b@feature-1 > c@base"),
         ("isogroup=feature%2D2", "a@feature-2 > b@feature-1 > c@base"),
         ("user=alice", "a@base > b@base > c@base"),
     ];
@@ -85,22 +68,10 @@ async fn baggage_carries_the_group() {
         assert_eq!(status, 200);
         assert_eq!(chain(&body), *want, "baggage {baggage:?}");
         // the app forwarded baggage untouched by the filter
-        assert_eq!(
-            body["headers"]["baggage"],
-            baggage.trim(),
-            "baggage {baggage:?}"
-        );
+        assert_eq!(body["headers"]["baggage"], baggage.trim(), "baggage {baggage:?}");
     }
     // the header wins over baggage
-    let (_, _, body) = get(
-        &mesh,
-        "a",
-        &[
-            ("x-isogroup", "feature-2"),
-            ("baggage", "isogroup=feature-1"),
-        ],
-    )
-    .await;
+    let (_, _, body) = get(&mesh, "a", &[("x-isogroup", "feature-2"), ("baggage", "isogroup=feature-1")]).await;
     assert_eq!(chain(&body), "a@feature-2 > b@feature-1 > c@base");
 }
 
@@ -114,38 +85,27 @@ async fn unknown_service_passes_through() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.status().as_u16(),
-        404,
-        "envoy's own route for unknown hosts"
-    );
+    assert_eq!(resp.status().as_u16(), 404, "envoy's own route for unknown hosts");
     assert!(header_values(&resp, "x-isogroup-served").is_empty());
     assert_eq!(resp.text().await.unwrap(), "no such service\n");
-    mesh.envoy
-        .wait_stat("wasmcustom.isogroup_requests_passthrough_total", 1)
-        .await;
+    mesh.envoy.wait_stat("wasmcustom.isogroup_requests_passthrough_total", 1).await;
 }
 
 #[tokio::test]
 async fn client_cannot_pick_a_cluster() {
     let mesh = Mesh::start().await;
     // Routed request: the filter's own value replaces the client's.
-    let (status, _, body) = get(
-        &mesh,
-        "c",
-        &[
-            ("x-isogroup-cluster", "a-feature-1"),
-            ("x-isogroup-target", "feature-1"),
-        ],
-    )
-    .await;
+    let (status, _, body) =
+        get(&mesh, "c", &[("x-isogroup-cluster", "a-feature-1"), ("x-isogroup-target", "feature-1")]).await;
     assert_eq!(status, 200);
     assert_eq!(chain(&body), "c@base");
     assert_eq!(body["headers"]["x-isogroup-cluster"], "c-base");
     assert_eq!(body["headers"]["x-isogroup-target"], "base");
     // Pass-through request: removed, so the default route applies.
     let mut rendered = common::Rendered::from_file("envoy/demo.yaml");
-    rendered = rendered.with_plugin_config(r#"{"table": {"inline": {"services": {"b": {"hosts": ["b"], "clusters": {"base": "b-base"}}}}}}"#);
+    rendered = rendered.with_plugin_config(
+        r#"{"table": {"inline": {"services": {"b": {"hosts": ["b"], "clusters": {"base": "b-base"}}}}}}"#,
+    );
     drop(mesh);
     let mesh = Mesh::start_with(rendered).await;
     let resp = mesh
@@ -156,15 +116,8 @@ async fn client_cannot_pick_a_cluster() {
         .await
         .unwrap();
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        chain(&body),
-        "c@base",
-        "c is not in this table: default route, not the client's cluster"
-    );
-    assert!(
-        body["headers"].get("x-isogroup-cluster").is_none(),
-        "{body}"
-    );
+    assert_eq!(chain(&body), "c@base", "c is not in this table: default route, not the client's cluster");
+    assert!(body["headers"].get("x-isogroup-cluster").is_none(), "{body}");
     assert!(body["headers"].get("x-isogroup-target").is_none(), "{body}");
 }
 
@@ -182,14 +135,17 @@ async fn debug_explains_the_decision() {
     assert_eq!(decisions.len(), 2, "b's hop and c's hop: {decisions:?}");
     let (b, c) = (&decisions[1], &decisions[0]);
     assert!(b.starts_with("vm="), "{b}");
-    assert!(b.ends_with("table=1; group=feature-2 (header); invalid=0; service=b serving=feature-1 cluster=b-feature-1 fallback"), "{b}");
-    assert!(c.ends_with("table=1; group=feature-2 (header); invalid=0; service=c serving=base cluster=c-base fallback"), "{c}");
+    assert!(
+        b.ends_with(
+            "table=1; group=feature-2 (header); invalid=0; service=b serving=feature-1 cluster=b-feature-1 fallback"
+        ),
+        "{b}"
+    );
+    assert!(
+        c.ends_with("table=1; group=feature-2 (header); invalid=0; service=c serving=base cluster=c-base fallback"),
+        "{c}"
+    );
     // without the debug header: no explanation
-    let resp = mesh
-        .request(&http(), "b")
-        .header("x-isogroup", "feature-2")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.request(&http(), "b").header("x-isogroup", "feature-2").send().await.unwrap();
     assert!(header_values(&resp, "x-isogroup-decision").is_empty());
 }

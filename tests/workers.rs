@@ -26,16 +26,10 @@ async fn both_workers_route() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         let decision = header_values(&resp, "x-isogroup-decision").join("");
-        assert!(
-            decision.contains("serving=base cluster=c-base fallback"),
-            "{decision}"
-        );
+        assert!(decision.contains("serving=base cluster=c-base fallback"), "{decision}");
         let vm = decision.split(';').next().unwrap_or_default().to_owned();
         *per_vm.entry(vm).or_default() += 1;
     }
     assert_eq!(per_vm.len(), 2, "two worker VMs decided: {per_vm:?}");
-    assert!(
-        per_vm.values().all(|&n| n == 20),
-        "five connections per worker, four requests each: {per_vm:?}"
-    );
+    assert!(per_vm.values().all(|&n| n == 20), "five connections per worker, four requests each: {per_vm:?}");
 }

@@ -52,10 +52,7 @@ mod tests {
         let cases: &[(&[u8], Option<&str>)] = &[
             (b"reviews", Some("reviews")),
             (b"reviews:9080", Some("reviews")),
-            (
-                b"Reviews.Default.SVC.cluster.local.",
-                Some("reviews.default.svc.cluster.local"),
-            ),
+            (b"Reviews.Default.SVC.cluster.local.", Some("reviews.default.svc.cluster.local")),
             (b"reviews.:80", Some("reviews")),
             (b"[::1]:8080", Some("::1")),
             (b"[fe80::1]", Some("fe80::1")),
@@ -68,19 +65,11 @@ mod tests {
             (b"re views", None),
             (b"r\xc3\xa9views", None),
             (&[b'a'; 254], None),
-            (
-                &[b'a'; 253],
-                Some(std::str::from_utf8(&[b'a'; 253]).unwrap()),
-            ),
+            (&[b'a'; 253], Some(std::str::from_utf8(&[b'a'; 253]).unwrap())),
         ];
         for (auth, want) in cases {
             let mut buf = [0u8; MAX_HOST_LEN + 1];
-            assert_eq!(
-                normalize(auth, &mut buf),
-                *want,
-                "{:?}",
-                String::from_utf8_lossy(auth)
-            );
+            assert_eq!(normalize(auth, &mut buf), *want, "{:?}", String::from_utf8_lossy(auth));
         }
     }
 }

@@ -126,11 +126,7 @@ impl Settings {
     /// Parses and validates a plugin configuration. Empty input means all
     /// defaults.
     pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
-        let bytes = if bytes.trim_ascii().is_empty() {
-            b"{}"
-        } else {
-            bytes
-        };
+        let bytes = if bytes.trim_ascii().is_empty() { b"{}" } else { bytes };
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let (path, message) = json_parts(e);
@@ -148,10 +144,7 @@ impl Settings {
         ];
         for (field, value) in headers {
             if !is_header_name(value) {
-                return Err(ConfigError::InvalidHeaderName {
-                    field,
-                    value: value.clone(),
-                });
+                return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
             }
         }
         if let Some(key) = &raw.baggage_key {
@@ -171,17 +164,11 @@ impl Settings {
             });
         }
         if !is_valid_group(raw.base_group.as_bytes()) {
-            return Err(ConfigError::InvalidGroupName {
-                field: "base_group",
-                value: raw.base_group,
-            });
+            return Err(ConfigError::InvalidGroupName { field: "base_group", value: raw.base_group });
         }
         if let Some(g) = &raw.workload_group {
             if !is_valid_group(g.as_bytes()) {
-                return Err(ConfigError::InvalidGroupName {
-                    field: "workload_group",
-                    value: g.clone(),
-                });
+                return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
             }
         }
         if !(400..=599).contains(&raw.failfast_status) {
@@ -193,10 +180,9 @@ impl Settings {
         }
         let source = match raw.table {
             None => Source::None,
-            Some(TableSource::Inline(t)) => Source::Inline(
-                Table::compile(&t, &raw.base_group, &raw.limits)
-                    .map_err(ConfigError::InlineTable)?,
-            ),
+            Some(TableSource::Inline(t)) => {
+                Source::Inline(Table::compile(&t, &raw.base_group, &raw.limits).map_err(ConfigError::InlineTable)?)
+            }
             Some(TableSource::Companion(c)) => {
                 validate_companion(&c)?;
                 Source::Companion(c)
@@ -259,7 +245,5 @@ fn is_header_name(name: &str) -> bool {
 
 /// RFC 9110 token.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

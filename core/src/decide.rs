@@ -63,9 +63,7 @@ impl FailReason {
 /// Decides for a request addressed by `:authority`.
 pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
     let mut buf = [0u8; authority::MAX_HOST_LEN + 1];
-    let Some(service) =
-        authority::normalize(req.authority, &mut buf).and_then(|h| table.service_by_host(h))
-    else {
+    let Some(service) = authority::normalize(req.authority, &mut buf).and_then(|h| table.service_by_host(h)) else {
         return Decision::PassThrough;
     };
     resolve(table, service, req.group, req.strict)
@@ -84,12 +82,7 @@ pub fn decide_service<'a>(
     }
 }
 
-fn resolve<'a>(
-    table: &'a Table,
-    service: ServiceId,
-    group: Option<&'a str>,
-    strict: Option<&'a [u8]>,
-) -> Decision<'a> {
+fn resolve<'a>(table: &'a Table, service: ServiceId, group: Option<&'a str>, strict: Option<&'a [u8]>) -> Decision<'a> {
     let service_name = table.service_name(service);
     let requested = group.and_then(|g| table.group_id(g));
     let group_name = group.unwrap_or_else(|| table.group_name(table.base()));
@@ -101,26 +94,12 @@ fn resolve<'a>(
         let strict_request = strict.is_some_and(|s| strict_lists(s, service_name));
         let is_base = requested == Some(table.base()) || group.is_none();
         if !is_base && (strict_group || strict_request) {
-            let reason = if strict_group {
-                FailReason::StrictGroup
-            } else {
-                FailReason::StrictRequest
-            };
-            return Decision::FailFast(FailFast {
-                service: service_name,
-                group: group_name,
-                reason,
-            });
+            let reason = if strict_group { FailReason::StrictGroup } else { FailReason::StrictRequest };
+            return Decision::FailFast(FailFast { service: service_name, group: group_name, reason });
         }
     }
     if let (Some(cluster), Some(g)) = (own, requested) {
-        return route(
-            service_name,
-            group_name,
-            table.group_name(g),
-            cluster,
-            false,
-        );
+        return route(service_name, group_name, table.group_name(g), cluster, false);
     }
     let order = requested.map_or(&[][..], |g| table.order(g));
     for &g in order.iter().skip(1) {
@@ -131,29 +110,13 @@ fn resolve<'a>(
     // Every service has a base cluster (validated), so this always routes.
     let base = table.base();
     match table.cluster(service, base) {
-        Some(cluster) => route(
-            service_name,
-            group_name,
-            table.group_name(base),
-            cluster,
-            group.is_some() && requested != Some(base),
-        ),
+        Some(cluster) => {
+            route(service_name, group_name, table.group_name(base), cluster, group.is_some() && requested != Some(base))
+        }
         None => Decision::PassThrough,
     }
 }
 
-fn route<'a>(
-    service: &'a str,
-    group: &'a str,
-    serving: &'a str,
-    cluster: &'a str,
-    fallback: bool,
-) -> Decision<'a> {
-    Decision::Route(Route {
-        service,
-        group,
-        serving,
-        cluster,
-        fallback,
-    })
+fn route<'a>(service: &'a str, group: &'a str, serving: &'a str, cluster: &'a str, fallback: bool) -> Decision<'a> {
+    Decision::Route(Route { service, group, serving, cluster, fallback })
 }

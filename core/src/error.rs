@@ -10,46 +10,25 @@ pub enum TableError {
     #[error("{path}: {message}")]
     Json { path: String, message: String },
     #[error("{field}: {size} bytes exceeds the limit of {limit}")]
-    TooManyBytes {
-        field: &'static str,
-        size: usize,
-        limit: usize,
-    },
+    TooManyBytes { field: &'static str, size: usize, limit: usize },
     #[error("{field}: {count} exceeds the limit of {limit}")]
-    TooMany {
-        field: &'static str,
-        count: usize,
-        limit: usize,
-    },
-    #[error("{field}: {name:?} is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)")]
+    TooMany { field: &'static str, count: usize, limit: usize },
+    #[error(
+        "{field}: {name:?} is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"
+    )]
     InvalidGroupName { field: String, name: String },
     #[error("services.{service}: {service:?} is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)")]
     InvalidServiceName { service: String },
     #[error("services.{service}.hosts: the list is empty; a service needs at least one host")]
     NoHosts { service: String },
     #[error("services.{service}.hosts: {host:?} is not a valid host ({why})")]
-    InvalidHost {
-        service: String,
-        host: String,
-        why: &'static str,
-    },
+    InvalidHost { service: String, host: String, why: &'static str },
     #[error("services.{service}.hosts: host {host:?} already belongs to service {other:?}")]
-    DuplicateHost {
-        service: String,
-        host: String,
-        other: String,
-    },
+    DuplicateHost { service: String, host: String, other: String },
     #[error("services.{service}.clusters: no cluster for base group {base:?}")]
     NoBaseCluster { service: String, base: String },
-    #[error(
-        "services.{service}.clusters.{group}: {cluster:?} is not a valid cluster name ({why})"
-    )]
-    InvalidCluster {
-        service: String,
-        group: String,
-        cluster: String,
-        why: &'static str,
-    },
+    #[error("services.{service}.clusters.{group}: {cluster:?} is not a valid cluster name ({why})")]
+    InvalidCluster { service: String, group: String, cluster: String, why: &'static str },
     #[error("groups.{group}: a strict group cannot have a fallback")]
     StrictWithFallback { group: String },
     #[error("groups.{group}: the base group cannot have a fallback")]
@@ -59,11 +38,7 @@ pub enum TableError {
     #[error("groups.{group}.fallback: cycle {cycle}")]
     FallbackCycle { group: String, cycle: String },
     #[error("groups.{group}.fallback: chain depth {depth} exceeds the limit of {limit}")]
-    FallbackTooDeep {
-        group: String,
-        depth: usize,
-        limit: usize,
-    },
+    FallbackTooDeep { group: String, depth: usize, limit: usize },
 }
 
 /// Why a plugin configuration was refused. The plugin does not start.
@@ -76,11 +51,7 @@ pub enum ConfigError {
     #[error("{field}: {value:?} is not a valid group name (DNS-1123 label)")]
     InvalidGroupName { field: &'static str, value: String },
     #[error("{field}: {value:?} is not valid ({why})")]
-    InvalidValue {
-        field: &'static str,
-        value: String,
-        why: &'static str,
-    },
+    InvalidValue { field: &'static str, value: String, why: &'static str },
     #[error("table.inline.{0}")]
     InlineTable(TableError),
 }
@@ -88,11 +59,7 @@ pub enum ConfigError {
 /// A `serde_path_to_error` failure turned into (path, message); `.` for the root.
 pub(crate) fn json_parts(err: serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
     let path = err.path().to_string();
-    let path = if path.is_empty() || path == "." {
-        "(document)".to_owned()
-    } else {
-        path
-    };
+    let path = if path.is_empty() || path == "." { "(document)".to_owned() } else { path };
     let inner = err.into_inner();
     // serde_json appends " at line L column C"; keep it, it helps with big files.
     (path, inner.to_string())

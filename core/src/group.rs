@@ -12,10 +12,7 @@ pub fn is_valid_group(name: &[u8]) -> bool {
     let (Some(&first), Some(&last)) = (name.first(), name.last()) else {
         return false;
     };
-    name.len() <= MAX_GROUP_LEN
-        && is_alnum(first)
-        && is_alnum(last)
-        && name.iter().all(|&b| is_alnum(b) || b == b'-')
+    name.len() <= MAX_GROUP_LEN && is_alnum(first) && is_alnum(last) && name.iter().all(|&b| is_alnum(b) || b == b'-')
 }
 
 fn is_alnum(b: u8) -> bool {
@@ -38,10 +35,7 @@ impl GroupName {
         }
         let mut bytes = [0u8; MAX_GROUP_LEN];
         bytes[..name.len()].copy_from_slice(name);
-        Some(Self {
-            len: name.len() as u8,
-            bytes,
-        })
+        Some(Self { len: name.len() as u8, bytes })
     }
 
     pub fn as_str(&self) -> &str {
@@ -159,9 +153,7 @@ pub fn baggage_without(value: &[u8], key: &str) -> Option<Vec<u8>> {
 /// `baggage` with the member `key` set to `group`: replaces an existing member
 /// with that key, keeps every other member and their order.
 pub fn baggage_with(value: Option<&[u8]>, key: &str, group: &str) -> Vec<u8> {
-    let mut out = value
-        .and_then(|v| baggage_without(v, key))
-        .unwrap_or_default();
+    let mut out = value.and_then(|v| baggage_without(v, key)).unwrap_or_default();
     if !out.is_empty() {
         out.push(b',');
     }
@@ -189,10 +181,7 @@ fn trim_quotes(v: &[u8]) -> &[u8] {
 
 /// Whether a strict-list header value (`svc,svc` or `*`) names `service`.
 pub fn strict_lists(value: &[u8], service: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .any(|s| s == b"*" || s == service.as_bytes())
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|s| s == b"*" || s == service.as_bytes())
 }
 
 #[cfg(test)]
@@ -221,18 +210,10 @@ mod tests {
             (b"\xffab", false),
         ];
         for (name, ok) in cases {
-            assert_eq!(
-                is_valid_group(name),
-                *ok,
-                "{:?}",
-                String::from_utf8_lossy(name)
-            );
+            assert_eq!(is_valid_group(name), *ok, "{:?}", String::from_utf8_lossy(name));
             assert_eq!(GroupName::new(name).is_some(), *ok);
         }
-        assert_eq!(
-            GroupName::new(b"team-a").map(|g| g.to_string()).as_deref(),
-            Some("team-a")
-        );
+        assert_eq!(GroupName::new(b"team-a").map(|g| g.to_string()).as_deref(), Some("team-a"));
     }
 
     fn found(s: &str) -> Lookup {
@@ -255,10 +236,7 @@ mod tests {
             ("isogroup=feature-1", found("feature-1")),
             ("  isogroup = feature-1 ", found("feature-1")),
             ("userId=alice,isogroup=team-a", found("team-a")),
-            (
-                "userId=alice, isogroup=team-a;prop=1;flag , other=x",
-                found("team-a"),
-            ),
+            ("userId=alice, isogroup=team-a;prop=1;flag , other=x", found("team-a")),
             ("isogroup=team%2Da", found("team-a")),
             ("isogroup=team%2da", found("team-a")),
             ("isogroup=Team-A", Lookup::Invalid),
@@ -273,37 +251,21 @@ mod tests {
             ("isogroup=bad_one,isogroup=team-a", Lookup::Invalid),
         ];
         for (value, want) in cases {
-            assert_eq!(
-                from_baggage(value.as_bytes(), "isogroup"),
-                *want,
-                "{value:?}"
-            );
+            assert_eq!(from_baggage(value.as_bytes(), "isogroup"), *want, "{value:?}");
         }
         let long = format!("isogroup={}", "a".repeat(64));
         assert_eq!(from_baggage(long.as_bytes(), "isogroup"), Lookup::Invalid);
         let encoded_long = format!("isogroup={}", "%61".repeat(64));
-        assert_eq!(
-            from_baggage(encoded_long.as_bytes(), "isogroup"),
-            Lookup::Invalid
-        );
+        assert_eq!(from_baggage(encoded_long.as_bytes(), "isogroup"), Lookup::Invalid);
     }
 
     #[test]
     fn baggage_rewrites() {
-        assert_eq!(
-            baggage_without(b"a=1, isogroup=BAD;p, b=2", "isogroup").as_deref(),
-            Some(&b"a=1,b=2"[..])
-        );
+        assert_eq!(baggage_without(b"a=1, isogroup=BAD;p, b=2", "isogroup").as_deref(), Some(&b"a=1,b=2"[..]));
         assert_eq!(baggage_without(b"isogroup=x", "isogroup"), None);
-        assert_eq!(
-            baggage_with(Some(b"a=1,isogroup=old"), "isogroup", "new"),
-            b"a=1,isogroup=new"
-        );
+        assert_eq!(baggage_with(Some(b"a=1,isogroup=old"), "isogroup", "new"), b"a=1,isogroup=new");
         assert_eq!(baggage_with(None, "isogroup", "new"), b"isogroup=new");
-        assert_eq!(
-            baggage_with(Some(b"a=1;p=2"), "isogroup", "g"),
-            b"a=1;p=2,isogroup=g"
-        );
+        assert_eq!(baggage_with(Some(b"a=1;p=2"), "isogroup", "g"), b"a=1;p=2,isogroup=g");
     }
 
     #[test]
@@ -318,11 +280,7 @@ mod tests {
             ("isogroup", None),
         ];
         for (header, want) in cases {
-            assert_eq!(
-                cookie_value(header.as_bytes(), "isogroup"),
-                want.map(str::as_bytes),
-                "{header:?}"
-            );
+            assert_eq!(cookie_value(header.as_bytes(), "isogroup"), want.map(str::as_bytes), "{header:?}");
         }
     }
 
@@ -340,11 +298,7 @@ mod tests {
             ("", "reviews", false),
         ];
         for (value, service, want) in cases {
-            assert_eq!(
-                strict_lists(value.as_bytes(), service),
-                *want,
-                "{value:?} {service:?}"
-            );
+            assert_eq!(strict_lists(value.as_bytes(), service), *want, "{value:?} {service:?}");
         }
     }
 }

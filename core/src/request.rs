@@ -118,11 +118,7 @@ pub fn scan<'h, H: AsRef<[u8]>>(headers: &'h [(String, H)], s: &Settings) -> Inc
         }
     }
     if inc.group.is_none() {
-        if let Some(g) = s
-            .workload_group
-            .as_deref()
-            .and_then(|g| GroupName::new(g.as_bytes()))
-        {
+        if let Some(g) = s.workload_group.as_deref().and_then(|g| GroupName::new(g.as_bytes())) {
             inc.group = Some(g);
             inc.source = GroupSource::Workload;
         }
@@ -133,10 +129,7 @@ pub fn scan<'h, H: AsRef<[u8]>>(headers: &'h [(String, H)], s: &Settings) -> Inc
 /// Finds the group in the `baggage` headers; an invalid member is counted
 /// and every baggage value is rewritten without it.
 fn scan_baggage<H: AsRef<[u8]>>(inc: &mut Incoming<'_>, headers: &[(String, H)], key: &str) {
-    let values = headers
-        .iter()
-        .filter(|(n, _)| n == "baggage")
-        .map(|(_, v)| v.as_ref());
+    let values = headers.iter().filter(|(n, _)| n == "baggage").map(|(_, v)| v.as_ref());
     let mut any_invalid = false;
     for v in values.clone() {
         match group::from_baggage(v, key) {
@@ -183,24 +176,13 @@ impl Incoming<'_> {
         }
         if let Some(values) = &self.baggage_rewrite {
             edits.push(Edit::Remove("baggage".into()));
-            edits.extend(
-                values
-                    .iter()
-                    .map(|v| Edit::Add("baggage".into(), v.clone())),
-            );
+            edits.extend(values.iter().map(|v| Edit::Add("baggage".into(), v.clone())));
         }
         if let (GroupSource::Workload, Some(g)) = (self.source, self.group) {
             edits.push(Edit::Set(s.group_header.clone(), g.as_str().into()));
             if let (true, Some(key)) = (s.inject_baggage, &s.baggage_key) {
-                let current = if self.baggage_rewrite.is_some() {
-                    None
-                } else {
-                    self.baggage
-                };
-                edits.push(Edit::Set(
-                    "baggage".into(),
-                    group::baggage_with(current, key, g.as_str()),
-                ));
+                let current = if self.baggage_rewrite.is_some() { None } else { self.baggage };
+                edits.push(Edit::Set("baggage".into(), group::baggage_with(current, key, g.as_str())));
             }
         }
         match decision {
@@ -222,12 +204,7 @@ impl Incoming<'_> {
     }
 
     pub fn local_reply(&self, f: &FailFast<'_>, s: &Settings) -> LocalReply {
-        LocalReply {
-            status: s.failfast_status,
-            grpc: self.grpc,
-            service: f.service.to_owned(),
-            body: failfast_body(f),
-        }
+        LocalReply { status: s.failfast_status, grpc: self.grpc, service: f.service.to_owned(), body: failfast_body(f) }
     }
 }
 
@@ -255,12 +232,7 @@ pub fn served_value(service: &str, serving: &str, fallback: bool) -> String {
 }
 
 /// `x-isogroup-decision`: the steps in one line, for humans.
-pub fn explain(
-    inc: &Incoming<'_>,
-    decision: Option<&Decision<'_>>,
-    table_version: Option<u64>,
-    vm: &str,
-) -> String {
+pub fn explain(inc: &Incoming<'_>, decision: Option<&Decision<'_>>, table_version: Option<u64>, vm: &str) -> String {
     let group = inc.group.as_ref().map_or("-", GroupName::as_str);
     let table = table_version.map_or("none".to_owned(), |v| v.to_string());
     let outcome = match decision {
@@ -275,15 +247,7 @@ pub fn explain(
                 if r.fallback { " fallback" } else { "" }
             )
         }
-        Some(Decision::FailFast(f)) => format!(
-            "service={} failfast reason={}",
-            f.service,
-            f.reason.as_str()
-        ),
+        Some(Decision::FailFast(f)) => format!("service={} failfast reason={}", f.service, f.reason.as_str()),
     };
-    format!(
-        "vm={vm}; table={table}; group={group} ({}); invalid={}; {outcome}",
-        inc.source.as_str(),
-        inc.invalid
-    )
+    format!("vm={vm}; table={table}; group={group} ({}); invalid={}; {outcome}", inc.source.as_str(), inc.invalid)
 }

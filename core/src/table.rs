@@ -111,17 +111,9 @@ struct CompiledService {
 impl Table {
     /// Parses JSON bytes and compiles them; `default_base` is used when the
     /// table names no `base_group`.
-    pub fn from_json(
-        bytes: &[u8],
-        default_base: &str,
-        limits: &Limits,
-    ) -> Result<Table, TableError> {
+    pub fn from_json(bytes: &[u8], default_base: &str, limits: &Limits) -> Result<Table, TableError> {
         if bytes.len() > limits.max_table_bytes {
-            return Err(TableError::TooManyBytes {
-                field: "table",
-                size: bytes.len(),
-                limit: limits.max_table_bytes,
-            });
+            return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawTable = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -131,12 +123,14 @@ impl Table {
         Table::compile(&raw, default_base, limits)
     }
 
-    pub fn compile(
-        raw: &RawTable,
-        default_base: &str,
-        limits: &Limits,
-    ) -> Result<Table, TableError> {
-        Compiler::new(raw, default_base, limits)?.finish()
+    /// Compiles a table; the first problem found rejects it.
+    pub fn compile(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, TableError> {
+        Table::check(raw, default_base, limits).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Compiles a table, or lists every problem found (never an empty list).
+    pub fn check(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, Vec<TableError>> {
+        Compiler::new(raw, default_base, limits).map_err(|e| vec![e])?.finish()
     }
 
     pub fn version(&self) -> u64 {
@@ -177,18 +171,12 @@ impl Table {
 
     /// Every service name with its id, in id order.
     pub fn services(&self) -> impl Iterator<Item = (ServiceId, &str)> {
-        self.services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i as ServiceId, &*s.name))
+        self.services.iter().enumerate().map(|(i, s)| (i as ServiceId, &*s.name))
     }
 
     /// Every group name with its id, in id order.
     pub fn groups(&self) -> impl Iterator<Item = (GroupId, &str)> {
-        self.group_names
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (i as GroupId, &**g))
+        self.group_names.iter().enumerate().map(|(i, g)| (i as GroupId, &**g))
     }
 
     pub(crate) fn is_strict(&self, group: GroupId) -> bool {
@@ -206,26 +194,22 @@ impl Table {
     }
 }
 
+/// Validates and compiles one raw table. Size and base-group problems stop
+/// at once; every other problem is collected, so `check` can list them all.
 struct Compiler<'r> {
     raw: &'r RawTable,
     limits: &'r Limits,
     base_name: &'r str,
     group_names: Vec<Box<str>>,
     group_index: HashMap<Box<str>, GroupId>,
+    errors: Vec<TableError>,
 }
 
 impl<'r> Compiler<'r> {
-    fn new(
-        raw: &'r RawTable,
-        default_base: &'r str,
-        limits: &'r Limits,
-    ) -> Result<Self, TableError> {
+    fn new(raw: &'r RawTable, default_base: &'r str, limits: &'r Limits) -> Result<Self, TableError> {
         let base_name = raw.base_group.as_deref().unwrap_or(default_base);
         if !is_valid_group(base_name.as_bytes()) {
-            return Err(TableError::InvalidGroupName {
-                field: "base_group".into(),
-                name: base_name.into(),
-            });
+            return Err(TableError::InvalidGroupName { field: "base_group".into(), name: base_name.into() });
         }
         if raw.services.len() > limits.max_services {
             return Err(TableError::TooMany {
@@ -248,34 +232,30 @@ impl<'r> Compiler<'r> {
             base_name,
             group_names: Vec::new(),
             group_index: HashMap::new(),
+            errors: Vec::new(),
         };
         c.intern(base_name);
         for name in raw.groups.keys() {
-            if !is_valid_group(name.as_bytes()) {
-                return Err(TableError::InvalidGroupName {
-                    field: format!("groups.{name}"),
-                    name: name.clone(),
-                });
+            if is_valid_group(name.as_bytes()) {
+                c.intern(name);
+            } else {
+                c.errors.push(TableError::InvalidGroupName { field: format!("groups.{name}"), name: name.clone() });
             }
-            c.intern(name);
         }
         for (svc, s) in &raw.services {
             for group in s.clusters.keys() {
-                if !is_valid_group(group.as_bytes()) {
-                    return Err(TableError::InvalidGroupName {
+                if is_valid_group(group.as_bytes()) {
+                    c.intern(group);
+                } else {
+                    c.errors.push(TableError::InvalidGroupName {
                         field: format!("services.{svc}.clusters.{group}"),
                         name: group.clone(),
                     });
                 }
-                c.intern(group);
             }
         }
         if c.group_names.len() > limits.max_groups {
-            return Err(TableError::TooMany {
-                field: "groups",
-                count: c.group_names.len(),
-                limit: limits.max_groups,
-            });
+            return Err(TableError::TooMany { field: "groups", count: c.group_names.len(), limit: limits.max_groups });
         }
         Ok(c)
     }
@@ -290,9 +270,12 @@ impl<'r> Compiler<'r> {
         id
     }
 
-    fn finish(self) -> Result<Table, TableError> {
-        let groups = self.compile_groups()?;
-        let (services, service_index, host_index) = self.compile_services()?;
+    fn finish(mut self) -> Result<Table, Vec<TableError>> {
+        let groups = self.compile_groups();
+        let (services, service_index, host_index) = self.compile_services();
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
         Ok(Table {
             version: self.raw.version,
             base: 0,
@@ -305,61 +288,55 @@ impl<'r> Compiler<'r> {
         })
     }
 
-    fn compile_groups(&self) -> Result<Vec<CompiledGroup>, TableError> {
-        for (name, g) in &self.raw.groups {
+    fn compile_groups(&mut self) -> Vec<CompiledGroup> {
+        let raw = self.raw;
+        let mut rule_errors = Vec::new();
+        for (name, g) in &raw.groups {
             if name == self.base_name && !g.fallback.is_empty() {
-                return Err(TableError::BaseHasFallback {
-                    group: name.clone(),
-                });
+                rule_errors.push(TableError::BaseHasFallback { group: name.clone() });
             }
             if g.mode == Mode::Strict && !g.fallback.is_empty() {
-                return Err(TableError::StrictWithFallback {
-                    group: name.clone(),
-                });
+                rule_errors.push(TableError::StrictWithFallback { group: name.clone() });
             }
             for f in &g.fallback {
                 if !self.group_index.contains_key(f.as_str()) {
-                    return Err(TableError::UnknownFallback {
-                        group: name.clone(),
-                        fallback: f.clone(),
-                    });
+                    rule_errors.push(TableError::UnknownFallback { group: name.clone(), fallback: f.clone() });
                 }
             }
         }
         let mut depth: HashMap<&str, usize> = HashMap::new();
-        for name in self.raw.groups.keys() {
+        for name in raw.groups.keys() {
             let mut path = Vec::new();
-            let d = self.depth(name, &mut path, &mut depth)?;
-            if d > self.limits.max_fallback_depth {
-                return Err(TableError::FallbackTooDeep {
+            match self.depth(name, &mut path, &mut depth) {
+                Ok(d) if d > self.limits.max_fallback_depth => rule_errors.push(TableError::FallbackTooDeep {
                     group: name.clone(),
                     depth: d,
                     limit: self.limits.max_fallback_depth,
-                });
+                }),
+                Ok(_) => {}
+                Err(e) => {
+                    // One cycle is reported once, from its first group.
+                    if !rule_errors.contains(&e) {
+                        rule_errors.push(e);
+                    }
+                    break;
+                }
             }
         }
-        let compiled = self
-            .group_names
+        self.errors.extend(rule_errors);
+        self.group_names
             .iter()
             .map(|name| {
-                let strict = self
-                    .raw
-                    .groups
-                    .get(&**name)
-                    .is_some_and(|g| g.mode == Mode::Strict);
+                let strict = raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
                 let mut order = Vec::new();
                 self.visit(name, &mut order);
                 let base = 0;
                 if !order.contains(&base) {
                     order.push(base);
                 }
-                CompiledGroup {
-                    strict,
-                    order: order.into(),
-                }
+                CompiledGroup { strict, order: order.into() }
             })
-            .collect();
-        Ok(compiled)
+            .collect()
     }
 
     /// Longest fallback chain below `name`, in edges; errors on a cycle.
@@ -375,10 +352,7 @@ impl<'r> Compiler<'r> {
         if let Some(start) = path.iter().position(|&p| p == name) {
             let mut cycle: Vec<&str> = path[start..].to_vec();
             cycle.push(name);
-            return Err(TableError::FallbackCycle {
-                group: path[start].to_owned(),
-                cycle: cycle.join(" -> "),
-            });
+            return Err(TableError::FallbackCycle { group: path[start].to_owned(), cycle: cycle.join(" -> ") });
         }
         path.push(name);
         let mut d = 0;
@@ -390,7 +364,8 @@ impl<'r> Compiler<'r> {
         Ok(d)
     }
 
-    /// Depth-first resolution order; acyclic by the time it runs.
+    /// Depth-first resolution order, each group once (so cycles end here
+    /// too, though a table with one is rejected).
     fn visit(&self, name: &str, order: &mut Vec<GroupId>) {
         let Some(&id) = self.group_index.get(name) else {
             return;
@@ -406,68 +381,54 @@ impl<'r> Compiler<'r> {
 
     #[allow(clippy::type_complexity)]
     fn compile_services(
-        &self,
-    ) -> Result<
-        (
-            Vec<CompiledService>,
-            HashMap<Box<str>, ServiceId>,
-            HashMap<Box<str>, ServiceId>,
-        ),
-        TableError,
-    > {
-        let mut services = Vec::with_capacity(self.raw.services.len());
-        let mut service_index = HashMap::with_capacity(self.raw.services.len());
-        let mut host_index: HashMap<Box<str>, ServiceId> = HashMap::new();
-        for (id, (name, s)) in self.raw.services.iter().enumerate() {
+        &mut self,
+    ) -> (Vec<CompiledService>, HashMap<Box<str>, ServiceId>, HashMap<Box<str>, ServiceId>) {
+        let raw = self.raw;
+        let mut services: Vec<CompiledService> = Vec::with_capacity(raw.services.len());
+        let mut service_index = HashMap::with_capacity(raw.services.len());
+        let mut host_index: HashMap<Box<str>, ServiceId> = HashMap::with_capacity(raw.services.len());
+        for (id, (name, s)) in raw.services.iter().enumerate() {
             let id = id as ServiceId;
             if !is_valid_service(name) {
-                return Err(TableError::InvalidServiceName {
-                    service: name.clone(),
-                });
+                self.errors.push(TableError::InvalidServiceName { service: name.clone() });
             }
             if s.hosts.is_empty() {
-                return Err(TableError::NoHosts {
-                    service: name.clone(),
-                });
+                self.errors.push(TableError::NoHosts { service: name.clone() });
             }
             for host in &s.hosts {
-                if host.contains('/') || host.contains('*') {
-                    return Err(TableError::InvalidHost {
-                        service: name.clone(),
-                        host: host.clone(),
-                        why: "a host has no '/' and no wildcard",
-                    });
-                }
-                let norm =
-                    authority::normalize_owned(host).ok_or_else(|| TableError::InvalidHost {
-                        service: name.clone(),
-                        host: host.clone(),
-                        why: "empty, too long, or not printable ASCII",
-                    })?;
-                if let Some(&other) = host_index.get(norm.as_str()) {
-                    if other != id {
-                        let other = services
-                            .get(other as usize)
-                            .map_or(String::new(), |s: &CompiledService| s.name.to_string());
-                        return Err(TableError::DuplicateHost {
+                let norm = if host.contains('/') || host.contains('*') {
+                    Err("a host has no '/' and no wildcard")
+                } else {
+                    authority::normalize_owned(host).ok_or("empty, too long, or not printable ASCII")
+                };
+                let norm = match norm {
+                    Ok(n) => n,
+                    Err(why) => {
+                        self.errors.push(TableError::InvalidHost { service: name.clone(), host: host.clone(), why });
+                        continue;
+                    }
+                };
+                match host_index.get(norm.as_str()) {
+                    Some(&other) if other != id => {
+                        let other = services.get(other as usize).map_or(String::new(), |s| s.name.to_string());
+                        self.errors.push(TableError::DuplicateHost {
                             service: name.clone(),
                             host: host.clone(),
                             other,
                         });
                     }
+                    _ => {
+                        host_index.insert(norm.into(), id);
+                    }
                 }
-                host_index.insert(norm.into(), id);
             }
             if !s.clusters.contains_key(self.base_name) {
-                return Err(TableError::NoBaseCluster {
-                    service: name.clone(),
-                    base: self.base_name.to_owned(),
-                });
+                self.errors.push(TableError::NoBaseCluster { service: name.clone(), base: self.base_name.to_owned() });
             }
             let mut clusters = Vec::with_capacity(s.clusters.len());
             for (group, cluster) in &s.clusters {
                 if let Err(why) = check_cluster(cluster) {
-                    return Err(TableError::InvalidCluster {
+                    self.errors.push(TableError::InvalidCluster {
                         service: name.clone(),
                         group: group.clone(),
                         cluster: cluster.clone(),
@@ -475,17 +436,14 @@ impl<'r> Compiler<'r> {
                     });
                 }
                 if let Some(&g) = self.group_index.get(group.as_str()) {
-                    clusters.push((g, cluster.as_str().into()));
+                    clusters.push((g, Box::<str>::from(cluster.as_str())));
                 }
             }
             clusters.sort_by_key(|(g, _)| *g);
             service_index.insert(name.as_str().into(), id);
-            services.push(CompiledService {
-                name: name.as_str().into(),
-                clusters: clusters.into(),
-            });
+            services.push(CompiledService { name: name.as_str().into(), clusters: clusters.into() });
         }
-        Ok((services, service_index, host_index))
+        (services, service_index, host_index)
     }
 }
 

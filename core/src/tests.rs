@@ -45,13 +45,7 @@ fn outcome(d: Decision<'_>) -> String {
     match d {
         Decision::PassThrough => "pass".into(),
         Decision::Route(r) => {
-            format!(
-                "{}={} via {}{}",
-                r.service,
-                r.serving,
-                r.cluster,
-                if r.fallback { " (fallback)" } else { "" }
-            )
+            format!("{}={} via {}{}", r.service, r.serving, r.cluster, if r.fallback { " (fallback)" } else { "" })
         }
         Decision::FailFast(f) => {
             format!("failfast {} {} {}", f.service, f.group, f.reason.as_str())
@@ -71,139 +65,36 @@ fn decisions() {
         // no group: base
         ("reviews", None, None, "reviews=base via reviews-base"),
         ("reviews", None, Some("*"), "reviews=base via reviews-base"),
-        (
-            "reviews",
-            Some("base"),
-            Some("*"),
-            "reviews=base via reviews-base",
-        ),
+        ("reviews", Some("base"), Some("*"), "reviews=base via reviews-base"),
         // authority normalisation: port, case, trailing dot, IPv6
-        (
-            "REVIEWS:9080",
-            Some("feature-1"),
-            None,
-            "reviews=feature-1 via reviews-f1",
-        ),
-        (
-            "reviews.default.svc.cluster.local.",
-            Some("feature-1"),
-            None,
-            "reviews=feature-1 via reviews-f1",
-        ),
-        (
-            "[::1]:8080",
-            Some("other"),
-            None,
-            "details=other via details-other",
-        ),
+        ("REVIEWS:9080", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
+        ("reviews.default.svc.cluster.local.", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
+        ("[::1]:8080", Some("other"), None, "details=other via details-other"),
         // step 3: own instance
-        (
-            "reviews",
-            Some("feature-1"),
-            None,
-            "reviews=feature-1 via reviews-f1",
-        ),
+        ("reviews", Some("feature-1"), None, "reviews=feature-1 via reviews-f1"),
         // fallback chain: feature-1 -> team-a -> base
-        (
-            "ratings",
-            Some("feature-1"),
-            None,
-            "ratings=team-a via ratings-a (fallback)",
-        ),
-        (
-            "details",
-            Some("feature-1"),
-            None,
-            "details=base via details-base (fallback)",
-        ),
+        ("ratings", Some("feature-1"), None, "ratings=team-a via ratings-a (fallback)"),
+        ("details", Some("feature-1"), None, "details=base via details-base (fallback)"),
         // depth first: deep -> mid -> team-a before other
-        (
-            "ratings",
-            Some("deep"),
-            None,
-            "ratings=team-a via ratings-a (fallback)",
-        ),
-        (
-            "details",
-            Some("deep"),
-            None,
-            "details=other via details-other (fallback)",
-        ),
+        ("ratings", Some("deep"), None, "ratings=team-a via ratings-a (fallback)"),
+        ("details", Some("deep"), None, "details=other via details-other (fallback)"),
         // a group the table does not know goes to base
-        (
-            "reviews",
-            Some("nobody"),
-            None,
-            "reviews=base via reviews-base (fallback)",
-        ),
+        ("reviews", Some("nobody"), None, "reviews=base via reviews-base (fallback)"),
         // step 4: strict group fails fast, wins over strict_request
-        (
-            "ratings",
-            Some("team-s"),
-            None,
-            "failfast ratings team-s strict_group",
-        ),
-        (
-            "ratings",
-            Some("team-s"),
-            Some("ratings"),
-            "failfast ratings team-s strict_group",
-        ),
-        (
-            "reviews",
-            Some("team-s"),
-            None,
-            "reviews=team-s via reviews-s",
-        ),
+        ("ratings", Some("team-s"), None, "failfast ratings team-s strict_group"),
+        ("ratings", Some("team-s"), Some("ratings"), "failfast ratings team-s strict_group"),
+        ("reviews", Some("team-s"), None, "reviews=team-s via reviews-s"),
         // strict request: listed service, list with spaces, `*`, not listed
-        (
-            "ratings",
-            Some("feature-1"),
-            Some("ratings"),
-            "failfast ratings feature-1 strict_request",
-        ),
-        (
-            "ratings",
-            Some("feature-1"),
-            Some(" details , ratings "),
-            "failfast ratings feature-1 strict_request",
-        ),
-        (
-            "ratings",
-            Some("feature-1"),
-            Some("*"),
-            "failfast ratings feature-1 strict_request",
-        ),
-        (
-            "ratings",
-            Some("feature-1"),
-            Some("details"),
-            "ratings=team-a via ratings-a (fallback)",
-        ),
-        (
-            "reviews",
-            Some("feature-1"),
-            Some("*"),
-            "reviews=feature-1 via reviews-f1",
-        ),
-        (
-            "reviews",
-            Some("nobody"),
-            Some("reviews"),
-            "failfast reviews nobody strict_request",
-        ),
+        ("ratings", Some("feature-1"), Some("ratings"), "failfast ratings feature-1 strict_request"),
+        ("ratings", Some("feature-1"), Some(" details , ratings "), "failfast ratings feature-1 strict_request"),
+        ("ratings", Some("feature-1"), Some("*"), "failfast ratings feature-1 strict_request"),
+        ("ratings", Some("feature-1"), Some("details"), "ratings=team-a via ratings-a (fallback)"),
+        ("reviews", Some("feature-1"), Some("*"), "reviews=feature-1 via reviews-f1"),
+        ("reviews", Some("nobody"), Some("reviews"), "failfast reviews nobody strict_request"),
     ];
     for (authority, group, strict, want) in cases {
-        let req = RequestView {
-            authority: authority.as_bytes(),
-            group: *group,
-            strict: strict.map(str::as_bytes),
-        };
-        assert_eq!(
-            outcome(decide(&t, &req)),
-            *want,
-            "{authority:?} {group:?} {strict:?}"
-        );
+        let req = RequestView { authority: authority.as_bytes(), group: *group, strict: strict.map(str::as_bytes) };
+        assert_eq!(outcome(decide(&t, &req)), *want, "{authority:?} {group:?} {strict:?}");
     }
 }
 
@@ -214,10 +105,7 @@ fn decide_by_service_name() {
         outcome(decide_service(&t, "ratings", Some("feature-1"), None)),
         "ratings=team-a via ratings-a (fallback)"
     );
-    assert_eq!(
-        outcome(decide_service(&t, "nope", Some("feature-1"), None)),
-        "pass"
-    );
+    assert_eq!(outcome(decide_service(&t, "nope", Some("feature-1"), None)), "pass");
 }
 
 #[test]
@@ -226,22 +114,14 @@ fn compiled_table_facts() {
     assert_eq!(t.version(), 42);
     assert_eq!(t.service_count(), 3);
     assert_eq!(t.group_name(t.base()), "base");
-    assert_eq!(
-        t.services().map(|(_, n)| n).collect::<Vec<_>>(),
-        ["details", "ratings", "reviews"]
-    );
+    assert_eq!(t.services().map(|(_, n)| n).collect::<Vec<_>>(), ["details", "ratings", "reviews"]);
 }
 
 #[test]
 fn table_base_group_override() {
-    let json =
-        r#"{"base_group":"stable","services":{"a":{"hosts":["a"],"clusters":{"stable":"a0"}}}}"#;
+    let json = r#"{"base_group":"stable","services":{"a":{"hosts":["a"],"clusters":{"stable":"a0"}}}}"#;
     let t = Table::from_json(json.as_bytes(), "base", &Limits::default()).unwrap();
-    let req = RequestView {
-        authority: b"a",
-        group: Some("x"),
-        strict: None,
-    };
+    let req = RequestView { authority: b"a", group: Some("x"), strict: None };
     assert_eq!(outcome(decide(&t, &req)), "a=stable via a0 (fallback)");
 }
 
@@ -254,13 +134,9 @@ fn table_error(json: &str, limits: Limits) -> String {
 
 #[test]
 fn table_validation_errors() {
-    let svc = |clusters: &str| {
-        format!(r#"{{"services":{{"reviews":{{"hosts":["reviews"],"clusters":{clusters}}}}}}}"#)
-    };
+    let svc = |clusters: &str| format!(r#"{{"services":{{"reviews":{{"hosts":["reviews"],"clusters":{clusters}}}}}}}"#);
     let groups = |g: &str| {
-        format!(
-            r#"{{"groups":{g},"services":{{"a":{{"hosts":["a"],"clusters":{{"base":"a0","x":"ax","y":"ay"}}}}}}}}"#
-        )
+        format!(r#"{{"groups":{g},"services":{{"a":{{"hosts":["a"],"clusters":{{"base":"a0","x":"ax","y":"ay"}}}}}}}}"#)
     };
     let cases: Vec<(String, &str)> = vec![
         (svc(r#"{"feature-1":"c"}"#), r#"services.reviews.clusters: no cluster for base group "base""#),
@@ -299,22 +175,12 @@ fn fallback_depth_limit() {
     // g0 -> g1 -> … -> g9: depth 9 from g0
     let mut groups = Vec::new();
     for i in 0..10 {
-        let fb = if i < 9 {
-            format!(r#"["g{}"]"#, i + 1)
-        } else {
-            "[]".into()
-        };
+        let fb = if i < 9 { format!(r#"["g{}"]"#, i + 1) } else { "[]".into() };
         groups.push(format!(r#""g{i}":{{"fallback":{fb}}}"#));
     }
     let json = format!(r#"{{"groups":{{{}}}}}"#, groups.join(","));
-    assert_eq!(
-        table_error(&json, Limits::default()),
-        "groups.g0.fallback: chain depth 9 exceeds the limit of 8"
-    );
-    let deep_ok = Limits {
-        max_fallback_depth: 9,
-        ..Limits::default()
-    };
+    assert_eq!(table_error(&json, Limits::default()), "groups.g0.fallback: chain depth 9 exceeds the limit of 8");
+    let deep_ok = Limits { max_fallback_depth: 9, ..Limits::default() };
     assert_eq!(table_error(&json, deep_ok), "accepted");
 }
 
@@ -326,18 +192,9 @@ fn size_limits() {
         f(&mut l);
         l
     };
-    assert_eq!(
-        table_error(two, lim(|l| l.max_services = 1)),
-        "services: 2 exceeds the limit of 1"
-    );
-    assert_eq!(
-        table_error(two, lim(|l| l.max_groups = 2)),
-        "groups: 3 exceeds the limit of 2"
-    );
-    assert_eq!(
-        table_error(two, lim(|l| l.max_cluster_entries = 2)),
-        "services.*.clusters: 3 exceeds the limit of 2"
-    );
+    assert_eq!(table_error(two, lim(|l| l.max_services = 1)), "services: 2 exceeds the limit of 1");
+    assert_eq!(table_error(two, lim(|l| l.max_groups = 2)), "groups: 3 exceeds the limit of 2");
+    assert_eq!(table_error(two, lim(|l| l.max_cluster_entries = 2)), "services.*.clusters: 3 exceeds the limit of 2");
     assert_eq!(
         table_error(two, lim(|l| l.max_table_bytes = 10)),
         format!("table: {} bytes exceeds the limit of 10", two.len())
@@ -367,10 +224,9 @@ fn config_defaults() {
     assert_eq!(s.failfast_status, 503);
     assert_eq!(s.limits, Limits::default());
     assert!(matches!(s.source, Source::None));
-    let s = Settings::from_json(
-        br#"{"baggage_key":null,"table":{"companion":{"cluster":"c","authority":"companion"}}}"#,
-    )
-    .unwrap();
+    let s =
+        Settings::from_json(br#"{"baggage_key":null,"table":{"companion":{"cluster":"c","authority":"companion"}}}"#)
+            .unwrap();
     assert_eq!(s.baggage_key, None);
     match s.source {
         Source::Companion(c) => assert_eq!((c.path.as_str(), c.wait_s), ("/v1/table", 25)),
@@ -403,4 +259,24 @@ fn config_validation_errors() {
     for (json, want) in cases {
         assert_eq!(config_error(json), *want, "{json}");
     }
+}
+
+#[test]
+fn check_lists_every_problem() {
+    let json = r#"{"groups":{"x":{"fallback":["nope"]},"s":{"mode":"strict","fallback":["x"]}},
+        "services":{"a":{"hosts":["a"],"clusters":{"x":"ax"}},"b":{"hosts":["a"],"clusters":{"base":"b0"}}}}"#;
+    let raw: RawTable = serde_json::from_str(json).unwrap();
+    let errors: Vec<String> =
+        Table::check(&raw, "base", &Limits::default()).unwrap_err().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "groups.s: a strict group cannot have a fallback",
+            r#"groups.x.fallback: unknown group "nope" (not in groups, not the base group, not serving any service)"#,
+            r#"services.a.clusters: no cluster for base group "base""#,
+            r#"services.b.hosts: host "a" already belongs to service "a""#,
+        ]
+    );
+    // compile reports the first of them
+    assert_eq!(Table::compile(&raw, "base", &Limits::default()).unwrap_err().to_string(), errors[0]);
 }

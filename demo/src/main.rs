@@ -17,21 +17,10 @@ use serde_json::{json, Value};
 mod show;
 
 /// Headers a well-behaved app forwards to the next hop.
-const FORWARDED: [&str; 7] = [
-    "x-isogroup",
-    "x-isogroup-strict",
-    "baggage",
-    "traceparent",
-    "x-request-id",
-    "x-isogroup-debug",
-    "content-type",
-];
+const FORWARDED: [&str; 7] =
+    ["x-isogroup", "x-isogroup-strict", "baggage", "traceparent", "x-request-id", "x-isogroup-debug", "content-type"];
 /// Response annotations copied from the next hop, so the client sees the chain.
-const ANNOTATIONS: [&str; 3] = [
-    "x-isogroup-served",
-    "x-isogroup-decision",
-    "x-isogroup-failfast",
-];
+const ANNOTATIONS: [&str; 3] = ["x-isogroup-served", "x-isogroup-decision", "x-isogroup-failfast"];
 
 #[derive(Parser)]
 #[command(name = "isogroup-demo", about = "isogroup demo service")]
@@ -79,27 +68,11 @@ struct App {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Serve {
-            service,
-            group,
-            listen,
-            next,
-            via,
-            drop_group_header,
-        } => {
-            let app = Arc::new(App {
-                service,
-                group,
-                next,
-                via,
-                drop_group_header,
-                client: reqwest::Client::new(),
-            });
+        Command::Serve { service, group, listen, next, via, drop_group_header } => {
+            let app = Arc::new(App { service, group, next, via, drop_group_header, client: reqwest::Client::new() });
             let router = axum::Router::new().fallback(handle).with_state(app);
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown())
-                .await?;
+            axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
         }
         Command::Show { via } => show::run(&via).await?,
     }
@@ -113,21 +86,13 @@ async fn shutdown() {
 async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
     let received: BTreeMap<String, String> = headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let mut body = json!({ "service": app.service, "group": app.group, "headers": received });
     let mut out = HeaderMap::new();
     let mut status = StatusCode::OK;
     if let Some(next) = &app.next {
-        let mut req = app
-            .client
-            .get(format!("http://{}/", app.via))
-            .header("host", next.as_str());
+        let mut req = app.client.get(format!("http://{}/", app.via)).header("host", next.as_str());
         for name in FORWARDED {
             if app.drop_group_header && name == "x-isogroup" {
                 continue;
@@ -145,8 +110,8 @@ async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoRes
                     }
                 }
                 let text = resp.text().await.unwrap_or_default();
-                body["next"] = serde_json::from_str::<Value>(&text)
-                    .unwrap_or(json!({ "status": status.as_u16(), "body": text }));
+                body["next"] =
+                    serde_json::from_str::<Value>(&text).unwrap_or(json!({ "status": status.as_u16(), "body": text }));
             }
             Err(e) => {
                 status = StatusCode::BAD_GATEWAY;
@@ -156,8 +121,7 @@ async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoRes
     }
     out.insert(
         "x-demo-instance",
-        HeaderValue::from_str(&format!("{}@{}", app.service, app.group))
-            .unwrap_or(HeaderValue::from_static("?")),
+        HeaderValue::from_str(&format!("{}@{}", app.service, app.group)).unwrap_or(HeaderValue::from_static("?")),
     );
     (status, out, Json(body))
 }

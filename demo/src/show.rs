@@ -11,16 +11,8 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case {
-        what: "no group",
-        headers: &[],
-        group: None,
-    },
-    Case {
-        what: "x-isogroup: feature-1",
-        headers: &[("x-isogroup", "feature-1")],
-        group: Some("feature-1"),
-    },
+    Case { what: "no group", headers: &[], group: None },
+    Case { what: "x-isogroup: feature-1", headers: &[("x-isogroup", "feature-1")], group: Some("feature-1") },
     Case {
         what: "baggage: isogroup=feature-1",
         headers: &[("baggage", "user=alice, isogroup=feature-1")],
@@ -31,21 +23,13 @@ const CASES: &[Case] = &[
         headers: &[("x-isogroup", "feature-2")],
         group: Some("feature-2"),
     },
-    Case {
-        what: "x-isogroup: nobody (unknown group)",
-        headers: &[("x-isogroup", "nobody")],
-        group: Some("nobody"),
-    },
+    Case { what: "x-isogroup: nobody (unknown group)", headers: &[("x-isogroup", "nobody")], group: Some("nobody") },
     Case {
         what: "x-isogroup: feature-1, x-isogroup-strict: c",
         headers: &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "c")],
         group: Some("feature-1"),
     },
-    Case {
-        what: "x-isogroup: team-s (strict group)",
-        headers: &[("x-isogroup", "team-s")],
-        group: Some("team-s"),
-    },
+    Case { what: "x-isogroup: team-s (strict group)", headers: &[("x-isogroup", "team-s")], group: Some("team-s") },
 ];
 
 pub async fn run(via: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -66,18 +50,8 @@ pub async fn run(via: &str) -> Result<(), Box<dyn std::error::Error>> {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        println!(
-            "{:<50} {:<6} {}",
-            case.what,
-            status,
-            path(&body, case.group)
-        );
-        println!(
-            "{:<50} {:<6} x-isogroup-served: {}",
-            "",
-            "",
-            served.join(", ")
-        );
+        println!("{:<50} {:<6} {}", case.what, status, path(&body, case.group));
+        println!("{:<50} {:<6} x-isogroup-served: {}", "", "", served.join(", "));
     }
     Ok(())
 }
@@ -93,18 +67,14 @@ fn path(body: &Value, group: Option<&str>) -> String {
             hops.push(format!("{service}: FAIL-FAST 503 ({reason})"));
             break;
         }
-        let (Some(service), Some(served)) = (
-            node.get("service").and_then(Value::as_str),
-            node.get("group").and_then(Value::as_str),
-        ) else {
+        let (Some(service), Some(served)) =
+            (node.get("service").and_then(Value::as_str), node.get("group").and_then(Value::as_str))
+        else {
             hops.push(format!("? {node}"));
             break;
         };
         let fallback = group.is_some_and(|g| g != served);
-        hops.push(format!(
-            "{service}@{served}{}",
-            if fallback { " (fallback)" } else { "" }
-        ));
+        hops.push(format!("{service}@{served}{}", if fallback { " (fallback)" } else { "" }));
         match node.get("next") {
             Some(next) => node = next,
             None => break,

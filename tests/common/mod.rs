@@ -15,14 +15,8 @@ pub fn root() -> PathBuf {
 }
 
 fn bin(env: &str, default: &str) -> PathBuf {
-    let path = std::env::var_os(env)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(default));
-    assert!(
-        path.exists(),
-        "{} not found (set {env} or run ./build.sh test)",
-        path.display()
-    );
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| root().join(default));
+    assert!(path.exists(), "{} not found (set {env} or run ./build.sh test)", path.display());
     path
 }
 
@@ -36,10 +30,7 @@ pub fn demo_bin() -> PathBuf {
 
 /// A port free right now on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// Polls `probe` until it yields a value, or fails the test after `timeout`.
@@ -53,10 +44,7 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -69,14 +57,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child,
-        }
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_owned(), child }
     }
 
     pub fn pid(&self) -> u32 {
@@ -85,11 +67,7 @@ impl Proc {
 
     /// `Some(exit code)` once the process has exited.
     pub fn exited(&mut self) -> Option<i32> {
-        self.child
-            .try_wait()
-            .ok()
-            .flatten()
-            .map(|s| s.code().unwrap_or(-1))
+        self.child.try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
     }
 
     pub fn kill(&mut self) {
@@ -113,8 +91,7 @@ pub struct Rendered {
 
 impl Rendered {
     pub fn from_file(relative: &str) -> Rendered {
-        let text = std::fs::read_to_string(root().join(relative))
-            .unwrap_or_else(|e| panic!("{relative}: {e}"));
+        let text = std::fs::read_to_string(root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"));
         let mut ports = BTreeMap::new();
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
@@ -123,9 +100,7 @@ impl Rendered {
             out.push_str(&rest[..i + KEY.len()]);
             rest = &rest[i + KEY.len()..];
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let old: u16 = rest[..digits]
-                .parse()
-                .unwrap_or_else(|e| panic!("port in {relative}: {e}"));
+            let old: u16 = rest[..digits].parse().unwrap_or_else(|e| panic!("port in {relative}: {e}"));
             let new = *ports.entry(old).or_insert_with(free_port);
             out.push_str(&new.to_string());
             rest = &rest[digits..];
@@ -135,10 +110,7 @@ impl Rendered {
     }
 
     pub fn port(&self, default: u16) -> u16 {
-        *self
-            .ports
-            .get(&default)
-            .unwrap_or_else(|| panic!("no port_value {default} in the config"))
+        *self.ports.get(&default).unwrap_or_else(|| panic!("no port_value {default} in the config"))
     }
 
     /// Replaces the plugin configuration JSON (between the marker comments).
@@ -150,8 +122,7 @@ impl Rendered {
         let value_line = &self.yaml[start..end];
         let indent: String = value_line.chars().take_while(|c| *c == ' ').collect();
         let body: String = json.lines().map(|l| format!("{indent}  {l}\n")).collect();
-        self.yaml
-            .replace_range(start..end, &format!("{indent}value: |\n{body}{indent}"));
+        self.yaml.replace_range(start..end, &format!("{indent}value: |\n{body}{indent}"));
         self
     }
 }
@@ -160,9 +131,7 @@ impl Rendered {
 fn log_problems(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
-        .filter(|l| {
-            l.contains("][warning][") || l.contains("][error][") || l.contains("][critical][")
-        })
+        .filter(|l| l.contains("][warning][") || l.contains("][error][") || l.contains("][critical]["))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -180,11 +149,7 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "isogroup-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = std::env::temp_dir().join(format!("isogroup-{tag}-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         TempDir(dir)
     }
@@ -197,29 +162,18 @@ impl Drop for TempDir {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default()
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default()
 }
 
 /// A client that opens a new connection for every request.
 pub fn http_fresh_connections() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default()
+    reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(10)).build().unwrap_or_default()
 }
 
 impl Envoy {
     /// Starts Envoy (run from the repository root, as users do) and waits
     /// until its admin says LIVE. `Err(log)` if it exits instead.
-    pub async fn start(
-        rendered: &Rendered,
-        admin_default: u16,
-        listener_default: u16,
-    ) -> Result<Envoy, String> {
+    pub async fn start(rendered: &Rendered, admin_default: u16, listener_default: u16) -> Result<Envoy, String> {
         let dir = TempDir::new("envoy");
         let config = dir.0.join("envoy.yaml");
         let log = dir.0.join("envoy.log");
@@ -232,14 +186,7 @@ impl Envoy {
                 .current_dir(root())
                 .arg("-c")
                 .arg(&config)
-                .args([
-                    "--concurrency",
-                    "2",
-                    "--disable-hot-restart",
-                    "-l",
-                    "info",
-                    "--base-id",
-                ])
+                .args(["--concurrency", "2", "--disable-hot-restart", "-l", "info", "--base-id"])
                 .arg(admin.to_string())
                 .arg("--log-path")
                 .arg(&log)
@@ -252,19 +199,10 @@ impl Envoy {
             if let Some(code) = proc.exited() {
                 return Err(format!("envoy exited with {code}:\n{}", log_problems(&log)));
             }
-            let ready = client
-                .get(format!("http://127.0.0.1:{admin}/ready"))
-                .send()
-                .await;
+            let ready = client.get(format!("http://127.0.0.1:{admin}/ready")).send().await;
             if let Ok(r) = ready {
                 if r.status().is_success() {
-                    return Ok(Envoy {
-                        proc,
-                        admin,
-                        listener,
-                        log,
-                        _dir: dir,
-                    });
+                    return Ok(Envoy { proc, admin, listener, log, _dir: dir });
                 }
             }
             if Instant::now() > deadline {
@@ -299,14 +237,10 @@ impl Envoy {
 
     /// Waits until stat `name` reaches at least `want` (metrics flush on ticks).
     pub async fn wait_stat(&self, name: &str, want: u64) -> u64 {
-        wait_for(
-            &format!("{name} >= {want}"),
-            Duration::from_secs(5),
-            || async move {
-                let v = self.stat(name).await;
-                (v >= want).then_some(v)
-            },
-        )
+        wait_for(&format!("{name} >= {want}"), Duration::from_secs(5), || async move {
+            let v = self.stat(name).await;
+            (v >= want).then_some(v)
+        })
         .await
     }
 
@@ -351,15 +285,9 @@ impl Mesh {
                 cmd.args(["--next", next]);
             }
             services.push(Proc::spawn(&format!("{service}@{group}"), &mut cmd));
-            wait_for(
-                &format!("{service}@{group} listening"),
-                Duration::from_secs(10),
-                || async move {
-                    std::net::TcpStream::connect(("127.0.0.1", port))
-                        .ok()
-                        .map(|_| ())
-                },
-            )
+            wait_for(&format!("{service}@{group} listening"), Duration::from_secs(10), || async move {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            })
             .await;
         }
         let envoy = match Envoy::start(&rendered, 9901, 10000).await {
@@ -388,11 +316,7 @@ pub fn chain(body: &serde_json::Value) -> String {
             ));
             break;
         }
-        hops.push(format!(
-            "{}@{}",
-            node["service"].as_str().unwrap_or("?"),
-            node["group"].as_str().unwrap_or("?")
-        ));
+        hops.push(format!("{}@{}", node["service"].as_str().unwrap_or("?"), node["group"].as_str().unwrap_or("?")));
         match node.get("next") {
             Some(n) => node = n,
             None => break,
@@ -402,11 +326,7 @@ pub fn chain(body: &serde_json::Value) -> String {
 }
 
 pub fn header_values(resp: &reqwest::Response, name: &str) -> Vec<String> {
-    resp.headers()
-        .get_all(name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect()
+    resp.headers().get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
 }
 
 pub fn exists(path: &Path) -> bool {
