@@ -41,6 +41,20 @@ pub enum Mode {
     Strict,
 }
 
+impl RawTable {
+    /// Parses (not yet validates) a table, refusing one over `max_table_bytes`.
+    pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<RawTable, TableError> {
+        if bytes.len() > limits.max_table_bytes {
+            return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let (path, message) = json_parts(e);
+            TableError::Json { path, message }
+        })
+    }
+}
+
 impl Mode {
     fn is_permissive(&self) -> bool {
         *self == Mode::Permissive
@@ -112,15 +126,7 @@ impl Table {
     /// Parses JSON bytes and compiles them; `default_base` is used when the
     /// table names no `base_group`.
     pub fn from_json(bytes: &[u8], default_base: &str, limits: &Limits) -> Result<Table, TableError> {
-        if bytes.len() > limits.max_table_bytes {
-            return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
-        }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawTable = serde_path_to_error::deserialize(de).map_err(|e| {
-            let (path, message) = json_parts(e);
-            TableError::Json { path, message }
-        })?;
-        Table::compile(&raw, default_base, limits)
+        Table::compile(&RawTable::from_json(bytes, limits)?, default_base, limits)
     }
 
     /// Compiles a table; the first problem found rejects it.

@@ -1,0 +1,173 @@
+//! isogroup-companion: the control plane. Serves the versioned route table
+//! (long-poll), the admin API, resolve, health and metrics; validates and
+//! explains table files.
+
+mod api;
+mod auth;
+mod explain;
+mod file_source;
+mod metrics;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use isogroup_core::{Limits, RawTable, Table};
+use tokio::sync::{watch, Mutex};
+
+use crate::file_source::TableFile;
+use crate::metrics::Metrics;
+use crate::state::{Snapshot, Store};
+
+#[derive(Parser)]
+#[command(name = "isogroup-companion", version, about = "isogroup control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the table file over HTTP.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The route table (JSON). Watched for edits; admin writes land here.
+        #[arg(long)]
+        table: PathBuf,
+        /// File holding the admin bearer token (else env ISOGROUP_TOKEN;
+        /// neither: the admin API is off).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The base group for a table that names none.
+        #[arg(long, default_value = "base")]
+        base_group: String,
+    },
+    /// Validate a table file: print each error, exit non-zero when invalid.
+    Check {
+        file: PathBuf,
+        #[arg(long, default_value = "base")]
+        base_group: String,
+    },
+    /// Print, for every service and group, where requests go and why.
+    Explain {
+        file: PathBuf,
+        #[arg(long, default_value = "base")]
+        base_group: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { listen, table, token_file, base_group } => serve(listen, table, token_file, base_group),
+        Command::Check { file, base_group } => match load_table(&file, &base_group) {
+            Ok(t) => {
+                println!("{}: valid ({} services, {} groups)", file.display(), t.service_count(), t.group_count());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    println!("{}: {e}", file.display());
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Explain { file, base_group } => match load_table(&file, &base_group) {
+            Ok(t) => {
+                print!("{}", explain::explain(&t));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{}: {e}", file.display());
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> {
+    let limits = Limits::default();
+    let bytes = std::fs::read(file).map_err(|e| vec![e.to_string()])?;
+    let raw = RawTable::from_json(&bytes, &limits).map_err(|e| vec![e.to_string()])?;
+    Table::check(&raw, base, &limits).map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+fn serve(listen: SocketAddr, table: PathBuf, token_file: Option<PathBuf>, base: String) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(listen, table, token_file, base)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(listen: SocketAddr, path: PathBuf, token_file: Option<PathBuf>, base: String) -> Result<(), String> {
+    let limits = Limits::default();
+    let token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
+        .map_err(|e| format!("token file: {e}"))?;
+    let file = Arc::new(TableFile::new(path));
+    let raw = file.load(&limits).map_err(|e| e.to_string())?;
+    // Above the file's version and the clock: never below a version served before a restart.
+    let version = (raw.version + 1).max(state::now_ms());
+    let first = Snapshot::build(raw, version, &base, &limits).map_err(|errors| file.invalid(errors).to_string())?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.table_version.set(version as i64);
+    let store = Arc::new(Store::new(first, base, limits));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let api = Arc::new(api::Api {
+        store: store.clone(),
+        file: file.clone(),
+        token,
+        metrics: metrics.clone(),
+        writer: Mutex::new(()),
+        shutdown: shutdown_rx,
+    });
+    if api.token.is_none() {
+        tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
+    }
+    tokio::spawn(file_source::watch(file.clone(), store, metrics));
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen on {listen}: {e}"))?;
+    tracing::info!(%listen, version, table = %file.path().display(), "serving");
+    axum::serve(listener, api::router(api))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

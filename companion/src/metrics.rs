@@ -1,0 +1,93 @@
+//! The companion's Prometheus metrics, and the distinct pollers seen lately.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A poller counts as live this long after its last poll (longer than a
+/// long-poll hold).
+const POLLER_WINDOW: Duration = Duration::from_secs(120);
+/// Bound on remembered poller ids, so a client inventing ids costs little.
+const MAX_POLLERS: usize = 100_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminLabels {
+    pub op: String,
+    pub status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub table_version: Gauge,
+    pub table_updates: Counter,
+    pub file_rejects: Counter,
+    pub polls: Counter,
+    pub held_polls: Gauge,
+    pub pollers: Gauge,
+    pub admin: Family<AdminLabels, Counter>,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("isogroup_companion");
+        let m = Metrics {
+            table_version: Gauge::default(),
+            table_updates: Counter::default(),
+            file_rejects: Counter::default(),
+            polls: Counter::default(),
+            held_polls: Gauge::default(),
+            pollers: Gauge::default(),
+            admin: Family::default(),
+            seen: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register("table_version", "Version of the table in force", m.table_version.clone());
+        registry.register("table_updates", "Tables accepted (admin writes and file edits)", m.table_updates.clone());
+        registry.register("file_rejects", "Table file edits refused by validation", m.file_rejects.clone());
+        registry.register("polls", "Table requests answered", m.polls.clone());
+        registry.register("held_polls", "Long-polls waiting right now", m.held_polls.clone());
+        registry.register("pollers", "Distinct x-isogroup-poller ids seen in the last 120 s", m.pollers.clone());
+        registry.register("admin_requests", "Admin API requests by operation and status", m.admin.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn table_updated(&self, version: u64) {
+        self.table_updates.inc();
+        self.table_version.set(version as i64);
+    }
+
+    /// Records a poll from `id`, refreshing the live-poller gauge.
+    pub fn saw_poller(&self, id: &str) {
+        let Ok(mut seen) = self.seen.lock() else { return };
+        let now = Instant::now();
+        if seen.len() >= MAX_POLLERS && !seen.contains_key(id) {
+            seen.retain(|_, t| now.duration_since(*t) < POLLER_WINDOW);
+            if seen.len() >= MAX_POLLERS {
+                return;
+            }
+        }
+        seen.insert(id.to_owned(), now);
+        self.refresh_pollers(&mut seen, now);
+    }
+
+    fn refresh_pollers(&self, seen: &mut HashMap<String, Instant>, now: Instant) {
+        seen.retain(|_, t| now.duration_since(*t) < POLLER_WINDOW);
+        self.pollers.set(seen.len() as i64);
+    }
+
+    pub fn encode(&self) -> String {
+        if let Ok(mut seen) = self.seen.lock() {
+            self.refresh_pollers(&mut seen, Instant::now());
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

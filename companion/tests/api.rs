@@ -1,0 +1,420 @@
+//! The companion as a real process: every endpoint over HTTP, auth,
+//! long-poll, file reload, durable writes across a kill, version order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-token-0123456789";
+
+const TABLE: &str = r#"{
+  "version": 5,
+  "groups": { "feature-1": { "fallback": ["team-a"] }, "team-a": {}, "team-s": { "mode": "strict" } },
+  "services": {
+    "reviews": { "hosts": ["reviews"], "clusters": { "base": "reviews-base", "team-a": "reviews-a" } },
+    "ratings": { "hosts": ["ratings"], "clusters": { "base": "ratings-base" } }
+  }
+}"#;
+
+struct Companion {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    token: Option<&'static str>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Companion {
+    fn table_path(&self) -> PathBuf {
+        self.dir.join("table.json")
+    }
+
+    /// Starts on a fresh directory holding `table`.
+    async fn start(table: &str, token: Option<&'static str>) -> Companion {
+        let dir = std::env::temp_dir().join(format!("isogroup-companion-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("table.json"), table).unwrap();
+        Companion::start_in(dir, token).await
+    }
+
+    async fn start_in(dir: PathBuf, token: Option<&'static str>) -> Companion {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--table"])
+            .arg(dir.join("table.json"))
+            .env_remove("ISOGROUP_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(t) = token {
+            std::fs::write(dir.join("token"), format!("{t}\n")).unwrap();
+            cmd.arg("--token-file").arg(dir.join("token"));
+        }
+        let child = cmd.spawn().unwrap();
+        let c = Companion { child, port, dir, token };
+        c.wait_healthy().await;
+        c
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reqwest::get(self.url("/healthz")).await.is_err() {
+            assert!(Instant::now() < deadline, "companion did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(self.url(path)).await.unwrap()
+    }
+
+    async fn table(&self) -> Value {
+        self.get("/v1/table").await.json().await.unwrap()
+    }
+
+    async fn version(&self) -> u64 {
+        self.table().await["version"].as_u64().unwrap()
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new().request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn register(&self, service: &str, group: &str, cluster: &str) -> (u16, Value) {
+        let path = format!("/v1/services/{service}/groups/{group}");
+        self.admin(reqwest::Method::PUT, &path, Some(json!({ "cluster": cluster })), self.token).await
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Companion {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !probe().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn serves_the_table_with_etag() {
+    let c = Companion::start(TABLE, None).await;
+    let resp = c.get("/v1/table").await;
+    assert_eq!(resp.status(), 200);
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    let version = body["version"].as_u64().unwrap();
+    assert!(version > 5, "the companion stamps a version above the file's: {version}");
+    assert_eq!(etag, format!("\"{version}\""));
+    assert_eq!(body["services"]["reviews"]["clusters"]["team-a"], "reviews-a");
+    let health: Value = c.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health, json!({ "status": "ok", "version": version }));
+}
+
+#[tokio::test]
+async fn long_poll_answers_at_once_holds_and_wakes() {
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let v = c.version().await;
+    // a different version (lower or higher) is answered at once
+    for after in [v - 1, v + 1000] {
+        let started = Instant::now();
+        let resp = c.get(&format!("/v1/table?after={after}&wait=20")).await;
+        assert_eq!(resp.status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // the current version is held, then 304
+    let started = Instant::now();
+    let resp = c.get(&format!("/v1/table?after={v}&wait=1")).await;
+    assert_eq!(resp.status(), 304);
+    assert!(started.elapsed() >= Duration::from_millis(900), "held {:?}", started.elapsed());
+    // a change wakes a held poll early with the new table
+    let url = c.url(&format!("/v1/table?after={v}&wait=20"));
+    let poll = tokio::spawn(async move {
+        let started = Instant::now();
+        let resp = reqwest::get(url).await.unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap(), started.elapsed())
+    });
+    wait_until("the poll to be held", Duration::from_secs(5), async || {
+        c.metric("isogroup_companion_held_polls").await >= 1.0
+    })
+    .await;
+    let (status, body) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, table, waited) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(waited < Duration::from_secs(5), "woke early: {waited:?}");
+    assert_eq!(table["version"], body["version"]);
+    assert_eq!(table["services"]["ratings"]["clusters"]["feature-1"], "ratings-f1");
+    // If-None-Match works like after=
+    let resp = reqwest::Client::new()
+        .get(c.url("/v1/table"))
+        .header("if-none-match", format!("\"{}\"", body["version"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+}
+
+#[tokio::test]
+async fn admin_auth() {
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let path = "/v1/services/ratings/groups/feature-1";
+    let body = Some(json!({ "cluster": "x" }));
+    let (status, err) = c.admin(reqwest::Method::PUT, path, body.clone(), None).await;
+    assert_eq!((status, err["error"].as_str()), (401, Some("unauthorized")));
+    let (status, _) = c.admin(reqwest::Method::PUT, path, body.clone(), Some("wrong")).await;
+    assert_eq!(status, 401);
+    let (status, _) = c.admin(reqwest::Method::PUT, path, body.clone(), Some(&TOKEN[..TOKEN.len() - 1])).await;
+    assert_eq!(status, 401);
+    let (status, _) = c.admin(reqwest::Method::DELETE, path, None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = c.admin(reqwest::Method::PUT, path, body, Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    // no token configured: the admin API is off
+    let off = Companion::start(TABLE, None).await;
+    let (status, err) = off.admin(reqwest::Method::PUT, path, Some(json!({ "cluster": "x" })), Some(TOKEN)).await;
+    assert_eq!((status, err["error"].as_str()), (403, Some("admin_disabled")));
+}
+
+#[tokio::test]
+async fn admin_errors() {
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let put = |path: &'static str, body: Value| {
+        let c = &c;
+        async move { c.admin(reqwest::Method::PUT, path, Some(body), Some(TOKEN)).await }
+    };
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("/v1/services/ratings/groups/Feature", json!({"cluster": "x"}), 400, "invalid_group"),
+        ("/v1/services/Ratings/groups/f", json!({"cluster": "x"}), 400, "invalid_service"),
+        ("/v1/services/ratings/groups/f", json!({"clusterz": "x"}), 400, "invalid_body"),
+        ("/v1/services/ratings/groups/f", json!({"cluster": "has space"}), 400, "invalid_table"),
+        ("/v1/services/nope/groups/f", json!({"cluster": "x"}), 404, "unknown_service"),
+    ];
+    for (path, body, want_status, want_error) in cases {
+        let (status, err) = put(path, body).await;
+        assert_eq!((status, err["error"].as_str().unwrap_or_default()), (want_status, want_error), "{path}: {err}");
+        assert!(!err["detail"].as_str().unwrap_or_default().is_empty(), "{err}");
+    }
+    let (status, err) = c.admin(reqwest::Method::DELETE, "/v1/services/ratings/groups/base", None, Some(TOKEN)).await;
+    assert_eq!((status, err["error"].as_str()), (409, Some("base_cluster")));
+    let (status, _) = c.admin(reqwest::Method::DELETE, "/v1/services/ratings/groups/team-x", None, Some(TOKEN)).await;
+    assert_eq!(status, 404);
+    let (status, _) = c.admin(reqwest::Method::DELETE, "/v1/services/nope/groups/team-a", None, Some(TOKEN)).await;
+    assert_eq!(status, 404);
+    // a big body is refused before it is read whole
+    let big = json!({ "cluster": "x".repeat(100_000) });
+    let (status, _) = put("/v1/services/ratings/groups/f", big).await;
+    assert_eq!(status, 413);
+    // nothing above changed the table
+    assert_eq!(c.table().await["services"]["ratings"]["clusters"], json!({ "base": "ratings-base" }));
+    // delete works and bumps the version
+    let v = c.version().await;
+    let (status, _) = c.admin(reqwest::Method::DELETE, "/v1/services/reviews/groups/team-a", None, Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(c.version().await > v);
+    assert!(c.table().await["services"]["reviews"]["clusters"].get("team-a").is_none());
+    assert!(c
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains(r#"isogroup_companion_admin_requests_total{op="put",status="400"} 4"#));
+}
+
+#[tokio::test]
+async fn resolve_uses_the_filter_decision() {
+    let c = Companion::start(TABLE, None).await;
+    let v = c.version().await;
+    let cases: &[(&str, Value)] = &[
+        (
+            "service=reviews&group=feature-1",
+            json!({"version": v, "decision": "route", "service": "reviews", "group": "feature-1", "serving_group": "team-a", "cluster": "reviews-a", "fallback": true}),
+        ),
+        (
+            "service=reviews",
+            json!({"version": v, "decision": "route", "service": "reviews", "group": "base", "serving_group": "base", "cluster": "reviews-base", "fallback": false}),
+        ),
+        (
+            "service=ratings&group=team-s",
+            json!({"version": v, "decision": "failfast", "service": "ratings", "group": "team-s", "reason": "strict_group"}),
+        ),
+        (
+            "service=ratings&group=feature-1&strict=ratings",
+            json!({"version": v, "decision": "failfast", "service": "ratings", "group": "feature-1", "reason": "strict_request"}),
+        ),
+    ];
+    for (query, want) in cases {
+        let got: Value = c.get(&format!("/v1/resolve?{query}")).await.json().await.unwrap();
+        assert_eq!(&got, want, "{query}");
+    }
+    assert_eq!(c.get("/v1/resolve?service=nope").await.status(), 404);
+    assert_eq!(c.get("/v1/resolve?service=reviews&group=BAD").await.status(), 400);
+}
+
+#[tokio::test]
+async fn file_edits_reload_and_bad_edits_are_refused() {
+    let c = Companion::start(TABLE, None).await;
+    let v1 = c.version().await;
+    // a valid hand edit (version not bumped by hand) is published higher
+    let edited = TABLE.replace(r#""ratings-base" }"#, r#""ratings-base", "team-a": "ratings-a" }"#);
+    std::fs::write(c.table_path(), &edited).unwrap();
+    wait_until("the edit to be served", Duration::from_secs(5), async || {
+        c.table().await["services"]["ratings"]["clusters"]["team-a"] == "ratings-a"
+    })
+    .await;
+    let v2 = c.version().await;
+    assert!(v2 > v1, "{v2} > {v1}");
+    // invalid edits: refused, counted, the table in force stays
+    let bad = [TABLE.replace(r#""base": "ratings-base""#, r#""team-a": "x""#), "{ not json".to_owned()];
+    for (i, text) in bad.iter().enumerate() {
+        std::fs::write(c.table_path(), text).unwrap();
+        let want = (i + 1) as f64;
+        wait_until("the reject to be counted", Duration::from_secs(5), async || {
+            c.metric("isogroup_companion_file_rejects_total").await >= want
+        })
+        .await;
+        assert_eq!(c.version().await, v2);
+        assert_eq!(c.table().await["services"]["ratings"]["clusters"]["team-a"], "ratings-a");
+    }
+}
+
+#[tokio::test]
+async fn writes_are_durable_and_versions_monotonic_across_restart() {
+    let mut c = Companion::start(TABLE, Some(TOKEN)).await;
+    let (status, body) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200);
+    let written = body["version"].as_u64().unwrap();
+    // what is on disk is complete JSON with the registration (atomic rename)
+    let on_disk: Value = serde_json::from_slice(&std::fs::read(c.table_path()).unwrap()).unwrap();
+    assert_eq!(on_disk["services"]["ratings"]["clusters"]["feature-1"], "ratings-f1");
+    assert_eq!(on_disk["version"].as_u64(), Some(written));
+    let leftovers: Vec<_> = std::fs::read_dir(&c.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temp files left");
+    // kill -9 and restart on the same file
+    c.kill();
+    let dir = c.dir.clone();
+    std::mem::forget(c); // keep the directory; the new process owns it
+    let c = Companion::start_in(dir, Some(TOKEN)).await;
+    assert_eq!(c.table().await["services"]["ratings"]["clusters"]["feature-1"], "ratings-f1");
+    assert!(c.version().await > written, "version after restart is higher");
+}
+
+#[tokio::test]
+async fn pollers_are_counted_and_sigterm_releases_held_polls() {
+    let mut c = Companion::start(TABLE, None).await;
+    let v = c.version().await;
+    for id in ["envoy-1", "envoy-2", "envoy-1"] {
+        let resp = reqwest::Client::new().get(c.url("/v1/table")).header("x-isogroup-poller", id).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(c.metric("isogroup_companion_pollers").await, 2.0);
+    let url = c.url(&format!("/v1/table?after={v}&wait=60"));
+    let poll = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    wait_until("the poll to be held", Duration::from_secs(5), async || {
+        c.metric("isogroup_companion_held_polls").await >= 1.0
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(c.terminate(), Some(0), "clean exit on SIGTERM");
+    assert!(started.elapsed() < Duration::from_secs(5), "did not wait for the 60 s poll");
+    assert_eq!(poll.await.unwrap().ok(), Some(304));
+}
+
+#[test]
+fn check_and_explain() {
+    let dir = std::env::temp_dir().join(format!("isogroup-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str], file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_isogroup-companion")).args(args).arg(file).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let good = dir.join("good.json");
+    std::fs::write(&good, TABLE).unwrap();
+    let (ok, out) = run(&["check"], &good);
+    assert!(ok);
+    assert_eq!(out, format!("{}: valid (2 services, 4 groups)\n", good.display()));
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"groups":{"x":{"fallback":["nope"]}},"services":{"a":{"hosts":["a"],"clusters":{"x":"c"}},"b":{"hosts":[],"clusters":{"base":"c"}}}}"#,
+    )
+    .unwrap();
+    let (ok, out) = run(&["check"], &bad);
+    assert!(!ok);
+    let p = bad.display();
+    assert_eq!(
+        out,
+        format!(
+            "{p}: groups.x.fallback: unknown group \"nope\" (not in groups, not the base group, not serving any service)\n\
+             {p}: services.a.clusters: no cluster for base group \"base\"\n\
+             {p}: services.b.hosts: the list is empty; a service needs at least one host\n"
+        )
+    );
+    let (ok, out) = run(&["explain"], &good);
+    assert!(ok);
+    assert!(out.contains("ratings    feature-1  ratings-base (fallback to base)\n"), "{out}");
+    assert!(out.contains("reviews    feature-1  reviews-a (fallback to team-a)\n"), "{out}");
+    assert!(out.contains("reviews    team-s     fail-fast (strict_group)\n"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
