@@ -74,8 +74,10 @@ run_tests() {
     "$ENVOY" --mode validate -c "$f" -l error >/dev/null || { echo "invalid: $f"; exit 1; }
     echo "valid: $f"
   done
+  log "companion tests"
+  cargo test --quiet -p isogroup-companion
   log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
-  cargo build --quiet -p isogroup-demo
+  cargo build --quiet -p isogroup-demo -p isogroup-companion
   cargo test --quiet -p isogroup-filter --tests -- --test-threads=1
 }
 
@@ -93,13 +95,33 @@ wait_for() { # wait_for WHAT SECONDS COMMAND...
   done
 }
 
+DEMO_TOKEN=demo-admin-token
+COMPANION=127.0.0.1:18080
+
+admin() { # admin METHOD SERVICE GROUP [CLUSTER]
+  local body=()
+  [ -z "${4:-}" ] || body=(-H 'content-type: application/json' -d "{\"cluster\": \"$4\"}")
+  curl -s -X "$1" -H "authorization: Bearer $DEMO_TOKEN" "${body[@]}" "http://$COMPANION/v1/services/$2/groups/$3"
+  echo
+}
+
+# b answers for group feature-1 with this serving group (the table reached Envoy).
+b_serves() {
+  curl -s -H 'host: b' -H 'x-isogroup: feature-1' http://127.0.0.1:10000/ | grep -q "^{\"group\":\"$1\""
+}
+
 demo() {
   build
   ensure_envoy
-  cargo build --quiet --release -p isogroup-demo
+  cargo build --quiet --release -p isogroup-demo -p isogroup-companion
   mkdir -p "$RUN_DIR"
   DEMO_PIDS=()
   trap 'kill "${DEMO_PIDS[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+  log "starting the companion on $COMPANION (table: a copy of demo/table.json)"
+  cp demo/table.json "$RUN_DIR/table.json"
+  ISOGROUP_TOKEN=$DEMO_TOKEN RUST_LOG=warn target/release/isogroup-companion serve \
+    --listen "$COMPANION" --table "$RUN_DIR/table.json" &
+  DEMO_PIDS+=($!)
   log "starting the demo services"
   for inst in "${DEMO_INSTANCES[@]}"; do
     read -r port service group next <<<"$inst"
@@ -109,21 +131,37 @@ demo() {
     DEMO_PIDS+=($!)
     printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
   done
-  log "starting Envoy $ENVOY_VERSION with the isogroup filter (envoy/demo.yaml)"
-  "$ENVOY" -c envoy/demo.yaml --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
+  log "starting Envoy $ENVOY_VERSION with the isogroup filter (envoy/companion.yaml)"
+  "$ENVOY" -c envoy/companion.yaml --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
   DEMO_PIDS+=($!)
   wait_for "Envoy" 30 curl -sf http://127.0.0.1:9901/ready
   for inst in "${DEMO_INSTANCES[@]}"; do
     read -r port _ <<<"$inst"
     wait_for "port $port" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
   done
+  wait_for "the first table" 10 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=table_version' | grep -q ': [1-9]'"
   echo
+  log "b has no feature-1 instance yet: feature-1 falls back to b@base"
   target/release/isogroup-demo show --via 127.0.0.1:10000
+  echo
+  log "developer B deploys b@feature-1 and registers it with the companion"
+  echo "PUT /v1/services/b/groups/feature-1 -> $(admin PUT b feature-1 b-feature-1)"
+  local started=$SECONDS
+  wait_for "the new table in Envoy" 5 b_serves feature-1
+  echo "every Envoy worker routes by it (within $((SECONDS - started + 1)) s)"
+  target/release/isogroup-demo show --via 127.0.0.1:10000
+  echo
+  log "b@feature-1 goes away: unregister, and feature-1 falls back again"
+  echo "DELETE /v1/services/b/groups/feature-1 -> $(admin DELETE b feature-1)"
+  wait_for "the new table in Envoy" 5 b_serves base
+  echo "b for feature-1 is served by base again"
   echo
   log "filter metrics"
   # Counters reach Envoy on the filter's next tick (200 ms).
   wait_for "metrics" 5 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=routed_total' | grep -q ': [1-9]'"
   curl -s 'http://127.0.0.1:9901/stats?filter=wasmcustom' | sed 's/^/  /'
+  log "companion metrics"
+  curl -s "http://$COMPANION/metrics" | grep -E '^isogroup_companion_(table_version|pollers|table_updates)' | sed 's/^/  /'
 }
 
 case "${1:-build}" in

@@ -4,7 +4,6 @@
 //!
 //! The SDK's `hostcalls` still panic on a status the host is not documented
 //! to return; Envoy 1.40 returns only the documented ones for these calls.
-#![allow(dead_code)] // the companion sync (next) uses the rest
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -105,10 +104,6 @@ pub fn shared_get(key: &str) -> HostResult<(Option<Bytes>, Option<u32>)> {
 /// someone wrote in between (a missing key ignores the CAS: seed it first).
 pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
     check("set_shared_data", hostcalls::set_shared_data(key, Some(value), cas))
-}
-
-pub fn property(path: Vec<&str>) -> HostResult<Option<Bytes>> {
-    check("get_property", hostcalls::get_property(path))
 }
 
 pub fn dispatch_http_call(cluster: &str, headers: Vec<(&str, &str)>, timeout: Duration) -> HostResult<u32> {

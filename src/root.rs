@@ -24,7 +24,13 @@ pub struct Root {
     sync: Option<TableSync>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if let (Some(vm), Some(sync)) = (&self.vm, &mut self.sync) {
+            sync.on_http_call_response(vm, token_id, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {

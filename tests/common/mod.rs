@@ -186,7 +186,16 @@ impl Envoy {
                 .current_dir(root())
                 .arg("-c")
                 .arg(&config)
-                .args(["--concurrency", "2", "--disable-hot-restart", "-l", "info", "--base-id"])
+                .args([
+                    "--concurrency",
+                    "2",
+                    "--disable-hot-restart",
+                    "-l",
+                    "info",
+                    "--file-flush-interval-msec",
+                    "50",
+                    "--base-id",
+                ])
                 .arg(admin.to_string())
                 .arg("--log-path")
                 .arg(&log)
@@ -331,4 +340,88 @@ pub fn header_values(resp: &reqwest::Response, name: &str) -> Vec<String> {
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+pub fn companion_bin() -> PathBuf {
+    bin("ISOGROUP_COMPANION", "target/debug/isogroup-companion")
+}
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// `isogroup-companion serve` on `port` with a table file in its own directory.
+pub struct Companion {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Companion {
+    pub async fn start(port: u16, table_json: &str) -> Companion {
+        let dir = std::env::temp_dir().join(format!("isogroup-e2e-companion-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::write(dir.join("table.json"), table_json).unwrap_or_else(|e| panic!("{e}"));
+        Companion::start_in(port, dir).await
+    }
+
+    /// (Re)starts on an existing directory, as after a crash.
+    pub async fn start_in(port: u16, dir: PathBuf) -> Companion {
+        let proc = Proc::spawn(
+            "companion",
+            Command::new(companion_bin())
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--table"])
+                .arg(dir.join("table.json"))
+                .env("ISOGROUP_TOKEN", ADMIN_TOKEN)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let c = Companion { proc, port, dir };
+        wait_for("companion healthy", Duration::from_secs(10), || async {
+            http().get(c.url("/healthz")).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await;
+        c
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// PUT (Some(cluster)) or DELETE (None) a group's instance; the new version.
+    pub async fn set_instance(&self, service: &str, group: &str, cluster: Option<&str>) -> u64 {
+        let url = self.url(&format!("/v1/services/{service}/groups/{group}"));
+        let req = match cluster {
+            Some(c) => http().put(url).json(&serde_json::json!({ "cluster": c })),
+            None => http().delete(url),
+        };
+        let resp = req.bearer_auth(ADMIN_TOKEN).send().await.unwrap_or_else(|e| panic!("admin call: {e}"));
+        assert!(resp.status().is_success(), "admin call: {}", resp.status());
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        body["version"].as_u64().unwrap_or_else(|| panic!("no version in {body}"))
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = match http().get(self.url("/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return -1.0,
+        };
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    }
+}
+
+impl Companion {
+    /// Kills the process (SIGKILL) and keeps its directory for a restart.
+    pub fn crash(mut self) -> PathBuf {
+        self.proc.kill();
+        std::mem::take(&mut self.dir)
+    }
+}
+
+impl Drop for Companion {
+    fn drop(&mut self) {
+        self.proc.kill();
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

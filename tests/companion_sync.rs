@@ -1,0 +1,160 @@
+//! Live table sync: the companion publishes, one poller per Envoy process
+//! fetches, and every worker VM follows within a second.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{chain, header_values, http, wait_for, Companion, Mesh, Rendered};
+
+const TABLE: &str = include_str!("../demo/table.json");
+
+/// The companion config with everything started: companion first, so the
+/// first poll finds it.
+async fn start() -> (Companion, Mesh) {
+    let rendered = Rendered::from_file("envoy/companion.yaml");
+    let companion = Companion::start(rendered.port(18080), TABLE).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", 1).await;
+    (companion, mesh)
+}
+
+/// Ten clients on ten kept-alive connections: five per worker (exact balance).
+fn clients() -> Vec<reqwest::Client> {
+    (0..10).map(|_| http()).collect()
+}
+
+/// What each connection sees for `x-isogroup: feature-1` to b: the serving
+/// group and the VM that decided.
+async fn observe(mesh: &Mesh, clients: &[reqwest::Client]) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    for c in clients {
+        let resp = mesh.request(c, "b").header("x-isogroup", "feature-1").header("x-isogroup-debug", "1").send().await;
+        let Ok(resp) = resp else { continue };
+        let decision = header_values(&resp, "x-isogroup-decision").last().cloned().unwrap_or_default();
+        let vm = decision.split(';').next().unwrap_or_default().to_owned();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        seen.push((vm, body["group"].as_str().unwrap_or("?").to_owned()));
+    }
+    seen
+}
+
+/// Waits until every connection sees b served by `group`; returns how long.
+async fn until_all_see(mesh: &Mesh, clients: &[reqwest::Client], group: &str) -> Duration {
+    let started = Instant::now();
+    wait_for(&format!("every worker to serve b@{group}"), Duration::from_secs(5), || async {
+        let seen = observe(mesh, clients).await;
+        (seen.len() == clients.len() && seen.iter().all(|(_, g)| g == group)).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn registrations_reach_every_worker_within_a_second() {
+    let (companion, mesh) = start().await;
+    let clients = clients();
+    until_all_see(&mesh, &clients, "base").await;
+    let vms: BTreeSet<String> = observe(&mesh, &clients).await.into_iter().map(|(vm, _)| vm).collect();
+    assert_eq!(vms.len(), 2, "both workers answer: {vms:?}");
+    let mut times = Vec::new();
+    for round in 0..8 {
+        let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
+        let version = companion.set_instance("b", "feature-1", cluster).await;
+        let took = until_all_see(&mesh, &clients, group).await;
+        assert!(took < Duration::from_secs(1), "round {round}: version {version} took {took:?}");
+        mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", version).await;
+        times.push(took);
+    }
+    times.sort();
+    println!(
+        "propagation over {} updates: median {:?}, worst {:?}",
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    // one table accepted per update, counted once per process (plus the first)
+    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_table_updates_total", 9).await, 9);
+    // one poller per Envoy process, and long polls held: few polls when idle
+    assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0);
+    let before = companion.metric("isogroup_companion_polls_total").await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // measuring idle polls: nothing to poll for
+    let idle = companion.metric("isogroup_companion_polls_total").await - before;
+    println!("polls in 2 s idle: {idle}");
+    assert!(idle <= 1.0, "a held long poll, not a poll loop: {idle} polls");
+}
+
+#[tokio::test]
+async fn companion_down_keeps_the_last_table_then_resumes() {
+    let (companion, mesh) = start().await;
+    let clients = clients();
+    let port = companion.port;
+    companion.set_instance("b", "feature-1", Some("b-feature-1")).await;
+    until_all_see(&mesh, &clients, "feature-1").await;
+    let dir = companion.crash();
+    // routing continues on the last table while the companion is gone
+    for _ in 0..10 {
+        let seen = observe(&mesh, &clients).await;
+        assert!(seen.iter().all(|(_, g)| g == "feature-1"), "{seen:?}");
+    }
+    let age = mesh.envoy.wait_stat("wasmcustom.isogroup_table_age_seconds", 1).await;
+    assert!(age >= 1, "the table's age grows while the companion is down");
+    // back on the same file: the registration survived, updates resume
+    let companion = Companion::start_in(port, dir).await;
+    companion.set_instance("b", "feature-1", None).await;
+    let took = until_all_see(&mesh, &clients, "base").await;
+    assert!(took < Duration::from_secs(3), "resumed after backoff: {took:?}");
+}
+
+#[tokio::test]
+async fn garbage_and_invalid_tables_are_rejected_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A fake companion: serves a valid table, then garbage, then an invalid
+    // table, then holds every further poll.
+    let rendered = Rendered::from_file("envoy/companion.yaml");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", rendered.port(18080))).await.unwrap();
+    let valid = TABLE.replace("\"version\": 1", "\"version\": 7").replace(
+        r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }"#,
+        r#""b": { "hosts": ["b"], "clusters": { "base": "b-base", "feature-1": "b-feature-1" } }"#,
+    );
+    let invalid =
+        TABLE.replace("\"version\": 1", "\"version\": 8").replace(r#""base": "c-base""#, r#""feature-1": "c-base""#);
+    let answers = vec![valid, "<html>502 bad gateway</html>".to_owned(), invalid];
+    let server = tokio::spawn(async move {
+        let mut answers = answers.into_iter();
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            match answers.next() {
+                Some(body) => {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(body.as_bytes()).await;
+                }
+                None => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        drop(sock);
+                    });
+                }
+            }
+        }
+    });
+    let mesh = Mesh::start_with(rendered).await;
+    let clients = clients();
+    until_all_see(&mesh, &clients, "feature-1").await;
+    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_table_rejects_total", 2).await, 2);
+    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_version").await, 7, "the last good table stays");
+    let seen = observe(&mesh, &clients).await;
+    assert!(seen.iter().all(|(_, g)| g == "feature-1"), "routing unchanged: {seen:?}");
+    let body: serde_json::Value =
+        mesh.request(&http(), "a").header("x-isogroup", "feature-1").send().await.unwrap().json().await.unwrap();
+    assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
+    let log = mesh.envoy.log_text();
+    assert!(log.contains("table rejected, the last good one keeps serving"), "the reject is logged");
+    server.abort();
+}
