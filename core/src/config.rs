@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::assist::{Assist, RawAssist};
+use crate::edge::{Edge, RawEdge};
 use crate::error::{json_parts, ConfigError};
 use crate::group::is_valid_group;
 use crate::table::{Limits, RawTable, Table};
@@ -70,6 +72,11 @@ pub struct RawConfig {
     pub failfast_status: u16,
     #[serde(default)]
     pub limits: Limits,
+    /// Edge mode (ingress gateways): on when present.
+    #[serde(default)]
+    pub edge: Option<RawEdge>,
+    #[serde(default)]
+    pub propagation_assist: Option<RawAssist>,
     #[serde(default)]
     pub table: Option<TableSource>,
 }
@@ -111,6 +118,8 @@ pub struct Settings {
     pub annotate_response: bool,
     pub failfast_status: u16,
     pub limits: Limits,
+    pub edge: Option<Edge>,
+    pub assist: Option<Assist>,
     pub source: Source,
 }
 
@@ -178,6 +187,8 @@ impl Settings {
                 why: "an HTTP error status, 400 to 599",
             });
         }
+        let edge = raw.edge.as_ref().map(Edge::compile).transpose()?;
+        let assist = raw.propagation_assist.as_ref().map(Assist::compile).transpose()?;
         let source = match raw.table {
             None => Source::None,
             Some(TableSource::Inline(t)) => {
@@ -201,6 +212,8 @@ impl Settings {
             annotate_response: raw.annotate_response,
             failfast_status: raw.failfast_status,
             limits: raw.limits,
+            edge,
+            assist,
             source,
         })
     }

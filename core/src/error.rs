@@ -52,6 +52,8 @@ pub enum ConfigError {
     InvalidGroupName { field: &'static str, value: String },
     #[error("{field}: {value:?} is not valid ({why})")]
     InvalidValue { field: &'static str, value: String, why: &'static str },
+    #[error("{field}: {why}")]
+    Invalid { field: String, why: String },
     #[error("table.inline.{0}")]
     InlineTable(TableError),
 }

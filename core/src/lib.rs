@@ -2,9 +2,12 @@
 //! filter, the companion and the tests all call the same `decide`.
 #![forbid(unsafe_code)]
 
+pub mod assist;
 pub mod authority;
+pub mod cidr;
 pub mod config;
 pub mod decide;
+pub mod edge;
 pub mod error;
 pub mod group;
 pub mod request;

@@ -1,10 +1,13 @@
 //! One request, sans I/O: read the few headers that matter from the header
-//! list (`scan`), then turn a decision into header edits or a local reply
-//! (`plan`). The filter only executes what this returns, so everything here
-//! is tested natively.
+//! list (`scan`), then turn a decision into header edits or a local reply.
+//! The filter only executes what this returns, so everything here is tested
+//! natively (and as wasm).
+
+use std::net::IpAddr;
 
 use crate::config::Settings;
 use crate::decide::{decide, Decision, FailFast, RequestView};
+use crate::edge::{self, EdgeRequest};
 use crate::group::{self, GroupName, Lookup};
 use crate::table::Table;
 
@@ -14,37 +17,78 @@ pub enum GroupSource {
     None,
     Header,
     Baggage,
+    Cookie,
+    /// Edge rule (its index).
+    Rule(usize),
+    /// Edge `default_group`.
+    Default,
     Workload,
+    /// Restored by the propagation assist from the trace id.
+    Assist,
 }
 
 impl GroupSource {
-    pub fn as_str(self) -> &'static str {
+    pub fn describe(self) -> String {
         match self {
-            GroupSource::None => "none",
-            GroupSource::Header => "header",
-            GroupSource::Baggage => "baggage",
-            GroupSource::Workload => "workload",
+            GroupSource::None => "none".into(),
+            GroupSource::Header => "header".into(),
+            GroupSource::Baggage => "baggage".into(),
+            GroupSource::Cookie => "cookie".into(),
+            GroupSource::Rule(i) => format!("edge rule {i}"),
+            GroupSource::Default => "edge default".into(),
+            GroupSource::Workload => "workload".into(),
+            GroupSource::Assist => "propagation assist".into(),
         }
     }
+
+    /// Sources the request did not carry itself: the filter stamps them on.
+    fn injected(self) -> bool {
+        matches!(self, GroupSource::Cookie | GroupSource::Rule(_) | GroupSource::Default | GroupSource::Workload | GroupSource::Assist)
+    }
+}
+
+/// Facts about the connection the filter reads from the host, not headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    /// `source.address` without the port (read only when edge mode needs it).
+    pub ip: Option<IpAddr>,
 }
 
 /// What the request headers say, borrowed from them.
 #[derive(Debug, Clone)]
 pub struct Incoming<'h> {
     pub authority: &'h [u8],
+    pub path: &'h [u8],
     pub group: Option<GroupName>,
     pub source: GroupSource,
     pub strict: Option<&'h [u8]>,
     pub grpc: bool,
     pub debug: bool,
+    /// Not in edge mode, or from a trusted peer: the request's own group
+    /// headers count and isogroup response headers go back to it.
+    pub trusted: bool,
     /// Invalid group values seen (each is counted and stripped).
     pub invalid: u32,
+    /// The first trace id found in the configured trace headers.
+    pub trace_id: Option<&'h [u8]>,
     has_cluster_header: bool,
     has_target_header: bool,
-    group_header_invalid: bool,
-    /// `baggage` values with an invalid group member removed, when any was.
-    baggage_rewrite: Option<Vec<Vec<u8>>>,
-    baggage: Option<&'h [u8]>,
+    group_headers: u32,
+    strip_group_header: bool,
+    strip_strict: bool,
+    baggage: Vec<&'h [u8]>,
+    /// Remove our member from every baggage value (untrusted peer) or from
+    /// the values where it was invalid.
+    baggage_strip: BaggageStrip,
+    cookies: Vec<&'h [u8]>,
+    strip_cookie: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BaggageStrip {
+    None,
+    Invalid,
+    All,
 }
 
 /// A change to the request headers, in order.
@@ -65,125 +109,204 @@ pub struct LocalReply {
     pub body: String,
 }
 
-/// Reads the request's routing facts from its headers (names lower-case,
-/// as Envoy hands them over). Allocates only to rewrite a bad baggage member.
-pub fn scan<'h, H: AsRef<[u8]>>(headers: &'h [(String, H)], s: &Settings) -> Incoming<'h> {
+/// The header lookups the edge rules need, over the raw header list.
+struct Lookups<'a, H> {
+    headers: &'a [(String, H)],
+    cookies: &'a [&'a [u8]],
+    path: &'a [u8],
+    peer: Option<IpAddr>,
+}
+
+impl<H: AsRef<[u8]>> EdgeRequest for Lookups<'_, H> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_ref())
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.cookies.iter().find_map(|c| group::cookie_value(c, name))
+    }
+    fn query(&self, name: &str) -> Option<Vec<u8>> {
+        edge::query_param(self.path, name)
+    }
+    fn peer(&self) -> Option<IpAddr> {
+        self.peer
+    }
+}
+
+/// Reads the request's routing facts from its headers (names lower-case, as
+/// Envoy hands them over) and finds its group (SPEC step 1).
+pub fn scan<'h, H: AsRef<[u8]>>(headers: &'h [(String, H)], s: &Settings, peer: Peer) -> Incoming<'h> {
+    let trusted = s.edge.as_ref().is_none_or(|e| e.trusts(peer.ip));
     let mut inc = Incoming {
         authority: b"",
+        path: b"",
         group: None,
         source: GroupSource::None,
         strict: None,
         grpc: false,
         debug: false,
+        trusted,
         invalid: 0,
+        trace_id: None,
         has_cluster_header: false,
         has_target_header: false,
-        group_header_invalid: false,
-        baggage_rewrite: None,
-        baggage: None,
+        group_headers: 0,
+        strip_group_header: false,
+        strip_strict: false,
+        baggage: Vec::new(),
+        baggage_strip: BaggageStrip::None,
+        cookies: Vec::new(),
+        strip_cookie: false,
     };
-    let mut baggage_count = 0;
+    let mut trace: Option<(usize, &[u8])> = None;
     for (name, value) in headers {
         let value = value.as_ref();
         match name.as_str() {
             ":authority" => inc.authority = value,
+            ":path" => inc.path = value,
             "content-type" => inc.grpc = value.starts_with(b"application/grpc"),
             "x-isogroup-debug" => inc.debug = value.trim_ascii() == b"1",
-            "baggage" => {
-                baggage_count += 1;
-                inc.baggage.get_or_insert(value);
+            "baggage" => inc.baggage.push(value),
+            "cookie" => inc.cookies.push(value),
+            n if n == s.group_header => {
+                inc.group_headers += 1;
+                if !trusted {
+                    inc.strip_group_header = true;
+                    continue;
+                }
+                match group::from_header(value) {
+                    Lookup::Found(g) if inc.group.is_none() => {
+                        inc.group = Some(g);
+                        inc.source = GroupSource::Header;
+                    }
+                    Lookup::Found(_) | Lookup::Absent => {}
+                    Lookup::Invalid => {
+                        inc.invalid += 1;
+                        inc.strip_group_header = true;
+                    }
+                }
             }
-            n if n == s.group_header => match group::from_header(value) {
-                Lookup::Found(g) if inc.group.is_none() => {
-                    inc.group = Some(g);
-                    inc.source = GroupSource::Header;
-                }
-                Lookup::Found(_) | Lookup::Absent => {}
-                Lookup::Invalid => {
-                    inc.invalid += 1;
-                    inc.group_header_invalid = true;
-                }
-            },
             n if n == s.strict_header => {
-                inc.strict.get_or_insert(value);
+                if trusted {
+                    inc.strict.get_or_insert(value);
+                } else {
+                    inc.strip_strict = true;
+                }
             }
             n if n == s.cluster_header => inc.has_cluster_header = true,
             n if n == s.target_header => inc.has_target_header = true,
-            _ => {}
+            n => {
+                if let Some(assist) = &s.assist {
+                    if let Some(rank) = assist.trace_headers.iter().position(|t| t == n) {
+                        if trace.is_none_or(|(r, _)| rank < r) {
+                            if let Some(id) = crate::assist::trace_id(n, value) {
+                                trace = Some((rank, id));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
-    if inc.group.is_none() && baggage_count > 0 {
-        if let Some(key) = &s.baggage_key {
-            scan_baggage(&mut inc, headers, key);
+    inc.trace_id = trace.map(|(_, id)| id);
+    if let Some(key) = &s.baggage_key {
+        inc.scan_baggage(key);
+    }
+    if let Some(edge) = &s.edge {
+        inc.scan_cookie(&s.cookie);
+        if inc.group.is_none() {
+            let lookups = Lookups { headers, cookies: &inc.cookies, path: inc.path, peer: peer.ip };
+            if let Some((i, g)) = edge.choose(&lookups) {
+                inc.adopt(g, GroupSource::Rule(i));
+            } else if let Some(g) = edge.default_group {
+                inc.adopt(g, GroupSource::Default);
+            }
         }
     }
-    if inc.group.is_none() {
-        if let Some(g) = s.workload_group.as_deref().and_then(|g| GroupName::new(g.as_bytes())) {
-            inc.group = Some(g);
-            inc.source = GroupSource::Workload;
-        }
+    if let Some(g) = s.workload_group.as_deref().and_then(|g| GroupName::new(g.as_bytes())) {
+        inc.adopt(g, GroupSource::Workload);
     }
     inc
 }
 
-/// Finds the group in the `baggage` headers; an invalid member is counted
-/// and every baggage value is rewritten without it.
-fn scan_baggage<H: AsRef<[u8]>>(inc: &mut Incoming<'_>, headers: &[(String, H)], key: &str) {
-    let values = headers.iter().filter(|(n, _)| n == "baggage").map(|(_, v)| v.as_ref());
-    let mut any_invalid = false;
-    for v in values.clone() {
-        match group::from_baggage(v, key) {
-            Lookup::Found(g) => {
-                inc.group = Some(g);
-                inc.source = GroupSource::Baggage;
-                break;
-            }
-            Lookup::Invalid => {
-                inc.invalid += 1;
-                any_invalid = true;
-            }
-            Lookup::Absent => {}
+impl<'h> Incoming<'h> {
+    /// Takes `group` from `source` unless the request already has one.
+    pub fn adopt(&mut self, group: GroupName, source: GroupSource) {
+        if self.group.is_none() {
+            self.group = Some(group);
+            self.source = source;
         }
     }
-    if any_invalid {
-        let kept = values.filter_map(|v| match group::from_baggage(v, key) {
-            Lookup::Invalid => group::baggage_without(v, key),
-            _ => Some(v.to_vec()),
-        });
-        inc.baggage_rewrite = Some(kept.collect());
-    }
-}
 
-impl Incoming<'_> {
+    fn scan_baggage(&mut self, key: &str) {
+        if !self.trusted {
+            if self.baggage.iter().any(|v| group::from_baggage(v, key) != Lookup::Absent) {
+                self.baggage_strip = BaggageStrip::All;
+            }
+            return;
+        }
+        if self.group.is_some() {
+            return; // the header won: the search stops at the first valid hit
+        }
+        for v in &self.baggage {
+            match group::from_baggage(v, key) {
+                Lookup::Found(g) => {
+                    self.adopt(g, GroupSource::Baggage);
+                    return;
+                }
+                Lookup::Invalid => {
+                    self.invalid += 1;
+                    self.baggage_strip = BaggageStrip::Invalid;
+                }
+                Lookup::Absent => {}
+            }
+        }
+    }
+
+    fn scan_cookie(&mut self, name: &str) {
+        let Some(value) = self.cookies.iter().find_map(|c| group::cookie_value(c, name)) else { return };
+        if !self.trusted {
+            self.strip_cookie = true;
+            return;
+        }
+        match GroupName::new(value) {
+            Some(g) => self.adopt(g, GroupSource::Cookie),
+            None => {
+                self.invalid += 1;
+                self.strip_cookie = true;
+            }
+        }
+    }
+
     /// The decision for this request against `table`.
     pub fn decide<'a>(&'a self, table: &'a Table) -> Decision<'a> {
-        let view = RequestView {
-            authority: self.authority,
-            group: self.group.as_ref().map(GroupName::as_str),
-            strict: self.strict,
-        };
+        let view = RequestView { authority: self.authority, group: self.group.as_ref().map(GroupName::as_str), strict: self.strict };
         decide(table, &view)
     }
 
     /// The header edits for `decision` (or for no table: `None`), in order.
     pub fn edits(&self, decision: Option<&Decision<'_>>, s: &Settings) -> Vec<Edit> {
         let mut edits = Vec::new();
-        if self.group_header_invalid {
-            edits.push(Edit::Remove(s.group_header.clone()));
-            if let (GroupSource::Header, Some(g)) = (self.source, self.group) {
-                edits.push(Edit::Set(s.group_header.clone(), g.as_str().into()));
+        let inject = self.group.filter(|_| self.source.injected());
+        // Setting replaces every value, so a strip followed by a set is one call.
+        let set_group = match (self.source, self.group) {
+            (GroupSource::Header, Some(g)) if self.strip_group_header => Some(g),
+            (_, Some(g)) if inject.is_some() => Some(g),
+            _ => None,
+        };
+        match set_group {
+            Some(g) => edits.push(Edit::Set(s.group_header.clone(), g.as_str().into())),
+            None if self.strip_group_header => edits.push(Edit::Remove(s.group_header.clone())),
+            None => {}
+        }
+        self.baggage_edits(inject, s, &mut edits);
+        if self.strip_cookie {
+            edits.push(Edit::Remove("cookie".into()));
+            for c in self.cookies.iter().filter_map(|c| edge::cookie_without(c, &s.cookie)) {
+                edits.push(Edit::Add("cookie".into(), c));
             }
         }
-        if let Some(values) = &self.baggage_rewrite {
-            edits.push(Edit::Remove("baggage".into()));
-            edits.extend(values.iter().map(|v| Edit::Add("baggage".into(), v.clone())));
-        }
-        if let (GroupSource::Workload, Some(g)) = (self.source, self.group) {
-            edits.push(Edit::Set(s.group_header.clone(), g.as_str().into()));
-            if let (true, Some(key)) = (s.inject_baggage, &s.baggage_key) {
-                let current = if self.baggage_rewrite.is_some() { None } else { self.baggage };
-                edits.push(Edit::Set("baggage".into(), group::baggage_with(current, key, g.as_str())));
-            }
+        if self.strip_strict {
+            edits.push(Edit::Remove(s.strict_header.clone()));
         }
         match decision {
             Some(Decision::Route(r)) => {
@@ -203,20 +326,54 @@ impl Incoming<'_> {
         edits
     }
 
+    fn baggage_edits(&self, inject: Option<GroupName>, s: &Settings, edits: &mut Vec<Edit>) {
+        let Some(key) = &s.baggage_key else { return };
+        let stamp = inject.filter(|_| s.inject_baggage);
+        if stamp.is_none() && self.baggage_strip == BaggageStrip::None {
+            return;
+        }
+        let kept: Vec<Vec<u8>> = self
+            .baggage
+            .iter()
+            .filter_map(|v| {
+                let strip = stamp.is_some()
+                    || self.baggage_strip == BaggageStrip::All
+                    || (self.baggage_strip == BaggageStrip::Invalid && group::from_baggage(v, key) == Lookup::Invalid);
+                if strip {
+                    group::baggage_without(v, key)
+                } else {
+                    Some(v.to_vec())
+                }
+            })
+            .collect();
+        match stamp {
+            Some(g) => {
+                let joined = kept.join(&b","[..]);
+                let current = (!joined.is_empty()).then_some(joined.as_slice());
+                edits.push(Edit::Set("baggage".into(), group::baggage_with(current, key, g.as_str())));
+            }
+            None => {
+                edits.push(Edit::Remove("baggage".into()));
+                edits.extend(kept.into_iter().map(|v| Edit::Add("baggage".into(), v)));
+            }
+        }
+    }
+
     pub fn local_reply(&self, f: &FailFast<'_>, s: &Settings) -> LocalReply {
         LocalReply { status: s.failfast_status, grpc: self.grpc, service: f.service.to_owned(), body: failfast_body(f) }
+    }
+
+    /// Whether this request's group should be remembered for its trace (the
+    /// inbound side of the propagation assist).
+    pub fn remember(&self) -> Option<(&'h [u8], GroupName)> {
+        Some((self.trace_id?, self.group?))
     }
 }
 
 /// `{"error":"isogroup_unavailable","service":…,"group":…,"reason":…}`
 pub fn failfast_body(f: &FailFast<'_>) -> String {
     // Service and group are validated names: no JSON escaping needed.
-    format!(
-        r#"{{"error":"isogroup_unavailable","service":"{}","group":"{}","reason":"{}"}}"#,
-        f.service,
-        f.group,
-        f.reason.as_str()
-    )
+    format!(r#"{{"error":"isogroup_unavailable","service":"{}","group":"{}","reason":"{}"}}"#, f.service, f.group, f.reason.as_str())
 }
 
 /// `x-isogroup-served` value: `<service>=<group>[;fallback]`.
@@ -239,15 +396,12 @@ pub fn explain(inc: &Incoming<'_>, decision: Option<&Decision<'_>>, table_versio
         None => "passthrough (no table yet)".to_owned(),
         Some(Decision::PassThrough) => "passthrough (service not in table)".to_owned(),
         Some(Decision::Route(r)) => {
-            format!(
-                "service={} serving={} cluster={}{}",
-                r.service,
-                r.serving,
-                r.cluster,
-                if r.fallback { " fallback" } else { "" }
-            )
+            format!("service={} serving={} cluster={}{}", r.service, r.serving, r.cluster, if r.fallback { " fallback" } else { "" })
         }
         Some(Decision::FailFast(f)) => format!("service={} failfast reason={}", f.service, f.reason.as_str()),
     };
-    format!("vm={vm}; table={table}; group={group} ({}); invalid={}; {outcome}", inc.source.as_str(), inc.invalid)
+    format!("vm={vm}; table={table}; group={group} ({}); invalid={}; {outcome}", inc.source.describe(), inc.invalid)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! Propagation assist: many apps forward tracing headers but drop custom
+//! ones. The filter on a workload's inbound side remembers trace id → group;
+//! on the same Envoy's outbound side it restores the group on a request that
+//! carries a known trace id but no group.
+//!
+//! The store is shared data, which has no delete and no TTL: a fixed set of
+//! slot keys (`isogroup/assist/<n>`, n = hash(trace id) mod `slots`), each
+//! holding one entry with its expiry. Memory stays bounded whatever the load;
+//! a newer trace overwrites an older one in the same slot.
+
+use serde::Deserialize;
+
+use crate::edge::fnv1a;
+use crate::error::ConfigError;
+use crate::group::GroupName;
+
+fn default_slots() -> u32 {
+    4096
+}
+fn default_ttl_s() -> u32 {
+    30
+}
+fn default_trace_headers() -> Vec<String> {
+    vec!["traceparent".into(), "x-b3-traceid".into(), "x-request-id".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssist {
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+    #[serde(default = "default_ttl_s")]
+    pub ttl_s: u32,
+    /// `auto` reads the listener's direction (Envoy `traffic_direction`,
+    /// which Istio sets) per request.
+    #[serde(default)]
+    pub side: Side,
+    #[serde(default = "default_trace_headers")]
+    pub trace_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    #[default]
+    Auto,
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone)]
+pub struct Assist {
+    pub slots: u32,
+    pub ttl_ms: u64,
+    pub side: Side,
+    pub trace_headers: Vec<String>,
+}
+
+/// Longest trace id kept (W3C ids are 32 hex digits; request ids are UUIDs).
+const MAX_TRACE_ID: usize = 128;
+
+impl Assist {
+    pub fn compile(raw: &RawAssist) -> Result<Assist, ConfigError> {
+        let bad = |field: &str, why: String| ConfigError::Invalid { field: format!("propagation_assist.{field}"), why };
+        if !(1..=65_536).contains(&raw.slots) {
+            return Err(bad("slots", format!("{} is not in 1..=65536", raw.slots)));
+        }
+        if !(1..=3_600).contains(&raw.ttl_s) {
+            return Err(bad("ttl_s", format!("{} is not in 1..=3600 seconds", raw.ttl_s)));
+        }
+        if raw.trace_headers.is_empty() {
+            return Err(bad("trace_headers", "the list is empty".into()));
+        }
+        for h in &raw.trace_headers {
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                return Err(bad("trace_headers", format!("{h:?} is not a lower-case header name")));
+            }
+        }
+        Ok(Assist { slots: raw.slots, ttl_ms: u64::from(raw.ttl_s) * 1000, side: raw.side, trace_headers: raw.trace_headers.clone() })
+    }
+
+    /// The shared-data key of the slot for `trace_id`.
+    pub fn slot_key(&self, trace_id: &[u8]) -> String {
+        format!("isogroup/assist/{}", fnv1a(trace_id) % u64::from(self.slots))
+    }
+}
+
+/// The trace id in a trace header value: the trace-id field of a W3C
+/// `traceparent` (the span id changes every hop), else the whole value.
+pub fn trace_id<'v>(header: &str, value: &'v [u8]) -> Option<&'v [u8]> {
+    let value = value.trim_ascii();
+    let id = if header == "traceparent" {
+        let mut parts = value.split(|&b| b == b'-');
+        let (_version, id) = (parts.next()?, parts.next()?);
+        if id.len() != 32 || !id.iter().all(u8::is_ascii_hexdigit) || id.iter().all(|&b| b == b'0') {
+            return None;
+        }
+        id
+    } else {
+        value
+    };
+    (!id.is_empty() && id.len() <= MAX_TRACE_ID && id.iter().all(u8::is_ascii_graphic)).then_some(id)
+}
+
+/// A slot's value: `<expiry ms> <group> <trace id>`.
+pub fn encode_entry(trace_id: &[u8], group: &GroupName, expires_ms: u64) -> Vec<u8> {
+    let mut v = format!("{expires_ms} {} ", group.as_str()).into_bytes();
+    v.extend_from_slice(trace_id);
+    v
+}
+
+/// The group a slot holds for `trace_id`, if it is that trace's and fresh.
+pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<GroupName> {
+    let mut parts = entry.splitn(3, |&b| b == b' ');
+    let expires: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let group = GroupName::new(parts.next()?)?;
+    (parts.next()? == trace_id && now_ms < expires).then_some(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn trace_ids() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("traceparent", tp, Some("4bf92f3577b34da6a3ce929d0e0e4736")),
+            ("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
+            ("traceparent", "00-xyz-00f067aa0ba902b7-01", None),
+            ("traceparent", "garbage", None),
+            ("x-request-id", " 5f1c-aa ", Some("5f1c-aa")),
+            ("x-b3-traceid", "", None),
+            ("x-request-id", "has space", None),
+        ];
+        for (h, v, want) in cases {
+            assert_eq!(trace_id(h, v.as_bytes()), want.map(str::as_bytes), "{h}: {v}");
+        }
+        assert_eq!(trace_id("x-request-id", &[b'a'; 129]), None);
+    }
+
+    #[test]
+    fn entries_round_trip_and_expire() {
+        let g = GroupName::new(b"feature-1").unwrap();
+        let e = encode_entry(b"abc", &g, 1_000);
+        assert_eq!(e, b"1000 feature-1 abc");
+        assert_eq!(decode_entry(&e, b"abc", 999), Some(g));
+        assert_eq!(decode_entry(&e, b"abc", 1_000), None, "expired");
+        assert_eq!(decode_entry(&e, b"abd", 0), None, "another trace in the slot");
+        assert_eq!(decode_entry(b"junk", b"abc", 0), None);
+    }
+
+    #[test]
+    fn slots_are_bounded() {
+        let a = Assist::compile(&RawAssist { slots: 64, ttl_s: 30, side: Side::Auto, trace_headers: default_trace_headers() }).unwrap();
+        let keys: std::collections::BTreeSet<String> = (0..10_000).map(|i| a.slot_key(format!("trace-{i}").as_bytes())).collect();
+        assert_eq!(keys.len(), 64, "10 000 trace ids share 64 keys");
+        assert!(keys.iter().all(|k| k.starts_with("isogroup/assist/")));
+    }
+
+    #[test]
+    fn config_errors() {
+        let raw = |slots, ttl_s, headers: Vec<&str>| RawAssist { slots, ttl_s, side: Side::Auto, trace_headers: headers.into_iter().map(String::from).collect() };
+        let err = |r: RawAssist| Assist::compile(&r).err().map(|e| e.to_string());
+        assert_eq!(err(raw(0, 30, vec!["traceparent"])).as_deref(), Some("propagation_assist.slots: 0 is not in 1..=65536"));
+        assert_eq!(err(raw(8, 0, vec!["traceparent"])).as_deref(), Some("propagation_assist.ttl_s: 0 is not in 1..=3600 seconds"));
+        assert_eq!(err(raw(8, 5, vec![])).as_deref(), Some("propagation_assist.trace_headers: the list is empty"));
+        assert_eq!(err(raw(8, 5, vec!["Trace"])).as_deref(), Some(r#"propagation_assist.trace_headers: "Trace" is not a lower-case header name"#));
+        assert_eq!(err(raw(8, 5, vec!["traceparent"])), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! CIDR ranges (`10.1.0.0/16`, `2001:db8::/32`) and peer addresses as
+//! Envoy reports them (`127.0.0.1:50562`, `[::1]:8080`).
+
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `addr/len`, or a bare address (a /32 or /128).
+    pub fn parse(text: &str) -> Result<Cidr, &'static str> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| "not an IP address")?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| "prefix length is not a number")?,
+            None => max,
+        };
+        if prefix > max {
+            return Err("prefix length too long for the address family");
+        }
+        Ok(Cidr { net, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(u128::from(u32::from(n)) << 96, u128::from(u32::from(a)) << 96, self.prefix),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(u128::from(n), u128::from(a), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, prefix: u8) -> bool {
+    prefix == 0 || (a ^ b) >> (128 - u32::from(prefix)) == 0
+}
+
+/// The IP of an Envoy `source.address` value: `ip:port`, `[v6]:port`, or a
+/// bare address.
+pub fn peer_ip(address: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(address).ok()?.trim();
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    text.rsplit_once(':')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn ranges() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("10.1.0.0/16", "10.1.2.3", true),
+            ("10.1.0.0/16", "10.2.0.1", false),
+            ("10.1.2.3", "10.1.2.3", true),
+            ("10.1.2.3", "10.1.2.4", false),
+            ("0.0.0.0/0", "203.0.113.9", true),
+            ("192.0.2.0/24", "::ffff:192.0.2.7", true),
+            ("2001:db8::/32", "2001:db8:1::1", true),
+            ("2001:db8::/32", "2001:db9::1", false),
+            ("::/0", "::1", true),
+            ("10.0.0.0/8", "::1", false),
+        ];
+        for (cidr, ip, want) in cases {
+            let c = Cidr::parse(cidr).unwrap();
+            assert_eq!(c.contains(ip.parse().unwrap()), *want, "{cidr} {ip}");
+        }
+        assert_eq!(Cidr::parse("10.0.0.0/33"), Err("prefix length too long for the address family"));
+        assert_eq!(Cidr::parse("10.0.0/8"), Err("not an IP address"));
+        assert_eq!(Cidr::parse("10.0.0.0/x"), Err("prefix length is not a number"));
+    }
+
+    #[test]
+    fn peers() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"127.0.0.1:50562", Some("127.0.0.1")),
+            (b"[::1]:8080", Some("::1")),
+            (b"10.0.0.1", Some("10.0.0.1")),
+            (b"::1", Some("::1")),
+            (b"garbage", None),
+            (b"\xff", None),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(peer_ip(addr), want.map(|w| w.parse().unwrap()), "{:?}", String::from_utf8_lossy(addr));
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Edge mode (ingress gateways): ordered rules that map a request to a group,
+//! and which peers may bring their own group.
+
+use std::net::IpAddr;
+
+use regex_lite::Regex;
+use serde::Deserialize;
+
+use crate::cidr::Cidr;
+use crate::error::ConfigError;
+use crate::group::{self, GroupName};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEdge {
+    /// Peers whose own group, baggage member, cookie and strict header count.
+    #[serde(default)]
+    pub trusted_cidrs: Vec<String>,
+    #[serde(default)]
+    pub default_group: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// One rule: exactly one matcher (`header`/`cookie`/`query` with `values`,
+/// `prefix` or `regex`; `source_cidrs`; or `percent` with `hash_header`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+    pub values: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub source_cidrs: Option<Vec<String>>,
+    pub percent: Option<u32>,
+    pub hash_header: Option<String>,
+    pub group: String,
+}
+
+#[derive(Debug)]
+pub struct Edge {
+    trusted: Vec<Cidr>,
+    pub default_group: Option<GroupName>,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    input: Input,
+    test: Test,
+    group: GroupName,
+}
+
+#[derive(Debug)]
+enum Input {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    Source(Vec<Cidr>),
+    /// Sticky bucket of the named header's hash: owns `[from, to)` of 100.
+    Percent { header: String, from: u64, to: u64 },
+}
+
+#[derive(Debug)]
+enum Test {
+    Always,
+    Values(Vec<String>),
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// What the rules look at, already read from the request.
+pub trait EdgeRequest {
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    fn cookie(&self, name: &str) -> Option<&[u8]>;
+    /// The percent-decoded value of query parameter `name`.
+    fn query(&self, name: &str) -> Option<Vec<u8>>;
+    fn peer(&self) -> Option<IpAddr>;
+}
+
+impl Edge {
+    pub fn compile(raw: &RawEdge) -> Result<Edge, ConfigError> {
+        let trusted = cidrs("edge.trusted_cidrs", &raw.trusted_cidrs)?;
+        let default_group = match &raw.default_group {
+            None => None,
+            Some(g) => Some(GroupName::new(g.as_bytes()).ok_or_else(|| invalid("edge.default_group", format!("{g:?} is not a valid group name (DNS-1123 label)")))?),
+        };
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        let mut percent_used = 0u64;
+        for (i, r) in raw.rules.iter().enumerate() {
+            rules.push(compile_rule(i, r, &mut percent_used)?);
+        }
+        Ok(Edge { trusted, default_group, rules })
+    }
+
+    /// Whether the rules or the trust check need the peer address (one host
+    /// call per request, so only when they do).
+    pub fn needs_peer(&self) -> bool {
+        !self.trusted.is_empty() || self.rules.iter().any(|r| matches!(r.input, Input::Source(_)))
+    }
+
+    pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| self.trusted.iter().any(|c| c.contains(ip)))
+    }
+
+    /// The first matching rule: (its index, its group).
+    pub fn choose(&self, req: &impl EdgeRequest) -> Option<(usize, GroupName)> {
+        self.rules.iter().enumerate().find(|(_, r)| r.matches(req)).map(|(i, r)| (i, r.group))
+    }
+}
+
+impl Rule {
+    fn matches(&self, req: &impl EdgeRequest) -> bool {
+        match &self.input {
+            Input::Header(name) => req.header(name).is_some_and(|v| self.test.accepts(v)),
+            Input::Cookie(name) => req.cookie(name).is_some_and(|v| self.test.accepts(v)),
+            Input::Query(name) => req.query(name).is_some_and(|v| self.test.accepts(&v)),
+            Input::Source(ranges) => req.peer().is_some_and(|ip| ranges.iter().any(|c| c.contains(ip))),
+            Input::Percent { header, from, to } => req.header(header).is_some_and(|v| (*from..*to).contains(&bucket(v))),
+        }
+    }
+}
+
+impl Test {
+    fn accepts(&self, value: &[u8]) -> bool {
+        match self {
+            Test::Always => true,
+            Test::Values(vs) => vs.iter().any(|v| v.as_bytes() == value),
+            Test::Prefix(p) => value.starts_with(p.as_bytes()),
+            Test::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
+        }
+    }
+}
+
+/// FNV-1a 64-bit, as the SPEC fixes it, so `explain` and `/v1/resolve` agree.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// A sticky bucket in `0..100`.
+pub fn bucket(value: &[u8]) -> u64 {
+    fnv1a(value) % 100
+}
+
+fn invalid(field: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), why: why.into() }
+}
+
+fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| Cidr::parse(c).map_err(|why| invalid(format!("{field}[{i}]"), format!("{c:?}: {why}"))))
+        .collect()
+}
+
+fn header_name(field: String, name: &str) -> Result<String, ConfigError> {
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(invalid(field, format!("{name:?} is not a lower-case header name")))
+    }
+}
+
+fn compile_rule(i: usize, r: &RawRule, percent_used: &mut u64) -> Result<Rule, ConfigError> {
+    let at = |f: &str| format!("edge.rules[{i}].{f}");
+    let group = GroupName::new(r.group.as_bytes())
+        .ok_or_else(|| invalid(at("group"), format!("{:?} is not a valid group name (DNS-1123 label)", r.group)))?;
+    let inputs = [r.header.is_some(), r.cookie.is_some(), r.query.is_some(), r.source_cidrs.is_some(), r.percent.is_some()];
+    if inputs.iter().filter(|&&x| x).count() != 1 {
+        return Err(invalid(format!("edge.rules[{i}]"), "needs exactly one of header, cookie, query, source_cidrs, percent"));
+    }
+    let tests = [r.values.is_some(), r.prefix.is_some(), r.regex.is_some()].iter().filter(|&&x| x).count();
+    let keyed = r.header.is_some() || r.cookie.is_some() || r.query.is_some();
+    if keyed && tests != 1 {
+        return Err(invalid(format!("edge.rules[{i}]"), "a header, cookie or query rule needs exactly one of values, prefix, regex"));
+    }
+    if !keyed && tests != 0 {
+        return Err(invalid(format!("edge.rules[{i}]"), "values, prefix and regex go with header, cookie or query"));
+    }
+    if r.hash_header.is_some() && r.percent.is_none() {
+        return Err(invalid(at("hash_header"), "goes with percent"));
+    }
+    let test = match (&r.values, &r.prefix, &r.regex) {
+        (Some(v), _, _) if v.is_empty() => return Err(invalid(at("values"), "the list is empty")),
+        (Some(v), _, _) => Test::Values(v.clone()),
+        (_, Some(p), _) => Test::Prefix(p.clone()),
+        (_, _, Some(re)) => Test::Regex(Regex::new(re).map_err(|e| invalid(at("regex"), format!("{re:?}: {e}")))?),
+        _ => Test::Always,
+    };
+    let input = if let Some(h) = &r.header {
+        Input::Header(header_name(at("header"), h)?)
+    } else if let Some(c) = &r.cookie {
+        Input::Cookie(c.clone())
+    } else if let Some(q) = &r.query {
+        Input::Query(q.clone())
+    } else if let Some(list) = &r.source_cidrs {
+        if list.is_empty() {
+            return Err(invalid(at("source_cidrs"), "the list is empty"));
+        }
+        Input::Source(cidrs(&at("source_cidrs"), list)?)
+    } else {
+        let p = u64::from(r.percent.unwrap_or(0));
+        let header = r.hash_header.as_deref().ok_or_else(|| invalid(at("hash_header"), "a percent rule needs hash_header"))?;
+        let from = *percent_used;
+        *percent_used += p;
+        if *percent_used > 100 {
+            return Err(invalid(at("percent"), format!("percent rules add up to {} (at most 100)", *percent_used)));
+        }
+        Input::Percent { header: header_name(at("hash_header"), header)?, from, to: *percent_used }
+    };
+    Ok(Rule { input, test, group })
+}
+
+/// The value of query parameter `name` in a `:path`, percent-decoded
+/// (`+` as space, as forms send it).
+pub fn query_param(path: &[u8], name: &str) -> Option<Vec<u8>> {
+    let query = &path[path.iter().position(|&b| b == b'?')? + 1..];
+    let query = query.split(|&b| b == b'#').next().unwrap_or(query);
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        };
+        (k == name.as_bytes()).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'%' if i + 2 < v.len() && hex_pair(v[i + 1], v[i + 2]).is_some() => {
+                out.push(hex_pair(v[i + 1], v[i + 2]).unwrap_or(b'%'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hex_pair(hi: u8, lo: u8) -> Option<u8> {
+    let h = (hi as char).to_digit(16)?;
+    let l = (lo as char).to_digit(16)?;
+    Some((h * 16 + l) as u8)
+}
+
+/// A `cookie` header without cookie `name` (other cookies kept); `None` if
+/// nothing is left.
+pub fn cookie_without(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    let kept: Vec<&[u8]> = header
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty() && group::cookie_value(c, name).is_none())
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(&b"; "[..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    struct Req {
+        headers: Vec<(&'static str, &'static str)>,
+        cookie: &'static str,
+        path: &'static str,
+        peer: Option<&'static str>,
+    }
+
+    impl EdgeRequest for Req {
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes())
+        }
+        fn cookie(&self, name: &str) -> Option<&[u8]> {
+            group::cookie_value(self.cookie.as_bytes(), name)
+        }
+        fn query(&self, name: &str) -> Option<Vec<u8>> {
+            query_param(self.path.as_bytes(), name)
+        }
+        fn peer(&self) -> Option<IpAddr> {
+            self.peer.map(|p| p.parse().unwrap())
+        }
+    }
+
+    fn req(headers: Vec<(&'static str, &'static str)>) -> Req {
+        Req { headers, cookie: "", path: "/", peer: None }
+    }
+
+    fn edge(json: &str) -> Result<Edge, String> {
+        let raw: RawEdge = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        Edge::compile(&raw).map_err(|e| e.to_string())
+    }
+
+    const SPEC_EXAMPLE: &str = r#"{
+      "trusted_cidrs": ["10.1.0.0/16"],
+      "rules": [
+        {"header": "x-user", "values": ["alice", "bob"], "group": "feature-1"},
+        {"header": "x-user", "prefix": "qa-", "group": "qa"},
+        {"header": "x-user", "regex": "^dev-[a-z]+$", "group": "dev"},
+        {"cookie": "lane", "values": ["blue"], "group": "feature-1"},
+        {"query": "lane", "values": ["green"], "group": "green"},
+        {"source_cidrs": ["192.0.2.0/24"], "group": "team-a"},
+        {"percent": 10, "hash_header": "x-id", "group": "canary"}
+      ]
+    }"#;
+
+    #[test]
+    fn every_rule_kind() {
+        let e = edge(SPEC_EXAMPLE).unwrap();
+        let chosen = |r: Req| e.choose(&r).map(|(i, g)| format!("{i}:{g}"));
+        let cases: Vec<(Req, Option<&str>)> = vec![
+            (req(vec![("x-user", "bob")]), Some("0:feature-1")),
+            (req(vec![("x-user", "qa-7")]), Some("1:qa")),
+            (req(vec![("x-user", "dev-joe")]), Some("2:dev")),
+            (req(vec![("x-user", "dev-Joe")]), None),
+            (req(vec![("x-user", "carol")]), None),
+            (Req { cookie: "a=1; lane=blue", ..req(vec![]) }, Some("3:feature-1")),
+            (Req { cookie: "lane=red", ..req(vec![]) }, None),
+            (Req { path: "/p?x=1&lane=gr%65en", ..req(vec![]) }, Some("4:green")),
+            (Req { path: "/p?lane=blue", ..req(vec![]) }, None),
+            (Req { peer: Some("192.0.2.9"), ..req(vec![]) }, Some("5:team-a")),
+            (Req { peer: Some("198.51.100.1"), ..req(vec![]) }, None),
+            // first match wins
+            (Req { cookie: "lane=blue", ..req(vec![("x-user", "qa-1")]) }, Some("1:qa")),
+            // a missing hash header never matches
+            (req(vec![]), None),
+        ];
+        for (r, want) in cases {
+            let desc = format!("{:?} {:?} {:?} {:?}", r.headers, r.cookie, r.path, r.peer);
+            assert_eq!(chosen(r).as_deref(), want, "{desc}");
+        }
+        assert!(e.needs_peer());
+        assert!(e.trusts(Some("10.1.200.3".parse().unwrap())));
+        assert!(!e.trusts(Some("10.2.0.1".parse().unwrap())));
+        assert!(!e.trusts(None));
+    }
+
+    #[test]
+    fn percent_rules_are_sticky_cumulative_buckets() {
+        let e = edge(r#"{"rules":[{"percent":10,"hash_header":"x-id","group":"a"},{"percent":30,"hash_header":"x-id","group":"b"}]}"#).unwrap();
+        let mut counts = [0u32; 3];
+        for n in 0..10_000 {
+            let id = format!("user-{n}");
+            let r = Req { headers: vec![], cookie: "", path: "/", peer: None };
+            let want = match bucket(id.as_bytes()) {
+                0..=9 => Some("a"),
+                10..=39 => Some("b"),
+                _ => None,
+            };
+            struct One<'a>(&'a [u8], Req);
+            impl EdgeRequest for One<'_> {
+                fn header(&self, name: &str) -> Option<&[u8]> {
+                    (name == "x-id").then_some(self.0)
+                }
+                fn cookie(&self, n: &str) -> Option<&[u8]> {
+                    self.1.cookie(n)
+                }
+                fn query(&self, n: &str) -> Option<Vec<u8>> {
+                    self.1.query(n)
+                }
+                fn peer(&self) -> Option<IpAddr> {
+                    None
+                }
+            }
+            let got = e.choose(&One(id.as_bytes(), r)).map(|(_, g)| g.to_string());
+            assert_eq!(got.as_deref(), want, "{id}");
+            counts[match got.as_deref() {
+                Some("a") => 0,
+                Some("b") => 1,
+                _ => 2,
+            }] += 1;
+        }
+        // close to the weights over many distinct ids
+        assert!((900..1100).contains(&counts[0]), "{counts:?}");
+        assert!((2800..3200).contains(&counts[1]), "{counts:?}");
+        // FNV-1a 64 reference values
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn config_errors_name_the_rule_and_field() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"rules":[{"header":"x","cookie":"c","values":["v"],"group":"g"}]}"#, "edge.rules[0]: needs exactly one of header, cookie, query, source_cidrs, percent"),
+            (r#"{"rules":[{"group":"g"}]}"#, "edge.rules[0]: needs exactly one of header, cookie, query, source_cidrs, percent"),
+            (r#"{"rules":[{"header":"x","group":"g"}]}"#, "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex"),
+            (r#"{"rules":[{"header":"x","values":["a"],"prefix":"b","group":"g"}]}"#, "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex"),
+            (r#"{"rules":[{"source_cidrs":["10.0.0.0/8"],"prefix":"b","group":"g"}]}"#, "edge.rules[0]: values, prefix and regex go with header, cookie or query"),
+            (r#"{"rules":[{"header":"X-User","values":["a"],"group":"g"}]}"#, r#"edge.rules[0].header: "X-User" is not a lower-case header name"#),
+            (r#"{"rules":[{"header":"x","values":[],"group":"g"}]}"#, "edge.rules[0].values: the list is empty"),
+            (r#"{"rules":[{"header":"x","regex":"(","group":"g"}]}"#, "edge.rules[0].regex: \"(\": "),
+            (r#"{"rules":[{"header":"x","values":["a"],"group":"G"}]}"#, r#"edge.rules[0].group: "G" is not a valid group name (DNS-1123 label)"#),
+            (r#"{"rules":[{"source_cidrs":["10.0.0.0/40"],"group":"g"}]}"#, r#"edge.rules[0].source_cidrs[0]: "10.0.0.0/40": prefix length too long for the address family"#),
+            (r#"{"rules":[{"source_cidrs":[],"group":"g"}]}"#, "edge.rules[0].source_cidrs: the list is empty"),
+            (r#"{"rules":[{"percent":60,"hash_header":"x","group":"a"},{"percent":41,"hash_header":"x","group":"b"}]}"#, "edge.rules[1].percent: percent rules add up to 101 (at most 100)"),
+            (r#"{"rules":[{"percent":10,"group":"a"}]}"#, "edge.rules[0].hash_header: a percent rule needs hash_header"),
+            (r#"{"rules":[{"header":"x","values":["a"],"hash_header":"h","group":"a"}]}"#, "edge.rules[0].hash_header: goes with percent"),
+            (r#"{"trusted_cidrs":["nope"]}"#, r#"edge.trusted_cidrs[0]: "nope": not an IP address"#),
+            (r#"{"default_group":"Nope"}"#, r#"edge.default_group: "Nope" is not a valid group name (DNS-1123 label)"#),
+        ];
+        for (json, want) in cases {
+            let got = edge(json).err().unwrap_or_else(|| "accepted".into());
+            assert!(got.starts_with(want), "{json}\n got: {got}\nwant: {want}");
+        }
+        assert!(edge(SPEC_EXAMPLE).is_ok());
+    }
+
+    #[test]
+    fn query_and_cookie_helpers() {
+        assert_eq!(query_param(b"/a?lane=blue", "lane").as_deref(), Some(&b"blue"[..]));
+        assert_eq!(query_param(b"/a?x=1&lane=a%20b+c#frag", "lane").as_deref(), Some(&b"a b c"[..]));
+        assert_eq!(query_param(b"/a?lane", "lane").as_deref(), Some(&b""[..]));
+        assert_eq!(query_param(b"/a?lanes=x", "lane"), None);
+        assert_eq!(query_param(b"/a", "lane"), None);
+        assert_eq!(query_param(b"/a?lane=%zz", "lane").as_deref(), Some(&b"%zz"[..]));
+        assert_eq!(cookie_without(b"a=1; isogroup=x; b=2", "isogroup").as_deref(), Some(&b"a=1; b=2"[..]));
+        assert_eq!(cookie_without(b"isogroup=x", "isogroup"), None);
+    }
+}
