@@ -73,6 +73,10 @@ pub fn add_response_header(name: &str, value: &str) -> HostResult<()> {
     check("add_map_value(response_headers)", hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value))
 }
 
+pub fn remove_response_header(name: &str) -> HostResult<()> {
+    check("remove_map_value(response_headers)", hostcalls::remove_map_value(MapType::HttpResponseHeaders, name))
+}
+
 /// A local HTTP answer; the caller then returns `Action::Pause`.
 pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) -> HostResult<()> {
     check("send_http_response", hostcalls::send_http_response(status, headers, Some(body)))
@@ -104,6 +108,12 @@ pub fn shared_get(key: &str) -> HostResult<(Option<Bytes>, Option<u32>)> {
 /// someone wrote in between (a missing key ignores the CAS: seed it first).
 pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
     check("set_shared_data", hostcalls::set_shared_data(key, Some(value), cas))
+}
+
+/// An Envoy attribute (`["source", "address"]`), as the raw bytes Envoy
+/// serialises it to.
+pub fn property(path: &[&str]) -> HostResult<Option<Bytes>> {
+    check("get_property", hostcalls::get_property(path.to_vec()))
 }
 
 pub fn dispatch_http_call(cluster: &str, headers: Vec<(&str, &str)>, timeout: Duration) -> HostResult<u32> {

@@ -4,7 +4,8 @@
 
 use std::rc::Rc;
 
-use isogroup_core::request::{self, Edit, LocalReply};
+use isogroup_core::cidr;
+use isogroup_core::request::{self, Edit, LocalReply, Peer};
 use isogroup_core::{Decision, Table};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel};
@@ -19,12 +20,14 @@ pub struct Request {
     table: Option<Rc<Table>>,
     served: Option<String>,
     explanation: Option<String>,
+    /// Untrusted edge peer: isogroup response headers do not go back to it.
+    strip_annotations: bool,
 }
 
 impl Request {
     pub fn new(vm: Rc<Vm>) -> Self {
         let table = vm.table();
-        Request { vm, table, served: None, explanation: None }
+        Request { vm, table, served: None, explanation: None, strip_annotations: false }
     }
 
     fn count(&self, decision: Option<&Decision<'_>>) {
@@ -54,14 +57,22 @@ impl HttpContext for Request {
             }
         };
         let settings = &self.vm.settings;
-        let incoming = request::scan(&headers, settings);
+        let peer = match &settings.edge {
+            Some(edge) if edge.needs_peer() => Peer { ip: peer_ip() },
+            _ => Peer::default(),
+        };
+        let mut incoming = request::scan(&headers, settings, peer);
+        if let Some(a) = &settings.assist {
+            crate::assist::apply(&mut incoming, a, &self.vm);
+        }
+        self.strip_annotations = !incoming.trusted;
         for _ in 0..incoming.invalid {
             self.vm.metrics.count(Counter::InvalidGroup);
         }
         let table = self.table.clone();
         let decision = table.as_deref().map(|t| incoming.decide(t));
         self.count(decision.as_ref());
-        if incoming.debug {
+        if incoming.debug && incoming.trusted {
             self.explanation =
                 Some(request::explain(&incoming, decision.as_ref(), table.as_ref().map(|t| t.version()), &self.vm.id));
         }
@@ -87,6 +98,15 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if self.strip_annotations {
+            // Inner hops annotated too: remove theirs, add none.
+            for name in ["x-isogroup-served", "x-isogroup-decision"] {
+                if let Err(e) = host::remove_response_header(name) {
+                    warn(&e.to_string());
+                }
+            }
+            return Action::Continue;
+        }
         let annotations = [("x-isogroup-served", self.served.take()), ("x-isogroup-decision", self.explanation.take())];
         for (name, value) in annotations {
             if let Some(value) = value {
@@ -97,6 +117,12 @@ impl HttpContext for Request {
         }
         Action::Continue
     }
+}
+
+/// The direct peer's IP (`source.address`, port stripped).
+fn peer_ip() -> Option<std::net::IpAddr> {
+    let address = host::property(&["source", "address"]).ok()??;
+    cidr::peer_ip(&address)
 }
 
 fn apply(edit: &Edit) -> HostResult<()> {

@@ -2,6 +2,7 @@
 //! Parse and compile in `on_configure`, decide per request, sync tables on
 //! ticks. Every host call goes through `host`.
 
+mod assist;
 mod host;
 mod http;
 mod metrics;

@@ -1,10 +1,11 @@
 //! The root context of one VM: configure (parse → compile → install), ticks
 //! (flush metrics, sync the table), and one HTTP context per request.
 
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
-use isogroup_core::{Settings, Source};
+use isogroup_core::{GroupName, Settings, Source};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
@@ -49,7 +50,12 @@ impl RootContext for Root {
             }
         };
         let source = std::mem::replace(&mut settings.source, Source::None);
-        let vm = Rc::new(Vm { settings, table: Default::default(), metrics: Metrics::define(), id: next_vm_id() });
+        if settings.workload_group.is_none() {
+            settings.workload_group = node_label_group();
+        }
+        let clock_ms = Cell::new(now_ms().unwrap_or(0));
+        let vm =
+            Rc::new(Vm { settings, table: Default::default(), metrics: Metrics::define(), id: next_vm_id(), clock_ms });
         self.sync = Some(TableSync::start(source, &vm));
         if let Err(e) = host::set_tick_period(TICK) {
             host::log(LogLevel::Error, &format!("isogroup: {e}"));
@@ -63,6 +69,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let (Some(vm), Some(sync)) = (&self.vm, &mut self.sync) {
+            if let Some(now) = now_ms() {
+                vm.clock_ms.set(now);
+            }
             vm.metrics.flush();
             sync.on_tick(vm);
         }
@@ -76,6 +85,25 @@ impl RootContext for Root {
         let vm = self.vm.clone()?;
         Some(Box::new(Request::new(vm)))
     }
+}
+
+/// The workload's group from its pod label `isogroup.io/group` (Istio puts
+/// pod labels in the node metadata). Read once per VM.
+fn node_label_group() -> Option<String> {
+    let value = host::property(&["xds", "node", "metadata", "LABELS", "isogroup.io/group"]).ok()??;
+    if GroupName::new(&value).is_some() {
+        let group = String::from_utf8_lossy(&value).into_owned();
+        host::log(LogLevel::Info, &format!("isogroup: workload group {group:?} from the node label isogroup.io/group"));
+        Some(group)
+    } else {
+        host::log(LogLevel::Warn, "isogroup: node label isogroup.io/group is not a valid group name; ignored");
+        None
+    }
+}
+
+pub fn now_ms() -> Option<u64> {
+    let now = host::now().ok()?;
+    Some(now.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
 }
 
 /// A process-unique VM number from a shared-data counter (seeded first: a

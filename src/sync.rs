@@ -6,13 +6,14 @@
 //! new version; requests only ever read the VM-local compiled table.
 
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use isogroup_core::{CompanionSource, Source, Table};
 use proxy_wasm::types::{LogLevel, Status};
 
 use crate::host::{self, HostError};
 use crate::metrics::{Counter, Gauge};
+use crate::root::now_ms;
 use crate::vm::Vm;
 
 // Shared data is one namespace per vm_id, and Istio sets none: prefix keys.
@@ -264,11 +265,6 @@ fn response_status() -> Option<u16> {
     let headers = host::http_call_response_headers().ok()?;
     let (_, v) = headers.iter().find(|(k, _)| k == ":status")?;
     std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-fn now_ms() -> Option<u64> {
-    let now = host::now().ok()?;
-    Some(now.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {

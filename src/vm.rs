@@ -1,7 +1,7 @@
 //! State shared by the root context and the HTTP contexts of one VM (one
 //! worker thread): settings, the compiled table in force, metrics.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use isogroup_core::{Settings, Table};
@@ -15,6 +15,9 @@ pub struct Vm {
     pub metrics: Metrics,
     /// Names this VM in `x-isogroup-decision`, so tests can tell workers apart.
     pub id: String,
+    /// Wall clock in ms, refreshed each tick: coarse, but costs no host call
+    /// on the request path.
+    pub clock_ms: Cell<u64>,
 }
 
 impl Vm {

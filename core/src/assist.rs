@@ -76,7 +76,12 @@ impl Assist {
                 return Err(bad("trace_headers", format!("{h:?} is not a lower-case header name")));
             }
         }
-        Ok(Assist { slots: raw.slots, ttl_ms: u64::from(raw.ttl_s) * 1000, side: raw.side, trace_headers: raw.trace_headers.clone() })
+        Ok(Assist {
+            slots: raw.slots,
+            ttl_ms: u64::from(raw.ttl_s) * 1000,
+            side: raw.side,
+            trace_headers: raw.trace_headers.clone(),
+        })
     }
 
     /// The shared-data key of the slot for `trace_id`.
@@ -154,20 +159,41 @@ mod tests {
 
     #[test]
     fn slots_are_bounded() {
-        let a = Assist::compile(&RawAssist { slots: 64, ttl_s: 30, side: Side::Auto, trace_headers: default_trace_headers() }).unwrap();
-        let keys: std::collections::BTreeSet<String> = (0..10_000).map(|i| a.slot_key(format!("trace-{i}").as_bytes())).collect();
+        let a = Assist::compile(&RawAssist {
+            slots: 64,
+            ttl_s: 30,
+            side: Side::Auto,
+            trace_headers: default_trace_headers(),
+        })
+        .unwrap();
+        let keys: std::collections::BTreeSet<String> =
+            (0..10_000).map(|i| a.slot_key(format!("trace-{i}").as_bytes())).collect();
         assert_eq!(keys.len(), 64, "10 000 trace ids share 64 keys");
         assert!(keys.iter().all(|k| k.starts_with("isogroup/assist/")));
     }
 
     #[test]
     fn config_errors() {
-        let raw = |slots, ttl_s, headers: Vec<&str>| RawAssist { slots, ttl_s, side: Side::Auto, trace_headers: headers.into_iter().map(String::from).collect() };
+        let raw = |slots, ttl_s, headers: Vec<&str>| RawAssist {
+            slots,
+            ttl_s,
+            side: Side::Auto,
+            trace_headers: headers.into_iter().map(String::from).collect(),
+        };
         let err = |r: RawAssist| Assist::compile(&r).err().map(|e| e.to_string());
-        assert_eq!(err(raw(0, 30, vec!["traceparent"])).as_deref(), Some("propagation_assist.slots: 0 is not in 1..=65536"));
-        assert_eq!(err(raw(8, 0, vec!["traceparent"])).as_deref(), Some("propagation_assist.ttl_s: 0 is not in 1..=3600 seconds"));
+        assert_eq!(
+            err(raw(0, 30, vec!["traceparent"])).as_deref(),
+            Some("propagation_assist.slots: 0 is not in 1..=65536")
+        );
+        assert_eq!(
+            err(raw(8, 0, vec!["traceparent"])).as_deref(),
+            Some("propagation_assist.ttl_s: 0 is not in 1..=3600 seconds")
+        );
         assert_eq!(err(raw(8, 5, vec![])).as_deref(), Some("propagation_assist.trace_headers: the list is empty"));
-        assert_eq!(err(raw(8, 5, vec!["Trace"])).as_deref(), Some(r#"propagation_assist.trace_headers: "Trace" is not a lower-case header name"#));
+        assert_eq!(
+            err(raw(8, 5, vec!["Trace"])).as_deref(),
+            Some(r#"propagation_assist.trace_headers: "Trace" is not a lower-case header name"#)
+        );
         assert_eq!(err(raw(8, 5, vec!["traceparent"])), None);
     }
 }

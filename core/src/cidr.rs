@@ -34,7 +34,9 @@ impl Cidr {
             v4 => v4,
         };
         match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(u128::from(u32::from(n)) << 96, u128::from(u32::from(a)) << 96, self.prefix),
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                prefix_eq(u128::from(u32::from(n)) << 96, u128::from(u32::from(a)) << 96, self.prefix)
+            }
             (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(u128::from(n), u128::from(a), self.prefix),
             _ => false,
         }

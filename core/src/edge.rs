@@ -60,7 +60,11 @@ enum Input {
     Query(String),
     Source(Vec<Cidr>),
     /// Sticky bucket of the named header's hash: owns `[from, to)` of 100.
-    Percent { header: String, from: u64, to: u64 },
+    Percent {
+        header: String,
+        from: u64,
+        to: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -85,7 +89,9 @@ impl Edge {
         let trusted = cidrs("edge.trusted_cidrs", &raw.trusted_cidrs)?;
         let default_group = match &raw.default_group {
             None => None,
-            Some(g) => Some(GroupName::new(g.as_bytes()).ok_or_else(|| invalid("edge.default_group", format!("{g:?} is not a valid group name (DNS-1123 label)")))?),
+            Some(g) => Some(GroupName::new(g.as_bytes()).ok_or_else(|| {
+                invalid("edge.default_group", format!("{g:?} is not a valid group name (DNS-1123 label)"))
+            })?),
         };
         let mut rules = Vec::with_capacity(raw.rules.len());
         let mut percent_used = 0u64;
@@ -118,7 +124,9 @@ impl Rule {
             Input::Cookie(name) => req.cookie(name).is_some_and(|v| self.test.accepts(v)),
             Input::Query(name) => req.query(name).is_some_and(|v| self.test.accepts(&v)),
             Input::Source(ranges) => req.peer().is_some_and(|ip| ranges.iter().any(|c| c.contains(ip))),
-            Input::Percent { header, from, to } => req.header(header).is_some_and(|v| (*from..*to).contains(&bucket(v))),
+            Input::Percent { header, from, to } => {
+                req.header(header).is_some_and(|v| (*from..*to).contains(&bucket(v)))
+            }
         }
     }
 }
@@ -156,7 +164,8 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
 }
 
 fn header_name(field: String, name: &str) -> Result<String, ConfigError> {
-    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    let ok =
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
     if ok {
         Ok(name.to_owned())
     } else {
@@ -168,14 +177,21 @@ fn compile_rule(i: usize, r: &RawRule, percent_used: &mut u64) -> Result<Rule, C
     let at = |f: &str| format!("edge.rules[{i}].{f}");
     let group = GroupName::new(r.group.as_bytes())
         .ok_or_else(|| invalid(at("group"), format!("{:?} is not a valid group name (DNS-1123 label)", r.group)))?;
-    let inputs = [r.header.is_some(), r.cookie.is_some(), r.query.is_some(), r.source_cidrs.is_some(), r.percent.is_some()];
+    let inputs =
+        [r.header.is_some(), r.cookie.is_some(), r.query.is_some(), r.source_cidrs.is_some(), r.percent.is_some()];
     if inputs.iter().filter(|&&x| x).count() != 1 {
-        return Err(invalid(format!("edge.rules[{i}]"), "needs exactly one of header, cookie, query, source_cidrs, percent"));
+        return Err(invalid(
+            format!("edge.rules[{i}]"),
+            "needs exactly one of header, cookie, query, source_cidrs, percent",
+        ));
     }
     let tests = [r.values.is_some(), r.prefix.is_some(), r.regex.is_some()].iter().filter(|&&x| x).count();
     let keyed = r.header.is_some() || r.cookie.is_some() || r.query.is_some();
     if keyed && tests != 1 {
-        return Err(invalid(format!("edge.rules[{i}]"), "a header, cookie or query rule needs exactly one of values, prefix, regex"));
+        return Err(invalid(
+            format!("edge.rules[{i}]"),
+            "a header, cookie or query rule needs exactly one of values, prefix, regex",
+        ));
     }
     if !keyed && tests != 0 {
         return Err(invalid(format!("edge.rules[{i}]"), "values, prefix and regex go with header, cookie or query"));
@@ -203,7 +219,8 @@ fn compile_rule(i: usize, r: &RawRule, percent_used: &mut u64) -> Result<Rule, C
         Input::Source(cidrs(&at("source_cidrs"), list)?)
     } else {
         let p = u64::from(r.percent.unwrap_or(0));
-        let header = r.hash_header.as_deref().ok_or_else(|| invalid(at("hash_header"), "a percent rule needs hash_header"))?;
+        let header =
+            r.hash_header.as_deref().ok_or_else(|| invalid(at("hash_header"), "a percent rule needs hash_header"))?;
         let from = *percent_used;
         *percent_used += p;
         if *percent_used > 100 {
@@ -395,20 +412,53 @@ mod tests {
     #[test]
     fn config_errors_name_the_rule_and_field() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"rules":[{"header":"x","cookie":"c","values":["v"],"group":"g"}]}"#, "edge.rules[0]: needs exactly one of header, cookie, query, source_cidrs, percent"),
-            (r#"{"rules":[{"group":"g"}]}"#, "edge.rules[0]: needs exactly one of header, cookie, query, source_cidrs, percent"),
-            (r#"{"rules":[{"header":"x","group":"g"}]}"#, "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex"),
-            (r#"{"rules":[{"header":"x","values":["a"],"prefix":"b","group":"g"}]}"#, "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex"),
-            (r#"{"rules":[{"source_cidrs":["10.0.0.0/8"],"prefix":"b","group":"g"}]}"#, "edge.rules[0]: values, prefix and regex go with header, cookie or query"),
-            (r#"{"rules":[{"header":"X-User","values":["a"],"group":"g"}]}"#, r#"edge.rules[0].header: "X-User" is not a lower-case header name"#),
+            (
+                r#"{"rules":[{"header":"x","cookie":"c","values":["v"],"group":"g"}]}"#,
+                "edge.rules[0]: needs exactly one of header, cookie, query, source_cidrs, percent",
+            ),
+            (
+                r#"{"rules":[{"group":"g"}]}"#,
+                "edge.rules[0]: needs exactly one of header, cookie, query, source_cidrs, percent",
+            ),
+            (
+                r#"{"rules":[{"header":"x","group":"g"}]}"#,
+                "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex",
+            ),
+            (
+                r#"{"rules":[{"header":"x","values":["a"],"prefix":"b","group":"g"}]}"#,
+                "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex",
+            ),
+            (
+                r#"{"rules":[{"source_cidrs":["10.0.0.0/8"],"prefix":"b","group":"g"}]}"#,
+                "edge.rules[0]: values, prefix and regex go with header, cookie or query",
+            ),
+            (
+                r#"{"rules":[{"header":"X-User","values":["a"],"group":"g"}]}"#,
+                r#"edge.rules[0].header: "X-User" is not a lower-case header name"#,
+            ),
             (r#"{"rules":[{"header":"x","values":[],"group":"g"}]}"#, "edge.rules[0].values: the list is empty"),
             (r#"{"rules":[{"header":"x","regex":"(","group":"g"}]}"#, "edge.rules[0].regex: \"(\": "),
-            (r#"{"rules":[{"header":"x","values":["a"],"group":"G"}]}"#, r#"edge.rules[0].group: "G" is not a valid group name (DNS-1123 label)"#),
-            (r#"{"rules":[{"source_cidrs":["10.0.0.0/40"],"group":"g"}]}"#, r#"edge.rules[0].source_cidrs[0]: "10.0.0.0/40": prefix length too long for the address family"#),
+            (
+                r#"{"rules":[{"header":"x","values":["a"],"group":"G"}]}"#,
+                r#"edge.rules[0].group: "G" is not a valid group name (DNS-1123 label)"#,
+            ),
+            (
+                r#"{"rules":[{"source_cidrs":["10.0.0.0/40"],"group":"g"}]}"#,
+                r#"edge.rules[0].source_cidrs[0]: "10.0.0.0/40": prefix length too long for the address family"#,
+            ),
             (r#"{"rules":[{"source_cidrs":[],"group":"g"}]}"#, "edge.rules[0].source_cidrs: the list is empty"),
-            (r#"{"rules":[{"percent":60,"hash_header":"x","group":"a"},{"percent":41,"hash_header":"x","group":"b"}]}"#, "edge.rules[1].percent: percent rules add up to 101 (at most 100)"),
-            (r#"{"rules":[{"percent":10,"group":"a"}]}"#, "edge.rules[0].hash_header: a percent rule needs hash_header"),
-            (r#"{"rules":[{"header":"x","values":["a"],"hash_header":"h","group":"a"}]}"#, "edge.rules[0].hash_header: goes with percent"),
+            (
+                r#"{"rules":[{"percent":60,"hash_header":"x","group":"a"},{"percent":41,"hash_header":"x","group":"b"}]}"#,
+                "edge.rules[1].percent: percent rules add up to 101 (at most 100)",
+            ),
+            (
+                r#"{"rules":[{"percent":10,"group":"a"}]}"#,
+                "edge.rules[0].hash_header: a percent rule needs hash_header",
+            ),
+            (
+                r#"{"rules":[{"header":"x","values":["a"],"hash_header":"h","group":"a"}]}"#,
+                "edge.rules[0].hash_header: goes with percent",
+            ),
             (r#"{"trusted_cidrs":["nope"]}"#, r#"edge.trusted_cidrs[0]: "nope": not an IP address"#),
             (r#"{"default_group":"Nope"}"#, r#"edge.default_group: "Nope" is not a valid group name (DNS-1123 label)"#),
         ];

@@ -43,7 +43,14 @@ impl GroupSource {
 
     /// Sources the request did not carry itself: the filter stamps them on.
     fn injected(self) -> bool {
-        matches!(self, GroupSource::Cookie | GroupSource::Rule(_) | GroupSource::Default | GroupSource::Workload | GroupSource::Assist)
+        matches!(
+            self,
+            GroupSource::Cookie
+                | GroupSource::Rule(_)
+                | GroupSource::Default
+                | GroupSource::Workload
+                | GroupSource::Assist
+        )
     }
 }
 
@@ -279,7 +286,11 @@ impl<'h> Incoming<'h> {
 
     /// The decision for this request against `table`.
     pub fn decide<'a>(&'a self, table: &'a Table) -> Decision<'a> {
-        let view = RequestView { authority: self.authority, group: self.group.as_ref().map(GroupName::as_str), strict: self.strict };
+        let view = RequestView {
+            authority: self.authority,
+            group: self.group.as_ref().map(GroupName::as_str),
+            strict: self.strict,
+        };
         decide(table, &view)
     }
 
@@ -373,7 +384,12 @@ impl<'h> Incoming<'h> {
 /// `{"error":"isogroup_unavailable","service":…,"group":…,"reason":…}`
 pub fn failfast_body(f: &FailFast<'_>) -> String {
     // Service and group are validated names: no JSON escaping needed.
-    format!(r#"{{"error":"isogroup_unavailable","service":"{}","group":"{}","reason":"{}"}}"#, f.service, f.group, f.reason.as_str())
+    format!(
+        r#"{{"error":"isogroup_unavailable","service":"{}","group":"{}","reason":"{}"}}"#,
+        f.service,
+        f.group,
+        f.reason.as_str()
+    )
 }
 
 /// `x-isogroup-served` value: `<service>=<group>[;fallback]`.
@@ -396,7 +412,13 @@ pub fn explain(inc: &Incoming<'_>, decision: Option<&Decision<'_>>, table_versio
         None => "passthrough (no table yet)".to_owned(),
         Some(Decision::PassThrough) => "passthrough (service not in table)".to_owned(),
         Some(Decision::Route(r)) => {
-            format!("service={} serving={} cluster={}{}", r.service, r.serving, r.cluster, if r.fallback { " fallback" } else { "" })
+            format!(
+                "service={} serving={} cluster={}{}",
+                r.service,
+                r.serving,
+                r.cluster,
+                if r.fallback { " fallback" } else { "" }
+            )
         }
         Some(Decision::FailFast(f)) => format!("service={} failfast reason={}", f.service, f.reason.as_str()),
     };

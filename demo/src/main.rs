@@ -19,6 +19,8 @@ mod show;
 /// Headers a well-behaved app forwards to the next hop.
 const FORWARDED: [&str; 7] =
     ["x-isogroup", "x-isogroup-strict", "baggage", "traceparent", "x-request-id", "x-isogroup-debug", "content-type"];
+/// What a sloppy app still forwards.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "x-request-id"];
 /// Response annotations copied from the next hop, so the client sees the chain.
 const ANNOTATIONS: [&str; 3] = ["x-isogroup-served", "x-isogroup-decision", "x-isogroup-failfast"];
 
@@ -45,9 +47,11 @@ enum Command {
         /// Envoy's listener that reaches the next service.
         #[arg(long, default_value = "127.0.0.1:10000")]
         via: String,
-        /// Forget to forward `x-isogroup` (keep `traceparent`): a sloppy app.
+        /// Forward only the tracing headers (`traceparent`, `x-request-id`),
+        /// dropping `x-isogroup` and `baggage`: the sloppy app that the
+        /// propagation assist exists for.
         #[arg(long)]
-        drop_group_header: bool,
+        forward_only_trace_headers: bool,
     },
     /// Send the demo requests through Envoy and print a table.
     Show {
@@ -61,15 +65,16 @@ struct App {
     group: String,
     next: Option<String>,
     via: String,
-    drop_group_header: bool,
+    forward_only_trace_headers: bool,
     client: reqwest::Client,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Serve { service, group, listen, next, via, drop_group_header } => {
-            let app = Arc::new(App { service, group, next, via, drop_group_header, client: reqwest::Client::new() });
+        Command::Serve { service, group, listen, next, via, forward_only_trace_headers } => {
+            let app =
+                Arc::new(App { service, group, next, via, forward_only_trace_headers, client: reqwest::Client::new() });
             let router = axum::Router::new().fallback(handle).with_state(app);
             let listener = tokio::net::TcpListener::bind(listen).await?;
             axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
@@ -94,7 +99,7 @@ async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoRes
     if let Some(next) = &app.next {
         let mut req = app.client.get(format!("http://{}/", app.via)).header("host", next.as_str());
         for name in FORWARDED {
-            if app.drop_group_header && name == "x-isogroup" {
+            if app.forward_only_trace_headers && !TRACE_HEADERS.contains(&name) {
                 continue;
             }
             for v in headers.get_all(name) {

@@ -28,9 +28,18 @@ pub fn demo_bin() -> PathBuf {
     bin("ISOGROUP_DEMO", "target/debug/isogroup-demo")
 }
 
-/// A port free right now on loopback.
+/// A port free right now on loopback, and never handed out before in this
+/// process (the kernel would happily return the same free port twice).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+        if port != 0 && !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `probe` until it yields a value, or fails the test after `timeout`.
@@ -281,6 +290,12 @@ impl Mesh {
     }
 
     pub async fn start_with(rendered: Rendered) -> Mesh {
+        Mesh::start_custom(rendered, &[]).await
+    }
+
+    /// Like `start_with`; instances of `sloppy` services forward only the
+    /// tracing headers.
+    pub async fn start_custom(rendered: Rendered, sloppy: &[&str]) -> Mesh {
         let listener = rendered.port(10000);
         let mut services = Vec::new();
         for &(default, service, group, next) in DEMO_INSTANCES {
@@ -292,6 +307,9 @@ impl Mesh {
                 .arg(format!("127.0.0.1:{listener}"));
             if let Some(next) = next {
                 cmd.args(["--next", next]);
+            }
+            if sloppy.contains(&service) {
+                cmd.arg("--forward-only-trace-headers");
             }
             services.push(Proc::spawn(&format!("{service}@{group}"), &mut cmd));
             wait_for(&format!("{service}@{group} listening"), Duration::from_secs(10), || async move {

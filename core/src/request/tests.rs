@@ -66,11 +66,23 @@ fn mesh_mode_sources_and_edits() {
         // the header wins; baggage is not even parsed
         (&[("x-isogroup", "f1"), ("baggage", "isogroup=BAD")], "f1", "header", 0, with(&[], ROUTE_F1)),
         // invalid header: skipped, counted, stripped; baggage found next
-        (&[("x-isogroup", "F1"), ("baggage", "isogroup=f1")], "f1", "baggage", 1, with(&["remove x-isogroup"], ROUTE_F1)),
+        (
+            &[("x-isogroup", "F1"), ("baggage", "isogroup=f1")],
+            "f1",
+            "baggage",
+            1,
+            with(&["remove x-isogroup"], ROUTE_F1),
+        ),
         // invalid then valid header values: the valid one is kept alone
         (&[("x-isogroup", "F1"), ("x-isogroup", "f1")], "f1", "header", 1, with(&["set x-isogroup: f1"], ROUTE_F1)),
         // invalid baggage member: stripped, other members kept
-        (&[("baggage", "a=1,isogroup=BAD;p,b=2")], "-", "none", 1, with(&["remove baggage", "add baggage: a=1,b=2"], ROUTE_BASE)),
+        (
+            &[("baggage", "a=1,isogroup=BAD;p,b=2")],
+            "-",
+            "none",
+            1,
+            with(&["remove baggage", "add baggage: a=1,b=2"], ROUTE_BASE),
+        ),
         // client-sent routing headers are overwritten by the route
         (&[("x-isogroup-cluster", "evil"), ("x-isogroup-target", "evil")], "-", "none", 0, with(&[], ROUTE_BASE)),
         // the cookie counts only in edge mode
@@ -123,11 +135,26 @@ fn edge_mode_trust_rules_and_injection() {
     let cases: Vec<Case> = vec![
         // untrusted: own group, baggage member, cookie and strict header removed, then the rules
         (
-            &[("x-isogroup", "f1"), ("baggage", "a=1,isogroup=f1"), ("cookie", "k=v; isogroup=f1"), ("x-isogroup-strict", "*")],
+            &[
+                ("x-isogroup", "f1"),
+                ("baggage", "a=1,isogroup=f1"),
+                ("cookie", "k=v; isogroup=f1"),
+                ("x-isogroup-strict", "*"),
+            ],
             untrusted,
             "-",
             "none",
-            with(&["remove x-isogroup", "remove baggage", "add baggage: a=1", "remove cookie", "add cookie: k=v", "remove x-isogroup-strict"], ROUTE_BASE),
+            with(
+                &[
+                    "remove x-isogroup",
+                    "remove baggage",
+                    "add baggage: a=1",
+                    "remove cookie",
+                    "add cookie: k=v",
+                    "remove x-isogroup-strict",
+                ],
+                ROUTE_BASE,
+            ),
         ),
         (
             &[("x-isogroup", "base"), ("x-user", "alice")],
@@ -136,13 +163,31 @@ fn edge_mode_trust_rules_and_injection() {
             "edge rule 0",
             with(&["set x-isogroup: f1", "set baggage: isogroup=f1"], ROUTE_F1),
         ),
-        (&[], Some("192.0.2.1"), "f1", "edge rule 1", with(&["set x-isogroup: f1", "set baggage: isogroup=f1"], ROUTE_F1)),
+        (
+            &[],
+            Some("192.0.2.1"),
+            "f1",
+            "edge rule 1",
+            with(&["set x-isogroup: f1", "set baggage: isogroup=f1"], ROUTE_F1),
+        ),
         // trusted: its own group wins over the rules, nothing stripped or injected
         (&[("x-isogroup", "base"), ("x-user", "alice")], trusted, "base", "header", with(&[], ROUTE_BASE)),
         // trusted cookie: adopted and stamped on for later hops
-        (&[("cookie", "isogroup=f1")], trusted, "f1", "cookie", with(&["set x-isogroup: f1", "set baggage: isogroup=f1"], ROUTE_F1)),
+        (
+            &[("cookie", "isogroup=f1")],
+            trusted,
+            "f1",
+            "cookie",
+            with(&["set x-isogroup: f1", "set baggage: isogroup=f1"], ROUTE_F1),
+        ),
         // invalid trusted cookie: counted and stripped
-        (&[("cookie", "isogroup=F1; k=v")], trusted, "-", "none", with(&["remove cookie", "add cookie: k=v"], ROUTE_BASE)),
+        (
+            &[("cookie", "isogroup=F1; k=v")],
+            trusted,
+            "-",
+            "none",
+            with(&["remove cookie", "add cookie: k=v"], ROUTE_BASE),
+        ),
         // no peer address: untrusted
         (&[("x-isogroup", "f1")], None, "-", "none", with(&["remove x-isogroup"], ROUTE_BASE)),
     ];
