@@ -418,3 +418,56 @@ fn check_and_explain() {
     assert!(out.contains("reviews    team-s     fail-fast (strict_group)\n"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn thousands_of_held_polls_cost_little_and_all_wake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let v = c.version().await;
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss(c.child.id());
+    let polls = 3000;
+    let mut tasks = Vec::new();
+    for i in 0..polls {
+        let port = c.port;
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let req = format!("GET /v1/table?after={v}&wait=60 HTTP/1.1\r\nhost: c\r\nx-isogroup-poller: p{i}\r\nconnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_owned()
+        }));
+    }
+    wait_until("every poll held", Duration::from_secs(20), async || {
+        c.metric("isogroup_companion_held_polls").await >= polls as f64
+    })
+    .await;
+    let held_rss = rss(c.child.id());
+    let started = Instant::now();
+    assert_eq!(c.get("/healthz").await.status(), 200);
+    let health_latency = started.elapsed();
+    println!("{polls} held polls: companion RSS {before} kB -> {held_rss} kB; /healthz in {health_latency:?}");
+    // One connection each (hyper's 8 KiB read and write buffers, a task, a
+    // watch receiver): ~22 kB per held poll measured; fail well above that.
+    let per_poll = (held_rss.saturating_sub(before)) / polls;
+    assert!(per_poll < 32, "{polls} held polls cost {per_poll} kB each");
+    assert!(health_latency < Duration::from_secs(1));
+    assert_eq!(c.metric("isogroup_companion_pollers").await, polls as f64);
+    // one change answers every one of them at once
+    let started = Instant::now();
+    let (status, _) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "HTTP/1.1 200 OK");
+    }
+    println!("all {polls} woke in {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
