@@ -55,6 +55,18 @@ build() {
   echo "wasm: $WASM ($(stat -c %s "$WASM") bytes; before wasm-opt $(stat -c %s "$WASM_RAW"))"
 }
 
+# The no-op filter of the load benchmark's second arm.
+build_noop() {
+  cargo build --quiet --release --target wasm32-wasip1 -p isogroup-bench-noop
+  cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-noop.wasm
+}
+
+ensure_oha() {
+  [ -x .tools/bin/oha ] && return
+  log "installing oha (load generator) into .tools (several minutes, once)"
+  cargo install --quiet --root .tools oha --locked
+}
+
 run_tests() {
   build
   ensure_envoy
@@ -65,12 +77,13 @@ run_tests() {
   cargo clippy --quiet --workspace --all-targets -- -D warnings
   cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter -- -D warnings
   log "core unit tests (native)"
-  cargo test --quiet -p isogroup-core
+  cargo test --quiet -p isogroup-core --lib --tests
   log "core unit tests (wasm32, Node.js)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/.tools/bin/wasm-bindgen-test-runner" \
     cargo test -p isogroup-core --target wasm32-unknown-unknown 2>&1 | grep -v "^ *Running\|^ *Compiling\|^ *Finished"
   log "shipped Envoy configs: envoy --mode validate"
-  for f in envoy/*.yaml; do
+  build_noop
+  for f in envoy/*.yaml bench/envoy/*.yaml; do
     "$ENVOY" --mode validate -c "$f" -l error >/dev/null || { echo "invalid: $f"; exit 1; }
     echo "valid: $f"
   done
@@ -164,6 +177,18 @@ demo() {
   curl -s "http://$COMPANION/metrics" | grep -E '^isogroup_companion_(table_version|pollers|table_updates)' | sed 's/^/  /'
 }
 
+bench() {
+  build
+  build_noop
+  ensure_envoy
+  ensure_oha
+  cargo build --quiet --release -p isogroup-companion
+  log "micro benchmarks (criterion, core)"
+  cargo bench --quiet -p isogroup-core --bench decide 2>&1 | grep -E '^[a-z]|time:' | tee "$RUN_DIR/criterion.txt"
+  log "Envoy load benchmark (arms interleaved; see BENCHMARKS.md)"
+  python3 bench/load.py "$@"
+}
+
 case "${1:-build}" in
   build) build ;;
   test)
@@ -174,5 +199,6 @@ case "${1:-build}" in
          END { printf "all suites: %d passed, %d failed\n", p, f }' "$RUN_DIR/test.log"
     ;;
   demo) demo ;;
-  *) echo "usage: $0 [build|test|demo]" >&2; exit 2 ;;
+  bench) shift; mkdir -p "$RUN_DIR"; bench "$@" ;;
+  *) echo "usage: $0 [build|test|demo|bench]" >&2; exit 2 ;;
 esac

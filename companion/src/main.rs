@@ -52,6 +52,14 @@ enum Command {
         #[arg(long, default_value = "base")]
         base_group: String,
     },
+    /// Print a synthetic table (services `svc-<i>`, groups `g-<j>`), for
+    /// benchmarks and load tests.
+    Synth {
+        #[arg(long)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        groups: usize,
+    },
     /// Print, for every service and group, where requests go and why.
     Explain {
         file: PathBuf,
@@ -79,6 +87,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Synth { services, groups } => {
+            match serde_json::to_string(&isogroup_core::synth::table(services, groups)) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Explain { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
                 print!("{}", explain::explain(&t));

@@ -11,6 +11,7 @@ pub mod edge;
 pub mod error;
 pub mod group;
 pub mod request;
+pub mod synth;
 pub mod table;
 
 pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};

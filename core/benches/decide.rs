@@ -1,0 +1,77 @@
+//! decide() and group extraction over tables of 10 to 100k services, and
+//! what compiling a table costs. `./build.sh bench` runs these.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use isogroup_core::decide::{decide, RequestView};
+use isogroup_core::group::{from_baggage, from_header};
+use isogroup_core::synth;
+use isogroup_core::{Decision, Limits, Table};
+
+/// (authority, group) for a hit, a fallback and a fail-fast in `t`.
+fn requests(t: &Table, services: usize, groups: usize) -> [(String, String); 3] {
+    let mut hit = None;
+    let mut fallback = None;
+    let mut failfast = None;
+    for i in (0..services).rev() {
+        for j in 0..groups {
+            let host = synth::service(i);
+            let g = synth::group(j);
+            let view = RequestView { authority: host.as_bytes(), group: Some(&g), strict: None };
+            match decide(t, &view) {
+                Decision::Route(r) if !r.fallback && hit.is_none() && r.serving != "base" => {
+                    hit = Some((host.clone(), g.clone()))
+                }
+                Decision::Route(r) if r.fallback && fallback.is_none() => fallback = Some((host.clone(), g.clone())),
+                Decision::FailFast(_) if failfast.is_none() => failfast = Some((host.clone(), g.clone())),
+                _ => {}
+            }
+        }
+        if hit.is_some() && fallback.is_some() && failfast.is_some() {
+            break;
+        }
+    }
+    let none = || ("svc-0".to_owned(), "g-0".to_owned());
+    [hit.unwrap_or_else(none), fallback.unwrap_or_else(none), failfast.unwrap_or_else(none)]
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide");
+    for &(services, groups) in &[(10, 10), (1_000, 100), (10_000, 10), (10_000, 100), (100_000, 100)] {
+        let t = Table::compile(&synth::table(services, groups), "base", &Limits::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (path, (host, g)) in ["hit", "fallback", "failfast"].iter().zip(requests(&t, services, groups)) {
+            let id = BenchmarkId::new(*path, format!("{services}svc_{groups}grp"));
+            group.bench_with_input(id, &(host, g), |b, (host, g)| {
+                b.iter(|| {
+                    let view =
+                        RequestView { authority: black_box(host.as_bytes()), group: Some(black_box(g)), strict: None };
+                    black_box(decide(&t, &view));
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_extract(c: &mut Criterion) {
+    let mut group = c.benchmark_group("extract");
+    group.bench_function("header", |b| b.iter(|| black_box(from_header(black_box(b"feature-1")))));
+    let baggage = b"userId=alice, serverNode=DF%2028, isogroup=feature-1;ttl=30, other=x";
+    group.bench_function("baggage", |b| b.iter(|| black_box(from_baggage(black_box(baggage), "isogroup"))));
+    group.finish();
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compile");
+    group.sample_size(10);
+    for services in [10_000, 100_000] {
+        let json = serde_json::to_vec(&synth::table(services, 100)).unwrap_or_default();
+        group.bench_with_input(BenchmarkId::new("from_json", services), &json, |b, json| {
+            b.iter(|| black_box(Table::from_json(json, "base", &Limits::default()).map(|t| t.version())))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_extract, bench_compile);
+criterion_main!(benches);
