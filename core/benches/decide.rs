@@ -1,6 +1,8 @@
 //! decide() and group extraction over tables of 10 to 100k services, and
 //! what compiling a table costs. `./build.sh bench` runs these.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // bench code: a bad fixture should stop it
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use isogroup_core::decide::{decide, RequestView};
 use isogroup_core::group::{from_baggage, from_header};
