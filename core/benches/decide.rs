@@ -3,11 +3,33 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // bench code: a bad fixture should stop it
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use isogroup_core::decide::{decide, RequestView};
 use isogroup_core::group::{from_baggage, from_header};
 use isogroup_core::synth;
 use isogroup_core::{Decision, Limits, Table};
+
+/// Counts live heap bytes, to report what a compiled table holds.
+struct LiveBytes;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for LiveBytes {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: LiveBytes = LiveBytes;
 
 /// (authority, group) for a hit, a fallback and a fail-fast in `t`.
 fn requests(t: &Table, services: usize, groups: usize) -> [(String, String); 3] {
@@ -68,6 +90,15 @@ fn bench_compile(c: &mut Criterion) {
     group.sample_size(10);
     for services in [10_000, 100_000] {
         let json = serde_json::to_vec(&synth::table(services, 100)).unwrap_or_default();
+        let before = LIVE.load(Ordering::Relaxed);
+        let table = Table::from_json(&json, "base", &Limits::default()).unwrap();
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        println!(
+            "compile/memory/{services}: compiled table holds {:.1} MiB (its JSON: {:.1} MiB)",
+            held as f64 / 1048576.0,
+            json.len() as f64 / 1048576.0
+        );
+        drop(table);
         group.bench_with_input(BenchmarkId::new("from_json", services), &json, |b, json| {
             b.iter(|| black_box(Table::from_json(json, "base", &Limits::default()).map(|t| t.version())))
         });

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decide;
 pub mod edge;
 pub mod error;
+mod fxhash;
 pub mod group;
 pub mod request;
 pub mod synth;

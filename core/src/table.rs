@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::authority;
 use crate::error::{json_parts, TableError};
+use crate::fxhash::FxHashMap;
 use crate::group::is_valid_group;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,11 +102,11 @@ pub struct Table {
     version: u64,
     base: GroupId,
     group_names: Vec<Box<str>>,
-    group_index: HashMap<Box<str>, GroupId>,
+    group_index: FxHashMap<Box<str>, GroupId>,
     groups: Vec<CompiledGroup>,
     services: Vec<CompiledService>,
-    service_index: HashMap<Box<str>, ServiceId>,
-    host_index: HashMap<Box<str>, ServiceId>,
+    service_index: FxHashMap<Box<str>, ServiceId>,
+    host_index: FxHashMap<Box<str>, ServiceId>,
 }
 
 #[derive(Debug)]
@@ -207,7 +208,7 @@ struct Compiler<'r> {
     limits: &'r Limits,
     base_name: &'r str,
     group_names: Vec<Box<str>>,
-    group_index: HashMap<Box<str>, GroupId>,
+    group_index: FxHashMap<Box<str>, GroupId>,
     errors: Vec<TableError>,
 }
 
@@ -237,7 +238,7 @@ impl<'r> Compiler<'r> {
             limits,
             base_name,
             group_names: Vec::new(),
-            group_index: HashMap::new(),
+            group_index: FxHashMap::default(),
             errors: Vec::new(),
         };
         c.intern(base_name);
@@ -388,11 +389,12 @@ impl<'r> Compiler<'r> {
     #[allow(clippy::type_complexity)]
     fn compile_services(
         &mut self,
-    ) -> (Vec<CompiledService>, HashMap<Box<str>, ServiceId>, HashMap<Box<str>, ServiceId>) {
+    ) -> (Vec<CompiledService>, FxHashMap<Box<str>, ServiceId>, FxHashMap<Box<str>, ServiceId>) {
         let raw = self.raw;
         let mut services: Vec<CompiledService> = Vec::with_capacity(raw.services.len());
-        let mut service_index = HashMap::with_capacity(raw.services.len());
-        let mut host_index: HashMap<Box<str>, ServiceId> = HashMap::with_capacity(raw.services.len());
+        let mut service_index = FxHashMap::with_capacity_and_hasher(raw.services.len(), Default::default());
+        let mut host_index: FxHashMap<Box<str>, ServiceId> =
+            FxHashMap::with_capacity_and_hasher(raw.services.len() * 2, Default::default());
         for (id, (name, s)) in raw.services.iter().enumerate() {
             let id = id as ServiceId;
             if !is_valid_service(name) {
