@@ -77,6 +77,15 @@ fn bench_decide(c: &mut Criterion) {
     group.finish();
 }
 
+/// The yardstick in the same run: one lookup in a std `HashMap<String, String>`
+/// (SipHash) of 10k entries, what a naive implementation does at least once.
+fn bench_baseline(c: &mut Criterion) {
+    let map: std::collections::HashMap<String, String> =
+        (0..10_000).map(|i| (synth::service(i), synth::group(i % 100))).collect();
+    let key = synth::service(5);
+    c.bench_function("baseline/std_hashmap_lookup_10k", |b| b.iter(|| black_box(map.get(black_box(key.as_str())))));
+}
+
 fn bench_extract(c: &mut Criterion) {
     let mut group = c.benchmark_group("extract");
     group.bench_function("header", |b| b.iter(|| black_box(from_header(black_box(b"feature-1")))));
@@ -106,5 +115,5 @@ fn bench_compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_extract, bench_compile);
+criterion_group!(benches, bench_baseline, bench_decide, bench_extract, bench_compile);
 criterion_main!(benches);

@@ -6,11 +6,10 @@ pub const MAX_HOST_LEN: usize = 253;
 
 /// Normalises `authority` into `buf` and returns the host, without touching
 /// the heap. `None` for an empty, over-long or non-ASCII host.
-pub fn normalize<'b>(authority: &[u8], buf: &'b mut [u8; MAX_HOST_LEN + 1]) -> Option<&'b str> {
-    let host = strip_port(authority.trim_ascii());
-    let host = host.strip_suffix(b".").unwrap_or(host);
-    if host.is_empty() || host.len() > MAX_HOST_LEN || !host.iter().all(|b| b.is_ascii_graphic()) {
-        return None;
+pub fn normalize<'b>(authority: &'b [u8], buf: &'b mut [u8; MAX_HOST_LEN + 1]) -> Option<&'b str> {
+    let (host, upper) = host_part(authority)?;
+    if !upper {
+        return std::str::from_utf8(host).ok();
     }
     let out = &mut buf[..host.len()];
     for (o, b) in out.iter_mut().zip(host) {
@@ -19,20 +18,51 @@ pub fn normalize<'b>(authority: &[u8], buf: &'b mut [u8; MAX_HOST_LEN + 1]) -> O
     std::str::from_utf8(out).ok()
 }
 
-fn strip_port(authority: &[u8]) -> &[u8] {
-    if let Some(rest) = authority.strip_prefix(b"[") {
+/// Calls `f` with the normalised host (printable ASCII). The copy, and its
+/// buffer, happen only for a host with upper-case letters, which the request
+/// path rarely sees.
+pub fn with_host<R>(authority: &[u8], f: impl FnOnce(&[u8]) -> Option<R>) -> Option<R> {
+    let (host, upper) = host_part(authority)?;
+    if !upper {
+        return f(host);
+    }
+    let mut buf = [0u8; MAX_HOST_LEN + 1];
+    let out = &mut buf[..host.len()];
+    for (o, b) in out.iter_mut().zip(host) {
+        *o = b.to_ascii_lowercase();
+    }
+    f(out)
+}
+
+/// The host without port and trailing dot, if it is one we could serve, and
+/// whether it has upper-case letters. One pass over the bytes.
+fn host_part(authority: &[u8]) -> Option<(&[u8], bool)> {
+    let a = authority.trim_ascii();
+    let mut first_colon = None;
+    let mut colons = 0;
+    let mut upper = false;
+    for (i, &b) in a.iter().enumerate() {
+        if !b.is_ascii_graphic() {
+            return None;
+        }
+        if b == b':' {
+            colons += 1;
+            first_colon.get_or_insert(i);
+        }
+        upper |= b.is_ascii_uppercase();
+    }
+    let host = match (a.first(), first_colon) {
         // `[v6]` or `[v6]:port`
-        return match rest.iter().position(|&b| b == b']') {
-            Some(end) => &rest[..end],
-            None => authority,
-        };
-    }
-    let colons = authority.iter().filter(|&&b| b == b':').count();
-    match colons {
-        1 => authority.split(|&b| b == b':').next().unwrap_or(authority),
-        // A bare IPv6 address has several colons and no port.
-        _ => authority,
-    }
+        (Some(b'['), _) => {
+            let end = a.iter().position(|&b| b == b']')?;
+            &a[1..end]
+        }
+        // `host:port`; several colons and no brackets: a bare IPv6 address
+        (_, Some(c)) if colons == 1 => &a[..c],
+        _ => a,
+    };
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    (!host.is_empty() && host.len() <= MAX_HOST_LEN).then_some((host, upper))
 }
 
 /// The same normalisation for a configured host (owned, for the table index).

@@ -62,8 +62,7 @@ impl FailReason {
 
 /// Decides for a request addressed by `:authority`.
 pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
-    let mut buf = [0u8; authority::MAX_HOST_LEN + 1];
-    let Some(service) = authority::normalize(req.authority, &mut buf).and_then(|h| table.service_by_host(h)) else {
+    let Some(service) = authority::with_host(req.authority, |h| table.service_by_host(h)) else {
         return Decision::PassThrough;
     };
     resolve(table, service, req.group, req.strict)

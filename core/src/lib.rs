@@ -9,7 +9,6 @@ pub mod config;
 pub mod decide;
 pub mod edge;
 pub mod error;
-mod fxhash;
 pub mod group;
 pub mod request;
 pub mod synth;

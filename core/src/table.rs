@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::authority;
 use crate::error::{json_parts, TableError};
-use crate::fxhash::FxHashMap;
 use crate::group::is_valid_group;
+use rustc_hash::FxHashMap;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +106,8 @@ pub struct Table {
     groups: Vec<CompiledGroup>,
     services: Vec<CompiledService>,
     service_index: FxHashMap<Box<str>, ServiceId>,
-    host_index: FxHashMap<Box<str>, ServiceId>,
+    /// Keyed by bytes: the request path looks up without a UTF-8 check.
+    host_index: FxHashMap<Box<[u8]>, ServiceId>,
 }
 
 #[derive(Debug)]
@@ -156,7 +157,8 @@ impl Table {
         self.group_index.get(name).copied()
     }
 
-    pub fn service_by_host(&self, host: &str) -> Option<ServiceId> {
+    /// `host` as `authority::with_host` hands it over (normalised).
+    pub fn service_by_host(&self, host: &[u8]) -> Option<ServiceId> {
         self.host_index.get(host).copied()
     }
 
@@ -389,11 +391,11 @@ impl<'r> Compiler<'r> {
     #[allow(clippy::type_complexity)]
     fn compile_services(
         &mut self,
-    ) -> (Vec<CompiledService>, FxHashMap<Box<str>, ServiceId>, FxHashMap<Box<str>, ServiceId>) {
+    ) -> (Vec<CompiledService>, FxHashMap<Box<str>, ServiceId>, FxHashMap<Box<[u8]>, ServiceId>) {
         let raw = self.raw;
         let mut services: Vec<CompiledService> = Vec::with_capacity(raw.services.len());
         let mut service_index = FxHashMap::with_capacity_and_hasher(raw.services.len(), Default::default());
-        let mut host_index: FxHashMap<Box<str>, ServiceId> =
+        let mut host_index: FxHashMap<Box<[u8]>, ServiceId> =
             FxHashMap::with_capacity_and_hasher(raw.services.len() * 2, Default::default());
         for (id, (name, s)) in raw.services.iter().enumerate() {
             let id = id as ServiceId;
@@ -416,7 +418,7 @@ impl<'r> Compiler<'r> {
                         continue;
                     }
                 };
-                match host_index.get(norm.as_str()) {
+                match host_index.get(norm.as_bytes()) {
                     Some(&other) if other != id => {
                         let other = services.get(other as usize).map_or(String::new(), |s| s.name.to_string());
                         self.errors.push(TableError::DuplicateHost {
@@ -426,7 +428,7 @@ impl<'r> Compiler<'r> {
                         });
                     }
                     _ => {
-                        host_index.insert(norm.into(), id);
+                        host_index.insert(norm.into_bytes().into(), id);
                     }
                 }
             }
