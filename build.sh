@@ -184,7 +184,7 @@ bench() {
   ensure_oha
   cargo build --quiet --release -p isogroup-companion
   log "micro benchmarks (criterion, core)"
-  cargo bench --quiet -p isogroup-core --bench decide 2>&1 | grep -E '^[a-z]|time:|memory' | tee "$RUN_DIR/criterion.txt"
+  cargo bench --quiet -p isogroup-core --bench decide -- --output-format bencher 2>&1 | grep -E '^test |memory' | tee "$RUN_DIR/criterion.txt"
   log "Envoy load benchmark (arms interleaved; see BENCHMARKS.md)"
   python3 bench/load.py "$@"
 }

@@ -168,8 +168,11 @@ impl Follower {
         let table = match Table::from_json(body, &vm.settings.base_group, &vm.settings.limits) {
             Ok(t) => t,
             Err(e) => {
+                // Every reject is logged (rare, and each one matters); the
+                // poll backs off so garbage is not fetched in a loop.
                 vm.metrics.count(Counter::TableRejects);
-                self.failed(now, &format!("table rejected, the last good one keeps serving: {e}"));
+                log(LogLevel::Error, &format!("table rejected, the last good one keeps serving: {e}"));
+                self.back_off(now);
                 return;
             }
         };
@@ -202,10 +205,15 @@ impl Follower {
         let _ = host::shared_set(OK_AT_KEY, now.to_string().as_bytes(), None);
     }
 
+    /// A failed poll: logged when the companion first goes bad, then quiet.
     fn failed(&mut self, now: u64, why: &str) {
         if self.failures == 0 {
             log(LogLevel::Warn, why);
         }
+        self.back_off(now);
+    }
+
+    fn back_off(&mut self, now: u64) {
         self.failures = self.failures.saturating_add(1);
         let backoff = BACKOFF_MIN_MS.saturating_mul(1 << self.failures.min(10)).min(BACKOFF_MAX_MS);
         self.next_poll_ms = now + backoff;

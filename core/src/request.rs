@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::decide::{decide, Decision, FailFast, RequestView};
 use crate::edge::{self, EdgeRequest};
 use crate::group::{self, GroupName, Lookup};
-use crate::table::Table;
+use crate::table::{Limits, Table};
 
 /// Where the request's group came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +216,7 @@ pub fn scan<'h, H: AsRef<[u8]>>(headers: &'h [(String, H)], s: &Settings, peer: 
     }
     inc.trace_id = trace.map(|(_, id)| id);
     if let Some(key) = &s.baggage_key {
-        inc.scan_baggage(key);
+        inc.scan_baggage(key, &s.limits);
     }
     if let Some(edge) = &s.edge {
         inc.scan_cookie(&s.cookie);
@@ -244,7 +244,7 @@ impl<'h> Incoming<'h> {
         }
     }
 
-    fn scan_baggage(&mut self, key: &str) {
+    fn scan_baggage(&mut self, key: &str, limits: &Limits) {
         if !self.trusted {
             if self.baggage.iter().any(|v| group::from_baggage(v, key) != Lookup::Absent) {
                 self.baggage_strip = BaggageStrip::All;
@@ -255,6 +255,12 @@ impl<'h> Incoming<'h> {
             return; // the header won: the search stops at the first valid hit
         }
         for v in &self.baggage {
+            let members = v.iter().filter(|&&b| b == b',').count() + 1;
+            if v.len() > limits.max_baggage_bytes || members > limits.max_baggage_members {
+                // Over the limit: not searched, counted; forwarded as it is.
+                self.invalid += 1;
+                continue;
+            }
             match group::from_baggage(v, key) {
                 Lookup::Found(g) => {
                     self.adopt(g, GroupSource::Baggage);

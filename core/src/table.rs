@@ -78,6 +78,10 @@ pub struct Limits {
     pub max_cluster_entries: usize,
     pub max_table_bytes: usize,
     pub max_fallback_depth: usize,
+    /// A `baggage` value longer than this, or with more members, is not
+    /// searched for the group (W3C baggage limits: 8192 bytes, 180 members).
+    pub max_baggage_bytes: usize,
+    pub max_baggage_members: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +92,8 @@ impl Default for Limits {
             max_cluster_entries: 1_000_000,
             max_table_bytes: 64 << 20,
             max_fallback_depth: 8,
+            max_baggage_bytes: 8192,
+            max_baggage_members: 180,
         }
     }
 }

@@ -85,6 +85,9 @@ fn mesh_mode_sources_and_edits() {
         ),
         // client-sent routing headers are overwritten by the route
         (&[("x-isogroup-cluster", "evil"), ("x-isogroup-target", "evil")], "-", "none", 0, with(&[], ROUTE_BASE)),
+        // baggage over the limits is not searched (counted, forwarded as is)
+        (&[("baggage", &*Box::leak(format!("isogroup=f1,{}", "k=v,".repeat(200)).into_boxed_str()))], "-", "none", 1, with(&[], ROUTE_BASE)),
+        (&[("baggage", &*Box::leak(format!("isogroup=f1,pad={}", "x".repeat(9000)).into_boxed_str()))], "-", "none", 1, with(&[], ROUTE_BASE)),
         // the cookie counts only in edge mode
         (&[("cookie", "isogroup=f1")], "-", "none", 0, with(&[], ROUTE_BASE)),
     ];
