@@ -61,6 +61,21 @@ build_noop() {
   cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-noop.wasm
 }
 
+# Debian's registry, for the OCI push/pull test on loopback.
+ensure_registry() {
+  [ -x /usr/bin/docker-registry ] && return
+  log "installing docker-registry (Debian) for the OCI image test"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; } >/dev/null 2>&1 || true
+  # The package starts a service of its own; the test runs its own instance.
+  { systemctl stop docker-registry || service docker-registry stop || pkill -x docker-registry; } >/dev/null 2>&1 || true
+}
+
+ensure_cargo_fuzz() {
+  [ -x .tools/bin/cargo-fuzz ] && return
+  log "installing cargo-fuzz into .tools (a few minutes, once)"
+  cargo install --quiet --root .tools cargo-fuzz --locked
+}
+
 ensure_oha() {
   [ -x .tools/bin/oha ] && return
   log "installing oha (load generator) into .tools (several minutes, once)"
@@ -89,6 +104,9 @@ run_tests() {
   done
   log "companion tests"
   cargo test --quiet -p isogroup-companion
+  log "OCI image: build, push to a registry on loopback, pull back with oci-client"
+  ensure_registry
+  cargo test --quiet -p isogroup-oci
   log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
   cargo build --quiet -p isogroup-demo -p isogroup-companion
   cargo test --quiet -p isogroup-filter --tests -- --test-threads=1
@@ -177,6 +195,38 @@ demo() {
   curl -s "http://$COMPANION/metrics" | grep -E '^isogroup_companion_(table_version|pollers|table_updates)' | sed 's/^/  /'
 }
 
+# The filter as an OCI image for Istio; with REF (host:port/repo:tag) also pushed.
+image() {
+  build
+  cargo build --quiet --release -p isogroup-oci
+  if [ -n "${1:-}" ]; then
+    target/release/isogroup-oci push --wasm "$WASM" --to "$1"
+  else
+    target/release/isogroup-oci build --wasm "$WASM" --out target/oci
+  fi
+}
+
+soak() {
+  build
+  ensure_envoy
+  cargo build --quiet -p isogroup-demo -p isogroup-companion
+  log "soak: ${SOAK_SECONDS:-300} s of load through Envoy while the table changes every 100 ms"
+  SOAK_SECONDS=${SOAK_SECONDS:-300} cargo test --quiet -p isogroup-filter --test soak -- --nocapture
+}
+
+# Coverage-guided fuzzing of every parser (cargo fuzz, -s none: stable Rust).
+fuzz() {
+  local seconds=${1:-120}
+  ensure_cargo_fuzz
+  mkdir -p "$RUN_DIR/fuzz"
+  for target in request_headers plugin_config route_table; do
+    log "fuzz $target for $seconds s"
+    mkdir -p "$RUN_DIR/fuzz/$target"
+    PATH="$PWD/.tools/bin:$PATH" cargo fuzz run -s none "$target" "$RUN_DIR/fuzz/$target" "fuzz/seeds/$target" -- \
+      -max_total_time="$seconds" -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|stat::new_units_added|SUMMARY|Done|crash' || true
+  done
+}
+
 bench() {
   build
   build_noop
@@ -200,5 +250,8 @@ case "${1:-build}" in
     ;;
   demo) demo ;;
   bench) shift; mkdir -p "$RUN_DIR"; bench "$@" ;;
-  *) echo "usage: $0 [build|test|demo|bench]" >&2; exit 2 ;;
+  image) shift; image "$@" ;;
+  soak) soak ;;
+  fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
+  *) echo "usage: $0 [build|test|demo|bench|image [REF]|soak|fuzz [SECONDS]]" >&2; exit 2 ;;
 esac

@@ -47,9 +47,54 @@ pub fn set_tick_period(period: Duration) -> HostResult<()> {
     check("set_tick_period", hostcalls::set_tick_period(period))
 }
 
-/// All request headers in one call, values as bytes.
-pub fn request_headers() -> HostResult<Vec<(String, Bytes)>> {
-    check("get_map(request_headers)", hostcalls::get_map_bytes(MapType::HttpRequestHeaders))
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: MapType, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> Status;
+}
+
+/// A header map as the host serialised it: one buffer, read in place. The
+/// SDK's `get_map_bytes` would allocate a `String` and a `Vec` per header on
+/// every request; this allocates the buffer and one list of slices.
+pub struct HeaderMap {
+    buf: Vec<u8>,
+}
+
+impl HeaderMap {
+    /// `(name, value)` pairs borrowed from the buffer. Layout: count (u32 LE),
+    /// then (name length, value length) per pair, then each name and value
+    /// NUL-terminated. A malformed buffer or a non-UTF-8 name ends the list.
+    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        let b = &self.buf;
+        let u32_at = |i: usize| b.get(i..i + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).map(|n| n as usize);
+        let Some(count) = u32_at(0) else { return Vec::new() };
+        let mut pairs = Vec::with_capacity(count.min(256));
+        let mut data = 4 + count.saturating_mul(8);
+        for n in 0..count {
+            let (Some(klen), Some(vlen)) = (u32_at(4 + n * 8), u32_at(8 + n * 8)) else { break };
+            let Some(key) = b.get(data..data + klen).and_then(|k| std::str::from_utf8(k).ok()) else { break };
+            data += klen + 1;
+            let Some(value) = b.get(data..data + vlen) else { break };
+            data += vlen + 1;
+            pairs.push((key, value));
+        }
+        pairs
+    }
+}
+
+/// All request headers in one host call, values as bytes.
+pub fn request_headers() -> HostResult<HeaderMap> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), so
+    // this VM owns it and `Vec::from_raw_parts(data, size, size)` frees it the
+    // same way the SDK does.
+    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+    match status {
+        Status::Ok if !data.is_null() => Ok(HeaderMap { buf: unsafe { Vec::from_raw_parts(data, size, size) } }),
+        Status::Ok => Ok(HeaderMap { buf: Vec::new() }),
+        status => Err(HostError { call: "get_header_map_pairs(request_headers)", status }),
+    }
 }
 
 /// Replaces (or adds) a request header. Envoy re-picks the route after it.

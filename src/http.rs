@@ -49,13 +49,14 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let headers = match host::request_headers() {
+        let map = match host::request_headers() {
             Ok(h) => h,
             Err(e) => {
                 warn(&e.to_string());
                 return Action::Continue;
             }
         };
+        let headers = map.pairs();
         let settings = &self.vm.settings;
         let peer = match &settings.edge {
             Some(edge) if edge.needs_peer() => Peer { ip: peer_ip() },
@@ -125,7 +126,7 @@ fn peer_ip() -> Option<std::net::IpAddr> {
     cidr::peer_ip(&address)
 }
 
-fn apply(edit: &Edit) -> HostResult<()> {
+fn apply(edit: &Edit<'_>) -> HostResult<()> {
     match edit {
         Edit::Set(name, value) => host::set_request_header(name, value),
         Edit::Add(name, value) => host::add_request_header(name, value),

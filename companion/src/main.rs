@@ -6,6 +6,11 @@ mod api;
 mod auth;
 mod explain;
 mod file_source;
+mod istio;
+// The pure snapshot -> table half of the Kubernetes source; its watch loop
+// (kube-rs) is not written yet, so only the tests call it.
+#[cfg_attr(not(test), allow(dead_code))]
+mod kube_snapshot;
 mod metrics;
 mod state;
 
@@ -52,6 +57,21 @@ enum Command {
         #[arg(long, default_value = "base")]
         base_group: String,
     },
+    /// Print the Istio objects a namespace needs for the table's groups:
+    /// DestinationRule subsets plus VirtualServices (target-header mode) or
+    /// an EnvoyFilter (cluster-header mode).
+    IstioManifests {
+        file: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, value_enum, default_value = "target-header")]
+        mode: istio::Mode,
+        /// Port for services whose clusters are not in Istio form.
+        #[arg(long, default_value_t = 80)]
+        default_port: u16,
+        #[arg(long, default_value = "base")]
+        base_group: String,
+    },
     /// Print a synthetic table (services `svc-<i>`, groups `g-<j>`), for
     /// benchmarks and load tests.
     Synth {
@@ -83,6 +103,19 @@ fn main() -> ExitCode {
             Err(errors) => {
                 for e in errors {
                     println!("{}: {e}", file.display());
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::IstioManifests { file, namespace, mode, default_port, base_group } => match load_table(&file, &base_group) {
+            Ok(t) => {
+                let opts = istio::Options { namespace: &namespace, mode, default_port };
+                print!("{}", istio::to_yaml_stream(&istio::render(&t, &opts)));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{}: {e}", file.display());
                 }
                 ExitCode::FAILURE
             }

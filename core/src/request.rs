@@ -3,6 +3,7 @@
 //! The filter only executes what this returns, so everything here is tested
 //! natively (and as wasm).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::config::Settings;
@@ -98,12 +99,14 @@ enum BaggageStrip {
     All,
 }
 
-/// A change to the request headers, in order.
+/// A change to the request headers, in order. Names and the routing values
+/// are borrowed (from the settings and the table): the common route case
+/// allocates nothing but the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Edit {
-    Set(String, Vec<u8>),
-    Add(String, Vec<u8>),
-    Remove(String),
+pub enum Edit<'a> {
+    Set(&'a str, Cow<'a, [u8]>),
+    Add(&'a str, Cow<'a, [u8]>),
+    Remove(&'a str),
 }
 
 /// A local answer instead of forwarding.
@@ -117,16 +120,16 @@ pub struct LocalReply {
 }
 
 /// The header lookups the edge rules need, over the raw header list.
-struct Lookups<'a, H> {
-    headers: &'a [(String, H)],
+struct Lookups<'a, N, H> {
+    headers: &'a [(N, H)],
     cookies: &'a [&'a [u8]],
     path: &'a [u8],
     peer: Option<IpAddr>,
 }
 
-impl<H: AsRef<[u8]>> EdgeRequest for Lookups<'_, H> {
+impl<N: AsRef<str>, H: AsRef<[u8]>> EdgeRequest for Lookups<'_, N, H> {
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_ref())
+        self.headers.iter().find(|(k, _)| k.as_ref() == name).map(|(_, v)| v.as_ref())
     }
     fn cookie(&self, name: &str) -> Option<&[u8]> {
         self.cookies.iter().find_map(|c| group::cookie_value(c, name))
@@ -141,7 +144,7 @@ impl<H: AsRef<[u8]>> EdgeRequest for Lookups<'_, H> {
 
 /// Reads the request's routing facts from its headers (names lower-case, as
 /// Envoy hands them over) and finds its group (SPEC step 1).
-pub fn scan<'h, H: AsRef<[u8]>>(headers: &'h [(String, H)], s: &Settings, peer: Peer) -> Incoming<'h> {
+pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(headers: &'h [(N, H)], s: &Settings, peer: Peer) -> Incoming<'h> {
     let trusted = s.edge.as_ref().is_none_or(|e| e.trusts(peer.ip));
     let mut inc = Incoming {
         authority: b"",
@@ -167,7 +170,7 @@ pub fn scan<'h, H: AsRef<[u8]>>(headers: &'h [(String, H)], s: &Settings, peer: 
     let mut trace: Option<(usize, &[u8])> = None;
     for (name, value) in headers {
         let value = value.as_ref();
-        match name.as_str() {
+        match name.as_ref() {
             ":authority" => inc.authority = value,
             ":path" => inc.path = value,
             "content-type" => inc.grpc = value.starts_with(b"application/grpc"),
@@ -301,7 +304,7 @@ impl<'h> Incoming<'h> {
     }
 
     /// The header edits for `decision` (or for no table: `None`), in order.
-    pub fn edits(&self, decision: Option<&Decision<'_>>, s: &Settings) -> Vec<Edit> {
+    pub fn edits<'a>(&self, decision: Option<&Decision<'a>>, s: &'a Settings) -> Vec<Edit<'a>> {
         let mut edits = Vec::new();
         let inject = self.group.filter(|_| self.source.injected());
         // Setting replaces every value, so a strip followed by a set is one call.
@@ -311,39 +314,39 @@ impl<'h> Incoming<'h> {
             _ => None,
         };
         match set_group {
-            Some(g) => edits.push(Edit::Set(s.group_header.clone(), g.as_str().into())),
-            None if self.strip_group_header => edits.push(Edit::Remove(s.group_header.clone())),
+            Some(g) => edits.push(Edit::Set(&s.group_header, Cow::Owned(g.as_str().into()))),
+            None if self.strip_group_header => edits.push(Edit::Remove(&s.group_header)),
             None => {}
         }
         self.baggage_edits(inject, s, &mut edits);
         if self.strip_cookie {
-            edits.push(Edit::Remove("cookie".into()));
+            edits.push(Edit::Remove("cookie"));
             for c in self.cookies.iter().filter_map(|c| edge::cookie_without(c, &s.cookie)) {
-                edits.push(Edit::Add("cookie".into(), c));
+                edits.push(Edit::Add("cookie", Cow::Owned(c)));
             }
         }
         if self.strip_strict {
-            edits.push(Edit::Remove(s.strict_header.clone()));
+            edits.push(Edit::Remove(&s.strict_header));
         }
         match decision {
             Some(Decision::Route(r)) => {
-                edits.push(Edit::Set(s.cluster_header.clone(), r.cluster.into()));
-                edits.push(Edit::Set(s.target_header.clone(), r.serving.into()));
+                edits.push(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
+                edits.push(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
             }
             _ => {
                 // Sanitise: a client never picks a cluster.
                 if self.has_cluster_header {
-                    edits.push(Edit::Remove(s.cluster_header.clone()));
+                    edits.push(Edit::Remove(&s.cluster_header));
                 }
                 if self.has_target_header {
-                    edits.push(Edit::Remove(s.target_header.clone()));
+                    edits.push(Edit::Remove(&s.target_header));
                 }
             }
         }
         edits
     }
 
-    fn baggage_edits(&self, inject: Option<GroupName>, s: &Settings, edits: &mut Vec<Edit>) {
+    fn baggage_edits<'a>(&self, inject: Option<GroupName>, s: &'a Settings, edits: &mut Vec<Edit<'a>>) {
         let Some(key) = &s.baggage_key else { return };
         let stamp = inject.filter(|_| s.inject_baggage);
         if stamp.is_none() && self.baggage_strip == BaggageStrip::None {
@@ -367,11 +370,11 @@ impl<'h> Incoming<'h> {
             Some(g) => {
                 let joined = kept.join(&b","[..]);
                 let current = (!joined.is_empty()).then_some(joined.as_slice());
-                edits.push(Edit::Set("baggage".into(), group::baggage_with(current, key, g.as_str())));
+                edits.push(Edit::Set("baggage", Cow::Owned(group::baggage_with(current, key, g.as_str()))));
             }
             None => {
-                edits.push(Edit::Remove("baggage".into()));
-                edits.extend(kept.into_iter().map(|v| Edit::Add("baggage".into(), v)));
+                edits.push(Edit::Remove("baggage"));
+                edits.extend(kept.into_iter().map(|v| Edit::Add("baggage", Cow::Owned(v))));
             }
         }
     }
