@@ -21,11 +21,14 @@ fn default_cookie() -> String {
 fn default_strict_header() -> String {
     "x-isogroup-strict".into()
 }
-fn default_cluster_header() -> String {
-    "x-isogroup-cluster".into()
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-isogroup-cluster";
+pub const DEFAULT_TARGET_HEADER: &str = "x-isogroup-target";
+
+fn default_cluster_header() -> Option<String> {
+    Some(DEFAULT_CLUSTER_HEADER.into())
 }
-fn default_target_header() -> String {
-    "x-isogroup-target".into()
+fn default_target_header() -> Option<String> {
+    Some(DEFAULT_TARGET_HEADER.into())
 }
 fn default_base_group() -> String {
     "base".into()
@@ -56,10 +59,13 @@ pub struct RawConfig {
     pub cookie: String,
     #[serde(default = "default_strict_header")]
     pub strict_header: String,
+    /// `null`: do not write it (each header write makes Envoy re-match the
+    /// route: write only the one your routes use). Still stripped from
+    /// requests under its default name.
     #[serde(default = "default_cluster_header")]
-    pub cluster_header: String,
+    pub cluster_header: Option<String>,
     #[serde(default = "default_target_header")]
-    pub target_header: String,
+    pub target_header: Option<String>,
     #[serde(default = "default_base_group")]
     pub base_group: String,
     #[serde(default)]
@@ -110,8 +116,12 @@ pub struct Settings {
     pub baggage_key: Option<String>,
     pub cookie: String,
     pub strict_header: String,
+    /// Routing header names: written when `write_*`, always stripped from
+    /// what clients send.
     pub cluster_header: String,
     pub target_header: String,
+    pub write_cluster_header: bool,
+    pub write_target_header: bool,
     pub base_group: String,
     pub workload_group: Option<String>,
     pub inject_baggage: bool,
@@ -148,9 +158,9 @@ impl Settings {
         let headers = [
             ("group_header", &raw.group_header),
             ("strict_header", &raw.strict_header),
-            ("cluster_header", &raw.cluster_header),
-            ("target_header", &raw.target_header),
         ];
+        let routing = [("cluster_header", &raw.cluster_header), ("target_header", &raw.target_header)];
+        let headers = headers.into_iter().chain(routing.into_iter().filter_map(|(f, v)| Some((f, v.as_ref()?))));
         for (field, value) in headers {
             if !is_header_name(value) {
                 return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
@@ -180,6 +190,13 @@ impl Settings {
                 return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
             }
         }
+        if raw.cluster_header.is_none() && raw.target_header.is_none() {
+            return Err(ConfigError::InvalidValue {
+                field: "cluster_header",
+                value: "null".into(),
+                why: "cluster_header and target_header cannot both be null: the filter must write one routing header",
+            });
+        }
         if !(400..=599).contains(&raw.failfast_status) {
             return Err(ConfigError::InvalidValue {
                 field: "failfast_status",
@@ -204,8 +221,10 @@ impl Settings {
             baggage_key: raw.baggage_key,
             cookie: raw.cookie,
             strict_header: raw.strict_header,
-            cluster_header: raw.cluster_header,
-            target_header: raw.target_header,
+            write_cluster_header: raw.cluster_header.is_some(),
+            write_target_header: raw.target_header.is_some(),
+            cluster_header: raw.cluster_header.unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.into()),
+            target_header: raw.target_header.unwrap_or_else(|| DEFAULT_TARGET_HEADER.into()),
             base_group: raw.base_group,
             workload_group: raw.workload_group,
             inject_baggage: raw.inject_baggage,

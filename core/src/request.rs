@@ -330,8 +330,17 @@ impl<'h> Incoming<'h> {
         }
         match decision {
             Some(Decision::Route(r)) => {
-                edits.push(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
-                edits.push(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
+                // A header not written is still sanitised.
+                if s.write_cluster_header {
+                    edits.push(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
+                } else if self.has_cluster_header {
+                    edits.push(Edit::Remove(&s.cluster_header));
+                }
+                if s.write_target_header {
+                    edits.push(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
+                } else if self.has_target_header {
+                    edits.push(Edit::Remove(&s.target_header));
+                }
             }
             _ => {
                 // Sanitise: a client never picks a cluster.

@@ -218,6 +218,10 @@ fn config_defaults() {
     assert_eq!(s.strict_header, "x-isogroup-strict");
     assert_eq!(s.cluster_header, "x-isogroup-cluster");
     assert_eq!(s.target_header, "x-isogroup-target");
+    assert!(s.write_cluster_header && s.write_target_header);
+    let s = Settings::from_json(br#"{"target_header": null}"#).unwrap();
+    assert!(s.write_cluster_header && !s.write_target_header);
+    assert_eq!(s.target_header, "x-isogroup-target", "still stripped under its default name");
     assert_eq!(s.base_group, "base");
     assert_eq!(s.workload_group, None);
     assert!(s.inject_baggage && s.annotate_response);
@@ -254,6 +258,10 @@ fn config_validation_errors() {
         (r#"{"table":{"companion":{"cluster":"c","authority":"c","path":"v1"}}}"#, r#"table.companion.path: "v1" is not valid (an absolute path starting with '/')"#),
         (r#"{"table":{"companion":{"cluster":"c","authority":"c","wait_s":0}}}"#, r#"table.companion.wait_s: "0" is not valid (seconds, 1 to 300)"#),
         (r#""x""#, r#"(document): invalid type: string "x", expected struct RawConfig at line 1 column 3"#),
+        (
+            r#"{"cluster_header":null,"target_header":null}"#,
+            r#"cluster_header: "null" is not valid (cluster_header and target_header cannot both be null: the filter must write one routing header)"#,
+        ),
         ("{}", "accepted"),
     ];
     for (json, want) in cases {

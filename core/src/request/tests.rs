@@ -101,6 +101,16 @@ fn mesh_mode_sources_and_edits() {
 }
 
 #[test]
+fn a_routing_header_can_be_left_unwritten_and_is_still_stripped() {
+    let s = settings(r#""target_header": null,"#);
+    assert_eq!(run(&s, &[("x-isogroup", "f1")], None).3, ["set x-isogroup-cluster: svc-f1"]);
+    assert_eq!(
+        run(&s, &[("x-isogroup-target", "evil")], None).3,
+        ["set x-isogroup-cluster: svc-base", "remove x-isogroup-target"]
+    );
+}
+
+#[test]
 fn sanitises_pass_through_requests() {
     let s = settings("");
     let h = vec![
