@@ -49,7 +49,11 @@ pub fn set_tick_period(period: Duration) -> HostResult<()> {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_get_header_map_pairs(map_type: MapType, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> Status;
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
 }
 
 /// A header map as the host serialised it: one buffer, read in place. The
@@ -65,7 +69,8 @@ impl HeaderMap {
     /// NUL-terminated. A malformed buffer or a non-UTF-8 name ends the list.
     pub fn pairs(&self) -> Vec<(&str, &[u8])> {
         let b = &self.buf;
-        let u32_at = |i: usize| b.get(i..i + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).map(|n| n as usize);
+        let u32_at =
+            |i: usize| b.get(i..i + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).map(|n| n as usize);
         let Some(count) = u32_at(0) else { return Vec::new() };
         let mut pairs = Vec::with_capacity(count.min(256));
         let mut data = 4 + count.saturating_mul(8);

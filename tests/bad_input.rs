@@ -41,17 +41,30 @@ async fn hostile_headers_have_clear_outcomes() {
     // (request headers, status, chain for a 200)
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         // non-UTF-8 baggage: the valid header still wins
-        (b"host: b\r\nx-isogroup: feature-1\r\nbaggage: isogroup=\xff\xfe, a=\x80\r\n".to_vec(), 200, "b@feature-1 > c@base"),
+        (
+            b"host: b\r\nx-isogroup: feature-1\r\nbaggage: isogroup=\xff\xfe, a=\x80\r\n".to_vec(),
+            200,
+            "b@feature-1 > c@base",
+        ),
         (b"host: b\r\nbaggage: isogroup=\xff\xfe\r\n".to_vec(), 200, "b@base > c@base"),
-        (b"host: b\r\ncookie: isogroup=\xff; x=\x01\r\n".to_vec(), 200, "b@base > c@base"),
+        (b"host: b\r\ncookie: isogroup=\xff; x=y\r\n".to_vec(), 200, "b@base > c@base"),
         // percent-encoded CR/LF cannot smuggle a header through the group
-        (b"host: b\r\nbaggage: isogroup=feature-1%0D%0Ax-isogroup-cluster:%20c-base\r\n".to_vec(), 200, "b@base > c@base"),
+        (
+            b"host: b\r\nbaggage: isogroup=feature-1%0D%0Ax-isogroup-cluster:%20c-base\r\n".to_vec(),
+            200,
+            "b@base > c@base",
+        ),
         // baggage over the W3C limits is not searched
         (format!("host: b\r\n{big_baggage}").into_bytes(), 200, "b@base > c@base"),
         (format!("host: b\r\n{many_members}").into_bytes(), 200, "b@base > c@base"),
         (format!("host: b\r\nx-isogroup: feature-1\r\n{long_strict}").into_bytes(), 200, "b@feature-1 > c@base"),
         // authority spelled oddly still finds the service
-        (b"host: B.:80\r\nx-isogroup: feature-1\r\n".to_vec(), 200, "b@feature-1 > c@base"),
+        (b"host: B:80\r\nx-isogroup: feature-1\r\n".to_vec(), 200, "b@feature-1 > c@base"),
+        // a bare LF ends a header line for Envoy: the smuggled routing header
+        // is a header of its own, and replaced like any client-sent one
+        (b"host: b\r\nx-isogroup: feature-1\nx-isogroup-cluster: evil\r\n".to_vec(), 200, "b@feature-1 > c@base"),
+        // an obsolete line fold joins into one value: not a group, ignored
+        (b"host: b\r\nx-isogroup: feature-1\r\n b\r\n".to_vec(), 200, "b@base > c@base"),
         // two routing headers from the client: both replaced
         (b"host: c\r\nx-isogroup-cluster: b-feature-1\r\nx-isogroup-cluster: a-base\r\n".to_vec(), 200, "c@base"),
     ];
@@ -60,26 +73,28 @@ async fn hostile_headers_have_clear_outcomes() {
         let shown = String::from_utf8_lossy(&headers[..headers.len().min(80)]).into_owned();
         assert_eq!(status, *want_status, "{shown}: {body}");
         let body = body.split_once('{').map(|(_, b)| format!("{{{b}")).unwrap_or_default();
-        let json: Value = serde_json::from_str(body.trim_end_matches(|c| c != '}')).unwrap_or_else(|e| panic!("{shown}: {e}: {body}"));
+        let json: Value = serde_json::from_str(body.trim_end_matches(|c| c != '}'))
+            .unwrap_or_else(|e| panic!("{shown}: {e}: {body}"));
         assert_eq!(chain(&json), *want_chain, "{shown}");
         if let Some(cluster) = json["headers"].get("x-isogroup-cluster") {
-            assert!(!cluster.as_str().unwrap_or_default().contains('\n'), "{shown}");
+            let cluster = cluster.as_str().unwrap_or_default();
+            assert!(!cluster.contains('\n') && !cluster.contains("evil"), "{shown}: {cluster}");
         }
     }
     // Envoy's codec refuses what is not HTTP; the filter never sees it.
-    let refused: [&[u8]; 3] = [
-        b"GET / HTTP/1.1\r\nhost: b\r\nx-isogroup: feature-1\nx-isogroup-cluster: evil\r\n\r\n",
-        b"GET / HTTP/1.1\r\nhost: b\r\nx-isogroup: a\r\n b\r\n\r\n",
+    let refused: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nhost: b\r\ncookie: isogroup=a; x=\x01\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: b\r\nx-iso group: feature-1\r\n\r\n",
     ];
     for r in refused {
-        let (status, _) = raw(port, r).await;
-        assert_eq!(status, 400, "{:?}", String::from_utf8_lossy(r));
+        let (status, body) = raw(port, r).await;
+        assert_eq!(status, 400, "{:?}: {body}", String::from_utf8_lossy(r));
     }
     // both workers still route (fresh connections alternate under exact balance)
     let fresh = http_fresh_connections();
     for _ in 0..6 {
-        let body: Value = mesh.request(&fresh, "b").header("x-isogroup", "feature-1").send().await.unwrap().json().await.unwrap();
+        let body: Value =
+            mesh.request(&fresh, "b").header("x-isogroup", "feature-1").send().await.unwrap().json().await.unwrap();
         assert_eq!(chain(&body), "b@feature-1 > c@base");
     }
     mesh.envoy.wait_stat("wasmcustom.isogroup_invalid_group_total", 5).await;
@@ -130,13 +145,14 @@ async fn oversized_tables_and_broken_companions_leave_the_last_good_table() {
     let mut too_many = demo.clone();
     too_many["version"] = 7.into();
     for i in 0..60 {
-        too_many["services"][format!("s{i}")] = serde_json::json!({"hosts": [format!("s{i}")], "clusters": {"base": "c-base"}});
+        too_many["services"][format!("s{i}")] =
+            serde_json::json!({"hosts": [format!("s{i}")], "clusters": {"base": "c-base"}});
     }
     let answers = vec![
         Some(table(5, true)),
         Some(too_big.to_string()),
         Some(too_many.to_string()),
-        None,               // hangs: the poll times out (wait_s + 5 s)
+        None,                // hangs: the poll times out (wait_s + 5 s)
         Some(String::new()), // resets
         Some(table(9, false)),
     ];
@@ -145,7 +161,8 @@ async fn oversized_tables_and_broken_companions_leave_the_last_good_table() {
     let b_serves = |group: &'static str| {
         let mesh = &mesh;
         async move {
-            let body: Value = mesh.request(&http(), "b").header("x-isogroup", "feature-1").send().await.ok()?.json().await.ok()?;
+            let body: Value =
+                mesh.request(&http(), "b").header("x-isogroup", "feature-1").send().await.ok()?.json().await.ok()?;
             (body["group"] == group).then_some(())
         }
     };

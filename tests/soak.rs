@@ -17,7 +17,11 @@ const TABLE: &str = include_str!("../demo/table.json");
 
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The table version in b's `x-isogroup-decision` (the outermost hop).
@@ -63,7 +67,12 @@ async fn steady_load_under_table_churn() {
             let client = http();
             let mut seen = Vec::new(); // (received, version or None for an unexpected answer)
             while Instant::now() < deadline {
-                let resp = mesh.request(&client, "b").header("x-isogroup", "feature-1").header("x-isogroup-debug", "1").send().await;
+                let resp = mesh
+                    .request(&client, "b")
+                    .header("x-isogroup", "feature-1")
+                    .header("x-isogroup-debug", "1")
+                    .send()
+                    .await;
                 let now = Instant::now();
                 match resp {
                     Ok(r) if r.status() == 200 => {

@@ -154,7 +154,8 @@ mod tests {
 
     #[test]
     fn target_header_mode() {
-        let objects = render(&table(), &Options { namespace: "bookinfo", mode: Mode::TargetHeader, default_port: 8080 });
+        let objects =
+            render(&table(), &Options { namespace: "bookinfo", mode: Mode::TargetHeader, default_port: 8080 });
         let kinds: Vec<(&str, &str)> =
             objects.iter().map(|o| (o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap())).collect();
         assert_eq!(
@@ -175,7 +176,10 @@ mod tests {
         let vs = &objects[3]["spec"];
         assert_eq!(vs["hosts"], json!(["reviews.bookinfo.svc.cluster.local"]));
         assert_eq!(vs["http"][0]["match"][0]["headers"]["x-isogroup-target"]["exact"], "feature-1");
-        assert_eq!(vs["http"][0]["route"][0]["destination"], json!({"host": "reviews.bookinfo.svc.cluster.local", "subset": "feature-1", "port": {"number": 9080}}));
+        assert_eq!(
+            vs["http"][0]["route"][0]["destination"],
+            json!({"host": "reviews.bookinfo.svc.cluster.local", "subset": "feature-1", "port": {"number": 9080}})
+        );
         assert_eq!(vs["http"][1]["name"], "base");
         assert!(vs["http"][1].get("match").is_none(), "the last route is the default");
         assert_eq!(vs["http"][1]["route"][0]["destination"]["subset"], "base");
@@ -186,7 +190,8 @@ mod tests {
 
     #[test]
     fn cluster_header_mode() {
-        let objects = render(&table(), &Options { namespace: "bookinfo", mode: Mode::ClusterHeader, default_port: 8080 });
+        let objects =
+            render(&table(), &Options { namespace: "bookinfo", mode: Mode::ClusterHeader, default_port: 8080 });
         assert_eq!(objects.iter().filter(|o| o["kind"] == "DestinationRule").count(), 2);
         let ef = objects.last().unwrap();
         assert_eq!(ef["kind"], "EnvoyFilter");

@@ -103,7 +103,8 @@ pub fn to_table(snap: &Snapshot, base: &str, now_ms: u64, settle_ms: u64) -> Raw
                 clusters.insert(g.to_owned(), format!("outbound|{}|{g}|{host}", s.port));
             }
         }
-        let mut hosts = vec![host.clone(), format!("{}.{}.svc", s.name, s.namespace), format!("{}.{}", s.name, s.namespace)];
+        let mut hosts =
+            vec![host.clone(), format!("{}.{}.svc", s.name, s.namespace), format!("{}.{}", s.name, s.namespace)];
         if name_count.get(s.name.as_str()) == Some(&1) {
             hosts.push(s.name.clone());
         }
@@ -139,7 +140,10 @@ mod tests {
 
     /// service key → sorted "group=cluster" for a compact comparison.
     fn summary(t: &RawTable) -> Vec<String> {
-        t.services.iter().map(|(k, s)| format!("{k}: {}", s.clusters.keys().cloned().collect::<Vec<_>>().join(","))).collect()
+        t.services
+            .iter()
+            .map(|(k, s)| format!("{k}: {}", s.clusters.keys().cloned().collect::<Vec<_>>().join(",")))
+            .collect()
     }
 
     #[test]
@@ -159,23 +163,37 @@ mod tests {
             subsets: [subsets("bookinfo", "reviews", &[("base", 0), ("feature-1", 1_000)])].into(),
         };
         let cases: Vec<(&str, Snapshot, u64, Vec<&str>)> = vec![
-            ("ready pod, settled subset", base.clone(), 10_000, vec!["ratings.bookinfo: base", "reviews.bookinfo: base,feature-1"]),
+            (
+                "ready pod, settled subset",
+                base.clone(),
+                10_000,
+                vec!["ratings.bookinfo: base", "reviews.bookinfo: base,feature-1"],
+            ),
             ("subset too new: not yet", base.clone(), 2_000, vec!["ratings.bookinfo: base", "reviews.bookinfo: base"]),
             (
                 "not ready: gone",
-                Snapshot { slices: vec![slice("bookinfo", "reviews", &[("reviews-0", true), ("reviews-f1", false)])], ..base.clone() },
+                Snapshot {
+                    slices: vec![slice("bookinfo", "reviews", &[("reviews-0", true), ("reviews-f1", false)])],
+                    ..base.clone()
+                },
                 10_000,
                 vec!["reviews.bookinfo: base"],
             ),
             (
                 "label change moves the pod",
-                Snapshot { pods: vec![pod("bookinfo", "reviews-0", "base"), pod("bookinfo", "reviews-f1", "team-a")], ..base.clone() },
+                Snapshot {
+                    pods: vec![pod("bookinfo", "reviews-0", "base"), pod("bookinfo", "reviews-f1", "team-a")],
+                    ..base.clone()
+                },
                 10_000,
                 vec!["reviews.bookinfo: base"],
             ),
             (
                 "no ready base pod: service left out",
-                Snapshot { slices: vec![slice("bookinfo", "reviews", &[("reviews-0", false), ("reviews-f1", true)])], ..base.clone() },
+                Snapshot {
+                    slices: vec![slice("bookinfo", "reviews", &[("reviews-0", false), ("reviews-f1", true)])],
+                    ..base.clone()
+                },
                 10_000,
                 vec![],
             ),
@@ -189,7 +207,10 @@ mod tests {
         let reviews = &t.services["reviews.bookinfo"];
         assert_eq!(reviews.clusters["feature-1"], "outbound|9080|feature-1|reviews.bookinfo.svc.cluster.local");
         assert_eq!(reviews.clusters["base"], "outbound|9080|base|reviews.bookinfo.svc.cluster.local");
-        assert_eq!(reviews.hosts, ["reviews.bookinfo.svc.cluster.local", "reviews.bookinfo.svc", "reviews.bookinfo", "reviews"]);
+        assert_eq!(
+            reviews.hosts,
+            ["reviews.bookinfo.svc.cluster.local", "reviews.bookinfo.svc", "reviews.bookinfo", "reviews"]
+        );
     }
 
     #[test]
@@ -197,7 +218,11 @@ mod tests {
         let snap = Snapshot {
             services: vec![svc("a", "reviews"), svc("b", "reviews"), svc("a", "ratings")],
             pods: vec![pod("a", "r0", "base"), pod("b", "r0", "base"), pod("a", "t0", "base")],
-            slices: vec![slice("a", "reviews", &[("r0", true)]), slice("b", "reviews", &[("r0", true)]), slice("a", "ratings", &[("t0", true)])],
+            slices: vec![
+                slice("a", "reviews", &[("r0", true)]),
+                slice("b", "reviews", &[("r0", true)]),
+                slice("a", "ratings", &[("t0", true)]),
+            ],
             subsets: BTreeMap::new(),
         };
         let t = to_table(&snap, "base", 0, 0);

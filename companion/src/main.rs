@@ -107,19 +107,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::IstioManifests { file, namespace, mode, default_port, base_group } => match load_table(&file, &base_group) {
-            Ok(t) => {
-                let opts = istio::Options { namespace: &namespace, mode, default_port };
-                print!("{}", istio::to_yaml_stream(&istio::render(&t, &opts)));
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("{}: {e}", file.display());
+        Command::IstioManifests { file, namespace, mode, default_port, base_group } => {
+            match load_table(&file, &base_group) {
+                Ok(t) => {
+                    let opts = istio::Options { namespace: &namespace, mode, default_port };
+                    print!("{}", istio::to_yaml_stream(&istio::render(&t, &opts)));
+                    ExitCode::SUCCESS
                 }
-                ExitCode::FAILURE
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Synth { services, groups } => {
             match serde_json::to_string(&isogroup_core::synth::table(services, groups)) {
                 Ok(json) => {

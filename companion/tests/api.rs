@@ -481,7 +481,13 @@ async fn concurrent_admin_writes_are_not_lost() {
     for i in 0..20 {
         let url = c.url(&format!("/v1/services/ratings/groups/g-{i}"));
         writes.push(tokio::spawn(async move {
-            let resp = reqwest::Client::new().put(url).bearer_auth(TOKEN).json(&json!({ "cluster": format!("c{i}") })).send().await.unwrap();
+            let resp = reqwest::Client::new()
+                .put(url)
+                .bearer_auth(TOKEN)
+                .json(&json!({ "cluster": format!("c{i}") }))
+                .send()
+                .await
+                .unwrap();
             resp.json::<Value>().await.unwrap()["version"].as_u64().unwrap()
         }));
     }

@@ -155,10 +155,7 @@ impl Settings {
     }
 
     pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
-        let headers = [
-            ("group_header", &raw.group_header),
-            ("strict_header", &raw.strict_header),
-        ];
+        let headers = [("group_header", &raw.group_header), ("strict_header", &raw.strict_header)];
         let routing = [("cluster_header", &raw.cluster_header), ("target_header", &raw.target_header)];
         let headers = headers.into_iter().chain(routing.into_iter().filter_map(|(f, v)| Some((f, v.as_ref()?))));
         for (field, value) in headers {

@@ -52,15 +52,17 @@ fn main() -> ExitCode {
                 Ok(image)
             })
         }
-        Command::Push { wasm, to } => std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display())).and_then(|bytes| {
-            let image = image::Image::build(&bytes);
-            let registry_digest = push::push(&image, &to)?;
-            if registry_digest != image.manifest_digest {
-                return Err(format!("registry says {registry_digest}, we built {}", image.manifest_digest));
-            }
-            println!("pushed: {to}");
-            Ok(image)
-        }),
+        Command::Push { wasm, to } => {
+            std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display())).and_then(|bytes| {
+                let image = image::Image::build(&bytes);
+                let registry_digest = push::push(&image, &to)?;
+                if registry_digest != image.manifest_digest {
+                    return Err(format!("registry says {registry_digest}, we built {}", image.manifest_digest));
+                }
+                println!("pushed: {to}");
+                Ok(image)
+            })
+        }
     };
     match result {
         Ok(image) => {

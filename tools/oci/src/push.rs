@@ -39,7 +39,8 @@ pub fn push(image: &Image, reference: &str) -> Result<String, String> {
 }
 
 fn upload(client: &Client, base: &str, repo: &str, blob: &Blob) -> Result<(), String> {
-    let start = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().map_err(|e| format!("upload start: {e}"))?;
+    let start =
+        client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().map_err(|e| format!("upload start: {e}"))?;
     if start.status().as_u16() != 202 {
         return Err(format!("upload start: {}", start.status()));
     }

@@ -30,7 +30,8 @@ impl Drop for Registry {
 }
 
 fn registry_bin() -> PathBuf {
-    let path = std::env::var_os("ISOGROUP_REGISTRY").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/docker-registry".into());
+    let path =
+        std::env::var_os("ISOGROUP_REGISTRY").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/docker-registry".into());
     assert!(path.exists(), "{} not found: ./build.sh test installs Debian's docker-registry", path.display());
     path
 }
@@ -45,7 +46,13 @@ fn start_registry() -> Registry {
         format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("data").display()),
     )
     .unwrap();
-    let child = Command::new(registry_bin()).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new(registry_bin())
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "registry did not start");
@@ -61,7 +68,11 @@ async fn push_then_pull_with_another_client() {
     let wasm_path = registry.dir.join("plugin-under-test.wasm");
     std::fs::write(&wasm_path, &wasm).unwrap();
     let reference = format!("127.0.0.1:{}/isogroup/filter:0.1.0", registry.port);
-    let out = Command::new(env!("CARGO_BIN_EXE_isogroup-oci")).args(["push", "--to", &reference, "--wasm"]).arg(&wasm_path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_isogroup-oci"))
+        .args(["push", "--to", &reference, "--wasm"])
+        .arg(&wasm_path)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let printed = stdout.lines().find_map(|l| l.strip_prefix("manifest digest: ")).unwrap().to_owned();
@@ -74,7 +85,10 @@ async fn push_then_pull_with_another_client() {
     assert_eq!(manifest.config.media_type, "application/vnd.oci.image.config.v1+json");
     assert_eq!(manifest.layers.len(), 1);
     assert_eq!(manifest.layers[0].media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
-    assert_eq!(manifest.annotations.as_ref().and_then(|a| a.get("module.wasm.image/variant")).map(String::as_str), Some("compat"));
+    assert_eq!(
+        manifest.annotations.as_ref().and_then(|a| a.get("module.wasm.image/variant")).map(String::as_str),
+        Some("compat")
+    );
     let mut layer = Vec::new();
     client.pull_blob(&r, &manifest.layers[0], &mut layer).await.unwrap();
     // gunzip and read the tar: exactly one member, plugin.wasm, our bytes
@@ -87,6 +101,10 @@ async fn push_then_pull_with_another_client() {
     let next = 512 + size.div_ceil(512) * 512;
     assert!(tar[next..].iter().all(|&b| b == 0), "no second member");
     // the same wasm pushed again: the same digest (deterministic build)
-    let again = Command::new(env!("CARGO_BIN_EXE_isogroup-oci")).args(["push", "--to", &reference, "--wasm"]).arg(&wasm_path).output().unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_isogroup-oci"))
+        .args(["push", "--to", &reference, "--wasm"])
+        .arg(&wasm_path)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains(&printed));
 }
