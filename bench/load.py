@@ -204,8 +204,10 @@ def propagation(args):
     envoy = Envoy(path, concurrency=2, cpus="0,1", base_id=60)
     load = None
     try:
-        probe_headers = {"host": "svc", "x-isogroup": "f1", "x-isogroup-debug": "1"}
-        serves = lambda c: f"cluster={c}" in http_get(f"http://127.0.0.1:{LISTENER}/", probe_headers)[1].get("x-isogroup-decision", "")
+        probe_headers = {"host": "svc", "x-isogroup": "f1", "x-isogroup-debug": "1", "connection": "close"}
+        # Every worker must have it: eight probes in a row on fresh connections.
+        serves = lambda c: all(f"cluster={c}" in http_get(f"http://127.0.0.1:{LISTENER}/", probe_headers)[1].get("x-isogroup-decision", "")
+                               for _ in range(8))
         wait_for("first table", 10, lambda: serves("svc-f1"))
         load = subprocess.Popen(["taskset", "-c", "1", str(OHA), "--no-tui", "-z", "60s", "-c", "16", "-H", "host: svc", "-H", "x-isogroup: f1",
                                  f"http://127.0.0.1:{LISTENER}/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -240,6 +242,7 @@ def main():
     p.add_argument("--latency-seconds", type=int, default=4)
     p.add_argument("--updates", type=int, default=10)
     p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--extra-only", action="store_true", help="only sizes, RSS and propagation")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     base_config = (ROOT / "bench/envoy/isogroup.yaml").read_text()
@@ -257,7 +260,8 @@ def main():
     results = {arm: [] for arm in arms}
     upstream = Envoy("bench/envoy/upstream.yaml", cpus="1", admin=19902, base_id=2)
     try:
-        measure(arms, results, args, big)
+        if not args.extra_only:
+            measure(arms, results, args, big)
         extra = {
             "wasm size, isogroup": f"{(ROOT / 'target/isogroup.wasm').stat().st_size} bytes",
             "wasm size, no-op": f"{(ROOT / 'target/bench-noop.wasm').stat().st_size} bytes",
@@ -267,7 +271,7 @@ def main():
     finally:
         upstream.stop()
     (OUT / "raw.json").write_text(json.dumps({"args": vars(args), "results": results, "extra": extra}, indent=1))
-    text = report(results, extra)
+    text = "\n".join(f"- {k}: {v}" for k, v in extra.items()) if args.extra_only else report(results, extra)
     (OUT / "report.md").write_text(text + "\n")
     print(text)
 
