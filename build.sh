@@ -107,6 +107,8 @@ run_tests() {
   log "OCI image: build, push to a registry on loopback, pull back with oci-client"
   ensure_registry
   cargo test --quiet -p isogroup-oci
+  log "fuzz smoke: every target for 10 s (./build.sh fuzz runs longer)"
+  fuzz 10
   log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
   cargo build --quiet -p isogroup-demo -p isogroup-companion
   cargo test --quiet -p isogroup-filter --tests -- --test-threads=1
@@ -215,16 +217,22 @@ soak() {
 }
 
 # Coverage-guided fuzzing of every parser (cargo fuzz, -s none: stable Rust).
+# Fails when a target finds a crash (the input is kept in fuzz/artifacts/).
 fuzz() {
-  local seconds=${1:-120}
+  local seconds=${1:-120} status=0
   ensure_cargo_fuzz
   mkdir -p "$RUN_DIR/fuzz"
   for target in request_headers plugin_config route_table; do
     log "fuzz $target for $seconds s"
     mkdir -p "$RUN_DIR/fuzz/$target"
-    PATH="$PWD/.tools/bin:$PATH" cargo fuzz run -s none "$target" "$RUN_DIR/fuzz/$target" "fuzz/seeds/$target" -- \
-      -max_total_time="$seconds" -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|stat::new_units_added|SUMMARY|Done|crash' || true
+    if ! PATH="$PWD/.tools/bin:$PATH" cargo fuzz run -s none "$target" "$RUN_DIR/fuzz/$target" "fuzz/seeds/$target" -- \
+      -max_total_time="$seconds" -print_final_stats=1 >"$RUN_DIR/fuzz/$target.log" 2>&1; then
+      status=1
+      echo "fuzz $target FOUND A CRASH: see $RUN_DIR/fuzz/$target.log and fuzz/artifacts/$target"
+    fi
+    grep -E 'stat::number_of_executed_units|stat::new_units_added' "$RUN_DIR/fuzz/$target.log" || true
   done
+  return $status
 }
 
 bench() {
