@@ -102,6 +102,10 @@ run_tests() {
     "$ENVOY" --mode validate -c "$f" -l error >/dev/null || { echo "invalid: $f"; exit 1; }
     echo "valid: $f"
   done
+  # The LDS example names its directory: validate it with the directory filled in.
+  sed "s#{{dir}}#$PWD/envoy/reload#g" envoy/reload/bootstrap.yaml >"$RUN_DIR/reload-bootstrap.yaml"
+  "$ENVOY" --mode validate -c "$RUN_DIR/reload-bootstrap.yaml" -l error >/dev/null || { echo "invalid: envoy/reload/bootstrap.yaml"; exit 1; }
+  echo "valid: envoy/reload/bootstrap.yaml"
   log "companion tests"
   cargo test --quiet -p isogroup-companion
   log "OCI image: build, push to a registry on loopback, pull back with oci-client"

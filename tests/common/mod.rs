@@ -100,8 +100,17 @@ pub struct Rendered {
 
 impl Rendered {
     pub fn from_file(relative: &str) -> Rendered {
+        Rendered::from_file_with(relative, BTreeMap::new())
+    }
+
+    /// Another file rendered with this one's port map (same default port,
+    /// same new port), as for an LDS file beside its bootstrap.
+    pub fn companion_file(&self, relative: &str) -> Rendered {
+        Rendered::from_file_with(relative, self.ports.clone())
+    }
+
+    fn from_file_with(relative: &str, mut ports: BTreeMap<u16, u16>) -> Rendered {
         let text = std::fs::read_to_string(root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"));
-        let mut ports = BTreeMap::new();
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
         const KEY: &str = "port_value: ";
@@ -150,7 +159,7 @@ pub struct Envoy {
     pub admin: u16,
     pub listener: u16,
     pub log: PathBuf,
-    _dir: TempDir,
+    pub dir: TempDir,
 }
 
 /// A scratch directory removed on drop.
@@ -183,10 +192,25 @@ impl Envoy {
     /// Starts Envoy (run from the repository root, as users do) and waits
     /// until its admin says LIVE. `Err(log)` if it exits instead.
     pub async fn start(rendered: &Rendered, admin_default: u16, listener_default: u16) -> Result<Envoy, String> {
+        Envoy::start_with_files(rendered, &[], admin_default, listener_default).await
+    }
+
+    /// Like `start`, with extra files written to the run directory first;
+    /// `{{dir}}` in the config (and the files) names that directory.
+    pub async fn start_with_files(
+        rendered: &Rendered,
+        files: &[(&str, &str)],
+        admin_default: u16,
+        listener_default: u16,
+    ) -> Result<Envoy, String> {
         let dir = TempDir::new("envoy");
         let config = dir.0.join("envoy.yaml");
         let log = dir.0.join("envoy.log");
-        std::fs::write(&config, &rendered.yaml).map_err(|e| e.to_string())?;
+        let dir_text = dir.0.display().to_string();
+        for (name, text) in files {
+            std::fs::write(dir.0.join(name), text.replace("{{dir}}", &dir_text)).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&config, rendered.yaml.replace("{{dir}}", &dir_text)).map_err(|e| e.to_string())?;
         let admin = rendered.port(admin_default);
         let listener = rendered.port(listener_default);
         let mut proc = Proc::spawn(
@@ -220,7 +244,7 @@ impl Envoy {
             let ready = client.get(format!("http://127.0.0.1:{admin}/ready")).send().await;
             if let Ok(r) = ready {
                 if r.status().is_success() {
-                    return Ok(Envoy { proc, admin, listener, log, _dir: dir });
+                    return Ok(Envoy { proc, admin, listener, log, dir });
                 }
             }
             if Instant::now() > deadline {
@@ -296,6 +320,10 @@ impl Mesh {
     /// Like `start_with`; instances of `sloppy` services forward only the
     /// tracing headers.
     pub async fn start_custom(rendered: Rendered, sloppy: &[&str]) -> Mesh {
+        Mesh::start_full(rendered, sloppy, &[]).await
+    }
+
+    pub async fn start_full(rendered: Rendered, sloppy: &[&str], extra_files: &[(&str, &str)]) -> Mesh {
         let listener = rendered.port(10000);
         let mut services = Vec::new();
         for &(default, service, group, next) in DEMO_INSTANCES {
@@ -317,11 +345,16 @@ impl Mesh {
             })
             .await;
         }
-        let envoy = match Envoy::start(&rendered, 9901, 10000).await {
+        let envoy = match Envoy::start_with_files(&rendered, extra_files, 9901, 10000).await {
             Ok(e) => e,
             Err(log) => panic!("{log}"),
         };
         Mesh { envoy, services }
+    }
+
+    /// The run directory of this mesh's Envoy (where `{{dir}}` files live).
+    pub fn dir(&self) -> &Path {
+        &self.envoy.dir.0
     }
 
     pub fn request(&self, client: &reqwest::Client, host: &str) -> reqwest::RequestBuilder {
