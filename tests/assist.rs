@@ -5,19 +5,19 @@
 
 mod common;
 
-use common::{chain, http, Mesh, Rendered};
+use common::{chain, http, rss_kb, Mesh, Rendered};
 use serde_json::Value;
 
 fn traceparent(n: u64) -> String {
     format!("00-{n:032x}-00f067aa0ba902b7-01")
 }
 
-async fn through_inbound(mesh: &Mesh, port: u16, headers: &[(&str, String)]) -> Value {
+/// A request to service a through the inbound listener on `port`.
+async fn through_inbound(port: u16, headers: &[(&str, String)]) -> Value {
     let mut req = http().get(format!("http://127.0.0.1:{port}/")).header("host", "a");
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    let _ = mesh;
     req.send().await.unwrap().json().await.unwrap()
 }
 
@@ -27,16 +27,15 @@ async fn group_survives_an_app_that_forwards_only_traceparent() {
     let inbound = rendered.port(10001);
     let mesh = Mesh::start_custom(rendered, &["a"]).await;
     let tp = traceparent(0xabc);
-    let body =
-        through_inbound(&mesh, inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", tp.clone())]).await;
+    let body = through_inbound(inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", tp.clone())]).await;
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
     assert!(body["next"]["headers"]["x-isogroup"] == "feature-1", "restored on a's outbound call: {body}");
     // without a group there is nothing to restore
-    let body = through_inbound(&mesh, inbound, &[("traceparent", traceparent(0xdef))]).await;
+    let body = through_inbound(inbound, &[("traceparent", traceparent(0xdef))]).await;
     assert_eq!(chain(&body), "a@base > b@base > c@base");
     // no traceparent from the client: Envoy's generated x-request-id, which
     // the app forwards too, carries the lane just as well
-    let body = through_inbound(&mesh, inbound, &[("x-isogroup", "feature-1".into())]).await;
+    let body = through_inbound(inbound, &[("x-isogroup", "feature-1".into())]).await;
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
     // an unknown trace id on the outbound side is not guessed
     let body: Value = mesh
@@ -56,27 +55,17 @@ async fn the_store_stays_bounded_under_many_trace_ids() {
     let rendered = Rendered::from_file("envoy/assist.yaml");
     let inbound = rendered.port(10001);
     let mesh = Mesh::start_custom(rendered, &["a"]).await;
-    let rss = |pid: u32| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
     let first = traceparent(1);
-    let body =
-        through_inbound(&mesh, inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", first.clone())]).await;
+    let body = through_inbound(inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", first.clone())]).await;
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
-    let before = rss(mesh.envoy.proc.pid());
+    let before = rss_kb(mesh.envoy.proc.pid());
     // 3000 distinct traces through a 64-slot store
     for n in 2..3002u64 {
         let body =
-            through_inbound(&mesh, inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", traceparent(n))])
-                .await;
+            through_inbound(inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", traceparent(n))]).await;
         assert_eq!(body["next"]["group"], "feature-1", "trace {n}");
     }
-    let after = rss(mesh.envoy.proc.pid());
+    let after = rss_kb(mesh.envoy.proc.pid());
     println!("envoy RSS {before} kB -> {after} kB over 3000 distinct trace ids");
     assert!(after < before + 20_000, "bounded: {before} kB -> {after} kB");
     // the first trace's slot has long been reused by later traces
@@ -88,7 +77,7 @@ async fn the_store_stays_bounded_under_many_trace_ids() {
         key(&traceparent(n)) == key(&first)
     });
     assert!(slot_reused);
-    let body = through_inbound(&mesh, inbound, &[("traceparent", first)]).await;
+    let body = through_inbound(inbound, &[("traceparent", first)]).await;
     assert_eq!(body["group"], "base", "no group on the request itself");
     assert_eq!(body["next"]["group"], "base", "the evicted entry is gone: bounded, not growing");
 }

@@ -11,18 +11,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{header_values, http, Companion, Mesh, Rendered};
+use common::{header_values, http, rss_kb, Companion, Mesh, Rendered};
 
 const TABLE: &str = include_str!("../demo/table.json");
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// The table version in b's `x-isogroup-decision` (the outermost hop).
 fn routed_version(decisions: &[String]) -> Option<u64> {

@@ -389,8 +389,14 @@ pub fn header_values(resp: &reqwest::Response, name: &str) -> Vec<String> {
     resp.headers().get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
 }
 
-pub fn exists(path: &Path) -> bool {
-    path.exists()
+/// A process's resident memory, from `/proc`.
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn companion_bin() -> PathBuf {
