@@ -27,7 +27,8 @@ const MAX_BODY: usize = 16 * 1024;
 
 pub struct Api {
     pub store: Arc<Store>,
-    pub file: Arc<TableFile>,
+    /// The table file; `None` with the Kubernetes source (no admin writes).
+    pub file: Option<Arc<TableFile>>,
     pub token: Option<Token>,
     pub metrics: Arc<Metrics>,
     /// Serialises admin writes: read-modify-write of the table.
@@ -168,8 +169,14 @@ impl Api {
             let detail = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", detail)
         })?;
-        self.file
-            .write(&snap.json)
+        let file = self.file.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "read_only_source",
+                "the Kubernetes source owns the table; register by labelling pods",
+            )
+        })?;
+        file.write(&snap.json)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", e.to_string()))?;
         let snap = self.store.install(snap);
         self.metrics.table_updated(snap.version);

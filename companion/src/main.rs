@@ -7,10 +7,8 @@ mod auth;
 mod explain;
 mod file_source;
 mod istio;
-// The pure snapshot -> table half of the Kubernetes source; its watch loop
-// (kube-rs) is not written yet, so only the tests call it.
-#[cfg_attr(not(test), allow(dead_code))]
 mod kube_snapshot;
+mod kube_source;
 mod metrics;
 mod state;
 
@@ -18,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use isogroup_core::{Limits, RawTable, Table};
@@ -41,8 +40,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// The route table (JSON). Watched for edits; admin writes land here.
+        #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        table: Option<PathBuf>,
+        /// Build the table from the cluster instead (pods labelled
+        /// isogroup.io/group, ready endpoints, DestinationRule subsets).
+        /// In-cluster or kubeconfig credentials; the admin API is off.
         #[arg(long)]
-        table: PathBuf,
+        kubernetes: bool,
+        /// Kubernetes source: how long a new subset must exist before its
+        /// group enters the table (so proxies have the subset first).
+        #[arg(long, default_value_t = 5000)]
+        settle_ms: u64,
         /// File holding the admin bearer token (else env ISOGROUP_TOKEN;
         /// neither: the admin API is off).
         #[arg(long)]
@@ -94,7 +102,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { listen, table, token_file, base_group } => serve(listen, table, token_file, base_group),
+        Command::Serve { listen, table, kubernetes: _, settle_ms, token_file, base_group } => {
+            serve(listen, table, Duration::from_millis(settle_ms), token_file, base_group)
+        }
         Command::Check { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
                 println!("{}: valid ({} services, {} groups)", file.display(), t.service_count(), t.group_count());
@@ -156,7 +166,13 @@ fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> 
     Table::check(&raw, base, &limits).map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-fn serve(listen: SocketAddr, table: PathBuf, token_file: Option<PathBuf>, base: String) -> ExitCode {
+fn serve(
+    listen: SocketAddr,
+    table: Option<PathBuf>,
+    settle: Duration,
+    token_file: Option<PathBuf>,
+    base: String,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -164,7 +180,7 @@ fn serve(listen: SocketAddr, table: PathBuf, token_file: Option<PathBuf>, base: 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(listen, table, token_file, base)) {
+    match runtime.block_on(run(listen, table, settle, token_file, base)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -173,19 +189,46 @@ fn serve(listen: SocketAddr, table: PathBuf, token_file: Option<PathBuf>, base: 
     }
 }
 
-async fn run(listen: SocketAddr, path: PathBuf, token_file: Option<PathBuf>, base: String) -> Result<(), String> {
+/// `path`: the file source; `None`: the Kubernetes source.
+async fn run(
+    listen: SocketAddr,
+    path: Option<PathBuf>,
+    settle: Duration,
+    token_file: Option<PathBuf>,
+    base: String,
+) -> Result<(), String> {
     let limits = Limits::default();
-    let token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
+    let mut token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
-    let file = Arc::new(TableFile::new(path));
-    let raw = file.load(&limits).map_err(|e| e.to_string())?;
-    // Above the file's version and the clock: never below a version served before a restart.
+    let file = path.map(|p| Arc::new(TableFile::new(p)));
+    let raw = match &file {
+        Some(f) => f.load(&limits).map_err(|e| e.to_string())?,
+        None => RawTable::default(),
+    };
+    // Above the file's version and the clock: never below a version served
+    // before a restart, nor by another replica (both follow the clock).
     let version = (raw.version + 1).max(state::now_ms());
-    let first = Snapshot::build(raw, version, &base, &limits).map_err(|errors| file.invalid(errors).to_string())?;
+    let first = Snapshot::build(raw, version, &base, &limits).map_err(|errors| match &file {
+        Some(f) => f.invalid(errors).to_string(),
+        None => format!("{errors:?}"),
+    })?;
     let metrics = Arc::new(Metrics::new());
     metrics.table_version.set(version as i64);
     let store = Arc::new(Store::new(first, base, limits));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    match &file {
+        Some(f) => {
+            tokio::spawn(file_source::watch(f.clone(), store.clone(), metrics.clone()));
+        }
+        None => {
+            kube_source::install_crypto();
+            let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
+            tokio::spawn(kube_source::run(client, store.clone(), metrics.clone(), settle));
+            if token.take().is_some() {
+                tracing::info!("kubernetes source: the table follows the cluster; the admin API is off");
+            }
+        }
+    }
     let api = Arc::new(api::Api {
         store: store.clone(),
         file: file.clone(),
@@ -197,9 +240,9 @@ async fn run(listen: SocketAddr, path: PathBuf, token_file: Option<PathBuf>, bas
     if api.token.is_none() {
         tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
     }
-    tokio::spawn(file_source::watch(file.clone(), store, metrics));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen on {listen}: {e}"))?;
-    tracing::info!(%listen, version, table = %file.path().display(), "serving");
+    let source = file.as_ref().map_or("kubernetes".to_owned(), |f| f.path().display().to_string());
+    tracing::info!(%listen, version, %source, "serving");
     axum::serve(listener, api::router(api))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

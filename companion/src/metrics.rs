@@ -31,6 +31,7 @@ pub struct Metrics {
     pub held_polls: Gauge,
     pub pollers: Gauge,
     pub admin: Family<AdminLabels, Counter>,
+    pub watch_errors: Counter,
     seen: Mutex<HashMap<String, Instant>>,
 }
 
@@ -45,6 +46,7 @@ impl Metrics {
             held_polls: Gauge::default(),
             pollers: Gauge::default(),
             admin: Family::default(),
+            watch_errors: Counter::default(),
             seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -55,6 +57,7 @@ impl Metrics {
         registry.register("held_polls", "Long-polls waiting right now", m.held_polls.clone());
         registry.register("pollers", "Distinct x-isogroup-poller ids seen in the last 120 s", m.pollers.clone());
         registry.register("admin_requests", "Admin API requests by operation and status", m.admin.clone());
+        registry.register("watch_errors", "Kubernetes watch errors (retried)", m.watch_errors.clone());
         Metrics { registry, ..m }
     }
 
