@@ -123,7 +123,8 @@ impl Follower {
     }
 
     fn poll(&mut self, vm: &Vm, now: u64) {
-        let after = host::shared_get(VERSION_KEY).ok().and_then(|(v, _)| v).and_then(|v| parse_u64(&v));
+        // `follow` ran first this tick: this VM holds the process's version.
+        let after = self.local_version;
         let sep = if self.source.path.contains('?') { '&' } else { '?' };
         let path = match after {
             Some(v) => format!("{}{sep}after={v}&wait={}", self.source.path, self.source.wait_s),

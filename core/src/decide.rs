@@ -83,37 +83,28 @@ pub fn decide_service<'a>(
 
 fn resolve<'a>(table: &'a Table, service: ServiceId, group: Option<&'a str>, strict: Option<&'a [u8]>) -> Decision<'a> {
     let service_name = table.service_name(service);
-    let requested = group.and_then(|g| table.group_id(g));
-    let group_name = group.unwrap_or_else(|| table.group_name(table.base()));
-
-    // A group the table does not know has no instance anywhere: straight to base.
-    let own = requested.and_then(|g| table.cluster(service, g));
-    if own.is_none() {
-        let strict_group = requested.is_some_and(|g| table.is_strict(g));
-        let strict_request = strict.is_some_and(|s| strict_lists(s, service_name));
-        let is_base = requested == Some(table.base()) || group.is_none();
-        if !is_base && (strict_group || strict_request) {
-            let reason = if strict_group { FailReason::StrictGroup } else { FailReason::StrictRequest };
-            return Decision::FailFast(FailFast { service: service_name, group: group_name, reason });
-        }
-    }
-    if let (Some(cluster), Some(g)) = (own, requested) {
-        return route(service_name, group_name, table.group_name(g), cluster, false);
-    }
-    let order = requested.map_or(&[][..], |g| table.order(g));
-    for &g in order.iter().skip(1) {
-        if let Some(cluster) = table.cluster(service, g) {
-            return route(service_name, group_name, table.group_name(g), cluster, true);
-        }
-    }
-    // Every service has a base cluster (validated), so this always routes.
     let base = table.base();
-    match table.cluster(service, base) {
-        Some(cluster) => {
-            route(service_name, group_name, table.group_name(base), cluster, group.is_some() && requested != Some(base))
+    let requested = group.and_then(|g| table.group_id(g));
+    let group_name = group.unwrap_or_else(|| table.group_name(base));
+    // The group, its fallbacks depth first, then base (compiled once per
+    // table); a group the table does not know has nothing but base.
+    let base_only = [base];
+    let order = requested.map_or(&base_only[..], |g| table.order(g));
+    for &g in order {
+        let Some(cluster) = table.cluster(service, g) else { continue };
+        // No group means base: serving base is then no fallback.
+        let fallback = requested.map_or(group.is_some(), |r| r != g);
+        if fallback {
+            let strict_group = requested.is_some_and(|r| table.is_strict(r));
+            if strict_group || strict.is_some_and(|s| strict_lists(s, service_name)) {
+                let reason = if strict_group { FailReason::StrictGroup } else { FailReason::StrictRequest };
+                return Decision::FailFast(FailFast { service: service_name, group: group_name, reason });
+            }
         }
-        None => Decision::PassThrough,
+        return route(service_name, group_name, table.group_name(g), cluster, fallback);
     }
+    // Unreachable for a validated table: every service has a base cluster.
+    Decision::PassThrough
 }
 
 fn route<'a>(service: &'a str, group: &'a str, serving: &'a str, cluster: &'a str, fallback: bool) -> Decision<'a> {

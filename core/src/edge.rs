@@ -268,9 +268,7 @@ fn percent_decode(v: &[u8]) -> Vec<u8> {
 }
 
 fn hex_pair(hi: u8, lo: u8) -> Option<u8> {
-    let h = (hi as char).to_digit(16)?;
-    let l = (lo as char).to_digit(16)?;
-    Some((h * 16 + l) as u8)
+    Some(group::hex(hi)? << 4 | group::hex(lo)?)
 }
 
 /// A `cookie` header without cookie `name` (other cookies kept); `None` if

@@ -122,7 +122,7 @@ fn percent_decode_group(v: &[u8]) -> Option<GroupName> {
     GroupName::new(&out[..n])
 }
 
-fn hex(b: u8) -> Option<u8> {
+pub(crate) fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
