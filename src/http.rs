@@ -1,6 +1,11 @@
 //! Per request: sanitise → extract → decide → rewrite headers or answer
 //! locally; on the response, annotate. The logic lives in core; this file
 //! only reads headers once and executes what core returns.
+//!
+//! Failure paths keep the SPEC's promises: a client-sent routing header never
+//! survives (if it cannot be removed, the stream is reset), and a fail-fast
+//! request never reaches an upstream (if it cannot be answered, the stream is
+//! reset).
 
 use std::rc::Rc;
 
@@ -10,12 +15,12 @@ use isogroup_core::{Decision, Table};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel};
 
-use crate::host::{self, HostResult};
+use crate::host::{Host, HostResult};
 use crate::metrics::Counter;
 use crate::vm::Vm;
 
-pub struct Request {
-    vm: Rc<Vm>,
+pub struct Request<H> {
+    vm: Rc<Vm<H>>,
     /// The table in force when the request arrived.
     table: Option<Rc<Table>>,
     served: Option<String>,
@@ -24,8 +29,8 @@ pub struct Request {
     strip_annotations: bool,
 }
 
-impl Request {
-    pub fn new(vm: Rc<Vm>) -> Self {
+impl<H: Host> Request<H> {
+    pub fn new(vm: Rc<Vm<H>>) -> Self {
         let table = vm.table();
         Request { vm, table, served: None, explanation: None, strip_annotations: false }
     }
@@ -43,23 +48,73 @@ impl Request {
             Some(Decision::FailFast(_)) => m.count(Counter::Failfast),
         }
     }
+
+    /// The headers could not be read: still remove both routing headers, or
+    /// reset the stream when even that fails.
+    fn sanitise_blind(&self) -> Action {
+        let s = &self.vm.settings;
+        let host = &self.vm.host;
+        let removed = host.remove_request_header(&s.cluster_header).and(host.remove_request_header(&s.target_header));
+        match removed {
+            Ok(()) => Action::Continue,
+            Err(e) => self.reset(&format!("cannot remove the routing headers ({e})")),
+        }
+    }
+
+    /// Ends the stream without forwarding it.
+    fn reset(&self, why: &str) -> Action {
+        self.vm.log(LogLevel::Warn, &format!("{why}: resetting the stream"));
+        if let Err(e) = self.vm.host.reset_request() {
+            // Paused and unanswered is still better than forwarded.
+            self.vm.log(LogLevel::Error, &format!("{e}; the request stays paused"));
+        }
+        Action::Pause
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let address = self.vm.host.property(&["source", "address"]).ok()??;
+        cidr::peer_ip(&address)
+    }
+
+    fn apply(&self, edit: &Edit<'_>) -> HostResult<()> {
+        let host = &self.vm.host;
+        match edit {
+            Edit::Set(name, value) => host.set_request_header(name, value),
+            Edit::Add(name, value) => host.add_request_header(name, value),
+            Edit::Remove(name) => host.remove_request_header(name),
+        }
+    }
+
+    fn send_reply(&self, reply: &LocalReply) -> HostResult<()> {
+        let host = &self.vm.host;
+        if reply.grpc {
+            host.send_grpc_reply(
+                GrpcStatusCode::Unavailable,
+                &reply.body,
+                &[("x-isogroup-failfast", reply.service.as_bytes())],
+            )
+        } else {
+            let headers = [("x-isogroup-failfast", reply.service.as_str()), ("content-type", "application/json")];
+            host.send_local_reply(u32::from(reply.status), &headers, reply.body.as_bytes())
+        }
+    }
 }
 
-impl Context for Request {}
+impl<H> Context for Request<H> {}
 
-impl HttpContext for Request {
+impl<H: Host> HttpContext for Request<H> {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let map = match host::request_headers() {
+        let map = match self.vm.host.request_headers() {
             Ok(h) => h,
             Err(e) => {
-                warn(&e.to_string());
-                return Action::Continue;
+                self.vm.log(LogLevel::Warn, &e.to_string());
+                return self.sanitise_blind();
             }
         };
         let headers = map.pairs();
         let settings = &self.vm.settings;
         let peer = match &settings.edge {
-            Some(edge) if edge.needs_peer() => Peer { ip: peer_ip() },
+            Some(edge) if edge.needs_peer() => Peer { ip: self.peer_ip() },
             _ => Peer::default(),
         };
         let mut incoming = request::scan(&headers, settings, peer);
@@ -79,17 +134,21 @@ impl HttpContext for Request {
         }
         if let Some(Decision::FailFast(f)) = &decision {
             let reply = incoming.local_reply(f, settings);
-            return match send_reply(&reply) {
+            return match self.send_reply(&reply) {
                 Ok(()) => Action::Pause,
-                Err(e) => {
-                    warn(&e.to_string());
-                    Action::Continue
-                }
+                Err(e) => self.reset(&format!("fail-fast for {} not answered ({e})", reply.service)),
             };
         }
         for edit in incoming.edits(decision.as_ref(), settings) {
-            if let Err(e) = apply(&edit) {
-                warn(&e.to_string());
+            if let Err(e) = self.apply(&edit) {
+                let name = match &edit {
+                    Edit::Set(n, _) | Edit::Add(n, _) | Edit::Remove(n) => *n,
+                };
+                if name == settings.cluster_header || name == settings.target_header {
+                    // A routing header left as the client sent it could pick a cluster.
+                    return self.reset(&format!("routing header {name} not written ({e})"));
+                }
+                self.vm.log(LogLevel::Warn, &e.to_string());
             }
         }
         if let (true, Some(Decision::Route(r))) = (settings.annotate_response, &decision) {
@@ -99,11 +158,12 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let host = &self.vm.host;
         if self.strip_annotations {
             // Inner hops annotated too: remove theirs, add none.
             for name in ["x-isogroup-served", "x-isogroup-decision"] {
-                if let Err(e) = host::remove_response_header(name) {
-                    warn(&e.to_string());
+                if let Err(e) = host.remove_response_header(name) {
+                    self.vm.log(LogLevel::Warn, &e.to_string());
                 }
             }
             return Action::Continue;
@@ -111,42 +171,11 @@ impl HttpContext for Request {
         let annotations = [("x-isogroup-served", self.served.take()), ("x-isogroup-decision", self.explanation.take())];
         for (name, value) in annotations {
             if let Some(value) = value {
-                if let Err(e) = host::add_response_header(name, &value) {
-                    warn(&e.to_string());
+                if let Err(e) = host.add_response_header(name, value.as_bytes()) {
+                    self.vm.log(LogLevel::Warn, &e.to_string());
                 }
             }
         }
         Action::Continue
     }
-}
-
-/// The direct peer's IP (`source.address`, port stripped).
-fn peer_ip() -> Option<std::net::IpAddr> {
-    let address = host::property(&["source", "address"]).ok()??;
-    cidr::peer_ip(&address)
-}
-
-fn apply(edit: &Edit<'_>) -> HostResult<()> {
-    match edit {
-        Edit::Set(name, value) => host::set_request_header(name, value),
-        Edit::Add(name, value) => host::add_request_header(name, value),
-        Edit::Remove(name) => host::remove_request_header(name),
-    }
-}
-
-fn send_reply(reply: &LocalReply) -> HostResult<()> {
-    if reply.grpc {
-        host::send_grpc_reply(
-            GrpcStatusCode::Unavailable,
-            &reply.body,
-            vec![("x-isogroup-failfast", reply.service.as_bytes())],
-        )
-    } else {
-        let headers = vec![("x-isogroup-failfast", reply.service.as_str()), ("content-type", "application/json")];
-        host::send_local_reply(u32::from(reply.status), headers, reply.body.as_bytes())
-    }
-}
-
-fn warn(message: &str) {
-    host::log(LogLevel::Warn, &format!("isogroup: {message}"));
 }

@@ -5,7 +5,7 @@ use std::cell::Cell;
 
 use proxy_wasm::types::{LogLevel, MetricType};
 
-use crate::host;
+use crate::host::Host;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -16,44 +16,71 @@ pub enum Counter {
     InvalidGroup,
     TableUpdates,
     TableRejects,
+    TableFetches,
 }
 
-const COUNTERS: [(Counter, &str); 7] = [
-    (Counter::Routed, "isogroup_requests_routed_total"),
-    (Counter::Fallback, "isogroup_requests_fallback_total"),
-    (Counter::Failfast, "isogroup_requests_failfast_total"),
-    (Counter::Passthrough, "isogroup_requests_passthrough_total"),
-    (Counter::InvalidGroup, "isogroup_invalid_group_total"),
-    (Counter::TableUpdates, "isogroup_table_updates_total"),
-    (Counter::TableRejects, "isogroup_table_rejects_total"),
-];
+impl Counter {
+    pub const ALL: [Counter; 8] = [
+        Counter::Routed,
+        Counter::Fallback,
+        Counter::Failfast,
+        Counter::Passthrough,
+        Counter::InvalidGroup,
+        Counter::TableUpdates,
+        Counter::TableRejects,
+        Counter::TableFetches,
+    ];
 
-#[derive(Debug, Clone, Copy)]
+    /// One `match`: reordering the variants cannot mislabel a metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Routed => "isogroup_requests_routed_total",
+            Counter::Fallback => "isogroup_requests_fallback_total",
+            Counter::Failfast => "isogroup_requests_failfast_total",
+            Counter::Passthrough => "isogroup_requests_passthrough_total",
+            Counter::InvalidGroup => "isogroup_invalid_group_total",
+            Counter::TableUpdates => "isogroup_table_updates_total",
+            Counter::TableRejects => "isogroup_table_rejects_total",
+            Counter::TableFetches => "isogroup_table_fetches_total",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gauge {
     TableVersion,
     TableAgeSeconds,
 }
 
-const GAUGES: [(Gauge, &str); 2] =
-    [(Gauge::TableVersion, "isogroup_table_version"), (Gauge::TableAgeSeconds, "isogroup_table_age_seconds")];
+impl Gauge {
+    pub const ALL: [Gauge; 2] = [Gauge::TableVersion, Gauge::TableAgeSeconds];
 
-/// Metric ids from Envoy plus the counts not yet flushed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::TableVersion => "isogroup_table_version",
+            Gauge::TableAgeSeconds => "isogroup_table_age_seconds",
+        }
+    }
+}
+
+/// Metric ids from Envoy plus the counts not yet flushed, both indexed by
+/// the variant's position in `ALL`.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counter_ids: [Option<u32>; COUNTERS.len()],
-    gauge_ids: [Option<u32>; GAUGES.len()],
-    pending: [Cell<u64>; COUNTERS.len()],
+    counter_ids: [Option<u32>; Counter::ALL.len()],
+    gauge_ids: [Option<u32>; Gauge::ALL.len()],
+    pending: [Cell<u64>; Counter::ALL.len()],
 }
 
 impl Metrics {
     /// Defines every metric. Envoy merges same-named metrics across VMs.
-    pub fn define() -> Metrics {
+    pub fn define(host: &impl Host) -> Metrics {
         let mut m = Metrics::default();
-        for (i, (_, name)) in COUNTERS.iter().enumerate() {
-            m.counter_ids[i] = defined(MetricType::Counter, name);
+        for (id, counter) in m.counter_ids.iter_mut().zip(Counter::ALL) {
+            *id = defined(host, MetricType::Counter, counter.name());
         }
-        for (i, (_, name)) in GAUGES.iter().enumerate() {
-            m.gauge_ids[i] = defined(MetricType::Gauge, name);
+        for (id, gauge) in m.gauge_ids.iter_mut().zip(Gauge::ALL) {
+            *id = defined(host, MetricType::Gauge, gauge.name());
         }
         m
     }
@@ -61,38 +88,54 @@ impl Metrics {
     /// Counts one event; it reaches Envoy at the next `flush`.
     pub fn count(&self, counter: Counter) {
         let cell = &self.pending[counter as usize];
-        cell.set(cell.get() + 1);
+        cell.set(cell.get().saturating_add(1));
     }
 
-    pub fn flush(&self) {
-        for (i, cell) in self.pending.iter().enumerate() {
+    pub fn flush(&self, host: &impl Host) {
+        for ((cell, id), counter) in self.pending.iter().zip(self.counter_ids).zip(Counter::ALL) {
             let n = cell.take();
-            if n == 0 {
-                continue;
-            }
-            if let Some(id) = self.counter_ids[i] {
-                if let Err(e) = host::increment_metric(id, n as i64) {
-                    host::log(LogLevel::Warn, &format!("isogroup: {e}"));
-                }
+            let Some(id) = id.filter(|_| n > 0) else { continue };
+            if let Err(e) = host.increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX)) {
+                host.log(LogLevel::Warn, &format!("isogroup: metric {}: {e}", counter.name()));
             }
         }
     }
 
-    pub fn set(&self, gauge: Gauge, value: u64) {
+    pub fn set(&self, host: &impl Host, gauge: Gauge, value: u64) {
         if let Some(id) = self.gauge_ids[gauge as usize] {
-            if let Err(e) = host::record_metric(id, value) {
-                host::log(LogLevel::Warn, &format!("isogroup: {e}"));
+            if let Err(e) = host.record_metric(id, value) {
+                host.log(LogLevel::Warn, &format!("isogroup: metric {}: {e}", gauge.name()));
             }
         }
     }
 }
 
-fn defined(kind: MetricType, name: &str) -> Option<u32> {
-    match host::define_metric(kind, name) {
+fn defined(host: &impl Host, kind: MetricType, name: &str) -> Option<u32> {
+    match host.define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(e) => {
-            host::log(LogLevel::Warn, &format!("isogroup: metric {name}: {e}"));
+            host.log(LogLevel::Warn, &format!("isogroup: metric {name}: {e}"));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Counter, Gauge};
+
+    #[test]
+    fn every_variant_sits_at_its_own_index_with_a_distinct_name() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?}");
+        }
+        for (i, g) in Gauge::ALL.iter().enumerate() {
+            assert_eq!(*g as usize, i, "{g:?}");
+        }
+        let mut names: Vec<&str> =
+            Counter::ALL.iter().map(|c| c.name()).chain(Gauge::ALL.iter().map(|g| g.name())).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len() + Gauge::ALL.len());
     }
 }

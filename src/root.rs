@@ -3,29 +3,42 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use isogroup_core::{GroupName, Settings, Source};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
-use crate::host;
+use crate::host::Host;
 use crate::http::Request;
 use crate::metrics::Metrics;
 use crate::sync::TableSync;
 use crate::vm::Vm;
 
 /// Ticks flush request counters and check for a new table.
-const TICK: Duration = Duration::from_millis(200);
+pub const TICK: Duration = Duration::from_millis(200);
 const VM_SEQ_KEY: &str = "isogroup/vm-seq";
 
-#[derive(Default)]
-pub struct Root {
-    vm: Option<Rc<Vm>>,
+pub struct Root<H> {
+    /// Moved into the VM state at configure.
+    host: Option<H>,
+    vm: Option<Rc<Vm<H>>>,
     sync: Option<TableSync>,
 }
 
-impl Context for Root {
+impl<H: Host> Root<H> {
+    pub fn new(host: H) -> Self {
+        Root { host: Some(host), vm: None, sync: None }
+    }
+
+    /// The VM state, once configured (tests inspect it).
+    #[cfg(test)]
+    pub fn vm(&self) -> Option<&Rc<Vm<H>>> {
+        self.vm.as_ref()
+    }
+}
+
+impl<H: Host> Context for Root<H> {
     fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if let (Some(vm), Some(sync)) = (&self.vm, &mut self.sync) {
             sync.on_http_call_response(vm, token_id, body_size);
@@ -33,46 +46,59 @@ impl Context for Root {
     }
 }
 
-impl RootContext for Root {
+impl<H: Host> RootContext for Root<H> {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match host::plugin_configuration() {
+        let Some(host) = self.host.take() else {
+            // Envoy configures a root context once; a second call changes nothing.
+            return self.vm.is_some();
+        };
+        let bytes = match host.plugin_configuration() {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
-                host::log(LogLevel::Error, &format!("isogroup: cannot read the plugin configuration: {e}"));
+                host.log(LogLevel::Error, &format!("isogroup: cannot read the plugin configuration: {e}"));
                 return false;
             }
         };
         let mut settings = match Settings::from_json(&bytes) {
             Ok(s) => s,
             Err(e) => {
-                host::log(LogLevel::Error, &format!("isogroup: invalid plugin configuration: {e}"));
+                host.log(LogLevel::Error, &format!("isogroup: invalid plugin configuration: {e}"));
                 return false;
             }
         };
-        let source = std::mem::replace(&mut settings.source, Source::None);
-        if settings.workload_group.is_none() {
-            settings.workload_group = node_label_group();
-        }
-        let clock_ms = Cell::new(now_ms().unwrap_or(0));
-        let vm =
-            Rc::new(Vm { settings, table: Default::default(), metrics: Metrics::define(), id: next_vm_id(), clock_ms });
-        self.sync = Some(TableSync::start(source, &vm));
-        if let Err(e) = host::set_tick_period(TICK) {
-            host::log(LogLevel::Error, &format!("isogroup: {e}"));
+        if let Err(e) = host.set_tick_period(TICK) {
+            host.log(LogLevel::Error, &format!("isogroup: {e}"));
             return false;
         }
+        let source = std::mem::replace(&mut settings.source, Source::None);
+        if settings.workload_group.is_none() {
+            settings.workload_group = node_label_group(&host);
+        }
+        let now = host.now_ms().unwrap_or(0);
+        let metrics = Metrics::define(&host);
+        let id = next_vm_id(&host);
+        let vm = Rc::new(Vm {
+            host,
+            settings,
+            table: Default::default(),
+            metrics,
+            id,
+            clock_ms: Cell::new(now),
+            configured_ms: now,
+        });
+        self.sync = Some(TableSync::start(source, &vm));
         let version = vm.table().map_or("none".to_owned(), |t| t.version().to_string());
-        host::log(LogLevel::Info, &format!("isogroup: configured vm {} (table version {version})", vm.id));
+        vm.log(LogLevel::Info, &format!("configured vm {} (table version {version})", vm.id));
         self.vm = Some(vm);
         true
     }
 
     fn on_tick(&mut self) {
         if let (Some(vm), Some(sync)) = (&self.vm, &mut self.sync) {
-            if let Some(now) = now_ms() {
+            if let Ok(now) = vm.host.now_ms() {
                 vm.clock_ms.set(now);
             }
-            vm.metrics.flush();
+            vm.metrics.flush(&vm.host);
             sync.on_tick(vm);
         }
     }
@@ -89,35 +115,30 @@ impl RootContext for Root {
 
 /// The workload's group from its pod label `isogroup.io/group` (Istio puts
 /// pod labels in the node metadata). Read once per VM.
-fn node_label_group() -> Option<String> {
-    let value = host::property(&["xds", "node", "metadata", "LABELS", "isogroup.io/group"]).ok()??;
+fn node_label_group(host: &impl Host) -> Option<String> {
+    let value = host.property(&["xds", "node", "metadata", "LABELS", "isogroup.io/group"]).ok()??;
     if GroupName::new(&value).is_some() {
         let group = String::from_utf8_lossy(&value).into_owned();
-        host::log(LogLevel::Info, &format!("isogroup: workload group {group:?} from the node label isogroup.io/group"));
+        host.log(LogLevel::Info, &format!("isogroup: workload group {group:?} from the node label isogroup.io/group"));
         Some(group)
     } else {
-        host::log(LogLevel::Warn, "isogroup: node label isogroup.io/group is not a valid group name; ignored");
+        host.log(LogLevel::Warn, "isogroup: node label isogroup.io/group is not a valid group name; ignored");
         None
     }
 }
 
-pub fn now_ms() -> Option<u64> {
-    let now = host::now().ok()?;
-    Some(now.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
-}
-
 /// A process-unique VM number from a shared-data counter (seeded first: a
 /// CAS on a missing key always succeeds).
-fn next_vm_id() -> String {
-    if let Ok((None, _)) = host::shared_get(VM_SEQ_KEY) {
-        let _ = host::shared_set(VM_SEQ_KEY, b"0", None);
+fn next_vm_id(host: &impl Host) -> String {
+    if let Ok((None, _)) = host.shared_get(VM_SEQ_KEY) {
+        let _ = host.shared_set(VM_SEQ_KEY, b"0", None);
     }
     for _ in 0..16 {
-        let Ok((Some(value), cas)) = host::shared_get(VM_SEQ_KEY) else {
+        let Ok((Some(value), cas)) = host.shared_get(VM_SEQ_KEY) else {
             break;
         };
-        let next = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
-        if host::shared_set(VM_SEQ_KEY, next.to_string().as_bytes(), cas).is_ok() {
+        let next = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0).saturating_add(1);
+        if host.shared_set(VM_SEQ_KEY, next.to_string().as_bytes(), cas).is_ok() {
             return next.to_string();
         }
     }

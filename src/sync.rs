@@ -1,61 +1,89 @@
 //! The table source seam: where a VM's table comes from after configure.
 //!
-//! Companion source: one VM per Envoy process (elected with a lease in shared
-//! data) long-polls the companion and writes table + version to shared data.
-//! Every VM checks the small version key on its tick and recompiles once per
-//! new version; requests only ever read the VM-local compiled table.
+//! Companion source: one VM per Envoy process and table source (elected with
+//! a lease in shared data) long-polls the companion and writes table + stamp
+//! to shared data. Every VM checks the small stamp key on its tick and
+//! recompiles once per newer table; requests only ever read the VM-local
+//! compiled table.
+//!
+//! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
+//! companion's cluster, authority and path): two plugin configs in one
+//! vm_id (Istio sets none) with different sources never see each other's
+//! table, and configs that share a source share one poller and one table.
 
 use std::rc::Rc;
 use std::time::Duration;
 
+use isogroup_core::edge::fnv1a;
 use isogroup_core::{CompanionSource, Source, Table};
 use proxy_wasm::types::{LogLevel, Status};
 
-use crate::host::{self, HostError};
+use crate::host::{Host, HostError};
 use crate::metrics::{Counter, Gauge};
-use crate::root::now_ms;
 use crate::vm::Vm;
 
-// Shared data is one namespace per vm_id, and Istio sets none: prefix keys.
-const LEASE_KEY: &str = "isogroup/poller-lease";
+/// Stable per Envoy process, whatever the source: the companion counts pollers by it.
 const POLLER_ID_KEY: &str = "isogroup/poller-id";
-const TABLE_KEY: &str = "isogroup/table";
-const VERSION_KEY: &str = "isogroup/table-version";
-const OK_AT_KEY: &str = "isogroup/table-ok-at";
 
 /// A lapsed lease is taken over after this long (the holder renews each tick).
-const LEASE_TTL_MS: u64 = 2_000;
-const BACKOFF_MIN_MS: u64 = 250;
-const BACKOFF_MAX_MS: u64 = 10_000;
+pub const LEASE_TTL_MS: u64 = 2_000;
+pub const BACKOFF_MIN_MS: u64 = 250;
+pub const BACKOFF_MAX_MS: u64 = 10_000;
+
+/// The shared-data keys of one table source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub lease: String,
+    pub table: String,
+    pub version: String,
+    pub ok_at: String,
+}
+
+impl Keys {
+    pub fn for_source(source: &CompanionSource) -> Keys {
+        let mut id = Vec::with_capacity(source.cluster.len() + source.authority.len() + source.path.len() + 2);
+        for part in [&source.cluster, &source.authority, &source.path] {
+            id.extend_from_slice(part.as_bytes());
+            id.push(0);
+        }
+        let prefix = format!("isogroup/src-{:016x}", fnv1a(&id));
+        Keys {
+            lease: format!("{prefix}/poller-lease"),
+            table: format!("{prefix}/table"),
+            version: format!("{prefix}/table-version"),
+            ok_at: format!("{prefix}/table-ok-at"),
+        }
+    }
+}
 
 pub enum TableSync {
     /// Inline table (or none): installed once at configure, never changes.
     Static,
-    Companion(Follower),
+    Companion(Box<Follower>),
 }
 
 impl TableSync {
     /// Installs what the source has at configure time. Nothing that leases
     /// or polls starts here: configure also runs in a throw-away canary VM.
-    pub fn start(source: Source, vm: &Vm) -> TableSync {
+    pub fn start<H: Host>(source: Source, vm: &Vm<H>) -> TableSync {
         match source {
             Source::None => TableSync::Static,
             Source::Inline(table) => {
-                vm.metrics.set(Gauge::TableVersion, table.version());
+                vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
                 vm.install(table);
                 TableSync::Static
             }
-            Source::Companion(source) => TableSync::Companion(Follower::new(source)),
+            Source::Companion(source) => TableSync::Companion(Box::new(Follower::new(source))),
         }
     }
 
-    pub fn on_tick(&mut self, vm: &Rc<Vm>) {
+    pub fn on_tick<H: Host>(&mut self, vm: &Rc<Vm<H>>) {
         if let TableSync::Companion(f) = self {
             f.on_tick(vm);
         }
     }
 
-    pub fn on_http_call_response(&mut self, vm: &Rc<Vm>, token: u32, body_size: usize) {
+    pub fn on_http_call_response<H: Host>(&mut self, vm: &Rc<Vm<H>>, token: u32, body_size: usize) {
         if let TableSync::Companion(f) = self {
             f.on_response(vm, token, body_size);
         }
@@ -64,65 +92,75 @@ impl TableSync {
 
 pub struct Follower {
     source: CompanionSource,
+    keys: Keys,
     /// Version installed in this VM.
     local_version: Option<u64>,
     /// The outstanding poll, while this VM is the poller.
     in_flight: Option<u32>,
-    holding: bool,
     failures: u32,
     next_poll_ms: u64,
 }
 
 impl Follower {
     fn new(source: CompanionSource) -> Follower {
-        Follower { source, local_version: None, in_flight: None, holding: false, failures: 0, next_poll_ms: 0 }
+        let keys = Keys::for_source(&source);
+        Follower { source, keys, local_version: None, in_flight: None, failures: 0, next_poll_ms: 0 }
     }
 
-    fn on_tick(&mut self, vm: &Rc<Vm>) {
-        let Some(now) = now_ms() else { return };
+    fn on_tick<H: Host>(&mut self, vm: &Rc<Vm<H>>) {
+        let now = vm.clock_ms.get();
         self.follow(vm);
-        self.holding = match take_lease(&vm.id, now) {
+        let holding = match take_lease(&vm.host, &self.keys.lease, &vm.id, now) {
             Ok(held) => held,
             Err(e) => {
-                log(LogLevel::Warn, &format!("poller lease: {e}"));
+                vm.log(LogLevel::Warn, &format!("poller lease: {e}"));
                 false
             }
         };
-        if !self.holding {
+        if !holding {
             return;
         }
-        if let Ok((Some(ok_at), _)) = host::shared_get(OK_AT_KEY) {
-            let age = now.saturating_sub(parse_u64(&ok_at).unwrap_or(now)) / 1000;
-            vm.metrics.set(Gauge::TableAgeSeconds, age);
-        }
+        // Until the companion first answers, the age counts from configure:
+        // an Envoy that never reached it must not look fresh.
+        let ok_at = match vm.host.shared_get(&self.keys.ok_at) {
+            Ok((Some(at), _)) => parse_u64(&at).unwrap_or(vm.configured_ms),
+            _ => vm.configured_ms,
+        };
+        vm.metrics.set(&vm.host, Gauge::TableAgeSeconds, now.saturating_sub(ok_at) / 1000);
         if self.in_flight.is_none() && now >= self.next_poll_ms {
             self.poll(vm, now);
         }
     }
 
+    /// The process-wide version for this source, if any.
+    fn shared_version<H: Host>(&self, vm: &Vm<H>) -> Option<u64> {
+        let (value, _) = vm.host.shared_get(&self.keys.version).ok()?;
+        parse_u64(&value?)
+    }
+
     /// Installs a newer process-wide table in this VM, compiled once.
-    fn follow(&mut self, vm: &Vm) {
-        let Ok((Some(v), _)) = host::shared_get(VERSION_KEY) else { return };
-        let Some(version) = parse_u64(&v) else { return };
+    fn follow<H: Host>(&mut self, vm: &Vm<H>) {
+        let Some(version) = self.shared_version(vm) else { return };
         if self.local_version.is_some_and(|l| l >= version) {
             return;
         }
-        let Ok((Some(bytes), _)) = host::shared_get(TABLE_KEY) else { return };
+        let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
         match Table::from_json(&bytes, &vm.settings.base_group, &vm.settings.limits) {
             Ok(table) => {
                 self.local_version = Some(table.version());
-                vm.metrics.set(Gauge::TableVersion, table.version());
+                vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
                 vm.install(table);
             }
             Err(e) => {
-                // The poller validated it with the same settings; seeing this means a bug.
-                log(LogLevel::Error, &format!("shared table {version} does not compile here: {e}"));
+                // The poller validated it, but with its own config's base
+                // group and limits: a config sharing the source may differ.
+                vm.log(LogLevel::Error, &format!("shared table {version} does not compile here: {e}"));
                 self.local_version = Some(version);
             }
         }
     }
 
-    fn poll(&mut self, vm: &Vm, now: u64) {
+    fn poll<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
         // `follow` ran first this tick: this VM holds the process's version.
         let after = self.local_version;
         let sep = if self.source.path.contains('?') { '&' } else { '?' };
@@ -130,8 +168,8 @@ impl Follower {
             Some(v) => format!("{}{sep}after={v}&wait={}", self.source.path, self.source.wait_s),
             None => self.source.path.clone(),
         };
-        let poller = poller_id(&vm.id, now);
-        let headers = vec![
+        let poller = poller_id(&vm.host, &vm.id, now);
+        let headers = [
             (":method", "GET"),
             (":path", path.as_str()),
             (":authority", self.source.authority.as_str()),
@@ -139,96 +177,122 @@ impl Follower {
             ("x-isogroup-poller", poller.as_str()),
         ];
         let timeout = Duration::from_secs(u64::from(self.source.wait_s) + 5);
-        match host::dispatch_http_call(&self.source.cluster, headers, timeout) {
+        match vm.host.dispatch_http_call(&self.source.cluster, &headers, timeout) {
             Ok(token) => self.in_flight = Some(token),
-            Err(e) => self.failed(now, &format!("cannot call cluster {:?}: {e}", self.source.cluster)),
+            Err(e) => self.failed(vm, now, &format!("cannot call cluster {:?}: {e}", self.source.cluster)),
         }
     }
 
-    fn on_response(&mut self, vm: &Rc<Vm>, token: u32, body_size: usize) {
+    fn on_response<H: Host>(&mut self, vm: &Rc<Vm<H>>, token: u32, body_size: usize) {
         if self.in_flight != Some(token) {
             return;
         }
         self.in_flight = None;
-        let now = now_ms().unwrap_or(0);
-        let status = response_status();
+        let now = vm.host.now_ms().unwrap_or_else(|_| vm.clock_ms.get());
+        let headers = match vm.host.http_call_response_headers() {
+            Ok(h) => h,
+            Err(e) => return self.failed(vm, now, &format!("cannot read the companion's answer: {e}")),
+        };
+        let status = headers.get(":status").and_then(parse_u64);
         match status {
             Some(200) => {
-                let body = host::http_call_response_body(body_size).ok().flatten().unwrap_or_default();
+                // The ETag says what the body holds: one not newer than the
+                // table in force is a 304 to us, never parsed.
+                let etag = headers.get("etag").and_then(parse_etag);
+                if let (Some(tag), Some(current)) = (etag, self.shared_version(vm)) {
+                    if tag <= current {
+                        return self.answered(vm, now);
+                    }
+                }
+                vm.metrics.count(Counter::TableFetches);
+                let body = vm.host.http_call_response_body(body_size).ok().flatten().unwrap_or_default();
                 self.accept(vm, &body, now);
             }
-            Some(304) => self.answered(now),
-            Some(s) => self.failed(now, &format!("companion answered {s}")),
-            None => self.failed(now, "companion unreachable or timed out"),
+            Some(304) => self.answered(vm, now),
+            Some(s) => self.failed(vm, now, &format!("companion answered {s}")),
+            None => self.failed(vm, now, "companion unreachable or timed out"),
         }
     }
 
     /// Validates a served table; a newer valid one goes to shared data for
     /// every VM, anything else is rejected whole and counted.
-    fn accept(&mut self, vm: &Vm, body: &[u8], now: u64) {
+    fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
         let table = match Table::from_json(body, &vm.settings.base_group, &vm.settings.limits) {
             Ok(t) => t,
             Err(e) => {
                 // Every reject is logged (rare, and each one matters); the
                 // poll backs off so garbage is not fetched in a loop.
                 vm.metrics.count(Counter::TableRejects);
-                log(LogLevel::Error, &format!("table rejected, the last good one keeps serving: {e}"));
-                self.back_off(now);
+                vm.log(LogLevel::Error, &format!("table rejected, the last good one keeps serving: {e}"));
+                self.back_off(vm, now);
                 return;
             }
         };
-        self.answered(now);
-        let current = host::shared_get(VERSION_KEY).ok().and_then(|(v, _)| v).and_then(|v| parse_u64(&v));
-        if current.is_some_and(|c| table.version() <= c) {
+        self.answered(vm, now);
+        let version = table.version();
+        if self.shared_version(vm).is_some_and(|c| version <= c) {
             return;
         }
-        let version = table.version();
         // Table first, version second: a VM that sees the version finds the table.
-        let written = host::shared_set(TABLE_KEY, body, None)
-            .and_then(|()| host::shared_set(VERSION_KEY, version.to_string().as_bytes(), None));
+        let written = vm
+            .host
+            .shared_set(&self.keys.table, body, None)
+            .and_then(|()| vm.host.shared_set(&self.keys.version, version.to_string().as_bytes(), None));
         if let Err(e) = written {
-            log(LogLevel::Error, &format!("cannot share table {version}: {e}"));
+            vm.log(LogLevel::Error, &format!("cannot share table {version}: {e}"));
             return;
         }
         vm.metrics.count(Counter::TableUpdates);
-        log(LogLevel::Info, &format!("vm {}: table {version} accepted ({} services)", vm.id, table.service_count()));
+        vm.log(LogLevel::Info, &format!("vm {}: table {version} accepted ({} services)", vm.id, table.service_count()));
         self.local_version = Some(version);
-        vm.metrics.set(Gauge::TableVersion, version);
+        vm.metrics.set(&vm.host, Gauge::TableVersion, version);
         vm.install(table);
     }
 
-    fn answered(&mut self, now: u64) {
+    fn answered<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
         if self.failures > 0 {
-            log(LogLevel::Info, "companion reachable again");
+            vm.log(LogLevel::Info, "companion reachable again");
         }
         self.failures = 0;
         self.next_poll_ms = now;
-        let _ = host::shared_set(OK_AT_KEY, now.to_string().as_bytes(), None);
+        let _ = vm.host.shared_set(&self.keys.ok_at, now.to_string().as_bytes(), None);
     }
 
     /// A failed poll: logged when the companion first goes bad, then quiet.
-    fn failed(&mut self, now: u64, why: &str) {
+    fn failed<H: Host>(&mut self, vm: &Vm<H>, now: u64, why: &str) {
         if self.failures == 0 {
-            log(LogLevel::Warn, why);
+            vm.log(LogLevel::Warn, why);
         }
-        self.back_off(now);
+        self.back_off(vm, now);
     }
 
-    fn back_off(&mut self, now: u64) {
+    fn back_off<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
         self.failures = self.failures.saturating_add(1);
-        let backoff = BACKOFF_MIN_MS.saturating_mul(1 << self.failures.min(10)).min(BACKOFF_MAX_MS);
-        self.next_poll_ms = now + backoff;
+        self.next_poll_ms = now.saturating_add(backoff_ms(self.failures, &vm.id, now));
     }
+}
+
+/// Exponential backoff from `BACKOFF_MIN_MS` to `BACKOFF_MAX_MS`, with ±25%
+/// jitter so the Envoys of a fleet do not retry in step after an outage.
+/// The jitter is a hash of the VM id and the time: no random source needed.
+pub fn backoff_ms(failures: u32, vm_id: &str, now: u64) -> u64 {
+    let base = BACKOFF_MIN_MS.saturating_mul(1 << failures.min(10)).min(BACKOFF_MAX_MS);
+    let mut seed = Vec::with_capacity(vm_id.len() + 12);
+    seed.extend_from_slice(vm_id.as_bytes());
+    seed.extend_from_slice(&now.to_le_bytes());
+    seed.extend_from_slice(&failures.to_le_bytes());
+    let spread = base / 2;
+    base - base / 4 + fnv1a(&seed) % (spread + 1)
 }
 
 /// Takes or renews the poller lease: `"<vm id> <expiry ms>"`. The key is
 /// seeded first, because a CAS on a missing key always succeeds.
-fn take_lease(me: &str, now: u64) -> Result<bool, HostError> {
-    let (value, cas) = match host::shared_get(LEASE_KEY)? {
+pub fn take_lease(host: &impl Host, key: &str, me: &str, now: u64) -> Result<bool, HostError> {
+    let (value, cas) = match host.shared_get(key)? {
         (Some(v), cas) => (v, cas),
         (None, _) => {
-            host::shared_set(LEASE_KEY, b"- 0", None)?;
-            match host::shared_get(LEASE_KEY)? {
+            host.shared_set(key, b"- 0", None)?;
+            match host.shared_get(key)? {
                 (Some(v), cas) => (v, cas),
                 (None, _) => return Ok(false),
             }
@@ -240,8 +304,8 @@ fn take_lease(me: &str, now: u64) -> Result<bool, HostError> {
     if holder != me && expiry > now {
         return Ok(false);
     }
-    let lease = format!("{me} {}", now + LEASE_TTL_MS);
-    match host::shared_set(LEASE_KEY, lease.as_bytes(), cas) {
+    let lease = format!("{me} {}", now.saturating_add(LEASE_TTL_MS));
+    match host.shared_set(key, lease.as_bytes(), cas) {
         Ok(()) => Ok(true),
         Err(HostError { status: Status::CasMismatch, .. }) => Ok(false),
         Err(e) => Err(e),
@@ -251,18 +315,18 @@ fn take_lease(me: &str, now: u64) -> Result<bool, HostError> {
 /// A poller id stable for the Envoy process (shared by all its VMs). Seeded
 /// with `-`, then claimed with CAS, so racing VMs agree on one id. (Not an
 /// empty seed: the host reports an empty value as no value.)
-fn poller_id(vm_id: &str, now: u64) -> String {
+fn poller_id(host: &impl Host, vm_id: &str, now: u64) -> String {
     let mine = format!("envoy-{now:x}-{vm_id}");
     for _ in 0..4 {
-        match host::shared_get(POLLER_ID_KEY) {
+        match host.shared_get(POLLER_ID_KEY) {
             Ok((Some(id), _)) if id != b"-" => return String::from_utf8_lossy(&id).into_owned(),
             Ok((Some(_), cas)) => {
-                if host::shared_set(POLLER_ID_KEY, mine.as_bytes(), cas).is_ok() {
+                if host.shared_set(POLLER_ID_KEY, mine.as_bytes(), cas).is_ok() {
                     return mine;
                 }
             }
             Ok((None, _)) => {
-                let _ = host::shared_set(POLLER_ID_KEY, b"-", None);
+                let _ = host.shared_set(POLLER_ID_KEY, b"-", None);
             }
             Err(_) => break,
         }
@@ -270,16 +334,12 @@ fn poller_id(vm_id: &str, now: u64) -> String {
     mine
 }
 
-fn response_status() -> Option<u16> {
-    let headers = host::http_call_response_headers().ok()?;
-    let (_, v) = headers.iter().find(|(k, _)| k == ":status")?;
-    std::str::from_utf8(v).ok()?.parse().ok()
+/// `"42"` (or a weak `W/"42"`) → 42.
+fn parse_etag(value: &[u8]) -> Option<u64> {
+    let value = value.strip_prefix(b"W/").unwrap_or(value);
+    parse_u64(value.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
-}
-
-fn log(level: LogLevel, message: &str) {
-    host::log(level, &format!("isogroup: {message}"));
 }

@@ -1,14 +1,17 @@
 //! State shared by the root context and the HTTP contexts of one VM (one
-//! worker thread): settings, the compiled table in force, metrics.
+//! worker thread): the host, settings, the compiled table in force, metrics.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use isogroup_core::{Settings, Table};
+use proxy_wasm::types::LogLevel;
 
+use crate::host::Host;
 use crate::metrics::Metrics;
 
-pub struct Vm {
+pub struct Vm<H> {
+    pub host: H,
     pub settings: Settings,
     /// Swapped whole when a new table compiles; requests in flight keep theirs.
     pub table: RefCell<Option<Rc<Table>>>,
@@ -18,14 +21,21 @@ pub struct Vm {
     /// Wall clock in ms, refreshed each tick: coarse, but costs no host call
     /// on the request path.
     pub clock_ms: Cell<u64>,
+    /// When this VM was configured: the table's age counts from here until
+    /// the companion first answers.
+    pub configured_ms: u64,
 }
 
-impl Vm {
+impl<H: Host> Vm<H> {
     pub fn table(&self) -> Option<Rc<Table>> {
         self.table.borrow().clone()
     }
 
     pub fn install(&self, table: Table) {
         *self.table.borrow_mut() = Some(Rc::new(table));
+    }
+
+    pub fn log(&self, level: LogLevel, message: &str) {
+        self.host.log(level, &format!("isogroup: {message}"));
     }
 }

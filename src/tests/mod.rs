@@ -1,0 +1,55 @@
+//! Native unit tests of the filter over the fake host: the request path, the
+//! failure paths and the table sync, in milliseconds. What only a real Envoy
+//! proves (route re-picking, workers, wasm itself) stays in `tests/`.
+
+mod request;
+mod sync;
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{HttpContext, RootContext};
+use proxy_wasm::types::Action;
+
+use crate::fake_host::{FakeHost, Process};
+use crate::root::Root;
+
+/// The demo's table: a has lanes, b has only base, team-s is strict.
+pub const TABLE: &str = r#"{
+  "version": 7,
+  "groups": {
+    "feature-1": { "fallback": [] },
+    "feature-2": { "fallback": ["feature-1"] },
+    "team-s": { "mode": "strict" }
+  },
+  "services": {
+    "a": { "hosts": ["a"], "clusters": { "base": "a-base", "feature-1": "a-feature-1", "team-s": "a-team-s" } },
+    "b": { "hosts": ["b"], "clusters": { "base": "b-base" } }
+  }
+}"#;
+
+pub fn inline_config(extra: &str) -> String {
+    format!(r#"{{ {extra} "table": {{"inline": {TABLE}}} }}"#)
+}
+
+pub fn companion_config(cluster: &str) -> String {
+    format!(
+        r#"{{"table": {{"companion": {{"cluster": "{cluster}", "authority": "companion", "path": "/v1/table", "wait_s": 25}}}}}}"#
+    )
+}
+
+/// A configured root context on `process`, with its host.
+pub fn configured(process: &Rc<Process>, config: &str) -> (Root<FakeHost>, FakeHost) {
+    let host = FakeHost::new(process, config);
+    let mut root = Root::new(host.clone());
+    assert!(root.on_configure(config.len()), "config refused: {:?}", process.log.borrow());
+    (root, host)
+}
+
+/// One request through a new HTTP context: the action and the context (for
+/// the response side).
+pub fn send(root: &Root<FakeHost>, host: &FakeHost, headers: &[(&str, &str)]) -> (Action, Box<dyn HttpContext>) {
+    host.set_request(headers);
+    let mut ctx = root.create_http_context(1).unwrap_or_else(|| unreachable!("not configured"));
+    let action = ctx.on_http_request_headers(headers.len(), true);
+    (action, ctx)
+}

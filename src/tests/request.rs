@@ -1,0 +1,223 @@
+//! The request path: the edits for every decision, the local replies, the
+//! annotations, and every failure path of the host.
+
+use proxy_wasm::types::Action;
+
+use super::{configured, inline_config, send};
+use crate::fake_host::{Call, Process};
+
+fn one(values: Vec<Vec<u8>>) -> Option<String> {
+    assert!(values.len() <= 1, "several values: {values:?}");
+    values.into_iter().next().map(|v| String::from_utf8(v).unwrap())
+}
+
+#[test]
+fn every_decision_edits_the_request_as_the_spec_says() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(""));
+    // (headers sent, action, cluster header, target header, served annotation)
+    type Case<'a> = (&'a [(&'a str, &'a str)], Action, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let cases: &[Case] = &[
+        (
+            &[(":authority", "a"), ("x-isogroup", "feature-1")],
+            Action::Continue,
+            Some("a-feature-1"),
+            Some("feature-1"),
+            Some("a=feature-1"),
+        ),
+        (
+            &[(":authority", "a"), ("x-isogroup", "feature-2")],
+            Action::Continue,
+            Some("a-feature-1"),
+            Some("feature-1"),
+            Some("a=feature-1;fallback"),
+        ),
+        (
+            &[(":authority", "b:8080"), ("x-isogroup", "feature-1")],
+            Action::Continue,
+            Some("b-base"),
+            Some("base"),
+            Some("b=base;fallback"),
+        ),
+        (&[(":authority", "a")], Action::Continue, Some("a-base"), Some("base"), Some("a=base")),
+        // Not in the table: pass-through, but a client's routing headers never survive.
+        (
+            &[(":authority", "elsewhere"), ("x-isogroup-cluster", "a-team-s"), ("x-isogroup-target", "team-s")],
+            Action::Continue,
+            None,
+            None,
+            None,
+        ),
+        // A client-sent cluster is replaced by the decision's.
+        (
+            &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s")],
+            Action::Continue,
+            Some("a-base"),
+            Some("base"),
+            Some("a=base"),
+        ),
+    ];
+    for (headers, action, cluster, target, served) in cases {
+        let (got, mut ctx) = send(&root, &host, headers);
+        assert_eq!(got, *action, "{headers:?}");
+        assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), *cluster, "{headers:?}");
+        assert_eq!(one(host.request_header("x-isogroup-target")).as_deref(), *target, "{headers:?}");
+        assert_eq!(ctx.on_http_response_headers(0, true), Action::Continue);
+        assert_eq!(one(host.response_header("x-isogroup-served")).as_deref(), *served, "{headers:?}");
+        assert!(host.calls().is_empty(), "{headers:?}: {:?}", host.calls());
+    }
+}
+
+#[test]
+fn fail_fast_answers_locally_and_never_forwards() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(r#""failfast_status": 507,"#));
+    let (action, _) = send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    assert_eq!(action, Action::Pause);
+    let calls = host.calls();
+    let [Call::LocalReply { status, headers, body }] = calls.as_slice() else { panic!("{calls:?}") };
+    assert_eq!(*status, 507);
+    assert!(headers.contains(&("x-isogroup-failfast".to_owned(), b"b".to_vec())));
+    assert_eq!(
+        String::from_utf8_lossy(body),
+        r#"{"error":"isogroup_unavailable","service":"b","group":"team-s","reason":"strict_group"}"#
+    );
+    assert!(host.request_header("x-isogroup-cluster").is_empty());
+
+    let (action, _) = send(
+        &root,
+        &host,
+        &[
+            (":authority", "b"),
+            ("x-isogroup", "feature-1"),
+            ("x-isogroup-strict", "b"),
+            ("content-type", "application/grpc"),
+        ],
+    );
+    assert_eq!(action, Action::Pause);
+    let calls = host.calls();
+    let [Call::GrpcReply { code, message, metadata }] = calls.as_slice() else { panic!("{calls:?}") };
+    assert_eq!(*code, 14);
+    assert!(message.contains(r#""reason":"strict_request""#), "{message}");
+    assert_eq!(metadata, &[("x-isogroup-failfast".to_owned(), b"b".to_vec())]);
+}
+
+#[test]
+fn annotate_response_false_adds_nothing() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(r#""annotate_response": false,"#));
+    let (_, mut ctx) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    ctx.on_http_response_headers(0, true);
+    assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), Some("a-feature-1"));
+    assert!(host.response_header("x-isogroup-served").is_empty());
+}
+
+#[test]
+fn unreadable_headers_still_strip_the_routing_headers() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(""));
+    host.fail("request_headers");
+    let (action, _) =
+        send(&root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s"), ("x-isogroup-target", "team-s")]);
+    assert_eq!(action, Action::Continue);
+    assert!(host.request_header("x-isogroup-cluster").is_empty());
+    assert!(host.request_header("x-isogroup-target").is_empty());
+    assert!(host.calls().is_empty());
+}
+
+#[test]
+fn routing_headers_that_cannot_be_removed_reset_the_stream() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(""));
+    host.fail("request_headers");
+    host.fail("remove_request_header");
+    let (action, _) = send(&root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s")]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.calls(), vec![Call::Reset]);
+
+    // Headers readable, but the pass-through's sanitising remove fails.
+    host.heal("request_headers");
+    let (action, _) = send(&root, &host, &[(":authority", "elsewhere"), ("x-isogroup-target", "team-s")]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.calls(), vec![Call::Reset]);
+}
+
+#[test]
+fn a_routing_header_that_cannot_be_written_resets_the_stream() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(""));
+    host.fail("set_request_header");
+    let (action, _) = send(&root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s")]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.calls(), vec![Call::Reset]);
+}
+
+#[test]
+fn an_unanswerable_fail_fast_resets_instead_of_forwarding() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(""));
+    host.fail("send_local_reply");
+    let (action, _) = send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.calls(), vec![Call::Reset]);
+    // Even when the reset fails the request stays paused: never forwarded.
+    host.fail("reset_request");
+    let (action, _) = send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    assert_eq!(action, Action::Pause);
+    assert!(process.logged("the request stays paused"));
+}
+
+#[test]
+fn counters_reach_the_metric_of_their_own_name() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &inline_config(""));
+    send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-2")]);
+    send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    send(&root, &host, &[(":authority", "nowhere")]);
+    send(&root, &host, &[(":authority", "a"), ("x-isogroup", "Not_A_Group")]);
+    // Counted in the VM, flushed on the tick: no host call per request.
+    assert_eq!(process.metric("isogroup_requests_routed_total"), 0);
+    proxy_wasm::traits::RootContext::on_tick(&mut root);
+    let want = [
+        ("isogroup_requests_routed_total", 3),
+        ("isogroup_requests_fallback_total", 1),
+        ("isogroup_requests_failfast_total", 1),
+        ("isogroup_requests_passthrough_total", 1),
+        ("isogroup_invalid_group_total", 1),
+        ("isogroup_table_version", 7),
+    ];
+    for (name, value) in want {
+        assert_eq!(process.metric(name), value, "{name}");
+    }
+}
+
+#[test]
+fn a_bad_config_stops_plugin_start_naming_the_field() {
+    let process = Process::new();
+    let host = crate::fake_host::FakeHost::new(&process, r#"{"failfast_status": "soon"}"#);
+    let mut root = crate::root::Root::new(host);
+    assert!(!proxy_wasm::traits::RootContext::on_configure(&mut root, 0));
+    assert!(process.logged("failfast_status"), "{:?}", process.log.borrow());
+    assert!(root.vm().is_none());
+}
+
+#[test]
+fn untrusted_edge_peers_get_no_annotations_and_lose_their_own_group() {
+    let process = Process::new();
+    let config = inline_config(
+        r#""edge": {"trusted_cidrs": ["10.0.0.0/8"], "rules": [{"header": "x-user", "values": ["alice"], "group": "feature-1"}]},"#,
+    );
+    let (root, host) = configured(&process, &config);
+    host.vm.properties.borrow_mut().insert("source.address".into(), b"192.0.2.1:5000".to_vec());
+    let (_, mut ctx) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "team-s"), ("x-user", "alice")]);
+    assert_eq!(one(host.request_header("x-isogroup")).as_deref(), Some("feature-1"));
+    assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), Some("a-feature-1"));
+    host.vm.response.borrow_mut().push(("x-isogroup-served".into(), b"inner=hop".to_vec()));
+    ctx.on_http_response_headers(0, true);
+    assert!(host.response_header("x-isogroup-served").is_empty());
+
+    host.vm.properties.borrow_mut().insert("source.address".into(), b"10.1.2.3:5000".to_vec());
+    let (_, _) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "team-s"), ("x-user", "alice")]);
+    assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), Some("a-team-s"));
+}

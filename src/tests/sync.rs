@@ -1,0 +1,193 @@
+//! The table sync over the fake host: lease election and takeover, the
+//! source-scoped keys, versions and ETags, rejects, backoff, table age.
+
+use proxy_wasm::traits::{Context, RootContext};
+
+use super::{companion_config, configured, TABLE};
+use crate::fake_host::{Call, FakeHost, Process};
+use crate::root::Root;
+use crate::sync::{backoff_ms, BACKOFF_MAX_MS, BACKOFF_MIN_MS, LEASE_TTL_MS};
+
+fn table(version: u64) -> String {
+    TABLE.replacen("\"version\": 7", &format!("\"version\": {version}"), 1)
+}
+
+fn tokens(host: &FakeHost) -> Vec<u32> {
+    host.dispatches()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Dispatch { token, .. } => Some(token),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_path(host: &FakeHost) -> String {
+    match host.dispatches().last() {
+        Some(Call::Dispatch { headers, .. }) => {
+            headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.clone()).unwrap_or_default()
+        }
+        _ => panic!("no poll sent"),
+    }
+}
+
+/// Answers the VM's outstanding poll.
+fn answer(root: &mut Root<FakeHost>, host: &FakeHost, headers: &[(&str, &str)], body: &str) {
+    let token = *tokens(host).last().expect("a poll in flight");
+    host.answer(headers, body.as_bytes());
+    root.on_http_call_response(token, headers.len(), body.len(), 0);
+}
+
+fn installed(root: &Root<FakeHost>) -> Option<u64> {
+    root.vm().and_then(|vm| vm.table()).map(|t| t.version())
+}
+
+#[test]
+fn one_vm_per_source_polls_and_a_lapsed_lease_is_taken_over() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut first, host1) = configured(&process, &config);
+    let (mut second, host2) = configured(&process, &config);
+    first.on_tick();
+    second.on_tick();
+    assert_eq!(tokens(&host1).len(), 1, "the first VM polls");
+    assert!(tokens(&host2).is_empty(), "the second VM waits");
+    // The holder stops renewing (its worker is gone): after the TTL the other polls.
+    host2.advance(LEASE_TTL_MS / 2);
+    second.on_tick();
+    assert!(tokens(&host2).is_empty(), "a live lease is respected");
+    host2.advance(LEASE_TTL_MS);
+    second.on_tick();
+    assert_eq!(tokens(&host2).len(), 1, "a lapsed lease is taken over");
+}
+
+#[test]
+fn the_table_reaches_every_vm_of_its_source_and_no_other() {
+    let process = Process::new();
+    let (mut a1, host_a1) = configured(&process, &companion_config("companion-a"));
+    let (mut a2, _) = configured(&process, &companion_config("companion-a"));
+    let (mut b, host_b) = configured(&process, &companion_config("companion-b"));
+    for root in [&mut a1, &mut a2, &mut b] {
+        root.on_tick();
+    }
+    assert_eq!(tokens(&host_a1).len(), 1);
+    assert_eq!(tokens(&host_b).len(), 1, "another source has its own poller");
+    answer(&mut a1, &host_a1, &[(":status", "200")], &table(11));
+    answer(&mut b, &host_b, &[(":status", "200")], &table(22));
+    a2.on_tick();
+    assert_eq!(installed(&a1), Some(11));
+    assert_eq!(installed(&a2), Some(11), "a VM of the same source follows through shared data");
+    assert_eq!(installed(&b), Some(22), "the other source keeps its own table");
+    b.on_tick();
+    assert_eq!(installed(&b), Some(22));
+    let keys = process.shared_keys();
+    assert_eq!(keys.iter().filter(|k| k.ends_with("/table")).count(), 2, "{keys:?}");
+}
+
+#[test]
+fn only_newer_tables_are_installed_and_an_old_etag_is_not_even_read() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &companion_config("companion"));
+    root.on_tick();
+    assert_eq!(last_path(&host), "/v1/table");
+    answer(&mut root, &host, &[(":status", "200"), ("etag", "\"9\"")], &table(9));
+    assert_eq!(installed(&root), Some(9));
+    root.on_tick();
+    assert_eq!(last_path(&host), "/v1/table?after=9&wait=25");
+    // A lower version (a reset companion) is ignored.
+    answer(&mut root, &host, &[(":status", "200")], &table(5));
+    assert_eq!(installed(&root), Some(9));
+    // An ETag not newer than what is in force: a 304 to us, body never read.
+    root.on_tick();
+    let reads = host.vm.body_reads.get();
+    answer(&mut root, &host, &[(":status", "200"), ("etag", "\"9\"")], &table(9));
+    assert_eq!(host.vm.body_reads.get(), reads);
+    root.on_tick();
+    answer(&mut root, &host, &[(":status", "304"), ("etag", "\"9\"")], "");
+    root.on_tick();
+    answer(&mut root, &host, &[(":status", "200"), ("etag", "\"10\"")], &table(10));
+    assert_eq!(installed(&root), Some(10));
+    root.on_tick();
+    assert_eq!(process.metric("isogroup_table_fetches_total"), 3, "bodies received: 9, 5 and 10, not the skipped one");
+}
+
+#[test]
+fn garbage_is_rejected_whole_and_counted_and_backs_off() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &companion_config("companion"));
+    root.on_tick();
+    answer(&mut root, &host, &[(":status", "200")], &table(3));
+    root.on_tick();
+    answer(
+        &mut root,
+        &host,
+        &[(":status", "200")],
+        r#"{"version": 4, "services": {"x": {"hosts": ["x"], "clusters": {}}}}"#,
+    );
+    assert_eq!(installed(&root), Some(3), "the last good table keeps serving");
+    root.on_tick();
+    assert_eq!(process.metric("isogroup_table_rejects_total"), 1);
+    assert!(process.logged("services.x.clusters"), "the error names the field: {:?}", process.log.borrow());
+    assert_eq!(tokens(&host).len(), 2, "no immediate re-poll after garbage");
+}
+
+#[test]
+fn backoff_grows_to_its_cap_with_jitter_in_bounds() {
+    let mut previous_base = 0;
+    for failures in 1..16 {
+        let base = (BACKOFF_MIN_MS << failures.min(10)).min(BACKOFF_MAX_MS);
+        assert!(base >= previous_base);
+        previous_base = base;
+        let spread: Vec<u64> = (0..50).map(|i| backoff_ms(failures, &format!("vm{i}"), 1_000 + i)).collect();
+        for d in &spread {
+            assert!((base * 3 / 4..=base * 5 / 4).contains(d), "failures {failures}: {d} outside {base}±25%");
+        }
+        let distinct = spread.iter().collect::<std::collections::HashSet<_>>().len();
+        assert!(distinct > 10, "failures {failures}: only {distinct} distinct delays");
+    }
+}
+
+#[test]
+fn a_failing_companion_is_retried_after_the_backoff_and_not_before() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &companion_config("companion"));
+    root.on_tick();
+    answer(&mut root, &host, &[(":status", "503")], "");
+    assert!(process.logged("companion answered 503"));
+    // The first backoff is BACKOFF_MIN_MS * 2 ± 25%.
+    host.advance(BACKOFF_MIN_MS * 2 * 3 / 4 - 1);
+    root.on_tick();
+    assert_eq!(tokens(&host).len(), 1, "retried too early");
+    host.advance(BACKOFF_MIN_MS * 2 / 2 + 2);
+    root.on_tick();
+    assert_eq!(tokens(&host).len(), 2, "not retried after the backoff");
+}
+
+#[test]
+fn response_headers_with_non_utf8_names_do_not_panic() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &companion_config("companion"));
+    root.on_tick();
+    let token = tokens(&host)[0];
+    let headers: Vec<(&[u8], &[u8])> = vec![(b":status", b"200"), (b"x-\xff\xfe", b"\xff")];
+    host.answer(&headers, table(4).as_bytes());
+    root.on_http_call_response(token, 2, table(4).len(), 0);
+    assert_eq!(installed(&root), Some(4));
+}
+
+#[test]
+fn table_age_counts_from_configure_until_the_companion_answers() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &companion_config("companion"));
+    host.fail("dispatch_http_call");
+    host.advance(30_000);
+    root.on_tick();
+    assert_eq!(process.metric("isogroup_table_age_seconds"), 30, "never answered: as old as the VM");
+    host.heal("dispatch_http_call");
+    host.advance(BACKOFF_MAX_MS);
+    root.on_tick();
+    answer(&mut root, &host, &[(":status", "200")], &table(2));
+    host.advance(5_000);
+    root.on_tick();
+    assert_eq!(process.metric("isogroup_table_age_seconds"), 5);
+}
