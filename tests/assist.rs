@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{chain, http, rss_kb, Mesh, Rendered};
+use common::{chain, http, Mesh, Rendered};
 use serde_json::Value;
 
 fn traceparent(n: u64) -> String {
@@ -50,34 +50,33 @@ async fn group_survives_an_app_that_forwards_only_traceparent() {
     assert_eq!(chain(&body), "b@base > c@base");
 }
 
+/// The slot a trace id lands in (`isogroup/assist/<fnv1a(id) % slots>`).
+fn slot(n: u64, slots: u64) -> u64 {
+    let tp = traceparent(n);
+    tp[3..35].bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3)) % slots
+}
+
 #[tokio::test]
-async fn the_store_stays_bounded_under_many_trace_ids() {
-    let rendered = Rendered::from_file("envoy/assist.yaml");
+async fn a_later_trace_evicts_an_earlier_one_in_its_slot() {
+    // A TTL far beyond the test's length: only eviction can make trace 1 go.
+    let mut rendered = Rendered::from_file("envoy/assist.yaml");
+    rendered.yaml = rendered.yaml.replace(r#""ttl_s": 30"#, r#""ttl_s": 3600"#);
     let inbound = rendered.port(10001);
-    let mesh = Mesh::start_custom(rendered, &["a"]).await;
-    let first = traceparent(1);
-    let body = through_inbound(inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", first.clone())]).await;
+    let _mesh = Mesh::start_custom(rendered, &["a"]).await;
+    let remember = |n: u64| async move {
+        through_inbound(inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", traceparent(n))]).await
+    };
+    let body = remember(1).await;
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
-    let before = rss_kb(mesh.envoy.proc.pid());
-    // 3000 distinct traces through a 64-slot store
-    for n in 2..3002u64 {
-        let body =
-            through_inbound(inbound, &[("x-isogroup", "feature-1".into()), ("traceparent", traceparent(n))]).await;
+    // Traces 2..=200 through the 64-slot store: the last one sharing trace 1's slot holds it.
+    let last_in_slot = (2..=200u64).rev().find(|n| slot(*n, 64) == slot(1, 64)).expect("a trace in trace 1's slot");
+    for n in 2..=200u64 {
+        let body = remember(n).await;
         assert_eq!(body["next"]["group"], "feature-1", "trace {n}");
     }
-    let after = rss_kb(mesh.envoy.proc.pid());
-    println!("envoy RSS {before} kB -> {after} kB over 3000 distinct trace ids");
-    assert!(after < before + 20_000, "bounded: {before} kB -> {after} kB");
-    // the first trace's slot has long been reused by later traces
-    let slot_reused = (2..3002u64).any(|n| {
-        let key = |t: &str| {
-            let id = &t[3..35];
-            id.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3)) % 64
-        };
-        key(&traceparent(n)) == key(&first)
-    });
-    assert!(slot_reused);
-    let body = through_inbound(inbound, &[("traceparent", first)]).await;
+    let body = through_inbound(inbound, &[("traceparent", traceparent(last_in_slot))]).await;
+    assert_eq!(body["next"]["group"], "feature-1", "trace {last_in_slot} holds the slot");
+    let body = through_inbound(inbound, &[("traceparent", traceparent(1))]).await;
     assert_eq!(body["group"], "base", "no group on the request itself");
-    assert_eq!(body["next"]["group"], "base", "the evicted entry is gone: bounded, not growing");
+    assert_eq!(body["next"]["group"], "base", "trace 1 was evicted: the store is bounded by its slots");
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,15 +36,19 @@ async fn listener_reload_under_load_loses_nothing() {
     assert_eq!(b_group(mesh.clone()).await.as_deref(), Some("feature-1"));
 
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (mesh, stop) = (mesh.clone(), stop.clone());
+        let (mesh, stop, answered) = (mesh.clone(), stop.clone(), answered.clone());
         load.push(tokio::spawn(async move {
             let client = http_fresh_connections();
             let (mut ok, mut bad) = (0u32, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 match mesh.request(&client, "b").header("x-isogroup", "feature-1").send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(r) => bad.push(r.status().to_string()),
                     Err(e) => bad.push(e.to_string()),
                 }
@@ -52,7 +56,15 @@ async fn listener_reload_under_load_loses_nothing() {
             (ok, bad)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await; // load running before the reload
+    let load_running = |more: u64| {
+        let answered = answered.clone();
+        let target = answered.load(Ordering::Relaxed) + more;
+        wait_for("load requests answered", Duration::from_secs(30), move || {
+            let answered = answered.clone();
+            async move { (answered.load(Ordering::Relaxed) >= target).then_some(()) }
+        })
+    };
+    load_running(200).await; // load running before the reload
                                                           // The new listener: b loses its feature-1 instance in the inline table.
     let new = listeners.yaml.replace(r#", "feature-1": "b-feature-1""#, "");
     assert_ne!(new, listeners.yaml, "the table edit applies");
@@ -64,7 +76,7 @@ async fn listener_reload_under_load_loses_nothing() {
         async move { (b_group(mesh).await.as_deref() == Some("base")).then_some(()) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // and load keeps running after it
+    load_running(200).await; // and load keeps running after it
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut bad) = (0, Vec::new());
     for t in load {

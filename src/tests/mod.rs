@@ -2,6 +2,7 @@
 //! failure paths and the table sync, in milliseconds. What only a real Envoy
 //! proves (route re-picking, workers, wasm itself) stays in `tests/`.
 
+mod assist;
 mod request;
 mod sync;
 

@@ -302,6 +302,21 @@ pub const DEMO_INSTANCES: &[(u16, &str, &str, Option<&str>)] = &[
     (18020, "c", "base", None),
 ];
 
+/// One demo instance (`service@group`, no next hop) listening on `port`.
+pub async fn demo_instance(service: &str, group: &str, port: u16) -> Proc {
+    let proc = Proc::spawn(
+        &format!("{service}@{group}"),
+        Command::new(demo_bin())
+            .args(["serve", "--service", service, "--group", group, "--listen"])
+            .arg(format!("127.0.0.1:{port}")),
+    );
+    wait_for(&format!("{service}@{group} listening"), Duration::from_secs(10), || async move {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
+    .await;
+    proc
+}
+
 /// Envoy with `envoy/demo.yaml` plus every demo service, ready.
 pub struct Mesh {
     pub envoy: Envoy,
