@@ -10,6 +10,11 @@ ENVOY=.venv/bin/envoy
 WASM_RAW=target/wasm32-wasip1/release/isogroup_filter.wasm
 WASM=target/isogroup.wasm
 RUN_DIR=.run
+# The wasm's size after wasm-opt, as recorded: `./build.sh test` fails past it
+# plus WASM_SIZE_MARGIN. A commit that adds a named feature may raise the
+# record and says by how much; the goal is 153600 (150 KB).
+WASM_SIZE_RECORD=365150
+WASM_SIZE_MARGIN=2048
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -82,8 +87,20 @@ ensure_oha() {
   cargo install --quiet --root .tools oha --locked
 }
 
+check_wasm_size() {
+  local size limit=$((WASM_SIZE_RECORD + WASM_SIZE_MARGIN))
+  size=$(stat -c %s "$WASM")
+  if [ "$size" -gt "$limit" ]; then
+    echo "wasm size ratchet: $WASM is $size bytes, over the record $WASM_SIZE_RECORD + $WASM_SIZE_MARGIN"
+    echo "(shrink it, or raise WASM_SIZE_RECORD in build.sh in a commit that names the feature and the growth)"
+    return 1
+  fi
+  echo "wasm size ratchet: $size bytes (record $WASM_SIZE_RECORD, limit $limit)"
+}
+
 run_tests() {
   build
+  check_wasm_size
   ensure_envoy
   ensure_target wasm32-unknown-unknown
   ensure_wasm_bindgen
@@ -91,6 +108,8 @@ run_tests() {
   cargo fmt --all --check
   cargo clippy --quiet --workspace --all-targets -- -D warnings
   cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter -- -D warnings
+  log "filter unit tests (native, fake host)"
+  cargo test --quiet -p isogroup-filter --lib
   log "core unit tests (native)"
   cargo test --quiet -p isogroup-core --lib --tests
   log "core unit tests (wasm32, Node.js)"
@@ -115,7 +134,7 @@ run_tests() {
   fuzz 10
   log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
   cargo build --quiet -p isogroup-demo -p isogroup-companion
-  cargo test --quiet -p isogroup-filter --tests -- --test-threads=1
+  cargo test --quiet -p isogroup-filter --test '*' -- --test-threads=1
 }
 
 # Demo: default ports from envoy/demo.yaml.

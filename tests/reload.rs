@@ -64,8 +64,9 @@ async fn listener_reload_under_load_loses_nothing() {
             async move { (answered.load(Ordering::Relaxed) >= target).then_some(()) }
         })
     };
-    load_running(200).await; // load running before the reload
-                                                          // The new listener: b loses its feature-1 instance in the inline table.
+    // Load running before the reload.
+    load_running(200).await;
+    // The new listener: b loses its feature-1 instance in the inline table.
     let new = listeners.yaml.replace(r#", "feature-1": "b-feature-1""#, "");
     assert_ne!(new, listeners.yaml, "the table edit applies");
     let tmp = mesh.dir().join("listeners.yaml.tmp");
@@ -76,7 +77,8 @@ async fn listener_reload_under_load_loses_nothing() {
         async move { (b_group(mesh).await.as_deref() == Some("base")).then_some(()) }
     })
     .await;
-    load_running(200).await; // and load keeps running after it
+    // And load keeps running after it.
+    load_running(200).await;
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut bad) = (0, Vec::new());
     for t in load {

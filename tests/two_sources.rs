@@ -56,7 +56,10 @@ async fn each_listener_routes_by_its_own_source() {
 #[tokio::test]
 async fn listeners_that_share_a_source_poll_once() {
     let mut rendered = Rendered::from_file("envoy/two-sources.yaml");
-    rendered.yaml = rendered.yaml.replace(r#""cluster": "companion-b", "authority": "companion-b""#, r#""cluster": "companion-a", "authority": "companion-a""#);
+    rendered.yaml = rendered.yaml.replace(
+        r#""cluster": "companion-b", "authority": "companion-b""#,
+        r#""cluster": "companion-a", "authority": "companion-a""#,
+    );
     let _base = demo_instance("b", "base", rendered.port(18010)).await;
     let _lane = demo_instance("b", "feature-1", rendered.port(18011)).await;
     let companion = Companion::start(rendered.port(18080), TABLE_A).await;

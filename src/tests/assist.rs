@@ -6,7 +6,9 @@ use super::{configured, send, TABLE};
 use crate::fake_host::Process;
 
 fn config(side: &str) -> String {
-    format!(r#"{{"propagation_assist": {{"slots": 16, "ttl_s": 3600, "side": "{side}"}}, "table": {{"inline": {TABLE}}}}}"#)
+    format!(
+        r#"{{"propagation_assist": {{"slots": 16, "ttl_s": 3600, "side": "{side}"}}, "table": {{"inline": {TABLE}}}}}"#
+    )
 }
 
 fn traceparent(n: u64) -> String {
