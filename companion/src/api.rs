@@ -11,14 +11,15 @@ use axum::{Json, Router};
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::is_valid_service;
 use isogroup_core::{decide_service, Decision};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 
 use crate::auth::Token;
 use crate::file_source::TableFile;
 use crate::metrics::{AdminLabels, Metrics};
-use crate::state::{Snapshot, Store};
+use crate::state::{PublishError, Snapshot, Store};
 
 /// The longest hold a poller may ask for.
 const MAX_WAIT_S: u64 = 300;
@@ -31,8 +32,6 @@ pub struct Api {
     pub file: Option<Arc<TableFile>>,
     pub token: Option<Token>,
     pub metrics: Arc<Metrics>,
-    /// Serialises admin writes: read-modify-write of the table.
-    pub writer: Mutex<()>,
     /// Flips to true on shutdown, releasing held polls at once.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -73,10 +72,38 @@ struct TableQuery {
     wait: Option<u64>,
 }
 
+fn etag(snap: &Snapshot) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", snap.version)).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
 fn table_response(snap: &Snapshot) -> Response {
-    let etag = HeaderValue::from_str(&format!("\"{}\"", snap.version)).unwrap_or(HeaderValue::from_static("\"0\""));
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::ETAG, etag)], snap.json.clone())
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::ETAG, etag(snap))],
+        snap.json.clone(),
+    )
         .into_response()
+}
+
+/// `304` still names what is served, so a poller (or a cache) can tell.
+fn not_modified(snap: &Snapshot) -> Response {
+    (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(snap))]).into_response()
+}
+
+/// Counts a held poll for as long as it lives: a client that goes away drops
+/// the handler's future, and with it this guard.
+struct HeldPoll<'a>(&'a Gauge);
+
+impl<'a> HeldPoll<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        HeldPoll(gauge)
+    }
+}
+
+impl Drop for HeldPoll<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// `GET /v1/table[?after=v&wait=s]`: the table now when its version differs
@@ -94,20 +121,18 @@ async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, hea
     }
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_S));
     if wait.is_zero() {
-        return StatusCode::NOT_MODIFIED.into_response();
+        return not_modified(&snap);
     }
-    api.metrics.held_polls.inc();
+    let _held = HeldPoll::new(&api.metrics.held_polls);
     let mut shutdown = api.shutdown.clone();
-    let answer = tokio::select! {
+    tokio::select! {
         changed = rx.changed() => match changed {
             Ok(()) => table_response(&rx.borrow_and_update().clone()),
-            Err(_) => StatusCode::NOT_MODIFIED.into_response(),
+            Err(_) => not_modified(&snap),
         },
-        _ = tokio::time::sleep(wait) => StatusCode::NOT_MODIFIED.into_response(),
-        _ = shutdown.wait_for(|down| *down) => StatusCode::NOT_MODIFIED.into_response(),
-    };
-    api.metrics.held_polls.dec();
-    answer
+        _ = tokio::time::sleep(wait) => not_modified(&snap),
+        _ = shutdown.wait_for(|down| *down) => not_modified(&snap),
+    }
 }
 
 fn if_none_match(headers: &HeaderMap) -> Option<u64> {
@@ -165,9 +190,11 @@ impl Api {
     /// Validates, persists, then publishes: a write that cannot be made
     /// durable is not served.
     fn commit(&self, raw: isogroup_core::RawTable) -> Result<Arc<Snapshot>, ApiError> {
-        let snap = self.store.prepare(raw).map_err(|errors| {
-            let detail = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", detail)
+        let snap = self.store.prepare(raw).map_err(|e| match e {
+            PublishError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", e.to_string()),
+            PublishError::VersionTooLarge { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "version_exhausted", e.to_string())
+            }
         })?;
         let file = self.file.as_ref().ok_or_else(|| {
             ApiError::new(
@@ -218,7 +245,7 @@ async fn admin_put(
     let body: PutBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("expected {{\"cluster\": \"…\"}}: {e}"))
     })?;
-    let _guard = api.writer.lock().await;
+    let _guard = api.store.writer.lock().await;
     let mut raw = api.store.current().raw.clone();
     let entry = raw.services.get_mut(service).ok_or_else(|| unknown_service(service))?;
     entry.clusters.insert(group.to_owned(), body.cluster.clone());
@@ -231,7 +258,7 @@ async fn admin_put(
 async fn admin_delete(api: &Api, service: &str, group: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     api.authorize(headers)?;
     check_names(service, group)?;
-    let _guard = api.writer.lock().await;
+    let _guard = api.store.writer.lock().await;
     let current = api.store.current();
     if group == current.table.group_name(current.table.base()) {
         return Err(ApiError::new(StatusCode::CONFLICT, "base_cluster", "the base group's cluster cannot be deleted"));

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use isogroup_core::{Limits, RawTable, TableError};
 
 use crate::metrics::Metrics;
-use crate::state::Store;
+use crate::state::{PublishError, Store};
 
 /// How often the file is checked for edits. Polling works the same for
 /// editors that rewrite in place, rename over, or swap symlinks (ConfigMaps).
@@ -96,21 +96,32 @@ pub async fn watch(file: Arc<TableFile>, store: Arc<Store>, metrics: Arc<Metrics
             continue;
         }
         last_stamp = now;
-        let Ok(bytes) = std::fs::read(file.path()) else { continue };
-        if file.is_known(&bytes) {
-            continue;
+        take_edit(&file, &store, &metrics).await;
+    }
+}
+
+/// Reads the file and publishes it if it is an edit. Under the writers'
+/// lock: an admin write between our read and our publish would otherwise be
+/// served under a version that this edit's publish then reuses or undoes.
+async fn take_edit(file: &TableFile, store: &Store, metrics: &Metrics) {
+    let _guard = store.writer.lock().await;
+    let Ok(bytes) = std::fs::read(file.path()) else { return };
+    if file.is_known(&bytes) {
+        return;
+    }
+    file.remember(bytes.clone());
+    let result = RawTable::from_json(&bytes, &store.limits)
+        .map_err(|e| PublishError::Invalid(vec![e]))
+        .and_then(|raw| store.publish(raw));
+    match result {
+        Ok(snap) => {
+            metrics.table_updated(snap.version);
+            tracing::info!(version = snap.version, path = %file.path().display(), "table file changed: published");
         }
-        file.remember(bytes.clone());
-        let result = RawTable::from_json(&bytes, &store.limits).map_err(|e| vec![e]).and_then(|raw| store.publish(raw));
-        match result {
-            Ok(snap) => {
-                metrics.table_updated(snap.version);
-                tracing::info!(version = snap.version, path = %file.path().display(), "table file changed: published");
-            }
-            Err(errors) => {
-                metrics.file_rejects.inc();
-                tracing::error!(error = %file.invalid(errors), "table file edit refused; the table in force stays");
-            }
+        Err(e) => {
+            metrics.file_rejects.inc();
+            let path = file.path().display();
+            tracing::error!(error = %e, %path, "table file edit refused; the table in force stays");
         }
     }
 }
@@ -119,4 +130,50 @@ pub async fn watch(file: Arc<TableFile>, store: Arc<Store>, metrics: Arc<Metrics
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use isogroup_core::{Limits, RawTable};
+
+    use super::{take_edit, TableFile};
+    use crate::metrics::Metrics;
+    use crate::state::{Snapshot, Store};
+
+    const TABLE: &str = r#"{"services": {"a": {"hosts": ["a"], "clusters": {"base": "a0"}}}}"#;
+
+    #[tokio::test]
+    async fn an_edit_waits_for_the_writers_lock() {
+        let dir = std::env::temp_dir().join(format!("isogroup-file-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("table.json");
+        std::fs::write(&path, TABLE).unwrap();
+        let limits = Limits::default();
+        let file = Arc::new(TableFile::new(path.clone()));
+        let raw = file.load(&limits).unwrap();
+        let store = Arc::new(Store::new(Snapshot::build(raw, 10, "base", &limits).unwrap(), "base".into(), limits));
+        let metrics = Arc::new(Metrics::new());
+        std::fs::write(&path, TABLE.replace("a0", "a1")).unwrap();
+        // An admin write is in progress: the edit must not be published under it.
+        let guard = store.writer.lock().await;
+        let edit = tokio::spawn({
+            let (file, store, metrics) = (file.clone(), store.clone(), metrics.clone());
+            async move { take_edit(&file, &store, &metrics).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!edit.is_finished(), "the edit went ahead of the lock");
+        assert_eq!(store.current().version, 10);
+        drop(guard);
+        edit.await.unwrap();
+        let now = store.current();
+        assert!(now.version > 10);
+        let want: RawTable = serde_json::from_str(&TABLE.replace("a0", "a1")).unwrap();
+        assert_eq!(now.raw.services, want.services);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -180,7 +180,11 @@ pub async fn run(client: Client, store: Arc<Store>, metrics: Arc<Metrics>, settl
         if unchanged {
             continue;
         }
-        match store.publish(table) {
+        let published = {
+            let _guard = store.writer.lock().await;
+            store.publish(table)
+        };
+        match published {
             Ok(snap) => {
                 metrics.table_updated(snap.version);
                 tracing::info!(
@@ -191,7 +195,7 @@ pub async fn run(client: Client, store: Arc<Store>, metrics: Arc<Metrics>, settl
             }
             Err(errors) => {
                 metrics.file_rejects.inc();
-                tracing::error!(errors = ?errors.iter().map(ToString::to_string).collect::<Vec<_>>(), "kubernetes: table refused");
+                tracing::error!(error = %errors, "kubernetes: table refused");
             }
         }
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use isogroup_core::{Limits, RawTable, Table};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 
 use crate::file_source::TableFile;
 use crate::metrics::Metrics;
@@ -207,7 +207,8 @@ async fn run(
     };
     // Above the file's version and the clock: never below a version served
     // before a restart, nor by another replica (both follow the clock).
-    let version = (raw.version + 1).max(state::now_ms());
+    let source = file.as_ref().map_or("kubernetes".to_owned(), |f| f.path().display().to_string());
+    let version = state::next_version(raw.version, 0, state::now_ms()).map_err(|e| format!("{source}: {e}"))?;
     let first = Snapshot::build(raw, version, &base, &limits).map_err(|errors| match &file {
         Some(f) => f.invalid(errors).to_string(),
         None => format!("{errors:?}"),
@@ -234,14 +235,12 @@ async fn run(
         file: file.clone(),
         token,
         metrics: metrics.clone(),
-        writer: Mutex::new(()),
         shutdown: shutdown_rx,
     });
     if api.token.is_none() {
         tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen on {listen}: {e}"))?;
-    let source = file.as_ref().map_or("kubernetes".to_owned(), |f| f.path().display().to_string());
     tracing::info!(%listen, version, %source, "serving");
     axum::serve(listener, api::router(api))
         .with_graceful_shutdown(async move {

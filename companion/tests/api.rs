@@ -505,3 +505,80 @@ async fn concurrent_admin_writes_are_not_lost() {
     let on_disk: Value = serde_json::from_slice(&std::fs::read(c.table_path()).unwrap()).unwrap();
     assert_eq!(on_disk["services"]["ratings"]["clusters"], clusters, "and on disk");
 }
+
+#[tokio::test]
+async fn a_version_too_large_to_bump_is_refused_naming_version() {
+    // At start: the process refuses the file, naming the field, and exits.
+    let dir = std::env::temp_dir().join(format!("isogroup-maxver-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let huge = TABLE.replace(r#""version": 5"#, &format!(r#""version": {}"#, u64::MAX));
+    std::fs::write(dir.join("table.json"), &huge).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--table"])
+        .arg(dir.join("table.json"))
+        .env_remove("ISOGROUP_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("version: {} is too large", u64::MAX)), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // While running: the edit is refused and counted; the table in force stays.
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let v = c.version().await;
+    std::fs::write(c.table_path(), &huge).unwrap();
+    wait_until("the reject to be counted", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_file_rejects_total").await >= 1.0
+    })
+    .await;
+    assert_eq!(c.version().await, v);
+    // and the companion still takes writes
+    let (status, body) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["version"].as_u64().unwrap() > v);
+}
+
+#[tokio::test]
+async fn not_modified_carries_the_etag() {
+    let c = Companion::start(TABLE, None).await;
+    let v = c.version().await;
+    let etag = format!("\"{v}\"");
+    // at once (no wait), after a hold, and through If-None-Match
+    for path in [format!("/v1/table?after={v}"), format!("/v1/table?after={v}&wait=1")] {
+        let resp = c.get(&path).await;
+        assert_eq!(resp.status(), 304, "{path}");
+        assert_eq!(resp.headers().get("etag").map(|e| e.to_str().unwrap()), Some(&*etag), "{path}");
+    }
+    let resp = reqwest::Client::new().get(c.url("/v1/table")).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(resp.status(), 304);
+    assert_eq!(resp.headers().get("etag").map(|e| e.to_str().unwrap()), Some(&*etag));
+}
+
+#[tokio::test]
+async fn held_polls_gauge_drops_when_the_client_goes_away() {
+    use tokio::io::AsyncWriteExt;
+    let c = Companion::start(TABLE, None).await;
+    let v = c.version().await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.port)).await.unwrap();
+        let req = format!("GET /v1/table?after={v}&wait=120 HTTP/1.1\r\nhost: c\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        streams.push(s);
+    }
+    wait_until("three held polls", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_held_polls").await == 3.0
+    })
+    .await;
+    drop(streams.pop());
+    wait_until("the gauge to drop to 2", Duration::from_secs(20), async || {
+        c.metric("isogroup_companion_held_polls").await == 2.0
+    })
+    .await;
+    drop(streams);
+    wait_until("the gauge to drop to 0", Duration::from_secs(20), async || {
+        c.metric("isogroup_companion_held_polls").await == 0.0
+    })
+    .await;
+}

@@ -8,6 +8,7 @@ pub mod cidr;
 pub mod config;
 pub mod decide;
 pub mod edge;
+pub mod epoch;
 pub mod error;
 pub mod group;
 pub mod request;

@@ -16,6 +16,10 @@ use rustc_hash::FxHashMap;
 pub struct RawTable {
     #[serde(default)]
     pub version: u64,
+    /// `"<unix-ms>-<random>"`, owned by the store like the version (see
+    /// `epoch`); tables are ordered by (epoch, version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     /// Defaults to the plugin's `base_group` (itself `base` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_group: Option<String>,
@@ -106,6 +110,7 @@ pub type ServiceId = u32;
 #[derive(Debug)]
 pub struct Table {
     version: u64,
+    epoch: Option<Box<str>>,
     base: GroupId,
     group_names: Vec<Box<str>>,
     group_index: FxHashMap<Box<str>, GroupId>,
@@ -149,6 +154,12 @@ impl Table {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The epoch as written in the table (not checked: a malformed one
+    /// orders lowest, see `epoch::Stamp`).
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
     }
 
     pub fn base(&self) -> GroupId {
@@ -293,6 +304,7 @@ impl<'r> Compiler<'r> {
         }
         Ok(Table {
             version: self.raw.version,
+            epoch: self.raw.epoch.as_deref().map(Into::into),
             base: 0,
             group_names: self.group_names,
             group_index: self.group_index,

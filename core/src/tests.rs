@@ -159,7 +159,7 @@ fn table_validation_errors() {
         (groups(r#"{"Bad":{}}"#), r#"groups.Bad: "Bad" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
         (groups(r#"{"x":{"mode":"loose"}}"#), "groups.x.mode: unknown variant `loose`, expected `permissive` or `strict` at line 1 column 30"),
         (r#"{"base_group":"Base"}"#.into(), r#"base_group: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
-        (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `base_group`, `groups`, `services` at line 1 column 11"),
+        (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `epoch`, `base_group`, `groups`, `services` at line 1 column 11"),
         (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 62"),
         ("not json".into(), "(document): expected ident at line 1 column 2"),
         (r#"{"version":-1}"#.into(), "version: invalid value: integer `-1`, expected u64 at line 1 column 13"),
