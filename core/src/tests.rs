@@ -288,3 +288,133 @@ fn check_lists_every_problem() {
     // compile reports the first of them
     assert_eq!(Table::compile(&raw, "base", &Limits::default()).unwrap_err().to_string(), errors[0]);
 }
+
+/// Every problem of a table, in `check`'s order, as text.
+fn check_errors(json: &str, limits: &Limits) -> Vec<String> {
+    let raw: RawTable = serde_json::from_str(json).unwrap();
+    match Table::check(&raw, "base", limits) {
+        Ok(_) => vec!["accepted".to_owned()],
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `"g0":{"fallback":["g1"]}, …, "g{len}":{}`: a chain of `len` edges.
+fn chain(prefix: &str, len: usize) -> String {
+    let links = (0..len).map(|i| format!(r#""{prefix}{i}":{{"fallback":["{prefix}{}"]}}"#, i + 1));
+    links.chain([format!(r#""{prefix}{len}":{{}}"#)]).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn check_lists_every_cycle_chain_and_limit() {
+    let base_svc = r#""services":{"a":{"hosts":["a"],"clusters":{"base":"a0"}}}"#;
+    let unknown = |g: &str, f: &str| {
+        format!(
+            r#"groups.{g}.fallback: unknown group "{f}" (not in groups, not the base group, not serving any service)"#
+        )
+    };
+    let cases: Vec<(String, Limits, Vec<String>)> = vec![
+        // two separate cycles: both, each once
+        (
+            format!(r#"{{"groups":{{"x":{{"fallback":["y"]}},"y":{{"fallback":["x"]}},"c0":{{"fallback":["c1"]}},"c1":{{"fallback":["c2"]}},"c2":{{"fallback":["c0"]}}}},{base_svc}}}"#),
+            Limits::default(),
+            vec!["groups.c0.fallback: cycle c0 -> c1 -> c2 -> c0".into(), "groups.x.fallback: cycle x -> y -> x".into()],
+        ),
+        // two cycles through one group; a self-loop listed twice is one cycle
+        (
+            format!(r#"{{"groups":{{"x":{{"fallback":["y","z"]}},"y":{{"fallback":["x"]}},"z":{{"fallback":["x"]}},"s":{{"fallback":["s","s"]}}}},{base_svc}}}"#),
+            Limits::default(),
+            vec!["groups.s.fallback: cycle s -> s".into(), "groups.x.fallback: cycle x -> y -> x".into(), "groups.x.fallback: cycle x -> z -> x".into()],
+        ),
+        // a cycle does not hide an over-deep chain that sorts after it
+        (
+            format!(r#"{{"groups":{{"a":{{"fallback":["a"]}},{}}},{base_svc}}}"#, chain("g", 10)),
+            Limits::default(),
+            vec![
+                "groups.a.fallback: cycle a -> a".into(),
+                "groups.g0.fallback: chain depth 10 exceeds the limit of 8".into(),
+                "groups.g1.fallback: chain depth 9 exceeds the limit of 8".into(),
+            ],
+        ),
+        // every over-deep chain, from each group where it starts
+        (
+            format!(r#"{{"groups":{{{},{}}},{base_svc}}}"#, chain("p", 3), chain("q", 4)),
+            Limits { max_fallback_depth: 2, ..Limits::default() },
+            vec![
+                "groups.p0.fallback: chain depth 3 exceeds the limit of 2".into(),
+                "groups.q0.fallback: chain depth 4 exceeds the limit of 2".into(),
+                "groups.q1.fallback: chain depth 3 exceeds the limit of 2".into(),
+            ],
+        ),
+        // every limit at once, and the other problems beside them
+        (
+            r#"{"groups":{"x":{"mode":"strict","fallback":["nope"]}},"services":{
+                "a":{"hosts":["a"],"clusters":{"base":"a0","x":"ax","y":"ay"}},
+                "b":{"hosts":["a","*"],"clusters":{"y":"by","Z":"bz"}}}}"#.into(),
+            Limits { max_services: 1, max_groups: 2, max_cluster_entries: 4, ..Limits::default() },
+            vec![
+                "services: 2 exceeds the limit of 1".into(),
+                "services.*.clusters: 5 exceeds the limit of 4".into(),
+                "groups: 3 exceeds the limit of 2".into(),
+                r#"services.b.clusters.Z: "Z" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+                "groups.x: a strict group cannot have a fallback".into(),
+                unknown("x", "nope"),
+                r#"services.b.hosts: host "a" already belongs to service "a""#.into(),
+                r#"services.b.hosts: "*" is not a valid host (a host has no '/' and no wildcard)"#.into(),
+                r#"services.b.clusters: no cluster for base group "base""#.into(),
+            ],
+        ),
+        // an invalid base group does not hide the rest
+        (
+            r#"{"base_group":"Base","groups":{"Base":{"fallback":["x"]}},"services":{"a":{"hosts":["a"],"clusters":{"base":"a0"}}}}"#.into(),
+            Limits::default(),
+            vec![
+                r#"base_group: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+                r#"groups.Base: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+                "groups.Base: the base group cannot have a fallback".into(),
+                unknown("Base", "x"),
+                r#"services.a.clusters: no cluster for base group "Base""#.into(),
+            ],
+        ),
+        // a chain exactly at the limit, then one group known only from a cluster
+        (
+            format!(
+                r#"{{"groups":{{{},"g8":{{"fallback":["h"]}}}},"services":{{"a":{{"hosts":["a"],"clusters":{{"base":"a0","h":"ah"}}}}}}}}"#,
+                chain("g", 7)
+            ),
+            Limits::default(),
+            vec!["accepted".into()],
+        ),
+        // a long cycle is shortened, and counted once however many times it is listed
+        (
+            format!(r#"{{"groups":{{{},"c9":{{"fallback":["c0","c0"]}}}},{base_svc}}}"#, chain("c", 9).replace(r#""c9":{}"#, r#""c99":{}"#)),
+            Limits { max_fallback_depth: 20, ..Limits::default() },
+            vec!["groups.c0.fallback: cycle c0 -> c1 -> c2 -> c3 -> c4 -> c5 -> c6 -> c7 -> … (2 more) -> c0".into()],
+        ),
+    ];
+    for (json, limits, want) in &cases {
+        assert_eq!(check_errors(json, limits), *want, "{json}");
+        // compile stops early, at the same first problem
+        let raw: RawTable = serde_json::from_str(json).unwrap();
+        let first = Table::compile(&raw, "base", limits).err().map_or("accepted".to_owned(), |e| e.to_string());
+        assert_eq!(first, want[0], "{json}");
+    }
+}
+
+#[test]
+fn check_of_a_hostile_table_walks_without_recursion() {
+    // 20 000 groups in one chain, each also falling back to the first: far
+    // past the group limit, one cycle per group, and deeper than a recursive
+    // walk could go on a test thread's stack.
+    let n = 20_000;
+    let mut raw = RawTable::default();
+    for i in 0..n {
+        let next = if i + 1 < n { vec![format!("g{}", i + 1), "g0".to_owned()] } else { vec!["g0".to_owned()] };
+        raw.groups.insert(format!("g{i}"), RawGroup { fallback: next, mode: Mode::Permissive });
+    }
+    let errors = Table::check(&raw, "base", &Limits::default()).unwrap_err();
+    assert_eq!(errors[0].to_string(), format!("groups: {} exceeds the limit of 1000", n + 1));
+    let cycles = errors.iter().filter(|e| matches!(e, TableError::FallbackCycle { .. })).count();
+    let too_deep = errors.iter().filter(|e| matches!(e, TableError::FallbackTooDeep { .. })).count();
+    assert_eq!((cycles, too_deep, errors.len()), (n, n - 9, 1 + n + n - 9));
+    assert!(errors.iter().all(|e| e.to_string().len() < 200), "long cycles are shortened");
+}
