@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::authority;
-use crate::error::{json_parts, TableError};
+use crate::error::{json_document, TableError};
 use crate::group::is_valid_group;
 use rustc_hash::FxHashMap;
 
@@ -48,11 +48,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let (path, message) = json_parts(e);
-            TableError::Json { path, message }
-        })
+        json_document(bytes).map_err(|(path, message)| TableError::Json { path, message })
     }
 }
 

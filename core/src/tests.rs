@@ -163,6 +163,13 @@ fn table_validation_errors() {
         (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 62"),
         ("not json".into(), "(document): expected ident at line 1 column 2"),
         (r#"{"version":-1}"#.into(), "version: invalid value: integer `-1`, expected u64 at line 1 column 13"),
+        // one document: a doubled or padded body is not half-read
+        (r#"{"version":1}{"version":2}"#.into(), "(document): trailing characters at line 1 column 14"),
+        ("{} x".into(), "(document): trailing characters at line 1 column 4"),
+        ("{} \n".into(), "accepted"),
+        // a key that does not parse: the map it is in, never `?`
+        ("{\u{0}".into(), "(document): key must be a string at line 1 column 2"),
+        (r#"{"services":{"a":{"clusters":{1:"#.into(), "services.a.clusters: key must be a string at line 1 column 31"),
         ("{}".into(), "accepted"),
     ];
     for (json, want) in &cases {
@@ -200,6 +207,52 @@ fn size_limits() {
         format!("table: {} bytes exceeds the limit of 10", two.len())
     );
     assert_eq!(table_error(two, Limits::default()), "accepted");
+    // each limit is inclusive: exactly at it passes
+    assert_eq!(table_error(two, lim(|l| l.max_services = 2)), "accepted");
+    assert_eq!(table_error(two, lim(|l| l.max_groups = 3)), "accepted");
+    assert_eq!(table_error(two, lim(|l| l.max_cluster_entries = 3)), "accepted");
+    assert_eq!(table_error(two, Limits { max_table_bytes: two.len(), ..Limits::default() }), "accepted");
+    // limits come from the plugin configuration and apply to its inline table
+    let config = format!(r#"{{"limits":{{"max_services":1}},"table":{{"inline":{two}}}}}"#);
+    assert_eq!(config_error(&config), "table.inline.services: 2 exceeds the limit of 1");
+}
+
+/// Tables just over each default limit, built without a 64 MiB document
+/// where the count alone decides.
+#[test]
+fn tables_over_the_default_limits_are_rejected() {
+    let limits = Limits::default();
+    // 64 MiB of JSON: refused before parsing
+    let mut big = vec![b' '; 64 * 1024 * 1024 + 1];
+    big[..2].copy_from_slice(b"{}");
+    let err = RawTable::from_json(&big, &limits).unwrap_err().to_string();
+    assert_eq!(err, "table: 67108865 bytes exceeds the limit of 67108864");
+    // 100 000 services
+    let mut raw = RawTable::default();
+    for i in 0..=100_000 {
+        raw.services.insert(format!("s{i}"), RawService::default());
+    }
+    let err = Table::compile(&raw, "base", &limits).unwrap_err().to_string();
+    assert_eq!(err, "services: 100001 exceeds the limit of 100000");
+    // 1 000 groups, the base group among them
+    let groups = |n: usize| {
+        let mut raw = RawTable::default();
+        raw.services.insert(
+            "a".into(),
+            RawService { hosts: vec!["a".into()], clusters: [("base".into(), "a0".into())].into() },
+        );
+        for i in 1..n {
+            raw.groups.insert(format!("g{i}"), RawGroup::default());
+        }
+        raw
+    };
+    assert!(Table::compile(&groups(1_000), "base", &limits).is_ok());
+    let err = Table::compile(&groups(1_001), "base", &limits).unwrap_err().to_string();
+    assert_eq!(err, "groups: 1001 exceeds the limit of 1000");
+    // 1 000 000 cluster entries: 1 001 services of 1 000 groups each would
+    // take ~100 MB to build, so the count is checked at the default number
+    // here and the mechanism at a small limit in `size_limits`.
+    assert_eq!(limits.max_cluster_entries, 1_000_000);
 }
 
 fn config_error(json: &str) -> String {
@@ -226,7 +279,19 @@ fn config_defaults() {
     assert_eq!(s.workload_group, None);
     assert!(s.inject_baggage && s.annotate_response);
     assert_eq!(s.failfast_status, 503);
-    assert_eq!(s.limits, Limits::default());
+    assert_eq!(
+        s.limits,
+        Limits {
+            max_services: 100_000,
+            max_groups: 1_000,
+            max_cluster_entries: 1_000_000,
+            max_table_bytes: 64 * 1024 * 1024,
+            max_fallback_depth: 8,
+            max_baggage_bytes: 8192,
+            max_baggage_members: 180,
+        },
+        "the SPEC's defaults (and W3C's baggage limits)"
+    );
     assert!(matches!(s.source, Source::None));
     let s =
         Settings::from_json(br#"{"baggage_key":null,"table":{"companion":{"cluster":"c","authority":"companion"}}}"#)
@@ -262,6 +327,9 @@ fn config_validation_errors() {
             r#"{"cluster_header":null,"target_header":null}"#,
             r#"cluster_header: "null" is not valid (cluster_header and target_header cannot both be null: the filter must write one routing header)"#,
         ),
+        (r#"{"cookie":"a"} {"cookie":"b"}"#, "(document): trailing characters at line 1 column 16"),
+        ("{\u{0}", "(document): key must be a string at line 1 column 2"),
+        (r#"{"edge":{"rules":[{"#, "edge.rules[0]: EOF while parsing an object at line 1 column 19"),
         ("{}", "accepted"),
     ];
     for (json, want) in cases {

@@ -237,5 +237,29 @@ fn trace_ids_for_the_assist() {
     // without the assist configured, no trace id is read
     let plain = settings("");
     assert_eq!(scan(&h, &plain, Peer::default()).trace_id, None);
-    let _ = Limits::default();
+}
+
+#[test]
+fn baggage_limits_are_inclusive() {
+    let limits = Limits::default();
+    let padded = |len: usize| format!("isogroup=f1,pad={}", "x".repeat(len - "isogroup=f1,pad=".len()));
+    let members = |n: usize| format!("isogroup=f1{}", ",k=v".repeat(n - 1));
+    let s = settings("");
+    // (baggage, group, invalid count): at a limit it is searched, one over it is not
+    let cases = [
+        (padded(limits.max_baggage_bytes), "f1", 0),
+        (padded(limits.max_baggage_bytes + 1), "-", 1),
+        (members(limits.max_baggage_members), "f1", 0),
+        (members(limits.max_baggage_members + 1), "-", 1),
+    ];
+    for (baggage, group, invalid) in &cases {
+        let (g, _, n, _) = run(&s, &[("baggage", baggage)], None);
+        assert_eq!((g.as_str(), n), (*group, *invalid), "{} bytes", baggage.len());
+    }
+    // the limits are the plugin's to set
+    let tight = settings(r#""limits": {"max_baggage_members": 2, "max_baggage_bytes": 20},"#);
+    assert_eq!(run(&tight, &[("baggage", "a=1,isogroup=f1")], None).0, "f1");
+    assert_eq!(run(&tight, &[("baggage", "a=1,b=2,isogroup=f1")], None).0, "-");
+    assert_eq!(run(&tight, &[("baggage", "isogroup=f1,long=xxx")], None).0, "f1", "20 bytes");
+    assert_eq!(run(&tight, &[("baggage", "isogroup=f1,long=xxxx")], None).0, "-", "21 bytes");
 }
