@@ -14,7 +14,8 @@ const TABLE: &str = r#"{
     "team-s":    { "mode": "strict" },
     "deep":      { "fallback": ["mid", "other"] },
     "mid":       { "fallback": ["team-a"] },
-    "other":     {}
+    "other":     {},
+    "lane":      { "fallback": ["team-s"] }
   },
   "services": {
     "reviews": {
@@ -91,6 +92,12 @@ fn decisions() {
         ("ratings", Some("feature-1"), Some("details"), "ratings=team-a via ratings-a (fallback)"),
         ("reviews", Some("feature-1"), Some("*"), "reviews=feature-1 via reviews-f1"),
         ("reviews", Some("nobody"), Some("reviews"), "failfast reviews nobody strict_request"),
+        // only the request's own group's mode matters: a permissive group
+        // falling back to a strict one falls back on, past it
+        ("reviews", Some("lane"), None, "reviews=team-s via reviews-s (fallback)"),
+        ("ratings", Some("lane"), None, "ratings=base via ratings-base (fallback)"),
+        ("ratings", Some("lane"), Some("ratings"), "failfast ratings lane strict_request"),
+        ("ratings", Some("team-s"), None, "failfast ratings team-s strict_group"),
     ];
     for (authority, group, strict, want) in cases {
         let req = RequestView { authority: authority.as_bytes(), group: *group, strict: strict.map(str::as_bytes) };
