@@ -25,6 +25,13 @@ impl Cidr {
         if prefix > max {
             return Err("prefix length too long for the address family");
         }
+        // `contains` sees an IPv4-mapped peer as its IPv4 address, so a range
+        // written in mapped form (`::ffff:10.0.0.0/104`) is that IPv4 range.
+        if let IpAddr::V6(v6) = net {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                return Ok(Cidr { net: IpAddr::V4(v4), prefix: prefix - 96 });
+            }
+        }
         Ok(Cidr { net, prefix })
     }
 
@@ -79,6 +86,11 @@ mod tests {
             ("2001:db8::/32", "2001:db9::1", false),
             ("::/0", "::1", true),
             ("10.0.0.0/8", "::1", false),
+            // a range in IPv4-mapped form holds the peer in either form
+            ("::ffff:10.0.0.0/104", "10.1.2.3", true),
+            ("::ffff:10.0.0.0/104", "::ffff:10.1.2.3", true),
+            ("::ffff:10.0.0.0/104", "11.0.0.1", false),
+            ("::ffff:192.0.2.7", "192.0.2.7", true),
         ];
         for (cidr, ip, want) in cases {
             let c = Cidr::parse(cidr).unwrap();

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use crate::assist::{Assist, RawAssist};
 use crate::edge::{Edge, RawEdge};
-use crate::error::{json_parts, ConfigError};
+use crate::error::{json_document, ConfigError};
 use crate::group::is_valid_group;
 use crate::table::{Limits, RawTable, Table};
 
@@ -146,11 +146,7 @@ impl Settings {
     /// defaults.
     pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
         let bytes = if bytes.trim_ascii().is_empty() { b"{}" } else { bytes };
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let (path, message) = json_parts(e);
-            ConfigError::Json { path, message }
-        })?;
+        let raw: RawConfig = json_document(bytes).map_err(|(path, message)| ConfigError::Json { path, message })?;
         Settings::validate(raw)
     }
 

@@ -364,6 +364,50 @@ mod tests {
     }
 
     #[test]
+    fn a_regex_finds_unless_anchored() {
+        let e = edge(
+            r#"{"rules":[{"header":"x-user","regex":"dev-[0-9]+","group":"dev"},
+                {"header":"x-team","regex":"^qa$","group":"qa"},
+                {"cookie":"lane","regex":"blue","group":"blue"}]}"#,
+        )
+        .unwrap();
+        let cases: Vec<(Req, Option<&str>)> = vec![
+            // unanchored: a match anywhere in the value
+            (req(vec![("x-user", "dev-7")]), Some("dev")),
+            (req(vec![("x-user", "alice-dev-42-box")]), Some("dev")),
+            (req(vec![("x-user", "x dev-1")]), Some("dev")),
+            (req(vec![("x-user", "dev-")]), None),
+            (req(vec![("x-user", "DEV-1")]), None),
+            (Req { cookie: "lane=light-blue-2", ..req(vec![]) }, Some("blue")),
+            // anchored: the whole value only
+            (req(vec![("x-team", "qa")]), Some("qa")),
+            (req(vec![("x-team", "qa-1")]), None),
+            (req(vec![("x-team", "the-qa")]), None),
+        ];
+        for (r, want) in cases {
+            let desc = format!("{:?} {:?}", r.headers, r.cookie);
+            assert_eq!(e.choose(&r).map(|(_, g)| g.to_string()).as_deref(), want, "{desc}");
+        }
+        // a value that is not UTF-8 matches no regex
+        struct Raw;
+        impl EdgeRequest for Raw {
+            fn header(&self, name: &str) -> Option<&[u8]> {
+                (name == "x-user").then_some(&b"dev-1\xff"[..])
+            }
+            fn cookie(&self, _: &str) -> Option<&[u8]> {
+                None
+            }
+            fn query(&self, _: &str) -> Option<Vec<u8>> {
+                None
+            }
+            fn peer(&self) -> Option<IpAddr> {
+                None
+            }
+        }
+        assert_eq!(e.choose(&Raw), None);
+    }
+
+    #[test]
     fn percent_rules_are_sticky_cumulative_buckets() {
         let e = edge(r#"{"rules":[{"percent":10,"hash_header":"x-id","group":"a"},{"percent":30,"hash_header":"x-id","group":"b"}]}"#).unwrap();
         let mut counts = [0u32; 3];

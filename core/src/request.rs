@@ -388,6 +388,18 @@ impl<'h> Incoming<'h> {
         }
     }
 
+    /// The `x-isogroup-served` value to add to the response (SPEC step 6):
+    /// only for a routed request, with `annotate_response` on, to a peer
+    /// that may see isogroup response headers.
+    pub fn served(&self, decision: Option<&Decision<'_>>, s: &Settings) -> Option<String> {
+        match decision {
+            Some(Decision::Route(r)) if s.annotate_response && self.trusted => {
+                Some(served_value(r.service, r.serving, r.fallback))
+            }
+            _ => None,
+        }
+    }
+
     pub fn local_reply(&self, f: &FailFast<'_>, s: &Settings) -> LocalReply {
         LocalReply { status: s.failfast_status, grpc: self.grpc, service: f.service.to_owned(), body: failfast_body(f) }
     }

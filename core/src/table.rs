@@ -2,12 +2,12 @@
 //! form (`Table`) that `decide` reads. Compiling validates everything once, so
 //! the per-request path only does lookups.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::authority;
-use crate::error::{json_parts, TableError};
+use crate::error::{json_document, TableError};
 use crate::group::is_valid_group;
 use rustc_hash::FxHashMap;
 
@@ -52,11 +52,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let (path, message) = json_parts(e);
-            TableError::Json { path, message }
-        })
+        json_document(bytes).map_err(|(path, message)| TableError::Json { path, message })
     }
 }
 
@@ -144,12 +140,20 @@ impl Table {
 
     /// Compiles a table; the first problem found rejects it.
     pub fn compile(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, TableError> {
-        Table::check(raw, default_base, limits).map_err(|mut errors| errors.swap_remove(0))
+        let mut c = Compiler::new(raw, default_base, limits);
+        // Later checks only append: a limit or name problem found here is
+        // already the first, and an over-limit table costs no more work.
+        if !c.errors.is_empty() {
+            return Err(c.errors.swap_remove(0));
+        }
+        c.finish().map_err(|mut errors| errors.swap_remove(0))
     }
 
-    /// Compiles a table, or lists every problem found (never an empty list).
+    /// Compiles a table, or lists every problem found (never an empty list):
+    /// every limit exceeded, every bad name, every fallback rule broken,
+    /// every cycle once, every over-deep chain, every service problem.
     pub fn check(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, Vec<TableError>> {
-        Compiler::new(raw, default_base, limits).map_err(|e| vec![e])?.finish()
+        Compiler::new(raw, default_base, limits).finish()
     }
 
     pub fn version(&self) -> u64 {
@@ -220,8 +224,9 @@ impl Table {
     }
 }
 
-/// Validates and compiles one raw table. Size and base-group problems stop
-/// at once; every other problem is collected, so `check` can list them all.
+/// Validates and compiles one raw table. Every problem is collected (none
+/// stops the others), so `check` can list them all; the compiled table is
+/// only built when there are none.
 struct Compiler<'r> {
     raw: &'r RawTable,
     limits: &'r Limits,
@@ -232,26 +237,8 @@ struct Compiler<'r> {
 }
 
 impl<'r> Compiler<'r> {
-    fn new(raw: &'r RawTable, default_base: &'r str, limits: &'r Limits) -> Result<Self, TableError> {
+    fn new(raw: &'r RawTable, default_base: &'r str, limits: &'r Limits) -> Self {
         let base_name = raw.base_group.as_deref().unwrap_or(default_base);
-        if !is_valid_group(base_name.as_bytes()) {
-            return Err(TableError::InvalidGroupName { field: "base_group".into(), name: base_name.into() });
-        }
-        if raw.services.len() > limits.max_services {
-            return Err(TableError::TooMany {
-                field: "services",
-                count: raw.services.len(),
-                limit: limits.max_services,
-            });
-        }
-        let entries: usize = raw.services.values().map(|s| s.clusters.len()).sum();
-        if entries > limits.max_cluster_entries {
-            return Err(TableError::TooMany {
-                field: "services.*.clusters",
-                count: entries,
-                limit: limits.max_cluster_entries,
-            });
-        }
         let mut c = Compiler {
             raw,
             limits,
@@ -260,12 +247,33 @@ impl<'r> Compiler<'r> {
             group_index: FxHashMap::default(),
             errors: Vec::new(),
         };
+        if !is_valid_group(base_name.as_bytes()) {
+            c.errors.push(TableError::InvalidGroupName { field: "base_group".into(), name: base_name.into() });
+        }
+        if raw.services.len() > limits.max_services {
+            c.errors.push(TableError::TooMany {
+                field: "services",
+                count: raw.services.len(),
+                limit: limits.max_services,
+            });
+        }
+        let entries: usize = raw.services.values().map(|s| s.clusters.len()).sum();
+        if entries > limits.max_cluster_entries {
+            c.errors.push(TableError::TooMany {
+                field: "services.*.clusters",
+                count: entries,
+                limit: limits.max_cluster_entries,
+            });
+        }
+        // The base group is always id 0, even when its name is invalid (the
+        // table is rejected then, but the other checks still run).
         c.intern(base_name);
+        let mut name_errors = Vec::new();
         for name in raw.groups.keys() {
             if is_valid_group(name.as_bytes()) {
                 c.intern(name);
             } else {
-                c.errors.push(TableError::InvalidGroupName { field: format!("groups.{name}"), name: name.clone() });
+                name_errors.push(TableError::InvalidGroupName { field: format!("groups.{name}"), name: name.clone() });
             }
         }
         for (svc, s) in &raw.services {
@@ -273,7 +281,7 @@ impl<'r> Compiler<'r> {
                 if is_valid_group(group.as_bytes()) {
                     c.intern(group);
                 } else {
-                    c.errors.push(TableError::InvalidGroupName {
+                    name_errors.push(TableError::InvalidGroupName {
                         field: format!("services.{svc}.clusters.{group}"),
                         name: group.clone(),
                     });
@@ -281,9 +289,14 @@ impl<'r> Compiler<'r> {
             }
         }
         if c.group_names.len() > limits.max_groups {
-            return Err(TableError::TooMany { field: "groups", count: c.group_names.len(), limit: limits.max_groups });
+            c.errors.push(TableError::TooMany {
+                field: "groups",
+                count: c.group_names.len(),
+                limit: limits.max_groups,
+            });
         }
-        Ok(c)
+        c.errors.extend(name_errors);
+        c
     }
 
     fn intern(&mut self, name: &str) -> GroupId {
@@ -297,11 +310,12 @@ impl<'r> Compiler<'r> {
     }
 
     fn finish(mut self) -> Result<Table, Vec<TableError>> {
-        let groups = self.compile_groups();
+        self.check_groups();
         let (services, service_index, host_index) = self.compile_services();
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
+        let groups = self.compile_groups();
         Ok(Table {
             version: self.raw.version,
             epoch: self.raw.epoch.as_deref().map(Into::into),
@@ -315,46 +329,43 @@ impl<'r> Compiler<'r> {
         })
     }
 
-    fn compile_groups(&mut self) -> Vec<CompiledGroup> {
+    /// The fallback rules: per group, then every cycle, then every chain
+    /// over the depth limit.
+    fn check_groups(&mut self) {
         let raw = self.raw;
-        let mut rule_errors = Vec::new();
         for (name, g) in &raw.groups {
             if name == self.base_name && !g.fallback.is_empty() {
-                rule_errors.push(TableError::BaseHasFallback { group: name.clone() });
+                self.errors.push(TableError::BaseHasFallback { group: name.clone() });
             }
             if g.mode == Mode::Strict && !g.fallback.is_empty() {
-                rule_errors.push(TableError::StrictWithFallback { group: name.clone() });
+                self.errors.push(TableError::StrictWithFallback { group: name.clone() });
             }
             for f in &g.fallback {
                 if !self.group_index.contains_key(f.as_str()) {
-                    rule_errors.push(TableError::UnknownFallback { group: name.clone(), fallback: f.clone() });
+                    self.errors.push(TableError::UnknownFallback { group: name.clone(), fallback: f.clone() });
                 }
             }
         }
-        let mut depth: HashMap<&str, usize> = HashMap::new();
+        let (depths, cycles) = fallback_walk(raw);
+        self.errors.extend(cycles);
+        let limit = self.limits.max_fallback_depth;
         for name in raw.groups.keys() {
-            let mut path = Vec::new();
-            match self.depth(name, &mut path, &mut depth) {
-                Ok(d) if d > self.limits.max_fallback_depth => rule_errors.push(TableError::FallbackTooDeep {
-                    group: name.clone(),
-                    depth: d,
-                    limit: self.limits.max_fallback_depth,
-                }),
-                Ok(_) => {}
-                Err(e) => {
-                    // One cycle is reported once, from its first group.
-                    if !rule_errors.contains(&e) {
-                        rule_errors.push(e);
-                    }
-                    break;
+            match depths.get(name.as_str()) {
+                Some(&depth) if depth > limit => {
+                    self.errors.push(TableError::FallbackTooDeep { group: name.clone(), depth, limit });
                 }
+                _ => {}
             }
         }
-        self.errors.extend(rule_errors);
+    }
+
+    /// Each group's resolution order; only for a table without errors (no
+    /// cycles, chains within the depth limit, so `visit` recurses little).
+    fn compile_groups(&self) -> Vec<CompiledGroup> {
         self.group_names
             .iter()
             .map(|name| {
-                let strict = raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
+                let strict = self.raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
                 let mut order = Vec::new();
                 self.visit(name, &mut order);
                 let base = 0;
@@ -366,33 +377,7 @@ impl<'r> Compiler<'r> {
             .collect()
     }
 
-    /// Longest fallback chain below `name`, in edges; errors on a cycle.
-    fn depth<'a>(
-        &'a self,
-        name: &'a str,
-        path: &mut Vec<&'a str>,
-        memo: &mut HashMap<&'a str, usize>,
-    ) -> Result<usize, TableError> {
-        if let Some(&d) = memo.get(name) {
-            return Ok(d);
-        }
-        if let Some(start) = path.iter().position(|&p| p == name) {
-            let mut cycle: Vec<&str> = path[start..].to_vec();
-            cycle.push(name);
-            return Err(TableError::FallbackCycle { group: path[start].to_owned(), cycle: cycle.join(" -> ") });
-        }
-        path.push(name);
-        let mut d = 0;
-        for f in self.raw.groups.get(name).map_or(&[][..], |g| &g.fallback) {
-            d = d.max(1 + self.depth(f, path, memo)?);
-        }
-        path.pop();
-        memo.insert(name, d);
-        Ok(d)
-    }
-
-    /// Depth-first resolution order, each group once (so cycles end here
-    /// too, though a table with one is rejected).
+    /// Depth-first resolution order, each group once.
     fn visit(&self, name: &str, order: &mut Vec<GroupId>) {
         let Some(&id) = self.group_index.get(name) else {
             return;
@@ -473,6 +458,89 @@ impl<'r> Compiler<'r> {
         }
         (services, service_index, host_index)
     }
+}
+
+/// Longest cycle text written out in full; longer ones are shortened.
+const CYCLE_SHOWN: usize = 8;
+
+/// One depth-first walk over the fallback graph (groups in name order,
+/// fallbacks in list order), with an explicit stack: a hostile table may
+/// chain many groups. Returns each group's longest chain in edges, counted
+/// without the walk's back edges (so it is a real chain even in a table with
+/// cycles), and one error per back edge, each the cycle it closes, named
+/// from the group where that cycle starts. Linear in the fallback entries.
+fn fallback_walk(raw: &RawTable) -> (HashMap<&str, usize>, Vec<TableError>) {
+    enum State {
+        /// On the current path, at this stack index.
+        OnPath(usize),
+        Done(usize),
+    }
+    let fallbacks = |name: &str| raw.groups.get(name).map_or(&[][..], |g| &g.fallback[..]);
+    let mut state: HashMap<&str, State> = HashMap::with_capacity(raw.groups.len());
+    let mut back_edges: HashSet<(&str, &str)> = HashSet::new();
+    let mut cycles = Vec::new();
+    // (group, next fallback to look at, longest chain below it so far)
+    let mut stack: Vec<(&str, usize, usize)> = Vec::new();
+    for root in raw.groups.keys() {
+        if state.contains_key(root.as_str()) {
+            continue;
+        }
+        state.insert(root, State::OnPath(0));
+        stack.push((root, 0, 0));
+        while let Some(&(name, next, deepest)) = stack.last() {
+            let Some(f) = fallbacks(name).get(next).map(String::as_str) else {
+                stack.pop();
+                state.insert(name, State::Done(deepest));
+                if let Some(parent) = stack.last_mut() {
+                    parent.2 = parent.2.max(deepest + 1);
+                }
+                continue;
+            };
+            if let Some(top) = stack.last_mut() {
+                top.1 += 1;
+            }
+            match state.get(f) {
+                None => {
+                    state.insert(f, State::OnPath(stack.len()));
+                    stack.push((f, 0, 0));
+                }
+                Some(&State::Done(d)) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.2 = top.2.max(d + 1);
+                    }
+                }
+                Some(&State::OnPath(start)) => {
+                    // The same edge listed twice closes the same cycle.
+                    if back_edges.insert((name, f)) {
+                        let path = stack.get(start..).unwrap_or_default();
+                        cycles.push(TableError::FallbackCycle { group: f.to_owned(), cycle: cycle_text(path, f) });
+                    }
+                }
+            }
+        }
+    }
+    let depths = state
+        .into_iter()
+        .filter_map(|(name, s)| match s {
+            State::Done(d) => Some((name, d)),
+            State::OnPath(_) => None,
+        })
+        .collect();
+    (depths, cycles)
+}
+
+/// `a -> b -> a`; a long cycle shows its first groups and how many more.
+fn cycle_text(path: &[(&str, usize, usize)], start: &str) -> String {
+    let mut text = String::new();
+    for (name, _, _) in path.iter().take(CYCLE_SHOWN) {
+        text.push_str(name);
+        text.push_str(" -> ");
+    }
+    if path.len() > CYCLE_SHOWN {
+        text.push_str(&format!("… ({} more) -> ", path.len() - CYCLE_SHOWN));
+    }
+    text.push_str(start);
+    text
 }
 
 /// Service names: lower-case DNS-ish (`reviews`, `reviews.default`).

@@ -14,7 +14,8 @@ const TABLE: &str = r#"{
     "team-s":    { "mode": "strict" },
     "deep":      { "fallback": ["mid", "other"] },
     "mid":       { "fallback": ["team-a"] },
-    "other":     {}
+    "other":     {},
+    "lane":      { "fallback": ["team-s"] }
   },
   "services": {
     "reviews": {
@@ -91,6 +92,12 @@ fn decisions() {
         ("ratings", Some("feature-1"), Some("details"), "ratings=team-a via ratings-a (fallback)"),
         ("reviews", Some("feature-1"), Some("*"), "reviews=feature-1 via reviews-f1"),
         ("reviews", Some("nobody"), Some("reviews"), "failfast reviews nobody strict_request"),
+        // only the request's own group's mode matters: a permissive group
+        // falling back to a strict one falls back on, past it
+        ("reviews", Some("lane"), None, "reviews=team-s via reviews-s (fallback)"),
+        ("ratings", Some("lane"), None, "ratings=base via ratings-base (fallback)"),
+        ("ratings", Some("lane"), Some("ratings"), "failfast ratings lane strict_request"),
+        ("ratings", Some("team-s"), None, "failfast ratings team-s strict_group"),
     ];
     for (authority, group, strict, want) in cases {
         let req = RequestView { authority: authority.as_bytes(), group: *group, strict: strict.map(str::as_bytes) };
@@ -163,6 +170,13 @@ fn table_validation_errors() {
         (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 62"),
         ("not json".into(), "(document): expected ident at line 1 column 2"),
         (r#"{"version":-1}"#.into(), "version: invalid value: integer `-1`, expected u64 at line 1 column 13"),
+        // one document: a doubled or padded body is not half-read
+        (r#"{"version":1}{"version":2}"#.into(), "(document): trailing characters at line 1 column 14"),
+        ("{} x".into(), "(document): trailing characters at line 1 column 4"),
+        ("{} \n".into(), "accepted"),
+        // a key that does not parse: the map it is in, never `?`
+        ("{\u{0}".into(), "(document): key must be a string at line 1 column 2"),
+        (r#"{"services":{"a":{"clusters":{1:"#.into(), "services.a.clusters: key must be a string at line 1 column 31"),
         ("{}".into(), "accepted"),
     ];
     for (json, want) in &cases {
@@ -200,6 +214,52 @@ fn size_limits() {
         format!("table: {} bytes exceeds the limit of 10", two.len())
     );
     assert_eq!(table_error(two, Limits::default()), "accepted");
+    // each limit is inclusive: exactly at it passes
+    assert_eq!(table_error(two, lim(|l| l.max_services = 2)), "accepted");
+    assert_eq!(table_error(two, lim(|l| l.max_groups = 3)), "accepted");
+    assert_eq!(table_error(two, lim(|l| l.max_cluster_entries = 3)), "accepted");
+    assert_eq!(table_error(two, Limits { max_table_bytes: two.len(), ..Limits::default() }), "accepted");
+    // limits come from the plugin configuration and apply to its inline table
+    let config = format!(r#"{{"limits":{{"max_services":1}},"table":{{"inline":{two}}}}}"#);
+    assert_eq!(config_error(&config), "table.inline.services: 2 exceeds the limit of 1");
+}
+
+/// Tables just over each default limit, built without a 64 MiB document
+/// where the count alone decides.
+#[test]
+fn tables_over_the_default_limits_are_rejected() {
+    let limits = Limits::default();
+    // 64 MiB of JSON: refused before parsing
+    let mut big = vec![b' '; 64 * 1024 * 1024 + 1];
+    big[..2].copy_from_slice(b"{}");
+    let err = RawTable::from_json(&big, &limits).unwrap_err().to_string();
+    assert_eq!(err, "table: 67108865 bytes exceeds the limit of 67108864");
+    // 100 000 services
+    let mut raw = RawTable::default();
+    for i in 0..=100_000 {
+        raw.services.insert(format!("s{i}"), RawService::default());
+    }
+    let err = Table::compile(&raw, "base", &limits).unwrap_err().to_string();
+    assert_eq!(err, "services: 100001 exceeds the limit of 100000");
+    // 1 000 groups, the base group among them
+    let groups = |n: usize| {
+        let mut raw = RawTable::default();
+        raw.services.insert(
+            "a".into(),
+            RawService { hosts: vec!["a".into()], clusters: [("base".into(), "a0".into())].into() },
+        );
+        for i in 1..n {
+            raw.groups.insert(format!("g{i}"), RawGroup::default());
+        }
+        raw
+    };
+    assert!(Table::compile(&groups(1_000), "base", &limits).is_ok());
+    let err = Table::compile(&groups(1_001), "base", &limits).unwrap_err().to_string();
+    assert_eq!(err, "groups: 1001 exceeds the limit of 1000");
+    // 1 000 000 cluster entries: 1 001 services of 1 000 groups each would
+    // take ~100 MB to build, so the count is checked at the default number
+    // here and the mechanism at a small limit in `size_limits`.
+    assert_eq!(limits.max_cluster_entries, 1_000_000);
 }
 
 fn config_error(json: &str) -> String {
@@ -226,7 +286,19 @@ fn config_defaults() {
     assert_eq!(s.workload_group, None);
     assert!(s.inject_baggage && s.annotate_response);
     assert_eq!(s.failfast_status, 503);
-    assert_eq!(s.limits, Limits::default());
+    assert_eq!(
+        s.limits,
+        Limits {
+            max_services: 100_000,
+            max_groups: 1_000,
+            max_cluster_entries: 1_000_000,
+            max_table_bytes: 64 * 1024 * 1024,
+            max_fallback_depth: 8,
+            max_baggage_bytes: 8192,
+            max_baggage_members: 180,
+        },
+        "the SPEC's defaults (and W3C's baggage limits)"
+    );
     assert!(matches!(s.source, Source::None));
     let s =
         Settings::from_json(br#"{"baggage_key":null,"table":{"companion":{"cluster":"c","authority":"companion"}}}"#)
@@ -262,6 +334,9 @@ fn config_validation_errors() {
             r#"{"cluster_header":null,"target_header":null}"#,
             r#"cluster_header: "null" is not valid (cluster_header and target_header cannot both be null: the filter must write one routing header)"#,
         ),
+        (r#"{"cookie":"a"} {"cookie":"b"}"#, "(document): trailing characters at line 1 column 16"),
+        ("{\u{0}", "(document): key must be a string at line 1 column 2"),
+        (r#"{"edge":{"rules":[{"#, "edge.rules[0]: EOF while parsing an object at line 1 column 19"),
         ("{}", "accepted"),
     ];
     for (json, want) in cases {
@@ -287,4 +362,134 @@ fn check_lists_every_problem() {
     );
     // compile reports the first of them
     assert_eq!(Table::compile(&raw, "base", &Limits::default()).unwrap_err().to_string(), errors[0]);
+}
+
+/// Every problem of a table, in `check`'s order, as text.
+fn check_errors(json: &str, limits: &Limits) -> Vec<String> {
+    let raw: RawTable = serde_json::from_str(json).unwrap();
+    match Table::check(&raw, "base", limits) {
+        Ok(_) => vec!["accepted".to_owned()],
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `"g0":{"fallback":["g1"]}, …, "g{len}":{}`: a chain of `len` edges.
+fn chain(prefix: &str, len: usize) -> String {
+    let links = (0..len).map(|i| format!(r#""{prefix}{i}":{{"fallback":["{prefix}{}"]}}"#, i + 1));
+    links.chain([format!(r#""{prefix}{len}":{{}}"#)]).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn check_lists_every_cycle_chain_and_limit() {
+    let base_svc = r#""services":{"a":{"hosts":["a"],"clusters":{"base":"a0"}}}"#;
+    let unknown = |g: &str, f: &str| {
+        format!(
+            r#"groups.{g}.fallback: unknown group "{f}" (not in groups, not the base group, not serving any service)"#
+        )
+    };
+    let cases: Vec<(String, Limits, Vec<String>)> = vec![
+        // two separate cycles: both, each once
+        (
+            format!(r#"{{"groups":{{"x":{{"fallback":["y"]}},"y":{{"fallback":["x"]}},"c0":{{"fallback":["c1"]}},"c1":{{"fallback":["c2"]}},"c2":{{"fallback":["c0"]}}}},{base_svc}}}"#),
+            Limits::default(),
+            vec!["groups.c0.fallback: cycle c0 -> c1 -> c2 -> c0".into(), "groups.x.fallback: cycle x -> y -> x".into()],
+        ),
+        // two cycles through one group; a self-loop listed twice is one cycle
+        (
+            format!(r#"{{"groups":{{"x":{{"fallback":["y","z"]}},"y":{{"fallback":["x"]}},"z":{{"fallback":["x"]}},"s":{{"fallback":["s","s"]}}}},{base_svc}}}"#),
+            Limits::default(),
+            vec!["groups.s.fallback: cycle s -> s".into(), "groups.x.fallback: cycle x -> y -> x".into(), "groups.x.fallback: cycle x -> z -> x".into()],
+        ),
+        // a cycle does not hide an over-deep chain that sorts after it
+        (
+            format!(r#"{{"groups":{{"a":{{"fallback":["a"]}},{}}},{base_svc}}}"#, chain("g", 10)),
+            Limits::default(),
+            vec![
+                "groups.a.fallback: cycle a -> a".into(),
+                "groups.g0.fallback: chain depth 10 exceeds the limit of 8".into(),
+                "groups.g1.fallback: chain depth 9 exceeds the limit of 8".into(),
+            ],
+        ),
+        // every over-deep chain, from each group where it starts
+        (
+            format!(r#"{{"groups":{{{},{}}},{base_svc}}}"#, chain("p", 3), chain("q", 4)),
+            Limits { max_fallback_depth: 2, ..Limits::default() },
+            vec![
+                "groups.p0.fallback: chain depth 3 exceeds the limit of 2".into(),
+                "groups.q0.fallback: chain depth 4 exceeds the limit of 2".into(),
+                "groups.q1.fallback: chain depth 3 exceeds the limit of 2".into(),
+            ],
+        ),
+        // every limit at once, and the other problems beside them
+        (
+            r#"{"groups":{"x":{"mode":"strict","fallback":["nope"]}},"services":{
+                "a":{"hosts":["a"],"clusters":{"base":"a0","x":"ax","y":"ay"}},
+                "b":{"hosts":["a","*"],"clusters":{"y":"by","Z":"bz"}}}}"#.into(),
+            Limits { max_services: 1, max_groups: 2, max_cluster_entries: 4, ..Limits::default() },
+            vec![
+                "services: 2 exceeds the limit of 1".into(),
+                "services.*.clusters: 5 exceeds the limit of 4".into(),
+                "groups: 3 exceeds the limit of 2".into(),
+                r#"services.b.clusters.Z: "Z" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+                "groups.x: a strict group cannot have a fallback".into(),
+                unknown("x", "nope"),
+                r#"services.b.hosts: host "a" already belongs to service "a""#.into(),
+                r#"services.b.hosts: "*" is not a valid host (a host has no '/' and no wildcard)"#.into(),
+                r#"services.b.clusters: no cluster for base group "base""#.into(),
+            ],
+        ),
+        // an invalid base group does not hide the rest
+        (
+            r#"{"base_group":"Base","groups":{"Base":{"fallback":["x"]}},"services":{"a":{"hosts":["a"],"clusters":{"base":"a0"}}}}"#.into(),
+            Limits::default(),
+            vec![
+                r#"base_group: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+                r#"groups.Base: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+                "groups.Base: the base group cannot have a fallback".into(),
+                unknown("Base", "x"),
+                r#"services.a.clusters: no cluster for base group "Base""#.into(),
+            ],
+        ),
+        // a chain exactly at the limit, then one group known only from a cluster
+        (
+            format!(
+                r#"{{"groups":{{{},"g8":{{"fallback":["h"]}}}},"services":{{"a":{{"hosts":["a"],"clusters":{{"base":"a0","h":"ah"}}}}}}}}"#,
+                chain("g", 7)
+            ),
+            Limits::default(),
+            vec!["accepted".into()],
+        ),
+        // a long cycle is shortened, and counted once however many times it is listed
+        (
+            format!(r#"{{"groups":{{{},"c9":{{"fallback":["c0","c0"]}}}},{base_svc}}}"#, chain("c", 9).replace(r#""c9":{}"#, r#""c99":{}"#)),
+            Limits { max_fallback_depth: 20, ..Limits::default() },
+            vec!["groups.c0.fallback: cycle c0 -> c1 -> c2 -> c3 -> c4 -> c5 -> c6 -> c7 -> … (2 more) -> c0".into()],
+        ),
+    ];
+    for (json, limits, want) in &cases {
+        assert_eq!(check_errors(json, limits), *want, "{json}");
+        // compile stops early, at the same first problem
+        let raw: RawTable = serde_json::from_str(json).unwrap();
+        let first = Table::compile(&raw, "base", limits).err().map_or("accepted".to_owned(), |e| e.to_string());
+        assert_eq!(first, want[0], "{json}");
+    }
+}
+
+#[test]
+fn check_of_a_hostile_table_walks_without_recursion() {
+    // 20 000 groups in one chain, each also falling back to the first: far
+    // past the group limit, one cycle per group, and deeper than a recursive
+    // walk could go on a test thread's stack.
+    let n = 20_000;
+    let mut raw = RawTable::default();
+    for i in 0..n {
+        let next = if i + 1 < n { vec![format!("g{}", i + 1), "g0".to_owned()] } else { vec!["g0".to_owned()] };
+        raw.groups.insert(format!("g{i}"), RawGroup { fallback: next, mode: Mode::Permissive });
+    }
+    let errors = Table::check(&raw, "base", &Limits::default()).unwrap_err();
+    assert_eq!(errors[0].to_string(), format!("groups: {} exceeds the limit of 1000", n + 1));
+    let cycles = errors.iter().filter(|e| matches!(e, TableError::FallbackCycle { .. })).count();
+    let too_deep = errors.iter().filter(|e| matches!(e, TableError::FallbackTooDeep { .. })).count();
+    assert_eq!((cycles, too_deep, errors.len()), (n, n - 9, 1 + n + n - 9));
+    assert!(errors.iter().all(|e| e.to_string().len() < 200), "long cycles are shortened");
 }

@@ -3,12 +3,22 @@
 #![no_main]
 
 use isogroup_core::group::{baggage_without, cookie_value, from_baggage, from_header, strict_lists, Lookup};
-use isogroup_core::request::{scan, Peer};
-use isogroup_core::{Settings, Source};
+use isogroup_core::request::{scan, Edit, Peer};
+use isogroup_core::{Decision, Settings, Source};
 use libfuzzer_sys::fuzz_target;
 
-const NAMES: [&str; 10] =
-    [":authority", ":path", "x-isogroup", "baggage", "cookie", "x-isogroup-strict", "x-isogroup-cluster", "content-type", "x-user", "traceparent"];
+const NAMES: [&str; 10] = [
+    ":authority",
+    ":path",
+    "x-isogroup",
+    "baggage",
+    "cookie",
+    "x-isogroup-strict",
+    "x-isogroup-cluster",
+    "content-type",
+    "x-user",
+    "traceparent",
+];
 
 fuzz_target!(|data: &[u8]| {
     let _ = from_header(data);
@@ -38,6 +48,19 @@ fuzz_target!(|data: &[u8]| {
     for ip in [None, Some([10, 1, 2, 3].into()), Some([192, 0, 2, 1].into())] {
         let inc = scan(&headers, &s, Peer { ip });
         let d = inc.decide(table);
-        let _ = inc.edits(Some(&d), &s);
+        for decision in [Some(&d), None] {
+            let edits = inc.edits(decision, &s);
+            // A client-sent routing header never survives: set by the route,
+            // removed otherwise. An untrusted peer's strict header is removed.
+            let sent = |name: &str| headers.iter().any(|(k, _)| k == name);
+            let set = |name: &str| edits.iter().any(|e| matches!(e, Edit::Set(n, _) if *n == name));
+            let removed = |name: &str| edits.iter().any(|e| matches!(e, Edit::Remove(n) if *n == name));
+            let routed = matches!(decision, Some(Decision::Route(_)));
+            for name in ["x-isogroup-cluster", "x-isogroup-target"] {
+                assert!(!sent(name) || removed(name) || (routed && set(name)), "{name} forwarded as sent");
+                assert!(routed || !set(name), "{name} set without a route");
+            }
+            assert!(inc.trusted || !sent("x-isogroup-strict") || removed("x-isogroup-strict"));
+        }
     }
 });

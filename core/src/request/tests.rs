@@ -237,5 +237,220 @@ fn trace_ids_for_the_assist() {
     // without the assist configured, no trace id is read
     let plain = settings("");
     assert_eq!(scan(&h, &plain, Peer::default()).trace_id, None);
-    let _ = Limits::default();
+}
+
+#[test]
+fn baggage_limits_are_inclusive() {
+    let limits = Limits::default();
+    let padded = |len: usize| format!("isogroup=f1,pad={}", "x".repeat(len - "isogroup=f1,pad=".len()));
+    let members = |n: usize| format!("isogroup=f1{}", ",k=v".repeat(n - 1));
+    let s = settings("");
+    // (baggage, group, invalid count): at a limit it is searched, one over it is not
+    let cases = [
+        (padded(limits.max_baggage_bytes), "f1", 0),
+        (padded(limits.max_baggage_bytes + 1), "-", 1),
+        (members(limits.max_baggage_members), "f1", 0),
+        (members(limits.max_baggage_members + 1), "-", 1),
+    ];
+    for (baggage, group, invalid) in &cases {
+        let (g, _, n, _) = run(&s, &[("baggage", baggage)], None);
+        assert_eq!((g.as_str(), n), (*group, *invalid), "{} bytes", baggage.len());
+    }
+    // the limits are the plugin's to set
+    let tight = settings(r#""limits": {"max_baggage_members": 2, "max_baggage_bytes": 20},"#);
+    assert_eq!(run(&tight, &[("baggage", "a=1,isogroup=f1")], None).0, "f1");
+    assert_eq!(run(&tight, &[("baggage", "a=1,b=2,isogroup=f1")], None).0, "-");
+    assert_eq!(run(&tight, &[("baggage", "isogroup=f1,long=xxx")], None).0, "f1", "20 bytes");
+    assert_eq!(run(&tight, &[("baggage", "isogroup=f1,long=xxxx")], None).0, "-", "21 bytes");
+}
+
+#[test]
+fn several_baggage_headers() {
+    let s = settings("");
+    let stamping = settings(r#""workload_group": "f1","#);
+    let edge = settings(EDGE);
+    let long = format!("isogroup=base,pad={}", "x".repeat(9000));
+    type Case<'a> = (&'a Settings, Vec<(&'a str, &'a str)>, Option<&'a str>, &'a str, u32, Vec<String>);
+    let cases: Vec<Case> = vec![
+        // the member may be in any of them
+        (&s, vec![("baggage", "a=1"), ("baggage", "isogroup=f1")], None, "f1", 0, with(&[], ROUTE_F1)),
+        // the first valid one wins
+        (&s, vec![("baggage", "isogroup=f1"), ("baggage", "isogroup=base")], None, "f1", 0, with(&[], ROUTE_F1)),
+        // an invalid member is skipped, counted and stripped from its own header only
+        (
+            &s,
+            vec![("baggage", "isogroup=BAD,a=1"), ("baggage", "b=2,isogroup=f1")],
+            None,
+            "f1",
+            1,
+            with(&["remove baggage", "add baggage: a=1", "add baggage: b=2,isogroup=f1"], ROUTE_F1),
+        ),
+        // one over the limits is not searched, the next one is
+        (&s, vec![("baggage", long.as_str()), ("baggage", "isogroup=f1")], None, "f1", 1, with(&[], ROUTE_F1)),
+        // a stamped group is merged into one header, every other member kept
+        (
+            &stamping,
+            vec![("baggage", "a=1"), ("baggage", "b=2;p")],
+            None,
+            "f1",
+            0,
+            with(&["set x-isogroup: f1", "set baggage: a=1,b=2;p,isogroup=f1"], ROUTE_F1),
+        ),
+        // an untrusted edge peer's member is removed from every header
+        (
+            &edge,
+            vec![("baggage", "isogroup=f1,a=1"), ("baggage", "b=2, isogroup=f1")],
+            Some("203.0.113.5"),
+            "-",
+            0,
+            with(&["remove baggage", "add baggage: a=1", "add baggage: b=2"], ROUTE_BASE),
+        ),
+    ];
+    for (s, list, peer, group, invalid, edits) in cases {
+        let (g, _, n, e) = run(s, &list, peer);
+        assert_eq!((g.as_str(), n, e), (group, invalid, edits), "{list:?}");
+    }
+}
+
+#[test]
+fn a_custom_or_null_baggage_key() {
+    let lane = settings(r#""baggage_key": "lane","#);
+    let lane_stamping = settings(r#""baggage_key": "lane", "workload_group": "f1","#);
+    let off = settings(r#""baggage_key": null,"#);
+    let off_stamping = settings(r#""baggage_key": null, "workload_group": "f1","#);
+    type Case<'a> = (&'a Settings, &'a str, &'a str, &'a str, u32, Vec<String>);
+    let cases: Vec<Case> = vec![
+        // a custom key is read; the default key then means nothing
+        (&lane, "a=1,lane=f1", "f1", "baggage", 0, with(&[], ROUTE_F1)),
+        (&lane, "isogroup=f1", "-", "none", 0, with(&[], ROUTE_BASE)),
+        (
+            &lane,
+            "lane=BAD,isogroup=x",
+            "-",
+            "none",
+            1,
+            with(&["remove baggage", "add baggage: isogroup=x"], ROUTE_BASE),
+        ),
+        // … and written
+        (
+            &lane_stamping,
+            "isogroup=x",
+            "f1",
+            "workload",
+            0,
+            with(&["set x-isogroup: f1", "set baggage: isogroup=x,lane=f1"], ROUTE_F1),
+        ),
+        // null: baggage is neither read, nor cleaned, nor written
+        (&off, "isogroup=f1", "-", "none", 0, with(&[], ROUTE_BASE)),
+        (&off, "isogroup=BAD", "-", "none", 0, with(&[], ROUTE_BASE)),
+        (&off_stamping, "a=1", "f1", "workload", 0, with(&["set x-isogroup: f1"], ROUTE_F1)),
+    ];
+    for (s, baggage, group, source, invalid, edits) in cases {
+        let got = run(s, &[("baggage", baggage)], None);
+        assert_eq!(got, (group.to_owned(), source.to_owned(), invalid, edits), "{:?} {baggage:?}", s.baggage_key);
+    }
+}
+
+#[test]
+fn failfast_status_and_reply() {
+    let body = r#"{"error":"isogroup_unavailable","service":"svc","group":"f2","reason":"strict_request"}"#;
+    // (config, extra header, status, gRPC)
+    type Case<'a> = (&'a str, Option<(&'a str, &'a str)>, u16, bool);
+    let cases: &[Case] = &[
+        ("", None, 503, false),
+        (r#""failfast_status": 429,"#, None, 429, false),
+        (r#""failfast_status": 599,"#, None, 599, false),
+        // gRPC: the filter answers with grpc-status 14; the reply says so
+        (r#""failfast_status": 429,"#, Some(("content-type", "application/grpc+proto")), 429, true),
+    ];
+    for (extra, header, status, grpc) in cases {
+        let s = settings(extra);
+        // f2 has no instance of svc and the request asks for no fallback
+        let mut list = vec![("x-isogroup", "f2"), ("x-isogroup-strict", "svc")];
+        list.extend(header);
+        let h = headers(&list);
+        let inc = scan(&h, &s, Peer::default());
+        let Decision::FailFast(f) = inc.decide(table(&s)) else { panic!("{extra}: not a fail-fast") };
+        let reply = inc.local_reply(&f, &s);
+        let want = LocalReply { status: *status, grpc: *grpc, service: "svc".into(), body: body.into() };
+        assert_eq!(reply, want, "{extra} {header:?}");
+    }
+}
+
+#[test]
+fn served_annotation() {
+    let on = settings("");
+    let off = settings(r#""annotate_response": false,"#);
+    let edge = settings(EDGE);
+    // (config, headers, authority, peer, annotation)
+    type Case<'a> = (&'a Settings, &'a [(&'a str, &'a str)], &'a str, Option<&'a str>, Option<&'a str>);
+    let cases: &[Case] = &[
+        (&on, &[("x-isogroup", "f1")], "svc", None, Some("svc=f1")),
+        (&on, &[], "svc", None, Some("svc=base")),
+        (&on, &[("x-isogroup", "f2")], "svc", None, Some("svc=base;fallback")),
+        (&off, &[("x-isogroup", "f1")], "svc", None, None),
+        (&off, &[("x-isogroup", "f2")], "svc", None, None),
+        // nothing routed, nothing served
+        (&on, &[("x-isogroup", "f1")], "elsewhere", None, None),
+        (&on, &[("x-isogroup", "f2"), ("x-isogroup-strict", "*")], "svc", None, None),
+        // isogroup response headers never go back to an untrusted peer
+        (&edge, &[("x-user", "alice")], "svc", Some("203.0.113.5"), None),
+        (&edge, &[("x-user", "alice")], "svc", Some("10.1.2.3"), Some("svc=f1")),
+    ];
+    for (s, list, authority, peer, want) in cases {
+        let mut h = headers(list);
+        h[0].1 = authority.as_bytes().to_vec();
+        let inc = scan(&h, s, Peer { ip: peer.map(|p| p.parse().unwrap()) });
+        let d = inc.decide(table(s));
+        assert_eq!(inc.served(Some(&d), s).as_deref(), *want, "{list:?} {authority} {peer:?}");
+        assert_eq!(inc.served(None, s), None, "no table: nothing served");
+    }
+}
+
+#[test]
+fn injection_on_a_pass_through_and_before_any_table() {
+    let stamp = ["set x-isogroup: f1", "set baggage: isogroup=f1"];
+    // (config, headers, peer, edits for a service not in the table, and with no table)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (r#""workload_group": "f1","#, &[], None, stamp.to_vec()),
+        (
+            r#""workload_group": "f1","#,
+            &[("baggage", "a=1")],
+            None,
+            vec!["set x-isogroup: f1", "set baggage: a=1,isogroup=f1"],
+        ),
+        (r#""workload_group": "f1", "inject_baggage": false,"#, &[], None, vec!["set x-isogroup: f1"]),
+        // a carried group is not re-stamped
+        (r#""workload_group": "f1","#, &[("x-isogroup", "base")], None, vec![]),
+        // edge rules stamp, and an untrusted peer's own group is still removed
+        (EDGE, &[("x-user", "alice")], Some("203.0.113.5"), stamp.to_vec()),
+        (
+            EDGE,
+            &[("x-isogroup", "base"), ("x-isogroup-strict", "*")],
+            Some("203.0.113.5"),
+            vec!["remove x-isogroup", "remove x-isogroup-strict"],
+        ),
+        // routing headers are stripped as always
+        (
+            r#""workload_group": "f1","#,
+            &[("x-isogroup-cluster", "evil")],
+            None,
+            [&stamp[..], &["remove x-isogroup-cluster"]].concat(),
+        ),
+    ];
+    for (extra, list, peer, want) in cases {
+        let s = settings(extra);
+        let mut h = headers(list);
+        h[0].1 = b"elsewhere:8080".to_vec();
+        let inc = scan(&h, &s, Peer { ip: peer.map(|p| p.parse().unwrap()) });
+        let d = inc.decide(table(&s));
+        assert_eq!(d, Decision::PassThrough, "{extra}");
+        assert_eq!(show(&inc.edits(Some(&d), &s)), want, "pass-through: {extra} {list:?}");
+        // before the first table: the same edits (and for a service the table would know)
+        assert_eq!(show(&inc.edits(None, &s)), want, "no table: {extra} {list:?}");
+        let mut known = h.clone();
+        known[0].1 = b"svc".to_vec();
+        assert_eq!(show(&scan(&known, &s, Peer { ip: peer.map(|p| p.parse().unwrap()) }).edits(None, &s)), want);
+    }
 }
