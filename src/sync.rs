@@ -4,7 +4,9 @@
 //! a lease in shared data) long-polls the companion and writes table + stamp
 //! to shared data. Every VM checks the small stamp key on its tick and
 //! recompiles once per newer table; requests only ever read the VM-local
-//! compiled table.
+//! compiled table. Tables are ordered by (epoch, version) (SPEC "Epoch and
+//! order"): a wiped and re-seeded store, with a newer epoch, wins its Envoys
+//! back; a lagging replica never makes one go back.
 //!
 //! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
 //! companion's cluster, authority and path): two plugin configs in one
@@ -15,6 +17,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use isogroup_core::edge::fnv1a;
+use isogroup_core::epoch::Stamp;
 use isogroup_core::{CompanionSource, Source, Table};
 use proxy_wasm::types::{LogLevel, Status};
 
@@ -35,7 +38,8 @@ pub const BACKOFF_MAX_MS: u64 = 10_000;
 pub struct Keys {
     pub lease: String,
     pub table: String,
-    pub version: String,
+    /// The shared table's stamp, `"<version>[ <epoch>]"`: small, read each tick.
+    pub stamp: String,
     pub ok_at: String,
 }
 
@@ -50,7 +54,7 @@ impl Keys {
         Keys {
             lease: format!("{prefix}/poller-lease"),
             table: format!("{prefix}/table"),
-            version: format!("{prefix}/table-version"),
+            stamp: format!("{prefix}/table-stamp"),
             ok_at: format!("{prefix}/table-ok-at"),
         }
     }
@@ -90,11 +94,49 @@ impl TableSync {
     }
 }
 
+/// A table's place in the order, owned: (epoch, version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub version: u64,
+    pub epoch: Option<String>,
+}
+
+impl Held {
+    pub fn of(table: &Table) -> Held {
+        Held { version: table.version(), epoch: table.epoch().map(str::to_owned) }
+    }
+
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp::new(self.epoch.as_deref(), self.version)
+    }
+
+    /// The shared-data form: `"<version>[ <epoch>]"`.
+    pub fn encode(&self) -> String {
+        match &self.epoch {
+            Some(e) => format!("{} {e}", self.version),
+            None => self.version.to_string(),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Held> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (version, epoch) = match text.split_once(' ') {
+            Some((v, e)) => (v, Some(e.to_owned())),
+            None => (text, None),
+        };
+        Some(Held { version: version.parse().ok()?, epoch })
+    }
+
+    fn is_newer_than(&self, other: Option<&Held>) -> bool {
+        other.is_none_or(|o| self.stamp().is_newer_than(&o.stamp()))
+    }
+}
+
 pub struct Follower {
     source: CompanionSource,
     keys: Keys,
-    /// Version installed in this VM.
-    local_version: Option<u64>,
+    /// The table installed in this VM.
+    local: Option<Held>,
     /// The outstanding poll, while this VM is the poller.
     in_flight: Option<u32>,
     failures: u32,
@@ -104,7 +146,7 @@ pub struct Follower {
 impl Follower {
     fn new(source: CompanionSource) -> Follower {
         let keys = Keys::for_source(&source);
-        Follower { source, keys, local_version: None, in_flight: None, failures: 0, next_poll_ms: 0 }
+        Follower { source, keys, local: None, in_flight: None, failures: 0, next_poll_ms: 0 }
     }
 
     fn on_tick<H: Host>(&mut self, vm: &Rc<Vm<H>>) {
@@ -132,41 +174,45 @@ impl Follower {
         }
     }
 
-    /// The process-wide version for this source, if any.
-    fn shared_version<H: Host>(&self, vm: &Vm<H>) -> Option<u64> {
-        let (value, _) = vm.host.shared_get(&self.keys.version).ok()?;
-        parse_u64(&value?)
+    /// The process-wide stamp for this source, if any.
+    fn shared<H: Host>(&self, vm: &Vm<H>) -> Option<Held> {
+        let (value, _) = vm.host.shared_get(&self.keys.stamp).ok()?;
+        Held::decode(&value?)
     }
 
     /// Installs a newer process-wide table in this VM, compiled once.
     fn follow<H: Host>(&mut self, vm: &Vm<H>) {
-        let Some(version) = self.shared_version(vm) else { return };
-        if self.local_version.is_some_and(|l| l >= version) {
+        let Some(shared) = self.shared(vm) else { return };
+        if !shared.is_newer_than(self.local.as_ref()) {
             return;
         }
         let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
         match Table::from_json(&bytes, &vm.settings.base_group, &vm.settings.limits) {
             Ok(table) => {
-                self.local_version = Some(table.version());
                 vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
+                self.local = Some(Held::of(&table));
                 vm.install(table);
             }
             Err(e) => {
                 // The poller validated it, but with its own config's base
                 // group and limits: a config sharing the source may differ.
-                vm.log(LogLevel::Error, &format!("shared table {version} does not compile here: {e}"));
-                self.local_version = Some(version);
+                vm.log(LogLevel::Error, &format!("shared table {} does not compile here: {e}", shared.encode()));
+                self.local = Some(shared);
             }
         }
     }
 
     fn poll<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
-        // `follow` ran first this tick: this VM holds the process's version.
-        let after = self.local_version;
+        // `follow` ran first this tick: this VM holds the process's table.
         let sep = if self.source.path.contains('?') { '&' } else { '?' };
-        let path = match after {
-            Some(v) => format!("{}{sep}after={v}&wait={}", self.source.path, self.source.wait_s),
-            None => self.source.path.clone(),
+        let (base, wait) = (&self.source.path, self.source.wait_s);
+        let path = match &self.local {
+            None => base.clone(),
+            // Only a valid epoch is sent, and a valid one is URL-safe.
+            Some(held) => match (&held.epoch, held.stamp().epoch) {
+                (Some(e), Some(_)) => format!("{base}{sep}after={}&epoch={e}&wait={wait}", held.version),
+                _ => format!("{base}{sep}after={}&wait={wait}", held.version),
+            },
         };
         let poller = poller_id(&vm.host, &vm.id, now);
         let headers = [
@@ -196,11 +242,12 @@ impl Follower {
         let status = headers.get(":status").and_then(parse_u64);
         match status {
             Some(200) => {
-                // The ETag says what the body holds: one not newer than the
-                // table in force is a 304 to us, never parsed.
-                let etag = headers.get("etag").and_then(parse_etag);
-                if let (Some(tag), Some(current)) = (etag, self.shared_version(vm)) {
-                    if tag <= current {
+                // ETag and epoch say what the body holds: one not newer than
+                // the table in force is a 304 to us, never parsed.
+                if let Some(version) = headers.get("etag").and_then(parse_etag) {
+                    let epoch = headers.get("x-isogroup-epoch").and_then(|e| std::str::from_utf8(e).ok());
+                    let announced = Held { version, epoch: epoch.map(str::to_owned) };
+                    if !announced.is_newer_than(self.shared(vm).as_ref()) {
                         return self.answered(vm, now);
                     }
                 }
@@ -229,23 +276,24 @@ impl Follower {
             }
         };
         self.answered(vm, now);
-        let version = table.version();
-        if self.shared_version(vm).is_some_and(|c| version <= c) {
+        let held = Held::of(&table);
+        if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
         }
-        // Table first, version second: a VM that sees the version finds the table.
+        // Table first, stamp second: a VM that sees the stamp finds the table.
+        let stamp = held.encode();
         let written = vm
             .host
             .shared_set(&self.keys.table, body, None)
-            .and_then(|()| vm.host.shared_set(&self.keys.version, version.to_string().as_bytes(), None));
+            .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
-            vm.log(LogLevel::Error, &format!("cannot share table {version}: {e}"));
+            vm.log(LogLevel::Error, &format!("cannot share table {stamp}: {e}"));
             return;
         }
         vm.metrics.count(Counter::TableUpdates);
-        vm.log(LogLevel::Info, &format!("vm {}: table {version} accepted ({} services)", vm.id, table.service_count()));
-        self.local_version = Some(version);
-        vm.metrics.set(&vm.host, Gauge::TableVersion, version);
+        vm.log(LogLevel::Info, &format!("vm {}: table {stamp} accepted ({} services)", vm.id, table.service_count()));
+        vm.metrics.set(&vm.host, Gauge::TableVersion, held.version);
+        self.local = Some(held);
         vm.install(table);
     }
 

@@ -191,3 +191,62 @@ fn table_age_counts_from_configure_until_the_companion_answers() {
     root.on_tick();
     assert_eq!(process.metric("isogroup_table_age_seconds"), 5);
 }
+
+fn table_in(epoch: &str, version: u64) -> String {
+    table(version).replacen("\"version\"", &format!("\"epoch\": \"{epoch}\", \"version\""), 1)
+}
+
+#[test]
+fn a_reseeded_store_wins_back_and_a_lagging_replica_never_takes_back() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, host) = configured(&process, &config);
+    let (mut worker, _) = configured(&process, &config);
+    poller.on_tick();
+    answer(&mut poller, &host, &[(":status", "200")], &table_in("1000-aa", 100));
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(100));
+    poller.on_tick();
+    assert_eq!(last_path(&host), "/v1/table?after=100&epoch=1000-aa&wait=25");
+    // The store was wiped and re-seeded: a newer epoch, versions from low again.
+    answer(&mut poller, &host, &[(":status", "200")], &table_in("2000-bb", 2));
+    worker.on_tick();
+    assert_eq!(installed(&poller), Some(2));
+    assert_eq!(installed(&worker), Some(2), "every worker follows the newer epoch");
+    // A replica still on the old epoch, however high its version: not newer.
+    poller.on_tick();
+    let reads = host.vm.body_reads.get();
+    answer(&mut poller, &host, &[(":status", "200"), ("etag", "\"500\""), ("x-isogroup-epoch", "1000-aa")], "");
+    assert_eq!(host.vm.body_reads.get(), reads, "announced as older: the body is not read");
+    poller.on_tick();
+    answer(&mut poller, &host, &[(":status", "200")], &table_in("1000-aa", 500));
+    answer(&mut poller, &host, &[(":status", "200")], &table(900));
+    worker.on_tick();
+    assert_eq!(installed(&poller), Some(2));
+    assert_eq!(installed(&worker), Some(2));
+    // An empty store (version 0, no epoch) is never installed over a table.
+    poller.on_tick();
+    answer(&mut poller, &host, &[(":status", "200")], r#"{"version": 0}"#);
+    assert_eq!(installed(&poller), Some(2));
+    // The same epoch moves on by version.
+    poller.on_tick();
+    answer(
+        &mut poller,
+        &host,
+        &[(":status", "200"), ("etag", "\"3\""), ("x-isogroup-epoch", "2000-bb")],
+        &table_in("2000-bb", 3),
+    );
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(3));
+}
+
+#[test]
+fn the_shared_stamp_round_trips() {
+    use crate::sync::Held;
+    for held in [Held { version: 7, epoch: None }, Held { version: 0, epoch: Some("1700000000000-0a1b".into()) }] {
+        assert_eq!(Held::decode(held.encode().as_bytes()), Some(held.clone()));
+    }
+    for bad in [&b""[..], b"x", b"-1 e", b"\xff"] {
+        assert_eq!(Held::decode(bad), None, "{bad:?}");
+    }
+}
