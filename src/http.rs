@@ -151,9 +151,7 @@ impl<H: Host> HttpContext for Request<H> {
                 self.vm.log(LogLevel::Warn, &e.to_string());
             }
         }
-        if let (true, Some(Decision::Route(r))) = (settings.annotate_response, &decision) {
-            self.served = Some(request::served_value(r.service, r.serving, r.fallback));
-        }
+        self.served = incoming.served(decision.as_ref(), settings);
         Action::Continue
     }
 
