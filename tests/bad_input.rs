@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chain, http, http_fresh_connections, Mesh, Rendered};
+use common::{chain, fake_companion, http, http_fresh_connections, Mesh, Rendered};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -98,30 +98,6 @@ async fn hostile_headers_have_clear_outcomes() {
         assert_eq!(chain(&body), "b@feature-1 > c@base");
     }
     mesh.envoy.wait_stat("wasmcustom.isogroup_invalid_group_total", 5).await;
-}
-
-/// A fake companion: serves `answers` in order, one per connection; `None`
-/// hangs the connection, `Some("")` resets it.
-async fn fake_companion(port: u16, answers: Vec<Option<String>>) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    tokio::spawn(async move {
-        let mut answers = answers.into_iter();
-        let mut held = Vec::new();
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
-            let mut buf = vec![0u8; 4096];
-            let _ = sock.read(&mut buf).await;
-            match answers.next() {
-                Some(Some(body)) if body.is_empty() => drop(sock),
-                Some(Some(body)) => {
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
-                    let _ = sock.write_all(head.as_bytes()).await;
-                    let _ = sock.write_all(body.as_bytes()).await;
-                }
-                Some(None) | None => held.push(sock),
-            }
-        }
-    })
 }
 
 #[tokio::test]

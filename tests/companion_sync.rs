@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{chain, header_values, http, wait_for, Companion, Mesh, Rendered};
+use common::{chain, fake_companion, header_values, http, wait_for, Companion, Mesh, Rendered};
 
 const TABLE: &str = include_str!("../demo/table.json");
 
@@ -118,39 +118,17 @@ async fn companion_down_keeps_the_last_table_then_resumes() {
 
 #[tokio::test]
 async fn garbage_and_invalid_tables_are_rejected_whole() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A fake companion: serves a valid table, then garbage, then an invalid
     // table, then holds every further poll.
     let rendered = Rendered::from_file("envoy/companion.yaml");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", rendered.port(18080))).await.unwrap();
     let valid = TABLE.replace("\"version\": 1", "\"version\": 7").replace(
         r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }"#,
         r#""b": { "hosts": ["b"], "clusters": { "base": "b-base", "feature-1": "b-feature-1" } }"#,
     );
     let invalid =
         TABLE.replace("\"version\": 1", "\"version\": 8").replace(r#""base": "c-base""#, r#""feature-1": "c-base""#);
-    let answers = vec![valid, "<html>502 bad gateway</html>".to_owned(), invalid];
-    let server = tokio::spawn(async move {
-        let mut answers = answers.into_iter();
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
-            let mut buf = vec![0u8; 4096];
-            let _ = sock.read(&mut buf).await;
-            match answers.next() {
-                Some(body) => {
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
-                    let _ = sock.write_all(head.as_bytes()).await;
-                    let _ = sock.write_all(body.as_bytes()).await;
-                }
-                None => {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(30)).await;
-                        drop(sock);
-                    });
-                }
-            }
-        }
-    });
+    let answers = vec![Some(valid), Some("<html>502 bad gateway</html>".to_owned()), Some(invalid)];
+    let server = fake_companion(rendered.port(18080), answers).await;
     let mesh = Mesh::start_with(rendered).await;
     let clients = clients();
     until_all_see(&mesh, &clients, "feature-1").await;

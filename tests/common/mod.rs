@@ -497,3 +497,30 @@ impl Drop for Companion {
         }
     }
 }
+
+/// A fake companion: serves `answers` in order, one per connection; `None`
+/// (and every poll after the last answer) hangs the connection, `Some("")`
+/// resets it.
+pub async fn fake_companion(port: u16, answers: Vec<Option<String>>) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("fake companion on {port}: {e}"));
+    tokio::spawn(async move {
+        let mut answers = answers.into_iter();
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let mut buf = vec![0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+            match answers.next() {
+                Some(Some(body)) if body.is_empty() => drop(sock),
+                Some(Some(body)) => {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut sock, head.as_bytes()).await;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut sock, body.as_bytes()).await;
+                }
+                Some(None) | None => held.push(sock),
+            }
+        }
+    })
+}
