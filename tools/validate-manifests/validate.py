@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Validate Kubernetes and Istio objects against schemas written by others.
 
-Usage: validate.py PATH...   (a YAML file, a directory searched for *.yaml and
-*.yml, or - for standard input). Prints one line per object, exits 1 when any
-object is invalid, 2 when the validator itself is broken.
+Usage: validate.py [--envoy ENVOY] PATH...   (a YAML file, a directory searched
+for *.yaml and *.yml, or - for standard input). Prints one line per object,
+exits 1 when any object is invalid, 2 when the validator itself is broken.
 
 - Istio objects (apiVersion group *.istio.io): the pydantic models of
   `cloudcoil-models-istio`, generated from Istio's published CRDs. They drop
@@ -14,16 +14,22 @@ object is invalid, 2 when the validator itself is broken.
   CRD's openAPIV3Schema, unknown fields refused as the API server prunes them.
 - Everything else: `kubernetes-validate` in strict mode (unknown fields are
   errors) for the newest Kubernetes version the pinned package knows.
+- With --envoy: an EnvoyFilter's HTTP_ROUTE patch values, free-form to
+  Istio's schema, go through `envoy --mode validate` as routes (Envoy's own
+  parser refuses unknown fields; istiod would too).
 
 Before any file, a self-test feeds each validator known-bad objects and fails
 if one is accepted, so a validator that cannot fail never passes silently.
 """
 
+import argparse
 import copy
 import json
 import pkgutil
 import re
+import subprocess
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -131,6 +137,24 @@ def unknown_fields(annotation, value, path=()):
     return []
 
 
+def shorten(text, limit=60):
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def field_path(obj, loc):
+    """pydantic's error location without the names it gives union members
+    (`match.MatchModel1.context` is the input's `match.context`)."""
+    path, node = [], obj
+    for i, part in enumerate(loc):
+        present = (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if present:
+            node = node[part]
+        elif i + 1 < len(loc):
+            continue  # a union member's name, not a field
+        path.append(part)
+    return path
+
+
 def validate_istio(obj, models):
     model = models.get((obj["apiVersion"], obj["kind"]))
     if model is None:
@@ -141,7 +165,10 @@ def validate_istio(obj, models):
         # JSON + strict: no "5" for 5 nor 1 for "1", as in the API server.
         parsed = model.model_validate_json(json.dumps(obj, default=str), strict=True)
     except pydantic.ValidationError as e:
-        problems += [f"{dotted(err['loc'])}: {err['msg']} (got {json.dumps(err['input'], default=str)[:80]})" for err in e.errors()]
+        for err in e.errors():
+            problem = f"{dotted(field_path(obj, err['loc']))}: {err['msg']} (got {shorten(json.dumps(err['input'], default=str))})"
+            if problem not in problems:  # each member of a union says the same
+                problems.append(problem)
     else:
         # What the model kept must be what was given: catches whatever the
         # walk above missed (an unknown field, a converted value).
@@ -223,11 +250,71 @@ def validate_kubernetes(obj):
         raise Invalid([f"apiVersion/kind: {e.message}"])
 
 
+# --- EnvoyFilter patch values: Envoy's own config parser --------------------
+
+# Operations whose value is a whole route (MERGE values are partial).
+WHOLE_VALUE = {"ADD", "INSERT_FIRST", "INSERT_BEFORE", "INSERT_AFTER", "REPLACE"}
+
+
+def envoy_bootstrap(routes):
+    """A bootstrap with `routes` in one virtual host, for --mode validate."""
+    router = {"name": "envoy.filters.http.router",
+              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "validate",
+        "http_filters": [router],
+        "route_config": {"virtual_hosts": [{"name": "validate", "domains": ["*"], "routes": routes}]},
+    }
+    listener = {"name": "validate", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}]}
+    return {"static_resources": {"listeners": [listener]}}
+
+
+def envoy_refuses(envoy, routes):
+    """(field inside the route or None, Envoy's complaint), or None when Envoy
+    takes the routes."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(envoy_bootstrap(routes), f)
+        f.flush()
+        run = subprocess.run([envoy, "--mode", "validate", "-c", f.name, "-l", "critical"], capture_output=True, text=True)
+    if run.returncode == 0:
+        return None
+    text = " ".join((run.stderr + run.stdout).split())
+    # A JSON-to-proto error names the field (relative to the route).
+    parse = re.search(r"@ (\S+): .*?near \d+:\d+ \(offset \d+\): (.*?)\)(?: has unknown fields|: \{|$)", text)
+    if parse:
+        return re.sub(r"^.*routes\[0\]\.?", "", parse.group(1)) or None, parse.group(2)
+    # A constraint error names the message type and field; keep its innermost cause.
+    constraint = re.search(r"Proto constraint validation failed \((?:.*\| caused by )?([^|]*)\)", text)
+    if constraint:
+        return None, constraint.group(1)
+    return None, shorten(text, 300)
+
+
+def validate_envoy_patches(obj, envoy):
+    """Every HTTP_ROUTE patch value of an EnvoyFilter through Envoy; True if any."""
+    patches = (obj.get("spec") or {}).get("configPatches") or []
+    checked, problems = False, []
+    for i, p in enumerate(patches):
+        patch = p.get("patch") or {}
+        if p.get("applyTo") != "HTTP_ROUTE" or patch.get("operation") not in WHOLE_VALUE or not patch.get("value"):
+            continue
+        checked = True
+        refused = envoy_refuses(envoy, [patch["value"]])
+        if refused:
+            field, reason = refused
+            problems.append(f"spec.configPatches[{i}].patch.value{'.' + field if field else ''}: Envoy refuses the route: {reason}")
+    if problems:
+        raise Invalid(problems)
+    return checked
+
+
 # --- Dispatch ---------------------------------------------------------------
 
 
-def validate(obj, models, custom):
-    """Raises Invalid naming each bad field; returns the schema it checked."""
+def validate(obj, models, custom, envoy=None):
+    """Raises Invalid naming each bad field; returns the schemas it checked."""
     if not isinstance(obj, dict):
         raise Invalid([f"(document): a {type(obj).__name__}, not an object"])
     missing = [f for f in ("apiVersion", "kind") if not isinstance(obj.get(f), str)]
@@ -235,8 +322,19 @@ def validate(obj, models, custom):
         raise Invalid([f"{f}: missing" for f in missing])
     group = obj["apiVersion"].rpartition("/")[0]
     if group.endswith(".istio.io"):
-        validate_istio(obj, models)
-        return "Istio CRD"
+        problems, by_envoy = [], False
+        try:
+            validate_istio(obj, models)
+        except Invalid as e:
+            problems += e.problems
+        if envoy and obj["kind"] == "EnvoyFilter":
+            try:
+                by_envoy = validate_envoy_patches(obj, envoy)
+            except Invalid as e:
+                problems += e.problems
+        if problems:
+            raise Invalid(problems)
+        return "Istio CRD; route patches: Envoy" if by_envoy else "Istio CRD"
     schema = custom.get((obj["apiVersion"], obj["kind"]))
     if schema is not None:
         validate_custom(obj, schema)
@@ -267,6 +365,19 @@ GOOD_SERVICE = {
     "spec": {"selector": {"app": "x"}, "ports": [{"name": "http", "port": 80}]},
 }
 GOOD_CUSTOM = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "self-test"}, "spec": {"size": 1, "free": {"a": 1}}}
+GOOD_ENVOYFILTER = {
+    "apiVersion": "networking.istio.io/v1alpha3",
+    "kind": "EnvoyFilter",
+    "metadata": {"name": "self-test", "namespace": "default"},
+    "spec": {"configPatches": [{
+        "applyTo": "HTTP_ROUTE",
+        "match": {"context": "SIDECAR_OUTBOUND"},
+        "patch": {"operation": "INSERT_FIRST", "value": {
+            "match": {"prefix": "/", "headers": [{"name": "x-self-test", "present_match": True}]},
+            "route": {"cluster_header": "x-self-test"},
+        }},
+    }]},
+}
 SELF_TEST_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
@@ -307,32 +418,44 @@ SELF_TEST_BAD = [
     ("an unknown Kubernetes metadata field", with_change(GOOD_SERVICE, ("metadata", "lables"), {}), "lables"),
     ("a string for a Kubernetes integer", with_change(GOOD_SERVICE, ("spec", "ports"), [{"port": "80"}]), "spec.ports[0].port"),
     ("a kind no schema knows", with_change(GOOD_SERVICE, ("kind",), "Servise"), "apiVersion/kind"),
+    ("an EnvoyFilter context Istio does not have", with_change(GOOD_ENVOYFILTER, ("spec", "configPatches", 0, "match", "context"), "OUTBOUND"), "spec.configPatches[0].match.context"),
     ("an unknown field of a shipped CRD", with_change(GOOD_CUSTOM, ("spec", "sise"), 1), "sise"),
     ("a string for a shipped CRD's integer", with_change(GOOD_CUSTOM, ("spec", "size"), "1"), "spec.size"),
 ]
 
 
-def self_test(models):
+# Only with --envoy: what Istio's schema leaves free-form.
+SELF_TEST_BAD_ENVOY = [
+    ("an unknown field in an EnvoyFilter route",
+     with_change(GOOD_ENVOYFILTER, ("spec", "configPatches", 0, "patch", "value", "route", "cluster_headr"), "x"),
+     "spec.configPatches[0].patch.value"),
+]
+
+
+def self_test(models, envoy):
+    """What went wrong, and how many good and bad objects were tried."""
     custom = crd_schemas([SELF_TEST_CRD])
+    good = (GOOD_WASMPLUGIN, GOOD_ENVOYFILTER, GOOD_SERVICE, GOOD_CUSTOM, SELF_TEST_CRD)
+    bad = SELF_TEST_BAD + (SELF_TEST_BAD_ENVOY if envoy else [])
     failures = []
     lost = differences({"spec": {"a": [{"b": 1, "c": "2"}], "d": True}}, {"spec": {"a": [{"b": 1.0, "c": 2}], "d": 1}})
     if lost != ['spec.a[0].c: "2" is not what the schema holds (2)', "spec.d: true is not what the schema holds (1)"]:
         failures.append(f"the round trip comparison missed a change: {lost}")
     if differences({"x": {"y": 1}}, {"x": {}}) != ["x.y: unknown field"]:
         failures.append("the round trip comparison missed a dropped field")
-    for obj in (GOOD_WASMPLUGIN, GOOD_SERVICE, GOOD_CUSTOM, SELF_TEST_CRD):
+    for obj in good:
         try:
-            validate(obj, models, custom)
+            validate(obj, models, custom, envoy)
         except Invalid as e:
             failures.append(f"refused a valid {obj['kind']}: {e}")
-    for what, obj, field in SELF_TEST_BAD:
+    for what, obj, field in bad:
         try:
-            validate(obj, models, custom)
+            validate(obj, models, custom, envoy)
             failures.append(f"accepted {what}")
         except Invalid as e:
             if field not in str(e):
                 failures.append(f"refused {what} without naming {field}: {e}")
-    return failures
+    return failures, len(good), len(bad)
 
 
 # --- Main -------------------------------------------------------------------
@@ -354,22 +477,23 @@ def relative(label):
         return label
 
 
-def main(args):
-    if not args:
-        print(__doc__.strip().splitlines()[2], file=sys.stderr)
-        return 2
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envoy", help="an envoy binary: also check EnvoyFilter route patches with it")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="a YAML file, a directory, or - (standard input)")
+    args = parser.parse_args(argv)
     models = istio_models()
-    failures = self_test(models)
+    failures, good, bad = self_test(models, args.envoy)
     if failures:
         for f in failures:
             print(f"self-test FAILED: {f}")
         return 2
-    print(f"self-test: {len(SELF_TEST_BAD)} known-bad objects refused naming their field, 4 good ones accepted")
+    print(f"self-test: {bad} known-bad objects refused naming their field, {good} good ones accepted")
     print(f"schemas: Istio CRDs from cloudcoil-models-istio ({len(models)} kinds), Kubernetes {KUBERNETES_VERSION} "
           f"from kubernetes-validate {kubernetes_validate.__version__}")
 
     files, count, bad = [], 0, 0
-    for arg in args:
+    for arg in args.paths:
         for label, text in documents(arg):
             try:
                 objs = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -388,7 +512,7 @@ def main(args):
         for obj in objs:
             count += 1
             try:
-                against = validate(obj, models, custom)
+                against = validate(obj, models, custom, args.envoy)
                 print(f"{label}: {name_of(obj)}: ok ({against})")
             except Invalid as e:
                 bad += 1
