@@ -24,6 +24,7 @@ if one is accepted, so a validator that cannot fail never passes silently.
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import pkgutil
 import re
@@ -51,6 +52,7 @@ NOT_OBJECTS = {
 }
 
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
+ISTIO_VERSION = ".".join(importlib.metadata.version("cloudcoil-models-istio").split(".")[:3])
 
 
 class Invalid(Exception):
@@ -159,7 +161,8 @@ def validate_istio(obj, models):
     model = models.get((obj["apiVersion"], obj["kind"]))
     if model is None:
         known = sorted(v for (v, k) in models if k == obj["kind"])
-        raise Invalid([f"apiVersion: no {obj['kind']} in {obj['apiVersion']} (Istio's CRDs have it in: {', '.join(known) or 'none'})"])
+        where = f"Istio's CRDs have it in {', '.join(known)}" if known else "no Istio CRD defines it"
+        raise Invalid([f"apiVersion: no {obj['kind']} in {obj['apiVersion']} ({where})"])
     problems = unknown_fields(model, obj)
     try:
         # JSON + strict: no "5" for 5 nor 1 for "1", as in the API server.
@@ -208,13 +211,16 @@ def crd_schemas(objects):
     """(apiVersion, kind) -> JSON Schema, for every CRD version in `objects`."""
     schemas = {}
     for obj in objects:
-        if obj.get("kind") != "CustomResourceDefinition":
+        # A malformed CRD is reported by its own validation; it defines nothing.
+        try:
+            if obj.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = obj["spec"]
+            for version in spec["versions"]:
+                schema = strict_schema(version["schema"]["openAPIV3Schema"], top=True)
+                schemas[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = schema
+        except (KeyError, TypeError, AttributeError):
             continue
-        spec = obj.get("spec") or {}
-        for version in spec.get("versions") or []:
-            schema = ((version.get("schema") or {}).get("openAPIV3Schema")) or {}
-            api_version = f"{spec.get('group')}/{version.get('name')}"
-            schemas[(api_version, (spec.get("names") or {}).get("kind"))] = strict_schema(schema, top=True)
     return schemas
 
 
@@ -462,7 +468,7 @@ def self_test(models, envoy):
 
 
 def documents(arg):
-    """(label, [objects]) for each file an argument names."""
+    """(label, text) for each file an argument names."""
     if arg == "-":
         return [("<stdin>", sys.stdin.read())]
     path = Path(arg)
@@ -489,17 +495,17 @@ def main(argv):
             print(f"self-test FAILED: {f}")
         return 2
     print(f"self-test: {bad} known-bad objects refused naming their field, {good} good ones accepted")
-    print(f"schemas: Istio CRDs from cloudcoil-models-istio ({len(models)} kinds), Kubernetes {KUBERNETES_VERSION} "
-          f"from kubernetes-validate {kubernetes_validate.__version__}")
+    print(f"schemas: Istio {ISTIO_VERSION} CRDs ({len(models)} kinds, cloudcoil-models-istio), Kubernetes "
+          f"{KUBERNETES_VERSION} (kubernetes-validate {kubernetes_validate.__version__})")
 
-    files, count, bad = [], 0, 0
+    files, count, invalid = [], 0, 0
     for arg in args.paths:
         for label, text in documents(arg):
             try:
                 objs = [d for d in yaml.safe_load_all(text) if d is not None]
             except yaml.YAMLError as e:
                 count += 1
-                bad += 1
+                invalid += 1
                 print(f"{label}: INVALID: not YAML: {e}")
                 continue
             files.append((relative(label), objs))
@@ -507,7 +513,12 @@ def main(argv):
 
     for label, objs in files:
         if label in NOT_OBJECTS:
-            print(f"{label}: skipped: {NOT_OBJECTS[label]}")
+            if any(isinstance(o, dict) and ("apiVersion" in o or "kind" in o) for o in objs):
+                count += 1
+                invalid += 1
+                print(f"{label}: INVALID: has Kubernetes objects: take it out of NOT_OBJECTS in {Path(__file__).name}")
+            else:
+                print(f"{label}: skipped: {NOT_OBJECTS[label]}")
             continue
         for obj in objs:
             count += 1
@@ -515,10 +526,10 @@ def main(argv):
                 against = validate(obj, models, custom, args.envoy)
                 print(f"{label}: {name_of(obj)}: ok ({against})")
             except Invalid as e:
-                bad += 1
+                invalid += 1
                 print(f"{label}: {name_of(obj)}: INVALID: {e}")
-    print(f"manifests: {count - bad} valid, {bad} invalid")
-    return 1 if bad else 0
+    print(f"manifests: {count - invalid} valid, {invalid} invalid")
+    return 1 if invalid else 0
 
 
 if __name__ == "__main__":
