@@ -14,6 +14,8 @@ exits 1 when any object is invalid, 2 when the validator itself is broken.
   CRD's openAPIV3Schema, unknown fields refused as the API server prunes them.
 - Everything else: `kubernetes-validate` in strict mode (unknown fields are
   errors) for the newest Kubernetes version the pinned package knows.
+- Every object: metadata names, namespace and labels in the forms the API
+  server requires (the schemas above leave them free).
 - With --envoy: an EnvoyFilter's HTTP_ROUTE patch values, free-form to
   Istio's schema, go through `envoy --mode validate` as routes (Envoy's own
   parser refuses unknown fields; istiod would too).
@@ -316,6 +318,50 @@ def validate_envoy_patches(obj, envoy):
     return checked
 
 
+# --- Metadata: what the API server checks for every object -------------------
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(?=.{0,63}$)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+# Names of these kinds are path segments (RBAC uses `system:…`).
+PATH_SEGMENT_NAMED = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+
+
+def metadata_problems(obj):
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return ["metadata: missing"]
+    problems, name = [], meta.get("name")
+    if name is None:
+        if "generateName" not in meta:
+            problems.append("metadata.name: missing")
+    elif not isinstance(name, str):
+        problems.append("metadata.name: not a string")
+    elif obj["kind"] in PATH_SEGMENT_NAMED:
+        if name in (".", "..") or "/" in name or "%" in name:
+            problems.append(f"metadata.name: {name!r} may not be '.', '..' or contain '/' or '%'")
+    elif obj["kind"] == "Service":
+        if not DNS_1035_LABEL.match(name):
+            problems.append(f"metadata.name: {name!r} is not a DNS-1035 label (a Service's name)")
+    elif obj["kind"] == "Namespace":
+        if not DNS_LABEL.match(name):
+            problems.append(f"metadata.name: {name!r} is not a DNS-1123 label")
+    elif not DNS_SUBDOMAIN.match(name):
+        problems.append(f"metadata.name: {name!r} is not a DNS-1123 subdomain")
+    namespace = meta.get("namespace")
+    if namespace is not None and not (isinstance(namespace, str) and DNS_LABEL.match(namespace)):
+        problems.append(f"metadata.namespace: {namespace!r} is not a DNS-1123 label")
+    for key, value in (meta.get("labels") or {}).items() if isinstance(meta.get("labels"), dict) else ():
+        prefix, _, label = key.rpartition("/") if isinstance(key, str) else ("", "", "")
+        if not LABEL_NAME.match(label) or (prefix and not DNS_SUBDOMAIN.match(prefix)):
+            problems.append(f"metadata.labels: {key!r} is not a label key")
+        if not (isinstance(value, str) and LABEL_VALUE.match(value)):
+            problems.append(f"metadata.labels.{key}: {value!r} is not a label value")
+    return problems
+
+
 # --- Dispatch ---------------------------------------------------------------
 
 
@@ -327,26 +373,26 @@ def validate(obj, models, custom, envoy=None):
     if missing:
         raise Invalid([f"{f}: missing" for f in missing])
     group = obj["apiVersion"].rpartition("/")[0]
+    checks = []
     if group.endswith(".istio.io"):
-        problems, by_envoy = [], False
+        checks.append(("Istio CRD", lambda: validate_istio(obj, models)))
+        if envoy and obj["kind"] == "EnvoyFilter":
+            checks.append(("route patches: Envoy", lambda: validate_envoy_patches(obj, envoy)))
+    elif (obj["apiVersion"], obj["kind"]) in custom:
+        checks.append(("shipped CRD", lambda: validate_custom(obj, custom[(obj["apiVersion"], obj["kind"])])))
+    else:
+        checks.append((f"Kubernetes {KUBERNETES_VERSION}", lambda: validate_kubernetes(obj)))
+    problems, passed = [], []
+    for what, check in checks:
         try:
-            validate_istio(obj, models)
+            if check() is not False:  # False: nothing there to check
+                passed.append(what)
         except Invalid as e:
             problems += e.problems
-        if envoy and obj["kind"] == "EnvoyFilter":
-            try:
-                by_envoy = validate_envoy_patches(obj, envoy)
-            except Invalid as e:
-                problems += e.problems
-        if problems:
-            raise Invalid(problems)
-        return "Istio CRD; route patches: Envoy" if by_envoy else "Istio CRD"
-    schema = custom.get((obj["apiVersion"], obj["kind"]))
-    if schema is not None:
-        validate_custom(obj, schema)
-        return "shipped CRD"
-    validate_kubernetes(obj)
-    return f"Kubernetes {KUBERNETES_VERSION}"
+    problems += [p for p in metadata_problems(obj) if p not in problems]
+    if problems:
+        raise Invalid(problems)
+    return "; ".join(passed + ["metadata"])
 
 
 def name_of(obj):
@@ -424,6 +470,9 @@ SELF_TEST_BAD = [
     ("an unknown Kubernetes metadata field", with_change(GOOD_SERVICE, ("metadata", "lables"), {}), "lables"),
     ("a string for a Kubernetes integer", with_change(GOOD_SERVICE, ("spec", "ports"), [{"port": "80"}]), "spec.ports[0].port"),
     ("a kind no schema knows", with_change(GOOD_SERVICE, ("kind",), "Servise"), "apiVersion/kind"),
+    ("an upper-case name", with_change(GOOD_WASMPLUGIN, ("metadata", "name"), "Self-Test"), "metadata.name"),
+    ("a dotted Service name", with_change(GOOD_SERVICE, ("metadata", "name"), "self.test"), "metadata.name"),
+    ("a label value with a space", with_change(GOOD_SERVICE, ("metadata", "labels"), {"a": "b c"}), "metadata.labels.a"),
     ("an EnvoyFilter context Istio does not have", with_change(GOOD_ENVOYFILTER, ("spec", "configPatches", 0, "match", "context"), "OUTBOUND"), "spec.configPatches[0].match.context"),
     ("an unknown field of a shipped CRD", with_change(GOOD_CUSTOM, ("spec", "sise"), 1), "sise"),
     ("a string for a shipped CRD's integer", with_change(GOOD_CUSTOM, ("spec", "size"), "1"), "spec.size"),
@@ -506,7 +555,7 @@ def main(argv):
             except yaml.YAMLError as e:
                 count += 1
                 invalid += 1
-                print(f"{label}: INVALID: not YAML: {e}")
+                print(f"{label}: INVALID: not YAML: {' '.join(str(e).split())}")
                 continue
             files.append((relative(label), objs))
     custom = crd_schemas(o for _, objs in files for o in objs if isinstance(o, dict))
