@@ -38,6 +38,28 @@ ensure_wasm_opt() {
   command -v wasm-opt >/dev/null
 }
 
+# Every shipped Kubernetes/Istio object (deploy/) and every object
+# `istio-manifests` renders, against Kubernetes' and Istio's published schemas
+# (tools/validate-manifests; its pinned PyPI packages go into .venv).
+# Needs ensure_envoy (defined below).
+validate_manifests() {
+  local reqs=tools/validate-manifests/requirements.txt stamp=.venv/validate-manifests-requirements.txt mode rendered=()
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  if ! cmp -s "$reqs" "$stamp"; then
+    log "installing the manifest validator's packages into .venv"
+    .venv/bin/pip install --quiet --disable-pip-version-check -r "$reqs"
+    cp "$reqs" "$stamp"
+  fi
+  log "Kubernetes and Istio objects against their published schemas"
+  cargo build --quiet -p isogroup-companion
+  for mode in target-header cluster-header; do
+    rendered+=("$RUN_DIR/istio-manifests-$mode.yaml")
+    target/debug/isogroup-companion istio-manifests demo/table.json --namespace bookinfo --mode "$mode" >"${rendered[-1]}"
+  done
+  ensure_envoy # EnvoyFilter route patches go through envoy --mode validate
+  .venv/bin/python tools/validate-manifests/validate.py --envoy "$ENVOY" deploy "${rendered[@]}"
+}
+
 # wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
 ensure_wasm_bindgen() {
   local version
@@ -127,6 +149,7 @@ run_tests() {
   echo "valid: envoy/reload/bootstrap.yaml"
   log "companion tests"
   cargo test --quiet -p isogroup-companion
+  validate_manifests
   log "OCI image: build, push to a registry on loopback, pull back with oci-client"
   ensure_registry
   cargo test --quiet -p isogroup-oci
