@@ -265,9 +265,9 @@ CONTAINERS_CONF=/etc/containers/containers.conf
 STAND_IN_LABEL=org.isogroup.stand-in
 
 compose_apt_install() {
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || { echo "  installing $* needs root and apt-get" >&2; return 1; }
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >"$RUN_DIR/apt.log" 2>&1 ||
-    { tail -5 "$RUN_DIR/apt.log"; return 1; }
+    { echo "  apt-get install $* failed:" >&2; tail -5 "$RUN_DIR/apt.log" >&2; return 1; }
 }
 
 # Host networking: the ports envoy/companion.yaml and the demo use must be free.
@@ -290,7 +290,7 @@ compose_engine() {
   if ! command -v podman >/dev/null; then
     log "no docker daemon answers and podman is absent: installing Debian's podman"
     compose_apt_install podman uidmap || {
-      echo "compose: no container engine: no docker daemon answers, podman is not installed, and it cannot be installed here (needs root and apt-get)" >&2
+      echo "compose: no container engine: no docker daemon answers, podman is not installed, and it cannot be installed here" >&2
       return 1
     }
   fi
@@ -308,14 +308,14 @@ compose_engine() {
 compose_inventory() {
   $ENGINE ps -aq --no-trunc | sed 's/^/container /'
   $ENGINE images -aq --no-trunc | sort -u | sed 's/^/image /'
-  $ENGINE images --format '{{.Repository}}:{{.Tag}}' | grep -v '<none>' | sed 's/^/tag /'
+  $ENGINE images --format '{{.Repository}}:{{.Tag}}' | awk '!/<none>/ { print "tag " $0 }'
   $ENGINE network ls -q | sed 's/^/network /'
   $ENGINE volume ls -q | sed 's/^/volume /'
   [ "$ENGINE" != podman ] || podman pod ls -q --no-trunc | sed 's/^/pod /'
 }
 
-compose_made() { # compose_made KIND: what this run made of that kind, newest first
-  compose_inventory | sort -u | comm -13 <(sort -u "$COMPOSE_DIR/before") - | awk -v k="$1" '$1 == k { print $2 }' | tac
+compose_made() { # compose_made KIND: what this run made of that kind
+  compose_inventory | sort -u | comm -13 "$COMPOSE_DIR/before" - | awk -v k="$1" '$1 == k { print $2 }'
 }
 
 compose_teardown() {
@@ -372,15 +372,23 @@ compose_rootfs() {
     "$suite" "$COMPOSE_DIR/rootfs.tar" </dev/null
 }
 
+compose_import() { # compose_import TAR IMAGE CHANGE...
+  local tar=$1 image=$2 change changes=(--change "LABEL $STAND_IN_LABEL=true")
+  shift 2
+  for change; do changes+=(--change "$change"); done
+  $ENGINE import "${changes[@]}" "$tar" "$(compose_qualified "$image")" >"$COMPOSE_DIR/import.log" 2>&1 ||
+    { cat "$COMPOSE_DIR/import.log" >&2; return 1; }
+}
+
 # compose_stand_in IMAGE: make IMAGE here, under its name.
 compose_stand_in() {
-  local image=$1 label=(--change "LABEL $STAND_IN_LABEL=true")
+  local image=$1
   case $image in
     gcr.io/distroless/cc-*)
       compose_rootfs
-      $ENGINE import "${label[@]}" --change "USER nonroot" --change "WORKDIR /home/nonroot" "$COMPOSE_DIR/rootfs.tar" "$(compose_qualified "$image")" >/dev/null
+      compose_import "$COMPOSE_DIR/rootfs.tar" "$image" "USER nonroot" "WORKDIR /home/nonroot"
       ;;
-    envoyproxy/envoy:*)
+    *envoyproxy/envoy:*)
       compose_rootfs
       ensure_envoy
       local bin
@@ -390,7 +398,7 @@ compose_stand_in() {
       cp "$bin" "$COMPOSE_DIR/envoy/usr/local/bin/envoy"
       cp "$COMPOSE_DIR/rootfs.tar" "$COMPOSE_DIR/envoy.tar"
       tar -C "$COMPOSE_DIR/envoy" --owner=0 --group=0 -rf "$COMPOSE_DIR/envoy.tar" usr/local/bin/envoy
-      $ENGINE import "${label[@]}" --change "USER envoy" "$COMPOSE_DIR/envoy.tar" "$(compose_qualified "$image")" >/dev/null
+      compose_import "$COMPOSE_DIR/envoy.tar" "$image" "USER envoy"
       rm -rf "$COMPOSE_DIR/envoy" "$COMPOSE_DIR/envoy.tar"
       ;;
     *) echo "compose: image $image is absent, cannot be pulled, and has no local stand-in" >&2; return 1 ;;
@@ -434,7 +442,7 @@ compose_base_images() {
   images=$( (awk 'toupper($1) == "FROM" && $2 ~ /[:\/]/ { print $2 }' deploy/docker/Dockerfile.*
     awk '$1 == "image:" { print $2 }' "$COMPOSE_FILE") | sort -u)
   for image in $images; do
-    case $image in isogroup-* | rust:*) ;; *) compose_base_image "$image" ;; esac
+    case $image in isogroup-* | *rust:*) ;; *) compose_base_image "$image" ;; esac
   done
   if [ -z "${ISOGROUP_BINARY_FROM:-}" ]; then
     ISOGROUP_BINARY_FROM=cargo
@@ -446,7 +454,7 @@ compose_base_images() {
   echo "  binaries: BINARY_FROM=$ISOGROUP_BINARY_FROM"
   [ "$ISOGROUP_BINARY_FROM" = host ] && return
   for image in $images; do
-    case $image in rust:*) compose_base_image "$image" no-stand-in ;; esac
+    case $image in *rust:*) compose_base_image "$image" no-stand-in ;; esac
   done
 }
 
@@ -540,7 +548,7 @@ compose() (
   trap 'exit 130' INT TERM
   log "base images ($ENGINE)"
   compose_base_images
-  [ "$ENGINE" != podman ] || compose_podman_runs "$(awk '$1 == "image:" && $2 ~ /^envoyproxy\// { print $2; exit }' "$COMPOSE_FILE")"
+  [ "$ENGINE" != podman ] || compose_podman_runs "$(awk '$1 == "image:" && $2 ~ /envoyproxy\/envoy:/ { print $2; exit }' "$COMPOSE_FILE")"
   log "compose up ($ENGINE): Envoy with the filter, the companion, the demo services"
   "${COMPOSE[@]}" up -d --build >"$COMPOSE_DIR/up.log" 2>&1 || { tail -20 "$COMPOSE_DIR/up.log"; echo "compose: up failed" >&2; exit 1; }
   compose_checks
