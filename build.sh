@@ -319,14 +319,15 @@ compose_made() { # compose_made KIND: what this run made of that kind
 }
 
 compose_teardown() {
-  local status=$1 kind id tries
+  local status=$1 id tries name state code
   set +e
   trap - EXIT INT TERM
   if [ "$status" != 0 ]; then
-    echo "compose: FAILED (exit $status). The containers' last log lines:"
+    echo "compose: FAILED (exit $status). The containers (name, state, exit code) and their last log lines:"
     for id in $(compose_made container); do
-      echo "--- $($ENGINE inspect --format '{{.Name}} ({{.State.Status}}, exit {{.State.ExitCode}})' "$id")"
-      $ENGINE logs --tail 25 "$id" 2>&1 | sed 's/^/  /'
+      read -r name state code < <($ENGINE inspect --format '{{.Name}} {{.State.Status}} {{.State.ExitCode}}' "$id")
+      echo "--- $name $state $code"
+      $ENGINE logs --tail "$([ "$state" = running ] && echo 5 || echo 25)" "$id" 2>&1 | sed 's/^/  /'
     done
   fi
   log "compose down; removing what this run made"
@@ -356,7 +357,8 @@ compose_teardown() {
 }
 
 # A minimal Debian root file system (the host's release, from Debian's
-# mmdebstrap) with the users the real base images have.
+# mmdebstrap): like distroless, the C runtime and no shell, with the users
+# the real base images have. Packages are unpacked, not installed.
 compose_rootfs() {
   [ -s "$COMPOSE_DIR/rootfs.tar" ] && return
   command -v mmdebstrap >/dev/null || compose_apt_install mmdebstrap ||
@@ -365,10 +367,10 @@ compose_rootfs() {
   suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   [ -n "$suite" ] || { echo "compose: /etc/os-release names no release for the stand-in root file system" >&2; return 1; }
   log "making a minimal Debian $suite root file system (mmdebstrap)"
-  mmdebstrap --quiet --variant=essential \
-    --customize-hook='printf "envoy:x:101:101::/home/envoy:/usr/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/usr/sbin/nologin\n" >>"$1/etc/passwd"' \
-    --customize-hook='printf "envoy:x:101:\nnonroot:x:65532:\n" >>"$1/etc/group"' \
-    --customize-hook='install -d -o 101 -g 101 "$1/home/envoy" && install -d -o 65532 -g 65532 "$1/home/nonroot"' \
+  mmdebstrap --quiet --variant=extract --include=base-files,libc6,libgcc-s1,netbase,tzdata \
+    --extract-hook='printf "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nenvoy:x:101:101::/home/envoy:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n" >"$1/etc/passwd"' \
+    --extract-hook='printf "root:x:0:\nnogroup:x:65534:\nenvoy:x:101:\nnonroot:x:65532:\n" >"$1/etc/group"' \
+    --extract-hook='mkdir -p "$1/usr/local/bin" && chmod 1777 "$1/tmp" && install -d -o 101 -g 101 "$1/home/envoy" && install -d -o 65532 -g 65532 "$1/home/nonroot"' \
     "$suite" "$COMPOSE_DIR/rootfs.tar" </dev/null
 }
 
@@ -451,7 +453,6 @@ compose_base_images() {
     done
   fi
   export ISOGROUP_BINARY_FROM
-  echo "  binaries: BINARY_FROM=$ISOGROUP_BINARY_FROM"
   [ "$ISOGROUP_BINARY_FROM" = host ] && return
   for image in $images; do
     case $image in *rust:*) compose_base_image "$image" no-stand-in ;; esac
@@ -477,18 +478,31 @@ compose_podman_runs() {
     { printf 'compose: podman still cannot run a container:\n%s\n' "$out" >&2; return 1; }
 }
 
-compose_container() { # compose_container SERVICE: its container id
-  $ENGINE ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT" --filter "label=com.docker.compose.service=$1"
+# A bind mount whose source is missing would be created as an empty
+# directory (by docker and podman-compose alike): refuse it instead.
+compose_mount_sources() {
+  local source missing=()
+  for source in $(awk '$1 == "-" && $2 ~ /^\.\.?\/[^:]*:/ { split($2, p, ":"); print p[1] }' "$COMPOSE_FILE"); do
+    [ -e "$(dirname "$COMPOSE_FILE")/$source" ] || missing+=("$source")
+  done
+  [ ${#missing[@]} = 0 ] || { echo "compose: $COMPOSE_FILE mounts what does not exist: ${missing[*]}" >&2; return 1; }
 }
 
-# Envoy ready, or its container gone (a config it rejects): fail at once.
-compose_envoy_ready() {
-  local deadline=$((SECONDS + 60)) id
-  until curl -sf http://127.0.0.1:9901/ready >/dev/null 2>&1; do
-    id=$(compose_container envoy)
-    [ -n "$id" ] && [ "$($ENGINE inspect --format '{{.State.Running}}' "$id")" = true ] ||
-      { echo "compose: the Envoy container is not running" >&2; return 1; }
-    [ $SECONDS -lt $deadline ] || { echo "compose: timed out waiting for Envoy in the container" >&2; return 1; }
+compose_stopped() { # the project's containers that are not running
+  local ids
+  ids=$($ENGINE ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT")
+  [ -z "$ids" ] || $ENGINE inspect --format '{{.Name}} {{.State.Status}}' $ids | awk '$2 != "running" { print $1 }'
+}
+
+# wait_for, failing at once when a container has stopped (Envoy rejecting
+# its config, a binary missing from an image).
+compose_wait() { # compose_wait WHAT SECONDS COMMAND...
+  local what=$1 deadline=$((SECONDS + $2)) stopped
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    stopped=$(compose_stopped)
+    [ -z "$stopped" ] || { echo "compose: stopped while waiting for $what:" $stopped >&2; return 1; }
+    [ $SECONDS -lt $deadline ] || { echo "compose: timed out waiting for $what" >&2; return 1; }
     sleep 0.2
   done
 }
@@ -508,13 +522,13 @@ compose_expect() {
 }
 
 compose_checks() {
-  compose_envoy_ready
   local inst port started
+  compose_wait "Envoy" 60 curl -sf http://127.0.0.1:9901/ready
   for inst in "${DEMO_INSTANCES[@]}"; do
     read -r port _ <<<"$inst"
-    wait_for "port $port" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+    compose_wait "port $port" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
   done
-  wait_for "the first table" 30 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=table_version' | grep -q ': [1-9]'"
+  compose_wait "the first table" 30 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=table_version' | grep -q ': [1-9]'"
   log "routing, fallback and fail-fast through the containers"
   compose_expect "no group: base everywhere" - 200 \
     '^x-isogroup-served: a=base$' '^x-isogroup-served: b=base$' '^x-isogroup-served: c=base$'
@@ -534,6 +548,7 @@ compose_checks() {
   echo "DELETE /v1/services/b/groups/feature-1 -> $(admin DELETE b feature-1)"
   wait_for "the new table in Envoy" 10 b_serves base
   echo "  ok: b for feature-1 served by base again"
+  [ -z "$(compose_stopped)" ] || { echo "compose: stopped during the checks:" $(compose_stopped) >&2; return 1; }
 }
 
 compose() (
@@ -541,6 +556,7 @@ compose() (
   cargo build --quiet --release -p isogroup-demo -p isogroup-companion
   mkdir -p "$RUN_DIR"
   compose_ports_free
+  compose_mount_sources
   compose_engine
   mkdir -p "$COMPOSE_DIR"
   compose_inventory | sort -u >"$COMPOSE_DIR/before"
@@ -549,8 +565,12 @@ compose() (
   log "base images ($ENGINE)"
   compose_base_images
   [ "$ENGINE" != podman ] || compose_podman_runs "$(awk '$1 == "image:" && $2 ~ /envoyproxy\/envoy:/ { print $2; exit }' "$COMPOSE_FILE")"
+  log "compose build ($ENGINE, BINARY_FROM=$ISOGROUP_BINARY_FROM)"
+  "${COMPOSE[@]}" build >"$COMPOSE_DIR/build.log" 2>&1 || { tail -20 "$COMPOSE_DIR/build.log"; echo "compose: build failed" >&2; exit 1; }
   log "compose up ($ENGINE): Envoy with the filter, the companion, the demo services"
-  "${COMPOSE[@]}" up -d --build >"$COMPOSE_DIR/up.log" 2>&1 || { tail -20 "$COMPOSE_DIR/up.log"; echo "compose: up failed" >&2; exit 1; }
+  # podman-compose waits for ever on a dependency that cannot start.
+  timeout 120 "${COMPOSE[@]}" up -d --no-build >"$COMPOSE_DIR/up.log" 2>&1 ||
+    { tail -20 "$COMPOSE_DIR/up.log"; echo "compose: up failed (or took over 120 s)" >&2; exit 1; }
   compose_checks
   log "compose: every check passed"
 )
