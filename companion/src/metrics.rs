@@ -32,6 +32,7 @@ pub struct Metrics {
     pub pollers: Gauge,
     pub admin: Family<AdminLabels, Counter>,
     pub watch_errors: Counter,
+    pub ready: Gauge,
     seen: Mutex<HashMap<String, Instant>>,
 }
 
@@ -47,6 +48,7 @@ impl Metrics {
             pollers: Gauge::default(),
             admin: Family::default(),
             watch_errors: Counter::default(),
+            ready: Gauge::default(),
             seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -58,6 +60,7 @@ impl Metrics {
         registry.register("pollers", "Distinct x-isogroup-poller ids seen in the last 120 s", m.pollers.clone());
         registry.register("admin_requests", "Admin API requests by operation and status", m.admin.clone());
         registry.register("watch_errors", "Kubernetes watch errors (retried)", m.watch_errors.clone());
+        registry.register("ready", "1 once this replica has loaded the whole state (see /readyz)", m.ready.clone());
         Metrics { registry, ..m }
     }
 

@@ -46,10 +46,15 @@ impl Companion {
     }
 
     async fn start_in(dir: PathBuf, token: Option<&'static str>) -> Companion {
+        Companion::start_args(dir, token, &[]).await
+    }
+
+    async fn start_args(dir: PathBuf, token: Option<&'static str>, args: &[&str]) -> Companion {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"));
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--table"])
             .arg(dir.join("table.json"))
+            .args(args)
             .env_remove("ISOGROUP_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -581,4 +586,111 @@ async fn held_polls_gauge_drops_when_the_client_goes_away() {
         c.metric("isogroup_companion_held_polls").await == 0.0
     })
     .await;
+}
+
+#[tokio::test]
+async fn epoch_header_and_polls_in_epoch_order() {
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let resp = c.get("/v1/table").await;
+    let epoch = resp.headers()["x-isogroup-epoch"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["epoch"], epoch.as_str(), "the body carries the epoch it is served under");
+    let v = body["version"].as_u64().unwrap();
+    // the epoch is written into the file
+    let on_disk: Value = serde_json::from_slice(&std::fs::read(c.table_path()).unwrap()).unwrap();
+    assert_eq!(on_disk["epoch"], epoch.as_str());
+    let number: u64 = epoch.split_once('-').unwrap().0.parse().unwrap();
+    // (after, epoch, answered at once with the table?)
+    let newer_epoch = format!("{}-0", number + 1);
+    let older_epoch = format!("{}-0", number - 1);
+    let cases: Vec<(u64, &str, bool)> = vec![
+        (v, &epoch, false),        // what it has: held
+        (v + 1000, &epoch, false), // ahead of us (we lag): held, never sent back
+        (0, &newer_epoch, false),  // a newer epoch: held whatever the version
+        (v - 1, &epoch, true),     // behind: at once
+        (v + 1000, &older_epoch, true),
+        (v, "garbage", true), // a malformed epoch is lowest
+    ];
+    for (after, e, at_once) in cases {
+        let resp = c.get(&format!("/v1/table?after={after}&epoch={e}&wait=1")).await;
+        let what = format!("after={after} epoch={e}");
+        assert_eq!(resp.status(), if at_once { 200 } else { 304 }, "{what}");
+        assert_eq!(resp.headers()["etag"].to_str().unwrap(), format!("\"{v}\""), "{what}");
+        assert_eq!(resp.headers()["x-isogroup-epoch"].to_str().unwrap(), epoch, "{what}");
+    }
+    // a held poll with the current (epoch, version) wakes with the next write
+    let url = c.url(&format!("/v1/table?after={v}&epoch={epoch}&wait=30"));
+    let poll = tokio::spawn(async move {
+        let resp = reqwest::get(url).await.unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    });
+    wait_until("the poll to be held", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_held_polls").await >= 1.0
+    })
+    .await;
+    let (status, body) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["epoch"], epoch.as_str());
+    let (status, table) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(table["version"], body["version"]);
+}
+
+#[tokio::test]
+async fn readyz_and_the_ready_gauge() {
+    let c = Companion::start(TABLE, None).await;
+    let resp = c.get("/readyz").await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["version"].as_u64(), Some(c.version().await));
+    assert_eq!(c.metric("isogroup_companion_ready").await, 1.0);
+}
+
+#[tokio::test]
+async fn put_table_replaces_the_table_within_its_own_body_limit() {
+    let dir = std::env::temp_dir().join(format!("isogroup-put-table-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("table.json"), TABLE).unwrap();
+    let c = Companion::start_args(dir, Some(TOKEN), &["--max-table-bytes", "200000"]).await;
+    let v = c.version().await;
+    let epoch = c.table().await["epoch"].clone();
+    // a table bigger than the 16 KiB of other admin bodies, its version and epoch ignored
+    let mut services = serde_json::Map::new();
+    for i in 0..400 {
+        services
+            .insert(format!("svc-{i}"), json!({"hosts": [format!("svc-{i}")], "clusters": {"base": format!("c-{i}")}}));
+    }
+    let big = json!({"version": 1, "epoch": "1-a", "groups": {"team-a": {}}, "services": services});
+    assert!(big.to_string().len() > 16 * 1024);
+    let put = |body: Value, token: Option<&'static str>| {
+        let c = &c;
+        async move { c.admin(reqwest::Method::PUT, "/v1/table", Some(body), token).await }
+    };
+    let (status, _) = put(big.clone(), None).await;
+    assert_eq!(status, 401);
+    // invalid: 400 naming the field, nothing changed
+    let mut bad = big.clone();
+    bad["services"]["svc-3"]["clusters"] = json!({"team-a": "x"});
+    let (status, err) = put(bad, Some(TOKEN)).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_table")), "{err}");
+    assert!(err["detail"].as_str().unwrap().contains("services.svc-3.clusters"), "{err}");
+    let (status, err) = put(json!({"services": {}, "sources": []}), Some(TOKEN)).await;
+    assert_eq!(status, 400, "an unknown field is refused: {err}");
+    assert_eq!(c.version().await, v);
+    // over --max-table-bytes: 413
+    let mut huge = big.clone();
+    huge["services"]["svc-0"]["hosts"] = json!(["h".repeat(250_000)]);
+    let (status, _) = put(huge, Some(TOKEN)).await;
+    assert_eq!(status, 413);
+    assert_eq!(c.version().await, v);
+    // valid: replaced, a higher version in the same epoch
+    let (status, body) = put(big, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let table = c.table().await;
+    assert!(table["version"].as_u64().unwrap() > v);
+    assert_eq!(table["version"], body["version"]);
+    assert_eq!(table["epoch"], epoch);
+    assert_eq!(table["services"].as_object().unwrap().len(), 400);
+    assert!(table["services"].get("reviews").is_none());
 }

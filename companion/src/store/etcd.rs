@@ -1,0 +1,1 @@
+//! The etcd store (replicated): see `serve --etcd`.
