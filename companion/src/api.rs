@@ -80,6 +80,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Version(_) => (StatusCode::CONFLICT, "version_exhausted"),
             ChangeError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only_source"),
             ChangeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ChangeError::Unreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreadable"),
             ChangeError::WriteFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "write_failed"),
         };
         ApiError::new(status, error, e.to_string())

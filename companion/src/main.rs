@@ -23,6 +23,7 @@ use isogroup_core::{Limits, RawTable, Table};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
 use crate::store::{Served, Store};
@@ -41,8 +42,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// The route table (JSON). Watched for edits; admin writes land here.
-        #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        #[arg(long, required_unless_present_any = ["kubernetes", "etcd"], conflicts_with_all = ["kubernetes", "etcd"])]
         table: Option<PathBuf>,
+        /// Keep the table in etcd instead (replicated: every replica serves
+        /// the same epoch and version): comma-separated endpoint URLs.
+        #[arg(long, value_delimiter = ',', conflicts_with = "kubernetes")]
+        etcd: Vec<String>,
+        /// Where in etcd the table lives (see README, "etcd store").
+        #[arg(long, default_value = "/isogroup/")]
+        etcd_prefix: String,
         /// Build the table from the cluster instead (pods labelled
         /// isogroup.io/group, ready endpoints, DestinationRule subsets).
         /// In-cluster or kubeconfig credentials; the admin API is off.
@@ -107,9 +115,24 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { listen, table, kubernetes: _, settle_ms, token_file, base_group, max_table_bytes } => {
+        Command::Serve {
+            listen,
+            table,
+            etcd,
+            etcd_prefix,
+            kubernetes: _,
+            settle_ms,
+            token_file,
+            base_group,
+            max_table_bytes,
+        } => {
             let limits = Limits { max_table_bytes, ..Limits::default() };
-            serve(listen, table, Duration::from_millis(settle_ms), token_file, base_group, limits)
+            let source = match (table, etcd.is_empty()) {
+                (Some(path), _) => Source::File(path),
+                (None, false) => Source::Etcd { endpoints: etcd, prefix: etcd_prefix },
+                (None, true) => Source::Kubernetes { settle: Duration::from_millis(settle_ms) },
+            };
+            serve(listen, source, token_file, base_group, limits)
         }
         Command::Check { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
@@ -172,14 +195,14 @@ fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> 
     Table::check(&raw, base, &limits).map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-fn serve(
-    listen: SocketAddr,
-    table: Option<PathBuf>,
-    settle: Duration,
-    token_file: Option<PathBuf>,
-    base: String,
-    limits: Limits,
-) -> ExitCode {
+/// Where the table comes from.
+enum Source {
+    File(PathBuf),
+    Etcd { endpoints: Vec<String>, prefix: String },
+    Kubernetes { settle: Duration },
+}
+
+fn serve(listen: SocketAddr, source: Source, token_file: Option<PathBuf>, base: String, limits: Limits) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -187,7 +210,7 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(listen, table, settle, token_file, base, limits)) {
+    match runtime.block_on(run(listen, source, token_file, base, limits)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -196,11 +219,9 @@ fn serve(
     }
 }
 
-/// `path`: the file source; `None`: the Kubernetes source.
 async fn run(
     listen: SocketAddr,
-    path: Option<PathBuf>,
-    settle: Duration,
+    source: Source,
     token_file: Option<PathBuf>,
     base: String,
     limits: Limits,
@@ -209,14 +230,20 @@ async fn run(
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
-    let (store, source): (Arc<dyn Store>, String) = match path {
-        Some(path) => {
+    let (store, source): (Arc<dyn Store>, String) = match source {
+        Source::File(path) => {
             let file = FileStore::open(path, served).map_err(|e| e.to_string())?;
             tokio::spawn(file.clone().watch());
             let source = file.path().display().to_string();
             (file, source)
         }
-        None => {
+        Source::Etcd { endpoints, prefix } => {
+            let source = format!("etcd {} {prefix}", endpoints.join(","));
+            let etcd = EtcdStore::connect(endpoints, prefix, served).await?;
+            tokio::spawn(etcd.clone().follow());
+            (etcd, source)
+        }
+        Source::Kubernetes { settle } => {
             kube_source::install_crypto();
             let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
             let kube = Arc::new(KubeStore::new(served));

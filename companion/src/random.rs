@@ -29,7 +29,6 @@ pub fn new_epoch(previous: Option<&str>) -> String {
 
 /// `base` scaled by a random factor in [0.5, 1.5): retries from many
 /// replicas spread out instead of arriving together.
-#[allow(dead_code)] // the etcd store uses it (next commit)
 pub fn jitter(base: std::time::Duration) -> std::time::Duration {
     let factor = 0.5 + (u64() % 1000) as f64 / 1000.0;
     base.mul_f64(factor)

@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{free_port, test_dir, wait_until, Companion};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-token-0123456789";
@@ -21,17 +23,7 @@ const TABLE: &str = r#"{
   }
 }"#;
 
-struct Companion {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    token: Option<&'static str>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// The file store: a table file in a fresh directory.
 impl Companion {
     fn table_path(&self) -> PathBuf {
         self.dir.join("table.json")
@@ -39,8 +31,7 @@ impl Companion {
 
     /// Starts on a fresh directory holding `table`.
     async fn start(table: &str, token: Option<&'static str>) -> Companion {
-        let dir = std::env::temp_dir().join(format!("isogroup-companion-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("companion");
         std::fs::write(dir.join("table.json"), table).unwrap();
         Companion::start_in(dir, token).await
     }
@@ -50,110 +41,9 @@ impl Companion {
     }
 
     async fn start_args(dir: PathBuf, token: Option<&'static str>, args: &[&str]) -> Companion {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--table"])
-            .arg(dir.join("table.json"))
-            .args(args)
-            .env_remove("ISOGROUP_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(t) = token {
-            std::fs::write(dir.join("token"), format!("{t}\n")).unwrap();
-            cmd.arg("--token-file").arg(dir.join("token"));
-        }
-        let child = cmd.spawn().unwrap();
-        let c = Companion { child, port, dir, token };
-        c.wait_healthy().await;
-        c
-    }
-
-    async fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(self.url("/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "companion did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(self.url(path)).await.unwrap()
-    }
-
-    async fn table(&self) -> Value {
-        self.get("/v1/table").await.json().await.unwrap()
-    }
-
-    async fn version(&self) -> u64 {
-        self.table().await["version"].as_u64().unwrap()
-    }
-
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        token: Option<&str>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new().request(method, self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn register(&self, service: &str, group: &str, cluster: &str) -> (u16, Value) {
-        let path = format!("/v1/services/{service}/groups/{group}");
-        self.admin(reqwest::Method::PUT, &path, Some(json!({ "cluster": cluster })), self.token).await
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Companion {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut all = vec!["--table".to_owned(), dir.join("table.json").display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Companion::spawn(dir, token, &all, None).await
     }
 }
 

@@ -37,8 +37,11 @@ pub enum ChangeError {
     /// The store cannot take the write now (unreachable, no quorum, holds
     /// data it cannot read).
     #[error("{0}")]
-    #[allow(dead_code)] // the etcd store uses it (next commit)
     Unavailable(String),
+    /// The store holds data this replica cannot read (named): writes wait
+    /// until someone removes or fixes it.
+    #[error("{0}")]
+    Unreadable(String),
     /// Writing the store failed (e.g. the table file).
     #[error("{0}")]
     WriteFailed(String),

@@ -72,7 +72,6 @@ pub enum Readiness {
     Ready,
     /// Loaded once, the store unreachable now: still ready, serving the last
     /// state; writes answer 503.
-    #[allow(dead_code)] // the etcd store uses it (next commit)
     Unreachable(String),
 }
 

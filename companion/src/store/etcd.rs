@@ -1,1 +1,0 @@
-//! The etcd store (replicated): see `serve --etcd`.
