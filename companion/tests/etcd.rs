@@ -283,3 +283,37 @@ async fn sum_metric(replicas: &[&Companion], name: &str) -> f64 {
     }
     total
 }
+
+#[tokio::test]
+async fn a_replica_starting_on_10k_services_loads_them_all() {
+    let etcd = Etcd::start(3).await;
+    let endpoints = etcd.endpoints();
+    let first = replica(&endpoints, "/big/").await;
+    wait_until("the first replica ready", CONVERGE, async || first.ready().await).await;
+    let (status, body) = first.put_table(&table_json(10_000)).await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    let second = replica(&endpoints, "/big/").await;
+    let (epoch, version, served) = converged(&[&first, &second], "10k services on a new replica", |b| {
+        b["services"].as_object().is_some_and(|s| s.len() == 10_000)
+    })
+    .await;
+    let load_time = started.elapsed();
+    assert_eq!((epoch.as_deref(), version), (body["epoch"].as_str(), body["version"].as_u64().unwrap()));
+    assert_eq!(served["services"]["svc-9999"]["clusters"]["base"], "c-9999");
+    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", second.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!("a replica at 10k services: ready and serving in {load_time:?} (start included), RSS {rss_kb} kB");
+    // One registration on a big table is still one transaction.
+    let txns = second.metric_sum("isogroup_companion_etcd_requests_total{op=\"txn\"}").await;
+    let (status, _) = second.register("svc-5000", "team-a", "big-a").await;
+    assert_eq!(status, 200);
+    assert_eq!(second.metric_sum("isogroup_companion_etcd_requests_total{op=\"txn\"}").await - txns, 1.0);
+    converged(&[&first, &second], "the registration on both", |b| {
+        b["services"]["svc-5000"]["clusters"]["team-a"] == "big-a"
+    })
+    .await;
+}

@@ -183,7 +183,7 @@ impl EtcdStore {
             return Err(ChangeError::Unreadable(format!("the store holds data this replica cannot read: {why}")));
         }
         let stored = layout::read(&mirror.entries, &self.prefix).map_err(|e| ChangeError::Unreadable(e.join("; ")))?;
-        let current = layout::other_generations(mirror.entries.keys(), None);
+        let generations = layout::other_generations(mirror.entries.keys(), None);
         let (raw, epoch, generation) = match stored {
             Stored::Empty => (RawTable::default(), None, None),
             Stored::State(s) => (s.raw, Some(s.epoch), Some(s.generation)),
@@ -198,7 +198,7 @@ impl EtcdStore {
                 .collect(),
             None => BTreeMap::new(),
         };
-        let others = current.into_iter().filter(|g| Some(g) != generation.as_ref()).collect();
+        let others = generations.into_iter().filter(|g| Some(g) != generation.as_ref()).collect();
         Ok(Base {
             raw,
             epoch,
