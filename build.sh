@@ -69,7 +69,28 @@ ensure_wasm_bindgen() {
   cargo install --quiet --root .tools wasm-bindgen-cli --version "$version"
 }
 
+# protoc: the companion's etcd client (etcd-client, via tonic/prost) compiles
+# etcd's .proto files at build time. Every path that builds the companion
+# goes through build().
+ensure_protoc() {
+  command -v protoc >/dev/null && return
+  log "installing protobuf-compiler (Debian) for the companion's etcd client"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler; } >/dev/null 2>&1 || true
+  command -v protoc >/dev/null || { echo "protoc is missing: install Debian's protobuf-compiler"; exit 1; }
+}
+
+# Debian's etcd-server (3.4) for the companion's etcd tests, which start
+# their own clusters: the service the package starts is stopped and disabled.
+ensure_etcd() {
+  command -v etcd >/dev/null && return
+  log "installing etcd-server (Debian) for the companion's etcd tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; } >/dev/null 2>&1 || true
+  { systemctl disable --now etcd || service etcd stop; } >/dev/null 2>&1 || true
+  command -v etcd >/dev/null || { echo "etcd is missing: install Debian's etcd-server"; exit 1; }
+}
+
 build() {
+  ensure_protoc
   ensure_target wasm32-wasip1
   log "building the filter (release, wasm32-wasip1)"
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-filter
@@ -147,7 +168,8 @@ run_tests() {
   sed "s#{{dir}}#$PWD/envoy/reload#g" envoy/reload/bootstrap.yaml >"$RUN_DIR/reload-bootstrap.yaml"
   "$ENVOY" --mode validate -c "$RUN_DIR/reload-bootstrap.yaml" -l error >/dev/null || { echo "invalid: envoy/reload/bootstrap.yaml"; exit 1; }
   echo "valid: envoy/reload/bootstrap.yaml"
-  log "companion tests"
+  log "companion tests (the etcd ones start their own 3-member cluster)"
+  ensure_etcd
   cargo test --quiet -p isogroup-companion
   validate_manifests
   log "OCI image: build, push to a registry on loopback, pull back with oci-client"

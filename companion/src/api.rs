@@ -1,35 +1,37 @@
-//! HTTP API: the table with long-poll, admin writes, resolve, health, metrics.
+//! HTTP API: the table with long-poll, admin writes, resolve, readiness,
+//! health, metrics. Admin writes become `store::Change`s; nothing here knows
+//! which store holds the table.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use isogroup_core::epoch::Stamp;
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::is_valid_service;
-use isogroup_core::{decide_service, Decision};
+use isogroup_core::{decide_service, Decision, RawTable};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::auth::Token;
-use crate::file_source::TableFile;
 use crate::metrics::{AdminLabels, Metrics};
-use crate::state::{PublishError, Snapshot, Store};
+use crate::store::{Change, ChangeError, Readiness, Snapshot, Store};
 
 /// The longest hold a poller may ask for.
 const MAX_WAIT_S: u64 = 300;
-/// Admin bodies are one small JSON object.
+/// Admin bodies are one small JSON object (`PUT /v1/table` excepted).
 const MAX_BODY: usize = 16 * 1024;
+/// The epoch of the table served, beside `ETag: "<version>"`.
+pub const EPOCH_HEADER: HeaderName = HeaderName::from_static("x-isogroup-epoch");
 
 pub struct Api {
-    pub store: Arc<Store>,
-    /// The table file; `None` with the Kubernetes source (no admin writes).
-    pub file: Option<Arc<TableFile>>,
+    pub store: Arc<dyn Store>,
     pub token: Option<Token>,
     pub metrics: Arc<Metrics>,
     /// Flips to true on shutdown, releasing held polls at once.
@@ -37,11 +39,13 @@ pub struct Api {
 }
 
 pub fn router(api: Arc<Api>) -> Router {
+    let max_table = api.store.served().limits.max_table_bytes;
     Router::new()
-        .route("/v1/table", get(get_table))
+        .route("/v1/table", get(get_table).put(put_table).layer(DefaultBodyLimit::max(max_table)))
         .route("/v1/services/{service}/groups/{group}", put(put_group).delete(delete_group))
         .route("/v1/resolve", get(resolve))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
@@ -66,27 +70,68 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> ApiError {
+        let (status, error) = match &e {
+            ChangeError::UnknownService { .. } => (StatusCode::NOT_FOUND, "unknown_service"),
+            ChangeError::NotRegistered { .. } => (StatusCode::NOT_FOUND, "not_registered"),
+            ChangeError::BaseCluster { .. } => (StatusCode::CONFLICT, "base_cluster"),
+            ChangeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_table"),
+            ChangeError::Version(_) => (StatusCode::CONFLICT, "version_exhausted"),
+            ChangeError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only_source"),
+            ChangeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ChangeError::Unreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreadable"),
+            ChangeError::WriteFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "write_failed"),
+        };
+        ApiError::new(status, error, e.to_string())
+    }
+}
+
 #[derive(Deserialize)]
 struct TableQuery {
     after: Option<u64>,
+    epoch: Option<String>,
     wait: Option<u64>,
 }
 
-fn etag(snap: &Snapshot) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{}\"", snap.version)).unwrap_or(HeaderValue::from_static("\"0\""))
+/// What a poller holds, and so which answers are news to it.
+struct Poll {
+    after: Option<u64>,
+    epoch: Option<String>,
+}
+
+impl Poll {
+    /// With `epoch`: only a table newer in the (epoch, version) order. Without
+    /// (the first-round rule): any version other than the one it has.
+    fn wants(&self, snap: &Snapshot) -> bool {
+        match &self.epoch {
+            Some(epoch) => snap.stamp() > Stamp::new(Some(epoch), self.after.unwrap_or(0)),
+            None => self.after != Some(snap.version),
+        }
+    }
+}
+
+/// `ETag` and, when the table has one, `X-Isogroup-Epoch`.
+fn stamp_headers(snap: &Snapshot) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", snap.version)) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(epoch) = snap.epoch.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+        headers.insert(EPOCH_HEADER, epoch);
+    }
+    headers
 }
 
 fn table_response(snap: &Snapshot) -> Response {
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::ETAG, etag(snap))],
-        snap.json.clone(),
-    )
-        .into_response()
+    let mut headers = stamp_headers(snap);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (headers, snap.json.clone()).into_response()
 }
 
 /// `304` still names what is served, so a poller (or a cache) can tell.
 fn not_modified(snap: &Snapshot) -> Response {
-    (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(snap))]).into_response()
+    (StatusCode::NOT_MODIFIED, stamp_headers(snap)).into_response()
 }
 
 /// Counts a held poll for as long as it lives: a client that goes away drops
@@ -106,17 +151,28 @@ impl Drop for HeldPoll<'_> {
     }
 }
 
-/// `GET /v1/table[?after=v&wait=s]`: the table now when its version differs
-/// from `after`, else held up to `wait` s, then 304.
+fn not_ready(readiness: &Readiness) -> Option<ApiError> {
+    match readiness {
+        Readiness::Loading(detail) => Some(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail.clone())),
+        Readiness::Ready | Readiness::Unreachable(_) => None,
+    }
+}
+
+/// `GET /v1/table[?after=v[&epoch=e]&wait=s]`: the table now when it is news
+/// to the poller (see `Poll::wants`), else held up to `wait` s, then 304.
 async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, headers: HeaderMap) -> Response {
     if let Some(id) = headers.get("x-isogroup-poller").and_then(|v| v.to_str().ok()) {
         api.metrics.saw_poller(id);
     }
     api.metrics.polls.inc();
-    let mut rx = api.store.subscribe();
-    let snap = rx.borrow_and_update().clone();
-    let known = q.after.or_else(|| if_none_match(&headers));
-    if known != Some(snap.version) {
+    let served = api.store.served();
+    if let Some(e) = not_ready(&served.readiness()) {
+        return e.into_response();
+    }
+    let mut rx = served.subscribe();
+    let mut snap = rx.borrow_and_update().clone();
+    let poll = Poll { after: q.after.or_else(|| if_none_match(&headers)), epoch: q.epoch };
+    if poll.wants(&snap) {
         return table_response(&snap);
     }
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_S));
@@ -125,13 +181,22 @@ async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, hea
     }
     let _held = HeldPoll::new(&api.metrics.held_polls);
     let mut shutdown = api.shutdown.clone();
-    tokio::select! {
-        changed = rx.changed() => match changed {
-            Ok(()) => table_response(&rx.borrow_and_update().clone()),
-            Err(_) => not_modified(&snap),
-        },
-        _ = tokio::time::sleep(wait) => not_modified(&snap),
-        _ = shutdown.wait_for(|down| *down) => not_modified(&snap),
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return not_modified(&snap);
+                }
+                snap = rx.borrow_and_update().clone();
+                if poll.wants(&snap) {
+                    return table_response(&snap);
+                }
+            }
+            _ = &mut deadline => return not_modified(&snap),
+            _ = shutdown.wait_for(|down| *down) => return not_modified(&snap),
+        }
     }
 }
 
@@ -164,6 +229,11 @@ async fn delete_group(
     api.admin_result("delete", result)
 }
 
+async fn put_table(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let result = admin_put_table(&api, &headers, &body).await;
+    api.admin_result("put_table", result)
+}
+
 impl Api {
     fn admin_result(&self, op: &str, result: Result<Response, ApiError>) -> Response {
         let response = result.unwrap_or_else(IntoResponse::into_response);
@@ -187,27 +257,12 @@ impl Api {
         }
     }
 
-    /// Validates, persists, then publishes: a write that cannot be made
-    /// durable is not served.
-    fn commit(&self, raw: isogroup_core::RawTable) -> Result<Arc<Snapshot>, ApiError> {
-        let snap = self.store.prepare(raw).map_err(|e| match e {
-            PublishError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", e.to_string()),
-            PublishError::VersionTooLarge { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "version_exhausted", e.to_string())
-            }
-        })?;
-        let file = self.file.as_ref().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "read_only_source",
-                "the Kubernetes source owns the table; register by labelling pods",
-            )
-        })?;
-        file.write(&snap.json)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_failed", e.to_string()))?;
-        let snap = self.store.install(snap);
-        self.metrics.table_updated(snap.version);
-        Ok(snap)
+    /// Hands `change` to the store once the replica is ready.
+    async fn apply(&self, change: Change) -> Result<Arc<Snapshot>, ApiError> {
+        if let Some(e) = not_ready(&self.store.served().readiness()) {
+            return Err(e);
+        }
+        Ok(self.store.apply(change).await?)
     }
 }
 
@@ -245,36 +300,34 @@ async fn admin_put(
     let body: PutBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("expected {{\"cluster\": \"…\"}}: {e}"))
     })?;
-    let _guard = api.store.writer.lock().await;
-    let mut raw = api.store.current().raw.clone();
-    let entry = raw.services.get_mut(service).ok_or_else(|| unknown_service(service))?;
-    entry.clusters.insert(group.to_owned(), body.cluster.clone());
-    let snap = api.commit(raw)?;
+    let change = Change::Register { service: service.into(), group: group.into(), cluster: body.cluster.clone() };
+    let snap = api.apply(change).await?;
     tracing::info!(service, group, cluster = %body.cluster, version = snap.version, "registered");
-    Ok(Json(json!({ "version": snap.version, "service": service, "group": group, "cluster": body.cluster }))
-        .into_response())
+    Ok(Json(json!({
+        "version": snap.version, "epoch": snap.epoch, "service": service, "group": group, "cluster": body.cluster,
+    }))
+    .into_response())
 }
 
 async fn admin_delete(api: &Api, service: &str, group: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     api.authorize(headers)?;
     check_names(service, group)?;
-    let _guard = api.store.writer.lock().await;
-    let current = api.store.current();
-    if group == current.table.group_name(current.table.base()) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "base_cluster", "the base group's cluster cannot be deleted"));
-    }
-    let mut raw = current.raw.clone();
-    let entry = raw.services.get_mut(service).ok_or_else(|| unknown_service(service))?;
-    if entry.clusters.remove(group).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_registered",
-            format!("group {group:?} has no instance of {service:?}"),
-        ));
-    }
-    let snap = api.commit(raw)?;
+    let snap = api.apply(Change::Unregister { service: service.into(), group: group.into() }).await?;
     tracing::info!(service, group, version = snap.version, "unregistered");
-    Ok(Json(json!({ "version": snap.version, "service": service, "group": group })).into_response())
+    Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch, "service": service, "group": group }))
+        .into_response())
+}
+
+/// `PUT /v1/table`: replaces services, groups and the base group with a
+/// validated table (its `version` and `epoch` are ignored).
+async fn admin_put_table(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    api.authorize(headers)?;
+    let limits = api.store.served().limits;
+    let raw = RawTable::from_json(body, &limits)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", e.to_string()))?;
+    let snap = api.apply(Change::ReplaceTable(Box::new(raw))).await?;
+    tracing::info!(version = snap.version, services = snap.table.service_count(), "table replaced");
+    Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -290,7 +343,11 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
         return ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", format!("{g:?} is not a valid group name"))
             .into_response();
     }
-    let snap = api.store.current();
+    let served = api.store.served();
+    if let Some(e) = not_ready(&served.readiness()) {
+        return e.into_response();
+    }
+    let snap = served.current();
     let decision = decide_service(&snap.table, &q.service, q.group.as_deref(), q.strict.as_deref().map(str::as_bytes));
     let body = match decision {
         Decision::PassThrough => return unknown_service(&q.service).into_response(),
@@ -306,8 +363,25 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
     Json(body).into_response()
 }
 
+/// Liveness: the process answers.
 async fn healthz(State(api): State<Arc<Api>>) -> Response {
-    Json(json!({ "status": "ok", "version": api.store.current().version })).into_response()
+    Json(json!({ "status": "ok", "version": api.store.served().current().version })).into_response()
+}
+
+/// Readiness: 503 until the whole state is loaded; once loaded, ready even
+/// while the store is unreachable (the detail says so).
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let served = api.store.served();
+    let readiness = served.readiness();
+    if let Some(e) = not_ready(&readiness) {
+        return e.into_response();
+    }
+    let snap = served.current();
+    let mut body = json!({ "status": "ready", "version": snap.version, "epoch": snap.epoch });
+    if let Readiness::Unreachable(detail) = readiness {
+        body["detail"] = json!(detail);
+    }
+    Json(body).into_response()
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {

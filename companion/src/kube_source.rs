@@ -18,7 +18,8 @@ use kube::{Client, ResourceExt};
 use crate::istio::GROUP_LABEL;
 use crate::kube_snapshot::{fqdn, Endpoint, EndpointSlice, Pod, Service, Snapshot};
 use crate::metrics::Metrics;
-use crate::state::{now_ms, Store};
+use crate::store::kube::KubeStore;
+use crate::store::now_ms;
 
 /// Re-evaluate this often even without events: subsets settle with time.
 const RECHECK: Duration = Duration::from_millis(500);
@@ -28,11 +29,13 @@ struct Mirror<T> {
     items: BTreeMap<(String, String), T>,
     /// A re-list in progress (after `Init`): swapped in whole at `InitDone`.
     relist: Option<BTreeMap<(String, String), T>>,
+    /// The first list is complete: until then the table would be partial.
+    synced: bool,
 }
 
 impl<T> Mirror<T> {
     fn new() -> Self {
-        Mirror { items: BTreeMap::new(), relist: None }
+        Mirror { items: BTreeMap::new(), relist: None, synced: false }
     }
 
     fn apply<K: ResourceExt>(&mut self, event: Event<K>, convert: impl Fn(&K) -> Option<T>) {
@@ -48,6 +51,7 @@ impl<T> Mirror<T> {
                 if let Some(buf) = self.relist.take() {
                     self.items = buf;
                 }
+                self.synced = true;
             }
             Event::Apply(k) => match convert(&k) {
                 Some(v) => {
@@ -124,7 +128,7 @@ pub fn install_crypto() {
 }
 
 /// Watches the cluster and publishes tables until the process ends.
-pub async fn run(client: Client, store: Arc<Store>, metrics: Arc<Metrics>, settle: Duration) {
+pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, settle: Duration) {
     let pods = watcher::watcher(Api::<K8sPod>::all(client.clone()), watcher::Config::default().labels(GROUP_LABEL));
     let services = watcher::watcher(Api::<K8sService>::all(client.clone()), watcher::Config::default());
     let slices = watcher::watcher(Api::<K8sSlice>::all(client.clone()), watcher::Config::default());
@@ -157,6 +161,9 @@ pub async fn run(client: Client, store: Arc<Store>, metrics: Arc<Metrics>, settl
                 continue;
             }
         }
+        if !(p.synced && s.synced && sl.synced && r.synced) {
+            continue;
+        }
         let now = now_ms();
         let mut subsets: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
         for ((ns, _), (host, names)) in &r.items {
@@ -174,19 +181,11 @@ pub async fn run(client: Client, store: Arc<Store>, metrics: Arc<Metrics>, settl
             slices: sl.items.values().cloned().collect(),
             subsets,
         };
-        let table = crate::kube_snapshot::to_table(&snap, &store.base, now, settle.as_millis() as u64);
-        let current = store.current();
-        let unchanged = table.services == current.raw.services && table.groups == current.raw.groups;
-        if unchanged {
-            continue;
-        }
-        let published = {
-            let _guard = store.writer.lock().await;
-            store.publish(table)
-        };
-        match published {
-            Ok(snap) => {
-                metrics.table_updated(snap.version);
+        let base = &crate::store::Store::served(&*store).base;
+        let table = crate::kube_snapshot::to_table(&snap, base, now, settle.as_millis() as u64);
+        match store.publish(table) {
+            Ok(None) => {}
+            Ok(Some(snap)) => {
                 tracing::info!(
                     version = snap.version,
                     services = snap.table.service_count(),
@@ -220,7 +219,8 @@ mod tests {
     use tokio::sync::broadcast;
 
     use crate::metrics::Metrics;
-    use crate::state::{Snapshot, Store};
+    use crate::store::kube::KubeStore;
+    use crate::store::{Served, Store};
 
     #[derive(Clone)]
     enum Msg {
@@ -341,10 +341,10 @@ mod tests {
                 "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "host": "reviews", "subsets": subsets } })
     }
 
-    async fn wait_for(store: &Store, what: &str, want: impl Fn(&RawTable) -> bool) -> u64 {
+    async fn wait_for(store: &KubeStore, what: &str, want: impl Fn(&RawTable) -> bool) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let cur = store.current();
+            let cur = store.served().current();
             if want(&cur.raw) {
                 return cur.version;
             }
@@ -385,14 +385,17 @@ mod tests {
         super::install_crypto();
         let config = kube::Config::new(url.parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
-        let first = Snapshot::build(RawTable::default(), 1, "base", &Limits::default()).unwrap();
-        let store = Arc::new(Store::new(first, "base".into(), Limits::default()));
-        tokio::spawn(super::run(client, store.clone(), Arc::new(Metrics::new()), Duration::from_millis(300)));
+        let metrics = Arc::new(Metrics::new());
+        let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
+        let store = Arc::new(KubeStore::new(served));
+        assert!(!store.served().readiness().is_ready(), "not ready before the first lists");
+        tokio::spawn(super::run(client, store.clone(), metrics, Duration::from_millis(300)));
 
         let mut versions = vec![];
         // ready pod whose subset has settled → the group appears
         versions.push(wait_for(&store, "feature-1", |t| groups(t) == ["base", "feature-1"]).await);
-        let reviews = store.current().raw.services["reviews.bookinfo"].clone();
+        assert!(store.served().readiness().is_ready());
+        let reviews = store.served().current().raw.services["reviews.bookinfo"].clone();
         assert_eq!(reviews.clusters["feature-1"], "outbound|9080|feature-1|reviews.bookinfo.svc.cluster.local");
         // not ready → it disappears
         fake.put("endpointslices", slice(&[("r0", true), ("f1", false)]));

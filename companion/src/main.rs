@@ -5,12 +5,12 @@
 mod api;
 mod auth;
 mod explain;
-mod file_source;
 mod istio;
 mod kube_snapshot;
 mod kube_source;
 mod metrics;
-mod state;
+mod random;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,9 +22,11 @@ use clap::{Parser, Subcommand};
 use isogroup_core::{Limits, RawTable, Table};
 use tokio::sync::watch;
 
-use crate::file_source::TableFile;
 use crate::metrics::Metrics;
-use crate::state::{Snapshot, Store};
+use crate::store::etcd::EtcdStore;
+use crate::store::file::FileStore;
+use crate::store::kube::KubeStore;
+use crate::store::{Served, Store};
 
 #[derive(Parser)]
 #[command(name = "isogroup-companion", version, about = "isogroup control plane")]
@@ -40,8 +42,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// The route table (JSON). Watched for edits; admin writes land here.
-        #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        #[arg(long, required_unless_present_any = ["kubernetes", "etcd"], conflicts_with_all = ["kubernetes", "etcd"])]
         table: Option<PathBuf>,
+        /// Keep the table in etcd instead (replicated: every replica serves
+        /// the same epoch and version): comma-separated endpoint URLs.
+        #[arg(long, value_delimiter = ',', conflicts_with = "kubernetes")]
+        etcd: Vec<String>,
+        /// Where in etcd the table lives (see README, "etcd store").
+        #[arg(long, default_value = "/isogroup/")]
+        etcd_prefix: String,
         /// Build the table from the cluster instead (pods labelled
         /// isogroup.io/group, ready endpoints, DestinationRule subsets).
         /// In-cluster or kubeconfig credentials; the admin API is off.
@@ -58,6 +67,10 @@ enum Command {
         /// The base group for a table that names none.
         #[arg(long, default_value = "base")]
         base_group: String,
+        /// The largest table accepted, in bytes (also the body limit of
+        /// `PUT /v1/table`).
+        #[arg(long, default_value_t = Limits::default().max_table_bytes)]
+        max_table_bytes: usize,
     },
     /// Validate a table file: print each error, exit non-zero when invalid.
     Check {
@@ -102,8 +115,24 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { listen, table, kubernetes: _, settle_ms, token_file, base_group } => {
-            serve(listen, table, Duration::from_millis(settle_ms), token_file, base_group)
+        Command::Serve {
+            listen,
+            table,
+            etcd,
+            etcd_prefix,
+            kubernetes: _,
+            settle_ms,
+            token_file,
+            base_group,
+            max_table_bytes,
+        } => {
+            let limits = Limits { max_table_bytes, ..Limits::default() };
+            let source = match (table, etcd.is_empty()) {
+                (Some(path), _) => Source::File(path),
+                (None, false) => Source::Etcd { endpoints: etcd, prefix: etcd_prefix },
+                (None, true) => Source::Kubernetes { settle: Duration::from_millis(settle_ms) },
+            };
+            serve(listen, source, token_file, base_group, limits)
         }
         Command::Check { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
@@ -166,13 +195,14 @@ fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> 
     Table::check(&raw, base, &limits).map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-fn serve(
-    listen: SocketAddr,
-    table: Option<PathBuf>,
-    settle: Duration,
-    token_file: Option<PathBuf>,
-    base: String,
-) -> ExitCode {
+/// Where the table comes from.
+enum Source {
+    File(PathBuf),
+    Etcd { endpoints: Vec<String>, prefix: String },
+    Kubernetes { settle: Duration },
+}
+
+fn serve(listen: SocketAddr, source: Source, token_file: Option<PathBuf>, base: String, limits: Limits) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -180,7 +210,7 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(listen, table, settle, token_file, base)) {
+    match runtime.block_on(run(listen, source, token_file, base, limits)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -189,59 +219,49 @@ fn serve(
     }
 }
 
-/// `path`: the file source; `None`: the Kubernetes source.
 async fn run(
     listen: SocketAddr,
-    path: Option<PathBuf>,
-    settle: Duration,
+    source: Source,
     token_file: Option<PathBuf>,
     base: String,
+    limits: Limits,
 ) -> Result<(), String> {
-    let limits = Limits::default();
     let mut token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
-    let file = path.map(|p| Arc::new(TableFile::new(p)));
-    let raw = match &file {
-        Some(f) => f.load(&limits).map_err(|e| e.to_string())?,
-        None => RawTable::default(),
-    };
-    // Above the file's version and the clock: never below a version served
-    // before a restart, nor by another replica (both follow the clock).
-    let source = file.as_ref().map_or("kubernetes".to_owned(), |f| f.path().display().to_string());
-    let version = state::next_version(raw.version, 0, state::now_ms()).map_err(|e| format!("{source}: {e}"))?;
-    let first = Snapshot::build(raw, version, &base, &limits).map_err(|errors| match &file {
-        Some(f) => f.invalid(errors).to_string(),
-        None => format!("{errors:?}"),
-    })?;
     let metrics = Arc::new(Metrics::new());
-    metrics.table_version.set(version as i64);
-    let store = Arc::new(Store::new(first, base, limits));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    match &file {
-        Some(f) => {
-            tokio::spawn(file_source::watch(f.clone(), store.clone(), metrics.clone()));
+    let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
+    let (store, source): (Arc<dyn Store>, String) = match source {
+        Source::File(path) => {
+            let file = FileStore::open(path, served).map_err(|e| e.to_string())?;
+            tokio::spawn(file.clone().watch());
+            let source = file.path().display().to_string();
+            (file, source)
         }
-        None => {
+        Source::Etcd { endpoints, prefix } => {
+            let source = format!("etcd {} {prefix}", endpoints.join(","));
+            let etcd = EtcdStore::connect(endpoints, prefix, served).await?;
+            tokio::spawn(etcd.clone().follow());
+            (etcd, source)
+        }
+        Source::Kubernetes { settle } => {
             kube_source::install_crypto();
             let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
-            tokio::spawn(kube_source::run(client, store.clone(), metrics.clone(), settle));
+            let kube = Arc::new(KubeStore::new(served));
+            tokio::spawn(kube_source::run(client, kube.clone(), metrics.clone(), settle));
             if token.take().is_some() {
                 tracing::info!("kubernetes source: the table follows the cluster; the admin API is off");
             }
+            (kube, "kubernetes".to_owned())
         }
-    }
-    let api = Arc::new(api::Api {
-        store: store.clone(),
-        file: file.clone(),
-        token,
-        metrics: metrics.clone(),
-        shutdown: shutdown_rx,
-    });
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let api = Arc::new(api::Api { store: store.clone(), token, metrics, shutdown: shutdown_rx });
     if api.token.is_none() {
         tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen on {listen}: {e}"))?;
-    tracing::info!(%listen, version, %source, "serving");
+    let current = store.served().current();
+    tracing::info!(%listen, version = current.version, epoch = ?current.epoch, %source, "serving");
     axum::serve(listener, api::router(api))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

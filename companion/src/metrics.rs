@@ -17,6 +17,11 @@ const POLLER_WINDOW: Duration = Duration::from_secs(120);
 const MAX_POLLERS: usize = 100_000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EtcdLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdminLabels {
     pub op: String,
     pub status: u16,
@@ -32,6 +37,11 @@ pub struct Metrics {
     pub pollers: Gauge,
     pub admin: Family<AdminLabels, Counter>,
     pub watch_errors: Counter,
+    pub ready: Gauge,
+    pub store_rejects: Counter,
+    pub etcd_requests: Family<EtcdLabels, Counter>,
+    pub etcd_conflicts: Counter,
+    pub etcd_errors: Counter,
     seen: Mutex<HashMap<String, Instant>>,
 }
 
@@ -47,6 +57,11 @@ impl Metrics {
             pollers: Gauge::default(),
             admin: Family::default(),
             watch_errors: Counter::default(),
+            ready: Gauge::default(),
+            store_rejects: Counter::default(),
+            etcd_requests: Family::default(),
+            etcd_conflicts: Counter::default(),
+            etcd_errors: Counter::default(),
             seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -58,6 +73,19 @@ impl Metrics {
         registry.register("pollers", "Distinct x-isogroup-poller ids seen in the last 120 s", m.pollers.clone());
         registry.register("admin_requests", "Admin API requests by operation and status", m.admin.clone());
         registry.register("watch_errors", "Kubernetes watch errors (retried)", m.watch_errors.clone());
+        registry.register("ready", "1 once this replica has loaded the whole state (see /readyz)", m.ready.clone());
+        registry.register(
+            "store_rejects",
+            "Stored states refused (malformed keys or values, invalid table); the table in force stays",
+            m.store_rejects.clone(),
+        );
+        registry.register("etcd_requests", "etcd requests by operation", m.etcd_requests.clone());
+        registry.register(
+            "etcd_conflicts",
+            "etcd writes retried after another replica wrote first",
+            m.etcd_conflicts.clone(),
+        );
+        registry.register("etcd_errors", "etcd requests or watches that failed (retried)", m.etcd_errors.clone());
         Metrics { registry, ..m }
     }
 

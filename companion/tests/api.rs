@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{free_port, test_dir, wait_until, Companion};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-token-0123456789";
@@ -21,17 +23,7 @@ const TABLE: &str = r#"{
   }
 }"#;
 
-struct Companion {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    token: Option<&'static str>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// The file store: a table file in a fresh directory.
 impl Companion {
     fn table_path(&self) -> PathBuf {
         self.dir.join("table.json")
@@ -39,116 +31,19 @@ impl Companion {
 
     /// Starts on a fresh directory holding `table`.
     async fn start(table: &str, token: Option<&'static str>) -> Companion {
-        let dir = std::env::temp_dir().join(format!("isogroup-companion-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("companion");
         std::fs::write(dir.join("table.json"), table).unwrap();
         Companion::start_in(dir, token).await
     }
 
     async fn start_in(dir: PathBuf, token: Option<&'static str>) -> Companion {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--table"])
-            .arg(dir.join("table.json"))
-            .env_remove("ISOGROUP_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(t) = token {
-            std::fs::write(dir.join("token"), format!("{t}\n")).unwrap();
-            cmd.arg("--token-file").arg(dir.join("token"));
-        }
-        let child = cmd.spawn().unwrap();
-        let c = Companion { child, port, dir, token };
-        c.wait_healthy().await;
-        c
+        Companion::start_args(dir, token, &[]).await
     }
 
-    async fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(self.url("/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "companion did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(self.url(path)).await.unwrap()
-    }
-
-    async fn table(&self) -> Value {
-        self.get("/v1/table").await.json().await.unwrap()
-    }
-
-    async fn version(&self) -> u64 {
-        self.table().await["version"].as_u64().unwrap()
-    }
-
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        token: Option<&str>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new().request(method, self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn register(&self, service: &str, group: &str, cluster: &str) -> (u16, Value) {
-        let path = format!("/v1/services/{service}/groups/{group}");
-        self.admin(reqwest::Method::PUT, &path, Some(json!({ "cluster": cluster })), self.token).await
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Companion {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn start_args(dir: PathBuf, token: Option<&'static str>, args: &[&str]) -> Companion {
+        let mut all = vec!["--table".to_owned(), dir.join("table.json").display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Companion::spawn(dir, token, &all, None).await
     }
 }
 
@@ -581,4 +476,111 @@ async fn held_polls_gauge_drops_when_the_client_goes_away() {
         c.metric("isogroup_companion_held_polls").await == 0.0
     })
     .await;
+}
+
+#[tokio::test]
+async fn epoch_header_and_polls_in_epoch_order() {
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let resp = c.get("/v1/table").await;
+    let epoch = resp.headers()["x-isogroup-epoch"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["epoch"], epoch.as_str(), "the body carries the epoch it is served under");
+    let v = body["version"].as_u64().unwrap();
+    // the epoch is written into the file
+    let on_disk: Value = serde_json::from_slice(&std::fs::read(c.table_path()).unwrap()).unwrap();
+    assert_eq!(on_disk["epoch"], epoch.as_str());
+    let number: u64 = epoch.split_once('-').unwrap().0.parse().unwrap();
+    // (after, epoch, answered at once with the table?)
+    let newer_epoch = format!("{}-0", number + 1);
+    let older_epoch = format!("{}-0", number - 1);
+    let cases: Vec<(u64, &str, bool)> = vec![
+        (v, &epoch, false),        // what it has: held
+        (v + 1000, &epoch, false), // ahead of us (we lag): held, never sent back
+        (0, &newer_epoch, false),  // a newer epoch: held whatever the version
+        (v - 1, &epoch, true),     // behind: at once
+        (v + 1000, &older_epoch, true),
+        (v, "garbage", true), // a malformed epoch is lowest
+    ];
+    for (after, e, at_once) in cases {
+        let resp = c.get(&format!("/v1/table?after={after}&epoch={e}&wait=1")).await;
+        let what = format!("after={after} epoch={e}");
+        assert_eq!(resp.status(), if at_once { 200 } else { 304 }, "{what}");
+        assert_eq!(resp.headers()["etag"].to_str().unwrap(), format!("\"{v}\""), "{what}");
+        assert_eq!(resp.headers()["x-isogroup-epoch"].to_str().unwrap(), epoch, "{what}");
+    }
+    // a held poll with the current (epoch, version) wakes with the next write
+    let url = c.url(&format!("/v1/table?after={v}&epoch={epoch}&wait=30"));
+    let poll = tokio::spawn(async move {
+        let resp = reqwest::get(url).await.unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    });
+    wait_until("the poll to be held", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_held_polls").await >= 1.0
+    })
+    .await;
+    let (status, body) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["epoch"], epoch.as_str());
+    let (status, table) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(table["version"], body["version"]);
+}
+
+#[tokio::test]
+async fn readyz_and_the_ready_gauge() {
+    let c = Companion::start(TABLE, None).await;
+    let resp = c.get("/readyz").await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["version"].as_u64(), Some(c.version().await));
+    assert_eq!(c.metric("isogroup_companion_ready").await, 1.0);
+}
+
+#[tokio::test]
+async fn put_table_replaces_the_table_within_its_own_body_limit() {
+    let dir = std::env::temp_dir().join(format!("isogroup-put-table-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("table.json"), TABLE).unwrap();
+    let c = Companion::start_args(dir, Some(TOKEN), &["--max-table-bytes", "200000"]).await;
+    let v = c.version().await;
+    let epoch = c.table().await["epoch"].clone();
+    // a table bigger than the 16 KiB of other admin bodies, its version and epoch ignored
+    let mut services = serde_json::Map::new();
+    for i in 0..400 {
+        services
+            .insert(format!("svc-{i}"), json!({"hosts": [format!("svc-{i}")], "clusters": {"base": format!("c-{i}")}}));
+    }
+    let big = json!({"version": 1, "epoch": "1-a", "groups": {"team-a": {}}, "services": services});
+    assert!(big.to_string().len() > 16 * 1024);
+    let put = |body: Value, token: Option<&'static str>| {
+        let c = &c;
+        async move { c.admin(reqwest::Method::PUT, "/v1/table", Some(body), token).await }
+    };
+    let (status, _) = put(big.clone(), None).await;
+    assert_eq!(status, 401);
+    // invalid: 400 naming the field, nothing changed
+    let mut bad = big.clone();
+    bad["services"]["svc-3"]["clusters"] = json!({"team-a": "x"});
+    let (status, err) = put(bad, Some(TOKEN)).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_table")), "{err}");
+    assert!(err["detail"].as_str().unwrap().contains("services.svc-3.clusters"), "{err}");
+    let (status, err) = put(json!({"services": {}, "sources": []}), Some(TOKEN)).await;
+    assert_eq!(status, 400, "an unknown field is refused: {err}");
+    assert_eq!(c.version().await, v);
+    // over --max-table-bytes: 413
+    let mut huge = big.clone();
+    huge["services"]["svc-0"]["hosts"] = json!(["h".repeat(250_000)]);
+    let (status, _) = put(huge, Some(TOKEN)).await;
+    assert_eq!(status, 413);
+    assert_eq!(c.version().await, v);
+    // valid: replaced, a higher version in the same epoch
+    let (status, body) = put(big, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let table = c.table().await;
+    assert!(table["version"].as_u64().unwrap() > v);
+    assert_eq!(table["version"], body["version"]);
+    assert_eq!(table["epoch"], epoch);
+    assert_eq!(table["services"].as_object().unwrap().len(), 400);
+    assert!(table["services"].get("reviews").is_none());
 }

@@ -1,0 +1,317 @@
+//! The file store, the embedded default (one replica): the table file is
+//! loaded at start, watched for hand edits, and the target of admin writes
+//! (temp file, fsync, rename, fsync of the directory), so a restart loses
+//! nothing.
+//!
+//! Its epoch is written into the file with the first write (at start, when
+//! the file has none); a hand edit's epoch is ignored. A file that cannot be
+//! written (a ConfigMap) gets a new epoch on every start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use isogroup_core::epoch::Epoch;
+use isogroup_core::{RawTable, TableError};
+
+use super::{next_version, now_ms, Change, ChangeError, Readiness, Served, Snapshot, Store, VersionTooLarge};
+
+/// How often the file is checked for edits. Polling works the same for
+/// editors that rewrite in place, rename over, or swap symlinks (ConfigMaps).
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid { path: String, errors: Vec<TableError> },
+    #[error("{path}: {source}")]
+    Version { path: String, source: VersionTooLarge },
+}
+
+pub struct FileStore {
+    path: PathBuf,
+    /// The bytes last read or written by us: an identical file is no edit.
+    known: Mutex<Vec<u8>>,
+    /// Serialises every change (admin writes and file edits alike): each is
+    /// a read-modify-write of the current table and takes the next version.
+    writer: tokio::sync::Mutex<()>,
+    epoch: String,
+    served: Served,
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
+}
+
+impl FileStore {
+    /// Loads the file and serves it; ready at once.
+    pub fn open(path: PathBuf, served: Served) -> Result<Arc<FileStore>, FileError> {
+        Self::open_inner(path, served, false)
+    }
+
+    fn open_inner(path: PathBuf, served: Served, _fail_writes: bool) -> Result<Arc<FileStore>, FileError> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(&path).map_err(|source| FileError::Io { path: name.clone(), source })?;
+        let raw = RawTable::from_json(&bytes, &served.limits)
+            .map_err(|e| FileError::Invalid { path: name.clone(), errors: vec![e] })?;
+        let kept = raw.epoch.as_deref().filter(|e| Epoch::parse(e).is_some()).map(str::to_owned);
+        let fresh = kept.is_none();
+        let epoch = kept.unwrap_or_else(|| crate::random::new_epoch(raw.epoch.as_deref()));
+        let version = next_version(raw.version, 0, now_ms())
+            .map_err(|source| FileError::Version { path: name.clone(), source })?;
+        let snap = Snapshot::build(raw, Some(epoch.clone()), version, &served.base, &served.limits)
+            .map_err(|errors| FileError::Invalid { path: name.clone(), errors })?;
+        let store = FileStore {
+            path,
+            known: Mutex::new(bytes),
+            writer: tokio::sync::Mutex::new(()),
+            epoch,
+            served,
+            #[cfg(test)]
+            fail_writes: std::sync::atomic::AtomicBool::new(_fail_writes),
+        };
+        if fresh {
+            match store.write(&snap.json) {
+                Ok(()) => tracing::info!(epoch = %store.epoch, path = %name, "new epoch written into the table file"),
+                Err(e) => tracing::warn!(
+                    epoch = %store.epoch, error = %e,
+                    "the table file cannot be written: this epoch holds until the next start"
+                ),
+            }
+        }
+        store.served.publish(snap);
+        store.served.set_readiness(Readiness::Ready);
+        Ok(Arc::new(store))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file atomically and durably with `bytes`. The temp file
+    /// name is unique per write, so replicas sharing a volume never collide.
+    fn write(&self, bytes: &[u8]) -> Result<(), FileError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(self.io(std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem)));
+        }
+        self.remember(bytes.to_vec());
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.{:016x}.tmp", std::process::id(), crate::random::u64()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            self.io(source)
+        })
+    }
+
+    fn io(&self, source: std::io::Error) -> FileError {
+        FileError::Io { path: self.path.display().to_string(), source }
+    }
+
+    fn remember(&self, bytes: Vec<u8>) {
+        if let Ok(mut known) = self.known.lock() {
+            *known = bytes;
+        }
+    }
+
+    fn is_known(&self, bytes: &[u8]) -> bool {
+        self.known.lock().map(|k| *k == bytes).unwrap_or(false)
+    }
+
+    /// Watches the file and publishes every valid edit; an invalid one is
+    /// logged and counted, and the table in force stays.
+    pub async fn watch(self: Arc<Self>) {
+        let mut last_stamp = stamp(&self.path);
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = stamp(&self.path);
+            if now == last_stamp {
+                continue;
+            }
+            last_stamp = now;
+            self.take_edit().await;
+        }
+    }
+
+    /// Reads the file and publishes it if it is an edit. Under the writers'
+    /// lock: an admin write between our read and our publish would otherwise
+    /// be served under a version that this edit's publish then reuses or
+    /// undoes.
+    async fn take_edit(&self) {
+        let _guard = self.writer.lock().await;
+        let Ok(bytes) = std::fs::read(&self.path) else { return };
+        if self.is_known(&bytes) {
+            return;
+        }
+        self.remember(bytes.clone());
+        let path = self.path.display().to_string();
+        let served = &self.served;
+        let result = RawTable::from_json(&bytes, &served.limits)
+            .map_err(|e| FileError::Invalid { path: path.clone(), errors: vec![e] })
+            .and_then(|raw| {
+                let version = next_version(served.current().version, raw.version, now_ms())
+                    .map_err(|source| FileError::Version { path: path.clone(), source })?;
+                // A hand edit's epoch is ignored: the store owns it.
+                Snapshot::build(raw, Some(self.epoch.clone()), version, &served.base, &served.limits)
+                    .map_err(|errors| FileError::Invalid { path: path.clone(), errors })
+            });
+        match result {
+            Ok(snap) => {
+                let snap = served.publish(snap);
+                tracing::info!(version = snap.version, %path, "table file changed: published");
+            }
+            Err(e) => {
+                served.metrics().file_rejects.inc();
+                tracing::error!(error = %e, "table file edit refused; the table in force stays");
+            }
+        }
+    }
+}
+
+impl Store for FileStore {
+    fn apply(&self, change: Change) -> BoxFuture<'_, Result<Arc<Snapshot>, ChangeError>> {
+        Box::pin(async move {
+            let _guard = self.writer.lock().await;
+            let current = self.served.current();
+            let Some(next) = change.apply_to(&current.raw, &self.served.base)? else {
+                return Ok(current);
+            };
+            let version = next_version(current.version, 0, now_ms())?;
+            let snap = Snapshot::build(next, Some(self.epoch.clone()), version, &self.served.base, &self.served.limits)
+                .map_err(ChangeError::Invalid)?;
+            // Durable first: a write that cannot be made durable is not served.
+            self.write(&snap.json).map_err(|e| ChangeError::WriteFailed(e.to_string()))?;
+            Ok(self.served.publish(snap))
+        })
+    }
+
+    fn served(&self) -> &Served {
+        &self.served
+    }
+}
+
+/// What tells a change cheaply: modification time and length.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use isogroup_core::{Limits, RawTable};
+
+    use super::FileStore;
+    use crate::metrics::Metrics;
+    use crate::store::{Change, Served, Store};
+
+    const TABLE: &str = r#"{"version": 3, "services": {"a": {"hosts": ["a"], "clusters": {"base": "a0"}}}}"#;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("isogroup-file-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn served() -> Served {
+        Served::new("base".into(), Limits::default(), Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn on_disk(path: &PathBuf) -> RawTable {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_edit_waits_for_the_writers_lock() {
+        let dir = dir("lock");
+        let path = dir.join("table.json");
+        std::fs::write(&path, TABLE).unwrap();
+        let store = FileStore::open(path.clone(), served()).unwrap();
+        let v = store.served.current().version;
+        std::fs::write(&path, TABLE.replace("a0", "a1")).unwrap();
+        // An admin write is in progress: the edit must not be published under it.
+        let guard = store.writer.lock().await;
+        let edit = tokio::spawn({
+            let store = store.clone();
+            async move { store.take_edit().await }
+        });
+        // Only a bounded wait can show that something does not happen.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!edit.is_finished(), "the edit went ahead of the lock");
+        assert_eq!(store.served.current().version, v);
+        drop(guard);
+        edit.await.unwrap();
+        let now = store.served.current();
+        assert!(now.version > v);
+        assert_eq!(now.raw.services["a"].clusters["base"], "a1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_epoch_is_written_kept_and_hand_edits_cannot_change_it() {
+        let dir = dir("epoch");
+        let path = dir.join("table.json");
+        std::fs::write(&path, TABLE).unwrap();
+        let store = FileStore::open(path.clone(), served()).unwrap();
+        let first = store.served.current();
+        let epoch = first.epoch.clone().unwrap();
+        // written into the file with the version at start
+        assert_eq!((on_disk(&path).epoch, on_disk(&path).version), (Some(epoch.clone()), first.version));
+        // a hand edit naming another epoch: published under ours
+        std::fs::write(&path, TABLE.replace("a0", "a1").replace(r#""version": 3"#, r#""epoch": "99999999999999-ff""#))
+            .unwrap();
+        store.take_edit().await;
+        let edited = store.served.current();
+        assert_eq!(edited.raw.services["a"].clusters["base"], "a1");
+        assert_eq!(edited.epoch.as_deref(), Some(&*epoch));
+        assert!(edited.stamp() > first.stamp());
+        // an admin write lands in the file with our epoch
+        let change = Change::Register { service: "a".into(), group: "x".into(), cluster: "ax".into() };
+        let written = store.apply(change.clone()).await.unwrap();
+        assert_eq!(on_disk(&path).epoch.as_deref(), Some(&*epoch));
+        assert!(written.stamp() > edited.stamp());
+        // the same change again changes nothing: no new version
+        assert_eq!(store.apply(change).await.unwrap().version, written.version);
+        // a restart keeps the epoch, and goes on above the version
+        drop(store);
+        let again = FileStore::open(path.clone(), served()).unwrap();
+        let restarted = again.served.current();
+        assert_eq!(restarted.epoch.as_deref(), Some(&*epoch));
+        assert!(restarted.stamp() > written.stamp());
+        // no temp files left behind
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["table.json"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_written_gets_an_epoch_per_start() {
+        let dir = dir("readonly");
+        let path = dir.join("table.json");
+        std::fs::write(&path, TABLE).unwrap();
+        let a = FileStore::open_inner(path.clone(), served(), true).unwrap();
+        let b = FileStore::open_inner(path.clone(), served(), true).unwrap();
+        let (a, b) = (a.served.current(), b.served.current());
+        assert_ne!(a.epoch, b.epoch);
+        assert!(a.epoch.is_some() && b.epoch.is_some());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TABLE, "the file is untouched");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

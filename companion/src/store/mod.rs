@@ -1,0 +1,28 @@
+//! The store seam: every admin write is a `Change` that a store applies
+//! atomically, and every store publishes what it serves (epoch, version,
+//! table) through `Served`. The API knows no store; a new store is one new
+//! module.
+
+pub mod change;
+pub mod etcd;
+pub mod file;
+pub mod kube;
+pub mod served;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+pub use change::{Change, ChangeError};
+pub use served::{next_version, now_ms, Readiness, Served, Snapshot, VersionTooLarge};
+
+/// A place that holds the route table.
+pub trait Store: Send + Sync {
+    /// Applies `change` atomically: all of it is served under one new version,
+    /// or nothing changes. A change that changes nothing answers the snapshot
+    /// in force without a new version.
+    fn apply(&self, change: Change) -> BoxFuture<'_, Result<Arc<Snapshot>, ChangeError>>;
+
+    /// What this replica serves, and whether it is ready.
+    fn served(&self) -> &Served;
+}

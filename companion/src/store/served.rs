@@ -1,0 +1,180 @@
+//! What a replica serves: the current snapshot (epoch, version, table),
+//! watched by long-polls, and whether the replica is ready. Every store
+//! publishes through one of these; the API only reads it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use isogroup_core::epoch::Stamp;
+use isogroup_core::{Limits, RawTable, Table, TableError};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// The highest version served: a signed 64-bit reader (a Prometheus gauge,
+/// a JSON number in most languages) reads it right.
+pub const MAX_VERSION: u64 = i64::MAX as u64;
+
+/// A version that cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version: {version} is too large to be bumped (versions stay at or below {limit})")]
+pub struct VersionTooLarge {
+    pub version: u64,
+    pub limit: u64,
+}
+
+/// One accepted table: the raw form (what changes start from), the compiled
+/// form (for `/v1/resolve`) and the JSON served to pollers.
+pub struct Snapshot {
+    pub epoch: Option<String>,
+    pub version: u64,
+    pub raw: RawTable,
+    pub table: Table,
+    pub json: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Validates `raw` and stamps it with `epoch` and `version`.
+    pub fn build(
+        mut raw: RawTable,
+        epoch: Option<String>,
+        version: u64,
+        base: &str,
+        limits: &Limits,
+    ) -> Result<Snapshot, Vec<TableError>> {
+        raw.version = version;
+        raw.epoch = epoch.clone();
+        let table = Table::check(&raw, base, limits)?;
+        let json = serde_json::to_vec_pretty(&raw).unwrap_or_default();
+        Ok(Snapshot { epoch, version, raw, table, json })
+    }
+
+    /// A store never written: `{"version": 0}`, no epoch, which no filter
+    /// installs over a table it has.
+    /// Fails only for a base group name that is not valid.
+    pub fn empty(base: &str, limits: &Limits) -> Result<Snapshot, Vec<TableError>> {
+        let raw = RawTable::default();
+        let table = Table::check(&raw, base, limits)?;
+        Ok(Snapshot { epoch: None, version: 0, raw, table, json: br#"{"version": 0}"#.to_vec() })
+    }
+
+    /// Where this snapshot stands in the (epoch, version) order.
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp::new(self.epoch.as_deref(), self.version)
+    }
+}
+
+/// Whether the replica answers `/v1/table` (SPEC "Readiness").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// The whole state is not loaded yet: `/readyz` and `/v1/table` answer 503.
+    Loading(String),
+    Ready,
+    /// Loaded once, the store unreachable now: still ready, serving the last
+    /// state; writes answer 503.
+    Unreachable(String),
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        !matches!(self, Readiness::Loading(_))
+    }
+}
+
+/// The current snapshot, watched by long-polls, and readiness.
+pub struct Served {
+    tx: watch::Sender<Arc<Snapshot>>,
+    readiness: Mutex<Readiness>,
+    metrics: Arc<Metrics>,
+    pub base: String,
+    pub limits: Limits,
+}
+
+impl Served {
+    /// Starts empty and not ready; fails for an invalid base group name.
+    pub fn new(base: String, limits: Limits, metrics: Arc<Metrics>) -> Result<Served, String> {
+        let empty = Snapshot::empty(&base, &limits)
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+        let (tx, _) = watch::channel(Arc::new(empty));
+        metrics.ready.set(0);
+        let readiness = Mutex::new(Readiness::Loading("loading the state".into()));
+        Ok(Served { tx, readiness, metrics, base, limits })
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves `snap` from now on; held polls wake.
+    pub fn publish(&self, snap: Snapshot) -> Arc<Snapshot> {
+        let snap = Arc::new(snap);
+        self.metrics.table_updated(snap.version);
+        self.tx.send_replace(snap.clone());
+        snap
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.lock().map(|r| r.clone()).unwrap_or(Readiness::Loading("state lock poisoned".into()))
+    }
+
+    pub fn set_readiness(&self, readiness: Readiness) {
+        self.metrics.ready.set(i64::from(readiness.is_ready()));
+        if let Ok(mut r) = self.readiness.lock() {
+            *r = readiness;
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Above `current`, at least `asked` (a hand edit's version) and `now`;
+/// refused, naming `version`, when that is above `MAX_VERSION`.
+pub fn next_version(current: u64, asked: u64, now: u64) -> Result<u64, VersionTooLarge> {
+    let next = current.saturating_add(1).max(asked).max(now);
+    if next > MAX_VERSION {
+        return Err(VersionTooLarge { version: current.max(asked), limit: MAX_VERSION });
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{next_version, MAX_VERSION};
+
+    #[test]
+    fn versions_only_go_up() {
+        let cases: &[(u64, u64, u64, Result<u64, &str>)] = &[
+            // (current, asked by the file, now ms, next)
+            (0, 0, 1_000, Ok(1_000)),
+            (1_000, 0, 1_000, Ok(1_001)),
+            (5_000, 0, 1_000, Ok(5_001)), // clock behind: still higher
+            (5_000, 9_000, 1_000, Ok(9_000)),
+            (5_000, 3, 6_000, Ok(6_000)),
+            (MAX_VERSION - 1, 0, 0, Ok(MAX_VERSION)),
+            (0, MAX_VERSION, 0, Ok(MAX_VERSION)),
+            // no room left: refused naming the field, never wrapped
+            (MAX_VERSION, 0, 0, Err("version: 9223372036854775807 is too large to be bumped")),
+            (0, MAX_VERSION + 1, 0, Err("version: 9223372036854775808 is too large to be bumped")),
+            (u64::MAX, 0, 0, Err("version: 18446744073709551615 is too large to be bumped")),
+            (3, u64::MAX, 5, Err("version: 18446744073709551615 is too large to be bumped")),
+        ];
+        for &(current, asked, now, want) in cases {
+            let got = next_version(current, asked, now).map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{current} {asked} {now}"),
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{got}"),
+                (got, want) => panic!("{current} {asked} {now}: {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

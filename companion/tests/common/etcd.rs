@@ -1,0 +1,127 @@
+//! A real etcd cluster on loopback (Debian's `etcd-server`, which
+//! `build.sh` installs): free ports, data directories on /dev/shm (fsync on
+//! a loaded disk stalls raft), a longer election timeout for 2 slow cores.
+//! Members can be killed (-9) and started again on the same data; all are
+//! killed and their data removed on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_until};
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+pub struct Etcd {
+    members: Vec<Member>,
+    dir: PathBuf,
+    token: String,
+}
+
+impl Etcd {
+    /// Starts `n` members and waits until the cluster takes writes.
+    pub async fn start(n: usize) -> Etcd {
+        Etcd::start_ports((0..n).map(|_| free_port()).collect()).await
+    }
+
+    /// One member serving clients on `port`.
+    pub async fn start_on(port: u16) -> Etcd {
+        Etcd::start_ports(vec![port]).await
+    }
+
+    async fn start_ports(client_ports: Vec<u16>) -> Etcd {
+        let n = client_ports.len();
+        let token = format!("isogroup-{}-{}", std::process::id(), free_port());
+        let shm = PathBuf::from("/dev/shm");
+        let dir = if shm.is_dir() { shm } else { std::env::temp_dir() }.join(&token);
+        std::fs::create_dir_all(&dir).unwrap();
+        let members = client_ports
+            .iter()
+            .enumerate()
+            .map(|(i, &client)| Member { name: format!("m{i}"), client, peer: free_port(), child: None })
+            .collect();
+        let mut etcd = Etcd { members, dir, token };
+        for i in 0..n {
+            etcd.start_member(i);
+        }
+        etcd.wait_writable().await;
+        etcd
+    }
+
+    /// Starts member `i` (again, on its data directory after a kill).
+    pub fn start_member(&mut self, i: usize) {
+        let cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(self.dir.join(&m.name))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster, "--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", "200", "--election-timeout", "3000"])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("ISOGROUP_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .expect("etcd (Debian's etcd-server; build.sh installs it)");
+        self.members[i].child = Some(child);
+    }
+
+    /// `kill -9` member `i`.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every member's client URL, comma separated (for `--etcd`).
+    pub fn endpoints(&self) -> String {
+        self.urls().join(",")
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client)).collect()
+    }
+
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.members[i].client
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
+        etcd_client::Client::connect(self.urls(), Some(options)).await.unwrap()
+    }
+
+    /// Waits until a write through the live members succeeds.
+    pub async fn wait_writable(&self) {
+        let client = self.client().await;
+        wait_until("etcd to take writes", Duration::from_secs(60), async || {
+            client.clone().put("/isogroup-test-probe", "1", None).await.is_ok()
+        })
+        .await;
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
