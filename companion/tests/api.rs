@@ -271,7 +271,7 @@ async fn pollers_are_counted_and_sigterm_releases_held_polls() {
     })
     .await;
     let started = Instant::now();
-    assert_eq!(c.terminate(), Some(0), "clean exit on SIGTERM");
+    assert_eq!(c.terminate().await, Some(0), "clean exit on SIGTERM");
     assert!(started.elapsed() < Duration::from_secs(5), "did not wait for the 60 s poll");
     assert_eq!(poll.await.unwrap().ok(), Some(304));
 }

@@ -113,14 +113,15 @@ impl Companion {
         let _ = self.child.wait();
     }
 
-    pub fn terminate(&mut self) -> Option<i32> {
+    /// SIGTERM, then the exit code (`None` if still running after 10 s).
+    pub async fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
     }
