@@ -142,6 +142,9 @@ check_wasm_size() {
 }
 
 run_tests() {
+  # Some tests hold thousands of sockets (held long-polls): take the hard
+  # open-files limit where the soft one is lower.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   build
   check_wasm_size
   ensure_envoy

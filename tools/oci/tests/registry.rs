@@ -36,7 +36,7 @@ fn registry_bin() -> PathBuf {
     path
 }
 
-fn start_registry() -> Registry {
+async fn start_registry() -> Registry {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("isogroup-registry-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -56,14 +56,14 @@ fn start_registry() -> Registry {
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "registry did not start");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Registry { child, dir, port }
 }
 
 #[tokio::test]
 async fn push_then_pull_with_another_client() {
-    let registry = start_registry();
+    let registry = start_registry().await;
     let wasm: Vec<u8> = b"\0asm\x01\0\0\0".iter().copied().chain((0..5000u32).map(|i| (i % 251) as u8)).collect();
     let wasm_path = registry.dir.join("plugin-under-test.wasm");
     std::fs::write(&wasm_path, &wasm).unwrap();
