@@ -116,6 +116,8 @@ run_tests() {
   log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
   cargo build --quiet -p isogroup-demo -p isogroup-companion
   cargo test --quiet -p isogroup-filter --tests -- --test-threads=1
+  log "the container path: deploy/docker/ under docker or podman (./build.sh compose)"
+  compose debug # any failure exits non-zero (set -e), after its own report and teardown
 }
 
 # Demo: default ports from envoy/demo.yaml.
@@ -568,6 +570,9 @@ compose() (
   export ISOGROUP_HOST_PROFILE=$profile
   DEMO_BIN=target/$profile/isogroup-demo
   mkdir -p "$RUN_DIR"
+  # One run at a time on a machine: runs share host ports and image names.
+  exec 9>"${TMPDIR:-/tmp}/isogroup-compose.lock"
+  flock -w 900 9 || { echo "compose: another ./build.sh compose held the lock for 15 minutes" >&2; exit 1; }
   compose_ports_free
   compose_mount_sources
   compose_engine
