@@ -183,6 +183,8 @@ run_tests() {
   log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
   cargo build --quiet -p isogroup-demo -p isogroup-companion
   cargo test --quiet -p isogroup-filter --test '*' -- --test-threads=1
+  log "the container path: deploy/docker/ under docker or podman (./build.sh compose)"
+  compose debug # any failure exits non-zero (set -e), after its own report and teardown
 }
 
 # Demo: default ports from envoy/demo.yaml.
@@ -588,6 +590,13 @@ compose_expect() {
   echo "  ok: $what"
 }
 
+# b_serves on 8 connections in a row: each worker's VM follows the table on
+# its own tick, and connections are spread over the workers.
+compose_b_always_serves() {
+  local i
+  for i in 1 2 3 4 5 6 7 8; do b_serves "$1" || return 1; done
+}
+
 compose_checks() {
   local inst port started
   compose_wait "Envoy" 60 curl -sf http://127.0.0.1:9901/ready
@@ -605,23 +614,32 @@ compose_checks() {
     '^x-isogroup-served: a=feature-2$' '^x-isogroup-served: b=base;fallback$'
   compose_expect "fail-fast: strict team-s stops at b" team-s 503 \
     '^x-isogroup-served: a=team-s$' '^x-isogroup-failfast: b$'
-  target/release/isogroup-demo show --via 127.0.0.1:10000
+  "$DEMO_BIN" show --via 127.0.0.1:10000
   log "registration: b@feature-1 registered with the companion reaches Envoy"
   echo "PUT /v1/services/b/groups/feature-1 -> $(admin PUT b feature-1 b-feature-1)"
   started=$SECONDS
   wait_for "the new table in Envoy" 10 b_serves feature-1
   echo "  ok: b for feature-1 served by b@feature-1 (within $((SECONDS - started + 1)) s)"
-  compose_expect "routing: feature-1 now reaches b@feature-1" feature-1 200 '^x-isogroup-served: b=feature-1$'
+  wait_for "the new table in every Envoy worker" 10 compose_b_always_serves feature-1
+  compose_expect "routing: feature-1 now reaches b@feature-1 from a" feature-1 200 '^x-isogroup-served: b=feature-1$'
   echo "DELETE /v1/services/b/groups/feature-1 -> $(admin DELETE b feature-1)"
-  wait_for "the new table in Envoy" 10 b_serves base
+  wait_for "the new table in every Envoy worker" 10 compose_b_always_serves base
   echo "  ok: b for feature-1 served by base again"
   [ -z "$(compose_stopped)" ] || { echo "compose: stopped during the checks:" $(compose_stopped) >&2; return 1; }
 }
 
+# compose [release|debug]: the cargo profile of the host binaries (debug in
+# ./build.sh test, which has built them already).
 compose() (
+  local profile=${1:-release}
   build
-  cargo build --quiet --release -p isogroup-demo -p isogroup-companion
+  cargo build --quiet $([ "$profile" = debug ] || echo --release) -p isogroup-demo -p isogroup-companion
+  export ISOGROUP_HOST_PROFILE=$profile
+  DEMO_BIN=target/$profile/isogroup-demo
   mkdir -p "$RUN_DIR"
+  # One run at a time on a machine: runs share host ports and image names.
+  exec 9>"${TMPDIR:-/tmp}/isogroup-compose.lock"
+  flock -w 900 9 || { echo "compose: another ./build.sh compose held the lock for 15 minutes" >&2; exit 1; }
   compose_ports_free
   compose_mount_sources
   compose_engine
