@@ -659,6 +659,67 @@ compose() (
   compose_checks
   log "compose: every check passed"
 )
+# Size report (`./build.sh size`): where the wasm's bytes go, by twiggy, on a
+# copy built like the shipped one but keeping function names: rustc's
+# strip = "debuginfo" keeps the name section, `wasm-opt -g` keeps it through
+# -Oz. Its own target dir, so the release build is not redone. Without the
+# name section the copy is within 0.3% of target/isogroup.wasm.
+SIZE_DIR=target/size-names
+WASM_NAMED=$SIZE_DIR/isogroup-named.wasm
+
+ensure_twiggy() {
+  [ -x .tools/bin/twiggy ] && return
+  log "installing twiggy (wasm size profiler) into .tools (a few minutes, once)"
+  cargo install --quiet --root .tools twiggy --locked
+}
+
+# twiggy's `top` CSV on stdin -> bytes per cause. First matching rule wins;
+# code inlined into a caller counts for the caller (most of core's config and
+# table code is inlined into the filter's on_configure).
+size_by_cause() {
+  awk -F, 'NR > 1 {
+    bytes = $(NF - 3); name = $0; sub(/,[^,]*,[^,]*,[^,]*,[^,]*$/, "", name); gsub(/^"|"$|\[[0-9a-f]+\]/, "", name)
+    if (name ~ /subsection|^custom section/) cause = "(name section: not shipped)"
+    else if (name ~ /^data segment/) cause = "data segments (strings, panic locations, tables)"
+    else if (name ~ /serde_path_to_error/) cause = "serde_path_to_error wrappers (monomorphised per type)"
+    else if (name ~ /as serde_core::de::(Deserialize|Visitor)>|impl serde_core::de::Deserialize for|__Field|__Visitor/) cause = "serde derives per type (Deserialize, Visitor)"
+    else if (name ~ /serde_json|serde_core|zmij/) cause = "serde_json parser and its error messages"
+    else if (name ~ /regex_lite/) cause = "regex-lite"
+    else if (name ~ /flt2dec|dec2flt|bignum|diy_float|<f64 as|<f32 as/) cause = "float formatting (f64 Display for serde errors)"
+    else if (name ~ /isogroup_filter/) cause = "isogroup filter (src/, with core code inlined)"
+    else if (name ~ /isogroup_core/) cause = "isogroup core (core/, not inlined)"
+    else if (name ~ /proxy_wasm|^proxy_on_|foldhash|log::/) cause = "proxy-wasm SDK (exports, dispatcher, hostcalls)"
+    else if (name ~ /dlmalloc|dlfree|dispose_chunk|malloc|memalign|realloc|calloc|^free$|__rust_(alloc|dealloc|realloc)|__rustc::|__rdl|__rg|sbrk|tmalloc|sys_trim|init_top|prepend_alloc/) cause = "allocator (dlmalloc and glue)"
+    else if (name ~ /panic|std::io|std::sys|std::thread|std::rt|backtrace|Stderr|slice_error_fail|slice_index_fail|assert_failed|unwrap_failed|expect_failed|getenv|getcwd|strlen|_initialize|wasi|environ|abort|_Exit|writev|^write$|mem(cpy|set|move|cmp)|std::env|std::sync/) cause = "std panic, io and runtime"
+    else if (name ~ /fmt|ToString|escape_debug|Utf8Chunks|from_utf8_lossy|count_chars|unicode|printable/) cause = "std formatting (core::fmt, Debug/Display impls)"
+    else if (name ~ /^(type|import|export|table|elem|global|memory)|section headers|^wasm magic/) cause = "wasm structure (types, imports, exports, table)"
+    else cause = "std collections, sort, hash, iterators, strings (monomorphised)"
+    total[cause] += bytes; if (cause !~ /^\(/) all += bytes
+  } END {
+    for (c in total) printf "%8d  %5.1f%%  %s\n", total[c], (c ~ /^\(/ ? 0 : 100 * total[c] / all), c | "sort -rn"
+    close("sort -rn"); printf "%8d  100.0%%  total without the name section\n", all
+  }'
+}
+
+size_report() {
+  local twiggy=.tools/bin/twiggy
+  build
+  ensure_twiggy
+  log "a copy with function names ($SIZE_DIR)"
+  CARGO_TARGET_DIR=$SIZE_DIR CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+    cargo build --quiet --release --target wasm32-wasip1 -p isogroup-filter
+  wasm-opt -Oz -g --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals \
+    "$SIZE_DIR/wasm32-wasip1/release/isogroup_filter.wasm" -o "$WASM_NAMED"
+  echo "shipped: $WASM $(stat -c %s "$WASM") bytes; named copy: $WASM_NAMED $(stat -c %s "$WASM_NAMED") bytes (name section included)"
+  log "bytes by cause (twiggy top, shallow sizes)"
+  "$twiggy" top -n 1000000 -f csv "$WASM_NAMED" | size_by_cause
+  log "largest items (twiggy top)"
+  "$twiggy" top -n 40 "$WASM_NAMED"
+  log "what each big entry point holds alone (twiggy dominators)"
+  "$twiggy" dominators -d 3 -r 60 "$WASM_NAMED"
+  log "generics paid for more than once (twiggy monos)"
+  "$twiggy" monos -m 15 -n 3 "$WASM_NAMED"
+}
 
 case "${1:-build}" in
   build) build ;;
@@ -675,5 +736,6 @@ case "${1:-build}" in
   soak) soak ;;
   fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
   compose) compose ;;
-  *) echo "usage: $0 [build|test|demo|bench|image [REF]|soak|fuzz [SECONDS]]" >&2; exit 2 ;;
+  size) size_report ;;
+  *) echo "usage: $0 [build|test|demo|bench|image [REF]|soak|fuzz [SECONDS]|compose|size]" >&2; exit 2 ;;
 esac
