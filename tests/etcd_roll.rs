@@ -106,6 +106,20 @@ async fn wait_ready(port: u16) {
     .await;
 }
 
+/// Waits until the replica on `port` serves `version` or later. A replica
+/// applies a change against its own mirror of etcd, which follows the other
+/// replicas' writes through a watch: a change that depends on a write made
+/// through another replica (unregistering what it registered) must wait for
+/// that write to arrive (see README, etcd store: known limit).
+async fn caught_up(port: u16, version: u64) {
+    wait_for(&format!("replica :{port} at version {version}"), SLOW, || async move {
+        let resp = http().get(format!("http://127.0.0.1:{port}/v1/table")).send().await.ok()?;
+        let etag = resp.headers().get("etag")?.to_str().ok()?.trim_matches('"').parse::<u64>().ok()?;
+        (etag >= version).then_some(())
+    })
+    .await;
+}
+
 /// PUT (Some(cluster)) or DELETE (None) through the replica on `port`; the
 /// new version.
 async fn set_instance(port: u16, service: &str, group: &str, cluster: Option<&str>) -> u64 {
@@ -233,10 +247,12 @@ async fn lanes_keep_routing_through_replica_and_etcd_kills_and_a_roll() {
     // Registrations and unregistrations through each replica in turn.
     let mut changes = 0;
     let mut latencies = Vec::new();
+    let mut version = 0;
     for round in 0..6 {
         let port = ports[round % 3];
         let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
-        set_instance(port, "b", "feature-1", cluster).await;
+        caught_up(port, version).await;
+        version = set_instance(port, "b", "feature-1", cluster).await;
         changes += 1;
         latencies.push(until_every_worker(&mesh, &clients, group).await);
     }
@@ -259,9 +275,10 @@ async fn lanes_keep_routing_through_replica_and_etcd_kills_and_a_roll() {
     wait_ready(ports[1]).await;
     // Kill an etcd member, write, bring it back, write.
     etcd.kill_member(0);
-    set_instance(ports[1], "c", "feature-2", Some("c-base")).await;
+    let registered = set_instance(ports[1], "c", "feature-2", Some("c-base")).await;
     changes += 1;
     etcd.start_member(0);
+    caught_up(ports[0], registered).await;
     set_instance(ports[0], "c", "feature-2", None).await;
     changes += 1;
     // Roll every replica, one after the other.
