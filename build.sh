@@ -388,7 +388,7 @@ compose_made() { # compose_made KIND: what this run made of that kind
 }
 
 compose_teardown() {
-  local status=$1 id tries name state code
+  local status=$1 id name state code
   set +e
   trap - EXIT INT TERM
   if [ "$status" != 0 ]; then
@@ -410,7 +410,7 @@ compose_teardown() {
   else
     for id in $(compose_made tag); do $ENGINE rmi "$id" >/dev/null; done
     # Build layers: a child goes before its parent, so a few passes.
-    for tries in 1 2 3; do
+    for _ in 1 2 3; do
       for id in $(compose_made image); do $ENGINE rmi "$id" >/dev/null 2>&1; done
     done
   fi
@@ -570,7 +570,7 @@ compose_wait() { # compose_wait WHAT SECONDS COMMAND...
   shift 2
   until "$@" >/dev/null 2>&1; do
     stopped=$(compose_stopped)
-    [ -z "$stopped" ] || { echo "compose: stopped while waiting for $what:" $stopped >&2; return 1; }
+    [ -z "$stopped" ] || { echo "compose: stopped while waiting for $what: $(xargs <<<"$stopped")" >&2; return 1; }
     [ $SECONDS -lt $deadline ] || { echo "compose: timed out waiting for $what" >&2; return 1; }
     sleep 0.2
   done
@@ -593,8 +593,7 @@ compose_expect() {
 # b_serves on 8 connections in a row: each worker's VM follows the table on
 # its own tick, and connections are spread over the workers.
 compose_b_always_serves() {
-  local i
-  for i in 1 2 3 4 5 6 7 8; do b_serves "$1" || return 1; done
+  for _ in 1 2 3 4 5 6 7 8; do b_serves "$1" || return 1; done
 }
 
 compose_checks() {
@@ -625,15 +624,16 @@ compose_checks() {
   echo "DELETE /v1/services/b/groups/feature-1 -> $(admin DELETE b feature-1)"
   wait_for "the new table in every Envoy worker" 10 compose_b_always_serves base
   echo "  ok: b for feature-1 served by base again"
-  [ -z "$(compose_stopped)" ] || { echo "compose: stopped during the checks:" $(compose_stopped) >&2; return 1; }
+  [ -z "$(compose_stopped)" ] || { echo "compose: stopped during the checks: $(compose_stopped | xargs)" >&2; return 1; }
 }
 
 # compose [release|debug]: the cargo profile of the host binaries (debug in
 # ./build.sh test, which has built them already).
 compose() (
-  local profile=${1:-release}
+  local profile=${1:-release} release=(--release)
+  [ "$profile" = release ] || release=()
   build
-  cargo build --quiet $([ "$profile" = debug ] || echo --release) -p isogroup-demo -p isogroup-companion
+  cargo build --quiet "${release[@]}" -p isogroup-demo -p isogroup-companion
   export ISOGROUP_HOST_PROFILE=$profile
   DEMO_BIN=target/$profile/isogroup-demo
   mkdir -p "$RUN_DIR"
