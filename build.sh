@@ -715,8 +715,13 @@ size_report() {
   "$twiggy" top -n 1000000 -f csv "$WASM_NAMED" | size_by_cause
   log "largest items (twiggy top)"
   "$twiggy" top -n 40 "$WASM_NAMED"
-  log "what each big entry point holds alone (twiggy dominators)"
-  "$twiggy" dominators -d 3 -r 60 "$WASM_NAMED"
+  # The SDK reaches the filter through trait objects, so the whole-module tree
+  # is flat (table[0] holds everything): ask per entry point instead.
+  log "what each entry point holds alone (twiggy dominators)"
+  local entry
+  for entry in on_configure on_http_request_headers on_http_response_headers on_tick on_http_call_response; do
+    "$twiggy" dominators -d 2 -r 10 --regex "$WASM_NAMED" ".*::$entry::.*" | tail -n +3
+  done
   log "generics paid for more than once (twiggy monos)"
   "$twiggy" monos -m 15 -n 3 "$WASM_NAMED"
 }
