@@ -740,7 +740,7 @@ case "${1:-build}" in
   image) shift; image "$@" ;;
   soak) soak ;;
   fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
-  compose) compose ;;
+  compose) compose "${2:-release}" ;;  # ./build.sh compose debug: with debug binaries
   size) size_report ;;
-  *) echo "usage: $0 [build|test|demo|bench|image [REF]|soak|fuzz [SECONDS]|compose|size]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|test|demo|bench|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
 esac
