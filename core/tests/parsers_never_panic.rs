@@ -206,7 +206,9 @@ proptest! {
         if let Some(host) = normalize(&v, &mut buf).map(str::to_owned) {
             prop_assert!(!host.is_empty() && host.len() <= MAX_HOST_LEN);
             prop_assert!(host.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase()));
-            if !host.contains(':') {
+            // One trailing dot is removed per normalisation (SPEC), so a
+            // host that still ends in one ("a.." gives "a.") is not a fixed point.
+            if !host.contains(':') && !host.ends_with('.') {
                 let mut again = [0u8; MAX_HOST_LEN + 1];
                 let with_port = format!("{}:8080", host.to_ascii_uppercase());
                 prop_assert_eq!(normalize(with_port.as_bytes(), &mut again), Some(host.as_str()), "port and case");
