@@ -137,6 +137,8 @@ pub struct Follower {
     keys: Keys,
     /// The table installed in this VM.
     local: Option<Held>,
+    /// Unknown table fields were logged (once per VM and source).
+    told_unknown: bool,
     /// The outstanding poll, while this VM is the poller.
     in_flight: Option<u32>,
     failures: u32,
@@ -146,7 +148,7 @@ pub struct Follower {
 impl Follower {
     fn new(source: CompanionSource) -> Follower {
         let keys = Keys::for_source(&source);
-        Follower { source, keys, local: None, in_flight: None, failures: 0, next_poll_ms: 0 }
+        Follower { source, keys, local: None, told_unknown: false, in_flight: None, failures: 0, next_poll_ms: 0 }
     }
 
     fn on_tick<H: Host>(&mut self, vm: &Rc<Vm<H>>) {
@@ -187,8 +189,8 @@ impl Follower {
             return;
         }
         let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-        match Table::from_json(&bytes, &vm.settings.base_group, &vm.settings.limits) {
-            Ok(table) => {
+        match Table::from_companion_json(&bytes, &vm.settings.base_group, &vm.settings.limits) {
+            Ok((table, _)) => {
                 vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
                 self.local = Some(Held::of(&table));
                 vm.install(table);
@@ -264,8 +266,16 @@ impl Follower {
     /// Validates a served table; a newer valid one goes to shared data for
     /// every VM, anything else is rejected whole and counted.
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
-        let table = match Table::from_json(body, &vm.settings.base_group, &vm.settings.limits) {
-            Ok(t) => t,
+        let table = match Table::from_companion_json(body, &vm.settings.base_group, &vm.settings.limits) {
+            Ok((table, unknown)) => {
+                // A newer companion's fields: skipped (SPEC), said once.
+                if !unknown.is_empty() && !self.told_unknown {
+                    self.told_unknown = true;
+                    let fields = unknown.join(", ");
+                    vm.log(LogLevel::Warn, &format!("table fields this filter does not know, ignored: {fields}"));
+                }
+                table
+            }
             Err(e) => {
                 // Every reject is logged (rare, and each one matters); the
                 // poll backs off so garbage is not fetched in a loop.

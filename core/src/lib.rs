@@ -14,6 +14,7 @@ pub mod group;
 pub mod request;
 pub mod synth;
 pub mod table;
+mod table_de;
 
 pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};
 pub use decide::{decide, decide_service, Decision, FailFast, FailReason, RequestView, Route};

@@ -11,8 +11,9 @@ use crate::error::{json_document, TableError};
 use crate::group::is_valid_group;
 use rustc_hash::FxHashMap;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Deserialised by hand (`table_de`): strict, or lenient for a companion's
+/// table (`RawTable::from_companion_json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RawTable {
     #[serde(default)]
     pub version: u64,
@@ -29,8 +30,7 @@ pub struct RawTable {
     pub services: BTreeMap<String, RawService>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RawGroup {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback: Vec<String>,
@@ -54,6 +54,14 @@ impl RawTable {
         }
         json_document(bytes).map_err(|(path, message)| TableError::Json { path, message })
     }
+
+    /// Parses a table a companion served: fields this version does not know
+    /// are skipped, and their names returned for the caller to log (SPEC:
+    /// filters are upgraded before companions).
+    pub fn from_companion_json(bytes: &[u8], limits: &Limits) -> Result<(RawTable, Vec<String>), TableError> {
+        let (raw, unknown) = crate::table_de::collect_unknown(|| RawTable::from_json(bytes, limits));
+        Ok((raw?, unknown))
+    }
 }
 
 impl Mode {
@@ -62,8 +70,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RawService {
     pub hosts: Vec<String>,
     pub clusters: BTreeMap<String, String>,
@@ -136,6 +143,16 @@ impl Table {
     /// table names no `base_group`.
     pub fn from_json(bytes: &[u8], default_base: &str, limits: &Limits) -> Result<Table, TableError> {
         Table::compile(&RawTable::from_json(bytes, limits)?, default_base, limits)
+    }
+
+    /// A companion's table: unknown fields skipped, their names returned.
+    pub fn from_companion_json(
+        bytes: &[u8],
+        default_base: &str,
+        limits: &Limits,
+    ) -> Result<(Table, Vec<String>), TableError> {
+        let (raw, unknown) = RawTable::from_companion_json(bytes, limits)?;
+        Ok((Table::compile(&raw, default_base, limits)?, unknown))
     }
 
     /// Compiles a table; the first problem found rejects it.

@@ -493,3 +493,24 @@ fn check_of_a_hostile_table_walks_without_recursion() {
     assert_eq!((cycles, too_deep, errors.len()), (n, n - 9, 1 + n + n - 9));
     assert!(errors.iter().all(|e| e.to_string().len() < 200), "long cycles are shortened");
 }
+
+#[test]
+fn companion_tables_skip_unknown_fields_and_name_them() {
+    let json = br#"{"version": 3, "shiny": true, "groups": {"g": {"fallback": [], "colour": "red"}},
+        "services": {"r": {"hosts": ["r"], "clusters": {"base": "c", "g": "c-g"}, "weight": {"a": [1]}}}}"#;
+    let limits = Limits::default();
+    let (table, unknown) = Table::from_companion_json(json, "base", &limits).unwrap();
+    assert_eq!(table.version(), 3);
+    assert_eq!(table.service_count(), 1);
+    assert_eq!(unknown, ["shiny", "colour", "weight"]);
+    // The same document is refused where tables stay strict, naming the first field.
+    let err = Table::from_json(json, "base", &limits).unwrap_err().to_string();
+    assert!(err.starts_with("shiny: unknown field `shiny`"), "{err}");
+    // A strict parse after a lenient one is strict again.
+    assert!(RawTable::from_json(br#"{"x": 1}"#, &limits).is_err());
+    // Skipping unknown fields skips no validation.
+    let bad = br#"{"services": {"r": {"hosts": ["r"], "clusters": {"g": "c-g"}, "new": 1}}}"#;
+    assert!(Table::from_companion_json(bad, "base", &limits).is_err());
+    let duplicate = br#"{"version": 1, "version": 2}"#;
+    assert!(Table::from_companion_json(duplicate, "base", &limits).is_err());
+}
