@@ -356,11 +356,14 @@ async fn a_replica_starting_on_10k_services_loads_them_all() {
         .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
     println!("a replica at 10k services: ready and serving in {load_time:?} (start included), RSS {rss_kb} kB");
-    // One registration on a big table is still one transaction.
+    // One registration on a big table is still one read (of meta/rev, to
+    // catch up with other replicas' writes) and one transaction.
     let txns = second.metric_sum("isogroup_companion_etcd_requests_total{op=\"txn\"}").await;
+    let reads = second.metric_sum("isogroup_companion_etcd_requests_total{op=\"range\"}").await;
     let (status, _) = second.register("svc-5000", "team-a", "big-a").await;
     assert_eq!(status, 200);
     assert_eq!(second.metric_sum("isogroup_companion_etcd_requests_total{op=\"txn\"}").await - txns, 1.0);
+    assert_eq!(second.metric_sum("isogroup_companion_etcd_requests_total{op=\"range\"}").await - reads, 1.0);
     converged(&[&first, &second], "the registration on both", |b| {
         b["services"]["svc-5000"]["clusters"]["team-a"] == "big-a"
     })
