@@ -108,9 +108,8 @@ async fn wait_ready(port: u16) {
 
 /// Waits until the replica on `port` serves `version` or later. A replica
 /// applies a change against its own mirror of etcd, which follows the other
-/// replicas' writes through a watch: a change that depends on a write made
-/// through another replica (unregistering what it registered) must wait for
-/// that write to arrive (see README, etcd store: known limit).
+/// replicas' writes through a watch; it catches up with the last write
+/// before checking a change, so this wait is belt and braces.
 async fn caught_up(port: u16, version: u64) {
     wait_for(&format!("replica :{port} at version {version}"), SLOW, || async move {
         let resp = http().get(format!("http://127.0.0.1:{port}/v1/table")).send().await.ok()?;

@@ -248,6 +248,55 @@ async fn replicas_share_one_state_through_kills_garbage_and_reseeds() {
     assert_eq!(resp.headers()["x-isogroup-epoch"].to_str().unwrap(), new_epoch);
 }
 
+/// Read-your-writes across replicas: a change sent to one replica right
+/// after the write it depends on went through another is checked against
+/// that write, never against a mirror that has not seen it yet.
+#[tokio::test]
+async fn a_write_through_one_replica_is_seen_by_the_next_change_through_another() {
+    let etcd = Etcd::start(3).await;
+    let endpoints = etcd.endpoints();
+    let (b, a) = (replica(&endpoints, "/ryw/").await, replica(&endpoints, "/ryw/").await);
+    let (status, body) = b.put_table(&table_json(3)).await;
+    assert_eq!(status, 200, "{body}");
+    converged(&[&a, &b], "the seed on both", |v| v["services"].as_object().is_some_and(|s| s.len() == 3)).await;
+    for i in 0..20 {
+        let group = format!("feature-{i}");
+        let service = format!("svc-{}", i % 3);
+        let (status, body) = b.register(&service, &group, &format!("c-{i}-f")).await;
+        assert_eq!(status, 200, "register {service}/{group} through B: {body}");
+        // At once, no wait for A to see it.
+        let (status, body) = a.unregister(&service, &group).await;
+        assert_eq!(status, 200, "unregister {service}/{group} through A right after B registered it: {body}");
+    }
+    let (_, _, body) = converged(&[&a, &b], "every feature group gone on both", |v| {
+        (0..3).all(|i| clusters(v, &format!("svc-{i}")).as_object().is_some_and(|c| c.len() == 1))
+    })
+    .await;
+    assert_eq!(clusters(&body, "svc-0"), json!({"base": "c-0"}));
+
+    // The same against a replica whose etcd member lags (paused): its
+    // mirror cannot have the write, and the unregister waits for it instead
+    // of answering 404.
+    let lagging = (etcd.leader().await + 1) % 3;
+    let a = replica(&format!("http://127.0.0.1:{}", etcd.client_port(lagging)), "/ryw/").await;
+    let b_endpoints: Vec<String> =
+        (0..3).filter(|&i| i != lagging).map(|i| format!("http://127.0.0.1:{}", etcd.client_port(i))).collect();
+    let b = replica(&b_endpoints.join(","), "/ryw/").await;
+    converged(&[&a, &b], "both new replicas in step", |_| true).await;
+    etcd.pause_member(lagging);
+    let (status, body) = b.register("svc-0", "feature-lag", "c-lag").await;
+    assert_eq!(status, 200, "register through B with a member paused: {body}");
+    let unregister = tokio::spawn(async move {
+        let answer = a.unregister("svc-0", "feature-lag").await;
+        (a, answer)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await; // the member stays behind a while
+    etcd.resume_member(lagging);
+    let (a, (status, body)) = unregister.await.unwrap();
+    assert_eq!(status, 200, "unregister through A, whose member lagged: {body}");
+    converged(&[&a, &b], "the lagged unregister on both", |v| clusters(v, "svc-0") == json!({"base": "c-0"})).await;
+}
+
 #[tokio::test]
 async fn etcd_down_at_start_is_live_not_ready_and_says_why() {
     // Nothing listens on the port yet.
@@ -307,11 +356,14 @@ async fn a_replica_starting_on_10k_services_loads_them_all() {
         .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
     println!("a replica at 10k services: ready and serving in {load_time:?} (start included), RSS {rss_kb} kB");
-    // One registration on a big table is still one transaction.
+    // One registration on a big table is still one read (of meta/rev, to
+    // catch up with other replicas' writes) and one transaction.
     let txns = second.metric_sum("isogroup_companion_etcd_requests_total{op=\"txn\"}").await;
+    let reads = second.metric_sum("isogroup_companion_etcd_requests_total{op=\"range\"}").await;
     let (status, _) = second.register("svc-5000", "team-a", "big-a").await;
     assert_eq!(status, 200);
     assert_eq!(second.metric_sum("isogroup_companion_etcd_requests_total{op=\"txn\"}").await - txns, 1.0);
+    assert_eq!(second.metric_sum("isogroup_companion_etcd_requests_total{op=\"range\"}").await - reads, 1.0);
     converged(&[&first, &second], "the registration on both", |b| {
         b["services"]["svc-5000"]["clusters"]["team-a"] == "big-a"
     })

@@ -89,6 +89,37 @@ impl Etcd {
         }
     }
 
+    /// `kill -STOP` member `i`: alive, but it neither answers nor applies
+    /// (a member lagging behind the others).
+    pub fn pause_member(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    pub fn resume_member(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].child.as_ref().expect("a running member").id();
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// The index of the member that leads now.
+    pub async fn leader(&self) -> usize {
+        let urls = self.urls();
+        let mut client = etcd_client::Client::connect([urls[0].clone()], None).await.unwrap();
+        let status = client.status().await.unwrap();
+        for (i, url) in urls.iter().enumerate() {
+            let mut member = etcd_client::Client::connect([url.clone()], None).await.unwrap();
+            let id = member.status().await.unwrap().header().unwrap().member_id();
+            if id == status.leader() {
+                return i;
+            }
+        }
+        panic!("no member is the leader {}", status.leader());
+    }
+
     /// Every member's client URL, comma separated (for `--etcd`).
     pub fn endpoints(&self) -> String {
         self.urls().join(",")
