@@ -636,6 +636,14 @@ compose_etcd_checks() {
   compose_wait "the replica over etcd" 30 curl -sf "http://$COMPOSE_REPLICA/readyz"
   echo "PUT /v1/table (demo/table.json) -> $(curl -s -X PUT -H "authorization: Bearer $DEMO_TOKEN" \
     -H 'content-type: application/json' --data-binary @demo/table.json "http://$COMPANION/v1/table")"
+  # The epoch served on 18080 is the one stored in etcd (not the file store's).
+  local epoch stored
+  epoch=$(curl -sf -D - -o /dev/null "http://$COMPANION/v1/table" | tr -d '\r' | awk 'tolower($1) == "x-isogroup-epoch:" { print $2 }')
+  stored=$(curl -sf -X POST -d "{\"key\": \"$(printf /isogroup/meta/epoch | base64 -w0)\"}" "$COMPOSE_ETCD/v3/kv/range" |
+    grep -o '"value":"[^"]*"' | cut -d'"' -f4 | base64 -d)
+  [ -n "$epoch" ] && [[ $stored == *"$epoch"* ]] ||
+    { echo "compose: the companion on $COMPANION serves epoch '$epoch', etcd holds '$stored' at /isogroup/meta/epoch" >&2; return 1; }
+  echo "  ok: the companion on $COMPANION serves the epoch stored in etcd ($epoch)"
   log "registration through the etcd-backed companion: b@feature-1 reaches Envoy and the replica"
   echo "PUT /v1/services/b/groups/feature-1 -> $(admin PUT b feature-1 b-feature-1)"
   wait_for "the etcd table in every Envoy worker" 15 compose_b_always_serves feature-1
