@@ -638,9 +638,9 @@ compose_etcd_checks() {
     -H 'content-type: application/json' --data-binary @demo/table.json "http://$COMPANION/v1/table")"
   # The epoch served on 18080 is the one stored in etcd (not the file store's).
   local epoch stored
-  epoch=$(curl -sf -D - -o /dev/null "http://$COMPANION/v1/table" | tr -d '\r' | awk 'tolower($1) == "x-isogroup-epoch:" { print $2 }')
+  epoch=$(curl -sf -D - -o /dev/null "http://$COMPANION/v1/table" | tr -d '\r' | awk 'tolower($1) == "x-isogroup-epoch:" { print $2 }') || epoch=
   stored=$(curl -sf -X POST -d "{\"key\": \"$(printf /isogroup/meta/epoch | base64 -w0)\"}" "$COMPOSE_ETCD/v3/kv/range" |
-    grep -o '"value":"[^"]*"' | cut -d'"' -f4 | base64 -d)
+    grep -o '"value":"[^"]*"' | cut -d'"' -f4 | base64 -d) || stored="(nothing)"
   [ -n "$epoch" ] && [[ $stored == *"$epoch"* ]] ||
     { echo "compose: the companion on $COMPANION serves epoch '$epoch', etcd holds '$stored' at /isogroup/meta/epoch" >&2; return 1; }
   echo "  ok: the companion on $COMPANION serves the epoch stored in etcd ($epoch)"
