@@ -328,6 +328,9 @@ bench() {
 # ISOGROUP_COMPOSE_KEEP=1 keeps the images it made (faster next run).
 COMPOSE_FILE=deploy/docker/docker-compose.yaml
 COMPOSE_PROJECT=isogroup
+# The etcd profile's ports (the compose file's etcd and companion-replica).
+COMPOSE_ETCD=http://127.0.0.1:12379
+COMPOSE_REPLICA=127.0.0.1:18081
 COMPOSE_DIR=$RUN_DIR/compose
 PODMAN_COMPOSE_VERSION=1.6.0
 CONTAINERS_CONF=/etc/containers/containers.conf
@@ -342,7 +345,7 @@ compose_apt_install() {
 # Host networking: the ports envoy/companion.yaml and the demo use must be free.
 compose_ports_free() {
   local port busy=()
-  for port in 9901 10000 "${COMPANION##*:}" $(printf '%s\n' "${DEMO_INSTANCES[@]}" | cut -d' ' -f1); do
+  for port in 9901 10000 "${COMPANION##*:}" 12379 12380 "${COMPOSE_REPLICA##*:}" $(printf '%s\n' "${DEMO_INSTANCES[@]}" | cut -d' ' -f1); do
     ! bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null || busy+=("$port")
   done
   [ ${#busy[@]} = 0 ] || { echo "compose: ports in use on 127.0.0.1: ${busy[*]} (a demo still running?); the containers need them" >&2; return 1; }
@@ -353,7 +356,7 @@ compose_engine() {
   if docker info >/dev/null 2>&1; then
     docker compose version >/dev/null 2>&1 || { echo "compose: docker answers but has no compose plugin (docker compose)" >&2; return 1; }
     ENGINE=docker
-    COMPOSE=(docker compose -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE")
+    COMPOSE=(docker compose -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE" --profile etcd)
     return
   fi
   if ! command -v podman >/dev/null; then
@@ -370,7 +373,7 @@ compose_engine() {
     [ -x .venv/bin/pip ] || python3 -m venv .venv
     .venv/bin/pip install --quiet "podman-compose==$PODMAN_COMPOSE_VERSION"
   fi
-  COMPOSE=(.venv/bin/podman-compose -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE")
+  COMPOSE=(.venv/bin/podman-compose -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE" --profile etcd)
 }
 
 # One line per object the engine has: "kind id-or-name".
@@ -421,7 +424,7 @@ compose_teardown() {
     echo "compose: could not remove what this run made:"; echo "$left" | sed 's/^/  /'
     [ "$status" != 0 ] || status=1
   fi
-  rm -rf "$COMPOSE_DIR/rootfs.tar" "$COMPOSE_DIR/envoy" "$COMPOSE_DIR/envoy.tar" "$COMPOSE_DIR/before"
+  rm -rf "$COMPOSE_DIR/rootfs.tar" "$COMPOSE_DIR/envoy" "$COMPOSE_DIR/envoy.tar" "$COMPOSE_DIR/etcd" "$COMPOSE_DIR/etcd.tar" "$COMPOSE_DIR/before"
   exit "$status"
 }
 
@@ -471,6 +474,21 @@ compose_stand_in() {
       tar -C "$COMPOSE_DIR/envoy" --owner=0 --group=0 -rf "$COMPOSE_DIR/envoy.tar" usr/local/bin/envoy
       compose_import "$COMPOSE_DIR/envoy.tar" "$image" "USER envoy"
       rm -rf "$COMPOSE_DIR/envoy" "$COMPOSE_DIR/envoy.tar"
+      ;;
+    *etcd:*)
+      # Debian's etcd-server (etcd 3.4 in Debian 12): a static binary, no shell needed.
+      compose_rootfs
+      local dl=$PWD/$COMPOSE_DIR/apt-download.log
+      mkdir -p "$COMPOSE_DIR/etcd/deb" "$COMPOSE_DIR/etcd/usr/local/bin"
+      (cd "$COMPOSE_DIR/etcd/deb" && apt-get download etcd-server >"$dl" 2>&1) ||
+        { apt-get update -qq >/dev/null 2>&1 && (cd "$COMPOSE_DIR/etcd/deb" && apt-get download etcd-server >"$dl" 2>&1); } ||
+        { echo "compose: apt-get download etcd-server failed:" >&2; tail -3 "$dl" >&2; return 1; }
+      dpkg-deb -x "$COMPOSE_DIR"/etcd/deb/etcd-server_*.deb "$COMPOSE_DIR/etcd/deb/x"
+      cp "$COMPOSE_DIR/etcd/deb/x/usr/bin/etcd" "$COMPOSE_DIR/etcd/usr/local/bin/etcd"
+      cp "$COMPOSE_DIR/rootfs.tar" "$COMPOSE_DIR/etcd.tar"
+      tar -C "$COMPOSE_DIR/etcd" --owner=0 --group=0 -rf "$COMPOSE_DIR/etcd.tar" usr/local/bin/etcd
+      compose_import "$COMPOSE_DIR/etcd.tar" "$image" "CMD [\"/usr/local/bin/etcd\"]"
+      rm -rf "$COMPOSE_DIR/etcd" "$COMPOSE_DIR/etcd.tar"
       ;;
     *) echo "compose: image $image is absent, cannot be pulled, and has no local stand-in" >&2; return 1 ;;
   esac
@@ -596,6 +614,47 @@ compose_b_always_serves() {
   for _ in 1 2 3 4 5 6 7 8; do b_serves "$1" || return 1; done
 }
 
+# The served table's ETag (its version) at a companion.
+compose_etag() {
+  curl -sf -D - -o /dev/null "http://$1/v1/table" | tr -d '\r' | awk 'tolower($1) == "etag:" { print $2 }'
+}
+
+compose_same_etag() { # the replica serves what the companion on 18080 serves
+  local etag
+  etag=$(compose_etag "$COMPANION") && [ -n "$etag" ] && [ "$etag" = "$(compose_etag "$COMPOSE_REPLICA")" ]
+}
+
+# The etcd store: the companion on 18080 switched to etcd (the compose file's
+# ISOGROUP_ETCD), seeded with demo/table.json; its newer epoch reaches Envoy,
+# a registration through it reaches every worker and the replica on 18081.
+compose_etcd_checks() {
+  log "etcd store: the companion recreated over etcd ($COMPOSE_ETCD), seeded with demo/table.json"
+  compose_wait "etcd" 30 curl -sf "$COMPOSE_ETCD/health"
+  ISOGROUP_ETCD=$COMPOSE_ETCD timeout 60 "${COMPOSE[@]}" up -d --no-build --no-deps --force-recreate companion \
+    >"$COMPOSE_DIR/up-etcd.log" 2>&1 || { tail -20 "$COMPOSE_DIR/up-etcd.log"; echo "compose: recreating the companion over etcd failed" >&2; return 1; }
+  compose_wait "the companion over etcd" 30 curl -sf "http://$COMPANION/readyz"
+  compose_wait "the replica over etcd" 30 curl -sf "http://$COMPOSE_REPLICA/readyz"
+  echo "PUT /v1/table (demo/table.json) -> $(curl -s -X PUT -H "authorization: Bearer $DEMO_TOKEN" \
+    -H 'content-type: application/json' --data-binary @demo/table.json "http://$COMPANION/v1/table")"
+  # The epoch served on 18080 is the one stored in etcd (not the file store's).
+  local epoch stored
+  epoch=$(curl -sf -D - -o /dev/null "http://$COMPANION/v1/table" | tr -d '\r' | awk 'tolower($1) == "x-isogroup-epoch:" { print $2 }') || epoch=
+  stored=$(curl -sf -X POST -d "{\"key\": \"$(printf /isogroup/meta/epoch | base64 -w0)\"}" "$COMPOSE_ETCD/v3/kv/range" |
+    grep -o '"value":"[^"]*"' | cut -d'"' -f4 | base64 -d) || stored="(nothing)"
+  [ -n "$epoch" ] && [[ $stored == *"$epoch"* ]] ||
+    { echo "compose: the companion on $COMPANION serves epoch '$epoch', etcd holds '$stored' at /isogroup/meta/epoch" >&2; return 1; }
+  echo "  ok: the companion on $COMPANION serves the epoch stored in etcd ($epoch)"
+  log "registration through the etcd-backed companion: b@feature-1 reaches Envoy and the replica"
+  echo "PUT /v1/services/b/groups/feature-1 -> $(admin PUT b feature-1 b-feature-1)"
+  wait_for "the etcd table in every Envoy worker" 15 compose_b_always_serves feature-1
+  echo "  ok: b for feature-1 served by b@feature-1 in every worker (table from etcd)"
+  wait_for "the replica serving the same version" 10 compose_same_etag
+  echo "  ok: the replica on $COMPOSE_REPLICA serves the same version $(compose_etag "$COMPOSE_REPLICA")"
+  curl -sf "http://$COMPOSE_REPLICA/v1/table" | grep -q '"b-feature-1"' ||
+    { echo "compose: the replica's table lacks b-feature-1" >&2; return 1; }
+  echo "  ok: the replica's table has b@feature-1"
+}
+
 compose_checks() {
   local inst port started
   compose_wait "Envoy" 60 curl -sf http://127.0.0.1:9901/ready
@@ -624,6 +683,7 @@ compose_checks() {
   echo "DELETE /v1/services/b/groups/feature-1 -> $(admin DELETE b feature-1)"
   wait_for "the new table in every Envoy worker" 10 compose_b_always_serves base
   echo "  ok: b for feature-1 served by base again"
+  compose_etcd_checks
   [ -z "$(compose_stopped)" ] || { echo "compose: stopped during the checks: $(compose_stopped | xargs)" >&2; return 1; }
 }
 
@@ -635,6 +695,7 @@ compose() (
   build
   cargo build --quiet "${release[@]}" -p isogroup-demo -p isogroup-companion
   export ISOGROUP_HOST_PROFILE=$profile
+  unset ISOGROUP_ETCD # the file store first; compose_etcd_checks switches to etcd
   DEMO_BIN=target/$profile/isogroup-demo
   mkdir -p "$RUN_DIR"
   # One run at a time on a machine: runs share host ports and image names.
@@ -652,7 +713,7 @@ compose() (
   [ "$ENGINE" != podman ] || compose_podman_runs "$(awk '$1 == "image:" && $2 ~ /envoyproxy\/envoy:/ { print $2; exit }' "$COMPOSE_FILE")"
   log "compose build ($ENGINE, BINARY_FROM=$ISOGROUP_BINARY_FROM)"
   "${COMPOSE[@]}" build >"$COMPOSE_DIR/build.log" 2>&1 || { tail -20 "$COMPOSE_DIR/build.log"; echo "compose: build failed" >&2; exit 1; }
-  log "compose up ($ENGINE): Envoy with the filter, the companion, the demo services"
+  log "compose up ($ENGINE): Envoy with the filter, the companion, the demo services, etcd"
   # podman-compose waits for ever on a dependency that cannot start.
   timeout 120 "${COMPOSE[@]}" up -d --no-build >"$COMPOSE_DIR/up.log" 2>&1 ||
     { tail -20 "$COMPOSE_DIR/up.log"; echo "compose: up failed (or took over 120 s)" >&2; exit 1; }
