@@ -350,11 +350,7 @@ async fn a_replica_starting_on_10k_services_loads_them_all() {
     let load_time = started.elapsed();
     assert_eq!((epoch.as_deref(), version), (body["epoch"].as_str(), body["version"].as_u64().unwrap()));
     assert_eq!(served["services"]["svc-9999"]["clusters"]["base"], "c-9999");
-    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", second.child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let rss_kb = common::rss_kb(second.child.id());
     println!("a replica at 10k services: ready and serving in {load_time:?} (start included), RSS {rss_kb} kB");
     // One registration on a big table is still one read (of meta/rev, to
     // catch up with other replicas' writes) and one transaction.

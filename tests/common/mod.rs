@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,34 +27,16 @@ pub fn demo_bin() -> PathBuf {
     bin("ISOGROUP_DEMO", "target/debug/isogroup-demo")
 }
 
-/// A port free right now on loopback, and never handed out before in this
-/// process (the kernel would happily return the same free port twice).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
-        if port != 0 && !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
+#[allow(unused_imports)] // each test binary uses part
+pub use isogroup_test_support::{free_port, rss_kb};
 
 /// Polls `probe` until it yields a value, or fails the test after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    isogroup_test_support::wait_for(what, timeout, probe).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A child process killed (and reaped) on drop.
@@ -402,16 +383,6 @@ pub fn chain(body: &serde_json::Value) -> String {
 
 pub fn header_values(resp: &reqwest::Response, name: &str) -> Vec<String> {
     resp.headers().get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
-}
-
-/// A process's resident memory, from `/proc`.
-pub fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 pub fn companion_bin() -> PathBuf {

@@ -5,7 +5,6 @@
 
 pub mod etcd;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,9 +19,8 @@ pub struct Companion {
     pub token: Option<&'static str>,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[allow(unused_imports)] // each test binary uses part
+pub use isogroup_test_support::{free_port, rss_kb};
 
 /// A fresh directory for one test's files.
 pub fn test_dir(name: &str) -> PathBuf {
