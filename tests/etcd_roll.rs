@@ -4,7 +4,9 @@
 //! every worker; a replica killed (-9) and started again, an etcd member
 //! killed and brought back, every replica rolled: no lane stops routing, the
 //! table version in Envoy never goes back, and Envoy accepts about one table
-//! per real change (every replica serves one version for one state).
+//! per real change (every replica serves one version for one state). Then
+//! the store is wiped and re-seeded: a newer epoch with lower versions wins
+//! the Envoys back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
@@ -68,6 +70,20 @@ impl Etcd {
     fn kill_member(&mut self, i: usize) {
         if let Some(mut p) = self.members[i].3.take() {
             p.kill();
+        }
+    }
+
+    /// Every member stopped, its data deleted, and started again: a new
+    /// cluster with the same flags, whose revisions start again from 1.
+    fn wipe(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+        for (name, ..) in &self.members {
+            let _ = std::fs::remove_dir_all(self.dir.join(name));
+        }
+        for i in 0..self.members.len() {
+            self.start_member(i);
         }
     }
 
@@ -307,4 +323,37 @@ async fn lanes_keep_routing_through_replica_and_etcd_kills_and_a_roll() {
     let updates = mesh.envoy.stat("wasmcustom.isogroup_table_updates_total").await - updates_at_start;
     println!("{changes} changes, {updates} tables accepted by Envoy, {sent} requests without a failure");
     assert!(updates <= changes + 2, "{updates} tables accepted for {changes} changes");
+
+    // The store wiped and re-seeded: its versions start low again, under a
+    // newer epoch, and the Envoys follow it (an empty store never replaces
+    // the table in force).
+    let before_wipe = mesh.envoy.stat("wasmcustom.isogroup_table_version").await;
+    etcd.wipe();
+    wait_for("a replica serving the empty store", SLOW, || async {
+        let body: serde_json::Value =
+            http().get(format!("http://127.0.0.1:{}/v1/table", ports[0])).send().await.ok()?.json().await.ok()?;
+        (body == serde_json::json!({"version": 0})).then_some(())
+    })
+    .await;
+    until_every_worker(&mesh, &clients, "feature-1").await;
+    let reseeded = TABLE.replace(r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }"#, r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }, "d": { "hosts": ["d"], "clusters": { "base": "b-base" } }"#);
+    assert_ne!(reseeded, TABLE, "the demo table names b as this test expects");
+    let resp = wait_for("the re-seed accepted", SLOW, || async {
+        let resp = http()
+            .put(format!("http://127.0.0.1:{}/v1/table", ports[0]))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(reseeded.clone())
+            .send()
+            .await
+            .ok()?;
+        resp.status().is_success().then_some(resp)
+    })
+    .await;
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let version = body["version"].as_u64().unwrap();
+    assert!(version < before_wipe, "a wiped store starts low: {version} vs {before_wipe}");
+    // b@feature-1 is gone in the re-seeded table: every worker falls back to base.
+    until_every_worker(&mesh, &clients, "base").await;
+    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_version").await, version);
 }
