@@ -215,6 +215,17 @@ async fn lanes_keep_routing_through_replica_and_etcd_kills_and_a_roll() {
     mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", 1).await;
     let clients: Vec<reqwest::Client> = (0..10).map(|_| http()).collect();
     until_every_worker(&mesh, &clients, "base").await;
+    // b@base holds without a table too (Envoy's default route): a@feature-1,
+    // which only the table routes, proves every worker has followed it.
+    wait_for("every worker routing a@feature-1", SLOW, || async {
+        for c in &clients {
+            if served_group(&mesh, c, "a").await.as_deref() != Some("feature-1") {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
     let updates_at_start = mesh.envoy.stat("wasmcustom.isogroup_table_updates_total").await;
 
     // A client without pause: a@feature-1 exists from the seed on and must
