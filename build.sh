@@ -319,6 +319,13 @@ bench() {
   log "Envoy load benchmark (arms interleaved; see BENCHMARKS.md)"
   python3 bench/load.py "$@"
 }
+bench_memory() {
+  build
+  build_noop
+  ensure_envoy
+  log "Envoy memory with and without the filter, split by kind (see BENCHMARKS.md)"
+  python3 bench/memory.py "$@"
+}
 
 # ./build.sh compose: the shipped compose file (deploy/docker/) under a
 # container engine, checked like the demo, then torn down. Docker where its
@@ -798,10 +805,11 @@ case "${1:-build}" in
     ;;
   demo) demo ;;
   bench) shift; mkdir -p "$RUN_DIR"; bench "$@" ;;
+  memory) shift; mkdir -p "$RUN_DIR"; bench_memory "$@" ;;  # Envoy RSS split by kind, per arm
   image) shift; image "$@" ;;
   soak) soak ;;
   fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
   compose) compose "${2:-release}" ;;  # ./build.sh compose debug: with debug binaries
   size) size_report ;;
-  *) echo "usage: $0 [build|test|demo|bench|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|test|demo|bench|memory|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
 esac

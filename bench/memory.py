@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Where Envoy's memory goes with a wasm filter (run by `./build.sh bench memory`).
+
+Arms run one after another, each a fresh Envoy, at concurrency 1, 2 and 4,
+warmed up with requests on several connections (so every worker has made its
+HTTP contexts). Per arm: VmRSS, and a split of the resident pages by what
+/proc/<pid>/smaps says they are:
+  - wasm memory: V8 reserves each wasm linear memory as one huge (>= 4 GiB)
+    inaccessible-plus-guard mapping; only pages the module touched are resident;
+  - code: anonymous executable mappings (V8's generated code, Liftoff and
+    TurboFan);
+  - other anonymous: the malloc heap (Envoy's and V8's C++ objects) and V8's
+    own heaps;
+  - file: the Envoy binary and libraries.
+Also Envoy's own allocator figures (admin /memory: allocated, heap size) and
+how many wasm VMs Envoy reports (wasm.envoy.wasm.runtime.v8.active).
+"""
+
+import argparse
+import json
+import pathlib
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ENVOY = ROOT / ".venv/bin/envoy"
+OUT = ROOT / ".run/bench"
+LISTENER, ADMIN = 19001, 19901
+GIB = 1 << 30
+
+
+def http_get(url, timeout=2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def wait_for(what, timeout, probe):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if probe():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def warm(headers, connections=8, per_connection=250):
+    """Keep-alive requests on several connections: Envoy spreads connections
+    over workers, so each worker creates its HTTP contexts."""
+    raw = "GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    failures = []
+
+    def one():
+        try:
+            s = socket.create_connection(("127.0.0.1", LISTENER), timeout=5)
+            f = s.makefile("rb")
+            for _ in range(per_connection):
+                s.sendall(raw.encode())
+                status = f.readline()
+                if b" 200 " not in status:
+                    failures.append(status)
+                    return
+                length = 0
+                while (line := f.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                f.read(length)
+            s.close()
+        except OSError as e:
+            failures.append(str(e))
+
+    threads = [threading.Thread(target=one) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise SystemExit(f"warm-up failed: {failures[:3]}")
+
+
+def smaps_split(pid):
+    split = {"wasm memory": 0, "code": 0, "other anonymous": 0, "file": 0}
+    size = rss = 0
+    name = perms = ""
+    def flush():
+        if not rss:
+            return
+        if size >= 4 * GIB:
+            split["wasm memory"] += rss
+        elif name and not name.startswith("["):
+            split["file"] += rss
+        elif "x" in perms:
+            split["code"] += rss
+        else:
+            split["other anonymous"] += rss
+    for line in pathlib.Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        first = line.split()
+        if "-" in first[0] and len(first) >= 5 and ":" in first[3]:
+            flush()
+            lo, hi = (int(x, 16) for x in first[0].split("-"))
+            size, rss, perms = hi - lo, 0, first[1]
+            name = first[5] if len(first) > 5 else ""
+        elif first[0] == "Rss:":
+            rss = int(first[1]) * 1024
+    flush()
+    return split
+
+
+def vm_rss(pid):
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(config, headers, concurrency, base_id):
+    log = OUT / f"memory-{base_id}.log"
+    cmd = [str(ENVOY), "-c", str(config), "--concurrency", str(concurrency), "--disable-hot-restart",
+           "--base-id", str(base_id), "-l", "warning", "--log-path", str(log)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"envoy {config}", 60, lambda: proc.poll() is None and http_get(f"http://127.0.0.1:{ADMIN}/ready")[0] == 200)
+        warm(headers)
+        mem = json.loads(http_get(f"http://127.0.0.1:{ADMIN}/memory")[1])
+        _, stats = http_get(f"http://127.0.0.1:{ADMIN}/stats?filter=wasm")
+        vms = next((int(l.split(":")[1]) for l in stats.splitlines() if l.startswith("wasm.envoy.wasm.runtime.v8.active:")), None)
+        out = {"rss": vm_rss(proc.pid), **smaps_split(proc.pid),
+               "allocated": int(mem.get("allocated", 0)), "heap_size": int(mem.get("heap_size", 0)), "vms": vms}
+        return out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def mib(b):
+    return f"{b / (1 << 20):.1f}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--concurrency", default="1,2,4")
+    p.add_argument("--arm", action="append", default=[],
+                   help="NAME=CONFIG[,header:value...] (default: floor, no-op wasm, isogroup)")
+    args = p.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    picks = {"host": "svc", "x-isogroup-cluster": "svc-f1"}
+    arms = {
+        "floor": ("bench/envoy/floor.yaml", picks),
+        "noop-wasm": ("bench/envoy/noop.yaml", picks),
+        "isogroup": ("bench/envoy/isogroup.yaml", {"host": "svc", "x-isogroup": "f1"}),
+    }
+    for a in args.arm:
+        name, rest = a.split("=", 1)
+        config, *hdrs = rest.split(",")
+        arms[name] = (config, dict(h.split(":", 1) for h in hdrs) or picks)
+    upstream = subprocess.Popen([str(ENVOY), "-c", "bench/envoy/upstream.yaml", "--disable-hot-restart", "--base-id", "2",
+                                 "-l", "warning"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    rows = ["| arm | concurrency | RSS MiB | vs no-op | wasm memory | code | other anon | file | malloc allocated | malloc heap | VMs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    raw = {}
+    try:
+        wait_for("upstream", 30, lambda: http_get("http://127.0.0.1:19902/ready")[0] == 200)
+        for conc in (int(c) for c in args.concurrency.split(",")):
+            for i, (arm, (config, headers)) in enumerate(arms.items()):
+                raw[f"{arm}/{conc}"] = m = measure(config, headers, conc, base_id=60 + i)
+                noop = raw.get(f"noop-wasm/{conc}")
+                over = f"{(m['rss'] - noop['rss']) / (1 << 20):+.1f}" if noop and arm != "noop-wasm" else "—"
+                rows.append(f"| {arm} | {conc} | {mib(m['rss'])} | {over} | {mib(m['wasm memory'])} | {mib(m['code'])} "
+                            f"| {mib(m['other anonymous'])} | {mib(m['file'])} | {mib(m['allocated'])} | {mib(m['heap_size'])} | {m['vms']} |")
+                print(rows[-1], flush=True)
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    (OUT / "memory.json").write_text(json.dumps(raw, indent=1))
+    (OUT / "memory.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
