@@ -5,8 +5,9 @@ Arms run one after another, each a fresh Envoy, at concurrency 1, 2 and 4,
 warmed up with requests on several connections (so every worker has made its
 HTTP contexts). Per arm: VmRSS, and a split of the resident pages by what
 /proc/<pid>/smaps says they are:
-  - wasm memory: V8 reserves each wasm linear memory as one huge (>= 4 GiB)
-    inaccessible-plus-guard mapping; only pages the module touched are resident;
+  - wasm memory: a wasm linear memory V8 reserved with guard regions (one
+    mapping of >= 4 GiB); 0 with Envoy 1.40's V8, which takes linear memory
+    from malloc (it shows in "other anonymous" and in malloc's figures);
   - code: anonymous executable mappings (V8's generated code, Liftoff and
     TurboFan);
   - other anonymous: the malloc heap (Envoy's and V8's C++ objects) and V8's
