@@ -110,7 +110,9 @@ build() {
 }
 
 # The no-op filter of the load benchmark's second arm.
-build_noop() {
+build_noop() { # the load benchmark's floor arms: the no-op filter and the minimal probe
+  cargo build --quiet --release --target wasm32-wasip1 -p isogroup-bench-noop --features probe
+  cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-probe.wasm
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-bench-noop
   cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-noop.wasm
 }

@@ -38,6 +38,8 @@ CLIENT_PICKS = {"host": "svc", "x-isogroup-cluster": "svc-f1"}
 ARMS = {
     "floor": ("bench/envoy/floor.yaml", CLIENT_PICKS, "svc-f1"),
     "noop-wasm": ("bench/envoy/noop.yaml", CLIENT_PICKS, "svc-f1"),
+    # The floor of any routing filter: one header-map read, one header write.
+    "probe": ("bench/envoy/probe.yaml", SMALL, "svc-f1"),
     "isogroup": ("bench/envoy/isogroup.yaml", SMALL, "svc-f1"),
     "isogroup-10k": (None, {"host": "svc-5", "x-isogroup": "g-35"}, "outbound|80|g-35|svc-5.default.svc.cluster.local"),
     "isogroup-2hdr": (None, SMALL, "svc-f1"),

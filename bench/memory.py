@@ -158,6 +158,7 @@ def main():
     arms = {
         "floor": ("bench/envoy/floor.yaml", picks),
         "noop-wasm": ("bench/envoy/noop.yaml", picks),
+        "probe": ("bench/envoy/probe.yaml", {"host": "svc", "x-isogroup": "f1"}),
         "isogroup": ("bench/envoy/isogroup.yaml", {"host": "svc", "x-isogroup": "f1"}),
     }
     for a in args.arm:
