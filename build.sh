@@ -22,7 +22,7 @@ WASM_SIZE_MARGIN=2048
 # process, for 4.6 KB more wasm (measured with bench/memory.py).
 WASM_OPT_FLAGS="-Oz -ocimfs 50 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+log() { printf '\033[1m==> [%s] %s\033[0m\n' "$(date +%T)" "$*"; } # the time: where a run's minutes go
 
 ensure_target() {
   rustup target list --installed | grep -qx "$1" || rustup target add "$1"
