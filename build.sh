@@ -324,6 +324,12 @@ bench() {
   cargo build --quiet --release -p isogroup-companion
   log "micro benchmarks (criterion, core)"
   cargo bench --quiet -p isogroup-core --bench decide -- --output-format bencher 2>&1 | grep -E '^test |memory' | tee "$RUN_DIR/criterion.txt"
+  if [ "${1:-}" = one ]; then # ./build.sh bench one: every arm a listener of one Envoy
+    shift
+    log "Envoy CPU per request, every arm a listener of one Envoy (see BENCHMARKS.md)"
+    .venv/bin/python bench/one_envoy.py "$@"
+    return
+  fi
   log "Envoy load benchmark (arms interleaved; see BENCHMARKS.md)"
   python3 bench/load.py "$@"
 }

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""CPU per request with every arm a listener of ONE Envoy (`./build.sh bench one`).
+
+load.py starts a fresh Envoy per arm; here one Envoy (--concurrency 1, pinned
+to core 0) holds every arm as its own listener, so all arms share one process,
+one heap and the same warm caches, and differ only in their HTTP filters. The
+load client (oha, 8 connections) and the upstream share core 1. Per round the
+arms run one after another, in a rotated order; an arm's CPU per request is
+Envoy's utime+stime over a fixed request count while only that arm has load.
+Medians over rounds, as differences to the floor, the no-op wasm and the
+minimal probe measured in the same run.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+import yaml
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+import load  # noqa: E402  (the shared helpers: Envoy, paths, with_table)
+
+FIRST_PORT = 19010
+SMALL_TABLE = {"groups": {"f1": {}}, "services": {"svc": {"hosts": ["svc"], "clusters": {"base": "svc-base", "f1": "svc-f1"}}}}
+
+
+def arms():
+    """(name, Envoy config text, request headers); every arm's requests reach svc-f1."""
+    text = lambda p: (load.ROOT / p).read_text()
+    iso = text("bench/envoy/isogroup.yaml")
+    table = json.dumps(SMALL_TABLE)
+    return [
+        ("floor", text("bench/envoy/floor.yaml"), load.CLIENT_PICKS),
+        ("noop-wasm", text("bench/envoy/noop.yaml"), load.CLIENT_PICKS),
+        ("probe", text("bench/envoy/probe.yaml"), load.SMALL),
+        ("lua", text("bench/envoy/lua.yaml"), load.SMALL),
+        # one routing header, no response annotation
+        ("isogroup-lean", iso, load.SMALL),
+        # the SPEC defaults: both routing headers and the response annotation
+        ("isogroup-default", load.with_table(iso, table, annotate_response=True), load.SMALL),
+    ]
+
+
+def combined_config(arm_list):
+    """One bootstrap: each arm's listener on its own port, its wasm VM its own."""
+    merged = None
+    for i, (name, config, _) in enumerate(arm_list):
+        doc = yaml.safe_load(config)
+        listener = doc["static_resources"]["listeners"][0]
+        listener["name"] = name
+        listener["address"]["socket_address"]["port_value"] = FIRST_PORT + i
+        for f in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
+            vm = f.get("typed_config", {}).get("config", {}).get("vm_config")
+            if vm is not None:
+                vm["vm_id"] = name
+                f["typed_config"]["config"]["root_id"] = name
+        if merged is None:
+            merged = doc
+            merged["static_resources"]["listeners"] = [listener]
+        else:
+            merged["static_resources"]["listeners"].append(listener)
+    return yaml.safe_dump(merged, sort_keys=False)
+
+
+def oha(port, headers, *args):
+    cmd = ["taskset", "-c", "1", str(load.OHA), "--no-tui", "--output-format", "json", f"http://127.0.0.1:{port}/"]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    return json.loads(subprocess.run(cmd + list(args), capture_output=True, text=True, check=True).stdout)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--connections", type=int, default=8)
+    args = p.parse_args()
+    load.OUT.mkdir(parents=True, exist_ok=True)
+    arm_list = arms()
+    config = load.OUT / "one-envoy.yaml"
+    config.write_text(combined_config(arm_list))
+    cpu = {name: [] for name, _, _ in arm_list}
+    upstream = load.Envoy("bench/envoy/upstream.yaml", cpus="1", admin=19902, base_id=2)
+    envoy = load.Envoy(config, cpus="0", base_id=80)
+    try:
+        for rnd in range(args.rounds):
+            order = arm_list[rnd % len(arm_list):] + arm_list[:rnd % len(arm_list)]
+            for name, _, headers in order:
+                port = FIRST_PORT + [a[0] for a in arm_list].index(name)
+                oha(port, headers, "-n", "2000", "-c", str(args.connections))  # warm-up
+                before, cpu0 = envoy.stat("svc-f1"), envoy.cpu_seconds()
+                out = oha(port, headers, "-n", str(args.requests), "-c", str(args.connections))
+                used = envoy.cpu_seconds() - cpu0
+                if envoy.stat("svc-f1") < before + args.requests or out["statusCodeDistribution"].get("200", 0) != args.requests:
+                    raise SystemExit(f"{name}: not every request was answered 200 by svc-f1")
+                cpu[name].append(used / args.requests * 1e6)
+                load.log(f"round {rnd + 1}/{args.rounds} {name:17} {cpu[name][-1]:6.2f} µs/req")
+    finally:
+        envoy.stop()
+        upstream.stop()
+    med = {name: statistics.median(v) for name, v in cpu.items()}
+    rows = ["| arm | Envoy CPU µs/req (median, min–max) | over floor | over no-op | over probe |", "|---|---|---|---|---|"]
+    for name, m in med.items():
+        rows.append(f"| {name} | {m:.2f} ({min(cpu[name]):.2f}–{max(cpu[name]):.2f}) | {m - med['floor']:+.2f} "
+                    f"| {m - med['noop-wasm']:+.2f} | {m - med['probe']:+.2f} |")
+    text = "\n".join(rows)
+    (load.OUT / "one-envoy.md").write_text(text + "\n")
+    (load.OUT / "one-envoy.json").write_text(json.dumps({"args": vars(args), "cpu_us": cpu}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
