@@ -327,6 +327,7 @@ bench() {
   if [ "${1:-}" = one ]; then # ./build.sh bench one: every arm a listener of one Envoy
     shift
     log "Envoy CPU per request, every arm a listener of one Envoy (see BENCHMARKS.md)"
+    .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
     .venv/bin/python bench/one_envoy.py "$@"
     return
   fi
