@@ -89,6 +89,14 @@ ensure_etcd() {
   command -v etcd >/dev/null || { echo "etcd is missing: install Debian's etcd-server"; exit 1; }
 }
 
+# Debian's chromium and its WebDriver, for the console's browser tests.
+ensure_chromium() {
+  command -v chromedriver >/dev/null && [ -x /usr/lib/chromium/chromium ] && return
+  log "installing chromium and chromium-driver (Debian) for the console's browser tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 || true
+  command -v chromedriver >/dev/null || { echo "chromedriver is missing: install Debian's chromium and chromium-driver"; exit 1; }
+}
+
 build() {
   ensure_protoc
   ensure_target wasm32-wasip1
@@ -182,6 +190,7 @@ run_tests() {
   fuzz 10
   log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
   cargo build --quiet -p isogroup-demo -p isogroup-companion
+  ensure_chromium # tests/console.rs drives it (screenshots in .run/console/)
   cargo test --quiet -p isogroup-filter --test '*' -- --test-threads=1
   log "the container path: deploy/docker/ under docker or podman (./build.sh compose)"
   compose debug # any failure exits non-zero (set -e), after its own report and teardown

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use isogroup_core::epoch::Stamp;
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::is_valid_service;
-use isogroup_core::{decide_service, Decision, RawTable};
+use isogroup_core::{decide_service, RawTable};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::json;
@@ -34,6 +34,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub token: Option<Token>,
     pub metrics: Arc<Metrics>,
+    /// The gateway's join URL (`serve --gateway-url`), for the console's links.
+    pub gateway_url: Option<String>,
     /// Flips to true on shutdown, releasing held polls at once.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -47,7 +49,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(crate::console::security_headers))
         .with_state(api)
 }
 
@@ -151,7 +155,7 @@ impl Drop for HeldPoll<'_> {
     }
 }
 
-fn not_ready(readiness: &Readiness) -> Option<ApiError> {
+pub(crate) fn not_ready(readiness: &Readiness) -> Option<ApiError> {
     match readiness {
         Readiness::Loading(detail) => Some(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail.clone())),
         Readiness::Ready | Readiness::Unreachable(_) => None,
@@ -349,17 +353,10 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
     }
     let snap = served.current();
     let decision = decide_service(&snap.table, &q.service, q.group.as_deref(), q.strict.as_deref().map(str::as_bytes));
-    let body = match decision {
-        Decision::PassThrough => return unknown_service(&q.service).into_response(),
-        Decision::Route(r) => json!({
-            "version": snap.version, "decision": "route", "service": r.service, "group": r.group,
-            "serving_group": r.serving, "cluster": r.cluster, "fallback": r.fallback,
-        }),
-        Decision::FailFast(f) => json!({
-            "version": snap.version, "decision": "failfast", "service": f.service, "group": f.group,
-            "reason": f.reason.as_str(),
-        }),
+    let Some(mut body) = crate::console::decision_json(&decision) else {
+        return unknown_service(&q.service).into_response();
     };
+    body["version"] = json!(snap.version);
     Json(body).into_response()
 }
 
