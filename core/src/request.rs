@@ -225,7 +225,7 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(headers: &'h [(N, H)], s: &Settin
         inc.scan_cookie(&s.cookie);
         if inc.group.is_none() {
             let lookups = Lookups { headers, cookies: &inc.cookies, path: inc.path, peer: peer.ip };
-            if let Some((i, g)) = edge.choose(&lookups) {
+            if let Some((i, g)) = edge.choose(&lookups, |_| false) {
                 inc.adopt(g, GroupSource::Rule(i));
             } else if let Some(g) = edge.default_group {
                 inc.adopt(g, GroupSource::Default);
