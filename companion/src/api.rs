@@ -50,6 +50,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::console::routes())
+        .merge(crate::runtime_api::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(crate::console::security_headers))
         .with_state(api)
@@ -63,8 +64,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError { status, error, detail: detail.into() }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn detail(&self) -> &str {
+        &self.detail
     }
 }
 
@@ -80,6 +86,8 @@ impl From<ChangeError> for ApiError {
             ChangeError::UnknownService { .. } => (StatusCode::NOT_FOUND, "unknown_service"),
             ChangeError::NotRegistered { .. } => (StatusCode::NOT_FOUND, "not_registered"),
             ChangeError::BaseCluster { .. } => (StatusCode::CONFLICT, "base_cluster"),
+            ChangeError::UnknownGroup { .. } => (StatusCode::BAD_REQUEST, "unknown_group"),
+            ChangeError::NotBound { .. } => (StatusCode::NOT_FOUND, "not_bound"),
             ChangeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_table"),
             ChangeError::Version(_) => (StatusCode::CONFLICT, "version_exhausted"),
             ChangeError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only_source"),
@@ -239,13 +247,13 @@ async fn put_table(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::
 }
 
 impl Api {
-    fn admin_result(&self, op: &str, result: Result<Response, ApiError>) -> Response {
+    pub(crate) fn admin_result(&self, op: &str, result: Result<Response, ApiError>) -> Response {
         let response = result.unwrap_or_else(IntoResponse::into_response);
         self.metrics.admin.get_or_create(&AdminLabels { op: op.into(), status: response.status().as_u16() }).inc();
         response
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = &self.token else {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "no admin token configured"));
         };
@@ -262,7 +270,7 @@ impl Api {
     }
 
     /// Hands `change` to the store once the replica is ready.
-    async fn apply(&self, change: Change) -> Result<Arc<Snapshot>, ApiError> {
+    pub(crate) async fn apply(&self, change: Change) -> Result<Arc<Snapshot>, ApiError> {
         if let Some(e) = not_ready(&self.store.served().readiness()) {
             return Err(e);
         }
@@ -329,9 +337,24 @@ async fn admin_put_table(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<
     let limits = api.store.served().limits;
     let raw = RawTable::from_json(body, &limits)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", e.to_string()))?;
-    let snap = api.apply(Change::ReplaceTable(Box::new(raw))).await?;
+    // Sources and rules are replaced only when the body names them (even
+    // as an empty list), which the parsed table cannot tell.
+    let present: Present = serde_json::from_slice(body).unwrap_or_default();
+    let change = Change::ReplaceTable {
+        table: Box::new(raw),
+        with_sources: present.sources.is_some(),
+        with_rules: present.rules.is_some(),
+    };
+    let snap = api.apply(change).await?;
     tracing::info!(version = snap.version, services = snap.table.service_count(), "table replaced");
     Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch })).into_response())
+}
+
+/// Which optional parts a `PUT /v1/table` body has.
+#[derive(Deserialize, Default)]
+struct Present {
+    sources: Option<serde::de::IgnoredAny>,
+    rules: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +362,9 @@ struct ResolveQuery {
     service: String,
     group: Option<String>,
     strict: Option<String>,
+    /// A client address: its source binding, else the table's address-only
+    /// rules, pick the group (`group=` wins).
+    client: Option<String>,
 }
 
 /// The same decision the filter makes, for scripts and queue consumers.
@@ -347,17 +373,58 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
         return ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", format!("{g:?} is not a valid group name"))
             .into_response();
     }
+    let client = match q.client.as_deref().map(str::parse::<std::net::IpAddr>) {
+        None => None,
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => {
+            let c = q.client.as_deref().unwrap_or_default();
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                format!("client: {c:?} is not an IP address"),
+            )
+            .into_response();
+        }
+    };
     let served = api.store.served();
     if let Some(e) = not_ready(&served.readiness()) {
         return e.into_response();
     }
     let snap = served.current();
-    let decision = decide_service(&snap.table, &q.service, q.group.as_deref(), q.strict.as_deref().map(str::as_bytes));
+    let picked = match (&q.group, client) {
+        (None, Some(ip)) => client_group(&snap, ip, crate::runtime_api::now_s()),
+        _ => None,
+    };
+    let group = q.group.as_deref().or(picked.as_ref().map(|(g, _)| g.as_str()));
+    let decision = decide_service(&snap.table, &q.service, group, q.strict.as_deref().map(str::as_bytes));
     let Some(mut body) = crate::console::decision_json(&decision) else {
         return unknown_service(&q.service).into_response();
     };
     body["version"] = json!(snap.version);
+    if let Some(ip) = client {
+        body["client"] = json!(ip.to_string());
+        body["picked_by"] = match (&q.group, picked) {
+            (Some(_), _) => json!({ "by": "group" }),
+            (None, Some((_, why))) => why,
+            (None, None) => json!({ "by": "none" }),
+        };
+    }
     Json(body).into_response()
+}
+
+/// The group a client address gets with no header: its unexpired source
+/// binding (longest prefix), else the first address-only table rule; and
+/// why, as JSON.
+fn client_group(snap: &Snapshot, ip: std::net::IpAddr, now: u64) -> Option<(String, serde_json::Value)> {
+    if let Some(b) = snap.table.sources().lookup(ip, now) {
+        let cidr = snap.raw.sources.get(b.index).map(|s| s.cidr.clone()).unwrap_or_default();
+        return Some((
+            b.group.as_str().to_owned(),
+            json!({ "by": "source", "cidr": cidr, "expires_at": b.expires_at }),
+        ));
+    }
+    let (index, group) = snap.table.rules().choose_by_address(ip)?;
+    Some((group.as_str().to_owned(), json!({ "by": "rule", "rule": index })))
 }
 
 /// Liveness: the process answers.

@@ -126,6 +126,8 @@ fn lane(raw: &RawTable, base: &str, name: &str) -> Value {
         "mode": if group.is_some_and(|g| g.mode == isogroup_core::Mode::Strict) { "strict" } else { "permissive" },
         "fallback": group.map(|g| g.fallback.clone()).unwrap_or_default(),
         "chain": chain(raw, base, name),
+        "description": group.and_then(|g| g.description.clone()),
+        "owner": group.and_then(|g| g.owner.clone()),
         "instances": instances,
     })
 }

@@ -11,6 +11,7 @@ mod kube_snapshot;
 mod kube_source;
 mod metrics;
 mod random;
+mod runtime_api;
 mod store;
 
 use std::net::SocketAddr;
@@ -280,6 +281,7 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             (kube, "kubernetes".to_owned())
         }
     };
+    tokio::spawn(store::expiry::expire_sources(store.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let api = Arc::new(api::Api { store: store.clone(), token, metrics, gateway_url, shutdown: shutdown_rx });
     if api.token.is_none() {
