@@ -81,6 +81,8 @@ pub struct Peer {
 #[derive(Debug, Clone)]
 pub struct Incoming<'h> {
     pub authority: &'h [u8],
+    /// The plugin's `namespace` (or the node's): short hosts are tried in it.
+    pub namespace: Option<&'h str>,
     pub path: &'h [u8],
     pub method: &'h [u8],
     pub group: Option<GroupName>,
@@ -171,13 +173,14 @@ impl<N: AsRef<str>, H: AsRef<[u8]>> EdgeRequest for Lookups<'_, N, H> {
 /// `runtime`), `default_group`; the first hit wins.
 pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(
     headers: &'h [(N, H)],
-    s: &Settings,
+    s: &'h Settings,
     peer: Peer,
     table: Option<&Table>,
 ) -> Incoming<'h> {
     let trusted = s.edge.as_ref().is_none_or(|e| e.trusts(peer.ip));
     let mut inc = Incoming {
         authority: b"",
+        namespace: s.namespace.as_deref(),
         path: b"",
         method: b"",
         group: None,
@@ -381,6 +384,7 @@ impl<'h> Incoming<'h> {
             authority: self.authority,
             group: self.group.as_ref().map(GroupName::as_str),
             strict: self.strict,
+            namespace: self.namespace,
         };
         decide(table, &view)
     }

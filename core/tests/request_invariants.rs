@@ -229,7 +229,7 @@ proptest! {
         let t = Table::compile(&raw, "base", &Limits::default()).unwrap();
         let authority = format!("{}.default.svc.cluster.local", synth::service(service));
         let group = group.map(synth::group);
-        let view = RequestView { authority: authority.as_bytes(), group: group.as_deref(), strict: strict.map(str::as_bytes) };
+        let view = RequestView { authority: authority.as_bytes(), group: group.as_deref(), strict: strict.map(str::as_bytes), namespace: None };
         match decide(&t, &view) {
             Decision::Route(r) => {
                 let listed = raw.services.get(r.service).and_then(|s| s.clusters.get(r.serving));
