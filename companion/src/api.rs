@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use isogroup_core::client::{resolve_client, PickedBy};
 use isogroup_core::epoch::Stamp;
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::is_valid_service;
@@ -365,6 +366,8 @@ struct ResolveQuery {
     /// A client address: its source binding, else the table's address-only
     /// rules, pick the group (`group=` wins).
     client: Option<String>,
+    /// The port a `{port}` cluster is for (the service's default without it).
+    port: Option<String>,
 }
 
 /// The same decision the filter makes, for scripts and queue consumers.
@@ -377,13 +380,16 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
         None => None,
         Some(Ok(ip)) => Some(ip),
         Some(Err(_)) => {
-            let c = q.client.as_deref().unwrap_or_default();
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_client",
-                format!("client: {c:?} is not an IP address"),
-            )
-            .into_response();
+            let detail = format!("client: {:?} is not an IP address", q.client.as_deref().unwrap_or_default());
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_client", detail).into_response();
+        }
+    };
+    let port = match q.port.as_deref().map(str::parse::<u16>) {
+        None => None,
+        Some(Ok(p)) if p > 0 => Some(p),
+        Some(_) => {
+            let detail = format!("port: {:?} is not a port (1 to 65535)", q.port.as_deref().unwrap_or_default());
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_port", detail).into_response();
         }
     };
     let served = api.store.served();
@@ -392,39 +398,29 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
     }
     let snap = served.current();
     let picked = match (&q.group, client) {
-        (None, Some(ip)) => client_group(&snap, ip, crate::runtime_api::now_s()),
+        (None, Some(ip)) => resolve_client(&snap.table, ip, crate::runtime_api::now_s()),
         _ => None,
     };
-    let group = q.group.as_deref().or(picked.as_ref().map(|(g, _)| g.as_str()));
-    let decision = decide_service(&snap.table, &q.service, group, q.strict.as_deref().map(str::as_bytes));
+    let group = q.group.as_deref().or(picked.as_ref().map(|p| p.group.as_str()));
+    let strict = q.strict.as_deref().map(str::as_bytes);
+    let decision = decide_service(&snap.table, &q.service, group, strict, port);
     let Some(mut body) = crate::console::decision_json(&decision) else {
         return unknown_service(&q.service).into_response();
     };
     body["version"] = json!(snap.version);
     if let Some(ip) = client {
         body["client"] = json!(ip.to_string());
-        body["picked_by"] = match (&q.group, picked) {
+        body["picked_by"] = match (&q.group, picked.map(|p| p.by)) {
             (Some(_), _) => json!({ "by": "group" }),
-            (None, Some((_, why))) => why,
+            (None, Some(PickedBy::Binding { index, expires_at })) => json!({
+                "by": "source", "field": format!("sources[{index}]"),
+                "cidr": snap.raw.sources.get(index).map(|s| s.cidr.as_str()), "expires_at": expires_at,
+            }),
+            (None, Some(PickedBy::Rule { index })) => json!({ "by": "rule", "field": format!("rules[{index}]") }),
             (None, None) => json!({ "by": "none" }),
         };
     }
     Json(body).into_response()
-}
-
-/// The group a client address gets with no header: its unexpired source
-/// binding (longest prefix), else the first address-only table rule; and
-/// why, as JSON.
-fn client_group(snap: &Snapshot, ip: std::net::IpAddr, now: u64) -> Option<(String, serde_json::Value)> {
-    if let Some(b) = snap.table.sources().lookup(ip, now) {
-        let cidr = snap.raw.sources.get(b.index).map(|s| s.cidr.clone()).unwrap_or_default();
-        return Some((
-            b.group.as_str().to_owned(),
-            json!({ "by": "source", "cidr": cidr, "expires_at": b.expires_at }),
-        ));
-    }
-    let (index, group) = snap.table.rules().choose_by_address(ip)?;
-    Some((group.as_str().to_owned(), json!({ "by": "rule", "rule": index })))
 }
 
 /// Liveness: the process answers.

@@ -104,16 +104,30 @@ pub fn decision_json(decision: &Decision<'_>) -> Option<Value> {
 pub fn matrix_json(raw: &RawTable, table: &Table) -> Value {
     let base = table.group_name(table.base()).to_owned();
     let services: Vec<&str> = table.services().map(|(_, s)| s).collect();
+    // One row per service, or per port where a service lists several (a
+    // `{port}` cluster differs by port).
+    let rows: Vec<(&str, Option<u16>)> = table
+        .services()
+        .flat_map(|(id, s)| match table.ports(id) {
+            ports if ports.len() > 1 => ports.iter().map(|p| (s, Some(*p))).collect::<Vec<_>>(),
+            _ => vec![(s, None)],
+        })
+        .collect();
     let mut names: Vec<&str> = table.groups().map(|(_, g)| g).collect();
     // The base group first, then the lanes by name.
     names.sort_by_key(|g| (*g != base, *g));
     let lanes: Vec<Value> = names.iter().map(|g| lane(raw, &base, g)).collect();
-    let cells: Vec<Value> = services
+    let cells: Vec<Value> = rows
         .iter()
-        .flat_map(|s| names.iter().map(move |g| (*s, *g)))
-        .filter_map(|(s, g)| decision_json(&decide_service(table, s, Some(g), None)))
+        .flat_map(|row| names.iter().map(move |g| (*row, *g)))
+        .filter_map(|((s, port), g)| {
+            let mut cell = decision_json(&decide_service(table, s, Some(g), None, port))?;
+            cell["port"] = json!(port);
+            Some(cell)
+        })
         .collect();
-    json!({ "base_group": base, "services": services, "groups": lanes, "cells": cells })
+    let rows: Vec<Value> = rows.iter().map(|(s, p)| json!({ "service": s, "port": p })).collect();
+    json!({ "base_group": base, "services": services, "rows": rows, "groups": lanes, "cells": cells })
 }
 
 /// One group: its settings, its own instances and the order it falls back in.
@@ -164,7 +178,8 @@ mod tests {
     const T: &str = r#"{"version": 7, "groups": {"f1": {"fallback": ["ta", "tb"]}, "ta": {"fallback": ["tb"]},
         "tb": {}, "ts": {"mode": "strict"}},
         "services": {"r": {"hosts": ["r"], "clusters": {"base": "r0", "tb": "rb", "ts": "rs"}},
-                     "s": {"hosts": ["s"], "clusters": {"base": "s0", "lone": "sl"}}}}"#;
+                     "s": {"hosts": ["s"], "clusters": {"base": "s0", "lone": "sl"}},
+                     "p": {"hosts": ["p"], "ports": [80, 443], "clusters": {"base": "p0-{port}", "tb": "pb-{port}"}}}}"#;
 
     #[test]
     fn every_cell_is_the_decision_and_every_lane_its_chain() {
@@ -174,12 +189,20 @@ mod tests {
         let groups: Vec<&str> = m["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
         // base first; a group only a cluster names ("lone") is a lane too
         assert_eq!(groups, ["base", "f1", "lone", "ta", "tb", "ts"]);
-        assert_eq!(m["services"], json!(["r", "s"]));
+        assert_eq!(m["services"], json!(["p", "r", "s"]));
+        // a service with several ports has a row per port
+        assert_eq!(
+            m["rows"],
+            json!([{"service": "p", "port": 80}, {"service": "p", "port": 443},
+                   {"service": "r", "port": null}, {"service": "s", "port": null}])
+        );
         let cells = m["cells"].as_array().unwrap();
-        assert_eq!(cells.len(), 12);
-        for cell in cells {
+        assert_eq!(cells.len(), 24);
+        for cell in cells.iter().filter(|c| c["port"].is_null()) {
             let (s, g) = (cell["service"].as_str().unwrap(), cell["group"].as_str().unwrap());
-            assert_eq!(Some(cell.clone()), decision_json(&decide_service(&table, s, Some(g), None)));
+            let mut want = decision_json(&decide_service(&table, s, Some(g), None, None)).unwrap();
+            want["port"] = json!(null);
+            assert_eq!(cell, &want);
         }
         let by = |name: &str| m["groups"].as_array().unwrap().iter().find(|g| g["name"] == name).unwrap().clone();
         assert_eq!(by("f1")["chain"], json!(["f1", "ta", "tb", "base"]));
@@ -194,5 +217,10 @@ mod tests {
         assert_eq!(cell("s", "ts")["decision"], "failfast");
         assert_eq!(cell("s", "ts")["reason"], "strict_group");
         assert_eq!(cell("s", "lone")["cluster"], "sl");
+        let port = |p: u16, g: &str| {
+            cells.iter().find(|c| c["service"] == "p" && c["port"] == p && c["group"] == g).unwrap().clone()
+        };
+        assert_eq!(port(443, "ta")["cluster"], "pb-443");
+        assert_eq!(port(80, "base")["cluster"], "p0-80");
     }
 }

@@ -61,8 +61,16 @@ async fn sources_bind_list_unbind_and_refuse_bad_input() {
 
     // resolve by client: longest prefix, then nothing; group= wins
     let cases: &[(&str, &str, Value)] = &[
-        ("client=192.0.2.7", "reviews-a", json!({"by": "source", "cidr": "192.0.2.7/32", "expires_at": expires})),
-        ("client=10.1.9.9", "reviews-a", json!({"by": "source", "cidr": "10.1.0.0/16", "expires_at": null})),
+        (
+            "client=192.0.2.7",
+            "reviews-a",
+            json!({"by": "source", "field": "sources[0]", "cidr": "192.0.2.7/32", "expires_at": expires}),
+        ),
+        (
+            "client=10.1.9.9",
+            "reviews-a",
+            json!({"by": "source", "field": "sources[1]", "cidr": "10.1.0.0/16", "expires_at": null}),
+        ),
         ("client=192.0.2.8", "reviews-base", json!({"by": "none"})),
         ("client=192.0.2.7&group=base", "reviews-base", json!({"by": "group"})),
     ];
@@ -143,7 +151,10 @@ async fn rules_are_replaced_whole_and_a_bad_one_changes_nothing() {
     assert_eq!(on_disk(&c)["rules"], rules);
     // an address-only rule answers resolve?client=
     let got: Value = c.get("/v1/resolve?service=reviews&client=192.0.2.9").await.json().await.unwrap();
-    assert_eq!((&got["cluster"], &got["picked_by"]), (&json!("reviews-a"), &json!({"by": "rule", "rule": 2})));
+    assert_eq!(
+        (&got["cluster"], &got["picked_by"]),
+        (&json!("reviews-a"), &json!({"by": "rule", "field": "rules[2]"}))
+    );
 
     let bad: &[(Value, &str)] = &[
         (

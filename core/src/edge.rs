@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
+use crate::table::Table;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +21,18 @@ pub struct RawEdge {
     pub default_group: Option<String>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// Take the table's source bindings and `rules` (default false: a
+    /// gateway fed by a shared companion stays pinned to its own config).
+    #[serde(default)]
+    pub runtime: bool,
+    /// The path this filter answers joins on (`/.isogroup/join`); also turns
+    /// on the `isogroup-lane` cookie. Default off.
+    #[serde(default)]
+    pub join_path: Option<String>,
 }
+
+/// The cookie a join sets: any peer may pick a lane with it.
+pub const LANE_COOKIE: &str = "isogroup-lane";
 
 /// One rule: exactly one matcher (`header`/`cookie`/`query` with `values`,
 /// `prefix` or `regex`; `source_cidrs`; or `percent` with `hash_header`), and
@@ -64,6 +76,8 @@ pub struct Edge {
     trusted: Vec<Cidr>,
     pub default_group: Option<GroupName>,
     rules: Rules,
+    pub runtime: bool,
+    pub join_path: Option<Box<str>>,
 }
 
 /// A compiled rule list (the plugin's `edge.rules` or a table's `rules`).
@@ -126,13 +140,25 @@ impl Edge {
         };
         let rules =
             Rules::compile("edge.rules", &raw.rules).map_err(|(field, why)| ConfigError::Invalid { field, why })?;
-        Ok(Edge { trusted, default_group, rules })
+        let join_path = match &raw.join_path {
+            None => None,
+            Some(p) if is_join_path(p) => Some(p.as_str().into()),
+            Some(p) => {
+                return Err(invalid(
+                    "edge.join_path",
+                    format!("{p:?} is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')"),
+                ))
+            }
+        };
+        Ok(Edge { trusted, default_group, rules, runtime: raw.runtime, join_path })
     }
 
-    /// Whether the rules or the trust check need the peer address (one host
-    /// call per request, so only when they do).
-    pub fn needs_peer(&self) -> bool {
-        !self.trusted.is_empty() || self.rules.need_peer()
+    /// Whether the rules, the trust check or (with `runtime`) `table`'s
+    /// bindings and rules need the peer address: one host call per request,
+    /// so only when they do.
+    pub fn needs_peer(&self, table: Option<&Table>) -> bool {
+        let runtime = self.runtime && table.is_some_and(|t| !t.sources().is_empty() || t.rules().need_peer());
+        !self.trusted.is_empty() || self.rules.need_peer() || runtime
     }
 
     pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
@@ -217,6 +243,13 @@ impl Test {
             Test::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
         }
     }
+}
+
+fn is_join_path(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.first() == Some(&b'/')
+        && b.get(1) != Some(&b'/')
+        && b.iter().all(|c| c.is_ascii_graphic() && !b"?#\\".contains(c))
 }
 
 /// FNV-1a 64-bit, as the SPEC fixes it, so `explain` and `/v1/resolve` agree.
@@ -454,7 +487,7 @@ mod tests {
             let desc = format!("{:?} {:?} {:?} {:?}", r.headers, r.cookie, r.path, r.peer);
             assert_eq!(chosen(r).as_deref(), want, "{desc}");
         }
-        assert!(e.needs_peer());
+        assert!(e.needs_peer(None));
         assert!(e.trusts(Some("10.1.200.3".parse().unwrap())));
         assert!(!e.trusts(Some("10.2.0.1".parse().unwrap())));
         assert!(!e.trusts(None));

@@ -5,12 +5,14 @@
 pub mod assist;
 pub mod authority;
 pub mod cidr;
+pub mod client;
 pub mod config;
 pub mod decide;
 pub mod edge;
 pub mod epoch;
 pub mod error;
 pub mod group;
+pub mod join;
 pub mod request;
 pub mod sources;
 pub mod synth;

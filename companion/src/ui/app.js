@@ -179,15 +179,16 @@ function renderMatrix() {
   const table = $("matrix");
   if (!state.matrix) { table.replaceChildren(); return; }
   const names = lanes().map((l) => l.name);
-  const byKey = new Map(state.matrix.cells.map((c) => [c.service + "\u0000" + c.group, c]));
+  const key = (s, port, g) => s + "\u0000" + (port === null || port === undefined ? "" : port) + "\u0000" + g;
+  const byKey = new Map(state.matrix.cells.map((c) => [key(c.service, c.port, c.group), c]));
   const head = el("tr", {}, el("th", { scope: "col", text: "service \\ lane" }), names.map((g) => el("th", { scope: "col", text: g })));
-  const rows = state.matrix.services.map((s) => el("tr", {},
-    el("th", { scope: "row", text: s }),
+  const rows = state.matrix.rows.map((row) => el("tr", {},
+    el("th", { scope: "row", text: row.port === null ? row.service : row.service + ":" + row.port }),
     names.map((g) => {
-      const c = byKey.get(s + "\u0000" + g);
+      const c = byKey.get(key(row.service, row.port, g));
       if (!c) return el("td", { text: "—" });
       const kind = c.decision === "failfast" ? "failfast" : c.fallback ? "fallback" : "own";
-      return el("td", { class: kind, "data-service": s, "data-group": g, text: cellText(c) });
+      return el("td", { class: kind, "data-service": row.service, "data-port": row.port === null ? "" : String(row.port), "data-group": g, text: cellText(c) });
     })));
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
 }
