@@ -42,6 +42,11 @@ fn chromium() -> PathBuf {
 impl Browser {
     /// Starts chromedriver and one headless chromium session.
     pub async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// Like `start`, with more chromium arguments (e.g. `--host-resolver-rules`).
+    pub async fn start_with(extra: &[&str]) -> Browser {
         let port = free_port();
         assert!(
             chromedriver().exists(),
@@ -74,6 +79,7 @@ impl Browser {
         if is_root() {
             args.push("--no-sandbox");
         }
+        args.extend_from_slice(extra);
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": chromium(), "args": args },
