@@ -102,7 +102,7 @@ fn cell_text(d: &Value) -> String {
 async fn page_cells(b: &Browser) -> Vec<(String, String, String)> {
     let cells = b
         .run(
-            "return [...document.querySelectorAll('#matrix td[data-service]')]\
+            "return [...document.querySelectorAll('#matrix-grid td[data-service]')]\
                .map(td => [td.dataset.service, td.dataset.group, td.textContent]);",
             json!([]),
         )
@@ -284,7 +284,9 @@ async fn markup_renders_as_text(w: &World) {
     let description = b.text("article[data-lane=feature-1] dd.description").await;
     assert_eq!(description, "<img src=x onerror=alert(1)><b>bold</b> & co");
     assert_eq!(b.text("article[data-lane=feature-1] dd.owner").await, "<i>alice</i>");
-    let made = b.run("return document.querySelectorAll('#lanes img, #lanes b, #lanes i').length;", json!([])).await;
+    let made = b
+        .run("return document.querySelectorAll('#lane-list img, #lane-list b, #lane-list i').length;", json!([]))
+        .await;
     assert_eq!(made, json!(0), "markup from the table became elements");
 }
 
@@ -308,8 +310,8 @@ async fn registration_in_the_page_goes_live(w: &World) {
     assert_eq!(t["services"]["b"]["clusters"]["feature-1"], "b-feature-1");
     // the matrix follows (long-poll), no reload
     b.run("location.hash = '#matrix';", json!([])).await;
-    b.wait_text("#matrix td[data-service=b][data-group=feature-1]", "the new cell", |t| t == "b-feature-1").await;
-    b.wait_text("#matrix td[data-service=b][data-group=feature-2]", "the fallback cell", |t| {
+    b.wait_text("#matrix-grid td[data-service=b][data-group=feature-1]", "the new cell", |t| t == "b-feature-1").await;
+    b.wait_text("#matrix-grid td[data-service=b][data-group=feature-2]", "the fallback cell", |t| {
         t == "b-feature-1 via feature-1"
     })
     .await;
@@ -397,6 +399,12 @@ async fn a_binding_made_in_the_page_routes_until_it_expires(w: &World) {
     assert!(msg.starts_with("Bound 127.0.0.2 to feature-1"), "{msg}");
     b.wait_text("#sources", "the binding listed", |t| t.contains("127.0.0.2/32")).await;
     b.screenshot(&shots().join("bind.png")).await;
+    // the README's picture: the lanes with the binding, small
+    b.set_size(1040, 700).await;
+    b.goto(&w.c.url("/ui/#lanes")).await;
+    b.wait_text("article[data-lane=feature-1]", "the binding on its lane", |t| t.contains("127.0.0.2/32")).await;
+    b.screenshot(&shots().join("readme.png")).await;
+    b.set_size(1280, 900).await;
     w.gateway_routes("127.0.0.2 on its lane", "127.0.0.2", &[], "a@feature-1 > b@feature-1 > c@base").await;
     assert_eq!(w.through_gateway("127.0.0.1", &[]).await, "a@base > b@base > c@base", "another machine");
     // expiry: the filter ignores it, the companion deletes it (the page follows)

@@ -164,7 +164,7 @@ function renderLanes() {
       bound.length ? el("ul", { class: "bound" }, bound.map((s) => el("li", { text: s.cidr + " (expires " + when(s.expires_at) + ")" }))) : null,
       links);
   });
-  $("lanes").replaceChildren(...cards);
+  $("lane-list").replaceChildren(...cards);
   $("group-names").replaceChildren(...lanes().map((l) => el("option", { value: l.name })));
 }
 
@@ -176,7 +176,7 @@ function cellText(cell) {
 }
 
 function renderMatrix() {
-  const table = $("matrix");
+  const table = $("matrix-grid");
   if (!state.matrix) { table.replaceChildren(); return; }
   const names = lanes().map((l) => l.name);
   const key = (s, port, g) => s + "\u0000" + (port === null || port === undefined ? "" : port) + "\u0000" + g;
