@@ -152,6 +152,29 @@ async fn console_in_a_browser() {
     a_binding_made_in_the_page_routes_until_it_expires(&w).await;
     a_rule_made_in_the_page_routes_and_a_bad_one_changes_nothing(&w).await;
     no_console_errors(&w.b, "the whole run").await;
+    without_a_gateway_url_or_an_admin_api(&w.b).await;
+}
+
+/// A companion started without `--gateway-url` and without a token: the
+/// page says how to get join links, and that it is read-only, and why.
+async fn without_a_gateway_url_or_an_admin_api(b: &Browser) {
+    let dir = common::TempDir::new("console-plain");
+    let empty = dir.0.join("empty-token");
+    std::fs::write(&empty, "").unwrap();
+    let c = Companion::start_with(common::free_port(), TABLE, &["--token-file", empty.to_str().unwrap()]).await;
+    b.goto(&c.url("/ui/#lanes")).await;
+    let help = b.wait_text("#join-help", "the join help", answered).await;
+    assert!(help.contains("start the companion with --gateway-url"), "{help}");
+    let links = b.run("return document.querySelectorAll('a.join, a.leave').length;", json!([])).await;
+    assert_eq!(links, json!(0));
+    let access = b.wait_text("#access", "the access line", |t| t.contains("admin API is off")).await;
+    assert!(access.starts_with("Read-only"), "{access}");
+    b.goto(&c.url("/ui/#register")).await;
+    b.fill("#reg-group", "feature-1").await;
+    b.fill("#reg-cluster", "x").await;
+    b.click("#reg-submit").await;
+    let msg = b.wait_text("#register-msg", "a refusal", answered).await;
+    assert!(msg.starts_with("Refused") && msg.contains("admin API is off"), "{msg}");
 }
 
 /// The console's answers carry the security headers; no CORS anywhere.

@@ -69,6 +69,10 @@ impl ApiError {
         ApiError { status, error, detail: detail.into() }
     }
 
+    pub(crate) fn code(&self) -> &'static str {
+        self.error
+    }
+
     #[cfg(test)]
     pub(crate) fn detail(&self) -> &str {
         &self.detail

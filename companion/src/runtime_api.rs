@@ -33,6 +33,20 @@ pub fn now_s() -> u64 {
     crate::store::now_ms() / 1000
 }
 
+/// Hands a sources/rules change to the store. A store that owns its table
+/// (Kubernetes) refuses every write; say what that means here.
+async fn apply(api: &Api, change: Change) -> Result<Arc<crate::store::Snapshot>, ApiError> {
+    api.apply(change).await.map_err(|e| match e.code() {
+        code @ ("read_only_source" | "managed_by_kubernetes") => ApiError::new(
+            StatusCode::CONFLICT,
+            code,
+            "source bindings and runtime rules are not kept by the Kubernetes source yet \
+             (they will live in the ConfigMap isogroup-runtime); the file and etcd stores keep them",
+        ),
+        _ => e,
+    })
+}
+
 fn bad(detail: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", detail)
 }
@@ -128,7 +142,7 @@ async fn bind(api: &Api, ip: &str, len: Option<&str>, headers: &HeaderMap, body:
     let (group, ttl) = parse_binding(body)?;
     let expires_at = ttl.map(|t| now_s() + t);
     let change = Change::BindSource { cidr: cidr.clone(), group: group.clone(), expires_at };
-    let snap = api.apply(change).await?;
+    let snap = apply(api, change).await?;
     tracing::info!(%cidr, %group, ?expires_at, version = snap.version, "source bound");
     Ok(Json(json!({
         "version": snap.version, "epoch": snap.epoch, "cidr": cidr, "group": group, "expires_at": expires_at,
@@ -139,7 +153,7 @@ async fn bind(api: &Api, ip: &str, len: Option<&str>, headers: &HeaderMap, body:
 async fn unbind(api: &Api, ip: &str, len: Option<&str>, headers: &HeaderMap) -> Result<Response, ApiError> {
     api.authorize(headers)?;
     let cidr = parse_range(ip, len)?;
-    let snap = api.apply(Change::UnbindSource { cidr: cidr.clone() }).await?;
+    let snap = apply(api, Change::UnbindSource { cidr: cidr.clone() }).await?;
     tracing::info!(%cidr, version = snap.version, "source unbound");
     Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch, "cidr": cidr })).into_response())
 }
@@ -186,7 +200,7 @@ async fn put_rules(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<Respon
     }
     let raw = RawTable::from_json(&wrapped, &api.store.served().limits).map_err(|e| bad(e.to_string()))?;
     let count = raw.rules.len();
-    let snap = api.apply(Change::SetRules(raw.rules)).await?;
+    let snap = apply(api, Change::SetRules(raw.rules)).await?;
     tracing::info!(rules = count, version = snap.version, "runtime rules set");
     Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch, "rules": snap.raw.rules })).into_response())
 }

@@ -39,18 +39,9 @@ impl KubeStore {
 }
 
 impl Store for KubeStore {
-    fn apply(&self, change: Change) -> BoxFuture<'_, Result<Arc<Snapshot>, ChangeError>> {
-        Box::pin(async move {
-            Err(ChangeError::ReadOnly(match change {
-                Change::BindSource { .. }
-                | Change::UnbindSource { .. }
-                | Change::SetRules(_)
-                | Change::ExpireSources { .. } => {
-                    "source bindings and runtime rules are not kept by the Kubernetes source yet \
-                     (they will live in the ConfigMap isogroup-runtime)"
-                }
-                _ => "the Kubernetes source owns the table; register by labelling pods",
-            }))
+    fn apply(&self, _change: Change) -> BoxFuture<'_, Result<Arc<Snapshot>, ChangeError>> {
+        Box::pin(async {
+            Err(ChangeError::ReadOnly("the Kubernetes source owns the table; register by labelling pods"))
         })
     }
 
