@@ -416,20 +416,20 @@ async fn a_binding_made_in_the_page_routes_until_it_expires(w: &World) {
     b.click("#bind-submit").await;
     let msg = b.wait_text("#bind-msg", "the refusal", answered).await;
     assert!(msg.contains("400") && msg.contains("ttl_s"), "{msg}");
-    b.fill("#bind-ttl", "6").await;
+    b.fill("#bind-ttl", "8").await;
     b.click("#bind-submit").await;
     let msg = b.wait_text("#bind-msg", "the binding", answered).await;
     assert!(msg.starts_with("Bound 127.0.0.2 to feature-1"), "{msg}");
     b.wait_text("#sources", "the binding listed", |t| t.contains("127.0.0.2/32")).await;
     b.screenshot(&shots().join("bind.png")).await;
+    w.gateway_routes("127.0.0.2 on its lane", "127.0.0.2", &[], "a@feature-1 > b@feature-1 > c@base").await;
+    assert_eq!(w.through_gateway("127.0.0.1", &[]).await, "a@base > b@base > c@base", "another machine");
     // the README's picture: the lanes with the binding, small
     b.set_size(1040, 700).await;
     b.goto(&w.c.url("/ui/#lanes")).await;
     b.wait_text("article[data-lane=feature-1]", "the binding on its lane", |t| t.contains("127.0.0.2/32")).await;
     b.screenshot(&shots().join("readme.png")).await;
     b.set_size(1280, 900).await;
-    w.gateway_routes("127.0.0.2 on its lane", "127.0.0.2", &[], "a@feature-1 > b@feature-1 > c@base").await;
-    assert_eq!(w.through_gateway("127.0.0.1", &[]).await, "a@base > b@base > c@base", "another machine");
     // expiry: the filter ignores it, the companion deletes it (the page follows)
     w.gateway_routes("127.0.0.2 back on base after expiry", "127.0.0.2", &[], "a@base > b@base > c@base").await;
     b.wait_text("#sources", "the binding gone from the page", |t| t.contains("No machine is bound")).await;
