@@ -286,7 +286,8 @@ async fn keyboard_and_phone_width(c: &Companion, b: &Browser) {
     b.keys("\u{E004}\u{E007}").await; // Tab to "Matrix", Enter
     b.wait_script(
         "the matrix view after Tab, Enter",
-        "return !document.getElementById('view-matrix').hidden && location.hash === '#matrix';",
+        "return !document.getElementById('view-matrix').hidden && location.hash === '#matrix' \
+           && document.activeElement.id === 'h-matrix';",
         json!([]),
     )
     .await;
@@ -407,11 +408,17 @@ async fn join_and_leave_through_the_gateway(w: &World) {
 async fn a_binding_made_in_the_page_routes_until_it_expires(w: &World) {
     let b = &w.b;
     w.gateway_routes("127.0.0.2 on base before", "127.0.0.2", &[], "a@base > b@base > c@base").await;
-    b.goto(&w.c.url("/ui/#bind")).await;
+    // from the lane's own card: the bind view, the lane filled in
+    b.goto(&w.c.url("/ui/#lanes")).await;
+    b.click("article[data-lane=feature-1] a.bind-here").await;
+    b.wait_script("the bind view", "return !document.getElementById('view-bind').hidden;", json!([])).await;
+    let lane = b.run("return document.getElementById('bind-group').value;", json!([])).await;
+    assert_eq!(lane, json!("feature-1"));
     assert_eq!(b.text("#whoami").await, "127.0.0.1");
+    let mine = b.run("return document.getElementById('bind-ip').value;", json!([])).await;
+    assert_eq!(mine, json!("127.0.0.1"), "the caller's address, filled in");
     // a bad time to live: the server's error, naming the field
     b.fill("#bind-ip", "127.0.0.2").await;
-    b.fill("#bind-group", "feature-1").await;
     b.fill("#bind-ttl", "0").await;
     b.click("#bind-submit").await;
     let msg = b.wait_text("#bind-msg", "the refusal", answered).await;

@@ -55,12 +55,9 @@ pub async fn security_headers(mut response: Response) -> Response {
 
 /// What the page needs to know about this companion.
 async fn console(State(api): State<Arc<Api>>) -> Response {
-    Json(json!({
-        "admin": api.token.is_some(),
-        "gateway_url": api.gateway_url,
-        "base_group": api.store.served().current().table.group_name(api.store.served().current().table.base()),
-    }))
-    .into_response()
+    let snap = api.store.served().current();
+    let base = snap.table.group_name(snap.table.base());
+    Json(json!({ "admin": api.token.is_some(), "gateway_url": api.gateway_url, "base_group": base })).into_response()
 }
 
 /// The caller's address as this companion sees it (the direct peer: behind a

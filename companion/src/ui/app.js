@@ -149,6 +149,8 @@ function renderLanes() {
     const instances = Object.entries(lane.instances);
     const bound = sources.filter((s) => s.group === lane.name && !(s.expires_at !== undefined && s.expires_at <= now));
     const links = el("div", { class: "links" });
+    links.append(el("a", { href: "#bind", class: "bind-here", "data-lane": lane.name, text: "Bind my machine here",
+      onclick: () => { $("bind-group").value = lane.name; } }));
     if (state.config.gateway_url) {
       links.append(
         el("a", { href: joinUrl(lane.name), class: "join", "data-lane": lane.name, text: "Join " + lane.name }),
@@ -309,7 +311,7 @@ async function unregister() {
 
 const VIEWS = ["lanes", "matrix", "bind", "rules", "register"];
 
-function showView() {
+function showView(moved) {
   const want = location.hash.slice(1);
   const view = VIEWS.includes(want) ? want : "lanes";
   for (const v of VIEWS) {
@@ -317,11 +319,13 @@ function showView() {
     if (v === view) $("tab-" + v).setAttribute("aria-current", "page");
     else $("tab-" + v).removeAttribute("aria-current");
   }
+  // A keyboard or screen reader user lands on the view they chose.
+  if (moved) $("h-" + view).focus({ preventScroll: true });
 }
 
 async function start() {
-  window.addEventListener("hashchange", showView);
-  showView();
+  window.addEventListener("hashchange", () => showView(true));
+  showView(false);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const t = $("token").value.trim();
