@@ -113,6 +113,12 @@ pub struct RawService {
 /// Where a cluster name holds the port.
 pub const PORT_PLACEHOLDER: &str = "{port}";
 
+/// Where `{port}` starts in a cluster name (a byte search: smaller in the
+/// wasm than `str::find`).
+fn port_placeholder(cluster: &str) -> Option<usize> {
+    cluster.as_bytes().windows(PORT_PLACEHOLDER.len()).position(|w| w == PORT_PLACEHOLDER.as_bytes())
+}
+
 /// Size limits; a table over any of them is rejected whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -359,7 +365,7 @@ impl<'r> Compiler<'r> {
             .map(|s| {
                 s.clusters
                     .values()
-                    .map(|c| if c.contains(PORT_PLACEHOLDER) { s.ports.len().max(1) } else { 1 })
+                    .map(|c| if port_placeholder(c).is_some() { s.ports.len().max(1) } else { 1 })
                     .sum::<usize>()
             })
             .sum();
@@ -459,7 +465,14 @@ impl<'r> Compiler<'r> {
             });
             match (cidr, group) {
                 (Ok(cidr), Ok(group)) => bindings.push(Binding { index, cidr, group, expires_at: s.expires_at }),
-                (cidr, group) => self.errors.extend(cidr.err().into_iter().chain(group.err())),
+                (cidr, group) => {
+                    if let Err(e) = cidr {
+                        self.errors.push(e);
+                    }
+                    if let Err(e) = group {
+                        self.errors.push(e);
+                    }
+                }
             }
         }
         match Sources::build(bindings) {
@@ -594,8 +607,8 @@ impl<'r> Compiler<'r> {
             self.check_ports(name, &s.ports);
             let mut clusters = Vec::with_capacity(s.clusters.len());
             for (group, cluster) in &s.clusters {
-                let templated = cluster.contains(PORT_PLACEHOLDER);
-                let checked = if templated && s.ports.is_empty() {
+                let templated = port_placeholder(cluster);
+                let checked = if templated.is_some() && s.ports.is_empty() {
                     Err("has {port} but the service lists no ports")
                 } else {
                     check_cluster(cluster)
@@ -609,12 +622,20 @@ impl<'r> Compiler<'r> {
                     });
                 }
                 let Some(&g) = self.group_index.get(group.as_str()) else { continue };
-                let compiled = if templated {
+                let compiled = match templated {
                     // Formatted once here, so the request path only indexes.
-                    let per_port = s.ports.iter().map(|p| cluster.replace(PORT_PLACEHOLDER, &p.to_string()).into());
-                    ClusterName::PerPort(per_port.collect())
-                } else {
-                    ClusterName::Fixed(cluster.as_str().into())
+                    Some(at) => {
+                        let (head, tail) = (&cluster[..at], &cluster[at + PORT_PLACEHOLDER.len()..]);
+                        let per_port = s.ports.iter().map(|p| {
+                            let mut name = String::with_capacity(cluster.len());
+                            name.push_str(head);
+                            name.push_str(&p.to_string());
+                            name.push_str(tail);
+                            name.into_boxed_str()
+                        });
+                        ClusterName::PerPort(per_port.collect())
+                    }
+                    None => ClusterName::Fixed(cluster.as_str().into()),
                 };
                 clusters.push((g, compiled));
             }
