@@ -437,6 +437,19 @@ async fn a_binding_made_in_the_page_routes_until_it_expires(w: &World) {
     b.wait_text("article[data-lane=feature-1]", "the binding on its lane", |t| t.contains("127.0.0.2/32")).await;
     b.screenshot(&shots().join("readme.png")).await;
     b.set_size(1280, 900).await;
+    // a range with no expiry, then unbound from its row
+    b.run("location.hash = '#bind';", json!([])).await;
+    b.fill("#bind-ip", "10.9.0.0").await;
+    b.fill("#bind-len", "16").await;
+    b.fill("#bind-ttl", "").await;
+    b.click("#bind-submit").await;
+    let msg = b.wait_text("#bind-msg", "the range bound", answered).await;
+    assert!(msg.starts_with("Bound 10.9.0.0/16 to feature-1"), "{msg}");
+    b.click("#sources tr[data-cidr='10.9.0.0/16'] button.unbind").await;
+    let msg = b.wait_text("#bind-msg", "the range unbound", answered).await;
+    assert!(msg.starts_with("Unbound 10.9.0.0/16"), "{msg}");
+    let listed: Value = http().get(w.c.url("/v1/sources")).send().await.unwrap().json().await.unwrap();
+    assert!(!listed["sources"].to_string().contains("10.9.0.0"), "{listed}");
     // expiry: the filter ignores it, the companion deletes it (the page follows)
     w.gateway_routes("127.0.0.2 back on base after expiry", "127.0.0.2", &[], "a@base > b@base > c@base").await;
     b.wait_text("#sources", "the binding gone from the page", |t| t.contains("No machine is bound")).await;
