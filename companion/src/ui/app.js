@@ -303,6 +303,7 @@ async function register(event) {
 }
 
 async function unregister() {
+  if (!$("reg-group").value.trim()) { say("register-msg", "Type the lane whose instance to unregister.", "error"); return; }
   await admin("DELETE", registrationPath(), undefined, "register-msg",
     "Unregistered " + $("reg-group").value.trim() + " of " + $("reg-service").value);
 }
