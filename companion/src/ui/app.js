@@ -138,8 +138,7 @@ function renderLanes() {
   } else {
     help.textContent = "Join links are off: start the companion with --gateway-url <the gateway's join URL, e.g. https://gateway.example/.isogroup/join> (the gateway's edge.join_path).";
   }
-  const sources = (state.table && state.table.sources) || [];
-  const now = Date.now() / 1000;
+  const sources = liveSources();
   const cards = lanes().map((lane) => {
     const details = el("dl", {},
       el("dt", { text: "Mode" }), el("dd", { text: lane.mode }),
@@ -147,7 +146,7 @@ function renderLanes() {
     if (lane.description) details.append(el("dt", { text: "About" }), el("dd", { class: "description", text: lane.description }));
     if (lane.owner) details.append(el("dt", { text: "Owner" }), el("dd", { class: "owner", text: lane.owner }));
     const instances = Object.entries(lane.instances);
-    const bound = sources.filter((s) => s.group === lane.name && !(s.expires_at !== undefined && s.expires_at <= now));
+    const bound = sources.filter((s) => s.group === lane.name);
     const links = el("div", { class: "links" });
     links.append(el("a", { href: "#bind", class: "bind-here", "data-lane": lane.name, text: "Bind my machine here",
       onclick: () => { $("bind-group").value = lane.name; } }));
@@ -195,8 +194,14 @@ function renderMatrix() {
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
 }
 
+/** Bindings in force: an expired one routes nothing (the companion deletes it shortly). */
+function liveSources() {
+  const now = Date.now() / 1000;
+  return ((state.table && state.table.sources) || []).filter((s) => s.expires_at === undefined || s.expires_at > now);
+}
+
 function renderSources() {
-  const sources = (state.table && state.table.sources) || [];
+  const sources = liveSources();
   const head = el("tr", {}, ["Address", "Lane", "Expires", ""].map((h) => el("th", { scope: "col", text: h })));
   const rows = sources.map((s) => el("tr", { "data-cidr": s.cidr },
     el("td", { text: s.cidr }), el("td", { text: s.group }), el("td", { text: when(s.expires_at) }),
