@@ -10,10 +10,11 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use isogroup_core::client::{resolve_client, PickedBy};
 use isogroup_core::epoch::Stamp;
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::is_valid_service;
-use isogroup_core::{decide_service, Decision, RawTable};
+use isogroup_core::{decide_service, RawTable};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::json;
@@ -34,6 +35,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub token: Option<Token>,
     pub metrics: Arc<Metrics>,
+    /// The gateway's join URL (`serve --gateway-url`), for the console's links.
+    pub gateway_url: Option<String>,
     /// Flips to true on shutdown, releasing held polls at once.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -47,7 +50,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::console::routes())
+        .merge(crate::runtime_api::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(crate::console::security_headers))
         .with_state(api)
 }
 
@@ -59,8 +65,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError { status, error, detail: detail.into() }
+    }
+
+    pub(crate) fn code(&self) -> &'static str {
+        self.error
+    }
+
+    #[cfg(test)]
+    pub(crate) fn detail(&self) -> &str {
+        &self.detail
     }
 }
 
@@ -76,6 +91,8 @@ impl From<ChangeError> for ApiError {
             ChangeError::UnknownService { .. } => (StatusCode::NOT_FOUND, "unknown_service"),
             ChangeError::NotRegistered { .. } => (StatusCode::NOT_FOUND, "not_registered"),
             ChangeError::BaseCluster { .. } => (StatusCode::CONFLICT, "base_cluster"),
+            ChangeError::UnknownGroup { .. } => (StatusCode::BAD_REQUEST, "unknown_group"),
+            ChangeError::NotBound { .. } => (StatusCode::NOT_FOUND, "not_bound"),
             ChangeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_table"),
             ChangeError::Version(_) => (StatusCode::CONFLICT, "version_exhausted"),
             ChangeError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only_source"),
@@ -151,7 +168,7 @@ impl Drop for HeldPoll<'_> {
     }
 }
 
-fn not_ready(readiness: &Readiness) -> Option<ApiError> {
+pub(crate) fn not_ready(readiness: &Readiness) -> Option<ApiError> {
     match readiness {
         Readiness::Loading(detail) => Some(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail.clone())),
         Readiness::Ready | Readiness::Unreachable(_) => None,
@@ -235,13 +252,13 @@ async fn put_table(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::
 }
 
 impl Api {
-    fn admin_result(&self, op: &str, result: Result<Response, ApiError>) -> Response {
+    pub(crate) fn admin_result(&self, op: &str, result: Result<Response, ApiError>) -> Response {
         let response = result.unwrap_or_else(IntoResponse::into_response);
         self.metrics.admin.get_or_create(&AdminLabels { op: op.into(), status: response.status().as_u16() }).inc();
         response
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = &self.token else {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "no admin token configured"));
         };
@@ -258,7 +275,7 @@ impl Api {
     }
 
     /// Hands `change` to the store once the replica is ready.
-    async fn apply(&self, change: Change) -> Result<Arc<Snapshot>, ApiError> {
+    pub(crate) async fn apply(&self, change: Change) -> Result<Arc<Snapshot>, ApiError> {
         if let Some(e) = not_ready(&self.store.served().readiness()) {
             return Err(e);
         }
@@ -325,9 +342,24 @@ async fn admin_put_table(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<
     let limits = api.store.served().limits;
     let raw = RawTable::from_json(body, &limits)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", e.to_string()))?;
-    let snap = api.apply(Change::ReplaceTable(Box::new(raw))).await?;
+    // Sources and rules are replaced only when the body names them (even
+    // as an empty list), which the parsed table cannot tell.
+    let present: Present = serde_json::from_slice(body).unwrap_or_default();
+    let change = Change::ReplaceTable {
+        table: Box::new(raw),
+        with_sources: present.sources.is_some(),
+        with_rules: present.rules.is_some(),
+    };
+    let snap = api.apply(change).await?;
     tracing::info!(version = snap.version, services = snap.table.service_count(), "table replaced");
     Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch })).into_response())
+}
+
+/// Which optional parts a `PUT /v1/table` body has.
+#[derive(Deserialize, Default)]
+struct Present {
+    sources: Option<serde::de::IgnoredAny>,
+    rules: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +367,11 @@ struct ResolveQuery {
     service: String,
     group: Option<String>,
     strict: Option<String>,
+    /// A client address: its source binding, else the table's address-only
+    /// rules, pick the group (`group=` wins).
+    client: Option<String>,
+    /// The port a `{port}` cluster is for (the service's default without it).
+    port: Option<String>,
 }
 
 /// The same decision the filter makes, for scripts and queue consumers.
@@ -343,23 +380,50 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
         return ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", format!("{g:?} is not a valid group name"))
             .into_response();
     }
+    let client = match q.client.as_deref().map(str::parse::<std::net::IpAddr>) {
+        None => None,
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => {
+            let detail = format!("client: {:?} is not an IP address", q.client.as_deref().unwrap_or_default());
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_client", detail).into_response();
+        }
+    };
+    let port = match q.port.as_deref().map(str::parse::<u16>) {
+        None => None,
+        Some(Ok(p)) if p > 0 => Some(p),
+        Some(_) => {
+            let detail = format!("port: {:?} is not a port (1 to 65535)", q.port.as_deref().unwrap_or_default());
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_port", detail).into_response();
+        }
+    };
     let served = api.store.served();
     if let Some(e) = not_ready(&served.readiness()) {
         return e.into_response();
     }
     let snap = served.current();
-    let decision = decide_service(&snap.table, &q.service, q.group.as_deref(), q.strict.as_deref().map(str::as_bytes));
-    let body = match decision {
-        Decision::PassThrough => return unknown_service(&q.service).into_response(),
-        Decision::Route(r) => json!({
-            "version": snap.version, "decision": "route", "service": r.service, "group": r.group,
-            "serving_group": r.serving, "cluster": r.cluster, "fallback": r.fallback,
-        }),
-        Decision::FailFast(f) => json!({
-            "version": snap.version, "decision": "failfast", "service": f.service, "group": f.group,
-            "reason": f.reason.as_str(),
-        }),
+    let picked = match (&q.group, client) {
+        (None, Some(ip)) => resolve_client(&snap.table, ip, crate::runtime_api::now_s()),
+        _ => None,
     };
+    let group = q.group.as_deref().or(picked.as_ref().map(|p| p.group.as_str()));
+    let strict = q.strict.as_deref().map(str::as_bytes);
+    let decision = decide_service(&snap.table, &q.service, group, strict, port);
+    let Some(mut body) = crate::console::decision_json(&decision) else {
+        return unknown_service(&q.service).into_response();
+    };
+    body["version"] = json!(snap.version);
+    if let Some(ip) = client {
+        body["client"] = json!(ip.to_string());
+        body["picked_by"] = match (&q.group, picked.map(|p| p.by)) {
+            (Some(_), _) => json!({ "by": "group" }),
+            (None, Some(PickedBy::Binding { index, expires_at })) => json!({
+                "by": "source", "field": format!("sources[{index}]"),
+                "cidr": snap.raw.sources.get(index).map(|s| s.cidr.as_str()), "expires_at": expires_at,
+            }),
+            (None, Some(PickedBy::Rule { index })) => json!({ "by": "rule", "field": format!("rules[{index}]") }),
+            (None, None) => json!({ "by": "none" }),
+        };
+    }
     Json(body).into_response()
 }
 

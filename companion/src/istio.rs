@@ -35,7 +35,7 @@ pub struct Options<'a> {
 /// in Istio form, else from its hosts and the options.
 fn fqdn_and_port(table: &Table, service: &str, opts: &Options<'_>) -> (String, u16) {
     let base = table.group_name(table.base());
-    let from_cluster = isogroup_core::decide_service(table, service, Some(base), None);
+    let from_cluster = isogroup_core::decide_service(table, service, Some(base), None, None);
     if let isogroup_core::Decision::Route(r) = from_cluster {
         let parts: Vec<&str> = r.cluster.split('|').collect();
         if let [_, port, _, fqdn] = parts[..] {
@@ -55,7 +55,7 @@ fn groups_of(table: &Table, service: &str) -> Vec<String> {
         if g == base {
             continue;
         }
-        if let isogroup_core::Decision::Route(r) = isogroup_core::decide_service(table, service, Some(g), None) {
+        if let isogroup_core::Decision::Route(r) = isogroup_core::decide_service(table, service, Some(g), None, None) {
             if !r.fallback {
                 groups.push(g.to_owned());
             }

@@ -4,12 +4,14 @@
 
 mod api;
 mod auth;
+mod console;
 mod explain;
 mod istio;
 mod kube_snapshot;
 mod kube_source;
 mod metrics;
 mod random;
+mod runtime_api;
 mod store;
 
 use std::net::SocketAddr;
@@ -71,6 +73,11 @@ enum Command {
         /// `PUT /v1/table`).
         #[arg(long, default_value_t = Limits::default().max_table_bytes)]
         max_table_bytes: usize,
+        /// The gateway's full join URL (e.g.
+        /// `https://gw.test.example/.isogroup/join`): the console links each
+        /// lane to it with `?lane=<group>`.
+        #[arg(long, value_parser = parse_gateway_url)]
+        gateway_url: Option<String>,
     },
     /// Validate a table file: print each error, exit non-zero when invalid.
     Check {
@@ -125,6 +132,7 @@ fn main() -> ExitCode {
             token_file,
             base_group,
             max_table_bytes,
+            gateway_url,
         } => {
             let limits = Limits { max_table_bytes, ..Limits::default() };
             let source = match (table, etcd.is_empty()) {
@@ -132,7 +140,7 @@ fn main() -> ExitCode {
                 (None, false) => Source::Etcd { endpoints: etcd, prefix: etcd_prefix },
                 (None, true) => Source::Kubernetes { settle: Duration::from_millis(settle_ms) },
             };
-            serve(listen, source, token_file, base_group, limits)
+            serve(listen, source, Options { token_file, base: base_group, limits, gateway_url })
         }
         Command::Check { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
@@ -202,7 +210,31 @@ enum Source {
     Kubernetes { settle: Duration },
 }
 
-fn serve(listen: SocketAddr, source: Source, token_file: Option<PathBuf>, base: String, limits: Limits) -> ExitCode {
+/// `--gateway-url`: an absolute http(s) URL with no query or fragment (the
+/// console appends `?lane=<group>`).
+fn parse_gateway_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("names no host".into());
+    }
+    if text.contains(['?', '#']) || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must have no query, fragment or spaces (the console adds ?lane=<group>)".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// `serve`'s settings beyond where it listens and what it serves.
+struct Options {
+    token_file: Option<PathBuf>,
+    base: String,
+    limits: Limits,
+    gateway_url: Option<String>,
+}
+
+fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -210,7 +242,7 @@ fn serve(listen: SocketAddr, source: Source, token_file: Option<PathBuf>, base: 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(listen, source, token_file, base, limits)) {
+    match runtime.block_on(run(listen, source, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -219,13 +251,8 @@ fn serve(listen: SocketAddr, source: Source, token_file: Option<PathBuf>, base: 
     }
 }
 
-async fn run(
-    listen: SocketAddr,
-    source: Source,
-    token_file: Option<PathBuf>,
-    base: String,
-    limits: Limits,
-) -> Result<(), String> {
+async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(), String> {
+    let Options { token_file, base, limits, gateway_url } = options;
     let mut token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
@@ -254,15 +281,16 @@ async fn run(
             (kube, "kubernetes".to_owned())
         }
     };
+    tokio::spawn(store::expiry::expire_sources(store.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let api = Arc::new(api::Api { store: store.clone(), token, metrics, shutdown: shutdown_rx });
+    let api = Arc::new(api::Api { store: store.clone(), token, metrics, gateway_url, shutdown: shutdown_rx });
     if api.token.is_none() {
         tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen on {listen}: {e}"))?;
     let current = store.served().current();
     tracing::info!(%listen, version = current.version, epoch = ?current.epoch, %source, "serving");
-    axum::serve(listener, api::router(api))
+    axum::serve(listener, api::router(api).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
@@ -287,4 +315,32 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic)]
+
+    use super::parse_gateway_url;
+
+    #[test]
+    fn gateway_urls() {
+        let cases = [
+            ("https://gw.test.example/.isogroup/join", Ok(())),
+            ("http://127.0.0.1:8000/.isogroup/join", Ok(())),
+            ("gw.example/.isogroup/join", Err("must start with http:// or https://")),
+            ("javascript:alert(1)", Err("must start with http:// or https://")),
+            ("https:///join", Err("names no host")),
+            ("https://gw.example/join?lane=x", Err("must have no query")),
+            ("https://gw.example/join#x", Err("must have no query")),
+            ("https://gw.example/jo in", Err("must have no query")),
+        ];
+        for (text, want) in cases {
+            match (parse_gateway_url(text), want) {
+                (Ok(got), Ok(())) => assert_eq!(got, text),
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{text}: {got}"),
+                (got, want) => panic!("{text}: {got:?}, want {want:?}"),
+            }
+        }
+    }
 }

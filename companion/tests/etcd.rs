@@ -274,6 +274,30 @@ async fn a_write_through_one_replica_is_seen_by_the_next_change_through_another(
     .await;
     assert_eq!(clusters(&body, "svc-0"), json!({"base": "c-0"}));
 
+    // Source bindings and runtime rules: their own keys, on every replica;
+    // an expired binding is deleted by one guarded write, whichever replica
+    // makes it.
+    let (status, body) = b
+        .admin(reqwest::Method::PUT, "/v1/sources/10.0.0.7", Some(json!({"group": "base", "ttl_s": 2})), Some(TOKEN))
+        .await;
+    assert_eq!(status, 200, "bind through B: {body}");
+    let (status, body) =
+        b.admin(reqwest::Method::PUT, "/v1/sources/10.9.0.0/16", Some(json!({"group": "ghost"})), Some(TOKEN)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unknown_group")), "{body}");
+    let rules = json!([{"header": "x-user", "values": ["a"], "group": "base"}]);
+    let (status, body) = a.admin(reqwest::Method::PUT, "/v1/rules", Some(rules.clone()), Some(TOKEN)).await;
+    assert_eq!(status, 200, "rules through A: {body}");
+    converged(&[&a, &b], "the binding and the rules on both", |v| {
+        v["sources"][0]["cidr"] == "10.0.0.7/32" && v["rules"] == rules
+    })
+    .await;
+    let mut kv = etcd.client().await;
+    let keys = kv.get("/ryw/gen/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
+    let names: Vec<String> = keys.kvs().iter().map(|k| k.key_str().unwrap().to_owned()).collect();
+    assert!(names.iter().any(|k| k.ends_with("/sources")) && names.iter().any(|k| k.ends_with("/rules")), "{names:?}");
+    converged(&[&a, &b], "the expired binding deleted on both", |v| v.get("sources").is_none() && v["rules"] == rules)
+        .await;
+
     // The same against a replica whose etcd member lags (paused): its
     // mirror cannot have the write, and the unregister waits for it instead
     // of answering 404.

@@ -40,7 +40,7 @@ fn requests(t: &Table, services: usize, groups: usize) -> [(String, String); 3] 
         for j in 0..groups {
             let host = synth::service(i);
             let g = synth::group(j);
-            let view = RequestView { authority: host.as_bytes(), group: Some(&g), strict: None };
+            let view = RequestView { authority: host.as_bytes(), group: Some(&g), strict: None, namespace: None };
             match decide(t, &view) {
                 Decision::Route(r) if !r.fallback && hit.is_none() && r.serving != "base" => {
                     hit = Some((host.clone(), g.clone()))
@@ -67,8 +67,12 @@ fn bench_decide(c: &mut Criterion) {
             let id = BenchmarkId::new(*path, format!("{services}svc_{groups}grp"));
             group.bench_with_input(id, &(host, g), |b, (host, g)| {
                 b.iter(|| {
-                    let view =
-                        RequestView { authority: black_box(host.as_bytes()), group: Some(black_box(g)), strict: None };
+                    let view = RequestView {
+                        authority: black_box(host.as_bytes()),
+                        group: Some(black_box(g)),
+                        strict: None,
+                        namespace: None,
+                    };
                     black_box(decide(&t, &view));
                 })
             });

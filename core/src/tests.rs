@@ -100,7 +100,12 @@ fn decisions() {
         ("ratings", Some("team-s"), None, "failfast ratings team-s strict_group"),
     ];
     for (authority, group, strict, want) in cases {
-        let req = RequestView { authority: authority.as_bytes(), group: *group, strict: strict.map(str::as_bytes) };
+        let req = RequestView {
+            authority: authority.as_bytes(),
+            group: *group,
+            strict: strict.map(str::as_bytes),
+            namespace: None,
+        };
         assert_eq!(outcome(decide(&t, &req)), *want, "{authority:?} {group:?} {strict:?}");
     }
 }
@@ -109,10 +114,10 @@ fn decisions() {
 fn decide_by_service_name() {
     let t = table();
     assert_eq!(
-        outcome(decide_service(&t, "ratings", Some("feature-1"), None)),
+        outcome(decide_service(&t, "ratings", Some("feature-1"), None, None)),
         "ratings=team-a via ratings-a (fallback)"
     );
-    assert_eq!(outcome(decide_service(&t, "nope", Some("feature-1"), None)), "pass");
+    assert_eq!(outcome(decide_service(&t, "nope", Some("feature-1"), None, None)), "pass");
 }
 
 #[test]
@@ -128,7 +133,7 @@ fn compiled_table_facts() {
 fn table_base_group_override() {
     let json = r#"{"base_group":"stable","services":{"a":{"hosts":["a"],"clusters":{"stable":"a0"}}}}"#;
     let t = Table::from_json(json.as_bytes(), "base", &Limits::default()).unwrap();
-    let req = RequestView { authority: b"a", group: Some("x"), strict: None };
+    let req = RequestView { authority: b"a", group: Some("x"), strict: None, namespace: None };
     assert_eq!(outcome(decide(&t, &req)), "a=stable via a0 (fallback)");
 }
 
@@ -166,8 +171,8 @@ fn table_validation_errors() {
         (groups(r#"{"Bad":{}}"#), r#"groups.Bad: "Bad" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
         (groups(r#"{"x":{"mode":"loose"}}"#), "groups.x.mode: unknown variant `loose`, expected `permissive` or `strict` at line 1 column 30"),
         (r#"{"base_group":"Base"}"#.into(), r#"base_group: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
-        (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `epoch`, `base_group`, `groups`, `services` at line 1 column 11"),
-        (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 62"),
+        (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `epoch`, `base_group`, `groups`, `services`, `sources`, `rules` at line 1 column 11"),
+        (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected one of `hosts`, `clusters`, `ports` at line 1 column 62"),
         ("not json".into(), "(document): expected ident at line 1 column 2"),
         (r#"{"version":-1}"#.into(), "version: invalid value: integer `-1`, expected u64 at line 1 column 13"),
         // one document: a doubled or padded body is not half-read
@@ -246,7 +251,7 @@ fn tables_over_the_default_limits_are_rejected() {
         let mut raw = RawTable::default();
         raw.services.insert(
             "a".into(),
-            RawService { hosts: vec!["a".into()], clusters: [("base".into(), "a0".into())].into() },
+            RawService { hosts: vec!["a".into()], clusters: [("base".into(), "a0".into())].into(), ports: vec![] },
         );
         for i in 1..n {
             raw.groups.insert(format!("g{i}"), RawGroup::default());
@@ -321,7 +326,7 @@ fn config_validation_errors() {
         (r#"{"workload_group":"-x"}"#, r#"workload_group: "-x" is not a valid group name (DNS-1123 label)"#),
         (r#"{"failfast_status":200}"#, r#"failfast_status: "200" is not valid (an HTTP error status, 400 to 599)"#),
         (r#"{"failfast_status":"503"}"#, r#"failfast_status: invalid type: string "503", expected u16 at line 1 column 24"#),
-        (r#"{"colour":1}"#, "colour: unknown field `colour`, expected one of `group_header`, `baggage_key`, `cookie`, `strict_header`, `cluster_header`, `target_header`, `base_group`, `workload_group`, `inject_baggage`, `annotate_response`, `failfast_status`, `limits`, `edge`, `propagation_assist`, `table` at line 1 column 9"),
+        (r#"{"colour":1}"#, "colour: unknown field `colour`, expected one of `group_header`, `baggage_key`, `cookie`, `strict_header`, `cluster_header`, `target_header`, `base_group`, `workload_group`, `namespace`, `inject_baggage`, `annotate_response`, `failfast_status`, `limits`, `edge`, `propagation_assist`, `table` at line 1 column 9"),
         (r#"{"limits":{"max_sevices":1}}"#, "limits.max_sevices: unknown field `max_sevices`, expected one of `max_services`, `max_groups`, `max_cluster_entries`, `max_table_bytes`, `max_fallback_depth`, `max_baggage_bytes`, `max_baggage_members` at line 1 column 24"),
         (r#"{"table":{"file":"x"}}"#, "table: unknown variant `file`, expected `inline` or `companion` at line 1 column 16"),
         (r#"{"table":{"inline":{"services":{"r":{"hosts":["r"],"clusters":{}}}}}}"#, r#"table.inline.services.r.clusters: no cluster for base group "base""#),
@@ -484,7 +489,7 @@ fn check_of_a_hostile_table_walks_without_recursion() {
     let mut raw = RawTable::default();
     for i in 0..n {
         let next = if i + 1 < n { vec![format!("g{}", i + 1), "g0".to_owned()] } else { vec!["g0".to_owned()] };
-        raw.groups.insert(format!("g{i}"), RawGroup { fallback: next, mode: Mode::Permissive });
+        raw.groups.insert(format!("g{i}"), RawGroup { fallback: next, mode: Mode::Permissive, ..RawGroup::default() });
     }
     let errors = Table::check(&raw, "base", &Limits::default()).unwrap_err();
     assert_eq!(errors[0].to_string(), format!("groups: {} exceeds the limit of 1000", n + 1));

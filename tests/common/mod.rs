@@ -408,11 +408,24 @@ impl Companion {
 
     /// (Re)starts on an existing directory, as after a crash.
     pub async fn start_in(port: u16, dir: PathBuf) -> Companion {
+        Companion::start_in_with(port, dir, &[]).await
+    }
+
+    /// Like `start`, with more `serve` arguments.
+    pub async fn start_with(port: u16, table_json: &str, args: &[&str]) -> Companion {
+        let dir = std::env::temp_dir().join(format!("isogroup-e2e-companion-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::write(dir.join("table.json"), table_json).unwrap_or_else(|e| panic!("{e}"));
+        Companion::start_in_with(port, dir, args).await
+    }
+
+    pub async fn start_in_with(port: u16, dir: PathBuf, args: &[&str]) -> Companion {
         let proc = Proc::spawn(
             "companion",
             Command::new(companion_bin())
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--table"])
                 .arg(dir.join("table.json"))
+                .args(args)
                 .env("ISOGROUP_TOKEN", ADMIN_TOKEN)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())

@@ -5,6 +5,7 @@
 
 pub mod change;
 pub mod etcd;
+pub mod expiry;
 pub mod file;
 pub mod kube;
 pub mod served;

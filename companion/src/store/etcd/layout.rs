@@ -7,7 +7,12 @@
 //! gen/<g>/base_group            the base group's name (only when the table names one)
 //! gen/<g>/groups/<group>        {"fallback": [...], "mode": "strict"}
 //! gen/<g>/services/<service>    {"hosts": [...], "clusters": {...}}
+//! gen/<g>/sources               [{"cidr": "192.0.2.7/32", "group": "…", "expires_at": …}, …]
+//! gen/<g>/rules                 [{"header": "x-user", "values": [...], "group": "…"}, …]
 //! ```
+//! `sources` and `rules` are absent while empty. Each is one key: a binding
+//! or the rule list changes one small value, and the rules are always
+//! written whole.
 //! Only the generation `meta/rev` names is served. A write that fits one
 //! transaction edits that generation in place; a bigger one writes a new
 //! generation, then switches `meta/rev` to it (deleting the old one) in one
@@ -15,8 +20,9 @@
 
 use std::collections::BTreeMap;
 
+use isogroup_core::edge::RawRule;
 use isogroup_core::epoch::Epoch;
-use isogroup_core::{RawGroup, RawService, RawTable};
+use isogroup_core::{RawGroup, RawService, RawSource, RawTable};
 use serde::{Deserialize, Serialize};
 
 pub const EPOCH: &str = "meta/epoch";
@@ -46,6 +52,8 @@ pub struct Entry {
 }
 
 /// What the keys under the prefix say.
+// One value per store, rarely moved: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
     /// Never written (or wiped): served as `{"version": 0}`, no epoch.
@@ -85,6 +93,8 @@ pub fn read(entries: &BTreeMap<String, Entry>, prefix: &str) -> Result<Stored, V
             || key.strip_prefix("gen/").and_then(|rest| rest.split_once('/')).is_some_and(|(g, rest)| {
                 valid_generation(g)
                     && (rest == "base_group"
+                        || rest == "sources"
+                        || rest == "rules"
                         || rest.strip_prefix("groups/").is_some_and(|n| !n.is_empty() && !n.contains('/'))
                         || rest.strip_prefix("services/").is_some_and(|n| !n.is_empty() && !n.contains('/')))
             });
@@ -131,6 +141,16 @@ pub fn read(entries: &BTreeMap<String, Entry>, prefix: &str) -> Result<Stored, V
                     Ok(name) => raw.base_group = Some(name.to_owned()),
                     Err(_) => bad(key, "not UTF-8".into()),
                 }
+            } else if rest == "sources" {
+                match serde_json::from_slice::<Vec<RawSource>>(&entry.value) {
+                    Ok(list) => raw.sources = list,
+                    Err(e) => bad(key, format!("not a list of source bindings: {e}")),
+                }
+            } else if rest == "rules" {
+                match serde_json::from_slice::<Vec<RawRule>>(&entry.value) {
+                    Ok(list) => raw.rules = list,
+                    Err(e) => bad(key, format!("not a list of rules: {e}")),
+                }
             } else if let Some(name) = rest.strip_prefix("groups/") {
                 match serde_json::from_slice::<RawGroup>(&entry.value) {
                     Ok(g) => {
@@ -170,6 +190,12 @@ pub fn entries_of(raw: &RawTable, generation: &str) -> BTreeMap<String, Vec<u8>>
     for (name, service) in &raw.services {
         out.insert(format!("{own}services/{name}"), serde_json::to_vec(service).unwrap_or_default());
     }
+    if !raw.sources.is_empty() {
+        out.insert(format!("{own}sources"), serde_json::to_vec(&raw.sources).unwrap_or_default());
+    }
+    if !raw.rules.is_empty() {
+        out.insert(format!("{own}rules"), serde_json::to_vec(&raw.rules).unwrap_or_default());
+    }
     out
 }
 
@@ -200,8 +226,10 @@ mod tests {
     #[test]
     fn a_table_round_trips_through_its_keys() {
         let raw: RawTable = serde_json::from_str(
-            r#"{"base_group": "main", "groups": {"x": {"fallback": ["main"]}},
-                "services": {"r.ns": {"hosts": ["r"], "clusters": {"main": "r0", "x": "rx"}}}}"#,
+            r#"{"base_group": "main", "groups": {"x": {"fallback": ["main"], "description": "<b>x</b>", "owner": "o"}},
+                "services": {"r.ns": {"hosts": ["r"], "clusters": {"main": "r0", "x": "rx"}}},
+                "sources": [{"cidr": "10.0.0.7/32", "group": "x", "expires_at": 99}, {"cidr": "10.1.0.0/16", "group": "x"}],
+                "rules": [{"header": "x-user", "values": ["a"], "group": "x"}, {"cookie": "lane", "group_from_value": true}]}"#,
         )
         .unwrap();
         let mut map: BTreeMap<String, Entry> =
@@ -232,6 +260,9 @@ mod tests {
             (vec![("gen/g1/groups/x", r#"{"mode":"loose"}"#, 3)], "/p/gen/g1/groups/x: not a group: unknown variant `loose`, expected `permissive` or `strict` at line 1 column 15"),
             (vec![("junk", "1", 3)], "/p/junk: not a key of the isogroup layout"),
             (vec![("gen/g1/other/x", "1", 3)], "/p/gen/g1/other/x: not a key of the isogroup layout"),
+            (vec![("gen/g1/sources/x", "[]", 3)], "/p/gen/g1/sources/x: not a key of the isogroup layout"),
+            (vec![("gen/g1/sources", r#"[{"cidr": "10.0.0.1/32"}]"#, 3)], "/p/gen/g1/sources: not a list of source bindings: missing field `group` at line 1 column 24"),
+            (vec![("gen/g1/rules", r#"{"header": "x"}"#, 3)], "/p/gen/g1/rules: not a list of rules: invalid type: map, expected a sequence at line 1 column 0"),
             (vec![("gen/g-1/services/r", SVC, 3)], "/p/gen/g-1/services/r: not a key of the isogroup layout"),
             (vec![(EPOCH, "yesterday", 2)], "/p/meta/epoch: not an epoch (\"<unix-ms>-<random>\")"),
             (vec![(REV, "7", 4)], "/p/meta/rev: expected {\"generation\": \"…\"}: invalid type: integer `7`, expected struct Rev at line 1 column 1"),

@@ -145,7 +145,9 @@ impl EtcdStore {
                 if current.epoch.as_deref() == Some(&state.epoch) && current.version == state.version {
                     let same = state.raw.services == current.raw.services
                         && state.raw.groups == current.raw.groups
-                        && state.raw.base_group == current.raw.base_group;
+                        && state.raw.base_group == current.raw.base_group
+                        && state.raw.sources == current.raw.sources
+                        && state.raw.rules == current.raw.rules;
                     if !same {
                         // Edited by hand without a new meta/rev: serving it
                         // under the same version would split the replicas.
