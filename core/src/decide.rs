@@ -3,7 +3,7 @@
 
 use crate::authority::{self, MAX_HOST_LEN};
 use crate::group::strict_lists;
-use crate::table::{ServiceId, Table};
+use crate::table::{PortOf, ServiceId, Table};
 
 /// The plain request values the decision needs, already read from headers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,16 +66,22 @@ impl FailReason {
 /// Decides for a request addressed by `:authority` (its port picks a
 /// `{port}` cluster).
 pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
-    let Some(service) = authority::with_host(req.authority, |h| service_by_host(table, h, req.namespace)) else {
+    // Two calls rather than one closure that matches: the common path (no
+    // namespace) stays as inlined as it was.
+    let found = match req.namespace {
+        None => authority::with_host(req.authority, |h| table.service_by_host(h)),
+        Some(ns) => authority::with_host(req.authority, |h| service_in_namespace(table, h, ns)),
+    };
+    let Some(service) = found else {
         return Decision::PassThrough;
     };
-    resolve(table, service, req.group, req.strict, authority::port(req.authority))
+    resolve(table, service, req.group, req.strict, PortOf::Authority(req.authority))
 }
 
 /// The service of a normalised host: a host without a dot (`reviews`) is
 /// first tried as `reviews.<namespace>`, in a stack buffer.
-fn service_by_host(table: &Table, host: &[u8], namespace: Option<&str>) -> Option<ServiceId> {
-    if let Some(ns) = namespace.filter(|_| !host.contains(&b'.') && !host.contains(&b':')) {
+fn service_in_namespace(table: &Table, host: &[u8], ns: &str) -> Option<ServiceId> {
+    if !host.contains(&b'.') && !host.contains(&b':') {
         let len = host.len() + 1 + ns.len();
         if len <= MAX_HOST_LEN {
             let mut buf = [0u8; MAX_HOST_LEN];
@@ -101,7 +107,7 @@ pub fn decide_service<'a>(
     port: Option<u16>,
 ) -> Decision<'a> {
     match table.service_by_name(service) {
-        Some(id) => resolve(table, id, group, strict, port),
+        Some(id) => resolve(table, id, group, strict, PortOf::Given(port)),
         None => Decision::PassThrough,
     }
 }
@@ -111,7 +117,7 @@ fn resolve<'a>(
     service: ServiceId,
     group: Option<&'a str>,
     strict: Option<&'a [u8]>,
-    port: Option<u16>,
+    port: PortOf<'_>,
 ) -> Decision<'a> {
     let service_name = table.service_name(service);
     let base = table.base();
