@@ -1,82 +1,61 @@
 //! Kubernetes source, the watching half: mirror pods labelled
-//! `isogroup.io/group`, services, endpoint slices and Istio DestinationRules
-//! with kube-rs watchers (which re-list after `410 Gone` and restart dropped
-//! watches), and publish `kube_snapshot::to_table` whenever the result
-//! changes. The rules themselves live in `kube_snapshot` (pure, tested).
+//! `isogroup.io/group`, services, endpoint slices, Istio DestinationRules
+//! (`v1`, else `v1beta1`) and `IsolationGroup` objects (each watch its own
+//! task, see `kube_watch`), and hand `kube_snapshot::to_table` to the store
+//! whenever the result changes. Bursts of events are drained before one
+//! rebuild. The rules themselves live in `kube_snapshot` and `kube_groups`
+//! (pure, tested).
+//!
+//! Every replica runs this loop (so a newly elected leader serves at once);
+//! only the leader writes `IsolationGroup` statuses.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::watcher::{self, Event};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
 
 use crate::istio::GROUP_LABEL;
+use crate::kube_groups::{self, GroupObject, Verdict};
 use crate::kube_snapshot::{fqdn, Endpoint, EndpointSlice, Pod, Service, Snapshot};
-use crate::metrics::Metrics;
+use crate::kube_watch::{self, Mirror, Report, Timing};
+use crate::metrics::{KindLabels, Metrics};
 use crate::store::kube::KubeStore;
-use crate::store::now_ms;
+use crate::store::{now_ms, Readiness, Store};
 
-/// Re-evaluate this often even without events: subsets settle with time.
-const RECHECK: Duration = Duration::from_millis(500);
+/// DestinationRule versions, newest first.
+const RULE_VERSIONS: &[&str] = &["v1", "v1beta1"];
+const GROUP_VERSIONS: &[&str] = &[kube_groups::VERSION];
 
-/// One watched kind, mirrored as (namespace, name) → our plain form.
-struct Mirror<T> {
-    items: BTreeMap<(String, String), T>,
-    /// A re-list in progress (after `Init`): swapped in whole at `InitDone`.
-    relist: Option<BTreeMap<(String, String), T>>,
-    /// The first list is complete: until then the table would be partial.
-    synced: bool,
+/// Timings of the loop (tests shorten them).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How long a new subset must exist before its group enters the table.
+    pub settle: Duration,
+    /// Re-evaluate this often even without events: subsets settle with time.
+    pub recheck: Duration,
+    pub watch: Timing,
 }
 
-impl<T> Mirror<T> {
-    fn new() -> Self {
-        Mirror { items: BTreeMap::new(), relist: None, synced: false }
-    }
-
-    fn apply<K: ResourceExt>(&mut self, event: Event<K>, convert: impl Fn(&K) -> Option<T>) {
-        let key = |k: &K| (k.namespace().unwrap_or_default(), k.name_any());
-        match event {
-            Event::Init => self.relist = Some(BTreeMap::new()),
-            Event::InitApply(k) => {
-                if let (Some(buf), Some(v)) = (self.relist.as_mut(), convert(&k)) {
-                    buf.insert(key(&k), v);
-                }
-            }
-            Event::InitDone => {
-                if let Some(buf) = self.relist.take() {
-                    self.items = buf;
-                }
-                self.synced = true;
-            }
-            Event::Apply(k) => match convert(&k) {
-                Some(v) => {
-                    self.items.insert(key(&k), v);
-                }
-                None => {
-                    self.items.remove(&key(&k));
-                }
-            },
-            Event::Delete(k) => {
-                self.items.remove(&key(&k));
-            }
-        }
+impl Options {
+    pub fn new(settle: Duration) -> Options {
+        Options { settle, recheck: Duration::from_millis(500), watch: Timing::default() }
     }
 }
 
-/// Boxed: a pod event is kilobytes, a tick is nothing.
+/// Boxed: a pod is kilobytes, a tick is nothing.
 enum Update {
-    Pod(Box<Event<K8sPod>>),
-    Service(Box<Event<K8sService>>),
-    Slice(Box<Event<K8sSlice>>),
-    Rule(Box<Event<DynamicObject>>),
+    Pod(Report<Pod>),
+    Service(Report<Service>),
+    Slice(Report<EndpointSlice>),
+    Rule(Report<(String, Vec<String>)>),
+    Group(Report<GroupObject>),
     Tick,
-    /// A watch error: kube-rs retries it; we only count it.
-    Error(String),
 }
 
 fn pod(p: &K8sPod) -> Option<Pod> {
@@ -116,9 +95,13 @@ fn rule(r: &DynamicObject) -> Option<(String, Vec<String>)> {
     Some((host, subsets))
 }
 
-fn destination_rules(client: &Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
-    Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk))
+fn group(o: &DynamicObject) -> Option<GroupObject> {
+    Some(GroupObject {
+        name: o.name_any(),
+        generation: o.metadata.generation.unwrap_or(0),
+        spec: o.data.get("spec").cloned().unwrap_or_default(),
+        status: o.data.get("status").cloned().unwrap_or_default(),
+    })
 }
 
 /// kube-rs talks TLS through rustls, which needs one process-wide crypto
@@ -127,62 +110,186 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Watches the cluster and publishes tables until the process ends.
-pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, settle: Duration) {
-    let pods = watcher::watcher(Api::<K8sPod>::all(client.clone()), watcher::Config::default().labels(GROUP_LABEL));
-    let services = watcher::watcher(Api::<K8sService>::all(client.clone()), watcher::Config::default());
-    let slices = watcher::watcher(Api::<K8sSlice>::all(client.clone()), watcher::Config::default());
-    let rules = watcher::watcher(destination_rules(&client), watcher::Config::default());
-    let ticks = stream::unfold((), |()| async {
-        tokio::time::sleep(RECHECK).await;
-        Some((Update::Tick, ()))
-    });
-    let streams: Vec<BoxStream<'static, Update>> = vec![
-        pods.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Pod(Box::new(e)))).boxed(),
-        services.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Service(Box::new(e)))).boxed(),
-        slices.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Slice(Box::new(e)))).boxed(),
-        rules.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Rule(Box::new(e)))).boxed(),
-        ticks.boxed(),
-    ];
-    let mut updates = stream::select_all(streams);
-    let (mut p, mut s, mut sl, mut r) = (Mirror::new(), Mirror::new(), Mirror::new(), Mirror::new());
-    // (namespace, host, subset) → when first seen, for the settle delay.
-    let mut first_seen: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    while let Some(update) = updates.next().await {
-        match update {
-            Update::Pod(e) => p.apply(*e, pod),
-            Update::Service(e) => s.apply(*e, service),
-            Update::Slice(e) => sl.apply(*e, slice),
-            Update::Rule(e) => r.apply(*e, rule),
-            Update::Tick => {}
-            Update::Error(e) => {
-                metrics.watch_errors.inc();
-                tracing::warn!(error = %e, "kubernetes watch (kube-rs retries)");
-                continue;
+/// The mirrors of every watched kind, and what settles with time.
+#[derive(Default)]
+struct Cluster {
+    pods: Mirror<Pod>,
+    services: Mirror<Service>,
+    slices: Mirror<EndpointSlice>,
+    rules: Mirror<(String, Vec<String>)>,
+    groups: Mirror<GroupObject>,
+    /// (namespace, host, subset) → when first seen (ms); 0 for subsets in
+    /// the first list, which count as settled (the proxies have them).
+    first_seen: BTreeMap<(String, String, String), u64>,
+    /// Statuses written (or being written), so one verdict is written once;
+    /// a failed write forgets its entry, so the next rebuild tries again.
+    written: Written,
+}
+
+impl Cluster {
+    fn apply(&mut self, update: Update, metrics: &Metrics) {
+        let (kind, error) = match update {
+            Update::Pod(r) => ("pods", error_of(r, |r| self.pods.apply(r))),
+            Update::Service(r) => ("services", error_of(r, |r| self.services.apply(r))),
+            Update::Slice(r) => ("endpointslices", error_of(r, |r| self.slices.apply(r))),
+            Update::Rule(r) => {
+                let first = !self.rules.synced;
+                let error = error_of(r, |r| self.rules.apply(r));
+                if first && self.rules.synced {
+                    // Subsets in the first list count as settled: after a
+                    // failover or a rollout, no lane waits again.
+                    for ((ns, _), (host, names)) in &self.rules.items {
+                        for name in names {
+                            self.first_seen.insert((ns.clone(), host.clone(), name.clone()), 0);
+                        }
+                    }
+                }
+                ("destinationrules", error)
+            }
+            Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r))),
+            Update::Tick => return,
+        };
+        if let Some(e) = error {
+            metrics.watch_errors.inc();
+            metrics.kube_watch_errors.get_or_create(&KindLabels { kind }).inc();
+            tracing::warn!(kind, error = %e, "kubernetes watch (retrying after a backoff)");
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.pods.synced && self.services.synced && self.slices.synced && self.rules.synced && self.groups.synced
+    }
+
+    /// Readiness with the detail `/readyz` shows: what is not listed yet,
+    /// watch errors, missing kinds.
+    fn readiness(&self) -> Readiness {
+        let kinds: [(&str, bool, &Option<String>, &Option<String>); 5] = [
+            ("pods", self.pods.synced, &self.pods.error, &None),
+            ("services", self.services.synced, &self.services.error, &None),
+            ("endpointslices", self.slices.synced, &self.slices.error, &None),
+            ("destinationrules", self.rules.synced, &self.rules.error, &self.rules.missing),
+            ("isolationgroups", self.groups.synced, &self.groups.error, &self.groups.missing),
+        ];
+        let mut notes = vec![];
+        for (kind, synced, error, missing) in kinds {
+            if !synced {
+                notes.push(format!("{kind}: first list not finished"));
+            }
+            if let Some(e) = error {
+                notes.push(format!("{kind}: watch error (retrying): {e}"));
+            }
+            if let Some(m) = missing {
+                notes.push(format!("warning: {m}; counted as empty"));
             }
         }
-        if !(p.synced && s.synced && sl.synced && r.synced) {
-            continue;
+        match (self.synced(), notes.is_empty()) {
+            (false, _) => Readiness::Loading(notes.join("; ")),
+            (true, true) => Readiness::Ready,
+            (true, false) => Readiness::Unreachable(notes.join("; ")),
         }
-        let now = now_ms();
+    }
+
+    fn snapshot(&mut self, now: u64) -> Snapshot {
         let mut subsets: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
-        for ((ns, _), (host, names)) in &r.items {
+        for ((ns, _), (host, names)) in &self.rules.items {
             for name in names {
-                let since = *first_seen.entry((ns.clone(), host.clone(), name.clone())).or_insert(now);
+                let since = *self.first_seen.entry((ns.clone(), host.clone(), name.clone())).or_insert(now);
                 subsets.entry((ns.clone(), host.clone())).or_default().insert(name.clone(), since);
             }
         }
-        first_seen.retain(|(ns, host, name), _| {
+        self.first_seen.retain(|(ns, host, name), _| {
             subsets.get(&(ns.clone(), host.clone())).is_some_and(|m| m.contains_key(name))
         });
-        let snap = Snapshot {
-            services: s.items.values().cloned().collect(),
-            pods: p.items.values().cloned().collect(),
-            slices: sl.items.values().cloned().collect(),
+        Snapshot {
+            services: self.services.items.values().cloned().collect(),
+            pods: self.pods.items.values().cloned().collect(),
+            slices: self.slices.items.values().cloned().collect(),
             subsets,
-        };
-        let base = &crate::store::Store::served(&*store).base;
-        let table = crate::kube_snapshot::to_table(&snap, base, now, settle.as_millis() as u64);
+        }
+    }
+}
+
+/// Applies `r` with `apply`; the error it reports, if any.
+fn error_of<T>(r: Report<T>, apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube_watch::Key>>) -> Option<String> {
+    let error = match &r {
+        Report::Error(e) => Some(e.clone()),
+        _ => None,
+    };
+    apply(r);
+    error
+}
+
+type Written = Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>;
+
+/// Watches the cluster and publishes tables until the process ends.
+pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, opts: Options) {
+    let (tx, mut rx) = mpsc::channel::<Update>(1024);
+    let t = opts.watch;
+    let label = watcher::Config::default().labels(GROUP_LABEL);
+    kube_watch::spawn(Api::<K8sPod>::all(client.clone()), label, pod, Update::Pod, tx.clone(), t);
+    let all = watcher::Config::default;
+    kube_watch::spawn(Api::<K8sService>::all(client.clone()), all(), service, Update::Service, tx.clone(), t);
+    kube_watch::spawn(Api::<K8sSlice>::all(client.clone()), all(), slice, Update::Slice, tx.clone(), t);
+    let (rc, gc) = (client.clone(), client.clone());
+    kube_watch::spawn_optional(
+        rc,
+        "networking.istio.io",
+        "DestinationRule",
+        RULE_VERSIONS,
+        rule,
+        Update::Rule,
+        tx.clone(),
+        t,
+    );
+    kube_watch::spawn_optional(
+        gc,
+        kube_groups::API_GROUP,
+        kube_groups::KIND,
+        GROUP_VERSIONS,
+        group,
+        Update::Group,
+        tx.clone(),
+        t,
+    );
+    let ticks = tx;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(opts.recheck).await;
+            if ticks.send(Update::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
+    let statuses = kube_watch::dynamic_api(&client, kube_groups::API_GROUP, kube_groups::VERSION, kube_groups::KIND);
+    let mut cluster = Cluster::default();
+    while let Some(update) = rx.recv().await {
+        cluster.apply(update, &metrics);
+        // Coalesce a burst: everything already queued, then one rebuild.
+        while let Ok(more) = rx.try_recv() {
+            cluster.apply(more, &metrics);
+        }
+        let served = store.served();
+        let readiness = cluster.readiness();
+        if served.readiness() != readiness {
+            match &readiness {
+                Readiness::Loading(d) | Readiness::Unreachable(d) => {
+                    tracing::info!(detail = %d, "kubernetes: readiness")
+                }
+                Readiness::Ready => tracing::info!("kubernetes: every watch has listed; ready"),
+            }
+            served.set_readiness(readiness);
+        }
+        if !cluster.synced() {
+            continue;
+        }
+        let now = now_ms();
+        let snap = cluster.snapshot(now);
+        let base = &served.base;
+        let mut table = crate::kube_snapshot::to_table(&snap, base, now, opts.settle.as_millis() as u64);
+        let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
+        let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
+        metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
+        table.groups = groups;
         match store.publish(table) {
             Ok(None) => {}
             Ok(Some(snap)) => {
@@ -193,233 +300,55 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, s
                 );
             }
             Err(errors) => {
-                metrics.file_rejects.inc();
+                metrics.store_rejects.inc();
                 tracing::error!(error = %errors, "kubernetes: table refused");
             }
+        }
+        if store.is_leader() {
+            write_statuses(&statuses, &objects, &verdicts, &cluster.written);
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    //! The watch loop against a fake API server (axum) that serves list and
-    //! watch for the four kinds, can end a watch, and can answer the next
-    //! watch with `410 Gone` so the watcher must re-list.
-
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use axum::extract::{Query, State};
-    use axum::response::{IntoResponse, Response};
-    use axum::routing::get;
-    use futures::StreamExt;
-    use isogroup_core::{Limits, RawTable};
-    use serde_json::{json, Value};
-    use tokio::sync::broadcast;
-
-    use crate::metrics::Metrics;
-    use crate::store::kube::KubeStore;
-    use crate::store::{Served, Store};
-
-    #[derive(Clone)]
-    enum Msg {
-        Event(&'static str, &'static str, Value),
-        /// End the watch of a kind; its next watch gets 410 Gone.
-        Gone(&'static str),
-    }
-
-    #[derive(Clone)]
-    struct Fake {
-        objects: Arc<Mutex<BTreeMap<&'static str, BTreeMap<String, Value>>>>,
-        gone: Arc<Mutex<Vec<&'static str>>>,
-        tx: broadcast::Sender<Msg>,
-        version: Arc<Mutex<u64>>,
-    }
-
-    fn key(o: &Value) -> String {
-        format!(
-            "{}/{}",
-            o["metadata"]["namespace"].as_str().unwrap_or(""),
-            o["metadata"]["name"].as_str().unwrap_or("")
-        )
-    }
-
-    impl Fake {
-        fn bump(&self, mut o: Value) -> Value {
-            let mut v = self.version.lock().unwrap();
-            *v += 1;
-            o["metadata"]["resourceVersion"] = json!(v.to_string());
-            o
-        }
-        /// Changes state and tells the watchers.
-        fn put(&self, kind: &'static str, o: Value) {
-            let o = self.bump(o);
-            let existed = self.objects.lock().unwrap().entry(kind).or_default().insert(key(&o), o.clone()).is_some();
-            let _ = self.tx.send(Msg::Event(kind, if existed { "MODIFIED" } else { "ADDED" }, o));
-        }
-        /// Changes state silently (only a re-list sees it).
-        fn put_quietly(&self, kind: &'static str, o: Value) {
-            let o = self.bump(o);
-            self.objects.lock().unwrap().entry(kind).or_default().insert(key(&o), o);
-        }
-        fn expire_watch(&self, kind: &'static str) {
-            self.gone.lock().unwrap().push(kind);
-            let _ = self.tx.send(Msg::Gone(kind));
-        }
-    }
-
-    async fn serve(kind: &'static str, list_kind: &'static str, fake: Fake, watch: bool) -> Response {
-        if !watch {
-            let items: Vec<Value> =
-                fake.objects.lock().unwrap().get(kind).map(|m| m.values().cloned().collect()).unwrap_or_default();
-            let rv = fake.version.lock().unwrap().to_string();
-            return axum::Json(
-                json!({ "kind": list_kind, "apiVersion": "v1", "metadata": { "resourceVersion": rv }, "items": items }),
-            )
-            .into_response();
-        }
-        let expired = {
-            let mut gone = fake.gone.lock().unwrap();
-            let hit = gone.iter().position(|k| *k == kind);
-            hit.map(|i| gone.remove(i)).is_some()
+/// Writes each object's status when its verdict changed (in the background:
+/// a slow API server never holds the table back).
+fn write_statuses(
+    api: &Api<DynamicObject>,
+    objects: &[GroupObject],
+    verdicts: &BTreeMap<String, Verdict>,
+    memo: &Written,
+) {
+    let Ok(mut written) = memo.lock() else { return };
+    let now = k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
+    written.retain(|name, _| verdicts.contains_key(name));
+    for o in objects {
+        let Some(verdict) = verdicts.get(&o.name) else { continue };
+        let Some(status) = kube_groups::status_update(o, verdict, &now) else {
+            written.remove(&o.name);
+            continue;
         };
-        if expired {
-            let status = json!({ "type": "ERROR", "object": { "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version" } });
-            return format!("{status}\n").into_response();
+        // Ignoring the time: the same status is in flight already.
+        let key = serde_json::json!([
+            status["observedGeneration"],
+            status["conditions"][0]["status"],
+            status["conditions"][0]["message"]
+        ]);
+        if written.get(&o.name) == Some(&key) {
+            continue;
         }
-        let rx = fake.tx.subscribe();
-        let events = tokio_stream_from(rx)
-            .take_while(move |m| futures::future::ready(!matches!(m, Msg::Gone(k) if *k == kind)))
-            .filter_map(move |m| async move {
-                match m {
-                    Msg::Event(k, t, o) if k == kind => {
-                        Some(Ok::<_, std::convert::Infallible>(format!("{}\n", json!({ "type": t, "object": o }))))
-                    }
-                    _ => None,
-                }
-            });
-        axum::body::Body::from_stream(events).into_response()
-    }
-
-    fn tokio_stream_from(rx: broadcast::Receiver<Msg>) -> impl futures::Stream<Item = Msg> {
-        futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(m) => return Some((m, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+        written.insert(o.name.clone(), key);
+        if let Err(why) = verdict {
+            tracing::warn!(group = %o.name, error = %why, "kubernetes: IsolationGroup left out of the table");
+        }
+        let (api, name, memo) = (api.clone(), o.name.clone(), memo.clone());
+        tokio::spawn(async move {
+            let patch = serde_json::json!({ "status": status });
+            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");
+                if let Ok(mut w) = memo.lock() {
+                    w.remove(&name);
                 }
             }
-        })
-        .boxed()
-    }
-
-    #[derive(serde::Deserialize)]
-    struct WatchQuery {
-        watch: Option<bool>,
-    }
-
-    fn pod(name: &str, group: &str) -> Value {
-        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "bookinfo", "labels": { "isogroup.io/group": group } } })
-    }
-
-    fn slice(ready: &[(&str, bool)]) -> Value {
-        let endpoints: Vec<Value> = ready
-            .iter()
-            .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
-            .collect();
-        json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-                "metadata": { "name": "reviews-x1", "namespace": "bookinfo", "labels": { "kubernetes.io/service-name": "reviews" } },
-                "endpoints": endpoints })
-    }
-
-    fn rule(subsets: &[&str]) -> Value {
-        let subsets: Vec<Value> =
-            subsets.iter().map(|s| json!({ "name": s, "labels": { "isogroup.io/group": s } })).collect();
-        json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-                "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "host": "reviews", "subsets": subsets } })
-    }
-
-    async fn wait_for(store: &KubeStore, what: &str, want: impl Fn(&RawTable) -> bool) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let cur = store.served().current();
-            if want(&cur.raw) {
-                return cur.version;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", cur.raw.services);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn groups(t: &RawTable) -> Vec<String> {
-        t.services.get("reviews.bookinfo").map(|s| s.clusters.keys().cloned().collect()).unwrap_or_default()
-    }
-
-    #[tokio::test]
-    async fn watch_loop_follows_the_cluster() {
-        let (tx, _) = broadcast::channel(256);
-        let fake =
-            Fake { objects: Default::default(), gone: Default::default(), tx, version: Arc::new(Mutex::new(100)) };
-        fake.put_quietly("services", json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "ports": [{ "port": 9080 }] } }));
-        fake.put_quietly("pods", pod("r0", "base"));
-        fake.put_quietly("pods", pod("f1", "feature-1"));
-        fake.put_quietly("endpointslices", slice(&[("r0", true), ("f1", true)]));
-        fake.put_quietly("destinationrules", rule(&["base", "feature-1"]));
-        let route = |kind: &'static str, list: &'static str| {
-            get(move |State(f): State<Fake>, Query(q): Query<WatchQuery>| async move {
-                serve(kind, list, f, q.watch.unwrap_or(false)).await
-            })
-        };
-        let app = axum::Router::new()
-            .route("/api/v1/pods", route("pods", "PodList"))
-            .route("/api/v1/services", route("services", "ServiceList"))
-            .route("/apis/discovery.k8s.io/v1/endpointslices", route("endpointslices", "EndpointSliceList"))
-            .route("/apis/networking.istio.io/v1/destinationrules", route("destinationrules", "DestinationRuleList"))
-            .with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-
-        super::install_crypto();
-        let config = kube::Config::new(url.parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
-        let store = Arc::new(KubeStore::new(served));
-        assert!(!store.served().readiness().is_ready(), "not ready before the first lists");
-        tokio::spawn(super::run(client, store.clone(), metrics, Duration::from_millis(300)));
-
-        let mut versions = vec![];
-        // ready pod whose subset has settled → the group appears
-        versions.push(wait_for(&store, "feature-1", |t| groups(t) == ["base", "feature-1"]).await);
-        assert!(store.served().readiness().is_ready());
-        let reviews = store.served().current().raw.services["reviews.bookinfo"].clone();
-        assert_eq!(reviews.clusters["feature-1"], "outbound|9080|feature-1|reviews.bookinfo.svc.cluster.local");
-        // not ready → it disappears
-        fake.put("endpointslices", slice(&[("r0", true), ("f1", false)]));
-        versions.push(wait_for(&store, "feature-1 gone", |t| groups(t) == ["base"]).await);
-        // 410 Gone: the watch ends, the next one expires; the state changed
-        // meanwhile without an event, so only a re-list can see it
-        fake.put_quietly("endpointslices", slice(&[("r0", true), ("f1", true)]));
-        fake.expire_watch("endpointslices");
-        versions.push(wait_for(&store, "re-list after 410", |t| groups(t) == ["base", "feature-1"]).await);
-        // a label change moves the pod; its group enters once its subset exists and settles
-        fake.put("pods", pod("f1", "team-a"));
-        versions.push(wait_for(&store, "feature-1 gone after relabel", |t| groups(t) == ["base"]).await);
-        let started = Instant::now();
-        fake.put("destinationrules", rule(&["base", "feature-1", "team-a"]));
-        versions.push(wait_for(&store, "team-a after settle", |t| groups(t) == ["base", "team-a"]).await);
-        assert!(
-            started.elapsed() >= Duration::from_millis(250),
-            "entered only after the settle delay: {:?}",
-            started.elapsed()
-        );
-        // a watch restart (the stream just ends) loses nothing
-        fake.expire_watch("pods");
-        fake.put("pods", pod("f1", "feature-1"));
-        versions.push(wait_for(&store, "pod back in feature-1", |t| groups(t) == ["base", "feature-1"]).await);
-        assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions only go up: {versions:?}");
+        });
     }
 }

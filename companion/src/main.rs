@@ -6,8 +6,15 @@ mod api;
 mod auth;
 mod explain;
 mod istio;
+#[cfg(test)]
+mod kube_fake;
+mod kube_groups;
+mod kube_leader;
 mod kube_snapshot;
 mod kube_source;
+#[cfg(test)]
+mod kube_tests;
+mod kube_watch;
 mod metrics;
 mod random;
 mod store;
@@ -52,10 +59,23 @@ enum Command {
         #[arg(long, default_value = "/isogroup/")]
         etcd_prefix: String,
         /// Build the table from the cluster instead (pods labelled
-        /// isogroup.io/group, ready endpoints, DestinationRule subsets).
-        /// In-cluster or kubeconfig credentials; the admin API is off.
+        /// isogroup.io/group, ready endpoints, DestinationRule subsets,
+        /// IsolationGroup objects). In-cluster or kubeconfig credentials.
+        /// Replicas elect a leader on a Lease; only it serves tables.
         #[arg(long)]
         kubernetes: bool,
+        /// Kubernetes: the namespace of the Lease (and of this pod); default
+        /// the client's (in a pod: its own).
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: Option<String>,
+        /// Kubernetes: this replica's pod (the Lease holder's identity; the
+        /// leader labels it isogroup.io/leader=true).
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
+        /// Kubernetes: the Lease's duration; a leader that cannot renew for
+        /// two thirds of it steps down.
+        #[arg(long, default_value_t = 15_000)]
+        lease_ms: u64,
         /// Kubernetes source: how long a new subset must exist before its
         /// group enters the table (so proxies have the subset first).
         #[arg(long, default_value_t = 5000)]
@@ -121,6 +141,9 @@ fn main() -> ExitCode {
             etcd,
             etcd_prefix,
             kubernetes: _,
+            namespace,
+            pod_name,
+            lease_ms,
             settle_ms,
             token_file,
             base_group,
@@ -130,7 +153,12 @@ fn main() -> ExitCode {
             let source = match (table, etcd.is_empty()) {
                 (Some(path), _) => Source::File(path),
                 (None, false) => Source::Etcd { endpoints: etcd, prefix: etcd_prefix },
-                (None, true) => Source::Kubernetes { settle: Duration::from_millis(settle_ms) },
+                (None, true) => Source::Kubernetes {
+                    settle: Duration::from_millis(settle_ms),
+                    namespace,
+                    pod_name,
+                    lease: Duration::from_millis(lease_ms.max(1_000)),
+                },
             };
             serve(listen, source, token_file, base_group, limits)
         }
@@ -199,7 +227,7 @@ fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> 
 enum Source {
     File(PathBuf),
     Etcd { endpoints: Vec<String>, prefix: String },
-    Kubernetes { settle: Duration },
+    Kubernetes { settle: Duration, namespace: Option<String>, pod_name: Option<String>, lease: Duration },
 }
 
 fn serve(listen: SocketAddr, source: Source, token_file: Option<PathBuf>, base: String, limits: Limits) -> ExitCode {
@@ -226,7 +254,7 @@ async fn run(
     base: String,
     limits: Limits,
 ) -> Result<(), String> {
-    let mut token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
+    let token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
@@ -243,15 +271,26 @@ async fn run(
             tokio::spawn(etcd.clone().follow());
             (etcd, source)
         }
-        Source::Kubernetes { settle } => {
+        Source::Kubernetes { settle, namespace, pod_name, lease } => {
             kube_source::install_crypto();
             let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            let identity = pod_name
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .ok_or("--pod-name (or env POD_NAME) is required with --kubernetes")?;
             let kube = Arc::new(KubeStore::new(served));
-            tokio::spawn(kube_source::run(client, kube.clone(), metrics.clone(), settle));
-            if token.take().is_some() {
-                tracing::info!("kubernetes source: the table follows the cluster; the admin API is off");
-            }
-            (kube, "kubernetes".to_owned())
+            let mut lease_cfg = kube_leader::LeaseConfig::new(namespace.clone(), identity.clone());
+            lease_cfg.duration = lease;
+            lease_cfg.renew_deadline = lease * 2 / 3;
+            lease_cfg.retry = lease / 7;
+            tokio::spawn(kube_source::run(
+                client.clone(),
+                kube.clone(),
+                metrics.clone(),
+                kube_source::Options::new(settle),
+            ));
+            tokio::spawn(kube_leader::run(client, kube.clone(), lease_cfg, metrics.clone()));
+            (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))
         }
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

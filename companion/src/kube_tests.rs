@@ -1,0 +1,370 @@
+//! The Kubernetes source end to end inside the process: the watch loop and
+//! the Lease election against the fake API server (`kube_fake`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isogroup_core::{Limits, RawTable};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use crate::kube_fake::{res, FakeApi, Res};
+use crate::kube_leader::{LeaseConfig, EPOCH_ANNOTATION, LEADER_LABEL};
+use crate::kube_source::Options;
+use crate::kube_watch::Timing;
+use crate::metrics::Metrics;
+use crate::store::kube::KubeStore;
+use crate::store::{Readiness, Served, Store};
+
+fn pods() -> Res {
+    res("", "v1", "pods")
+}
+fn services() -> Res {
+    res("", "v1", "services")
+}
+fn slices() -> Res {
+    res("discovery.k8s.io", "v1", "endpointslices")
+}
+fn rules(version: &str) -> Res {
+    res("networking.istio.io", version, "destinationrules")
+}
+fn groups() -> Res {
+    res("isogroup.io", "v1alpha1", "isolationgroups")
+}
+fn leases() -> Res {
+    res("coordination.k8s.io", "v1", "leases")
+}
+
+fn pod(name: &str, group: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "bookinfo", "labels": { "isogroup.io/group": group } } })
+}
+
+fn own_pod(name: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "isogroup-system", "labels": { "app": "isogroup-companion" } } })
+}
+
+fn service() -> Value {
+    json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "ports": [{ "port": 9080 }] } })
+}
+
+fn slice(ready: &[(&str, bool)]) -> Value {
+    let endpoints: Vec<Value> = ready
+        .iter()
+        .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
+        .collect();
+    json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": { "name": "reviews-x1", "namespace": "bookinfo", "labels": { "kubernetes.io/service-name": "reviews" } },
+            "endpoints": endpoints })
+}
+
+fn rule(version: &str, subsets: &[&str]) -> Value {
+    let subsets: Vec<Value> =
+        subsets.iter().map(|s| json!({ "name": s, "labels": { "isogroup.io/group": s } })).collect();
+    json!({ "apiVersion": format!("networking.istio.io/{version}"), "kind": "DestinationRule",
+            "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "host": "reviews", "subsets": subsets } })
+}
+
+fn group(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "metadata": { "name": name }, "spec": spec })
+}
+
+fn opts(settle_ms: u64) -> Options {
+    Options {
+        settle: Duration::from_millis(settle_ms),
+        recheck: Duration::from_millis(50),
+        watch: Timing {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
+            missing_recheck: Duration::from_millis(300),
+        },
+    }
+}
+
+fn store() -> (Arc<KubeStore>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
+    (Arc::new(KubeStore::new(served)), metrics)
+}
+
+/// Polls `probe` every 20 ms for up to 15 s (a loaded 2-core machine).
+async fn wait<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_table(store: &KubeStore, what: &str, want: impl Fn(&RawTable) -> bool) -> u64 {
+    wait(what, || {
+        let cur = store.served().current();
+        want(&cur.raw).then_some(cur.version)
+    })
+    .await
+}
+
+fn lanes(t: &RawTable) -> Vec<String> {
+    t.services.get("reviews.bookinfo").map(|s| s.clusters.keys().cloned().collect()).unwrap_or_default()
+}
+
+async fn bookinfo(fake_rules: &str) -> FakeApi {
+    let fake = FakeApi::start(&[pods(), services(), slices(), rules(fake_rules), groups(), leases()]).await;
+    fake.put_quietly(&services(), service());
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put_quietly(&rules(fake_rules), rule(fake_rules, &["base", "feature-1"]));
+    fake
+}
+
+#[tokio::test]
+async fn watch_loop_follows_the_cluster() {
+    let fake = bookinfo("v1").await;
+    let (store, metrics) = store();
+    assert!(!store.served().readiness().is_ready(), "not ready before the first lists");
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(300)));
+
+    let mut versions = vec![];
+    // a subset in the first list counts as settled: the lane is there at once
+    versions.push(wait_table(&store, "feature-1", |t| lanes(t) == ["base", "feature-1"]).await);
+    assert_eq!(store.served().readiness(), Readiness::Ready);
+    let reviews = store.served().current().raw.services["reviews.bookinfo"].clone();
+    assert_eq!(reviews.clusters["feature-1"], "outbound|9080|feature-1|reviews.bookinfo.svc.cluster.local");
+    // not ready → it leaves
+    fake.put(&slices(), slice(&[("r0", true), ("f1", false)]));
+    versions.push(wait_table(&store, "feature-1 gone", |t| lanes(t) == ["base"]).await);
+    // a watch that ends resumes from its resource version: no re-list
+    let lists = fake.lists(&slices());
+    fake.close_watches(&slices());
+    fake.put(&slices(), slice(&[("r0", true), ("f1", true)]));
+    versions.push(wait_table(&store, "resumed watch", |t| lanes(t) == ["base", "feature-1"]).await);
+    assert_eq!(fake.lists(&slices()), lists, "resumed, not re-listed");
+    // 410 Gone: the log is compacted, the state changes without an event,
+    // the watch ends; only a re-list can see the change
+    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", false)]));
+    fake.compact();
+    fake.close_watches(&slices());
+    versions.push(wait_table(&store, "re-list after 410", |t| lanes(t) == ["base"]).await);
+    assert!(fake.lists(&slices()) > lists, "re-listed after 410 Gone");
+    // a bookmark moves the watch's version on: after a compaction the
+    // watch resumes from it without a re-list
+    fake.put(&slices(), slice(&[("r0", true), ("f1", true)]));
+    versions.push(wait_table(&store, "ready again", |t| lanes(t) == ["base", "feature-1"]).await);
+    let lists = fake.lists(&pods());
+    fake.bookmark(&pods());
+    tokio::time::sleep(Duration::from_millis(200)).await; // the bookmark is in flight; nothing to poll for
+    fake.compact();
+    fake.close_watches(&pods());
+    fake.put(&pods(), pod("f1", "team-a"));
+    versions.push(wait_table(&store, "relabelled pod, no subset yet", |t| lanes(t) == ["base"]).await);
+    wait("pods watched again", || (fake.watches(&pods()) >= 2).then_some(())).await;
+    assert_eq!(fake.lists(&pods()), lists, "the bookmark spared a re-list");
+    // a new subset enters only after the settle delay
+    let started = Instant::now();
+    fake.put(&rules("v1"), rule("v1", &["base", "feature-1", "team-a"]));
+    versions.push(wait_table(&store, "team-a after settle", |t| lanes(t) == ["base", "team-a"]).await);
+    assert!(started.elapsed() >= Duration::from_millis(250), "entered after the settle delay: {:?}", started.elapsed());
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions only go up: {versions:?}");
+}
+
+#[tokio::test]
+async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&groups(), group("feature-1", json!({ "fallback": ["team-a"], "description": "checkout" })));
+    fake.put_quietly(&groups(), group("team-s", json!({ "mode": "strict" })));
+    fake.put_quietly(&groups(), group("broken", json!({ "mode": "strict", "fallback": ["base"] })));
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    wait_table(&store, "groups", |t| t.groups.contains_key("feature-1")).await;
+    let t = store.served().current().raw.clone();
+    assert_eq!(
+        serde_json::to_value(&t.groups).unwrap(),
+        json!({ "feature-1": { "fallback": ["team-a"] }, "team-a": {}, "team-s": { "mode": "strict" } })
+    );
+    assert_eq!(lanes(&t), ["base", "feature-1"], "the lanes route whatever the objects say");
+    // the invalid one: its own status says why, and it is left out
+    let status = wait("broken's status", || {
+        let o = fake.get(&groups(), "", "broken")?;
+        (!o["status"].is_null()).then(|| o["status"].clone())
+    })
+    .await;
+    let condition = &status["conditions"][0];
+    assert_eq!((condition["type"].as_str(), condition["status"].as_str()), (Some("Accepted"), Some("False")));
+    assert!(condition["message"].as_str().unwrap().contains("spec.fallback: a strict group cannot have a fallback"));
+    assert_eq!(status["observedGeneration"], 1);
+    let ok =
+        wait("feature-1's status", || fake.get(&groups(), "", "feature-1").filter(|o| !o["status"].is_null())).await;
+    assert_eq!(ok["status"]["conditions"][0]["status"], "True");
+    assert_eq!(metrics.kube_invalid_groups.get(), 1);
+    // fixed: it enters, and its status follows the new generation
+    fake.put(&groups(), group("broken", json!({ "mode": "strict" })));
+    wait_table(&store, "fixed group", |t| t.groups.contains_key("broken")).await;
+    let fixed = wait("fixed status", || {
+        let o = fake.get(&groups(), "", "broken")?;
+        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+    })
+    .await;
+    assert_eq!(fixed["status"]["observedGeneration"], 2);
+    // deleted: gone from the table
+    fake.delete(&groups(), "", "team-s");
+    wait_table(&store, "deleted group", |t| !t.groups.contains_key("team-s")).await;
+    // admin registrations are refused: lanes are pod labels
+    let refused = store.apply(crate::store::Change::Unregister { service: "x".into(), group: "y".into() }).await;
+    assert!(matches!(refused, Err(crate::store::ChangeError::ManagedByKubernetes)));
+}
+
+#[tokio::test]
+async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1() {
+    // Istio serves only v1beta1; the IsolationGroup CRD is not installed.
+    let fake = FakeApi::start(&[pods(), services(), slices(), rules("v1beta1"), leases()]).await;
+    fake.put_quietly(&services(), service());
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put_quietly(&rules("v1beta1"), rule("v1beta1", &["base", "feature-1"]));
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    wait_table(&store, "lane via v1beta1 subsets", |t| lanes(t) == ["base", "feature-1"]).await;
+    match store.served().readiness() {
+        Readiness::Unreachable(detail) => {
+            assert!(detail.contains("warning: IsolationGroup: no version of isogroup.io"), "{detail}")
+        }
+        other => panic!("ready with a warning, got {other:?}"),
+    }
+    // installed later: probed again and watched
+    fake.install(&groups());
+    fake.put(&groups(), group("feature-1", json!({ "mode": "strict" })));
+    wait_table(&store, "late CRD", |t| t.groups.contains_key("feature-1")).await;
+    wait("warning cleared", || (store.served().readiness() == Readiness::Ready).then_some(())).await;
+}
+
+#[tokio::test]
+async fn watch_errors_back_off_and_show_in_readiness() {
+    let fake = bookinfo("v1").await;
+    fake.fail(&slices(), 403);
+    let (store, metrics) = store();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    let detail = wait("the error in the readiness detail", || match store.served().readiness() {
+        Readiness::Loading(d) if d.contains("endpointslices: watch error") => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(detail.contains("endpointslices: first list not finished"), "{detail}");
+    // backoff 100 ms doubling to 400 ms (jittered): over ~1.5 s a handful of
+    // lists, where a tight loop would make thousands
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tries = fake.lists(&slices());
+    assert!((2..=12).contains(&tries), "{tries} lists in 1.5 s");
+    let errors = metrics.encode();
+    assert!(errors.contains("isogroup_companion_kube_watch_errors_total{kind=\"endpointslices\"}"), "{errors}");
+    fake.fail(&slices(), 0);
+    wait("ready once the list works", || store.served().readiness().is_ready().then_some(())).await;
+}
+
+/// One replica: its watch loop and its election, stoppable.
+struct Replica {
+    store: Arc<KubeStore>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Replica {
+    fn start(fake: &FakeApi, name: &str) -> Replica {
+        let (store, metrics) = store();
+        let cfg = LeaseConfig {
+            namespace: "isogroup-system".into(),
+            name: "isogroup-companion".into(),
+            identity: name.into(),
+            duration: Duration::from_millis(1200),
+            renew_deadline: Duration::from_millis(800),
+            retry: Duration::from_millis(100),
+        };
+        let tasks = vec![
+            tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0))),
+            tokio::spawn(crate::kube_leader::run(fake.client(), store.clone(), cfg, metrics.clone())),
+        ];
+        Replica { store, metrics, tasks }
+    }
+
+    fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn leader_label(fake: &FakeApi, pod: &str) -> Option<String> {
+    fake.get(&pods(), "isogroup-system", pod)?["metadata"]["labels"][LEADER_LABEL].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn one_leader_serves_and_a_new_one_takes_over_with_a_newer_epoch() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.put_quietly(&pods(), own_pod("companion-b"));
+    let replicas = [Replica::start(&fake, "companion-a"), Replica::start(&fake, "companion-b")];
+    let leader = wait("a leader", || {
+        let leading: Vec<usize> = (0..2).filter(|&i| replicas[i].store.is_leader()).collect();
+        (leading.len() == 1).then(|| leading[0])
+    })
+    .await;
+    let (names, other) = (["companion-a", "companion-b"], 1 - leader);
+    // every replica is ready; only the leader serves
+    wait("both ready", || replicas.iter().all(|r| r.store.served().readiness().is_ready()).then_some(())).await;
+    assert!(replicas[other].store.not_serving().is_some());
+    let first = wait("the leader's table", || {
+        let cur = replicas[leader].store.served().current();
+        (lanes(&cur.raw) == ["base", "feature-1"]).then_some(cur)
+    })
+    .await;
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], names[leader]);
+    assert_eq!(lease["metadata"]["annotations"][EPOCH_ANNOTATION].as_str(), first.epoch.as_deref());
+    wait("the leader's pod labelled", || (leader_label(&fake, names[leader]).as_deref() == Some("true")).then_some(()))
+        .await;
+    assert_eq!(leader_label(&fake, names[other]), None);
+    // the leader dies without a word: the other takes over once the lease
+    // expires, under a newer epoch, with every lane (its subsets settled)
+    replicas[leader].stop();
+    let second = wait("the new leader's table", || {
+        let cur = replicas[other].store.served().current();
+        (replicas[other].store.is_leader() && cur.epoch.is_some()).then_some(cur)
+    })
+    .await;
+    assert!(second.stamp() > first.stamp(), "{:?} after {:?}", second.epoch, first.epoch);
+    assert_eq!(lanes(&second.raw), ["base", "feature-1"], "no lane dropped on failover");
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], names[other]);
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    wait("labels moved", || {
+        (leader_label(&fake, names[other]).as_deref() == Some("true") && leader_label(&fake, names[leader]).is_none())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(replicas[other].metrics.kube_leader.get(), 1);
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_steps_down() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    let replica = Replica::start(&fake, "companion-a");
+    wait("leading", || replica.store.is_leader().then_some(())).await;
+    let epoch = replica.store.served().current().epoch.clone();
+    fake.fail(&leases(), 500);
+    wait("stepped down", || replica.store.not_serving().map(|_| ())).await;
+    assert_eq!(replica.metrics.kube_leader.get(), 0);
+    fake.fail(&leases(), 0);
+    // its own lease, its own pod: it takes it back at once, under a newer epoch
+    wait("leading again", || replica.store.is_leader().then_some(())).await;
+    let again = replica.store.served().current();
+    assert!(again.stamp() > isogroup_core::epoch::Stamp::new(epoch.as_deref(), u64::MAX));
+}
