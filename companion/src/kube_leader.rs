@@ -181,9 +181,33 @@ async fn round(leases: &Api<Lease>, store: &KubeStore, cfg: &LeaseConfig, e: &mu
     }
 }
 
+/// On shutdown: hands the Lease back (holder cleared) if this replica holds
+/// it, so a standby takes over within one `retry` instead of waiting for it
+/// to expire; and takes its pod's label off. Best effort.
+pub async fn release(client: Client, store: &KubeStore, cfg: &LeaseConfig) {
+    if !store.is_leader() {
+        return;
+    }
+    store.step_down();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let pods: Api<Pod> = Api::namespaced(client, &cfg.namespace);
+    let _ = set_label(&pods, &cfg.identity, false).await;
+    let Ok(Some(mut lease)) = leases.get_opt(&cfg.name).await else { return };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    match leases.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!("kubernetes: lease released"),
+        Err(e) => tracing::warn!(error = %e, "kubernetes: cannot release the lease; it expires instead"),
+    }
+}
+
 fn elected(store: &KubeStore, e: &mut Election, epoch: String, metrics: &Metrics) {
     e.renewed = Some(Instant::now());
     e.labelled = false;
+    metrics.kube_leader.set(1);
     metrics.kube_leader_changes.inc();
     match store.become_leader(epoch.clone()) {
         Ok(snap) => tracing::info!(epoch, version = snap.map(|s| s.version), "kubernetes: leading"),

@@ -278,13 +278,17 @@ struct Replica {
 
 impl Replica {
     fn start(fake: &FakeApi, name: &str) -> Replica {
+        Replica::with_lease(fake, name, Duration::from_millis(1200))
+    }
+
+    fn with_lease(fake: &FakeApi, name: &str, duration: Duration) -> Replica {
         let (store, metrics) = store();
         let cfg = LeaseConfig {
             namespace: "isogroup-system".into(),
             name: "isogroup-companion".into(),
             identity: name.into(),
-            duration: Duration::from_millis(1200),
-            renew_deadline: Duration::from_millis(800),
+            duration,
+            renew_deadline: duration * 2 / 3,
             retry: Duration::from_millis(100),
         };
         let tasks = vec![
@@ -367,4 +371,61 @@ async fn a_leader_that_cannot_renew_steps_down() {
     wait("leading again", || replica.store.is_leader().then_some(())).await;
     let again = replica.store.served().current();
     assert!(again.stamp() > isogroup_core::epoch::Stamp::new(epoch.as_deref(), u64::MAX));
+}
+
+#[tokio::test]
+async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.put_quietly(&pods(), own_pod("companion-b"));
+    // A lease far longer than the test's waits: only a release hands it over.
+    let a = Replica::with_lease(&fake, "companion-a", Duration::from_secs(600));
+    wait("a leads", || a.store.is_leader().then_some(())).await;
+    let b = Replica::with_lease(&fake, "companion-b", Duration::from_secs(600));
+    wait("b ready", || b.store.served().readiness().is_ready().then_some(())).await;
+    a.stop();
+    let cfg = LeaseConfig::new("isogroup-system".into(), "companion-a".into());
+    crate::kube_leader::release(fake.client(), &a.store, &cfg).await;
+    assert!(a.store.not_serving().is_some());
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    wait("b leads", || b.store.is_leader().then_some(())).await;
+    assert_eq!(leader_label(&fake, "companion-a"), None);
+}
+
+#[tokio::test]
+async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() {
+    let (store, metrics) = store();
+    store.served().set_readiness(Readiness::Ready);
+    let token = crate::auth::Token::load(None, Some("t0ken".into())).unwrap();
+    let (_tx, shutdown) = tokio::sync::watch::channel(false);
+    let api = Arc::new(crate::api::Api { store: store.clone(), token, metrics, shutdown });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, crate::api::router(api)).await });
+    let client = reqwest::Client::new();
+    let get = || async { client.get(format!("{url}/v1/table")).send().await.unwrap() };
+    let answer = get().await;
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.json::<Value>().await.unwrap()["error"], "not_leader");
+    let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "a standby is ready");
+    let register = client
+        .put(format!("{url}/v1/services/reviews.bookinfo/groups/feature-1"))
+        .bearer_auth("t0ken")
+        .json(&json!({ "cluster": "c" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status(), 409);
+    assert_eq!(register.json::<Value>().await.unwrap()["error"], "managed_by_kubernetes");
+    store
+        .publish(
+            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
+        )
+        .unwrap();
+    store.become_leader("1000-aa".into()).unwrap();
+    let answer = get().await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-isogroup-epoch"], "1000-aa");
 }

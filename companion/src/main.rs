@@ -258,6 +258,8 @@ async fn run(
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
+    // Kubernetes: what hands the Lease back on shutdown.
+    let mut release = None;
     let (store, source): (Arc<dyn Store>, String) = match source {
         Source::File(path) => {
             let file = FileStore::open(path, served).map_err(|e| e.to_string())?;
@@ -289,7 +291,8 @@ async fn run(
                 metrics.clone(),
                 kube_source::Options::new(settle),
             ));
-            tokio::spawn(kube_leader::run(client, kube.clone(), lease_cfg, metrics.clone()));
+            tokio::spawn(kube_leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
+            release = Some((client, kube.clone(), lease_cfg));
             (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))
         }
     };
@@ -305,6 +308,9 @@ async fn run(
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
+            if let Some((client, kube, cfg)) = release {
+                kube_leader::release(client, &kube, &cfg).await;
+            }
             let _ = shutdown_tx.send(true);
         })
         .await
