@@ -68,6 +68,8 @@ pub struct VmState {
     pub call_answer: RefCell<(Vec<u8>, Vec<u8>)>,
     pub body_reads: Cell<u32>,
     pub fail: RefCell<HashSet<&'static str>>,
+    /// Property reads made (a host call each).
+    pub property_reads: Cell<u32>,
     next_token: Cell<u32>,
 }
 
@@ -269,6 +271,7 @@ impl Host for FakeHost {
 
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         self.check("property")?;
+        self.vm.property_reads.set(self.vm.property_reads.get() + 1);
         Ok(self.vm.properties.borrow().get(&path.join(".")).cloned())
     }
 

@@ -94,7 +94,7 @@ impl<H: Host> Request<H> {
                 &[("x-isogroup-failfast", reply.service.as_bytes())],
             )
         } else {
-            let headers = [("x-isogroup-failfast", reply.service.as_str()), ("content-type", "application/json")];
+            let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             host.send_local_reply(u32::from(reply.status), &headers, reply.body.as_bytes())
         }
     }
@@ -113,11 +113,19 @@ impl<H: Host> HttpContext for Request<H> {
         };
         let headers = map.pairs();
         let settings = &self.vm.settings;
+        let table = self.table.clone();
+        let now_s = self.vm.clock_ms.get() / 1000;
         let peer = match &settings.edge {
-            Some(edge) if edge.needs_peer() => Peer { ip: self.peer_ip() },
-            _ => Peer::default(),
+            Some(edge) if edge.needs_peer(table.as_deref()) => Peer { ip: self.peer_ip(), now_s },
+            _ => Peer { ip: None, now_s },
         };
-        let mut incoming = request::scan(&headers, settings, peer);
+        let mut incoming = request::scan(&headers, settings, peer, table.as_deref());
+        if let Some(reply) = incoming.join(settings, table.as_deref()) {
+            return match self.send_reply(&reply) {
+                Ok(()) => Action::Pause,
+                Err(e) => self.reset(&format!("join not answered ({e})")),
+            };
+        }
         if let Some(a) = &settings.assist {
             crate::assist::apply(&mut incoming, a, &self.vm);
         }
@@ -125,7 +133,6 @@ impl<H: Host> HttpContext for Request<H> {
         for _ in 0..incoming.invalid {
             self.vm.metrics.count(Counter::InvalidGroup);
         }
-        let table = self.table.clone();
         let decision = table.as_deref().map(|t| incoming.decide(t));
         self.count(decision.as_ref());
         if incoming.debug && incoming.trusted {

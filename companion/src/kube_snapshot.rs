@@ -108,7 +108,7 @@ pub fn to_table(snap: &Snapshot, base: &str, now_ms: u64, settle_ms: u64) -> Raw
         if name_count.get(s.name.as_str()) == Some(&1) {
             hosts.push(s.name.clone());
         }
-        table.services.insert(format!("{}.{}", s.name, s.namespace), RawService { hosts, clusters });
+        table.services.insert(format!("{}.{}", s.name, s.namespace), RawService { hosts, clusters, ports: Vec::new() });
     }
     table
 }

@@ -35,6 +35,30 @@ impl Cidr {
         Ok(Cidr { net, prefix })
     }
 
+    /// A range as a binding names it: like `parse`, and the address has no
+    /// bits set past the prefix (`192.0.2.7/24` is refused: `192.0.2.0/24`).
+    pub fn parse_network(text: &str) -> Result<Cidr, &'static str> {
+        let c = Cidr::parse(text)?;
+        let (bits, width) = match c.net {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32),
+            IpAddr::V6(a) => (u128::from(a), 128u32),
+        };
+        let prefix = u32::from(c.prefix);
+        let host = if prefix >= width { 0 } else { bits & (u128::MAX >> (128 - width + prefix)) };
+        if host != 0 {
+            return Err("host bits set past the prefix length");
+        }
+        Ok(c)
+    }
+
+    pub fn network(&self) -> IpAddr {
+        self.net
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -99,6 +123,25 @@ mod tests {
         assert_eq!(Cidr::parse("10.0.0.0/33"), Err("prefix length too long for the address family"));
         assert_eq!(Cidr::parse("10.0.0/8"), Err("not an IP address"));
         assert_eq!(Cidr::parse("10.0.0.0/x"), Err("prefix length is not a number"));
+        let networks: &[(&str, bool)] = &[
+            ("192.0.2.0/24", true),
+            ("192.0.2.7/24", false),
+            ("192.0.2.7/32", true),
+            ("192.0.2.7", true),
+            ("0.0.0.0/0", true),
+            ("1.0.0.0/0", false),
+            ("10.128.0.0/9", true),
+            ("10.192.0.0/9", false),
+            ("2001:db8::/32", true),
+            ("2001:db8::1/64", false),
+            ("::1/128", true),
+            ("::ffff:10.0.0.0/104", true),
+            ("::ffff:10.0.0.1/104", false),
+        ];
+        for (text, ok) in networks {
+            assert_eq!(Cidr::parse_network(text).is_ok(), *ok, "{text}");
+        }
+        assert_eq!(Cidr::parse_network("10.0.0.1/8"), Err("host bits set past the prefix length"));
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn resolve<'a>(table: &'a Table, service: ServiceId, group: Option<&'a str>, str
     let base_only = [base];
     let order = requested.map_or(&base_only[..], |g| table.order(g));
     for &g in order {
-        let Some(cluster) = table.cluster(service, g) else { continue };
+        let Some(cluster) = table.cluster(service, g, None) else { continue };
         // No group means base: serving base is then no fallback.
         let fallback = requested.map_or(group.is_some(), |r| r != g);
         if fallback {

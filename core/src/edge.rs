@@ -4,11 +4,12 @@
 use std::net::IpAddr;
 
 use regex_lite::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
+use crate::table::Table;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,37 +21,81 @@ pub struct RawEdge {
     pub default_group: Option<String>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// Take the table's source bindings and `rules` (default false: a
+    /// gateway fed by a shared companion stays pinned to its own config).
+    #[serde(default)]
+    pub runtime: bool,
+    /// The path this filter answers joins on (`/.isogroup/join`); also turns
+    /// on the `isogroup-lane` cookie. Default off.
+    #[serde(default)]
+    pub join_path: Option<String>,
 }
 
+/// The cookie a join sets: any peer may pick a lane with it.
+pub const LANE_COOKIE: &str = "isogroup-lane";
+
 /// One rule: exactly one matcher (`header`/`cookie`/`query` with `values`,
-/// `prefix` or `regex`; `source_cidrs`; or `percent` with `hash_header`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `prefix` or `regex`; `source_cidrs`; or `percent` with `hash_header`), and
+/// `group` or (header, cookie and query rules only) `group_from_value`.
+/// The same schema serves the plugin's `edge.rules` and a table's `rules`;
+/// deserialised by hand (`table_de`), strict unless a companion's table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RawRule {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_cidrs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub percent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_header: Option<String>,
-    pub group: String,
+    /// Required unless `group_from_value`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The matched value is the group, when the table knows it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub group_from_value: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug)]
 pub struct Edge {
     trusted: Vec<Cidr>,
     pub default_group: Option<GroupName>,
-    rules: Vec<Rule>,
+    rules: Rules,
+    pub runtime: bool,
+    pub join_path: Option<Box<str>>,
 }
+
+/// A compiled rule list (the plugin's `edge.rules` or a table's `rules`).
+#[derive(Debug, Default)]
+pub struct Rules(Vec<Rule>);
 
 #[derive(Debug)]
 struct Rule {
     input: Input,
     test: Test,
-    group: GroupName,
+    group: RuleGroup,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RuleGroup {
+    Fixed(GroupName),
+    /// `group_from_value`: the matched value, if the table knows it.
+    FromValue,
 }
 
 #[derive(Debug)]
@@ -93,40 +138,98 @@ impl Edge {
                 invalid("edge.default_group", format!("{g:?} is not a valid group name (DNS-1123 label)"))
             })?),
         };
-        let mut rules = Vec::with_capacity(raw.rules.len());
-        let mut percent_used = 0u64;
-        for (i, r) in raw.rules.iter().enumerate() {
-            rules.push(compile_rule(i, r, &mut percent_used)?);
-        }
-        Ok(Edge { trusted, default_group, rules })
+        let rules =
+            Rules::compile("edge.rules", &raw.rules).map_err(|(field, why)| ConfigError::Invalid { field, why })?;
+        let join_path = match &raw.join_path {
+            None => None,
+            Some(p) if is_join_path(p) => Some(p.as_str().into()),
+            Some(p) => {
+                return Err(invalid(
+                    "edge.join_path",
+                    format!("{p:?} is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')"),
+                ))
+            }
+        };
+        Ok(Edge { trusted, default_group, rules, runtime: raw.runtime, join_path })
     }
 
-    /// Whether the rules or the trust check need the peer address (one host
-    /// call per request, so only when they do).
-    pub fn needs_peer(&self) -> bool {
-        !self.trusted.is_empty() || self.rules.iter().any(|r| matches!(r.input, Input::Source(_)))
+    /// Whether the rules, the trust check or (with `runtime`) `table`'s
+    /// bindings and rules need the peer address: one host call per request,
+    /// so only when they do.
+    pub fn needs_peer(&self, table: Option<&Table>) -> bool {
+        let runtime = self.runtime && table.is_some_and(|t| !t.sources().is_empty() || t.rules().need_peer());
+        !self.trusted.is_empty() || self.rules.need_peer() || runtime
     }
 
     pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
         peer.is_some_and(|ip| self.trusted.iter().any(|c| c.contains(ip)))
     }
 
+    /// The first matching rule: (its index, its group). `known` says whether
+    /// a value names a group the table knows (for `group_from_value`).
+    pub fn choose(&self, req: &impl EdgeRequest, known: impl Fn(&str) -> bool) -> Option<(usize, GroupName)> {
+        self.rules.choose(req, known)
+    }
+}
+
+impl Rules {
+    /// Compiles a rule list; an error is (the field, e.g. `rules[2].percent`,
+    /// and why). Percent rules of one list share one 0–100 range.
+    pub fn compile(field: &str, raw: &[RawRule]) -> Result<Rules, (String, String)> {
+        let mut rules = Vec::with_capacity(raw.len());
+        let mut percent_used = 0u64;
+        for (i, r) in raw.iter().enumerate() {
+            rules.push(compile_rule(&format!("{field}[{i}]"), r, &mut percent_used)?);
+        }
+        Ok(Rules(rules))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether a rule matches on the peer address.
+    pub fn need_peer(&self) -> bool {
+        self.0.iter().any(|r| matches!(r.input, Input::Source(_)))
+    }
+
     /// The first matching rule: (its index, its group).
-    pub fn choose(&self, req: &impl EdgeRequest) -> Option<(usize, GroupName)> {
-        self.rules.iter().enumerate().find(|(_, r)| r.matches(req)).map(|(i, r)| (i, r.group))
+    pub fn choose(&self, req: &impl EdgeRequest, known: impl Fn(&str) -> bool) -> Option<(usize, GroupName)> {
+        self.0.iter().enumerate().find_map(|(i, r)| Some((i, r.matches(req, &known)?)))
+    }
+
+    /// The first rule that needs nothing but the address (`source_cidrs`)
+    /// matching `ip`: (its index, its group). Value rules never match here.
+    pub fn choose_by_address(&self, ip: IpAddr) -> Option<(usize, GroupName)> {
+        self.0.iter().enumerate().find_map(|(i, r)| match (&r.input, r.group) {
+            (Input::Source(ranges), RuleGroup::Fixed(g)) if ranges.iter().any(|c| c.contains(ip)) => Some((i, g)),
+            _ => None,
+        })
     }
 }
 
 impl Rule {
-    fn matches(&self, req: &impl EdgeRequest) -> bool {
+    fn matches(&self, req: &impl EdgeRequest, known: &impl Fn(&str) -> bool) -> Option<GroupName> {
+        let hit = |v: &[u8]| self.test.accepts(v).then(|| self.group_of(v, known)).flatten();
         match &self.input {
-            Input::Header(name) => req.header(name).is_some_and(|v| self.test.accepts(v)),
-            Input::Cookie(name) => req.cookie(name).is_some_and(|v| self.test.accepts(v)),
-            Input::Query(name) => req.query(name).is_some_and(|v| self.test.accepts(&v)),
-            Input::Source(ranges) => req.peer().is_some_and(|ip| ranges.iter().any(|c| c.contains(ip))),
-            Input::Percent { header, from, to } => {
-                req.header(header).is_some_and(|v| (*from..*to).contains(&bucket(v)))
+            Input::Header(name) => hit(req.header(name)?),
+            Input::Cookie(name) => hit(req.cookie(name)?),
+            Input::Query(name) => hit(&req.query(name)?),
+            Input::Source(ranges) => {
+                let ip = req.peer()?;
+                ranges.iter().any(|c| c.contains(ip)).then(|| self.group_of(b"", known)).flatten()
             }
+            Input::Percent { header, from, to } => {
+                let v = req.header(header)?;
+                (*from..*to).contains(&bucket(v)).then(|| self.group_of(v, known)).flatten()
+            }
+        }
+    }
+
+    fn group_of(&self, value: &[u8], known: &impl Fn(&str) -> bool) -> Option<GroupName> {
+        match self.group {
+            RuleGroup::Fixed(g) => Some(g),
+            RuleGroup::FromValue => GroupName::new(value.trim_ascii()).filter(|g| known(g.as_str())),
         }
     }
 }
@@ -140,6 +243,13 @@ impl Test {
             Test::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
         }
     }
+}
+
+fn is_join_path(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.first() == Some(&b'/')
+        && b.get(1) != Some(&b'/')
+        && b.iter().all(|c| c.is_ascii_graphic() && !b"?#\\".contains(c))
 }
 
 /// FNV-1a 64-bit, as the SPEC fixes it, so `explain` and `/v1/resolve` agree.
@@ -157,53 +267,71 @@ fn invalid(field: impl Into<String>, why: impl Into<String>) -> ConfigError {
 }
 
 fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    cidr_list(field, list).map_err(|(field, why)| invalid(field, why))
+}
+
+fn cidr_list(field: &str, list: &[String]) -> Result<Vec<Cidr>, RuleError> {
     list.iter()
         .enumerate()
-        .map(|(i, c)| Cidr::parse(c).map_err(|why| invalid(format!("{field}[{i}]"), format!("{c:?}: {why}"))))
+        .map(|(i, c)| Cidr::parse(c).map_err(|why| rule_error(format!("{field}[{i}]"), format!("{c:?}: {why}"))))
         .collect()
 }
 
-fn header_name(field: String, name: &str) -> Result<String, ConfigError> {
+fn header_name(field: String, name: &str) -> Result<String, RuleError> {
     let ok =
         !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
     if ok {
         Ok(name.to_owned())
     } else {
-        Err(invalid(field, format!("{name:?} is not a lower-case header name")))
+        Err(rule_error(field, format!("{name:?} is not a lower-case header name")))
     }
 }
 
-fn compile_rule(i: usize, r: &RawRule, percent_used: &mut u64) -> Result<Rule, ConfigError> {
-    let at = |f: &str| format!("edge.rules[{i}].{f}");
-    let group = GroupName::new(r.group.as_bytes())
-        .ok_or_else(|| invalid(at("group"), format!("{:?} is not a valid group name (DNS-1123 label)", r.group)))?;
+/// (field, why): a rule error before it is wrapped for the config or a table.
+type RuleError = (String, String);
+
+fn rule_error(field: String, why: impl Into<String>) -> RuleError {
+    (field, why.into())
+}
+
+fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule, RuleError> {
+    let at = |f: &str| format!("{rule}.{f}");
+    let keyed = r.header.is_some() || r.cookie.is_some() || r.query.is_some();
+    let group = match (&r.group, r.group_from_value) {
+        (Some(_), true) => return Err(rule_error(at("group"), "group and group_from_value exclude each other")),
+        (None, true) if !keyed => {
+            return Err(rule_error(at("group_from_value"), "goes with a header, cookie or query rule"));
+        }
+        (None, true) => RuleGroup::FromValue,
+        (None, false) => return Err(rule_error(at("group"), "missing (or set group_from_value)")),
+        (Some(g), false) => RuleGroup::Fixed(
+            GroupName::new(g.as_bytes())
+                .ok_or_else(|| rule_error(at("group"), format!("{g:?} is not a valid group name (DNS-1123 label)")))?,
+        ),
+    };
     let inputs =
         [r.header.is_some(), r.cookie.is_some(), r.query.is_some(), r.source_cidrs.is_some(), r.percent.is_some()];
     if inputs.iter().filter(|&&x| x).count() != 1 {
-        return Err(invalid(
-            format!("edge.rules[{i}]"),
-            "needs exactly one of header, cookie, query, source_cidrs, percent",
-        ));
+        return Err(rule_error(rule.into(), "needs exactly one of header, cookie, query, source_cidrs, percent"));
     }
     let tests = [r.values.is_some(), r.prefix.is_some(), r.regex.is_some()].iter().filter(|&&x| x).count();
-    let keyed = r.header.is_some() || r.cookie.is_some() || r.query.is_some();
-    if keyed && tests != 1 {
-        return Err(invalid(
-            format!("edge.rules[{i}]"),
-            "a header, cookie or query rule needs exactly one of values, prefix, regex",
+    if keyed && (tests > 1 || (tests == 0 && !r.group_from_value)) {
+        return Err(rule_error(
+            rule.into(),
+            "a header, cookie or query rule needs exactly one of values, prefix, regex (at most one with group_from_value)",
         ));
     }
     if !keyed && tests != 0 {
-        return Err(invalid(format!("edge.rules[{i}]"), "values, prefix and regex go with header, cookie or query"));
+        return Err(rule_error(rule.into(), "values, prefix and regex go with header, cookie or query"));
     }
     if r.hash_header.is_some() && r.percent.is_none() {
-        return Err(invalid(at("hash_header"), "goes with percent"));
+        return Err(rule_error(at("hash_header"), "goes with percent"));
     }
     let test = match (&r.values, &r.prefix, &r.regex) {
-        (Some(v), _, _) if v.is_empty() => return Err(invalid(at("values"), "the list is empty")),
+        (Some(v), _, _) if v.is_empty() => return Err(rule_error(at("values"), "the list is empty")),
         (Some(v), _, _) => Test::Values(v.clone()),
         (_, Some(p), _) => Test::Prefix(p.clone()),
-        (_, _, Some(re)) => Test::Regex(Regex::new(re).map_err(|e| invalid(at("regex"), format!("{re:?}: {e}")))?),
+        (_, _, Some(re)) => Test::Regex(Regex::new(re).map_err(|e| rule_error(at("regex"), format!("{re:?}: {e}")))?),
         _ => Test::Always,
     };
     let input = if let Some(h) = &r.header {
@@ -214,17 +342,19 @@ fn compile_rule(i: usize, r: &RawRule, percent_used: &mut u64) -> Result<Rule, C
         Input::Query(q.clone())
     } else if let Some(list) = &r.source_cidrs {
         if list.is_empty() {
-            return Err(invalid(at("source_cidrs"), "the list is empty"));
+            return Err(rule_error(at("source_cidrs"), "the list is empty"));
         }
-        Input::Source(cidrs(&at("source_cidrs"), list)?)
+        Input::Source(cidr_list(&at("source_cidrs"), list)?)
     } else {
         let p = u64::from(r.percent.unwrap_or(0));
-        let header =
-            r.hash_header.as_deref().ok_or_else(|| invalid(at("hash_header"), "a percent rule needs hash_header"))?;
+        let header = r
+            .hash_header
+            .as_deref()
+            .ok_or_else(|| rule_error(at("hash_header"), "a percent rule needs hash_header"))?;
         let from = *percent_used;
         *percent_used += p;
         if *percent_used > 100 {
-            return Err(invalid(at("percent"), format!("percent rules add up to {} (at most 100)", *percent_used)));
+            return Err(rule_error(at("percent"), format!("percent rules add up to {} (at most 100)", *percent_used)));
         }
         Input::Percent { header: header_name(at("hash_header"), header)?, from, to: *percent_used }
     };
@@ -335,7 +465,7 @@ mod tests {
     #[test]
     fn every_rule_kind() {
         let e = edge(SPEC_EXAMPLE).unwrap();
-        let chosen = |r: Req| e.choose(&r).map(|(i, g)| format!("{i}:{g}"));
+        let chosen = |r: Req| e.choose(&r, |_| false).map(|(i, g)| format!("{i}:{g}"));
         let cases: Vec<(Req, Option<&str>)> = vec![
             (req(vec![("x-user", "bob")]), Some("0:feature-1")),
             (req(vec![("x-user", "qa-7")]), Some("1:qa")),
@@ -357,7 +487,7 @@ mod tests {
             let desc = format!("{:?} {:?} {:?} {:?}", r.headers, r.cookie, r.path, r.peer);
             assert_eq!(chosen(r).as_deref(), want, "{desc}");
         }
-        assert!(e.needs_peer());
+        assert!(e.needs_peer(None));
         assert!(e.trusts(Some("10.1.200.3".parse().unwrap())));
         assert!(!e.trusts(Some("10.2.0.1".parse().unwrap())));
         assert!(!e.trusts(None));
@@ -386,7 +516,7 @@ mod tests {
         ];
         for (r, want) in cases {
             let desc = format!("{:?} {:?}", r.headers, r.cookie);
-            assert_eq!(e.choose(&r).map(|(_, g)| g.to_string()).as_deref(), want, "{desc}");
+            assert_eq!(e.choose(&r, |_| false).map(|(_, g)| g.to_string()).as_deref(), want, "{desc}");
         }
         // a value that is not UTF-8 matches no regex
         struct Raw;
@@ -404,7 +534,7 @@ mod tests {
                 None
             }
         }
-        assert_eq!(e.choose(&Raw), None);
+        assert_eq!(e.choose(&Raw, |_| true), None);
     }
 
     #[test]
@@ -434,7 +564,7 @@ mod tests {
                     None
                 }
             }
-            let got = e.choose(&One(id.as_bytes(), r)).map(|(_, g)| g.to_string());
+            let got = e.choose(&One(id.as_bytes(), r), |_| false).map(|(_, g)| g.to_string());
             assert_eq!(got.as_deref(), want, "{id}");
             counts[match got.as_deref() {
                 Some("a") => 0,
@@ -467,7 +597,7 @@ mod tests {
                 "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex",
             ),
             (
-                r#"{"rules":[{"header":"x","values":["a"],"prefix":"b","group":"g"}]}"#,
+                r#"{"rules":[{"header":"x","values":["a"],"prefix":"b","group_from_value":true}]}"#,
                 "edge.rules[0]: a header, cookie or query rule needs exactly one of values, prefix, regex",
             ),
             (

@@ -39,6 +39,9 @@ pub enum TableError {
     FallbackCycle { group: String, cycle: String },
     #[error("groups.{group}.fallback: chain depth {depth} exceeds the limit of {limit}")]
     FallbackTooDeep { group: String, depth: usize, limit: usize },
+    /// Any other field (`sources[3].cidr`, `rules[2].percent`, …).
+    #[error("{field}: {why}")]
+    Invalid { field: String, why: String },
 }
 
 /// Why a plugin configuration was refused. The plugin does not start.

@@ -5,13 +5,16 @@
 pub mod assist;
 pub mod authority;
 pub mod cidr;
+pub mod client;
 pub mod config;
 pub mod decide;
 pub mod edge;
 pub mod epoch;
 pub mod error;
 pub mod group;
+pub mod join;
 pub mod request;
+pub mod sources;
 pub mod synth;
 pub mod table;
 mod table_de;
@@ -20,7 +23,9 @@ pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};
 pub use decide::{decide, decide_service, Decision, FailFast, FailReason, RequestView, Route};
 pub use error::{ConfigError, TableError};
 pub use group::{GroupName, Lookup};
-pub use table::{Limits, Mode, RawGroup, RawService, RawTable, Table};
+pub use table::{Limits, Mode, RawGroup, RawService, RawSource, RawTable, Table};
 
+#[cfg(test)]
+mod schema_tests;
 #[cfg(test)]
 mod tests;

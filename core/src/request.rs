@@ -8,8 +8,9 @@ use std::net::IpAddr;
 
 use crate::config::Settings;
 use crate::decide::{decide, Decision, FailFast, RequestView};
-use crate::edge::{self, EdgeRequest};
+use crate::edge::{self, Edge, EdgeRequest, LANE_COOKIE};
 use crate::group::{self, GroupName, Lookup};
+use crate::join;
 use crate::table::{Limits, Table};
 
 /// Where the request's group came from.
@@ -19,8 +20,14 @@ pub enum GroupSource {
     Header,
     Baggage,
     Cookie,
+    /// The `isogroup-lane` cookie a join set (edge `join_path`).
+    LaneCookie,
+    /// The table's source binding (its index in `sources`).
+    Binding(usize),
     /// Edge rule (its index).
     Rule(usize),
+    /// The table's runtime rule (its index in `rules`).
+    TableRule(usize),
     /// Edge `default_group`.
     Default,
     Workload,
@@ -35,7 +42,10 @@ impl GroupSource {
             GroupSource::Header => "header".into(),
             GroupSource::Baggage => "baggage".into(),
             GroupSource::Cookie => "cookie".into(),
+            GroupSource::LaneCookie => "lane cookie".into(),
+            GroupSource::Binding(i) => format!("source binding {i}"),
             GroupSource::Rule(i) => format!("edge rule {i}"),
+            GroupSource::TableRule(i) => format!("table rule {i}"),
             GroupSource::Default => "edge default".into(),
             GroupSource::Workload => "workload".into(),
             GroupSource::Assist => "propagation assist".into(),
@@ -47,7 +57,10 @@ impl GroupSource {
         matches!(
             self,
             GroupSource::Cookie
+                | GroupSource::LaneCookie
+                | GroupSource::Binding(_)
                 | GroupSource::Rule(_)
+                | GroupSource::TableRule(_)
                 | GroupSource::Default
                 | GroupSource::Workload
                 | GroupSource::Assist
@@ -55,11 +68,13 @@ impl GroupSource {
     }
 }
 
-/// Facts about the connection the filter reads from the host, not headers.
+/// Facts the filter reads from the host, not headers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Peer {
     /// `source.address` without the port (read only when edge mode needs it).
     pub ip: Option<IpAddr>,
+    /// The filter's own clock, unix seconds: source bindings expire by it.
+    pub now_s: u64,
 }
 
 /// What the request headers say, borrowed from them.
@@ -67,6 +82,7 @@ pub struct Peer {
 pub struct Incoming<'h> {
     pub authority: &'h [u8],
     pub path: &'h [u8],
+    pub method: &'h [u8],
     pub group: Option<GroupName>,
     pub source: GroupSource,
     pub strict: Option<&'h [u8]>,
@@ -90,6 +106,8 @@ pub struct Incoming<'h> {
     baggage_strip: BaggageStrip,
     cookies: Vec<&'h [u8]>,
     strip_cookie: bool,
+    /// The lane cookie was invalid or named a group the table does not know.
+    strip_lane_cookie: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +127,15 @@ pub enum Edit<'a> {
     Remove(&'a str),
 }
 
-/// A local answer instead of forwarding.
+/// A local answer instead of forwarding: a fail-fast or a join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u16,
     pub grpc: bool,
+    /// The service a fail-fast is for; empty for a join.
     pub service: String,
+    /// Response headers (for gRPC, the fail-fast header goes as metadata).
+    pub headers: Vec<(&'static str, String)>,
     /// The SPEC's JSON body (also the `grpc-message` for gRPC).
     pub body: String,
 }
@@ -144,11 +165,21 @@ impl<N: AsRef<str>, H: AsRef<[u8]>> EdgeRequest for Lookups<'_, N, H> {
 
 /// Reads the request's routing facts from its headers (names lower-case, as
 /// Envoy hands them over) and finds its group (SPEC step 1).
-pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(headers: &'h [(N, H)], s: &Settings, peer: Peer) -> Incoming<'h> {
+/// In edge mode the order is SPEC's "Edge order": a trusted peer's own group
+/// (header, baggage, cookie), the lane cookie (with `join_path`), `table`'s
+/// source bindings (with `runtime`), the plugin's rules, `table`'s rules (with
+/// `runtime`), `default_group`; the first hit wins.
+pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(
+    headers: &'h [(N, H)],
+    s: &Settings,
+    peer: Peer,
+    table: Option<&Table>,
+) -> Incoming<'h> {
     let trusted = s.edge.as_ref().is_none_or(|e| e.trusts(peer.ip));
     let mut inc = Incoming {
         authority: b"",
         path: b"",
+        method: b"",
         group: None,
         source: GroupSource::None,
         strict: None,
@@ -166,6 +197,7 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(headers: &'h [(N, H)], s: &Settin
         baggage_strip: BaggageStrip::None,
         cookies: Vec::new(),
         strip_cookie: false,
+        strip_lane_cookie: false,
     };
     let mut trace: Option<(usize, &[u8])> = None;
     for (name, value) in headers {
@@ -173,6 +205,7 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(headers: &'h [(N, H)], s: &Settin
         match name.as_ref() {
             ":authority" => inc.authority = value,
             ":path" => inc.path = value,
+            ":method" => inc.method = value,
             "content-type" => inc.grpc = value.starts_with(b"application/grpc"),
             "x-isogroup-debug" => inc.debug = value.trim_ascii() == b"1",
             "baggage" => inc.baggage.push(value),
@@ -223,13 +256,11 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(headers: &'h [(N, H)], s: &Settin
     }
     if let Some(edge) = &s.edge {
         inc.scan_cookie(&s.cookie);
+        if edge.join_path.is_some() {
+            inc.scan_lane_cookie(table);
+        }
         if inc.group.is_none() {
-            let lookups = Lookups { headers, cookies: &inc.cookies, path: inc.path, peer: peer.ip };
-            if let Some((i, g)) = edge.choose(&lookups) {
-                inc.adopt(g, GroupSource::Rule(i));
-            } else if let Some(g) = edge.default_group {
-                inc.adopt(g, GroupSource::Default);
-            }
+            inc.edge_choice(edge, headers, peer, table);
         }
     }
     if let Some(g) = s.workload_group.as_deref().and_then(|g| GroupName::new(g.as_bytes())) {
@@ -239,6 +270,57 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(headers: &'h [(N, H)], s: &Settin
 }
 
 impl<'h> Incoming<'h> {
+    /// The edge order after the request's own group and the lane cookie.
+    fn edge_choice<N: AsRef<str>, H: AsRef<[u8]>>(
+        &mut self,
+        edge: &Edge,
+        headers: &[(N, H)],
+        peer: Peer,
+        table: Option<&Table>,
+    ) {
+        let runtime = table.filter(|_| edge.runtime);
+        if let (Some(t), Some(ip)) = (runtime, peer.ip) {
+            if let Some(b) = t.sources().lookup(ip, peer.now_s) {
+                return self.adopt(b.group, GroupSource::Binding(b.index));
+            }
+        }
+        let known = |g: &str| table.is_some_and(|t| t.knows_group(g));
+        let lookups = Lookups { headers, cookies: &self.cookies, path: self.path, peer: peer.ip };
+        if let Some((i, g)) = edge.choose(&lookups, known) {
+            return self.adopt(g, GroupSource::Rule(i));
+        }
+        if let Some((i, g)) = runtime.and_then(|t| t.rules().choose(&lookups, known)) {
+            return self.adopt(g, GroupSource::TableRule(i));
+        }
+        if let Some(g) = edge.default_group {
+            self.adopt(g, GroupSource::Default);
+        }
+    }
+
+    /// The lane cookie: from any peer, a group the table knows; anything
+    /// else is skipped and removed from what is forwarded (an invalid name
+    /// is counted too). Before any table no group is known: a valid name is
+    /// skipped but kept.
+    fn scan_lane_cookie(&mut self, table: Option<&Table>) {
+        let Some(value) = self.cookies.iter().find_map(|c| group::cookie_value(c, LANE_COOKIE)) else { return };
+        match (GroupName::new(value), table) {
+            (None, _) => {
+                self.invalid += 1;
+                self.strip_lane_cookie = true;
+            }
+            (Some(g), Some(t)) if t.knows_group(g.as_str()) => self.adopt(g, GroupSource::LaneCookie),
+            (Some(_), Some(_)) => self.strip_lane_cookie = true,
+            (Some(_), None) => {}
+        }
+    }
+
+    /// The reply to a join request (edge mode with `join_path`, the path
+    /// being it), whoever the peer.
+    pub fn join(&self, s: &Settings, table: Option<&Table>) -> Option<LocalReply> {
+        let join_path = s.edge.as_ref()?.join_path.as_deref()?;
+        join::is_join(self.path, join_path).then(|| join::reply(self.method, self.path, table))
+    }
+
     /// Takes `group` from `source` unless the request already has one.
     pub fn adopt(&mut self, group: GroupName, source: GroupSource) {
         if self.group.is_none() {
@@ -319,10 +401,18 @@ impl<'h> Incoming<'h> {
             None => {}
         }
         self.baggage_edits(inject, s, &mut edits);
-        if self.strip_cookie {
+        if self.strip_cookie || self.strip_lane_cookie {
             edits.push(Edit::Remove("cookie"));
-            for c in self.cookies.iter().filter_map(|c| edge::cookie_without(c, &s.cookie)) {
-                edits.push(Edit::Add("cookie", Cow::Owned(c)));
+            for c in &self.cookies {
+                let mut kept = Some(Cow::Borrowed(*c));
+                for (strip, name) in [(self.strip_cookie, s.cookie.as_str()), (self.strip_lane_cookie, LANE_COOKIE)] {
+                    if strip {
+                        kept = kept.and_then(|k| edge::cookie_without(&k, name).map(Cow::Owned));
+                    }
+                }
+                if let Some(k) = kept {
+                    edits.push(Edit::Add("cookie", Cow::Owned(k.into_owned())));
+                }
             }
         }
         if self.strip_strict {
@@ -401,7 +491,13 @@ impl<'h> Incoming<'h> {
     }
 
     pub fn local_reply(&self, f: &FailFast<'_>, s: &Settings) -> LocalReply {
-        LocalReply { status: s.failfast_status, grpc: self.grpc, service: f.service.to_owned(), body: failfast_body(f) }
+        LocalReply {
+            status: s.failfast_status,
+            grpc: self.grpc,
+            service: f.service.to_owned(),
+            headers: vec![("x-isogroup-failfast", f.service.to_owned()), ("content-type", "application/json".into())],
+            body: failfast_body(f),
+        }
     }
 
     /// Whether this request's group should be remembered for its trace (the
@@ -455,5 +551,7 @@ pub fn explain(inc: &Incoming<'_>, decision: Option<&Decision<'_>>, table_versio
     format!("vm={vm}; table={table}; group={group} ({}); invalid={}; {outcome}", inc.source.describe(), inc.invalid)
 }
 
+#[cfg(test)]
+mod edge_order_tests;
 #[cfg(test)]
 mod tests;

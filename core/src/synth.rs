@@ -15,7 +15,7 @@ pub fn table(services: usize, groups: usize) -> RawTable {
         let strict = j % 10 == 9;
         let fallback = if strict || j % 3 == 2 || j + 1 >= groups { vec![] } else { vec![group(j + 1)] };
         let mode = if strict { Mode::Strict } else { Mode::Permissive };
-        raw.groups.insert(group(j), RawGroup { fallback, mode });
+        raw.groups.insert(group(j), RawGroup { fallback, mode, ..RawGroup::default() });
     }
     for i in 0..services {
         let name = service(i);
@@ -27,7 +27,11 @@ pub fn table(services: usize, groups: usize) -> RawTable {
         }
         raw.services.insert(
             name.clone(),
-            RawService { hosts: vec![name.clone(), format!("{name}.default.svc.cluster.local")], clusters },
+            RawService {
+                hosts: vec![name.clone(), format!("{name}.default.svc.cluster.local")],
+                clusters,
+                ports: Vec::new(),
+            },
         );
     }
     raw

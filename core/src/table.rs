@@ -7,9 +7,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::authority;
+use crate::cidr::Cidr;
+use crate::edge::{RawRule, Rules};
 use crate::error::{json_document, TableError};
-use crate::group::is_valid_group;
+use crate::group::{is_valid_group, GroupName};
+use crate::sources::{Binding, Sources};
 use rustc_hash::FxHashMap;
+
+/// Longest group `description` and `owner`, in bytes.
+pub const MAX_GROUP_TEXT: usize = 256;
 
 /// Deserialised by hand (`table_de`): strict, or lenient for a companion's
 /// table (`RawTable::from_companion_json`).
@@ -28,6 +34,13 @@ pub struct RawTable {
     pub groups: BTreeMap<String, RawGroup>,
     #[serde(default)]
     pub services: BTreeMap<String, RawService>,
+    /// Source bindings: a client address range to a group (edge mode with
+    /// `edge.runtime` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<RawSource>,
+    /// Runtime rules, the `edge.rules` schema (edge mode with `edge.runtime`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RawRule>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -36,6 +49,23 @@ pub struct RawGroup {
     pub fallback: Vec<String>,
     #[serde(default, skip_serializing_if = "Mode::is_permissive")]
     pub mode: Mode,
+    /// Free text for people, at most `MAX_GROUP_TEXT` bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// One source binding as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RawSource {
+    /// `192.0.2.7/32`, `2001:db8::/64` or a bare address; host bits zero.
+    pub cidr: String,
+    /// A group name; one the table does not know routes like any unknown lane.
+    pub group: String,
+    /// Unix seconds; absent: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +104,14 @@ impl Mode {
 pub struct RawService {
     pub hosts: Vec<String>,
     pub clusters: BTreeMap<String, String>,
+    /// The service's ports, the first its default; a cluster name with
+    /// `{port}` takes the `:authority`'s port if listed, else the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
+
+/// Where a cluster name holds the port.
+pub const PORT_PLACEHOLDER: &str = "{port}";
 
 /// Size limits; a table over any of them is rejected whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +159,9 @@ pub struct Table {
     service_index: FxHashMap<Box<str>, ServiceId>,
     /// Keyed by bytes: the request path looks up without a UTF-8 check.
     host_index: FxHashMap<Box<[u8]>, ServiceId>,
+    /// Boxed: most tables have none, and `Table` sits in a config enum.
+    sources: Box<Sources>,
+    rules: Rules,
 }
 
 #[derive(Debug)]
@@ -134,8 +174,17 @@ struct CompiledGroup {
 #[derive(Debug)]
 struct CompiledService {
     name: Box<str>,
+    /// As listed; the first is the default.
+    ports: Box<[u16]>,
     /// Sorted by group id: a handful of entries, binary searched.
-    clusters: Box<[(GroupId, Box<str>)]>,
+    clusters: Box<[(GroupId, ClusterName)]>,
+}
+
+#[derive(Debug)]
+enum ClusterName {
+    Fixed(Box<str>),
+    /// `{port}` filled in for each of the service's ports, in `ports` order.
+    PerPort(Box<[Box<str>]>),
 }
 
 impl Table {
@@ -234,10 +283,39 @@ impl Table {
         self.groups.get(group as usize).map_or(&[], |g| &g.order)
     }
 
-    pub(crate) fn cluster(&self, service: ServiceId, group: GroupId) -> Option<&str> {
-        let clusters = &self.services.get(service as usize)?.clusters;
-        let i = clusters.binary_search_by_key(&group, |(g, _)| *g).ok()?;
-        Some(&clusters[i].1)
+    /// The cluster of `service` for `group` on `port` (a port the service
+    /// does not list, or none, is its default port).
+    pub(crate) fn cluster(&self, service: ServiceId, group: GroupId, port: Option<u16>) -> Option<&str> {
+        let s = self.services.get(service as usize)?;
+        let i = s.clusters.binary_search_by_key(&group, |(g, _)| *g).ok()?;
+        match &s.clusters.get(i)?.1 {
+            ClusterName::Fixed(name) => Some(name),
+            ClusterName::PerPort(names) => {
+                let at = port.and_then(|p| s.ports.iter().position(|&q| q == p)).unwrap_or(0);
+                names.get(at).map(|n| &**n)
+            }
+        }
+    }
+
+    /// A service's ports as listed (the first is its default).
+    pub fn ports(&self, service: ServiceId) -> &[u16] {
+        self.services.get(service as usize).map_or(&[], |s| &s.ports)
+    }
+
+    /// Whether `name` is a group this table knows: in `groups`, a key of
+    /// some service's `clusters`, or the base group.
+    pub fn knows_group(&self, name: &str) -> bool {
+        self.group_index.contains_key(name)
+    }
+
+    /// The source bindings, compiled for longest-prefix lookup.
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    /// The table's runtime rules, compiled.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 }
 
@@ -274,7 +352,17 @@ impl<'r> Compiler<'r> {
                 limit: limits.max_services,
             });
         }
-        let entries: usize = raw.services.values().map(|s| s.clusters.len()).sum();
+        // A `{port}` cluster is one name per port.
+        let entries: usize = raw
+            .services
+            .values()
+            .map(|s| {
+                s.clusters
+                    .values()
+                    .map(|c| if c.contains(PORT_PLACEHOLDER) { s.ports.len().max(1) } else { 1 })
+                    .sum::<usize>()
+            })
+            .sum();
         if entries > limits.max_cluster_entries {
             c.errors.push(TableError::TooMany {
                 field: "services.*.clusters",
@@ -329,6 +417,14 @@ impl<'r> Compiler<'r> {
     fn finish(mut self) -> Result<Table, Vec<TableError>> {
         self.check_groups();
         let (services, service_index, host_index) = self.compile_services();
+        let sources = self.compile_sources();
+        let rules = match Rules::compile("rules", &self.raw.rules) {
+            Ok(rules) => rules,
+            Err((field, why)) => {
+                self.errors.push(TableError::Invalid { field, why });
+                Rules::default()
+            }
+        };
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
@@ -343,7 +439,39 @@ impl<'r> Compiler<'r> {
             services,
             service_index,
             host_index,
+            sources: Box::new(sources),
+            rules,
         })
+    }
+
+    /// Source bindings: each range a network (host bits zero), each group a
+    /// valid name (known or not: lanes come and go), no range twice.
+    fn compile_sources(&mut self) -> Sources {
+        let mut bindings = Vec::with_capacity(self.raw.sources.len());
+        for (index, s) in self.raw.sources.iter().enumerate() {
+            let cidr = Cidr::parse_network(&s.cidr).map_err(|why| TableError::Invalid {
+                field: format!("sources[{index}].cidr"),
+                why: format!("{:?}: {why}", s.cidr),
+            });
+            let group = GroupName::new(s.group.as_bytes()).ok_or_else(|| TableError::InvalidGroupName {
+                field: format!("sources[{index}].group"),
+                name: s.group.clone(),
+            });
+            match (cidr, group) {
+                (Ok(cidr), Ok(group)) => bindings.push(Binding { index, cidr, group, expires_at: s.expires_at }),
+                (cidr, group) => self.errors.extend(cidr.err().into_iter().chain(group.err())),
+            }
+        }
+        match Sources::build(bindings) {
+            Ok(sources) => sources,
+            Err((first, again)) => {
+                self.errors.push(TableError::Invalid {
+                    field: format!("sources[{again}].cidr"),
+                    why: format!("the same range as sources[{first}]"),
+                });
+                Sources::default()
+            }
+        }
     }
 
     /// The fallback rules: per group, then every cycle, then every chain
@@ -356,6 +484,14 @@ impl<'r> Compiler<'r> {
             }
             if g.mode == Mode::Strict && !g.fallback.is_empty() {
                 self.errors.push(TableError::StrictWithFallback { group: name.clone() });
+            }
+            for (field, text) in [("description", &g.description), ("owner", &g.owner)] {
+                if let Some(text) = text.as_ref().filter(|t| t.len() > MAX_GROUP_TEXT) {
+                    self.errors.push(TableError::Invalid {
+                        field: format!("groups.{name}.{field}"),
+                        why: format!("{} bytes, at most {MAX_GROUP_TEXT}", text.len()),
+                    });
+                }
             }
             for f in &g.fallback {
                 if !self.group_index.contains_key(f.as_str()) {
@@ -455,9 +591,16 @@ impl<'r> Compiler<'r> {
             if !s.clusters.contains_key(self.base_name) {
                 self.errors.push(TableError::NoBaseCluster { service: name.clone(), base: self.base_name.to_owned() });
             }
+            self.check_ports(name, &s.ports);
             let mut clusters = Vec::with_capacity(s.clusters.len());
             for (group, cluster) in &s.clusters {
-                if let Err(why) = check_cluster(cluster) {
+                let templated = cluster.contains(PORT_PLACEHOLDER);
+                let checked = if templated && s.ports.is_empty() {
+                    Err("has {port} but the service lists no ports")
+                } else {
+                    check_cluster(cluster)
+                };
+                if let Err(why) = checked {
                     self.errors.push(TableError::InvalidCluster {
                         service: name.clone(),
                         group: group.clone(),
@@ -465,15 +608,41 @@ impl<'r> Compiler<'r> {
                         why,
                     });
                 }
-                if let Some(&g) = self.group_index.get(group.as_str()) {
-                    clusters.push((g, Box::<str>::from(cluster.as_str())));
-                }
+                let Some(&g) = self.group_index.get(group.as_str()) else { continue };
+                let compiled = if templated {
+                    // Formatted once here, so the request path only indexes.
+                    let per_port = s.ports.iter().map(|p| cluster.replace(PORT_PLACEHOLDER, &p.to_string()).into());
+                    ClusterName::PerPort(per_port.collect())
+                } else {
+                    ClusterName::Fixed(cluster.as_str().into())
+                };
+                clusters.push((g, compiled));
             }
             clusters.sort_by_key(|(g, _)| *g);
             service_index.insert(name.as_str().into(), id);
-            services.push(CompiledService { name: name.as_str().into(), clusters: clusters.into() });
+            services.push(CompiledService {
+                name: name.as_str().into(),
+                ports: s.ports.as_slice().into(),
+                clusters: clusters.into(),
+            });
         }
         (services, service_index, host_index)
+    }
+}
+
+impl Compiler<'_> {
+    /// Ports: 1 to 65535, each once.
+    fn check_ports(&mut self, service: &str, ports: &[u16]) {
+        for (i, &p) in ports.iter().enumerate() {
+            let why = if p == 0 {
+                "0 is not a port"
+            } else if ports[..i].contains(&p) {
+                "listed twice"
+            } else {
+                continue;
+            };
+            self.errors.push(TableError::Invalid { field: format!("services.{service}.ports[{i}]"), why: why.into() });
+        }
     }
 }
 

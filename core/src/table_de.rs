@@ -13,7 +13,8 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use crate::table::{Mode, RawGroup, RawService, RawTable};
+use crate::edge::RawRule;
+use crate::table::{Mode, RawGroup, RawService, RawSource, RawTable};
 
 thread_local! {
     /// `Some` while a lenient parse runs: the unknown field names seen.
@@ -75,9 +76,23 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> 
     Ok(())
 }
 
-const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services"];
-const GROUP_FIELDS: &[&str] = &["fallback", "mode"];
-const SERVICE_FIELDS: &[&str] = &["hosts", "clusters"];
+const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
+const GROUP_FIELDS: &[&str] = &["fallback", "mode", "description", "owner"];
+const SERVICE_FIELDS: &[&str] = &["hosts", "clusters", "ports"];
+const SOURCE_FIELDS: &[&str] = &["cidr", "group", "expires_at"];
+const RULE_FIELDS: &[&str] = &[
+    "header",
+    "cookie",
+    "query",
+    "values",
+    "prefix",
+    "regex",
+    "source_cidrs",
+    "percent",
+    "hash_header",
+    "group",
+    "group_from_value",
+];
 
 impl<'de> Deserialize<'de> for RawTable {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -89,6 +104,7 @@ impl<'de> Deserialize<'de> for RawTable {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawTable, A::Error> {
                 let (mut version, mut epoch, mut base_group, mut groups, mut services) = (None, None, None, None, None);
+                let (mut sources, mut rules) = (None, None);
                 while let Some(key) = map.next_key_seed(Field(TABLE_FIELDS))? {
                     match key {
                         Some("version") => once(&mut version, map.next_value::<u64>()?, "version")?,
@@ -98,6 +114,8 @@ impl<'de> Deserialize<'de> for RawTable {
                         Some("services") => {
                             once(&mut services, map.next_value::<BTreeMap<String, RawService>>()?, "services")?
                         }
+                        Some("sources") => once(&mut sources, map.next_value::<Vec<RawSource>>()?, "sources")?,
+                        Some("rules") => once(&mut rules, map.next_value::<Vec<RawRule>>()?, "rules")?,
                         _ => map.next_value::<IgnoredAny>().map(drop)?,
                     }
                 }
@@ -107,6 +125,8 @@ impl<'de> Deserialize<'de> for RawTable {
                     base_group: base_group.flatten(),
                     groups: groups.unwrap_or_default(),
                     services: services.unwrap_or_default(),
+                    sources: sources.unwrap_or_default(),
+                    rules: rules.unwrap_or_default(),
                 })
             }
         }
@@ -123,15 +143,24 @@ impl<'de> Deserialize<'de> for RawGroup {
                 f.write_str("a group object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawGroup, A::Error> {
-                let (mut fallback, mut mode) = (None, None);
+                let (mut fallback, mut mode, mut description, mut owner) = (None, None, None, None);
                 while let Some(key) = map.next_key_seed(Field(GROUP_FIELDS))? {
                     match key {
                         Some("fallback") => once(&mut fallback, map.next_value::<Vec<String>>()?, "fallback")?,
                         Some("mode") => once(&mut mode, map.next_value::<Mode>()?, "mode")?,
+                        Some("description") => {
+                            once(&mut description, map.next_value::<Option<String>>()?, "description")?
+                        }
+                        Some("owner") => once(&mut owner, map.next_value::<Option<String>>()?, "owner")?,
                         _ => map.next_value::<IgnoredAny>().map(drop)?,
                     }
                 }
-                Ok(RawGroup { fallback: fallback.unwrap_or_default(), mode: mode.unwrap_or_default() })
+                Ok(RawGroup {
+                    fallback: fallback.unwrap_or_default(),
+                    mode: mode.unwrap_or_default(),
+                    description: description.flatten(),
+                    owner: owner.flatten(),
+                })
             }
         }
         d.deserialize_map(V)
@@ -147,20 +176,94 @@ impl<'de> Deserialize<'de> for RawService {
                 f.write_str("a service object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawService, A::Error> {
-                let (mut hosts, mut clusters) = (None, None);
+                let (mut hosts, mut clusters, mut ports) = (None, None, None);
                 while let Some(key) = map.next_key_seed(Field(SERVICE_FIELDS))? {
                     match key {
                         Some("hosts") => once(&mut hosts, map.next_value::<Vec<String>>()?, "hosts")?,
                         Some("clusters") => {
                             once(&mut clusters, map.next_value::<BTreeMap<String, String>>()?, "clusters")?
                         }
+                        Some("ports") => once(&mut ports, map.next_value::<Vec<u16>>()?, "ports")?,
                         _ => map.next_value::<IgnoredAny>().map(drop)?,
                     }
                 }
                 Ok(RawService {
                     hosts: hosts.ok_or_else(|| de::Error::missing_field("hosts"))?,
                     clusters: clusters.ok_or_else(|| de::Error::missing_field("clusters"))?,
+                    ports: ports.unwrap_or_default(),
                 })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSource;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a source binding object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSource, A::Error> {
+                let (mut cidr, mut group, mut expires_at) = (None, None, None);
+                while let Some(key) = map.next_key_seed(Field(SOURCE_FIELDS))? {
+                    match key {
+                        Some("cidr") => once(&mut cidr, map.next_value::<String>()?, "cidr")?,
+                        Some("group") => once(&mut group, map.next_value::<String>()?, "group")?,
+                        Some("expires_at") => once(&mut expires_at, map.next_value::<Option<u64>>()?, "expires_at")?,
+                        _ => map.next_value::<IgnoredAny>().map(drop)?,
+                    }
+                }
+                Ok(RawSource {
+                    cidr: cidr.ok_or_else(|| de::Error::missing_field("cidr"))?,
+                    group: group.ok_or_else(|| de::Error::missing_field("group"))?,
+                    expires_at: expires_at.flatten(),
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rule object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRule, A::Error> {
+                let mut r = RawRule::default();
+                let mut seen = [false; RULE_FIELDS.len()];
+                while let Some(key) = map.next_key_seed(Field(RULE_FIELDS))? {
+                    let Some(key) = key else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    };
+                    if let Some(i) = RULE_FIELDS.iter().position(|f| *f == key) {
+                        if std::mem::replace(&mut seen[i], true) {
+                            return Err(de::Error::duplicate_field(key));
+                        }
+                    }
+                    match key {
+                        "header" => r.header = map.next_value()?,
+                        "cookie" => r.cookie = map.next_value()?,
+                        "query" => r.query = map.next_value()?,
+                        "values" => r.values = map.next_value()?,
+                        "prefix" => r.prefix = map.next_value()?,
+                        "regex" => r.regex = map.next_value()?,
+                        "source_cidrs" => r.source_cidrs = map.next_value()?,
+                        "percent" => r.percent = map.next_value()?,
+                        "hash_header" => r.hash_header = map.next_value()?,
+                        "group" => r.group = map.next_value()?,
+                        "group_from_value" => r.group_from_value = map.next_value()?,
+                        _ => map.next_value::<IgnoredAny>().map(drop)?,
+                    }
+                }
+                Ok(r)
             }
         }
         d.deserialize_map(V)

@@ -166,8 +166,8 @@ fn table_validation_errors() {
         (groups(r#"{"Bad":{}}"#), r#"groups.Bad: "Bad" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
         (groups(r#"{"x":{"mode":"loose"}}"#), "groups.x.mode: unknown variant `loose`, expected `permissive` or `strict` at line 1 column 30"),
         (r#"{"base_group":"Base"}"#.into(), r#"base_group: "Base" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#),
-        (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `epoch`, `base_group`, `groups`, `services` at line 1 column 11"),
-        (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected `hosts` or `clusters` at line 1 column 62"),
+        (r#"{"servicez":{}}"#.into(), "servicez: unknown field `servicez`, expected one of `version`, `epoch`, `base_group`, `groups`, `services`, `sources`, `rules` at line 1 column 11"),
+        (r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c"},"port":1}}}"#.into(), "services.r.port: unknown field `port`, expected one of `hosts`, `clusters`, `ports` at line 1 column 62"),
         ("not json".into(), "(document): expected ident at line 1 column 2"),
         (r#"{"version":-1}"#.into(), "version: invalid value: integer `-1`, expected u64 at line 1 column 13"),
         // one document: a doubled or padded body is not half-read
@@ -246,7 +246,7 @@ fn tables_over_the_default_limits_are_rejected() {
         let mut raw = RawTable::default();
         raw.services.insert(
             "a".into(),
-            RawService { hosts: vec!["a".into()], clusters: [("base".into(), "a0".into())].into() },
+            RawService { hosts: vec!["a".into()], clusters: [("base".into(), "a0".into())].into(), ports: vec![] },
         );
         for i in 1..n {
             raw.groups.insert(format!("g{i}"), RawGroup::default());
@@ -484,7 +484,7 @@ fn check_of_a_hostile_table_walks_without_recursion() {
     let mut raw = RawTable::default();
     for i in 0..n {
         let next = if i + 1 < n { vec![format!("g{}", i + 1), "g0".to_owned()] } else { vec!["g0".to_owned()] };
-        raw.groups.insert(format!("g{i}"), RawGroup { fallback: next, mode: Mode::Permissive });
+        raw.groups.insert(format!("g{i}"), RawGroup { fallback: next, mode: Mode::Permissive, ..RawGroup::default() });
     }
     let errors = Table::check(&raw, "base", &Limits::default()).unwrap_err();
     assert_eq!(errors[0].to_string(), format!("groups: {} exceeds the limit of 1000", n + 1));

@@ -171,9 +171,9 @@ proptest! {
     fn an_untrusted_peer_never_picks_its_group(headers in request(), ip in peer(), which in 4usize..7) {
         let s = &configs()[which]; // the edge configs
         prop_assume!(!s.edge.as_ref().unwrap().trusts(ip));
-        let inc = scan(&headers, s, Peer { ip });
+        let inc = scan(&headers, s, Peer { ip, now_s: 0 }, None);
         let clean = without_own_group(&headers);
-        let clean_inc = scan(&clean, s, Peer { ip });
+        let clean_inc = scan(&clean, s, Peer { ip, now_s: 0 }, None);
         // the same group, from the same place, and the same decision as
         // without any of the peer's own group values
         prop_assert_eq!((inc.group, inc.source), (clean_inc.group, clean_inc.source));
@@ -200,7 +200,7 @@ proptest! {
     #[test]
     fn a_client_never_picks_a_cluster(headers in request(), ip in peer(), which in 0usize..7, no_table in any::<bool>()) {
         let s = &configs()[which];
-        let inc = scan(&headers, s, Peer { ip });
+        let inc = scan(&headers, s, Peer { ip, now_s: 0 }, None);
         let d = inc.decide(table(s));
         let decision = (!no_table).then_some(&d);
         let sent = apply(&headers, &inc.edits(decision, s));

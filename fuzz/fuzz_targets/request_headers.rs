@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let Source::Inline(table) = &s.source else { return };
     for ip in [None, Some([10, 1, 2, 3].into()), Some([192, 0, 2, 1].into())] {
-        let inc = scan(&headers, &s, Peer { ip });
+        let inc = scan(&headers, &s, Peer { ip, now_s: 0 }, Some(table));
         let d = inc.decide(table);
         for decision in [Some(&d), None] {
             let edits = inc.edits(decision, &s);

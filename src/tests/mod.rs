@@ -3,6 +3,7 @@
 //! proves (route re-picking, workers, wasm itself) stays in `tests/`.
 
 mod assist;
+mod edge;
 mod request;
 mod sync;
 

@@ -256,12 +256,12 @@ fn a_newer_companions_fields_are_skipped_and_said_once() {
     let process = Process::new();
     let (mut root, host) = configured(&process, &companion_config("companion"));
     root.on_tick();
-    let with_extra = |v: u64| table(v).replacen("\"groups\"", "\"sources\": [], \"groups\"", 1);
+    let with_extra = |v: u64| table(v).replacen("\"groups\"", "\"lane_notes\": [], \"groups\"", 1);
     answer(&mut root, &host, &[(":status", "200")], &with_extra(5));
     assert_eq!(installed(&root), Some(5));
     root.on_tick();
     answer(&mut root, &host, &[(":status", "200")], &with_extra(6));
     assert_eq!(installed(&root), Some(6));
-    let told = process.log.borrow().iter().filter(|(_, m)| m.contains("does not know, ignored: sources")).count();
+    let told = process.log.borrow().iter().filter(|(_, m)| m.contains("does not know, ignored: lane_notes")).count();
     assert_eq!(told, 1, "{:?}", process.log.borrow());
 }

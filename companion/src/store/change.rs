@@ -89,6 +89,10 @@ impl Change {
                     base_group: table.base_group.clone(),
                     groups: table.groups.clone(),
                     services: table.services.clone(),
+                    // Kept as stored here; replacing them when a body has
+                    // them belongs to the whole-table write.
+                    sources: raw.sources.clone(),
+                    rules: raw.rules.clone(),
                 };
                 Ok((next != *raw).then_some(next))
             }

@@ -42,7 +42,7 @@ fn show(edits: &[Edit]) -> Vec<String> {
 /// (group, source, invalid count, edits) for a request.
 fn run(s: &Settings, list: &[(&str, &str)], peer: Option<&str>) -> (String, String, u32, Vec<String>) {
     let h = headers(list);
-    let inc = scan(&h, s, Peer { ip: peer.map(|p| p.parse().unwrap()) });
+    let inc = scan(&h, s, Peer { ip: peer.map(|p| p.parse().unwrap()), ..Peer::default() }, Some(table(s)));
     let decision = inc.decide(table(s));
     let group = inc.group.map_or("-".to_owned(), |g| g.to_string());
     (group, inc.source.describe(), inc.invalid, show(&inc.edits(Some(&decision), s)))
@@ -118,7 +118,7 @@ fn sanitises_pass_through_requests() {
         ("x-isogroup-cluster".to_owned(), b"evil".to_vec()),
         ("x-isogroup-target".to_owned(), b"evil".to_vec()),
     ];
-    let inc = scan(&h, &s, Peer::default());
+    let inc = scan(&h, &s, Peer::default(), None);
     let d = inc.decide(table(&s));
     assert_eq!(d, Decision::PassThrough);
     assert_eq!(show(&inc.edits(Some(&d), &s)), ["remove x-isogroup-cluster", "remove x-isogroup-target"]);
@@ -213,8 +213,10 @@ fn edge_mode_trust_rules_and_injection() {
         assert_eq!((g.as_str(), src.as_str(), e), (group, source, edits), "{list:?} from {peer:?}");
     }
     let inc_headers = headers(&[]);
-    assert!(!scan(&inc_headers, &s, Peer { ip: untrusted.map(|p| p.parse().unwrap()) }).trusted);
-    assert!(scan(&inc_headers, &s, Peer { ip: trusted.map(|p| p.parse().unwrap()) }).trusted);
+    assert!(
+        !scan(&inc_headers, &s, Peer { ip: untrusted.map(|p| p.parse().unwrap()), ..Peer::default() }, None).trusted
+    );
+    assert!(scan(&inc_headers, &s, Peer { ip: trusted.map(|p| p.parse().unwrap()), ..Peer::default() }, None).trusted);
     let with_default = settings(r#""edge": {"default_group": "f1"},"#);
     assert_eq!(run(&with_default, &[], None).1, "edge default");
 }
@@ -224,11 +226,11 @@ fn trace_ids_for_the_assist() {
     let s = settings(r#""propagation_assist": {"trace_headers": ["x-b3-traceid", "traceparent"]},"#);
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let h = headers(&[("traceparent", tp), ("x-b3-traceid", "b3id"), ("x-isogroup", "f1")]);
-    let inc = scan(&h, &s, Peer::default());
+    let inc = scan(&h, &s, Peer::default(), None);
     assert_eq!(inc.trace_id, Some(&b"b3id"[..]), "the first configured header wins");
     assert_eq!(inc.remember().map(|(t, g)| (t.to_vec(), g.to_string())), Some((b"b3id".to_vec(), "f1".to_owned())));
     let h = headers(&[("traceparent", tp)]);
-    let mut inc = scan(&h, &s, Peer::default());
+    let mut inc = scan(&h, &s, Peer::default(), None);
     assert_eq!(inc.trace_id, Some(&b"4bf92f3577b34da6a3ce929d0e0e4736"[..]));
     assert!(inc.remember().is_none(), "no group: nothing to remember");
     inc.adopt(GroupName::new(b"f1").unwrap(), GroupSource::Assist);
@@ -236,7 +238,7 @@ fn trace_ids_for_the_assist() {
     assert_eq!(show(&inc.edits(Some(&d), &s)), with(&["set x-isogroup: f1", "set baggage: isogroup=f1"], ROUTE_F1));
     // without the assist configured, no trace id is read
     let plain = settings("");
-    assert_eq!(scan(&h, &plain, Peer::default()).trace_id, None);
+    assert_eq!(scan(&h, &plain, Peer::default(), None).trace_id, None);
 }
 
 #[test]
@@ -369,10 +371,11 @@ fn failfast_status_and_reply() {
         let mut list = vec![("x-isogroup", "f2"), ("x-isogroup-strict", "svc")];
         list.extend(header);
         let h = headers(&list);
-        let inc = scan(&h, &s, Peer::default());
+        let inc = scan(&h, &s, Peer::default(), None);
         let Decision::FailFast(f) = inc.decide(table(&s)) else { panic!("{extra}: not a fail-fast") };
         let reply = inc.local_reply(&f, &s);
-        let want = LocalReply { status: *status, grpc: *grpc, service: "svc".into(), body: body.into() };
+        let headers = vec![("x-isogroup-failfast", "svc".to_owned()), ("content-type", "application/json".to_owned())];
+        let want = LocalReply { status: *status, grpc: *grpc, service: "svc".into(), headers, body: body.into() };
         assert_eq!(reply, want, "{extra} {header:?}");
     }
 }
@@ -400,7 +403,7 @@ fn served_annotation() {
     for (s, list, authority, peer, want) in cases {
         let mut h = headers(list);
         h[0].1 = authority.as_bytes().to_vec();
-        let inc = scan(&h, s, Peer { ip: peer.map(|p| p.parse().unwrap()) });
+        let inc = scan(&h, s, Peer { ip: peer.map(|p| p.parse().unwrap()), ..Peer::default() }, None);
         let d = inc.decide(table(s));
         assert_eq!(inc.served(Some(&d), s).as_deref(), *want, "{list:?} {authority} {peer:?}");
         assert_eq!(inc.served(None, s), None, "no table: nothing served");
@@ -443,7 +446,7 @@ fn injection_on_a_pass_through_and_before_any_table() {
         let s = settings(extra);
         let mut h = headers(list);
         h[0].1 = b"elsewhere:8080".to_vec();
-        let inc = scan(&h, &s, Peer { ip: peer.map(|p| p.parse().unwrap()) });
+        let inc = scan(&h, &s, Peer { ip: peer.map(|p| p.parse().unwrap()), ..Peer::default() }, None);
         let d = inc.decide(table(&s));
         assert_eq!(d, Decision::PassThrough, "{extra}");
         assert_eq!(show(&inc.edits(Some(&d), &s)), want, "pass-through: {extra} {list:?}");
@@ -451,6 +454,12 @@ fn injection_on_a_pass_through_and_before_any_table() {
         assert_eq!(show(&inc.edits(None, &s)), want, "no table: {extra} {list:?}");
         let mut known = h.clone();
         known[0].1 = b"svc".to_vec();
-        assert_eq!(show(&scan(&known, &s, Peer { ip: peer.map(|p| p.parse().unwrap()) }).edits(None, &s)), want);
+        assert_eq!(
+            show(
+                &scan(&known, &s, Peer { ip: peer.map(|p| p.parse().unwrap()), ..Peer::default() }, None)
+                    .edits(None, &s)
+            ),
+            want
+        );
     }
 }

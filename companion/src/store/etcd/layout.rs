@@ -46,6 +46,8 @@ pub struct Entry {
 }
 
 /// What the keys under the prefix say.
+// One value per store, rarely moved: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
     /// Never written (or wiped): served as `{"version": 0}`, no epoch.
