@@ -21,7 +21,7 @@ pub const API_GROUP: &str = "isogroup.io";
 pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "IsolationGroup";
 /// Free-text fields (`description`, `owner`) stay this short (SPEC).
-const MAX_TEXT: usize = 256;
+const MAX_TEXT: usize = isogroup_core::table::MAX_GROUP_TEXT;
 /// The status condition this companion owns.
 pub const CONDITION: &str = "Accepted";
 
@@ -45,7 +45,12 @@ pub struct Settings {
 
 impl Settings {
     fn raw(&self) -> RawGroup {
-        RawGroup { fallback: self.fallback.clone(), mode: self.mode }
+        RawGroup {
+            fallback: self.fallback.clone(),
+            mode: self.mode,
+            description: self.description.clone(),
+            owner: self.owner.clone(),
+        }
     }
 }
 
@@ -79,7 +84,11 @@ pub fn to_groups(
             groups: groups.clone(),
             services: BTreeMap::from([(
                 "probe".to_owned(),
-                RawService { hosts: vec!["probe".into()], clusters: [(base.to_owned(), "probe".to_owned())].into() },
+                RawService {
+                    hosts: vec!["probe".into()],
+                    clusters: [(base.to_owned(), "probe".to_owned())].into(),
+                    ports: vec![],
+                },
             )]),
             ..RawTable::default()
         };
@@ -240,7 +249,11 @@ mod tests {
                     obj("team-s", json!({"mode": "strict"})),
                 ],
                 // team-a has no object: a plain group so the fallback is valid
-                json!({"feature-1": {"fallback": ["team-a"]}, "team-a": {}, "team-s": {"mode": "strict"}}),
+                json!({
+                    "feature-1": {"fallback": ["team-a"], "description": "checkout", "owner": "ana"},
+                    "team-a": {},
+                    "team-s": {"mode": "strict"}
+                }),
                 vec![("feature-1", "ok"), ("team-s", "ok")],
             ),
             (vec![obj("x", Value::Null)], json!({"x": {}}), vec![("x", "ok")]),

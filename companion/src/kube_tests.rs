@@ -186,7 +186,7 @@ async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
     let t = store.served().current().raw.clone();
     assert_eq!(
         serde_json::to_value(&t.groups).unwrap(),
-        json!({ "feature-1": { "fallback": ["team-a"] }, "team-a": {}, "team-s": { "mode": "strict" } })
+        json!({ "feature-1": { "fallback": ["team-a"], "description": "checkout" }, "team-a": {}, "team-s": { "mode": "strict" } })
     );
     assert_eq!(lanes(&t), ["base", "feature-1"], "the lanes route whatever the objects say");
     // the invalid one: its own status says why, and it is left out
