@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod as K8sPod, Service as K8sService};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher;
@@ -22,29 +22,43 @@ use tokio::sync::mpsc;
 
 use crate::istio::GROUP_LABEL;
 use crate::kube_groups::{self, GroupObject, Verdict};
-use crate::kube_snapshot::{fqdn, Endpoint, EndpointSlice, Pod, Service, Snapshot};
+use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Labels, Pod, Service, Since, Snapshot};
 use crate::kube_watch::{self, Mirror, Report, Timing};
 use crate::metrics::{KindLabels, Metrics};
 use crate::store::kube::KubeStore;
 use crate::store::{now_ms, Readiness, Store};
 
-/// DestinationRule versions, newest first.
-const RULE_VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// DestinationRule and VirtualService versions, newest first.
+const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// The leader's bookkeeping (when each lane's conditions began to hold), in
+/// the companion's namespace.
+pub const STATE_CONFIGMAP: &str = "isogroup-state";
+const STATE_KEY: &str = "settled";
 const GROUP_VERSIONS: &[&str] = &[kube_groups::VERSION];
 
 /// Timings of the loop (tests shorten them).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// How long a new subset must exist before its group enters the table.
     pub settle: Duration,
     /// Re-evaluate this often even without events: subsets settle with time.
     pub recheck: Duration,
     pub watch: Timing,
+    /// The companion's namespace (its ConfigMaps).
+    pub namespace: String,
+    /// A lane needs a VirtualService route to its subset (target-header).
+    pub routes_required: bool,
 }
 
 impl Options {
-    pub fn new(settle: Duration) -> Options {
-        Options { settle, recheck: Duration::from_millis(500), watch: Timing::default() }
+    pub fn new(settle: Duration, namespace: String) -> Options {
+        Options {
+            settle,
+            recheck: Duration::from_millis(500),
+            watch: Timing::default(),
+            namespace,
+            routes_required: false,
+        }
     }
 }
 
@@ -53,8 +67,10 @@ enum Update {
     Pod(Report<Pod>),
     Service(Report<Service>),
     Slice(Report<EndpointSlice>),
-    Rule(Report<(String, Vec<String>)>),
+    Rule(Report<(String, BTreeMap<String, Labels>)>),
+    Route(Report<Vec<(String, String)>>),
     Group(Report<GroupObject>),
+    State(Report<Since>),
     Tick,
 }
 
@@ -63,8 +79,16 @@ fn pod(p: &K8sPod) -> Option<Pod> {
 }
 
 fn service(s: &K8sService) -> Option<Service> {
-    let port = s.spec.as_ref()?.ports.as_ref()?.first()?.port;
-    Some(Service { namespace: s.namespace()?, name: s.name_any(), port: u16::try_from(port).ok()? })
+    let ports = s
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .collect();
+    Some(Service { namespace: s.namespace()?, name: s.name_any(), ports })
 }
 
 fn slice(s: &K8sSlice) -> Option<EndpointSlice> {
@@ -81,18 +105,62 @@ fn slice(s: &K8sSlice) -> Option<EndpointSlice> {
     Some(EndpointSlice { namespace: s.namespace()?, service, endpoints })
 }
 
-/// A DestinationRule's host (as an FQDN) and its subset names.
-fn rule(r: &DynamicObject) -> Option<(String, Vec<String>)> {
-    let ns = r.namespace()?;
-    let host = r.data.get("spec")?.get("host")?.as_str()?;
-    let host = match host.matches('.').count() {
-        0 => fqdn(&ns, host),
+/// An Istio host as an FQDN: a short name is relative to the object's
+/// namespace.
+fn istio_host(ns: &str, host: &str) -> String {
+    match host.matches('.').count() {
+        0 => fqdn(ns, host),
         1 => format!("{host}.svc.cluster.local"),
         _ => host.to_owned(),
-    };
-    let subsets =
-        r.data["spec"]["subsets"].as_array()?.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect();
+    }
+}
+
+/// A DestinationRule's host (as an FQDN) and its subsets' selectors.
+fn rule(r: &DynamicObject) -> Option<(String, BTreeMap<String, Labels>)> {
+    let ns = r.namespace()?;
+    let host = istio_host(&ns, r.data.get("spec")?.get("host")?.as_str()?);
+    let subsets = r.data["spec"]["subsets"]
+        .as_array()?
+        .iter()
+        .filter_map(|s| {
+            let labels = s["labels"]
+                .as_object()
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+                .unwrap_or_default();
+            Some((s["name"].as_str()?.to_owned(), labels))
+        })
+        .collect();
     Some((host, subsets))
+}
+
+/// The (host FQDN, subset) pairs a VirtualService's HTTP routes go to.
+fn route(v: &DynamicObject) -> Option<Vec<(String, String)>> {
+    let ns = v.namespace()?;
+    let mut out = vec![];
+    for http in v.data["spec"]["http"].as_array()? {
+        for r in http["route"].as_array().into_iter().flatten() {
+            let d = &r["destination"];
+            if let (Some(host), Some(subset)) = (d["host"].as_str(), d["subset"].as_str()) {
+                out.push((istio_host(&ns, host), subset.to_owned()));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The leader's record from ConfigMap `isogroup-state`.
+fn state(c: &ConfigMap) -> Option<Since> {
+    if c.metadata.name.as_deref() != Some(STATE_CONFIGMAP) {
+        return None;
+    }
+    let text = c.data.as_ref()?.get(STATE_KEY)?;
+    match serde_json::from_str(text) {
+        Ok(since) => Some(since),
+        Err(e) => {
+            tracing::warn!(error = %e, "kubernetes: ConfigMap {STATE_CONFIGMAP}: data.{STATE_KEY} is not a JSON object of lane → ms; ignored");
+            None
+        }
+    }
 }
 
 fn group(o: &DynamicObject) -> Option<GroupObject> {
@@ -116,11 +184,16 @@ struct Cluster {
     pods: Mirror<Pod>,
     services: Mirror<Service>,
     slices: Mirror<EndpointSlice>,
-    rules: Mirror<(String, Vec<String>)>,
+    rules: Mirror<(String, BTreeMap<String, Labels>)>,
+    routes: Mirror<Vec<(String, String)>>,
     groups: Mirror<GroupObject>,
-    /// (namespace, host, subset) → when first seen (ms); 0 for subsets in
-    /// the first list, which count as settled (the proxies have them).
-    first_seen: BTreeMap<(String, String, String), u64>,
+    state: Mirror<Since>,
+    /// When each lane's conditions began to hold (see `kube_snapshot`).
+    since: Since,
+    /// No table computed yet: lanes that hold count as settled.
+    first: bool,
+    /// What the leader last wrote to `isogroup-state`.
+    recorded: Option<Since>,
     /// Statuses written (or being written), so one verdict is written once;
     /// a failed write forgets its entry, so the next rebuild tries again.
     written: Written,
@@ -132,21 +205,10 @@ impl Cluster {
             Update::Pod(r) => ("pods", error_of(r, |r| self.pods.apply(r))),
             Update::Service(r) => ("services", error_of(r, |r| self.services.apply(r))),
             Update::Slice(r) => ("endpointslices", error_of(r, |r| self.slices.apply(r))),
-            Update::Rule(r) => {
-                let first = !self.rules.synced;
-                let error = error_of(r, |r| self.rules.apply(r));
-                if first && self.rules.synced {
-                    // Subsets in the first list count as settled: after a
-                    // failover or a rollout, no lane waits again.
-                    for ((ns, _), (host, names)) in &self.rules.items {
-                        for name in names {
-                            self.first_seen.insert((ns.clone(), host.clone(), name.clone()), 0);
-                        }
-                    }
-                }
-                ("destinationrules", error)
-            }
+            Update::Rule(r) => ("destinationrules", error_of(r, |r| self.rules.apply(r))),
+            Update::Route(r) => ("virtualservices", error_of(r, |r| self.routes.apply(r))),
             Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r))),
+            Update::State(r) => ("configmaps", error_of(r, |r| self.state.apply(r))),
             Update::Tick => return,
         };
         if let Some(e) = error {
@@ -157,18 +219,26 @@ impl Cluster {
     }
 
     fn synced(&self) -> bool {
-        self.pods.synced && self.services.synced && self.slices.synced && self.rules.synced && self.groups.synced
+        self.pods.synced
+            && self.services.synced
+            && self.slices.synced
+            && self.rules.synced
+            && self.routes.synced
+            && self.groups.synced
+            && self.state.synced
     }
 
     /// Readiness with the detail `/readyz` shows: what is not listed yet,
     /// watch errors, missing kinds.
     fn readiness(&self) -> Readiness {
-        let kinds: [(&str, bool, &Option<String>, &Option<String>); 5] = [
+        let kinds: [(&str, bool, &Option<String>, &Option<String>); 7] = [
             ("pods", self.pods.synced, &self.pods.error, &None),
             ("services", self.services.synced, &self.services.error, &None),
             ("endpointslices", self.slices.synced, &self.slices.error, &None),
             ("destinationrules", self.rules.synced, &self.rules.error, &self.rules.missing),
+            ("virtualservices", self.routes.synced, &self.routes.error, &self.routes.missing),
             ("isolationgroups", self.groups.synced, &self.groups.error, &self.groups.missing),
+            ("configmaps", self.state.synced, &self.state.error, &None),
         ];
         let mut notes = vec![];
         for (kind, synced, error, missing) in kinds {
@@ -189,23 +259,30 @@ impl Cluster {
         }
     }
 
-    fn snapshot(&mut self, now: u64) -> Snapshot {
-        let mut subsets: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+    fn snapshot(&self, routes_required: bool) -> Snapshot {
+        let mut subsets: BTreeMap<(String, String), BTreeMap<String, Labels>> = BTreeMap::new();
         for ((ns, _), (host, names)) in &self.rules.items {
-            for name in names {
-                let since = *self.first_seen.entry((ns.clone(), host.clone(), name.clone())).or_insert(now);
-                subsets.entry((ns.clone(), host.clone())).or_default().insert(name.clone(), since);
+            let entry = subsets.entry((ns.clone(), host.clone())).or_default();
+            for (name, labels) in names {
+                entry.entry(name.clone()).or_insert_with(|| labels.clone());
             }
         }
-        self.first_seen.retain(|(ns, host, name), _| {
-            subsets.get(&(ns.clone(), host.clone())).is_some_and(|m| m.contains_key(name))
-        });
         Snapshot {
             services: self.services.items.values().cloned().collect(),
             pods: self.pods.items.values().cloned().collect(),
             slices: self.slices.items.values().cloned().collect(),
             subsets,
+            routes: routes_required.then(|| self.routes.items.values().flatten().cloned().collect()),
         }
+    }
+
+    /// The table now; `since` moves on.
+    fn table(&mut self, base: &str, now_ms: u64, opts: &Options) -> isogroup_core::RawTable {
+        let snap = self.snapshot(opts.routes_required);
+        let recorded = self.state.items.values().next().cloned().unwrap_or_default();
+        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded: &recorded };
+        self.first = false;
+        crate::kube_snapshot::to_table(&snap, base, &clock, &mut self.since)
     }
 }
 
@@ -230,27 +307,16 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     let all = watcher::Config::default;
     kube_watch::spawn(Api::<K8sService>::all(client.clone()), all(), service, Update::Service, tx.clone(), t);
     kube_watch::spawn(Api::<K8sSlice>::all(client.clone()), all(), slice, Update::Slice, tx.clone(), t);
-    let (rc, gc) = (client.clone(), client.clone());
-    kube_watch::spawn_optional(
-        rc,
-        "networking.istio.io",
-        "DestinationRule",
-        RULE_VERSIONS,
-        rule,
-        Update::Rule,
-        tx.clone(),
-        t,
-    );
-    kube_watch::spawn_optional(
-        gc,
-        kube_groups::API_GROUP,
-        kube_groups::KIND,
-        GROUP_VERSIONS,
-        group,
-        Update::Group,
-        tx.clone(),
-        t,
-    );
+    let istio = "networking.istio.io";
+    let c = || client.clone();
+    kube_watch::spawn_optional(c(), istio, "DestinationRule", ISTIO_VERSIONS, rule, Update::Rule, tx.clone(), t);
+    if opts.routes_required {
+        kube_watch::spawn_optional(c(), istio, "VirtualService", ISTIO_VERSIONS, route, Update::Route, tx.clone(), t);
+    }
+    let (group_api, kind) = (kube_groups::API_GROUP, kube_groups::KIND);
+    kube_watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace);
+    kube_watch::spawn(configmaps.clone(), all(), state, Update::State, tx.clone(), t);
     let ticks = tx;
     tokio::spawn(async move {
         loop {
@@ -261,7 +327,9 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
     });
     let statuses = kube_watch::dynamic_api(&client, kube_groups::API_GROUP, kube_groups::VERSION, kube_groups::KIND);
-    let mut cluster = Cluster::default();
+    let mut cluster = Cluster { first: true, ..Cluster::default() };
+    // Routes count only in target-header mode; otherwise nothing to list.
+    cluster.routes.synced = !opts.routes_required;
     while let Some(update) = rx.recv().await {
         cluster.apply(update, &metrics);
         // Coalesce a burst: everything already queued, then one rebuild.
@@ -282,10 +350,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         if !cluster.synced() {
             continue;
         }
-        let now = now_ms();
-        let snap = cluster.snapshot(now);
         let base = &served.base;
-        let mut table = crate::kube_snapshot::to_table(&snap, base, now, opts.settle.as_millis() as u64);
+        let mut table = cluster.table(base, now_ms(), &opts);
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
         let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
@@ -306,8 +372,32 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
         if store.is_leader() {
             write_statuses(&statuses, &objects, &verdicts, &cluster.written);
+            if cluster.recorded.as_ref() != Some(&cluster.since) {
+                cluster.recorded = Some(cluster.since.clone());
+                write_state(&configmaps, &opts.namespace, &cluster.since);
+            }
+        } else {
+            cluster.recorded = None;
         }
     }
+}
+
+/// Records when each lane's conditions began to hold, so a new leader keeps
+/// the clock (server-side apply: creates the ConfigMap if needed).
+fn write_state(api: &Api<ConfigMap>, namespace: &str, since: &Since) {
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": STATE_CONFIGMAP, "namespace": namespace,
+                      "labels": { "app.kubernetes.io/managed-by": "isogroup" } },
+        "data": { STATE_KEY: serde_json::to_string(since).unwrap_or_default() },
+    });
+    let api = api.clone();
+    tokio::spawn(async move {
+        let params = PatchParams::apply("isogroup").force();
+        if let Err(e) = api.patch(STATE_CONFIGMAP, &params, &Patch::Apply(&cm)).await {
+            tracing::warn!(error = %e, "kubernetes: cannot record lane settle times in ConfigMap {STATE_CONFIGMAP}");
+        }
+    });
 }
 
 /// Writes each object's status when its verdict changed (in the background:

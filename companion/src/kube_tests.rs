@@ -36,6 +36,9 @@ fn groups() -> Res {
 fn leases() -> Res {
     res("coordination.k8s.io", "v1", "leases")
 }
+fn configmaps() -> Res {
+    res("", "v1", "configmaps")
+}
 
 fn pod(name: &str, group: &str) -> Value {
     json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "bookinfo", "labels": { "isogroup.io/group": group } } })
@@ -79,6 +82,8 @@ fn opts(settle_ms: u64) -> Options {
             backoff_max: Duration::from_millis(400),
             missing_recheck: Duration::from_millis(300),
         },
+        namespace: "isogroup-system".into(),
+        routes_required: false,
     }
 }
 
@@ -113,7 +118,8 @@ fn lanes(t: &RawTable) -> Vec<String> {
 }
 
 async fn bookinfo(fake_rules: &str) -> FakeApi {
-    let fake = FakeApi::start(&[pods(), services(), slices(), rules(fake_rules), groups(), leases()]).await;
+    let fake =
+        FakeApi::start(&[pods(), services(), slices(), rules(fake_rules), groups(), leases(), configmaps()]).await;
     fake.put_quietly(&services(), service());
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
@@ -135,7 +141,8 @@ async fn watch_loop_follows_the_cluster() {
     versions.push(wait_table(&store, "feature-1", |t| lanes(t) == ["base", "feature-1"]).await);
     assert_eq!(store.served().readiness(), Readiness::Ready);
     let reviews = store.served().current().raw.services["reviews.bookinfo"].clone();
-    assert_eq!(reviews.clusters["feature-1"], "outbound|9080|feature-1|reviews.bookinfo.svc.cluster.local");
+    assert_eq!(reviews.clusters["feature-1"], "outbound|{port}|feature-1|reviews.bookinfo.svc.cluster.local");
+    assert_eq!(reviews.ports, [9080]);
     // not ready → it leaves
     fake.put(&slices(), slice(&[("r0", true), ("f1", false)]));
     versions.push(wait_table(&store, "feature-1 gone", |t| lanes(t) == ["base"]).await);
@@ -170,6 +177,16 @@ async fn watch_loop_follows_the_cluster() {
     fake.put(&rules("v1"), rule("v1", &["base", "feature-1", "team-a"]));
     versions.push(wait_table(&store, "team-a after settle", |t| lanes(t) == ["base", "team-a"]).await);
     assert!(started.elapsed() >= Duration::from_millis(250), "entered after the settle delay: {:?}", started.elapsed());
+    // the leader recorded when team-a's conditions began to hold
+    let state = wait("isogroup-state", || {
+        let cm = fake.get(&configmaps(), "isogroup-system", "isogroup-state")?;
+        let since: std::collections::BTreeMap<String, u64> =
+            serde_json::from_str(cm["data"]["settled"].as_str()?).ok()?;
+        since.contains_key("reviews.bookinfo/team-a").then_some(since)
+    })
+    .await;
+    assert_eq!(state["reviews.bookinfo/base"], 0, "in the first list: settled");
+    assert!(!state.contains_key("reviews.bookinfo/feature-1"), "{state:?}");
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions only go up: {versions:?}");
 }
 
@@ -223,7 +240,7 @@ async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
 #[tokio::test]
 async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1() {
     // Istio serves only v1beta1; the IsolationGroup CRD is not installed.
-    let fake = FakeApi::start(&[pods(), services(), slices(), rules("v1beta1"), leases()]).await;
+    let fake = FakeApi::start(&[pods(), services(), slices(), rules("v1beta1"), leases(), configmaps()]).await;
     fake.put_quietly(&services(), service());
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));

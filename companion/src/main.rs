@@ -289,7 +289,7 @@ async fn run(
                 client.clone(),
                 kube.clone(),
                 metrics.clone(),
-                kube_source::Options::new(settle),
+                kube_source::Options::new(settle, namespace.clone()),
             ));
             tokio::spawn(kube_leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
             release = Some((client, kube.clone(), lease_cfg));
