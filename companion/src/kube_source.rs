@@ -20,6 +20,10 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
+use isogroup_core::edge::RawRule;
+use isogroup_core::table::RawSource;
+use isogroup_core::{Limits, RawTable, Table};
+
 use crate::istio::GROUP_LABEL;
 use crate::kube_groups::{self, GroupObject, Verdict};
 use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Labels, Pod, Service, Since, Snapshot};
@@ -34,6 +38,17 @@ const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// the companion's namespace.
 pub const STATE_CONFIGMAP: &str = "isogroup-state";
 const STATE_KEY: &str = "settled";
+/// Source bindings and runtime rules (keys `sources`, `rules`: JSON lists
+/// in the table's schema), in the companion's namespace.
+pub const RUNTIME_CONFIGMAP: &str = "isogroup-runtime";
+
+/// The two ConfigMaps the companion reads.
+#[derive(Debug, Clone)]
+enum Own {
+    State(Since),
+    /// Parsed, not yet checked against the limits in force.
+    Runtime(Result<(Vec<RawSource>, Vec<RawRule>), String>),
+}
 const GROUP_VERSIONS: &[&str] = &[kube_groups::VERSION];
 
 /// Timings of the loop (tests shorten them).
@@ -70,7 +85,7 @@ enum Update {
     Rule(Report<(String, BTreeMap<String, Labels>)>),
     Route(Report<Vec<(String, String)>>),
     Group(Report<GroupObject>),
-    State(Report<Since>),
+    Own(Report<Own>),
     Tick,
 }
 
@@ -148,19 +163,50 @@ fn route(v: &DynamicObject) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
-/// The leader's record from ConfigMap `isogroup-state`.
-fn state(c: &ConfigMap) -> Option<Since> {
-    if c.metadata.name.as_deref() != Some(STATE_CONFIGMAP) {
-        return None;
+/// The leader's record (`isogroup-state`) or the runtime data
+/// (`isogroup-runtime`); other ConfigMaps do not count.
+fn own(c: &ConfigMap) -> Option<Own> {
+    let data = c.data.clone().unwrap_or_default();
+    match c.metadata.name.as_deref()? {
+        STATE_CONFIGMAP => match serde_json::from_str(data.get(STATE_KEY)?) {
+            Ok(since) => Some(Own::State(since)),
+            Err(e) => {
+                tracing::warn!(error = %e, "kubernetes: ConfigMap {STATE_CONFIGMAP}: data.{STATE_KEY} is not a JSON object of lane → ms; ignored");
+                None
+            }
+        },
+        RUNTIME_CONFIGMAP => Some(Own::Runtime(runtime(&data))),
+        _ => None,
     }
-    let text = c.data.as_ref()?.get(STATE_KEY)?;
-    match serde_json::from_str(text) {
-        Ok(since) => Some(since),
-        Err(e) => {
-            tracing::warn!(error = %e, "kubernetes: ConfigMap {STATE_CONFIGMAP}: data.{STATE_KEY} is not a JSON object of lane → ms; ignored");
-            None
+}
+
+/// `sources` and `rules` in the table's own schema (strict: a misspelt
+/// field is an error naming it, as in a table file).
+fn runtime(data: &BTreeMap<String, String>) -> Result<(Vec<RawSource>, Vec<RawRule>), String> {
+    let list = |key: &str| -> Result<serde_json::Value, String> {
+        match data.get(key) {
+            None => Ok(serde_json::Value::Array(vec![])),
+            Some(text) => serde_json::from_str(text).map_err(|e| format!("data.{key}: not JSON: {e}")),
         }
-    }
+    };
+    let doc = serde_json::json!({ "sources": list("sources")?, "rules": list("rules")? });
+    let raw = RawTable::from_json(doc.to_string().as_bytes(), &isogroup_core::Limits::default())
+        .map_err(|e| format!("ConfigMap {RUNTIME_CONFIGMAP}: {e}"))?;
+    Ok((raw.sources, raw.rules))
+}
+
+/// Whether runtime data passes the table's own checks (named errors).
+fn check_runtime(sources: &[RawSource], rules: &[RawRule], base: &str, limits: &Limits) -> Result<(), String> {
+    let probe = RawTable {
+        base_group: Some(base.to_owned()),
+        sources: sources.to_vec(),
+        rules: rules.to_vec(),
+        ..RawTable::default()
+    };
+    Table::check(&probe, base, limits).map(|_| ()).map_err(|errors| {
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!("ConfigMap {RUNTIME_CONFIGMAP}: {}", all.join("; "))
+    })
 }
 
 fn group(o: &DynamicObject) -> Option<GroupObject> {
@@ -187,7 +233,11 @@ struct Cluster {
     rules: Mirror<(String, BTreeMap<String, Labels>)>,
     routes: Mirror<Vec<(String, String)>>,
     groups: Mirror<GroupObject>,
-    state: Mirror<Since>,
+    own: Mirror<Own>,
+    /// The last runtime data that passed, kept while a bad edit is fixed.
+    runtime: (Vec<RawSource>, Vec<RawRule>),
+    /// Why the runtime data in the ConfigMap is not used (readiness detail).
+    runtime_error: Option<String>,
     /// When each lane's conditions began to hold (see `kube_snapshot`).
     since: Since,
     /// No table computed yet: lanes that hold count as settled.
@@ -208,7 +258,7 @@ impl Cluster {
             Update::Rule(r) => ("destinationrules", error_of(r, |r| self.rules.apply(r))),
             Update::Route(r) => ("virtualservices", error_of(r, |r| self.routes.apply(r))),
             Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r))),
-            Update::State(r) => ("configmaps", error_of(r, |r| self.state.apply(r))),
+            Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r))),
             Update::Tick => return,
         };
         if let Some(e) = error {
@@ -225,7 +275,7 @@ impl Cluster {
             && self.rules.synced
             && self.routes.synced
             && self.groups.synced
-            && self.state.synced
+            && self.own.synced
     }
 
     /// Readiness with the detail `/readyz` shows: what is not listed yet,
@@ -238,7 +288,7 @@ impl Cluster {
             ("destinationrules", self.rules.synced, &self.rules.error, &self.rules.missing),
             ("virtualservices", self.routes.synced, &self.routes.error, &self.routes.missing),
             ("isolationgroups", self.groups.synced, &self.groups.error, &self.groups.missing),
-            ("configmaps", self.state.synced, &self.state.error, &None),
+            ("configmaps", self.own.synced, &self.own.error, &self.runtime_error),
         ];
         let mut notes = vec![];
         for (kind, synced, error, missing) in kinds {
@@ -248,8 +298,10 @@ impl Cluster {
             if let Some(e) = error {
                 notes.push(format!("{kind}: watch error (retrying): {e}"));
             }
-            if let Some(m) = missing {
-                notes.push(format!("warning: {m}; counted as empty"));
+            match missing {
+                Some(m) if kind == "configmaps" => notes.push(format!("warning: {m}; the last valid data stays")),
+                Some(m) => notes.push(format!("warning: {m}; counted as empty")),
+                None => {}
             }
         }
         match (self.synced(), notes.is_empty()) {
@@ -277,12 +329,31 @@ impl Cluster {
     }
 
     /// The table now; `since` moves on.
-    fn table(&mut self, base: &str, now_ms: u64, opts: &Options) -> isogroup_core::RawTable {
+    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> RawTable {
         let snap = self.snapshot(opts.routes_required);
-        let recorded = self.state.items.values().next().cloned().unwrap_or_default();
+        let mut recorded = Since::new();
+        self.runtime_error = None;
+        let mut runtime = None;
+        for own in self.own.items.values() {
+            match own {
+                Own::State(since) => recorded = since.clone(),
+                Own::Runtime(Ok((sources, rules))) => runtime = Some((sources, rules)),
+                Own::Runtime(Err(e)) => self.runtime_error = Some(e.clone()),
+            }
+        }
+        match runtime {
+            None if self.runtime_error.is_none() => self.runtime = Default::default(),
+            None => {}
+            Some((sources, rules)) => match check_runtime(sources, rules, base, limits) {
+                Ok(()) => self.runtime = (sources.clone(), rules.clone()),
+                Err(e) => self.runtime_error = Some(e),
+            },
+        }
         let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded: &recorded };
         self.first = false;
-        crate::kube_snapshot::to_table(&snap, base, &clock, &mut self.since)
+        let mut table = crate::kube_snapshot::to_table(&snap, base, &clock, &mut self.since);
+        (table.sources, table.rules) = self.runtime.clone();
+        table
     }
 }
 
@@ -316,7 +387,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     let (group_api, kind) = (kube_groups::API_GROUP, kube_groups::KIND);
     kube_watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace);
-    kube_watch::spawn(configmaps.clone(), all(), state, Update::State, tx.clone(), t);
+    kube_watch::spawn(configmaps.clone(), all(), own, Update::Own, tx.clone(), t);
     let ticks = tx;
     tokio::spawn(async move {
         loop {
@@ -351,7 +422,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             continue;
         }
         let base = &served.base;
-        let mut table = cluster.table(base, now_ms(), &opts);
+        let mut table = cluster.table(base, now_ms(), &opts, &served.limits);
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
         let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);

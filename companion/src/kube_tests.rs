@@ -446,3 +446,54 @@ async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() 
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.headers()["x-isogroup-epoch"], "1000-aa");
 }
+
+fn runtime(sources: &str, rules: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "isogroup-runtime", "namespace": "isogroup-system" },
+            "data": { "sources": sources, "rules": rules } })
+}
+
+#[tokio::test]
+async fn sources_and_rules_come_from_the_runtime_configmap() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(
+        &configmaps(),
+        runtime(
+            r#"[{"cidr": "192.0.2.7/32", "group": "feature-1", "expires_at": 1798761600}]"#,
+            r#"[{"header": "x-user", "values": ["ana"], "group": "feature-1"}]"#,
+        ),
+    );
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    wait_table(&store, "runtime data", |t| t.sources.len() == 1 && t.rules.len() == 1).await;
+    let t = store.served().current().raw.clone();
+    assert_eq!(t.sources[0].cidr, "192.0.2.7/32");
+    assert_eq!(t.sources[0].expires_at, Some(1798761600));
+    // a bad edit: named in the readiness detail, the last good data stays
+    fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.7/24", "group": "feature-1"}]"#, "[]"));
+    let detail = wait("the bad edit reported", || match store.served().readiness() {
+        Readiness::Unreachable(d) if d.contains("isogroup-runtime") => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(detail.contains("sources[0].cidr"), "{detail}");
+    assert_eq!(store.served().current().raw.sources, t.sources, "the last good data stays");
+    fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.0/24", "group": "team-a", "extra": 1}]"#, "[]"));
+    let detail = wait("an unknown field reported", || match store.served().readiness() {
+        Readiness::Unreachable(d) if d.contains("extra") => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(detail.contains("sources[0]"), "{detail}");
+    // fixed: used, and the warning is gone
+    fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.0/24", "group": "team-a"}]"#, "[]"));
+    wait_table(&store, "fixed runtime data", |t| {
+        t.sources.len() == 1 && t.sources[0].group == "team-a" && t.rules.is_empty()
+    })
+    .await;
+    wait("ready without a warning", || (store.served().readiness() == Readiness::Ready).then_some(())).await;
+    // deleted: no runtime data
+    fake.delete(&configmaps(), "isogroup-system", "isogroup-runtime");
+    wait_table(&store, "runtime data gone", |t| t.sources.is_empty()).await;
+}

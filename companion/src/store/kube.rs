@@ -63,6 +63,8 @@ impl KubeStore {
             && current.epoch.as_ref() == Some(epoch)
             && raw.services == current.raw.services
             && raw.groups == current.raw.groups
+            && raw.sources == current.raw.sources
+            && raw.rules == current.raw.rules
         {
             return Ok(None);
         }
