@@ -98,11 +98,14 @@ enum Command {
         #[arg(long, default_value = "base")]
         base_group: String,
     },
-    /// Print the Istio objects a namespace needs for the table's groups:
-    /// DestinationRule subsets plus VirtualServices (target-header mode) or
-    /// an EnvoyFilter (cluster-header mode).
+    /// Print the Istio objects the table's services need (for GitOps; with
+    /// `serve --kubernetes --istio …` the companion keeps them itself):
+    /// DestinationRule subsets and a VirtualService per service, in its own
+    /// namespace, plus (cluster-header mode) an EnvoyFilter in the root
+    /// namespace.
     IstioManifests {
         file: PathBuf,
+        /// The namespace of services whose clusters are not in Istio form.
         #[arg(long)]
         namespace: String,
         #[arg(long, value_enum, default_value = "target-header")]
@@ -110,6 +113,10 @@ enum Command {
         /// Port for services whose clusters are not in Istio form.
         #[arg(long, default_value_t = 80)]
         default_port: u16,
+        /// The mesh's root namespace (meshConfig.rootNamespace), where an
+        /// EnvoyFilter applies to every proxy.
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
         #[arg(long, default_value = "base")]
         base_group: String,
     },
@@ -174,11 +181,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::IstioManifests { file, namespace, mode, default_port, base_group } => {
-            match load_table(&file, &base_group) {
-                Ok(t) => {
-                    let opts = istio::Options { namespace: &namespace, mode, default_port };
-                    print!("{}", istio::to_yaml_stream(&istio::render(&t, &opts)));
+        Command::IstioManifests { file, namespace, mode, default_port, root_namespace, base_group } => {
+            match load_raw(&file, &base_group) {
+                Ok((raw, t)) => {
+                    let base = t.group_name(t.base()).to_owned();
+                    let opts = istio::Options { mode, base: &base, root_namespace: &root_namespace };
+                    let objects: Vec<serde_json::Value> = istio::targets_of(&t, &raw, &namespace, default_port)
+                        .iter()
+                        .flat_map(|target| istio::render_target(target, &opts))
+                        .collect();
+                    print!("{}", istio::to_yaml_stream(&objects));
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {
@@ -214,6 +226,15 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn load_raw(file: &std::path::Path, base: &str) -> Result<(RawTable, Table), Vec<String>> {
+    let limits = Limits::default();
+    let bytes = std::fs::read(file).map_err(|e| vec![e.to_string()])?;
+    let raw = RawTable::from_json(&bytes, &limits).map_err(|e| vec![e.to_string()])?;
+    let table = Table::check(&raw, base, &limits)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok((raw, table))
 }
 
 fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> {
