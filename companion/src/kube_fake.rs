@@ -515,3 +515,10 @@ fn patch(
     let _ = fake.tx.send(Msg::Ev(ev));
     axum::Json(obj).into_response()
 }
+
+impl FakeApi {
+    /// The field manager that last applied an object, if any.
+    pub fn manager(&self, r: &Res, ns: &str, name: &str) -> Option<String> {
+        self.state.lock().unwrap().managers.get(&(r.clone(), ns.to_owned(), name.to_owned())).cloned()
+    }
+}

@@ -161,6 +161,40 @@ pub fn to_table(snap: &Snapshot, base: &str, clock: &Clock<'_>, since: &mut Sinc
     table
 }
 
+/// The services the cluster has (some endpoint a base pod) and every lane
+/// with pods behind each, ready or not: what the Istio objects must cover
+/// *before* a lane may settle.
+pub fn targets(snap: &Snapshot, base: &str) -> Vec<crate::istio::Target> {
+    let pods: BTreeMap<(&str, &str), &Labels> =
+        snap.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.labels)).collect();
+    let mut groups: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for sl in &snap.slices {
+        let entry = groups.entry((sl.namespace.as_str(), sl.service.as_str())).or_default();
+        for e in &sl.endpoints {
+            let labels = e.pod.as_deref().and_then(|p| pods.get(&(sl.namespace.as_str(), p)));
+            if let Some(g) = labels.and_then(|l| l.get(GROUP_LABEL)).filter(|g| is_valid_group(g.as_bytes())) {
+                entry.insert(g.as_str());
+            }
+        }
+    }
+    let mut out = vec![];
+    for s in &snap.services {
+        let Some(lanes) = groups.get(&(s.namespace.as_str(), s.name.as_str())) else { continue };
+        if s.ports.is_empty() || !lanes.contains(base) {
+            continue;
+        }
+        let groups = std::iter::once(base).chain(lanes.iter().copied().filter(|g| *g != base)).map(str::to_owned);
+        out.push(crate::istio::Target {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            fqdn: fqdn(&s.namespace, &s.name),
+            ports: s.ports.clone(),
+            groups: groups.collect(),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -338,6 +372,20 @@ mod tests {
         let mut fresh = Since::new();
         let clock = Clock { now_ms: 17_500, settle_ms: 5_000, first: false, recorded: &recorded };
         assert_eq!(summary(&to_table(&ready, "base", &clock, &mut fresh))[0], "ratings.bookinfo: base,feature-1");
+    }
+
+    #[test]
+    fn istio_targets_cover_lanes_before_they_are_ready() {
+        let t = targets(&base(), "base");
+        let summary: Vec<String> = t.iter().map(|t| format!("{} {}", t.fqdn, t.groups.join(","))).collect();
+        // ratings' feature-1 pod is not ready: its subset must exist anyway
+        assert_eq!(
+            summary,
+            ["reviews.bookinfo.svc.cluster.local base,feature-1", "ratings.bookinfo.svc.cluster.local base,feature-1"]
+        );
+        assert_eq!(t[0].ports, [9080, 9443]);
+        let none = Snapshot { slices: vec![slice("bookinfo", "reviews", &[("reviews-f1", true)])], ..base() };
+        assert!(targets(&none, "base").is_empty(), "no base pod: no objects");
     }
 
     #[test]

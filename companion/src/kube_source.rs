@@ -24,8 +24,9 @@ use isogroup_core::edge::RawRule;
 use isogroup_core::table::RawSource;
 use isogroup_core::{Limits, RawTable, Table};
 
-use crate::istio::GROUP_LABEL;
+use crate::istio::{GROUP_LABEL, MANAGED_BY};
 use crate::kube_groups::{self, GroupObject, Verdict};
+use crate::kube_istio::Existing;
 use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Labels, Pod, Service, Since, Snapshot};
 use crate::kube_watch::{self, Mirror, Report, Timing};
 use crate::metrics::{KindLabels, Metrics};
@@ -61,19 +62,21 @@ pub struct Options {
     pub watch: Timing,
     /// The companion's namespace (its ConfigMaps).
     pub namespace: String,
+    /// `--istio`: keep DestinationRules and routes (the mesh root namespace
+    /// for EnvoyFilters); `None`: off.
+    pub istio: Option<(crate::istio::Mode, String)>,
+}
+
+impl Options {
     /// A lane needs a VirtualService route to its subset (target-header).
-    pub routes_required: bool,
+    fn routes_required(&self) -> bool {
+        matches!(self.istio, Some((crate::istio::Mode::TargetHeader, _)))
+    }
 }
 
 impl Options {
     pub fn new(settle: Duration, namespace: String) -> Options {
-        Options {
-            settle,
-            recheck: Duration::from_millis(500),
-            watch: Timing::default(),
-            namespace,
-            routes_required: false,
-        }
+        Options { settle, recheck: Duration::from_millis(500), watch: Timing::default(), namespace, istio: None }
     }
 }
 
@@ -82,8 +85,8 @@ enum Update {
     Pod(Report<Pod>),
     Service(Report<Service>),
     Slice(Report<EndpointSlice>),
-    Rule(Report<(String, BTreeMap<String, Labels>)>),
-    Route(Report<Vec<(String, String)>>),
+    Rule(Report<RuleObj>),
+    Route(Report<RouteObj>),
     Group(Report<GroupObject>),
     Own(Report<Own>),
     Tick,
@@ -130,13 +133,35 @@ fn istio_host(ns: &str, host: &str) -> String {
     }
 }
 
-/// A DestinationRule's host (as an FQDN) and its subsets' selectors.
-fn rule(r: &DynamicObject) -> Option<(String, BTreeMap<String, Labels>)> {
+/// A DestinationRule: its host (as an FQDN), its subsets' selectors, and
+/// whether the companion made it.
+#[derive(Debug, Clone)]
+struct RuleObj {
+    host: String,
+    subsets: BTreeMap<String, Labels>,
+    owned: bool,
+}
+
+/// A VirtualService: its hosts, the (host, subset) pairs its HTTP routes go
+/// to, and whether the companion made it.
+#[derive(Debug, Clone)]
+struct RouteObj {
+    hosts: Vec<String>,
+    dests: Vec<(String, String)>,
+    owned: bool,
+}
+
+fn owned(o: &DynamicObject) -> bool {
+    o.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+fn rule(r: &DynamicObject) -> Option<RuleObj> {
     let ns = r.namespace()?;
     let host = istio_host(&ns, r.data.get("spec")?.get("host")?.as_str()?);
     let subsets = r.data["spec"]["subsets"]
-        .as_array()?
-        .iter()
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(|s| {
             let labels = s["labels"]
                 .as_object()
@@ -145,22 +170,22 @@ fn rule(r: &DynamicObject) -> Option<(String, BTreeMap<String, Labels>)> {
             Some((s["name"].as_str()?.to_owned(), labels))
         })
         .collect();
-    Some((host, subsets))
+    Some(RuleObj { host, subsets, owned: owned(r) })
 }
 
-/// The (host FQDN, subset) pairs a VirtualService's HTTP routes go to.
-fn route(v: &DynamicObject) -> Option<Vec<(String, String)>> {
+fn route(v: &DynamicObject) -> Option<RouteObj> {
     let ns = v.namespace()?;
-    let mut out = vec![];
-    for http in v.data["spec"]["http"].as_array()? {
+    let hosts = v.data["spec"]["hosts"].as_array()?.iter().filter_map(|h| Some(istio_host(&ns, h.as_str()?))).collect();
+    let mut dests = vec![];
+    for http in v.data["spec"]["http"].as_array().into_iter().flatten() {
         for r in http["route"].as_array().into_iter().flatten() {
             let d = &r["destination"];
             if let (Some(host), Some(subset)) = (d["host"].as_str(), d["subset"].as_str()) {
-                out.push((istio_host(&ns, host), subset.to_owned()));
+                dests.push((istio_host(&ns, host), subset.to_owned()));
             }
         }
     }
-    Some(out)
+    Some(RouteObj { hosts, dests, owned: owned(v) })
 }
 
 /// The leader's record (`isogroup-state`) or the runtime data
@@ -230,8 +255,8 @@ struct Cluster {
     pods: Mirror<Pod>,
     services: Mirror<Service>,
     slices: Mirror<EndpointSlice>,
-    rules: Mirror<(String, BTreeMap<String, Labels>)>,
-    routes: Mirror<Vec<(String, String)>>,
+    rules: Mirror<RuleObj>,
+    routes: Mirror<RouteObj>,
     groups: Mirror<GroupObject>,
     own: Mirror<Own>,
     /// The last runtime data that passed, kept while a bad edit is fixed.
@@ -244,6 +269,8 @@ struct Cluster {
     first: bool,
     /// What the leader last wrote to `isogroup-state`.
     recorded: Option<Since>,
+    /// Istio conflicts the reconciler reports (readiness detail).
+    conflicts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Statuses written (or being written), so one verdict is written once;
     /// a failed write forgets its entry, so the next rebuild tries again.
     written: Written,
@@ -304,6 +331,9 @@ impl Cluster {
                 None => {}
             }
         }
+        if let Ok(c) = self.conflicts.lock() {
+            notes.extend(c.iter().map(|c| format!("istio conflict: {c}")));
+        }
         match (self.synced(), notes.is_empty()) {
             (false, _) => Readiness::Loading(notes.join("; ")),
             (true, true) => Readiness::Ready,
@@ -313,9 +343,9 @@ impl Cluster {
 
     fn snapshot(&self, routes_required: bool) -> Snapshot {
         let mut subsets: BTreeMap<(String, String), BTreeMap<String, Labels>> = BTreeMap::new();
-        for ((ns, _), (host, names)) in &self.rules.items {
-            let entry = subsets.entry((ns.clone(), host.clone())).or_default();
-            for (name, labels) in names {
+        for ((ns, _), r) in &self.rules.items {
+            let entry = subsets.entry((ns.clone(), r.host.clone())).or_default();
+            for (name, labels) in &r.subsets {
                 entry.entry(name.clone()).or_insert_with(|| labels.clone());
             }
         }
@@ -324,13 +354,35 @@ impl Cluster {
             pods: self.pods.items.values().cloned().collect(),
             slices: self.slices.items.values().cloned().collect(),
             subsets,
-            routes: routes_required.then(|| self.routes.items.values().flatten().cloned().collect()),
+            routes: routes_required.then(|| self.routes.items.values().flat_map(|r| r.dests.iter().cloned()).collect()),
         }
+    }
+
+    /// The Istio objects every service needs, and the ones that exist.
+    fn desired(&self, base: &str, mode: crate::istio::Mode, root: &str) -> crate::kube_istio::Desired {
+        let opts = crate::istio::Options { mode, base, root_namespace: root };
+        let targets = crate::kube_snapshot::targets(&self.snapshot(false), base);
+        let objects = targets.iter().map(|t| crate::istio::render_target(t, &opts)).collect();
+        let rules = self.rules.items.iter().map(|((ns, name), r)| Existing {
+            kind: "DestinationRule",
+            namespace: ns.clone(),
+            name: name.clone(),
+            owned: r.owned,
+            hosts: vec![r.host.clone()],
+        });
+        let routes = self.routes.items.iter().map(|((ns, name), r)| Existing {
+            kind: "VirtualService",
+            namespace: ns.clone(),
+            name: name.clone(),
+            owned: r.owned,
+            hosts: r.hosts.clone(),
+        });
+        (objects, rules.chain(routes).collect())
     }
 
     /// The table now; `since` moves on.
     fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> RawTable {
-        let snap = self.snapshot(opts.routes_required);
+        let snap = self.snapshot(opts.routes_required());
         let mut recorded = Since::new();
         self.runtime_error = None;
         let mut runtime = None;
@@ -381,7 +433,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     let istio = "networking.istio.io";
     let c = || client.clone();
     kube_watch::spawn_optional(c(), istio, "DestinationRule", ISTIO_VERSIONS, rule, Update::Rule, tx.clone(), t);
-    if opts.routes_required {
+    // VirtualServices: routes to lanes (target-header) and conflicts.
+    if opts.istio.is_some() {
         kube_watch::spawn_optional(c(), istio, "VirtualService", ISTIO_VERSIONS, route, Update::Route, tx.clone(), t);
     }
     let (group_api, kind) = (kube_groups::API_GROUP, kube_groups::KIND);
@@ -399,8 +452,15 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     });
     let statuses = kube_watch::dynamic_api(&client, kube_groups::API_GROUP, kube_groups::VERSION, kube_groups::KIND);
     let mut cluster = Cluster { first: true, ..Cluster::default() };
-    // Routes count only in target-header mode; otherwise nothing to list.
-    cluster.routes.synced = !opts.routes_required;
+    // Without --istio, VirtualServices are not watched.
+    cluster.routes.synced = opts.istio.is_none();
+    let conflicts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    cluster.conflicts = conflicts.clone();
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+    if let Some((_, root)) = &opts.istio {
+        let (c, root, m) = (client.clone(), root.clone(), metrics.clone());
+        tokio::spawn(crate::kube_istio::run(c, root, desired_rx, conflicts, m));
+    }
     while let Some(update) = rx.recv().await {
         cluster.apply(update, &metrics);
         // Coalesce a burst: everything already queued, then one rebuild.
@@ -443,6 +503,14 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
         if store.is_leader() {
             write_statuses(&statuses, &objects, &verdicts, &cluster.written);
+            if let Some((mode, root)) = &opts.istio {
+                let desired = cluster.desired(base, *mode, root);
+                desired_tx.send_if_modified(|d| {
+                    let changed = d.as_ref() != Some(&desired);
+                    *d = Some(desired);
+                    changed
+                });
+            }
             if cluster.recorded.as_ref() != Some(&cluster.since) {
                 cluster.recorded = Some(cluster.since.clone());
                 write_state(&configmaps, &opts.namespace, &cluster.since);

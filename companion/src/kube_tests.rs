@@ -83,7 +83,7 @@ fn opts(settle_ms: u64) -> Options {
             missing_recheck: Duration::from_millis(300),
         },
         namespace: "isogroup-system".into(),
-        routes_required: false,
+        istio: None,
     }
 }
 
@@ -496,4 +496,132 @@ async fn sources_and_rules_come_from_the_runtime_configmap() {
     // deleted: no runtime data
     fake.delete(&configmaps(), "isogroup-system", "isogroup-runtime");
     wait_table(&store, "runtime data gone", |t| t.sources.is_empty()).await;
+}
+
+fn virtualservices() -> Res {
+    res("networking.istio.io", "v1", "virtualservices")
+}
+
+fn service_named(name: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name, "namespace": "bookinfo" },
+            "spec": { "ports": [{ "port": 9080 }, { "port": 9443 }] } })
+}
+
+fn slice_of(service: &str, ready: &[(&str, bool)]) -> Value {
+    let mut s = slice(ready);
+    s["metadata"]["name"] = json!(format!("{service}-x1"));
+    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(service);
+    s
+}
+
+fn subsets_of(fake: &FakeApi, name: &str) -> Option<Vec<String>> {
+    let dr = fake.get(&rules("v1"), "bookinfo", name)?;
+    Some(dr["spec"]["subsets"].as_array()?.iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect())
+}
+
+#[tokio::test]
+async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
+    let envoyfilters = res("networking.istio.io", "v1alpha3", "envoyfilters");
+    let fake = FakeApi::start(&[
+        pods(),
+        services(),
+        slices(),
+        rules("v1"),
+        virtualservices(),
+        envoyfilters,
+        groups(),
+        leases(),
+        configmaps(),
+    ])
+    .await;
+    fake.put_quietly(&services(), service_named("reviews"));
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true), ("f1", true)]));
+    // ratings has a DestinationRule someone else made
+    fake.put_quietly(&services(), service_named("ratings"));
+    fake.put_quietly(&pods(), pod("t0", "base"));
+    fake.put_quietly(&slices(), slice_of("ratings", &[("t0", true)]));
+    let mut theirs = rule("v1", &["v1"]);
+    theirs["metadata"]["name"] = json!("ratings");
+    theirs["spec"]["host"] = json!("ratings");
+    fake.put_quietly(&rules("v1"), theirs);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(200);
+    o.istio = Some((crate::istio::Mode::TargetHeader, "istio-system".into()));
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+
+    // the subsets and the route are made, by server-side apply, then the lane settles
+    wait("reviews' subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup"));
+    let dr = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
+    assert_eq!(dr["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
+    let vs = wait("reviews' route", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")).await;
+    assert_eq!(vs["spec"]["http"][0]["match"][0]["headers"]["x-isogroup-target"]["exact"], "feature-1");
+    assert_eq!(vs["spec"]["http"][1]["route"][0]["destination"]["subset"], "base");
+    wait_table(&store, "the lane, once its objects exist", |t| lanes(t) == ["base", "feature-1"]).await;
+    // ratings: someone else's DestinationRule for its host is left alone, and said so
+    assert!(fake.get(&rules("v1"), "bookinfo", "isogroup-ratings").is_none());
+    assert!(fake.get(&rules("v1"), "bookinfo", "ratings").is_some());
+    wait("the conflict counted", || (metrics.kube_istio_conflicts.get() == 1).then_some(())).await;
+    match store.served().readiness() {
+        Readiness::Unreachable(d) => assert!(d.contains("istio conflict: DestinationRule bookinfo/ratings"), "{d}"),
+        other => panic!("ready with the conflict in the detail, got {other:?}"),
+    }
+    assert!(!store.served().current().raw.services.contains_key("ratings.bookinfo"), "no base subset of ours: out");
+    // a new lane's subset exists before its pods are ready (so it can settle)
+    fake.put(&pods(), pod("a1", "team-a"));
+    fake.put(&slices(), slice_of("reviews", &[("r0", true), ("f1", true), ("a1", false)]));
+    wait("team-a's subset", || {
+        (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1", "team-a"]).then_some(())
+    })
+    .await;
+    assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"], "not ready: not in the table");
+    // a lane gone: its subset and route go too, after it left the table
+    fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
+    wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
+    assert_eq!(lanes(&store.served().current().raw), ["base"]);
+    let vs = fake.get(&virtualservices(), "bookinfo", "isogroup-reviews").unwrap();
+    assert_eq!(vs["spec"]["http"].as_array().unwrap().len(), 1, "only the base route left");
+    // the service gone: what isogroup made is deleted, the others' object stays
+    fake.delete(&services(), "bookinfo", "reviews");
+    wait("reviews' objects deleted", || fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none().then_some(()))
+        .await;
+    wait("its route deleted", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews").is_none().then_some(()))
+        .await;
+    assert!(fake.get(&rules("v1"), "bookinfo", "ratings").is_some());
+}
+
+#[tokio::test]
+async fn an_apply_conflict_is_reported_not_forced() {
+    // an object under isogroup's name and label, but made by another manager
+    let fake = FakeApi::start(&[
+        pods(),
+        services(),
+        slices(),
+        rules("v1"),
+        virtualservices(),
+        groups(),
+        leases(),
+        configmaps(),
+    ])
+    .await;
+    fake.put_quietly(&services(), service_named("reviews"));
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true)]));
+    let mut copied = rule("v1", &["base"]);
+    copied["metadata"]["name"] = json!("isogroup-reviews");
+    copied["metadata"]["labels"] = json!({ "app.kubernetes.io/managed-by": "isogroup" });
+    copied["spec"]["host"] = json!("elsewhere.example.com");
+    fake.put_quietly(&rules("v1"), copied.clone());
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::istio::Mode::TargetHeader, "istio-system".into()));
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+    wait("the apply conflict counted", || (metrics.kube_istio_conflicts.get() == 1).then_some(())).await;
+    let kept = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
+    assert_eq!(kept["spec"]["host"], "elsewhere.example.com", "not overwritten");
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews"), None);
 }

@@ -9,6 +9,7 @@ mod istio;
 #[cfg(test)]
 mod kube_fake;
 mod kube_groups;
+mod kube_istio;
 mod kube_leader;
 mod kube_snapshot;
 mod kube_source;
@@ -72,6 +73,15 @@ enum Command {
         /// leader labels it isogroup.io/leader=true).
         #[arg(long, env = "POD_NAME")]
         pod_name: Option<String>,
+        /// Kubernetes: keep each service's Istio objects (DestinationRule
+        /// subsets, a VirtualService, and in cluster-header mode an
+        /// EnvoyFilter) in step with its lanes, by server-side apply.
+        #[arg(long, value_enum, default_value = "off")]
+        istio: IstioFlag,
+        /// Kubernetes with --istio cluster-header: the mesh's root namespace
+        /// (meshConfig.rootNamespace), where EnvoyFilters reach every proxy.
+        #[arg(long, default_value = "istio-system")]
+        istio_root_namespace: String,
         /// Kubernetes: the Lease's duration; a leader that cannot renew for
         /// two thirds of it steps down.
         #[arg(long, default_value_t = 15_000)]
@@ -151,6 +161,8 @@ fn main() -> ExitCode {
             namespace,
             pod_name,
             lease_ms,
+            istio,
+            istio_root_namespace,
             settle_ms,
             token_file,
             base_group,
@@ -165,6 +177,11 @@ fn main() -> ExitCode {
                     namespace,
                     pod_name,
                     lease: Duration::from_millis(lease_ms.max(1_000)),
+                    istio: match istio {
+                        IstioFlag::Off => None,
+                        IstioFlag::TargetHeader => Some((istio::Mode::TargetHeader, istio_root_namespace)),
+                        IstioFlag::ClusterHeader => Some((istio::Mode::ClusterHeader, istio_root_namespace)),
+                    },
                 },
             };
             serve(listen, source, token_file, base_group, limits)
@@ -247,8 +264,25 @@ fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> 
 /// Where the table comes from.
 enum Source {
     File(PathBuf),
-    Etcd { endpoints: Vec<String>, prefix: String },
-    Kubernetes { settle: Duration, namespace: Option<String>, pod_name: Option<String>, lease: Duration },
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+    Kubernetes {
+        settle: Duration,
+        namespace: Option<String>,
+        pod_name: Option<String>,
+        lease: Duration,
+        istio: Option<(istio::Mode, String)>,
+    },
+}
+
+/// `serve --istio`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IstioFlag {
+    Off,
+    TargetHeader,
+    ClusterHeader,
 }
 
 fn serve(listen: SocketAddr, source: Source, token_file: Option<PathBuf>, base: String, limits: Limits) -> ExitCode {
@@ -294,7 +328,7 @@ async fn run(
             tokio::spawn(etcd.clone().follow());
             (etcd, source)
         }
-        Source::Kubernetes { settle, namespace, pod_name, lease } => {
+        Source::Kubernetes { settle, namespace, pod_name, lease, istio } => {
             kube_source::install_crypto();
             let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
@@ -306,12 +340,9 @@ async fn run(
             lease_cfg.duration = lease;
             lease_cfg.renew_deadline = lease * 2 / 3;
             lease_cfg.retry = lease / 7;
-            tokio::spawn(kube_source::run(
-                client.clone(),
-                kube.clone(),
-                metrics.clone(),
-                kube_source::Options::new(settle, namespace.clone()),
-            ));
+            let mut opts = kube_source::Options::new(settle, namespace.clone());
+            opts.istio = istio;
+            tokio::spawn(kube_source::run(client.clone(), kube.clone(), metrics.clone(), opts));
             tokio::spawn(kube_leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
             release = Some((client, kube.clone(), lease_cfg));
             (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub kube_leader: Gauge,
     pub kube_leader_changes: Counter,
     pub kube_invalid_groups: Gauge,
+    pub kube_istio_writes: Counter,
+    pub kube_istio_conflicts: Gauge,
     seen: Mutex<HashMap<String, Instant>>,
 }
 
@@ -75,6 +77,8 @@ impl Metrics {
             kube_leader: Gauge::default(),
             kube_leader_changes: Counter::default(),
             kube_invalid_groups: Gauge::default(),
+            kube_istio_writes: Counter::default(),
+            kube_istio_conflicts: Gauge::default(),
             seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -114,6 +118,16 @@ impl Metrics {
             "kube_invalid_groups",
             "IsolationGroup objects left out of the table (their status says why)",
             m.kube_invalid_groups.clone(),
+        );
+        registry.register(
+            "kube_istio_writes",
+            "Istio objects applied or deleted by the leader (--istio)",
+            m.kube_istio_writes.clone(),
+        );
+        registry.register(
+            "kube_istio_conflicts",
+            "Services whose Istio objects are left alone: another DestinationRule or VirtualService owns the host or name",
+            m.kube_istio_conflicts.clone(),
         );
         Metrics { registry, ..m }
     }
