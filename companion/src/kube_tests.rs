@@ -582,8 +582,11 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
     fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
     wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
     assert_eq!(lanes(&store.served().current().raw), ["base"]);
-    let vs = fake.get(&virtualservices(), "bookinfo", "isogroup-reviews").unwrap();
-    assert_eq!(vs["spec"]["http"].as_array().unwrap().len(), 1, "only the base route left");
+    wait("only the base route left", || {
+        let vs = fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")?;
+        (vs["spec"]["http"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
     // the service gone: what isogroup made is deleted, the others' object stays
     fake.delete(&services(), "bookinfo", "reviews");
     wait("reviews' objects deleted", || fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none().then_some(()))
