@@ -195,6 +195,41 @@ pub fn targets(snap: &Snapshot, base: &str) -> Vec<crate::istio::Target> {
     out
 }
 
+/// (namespace, service, group) → until when its subset stays.
+pub type Held = BTreeMap<(String, String, String), u64>;
+
+/// A lane that left keeps its subset and route for `grace_ms` more: it left
+/// the table first, and a proxy may route by the older table until its next
+/// poll, so its cluster must outlive it. `previous` is what the last call
+/// returned; `targets` gets the held lanes back.
+pub fn hold_leaving(
+    targets: &mut [crate::istio::Target],
+    previous: &[crate::istio::Target],
+    held: &mut Held,
+    now_ms: u64,
+    grace_ms: u64,
+) {
+    let key = |t: &crate::istio::Target, g: &str| (t.namespace.clone(), t.name.clone(), g.to_owned());
+    let current: BTreeSet<(String, String, String)> =
+        targets.iter().flat_map(|t| t.groups.iter().map(move |g| key(t, g))).collect();
+    for t in previous {
+        for g in &t.groups {
+            let k = key(t, g);
+            if !current.contains(&k) {
+                held.entry(k).or_insert(now_ms.saturating_add(grace_ms));
+            }
+        }
+    }
+    held.retain(|k, until| *until > now_ms && !current.contains(k));
+    for t in targets.iter_mut() {
+        for ((ns, name, g), _) in held.iter() {
+            if *ns == t.namespace && *name == t.name && !t.groups.contains(g) {
+                t.groups.push(g.clone());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -386,6 +421,28 @@ mod tests {
         assert_eq!(t[0].ports, [9080, 9443]);
         let none = Snapshot { slices: vec![slice("bookinfo", "reviews", &[("reviews-f1", true)])], ..base() };
         assert!(targets(&none, "base").is_empty(), "no base pod: no objects");
+    }
+
+    #[test]
+    fn a_leaving_lane_keeps_its_subset_for_the_grace_time() {
+        let before = targets(&base(), "base");
+        let gone = Snapshot {
+            slices: vec![slice("bookinfo", "reviews", &[("reviews-0", true)]), base().slices[1].clone()],
+            ..base()
+        };
+        let mut held = Held::new();
+        let mut now = targets(&gone, "base");
+        hold_leaving(&mut now, &before, &mut held, 1_000, 5_000);
+        assert_eq!(now[0].groups, ["base", "feature-1"], "held");
+        let previous = now.clone();
+        let mut later = targets(&gone, "base");
+        hold_leaving(&mut later, &previous, &mut held, 5_999, 5_000);
+        assert_eq!(later[0].groups, ["base", "feature-1"], "still held, the clock not restarted");
+        let previous = later.clone();
+        let mut expired = targets(&gone, "base");
+        hold_leaving(&mut expired, &previous, &mut held, 6_000, 5_000);
+        assert_eq!(expired[0].groups, ["base"], "gone after the grace time");
+        assert!(held.is_empty());
     }
 
     #[test]

@@ -269,6 +269,9 @@ struct Cluster {
     first: bool,
     /// What the leader last wrote to `isogroup-state`.
     recorded: Option<Since>,
+    /// The Istio targets last rendered, and lanes held after they left.
+    last_targets: Vec<crate::istio::Target>,
+    held: crate::kube_snapshot::Held,
     /// Istio conflicts the reconciler reports (readiness detail).
     conflicts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Statuses written (or being written), so one verdict is written once;
@@ -359,9 +362,18 @@ impl Cluster {
     }
 
     /// The Istio objects every service needs, and the ones that exist.
-    fn desired(&self, base: &str, mode: crate::istio::Mode, root: &str) -> crate::kube_istio::Desired {
+    fn desired(
+        &mut self,
+        base: &str,
+        mode: crate::istio::Mode,
+        root: &str,
+        now: u64,
+        grace: u64,
+    ) -> crate::kube_istio::Desired {
         let opts = crate::istio::Options { mode, base, root_namespace: root };
-        let targets = crate::kube_snapshot::targets(&self.snapshot(false), base);
+        let mut targets = crate::kube_snapshot::targets(&self.snapshot(false), base);
+        crate::kube_snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
+        self.last_targets = targets.clone();
         let objects = targets.iter().map(|t| crate::istio::render_target(t, &opts)).collect();
         let rules = self.rules.items.iter().map(|((ns, name), r)| Existing {
             kind: "DestinationRule",
@@ -504,7 +516,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         if store.is_leader() {
             write_statuses(&statuses, &objects, &verdicts, &cluster.written);
             if let Some((mode, root)) = &opts.istio {
-                let desired = cluster.desired(base, *mode, root);
+                let desired = cluster.desired(base, *mode, root, now_ms(), opts.settle.as_millis() as u64);
                 desired_tx.send_if_modified(|d| {
                     let changed = d.as_ref() != Some(&desired);
                     *d = Some(desired);
