@@ -522,3 +522,10 @@ impl FakeApi {
         self.state.lock().unwrap().managers.get(&(r.clone(), ns.to_owned(), name.to_owned())).cloned()
     }
 }
+
+impl FakeApi {
+    /// How many objects of `r` there are.
+    pub fn count(&self, r: &Res) -> usize {
+        self.state.lock().unwrap().objects.get(r).map_or(0, |m| m.len())
+    }
+}

@@ -7,6 +7,8 @@ mod auth;
 mod explain;
 mod istio;
 #[cfg(test)]
+mod kube_bench;
+#[cfg(test)]
 mod kube_fake;
 mod kube_groups;
 mod kube_istio;
