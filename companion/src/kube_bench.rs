@@ -3,7 +3,7 @@
 //! turning ready → the new table, p50/p99, and the memory the companion's
 //! state adds. Ignored by default (minutes in a debug build); run with
 //! `cargo test --release -p isogroup-companion --bin isogroup-companion
-//! kube_bench -- --ignored --nocapture` (`./build.sh bench` does).
+//! kube_bench -- --ignored --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -25,7 +25,8 @@ const NAMESPACES: usize = 100;
 const LANES: usize = 100;
 /// Lane pods per lane: 100 lanes × 400 = 40k, plus 10k base pods.
 const LANE_PODS: usize = 400;
-const EVENTS: usize = 200;
+/// Each event flips a lane pod twice (not ready, then ready): 100 samples.
+const EVENTS: usize = 50;
 
 fn rss_kb() -> u64 {
     isogroup_test_support::rss_kb(std::process::id())
@@ -92,6 +93,7 @@ async fn kube_bench() {
             "metadata": { "name": format!("svc-{i}"), "namespace": ns(i) }, "spec": { "host": format!("svc-{i}"), "subsets": subsets } }));
     }
     let pods_total = fake_count(&fake, &pods);
+    eprintln!("kube_bench: state built");
     let before = rss_kb();
     let metrics = Arc::new(Metrics::new());
     let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
@@ -109,9 +111,11 @@ async fn kube_bench() {
     let deadline = Instant::now() + Duration::from_secs(600);
     while store.served().current().table.service_count() < SERVICES {
         assert!(Instant::now() < deadline, "first table");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("kube_bench: {} services so far", store.served().current().table.service_count());
     }
     let first = started.elapsed();
+    eprintln!("kube_bench: first table after {first:?}");
     let after = rss_kb();
     // Events: a lane pod of a different service each time turns not ready
     // then ready again; each flip must show in a new table.
@@ -138,6 +142,9 @@ async fn kube_bench() {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
             latencies.push(sent.elapsed());
+            if latencies.len() % 50 == 0 {
+                eprintln!("kube_bench: {} events, last {:?}", latencies.len(), sent.elapsed());
+            }
         }
     }
     latencies.sort();

@@ -323,10 +323,17 @@ fn list(fake: &FakeApi, t: &Target, q: &BTreeMap<String, String>) -> Response {
                 .collect()
         })
         .unwrap_or_default();
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(usize::MAX);
-    let items: Vec<Value> = items.into_iter().take(limit).collect();
-    axum::Json(json!({ "kind": "List", "apiVersion": "v1", "metadata": { "resourceVersion": s.rv.to_string() }, "items": items }))
-        .into_response()
+    // Pages as the API server cuts them: `limit`, then `continue` (here the
+    // offset; the real one also pins the resource version).
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let offset = q.get("continue").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let more = items.len() > offset.saturating_add(limit);
+    let items: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+    let mut metadata = json!({ "resourceVersion": s.rv.to_string() });
+    if more {
+        metadata["continue"] = json!((offset + limit).to_string());
+    }
+    axum::Json(json!({ "kind": "List", "apiVersion": "v1", "metadata": metadata, "items": items })).into_response()
 }
 
 async fn watch(fake: FakeApi, t: Target, q: BTreeMap<String, String>) -> Response {
