@@ -13,7 +13,7 @@ RUN_DIR=.run
 # The wasm's size after wasm-opt, as recorded: `./build.sh test` fails past it
 # plus WASM_SIZE_MARGIN. A commit that adds a named feature may raise the
 # record and says by how much; the goal is 153600 (150 KB).
-WASM_SIZE_RECORD=371655
+WASM_SIZE_RECORD=389983
 WASM_SIZE_MARGIN=2048
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }

@@ -74,6 +74,9 @@ impl<H: Host> RootContext for Root<H> {
         if settings.workload_group.is_none() {
             settings.workload_group = node_label_group(&host);
         }
+        if settings.namespace.is_none() {
+            settings.namespace = node_namespace(&host);
+        }
         let now = host.now_ms().unwrap_or(0);
         let metrics = Metrics::define(&host);
         let id = next_vm_id(&host);
@@ -124,6 +127,18 @@ fn node_label_group(host: &impl Host) -> Option<String> {
     } else {
         host.log(LogLevel::Warn, "isogroup: node label isogroup.io/group is not a valid group name; ignored");
         None
+    }
+}
+
+/// The proxy's namespace from the node metadata `NAMESPACE` (Istio sets it).
+fn node_namespace(host: &impl Host) -> Option<String> {
+    let value = host.property(&["xds", "node", "metadata", "NAMESPACE"]).ok()??;
+    match std::str::from_utf8(&value).ok().filter(|ns| isogroup_core::config::is_namespace(ns)) {
+        Some(ns) => Some(ns.to_owned()),
+        None => {
+            host.log(LogLevel::Warn, "isogroup: node metadata NAMESPACE is not a namespace name; ignored");
+            None
+        }
     }
 }
 

@@ -339,6 +339,8 @@ struct ResolveQuery {
     service: String,
     group: Option<String>,
     strict: Option<String>,
+    /// The port a `{port}` cluster is for (the service's default without it).
+    port: Option<String>,
 }
 
 /// The same decision the filter makes, for scripts and queue consumers.
@@ -347,12 +349,21 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
         return ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", format!("{g:?} is not a valid group name"))
             .into_response();
     }
+    let port = match q.port.as_deref().map(str::parse::<u16>) {
+        None => None,
+        Some(Ok(p)) if p > 0 => Some(p),
+        Some(_) => {
+            let detail = format!("port: {:?} is not a port (1 to 65535)", q.port.as_deref().unwrap_or_default());
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_port", detail).into_response();
+        }
+    };
     let served = api.store.served();
     if let Some(e) = not_ready(&served.readiness()) {
         return e.into_response();
     }
     let snap = served.current();
-    let decision = decide_service(&snap.table, &q.service, q.group.as_deref(), q.strict.as_deref().map(str::as_bytes));
+    let strict = q.strict.as_deref().map(str::as_bytes);
+    let decision = decide_service(&snap.table, &q.service, q.group.as_deref(), strict, port);
     let body = match decision {
         Decision::PassThrough => return unknown_service(&q.service).into_response(),
         Decision::Route(r) => json!({

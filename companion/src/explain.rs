@@ -11,7 +11,7 @@ pub fn explain(table: &Table) -> String {
     let width = table.services().map(|(_, s)| s.len()).chain(table.groups().map(|(_, g)| g.len())).max().unwrap_or(0);
     for (_, service) in table.services() {
         for (_, group) in table.groups() {
-            let why = match decide_service(table, service, Some(group), None) {
+            let why = match decide_service(table, service, Some(group), None, None) {
                 Decision::Route(r) if !r.fallback => format!("{} (own instance)", r.cluster),
                 Decision::Route(r) => format!("{} (fallback to {})", r.cluster, r.serving),
                 Decision::FailFast(f) => format!("fail-fast ({})", f.reason.as_str()),

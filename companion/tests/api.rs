@@ -558,7 +558,7 @@ async fn put_table_replaces_the_table_within_its_own_body_limit() {
     let (status, err) = put(bad, Some(TOKEN)).await;
     assert_eq!((status, err["error"].as_str()), (400, Some("invalid_table")), "{err}");
     assert!(err["detail"].as_str().unwrap().contains("services.svc-3.clusters"), "{err}");
-    let (status, err) = put(json!({"services": {}, "sources": []}), Some(TOKEN)).await;
+    let (status, err) = put(json!({"services": {}, "lanes": []}), Some(TOKEN)).await;
     assert_eq!(status, 400, "an unknown field is refused: {err}");
     assert_eq!(c.version().await, v);
     // over --max-table-bytes: 413

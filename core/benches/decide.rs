@@ -40,7 +40,7 @@ fn requests(t: &Table, services: usize, groups: usize) -> [(String, String); 3] 
         for j in 0..groups {
             let host = synth::service(i);
             let g = synth::group(j);
-            let view = RequestView { authority: host.as_bytes(), group: Some(&g), strict: None };
+            let view = RequestView { authority: host.as_bytes(), group: Some(&g), strict: None, namespace: None };
             match decide(t, &view) {
                 Decision::Route(r) if !r.fallback && hit.is_none() && r.serving != "base" => {
                     hit = Some((host.clone(), g.clone()))
@@ -67,8 +67,12 @@ fn bench_decide(c: &mut Criterion) {
             let id = BenchmarkId::new(*path, format!("{services}svc_{groups}grp"));
             group.bench_with_input(id, &(host, g), |b, (host, g)| {
                 b.iter(|| {
-                    let view =
-                        RequestView { authority: black_box(host.as_bytes()), group: Some(black_box(g)), strict: None };
+                    let view = RequestView {
+                        authority: black_box(host.as_bytes()),
+                        group: Some(black_box(g)),
+                        strict: None,
+                        namespace: None,
+                    };
                     black_box(decide(&t, &view));
                 })
             });
@@ -94,6 +98,48 @@ fn bench_extract(c: &mut Criterion) {
     group.finish();
 }
 
+/// Second-round lookups on the request path: a source binding among 10k
+/// (longest prefix: /32s over /24s over one /8), and a short host tried in
+/// the namespace first. Baseline for both: `decide/hit/10000svc_10grp`.
+fn bench_edge(c: &mut Criterion) {
+    let mut group = c.benchmark_group("edge");
+    let mut raw = synth::table(1_000, 10);
+    raw.sources.push(isogroup_core::RawSource { cidr: "10.0.0.0/8".into(), group: "g-0".into(), expires_at: None });
+    for i in 0..10_000u32 {
+        let (a, b) = (i / 250, i % 250);
+        let cidr = if i % 2 == 0 { format!("10.{a}.{b}.7/32") } else { format!("10.{a}.{b}.0/24") };
+        raw.sources.push(isogroup_core::RawSource {
+            cidr,
+            group: synth::group((i % 10) as usize),
+            expires_at: Some(u64::MAX),
+        });
+    }
+    let t = Table::compile(&raw, "base", &Limits::default()).unwrap();
+    for (name, ip) in [
+        ("binding_32", "10.3.4.7"),
+        ("binding_24", "10.3.5.9"),
+        ("binding_8", "10.200.0.1"),
+        ("binding_none", "192.0.2.1"),
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        group.bench_function(name, |b| b.iter(|| black_box(t.sources().lookup(black_box(ip), 1_000))));
+    }
+    // The worst case: `svc-5.default` is no host (one probe missed), `svc-5` is.
+    let short = synth::service(5);
+    group.bench_function("decide_short_host_namespace_miss", |b| {
+        b.iter(|| {
+            let view = RequestView {
+                authority: black_box(short.as_bytes()),
+                group: None,
+                strict: None,
+                namespace: Some("default"),
+            };
+            black_box(decide(&t, &view))
+        })
+    });
+    group.finish();
+}
+
 fn bench_compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
     group.sample_size(10);
@@ -115,5 +161,5 @@ fn bench_compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_baseline, bench_decide, bench_extract, bench_compile);
+criterion_group!(benches, bench_baseline, bench_decide, bench_extract, bench_edge, bench_compile);
 criterion_main!(benches);

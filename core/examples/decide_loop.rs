@@ -14,6 +14,7 @@ fn main() {
             authority: std::hint::black_box(host.as_bytes()),
             group: Some(std::hint::black_box(&group)),
             strict: None,
+            namespace: None,
         };
         routed += usize::from(matches!(std::hint::black_box(decide(&table, &view)), isogroup_core::Decision::Route(_)));
     }

@@ -65,6 +65,23 @@ fn host_part(authority: &[u8]) -> Option<(&[u8], bool)> {
     (!host.is_empty() && host.len() <= MAX_HOST_LEN).then_some((host, upper))
 }
 
+/// The port of an `:authority` (`host:port`, `[v6]:port`); `None` without
+/// one, or for a bare IPv6 address.
+pub fn port(authority: &[u8]) -> Option<u16> {
+    let a = authority.trim_ascii();
+    let colon = a.iter().rposition(|&b| b == b':')?;
+    let host = &a[..colon];
+    let bracketed = host.first() == Some(&b'[') && host.last() == Some(&b']');
+    if !bracketed && host.contains(&b':') {
+        return None;
+    }
+    let digits = &a[colon + 1..];
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |n, &d| Some(n * 10 + u32::from(d - b'0'))).and_then(|n| u16::try_from(n).ok())
+}
+
 /// The same normalisation for a configured host (owned, for the table index).
 pub fn normalize_owned(host: &str) -> Option<String> {
     let mut buf = [0u8; MAX_HOST_LEN + 1];
@@ -100,6 +117,29 @@ mod tests {
         for (auth, want) in cases {
             let mut buf = [0u8; MAX_HOST_LEN + 1];
             assert_eq!(normalize(auth, &mut buf), *want, "{:?}", String::from_utf8_lossy(auth));
+        }
+    }
+
+    #[test]
+    fn ports() {
+        let cases: &[(&str, Option<u16>)] = &[
+            ("reviews:9080", Some(9080)),
+            ("reviews", None),
+            ("reviews:", None),
+            ("reviews:65535", Some(65535)),
+            ("reviews:65536", None),
+            ("reviews:080", Some(80)),
+            ("reviews:-1", None),
+            ("reviews:9a", None),
+            ("reviews:123456", None),
+            ("[::1]:8080", Some(8080)),
+            ("[::1]", None),
+            ("fe80::1", None),
+            ("127.0.0.1:443", Some(443)),
+            (" reviews:9443 ", Some(9443)),
+        ];
+        for (auth, want) in cases {
+            assert_eq!(port(auth.as_bytes()), *want, "{auth}");
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct RawConfig {
     pub base_group: String,
     #[serde(default)]
     pub workload_group: Option<String>,
+    /// This proxy's namespace: a host without a dot is tried as
+    /// `<host>.<namespace>` first. Default: the node metadata `NAMESPACE`.
+    #[serde(default)]
+    pub namespace: Option<String>,
     #[serde(default = "default_true")]
     pub inject_baggage: bool,
     #[serde(default = "default_true")]
@@ -124,6 +128,7 @@ pub struct Settings {
     pub write_target_header: bool,
     pub base_group: String,
     pub workload_group: Option<String>,
+    pub namespace: Option<String>,
     pub inject_baggage: bool,
     pub annotate_response: bool,
     pub failfast_status: u16,
@@ -183,6 +188,15 @@ impl Settings {
                 return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
             }
         }
+        if let Some(ns) = &raw.namespace {
+            if !is_namespace(ns) {
+                return Err(ConfigError::InvalidValue {
+                    field: "namespace",
+                    value: ns.clone(),
+                    why: "a Kubernetes namespace name (DNS-1123 label)",
+                });
+            }
+        }
         if raw.cluster_header.is_none() && raw.target_header.is_none() {
             return Err(ConfigError::InvalidValue {
                 field: "cluster_header",
@@ -220,6 +234,7 @@ impl Settings {
             target_header: raw.target_header.unwrap_or_else(|| DEFAULT_TARGET_HEADER.into()),
             base_group: raw.base_group,
             workload_group: raw.workload_group,
+            namespace: raw.namespace,
             inject_baggage: raw.inject_baggage,
             annotate_response: raw.annotate_response,
             failfast_status: raw.failfast_status,
@@ -261,6 +276,11 @@ fn validate_companion(c: &CompanionSource) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+/// A Kubernetes namespace: a DNS-1123 label, as group names are.
+pub fn is_namespace(name: &str) -> bool {
+    is_valid_group(name.as_bytes())
 }
 
 /// Envoy lower-cases header names; a configured name must already be lower-case.

@@ -1,9 +1,9 @@
 //! The one decision: where a request goes. Pure and allocation-free; the
 //! filter, the companion's `/v1/resolve` and `explain`, and the tests call it.
 
-use crate::authority;
+use crate::authority::{self, MAX_HOST_LEN};
 use crate::group::strict_lists;
-use crate::table::{ServiceId, Table};
+use crate::table::{PortOf, ServiceId, Table};
 
 /// The plain request values the decision needs, already read from headers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -14,6 +14,9 @@ pub struct RequestView<'a> {
     pub group: Option<&'a str>,
     /// The strict-list header value (`svc,svc` or `*`), if any.
     pub strict: Option<&'a [u8]>,
+    /// The caller's namespace: a host without a dot is tried as
+    /// `<host>.<namespace>` first.
+    pub namespace: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,28 +63,62 @@ impl FailReason {
     }
 }
 
-/// Decides for a request addressed by `:authority`.
+/// Decides for a request addressed by `:authority` (its port picks a
+/// `{port}` cluster).
 pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
-    let Some(service) = authority::with_host(req.authority, |h| table.service_by_host(h)) else {
+    // Two calls rather than one closure that matches: the common path (no
+    // namespace) stays as inlined as it was.
+    let found = match req.namespace {
+        None => authority::with_host(req.authority, |h| table.service_by_host(h)),
+        Some(ns) => authority::with_host(req.authority, |h| service_in_namespace(table, h, ns)),
+    };
+    let Some(service) = found else {
         return Decision::PassThrough;
     };
-    resolve(table, service, req.group, req.strict)
+    resolve(table, service, req.group, req.strict, PortOf::Authority(req.authority))
 }
 
-/// Decides for a service named directly (companion `/v1/resolve`, `explain`).
+/// The service of a normalised host: a host without a dot (`reviews`) is
+/// first tried as `reviews.<namespace>`, in a stack buffer.
+fn service_in_namespace(table: &Table, host: &[u8], ns: &str) -> Option<ServiceId> {
+    if !host.contains(&b'.') && !host.contains(&b':') {
+        let len = host.len() + 1 + ns.len();
+        if len <= MAX_HOST_LEN {
+            let mut buf = [0u8; MAX_HOST_LEN];
+            buf[..host.len()].copy_from_slice(host);
+            buf[host.len()] = b'.';
+            buf[host.len() + 1..len].copy_from_slice(ns.as_bytes());
+            if let Some(id) = table.service_by_host(&buf[..len]) {
+                return Some(id);
+            }
+        }
+    }
+    table.service_by_host(host)
+}
+
+/// Decides for a service named directly (companion `/v1/resolve`, `explain`);
+/// `port` picks a `{port}` cluster (the service's default when `None` or
+/// not listed).
 pub fn decide_service<'a>(
     table: &'a Table,
     service: &str,
     group: Option<&'a str>,
     strict: Option<&'a [u8]>,
+    port: Option<u16>,
 ) -> Decision<'a> {
     match table.service_by_name(service) {
-        Some(id) => resolve(table, id, group, strict),
+        Some(id) => resolve(table, id, group, strict, PortOf::Given(port)),
         None => Decision::PassThrough,
     }
 }
 
-fn resolve<'a>(table: &'a Table, service: ServiceId, group: Option<&'a str>, strict: Option<&'a [u8]>) -> Decision<'a> {
+fn resolve<'a>(
+    table: &'a Table,
+    service: ServiceId,
+    group: Option<&'a str>,
+    strict: Option<&'a [u8]>,
+    port: PortOf<'_>,
+) -> Decision<'a> {
     let service_name = table.service_name(service);
     let base = table.base();
     let requested = group.and_then(|g| table.group_id(g));
@@ -91,7 +128,7 @@ fn resolve<'a>(table: &'a Table, service: ServiceId, group: Option<&'a str>, str
     let base_only = [base];
     let order = requested.map_or(&base_only[..], |g| table.order(g));
     for &g in order {
-        let Some(cluster) = table.cluster(service, g, None) else { continue };
+        let Some(cluster) = table.cluster(service, g, port) else { continue };
         // No group means base: serving base is then no fallback.
         let fallback = requested.map_or(group.is_some(), |r| r != g);
         if fallback {

@@ -81,6 +81,8 @@ pub struct Peer {
 #[derive(Debug, Clone)]
 pub struct Incoming<'h> {
     pub authority: &'h [u8],
+    /// The plugin's `namespace` (or the node's): short hosts are tried in it.
+    pub namespace: Option<&'h str>,
     pub path: &'h [u8],
     pub method: &'h [u8],
     pub group: Option<GroupName>,
@@ -171,13 +173,14 @@ impl<N: AsRef<str>, H: AsRef<[u8]>> EdgeRequest for Lookups<'_, N, H> {
 /// `runtime`), `default_group`; the first hit wins.
 pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(
     headers: &'h [(N, H)],
-    s: &Settings,
+    s: &'h Settings,
     peer: Peer,
     table: Option<&Table>,
 ) -> Incoming<'h> {
     let trusted = s.edge.as_ref().is_none_or(|e| e.trusts(peer.ip));
     let mut inc = Incoming {
         authority: b"",
+        namespace: s.namespace.as_deref(),
         path: b"",
         method: b"",
         group: None,
@@ -297,20 +300,31 @@ impl<'h> Incoming<'h> {
         }
     }
 
-    /// The lane cookie: from any peer, a group the table knows; anything
-    /// else is skipped and removed from what is forwarded (an invalid name
-    /// is counted too). Before any table no group is known: a valid name is
-    /// skipped but kept.
+    /// The lane cookie: from any peer, a group the table knows (the first
+    /// such value). Any value that is not one (in any `cookie` header, even
+    /// beside a good one) is skipped and removes the lane cookie from what is
+    /// forwarded; an invalid name is counted too. Before any table no group
+    /// is known: a valid name is skipped but kept.
     fn scan_lane_cookie(&mut self, table: Option<&Table>) {
-        let Some(value) = self.cookies.iter().find_map(|c| group::cookie_value(c, LANE_COOKIE)) else { return };
-        match (GroupName::new(value), table) {
-            (None, _) => {
-                self.invalid += 1;
-                self.strip_lane_cookie = true;
+        let mut found = None;
+        for c in &self.cookies {
+            for pair in c.split(|&b| b == b';') {
+                let Some(value) = group::cookie_value(pair, LANE_COOKIE) else { continue };
+                match (GroupName::new(value), table) {
+                    (None, _) => {
+                        self.invalid += 1;
+                        self.strip_lane_cookie = true;
+                    }
+                    (Some(g), Some(t)) if t.knows_group(g.as_str()) => {
+                        found.get_or_insert(g);
+                    }
+                    (Some(_), Some(_)) => self.strip_lane_cookie = true,
+                    (Some(_), None) => {}
+                }
             }
-            (Some(g), Some(t)) if t.knows_group(g.as_str()) => self.adopt(g, GroupSource::LaneCookie),
-            (Some(_), Some(_)) => self.strip_lane_cookie = true,
-            (Some(_), None) => {}
+        }
+        if let Some(g) = found {
+            self.adopt(g, GroupSource::LaneCookie);
         }
     }
 
@@ -381,6 +395,7 @@ impl<'h> Incoming<'h> {
             authority: self.authority,
             group: self.group.as_ref().map(GroupName::as_str),
             strict: self.strict,
+            namespace: self.namespace,
         };
         decide(table, &view)
     }

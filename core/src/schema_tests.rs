@@ -209,3 +209,90 @@ fn known_groups() {
     assert!(!t.rules().is_empty());
     assert_eq!(t.ports(0), [9080, 9443]);
 }
+
+const NAMESPACED: &str = r#"{"groups": {"f1": {}}, "services": {
+  "reviews.prod": {"hosts": ["reviews.prod", "reviews.prod.svc", "reviews.prod.svc.cluster.local"],
+                   "clusters": {"base": "reviews-prod-{port}", "f1": "reviews-prod-f1"}, "ports": [9080, 9443]},
+  "reviews.dev": {"hosts": ["reviews.dev"], "clusters": {"base": "reviews-dev"}},
+  "ratings": {"hosts": ["ratings"], "clusters": {"base": "ratings-{port}"}, "ports": [8080]}}}"#;
+
+/// The cluster a request lands on, or `pass`.
+fn lands(t: &Table, authority: &str, group: Option<&str>, namespace: Option<&str>) -> String {
+    let view = RequestView { authority: authority.as_bytes(), group, strict: None, namespace };
+    match decide(t, &view) {
+        Decision::Route(r) => r.cluster.to_owned(),
+        Decision::PassThrough => "pass".into(),
+        Decision::FailFast(_) => "failfast".into(),
+    }
+}
+
+#[test]
+fn short_hosts_are_tried_in_the_namespace_first() {
+    let t = Table::from_json(NAMESPACED.as_bytes(), "base", &Limits::default()).unwrap();
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        ("reviews:9080", Some("prod"), "reviews-prod-9080"),
+        ("reviews:9443", Some("prod"), "reviews-prod-9443"),
+        ("Reviews.:9443", Some("prod"), "reviews-prod-9443"),
+        ("reviews", Some("dev"), "reviews-dev"),
+        ("reviews", Some("other"), "pass"),
+        ("reviews", None, "pass"),
+        // a host with a dot is looked up as written
+        ("reviews.dev", Some("prod"), "reviews-dev"),
+        ("reviews.prod.svc.cluster.local:9443", Some("dev"), "reviews-prod-9443"),
+        // a short host the namespace does not hold is still itself
+        ("ratings:8080", Some("prod"), "ratings-8080"),
+        // IP addresses are never namespaced
+        ("[::1]:9080", Some("prod"), "pass"),
+    ];
+    for (authority, ns, want) in cases {
+        assert_eq!(lands(&t, authority, None, *ns), *want, "{authority} in {ns:?}");
+    }
+    // too long for the buffer: tried as written only
+    let long_ns = "n".repeat(63);
+    let long_host = "h".repeat(200);
+    assert_eq!(lands(&t, &long_host, None, Some(&long_ns)), "pass");
+}
+
+#[test]
+fn the_port_picks_a_port_cluster() {
+    let t = Table::from_json(NAMESPACED.as_bytes(), "base", &Limits::default()).unwrap();
+    // (authority, group, cluster)
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        ("reviews.prod:9080", None, "reviews-prod-9080"),
+        ("reviews.prod:9443", None, "reviews-prod-9443"),
+        // not a listed port, or none: the first (default) port
+        ("reviews.prod:7000", None, "reviews-prod-9080"),
+        ("reviews.prod", None, "reviews-prod-9080"),
+        // a fixed cluster name ignores the port
+        ("reviews.prod:9443", Some("f1"), "reviews-prod-f1"),
+        ("ratings:1", None, "ratings-8080"),
+    ];
+    for (authority, group, want) in cases {
+        assert_eq!(lands(&t, authority, *group, None), *want, "{authority} {group:?}");
+    }
+    let by_name = |port| match decide_service(&t, "reviews.prod", None, None, port) {
+        Decision::Route(r) => r.cluster.to_owned(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(by_name(Some(9443)), "reviews-prod-9443");
+    assert_eq!(by_name(Some(1)), "reviews-prod-9080");
+    assert_eq!(by_name(None), "reviews-prod-9080");
+}
+
+#[test]
+fn namespace_config() {
+    let cases: &[(&str, Result<Option<&str>, &str>)] = &[
+        ("{}", Ok(None)),
+        (r#"{"namespace": "prod"}"#, Ok(Some("prod"))),
+        (r#"{"namespace": "Prod"}"#, Err(r#"namespace: "Prod" is not valid"#)),
+        (r#"{"namespace": "a.b"}"#, Err(r#"namespace: "a.b" is not valid"#)),
+    ];
+    for (json, want) in cases {
+        let got = Settings::from_json(json.as_bytes()).map(|s| s.namespace).map_err(|e| e.to_string());
+        match (got, want) {
+            (Ok(ns), Ok(w)) => assert_eq!(ns.as_deref(), *w, "{json}"),
+            (Err(e), Err(w)) => assert!(e.starts_with(w), "{json}: {e}"),
+            (got, _) => panic!("{json}: {got:?}"),
+        }
+    }
+}

@@ -29,8 +29,17 @@ impl Binding {
     }
 }
 
-/// Key: (IPv6?, prefix length, the address masked to it).
-type Key = (bool, u8, u128);
+/// Key: IPv6 or not and the prefix length in one byte, then the address
+/// masked to it. Bytes, so the index is the same map type as the table's
+/// host index (one copy of the hash map code in the wasm).
+type Key = [u8; 17];
+
+fn key(v6: bool, prefix: u8, masked: u128) -> Key {
+    let mut k = [0u8; 17];
+    k[0] = prefix | if v6 { 0x80 } else { 0 };
+    k[1..].copy_from_slice(&masked.to_be_bytes());
+    k
+}
 
 #[derive(Debug, Default)]
 pub struct Sources {
@@ -38,7 +47,7 @@ pub struct Sources {
     /// Distinct prefix lengths per family, longest first.
     v4_lengths: Box<[u8]>,
     v6_lengths: Box<[u8]>,
-    index: FxHashMap<Key, u32>,
+    index: FxHashMap<Box<[u8]>, u32>,
 }
 
 /// The address as a 128-bit number (IPv4 in the top 32 bits, as `Cidr` compares
@@ -73,17 +82,18 @@ impl Sources {
             let prefix = b.cidr.prefix();
             // IPv4 sits in the top 32 bits, so its prefix masks from the top too.
             let net = mask(net, prefix);
-            if let Some(&first) = index.get(&(v6_range, prefix, net)) {
+            let k = key(v6_range, prefix, net);
+            if let Some(&first) = index.get(&k[..]) {
                 return Err((first as usize, i));
             }
-            index.insert((v6_range, prefix, net), i as u32);
-            let lengths = if v6_range { &mut v6 } else { &mut v4 };
-            if !lengths.contains(&prefix) {
-                lengths.push(prefix);
+            index.insert(Box::from(&k[..]), i as u32);
+            // Kept longest first by inserting in place (a few lengths at most).
+            let lengths: &mut Vec<u8> = if v6_range { &mut v6 } else { &mut v4 };
+            let at = lengths.iter().position(|&l| l <= prefix).unwrap_or(lengths.len());
+            if lengths.get(at) != Some(&prefix) {
+                lengths.insert(at, prefix);
             }
         }
-        v4.sort_unstable_by(|a, b| b.cmp(a));
-        v6.sort_unstable_by(|a, b| b.cmp(a));
         Ok(Sources { bindings, v4_lengths: v4.into(), v6_lengths: v6.into(), index })
     }
 
@@ -102,7 +112,7 @@ impl Sources {
         let (v6, value) = bits(ip);
         let lengths = if v6 { &self.v6_lengths } else { &self.v4_lengths };
         lengths.iter().find_map(|&prefix| {
-            let i = *self.index.get(&(v6, prefix, mask(value, prefix)))?;
+            let i = *self.index.get(&key(v6, prefix, mask(value, prefix))[..])?;
             self.bindings.get(i as usize).filter(|b| !b.expired(now))
         })
     }

@@ -113,6 +113,38 @@ pub struct RawService {
 /// Where a cluster name holds the port.
 pub const PORT_PLACEHOLDER: &str = "{port}";
 
+/// Where `{port}` starts in a cluster name (a byte search: smaller in the
+/// wasm than `str::find`, and quick over names without a `{`).
+fn port_placeholder(cluster: &str) -> Option<usize> {
+    let b = cluster.as_bytes();
+    let mut from = 0;
+    while let Some(i) = b.get(from..)?.iter().position(|&c| c == b'{') {
+        let at = from + i;
+        if b.get(at..)?.starts_with(PORT_PLACEHOLDER.as_bytes()) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// The port a `{port}` cluster is for: given, or read from the
+/// `:authority` only when such a cluster is met (most never are).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PortOf<'a> {
+    Given(Option<u16>),
+    Authority(&'a [u8]),
+}
+
+impl PortOf<'_> {
+    fn get(self) -> Option<u16> {
+        match self {
+            PortOf::Given(p) => p,
+            PortOf::Authority(a) => authority::port(a),
+        }
+    }
+}
+
 /// Size limits; a table over any of them is rejected whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,16 +208,17 @@ struct CompiledService {
     name: Box<str>,
     /// As listed; the first is the default.
     ports: Box<[u16]>,
-    /// Sorted by group id: a handful of entries, binary searched.
-    clusters: Box<[(GroupId, ClusterName)]>,
+    /// Sorted by group id: a handful of entries, binary searched. A `{port}`
+    /// cluster is here for the default port.
+    clusters: Box<[(GroupId, Box<str>)]>,
+    /// The `{port}` clusters (a few; searched in order), each filled in for
+    /// every port in `ports` order. Empty for most services: then one
+    /// emptiness check is all the request path pays for ports.
+    by_port: Box<[(GroupId, PortNames)]>,
 }
 
-#[derive(Debug)]
-enum ClusterName {
-    Fixed(Box<str>),
-    /// `{port}` filled in for each of the service's ports, in `ports` order.
-    PerPort(Box<[Box<str>]>),
-}
+/// One cluster name per port of a service.
+type PortNames = Box<[Box<str>]>;
 
 impl Table {
     /// Parses JSON bytes and compiles them; `default_base` is used when the
@@ -285,15 +318,19 @@ impl Table {
 
     /// The cluster of `service` for `group` on `port` (a port the service
     /// does not list, or none, is its default port).
-    pub(crate) fn cluster(&self, service: ServiceId, group: GroupId, port: Option<u16>) -> Option<&str> {
+    pub(crate) fn cluster(&self, service: ServiceId, group: GroupId, port: PortOf<'_>) -> Option<&str> {
         let s = self.services.get(service as usize)?;
         let i = s.clusters.binary_search_by_key(&group, |(g, _)| *g).ok()?;
-        match &s.clusters.get(i)?.1 {
-            ClusterName::Fixed(name) => Some(name),
-            ClusterName::PerPort(names) => {
-                let at = port.and_then(|p| s.ports.iter().position(|&q| q == p)).unwrap_or(0);
+        let name = &s.clusters.get(i)?.1;
+        if s.by_port.is_empty() {
+            return Some(name);
+        }
+        match s.by_port.iter().find(|(g, _)| *g == group) {
+            Some((_, names)) => {
+                let at = port.get().and_then(|p| s.ports.iter().position(|&q| q == p)).unwrap_or(0);
                 names.get(at).map(|n| &**n)
             }
+            None => Some(name),
         }
     }
 
@@ -356,11 +393,10 @@ impl<'r> Compiler<'r> {
         let entries: usize = raw
             .services
             .values()
-            .map(|s| {
-                s.clusters
-                    .values()
-                    .map(|c| if c.contains(PORT_PLACEHOLDER) { s.ports.len().max(1) } else { 1 })
-                    .sum::<usize>()
+            .map(|s| match s.ports.len() {
+                // Without ports a `{port}` cluster is one name (and an error).
+                0 | 1 => s.clusters.len(),
+                n => s.clusters.values().map(|c| if port_placeholder(c).is_some() { n } else { 1 }).sum(),
             })
             .sum();
         if entries > limits.max_cluster_entries {
@@ -459,7 +495,14 @@ impl<'r> Compiler<'r> {
             });
             match (cidr, group) {
                 (Ok(cidr), Ok(group)) => bindings.push(Binding { index, cidr, group, expires_at: s.expires_at }),
-                (cidr, group) => self.errors.extend(cidr.err().into_iter().chain(group.err())),
+                (cidr, group) => {
+                    if let Err(e) = cidr {
+                        self.errors.push(e);
+                    }
+                    if let Err(e) = group {
+                        self.errors.push(e);
+                    }
+                }
             }
         }
         match Sources::build(bindings) {
@@ -593,9 +636,10 @@ impl<'r> Compiler<'r> {
             }
             self.check_ports(name, &s.ports);
             let mut clusters = Vec::with_capacity(s.clusters.len());
+            let mut by_port = Vec::new();
             for (group, cluster) in &s.clusters {
-                let templated = cluster.contains(PORT_PLACEHOLDER);
-                let checked = if templated && s.ports.is_empty() {
+                let templated = port_placeholder(cluster);
+                let checked = if templated.is_some() && s.ports.is_empty() {
                     Err("has {port} but the service lists no ports")
                 } else {
                     check_cluster(cluster)
@@ -609,14 +653,27 @@ impl<'r> Compiler<'r> {
                     });
                 }
                 let Some(&g) = self.group_index.get(group.as_str()) else { continue };
-                let compiled = if templated {
+                match templated {
                     // Formatted once here, so the request path only indexes.
-                    let per_port = s.ports.iter().map(|p| cluster.replace(PORT_PLACEHOLDER, &p.to_string()).into());
-                    ClusterName::PerPort(per_port.collect())
-                } else {
-                    ClusterName::Fixed(cluster.as_str().into())
-                };
-                clusters.push((g, compiled));
+                    Some(at) => {
+                        let (head, tail) = (&cluster[..at], &cluster[at + PORT_PLACEHOLDER.len()..]);
+                        let names: PortNames = s
+                            .ports
+                            .iter()
+                            .map(|p| {
+                                let mut name = String::with_capacity(cluster.len());
+                                name.push_str(head);
+                                name.push_str(&p.to_string());
+                                name.push_str(tail);
+                                name.into_boxed_str()
+                            })
+                            .collect();
+                        let default = names.first().cloned().unwrap_or_else(|| cluster.as_str().into());
+                        clusters.push((g, default));
+                        by_port.push((g, names));
+                    }
+                    None => clusters.push((g, cluster.as_str().into())),
+                }
             }
             clusters.sort_by_key(|(g, _)| *g);
             service_index.insert(name.as_str().into(), id);
@@ -624,6 +681,7 @@ impl<'r> Compiler<'r> {
                 name: name.as_str().into(),
                 ports: s.ports.as_slice().into(),
                 clusters: clusters.into(),
+                by_port: by_port.into(),
             });
         }
         (services, service_index, host_index)

@@ -100,7 +100,12 @@ fn decisions() {
         ("ratings", Some("team-s"), None, "failfast ratings team-s strict_group"),
     ];
     for (authority, group, strict, want) in cases {
-        let req = RequestView { authority: authority.as_bytes(), group: *group, strict: strict.map(str::as_bytes) };
+        let req = RequestView {
+            authority: authority.as_bytes(),
+            group: *group,
+            strict: strict.map(str::as_bytes),
+            namespace: None,
+        };
         assert_eq!(outcome(decide(&t, &req)), *want, "{authority:?} {group:?} {strict:?}");
     }
 }
@@ -109,10 +114,10 @@ fn decisions() {
 fn decide_by_service_name() {
     let t = table();
     assert_eq!(
-        outcome(decide_service(&t, "ratings", Some("feature-1"), None)),
+        outcome(decide_service(&t, "ratings", Some("feature-1"), None, None)),
         "ratings=team-a via ratings-a (fallback)"
     );
-    assert_eq!(outcome(decide_service(&t, "nope", Some("feature-1"), None)), "pass");
+    assert_eq!(outcome(decide_service(&t, "nope", Some("feature-1"), None, None)), "pass");
 }
 
 #[test]
@@ -128,7 +133,7 @@ fn compiled_table_facts() {
 fn table_base_group_override() {
     let json = r#"{"base_group":"stable","services":{"a":{"hosts":["a"],"clusters":{"stable":"a0"}}}}"#;
     let t = Table::from_json(json.as_bytes(), "base", &Limits::default()).unwrap();
-    let req = RequestView { authority: b"a", group: Some("x"), strict: None };
+    let req = RequestView { authority: b"a", group: Some("x"), strict: None, namespace: None };
     assert_eq!(outcome(decide(&t, &req)), "a=stable via a0 (fallback)");
 }
 
@@ -321,7 +326,7 @@ fn config_validation_errors() {
         (r#"{"workload_group":"-x"}"#, r#"workload_group: "-x" is not a valid group name (DNS-1123 label)"#),
         (r#"{"failfast_status":200}"#, r#"failfast_status: "200" is not valid (an HTTP error status, 400 to 599)"#),
         (r#"{"failfast_status":"503"}"#, r#"failfast_status: invalid type: string "503", expected u16 at line 1 column 24"#),
-        (r#"{"colour":1}"#, "colour: unknown field `colour`, expected one of `group_header`, `baggage_key`, `cookie`, `strict_header`, `cluster_header`, `target_header`, `base_group`, `workload_group`, `inject_baggage`, `annotate_response`, `failfast_status`, `limits`, `edge`, `propagation_assist`, `table` at line 1 column 9"),
+        (r#"{"colour":1}"#, "colour: unknown field `colour`, expected one of `group_header`, `baggage_key`, `cookie`, `strict_header`, `cluster_header`, `target_header`, `base_group`, `workload_group`, `namespace`, `inject_baggage`, `annotate_response`, `failfast_status`, `limits`, `edge`, `propagation_assist`, `table` at line 1 column 9"),
         (r#"{"limits":{"max_sevices":1}}"#, "limits.max_sevices: unknown field `max_sevices`, expected one of `max_services`, `max_groups`, `max_cluster_entries`, `max_table_bytes`, `max_fallback_depth`, `max_baggage_bytes`, `max_baggage_members` at line 1 column 24"),
         (r#"{"table":{"file":"x"}}"#, "table: unknown variant `file`, expected `inline` or `companion` at line 1 column 16"),
         (r#"{"table":{"inline":{"services":{"r":{"hosts":["r"],"clusters":{}}}}}}"#, r#"table.inline.services.r.clusters: no cluster for base group "base""#),

@@ -42,12 +42,19 @@ fn decisions_and_extraction_allocate_nothing() {
     let table = Table::compile(&synth::table(10_000, 100), "base", &Limits::default()).unwrap();
     let hosts: Vec<String> = (0..10_000).step_by(97).map(synth::service).collect();
     let groups: Vec<String> = (0..100).map(synth::group).collect();
+    let ports = Table::from_json(
+        br#"{"services": {"web.prod": {"hosts": ["web.prod"], "clusters": {"base": "web-{port}"}, "ports": [9080, 9443]}},
+            "sources": [{"cidr": "10.0.0.0/8", "group": "a"}, {"cidr": "10.1.0.0/16", "group": "b", "expires_at": 9}]}"#,
+        "base",
+        &Limits::default(),
+    )
+    .unwrap();
     let mut kinds = [0usize; 3];
     let n = allocations_in(|| {
         for host in &hosts {
             for g in &groups {
                 for strict in [None, Some(&b"*"[..])] {
-                    let view = RequestView { authority: host.as_bytes(), group: Some(g), strict };
+                    let view = RequestView { authority: host.as_bytes(), group: Some(g), strict, namespace: None };
                     match decide(&table, &view) {
                         Decision::Route(r) => kinds[usize::from(r.fallback)] += 1,
                         Decision::FailFast(_) => kinds[2] += 1,
@@ -58,9 +65,21 @@ fn decisions_and_extraction_allocate_nothing() {
         }
         let _ = decide(
             &table,
-            &RequestView { authority: b"SVC-1.default.svc.cluster.local.:8080", group: None, strict: None },
+            &RequestView {
+                authority: b"SVC-1.default.svc.cluster.local.:8080",
+                group: None,
+                strict: None,
+                namespace: None,
+            },
         );
-        let _ = decide_service(&table, "svc-3", Some("g-1"), None);
+        let _ = decide_service(&table, "svc-3", Some("g-1"), None, None);
+        // a short host tried in the namespace first, and a `{port}` cluster
+        let d =
+            decide(&ports, &RequestView { authority: b"web:9443", group: None, strict: None, namespace: Some("prod") });
+        assert!(matches!(d, Decision::Route(r) if r.cluster == "web-9443"));
+        let _ = decide_service(&ports, "web.prod", None, None, Some(9080));
+        // a source binding's longest-prefix lookup
+        assert!(ports.sources().lookup(std::net::Ipv4Addr::new(10, 1, 2, 3).into(), 5).is_some());
         let _ = from_header(b"feature-1");
         let _ = from_baggage(b"a=1, isogroup=team%2Da;p=1, b=2", "isogroup");
         let _ = strict_lists(b"svc-1, svc-2", "svc-2");

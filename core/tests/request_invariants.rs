@@ -6,7 +6,9 @@
 //! - the routing headers a client sent never reach the upstream: after the
 //!   edits they hold exactly what the decision set, or nothing;
 //! - a decision's cluster is the table's cluster for that service and the
-//!   serving group.
+//!   serving group;
+//! - with `join_path`, a lane cookie is forwarded only when it names a group
+//!   the table knows (any peer may use it: it is not "own group").
 
 #![cfg(not(target_arch = "wasm32"))] // proptest runs natively
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
@@ -26,7 +28,9 @@ type Headers = Vec<(String, Vec<u8>)>;
 const TABLE: &str = r#"{"groups": {"f1": {"fallback": ["f2"]}, "f2": {}, "team-s": {"mode": "strict"}},
   "services": {
     "svc": {"hosts": ["svc"], "clusters": {"base": "svc-base", "f1": "svc-f1", "team-s": "svc-s"}},
-    "other": {"hosts": ["other"], "clusters": {"base": "other-base", "f2": "other-f2"}}}}"#;
+    "other": {"hosts": ["other"], "clusters": {"base": "other-base", "f2": "other-f2"}}},
+  "sources": [{"cidr": "203.0.113.0/24", "group": "f1"}, {"cidr": "192.0.2.7", "group": "gone", "expires_at": 1}],
+  "rules": [{"header": "x-user", "values": ["bob"], "group": "f2"}, {"cookie": "pick", "group_from_value": true}]}"#;
 
 const EDGE: &str = r#""edge": {"trusted_cidrs": ["10.0.0.0/8"], "rules": [
     {"header": "x-user", "values": ["alice"], "group": "f1"},
@@ -46,6 +50,7 @@ fn configs() -> &'static [Settings] {
             EDGE,
             &format!(r#"{EDGE} "inject_baggage": false, "target_header": null,"#),
             &format!(r#"{}, "default_group": "f2"}},"#, EDGE.trim_end_matches("},")),
+            &format!(r#"{}, "runtime": true, "join_path": "/.isogroup/join"}},"#, EDGE.trim_end_matches("},")),
         ];
         extras
             .iter()
@@ -91,6 +96,8 @@ fn header() -> impl Strategy<Value = (String, Vec<u8>)> {
             prop_oneof![
                 group_value().prop_map(|g| format!("isogroup={g}")),
                 Just("lane=blue".to_owned()),
+                group_value().prop_map(|g| format!("isogroup-lane={g}")),
+                group_value().prop_map(|g| format!("pick={g}")),
                 Just("k=v".to_owned()),
                 "[ -~]{0,10}",
             ],
@@ -168,12 +175,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn an_untrusted_peer_never_picks_its_group(headers in request(), ip in peer(), which in 4usize..7) {
+    fn an_untrusted_peer_never_picks_its_group(headers in request(), ip in peer(), which in 4usize..8) {
         let s = &configs()[which]; // the edge configs
         prop_assume!(!s.edge.as_ref().unwrap().trusts(ip));
-        let inc = scan(&headers, s, Peer { ip, now_s: 0 }, None);
+        let inc = scan(&headers, s, Peer { ip, now_s: 0 }, Some(table(s)));
         let clean = without_own_group(&headers);
-        let clean_inc = scan(&clean, s, Peer { ip, now_s: 0 }, None);
+        let clean_inc = scan(&clean, s, Peer { ip, now_s: 0 }, Some(table(s)));
         // the same group, from the same place, and the same decision as
         // without any of the peer's own group values
         prop_assert_eq!((inc.group, inc.source), (clean_inc.group, clean_inc.source));
@@ -193,14 +200,18 @@ proptest! {
         }
         for c in values(&sent, "cookie") {
             prop_assert_eq!(cookie_value(c, "isogroup"), None);
+            if s.edge.as_ref().is_some_and(|e| e.join_path.is_some()) {
+                let lane = cookie_value(c, "isogroup-lane").map(|v| String::from_utf8_lossy(v).into_owned());
+                prop_assert!(lane.as_deref().is_none_or(|g| table(s).knows_group(g)), "lane cookie {:?} forwarded", lane);
+            }
         }
         prop_assert!(values(&sent, "x-isogroup-strict").is_empty());
     }
 
     #[test]
-    fn a_client_never_picks_a_cluster(headers in request(), ip in peer(), which in 0usize..7, no_table in any::<bool>()) {
+    fn a_client_never_picks_a_cluster(headers in request(), ip in peer(), which in 0usize..8, no_table in any::<bool>()) {
         let s = &configs()[which];
-        let inc = scan(&headers, s, Peer { ip, now_s: 0 }, None);
+        let inc = scan(&headers, s, Peer { ip, now_s: 0 }, (!no_table).then(|| table(s)));
         let d = inc.decide(table(s));
         let decision = (!no_table).then_some(&d);
         let sent = apply(&headers, &inc.edits(decision, s));
@@ -229,7 +240,7 @@ proptest! {
         let t = Table::compile(&raw, "base", &Limits::default()).unwrap();
         let authority = format!("{}.default.svc.cluster.local", synth::service(service));
         let group = group.map(synth::group);
-        let view = RequestView { authority: authority.as_bytes(), group: group.as_deref(), strict: strict.map(str::as_bytes) };
+        let view = RequestView { authority: authority.as_bytes(), group: group.as_deref(), strict: strict.map(str::as_bytes), namespace: None };
         match decide(&t, &view) {
             Decision::Route(r) => {
                 let listed = raw.services.get(r.service).and_then(|s| s.clusters.get(r.serving));

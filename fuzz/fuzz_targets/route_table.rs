@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(t) => {
             for (_, service) in t.services() {
                 for (_, group) in t.groups() {
-                    let view = RequestView { authority: service.as_bytes(), group: Some(group), strict: Some(b"*") };
+                    let view = RequestView { authority: service.as_bytes(), group: Some(group), strict: Some(b"*"), namespace: None };
                     if let Decision::Route(r) = decide(&t, &view) {
                         let listed = raw.services.get(r.service).and_then(|s| s.clusters.get(r.serving));
                         assert_eq!(listed.map(String::as_str), Some(r.cluster), "a route the table does not list");

@@ -221,3 +221,40 @@ fn untrusted_edge_peers_get_no_annotations_and_lose_their_own_group() {
     let (_, _) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "team-s"), ("x-user", "alice")]);
     assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), Some("a-team-s"));
 }
+
+#[test]
+fn short_hosts_resolve_in_the_nodes_namespace_unless_configured() {
+    use crate::fake_host::FakeHost;
+    use crate::root::Root;
+    use proxy_wasm::traits::RootContext;
+    let table = r#"{"services": {
+        "web.prod": {"hosts": ["web.prod"], "clusters": {"base": "web-prod-{port}"}, "ports": [80, 443]},
+        "web.dev": {"hosts": ["web.dev"], "clusters": {"base": "web-dev"}}}}"#;
+    // (plugin namespace, node metadata NAMESPACE, authority, cluster)
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, &'a str, Option<&'a str>);
+    let cases: &[Case] = &[
+        (None, Some("prod"), "web:443", Some("web-prod-443")),
+        (None, Some("prod"), "web", Some("web-prod-80")),
+        (None, Some("dev"), "web:443", Some("web-dev")),
+        (Some("dev"), Some("prod"), "web", Some("web-dev")),
+        (None, None, "web", None),
+        (None, Some("Not A Namespace"), "web", None),
+    ];
+    for (configured_ns, node_ns, authority, want) in cases {
+        let process = Process::new();
+        let ns = configured_ns.map_or(String::new(), |n| format!(r#""namespace": "{n}","#));
+        let config = format!(r#"{{ {ns} "table": {{"inline": {table}}} }}"#);
+        let host = FakeHost::new(&process, &config);
+        if let Some(n) = node_ns {
+            host.vm.properties.borrow_mut().insert("xds.node.metadata.NAMESPACE".into(), n.as_bytes().to_vec());
+        }
+        let mut root = Root::new(host.clone());
+        assert!(root.on_configure(config.len()));
+        send(&root, &host, &[(":authority", authority)]);
+        assert_eq!(
+            one(host.request_header("x-isogroup-cluster")).as_deref(),
+            *want,
+            "{configured_ns:?} {node_ns:?} {authority}"
+        );
+    }
+}

@@ -142,6 +142,10 @@ fn lane_cookie_values_the_table_does_not_know_are_removed() {
         ("isogroup-lane=", "team", "edge default", &["-"]),
         // an untrusted peer's own cookie goes too, in the same rewrite
         ("isogroup=lane-b; isogroup-lane=gone; k=v", "team", "edge default", &["-", "k=v"]),
+        // beside a good value, a bad one still removes the cookie (the group
+        // travels on in the stamped header)
+        ("isogroup-lane=lane-a; isogroup-lane=gone", "lane-a", "lane cookie", &["-"]),
+        ("isogroup-lane=Bad; k=v; isogroup-lane=lane-b", "lane-b", "lane cookie", &["-", "k=v"]),
     ];
     for (cookie, group, source, edits) in cases {
         let (g, src, cookies) = pick(&s, Some(&t), &[("cookie", cookie)], other, 0);
