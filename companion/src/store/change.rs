@@ -33,7 +33,9 @@ pub enum ChangeError {
     Version(#[from] VersionTooLarge),
     /// Kubernetes mode: lanes are pod labels, group settings are
     /// `IsolationGroup` objects.
-    #[error("the Kubernetes source owns this: label pods (isogroup.io/group) or edit IsolationGroup objects")]
+    #[error(
+        "the Kubernetes source owns this: label pods (isogroup.io/group), edit IsolationGroup objects, or edit ConfigMap isogroup-runtime (sources, rules)"
+    )]
     ManagedByKubernetes,
     /// Another replica leads and takes writes (Kubernetes mode).
     #[error("{0}")]
