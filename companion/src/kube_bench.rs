@@ -54,6 +54,11 @@ fn slice(i: usize, pods: &[(String, bool)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored in a release build (./build.sh bench)"]
 async fn kube_bench() {
+    // Where a rebuild's time goes: `kube_source`'s debug line per rebuild.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("isogroup_companion::kube_source=debug"))
+        .with_writer(std::io::stderr)
+        .try_init();
     let (pods, services, slices) =
         (res("", "v1", "pods"), res("", "v1", "services"), res("discovery.k8s.io", "v1", "endpointslices"));
     let rules = res("networking.istio.io", "v1", "destinationrules");

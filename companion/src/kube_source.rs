@@ -494,12 +494,16 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             continue;
         }
         let base = &served.base;
+        let started = std::time::Instant::now();
         let mut table = cluster.table(base, now_ms(), &opts, &served.limits);
+        let built = started.elapsed();
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
         let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
         table.groups = groups;
-        match store.publish(table) {
+        let published = store.publish(table);
+        tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
+        match published {
             Ok(None) => {}
             Ok(Some(snap)) => {
                 tracing::info!(
