@@ -95,7 +95,8 @@ impl From<ChangeError> for ApiError {
             ChangeError::NotBound { .. } => (StatusCode::NOT_FOUND, "not_bound"),
             ChangeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_table"),
             ChangeError::Version(_) => (StatusCode::CONFLICT, "version_exhausted"),
-            ChangeError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only_source"),
+            ChangeError::ManagedByKubernetes => (StatusCode::CONFLICT, "managed_by_kubernetes"),
+            ChangeError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             ChangeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ChangeError::Unreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreadable"),
             ChangeError::WriteFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "write_failed"),
@@ -185,6 +186,9 @@ async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, hea
     let served = api.store.served();
     if let Some(e) = not_ready(&served.readiness()) {
         return e.into_response();
+    }
+    if let Some(detail) = api.store.not_serving() {
+        return ApiError::from(ChangeError::NotLeader(detail)).into_response();
     }
     let mut rx = served.subscribe();
     let mut snap = rx.borrow_and_update().clone();

@@ -1,82 +1,95 @@
 //! Kubernetes source, the watching half: mirror pods labelled
-//! `isogroup.io/group`, services, endpoint slices and Istio DestinationRules
-//! with kube-rs watchers (which re-list after `410 Gone` and restart dropped
-//! watches), and publish `kube_snapshot::to_table` whenever the result
-//! changes. The rules themselves live in `kube_snapshot` (pure, tested).
+//! `isogroup.io/group`, services, endpoint slices, Istio DestinationRules
+//! (`v1`, else `v1beta1`) and `IsolationGroup` objects (each watch its own
+//! task, see `kube_watch`), and hand `kube_snapshot::to_table` to the store
+//! whenever the result changes. Bursts of events are drained before one
+//! rebuild. The rules themselves live in `kube_snapshot` and `kube_groups`
+//! (pure, tested).
+//!
+//! Every replica runs this loop (so a newly elected leader serves at once);
+//! only the leader writes `IsolationGroup` statuses.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod as K8sPod, Service as K8sService};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::watcher::{self, Event};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
 
-use crate::istio::GROUP_LABEL;
-use crate::kube_snapshot::{fqdn, Endpoint, EndpointSlice, Pod, Service, Snapshot};
-use crate::metrics::Metrics;
+use isogroup_core::edge::RawRule;
+use isogroup_core::table::RawSource;
+use isogroup_core::{Limits, RawTable, Table};
+
+use crate::istio::{GROUP_LABEL, MANAGED_BY};
+use crate::kube_groups::{self, GroupObject, Verdict};
+use crate::kube_istio::Existing;
+use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Labels, Pod, Service, Since, Snapshot};
+use crate::kube_watch::{self, Mirror, Report, Timing};
+use crate::metrics::{KindLabels, Metrics};
 use crate::store::kube::KubeStore;
-use crate::store::now_ms;
+use crate::store::{now_ms, Readiness, Store};
 
-/// Re-evaluate this often even without events: subsets settle with time.
-const RECHECK: Duration = Duration::from_millis(500);
+/// DestinationRule and VirtualService versions, newest first.
+const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// The leader's bookkeeping (when each lane's conditions began to hold), in
+/// the companion's namespace.
+pub const STATE_CONFIGMAP: &str = "isogroup-state";
+const STATE_KEY: &str = "settled";
+/// Source bindings and runtime rules (keys `sources`, `rules`: JSON lists
+/// in the table's schema), in the companion's namespace.
+pub const RUNTIME_CONFIGMAP: &str = "isogroup-runtime";
 
-/// One watched kind, mirrored as (namespace, name) → our plain form.
-struct Mirror<T> {
-    items: BTreeMap<(String, String), T>,
-    /// A re-list in progress (after `Init`): swapped in whole at `InitDone`.
-    relist: Option<BTreeMap<(String, String), T>>,
-    /// The first list is complete: until then the table would be partial.
-    synced: bool,
+/// The two ConfigMaps the companion reads.
+#[derive(Debug, Clone)]
+enum Own {
+    State(Since),
+    /// Parsed, not yet checked against the limits in force.
+    Runtime(Result<(Vec<RawSource>, Vec<RawRule>), String>),
+}
+const GROUP_VERSIONS: &[&str] = &[kube_groups::VERSION];
+
+/// Timings of the loop (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a new subset must exist before its group enters the table.
+    pub settle: Duration,
+    /// Re-evaluate this often even without events: subsets settle with time.
+    pub recheck: Duration,
+    pub watch: Timing,
+    /// The companion's namespace (its ConfigMaps).
+    pub namespace: String,
+    /// `--istio`: keep DestinationRules and routes (the mesh root namespace
+    /// for EnvoyFilters); `None`: off.
+    pub istio: Option<(crate::istio::Mode, String)>,
 }
 
-impl<T> Mirror<T> {
-    fn new() -> Self {
-        Mirror { items: BTreeMap::new(), relist: None, synced: false }
-    }
-
-    fn apply<K: ResourceExt>(&mut self, event: Event<K>, convert: impl Fn(&K) -> Option<T>) {
-        let key = |k: &K| (k.namespace().unwrap_or_default(), k.name_any());
-        match event {
-            Event::Init => self.relist = Some(BTreeMap::new()),
-            Event::InitApply(k) => {
-                if let (Some(buf), Some(v)) = (self.relist.as_mut(), convert(&k)) {
-                    buf.insert(key(&k), v);
-                }
-            }
-            Event::InitDone => {
-                if let Some(buf) = self.relist.take() {
-                    self.items = buf;
-                }
-                self.synced = true;
-            }
-            Event::Apply(k) => match convert(&k) {
-                Some(v) => {
-                    self.items.insert(key(&k), v);
-                }
-                None => {
-                    self.items.remove(&key(&k));
-                }
-            },
-            Event::Delete(k) => {
-                self.items.remove(&key(&k));
-            }
-        }
+impl Options {
+    /// A lane needs a VirtualService route to its subset (target-header).
+    fn routes_required(&self) -> bool {
+        matches!(self.istio, Some((crate::istio::Mode::TargetHeader, _)))
     }
 }
 
-/// Boxed: a pod event is kilobytes, a tick is nothing.
+impl Options {
+    pub fn new(settle: Duration, namespace: String) -> Options {
+        Options { settle, recheck: Duration::from_millis(500), watch: Timing::default(), namespace, istio: None }
+    }
+}
+
+/// Boxed: a pod is kilobytes, a tick is nothing.
 enum Update {
-    Pod(Box<Event<K8sPod>>),
-    Service(Box<Event<K8sService>>),
-    Slice(Box<Event<K8sSlice>>),
-    Rule(Box<Event<DynamicObject>>),
+    Pod(Report<Pod>),
+    Service(Report<Service>),
+    Slice(Report<EndpointSlice>),
+    Rule(Report<RuleObj>),
+    Route(Report<RouteObj>),
+    Group(Report<GroupObject>),
+    Own(Report<Own>),
     Tick,
-    /// A watch error: kube-rs retries it; we only count it.
-    Error(String),
 }
 
 fn pod(p: &K8sPod) -> Option<Pod> {
@@ -84,8 +97,16 @@ fn pod(p: &K8sPod) -> Option<Pod> {
 }
 
 fn service(s: &K8sService) -> Option<Service> {
-    let port = s.spec.as_ref()?.ports.as_ref()?.first()?.port;
-    Some(Service { namespace: s.namespace()?, name: s.name_any(), port: u16::try_from(port).ok()? })
+    let ports = s
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .collect();
+    Some(Service { namespace: s.namespace()?, name: s.name_any(), ports })
 }
 
 fn slice(s: &K8sSlice) -> Option<EndpointSlice> {
@@ -102,23 +123,124 @@ fn slice(s: &K8sSlice) -> Option<EndpointSlice> {
     Some(EndpointSlice { namespace: s.namespace()?, service, endpoints })
 }
 
-/// A DestinationRule's host (as an FQDN) and its subset names.
-fn rule(r: &DynamicObject) -> Option<(String, Vec<String>)> {
-    let ns = r.namespace()?;
-    let host = r.data.get("spec")?.get("host")?.as_str()?;
-    let host = match host.matches('.').count() {
-        0 => fqdn(&ns, host),
+/// An Istio host as an FQDN: a short name is relative to the object's
+/// namespace.
+fn istio_host(ns: &str, host: &str) -> String {
+    match host.matches('.').count() {
+        0 => fqdn(ns, host),
         1 => format!("{host}.svc.cluster.local"),
         _ => host.to_owned(),
-    };
-    let subsets =
-        r.data["spec"]["subsets"].as_array()?.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect();
-    Some((host, subsets))
+    }
 }
 
-fn destination_rules(client: &Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
-    Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk))
+/// A DestinationRule: its host (as an FQDN), its subsets' selectors, and
+/// whether the companion made it.
+#[derive(Debug, Clone)]
+struct RuleObj {
+    host: String,
+    subsets: BTreeMap<String, Labels>,
+    owned: bool,
+}
+
+/// A VirtualService: its hosts, the (host, subset) pairs its HTTP routes go
+/// to, and whether the companion made it.
+#[derive(Debug, Clone)]
+struct RouteObj {
+    hosts: Vec<String>,
+    dests: Vec<(String, String)>,
+    owned: bool,
+}
+
+fn owned(o: &DynamicObject) -> bool {
+    o.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+fn rule(r: &DynamicObject) -> Option<RuleObj> {
+    let ns = r.namespace()?;
+    let host = istio_host(&ns, r.data.get("spec")?.get("host")?.as_str()?);
+    let subsets = r.data["spec"]["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let labels = s["labels"]
+                .as_object()
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+                .unwrap_or_default();
+            Some((s["name"].as_str()?.to_owned(), labels))
+        })
+        .collect();
+    Some(RuleObj { host, subsets, owned: owned(r) })
+}
+
+fn route(v: &DynamicObject) -> Option<RouteObj> {
+    let ns = v.namespace()?;
+    let hosts = v.data["spec"]["hosts"].as_array()?.iter().filter_map(|h| Some(istio_host(&ns, h.as_str()?))).collect();
+    let mut dests = vec![];
+    for http in v.data["spec"]["http"].as_array().into_iter().flatten() {
+        for r in http["route"].as_array().into_iter().flatten() {
+            let d = &r["destination"];
+            if let (Some(host), Some(subset)) = (d["host"].as_str(), d["subset"].as_str()) {
+                dests.push((istio_host(&ns, host), subset.to_owned()));
+            }
+        }
+    }
+    Some(RouteObj { hosts, dests, owned: owned(v) })
+}
+
+/// The leader's record (`isogroup-state`) or the runtime data
+/// (`isogroup-runtime`); other ConfigMaps do not count.
+fn own(c: &ConfigMap) -> Option<Own> {
+    let data = c.data.clone().unwrap_or_default();
+    match c.metadata.name.as_deref()? {
+        STATE_CONFIGMAP => match serde_json::from_str(data.get(STATE_KEY)?) {
+            Ok(since) => Some(Own::State(since)),
+            Err(e) => {
+                tracing::warn!(error = %e, "kubernetes: ConfigMap {STATE_CONFIGMAP}: data.{STATE_KEY} is not a JSON object of lane → ms; ignored");
+                None
+            }
+        },
+        RUNTIME_CONFIGMAP => Some(Own::Runtime(runtime(&data))),
+        _ => None,
+    }
+}
+
+/// `sources` and `rules` in the table's own schema (strict: a misspelt
+/// field is an error naming it, as in a table file).
+fn runtime(data: &BTreeMap<String, String>) -> Result<(Vec<RawSource>, Vec<RawRule>), String> {
+    let list = |key: &str| -> Result<serde_json::Value, String> {
+        match data.get(key) {
+            None => Ok(serde_json::Value::Array(vec![])),
+            Some(text) => serde_json::from_str(text).map_err(|e| format!("data.{key}: not JSON: {e}")),
+        }
+    };
+    let doc = serde_json::json!({ "sources": list("sources")?, "rules": list("rules")? });
+    let raw = RawTable::from_json(doc.to_string().as_bytes(), &isogroup_core::Limits::default())
+        .map_err(|e| format!("ConfigMap {RUNTIME_CONFIGMAP}: {e}"))?;
+    Ok((raw.sources, raw.rules))
+}
+
+/// Whether runtime data passes the table's own checks (named errors).
+fn check_runtime(sources: &[RawSource], rules: &[RawRule], base: &str, limits: &Limits) -> Result<(), String> {
+    let probe = RawTable {
+        base_group: Some(base.to_owned()),
+        sources: sources.to_vec(),
+        rules: rules.to_vec(),
+        ..RawTable::default()
+    };
+    Table::check(&probe, base, limits).map(|_| ()).map_err(|errors| {
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!("ConfigMap {RUNTIME_CONFIGMAP}: {}", all.join("; "))
+    })
+}
+
+fn group(o: &DynamicObject) -> Option<GroupObject> {
+    Some(GroupObject {
+        name: o.name_any(),
+        generation: o.metadata.generation.unwrap_or(0),
+        spec: o.data.get("spec").cloned().unwrap_or_default(),
+        status: o.data.get("status").cloned().unwrap_or_default(),
+    })
 }
 
 /// kube-rs talks TLS through rustls, which needs one process-wide crypto
@@ -127,63 +249,261 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Watches the cluster and publishes tables until the process ends.
-pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, settle: Duration) {
-    let pods = watcher::watcher(Api::<K8sPod>::all(client.clone()), watcher::Config::default().labels(GROUP_LABEL));
-    let services = watcher::watcher(Api::<K8sService>::all(client.clone()), watcher::Config::default());
-    let slices = watcher::watcher(Api::<K8sSlice>::all(client.clone()), watcher::Config::default());
-    let rules = watcher::watcher(destination_rules(&client), watcher::Config::default());
-    let ticks = stream::unfold((), |()| async {
-        tokio::time::sleep(RECHECK).await;
-        Some((Update::Tick, ()))
-    });
-    let streams: Vec<BoxStream<'static, Update>> = vec![
-        pods.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Pod(Box::new(e)))).boxed(),
-        services.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Service(Box::new(e)))).boxed(),
-        slices.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Slice(Box::new(e)))).boxed(),
-        rules.map(|e| e.map_or_else(|e| Update::Error(e.to_string()), |e| Update::Rule(Box::new(e)))).boxed(),
-        ticks.boxed(),
-    ];
-    let mut updates = stream::select_all(streams);
-    let (mut p, mut s, mut sl, mut r) = (Mirror::new(), Mirror::new(), Mirror::new(), Mirror::new());
-    // (namespace, host, subset) → when first seen, for the settle delay.
-    let mut first_seen: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    while let Some(update) = updates.next().await {
-        match update {
-            Update::Pod(e) => p.apply(*e, pod),
-            Update::Service(e) => s.apply(*e, service),
-            Update::Slice(e) => sl.apply(*e, slice),
-            Update::Rule(e) => r.apply(*e, rule),
-            Update::Tick => {}
-            Update::Error(e) => {
-                metrics.watch_errors.inc();
-                tracing::warn!(error = %e, "kubernetes watch (kube-rs retries)");
-                continue;
+/// The mirrors of every watched kind, and what settles with time.
+#[derive(Default)]
+struct Cluster {
+    pods: Mirror<Pod>,
+    services: Mirror<Service>,
+    slices: Mirror<EndpointSlice>,
+    rules: Mirror<RuleObj>,
+    routes: Mirror<RouteObj>,
+    groups: Mirror<GroupObject>,
+    own: Mirror<Own>,
+    /// The last runtime data that passed, kept while a bad edit is fixed.
+    runtime: (Vec<RawSource>, Vec<RawRule>),
+    /// Why the runtime data in the ConfigMap is not used (readiness detail).
+    runtime_error: Option<String>,
+    /// When each lane's conditions began to hold (see `kube_snapshot`).
+    since: Since,
+    /// No table computed yet: lanes that hold count as settled.
+    first: bool,
+    /// What the leader last wrote to `isogroup-state`.
+    recorded: Option<Since>,
+    /// The Istio targets last rendered, and lanes held after they left.
+    last_targets: Vec<crate::istio::Target>,
+    held: crate::kube_snapshot::Held,
+    /// Istio conflicts the reconciler reports (readiness detail).
+    conflicts: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Statuses written (or being written), so one verdict is written once;
+    /// a failed write forgets its entry, so the next rebuild tries again.
+    written: Written,
+}
+
+impl Cluster {
+    fn apply(&mut self, update: Update, metrics: &Metrics) {
+        let (kind, error) = match update {
+            Update::Pod(r) => ("pods", error_of(r, |r| self.pods.apply(r))),
+            Update::Service(r) => ("services", error_of(r, |r| self.services.apply(r))),
+            Update::Slice(r) => ("endpointslices", error_of(r, |r| self.slices.apply(r))),
+            Update::Rule(r) => ("destinationrules", error_of(r, |r| self.rules.apply(r))),
+            Update::Route(r) => ("virtualservices", error_of(r, |r| self.routes.apply(r))),
+            Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r))),
+            Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r))),
+            Update::Tick => return,
+        };
+        if let Some(e) = error {
+            metrics.watch_errors.inc();
+            metrics.kube_watch_errors.get_or_create(&KindLabels { kind }).inc();
+            tracing::warn!(kind, error = %e, "kubernetes watch (retrying after a backoff)");
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.pods.synced
+            && self.services.synced
+            && self.slices.synced
+            && self.rules.synced
+            && self.routes.synced
+            && self.groups.synced
+            && self.own.synced
+    }
+
+    /// Readiness with the detail `/readyz` shows: what is not listed yet,
+    /// watch errors, missing kinds.
+    fn readiness(&self) -> Readiness {
+        let kinds: [(&str, bool, &Option<String>, &Option<String>); 7] = [
+            ("pods", self.pods.synced, &self.pods.error, &None),
+            ("services", self.services.synced, &self.services.error, &None),
+            ("endpointslices", self.slices.synced, &self.slices.error, &None),
+            ("destinationrules", self.rules.synced, &self.rules.error, &self.rules.missing),
+            ("virtualservices", self.routes.synced, &self.routes.error, &self.routes.missing),
+            ("isolationgroups", self.groups.synced, &self.groups.error, &self.groups.missing),
+            ("configmaps", self.own.synced, &self.own.error, &self.runtime_error),
+        ];
+        let mut notes = vec![];
+        for (kind, synced, error, missing) in kinds {
+            if !synced {
+                notes.push(format!("{kind}: first list not finished"));
+            }
+            if let Some(e) = error {
+                notes.push(format!("{kind}: watch error (retrying): {e}"));
+            }
+            match missing {
+                Some(m) if kind == "configmaps" => notes.push(format!("warning: {m}; the last valid data stays")),
+                Some(m) => notes.push(format!("warning: {m}; counted as empty")),
+                None => {}
             }
         }
-        if !(p.synced && s.synced && sl.synced && r.synced) {
+        if let Ok(c) = self.conflicts.lock() {
+            notes.extend(c.iter().map(|c| format!("istio conflict: {c}")));
+        }
+        match (self.synced(), notes.is_empty()) {
+            (false, _) => Readiness::Loading(notes.join("; ")),
+            (true, true) => Readiness::Ready,
+            (true, false) => Readiness::Unreachable(notes.join("; ")),
+        }
+    }
+
+    fn snapshot(&self, routes_required: bool) -> Snapshot {
+        let mut subsets: BTreeMap<(String, String), BTreeMap<String, Labels>> = BTreeMap::new();
+        for ((ns, _), r) in &self.rules.items {
+            let entry = subsets.entry((ns.clone(), r.host.clone())).or_default();
+            for (name, labels) in &r.subsets {
+                entry.entry(name.clone()).or_insert_with(|| labels.clone());
+            }
+        }
+        Snapshot {
+            services: self.services.items.values().cloned().collect(),
+            pods: self.pods.items.values().cloned().collect(),
+            slices: self.slices.items.values().cloned().collect(),
+            subsets,
+            routes: routes_required.then(|| self.routes.items.values().flat_map(|r| r.dests.iter().cloned()).collect()),
+        }
+    }
+
+    /// The Istio objects every service needs, and the ones that exist.
+    fn desired(
+        &mut self,
+        base: &str,
+        mode: crate::istio::Mode,
+        root: &str,
+        now: u64,
+        grace: u64,
+    ) -> crate::kube_istio::Desired {
+        let opts = crate::istio::Options { mode, base, root_namespace: root };
+        let mut targets = crate::kube_snapshot::targets(&self.snapshot(false), base);
+        crate::kube_snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
+        self.last_targets = targets.clone();
+        let objects = targets.iter().map(|t| crate::istio::render_target(t, &opts)).collect();
+        let rules = self.rules.items.iter().map(|((ns, name), r)| Existing {
+            kind: "DestinationRule",
+            namespace: ns.clone(),
+            name: name.clone(),
+            owned: r.owned,
+            hosts: vec![r.host.clone()],
+        });
+        let routes = self.routes.items.iter().map(|((ns, name), r)| Existing {
+            kind: "VirtualService",
+            namespace: ns.clone(),
+            name: name.clone(),
+            owned: r.owned,
+            hosts: r.hosts.clone(),
+        });
+        (objects, rules.chain(routes).collect())
+    }
+
+    /// The table now; `since` moves on.
+    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> RawTable {
+        let snap = self.snapshot(opts.routes_required());
+        let mut recorded = Since::new();
+        self.runtime_error = None;
+        let mut runtime = None;
+        for own in self.own.items.values() {
+            match own {
+                Own::State(since) => recorded = since.clone(),
+                Own::Runtime(Ok((sources, rules))) => runtime = Some((sources, rules)),
+                Own::Runtime(Err(e)) => self.runtime_error = Some(e.clone()),
+            }
+        }
+        match runtime {
+            None if self.runtime_error.is_none() => self.runtime = Default::default(),
+            None => {}
+            Some((sources, rules)) => match check_runtime(sources, rules, base, limits) {
+                Ok(()) => self.runtime = (sources.clone(), rules.clone()),
+                Err(e) => self.runtime_error = Some(e),
+            },
+        }
+        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded: &recorded };
+        self.first = false;
+        let mut table = crate::kube_snapshot::to_table(&snap, base, &clock, &mut self.since);
+        (table.sources, table.rules) = self.runtime.clone();
+        table
+    }
+}
+
+/// Applies `r` with `apply`; the error it reports, if any.
+fn error_of<T>(r: Report<T>, apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube_watch::Key>>) -> Option<String> {
+    let error = match &r {
+        Report::Error(e) => Some(e.clone()),
+        _ => None,
+    };
+    apply(r);
+    error
+}
+
+type Written = Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>;
+
+/// Watches the cluster and publishes tables until the process ends.
+pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, opts: Options) {
+    let (tx, mut rx) = mpsc::channel::<Update>(1024);
+    let t = opts.watch;
+    let label = watcher::Config::default().labels(GROUP_LABEL);
+    kube_watch::spawn(Api::<K8sPod>::all(client.clone()), label, pod, Update::Pod, tx.clone(), t);
+    let all = watcher::Config::default;
+    kube_watch::spawn(Api::<K8sService>::all(client.clone()), all(), service, Update::Service, tx.clone(), t);
+    kube_watch::spawn(Api::<K8sSlice>::all(client.clone()), all(), slice, Update::Slice, tx.clone(), t);
+    let istio = "networking.istio.io";
+    let c = || client.clone();
+    kube_watch::spawn_optional(c(), istio, "DestinationRule", ISTIO_VERSIONS, rule, Update::Rule, tx.clone(), t);
+    // VirtualServices: routes to lanes (target-header) and conflicts.
+    if opts.istio.is_some() {
+        kube_watch::spawn_optional(c(), istio, "VirtualService", ISTIO_VERSIONS, route, Update::Route, tx.clone(), t);
+    }
+    let (group_api, kind) = (kube_groups::API_GROUP, kube_groups::KIND);
+    kube_watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace);
+    kube_watch::spawn(configmaps.clone(), all(), own, Update::Own, tx.clone(), t);
+    let ticks = tx;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(opts.recheck).await;
+            if ticks.send(Update::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
+    let statuses = kube_watch::dynamic_api(&client, kube_groups::API_GROUP, kube_groups::VERSION, kube_groups::KIND);
+    let mut cluster = Cluster { first: true, ..Cluster::default() };
+    // Without --istio, VirtualServices are not watched.
+    cluster.routes.synced = opts.istio.is_none();
+    let conflicts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    cluster.conflicts = conflicts.clone();
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+    if let Some((_, root)) = &opts.istio {
+        let (c, root, m) = (client.clone(), root.clone(), metrics.clone());
+        tokio::spawn(crate::kube_istio::run(c, root, desired_rx, conflicts, m));
+    }
+    while let Some(update) = rx.recv().await {
+        cluster.apply(update, &metrics);
+        // Coalesce a burst: everything already queued, then one rebuild.
+        while let Ok(more) = rx.try_recv() {
+            cluster.apply(more, &metrics);
+        }
+        let served = store.served();
+        let readiness = cluster.readiness();
+        if served.readiness() != readiness {
+            match &readiness {
+                Readiness::Loading(d) | Readiness::Unreachable(d) => {
+                    tracing::info!(detail = %d, "kubernetes: readiness")
+                }
+                Readiness::Ready => tracing::info!("kubernetes: every watch has listed; ready"),
+            }
+            served.set_readiness(readiness);
+        }
+        if !cluster.synced() {
             continue;
         }
-        let now = now_ms();
-        let mut subsets: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
-        for ((ns, _), (host, names)) in &r.items {
-            for name in names {
-                let since = *first_seen.entry((ns.clone(), host.clone(), name.clone())).or_insert(now);
-                subsets.entry((ns.clone(), host.clone())).or_default().insert(name.clone(), since);
-            }
-        }
-        first_seen.retain(|(ns, host, name), _| {
-            subsets.get(&(ns.clone(), host.clone())).is_some_and(|m| m.contains_key(name))
-        });
-        let snap = Snapshot {
-            services: s.items.values().cloned().collect(),
-            pods: p.items.values().cloned().collect(),
-            slices: sl.items.values().cloned().collect(),
-            subsets,
-        };
-        let base = &crate::store::Store::served(&*store).base;
-        let table = crate::kube_snapshot::to_table(&snap, base, now, settle.as_millis() as u64);
-        match store.publish(table) {
+        let base = &served.base;
+        let started = std::time::Instant::now();
+        let mut table = cluster.table(base, now_ms(), &opts, &served.limits);
+        let built = started.elapsed();
+        let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
+        let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
+        metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
+        table.groups = groups;
+        let published = store.publish(table);
+        tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
+        match published {
             Ok(None) => {}
             Ok(Some(snap)) => {
                 tracing::info!(
@@ -193,233 +513,87 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, s
                 );
             }
             Err(errors) => {
-                metrics.file_rejects.inc();
+                metrics.store_rejects.inc();
                 tracing::error!(error = %errors, "kubernetes: table refused");
             }
+        }
+        if store.is_leader() {
+            write_statuses(&statuses, &objects, &verdicts, &cluster.written);
+            if let Some((mode, root)) = &opts.istio {
+                let desired = cluster.desired(base, *mode, root, now_ms(), opts.settle.as_millis() as u64);
+                desired_tx.send_if_modified(|d| {
+                    let changed = d.as_ref() != Some(&desired);
+                    *d = Some(desired);
+                    changed
+                });
+            }
+            if cluster.recorded.as_ref() != Some(&cluster.since) {
+                cluster.recorded = Some(cluster.since.clone());
+                write_state(&configmaps, &opts.namespace, &cluster.since);
+            }
+        } else {
+            cluster.recorded = None;
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    //! The watch loop against a fake API server (axum) that serves list and
-    //! watch for the four kinds, can end a watch, and can answer the next
-    //! watch with `410 Gone` so the watcher must re-list.
-
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use axum::extract::{Query, State};
-    use axum::response::{IntoResponse, Response};
-    use axum::routing::get;
-    use futures::StreamExt;
-    use isogroup_core::{Limits, RawTable};
-    use serde_json::{json, Value};
-    use tokio::sync::broadcast;
-
-    use crate::metrics::Metrics;
-    use crate::store::kube::KubeStore;
-    use crate::store::{Served, Store};
-
-    #[derive(Clone)]
-    enum Msg {
-        Event(&'static str, &'static str, Value),
-        /// End the watch of a kind; its next watch gets 410 Gone.
-        Gone(&'static str),
-    }
-
-    #[derive(Clone)]
-    struct Fake {
-        objects: Arc<Mutex<BTreeMap<&'static str, BTreeMap<String, Value>>>>,
-        gone: Arc<Mutex<Vec<&'static str>>>,
-        tx: broadcast::Sender<Msg>,
-        version: Arc<Mutex<u64>>,
-    }
-
-    fn key(o: &Value) -> String {
-        format!(
-            "{}/{}",
-            o["metadata"]["namespace"].as_str().unwrap_or(""),
-            o["metadata"]["name"].as_str().unwrap_or("")
-        )
-    }
-
-    impl Fake {
-        fn bump(&self, mut o: Value) -> Value {
-            let mut v = self.version.lock().unwrap();
-            *v += 1;
-            o["metadata"]["resourceVersion"] = json!(v.to_string());
-            o
+/// Records when each lane's conditions began to hold, so a new leader keeps
+/// the clock (server-side apply: creates the ConfigMap if needed).
+fn write_state(api: &Api<ConfigMap>, namespace: &str, since: &Since) {
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": STATE_CONFIGMAP, "namespace": namespace,
+                      "labels": { "app.kubernetes.io/managed-by": "isogroup" } },
+        "data": { STATE_KEY: serde_json::to_string(since).unwrap_or_default() },
+    });
+    let api = api.clone();
+    tokio::spawn(async move {
+        let params = PatchParams::apply("isogroup").force();
+        if let Err(e) = api.patch(STATE_CONFIGMAP, &params, &Patch::Apply(&cm)).await {
+            tracing::warn!(error = %e, "kubernetes: cannot record lane settle times in ConfigMap {STATE_CONFIGMAP}");
         }
-        /// Changes state and tells the watchers.
-        fn put(&self, kind: &'static str, o: Value) {
-            let o = self.bump(o);
-            let existed = self.objects.lock().unwrap().entry(kind).or_default().insert(key(&o), o.clone()).is_some();
-            let _ = self.tx.send(Msg::Event(kind, if existed { "MODIFIED" } else { "ADDED" }, o));
-        }
-        /// Changes state silently (only a re-list sees it).
-        fn put_quietly(&self, kind: &'static str, o: Value) {
-            let o = self.bump(o);
-            self.objects.lock().unwrap().entry(kind).or_default().insert(key(&o), o);
-        }
-        fn expire_watch(&self, kind: &'static str) {
-            self.gone.lock().unwrap().push(kind);
-            let _ = self.tx.send(Msg::Gone(kind));
-        }
-    }
+    });
+}
 
-    async fn serve(kind: &'static str, list_kind: &'static str, fake: Fake, watch: bool) -> Response {
-        if !watch {
-            let items: Vec<Value> =
-                fake.objects.lock().unwrap().get(kind).map(|m| m.values().cloned().collect()).unwrap_or_default();
-            let rv = fake.version.lock().unwrap().to_string();
-            return axum::Json(
-                json!({ "kind": list_kind, "apiVersion": "v1", "metadata": { "resourceVersion": rv }, "items": items }),
-            )
-            .into_response();
-        }
-        let expired = {
-            let mut gone = fake.gone.lock().unwrap();
-            let hit = gone.iter().position(|k| *k == kind);
-            hit.map(|i| gone.remove(i)).is_some()
+/// Writes each object's status when its verdict changed (in the background:
+/// a slow API server never holds the table back).
+fn write_statuses(
+    api: &Api<DynamicObject>,
+    objects: &[GroupObject],
+    verdicts: &BTreeMap<String, Verdict>,
+    memo: &Written,
+) {
+    let Ok(mut written) = memo.lock() else { return };
+    let now = k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
+    written.retain(|name, _| verdicts.contains_key(name));
+    for o in objects {
+        let Some(verdict) = verdicts.get(&o.name) else { continue };
+        let Some(status) = kube_groups::status_update(o, verdict, &now) else {
+            written.remove(&o.name);
+            continue;
         };
-        if expired {
-            let status = json!({ "type": "ERROR", "object": { "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version" } });
-            return format!("{status}\n").into_response();
+        // Ignoring the time: the same status is in flight already.
+        let key = serde_json::json!([
+            status["observedGeneration"],
+            status["conditions"][0]["status"],
+            status["conditions"][0]["message"]
+        ]);
+        if written.get(&o.name) == Some(&key) {
+            continue;
         }
-        let rx = fake.tx.subscribe();
-        let events = tokio_stream_from(rx)
-            .take_while(move |m| futures::future::ready(!matches!(m, Msg::Gone(k) if *k == kind)))
-            .filter_map(move |m| async move {
-                match m {
-                    Msg::Event(k, t, o) if k == kind => {
-                        Some(Ok::<_, std::convert::Infallible>(format!("{}\n", json!({ "type": t, "object": o }))))
-                    }
-                    _ => None,
-                }
-            });
-        axum::body::Body::from_stream(events).into_response()
-    }
-
-    fn tokio_stream_from(rx: broadcast::Receiver<Msg>) -> impl futures::Stream<Item = Msg> {
-        futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(m) => return Some((m, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+        written.insert(o.name.clone(), key);
+        if let Err(why) = verdict {
+            tracing::warn!(group = %o.name, error = %why, "kubernetes: IsolationGroup left out of the table");
+        }
+        let (api, name, memo) = (api.clone(), o.name.clone(), memo.clone());
+        tokio::spawn(async move {
+            let patch = serde_json::json!({ "status": status });
+            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");
+                if let Ok(mut w) = memo.lock() {
+                    w.remove(&name);
                 }
             }
-        })
-        .boxed()
-    }
-
-    #[derive(serde::Deserialize)]
-    struct WatchQuery {
-        watch: Option<bool>,
-    }
-
-    fn pod(name: &str, group: &str) -> Value {
-        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "bookinfo", "labels": { "isogroup.io/group": group } } })
-    }
-
-    fn slice(ready: &[(&str, bool)]) -> Value {
-        let endpoints: Vec<Value> = ready
-            .iter()
-            .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
-            .collect();
-        json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-                "metadata": { "name": "reviews-x1", "namespace": "bookinfo", "labels": { "kubernetes.io/service-name": "reviews" } },
-                "endpoints": endpoints })
-    }
-
-    fn rule(subsets: &[&str]) -> Value {
-        let subsets: Vec<Value> =
-            subsets.iter().map(|s| json!({ "name": s, "labels": { "isogroup.io/group": s } })).collect();
-        json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-                "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "host": "reviews", "subsets": subsets } })
-    }
-
-    async fn wait_for(store: &KubeStore, what: &str, want: impl Fn(&RawTable) -> bool) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let cur = store.served().current();
-            if want(&cur.raw) {
-                return cur.version;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", cur.raw.services);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn groups(t: &RawTable) -> Vec<String> {
-        t.services.get("reviews.bookinfo").map(|s| s.clusters.keys().cloned().collect()).unwrap_or_default()
-    }
-
-    #[tokio::test]
-    async fn watch_loop_follows_the_cluster() {
-        let (tx, _) = broadcast::channel(256);
-        let fake =
-            Fake { objects: Default::default(), gone: Default::default(), tx, version: Arc::new(Mutex::new(100)) };
-        fake.put_quietly("services", json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "ports": [{ "port": 9080 }] } }));
-        fake.put_quietly("pods", pod("r0", "base"));
-        fake.put_quietly("pods", pod("f1", "feature-1"));
-        fake.put_quietly("endpointslices", slice(&[("r0", true), ("f1", true)]));
-        fake.put_quietly("destinationrules", rule(&["base", "feature-1"]));
-        let route = |kind: &'static str, list: &'static str| {
-            get(move |State(f): State<Fake>, Query(q): Query<WatchQuery>| async move {
-                serve(kind, list, f, q.watch.unwrap_or(false)).await
-            })
-        };
-        let app = axum::Router::new()
-            .route("/api/v1/pods", route("pods", "PodList"))
-            .route("/api/v1/services", route("services", "ServiceList"))
-            .route("/apis/discovery.k8s.io/v1/endpointslices", route("endpointslices", "EndpointSliceList"))
-            .route("/apis/networking.istio.io/v1/destinationrules", route("destinationrules", "DestinationRuleList"))
-            .with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-
-        super::install_crypto();
-        let config = kube::Config::new(url.parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
-        let store = Arc::new(KubeStore::new(served));
-        assert!(!store.served().readiness().is_ready(), "not ready before the first lists");
-        tokio::spawn(super::run(client, store.clone(), metrics, Duration::from_millis(300)));
-
-        let mut versions = vec![];
-        // ready pod whose subset has settled → the group appears
-        versions.push(wait_for(&store, "feature-1", |t| groups(t) == ["base", "feature-1"]).await);
-        assert!(store.served().readiness().is_ready());
-        let reviews = store.served().current().raw.services["reviews.bookinfo"].clone();
-        assert_eq!(reviews.clusters["feature-1"], "outbound|9080|feature-1|reviews.bookinfo.svc.cluster.local");
-        // not ready → it disappears
-        fake.put("endpointslices", slice(&[("r0", true), ("f1", false)]));
-        versions.push(wait_for(&store, "feature-1 gone", |t| groups(t) == ["base"]).await);
-        // 410 Gone: the watch ends, the next one expires; the state changed
-        // meanwhile without an event, so only a re-list can see it
-        fake.put_quietly("endpointslices", slice(&[("r0", true), ("f1", true)]));
-        fake.expire_watch("endpointslices");
-        versions.push(wait_for(&store, "re-list after 410", |t| groups(t) == ["base", "feature-1"]).await);
-        // a label change moves the pod; its group enters once its subset exists and settles
-        fake.put("pods", pod("f1", "team-a"));
-        versions.push(wait_for(&store, "feature-1 gone after relabel", |t| groups(t) == ["base"]).await);
-        let started = Instant::now();
-        fake.put("destinationrules", rule(&["base", "feature-1", "team-a"]));
-        versions.push(wait_for(&store, "team-a after settle", |t| groups(t) == ["base", "team-a"]).await);
-        assert!(
-            started.elapsed() >= Duration::from_millis(250),
-            "entered only after the settle delay: {:?}",
-            started.elapsed()
-        );
-        // a watch restart (the stream just ends) loses nothing
-        fake.expire_watch("pods");
-        fake.put("pods", pod("f1", "feature-1"));
-        versions.push(wait_for(&store, "pod back in feature-1", |t| groups(t) == ["base", "feature-1"]).await);
-        assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions only go up: {versions:?}");
+        });
     }
 }

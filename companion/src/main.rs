@@ -7,8 +7,18 @@ mod auth;
 mod console;
 mod explain;
 mod istio;
+#[cfg(test)]
+mod kube_bench;
+#[cfg(test)]
+mod kube_fake;
+mod kube_groups;
+mod kube_istio;
+mod kube_leader;
 mod kube_snapshot;
 mod kube_source;
+#[cfg(test)]
+mod kube_tests;
+mod kube_watch;
 mod metrics;
 mod random;
 mod runtime_api;
@@ -54,10 +64,32 @@ enum Command {
         #[arg(long, default_value = "/isogroup/")]
         etcd_prefix: String,
         /// Build the table from the cluster instead (pods labelled
-        /// isogroup.io/group, ready endpoints, DestinationRule subsets).
-        /// In-cluster or kubeconfig credentials; the admin API is off.
+        /// isogroup.io/group, ready endpoints, DestinationRule subsets,
+        /// IsolationGroup objects). In-cluster or kubeconfig credentials.
+        /// Replicas elect a leader on a Lease; only it serves tables.
         #[arg(long)]
         kubernetes: bool,
+        /// Kubernetes: the namespace of the Lease (and of this pod); default
+        /// the client's (in a pod: its own).
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: Option<String>,
+        /// Kubernetes: this replica's pod (the Lease holder's identity; the
+        /// leader labels it isogroup.io/leader=true).
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
+        /// Kubernetes: keep each service's Istio objects (DestinationRule
+        /// subsets, a VirtualService, and in cluster-header mode an
+        /// EnvoyFilter) in step with its lanes, by server-side apply.
+        #[arg(long, value_enum, default_value = "off")]
+        istio: IstioFlag,
+        /// Kubernetes with --istio cluster-header: the mesh's root namespace
+        /// (meshConfig.rootNamespace), where EnvoyFilters reach every proxy.
+        #[arg(long, default_value = "istio-system")]
+        istio_root_namespace: String,
+        /// Kubernetes: the Lease's duration; a leader that cannot renew for
+        /// two thirds of it steps down.
+        #[arg(long, default_value_t = 15_000)]
+        lease_ms: u64,
         /// Kubernetes source: how long a new subset must exist before its
         /// group enters the table (so proxies have the subset first).
         #[arg(long, default_value_t = 5000)]
@@ -85,11 +117,14 @@ enum Command {
         #[arg(long, default_value = "base")]
         base_group: String,
     },
-    /// Print the Istio objects a namespace needs for the table's groups:
-    /// DestinationRule subsets plus VirtualServices (target-header mode) or
-    /// an EnvoyFilter (cluster-header mode).
+    /// Print the Istio objects the table's services need (for GitOps; with
+    /// `serve --kubernetes --istio …` the companion keeps them itself):
+    /// DestinationRule subsets and a VirtualService per service, in its own
+    /// namespace, plus (cluster-header mode) an EnvoyFilter in the root
+    /// namespace.
     IstioManifests {
         file: PathBuf,
+        /// The namespace of services whose clusters are not in Istio form.
         #[arg(long)]
         namespace: String,
         #[arg(long, value_enum, default_value = "target-header")]
@@ -97,6 +132,10 @@ enum Command {
         /// Port for services whose clusters are not in Istio form.
         #[arg(long, default_value_t = 80)]
         default_port: u16,
+        /// The mesh's root namespace (meshConfig.rootNamespace), where an
+        /// EnvoyFilter applies to every proxy.
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
         #[arg(long, default_value = "base")]
         base_group: String,
     },
@@ -128,6 +167,11 @@ fn main() -> ExitCode {
             etcd,
             etcd_prefix,
             kubernetes: _,
+            namespace,
+            pod_name,
+            lease_ms,
+            istio,
+            istio_root_namespace,
             settle_ms,
             token_file,
             base_group,
@@ -138,7 +182,17 @@ fn main() -> ExitCode {
             let source = match (table, etcd.is_empty()) {
                 (Some(path), _) => Source::File(path),
                 (None, false) => Source::Etcd { endpoints: etcd, prefix: etcd_prefix },
-                (None, true) => Source::Kubernetes { settle: Duration::from_millis(settle_ms) },
+                (None, true) => Source::Kubernetes {
+                    settle: Duration::from_millis(settle_ms),
+                    namespace,
+                    pod_name,
+                    lease: Duration::from_millis(lease_ms.max(1_000)),
+                    istio: match istio {
+                        IstioFlag::Off => None,
+                        IstioFlag::TargetHeader => Some((istio::Mode::TargetHeader, istio_root_namespace)),
+                        IstioFlag::ClusterHeader => Some((istio::Mode::ClusterHeader, istio_root_namespace)),
+                    },
+                },
             };
             serve(listen, source, Options { token_file, base: base_group, limits, gateway_url })
         }
@@ -154,11 +208,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::IstioManifests { file, namespace, mode, default_port, base_group } => {
-            match load_table(&file, &base_group) {
-                Ok(t) => {
-                    let opts = istio::Options { namespace: &namespace, mode, default_port };
-                    print!("{}", istio::to_yaml_stream(&istio::render(&t, &opts)));
+        Command::IstioManifests { file, namespace, mode, default_port, root_namespace, base_group } => {
+            match load_raw(&file, &base_group) {
+                Ok((raw, t)) => {
+                    let base = t.group_name(t.base()).to_owned();
+                    let opts = istio::Options { mode, base: &base, root_namespace: &root_namespace };
+                    let objects: Vec<serde_json::Value> = istio::targets_of(&t, &raw, &namespace, default_port)
+                        .iter()
+                        .flat_map(|target| istio::render_target(target, &opts))
+                        .collect();
+                    print!("{}", istio::to_yaml_stream(&objects));
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {
@@ -196,6 +255,15 @@ fn main() -> ExitCode {
     }
 }
 
+fn load_raw(file: &std::path::Path, base: &str) -> Result<(RawTable, Table), Vec<String>> {
+    let limits = Limits::default();
+    let bytes = std::fs::read(file).map_err(|e| vec![e.to_string()])?;
+    let raw = RawTable::from_json(&bytes, &limits).map_err(|e| vec![e.to_string()])?;
+    let table = Table::check(&raw, base, &limits)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok((raw, table))
+}
+
 fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> {
     let limits = Limits::default();
     let bytes = std::fs::read(file).map_err(|e| vec![e.to_string()])?;
@@ -206,8 +274,25 @@ fn load_table(file: &std::path::Path, base: &str) -> Result<Table, Vec<String>> 
 /// Where the table comes from.
 enum Source {
     File(PathBuf),
-    Etcd { endpoints: Vec<String>, prefix: String },
-    Kubernetes { settle: Duration },
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+    Kubernetes {
+        settle: Duration,
+        namespace: Option<String>,
+        pod_name: Option<String>,
+        lease: Duration,
+        istio: Option<(istio::Mode, String)>,
+    },
+}
+
+/// `serve --istio`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IstioFlag {
+    Off,
+    TargetHeader,
+    ClusterHeader,
 }
 
 /// `--gateway-url`: an absolute http(s) URL with no query or fragment (the
@@ -253,10 +338,12 @@ fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
 
 async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(), String> {
     let Options { token_file, base, limits, gateway_url } = options;
-    let mut token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
+    let token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
+    // Kubernetes: what hands the Lease back on shutdown.
+    let mut release = None;
     let (store, source): (Arc<dyn Store>, String) = match source {
         Source::File(path) => {
             let file = FileStore::open(path, served).map_err(|e| e.to_string())?;
@@ -270,18 +357,31 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             tokio::spawn(etcd.clone().follow());
             (etcd, source)
         }
-        Source::Kubernetes { settle } => {
+        Source::Kubernetes { settle, namespace, pod_name, lease, istio } => {
             kube_source::install_crypto();
             let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            let identity = pod_name
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .ok_or("--pod-name (or env POD_NAME) is required with --kubernetes")?;
             let kube = Arc::new(KubeStore::new(served));
-            tokio::spawn(kube_source::run(client, kube.clone(), metrics.clone(), settle));
-            if token.take().is_some() {
-                tracing::info!("kubernetes source: the table follows the cluster; the admin API is off");
-            }
-            (kube, "kubernetes".to_owned())
+            let mut lease_cfg = kube_leader::LeaseConfig::new(namespace.clone(), identity.clone());
+            lease_cfg.duration = lease;
+            lease_cfg.renew_deadline = lease * 2 / 3;
+            lease_cfg.retry = lease / 7;
+            let mut opts = kube_source::Options::new(settle, namespace.clone());
+            opts.istio = istio;
+            tokio::spawn(kube_source::run(client.clone(), kube.clone(), metrics.clone(), opts));
+            tokio::spawn(kube_leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
+            release = Some((client, kube.clone(), lease_cfg));
+            (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))
         }
     };
-    tokio::spawn(store::expiry::expire_sources(store.clone()));
+    // Kubernetes keeps bindings in a ConfigMap the companion only reads:
+    // whoever writes it deletes them (filters ignore expired ones anyway).
+    if release.is_none() {
+        tokio::spawn(store::expiry::expire_sources(store.clone()));
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let api = Arc::new(api::Api { store: store.clone(), token, metrics, gateway_url, shutdown: shutdown_rx });
     if api.token.is_none() {
@@ -294,6 +394,9 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
+            if let Some((client, kube, cfg)) = release {
+                kube_leader::release(client, &kube, &cfg).await;
+            }
             let _ = shutdown_tx.send(true);
         })
         .await

@@ -22,6 +22,11 @@ pub struct EtcdLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdminLabels {
     pub op: String,
     pub status: u16,
@@ -42,6 +47,12 @@ pub struct Metrics {
     pub etcd_requests: Family<EtcdLabels, Counter>,
     pub etcd_conflicts: Counter,
     pub etcd_errors: Counter,
+    pub kube_watch_errors: Family<KindLabels, Counter>,
+    pub kube_leader: Gauge,
+    pub kube_leader_changes: Counter,
+    pub kube_invalid_groups: Gauge,
+    pub kube_istio_writes: Counter,
+    pub kube_istio_conflicts: Gauge,
     seen: Mutex<HashMap<String, Instant>>,
 }
 
@@ -62,6 +73,12 @@ impl Metrics {
             etcd_requests: Family::default(),
             etcd_conflicts: Counter::default(),
             etcd_errors: Counter::default(),
+            kube_watch_errors: Family::default(),
+            kube_leader: Gauge::default(),
+            kube_leader_changes: Counter::default(),
+            kube_invalid_groups: Gauge::default(),
+            kube_istio_writes: Counter::default(),
+            kube_istio_conflicts: Gauge::default(),
             seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -86,6 +103,32 @@ impl Metrics {
             m.etcd_conflicts.clone(),
         );
         registry.register("etcd_errors", "etcd requests or watches that failed (retried)", m.etcd_errors.clone());
+        registry.register(
+            "kube_watch_errors",
+            "Kubernetes list/watch errors by kind (each retried after a jittered backoff)",
+            m.kube_watch_errors.clone(),
+        );
+        registry.register("kube_leader", "1 while this replica holds the Lease and serves", m.kube_leader.clone());
+        registry.register(
+            "kube_leader_changes",
+            "Times this replica took or lost the Lease",
+            m.kube_leader_changes.clone(),
+        );
+        registry.register(
+            "kube_invalid_groups",
+            "IsolationGroup objects left out of the table (their status says why)",
+            m.kube_invalid_groups.clone(),
+        );
+        registry.register(
+            "kube_istio_writes",
+            "Istio objects applied or deleted by the leader (--istio)",
+            m.kube_istio_writes.clone(),
+        );
+        registry.register(
+            "kube_istio_conflicts",
+            "Services whose Istio objects are left alone: another DestinationRule or VirtualService owns the host or name",
+            m.kube_istio_conflicts.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -47,9 +47,15 @@ pub enum ChangeError {
     Invalid(Vec<TableError>),
     #[error(transparent)]
     Version(#[from] VersionTooLarge),
-    /// This store takes no admin writes (e.g. the Kubernetes source).
+    /// Kubernetes mode: lanes are pod labels, group settings are
+    /// `IsolationGroup` objects.
+    #[error(
+        "the Kubernetes source owns this: label pods (isogroup.io/group), edit IsolationGroup objects, or edit ConfigMap isogroup-runtime (sources, rules)"
+    )]
+    ManagedByKubernetes,
+    /// Another replica leads and takes writes (Kubernetes mode).
     #[error("{0}")]
-    ReadOnly(&'static str),
+    NotLeader(String),
     /// The store cannot take the write now (unreachable, no quorum, holds
     /// data it cannot read).
     #[error("{0}")]

@@ -26,4 +26,10 @@ pub trait Store: Send + Sync {
 
     /// What this replica serves, and whether it is ready.
     fn served(&self) -> &Served;
+
+    /// Why this replica does not serve tables or take writes right now
+    /// (Kubernetes: not the leader); `None` when it does.
+    fn not_serving(&self) -> Option<String> {
+        None
+    }
 }

@@ -1,0 +1,174 @@
+//! The Kubernetes source at scale (BENCHMARKS.md): a synthetic API state of
+//! 10k services, 50k pods and 100 lanes in the fake API server; a pod
+//! turning ready → the new table, p50/p99, and the memory the companion's
+//! state adds. Ignored by default (minutes in a debug build); run with
+//! `cargo test --release -p isogroup-companion --bin isogroup-companion
+//! kube_bench -- --ignored --nocapture`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isogroup_core::Limits;
+use serde_json::{json, Value};
+
+use crate::kube_fake::{res, FakeApi};
+use crate::kube_source::Options;
+use crate::kube_watch::Timing;
+use crate::metrics::Metrics;
+use crate::store::kube::KubeStore;
+use crate::store::{Served, Store};
+
+const SERVICES: usize = 10_000;
+const NAMESPACES: usize = 100;
+const LANES: usize = 100;
+/// Lane pods per lane: 100 lanes × 400 = 40k, plus 10k base pods.
+const LANE_PODS: usize = 400;
+/// Each event flips a lane pod twice (not ready, then ready): 100 samples.
+const EVENTS: usize = 50;
+
+fn rss_kb() -> u64 {
+    isogroup_test_support::rss_kb(std::process::id())
+}
+
+fn ns(i: usize) -> String {
+    format!("ns-{}", i % NAMESPACES)
+}
+
+fn pod(i: usize, name: &str, group: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": ns(i), "labels": { "isogroup.io/group": group, "app": format!("svc-{i}") } } })
+}
+
+fn slice(i: usize, pods: &[(String, bool)]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
+        .collect();
+    json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": { "name": format!("svc-{i}-x1"), "namespace": ns(i), "labels": { "kubernetes.io/service-name": format!("svc-{i}") } },
+            "endpoints": endpoints })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored in a release build (./build.sh bench)"]
+async fn kube_bench() {
+    // Where a rebuild's time goes: `kube_source`'s debug line per rebuild.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("isogroup_companion::kube_source=debug"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let (pods, services, slices) =
+        (res("", "v1", "pods"), res("", "v1", "services"), res("discovery.k8s.io", "v1", "endpointslices"));
+    let rules = res("networking.istio.io", "v1", "destinationrules");
+    let fake = FakeApi::start(&[
+        pods.clone(),
+        services.clone(),
+        slices.clone(),
+        rules.clone(),
+        res("isogroup.io", "v1alpha1", "isolationgroups"),
+        res("", "v1", "configmaps"),
+    ])
+    .await;
+    // svc-i: one base pod; lane l has a pod behind services l*100 + k*... (400 each)
+    let mut behind: Vec<Vec<(String, bool)>> = (0..SERVICES).map(|i| vec![(format!("svc-{i}-base"), true)]).collect();
+    let mut lanes_of: Vec<Vec<String>> = vec![vec!["base".to_owned()]; SERVICES];
+    for l in 0..LANES {
+        for k in 0..LANE_PODS {
+            let i = (l * 97 + k * 25) % SERVICES;
+            let name = format!("svc-{i}-lane-{l}-{k}");
+            fake.put_quietly(&pods, pod(i, &name, &format!("lane-{l}")));
+            behind[i].push((name, true));
+            lanes_of[i].push(format!("lane-{l}"));
+        }
+    }
+    for i in 0..SERVICES {
+        fake.put_quietly(&pods, pod(i, &format!("svc-{i}-base"), "base"));
+        fake.put_quietly(
+            &services,
+            json!({ "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": format!("svc-{i}"), "namespace": ns(i) }, "spec": { "ports": [{ "port": 8080 }] } }),
+        );
+        fake.put_quietly(&slices, slice(i, &behind[i]));
+        lanes_of[i].dedup();
+        let subsets: Vec<Value> =
+            lanes_of[i].iter().map(|g| json!({ "name": g, "labels": { "isogroup.io/group": g } })).collect();
+        fake.put_quietly(&rules, json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": { "name": format!("svc-{i}"), "namespace": ns(i) }, "spec": { "host": format!("svc-{i}"), "subsets": subsets } }));
+    }
+    let pods_total = fake_count(&fake, &pods);
+    eprintln!("kube_bench: state built");
+    let before = rss_kb();
+    let metrics = Arc::new(Metrics::new());
+    let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
+    let store = Arc::new(KubeStore::new(served));
+    store.become_leader("1000-aa".into()).unwrap();
+    let opts = Options {
+        settle: Duration::ZERO,
+        recheck: Duration::from_secs(3600),
+        watch: Timing::default(),
+        namespace: "isogroup-system".into(),
+        istio: None,
+    };
+    let started = Instant::now();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while store.served().current().table.service_count() < SERVICES {
+        assert!(Instant::now() < deadline, "first table");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("kube_bench: {} services so far", store.served().current().table.service_count());
+    }
+    let first = started.elapsed();
+    eprintln!("kube_bench: first table after {first:?}");
+    let after = rss_kb();
+    // Events: a lane pod of a different service each time turns not ready
+    // then ready again; each flip must show in a new table.
+    let mut latencies = vec![];
+    for e in 0..EVENTS {
+        let i = (e * 37) % SERVICES;
+        let Some(lane_pod) = behind[i].get(1).map(|p| p.0.clone()) else { continue };
+        let group = lane_pod.split("-lane-").nth(1).map(|r| format!("lane-{}", r.split('-').next().unwrap())).unwrap();
+        let key = format!("svc-{i}.{}", ns(i));
+        for ready in [false, true] {
+            for p in behind[i].iter_mut().filter(|p| p.0 == lane_pod) {
+                p.1 = ready;
+            }
+            // (a lane has at most one pod behind a service here)
+            let sent = Instant::now();
+            fake.put(&slices, slice(i, &behind[i]));
+            loop {
+                let has =
+                    store.served().current().raw.services.get(&key).is_some_and(|s| s.clusters.contains_key(&group));
+                if has == ready {
+                    break;
+                }
+                assert!(sent.elapsed() < Duration::from_secs(60), "event {e} not in a table");
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            latencies.push(sent.elapsed());
+            if latencies.len() % 50 == 0 {
+                eprintln!("kube_bench: {} events, last {:?}", latencies.len(), sent.elapsed());
+            }
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "kube_bench: {SERVICES} services, {pods_total} pods, {LANES} lanes; first table after {first:?}; \
+         pod-ready event -> new table over {} events: p50 {:?}, p99 {:?}, max {:?}; \
+         RSS {} MiB before the companion's state, {} MiB after (+{} MiB), table JSON {} KiB",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        latencies.last().unwrap(),
+        before / 1024,
+        after / 1024,
+        after.saturating_sub(before) / 1024,
+        store.served().current().json.len() / 1024,
+    );
+}
+
+fn fake_count(fake: &FakeApi, r: &crate::kube_fake::Res) -> usize {
+    fake.count(r)
+}

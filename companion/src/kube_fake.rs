@@ -1,0 +1,538 @@
+//! A fake Kubernetes API server for the Kubernetes source's tests: just what
+//! they assert, over real HTTP so kube-rs runs unchanged.
+//!
+//! - list and watch for any installed resource, cluster-wide or in one
+//!   namespace, with label selectors (`k`, `k=v`, comma-separated);
+//! - watches resume from a resource version (events replayed from a log),
+//!   answer `410 Gone` for one older than the log's compaction point, send
+//!   bookmarks when asked, and can be ended by the test;
+//! - get, create (`409 AlreadyExists`), replace with a resource-version
+//!   check (`409 Conflict`), merge patch, server-side apply (field managers,
+//!   a conflict unless `force`), delete; `/status` touches only `status`;
+//! - a resource not installed answers `404` (a missing CRD or version), and a
+//!   resource can be made to fail with any status (e.g. `403`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+/// `group/version/plural`, `""` as the core group: `"/v1/pods"`.
+pub type Res = String;
+
+pub fn res(group: &str, version: &str, plural: &str) -> Res {
+    format!("{group}/{version}/{plural}")
+}
+
+#[derive(Clone, Debug)]
+struct Ev {
+    rv: u64,
+    res: Res,
+    kind: &'static str,
+    obj: Value,
+}
+
+#[derive(Clone, Debug)]
+enum Msg {
+    Ev(Ev),
+    /// End every watch of this resource.
+    Close(Res),
+    Bookmark(Res, u64),
+}
+
+#[derive(Default)]
+struct State0 {
+    rv: u64,
+    installed: BTreeSet<Res>,
+    objects: BTreeMap<Res, BTreeMap<(String, String), Value>>,
+    log: Vec<Ev>,
+    /// Watches from a version below this answer 410 Gone.
+    compacted: u64,
+    fail: BTreeMap<Res, u16>,
+    /// (res, namespace, name) → the field manager that last applied it.
+    managers: BTreeMap<(Res, String, String), String>,
+    /// Lists and watches started, per resource.
+    lists: BTreeMap<Res, u64>,
+    watches: BTreeMap<Res, u64>,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State0>>,
+    tx: broadcast::Sender<Msg>,
+    pub url: String,
+}
+
+impl FakeApi {
+    /// Serves on a free loopback port; `installed` are the resources it knows.
+    pub async fn start(installed: &[Res]) -> FakeApi {
+        let (tx, _) = broadcast::channel(4096);
+        let state = State0 { rv: 100, installed: installed.iter().cloned().collect(), ..State0::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let fake = FakeApi { state: Arc::new(Mutex::new(state)), tx, url };
+        let app = axum::Router::new().fallback(handle).with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        fake
+    }
+
+    pub fn client(&self) -> kube::Client {
+        crate::kube_source::install_crypto();
+        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
+    }
+
+    pub fn install(&self, r: &Res) {
+        self.state.lock().unwrap().installed.insert(r.clone());
+    }
+
+    /// Every request for `r` answers `status` (0: normal again).
+    pub fn fail(&self, r: &Res, status: u16) {
+        let mut s = self.state.lock().unwrap();
+        if status == 0 {
+            s.fail.remove(r);
+        } else {
+            s.fail.insert(r.clone(), status);
+        }
+    }
+
+    pub fn lists(&self, r: &Res) -> u64 {
+        self.state.lock().unwrap().lists.get(r).copied().unwrap_or(0)
+    }
+
+    pub fn watches(&self, r: &Res) -> u64 {
+        self.state.lock().unwrap().watches.get(r).copied().unwrap_or(0)
+    }
+
+    pub fn get(&self, r: &Res, ns: &str, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().objects.get(r)?.get(&(ns.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// Creates or replaces `obj` (namespace and name from its metadata) and
+    /// tells the watchers.
+    pub fn put(&self, r: &Res, obj: Value) -> Value {
+        let mut s = self.state.lock().unwrap();
+        let k = key_of(&obj);
+        let existed = s.objects.get(r).is_some_and(|m| m.contains_key(&k));
+        let (ev, obj) = store(&mut s, r, k, obj, if existed { "MODIFIED" } else { "ADDED" });
+        drop(s);
+        let _ = self.tx.send(Msg::Ev(ev));
+        obj
+    }
+
+    /// Changes state without an event: only a re-list sees it.
+    pub fn put_quietly(&self, r: &Res, obj: Value) {
+        let mut s = self.state.lock().unwrap();
+        s.rv += 1;
+        let mut obj = obj;
+        obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+        if obj["metadata"]["generation"].is_null() {
+            obj["metadata"]["generation"] = json!(1);
+        }
+        let k = key_of(&obj);
+        s.objects.entry(r.clone()).or_default().insert(k, obj);
+    }
+
+    pub fn delete(&self, r: &Res, ns: &str, name: &str) {
+        let mut s = self.state.lock().unwrap();
+        if let Some(ev) = remove(&mut s, r, &(ns.to_owned(), name.to_owned())) {
+            drop(s);
+            let _ = self.tx.send(Msg::Ev(ev));
+        }
+    }
+
+    /// Forgets the event log: a watch resuming from an older version gets
+    /// `410 Gone` and must re-list.
+    pub fn compact(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.compacted = s.rv;
+        s.log.clear();
+    }
+
+    /// Ends every watch of `r` (the watcher then resumes from its version).
+    pub fn close_watches(&self, r: &Res) {
+        let _ = self.tx.send(Msg::Close(r.clone()));
+    }
+
+    /// A bookmark at the current version to every watch of `r` that asked.
+    pub fn bookmark(&self, r: &Res) {
+        let rv = self.state.lock().unwrap().rv;
+        let _ = self.tx.send(Msg::Bookmark(r.clone(), rv));
+    }
+}
+
+fn key_of(obj: &Value) -> (String, String) {
+    let m = &obj["metadata"];
+    (m["namespace"].as_str().unwrap_or("").to_owned(), m["name"].as_str().unwrap_or("").to_owned())
+}
+
+fn store(s: &mut State0, r: &Res, k: (String, String), mut obj: Value, kind: &'static str) -> (Ev, Value) {
+    s.rv += 1;
+    obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+    if obj["metadata"]["uid"].is_null() {
+        obj["metadata"]["uid"] = json!(format!("uid-{}", s.rv));
+    }
+    // A new spec is a new generation, as in the API server.
+    let previous = s.objects.get(r).and_then(|m| m.get(&k));
+    let generation = match previous {
+        Some(p) if p["spec"] == obj["spec"] => p["metadata"]["generation"].as_u64().unwrap_or(1),
+        Some(p) => p["metadata"]["generation"].as_u64().unwrap_or(1) + 1,
+        None => 1,
+    };
+    obj["metadata"]["generation"] = json!(generation);
+    s.objects.entry(r.clone()).or_default().insert(k, obj.clone());
+    let ev = Ev { rv: s.rv, res: r.clone(), kind, obj: obj.clone() };
+    s.log.push(ev.clone());
+    (ev, obj)
+}
+
+fn remove(s: &mut State0, r: &Res, k: &(String, String)) -> Option<Ev> {
+    let mut obj = s.objects.get_mut(r)?.remove(k)?;
+    s.rv += 1;
+    obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+    let ev = Ev { rv: s.rv, res: r.clone(), kind: "DELETED", obj };
+    s.log.push(ev.clone());
+    Some(ev)
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "code": code, "reason": reason, "message": message });
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
+}
+
+/// What a request path names.
+struct Target {
+    res: Res,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        _ => (None, rest),
+    };
+    let (plural, name, status) = match rest {
+        [p] => (*p, None, false),
+        [p, n] => (*p, Some((*n).to_owned()), false),
+        [p, n, "status"] => (*p, Some((*n).to_owned()), true),
+        _ => return None,
+    };
+    Some(Target { res: res(group, version, plural), namespace, name, status })
+}
+
+fn selector_matches(selector: Option<&str>, obj: &Value) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else { return true };
+    let labels = &obj["metadata"]["labels"];
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => labels[k.trim_end_matches('=')].as_str() == Some(v),
+        None => !labels[term].is_null(),
+    })
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+async fn handle(
+    State(fake): State<FakeApi>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(t) = parse_path(uri.path()) else { return status(404, "NotFound", "no such path") };
+    {
+        let mut s = fake.state.lock().unwrap();
+        if method == Method::GET && t.name.is_none() && q.get("watch").map(String::as_str) != Some("true") {
+            *s.lists.entry(t.res.clone()).or_default() += 1;
+        }
+        if let Some(code) = s.fail.get(&t.res) {
+            return status(*code, "Forbidden", "made to fail by the test");
+        }
+        if !s.installed.contains(&t.res) {
+            return status(404, "NotFound", &format!("the server could not find the requested resource ({})", t.res));
+        }
+    }
+    let ns = t.namespace.clone().unwrap_or_default();
+    match (method, &t.name) {
+        (Method::GET, None) if q.get("watch").map(String::as_str) == Some("true") => watch(fake, t, q).await,
+        (Method::GET, None) => list(&fake, &t, &q),
+        (Method::GET, Some(name)) => match fake.get(&t.res, &ns, name) {
+            Some(o) => axum::Json(o).into_response(),
+            None => status(404, "NotFound", &format!("{name} not found")),
+        },
+        (Method::POST, None) => create(&fake, &t, &ns, &body),
+        (Method::PUT, Some(name)) => replace(&fake, &t, &ns, name, &body),
+        (Method::PATCH, Some(name)) => patch(&fake, &t, &ns, name, &q, &headers, &body),
+        (Method::DELETE, Some(name)) => {
+            let existed = fake.get(&t.res, &ns, name);
+            fake.delete(&t.res, &ns, name);
+            match existed {
+                Some(o) => axum::Json(o).into_response(),
+                None => status(404, "NotFound", &format!("{name} not found")),
+            }
+        }
+        _ => status(405, "MethodNotAllowed", "not in the fake"),
+    }
+}
+
+fn list(fake: &FakeApi, t: &Target, q: &BTreeMap<String, String>) -> Response {
+    let s = fake.state.lock().unwrap();
+    let items: Vec<Value> = s
+        .objects
+        .get(&t.res)
+        .map(|m| {
+            m.iter()
+                .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
+                .filter(|(_, o)| selector_matches(q.get("labelSelector").map(String::as_str), o))
+                .map(|(_, o)| o.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Pages as the API server cuts them: `limit`, then `continue` (here the
+    // offset; the real one also pins the resource version).
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let offset = q.get("continue").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let more = items.len() > offset.saturating_add(limit);
+    let items: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+    let mut metadata = json!({ "resourceVersion": s.rv.to_string() });
+    if more {
+        metadata["continue"] = json!((offset + limit).to_string());
+    }
+    axum::Json(json!({ "kind": "List", "apiVersion": "v1", "metadata": metadata, "items": items })).into_response()
+}
+
+async fn watch(fake: FakeApi, t: Target, q: BTreeMap<String, String>) -> Response {
+    let rx = fake.tx.subscribe();
+    let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let selector = q.get("labelSelector").cloned();
+    let (replay, gone) = {
+        let mut s = fake.state.lock().unwrap();
+        *s.watches.entry(t.res.clone()).or_default() += 1;
+        let gone = from != 0 && from < s.compacted;
+        let replay: Vec<Ev> = s.log.iter().filter(|e| e.res == t.res && e.rv > from).cloned().collect();
+        (replay, gone)
+    };
+    if gone {
+        let ev = json!({ "type": "ERROR", "object": { "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version" } });
+        return format!("{ev}\n").into_response();
+    }
+    let ns = t.namespace.clone();
+    let res = t.res.clone();
+    let wanted = move |e: &Ev| {
+        e.res == res
+            && ns.as_ref().is_none_or(|n| e.obj["metadata"]["namespace"].as_str() == Some(n))
+            && selector_matches(selector.as_deref(), &e.obj)
+    };
+    let last = replay.last().map_or(from, |e| e.rv);
+    let first: Vec<String> = replay
+        .iter()
+        .filter(|e| wanted(e))
+        .map(|e| format!("{}\n", json!({ "type": e.kind, "object": e.obj })))
+        .collect();
+    let res = t.res.clone();
+    let live = futures::stream::unfold((rx, last), |(mut rx, last)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(m) => return Some((m, (rx, last))),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .take_while({
+        let res = res.clone();
+        move |m| futures::future::ready(!matches!(m, Msg::Close(r) if *r == res))
+    })
+    .filter_map(move |m| {
+        let line = match m {
+            Msg::Ev(e) if e.rv > last && wanted(&e) => {
+                Some(format!("{}\n", json!({ "type": e.kind, "object": e.obj })))
+            }
+            Msg::Bookmark(r, rv) if bookmarks && r == res => Some(format!(
+                "{}\n",
+                json!({ "type": "BOOKMARK", "object": { "kind": "Bookmark", "apiVersion": "v1",
+                    "metadata": { "resourceVersion": rv.to_string() } } })
+            )),
+            _ => None,
+        };
+        futures::future::ready(line.map(Ok::<_, std::convert::Infallible>))
+    });
+    let stream = futures::stream::iter(first.into_iter().map(Ok)).chain(live);
+    axum::body::Body::from_stream(stream).into_response()
+}
+
+#[allow(clippy::result_large_err)] // a test server: the error is the answer
+fn parse_body(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| status(400, "BadRequest", &format!("body: {e}")))
+}
+
+fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8]) -> Response {
+    let mut obj = match parse_body(body) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    if t.namespace.is_some() {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
+    let k = key_of(&obj);
+    let mut s = fake.state.lock().unwrap();
+    if s.objects.get(&t.res).is_some_and(|m| m.contains_key(&k)) {
+        return status(409, "AlreadyExists", &format!("{} already exists", k.1));
+    }
+    let (ev, obj) = store(&mut s, &t.res, k, obj, "ADDED");
+    drop(s);
+    let _ = fake.tx.send(Msg::Ev(ev));
+    (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+fn replace(fake: &FakeApi, t: &Target, ns: &str, name: &str, body: &[u8]) -> Response {
+    let given = match parse_body(body) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let k = (ns.to_owned(), name.to_owned());
+    let mut s = fake.state.lock().unwrap();
+    let Some(current) = s.objects.get(&t.res).and_then(|m| m.get(&k)).cloned() else {
+        return status(404, "NotFound", &format!("{name} not found"));
+    };
+    let rv = given["metadata"]["resourceVersion"].as_str();
+    if rv.is_some_and(|rv| Some(rv) != current["metadata"]["resourceVersion"].as_str()) {
+        return status(
+            409,
+            "Conflict",
+            "the object has been modified; please apply your changes to the latest version",
+        );
+    }
+    let obj = if t.status {
+        let mut o = current;
+        o["status"] = given["status"].clone();
+        o
+    } else {
+        let mut o = given;
+        o["metadata"]["namespace"] = current["metadata"]["namespace"].clone();
+        o["status"] = current["status"].clone();
+        if o["status"].is_null() {
+            o.as_object_mut().map(|m| m.remove("status"));
+        }
+        o
+    };
+    let (ev, obj) = store(&mut s, &t.res, k, obj, "MODIFIED");
+    drop(s);
+    let _ = fake.tx.send(Msg::Ev(ev));
+    axum::Json(obj).into_response()
+}
+
+fn patch(
+    fake: &FakeApi,
+    t: &Target,
+    ns: &str,
+    name: &str,
+    q: &BTreeMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let given = match parse_body(body) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let k = (ns.to_owned(), name.to_owned());
+    let mut s = fake.state.lock().unwrap();
+    let current = s.objects.get(&t.res).and_then(|m| m.get(&k)).cloned();
+    let obj = if content_type.starts_with("application/apply-patch") {
+        let Some(manager) = q.get("fieldManager").cloned() else {
+            return status(422, "Invalid", "fieldManager is required for apply patch");
+        };
+        let owner = s.managers.get(&(t.res.clone(), k.0.clone(), k.1.clone())).cloned();
+        let force = q.get("force").map(String::as_str) == Some("true");
+        if current.is_some() && owner.as_deref() != Some(manager.as_str()) && !force {
+            return status(
+                409,
+                "Conflict",
+                &format!("Apply failed with 1 conflict: conflict with \"{}\"", owner.unwrap_or_default()),
+            );
+        }
+        s.managers.insert((t.res.clone(), k.0.clone(), k.1.clone()), manager);
+        // The applied configuration is the whole object this manager owns.
+        let mut o = given;
+        o["metadata"]["name"] = json!(name);
+        if t.namespace.is_some() {
+            o["metadata"]["namespace"] = json!(ns);
+        }
+        if let Some(c) = &current {
+            o["metadata"]["uid"] = c["metadata"]["uid"].clone();
+            if !t.status {
+                if let Some(st) = c.get("status") {
+                    o["status"] = st.clone();
+                }
+            }
+        }
+        o
+    } else {
+        let Some(mut o) = current.clone() else { return status(404, "NotFound", &format!("{name} not found")) };
+        if t.status {
+            let mut st = o["status"].take();
+            merge(&mut st, &given["status"]);
+            o["status"] = st;
+        } else {
+            merge(&mut o, &given);
+        }
+        o
+    };
+    let kind = if current.is_some() { "MODIFIED" } else { "ADDED" };
+    let (ev, obj) = store(&mut s, &t.res, k, obj, kind);
+    drop(s);
+    let _ = fake.tx.send(Msg::Ev(ev));
+    axum::Json(obj).into_response()
+}
+
+impl FakeApi {
+    /// The field manager that last applied an object, if any.
+    pub fn manager(&self, r: &Res, ns: &str, name: &str) -> Option<String> {
+        self.state.lock().unwrap().managers.get(&(r.clone(), ns.to_owned(), name.to_owned())).cloned()
+    }
+}
+
+impl FakeApi {
+    /// How many objects of `r` there are.
+    pub fn count(&self, r: &Res) -> usize {
+        self.state.lock().unwrap().objects.get(r).map_or(0, |m| m.len())
+    }
+}

@@ -1,0 +1,262 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, as client-go does
+//! it: the holder renews every `retry`; another replica takes the Lease only
+//! once it has seen no change to it for `duration` (its own clock, so skew
+//! between nodes does not matter); a leader that cannot renew within
+//! `renew_deadline` (shorter than `duration`) steps down before anyone else
+//! may take over. Every write carries the Lease's resource version, so of
+//! two replicas racing, one gets `409 Conflict`.
+//!
+//! Elected, a replica makes a new epoch, max(now, previous + 1) with the
+//! previous one read from the Lease's annotation, and writes it in the same
+//! update that takes the Lease; then it labels its own pod
+//! `isogroup.io/leader: "true"` (the Service selects it) and takes the label
+//! off any other pod still carrying it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::chrono::Utc;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::store::kube::KubeStore;
+
+/// The pod label the companion's Service selects.
+pub const LEADER_LABEL: &str = "isogroup.io/leader";
+/// Where the Lease keeps the current leader's epoch.
+pub const EPOCH_ANNOTATION: &str = "isogroup.io/epoch";
+
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// This replica: its pod's name.
+    pub identity: String,
+    pub duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry: Duration,
+}
+
+impl LeaseConfig {
+    /// client-go's defaults: 15 s, 10 s, 2 s.
+    pub fn new(namespace: String, identity: String) -> LeaseConfig {
+        LeaseConfig {
+            namespace,
+            name: "isogroup-companion".into(),
+            identity,
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What this replica knows between rounds.
+#[derive(Default)]
+struct Election {
+    /// The Lease's resource version when last seen, and when that was.
+    observed: Option<(String, Instant)>,
+    /// Leading since the last successful renewal at this instant.
+    renewed: Option<Instant>,
+    /// The pod labels match the role: as leader, its own pod labelled and
+    /// no other; as follower, its own pod unlabelled.
+    labelled: bool,
+}
+
+/// Runs the election until the process ends.
+pub async fn run(client: Client, store: Arc<KubeStore>, cfg: LeaseConfig, metrics: Arc<Metrics>) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let pods: Api<Pod> = Api::namespaced(client, &cfg.namespace);
+    // Unlabelled at first: a restarted replica must not keep a label from
+    // its last life.
+    let mut e = Election::default();
+    loop {
+        round(&leases, &store, &cfg, &mut e, &metrics).await;
+        if !e.labelled {
+            e.labelled = if e.renewed.is_some() {
+                label_leader(&pods, &cfg.identity).await
+            } else {
+                set_label(&pods, &cfg.identity, false).await.is_ok()
+            };
+        }
+        metrics.kube_leader.set(i64::from(e.renewed.is_some()));
+        tokio::time::sleep(cfg.retry).await;
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(Utc::now())
+}
+
+fn duration_s(d: Duration) -> i32 {
+    i32::try_from(d.as_millis().div_ceil(1000)).unwrap_or(i32::MAX).max(1)
+}
+
+async fn round(leases: &Api<Lease>, store: &KubeStore, cfg: &LeaseConfig, e: &mut Election, metrics: &Metrics) {
+    let lease = match leases.get_opt(&cfg.name).await {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::warn!(error = %err, lease = %cfg.name, "kubernetes: cannot read the lease");
+            return check_deadline(store, cfg, e, metrics);
+        }
+    };
+    let Some(mut lease) = lease else {
+        let epoch = crate::random::new_epoch(None);
+        let fresh = Lease {
+            metadata: ObjectMeta {
+                name: Some(cfg.name.clone()),
+                namespace: Some(cfg.namespace.clone()),
+                annotations: Some(BTreeMap::from([(EPOCH_ANNOTATION.to_owned(), epoch.clone())])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(cfg.identity.clone()),
+                lease_duration_seconds: Some(duration_s(cfg.duration)),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        match leases.create(&PostParams::default(), &fresh).await {
+            Ok(_) => elected(store, e, epoch, metrics),
+            Err(err) => tracing::info!(error = %err, "kubernetes: lease creation lost or failed"),
+        }
+        return;
+    };
+    let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+    if e.observed.as_ref().is_none_or(|(seen, _)| *seen != rv) {
+        e.observed = Some((rv, Instant::now()));
+    }
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    if holder == cfg.identity && e.renewed.is_some() {
+        spec.renew_time = Some(now());
+        match leases.replace(&cfg.name, &PostParams::default(), &lease).await {
+            Ok(l) => {
+                e.renewed = Some(Instant::now());
+                e.observed = l.metadata.resource_version.map(|rv| (rv, Instant::now()));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "kubernetes: lease renewal failed");
+                check_deadline(store, cfg, e, metrics);
+            }
+        }
+        return;
+    }
+    if e.renewed.is_some() {
+        // Someone else holds it now: this replica is no longer the leader.
+        tracing::warn!(holder, "kubernetes: lease taken by another replica; stepping down");
+        return step_down(store, e, metrics);
+    }
+    let expired = e.observed.as_ref().is_some_and(|(_, at)| at.elapsed() >= cfg.duration);
+    // Free, expired, or ours from a previous life (same pod, restarted).
+    if !(holder.is_empty() || expired || holder == cfg.identity) {
+        return;
+    }
+    let previous = lease.metadata.annotations.as_ref().and_then(|a| a.get(EPOCH_ANNOTATION)).cloned();
+    let epoch = crate::random::new_epoch(previous.as_deref());
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if holder != cfg.identity {
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+    }
+    spec.holder_identity = Some(cfg.identity.clone());
+    spec.lease_duration_seconds = Some(duration_s(cfg.duration));
+    spec.acquire_time = Some(now());
+    spec.renew_time = Some(now());
+    lease.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(EPOCH_ANNOTATION.to_owned(), epoch.clone());
+    match leases.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(l) => {
+            e.observed = l.metadata.resource_version.map(|rv| (rv, Instant::now()));
+            tracing::info!(previous = %holder, epoch, "kubernetes: took the lease");
+            elected(store, e, epoch, metrics);
+        }
+        Err(err) => tracing::info!(error = %err, "kubernetes: lease taken by another replica first"),
+    }
+}
+
+/// On shutdown: hands the Lease back (holder cleared) if this replica holds
+/// it, so a standby takes over within one `retry` instead of waiting for it
+/// to expire; and takes its pod's label off. Best effort.
+pub async fn release(client: Client, store: &KubeStore, cfg: &LeaseConfig) {
+    if !store.is_leader() {
+        return;
+    }
+    store.step_down();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let pods: Api<Pod> = Api::namespaced(client, &cfg.namespace);
+    let _ = set_label(&pods, &cfg.identity, false).await;
+    let Ok(Some(mut lease)) = leases.get_opt(&cfg.name).await else { return };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    match leases.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!("kubernetes: lease released"),
+        Err(e) => tracing::warn!(error = %e, "kubernetes: cannot release the lease; it expires instead"),
+    }
+}
+
+fn elected(store: &KubeStore, e: &mut Election, epoch: String, metrics: &Metrics) {
+    e.renewed = Some(Instant::now());
+    e.labelled = false;
+    metrics.kube_leader.set(1);
+    metrics.kube_leader_changes.inc();
+    match store.become_leader(epoch.clone()) {
+        Ok(snap) => tracing::info!(epoch, version = snap.map(|s| s.version), "kubernetes: leading"),
+        Err(err) => tracing::error!(error = %err, "kubernetes: leading, but the table is refused"),
+    }
+}
+
+fn check_deadline(store: &KubeStore, cfg: &LeaseConfig, e: &mut Election, metrics: &Metrics) {
+    if e.renewed.is_some_and(|at| at.elapsed() >= cfg.renew_deadline) {
+        tracing::warn!(deadline = ?cfg.renew_deadline, "kubernetes: could not renew the lease in time; stepping down");
+        step_down(store, e, metrics);
+    }
+}
+
+fn step_down(store: &KubeStore, e: &mut Election, metrics: &Metrics) {
+    store.step_down();
+    e.renewed = None;
+    // The label comes off in `run`, retried while the API is unreachable.
+    e.labelled = false;
+    metrics.kube_leader.set(0);
+    metrics.kube_leader_changes.inc();
+}
+
+async fn set_label(pods: &Api<Pod>, name: &str, on: bool) -> Result<(), kube::Error> {
+    let value = if on { json!("true") } else { serde_json::Value::Null };
+    let patch = json!({ "metadata": { "labels": { LEADER_LABEL: value } } });
+    pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+}
+
+/// Labels this pod and unlabels any other: true once both are done.
+async fn label_leader(pods: &Api<Pod>, identity: &str) -> bool {
+    if let Err(err) = set_label(pods, identity, true).await {
+        tracing::warn!(error = %err, pod = identity, "kubernetes: cannot label this pod as the leader (retrying)");
+        return false;
+    }
+    let others = match pods.list(&ListParams::default().labels(&format!("{LEADER_LABEL}=true"))).await {
+        Ok(list) => list.items,
+        Err(err) => {
+            tracing::warn!(error = %err, "kubernetes: cannot list pods labelled as leader (retrying)");
+            return false;
+        }
+    };
+    let mut done = true;
+    for pod in others {
+        let Some(name) = pod.metadata.name.filter(|n| n != identity) else { continue };
+        if let Err(err) = set_label(pods, &name, false).await {
+            tracing::warn!(error = %err, pod = name, "kubernetes: cannot unlabel a former leader (retrying)");
+            done = false;
+        }
+    }
+    done
+}

@@ -1,0 +1,630 @@
+//! The Kubernetes source end to end inside the process: the watch loop and
+//! the Lease election against the fake API server (`kube_fake`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isogroup_core::{Limits, RawTable};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use crate::kube_fake::{res, FakeApi, Res};
+use crate::kube_leader::{LeaseConfig, EPOCH_ANNOTATION, LEADER_LABEL};
+use crate::kube_source::Options;
+use crate::kube_watch::Timing;
+use crate::metrics::Metrics;
+use crate::store::kube::KubeStore;
+use crate::store::{Readiness, Served, Store};
+
+fn pods() -> Res {
+    res("", "v1", "pods")
+}
+fn services() -> Res {
+    res("", "v1", "services")
+}
+fn slices() -> Res {
+    res("discovery.k8s.io", "v1", "endpointslices")
+}
+fn rules(version: &str) -> Res {
+    res("networking.istio.io", version, "destinationrules")
+}
+fn groups() -> Res {
+    res("isogroup.io", "v1alpha1", "isolationgroups")
+}
+fn leases() -> Res {
+    res("coordination.k8s.io", "v1", "leases")
+}
+fn configmaps() -> Res {
+    res("", "v1", "configmaps")
+}
+
+fn pod(name: &str, group: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "bookinfo", "labels": { "isogroup.io/group": group } } })
+}
+
+fn own_pod(name: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "isogroup-system", "labels": { "app": "isogroup-companion" } } })
+}
+
+fn service() -> Value {
+    json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "ports": [{ "port": 9080 }] } })
+}
+
+fn slice(ready: &[(&str, bool)]) -> Value {
+    let endpoints: Vec<Value> = ready
+        .iter()
+        .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
+        .collect();
+    json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": { "name": "reviews-x1", "namespace": "bookinfo", "labels": { "kubernetes.io/service-name": "reviews" } },
+            "endpoints": endpoints })
+}
+
+fn rule(version: &str, subsets: &[&str]) -> Value {
+    let subsets: Vec<Value> =
+        subsets.iter().map(|s| json!({ "name": s, "labels": { "isogroup.io/group": s } })).collect();
+    json!({ "apiVersion": format!("networking.istio.io/{version}"), "kind": "DestinationRule",
+            "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "host": "reviews", "subsets": subsets } })
+}
+
+fn group(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "metadata": { "name": name }, "spec": spec })
+}
+
+fn opts(settle_ms: u64) -> Options {
+    Options {
+        settle: Duration::from_millis(settle_ms),
+        recheck: Duration::from_millis(50),
+        watch: Timing {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
+            missing_recheck: Duration::from_millis(300),
+        },
+        namespace: "isogroup-system".into(),
+        istio: None,
+    }
+}
+
+fn store() -> (Arc<KubeStore>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
+    (Arc::new(KubeStore::new(served)), metrics)
+}
+
+/// Polls `probe` every 20 ms for up to 15 s (a loaded 2-core machine).
+async fn wait<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_table(store: &KubeStore, what: &str, want: impl Fn(&RawTable) -> bool) -> u64 {
+    wait(what, || {
+        let cur = store.served().current();
+        want(&cur.raw).then_some(cur.version)
+    })
+    .await
+}
+
+fn lanes(t: &RawTable) -> Vec<String> {
+    t.services.get("reviews.bookinfo").map(|s| s.clusters.keys().cloned().collect()).unwrap_or_default()
+}
+
+async fn bookinfo(fake_rules: &str) -> FakeApi {
+    let fake =
+        FakeApi::start(&[pods(), services(), slices(), rules(fake_rules), groups(), leases(), configmaps()]).await;
+    fake.put_quietly(&services(), service());
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put_quietly(&rules(fake_rules), rule(fake_rules, &["base", "feature-1"]));
+    fake
+}
+
+#[tokio::test]
+async fn watch_loop_follows_the_cluster() {
+    let fake = bookinfo("v1").await;
+    let (store, metrics) = store();
+    assert!(!store.served().readiness().is_ready(), "not ready before the first lists");
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(300)));
+
+    let mut versions = vec![];
+    // a subset in the first list counts as settled: the lane is there at once
+    versions.push(wait_table(&store, "feature-1", |t| lanes(t) == ["base", "feature-1"]).await);
+    assert_eq!(store.served().readiness(), Readiness::Ready);
+    let reviews = store.served().current().raw.services["reviews.bookinfo"].clone();
+    assert_eq!(reviews.clusters["feature-1"], "outbound|{port}|feature-1|reviews.bookinfo.svc.cluster.local");
+    assert_eq!(reviews.ports, [9080]);
+    // not ready → it leaves
+    fake.put(&slices(), slice(&[("r0", true), ("f1", false)]));
+    versions.push(wait_table(&store, "feature-1 gone", |t| lanes(t) == ["base"]).await);
+    // a watch that ends resumes from its resource version: no re-list
+    let lists = fake.lists(&slices());
+    fake.close_watches(&slices());
+    fake.put(&slices(), slice(&[("r0", true), ("f1", true)]));
+    versions.push(wait_table(&store, "resumed watch", |t| lanes(t) == ["base", "feature-1"]).await);
+    assert_eq!(fake.lists(&slices()), lists, "resumed, not re-listed");
+    // 410 Gone: the log is compacted, the state changes without an event,
+    // the watch ends; only a re-list can see the change
+    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", false)]));
+    fake.compact();
+    fake.close_watches(&slices());
+    versions.push(wait_table(&store, "re-list after 410", |t| lanes(t) == ["base"]).await);
+    assert!(fake.lists(&slices()) > lists, "re-listed after 410 Gone");
+    // a bookmark moves the watch's version on: after a compaction the
+    // watch resumes from it without a re-list
+    fake.put(&slices(), slice(&[("r0", true), ("f1", true)]));
+    versions.push(wait_table(&store, "ready again", |t| lanes(t) == ["base", "feature-1"]).await);
+    let lists = fake.lists(&pods());
+    fake.bookmark(&pods());
+    tokio::time::sleep(Duration::from_millis(200)).await; // the bookmark is in flight; nothing to poll for
+    fake.compact();
+    fake.close_watches(&pods());
+    fake.put(&pods(), pod("f1", "team-a"));
+    versions.push(wait_table(&store, "relabelled pod, no subset yet", |t| lanes(t) == ["base"]).await);
+    wait("pods watched again", || (fake.watches(&pods()) >= 2).then_some(())).await;
+    assert_eq!(fake.lists(&pods()), lists, "the bookmark spared a re-list");
+    // a new subset enters only after the settle delay
+    let started = Instant::now();
+    fake.put(&rules("v1"), rule("v1", &["base", "feature-1", "team-a"]));
+    versions.push(wait_table(&store, "team-a after settle", |t| lanes(t) == ["base", "team-a"]).await);
+    assert!(started.elapsed() >= Duration::from_millis(250), "entered after the settle delay: {:?}", started.elapsed());
+    // the leader recorded when team-a's conditions began to hold
+    let state = wait("isogroup-state", || {
+        let cm = fake.get(&configmaps(), "isogroup-system", "isogroup-state")?;
+        let since: std::collections::BTreeMap<String, u64> =
+            serde_json::from_str(cm["data"]["settled"].as_str()?).ok()?;
+        since.contains_key("reviews.bookinfo/team-a").then_some(since)
+    })
+    .await;
+    assert_eq!(state["reviews.bookinfo/base"], 0, "in the first list: settled");
+    assert!(!state.contains_key("reviews.bookinfo/feature-1"), "{state:?}");
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions only go up: {versions:?}");
+}
+
+#[tokio::test]
+async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&groups(), group("feature-1", json!({ "fallback": ["team-a"], "description": "checkout" })));
+    fake.put_quietly(&groups(), group("team-s", json!({ "mode": "strict" })));
+    fake.put_quietly(&groups(), group("broken", json!({ "mode": "strict", "fallback": ["base"] })));
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    wait_table(&store, "groups", |t| t.groups.contains_key("feature-1")).await;
+    let t = store.served().current().raw.clone();
+    assert_eq!(
+        serde_json::to_value(&t.groups).unwrap(),
+        json!({ "feature-1": { "fallback": ["team-a"], "description": "checkout" }, "team-a": {}, "team-s": { "mode": "strict" } })
+    );
+    assert_eq!(lanes(&t), ["base", "feature-1"], "the lanes route whatever the objects say");
+    // the invalid one: its own status says why, and it is left out
+    let status = wait("broken's status", || {
+        let o = fake.get(&groups(), "", "broken")?;
+        (!o["status"].is_null()).then(|| o["status"].clone())
+    })
+    .await;
+    let condition = &status["conditions"][0];
+    assert_eq!((condition["type"].as_str(), condition["status"].as_str()), (Some("Accepted"), Some("False")));
+    assert!(condition["message"].as_str().unwrap().contains("spec.fallback: a strict group cannot have a fallback"));
+    assert_eq!(status["observedGeneration"], 1);
+    let ok =
+        wait("feature-1's status", || fake.get(&groups(), "", "feature-1").filter(|o| !o["status"].is_null())).await;
+    assert_eq!(ok["status"]["conditions"][0]["status"], "True");
+    assert_eq!(metrics.kube_invalid_groups.get(), 1);
+    // fixed: it enters, and its status follows the new generation
+    fake.put(&groups(), group("broken", json!({ "mode": "strict" })));
+    wait_table(&store, "fixed group", |t| t.groups.contains_key("broken")).await;
+    let fixed = wait("fixed status", || {
+        let o = fake.get(&groups(), "", "broken")?;
+        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+    })
+    .await;
+    assert_eq!(fixed["status"]["observedGeneration"], 2);
+    // deleted: gone from the table
+    fake.delete(&groups(), "", "team-s");
+    wait_table(&store, "deleted group", |t| !t.groups.contains_key("team-s")).await;
+    // admin registrations are refused: lanes are pod labels
+    let refused = store.apply(crate::store::Change::Unregister { service: "x".into(), group: "y".into() }).await;
+    assert!(matches!(refused, Err(crate::store::ChangeError::ManagedByKubernetes)));
+}
+
+#[tokio::test]
+async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1() {
+    // Istio serves only v1beta1; the IsolationGroup CRD is not installed.
+    let fake = FakeApi::start(&[pods(), services(), slices(), rules("v1beta1"), leases(), configmaps()]).await;
+    fake.put_quietly(&services(), service());
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put_quietly(&rules("v1beta1"), rule("v1beta1", &["base", "feature-1"]));
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    wait_table(&store, "lane via v1beta1 subsets", |t| lanes(t) == ["base", "feature-1"]).await;
+    match store.served().readiness() {
+        Readiness::Unreachable(detail) => {
+            assert!(detail.contains("warning: IsolationGroup: no version of isogroup.io"), "{detail}")
+        }
+        other => panic!("ready with a warning, got {other:?}"),
+    }
+    // installed later: probed again and watched
+    fake.install(&groups());
+    fake.put(&groups(), group("feature-1", json!({ "mode": "strict" })));
+    wait_table(&store, "late CRD", |t| t.groups.contains_key("feature-1")).await;
+    wait("warning cleared", || (store.served().readiness() == Readiness::Ready).then_some(())).await;
+}
+
+#[tokio::test]
+async fn watch_errors_back_off_and_show_in_readiness() {
+    let fake = bookinfo("v1").await;
+    fake.fail(&slices(), 403);
+    let (store, metrics) = store();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    let detail = wait("the error in the readiness detail", || match store.served().readiness() {
+        Readiness::Loading(d) if d.contains("endpointslices: watch error") => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(detail.contains("endpointslices: first list not finished"), "{detail}");
+    // backoff 100 ms doubling to 400 ms (jittered): over ~1.5 s a handful of
+    // lists, where a tight loop would make thousands
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tries = fake.lists(&slices());
+    assert!((2..=12).contains(&tries), "{tries} lists in 1.5 s");
+    let errors = metrics.encode();
+    assert!(errors.contains("isogroup_companion_kube_watch_errors_total{kind=\"endpointslices\"}"), "{errors}");
+    fake.fail(&slices(), 0);
+    wait("ready once the list works", || store.served().readiness().is_ready().then_some(())).await;
+}
+
+/// One replica: its watch loop and its election, stoppable.
+struct Replica {
+    store: Arc<KubeStore>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Replica {
+    fn start(fake: &FakeApi, name: &str) -> Replica {
+        Replica::with_lease(fake, name, Duration::from_millis(1200))
+    }
+
+    fn with_lease(fake: &FakeApi, name: &str, duration: Duration) -> Replica {
+        let (store, metrics) = store();
+        let cfg = LeaseConfig {
+            namespace: "isogroup-system".into(),
+            name: "isogroup-companion".into(),
+            identity: name.into(),
+            duration,
+            renew_deadline: duration * 2 / 3,
+            retry: Duration::from_millis(100),
+        };
+        let tasks = vec![
+            tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0))),
+            tokio::spawn(crate::kube_leader::run(fake.client(), store.clone(), cfg, metrics.clone())),
+        ];
+        Replica { store, metrics, tasks }
+    }
+
+    fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn leader_label(fake: &FakeApi, pod: &str) -> Option<String> {
+    fake.get(&pods(), "isogroup-system", pod)?["metadata"]["labels"][LEADER_LABEL].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn one_leader_serves_and_a_new_one_takes_over_with_a_newer_epoch() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.put_quietly(&pods(), own_pod("companion-b"));
+    let replicas = [Replica::start(&fake, "companion-a"), Replica::start(&fake, "companion-b")];
+    let leader = wait("a leader", || {
+        let leading: Vec<usize> = (0..2).filter(|&i| replicas[i].store.is_leader()).collect();
+        (leading.len() == 1).then(|| leading[0])
+    })
+    .await;
+    let (names, other) = (["companion-a", "companion-b"], 1 - leader);
+    // every replica is ready; only the leader serves
+    wait("both ready", || replicas.iter().all(|r| r.store.served().readiness().is_ready()).then_some(())).await;
+    assert!(replicas[other].store.not_serving().is_some());
+    let first = wait("the leader's table", || {
+        let cur = replicas[leader].store.served().current();
+        (lanes(&cur.raw) == ["base", "feature-1"]).then_some(cur)
+    })
+    .await;
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], names[leader]);
+    assert_eq!(lease["metadata"]["annotations"][EPOCH_ANNOTATION].as_str(), first.epoch.as_deref());
+    wait("the leader's pod labelled", || (leader_label(&fake, names[leader]).as_deref() == Some("true")).then_some(()))
+        .await;
+    assert_eq!(leader_label(&fake, names[other]), None);
+    // the leader dies without a word: the other takes over once the lease
+    // expires, under a newer epoch, with every lane (its subsets settled)
+    replicas[leader].stop();
+    let second = wait("the new leader's table", || {
+        let cur = replicas[other].store.served().current();
+        (replicas[other].store.is_leader() && cur.epoch.is_some()).then_some(cur)
+    })
+    .await;
+    assert!(second.stamp() > first.stamp(), "{:?} after {:?}", second.epoch, first.epoch);
+    assert_eq!(lanes(&second.raw), ["base", "feature-1"], "no lane dropped on failover");
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], names[other]);
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    wait("labels moved", || {
+        (leader_label(&fake, names[other]).as_deref() == Some("true") && leader_label(&fake, names[leader]).is_none())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(replicas[other].metrics.kube_leader.get(), 1);
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_steps_down() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    let replica = Replica::start(&fake, "companion-a");
+    wait("leading", || replica.store.is_leader().then_some(())).await;
+    let epoch = replica.store.served().current().epoch.clone();
+    fake.fail(&leases(), 500);
+    wait("stepped down", || replica.store.not_serving().map(|_| ())).await;
+    assert_eq!(replica.metrics.kube_leader.get(), 0);
+    fake.fail(&leases(), 0);
+    // its own lease, its own pod: it takes it back at once, under a newer epoch
+    wait("leading again", || replica.store.is_leader().then_some(())).await;
+    let again = replica.store.served().current();
+    assert!(again.stamp() > isogroup_core::epoch::Stamp::new(epoch.as_deref(), u64::MAX));
+}
+
+#[tokio::test]
+async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.put_quietly(&pods(), own_pod("companion-b"));
+    // A lease far longer than the test's waits: only a release hands it over.
+    let a = Replica::with_lease(&fake, "companion-a", Duration::from_secs(600));
+    wait("a leads", || a.store.is_leader().then_some(())).await;
+    let b = Replica::with_lease(&fake, "companion-b", Duration::from_secs(600));
+    wait("b ready", || b.store.served().readiness().is_ready().then_some(())).await;
+    a.stop();
+    let cfg = LeaseConfig::new("isogroup-system".into(), "companion-a".into());
+    crate::kube_leader::release(fake.client(), &a.store, &cfg).await;
+    assert!(a.store.not_serving().is_some());
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    wait("b leads", || b.store.is_leader().then_some(())).await;
+    assert_eq!(leader_label(&fake, "companion-a"), None);
+}
+
+#[tokio::test]
+async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() {
+    let (store, metrics) = store();
+    store.served().set_readiness(Readiness::Ready);
+    let token = crate::auth::Token::load(None, Some("t0ken".into())).unwrap();
+    let (_tx, shutdown) = tokio::sync::watch::channel(false);
+    let api = Arc::new(crate::api::Api { store: store.clone(), token, metrics, shutdown });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, crate::api::router(api)).await });
+    let client = reqwest::Client::new();
+    let get = || async { client.get(format!("{url}/v1/table")).send().await.unwrap() };
+    let answer = get().await;
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.json::<Value>().await.unwrap()["error"], "not_leader");
+    let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "a standby is ready");
+    let register = client
+        .put(format!("{url}/v1/services/reviews.bookinfo/groups/feature-1"))
+        .bearer_auth("t0ken")
+        .json(&json!({ "cluster": "c" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status(), 409);
+    assert_eq!(register.json::<Value>().await.unwrap()["error"], "managed_by_kubernetes");
+    store
+        .publish(
+            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
+        )
+        .unwrap();
+    store.become_leader("1000-aa".into()).unwrap();
+    let answer = get().await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-isogroup-epoch"], "1000-aa");
+}
+
+fn runtime(sources: &str, rules: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "isogroup-runtime", "namespace": "isogroup-system" },
+            "data": { "sources": sources, "rules": rules } })
+}
+
+#[tokio::test]
+async fn sources_and_rules_come_from_the_runtime_configmap() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(
+        &configmaps(),
+        runtime(
+            r#"[{"cidr": "192.0.2.7/32", "group": "feature-1", "expires_at": 1798761600}]"#,
+            r#"[{"header": "x-user", "values": ["ana"], "group": "feature-1"}]"#,
+        ),
+    );
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    wait_table(&store, "runtime data", |t| t.sources.len() == 1 && t.rules.len() == 1).await;
+    let t = store.served().current().raw.clone();
+    assert_eq!(t.sources[0].cidr, "192.0.2.7/32");
+    assert_eq!(t.sources[0].expires_at, Some(1798761600));
+    // a bad edit: named in the readiness detail, the last good data stays
+    fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.7/24", "group": "feature-1"}]"#, "[]"));
+    let detail = wait("the bad edit reported", || match store.served().readiness() {
+        Readiness::Unreachable(d) if d.contains("isogroup-runtime") => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(detail.contains("sources[0].cidr"), "{detail}");
+    assert_eq!(store.served().current().raw.sources, t.sources, "the last good data stays");
+    fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.0/24", "group": "team-a", "extra": 1}]"#, "[]"));
+    let detail = wait("an unknown field reported", || match store.served().readiness() {
+        Readiness::Unreachable(d) if d.contains("extra") => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(detail.contains("sources[0]"), "{detail}");
+    // fixed: used, and the warning is gone
+    fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.0/24", "group": "team-a"}]"#, "[]"));
+    wait_table(&store, "fixed runtime data", |t| {
+        t.sources.len() == 1 && t.sources[0].group == "team-a" && t.rules.is_empty()
+    })
+    .await;
+    wait("ready without a warning", || (store.served().readiness() == Readiness::Ready).then_some(())).await;
+    // deleted: no runtime data
+    fake.delete(&configmaps(), "isogroup-system", "isogroup-runtime");
+    wait_table(&store, "runtime data gone", |t| t.sources.is_empty()).await;
+}
+
+fn virtualservices() -> Res {
+    res("networking.istio.io", "v1", "virtualservices")
+}
+
+fn service_named(name: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name, "namespace": "bookinfo" },
+            "spec": { "ports": [{ "port": 9080 }, { "port": 9443 }] } })
+}
+
+fn slice_of(service: &str, ready: &[(&str, bool)]) -> Value {
+    let mut s = slice(ready);
+    s["metadata"]["name"] = json!(format!("{service}-x1"));
+    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(service);
+    s
+}
+
+fn subsets_of(fake: &FakeApi, name: &str) -> Option<Vec<String>> {
+    let dr = fake.get(&rules("v1"), "bookinfo", name)?;
+    Some(dr["spec"]["subsets"].as_array()?.iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect())
+}
+
+#[tokio::test]
+async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
+    let envoyfilters = res("networking.istio.io", "v1alpha3", "envoyfilters");
+    let fake = FakeApi::start(&[
+        pods(),
+        services(),
+        slices(),
+        rules("v1"),
+        virtualservices(),
+        envoyfilters,
+        groups(),
+        leases(),
+        configmaps(),
+    ])
+    .await;
+    fake.put_quietly(&services(), service_named("reviews"));
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true), ("f1", true)]));
+    // ratings has a DestinationRule someone else made
+    fake.put_quietly(&services(), service_named("ratings"));
+    fake.put_quietly(&pods(), pod("t0", "base"));
+    fake.put_quietly(&slices(), slice_of("ratings", &[("t0", true)]));
+    let mut theirs = rule("v1", &["v1"]);
+    theirs["metadata"]["name"] = json!("ratings");
+    theirs["spec"]["host"] = json!("ratings");
+    fake.put_quietly(&rules("v1"), theirs);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(200);
+    o.istio = Some((crate::istio::Mode::TargetHeader, "istio-system".into()));
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+
+    // the subsets and the route are made, by server-side apply, then the lane settles
+    wait("reviews' subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup"));
+    let dr = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
+    assert_eq!(dr["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
+    let vs = wait("reviews' route", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")).await;
+    assert_eq!(vs["spec"]["http"][0]["match"][0]["headers"]["x-isogroup-target"]["exact"], "feature-1");
+    assert_eq!(vs["spec"]["http"][1]["route"][0]["destination"]["subset"], "base");
+    wait_table(&store, "the lane, once its objects exist", |t| lanes(t) == ["base", "feature-1"]).await;
+    // ratings: someone else's DestinationRule for its host is left alone, and said so
+    assert!(fake.get(&rules("v1"), "bookinfo", "isogroup-ratings").is_none());
+    assert!(fake.get(&rules("v1"), "bookinfo", "ratings").is_some());
+    wait("the conflict counted", || (metrics.kube_istio_conflicts.get() == 1).then_some(())).await;
+    match store.served().readiness() {
+        Readiness::Unreachable(d) => assert!(d.contains("istio conflict: DestinationRule bookinfo/ratings"), "{d}"),
+        other => panic!("ready with the conflict in the detail, got {other:?}"),
+    }
+    assert!(!store.served().current().raw.services.contains_key("ratings.bookinfo"), "no base subset of ours: out");
+    // a new lane's subset exists before its pods are ready (so it can settle)
+    fake.put(&pods(), pod("a1", "team-a"));
+    fake.put(&slices(), slice_of("reviews", &[("r0", true), ("f1", true), ("a1", false)]));
+    wait("team-a's subset", || {
+        (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1", "team-a"]).then_some(())
+    })
+    .await;
+    assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"], "not ready: not in the table");
+    // a lane gone: its subset and route go too, after it left the table
+    fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
+    wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
+    assert_eq!(lanes(&store.served().current().raw), ["base"]);
+    wait("only the base route left", || {
+        let vs = fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")?;
+        (vs["spec"]["http"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    // the service gone: what isogroup made is deleted, the others' object stays
+    fake.delete(&services(), "bookinfo", "reviews");
+    wait("reviews' objects deleted", || fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none().then_some(()))
+        .await;
+    wait("its route deleted", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews").is_none().then_some(()))
+        .await;
+    assert!(fake.get(&rules("v1"), "bookinfo", "ratings").is_some());
+}
+
+#[tokio::test]
+async fn an_apply_conflict_is_reported_not_forced() {
+    // an object under isogroup's name and label, but made by another manager
+    let fake = FakeApi::start(&[
+        pods(),
+        services(),
+        slices(),
+        rules("v1"),
+        virtualservices(),
+        groups(),
+        leases(),
+        configmaps(),
+    ])
+    .await;
+    fake.put_quietly(&services(), service_named("reviews"));
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true)]));
+    let mut copied = rule("v1", &["base"]);
+    copied["metadata"]["name"] = json!("isogroup-reviews");
+    copied["metadata"]["labels"] = json!({ "app.kubernetes.io/managed-by": "isogroup" });
+    copied["spec"]["host"] = json!("elsewhere.example.com");
+    fake.put_quietly(&rules("v1"), copied.clone());
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::istio::Mode::TargetHeader, "istio-system".into()));
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+    wait("the apply conflict counted", || (metrics.kube_istio_conflicts.get() == 1).then_some(())).await;
+    let kept = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
+    assert_eq!(kept["spec"]["host"], "elsewhere.example.com", "not overwritten");
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews"), None);
+}
