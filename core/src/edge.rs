@@ -4,30 +4,30 @@
 use std::net::IpAddr;
 
 use regex_lite::Regex;
-use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
 use crate::table::Table;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RawEdge {
     /// Peers whose own group, baggage member, cookie and strict header count.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub trusted_cidrs: Vec<String>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub default_group: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub rules: Vec<RawRule>,
     /// Take the table's source bindings and `rules` (default false: a
     /// gateway fed by a shared companion stays pinned to its own config).
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub runtime: bool,
     /// The path this filter answers joins on (`/.isogroup/join`); also turns
     /// on the `isogroup-lane` cookie. Default off.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub join_path: Option<String>,
 }
 
@@ -38,35 +38,37 @@ pub const LANE_COOKIE: &str = "isogroup-lane";
 /// `prefix` or `regex`; `source_cidrs`; or `percent` with `hash_header`), and
 /// `group` or (header, cookie and query rules only) `group_from_value`.
 /// The same schema serves the plugin's `edge.rules` and a table's `rules`;
-/// deserialised by hand (`table_de`), strict unless a companion's table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// read by hand (`read.rs`), strict unless a companion's table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawRule {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub header: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub cookie: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub query: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub values: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub prefix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub regex: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub source_cidrs: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub percent: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub hash_header: Option<String>,
     /// Required unless `group_from_value`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub group: Option<String>,
     /// The matched value is the group, when the table knows it.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
     pub group_from_value: bool,
 }
 
+#[cfg(feature = "serde")]
 fn is_false(b: &bool) -> bool {
     !*b
 }

@@ -61,25 +61,14 @@ pub enum ConfigError {
     InlineTable(TableError),
 }
 
-/// One whole JSON document, parsed with the path of any failure: bytes after
-/// the document are an error too, so a doubled or padded body is refused
-/// rather than half-read.
-pub(crate) fn json_document<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (String, String)> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(json_parts)?;
-    de.end().map_err(|e| ("(document)".to_owned(), e.to_string()))?;
-    Ok(value)
+impl From<crate::json::JsonError> for TableError {
+    fn from(e: crate::json::JsonError) -> Self {
+        TableError::Json { path: e.path, message: e.message }
+    }
 }
 
-/// A `serde_path_to_error` failure turned into (path, message); `.` for the root.
-pub(crate) fn json_parts(err: serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
-    let mut path = err.path().to_string();
-    // `?` stands for a map key that did not parse: name the map it is in.
-    while path == "?" || path.ends_with(".?") {
-        path.truncate(path.len().saturating_sub(2));
+impl From<crate::json::JsonError> for ConfigError {
+    fn from(e: crate::json::JsonError) -> Self {
+        ConfigError::Json { path: e.path, message: e.message }
     }
-    let path = if path.is_empty() || path == "." { "(document)".to_owned() } else { path };
-    let inner = err.into_inner();
-    // serde_json appends " at line L column C"; keep it, it helps with big files.
-    (path, inner.to_string())
 }

@@ -13,10 +13,13 @@ pub mod epoch;
 pub mod error;
 pub mod group;
 pub mod join;
+mod json;
+mod read;
 pub mod request;
 pub mod sources;
 pub mod synth;
 pub mod table;
+#[cfg(feature = "serde")]
 mod table_de;
 
 pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};
@@ -25,6 +28,8 @@ pub use error::{ConfigError, TableError};
 pub use group::{GroupName, Lookup};
 pub use table::{Limits, Mode, RawGroup, RawService, RawSource, RawTable, Table};
 
+#[cfg(test)]
+mod json_tests;
 #[cfg(test)]
 mod schema_tests;
 #[cfg(test)]

@@ -4,12 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-
 use crate::authority;
 use crate::cidr::Cidr;
 use crate::edge::{RawRule, Rules};
-use crate::error::{json_document, TableError};
+use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
 use crate::sources::{Binding, Sources};
 use rustc_hash::FxHashMap;
@@ -17,59 +15,63 @@ use rustc_hash::FxHashMap;
 /// Longest group `description` and `owner`, in bytes.
 pub const MAX_GROUP_TEXT: usize = 256;
 
-/// Deserialised by hand (`table_de`): strict, or lenient for a companion's
-/// table (`RawTable::from_companion_json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Read by hand (`read.rs`): strict, or lenient for a companion's table
+/// (`RawTable::from_companion_json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawTable {
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub version: u64,
     /// `"<unix-ms>-<random>"`, owned by the store like the version (see
     /// `epoch`); tables are ordered by (epoch, version).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub epoch: Option<String>,
     /// Defaults to the plugin's `base_group` (itself `base` by default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub base_group: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub groups: BTreeMap<String, RawGroup>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub services: BTreeMap<String, RawService>,
     /// Source bindings: a client address range to a group (edge mode with
     /// `edge.runtime` only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub sources: Vec<RawSource>,
     /// Runtime rules, the `edge.rules` schema (edge mode with `edge.runtime`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub rules: Vec<RawRule>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawGroup {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub fallback: Vec<String>,
-    #[serde(default, skip_serializing_if = "Mode::is_permissive")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Mode::is_permissive"))]
     pub mode: Mode,
     /// Free text for people, at most `MAX_GROUP_TEXT` bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub owner: Option<String>,
 }
 
 /// One source binding as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawSource {
     /// `192.0.2.7/32`, `2001:db8::/64` or a bare address; host bits zero.
     pub cidr: String,
     /// A group name; one the table does not know routes like any unknown lane.
     pub group: String,
     /// Unix seconds; absent: no expiry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub expires_at: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Mode {
     #[default]
     Permissive,
@@ -82,31 +84,36 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        json_document(bytes).map_err(|(path, message)| TableError::Json { path, message })
+        let (raw, _) = crate::json::document(bytes, false, &mut crate::read::table)?;
+        Ok(raw)
     }
 
     /// Parses a table a companion served: fields this version does not know
     /// are skipped, and their names returned for the caller to log (SPEC:
     /// filters are upgraded before companions).
     pub fn from_companion_json(bytes: &[u8], limits: &Limits) -> Result<(RawTable, Vec<String>), TableError> {
-        let (raw, unknown) = crate::table_de::collect_unknown(|| RawTable::from_json(bytes, limits));
-        Ok((raw?, unknown))
+        if bytes.len() > limits.max_table_bytes {
+            return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
+        }
+        Ok(crate::json::document(bytes, true, &mut crate::read::table)?)
     }
 }
 
+#[cfg(feature = "serde")]
 impl Mode {
     fn is_permissive(&self) -> bool {
         *self == Mode::Permissive
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawService {
     pub hosts: Vec<String>,
     pub clusters: BTreeMap<String, String>,
     /// The service's ports, the first its default; a cluster name with
     /// `{port}` takes the `:authority`'s port if listed, else the default.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub ports: Vec<u16>,
 }
 
@@ -120,8 +127,9 @@ fn port_placeholder(cluster: &str) -> Option<usize> {
 }
 
 /// Size limits; a table over any of them is rejected whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields, default))]
 pub struct Limits {
     pub max_services: usize,
     pub max_groups: usize,
