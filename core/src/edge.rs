@@ -3,11 +3,10 @@
 
 use std::net::IpAddr;
 
-use regex_lite::Regex;
-
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
+use crate::regex::Regex;
 use crate::table::Table;
 
 #[derive(Debug, Clone, Default)]

@@ -15,6 +15,7 @@ pub mod group;
 pub mod join;
 mod json;
 mod read;
+pub mod regex;
 pub mod request;
 pub mod sources;
 pub mod synth;
@@ -30,6 +31,8 @@ pub use table::{Limits, Mode, RawGroup, RawService, RawSource, RawTable, Table};
 
 #[cfg(test)]
 mod json_tests;
+#[cfg(test)]
+mod regex_tests;
 #[cfg(test)]
 mod schema_tests;
 #[cfg(test)]
