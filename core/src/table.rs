@@ -2,7 +2,7 @@
 //! form (`Table`) that `decide` reads. Compiling validates everything once, so
 //! the per-request path only does lookups.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use crate::authority;
 use crate::cidr::Cidr;
@@ -10,7 +10,7 @@ use crate::edge::{RawRule, Rules};
 use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
 use crate::sources::{Binding, Sources};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Longest group `description` and `owner`, in bytes.
 pub const MAX_GROUP_TEXT: usize = 256;
@@ -647,7 +647,7 @@ impl<'r> Compiler<'r> {
                 };
                 clusters.push((g, compiled));
             }
-            clusters.sort_by_key(|(g, _)| *g);
+            clusters.sort_unstable_by_key(|(g, _)| *g); // group ids are unique: no order to keep
             service_index.insert(name.as_str().into(), id);
             services.push(CompiledService {
                 name: name.as_str().into(),
@@ -684,15 +684,16 @@ const CYCLE_SHOWN: usize = 8;
 /// without the walk's back edges (so it is a real chain even in a table with
 /// cycles), and one error per back edge, each the cycle it closes, named
 /// from the group where that cycle starts. Linear in the fallback entries.
-fn fallback_walk(raw: &RawTable) -> (HashMap<&str, usize>, Vec<TableError>) {
+fn fallback_walk(raw: &RawTable) -> (FxHashMap<&str, usize>, Vec<TableError>) {
     enum State {
         /// On the current path, at this stack index.
         OnPath(usize),
         Done(usize),
     }
     let fallbacks = |name: &str| raw.groups.get(name).map_or(&[][..], |g| &g.fallback[..]);
-    let mut state: HashMap<&str, State> = HashMap::with_capacity(raw.groups.len());
-    let mut back_edges: HashSet<(&str, &str)> = HashSet::new();
+    let mut state: FxHashMap<&str, State> = FxHashMap::default();
+    state.reserve(raw.groups.len());
+    let mut back_edges: FxHashSet<(&str, &str)> = FxHashSet::default();
     let mut cycles = Vec::new();
     // (group, next fallback to look at, longest chain below it so far)
     let mut stack: Vec<(&str, usize, usize)> = Vec::new();
