@@ -122,7 +122,13 @@ fn node_label_group(host: &impl Host) -> Option<String> {
     let value = host.property(&["xds", "node", "metadata", "LABELS", "isogroup.io/group"]).ok()??;
     if GroupName::new(&value).is_some() {
         let group = String::from_utf8_lossy(&value).into_owned();
-        host.log(LogLevel::Info, &format!("isogroup: workload group {group:?} from the node label isogroup.io/group"));
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "isogroup: workload group {} from the node label isogroup.io/group",
+                isogroup_core::Quoted(group.as_str())
+            ),
+        );
         Some(group)
     } else {
         host.log(LogLevel::Warn, "isogroup: node label isogroup.io/group is not a valid group name; ignored");

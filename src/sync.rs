@@ -227,7 +227,11 @@ impl Follower {
         let timeout = Duration::from_secs(u64::from(self.source.wait_s) + 5);
         match vm.host.dispatch_http_call(&self.source.cluster, &headers, timeout) {
             Ok(token) => self.in_flight = Some(token),
-            Err(e) => self.failed(vm, now, &format!("cannot call cluster {:?}: {e}", self.source.cluster)),
+            Err(e) => self.failed(
+                vm,
+                now,
+                &format!("cannot call cluster {}: {e}", isogroup_core::Quoted(&self.source.cluster)),
+            ),
         }
     }
 

@@ -11,6 +11,7 @@
 use crate::edge::fnv1a;
 use crate::error::ConfigError;
 use crate::group::GroupName;
+use crate::json::Quoted;
 
 fn default_slots() -> u32 {
     4096
@@ -84,7 +85,7 @@ impl Assist {
         }
         for h in &raw.trace_headers {
             if h.is_empty() || !h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-                return Err(bad("trace_headers", format!("{h:?} is not a lower-case header name")));
+                return Err(bad("trace_headers", format!("{} is not a lower-case header name", Quoted(h))));
             }
         }
         Ok(Assist {

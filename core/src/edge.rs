@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
+use crate::json::Quoted;
 use crate::regex::Regex;
 use crate::table::Table;
 
@@ -136,7 +137,7 @@ impl Edge {
         let default_group = match &raw.default_group {
             None => None,
             Some(g) => Some(GroupName::new(g.as_bytes()).ok_or_else(|| {
-                invalid("edge.default_group", format!("{g:?} is not a valid group name (DNS-1123 label)"))
+                invalid("edge.default_group", format!("{} is not a valid group name (DNS-1123 label)", Quoted(g)))
             })?),
         };
         let rules =
@@ -147,7 +148,10 @@ impl Edge {
             Some(p) => {
                 return Err(invalid(
                     "edge.join_path",
-                    format!("{p:?} is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')"),
+                    format!(
+                        "{} is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')",
+                        Quoted(p)
+                    ),
                 ))
             }
         };
@@ -274,7 +278,9 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
 fn cidr_list(field: &str, list: &[String]) -> Result<Vec<Cidr>, RuleError> {
     list.iter()
         .enumerate()
-        .map(|(i, c)| Cidr::parse(c).map_err(|why| rule_error(format!("{field}[{i}]"), format!("{c:?}: {why}"))))
+        .map(|(i, c)| {
+            Cidr::parse(c).map_err(|why| rule_error(format!("{field}[{i}]"), format!("{}: {why}", Quoted(c))))
+        })
         .collect()
 }
 
@@ -284,7 +290,7 @@ fn header_name(field: String, name: &str) -> Result<String, RuleError> {
     if ok {
         Ok(name.to_owned())
     } else {
-        Err(rule_error(field, format!("{name:?} is not a lower-case header name")))
+        Err(rule_error(field, format!("{} is not a lower-case header name", Quoted(name))))
     }
 }
 
@@ -305,10 +311,9 @@ fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule,
         }
         (None, true) => RuleGroup::FromValue,
         (None, false) => return Err(rule_error(at("group"), "missing (or set group_from_value)")),
-        (Some(g), false) => RuleGroup::Fixed(
-            GroupName::new(g.as_bytes())
-                .ok_or_else(|| rule_error(at("group"), format!("{g:?} is not a valid group name (DNS-1123 label)")))?,
-        ),
+        (Some(g), false) => RuleGroup::Fixed(GroupName::new(g.as_bytes()).ok_or_else(|| {
+            rule_error(at("group"), format!("{} is not a valid group name (DNS-1123 label)", Quoted(g)))
+        })?),
     };
     let inputs =
         [r.header.is_some(), r.cookie.is_some(), r.query.is_some(), r.source_cidrs.is_some(), r.percent.is_some()];
@@ -332,7 +337,9 @@ fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule,
         (Some(v), _, _) if v.is_empty() => return Err(rule_error(at("values"), "the list is empty")),
         (Some(v), _, _) => Test::Values(v.clone()),
         (_, Some(p), _) => Test::Prefix(p.clone()),
-        (_, _, Some(re)) => Test::Regex(Regex::new(re).map_err(|e| rule_error(at("regex"), format!("{re:?}: {e}")))?),
+        (_, _, Some(re)) => {
+            Test::Regex(Regex::new(re).map_err(|e| rule_error(at("regex"), format!("{}: {e}", Quoted(re))))?)
+        }
         _ => Test::Always,
     };
     let input = if let Some(h) = &r.header {

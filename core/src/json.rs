@@ -102,6 +102,18 @@ pub(crate) fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A string shown in double quotes, escaped as `push_quoted` does: for
+/// messages, instead of `{:?}` (whose Unicode tables cost the wasm kilobytes).
+pub struct Quoted<'a>(pub &'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::with_capacity(self.0.len() + 2);
+        push_quoted(&mut s, self.0);
+        f.write_str(&s)
+    }
+}
+
 /// `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` `` (serde's wording).
 pub(crate) fn push_one_of(out: &mut String, names: &[&str]) {
     if names.len() > 2 {

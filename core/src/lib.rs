@@ -14,6 +14,7 @@ pub mod error;
 pub mod group;
 pub mod join;
 mod json;
+pub use json::Quoted;
 mod read;
 pub mod regex;
 pub mod request;

@@ -465,7 +465,7 @@ impl<'r> Compiler<'r> {
         for (index, s) in self.raw.sources.iter().enumerate() {
             let cidr = Cidr::parse_network(&s.cidr).map_err(|why| TableError::Invalid {
                 field: format!("sources[{index}].cidr"),
-                why: format!("{:?}: {why}", s.cidr),
+                why: format!("{}: {why}", crate::json::Quoted(&s.cidr)),
             });
             let group = GroupName::new(s.group.as_bytes()).ok_or_else(|| TableError::InvalidGroupName {
                 field: format!("sources[{index}].group"),
