@@ -5,9 +5,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::proxy::{Context, ContextType, HttpContext, LogLevel, RootContext};
 use isogroup_core::{GroupName, Settings, Source};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
 
 use crate::host::Host;
 use crate::http::Request;

@@ -16,10 +16,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::proxy::{LogLevel, Status};
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::{CompanionSource, Source, Table};
-use proxy_wasm::types::{LogLevel, Status};
 
 use crate::host::{Host, HostError};
 use crate::metrics::{Counter, Gauge};
