@@ -12,6 +12,7 @@ pub mod edge;
 pub mod epoch;
 pub mod error;
 pub mod group;
+pub mod ip;
 pub mod join;
 mod json;
 pub use json::Quoted;
