@@ -5,11 +5,8 @@
 //! answers (`fake_host`). Headers are bytes only: a hostile value must never
 //! become a panic.
 
-#[allow(unused_imports)]
-use isogroup_core::prelude::*;
-
-use core::fmt;
-use core::time::Duration;
+use std::fmt;
+use std::time::Duration;
 
 use crate::proxy::{GrpcStatusCode, LogLevel, MetricType, Status};
 

@@ -7,10 +7,7 @@
 //! request never reaches an upstream (if it cannot be answered, the stream is
 //! reset).
 
-#[allow(unused_imports)]
-use isogroup_core::prelude::*;
-
-use alloc::rc::Rc;
+use std::rc::Rc;
 
 use crate::proxy::{Action, Context, GrpcStatusCode, HttpContext, LogLevel};
 use isogroup_core::cidr;
@@ -73,7 +70,7 @@ impl<H: Host> Request<H> {
         Action::Pause
     }
 
-    fn peer_ip(&self) -> Option<core::net::IpAddr> {
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
         let address = self.vm.host.property(&["source", "address"]).ok()??;
         cidr::peer_ip(&address)
     }

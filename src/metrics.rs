@@ -1,10 +1,7 @@
 //! The SPEC's metrics. Request counters are kept in the VM and flushed to
 //! Envoy on each tick: the request path then costs no host call for them.
 
-#[allow(unused_imports)]
-use isogroup_core::prelude::*;
-
-use core::cell::Cell;
+use std::cell::Cell;
 
 use crate::proxy::{LogLevel, MetricType};
 

@@ -3,12 +3,10 @@
 //! export) and the host imports the filter uses, each returning the host's
 //! status instead of panicking on an unexpected one.
 
-#[allow(unused_imports)]
-use isogroup_core::prelude::*;
+use std::cell::RefCell;
+use std::ptr::{null, null_mut};
 
-use core::alloc::{GlobalAlloc, Layout};
-use core::cell::RefCell;
-use core::ptr::{null, null_mut};
+use rustc_hash::FxHashMap;
 
 use crate::proxy::{Action, GrpcStatusCode, HttpContext, LogLevel, MetricType, RootContext, Status};
 use crate::root::Root;
@@ -259,76 +257,19 @@ struct Contexts {
     streams: FxHashMap<u32, Box<dyn HttpContext>>,
 }
 
-/// A VM's state: a wasm32 VM runs one thread (this module is built without
-/// the threads feature), so a plain static is enough.
-struct OneThread(RefCell<Option<Contexts>>);
-
-// SAFETY: wasm32 without the threads feature has exactly one thread.
-unsafe impl Sync for OneThread {}
-
-static CONTEXTS: OneThread = OneThread(RefCell::new(None));
+thread_local! {
+    static CONTEXTS: RefCell<Contexts> = RefCell::new(Contexts::default());
+}
 
 /// Runs `f` on the contexts; a re-entrant call (the host calling back while
 /// a callback runs, which Envoy does not do) is dropped, not a panic.
 fn with_contexts(f: &mut dyn FnMut(&mut Contexts)) {
-    if let Ok(mut c) = CONTEXTS.0.try_borrow_mut() {
-        f(c.get_or_insert_with(Contexts::default));
-    }
-}
-
-/// A panic (none is expected: clippy denies unwrap, expect and panic) traps
-/// the VM, as `panic = "abort"` did with std.
-#[panic_handler]
-fn on_panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    core::arch::wasm32::unreachable()
-}
-
-// wasi-libc (shipped with the target, self-contained): its malloc, and the
-// memcmp core calls; std linked it before.
-#[link(name = "c")]
-extern "C" {
-    fn malloc(size: usize) -> *mut u8;
-    fn aligned_alloc(align: usize, size: usize) -> *mut u8;
-    fn realloc(ptr: *mut u8, size: usize) -> *mut u8;
-    fn free(ptr: *mut u8);
-}
-
-/// wasi-libc's malloc, as std's allocator on this target uses it.
-struct LibcAlloc;
-
-/// What malloc aligns to on wasm32.
-const MIN_ALIGN: usize = 8;
-
-// SAFETY: forwards to libc's allocator with the layouts' sizes and alignments.
-unsafe impl GlobalAlloc for LibcAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= layout.size() {
-            malloc(layout.size())
-        } else {
-            aligned_alloc(layout.align(), layout.size())
+    CONTEXTS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            f(&mut c);
         }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        free(ptr)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
-            realloc(ptr, new_size)
-        } else {
-            let new = self.alloc(Layout::from_size_align_unchecked(new_size, layout.align()));
-            if !new.is_null() {
-                core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                free(ptr);
-            }
-            new
-        }
-    }
+    });
 }
-
-#[global_allocator]
-static ALLOCATOR: LibcAlloc = LibcAlloc;
 
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}

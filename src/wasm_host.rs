@@ -1,10 +1,7 @@
 //! The real host: the proxy-wasm imports of `proxy_abi`, each failure
 //! returned as a `HostError` naming the call.
 
-#[allow(unused_imports)]
-use isogroup_core::prelude::*;
-
-use core::time::Duration;
+use std::time::Duration;
 
 use crate::host::{HeaderMap, Host, HostError, HostResult, Shared};
 use crate::proxy::{GrpcStatusCode, LogLevel, MetricType, Status};

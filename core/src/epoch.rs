@@ -12,10 +12,7 @@
 //!
 //! Core stays pure: the clock and the random bytes come from the caller.
 
-#[allow(unused_imports)]
-use crate::prelude::*;
-
-use core::cmp::Ordering;
+use std::cmp::Ordering;
 
 /// The longest random part accepted (a generated one has 16 hex digits).
 pub const MAX_RANDOM_LEN: usize = 64;
@@ -118,7 +115,7 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use core::cmp::Ordering::{self, Equal, Greater, Less};
+    use std::cmp::Ordering::{self, Equal, Greater, Less};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -147,7 +144,7 @@ mod tests {
             (&format!("5-{}", "a".repeat(65)), None),
         ];
         for &(text, want) in cases {
-            let got = Epoch::parse(text).map(|e| (e.number, core::str::from_utf8(e.random).unwrap()));
+            let got = Epoch::parse(text).map(|e| (e.number, std::str::from_utf8(e.random).unwrap()));
             assert_eq!(got, want, "{text:?}");
         }
     }

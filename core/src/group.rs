@@ -2,10 +2,7 @@
 //! the W3C `baggage` member, the cookie, and the strict list. Everything here
 //! works on bytes (headers may hold anything) and allocates nothing.
 
-#[allow(unused_imports)]
-use crate::prelude::*;
-
-use core::fmt;
+use std::fmt;
 
 /// Longest DNS-1123 label.
 pub const MAX_GROUP_LEN: usize = 63;
@@ -43,7 +40,7 @@ impl GroupName {
 
     pub fn as_str(&self) -> &str {
         // Only ASCII ever gets in (checked by `new`); the fallback is unreachable.
-        core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
     }
 }
 

@@ -7,10 +7,7 @@
 //! newer and send fields this version does not know (SPEC "Second round":
 //! ignored and logged once); the reader's lenient mode skips them.
 
-#[allow(unused_imports)]
-use crate::prelude::*;
-
-use alloc::collections::BTreeMap;
+use std::collections::BTreeMap;
 
 use crate::assist::{RawAssist, Side};
 use crate::config::{CompanionSource, RawConfig, TableSource};

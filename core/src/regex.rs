@@ -14,9 +14,6 @@
 //! when the configuration or table is read, with the rule's field.
 //! Like regex-lite's `is_match`, a pattern finds: anchor it for a full match.
 
-#[allow(unused_imports)]
-use crate::prelude::*;
-
 /// Largest `{n,m}` bound.
 pub const MAX_REPEAT: u32 = 100;
 /// Most NFA instructions one pattern may compile to.
@@ -65,7 +62,7 @@ const WORD: &[(char, char)] = &[('0', '9'), ('A', 'Z'), ('_', '_'), ('a', 'z')];
 const SPACE: &[(char, char)] = &[('\t', '\r'), (' ', ' ')];
 
 struct Parser<'p> {
-    chars: core::iter::Peekable<core::str::Chars<'p>>,
+    chars: std::iter::Peekable<std::str::Chars<'p>>,
     nesting: usize,
 }
 
@@ -404,7 +401,7 @@ impl Regex {
             if c.is_none() {
                 return false;
             }
-            core::mem::swap(&mut current, &mut next);
+            std::mem::swap(&mut current, &mut next);
             pos = after;
         }
     }

@@ -3,10 +3,9 @@
 //! map per prefix length, so a lookup is a few masked hash probes, longest
 //! prefix first, with no allocation.
 
-#[allow(unused_imports)]
-use crate::prelude::*;
+use std::net::IpAddr;
 
-use core::net::IpAddr;
+use rustc_hash::FxHashMap;
 
 use crate::cidr::Cidr;
 use crate::group::GroupName;

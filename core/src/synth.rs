@@ -1,10 +1,7 @@
 //! Synthetic route tables of any size, for benchmarks and load tests (the
 //! companion's `synth` command writes them as files).
 
-#[allow(unused_imports)]
-use crate::prelude::*;
-
-use alloc::collections::BTreeMap;
+use std::collections::BTreeMap;
 
 use crate::table::{Mode, RawGroup, RawService, RawTable};
 
