@@ -167,10 +167,11 @@ pub struct Table {
     epoch: Option<Box<str>>,
     base: GroupId,
     group_names: Vec<Box<str>>,
-    group_index: FxHashMap<Box<str>, GroupId>,
+    /// Keyed by bytes like `host_index`: one hash map type in the wasm.
+    group_index: FxHashMap<Box<[u8]>, GroupId>,
     groups: Vec<CompiledGroup>,
     services: Vec<CompiledService>,
-    service_index: FxHashMap<Box<str>, ServiceId>,
+    service_index: FxHashMap<Box<[u8]>, ServiceId>,
     /// Keyed by bytes: the request path looks up without a UTF-8 check.
     host_index: FxHashMap<Box<[u8]>, ServiceId>,
     /// Boxed: most tables have none, and `Table` sits in a config enum.
@@ -255,7 +256,7 @@ impl Table {
     }
 
     pub fn group_id(&self, name: &str) -> Option<GroupId> {
-        self.group_index.get(name).copied()
+        self.group_index.get(name.as_bytes()).copied()
     }
 
     /// `host` as `authority::with_host` hands it over (normalised).
@@ -264,7 +265,7 @@ impl Table {
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<ServiceId> {
-        self.service_index.get(name).copied()
+        self.service_index.get(name.as_bytes()).copied()
     }
 
     pub fn service_name(&self, id: ServiceId) -> &str {
@@ -319,7 +320,7 @@ impl Table {
     /// Whether `name` is a group this table knows: in `groups`, a key of
     /// some service's `clusters`, or the base group.
     pub fn knows_group(&self, name: &str) -> bool {
-        self.group_index.contains_key(name)
+        self.group_index.contains_key(name.as_bytes())
     }
 
     /// The source bindings, compiled for longest-prefix lookup.
@@ -341,7 +342,7 @@ struct Compiler<'r> {
     limits: &'r Limits,
     base_name: &'r str,
     group_names: Vec<Box<str>>,
-    group_index: FxHashMap<Box<str>, GroupId>,
+    group_index: FxHashMap<Box<[u8]>, GroupId>,
     errors: Vec<TableError>,
 }
 
@@ -419,12 +420,12 @@ impl<'r> Compiler<'r> {
     }
 
     fn intern(&mut self, name: &str) -> GroupId {
-        if let Some(&id) = self.group_index.get(name) {
+        if let Some(&id) = self.group_index.get(name.as_bytes()) {
             return id;
         }
         let id = self.group_names.len() as GroupId;
         self.group_names.push(name.into());
-        self.group_index.insert(name.into(), id);
+        self.group_index.insert(name.as_bytes().into(), id);
         id
     }
 
@@ -515,7 +516,7 @@ impl<'r> Compiler<'r> {
                 }
             }
             for f in &g.fallback {
-                if !self.group_index.contains_key(f.as_str()) {
+                if !self.group_index.contains_key(f.as_bytes()) {
                     self.errors.push(TableError::UnknownFallback { group: name.clone(), fallback: f.clone() });
                 }
             }
@@ -553,7 +554,7 @@ impl<'r> Compiler<'r> {
 
     /// Depth-first resolution order, each group once.
     fn visit(&self, name: &str, order: &mut Vec<GroupId>) {
-        let Some(&id) = self.group_index.get(name) else {
+        let Some(&id) = self.group_index.get(name.as_bytes()) else {
             return;
         };
         if order.contains(&id) {
@@ -568,7 +569,7 @@ impl<'r> Compiler<'r> {
     #[allow(clippy::type_complexity)]
     fn compile_services(
         &mut self,
-    ) -> (Vec<CompiledService>, FxHashMap<Box<str>, ServiceId>, FxHashMap<Box<[u8]>, ServiceId>) {
+    ) -> (Vec<CompiledService>, FxHashMap<Box<[u8]>, ServiceId>, FxHashMap<Box<[u8]>, ServiceId>) {
         let raw = self.raw;
         let mut services: Vec<CompiledService> = Vec::with_capacity(raw.services.len());
         let mut service_index = FxHashMap::with_capacity_and_hasher(raw.services.len(), Default::default());
@@ -629,7 +630,7 @@ impl<'r> Compiler<'r> {
                         why,
                     });
                 }
-                let Some(&g) = self.group_index.get(group.as_str()) else { continue };
+                let Some(&g) = self.group_index.get(group.as_bytes()) else { continue };
                 let compiled = match templated {
                     // Formatted once here, so the request path only indexes.
                     Some(at) => {
@@ -648,7 +649,7 @@ impl<'r> Compiler<'r> {
                 clusters.push((g, compiled));
             }
             clusters.sort_unstable_by_key(|(g, _)| *g); // group ids are unique: no order to keep
-            service_index.insert(name.as_str().into(), id);
+            service_index.insert(name.as_bytes().into(), id);
             services.push(CompiledService {
                 name: name.as_str().into(),
                 ports: s.ports.as_slice().into(),
