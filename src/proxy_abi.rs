@@ -249,12 +249,33 @@ pub fn http_call(upstream: &str, headers: &[(&str, &str)], timeout_ms: u32) -> R
     Ok(token)
 }
 
-/// The contexts of this VM, by id: root contexts (one per plugin instance
-/// sharing the VM) and the HTTP streams they created.
+/// A context of this VM: a root context (one per plugin instance sharing
+/// the VM) or an HTTP stream one created.
+enum Ctx {
+    Root(Box<Root<WasmHost>>),
+    Stream(Box<dyn HttpContext>),
+}
+
+/// The contexts by id, in one map (one hash map type in the wasm).
 #[derive(Default)]
 struct Contexts {
-    roots: FxHashMap<u32, Root<WasmHost>>,
-    streams: FxHashMap<u32, Box<dyn HttpContext>>,
+    by_id: FxHashMap<u32, Ctx>,
+}
+
+impl Contexts {
+    fn root(&mut self, id: u32) -> Option<&mut Root<WasmHost>> {
+        match self.by_id.get_mut(&id) {
+            Some(Ctx::Root(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn stream(&mut self, id: u32) -> Option<&mut Box<dyn HttpContext>> {
+        match self.by_id.get_mut(&id) {
+            Some(Ctx::Stream(s)) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 thread_local! {
@@ -302,9 +323,9 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
     with_contexts(&mut |c| {
         if root_context_id == 0 {
-            c.roots.insert(context_id, Root::new(WasmHost));
-        } else if let Some(stream) = c.roots.get(&root_context_id).and_then(|r| r.create_http_context(context_id)) {
-            c.streams.insert(context_id, stream);
+            c.by_id.insert(context_id, Ctx::Root(Box::new(Root::new(WasmHost))));
+        } else if let Some(stream) = c.root(root_context_id).and_then(|r| r.create_http_context(context_id)) {
+            c.by_id.insert(context_id, Ctx::Stream(stream));
         }
     });
 }
@@ -318,7 +339,7 @@ pub extern "C" fn proxy_on_vm_start(_context_id: u32, _size: usize) -> bool {
 pub extern "C" fn proxy_on_configure(context_id: u32, size: usize) -> bool {
     let mut ok = false;
     with_contexts(&mut |c| {
-        if let Some(root) = c.roots.get_mut(&context_id) {
+        if let Some(root) = c.root(context_id) {
             ok = root.on_configure(size);
         }
     });
@@ -328,7 +349,7 @@ pub extern "C" fn proxy_on_configure(context_id: u32, size: usize) -> bool {
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(context_id: u32) {
     with_contexts(&mut |c| {
-        if let Some(root) = c.roots.get_mut(&context_id) {
+        if let Some(root) = c.root(context_id) {
             root.on_tick();
         }
     });
@@ -343,7 +364,7 @@ pub extern "C" fn proxy_on_http_call_response(
     trailers: usize,
 ) {
     with_contexts(&mut |c| {
-        if let Some(root) = c.roots.get_mut(&context_id) {
+        if let Some(root) = c.root(context_id) {
             crate::proxy::Context::on_http_call_response(root, token, headers, body, trailers);
         }
     });
@@ -353,7 +374,7 @@ pub extern "C" fn proxy_on_http_call_response(
 pub extern "C" fn proxy_on_request_headers(context_id: u32, headers: usize, end_of_stream: bool) -> u32 {
     let mut action = Action::Continue;
     with_contexts(&mut |c| {
-        if let Some(stream) = c.streams.get_mut(&context_id) {
+        if let Some(stream) = c.stream(context_id) {
             action = stream.on_http_request_headers(headers, end_of_stream);
         }
     });
@@ -364,7 +385,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, headers: usize, end_
 pub extern "C" fn proxy_on_response_headers(context_id: u32, headers: usize, end_of_stream: bool) -> u32 {
     let mut action = Action::Continue;
     with_contexts(&mut |c| {
-        if let Some(stream) = c.streams.get_mut(&context_id) {
+        if let Some(stream) = c.stream(context_id) {
             action = stream.on_http_response_headers(headers, end_of_stream);
         }
     });
@@ -379,8 +400,6 @@ pub extern "C" fn proxy_on_done(_context_id: u32) -> bool {
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     with_contexts(&mut |c| {
-        if c.streams.remove(&context_id).is_none() {
-            c.roots.remove(&context_id);
-        }
+        c.by_id.remove(&context_id);
     });
 }
