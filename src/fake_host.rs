@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::types::{GrpcStatusCode, LogLevel, MetricType, Status};
+use crate::proxy::{GrpcStatusCode, LogLevel, MetricType, Status};
 
 use crate::header_map::encode;
 use crate::host::{HeaderMap, Host, HostError, HostResult, Shared};

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use proxy_wasm::types::{GrpcStatusCode, LogLevel, MetricType, Status};
+use crate::proxy::{GrpcStatusCode, LogLevel, MetricType, Status};
 
 pub use crate::header_map::HeaderMap;
 
@@ -21,7 +21,7 @@ pub struct HostError {
 
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: {:?}", self.call, self.status)
+        write!(f, "{} failed: {}", self.call, self.status.name())
     }
 }
 

@@ -9,11 +9,10 @@
 
 use std::rc::Rc;
 
+use crate::proxy::{Action, Context, GrpcStatusCode, HttpContext, LogLevel};
 use isogroup_core::cidr;
 use isogroup_core::request::{self, Edit, LocalReply, Peer};
 use isogroup_core::{Decision, Table};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, GrpcStatusCode, LogLevel};
 
 use crate::host::{Host, HostResult};
 use crate::metrics::Counter;

@@ -11,6 +11,9 @@ mod header_map;
 pub mod host;
 mod http;
 mod metrics;
+pub mod proxy;
+#[cfg(target_arch = "wasm32")]
+mod proxy_abi;
 mod root;
 mod sync;
 mod vm;
@@ -19,15 +22,5 @@ mod wasm_host;
 
 #[cfg(test)]
 mod fake_host;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod native_stubs;
 #[cfg(test)]
 mod tests;
-
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(root::Root::new(wasm_host::WasmHost))
-    });
-}}

@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 
-use proxy_wasm::types::{LogLevel, MetricType};
+use crate::proxy::{LogLevel, MetricType};
 
 use crate::host::Host;
 

@@ -5,9 +5,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::proxy::{Context, ContextType, HttpContext, LogLevel, RootContext};
 use isogroup_core::{GroupName, Settings, Source};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
 
 use crate::host::Host;
 use crate::http::Request;
@@ -122,7 +121,13 @@ fn node_label_group(host: &impl Host) -> Option<String> {
     let value = host.property(&["xds", "node", "metadata", "LABELS", "isogroup.io/group"]).ok()??;
     if GroupName::new(&value).is_some() {
         let group = String::from_utf8_lossy(&value).into_owned();
-        host.log(LogLevel::Info, &format!("isogroup: workload group {group:?} from the node label isogroup.io/group"));
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "isogroup: workload group {} from the node label isogroup.io/group",
+                isogroup_core::Quoted(group.as_str())
+            ),
+        );
         Some(group)
     } else {
         host.log(LogLevel::Warn, "isogroup: node label isogroup.io/group is not a valid group name; ignored");

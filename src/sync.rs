@@ -16,10 +16,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::proxy::{LogLevel, Status};
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::{CompanionSource, Source, Table};
-use proxy_wasm::types::{LogLevel, Status};
 
 use crate::host::{Host, HostError};
 use crate::metrics::{Counter, Gauge};
@@ -227,7 +227,11 @@ impl Follower {
         let timeout = Duration::from_secs(u64::from(self.source.wait_s) + 5);
         match vm.host.dispatch_http_call(&self.source.cluster, &headers, timeout) {
             Ok(token) => self.in_flight = Some(token),
-            Err(e) => self.failed(vm, now, &format!("cannot call cluster {:?}: {e}", self.source.cluster)),
+            Err(e) => self.failed(
+                vm,
+                now,
+                &format!("cannot call cluster {}: {e}", isogroup_core::Quoted(&self.source.cluster)),
+            ),
         }
     }
 

@@ -4,8 +4,8 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crate::proxy::LogLevel;
 use isogroup_core::{Settings, Table};
-use proxy_wasm::types::LogLevel;
 
 use crate::host::Host;
 use crate::metrics::Metrics;

@@ -8,11 +8,10 @@
 //! holding one entry with its expiry. Memory stays bounded whatever the load;
 //! a newer trace overwrites an older one in the same slot.
 
-use serde::Deserialize;
-
 use crate::edge::fnv1a;
 use crate::error::ConfigError;
 use crate::group::GroupName;
+use crate::json::Quoted;
 
 fn default_slots() -> u32 {
     4096
@@ -24,23 +23,36 @@ fn default_trace_headers() -> Vec<String> {
     vec!["traceparent".into(), "x-b3-traceid".into(), "x-request-id".into()]
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RawAssist {
-    #[serde(default = "default_slots")]
+    #[cfg_attr(feature = "serde", serde(default = "default_slots"))]
     pub slots: u32,
-    #[serde(default = "default_ttl_s")]
+    #[cfg_attr(feature = "serde", serde(default = "default_ttl_s"))]
     pub ttl_s: u32,
     /// `auto` reads the listener's direction (Envoy `traffic_direction`,
     /// which Istio sets) per request.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub side: Side,
-    #[serde(default = "default_trace_headers")]
+    #[cfg_attr(feature = "serde", serde(default = "default_trace_headers"))]
     pub trace_headers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+impl Default for RawAssist {
+    fn default() -> Self {
+        RawAssist {
+            slots: default_slots(),
+            ttl_s: default_ttl_s(),
+            side: Side::Auto,
+            trace_headers: default_trace_headers(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Side {
     #[default]
     Auto,
@@ -73,7 +85,7 @@ impl Assist {
         }
         for h in &raw.trace_headers {
             if h.is_empty() || !h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-                return Err(bad("trace_headers", format!("{h:?} is not a lower-case header name")));
+                return Err(bad("trace_headers", format!("{} is not a lower-case header name", Quoted(h))));
             }
         }
         Ok(Assist {

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use crate::ip::parse_ip;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     net: IpAddr,
@@ -16,7 +18,7 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let net: IpAddr = addr.trim().parse().map_err(|_| "not an IP address")?;
+        let net = parse_ip(addr.trim()).ok_or("not an IP address")?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p.trim().parse::<u8>().map_err(|_| "prefix length is not a number")?,
@@ -82,13 +84,13 @@ fn prefix_eq(a: u128, b: u128, prefix: u8) -> bool {
 /// bare address.
 pub fn peer_ip(address: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(address).ok()?.trim();
-    if let Ok(ip) = text.parse() {
+    if let Some(ip) = parse_ip(text) {
         return Some(ip);
     }
     if let Some(rest) = text.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
+        return parse_ip(rest.split(']').next()?);
     }
-    text.rsplit_once(':')?.0.parse().ok()
+    parse_ip(text.rsplit_once(':')?.0)
 }
 
 #[cfg(test)]

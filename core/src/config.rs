@@ -1,11 +1,9 @@
 //! The plugin configuration (Envoy `configuration`, Istio `pluginConfig`):
 //! JSON schema, defaults, and validation into `Settings`.
 
-use serde::Deserialize;
-
 use crate::assist::{Assist, RawAssist};
 use crate::edge::{Edge, RawEdge};
-use crate::error::{json_document, ConfigError};
+use crate::error::ConfigError;
 use crate::group::is_valid_group;
 use crate::table::{Limits, RawTable, Table};
 
@@ -47,69 +45,111 @@ fn default_wait_s() -> u32 {
 }
 
 /// The JSON document as written by the user. Every field is optional.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RawConfig {
-    #[serde(default = "default_group_header")]
+    #[cfg_attr(feature = "serde", serde(default = "default_group_header"))]
     pub group_header: String,
     /// `null` disables reading and writing the baggage member.
-    #[serde(default = "default_baggage_key")]
+    #[cfg_attr(feature = "serde", serde(default = "default_baggage_key"))]
     pub baggage_key: Option<String>,
-    #[serde(default = "default_cookie")]
+    #[cfg_attr(feature = "serde", serde(default = "default_cookie"))]
     pub cookie: String,
-    #[serde(default = "default_strict_header")]
+    #[cfg_attr(feature = "serde", serde(default = "default_strict_header"))]
     pub strict_header: String,
     /// `null`: do not write it (each header write makes Envoy re-match the
     /// route: write only the one your routes use). Still stripped from
     /// requests under its default name.
-    #[serde(default = "default_cluster_header")]
+    #[cfg_attr(feature = "serde", serde(default = "default_cluster_header"))]
     pub cluster_header: Option<String>,
-    #[serde(default = "default_target_header")]
+    #[cfg_attr(feature = "serde", serde(default = "default_target_header"))]
     pub target_header: Option<String>,
-    #[serde(default = "default_base_group")]
+    #[cfg_attr(feature = "serde", serde(default = "default_base_group"))]
     pub base_group: String,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub workload_group: Option<String>,
     /// This proxy's namespace: a host without a dot is tried as
     /// `<host>.<namespace>` first. Default: the node metadata `NAMESPACE`.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub namespace: Option<String>,
-    #[serde(default = "default_true")]
+    #[cfg_attr(feature = "serde", serde(default = "default_true"))]
     pub inject_baggage: bool,
-    #[serde(default = "default_true")]
+    #[cfg_attr(feature = "serde", serde(default = "default_true"))]
     pub annotate_response: bool,
-    #[serde(default = "default_failfast_status")]
+    #[cfg_attr(feature = "serde", serde(default = "default_failfast_status"))]
     pub failfast_status: u16,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub limits: Limits,
     /// Edge mode (ingress gateways): on when present.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub edge: Option<RawEdge>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub propagation_assist: Option<RawAssist>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub table: Option<TableSource>,
 }
 
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            group_header: default_group_header(),
+            baggage_key: default_baggage_key(),
+            cookie: default_cookie(),
+            strict_header: default_strict_header(),
+            cluster_header: default_cluster_header(),
+            target_header: default_target_header(),
+            base_group: default_base_group(),
+            workload_group: None,
+            namespace: None,
+            inject_baggage: default_true(),
+            annotate_response: default_true(),
+            failfast_status: default_failfast_status(),
+            limits: Limits::default(),
+            edge: None,
+            propagation_assist: None,
+            table: None,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses (not yet validates) a plugin configuration; empty input is
+    /// not a document here (`Settings::from_json` takes it as `{}`).
+    pub fn from_json(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+        let (raw, _) = crate::json::document(bytes, false, &mut crate::read::config)?;
+        Ok(raw)
+    }
+}
+
+impl CompanionSource {
+    /// A companion source with the default path and hold time.
+    pub fn with_defaults(cluster: String, authority: String) -> Self {
+        CompanionSource { cluster, authority, path: default_table_path(), wait_s: default_wait_s() }
+    }
+}
+
 /// Where the route table comes from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case", deny_unknown_fields))]
 pub enum TableSource {
     Inline(RawTable),
     Companion(CompanionSource),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct CompanionSource {
     /// The Envoy cluster that reaches the companion.
     pub cluster: String,
     /// `:authority` sent to it.
     pub authority: String,
-    #[serde(default = "default_table_path")]
+    #[cfg_attr(feature = "serde", serde(default = "default_table_path"))]
     pub path: String,
     /// Long-poll hold time asked of the companion.
-    #[serde(default = "default_wait_s")]
+    #[cfg_attr(feature = "serde", serde(default = "default_wait_s"))]
     pub wait_s: u32,
 }
 
@@ -151,8 +191,7 @@ impl Settings {
     /// defaults.
     pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
         let bytes = if bytes.trim_ascii().is_empty() { b"{}" } else { bytes };
-        let raw: RawConfig = json_document(bytes).map_err(|(path, message)| ConfigError::Json { path, message })?;
-        Settings::validate(raw)
+        Settings::validate(RawConfig::from_json(bytes)?)
     }
 
     pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {

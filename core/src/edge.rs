@@ -3,31 +3,31 @@
 
 use std::net::IpAddr;
 
-use regex_lite::Regex;
-use serde::{Deserialize, Serialize};
-
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
+use crate::json::Quoted;
+use crate::regex::Regex;
 use crate::table::Table;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RawEdge {
     /// Peers whose own group, baggage member, cookie and strict header count.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub trusted_cidrs: Vec<String>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub default_group: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub rules: Vec<RawRule>,
     /// Take the table's source bindings and `rules` (default false: a
     /// gateway fed by a shared companion stays pinned to its own config).
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub runtime: bool,
     /// The path this filter answers joins on (`/.isogroup/join`); also turns
     /// on the `isogroup-lane` cookie. Default off.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub join_path: Option<String>,
 }
 
@@ -38,35 +38,37 @@ pub const LANE_COOKIE: &str = "isogroup-lane";
 /// `prefix` or `regex`; `source_cidrs`; or `percent` with `hash_header`), and
 /// `group` or (header, cookie and query rules only) `group_from_value`.
 /// The same schema serves the plugin's `edge.rules` and a table's `rules`;
-/// deserialised by hand (`table_de`), strict unless a companion's table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// read by hand (`read.rs`), strict unless a companion's table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawRule {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub header: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub cookie: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub query: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub values: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub prefix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub regex: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub source_cidrs: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub percent: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub hash_header: Option<String>,
     /// Required unless `group_from_value`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub group: Option<String>,
     /// The matched value is the group, when the table knows it.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
     pub group_from_value: bool,
 }
 
+#[cfg(feature = "serde")]
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -135,7 +137,7 @@ impl Edge {
         let default_group = match &raw.default_group {
             None => None,
             Some(g) => Some(GroupName::new(g.as_bytes()).ok_or_else(|| {
-                invalid("edge.default_group", format!("{g:?} is not a valid group name (DNS-1123 label)"))
+                invalid("edge.default_group", format!("{} is not a valid group name (DNS-1123 label)", Quoted(g)))
             })?),
         };
         let rules =
@@ -146,7 +148,10 @@ impl Edge {
             Some(p) => {
                 return Err(invalid(
                     "edge.join_path",
-                    format!("{p:?} is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')"),
+                    format!(
+                        "{} is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')",
+                        Quoted(p)
+                    ),
                 ))
             }
         };
@@ -273,7 +278,9 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
 fn cidr_list(field: &str, list: &[String]) -> Result<Vec<Cidr>, RuleError> {
     list.iter()
         .enumerate()
-        .map(|(i, c)| Cidr::parse(c).map_err(|why| rule_error(format!("{field}[{i}]"), format!("{c:?}: {why}"))))
+        .map(|(i, c)| {
+            Cidr::parse(c).map_err(|why| rule_error(format!("{field}[{i}]"), format!("{}: {why}", Quoted(c))))
+        })
         .collect()
 }
 
@@ -283,7 +290,7 @@ fn header_name(field: String, name: &str) -> Result<String, RuleError> {
     if ok {
         Ok(name.to_owned())
     } else {
-        Err(rule_error(field, format!("{name:?} is not a lower-case header name")))
+        Err(rule_error(field, format!("{} is not a lower-case header name", Quoted(name))))
     }
 }
 
@@ -304,10 +311,9 @@ fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule,
         }
         (None, true) => RuleGroup::FromValue,
         (None, false) => return Err(rule_error(at("group"), "missing (or set group_from_value)")),
-        (Some(g), false) => RuleGroup::Fixed(
-            GroupName::new(g.as_bytes())
-                .ok_or_else(|| rule_error(at("group"), format!("{g:?} is not a valid group name (DNS-1123 label)")))?,
-        ),
+        (Some(g), false) => RuleGroup::Fixed(GroupName::new(g.as_bytes()).ok_or_else(|| {
+            rule_error(at("group"), format!("{} is not a valid group name (DNS-1123 label)", Quoted(g)))
+        })?),
     };
     let inputs =
         [r.header.is_some(), r.cookie.is_some(), r.query.is_some(), r.source_cidrs.is_some(), r.percent.is_some()];
@@ -331,7 +337,9 @@ fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule,
         (Some(v), _, _) if v.is_empty() => return Err(rule_error(at("values"), "the list is empty")),
         (Some(v), _, _) => Test::Values(v.clone()),
         (_, Some(p), _) => Test::Prefix(p.clone()),
-        (_, _, Some(re)) => Test::Regex(Regex::new(re).map_err(|e| rule_error(at("regex"), format!("{re:?}: {e}")))?),
+        (_, _, Some(re)) => {
+            Test::Regex(Regex::new(re).map_err(|e| rule_error(at("regex"), format!("{}: {e}", Quoted(re))))?)
+        }
         _ => Test::Always,
     };
     let input = if let Some(h) = &r.header {

@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use crate::json::Quoted;
+
 /// Why a route table was rejected. The whole table is rejected; the table in
 /// force keeps serving.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -13,27 +15,25 @@ pub enum TableError {
     TooManyBytes { field: &'static str, size: usize, limit: usize },
     #[error("{field}: {count} exceeds the limit of {limit}")]
     TooMany { field: &'static str, count: usize, limit: usize },
-    #[error(
-        "{field}: {name:?} is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"
-    )]
+    #[error("{field}: {} is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)", Quoted(.name))]
     InvalidGroupName { field: String, name: String },
-    #[error("services.{service}: {service:?} is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)")]
+    #[error("services.{service}: {} is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)", Quoted(.service))]
     InvalidServiceName { service: String },
     #[error("services.{service}.hosts: the list is empty; a service needs at least one host")]
     NoHosts { service: String },
-    #[error("services.{service}.hosts: {host:?} is not a valid host ({why})")]
+    #[error("services.{service}.hosts: {} is not a valid host ({why})", Quoted(.host))]
     InvalidHost { service: String, host: String, why: &'static str },
-    #[error("services.{service}.hosts: host {host:?} already belongs to service {other:?}")]
+    #[error("services.{service}.hosts: host {} already belongs to service {}", Quoted(.host), Quoted(.other))]
     DuplicateHost { service: String, host: String, other: String },
-    #[error("services.{service}.clusters: no cluster for base group {base:?}")]
+    #[error("services.{service}.clusters: no cluster for base group {}", Quoted(.base))]
     NoBaseCluster { service: String, base: String },
-    #[error("services.{service}.clusters.{group}: {cluster:?} is not a valid cluster name ({why})")]
+    #[error("services.{service}.clusters.{group}: {} is not a valid cluster name ({why})", Quoted(.cluster))]
     InvalidCluster { service: String, group: String, cluster: String, why: &'static str },
     #[error("groups.{group}: a strict group cannot have a fallback")]
     StrictWithFallback { group: String },
     #[error("groups.{group}: the base group cannot have a fallback")]
     BaseHasFallback { group: String },
-    #[error("groups.{group}.fallback: unknown group {fallback:?} (not in groups, not the base group, not serving any service)")]
+    #[error("groups.{group}.fallback: unknown group {} (not in groups, not the base group, not serving any service)", Quoted(.fallback))]
     UnknownFallback { group: String, fallback: String },
     #[error("groups.{group}.fallback: cycle {cycle}")]
     FallbackCycle { group: String, cycle: String },
@@ -49,11 +49,11 @@ pub enum TableError {
 pub enum ConfigError {
     #[error("{path}: {message}")]
     Json { path: String, message: String },
-    #[error("{field}: {value:?} is not a valid header name (lower-case token characters)")]
+    #[error("{field}: {} is not a valid header name (lower-case token characters)", Quoted(.value))]
     InvalidHeaderName { field: &'static str, value: String },
-    #[error("{field}: {value:?} is not a valid group name (DNS-1123 label)")]
+    #[error("{field}: {} is not a valid group name (DNS-1123 label)", Quoted(.value))]
     InvalidGroupName { field: &'static str, value: String },
-    #[error("{field}: {value:?} is not valid ({why})")]
+    #[error("{field}: {} is not valid ({why})", Quoted(.value))]
     InvalidValue { field: &'static str, value: String, why: &'static str },
     #[error("{field}: {why}")]
     Invalid { field: String, why: String },
@@ -61,25 +61,14 @@ pub enum ConfigError {
     InlineTable(TableError),
 }
 
-/// One whole JSON document, parsed with the path of any failure: bytes after
-/// the document are an error too, so a doubled or padded body is refused
-/// rather than half-read.
-pub(crate) fn json_document<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (String, String)> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(json_parts)?;
-    de.end().map_err(|e| ("(document)".to_owned(), e.to_string()))?;
-    Ok(value)
+impl From<crate::json::JsonError> for TableError {
+    fn from(e: crate::json::JsonError) -> Self {
+        TableError::Json { path: e.path, message: e.message }
+    }
 }
 
-/// A `serde_path_to_error` failure turned into (path, message); `.` for the root.
-pub(crate) fn json_parts(err: serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
-    let mut path = err.path().to_string();
-    // `?` stands for a map key that did not parse: name the map it is in.
-    while path == "?" || path.ends_with(".?") {
-        path.truncate(path.len().saturating_sub(2));
+impl From<crate::json::JsonError> for ConfigError {
+    fn from(e: crate::json::JsonError) -> Self {
+        ConfigError::Json { path: e.path, message: e.message }
     }
-    let path = if path.is_empty() || path == "." { "(document)".to_owned() } else { path };
-    let inner = err.into_inner();
-    // serde_json appends " at line L column C"; keep it, it helps with big files.
-    (path, inner.to_string())
 }

@@ -46,7 +46,7 @@ impl GroupName {
 
 impl fmt::Debug for GroupName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.as_str())
+        write!(f, "{}", crate::json::Quoted(self.as_str()))
     }
 }
 

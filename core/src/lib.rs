@@ -12,11 +12,17 @@ pub mod edge;
 pub mod epoch;
 pub mod error;
 pub mod group;
+pub mod ip;
 pub mod join;
+mod json;
+pub use json::Quoted;
+mod read;
+pub mod regex;
 pub mod request;
 pub mod sources;
 pub mod synth;
 pub mod table;
+#[cfg(feature = "serde")]
 mod table_de;
 
 pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};
@@ -25,6 +31,10 @@ pub use error::{ConfigError, TableError};
 pub use group::{GroupName, Lookup};
 pub use table::{Limits, Mode, RawGroup, RawService, RawSource, RawTable, Table};
 
+#[cfg(test)]
+mod json_tests;
+#[cfg(test)]
+mod regex_tests;
 #[cfg(test)]
 mod schema_tests;
 #[cfg(test)]

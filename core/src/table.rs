@@ -2,74 +2,76 @@
 //! form (`Table`) that `decide` reads. Compiling validates everything once, so
 //! the per-request path only does lookups.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::authority;
 use crate::cidr::Cidr;
 use crate::edge::{RawRule, Rules};
-use crate::error::{json_document, TableError};
+use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
 use crate::sources::{Binding, Sources};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Longest group `description` and `owner`, in bytes.
 pub const MAX_GROUP_TEXT: usize = 256;
 
-/// Deserialised by hand (`table_de`): strict, or lenient for a companion's
-/// table (`RawTable::from_companion_json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Read by hand (`read.rs`): strict, or lenient for a companion's table
+/// (`RawTable::from_companion_json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawTable {
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub version: u64,
     /// `"<unix-ms>-<random>"`, owned by the store like the version (see
     /// `epoch`); tables are ordered by (epoch, version).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub epoch: Option<String>,
     /// Defaults to the plugin's `base_group` (itself `base` by default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub base_group: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub groups: BTreeMap<String, RawGroup>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub services: BTreeMap<String, RawService>,
     /// Source bindings: a client address range to a group (edge mode with
     /// `edge.runtime` only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub sources: Vec<RawSource>,
     /// Runtime rules, the `edge.rules` schema (edge mode with `edge.runtime`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub rules: Vec<RawRule>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawGroup {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub fallback: Vec<String>,
-    #[serde(default, skip_serializing_if = "Mode::is_permissive")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Mode::is_permissive"))]
     pub mode: Mode,
     /// Free text for people, at most `MAX_GROUP_TEXT` bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub owner: Option<String>,
 }
 
 /// One source binding as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawSource {
     /// `192.0.2.7/32`, `2001:db8::/64` or a bare address; host bits zero.
     pub cidr: String,
     /// A group name; one the table does not know routes like any unknown lane.
     pub group: String,
     /// Unix seconds; absent: no expiry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub expires_at: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Mode {
     #[default]
     Permissive,
@@ -82,31 +84,36 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        json_document(bytes).map_err(|(path, message)| TableError::Json { path, message })
+        let (raw, _) = crate::json::document(bytes, false, &mut crate::read::table)?;
+        Ok(raw)
     }
 
     /// Parses a table a companion served: fields this version does not know
     /// are skipped, and their names returned for the caller to log (SPEC:
     /// filters are upgraded before companions).
     pub fn from_companion_json(bytes: &[u8], limits: &Limits) -> Result<(RawTable, Vec<String>), TableError> {
-        let (raw, unknown) = crate::table_de::collect_unknown(|| RawTable::from_json(bytes, limits));
-        Ok((raw?, unknown))
+        if bytes.len() > limits.max_table_bytes {
+            return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
+        }
+        Ok(crate::json::document(bytes, true, &mut crate::read::table)?)
     }
 }
 
+#[cfg(feature = "serde")]
 impl Mode {
     fn is_permissive(&self) -> bool {
         *self == Mode::Permissive
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawService {
     pub hosts: Vec<String>,
     pub clusters: BTreeMap<String, String>,
     /// The service's ports, the first its default; a cluster name with
     /// `{port}` takes the `:authority`'s port if listed, else the default.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
     pub ports: Vec<u16>,
 }
 
@@ -146,8 +153,9 @@ impl PortOf<'_> {
 }
 
 /// Size limits; a table over any of them is rejected whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields, default))]
 pub struct Limits {
     pub max_services: usize,
     pub max_groups: usize,
@@ -185,10 +193,11 @@ pub struct Table {
     epoch: Option<Box<str>>,
     base: GroupId,
     group_names: Vec<Box<str>>,
-    group_index: FxHashMap<Box<str>, GroupId>,
+    /// Keyed by bytes like `host_index`: one hash map type in the wasm.
+    group_index: FxHashMap<Box<[u8]>, GroupId>,
     groups: Vec<CompiledGroup>,
     services: Vec<CompiledService>,
-    service_index: FxHashMap<Box<str>, ServiceId>,
+    service_index: FxHashMap<Box<[u8]>, ServiceId>,
     /// Keyed by bytes: the request path looks up without a UTF-8 check.
     host_index: FxHashMap<Box<[u8]>, ServiceId>,
     /// Boxed: most tables have none, and `Table` sits in a config enum.
@@ -274,7 +283,7 @@ impl Table {
     }
 
     pub fn group_id(&self, name: &str) -> Option<GroupId> {
-        self.group_index.get(name).copied()
+        self.group_index.get(name.as_bytes()).copied()
     }
 
     /// `host` as `authority::with_host` hands it over (normalised).
@@ -283,7 +292,7 @@ impl Table {
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<ServiceId> {
-        self.service_index.get(name).copied()
+        self.service_index.get(name.as_bytes()).copied()
     }
 
     pub fn service_name(&self, id: ServiceId) -> &str {
@@ -342,7 +351,7 @@ impl Table {
     /// Whether `name` is a group this table knows: in `groups`, a key of
     /// some service's `clusters`, or the base group.
     pub fn knows_group(&self, name: &str) -> bool {
-        self.group_index.contains_key(name)
+        self.group_index.contains_key(name.as_bytes())
     }
 
     /// The source bindings, compiled for longest-prefix lookup.
@@ -364,7 +373,7 @@ struct Compiler<'r> {
     limits: &'r Limits,
     base_name: &'r str,
     group_names: Vec<Box<str>>,
-    group_index: FxHashMap<Box<str>, GroupId>,
+    group_index: FxHashMap<Box<[u8]>, GroupId>,
     errors: Vec<TableError>,
 }
 
@@ -441,12 +450,12 @@ impl<'r> Compiler<'r> {
     }
 
     fn intern(&mut self, name: &str) -> GroupId {
-        if let Some(&id) = self.group_index.get(name) {
+        if let Some(&id) = self.group_index.get(name.as_bytes()) {
             return id;
         }
         let id = self.group_names.len() as GroupId;
         self.group_names.push(name.into());
-        self.group_index.insert(name.into(), id);
+        self.group_index.insert(name.as_bytes().into(), id);
         id
     }
 
@@ -487,7 +496,7 @@ impl<'r> Compiler<'r> {
         for (index, s) in self.raw.sources.iter().enumerate() {
             let cidr = Cidr::parse_network(&s.cidr).map_err(|why| TableError::Invalid {
                 field: format!("sources[{index}].cidr"),
-                why: format!("{:?}: {why}", s.cidr),
+                why: format!("{}: {why}", crate::json::Quoted(&s.cidr)),
             });
             let group = GroupName::new(s.group.as_bytes()).ok_or_else(|| TableError::InvalidGroupName {
                 field: format!("sources[{index}].group"),
@@ -537,7 +546,7 @@ impl<'r> Compiler<'r> {
                 }
             }
             for f in &g.fallback {
-                if !self.group_index.contains_key(f.as_str()) {
+                if !self.group_index.contains_key(f.as_bytes()) {
                     self.errors.push(TableError::UnknownFallback { group: name.clone(), fallback: f.clone() });
                 }
             }
@@ -575,7 +584,7 @@ impl<'r> Compiler<'r> {
 
     /// Depth-first resolution order, each group once.
     fn visit(&self, name: &str, order: &mut Vec<GroupId>) {
-        let Some(&id) = self.group_index.get(name) else {
+        let Some(&id) = self.group_index.get(name.as_bytes()) else {
             return;
         };
         if order.contains(&id) {
@@ -590,7 +599,7 @@ impl<'r> Compiler<'r> {
     #[allow(clippy::type_complexity)]
     fn compile_services(
         &mut self,
-    ) -> (Vec<CompiledService>, FxHashMap<Box<str>, ServiceId>, FxHashMap<Box<[u8]>, ServiceId>) {
+    ) -> (Vec<CompiledService>, FxHashMap<Box<[u8]>, ServiceId>, FxHashMap<Box<[u8]>, ServiceId>) {
         let raw = self.raw;
         let mut services: Vec<CompiledService> = Vec::with_capacity(raw.services.len());
         let mut service_index = FxHashMap::with_capacity_and_hasher(raw.services.len(), Default::default());
@@ -652,7 +661,7 @@ impl<'r> Compiler<'r> {
                         why,
                     });
                 }
-                let Some(&g) = self.group_index.get(group.as_str()) else { continue };
+                let Some(&g) = self.group_index.get(group.as_bytes()) else { continue };
                 match templated {
                     // Formatted once here, so the request path only indexes.
                     Some(at) => {
@@ -675,8 +684,8 @@ impl<'r> Compiler<'r> {
                     None => clusters.push((g, cluster.as_str().into())),
                 }
             }
-            clusters.sort_by_key(|(g, _)| *g);
-            service_index.insert(name.as_str().into(), id);
+            clusters.sort_unstable_by_key(|(g, _)| *g); // group ids are unique: no order to keep
+            service_index.insert(name.as_bytes().into(), id);
             services.push(CompiledService {
                 name: name.as_str().into(),
                 ports: s.ports.as_slice().into(),
@@ -713,15 +722,16 @@ const CYCLE_SHOWN: usize = 8;
 /// without the walk's back edges (so it is a real chain even in a table with
 /// cycles), and one error per back edge, each the cycle it closes, named
 /// from the group where that cycle starts. Linear in the fallback entries.
-fn fallback_walk(raw: &RawTable) -> (HashMap<&str, usize>, Vec<TableError>) {
+fn fallback_walk(raw: &RawTable) -> (FxHashMap<&str, usize>, Vec<TableError>) {
     enum State {
         /// On the current path, at this stack index.
         OnPath(usize),
         Done(usize),
     }
     let fallbacks = |name: &str| raw.groups.get(name).map_or(&[][..], |g| &g.fallback[..]);
-    let mut state: HashMap<&str, State> = HashMap::with_capacity(raw.groups.len());
-    let mut back_edges: HashSet<(&str, &str)> = HashSet::new();
+    let mut state: FxHashMap<&str, State> = FxHashMap::default();
+    state.reserve(raw.groups.len());
+    let mut back_edges: FxHashSet<(&str, &str)> = FxHashSet::default();
     let mut cycles = Vec::new();
     // (group, next fallback to look at, longest chain below it so far)
     let mut stack: Vec<(&str, usize, usize)> = Vec::new();

@@ -1,13 +1,8 @@
-//! Deserialising the table schema, strict or lenient.
-//!
-//! Tables are strict (an unknown field is an error naming it) everywhere but
-//! in one place: the filter reading a table served by a companion, which may
-//! be newer and send fields this version does not know (SPEC "Second round":
-//! ignored and logged once). One hand-written visitor serves both modes, so
-//! the wasm carries one deserialiser per type, not two; the mode is a
-//! per-thread switch set around a lenient parse (`collect_unknown`).
+//! serde `Deserialize` for the table schema (feature `serde`, for the
+//! companion's own stores, e.g. one etcd key per service): strict, an unknown
+//! field is an error naming it. The filter and `RawTable::from_json` use the
+//! hand-written reader (`read.rs`) instead.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -16,24 +11,9 @@ use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, Ma
 use crate::edge::RawRule;
 use crate::table::{Mode, RawGroup, RawService, RawSource, RawTable};
 
-thread_local! {
-    /// `Some` while a lenient parse runs: the unknown field names seen.
-    static UNKNOWN: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
-}
-
-/// Runs `parse` with unknown table fields skipped; returns what it returned
-/// and the names of the fields skipped, in order.
-pub fn collect_unknown<R>(parse: impl FnOnce() -> R) -> (R, Vec<String>) {
-    let previous = UNKNOWN.with(|u| u.replace(Some(Vec::new())));
-    let result = parse();
-    let unknown = UNKNOWN.with(|u| u.replace(previous)).unwrap_or_default();
-    (result, unknown)
-}
-
 /// A field name of a schema whose names are `expected`: `Some(name)` for a
-/// known one; for an unknown one, `None` in a lenient parse (noted) and an
-/// error otherwise. Decided while the key is read, so the error's path names
-/// the field.
+/// known one, an error naming an unknown one (decided while the key is read,
+/// so the error's path names the field).
 struct Field(&'static [&'static str]);
 
 impl<'de> DeserializeSeed<'de> for Field {
@@ -49,20 +29,9 @@ impl<'de> Visitor<'de> for Field {
         f.write_str("a field name")
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        if let Some(known) = self.0.iter().find(|f| **f == key) {
-            return Ok(Some(known));
-        }
-        let lenient = UNKNOWN.with(|u| match u.borrow_mut().as_mut() {
-            Some(list) => {
-                list.push(key.to_owned());
-                true
-            }
-            None => false,
-        });
-        if lenient {
-            Ok(None)
-        } else {
-            Err(E::unknown_field(key, self.0))
+        match self.0.iter().find(|f| **f == key) {
+            Some(known) => Ok(Some(known)),
+            None => Err(E::unknown_field(key, self.0)),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Route tables: arbitrary bytes either compile or are rejected whole with
 //! typed errors that name a field; a compiled table answers every lookup
-//! without panicking, and every route it gives is one the table lists.
+//! without panicking, and every route it gives is one the table lists. A
+//! table the hand-written reader accepts, serde_json reads to the same value
+//! (the reader is the stricter: duplicate keys refused).
 #![no_main]
 
 use isogroup_core::decide::{decide, Decision, RequestView};
@@ -10,6 +12,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     let Ok(raw) = RawTable::from_json(data, &limits) else { return };
+    let theirs: Option<RawTable> = serde_json::from_slice(data).ok();
+    assert_eq!(theirs.as_ref(), Some(&raw), "serde_json reads the table differently");
+    let (lenient, unknown) = RawTable::from_companion_json(data, &limits).expect("strict accepted, lenient refused");
+    assert_eq!((&lenient, unknown.len()), (&raw, 0), "the lenient read differs");
     match Table::check(&raw, "base", &limits) {
         Ok(t) => {
             for (_, service) in t.services() {

@@ -2,8 +2,7 @@
 //! locally, source bindings by the peer address and the filter's clock,
 //! table rules, `runtime: false`, and the peer read only when needed.
 
-use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::Action;
+use crate::proxy::{Action, RootContext};
 
 use super::{configured, send};
 use crate::fake_host::{Call, FakeHost, Process};

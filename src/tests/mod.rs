@@ -9,8 +9,7 @@ mod sync;
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{HttpContext, RootContext};
-use proxy_wasm::types::Action;
+use crate::proxy::{Action, HttpContext, RootContext};
 
 use crate::fake_host::{FakeHost, Process};
 use crate::root::Root;

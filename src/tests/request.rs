@@ -1,7 +1,7 @@
 //! The request path: the edits for every decision, the local replies, the
 //! annotations, and every failure path of the host.
 
-use proxy_wasm::types::Action;
+use crate::proxy::Action;
 
 use super::{configured, inline_config, send};
 use crate::fake_host::{Call, Process};
@@ -178,7 +178,7 @@ fn counters_reach_the_metric_of_their_own_name() {
     send(&root, &host, &[(":authority", "a"), ("x-isogroup", "Not_A_Group")]);
     // Counted in the VM, flushed on the tick: no host call per request.
     assert_eq!(process.metric("isogroup_requests_routed_total"), 0);
-    proxy_wasm::traits::RootContext::on_tick(&mut root);
+    crate::proxy::RootContext::on_tick(&mut root);
     let want = [
         ("isogroup_requests_routed_total", 3),
         ("isogroup_requests_fallback_total", 1),
@@ -197,7 +197,7 @@ fn a_bad_config_stops_plugin_start_naming_the_field() {
     let process = Process::new();
     let host = crate::fake_host::FakeHost::new(&process, r#"{"failfast_status": "soon"}"#);
     let mut root = crate::root::Root::new(host);
-    assert!(!proxy_wasm::traits::RootContext::on_configure(&mut root, 0));
+    assert!(!crate::proxy::RootContext::on_configure(&mut root, 0));
     assert!(process.logged("failfast_status"), "{:?}", process.log.borrow());
     assert!(root.vm().is_none());
 }
@@ -225,8 +225,8 @@ fn untrusted_edge_peers_get_no_annotations_and_lose_their_own_group() {
 #[test]
 fn short_hosts_resolve_in_the_nodes_namespace_unless_configured() {
     use crate::fake_host::FakeHost;
+    use crate::proxy::RootContext;
     use crate::root::Root;
-    use proxy_wasm::traits::RootContext;
     let table = r#"{"services": {
         "web.prod": {"hosts": ["web.prod"], "clusters": {"base": "web-prod-{port}"}, "ports": [80, 443]},
         "web.dev": {"hosts": ["web.dev"], "clusters": {"base": "web-dev"}}}}"#;

@@ -1,7 +1,7 @@
 //! The table sync over the fake host: lease election and takeover, the
 //! source-scoped keys, versions and ETags, rejects, backoff, table age.
 
-use proxy_wasm::traits::{Context, RootContext};
+use crate::proxy::{Context, RootContext};
 
 use super::{companion_config, configured, TABLE};
 use crate::fake_host::{Call, FakeHost, Process};

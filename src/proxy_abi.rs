@@ -1,0 +1,405 @@
+//! The wasm side of `proxy`: the `proxy_on_*` exports Envoy calls (only
+//! those the filter answers; the host skips a callback a module does not
+//! export) and the host imports the filter uses, each returning the host's
+//! status instead of panicking on an unexpected one.
+
+use std::cell::RefCell;
+use std::ptr::{null, null_mut};
+
+use rustc_hash::FxHashMap;
+
+use crate::proxy::{Action, GrpcStatusCode, HttpContext, LogLevel, MetricType, RootContext, Status};
+use crate::root::Root;
+use crate::wasm_host::WasmHost;
+
+/// Buffers the host reads from.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum BufferType {
+    HttpCallResponseBody = 4,
+    PluginConfiguration = 7,
+}
+
+/// Header maps the filter reads or edits (the ABI's names).
+#[allow(clippy::enum_variant_names)]
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum MapType {
+    HttpRequestHeaders = 0,
+    HttpResponseHeaders = 2,
+    HttpCallResponseHeaders = 6,
+}
+
+const STREAM_HTTP_REQUEST: u32 = 0;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
+    fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_replace_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
+    fn proxy_add_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, size: usize) -> u32;
+    fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_close_stream(stream: u32) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, size: usize, cas: u32) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
+}
+
+fn status(code: u32) -> Result<(), Status> {
+    match Status::from_raw(code) {
+        Status::Ok => Ok(()),
+        s => Err(s),
+    }
+}
+
+/// A buffer the host allocated through `proxy_on_memory_allocate` (a boxed
+/// slice of exactly `size` bytes): this VM owns it.
+fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    // SAFETY: see above; `Vec::from_raw_parts(data, size, size)` frees it as
+    // `proxy_on_memory_allocate` allocated it.
+    (!data.is_null()).then(|| unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// A host call returning a buffer: `None` for an absent one (`NotFound`).
+fn fetch(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, Status> {
+    let (mut data, mut size) = (null_mut(), 0);
+    match Status::from_raw(call(&mut data, &mut size)) {
+        Status::Ok => Ok(owned(data, size)),
+        Status::NotFound => Ok(None),
+        s => Err(s),
+    }
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    // SAFETY (every import below): plain host calls on pointers and lengths
+    // of live Rust slices, or out-parameters on this stack frame.
+    unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+pub fn get_buffer(kind: BufferType, max: usize) -> Result<Option<Vec<u8>>, Status> {
+    fetch(|data, size| unsafe { proxy_get_buffer_bytes(kind as u32, 0, max, data, size) })
+}
+
+pub fn now_ns() -> Result<u64, Status> {
+    let mut t = 0;
+    status(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
+    Ok(t)
+}
+
+pub fn set_tick_period_ms(ms: u32) -> Result<(), Status> {
+    status(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// All pairs of a header map, serialised as the host sends them.
+pub fn header_map_pairs(map: MapType) -> Result<Vec<u8>, Status> {
+    let (mut data, mut size) = (null_mut(), 0);
+    status(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })?;
+    Ok(owned(data, size).unwrap_or_default())
+}
+
+pub fn replace_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    status(unsafe {
+        proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
+}
+
+pub fn add_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    status(unsafe { proxy_add_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
+    status(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Pairs serialised as the host reads them: a count, each name's and
+/// value's length, then each name and value NUL-terminated (all u32 LE).
+fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + pairs.iter().map(|(n, v)| n.len() + v.len() + 10).sum::<usize>());
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (name, value) in pairs {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}
+
+fn str_pairs<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a [u8])> {
+    pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
+}
+
+pub fn send_local_response(code: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
+    let headers = serialize_pairs(&str_pairs(headers));
+    status(unsafe {
+        proxy_send_local_response(code, null(), 0, body.as_ptr(), body.len(), headers.as_ptr(), headers.len(), -1)
+    })
+}
+
+pub fn send_grpc_response(code: GrpcStatusCode, message: &str, metadata: &[(&str, &[u8])]) -> Result<(), Status> {
+    let metadata = serialize_pairs(metadata);
+    status(unsafe {
+        proxy_send_local_response(
+            200,
+            null(),
+            0,
+            message.as_ptr(),
+            message.len(),
+            metadata.as_ptr(),
+            metadata.len(),
+            code as i32,
+        )
+    })
+}
+
+pub fn close_request_stream() -> Result<(), Status> {
+    status(unsafe { proxy_close_stream(STREAM_HTTP_REQUEST) })
+}
+
+pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, Status> {
+    let mut id = 0;
+    status(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, by: i64) -> Result<(), Status> {
+    status(unsafe { proxy_increment_metric(id, by) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
+    status(unsafe { proxy_record_metric(id, value) })
+}
+
+/// A value and its CAS (`None` for 0); `(None, None)` for a missing key.
+pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
+    let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+    match Status::from_raw(unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) }) {
+        Status::Ok => Ok((owned(data, size), (cas != 0).then_some(cas))),
+        Status::NotFound => Ok((None, None)),
+        s => Err(s),
+    }
+}
+
+pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
+    status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
+}
+
+/// A property by its path, segments joined with NUL as the host expects.
+pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    let joined = path.join("\0");
+    fetch(|data, size| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), data, size) })
+}
+
+pub fn http_call(upstream: &str, headers: &[(&str, &str)], timeout_ms: u32) -> Result<u32, Status> {
+    let headers = serialize_pairs(&str_pairs(headers));
+    let trailers = serialize_pairs(&[]);
+    let mut token = 0;
+    status(unsafe {
+        proxy_http_call(
+            upstream.as_ptr(),
+            upstream.len(),
+            headers.as_ptr(),
+            headers.len(),
+            null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// A context of this VM: a root context (one per plugin instance sharing
+/// the VM) or an HTTP stream one created.
+enum Ctx {
+    Root(Box<Root<WasmHost>>),
+    Stream(Box<dyn HttpContext>),
+}
+
+/// The contexts by id, in one map (one hash map type in the wasm).
+#[derive(Default)]
+struct Contexts {
+    by_id: FxHashMap<u32, Ctx>,
+}
+
+impl Contexts {
+    fn root(&mut self, id: u32) -> Option<&mut Root<WasmHost>> {
+        match self.by_id.get_mut(&id) {
+            Some(Ctx::Root(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn stream(&mut self, id: u32) -> Option<&mut Box<dyn HttpContext>> {
+        match self.by_id.get_mut(&id) {
+            Some(Ctx::Stream(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+thread_local! {
+    static CONTEXTS: RefCell<Contexts> = RefCell::new(Contexts::default());
+}
+
+/// Runs `f` on the contexts; a re-entrant call (the host calling back while
+/// a callback runs, which Envoy does not do) is dropped, not a panic.
+fn with_contexts(f: &mut dyn FnMut(&mut Contexts)) {
+    CONTEXTS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            f(&mut c);
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// The reactor entry point Envoy calls once after instantiating the module.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    // SAFETY: runs the module's static constructors once, as wasi-libc's
+    // reactor start does.
+    #[cfg(target_os = "wasi")]
+    unsafe {
+        __wasm_call_ctors();
+    }
+}
+
+/// Memory for buffers the host hands over (a boxed slice of `size` bytes,
+/// freed by `owned`).
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let slice: Box<[u8]> = vec![0u8; size].into_boxed_slice();
+    Box::into_raw(slice).cast::<u8>()
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
+    with_contexts(&mut |c| {
+        if root_context_id == 0 {
+            c.by_id.insert(context_id, Ctx::Root(Box::new(Root::new(WasmHost))));
+        } else if let Some(stream) = c.root(root_context_id).and_then(|r| r.create_http_context(context_id)) {
+            c.by_id.insert(context_id, Ctx::Stream(stream));
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_context_id: u32, _size: usize) -> bool {
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(context_id: u32, size: usize) -> bool {
+    let mut ok = false;
+    with_contexts(&mut |c| {
+        if let Some(root) = c.root(context_id) {
+            ok = root.on_configure(size);
+        }
+    });
+    ok
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(context_id: u32) {
+    with_contexts(&mut |c| {
+        if let Some(root) = c.root(context_id) {
+            root.on_tick();
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    context_id: u32,
+    token: u32,
+    headers: usize,
+    body: usize,
+    trailers: usize,
+) {
+    with_contexts(&mut |c| {
+        if let Some(root) = c.root(context_id) {
+            crate::proxy::Context::on_http_call_response(root, token, headers, body, trailers);
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context_id: u32, headers: usize, end_of_stream: bool) -> u32 {
+    let mut action = Action::Continue;
+    with_contexts(&mut |c| {
+        if let Some(stream) = c.stream(context_id) {
+            action = stream.on_http_request_headers(headers, end_of_stream);
+        }
+    });
+    action as u32
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, headers: usize, end_of_stream: bool) -> u32 {
+    let mut action = Action::Continue;
+    with_contexts(&mut |c| {
+        if let Some(stream) = c.stream(context_id) {
+            action = stream.on_http_response_headers(headers, end_of_stream);
+        }
+    });
+    action as u32
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_done(_context_id: u32) -> bool {
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    with_contexts(&mut |c| {
+        c.by_id.remove(&context_id);
+    });
+}
