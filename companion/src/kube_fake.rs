@@ -11,6 +11,10 @@
 //!   a conflict unless `force`), delete; `/status` touches only `status`;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
 //!   resource can be made to fail with any status (e.g. `403`).
+//!
+//! It names no item of this crate (a kube client for it is `FakeClient`, in
+//! `kube_tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
+//! this very file and serves it to the real companion binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -82,11 +86,6 @@ impl FakeApi {
         let app = axum::Router::new().fallback(handle).with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         fake
-    }
-
-    pub fn client(&self) -> kube::Client {
-        crate::kube_source::install_crypto();
-        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
     }
 
     pub fn install(&self, r: &Res) {

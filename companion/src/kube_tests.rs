@@ -18,6 +18,18 @@ use crate::metrics::Metrics;
 use crate::store::kube::KubeStore;
 use crate::store::{Readiness, Served, Store};
 
+/// A kube client for the fake API server.
+pub(crate) trait FakeClient {
+    fn client(&self) -> kube::Client;
+}
+
+impl FakeClient for FakeApi {
+    fn client(&self) -> kube::Client {
+        crate::kube_source::install_crypto();
+        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
+    }
+}
+
 fn pods() -> Res {
     res("", "v1", "pods")
 }
