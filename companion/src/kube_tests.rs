@@ -553,6 +553,16 @@ async fn the_leader_writes_sources_and_rules_into_the_runtime_configmap() {
     assert_eq!((snap.raw.sources.len(), snap.raw.rules.len()), (2, 1));
     assert_eq!(runtime_data(&fake, "rules").unwrap()[0]["header"], "x-user");
 
+    // another writer wins the race to the next replace: the write re-reads,
+    // retries, and both changes stay
+    let mut theirs = fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").unwrap();
+    theirs["data"]["rules"] = json!("[]");
+    fake.race_next_replace(&configmaps(), theirs);
+    let snap = store.apply(bind("203.0.113.9/32", None)).await.unwrap();
+    assert_eq!((snap.raw.sources.len(), snap.raw.rules.len()), (3, 0), "their rules edit and our binding");
+    assert_eq!(runtime_data(&fake, "sources").unwrap().as_array().unwrap().len(), 3);
+    store.apply(Change::UnbindSource { cidr: "203.0.113.9/32".into() }).await.unwrap();
+
     // a refused write (nothing bound there) writes nothing
     let before = fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").unwrap();
     let bad = Change::UnbindSource { cidr: "203.0.113.0/24".into() };
