@@ -5,6 +5,8 @@
 //! pause the whole time; the lane appears only once its pod is ready and
 //! `--settle-ms` has passed, is routed by Envoy, and leaves (its instance
 //! stopped once the companion dropped its route) without a single non-200.
+//! Then a source binding written through the admin API (the console's
+//! write) lands in ConfigMap isogroup-runtime and is served.
 //! One fake, one companion, one Envoy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
@@ -108,6 +110,7 @@ fn start_companion(fake: &FakeApi, port: u16, dir: &TempDir) -> Proc {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--kubernetes", "--istio", "target-header"])
             .args(["--settle-ms", &SETTLE_MS.to_string(), "--pod-name", "companion-0"])
             .env("KUBECONFIG", &kubeconfig)
+            .env("ISOGROUP_TOKEN", common::ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null()),
     )
@@ -272,13 +275,32 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
     stop.send(true).unwrap();
     client_task.await.unwrap();
 
-    let seen = seen.lock().unwrap();
+    let seen_all = seen.lock().unwrap().clone();
+    let seen = &seen_all;
     let bad: Vec<_> = seen.iter().filter(|(_, status, _)| *status != 200).take(5).collect();
     assert!(bad.is_empty(), "non-200 answers among {} requests: {bad:?}", seen.len());
     assert!(
         seen[after_kill..].iter().all(|(_, _, i)| i == "reviews@base"),
         "after the lane left, base serves every request"
     );
+
+    // The console's writes work in this mode: a binding lands in ConfigMap
+    // isogroup-runtime and is served.
+    let url = format!("http://127.0.0.1:{companion_port}");
+    let bound = http()
+        .put(format!("{url}/v1/sources/192.0.2.7"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(&json!({ "group": "base", "ttl_s": 3600 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 200, "{:?}", bound.text().await);
+    let cm = fake.get(&res("", "v1", "configmaps"), "isogroup-system", "isogroup-runtime").expect("ConfigMap written");
+    let sources: Value = serde_json::from_str(cm["data"]["sources"].as_str().unwrap()).unwrap();
+    assert_eq!(sources[0]["cidr"], "192.0.2.7/32");
+    let listed: Value = http().get(format!("{url}/v1/sources")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["sources"][0]["group"], "base", "{listed}");
+
     let lane_served = seen.iter().filter(|(_, _, i)| i == "reviews@feature-1").count();
     eprintln!(
         "{} requests, {lane_served} by the lane, all 200; lane entered {entered:?} after ready; {:?} in all",
