@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::kube_fake::{res, FakeApi};
 use crate::kube_source::Options;
+use crate::kube_tests::FakeClient;
 use crate::kube_watch::Timing;
 use crate::metrics::Metrics;
 use crate::store::kube::KubeStore;

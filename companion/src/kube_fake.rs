@@ -9,8 +9,13 @@
 //! - get, create (`409 AlreadyExists`), replace with a resource-version
 //!   check (`409 Conflict`), merge patch, server-side apply (field managers,
 //!   a conflict unless `force`), delete; `/status` touches only `status`;
+//!   another writer can be made to win the race to the next replace;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
 //!   resource can be made to fail with any status (e.g. `403`).
+//!
+//! It names no item of this crate (a kube client for it is `FakeClient`, in
+//! `kube_tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
+//! this very file and serves it to the real companion binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -59,6 +64,9 @@ struct State0 {
     fail: BTreeMap<Res, u16>,
     /// (res, namespace, name) → the field manager that last applied it.
     managers: BTreeMap<(Res, String, String), String>,
+    /// A write that lands just before the next replace of that resource
+    /// (another writer winning a race).
+    race: BTreeMap<Res, Value>,
     /// Lists and watches started, per resource.
     lists: BTreeMap<Res, u64>,
     watches: BTreeMap<Res, u64>,
@@ -82,11 +90,6 @@ impl FakeApi {
         let app = axum::Router::new().fallback(handle).with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         fake
-    }
-
-    pub fn client(&self) -> kube::Client {
-        crate::kube_source::install_crypto();
-        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
     }
 
     pub fn install(&self, r: &Res) {
@@ -125,6 +128,12 @@ impl FakeApi {
         drop(s);
         let _ = self.tx.send(Msg::Ev(ev));
         obj
+    }
+
+    /// Stores `obj` (with its event) just before the next replace of `r` is
+    /// handled: that replace then holds a stale resourceVersion.
+    pub fn race_next_replace(&self, r: &Res, obj: Value) {
+        self.state.lock().unwrap().race.insert(r.clone(), obj);
     }
 
     /// Changes state without an event: only a re-list sees it.
@@ -429,6 +438,10 @@ fn replace(fake: &FakeApi, t: &Target, ns: &str, name: &str, body: &[u8]) -> Res
     };
     let k = (ns.to_owned(), name.to_owned());
     let mut s = fake.state.lock().unwrap();
+    if let Some(winner) = s.race.remove(&t.res) {
+        let (ev, _) = store(&mut s, &t.res, key_of(&winner), winner, "MODIFIED");
+        let _ = fake.tx.send(Msg::Ev(ev));
+    }
     let Some(current) = s.objects.get(&t.res).and_then(|m| m.get(&k)).cloned() else {
         return status(404, "NotFound", &format!("{name} not found"));
     };

@@ -207,7 +207,7 @@ fn own(c: &ConfigMap) -> Option<Own> {
 
 /// `sources` and `rules` in the table's own schema (strict: a misspelt
 /// field is an error naming it, as in a table file).
-fn runtime(data: &BTreeMap<String, String>) -> Result<(Vec<RawSource>, Vec<RawRule>), String> {
+pub(crate) fn runtime(data: &BTreeMap<String, String>) -> Result<(Vec<RawSource>, Vec<RawRule>), String> {
     let list = |key: &str| -> Result<serde_json::Value, String> {
         match data.get(key) {
             None => Ok(serde_json::Value::Array(vec![])),

@@ -16,7 +16,19 @@ use crate::kube_source::Options;
 use crate::kube_watch::Timing;
 use crate::metrics::Metrics;
 use crate::store::kube::KubeStore;
-use crate::store::{Readiness, Served, Store};
+use crate::store::{Change, ChangeError, Readiness, Served, Store};
+
+/// A kube client for the fake API server.
+pub(crate) trait FakeClient {
+    fn client(&self) -> kube::Client;
+}
+
+impl FakeClient for FakeApi {
+    fn client(&self) -> kube::Client {
+        crate::kube_source::install_crypto();
+        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
+    }
+}
 
 fn pods() -> Res {
     res("", "v1", "pods")
@@ -496,6 +508,81 @@ async fn sources_and_rules_come_from_the_runtime_configmap() {
     // deleted: no runtime data
     fake.delete(&configmaps(), "isogroup-system", "isogroup-runtime");
     wait_table(&store, "runtime data gone", |t| t.sources.is_empty()).await;
+}
+
+/// What ConfigMap isogroup-runtime holds under `key` (parsed).
+fn runtime_data(fake: &FakeApi, key: &str) -> Option<Value> {
+    let cm = fake.get(&configmaps(), "isogroup-system", "isogroup-runtime")?;
+    serde_json::from_str(cm["data"][key].as_str()?).ok()
+}
+
+#[tokio::test]
+async fn the_leader_writes_sources_and_rules_into_the_runtime_configmap() {
+    let fake = bookinfo("v1").await;
+    let metrics = Arc::new(Metrics::new());
+    let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
+    let store = Arc::new(KubeStore::new(served).with_runtime_writes(fake.client(), "isogroup-system"));
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    let bind = |cidr: &str, expires_at: Option<u64>| Change::BindSource {
+        cidr: cidr.into(),
+        group: "feature-1".into(),
+        expires_at,
+    };
+
+    // a standby takes no write
+    wait("ready", || store.served().readiness().is_ready().then_some(())).await;
+    assert!(matches!(store.apply(bind("192.0.2.7/32", None)).await, Err(ChangeError::NotLeader(_))), "a standby wrote");
+    assert!(fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").is_none());
+
+    // the leader creates the ConfigMap; the answer serves the binding
+    store.become_leader("1000-aa".into()).unwrap();
+    let snap = store.apply(bind("192.0.2.7/32", None)).await.unwrap();
+    assert_eq!(snap.raw.sources.len(), 1);
+    assert_eq!(runtime_data(&fake, "sources").unwrap(), json!([{"cidr": "192.0.2.7/32", "group": "feature-1"}]));
+    // registrations stay pod labels
+    let register = Change::Register { service: "reviews.bookinfo".into(), group: "f2".into(), cluster: "c".into() };
+    assert!(matches!(store.apply(register).await, Err(ChangeError::ManagedByKubernetes)));
+
+    // a hand edit in between (rules) is kept by the next write
+    let cm = fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").unwrap();
+    let mut edited = cm.clone();
+    edited["data"]["rules"] = json!(r#"[{"header": "x-user", "values": ["ana"], "group": "feature-1"}]"#);
+    fake.put(&configmaps(), edited);
+    wait_table(&store, "the hand edit", |t| t.rules.len() == 1).await;
+    let snap = store.apply(bind("198.51.100.0/24", Some(1))).await.unwrap();
+    assert_eq!((snap.raw.sources.len(), snap.raw.rules.len()), (2, 1));
+    assert_eq!(runtime_data(&fake, "rules").unwrap()[0]["header"], "x-user");
+
+    // another writer wins the race to the next replace: the write re-reads,
+    // retries, and both changes stay
+    let mut theirs = fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").unwrap();
+    theirs["data"]["rules"] = json!("[]");
+    fake.race_next_replace(&configmaps(), theirs);
+    let snap = store.apply(bind("203.0.113.9/32", None)).await.unwrap();
+    assert_eq!((snap.raw.sources.len(), snap.raw.rules.len()), (3, 0), "their rules edit and our binding");
+    assert_eq!(runtime_data(&fake, "sources").unwrap().as_array().unwrap().len(), 3);
+    store.apply(Change::UnbindSource { cidr: "203.0.113.9/32".into() }).await.unwrap();
+
+    // a refused write (nothing bound there) writes nothing
+    let before = fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").unwrap();
+    let bad = Change::UnbindSource { cidr: "203.0.113.0/24".into() };
+    assert!(matches!(store.apply(bad).await, Err(ChangeError::NotBound { .. })));
+    assert_eq!(fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").unwrap(), before);
+
+    // expiry is a guarded write: the expired binding goes, the other stays;
+    // again, nothing changes
+    let snap = store.apply(Change::ExpireSources { now: 10 }).await.unwrap();
+    assert_eq!(snap.raw.sources.iter().map(|s| s.cidr.as_str()).collect::<Vec<_>>(), ["192.0.2.7/32"]);
+    assert_eq!(runtime_data(&fake, "sources").unwrap().as_array().unwrap().len(), 1);
+    let again = store.apply(Change::ExpireSources { now: 10 }).await.unwrap();
+    assert_eq!(again.version, snap.version, "nothing expired: no write, no new version");
+
+    // a stepped-down leader refuses
+    store.step_down();
+    assert!(matches!(
+        store.apply(Change::UnbindSource { cidr: "192.0.2.7/32".into() }).await,
+        Err(ChangeError::NotLeader(_))
+    ));
 }
 
 fn virtualservices() -> Res {

@@ -364,7 +364,7 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             let identity = pod_name
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .ok_or("--pod-name (or env POD_NAME) is required with --kubernetes")?;
-            let kube = Arc::new(KubeStore::new(served));
+            let kube = Arc::new(KubeStore::new(served).with_runtime_writes(client.clone(), &namespace));
             let mut lease_cfg = kube_leader::LeaseConfig::new(namespace.clone(), identity.clone());
             lease_cfg.duration = lease;
             lease_cfg.renew_deadline = lease * 2 / 3;
@@ -377,11 +377,9 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))
         }
     };
-    // Kubernetes keeps bindings in a ConfigMap the companion only reads:
-    // whoever writes it deletes them (filters ignore expired ones anyway).
-    if release.is_none() {
-        tokio::spawn(store::expiry::expire_sources(store.clone()));
-    }
+    // Every store deletes expired bindings (Kubernetes: the leader, in
+    // ConfigMap isogroup-runtime).
+    tokio::spawn(store::expiry::expire_sources(store.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let api = Arc::new(api::Api { store: store.clone(), token, metrics, gateway_url, shutdown: shutdown_rx });
     if api.token.is_none() {

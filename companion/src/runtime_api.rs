@@ -33,16 +33,13 @@ pub fn now_s() -> u64 {
     crate::store::now_ms() / 1000
 }
 
-/// Hands a sources/rules change to the store. A store that owns its table
-/// (Kubernetes) refuses every write; say what that means here.
+/// Hands a sources/rules change to the store. A store that cannot keep
+/// them (a read-only table file) refuses; say what that means here.
 async fn apply(api: &Api, change: Change) -> Result<Arc<crate::store::Snapshot>, ApiError> {
     api.apply(change).await.map_err(|e| match e.code() {
-        code @ ("read_only_source" | "managed_by_kubernetes") => ApiError::new(
-            StatusCode::CONFLICT,
-            code,
-            "source bindings and runtime rules are not kept by the Kubernetes source yet \
-             (they will live in the ConfigMap isogroup-runtime); the file and etcd stores keep them",
-        ),
+        code @ ("read_only_source" | "managed_by_kubernetes") => {
+            ApiError::new(StatusCode::CONFLICT, code, "this store does not keep source bindings and runtime rules")
+        }
         _ => e,
     })
 }

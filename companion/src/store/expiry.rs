@@ -18,7 +18,8 @@ pub async fn expire_sources(store: Arc<dyn Store>) {
         tick.tick().await;
         let now = now_ms() / 1000;
         let served = store.served();
-        if served.readiness() != Readiness::Ready {
+        // Only a replica that takes writes deletes (Kubernetes: the leader).
+        if served.readiness() != Readiness::Ready || store.not_serving().is_some() {
             continue;
         }
         let snap = served.current();

@@ -3,12 +3,20 @@
 //! one replica that serves it (`kube_leader`). A follower keeps the latest
 //! table ready so that, elected, it serves at once under the newer epoch it
 //! made; until then it answers `503 not_leader`. Admin registrations are
-//! refused: lanes are pod labels.
+//! refused: lanes are pod labels. Source bindings and runtime rules are
+//! written by the leader into ConfigMap `isogroup-runtime` (keys `sources`,
+//! `rules`), replaced under its resourceVersion (a conflict re-reads and
+//! retries); the write answers once the watch serves it.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use isogroup_core::RawTable;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+
+use crate::kube_source::RUNTIME_CONFIGMAP;
 
 use super::{next_version, now_ms, Change, ChangeError, Served, Snapshot, Store};
 
@@ -20,14 +28,29 @@ struct Role {
     latest: Option<RawTable>,
 }
 
+/// Conflicting writers (another replica's last write, a hand edit) are
+/// re-read and retried this many times.
+const WRITE_ATTEMPTS: usize = 8;
+/// How long a written change may take to come back through the watch.
+const SEEN_DEADLINE: Duration = Duration::from_secs(10);
+
 pub struct KubeStore {
     served: Served,
     role: Mutex<Role>,
+    /// The ConfigMaps of the companion's namespace (`None`: writes refused).
+    runtime: Option<(Api<ConfigMap>, String)>,
 }
 
 impl KubeStore {
     pub fn new(served: Served) -> KubeStore {
-        KubeStore { served, role: Mutex::new(Role::default()) }
+        KubeStore { served, role: Mutex::new(Role::default()), runtime: None }
+    }
+
+    /// Takes source and rule writes into ConfigMap `isogroup-runtime` of
+    /// `namespace`.
+    pub fn with_runtime_writes(mut self, client: kube::Client, namespace: &str) -> KubeStore {
+        self.runtime = Some((Api::namespaced(client, namespace), namespace.to_owned()));
+        self
     }
 
     pub fn is_leader(&self) -> bool {
@@ -75,9 +98,97 @@ impl KubeStore {
     }
 }
 
+impl KubeStore {
+    /// A sources or rules change, written by the leader.
+    async fn write_runtime(
+        &self,
+        (api, namespace): &(Api<ConfigMap>, String),
+        change: &Change,
+    ) -> Result<Arc<Snapshot>, ChangeError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(why) = self.not_serving() {
+                return Err(ChangeError::NotLeader(why));
+            }
+            let current = api
+                .get_opt(RUNTIME_CONFIGMAP)
+                .await
+                .map_err(|e| ChangeError::Unavailable(format!("reading ConfigMap {RUNTIME_CONFIGMAP}: {e}")))?;
+            let data = current.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
+            let (sources, rules) = crate::kube_source::runtime(&data).map_err(ChangeError::Unreadable)?;
+            // The change applies to what the ConfigMap holds now, beside
+            // the cluster's services (validated together, as served).
+            let served = self.served.current();
+            let mut raw = served.raw.clone();
+            (raw.sources, raw.rules) = (sources, rules);
+            let Some(next) = change.apply_to(&raw, &self.served.base)? else { return Ok(served) };
+            Snapshot::build(next.clone(), None, 1, &self.served.base, &self.served.limits)
+                .map_err(ChangeError::Invalid)?;
+            let mut cm = current.unwrap_or_else(|| {
+                let mut cm = ConfigMap::default();
+                cm.metadata.name = Some(RUNTIME_CONFIGMAP.to_owned());
+                cm.metadata.namespace = Some(namespace.clone());
+                cm
+            });
+            let creating = cm.metadata.resource_version.is_none();
+            let map = cm.data.get_or_insert_with(Default::default);
+            map.insert("sources".to_owned(), to_json(&next.sources)?);
+            map.insert("rules".to_owned(), to_json(&next.rules)?);
+            let written = if creating {
+                api.create(&PostParams::default(), &cm).await
+            } else {
+                api.replace(RUNTIME_CONFIGMAP, &PostParams::default(), &cm).await
+            };
+            match written {
+                Ok(_) => return self.seen(&next).await,
+                // Someone wrote in between (or created it): read again.
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(ChangeError::Unavailable(format!("writing ConfigMap {RUNTIME_CONFIGMAP}: {e}"))),
+            }
+        }
+        Err(ChangeError::Unavailable(format!(
+            "ConfigMap {RUNTIME_CONFIGMAP} changed under {WRITE_ATTEMPTS} writes in a row; try again"
+        )))
+    }
+
+    /// Waits until the served table has what was written (the watch brings
+    /// it back), so the answer's version serves the change.
+    async fn seen(&self, next: &RawTable) -> Result<Arc<Snapshot>, ChangeError> {
+        let deadline = Instant::now() + SEEN_DEADLINE;
+        loop {
+            let cur = self.served.current();
+            if cur.raw.sources == next.sources && cur.raw.rules == next.rules {
+                return Ok(cur);
+            }
+            if Instant::now() > deadline {
+                return Err(ChangeError::Unavailable(format!(
+                    "written to ConfigMap {RUNTIME_CONFIGMAP}, not served yet (the watch has not brought it back)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A runtime list as the ConfigMap holds it (JSON).
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ChangeError> {
+    serde_json::to_string(v).map_err(|e| ChangeError::WriteFailed(format!("encoding runtime data: {e}")))
+}
+
 impl Store for KubeStore {
-    fn apply(&self, _change: Change) -> BoxFuture<'_, Result<Arc<Snapshot>, ChangeError>> {
-        Box::pin(async { Err(ChangeError::ManagedByKubernetes) })
+    fn apply(&self, change: Change) -> BoxFuture<'_, Result<Arc<Snapshot>, ChangeError>> {
+        Box::pin(async move {
+            let runtime_change = matches!(
+                change,
+                Change::BindSource { .. }
+                    | Change::UnbindSource { .. }
+                    | Change::SetRules(_)
+                    | Change::ExpireSources { .. }
+            );
+            match &self.runtime {
+                Some(runtime) if runtime_change => self.write_runtime(runtime, &change).await,
+                _ => Err(ChangeError::ManagedByKubernetes),
+            }
+        })
     }
 
     fn served(&self) -> &Served {

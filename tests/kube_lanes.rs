@@ -1,0 +1,310 @@
+//! A lane in Kubernetes mode, end to end: the real companion binary
+//! (`serve --kubernetes --istio target-header`) on a fake API server, the
+//! real Envoy with an Istio sidecar's outbound side (envoy/istio-outbound.yaml)
+//! and the filter fed by that companion. A client sends requests without a
+//! pause the whole time; the lane appears only once its pod is ready and
+//! `--settle-ms` has passed, is routed by Envoy, and leaves (its instance
+//! stopped once the companion dropped its route) without a single non-200.
+//! Then a source binding written through the admin API (the console's
+//! write) lands in ConfigMap isogroup-runtime and is served.
+//! One fake, one companion, one Envoy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+mod common;
+
+// The companion's own fake API server (the same file its unit tests use),
+// served from this process to the companion binary.
+#[allow(dead_code)]
+#[path = "../companion/src/kube_fake.rs"]
+mod kube_fake;
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{demo_instance, http, wait_for, Envoy, Proc, Rendered, TempDir};
+use kube_fake::{res, FakeApi, Res};
+use serde_json::{json, Value};
+
+const SETTLE_MS: u64 = 1500;
+const LANE: &str = "feature-1";
+/// Istio's domain forms for reviews:9080, as the client writes them.
+const AUTHORITIES: [&str; 8] = [
+    "reviews",
+    "reviews:9080",
+    "reviews.bookinfo",
+    "reviews.bookinfo:9080",
+    "reviews.bookinfo.svc",
+    "reviews.bookinfo.svc:9080",
+    "reviews.bookinfo.svc.cluster.local",
+    "reviews.bookinfo.svc.cluster.local:9080",
+];
+
+fn pods() -> Res {
+    res("", "v1", "pods")
+}
+fn slices() -> Res {
+    res("discovery.k8s.io", "v1", "endpointslices")
+}
+fn virtual_services() -> Res {
+    res("networking.istio.io", "v1", "virtualservices")
+}
+fn destination_rules() -> Res {
+    res("networking.istio.io", "v1", "destinationrules")
+}
+
+fn pod(name: &str, namespace: &str, labels: Value) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": namespace, "labels": labels } })
+}
+
+/// reviews' EndpointSlice: each pod with its readiness.
+fn slice(ready: &[(&str, bool)]) -> Value {
+    let endpoints: Vec<Value> = ready
+        .iter()
+        .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
+        .collect();
+    json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": { "name": "reviews-x1", "namespace": "bookinfo", "labels": { "kubernetes.io/service-name": "reviews" } },
+            "endpoints": endpoints })
+}
+
+async fn fake_cluster() -> FakeApi {
+    let fake = FakeApi::start(&[
+        pods(),
+        res("", "v1", "services"),
+        slices(),
+        destination_rules(),
+        virtual_services(),
+        res("isogroup.io", "v1alpha1", "isolationgroups"),
+        res("coordination.k8s.io", "v1", "leases"),
+        res("", "v1", "configmaps"),
+    ])
+    .await;
+    fake.put_quietly(
+        &res("", "v1", "services"),
+        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" },
+                "spec": { "ports": [{ "port": 9080 }] } }),
+    );
+    fake.put_quietly(&pods(), pod("reviews-base-0", "bookinfo", json!({ "isogroup.io/group": "base" })));
+    fake.put_quietly(&slices(), slice(&[("reviews-base-0", true)]));
+    fake.put_quietly(&pods(), pod("companion-0", "isogroup-system", json!({ "app": "isogroup-companion" })));
+    fake
+}
+
+/// The companion binary in Kubernetes mode, its kubeconfig pointing at the fake.
+fn start_companion(fake: &FakeApi, port: u16, dir: &TempDir) -> Proc {
+    let kubeconfig = dir.0.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
+         users: [{{name: fake, user: {{}}}}]\n\
+         contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: isogroup-system}}}}]\n\
+         current-context: fake\n",
+        fake.url
+    );
+    std::fs::write(&kubeconfig, text).unwrap();
+    Proc::spawn(
+        "companion",
+        Command::new(common::companion_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--kubernetes", "--istio", "target-header"])
+            .args(["--settle-ms", &SETTLE_MS.to_string(), "--pod-name", "companion-0"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("ISOGROUP_TOKEN", common::ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+    )
+}
+
+/// The groups the companion serves for reviews (None: not serving yet).
+async fn lanes(port: u16) -> Option<Vec<String>> {
+    let resp = http().get(format!("http://127.0.0.1:{port}/v1/table")).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let table: Value = resp.json().await.ok()?;
+    let clusters = table["services"]["reviews.bookinfo"]["clusters"].as_object()?;
+    Some(clusters.keys().cloned().collect())
+}
+
+/// The VirtualService's route for the lane, as the Envoy config mirrors it:
+/// `x-isogroup-target: <lane>` to the lane's subset.
+fn lane_route(fake: &FakeApi) -> Option<Value> {
+    let vs = fake.get(&virtual_services(), "bookinfo", "isogroup-reviews")?;
+    vs["spec"]["http"].as_array()?.iter().find(|r| r["name"] == format!("group-{LANE}")).cloned()
+}
+
+/// What the client saw: (authority, status, instance), in order.
+type Seen = Arc<Mutex<Vec<(String, u16, String)>>>;
+
+fn instances(seen: &Seen, from: usize) -> Vec<String> {
+    seen.lock().unwrap()[from..].iter().map(|(_, _, i)| i.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
+    let started = Instant::now();
+    let fake = fake_cluster().await;
+    let rendered = Rendered::from_file("envoy/istio-outbound.yaml");
+    let dir = TempDir::new("kube-lanes");
+    let companion_port = rendered.port(18080);
+    let _companion = start_companion(&fake, companion_port, &dir);
+    let base = wait_for("the companion serving reviews with base", Duration::from_secs(20), || async move {
+        lanes(companion_port).await.filter(|l| l == &["base"])
+    })
+    .await;
+    assert_eq!(base, ["base"]);
+    // The leader reconciled the base subset and the default route to it.
+    let vs = wait_for("the VirtualService reconciled", Duration::from_secs(10), || {
+        let fake = fake.clone();
+        async move { fake.get(&virtual_services(), "bookinfo", "isogroup-reviews") }
+    })
+    .await;
+    assert_eq!(vs["spec"]["hosts"], json!(["reviews.bookinfo.svc.cluster.local"]));
+    assert_eq!(
+        vs["spec"]["http"],
+        json!([{ "name": "base", "route": [{ "destination": { "host": "reviews.bookinfo.svc.cluster.local", "subset": "base" } }] }])
+    );
+
+    let _base = demo_instance("reviews", "base", rendered.port(18000)).await;
+    let mut lane_instance = demo_instance("reviews", LANE, rendered.port(18001)).await;
+    let envoy = Envoy::start(&rendered, 9901, 10000).await.unwrap_or_else(|log| panic!("{log}"));
+
+    // The client: one request after another, every domain form in turn,
+    // each asking for the lane.
+    let seen: Seen = Arc::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let client_task = {
+        let seen = seen.clone();
+        let url = envoy.url();
+        tokio::spawn(async move {
+            let client = common::http_fresh_connections();
+            for authority in AUTHORITIES.iter().cycle() {
+                if *stopped.borrow() {
+                    break;
+                }
+                let resp = client.get(&url).header("host", *authority).header("x-isogroup", LANE).send().await;
+                let (status, instance) = match resp {
+                    Ok(r) => (
+                        r.status().as_u16(),
+                        r.headers().get("x-demo-instance").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned(),
+                    ),
+                    Err(e) => (0, format!("error: {e}")),
+                };
+                seen.lock().unwrap().push((authority.to_string(), status, instance));
+            }
+        })
+    };
+    wait_for("base answering through Envoy", Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move {
+            let s = seen.lock().unwrap();
+            (s.len() >= 16).then_some(())
+        }
+    })
+    .await;
+    assert!(instances(&seen, 0).iter().all(|i| i == "reviews@base"), "before the lane: base only");
+
+    // The lane's pod is scheduled but not ready: its subset and route are
+    // reconciled ahead of it, and it stays out of the table.
+    fake.put(&pods(), pod("reviews-f1-0", "bookinfo", json!({ "isogroup.io/group": LANE })));
+    fake.put(&slices(), slice(&[("reviews-base-0", true), ("reviews-f1-0", false)]));
+    let route = wait_for("the lane's route reconciled", Duration::from_secs(10), || {
+        let fake = fake.clone();
+        async move { lane_route(&fake) }
+    })
+    .await;
+    assert_eq!(route["match"], json!([{ "headers": { "x-isogroup-target": { "exact": LANE } } }]));
+    assert_eq!(
+        route["route"],
+        json!([{ "destination": { "host": "reviews.bookinfo.svc.cluster.local", "subset": LANE } }])
+    );
+    let rule = fake.get(&destination_rules(), "bookinfo", "isogroup-reviews").expect("DestinationRule reconciled");
+    assert!(
+        rule["spec"]["subsets"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({ "name": LANE, "labels": { "isogroup.io/group": LANE } })),
+        "{rule}"
+    );
+    assert_eq!(lanes(companion_port).await.unwrap(), ["base"], "a lane with no ready pod is not in the table");
+
+    // Ready: the lane enters the table no sooner than --settle-ms later.
+    let ready_at = Instant::now();
+    fake.put(&slices(), slice(&[("reviews-base-0", true), ("reviews-f1-0", true)]));
+    wait_for("the lane in the table", Duration::from_secs(15), || async move {
+        lanes(companion_port).await.filter(|l| l.iter().any(|g| g == LANE))
+    })
+    .await;
+    let entered = ready_at.elapsed();
+    assert!(entered >= Duration::from_millis(SETTLE_MS), "the lane entered {entered:?} after its pod was ready");
+
+    // Routed by Envoy through the lane's subset cluster, every domain form.
+    let from = seen.lock().unwrap().len();
+    wait_for("the lane routed for every domain form", Duration::from_secs(15), || {
+        let seen = seen.clone();
+        async move {
+            let s = seen.lock().unwrap();
+            let routed: std::collections::BTreeSet<&str> =
+                s[from..].iter().filter(|(_, _, i)| i == "reviews@feature-1").map(|(a, _, _)| a.as_str()).collect();
+            (routed.len() == AUTHORITIES.len()).then_some(())
+        }
+    })
+    .await;
+
+    // The pod goes: the lane leaves the table at once, its route stays
+    // --settle-ms longer, then goes; only then is its instance stopped.
+    fake.delete(&pods(), "bookinfo", "reviews-f1-0");
+    fake.put(&slices(), slice(&[("reviews-base-0", true)]));
+    wait_for("the lane out of the table", Duration::from_secs(15), || async move {
+        lanes(companion_port).await.filter(|l| l == &["base"])
+    })
+    .await;
+    wait_for("the lane's route removed", Duration::from_secs(15), || {
+        let fake = fake.clone();
+        async move { fake.get(&virtual_services(), "bookinfo", "isogroup-reviews").filter(|_| lane_route(&fake).is_none()) }
+    })
+    .await;
+    lane_instance.kill();
+    let after_kill = seen.lock().unwrap().len();
+    wait_for("requests after the lane's instance stopped", Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move { (seen.lock().unwrap().len() >= after_kill + 32).then_some(()) }
+    })
+    .await;
+    stop.send(true).unwrap();
+    client_task.await.unwrap();
+
+    let seen_all = seen.lock().unwrap().clone();
+    let seen = &seen_all;
+    let bad: Vec<_> = seen.iter().filter(|(_, status, _)| *status != 200).take(5).collect();
+    assert!(bad.is_empty(), "non-200 answers among {} requests: {bad:?}", seen.len());
+    assert!(
+        seen[after_kill..].iter().all(|(_, _, i)| i == "reviews@base"),
+        "after the lane left, base serves every request"
+    );
+
+    // The console's writes work in this mode: a binding lands in ConfigMap
+    // isogroup-runtime and is served.
+    let url = format!("http://127.0.0.1:{companion_port}");
+    let bound = http()
+        .put(format!("{url}/v1/sources/192.0.2.7"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(&json!({ "group": "base", "ttl_s": 3600 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 200, "{:?}", bound.text().await);
+    let cm = fake.get(&res("", "v1", "configmaps"), "isogroup-system", "isogroup-runtime").expect("ConfigMap written");
+    let sources: Value = serde_json::from_str(cm["data"]["sources"].as_str().unwrap()).unwrap();
+    assert_eq!(sources[0]["cidr"], "192.0.2.7/32");
+    let listed: Value = http().get(format!("{url}/v1/sources")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["sources"][0]["group"], "base", "{listed}");
+
+    let lane_served = seen.iter().filter(|(_, _, i)| i == "reviews@feature-1").count();
+    eprintln!(
+        "{} requests, {lane_served} by the lane, all 200; lane entered {entered:?} after ready; {:?} in all",
+        seen.len(),
+        started.elapsed()
+    );
+}
