@@ -181,7 +181,7 @@ fn companion(r: &mut Reader<'_>) -> Res<CompanionSource> {
     Ok(c)
 }
 
-const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
+pub(crate) const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
 
 pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
     let mut t = RawTable::default();
@@ -226,7 +226,7 @@ fn insert_new<T>(r: &Reader<'_>, map: &mut BTreeMap<String, T>, key: String, val
     Ok(())
 }
 
-const GROUP_FIELDS: &[&str] = &["fallback", "mode", "description", "owner"];
+pub(crate) const GROUP_FIELDS: &[&str] = &["fallback", "mode", "description", "owner"];
 const MODES: &[&str] = &["permissive", "strict"];
 
 fn group(r: &mut Reader<'_>) -> Res<RawGroup> {
@@ -245,7 +245,7 @@ fn group(r: &mut Reader<'_>) -> Res<RawGroup> {
     Ok(g)
 }
 
-const SERVICE_FIELDS: &[&str] = &["hosts", "clusters", "ports"];
+pub(crate) const SERVICE_FIELDS: &[&str] = &["hosts", "clusters", "ports"];
 
 fn service(r: &mut Reader<'_>) -> Res<RawService> {
     let (mut hosts, mut clusters) = (None, None);
@@ -279,7 +279,7 @@ fn service(r: &mut Reader<'_>) -> Res<RawService> {
     })
 }
 
-const SOURCE_FIELDS: &[&str] = &["cidr", "group", "expires_at"];
+pub(crate) const SOURCE_FIELDS: &[&str] = &["cidr", "group", "expires_at"];
 
 fn source(r: &mut Reader<'_>) -> Res<RawSource> {
     let (mut cidr, mut group, mut expires_at) = (None, None, None);
@@ -300,7 +300,7 @@ fn source(r: &mut Reader<'_>) -> Res<RawSource> {
     })
 }
 
-const RULE_FIELDS: &[&str] = &[
+pub(crate) const RULE_FIELDS: &[&str] = &[
     "header",
     "cookie",
     "query",

@@ -45,23 +45,8 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> 
     Ok(())
 }
 
-const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
-const GROUP_FIELDS: &[&str] = &["fallback", "mode", "description", "owner"];
-const SERVICE_FIELDS: &[&str] = &["hosts", "clusters", "ports"];
-const SOURCE_FIELDS: &[&str] = &["cidr", "group", "expires_at"];
-const RULE_FIELDS: &[&str] = &[
-    "header",
-    "cookie",
-    "query",
-    "values",
-    "prefix",
-    "regex",
-    "source_cidrs",
-    "percent",
-    "hash_header",
-    "group",
-    "group_from_value",
-];
+// The schema's field names, one list per type, shared with the JSON reader.
+use crate::read::{GROUP_FIELDS, RULE_FIELDS, SERVICE_FIELDS, SOURCE_FIELDS, TABLE_FIELDS};
 
 impl<'de> Deserialize<'de> for RawTable {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
