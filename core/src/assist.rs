@@ -137,8 +137,6 @@ pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<GroupN
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn trace_ids() {

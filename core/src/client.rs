@@ -49,8 +49,6 @@ pub fn resolve_client(table: &Table, client: IpAddr, now_s: u64) -> Option<Clien
 mod tests {
     use super::*;
     use crate::Limits;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn bindings_then_address_rules() {

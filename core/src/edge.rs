@@ -423,8 +423,6 @@ pub fn cookie_without(header: &[u8], name: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     struct Req {
         headers: Vec<(&'static str, &'static str)>,

@@ -116,8 +116,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::cmp::Ordering::{self, Equal, Greater, Less};
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::{compare, generate, Epoch, Stamp};
     use crate::{Limits, RawTable, Table};

@@ -187,8 +187,6 @@ pub fn strict_lists(value: &[u8], service: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn group_names() {

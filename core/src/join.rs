@@ -81,8 +81,6 @@ fn error(status: u16, code: &str, detail: &str) -> LocalReply {
 mod tests {
     use super::*;
     use crate::Limits;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn table() -> Table {
         let json =

@@ -1,9 +1,6 @@
 //! The JSON reader on its own: strings and escapes, numbers, structure,
 //! nesting, trailing bytes, duplicate keys, and where errors point.
 
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
-
 use crate::json::{document, push_u64, Reader, Res, MAX_DEPTH};
 
 /// `{"s": <value>}` read as one string; the error as `path: message`.

@@ -2,9 +2,6 @@
 //! answer on every pattern of the subset and every input here, and patterns
 //! outside the subset refused.
 
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
-
 use crate::regex::Regex;
 
 const PATTERNS: &[&str] = &[

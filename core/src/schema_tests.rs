@@ -2,9 +2,6 @@
 //! (strict and lenient), validation naming the field, and the serialised
 //! round trip.
 
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
-
 use crate::*;
 
 const FULL: &str = r#"{

@@ -126,8 +126,6 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn sources(list: &[(&str, &str, Option<u64>)]) -> Sources {
         let bindings = list

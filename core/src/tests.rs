@@ -1,8 +1,5 @@
 //! Table-driven tests of every decision step and every validation error.
-//! They run natively and, compiled to wasm32, under Node.js.
-
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
+//! They run natively and, compiled to wasm32-wasip1, under Node.js's WASI.
 
 use crate::*;
 

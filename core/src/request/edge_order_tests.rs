@@ -2,9 +2,6 @@
 //! `join_path`), source bindings and table rules (with `runtime`), plugin
 //! rules, `default_group`; `group_from_value`; the join reply.
 
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
-
 use super::*;
 use crate::{Limits, Settings};
 

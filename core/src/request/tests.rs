@@ -1,9 +1,6 @@
 //! Table-driven tests of the request pipeline: group sources and their
 //! order, trust, injection, sanitising, and the exact header edits.
 
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
-
 use super::*;
 use crate::{Limits, Settings};
 
