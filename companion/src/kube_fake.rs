@@ -11,7 +11,9 @@
 //!   a conflict unless `force`), delete; `/status` touches only `status`;
 //!   another writer can be made to win the race to the next replace;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
-//!   resource can be made to fail with any status (e.g. `403`).
+//!   resource can be made to fail with any status (e.g. `403`);
+//! - `events.k8s.io/v1` Events are created and listed like any object, and
+//!   checked as the API server checks them (`422 Invalid` naming the field).
 //!
 //! It names no item of this crate (a kube client for it is `FakeClient`, in
 //! `kube_tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
@@ -70,6 +72,8 @@ struct State0 {
     /// Lists and watches started, per resource.
     lists: BTreeMap<Res, u64>,
     watches: BTreeMap<Res, u64>,
+    /// Create requests, per resource (answered or refused).
+    creates: BTreeMap<Res, u64>,
 }
 
 #[derive(Clone)]
@@ -112,6 +116,19 @@ impl FakeApi {
 
     pub fn watches(&self, r: &Res) -> u64 {
         self.state.lock().unwrap().watches.get(r).copied().unwrap_or(0)
+    }
+
+    pub fn creates(&self, r: &Res) -> u64 {
+        self.state.lock().unwrap().creates.get(r).copied().unwrap_or(0)
+    }
+
+    /// Every object of `r` in namespace `ns`.
+    pub fn list_in(&self, r: &Res, ns: &str) -> Vec<Value> {
+        let s = self.state.lock().unwrap();
+        s.objects
+            .get(r)
+            .map(|m| m.iter().filter(|((n, _), _)| n == ns).map(|(_, o)| o.clone()).collect())
+            .unwrap_or_default()
     }
 
     pub fn get(&self, r: &Res, ns: &str, name: &str) -> Option<Value> {
@@ -420,6 +437,12 @@ fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8]) -> Response {
     if t.namespace.is_some() {
         obj["metadata"]["namespace"] = json!(ns);
     }
+    *fake.state.lock().unwrap().creates.entry(t.res.clone()).or_default() += 1;
+    if t.res == res("events.k8s.io", "v1", "events") {
+        if let Err((field, why)) = check_event(&obj) {
+            return status(422, "Invalid", &format!("Event.events.k8s.io is invalid: {field}: {why}"));
+        }
+    }
     let k = key_of(&obj);
     let mut s = fake.state.lock().unwrap();
     if s.objects.get(&t.res).is_some_and(|m| m.contains_key(&k)) {
@@ -429,6 +452,54 @@ fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8]) -> Response {
     drop(s);
     let _ = fake.tx.send(Msg::Ev(ev));
     (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+/// The API server's checks of an `events.k8s.io/v1` Event on create
+/// (`ValidateEventCreate`): the field and why.
+fn check_event(e: &Value) -> Result<(), (&'static str, String)> {
+    let text = |field: &str| e[field].as_str().unwrap_or_default().to_owned();
+    let name = e["metadata"]["name"].as_str().unwrap_or_default();
+    let dns_label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(dns_label) {
+        return Err(("metadata.name", format!("{name:?}: not a DNS-1123 subdomain")));
+    }
+    if text("eventTime").is_empty() {
+        return Err(("eventTime", "Required value".into()));
+    }
+    if !matches!(text("type").as_str(), "Normal" | "Warning") {
+        return Err(("type", format!("{:?}: not Normal or Warning", text("type"))));
+    }
+    let namespace = e["metadata"]["namespace"].as_str().unwrap_or_default();
+    if e["regarding"]["namespace"].as_str().unwrap_or_default().is_empty()
+        && !matches!(namespace, "default" | "kube-system")
+    {
+        return Err(("regarding.namespace", format!("does not match event.namespace {namespace:?}")));
+    }
+    let controller = text("reportingController");
+    let (prefix, last) = controller.rsplit_once('/').unwrap_or(("", controller.as_str()));
+    if last.is_empty() || last.len() > 63 || prefix.split('.').any(|l| !prefix.is_empty() && !dns_label(l)) {
+        return Err(("reportingController", format!("{controller:?}: not a qualified name")));
+    }
+    for (field, max) in [("reportingInstance", 128), ("action", 128), ("reason", 128)] {
+        let value = text(field);
+        if value.is_empty() || value.len() > max {
+            return Err((field, format!("required, at most {max} characters")));
+        }
+    }
+    if text("note").len() > 1024 {
+        return Err(("note", "can have at most 1024 characters".into()));
+    }
+    for field in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount", "deprecatedSource"] {
+        if !e[field].is_null() {
+            return Err(("deprecated fields", format!("{field} needs to be unset")));
+        }
+    }
+    Ok(())
 }
 
 fn replace(fake: &FakeApi, t: &Target, ns: &str, name: &str, body: &[u8]) -> Response {

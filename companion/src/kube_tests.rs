@@ -715,3 +715,109 @@ async fn an_apply_conflict_is_reported_not_forced() {
     assert_eq!(kept["spec"]["host"], "elsewhere.example.com", "not overwritten");
     assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews"), None);
 }
+
+fn events() -> Res {
+    res("events.k8s.io", "v1", "events")
+}
+
+/// The Events in `default`, as (regarding name, note).
+fn events_listed(fake: &FakeApi) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = fake
+        .list_in(&events(), crate::kube_events::NAMESPACE)
+        .iter()
+        .map(|e| (e["regarding"]["name"].as_str().unwrap().to_owned(), e["note"].as_str().unwrap().to_owned()))
+        .collect();
+    all.sort();
+    all
+}
+
+/// A replica's event writer, leading from the start.
+fn event_writer(fake: &FakeApi, store: &Arc<KubeStore>, pod: &str) -> JoinHandle<()> {
+    let recheck = Duration::from_millis(50);
+    tokio::spawn(crate::kube_events::run(fake.client(), store.clone(), pod.into(), recheck, opts(0).watch))
+}
+
+#[tokio::test]
+async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
+    let fake = bookinfo("v1").await;
+    fake.install(&events());
+    fake.put_quietly(&groups(), group("broken", json!({ "mode": "strict", "fallback": ["base"] })));
+    fake.put_quietly(&groups(), group("fine", json!({ "description": "ok" })));
+    let (a, metrics) = store();
+    a.become_leader("1000-aa".into()).unwrap();
+    let a_tasks = [
+        tokio::spawn(crate::kube_source::run(fake.client(), a.clone(), metrics.clone(), opts(0))),
+        event_writer(&fake, &a, "companion-a"),
+    ];
+    let event = wait("broken's Event", || fake.list_in(&events(), "default").into_iter().next()).await;
+    let uid = fake.get(&groups(), "", "broken").unwrap()["metadata"]["uid"].clone();
+    assert_eq!(
+        event["regarding"],
+        json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "name": "broken", "uid": uid })
+    );
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("Invalid")));
+    assert!(event["note"].as_str().unwrap().starts_with("spec.fallback: a strict group cannot have a fallback"));
+    assert_eq!(
+        (event["reportingController"].as_str(), event["reportingInstance"].as_str()),
+        (Some("isogroup.io/companion"), Some("companion-a"))
+    );
+    // Not repeated: rebuilds (every 50 ms) and rechecks (every 50 ms) go by
+    // until another object's Event is written, and broken's is still one.
+    fake.put(&groups(), group("fine", json!({ "mode": "loose" })));
+    wait("fine's Event", || (events_listed(&fake).len() == 2).then_some(())).await;
+    assert_eq!(fake.creates(&events()), 2, "one create per occurrence");
+    assert!(events_listed(&fake)[1].1.starts_with("spec.mode: \"loose\""), "{:?}", events_listed(&fake));
+
+    // A new leader meets the same occurrences: AlreadyExists, nothing new.
+    a.step_down();
+    let (b, metrics_b) = store();
+    b.become_leader("2000-bb".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), b.clone(), metrics_b, opts(0)));
+    event_writer(&fake, &b, "companion-b");
+    wait("the new leader's attempts", || (fake.creates(&events()) == 4).then_some(())).await;
+    assert_eq!(events_listed(&fake).len(), 2);
+    // A new spec, still invalid: a new occurrence, a new Event; a fixed one: none.
+    fake.put(&groups(), group("broken", json!({ "owner": "x".repeat(300) })));
+    fake.put(&groups(), group("fine", json!({ "mode": "strict" })));
+    wait("broken's second Event", || (events_listed(&fake).len() == 3).then_some(())).await;
+    let listed = events_listed(&fake);
+    assert!(
+        listed.iter().any(|(name, note)| name == "broken" && note.starts_with("spec.owner: 300 bytes")),
+        "{listed:?}"
+    );
+    let fixed = wait("fine accepted", || {
+        let o = fake.get(&groups(), "", "fine")?;
+        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+    })
+    .await;
+    assert_eq!(fixed["status"]["observedGeneration"], 3);
+    assert_eq!(events_listed(&fake).len(), 3, "a fixed object gets no Event");
+    for t in a_tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default() {
+    use k8s_openapi::api::events::v1::Event;
+    let fake = FakeApi::start(&[events()]).await;
+    let broken = crate::kube_events::Watched {
+        name: "broken".into(),
+        uid: "u1".into(),
+        generation: 1,
+        status: json!({ "observedGeneration": 1, "conditions": [{ "type": "Accepted", "status": "False", "message": "m" }] }),
+    };
+    let mut event = crate::kube_events::event_for(&broken, "companion-a", "2026-01-01T00:00:00.000000Z").unwrap();
+    let ok: Event = serde_json::from_value(event.clone()).unwrap();
+    kube::Api::<Event>::namespaced(fake.client(), "default").create(&Default::default(), &ok).await.unwrap();
+    event["metadata"]["namespace"] = json!("isogroup-system");
+    let elsewhere: Event = serde_json::from_value(event).unwrap();
+    let refused = kube::Api::<Event>::namespaced(fake.client(), "isogroup-system")
+        .create(&Default::default(), &elsewhere)
+        .await
+        .unwrap_err();
+    match refused {
+        kube::Error::Api(e) => assert!(e.code == 422 && e.message.contains("regarding.namespace"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+}
