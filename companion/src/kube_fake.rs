@@ -478,7 +478,11 @@ fn check_event(e: &Value) -> Result<(), (&'static str, String)> {
     if e["regarding"]["namespace"].as_str().unwrap_or_default().is_empty()
         && !matches!(namespace, "default" | "kube-system")
     {
-        return Err(("regarding.namespace", format!("does not match event.namespace {namespace:?}")));
+        // The API server names the field by its internal name.
+        return Err((
+            "involvedObject.namespace",
+            format!("Invalid value: \"\": does not match event.namespace {namespace:?}"),
+        ));
     }
     let controller = text("reportingController");
     let (prefix, last) = controller.rsplit_once('/').unwrap_or(("", controller.as_str()));

@@ -817,7 +817,7 @@ async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default
         .await
         .unwrap_err();
     match refused {
-        kube::Error::Api(e) => assert!(e.code == 422 && e.message.contains("regarding.namespace"), "{e:?}"),
+        kube::Error::Api(e) => assert!(e.code == 422 && e.message.contains("involvedObject.namespace"), "{e:?}"),
         other => panic!("{other:?}"),
     }
 }
