@@ -821,3 +821,98 @@ async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default
         other => panic!("{other:?}"),
     }
 }
+
+fn envoyfilters() -> Res {
+    res("networking.istio.io", "v1alpha3", "envoyfilters")
+}
+
+fn envoyfilter(name: &str, labels: Value) -> Value {
+    json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": { "name": name, "namespace": "istio-system", "labels": labels }, "spec": { "configPatches": [] } })
+}
+
+#[tokio::test]
+async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_namespace() {
+    let fake = FakeApi::start(&[
+        pods(),
+        services(),
+        slices(),
+        rules("v1"),
+        virtualservices(),
+        envoyfilters(),
+        groups(),
+        leases(),
+        configmaps(),
+    ])
+    .await;
+    fake.put_quietly(&services(), service_named("reviews"));
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true), ("f1", true)]));
+    fake.put_quietly(&envoyfilters(), envoyfilter("theirs", json!({ "app": "mine" })));
+    let (store, metrics) = store();
+    let mut o = opts(200);
+    o.istio = Some((crate::istio::Mode::ClusterHeader, "istio-system".into()));
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+    // A standby, ready; meanwhile the leader makes an EnvoyFilter for a
+    // service that then goes, and dies: elected, this replica finds it.
+    wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
+    let ghost = envoyfilter("isogroup-ghost-bookinfo", json!({ "app.kubernetes.io/managed-by": "isogroup" }));
+    fake.put_quietly(&envoyfilters(), ghost);
+    store.become_leader("1000-aa".into()).unwrap();
+
+    // Server-side applied in the root namespace, where istiod patches every
+    // client proxy: a cluster_header route first in each port's virtual host.
+    let name = "isogroup-reviews-bookinfo";
+    let ef = wait("reviews' EnvoyFilter", || fake.get(&envoyfilters(), "istio-system", name)).await;
+    assert_eq!(fake.manager(&envoyfilters(), "istio-system", name).as_deref(), Some("isogroup"));
+    assert_eq!(ef["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    let vhosts: Vec<&str> =
+        patches.iter().map(|p| p["match"]["routeConfiguration"]["vhost"]["name"].as_str().unwrap()).collect();
+    assert_eq!(vhosts, ["reviews.bookinfo.svc.cluster.local:9080", "reviews.bookinfo.svc.cluster.local:9443"]);
+    for p in patches {
+        assert_eq!(
+            (p["applyTo"].as_str(), p["match"]["context"].as_str()),
+            (Some("HTTP_ROUTE"), Some("SIDECAR_OUTBOUND"))
+        );
+        assert_eq!(p["patch"]["operation"], "INSERT_FIRST");
+        let route = &p["patch"]["value"];
+        assert_eq!(route["match"]["headers"], json!([{ "name": "x-isogroup-cluster", "present_match": true }]));
+        assert_eq!(route["route"]["cluster_header"], "x-isogroup-cluster");
+        assert_eq!(route["route"]["timeout"], "0s", "Istio's own route defaults, written out");
+    }
+    // The VirtualService keeps only the base route; the subsets follow the lanes.
+    let vs = wait("reviews' VirtualService", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")).await;
+    assert_eq!(
+        vs["spec"]["http"],
+        json!([{ "name": "base", "route": [{ "destination": { "host": "reviews.bookinfo.svc.cluster.local", "subset": "base" } }] }])
+    );
+    wait("reviews' subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
+    wait_table(&store, "the lane (no route to wait for in this mode)", |t| lanes(t) == ["base", "feature-1"]).await;
+    // The former leader's filter is found and deleted; someone else's stays.
+    wait("the stale EnvoyFilter deleted", || {
+        fake.get(&envoyfilters(), "istio-system", "isogroup-ghost-bookinfo").is_none().then_some(())
+    })
+    .await;
+    // The lane gone: its subset goes; the service's filter stays (it is
+    // there before any lane settles, so a new lane never waits for it).
+    fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
+    wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
+    assert_eq!(lanes(&store.served().current().raw), ["base"]);
+    assert!(fake.get(&envoyfilters(), "istio-system", name).is_some());
+    // The service gone: its EnvoyFilter goes with its other objects.
+    fake.delete(&services(), "bookinfo", "reviews");
+    wait("reviews' EnvoyFilter deleted", || fake.get(&envoyfilters(), "istio-system", name).is_none().then_some(()))
+        .await;
+    wait("reviews' DestinationRule deleted", || {
+        fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none().then_some(())
+    })
+    .await;
+    wait("reviews' VirtualService deleted", || {
+        fake.get(&virtualservices(), "bookinfo", "isogroup-reviews").is_none().then_some(())
+    })
+    .await;
+    assert!(fake.get(&envoyfilters(), "istio-system", "theirs").is_some(), "someone else's EnvoyFilter stays");
+    assert_eq!(metrics.kube_istio_conflicts.get(), 0);
+}
