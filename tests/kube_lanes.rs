@@ -6,7 +6,8 @@
 //! `--settle-ms` has passed, is routed by Envoy, and leaves (its instance
 //! stopped once the companion dropped its route) without a single non-200.
 //! Then a source binding written through the admin API (the console's
-//! write) lands in ConfigMap isogroup-runtime and is served.
+//! write) lands in ConfigMap isogroup-runtime and is served, and an invalid
+//! IsolationGroup has had its Event.
 //! One fake, one companion, one Envoy.
 //!
 //! Failover: two replicas on one fake; Envoy reaches "the Service", which
@@ -58,6 +59,9 @@ fn slices() -> Res {
 fn virtual_services() -> Res {
     res("networking.istio.io", "v1", "virtualservices")
 }
+fn events() -> Res {
+    res("events.k8s.io", "v1", "events")
+}
 fn destination_rules() -> Res {
     res("networking.istio.io", "v1", "destinationrules")
 }
@@ -87,8 +91,13 @@ async fn fake_cluster() -> FakeApi {
         res("isogroup.io", "v1alpha1", "isolationgroups"),
         res("coordination.k8s.io", "v1", "leases"),
         res("", "v1", "configmaps"),
+        events(),
     ])
     .await;
+    // An invalid IsolationGroup: reported in its status and an Event.
+    let broken = json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "metadata": { "name": "broken" },
+                         "spec": { "mode": "strict", "fallback": ["base"] } });
+    fake.put_quietly(&res("isogroup.io", "v1alpha1", "isolationgroups"), broken);
     fake.put_quietly(
         &res("", "v1", "services"),
         json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" },
@@ -311,6 +320,14 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
     assert_eq!(sources[0]["cidr"], "192.0.2.7/32");
     let listed: Value = http().get(format!("{url}/v1/sources")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["sources"][0]["group"], "base", "{listed}");
+
+    // The invalid IsolationGroup got one Event from the leader, in default
+    // (where Events about cluster-scoped objects live).
+    let events = fake.list_in(&events(), "default");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["regarding"]["name"], "broken");
+    assert_eq!(events[0]["reportingInstance"], "companion-0");
+    assert!(events[0]["note"].as_str().unwrap().starts_with("spec.fallback: a strict group cannot have a fallback"));
 
     let lane_served = seen.iter().filter(|(_, _, i)| i == "reviews@feature-1").count();
     eprintln!(
