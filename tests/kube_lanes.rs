@@ -368,9 +368,9 @@ async fn companion_service(
     })
 }
 
-/// A replica's table answer: (epoch header, groups for reviews); None
+/// A replica's table answer: (epoch, version, groups for reviews); None
 /// unless it serves (a standby answers 503 not_leader).
-async fn served(port: u16) -> Option<(String, Vec<String>)> {
+async fn served(port: u16) -> Option<(String, u64, Vec<String>)> {
     let resp = http().get(format!("http://127.0.0.1:{port}/v1/table")).send().await.ok()?;
     if !resp.status().is_success() {
         return None;
@@ -378,7 +378,7 @@ async fn served(port: u16) -> Option<(String, Vec<String>)> {
     let epoch = resp.headers().get("x-isogroup-epoch")?.to_str().ok()?.to_owned();
     let table: Value = resp.json().await.ok()?;
     let clusters = table["services"]["reviews.bookinfo"]["clusters"].as_object()?;
-    Some((epoch, clusters.keys().cloned().collect()))
+    Some((epoch, table["version"].as_u64()?, clusters.keys().cloned().collect()))
 }
 
 /// An epoch's number (`<unix-ms>-<random>`).
@@ -419,7 +419,7 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
         let fake = fake.clone();
         async move {
             for i in 0..2 {
-                if let Some((epoch, groups)) = served(ports[i]).await {
+                if let Some((epoch, _, groups)) = served(ports[i]).await {
                     if groups == ["base", LANE] && leader_label(&fake, names[i]) {
                         return Some((i, epoch));
                     }
@@ -467,17 +467,32 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     let second = wait_for("the standby leading and labelled", Duration::from_secs(20), || {
         let fake = fake.clone();
         async move {
-            let (epoch, groups) = served(ports[standby]).await?;
-            (leader_label(&fake, names[standby]) && !leader_label(&fake, names[leader])).then_some((epoch, groups))
+            let answer = served(ports[standby]).await?;
+            (leader_label(&fake, names[standby]) && !leader_label(&fake, names[leader])).then_some(answer)
         }
     })
     .await;
     let took_over = killed_at.elapsed();
-    assert_eq!(second.1, ["base", LANE], "the new leader serves the lane at once");
+    assert_eq!(second.2, ["base", LANE], "the new leader serves the lane at once");
     assert!(epoch_number(&second.0) > epoch_number(&first), "new epoch {} after {first}", second.0);
     let lease = fake.get(&res("coordination.k8s.io", "v1", "leases"), "isogroup-system", "isogroup-companion").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], names[standby]);
     assert_eq!(lease["metadata"]["annotations"]["isogroup.io/epoch"], second.0.as_str());
+
+    // Envoy installs the new leader's table (its versions follow the old
+    // leader's: they are publish times) and the lane still routes by it.
+    let version = "wasmcustom.isogroup_table_version";
+    wait_for("Envoy on the new leader's table", Duration::from_secs(30), || {
+        let envoy = &envoy;
+        async move { (envoy.stat(version).await >= second.1).then_some(()) }
+    })
+    .await;
+    let installed = seen.lock().unwrap().len();
+    wait_for("requests under the new leader's table", Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move { (seen.lock().unwrap().len() >= installed + 32).then_some(()) }
+    })
+    .await;
 
     // A lane change after the failover reaches Envoy: only the new leader
     // can have served it (the old one is dead).
@@ -495,10 +510,11 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     assert!(dropped.is_empty(), "the lane dropped around the failover: {dropped:?}");
     assert!(seen[left..].iter().all(|(_, _, i)| i == "reviews@base"));
     eprintln!(
-        "{} requests through the failover ({} after the kill, all the lane's); standby took over {took_over:?} \
-         after the kill (--lease-ms {LEASE_MS}); {:?} in all",
+        "{} requests through the failover ({} after the kill, {} under the new leader's table, all the lane's); \
+         standby took over {took_over:?} after the kill (--lease-ms {LEASE_MS}); {:?} in all",
         changed - routed,
         changed - killed,
+        changed - installed,
         started.elapsed()
     );
 }
