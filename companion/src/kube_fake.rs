@@ -74,7 +74,13 @@ struct State0 {
     watches: BTreeMap<Res, u64>,
     /// Create requests, per resource (answered or refused).
     creates: BTreeMap<Res, u64>,
+    /// Every request as RBAC sees it.
+    requests: BTreeSet<Request>,
 }
+
+/// A request as RBAC authorizes it: (verb, API group, resource with its
+/// subresource as `plural/status`, namespace, name).
+pub type Request = (String, String, String, Option<String>, Option<String>);
 
 #[derive(Clone)]
 pub struct FakeApi {
@@ -116,6 +122,13 @@ impl FakeApi {
 
     pub fn watches(&self, r: &Res) -> u64 {
         self.state.lock().unwrap().watches.get(r).copied().unwrap_or(0)
+    }
+
+    /// Every distinct request served so far, as RBAC sees it (the Envoy
+    /// end-to-end test checks them against the shipped RBAC).
+    #[allow(dead_code)]
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.iter().cloned().collect()
     }
 
     pub fn creates(&self, r: &Res) -> u64 {
@@ -306,6 +319,21 @@ async fn handle(
         if method == Method::GET && t.name.is_none() && q.get("watch").map(String::as_str) != Some("true") {
             *s.lists.entry(t.res.clone()).or_default() += 1;
         }
+        let watching = q.get("watch").map(String::as_str) == Some("true");
+        let verb = match (&method, &t.name) {
+            (&Method::GET, Some(_)) => "get",
+            (&Method::GET, None) if watching => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "other",
+        };
+        let (group, plural) =
+            t.res.split_once('/').map(|(g, rest)| (g, rest.rsplit('/').next().unwrap_or(rest))).unwrap();
+        let resource = if t.status { format!("{plural}/status") } else { plural.to_owned() };
+        s.requests.insert((verb.into(), group.into(), resource, t.namespace.clone(), t.name.clone()));
         if let Some(code) = s.fail.get(&t.res) {
             return status(*code, "Forbidden", "made to fail by the test");
         }
