@@ -16,7 +16,10 @@
 //! labelled). The leader is SIGKILLed while a client sends continuously to
 //! the lane: every answer stays the lane's, the standby leads under a newer
 //! epoch once the Lease expires, and a lane change made after that reaches
-//! Envoy. One fake, two companions, one Envoy.
+//! Envoy. Then a rolling update: the dead replica restarts as a standby, the
+//! lane comes back, and the leader gets SIGTERM: it hands the Lease back, the
+//! other leads at once under a newer epoch, and the lane never drops.
+//! One fake, two companions, one Envoy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
@@ -466,35 +469,14 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     replicas[leader].kill();
     let killed_at = Instant::now();
     let killed = seen.lock().unwrap().len();
-    let second = wait_for("the standby leading and labelled", Duration::from_secs(20), || {
-        let fake = fake.clone();
-        async move {
-            let answer = served(ports[standby]).await?;
-            (leader_label(&fake, names[standby]) && !leader_label(&fake, names[leader])).then_some(answer)
-        }
-    })
-    .await;
+    let second = leading(&fake, ports[standby], names[standby], names[leader]).await;
     let took_over = killed_at.elapsed();
     assert_eq!(second.2, ["base", LANE], "the new leader serves the lane at once");
     assert!(epoch_number(&second.0) > epoch_number(&first), "new epoch {} after {first}", second.0);
     let lease = fake.get(&res("coordination.k8s.io", "v1", "leases"), "isogroup-system", "isogroup-companion").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], names[standby]);
     assert_eq!(lease["metadata"]["annotations"]["isogroup.io/epoch"], second.0.as_str());
-
-    // Envoy installs the new leader's table (its versions follow the old
-    // leader's: they are publish times) and the lane still routes by it.
-    let version = "wasmcustom.isogroup_table_version";
-    wait_for("Envoy on the new leader's table", Duration::from_secs(30), || {
-        let envoy = &envoy;
-        async move { (envoy.stat(version).await >= second.1).then_some(()) }
-    })
-    .await;
-    let installed = seen.lock().unwrap().len();
-    wait_for("requests under the new leader's table", Duration::from_secs(10), || {
-        let seen = seen.clone();
-        async move { (seen.lock().unwrap().len() >= installed + 32).then_some(()) }
-    })
-    .await;
+    let installed = on_table(&envoy, &seen, second.1).await;
 
     // A lane change after the failover reaches Envoy: only the new leader
     // can have served it (the old one is dead).
@@ -502,6 +484,34 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     fake.delete(&pods(), "bookinfo", "reviews-f1-0");
     fake.put(&slices(), slice(&[("reviews-base-0", true)]));
     let left = run_of(&seen, changed, "reviews@base", 16, "the lane's departure reaching Envoy").await;
+
+    // A rolling update: the dead replica is back (its pod restarted) as a
+    // standby, the lane is back, then the leader gets SIGTERM as in a
+    // rollout: it hands the Lease back and the other leads at once.
+    replicas[leader] = start_companion(&fake, ports[leader], &dir, names[leader], &args);
+    wait_for("the restarted replica ready", Duration::from_secs(20), || async move {
+        let resp = http().get(format!("http://127.0.0.1:{}/readyz", ports[leader])).send().await.ok()?;
+        resp.status().is_success().then_some(())
+    })
+    .await;
+    let returned = seen.lock().unwrap().len();
+    fake.put(&pods(), pod("reviews-f1-0", "bookinfo", json!({ "isogroup.io/group": LANE })));
+    fake.put(&slices(), slice(&[("reviews-base-0", true), ("reviews-f1-0", true)]));
+    let back = run_of(&seen, returned, "reviews@feature-1", 16, "the lane back through Envoy").await;
+    let terminated_at = Instant::now();
+    let status = Command::new("kill").args(["-TERM", &replicas[standby].pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let third = leading(&fake, ports[leader], names[leader], names[standby]).await;
+    let handed_over = terminated_at.elapsed();
+    assert_eq!(third.2, ["base", LANE]);
+    assert!(epoch_number(&third.0) > epoch_number(&second.0), "new epoch {} after {}", third.0, second.0);
+    let exit = wait_for("the terminated leader gone", Duration::from_secs(20), || {
+        let code = replicas[standby].exited();
+        async move { code }
+    })
+    .await;
+    assert_eq!(exit, 0, "a clean shutdown");
+    on_table(&envoy, &seen, third.1).await;
     stop.send(true).unwrap();
     client_task.await.unwrap();
 
@@ -510,16 +520,51 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     assert!(bad.is_empty(), "non-200 answers among {} requests: {bad:?}", seen.len());
     let dropped: Vec<_> = seen[routed..changed].iter().filter(|(_, _, i)| i != "reviews@feature-1").take(5).collect();
     assert!(dropped.is_empty(), "the lane dropped around the failover: {dropped:?}");
-    assert!(seen[left..].iter().all(|(_, _, i)| i == "reviews@base"));
+    assert!(seen[left..returned].iter().all(|(_, _, i)| i == "reviews@base"), "once gone, the lane stays gone");
+    let dropped: Vec<_> = seen[back..].iter().filter(|(_, _, i)| i != "reviews@feature-1").take(5).collect();
+    assert!(dropped.is_empty(), "the lane dropped around the handover: {dropped:?}");
     assert_shipped_rbac_allows(&fake);
     eprintln!(
         "{} requests through the failover ({} after the kill, {} under the new leader's table, all the lane's); \
-         standby took over {took_over:?} after the kill (--lease-ms {LEASE_MS}); {:?} in all",
+         standby took over {took_over:?} after the kill (--lease-ms {LEASE_MS}); rolling update: {} requests, \
+         all the lane's, the Lease handed over in {handed_over:?}; {:?} in all",
         changed - routed,
         changed - killed,
         changed - installed,
+        seen.len() - back,
         started.elapsed()
     );
+}
+
+/// Waits until the replica on `port` serves and its pod alone carries the
+/// leader label; its (epoch, version, groups).
+async fn leading(fake: &FakeApi, port: u16, pod: &'static str, other: &'static str) -> (String, u64, Vec<String>) {
+    wait_for(&format!("{pod} leading and labelled"), Duration::from_secs(20), || {
+        let fake = fake.clone();
+        async move {
+            let answer = served(port).await?;
+            (leader_label(&fake, pod) && !leader_label(&fake, other)).then_some(answer)
+        }
+    })
+    .await
+}
+
+/// Waits until Envoy has installed a table of at least `version` (a new
+/// leader's versions follow the old one's: they are publish times) and 32
+/// more requests went through; the index where those began.
+async fn on_table(envoy: &Envoy, seen: &Seen, version: u64) -> usize {
+    let stat = "wasmcustom.isogroup_table_version";
+    wait_for("Envoy on the new leader's table", Duration::from_secs(30), || async move {
+        (envoy.stat(stat).await >= version).then_some(())
+    })
+    .await;
+    let installed = seen.lock().unwrap().len();
+    wait_for("requests under the new leader's table", Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move { (seen.lock().unwrap().len() >= installed + 32).then_some(()) }
+    })
+    .await;
+    installed
 }
 
 /// The RBAC rules `deploy/istio/companion.yaml` binds to the companion's
