@@ -17,6 +17,9 @@
 //!   reported gets `409 AlreadyExists` (or skips it from memory) and writes
 //!   nothing; a new spec, a new reason or a new transition is a new Event.
 //!   Only `create` is needed (no series updates, so no `patch`).
+//! - The API server drops Events after its `--event-ttl` (1 h by default);
+//!   the status stays. A leader does not write one again for the same
+//!   occurrence, a newly elected one does (it is still true).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -47,15 +50,15 @@ const NAME_PREFIX_MAX: usize = 200;
 
 /// One `IsolationGroup` as this module needs it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Watched {
+pub struct WatchedGroup {
     pub name: String,
     pub uid: String,
     pub generation: i64,
     pub status: Value,
 }
 
-fn watched(o: &DynamicObject) -> Option<Watched> {
-    Some(Watched {
+fn watched(o: &DynamicObject) -> Option<WatchedGroup> {
+    Some(WatchedGroup {
         name: o.name_any(),
         uid: o.metadata.uid.clone().unwrap_or_default(),
         generation: o.metadata.generation.unwrap_or(0),
@@ -88,7 +91,7 @@ fn clip(text: &str, max: usize) -> &str {
 /// The Event `o`'s status calls for, if any: its `Accepted` condition is
 /// `False` for the object's current generation (a status about an older
 /// spec waits for the loop to judge the new one).
-pub fn event_for(o: &Watched, instance: &str, now_micros: &str) -> Option<Value> {
+pub fn event_for(o: &WatchedGroup, instance: &str, now_micros: &str) -> Option<Value> {
     let condition = o.status["conditions"].as_array()?.iter().find(|c| c["type"] == CONDITION)?;
     if condition["status"] != "False" || o.status["observedGeneration"] != o.generation {
         return None;
@@ -125,10 +128,10 @@ pub fn event_for(o: &Watched, instance: &str, now_micros: &str) -> Option<Value>
 /// the Events their statuses call for; every `recheck` it looks again
 /// without a change (a new leader reports what its predecessor could not).
 pub async fn run(client: Client, store: Arc<KubeStore>, instance: String, recheck: Duration, timing: Timing) {
-    let (tx, mut rx) = mpsc::channel::<Report<Watched>>(64);
+    let (tx, mut rx) = mpsc::channel::<Report<WatchedGroup>>(64);
     kube_watch::spawn_optional(client.clone(), API_GROUP, KIND, &[VERSION], watched, |r| r, tx, timing);
     let events: Api<Event> = Api::namespaced(client, NAMESPACE);
-    let mut mirror: Mirror<Watched> = Mirror::default();
+    let mut mirror: Mirror<WatchedGroup> = Mirror::default();
     // Event names written (or found written), and those whose write failed
     // (logged once each).
     let mut reported: BTreeSet<String> = BTreeSet::new();
@@ -192,8 +195,8 @@ mod tests {
 
     use super::*;
 
-    fn invalid(generation: i64, observed: i64, since: &str, message: &str) -> Watched {
-        Watched {
+    fn invalid(generation: i64, observed: i64, since: &str, message: &str) -> WatchedGroup {
+        WatchedGroup {
             name: "broken".into(),
             uid: "uid-7".into(),
             generation,
@@ -220,9 +223,9 @@ mod tests {
         assert_eq!(e["reportingInstance"], "companion-0");
         assert_eq!(e["eventTime"], now);
         serde_json::from_value::<Event>(e.clone()).unwrap();
-        let name = |w: &Watched| event_for(w, "other-replica", "later").unwrap()["metadata"]["name"].clone();
+        let name = |w: &WatchedGroup| event_for(w, "other-replica", "later").unwrap()["metadata"]["name"].clone();
         // (case, same Event as the first?)
-        let cases: Vec<(Watched, bool)> = vec![
+        let cases: Vec<(WatchedGroup, bool)> = vec![
             // another replica, another time: the same occurrence
             (first.clone(), true),
             // a new spec, still invalid

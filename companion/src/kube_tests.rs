@@ -801,7 +801,7 @@ async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
 async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default() {
     use k8s_openapi::api::events::v1::Event;
     let fake = FakeApi::start(&[events()]).await;
-    let broken = crate::kube_events::Watched {
+    let broken = crate::kube_events::WatchedGroup {
         name: "broken".into(),
         uid: "u1".into(),
         generation: 1,
