@@ -350,20 +350,43 @@ fn leader_label(fake: &FakeApi, pod: &str) -> bool {
     fake.get(&pods(), "isogroup-system", pod).is_some_and(|p| p["metadata"]["labels"]["isogroup.io/leader"] == "true")
 }
 
+/// The objects of deploy/istio/companion.yaml, the shipped manifest.
+fn shipped_manifest() -> Vec<Value> {
+    let text = std::fs::read_to_string(common::root().join("deploy/istio/companion.yaml")).unwrap();
+    text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect()
+}
+
+/// The selector of the companion's Service as shipped: which pods it sends
+/// connections to.
+fn shipped_service_selector() -> serde_json::Map<String, Value> {
+    let service = shipped_manifest()
+        .into_iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "isogroup-companion")
+        .expect("the companion's Service in deploy/istio/companion.yaml");
+    service["spec"]["selector"].as_object().unwrap().clone()
+}
+
 /// The companion's Service as kube-proxy makes it: each new connection goes
-/// to the replica whose pod the API server shows with the leader label (the
-/// Service's selector), found when the connection opens; with none, or a
-/// dead one, the connection is refused or reset.
+/// to a replica whose pod the API server shows with every label of the
+/// shipped Service's selector (which includes the leader label), found when
+/// the connection opens; with none, or a dead one, the connection is
+/// refused or reset (as a Service without endpoints).
 async fn companion_service(
     fake: FakeApi,
     port: u16,
     replicas: Vec<(&'static str, u16)>,
 ) -> tokio::task::JoinHandle<()> {
+    let selector = shipped_service_selector();
+    assert_eq!(selector.get("isogroup.io/leader"), Some(&json!("true")), "the Service selects the leader");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else { continue };
-            let endpoint = replicas.iter().find(|(pod, _)| leader_label(&fake, pod)).map(|(_, port)| *port);
+            let selected = |pod: &str| {
+                let labels = fake.get(&pods(), "isogroup-system", pod).map(|p| p["metadata"]["labels"].clone());
+                labels.is_some_and(|l| selector.iter().all(|(k, v)| l[k] == *v))
+            };
+            let endpoint = replicas.iter().find(|(pod, _)| selected(pod)).map(|(_, port)| *port);
             tokio::spawn(async move {
                 let Some(port) = endpoint else { return };
                 let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
@@ -570,8 +593,7 @@ async fn on_table(envoy: &Envoy, seen: &Seen, version: u64) -> usize {
 /// The RBAC rules `deploy/istio/companion.yaml` binds to the companion's
 /// ServiceAccount: (namespace of a Role, or None for a ClusterRole, rule).
 fn shipped_rbac() -> Vec<(Option<String>, Value)> {
-    let text = std::fs::read_to_string(common::root().join("deploy/istio/companion.yaml")).unwrap();
-    let docs: Vec<Value> = text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect();
+    let docs = shipped_manifest();
     let is_ours = |s: &Value| {
         s["kind"] == "ServiceAccount" && s["name"] == "isogroup-companion" && s["namespace"] == "isogroup-system"
     };
