@@ -352,8 +352,7 @@ fn leader_label(fake: &FakeApi, pod: &str) -> bool {
 
 /// The objects of deploy/istio/companion.yaml, the shipped manifest.
 fn shipped_manifest() -> Vec<Value> {
-    let text = std::fs::read_to_string(common::root().join("deploy/istio/companion.yaml")).unwrap();
-    text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect()
+    kube_fake::manifest(&common::root().join("deploy/istio/companion.yaml"))
 }
 
 /// The selector of the companion's Service as shipped: which pods it sends
@@ -590,53 +589,18 @@ async fn on_table(envoy: &Envoy, seen: &Seen, version: u64) -> usize {
     installed
 }
 
-/// The RBAC rules `deploy/istio/companion.yaml` binds to the companion's
-/// ServiceAccount: (namespace of a Role, or None for a ClusterRole, rule).
-fn shipped_rbac() -> Vec<(Option<String>, Value)> {
-    let docs = shipped_manifest();
-    let is_ours = |s: &Value| {
-        s["kind"] == "ServiceAccount" && s["name"] == "isogroup-companion" && s["namespace"] == "isogroup-system"
-    };
-    let mut rules = vec![];
-    for binding in docs.iter().filter(|d| matches!(d["kind"].as_str(), Some("RoleBinding" | "ClusterRoleBinding"))) {
-        if !binding["subjects"].as_array().unwrap().iter().any(is_ours) {
-            continue;
-        }
-        // A RoleBinding grants in its own namespace, even for a ClusterRole.
-        let namespace = binding["metadata"]["namespace"].as_str().map(str::to_owned);
-        let role = docs
-            .iter()
-            .find(|d| d["kind"] == binding["roleRef"]["kind"] && d["metadata"]["name"] == binding["roleRef"]["name"])
-            .unwrap_or_else(|| panic!("{} names a role the file does not have", binding["metadata"]["name"]));
-        rules.extend(role["rules"].as_array().unwrap().iter().map(|r| (namespace.clone(), r.clone())));
-    }
-    rules
-}
-
 /// Every request the companion made is one the shipped RBAC allows (a
 /// missing grant shows only on a real cluster otherwise).
 fn assert_shipped_rbac_allows(fake: &FakeApi) {
-    let rules = shipped_rbac();
-    let has = |list: &Value, item: &str| list.as_array().unwrap().iter().any(|v| v == item || v == "*");
+    let rules = kube_fake::companion_rbac(&shipped_manifest());
     let denied: Vec<_> = fake
-        .requests()
+        .denied(&rules)
         .into_iter()
         // Target-header mode looks once for a former cluster-header run's
         // EnvoyFilters in the mesh root namespace; its RBAC does not reach
         // there and the 403 is expected (kube_istio).
         .filter(|(verb, _, resource, ns, _)| {
             !(verb == "list" && resource == "envoyfilters" && ns.as_deref() == Some("istio-system"))
-        })
-        .filter(|(verb, group, resource, ns, name)| {
-            !rules.iter().any(|(scope, rule)| {
-                scope.as_ref().is_none_or(|s| Some(s) == ns.as_ref())
-                    && has(&rule["apiGroups"], group)
-                    && has(&rule["resources"], resource)
-                    && has(&rule["verbs"], verb)
-                    && rule["resourceNames"]
-                        .as_array()
-                        .is_none_or(|names| name.as_deref().is_some_and(|n| names.iter().any(|v| v == n)))
-            })
         })
         .collect();
     assert!(denied.is_empty(), "requests deploy/istio/companion.yaml does not allow: {denied:#?}");

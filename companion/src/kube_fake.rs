@@ -13,7 +13,9 @@
 //! - a resource not installed answers `404` (a missing CRD or version), and a
 //!   resource can be made to fail with any status (e.g. `403`);
 //! - `events.k8s.io/v1` Events are created and listed like any object, and
-//!   checked as the API server checks them (`422 Invalid` naming the field).
+//!   checked as the API server checks them (`422 Invalid` naming the field);
+//! - every request is recorded as RBAC sees it, so a test can check them
+//!   against the shipped RBAC (`companion_rbac`, `denied`).
 //!
 //! It names no item of this crate (a kube client for it is `FakeClient`, in
 //! `kube_tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
@@ -124,11 +126,25 @@ impl FakeApi {
         self.state.lock().unwrap().watches.get(r).copied().unwrap_or(0)
     }
 
-    /// Every distinct request served so far, as RBAC sees it (the Envoy
-    /// end-to-end test checks them against the shipped RBAC).
-    #[allow(dead_code)]
-    pub fn requests(&self) -> Vec<Request> {
-        self.state.lock().unwrap().requests.iter().cloned().collect()
+    /// Every distinct request served so far that `rules` (from
+    /// `companion_rbac`) do not allow.
+    pub fn denied(&self, rules: &[(Option<String>, Value)]) -> Vec<Request> {
+        let has = |list: &Value, item: &str| list.as_array().is_some_and(|l| l.iter().any(|v| v == item || v == "*"));
+        let requests = self.state.lock().unwrap().requests.clone();
+        requests
+            .into_iter()
+            .filter(|(verb, group, resource, ns, name)| {
+                !rules.iter().any(|(scope, rule)| {
+                    scope.as_ref().is_none_or(|s| Some(s) == ns.as_ref())
+                        && has(&rule["apiGroups"], group)
+                        && has(&rule["resources"], resource)
+                        && has(&rule["verbs"], verb)
+                        && rule["resourceNames"]
+                            .as_array()
+                            .is_none_or(|names| name.as_deref().is_some_and(|n| names.iter().any(|v| v == n)))
+                })
+            })
+            .collect()
     }
 
     pub fn creates(&self, r: &Res) -> u64 {
@@ -651,4 +667,33 @@ impl FakeApi {
     pub fn count(&self, r: &Res) -> usize {
         self.state.lock().unwrap().objects.get(r).map_or(0, |m| m.len())
     }
+}
+
+/// The objects of a multi-document YAML file (a shipped manifest).
+pub fn manifest(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect()
+}
+
+/// The RBAC rules that `objects` bind to the companion's ServiceAccount
+/// (`isogroup-system/isogroup-companion`): (the namespace a RoleBinding
+/// grants in, or `None` cluster-wide, rule).
+pub fn companion_rbac(objects: &[Value]) -> Vec<(Option<String>, Value)> {
+    let ours = |s: &Value| {
+        s["kind"] == "ServiceAccount" && s["name"] == "isogroup-companion" && s["namespace"] == "isogroup-system"
+    };
+    let mut rules = vec![];
+    for binding in objects.iter().filter(|d| matches!(d["kind"].as_str(), Some("RoleBinding" | "ClusterRoleBinding"))) {
+        if !binding["subjects"].as_array().is_some_and(|s| s.iter().any(ours)) {
+            continue;
+        }
+        // A RoleBinding grants in its own namespace, even for a ClusterRole.
+        let namespace = binding["metadata"]["namespace"].as_str().map(str::to_owned);
+        let role = objects
+            .iter()
+            .find(|d| d["kind"] == binding["roleRef"]["kind"] && d["metadata"]["name"] == binding["roleRef"]["name"])
+            .unwrap_or_else(|| panic!("{} names a role the manifests do not have", binding["metadata"]["name"]));
+        rules.extend(role["rules"].as_array().into_iter().flatten().map(|r| (namespace.clone(), r.clone())));
+    }
+    rules
 }

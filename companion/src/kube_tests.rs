@@ -915,4 +915,10 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     .await;
     assert!(fake.get(&envoyfilters(), "istio-system", "theirs").is_some(), "someone else's EnvoyFilter stays");
     assert_eq!(metrics.kube_istio_conflicts.get(), 0);
+    // Every request it made is granted by the shipped RBAC for this mode.
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/istio");
+    let mut objects = crate::kube_fake::manifest(&deploy.join("companion.yaml"));
+    objects.extend(crate::kube_fake::manifest(&deploy.join("companion-cluster-header-rbac.yaml")));
+    let denied = fake.denied(&crate::kube_fake::companion_rbac(&objects));
+    assert!(denied.is_empty(), "not granted by companion.yaml and companion-cluster-header-rbac.yaml: {denied:#?}");
 }
