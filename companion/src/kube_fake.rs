@@ -11,7 +11,7 @@
 //!   a conflict unless `force`), delete; `/status` touches only `status`;
 //!   another writer can be made to win the race to the next replace;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
-//!   resource can be made to fail with any status (e.g. `403`);
+//!   resource can be made to fail with any status (e.g. `403`) or to hang;
 //! - `events.k8s.io/v1` Events are created and listed like any object, and
 //!   checked as the API server checks them (`422 Invalid` naming the field);
 //! - every request is recorded as RBAC sees it, so a test can check them
@@ -78,6 +78,8 @@ struct State0 {
     creates: BTreeMap<Res, u64>,
     /// Every request as RBAC sees it.
     requests: BTreeSet<Request>,
+    /// Resources whose requests get no answer (an API server that hangs).
+    stalled: BTreeSet<Res>,
 }
 
 /// A request as RBAC authorizes it: (verb, API group, resource with its
@@ -115,6 +117,18 @@ impl FakeApi {
             s.fail.remove(r);
         } else {
             s.fail.insert(r.clone(), status);
+        }
+    }
+
+    /// Requests for `r` from now on get no answer at all (`false`: they
+    /// are answered again; those already waiting stay unanswered).
+    #[allow(dead_code)]
+    pub fn stall(&self, r: &Res, on: bool) {
+        let mut s = self.state.lock().unwrap();
+        if on {
+            s.stalled.insert(r.clone());
+        } else {
+            s.stalled.remove(r);
         }
     }
 
@@ -330,7 +344,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let Some(t) = parse_path(uri.path()) else { return status(404, "NotFound", "no such path") };
-    {
+    let stalled = {
         let mut s = fake.state.lock().unwrap();
         if method == Method::GET && t.name.is_none() && q.get("watch").map(String::as_str) != Some("true") {
             *s.lists.entry(t.res.clone()).or_default() += 1;
@@ -356,6 +370,10 @@ async fn handle(
         if !s.installed.contains(&t.res) {
             return status(404, "NotFound", &format!("the server could not find the requested resource ({})", t.res));
         }
+        s.stalled.contains(&t.res)
+    };
+    if stalled {
+        return std::future::pending().await;
     }
     let ns = t.namespace.clone().unwrap_or_default();
     match (method, &t.name) {

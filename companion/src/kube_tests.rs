@@ -403,6 +403,31 @@ async fn a_leader_that_cannot_renew_steps_down() {
 }
 
 #[tokio::test]
+async fn a_leader_whose_api_server_hangs_steps_down_before_the_lease_can_pass() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    let lease = Duration::from_secs(3);
+    let replica = Replica::with_lease(&fake, "companion-a", lease);
+    wait("leading", || replica.store.is_leader().then_some(())).await;
+    // Lease requests get no answer: it must step down (at its renew
+    // deadline, 2 s) before a standby could take the Lease, `lease` after
+    // the last renewal the API server recorded.
+    fake.stall(&leases(), true);
+    wait("stepped down", || replica.store.not_serving().map(|_| ())).await;
+    let stepped_down = k8s_openapi::chrono::Utc::now();
+    let recorded = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    let renewed: k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc> =
+        recorded["spec"]["renewTime"].as_str().unwrap().parse().unwrap();
+    let held = (stepped_down - renewed).to_std().unwrap();
+    assert!(held < lease, "still leading {held:?} after its last renewal, past the Lease's {lease:?}");
+    assert_eq!(replica.metrics.kube_leader.get(), 0);
+    // Answered again: it leads again.
+    fake.stall(&leases(), false);
+    wait("leading again", || replica.store.is_leader().then_some(())).await;
+    replica.stop();
+}
+
+#[tokio::test]
 async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
     let fake = bookinfo("v1").await;
     fake.put_quietly(&pods(), own_pod("companion-a"));
