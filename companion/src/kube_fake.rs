@@ -122,7 +122,6 @@ impl FakeApi {
 
     /// Requests for `r` from now on get no answer at all (`false`: they
     /// are answered again; those already waiting stay unanswered).
-    #[allow(dead_code)]
     pub fn stall(&self, r: &Res, on: bool) {
         let mut s = self.state.lock().unwrap();
         if on {
