@@ -74,8 +74,9 @@ struct State0 {
     /// Lists and watches started, per resource.
     lists: BTreeMap<Res, u64>,
     watches: BTreeMap<Res, u64>,
-    /// Create requests, per resource (answered or refused).
+    /// Create and get requests, per resource (answered or refused).
     creates: BTreeMap<Res, u64>,
+    gets: BTreeMap<Res, u64>,
     /// Every request as RBAC sees it.
     requests: BTreeSet<Request>,
     /// Resources whose requests get no answer (an API server that hangs).
@@ -158,6 +159,10 @@ impl FakeApi {
                 })
             })
             .collect()
+    }
+
+    pub fn gets(&self, r: &Res) -> u64 {
+        self.state.lock().unwrap().gets.get(r).copied().unwrap_or(0)
     }
 
     pub fn creates(&self, r: &Res) -> u64 {
@@ -363,6 +368,9 @@ async fn handle(
             t.res.split_once('/').map(|(g, rest)| (g, rest.rsplit('/').next().unwrap_or(rest))).unwrap();
         let resource = if t.status { format!("{plural}/status") } else { plural.to_owned() };
         s.requests.insert((verb.into(), group.into(), resource, t.namespace.clone(), t.name.clone()));
+        if verb == "get" {
+            *s.gets.entry(t.res.clone()).or_default() += 1;
+        }
         if let Some(code) = s.fail.get(&t.res) {
             return status(*code, "Forbidden", "made to fail by the test");
         }

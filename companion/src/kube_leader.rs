@@ -1,7 +1,7 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, as client-go does
 //! it: the holder renews every `retry`; another replica takes the Lease only
-//! once it has seen no change to it for `duration` (its own clock, so skew
-//! between nodes does not matter); a leader that cannot renew within
+//! once it has seen no change to it for the duration the Lease names (its
+//! own clock, so skew between nodes does not matter); a leader that cannot renew within
 //! `renew_deadline` (shorter than `duration`) steps down before anyone else
 //! may take over (an API server that does not answer counts: each call gets
 //! only the time left until that deadline). Every write carries the Lease's
@@ -173,7 +173,15 @@ async fn round(leases: &Api<Lease>, store: &KubeStore, cfg: &LeaseConfig, e: &mu
         tracing::warn!(holder, "kubernetes: lease taken by another replica; stepping down");
         return step_down(store, e, metrics);
     }
-    let expired = e.observed.as_ref().is_some_and(|(_, at)| at.elapsed() >= cfg.duration);
+    // The holder's duration, as written in the Lease (client-go does the
+    // same): replicas started with another --lease-ms, e.g. during the
+    // rollout that changes it, wait as long as the holder counts on.
+    let duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0)
+        .map_or(cfg.duration, Duration::from_secs);
+    let expired = e.observed.as_ref().is_some_and(|(_, at)| at.elapsed() >= duration);
     // Free, expired, or ours from a previous life (same pod, restarted).
     if !(holder.is_empty() || expired || holder == cfg.identity) {
         return;

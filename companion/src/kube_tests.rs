@@ -428,6 +428,30 @@ async fn a_leader_whose_api_server_hangs_steps_down_before_the_lease_can_pass() 
 }
 
 #[tokio::test]
+async fn a_standby_waits_as_long_as_the_lease_names_not_its_own_duration() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.put_quietly(&pods(), own_pod("companion-b"));
+    // a holds a 600 s Lease and dies without a word; b, started with a
+    // 300 ms Lease (another --lease-ms), must not take it after 300 ms.
+    let a = Replica::with_lease(&fake, "companion-a", Duration::from_secs(600));
+    wait("a leads", || a.store.is_leader().then_some(())).await;
+    a.stop();
+    let b = Replica::with_lease(&fake, "companion-b", Duration::from_millis(300));
+    wait("b ready", || b.store.served().readiness().is_ready().then_some(())).await;
+    // b reads the Lease every 100 ms: 20 reads span over 6 of its own durations.
+    let from = fake.gets(&leases());
+    wait("b's rounds", || (fake.gets(&leases()) >= from + 20).then_some(())).await;
+    assert!(!b.store.is_leader(), "b took a Lease its holder still counts on");
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert_eq!(
+        (lease["spec"]["holderIdentity"].as_str(), lease["spec"]["leaseDurationSeconds"].as_i64()),
+        (Some("companion-a"), Some(600))
+    );
+    b.stop();
+}
+
+#[tokio::test]
 async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
     let fake = bookinfo("v1").await;
     fake.put_quietly(&pods(), own_pod("companion-a"));
