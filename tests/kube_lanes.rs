@@ -326,7 +326,11 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
 
     // The invalid IsolationGroup got one Event from the leader, in default
     // (where Events about cluster-scoped objects live).
-    let events = fake.list_in(&events(), "default");
+    let events = wait_for("the Event about broken", Duration::from_secs(10), || {
+        let events = fake.list_in(&events(), "default");
+        async move { (!events.is_empty()).then_some(events) }
+    })
+    .await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["regarding"]["name"], "broken");
     assert_eq!(events[0]["reportingInstance"], "companion-0");
