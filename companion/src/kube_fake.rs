@@ -11,7 +11,11 @@
 //!   a conflict unless `force`), delete; `/status` touches only `status`;
 //!   another writer can be made to win the race to the next replace;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
-//!   resource can be made to fail with any status (e.g. `403`).
+//!   resource can be made to fail with any status (e.g. `403`) or to hang;
+//! - `events.k8s.io/v1` Events are created and listed like any object, and
+//!   checked as the API server checks them (`422 Invalid` naming the field);
+//! - every request is recorded as RBAC sees it, so a test can check them
+//!   against the shipped RBAC (`companion_rbac`, `denied`).
 //!
 //! It names no item of this crate (a kube client for it is `FakeClient`, in
 //! `kube_tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
@@ -70,7 +74,18 @@ struct State0 {
     /// Lists and watches started, per resource.
     lists: BTreeMap<Res, u64>,
     watches: BTreeMap<Res, u64>,
+    /// Create and get requests, per resource (answered or refused).
+    creates: BTreeMap<Res, u64>,
+    gets: BTreeMap<Res, u64>,
+    /// Every request as RBAC sees it.
+    requests: BTreeSet<Request>,
+    /// Resources whose requests get no answer (an API server that hangs).
+    stalled: BTreeSet<Res>,
 }
+
+/// A request as RBAC authorizes it: (verb, API group, resource with its
+/// subresource as `plural/status`, namespace, name).
+pub type Request = (String, String, String, Option<String>, Option<String>);
 
 #[derive(Clone)]
 pub struct FakeApi {
@@ -106,12 +121,61 @@ impl FakeApi {
         }
     }
 
+    /// Requests for `r` from now on get no answer at all (`false`: they
+    /// are answered again; those already waiting stay unanswered).
+    pub fn stall(&self, r: &Res, on: bool) {
+        let mut s = self.state.lock().unwrap();
+        if on {
+            s.stalled.insert(r.clone());
+        } else {
+            s.stalled.remove(r);
+        }
+    }
+
     pub fn lists(&self, r: &Res) -> u64 {
         self.state.lock().unwrap().lists.get(r).copied().unwrap_or(0)
     }
 
     pub fn watches(&self, r: &Res) -> u64 {
         self.state.lock().unwrap().watches.get(r).copied().unwrap_or(0)
+    }
+
+    /// Every distinct request served so far that `rules` (from
+    /// `companion_rbac`) do not allow.
+    pub fn denied(&self, rules: &[(Option<String>, Value)]) -> Vec<Request> {
+        let has = |list: &Value, item: &str| list.as_array().is_some_and(|l| l.iter().any(|v| v == item || v == "*"));
+        let requests = self.state.lock().unwrap().requests.clone();
+        requests
+            .into_iter()
+            .filter(|(verb, group, resource, ns, name)| {
+                !rules.iter().any(|(scope, rule)| {
+                    scope.as_ref().is_none_or(|s| Some(s) == ns.as_ref())
+                        && has(&rule["apiGroups"], group)
+                        && has(&rule["resources"], resource)
+                        && has(&rule["verbs"], verb)
+                        && rule["resourceNames"]
+                            .as_array()
+                            .is_none_or(|names| name.as_deref().is_some_and(|n| names.iter().any(|v| v == n)))
+                })
+            })
+            .collect()
+    }
+
+    pub fn gets(&self, r: &Res) -> u64 {
+        self.state.lock().unwrap().gets.get(r).copied().unwrap_or(0)
+    }
+
+    pub fn creates(&self, r: &Res) -> u64 {
+        self.state.lock().unwrap().creates.get(r).copied().unwrap_or(0)
+    }
+
+    /// Every object of `r` in namespace `ns`.
+    pub fn list_in(&self, r: &Res, ns: &str) -> Vec<Value> {
+        let s = self.state.lock().unwrap();
+        s.objects
+            .get(r)
+            .map(|m| m.iter().filter(|((n, _), _)| n == ns).map(|(_, o)| o.clone()).collect())
+            .unwrap_or_default()
     }
 
     pub fn get(&self, r: &Res, ns: &str, name: &str) -> Option<Value> {
@@ -284,10 +348,28 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let Some(t) = parse_path(uri.path()) else { return status(404, "NotFound", "no such path") };
-    {
+    let stalled = {
         let mut s = fake.state.lock().unwrap();
         if method == Method::GET && t.name.is_none() && q.get("watch").map(String::as_str) != Some("true") {
             *s.lists.entry(t.res.clone()).or_default() += 1;
+        }
+        let watching = q.get("watch").map(String::as_str) == Some("true");
+        let verb = match (&method, &t.name) {
+            (&Method::GET, Some(_)) => "get",
+            (&Method::GET, None) if watching => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "other",
+        };
+        let (group, plural) =
+            t.res.split_once('/').map(|(g, rest)| (g, rest.rsplit('/').next().unwrap_or(rest))).unwrap();
+        let resource = if t.status { format!("{plural}/status") } else { plural.to_owned() };
+        s.requests.insert((verb.into(), group.into(), resource, t.namespace.clone(), t.name.clone()));
+        if verb == "get" {
+            *s.gets.entry(t.res.clone()).or_default() += 1;
         }
         if let Some(code) = s.fail.get(&t.res) {
             return status(*code, "Forbidden", "made to fail by the test");
@@ -295,6 +377,10 @@ async fn handle(
         if !s.installed.contains(&t.res) {
             return status(404, "NotFound", &format!("the server could not find the requested resource ({})", t.res));
         }
+        s.stalled.contains(&t.res)
+    };
+    if stalled {
+        return std::future::pending().await;
     }
     let ns = t.namespace.clone().unwrap_or_default();
     match (method, &t.name) {
@@ -420,6 +506,12 @@ fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8]) -> Response {
     if t.namespace.is_some() {
         obj["metadata"]["namespace"] = json!(ns);
     }
+    *fake.state.lock().unwrap().creates.entry(t.res.clone()).or_default() += 1;
+    if t.res == res("events.k8s.io", "v1", "events") {
+        if let Err((field, why)) = check_event(&obj) {
+            return status(422, "Invalid", &format!("Event.events.k8s.io is invalid: {field}: {why}"));
+        }
+    }
     let k = key_of(&obj);
     let mut s = fake.state.lock().unwrap();
     if s.objects.get(&t.res).is_some_and(|m| m.contains_key(&k)) {
@@ -429,6 +521,58 @@ fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8]) -> Response {
     drop(s);
     let _ = fake.tx.send(Msg::Ev(ev));
     (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+/// The API server's checks of an `events.k8s.io/v1` Event on create
+/// (`ValidateEventCreate`): the field and why.
+fn check_event(e: &Value) -> Result<(), (&'static str, String)> {
+    let text = |field: &str| e[field].as_str().unwrap_or_default().to_owned();
+    let name = e["metadata"]["name"].as_str().unwrap_or_default();
+    let dns_label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(dns_label) {
+        return Err(("metadata.name", format!("{name:?}: not a DNS-1123 subdomain")));
+    }
+    if text("eventTime").is_empty() {
+        return Err(("eventTime", "Required value".into()));
+    }
+    if !matches!(text("type").as_str(), "Normal" | "Warning") {
+        return Err(("type", format!("{:?}: not Normal or Warning", text("type"))));
+    }
+    let namespace = e["metadata"]["namespace"].as_str().unwrap_or_default();
+    if e["regarding"]["namespace"].as_str().unwrap_or_default().is_empty()
+        && !matches!(namespace, "default" | "kube-system")
+    {
+        // The API server names the field by its internal name.
+        return Err((
+            "involvedObject.namespace",
+            format!("Invalid value: \"\": does not match event.namespace {namespace:?}"),
+        ));
+    }
+    let controller = text("reportingController");
+    let (prefix, last) = controller.rsplit_once('/').unwrap_or(("", controller.as_str()));
+    if last.is_empty() || last.len() > 63 || prefix.split('.').any(|l| !prefix.is_empty() && !dns_label(l)) {
+        return Err(("reportingController", format!("{controller:?}: not a qualified name")));
+    }
+    for (field, max) in [("reportingInstance", 128), ("action", 128), ("reason", 128)] {
+        let value = text(field);
+        if value.is_empty() || value.len() > max {
+            return Err((field, format!("required, at most {max} characters")));
+        }
+    }
+    if text("note").len() > 1024 {
+        return Err(("note", "can have at most 1024 characters".into()));
+    }
+    for field in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount", "deprecatedSource"] {
+        if !e[field].is_null() {
+            return Err(("deprecated fields", format!("{field} needs to be unset")));
+        }
+    }
+    Ok(())
 }
 
 fn replace(fake: &FakeApi, t: &Target, ns: &str, name: &str, body: &[u8]) -> Response {
@@ -548,4 +692,33 @@ impl FakeApi {
     pub fn count(&self, r: &Res) -> usize {
         self.state.lock().unwrap().objects.get(r).map_or(0, |m| m.len())
     }
+}
+
+/// The objects of a multi-document YAML file (a shipped manifest).
+pub fn manifest(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect()
+}
+
+/// The RBAC rules that `objects` bind to the companion's ServiceAccount
+/// (`isogroup-system/isogroup-companion`): (the namespace a RoleBinding
+/// grants in, or `None` cluster-wide, rule).
+pub fn companion_rbac(objects: &[Value]) -> Vec<(Option<String>, Value)> {
+    let ours = |s: &Value| {
+        s["kind"] == "ServiceAccount" && s["name"] == "isogroup-companion" && s["namespace"] == "isogroup-system"
+    };
+    let mut rules = vec![];
+    for binding in objects.iter().filter(|d| matches!(d["kind"].as_str(), Some("RoleBinding" | "ClusterRoleBinding"))) {
+        if !binding["subjects"].as_array().is_some_and(|s| s.iter().any(ours)) {
+            continue;
+        }
+        // A RoleBinding grants in its own namespace, even for a ClusterRole.
+        let namespace = binding["metadata"]["namespace"].as_str().map(str::to_owned);
+        let role = objects
+            .iter()
+            .find(|d| d["kind"] == binding["roleRef"]["kind"] && d["metadata"]["name"] == binding["roleRef"]["name"])
+            .unwrap_or_else(|| panic!("{} names a role the manifests do not have", binding["metadata"]["name"]));
+        rules.extend(role["rules"].as_array().into_iter().flatten().map(|r| (namespace.clone(), r.clone())));
+    }
+    rules
 }

@@ -120,23 +120,12 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut applied: BTreeMap<Key, Value> = BTreeMap::new();
-    // EnvoyFilters are not watched: the ones a former leader made are found
-    // once, so those no longer wanted are deleted too.
-    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    let mut found: Vec<Existing> = vec![];
-    if let Ok(list) = api(&client, "EnvoyFilter", &root_namespace).list(&ListParams::default().labels(&selector)).await
-    {
-        for o in list {
-            let name = o.metadata.name.clone().unwrap_or_default();
-            found.push(Existing {
-                kind: "EnvoyFilter",
-                namespace: root_namespace.clone(),
-                name,
-                owned: true,
-                hosts: vec![],
-            });
-        }
-    }
+    // EnvoyFilters are not watched: the ones a former leader made are
+    // listed when this replica first has something to reconcile (it leads
+    // then, so what the former leader made until its end is listed), and
+    // kept until deleted, so those no longer wanted go too.
+    let mut found: Option<Vec<Existing>> = None;
+    let mut list_failed = false;
     loop {
         let Some((desired, mut existing)) = rx.borrow_and_update().clone() else {
             if rx.changed().await.is_err() {
@@ -144,7 +133,21 @@ pub async fn run(
             }
             continue;
         };
-        existing.append(&mut found);
+        if found.is_none() {
+            let cluster_header = desired.iter().flatten().any(|o| o["kind"] == "EnvoyFilter");
+            match owned_envoy_filters(&client, &root_namespace).await {
+                Ok(f) => found = Some(f),
+                // Target-header mode: none wanted, and its RBAC may not
+                // reach the root namespace; one try is enough.
+                Err(_) if !cluster_header => found = Some(vec![]),
+                Err(e) if !list_failed => {
+                    list_failed = true;
+                    tracing::warn!(namespace = %root_namespace, error = %e, "istio: cannot list EnvoyFilters (retried on the next change)");
+                }
+                Err(_) => {}
+            }
+        }
+        existing.extend(found.iter().flatten().cloned());
         let plan = plan(&desired, &existing, &applied);
         let mut failed = plan.conflicts.clone();
         for o in &plan.apply {
@@ -170,11 +173,9 @@ pub async fn run(
             match api(&client, &key.0, &key.1).delete(&key.2, &DeleteParams::default()).await {
                 Ok(_) => {
                     metrics.kube_istio_writes.inc();
-                    applied.remove(key);
+                    forget(key, &mut applied, &mut found);
                 }
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    applied.remove(key);
-                }
+                Err(kube::Error::Api(e)) if e.code == 404 => forget(key, &mut applied, &mut found),
                 Err(e) => {
                     tracing::warn!(kind = %key.0, name = %key.2, error = %e, "istio: delete failed (retried on the next change)")
                 }
@@ -192,6 +193,30 @@ pub async fn run(
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// The EnvoyFilters in the root namespace labelled as isogroup's.
+async fn owned_envoy_filters(client: &Client, root_namespace: &str) -> Result<Vec<Existing>, kube::Error> {
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let list = api(client, "EnvoyFilter", root_namespace).list(&ListParams::default().labels(&selector)).await?;
+    Ok(list
+        .into_iter()
+        .map(|o| Existing {
+            kind: "EnvoyFilter",
+            namespace: root_namespace.to_owned(),
+            name: o.metadata.name.unwrap_or_default(),
+            owned: true,
+            hosts: vec![],
+        })
+        .collect())
+}
+
+/// A deleted object: no longer applied, no longer found.
+fn forget(key: &Key, applied: &mut BTreeMap<Key, Value>, found: &mut Option<Vec<Existing>>) {
+    applied.remove(key);
+    if let Some(found) = found {
+        found.retain(|e| (e.kind, &e.namespace, &e.name) != (key.0.as_str(), &key.1, &key.2));
     }
 }
 

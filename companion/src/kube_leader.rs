@@ -1,10 +1,11 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, as client-go does
 //! it: the holder renews every `retry`; another replica takes the Lease only
-//! once it has seen no change to it for `duration` (its own clock, so skew
-//! between nodes does not matter); a leader that cannot renew within
+//! once it has seen no change to it for the duration the Lease names (its
+//! own clock, so skew between nodes does not matter); a leader that cannot renew within
 //! `renew_deadline` (shorter than `duration`) steps down before anyone else
-//! may take over. Every write carries the Lease's resource version, so of
-//! two replicas racing, one gets `409 Conflict`.
+//! may take over (an API server that does not answer counts: each call gets
+//! only the time left until that deadline). Every write carries the Lease's
+//! resource version, so of two replicas racing, one gets `409 Conflict`.
 //!
 //! Elected, a replica makes a new epoch, max(now, previous + 1) with the
 //! previous one read from the Lease's annotation, and writes it in the same
@@ -77,17 +78,34 @@ pub async fn run(client: Client, store: Arc<KubeStore>, cfg: LeaseConfig, metric
     // its last life.
     let mut e = Election::default();
     loop {
-        round(&leases, &store, &cfg, &mut e, &metrics).await;
+        // An API server that does not answer must not keep a leader past
+        // its renew deadline (a standby may take over at `duration`): each
+        // call gets only the time left until then.
+        let budget = time_left(&cfg, &e);
+        if tokio::time::timeout(budget, round(&leases, &store, &cfg, &mut e, &metrics)).await.is_err() {
+            tracing::warn!(?budget, "kubernetes: no answer from the API server on the lease in time");
+            check_deadline(&store, &cfg, &mut e, &metrics);
+        }
         if !e.labelled {
-            e.labelled = if e.renewed.is_some() {
-                label_leader(&pods, &cfg.identity).await
-            } else {
-                set_label(&pods, &cfg.identity, false).await.is_ok()
+            let budget = time_left(&cfg, &e);
+            let labelling = async {
+                if e.renewed.is_some() {
+                    label_leader(&pods, &cfg.identity).await
+                } else {
+                    set_label(&pods, &cfg.identity, false).await.is_ok()
+                }
             };
+            e.labelled = tokio::time::timeout(budget, labelling).await.unwrap_or(false);
         }
         metrics.kube_leader.set(i64::from(e.renewed.is_some()));
         tokio::time::sleep(cfg.retry).await;
     }
+}
+
+/// How long the next call may take: as leader, until the renew deadline
+/// (none left: at once, so `check_deadline` steps down); else the deadline.
+fn time_left(cfg: &LeaseConfig, e: &Election) -> Duration {
+    e.renewed.map_or(cfg.renew_deadline, |at| cfg.renew_deadline.saturating_sub(at.elapsed()))
 }
 
 fn now() -> MicroTime {
@@ -155,7 +173,15 @@ async fn round(leases: &Api<Lease>, store: &KubeStore, cfg: &LeaseConfig, e: &mu
         tracing::warn!(holder, "kubernetes: lease taken by another replica; stepping down");
         return step_down(store, e, metrics);
     }
-    let expired = e.observed.as_ref().is_some_and(|(_, at)| at.elapsed() >= cfg.duration);
+    // The holder's duration, as written in the Lease (client-go does the
+    // same): replicas started with another --lease-ms, e.g. during the
+    // rollout that changes it, wait as long as the holder counts on.
+    let duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0)
+        .map_or(cfg.duration, Duration::from_secs);
+    let expired = e.observed.as_ref().is_some_and(|(_, at)| at.elapsed() >= duration);
     // Free, expired, or ours from a previous life (same pod, restarted).
     if !(holder.is_empty() || expired || holder == cfg.identity) {
         return;
@@ -189,6 +215,14 @@ pub async fn release(client: Client, store: &KubeStore, cfg: &LeaseConfig) {
         return;
     }
     store.step_down();
+    // Shutdown waits for this: an API server that does not answer gets the
+    // renew deadline, then the Lease expires instead.
+    if tokio::time::timeout(cfg.renew_deadline, hand_back(client, cfg)).await.is_err() {
+        tracing::warn!("kubernetes: no answer from the API server; the lease expires instead");
+    }
+}
+
+async fn hand_back(client: Client, cfg: &LeaseConfig) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
     let pods: Api<Pod> = Api::namespaced(client, &cfg.namespace);
     let _ = set_label(&pods, &cfg.identity, false).await;

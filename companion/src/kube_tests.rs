@@ -403,6 +403,55 @@ async fn a_leader_that_cannot_renew_steps_down() {
 }
 
 #[tokio::test]
+async fn a_leader_whose_api_server_hangs_steps_down_before_the_lease_can_pass() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    let lease = Duration::from_secs(3);
+    let replica = Replica::with_lease(&fake, "companion-a", lease);
+    wait("leading", || replica.store.is_leader().then_some(())).await;
+    // Lease requests get no answer: it must step down (at its renew
+    // deadline, 2 s) before a standby could take the Lease, `lease` after
+    // the last renewal the API server recorded.
+    fake.stall(&leases(), true);
+    wait("stepped down", || replica.store.not_serving().map(|_| ())).await;
+    let stepped_down = k8s_openapi::chrono::Utc::now();
+    let recorded = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    let renewed: k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc> =
+        recorded["spec"]["renewTime"].as_str().unwrap().parse().unwrap();
+    let held = (stepped_down - renewed).to_std().unwrap();
+    assert!(held < lease, "still leading {held:?} after its last renewal, past the Lease's {lease:?}");
+    assert_eq!(replica.metrics.kube_leader.get(), 0);
+    // Answered again: it leads again.
+    fake.stall(&leases(), false);
+    wait("leading again", || replica.store.is_leader().then_some(())).await;
+    replica.stop();
+}
+
+#[tokio::test]
+async fn a_standby_waits_as_long_as_the_lease_names_not_its_own_duration() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.put_quietly(&pods(), own_pod("companion-b"));
+    // a holds a 600 s Lease and dies without a word; b, started with a
+    // 300 ms Lease (another --lease-ms), must not take it after 300 ms.
+    let a = Replica::with_lease(&fake, "companion-a", Duration::from_secs(600));
+    wait("a leads", || a.store.is_leader().then_some(())).await;
+    a.stop();
+    let b = Replica::with_lease(&fake, "companion-b", Duration::from_millis(300));
+    wait("b ready", || b.store.served().readiness().is_ready().then_some(())).await;
+    // b reads the Lease every 100 ms: 20 reads span over 6 of its own durations.
+    let from = fake.gets(&leases());
+    wait("b's rounds", || (fake.gets(&leases()) >= from + 20).then_some(())).await;
+    assert!(!b.store.is_leader(), "b took a Lease its holder still counts on");
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert_eq!(
+        (lease["spec"]["holderIdentity"].as_str(), lease["spec"]["leaseDurationSeconds"].as_i64()),
+        (Some("companion-a"), Some(600))
+    );
+    b.stop();
+}
+
+#[tokio::test]
 async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
     let fake = bookinfo("v1").await;
     fake.put_quietly(&pods(), own_pod("companion-a"));
@@ -714,4 +763,211 @@ async fn an_apply_conflict_is_reported_not_forced() {
     let kept = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
     assert_eq!(kept["spec"]["host"], "elsewhere.example.com", "not overwritten");
     assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews"), None);
+}
+
+fn events() -> Res {
+    res("events.k8s.io", "v1", "events")
+}
+
+/// The Events in `default`, as (regarding name, note).
+fn events_listed(fake: &FakeApi) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = fake
+        .list_in(&events(), crate::kube_events::NAMESPACE)
+        .iter()
+        .map(|e| (e["regarding"]["name"].as_str().unwrap().to_owned(), e["note"].as_str().unwrap().to_owned()))
+        .collect();
+    all.sort();
+    all
+}
+
+/// A replica's event writer, leading from the start.
+fn event_writer(fake: &FakeApi, store: &Arc<KubeStore>, pod: &str) -> JoinHandle<()> {
+    let recheck = Duration::from_millis(50);
+    tokio::spawn(crate::kube_events::run(fake.client(), store.clone(), pod.into(), recheck, opts(0).watch))
+}
+
+#[tokio::test]
+async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
+    let fake = bookinfo("v1").await;
+    fake.install(&events());
+    fake.put_quietly(&groups(), group("broken", json!({ "mode": "strict", "fallback": ["base"] })));
+    fake.put_quietly(&groups(), group("fine", json!({ "description": "ok" })));
+    let (a, metrics) = store();
+    a.become_leader("1000-aa".into()).unwrap();
+    let a_tasks = [
+        tokio::spawn(crate::kube_source::run(fake.client(), a.clone(), metrics.clone(), opts(0))),
+        event_writer(&fake, &a, "companion-a"),
+    ];
+    let event = wait("broken's Event", || fake.list_in(&events(), "default").into_iter().next()).await;
+    let uid = fake.get(&groups(), "", "broken").unwrap()["metadata"]["uid"].clone();
+    assert_eq!(
+        event["regarding"],
+        json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "name": "broken", "uid": uid })
+    );
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("Invalid")));
+    assert!(event["note"].as_str().unwrap().starts_with("spec.fallback: a strict group cannot have a fallback"));
+    assert_eq!(
+        (event["reportingController"].as_str(), event["reportingInstance"].as_str()),
+        (Some("isogroup.io/companion"), Some("companion-a"))
+    );
+    // Not repeated: rebuilds (every 50 ms) and rechecks (every 50 ms) go by
+    // until another object's Event is written, and broken's is still one.
+    fake.put(&groups(), group("fine", json!({ "mode": "loose" })));
+    wait("fine's Event", || (events_listed(&fake).len() == 2).then_some(())).await;
+    assert_eq!(fake.creates(&events()), 2, "one create per occurrence");
+    assert!(events_listed(&fake)[1].1.starts_with("spec.mode: \"loose\""), "{:?}", events_listed(&fake));
+
+    // A new leader meets the same occurrences: AlreadyExists, nothing new.
+    a.step_down();
+    let (b, metrics_b) = store();
+    b.become_leader("2000-bb".into()).unwrap();
+    tokio::spawn(crate::kube_source::run(fake.client(), b.clone(), metrics_b, opts(0)));
+    event_writer(&fake, &b, "companion-b");
+    wait("the new leader's attempts", || (fake.creates(&events()) == 4).then_some(())).await;
+    assert_eq!(events_listed(&fake).len(), 2);
+    // A new spec, still invalid: a new occurrence, a new Event; a fixed one: none.
+    fake.put(&groups(), group("broken", json!({ "owner": "x".repeat(300) })));
+    fake.put(&groups(), group("fine", json!({ "mode": "strict" })));
+    wait("broken's second Event", || (events_listed(&fake).len() == 3).then_some(())).await;
+    let listed = events_listed(&fake);
+    assert!(
+        listed.iter().any(|(name, note)| name == "broken" && note.starts_with("spec.owner: 300 bytes")),
+        "{listed:?}"
+    );
+    let fixed = wait("fine accepted", || {
+        let o = fake.get(&groups(), "", "fine")?;
+        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+    })
+    .await;
+    assert_eq!(fixed["status"]["observedGeneration"], 3);
+    assert_eq!(events_listed(&fake).len(), 3, "a fixed object gets no Event");
+    for t in a_tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default() {
+    use k8s_openapi::api::events::v1::Event;
+    let fake = FakeApi::start(&[events()]).await;
+    let broken = crate::kube_events::WatchedGroup {
+        name: "broken".into(),
+        uid: "u1".into(),
+        generation: 1,
+        status: json!({ "observedGeneration": 1, "conditions": [{ "type": "Accepted", "status": "False", "message": "m" }] }),
+    };
+    let mut event = crate::kube_events::event_for(&broken, "companion-a", "2026-01-01T00:00:00.000000Z").unwrap();
+    let ok: Event = serde_json::from_value(event.clone()).unwrap();
+    kube::Api::<Event>::namespaced(fake.client(), "default").create(&Default::default(), &ok).await.unwrap();
+    event["metadata"]["namespace"] = json!("isogroup-system");
+    let elsewhere: Event = serde_json::from_value(event).unwrap();
+    let refused = kube::Api::<Event>::namespaced(fake.client(), "isogroup-system")
+        .create(&Default::default(), &elsewhere)
+        .await
+        .unwrap_err();
+    match refused {
+        kube::Error::Api(e) => assert!(e.code == 422 && e.message.contains("involvedObject.namespace"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn envoyfilters() -> Res {
+    res("networking.istio.io", "v1alpha3", "envoyfilters")
+}
+
+fn envoyfilter(name: &str, labels: Value) -> Value {
+    json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": { "name": name, "namespace": "istio-system", "labels": labels }, "spec": { "configPatches": [] } })
+}
+
+#[tokio::test]
+async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_namespace() {
+    let fake = FakeApi::start(&[
+        pods(),
+        services(),
+        slices(),
+        rules("v1"),
+        virtualservices(),
+        envoyfilters(),
+        groups(),
+        leases(),
+        configmaps(),
+    ])
+    .await;
+    fake.put_quietly(&services(), service_named("reviews"));
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true), ("f1", true)]));
+    fake.put_quietly(&envoyfilters(), envoyfilter("theirs", json!({ "app": "mine" })));
+    let (store, metrics) = store();
+    let mut o = opts(200);
+    o.istio = Some((crate::istio::Mode::ClusterHeader, "istio-system".into()));
+    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+    // A standby, ready; meanwhile the leader makes an EnvoyFilter for a
+    // service that then goes, and dies: elected, this replica finds it.
+    wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
+    let ghost = envoyfilter("isogroup-ghost-bookinfo", json!({ "app.kubernetes.io/managed-by": "isogroup" }));
+    fake.put_quietly(&envoyfilters(), ghost);
+    store.become_leader("1000-aa".into()).unwrap();
+
+    // Server-side applied in the root namespace, where istiod patches every
+    // client proxy: a cluster_header route first in each port's virtual host.
+    let name = "isogroup-reviews-bookinfo";
+    let ef = wait("reviews' EnvoyFilter", || fake.get(&envoyfilters(), "istio-system", name)).await;
+    assert_eq!(fake.manager(&envoyfilters(), "istio-system", name).as_deref(), Some("isogroup"));
+    assert_eq!(ef["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    let vhosts: Vec<&str> =
+        patches.iter().map(|p| p["match"]["routeConfiguration"]["vhost"]["name"].as_str().unwrap()).collect();
+    assert_eq!(vhosts, ["reviews.bookinfo.svc.cluster.local:9080", "reviews.bookinfo.svc.cluster.local:9443"]);
+    for p in patches {
+        assert_eq!(
+            (p["applyTo"].as_str(), p["match"]["context"].as_str()),
+            (Some("HTTP_ROUTE"), Some("SIDECAR_OUTBOUND"))
+        );
+        assert_eq!(p["patch"]["operation"], "INSERT_FIRST");
+        let route = &p["patch"]["value"];
+        assert_eq!(route["match"]["headers"], json!([{ "name": "x-isogroup-cluster", "present_match": true }]));
+        assert_eq!(route["route"]["cluster_header"], "x-isogroup-cluster");
+        assert_eq!(route["route"]["timeout"], "0s", "Istio's own route defaults, written out");
+    }
+    // The VirtualService keeps only the base route; the subsets follow the lanes.
+    let vs = wait("reviews' VirtualService", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")).await;
+    assert_eq!(
+        vs["spec"]["http"],
+        json!([{ "name": "base", "route": [{ "destination": { "host": "reviews.bookinfo.svc.cluster.local", "subset": "base" } }] }])
+    );
+    wait("reviews' subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
+    wait_table(&store, "the lane (no route to wait for in this mode)", |t| lanes(t) == ["base", "feature-1"]).await;
+    // The former leader's filter is found and deleted; someone else's stays.
+    wait("the stale EnvoyFilter deleted", || {
+        fake.get(&envoyfilters(), "istio-system", "isogroup-ghost-bookinfo").is_none().then_some(())
+    })
+    .await;
+    // The lane gone: its subset goes; the service's filter stays (it is
+    // there before any lane settles, so a new lane never waits for it).
+    fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
+    wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
+    assert_eq!(lanes(&store.served().current().raw), ["base"]);
+    assert!(fake.get(&envoyfilters(), "istio-system", name).is_some());
+    // The service gone: its EnvoyFilter goes with its other objects.
+    fake.delete(&services(), "bookinfo", "reviews");
+    wait("reviews' EnvoyFilter deleted", || fake.get(&envoyfilters(), "istio-system", name).is_none().then_some(()))
+        .await;
+    wait("reviews' DestinationRule deleted", || {
+        fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none().then_some(())
+    })
+    .await;
+    wait("reviews' VirtualService deleted", || {
+        fake.get(&virtualservices(), "bookinfo", "isogroup-reviews").is_none().then_some(())
+    })
+    .await;
+    assert!(fake.get(&envoyfilters(), "istio-system", "theirs").is_some(), "someone else's EnvoyFilter stays");
+    assert_eq!(metrics.kube_istio_conflicts.get(), 0);
+    // Every request it made is granted by the shipped RBAC for this mode.
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/istio");
+    let mut objects = crate::kube_fake::manifest(&deploy.join("companion.yaml"));
+    objects.extend(crate::kube_fake::manifest(&deploy.join("companion-cluster-header-rbac.yaml")));
+    let denied = fake.denied(&crate::kube_fake::companion_rbac(&objects));
+    assert!(denied.is_empty(), "not granted by companion.yaml and companion-cluster-header-rbac.yaml: {denied:#?}");
 }

@@ -9,6 +9,7 @@ mod explain;
 mod istio;
 #[cfg(test)]
 mod kube_bench;
+mod kube_events;
 #[cfg(test)]
 mod kube_fake;
 mod kube_groups;
@@ -373,6 +374,9 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             opts.istio = istio;
             tokio::spawn(kube_source::run(client.clone(), kube.clone(), metrics.clone(), opts));
             tokio::spawn(kube_leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
+            let recheck = Duration::from_secs(5);
+            let timing = kube_watch::Timing::default();
+            tokio::spawn(kube_events::run(client.clone(), kube.clone(), identity.clone(), recheck, timing));
             release = Some((client, kube.clone(), lease_cfg));
             (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))
         }
