@@ -13,8 +13,11 @@
 //! vm_id (Istio sets none) with different sources never see each other's
 //! table, and configs that share a source share one poller and one table.
 
-use std::rc::Rc;
-use std::time::Duration;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use alloc::rc::Rc;
+use core::time::Duration;
 
 use crate::proxy::{LogLevel, Status};
 use isogroup_core::edge::fnv1a;
@@ -119,7 +122,7 @@ impl Held {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Held> {
-        let text = std::str::from_utf8(bytes).ok()?;
+        let text = core::str::from_utf8(bytes).ok()?;
         let (version, epoch) = match text.split_once(' ') {
             Some((v, e)) => (v, Some(e.to_owned())),
             None => (text, None),
@@ -251,7 +254,7 @@ impl Follower {
                 // ETag and epoch say what the body holds: one not newer than
                 // the table in force is a 304 to us, never parsed.
                 if let Some(version) = headers.get("etag").and_then(parse_etag) {
-                    let epoch = headers.get("x-isogroup-epoch").and_then(|e| std::str::from_utf8(e).ok());
+                    let epoch = headers.get("x-isogroup-epoch").and_then(|e| core::str::from_utf8(e).ok());
                     let announced = Held { version, epoch: epoch.map(str::to_owned) };
                     if !announced.is_newer_than(self.shared(vm).as_ref()) {
                         return self.answered(vm, now);
@@ -403,5 +406,5 @@ fn parse_etag(value: &[u8]) -> Option<u64> {
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+    core::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }

@@ -1,6 +1,9 @@
 //! The plugin configuration (Envoy `configuration`, Istio `pluginConfig`):
 //! JSON schema, defaults, and validation into `Settings`.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::assist::{Assist, RawAssist};
 use crate::edge::{Edge, RawEdge};
 use crate::error::ConfigError;

@@ -1,6 +1,9 @@
 //! The JSON reader on its own: strings and escapes, numbers, structure,
 //! nesting, trailing bytes, duplicate keys, and where errors point.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

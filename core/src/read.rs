@@ -7,7 +7,10 @@
 //! newer and send fields this version does not know (SPEC "Second round":
 //! ignored and logged once); the reader's lenient mode skips them.
 
-use std::collections::BTreeMap;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::BTreeMap;
 
 use crate::assist::{RawAssist, Side};
 use crate::config::{CompanionSource, RawConfig, TableSource};

@@ -2,6 +2,9 @@
 //! answer on every pattern of the subset and every input here, and patterns
 //! outside the subset refused.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -3,8 +3,11 @@
 //! The filter only executes what this returns, so everything here is tested
 //! natively (and as wasm).
 
-use std::borrow::Cow;
-use std::net::IpAddr;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::borrow::Cow;
+use core::net::IpAddr;
 
 use crate::config::Settings;
 use crate::decide::{decide, Decision, FailFast, RequestView};

@@ -2,6 +2,9 @@
 //! (strict and lenient), validation naming the field, and the serialised
 //! round trip.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

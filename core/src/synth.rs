@@ -1,7 +1,10 @@
 //! Synthetic route tables of any size, for benchmarks and load tests (the
 //! companion's `synth` command writes them as files).
 
-use std::collections::BTreeMap;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::BTreeMap;
 
 use crate::table::{Mode, RawGroup, RawService, RawTable};
 

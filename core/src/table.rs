@@ -2,7 +2,10 @@
 //! form (`Table`) that `decide` reads. Compiling validates everything once, so
 //! the per-request path only does lookups.
 
-use std::collections::BTreeMap;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::BTreeMap;
 
 use crate::authority;
 use crate::cidr::Cidr;
@@ -10,7 +13,6 @@ use crate::edge::{RawRule, Rules};
 use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
 use crate::sources::{Binding, Sources};
-use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Longest group `description` and `owner`, in bytes.
 pub const MAX_GROUP_TEXT: usize = 256;

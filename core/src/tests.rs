@@ -1,6 +1,9 @@
 //! Table-driven tests of every decision step and every validation error.
 //! They run natively and, compiled to wasm32, under Node.js.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

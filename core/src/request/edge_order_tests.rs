@@ -2,6 +2,9 @@
 //! `join_path`), source bindings and table rules (with `runtime`), plugin
 //! rules, `default_group`; `group_from_value`; the join reply.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -1,6 +1,9 @@
 //! Table-driven tests of the request pipeline: group sources and their
 //! order, trust, injection, sanitising, and the exact header edits.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
