@@ -667,14 +667,17 @@ impl<'r> Compiler<'r> {
                 match templated {
                     // Formatted once here, so the request path only indexes.
                     Some(at) => {
-                        let (head, tail) = (&cluster[..at], &cluster[at + PORT_PLACEHOLDER.len()..]);
+                        // `get`, not `[..]`: str slicing links its panic message's
+                        // char and range Debug (Unicode tables) into the wasm.
+                        let (head, tail) = cluster.split_at_checked(at).unwrap_or((cluster, ""));
+                        let tail = tail.get(PORT_PLACEHOLDER.len()..).unwrap_or("");
                         let names: PortNames = s
                             .ports
                             .iter()
                             .map(|p| {
                                 let mut name = String::with_capacity(cluster.len());
                                 name.push_str(head);
-                                name.push_str(&p.to_string());
+                                crate::json::push_u64(&mut name, u64::from(*p));
                                 name.push_str(tail);
                                 name.into_boxed_str()
                             })
