@@ -5,7 +5,15 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
-use alloc::collections::BTreeMap;
+/// The raw table's maps from names (groups, services, a service's
+/// clusters). The wasm filter, which reads tables with `read.rs` and has no
+/// serde, keeps them in a sorted `Vec` (`VecMap`: a fraction of `BTreeMap`'s
+/// code); everything else (the companion, tests) has `BTreeMap`. Both
+/// iterate in name order.
+#[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+pub type NameMap<V> = crate::vec_map::VecMap<V>;
+#[cfg(not(all(target_arch = "wasm32", not(feature = "serde"))))]
+pub type NameMap<V> = alloc::collections::BTreeMap<String, V>;
 
 use crate::authority;
 use crate::cidr::Cidr;
@@ -32,9 +40,9 @@ pub struct RawTable {
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub base_group: Option<String>,
     #[cfg_attr(feature = "serde", serde(default))]
-    pub groups: BTreeMap<String, RawGroup>,
+    pub groups: NameMap<RawGroup>,
     #[cfg_attr(feature = "serde", serde(default))]
-    pub services: BTreeMap<String, RawService>,
+    pub services: NameMap<RawService>,
     /// Source bindings: a client address range to a group (edge mode with
     /// `edge.runtime` only).
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
@@ -112,7 +120,7 @@ impl Mode {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawService {
     pub hosts: Vec<String>,
-    pub clusters: BTreeMap<String, String>,
+    pub clusters: NameMap<String>,
     /// The service's ports, the first its default; a cluster name with
     /// `{port}` takes the `:authority`'s port if listed, else the default.
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
