@@ -566,7 +566,7 @@ impl<'r> Compiler<'r> {
         let limit = self.limits.max_fallback_depth;
         for name in raw.groups.keys() {
             match depths.get(name.as_str()) {
-                Some(&depth) if depth > limit => {
+                Some(depth) if depth > limit => {
                     self.errors.push(TableError::FallbackTooDeep { group: name.clone(), depth, limit });
                 }
                 _ => {}
@@ -735,29 +735,30 @@ const CYCLE_SHOWN: usize = 8;
 /// without the walk's back edges (so it is a real chain even in a table with
 /// cycles), and one error per back edge, each the cycle it closes, named
 /// from the group where that cycle starts. Linear in the fallback entries.
-fn fallback_walk(raw: &RawTable) -> (FxHashMap<&str, usize>, Vec<TableError>) {
-    enum State {
-        /// On the current path, at this stack index.
-        OnPath(usize),
-        Done(usize),
-    }
-    let fallbacks = |name: &str| raw.groups.get(name).map_or(&[][..], |g| &g.fallback[..]);
-    let mut state: FxHashMap<&str, State> = FxHashMap::default();
-    state.reserve(raw.groups.len());
-    let mut back_edges: FxHashSet<(&str, &str)> = FxHashSet::default();
+fn fallback_walk(raw: &RawTable) -> (FallbackDepths<'_>, Vec<TableError>) {
+    use WalkState as State;
+    let fallbacks = |name: &str| -> &[String] { raw.groups.get(name).map_or(&[][..], |g| &g.fallback[..]) };
+    // Every name the walk meets gets an id; the maps are keyed by bytes like
+    // the table's indexes (one hash map type in the wasm).
+    let mut ids = FallbackDepths { ids: FxHashMap::default(), names: Vec::new(), state: Vec::new() };
+    ids.ids.reserve(raw.groups.len());
+    // Back edges already reported, as (from id, to id) in 8 bytes.
+    let mut back_edges: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
     let mut cycles = Vec::new();
-    // (group, next fallback to look at, longest chain below it so far)
-    let mut stack: Vec<(&str, usize, usize)> = Vec::new();
+    // (group id, next fallback to look at, longest chain below it so far)
+    let mut stack: Vec<(usize, usize, usize)> = Vec::new();
     for root in raw.groups.keys() {
-        if state.contains_key(root.as_str()) {
+        let root = id_of(&mut ids, root.as_str());
+        if !matches!(ids.state.get(root), Some(State::New)) {
             continue;
         }
-        state.insert(root, State::OnPath(0));
+        set(&mut ids.state, root, State::OnPath(0));
         stack.push((root, 0, 0));
-        while let Some(&(name, next, deepest)) = stack.last() {
+        while let Some(&(id, next, deepest)) = stack.last() {
+            let name = ids.names.get(id).copied().unwrap_or_default();
             let Some(f) = fallbacks(name).get(next).map(String::as_str) else {
                 stack.pop();
-                state.insert(name, State::Done(deepest));
+                set(&mut ids.state, id, State::Done(deepest));
                 if let Some(parent) = stack.last_mut() {
                     parent.2 = parent.2.max(deepest + 1);
                 }
@@ -766,45 +767,88 @@ fn fallback_walk(raw: &RawTable) -> (FxHashMap<&str, usize>, Vec<TableError>) {
             if let Some(top) = stack.last_mut() {
                 top.1 += 1;
             }
-            match state.get(f) {
-                None => {
-                    state.insert(f, State::OnPath(stack.len()));
-                    stack.push((f, 0, 0));
+            let f_id = id_of(&mut ids, f);
+            match ids.state.get(f_id).copied().unwrap_or(State::New) {
+                State::New => {
+                    set(&mut ids.state, f_id, State::OnPath(stack.len()));
+                    stack.push((f_id, 0, 0));
                 }
-                Some(&State::Done(d)) => {
+                State::Done(d) => {
                     if let Some(top) = stack.last_mut() {
                         top.2 = top.2.max(d + 1);
                     }
                 }
-                Some(&State::OnPath(start)) => {
+                State::OnPath(start) => {
                     // The same edge listed twice closes the same cycle.
-                    if back_edges.insert((name, f)) {
+                    let edge = ((id as u64) << 32 | f_id as u64).to_le_bytes();
+                    if back_edges.insert(Box::from(&edge[..]), 0).is_none() {
                         let path = stack.get(start..).unwrap_or_default();
-                        cycles.push(TableError::FallbackCycle { group: f.to_owned(), cycle: cycle_text(path, f) });
+                        let text = cycle_text(
+                            path.iter().map(|(i, _, _)| ids.names.get(*i).copied().unwrap_or_default()),
+                            path.len(),
+                            f,
+                        );
+                        cycles.push(TableError::FallbackCycle { group: f.to_owned(), cycle: text });
                     }
                 }
             }
         }
     }
-    let depths = state
-        .into_iter()
-        .filter_map(|(name, s)| match s {
-            State::Done(d) => Some((name, d)),
-            State::OnPath(_) => None,
-        })
-        .collect();
-    (depths, cycles)
+    (ids, cycles)
+}
+
+/// `name`'s id in the walk, given on first sight.
+fn id_of<'r>(ids: &mut FallbackDepths<'r>, name: &'r str) -> usize {
+    let next = ids.names.len();
+    let id = *ids.ids.entry(name.as_bytes().into()).or_insert(next as u32) as usize;
+    if id == next {
+        ids.names.push(name);
+        ids.state.push(WalkState::New);
+    }
+    id
+}
+
+fn set<T>(v: &mut [T], i: usize, value: T) {
+    if let Some(slot) = v.get_mut(i) {
+        *slot = value;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum WalkState {
+    New,
+    /// On the current path, at this stack index.
+    OnPath(usize),
+    Done(usize),
+}
+
+/// Each group's longest fallback chain, from `fallback_walk`.
+struct FallbackDepths<'r> {
+    ids: FxHashMap<Box<[u8]>, u32>,
+    names: Vec<&'r str>,
+    state: Vec<WalkState>,
+}
+
+impl FallbackDepths<'_> {
+    /// In edges, without the walk's back edges; `None` for a group on a cycle.
+    fn get(&self, name: &str) -> Option<usize> {
+        let id = *self.ids.get(name.as_bytes())?;
+        match self.state.get(id as usize)? {
+            WalkState::Done(d) => Some(*d),
+            _ => None,
+        }
+    }
 }
 
 /// `a -> b -> a`; a long cycle shows its first groups and how many more.
-fn cycle_text(path: &[(&str, usize, usize)], start: &str) -> String {
+fn cycle_text<'a>(path: impl Iterator<Item = &'a str>, len: usize, start: &str) -> String {
     let mut text = String::new();
-    for (name, _, _) in path.iter().take(CYCLE_SHOWN) {
+    for name in path.take(CYCLE_SHOWN) {
         text.push_str(name);
         text.push_str(" -> ");
     }
-    if path.len() > CYCLE_SHOWN {
-        text.push_str(&format!("… ({} more) -> ", path.len() - CYCLE_SHOWN));
+    if len > CYCLE_SHOWN {
+        text.push_str(&format!("… ({} more) -> ", len - CYCLE_SHOWN));
     }
     text.push_str(start);
     text
