@@ -257,22 +257,47 @@ enum Ctx {
     Stream(Box<dyn HttpContext>),
 }
 
-/// The contexts by id, in one map (one hash map type in the wasm).
+/// The live contexts, sorted by id: a `Vec` and a binary search instead of
+/// a hash map type in the wasm. Envoy numbers contexts from a counter, so a
+/// new one appends; the live ones are the VM's roots and its in-flight
+/// streams.
 #[derive(Default)]
 struct Contexts {
-    by_id: FxHashMap<u32, Ctx>,
+    by_id: Vec<(u32, Ctx)>,
 }
 
 impl Contexts {
+    fn get_mut(&mut self, id: u32) -> Option<&mut Ctx> {
+        let i = self.by_id.binary_search_by_key(&id, |(k, _)| *k).ok()?;
+        self.by_id.get_mut(i).map(|(_, c)| c)
+    }
+
+    fn insert(&mut self, id: u32, ctx: Ctx) {
+        match self.by_id.binary_search_by_key(&id, |(k, _)| *k) {
+            Ok(i) => {
+                if let Some(slot) = self.by_id.get_mut(i) {
+                    slot.1 = ctx;
+                }
+            }
+            Err(i) => self.by_id.insert(i, (id, ctx)),
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Ok(i) = self.by_id.binary_search_by_key(&id, |(k, _)| *k) {
+            self.by_id.remove(i);
+        }
+    }
+
     fn root(&mut self, id: u32) -> Option<&mut Root<WasmHost>> {
-        match self.by_id.get_mut(&id) {
+        match self.get_mut(id) {
             Some(Ctx::Root(r)) => Some(r),
             _ => None,
         }
     }
 
     fn stream(&mut self, id: u32) -> Option<&mut Box<dyn HttpContext>> {
-        match self.by_id.get_mut(&id) {
+        match self.get_mut(id) {
             Some(Ctx::Stream(s)) => Some(s),
             _ => None,
         }
@@ -347,9 +372,9 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
     with_contexts(&mut |c| {
         if root_context_id == 0 {
-            c.by_id.insert(context_id, Ctx::Root(Box::new(Root::new(WasmHost))));
+            c.insert(context_id, Ctx::Root(Box::new(Root::new(WasmHost))));
         } else if let Some(stream) = c.root(root_context_id).and_then(|r| r.create_http_context(context_id)) {
-            c.by_id.insert(context_id, Ctx::Stream(stream));
+            c.insert(context_id, Ctx::Stream(stream));
         }
     });
 }
@@ -424,6 +449,6 @@ pub extern "C" fn proxy_on_done(_context_id: u32) -> bool {
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     with_contexts(&mut |c| {
-        c.by_id.remove(&context_id);
+        c.remove(context_id);
     });
 }
