@@ -225,7 +225,7 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), 
 
 /// A property by its path, segments joined with NUL as the host expects.
 pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
-    let joined = path.join("\0");
+    let joined = isogroup_core::text::join_str(path, "\0");
     fetch(|data, size| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), data, size) })
 }
 

@@ -123,7 +123,7 @@ impl<H: Host> RootContext for Root<H> {
 fn node_label_group(host: &impl Host) -> Option<String> {
     let value = host.property(&["xds", "node", "metadata", "LABELS", "isogroup.io/group"]).ok()??;
     if GroupName::new(&value).is_some() {
-        let group = String::from_utf8_lossy(&value).into_owned();
+        let group = isogroup_core::text::lossy(&value);
         host.log(
             LogLevel::Info,
             &format!(
@@ -160,7 +160,7 @@ fn next_vm_id(host: &impl Host) -> String {
         let Ok((Some(value), cas)) = host.shared_get(VM_SEQ_KEY) else {
             break;
         };
-        let next = core::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0).saturating_add(1);
+        let next = isogroup_core::text::parse_u64(&value).unwrap_or(0).saturating_add(1);
         if host.shared_set(VM_SEQ_KEY, next.to_string().as_bytes(), cas).is_ok() {
             return next.to_string();
         }

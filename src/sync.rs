@@ -127,7 +127,7 @@ impl Held {
             Some((v, e)) => (v, Some(e.to_owned())),
             None => (text, None),
         };
-        Some(Held { version: version.parse().ok()?, epoch })
+        Some(Held { version: isogroup_core::text::parse_u64(version.as_bytes())?, epoch })
     }
 
     fn is_newer_than(&self, other: Option<&Held>) -> bool {
@@ -278,7 +278,8 @@ impl Follower {
                 // A newer companion's fields: skipped (SPEC), said once.
                 if !unknown.is_empty() && !self.told_unknown {
                     self.told_unknown = true;
-                    let fields = unknown.join(", ");
+                    let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+                    let fields = isogroup_core::text::join_str(&names, ", ");
                     vm.log(LogLevel::Warn, &format!("table fields this filter does not know, ignored: {fields}"));
                 }
                 table
@@ -363,9 +364,9 @@ pub fn take_lease(host: &impl Host, key: &str, me: &str, now: u64) -> Result<boo
             }
         }
     };
-    let text = String::from_utf8_lossy(&value);
+    let text = isogroup_core::text::lossy(&value);
     let (holder, expiry) = text.split_once(' ').unwrap_or(("-", "0"));
-    let expiry: u64 = expiry.parse().unwrap_or(0);
+    let expiry = isogroup_core::text::parse_u64(expiry.as_bytes()).unwrap_or(0);
     if holder != me && expiry > now {
         return Ok(false);
     }
@@ -384,7 +385,7 @@ fn poller_id(host: &impl Host, vm_id: &str, now: u64) -> String {
     let mine = format!("envoy-{now:x}-{vm_id}");
     for _ in 0..4 {
         match host.shared_get(POLLER_ID_KEY) {
-            Ok((Some(id), _)) if id != b"-" => return String::from_utf8_lossy(&id).into_owned(),
+            Ok((Some(id), _)) if id != b"-" => return isogroup_core::text::lossy(&id),
             Ok((Some(_), cas)) => {
                 if host.shared_set(POLLER_ID_KEY, mine.as_bytes(), cas).is_ok() {
                     return mine;
@@ -406,5 +407,5 @@ fn parse_etag(value: &[u8]) -> Option<u64> {
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    core::str::from_utf8(bytes).ok()?.trim().parse().ok()
+    isogroup_core::text::parse_u64(core::str::from_utf8(bytes).ok()?.trim().as_bytes())
 }

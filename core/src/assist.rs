@@ -132,7 +132,7 @@ pub fn encode_entry(trace_id: &[u8], group: &GroupName, expires_ms: u64) -> Vec<
 /// The group a slot holds for `trace_id`, if it is that trace's and fresh.
 pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<GroupName> {
     let mut parts = entry.splitn(3, |&b| b == b' ');
-    let expires: u64 = core::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let expires = crate::text::parse_u64(parts.next()?)?;
     let group = GroupName::new(parts.next()?)?;
     (parts.next()? == trace_id && now_ms < expires).then_some(group)
 }

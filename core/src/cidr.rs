@@ -24,7 +24,9 @@ impl Cidr {
         let net = parse_ip(addr.trim()).ok_or("not an IP address")?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| "prefix length is not a number")?,
+            Some(p) => crate::text::parse_u64(p.trim().as_bytes())
+                .and_then(|p| u8::try_from(p).ok())
+                .ok_or("prefix length is not a number")?,
             None => max,
         };
         if prefix > max {

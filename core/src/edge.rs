@@ -420,7 +420,7 @@ pub fn cookie_without(header: &[u8], name: &str) -> Option<Vec<u8>> {
         .map(<[u8]>::trim_ascii)
         .filter(|c| !c.is_empty() && group::cookie_value(c, name).is_none())
         .collect();
-    (!kept.is_empty()).then(|| kept.join(&b"; "[..]))
+    (!kept.is_empty()).then(|| crate::text::join_bytes(&kept, b"; "))
 }
 
 #[cfg(test)]

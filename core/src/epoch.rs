@@ -48,7 +48,7 @@ impl<'a> Epoch<'a> {
         if !canonical {
             return None;
         }
-        let number = number.parse().ok()?;
+        let number = crate::text::parse_u64(number.as_bytes())?;
         let random = random.as_bytes();
         if random.is_empty() || random.len() > MAX_RANDOM_LEN || !random.iter().all(u8::is_ascii_alphanumeric) {
             return None;

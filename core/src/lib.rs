@@ -30,6 +30,7 @@ pub mod synth;
 pub mod table;
 #[cfg(feature = "serde")]
 mod table_de;
+pub mod text;
 pub mod vec_map;
 
 pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};

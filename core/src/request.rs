@@ -485,7 +485,7 @@ impl<'h> Incoming<'h> {
             .collect();
         match stamp {
             Some(g) => {
-                let joined = kept.join(&b","[..]);
+                let joined = crate::text::join_bytes(&kept, b",");
                 let current = (!joined.is_empty()).then_some(joined.as_slice());
                 edits.push(Edit::Set("baggage", Cow::Owned(group::baggage_with(current, key, g.as_str()))));
             }
