@@ -697,7 +697,7 @@ impl<'r> Compiler<'r> {
                     None => clusters.push((g, cluster.as_str().into())),
                 }
             }
-            clusters.sort_unstable_by_key(|(g, _)| *g); // group ids are unique: no order to keep
+            sort_by_group(&mut clusters);
             service_index.insert(name.as_bytes().into(), id);
             services.push(CompiledService {
                 name: name.as_str().into(),
@@ -840,6 +840,37 @@ impl FallbackDepths<'_> {
     }
 }
 
+/// Heapsort by group id (ids are unique: no order to keep). Hand-written:
+/// std's `sort_unstable` is ~3.5 KB of wasm for this one call; this is
+/// O(k log k) too, in place.
+fn sort_by_group(v: &mut [(GroupId, Box<str>)]) {
+    fn sift_down(v: &mut [(GroupId, Box<str>)], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            let key = |i: usize, v: &[(GroupId, Box<str>)]| v.get(i).map_or(0, |e| e.0);
+            if child + 1 < end && key(child, v) < key(child + 1, v) {
+                child += 1;
+            }
+            if key(root, v) >= key(child, v) {
+                return;
+            }
+            v.swap(root, child);
+            root = child;
+        }
+    }
+    let n = v.len();
+    for root in (0..n / 2).rev() {
+        sift_down(v, root, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
+    }
+}
+
 /// `a -> b -> a`; a long cycle shows its first groups and how many more.
 fn cycle_text<'a>(path: impl Iterator<Item = &'a str>, len: usize, start: &str) -> String {
     let mut text = String::new();
@@ -877,4 +908,43 @@ fn check_cluster(cluster: &str) -> Result<(), &'static str> {
         return Err("only printable ASCII without spaces");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod sort_tests {
+    use super::{sort_by_group, GroupId};
+
+    /// Against std's sort: empty, one, sorted, reversed, the base first or
+    /// last, and every permutation of five ids.
+    #[test]
+    fn sorts_by_group_id() {
+        let mut cases: Vec<Vec<GroupId>> =
+            vec![vec![], vec![7], vec![0, 1, 2, 3], vec![9, 5, 3, 1, 0], vec![0, 4, 2, 9], vec![3, 1, 2, 0]];
+        let mut perm = vec![0, 1, 2, 3, 4];
+        // Heap's algorithm: all 120 orders.
+        fn heap(k: usize, a: &mut Vec<GroupId>, out: &mut Vec<Vec<GroupId>>) {
+            if k <= 1 {
+                out.push(a.clone());
+                return;
+            }
+            for i in 0..k {
+                heap(k - 1, a, out);
+                if k.is_multiple_of(2) {
+                    a.swap(i, k - 1)
+                } else {
+                    a.swap(0, k - 1)
+                }
+            }
+        }
+        heap(5, &mut perm, &mut cases);
+        assert_eq!(cases.len(), 6 + 120);
+        for ids in cases {
+            let mut v: Vec<(GroupId, Box<str>)> = ids.iter().map(|g| (*g, g.to_string().into())).collect();
+            sort_by_group(&mut v);
+            let mut want = ids.clone();
+            want.sort_unstable();
+            assert_eq!(v.iter().map(|e| e.0).collect::<Vec<_>>(), want, "{ids:?}");
+            assert!(v.iter().all(|(g, name)| g.to_string() == **name), "{ids:?}: names travel with their ids");
+        }
+    }
 }
