@@ -131,7 +131,16 @@ build() {
   log "building the filter (release, wasm32-wasip1)"
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-filter
   if ensure_wasm_opt; then
-    "$WASM_OPT" $WASM_OPT_FLAGS --strip-debug "$WASM_RAW" -o "$WASM"
+    # binaryen on Node takes ~25 s: skipped when the input, the optimiser,
+    # its flags and the output are the ones of the last run.
+    local stamp=$WASM.stamp key
+    key="$(sha256sum "$WASM_RAW" | cut -d' ' -f1) $("$WASM_OPT" --version) $WASM_OPT_FLAGS"
+    if [ -f "$WASM" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$key $(sha256sum "$WASM" | cut -d' ' -f1)" ]; then
+      echo "wasm-opt: $WASM is up to date"
+    else
+      "$WASM_OPT" $WASM_OPT_FLAGS --strip-debug "$WASM_RAW" -o "$WASM"
+      echo "$key $(sha256sum "$WASM" | cut -d' ' -f1)" >"$stamp"
+    fi
   else
     echo "wasm-opt not available: shipping the unoptimised wasm"
     cp "$WASM_RAW" "$WASM"
