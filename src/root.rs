@@ -61,7 +61,7 @@ impl<H: Host> RootContext for Root<H> {
                 return false;
             }
         };
-        let mut settings = match Settings::from_json(&bytes) {
+        let mut settings = match Settings::from_json_vec(bytes) {
             Ok(s) => s,
             Err(e) => {
                 host.log(LogLevel::Error, &format!("isogroup: invalid plugin configuration: {e}"));

@@ -192,7 +192,7 @@ impl Follower {
             return;
         }
         let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-        match Table::from_companion_json(&bytes, &vm.settings.base_group, &vm.settings.limits) {
+        match Table::from_companion_vec(bytes, &vm.settings.base_group, &vm.settings.limits) {
             Ok((table, _)) => {
                 vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
                 self.local = Some(Held::of(&table));

@@ -197,6 +197,16 @@ impl Settings {
         Settings::validate(RawConfig::from_json(bytes)?)
     }
 
+    /// `from_json`, freeing the JSON before the inline table is compiled: a
+    /// wasm VM's linear memory keeps its peak, which then holds the parsed
+    /// and the compiled table but not the text.
+    pub fn from_json_vec(bytes: Vec<u8>) -> Result<Settings, ConfigError> {
+        let raw =
+            if bytes.trim_ascii().is_empty() { RawConfig::from_json(b"{}") } else { RawConfig::from_json(&bytes) };
+        drop(bytes);
+        Settings::validate(raw?)
+    }
+
     pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         let headers = [("group_header", &raw.group_header), ("strict_header", &raw.strict_header)];
         let routing = [("cluster_header", &raw.cluster_header), ("target_header", &raw.target_header)];

@@ -256,6 +256,18 @@ impl Table {
         Ok((Table::compile(&raw, default_base, limits)?, unknown))
     }
 
+    /// `from_companion_json`, freeing the JSON before compiling (a wasm VM's
+    /// linear memory keeps its peak).
+    pub fn from_companion_vec(
+        bytes: Vec<u8>,
+        default_base: &str,
+        limits: &Limits,
+    ) -> Result<(Table, Vec<String>), TableError> {
+        let (raw, unknown) = RawTable::from_companion_json(&bytes, limits)?;
+        drop(bytes);
+        Ok((Table::compile(&raw, default_base, limits)?, unknown))
+    }
+
     /// Compiles a table; the first problem found rejects it.
     pub fn compile(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, TableError> {
         let mut c = Compiler::new(raw, default_base, limits);
