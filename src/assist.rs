@@ -2,6 +2,9 @@
 //! inbound listener, restore it on the outbound one. The store's format and
 //! bounds live in core (`isogroup_core::assist`).
 
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
 use isogroup_core::assist::{self, Assist, Side};
 use isogroup_core::request::{GroupSource, Incoming};
 

@@ -3,6 +3,9 @@
 //! NUL-terminated. One buffer, no `String` per header; every offset is
 //! checked, so a malformed buffer ends the list instead of panicking.
 
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
 pub struct HeaderMap {
     buf: Vec<u8>,
 }
@@ -28,7 +31,7 @@ impl HeaderMap {
             let Some(at) = n.checked_mul(8).and_then(|i| i.checked_add(4)) else { break };
             let (Some(klen), Some(vlen)) = (u32_at(at), at.checked_add(4).and_then(u32_at)) else { break };
             let Some(key_end) = data.checked_add(klen) else { break };
-            let Some(key) = b.get(data..key_end).and_then(|k| std::str::from_utf8(k).ok()) else { break };
+            let Some(key) = b.get(data..key_end).and_then(|k| core::str::from_utf8(k).ok()) else { break };
             let Some(value_at) = key_end.checked_add(1) else { break };
             let Some(value_end) = value_at.checked_add(vlen) else { break };
             let Some(value) = b.get(value_at..value_end) else { break };

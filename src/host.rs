@@ -5,8 +5,11 @@
 //! answers (`fake_host`). Headers are bytes only: a hostile value must never
 //! become a panic.
 
-use std::fmt;
-use std::time::Duration;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use core::fmt;
+use core::time::Duration;
 
 use crate::proxy::{GrpcStatusCode, LogLevel, MetricType, Status};
 

@@ -7,7 +7,10 @@
 //! request never reaches an upstream (if it cannot be answered, the stream is
 //! reset).
 
-use std::rc::Rc;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use alloc::rc::Rc;
 
 use crate::proxy::{Action, Context, GrpcStatusCode, HttpContext, LogLevel};
 use isogroup_core::cidr;
@@ -70,7 +73,7 @@ impl<H: Host> Request<H> {
         Action::Pause
     }
 
-    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+    fn peer_ip(&self) -> Option<core::net::IpAddr> {
         let address = self.vm.host.property(&["source", "address"]).ok()??;
         cidr::peer_ip(&address)
     }

@@ -5,6 +5,11 @@
 
 // Natively only the unit tests use the filter; the wasm32 clippy run checks dead code.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+// The wasm links no std: no std panic, I/O or WASI runtime in the module
+// (`proxy_abi` has the panic handler and the allocator).
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
 
 mod assist;
 mod header_map;

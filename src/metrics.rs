@@ -1,7 +1,10 @@
 //! The SPEC's metrics. Request counters are kept in the VM and flushed to
 //! Envoy on each tick: the request path then costs no host call for them.
 
-use std::cell::Cell;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use core::cell::Cell;
 
 use crate::proxy::{LogLevel, MetricType};
 

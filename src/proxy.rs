@@ -5,6 +5,9 @@
 //! `proxy_abi` (wasm32 only), so native tests run the same contexts against
 //! the fake host.
 
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
 /// Log levels, as the host numbers them.
 #[repr(u32)]
 #[derive(Copy, Clone, Eq, PartialEq, Debug)]

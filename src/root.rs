@@ -1,9 +1,12 @@
 //! The root context of one VM: configure (parse → compile → install), ticks
 //! (flush metrics, sync the table), and one HTTP context per request.
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::time::Duration;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use alloc::rc::Rc;
+use core::cell::Cell;
+use core::time::Duration;
 
 use crate::proxy::{Context, ContextType, HttpContext, LogLevel, RootContext};
 use isogroup_core::{GroupName, Settings, Source};
@@ -58,7 +61,7 @@ impl<H: Host> RootContext for Root<H> {
                 return false;
             }
         };
-        let mut settings = match Settings::from_json(&bytes) {
+        let mut settings = match Settings::from_json_vec(bytes) {
             Ok(s) => s,
             Err(e) => {
                 host.log(LogLevel::Error, &format!("isogroup: invalid plugin configuration: {e}"));
@@ -69,7 +72,7 @@ impl<H: Host> RootContext for Root<H> {
             host.log(LogLevel::Error, &format!("isogroup: {e}"));
             return false;
         }
-        let source = std::mem::replace(&mut settings.source, Source::None);
+        let source = core::mem::replace(&mut settings.source, Source::None);
         if settings.workload_group.is_none() {
             settings.workload_group = node_label_group(&host);
         }
@@ -120,7 +123,7 @@ impl<H: Host> RootContext for Root<H> {
 fn node_label_group(host: &impl Host) -> Option<String> {
     let value = host.property(&["xds", "node", "metadata", "LABELS", "isogroup.io/group"]).ok()??;
     if GroupName::new(&value).is_some() {
-        let group = String::from_utf8_lossy(&value).into_owned();
+        let group = isogroup_core::text::lossy(&value);
         host.log(
             LogLevel::Info,
             &format!(
@@ -138,7 +141,7 @@ fn node_label_group(host: &impl Host) -> Option<String> {
 /// The proxy's namespace from the node metadata `NAMESPACE` (Istio sets it).
 fn node_namespace(host: &impl Host) -> Option<String> {
     let value = host.property(&["xds", "node", "metadata", "NAMESPACE"]).ok()??;
-    match std::str::from_utf8(&value).ok().filter(|ns| isogroup_core::config::is_namespace(ns)) {
+    match core::str::from_utf8(&value).ok().filter(|ns| isogroup_core::config::is_namespace(ns)) {
         Some(ns) => Some(ns.to_owned()),
         None => {
             host.log(LogLevel::Warn, "isogroup: node metadata NAMESPACE is not a namespace name; ignored");
@@ -157,7 +160,7 @@ fn next_vm_id(host: &impl Host) -> String {
         let Ok((Some(value), cas)) = host.shared_get(VM_SEQ_KEY) else {
             break;
         };
-        let next = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0).saturating_add(1);
+        let next = isogroup_core::text::parse_u64(&value).unwrap_or(0).saturating_add(1);
         if host.shared_set(VM_SEQ_KEY, next.to_string().as_bytes(), cas).is_ok() {
             return next.to_string();
         }

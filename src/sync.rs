@@ -13,8 +13,11 @@
 //! vm_id (Istio sets none) with different sources never see each other's
 //! table, and configs that share a source share one poller and one table.
 
-use std::rc::Rc;
-use std::time::Duration;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use alloc::rc::Rc;
+use core::time::Duration;
 
 use crate::proxy::{LogLevel, Status};
 use isogroup_core::edge::fnv1a;
@@ -119,12 +122,12 @@ impl Held {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Held> {
-        let text = std::str::from_utf8(bytes).ok()?;
+        let text = core::str::from_utf8(bytes).ok()?;
         let (version, epoch) = match text.split_once(' ') {
             Some((v, e)) => (v, Some(e.to_owned())),
             None => (text, None),
         };
-        Some(Held { version: version.parse().ok()?, epoch })
+        Some(Held { version: isogroup_core::text::parse_u64(version.as_bytes())?, epoch })
     }
 
     fn is_newer_than(&self, other: Option<&Held>) -> bool {
@@ -189,7 +192,7 @@ impl Follower {
             return;
         }
         let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-        match Table::from_companion_json(&bytes, &vm.settings.base_group, &vm.settings.limits) {
+        match Table::from_companion_vec(bytes, &vm.settings.base_group, &vm.settings.limits) {
             Ok((table, _)) => {
                 vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
                 self.local = Some(Held::of(&table));
@@ -251,7 +254,7 @@ impl Follower {
                 // ETag and epoch say what the body holds: one not newer than
                 // the table in force is a 304 to us, never parsed.
                 if let Some(version) = headers.get("etag").and_then(parse_etag) {
-                    let epoch = headers.get("x-isogroup-epoch").and_then(|e| std::str::from_utf8(e).ok());
+                    let epoch = headers.get("x-isogroup-epoch").and_then(|e| core::str::from_utf8(e).ok());
                     let announced = Held { version, epoch: epoch.map(str::to_owned) };
                     if !announced.is_newer_than(self.shared(vm).as_ref()) {
                         return self.answered(vm, now);
@@ -275,7 +278,8 @@ impl Follower {
                 // A newer companion's fields: skipped (SPEC), said once.
                 if !unknown.is_empty() && !self.told_unknown {
                     self.told_unknown = true;
-                    let fields = unknown.join(", ");
+                    let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+                    let fields = isogroup_core::text::join_str(&names, ", ");
                     vm.log(LogLevel::Warn, &format!("table fields this filter does not know, ignored: {fields}"));
                 }
                 table
@@ -360,9 +364,9 @@ pub fn take_lease(host: &impl Host, key: &str, me: &str, now: u64) -> Result<boo
             }
         }
     };
-    let text = String::from_utf8_lossy(&value);
+    let text = isogroup_core::text::lossy(&value);
     let (holder, expiry) = text.split_once(' ').unwrap_or(("-", "0"));
-    let expiry: u64 = expiry.parse().unwrap_or(0);
+    let expiry = isogroup_core::text::parse_u64(expiry.as_bytes()).unwrap_or(0);
     if holder != me && expiry > now {
         return Ok(false);
     }
@@ -381,7 +385,7 @@ fn poller_id(host: &impl Host, vm_id: &str, now: u64) -> String {
     let mine = format!("envoy-{now:x}-{vm_id}");
     for _ in 0..4 {
         match host.shared_get(POLLER_ID_KEY) {
-            Ok((Some(id), _)) if id != b"-" => return String::from_utf8_lossy(&id).into_owned(),
+            Ok((Some(id), _)) if id != b"-" => return isogroup_core::text::lossy(&id),
             Ok((Some(_), cas)) => {
                 if host.shared_set(POLLER_ID_KEY, mine.as_bytes(), cas).is_ok() {
                     return mine;
@@ -403,5 +407,5 @@ fn parse_etag(value: &[u8]) -> Option<u64> {
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+    isogroup_core::text::parse_u64(core::str::from_utf8(bytes).ok()?.trim().as_bytes())
 }

@@ -1,8 +1,11 @@
 //! State shared by the root context and the HTTP contexts of one VM (one
 //! worker thread): the host, settings, the compiled table in force, metrics.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use alloc::rc::Rc;
+use core::cell::{Cell, RefCell};
 
 use crate::proxy::LogLevel;
 use isogroup_core::{Settings, Table};

@@ -1,7 +1,10 @@
 //! The real host: the proxy-wasm imports of `proxy_abi`, each failure
 //! returned as a `HostError` naming the call.
 
-use std::time::Duration;
+#[allow(unused_imports)]
+use isogroup_core::prelude::*;
+
+use core::time::Duration;
 
 use crate::host::{HeaderMap, Host, HostError, HostResult, Shared};
 use crate::proxy::{GrpcStatusCode, LogLevel, MetricType, Status};

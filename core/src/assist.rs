@@ -8,6 +8,9 @@
 //! holding one entry with its expiry. Memory stays bounded whatever the load;
 //! a newer trace overwrites an older one in the same slot.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::edge::fnv1a;
 use crate::error::ConfigError;
 use crate::group::GroupName;
@@ -129,7 +132,7 @@ pub fn encode_entry(trace_id: &[u8], group: &GroupName, expires_ms: u64) -> Vec<
 /// The group a slot holds for `trace_id`, if it is that trace's and fresh.
 pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<GroupName> {
     let mut parts = entry.splitn(3, |&b| b == b' ');
-    let expires: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let expires = crate::text::parse_u64(parts.next()?)?;
     let group = GroupName::new(parts.next()?)?;
     (parts.next()? == trace_id && now_ms < expires).then_some(group)
 }
@@ -176,7 +179,7 @@ mod tests {
             trace_headers: default_trace_headers(),
         })
         .unwrap();
-        let keys: std::collections::BTreeSet<String> =
+        let keys: alloc::collections::BTreeSet<String> =
             (0..10_000).map(|i| a.slot_key(format!("trace-{i}").as_bytes())).collect();
         assert_eq!(keys.len(), 64, "10 000 trace ids share 64 keys");
         assert!(keys.iter().all(|k| k.starts_with("isogroup/assist/")));

@@ -1,6 +1,9 @@
 //! The host part of an `:authority`, normalised the way table hosts are:
 //! port stripped (IPv6 `[…]:port` too), one trailing dot removed, lower-cased.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// Longest DNS name; anything longer is not a service of ours.
 pub const MAX_HOST_LEN: usize = 253;
 
@@ -9,13 +12,13 @@ pub const MAX_HOST_LEN: usize = 253;
 pub fn normalize<'b>(authority: &'b [u8], buf: &'b mut [u8; MAX_HOST_LEN + 1]) -> Option<&'b str> {
     let (host, upper) = host_part(authority)?;
     if !upper {
-        return std::str::from_utf8(host).ok();
+        return core::str::from_utf8(host).ok();
     }
     let out = &mut buf[..host.len()];
     for (o, b) in out.iter_mut().zip(host) {
         *o = b.to_ascii_lowercase();
     }
-    std::str::from_utf8(out).ok()
+    core::str::from_utf8(out).ok()
 }
 
 /// Calls `f` with the normalised host (printable ASCII). The copy, and its
@@ -110,7 +113,7 @@ mod tests {
             (b"re views", None),
             (b"r\xc3\xa9views", None),
             (&[b'a'; 254], None),
-            (&[b'a'; 253], Some(std::str::from_utf8(&[b'a'; 253]).unwrap())),
+            (&[b'a'; 253], Some(core::str::from_utf8(&[b'a'; 253]).unwrap())),
         ];
         for (auth, want) in cases {
             let mut buf = [0u8; MAX_HOST_LEN + 1];

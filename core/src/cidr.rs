@@ -1,7 +1,10 @@
 //! CIDR ranges (`10.1.0.0/16`, `2001:db8::/32`) and peer addresses as
 //! Envoy reports them (`127.0.0.1:50562`, `[::1]:8080`).
 
-use std::net::IpAddr;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::net::IpAddr;
 
 use crate::ip::parse_ip;
 
@@ -21,7 +24,9 @@ impl Cidr {
         let net = parse_ip(addr.trim()).ok_or("not an IP address")?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| "prefix length is not a number")?,
+            Some(p) => crate::text::parse_u64(p.trim().as_bytes())
+                .and_then(|p| u8::try_from(p).ok())
+                .ok_or("prefix length is not a number")?,
             None => max,
         };
         if prefix > max {
@@ -83,7 +88,7 @@ fn prefix_eq(a: u128, b: u128, prefix: u8) -> bool {
 /// The IP of an Envoy `source.address` value: `ip:port`, `[v6]:port`, or a
 /// bare address.
 pub fn peer_ip(address: &[u8]) -> Option<IpAddr> {
-    let text = std::str::from_utf8(address).ok()?.trim();
+    let text = core::str::from_utf8(address).ok()?.trim();
     if let Some(ip) = parse_ip(text) {
         return Some(ip);
     }

@@ -3,7 +3,10 @@
 //! first of the table's rules that needs only the address (`source_cidrs`).
 //! The same lookups the edge filter makes, without a request.
 
-use std::net::IpAddr;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::net::IpAddr;
 
 use crate::group::GroupName;
 use crate::table::Table;

@@ -1,6 +1,9 @@
 //! The plugin configuration (Envoy `configuration`, Istio `pluginConfig`):
 //! JSON schema, defaults, and validation into `Settings`.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::assist::{Assist, RawAssist};
 use crate::edge::{Edge, RawEdge};
 use crate::error::ConfigError;
@@ -192,6 +195,16 @@ impl Settings {
     pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
         let bytes = if bytes.trim_ascii().is_empty() { b"{}" } else { bytes };
         Settings::validate(RawConfig::from_json(bytes)?)
+    }
+
+    /// `from_json`, freeing the JSON before the inline table is compiled: a
+    /// wasm VM's linear memory keeps its peak, which then holds the parsed
+    /// and the compiled table but not the text.
+    pub fn from_json_vec(bytes: Vec<u8>) -> Result<Settings, ConfigError> {
+        let raw =
+            if bytes.trim_ascii().is_empty() { RawConfig::from_json(b"{}") } else { RawConfig::from_json(&bytes) };
+        drop(bytes);
+        Settings::validate(raw?)
     }
 
     pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {

@@ -1,6 +1,9 @@
 //! The one decision: where a request goes. Pure and allocation-free; the
 //! filter, the companion's `/v1/resolve` and `explain`, and the tests call it.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::authority::{self, MAX_HOST_LEN};
 use crate::group::strict_lists;
 use crate::table::{PortOf, ServiceId, Table};

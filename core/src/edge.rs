@@ -1,7 +1,10 @@
 //! Edge mode (ingress gateways): ordered rules that map a request to a group,
 //! and which peers may bring their own group.
 
-use std::net::IpAddr;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::net::IpAddr;
 
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
@@ -245,7 +248,7 @@ impl Test {
             Test::Always => true,
             Test::Values(vs) => vs.iter().any(|v| v.as_bytes() == value),
             Test::Prefix(p) => value.starts_with(p.as_bytes()),
-            Test::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
+            Test::Regex(re) => core::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
         }
     }
 }
@@ -417,7 +420,7 @@ pub fn cookie_without(header: &[u8], name: &str) -> Option<Vec<u8>> {
         .map(<[u8]>::trim_ascii)
         .filter(|c| !c.is_empty() && group::cookie_value(c, name).is_none())
         .collect();
-    (!kept.is_empty()).then(|| kept.join(&b"; "[..]))
+    (!kept.is_empty()).then(|| crate::text::join_bytes(&kept, b"; "))
 }
 
 #[cfg(test)]

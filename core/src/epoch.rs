@@ -12,7 +12,10 @@
 //!
 //! Core stays pure: the clock and the random bytes come from the caller.
 
-use std::cmp::Ordering;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::cmp::Ordering;
 
 /// The longest random part accepted (a generated one has 16 hex digits).
 pub const MAX_RANDOM_LEN: usize = 64;
@@ -45,7 +48,7 @@ impl<'a> Epoch<'a> {
         if !canonical {
             return None;
         }
-        let number = number.parse().ok()?;
+        let number = crate::text::parse_u64(number.as_bytes())?;
         let random = random.as_bytes();
         if random.is_empty() || random.len() > MAX_RANDOM_LEN || !random.iter().all(u8::is_ascii_alphanumeric) {
             return None;
@@ -115,7 +118,7 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::cmp::Ordering::{self, Equal, Greater, Less};
+    use core::cmp::Ordering::{self, Equal, Greater, Less};
 
     use super::{compare, generate, Epoch, Stamp};
     use crate::{Limits, RawTable, Table};
@@ -142,7 +145,7 @@ mod tests {
             (&format!("5-{}", "a".repeat(65)), None),
         ];
         for &(text, want) in cases {
-            let got = Epoch::parse(text).map(|e| (e.number, std::str::from_utf8(e.random).unwrap()));
+            let got = Epoch::parse(text).map(|e| (e.number, core::str::from_utf8(e.random).unwrap()));
             assert_eq!(got, want, "{text:?}");
         }
     }

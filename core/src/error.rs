@@ -1,6 +1,9 @@
 //! Typed errors. Every variant names the field that failed, as a dotted path
 //! into the JSON document (`services.reviews.clusters`), so a user can find it.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use thiserror::Error;
 
 use crate::json::Quoted;

@@ -2,7 +2,10 @@
 //! the W3C `baggage` member, the cookie, and the strict list. Everything here
 //! works on bytes (headers may hold anything) and allocates nothing.
 
-use std::fmt;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::fmt;
 
 /// Longest DNS-1123 label.
 pub const MAX_GROUP_LEN: usize = 63;
@@ -40,7 +43,7 @@ impl GroupName {
 
     pub fn as_str(&self) -> &str {
         // Only ASCII ever gets in (checked by `new`); the fallback is unreachable.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+        core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
     }
 }
 

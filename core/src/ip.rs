@@ -4,7 +4,10 @@
 //! of wasm instead of std's generic parser (~3 KB). Property-tested against
 //! std (`tests/ip_vs_std.rs`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 struct Cursor<'a> {
     s: &'a [u8],

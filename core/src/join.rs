@@ -3,6 +3,9 @@
 //! redirect that sets (or, for an empty `lane`, clears) the lane cookie.
 //! Sans I/O: this returns the reply, the filter sends it.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::edge::{query_param, LANE_COOKIE};
 use crate::group::GroupName;
 use crate::request::LocalReply;
@@ -63,7 +66,7 @@ fn local_path(value: &[u8]) -> Option<&str> {
     let ok = value.first() == Some(&b'/')
         && !matches!(value.get(1), Some(b'/' | b'\\'))
         && value.iter().all(|&b| b.is_ascii_graphic() && b != b'\\');
-    ok.then(|| std::str::from_utf8(value).ok()).flatten()
+    ok.then(|| core::str::from_utf8(value).ok()).flatten()
 }
 
 fn error(status: u16, code: &str, detail: &str) -> LocalReply {

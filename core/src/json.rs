@@ -10,6 +10,9 @@
 //! every escape (`\uXXXX` surrogate pairs joined, lone ones refused), nesting
 //! is limited, and bytes after the document are refused.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// Deepest nesting of arrays and objects; the schemas need 6.
 pub(crate) const MAX_DEPTH: usize = 64;
 
@@ -106,8 +109,8 @@ pub(crate) fn push_quoted(out: &mut String, s: &str) {
 /// messages, instead of `{:?}` (whose Unicode tables cost the wasm kilobytes).
 pub struct Quoted<'a>(pub &'a str);
 
-impl std::fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let mut s = String::with_capacity(self.0.len() + 2);
         push_quoted(&mut s, self.0);
         f.write_str(&s)
@@ -289,7 +292,7 @@ impl<'a> Reader<'a> {
             }
         }
         // Only ASCII was consumed.
-        let text = std::str::from_utf8(bytes.get(start..self.pos).unwrap_or_default()).unwrap_or_default();
+        let text = core::str::from_utf8(bytes.get(start..self.pos).unwrap_or_default()).unwrap_or_default();
         Ok((text, integer))
     }
 
@@ -392,7 +395,7 @@ impl<'a> Reader<'a> {
                 self.pos += 1;
             }
             let run = self.bytes.get(start..self.pos).unwrap_or_default();
-            match std::str::from_utf8(run) {
+            match core::str::from_utf8(run) {
                 Ok(text) => out.push_str(text),
                 Err(e) => {
                     self.pos = start + e.valid_up_to() + 1;

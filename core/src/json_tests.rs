@@ -1,6 +1,9 @@
 //! The JSON reader on its own: strings and escapes, numbers, structure,
 //! nesting, trailing bytes, duplicate keys, and where errors point.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::json::{document, push_u64, Reader, Res, MAX_DEPTH};
 
 /// `{"s": <value>}` read as one string; the error as `path: message`.

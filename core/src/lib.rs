@@ -1,6 +1,12 @@
 //! isogroup-core: pure isolation-group routing. No I/O, no proxy-wasm: the
 //! filter, the companion and the tests all call the same `decide`.
 #![forbid(unsafe_code)]
+// The wasm filter links no std (see `prelude`); tests keep it.
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+
+extern crate alloc;
+
+pub mod prelude;
 
 pub mod assist;
 pub mod authority;
@@ -24,6 +30,8 @@ pub mod synth;
 pub mod table;
 #[cfg(feature = "serde")]
 mod table_de;
+pub mod text;
+pub mod vec_map;
 
 pub use config::{CompanionSource, RawConfig, Settings, Source, TableSource};
 pub use decide::{decide, decide_service, Decision, FailFast, FailReason, RequestView, Route};

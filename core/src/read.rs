@@ -7,13 +7,14 @@
 //! newer and send fields this version does not know (SPEC "Second round":
 //! ignored and logged once); the reader's lenient mode skips them.
 
-use std::collections::BTreeMap;
+#[allow(unused_imports)]
+use crate::prelude::*;
 
 use crate::assist::{RawAssist, Side};
 use crate::config::{CompanionSource, RawConfig, TableSource};
 use crate::edge::{RawEdge, RawRule};
 use crate::json::{Reader, Res};
-use crate::table::{Limits, Mode, RawGroup, RawService, RawSource, RawTable};
+use crate::table::{Limits, Mode, NameMap, RawGroup, RawService, RawSource, RawTable};
 
 const U16: u64 = u16::MAX as u64;
 const U32: u64 = u32::MAX as u64;
@@ -218,7 +219,7 @@ pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
 }
 
 /// Inserts a map member, refusing a key given twice.
-fn insert_new<T>(r: &Reader<'_>, map: &mut BTreeMap<String, T>, key: String, value: T) -> Res<()> {
+fn insert_new<T>(r: &Reader<'_>, map: &mut NameMap<T>, key: String, value: T) -> Res<()> {
     if map.contains_key(&key) {
         return Err(r.duplicate_key(&key));
     }
@@ -255,7 +256,7 @@ fn service(r: &mut Reader<'_>) -> Res<RawService> {
         match r.field(key, SERVICE_FIELDS, &mut seen)? {
             Some(0) => hosts = Some(r.strings()?),
             Some(1) => {
-                let mut map = BTreeMap::new();
+                let mut map = NameMap::new();
                 r.object("a map", &mut |r, group| {
                     let cluster = r.string()?;
                     insert_new(r, &mut map, group, cluster)

@@ -14,6 +14,9 @@
 //! when the configuration or table is read, with the rule's field.
 //! Like regex-lite's `is_match`, a pattern finds: anchor it for a full match.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// Largest `{n,m}` bound.
 pub const MAX_REPEAT: u32 = 100;
 /// Most NFA instructions one pattern may compile to.
@@ -62,7 +65,7 @@ const WORD: &[(char, char)] = &[('0', '9'), ('A', 'Z'), ('_', '_'), ('a', 'z')];
 const SPACE: &[(char, char)] = &[('\t', '\r'), (' ', ' ')];
 
 struct Parser<'p> {
-    chars: std::iter::Peekable<std::str::Chars<'p>>,
+    chars: core::iter::Peekable<core::str::Chars<'p>>,
     nesting: usize,
 }
 
@@ -401,7 +404,7 @@ impl Regex {
             if c.is_none() {
                 return false;
             }
-            std::mem::swap(&mut current, &mut next);
+            core::mem::swap(&mut current, &mut next);
             pos = after;
         }
     }

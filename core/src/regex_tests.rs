@@ -2,6 +2,9 @@
 //! answer on every pattern of the subset and every input here, and patterns
 //! outside the subset refused.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::regex::Regex;
 
 const PATTERNS: &[&str] = &[

@@ -3,8 +3,11 @@
 //! The filter only executes what this returns, so everything here is tested
 //! natively (and as wasm).
 
-use std::borrow::Cow;
-use std::net::IpAddr;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::borrow::Cow;
+use core::net::IpAddr;
 
 use crate::config::Settings;
 use crate::decide::{decide, Decision, FailFast, RequestView};
@@ -482,7 +485,7 @@ impl<'h> Incoming<'h> {
             .collect();
         match stamp {
             Some(g) => {
-                let joined = kept.join(&b","[..]);
+                let joined = crate::text::join_bytes(&kept, b",");
                 let current = (!joined.is_empty()).then_some(joined.as_slice());
                 edits.push(Edit::Set("baggage", Cow::Owned(group::baggage_with(current, key, g.as_str()))));
             }

@@ -2,6 +2,9 @@
 //! (strict and lenient), validation naming the field, and the serialised
 //! round trip.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::*;
 
 const FULL: &str = r#"{
@@ -291,5 +294,36 @@ fn namespace_config() {
             (Err(e), Err(w)) => assert!(e.starts_with(w), "{json}: {e}"),
             (got, _) => panic!("{json}: {got:?}"),
         }
+    }
+}
+
+/// The owned-bytes entry points (they free the JSON before compiling) read
+/// exactly what the borrowed ones do: the same settings or table, the same
+/// error.
+#[test]
+fn owned_json_reads_the_same() {
+    let configs = [
+        "",
+        "  \n",
+        "{}",
+        r#"{"table": {"inline": {"groups": {"f1": {}}, "services": {"r": {"hosts": ["r"], "clusters": {"base": "r-base", "f1": "r-f1"}}}}}}"#,
+        r#"{"table": {"inline": {"services": {"r": {"hosts": ["r"], "clusters": {"f1": "r-f1"}}}}}}"#,
+        r#"{"group_header": "Bad Header"}"#,
+        "{",
+    ];
+    for json in configs {
+        let borrowed = format!("{:?}", Settings::from_json(json.as_bytes()).map_err(|e| e.to_string()));
+        let owned = format!("{:?}", Settings::from_json_vec(json.as_bytes().to_vec()).map_err(|e| e.to_string()));
+        assert_eq!(owned, borrowed, "{json:?}");
+    }
+    for json in [FULL, r#"{"services": {"r": {"hosts": ["r"], "clusters": {}}}, "later": 1}"#, "[]"] {
+        let limits = Limits::default();
+        let borrowed =
+            format!("{:?}", Table::from_companion_json(json.as_bytes(), "base", &limits).map_err(|e| e.to_string()));
+        let owned = format!(
+            "{:?}",
+            Table::from_companion_vec(json.as_bytes().to_vec(), "base", &limits).map_err(|e| e.to_string())
+        );
+        assert_eq!(owned, borrowed, "{json}");
     }
 }

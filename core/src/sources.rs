@@ -3,9 +3,10 @@
 //! map per prefix length, so a lookup is a few masked hash probes, longest
 //! prefix first, with no allocation.
 
-use std::net::IpAddr;
+#[allow(unused_imports)]
+use crate::prelude::*;
 
-use rustc_hash::FxHashMap;
+use core::net::IpAddr;
 
 use crate::cidr::Cidr;
 use crate::group::GroupName;

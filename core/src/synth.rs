@@ -1,9 +1,10 @@
 //! Synthetic route tables of any size, for benchmarks and load tests (the
 //! companion's `synth` command writes them as files).
 
-use std::collections::BTreeMap;
+#[allow(unused_imports)]
+use crate::prelude::*;
 
-use crate::table::{Mode, RawGroup, RawService, RawTable};
+use crate::table::{Mode, NameMap, RawGroup, RawService, RawTable};
 
 /// `services` services (`svc-<i>`, each with base plus 0–3 group clusters)
 /// over `groups` groups (`g-<j>`): short fallback chains, every tenth group
@@ -19,7 +20,7 @@ pub fn table(services: usize, groups: usize) -> RawTable {
     }
     for i in 0..services {
         let name = service(i);
-        let mut clusters = BTreeMap::new();
+        let mut clusters = NameMap::new();
         clusters.insert("base".to_owned(), format!("outbound|80|base|{name}.default.svc.cluster.local"));
         for k in 0..(i % 4) {
             let g = group(instance_group(i, k, groups));

@@ -2,7 +2,18 @@
 //! form (`Table`) that `decide` reads. Compiling validates everything once, so
 //! the per-request path only does lookups.
 
-use std::collections::BTreeMap;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+/// The raw table's maps from names (groups, services, a service's
+/// clusters). The wasm filter, which reads tables with `read.rs` and has no
+/// serde, keeps them in a sorted `Vec` (`VecMap`: a fraction of `BTreeMap`'s
+/// code); everything else (the companion, tests) has `BTreeMap`. Both
+/// iterate in name order.
+#[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+pub type NameMap<V> = crate::vec_map::VecMap<V>;
+#[cfg(not(all(target_arch = "wasm32", not(feature = "serde"))))]
+pub type NameMap<V> = alloc::collections::BTreeMap<String, V>;
 
 use crate::authority;
 use crate::cidr::Cidr;
@@ -10,7 +21,6 @@ use crate::edge::{RawRule, Rules};
 use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
 use crate::sources::{Binding, Sources};
-use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Longest group `description` and `owner`, in bytes.
 pub const MAX_GROUP_TEXT: usize = 256;
@@ -30,9 +40,9 @@ pub struct RawTable {
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub base_group: Option<String>,
     #[cfg_attr(feature = "serde", serde(default))]
-    pub groups: BTreeMap<String, RawGroup>,
+    pub groups: NameMap<RawGroup>,
     #[cfg_attr(feature = "serde", serde(default))]
-    pub services: BTreeMap<String, RawService>,
+    pub services: NameMap<RawService>,
     /// Source bindings: a client address range to a group (edge mode with
     /// `edge.runtime` only).
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
@@ -110,7 +120,7 @@ impl Mode {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawService {
     pub hosts: Vec<String>,
-    pub clusters: BTreeMap<String, String>,
+    pub clusters: NameMap<String>,
     /// The service's ports, the first its default; a cluster name with
     /// `{port}` takes the `:authority`'s port if listed, else the default.
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
@@ -243,6 +253,18 @@ impl Table {
         limits: &Limits,
     ) -> Result<(Table, Vec<String>), TableError> {
         let (raw, unknown) = RawTable::from_companion_json(bytes, limits)?;
+        Ok((Table::compile(&raw, default_base, limits)?, unknown))
+    }
+
+    /// `from_companion_json`, freeing the JSON before compiling (a wasm VM's
+    /// linear memory keeps its peak).
+    pub fn from_companion_vec(
+        bytes: Vec<u8>,
+        default_base: &str,
+        limits: &Limits,
+    ) -> Result<(Table, Vec<String>), TableError> {
+        let (raw, unknown) = RawTable::from_companion_json(&bytes, limits)?;
+        drop(bytes);
         Ok((Table::compile(&raw, default_base, limits)?, unknown))
     }
 
@@ -556,7 +578,7 @@ impl<'r> Compiler<'r> {
         let limit = self.limits.max_fallback_depth;
         for name in raw.groups.keys() {
             match depths.get(name.as_str()) {
-                Some(&depth) if depth > limit => {
+                Some(depth) if depth > limit => {
                     self.errors.push(TableError::FallbackTooDeep { group: name.clone(), depth, limit });
                 }
                 _ => {}
@@ -665,14 +687,17 @@ impl<'r> Compiler<'r> {
                 match templated {
                     // Formatted once here, so the request path only indexes.
                     Some(at) => {
-                        let (head, tail) = (&cluster[..at], &cluster[at + PORT_PLACEHOLDER.len()..]);
+                        // `get`, not `[..]`: str slicing links its panic message's
+                        // char and range Debug (Unicode tables) into the wasm.
+                        let (head, tail) = cluster.split_at_checked(at).unwrap_or((cluster, ""));
+                        let tail = tail.get(PORT_PLACEHOLDER.len()..).unwrap_or("");
                         let names: PortNames = s
                             .ports
                             .iter()
                             .map(|p| {
                                 let mut name = String::with_capacity(cluster.len());
                                 name.push_str(head);
-                                name.push_str(&p.to_string());
+                                crate::json::push_u64(&mut name, u64::from(*p));
                                 name.push_str(tail);
                                 name.into_boxed_str()
                             })
@@ -684,7 +709,7 @@ impl<'r> Compiler<'r> {
                     None => clusters.push((g, cluster.as_str().into())),
                 }
             }
-            clusters.sort_unstable_by_key(|(g, _)| *g); // group ids are unique: no order to keep
+            sort_by_group(&mut clusters);
             service_index.insert(name.as_bytes().into(), id);
             services.push(CompiledService {
                 name: name.as_str().into(),
@@ -722,29 +747,30 @@ const CYCLE_SHOWN: usize = 8;
 /// without the walk's back edges (so it is a real chain even in a table with
 /// cycles), and one error per back edge, each the cycle it closes, named
 /// from the group where that cycle starts. Linear in the fallback entries.
-fn fallback_walk(raw: &RawTable) -> (FxHashMap<&str, usize>, Vec<TableError>) {
-    enum State {
-        /// On the current path, at this stack index.
-        OnPath(usize),
-        Done(usize),
-    }
-    let fallbacks = |name: &str| raw.groups.get(name).map_or(&[][..], |g| &g.fallback[..]);
-    let mut state: FxHashMap<&str, State> = FxHashMap::default();
-    state.reserve(raw.groups.len());
-    let mut back_edges: FxHashSet<(&str, &str)> = FxHashSet::default();
+fn fallback_walk(raw: &RawTable) -> (FallbackDepths<'_>, Vec<TableError>) {
+    use WalkState as State;
+    let fallbacks = |name: &str| -> &[String] { raw.groups.get(name).map_or(&[][..], |g| &g.fallback[..]) };
+    // Every name the walk meets gets an id; the maps are keyed by bytes like
+    // the table's indexes (one hash map type in the wasm).
+    let mut ids = FallbackDepths { ids: FxHashMap::default(), names: Vec::new(), state: Vec::new() };
+    ids.ids.reserve(raw.groups.len());
+    // Back edges already reported, as (from id, to id) in 8 bytes.
+    let mut back_edges: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
     let mut cycles = Vec::new();
-    // (group, next fallback to look at, longest chain below it so far)
-    let mut stack: Vec<(&str, usize, usize)> = Vec::new();
+    // (group id, next fallback to look at, longest chain below it so far)
+    let mut stack: Vec<(usize, usize, usize)> = Vec::new();
     for root in raw.groups.keys() {
-        if state.contains_key(root.as_str()) {
+        let root = id_of(&mut ids, root.as_str());
+        if !matches!(ids.state.get(root), Some(State::New)) {
             continue;
         }
-        state.insert(root, State::OnPath(0));
+        set(&mut ids.state, root, State::OnPath(0));
         stack.push((root, 0, 0));
-        while let Some(&(name, next, deepest)) = stack.last() {
+        while let Some(&(id, next, deepest)) = stack.last() {
+            let name = ids.names.get(id).copied().unwrap_or_default();
             let Some(f) = fallbacks(name).get(next).map(String::as_str) else {
                 stack.pop();
-                state.insert(name, State::Done(deepest));
+                set(&mut ids.state, id, State::Done(deepest));
                 if let Some(parent) = stack.last_mut() {
                     parent.2 = parent.2.max(deepest + 1);
                 }
@@ -753,45 +779,119 @@ fn fallback_walk(raw: &RawTable) -> (FxHashMap<&str, usize>, Vec<TableError>) {
             if let Some(top) = stack.last_mut() {
                 top.1 += 1;
             }
-            match state.get(f) {
-                None => {
-                    state.insert(f, State::OnPath(stack.len()));
-                    stack.push((f, 0, 0));
+            let f_id = id_of(&mut ids, f);
+            match ids.state.get(f_id).copied().unwrap_or(State::New) {
+                State::New => {
+                    set(&mut ids.state, f_id, State::OnPath(stack.len()));
+                    stack.push((f_id, 0, 0));
                 }
-                Some(&State::Done(d)) => {
+                State::Done(d) => {
                     if let Some(top) = stack.last_mut() {
                         top.2 = top.2.max(d + 1);
                     }
                 }
-                Some(&State::OnPath(start)) => {
+                State::OnPath(start) => {
                     // The same edge listed twice closes the same cycle.
-                    if back_edges.insert((name, f)) {
+                    let edge = ((id as u64) << 32 | f_id as u64).to_le_bytes();
+                    if back_edges.insert(Box::from(&edge[..]), 0).is_none() {
                         let path = stack.get(start..).unwrap_or_default();
-                        cycles.push(TableError::FallbackCycle { group: f.to_owned(), cycle: cycle_text(path, f) });
+                        let text = cycle_text(
+                            path.iter().map(|(i, _, _)| ids.names.get(*i).copied().unwrap_or_default()),
+                            path.len(),
+                            f,
+                        );
+                        cycles.push(TableError::FallbackCycle { group: f.to_owned(), cycle: text });
                     }
                 }
             }
         }
     }
-    let depths = state
-        .into_iter()
-        .filter_map(|(name, s)| match s {
-            State::Done(d) => Some((name, d)),
-            State::OnPath(_) => None,
-        })
-        .collect();
-    (depths, cycles)
+    (ids, cycles)
+}
+
+/// `name`'s id in the walk, given on first sight.
+fn id_of<'r>(ids: &mut FallbackDepths<'r>, name: &'r str) -> usize {
+    let next = ids.names.len();
+    let id = *ids.ids.entry(name.as_bytes().into()).or_insert(next as u32) as usize;
+    if id == next {
+        ids.names.push(name);
+        ids.state.push(WalkState::New);
+    }
+    id
+}
+
+fn set<T>(v: &mut [T], i: usize, value: T) {
+    if let Some(slot) = v.get_mut(i) {
+        *slot = value;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum WalkState {
+    New,
+    /// On the current path, at this stack index.
+    OnPath(usize),
+    Done(usize),
+}
+
+/// Each group's longest fallback chain, from `fallback_walk`.
+struct FallbackDepths<'r> {
+    ids: FxHashMap<Box<[u8]>, u32>,
+    names: Vec<&'r str>,
+    state: Vec<WalkState>,
+}
+
+impl FallbackDepths<'_> {
+    /// In edges, without the walk's back edges; `None` for a group on a cycle.
+    fn get(&self, name: &str) -> Option<usize> {
+        let id = *self.ids.get(name.as_bytes())?;
+        match self.state.get(id as usize)? {
+            WalkState::Done(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+/// Heapsort by group id (ids are unique: no order to keep). Hand-written:
+/// std's `sort_unstable` is ~3.5 KB of wasm for this one call; this is
+/// O(k log k) too, in place.
+fn sort_by_group(v: &mut [(GroupId, Box<str>)]) {
+    fn sift_down(v: &mut [(GroupId, Box<str>)], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            let key = |i: usize, v: &[(GroupId, Box<str>)]| v.get(i).map_or(0, |e| e.0);
+            if child + 1 < end && key(child, v) < key(child + 1, v) {
+                child += 1;
+            }
+            if key(root, v) >= key(child, v) {
+                return;
+            }
+            v.swap(root, child);
+            root = child;
+        }
+    }
+    let n = v.len();
+    for root in (0..n / 2).rev() {
+        sift_down(v, root, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
+    }
 }
 
 /// `a -> b -> a`; a long cycle shows its first groups and how many more.
-fn cycle_text(path: &[(&str, usize, usize)], start: &str) -> String {
+fn cycle_text<'a>(path: impl Iterator<Item = &'a str>, len: usize, start: &str) -> String {
     let mut text = String::new();
-    for (name, _, _) in path.iter().take(CYCLE_SHOWN) {
+    for name in path.take(CYCLE_SHOWN) {
         text.push_str(name);
         text.push_str(" -> ");
     }
-    if path.len() > CYCLE_SHOWN {
-        text.push_str(&format!("… ({} more) -> ", path.len() - CYCLE_SHOWN));
+    if len > CYCLE_SHOWN {
+        text.push_str(&format!("… ({} more) -> ", len - CYCLE_SHOWN));
     }
     text.push_str(start);
     text
@@ -820,4 +920,43 @@ fn check_cluster(cluster: &str) -> Result<(), &'static str> {
         return Err("only printable ASCII without spaces");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod sort_tests {
+    use super::{sort_by_group, GroupId};
+
+    /// Against std's sort: empty, one, sorted, reversed, the base first or
+    /// last, and every permutation of five ids.
+    #[test]
+    fn sorts_by_group_id() {
+        let mut cases: Vec<Vec<GroupId>> =
+            vec![vec![], vec![7], vec![0, 1, 2, 3], vec![9, 5, 3, 1, 0], vec![0, 4, 2, 9], vec![3, 1, 2, 0]];
+        let mut perm = vec![0, 1, 2, 3, 4];
+        // Heap's algorithm: all 120 orders.
+        fn heap(k: usize, a: &mut Vec<GroupId>, out: &mut Vec<Vec<GroupId>>) {
+            if k <= 1 {
+                out.push(a.clone());
+                return;
+            }
+            for i in 0..k {
+                heap(k - 1, a, out);
+                if k.is_multiple_of(2) {
+                    a.swap(i, k - 1)
+                } else {
+                    a.swap(0, k - 1)
+                }
+            }
+        }
+        heap(5, &mut perm, &mut cases);
+        assert_eq!(cases.len(), 6 + 120);
+        for ids in cases {
+            let mut v: Vec<(GroupId, Box<str>)> = ids.iter().map(|g| (*g, g.to_string().into())).collect();
+            sort_by_group(&mut v);
+            let mut want = ids.clone();
+            want.sort_unstable();
+            assert_eq!(v.iter().map(|e| e.0).collect::<Vec<_>>(), want, "{ids:?}");
+            assert!(v.iter().all(|(g, name)| g.to_string() == **name), "{ids:?}: names travel with their ids");
+        }
+    }
 }

@@ -3,8 +3,11 @@
 //! field is an error naming it. The filter and `RawTable::from_json` use the
 //! hand-written reader (`read.rs`) instead.
 
-use std::collections::BTreeMap;
-use std::fmt;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::BTreeMap;
+use core::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
@@ -198,7 +201,7 @@ impl<'de> Deserialize<'de> for RawRule {
                         continue;
                     };
                     if let Some(i) = RULE_FIELDS.iter().position(|f| *f == key) {
-                        if std::mem::replace(&mut seen[i], true) {
+                        if core::mem::replace(&mut seen[i], true) {
                             return Err(de::Error::duplicate_field(key));
                         }
                     }

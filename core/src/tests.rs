@@ -1,6 +1,9 @@
 //! Table-driven tests of every decision step and every validation error.
 //! They run natively and, compiled to wasm32-wasip1, under Node.js's WASI.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::*;
 
 const TABLE: &str = r#"{

@@ -2,6 +2,9 @@
 //! `join_path`), source bindings and table rules (with `runtime`), plugin
 //! rules, `default_group`; `group_from_value`; the join reply.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::*;
 use crate::{Limits, Settings};
 

@@ -1,6 +1,9 @@
 //! Table-driven tests of the request pipeline: group sources and their
 //! order, trust, injection, sanitising, and the exact header edits.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::*;
 use crate::{Limits, Settings};
 
