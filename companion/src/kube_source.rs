@@ -26,9 +26,10 @@ use isogroup_core::{Limits, RawTable, Table};
 
 use crate::istio::{GROUP_LABEL, MANAGED_BY};
 use crate::kube_groups::{self, GroupObject, Verdict};
+use crate::kube_index::{Index, Mirrors, RouteObj, RuleObj};
 use crate::kube_istio::Existing;
-use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Labels, Pod, Service, Since, Snapshot};
-use crate::kube_watch::{self, Mirror, Report, Timing};
+use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
+use crate::kube_watch::{self, Change, Mirror, Report, Timing};
 use crate::metrics::{KindLabels, Metrics};
 use crate::store::kube::KubeStore;
 use crate::store::{now_ms, Readiness, Store};
@@ -93,7 +94,8 @@ enum Update {
 }
 
 fn pod(p: &K8sPod) -> Option<Pod> {
-    Some(Pod { namespace: p.namespace()?, name: p.name_any(), labels: p.labels().clone() })
+    let labels = p.labels().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Some(Pod { namespace: p.namespace()?, name: p.name_any(), labels })
 }
 
 fn service(s: &K8sService) -> Option<Service> {
@@ -131,24 +133,6 @@ fn istio_host(ns: &str, host: &str) -> String {
         1 => format!("{host}.svc.cluster.local"),
         _ => host.to_owned(),
     }
-}
-
-/// A DestinationRule: its host (as an FQDN), its subsets' selectors, and
-/// whether the companion made it.
-#[derive(Debug, Clone)]
-struct RuleObj {
-    host: String,
-    subsets: BTreeMap<String, Labels>,
-    owned: bool,
-}
-
-/// A VirtualService: its hosts, the (host, subset) pairs its HTTP routes go
-/// to, and whether the companion made it.
-#[derive(Debug, Clone)]
-struct RouteObj {
-    hosts: Vec<String>,
-    dests: Vec<(String, String)>,
-    owned: bool,
 }
 
 fn owned(o: &DynamicObject) -> bool {
@@ -265,6 +249,8 @@ struct Cluster {
     runtime_error: Option<String>,
     /// When each lane's conditions began to hold (see `kube_snapshot`).
     since: Since,
+    /// The mirrors indexed by service, and the table's services.
+    index: Index,
     /// No table computed yet: lanes that hold count as settled.
     first: bool,
     /// What the leader last wrote to `isogroup-state`.
@@ -282,13 +268,57 @@ struct Cluster {
 impl Cluster {
     fn apply(&mut self, update: Update, metrics: &Metrics) {
         let (kind, error) = match update {
-            Update::Pod(r) => ("pods", error_of(r, |r| self.pods.apply(r))),
-            Update::Service(r) => ("services", error_of(r, |r| self.services.apply(r))),
-            Update::Slice(r) => ("endpointslices", error_of(r, |r| self.slices.apply(r))),
-            Update::Rule(r) => ("destinationrules", error_of(r, |r| self.rules.apply(r))),
-            Update::Route(r) => ("virtualservices", error_of(r, |r| self.routes.apply(r))),
-            Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r))),
-            Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r))),
+            Update::Pod(r) => {
+                let touched = touched(&r);
+                let error = error_of(r, |r| self.pods.apply(r), Some(&mut self.index));
+                if let Some(k) = touched {
+                    self.index.pod_changed(&k, &self.slices.items);
+                }
+                ("pods", error)
+            }
+            Update::Service(r) => {
+                let touched = touched(&r);
+                let error = error_of(r, |r| self.services.apply(r), Some(&mut self.index));
+                if let Some(k) = touched {
+                    self.index.service_changed(&k);
+                }
+                ("services", error)
+            }
+            Update::Slice(r) => {
+                let touched = touched(&r);
+                if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, self.slices.items.get(k)?))) {
+                    self.index.slice_removed(k, old);
+                }
+                let error = error_of(r, |r| self.slices.apply(r), Some(&mut self.index));
+                if let Some((k, new)) = touched.as_ref().and_then(|k| Some((k, self.slices.items.get(k)?))) {
+                    self.index.slice_added(k, new);
+                }
+                ("endpointslices", error)
+            }
+            Update::Rule(r) => {
+                let touched = touched(&r);
+                if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, self.rules.items.get(k)?))) {
+                    self.index.rule_removed(k, old);
+                }
+                let error = error_of(r, |r| self.rules.apply(r), Some(&mut self.index));
+                if let Some((k, new)) = touched.as_ref().and_then(|k| Some((k, self.rules.items.get(k)?))) {
+                    self.index.rule_added(k, new);
+                }
+                ("destinationrules", error)
+            }
+            Update::Route(r) => {
+                let touched = touched(&r);
+                if let Some(old) = touched.as_ref().and_then(|k| self.routes.items.get(k)) {
+                    self.index.route_removed(old);
+                }
+                let error = error_of(r, |r| self.routes.apply(r), Some(&mut self.index));
+                if let Some(new) = touched.as_ref().and_then(|k| self.routes.items.get(k)) {
+                    self.index.route_added(new);
+                }
+                ("virtualservices", error)
+            }
+            Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r), None)),
+            Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r), None)),
             Update::Tick => return,
         };
         if let Some(e) = error {
@@ -344,23 +374,6 @@ impl Cluster {
         }
     }
 
-    fn snapshot(&self, routes_required: bool) -> Snapshot {
-        let mut subsets: BTreeMap<(String, String), BTreeMap<String, Labels>> = BTreeMap::new();
-        for ((ns, _), r) in &self.rules.items {
-            let entry = subsets.entry((ns.clone(), r.host.clone())).or_default();
-            for (name, labels) in &r.subsets {
-                entry.entry(name.clone()).or_insert_with(|| labels.clone());
-            }
-        }
-        Snapshot {
-            services: self.services.items.values().cloned().collect(),
-            pods: self.pods.items.values().cloned().collect(),
-            slices: self.slices.items.values().cloned().collect(),
-            subsets,
-            routes: routes_required.then(|| self.routes.items.values().flat_map(|r| r.dests.iter().cloned()).collect()),
-        }
-    }
-
     /// The Istio objects every service needs, and the ones that exist.
     fn desired(
         &mut self,
@@ -371,7 +384,7 @@ impl Cluster {
         grace: u64,
     ) -> crate::kube_istio::Desired {
         let opts = crate::istio::Options { mode, base, root_namespace: root };
-        let mut targets = crate::kube_snapshot::targets(&self.snapshot(false), base);
+        let mut targets: Vec<crate::istio::Target> = self.index.targets().cloned().collect();
         crate::kube_snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
         self.last_targets = targets.clone();
         let objects = targets.iter().map(|t| crate::istio::render_target(t, &opts)).collect();
@@ -394,7 +407,6 @@ impl Cluster {
 
     /// The table now; `since` moves on.
     fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> RawTable {
-        let snap = self.snapshot(opts.routes_required());
         let mut recorded = Since::new();
         self.runtime_error = None;
         let mut runtime = None;
@@ -415,19 +427,37 @@ impl Cluster {
         }
         let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded: &recorded };
         self.first = false;
-        let mut table = crate::kube_snapshot::to_table(&snap, base, &clock, &mut self.since);
-        (table.sources, table.rules) = self.runtime.clone();
-        table
+        let mirrors =
+            Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, opts.routes_required());
+        self.index.rebuild(&mirrors, base, &clock, &mut self.since);
+        let services = self.index.services().clone();
+        let (sources, rules) = self.runtime.clone();
+        RawTable { base_group: Some(base.to_owned()), services, sources, rules, ..RawTable::default() }
     }
 }
 
-/// Applies `r` with `apply`; the error it reports, if any.
-fn error_of<T>(r: Report<T>, apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube_watch::Key>>) -> Option<String> {
+/// The object an event changes, if it is one object (not a re-list).
+fn touched<T>(r: &Report<T>) -> Option<crate::kube_watch::Key> {
+    match r {
+        Report::Change(Change::Apply(k, _) | Change::Delete(k)) => Some(k.clone()),
+        _ => None,
+    }
+}
+
+/// Applies `r` with `apply` (a re-list marks `index` stale); the error it
+/// reports, if any.
+fn error_of<T>(
+    r: Report<T>,
+    apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube_watch::Key>>,
+    index: Option<&mut Index>,
+) -> Option<String> {
     let error = match &r {
         Report::Error(e) => Some(e.clone()),
         _ => None,
     };
-    apply(r);
+    if let (None, Some(index)) = (apply(r), index) {
+        index.relisted();
+    }
     error
 }
 
@@ -597,3 +627,7 @@ fn write_statuses(
         });
     }
 }
+
+#[cfg(test)]
+#[path = "kube_incremental_tests.rs"]
+mod incremental_tests;

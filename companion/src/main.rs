@@ -12,6 +12,7 @@ mod kube_bench;
 #[cfg(test)]
 mod kube_fake;
 mod kube_groups;
+mod kube_index;
 mod kube_istio;
 mod kube_leader;
 mod kube_snapshot;
