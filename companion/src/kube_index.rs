@@ -90,6 +90,8 @@ pub struct Index {
     entries: BTreeMap<String, RawService>,
     /// What the Istio objects must cover, by (namespace, name).
     targets: BTreeMap<Key, Target>,
+    /// Some entry changed since `take_changed` last answered.
+    changed: bool,
 }
 
 impl Default for Index {
@@ -104,6 +106,7 @@ impl Default for Index {
             unsettled: BTreeSet::new(),
             entries: BTreeMap::new(),
             targets: BTreeMap::new(),
+            changed: true,
         }
     }
 }
@@ -232,6 +235,7 @@ impl Index {
         if self.stale {
             self.reindex(m);
             self.stale = false;
+            self.changed = true;
             self.entries.clear();
             self.targets.clear();
             self.unsettled.clear();
@@ -252,10 +256,12 @@ impl Index {
                 .map(|(k, _)| k.clone())
                 .collect();
             let mut holding = Since::new();
-            self.entries.remove(&service_key(&key.0, &key.1));
+            let table_key = service_key(&key.0, &key.1);
+            let old = self.entries.remove(&table_key);
             self.targets.remove(key);
             self.unsettled.remove(key);
             self.evaluate(key, m, base, clock, since, &mut holding);
+            self.changed |= old.as_ref() != self.entries.get(&table_key);
             for k in before {
                 since.remove(&k);
             }
@@ -297,6 +303,11 @@ impl Index {
         if let Some(t) = e.target {
             self.targets.insert(key.clone(), t);
         }
+    }
+
+    /// Whether the table's services changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// The table's services now.

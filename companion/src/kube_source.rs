@@ -1,10 +1,10 @@
 //! Kubernetes source, the watching half: mirror pods labelled
 //! `isogroup.io/group`, services, endpoint slices, Istio DestinationRules
 //! (`v1`, else `v1beta1`) and `IsolationGroup` objects (each watch its own
-//! task, see `kube_watch`), and hand `kube_snapshot::to_table` to the store
-//! whenever the result changes. Bursts of events are drained before one
-//! rebuild. The rules themselves live in `kube_snapshot` and `kube_groups`
-//! (pure, tested).
+//! task, see `kube_watch`), and hand the table to the store whenever it
+//! changes. Bursts of events are drained before one rebuild, and a rebuild
+//! evaluates only the services the events touched (`kube_index`). The rules
+//! themselves live in `kube_snapshot` and `kube_groups` (pure, tested).
 //!
 //! Every replica runs this loop (so a newly elected leader serves at once);
 //! only the leader writes `IsolationGroup` statuses.
@@ -251,6 +251,8 @@ struct Cluster {
     since: Since,
     /// The mirrors indexed by service, and the table's services.
     index: Index,
+    /// The groups of the table last handed to the store.
+    published_groups: BTreeMap<String, isogroup_core::table::RawGroup>,
     /// No table computed yet: lanes that hold count as settled.
     first: bool,
     /// What the leader last wrote to `isogroup-state`.
@@ -405,31 +407,43 @@ impl Cluster {
         (objects, rules.chain(routes).collect())
     }
 
-    /// The table now; `since` moves on.
-    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> RawTable {
-        let mut recorded = Since::new();
+    /// The table now, or `None` when its services and runtime data are
+    /// what the last call returned; `since` moves on.
+    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> Option<RawTable> {
+        let empty = Since::new();
+        let mut recorded = &empty;
         self.runtime_error = None;
         let mut runtime = None;
         for own in self.own.items.values() {
             match own {
-                Own::State(since) => recorded = since.clone(),
+                Own::State(since) => recorded = since,
                 Own::Runtime(Ok((sources, rules))) => runtime = Some((sources, rules)),
                 Own::Runtime(Err(e)) => self.runtime_error = Some(e.clone()),
             }
         }
+        let before = std::mem::take(&mut self.runtime);
         match runtime {
-            None if self.runtime_error.is_none() => self.runtime = Default::default(),
-            None => {}
+            None if self.runtime_error.is_none() => {}
+            None => self.runtime = before.clone(),
             Some((sources, rules)) => match check_runtime(sources, rules, base, limits) {
                 Ok(()) => self.runtime = (sources.clone(), rules.clone()),
-                Err(e) => self.runtime_error = Some(e),
+                Err(e) => {
+                    self.runtime = before.clone();
+                    self.runtime_error = Some(e);
+                }
             },
         }
-        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded: &recorded };
+        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded };
         self.first = false;
         let mirrors =
             Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, opts.routes_required());
         self.index.rebuild(&mirrors, base, &clock, &mut self.since);
+        let changed = self.index.take_changed() | (before != self.runtime);
+        changed.then(|| self.raw_table(base))
+    }
+
+    /// The table as it stands (without groups).
+    fn raw_table(&self, base: &str) -> RawTable {
         let services = self.index.services().clone();
         let (sources, rules) = self.runtime.clone();
         RawTable { base_group: Some(base.to_owned()), services, sources, rules, ..RawTable::default() }
@@ -525,26 +539,35 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
         let base = &served.base;
         let started = std::time::Instant::now();
-        let mut table = cluster.table(base, now_ms(), &opts, &served.limits);
+        let table = cluster.table(base, now_ms(), &opts, &served.limits);
         let built = started.elapsed();
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
         let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
-        table.groups = groups;
-        let published = store.publish(table);
-        tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
-        match published {
-            Ok(None) => {}
-            Ok(Some(snap)) => {
-                tracing::info!(
-                    version = snap.version,
-                    services = snap.table.service_count(),
-                    "kubernetes: table published"
-                );
-            }
-            Err(errors) => {
-                metrics.store_rejects.inc();
-                tracing::error!(error = %errors, "kubernetes: table refused");
+        // Unchanged: nothing to check or serve (a rejected table stays rejected).
+        let table = match table {
+            None if groups == cluster.published_groups => None,
+            None => Some(cluster.raw_table(base)),
+            some => some,
+        };
+        if let Some(mut table) = table {
+            cluster.published_groups.clone_from(&groups);
+            table.groups = groups;
+            let published = store.publish(table);
+            tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
+            match published {
+                Ok(None) => {}
+                Ok(Some(snap)) => {
+                    tracing::info!(
+                        version = snap.version,
+                        services = snap.table.service_count(),
+                        "kubernetes: table published"
+                    );
+                }
+                Err(errors) => {
+                    metrics.store_rejects.inc();
+                    tracing::error!(error = %errors, "kubernetes: table refused");
+                }
             }
         }
         if store.is_leader() {

@@ -24,7 +24,8 @@ use super::{next_version, now_ms, Change, ChangeError, Served, Snapshot, Store};
 struct Role {
     /// `Some` while this replica leads: the epoch it made when elected.
     epoch: Option<String>,
-    /// The latest table the cluster gives (leader or not).
+    /// The latest table the cluster gave, until it is served (moved into
+    /// the snapshot, not copied: it is the whole table) or found unchanged.
     latest: Option<RawTable>,
 }
 
@@ -62,14 +63,14 @@ impl KubeStore {
     pub fn publish(&self, raw: RawTable) -> Result<Option<Arc<Snapshot>>, ChangeError> {
         let Ok(mut role) = self.role.lock() else { return Ok(None) };
         role.latest = Some(raw);
-        self.serve(&role, false)
+        self.serve(&mut role, false)
     }
 
     /// Elected with `epoch`: serves the latest table under it at once.
     pub fn become_leader(&self, epoch: String) -> Result<Option<Arc<Snapshot>>, ChangeError> {
         let Ok(mut role) = self.role.lock() else { return Ok(None) };
         role.epoch = Some(epoch);
-        self.serve(&role, true)
+        self.serve(&mut role, true)
     }
 
     /// No longer the leader: `/v1/table` answers `503 not_leader` from now.
@@ -79,11 +80,19 @@ impl KubeStore {
         }
     }
 
-    fn serve(&self, role: &Role, new_epoch: bool) -> Result<Option<Arc<Snapshot>>, ChangeError> {
-        let (Some(epoch), Some(raw)) = (&role.epoch, &role.latest) else { return Ok(None) };
+    /// Serves the latest table (under a new epoch: the latest, or what is
+    /// served, again).
+    fn serve(&self, role: &mut Role, new_epoch: bool) -> Result<Option<Arc<Snapshot>>, ChangeError> {
+        let Some(epoch) = role.epoch.clone() else { return Ok(None) };
         let current = self.served.current();
+        let raw = match role.latest.take() {
+            Some(raw) => raw,
+            // Served already: a new epoch serves it again.
+            None if new_epoch && current.epoch.is_some() => current.raw.clone(),
+            None => return Ok(None),
+        };
         if !new_epoch
-            && current.epoch.as_ref() == Some(epoch)
+            && current.epoch.as_ref() == Some(&epoch)
             && raw.services == current.raw.services
             && raw.groups == current.raw.groups
             && raw.sources == current.raw.sources
@@ -92,7 +101,7 @@ impl KubeStore {
             return Ok(None);
         }
         let version = next_version(current.version, 0, now_ms())?;
-        let snap = Snapshot::build(raw.clone(), Some(epoch.clone()), version, &self.served.base, &self.served.limits)
+        let snap = Snapshot::build(raw, Some(epoch), version, &self.served.base, &self.served.limits)
             .map_err(ChangeError::Invalid)?;
         Ok(Some(self.served.publish(snap)))
     }
