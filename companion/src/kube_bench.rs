@@ -115,10 +115,10 @@ async fn kube_bench() {
     let started = Instant::now();
     tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts));
     let deadline = Instant::now() + Duration::from_secs(600);
-    while store.served().current().table.service_count() < SERVICES {
+    while store.served().current().raw.services.len() < SERVICES {
         assert!(Instant::now() < deadline, "first table");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        eprintln!("kube_bench: {} services so far", store.served().current().table.service_count());
+        eprintln!("kube_bench: {} services so far", store.served().current().raw.services.len());
     }
     let first = started.elapsed();
     eprintln!("kube_bench: first table after {first:?}");

@@ -231,7 +231,17 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
         let (since_before, first) = (c.since.clone(), c.first);
         let table = c.table("base", now, &opts, &limits);
         match table {
-            Some(t) => last = t.services,
+            Some((t, changed)) => {
+                // the keys named are (at least) those that differ
+                if let Some(changed) = changed {
+                    let keys: std::collections::BTreeSet<&String> = last.keys().chain(t.services.keys()).collect();
+                    for k in keys {
+                        let differs = last.get(k) != t.services.get(k);
+                        assert!(!differs || changed.contains(k), "seed {seed}, step {step}: {k} changed, not named");
+                    }
+                }
+                last = t.services;
+            }
             // `None` only when nothing changed
             None => assert_eq!(&last, c.index.services(), "seed {seed}, step {step}: changed, yet None"),
         }

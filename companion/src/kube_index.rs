@@ -90,8 +90,9 @@ pub struct Index {
     entries: BTreeMap<String, RawService>,
     /// What the Istio objects must cover, by (namespace, name).
     targets: BTreeMap<Key, Target>,
-    /// Some entry changed since `take_changed` last answered.
-    changed: bool,
+    /// The table keys of the entries changed since `take_changed` last
+    /// answered (`None`: every entry was evaluated anew).
+    changed: Option<BTreeSet<String>>,
 }
 
 impl Default for Index {
@@ -106,7 +107,7 @@ impl Default for Index {
             unsettled: BTreeSet::new(),
             entries: BTreeMap::new(),
             targets: BTreeMap::new(),
-            changed: true,
+            changed: None,
         }
     }
 }
@@ -235,7 +236,7 @@ impl Index {
         if self.stale {
             self.reindex(m);
             self.stale = false;
-            self.changed = true;
+            self.changed = None;
             self.entries.clear();
             self.targets.clear();
             self.unsettled.clear();
@@ -261,7 +262,11 @@ impl Index {
             self.targets.remove(key);
             self.unsettled.remove(key);
             self.evaluate(key, m, base, clock, since, &mut holding);
-            self.changed |= old.as_ref() != self.entries.get(&table_key);
+            if old.as_ref() != self.entries.get(&table_key) {
+                if let Some(changed) = self.changed.as_mut() {
+                    changed.insert(table_key);
+                }
+            }
             for k in before {
                 since.remove(&k);
             }
@@ -305,9 +310,10 @@ impl Index {
         }
     }
 
-    /// Whether the table's services changed since the last call.
-    pub fn take_changed(&mut self) -> bool {
-        std::mem::take(&mut self.changed)
+    /// The table keys of the services changed since the last call
+    /// (`None`: maybe every one).
+    pub fn take_changed(&mut self) -> Option<BTreeSet<String>> {
+        self.changed.replace(BTreeSet::new())
     }
 
     /// The table's services now.

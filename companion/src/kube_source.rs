@@ -9,7 +9,7 @@
 //! Every replica runs this loop (so a newly elected leader serves at once);
 //! only the leader writes `IsolationGroup` statuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -407,9 +407,10 @@ impl Cluster {
         (objects, rules.chain(routes).collect())
     }
 
-    /// The table now, or `None` when its services and runtime data are
-    /// what the last call returned; `since` moves on.
-    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> Option<RawTable> {
+    /// The table now, with the keys of the services it differs in from the
+    /// last one returned (`None`: maybe all), or `None` when its services
+    /// and runtime data are what the last call returned; `since` moves on.
+    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> Option<Changed> {
         let empty = Since::new();
         let mut recorded = &empty;
         self.runtime_error = None;
@@ -438,8 +439,9 @@ impl Cluster {
         let mirrors =
             Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, opts.routes_required());
         self.index.rebuild(&mirrors, base, &clock, &mut self.since);
-        let changed = self.index.take_changed() | (before != self.runtime);
-        changed.then(|| self.raw_table(base))
+        let changed = self.index.take_changed();
+        let any = changed.as_ref().is_none_or(|c| !c.is_empty()) || before != self.runtime;
+        any.then(|| (self.raw_table(base), changed))
     }
 
     /// The table as it stands (without groups).
@@ -449,6 +451,10 @@ impl Cluster {
         RawTable { base_group: Some(base.to_owned()), services, sources, rules, ..RawTable::default() }
     }
 }
+
+/// A table, and the keys of the services it differs in from the one before
+/// (`None`: maybe all).
+type Changed = (RawTable, Option<BTreeSet<String>>);
 
 /// The object an event changes, if it is one object (not a re-list).
 fn touched<T>(r: &Report<T>) -> Option<crate::kube_watch::Key> {
@@ -547,20 +553,20 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         // Unchanged: nothing to check or serve (a rejected table stays rejected).
         let table = match table {
             None if groups == cluster.published_groups => None,
-            None => Some(cluster.raw_table(base)),
+            None => Some((cluster.raw_table(base), Some(BTreeSet::new()))),
             some => some,
         };
-        if let Some(mut table) = table {
+        if let Some((mut table, changed)) = table {
             cluster.published_groups.clone_from(&groups);
             table.groups = groups;
-            let published = store.publish(table);
+            let published = store.publish(table, changed);
             tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
             match published {
                 Ok(None) => {}
                 Ok(Some(snap)) => {
                     tracing::info!(
                         version = snap.version,
-                        services = snap.table.service_count(),
+                        services = snap.raw.services.len(),
                         "kubernetes: table published"
                     );
                 }

@@ -12,12 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use isogroup_core::RawTable;
+use std::collections::BTreeSet;
+
+use isogroup_core::{RawTable, Table};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
 use crate::kube_source::RUNTIME_CONFIGMAP;
 
+use super::parts::Parts;
 use super::{next_version, now_ms, Change, ChangeError, Served, Snapshot, Store};
 
 #[derive(Default)]
@@ -27,6 +30,12 @@ struct Role {
     /// The latest table the cluster gave, until it is served (moved into
     /// the snapshot, not copied: it is the whole table) or found unchanged.
     latest: Option<RawTable>,
+    /// The served table in parts, to check and serialise an update by the
+    /// services it changes (`None` until a table is served).
+    parts: Option<Parts>,
+    /// The services the tables given since differ in from the served one
+    /// (`None`: not known).
+    pending: Option<BTreeSet<String>>,
 }
 
 /// Conflicting writers (another replica's last write, a hand edit) are
@@ -59,10 +68,22 @@ impl KubeStore {
     }
 
     /// Records the table the cluster gives; the leader serves it unless it
-    /// is what is served already.
-    pub fn publish(&self, raw: RawTable) -> Result<Option<Arc<Snapshot>>, ChangeError> {
+    /// is what is served already. `changed`: the services it differs in
+    /// from the table given before (`None`: not known).
+    pub fn publish(
+        &self,
+        raw: RawTable,
+        changed: Option<BTreeSet<String>>,
+    ) -> Result<Option<Arc<Snapshot>>, ChangeError> {
         let Ok(mut role) = self.role.lock() else { return Ok(None) };
         role.latest = Some(raw);
+        role.pending = match (role.pending.take(), changed) {
+            (Some(mut all), Some(changed)) => {
+                all.extend(changed);
+                Some(all)
+            }
+            _ => None,
+        };
         self.serve(&mut role, false)
     }
 
@@ -91,18 +112,43 @@ impl KubeStore {
             None if new_epoch && current.epoch.is_some() => current.raw.clone(),
             None => return Ok(None),
         };
+        let services_same = match &role.pending {
+            Some(changed) => changed.iter().all(|k| raw.services.get(k) == current.raw.services.get(k)),
+            None => raw.services == current.raw.services,
+        };
         if !new_epoch
             && current.epoch.as_ref() == Some(&epoch)
-            && raw.services == current.raw.services
+            && services_same
             && raw.groups == current.raw.groups
             && raw.sources == current.raw.sources
             && raw.rules == current.raw.rules
         {
+            role.pending = Some(BTreeSet::new());
             return Ok(None);
         }
-        let version = next_version(current.version, 0, now_ms())?;
-        let snap = Snapshot::build(raw, Some(epoch), version, &self.served.base, &self.served.limits)
-            .map_err(ChangeError::Invalid)?;
+        let mut raw = raw;
+        raw.version = next_version(current.version, 0, now_ms())?;
+        raw.epoch = Some(epoch);
+        let (base, limits) = (&self.served.base, &self.served.limits);
+        let in_parts = match (&mut role.parts, &role.pending) {
+            (Some(parts), Some(changed)) => parts.check(&raw, changed, base, limits).map(|c| {
+                parts.apply(c);
+                parts.json(&raw)
+            }),
+            _ => None,
+        };
+        let snap = match in_parts {
+            Some(json) => Snapshot::checked_in_parts(raw, json, base, limits, self.served.empty_table()),
+            None => {
+                // Checked whole: the exact errors, and the table rejected whole.
+                let table = Table::check(&raw, base, limits).map_err(ChangeError::Invalid)?;
+                let parts = Parts::of(&raw, base);
+                let json = parts.json(&raw);
+                role.parts = Some(parts);
+                Snapshot::of(raw, Arc::new(table), json)
+            }
+        };
+        role.pending = Some(BTreeSet::new());
         Ok(Some(self.served.publish(snap)))
     }
 }
@@ -211,7 +257,7 @@ impl Store for KubeStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use std::sync::Arc;
 
@@ -231,20 +277,58 @@ mod tests {
     fn only_the_leader_serves_and_a_new_epoch_serves_at_once() {
         let served = Served::new("base".into(), Limits::default(), Arc::new(Metrics::new())).unwrap();
         let store = KubeStore::new(served);
-        assert!(store.publish(table(&["base"])).unwrap().is_none(), "a follower serves nothing");
+        assert!(store.publish(table(&["base"]), None).unwrap().is_none(), "a follower serves nothing");
         assert!(store.not_serving().is_some());
         let first = store.become_leader("1000-aa".into()).unwrap().unwrap();
         assert_eq!((first.epoch.as_deref(), first.raw.services["r"].clusters.len()), (Some("1000-aa"), 1));
         assert!(store.not_serving().is_none());
-        assert!(store.publish(table(&["base"])).unwrap().is_none(), "unchanged: no new version");
-        let second = store.publish(table(&["base", "f1"])).unwrap().unwrap();
+        assert!(store.publish(table(&["base"]), None).unwrap().is_none(), "unchanged: no new version");
+        let second = store.publish(table(&["base", "f1"]), None).unwrap().unwrap();
         assert!(second.version > first.version);
         store.step_down();
         assert!(store.not_serving().is_some());
-        assert!(store.publish(table(&["base"])).unwrap().is_none(), "stepped down: serves nothing new");
+        assert!(store.publish(table(&["base"]), None).unwrap().is_none(), "stepped down: serves nothing new");
         // elected again: a newer epoch, the latest table, even if unchanged
         let third = store.become_leader("2000-bb".into()).unwrap().unwrap();
         assert_eq!(third.epoch.as_deref(), Some("2000-bb"));
         assert_eq!(third.raw.services["r"].clusters.len(), 1);
+    }
+
+    #[test]
+    fn an_update_checked_in_parts_is_served_and_a_bad_one_rejected_whole() {
+        let served = Served::new("base".into(), Limits::default(), Arc::new(Metrics::new())).unwrap();
+        let store = KubeStore::new(served);
+        store.become_leader("1000-aa".into()).unwrap();
+        let svc = |host: &str, groups: &[&str]| -> isogroup_core::RawService {
+            serde_json::from_value(serde_json::json!({
+                "hosts": [host],
+                "clusters": groups.iter().map(|g| ((*g).to_owned(), serde_json::json!(format!("c-{g}")))).collect::<serde_json::Map<_, _>>(),
+            }))
+            .unwrap()
+        };
+        let mut raw = RawTable::default();
+        raw.services.insert("a".into(), svc("a", &["base"]));
+        raw.services.insert("b".into(), svc("b", &["base"]));
+        let first = store.publish(raw.clone(), None).unwrap().unwrap();
+        assert_eq!(first.raw.services.len(), 2);
+        // a lane enters a: checked in parts, served with the whole table's JSON
+        raw.services.insert("a".into(), svc("a", &["base", "f1"]));
+        let second = store.publish(raw.clone(), Some(["a".to_owned()].into())).unwrap().unwrap();
+        assert_eq!(second.json, serde_json::to_vec(&second.raw).unwrap());
+        assert_eq!(second.table().service_count(), 2);
+        assert!(second.table().knows_group("f1"));
+        // b takes a's host: rejected whole, with the whole check's error
+        raw.services.insert("b".into(), svc("a", &["base"]));
+        let Err(err) = store.publish(raw.clone(), Some(["b".to_owned()].into())) else { panic!("accepted") };
+        let err = err.to_string();
+        assert!(err.contains(r#"services.b.hosts: host "a" already belongs to service "a""#), "{err}");
+        assert_eq!(store.served().current().version, second.version, "the served table stays");
+        // fixed: the delta since the served table includes b still
+        raw.services.insert("b".into(), svc("b", &["base", "f1"]));
+        raw.services.remove("a");
+        let third = store.publish(raw.clone(), Some(["a".to_owned()].into())).unwrap().unwrap();
+        assert_eq!(third.raw.services.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(third.json, serde_json::to_vec(&third.raw).unwrap());
+        assert!(third.table().knows_group("f1"));
     }
 }
