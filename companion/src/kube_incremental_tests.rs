@@ -229,30 +229,32 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
         }
         now += rng.next() % 1_500;
         let (since_before, first) = (c.since.clone(), c.first);
+        c.since_unwritten = false;
         let table = c.table("base", now, &opts, &limits);
         match table {
-            Some((t, changed)) => {
-                // the keys named are (at least) those that differ
-                if let Some(changed) = changed {
-                    let keys: std::collections::BTreeSet<&String> = last.keys().chain(t.services.keys()).collect();
-                    for k in keys {
-                        let differs = last.get(k) != t.services.get(k);
-                        assert!(!differs || changed.contains(k), "seed {seed}, step {step}: {k} changed, not named");
-                    }
+            Some(super::TableUpdate::Whole(t)) => last = t.services,
+            Some(super::TableUpdate::Changes(changes, _)) => {
+                for (k, s) in changes {
+                    match s {
+                        Some(s) => last.insert(k, s),
+                        None => last.remove(&k),
+                    };
                 }
-                last = t.services;
             }
-            // `None` only when nothing changed
-            None => assert_eq!(&last, c.index.services(), "seed {seed}, step {step}: changed, yet None"),
+            None => {}
         }
+        // what was handed over, whole or as changes, is the table
+        assert_eq!(&last, c.index.services(), "seed {seed}, step {step}: handed over");
         let snap = snapshot(&c, routes_required);
         let record = recorded(&c);
         let clock = Clock { now_ms: now, settle_ms: SETTLE_MS, first, recorded: &record };
+        let since_before_copy = since_before.clone();
         let mut since = since_before;
         let whole = to_table(&snap, "base", &clock, &mut since);
         let at = format!("seed {seed}, step {step}, routes required {routes_required}");
         assert_eq!(c.index.services(), &whole.services, "{at}: services");
         assert_eq!(c.since, since, "{at}: since");
+        assert_eq!(c.since_unwritten, since_before_copy != c.since, "{at}: whether since changed");
         let incremental: Vec<_> = c.index.targets().cloned().collect();
         assert_eq!(incremental, targets(&snap, "base"), "{at}: targets");
         entered += last.values().map(|s| s.clusters.len()).sum::<usize>();

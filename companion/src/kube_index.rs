@@ -232,7 +232,8 @@ impl Index {
 
     /// Evaluates what changed since the last call (everything on the first
     /// call and after a re-list); `since` moves on as `to_table` moves it.
-    pub fn rebuild(&mut self, m: &Mirrors<'_>, base: &str, clock: &Clock<'_>, since: &mut Since) {
+    /// Whether `since` changed.
+    pub fn rebuild(&mut self, m: &Mirrors<'_>, base: &str, clock: &Clock<'_>, since: &mut Since) -> bool {
         if self.stale {
             self.reindex(m);
             self.stale = false;
@@ -244,17 +245,19 @@ impl Index {
             for key in m.services.keys() {
                 self.evaluate(key, m, base, clock, since, &mut holding);
             }
+            let changed = *since != holding;
             *since = holding;
-            return;
+            return changed;
         }
+        let mut since_changed = false;
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.extend(self.unsettled.iter().cloned());
         for key in &dirty {
             let prefix = format!("{}/", service_key(&key.0, &key.1));
-            let before: Vec<String> = since
+            let before: Vec<(String, u64)> = since
                 .range(prefix.clone()..)
                 .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, _)| k.clone())
+                .map(|(k, v)| (k.clone(), *v))
                 .collect();
             let mut holding = Since::new();
             let table_key = service_key(&key.0, &key.1);
@@ -267,11 +270,14 @@ impl Index {
                     changed.insert(table_key);
                 }
             }
-            for k in before {
+            since_changed |=
+                before.len() != holding.len() || before.iter().zip(&holding).any(|(a, b)| (&a.0, &a.1) != b);
+            for (k, _) in before {
                 since.remove(&k);
             }
             since.extend(holding);
         }
+        since_changed
     }
 
     /// Evaluates one service against `since` (the previous record), adding

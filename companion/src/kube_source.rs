@@ -9,7 +9,7 @@
 //! Every replica runs this loop (so a newly elected leader serves at once);
 //! only the leader writes `IsolationGroup` statuses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use crate::kube_istio::Existing;
 use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
 use crate::kube_watch::{self, Change, Mirror, Report, Timing};
 use crate::metrics::{KindLabels, Metrics};
-use crate::store::kube::KubeStore;
+use crate::store::kube::{KubeStore, ServiceChanges};
 use crate::store::{now_ms, Readiness, Store};
 
 /// DestinationRule and VirtualService versions, newest first.
@@ -255,8 +255,10 @@ struct Cluster {
     published_groups: BTreeMap<String, isogroup_core::table::RawGroup>,
     /// No table computed yet: lanes that hold count as settled.
     first: bool,
-    /// What the leader last wrote to `isogroup-state`.
-    recorded: Option<Since>,
+    /// Whether this replica has written `isogroup-state` since it leads.
+    recorded: bool,
+    /// `since` changed after the last write of `isogroup-state`.
+    since_unwritten: bool,
     /// The Istio targets last rendered, and lanes held after they left.
     last_targets: Vec<crate::istio::Target>,
     held: crate::kube_snapshot::Held,
@@ -407,10 +409,10 @@ impl Cluster {
         (objects, rules.chain(routes).collect())
     }
 
-    /// The table now, with the keys of the services it differs in from the
-    /// last one returned (`None`: maybe all), or `None` when its services
-    /// and runtime data are what the last call returned; `since` moves on.
-    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> Option<Changed> {
+    /// The table now, whole or as its changes since the last call, or
+    /// `None` when its services and runtime data are what the last call
+    /// gave; `since` moves on.
+    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> Option<TableUpdate> {
         let empty = Since::new();
         let mut recorded = &empty;
         self.runtime_error = None;
@@ -438,23 +440,37 @@ impl Cluster {
         self.first = false;
         let mirrors =
             Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, opts.routes_required());
-        self.index.rebuild(&mirrors, base, &clock, &mut self.since);
-        let changed = self.index.take_changed();
-        let any = changed.as_ref().is_none_or(|c| !c.is_empty()) || before != self.runtime;
-        any.then(|| (self.raw_table(base), changed))
+        self.since_unwritten |= self.index.rebuild(&mirrors, base, &clock, &mut self.since);
+        match self.index.take_changed() {
+            None => Some(TableUpdate::Whole(self.raw_table(base))),
+            Some(keys) if keys.is_empty() && before == self.runtime => None,
+            Some(keys) => {
+                let services = self.index.services();
+                let changes = keys.into_iter().map(|k| (k.clone(), services.get(&k).cloned())).collect();
+                Some(TableUpdate::Changes(changes, self.rest(base)))
+            }
+        }
+    }
+
+    /// The table without its services.
+    fn rest(&self, base: &str) -> RawTable {
+        let (sources, rules) = self.runtime.clone();
+        RawTable { base_group: Some(base.to_owned()), sources, rules, ..RawTable::default() }
     }
 
     /// The table as it stands (without groups).
     fn raw_table(&self, base: &str) -> RawTable {
-        let services = self.index.services().clone();
-        let (sources, rules) = self.runtime.clone();
-        RawTable { base_group: Some(base.to_owned()), services, sources, rules, ..RawTable::default() }
+        RawTable { services: self.index.services().clone(), ..self.rest(base) }
     }
 }
 
-/// A table, and the keys of the services it differs in from the one before
-/// (`None`: maybe all).
-type Changed = (RawTable, Option<BTreeSet<String>>);
+/// What a rebuild hands the store (groups not filled in yet).
+enum TableUpdate {
+    Whole(RawTable),
+    /// The services changed since the table handed before, and the rest of
+    /// the table (its `services` empty).
+    Changes(ServiceChanges, RawTable),
+}
 
 /// The object an event changes, if it is one object (not a re-list).
 fn touched<T>(r: &Report<T>) -> Option<crate::kube_watch::Key> {
@@ -553,13 +569,26 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         // Unchanged: nothing to check or serve (a rejected table stays rejected).
         let table = match table {
             None if groups == cluster.published_groups => None,
-            None => Some((cluster.raw_table(base), Some(BTreeSet::new()))),
+            None => Some(TableUpdate::Changes(vec![], cluster.rest(base))),
             some => some,
         };
-        if let Some((mut table, changed)) = table {
+        if let Some(table) = table {
             cluster.published_groups.clone_from(&groups);
-            table.groups = groups;
-            let published = store.publish(table, changed);
+            let published = match table {
+                TableUpdate::Changes(changes, mut rest) if store.has_table() => {
+                    rest.groups = groups;
+                    store.publish_changes(changes, rest)
+                }
+                TableUpdate::Changes(..) => {
+                    let mut whole = cluster.raw_table(base);
+                    whole.groups = groups;
+                    store.publish(whole, None)
+                }
+                TableUpdate::Whole(mut whole) => {
+                    whole.groups = groups;
+                    store.publish(whole, None)
+                }
+            };
             tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
             match published {
                 Ok(None) => {}
@@ -586,12 +615,12 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                     changed
                 });
             }
-            if cluster.recorded.as_ref() != Some(&cluster.since) {
-                cluster.recorded = Some(cluster.since.clone());
+            if !cluster.recorded || cluster.since_unwritten {
+                (cluster.recorded, cluster.since_unwritten) = (true, false);
                 write_state(&configmaps, &opts.namespace, &cluster.since);
             }
         } else {
-            cluster.recorded = None;
+            cluster.recorded = false;
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use std::collections::BTreeSet;
 
-use isogroup_core::{RawTable, Table};
+use isogroup_core::{RawService, RawTable, Table};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
@@ -23,19 +23,33 @@ use crate::kube_source::RUNTIME_CONFIGMAP;
 use super::parts::Parts;
 use super::{next_version, now_ms, Change, ChangeError, Served, Snapshot, Store};
 
+/// Changes to a table's services, by key (`None`: removed).
+pub type ServiceChanges = Vec<(String, Option<RawService>)>;
+
+/// Past this many changes not yet served, they are not kept for replay
+/// (a follower's backlog): the next table served is copied instead.
+const MAX_REPLAY: usize = 4_096;
+
 #[derive(Default)]
 struct Role {
     /// `Some` while this replica leads: the epoch it made when elected.
     epoch: Option<String>,
-    /// The latest table the cluster gave, until it is served (moved into
-    /// the snapshot, not copied: it is the whole table) or found unchanged.
+    /// The latest table the cluster gave, served or not. Serving moves it
+    /// into the snapshot and takes the replaced snapshot's table back with
+    /// the changes replayed on it: no update copies or frees the whole
+    /// table (10k services at scale) unless a poller still holds the
+    /// replaced snapshot.
     latest: Option<RawTable>,
+    /// `latest` may differ from the served table.
+    unserved: bool,
     /// The served table in parts, to check and serialise an update by the
     /// services it changes (`None` until a table is served).
     parts: Option<Parts>,
-    /// The services the tables given since differ in from the served one
-    /// (`None`: not known).
+    /// The services `latest` differs in from the served table (`None`:
+    /// not known).
     pending: Option<BTreeSet<String>>,
+    /// The changes `latest` has over the served table (`None`: not known).
+    replay: Option<ServiceChanges>,
 }
 
 /// Conflicting writers (another replica's last write, a hand edit) are
@@ -77,6 +91,8 @@ impl KubeStore {
     ) -> Result<Option<Arc<Snapshot>>, ChangeError> {
         let Ok(mut role) = self.role.lock() else { return Ok(None) };
         role.latest = Some(raw);
+        role.unserved = true;
+        role.replay = None;
         role.pending = match (role.pending.take(), changed) {
             (Some(mut all), Some(changed)) => {
                 all.extend(changed);
@@ -85,6 +101,44 @@ impl KubeStore {
             _ => None,
         };
         self.serve(&mut role, false)
+    }
+
+    /// Whether a whole table was given: `publish_changes` applies to it.
+    pub fn has_table(&self) -> bool {
+        self.role.lock().is_ok_and(|r| r.latest.is_some())
+    }
+
+    /// Like `publish`, for the table given before with `changes` to its
+    /// services and these groups, sources and rules (`services` of `rest`
+    /// is not read). Without a table given before, nothing happens.
+    pub fn publish_changes(
+        &self,
+        changes: ServiceChanges,
+        rest: RawTable,
+    ) -> Result<Option<Arc<Snapshot>>, ChangeError> {
+        let Ok(mut role) = self.role.lock() else { return Ok(None) };
+        let role = &mut *role;
+        let Some(latest) = role.latest.as_mut() else { return Ok(None) };
+        for (key, service) in &changes {
+            match service {
+                Some(s) => latest.services.insert(key.clone(), s.clone()),
+                None => latest.services.remove(key),
+            };
+        }
+        (latest.base_group, latest.groups, latest.sources, latest.rules) =
+            (rest.base_group, rest.groups, rest.sources, rest.rules);
+        if let Some(pending) = role.pending.as_mut() {
+            pending.extend(changes.iter().map(|(k, _)| k.clone()));
+        }
+        role.replay = match role.replay.take() {
+            Some(mut replay) if replay.len() + changes.len() <= MAX_REPLAY => {
+                replay.extend(changes);
+                Some(replay)
+            }
+            _ => None,
+        };
+        role.unserved = true;
+        self.serve(role, false)
     }
 
     /// Elected with `epoch`: serves the latest table under it at once.
@@ -101,17 +155,15 @@ impl KubeStore {
         }
     }
 
-    /// Serves the latest table (under a new epoch: the latest, or what is
-    /// served, again).
+    /// Serves the latest table unless it is served already (a new epoch
+    /// serves it again).
     fn serve(&self, role: &mut Role, new_epoch: bool) -> Result<Option<Arc<Snapshot>>, ChangeError> {
         let Some(epoch) = role.epoch.clone() else { return Ok(None) };
+        if !role.unserved && !new_epoch {
+            return Ok(None);
+        }
+        let Some(raw) = role.latest.as_ref() else { return Ok(None) };
         let current = self.served.current();
-        let raw = match role.latest.take() {
-            Some(raw) => raw,
-            // Served already: a new epoch serves it again.
-            None if new_epoch && current.epoch.is_some() => current.raw.clone(),
-            None => return Ok(None),
-        };
         let services_same = match &role.pending {
             Some(changed) => changed.iter().all(|k| raw.services.get(k) == current.raw.services.get(k)),
             None => raw.services == current.raw.services,
@@ -123,13 +175,14 @@ impl KubeStore {
             && raw.sources == current.raw.sources
             && raw.rules == current.raw.rules
         {
-            role.pending = Some(BTreeSet::new());
+            (role.unserved, role.pending, role.replay) = (false, Some(BTreeSet::new()), Some(vec![]));
             return Ok(None);
         }
-        let mut raw = raw;
-        raw.version = next_version(current.version, 0, now_ms())?;
-        raw.epoch = Some(epoch);
+        let version = next_version(current.version, 0, now_ms())?;
         let (base, limits) = (&self.served.base, &self.served.limits);
+        let Some(mut raw) = role.latest.take() else { return Ok(None) };
+        raw.version = version;
+        raw.epoch = Some(epoch);
         let in_parts = match (&mut role.parts, &role.pending) {
             (Some(parts), Some(changed)) => parts.check(&raw, changed, base, limits).map(|c| {
                 parts.apply(c);
@@ -139,17 +192,43 @@ impl KubeStore {
         };
         let snap = match in_parts {
             Some(json) => Snapshot::checked_in_parts(raw, json, base, limits, self.served.empty_table()),
-            None => {
+            None => match Table::check(&raw, base, limits) {
                 // Checked whole: the exact errors, and the table rejected whole.
-                let table = Table::check(&raw, base, limits).map_err(ChangeError::Invalid)?;
-                let parts = Parts::of(&raw, base);
-                let json = parts.json(&raw);
-                role.parts = Some(parts);
-                Snapshot::of(raw, Arc::new(table), json)
-            }
+                Err(errors) => {
+                    role.latest = Some(raw);
+                    return Err(ChangeError::Invalid(errors));
+                }
+                Ok(table) => {
+                    let parts = Parts::of(&raw, base);
+                    let json = parts.json(&raw);
+                    role.parts = Some(parts);
+                    Snapshot::of(raw, Arc::new(table), json)
+                }
+            },
         };
-        role.pending = Some(BTreeSet::new());
-        Ok(Some(self.served.publish(snap)))
+        drop(current);
+        let (new, old) = self.served.replace(snap);
+        let latest = match (Arc::try_unwrap(old), role.replay.take()) {
+            (Ok(old), Some(replay)) => {
+                let mut spare = old.raw;
+                for (key, service) in replay {
+                    match service {
+                        Some(s) => spare.services.insert(key, s),
+                        None => spare.services.remove(&key),
+                    };
+                }
+                spare.base_group.clone_from(&new.raw.base_group);
+                spare.groups.clone_from(&new.raw.groups);
+                spare.sources.clone_from(&new.raw.sources);
+                spare.rules.clone_from(&new.raw.rules);
+                spare
+            }
+            // A poller holds the replaced table, or the changes are not known.
+            _ => new.raw.clone(),
+        };
+        role.latest = Some(latest);
+        (role.unserved, role.pending, role.replay) = (false, Some(BTreeSet::new()), Some(vec![]));
+        Ok(Some(new))
     }
 }
 
@@ -330,5 +409,48 @@ mod tests {
         assert_eq!(third.raw.services.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(third.json, serde_json::to_vec(&third.raw).unwrap());
         assert!(third.table().knows_group("f1"));
+    }
+
+    /// Changes replayed on the replaced snapshot's table (or copied while a
+    /// poller holds it) keep the store's table equal to the one applied.
+    #[test]
+    fn changes_replay_onto_the_replaced_table() {
+        let served = Served::new("base".into(), Limits::default(), Arc::new(Metrics::new())).unwrap();
+        let store = KubeStore::new(served);
+        store.become_leader("1000-aa".into()).unwrap();
+        assert!(!store.has_table());
+        let svc = |n: usize, lanes: usize| -> isogroup_core::RawService {
+            let clusters: serde_json::Map<String, serde_json::Value> = (0..=lanes)
+                .map(|l| (if l == 0 { "base".into() } else { format!("f{l}") }, serde_json::json!("c")))
+                .collect();
+            serde_json::from_value(serde_json::json!({ "hosts": [format!("h{n}")], "clusters": clusters })).unwrap()
+        };
+        let mut want = RawTable::default();
+        for n in 0..5 {
+            want.services.insert(format!("s{n}"), svc(n, 0));
+        }
+        store.publish(want.clone(), None).unwrap().unwrap();
+        let mut held = None;
+        for step in 0..40usize {
+            let n = step * 7 % 6;
+            let change = if step % 5 == 4 { None } else { Some(svc(n, step % 3)) };
+            match &change {
+                Some(s) => want.services.insert(format!("s{n}"), s.clone()),
+                None => want.services.remove(&format!("s{n}")),
+            };
+            if step % 4 == 0 {
+                held = Some(store.served().current()); // a poller holds it
+            } else if step % 4 == 1 {
+                held = None;
+            }
+            let rest = RawTable { groups: want.groups.clone(), ..RawTable::default() };
+            store.publish_changes(vec![(format!("s{n}"), change)], rest).unwrap();
+            let cur = store.served().current();
+            assert_eq!(cur.raw.services, want.services, "step {step}: served");
+            assert_eq!(cur.json, serde_json::to_vec(&cur.raw).unwrap(), "step {step}: JSON");
+            let role = store.role.lock().unwrap();
+            assert_eq!(role.latest.as_ref().map(|l| &l.services), Some(&want.services), "step {step}: kept");
+        }
+        drop(held);
     }
 }

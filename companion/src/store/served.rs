@@ -167,10 +167,15 @@ impl Served {
 
     /// Serves `snap` from now on; held polls wake.
     pub fn publish(&self, snap: Snapshot) -> Arc<Snapshot> {
+        self.replace(snap).0
+    }
+
+    /// Serves `snap` from now on; the snapshot served before it, too.
+    pub fn replace(&self, snap: Snapshot) -> (Arc<Snapshot>, Arc<Snapshot>) {
         let snap = Arc::new(snap);
         self.metrics.table_updated(snap.version);
-        self.tx.send_replace(snap.clone());
-        snap
+        let old = self.tx.send_replace(snap.clone());
+        (snap, old)
     }
 
     pub fn readiness(&self) -> Readiness {
