@@ -322,6 +322,11 @@ impl Index {
         self.changed.replace(BTreeSet::new())
     }
 
+    /// Whether some lane holds but has not settled yet.
+    pub fn has_unsettled(&self) -> bool {
+        !self.unsettled.is_empty()
+    }
+
     /// The table's services now.
     pub fn services(&self) -> &BTreeMap<String, RawService> {
         &self.entries

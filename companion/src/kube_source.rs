@@ -40,6 +40,9 @@ const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// the companion's namespace.
 pub const STATE_CONFIGMAP: &str = "isogroup-state";
 const STATE_KEY: &str = "settled";
+/// Changes to `isogroup-state` that no settling lane waits for are written
+/// at most this often.
+const STATE_COALESCE: Duration = Duration::from_secs(1);
 /// Source bindings and runtime rules (keys `sources`, `rules`: JSON lists
 /// in the table's schema), in the companion's namespace.
 pub const RUNTIME_CONFIGMAP: &str = "isogroup-runtime";
@@ -259,6 +262,8 @@ struct Cluster {
     recorded: bool,
     /// `since` changed after the last write of `isogroup-state`.
     since_unwritten: bool,
+    /// When `isogroup-state` was last written.
+    state_written: Option<std::time::Instant>,
     /// The Istio targets last rendered, and lanes held after they left.
     last_targets: Vec<crate::istio::Target>,
     held: crate::kube_snapshot::Held,
@@ -615,8 +620,15 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                     changed
                 });
             }
-            if !cluster.recorded || cluster.since_unwritten {
+            // A lane still settling needs its start on record at once (a
+            // starting replica counts an unrecorded lane as settled); other
+            // changes (lanes that left, lanes settled on entry) are
+            // coalesced: at 50k lanes the record is megabytes per write.
+            let due =
+                cluster.index.has_unsettled() || cluster.state_written.is_none_or(|at| at.elapsed() >= STATE_COALESCE);
+            if !cluster.recorded || (cluster.since_unwritten && due) {
                 (cluster.recorded, cluster.since_unwritten) = (true, false);
+                cluster.state_written = Some(std::time::Instant::now());
                 write_state(&configmaps, &opts.namespace, &cluster.since);
             }
         } else {
