@@ -355,7 +355,7 @@ async fn admin_put_table(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<
         with_rules: present.rules.is_some(),
     };
     let snap = api.apply(change).await?;
-    tracing::info!(version = snap.version, services = snap.table.service_count(), "table replaced");
+    tracing::info!(version = snap.version, services = snap.table().service_count(), "table replaced");
     Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch })).into_response())
 }
 
@@ -406,12 +406,12 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
     }
     let snap = served.current();
     let picked = match (&q.group, client) {
-        (None, Some(ip)) => resolve_client(&snap.table, ip, crate::runtime_api::now_s()),
+        (None, Some(ip)) => resolve_client(snap.table(), ip, crate::runtime_api::now_s()),
         _ => None,
     };
     let group = q.group.as_deref().or(picked.as_ref().map(|p| p.group.as_str()));
     let strict = q.strict.as_deref().map(str::as_bytes);
-    let decision = decide_service(&snap.table, &q.service, group, strict, port);
+    let decision = decide_service(snap.table(), &q.service, group, strict, port);
     let Some(mut body) = crate::console::decision_json(&decision) else {
         return unknown_service(&q.service).into_response();
     };

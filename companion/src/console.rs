@@ -56,7 +56,7 @@ pub async fn security_headers(mut response: Response) -> Response {
 /// What the page needs to know about this companion.
 async fn console(State(api): State<Arc<Api>>) -> Response {
     let snap = api.store.served().current();
-    let base = snap.table.group_name(snap.table.base());
+    let base = snap.table().group_name(snap.table().base());
     Json(json!({ "admin": api.token.is_some(), "gateway_url": api.gateway_url, "base_group": base })).into_response()
 }
 
@@ -78,7 +78,7 @@ async fn matrix(State(api): State<Arc<Api>>) -> Response {
         return e.into_response();
     }
     let snap = served.current();
-    let mut body = matrix_json(&snap.raw, &snap.table);
+    let mut body = matrix_json(&snap.raw, snap.table());
     body["version"] = json!(snap.version);
     body["epoch"] = json!(snap.epoch);
     Json(body).into_response()

@@ -115,10 +115,10 @@ async fn kube_bench() {
     let started = Instant::now();
     tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts));
     let deadline = Instant::now() + Duration::from_secs(600);
-    while store.served().current().table.service_count() < SERVICES {
+    while store.served().current().raw.services.len() < SERVICES {
         assert!(Instant::now() < deadline, "first table");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        eprintln!("kube_bench: {} services so far", store.served().current().table.service_count());
+        eprintln!("kube_bench: {} services so far", store.served().current().raw.services.len());
     }
     let first = started.elapsed();
     eprintln!("kube_bench: first table after {first:?}");
@@ -172,4 +172,47 @@ async fn kube_bench() {
 
 fn fake_count(fake: &FakeApi, r: &crate::kube_fake::Res) -> usize {
     fake.count(r)
+}
+
+/// Where one update's time goes in the store at the bench's size (10k
+/// services, 50k clusters): copying, comparing, checking and serialising
+/// the whole table. Run like `kube_bench`.
+#[test]
+#[ignore = "a benchmark: run with --ignored in a release build"]
+fn kube_bench_store_steps() {
+    use isogroup_core::{RawService, RawTable, Table};
+    let mut raw = RawTable { base_group: Some("base".into()), ..RawTable::default() };
+    for i in 0..SERVICES {
+        let (name, namespace) = (format!("svc-{i}"), ns(i));
+        let host = crate::kube_snapshot::fqdn(&namespace, &name);
+        let clusters = std::iter::once("base".to_owned())
+            .chain((0..4).map(|k| format!("lane-{}", (i + k * 25) % LANES)))
+            .map(|g| (g.clone(), format!("outbound|{{port}}|{g}|{host}")))
+            .collect();
+        let hosts = vec![format!("{name}.{namespace}"), format!("{name}.{namespace}.svc"), host];
+        raw.services.insert(format!("{name}.{namespace}"), RawService { hosts, clusters, ports: vec![8080] });
+    }
+    let limits = Limits::default();
+    let time = |what: &str, f: &mut dyn FnMut()| {
+        let mut runs: Vec<Duration> = (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect();
+        runs.sort();
+        println!("kube_bench_store_steps: {what}: median {:?}", runs[3]);
+    };
+    let other = raw.clone();
+    time("clone the services", &mut || drop(std::hint::black_box(raw.services.clone())));
+    time("compare the services", &mut || assert!(std::hint::black_box(raw.services == other.services)));
+    time("Table::check", &mut || drop(std::hint::black_box(Table::check(&raw, "base", &limits).unwrap())));
+    time("JSON, pretty", &mut || drop(std::hint::black_box(serde_json::to_vec_pretty(&raw).unwrap())));
+    time("JSON, compact", &mut || drop(std::hint::black_box(serde_json::to_vec(&raw).unwrap())));
+    let snap = std::cell::RefCell::new(None);
+    time("Snapshot::build (clone + check + JSON) and drop the previous", &mut || {
+        let s = crate::store::Snapshot::build(raw.clone(), None, 1, "base", &limits).unwrap();
+        *snap.borrow_mut() = Some(s);
+    });
 }

@@ -407,14 +407,16 @@ async fn handle(
 
 fn list(fake: &FakeApi, t: &Target, q: &BTreeMap<String, String>) -> Response {
     let s = fake.state.lock().unwrap();
-    let items: Vec<Value> = s
+    // References first, copies of one page only: a list of 50k objects in
+    // pages of 500 would otherwise copy every object for every page.
+    let items: Vec<&Value> = s
         .objects
         .get(&t.res)
         .map(|m| {
             m.iter()
                 .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
                 .filter(|(_, o)| selector_matches(q.get("labelSelector").map(String::as_str), o))
-                .map(|(_, o)| o.clone())
+                .map(|(_, o)| o)
                 .collect()
         })
         .unwrap_or_default();
@@ -423,7 +425,7 @@ fn list(fake: &FakeApi, t: &Target, q: &BTreeMap<String, String>) -> Response {
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let offset = q.get("continue").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
     let more = items.len() > offset.saturating_add(limit);
-    let items: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+    let items: Vec<Value> = items.into_iter().skip(offset).take(limit).cloned().collect();
     let mut metadata = json!({ "resourceVersion": s.rv.to_string() });
     if more {
         metadata["continue"] = json!((offset + limit).to_string());

@@ -27,12 +27,51 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::PORT_PLACEHOLDER;
-use isogroup_core::{RawService, RawTable};
+use isogroup_core::RawService;
 
-use crate::istio::GROUP_LABEL;
+use crate::istio::{Target, GROUP_LABEL};
 
-pub type Labels = BTreeMap<String, String>;
+/// Label pairs sorted by key, in one allocation: a pod has a few labels,
+/// and a `BTreeMap` node has room for eleven (50k pods at scale).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
 
+impl Labels {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let at = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        self.0.get(at).map(|(_, v)| &**v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// Whether every pair of `selector` is in these labels.
+    pub fn matches(&self, selector: &Labels) -> bool {
+        selector.iter().all(|(k, v)| self.get(k) == Some(v))
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    /// A key given twice keeps its last value, as a map would.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Labels {
+        let map: BTreeMap<String, String> = pairs.into_iter().collect();
+        Labels(map.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect())
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Labels {
+        pairs.into_iter().collect()
+    }
+}
+
+/// The whole cluster at once: what `to_table` and `targets`, the whole
+/// rebuild, read. The watch loop keeps its mirrors indexed instead
+/// (`kube_index`) and evaluates only the services an event touched, with
+/// the same per-service rules (`lanes_of`, `evaluate`); tests hold the two
+/// equal, so the whole rebuild lives on as their reference.
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub services: Vec<Service>,
@@ -46,7 +85,7 @@ pub struct Snapshot {
     pub routes: Option<BTreeSet<(String, String)>>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
@@ -54,14 +93,14 @@ pub struct Service {
     pub ports: Vec<u16>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub labels: Labels,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointSlice {
     pub namespace: String,
     /// The `kubernetes.io/service-name` label.
@@ -69,7 +108,7 @@ pub struct EndpointSlice {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoint {
     pub ready: bool,
     /// `targetRef.name` of kind Pod.
@@ -78,6 +117,11 @@ pub struct Endpoint {
 
 pub fn fqdn(namespace: &str, name: &str) -> String {
     format!("{name}.{namespace}.svc.cluster.local")
+}
+
+/// The table key of a service (`<name>.<namespace>`).
+pub fn service_key(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}")
 }
 
 /// When each lane's conditions last became true, keyed `<service>/<group>`
@@ -97,102 +141,150 @@ pub struct Clock<'a> {
     pub recorded: &'a Since,
 }
 
-/// The route table for `snap`; `since` is updated (lanes whose conditions
-/// hold, and since when).
-pub fn to_table(snap: &Snapshot, base: &str, clock: &Clock<'_>, since: &mut Since) -> RawTable {
+/// One service's endpoints by lane: group → (some endpoint, ready or not;
+/// the ready endpoints' pod labels). Endpoints of pods without a valid
+/// group label do not count.
+pub type Lanes<'a> = BTreeMap<&'a str, (bool, Vec<&'a Labels>)>;
+
+/// The lanes behind one service; `labels_of` finds a pod of the service's
+/// namespace by name.
+pub fn lanes_of<'a>(
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    labels_of: impl Fn(&str) -> Option<&'a Labels>,
+) -> Lanes<'a> {
+    let mut lanes = Lanes::new();
+    for e in endpoints {
+        let Some(labels) = e.pod.as_deref().and_then(&labels_of) else { continue };
+        let Some(g) = labels.get(GROUP_LABEL).filter(|g| is_valid_group(g.as_bytes())) else { continue };
+        let lane = lanes.entry(g).or_default();
+        lane.0 = true;
+        if e.ready {
+            lane.1.push(labels);
+        }
+    }
+    lanes
+}
+
+/// What one service gives.
+#[derive(Debug, Default)]
+pub struct Evaluated {
+    /// Its table entry (key, service), when it enters.
+    pub entry: Option<(String, RawService)>,
+    /// What the Istio objects must cover (some endpoint a base pod).
+    pub target: Option<Target>,
+    /// Its lanes whose conditions hold, and since when (`Since` keys).
+    pub holding: Vec<(String, u64)>,
+    /// Some lane holds but has not settled: time alone changes the entry.
+    pub unsettled: bool,
+}
+
+/// The rules of the module comment for one service: `subset` finds the
+/// DestinationRule subset of a group for this service's host, `routed`
+/// whether a route to (host, group) exists as needed; `since` is what the
+/// previous evaluation recorded.
+pub fn evaluate<'a>(
+    s: &Service,
+    lanes: &Lanes<'_>,
+    subset: impl Fn(&str) -> Option<&'a Labels>,
+    routed: impl Fn(&str, &str) -> bool,
+    base: &str,
+    clock: &Clock<'_>,
+    since: &Since,
+) -> Evaluated {
+    let mut out = Evaluated::default();
+    if s.ports.is_empty() {
+        return out;
+    }
+    let host = fqdn(&s.namespace, &s.name);
+    let key = service_key(&s.namespace, &s.name);
+    if lanes.contains_key(base) {
+        let others = lanes.keys().copied().filter(|g| *g != base);
+        out.target = Some(Target {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            fqdn: host.clone(),
+            ports: s.ports.clone(),
+            groups: std::iter::once(base).chain(others).map(str::to_owned).collect(),
+        });
+    }
+    let mut clusters = BTreeMap::new();
+    for (g, (any, ready)) in lanes {
+        let is_base = *g == base;
+        // base: any endpoint (a restarting base pod still counts)
+        let pods_ok = if is_base { *any } else { !ready.is_empty() };
+        let subset_ok = subset(g).is_some_and(|sel| {
+            sel.get(GROUP_LABEL) == Some(*g) && (ready.is_empty() && is_base || ready.iter().any(|l| l.matches(sel)))
+        });
+        if !(pods_ok && subset_ok && routed(&host, g)) {
+            continue;
+        }
+        let lane_key = format!("{key}/{g}");
+        let started = since
+            .get(&lane_key)
+            .or_else(|| clock.recorded.get(&lane_key))
+            .copied()
+            .unwrap_or(if clock.first { 0 } else { clock.now_ms });
+        out.holding.push((lane_key, started));
+        if clock.now_ms >= started.saturating_add(clock.settle_ms) {
+            clusters.insert((*g).to_owned(), format!("outbound|{PORT_PLACEHOLDER}|{g}|{host}"));
+        } else {
+            out.unsettled = true;
+        }
+    }
+    if clusters.contains_key(base) {
+        let hosts = vec![key.clone(), format!("{}.{}.svc", s.name, s.namespace), host];
+        out.entry = Some((key, RawService { hosts, clusters, ports: s.ports.clone() }));
+    }
+    out
+}
+
+#[cfg(test)]
+/// Every service of `snap` evaluated, in the order of `snap.services`.
+fn evaluate_all(snap: &Snapshot, base: &str, clock: &Clock<'_>, since: &Since) -> Vec<Evaluated> {
     let pods: BTreeMap<(&str, &str), &Labels> =
         snap.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.labels)).collect();
     let mut slices: BTreeMap<(&str, &str), Vec<&Endpoint>> = BTreeMap::new();
     for sl in &snap.slices {
         slices.entry((sl.namespace.as_str(), sl.service.as_str())).or_default().extend(&sl.endpoints);
     }
-    let mut table = RawTable { base_group: Some(base.to_owned()), ..RawTable::default() };
+    let routed =
+        |host: &str, g: &str| snap.routes.as_ref().is_none_or(|r| r.contains(&(host.to_owned(), g.to_owned())));
+    snap.services
+        .iter()
+        .map(|s| {
+            let ns = s.namespace.as_str();
+            let endpoints = slices.get(&(ns, s.name.as_str())).into_iter().flatten().copied();
+            let lanes = lanes_of(endpoints, |p| pods.get(&(ns, p)).copied());
+            let subsets = snap.subsets.get(&(s.namespace.clone(), fqdn(ns, &s.name)));
+            evaluate(s, &lanes, |g| subsets.and_then(|m| m.get(g)), routed, base, clock, since)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+/// The route table for `snap`; `since` is updated (lanes whose conditions
+/// hold, and since when).
+pub fn to_table(snap: &Snapshot, base: &str, clock: &Clock<'_>, since: &mut Since) -> isogroup_core::RawTable {
+    let mut table = isogroup_core::RawTable { base_group: Some(base.to_owned()), ..Default::default() };
     let mut holding = Since::new();
-    for s in &snap.services {
-        if s.ports.is_empty() {
-            continue;
+    for e in evaluate_all(snap, base, clock, since) {
+        holding.extend(e.holding);
+        if let Some((key, service)) = e.entry {
+            table.services.insert(key, service);
         }
-        let host = fqdn(&s.namespace, &s.name);
-        let key = format!("{}.{}", s.name, s.namespace);
-        // group → (any endpoint, ready endpoints' pod labels)
-        let mut lanes: BTreeMap<&str, (bool, Vec<&Labels>)> = BTreeMap::new();
-        for e in slices.get(&(s.namespace.as_str(), s.name.as_str())).into_iter().flatten() {
-            let Some(labels) = e.pod.as_deref().and_then(|p| pods.get(&(s.namespace.as_str(), p))) else { continue };
-            let Some(g) = labels.get(GROUP_LABEL).filter(|g| is_valid_group(g.as_bytes())) else { continue };
-            let lane = lanes.entry(g.as_str()).or_default();
-            lane.0 = true;
-            if e.ready {
-                lane.1.push(labels);
-            }
-        }
-        let subsets = snap.subsets.get(&(s.namespace.clone(), host.clone()));
-        let mut clusters = BTreeMap::new();
-        for (g, (any, ready)) in &lanes {
-            let is_base = *g == base;
-            // base: any endpoint (a restarting base pod still counts)
-            let pods_ok = if is_base { *any } else { !ready.is_empty() };
-            let subset_ok = subsets.and_then(|m| m.get(*g)).is_some_and(|sel| {
-                sel.get(GROUP_LABEL).map(String::as_str) == Some(*g)
-                    && (ready.is_empty() && is_base
-                        || ready.iter().any(|l| sel.iter().all(|(k, v)| l.get(k) == Some(v))))
-            });
-            let route_ok = snap.routes.as_ref().is_none_or(|r| r.contains(&(host.clone(), (*g).to_owned())));
-            if !(pods_ok && subset_ok && route_ok) {
-                continue;
-            }
-            let lane_key = format!("{key}/{g}");
-            let started = since
-                .get(&lane_key)
-                .or_else(|| clock.recorded.get(&lane_key))
-                .copied()
-                .unwrap_or(if clock.first { 0 } else { clock.now_ms });
-            holding.insert(lane_key, started);
-            if clock.now_ms >= started.saturating_add(clock.settle_ms) {
-                clusters.insert((*g).to_owned(), format!("outbound|{PORT_PLACEHOLDER}|{g}|{host}"));
-            }
-        }
-        if !clusters.contains_key(base) {
-            continue;
-        }
-        let hosts = vec![key.clone(), format!("{}.{}.svc", s.name, s.namespace), host];
-        table.services.insert(key, RawService { hosts, clusters, ports: s.ports.clone() });
     }
     *since = holding;
     table
 }
 
+#[cfg(test)]
 /// The services the cluster has (some endpoint a base pod) and every lane
 /// with pods behind each, ready or not: what the Istio objects must cover
 /// *before* a lane may settle.
-pub fn targets(snap: &Snapshot, base: &str) -> Vec<crate::istio::Target> {
-    let pods: BTreeMap<(&str, &str), &Labels> =
-        snap.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.labels)).collect();
-    let mut groups: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
-    for sl in &snap.slices {
-        let entry = groups.entry((sl.namespace.as_str(), sl.service.as_str())).or_default();
-        for e in &sl.endpoints {
-            let labels = e.pod.as_deref().and_then(|p| pods.get(&(sl.namespace.as_str(), p)));
-            if let Some(g) = labels.and_then(|l| l.get(GROUP_LABEL)).filter(|g| is_valid_group(g.as_bytes())) {
-                entry.insert(g.as_str());
-            }
-        }
-    }
-    let mut out = vec![];
-    for s in &snap.services {
-        let Some(lanes) = groups.get(&(s.namespace.as_str(), s.name.as_str())) else { continue };
-        if s.ports.is_empty() || !lanes.contains(base) {
-            continue;
-        }
-        let groups = std::iter::once(base).chain(lanes.iter().copied().filter(|g| *g != base)).map(str::to_owned);
-        out.push(crate::istio::Target {
-            namespace: s.namespace.clone(),
-            name: s.name.clone(),
-            fqdn: fqdn(&s.namespace, &s.name),
-            ports: s.ports.clone(),
-            groups: groups.collect(),
-        });
-    }
-    out
+pub fn targets(snap: &Snapshot, base: &str) -> Vec<Target> {
+    let (recorded, since) = (Since::new(), Since::new());
+    let clock = Clock { now_ms: 0, settle_ms: 0, first: true, recorded: &recorded };
+    evaluate_all(snap, base, &clock, &since).into_iter().filter_map(|e| e.target).collect()
 }
 
 /// (namespace, service, group) → until when its subset stays.
@@ -202,14 +294,8 @@ pub type Held = BTreeMap<(String, String, String), u64>;
 /// the table first, and a proxy may route by the older table until its next
 /// poll, so its cluster must outlive it. `previous` is what the last call
 /// returned; `targets` gets the held lanes back.
-pub fn hold_leaving(
-    targets: &mut [crate::istio::Target],
-    previous: &[crate::istio::Target],
-    held: &mut Held,
-    now_ms: u64,
-    grace_ms: u64,
-) {
-    let key = |t: &crate::istio::Target, g: &str| (t.namespace.clone(), t.name.clone(), g.to_owned());
+pub fn hold_leaving(targets: &mut [Target], previous: &[Target], held: &mut Held, now_ms: u64, grace_ms: u64) {
+    let key = |t: &Target, g: &str| (t.namespace.clone(), t.name.clone(), g.to_owned());
     let current: BTreeSet<(String, String, String)> =
         targets.iter().flat_map(|t| t.groups.iter().map(move |g| key(t, g))).collect();
     for t in previous {
@@ -235,7 +321,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
-    use isogroup_core::{Limits, Table};
+    use isogroup_core::{Limits, RawTable, Table};
 
     fn pod(ns: &str, name: &str, group: &str) -> Pod {
         Pod { namespace: ns.into(), name: name.into(), labels: [(GROUP_LABEL.to_owned(), group.to_owned())].into() }
@@ -288,7 +374,7 @@ mod tests {
         }
     }
 
-    fn run(snap: &Snapshot, now: u64, first: bool, since: &mut Since) -> RawTable {
+    fn run(snap: &Snapshot, now: u64, first: bool, since: &mut Since) -> isogroup_core::RawTable {
         let recorded = Since::new();
         to_table(snap, "base", &Clock { now_ms: now, settle_ms: 5_000, first, recorded: &recorded }, since)
     }

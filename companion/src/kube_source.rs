@@ -1,10 +1,10 @@
 //! Kubernetes source, the watching half: mirror pods labelled
 //! `isogroup.io/group`, services, endpoint slices, Istio DestinationRules
 //! (`v1`, else `v1beta1`) and `IsolationGroup` objects (each watch its own
-//! task, see `kube_watch`), and hand `kube_snapshot::to_table` to the store
-//! whenever the result changes. Bursts of events are drained before one
-//! rebuild. The rules themselves live in `kube_snapshot` and `kube_groups`
-//! (pure, tested).
+//! task, see `kube_watch`), and hand the table to the store whenever it
+//! changes. Bursts of events are drained before one rebuild, and a rebuild
+//! evaluates only the services the events touched (`kube_index`). The rules
+//! themselves live in `kube_snapshot` and `kube_groups` (pure, tested).
 //!
 //! Every replica runs this loop (so a newly elected leader serves at once);
 //! only the leader writes `IsolationGroup` statuses.
@@ -26,11 +26,12 @@ use isogroup_core::{Limits, RawTable, Table};
 
 use crate::istio::{GROUP_LABEL, MANAGED_BY};
 use crate::kube_groups::{self, GroupObject, Verdict};
+use crate::kube_index::{Index, Mirrors, RouteObj, RuleObj};
 use crate::kube_istio::Existing;
-use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Labels, Pod, Service, Since, Snapshot};
-use crate::kube_watch::{self, Mirror, Report, Timing};
+use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
+use crate::kube_watch::{self, Change, Mirror, Report, Timing};
 use crate::metrics::{KindLabels, Metrics};
-use crate::store::kube::KubeStore;
+use crate::store::kube::{KubeStore, ServiceChanges};
 use crate::store::{now_ms, Readiness, Store};
 
 /// DestinationRule and VirtualService versions, newest first.
@@ -39,6 +40,9 @@ const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// the companion's namespace.
 pub const STATE_CONFIGMAP: &str = "isogroup-state";
 const STATE_KEY: &str = "settled";
+/// Changes to `isogroup-state` that no settling lane waits for are written
+/// at most this often.
+const STATE_COALESCE: Duration = Duration::from_secs(1);
 /// Source bindings and runtime rules (keys `sources`, `rules`: JSON lists
 /// in the table's schema), in the companion's namespace.
 pub const RUNTIME_CONFIGMAP: &str = "isogroup-runtime";
@@ -93,7 +97,8 @@ enum Update {
 }
 
 fn pod(p: &K8sPod) -> Option<Pod> {
-    Some(Pod { namespace: p.namespace()?, name: p.name_any(), labels: p.labels().clone() })
+    let labels = p.labels().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Some(Pod { namespace: p.namespace()?, name: p.name_any(), labels })
 }
 
 fn service(s: &K8sService) -> Option<Service> {
@@ -131,24 +136,6 @@ fn istio_host(ns: &str, host: &str) -> String {
         1 => format!("{host}.svc.cluster.local"),
         _ => host.to_owned(),
     }
-}
-
-/// A DestinationRule: its host (as an FQDN), its subsets' selectors, and
-/// whether the companion made it.
-#[derive(Debug, Clone)]
-struct RuleObj {
-    host: String,
-    subsets: BTreeMap<String, Labels>,
-    owned: bool,
-}
-
-/// A VirtualService: its hosts, the (host, subset) pairs its HTTP routes go
-/// to, and whether the companion made it.
-#[derive(Debug, Clone)]
-struct RouteObj {
-    hosts: Vec<String>,
-    dests: Vec<(String, String)>,
-    owned: bool,
 }
 
 fn owned(o: &DynamicObject) -> bool {
@@ -265,10 +252,18 @@ struct Cluster {
     runtime_error: Option<String>,
     /// When each lane's conditions began to hold (see `kube_snapshot`).
     since: Since,
+    /// The mirrors indexed by service, and the table's services.
+    index: Index,
+    /// The groups of the table last handed to the store.
+    published_groups: BTreeMap<String, isogroup_core::table::RawGroup>,
     /// No table computed yet: lanes that hold count as settled.
     first: bool,
-    /// What the leader last wrote to `isogroup-state`.
-    recorded: Option<Since>,
+    /// Whether this replica has written `isogroup-state` since it leads.
+    recorded: bool,
+    /// `since` changed after the last write of `isogroup-state`.
+    since_unwritten: bool,
+    /// When `isogroup-state` was last written.
+    state_written: Option<std::time::Instant>,
     /// The Istio targets last rendered, and lanes held after they left.
     last_targets: Vec<crate::istio::Target>,
     held: crate::kube_snapshot::Held,
@@ -282,13 +277,57 @@ struct Cluster {
 impl Cluster {
     fn apply(&mut self, update: Update, metrics: &Metrics) {
         let (kind, error) = match update {
-            Update::Pod(r) => ("pods", error_of(r, |r| self.pods.apply(r))),
-            Update::Service(r) => ("services", error_of(r, |r| self.services.apply(r))),
-            Update::Slice(r) => ("endpointslices", error_of(r, |r| self.slices.apply(r))),
-            Update::Rule(r) => ("destinationrules", error_of(r, |r| self.rules.apply(r))),
-            Update::Route(r) => ("virtualservices", error_of(r, |r| self.routes.apply(r))),
-            Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r))),
-            Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r))),
+            Update::Pod(r) => {
+                let touched = touched(&r);
+                let error = error_of(r, |r| self.pods.apply(r), Some(&mut self.index));
+                if let Some(k) = touched {
+                    self.index.pod_changed(&k, &self.slices.items);
+                }
+                ("pods", error)
+            }
+            Update::Service(r) => {
+                let touched = touched(&r);
+                let error = error_of(r, |r| self.services.apply(r), Some(&mut self.index));
+                if let Some(k) = touched {
+                    self.index.service_changed(&k);
+                }
+                ("services", error)
+            }
+            Update::Slice(r) => {
+                let touched = touched(&r);
+                if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, self.slices.items.get(k)?))) {
+                    self.index.slice_removed(k, old);
+                }
+                let error = error_of(r, |r| self.slices.apply(r), Some(&mut self.index));
+                if let Some((k, new)) = touched.as_ref().and_then(|k| Some((k, self.slices.items.get(k)?))) {
+                    self.index.slice_added(k, new);
+                }
+                ("endpointslices", error)
+            }
+            Update::Rule(r) => {
+                let touched = touched(&r);
+                if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, self.rules.items.get(k)?))) {
+                    self.index.rule_removed(k, old);
+                }
+                let error = error_of(r, |r| self.rules.apply(r), Some(&mut self.index));
+                if let Some((k, new)) = touched.as_ref().and_then(|k| Some((k, self.rules.items.get(k)?))) {
+                    self.index.rule_added(k, new);
+                }
+                ("destinationrules", error)
+            }
+            Update::Route(r) => {
+                let touched = touched(&r);
+                if let Some(old) = touched.as_ref().and_then(|k| self.routes.items.get(k)) {
+                    self.index.route_removed(old);
+                }
+                let error = error_of(r, |r| self.routes.apply(r), Some(&mut self.index));
+                if let Some(new) = touched.as_ref().and_then(|k| self.routes.items.get(k)) {
+                    self.index.route_added(new);
+                }
+                ("virtualservices", error)
+            }
+            Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r), None)),
+            Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r), None)),
             Update::Tick => return,
         };
         if let Some(e) = error {
@@ -344,23 +383,6 @@ impl Cluster {
         }
     }
 
-    fn snapshot(&self, routes_required: bool) -> Snapshot {
-        let mut subsets: BTreeMap<(String, String), BTreeMap<String, Labels>> = BTreeMap::new();
-        for ((ns, _), r) in &self.rules.items {
-            let entry = subsets.entry((ns.clone(), r.host.clone())).or_default();
-            for (name, labels) in &r.subsets {
-                entry.entry(name.clone()).or_insert_with(|| labels.clone());
-            }
-        }
-        Snapshot {
-            services: self.services.items.values().cloned().collect(),
-            pods: self.pods.items.values().cloned().collect(),
-            slices: self.slices.items.values().cloned().collect(),
-            subsets,
-            routes: routes_required.then(|| self.routes.items.values().flat_map(|r| r.dests.iter().cloned()).collect()),
-        }
-    }
-
     /// The Istio objects every service needs, and the ones that exist.
     fn desired(
         &mut self,
@@ -371,7 +393,7 @@ impl Cluster {
         grace: u64,
     ) -> crate::kube_istio::Desired {
         let opts = crate::istio::Options { mode, base, root_namespace: root };
-        let mut targets = crate::kube_snapshot::targets(&self.snapshot(false), base);
+        let mut targets: Vec<crate::istio::Target> = self.index.targets().cloned().collect();
         crate::kube_snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
         self.last_targets = targets.clone();
         let objects = targets.iter().map(|t| crate::istio::render_target(t, &opts)).collect();
@@ -392,42 +414,91 @@ impl Cluster {
         (objects, rules.chain(routes).collect())
     }
 
-    /// The table now; `since` moves on.
-    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> RawTable {
-        let snap = self.snapshot(opts.routes_required());
-        let mut recorded = Since::new();
+    /// The table now, whole or as its changes since the last call, or
+    /// `None` when its services and runtime data are what the last call
+    /// gave; `since` moves on.
+    fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> Option<TableUpdate> {
+        let empty = Since::new();
+        let mut recorded = &empty;
         self.runtime_error = None;
         let mut runtime = None;
         for own in self.own.items.values() {
             match own {
-                Own::State(since) => recorded = since.clone(),
+                Own::State(since) => recorded = since,
                 Own::Runtime(Ok((sources, rules))) => runtime = Some((sources, rules)),
                 Own::Runtime(Err(e)) => self.runtime_error = Some(e.clone()),
             }
         }
+        let before = std::mem::take(&mut self.runtime);
         match runtime {
-            None if self.runtime_error.is_none() => self.runtime = Default::default(),
-            None => {}
+            None if self.runtime_error.is_none() => {}
+            None => self.runtime = before.clone(),
             Some((sources, rules)) => match check_runtime(sources, rules, base, limits) {
                 Ok(()) => self.runtime = (sources.clone(), rules.clone()),
-                Err(e) => self.runtime_error = Some(e),
+                Err(e) => {
+                    self.runtime = before.clone();
+                    self.runtime_error = Some(e);
+                }
             },
         }
-        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded: &recorded };
+        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded };
         self.first = false;
-        let mut table = crate::kube_snapshot::to_table(&snap, base, &clock, &mut self.since);
-        (table.sources, table.rules) = self.runtime.clone();
-        table
+        let mirrors =
+            Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, opts.routes_required());
+        self.since_unwritten |= self.index.rebuild(&mirrors, base, &clock, &mut self.since);
+        match self.index.take_changed() {
+            None => Some(TableUpdate::Whole(self.raw_table(base))),
+            Some(keys) if keys.is_empty() && before == self.runtime => None,
+            Some(keys) => {
+                let services = self.index.services();
+                let changes = keys.into_iter().map(|k| (k.clone(), services.get(&k).cloned())).collect();
+                Some(TableUpdate::Changes(changes, self.rest(base)))
+            }
+        }
+    }
+
+    /// The table without its services.
+    fn rest(&self, base: &str) -> RawTable {
+        let (sources, rules) = self.runtime.clone();
+        RawTable { base_group: Some(base.to_owned()), sources, rules, ..RawTable::default() }
+    }
+
+    /// The table as it stands (without groups).
+    fn raw_table(&self, base: &str) -> RawTable {
+        RawTable { services: self.index.services().clone(), ..self.rest(base) }
     }
 }
 
-/// Applies `r` with `apply`; the error it reports, if any.
-fn error_of<T>(r: Report<T>, apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube_watch::Key>>) -> Option<String> {
+/// What a rebuild hands the store (groups not filled in yet).
+enum TableUpdate {
+    Whole(RawTable),
+    /// The services changed since the table handed before, and the rest of
+    /// the table (its `services` empty).
+    Changes(ServiceChanges, RawTable),
+}
+
+/// The object an event changes, if it is one object (not a re-list).
+fn touched<T>(r: &Report<T>) -> Option<crate::kube_watch::Key> {
+    match r {
+        Report::Change(Change::Apply(k, _) | Change::Delete(k)) => Some(k.clone()),
+        _ => None,
+    }
+}
+
+/// Applies `r` with `apply` (a re-list marks `index` stale); the error it
+/// reports, if any.
+fn error_of<T>(
+    r: Report<T>,
+    apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube_watch::Key>>,
+    index: Option<&mut Index>,
+) -> Option<String> {
     let error = match &r {
         Report::Error(e) => Some(e.clone()),
         _ => None,
     };
-    apply(r);
+    if let (None, Some(index)) = (apply(r), index) {
+        index.relisted();
+    }
     error
 }
 
@@ -495,26 +566,48 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
         let base = &served.base;
         let started = std::time::Instant::now();
-        let mut table = cluster.table(base, now_ms(), &opts, &served.limits);
+        let table = cluster.table(base, now_ms(), &opts, &served.limits);
         let built = started.elapsed();
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
         let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
-        table.groups = groups;
-        let published = store.publish(table);
-        tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
-        match published {
-            Ok(None) => {}
-            Ok(Some(snap)) => {
-                tracing::info!(
-                    version = snap.version,
-                    services = snap.table.service_count(),
-                    "kubernetes: table published"
-                );
-            }
-            Err(errors) => {
-                metrics.store_rejects.inc();
-                tracing::error!(error = %errors, "kubernetes: table refused");
+        // Unchanged: nothing to check or serve (a rejected table stays rejected).
+        let table = match table {
+            None if groups == cluster.published_groups => None,
+            None => Some(TableUpdate::Changes(vec![], cluster.rest(base))),
+            some => some,
+        };
+        if let Some(table) = table {
+            cluster.published_groups.clone_from(&groups);
+            let published = match table {
+                TableUpdate::Changes(changes, mut rest) if store.has_table() => {
+                    rest.groups = groups;
+                    store.publish_changes(changes, rest)
+                }
+                TableUpdate::Changes(..) => {
+                    let mut whole = cluster.raw_table(base);
+                    whole.groups = groups;
+                    store.publish(whole, None)
+                }
+                TableUpdate::Whole(mut whole) => {
+                    whole.groups = groups;
+                    store.publish(whole, None)
+                }
+            };
+            tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
+            match published {
+                Ok(None) => {}
+                Ok(Some(snap)) => {
+                    tracing::info!(
+                        version = snap.version,
+                        services = snap.raw.services.len(),
+                        "kubernetes: table published"
+                    );
+                }
+                Err(errors) => {
+                    metrics.store_rejects.inc();
+                    tracing::error!(error = %errors, "kubernetes: table refused");
+                }
             }
         }
         if store.is_leader() {
@@ -527,12 +620,19 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                     changed
                 });
             }
-            if cluster.recorded.as_ref() != Some(&cluster.since) {
-                cluster.recorded = Some(cluster.since.clone());
+            // A lane still settling needs its start on record at once (a
+            // starting replica counts an unrecorded lane as settled); other
+            // changes (lanes that left, lanes settled on entry) are
+            // coalesced: at 50k lanes the record is megabytes per write.
+            let due =
+                cluster.index.has_unsettled() || cluster.state_written.is_none_or(|at| at.elapsed() >= STATE_COALESCE);
+            if !cluster.recorded || (cluster.since_unwritten && due) {
+                (cluster.recorded, cluster.since_unwritten) = (true, false);
+                cluster.state_written = Some(std::time::Instant::now());
                 write_state(&configmaps, &opts.namespace, &cluster.since);
             }
         } else {
-            cluster.recorded = None;
+            cluster.recorded = false;
         }
     }
 }
@@ -597,3 +697,7 @@ fn write_statuses(
         });
     }
 }
+
+#[cfg(test)]
+#[path = "kube_incremental_tests.rs"]
+mod incremental_tests;

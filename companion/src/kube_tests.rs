@@ -500,6 +500,7 @@ async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() 
     store
         .publish(
             serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
+            None,
         )
         .unwrap();
     store.become_leader("1000-aa".into()).unwrap();

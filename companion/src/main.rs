@@ -13,6 +13,7 @@ mod kube_events;
 #[cfg(test)]
 mod kube_fake;
 mod kube_groups;
+mod kube_index;
 mod kube_istio;
 mod kube_leader;
 mod kube_snapshot;

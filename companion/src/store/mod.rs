@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod expiry;
 pub mod file;
 pub mod kube;
+pub mod parts;
 pub mod served;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! watched by long-polls, and whether the replica is ready. Every store
 //! publishes through one of these; the API only reads it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use isogroup_core::epoch::Stamp;
@@ -29,8 +29,16 @@ pub struct Snapshot {
     pub epoch: Option<String>,
     pub version: u64,
     pub raw: RawTable,
-    pub table: Table,
+    compiled: Compiled,
     pub json: Vec<u8>,
+}
+
+/// The compiled table: at once, or on first use for a table checked in
+/// parts (with what serves if that fails: it cannot, and is logged if it
+/// does).
+enum Compiled {
+    Now(Arc<Table>),
+    Later { cell: OnceLock<Arc<Table>>, base: String, limits: Limits, fallback: Arc<Table> },
 }
 
 impl Snapshot {
@@ -45,8 +53,43 @@ impl Snapshot {
         raw.version = version;
         raw.epoch = epoch.clone();
         let table = Table::check(&raw, base, limits)?;
-        let json = serde_json::to_vec_pretty(&raw).unwrap_or_default();
-        Ok(Snapshot { epoch, version, raw, table, json })
+        // Compact: at 10k services pretty printing is a third more bytes
+        // to write, send and parse.
+        let json = serde_json::to_vec(&raw).unwrap_or_default();
+        Ok(Snapshot::of(raw, Arc::new(table), json))
+    }
+
+    /// A table checked whole (`table`), stamped already, with its JSON.
+    pub fn of(raw: RawTable, table: Arc<Table>, json: Vec<u8>) -> Snapshot {
+        Snapshot { epoch: raw.epoch.clone(), version: raw.version, raw, compiled: Compiled::Now(table), json }
+    }
+
+    /// A table checked in parts (`store::parts`), stamped already, with its
+    /// JSON: compiled on first use; `fallback` serves if that fails.
+    pub fn checked_in_parts(
+        raw: RawTable,
+        json: Vec<u8>,
+        base: &str,
+        limits: &Limits,
+        fallback: Arc<Table>,
+    ) -> Snapshot {
+        let compiled = Compiled::Later { cell: OnceLock::new(), base: base.to_owned(), limits: *limits, fallback };
+        Snapshot { epoch: raw.epoch.clone(), version: raw.version, raw, compiled, json }
+    }
+
+    /// The compiled table.
+    pub fn table(&self) -> &Table {
+        match &self.compiled {
+            Compiled::Now(table) => table,
+            Compiled::Later { cell, base, limits, fallback } => cell.get_or_init(|| {
+                Table::check(&self.raw, base, limits).map(Arc::new).unwrap_or_else(|errors| {
+                    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    tracing::error!(version = self.version, errors = %all.join("; "),
+                        "a table checked in parts does not compile; resolving against an empty one");
+                    fallback.clone()
+                })
+            }),
+        }
     }
 
     /// A store never written: `{"version": 0}`, no epoch, which no filter
@@ -55,7 +98,7 @@ impl Snapshot {
     pub fn empty(base: &str, limits: &Limits) -> Result<Snapshot, Vec<TableError>> {
         let raw = RawTable::default();
         let table = Table::check(&raw, base, limits)?;
-        Ok(Snapshot { epoch: None, version: 0, raw, table, json: br#"{"version": 0}"#.to_vec() })
+        Ok(Snapshot::of(raw, Arc::new(table), br#"{"version": 0}"#.to_vec()))
     }
 
     /// Where this snapshot stands in the (epoch, version) order.
@@ -88,6 +131,7 @@ pub struct Served {
     metrics: Arc<Metrics>,
     pub base: String,
     pub limits: Limits,
+    empty: Arc<Table>,
 }
 
 impl Served {
@@ -95,10 +139,12 @@ impl Served {
     pub fn new(base: String, limits: Limits, metrics: Arc<Metrics>) -> Result<Served, String> {
         let empty = Snapshot::empty(&base, &limits)
             .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+        let empty_table = Table::check(&empty.raw, &base, &limits)
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
         let (tx, _) = watch::channel(Arc::new(empty));
         metrics.ready.set(0);
         let readiness = Mutex::new(Readiness::Loading("loading the state".into()));
-        Ok(Served { tx, readiness, metrics, base, limits })
+        Ok(Served { tx, readiness, metrics, base, limits, empty: Arc::new(empty_table) })
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
@@ -113,12 +159,23 @@ impl Served {
         &self.metrics
     }
 
+    /// The empty table's compiled form (what serves if a table checked in
+    /// parts does not compile).
+    pub fn empty_table(&self) -> Arc<Table> {
+        Arc::clone(&self.empty)
+    }
+
     /// Serves `snap` from now on; held polls wake.
     pub fn publish(&self, snap: Snapshot) -> Arc<Snapshot> {
+        self.replace(snap).0
+    }
+
+    /// Serves `snap` from now on; the snapshot served before it, too.
+    pub fn replace(&self, snap: Snapshot) -> (Arc<Snapshot>, Arc<Snapshot>) {
         let snap = Arc::new(snap);
         self.metrics.table_updated(snap.version);
-        self.tx.send_replace(snap.clone());
-        snap
+        let old = self.tx.send_replace(snap.clone());
+        (snap, old)
     }
 
     pub fn readiness(&self) -> Readiness {
