@@ -13,6 +13,7 @@ minimal probe measured in the same run.
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,8 +27,9 @@ FIRST_PORT = 19010
 SMALL_TABLE = {"groups": {"f1": {}}, "services": {"svc": {"hosts": ["svc"], "clusters": {"base": "svc-base", "f1": "svc-f1"}}}}
 
 
-def arms():
-    """(name, Envoy config text, request headers); every arm's requests reach svc-f1."""
+def arms(extra_wasm=()):
+    """(name, Envoy config text, request headers); every arm's requests reach svc-f1.
+    `extra_wasm`: (name, path) ablation arms, the lean arm's config with another build of the filter."""
     text = lambda p: (load.ROOT / p).read_text()
     iso = text("bench/envoy/isogroup.yaml")
     table = json.dumps(SMALL_TABLE)
@@ -40,7 +42,16 @@ def arms():
         ("isogroup-lean", iso, load.SMALL),
         # the SPEC defaults: both routing headers and the response annotation
         ("isogroup-default", load.with_table(iso, table, annotate_response=True), load.SMALL),
-    ]
+    ] + [(name, iso.replace("filename: target/isogroup.wasm", f"filename: {path}"), load.SMALL) for name, path in extra_wasm]
+
+
+def optional_arms():
+    """Arms run only when named in --arms (experiments on what the route re-match costs)."""
+    lua = (load.ROOT / "bench/envoy/lua.yaml").read_text()
+    # Lua's work without the route re-match: no clearRouteCache, and the route matched before the
+    # filter ran (the catch-all) already goes to svc-f1, so the header written is never read.
+    no_clear = lua.replace("handle:clearRouteCache()", "").replace("route: { cluster: svc-base }", "route: { cluster: svc-f1 }")
+    return [("lua-noclear", no_clear, load.SMALL)]
 
 
 def combined_config(arm_list):
@@ -76,12 +87,19 @@ def main():
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--arms", help="comma-separated subset of the arms (floor, noop-wasm and probe are always kept)")
+    p.add_argument("--wasm", action="append", default=[], metavar="NAME=PATH",
+                   help="an ablation arm: the lean arm's config with another build of the filter (repeatable)")
     args = p.parse_args()
     load.OUT.mkdir(parents=True, exist_ok=True)
-    arm_list = arms()
+    arm_list = arms([tuple(w.split("=", 1)) for w in args.wasm])
+    if args.arms:
+        keep = {"floor", "noop-wasm", "probe", *args.arms.split(","), *(w.split("=", 1)[0] for w in args.wasm)}
+        arm_list = [a for a in arm_list + optional_arms() if a[0] in keep]
     config = load.OUT / "one-envoy.yaml"
     config.write_text(combined_config(arm_list))
     cpu = {name: [] for name, _, _ in arm_list}
+    load_before = os.getloadavg()
     upstream = load.Envoy("bench/envoy/upstream.yaml", cpus="1", admin=19902, base_id=2)
     envoy = load.Envoy(config, cpus="0", base_id=80)
     try:
@@ -96,18 +114,27 @@ def main():
                 if envoy.stat("svc-f1") < before + args.requests or out["statusCodeDistribution"].get("200", 0) != args.requests:
                     raise SystemExit(f"{name}: not every request was answered 200 by svc-f1")
                 cpu[name].append(used / args.requests * 1e6)
-                load.log(f"round {rnd + 1}/{args.rounds} {name:17} {cpu[name][-1]:6.2f} µs/req")
+                load.log(f"round {rnd + 1}/{args.rounds} {name:20} {cpu[name][-1]:6.2f} µs/req")
     finally:
         envoy.stop()
         upstream.stop()
     med = {name: statistics.median(v) for name, v in cpu.items()}
-    rows = ["| arm | Envoy CPU µs/req (median, min–max) | over floor | over no-op | over probe |", "|---|---|---|---|---|"]
+    # Paired: the median of per-round differences (both arms measured minutes apart at most, so a
+    # slow phase of the machine shifts both), steadier than a difference of medians.
+    paired = lambda name, base: statistics.median(a - b for a, b in zip(cpu[name], cpu[base]))
+    rows = ["| arm | Envoy CPU µs/req (median, min–max) | over floor | over no-op | over probe | over probe, paired |",
+            "|---|---|---|---|---|---|"]
     for name, m in med.items():
         rows.append(f"| {name} | {m:.2f} ({min(cpu[name]):.2f}–{max(cpu[name]):.2f}) | {m - med['floor']:+.2f} "
-                    f"| {m - med['noop-wasm']:+.2f} | {m - med['probe']:+.2f} |")
+                    f"| {m - med['noop-wasm']:+.2f} | {m - med['probe']:+.2f} | {paired(name, 'probe'):+.2f} |")
+    load_after = os.getloadavg()
+    rows.append(f"\nload average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+                f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {args.rounds} rounds × {args.requests} requests, "
+                f"{args.connections} connections")
     text = "\n".join(rows)
     (load.OUT / "one-envoy.md").write_text(text + "\n")
-    (load.OUT / "one-envoy.json").write_text(json.dumps({"args": vars(args), "cpu_us": cpu}, indent=1))
+    (load.OUT / "one-envoy.json").write_text(
+        json.dumps({"args": vars(args), "cpu_us": cpu, "loadavg": [load_before, load_after]}, indent=1))
     print(text)
 
 

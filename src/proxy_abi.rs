@@ -1,6 +1,8 @@
 //! The wasm side of `proxy`: the `proxy_on_*` exports Envoy calls (only
 //! those the filter answers; the host skips a callback a module does not
-//! export) and the host imports the filter uses, each returning the host's
+//! export, so each one left out is a VM entry less per request: no
+//! `proxy_on_done`, whose absence the host reads as "done", no `proxy_on_log`,
+//! no body callbacks) and the host imports the filter uses, each returning the host's
 //! status instead of panicking on an unexpected one.
 
 #[allow(unused_imports)]
@@ -361,10 +363,11 @@ pub extern "C" fn _initialize() {
 }
 
 /// Memory for buffers the host hands over (a boxed slice of `size` bytes,
-/// freed by `owned`).
+/// freed by `owned`). Not zeroed: the host writes every byte before the
+/// filter reads one (a memset less per header read).
 #[no_mangle]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    let slice: Box<[u8]> = vec![0u8; size].into_boxed_slice();
+    let slice: Box<[core::mem::MaybeUninit<u8>]> = Box::new_uninit_slice(size);
     Box::into_raw(slice).cast::<u8>()
 }
 
@@ -439,11 +442,6 @@ pub extern "C" fn proxy_on_response_headers(context_id: u32, headers: usize, end
         }
     });
     action as u32
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_done(_context_id: u32) -> bool {
-    true
 }
 
 #[no_mangle]

@@ -1,0 +1,143 @@
+// The wasm side of a request, without Envoy: each module under a minimal
+// proxy-wasm host in Node's V8 (the engine Envoy embeds), driven through the
+// callbacks Envoy makes for one HTTP request (context create, request headers
+// with the header map read, response headers, done, log, delete: whichever the
+// module exports). Envoy's own side of each host call (copying the header map,
+// setting a header, re-matching the route) is not here; the Envoy load
+// benchmark measures that. Time per request is the minimum over interleaved
+// repeats, which a busy machine inflates least.
+//
+// usage: node bench/wasm_micro.mjs NAME=WASM[@PLUGIN_CONFIG_JSON] ... [--requests N] [--repeats R]
+// (BENCHMARKS.md, "Envoy load benchmark", has the command line of the recorded run).
+
+import { readFileSync } from "node:fs";
+
+const args = process.argv.slice(2);
+let requests = 100000;
+let repeats = 9;
+const arms = [];
+for (let i = 0; i < args.length; i++) {
+  if (args[i] === "--requests") requests = Number(args[++i]);
+  else if (args[i] === "--repeats") repeats = Number(args[++i]);
+  else {
+    const [name, rest] = args[i].split(/=(.*)/s);
+    const at = rest.indexOf("@");
+    arms.push({ name, path: at < 0 ? rest : rest.slice(0, at), config: at < 0 ? "{}" : rest.slice(at + 1) });
+  }
+}
+
+// What oha sends in the benchmark (x-isogroup: f1 to host svc), as Envoy hands it over.
+const REQUEST = [
+  [":authority", "svc"], [":path", "/"], [":method", "GET"], [":scheme", "http"],
+  ["user-agent", "oha/1.16.0"], ["accept", "*/*"], ["x-isogroup", "f1"],
+  ["x-forwarded-proto", "http"], ["x-request-id", "1b4e28ba-2fa1-11d2-883f-0016d3cca427"],
+];
+const RESPONSE = [[":status", "200"], ["content-length", "3"], ["content-type", "text/plain"]];
+const enc = new TextEncoder();
+
+function serialise(pairs) {
+  const parts = pairs.map(([k, v]) => [enc.encode(k), enc.encode(v)]);
+  const size = 4 + parts.length * 8 + parts.reduce((n, [k, v]) => n + k.length + v.length + 2, 0);
+  const buf = new Uint8Array(size);
+  const dv = new DataView(buf.buffer);
+  dv.setUint32(0, parts.length, true);
+  let at = 4;
+  for (const [k, v] of parts) {
+    dv.setUint32(at, k.length, true);
+    dv.setUint32(at + 4, v.length, true);
+    at += 8;
+  }
+  for (const [k, v] of parts) {
+    buf.set(k, at);
+    at += k.length + 1;
+    buf.set(v, at);
+    at += v.length + 1;
+  }
+  return buf;
+}
+
+function load({ name, path, config }) {
+  let ex;
+  let view;
+  const mem = () => (view?.buffer === ex.memory.buffer ? view : (view = new DataView(ex.memory.buffer)));
+  const give = (bytes, ptrPtr, sizePtr) => {
+    const p = ex.proxy_on_memory_allocate(bytes.length);
+    new Uint8Array(ex.memory.buffer, p, bytes.length).set(bytes);
+    mem().setUint32(ptrPtr, p, true);
+    mem().setUint32(sizePtr, bytes.length, true);
+    return 0;
+  };
+  const read = (p, n) => new Uint8Array(ex.memory.buffer, p, n).slice();
+  const maps = { 0: serialise(REQUEST), 2: serialise(RESPONSE) };
+  const counts = { writes: 0 };
+  const env = {
+    proxy_log: () => 0,
+    proxy_get_log_level: (p) => (mem().setUint32(p, 3, true), 0),
+    proxy_get_buffer_bytes: (kind, _s, _m, pp, sp) => (kind === 7 ? give(enc.encode(config), pp, sp) : 1),
+    proxy_get_current_time_nanoseconds: (p) => (mem().setBigUint64(p, BigInt(Date.now()) * 1000000n, true), 0),
+    proxy_set_tick_period_milliseconds: () => 0,
+    proxy_get_header_map_pairs: (map, pp, sp) => give(maps[map] ?? serialise([]), pp, sp),
+    // Envoy copies the name and value into its own map: so does this host.
+    proxy_replace_header_map_value: (_m, k, kn, v, vn) => (read(k, kn), read(v, vn), counts.writes++, 0),
+    proxy_add_header_map_value: (_m, k, kn, v, vn) => (read(k, kn), read(v, vn), counts.writes++, 0),
+    proxy_remove_header_map_value: (_m, k, kn) => (read(k, kn), counts.writes++, 0),
+    proxy_define_metric: (_k, _n, _l, p) => (mem().setUint32(p, 1, true), 0),
+    proxy_increment_metric: () => 0,
+    proxy_record_metric: () => 0,
+    proxy_get_shared_data: () => 1,
+    proxy_set_shared_data: () => 0,
+    proxy_get_property: () => 1,
+    proxy_set_effective_context: () => 0,
+    proxy_done: () => 0,
+    proxy_call_foreign_function: () => 0,
+  };
+  const stub = (o) => new Proxy(o, { get: (t, k) => t[k] ?? (() => 0) });
+  const module = new WebAssembly.Module(readFileSync(path));
+  ex = { ...new WebAssembly.Instance(module, { env: stub(env), wasi_snapshot_preview1: stub({}) }).exports };
+  // TRACE=1: name the callback that trapped, and its arguments.
+  const trace = process.env.TRACE ? (n, fn) => (...a) => { try { return fn(...a); } catch (e) { console.error(name, n, a, e.message); throw e; } } : (_n, fn) => fn;
+  for (const n of ["_initialize", "proxy_on_vm_start", "proxy_on_context_create", "proxy_on_configure"]) if (ex[n]) ex[n] = trace(n, ex[n]);
+  ex._initialize?.();
+  ex.proxy_on_context_create(1, 0);
+  ex.proxy_on_vm_start?.(1, 0);
+  if (ex.proxy_on_configure && !ex.proxy_on_configure(1, config.length)) throw new Error(`${name}: configure failed`);
+  let id = 2;
+  const nothing = () => 0;
+  const f = (n) => ex[n] ?? nothing;
+  const [create, reqH, respH, respB, done, log, del] = [
+    "proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers",
+    "proxy_on_response_body", "proxy_on_done", "proxy_on_log", "proxy_on_delete",
+  ].map((n) => trace(n, f(n)));
+  const one = () => {
+    const c = id++;
+    create(c, 1);
+    reqH(c, REQUEST.length, 1);
+    respH(c, RESPONSE.length, 0);
+    respB(c, 3, 1);
+    done(c);
+    log(c);
+    del(c);
+  };
+  const exported = ["proxy_on_response_headers", "proxy_on_response_body", "proxy_on_done", "proxy_on_log"]
+    .filter((n) => ex[n]).map((n) => n.replace("proxy_on_", "")).join(" ");
+  return { name, one, counts, exported };
+}
+
+const loaded = arms.map(load);
+for (const a of loaded) for (let i = 0; i < 20000; i++) a.one(); // warm-up: V8 tiers up
+const ns = Object.fromEntries(loaded.map((a) => [a.name, []]));
+for (let r = 0; r < repeats; r++) {
+  for (const a of loaded) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < requests; i++) a.one();
+    ns[a.name].push(Number(process.hrtime.bigint() - t0) / requests);
+  }
+}
+const base = Math.min(...ns[loaded[0].name]);
+console.log(`| module | ns/request (min of ${repeats}) | median | over ${loaded[0].name} | header writes/request | callbacks exported |`);
+console.log("|---|---|---|---|---|---|");
+for (const a of loaded) {
+  const v = ns[a.name].slice().sort((x, y) => x - y);
+  const writes = a.counts.writes / (20000 + repeats * requests);
+  console.log(`| ${a.name} | ${v[0].toFixed(0)} | ${v[v.length >> 1].toFixed(0)} | ${(v[0] - base).toFixed(0)} | ${writes.toFixed(1)} | ${a.exported} |`);
+}
