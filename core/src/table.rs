@@ -15,6 +15,12 @@ pub type NameMap<V> = crate::vec_map::VecMap<V>;
 #[cfg(not(all(target_arch = "wasm32", not(feature = "serde"))))]
 pub type NameMap<V> = alloc::collections::BTreeMap<String, V>;
 
+/// Gives back a map's spare capacity (a `VecMap`'s; `BTreeMap` keeps none).
+pub(crate) fn shrink_names<V>(_map: &mut NameMap<V>) {
+    #[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+    _map.shrink_to_fit();
+}
+
 use crate::authority;
 use crate::cidr::Cidr;
 use crate::edge::{RawRule, Rules};
