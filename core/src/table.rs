@@ -828,6 +828,12 @@ fn text_of(text: &str, span: Span) -> &str {
     text.get(at..at + span.len as usize).unwrap_or("")
 }
 
+/// `text_of` as bytes: no char boundary checks on the request path.
+fn bytes_of(text: &str, span: Span) -> &[u8] {
+    let at = span.at as usize;
+    text.as_bytes().get(at..at + span.len as usize).unwrap_or_default()
+}
+
 /// Hosts to services: open addressing over spans of the table's text, so a
 /// host costs 12 bytes and a slot, not an allocation and a hash map entry.
 #[derive(Debug, Default)]
@@ -857,7 +863,7 @@ impl HostIndex {
         loop {
             let slot = *self.slots.get(i)?;
             let &(span, id) = self.hosts.get(slot.checked_sub(1)? as usize)?;
-            if span.len as usize == host.len() && text_of(text, span).as_bytes() == host {
+            if span.len as usize == host.len() && bytes_of(text, span) == host {
                 return Some(id);
             }
             i = (i + 1) & mask;
