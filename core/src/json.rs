@@ -361,6 +361,8 @@ impl<'a> Reader<'a> {
             out.push(r.string()?);
             Ok(())
         })?;
+        // A service's hosts, kept until the table is compiled.
+        out.shrink_to_fit();
         Ok(out)
     }
 

@@ -203,6 +203,7 @@ pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
                     let service = service(r)?;
                     insert_new(r, &mut t.services, name, service)
                 })?;
+                crate::table::shrink_names(&mut t.services);
             }
             Some(5) => {
                 r.array(&mut |r| {
@@ -261,6 +262,8 @@ fn service(r: &mut Reader<'_>) -> Res<RawService> {
                     let cluster = r.string()?;
                     insert_new(r, &mut map, group, cluster)
                 })?;
+                // Spare room in one map per service adds up in a large table.
+                crate::table::shrink_names(&mut map);
                 clusters = Some(map);
             }
             Some(2) => {

@@ -15,6 +15,12 @@ pub type NameMap<V> = crate::vec_map::VecMap<V>;
 #[cfg(not(all(target_arch = "wasm32", not(feature = "serde"))))]
 pub type NameMap<V> = alloc::collections::BTreeMap<String, V>;
 
+/// Gives back a map's spare capacity (a `VecMap`'s; `BTreeMap` keeps none).
+pub(crate) fn shrink_names<V>(_map: &mut NameMap<V>) {
+    #[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+    _map.shrink_to_fit();
+}
+
 use crate::authority;
 use crate::cidr::Cidr;
 use crate::edge::{RawRule, Rules};
@@ -206,10 +212,18 @@ pub struct Table {
     /// Keyed by bytes like `host_index`: one hash map type in the wasm.
     group_index: FxHashMap<Box<[u8]>, GroupId>,
     groups: Vec<CompiledGroup>,
+    /// Every service name, host and cluster name, one after another: one
+    /// allocation where a string each cost tens of thousands (and dlmalloc's
+    /// overhead on each) in a large table.
+    text: String,
+    /// In name order (ids are given in name order): `service_by_name`
+    /// binary searches, no name index.
     services: Vec<CompiledService>,
-    service_index: FxHashMap<Box<[u8]>, ServiceId>,
+    /// Every service's clusters, service after service (`CompiledService::clusters`).
+    clusters: Vec<(GroupId, Span)>,
+    ported: Vec<Ported>,
     /// Keyed by bytes: the request path looks up without a UTF-8 check.
-    host_index: FxHashMap<Box<[u8]>, ServiceId>,
+    host_index: HostIndex,
     /// Boxed: most tables have none, and `Table` sits in a config enum.
     sources: Box<Sources>,
     rules: Rules,
@@ -222,14 +236,32 @@ struct CompiledGroup {
     order: Box<[GroupId]>,
 }
 
+/// A string in `Table::text`: where it starts, how long it is.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    at: u32,
+    len: u32,
+}
+
 #[derive(Debug)]
 struct CompiledService {
-    name: Box<str>,
+    name: Span,
+    /// Its range of `Table::clusters`, sorted by group id: a handful of
+    /// entries, binary searched. A `{port}` cluster is there for the default
+    /// port.
+    clusters: (u32, u32),
+    /// Its entry in `Table::ported`, or `NOT_PORTED` (most services): 4
+    /// bytes here instead of two empty boxes.
+    ported: u32,
+}
+
+const NOT_PORTED: u32 = u32::MAX;
+
+/// What a service that lists ports has besides.
+#[derive(Debug)]
+struct Ported {
     /// As listed; the first is the default.
     ports: Box<[u16]>,
-    /// Sorted by group id: a handful of entries, binary searched. A `{port}`
-    /// cluster is here for the default port.
-    clusters: Box<[(GroupId, Box<str>)]>,
     /// The `{port}` clusters (a few; searched in order), each filled in for
     /// every port in `ports` order. Empty for most services: then one
     /// emptiness check is all the request path pays for ports.
@@ -310,15 +342,16 @@ impl Table {
 
     /// `host` as `authority::with_host` hands it over (normalised).
     pub fn service_by_host(&self, host: &[u8]) -> Option<ServiceId> {
-        self.host_index.get(host).copied()
+        self.host_index.find(&self.text, host)
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<ServiceId> {
-        self.service_index.get(name.as_bytes()).copied()
+        let i = self.services.binary_search_by(|s| text_of(&self.text, s.name).cmp(name)).ok()?;
+        Some(i as ServiceId)
     }
 
     pub fn service_name(&self, id: ServiceId) -> &str {
-        self.services.get(id as usize).map_or("", |s| &s.name)
+        self.services.get(id as usize).map_or("", |s| text_of(&self.text, s.name))
     }
 
     pub fn service_count(&self) -> usize {
@@ -331,7 +364,7 @@ impl Table {
 
     /// Every service name with its id, in id order.
     pub fn services(&self) -> impl Iterator<Item = (ServiceId, &str)> {
-        self.services.iter().enumerate().map(|(i, s)| (i as ServiceId, &*s.name))
+        self.services.iter().enumerate().map(|(i, s)| (i as ServiceId, text_of(&self.text, s.name)))
     }
 
     /// Every group name with its id, in id order.
@@ -351,14 +384,15 @@ impl Table {
     /// does not list, or none, is its default port).
     pub(crate) fn cluster(&self, service: ServiceId, group: GroupId, port: PortOf<'_>) -> Option<&str> {
         let s = self.services.get(service as usize)?;
-        let i = s.clusters.binary_search_by_key(&group, |(g, _)| *g).ok()?;
-        let name = &s.clusters.get(i)?.1;
-        if s.by_port.is_empty() {
+        let clusters = self.clusters.get(s.clusters.0 as usize..s.clusters.1 as usize)?;
+        let i = clusters.binary_search_by_key(&group, |(g, _)| *g).ok()?;
+        let name = text_of(&self.text, clusters.get(i)?.1);
+        let Some(p) = self.ported.get(s.ported as usize).filter(|p| !p.by_port.is_empty()) else {
             return Some(name);
-        }
-        match s.by_port.iter().find(|(g, _)| *g == group) {
+        };
+        match p.by_port.iter().find(|(g, _)| *g == group) {
             Some((_, names)) => {
-                let at = port.get().and_then(|p| s.ports.iter().position(|&q| q == p)).unwrap_or(0);
+                let at = port.get().and_then(|port| p.ports.iter().position(|&q| q == port)).unwrap_or(0);
                 names.get(at).map(|n| &**n)
             }
             None => Some(name),
@@ -367,7 +401,8 @@ impl Table {
 
     /// A service's ports as listed (the first is its default).
     pub fn ports(&self, service: ServiceId) -> &[u16] {
-        self.services.get(service as usize).map_or(&[], |s| &s.ports)
+        let s = self.services.get(service as usize);
+        s.and_then(|s| self.ported.get(s.ported as usize)).map_or(&[], |p| &p.ports)
     }
 
     /// Whether `name` is a group this table knows: in `groups`, a key of
@@ -483,7 +518,7 @@ impl<'r> Compiler<'r> {
 
     fn finish(mut self) -> Result<Table, Vec<TableError>> {
         self.check_groups();
-        let (services, service_index, host_index) = self.compile_services();
+        let CompiledServices { text, services, clusters, ported, host_index } = self.compile_services();
         let sources = self.compile_sources();
         let rules = match Rules::compile("rules", &self.raw.rules) {
             Ok(rules) => rules,
@@ -503,8 +538,10 @@ impl<'r> Compiler<'r> {
             group_names: self.group_names,
             group_index: self.group_index,
             groups,
+            text,
             services,
-            service_index,
+            clusters,
+            ported,
             host_index,
             sources: Box::new(sources),
             rules,
@@ -618,15 +655,32 @@ impl<'r> Compiler<'r> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn compile_services(
-        &mut self,
-    ) -> (Vec<CompiledService>, FxHashMap<Box<[u8]>, ServiceId>, FxHashMap<Box<[u8]>, ServiceId>) {
+    fn compile_services(&mut self) -> CompiledServices {
         let raw = self.raw;
+        // Sized once, so building the table reallocates nothing (a wasm VM
+        // keeps its peak). An upper bound: a normalised host is never
+        // longer, a host equal to its service's name is stored once, and a
+        // port is at most 5 digits where `{port}` is 6.
+        let mut text_len = 0usize;
+        let mut cluster_count = 0usize;
+        let mut host_count = 0usize;
+        for (name, s) in raw.services.iter() {
+            text_len += name.len() + s.hosts.iter().map(String::len).sum::<usize>();
+            text_len += s.clusters.values().map(String::len).sum::<usize>();
+            cluster_count += s.clusters.len();
+            host_count += s.hosts.len();
+        }
+        if u32::try_from(text_len).is_err() {
+            self.errors.push(TableError::TooManyBytes { field: "services", size: text_len, limit: u32::MAX as usize });
+            return CompiledServices::default();
+        }
+        let mut text = String::with_capacity(text_len);
+        let mut all_clusters: Vec<(GroupId, Span)> = Vec::with_capacity(cluster_count);
         let mut services: Vec<CompiledService> = Vec::with_capacity(raw.services.len());
-        let mut service_index = FxHashMap::with_capacity_and_hasher(raw.services.len(), Default::default());
-        let mut host_index: FxHashMap<Box<[u8]>, ServiceId> =
-            FxHashMap::with_capacity_and_hasher(raw.services.len() * 2, Default::default());
+        let mut host_index = HostIndex::with_capacity(host_count);
+        let mut ported = Vec::new();
+        // A service's plain (not `{port}`) cluster names, in `clusters` order.
+        let mut plain: Vec<Span> = Vec::new();
         for (id, (name, s)) in raw.services.iter().enumerate() {
             let id = id as ServiceId;
             if !is_valid_service(name) {
@@ -634,6 +688,15 @@ impl<'r> Compiler<'r> {
             }
             if s.hosts.is_empty() {
                 self.errors.push(TableError::NoHosts { service: name.clone() });
+            }
+            let name_span = push_text(&mut text, name);
+            // Cluster names before hosts: a host is often the tail of one
+            // (Istio's `outbound|80|v2|reviews.default.svc.cluster.local`),
+            // and then shares its bytes.
+            plain.clear();
+            for cluster in s.clusters.values() {
+                let templated = port_placeholder(cluster).is_some();
+                plain.push(if templated { Span::default() } else { push_text(&mut text, cluster) });
             }
             for host in &s.hosts {
                 let norm = if host.contains('/') || host.contains('*') {
@@ -648,17 +711,29 @@ impl<'r> Compiler<'r> {
                         continue;
                     }
                 };
-                match host_index.get(norm.as_bytes()) {
-                    Some(&other) if other != id => {
-                        let other = services.get(other as usize).map_or(String::new(), |s| s.name.to_string());
+                match host_index.find(&text, norm.as_bytes()) {
+                    Some(other) if other != id => {
+                        let other = services.get(other as usize).map_or("", |s| text_of(&text, s.name)).to_owned();
                         self.errors.push(TableError::DuplicateHost {
                             service: name.clone(),
                             host: host.clone(),
                             other,
                         });
                     }
-                    _ => {
-                        host_index.insert(norm.into_bytes().into(), id);
+                    Some(_) => {}
+                    None => {
+                        // The short name of a service is usually its first host.
+                        let tail = |&c: &Span| {
+                            let at = (c.at + c.len).checked_sub(norm.len() as u32)?;
+                            let span = Span { at, len: norm.len() as u32 };
+                            (c.len as usize >= norm.len() && text_of(&text, span) == norm).then_some(span)
+                        };
+                        let span = if norm == *name {
+                            name_span
+                        } else {
+                            plain.iter().find_map(tail).unwrap_or_else(|| push_text(&mut text, &norm))
+                        };
+                        host_index.insert(&text, span, id);
                     }
                 }
             }
@@ -666,9 +741,9 @@ impl<'r> Compiler<'r> {
                 self.errors.push(TableError::NoBaseCluster { service: name.clone(), base: self.base_name.to_owned() });
             }
             self.check_ports(name, &s.ports);
-            let mut clusters = Vec::with_capacity(s.clusters.len());
+            let first = all_clusters.len();
             let mut by_port = Vec::new();
-            for (group, cluster) in &s.clusters {
+            for (k, (group, cluster)) in s.clusters.iter().enumerate() {
                 let templated = port_placeholder(cluster);
                 let checked = if templated.is_some() && s.ports.is_empty() {
                     Err("has {port} but the service lists no ports")
@@ -702,23 +777,111 @@ impl<'r> Compiler<'r> {
                                 name.into_boxed_str()
                             })
                             .collect();
-                        let default = names.first().cloned().unwrap_or_else(|| cluster.as_str().into());
-                        clusters.push((g, default));
+                        let default = names.first().map_or(cluster.as_str(), |n| n);
+                        all_clusters.push((g, push_text(&mut text, default)));
                         by_port.push((g, names));
                     }
-                    None => clusters.push((g, cluster.as_str().into())),
+                    None => all_clusters.push((g, plain.get(k).copied().unwrap_or_default())),
                 }
             }
-            sort_by_group(&mut clusters);
-            service_index.insert(name.as_bytes().into(), id);
+            sort_by_group(all_clusters.get_mut(first..).unwrap_or_default());
+            let ported = if s.ports.is_empty() && by_port.is_empty() {
+                NOT_PORTED
+            } else {
+                ported.push(Ported { ports: s.ports.as_slice().into(), by_port: by_port.into() });
+                ported.len() as u32 - 1
+            };
             services.push(CompiledService {
-                name: name.as_str().into(),
-                ports: s.ports.as_slice().into(),
-                clusters: clusters.into(),
-                by_port: by_port.into(),
+                name: name_span,
+                clusters: (first as u32, all_clusters.len() as u32),
+                ported,
             });
         }
-        (services, service_index, host_index)
+        // Shrinks in place: the bound counted hosts stored once or shared.
+        text.shrink_to_fit();
+        CompiledServices { text, services, clusters: all_clusters, ported, host_index }
+    }
+}
+
+/// What `compile_services` builds, for `Table`.
+#[derive(Default)]
+struct CompiledServices {
+    text: String,
+    services: Vec<CompiledService>,
+    clusters: Vec<(GroupId, Span)>,
+    ported: Vec<Ported>,
+    host_index: HostIndex,
+}
+
+/// Appends `s` to the table's text, returning where it is. The text is
+/// sized within `u32` before anything is pushed.
+fn push_text(text: &mut String, s: &str) -> Span {
+    let at = text.len() as u32;
+    text.push_str(s);
+    Span { at, len: s.len() as u32 }
+}
+
+/// The string at `span` ("" for a span outside the text, which the
+/// compiler never makes).
+fn text_of(text: &str, span: Span) -> &str {
+    let at = span.at as usize;
+    text.get(at..at + span.len as usize).unwrap_or("")
+}
+
+/// `text_of` as bytes: no char boundary checks on the request path.
+fn bytes_of(text: &str, span: Span) -> &[u8] {
+    let at = span.at as usize;
+    text.as_bytes().get(at..at + span.len as usize).unwrap_or_default()
+}
+
+/// Hosts to services: open addressing over spans of the table's text, so a
+/// host costs 12 bytes and a slot, not an allocation and a hash map entry.
+#[derive(Debug, Default)]
+struct HostIndex {
+    /// A power of two (or none), at most two thirds full: each 0 (empty)
+    /// or 1 + an index into `hosts`. Linear probing.
+    slots: Box<[u32]>,
+    hosts: Vec<(Span, ServiceId)>,
+}
+
+impl HostIndex {
+    fn with_capacity(hosts: usize) -> HostIndex {
+        let slots = if hosts == 0 { 0 } else { (hosts + hosts / 2 + 1).next_power_of_two() };
+        HostIndex { slots: vec![0; slots].into(), hosts: Vec::with_capacity(hosts) }
+    }
+
+    /// The first slot to look at for `host`.
+    fn start(&self, host: &[u8]) -> usize {
+        use core::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(host) as usize & (self.slots.len().wrapping_sub(1))
+    }
+
+    fn find(&self, text: &str, host: &[u8]) -> Option<ServiceId> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut i = self.start(host);
+        // Never full: an empty slot ends every probe.
+        loop {
+            let slot = *self.slots.get(i)?;
+            let &(span, id) = self.hosts.get(slot.checked_sub(1)? as usize)?;
+            if span.len as usize == host.len() && bytes_of(text, span) == host {
+                return Some(id);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds a host `find` did not find; `with_capacity` counted it.
+    fn insert(&mut self, text: &str, span: Span, id: ServiceId) {
+        let Some(mask) = self.slots.len().checked_sub(1) else { return };
+        let mut i = self.start(text_of(text, span).as_bytes());
+        while let Some(slot) = self.slots.get_mut(i) {
+            if *slot == 0 {
+                self.hosts.push((span, id));
+                *slot = self.hosts.len() as u32;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
     }
 }
 
@@ -855,14 +1018,14 @@ impl FallbackDepths<'_> {
 /// Heapsort by group id (ids are unique: no order to keep). Hand-written:
 /// std's `sort_unstable` is ~3.5 KB of wasm for this one call; this is
 /// O(k log k) too, in place.
-fn sort_by_group(v: &mut [(GroupId, Box<str>)]) {
-    fn sift_down(v: &mut [(GroupId, Box<str>)], mut root: usize, end: usize) {
+fn sort_by_group<T>(v: &mut [(GroupId, T)]) {
+    fn sift_down<T>(v: &mut [(GroupId, T)], mut root: usize, end: usize) {
         loop {
             let mut child = 2 * root + 1;
             if child >= end {
                 return;
             }
-            let key = |i: usize, v: &[(GroupId, Box<str>)]| v.get(i).map_or(0, |e| e.0);
+            let key = |i: usize, v: &[(GroupId, T)]| v.get(i).map_or(0, |e| e.0);
             if child + 1 < end && key(child, v) < key(child + 1, v) {
                 child += 1;
             }
@@ -958,5 +1121,71 @@ mod sort_tests {
             assert_eq!(v.iter().map(|e| e.0).collect::<Vec<_>>(), want, "{ids:?}");
             assert!(v.iter().all(|(g, name)| g.to_string() == **name), "{ids:?}: names travel with their ids");
         }
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    /// Names, hosts and clusters read back from the shared text: hosts equal
+    /// to a service name or the tail of a cluster share its bytes, and every
+    /// lookup still finds exactly its own service.
+    #[test]
+    fn strings_share_the_text_and_read_back() {
+        let t = Table::from_json(
+            br#"{"services": {
+                "a": {"hosts": ["a", "a.ns.svc", "A.Other."], "clusters": {"base": "out|80|base|a.ns.svc", "v2": "out|80|v2|a.ns.svc"}},
+                "ab": {"hosts": ["ns.svc", "b"], "clusters": {"base": "x-{port}"}, "ports": [8080, 9090]},
+                "c": {"hosts": ["c.ns.svc"], "clusters": {"base": "c"}}}}"#,
+            "base",
+            &Limits::default(),
+        )
+        .unwrap();
+        let v2 = t.group_id("v2").unwrap();
+        let cases: &[(&str, Option<&str>)] = &[
+            ("a", Some("a")),
+            ("a.ns.svc", Some("a")),
+            ("a.other", Some("a")),
+            ("ns.svc", Some("ab")),
+            ("b", Some("ab")),
+            ("c.ns.svc", Some("c")),
+            ("c", None),
+            ("svc", None),
+            ("a.ns.sv", None),
+            ("", None),
+        ];
+        for (host, want) in cases {
+            let got = t.service_by_host(host.as_bytes()).map(|id| t.service_name(id));
+            assert_eq!(got, *want, "{host}");
+        }
+        for (name, want) in [("a", Some(0)), ("ab", Some(1)), ("c", Some(2)), ("b", None), ("", None), ("d", None)] {
+            assert_eq!(t.service_by_name(name), want, "{name}");
+        }
+        let cluster = |svc, g, port| t.cluster(t.service_by_name(svc).unwrap(), g, PortOf::Given(port));
+        assert_eq!(cluster("a", 0, None), Some("out|80|base|a.ns.svc"));
+        assert_eq!(cluster("a", v2, None), Some("out|80|v2|a.ns.svc"));
+        assert_eq!(cluster("ab", 0, None), Some("x-8080"));
+        assert_eq!(cluster("ab", 0, Some(9090)), Some("x-9090"));
+        assert_eq!(cluster("ab", v2, None), None);
+        assert_eq!(cluster("c", 0, Some(1)), Some("c"));
+        assert_eq!(t.ports(1), &[8080, 9090]);
+        assert_eq!(t.ports(0), &[] as &[u16]);
+        // "a" (a host) and "a.ns.svc" (the tail of a cluster) are not
+        // stored again; the `{port}` cluster's default is.
+        assert_eq!(t.text, "aout|80|base|a.ns.svcout|80|v2|a.ns.svca.otherabns.svcbx-8080ccc.ns.svc");
+    }
+
+    #[test]
+    fn a_duplicate_host_names_both_services() {
+        let err = Table::from_json(
+            br#"{"services": {"a": {"hosts": ["x.y"], "clusters": {"base": "q|x.y"}},
+                              "b": {"hosts": ["X.Y"], "clusters": {"base": "b"}}}}"#,
+            "base",
+            &Limits::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "services.b.hosts: host \"X.Y\" already belongs to service \"a\"");
     }
 }

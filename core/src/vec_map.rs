@@ -26,6 +26,12 @@ impl<V> VecMap<V> {
         VecMap { entries: Vec::new() }
     }
 
+    /// Gives back spare capacity: a parsed table keeps its maps until it is
+    /// compiled (and a wasm VM keeps its peak).
+    pub fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
     /// Generic over the key's borrowed form like `BTreeMap`'s, so callers
     /// read the same with either map (`NameMap`).
     fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
