@@ -366,8 +366,6 @@ bench() {
   ensure_envoy
   ensure_oha
   cargo build --quiet --release -p isogroup-companion
-  log "micro benchmarks (criterion, core)"
-  cargo bench --quiet -p isogroup-core --bench decide -- --output-format bencher 2>&1 | grep -E '^test |memory' | tee "$RUN_DIR/criterion.txt"
   if [ "${1:-}" = one ]; then # ./build.sh bench one: every arm a listener of one Envoy
     shift
     log "Envoy CPU per request, every arm a listener of one Envoy (see BENCHMARKS.md)"
@@ -375,6 +373,14 @@ bench() {
     .venv/bin/python bench/one_envoy.py "$@"
     return
   fi
+  if [ "${1:-}" = startup ]; then # ./build.sh bench startup: Envoy start -> first routed request
+    shift
+    log "Envoy start-up per arm at concurrency 4 (see BENCHMARKS.md)"
+    python3 bench/startup.py "$@"
+    return
+  fi
+  log "micro benchmarks (criterion, core)"
+  cargo bench --quiet -p isogroup-core --bench decide -- --output-format bencher 2>&1 | grep -E '^test |memory' | tee "$RUN_DIR/criterion.txt"
   log "Envoy load benchmark (arms interleaved; see BENCHMARKS.md)"
   python3 bench/load.py "$@"
 }
