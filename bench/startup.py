@@ -64,12 +64,7 @@ def one_start(config, headers, cluster, timeout=60.0):
             except (OSError, urllib.error.URLError):
                 time.sleep(0.002)  # not listening yet: poll again
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        load.stop_process(proc)
     return ready, routed
 
 
