@@ -210,7 +210,7 @@ run_tests() {
   log "core unit tests (wasm32-wasip1, the filter's own target, under Node.js's WASI)"
   # panic=abort on wasm: a failing test ends its binary, so print as it goes
   # (--nocapture) to show which test failed and why.
-  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/tools/wasi-run.mjs" \
+  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --single-threaded $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p isogroup-core --target wasm32-wasip1 -- --nocapture
   log "shipped Envoy configs: envoy --mode validate"
   build_noop
