@@ -4,7 +4,7 @@
 // Run it with `node --single-threaded`: Node 20 exits from inside the
 // module's proc_exit while V8's background compile threads still run, and
 // crashed (SIGSEGV) at that exit in 6 of 10 runs of core's test binary;
-// with no background threads, in none of 30.
+// with no background threads, in none of 18.
 import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
 import process from "node:process";
