@@ -26,8 +26,12 @@ const NAMESPACES: usize = 100;
 const LANES: usize = 100;
 /// Lane pods per lane: 100 lanes × 400 = 40k, plus 10k base pods.
 const LANE_PODS: usize = 400;
-/// Each event flips a lane pod twice (not ready, then ready): 100 samples.
-const EVENTS: usize = 50;
+/// Each event flips a lane pod twice (not ready, then ready): 400 samples.
+const EVENTS: usize = 200;
+/// Between flips: the samples spread over ~10 s, so the leader's settle
+/// record, written at most once a second, falls among them (back to back,
+/// 100 samples took ~0.6 s and met at most one such write).
+const EVENT_GAP: Duration = Duration::from_millis(20);
 
 fn rss_kb() -> u64 {
     isogroup_test_support::rss_kb(std::process::id())
@@ -151,6 +155,7 @@ async fn kube_bench() {
             if latencies.len() % 50 == 0 {
                 eprintln!("kube_bench: {} events, last {:?}", latencies.len(), sent.elapsed());
             }
+            tokio::time::sleep(EVENT_GAP).await;
         }
     }
     latencies.sort();
