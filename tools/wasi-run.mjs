@@ -3,7 +3,7 @@
 // `cargo test --target wasm32-wasip1`. Arguments after the module pass to it.
 // Run it with `node --single-threaded`: Node 20 exits from inside the
 // module's proc_exit while V8's background compile threads still run, and
-// crashed (SIGSEGV) at that exit in 6 of 10 runs of core's test binary;
+// crashed (SIGSEGV) at that exit in 7 of 12 runs of core's test binary;
 // with no background threads, in none of 18.
 import { readFile } from "node:fs/promises";
 import { WASI } from "node:wasi";
