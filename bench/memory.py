@@ -26,6 +26,8 @@ import threading
 import time
 import urllib.request
 
+from load import stop_process  # bench/ is the script's directory, so on sys.path
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv/bin/envoy"
 OUT = ROOT / ".run/bench"
@@ -135,12 +137,7 @@ def measure(config, headers, concurrency, base_id):
                "allocated": int(mem.get("allocated", 0)), "heap_size": int(mem.get("heap_size", 0)), "vms": vms}
         return out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def mib(b):
