@@ -122,6 +122,7 @@ def vm_rss(pid):
 
 
 def measure(config, headers, concurrency, base_id):
+    config = pathlib.Path(config)
     log = OUT / f"memory-{base_id}.log"
     cmd = [str(ENVOY), "-c", str(config), "--concurrency", str(concurrency), "--disable-hot-restart",
            "--base-id", str(base_id), "-l", "warning", "--log-path", str(log)]
@@ -132,6 +133,10 @@ def measure(config, headers, concurrency, base_id):
         warm(headers)
         mem = json.loads(http_get(f"http://127.0.0.1:{ADMIN}/memory")[1])
         _, stats = http_get(f"http://127.0.0.1:{ADMIN}/stats?filter=wasm")
+        try:  # tcmalloc's own account of what it holds, for reading later
+            (OUT / f"tcmalloc-{config.stem}-{concurrency}.txt").write_text(http_get(f"http://127.0.0.1:{ADMIN}/memory/tcmalloc")[1])
+        except OSError:
+            pass
         vms = next((int(l.split(":")[1]) for l in stats.splitlines() if l.startswith("wasm.envoy.wasm.runtime.v8.active:")), None)
         out = {"rss": vm_rss(proc.pid), **smaps_split(proc.pid),
                "allocated": int(mem.get("allocated", 0)), "heap_size": int(mem.get("heap_size", 0)), "vms": vms}
