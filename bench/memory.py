@@ -20,6 +20,7 @@ how many wasm VMs Envoy reports (wasm.envoy.wasm.runtime.v8.active).
 import argparse
 import json
 import pathlib
+import re
 import socket
 import subprocess
 import threading
@@ -114,6 +115,37 @@ def smaps_split(pid):
     return split
 
 
+TCMALLOC_KINDS = {  # the summary lines of /memory/tcmalloc, by what they hold
+    "Bytes in use by application": "in use",
+    "Bytes in page heap freelist": "page heap free",
+    "Bytes in central cache freelist": "central+transfer free",
+    "Bytes in transfer cache freelist": "central+transfer free",
+    "Bytes in thread cache freelists": "thread caches free",
+    "Bytes in per-CPU cache freelist": "thread caches free",
+}
+
+
+CLASS_LINE = re.compile(r"class\s+\d+ \[\s*(\d+) bytes \] :\s+(\d+) objs;")
+
+
+def tcmalloc_split(text):
+    """tcmalloc's summary (bytes by kind) and its first size-class table
+    (free bytes held per class size, in every cache together)."""
+    kinds, free_by_class = {}, {}
+    for line in text.splitlines():
+        if line.startswith("MALLOC:") and "(" in line:
+            label = line.split(")", 1)[1].strip()
+            if label in TCMALLOC_KINDS:
+                value = int(line.split()[2] if line.split()[1] == "+" else line.split()[1])
+                kind = TCMALLOC_KINDS[label]
+                kinds[kind] = kinds.get(kind, 0) + value
+        elif m := CLASS_LINE.match(line):
+            size, objs = int(m[1]), int(m[2])
+            if size and size not in free_by_class:  # later tables repeat the classes
+                free_by_class[size] = objs * size
+    return kinds, free_by_class
+
+
 def vm_rss(pid):
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -133,13 +165,16 @@ def measure(config, headers, concurrency, base_id):
         warm(headers)
         mem = json.loads(http_get(f"http://127.0.0.1:{ADMIN}/memory")[1])
         _, stats = http_get(f"http://127.0.0.1:{ADMIN}/stats?filter=wasm")
-        try:  # tcmalloc's own account of what it holds, for reading later
-            (OUT / f"tcmalloc-{config.stem}-{concurrency}.txt").write_text(http_get(f"http://127.0.0.1:{ADMIN}/memory/tcmalloc")[1])
+        try:  # tcmalloc's own account of what it holds
+            text = http_get(f"http://127.0.0.1:{ADMIN}/memory/tcmalloc")[1]
+            (OUT / f"tcmalloc-{config.stem}-{concurrency}.txt").write_text(text)
         except OSError:
-            pass
+            text = ""
+        tcmalloc, free_by_class = tcmalloc_split(text)
         vms = next((int(l.split(":")[1]) for l in stats.splitlines() if l.startswith("wasm.envoy.wasm.runtime.v8.active:")), None)
         out = {"rss": vm_rss(proc.pid), **smaps_split(proc.pid),
-               "allocated": int(mem.get("allocated", 0)), "heap_size": int(mem.get("heap_size", 0)), "vms": vms}
+               "allocated": int(mem.get("allocated", 0)), "heap_size": int(mem.get("heap_size", 0)), "vms": vms,
+               "tcmalloc": tcmalloc, "free_by_class": free_by_class}
         return out
     finally:
         stop_process(proc)
@@ -147,6 +182,29 @@ def measure(config, headers, concurrency, base_id):
 
 def mib(b):
     return f"{b / (1 << 20):.1f}"
+
+
+def held_over_noop(raw):
+    """What tcmalloc holds per arm against the no-op arm at the same
+    concurrency, and the size classes whose free bytes differ most: freed
+    blocks of one size point at who allocated them (a module-sized class: a
+    copy of the module's bytes; 32 KiB: V8's compiler zone segments)."""
+    kinds = ["in use", "page heap free", "central+transfer free", "thread caches free"]
+    rows = ["", "tcmalloc, MiB over the no-op arm (from /memory/tcmalloc):", "",
+            "| arm | concurrency | " + " | ".join(kinds) + " | free bytes by class size, largest differences (KiB) |",
+            "|---|---|" + "---|" * len(kinds) + "---|"]
+    for key, m in raw.items():
+        arm, conc = key.rsplit("/", 1)
+        noop = raw.get(f"noop-wasm/{conc}")
+        if arm in ("noop-wasm", "floor") or not noop or not m.get("tcmalloc") or not noop.get("tcmalloc"):
+            continue
+        cells = [f"{(m['tcmalloc'].get(k, 0) - noop['tcmalloc'].get(k, 0)) / (1 << 20):+.1f}" for k in kinds]
+        sizes = set(m["free_by_class"]) | set(noop["free_by_class"])
+        diff = {z: m["free_by_class"].get(z, 0) - noop["free_by_class"].get(z, 0) for z in sizes}
+        top = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:5]
+        classes = ", ".join(f"{z}: {d // 1024:+d}" for z, d in sorted(top) if d)
+        rows.append(f"| {arm} | {conc} | " + " | ".join(cells) + f" | {classes} |")
+    return rows
 
 
 def main():
@@ -186,6 +244,7 @@ def main():
     finally:
         upstream.terminate()
         upstream.wait()
+    rows += held_over_noop(raw)
     (OUT / "memory.json").write_text(json.dumps(raw, indent=1))
     (OUT / "memory.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
