@@ -22,6 +22,7 @@ import json
 import pathlib
 import re
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -212,6 +213,8 @@ def main():
     p.add_argument("--concurrency", default="1,2,4")
     p.add_argument("--arm", action="append", default=[],
                    help="NAME=CONFIG[,header:value...] (default: floor, no-op wasm, isogroup)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat every arm this many times (a fresh Envoy each) and add a table of medians")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     picks = {"host": "svc", "x-isogroup-cluster": "svc-f1"}
@@ -231,20 +234,34 @@ def main():
     rows = ["| arm | concurrency | RSS MiB | vs no-op | wasm memory | code | other anon | file | malloc allocated | malloc heap | VMs |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     raw = {}
+    overs = {}  # "arm/concurrency" -> RSS over the no-op arm of the same run, per run
     try:
         wait_for("upstream", 30, lambda: http_get("http://127.0.0.1:19902/ready")[0] == 200)
-        for conc in (int(c) for c in args.concurrency.split(",")):
-            for i, (arm, (config, headers)) in enumerate(arms.items()):
-                raw[f"{arm}/{conc}"] = m = measure(config, headers, conc, base_id=60 + i)
-                noop = raw.get(f"noop-wasm/{conc}")
-                over = f"{(m['rss'] - noop['rss']) / (1 << 20):+.1f}" if noop and arm != "noop-wasm" else "—"
-                rows.append(f"| {arm} | {conc} | {mib(m['rss'])} | {over} | {mib(m['wasm memory'])} | {mib(m['code'])} "
-                            f"| {mib(m['other anonymous'])} | {mib(m['file'])} | {mib(m['allocated'])} | {mib(m['heap_size'])} | {m['vms']} |")
-                print(rows[-1], flush=True)
+        for run in range(args.runs):
+            for conc in (int(c) for c in args.concurrency.split(",")):
+                for i, (arm, (config, headers)) in enumerate(arms.items()):
+                    raw[f"{arm}/{conc}"] = m = measure(config, headers, conc, base_id=60 + i)
+                    noop = raw.get(f"noop-wasm/{conc}")
+                    over = "—"
+                    if noop and arm != "noop-wasm":
+                        over = f"{(m['rss'] - noop['rss']) / (1 << 20):+.1f}"
+                        if arm != "floor":  # measured before this run's no-op arm
+                            overs.setdefault(f"{arm}/{conc}", []).append(m["rss"] - noop["rss"])
+                    rows.append(f"| {arm} | {conc} | {mib(m['rss'])} | {over} | {mib(m['wasm memory'])} | {mib(m['code'])} "
+                                f"| {mib(m['other anonymous'])} | {mib(m['file'])} | {mib(m['allocated'])} "
+                                f"| {mib(m['heap_size'])} | {m['vms']} |")
+                    print(rows[-1], flush=True)
     finally:
         upstream.terminate()
         upstream.wait()
-    rows += held_over_noop(raw)
+    rows += held_over_noop(raw)  # from the last run
+    if args.runs > 1:
+        rows += ["", f"RSS over the no-op arm, MiB, {args.runs} runs:", "",
+                 "| arm | concurrency | median | runs |", "|---|---|---|---|"]
+        for key, values in overs.items():
+            arm, conc = key.rsplit("/", 1)
+            runs = ", ".join(f"{v / (1 << 20):+.1f}" for v in values)
+            rows.append(f"| {arm} | {conc} | {statistics.median(values) / (1 << 20):+.1f} | {runs} |")
     (OUT / "memory.json").write_text(json.dumps(raw, indent=1))
     (OUT / "memory.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
