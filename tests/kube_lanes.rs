@@ -36,7 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{demo_instance, http, wait_for, Envoy, Proc, Rendered, TempDir};
-use kube_fake::{res, FakeApi, Res};
+use kube_fake::kinds::{
+    configmaps, destination_rules, events, isolation_groups, leases, pods, services, slices, virtual_services,
+};
+use kube_fake::FakeApi;
 use serde_json::{json, Value};
 
 const SETTLE_MS: u64 = 1500;
@@ -52,22 +55,6 @@ const AUTHORITIES: [&str; 8] = [
     "reviews.bookinfo.svc.cluster.local",
     "reviews.bookinfo.svc.cluster.local:9080",
 ];
-
-fn pods() -> Res {
-    res("", "v1", "pods")
-}
-fn slices() -> Res {
-    res("discovery.k8s.io", "v1", "endpointslices")
-}
-fn virtual_services() -> Res {
-    res("networking.istio.io", "v1", "virtualservices")
-}
-fn events() -> Res {
-    res("events.k8s.io", "v1", "events")
-}
-fn destination_rules() -> Res {
-    res("networking.istio.io", "v1", "destinationrules")
-}
 
 fn pod(name: &str, namespace: &str, labels: Value) -> Value {
     json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": namespace, "labels": labels } })
@@ -87,22 +74,22 @@ fn slice(ready: &[(&str, bool)]) -> Value {
 async fn fake_cluster() -> FakeApi {
     let fake = FakeApi::start(&[
         pods(),
-        res("", "v1", "services"),
+        services(),
         slices(),
-        destination_rules(),
+        destination_rules("v1"),
         virtual_services(),
-        res("isogroup.io", "v1alpha1", "isolationgroups"),
-        res("coordination.k8s.io", "v1", "leases"),
-        res("", "v1", "configmaps"),
+        isolation_groups(),
+        leases(),
+        configmaps(),
         events(),
     ])
     .await;
     // An invalid IsolationGroup: reported in its status and an Event.
     let broken = json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "metadata": { "name": "broken" },
                          "spec": { "mode": "strict", "fallback": ["base"] } });
-    fake.put_quietly(&res("isogroup.io", "v1alpha1", "isolationgroups"), broken);
+    fake.put_quietly(&isolation_groups(), broken);
     fake.put_quietly(
-        &res("", "v1", "services"),
+        &services(),
         json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" },
                 "spec": { "ports": [{ "port": 9080 }] } }),
     );
@@ -242,7 +229,7 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
         route["route"],
         json!([{ "destination": { "host": "reviews.bookinfo.svc.cluster.local", "subset": LANE } }])
     );
-    let rule = fake.get(&destination_rules(), "bookinfo", "isogroup-reviews").expect("DestinationRule reconciled");
+    let rule = fake.get(&destination_rules("v1"), "bookinfo", "isogroup-reviews").expect("DestinationRule reconciled");
     assert!(
         rule["spec"]["subsets"]
             .as_array()
@@ -318,7 +305,7 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
         .await
         .unwrap();
     assert_eq!(bound.status(), 200, "{:?}", bound.text().await);
-    let cm = fake.get(&res("", "v1", "configmaps"), "isogroup-system", "isogroup-runtime").expect("ConfigMap written");
+    let cm = fake.get(&configmaps(), "isogroup-system", "isogroup-runtime").expect("ConfigMap written");
     let sources: Value = serde_json::from_str(cm["data"]["sources"].as_str().unwrap()).unwrap();
     assert_eq!(sources[0]["cidr"], "192.0.2.7/32");
     let listed: Value = http().get(format!("{url}/v1/sources")).send().await.unwrap().json().await.unwrap();
@@ -499,7 +486,7 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     let took_over = killed_at.elapsed();
     assert_eq!(second.2, ["base", LANE], "the new leader serves the lane at once");
     assert!(epoch_number(&second.0) > epoch_number(&first), "new epoch {} after {first}", second.0);
-    let lease = fake.get(&res("coordination.k8s.io", "v1", "leases"), "isogroup-system", "isogroup-companion").unwrap();
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], names[standby]);
     assert_eq!(lease["metadata"]["annotations"]["isogroup.io/epoch"], second.0.as_str());
     let installed = on_table(&envoy, &seen, second.1).await;

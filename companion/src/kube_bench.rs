@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use isogroup_core::Limits;
 use serde_json::{json, Value};
 
-use crate::kube_fake::{res, FakeApi};
+use crate::kube_fake::{kinds, FakeApi};
 use crate::kube_source::Options;
 use crate::kube_tests::FakeClient;
 use crate::kube_watch::Timing;
@@ -64,16 +64,15 @@ async fn kube_bench() {
         .with_env_filter(tracing_subscriber::EnvFilter::new("isogroup_companion::kube_source=debug"))
         .with_writer(std::io::stderr)
         .try_init();
-    let (pods, services, slices) =
-        (res("", "v1", "pods"), res("", "v1", "services"), res("discovery.k8s.io", "v1", "endpointslices"));
-    let rules = res("networking.istio.io", "v1", "destinationrules");
+    let (pods, services, slices) = (kinds::pods(), kinds::services(), kinds::slices());
+    let rules = kinds::destination_rules("v1");
     let fake = FakeApi::start(&[
         pods.clone(),
         services.clone(),
         slices.clone(),
         rules.clone(),
-        res("isogroup.io", "v1alpha1", "isolationgroups"),
-        res("", "v1", "configmaps"),
+        kinds::isolation_groups(),
+        kinds::configmaps(),
     ])
     .await;
     // svc-i: one base pod; lane l has a pod behind services l*100 + k*... (400 each)

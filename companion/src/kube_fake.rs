@@ -41,6 +41,43 @@ pub fn res(group: &str, version: &str, plural: &str) -> Res {
     format!("{group}/{version}/{plural}")
 }
 
+/// The resources the Kubernetes source reads and writes, named once for
+/// every test that installs or inspects them.
+pub mod kinds {
+    use super::{res, Res};
+
+    pub fn pods() -> Res {
+        res("", "v1", "pods")
+    }
+    pub fn services() -> Res {
+        res("", "v1", "services")
+    }
+    pub fn configmaps() -> Res {
+        res("", "v1", "configmaps")
+    }
+    pub fn slices() -> Res {
+        res("discovery.k8s.io", "v1", "endpointslices")
+    }
+    pub fn leases() -> Res {
+        res("coordination.k8s.io", "v1", "leases")
+    }
+    pub fn events() -> Res {
+        res("events.k8s.io", "v1", "events")
+    }
+    pub fn isolation_groups() -> Res {
+        res("isogroup.io", "v1alpha1", "isolationgroups")
+    }
+    pub fn destination_rules(version: &str) -> Res {
+        res("networking.istio.io", version, "destinationrules")
+    }
+    pub fn virtual_services() -> Res {
+        res("networking.istio.io", "v1", "virtualservices")
+    }
+    pub fn envoy_filters() -> Res {
+        res("networking.istio.io", "v1alpha3", "envoyfilters")
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Ev {
     rv: u64,
@@ -509,7 +546,7 @@ fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8]) -> Response {
         obj["metadata"]["namespace"] = json!(ns);
     }
     *fake.state.lock().unwrap().creates.entry(t.res.clone()).or_default() += 1;
-    if t.res == res("events.k8s.io", "v1", "events") {
+    if t.res == kinds::events() {
         if let Err((field, why)) = check_event(&obj) {
             return status(422, "Invalid", &format!("Event.events.k8s.io is invalid: {field}: {why}"));
         }

@@ -10,7 +10,11 @@ use isogroup_core::{Limits, RawTable};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::kube_fake::{res, FakeApi, Res};
+use crate::kube_fake::kinds::{
+    configmaps, destination_rules as rules, envoy_filters, events, isolation_groups as groups, leases, pods, services,
+    slices, virtual_services as virtualservices,
+};
+use crate::kube_fake::FakeApi;
 use crate::kube_leader::{LeaseConfig, EPOCH_ANNOTATION, LEADER_LABEL};
 use crate::kube_source::Options;
 use crate::kube_watch::Timing;
@@ -28,28 +32,6 @@ impl FakeClient for FakeApi {
         crate::kube_source::install_crypto();
         kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
     }
-}
-
-fn pods() -> Res {
-    res("", "v1", "pods")
-}
-fn services() -> Res {
-    res("", "v1", "services")
-}
-fn slices() -> Res {
-    res("discovery.k8s.io", "v1", "endpointslices")
-}
-fn rules(version: &str) -> Res {
-    res("networking.istio.io", version, "destinationrules")
-}
-fn groups() -> Res {
-    res("isogroup.io", "v1alpha1", "isolationgroups")
-}
-fn leases() -> Res {
-    res("coordination.k8s.io", "v1", "leases")
-}
-fn configmaps() -> Res {
-    res("", "v1", "configmaps")
 }
 
 fn pod(name: &str, group: &str) -> Value {
@@ -635,10 +617,6 @@ async fn the_leader_writes_sources_and_rules_into_the_runtime_configmap() {
     ));
 }
 
-fn virtualservices() -> Res {
-    res("networking.istio.io", "v1", "virtualservices")
-}
-
 fn service_named(name: &str) -> Value {
     json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name, "namespace": "bookinfo" },
             "spec": { "ports": [{ "port": 9080 }, { "port": 9443 }] } })
@@ -658,7 +636,7 @@ fn subsets_of(fake: &FakeApi, name: &str) -> Option<Vec<String>> {
 
 #[tokio::test]
 async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
-    let envoyfilters = res("networking.istio.io", "v1alpha3", "envoyfilters");
+    let envoyfilters = envoy_filters();
     let fake = FakeApi::start(&[
         pods(),
         services(),
@@ -766,10 +744,6 @@ async fn an_apply_conflict_is_reported_not_forced() {
     assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews"), None);
 }
 
-fn events() -> Res {
-    res("events.k8s.io", "v1", "events")
-}
-
 /// The Events in `default`, as (regarding name, note).
 fn events_listed(fake: &FakeApi) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = fake
@@ -872,10 +846,6 @@ async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default
     }
 }
 
-fn envoyfilters() -> Res {
-    res("networking.istio.io", "v1alpha3", "envoyfilters")
-}
-
 fn envoyfilter(name: &str, labels: Value) -> Value {
     json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
             "metadata": { "name": name, "namespace": "istio-system", "labels": labels }, "spec": { "configPatches": [] } })
@@ -889,7 +859,7 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
         slices(),
         rules("v1"),
         virtualservices(),
-        envoyfilters(),
+        envoy_filters(),
         groups(),
         leases(),
         configmaps(),
@@ -899,7 +869,7 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
     fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true), ("f1", true)]));
-    fake.put_quietly(&envoyfilters(), envoyfilter("theirs", json!({ "app": "mine" })));
+    fake.put_quietly(&envoy_filters(), envoyfilter("theirs", json!({ "app": "mine" })));
     let (store, metrics) = store();
     let mut o = opts(200);
     o.istio = Some((crate::istio::Mode::ClusterHeader, "istio-system".into()));
@@ -908,14 +878,14 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     // service that then goes, and dies: elected, this replica finds it.
     wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
     let ghost = envoyfilter("isogroup-ghost-bookinfo", json!({ "app.kubernetes.io/managed-by": "isogroup" }));
-    fake.put_quietly(&envoyfilters(), ghost);
+    fake.put_quietly(&envoy_filters(), ghost);
     store.become_leader("1000-aa".into()).unwrap();
 
     // Server-side applied in the root namespace, where istiod patches every
     // client proxy: a cluster_header route first in each port's virtual host.
     let name = "isogroup-reviews-bookinfo";
-    let ef = wait("reviews' EnvoyFilter", || fake.get(&envoyfilters(), "istio-system", name)).await;
-    assert_eq!(fake.manager(&envoyfilters(), "istio-system", name).as_deref(), Some("isogroup"));
+    let ef = wait("reviews' EnvoyFilter", || fake.get(&envoy_filters(), "istio-system", name)).await;
+    assert_eq!(fake.manager(&envoy_filters(), "istio-system", name).as_deref(), Some("isogroup"));
     assert_eq!(ef["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
     let patches = ef["spec"]["configPatches"].as_array().unwrap();
     let vhosts: Vec<&str> =
@@ -942,7 +912,7 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     wait_table(&store, "the lane (no route to wait for in this mode)", |t| lanes(t) == ["base", "feature-1"]).await;
     // The former leader's filter is found and deleted; someone else's stays.
     wait("the stale EnvoyFilter deleted", || {
-        fake.get(&envoyfilters(), "istio-system", "isogroup-ghost-bookinfo").is_none().then_some(())
+        fake.get(&envoy_filters(), "istio-system", "isogroup-ghost-bookinfo").is_none().then_some(())
     })
     .await;
     // The lane gone: its subset goes; the service's filter stays (it is
@@ -950,10 +920,10 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
     wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
     assert_eq!(lanes(&store.served().current().raw), ["base"]);
-    assert!(fake.get(&envoyfilters(), "istio-system", name).is_some());
+    assert!(fake.get(&envoy_filters(), "istio-system", name).is_some());
     // The service gone: its EnvoyFilter goes with its other objects.
     fake.delete(&services(), "bookinfo", "reviews");
-    wait("reviews' EnvoyFilter deleted", || fake.get(&envoyfilters(), "istio-system", name).is_none().then_some(()))
+    wait("reviews' EnvoyFilter deleted", || fake.get(&envoy_filters(), "istio-system", name).is_none().then_some(()))
         .await;
     wait("reviews' DestinationRule deleted", || {
         fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none().then_some(())
@@ -963,7 +933,7 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
         fake.get(&virtualservices(), "bookinfo", "isogroup-reviews").is_none().then_some(())
     })
     .await;
-    assert!(fake.get(&envoyfilters(), "istio-system", "theirs").is_some(), "someone else's EnvoyFilter stays");
+    assert!(fake.get(&envoy_filters(), "istio-system", "theirs").is_some(), "someone else's EnvoyFilter stays");
     assert_eq!(metrics.kube_istio_conflicts.get(), 0);
     // Every request it made is granted by the shipped RBAC for this mode.
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/istio");
