@@ -636,19 +636,7 @@ fn subsets_of(fake: &FakeApi, name: &str) -> Option<Vec<String>> {
 
 #[tokio::test]
 async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
-    let envoyfilters = envoy_filters();
-    let fake = FakeApi::start(&[
-        pods(),
-        services(),
-        slices(),
-        rules("v1"),
-        virtualservices(),
-        envoyfilters,
-        groups(),
-        leases(),
-        configmaps(),
-    ])
-    .await;
+    let fake = istio_fake().await;
     fake.put_quietly(&services(), service_named("reviews"));
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
@@ -714,17 +702,7 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
 #[tokio::test]
 async fn an_apply_conflict_is_reported_not_forced() {
     // an object under isogroup's name and label, but made by another manager
-    let fake = FakeApi::start(&[
-        pods(),
-        services(),
-        slices(),
-        rules("v1"),
-        virtualservices(),
-        groups(),
-        leases(),
-        configmaps(),
-    ])
-    .await;
+    let fake = istio_fake().await;
     fake.put_quietly(&services(), service_named("reviews"));
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true)]));
@@ -846,14 +824,9 @@ async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default
     }
 }
 
-fn envoyfilter(name: &str, labels: Value) -> Value {
-    json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
-            "metadata": { "name": name, "namespace": "istio-system", "labels": labels }, "spec": { "configPatches": [] } })
-}
-
-#[tokio::test]
-async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_namespace() {
-    let fake = FakeApi::start(&[
+/// A fake API server with every resource the Istio rendering reads and writes.
+async fn istio_fake() -> FakeApi {
+    FakeApi::start(&[
         pods(),
         services(),
         slices(),
@@ -864,7 +837,17 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
         leases(),
         configmaps(),
     ])
-    .await;
+    .await
+}
+
+fn envoyfilter(name: &str, labels: Value) -> Value {
+    json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": { "name": name, "namespace": "istio-system", "labels": labels }, "spec": { "configPatches": [] } })
+}
+
+#[tokio::test]
+async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_namespace() {
+    let fake = istio_fake().await;
     fake.put_quietly(&services(), service_named("reviews"));
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
