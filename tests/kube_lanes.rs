@@ -39,7 +39,7 @@ use common::{demo_instance, http, wait_for, Envoy, Proc, Rendered, TempDir};
 use kube_fake::kinds::{
     configmaps, destination_rules, events, isolation_groups, leases, pods, services, slices, virtual_services,
 };
-use kube_fake::FakeApi;
+use kube_fake::{endpoint_slice, FakeApi};
 use serde_json::{json, Value};
 
 const SETTLE_MS: u64 = 1500;
@@ -58,17 +58,6 @@ const AUTHORITIES: [&str; 8] = [
 
 fn pod(name: &str, namespace: &str, labels: Value) -> Value {
     json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": namespace, "labels": labels } })
-}
-
-/// reviews' EndpointSlice: each pod with its readiness.
-fn slice(ready: &[(&str, bool)]) -> Value {
-    let endpoints: Vec<Value> = ready
-        .iter()
-        .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
-        .collect();
-    json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": { "name": "reviews-x1", "namespace": "bookinfo", "labels": { "kubernetes.io/service-name": "reviews" } },
-            "endpoints": endpoints })
 }
 
 async fn fake_cluster() -> FakeApi {
@@ -94,7 +83,7 @@ async fn fake_cluster() -> FakeApi {
                 "spec": { "ports": [{ "port": 9080 }] } }),
     );
     fake.put_quietly(&pods(), pod("reviews-base-0", "bookinfo", json!({ "isogroup.io/group": "base" })));
-    fake.put_quietly(&slices(), slice(&[("reviews-base-0", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
     fake.put_quietly(&pods(), pod("companion-0", "isogroup-system", json!({ "app": "isogroup-companion" })));
     fake
 }
@@ -218,7 +207,7 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
     // The lane's pod is scheduled but not ready: its subset and route are
     // reconciled ahead of it, and it stays out of the table.
     fake.put(&pods(), pod("reviews-f1-0", "bookinfo", json!({ "isogroup.io/group": LANE })));
-    fake.put(&slices(), slice(&[("reviews-base-0", true), ("reviews-f1-0", false)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true), ("reviews-f1-0", false)]));
     let route = wait_for("the lane's route reconciled", Duration::from_secs(10), || {
         let fake = fake.clone();
         async move { lane_route(&fake) }
@@ -241,7 +230,7 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
 
     // Ready: the lane enters the table no sooner than --settle-ms later.
     let ready_at = Instant::now();
-    fake.put(&slices(), slice(&[("reviews-base-0", true), ("reviews-f1-0", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true), ("reviews-f1-0", true)]));
     wait_for("the lane in the table", Duration::from_secs(15), || async move {
         lanes(companion_port).await.filter(|l| l.iter().any(|g| g == LANE))
     })
@@ -265,7 +254,7 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
     // The pod goes: the lane leaves the table at once, its route stays
     // --settle-ms longer, then goes; only then is its instance stopped.
     fake.delete(&pods(), "bookinfo", "reviews-f1-0");
-    fake.put(&slices(), slice(&[("reviews-base-0", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
     wait_for("the lane out of the table", Duration::from_secs(15), || async move {
         lanes(companion_port).await.filter(|l| l == &["base"])
     })
@@ -424,7 +413,7 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     let fake = fake_cluster().await;
     // The lane is up before the companions start (settled at their first list).
     fake.put_quietly(&pods(), pod("reviews-f1-0", "bookinfo", json!({ "isogroup.io/group": LANE })));
-    fake.put_quietly(&slices(), slice(&[("reviews-base-0", true), ("reviews-f1-0", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true), ("reviews-f1-0", true)]));
     fake.put_quietly(&pods(), pod("companion-1", "isogroup-system", json!({ "app": "isogroup-companion" })));
     let rendered = Rendered::from_file("envoy/istio-outbound.yaml");
     let dir = TempDir::new("kube-failover");
@@ -495,7 +484,7 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     // can have served it (the old one is dead).
     let changed = seen.lock().unwrap().len();
     fake.delete(&pods(), "bookinfo", "reviews-f1-0");
-    fake.put(&slices(), slice(&[("reviews-base-0", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
     let left = run_of(&seen, changed, "reviews@base", 16, "the lane's departure reaching Envoy").await;
 
     // A rolling update: the dead replica is back (its pod restarted) as a
@@ -509,7 +498,7 @@ async fn the_leader_dies_under_requests_and_the_lane_never_drops() {
     .await;
     let returned = seen.lock().unwrap().len();
     fake.put(&pods(), pod("reviews-f1-0", "bookinfo", json!({ "isogroup.io/group": LANE })));
-    fake.put(&slices(), slice(&[("reviews-base-0", true), ("reviews-f1-0", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true), ("reviews-f1-0", true)]));
     let back = run_of(&seen, returned, "reviews@feature-1", 16, "the lane back through Envoy").await;
     let terminated_at = Instant::now();
     let status = Command::new("kill").args(["-TERM", &replicas[standby].pid().to_string()]).status().unwrap();

@@ -78,6 +78,18 @@ pub mod kinds {
     }
 }
 
+/// The EndpointSlice of `service` in `bookinfo`: each pod with its readiness.
+pub fn endpoint_slice(service: &str, ready: &[(&str, bool)]) -> Value {
+    let endpoints: Vec<Value> = ready
+        .iter()
+        .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
+        .collect();
+    json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": { "name": format!("{service}-x1"), "namespace": "bookinfo",
+                          "labels": { "kubernetes.io/service-name": service } },
+            "endpoints": endpoints })
+}
+
 #[derive(Clone, Debug)]
 struct Ev {
     rv: u64,

@@ -14,7 +14,7 @@ use crate::kube_fake::kinds::{
     configmaps, destination_rules as rules, envoy_filters, events, isolation_groups as groups, leases, pods, services,
     slices, virtual_services as virtualservices,
 };
-use crate::kube_fake::FakeApi;
+use crate::kube_fake::{endpoint_slice, FakeApi};
 use crate::kube_leader::{LeaseConfig, EPOCH_ANNOTATION, LEADER_LABEL};
 use crate::kube_source::Options;
 use crate::kube_watch::Timing;
@@ -44,16 +44,6 @@ fn own_pod(name: &str) -> Value {
 
 fn service() -> Value {
     json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "ports": [{ "port": 9080 }] } })
-}
-
-fn slice(ready: &[(&str, bool)]) -> Value {
-    let endpoints: Vec<Value> = ready
-        .iter()
-        .map(|(p, r)| json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": r }, "targetRef": { "kind": "Pod", "name": p } }))
-        .collect();
-    json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": { "name": "reviews-x1", "namespace": "bookinfo", "labels": { "kubernetes.io/service-name": "reviews" } },
-            "endpoints": endpoints })
 }
 
 fn rule(version: &str, subsets: &[&str]) -> Value {
@@ -117,7 +107,7 @@ async fn bookinfo(fake_rules: &str) -> FakeApi {
     fake.put_quietly(&services(), service());
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
-    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true)]));
     fake.put_quietly(&rules(fake_rules), rule(fake_rules, &["base", "feature-1"]));
     fake
 }
@@ -138,24 +128,24 @@ async fn watch_loop_follows_the_cluster() {
     assert_eq!(reviews.clusters["feature-1"], "outbound|{port}|feature-1|reviews.bookinfo.svc.cluster.local");
     assert_eq!(reviews.ports, [9080]);
     // not ready → it leaves
-    fake.put(&slices(), slice(&[("r0", true), ("f1", false)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", false)]));
     versions.push(wait_table(&store, "feature-1 gone", |t| lanes(t) == ["base"]).await);
     // a watch that ends resumes from its resource version: no re-list
     let lists = fake.lists(&slices());
     fake.close_watches(&slices());
-    fake.put(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true)]));
     versions.push(wait_table(&store, "resumed watch", |t| lanes(t) == ["base", "feature-1"]).await);
     assert_eq!(fake.lists(&slices()), lists, "resumed, not re-listed");
     // 410 Gone: the log is compacted, the state changes without an event,
     // the watch ends; only a re-list can see the change
-    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", false)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", false)]));
     fake.compact();
     fake.close_watches(&slices());
     versions.push(wait_table(&store, "re-list after 410", |t| lanes(t) == ["base"]).await);
     assert!(fake.lists(&slices()) > lists, "re-listed after 410 Gone");
     // a bookmark moves the watch's version on: after a compaction the
     // watch resumes from it without a re-list
-    fake.put(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true)]));
     versions.push(wait_table(&store, "ready again", |t| lanes(t) == ["base", "feature-1"]).await);
     let lists = fake.lists(&pods());
     fake.bookmark(&pods());
@@ -238,7 +228,7 @@ async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1(
     fake.put_quietly(&services(), service());
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
-    fake.put_quietly(&slices(), slice(&[("r0", true), ("f1", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true)]));
     fake.put_quietly(&rules("v1beta1"), rule("v1beta1", &["base", "feature-1"]));
     let (store, metrics) = store();
     store.become_leader("1000-aa".into()).unwrap();
@@ -622,13 +612,6 @@ fn service_named(name: &str) -> Value {
             "spec": { "ports": [{ "port": 9080 }, { "port": 9443 }] } })
 }
 
-fn slice_of(service: &str, ready: &[(&str, bool)]) -> Value {
-    let mut s = slice(ready);
-    s["metadata"]["name"] = json!(format!("{service}-x1"));
-    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(service);
-    s
-}
-
 fn subsets_of(fake: &FakeApi, name: &str) -> Option<Vec<String>> {
     let dr = fake.get(&rules("v1"), "bookinfo", name)?;
     Some(dr["spec"]["subsets"].as_array()?.iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect())
@@ -640,11 +623,11 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
     fake.put_quietly(&services(), service_named("reviews"));
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
-    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true), ("f1", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true)]));
     // ratings has a DestinationRule someone else made
     fake.put_quietly(&services(), service_named("ratings"));
     fake.put_quietly(&pods(), pod("t0", "base"));
-    fake.put_quietly(&slices(), slice_of("ratings", &[("t0", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("ratings", &[("t0", true)]));
     let mut theirs = rule("v1", &["v1"]);
     theirs["metadata"]["name"] = json!("ratings");
     theirs["spec"]["host"] = json!("ratings");
@@ -675,14 +658,14 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
     assert!(!store.served().current().raw.services.contains_key("ratings.bookinfo"), "no base subset of ours: out");
     // a new lane's subset exists before its pods are ready (so it can settle)
     fake.put(&pods(), pod("a1", "team-a"));
-    fake.put(&slices(), slice_of("reviews", &[("r0", true), ("f1", true), ("a1", false)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true), ("a1", false)]));
     wait("team-a's subset", || {
         (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1", "team-a"]).then_some(())
     })
     .await;
     assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"], "not ready: not in the table");
     // a lane gone: its subset and route go too, after it left the table
-    fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true)]));
     wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
     assert_eq!(lanes(&store.served().current().raw), ["base"]);
     wait("only the base route left", || {
@@ -705,7 +688,7 @@ async fn an_apply_conflict_is_reported_not_forced() {
     let fake = istio_fake().await;
     fake.put_quietly(&services(), service_named("reviews"));
     fake.put_quietly(&pods(), pod("r0", "base"));
-    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true)]));
     let mut copied = rule("v1", &["base"]);
     copied["metadata"]["name"] = json!("isogroup-reviews");
     copied["metadata"]["labels"] = json!({ "app.kubernetes.io/managed-by": "isogroup" });
@@ -851,7 +834,7 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     fake.put_quietly(&services(), service_named("reviews"));
     fake.put_quietly(&pods(), pod("r0", "base"));
     fake.put_quietly(&pods(), pod("f1", "feature-1"));
-    fake.put_quietly(&slices(), slice_of("reviews", &[("r0", true), ("f1", true)]));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true)]));
     fake.put_quietly(&envoy_filters(), envoyfilter("theirs", json!({ "app": "mine" })));
     let (store, metrics) = store();
     let mut o = opts(200);
@@ -900,7 +883,7 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     .await;
     // The lane gone: its subset goes; the service's filter stays (it is
     // there before any lane settles, so a new lane never waits for it).
-    fake.put(&slices(), slice_of("reviews", &[("r0", true)]));
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true)]));
     wait("feature-1's subset gone", || (subsets_of(&fake, "isogroup-reviews")? == ["base"]).then_some(())).await;
     assert_eq!(lanes(&store.served().current().raw), ["base"]);
     assert!(fake.get(&envoy_filters(), "istio-system", name).is_some());
