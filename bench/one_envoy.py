@@ -51,7 +51,31 @@ def optional_arms():
     # Lua's work without the route re-match: no clearRouteCache, and the route matched before the
     # filter ran (the catch-all) already goes to svc-f1, so the header written is never read.
     no_clear = lua.replace("handle:clearRouteCache()", "").replace("route: { cluster: svc-base }", "route: { cluster: svc-f1 }")
-    return [("lua-noclear", no_clear, load.SMALL)]
+    probe = (load.ROOT / "bench/envoy/probe.yaml").read_text()
+    repeated = lambda what: probe.replace("\n                    {}\n", f'\n                    {{"{what}": {REPEATS}}}\n')
+    assert repeated("request_writes") != probe, "probe.yaml's configuration moved"
+    return [("lua-noclear", no_clear, load.SMALL),
+            # the probe's writes repeated: what one more header write costs Envoy (see per_write)
+            (f"probe-req{REPEATS}", repeated("request_writes"), load.SMALL),
+            (f"probe-resp{REPEATS}", repeated("response_writes"), load.SMALL)]
+
+
+# How many times the repeated-probe arms repeat a write: enough that the sum
+# stands well above the spread of Envoy's CPU per request between rounds.
+REPEATS = 256
+
+
+def per_write(cpu, paired):
+    """One header write's cost in Envoy, from the repeated-probe arms."""
+    lines = []
+    for name, what in ((f"probe-req{REPEATS}", "request header replaced (as isogroup's second routing header)"),
+                       (f"probe-resp{REPEATS}", "response header written (as the x-isogroup-served annotation)")):
+        if name in cpu:
+            one = paired(name, "probe") / REPEATS
+            floor = statistics.median(cpu["floor"])
+            lines.append(f"- one {what}: {one:.3f} µs ({one / floor * 100:.2f} % of the floor's request), "
+                         f"from {name} over the probe, paired, / {REPEATS}")
+    return lines
 
 
 def combined_config(arm_list):
@@ -127,6 +151,7 @@ def main():
     for name, m in med.items():
         rows.append(f"| {name} | {m:.2f} ({min(cpu[name]):.2f}–{max(cpu[name]):.2f}) | {m - med['floor']:+.2f} "
                     f"| {m - med['noop-wasm']:+.2f} | {m - med['probe']:+.2f} | {paired(name, 'probe'):+.2f} |")
+    rows += [""] + per_write(cpu, paired) if per_write(cpu, paired) else []
     load_after = os.getloadavg()
     rows.append(f"\nload average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
                 f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {args.rounds} rounds × {args.requests} requests, "
