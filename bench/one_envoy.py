@@ -57,7 +57,8 @@ def optional_arms():
     return [("lua-noclear", no_clear, load.SMALL),
             # the probe's writes repeated: what one more header write costs Envoy (see per_write)
             (f"probe-req{REPEATS}", repeated("request_writes"), load.SMALL),
-            (f"probe-resp{REPEATS}", repeated("response_writes"), load.SMALL)]
+            (f"probe-resp{REPEATS}", repeated("response_writes"), load.SMALL),
+            (f"probe-read{REPEATS}", repeated("request_reads"), load.SMALL)]
 
 
 # How many times the repeated-probe arms repeat a write: enough that the sum
@@ -69,7 +70,8 @@ def per_write(cpu, paired):
     """One header write's cost in Envoy, from the repeated-probe arms."""
     lines = []
     for name, what in ((f"probe-req{REPEATS}", "request header replaced (as isogroup's second routing header)"),
-                       (f"probe-resp{REPEATS}", "response header written (as the x-isogroup-served annotation)")):
+                       (f"probe-resp{REPEATS}", "response header written (as the x-isogroup-served annotation)"),
+                       (f"probe-read{REPEATS}", "read of the whole request header map (every filter that routes reads it once)")):
         if name in cpu:
             one = paired(name, "probe") / REPEATS
             floor = statistics.median(cpu["floor"])
