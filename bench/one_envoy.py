@@ -58,7 +58,9 @@ def optional_arms():
             # the probe's writes repeated: what one more header write costs Envoy (see per_write)
             (f"probe-req{REPEATS}", repeated("request_writes"), load.SMALL),
             (f"probe-resp{REPEATS}", repeated("response_writes"), load.SMALL),
-            (f"probe-read{REPEATS}", repeated("request_reads"), load.SMALL)]
+            (f"probe-read{REPEATS}", repeated("request_reads"), load.SMALL),
+            (f"probe-rawread{REPEATS}", repeated("raw_reads"), load.SMALL),
+            (f"probe-lookup{REPEATS}", repeated("lookups"), load.SMALL)]
 
 
 # How many times the repeated-probe arms repeat a write: enough that the sum
@@ -71,7 +73,9 @@ def per_write(cpu, paired):
     lines = []
     for name, what in ((f"probe-req{REPEATS}", "request header replaced (as isogroup's second routing header)"),
                        (f"probe-resp{REPEATS}", "response header written (as the x-isogroup-served annotation)"),
-                       (f"probe-read{REPEATS}", "read of the whole request header map (every filter that routes reads it once)")):
+                       (f"probe-read{REPEATS}", "read of the whole request header map, decoded as the SDK does"),
+                       (f"probe-rawread{REPEATS}", "read of the whole request header map, left undecoded (the host's part)"),
+                       (f"probe-lookup{REPEATS}", "lookup of one request header by name (proxy_get_header_map_value)")):
         if name in cpu:
             one = paired(name, "probe") / REPEATS
             floor = statistics.median(cpu["floor"])

@@ -6,9 +6,11 @@
 //!   x-isogroup), so isogroup's cost above it is its own.
 //!
 //! The probe's plugin configuration may ask for its writes to be repeated,
-//! `{"request_writes": N, "response_writes": M, "request_reads": R}`: N more
-//! replacements of a request header, M replacements of a response header in
-//! a response callback, R more reads of the whole request header map. One write costs Envoy well under a microsecond, below what its
+//! `{"request_writes": N, "response_writes": M, "request_reads": R,
+//! "raw_reads": W, "lookups": L}`: N more replacements of a request header,
+//! M replacements of a response header in a response callback, R more reads
+//! of the whole request header map (decoded as the SDK does), W more reads of
+//! it left undecoded, L lookups of one request header by name. One write costs Envoy well under a microsecond, below what its
 //! CPU per request resolves on a noisy machine; N of them do not (the
 //! difference over the probe, divided by N, is the cost of one).
 
@@ -56,6 +58,24 @@ mod probe {
     static REQUEST_WRITES: AtomicU32 = AtomicU32::new(0);
     static RESPONSE_WRITES: AtomicU32 = AtomicU32::new(0);
     static REQUEST_READS: AtomicU32 = AtomicU32::new(0);
+    static RAW_READS: AtomicU32 = AtomicU32::new(0);
+    static LOOKUPS: AtomicU32 = AtomicU32::new(0);
+
+    extern "C" {
+        // The host call under the SDK's map read, without the SDK's decoding
+        // into a String per name.
+        fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    }
+
+    /// The request header map as the host serialises it, freed undecoded.
+    fn raw_read() {
+        let (mut data, mut size) = (core::ptr::null_mut(), 0usize);
+        // SAFETY: the host writes a buffer it allocated through
+        // proxy_on_memory_allocate (the SDK's allocator, this module's) and its size.
+        if unsafe { proxy_get_header_map_pairs(0, &mut data, &mut size) } == 0 && !data.is_null() {
+            drop(unsafe { Vec::from_raw_parts(data, size, size) });
+        }
+    }
 
     pub struct Root;
     struct Filter;
@@ -77,6 +97,8 @@ mod probe {
             REQUEST_WRITES.store(config_number(&config, "request_writes"), Relaxed);
             RESPONSE_WRITES.store(config_number(&config, "response_writes"), Relaxed);
             REQUEST_READS.store(config_number(&config, "request_reads"), Relaxed);
+            RAW_READS.store(config_number(&config, "raw_reads"), Relaxed);
+            LOOKUPS.store(config_number(&config, "lookups"), Relaxed);
             true
         }
         fn get_type(&self) -> Option<ContextType> {
@@ -93,6 +115,12 @@ mod probe {
             let headers = self.get_http_request_headers_bytes();
             for _ in 0..REQUEST_READS.load(Relaxed) {
                 core::hint::black_box(self.get_http_request_headers_bytes());
+            }
+            for _ in 0..RAW_READS.load(Relaxed) {
+                raw_read();
+            }
+            for _ in 0..LOOKUPS.load(Relaxed) {
+                core::hint::black_box(self.get_http_request_header_bytes("x-isogroup"));
             }
             if let Some((_, group)) = headers.iter().find(|(name, _)| name == "x-isogroup") {
                 let mut cluster = Vec::with_capacity(4 + group.len());
