@@ -9,6 +9,7 @@ use crate::edge::{Edge, RawEdge};
 use crate::error::ConfigError;
 use crate::group::is_valid_group;
 use crate::table::{Limits, RawTable, Table};
+use crate::text::text_of;
 
 fn default_group_header() -> String {
     "x-isogroup".into()
@@ -259,7 +260,7 @@ impl Settings {
         if !(400..=599).contains(&raw.failfast_status) {
             return Err(ConfigError::InvalidValue {
                 field: "failfast_status",
-                value: raw.failfast_status.to_string(),
+                value: text_of(&raw.failfast_status),
                 why: "an HTTP error status, 400 to 599",
             });
         }
@@ -323,7 +324,7 @@ fn validate_companion(c: &CompanionSource) -> Result<(), ConfigError> {
     if !(1..=300).contains(&c.wait_s) {
         return Err(ConfigError::InvalidValue {
             field: "table.companion.wait_s",
-            value: c.wait_s.to_string(),
+            value: text_of(&c.wait_s),
             why: "seconds, 1 to 300",
         });
     }
