@@ -854,7 +854,7 @@ impl HostIndex {
     /// The first slot to look at for `host`.
     fn start(&self, host: &[u8]) -> usize {
         use core::hash::BuildHasher;
-        rustc_hash::FxBuildHasher.hash_one(host) as usize & (self.slots.len().wrapping_sub(1))
+        crate::fx::FxBuildHasher.hash_one(host) as usize & (self.slots.len().wrapping_sub(1))
     }
 
     fn find(&self, text: &str, host: &[u8]) -> Option<ServiceId> {
