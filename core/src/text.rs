@@ -91,7 +91,8 @@ impl Piece for Hex {
 /// `template` with each NUL byte replaced by the next piece, as `cat!`
 /// builds it: the literal text stays one static string, as in `format!`.
 pub fn fill(template: &str, pieces: &[&dyn Piece]) -> String {
-    let mut out = String::new();
+    // At least the literal text: one allocation for most messages.
+    let mut out = String::with_capacity(template.len() + 8 * pieces.len());
     fill_to(&mut out, template, pieces);
     out
 }
