@@ -12,11 +12,11 @@ WASM=target/isogroup.wasm
 RUN_DIR=.run
 # The wasm's size after wasm-opt, as recorded: `./build.sh test` fails past it
 # plus WASM_SIZE_MARGIN. A commit that adds a named feature may raise the
-# record and says by how much, up to WASM_SIZE_LIMIT (150 KiB), a hard bar
-# no record raises.
-WASM_SIZE_RECORD=153046  # 151 407 + 1 680 for the compiled table in one text with u32 spans (10 000-service table -7.4 MiB at concurrency 4), - 41 for no proxy_on_done export and unzeroed host buffers
+# record and says by how much, up to WASM_SIZE_LIMIT (150 KB, issue 13's
+# goal), a hard bar no record raises.
+WASM_SIZE_RECORD=146944  # 153 046 - 1 519 for messages built by `cat!` (core::text) instead of `format!`, - 4 294 for the Fx hash without rustc-hash's unwraps (the last link to core::fmt), - 4 for cat! sizing its String up front, - 285 for Settings::validate's checks on a borrow
 WASM_SIZE_MARGIN=2048
-WASM_SIZE_LIMIT=153600
+WASM_SIZE_LIMIT=150000
 # wasm-opt: -Oz, but a function with one caller is inlined only when it is
 # tiny (-ocimfs 50): unlimited inlining builds 10-23 KB functions, and V8
 # compiles every function eagerly with memory that grows faster than the
@@ -46,6 +46,12 @@ ensure_envoy() {
 
 ensure_wasm_opt() {
   local npm_opt=$BINARYEN_DIR/node_modules/.bin/wasm-opt
+  # Debian's wasm-opt 108 leaves the module ~3 KB larger, near the hard
+  # limit: get Node and npm first where apt-get can (Debian ships npm apart).
+  if ! { command -v node && command -v npm; } >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing nodejs and npm (Debian) for binaryen $BINARYEN_VERSION's wasm-opt"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; } >/dev/null 2>&1 || true
+  fi
   if command -v node >/dev/null && command -v npm >/dev/null; then
     if ! "$npm_opt" --version 2>/dev/null | grep -q "version ${BINARYEN_VERSION%%.*} "; then
       log "installing binaryen $BINARYEN_VERSION (npm) into $BINARYEN_DIR"
@@ -180,7 +186,7 @@ check_wasm_size() {
   local size limit=$((WASM_SIZE_RECORD + WASM_SIZE_MARGIN))
   size=$(stat -c %s "$WASM")
   if [ "$size" -gt "$WASM_SIZE_LIMIT" ]; then
-    echo "wasm size: $WASM is $size bytes, over the hard limit of $WASM_SIZE_LIMIT (150 KiB) whatever the record"
+    echo "wasm size: $WASM is $size bytes, over the hard limit of $WASM_SIZE_LIMIT (150 KB) whatever the record"
     return 1
   fi
   if [ "$size" -gt "$limit" ]; then

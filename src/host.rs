@@ -10,6 +10,7 @@ use isogroup_core::prelude::*;
 
 use core::fmt;
 use core::time::Duration;
+use isogroup_core::text::{text_of, Piece};
 
 use crate::proxy::{GrpcStatusCode, LogLevel, MetricType, Status};
 
@@ -22,9 +23,15 @@ pub struct HostError {
     pub status: Status,
 }
 
+impl Piece for HostError {
+    fn push_to(&self, out: &mut String) {
+        isogroup_core::cat_to!(out; self.call, " failed: ", self.status.name());
+    }
+}
+
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: {}", self.call, self.status.name())
+        f.write_str(&text_of(self))
     }
 }
 

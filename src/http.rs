@@ -15,7 +15,8 @@ use alloc::rc::Rc;
 use crate::proxy::{Action, Context, GrpcStatusCode, HttpContext, LogLevel};
 use isogroup_core::cidr;
 use isogroup_core::request::{self, Edit, LocalReply, Peer};
-use isogroup_core::{Decision, Table};
+use isogroup_core::text::text_of;
+use isogroup_core::{cat, Decision, Table};
 
 use crate::host::{Host, HostResult};
 use crate::metrics::Counter;
@@ -59,16 +60,16 @@ impl<H: Host> Request<H> {
         let removed = host.remove_request_header(&s.cluster_header).and(host.remove_request_header(&s.target_header));
         match removed {
             Ok(()) => Action::Continue,
-            Err(e) => self.reset(&format!("cannot remove the routing headers ({e})")),
+            Err(e) => self.reset(&cat!("cannot remove the routing headers (", e, ")")),
         }
     }
 
     /// Ends the stream without forwarding it.
     fn reset(&self, why: &str) -> Action {
-        self.vm.log(LogLevel::Warn, &format!("{why}: resetting the stream"));
+        self.vm.log(LogLevel::Warn, &cat!(why, ": resetting the stream"));
         if let Err(e) = self.vm.host.reset_request() {
             // Paused and unanswered is still better than forwarded.
-            self.vm.log(LogLevel::Error, &format!("{e}; the request stays paused"));
+            self.vm.log(LogLevel::Error, &cat!(e, "; the request stays paused"));
         }
         Action::Pause
     }
@@ -109,7 +110,7 @@ impl<H: Host> HttpContext for Request<H> {
         let map = match self.vm.host.request_headers() {
             Ok(h) => h,
             Err(e) => {
-                self.vm.log(LogLevel::Warn, &e.to_string());
+                self.vm.log(LogLevel::Warn, &text_of(&e));
                 return self.sanitise_blind();
             }
         };
@@ -125,7 +126,7 @@ impl<H: Host> HttpContext for Request<H> {
         if let Some(reply) = incoming.join(settings, table.as_deref()) {
             return match self.send_reply(&reply) {
                 Ok(()) => Action::Pause,
-                Err(e) => self.reset(&format!("join not answered ({e})")),
+                Err(e) => self.reset(&cat!("join not answered (", e, ")")),
             };
         }
         if let Some(a) = &settings.assist {
@@ -145,7 +146,7 @@ impl<H: Host> HttpContext for Request<H> {
             let reply = incoming.local_reply(f, settings);
             return match self.send_reply(&reply) {
                 Ok(()) => Action::Pause,
-                Err(e) => self.reset(&format!("fail-fast for {} not answered ({e})", reply.service)),
+                Err(e) => self.reset(&cat!("fail-fast for ", reply.service, " not answered (", e, ")")),
             };
         }
         for edit in incoming.edits(decision.as_ref(), settings) {
@@ -155,9 +156,9 @@ impl<H: Host> HttpContext for Request<H> {
                 };
                 if name == settings.cluster_header || name == settings.target_header {
                     // A routing header left as the client sent it could pick a cluster.
-                    return self.reset(&format!("routing header {name} not written ({e})"));
+                    return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
                 }
-                self.vm.log(LogLevel::Warn, &e.to_string());
+                self.vm.log(LogLevel::Warn, &text_of(&e));
             }
         }
         self.served = incoming.served(decision.as_ref(), settings);
@@ -170,7 +171,7 @@ impl<H: Host> HttpContext for Request<H> {
             // Inner hops annotated too: remove theirs, add none.
             for name in ["x-isogroup-served", "x-isogroup-decision"] {
                 if let Err(e) = host.remove_response_header(name) {
-                    self.vm.log(LogLevel::Warn, &e.to_string());
+                    self.vm.log(LogLevel::Warn, &text_of(&e));
                 }
             }
             return Action::Continue;
@@ -179,7 +180,7 @@ impl<H: Host> HttpContext for Request<H> {
         for (name, value) in annotations {
             if let Some(value) = value {
                 if let Err(e) = host.add_response_header(name, value.as_bytes()) {
-                    self.vm.log(LogLevel::Warn, &e.to_string());
+                    self.vm.log(LogLevel::Warn, &text_of(&e));
                 }
             }
         }

@@ -7,6 +7,7 @@ use isogroup_core::prelude::*;
 use core::cell::Cell;
 
 use crate::proxy::{LogLevel, MetricType};
+use isogroup_core::cat;
 
 use crate::host::Host;
 
@@ -99,7 +100,7 @@ impl Metrics {
             let n = cell.take();
             let Some(id) = id.filter(|_| n > 0) else { continue };
             if let Err(e) = host.increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX)) {
-                host.log(LogLevel::Warn, &format!("isogroup: metric {}: {e}", counter.name()));
+                host.log(LogLevel::Warn, &cat!("isogroup: metric ", counter.name(), ": ", e));
             }
         }
     }
@@ -107,7 +108,7 @@ impl Metrics {
     pub fn set(&self, host: &impl Host, gauge: Gauge, value: u64) {
         if let Some(id) = self.gauge_ids[gauge as usize] {
             if let Err(e) = host.record_metric(id, value) {
-                host.log(LogLevel::Warn, &format!("isogroup: metric {}: {e}", gauge.name()));
+                host.log(LogLevel::Warn, &cat!("isogroup: metric ", gauge.name(), ": ", e));
             }
         }
     }
@@ -117,7 +118,7 @@ fn defined(host: &impl Host, kind: MetricType, name: &str) -> Option<u32> {
     match host.define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(e) => {
-            host.log(LogLevel::Warn, &format!("isogroup: metric {name}: {e}"));
+            host.log(LogLevel::Warn, &cat!("isogroup: metric ", name, ": ", e));
             None
         }
     }

@@ -9,7 +9,8 @@ use core::cell::Cell;
 use core::time::Duration;
 
 use crate::proxy::{Context, ContextType, HttpContext, LogLevel, RootContext};
-use isogroup_core::{GroupName, Settings, Source};
+use isogroup_core::text::text_of;
+use isogroup_core::{cat, GroupName, Settings, Source};
 
 use crate::host::Host;
 use crate::http::Request;
@@ -57,19 +58,19 @@ impl<H: Host> RootContext for Root<H> {
         let bytes = match host.plugin_configuration() {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
-                host.log(LogLevel::Error, &format!("isogroup: cannot read the plugin configuration: {e}"));
+                host.log(LogLevel::Error, &cat!("isogroup: cannot read the plugin configuration: ", e));
                 return false;
             }
         };
         let mut settings = match Settings::from_json_vec(bytes) {
             Ok(s) => s,
             Err(e) => {
-                host.log(LogLevel::Error, &format!("isogroup: invalid plugin configuration: {e}"));
+                host.log(LogLevel::Error, &cat!("isogroup: invalid plugin configuration: ", e));
                 return false;
             }
         };
         if let Err(e) = host.set_tick_period(TICK) {
-            host.log(LogLevel::Error, &format!("isogroup: {e}"));
+            host.log(LogLevel::Error, &cat!("isogroup: ", e));
             return false;
         }
         let source = core::mem::replace(&mut settings.source, Source::None);
@@ -92,8 +93,8 @@ impl<H: Host> RootContext for Root<H> {
             configured_ms: now,
         });
         self.sync = Some(TableSync::start(source, &vm));
-        let version = vm.table().map_or("none".to_owned(), |t| t.version().to_string());
-        vm.log(LogLevel::Info, &format!("configured vm {} (table version {version})", vm.id));
+        let version = vm.table().map_or("none".to_owned(), |t| text_of(&t.version()));
+        vm.log(LogLevel::Info, &cat!("configured vm ", vm.id, " (table version ", version, ")"));
         self.vm = Some(vm);
         true
     }
@@ -126,9 +127,10 @@ fn node_label_group(host: &impl Host) -> Option<String> {
         let group = isogroup_core::text::lossy(&value);
         host.log(
             LogLevel::Info,
-            &format!(
-                "isogroup: workload group {} from the node label isogroup.io/group",
-                isogroup_core::Quoted(group.as_str())
+            &cat!(
+                "isogroup: workload group ",
+                isogroup_core::Quoted(group.as_str()),
+                " from the node label isogroup.io/group"
             ),
         );
         Some(group)
@@ -161,8 +163,9 @@ fn next_vm_id(host: &impl Host) -> String {
             break;
         };
         let next = isogroup_core::text::parse_u64(&value).unwrap_or(0).saturating_add(1);
-        if host.shared_set(VM_SEQ_KEY, next.to_string().as_bytes(), cas).is_ok() {
-            return next.to_string();
+        let next = text_of(&next);
+        if host.shared_set(VM_SEQ_KEY, next.as_bytes(), cas).is_ok() {
+            return next;
         }
     }
     "?".to_owned()

@@ -20,8 +20,10 @@ use alloc::rc::Rc;
 use core::time::Duration;
 
 use crate::proxy::{LogLevel, Status};
+use isogroup_core::cat;
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::Stamp;
+use isogroup_core::text::{text_of, Hex};
 use isogroup_core::{CompanionSource, Source, Table};
 
 use crate::host::{Host, HostError};
@@ -53,12 +55,12 @@ impl Keys {
             id.extend_from_slice(part.as_bytes());
             id.push(0);
         }
-        let prefix = format!("isogroup/src-{:016x}", fnv1a(&id));
+        let prefix = cat!("isogroup/src-", Hex { value: fnv1a(&id), width: 16 });
         Keys {
-            lease: format!("{prefix}/poller-lease"),
-            table: format!("{prefix}/table"),
-            stamp: format!("{prefix}/table-stamp"),
-            ok_at: format!("{prefix}/table-ok-at"),
+            lease: cat!(prefix, "/poller-lease"),
+            table: cat!(prefix, "/table"),
+            stamp: cat!(prefix, "/table-stamp"),
+            ok_at: cat!(prefix, "/table-ok-at"),
         }
     }
 }
@@ -116,8 +118,8 @@ impl Held {
     /// The shared-data form: `"<version>[ <epoch>]"`.
     pub fn encode(&self) -> String {
         match &self.epoch {
-            Some(e) => format!("{} {e}", self.version),
-            None => self.version.to_string(),
+            Some(e) => cat!(self.version, " ", e),
+            None => text_of(&self.version),
         }
     }
 
@@ -160,7 +162,7 @@ impl Follower {
         let holding = match take_lease(&vm.host, &self.keys.lease, &vm.id, now) {
             Ok(held) => held,
             Err(e) => {
-                vm.log(LogLevel::Warn, &format!("poller lease: {e}"));
+                vm.log(LogLevel::Warn, &cat!("poller lease: ", e));
                 false
             }
         };
@@ -201,7 +203,7 @@ impl Follower {
             Err(e) => {
                 // The poller validated it, but with its own config's base
                 // group and limits: a config sharing the source may differ.
-                vm.log(LogLevel::Error, &format!("shared table {} does not compile here: {e}", shared.encode()));
+                vm.log(LogLevel::Error, &cat!("shared table ", shared.encode(), " does not compile here: ", e));
                 self.local = Some(shared);
             }
         }
@@ -215,8 +217,8 @@ impl Follower {
             None => base.clone(),
             // Only a valid epoch is sent, and a valid one is URL-safe.
             Some(held) => match (&held.epoch, held.stamp().epoch) {
-                (Some(e), Some(_)) => format!("{base}{sep}after={}&epoch={e}&wait={wait}", held.version),
-                _ => format!("{base}{sep}after={}&wait={wait}", held.version),
+                (Some(e), Some(_)) => cat!(base, sep, "after=", held.version, "&epoch=", e, "&wait=", wait),
+                _ => cat!(base, sep, "after=", held.version, "&wait=", wait),
             },
         };
         let poller = poller_id(&vm.host, &vm.id, now);
@@ -233,7 +235,7 @@ impl Follower {
             Err(e) => self.failed(
                 vm,
                 now,
-                &format!("cannot call cluster {}: {e}", isogroup_core::Quoted(&self.source.cluster)),
+                &cat!("cannot call cluster ", isogroup_core::Quoted(&self.source.cluster), ": ", e),
             ),
         }
     }
@@ -246,7 +248,7 @@ impl Follower {
         let now = vm.host.now_ms().unwrap_or_else(|_| vm.clock_ms.get());
         let headers = match vm.host.http_call_response_headers() {
             Ok(h) => h,
-            Err(e) => return self.failed(vm, now, &format!("cannot read the companion's answer: {e}")),
+            Err(e) => return self.failed(vm, now, &cat!("cannot read the companion's answer: ", e)),
         };
         let status = headers.get(":status").and_then(parse_u64);
         match status {
@@ -265,7 +267,7 @@ impl Follower {
                 self.accept(vm, &body, now);
             }
             Some(304) => self.answered(vm, now),
-            Some(s) => self.failed(vm, now, &format!("companion answered {s}")),
+            Some(s) => self.failed(vm, now, &cat!("companion answered ", s)),
             None => self.failed(vm, now, "companion unreachable or timed out"),
         }
     }
@@ -280,7 +282,7 @@ impl Follower {
                     self.told_unknown = true;
                     let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
                     let fields = isogroup_core::text::join_str(&names, ", ");
-                    vm.log(LogLevel::Warn, &format!("table fields this filter does not know, ignored: {fields}"));
+                    vm.log(LogLevel::Warn, &cat!("table fields this filter does not know, ignored: ", fields));
                 }
                 table
             }
@@ -288,7 +290,7 @@ impl Follower {
                 // Every reject is logged (rare, and each one matters); the
                 // poll backs off so garbage is not fetched in a loop.
                 vm.metrics.count(Counter::TableRejects);
-                vm.log(LogLevel::Error, &format!("table rejected, the last good one keeps serving: {e}"));
+                vm.log(LogLevel::Error, &cat!("table rejected, the last good one keeps serving: ", e));
                 self.back_off(vm, now);
                 return;
             }
@@ -305,11 +307,14 @@ impl Follower {
             .shared_set(&self.keys.table, body, None)
             .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
-            vm.log(LogLevel::Error, &format!("cannot share table {stamp}: {e}"));
+            vm.log(LogLevel::Error, &cat!("cannot share table ", stamp, ": ", e));
             return;
         }
         vm.metrics.count(Counter::TableUpdates);
-        vm.log(LogLevel::Info, &format!("vm {}: table {stamp} accepted ({} services)", vm.id, table.service_count()));
+        vm.log(
+            LogLevel::Info,
+            &cat!("vm ", vm.id, ": table ", stamp, " accepted (", table.service_count(), " services)"),
+        );
         vm.metrics.set(&vm.host, Gauge::TableVersion, held.version);
         self.local = Some(held);
         vm.install(table);
@@ -321,7 +326,7 @@ impl Follower {
         }
         self.failures = 0;
         self.next_poll_ms = now;
-        let _ = vm.host.shared_set(&self.keys.ok_at, now.to_string().as_bytes(), None);
+        let _ = vm.host.shared_set(&self.keys.ok_at, text_of(&now).as_bytes(), None);
     }
 
     /// A failed poll: logged when the companion first goes bad, then quiet.
@@ -370,7 +375,7 @@ pub fn take_lease(host: &impl Host, key: &str, me: &str, now: u64) -> Result<boo
     if holder != me && expiry > now {
         return Ok(false);
     }
-    let lease = format!("{me} {}", now.saturating_add(LEASE_TTL_MS));
+    let lease = cat!(me, " ", now.saturating_add(LEASE_TTL_MS));
     match host.shared_set(key, lease.as_bytes(), cas) {
         Ok(()) => Ok(true),
         Err(HostError { status: Status::CasMismatch, .. }) => Ok(false),
@@ -382,7 +387,7 @@ pub fn take_lease(host: &impl Host, key: &str, me: &str, now: u64) -> Result<boo
 /// with `-`, then claimed with CAS, so racing VMs agree on one id. (Not an
 /// empty seed: the host reports an empty value as no value.)
 fn poller_id(host: &impl Host, vm_id: &str, now: u64) -> String {
-    let mine = format!("envoy-{now:x}-{vm_id}");
+    let mine = cat!("envoy-", Hex { value: now, width: 1 }, "-", vm_id);
     for _ in 0..4 {
         match host.shared_get(POLLER_ID_KEY) {
             Ok((Some(id), _)) if id != b"-" => return isogroup_core::text::lossy(&id),

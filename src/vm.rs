@@ -39,6 +39,6 @@ impl<H: Host> Vm<H> {
     }
 
     pub fn log(&self, level: LogLevel, message: &str) {
-        self.host.log(level, &format!("isogroup: {message}"));
+        self.host.log(level, &isogroup_core::cat!("isogroup: ", message));
     }
 }

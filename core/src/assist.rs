@@ -11,6 +11,7 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
+use crate::cat;
 use crate::edge::fnv1a;
 use crate::error::ConfigError;
 use crate::group::GroupName;
@@ -76,19 +77,19 @@ const MAX_TRACE_ID: usize = 128;
 
 impl Assist {
     pub fn compile(raw: &RawAssist) -> Result<Assist, ConfigError> {
-        let bad = |field: &str, why: String| ConfigError::Invalid { field: format!("propagation_assist.{field}"), why };
+        let bad = |field: &str, why: String| ConfigError::Invalid { field: cat!("propagation_assist.", field), why };
         if !(1..=65_536).contains(&raw.slots) {
-            return Err(bad("slots", format!("{} is not in 1..=65536", raw.slots)));
+            return Err(bad("slots", cat!(raw.slots, " is not in 1..=65536")));
         }
         if !(1..=3_600).contains(&raw.ttl_s) {
-            return Err(bad("ttl_s", format!("{} is not in 1..=3600 seconds", raw.ttl_s)));
+            return Err(bad("ttl_s", cat!(raw.ttl_s, " is not in 1..=3600 seconds")));
         }
         if raw.trace_headers.is_empty() {
             return Err(bad("trace_headers", "the list is empty".into()));
         }
         for h in &raw.trace_headers {
             if h.is_empty() || !h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-                return Err(bad("trace_headers", format!("{} is not a lower-case header name", Quoted(h))));
+                return Err(bad("trace_headers", cat!(Quoted(h), " is not a lower-case header name")));
             }
         }
         Ok(Assist {
@@ -101,7 +102,7 @@ impl Assist {
 
     /// The shared-data key of the slot for `trace_id`.
     pub fn slot_key(&self, trace_id: &[u8]) -> String {
-        format!("isogroup/assist/{}", fnv1a(trace_id) % u64::from(self.slots))
+        cat!("isogroup/assist/", fnv1a(trace_id) % u64::from(self.slots))
     }
 }
 
@@ -124,7 +125,7 @@ pub fn trace_id<'v>(header: &str, value: &'v [u8]) -> Option<&'v [u8]> {
 
 /// A slot's value: `<expiry ms> <group> <trace id>`.
 pub fn encode_entry(trace_id: &[u8], group: &GroupName, expires_ms: u64) -> Vec<u8> {
-    let mut v = format!("{expires_ms} {} ", group.as_str()).into_bytes();
+    let mut v = cat!(expires_ms, " ", group.as_str(), " ").into_bytes();
     v.extend_from_slice(trace_id);
     v
 }

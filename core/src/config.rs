@@ -9,6 +9,7 @@ use crate::edge::{Edge, RawEdge};
 use crate::error::ConfigError;
 use crate::group::is_valid_group;
 use crate::table::{Limits, RawTable, Table};
+use crate::text::text_of;
 
 fn default_group_header() -> String {
     "x-isogroup".into()
@@ -208,61 +209,8 @@ impl Settings {
     }
 
     pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
-        let headers = [("group_header", &raw.group_header), ("strict_header", &raw.strict_header)];
-        let routing = [("cluster_header", &raw.cluster_header), ("target_header", &raw.target_header)];
-        let headers = headers.into_iter().chain(routing.into_iter().filter_map(|(f, v)| Some((f, v.as_ref()?))));
-        for (field, value) in headers {
-            if !is_header_name(value) {
-                return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
-            }
-        }
-        if let Some(key) = &raw.baggage_key {
-            if !is_token(key) {
-                return Err(ConfigError::InvalidValue {
-                    field: "baggage_key",
-                    value: key.clone(),
-                    why: "a baggage key is a non-empty token",
-                });
-            }
-        }
-        if !is_token(&raw.cookie) {
-            return Err(ConfigError::InvalidValue {
-                field: "cookie",
-                value: raw.cookie.clone(),
-                why: "a cookie name is a non-empty token",
-            });
-        }
-        if !is_valid_group(raw.base_group.as_bytes()) {
-            return Err(ConfigError::InvalidGroupName { field: "base_group", value: raw.base_group });
-        }
-        if let Some(g) = &raw.workload_group {
-            if !is_valid_group(g.as_bytes()) {
-                return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
-            }
-        }
-        if let Some(ns) = &raw.namespace {
-            if !is_namespace(ns) {
-                return Err(ConfigError::InvalidValue {
-                    field: "namespace",
-                    value: ns.clone(),
-                    why: "a Kubernetes namespace name (DNS-1123 label)",
-                });
-            }
-        }
-        if raw.cluster_header.is_none() && raw.target_header.is_none() {
-            return Err(ConfigError::InvalidValue {
-                field: "cluster_header",
-                value: "null".into(),
-                why: "cluster_header and target_header cannot both be null: the filter must write one routing header",
-            });
-        }
-        if !(400..=599).contains(&raw.failfast_status) {
-            return Err(ConfigError::InvalidValue {
-                field: "failfast_status",
-                value: raw.failfast_status.to_string(),
-                why: "an HTTP error status, 400 to 599",
-            });
-        }
+        // The checks borrow: one path drops `raw` on error, not one per check.
+        check_fields(&raw)?;
         let edge = raw.edge.as_ref().map(Edge::compile).transpose()?;
         let assist = raw.propagation_assist.as_ref().map(Assist::compile).transpose()?;
         let source = match raw.table {
@@ -298,6 +246,67 @@ impl Settings {
     }
 }
 
+/// The plugin configuration's own fields (the edge, assist and table
+/// sections compile after).
+fn check_fields(raw: &RawConfig) -> Result<(), ConfigError> {
+    let headers = [("group_header", &raw.group_header), ("strict_header", &raw.strict_header)];
+    let routing = [("cluster_header", &raw.cluster_header), ("target_header", &raw.target_header)];
+    let headers = headers.into_iter().chain(routing.into_iter().filter_map(|(f, v)| Some((f, v.as_ref()?))));
+    for (field, value) in headers {
+        if !is_header_name(value) {
+            return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
+        }
+    }
+    if let Some(key) = &raw.baggage_key {
+        if !is_token(key) {
+            return Err(ConfigError::InvalidValue {
+                field: "baggage_key",
+                value: key.clone(),
+                why: "a baggage key is a non-empty token",
+            });
+        }
+    }
+    if !is_token(&raw.cookie) {
+        return Err(ConfigError::InvalidValue {
+            field: "cookie",
+            value: raw.cookie.clone(),
+            why: "a cookie name is a non-empty token",
+        });
+    }
+    if !is_valid_group(raw.base_group.as_bytes()) {
+        return Err(ConfigError::InvalidGroupName { field: "base_group", value: raw.base_group.clone() });
+    }
+    if let Some(g) = &raw.workload_group {
+        if !is_valid_group(g.as_bytes()) {
+            return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
+        }
+    }
+    if let Some(ns) = &raw.namespace {
+        if !is_namespace(ns) {
+            return Err(ConfigError::InvalidValue {
+                field: "namespace",
+                value: ns.clone(),
+                why: "a Kubernetes namespace name (DNS-1123 label)",
+            });
+        }
+    }
+    if raw.cluster_header.is_none() && raw.target_header.is_none() {
+        return Err(ConfigError::InvalidValue {
+            field: "cluster_header",
+            value: "null".into(),
+            why: "cluster_header and target_header cannot both be null: the filter must write one routing header",
+        });
+    }
+    if !(400..=599).contains(&raw.failfast_status) {
+        return Err(ConfigError::InvalidValue {
+            field: "failfast_status",
+            value: text_of(&raw.failfast_status),
+            why: "an HTTP error status, 400 to 599",
+        });
+    }
+    Ok(())
+}
+
 fn validate_companion(c: &CompanionSource) -> Result<(), ConfigError> {
     if c.cluster.is_empty() {
         return Err(ConfigError::InvalidValue {
@@ -323,7 +332,7 @@ fn validate_companion(c: &CompanionSource) -> Result<(), ConfigError> {
     if !(1..=300).contains(&c.wait_s) {
         return Err(ConfigError::InvalidValue {
             field: "table.companion.wait_s",
-            value: c.wait_s.to_string(),
+            value: text_of(&c.wait_s),
             why: "seconds, 1 to 300",
         });
     }

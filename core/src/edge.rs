@@ -6,6 +6,7 @@ use crate::prelude::*;
 
 use core::net::IpAddr;
 
+use crate::cat;
 use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
@@ -140,7 +141,7 @@ impl Edge {
         let default_group = match &raw.default_group {
             None => None,
             Some(g) => Some(GroupName::new(g.as_bytes()).ok_or_else(|| {
-                invalid("edge.default_group", format!("{} is not a valid group name (DNS-1123 label)", Quoted(g)))
+                invalid("edge.default_group", cat!(Quoted(g), " is not a valid group name (DNS-1123 label)"))
             })?),
         };
         let rules =
@@ -151,10 +152,7 @@ impl Edge {
             Some(p) => {
                 return Err(invalid(
                     "edge.join_path",
-                    format!(
-                        "{} is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')",
-                        Quoted(p)
-                    ),
+                    cat!(Quoted(p), " is not an absolute path (starts with one '/', printable ASCII, no '?' or '#')"),
                 ))
             }
         };
@@ -187,7 +185,7 @@ impl Rules {
         let mut rules = Vec::with_capacity(raw.len());
         let mut percent_used = 0u64;
         for (i, r) in raw.iter().enumerate() {
-            rules.push(compile_rule(&format!("{field}[{i}]"), r, &mut percent_used)?);
+            rules.push(compile_rule(&cat!(field, "[", i, "]"), r, &mut percent_used)?);
         }
         Ok(Rules(rules))
     }
@@ -281,9 +279,7 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
 fn cidr_list(field: &str, list: &[String]) -> Result<Vec<Cidr>, RuleError> {
     list.iter()
         .enumerate()
-        .map(|(i, c)| {
-            Cidr::parse(c).map_err(|why| rule_error(format!("{field}[{i}]"), format!("{}: {why}", Quoted(c))))
-        })
+        .map(|(i, c)| Cidr::parse(c).map_err(|why| rule_error(cat!(field, "[", i, "]"), cat!(Quoted(c), ": ", why))))
         .collect()
 }
 
@@ -293,7 +289,7 @@ fn header_name(field: String, name: &str) -> Result<String, RuleError> {
     if ok {
         Ok(name.to_owned())
     } else {
-        Err(rule_error(field, format!("{} is not a lower-case header name", Quoted(name))))
+        Err(rule_error(field, cat!(Quoted(name), " is not a lower-case header name")))
     }
 }
 
@@ -305,19 +301,20 @@ fn rule_error(field: String, why: impl Into<String>) -> RuleError {
 }
 
 fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule, RuleError> {
-    let at = |f: &str| format!("{rule}.{f}");
+    let at = |f: &str| cat!(rule, ".", f);
     let keyed = r.header.is_some() || r.cookie.is_some() || r.query.is_some();
-    let group = match (&r.group, r.group_from_value) {
-        (Some(_), true) => return Err(rule_error(at("group"), "group and group_from_value exclude each other")),
-        (None, true) if !keyed => {
-            return Err(rule_error(at("group_from_value"), "goes with a header, cookie or query rule"));
-        }
-        (None, true) => RuleGroup::FromValue,
-        (None, false) => return Err(rule_error(at("group"), "missing (or set group_from_value)")),
-        (Some(g), false) => RuleGroup::Fixed(GroupName::new(g.as_bytes()).ok_or_else(|| {
-            rule_error(at("group"), format!("{} is not a valid group name (DNS-1123 label)", Quoted(g)))
-        })?),
-    };
+    let group =
+        match (&r.group, r.group_from_value) {
+            (Some(_), true) => return Err(rule_error(at("group"), "group and group_from_value exclude each other")),
+            (None, true) if !keyed => {
+                return Err(rule_error(at("group_from_value"), "goes with a header, cookie or query rule"));
+            }
+            (None, true) => RuleGroup::FromValue,
+            (None, false) => return Err(rule_error(at("group"), "missing (or set group_from_value)")),
+            (Some(g), false) => RuleGroup::Fixed(GroupName::new(g.as_bytes()).ok_or_else(|| {
+                rule_error(at("group"), cat!(Quoted(g), " is not a valid group name (DNS-1123 label)"))
+            })?),
+        };
     let inputs =
         [r.header.is_some(), r.cookie.is_some(), r.query.is_some(), r.source_cidrs.is_some(), r.percent.is_some()];
     if inputs.iter().filter(|&&x| x).count() != 1 {
@@ -341,7 +338,7 @@ fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule,
         (Some(v), _, _) => Test::Values(v.clone()),
         (_, Some(p), _) => Test::Prefix(p.clone()),
         (_, _, Some(re)) => {
-            Test::Regex(Regex::new(re).map_err(|e| rule_error(at("regex"), format!("{}: {e}", Quoted(re))))?)
+            Test::Regex(Regex::new(re).map_err(|e| rule_error(at("regex"), cat!(Quoted(re), ": ", e)))?)
         }
         _ => Test::Always,
     };
@@ -365,7 +362,7 @@ fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule,
         let from = *percent_used;
         *percent_used += p;
         if *percent_used > 100 {
-            return Err(rule_error(at("percent"), format!("percent rules add up to {} (at most 100)", *percent_used)));
+            return Err(rule_error(at("percent"), cat!("percent rules add up to ", *percent_used, " (at most 100)")));
         }
         Input::Percent { header: header_name(at("hash_header"), header)?, from, to: *percent_used }
     };

@@ -103,7 +103,7 @@ pub fn generate(now_ms: u64, previous: Option<u64>, random: [u8; RANDOM_BYTES]) 
         None => now_ms,
     };
     let mut out = String::with_capacity(21 + 1 + 2 * RANDOM_BYTES);
-    out.push_str(&number.to_string());
+    crate::json::push_u64(&mut out, number);
     out.push('-');
     for b in random {
         out.push(char::from(HEX[usize::from(b >> 4)]));

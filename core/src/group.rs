@@ -49,7 +49,13 @@ impl GroupName {
 
 impl fmt::Debug for GroupName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", crate::json::Quoted(self.as_str()))
+        f.write_str(&crate::text::text_of(&crate::json::Quoted(self.as_str())))
+    }
+}
+
+impl crate::text::Piece for GroupName {
+    fn push_to(&self, out: &mut String) {
+        out.push_str(self.as_str());
     }
 }
 

@@ -6,6 +6,7 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
+use crate::cat;
 use crate::edge::{query_param, LANE_COOKIE};
 use crate::group::GroupName;
 use crate::request::LocalReply;
@@ -38,17 +39,17 @@ pub fn reply(method: &[u8], path: &[u8], table: Option<&Table>) -> LocalReply {
         },
     };
     let cookie = if lane.is_empty() {
-        format!("{LANE_COOKIE}=; Path=/; SameSite=Lax; Max-Age=0")
+        cat!(LANE_COOKIE, "=; Path=/; SameSite=Lax; Max-Age=0")
     } else {
         let Some(group) = GroupName::new(&lane) else {
             return error(400, "unknown_lane", "lane: not a valid group name (DNS-1123 label)");
         };
         if !table.is_some_and(|t| t.knows_group(group.as_str())) {
             // A valid group name needs no JSON escaping.
-            let detail = format!(r#"lane: \"{group}\" is not a group this gateway's table knows"#);
+            let detail = cat!(r#"lane: \""#, group, r#"\" is not a group this gateway's table knows"#);
             return error(400, "unknown_lane", &detail);
         }
-        format!("{LANE_COOKIE}={group}; Path=/; SameSite=Lax")
+        cat!(LANE_COOKIE, "=", group, "; Path=/; SameSite=Lax")
     };
     LocalReply {
         status: 302,
@@ -76,7 +77,7 @@ fn error(status: u16, code: &str, detail: &str) -> LocalReply {
         service: String::new(),
         headers: vec![("content-type", "application/json".into()), ("cache-control", "no-store".into())],
         // `code` and `detail` are ours, already JSON-safe.
-        body: format!(r#"{{"error":"{code}","detail":"{detail}"}}"#),
+        body: cat!(r#"{"error":""#, code, r#"","detail":""#, detail, r#""}"#),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod decide;
 pub mod edge;
 pub mod epoch;
 pub mod error;
+pub mod fx;
 pub mod group;
 pub mod ip;
 pub mod join;

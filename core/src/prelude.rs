@@ -9,6 +9,7 @@ pub use alloc::string::{String, ToString};
 pub use alloc::vec::Vec;
 pub use alloc::{format, vec};
 
-/// Fx-hashed maps: hashbrown's (std's `HashMap` needs std).
-pub type FxHashMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher>;
-pub type FxHashSet<K> = hashbrown::HashSet<K, rustc_hash::FxBuildHasher>;
+/// Fx-hashed maps: hashbrown's (std's `HashMap` needs std), rustc-hash's
+/// hash without its panics (`fx`).
+pub type FxHashMap<K, V> = hashbrown::HashMap<K, V, crate::fx::FxBuildHasher>;
+pub type FxHashSet<K> = hashbrown::HashSet<K, crate::fx::FxBuildHasher>;

@@ -9,6 +9,7 @@ use crate::prelude::*;
 use alloc::borrow::Cow;
 use core::net::IpAddr;
 
+use crate::cat;
 use crate::config::Settings;
 use crate::decide::{decide, Decision, FailFast, RequestView};
 use crate::edge::{self, Edge, EdgeRequest, LANE_COOKIE};
@@ -46,9 +47,9 @@ impl GroupSource {
             GroupSource::Baggage => "baggage".into(),
             GroupSource::Cookie => "cookie".into(),
             GroupSource::LaneCookie => "lane cookie".into(),
-            GroupSource::Binding(i) => format!("source binding {i}"),
-            GroupSource::Rule(i) => format!("edge rule {i}"),
-            GroupSource::TableRule(i) => format!("table rule {i}"),
+            GroupSource::Binding(i) => cat!("source binding ", i),
+            GroupSource::Rule(i) => cat!("edge rule ", i),
+            GroupSource::TableRule(i) => cat!("table rule ", i),
             GroupSource::Default => "edge default".into(),
             GroupSource::Workload => "workload".into(),
             GroupSource::Assist => "propagation assist".into(),
@@ -528,11 +529,14 @@ impl<'h> Incoming<'h> {
 /// `{"error":"isogroup_unavailable","service":…,"group":…,"reason":…}`
 pub fn failfast_body(f: &FailFast<'_>) -> String {
     // Service and group are validated names: no JSON escaping needed.
-    format!(
-        r#"{{"error":"isogroup_unavailable","service":"{}","group":"{}","reason":"{}"}}"#,
+    cat!(
+        r#"{"error":"isogroup_unavailable","service":""#,
         f.service,
+        r#"","group":""#,
         f.group,
-        f.reason.as_str()
+        r#"","reason":""#,
+        f.reason.as_str(),
+        r#""}"#
     )
 }
 
@@ -551,22 +555,37 @@ pub fn served_value(service: &str, serving: &str, fallback: bool) -> String {
 /// `x-isogroup-decision`: the steps in one line, for humans.
 pub fn explain(inc: &Incoming<'_>, decision: Option<&Decision<'_>>, table_version: Option<u64>, vm: &str) -> String {
     let group = inc.group.as_ref().map_or("-", GroupName::as_str);
-    let table = table_version.map_or("none".to_owned(), |v| v.to_string());
+    let table = table_version.map_or("none".to_owned(), |v| crate::text::text_of(&v));
     let outcome = match decision {
         None => "passthrough (no table yet)".to_owned(),
         Some(Decision::PassThrough) => "passthrough (service not in table)".to_owned(),
         Some(Decision::Route(r)) => {
-            format!(
-                "service={} serving={} cluster={}{}",
+            cat!(
+                "service=",
                 r.service,
+                " serving=",
                 r.serving,
+                " cluster=",
                 r.cluster,
                 if r.fallback { " fallback" } else { "" }
             )
         }
-        Some(Decision::FailFast(f)) => format!("service={} failfast reason={}", f.service, f.reason.as_str()),
+        Some(Decision::FailFast(f)) => cat!("service=", f.service, " failfast reason=", f.reason.as_str()),
     };
-    format!("vm={vm}; table={table}; group={group} ({}); invalid={}; {outcome}", inc.source.describe(), inc.invalid)
+    cat!(
+        "vm=",
+        vm,
+        "; table=",
+        table,
+        "; group=",
+        group,
+        " (",
+        inc.source.describe(),
+        "); invalid=",
+        inc.invalid,
+        "; ",
+        outcome
+    )
 }
 
 #[cfg(test)]

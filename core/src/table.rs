@@ -27,6 +27,7 @@ use crate::edge::{RawRule, Rules};
 use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
 use crate::sources::{Binding, Sources};
+use crate::{cat, cat_to};
 
 /// Longest group `description` and `owner`, in bytes.
 pub const MAX_GROUP_TEXT: usize = 256;
@@ -480,7 +481,7 @@ impl<'r> Compiler<'r> {
             if is_valid_group(name.as_bytes()) {
                 c.intern(name);
             } else {
-                name_errors.push(TableError::InvalidGroupName { field: format!("groups.{name}"), name: name.clone() });
+                name_errors.push(TableError::InvalidGroupName { field: cat!("groups.", name), name: name.clone() });
             }
         }
         for (svc, s) in &raw.services {
@@ -489,7 +490,7 @@ impl<'r> Compiler<'r> {
                     c.intern(group);
                 } else {
                     name_errors.push(TableError::InvalidGroupName {
-                        field: format!("services.{svc}.clusters.{group}"),
+                        field: cat!("services.", svc, ".clusters.", group),
                         name: group.clone(),
                     });
                 }
@@ -554,11 +555,11 @@ impl<'r> Compiler<'r> {
         let mut bindings = Vec::with_capacity(self.raw.sources.len());
         for (index, s) in self.raw.sources.iter().enumerate() {
             let cidr = Cidr::parse_network(&s.cidr).map_err(|why| TableError::Invalid {
-                field: format!("sources[{index}].cidr"),
-                why: format!("{}: {why}", crate::json::Quoted(&s.cidr)),
+                field: cat!("sources[", index, "].cidr"),
+                why: cat!(crate::json::Quoted(&s.cidr), ": ", why),
             });
             let group = GroupName::new(s.group.as_bytes()).ok_or_else(|| TableError::InvalidGroupName {
-                field: format!("sources[{index}].group"),
+                field: cat!("sources[", index, "].group"),
                 name: s.group.clone(),
             });
             match (cidr, group) {
@@ -577,8 +578,8 @@ impl<'r> Compiler<'r> {
             Ok(sources) => sources,
             Err((first, again)) => {
                 self.errors.push(TableError::Invalid {
-                    field: format!("sources[{again}].cidr"),
-                    why: format!("the same range as sources[{first}]"),
+                    field: cat!("sources[", again, "].cidr"),
+                    why: cat!("the same range as sources[", first, "]"),
                 });
                 Sources::default()
             }
@@ -599,8 +600,8 @@ impl<'r> Compiler<'r> {
             for (field, text) in [("description", &g.description), ("owner", &g.owner)] {
                 if let Some(text) = text.as_ref().filter(|t| t.len() > MAX_GROUP_TEXT) {
                     self.errors.push(TableError::Invalid {
-                        field: format!("groups.{name}.{field}"),
-                        why: format!("{} bytes, at most {MAX_GROUP_TEXT}", text.len()),
+                        field: cat!("groups.", name, ".", field),
+                        why: cat!(text.len(), " bytes, at most ", MAX_GROUP_TEXT),
                     });
                 }
             }
@@ -853,7 +854,7 @@ impl HostIndex {
     /// The first slot to look at for `host`.
     fn start(&self, host: &[u8]) -> usize {
         use core::hash::BuildHasher;
-        rustc_hash::FxBuildHasher.hash_one(host) as usize & (self.slots.len().wrapping_sub(1))
+        crate::fx::FxBuildHasher.hash_one(host) as usize & (self.slots.len().wrapping_sub(1))
     }
 
     fn find(&self, text: &str, host: &[u8]) -> Option<ServiceId> {
@@ -896,7 +897,8 @@ impl Compiler<'_> {
             } else {
                 continue;
             };
-            self.errors.push(TableError::Invalid { field: format!("services.{service}.ports[{i}]"), why: why.into() });
+            self.errors
+                .push(TableError::Invalid { field: cat!("services.", service, ".ports[", i, "]"), why: why.into() });
         }
     }
 }
@@ -1054,7 +1056,7 @@ fn cycle_text<'a>(path: impl Iterator<Item = &'a str>, len: usize, start: &str) 
         text.push_str(" -> ");
     }
     if len > CYCLE_SHOWN {
-        text.push_str(&format!("… ({} more) -> ", len - CYCLE_SHOWN));
+        cat_to!(&mut text; "… (", len - CYCLE_SHOWN, " more) -> ");
     }
     text.push_str(start);
     text

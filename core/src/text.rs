@@ -1,10 +1,153 @@
 //! Small text helpers that keep generic std code out of the wasm: one
 //! integer parser instead of `str::parse` per integer type, one byte join
 //! instead of `[T]::join` per element type, a lossy UTF-8 conversion
-//! without `Utf8Chunks`.
+//! without `Utf8Chunks`, and messages built by `cat!` from `Piece`s instead
+//! of `format!`: `core::fmt` (its writer, padding, integer and `Debug` code,
+//! an argument table per call site) costs the wasm kilobytes.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
+
+/// One part of a message: appends itself to `out` as `Display` would.
+pub trait Piece {
+    fn push_to(&self, out: &mut String);
+}
+
+impl Piece for str {
+    fn push_to(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
+
+impl Piece for String {
+    fn push_to(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
+
+impl Piece for char {
+    fn push_to(&self, out: &mut String) {
+        out.push(*self);
+    }
+}
+
+impl Piece for u64 {
+    fn push_to(&self, out: &mut String) {
+        crate::json::push_u64(out, *self);
+    }
+}
+
+/// Every integer through the one `u64` writer.
+macro_rules! integer_pieces {
+    ($($t:ty),*) => {$(
+        impl Piece for $t {
+            fn push_to(&self, out: &mut String) {
+                crate::json::push_u64(out, *self as u64);
+            }
+        }
+    )*};
+}
+integer_pieces!(usize, u32, u16, u8);
+
+impl<T: Piece + ?Sized> Piece for &T {
+    fn push_to(&self, out: &mut String) {
+        (**self).push_to(out);
+    }
+}
+
+impl Piece for crate::json::Quoted<'_> {
+    fn push_to(&self, out: &mut String) {
+        crate::json::push_quoted(out, self.0);
+    }
+}
+
+/// A number in lower-case hexadecimal, zero-padded to at least `width`
+/// digits (`{:x}` is width 1, `{:016x}` width 16).
+#[derive(Debug, Clone, Copy)]
+pub struct Hex {
+    pub value: u64,
+    pub width: usize,
+}
+
+impl Piece for Hex {
+    fn push_to(&self, out: &mut String) {
+        let mut digits = [b'0'; 16];
+        let mut n = self.value;
+        let mut used = 0;
+        while n != 0 || used == 0 {
+            used += 1;
+            digits[16 - used] = b"0123456789abcdef"[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        for _ in used..self.width {
+            out.push('0');
+        }
+        for &d in digits.iter().skip(16 - used) {
+            out.push(char::from(d));
+        }
+    }
+}
+
+/// `template` with each NUL byte replaced by the next piece, as `cat!`
+/// builds it: the literal text stays one static string, as in `format!`.
+pub fn fill(template: &str, pieces: &[&dyn Piece]) -> String {
+    // At least the literal text: one allocation for most messages.
+    let mut out = String::with_capacity(template.len() + 8 * pieces.len());
+    fill_to(&mut out, template, pieces);
+    out
+}
+
+/// Appends `template` with each NUL byte replaced by the next piece.
+pub fn fill_to(out: &mut String, template: &str, pieces: &[&dyn Piece]) {
+    let mut pieces = pieces.iter();
+    for (i, part) in template.split('\0').enumerate() {
+        if i > 0 {
+            if let Some(piece) = pieces.next() {
+                piece.push_to(out);
+            }
+        }
+        out.push_str(part);
+    }
+}
+
+/// A piece's text (`to_string` without `core::fmt`).
+pub fn text_of(piece: &dyn Piece) -> String {
+    fill("\0", &[piece])
+}
+
+/// `format!` without `core::fmt`: `cat!("groups.", name, ": ", Quoted(v))`
+/// is `format!("groups.{name}: {}", Quoted(v))`. String literals join into
+/// one template (so they must not hold a NUL, the template's mark for a
+/// piece); every other argument is a `Piece`.
+#[macro_export]
+macro_rules! cat {
+    ($($arg:tt)*) => { $crate::cat_parts!(@fill [] [] $($arg)*) };
+}
+
+/// `write!` into a `String` without `core::fmt`: `cat_to!(out; "a", n)`.
+#[macro_export]
+macro_rules! cat_to {
+    ($out:expr; $($arg:tt)*) => { $crate::cat_parts!(@fill_to($out) [] [] $($arg)*) };
+}
+
+/// `cat!`'s parser: string literals go to the template, anything else
+/// becomes a NUL in the template and a piece.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! cat_parts {
+    (@$how:tt$(($out:expr))? [$($t:tt)*] [$($p:expr),*] $lit:literal $(, $($rest:tt)*)?) => {
+        $crate::cat_parts!(@$how$(($out))? [$($t)* $lit,] [$($p),*] $($($rest)*)?)
+    };
+    (@$how:tt$(($out:expr))? [$($t:tt)*] [$($p:expr),*] $piece:expr $(, $($rest:tt)*)?) => {
+        $crate::cat_parts!(@$how$(($out))? [$($t)* "\0",] [$($p,)* $piece] $($($rest)*)?)
+    };
+    (@fill [$($t:tt)*] [$($p:expr),*]) => {
+        $crate::text::fill(::core::concat!($($t)*), &[$(&$p as &dyn $crate::text::Piece),*])
+    };
+    (@fill_to($out:expr) [$($t:tt)*] [$($p:expr),*]) => {
+        $crate::text::fill_to($out, ::core::concat!($($t)*), &[$(&$p as &dyn $crate::text::Piece),*])
+    };
+}
 
 /// A decimal `u64` as `str::parse::<u64>` reads it: an optional `+`, then
 /// at least one ASCII digit, nothing else; `None` on overflow.
@@ -85,6 +228,42 @@ mod tests {
         ];
         for text in cases {
             assert_eq!(parse_u64(text.as_bytes()), text.parse::<u64>().ok(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn pieces_read_as_display_does() {
+        let quoted = crate::json::Quoted("a\"b");
+        let cases: &[(String, String)] = &[
+            (cat!(), String::new()),
+            (cat!("groups.", "team-a", ": x"), "groups.team-a: x".to_owned()),
+            (cat!(String::from("s"), 'c', 0u8), "sc0".to_owned()),
+            (
+                cat!(u64::MAX, " ", usize::MAX, " ", u32::MAX, " ", u16::MAX),
+                format!("{} {} {} {}", u64::MAX, usize::MAX, u32::MAX, u16::MAX),
+            ),
+            (cat!(quoted), format!("{quoted}")),
+            (cat!(&&"ref"), "ref".to_owned()),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+        // A piece's own NUL stays: only the template (the literals) is split.
+        let nul = "a\0b";
+        assert_eq!(cat!("[", nul, "]", String::from("\0"), 1u8), "[a\0b]\x001");
+        let mut out = String::from("a");
+        cat_to!(&mut out; "b", 7u32);
+        assert_eq!(out, "ab7");
+        assert_eq!(text_of(&42u64), "42");
+    }
+
+    #[test]
+    fn hex_reads_as_lower_hex() {
+        for value in [0, 1, 0xf, 0x10, 0xdead_beef, u64::MAX] {
+            for width in [0, 1, 4, 16, 20] {
+                let want = format!("{value:0width$x}");
+                assert_eq!(cat!(Hex { value, width }), want, "{value} width {width}");
+            }
         }
     }
 
