@@ -7,24 +7,48 @@
 // benchmark measures that. Time per request is the minimum over interleaved
 // repeats, which a busy machine inflates least.
 //
-// usage: node bench/wasm_micro.mjs NAME=WASM[@PLUGIN_CONFIG_JSON] ... [--requests N] [--repeats R]
-// (BENCHMARKS.md, "Envoy load benchmark", has the command line of the recorded run).
+// usage: node bench/wasm_micro.mjs [NAME=WASM[@PLUGIN_CONFIG_JSON] ...] [--requests N] [--repeats R]
+//        [--host-copies inline|alloc|both]
+// Without arms: the standard set (noop, probe, and isogroup's lean, lean + target header,
+// lean + annotation and default configs, as in bench/envoy/isogroup.yaml and bench/one_envoy.py).
+// --host-copies: how the host copies a written header's name and value. `inline` (default) copies
+// into a preallocated buffer, as Envoy's HeaderString does into its inline storage (128 bytes, no
+// heap allocation for short values); `alloc` makes two fresh ArrayBuffers per write (this harness
+// before); `both` runs every arm both ways, interleaved.
+// (BENCHMARKS.md, "Per request after the filter's own ABI layer", has the recorded runs.)
 
 import { readFileSync } from "node:fs";
+
+function parseArm(arg) {
+  const [name, rest] = arg.split(/=(.*)/s);
+  const at = rest.indexOf("@");
+  return { name, path: at < 0 ? rest : rest.slice(0, at), config: at < 0 ? "{}" : rest.slice(at + 1) };
+}
 
 const args = process.argv.slice(2);
 let requests = 100000;
 let repeats = 9;
+let copies = "inline";
 const arms = [];
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--requests") requests = Number(args[++i]);
   else if (args[i] === "--repeats") repeats = Number(args[++i]);
-  else {
-    const [name, rest] = args[i].split(/=(.*)/s);
-    const at = rest.indexOf("@");
-    arms.push({ name, path: at < 0 ? rest : rest.slice(0, at), config: at < 0 ? "{}" : rest.slice(at + 1) });
-  }
+  else if (args[i] === "--host-copies") copies = args[++i];
+  else arms.push(parseArm(args[i]));
 }
+if (!["inline", "alloc", "both"].includes(copies)) throw new Error(`--host-copies: inline, alloc or both, not ${copies}`);
+if (arms.length === 0) {
+  const table = { groups: { f1: {} }, services: { svc: { hosts: ["svc"], clusters: { base: "svc-base", f1: "svc-f1" } } } };
+  const iso = (settings) => `target/isogroup.wasm@${JSON.stringify({ ...settings, table: { inline: table } })}`;
+  for (const a of [
+    "noop=target/bench-noop.wasm", "probe=target/bench-probe.wasm",
+    `lean=${iso({ annotate_response: false, target_header: null })}`,
+    `lean+target=${iso({ annotate_response: false })}`,
+    `lean+annotation=${iso({ annotate_response: true, target_header: null })}`,
+    `default=${iso({ annotate_response: true })}`,
+  ]) arms.push(parseArm(a));
+}
+const modes = copies === "both" ? ["inline", "alloc"] : [copies];
 
 // What oha sends in the benchmark (x-isogroup: f1 to host svc), as Envoy hands it over.
 const REQUEST = [
@@ -56,10 +80,13 @@ function serialise(pairs) {
   return buf;
 }
 
-function load({ name, path, config }) {
+function load({ name, path, config }, mode) {
   let ex;
   let view;
+  let bytes;
   const mem = () => (view?.buffer === ex.memory.buffer ? view : (view = new DataView(ex.memory.buffer)));
+  // A byte view over the memory, re-made only when the memory grew (its buffer changes then).
+  const u8 = () => (bytes?.buffer === ex.memory.buffer ? bytes : (bytes = new Uint8Array(ex.memory.buffer)));
   const give = (bytes, ptrPtr, sizePtr) => {
     const p = ex.proxy_on_memory_allocate(bytes.length);
     new Uint8Array(ex.memory.buffer, p, bytes.length).set(bytes);
@@ -67,7 +94,15 @@ function load({ name, path, config }) {
     mem().setUint32(sizePtr, bytes.length, true);
     return 0;
   };
-  const read = (p, n) => new Uint8Array(ex.memory.buffer, p, n).slice();
+  // Envoy copies a written name and value into its HeaderString, inline up to 128 bytes.
+  const inline = new Uint8Array(128);
+  const copyOut = (p, n) => {
+    const m = u8();
+    const dst = n <= inline.length ? inline : new Uint8Array(n);
+    for (let i = 0; i < n; i++) dst[i] = m[p + i];
+    return dst;
+  };
+  const read = mode === "alloc" ? (p, n) => new Uint8Array(ex.memory.buffer, p, n).slice() : copyOut;
   const maps = { 0: serialise(REQUEST), 2: serialise(RESPONSE) };
   const counts = { writes: 0 };
   const env = {
@@ -120,10 +155,10 @@ function load({ name, path, config }) {
   };
   const exported = ["proxy_on_response_headers", "proxy_on_response_body", "proxy_on_done", "proxy_on_log"]
     .filter((n) => ex[n]).map((n) => n.replace("proxy_on_", "")).join(" ");
-  return { name, one, counts, exported };
+  return { name, mode, one, counts, exported };
 }
 
-const loaded = arms.map(load);
+const loaded = modes.flatMap((m) => arms.map((a) => load(modes.length > 1 ? { ...a, name: `${a.name} (${m})` } : a, m)));
 for (const a of loaded) for (let i = 0; i < 20000; i++) a.one(); // warm-up: V8 tiers up
 const ns = Object.fromEntries(loaded.map((a) => [a.name, []]));
 for (let r = 0; r < repeats; r++) {
@@ -133,11 +168,13 @@ for (let r = 0; r < repeats; r++) {
     ns[a.name].push(Number(process.hrtime.bigint() - t0) / requests);
   }
 }
-const base = Math.min(...ns[loaded[0].name]);
-console.log(`| module | ns/request (min of ${repeats}) | median | over ${loaded[0].name} | header writes/request | callbacks exported |`);
+// "over": over the first arm in the same host-copies mode.
+const base = Object.fromEntries(modes.map((m) => [m, Math.min(...ns[loaded.find((a) => a.mode === m).name])]));
+console.log(`host copies: ${copies}; ${requests} requests x ${repeats} repeats`);
+console.log(`| module | ns/request (min of ${repeats}) | median | over ${arms[0].name} | header writes/request | callbacks exported |`);
 console.log("|---|---|---|---|---|---|");
 for (const a of loaded) {
   const v = ns[a.name].slice().sort((x, y) => x - y);
   const writes = a.counts.writes / (20000 + repeats * requests);
-  console.log(`| ${a.name} | ${v[0].toFixed(0)} | ${v[v.length >> 1].toFixed(0)} | ${(v[0] - base).toFixed(0)} | ${writes.toFixed(1)} | ${a.exported} |`);
+  console.log(`| ${a.name} | ${v[0].toFixed(0)} | ${v[v.length >> 1].toFixed(0)} | ${(v[0] - base[a.mode]).toFixed(0)} | ${writes.toFixed(1)} | ${a.exported} |`);
 }
