@@ -11,10 +11,13 @@
 //        [--host-copies inline|alloc|both]
 // Without arms: the standard set (noop, probe, and isogroup's lean, lean + target header,
 // lean + annotation and default configs, as in bench/envoy/isogroup.yaml and bench/one_envoy.py).
-// --host-copies: how the host copies a written header's name and value. `inline` (default) copies
-// into a preallocated buffer, as Envoy's HeaderString does into its inline storage (128 bytes, no
-// heap allocation for short values); `alloc` makes two fresh ArrayBuffers per write (this harness
-// before); `both` runs every arm both ways, interleaved.
+// --host-copies: how the host copies bytes in and out of the module. `inline` (default) copies a
+// written header's name and value into a preallocated buffer, as Envoy's HeaderString does into
+// its inline storage (128 bytes, no heap allocation for short values), through views over the
+// memory kept until it grows; `alloc` (this harness before) makes two fresh ArrayBuffers per
+// write and a view per access; `both` runs every arm both ways, interleaved.
+// --clock cpu|wall (default wall): time a repeat by the process's CPU time or by the wall clock;
+// CPU time leaves out the time other processes on a busy machine hold the core.
 // (BENCHMARKS.md, "Per request after the filter's own ABI layer", has the recorded runs.)
 
 import { readFileSync } from "node:fs";
@@ -29,11 +32,13 @@ const args = process.argv.slice(2);
 let requests = 100000;
 let repeats = 9;
 let copies = "inline";
+let clock = "wall";
 const arms = [];
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--requests") requests = Number(args[++i]);
   else if (args[i] === "--repeats") repeats = Number(args[++i]);
   else if (args[i] === "--host-copies") copies = args[++i];
+  else if (args[i] === "--clock") clock = args[++i];
   else arms.push(parseArm(args[i]));
 }
 if (!["inline", "alloc", "both"].includes(copies)) throw new Error(`--host-copies: inline, alloc or both, not ${copies}`);
@@ -84,14 +89,26 @@ function load({ name, path, config }, mode) {
   let ex;
   let view;
   let bytes;
-  const mem = () => (view?.buffer === ex.memory.buffer ? view : (view = new DataView(ex.memory.buffer)));
-  // A byte view over the memory, re-made only when the memory grew (its buffer changes then).
-  const u8 = () => (bytes?.buffer === ex.memory.buffer ? bytes : (bytes = new Uint8Array(ex.memory.buffer)));
-  const give = (bytes, ptrPtr, sizePtr) => {
-    const p = ex.proxy_on_memory_allocate(bytes.length);
-    new Uint8Array(ex.memory.buffer, p, bytes.length).set(bytes);
+  // Views over the memory. `alloc` (this harness before) asks the Memory for its buffer at every
+  // access (an accessor call into V8's C++, tens of ns) and makes a view per copy; `inline` keeps
+  // one DataView and one byte view and re-makes them only when the memory grew (growing detaches
+  // the old buffer: its views then read length 0), as Envoy keeps the memory's base address.
+  const cached = () => {
+    if (bytes === undefined || bytes.byteLength === 0) {
+      view = new DataView(ex.memory.buffer);
+      bytes = new Uint8Array(ex.memory.buffer);
+    }
+  };
+  const mem = mode === "alloc"
+    ? () => (view?.buffer === ex.memory.buffer ? view : (view = new DataView(ex.memory.buffer)))
+    : () => (cached(), view);
+  const u8 = () => (cached(), bytes);
+  const give = (data, ptrPtr, sizePtr) => {
+    const p = ex.proxy_on_memory_allocate(data.length); // may grow the memory
+    if (mode === "alloc") new Uint8Array(ex.memory.buffer, p, data.length).set(data);
+    else u8().set(data, p);
     mem().setUint32(ptrPtr, p, true);
-    mem().setUint32(sizePtr, bytes.length, true);
+    mem().setUint32(sizePtr, data.length, true);
     return 0;
   };
   // Envoy copies a written name and value into its HeaderString, inline up to 128 bytes.
@@ -163,14 +180,21 @@ for (const a of loaded) for (let i = 0; i < 20000; i++) a.one(); // warm-up: V8 
 const ns = Object.fromEntries(loaded.map((a) => [a.name, []]));
 for (let r = 0; r < repeats; r++) {
   for (const a of loaded) {
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < requests; i++) a.one();
-    ns[a.name].push(Number(process.hrtime.bigint() - t0) / requests);
+    if (clock === "cpu") {
+      const c0 = process.cpuUsage();
+      for (let i = 0; i < requests; i++) a.one();
+      const c = process.cpuUsage(c0);
+      ns[a.name].push(((c.user + c.system) * 1000) / requests);
+    } else {
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < requests; i++) a.one();
+      ns[a.name].push(Number(process.hrtime.bigint() - t0) / requests);
+    }
   }
 }
 // "over": over the first arm in the same host-copies mode.
 const base = Object.fromEntries(modes.map((m) => [m, Math.min(...ns[loaded.find((a) => a.mode === m).name])]));
-console.log(`host copies: ${copies}; ${requests} requests x ${repeats} repeats`);
+console.log(`host copies: ${copies}; clock: ${clock}; ${requests} requests x ${repeats} repeats`);
 console.log(`| module | ns/request (min of ${repeats}) | median | over ${arms[0].name} | header writes/request | callbacks exported |`);
 console.log("|---|---|---|---|---|---|");
 for (const a of loaded) {
