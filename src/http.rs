@@ -14,7 +14,7 @@ use alloc::rc::Rc;
 
 use crate::proxy::{Action, Context, GrpcStatusCode, HttpContext, LogLevel};
 use isogroup_core::cidr;
-use isogroup_core::request::{self, Edit, LocalReply, Peer};
+use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::{Decision, Table};
 
 use crate::host::{Host, HostResult};
@@ -25,7 +25,8 @@ pub struct Request<H> {
     vm: Rc<Vm<H>>,
     /// The table in force when the request arrived.
     table: Option<Rc<Table>>,
-    served: Option<String>,
+    /// `x-isogroup-served`, written from `table` at response time.
+    served: Option<Served>,
     explanation: Option<String>,
     /// Untrusted edge peer: isogroup response headers do not go back to it.
     strip_annotations: bool,
@@ -175,12 +176,19 @@ impl<H: Host> HttpContext for Request<H> {
             }
             return Action::Continue;
         }
-        let annotations = [("x-isogroup-served", self.served.take()), ("x-isogroup-decision", self.explanation.take())];
-        for (name, value) in annotations {
-            if let Some(value) = value {
-                if let Err(e) = host.add_response_header(name, value.as_bytes()) {
-                    self.vm.log(LogLevel::Warn, &e.to_string());
-                }
+        if let (Some(served), Some(table)) = (self.served.take(), &self.table) {
+            let mut value = self.vm.scratch.take();
+            value.clear();
+            served.write(table, &mut value);
+            let written = host.add_response_header("x-isogroup-served", &value);
+            self.vm.scratch.set(value);
+            if let Err(e) = written {
+                self.vm.log(LogLevel::Warn, &e.to_string());
+            }
+        }
+        if let Some(explanation) = self.explanation.take() {
+            if let Err(e) = host.add_response_header("x-isogroup-decision", explanation.as_bytes()) {
+                self.vm.log(LogLevel::Warn, &e.to_string());
             }
         }
         Action::Continue

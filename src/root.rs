@@ -90,6 +90,7 @@ impl<H: Host> RootContext for Root<H> {
             id,
             clock_ms: Cell::new(now),
             configured_ms: now,
+            scratch: Cell::default(),
         });
         self.sync = Some(TableSync::start(source, &vm));
         let version = vm.table().map_or("none".to_owned(), |t| t.version().to_string());

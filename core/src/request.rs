@@ -14,7 +14,7 @@ use crate::decide::{decide, Decision, FailFast, RequestView};
 use crate::edge::{self, Edge, EdgeRequest, LANE_COOKIE};
 use crate::group::{self, GroupName, Lookup};
 use crate::join;
-use crate::table::{Limits, Table};
+use crate::table::{GroupId, Limits, ServiceId, Table};
 
 /// Where the request's group came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,13 +496,13 @@ impl<'h> Incoming<'h> {
         }
     }
 
-    /// The `x-isogroup-served` value to add to the response (SPEC step 6):
+    /// The `x-isogroup-served` annotation for the response (SPEC step 6):
     /// only for a routed request, with `annotate_response` on, to a peer
     /// that may see isogroup response headers.
-    pub fn served(&self, decision: Option<&Decision<'_>>, s: &Settings) -> Option<String> {
+    pub fn served(&self, decision: Option<&Decision<'_>>, s: &Settings) -> Option<Served> {
         match decision {
             Some(Decision::Route(r)) if s.annotate_response && self.trusted => {
-                Some(served_value(r.service, r.serving, r.fallback))
+                Some(Served { service: r.service_id, serving: r.serving_id, fallback: r.fallback })
             }
             _ => None,
         }
@@ -536,16 +536,26 @@ pub fn failfast_body(f: &FailFast<'_>) -> String {
     )
 }
 
-/// `x-isogroup-served` value: `<service>=<group>[;fallback]`.
-pub fn served_value(service: &str, serving: &str, fallback: bool) -> String {
-    let mut v = String::with_capacity(service.len() + serving.len() + 10);
-    v.push_str(service);
-    v.push('=');
-    v.push_str(serving);
-    if fallback {
-        v.push_str(";fallback");
+/// An `x-isogroup-served` annotation as ids in the table the request was
+/// decided against: kept until the response without a `String` per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    service: ServiceId,
+    serving: GroupId,
+    fallback: bool,
+}
+
+impl Served {
+    /// Appends the value, `<service>=<group>[;fallback]`, to `out`; `table`
+    /// is the one the request was decided against.
+    pub fn write(self, table: &Table, out: &mut Vec<u8>) {
+        out.extend_from_slice(table.service_name(self.service).as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(table.group_name(self.serving).as_bytes());
+        if self.fallback {
+            out.extend_from_slice(b";fallback");
+        }
     }
-    v
 }
 
 /// `x-isogroup-decision`: the steps in one line, for humans.
