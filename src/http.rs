@@ -17,7 +17,7 @@ use isogroup_core::cidr;
 use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::{Decision, Table};
 
-use crate::host::{Host, HostResult};
+use crate::host::{Host, HostError, HostResult};
 use crate::metrics::Counter;
 use crate::vm::Vm;
 
@@ -62,6 +62,17 @@ impl<H: Host> Request<H> {
             Ok(()) => Action::Continue,
             Err(e) => self.reset(&format!("cannot remove the routing headers ({e})")),
         }
+    }
+
+    /// A host call that failed where the request can go on: logged.
+    fn warn_if_failed(&self, result: HostResult<()>) {
+        if let Err(e) = result {
+            self.warn(e);
+        }
+    }
+
+    fn warn(&self, e: HostError) {
+        self.vm.log(LogLevel::Warn, &e.to_string());
     }
 
     /// Ends the stream without forwarding it.
@@ -110,7 +121,7 @@ impl<H: Host> HttpContext for Request<H> {
         let map = match self.vm.host.request_headers() {
             Ok(h) => h,
             Err(e) => {
-                self.vm.log(LogLevel::Warn, &e.to_string());
+                self.warn(e);
                 return self.sanitise_blind();
             }
         };
@@ -158,7 +169,7 @@ impl<H: Host> HttpContext for Request<H> {
                     // A routing header left as the client sent it could pick a cluster.
                     return self.reset(&format!("routing header {name} not written ({e})"));
                 }
-                self.vm.log(LogLevel::Warn, &e.to_string());
+                self.warn(e);
             }
         }
         self.served = incoming.served(decision.as_ref(), settings);
@@ -170,9 +181,7 @@ impl<H: Host> HttpContext for Request<H> {
         if self.strip_annotations {
             // Inner hops annotated too: remove theirs, add none.
             for name in ["x-isogroup-served", "x-isogroup-decision"] {
-                if let Err(e) = host.remove_response_header(name) {
-                    self.vm.log(LogLevel::Warn, &e.to_string());
-                }
+                self.warn_if_failed(host.remove_response_header(name));
             }
             return Action::Continue;
         }
@@ -182,14 +191,10 @@ impl<H: Host> HttpContext for Request<H> {
             served.write(table, &mut value);
             let written = host.add_response_header("x-isogroup-served", &value);
             self.vm.scratch.set(value);
-            if let Err(e) = written {
-                self.vm.log(LogLevel::Warn, &e.to_string());
-            }
+            self.warn_if_failed(written);
         }
         if let Some(explanation) = self.explanation.take() {
-            if let Err(e) = host.add_response_header("x-isogroup-decision", explanation.as_bytes()) {
-                self.vm.log(LogLevel::Warn, &e.to_string());
-            }
+            self.warn_if_failed(host.add_response_header("x-isogroup-decision", explanation.as_bytes()));
         }
         Action::Continue
     }
