@@ -160,17 +160,26 @@ impl<H: Host> HttpContext for Request<H> {
                 Err(e) => self.reset(&format!("fail-fast for {} not answered ({e})", reply.service)),
             };
         }
-        for edit in incoming.edits(decision.as_ref(), settings) {
+        // After a routing header fails, nothing more is written: the stream is reset.
+        let mut unwritten = None;
+        incoming.each_edit(decision.as_ref(), settings, |edit| {
+            if unwritten.is_some() {
+                return;
+            }
             if let Err(e) = self.apply(&edit) {
                 let name = match &edit {
                     Edit::Set(n, _) | Edit::Add(n, _) | Edit::Remove(n) => *n,
                 };
                 if name == settings.cluster_header || name == settings.target_header {
                     // A routing header left as the client sent it could pick a cluster.
-                    return self.reset(&format!("routing header {name} not written ({e})"));
+                    unwritten = Some((name, e));
+                } else {
+                    self.warn(e);
                 }
-                self.warn(e);
             }
+        });
+        if let Some((name, e)) = unwritten {
+            return self.reset(&format!("routing header {name} not written ({e})"));
         }
         self.served = incoming.served(decision.as_ref(), settings);
         Action::Continue

@@ -124,7 +124,7 @@ enum BaggageStrip {
 
 /// A change to the request headers, in order. Names and the routing values
 /// are borrowed (from the settings and the table): the common route case
-/// allocates nothing but the list.
+/// allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit<'a> {
     Set(&'a str, Cow<'a, [u8]>),
@@ -406,6 +406,13 @@ impl<'h> Incoming<'h> {
     /// The header edits for `decision` (or for no table: `None`), in order.
     pub fn edits<'a>(&self, decision: Option<&Decision<'a>>, s: &'a Settings) -> Vec<Edit<'a>> {
         let mut edits = Vec::new();
+        self.each_edit(decision, s, |e| edits.push(e));
+        edits
+    }
+
+    /// `edits`, each handed to `apply` as it is made: the filter applies
+    /// them without a list per request.
+    pub fn each_edit<'a>(&self, decision: Option<&Decision<'a>>, s: &'a Settings, mut apply: impl FnMut(Edit<'a>)) {
         let inject = self.group.filter(|_| self.source.injected());
         // Setting replaces every value, so a strip followed by a set is one call.
         let set_group = match (self.source, self.group) {
@@ -414,13 +421,13 @@ impl<'h> Incoming<'h> {
             _ => None,
         };
         match set_group {
-            Some(g) => edits.push(Edit::Set(&s.group_header, Cow::Owned(g.as_str().into()))),
-            None if self.strip_group_header => edits.push(Edit::Remove(&s.group_header)),
+            Some(g) => apply(Edit::Set(&s.group_header, Cow::Owned(g.as_str().into()))),
+            None if self.strip_group_header => apply(Edit::Remove(&s.group_header)),
             None => {}
         }
-        self.baggage_edits(inject, s, &mut edits);
+        self.baggage_edits(inject, s, &mut apply);
         if self.strip_cookie || self.strip_lane_cookie {
-            edits.push(Edit::Remove("cookie"));
+            apply(Edit::Remove("cookie"));
             for c in &self.cookies {
                 let mut kept = Some(Cow::Borrowed(*c));
                 for (strip, name) in [(self.strip_cookie, s.cookie.as_str()), (self.strip_lane_cookie, LANE_COOKIE)] {
@@ -429,41 +436,40 @@ impl<'h> Incoming<'h> {
                     }
                 }
                 if let Some(k) = kept {
-                    edits.push(Edit::Add("cookie", Cow::Owned(k.into_owned())));
+                    apply(Edit::Add("cookie", Cow::Owned(k.into_owned())));
                 }
             }
         }
         if self.strip_strict {
-            edits.push(Edit::Remove(&s.strict_header));
+            apply(Edit::Remove(&s.strict_header));
         }
         match decision {
             Some(Decision::Route(r)) => {
                 // A header not written is still sanitised.
                 if s.write_cluster_header {
-                    edits.push(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
+                    apply(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
                 } else if self.has_cluster_header {
-                    edits.push(Edit::Remove(&s.cluster_header));
+                    apply(Edit::Remove(&s.cluster_header));
                 }
                 if s.write_target_header {
-                    edits.push(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
+                    apply(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
                 } else if self.has_target_header {
-                    edits.push(Edit::Remove(&s.target_header));
+                    apply(Edit::Remove(&s.target_header));
                 }
             }
             _ => {
                 // Sanitise: a client never picks a cluster.
                 if self.has_cluster_header {
-                    edits.push(Edit::Remove(&s.cluster_header));
+                    apply(Edit::Remove(&s.cluster_header));
                 }
                 if self.has_target_header {
-                    edits.push(Edit::Remove(&s.target_header));
+                    apply(Edit::Remove(&s.target_header));
                 }
             }
         }
-        edits
     }
 
-    fn baggage_edits<'a>(&self, inject: Option<GroupName>, s: &'a Settings, edits: &mut Vec<Edit<'a>>) {
+    fn baggage_edits<'a>(&self, inject: Option<GroupName>, s: &'a Settings, apply: &mut impl FnMut(Edit<'a>)) {
         let Some(key) = &s.baggage_key else { return };
         let stamp = inject.filter(|_| s.inject_baggage);
         if stamp.is_none() && self.baggage_strip == BaggageStrip::None {
@@ -487,11 +493,13 @@ impl<'h> Incoming<'h> {
             Some(g) => {
                 let joined = crate::text::join_bytes(&kept, b",");
                 let current = (!joined.is_empty()).then_some(joined.as_slice());
-                edits.push(Edit::Set("baggage", Cow::Owned(group::baggage_with(current, key, g.as_str()))));
+                apply(Edit::Set("baggage", Cow::Owned(group::baggage_with(current, key, g.as_str()))));
             }
             None => {
-                edits.push(Edit::Remove("baggage"));
-                edits.extend(kept.into_iter().map(|v| Edit::Add("baggage", Cow::Owned(v))));
+                apply(Edit::Remove("baggage"));
+                for v in kept {
+                    apply(Edit::Add("baggage", Cow::Owned(v)));
+                }
             }
         }
     }
