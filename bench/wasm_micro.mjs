@@ -18,9 +18,15 @@
 // write and a view per access; `both` runs every arm both ways, interleaved.
 // --clock cpu|wall (default wall): time a repeat by the process's CPU time or by the wall clock;
 // CPU time leaves out the time other processes on a busy machine hold the core.
+// --runs K (default 1): K fresh Node processes one after another (each arm's minimum differs
+// from process to process by more than within one: code placement, JIT and GC state); the table
+// then has the median of the per-run minimums, their range, and differences paired per run.
+// --over A,B (default: the first arm): a column per reference arm, "over A" = arm - A (in the
+// same host-copies mode; paired per run, their median, with --runs).
 // (BENCHMARKS.md, "Per request after the filter's own ABI layer", has the recorded runs.)
 
 import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 
 function parseArm(arg) {
   const [name, rest] = arg.split(/=(.*)/s);
@@ -33,12 +39,20 @@ let requests = 100000;
 let repeats = 9;
 let copies = "inline";
 let clock = "wall";
+let runs = 1;
+let over = null;
+let emitJson = false;
+const childArgs = [];
 const arms = [];
 for (let i = 0; i < args.length; i++) {
-  if (args[i] === "--requests") requests = Number(args[++i]);
-  else if (args[i] === "--repeats") repeats = Number(args[++i]);
-  else if (args[i] === "--host-copies") copies = args[++i];
-  else if (args[i] === "--clock") clock = args[++i];
+  if (args[i] === "--runs") { runs = Number(args[++i]); continue; }
+  if (args[i] === "--over") { over = args[++i].split(","); continue; }
+  if (args[i] === "--emit-json") { emitJson = true; continue; }
+  childArgs.push(args[i]);
+  if (args[i] === "--requests") childArgs.push((requests = Number(args[++i])));
+  else if (args[i] === "--repeats") childArgs.push((repeats = Number(args[++i])));
+  else if (args[i] === "--host-copies") childArgs.push((copies = args[++i]));
+  else if (args[i] === "--clock") childArgs.push((clock = args[++i]));
   else arms.push(parseArm(args[i]));
 }
 if (!["inline", "alloc", "both"].includes(copies)) throw new Error(`--host-copies: inline, alloc or both, not ${copies}`);
@@ -54,6 +68,8 @@ if (arms.length === 0) {
   ]) arms.push(parseArm(a));
 }
 const modes = copies === "both" ? ["inline", "alloc"] : [copies];
+over ??= [arms[0].name];
+const label = (name, mode) => (modes.length > 1 ? `${name} (${mode})` : name);
 
 // What oha sends in the benchmark (x-isogroup: f1 to host svc), as Envoy hands it over.
 const REQUEST = [
@@ -175,30 +191,70 @@ function load({ name, path, config }, mode) {
   return { name, mode, one, counts, exported };
 }
 
-const loaded = modes.flatMap((m) => arms.map((a) => load(modes.length > 1 ? { ...a, name: `${a.name} (${m})` } : a, m)));
-for (const a of loaded) for (let i = 0; i < 20000; i++) a.one(); // warm-up: V8 tiers up
-const ns = Object.fromEntries(loaded.map((a) => [a.name, []]));
-for (let r = 0; r < repeats; r++) {
-  for (const a of loaded) {
-    if (clock === "cpu") {
-      const c0 = process.cpuUsage();
-      for (let i = 0; i < requests; i++) a.one();
-      const c = process.cpuUsage(c0);
-      ns[a.name].push(((c.user + c.system) * 1000) / requests);
-    } else {
-      const t0 = process.hrtime.bigint();
-      for (let i = 0; i < requests; i++) a.one();
-      ns[a.name].push(Number(process.hrtime.bigint() - t0) / requests);
+// One run in this process: per arm its minimum and median ns/request.
+function measure() {
+  const loaded = modes.flatMap((m) => arms.map((a) => load({ ...a, name: label(a.name, m) }, m)));
+  for (const a of loaded) for (let i = 0; i < 20000; i++) a.one(); // warm-up: V8 tiers up
+  const ns = Object.fromEntries(loaded.map((a) => [a.name, []]));
+  for (let r = 0; r < repeats; r++) {
+    for (const a of loaded) {
+      if (clock === "cpu") {
+        const c0 = process.cpuUsage();
+        for (let i = 0; i < requests; i++) a.one();
+        const c = process.cpuUsage(c0);
+        ns[a.name].push(((c.user + c.system) * 1000) / requests);
+      } else {
+        const t0 = process.hrtime.bigint();
+        for (let i = 0; i < requests; i++) a.one();
+        ns[a.name].push(Number(process.hrtime.bigint() - t0) / requests);
+      }
     }
   }
+  return loaded.map((a) => {
+    const v = ns[a.name].slice().sort((x, y) => x - y);
+    const writes = a.counts.writes / (20000 + repeats * requests);
+    return { name: a.name, mode: a.mode, min: v[0], median: v[v.length >> 1], writes, exported: a.exported };
+  });
 }
-// "over": over the first arm in the same host-copies mode.
-const base = Object.fromEntries(modes.map((m) => [m, Math.min(...ns[loaded.find((a) => a.mode === m).name])]));
-console.log(`host copies: ${copies}; clock: ${clock}; ${requests} requests x ${repeats} repeats`);
-console.log(`| module | ns/request (min of ${repeats}) | median | over ${arms[0].name} | header writes/request | callbacks exported |`);
-console.log("|---|---|---|---|---|---|");
-for (const a of loaded) {
-  const v = ns[a.name].slice().sort((x, y) => x - y);
-  const writes = a.counts.writes / (20000 + repeats * requests);
-  console.log(`| ${a.name} | ${v[0].toFixed(0)} | ${v[v.length >> 1].toFixed(0)} | ${(v[0] - base[a.mode]).toFixed(0)} | ${writes.toFixed(1)} | ${a.exported} |`);
+
+const median = (v) => {
+  const s = v.slice().sort((x, y) => x - y);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+if (emitJson) {
+  console.log(JSON.stringify(measure()));
+} else {
+  const results = [];
+  for (let r = 0; r < runs; r++) {
+    if (runs === 1) {
+      results.push(measure());
+      break;
+    }
+    const child = spawnSync(process.execPath, [process.argv[1], ...childArgs, "--emit-json"], { encoding: "utf8" });
+    if (child.status !== 0) throw new Error(`run ${r + 1} failed: ${child.stderr}`);
+    results.push(JSON.parse(child.stdout));
+  }
+  const first = results[0];
+  const minOf = (run, name) => run.find((a) => a.name === name).min;
+  console.log(`host copies: ${copies}; clock: ${clock}; ${requests} requests x ${repeats} repeats` +
+    (runs > 1 ? `; ${runs} runs (fresh processes)` : ""));
+  const cols = runs > 1
+    ? ["module", `ns/request (median of ${runs} runs' min of ${repeats})`, "range of the runs' min"]
+    : ["module", `ns/request (min of ${repeats})`, "median"];
+  const refs = over.map((o) => `over ${o}${runs > 1 ? " (paired)" : ""}`);
+  console.log(`| ${[...cols, ...refs, "header writes/request", "callbacks exported"].join(" | ")} |`);
+  console.log(`|${"---|".repeat(cols.length + refs.length + 2)}`);
+  for (const a of first) {
+    const mins = results.map((run) => minOf(run, a.name));
+    const lead = runs > 1
+      ? [median(mins).toFixed(0), `${Math.min(...mins).toFixed(0)}–${Math.max(...mins).toFixed(0)}`]
+      : [a.min.toFixed(0), a.median.toFixed(0)];
+    const diffs = over.map((o) => {
+      const ref = label(o, a.mode);
+      if (!first.some((b) => b.name === ref)) return "-";
+      return median(results.map((run) => minOf(run, a.name) - minOf(run, ref))).toFixed(0);
+    });
+    console.log(`| ${[a.name, ...lead, ...diffs, a.writes.toFixed(1), a.exported].join(" | ")} |`);
+  }
 }
