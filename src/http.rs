@@ -14,11 +14,11 @@ use alloc::rc::Rc;
 
 use crate::proxy::{Action, Context, GrpcStatusCode, HttpContext, LogLevel};
 use isogroup_core::cidr;
-use isogroup_core::request::{self, Edit, LocalReply, Peer};
+use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::text::text_of;
 use isogroup_core::{cat, Decision, Table};
 
-use crate::host::{Host, HostResult};
+use crate::host::{Host, HostError, HostResult};
 use crate::metrics::Counter;
 use crate::vm::Vm;
 
@@ -26,7 +26,8 @@ pub struct Request<H> {
     vm: Rc<Vm<H>>,
     /// The table in force when the request arrived.
     table: Option<Rc<Table>>,
-    served: Option<String>,
+    /// `x-isogroup-served`, written from `table` at response time.
+    served: Option<Served>,
     explanation: Option<String>,
     /// Untrusted edge peer: isogroup response headers do not go back to it.
     strip_annotations: bool,
@@ -62,6 +63,17 @@ impl<H: Host> Request<H> {
             Ok(()) => Action::Continue,
             Err(e) => self.reset(&cat!("cannot remove the routing headers (", e, ")")),
         }
+    }
+
+    /// A host call that failed where the request can go on: logged.
+    fn warn_if_failed(&self, result: HostResult<()>) {
+        if let Err(e) = result {
+            self.warn(e);
+        }
+    }
+
+    fn warn(&self, e: HostError) {
+        self.vm.log(LogLevel::Warn, &text_of(&e));
     }
 
     /// Ends the stream without forwarding it.
@@ -110,7 +122,7 @@ impl<H: Host> HttpContext for Request<H> {
         let map = match self.vm.host.request_headers() {
             Ok(h) => h,
             Err(e) => {
-                self.vm.log(LogLevel::Warn, &text_of(&e));
+                self.warn(e);
                 return self.sanitise_blind();
             }
         };
@@ -149,17 +161,26 @@ impl<H: Host> HttpContext for Request<H> {
                 Err(e) => self.reset(&cat!("fail-fast for ", reply.service, " not answered (", e, ")")),
             };
         }
-        for edit in incoming.edits(decision.as_ref(), settings) {
+        // After a routing header fails, nothing more is written: the stream is reset.
+        let mut unwritten = None;
+        incoming.each_edit(decision.as_ref(), settings, |edit| {
+            if unwritten.is_some() {
+                return;
+            }
             if let Err(e) = self.apply(&edit) {
                 let name = match &edit {
                     Edit::Set(n, _) | Edit::Add(n, _) | Edit::Remove(n) => *n,
                 };
                 if name == settings.cluster_header || name == settings.target_header {
                     // A routing header left as the client sent it could pick a cluster.
-                    return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
+                    unwritten = Some((name, e));
+                } else {
+                    self.warn(e);
                 }
-                self.vm.log(LogLevel::Warn, &text_of(&e));
             }
+        });
+        if let Some((name, e)) = unwritten {
+            return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
         }
         self.served = incoming.served(decision.as_ref(), settings);
         Action::Continue
@@ -170,19 +191,20 @@ impl<H: Host> HttpContext for Request<H> {
         if self.strip_annotations {
             // Inner hops annotated too: remove theirs, add none.
             for name in ["x-isogroup-served", "x-isogroup-decision"] {
-                if let Err(e) = host.remove_response_header(name) {
-                    self.vm.log(LogLevel::Warn, &text_of(&e));
-                }
+                self.warn_if_failed(host.remove_response_header(name));
             }
             return Action::Continue;
         }
-        let annotations = [("x-isogroup-served", self.served.take()), ("x-isogroup-decision", self.explanation.take())];
-        for (name, value) in annotations {
-            if let Some(value) = value {
-                if let Err(e) = host.add_response_header(name, value.as_bytes()) {
-                    self.vm.log(LogLevel::Warn, &text_of(&e));
-                }
-            }
+        if let (Some(served), Some(table)) = (self.served.take(), &self.table) {
+            let mut value = self.vm.scratch.take();
+            value.clear();
+            served.write(table, &mut value);
+            let written = host.add_response_header("x-isogroup-served", &value);
+            self.vm.scratch.set(value);
+            self.warn_if_failed(written);
+        }
+        if let Some(explanation) = self.explanation.take() {
+            self.warn_if_failed(host.add_response_header("x-isogroup-decision", explanation.as_bytes()));
         }
         Action::Continue
     }

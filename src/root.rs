@@ -91,6 +91,7 @@ impl<H: Host> RootContext for Root<H> {
             id,
             clock_ms: Cell::new(now),
             configured_ms: now,
+            scratch: Cell::default(),
         });
         self.sync = Some(TableSync::start(source, &vm));
         let version = vm.table().map_or("none".to_owned(), |t| text_of(&t.version()));

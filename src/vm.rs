@@ -27,6 +27,10 @@ pub struct Vm<H> {
     /// When this VM was configured: the table's age counts from here until
     /// the companion first answers.
     pub configured_ms: u64,
+    /// Where a response annotation's value is put together: one buffer per
+    /// VM, reused, instead of a `String` per request (taken and put back: a
+    /// `Cell` cannot be borrowed twice).
+    pub scratch: Cell<Vec<u8>>,
 }
 
 impl<H: Host> Vm<H> {

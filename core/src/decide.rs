@@ -6,7 +6,7 @@ use crate::prelude::*;
 
 use crate::authority::{self, MAX_HOST_LEN};
 use crate::group::strict_lists;
-use crate::table::{PortOf, ServiceId, Table};
+use crate::table::{GroupId, PortOf, ServiceId, Table};
 
 /// The plain request values the decision needs, already read from headers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,6 +40,10 @@ pub struct Route<'a> {
     pub cluster: &'a str,
     /// `serving != group`.
     pub fallback: bool,
+    /// `service` and `serving` as ids in the table: a request can keep them
+    /// (with its `Rc<Table>`) past the decision without copying the names.
+    pub service_id: ServiceId,
+    pub serving_id: GroupId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +145,16 @@ fn resolve<'a>(
                 return Decision::FailFast(FailFast { service: service_name, group: group_name, reason });
             }
         }
-        return route(service_name, group_name, table.group_name(g), cluster, fallback);
+        return Decision::Route(Route {
+            service: service_name,
+            group: group_name,
+            serving: table.group_name(g),
+            cluster,
+            fallback,
+            service_id: service,
+            serving_id: g,
+        });
     }
     // Unreachable for a validated table: every service has a base cluster.
     Decision::PassThrough
-}
-
-fn route<'a>(service: &'a str, group: &'a str, serving: &'a str, cluster: &'a str, fallback: bool) -> Decision<'a> {
-    Decision::Route(Route { service, group, serving, cluster, fallback })
 }

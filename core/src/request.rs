@@ -15,7 +15,7 @@ use crate::decide::{decide, Decision, FailFast, RequestView};
 use crate::edge::{self, Edge, EdgeRequest, LANE_COOKIE};
 use crate::group::{self, GroupName, Lookup};
 use crate::join;
-use crate::table::{Limits, Table};
+use crate::table::{GroupId, Limits, ServiceId, Table};
 
 /// Where the request's group came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,7 @@ enum BaggageStrip {
 
 /// A change to the request headers, in order. Names and the routing values
 /// are borrowed (from the settings and the table): the common route case
-/// allocates nothing but the list.
+/// allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit<'a> {
     Set(&'a str, Cow<'a, [u8]>),
@@ -407,6 +407,13 @@ impl<'h> Incoming<'h> {
     /// The header edits for `decision` (or for no table: `None`), in order.
     pub fn edits<'a>(&self, decision: Option<&Decision<'a>>, s: &'a Settings) -> Vec<Edit<'a>> {
         let mut edits = Vec::new();
+        self.each_edit(decision, s, |e| edits.push(e));
+        edits
+    }
+
+    /// `edits`, each handed to `apply` as it is made: the filter applies
+    /// them without a list per request.
+    pub fn each_edit<'a>(&self, decision: Option<&Decision<'a>>, s: &'a Settings, mut apply: impl FnMut(Edit<'a>)) {
         let inject = self.group.filter(|_| self.source.injected());
         // Setting replaces every value, so a strip followed by a set is one call.
         let set_group = match (self.source, self.group) {
@@ -415,13 +422,13 @@ impl<'h> Incoming<'h> {
             _ => None,
         };
         match set_group {
-            Some(g) => edits.push(Edit::Set(&s.group_header, Cow::Owned(g.as_str().into()))),
-            None if self.strip_group_header => edits.push(Edit::Remove(&s.group_header)),
+            Some(g) => apply(Edit::Set(&s.group_header, Cow::Owned(g.as_str().into()))),
+            None if self.strip_group_header => apply(Edit::Remove(&s.group_header)),
             None => {}
         }
-        self.baggage_edits(inject, s, &mut edits);
+        self.baggage_edits(inject, s, &mut apply);
         if self.strip_cookie || self.strip_lane_cookie {
-            edits.push(Edit::Remove("cookie"));
+            apply(Edit::Remove("cookie"));
             for c in &self.cookies {
                 let mut kept = Some(Cow::Borrowed(*c));
                 for (strip, name) in [(self.strip_cookie, s.cookie.as_str()), (self.strip_lane_cookie, LANE_COOKIE)] {
@@ -430,41 +437,40 @@ impl<'h> Incoming<'h> {
                     }
                 }
                 if let Some(k) = kept {
-                    edits.push(Edit::Add("cookie", Cow::Owned(k.into_owned())));
+                    apply(Edit::Add("cookie", Cow::Owned(k.into_owned())));
                 }
             }
         }
         if self.strip_strict {
-            edits.push(Edit::Remove(&s.strict_header));
+            apply(Edit::Remove(&s.strict_header));
         }
         match decision {
             Some(Decision::Route(r)) => {
                 // A header not written is still sanitised.
                 if s.write_cluster_header {
-                    edits.push(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
+                    apply(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
                 } else if self.has_cluster_header {
-                    edits.push(Edit::Remove(&s.cluster_header));
+                    apply(Edit::Remove(&s.cluster_header));
                 }
                 if s.write_target_header {
-                    edits.push(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
+                    apply(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
                 } else if self.has_target_header {
-                    edits.push(Edit::Remove(&s.target_header));
+                    apply(Edit::Remove(&s.target_header));
                 }
             }
             _ => {
                 // Sanitise: a client never picks a cluster.
                 if self.has_cluster_header {
-                    edits.push(Edit::Remove(&s.cluster_header));
+                    apply(Edit::Remove(&s.cluster_header));
                 }
                 if self.has_target_header {
-                    edits.push(Edit::Remove(&s.target_header));
+                    apply(Edit::Remove(&s.target_header));
                 }
             }
         }
-        edits
     }
 
-    fn baggage_edits<'a>(&self, inject: Option<GroupName>, s: &'a Settings, edits: &mut Vec<Edit<'a>>) {
+    fn baggage_edits<'a>(&self, inject: Option<GroupName>, s: &'a Settings, apply: &mut impl FnMut(Edit<'a>)) {
         let Some(key) = &s.baggage_key else { return };
         let stamp = inject.filter(|_| s.inject_baggage);
         if stamp.is_none() && self.baggage_strip == BaggageStrip::None {
@@ -488,22 +494,24 @@ impl<'h> Incoming<'h> {
             Some(g) => {
                 let joined = crate::text::join_bytes(&kept, b",");
                 let current = (!joined.is_empty()).then_some(joined.as_slice());
-                edits.push(Edit::Set("baggage", Cow::Owned(group::baggage_with(current, key, g.as_str()))));
+                apply(Edit::Set("baggage", Cow::Owned(group::baggage_with(current, key, g.as_str()))));
             }
             None => {
-                edits.push(Edit::Remove("baggage"));
-                edits.extend(kept.into_iter().map(|v| Edit::Add("baggage", Cow::Owned(v))));
+                apply(Edit::Remove("baggage"));
+                for v in kept {
+                    apply(Edit::Add("baggage", Cow::Owned(v)));
+                }
             }
         }
     }
 
-    /// The `x-isogroup-served` value to add to the response (SPEC step 6):
+    /// The `x-isogroup-served` annotation for the response (SPEC step 6):
     /// only for a routed request, with `annotate_response` on, to a peer
     /// that may see isogroup response headers.
-    pub fn served(&self, decision: Option<&Decision<'_>>, s: &Settings) -> Option<String> {
+    pub fn served(&self, decision: Option<&Decision<'_>>, s: &Settings) -> Option<Served> {
         match decision {
             Some(Decision::Route(r)) if s.annotate_response && self.trusted => {
-                Some(served_value(r.service, r.serving, r.fallback))
+                Some(Served { service: r.service_id, serving: r.serving_id, fallback: r.fallback })
             }
             _ => None,
         }
@@ -540,16 +548,26 @@ pub fn failfast_body(f: &FailFast<'_>) -> String {
     )
 }
 
-/// `x-isogroup-served` value: `<service>=<group>[;fallback]`.
-pub fn served_value(service: &str, serving: &str, fallback: bool) -> String {
-    let mut v = String::with_capacity(service.len() + serving.len() + 10);
-    v.push_str(service);
-    v.push('=');
-    v.push_str(serving);
-    if fallback {
-        v.push_str(";fallback");
+/// An `x-isogroup-served` annotation as ids in the table the request was
+/// decided against: kept until the response without a `String` per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    service: ServiceId,
+    serving: GroupId,
+    fallback: bool,
+}
+
+impl Served {
+    /// Appends the value, `<service>=<group>[;fallback]`, to `out`; `table`
+    /// is the one the request was decided against.
+    pub fn write(self, table: &Table, out: &mut Vec<u8>) {
+        out.extend_from_slice(table.service_name(self.service).as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(table.group_name(self.serving).as_bytes());
+        if self.fallback {
+            out.extend_from_slice(b";fallback");
+        }
     }
-    v
 }
 
 /// `x-isogroup-decision`: the steps in one line, for humans.
