@@ -113,6 +113,21 @@ fn annotate_response_false_adds_nothing() {
 }
 
 #[test]
+fn the_served_annotation_names_the_table_the_request_was_decided_against() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(""));
+    let (_, mut ctx) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-2")]);
+    // A new table before the response, in which every service and group id
+    // names something else (ids follow name order).
+    let newer = r#"{"version": 8, "groups": {"0": {}, "00": {}},
+        "services": {"0": {"hosts": ["0"], "clusters": {"base": "0-base"}}, "00": {"hosts": ["00"], "clusters": {"base": "00-base"}}}}"#;
+    let vm = root.vm().unwrap();
+    vm.install(isogroup_core::Table::from_json(newer.as_bytes(), "base", &vm.settings.limits).unwrap());
+    ctx.on_http_response_headers(0, true);
+    assert_eq!(one(host.response_header("x-isogroup-served")).as_deref(), Some("a=feature-1;fallback"));
+}
+
+#[test]
 fn unreadable_headers_still_strip_the_routing_headers() {
     let process = Process::new();
     let (root, host) = configured(&process, &inline_config(""));
