@@ -5,7 +5,7 @@
 use isogroup_core::prelude::*;
 
 use alloc::rc::Rc;
-use core::cell::{Cell, RefCell};
+use core::cell::Cell;
 
 use crate::proxy::LogLevel;
 use isogroup_core::{Settings, Table};
@@ -17,7 +17,8 @@ pub struct Vm<H> {
     pub host: H,
     pub settings: Settings,
     /// Swapped whole when a new table compiles; requests in flight keep theirs.
-    pub table: RefCell<Option<Rc<Table>>>,
+    /// A `Cell`, not a `RefCell`: no borrow flag to check, no borrow panic.
+    pub table: Cell<Option<Rc<Table>>>,
     pub metrics: Metrics,
     /// Names this VM in `x-isogroup-decision`, so tests can tell workers apart.
     pub id: String,
@@ -35,11 +36,13 @@ pub struct Vm<H> {
 
 impl<H: Host> Vm<H> {
     pub fn table(&self) -> Option<Rc<Table>> {
-        self.table.borrow().clone()
+        let table = self.table.take();
+        self.table.set(table.clone());
+        table
     }
 
     pub fn install(&self, table: Table) {
-        *self.table.borrow_mut() = Some(Rc::new(table));
+        self.table.set(Some(Rc::new(table)));
     }
 
     pub fn log(&self, level: LogLevel, message: &str) {

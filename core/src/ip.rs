@@ -35,7 +35,7 @@ impl Cursor<'_> {
         self.atomic(|c| {
             let mut value = 0u32;
             let mut digits = 0;
-            while let Some(d) = c.s.get(c.at).and_then(|&b| char::from(b).to_digit(radix)) {
+            while let Some(d) = c.s.get(c.at).and_then(|&b| digit(b, radix)) {
                 if digits == max_digits {
                     break;
                 }
@@ -122,4 +122,16 @@ pub fn parse_ip(text: &str) -> Option<IpAddr> {
         None => IpAddr::V6(Ipv6Addr::from(c.v6()?)),
     };
     (c.at == text.len()).then_some(ip)
+}
+
+/// `char::to_digit` for radix 10 or 16, without its panic for a radix
+/// over 36 (a check whose message the wasm would carry).
+fn digit(b: u8, radix: u32) -> Option<u32> {
+    let d = match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => return None,
+    };
+    (u32::from(d) < radix).then_some(u32::from(d))
 }
