@@ -135,18 +135,47 @@ macro_rules! cat_to {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! cat_parts {
+    // At compile time: one mark per piece, so a literal holding a NUL (which
+    // would shift every later piece) does not build.
+    (@check $template:ident [$($p:expr),*]) => {
+        const _: () = ::core::assert!(
+            $crate::text::nul_count($template) == <[()]>::len(&[$($crate::cat_parts!(@unit $p)),*]),
+            "a cat! literal holds a NUL byte"
+        );
+    };
+    (@unit $p:expr) => {
+        ()
+    };
     (@$how:tt$(($out:expr))? [$($t:tt)*] [$($p:expr),*] $lit:literal $(, $($rest:tt)*)?) => {
         $crate::cat_parts!(@$how$(($out))? [$($t)* $lit,] [$($p),*] $($($rest)*)?)
     };
     (@$how:tt$(($out:expr))? [$($t:tt)*] [$($p:expr),*] $piece:expr $(, $($rest:tt)*)?) => {
         $crate::cat_parts!(@$how$(($out))? [$($t)* "\0",] [$($p,)* $piece] $($($rest)*)?)
     };
-    (@fill [$($t:tt)*] [$($p:expr),*]) => {
-        $crate::text::fill(::core::concat!($($t)*), &[$(&$p as &dyn $crate::text::Piece),*])
-    };
-    (@fill_to($out:expr) [$($t:tt)*] [$($p:expr),*]) => {
-        $crate::text::fill_to($out, ::core::concat!($($t)*), &[$(&$p as &dyn $crate::text::Piece),*])
-    };
+    (@fill [$($t:tt)*] [$($p:expr),*]) => {{
+        const TEMPLATE: &str = ::core::concat!($($t)*);
+        $crate::cat_parts!(@check TEMPLATE [$($p),*]);
+        $crate::text::fill(TEMPLATE, &[$(&$p as &dyn $crate::text::Piece),*])
+    }};
+    (@fill_to($out:expr) [$($t:tt)*] [$($p:expr),*]) => {{
+        const TEMPLATE: &str = ::core::concat!($($t)*);
+        $crate::cat_parts!(@check TEMPLATE [$($p),*]);
+        $crate::text::fill_to($out, TEMPLATE, &[$(&$p as &dyn $crate::text::Piece),*])
+    }};
+}
+
+/// NUL bytes in `text`: `cat!`'s check of its template, at compile time.
+#[doc(hidden)]
+pub const fn nul_count(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == 0 {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
 }
 
 /// A decimal `u64` as `str::parse::<u64>` reads it: an optional `+`, then
@@ -205,6 +234,17 @@ pub fn lossy(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cat_fills_its_marks_in_order_and_counts_them() {
+        // The compile-time check: one NUL per piece (a NUL in a literal fails to build).
+        for (text, nuls) in [("", 0), ("a", 0), ("\0", 1), ("a\0b\0", 2), ("\0\0\0", 3)] {
+            assert_eq!(nul_count(text), nuls, "{text:?}");
+        }
+        let (n, name) = (7u32, "x");
+        assert_eq!(crate::cat!(n, " of ", name, "", n, "."), "7 of x7.");
+        assert_eq!(crate::cat!("only text"), "only text");
+    }
 
     #[test]
     fn parse_u64_agrees_with_std() {
