@@ -157,7 +157,8 @@ def main():
     for name, m in med.items():
         rows.append(f"| {name} | {m:.2f} ({min(cpu[name]):.2f}–{max(cpu[name]):.2f}) | {m - med['floor']:+.2f} "
                     f"| {m - med['noop-wasm']:+.2f} | {m - med['probe']:+.2f} | {paired(name, 'probe'):+.2f} |")
-    rows += [""] + per_write(cpu, paired) if per_write(cpu, paired) else []
+    if writes := per_write(cpu, paired):
+        rows += [""] + writes
     load_after = os.getloadavg()
     rows.append(f"\nload average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
                 f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {args.rounds} rounds × {args.requests} requests, "
