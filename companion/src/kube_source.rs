@@ -293,39 +293,24 @@ impl Cluster {
                 }
                 ("services", error)
             }
-            Update::Slice(r) => {
-                let touched = touched(&r);
-                if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, self.slices.items.get(k)?))) {
-                    self.index.slice_removed(k, old);
-                }
-                let error = error_of(r, |r| self.slices.apply(r), Some(&mut self.index));
-                if let Some((k, new)) = touched.as_ref().and_then(|k| Some((k, self.slices.items.get(k)?))) {
-                    self.index.slice_added(k, new);
-                }
-                ("endpointslices", error)
-            }
-            Update::Rule(r) => {
-                let touched = touched(&r);
-                if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, self.rules.items.get(k)?))) {
-                    self.index.rule_removed(k, old);
-                }
-                let error = error_of(r, |r| self.rules.apply(r), Some(&mut self.index));
-                if let Some((k, new)) = touched.as_ref().and_then(|k| Some((k, self.rules.items.get(k)?))) {
-                    self.index.rule_added(k, new);
-                }
-                ("destinationrules", error)
-            }
-            Update::Route(r) => {
-                let touched = touched(&r);
-                if let Some(old) = touched.as_ref().and_then(|k| self.routes.items.get(k)) {
-                    self.index.route_removed(old);
-                }
-                let error = error_of(r, |r| self.routes.apply(r), Some(&mut self.index));
-                if let Some(new) = touched.as_ref().and_then(|k| self.routes.items.get(k)) {
-                    self.index.route_added(new);
-                }
-                ("virtualservices", error)
-            }
+            Update::Slice(r) => (
+                "endpointslices",
+                apply_indexed(&mut self.slices, &mut self.index, r, Index::slice_removed, Index::slice_added),
+            ),
+            Update::Rule(r) => (
+                "destinationrules",
+                apply_indexed(&mut self.rules, &mut self.index, r, Index::rule_removed, Index::rule_added),
+            ),
+            Update::Route(r) => (
+                "virtualservices",
+                apply_indexed(
+                    &mut self.routes,
+                    &mut self.index,
+                    r,
+                    |i, _, o| i.route_removed(o),
+                    |i, _, o| i.route_added(o),
+                ),
+            ),
             Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r), None)),
             Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r), None)),
             Update::Tick => return,
@@ -483,6 +468,27 @@ fn touched<T>(r: &Report<T>) -> Option<crate::kube_watch::Key> {
         Report::Change(Change::Apply(k, _) | Change::Delete(k)) => Some(k.clone()),
         _ => None,
     }
+}
+
+/// Applies `r` to `mirror` and keeps `index` in step: the object an event
+/// replaces or deletes leaves the index first, the one it stores enters
+/// after (a re-list marks the index stale instead). The error `r` reports.
+fn apply_indexed<T>(
+    mirror: &mut Mirror<T>,
+    index: &mut Index,
+    r: Report<T>,
+    removed: fn(&mut Index, &crate::kube_watch::Key, &T),
+    added: fn(&mut Index, &crate::kube_watch::Key, &T),
+) -> Option<String> {
+    let touched = touched(&r);
+    if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, mirror.items.get(k)?))) {
+        removed(index, k, old);
+    }
+    let error = error_of(r, |r| mirror.apply(r), Some(index));
+    if let Some((k, new)) = touched.as_ref().and_then(|k| Some((k, mirror.items.get(k)?))) {
+        added(index, k, new);
+    }
+    error
 }
 
 /// Applies `r` with `apply` (a re-list marks `index` stale); the error it
