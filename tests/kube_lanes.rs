@@ -28,7 +28,7 @@ mod common;
 // The companion's own fake API server (the same file its unit tests use),
 // served from this process to the companion binary.
 #[allow(dead_code)]
-#[path = "../companion/src/kube_fake.rs"]
+#[path = "../companion/src/kube/fake.rs"]
 mod kube_fake;
 
 use std::process::{Command, Stdio};

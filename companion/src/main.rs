@@ -2,28 +2,11 @@
 //! (long-poll), the admin API, resolve, health and metrics; validates and
 //! explains table files.
 
-mod api;
-mod auth;
-mod console;
 mod explain;
-mod istio;
-#[cfg(test)]
-mod kube_bench;
-mod kube_events;
-#[cfg(test)]
-mod kube_fake;
-mod kube_groups;
-mod kube_index;
-mod kube_istio;
-mod kube_leader;
-mod kube_snapshot;
-mod kube_source;
-#[cfg(test)]
-mod kube_tests;
-mod kube_watch;
+mod http;
+mod kube;
 mod metrics;
 mod random;
-mod runtime_api;
 mod store;
 
 use std::net::SocketAddr;
@@ -36,10 +19,10 @@ use clap::{Parser, Subcommand};
 use isogroup_core::{Limits, RawTable, Table};
 use tokio::sync::watch;
 
+use crate::kube::store::KubeStore;
 use crate::metrics::Metrics;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
-use crate::store::kube::KubeStore;
 use crate::store::{Served, Store};
 
 #[derive(Parser)]
@@ -130,7 +113,7 @@ enum Command {
         #[arg(long)]
         namespace: String,
         #[arg(long, value_enum, default_value = "target-header")]
-        mode: istio::Mode,
+        mode: kube::istio::Mode,
         /// Port for services whose clusters are not in Istio form.
         #[arg(long, default_value_t = 80)]
         default_port: u16,
@@ -191,8 +174,8 @@ fn main() -> ExitCode {
                     lease: Duration::from_millis(lease_ms.max(1_000)),
                     istio: match istio {
                         IstioFlag::Off => None,
-                        IstioFlag::TargetHeader => Some((istio::Mode::TargetHeader, istio_root_namespace)),
-                        IstioFlag::ClusterHeader => Some((istio::Mode::ClusterHeader, istio_root_namespace)),
+                        IstioFlag::TargetHeader => Some((kube::istio::Mode::TargetHeader, istio_root_namespace)),
+                        IstioFlag::ClusterHeader => Some((kube::istio::Mode::ClusterHeader, istio_root_namespace)),
                     },
                 },
             };
@@ -214,12 +197,12 @@ fn main() -> ExitCode {
             match load_raw(&file, &base_group) {
                 Ok((raw, t)) => {
                     let base = t.group_name(t.base()).to_owned();
-                    let opts = istio::Options { mode, base: &base, root_namespace: &root_namespace };
-                    let objects: Vec<serde_json::Value> = istio::targets_of(&t, &raw, &namespace, default_port)
+                    let opts = kube::istio::Options { mode, base: &base, root_namespace: &root_namespace };
+                    let objects: Vec<serde_json::Value> = kube::istio::targets_of(&t, &raw, &namespace, default_port)
                         .iter()
-                        .flat_map(|target| istio::render_target(target, &opts))
+                        .flat_map(|target| kube::istio::render_target(target, &opts))
                         .collect();
-                    print!("{}", istio::to_yaml_stream(&objects));
+                    print!("{}", kube::istio::to_yaml_stream(&objects));
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {
@@ -285,7 +268,7 @@ enum Source {
         namespace: Option<String>,
         pod_name: Option<String>,
         lease: Duration,
-        istio: Option<(istio::Mode, String)>,
+        istio: Option<(kube::istio::Mode, String)>,
     },
 }
 
@@ -340,7 +323,7 @@ fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
 
 async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(), String> {
     let Options { token_file, base, limits, gateway_url } = options;
-    let token = auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
+    let token = http::auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
@@ -360,24 +343,24 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             (etcd, source)
         }
         Source::Kubernetes { settle, namespace, pod_name, lease, istio } => {
-            kube_source::install_crypto();
-            let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
+            kube::source::install_crypto();
+            let client = ::kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             let identity = pod_name
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .ok_or("--pod-name (or env POD_NAME) is required with --kubernetes")?;
             let kube = Arc::new(KubeStore::new(served).with_runtime_writes(client.clone(), &namespace));
-            let mut lease_cfg = kube_leader::LeaseConfig::new(namespace.clone(), identity.clone());
+            let mut lease_cfg = kube::leader::LeaseConfig::new(namespace.clone(), identity.clone());
             lease_cfg.duration = lease;
             lease_cfg.renew_deadline = lease * 2 / 3;
             lease_cfg.retry = lease / 7;
-            let mut opts = kube_source::Options::new(settle, namespace.clone());
+            let mut opts = kube::source::Options::new(settle, namespace.clone());
             opts.istio = istio;
-            tokio::spawn(kube_source::run(client.clone(), kube.clone(), metrics.clone(), opts));
-            tokio::spawn(kube_leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
+            tokio::spawn(kube::source::run(client.clone(), kube.clone(), metrics.clone(), opts));
+            tokio::spawn(kube::leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
             let recheck = Duration::from_secs(5);
-            let timing = kube_watch::Timing::default();
-            tokio::spawn(kube_events::run(client.clone(), kube.clone(), identity.clone(), recheck, timing));
+            let timing = kube::watch::Timing::default();
+            tokio::spawn(kube::events::run(client.clone(), kube.clone(), identity.clone(), recheck, timing));
             release = Some((client, kube.clone(), lease_cfg));
             (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))
         }
@@ -386,19 +369,19 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
     // ConfigMap isogroup-runtime).
     tokio::spawn(store::expiry::expire_sources(store.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let api = Arc::new(api::Api { store: store.clone(), token, metrics, gateway_url, shutdown: shutdown_rx });
+    let api = Arc::new(http::Api { store: store.clone(), token, metrics, gateway_url, shutdown: shutdown_rx });
     if api.token.is_none() {
         tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen on {listen}: {e}"))?;
     let current = store.served().current();
     tracing::info!(%listen, version = current.version, epoch = ?current.epoch, %source, "serving");
-    axum::serve(listener, api::router(api).into_make_service_with_connect_info::<SocketAddr>())
+    axum::serve(listener, http::router(api).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
             if let Some((client, kube, cfg)) = release {
-                kube_leader::release(client, &kube, &cfg).await;
+                kube::leader::release(client, &kube, &cfg).await;
             }
             let _ = shutdown_tx.send(true);
         })

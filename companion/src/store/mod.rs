@@ -7,7 +7,6 @@ pub mod change;
 pub mod etcd;
 pub mod expiry;
 pub mod file;
-pub mod kube;
 pub mod parts;
 pub mod served;
 
@@ -16,7 +15,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 pub use change::{Change, ChangeError};
-pub use served::{next_version, now_ms, Readiness, Served, Snapshot, VersionTooLarge};
+pub use served::{next_version, now_ms, now_s, Readiness, Served, Snapshot, VersionTooLarge};
 
 /// A place that holds the route table.
 pub trait Store: Send + Sync {

@@ -194,6 +194,11 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Seconds since the epoch: source bindings expire in these.
+pub fn now_s() -> u64 {
+    now_ms() / 1000
+}
+
 /// Above `current`, at least `asked` (a hand edit's version) and `now`;
 /// refused, naming `version`, when that is above `MAX_VERSION`.
 pub fn next_version(current: u64, asked: u64, now: u64) -> Result<u64, VersionTooLarge> {

@@ -1,4 +1,4 @@
-//! One watch per kind, each its own task feeding the loop in `kube_source`
+//! One watch per kind, each its own task feeding the loop in `kube::source`
 //! over a channel: kube-rs watchers (which resume from the last resource
 //! version or bookmark and re-list after `410 Gone`) with a jittered,
 //! growing backoff after each error, so a `403` or a missing version never

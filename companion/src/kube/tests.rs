@@ -1,5 +1,5 @@
 //! The Kubernetes source end to end inside the process: the watch loop and
-//! the Lease election against the fake API server (`kube_fake`).
+//! the Lease election against the fake API server (`kube::fake`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,16 +10,16 @@ use isogroup_core::{Limits, RawTable};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::kube_fake::kinds::{
+use crate::kube::fake::kinds::{
     configmaps, destination_rules as rules, envoy_filters, events, isolation_groups as groups, leases, pods, services,
     slices, virtual_services as virtualservices,
 };
-use crate::kube_fake::{endpoint_slice, FakeApi};
-use crate::kube_leader::{LeaseConfig, EPOCH_ANNOTATION, LEADER_LABEL};
-use crate::kube_source::Options;
-use crate::kube_watch::Timing;
+use crate::kube::fake::{endpoint_slice, FakeApi};
+use crate::kube::leader::{LeaseConfig, EPOCH_ANNOTATION, LEADER_LABEL};
+use crate::kube::source::Options;
+use crate::kube::store::KubeStore;
+use crate::kube::watch::Timing;
 use crate::metrics::Metrics;
-use crate::store::kube::KubeStore;
 use crate::store::{Change, ChangeError, Readiness, Served, Store};
 
 /// A kube client for the fake API server.
@@ -29,7 +29,7 @@ pub(crate) trait FakeClient {
 
 impl FakeClient for FakeApi {
     fn client(&self) -> kube::Client {
-        crate::kube_source::install_crypto();
+        crate::kube::source::install_crypto();
         kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
     }
 }
@@ -118,7 +118,7 @@ async fn watch_loop_follows_the_cluster() {
     let (store, metrics) = store();
     assert!(!store.served().readiness().is_ready(), "not ready before the first lists");
     store.become_leader("1000-aa".into()).unwrap();
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(300)));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(300)));
 
     let mut versions = vec![];
     // a subset in the first list counts as settled: the lane is there at once
@@ -182,7 +182,7 @@ async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
     fake.put_quietly(&groups(), group("broken", json!({ "mode": "strict", "fallback": ["base"] })));
     let (store, metrics) = store();
     store.become_leader("1000-aa".into()).unwrap();
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
     wait_table(&store, "groups", |t| t.groups.contains_key("feature-1")).await;
     let t = store.served().current().raw.clone();
     assert_eq!(
@@ -232,7 +232,7 @@ async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1(
     fake.put_quietly(&rules("v1beta1"), rule("v1beta1", &["base", "feature-1"]));
     let (store, metrics) = store();
     store.become_leader("1000-aa".into()).unwrap();
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(0)));
     wait_table(&store, "lane via v1beta1 subsets", |t| lanes(t) == ["base", "feature-1"]).await;
     match store.served().readiness() {
         Readiness::Unreachable(detail) => {
@@ -252,7 +252,7 @@ async fn watch_errors_back_off_and_show_in_readiness() {
     let fake = bookinfo("v1").await;
     fake.fail(&slices(), 403);
     let (store, metrics) = store();
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
     let detail = wait("the error in the readiness detail", || match store.served().readiness() {
         Readiness::Loading(d) if d.contains("endpointslices: watch error") => Some(d),
         _ => None,
@@ -293,8 +293,8 @@ impl Replica {
             retry: Duration::from_millis(100),
         };
         let tasks = vec![
-            tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), opts(0))),
-            tokio::spawn(crate::kube_leader::run(fake.client(), store.clone(), cfg, metrics.clone())),
+            tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0))),
+            tokio::spawn(crate::kube::leader::run(fake.client(), store.clone(), cfg, metrics.clone())),
         ];
         Replica { store, metrics, tasks }
     }
@@ -435,7 +435,7 @@ async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
     wait("b ready", || b.store.served().readiness().is_ready().then_some(())).await;
     a.stop();
     let cfg = LeaseConfig::new("isogroup-system".into(), "companion-a".into());
-    crate::kube_leader::release(fake.client(), &a.store, &cfg).await;
+    crate::kube::leader::release(fake.client(), &a.store, &cfg).await;
     assert!(a.store.not_serving().is_some());
     let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
@@ -447,12 +447,12 @@ async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
 async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() {
     let (store, metrics) = store();
     store.served().set_readiness(Readiness::Ready);
-    let token = crate::auth::Token::load(None, Some("t0ken".into())).unwrap();
+    let token = crate::http::auth::Token::load(None, Some("t0ken".into())).unwrap();
     let (_tx, shutdown) = tokio::sync::watch::channel(false);
-    let api = Arc::new(crate::api::Api { store: store.clone(), token, metrics, gateway_url: None, shutdown });
+    let api = Arc::new(crate::http::Api { store: store.clone(), token, metrics, gateway_url: None, shutdown });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, crate::api::router(api)).await });
+    tokio::spawn(async move { axum::serve(listener, crate::http::router(api)).await });
     let client = reqwest::Client::new();
     let get = || async { client.get(format!("{url}/v1/table")).send().await.unwrap() };
     let answer = get().await;
@@ -499,7 +499,7 @@ async fn sources_and_rules_come_from_the_runtime_configmap() {
     );
     let (store, metrics) = store();
     store.become_leader("1000-aa".into()).unwrap();
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(0)));
     wait_table(&store, "runtime data", |t| t.sources.len() == 1 && t.rules.len() == 1).await;
     let t = store.served().current().raw.clone();
     assert_eq!(t.sources[0].cidr, "192.0.2.7/32");
@@ -544,7 +544,7 @@ async fn the_leader_writes_sources_and_rules_into_the_runtime_configmap() {
     let metrics = Arc::new(Metrics::new());
     let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
     let store = Arc::new(KubeStore::new(served).with_runtime_writes(fake.client(), "isogroup-system"));
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts(0)));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(0)));
     let bind = |cidr: &str, expires_at: Option<u64>| Change::BindSource {
         cidr: cidr.into(),
         group: "feature-1".into(),
@@ -635,8 +635,8 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
     let (store, metrics) = store();
     store.become_leader("1000-aa".into()).unwrap();
     let mut o = opts(200);
-    o.istio = Some((crate::istio::Mode::TargetHeader, "istio-system".into()));
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
 
     // the subsets and the route are made, by server-side apply, then the lane settles
     wait("reviews' subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
@@ -697,8 +697,8 @@ async fn an_apply_conflict_is_reported_not_forced() {
     let (store, metrics) = store();
     store.become_leader("1000-aa".into()).unwrap();
     let mut o = opts(0);
-    o.istio = Some((crate::istio::Mode::TargetHeader, "istio-system".into()));
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
     wait("the apply conflict counted", || (metrics.kube_istio_conflicts.get() == 1).then_some(())).await;
     let kept = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
     assert_eq!(kept["spec"]["host"], "elsewhere.example.com", "not overwritten");
@@ -708,7 +708,7 @@ async fn an_apply_conflict_is_reported_not_forced() {
 /// The Events in `default`, as (regarding name, note).
 fn events_listed(fake: &FakeApi) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = fake
-        .list_in(&events(), crate::kube_events::NAMESPACE)
+        .list_in(&events(), crate::kube::events::NAMESPACE)
         .iter()
         .map(|e| (e["regarding"]["name"].as_str().unwrap().to_owned(), e["note"].as_str().unwrap().to_owned()))
         .collect();
@@ -719,7 +719,7 @@ fn events_listed(fake: &FakeApi) -> Vec<(String, String)> {
 /// A replica's event writer, leading from the start.
 fn event_writer(fake: &FakeApi, store: &Arc<KubeStore>, pod: &str) -> JoinHandle<()> {
     let recheck = Duration::from_millis(50);
-    tokio::spawn(crate::kube_events::run(fake.client(), store.clone(), pod.into(), recheck, opts(0).watch))
+    tokio::spawn(crate::kube::events::run(fake.client(), store.clone(), pod.into(), recheck, opts(0).watch))
 }
 
 #[tokio::test]
@@ -731,7 +731,7 @@ async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
     let (a, metrics) = store();
     a.become_leader("1000-aa".into()).unwrap();
     let a_tasks = [
-        tokio::spawn(crate::kube_source::run(fake.client(), a.clone(), metrics.clone(), opts(0))),
+        tokio::spawn(crate::kube::source::run(fake.client(), a.clone(), metrics.clone(), opts(0))),
         event_writer(&fake, &a, "companion-a"),
     ];
     let event = wait("broken's Event", || fake.list_in(&events(), "default").into_iter().next()).await;
@@ -757,7 +757,7 @@ async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
     a.step_down();
     let (b, metrics_b) = store();
     b.become_leader("2000-bb".into()).unwrap();
-    tokio::spawn(crate::kube_source::run(fake.client(), b.clone(), metrics_b, opts(0)));
+    tokio::spawn(crate::kube::source::run(fake.client(), b.clone(), metrics_b, opts(0)));
     event_writer(&fake, &b, "companion-b");
     wait("the new leader's attempts", || (fake.creates(&events()) == 4).then_some(())).await;
     assert_eq!(events_listed(&fake).len(), 2);
@@ -786,13 +786,13 @@ async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
 async fn the_fake_refuses_an_event_about_a_cluster_scoped_object_outside_default() {
     use k8s_openapi::api::events::v1::Event;
     let fake = FakeApi::start(&[events()]).await;
-    let broken = crate::kube_events::WatchedGroup {
+    let broken = crate::kube::events::WatchedGroup {
         name: "broken".into(),
         uid: "u1".into(),
         generation: 1,
         status: json!({ "observedGeneration": 1, "conditions": [{ "type": "Accepted", "status": "False", "message": "m" }] }),
     };
-    let mut event = crate::kube_events::event_for(&broken, "companion-a", "2026-01-01T00:00:00.000000Z").unwrap();
+    let mut event = crate::kube::events::event_for(&broken, "companion-a", "2026-01-01T00:00:00.000000Z").unwrap();
     let ok: Event = serde_json::from_value(event.clone()).unwrap();
     kube::Api::<Event>::namespaced(fake.client(), "default").create(&Default::default(), &ok).await.unwrap();
     event["metadata"]["namespace"] = json!("isogroup-system");
@@ -838,8 +838,8 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     fake.put_quietly(&envoy_filters(), envoyfilter("theirs", json!({ "app": "mine" })));
     let (store, metrics) = store();
     let mut o = opts(200);
-    o.istio = Some((crate::istio::Mode::ClusterHeader, "istio-system".into()));
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics.clone(), o));
+    o.istio = Some((crate::kube::istio::Mode::ClusterHeader, "istio-system".into()));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
     // A standby, ready; meanwhile the leader makes an EnvoyFilter for a
     // service that then goes, and dies: elected, this replica finds it.
     wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
@@ -903,8 +903,8 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     assert_eq!(metrics.kube_istio_conflicts.get(), 0);
     // Every request it made is granted by the shipped RBAC for this mode.
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/istio");
-    let mut objects = crate::kube_fake::manifest(&deploy.join("companion.yaml"));
-    objects.extend(crate::kube_fake::manifest(&deploy.join("companion-cluster-header-rbac.yaml")));
-    let denied = fake.denied(&crate::kube_fake::companion_rbac(&objects));
+    let mut objects = crate::kube::fake::manifest(&deploy.join("companion.yaml"));
+    objects.extend(crate::kube::fake::manifest(&deploy.join("companion-cluster-header-rbac.yaml")));
+    let denied = fake.denied(&crate::kube::fake::companion_rbac(&objects));
     assert!(denied.is_empty(), "not granted by companion.yaml and companion-cluster-header-rbac.yaml: {denied:#?}");
 }

@@ -1,6 +1,6 @@
 //! The Kubernetes source as a store: the cluster owns the table (the watch
-//! loop in `kube_source` computes it on every replica), the Lease elects the
-//! one replica that serves it (`kube_leader`). A follower keeps the latest
+//! loop in `kube::source` computes it on every replica), the Lease elects the
+//! one replica that serves it (`kube::leader`). A follower keeps the latest
 //! table ready so that, elected, it serves at once under the newer epoch it
 //! made; until then it answers `503 not_leader`. Admin registrations are
 //! refused: lanes are pod labels. Source bindings and runtime rules are
@@ -18,10 +18,10 @@ use isogroup_core::{RawService, RawTable, Table};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
-use crate::kube_source::RUNTIME_CONFIGMAP;
+use crate::kube::source::RUNTIME_CONFIGMAP;
 
-use super::parts::Parts;
-use super::{next_version, now_ms, Change, ChangeError, Served, Snapshot, Store};
+use crate::store::parts::Parts;
+use crate::store::{next_version, now_ms, Change, ChangeError, Served, Snapshot, Store};
 
 /// Changes to a table's services, by key (`None`: removed).
 pub type ServiceChanges = Vec<(String, Option<RawService>)>;
@@ -248,7 +248,7 @@ impl KubeStore {
                 .await
                 .map_err(|e| ChangeError::Unavailable(format!("reading ConfigMap {RUNTIME_CONFIGMAP}: {e}")))?;
             let data = current.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
-            let (sources, rules) = crate::kube_source::runtime(&data).map_err(ChangeError::Unreadable)?;
+            let (sources, rules) = crate::kube::source::runtime(&data).map_err(ChangeError::Unreadable)?;
             // The change applies to what the ConfigMap holds now, beside
             // the cluster's services (validated together, as served).
             let served = self.served.current();

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use isogroup_core::Limits;
 use serde_json::{json, Value};
 
-use crate::kube_fake::{kinds, FakeApi};
-use crate::kube_source::Options;
-use crate::kube_tests::FakeClient;
-use crate::kube_watch::Timing;
+use crate::kube::fake::{kinds, FakeApi};
+use crate::kube::source::Options;
+use crate::kube::store::KubeStore;
+use crate::kube::tests::FakeClient;
+use crate::kube::watch::Timing;
 use crate::metrics::Metrics;
-use crate::store::kube::KubeStore;
 use crate::store::{Served, Store};
 
 const SERVICES: usize = 10_000;
@@ -59,7 +59,7 @@ fn slice(i: usize, pods: &[(String, bool)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run with --ignored in a release build (./build.sh bench)"]
 async fn kube_bench() {
-    // Where a rebuild's time goes: `kube_source`'s debug line per rebuild.
+    // Where a rebuild's time goes: `kube::source`'s debug line per rebuild.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("isogroup_companion::kube_source=debug"))
         .with_writer(std::io::stderr)
@@ -116,7 +116,7 @@ async fn kube_bench() {
         istio: None,
     };
     let started = Instant::now();
-    tokio::spawn(crate::kube_source::run(fake.client(), store.clone(), metrics, opts));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts));
     let deadline = Instant::now() + Duration::from_secs(600);
     while store.served().current().raw.services.len() < SERVICES {
         assert!(Instant::now() < deadline, "first table");
@@ -174,13 +174,13 @@ async fn kube_bench() {
     );
 }
 
-fn fake_count(fake: &FakeApi, r: &crate::kube_fake::Res) -> usize {
+fn fake_count(fake: &FakeApi, r: &crate::kube::fake::Res) -> usize {
     fake.count(r)
 }
 
 /// Where one update's time goes in the store at the bench's size (10k
 /// services, 50k clusters): copying, comparing, checking and serialising
-/// the whole table. Run like `kube_bench`.
+/// the whole table. Run like `kube::bench`.
 #[test]
 #[ignore = "a benchmark: run with --ignored in a release build"]
 fn kube_bench_store_steps() {
@@ -188,7 +188,7 @@ fn kube_bench_store_steps() {
     let mut raw = RawTable { base_group: Some("base".into()), ..RawTable::default() };
     for i in 0..SERVICES {
         let (name, namespace) = (format!("svc-{i}"), ns(i));
-        let host = crate::kube_snapshot::fqdn(&namespace, &name);
+        let host = crate::kube::snapshot::fqdn(&namespace, &name);
         let clusters = std::iter::once("base".to_owned())
             .chain((0..4).map(|k| format!("lane-{}", (i + k * 25) % LANES)))
             .map(|g| (g.clone(), format!("outbound|{{port}}|{g}|{host}")))

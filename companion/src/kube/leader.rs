@@ -25,8 +25,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
+use crate::kube::store::KubeStore;
 use crate::metrics::Metrics;
-use crate::store::kube::KubeStore;
 
 /// The pod label the companion's Service selects.
 pub const LEADER_LABEL: &str = "isogroup.io/leader";

@@ -1,6 +1,6 @@
 //! Kubernetes Events for invalid `IsolationGroup` objects: the leader writes
 //! one `events.k8s.io/v1` Event per occurrence of an `Accepted=False`
-//! status (the status the watch loop writes, see `kube_groups`), naming the
+//! status (the status the watch loop writes, see `kube::groups`), naming the
 //! object and the reason, so `kubectl describe isolationgroup <name>` and
 //! `kubectl events` show it beside the status.
 //!
@@ -31,9 +31,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::kube_groups::{API_GROUP, CONDITION, KIND, VERSION};
-use crate::kube_watch::{self, Mirror, Report, Timing};
-use crate::store::kube::KubeStore;
+use crate::kube::groups::{API_GROUP, CONDITION, KIND, VERSION};
+use crate::kube::store::KubeStore;
+use crate::kube::watch::{self, Mirror, Report, Timing};
 
 /// Where Events about cluster-scoped objects live (API server rule).
 pub const NAMESPACE: &str = "default";
@@ -106,7 +106,7 @@ pub fn event_for(o: &WatchedGroup, instance: &str, now_micros: &str) -> Option<V
         "metadata": {
             "name": format!("{prefix}.{hash:016x}"),
             "namespace": NAMESPACE,
-            "labels": { (crate::istio::MANAGED_BY.0): crate::istio::MANAGED_BY.1 },
+            "labels": { (crate::kube::istio::MANAGED_BY.0): crate::kube::istio::MANAGED_BY.1 },
         },
         "eventTime": now_micros,
         "type": "Warning",
@@ -129,7 +129,7 @@ pub fn event_for(o: &WatchedGroup, instance: &str, now_micros: &str) -> Option<V
 /// without a change (a new leader reports what its predecessor could not).
 pub async fn run(client: Client, store: Arc<KubeStore>, instance: String, recheck: Duration, timing: Timing) {
     let (tx, mut rx) = mpsc::channel::<Report<WatchedGroup>>(64);
-    kube_watch::spawn_optional(client.clone(), API_GROUP, KIND, &[VERSION], watched, |r| r, tx, timing);
+    watch::spawn_optional(client.clone(), API_GROUP, KIND, &[VERSION], watched, |r| r, tx, timing);
     let events: Api<Event> = Api::namespaced(client, NAMESPACE);
     let mut mirror: Mirror<WatchedGroup> = Mirror::default();
     // Event names written (or found written), and those whose write failed

@@ -18,7 +18,7 @@ use kube::Client;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::istio::{FIELD_MANAGER, MANAGED_BY};
+use crate::kube::istio::{FIELD_MANAGER, MANAGED_BY};
 use crate::metrics::Metrics;
 
 /// (kind, namespace, name).

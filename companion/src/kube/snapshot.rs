@@ -29,7 +29,7 @@ use isogroup_core::group::is_valid_group;
 use isogroup_core::table::PORT_PLACEHOLDER;
 use isogroup_core::RawService;
 
-use crate::istio::{Target, GROUP_LABEL};
+use crate::kube::istio::{Target, GROUP_LABEL};
 
 /// Label pairs sorted by key, in one allocation: a pod has a few labels,
 /// and a `BTreeMap` node has room for eleven (50k pods at scale).
@@ -68,7 +68,7 @@ impl<const N: usize> From<[(String, String); N]> for Labels {
 
 /// The whole cluster at once: what `to_table` and `targets`, the whole
 /// rebuild, read. The watch loop keeps its mirrors indexed instead
-/// (`kube_index`) and evaluates only the services an event touched, with
+/// (`kube::index`) and evaluates only the services an event touched, with
 /// the same per-service rules (`lanes_of`, `evaluate`); tests hold the two
 /// equal, so the whole rebuild lives on as their reference.
 #[cfg(test)]

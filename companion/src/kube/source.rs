@@ -1,10 +1,10 @@
 //! Kubernetes source, the watching half: mirror pods labelled
 //! `isogroup.io/group`, services, endpoint slices, Istio DestinationRules
 //! (`v1`, else `v1beta1`) and `IsolationGroup` objects (each watch its own
-//! task, see `kube_watch`), and hand the table to the store whenever it
+//! task, see `kube::watch`), and hand the table to the store whenever it
 //! changes. Bursts of events are drained before one rebuild, and a rebuild
-//! evaluates only the services the events touched (`kube_index`). The rules
-//! themselves live in `kube_snapshot` and `kube_groups` (pure, tested).
+//! evaluates only the services the events touched (`kube::index`). The rules
+//! themselves live in `kube::snapshot` and `kube::groups` (pure, tested).
 //!
 //! Every replica runs this loop (so a newly elected leader serves at once);
 //! only the leader writes `IsolationGroup` statuses.
@@ -24,14 +24,14 @@ use isogroup_core::edge::RawRule;
 use isogroup_core::table::RawSource;
 use isogroup_core::{Limits, RawTable, Table};
 
-use crate::istio::{GROUP_LABEL, MANAGED_BY};
-use crate::kube_groups::{self, GroupObject, Verdict};
-use crate::kube_index::{Index, Mirrors, RouteObj, RuleObj};
-use crate::kube_istio::Existing;
-use crate::kube_snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
-use crate::kube_watch::{self, Change, Mirror, Report, Timing};
+use crate::kube::groups::{self, GroupObject, Verdict};
+use crate::kube::index::{Index, Mirrors, RouteObj, RuleObj};
+use crate::kube::istio::{GROUP_LABEL, MANAGED_BY};
+use crate::kube::reconcile::Existing;
+use crate::kube::snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
+use crate::kube::store::{KubeStore, ServiceChanges};
+use crate::kube::watch::{self, Change, Mirror, Report, Timing};
 use crate::metrics::{KindLabels, Metrics};
-use crate::store::kube::{KubeStore, ServiceChanges};
 use crate::store::{now_ms, Readiness, Store};
 
 /// DestinationRule and VirtualService versions, newest first.
@@ -54,7 +54,7 @@ enum Own {
     /// Parsed, not yet checked against the limits in force.
     Runtime(Result<(Vec<RawSource>, Vec<RawRule>), String>),
 }
-const GROUP_VERSIONS: &[&str] = &[kube_groups::VERSION];
+const GROUP_VERSIONS: &[&str] = &[groups::VERSION];
 
 /// Timings of the loop (tests shorten them).
 #[derive(Debug, Clone)]
@@ -68,13 +68,13 @@ pub struct Options {
     pub namespace: String,
     /// `--istio`: keep DestinationRules and routes (the mesh root namespace
     /// for EnvoyFilters); `None`: off.
-    pub istio: Option<(crate::istio::Mode, String)>,
+    pub istio: Option<(crate::kube::istio::Mode, String)>,
 }
 
 impl Options {
     /// A lane needs a VirtualService route to its subset (target-header).
     fn routes_required(&self) -> bool {
-        matches!(self.istio, Some((crate::istio::Mode::TargetHeader, _)))
+        matches!(self.istio, Some((crate::kube::istio::Mode::TargetHeader, _)))
     }
 }
 
@@ -250,7 +250,7 @@ struct Cluster {
     runtime: (Vec<RawSource>, Vec<RawRule>),
     /// Why the runtime data in the ConfigMap is not used (readiness detail).
     runtime_error: Option<String>,
-    /// When each lane's conditions began to hold (see `kube_snapshot`).
+    /// When each lane's conditions began to hold (see `kube::snapshot`).
     since: Since,
     /// The mirrors indexed by service, and the table's services.
     index: Index,
@@ -265,8 +265,8 @@ struct Cluster {
     /// When `isogroup-state` was last written.
     state_written: Option<std::time::Instant>,
     /// The Istio targets last rendered, and lanes held after they left.
-    last_targets: Vec<crate::istio::Target>,
-    held: crate::kube_snapshot::Held,
+    last_targets: Vec<crate::kube::istio::Target>,
+    held: crate::kube::snapshot::Held,
     /// Istio conflicts the reconciler reports (readiness detail).
     conflicts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Statuses written (or being written), so one verdict is written once;
@@ -372,16 +372,16 @@ impl Cluster {
     fn desired(
         &mut self,
         base: &str,
-        mode: crate::istio::Mode,
+        mode: crate::kube::istio::Mode,
         root: &str,
         now: u64,
         grace: u64,
-    ) -> crate::kube_istio::Desired {
-        let opts = crate::istio::Options { mode, base, root_namespace: root };
-        let mut targets: Vec<crate::istio::Target> = self.index.targets().cloned().collect();
-        crate::kube_snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
+    ) -> crate::kube::reconcile::Desired {
+        let opts = crate::kube::istio::Options { mode, base, root_namespace: root };
+        let mut targets: Vec<crate::kube::istio::Target> = self.index.targets().cloned().collect();
+        crate::kube::snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
         self.last_targets = targets.clone();
-        let objects = targets.iter().map(|t| crate::istio::render_target(t, &opts)).collect();
+        let objects = targets.iter().map(|t| crate::kube::istio::render_target(t, &opts)).collect();
         let rules = self.rules.items.iter().map(|((ns, name), r)| Existing {
             kind: "DestinationRule",
             namespace: ns.clone(),
@@ -463,7 +463,7 @@ enum TableUpdate {
 }
 
 /// The object an event changes, if it is one object (not a re-list).
-fn touched<T>(r: &Report<T>) -> Option<crate::kube_watch::Key> {
+fn touched<T>(r: &Report<T>) -> Option<crate::kube::watch::Key> {
     match r {
         Report::Change(Change::Apply(k, _) | Change::Delete(k)) => Some(k.clone()),
         _ => None,
@@ -477,8 +477,8 @@ fn apply_indexed<T>(
     mirror: &mut Mirror<T>,
     index: &mut Index,
     r: Report<T>,
-    removed: fn(&mut Index, &crate::kube_watch::Key, &T),
-    added: fn(&mut Index, &crate::kube_watch::Key, &T),
+    removed: fn(&mut Index, &crate::kube::watch::Key, &T),
+    added: fn(&mut Index, &crate::kube::watch::Key, &T),
 ) -> Option<String> {
     let touched = touched(&r);
     if let Some((k, old)) = touched.as_ref().and_then(|k| Some((k, mirror.items.get(k)?))) {
@@ -495,7 +495,7 @@ fn apply_indexed<T>(
 /// reports, if any.
 fn error_of<T>(
     r: Report<T>,
-    apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube_watch::Key>>,
+    apply: impl FnOnce(Report<T>) -> Option<Vec<crate::kube::watch::Key>>,
     index: Option<&mut Index>,
 ) -> Option<String> {
     let error = match &r {
@@ -515,21 +515,21 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let t = opts.watch;
     let label = watcher::Config::default().labels(GROUP_LABEL);
-    kube_watch::spawn(Api::<K8sPod>::all(client.clone()), label, pod, Update::Pod, tx.clone(), t);
+    watch::spawn(Api::<K8sPod>::all(client.clone()), label, pod, Update::Pod, tx.clone(), t);
     let all = watcher::Config::default;
-    kube_watch::spawn(Api::<K8sService>::all(client.clone()), all(), service, Update::Service, tx.clone(), t);
-    kube_watch::spawn(Api::<K8sSlice>::all(client.clone()), all(), slice, Update::Slice, tx.clone(), t);
+    watch::spawn(Api::<K8sService>::all(client.clone()), all(), service, Update::Service, tx.clone(), t);
+    watch::spawn(Api::<K8sSlice>::all(client.clone()), all(), slice, Update::Slice, tx.clone(), t);
     let istio = "networking.istio.io";
     let c = || client.clone();
-    kube_watch::spawn_optional(c(), istio, "DestinationRule", ISTIO_VERSIONS, rule, Update::Rule, tx.clone(), t);
+    watch::spawn_optional(c(), istio, "DestinationRule", ISTIO_VERSIONS, rule, Update::Rule, tx.clone(), t);
     // VirtualServices: routes to lanes (target-header) and conflicts.
     if opts.istio.is_some() {
-        kube_watch::spawn_optional(c(), istio, "VirtualService", ISTIO_VERSIONS, route, Update::Route, tx.clone(), t);
+        watch::spawn_optional(c(), istio, "VirtualService", ISTIO_VERSIONS, route, Update::Route, tx.clone(), t);
     }
-    let (group_api, kind) = (kube_groups::API_GROUP, kube_groups::KIND);
-    kube_watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
+    let (group_api, kind) = (groups::API_GROUP, groups::KIND);
+    watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace);
-    kube_watch::spawn(configmaps.clone(), all(), own, Update::Own, tx.clone(), t);
+    watch::spawn(configmaps.clone(), all(), own, Update::Own, tx.clone(), t);
     let ticks = tx;
     tokio::spawn(async move {
         loop {
@@ -539,7 +539,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         }
     });
-    let statuses = kube_watch::dynamic_api(&client, kube_groups::API_GROUP, kube_groups::VERSION, kube_groups::KIND);
+    let statuses = watch::dynamic_api(&client, groups::API_GROUP, groups::VERSION, groups::KIND);
     let mut cluster = Cluster { first: true, ..Cluster::default() };
     // Without --istio, VirtualServices are not watched.
     cluster.routes.synced = opts.istio.is_none();
@@ -548,7 +548,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
     if let Some((_, root)) = &opts.istio {
         let (c, root, m) = (client.clone(), root.clone(), metrics.clone());
-        tokio::spawn(crate::kube_istio::run(c, root, desired_rx, conflicts, m));
+        tokio::spawn(crate::kube::reconcile::run(c, root, desired_rx, conflicts, m));
     }
     while let Some(update) = rx.recv().await {
         cluster.apply(update, &metrics);
@@ -575,7 +575,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         let table = cluster.table(base, now_ms(), &opts, &served.limits);
         let built = started.elapsed();
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
-        let (groups, verdicts) = kube_groups::to_groups(&objects, base, &served.limits);
+        let (groups, verdicts) = groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
         // Unchanged: nothing to check or serve (a rejected table stays rejected).
         let table = match table {
@@ -674,7 +674,7 @@ fn write_statuses(
     written.retain(|name, _| verdicts.contains_key(name));
     for o in objects {
         let Some(verdict) = verdicts.get(&o.name) else { continue };
-        let Some(status) = kube_groups::status_update(o, verdict, &now) else {
+        let Some(status) = groups::status_update(o, verdict, &now) else {
             written.remove(&o.name);
             continue;
         };
@@ -705,5 +705,5 @@ fn write_statuses(
 }
 
 #[cfg(test)]
-#[path = "kube_incremental_tests.rs"]
+#[path = "incremental_tests.rs"]
 mod incremental_tests;

@@ -15,7 +15,8 @@ use isogroup_core::group::is_valid_group;
 use isogroup_core::RawTable;
 use serde_json::{json, Value};
 
-use crate::api::{not_ready, Api, ApiError};
+use super::error::{not_ready, ApiError};
+use super::Api;
 use crate::store::Change;
 
 /// SPEC: a time to live of 1 s to 30 days; none: no expiry.
@@ -27,10 +28,6 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/v1/sources/{ip}", put(bind_host).delete(unbind_host))
         .route("/v1/sources/{ip}/{len}", put(bind_range).delete(unbind_range))
         .route("/v1/rules", get(list_rules).put(set_rules))
-}
-
-pub fn now_s() -> u64 {
-    crate::store::now_ms() / 1000
 }
 
 /// Hands a sources/rules change to the store. A store that cannot keep
@@ -137,7 +134,7 @@ async fn bind(api: &Api, ip: &str, len: Option<&str>, headers: &HeaderMap, body:
     api.authorize(headers)?;
     let cidr = parse_range(ip, len)?;
     let (group, ttl) = parse_binding(body)?;
-    let expires_at = ttl.map(|t| now_s() + t);
+    let expires_at = ttl.map(|t| crate::store::now_s() + t);
     let change = Change::BindSource { cidr: cidr.clone(), group: group.clone(), expires_at };
     let snap = apply(api, change).await?;
     tracing::info!(%cidr, %group, ?expires_at, version = snap.version, "source bound");
@@ -163,7 +160,7 @@ async fn list_sources(State(api): State<Arc<Api>>) -> Response {
         return e.into_response();
     }
     let snap = served.current();
-    let now = now_s();
+    let now = crate::store::now_s();
     let sources: Vec<_> = snap.raw.sources.iter().filter(|s| s.expires_at.is_none_or(|t| now < t)).collect();
     Json(json!({ "version": snap.version, "epoch": snap.epoch, "now": now, "sources": sources })).into_response()
 }

@@ -1,8 +1,8 @@
 //! The watch loop's incremental table: the mirrors indexed by service, so
-//! an event re-evaluates only the services it touches (`kube_snapshot`'s
+//! an event re-evaluates only the services it touches (`kube::snapshot`'s
 //! per-service rules) instead of every service of the cluster. What it
 //! keeps per service is exactly what a whole rebuild would compute now;
-//! `kube_source`'s tests compare the two after every step of random event
+//! `kube::source`'s tests compare the two after every step of random event
 //! sequences.
 //!
 //! A service is evaluated again when one of these changed: the Service; one
@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use isogroup_core::RawService;
 
-use crate::istio::Target;
-use crate::kube_snapshot::{evaluate, fqdn, lanes_of, service_key, Clock, EndpointSlice, Labels, Pod, Service, Since};
-use crate::kube_watch::{Key, Mirror};
+use crate::kube::istio::Target;
+use crate::kube::snapshot::{evaluate, fqdn, lanes_of, service_key, Clock, EndpointSlice, Labels, Pod, Service, Since};
+use crate::kube::watch::{Key, Mirror};
 
 /// A DestinationRule: its host (as an FQDN), its subsets' selectors, and
 /// whether the companion made it.

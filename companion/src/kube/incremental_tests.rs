@@ -1,4 +1,4 @@
-//! The incremental table (`kube_index`) against the whole rebuild
+//! The incremental table (`kube::index`) against the whole rebuild
 //! (`kube_snapshot::to_table` over a snapshot of every mirror): random
 //! watch event sequences over a small cluster, where collisions are many
 //! (slices moving between services, pods in several slices, rules for
@@ -13,11 +13,11 @@ use std::time::Duration;
 use isogroup_core::Limits;
 
 use super::{Cluster, Options, Own, Update};
-use crate::istio::GROUP_LABEL;
-use crate::kube_index::{RouteObj, RuleObj};
-use crate::kube_snapshot::{fqdn, service_key, targets, to_table, Clock, Endpoint, EndpointSlice, Labels, Pod};
-use crate::kube_snapshot::{Service, Since, Snapshot};
-use crate::kube_watch::{Change, Key, Report};
+use crate::kube::index::{RouteObj, RuleObj};
+use crate::kube::istio::GROUP_LABEL;
+use crate::kube::snapshot::{fqdn, service_key, targets, to_table, Clock, Endpoint, EndpointSlice, Labels, Pod};
+use crate::kube::snapshot::{Service, Since, Snapshot};
+use crate::kube::watch::{Change, Key, Report};
 use crate::metrics::Metrics;
 
 /// xorshift64*: reproducible from the seed in a failure message.
@@ -214,7 +214,7 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
     let metrics = Metrics::new();
     let mut opts = Options::new(Duration::from_millis(SETTLE_MS), "isogroup-system".into());
     if routes_required {
-        opts.istio = Some((crate::istio::Mode::TargetHeader, "istio-system".into()));
+        opts.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
     }
     let limits = Limits::default();
     let mut c = Cluster { first: true, ..Cluster::default() };

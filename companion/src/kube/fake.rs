@@ -18,7 +18,7 @@
 //!   against the shipped RBAC (`companion_rbac`, `denied`).
 //!
 //! It names no item of this crate (a kube client for it is `FakeClient`, in
-//! `kube_tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
+//! `kube::tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
 //! this very file and serves it to the real companion binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,0 +1,253 @@
+//! The table: `GET /v1/table` with long-poll, and the admin writes
+//! (`PUT /v1/table`, `PUT`/`DELETE /v1/services/<s>/groups/<g>`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use isogroup_core::epoch::Stamp;
+use isogroup_core::group::is_valid_group;
+use isogroup_core::table::is_valid_service;
+use isogroup_core::RawTable;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{not_ready, ApiError};
+use super::Api;
+use crate::store::{Change, ChangeError, Snapshot};
+
+/// The longest hold a poller may ask for.
+const MAX_WAIT_S: u64 = 300;
+/// The epoch of the table served, beside `ETag: "<version>"`.
+pub const EPOCH_HEADER: HeaderName = HeaderName::from_static("x-isogroup-epoch");
+
+/// `max_table`: the store's `max_table_bytes`, the one body larger than
+/// the admin limit.
+pub fn routes(max_table: usize) -> Router<Arc<Api>> {
+    Router::new()
+        .route("/v1/table", get(get_table).put(put_table).layer(DefaultBodyLimit::max(max_table)))
+        .route("/v1/services/{service}/groups/{group}", put(put_group).delete(delete_group))
+}
+
+#[derive(Deserialize)]
+struct TableQuery {
+    after: Option<u64>,
+    epoch: Option<String>,
+    wait: Option<u64>,
+}
+
+/// What a poller holds, and so which answers are news to it.
+struct Poll {
+    after: Option<u64>,
+    epoch: Option<String>,
+}
+
+impl Poll {
+    /// With `epoch`: only a table newer in the (epoch, version) order. Without
+    /// (the first-round rule): any version other than the one it has.
+    fn wants(&self, snap: &Snapshot) -> bool {
+        match &self.epoch {
+            Some(epoch) => snap.stamp() > Stamp::new(Some(epoch), self.after.unwrap_or(0)),
+            None => self.after != Some(snap.version),
+        }
+    }
+}
+
+/// `ETag` and, when the table has one, `X-Isogroup-Epoch`.
+fn stamp_headers(snap: &Snapshot) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", snap.version)) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(epoch) = snap.epoch.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+        headers.insert(EPOCH_HEADER, epoch);
+    }
+    headers
+}
+
+fn table_response(snap: &Snapshot) -> Response {
+    let mut headers = stamp_headers(snap);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (headers, snap.json.clone()).into_response()
+}
+
+/// `304` still names what is served, so a poller (or a cache) can tell.
+fn not_modified(snap: &Snapshot) -> Response {
+    (StatusCode::NOT_MODIFIED, stamp_headers(snap)).into_response()
+}
+
+/// Counts a held poll for as long as it lives: a client that goes away drops
+/// the handler's future, and with it this guard.
+struct HeldPoll<'a>(&'a Gauge);
+
+impl<'a> HeldPoll<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        HeldPoll(gauge)
+    }
+}
+
+impl Drop for HeldPoll<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `GET /v1/table[?after=v[&epoch=e]&wait=s]`: the table now when it is news
+/// to the poller (see `Poll::wants`), else held up to `wait` s, then 304.
+async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, headers: HeaderMap) -> Response {
+    if let Some(id) = headers.get("x-isogroup-poller").and_then(|v| v.to_str().ok()) {
+        api.metrics.saw_poller(id);
+    }
+    api.metrics.polls.inc();
+    let served = api.store.served();
+    if let Some(e) = not_ready(&served.readiness()) {
+        return e.into_response();
+    }
+    if let Some(detail) = api.store.not_serving() {
+        return ApiError::from(ChangeError::NotLeader(detail)).into_response();
+    }
+    let mut rx = served.subscribe();
+    let mut snap = rx.borrow_and_update().clone();
+    let poll = Poll { after: q.after.or_else(|| if_none_match(&headers)), epoch: q.epoch };
+    if poll.wants(&snap) {
+        return table_response(&snap);
+    }
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_S));
+    if wait.is_zero() {
+        return not_modified(&snap);
+    }
+    let _held = HeldPoll::new(&api.metrics.held_polls);
+    let mut shutdown = api.shutdown.clone();
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return not_modified(&snap);
+                }
+                snap = rx.borrow_and_update().clone();
+                if poll.wants(&snap) {
+                    return table_response(&snap);
+                }
+            }
+            _ = &mut deadline => return not_modified(&snap),
+            _ = shutdown.wait_for(|down| *down) => return not_modified(&snap),
+        }
+    }
+}
+
+fn if_none_match(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::IF_NONE_MATCH)?.to_str().ok()?.trim().trim_matches('"').parse().ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    cluster: String,
+}
+
+async fn put_group(
+    State(api): State<Arc<Api>>,
+    Path((service, group)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = admin_put(&api, &service, &group, &headers, &body).await;
+    api.admin_result("put", result)
+}
+
+async fn delete_group(
+    State(api): State<Arc<Api>>,
+    Path((service, group)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let result = admin_delete(&api, &service, &group, &headers).await;
+    api.admin_result("delete", result)
+}
+
+async fn put_table(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let result = admin_put_table(&api, &headers, &body).await;
+    api.admin_result("put_table", result)
+}
+
+fn check_names(service: &str, group: &str) -> Result<(), ApiError> {
+    if !is_valid_service(service) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_service",
+            format!("{service:?} is not a valid service name"),
+        ));
+    }
+    if !is_valid_group(group.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_group",
+            format!("{group:?} is not a valid group name"),
+        ));
+    }
+    Ok(())
+}
+
+async fn admin_put(
+    api: &Api,
+    service: &str,
+    group: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    api.authorize(headers)?;
+    check_names(service, group)?;
+    let body: PutBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("expected {{\"cluster\": \"…\"}}: {e}"))
+    })?;
+    let change = Change::Register { service: service.into(), group: group.into(), cluster: body.cluster.clone() };
+    let snap = api.apply(change).await?;
+    tracing::info!(service, group, cluster = %body.cluster, version = snap.version, "registered");
+    Ok(Json(json!({
+        "version": snap.version, "epoch": snap.epoch, "service": service, "group": group, "cluster": body.cluster,
+    }))
+    .into_response())
+}
+
+async fn admin_delete(api: &Api, service: &str, group: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    api.authorize(headers)?;
+    check_names(service, group)?;
+    let snap = api.apply(Change::Unregister { service: service.into(), group: group.into() }).await?;
+    tracing::info!(service, group, version = snap.version, "unregistered");
+    Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch, "service": service, "group": group }))
+        .into_response())
+}
+
+/// `PUT /v1/table`: replaces services, groups and the base group with a
+/// validated table (its `version` and `epoch` are ignored).
+async fn admin_put_table(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    api.authorize(headers)?;
+    let limits = api.store.served().limits;
+    let raw = RawTable::from_json(body, &limits)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", e.to_string()))?;
+    // Sources and rules are replaced only when the body names them (even
+    // as an empty list), which the parsed table cannot tell.
+    let present: Present = serde_json::from_slice(body).unwrap_or_default();
+    let change = Change::ReplaceTable {
+        table: Box::new(raw),
+        with_sources: present.sources.is_some(),
+        with_rules: present.rules.is_some(),
+    };
+    let snap = api.apply(change).await?;
+    tracing::info!(version = snap.version, services = snap.table().service_count(), "table replaced");
+    Ok(Json(json!({ "version": snap.version, "epoch": snap.epoch })).into_response())
+}
+
+/// Which optional parts a `PUT /v1/table` body has.
+#[derive(Deserialize, Default)]
+struct Present {
+    sources: Option<serde::de::IgnoredAny>,
+    rules: Option<serde::de::IgnoredAny>,
+}
