@@ -440,7 +440,7 @@ async fn a_binding_made_in_the_page_routes_until_it_expires(w: &World) {
     b.screenshot(&shots().join("bind.png")).await;
     w.gateway_routes("127.0.0.2 on its lane", "127.0.0.2", &[], "a@feature-1 > b@feature-1 > c@base").await;
     assert_eq!(w.through_gateway("127.0.0.1", &[]).await, "a@base > b@base > c@base", "another machine");
-    // the README's picture: the lanes with the binding, small
+    // the picture in docs/companion.md (docs/console.png): the lanes with the binding, small
     b.set_size(1040, 700).await;
     b.goto(&w.c.url("/ui/#lanes")).await;
     b.wait_text("article[data-lane=feature-1]", "the binding on its lane", |t| t.contains("127.0.0.2/32")).await;

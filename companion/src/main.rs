@@ -45,7 +45,7 @@ enum Command {
         /// the same epoch and version): comma-separated endpoint URLs.
         #[arg(long, value_delimiter = ',', conflicts_with = "kubernetes")]
         etcd: Vec<String>,
-        /// Where in etcd the table lives (see README, "etcd store").
+        /// Where in etcd the table lives (see docs/companion.md, "etcd store").
         #[arg(long, default_value = "/isogroup/")]
         etcd_prefix: String,
         /// Build the table from the cluster instead (pods labelled

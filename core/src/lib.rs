@@ -24,6 +24,7 @@ pub mod join;
 mod json;
 pub use json::Quoted;
 mod read;
+pub use read::{SCHEMA_OBJECTS, SCHEMA_VALUES};
 pub mod regex;
 pub mod request;
 pub mod sources;

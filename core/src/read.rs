@@ -359,3 +359,27 @@ fn rule(r: &mut Reader<'_>) -> Res<RawRule> {
     })?;
     Ok(rule)
 }
+
+/// Every object of the two schemas with the field names its reader accepts:
+/// the very lists the functions above match keys against. Named as the
+/// headings of `docs/configuration.md` name them (`config.` the plugin
+/// configuration, `table.` the route table); `core/tests/docs_fields.rs`
+/// checks every name is documented there and every list here is in this one.
+pub const SCHEMA_OBJECTS: &[(&str, &[&str])] = &[
+    ("config", CONFIG_FIELDS),
+    ("config.limits", LIMIT_FIELDS),
+    ("config.edge", EDGE_FIELDS),
+    ("config.edge.rules[]", RULE_FIELDS),
+    ("config.propagation_assist", ASSIST_FIELDS),
+    ("config.table", SOURCE_VARIANTS),
+    ("config.table.companion", COMPANION_FIELDS),
+    ("table", TABLE_FIELDS),
+    ("table.groups.<group>", GROUP_FIELDS),
+    ("table.services.<service>", SERVICE_FIELDS),
+    ("table.sources[]", SOURCE_FIELDS),
+    ("table.rules[]", RULE_FIELDS),
+];
+
+/// The fields that take one of a fixed set of strings: (object, field, values).
+pub const SCHEMA_VALUES: &[(&str, &str, &[&str])] =
+    &[("config.propagation_assist", "side", SIDES), ("table.groups.<group>", "mode", MODES)];

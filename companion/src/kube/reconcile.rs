@@ -6,7 +6,7 @@
 //! DestinationRule or VirtualService of someone else for the same host, or
 //! an object of someone else under the name it would use, is a conflict
 //! (logged, counted, shown in `/readyz`), and that service's objects are
-//! left alone until the other object goes or is merged (README).
+//! left alone until the other object goes or is merged (docs/companion.md, "Kubernetes source").
 //!
 //! The plan is pure (`plan`); one task applies plans in order.
 
