@@ -257,6 +257,7 @@ fn check_fields(raw: &RawConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
         }
     }
+    check_header_roles(raw)?;
     if let Some(key) = &raw.baggage_key {
         if !is_token(key) {
             return Err(ConfigError::InvalidValue {
@@ -303,6 +304,38 @@ fn check_fields(raw: &RawConfig) -> Result<(), ConfigError> {
             value: text_of(&raw.failfast_status),
             why: "an HTTP error status, 400 to 599",
         });
+    }
+    Ok(())
+}
+
+/// Request headers the scan reads by their fixed names.
+const READ_HEADERS: [&str; 4] = ["baggage", "cookie", "content-type", "x-isogroup-debug"];
+
+/// Each header name has one role: the scan reads a header as the first role
+/// its name matches, so a collision would let a client's routing header pass
+/// as a group (and survive a pass-through). A null routing header is still
+/// stripped under its default name, which counts.
+fn check_header_roles(raw: &RawConfig) -> Result<(), ConfigError> {
+    let names = [
+        ("group_header", raw.group_header.as_str()),
+        ("strict_header", raw.strict_header.as_str()),
+        ("cluster_header", raw.cluster_header.as_deref().unwrap_or(DEFAULT_CLUSTER_HEADER)),
+        ("target_header", raw.target_header.as_deref().unwrap_or(DEFAULT_TARGET_HEADER)),
+    ];
+    for (i, (field, name)) in names.iter().enumerate() {
+        let other = names.iter().skip(i + 1).find(|(_, n)| n == name).map(|(f, _)| *f);
+        let other = other.or_else(|| READ_HEADERS.contains(name).then_some("a header the filter reads itself"));
+        if let Some(other) = other {
+            return Err(ConfigError::Invalid {
+                field: (*field).into(),
+                why: crate::cat!(
+                    crate::Quoted(*name),
+                    " is also the name of ",
+                    other,
+                    " (each header name has one role)"
+                ),
+            });
+        }
     }
     Ok(())
 }
