@@ -61,6 +61,9 @@ pub struct VmState {
     pub config: RefCell<Vec<u8>>,
     pub now_ms: Cell<u64>,
     pub request: RefCell<Vec<(String, Vec<u8>)>>,
+    /// Served by `request_headers` instead of `request` when set: a header
+    /// map as bytes, which may be malformed.
+    pub raw_request: RefCell<Option<Vec<u8>>>,
     pub response: RefCell<Vec<(String, Vec<u8>)>>,
     pub properties: RefCell<HashMap<String, Vec<u8>>>,
     pub calls: RefCell<Vec<Call>>,
@@ -163,6 +166,9 @@ impl Host for FakeHost {
 
     fn request_headers(&self) -> HostResult<HeaderMap> {
         self.check("request_headers")?;
+        if let Some(raw) = &*self.vm.raw_request.borrow() {
+            return Ok(HeaderMap::from_bytes(raw.clone()));
+        }
         Ok(HeaderMap::from_bytes(encode(&self.vm.request.borrow())))
     }
 

@@ -24,10 +24,10 @@ use crate::vm::Vm;
 
 pub struct Request<H> {
     vm: Rc<Vm<H>>,
-    /// The table in force when the request arrived.
-    table: Option<Rc<Table>>,
-    /// `x-isogroup-served`, written from `table` at response time.
-    served: Option<Served>,
+    /// `x-isogroup-served`, written at response time from the table the
+    /// request was decided against, held until then only: a superseded
+    /// table does not outlive the response headers of its streams.
+    served: Option<(Served, Rc<Table>)>,
     explanation: Option<String>,
     /// Untrusted edge peer: isogroup response headers do not go back to it.
     strip_annotations: bool,
@@ -35,8 +35,7 @@ pub struct Request<H> {
 
 impl<H: Host> Request<H> {
     pub fn new(vm: Rc<Vm<H>>) -> Self {
-        let table = vm.table();
-        Request { vm, table, served: None, explanation: None, strip_annotations: false }
+        Request { vm, served: None, explanation: None, strip_annotations: false }
     }
 
     fn count(&self, decision: Option<&Decision<'_>>) {
@@ -128,7 +127,8 @@ impl<H: Host> HttpContext for Request<H> {
         };
         let headers = map.pairs();
         let settings = &self.vm.settings;
-        let table = self.table.clone();
+        // The table in force when the request arrived.
+        let table = self.vm.table();
         let now_s = self.vm.clock_ms.get() / 1000;
         let peer = match &settings.edge {
             Some(edge) if edge.needs_peer(table.as_deref()) => Peer { ip: self.peer_ip(), now_s },
@@ -163,15 +163,22 @@ impl<H: Host> HttpContext for Request<H> {
         }
         // After a routing header fails, nothing more is written: the stream is reset.
         let mut unwritten = None;
+        let routing = [settings.cluster_header.as_str(), settings.target_header.as_str()];
+        // Which routing headers the edits set or removed.
+        let mut touched = [false; 2];
         incoming.each_edit(decision.as_ref(), settings, |edit| {
             if unwritten.is_some() {
                 return;
             }
+            let name = match &edit {
+                Edit::Set(n, _) | Edit::Add(n, _) | Edit::Remove(n) => *n,
+            };
+            let role = routing.iter().position(|r| *r == name);
+            if let Some(t) = role.and_then(|i| touched.get_mut(i)) {
+                *t = true;
+            }
             if let Err(e) = self.apply(&edit) {
-                let name = match &edit {
-                    Edit::Set(n, _) | Edit::Add(n, _) | Edit::Remove(n) => *n,
-                };
-                if name == settings.cluster_header || name == settings.target_header {
+                if role.is_some() {
                     // A routing header left as the client sent it could pick a cluster.
                     unwritten = Some((name, e));
                 } else {
@@ -179,10 +186,19 @@ impl<H: Host> HttpContext for Request<H> {
                 }
             }
         });
+        // Removed whatever the scan saw: a malformed entry ends the scan,
+        // and a client's routing header past it must not survive.
+        for (name, touched) in routing.into_iter().zip(touched) {
+            if unwritten.is_none() && !touched {
+                if let Err(e) = self.vm.host.remove_request_header(name) {
+                    unwritten = Some((name, e));
+                }
+            }
+        }
         if let Some((name, e)) = unwritten {
             return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
         }
-        self.served = incoming.served(decision.as_ref(), settings);
+        self.served = incoming.served(decision.as_ref(), settings).zip(table);
         Action::Continue
     }
 
@@ -195,10 +211,10 @@ impl<H: Host> HttpContext for Request<H> {
             }
             return Action::Continue;
         }
-        if let (Some(served), Some(table)) = (self.served.take(), &self.table) {
+        if let Some((served, table)) = self.served.take() {
             let mut value = self.vm.scratch.take();
             value.clear();
-            served.write(table, &mut value);
+            served.write(&table, &mut value);
             let written = host.add_response_header("x-isogroup-served", &value);
             self.vm.scratch.set(value);
             self.warn_if_failed(written);
