@@ -329,7 +329,7 @@ fn check_header_roles(raw: &RawConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::Invalid {
                 field: (*field).into(),
                 why: crate::cat!(
-                    crate::Quoted(*name),
+                    crate::Quoted(name),
                     " is also the name of ",
                     other,
                     " (each header name has one role)"
