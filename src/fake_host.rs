@@ -4,7 +4,7 @@
 //! `fail` returns an error, so every failure path can be driven.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -70,7 +70,8 @@ pub struct VmState {
     /// Raw header-map bytes and body of the next HTTP-call answer.
     pub call_answer: RefCell<(Vec<u8>, Vec<u8>)>,
     pub body_reads: Cell<u32>,
-    pub fail: RefCell<HashSet<&'static str>>,
+    /// Calls that fail, with the status each returns.
+    pub fail: RefCell<HashMap<&'static str, Status>>,
     /// Property reads made (a host call each).
     pub property_reads: Cell<u32>,
     next_token: Cell<u32>,
@@ -91,7 +92,11 @@ impl FakeHost {
     }
 
     pub fn fail(&self, call: &'static str) {
-        self.vm.fail.borrow_mut().insert(call);
+        self.fail_with(call, Status::InternalFailure);
+    }
+
+    pub fn fail_with(&self, call: &'static str, status: Status) {
+        self.vm.fail.borrow_mut().insert(call, status);
     }
 
     pub fn heal(&self, call: &'static str) {
@@ -132,10 +137,9 @@ impl FakeHost {
     }
 
     fn check(&self, call: &'static str) -> HostResult<()> {
-        if self.vm.fail.borrow().contains(call) {
-            Err(HostError { call, status: Status::InternalFailure })
-        } else {
-            Ok(())
+        match self.vm.fail.borrow().get(call) {
+            Some(&status) => Err(HostError { call, status }),
+            None => Ok(()),
         }
     }
 }

@@ -25,7 +25,7 @@ pub struct HostError {
 
 impl Piece for HostError {
     fn push_to(&self, out: &mut String) {
-        isogroup_core::cat_to!(out; self.call, " failed: ", self.status.name());
+        isogroup_core::cat_to!(out; self.call, " failed: ", self.status);
     }
 }
 

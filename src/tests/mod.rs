@@ -54,3 +54,31 @@ pub fn send(root: &Root<FakeHost>, host: &FakeHost, headers: &[(&str, &str)]) ->
     let action = ctx.on_http_request_headers(headers.len(), true);
     (action, ctx)
 }
+
+/// Every status the proxy-wasm ABI defines keeps its own name; a code it
+/// does not define is shown by number, never read as another status.
+#[test]
+fn every_host_status_is_told_apart() {
+    use crate::proxy::Status;
+    let names = [
+        "Ok",
+        "NotFound",
+        "BadArgument",
+        "SerializationFailure",
+        "ParseFailure",
+        "BadExpression",
+        "InvalidMemoryAccess",
+        "Empty",
+        "CasMismatch",
+        "ResultMismatch",
+        "InternalFailure",
+        "BrokenConnection",
+        "Unimplemented",
+    ];
+    for (code, name) in (0u32..).zip(names) {
+        assert_eq!(Status::from_raw(code).name(), Some(name), "status {code}");
+    }
+    assert_eq!(Status::from_raw(13).name(), None);
+    let e = crate::host::HostError { call: "get_property", status: Status::from_raw(99) };
+    assert_eq!(e.to_string(), "get_property failed: status 99");
+}

@@ -289,3 +289,22 @@ fn an_answer_over_max_table_bytes_is_refused_before_its_body_is_copied() {
     assert_eq!(process.metric("isogroup_table_rejects_total"), 1, "counted as a reject (flushed on the tick)");
     assert_eq!(tokens(&host).len(), 2, "a refused answer backs off like garbage");
 }
+
+#[test]
+fn a_lost_lease_race_is_quiet_and_any_other_lease_failure_is_said_by_its_status() {
+    use crate::proxy::Status;
+    for (status, said) in [(Status::CasMismatch, None), (Status::Unimplemented, Some("Unimplemented"))] {
+        let process = Process::new();
+        let (mut root, host) = configured(&process, &companion_config("companion"));
+        root.on_tick();
+        answer(&mut root, &host, &[(":status", "304")], "");
+        host.fail_with("shared_set", status);
+        root.on_tick();
+        assert_eq!(tokens(&host).len(), 1, "the lease is not renewed: no poll");
+        let warned = process.log.borrow().iter().find(|(_, m)| m.contains("poller lease")).map(|(_, m)| m.clone());
+        match said {
+            None => assert_eq!(warned, None, "another VM won the race: nothing to say"),
+            Some(name) => assert!(warned.is_some_and(|m| m.contains(name)), "{:?}", process.log.borrow()),
+        }
+    }
+}
