@@ -144,6 +144,12 @@ impl FakeHost {
     }
 }
 
+/// A value as Envoy hands it over: an empty one is a null pointer, which
+/// the ABI layer reads as no value.
+fn present(value: &[u8]) -> Option<Vec<u8>> {
+    (!value.is_empty()).then(|| value.to_vec())
+}
+
 fn owned(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect()
 }
@@ -259,7 +265,7 @@ impl Host for FakeHost {
     fn shared_get(&self, key: &str) -> HostResult<Shared> {
         self.check("shared_get")?;
         Ok(match self.process.shared.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            Some((v, cas)) => (present(v), Some(*cas)),
             None => (None, None),
         })
     }
@@ -282,7 +288,7 @@ impl Host for FakeHost {
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         self.check("property")?;
         self.vm.property_reads.set(self.vm.property_reads.get() + 1);
-        Ok(self.vm.properties.borrow().get(&path.join(".")).cloned())
+        Ok(self.vm.properties.borrow().get(&path.join(".")).and_then(|v| present(v)))
     }
 
     fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> HostResult<u32> {
@@ -303,6 +309,6 @@ impl Host for FakeHost {
         self.check("http_call_response_body")?;
         self.vm.body_reads.set(self.vm.body_reads.get() + 1);
         let body = &self.vm.call_answer.borrow().1;
-        Ok(Some(body[..size.min(body.len())].to_vec()))
+        Ok(present(&body[..size.min(body.len())]))
     }
 }

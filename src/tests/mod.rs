@@ -2,8 +2,10 @@
 //! failure paths and the table sync, in milliseconds. What only a real Envoy
 //! proves (route re-picking, workers, wasm itself) stays in `tests/`.
 
+mod abi;
 mod assist;
 mod edge;
+pub mod envoy;
 mod request;
 mod sync;
 
