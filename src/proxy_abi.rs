@@ -312,12 +312,9 @@ impl Contexts {
 }
 
 /// A VM's state: a wasm32 VM runs one thread (this module is built without
-/// the threads feature, and refuses to build with it), so a plain static is
-/// enough.
+/// the threads feature: `./build.sh test` refuses a module with shared
+/// memory or an atomic instruction), so a plain static is enough.
 struct OneThread(RefCell<Option<Contexts>>);
-
-#[cfg(target_feature = "atomics")]
-compile_error!("the filter is single-threaded: build it without the atomics target feature (no shared memory)");
 
 // SAFETY: wasm32 without the threads feature has exactly one thread.
 #[cfg(target_arch = "wasm32")]
