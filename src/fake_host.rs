@@ -214,10 +214,9 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> HostResult<()> {
         self.check("send_local_reply")?;
-        let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect();
-        let call = Call::LocalReply { status, headers, body: body.to_vec() };
+        let call = Call::LocalReply { status, headers: owned(headers), body: body.to_vec() };
         self.vm.calls.borrow_mut().push(call);
         Ok(())
     }
@@ -291,11 +290,11 @@ impl Host for FakeHost {
         Ok(self.vm.properties.borrow().get(&path.join(".")).and_then(|v| present(v)))
     }
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> HostResult<u32> {
+    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32> {
         self.check("dispatch_http_call")?;
         let token = self.vm.next_token.get() + 1;
         self.vm.next_token.set(token);
-        let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), String::from_utf8_lossy(v).into_owned())).collect();
         self.vm.calls.borrow_mut().push(Call::Dispatch { cluster: cluster.to_owned(), headers, timeout, token });
         Ok(token)
     }

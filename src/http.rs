@@ -18,7 +18,7 @@ use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::text::text_of;
 use isogroup_core::{cat, Decision, Table};
 
-use crate::host::{Host, HostError, HostResult};
+use crate::host::{HeaderMap, Host, HostError, HostResult};
 use crate::metrics::Counter;
 use crate::vm::Vm;
 
@@ -49,18 +49,6 @@ impl<H: Host> Request<H> {
                 }
             }
             Some(Decision::FailFast(_)) => m.count(Counter::Failfast),
-        }
-    }
-
-    /// The headers could not be read: still remove both routing headers, or
-    /// reset the stream when even that fails.
-    fn sanitise_blind(&self) -> Action {
-        let s = &self.vm.settings;
-        let host = &self.vm.host;
-        let removed = host.remove_request_header(&s.cluster_header).and(host.remove_request_header(&s.target_header));
-        match removed {
-            Ok(()) => Action::Continue,
-            Err(e) => self.reset(&cat!("cannot remove the routing headers (", e, ")")),
         }
     }
 
@@ -108,7 +96,7 @@ impl<H: Host> Request<H> {
                 &[("x-isogroup-failfast", reply.service.as_bytes())],
             )
         } else {
-            let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let headers: Vec<(&str, &[u8])> = reply.headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
             host.send_local_reply(u32::from(reply.status), &headers, reply.body.as_bytes())
         }
     }
@@ -118,13 +106,12 @@ impl<H> Context for Request<H> {}
 
 impl<H: Host> HttpContext for Request<H> {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let map = match self.vm.host.request_headers() {
-            Ok(h) => h,
-            Err(e) => {
-                self.warn(e);
-                return self.sanitise_blind();
-            }
-        };
+        // Unreadable headers: decided as none (a pass-through), which still
+        // removes both routing headers, or resets the stream.
+        let map = self.vm.host.request_headers().unwrap_or_else(|e| {
+            self.warn(e);
+            HeaderMap::from_bytes(Vec::new())
+        });
         let headers = map.pairs();
         let settings = &self.vm.settings;
         // The table in force when the request arrived.

@@ -171,12 +171,8 @@ fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn str_pairs<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a [u8])> {
-    pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
-}
-
-pub fn send_local_response(code: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
-    let headers = serialize_pairs(&str_pairs(headers));
+pub fn send_local_response(code: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), Status> {
+    let headers = serialize_pairs(headers);
     status(unsafe {
         proxy_send_local_response(code, null(), 0, body.as_ptr(), body.len(), headers.as_ptr(), headers.len(), -1)
     })
@@ -236,8 +232,8 @@ pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     fetch(|data, size| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), data, size) })
 }
 
-pub fn http_call(upstream: &str, headers: &[(&str, &str)], timeout_ms: u32) -> Result<u32, Status> {
-    let headers = serialize_pairs(&str_pairs(headers));
+pub fn http_call(upstream: &str, headers: &[(&str, &[u8])], timeout_ms: u32) -> Result<u32, Status> {
+    let headers = serialize_pairs(headers);
     let trailers = serialize_pairs(&[]);
     let mut token = 0;
     status(unsafe {

@@ -222,12 +222,12 @@ impl Follower {
             },
         };
         let poller = poller_id(&vm.host, &vm.id, now);
-        let headers = [
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", self.source.authority.as_str()),
-            ("accept", "application/json"),
-            ("x-isogroup-poller", poller.as_str()),
+        let headers: [(&str, &[u8]); 5] = [
+            (":method", b"GET"),
+            (":path", path.as_bytes()),
+            (":authority", self.source.authority.as_bytes()),
+            ("accept", b"application/json"),
+            ("x-isogroup-poller", poller.as_bytes()),
         ];
         let timeout = Duration::from_secs(u64::from(self.source.wait_s) + 5);
         match vm.host.dispatch_http_call(&self.source.cluster, &headers, timeout) {

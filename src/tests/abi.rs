@@ -76,7 +76,7 @@ fn header_maps_and_pairs_round_trip_with_hostile_bytes() {
     assert_eq!(request_header("x-isogroup"), ["feature-1"]);
     assert_eq!(request_header("baggage"), ["a=1"]);
     assert!(request_header("empty").is_empty());
-    abi::send_local_response(503, &[("x-isogroup-failfast", "b"), ("content-type", "application/json")], b"{}")
+    abi::send_local_response(503, &[("x-isogroup-failfast", b"b"), ("content-type", b"application/json")], b"{}")
         .unwrap();
     abi::send_grpc_response(crate::proxy::GrpcStatusCode::Unavailable, "down", &[("x-isogroup-failfast", b"b")])
         .unwrap();
