@@ -148,24 +148,19 @@ impl<H: Host> HttpContext for Request<H> {
                 Err(e) => self.reset(&cat!("fail-fast for ", reply.service, " not answered (", e, ")")),
             };
         }
-        // After a routing header fails, nothing more is written: the stream is reset.
+        // After a routing header fails, nothing more is written: the stream
+        // is reset. Both are set or removed on every path that forwards,
+        // whatever the scan saw.
         let mut unwritten = None;
-        let routing = [settings.cluster_header.as_str(), settings.target_header.as_str()];
-        // Which routing headers the edits set or removed.
-        let mut touched = [false; 2];
         incoming.each_edit(decision.as_ref(), settings, |edit| {
             if unwritten.is_some() {
                 return;
             }
-            let name = match &edit {
-                Edit::Set(n, _) | Edit::Add(n, _) | Edit::Remove(n) => *n,
-            };
-            let role = routing.iter().position(|r| *r == name);
-            if let Some(t) = role.and_then(|i| touched.get_mut(i)) {
-                *t = true;
-            }
             if let Err(e) = self.apply(&edit) {
-                if role.is_some() {
+                let name = match &edit {
+                    Edit::Set(n, _) | Edit::Add(n, _) | Edit::Remove(n) => *n,
+                };
+                if name == settings.cluster_header || name == settings.target_header {
                     // A routing header left as the client sent it could pick a cluster.
                     unwritten = Some((name, e));
                 } else {
@@ -173,15 +168,6 @@ impl<H: Host> HttpContext for Request<H> {
                 }
             }
         });
-        // Removed whatever the scan saw: a malformed entry ends the scan,
-        // and a client's routing header past it must not survive.
-        for (name, touched) in routing.into_iter().zip(touched) {
-            if unwritten.is_none() && !touched {
-                if let Err(e) = self.vm.host.remove_request_header(name) {
-                    unwritten = Some((name, e));
-                }
-            }
-        }
         if let Some((name, e)) = unwritten {
             return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
         }
