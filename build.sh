@@ -197,12 +197,22 @@ check_wasm_size() {
   echo "wasm size ratchet: $size bytes (record $WASM_SIZE_RECORD, limit $limit, hard limit $WASM_SIZE_LIMIT)"
 }
 
+# The module as the host sees it (tools/check-wasm.mjs): no exported malloc
+# or free (the host would allocate what it hands over with them), an exported
+# proxy_on_memory_allocate, and single-threaded (no shared memory, no atomic
+# instruction: the filter keeps its state in a static that assumes one thread).
+check_wasm_module() {
+  ensure_node
+  node tools/check-wasm.mjs "$WASM"
+}
+
 run_tests() {
   # Some tests hold thousands of sockets (held long-polls): take the hard
   # open-files limit where the soft one is lower.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   build
   check_wasm_size
+  check_wasm_module
   ensure_envoy
   log "rustfmt and clippy (native and wasm32)"
   cargo fmt --all --check

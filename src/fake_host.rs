@@ -4,7 +4,7 @@
 //! `fail` returns an error, so every failure path can be driven.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -61,13 +61,17 @@ pub struct VmState {
     pub config: RefCell<Vec<u8>>,
     pub now_ms: Cell<u64>,
     pub request: RefCell<Vec<(String, Vec<u8>)>>,
+    /// Served by `request_headers` instead of `request` when set: a header
+    /// map as bytes, which may be malformed.
+    pub raw_request: RefCell<Option<Vec<u8>>>,
     pub response: RefCell<Vec<(String, Vec<u8>)>>,
     pub properties: RefCell<HashMap<String, Vec<u8>>>,
     pub calls: RefCell<Vec<Call>>,
     /// Raw header-map bytes and body of the next HTTP-call answer.
     pub call_answer: RefCell<(Vec<u8>, Vec<u8>)>,
     pub body_reads: Cell<u32>,
-    pub fail: RefCell<HashSet<&'static str>>,
+    /// Calls that fail, with the status each returns.
+    pub fail: RefCell<HashMap<&'static str, Status>>,
     /// Property reads made (a host call each).
     pub property_reads: Cell<u32>,
     next_token: Cell<u32>,
@@ -88,7 +92,11 @@ impl FakeHost {
     }
 
     pub fn fail(&self, call: &'static str) {
-        self.vm.fail.borrow_mut().insert(call);
+        self.fail_with(call, Status::InternalFailure);
+    }
+
+    pub fn fail_with(&self, call: &'static str, status: Status) {
+        self.vm.fail.borrow_mut().insert(call, status);
     }
 
     pub fn heal(&self, call: &'static str) {
@@ -129,12 +137,17 @@ impl FakeHost {
     }
 
     fn check(&self, call: &'static str) -> HostResult<()> {
-        if self.vm.fail.borrow().contains(call) {
-            Err(HostError { call, status: Status::InternalFailure })
-        } else {
-            Ok(())
+        match self.vm.fail.borrow().get(call) {
+            Some(&status) => Err(HostError { call, status }),
+            None => Ok(()),
         }
     }
+}
+
+/// A value as Envoy hands it over: an empty one is a null pointer, which
+/// the ABI layer reads as no value.
+fn present(value: &[u8]) -> Option<Vec<u8>> {
+    (!value.is_empty()).then(|| value.to_vec())
 }
 
 fn owned(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
@@ -163,6 +176,9 @@ impl Host for FakeHost {
 
     fn request_headers(&self) -> HostResult<HeaderMap> {
         self.check("request_headers")?;
+        if let Some(raw) = &*self.vm.raw_request.borrow() {
+            return Ok(HeaderMap::from_bytes(raw.clone()));
+        }
         Ok(HeaderMap::from_bytes(encode(&self.vm.request.borrow())))
     }
 
@@ -198,10 +214,9 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> HostResult<()> {
         self.check("send_local_reply")?;
-        let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect();
-        let call = Call::LocalReply { status, headers, body: body.to_vec() };
+        let call = Call::LocalReply { status, headers: owned(headers), body: body.to_vec() };
         self.vm.calls.borrow_mut().push(call);
         Ok(())
     }
@@ -249,7 +264,7 @@ impl Host for FakeHost {
     fn shared_get(&self, key: &str) -> HostResult<Shared> {
         self.check("shared_get")?;
         Ok(match self.process.shared.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            Some((v, cas)) => (present(v), Some(*cas)),
             None => (None, None),
         })
     }
@@ -272,14 +287,14 @@ impl Host for FakeHost {
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         self.check("property")?;
         self.vm.property_reads.set(self.vm.property_reads.get() + 1);
-        Ok(self.vm.properties.borrow().get(&path.join(".")).cloned())
+        Ok(self.vm.properties.borrow().get(&path.join(".")).and_then(|v| present(v)))
     }
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> HostResult<u32> {
+    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32> {
         self.check("dispatch_http_call")?;
         let token = self.vm.next_token.get() + 1;
         self.vm.next_token.set(token);
-        let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), String::from_utf8_lossy(v).into_owned())).collect();
         self.vm.calls.borrow_mut().push(Call::Dispatch { cluster: cluster.to_owned(), headers, timeout, token });
         Ok(token)
     }
@@ -293,6 +308,6 @@ impl Host for FakeHost {
         self.check("http_call_response_body")?;
         self.vm.body_reads.set(self.vm.body_reads.get() + 1);
         let body = &self.vm.call_answer.borrow().1;
-        Ok(Some(body[..size.min(body.len())].to_vec()))
+        Ok(present(&body[..size.min(body.len())]))
     }
 }

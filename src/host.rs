@@ -25,7 +25,7 @@ pub struct HostError {
 
 impl Piece for HostError {
     fn push_to(&self, out: &mut String) {
-        isogroup_core::cat_to!(out; self.call, " failed: ", self.status.name());
+        isogroup_core::cat_to!(out; self.call, " failed: ", self.status);
     }
 }
 
@@ -58,7 +58,7 @@ pub trait Host: 'static {
     fn add_response_header(&self, name: &str, value: &[u8]) -> HostResult<()>;
     fn remove_response_header(&self, name: &str) -> HostResult<()>;
     /// A local HTTP answer; the caller then returns `Action::Pause`.
-    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()>;
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> HostResult<()>;
     /// A trailers-only gRPC answer with `grpc-status` and `grpc-message`.
     fn send_grpc_reply(&self, code: GrpcStatusCode, message: &str, metadata: &[(&str, &[u8])]) -> HostResult<()>;
     /// Resets the request's stream: nothing reaches the upstream.
@@ -77,7 +77,7 @@ pub trait Host: 'static {
     /// serialises it to.
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> HostResult<u32>;
+    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32>;
     fn http_call_response_headers(&self) -> HostResult<HeaderMap>;
     fn http_call_response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>>;
 }

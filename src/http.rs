@@ -18,16 +18,16 @@ use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::text::text_of;
 use isogroup_core::{cat, Decision, Table};
 
-use crate::host::{Host, HostError, HostResult};
+use crate::host::{HeaderMap, Host, HostError, HostResult};
 use crate::metrics::Counter;
 use crate::vm::Vm;
 
 pub struct Request<H> {
     vm: Rc<Vm<H>>,
-    /// The table in force when the request arrived.
-    table: Option<Rc<Table>>,
-    /// `x-isogroup-served`, written from `table` at response time.
-    served: Option<Served>,
+    /// `x-isogroup-served`, written at response time from the table the
+    /// request was decided against, held until then only: a superseded
+    /// table does not outlive the response headers of its streams.
+    served: Option<(Served, Rc<Table>)>,
     explanation: Option<String>,
     /// Untrusted edge peer: isogroup response headers do not go back to it.
     strip_annotations: bool,
@@ -35,8 +35,7 @@ pub struct Request<H> {
 
 impl<H: Host> Request<H> {
     pub fn new(vm: Rc<Vm<H>>) -> Self {
-        let table = vm.table();
-        Request { vm, table, served: None, explanation: None, strip_annotations: false }
+        Request { vm, served: None, explanation: None, strip_annotations: false }
     }
 
     fn count(&self, decision: Option<&Decision<'_>>) {
@@ -50,18 +49,6 @@ impl<H: Host> Request<H> {
                 }
             }
             Some(Decision::FailFast(_)) => m.count(Counter::Failfast),
-        }
-    }
-
-    /// The headers could not be read: still remove both routing headers, or
-    /// reset the stream when even that fails.
-    fn sanitise_blind(&self) -> Action {
-        let s = &self.vm.settings;
-        let host = &self.vm.host;
-        let removed = host.remove_request_header(&s.cluster_header).and(host.remove_request_header(&s.target_header));
-        match removed {
-            Ok(()) => Action::Continue,
-            Err(e) => self.reset(&cat!("cannot remove the routing headers (", e, ")")),
         }
     }
 
@@ -109,7 +96,7 @@ impl<H: Host> Request<H> {
                 &[("x-isogroup-failfast", reply.service.as_bytes())],
             )
         } else {
-            let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let headers: Vec<(&str, &[u8])> = reply.headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
             host.send_local_reply(u32::from(reply.status), &headers, reply.body.as_bytes())
         }
     }
@@ -119,16 +106,16 @@ impl<H> Context for Request<H> {}
 
 impl<H: Host> HttpContext for Request<H> {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let map = match self.vm.host.request_headers() {
-            Ok(h) => h,
-            Err(e) => {
-                self.warn(e);
-                return self.sanitise_blind();
-            }
-        };
+        // Unreadable headers: decided as none (a pass-through), which still
+        // removes both routing headers, or resets the stream.
+        let map = self.vm.host.request_headers().unwrap_or_else(|e| {
+            self.warn(e);
+            HeaderMap::from_bytes(Vec::new())
+        });
         let headers = map.pairs();
         let settings = &self.vm.settings;
-        let table = self.table.clone();
+        // The table in force when the request arrived.
+        let table = self.vm.table();
         let now_s = self.vm.clock_ms.get() / 1000;
         let peer = match &settings.edge {
             Some(edge) if edge.needs_peer(table.as_deref()) => Peer { ip: self.peer_ip(), now_s },
@@ -161,7 +148,9 @@ impl<H: Host> HttpContext for Request<H> {
                 Err(e) => self.reset(&cat!("fail-fast for ", reply.service, " not answered (", e, ")")),
             };
         }
-        // After a routing header fails, nothing more is written: the stream is reset.
+        // After a routing header fails, nothing more is written: the stream
+        // is reset. Both are set or removed on every path that forwards,
+        // whatever the scan saw.
         let mut unwritten = None;
         incoming.each_edit(decision.as_ref(), settings, |edit| {
             if unwritten.is_some() {
@@ -182,7 +171,7 @@ impl<H: Host> HttpContext for Request<H> {
         if let Some((name, e)) = unwritten {
             return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
         }
-        self.served = incoming.served(decision.as_ref(), settings);
+        self.served = incoming.served(decision.as_ref(), settings).zip(table);
         Action::Continue
     }
 
@@ -195,10 +184,10 @@ impl<H: Host> HttpContext for Request<H> {
             }
             return Action::Continue;
         }
-        if let (Some(served), Some(table)) = (self.served.take(), &self.table) {
+        if let Some((served, table)) = self.served.take() {
             let mut value = self.vm.scratch.take();
             value.clear();
-            served.write(table, &mut value);
+            served.write(&table, &mut value);
             let written = host.add_response_header("x-isogroup-served", &value);
             self.vm.scratch.set(value);
             self.warn_if_failed(written);

@@ -17,12 +17,12 @@ pub mod host;
 mod http;
 mod metrics;
 pub mod proxy;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", test))]
 mod proxy_abi;
 mod root;
 mod sync;
 mod vm;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", test))]
 mod wasm_host;
 
 #[cfg(test)]

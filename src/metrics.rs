@@ -9,7 +9,7 @@ use core::cell::Cell;
 use crate::proxy::{LogLevel, MetricType};
 use isogroup_core::cat;
 
-use crate::host::Host;
+use crate::host::{Host, HostError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -35,18 +35,19 @@ impl Counter {
         Counter::TableFetches,
     ];
 
-    /// One `match`: reordering the variants cannot mislabel a metric.
+    /// By the variant's index (the test below checks the order).
     pub fn name(self) -> &'static str {
-        match self {
-            Counter::Routed => "isogroup_requests_routed_total",
-            Counter::Fallback => "isogroup_requests_fallback_total",
-            Counter::Failfast => "isogroup_requests_failfast_total",
-            Counter::Passthrough => "isogroup_requests_passthrough_total",
-            Counter::InvalidGroup => "isogroup_invalid_group_total",
-            Counter::TableUpdates => "isogroup_table_updates_total",
-            Counter::TableRejects => "isogroup_table_rejects_total",
-            Counter::TableFetches => "isogroup_table_fetches_total",
-        }
+        const NAMES: [&str; Counter::ALL.len()] = [
+            "isogroup_requests_routed_total",
+            "isogroup_requests_fallback_total",
+            "isogroup_requests_failfast_total",
+            "isogroup_requests_passthrough_total",
+            "isogroup_invalid_group_total",
+            "isogroup_table_updates_total",
+            "isogroup_table_rejects_total",
+            "isogroup_table_fetches_total",
+        ];
+        NAMES[self as usize]
     }
 }
 
@@ -100,7 +101,7 @@ impl Metrics {
             let n = cell.take();
             let Some(id) = id.filter(|_| n > 0) else { continue };
             if let Err(e) = host.increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX)) {
-                host.log(LogLevel::Warn, &cat!("isogroup: metric ", counter.name(), ": ", e));
+                warn(host, counter.name(), e);
             }
         }
     }
@@ -108,7 +109,7 @@ impl Metrics {
     pub fn set(&self, host: &impl Host, gauge: Gauge, value: u64) {
         if let Some(id) = self.gauge_ids[gauge as usize] {
             if let Err(e) = host.record_metric(id, value) {
-                host.log(LogLevel::Warn, &cat!("isogroup: metric ", gauge.name(), ": ", e));
+                warn(host, gauge.name(), e);
             }
         }
     }
@@ -118,10 +119,14 @@ fn defined(host: &impl Host, kind: MetricType, name: &str) -> Option<u32> {
     match host.define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(e) => {
-            host.log(LogLevel::Warn, &cat!("isogroup: metric ", name, ": ", e));
+            warn(host, name, e);
             None
         }
     }
+}
+
+fn warn(host: &impl Host, name: &str, e: HostError) {
+    host.log(LogLevel::Warn, &cat!("isogroup: metric ", name, ": ", e));
 }
 
 #[cfg(test)]
@@ -141,5 +146,19 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len() + Gauge::ALL.len());
+        // Names by index: each variant keeps the name the SPEC gives it.
+        let pinned = [
+            (Counter::Routed, "isogroup_requests_routed_total"),
+            (Counter::Fallback, "isogroup_requests_fallback_total"),
+            (Counter::Failfast, "isogroup_requests_failfast_total"),
+            (Counter::Passthrough, "isogroup_requests_passthrough_total"),
+            (Counter::InvalidGroup, "isogroup_invalid_group_total"),
+            (Counter::TableUpdates, "isogroup_table_updates_total"),
+            (Counter::TableRejects, "isogroup_table_rejects_total"),
+            (Counter::TableFetches, "isogroup_table_fetches_total"),
+        ];
+        for (counter, name) in pinned {
+            assert_eq!(counter.name(), name, "{counter:?}");
+        }
     }
 }

@@ -28,46 +28,58 @@ pub enum Action {
     Pause = 1,
 }
 
-/// A host call's result; a code this filter does not know reads as
-/// `InternalFailure`.
-#[repr(u32)]
+/// A host call's result, as the host's code: every code keeps its own
+/// identity (a caller tells `CasMismatch` from `NotFound` from
+/// `Unimplemented`), including one this filter has no name for.
 #[derive(Copy, Clone, Eq, PartialEq, Debug)]
-pub enum Status {
-    Ok = 0,
-    NotFound = 1,
-    BadArgument = 2,
-    SerializationFailure = 3,
-    ParseFailure = 4,
-    Empty = 7,
-    CasMismatch = 8,
-    InternalFailure = 10,
+pub struct Status(u32);
+
+/// The ABI's names, by code.
+const STATUS_NAMES: [&str; 13] = [
+    "Ok",
+    "NotFound",
+    "BadArgument",
+    "SerializationFailure",
+    "ParseFailure",
+    "BadExpression",
+    "InvalidMemoryAccess",
+    "Empty",
+    "CasMismatch",
+    "ResultMismatch",
+    "InternalFailure",
+    "BrokenConnection",
+    "Unimplemented",
+];
+
+// The ABI's names, as the enum variants they were.
+#[allow(non_upper_case_globals)]
+impl Status {
+    pub const Ok: Status = Status(0);
+    pub const NotFound: Status = Status(1);
+    pub const BadArgument: Status = Status(2);
+    pub const Empty: Status = Status(7);
+    pub const CasMismatch: Status = Status(8);
+    pub const InternalFailure: Status = Status(10);
+    pub const Unimplemented: Status = Status(12);
 }
 
 impl Status {
     pub fn from_raw(code: u32) -> Status {
-        match code {
-            0 => Status::Ok,
-            1 => Status::NotFound,
-            2 => Status::BadArgument,
-            3 => Status::SerializationFailure,
-            4 => Status::ParseFailure,
-            7 => Status::Empty,
-            8 => Status::CasMismatch,
-            _ => Status::InternalFailure,
-        }
+        Status(code)
     }
 
-    /// The name, for messages (no `Debug` formatting in the wasm).
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::Ok => "Ok",
-            Status::NotFound => "NotFound",
-            Status::BadArgument => "BadArgument",
-            Status::SerializationFailure => "SerializationFailure",
-            Status::ParseFailure => "ParseFailure",
-            Status::Empty => "Empty",
-            Status::CasMismatch => "CasMismatch",
-            Status::InternalFailure => "InternalFailure",
+    /// The ABI's name, for messages (no `Debug` formatting in the wasm);
+    /// `None` for a code the ABI does not define.
+    pub fn name(self) -> Option<&'static str> {
+        STATUS_NAMES.get(self.0 as usize).copied()
+    }
+}
+
+impl isogroup_core::text::Piece for Status {
+    fn push_to(&self, out: &mut String) {
+        match self.name() {
+            Some(name) => out.push_str(name),
+            None => isogroup_core::cat_to!(out; "status ", self.0),
         }
     }
 }

@@ -35,6 +35,11 @@ pub enum MapType {
 
 const STREAM_HTTP_REQUEST: u32 = 0;
 
+// Natively (unit tests) the same imports come from an Envoy double.
+#[cfg(not(target_arch = "wasm32"))]
+use crate::tests::envoy::*;
+
+#[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
@@ -166,12 +171,8 @@ fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn str_pairs<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a [u8])> {
-    pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
-}
-
-pub fn send_local_response(code: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
-    let headers = serialize_pairs(&str_pairs(headers));
+pub fn send_local_response(code: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), Status> {
+    let headers = serialize_pairs(headers);
     status(unsafe {
         proxy_send_local_response(code, null(), 0, body.as_ptr(), body.len(), headers.as_ptr(), headers.len(), -1)
     })
@@ -231,8 +232,8 @@ pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     fetch(|data, size| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), data, size) })
 }
 
-pub fn http_call(upstream: &str, headers: &[(&str, &str)], timeout_ms: u32) -> Result<u32, Status> {
-    let headers = serialize_pairs(&str_pairs(headers));
+pub fn http_call(upstream: &str, headers: &[(&str, &[u8])], timeout_ms: u32) -> Result<u32, Status> {
+    let headers = serialize_pairs(headers);
     let trailers = serialize_pairs(&[]);
     let mut token = 0;
     status(unsafe {
@@ -307,24 +308,41 @@ impl Contexts {
 }
 
 /// A VM's state: a wasm32 VM runs one thread (this module is built without
-/// the threads feature), so a plain static is enough.
+/// the threads feature: `./build.sh test` refuses a module with shared
+/// memory or an atomic instruction), so a plain static is enough.
 struct OneThread(RefCell<Option<Contexts>>);
 
 // SAFETY: wasm32 without the threads feature has exactly one thread.
+#[cfg(target_arch = "wasm32")]
 unsafe impl Sync for OneThread {}
 
+#[cfg(target_arch = "wasm32")]
 static CONTEXTS: OneThread = OneThread(RefCell::new(None));
+
+// Natively, one VM per test thread.
+#[cfg(not(target_arch = "wasm32"))]
+std::thread_local! {
+    static CONTEXTS: OneThread = const { OneThread(RefCell::new(None)) };
+}
 
 /// Runs `f` on the contexts; a re-entrant call (the host calling back while
 /// a callback runs, which Envoy does not do) is dropped, not a panic.
 fn with_contexts(f: &mut dyn FnMut(&mut Contexts)) {
-    if let Ok(mut c) = CONTEXTS.0.try_borrow_mut() {
+    #[cfg(target_arch = "wasm32")]
+    run_on(&CONTEXTS, f);
+    #[cfg(not(target_arch = "wasm32"))]
+    CONTEXTS.with(|contexts| run_on(contexts, f));
+}
+
+fn run_on(contexts: &OneThread, f: &mut dyn FnMut(&mut Contexts)) {
+    if let Ok(mut c) = contexts.0.try_borrow_mut() {
         f(c.get_or_insert_with(Contexts::default));
     }
 }
 
 /// A panic (none is expected: clippy denies unwrap, expect and panic) traps
 /// the VM, as `panic = "abort"` did with std.
+#[cfg(target_arch = "wasm32")]
 #[panic_handler]
 fn on_panic(_: &core::panic::PanicInfo<'_>) -> ! {
     core::arch::wasm32::unreachable()
@@ -334,12 +352,14 @@ fn on_panic(_: &core::panic::PanicInfo<'_>) -> ! {
 /// linear memory itself). Measured against wasi-libc's malloc in the same
 /// no_std build: Envoy holds ~4 MiB less malloc heap after start-up with it
 /// (BENCHMARKS.md, Memory), and the module is ~4.5 KB smaller.
+#[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 // wasi-libc (shipped with the target, self-contained) for the memcmp that
 // core's slice comparisons call; without it memcmp becomes an "env" import
 // Envoy does not provide. Only what is called is linked (not its malloc).
+#[cfg(target_arch = "wasm32")]
 #[link(name = "c")]
 extern "C" {}
 
@@ -352,6 +372,7 @@ extern "C" {
 }
 
 /// The reactor entry point Envoy calls once after instantiating the module.
+#[cfg(target_arch = "wasm32")]
 #[no_mangle]
 pub extern "C" fn _initialize() {
     // SAFETY: runs the module's static constructors once, as wasi-libc's
@@ -424,13 +445,30 @@ pub extern "C" fn proxy_on_http_call_response(
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, headers: usize, end_of_stream: bool) -> u32 {
-    let mut action = Action::Continue;
+    let mut action = None;
     with_contexts(&mut |c| {
-        if let Some(stream) = c.stream(context_id) {
-            action = stream.on_http_request_headers(headers, end_of_stream);
-        }
+        action = Some(match c.stream(context_id) {
+            Some(stream) => stream.on_http_request_headers(headers, end_of_stream),
+            None => sanitise_unknown_stream(),
+        });
     });
-    action as u32
+    action.unwrap_or_else(sanitise_unknown_stream) as u32
+}
+
+/// A stream with no context here (its plugin was never configured, so no
+/// settings name its headers): not routed, but a client's routing headers,
+/// under their default names, never pass; if they cannot be removed, the
+/// stream is closed.
+fn sanitise_unknown_stream() -> Action {
+    use isogroup_core::config::{DEFAULT_CLUSTER_HEADER, DEFAULT_TARGET_HEADER};
+    let map = MapType::HttpRequestHeaders;
+    match remove_header(map, DEFAULT_CLUSTER_HEADER).and(remove_header(map, DEFAULT_TARGET_HEADER)) {
+        Ok(()) => Action::Continue,
+        Err(_) => {
+            let _ = close_request_stream();
+            Action::Pause
+        }
+    }
 }
 
 #[no_mangle]

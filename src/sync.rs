@@ -24,7 +24,7 @@ use isogroup_core::cat;
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::text::{text_of, Hex};
-use isogroup_core::{CompanionSource, Source, Table};
+use isogroup_core::{CompanionSource, Source, Table, TableError};
 
 use crate::host::{Host, HostError};
 use crate::metrics::{Counter, Gauge};
@@ -222,12 +222,12 @@ impl Follower {
             },
         };
         let poller = poller_id(&vm.host, &vm.id, now);
-        let headers = [
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", self.source.authority.as_str()),
-            ("accept", "application/json"),
-            ("x-isogroup-poller", poller.as_str()),
+        let headers: [(&str, &[u8]); 5] = [
+            (":method", b"GET"),
+            (":path", path.as_bytes()),
+            (":authority", self.source.authority.as_bytes()),
+            ("accept", b"application/json"),
+            ("x-isogroup-poller", poller.as_bytes()),
         ];
         let timeout = Duration::from_secs(u64::from(self.source.wait_s) + 5);
         match vm.host.dispatch_http_call(&self.source.cluster, &headers, timeout) {
@@ -263,6 +263,12 @@ impl Follower {
                     }
                 }
                 vm.metrics.count(Counter::TableFetches);
+                // Refused before the body is copied: a VM's linear memory
+                // keeps its peak for good.
+                let limit = vm.settings.limits.max_table_bytes;
+                if body_size > limit {
+                    return self.reject(vm, TableError::TooManyBytes { field: "table", size: body_size, limit }, now);
+                }
                 let body = vm.host.http_call_response_body(body_size).ok().flatten().unwrap_or_default();
                 self.accept(vm, &body, now);
             }
@@ -286,14 +292,7 @@ impl Follower {
                 }
                 table
             }
-            Err(e) => {
-                // Every reject is logged (rare, and each one matters); the
-                // poll backs off so garbage is not fetched in a loop.
-                vm.metrics.count(Counter::TableRejects);
-                vm.log(LogLevel::Error, &cat!("table rejected, the last good one keeps serving: ", e));
-                self.back_off(vm, now);
-                return;
-            }
+            Err(e) => return self.reject(vm, e, now),
         };
         self.answered(vm, now);
         let held = Held::of(&table);
@@ -318,6 +317,14 @@ impl Follower {
         vm.metrics.set(&vm.host, Gauge::TableVersion, held.version);
         self.local = Some(held);
         vm.install(table);
+    }
+
+    /// Every reject is logged (rare, and each one matters); the poll backs
+    /// off so garbage is not fetched in a loop.
+    fn reject<H: Host>(&mut self, vm: &Vm<H>, e: TableError, now: u64) {
+        vm.metrics.count(Counter::TableRejects);
+        vm.log(LogLevel::Error, &cat!("table rejected, the last good one keeps serving: ", e));
+        self.back_off(vm, now);
     }
 
     fn answered<H: Host>(&mut self, vm: &Vm<H>, now: u64) {

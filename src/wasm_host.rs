@@ -61,7 +61,7 @@ impl Host for WasmHost {
         check("remove_map_value(response_headers)", abi::remove_header(MapType::HttpResponseHeaders, name))
     }
 
-    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> HostResult<()> {
         check("send_http_response", abi::send_local_response(status, headers, body))
     }
 
@@ -97,7 +97,7 @@ impl Host for WasmHost {
         check("get_property", abi::get_property(path))
     }
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> HostResult<u32> {
+    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32> {
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         check("dispatch_http_call", abi::http_call(cluster, headers, ms))
     }

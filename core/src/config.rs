@@ -249,14 +249,7 @@ impl Settings {
 /// The plugin configuration's own fields (the edge, assist and table
 /// sections compile after).
 fn check_fields(raw: &RawConfig) -> Result<(), ConfigError> {
-    let headers = [("group_header", &raw.group_header), ("strict_header", &raw.strict_header)];
-    let routing = [("cluster_header", &raw.cluster_header), ("target_header", &raw.target_header)];
-    let headers = headers.into_iter().chain(routing.into_iter().filter_map(|(f, v)| Some((f, v.as_ref()?))));
-    for (field, value) in headers {
-        if !is_header_name(value) {
-            return Err(ConfigError::InvalidHeaderName { field, value: value.clone() });
-        }
-    }
+    check_header_names(raw)?;
     if let Some(key) = &raw.baggage_key {
         if !is_token(key) {
             return Err(ConfigError::InvalidValue {
@@ -303,6 +296,42 @@ fn check_fields(raw: &RawConfig) -> Result<(), ConfigError> {
             value: text_of(&raw.failfast_status),
             why: "an HTTP error status, 400 to 599",
         });
+    }
+    Ok(())
+}
+
+/// The header names: each valid, and each with one role. The scan reads a
+/// header as the first role its name matches, so a collision would let a
+/// client's routing header pass as a group (and survive a pass-through). A
+/// null routing header is still stripped under its default name, which
+/// counts; so do the headers the scan reads by their fixed names.
+fn check_header_names(raw: &RawConfig) -> Result<(), ConfigError> {
+    const OWN: &str = "a header the filter reads itself";
+    let names = [
+        ("group_header", raw.group_header.as_str()),
+        ("strict_header", raw.strict_header.as_str()),
+        ("cluster_header", raw.cluster_header.as_deref().unwrap_or(DEFAULT_CLUSTER_HEADER)),
+        ("target_header", raw.target_header.as_deref().unwrap_or(DEFAULT_TARGET_HEADER)),
+        (OWN, "baggage"),
+        (OWN, "cookie"),
+        (OWN, "content-type"),
+        (OWN, "x-isogroup-debug"),
+    ];
+    for (i, &(field, name)) in names.iter().enumerate().take(4) {
+        if !is_header_name(name) {
+            return Err(ConfigError::InvalidHeaderName { field, value: name.into() });
+        }
+        if let Some((other, _)) = names.iter().skip(i + 1).find(|(_, n)| *n == name) {
+            return Err(ConfigError::Invalid {
+                field: field.into(),
+                why: crate::cat!(
+                    crate::Quoted(name),
+                    " is also the name of ",
+                    other,
+                    " (each header name has one role)"
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -101,8 +101,6 @@ pub struct Incoming<'h> {
     pub invalid: u32,
     /// The first trace id found in the configured trace headers.
     pub trace_id: Option<&'h [u8]>,
-    has_cluster_header: bool,
-    has_target_header: bool,
     group_headers: u32,
     strip_group_header: bool,
     strip_strict: bool,
@@ -195,8 +193,6 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(
         trusted,
         invalid: 0,
         trace_id: None,
-        has_cluster_header: false,
-        has_target_header: false,
         group_headers: 0,
         strip_group_header: false,
         strip_strict: false,
@@ -242,8 +238,8 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(
                     inc.strip_strict = true;
                 }
             }
-            n if n == s.cluster_header => inc.has_cluster_header = true,
-            n if n == s.target_header => inc.has_target_header = true,
+            // Routing headers are removed or set whatever the scan sees.
+            n if n == s.cluster_header || n == s.target_header => {}
             n => {
                 if let Some(assist) = &s.assist {
                     if let Some(rank) = assist.trace_headers.iter().position(|t| t == n) {
@@ -444,29 +440,20 @@ impl<'h> Incoming<'h> {
         if self.strip_strict {
             apply(Edit::Remove(&s.strict_header));
         }
-        match decision {
-            Some(Decision::Route(r)) => {
-                // A header not written is still sanitised.
-                if s.write_cluster_header {
-                    apply(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes())));
-                } else if self.has_cluster_header {
-                    apply(Edit::Remove(&s.cluster_header));
-                }
-                if s.write_target_header {
-                    apply(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes())));
-                } else if self.has_target_header {
-                    apply(Edit::Remove(&s.target_header));
-                }
-            }
-            _ => {
-                // Sanitise: a client never picks a cluster.
-                if self.has_cluster_header {
-                    apply(Edit::Remove(&s.cluster_header));
-                }
-                if self.has_target_header {
-                    apply(Edit::Remove(&s.target_header));
-                }
-            }
+        // Sanitise: a client never picks a cluster. A routing header not set
+        // is removed whatever the scan saw (a malformed entry can end the
+        // host's header list before it).
+        let route = match decision {
+            Some(Decision::Route(r)) => Some(r),
+            _ => None,
+        };
+        match route.filter(|_| s.write_cluster_header) {
+            Some(r) => apply(Edit::Set(&s.cluster_header, Cow::Borrowed(r.cluster.as_bytes()))),
+            None => apply(Edit::Remove(&s.cluster_header)),
+        }
+        match route.filter(|_| s.write_target_header) {
+            Some(r) => apply(Edit::Set(&s.target_header, Cow::Borrowed(r.serving.as_bytes()))),
+            None => apply(Edit::Remove(&s.target_header)),
         }
     }
 

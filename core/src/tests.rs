@@ -343,6 +343,17 @@ fn config_validation_errors() {
         ("{\u{0}", "(document): key must be a string at line 1 column 2"),
         (r#"{"edge":{"rules":[{"#, "edge.rules[0]: EOF while parsing an object at line 1 column 19"),
         ("{}", "accepted"),
+        // Colliding header names: the scan would read one as the other, and
+        // a client's routing header would pass as a group or a strict flag.
+        (r#"{"group_header":"x-isogroup-cluster"}"#, r#"group_header: "x-isogroup-cluster" is also the name of cluster_header (each header name has one role)"#),
+        (r#"{"group_header":"x-isogroup-cluster","cluster_header":null}"#, r#"group_header: "x-isogroup-cluster" is also the name of cluster_header (each header name has one role)"#),
+        (r#"{"strict_header":"x-isogroup-target"}"#, r#"strict_header: "x-isogroup-target" is also the name of target_header (each header name has one role)"#),
+        (r#"{"cluster_header":"x-route","target_header":"x-route"}"#, r#"cluster_header: "x-route" is also the name of target_header (each header name has one role)"#),
+        (r#"{"group_header":"x-g","strict_header":"x-g"}"#, r#"group_header: "x-g" is also the name of strict_header (each header name has one role)"#),
+        (r#"{"target_header":"x-isogroup"}"#, r#"group_header: "x-isogroup" is also the name of target_header (each header name has one role)"#),
+        (r#"{"group_header":"cookie"}"#, r#"group_header: "cookie" is also the name of a header the filter reads itself (each header name has one role)"#),
+        (r#"{"target_header":"x-isogroup-debug"}"#, r#"target_header: "x-isogroup-debug" is also the name of a header the filter reads itself (each header name has one role)"#),
+        (r#"{"group_header":"x-lane","strict_header":"x-lane-strict","cluster_header":"x-lane-cluster","target_header":null}"#, "accepted"),
     ];
     for (json, want) in cases {
         assert_eq!(config_error(json), *want, "{json}");

@@ -2,8 +2,10 @@
 //! failure paths and the table sync, in milliseconds. What only a real Envoy
 //! proves (route re-picking, workers, wasm itself) stays in `tests/`.
 
+mod abi;
 mod assist;
 mod edge;
+pub mod envoy;
 mod request;
 mod sync;
 
@@ -53,4 +55,32 @@ pub fn send(root: &Root<FakeHost>, host: &FakeHost, headers: &[(&str, &str)]) ->
     let mut ctx = root.create_http_context(1).unwrap_or_else(|| unreachable!("not configured"));
     let action = ctx.on_http_request_headers(headers.len(), true);
     (action, ctx)
+}
+
+/// Every status the proxy-wasm ABI defines keeps its own name; a code it
+/// does not define is shown by number, never read as another status.
+#[test]
+fn every_host_status_is_told_apart() {
+    use crate::proxy::Status;
+    let names = [
+        "Ok",
+        "NotFound",
+        "BadArgument",
+        "SerializationFailure",
+        "ParseFailure",
+        "BadExpression",
+        "InvalidMemoryAccess",
+        "Empty",
+        "CasMismatch",
+        "ResultMismatch",
+        "InternalFailure",
+        "BrokenConnection",
+        "Unimplemented",
+    ];
+    for (code, name) in (0u32..).zip(names) {
+        assert_eq!(Status::from_raw(code).name(), Some(name), "status {code}");
+    }
+    assert_eq!(Status::from_raw(13).name(), None);
+    let e = crate::host::HostError { call: "get_property", status: Status::from_raw(99) };
+    assert_eq!(e.to_string(), "get_property failed: status 99");
 }

@@ -128,6 +128,32 @@ fn the_served_annotation_names_the_table_the_request_was_decided_against() {
 }
 
 #[test]
+fn a_stream_holds_its_table_only_until_its_response_headers() {
+    let process = Process::new();
+    let (root, host) = configured(&process, &inline_config(""));
+    let vm = root.vm().unwrap().clone();
+    let newer =
+        || isogroup_core::Table::from_json(crate::tests::TABLE.as_bytes(), "base", &vm.settings.limits).unwrap();
+    // Routed (annotated): held from the request to the response headers.
+    let decided_against = std::rc::Rc::downgrade(&vm.table().unwrap());
+    let (_, mut routed) = send(&root, &host, &[(":authority", "a")]);
+    // Passed through (nothing to annotate): not held past the request headers.
+    let (_, passed) = send(&root, &host, &[(":authority", "elsewhere")]);
+    vm.install(newer());
+    assert!(decided_against.upgrade().is_some(), "the routed stream still needs it for x-isogroup-served");
+    routed.on_http_response_headers(0, false);
+    assert_eq!(one(host.response_header("x-isogroup-served")).as_deref(), Some("a=base"));
+    // The streams go on (a long download, a gRPC stream): the superseded table does not.
+    assert!(decided_against.upgrade().is_none(), "a superseded table outlives its streams' response headers");
+    // A stream whose request never reached its headers callback holds nothing either.
+    let idle = crate::proxy::RootContext::create_http_context(&root, 2).unwrap();
+    let current = std::rc::Rc::downgrade(&vm.table().unwrap());
+    vm.install(newer());
+    assert!(current.upgrade().is_none(), "a stream not yet started holds no table");
+    drop((routed, passed, idle));
+}
+
+#[test]
 fn unreadable_headers_still_strip_the_routing_headers() {
     let process = Process::new();
     let (root, host) = configured(&process, &inline_config(""));
@@ -138,6 +164,37 @@ fn unreadable_headers_still_strip_the_routing_headers() {
     assert!(host.request_header("x-isogroup-cluster").is_empty());
     assert!(host.request_header("x-isogroup-target").is_empty());
     assert!(host.calls().is_empty());
+}
+
+#[test]
+fn routing_headers_are_removed_on_every_path_that_does_not_set_them_whatever_the_scan_saw() {
+    use crate::header_map::encode;
+    let process = Process::new();
+    // (config, authority, routing header the decision writes, its value)
+    let cases = [
+        (inline_config(""), "elsewhere", None),
+        (inline_config(r#""cluster_header": null,"#), "a", Some(("x-isogroup-target", "base"))),
+        (inline_config(r#""target_header": null,"#), "a", Some(("x-isogroup-cluster", "a-base"))),
+        (r#"{"table": null}"#.to_owned(), "a", None),
+    ];
+    for (config, authority, written) in cases {
+        let (root, host) = configured(&process, &config);
+        let sent = [(":authority", authority), ("x-isogroup-cluster", "a-team-s"), ("x-isogroup-target", "team-s")];
+        // A malformed entry (a name that is not UTF-8) ends the scan before
+        // the client's routing headers.
+        *host.vm.raw_request.borrow_mut() = Some(encode(&[
+            (&b":authority"[..], authority.as_bytes()),
+            (b"\xff", b"x"),
+            (b"x-isogroup-cluster", b"a-team-s"),
+            (b"x-isogroup-target", b"team-s"),
+        ]));
+        let (action, _) = send(&root, &host, &sent);
+        assert_eq!(action, Action::Continue, "{config}");
+        for name in ["x-isogroup-cluster", "x-isogroup-target"] {
+            let want = written.filter(|(n, _)| *n == name).map(|(_, v)| v.to_owned());
+            assert_eq!(one(host.request_header(name)), want, "{config}: {name}");
+        }
+    }
 }
 
 #[test]

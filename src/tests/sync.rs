@@ -265,3 +265,46 @@ fn a_newer_companions_fields_are_skipped_and_said_once() {
     let told = process.log.borrow().iter().filter(|(_, m)| m.contains("does not know, ignored: lane_notes")).count();
     assert_eq!(told, 1, "{:?}", process.log.borrow());
 }
+
+#[test]
+fn an_answer_over_max_table_bytes_is_refused_before_its_body_is_copied() {
+    let process = Process::new();
+    let config = companion_config("companion").replacen('{', r#"{"limits": {"max_table_bytes": 4096}, "#, 1);
+    let (mut root, host) = configured(&process, &config);
+    root.on_tick();
+    answer(&mut root, &host, &[(":status", "200")], &table(3));
+    assert_eq!(installed(&root), Some(3));
+    root.on_tick();
+    let reads = host.vm.body_reads.get();
+    // The host says how long the body is before anything is copied: 1 GiB
+    // here (the fake holds a small one, so a read would not fail by itself).
+    let token = *tokens(&host).last().expect("a poll in flight");
+    host.answer(&[(":status", "200")], table(4).as_bytes());
+    root.on_http_call_response(token, 1, 1 << 30, 0);
+    assert_eq!(host.vm.body_reads.get(), reads, "the body is not copied into the VM");
+    assert_eq!(installed(&root), Some(3), "the last good table keeps serving");
+    assert!(process.logged("1073741824 bytes"), "the log says the size: {:?}", process.log.borrow());
+    assert!(process.logged("4096"), "and the limit: {:?}", process.log.borrow());
+    root.on_tick();
+    assert_eq!(process.metric("isogroup_table_rejects_total"), 1, "counted as a reject (flushed on the tick)");
+    assert_eq!(tokens(&host).len(), 2, "a refused answer backs off like garbage");
+}
+
+#[test]
+fn a_lost_lease_race_is_quiet_and_any_other_lease_failure_is_said_by_its_status() {
+    use crate::proxy::Status;
+    for (status, said) in [(Status::CasMismatch, None), (Status::Unimplemented, Some("Unimplemented"))] {
+        let process = Process::new();
+        let (mut root, host) = configured(&process, &companion_config("companion"));
+        root.on_tick();
+        answer(&mut root, &host, &[(":status", "304")], "");
+        host.fail_with("shared_set", status);
+        root.on_tick();
+        assert_eq!(tokens(&host).len(), 1, "the lease is not renewed: no poll");
+        let warned = process.log.borrow().iter().find(|(_, m)| m.contains("poller lease")).map(|(_, m)| m.clone());
+        match said {
+            None => assert_eq!(warned, None, "another VM won the race: nothing to say"),
+            Some(name) => assert!(warned.is_some_and(|m| m.contains(name)), "{:?}", process.log.borrow()),
+        }
+    }
+}
