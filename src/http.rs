@@ -127,6 +127,11 @@ impl<H: Host> HttpContext for Request<H> {
             }
         };
         let headers = map.pairs();
+        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
+        if headers.iter().any(|(name, _)| *name == "x-isogroup-test-trap") {
+            // Before anything is sanitised: the host must not forward this.
+            core::arch::wasm32::unreachable();
+        }
         let settings = &self.vm.settings;
         let table = self.table.clone();
         let now_s = self.vm.clock_ms.get() / 1000;
