@@ -92,6 +92,13 @@ impl TableSync {
         }
     }
 
+    /// Installs the process's table if it is newer than this VM's.
+    pub fn follow<H: Host>(&mut self, vm: &Vm<H>) {
+        if let TableSync::Companion(f) = self {
+            f.follow(vm);
+        }
+    }
+
     pub fn on_http_call_response<H: Host>(&mut self, vm: &Rc<Vm<H>>, token: u32, body_size: usize) {
         if let TableSync::Companion(f) = self {
             f.on_response(vm, token, body_size);

@@ -84,6 +84,32 @@ fn the_table_reaches_every_vm_of_its_source_and_no_other() {
     assert_eq!(keys.iter().filter(|k| k.ends_with("/table")).count(), 2, "{keys:?}");
 }
 
+/// The first table reaches the poller's VM at once and every other VM of the
+/// process on its tick; a stream that starts on another VM in between must
+/// not find no table (a join of a known lane answered `400`, a lane cookie
+/// skipped): a VM with no table takes the process's before the stream.
+#[test]
+fn a_vm_without_a_table_takes_the_processs_before_a_stream() {
+    let process = Process::new();
+    let config = r#"{"edge": {"join_path": "/.isogroup/join"},
+        "table": {"companion": {"cluster": "companion", "authority": "companion", "path": "/v1/table", "wait_s": 25}}}"#;
+    let (mut poller, poller_host) = configured(&process, config);
+    let (mut worker, worker_host) = configured(&process, config);
+    poller.on_tick();
+    worker.on_tick();
+    answer(&mut poller, &poller_host, &[(":status", "200")], &table(11));
+    assert_eq!((installed(&poller), installed(&worker)), (Some(11), None), "the worker has not ticked yet");
+    let join = [(":authority", "a"), (":path", "/.isogroup/join?lane=feature-1"), (":method", "GET")];
+    worker_host.vm.calls.borrow_mut().clear();
+    super::send(&mut worker, &worker_host, &join);
+    let calls = worker_host.calls();
+    let [Call::LocalReply { status, .. }] = calls.as_slice() else { panic!("{calls:?}") };
+    assert_eq!(*status, 302, "a join of a lane the process's table knows: {calls:?}");
+    assert_eq!(installed(&worker), Some(11));
+    super::send(&mut worker, &worker_host, &[(":authority", "a"), ("cookie", "isogroup-lane=feature-1")]);
+    assert_eq!(worker_host.request_header("x-isogroup-cluster"), vec![b"a-feature-1".to_vec()]);
+}
+
 #[test]
 fn only_newer_tables_are_installed_and_an_old_etag_is_not_even_read() {
     let process = Process::new();
