@@ -34,8 +34,8 @@ pub struct Request<H> {
 }
 
 impl<H: Host> Request<H> {
-    pub fn new(vm: Rc<Vm<H>>) -> Self {
-        let table = vm.table();
+    /// `table`: the VM's table in force when the stream starts.
+    pub fn new(vm: Rc<Vm<H>>, table: Option<Rc<Table>>) -> Self {
         Request { vm, table, served: None, explanation: None, strip_annotations: false }
     }
 

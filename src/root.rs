@@ -116,15 +116,17 @@ impl<H: Host> RootContext for Root<H> {
 
     fn create_http_context(&mut self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let vm = self.vm.clone()?;
-        if let (Some(sync), None) = (&mut self.sync, vm.table()) {
+        let mut table = vm.table();
+        if let (Some(TableSync::Companion(sync)), None) = (&mut self.sync, &table) {
             // The first table reaches one VM's poller at once and every other
             // VM on its next tick: until then a VM with none would refuse
             // joins of known lanes and skip lane cookies. A VM without a table
             // looks for the process's before each stream (one small
             // shared-data read, only until it has one).
             sync.follow(&vm);
+            table = vm.table();
         }
-        Some(Box::new(Request::new(vm)))
+        Some(Box::new(Request::new(vm, table)))
     }
 }
 

@@ -291,3 +291,28 @@ fn a_newer_companions_fields_are_skipped_and_said_once() {
     let told = process.log.borrow().iter().filter(|(_, m)| m.contains("does not know, ignored: lane_notes")).count();
     assert_eq!(told, 1, "{:?}", process.log.borrow());
 }
+
+/// The lease value is read as bytes: whatever another VM (or a stray
+/// writer) left there, the outcome is clear and nothing panics.
+#[test]
+fn a_lease_value_of_any_bytes_has_a_clear_outcome() {
+    use crate::host::Host;
+    let process = Process::new();
+    let (_root, host) = configured(&process, &companion_config("companion"));
+    let key = "test/lease";
+    let cases: &[(&[u8], bool)] = &[
+        (b"\xff\xfe 99999999999999", false), // another holder (not UTF-8), live
+        (b"\xff\xfe 5", true),               // another holder, lapsed
+        (b"me 99999999999999", true),        // ours: renewed
+        (b"other 99999999999999", false),    // another holder, live
+        (b"no-space-at-all", true),          // unreadable: as if free
+        (b"other ", true),                   // no expiry: lapsed
+        (b"other 12x", true),                // bad expiry: lapsed
+        (b" ", true),
+    ];
+    for (value, want) in cases {
+        host.shared_set(key, value, None).unwrap();
+        let got = crate::sync::take_lease(&host, key, "me", 1000).unwrap();
+        assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(value));
+    }
+}
