@@ -3,7 +3,7 @@
 //! right after a table change). An edge gateway (envoy/lanes.yaml: 2
 //! workers, `join_path` and `runtime` on) fed by the companion, which starts
 //! after the load does and then changes the table every 100 ms (runtime
-//! rules, source bindings, the groups a service has); 10,000 rounds of
+//! rules, source bindings, the groups a service has); at least 10,000 rounds of
 //! join-then-route-by-cookie once the process has a table. Every answer from
 //! then on must be right on every worker, and each worker must have served
 //! at least 50 table versions (read from its `x-isogroup-decision`), so the
@@ -29,6 +29,10 @@ use serde_json::{json, Value};
 const ROUNDS: usize = 10_000;
 const CLIENTS: usize = 8;
 const MIN_VERSIONS_PER_WORKER: usize = 50;
+/// A VM takes at most one version per 200 ms tick: the rounds go on until
+/// the table has changed this often (on a fast machine 10,000 rounds take
+/// less time than 50 ticks).
+const MIN_CHANGES: usize = 3 * MIN_VERSIONS_PER_WORKER;
 
 const TABLE: &str = r#"{"version": 1,
   "groups": {"feature-1": {}, "feature-2": {"fallback": ["feature-1"]}, "team-s": {"mode": "strict"}},
@@ -84,10 +88,11 @@ async fn joins_and_lane_cookies_stay_right_while_the_table_churns() {
     // process has one, and every request sent later must find it.
     let has_table = Arc::new(AtomicBool::new(false));
     let next_round = Arc::new(AtomicUsize::new(0));
+    let changes = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let (next_round, has_table) = (next_round.clone(), has_table.clone());
+        let (next_round, has_table, changes) = (next_round.clone(), has_table.clone(), changes.clone());
         clients.push(tokio::spawn(async move {
             // A new connection per request, so both workers serve; no redirect followed.
             let client = reqwest::Client::builder()
@@ -100,7 +105,7 @@ async fn joins_and_lane_cookies_stay_right_while_the_table_churns() {
             let url = |path: &str| format!("http://127.0.0.1:{gateway}{path}");
             let mut wrong = Vec::new();
             let mut versions: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-            while next_round.load(Ordering::Relaxed) < ROUNDS {
+            while next_round.load(Ordering::Relaxed) < ROUNDS || changes.load(Ordering::Relaxed) < MIN_CHANGES {
                 if t0.elapsed() > Duration::from_secs(150) {
                     wrong.push("the rounds did not finish in 150 s".to_owned());
                     break;
@@ -149,13 +154,14 @@ async fn joins_and_lane_cookies_stay_right_while_the_table_churns() {
     let companion = Arc::new(Companion::start(companion_port, TABLE).await);
     let done = Arc::new(AtomicBool::new(false));
     let churn = {
-        let (companion, done) = (companion.clone(), done.clone());
+        let (companion, done, changes) = (companion.clone(), done.clone(), changes.clone());
         tokio::spawn(async move {
             let client = http();
             let mut n = 0;
             while !done.load(Ordering::Relaxed) {
                 change(&client, &companion, n).await;
                 n += 1;
+                changes.store(n, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             n
@@ -174,7 +180,8 @@ async fn joins_and_lane_cookies_stay_right_while_the_table_churns() {
     let changes = churn.await.unwrap();
     let per_worker: BTreeMap<&String, usize> = versions.iter().map(|(vm, set)| (vm, set.len())).collect();
     println!(
-        "{ROUNDS} rounds in {:.1} s, {changes} table changes; distinct versions served per gateway VM: {per_worker:?}; {} wrong",
+        "{} rounds in {:.1} s, {changes} table changes; distinct versions served per gateway VM: {per_worker:?}; {} wrong",
+        next_round.load(Ordering::Relaxed),
         t0.elapsed().as_secs_f64(),
         wrong.len()
     );
