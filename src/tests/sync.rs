@@ -110,6 +110,22 @@ fn a_vm_without_a_table_takes_the_processs_before_a_stream() {
     assert_eq!(worker_host.request_header("x-isogroup-cluster"), vec![b"a-feature-1".to_vec()]);
 }
 
+/// A root configured when the process already has a table (a listener
+/// replaced over LDS, a WasmPlugin edit) routes by it from its first stream,
+/// not only after its first tick.
+#[test]
+fn a_new_root_routes_by_the_processs_table_from_its_first_stream() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, poller_host) = configured(&process, &config);
+    poller.on_tick();
+    answer(&mut poller, &poller_host, &[(":status", "200")], &table(12));
+    let (mut replaced, host) = configured(&process, &config);
+    super::send(&mut replaced, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    assert_eq!(host.request_header("x-isogroup-cluster"), vec![b"a-feature-1".to_vec()]);
+    assert_eq!(installed(&replaced), Some(12));
+}
+
 #[test]
 fn only_newer_tables_are_installed_and_an_old_etag_is_not_even_read() {
     let process = Process::new();
