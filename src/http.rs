@@ -113,6 +113,11 @@ impl<H: Host> HttpContext for Request<H> {
             HeaderMap::from_bytes(Vec::new())
         });
         let headers = map.pairs();
+        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
+        if headers.iter().any(|(name, _)| *name == "x-isogroup-test-trap") {
+            // Before anything is sanitised: the host must not forward this.
+            core::arch::wasm32::unreachable();
+        }
         let settings = &self.vm.settings;
         // The table in force when the request arrived.
         let table = self.vm.table();

@@ -123,7 +123,8 @@ pub trait RootContext: Context {
     fn get_type(&self) -> Option<ContextType> {
         None
     }
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>>;
+    /// `&mut`: a root may bring its table up to date before the stream starts.
+    fn create_http_context(&mut self, _context_id: u32) -> Option<Box<dyn HttpContext>>;
 }
 
 /// One HTTP stream's callbacks.

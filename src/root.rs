@@ -114,8 +114,16 @@ impl<H: Host> RootContext for Root<H> {
         Some(ContextType::HttpContext)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&mut self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let vm = self.vm.clone()?;
+        if let (Some(TableSync::Companion(sync)), None) = (&mut self.sync, vm.table()) {
+            // The first table reaches one VM's poller at once and every other
+            // VM on its next tick: until then a VM with none would refuse
+            // joins of known lanes and skip lane cookies. A VM without a table
+            // looks for the process's before each stream (one small
+            // shared-data read, only until it has one).
+            sync.follow(&vm);
+        }
         Some(Box::new(Request::new(vm)))
     }
 }

@@ -188,7 +188,7 @@ impl Follower {
     }
 
     /// Installs a newer process-wide table in this VM, compiled once.
-    fn follow<H: Host>(&mut self, vm: &Vm<H>) {
+    pub fn follow<H: Host>(&mut self, vm: &Vm<H>) {
         let Some(shared) = self.shared(vm) else { return };
         if !shared.is_newer_than(self.local.as_ref()) {
             return;
@@ -376,10 +376,13 @@ pub fn take_lease(host: &impl Host, key: &str, me: &str, now: u64) -> Result<boo
             }
         }
     };
-    let text = isogroup_core::text::lossy(&value);
-    let (holder, expiry) = text.split_once(' ').unwrap_or(("-", "0"));
-    let expiry = isogroup_core::text::parse_u64(expiry.as_bytes()).unwrap_or(0);
-    if holder != me && expiry > now {
+    // Read as bytes: a VM id has no space, and no text needs to be made.
+    let (holder, expiry) = match value.iter().position(|&b| b == b' ').and_then(|i| value.split_at_checked(i)) {
+        Some((holder, rest)) => (holder, rest.get(1..).unwrap_or_default()),
+        None => (&b"-"[..], &b"0"[..]),
+    };
+    let expiry = isogroup_core::text::parse_u64(expiry).unwrap_or(0);
+    if holder != me.as_bytes() && expiry > now {
         return Ok(false);
     }
     let lease = cat!(me, " ", now.saturating_add(LEASE_TTL_MS));
@@ -419,5 +422,6 @@ fn parse_etag(value: &[u8]) -> Option<u64> {
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    isogroup_core::text::parse_u64(core::str::from_utf8(bytes).ok()?.trim().as_bytes())
+    // Digits only: no UTF-8 check needed, and HTTP's whitespace is ASCII.
+    isogroup_core::text::parse_u64(bytes.trim_ascii())
 }

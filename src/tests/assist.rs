@@ -18,9 +18,13 @@ fn traceparent(n: u64) -> String {
 #[test]
 fn the_store_never_holds_more_entries_than_slots() {
     let process = Process::new();
-    let (inbound, host) = configured(&process, &config("inbound"));
+    let (mut inbound, host) = configured(&process, &config("inbound"));
     for n in 0..1_000 {
-        send(&inbound, &host, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &traceparent(n))]);
+        send(
+            &mut inbound,
+            &host,
+            &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &traceparent(n))],
+        );
     }
     let slots = process.shared_keys().into_iter().filter(|k| k.starts_with("isogroup/assist/")).count();
     assert!((1..=16).contains(&slots), "{slots} assist keys for 16 slots");
@@ -29,13 +33,17 @@ fn the_store_never_holds_more_entries_than_slots() {
 #[test]
 fn a_newer_trace_evicts_the_older_one_in_its_slot() {
     let process = Process::new();
-    let (inbound, in_host) = configured(&process, &config("inbound"));
-    let (outbound, out_host) = configured(&process, &config("outbound"));
-    let remember = |n: u64| {
-        send(&inbound, &in_host, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &traceparent(n))]);
+    let (mut inbound, in_host) = configured(&process, &config("inbound"));
+    let (mut outbound, out_host) = configured(&process, &config("outbound"));
+    let mut remember = |n: u64| {
+        send(
+            &mut inbound,
+            &in_host,
+            &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &traceparent(n))],
+        );
     };
-    let restored = |n: u64| {
-        send(&outbound, &out_host, &[(":authority", "a"), ("traceparent", &traceparent(n))]);
+    let mut restored = |n: u64| {
+        send(&mut outbound, &out_host, &[(":authority", "a"), ("traceparent", &traceparent(n))]);
         out_host.request_header("x-isogroup-cluster") == vec![b"a-feature-1".to_vec()]
     };
     remember(1);

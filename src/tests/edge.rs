@@ -28,7 +28,7 @@ fn from(host: &FakeHost, peer: &str) {
 }
 
 /// The cluster a request to `a` was routed to.
-fn cluster(root: &Root<FakeHost>, host: &FakeHost, extra: &[(&str, &str)]) -> String {
+fn cluster(root: &mut Root<FakeHost>, host: &FakeHost, extra: &[(&str, &str)]) -> String {
     let mut headers = vec![(":authority", "a"), (":path", "/"), (":method", "GET")];
     headers.extend_from_slice(extra);
     let (action, _) = send(root, host, &headers);
@@ -45,7 +45,7 @@ fn clock(root: &mut Root<FakeHost>, host: &FakeHost, unix_s: u64) {
 
 #[test]
 fn a_join_is_answered_locally_with_the_cookie() {
-    let (_, root, host) = edge(r#"{"join_path": "/.isogroup/join"}"#);
+    let (_, mut root, host) = edge(r#"{"join_path": "/.isogroup/join"}"#);
     type Case<'a> = (&'a str, u32, &'a [(&'a str, &'a str)]);
     let cases: &[Case] = &[
         (
@@ -63,7 +63,7 @@ fn a_join_is_answered_locally_with_the_cookie() {
     ];
     for (path, want_status, want_headers) in cases {
         host.vm.calls.borrow_mut().clear();
-        let (action, _) = send(&root, &host, &[(":authority", "gw"), (":path", path), (":method", "GET")]);
+        let (action, _) = send(&mut root, &host, &[(":authority", "gw"), (":path", path), (":method", "GET")]);
         assert_eq!(action, Action::Pause, "{path}");
         let calls = host.calls();
         let [Call::LocalReply { status, headers, body }] = calls.as_slice() else { panic!("{path}: {calls:?}") };
@@ -77,8 +77,8 @@ fn a_join_is_answered_locally_with_the_cookie() {
         assert!(host.request_header("x-isogroup-cluster").is_empty(), "{path}: a join is never forwarded");
     }
     // the cookie a join set routes the next request, from any peer
-    assert_eq!(cluster(&root, &host, &[("cookie", "isogroup-lane=lane-1")]), "a-lane-1");
-    assert_eq!(cluster(&root, &host, &[("cookie", "isogroup-lane=gone")]), "a-base");
+    assert_eq!(cluster(&mut root, &host, &[("cookie", "isogroup-lane=lane-1")]), "a-lane-1");
+    assert_eq!(cluster(&mut root, &host, &[("cookie", "isogroup-lane=gone")]), "a-base");
     // no peer needed for any of it
     assert_eq!(host.vm.property_reads.get(), 0);
 }
@@ -88,15 +88,15 @@ fn source_bindings_route_by_peer_until_they_expire() {
     let (_, mut root, host) = edge(r#"{"runtime": true}"#);
     clock(&mut root, &host, 1_999_999_998);
     from(&host, "127.0.0.2");
-    assert_eq!(cluster(&root, &host, &[]), "a-lane-1");
+    assert_eq!(cluster(&mut root, &host, &[]), "a-lane-1");
     assert_eq!(host.request_header("x-isogroup"), [b"lane-1".to_vec()], "the group is stamped on");
     from(&host, "127.0.0.3");
-    assert_eq!(cluster(&root, &host, &[]), "a-base");
+    assert_eq!(cluster(&mut root, &host, &[]), "a-base");
     // the runtime table rule
-    assert_eq!(cluster(&root, &host, &[("x-rt", "yes")]), "a-lane-1");
+    assert_eq!(cluster(&mut root, &host, &[("x-rt", "yes")]), "a-lane-1");
     from(&host, "127.0.0.2");
     clock(&mut root, &host, 2_000_000_000);
-    assert_eq!(cluster(&root, &host, &[]), "a-base", "expired by the filter's own clock");
+    assert_eq!(cluster(&mut root, &host, &[]), "a-base", "expired by the filter's own clock");
     assert_eq!(host.vm.property_reads.get(), 4, "one peer read per request");
 }
 
@@ -105,8 +105,12 @@ fn without_runtime_bindings_and_table_rules_are_ignored_and_the_peer_unread() {
     let (_, mut root, host) = edge("{}");
     clock(&mut root, &host, 1_000);
     from(&host, "127.0.0.2");
-    assert_eq!(cluster(&root, &host, &[]), "a-base");
-    assert_eq!(cluster(&root, &host, &[("x-rt", "yes")]), "a-base");
-    assert_eq!(cluster(&root, &host, &[("cookie", "isogroup-lane=lane-1")]), "a-base", "no join_path: no lane cookie");
+    assert_eq!(cluster(&mut root, &host, &[]), "a-base");
+    assert_eq!(cluster(&mut root, &host, &[("x-rt", "yes")]), "a-base");
+    assert_eq!(
+        cluster(&mut root, &host, &[("cookie", "isogroup-lane=lane-1")]),
+        "a-base",
+        "no join_path: no lane cookie"
+    );
     assert_eq!(host.vm.property_reads.get(), 0);
 }

@@ -50,7 +50,7 @@ pub fn configured(process: &Rc<Process>, config: &str) -> (Root<FakeHost>, FakeH
 
 /// One request through a new HTTP context: the action and the context (for
 /// the response side).
-pub fn send(root: &Root<FakeHost>, host: &FakeHost, headers: &[(&str, &str)]) -> (Action, Box<dyn HttpContext>) {
+pub fn send(root: &mut Root<FakeHost>, host: &FakeHost, headers: &[(&str, &str)]) -> (Action, Box<dyn HttpContext>) {
     host.set_request(headers);
     let mut ctx = root.create_http_context(1).unwrap_or_else(|| unreachable!("not configured"));
     let action = ctx.on_http_request_headers(headers.len(), true);

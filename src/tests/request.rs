@@ -14,7 +14,7 @@ fn one(values: Vec<Vec<u8>>) -> Option<String> {
 #[test]
 fn every_decision_edits_the_request_as_the_spec_says() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(""));
+    let (mut root, host) = configured(&process, &inline_config(""));
     // (headers sent, action, cluster header, target header, served annotation)
     type Case<'a> = (&'a [(&'a str, &'a str)], Action, Option<&'a str>, Option<&'a str>, Option<&'a str>);
     let cases: &[Case] = &[
@@ -58,7 +58,7 @@ fn every_decision_edits_the_request_as_the_spec_says() {
         ),
     ];
     for (headers, action, cluster, target, served) in cases {
-        let (got, mut ctx) = send(&root, &host, headers);
+        let (got, mut ctx) = send(&mut root, &host, headers);
         assert_eq!(got, *action, "{headers:?}");
         assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), *cluster, "{headers:?}");
         assert_eq!(one(host.request_header("x-isogroup-target")).as_deref(), *target, "{headers:?}");
@@ -71,8 +71,8 @@ fn every_decision_edits_the_request_as_the_spec_says() {
 #[test]
 fn fail_fast_answers_locally_and_never_forwards() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(r#""failfast_status": 507,"#));
-    let (action, _) = send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    let (mut root, host) = configured(&process, &inline_config(r#""failfast_status": 507,"#));
+    let (action, _) = send(&mut root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
     assert_eq!(action, Action::Pause);
     let calls = host.calls();
     let [Call::LocalReply { status, headers, body }] = calls.as_slice() else { panic!("{calls:?}") };
@@ -85,7 +85,7 @@ fn fail_fast_answers_locally_and_never_forwards() {
     assert!(host.request_header("x-isogroup-cluster").is_empty());
 
     let (action, _) = send(
-        &root,
+        &mut root,
         &host,
         &[
             (":authority", "b"),
@@ -105,8 +105,8 @@ fn fail_fast_answers_locally_and_never_forwards() {
 #[test]
 fn annotate_response_false_adds_nothing() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(r#""annotate_response": false,"#));
-    let (_, mut ctx) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    let (mut root, host) = configured(&process, &inline_config(r#""annotate_response": false,"#));
+    let (_, mut ctx) = send(&mut root, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
     ctx.on_http_response_headers(0, true);
     assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), Some("a-feature-1"));
     assert!(host.response_header("x-isogroup-served").is_empty());
@@ -115,8 +115,8 @@ fn annotate_response_false_adds_nothing() {
 #[test]
 fn the_served_annotation_names_the_table_the_request_was_decided_against() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(""));
-    let (_, mut ctx) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-2")]);
+    let (mut root, host) = configured(&process, &inline_config(""));
+    let (_, mut ctx) = send(&mut root, &host, &[(":authority", "a"), ("x-isogroup", "feature-2")]);
     // A new table before the response, in which every service and group id
     // names something else (ids follow name order).
     let newer = r#"{"version": 8, "groups": {"0": {}, "00": {}},
@@ -130,15 +130,15 @@ fn the_served_annotation_names_the_table_the_request_was_decided_against() {
 #[test]
 fn a_stream_holds_its_table_only_until_its_response_headers() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(""));
+    let (mut root, host) = configured(&process, &inline_config(""));
     let vm = root.vm().unwrap().clone();
     let newer =
         || isogroup_core::Table::from_json(crate::tests::TABLE.as_bytes(), "base", &vm.settings.limits).unwrap();
     // Routed (annotated): held from the request to the response headers.
     let decided_against = std::rc::Rc::downgrade(&vm.table().unwrap());
-    let (_, mut routed) = send(&root, &host, &[(":authority", "a")]);
+    let (_, mut routed) = send(&mut root, &host, &[(":authority", "a")]);
     // Passed through (nothing to annotate): not held past the request headers.
-    let (_, passed) = send(&root, &host, &[(":authority", "elsewhere")]);
+    let (_, passed) = send(&mut root, &host, &[(":authority", "elsewhere")]);
     vm.install(newer());
     assert!(decided_against.upgrade().is_some(), "the routed stream still needs it for x-isogroup-served");
     routed.on_http_response_headers(0, false);
@@ -146,7 +146,7 @@ fn a_stream_holds_its_table_only_until_its_response_headers() {
     // The streams go on (a long download, a gRPC stream): the superseded table does not.
     assert!(decided_against.upgrade().is_none(), "a superseded table outlives its streams' response headers");
     // A stream whose request never reached its headers callback holds nothing either.
-    let idle = crate::proxy::RootContext::create_http_context(&root, 2).unwrap();
+    let idle = crate::proxy::RootContext::create_http_context(&mut root, 2).unwrap();
     let current = std::rc::Rc::downgrade(&vm.table().unwrap());
     vm.install(newer());
     assert!(current.upgrade().is_none(), "a stream not yet started holds no table");
@@ -156,10 +156,13 @@ fn a_stream_holds_its_table_only_until_its_response_headers() {
 #[test]
 fn unreadable_headers_still_strip_the_routing_headers() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(""));
+    let (mut root, host) = configured(&process, &inline_config(""));
     host.fail("request_headers");
-    let (action, _) =
-        send(&root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s"), ("x-isogroup-target", "team-s")]);
+    let (action, _) = send(
+        &mut root,
+        &host,
+        &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s"), ("x-isogroup-target", "team-s")],
+    );
     assert_eq!(action, Action::Continue);
     assert!(host.request_header("x-isogroup-cluster").is_empty());
     assert!(host.request_header("x-isogroup-target").is_empty());
@@ -178,7 +181,7 @@ fn routing_headers_are_removed_on_every_path_that_does_not_set_them_whatever_the
         (r#"{"table": null}"#.to_owned(), "a", None),
     ];
     for (config, authority, written) in cases {
-        let (root, host) = configured(&process, &config);
+        let (mut root, host) = configured(&process, &config);
         let sent = [(":authority", authority), ("x-isogroup-cluster", "a-team-s"), ("x-isogroup-target", "team-s")];
         // A malformed entry (a name that is not UTF-8) ends the scan before
         // the client's routing headers.
@@ -188,7 +191,7 @@ fn routing_headers_are_removed_on_every_path_that_does_not_set_them_whatever_the
             (b"x-isogroup-cluster", b"a-team-s"),
             (b"x-isogroup-target", b"team-s"),
         ]));
-        let (action, _) = send(&root, &host, &sent);
+        let (action, _) = send(&mut root, &host, &sent);
         assert_eq!(action, Action::Continue, "{config}");
         for name in ["x-isogroup-cluster", "x-isogroup-target"] {
             let want = written.filter(|(n, _)| *n == name).map(|(_, v)| v.to_owned());
@@ -200,16 +203,16 @@ fn routing_headers_are_removed_on_every_path_that_does_not_set_them_whatever_the
 #[test]
 fn routing_headers_that_cannot_be_removed_reset_the_stream() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(""));
+    let (mut root, host) = configured(&process, &inline_config(""));
     host.fail("request_headers");
     host.fail("remove_request_header");
-    let (action, _) = send(&root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s")]);
+    let (action, _) = send(&mut root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s")]);
     assert_eq!(action, Action::Pause);
     assert_eq!(host.calls(), vec![Call::Reset]);
 
     // Headers readable, but the pass-through's sanitising remove fails.
     host.heal("request_headers");
-    let (action, _) = send(&root, &host, &[(":authority", "elsewhere"), ("x-isogroup-target", "team-s")]);
+    let (action, _) = send(&mut root, &host, &[(":authority", "elsewhere"), ("x-isogroup-target", "team-s")]);
     assert_eq!(action, Action::Pause);
     assert_eq!(host.calls(), vec![Call::Reset]);
 }
@@ -217,9 +220,9 @@ fn routing_headers_that_cannot_be_removed_reset_the_stream() {
 #[test]
 fn a_routing_header_that_cannot_be_written_resets_the_stream() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(""));
+    let (mut root, host) = configured(&process, &inline_config(""));
     host.fail("set_request_header");
-    let (action, _) = send(&root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s")]);
+    let (action, _) = send(&mut root, &host, &[(":authority", "a"), ("x-isogroup-cluster", "a-team-s")]);
     assert_eq!(action, Action::Pause);
     assert_eq!(host.calls(), vec![Call::Reset]);
 }
@@ -227,14 +230,14 @@ fn a_routing_header_that_cannot_be_written_resets_the_stream() {
 #[test]
 fn an_unanswerable_fail_fast_resets_instead_of_forwarding() {
     let process = Process::new();
-    let (root, host) = configured(&process, &inline_config(""));
+    let (mut root, host) = configured(&process, &inline_config(""));
     host.fail("send_local_reply");
-    let (action, _) = send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    let (action, _) = send(&mut root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
     assert_eq!(action, Action::Pause);
     assert_eq!(host.calls(), vec![Call::Reset]);
     // Even when the reset fails the request stays paused: never forwarded.
     host.fail("reset_request");
-    let (action, _) = send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    let (action, _) = send(&mut root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
     assert_eq!(action, Action::Pause);
     assert!(process.logged("the request stays paused"));
 }
@@ -243,11 +246,11 @@ fn an_unanswerable_fail_fast_resets_instead_of_forwarding() {
 fn counters_reach_the_metric_of_their_own_name() {
     let process = Process::new();
     let (mut root, host) = configured(&process, &inline_config(""));
-    send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-2")]);
-    send(&root, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
-    send(&root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
-    send(&root, &host, &[(":authority", "nowhere")]);
-    send(&root, &host, &[(":authority", "a"), ("x-isogroup", "Not_A_Group")]);
+    send(&mut root, &host, &[(":authority", "a"), ("x-isogroup", "feature-2")]);
+    send(&mut root, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    send(&mut root, &host, &[(":authority", "b"), ("x-isogroup", "team-s")]);
+    send(&mut root, &host, &[(":authority", "nowhere")]);
+    send(&mut root, &host, &[(":authority", "a"), ("x-isogroup", "Not_A_Group")]);
     // Counted in the VM, flushed on the tick: no host call per request.
     assert_eq!(process.metric("isogroup_requests_routed_total"), 0);
     crate::proxy::RootContext::on_tick(&mut root);
@@ -280,9 +283,9 @@ fn untrusted_edge_peers_get_no_annotations_and_lose_their_own_group() {
     let config = inline_config(
         r#""edge": {"trusted_cidrs": ["10.0.0.0/8"], "rules": [{"header": "x-user", "values": ["alice"], "group": "feature-1"}]},"#,
     );
-    let (root, host) = configured(&process, &config);
+    let (mut root, host) = configured(&process, &config);
     host.vm.properties.borrow_mut().insert("source.address".into(), b"192.0.2.1:5000".to_vec());
-    let (_, mut ctx) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "team-s"), ("x-user", "alice")]);
+    let (_, mut ctx) = send(&mut root, &host, &[(":authority", "a"), ("x-isogroup", "team-s"), ("x-user", "alice")]);
     assert_eq!(one(host.request_header("x-isogroup")).as_deref(), Some("feature-1"));
     assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), Some("a-feature-1"));
     host.vm.response.borrow_mut().push(("x-isogroup-served".into(), b"inner=hop".to_vec()));
@@ -290,7 +293,7 @@ fn untrusted_edge_peers_get_no_annotations_and_lose_their_own_group() {
     assert!(host.response_header("x-isogroup-served").is_empty());
 
     host.vm.properties.borrow_mut().insert("source.address".into(), b"10.1.2.3:5000".to_vec());
-    let (_, _) = send(&root, &host, &[(":authority", "a"), ("x-isogroup", "team-s"), ("x-user", "alice")]);
+    let (_, _) = send(&mut root, &host, &[(":authority", "a"), ("x-isogroup", "team-s"), ("x-user", "alice")]);
     assert_eq!(one(host.request_header("x-isogroup-cluster")).as_deref(), Some("a-team-s"));
 }
 
@@ -322,7 +325,7 @@ fn short_hosts_resolve_in_the_nodes_namespace_unless_configured() {
         }
         let mut root = Root::new(host.clone());
         assert!(root.on_configure(config.len()));
-        send(&root, &host, &[(":authority", authority)]);
+        send(&mut root, &host, &[(":authority", authority)]);
         assert_eq!(
             one(host.request_header("x-isogroup-cluster")).as_deref(),
             *want,

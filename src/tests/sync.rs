@@ -84,6 +84,48 @@ fn the_table_reaches_every_vm_of_its_source_and_no_other() {
     assert_eq!(keys.iter().filter(|k| k.ends_with("/table")).count(), 2, "{keys:?}");
 }
 
+/// The first table reaches the poller's VM at once and every other VM of the
+/// process on its tick; a stream that starts on another VM in between must
+/// not find no table (a join of a known lane answered `400`, a lane cookie
+/// skipped): a VM with no table takes the process's before the stream.
+#[test]
+fn a_vm_without_a_table_takes_the_processs_before_a_stream() {
+    let process = Process::new();
+    let config = r#"{"edge": {"join_path": "/.isogroup/join"},
+        "table": {"companion": {"cluster": "companion", "authority": "companion", "path": "/v1/table", "wait_s": 25}}}"#;
+    let (mut poller, poller_host) = configured(&process, config);
+    let (mut worker, worker_host) = configured(&process, config);
+    poller.on_tick();
+    worker.on_tick();
+    answer(&mut poller, &poller_host, &[(":status", "200")], &table(11));
+    assert_eq!((installed(&poller), installed(&worker)), (Some(11), None), "the worker has not ticked yet");
+    let join = [(":authority", "a"), (":path", "/.isogroup/join?lane=feature-1"), (":method", "GET")];
+    worker_host.vm.calls.borrow_mut().clear();
+    super::send(&mut worker, &worker_host, &join);
+    let calls = worker_host.calls();
+    let [Call::LocalReply { status, .. }] = calls.as_slice() else { panic!("{calls:?}") };
+    assert_eq!(*status, 302, "a join of a lane the process's table knows: {calls:?}");
+    assert_eq!(installed(&worker), Some(11));
+    super::send(&mut worker, &worker_host, &[(":authority", "a"), ("cookie", "isogroup-lane=feature-1")]);
+    assert_eq!(worker_host.request_header("x-isogroup-cluster"), vec![b"a-feature-1".to_vec()]);
+}
+
+/// A root configured when the process already has a table (a listener
+/// replaced over LDS, a WasmPlugin edit) routes by it from its first stream,
+/// not only after its first tick.
+#[test]
+fn a_new_root_routes_by_the_processs_table_from_its_first_stream() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, poller_host) = configured(&process, &config);
+    poller.on_tick();
+    answer(&mut poller, &poller_host, &[(":status", "200")], &table(12));
+    let (mut replaced, host) = configured(&process, &config);
+    super::send(&mut replaced, &host, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    assert_eq!(host.request_header("x-isogroup-cluster"), vec![b"a-feature-1".to_vec()]);
+    assert_eq!(installed(&replaced), Some(12));
+}
+
 #[test]
 fn only_newer_tables_are_installed_and_an_old_etag_is_not_even_read() {
     let process = Process::new();
@@ -306,5 +348,30 @@ fn a_lost_lease_race_is_quiet_and_any_other_lease_failure_is_said_by_its_status(
             None => assert_eq!(warned, None, "another VM won the race: nothing to say"),
             Some(name) => assert!(warned.is_some_and(|m| m.contains(name)), "{:?}", process.log.borrow()),
         }
+    }
+}
+
+/// The lease value is read as bytes: whatever another VM (or a stray
+/// writer) left there, the outcome is clear and nothing panics.
+#[test]
+fn a_lease_value_of_any_bytes_has_a_clear_outcome() {
+    use crate::host::Host;
+    let process = Process::new();
+    let (_root, host) = configured(&process, &companion_config("companion"));
+    let key = "test/lease";
+    let cases: &[(&[u8], bool)] = &[
+        (b"\xff\xfe 99999999999999", false), // another holder (not UTF-8), live
+        (b"\xff\xfe 5", true),               // another holder, lapsed
+        (b"me 99999999999999", true),        // ours: renewed
+        (b"other 99999999999999", false),    // another holder, live
+        (b"no-space-at-all", true),          // unreadable: as if free
+        (b"other ", true),                   // no expiry: lapsed
+        (b"other 12x", true),                // bad expiry: lapsed
+        (b" ", true),
+    ];
+    for (value, want) in cases {
+        host.shared_set(key, value, None).unwrap();
+        let got = crate::sync::take_lease(&host, key, "me", 1000).unwrap();
+        assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(value));
     }
 }
