@@ -21,17 +21,19 @@
 //!
 //! **Bounded compile.** Every node the compiler visits is charged against
 //! `BUDGET`: each atom, each class item, each instruction, and a repetition
-//! charges its body's cost once per copy, whether the body emits anything
-//! or not (`(?:x{0}){100}` costs 100 visits). The charge is made before the
-//! copies are written, so compiling costs `O(pattern + BUDGET)` and a
-//! program holds at most `BUDGET` instructions. A repeat whose body matches
-//! only the empty string emits nothing; one whose body can match empty
-//! anywhere needs no minimum (`(?:a?){3,}` is `(?:a?)*`).
+//! charges its body's cost again for each copy past the first, whether the
+//! body emits anything or not (`(?:x{0}){100}` costs some 300 visits, one
+//! more such level 30,000: refused). The charge is made before the copies
+//! are written, so a program holds at most `BUDGET` instructions and a
+//! class `BUDGET` items, and compiling costs at most `O(pattern + BUDGET²)`
+//! (sorting a class, moving a body to put a split before it). A repeat whose body matches only the empty
+//! string emits nothing; one whose body can match empty anywhere needs no
+//! minimum (`(?:a?){3,}` is `(?:a?)*`).
 //!
 //! **Linear matching.** The VM keeps the set of live instructions (a bitset
 //! over the program) and advances all of them one character at a time;
-//! an instruction is in a set at most once, and the closure that adds one
-//! follows each edge at most once per set. So each character costs
+//! an instruction enters a set at most once, and only then are the
+//! instructions it reaches without reading (at most two) looked at. So each character costs
 //! `O(program)` and a value of `n` characters `O(n × program)`, with
 //! `program ≤ BUDGET`, whatever the pattern: nothing backtracks. A class is
 //! a sorted, merged range list stored once and shared by every copy of it;
@@ -415,8 +417,10 @@ impl Compiler<'_> {
         }
         // A body that matches empty anywhere needs no minimum.
         let min = if nullable { 0 } else { min };
+        // The body was charged once as it was read: each copy past the
+        // first costs it again (nothing more for none at all).
         let copies = max.unwrap_or(min.max(1));
-        self.charge((self.spent - spent_before).saturating_mul(copies as usize))?;
+        self.charge((self.spent - spent_before).saturating_mul(copies.saturating_sub(1) as usize))?;
         // The body, written from `start`, is the first copy.
         let len = self.program.len() - start;
         if len == 0 {

@@ -192,3 +192,16 @@ fn an_anchored_pattern_stops_when_no_thread_is_left() {
     assert_eq!(read("^pro", &value), (true, 3));
     assert_eq!(read("dev-[a-z]+$", &value), (false, value.len()));
 }
+
+/// The deepest nesting accepted here stays within regex-lite's nest limit:
+/// every group at its deepest (a capture repeated in a concatenation in an
+/// alternation), and one more group is refused.
+#[test]
+fn the_deepest_nesting_accepted_is_within_regex_lites() {
+    let nest = |groups: usize| (0..groups).fold("a".to_owned(), |inner, _| format!("(b|c{inner}*)"));
+    let deepest = format!("x|y{}*", nest(10));
+    assert!(Regex::new(&deepest).is_ok());
+    assert!(regex_lite::Regex::new(&deepest).is_ok(), "{deepest}");
+    assert_eq!(Regex::new(&format!("x|y{}*", nest(11))).err(), Some("groups nest too deeply (at most 10)"));
+    assert!(regex_lite::Regex::new(&format!("x|y{}*", nest(12))).is_err(), "regex-lite's limit moved");
+}
