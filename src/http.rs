@@ -126,7 +126,9 @@ impl<H: Host> HttpContext for Request<H> {
             Some(edge) if edge.needs_peer(table.as_deref()) => Peer { ip: self.peer_ip(), now_s },
             _ => Peer { ip: None, now_s },
         };
-        let mut incoming = request::scan(&headers, settings, peer, table.as_deref());
+        let mut regex_scratch = self.vm.regex_scratch.take();
+        let mut incoming = request::scan_with(&headers, settings, peer, table.as_deref(), &mut regex_scratch);
+        self.vm.regex_scratch.set(regex_scratch);
         if let Some(reply) = incoming.join(settings, table.as_deref()) {
             return match self.send_reply(&reply) {
                 Ok(()) => Action::Pause,

@@ -92,6 +92,7 @@ impl<H: Host> RootContext for Root<H> {
             clock_ms: Cell::new(now),
             configured_ms: now,
             scratch: Cell::default(),
+            regex_scratch: Cell::default(),
         });
         self.sync = Some(TableSync::start(source, &vm));
         let version = vm.table().map_or("none".to_owned(), |t| text_of(&t.version()));

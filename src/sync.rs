@@ -194,7 +194,12 @@ impl Follower {
             return;
         }
         let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-        match Table::from_companion_vec(bytes, &vm.settings.base_group, &vm.settings.limits) {
+        match Table::from_companion_vec(
+            bytes,
+            &vm.settings.base_group,
+            &vm.settings.limits,
+            vm.settings.runtime_rules(),
+        ) {
             Ok((table, _)) => {
                 vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
                 self.local = Some(Held::of(&table));
@@ -281,7 +286,12 @@ impl Follower {
     /// Validates a served table; a newer valid one goes to shared data for
     /// every VM, anything else is rejected whole and counted.
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
-        let table = match Table::from_companion_json(body, &vm.settings.base_group, &vm.settings.limits) {
+        let table = match Table::from_companion_json(
+            body,
+            &vm.settings.base_group,
+            &vm.settings.limits,
+            vm.settings.runtime_rules(),
+        ) {
             Ok((table, unknown)) => {
                 // A newer companion's fields: skipped (SPEC), said once.
                 if !unknown.is_empty() && !self.told_unknown {

@@ -8,7 +8,7 @@ use alloc::rc::Rc;
 use core::cell::Cell;
 
 use crate::proxy::LogLevel;
-use isogroup_core::{Settings, Table};
+use isogroup_core::{regex, Settings, Table};
 
 use crate::host::Host;
 use crate::metrics::Metrics;
@@ -32,6 +32,9 @@ pub struct Vm<H> {
     /// VM, reused, instead of a `String` per request (taken and put back: a
     /// `Cell` cannot be borrowed twice).
     pub scratch: Cell<Vec<u8>>,
+    /// The rule regexes' thread sets: one per VM, grown to the largest
+    /// program run, so a request allocates none (taken and put back).
+    pub regex_scratch: Cell<regex::Scratch>,
 }
 
 impl<H: Host> Vm<H> {

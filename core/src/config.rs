@@ -208,6 +208,12 @@ impl Settings {
         Settings::validate(raw?)
     }
 
+    /// Whether tables' `rules` run here (edge mode with `edge.runtime`):
+    /// elsewhere they are checked but not kept (`Table::compile_for`).
+    pub fn runtime_rules(&self) -> bool {
+        self.edge.as_ref().is_some_and(|e| e.runtime)
+    }
+
     pub fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         // The checks borrow: one path drops `raw` on error, not one per check.
         check_fields(&raw)?;
@@ -216,7 +222,9 @@ impl Settings {
         let source = match raw.table {
             None => Source::None,
             Some(TableSource::Inline(t)) => {
-                Source::Inline(Table::compile(&t, &raw.base_group, &raw.limits).map_err(ConfigError::InlineTable)?)
+                let runtime_rules = edge.as_ref().is_some_and(|e| e.runtime);
+                let table = Table::compile_for(&t, &raw.base_group, &raw.limits, runtime_rules);
+                Source::Inline(table.map_err(ConfigError::InlineTable)?)
             }
             Some(TableSource::Companion(c)) => {
                 validate_companion(&c)?;

@@ -11,7 +11,7 @@ use crate::cidr::Cidr;
 use crate::error::ConfigError;
 use crate::group::{self, GroupName};
 use crate::json::Quoted;
-use crate::regex::Regex;
+use crate::regex::{Regex, Scratch};
 use crate::table::Table;
 
 #[derive(Debug, Clone, Default)]
@@ -144,8 +144,8 @@ impl Edge {
                 invalid("edge.default_group", cat!(Quoted(g), " is not a valid group name (DNS-1123 label)"))
             })?),
         };
-        let rules =
-            Rules::compile("edge.rules", &raw.rules).map_err(|(field, why)| ConfigError::Invalid { field, why })?;
+        let rules = Rules::compile("edge.rules", &raw.rules, true)
+            .map_err(|(field, why)| ConfigError::Invalid { field, why })?;
         let join_path = match &raw.join_path {
             None => None,
             Some(p) if is_join_path(p) => Some(p.as_str().into()),
@@ -173,19 +173,35 @@ impl Edge {
 
     /// The first matching rule: (its index, its group). `known` says whether
     /// a value names a group the table knows (for `group_from_value`).
-    pub fn choose(&self, req: &impl EdgeRequest, known: impl Fn(&str) -> bool) -> Option<(usize, GroupName)> {
-        self.rules.choose(req, known)
+    pub fn choose(
+        &self,
+        req: &impl EdgeRequest,
+        known: impl Fn(&str) -> bool,
+        scratch: &mut Scratch,
+    ) -> Option<(usize, GroupName)> {
+        self.rules.choose(req, known, scratch)
     }
 }
 
+/// Most rules in one list (the plugin's or a table's): each request may
+/// try them all.
+pub const MAX_RULES: usize = 256;
+
 impl Rules {
     /// Compiles a rule list; an error is (the field, e.g. `rules[2].percent`,
-    /// and why). Percent rules of one list share one 0–100 range.
-    pub fn compile(field: &str, raw: &[RawRule]) -> Result<Rules, (String, String)> {
-        let mut rules = Vec::with_capacity(raw.len());
+    /// and why). Percent rules of one list share one 0–100 range. Without
+    /// `keep` every rule is checked the same but none is kept.
+    pub fn compile(field: &str, raw: &[RawRule], keep: bool) -> Result<Rules, (String, String)> {
+        let mut rules = Vec::new();
         let mut percent_used = 0u64;
         for (i, r) in raw.iter().enumerate() {
-            rules.push(compile_rule(&cat!(field, "[", i, "]"), r, &mut percent_used)?);
+            if i == MAX_RULES {
+                return Err(rule_error(field.into(), "more than 256 rules"));
+            }
+            let rule = compile_rule(&cat!(field, "[", i, "]"), r, &mut percent_used)?;
+            if keep {
+                rules.push(rule);
+            }
         }
         Ok(Rules(rules))
     }
@@ -199,9 +215,15 @@ impl Rules {
         self.0.iter().any(|r| matches!(r.input, Input::Source(_)))
     }
 
-    /// The first matching rule: (its index, its group).
-    pub fn choose(&self, req: &impl EdgeRequest, known: impl Fn(&str) -> bool) -> Option<(usize, GroupName)> {
-        self.0.iter().enumerate().find_map(|(i, r)| Some((i, r.matches(req, &known)?)))
+    /// The first matching rule: (its index, its group); a regex runs in
+    /// `scratch`.
+    pub fn choose(
+        &self,
+        req: &impl EdgeRequest,
+        known: impl Fn(&str) -> bool,
+        scratch: &mut Scratch,
+    ) -> Option<(usize, GroupName)> {
+        self.0.iter().enumerate().find_map(|(i, r)| Some((i, r.matches(req, &known, scratch)?)))
     }
 
     /// The first rule that needs nothing but the address (`source_cidrs`)
@@ -215,8 +237,13 @@ impl Rules {
 }
 
 impl Rule {
-    fn matches(&self, req: &impl EdgeRequest, known: &impl Fn(&str) -> bool) -> Option<GroupName> {
-        let hit = |v: &[u8]| self.test.accepts(v).then(|| self.group_of(v, known)).flatten();
+    fn matches(
+        &self,
+        req: &impl EdgeRequest,
+        known: &impl Fn(&str) -> bool,
+        scratch: &mut Scratch,
+    ) -> Option<GroupName> {
+        let mut hit = |v: &[u8]| self.test.accepts(v, scratch).then(|| self.group_of(v, known)).flatten();
         match &self.input {
             Input::Header(name) => hit(req.header(name)?),
             Input::Cookie(name) => hit(req.cookie(name)?),
@@ -241,12 +268,12 @@ impl Rule {
 }
 
 impl Test {
-    fn accepts(&self, value: &[u8]) -> bool {
+    fn accepts(&self, value: &[u8], scratch: &mut Scratch) -> bool {
         match self {
             Test::Always => true,
             Test::Values(vs) => vs.iter().any(|v| v.as_bytes() == value),
             Test::Prefix(p) => value.starts_with(p.as_bytes()),
-            Test::Regex(re) => core::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
+            Test::Regex(re) => core::str::from_utf8(value).is_ok_and(|v| re.is_match_with(v, scratch)),
         }
     }
 }
@@ -471,7 +498,7 @@ mod tests {
     #[test]
     fn every_rule_kind() {
         let e = edge(SPEC_EXAMPLE).unwrap();
-        let chosen = |r: Req| e.choose(&r, |_| false).map(|(i, g)| format!("{i}:{g}"));
+        let chosen = |r: Req| e.choose(&r, |_| false, &mut Scratch::default()).map(|(i, g)| format!("{i}:{g}"));
         let cases: Vec<(Req, Option<&str>)> = vec![
             (req(vec![("x-user", "bob")]), Some("0:feature-1")),
             (req(vec![("x-user", "qa-7")]), Some("1:qa")),
@@ -522,7 +549,11 @@ mod tests {
         ];
         for (r, want) in cases {
             let desc = format!("{:?} {:?}", r.headers, r.cookie);
-            assert_eq!(e.choose(&r, |_| false).map(|(_, g)| g.to_string()).as_deref(), want, "{desc}");
+            assert_eq!(
+                e.choose(&r, |_| false, &mut Scratch::default()).map(|(_, g)| g.to_string()).as_deref(),
+                want,
+                "{desc}"
+            );
         }
         // a value that is not UTF-8 matches no regex
         struct Raw;
@@ -540,7 +571,7 @@ mod tests {
                 None
             }
         }
-        assert_eq!(e.choose(&Raw, |_| true), None);
+        assert_eq!(e.choose(&Raw, |_| true, &mut Scratch::default()), None);
     }
 
     #[test]
@@ -570,7 +601,7 @@ mod tests {
                     None
                 }
             }
-            let got = e.choose(&One(id.as_bytes(), r), |_| false).map(|(_, g)| g.to_string());
+            let got = e.choose(&One(id.as_bytes(), r), |_| false, &mut Scratch::default()).map(|(_, g)| g.to_string());
             assert_eq!(got.as_deref(), want, "{id}");
             counts[match got.as_deref() {
                 Some("a") => 0,
@@ -645,6 +676,14 @@ mod tests {
             assert!(got.starts_with(want), "{json}\n got: {got}\nwant: {want}");
         }
         assert!(edge(SPEC_EXAMPLE).is_ok());
+    }
+
+    #[test]
+    fn a_rule_list_is_capped() {
+        let rule = r#"{"header":"x","values":["a"],"group":"g"}"#;
+        let list = |n: usize| format!(r#"{{"rules":[{}]}}"#, vec![rule; n].join(","));
+        assert!(edge(&list(256)).is_ok());
+        assert_eq!(edge(&list(257)).err().as_deref(), Some("edge.rules: more than 256 rules"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::decide::{decide, Decision, FailFast, RequestView};
 use crate::edge::{self, Edge, EdgeRequest, LANE_COOKIE};
 use crate::group::{self, GroupName, Lookup};
 use crate::join;
+use crate::regex::Scratch;
 use crate::table::{GroupId, Limits, ServiceId, Table};
 
 /// Where the request's group came from.
@@ -179,6 +180,18 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(
     peer: Peer,
     table: Option<&Table>,
 ) -> Incoming<'h> {
+    scan_with(headers, s, peer, table, &mut Scratch::default())
+}
+
+/// `scan`, with the VM's regex `scratch` (a request then allocates no
+/// regex thread sets).
+pub fn scan_with<'h, N: AsRef<str>, H: AsRef<[u8]>>(
+    headers: &'h [(N, H)],
+    s: &'h Settings,
+    peer: Peer,
+    table: Option<&Table>,
+    scratch: &mut Scratch,
+) -> Incoming<'h> {
     let trusted = s.edge.as_ref().is_none_or(|e| e.trusts(peer.ip));
     let mut inc = Incoming {
         authority: b"",
@@ -263,7 +276,7 @@ pub fn scan<'h, N: AsRef<str>, H: AsRef<[u8]>>(
             inc.scan_lane_cookie(table);
         }
         if inc.group.is_none() {
-            inc.edge_choice(edge, headers, peer, table);
+            inc.edge_choice(edge, headers, peer, table, scratch);
         }
     }
     if let Some(g) = s.workload_group.as_deref().and_then(|g| GroupName::new(g.as_bytes())) {
@@ -280,6 +293,7 @@ impl<'h> Incoming<'h> {
         headers: &[(N, H)],
         peer: Peer,
         table: Option<&Table>,
+        scratch: &mut Scratch,
     ) {
         let runtime = table.filter(|_| edge.runtime);
         if let (Some(t), Some(ip)) = (runtime, peer.ip) {
@@ -289,10 +303,10 @@ impl<'h> Incoming<'h> {
         }
         let known = |g: &str| table.is_some_and(|t| t.knows_group(g));
         let lookups = Lookups { headers, cookies: &self.cookies, path: self.path, peer: peer.ip };
-        if let Some((i, g)) = edge.choose(&lookups, known) {
+        if let Some((i, g)) = edge.choose(&lookups, known, scratch) {
             return self.adopt(g, GroupSource::Rule(i));
         }
-        if let Some((i, g)) = runtime.and_then(|t| t.rules().choose(&lookups, known)) {
+        if let Some((i, g)) = runtime.and_then(|t| t.rules().choose(&lookups, known, scratch)) {
             return self.adopt(g, GroupSource::TableRule(i));
         }
         if let Some(g) = edge.default_group {

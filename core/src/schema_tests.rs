@@ -80,7 +80,7 @@ fn strict_parse_names_unknown_fields_lenient_skips_them() {
     for (json, strict, skipped) in cases {
         let err = Table::from_json(json.as_bytes(), "base", &limits).unwrap_err().to_string();
         assert!(err.starts_with(strict), "{json}: {err}");
-        let (_, unknown) = Table::from_companion_json(json.as_bytes(), "base", &limits).unwrap();
+        let (_, unknown) = Table::from_companion_json(json.as_bytes(), "base", &limits, true).unwrap();
         assert_eq!(unknown, [*skipped], "{json}");
     }
     let missing: &[(&str, &str)] = &[
@@ -318,11 +318,13 @@ fn owned_json_reads_the_same() {
     }
     for json in [FULL, r#"{"services": {"r": {"hosts": ["r"], "clusters": {}}}, "later": 1}"#, "[]"] {
         let limits = Limits::default();
-        let borrowed =
-            format!("{:?}", Table::from_companion_json(json.as_bytes(), "base", &limits).map_err(|e| e.to_string()));
+        let borrowed = format!(
+            "{:?}",
+            Table::from_companion_json(json.as_bytes(), "base", &limits, true).map_err(|e| e.to_string())
+        );
         let owned = format!(
             "{:?}",
-            Table::from_companion_vec(json.as_bytes().to_vec(), "base", &limits).map_err(|e| e.to_string())
+            Table::from_companion_vec(json.as_bytes().to_vec(), "base", &limits, true).map_err(|e| e.to_string())
         );
         assert_eq!(owned, borrowed, "{json}");
     }

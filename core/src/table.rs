@@ -279,14 +279,16 @@ impl Table {
         Table::compile(&RawTable::from_json(bytes, limits)?, default_base, limits)
     }
 
-    /// A companion's table: unknown fields skipped, their names returned.
+    /// A companion's table: unknown fields skipped, their names returned;
+    /// its rules kept only with `runtime_rules` (see `compile_for`).
     pub fn from_companion_json(
         bytes: &[u8],
         default_base: &str,
         limits: &Limits,
+        runtime_rules: bool,
     ) -> Result<(Table, Vec<String>), TableError> {
         let (raw, unknown) = RawTable::from_companion_json(bytes, limits)?;
-        Ok((Table::compile(&raw, default_base, limits)?, unknown))
+        Ok((Table::compile_for(&raw, default_base, limits, runtime_rules)?, unknown))
     }
 
     /// `from_companion_json`, freeing the JSON before compiling (a wasm VM's
@@ -295,15 +297,31 @@ impl Table {
         bytes: Vec<u8>,
         default_base: &str,
         limits: &Limits,
+        runtime_rules: bool,
     ) -> Result<(Table, Vec<String>), TableError> {
         let (raw, unknown) = RawTable::from_companion_json(&bytes, limits)?;
         drop(bytes);
-        Ok((Table::compile(&raw, default_base, limits)?, unknown))
+        Ok((Table::compile_for(&raw, default_base, limits, runtime_rules)?, unknown))
     }
 
     /// Compiles a table; the first problem found rejects it.
     pub fn compile(raw: &RawTable, default_base: &str, limits: &Limits) -> Result<Table, TableError> {
+        Table::compile_for(raw, default_base, limits, true)
+    }
+
+    /// `compile`, keeping the compiled `rules` only with `runtime_rules`
+    /// (edge mode with `edge.runtime`, the one filter that runs them; SPEC
+    /// "Runtime rules in sidecars"). Without, they are checked all the same
+    /// (fields, limits, each regex within its compile budget) and an error
+    /// rejects the table, but none is kept.
+    pub fn compile_for(
+        raw: &RawTable,
+        default_base: &str,
+        limits: &Limits,
+        runtime_rules: bool,
+    ) -> Result<Table, TableError> {
         let mut c = Compiler::new(raw, default_base, limits);
+        c.runtime_rules = runtime_rules;
         // Later checks only append: a limit or name problem found here is
         // already the first, and an over-limit table costs no more work.
         if !c.errors.is_empty() {
@@ -433,6 +451,8 @@ struct Compiler<'r> {
     group_names: Vec<Box<str>>,
     group_index: FxHashMap<Box<[u8]>, GroupId>,
     errors: Vec<TableError>,
+    /// Keep the compiled rules (`Table::compile_for`).
+    runtime_rules: bool,
 }
 
 impl<'r> Compiler<'r> {
@@ -445,6 +465,7 @@ impl<'r> Compiler<'r> {
             group_names: Vec::new(),
             group_index: FxHashMap::default(),
             errors: Vec::new(),
+            runtime_rules: true,
         };
         if !is_valid_group(base_name.as_bytes()) {
             c.errors.push(TableError::InvalidGroupName { field: "base_group".into(), name: base_name.into() });
@@ -521,7 +542,7 @@ impl<'r> Compiler<'r> {
         self.check_groups();
         let CompiledServices { text, services, clusters, ported, host_index } = self.compile_services();
         let sources = self.compile_sources();
-        let rules = match Rules::compile("rules", &self.raw.rules) {
+        let rules = match Rules::compile("rules", &self.raw.rules, self.runtime_rules) {
             Ok(rules) => rules,
             Err((field, why)) => {
                 self.errors.push(TableError::Invalid { field, why });

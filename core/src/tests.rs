@@ -510,12 +510,51 @@ fn check_of_a_hostile_table_walks_without_recursion() {
     assert!(errors.iter().all(|e| e.to_string().len() < 200), "long cycles are shortened");
 }
 
+/// SPEC "Runtime rules in sidecars": a table's rules are checked everywhere
+/// (a regex over its compile budget rejects the table, naming the field) and
+/// kept compiled only where `edge.runtime` runs them.
+#[test]
+fn table_rules_are_checked_everywhere_and_kept_only_for_runtime() {
+    let limits = Limits::default();
+    let good = br#"{"rules": [{"header": "x-user", "regex": "^dev-[a-z]+$", "group": "dev"}]}"#;
+    for runtime_rules in [false, true] {
+        let (table, _) = Table::from_companion_json(good, "base", &limits, runtime_rules).unwrap();
+        assert_eq!(table.rules().is_empty(), !runtime_rules);
+        let (table, _) = Table::from_companion_vec(good.to_vec(), "base", &limits, runtime_rules).unwrap();
+        assert_eq!(table.rules().is_empty(), !runtime_rules);
+    }
+    let hostile = br#"{"rules": [{"header": "x-user", "values": ["a"], "group": "a"},
+        {"header": "x-user", "regex": "(?:(?:(?:(?:(?:(?:x{0}){100}){100}){100}){100}){100}){100}", "group": "dev"}]}"#;
+    for runtime_rules in [false, true] {
+        let err = Table::from_companion_json(hostile, "base", &limits, runtime_rules).unwrap_err().to_string();
+        assert!(err.starts_with("rules[1].regex: "), "{err}");
+        assert!(err.ends_with("the pattern is too large (repetitions multiply it)"), "{err}");
+    }
+    // The companion's check (every write goes through it) refuses it too.
+    let raw = RawTable::from_json(hostile, &limits).unwrap();
+    let errors = Table::check(&raw, "base", &limits).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].to_string().starts_with("rules[1].regex: "), "{}", errors[0]);
+    // An inline table in the plugin config: the same.
+    let config = |runtime: bool| {
+        let json = format!(
+            r#"{{"edge": {{"runtime": {runtime}}}, "table": {{"inline": {}}}}}"#,
+            std::str::from_utf8(good).unwrap()
+        );
+        match Settings::from_json(json.as_bytes()).unwrap().source {
+            crate::Source::Inline(t) => t.rules().is_empty(),
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!((config(false), config(true)), (true, false));
+}
+
 #[test]
 fn companion_tables_skip_unknown_fields_and_name_them() {
     let json = br#"{"version": 3, "shiny": true, "groups": {"g": {"fallback": [], "colour": "red"}},
         "services": {"r": {"hosts": ["r"], "clusters": {"base": "c", "g": "c-g"}, "weight": {"a": [1]}}}}"#;
     let limits = Limits::default();
-    let (table, unknown) = Table::from_companion_json(json, "base", &limits).unwrap();
+    let (table, unknown) = Table::from_companion_json(json, "base", &limits, true).unwrap();
     assert_eq!(table.version(), 3);
     assert_eq!(table.service_count(), 1);
     assert_eq!(unknown, ["shiny", "colour", "weight"]);
@@ -526,7 +565,7 @@ fn companion_tables_skip_unknown_fields_and_name_them() {
     assert!(RawTable::from_json(br#"{"x": 1}"#, &limits).is_err());
     // Skipping unknown fields skips no validation.
     let bad = br#"{"services": {"r": {"hosts": ["r"], "clusters": {"g": "c-g"}, "new": 1}}}"#;
-    assert!(Table::from_companion_json(bad, "base", &limits).is_err());
+    assert!(Table::from_companion_json(bad, "base", &limits, true).is_err());
     let duplicate = br#"{"version": 1, "version": 2}"#;
-    assert!(Table::from_companion_json(duplicate, "base", &limits).is_err());
+    assert!(Table::from_companion_json(duplicate, "base", &limits, true).is_err());
 }

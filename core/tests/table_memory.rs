@@ -88,7 +88,7 @@ fn ten_thousand_service_table() {
 
     // The filter's path for a companion's table: the JSON freed before compiling.
     let json = serde_json::to_vec(&synth::table(10_000, 100)).unwrap();
-    let (filter, filter_peak) = peak_of(|| Table::from_companion_vec(json, "base", &limits).unwrap().0);
+    let (filter, filter_peak) = peak_of(|| Table::from_companion_vec(json, "base", &limits, true).unwrap().0);
     let (filter_bytes, _) = over(live());
     assert_eq!(filter.service_count(), 10_000);
     assert_eq!(filter_bytes, table_bytes, "the same table either way");

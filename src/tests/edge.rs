@@ -114,3 +114,32 @@ fn without_runtime_bindings_and_table_rules_are_ignored_and_the_peer_unread() {
     );
     assert_eq!(host.vm.property_reads.get(), 0);
 }
+
+/// Rule regexes run in the VM's scratch, and a table's rules are kept
+/// compiled only where `runtime` runs them (checked everywhere: a rule over
+/// the compile budget rejects the table either way).
+#[test]
+fn table_rules_are_kept_only_with_runtime_and_regexes_run_in_the_vm_scratch() {
+    let regex_rules = r#"{"rules": [{"header": "x-user", "regex": "^dev-[a-z]+$", "group": "lane-1"}]"#;
+    let (_, mut root, host) = edge(&format!(r#"{regex_rules}, "runtime": true}}"#));
+    let vm = root.vm().unwrap().clone();
+    assert!(!vm.table().unwrap().rules().is_empty());
+    assert_eq!(cluster(&mut root, &host, &[("x-user", "dev-joe")]), "a-lane-1");
+    assert_eq!(cluster(&mut root, &host, &[("x-user", "dev-Joe")]), "a-base");
+    assert_eq!(cluster(&mut root, &host, &[("x-rt", "yes")]), "a-lane-1", "the table's rule");
+    // the scratch is the VM's, put back after each request, grown once
+    let scratch = vm.regex_scratch.take();
+    assert_ne!(format!("{scratch:?}"), format!("{:?}", isogroup_core::regex::Scratch::default()));
+    vm.regex_scratch.set(scratch);
+
+    let (_, mut root, host) = edge(&format!(r#"{regex_rules}}}"#));
+    assert!(root.vm().unwrap().table().unwrap().rules().is_empty(), "checked, not kept");
+    assert_eq!(cluster(&mut root, &host, &[("x-user", "dev-joe")]), "a-lane-1", "the plugin's own rule");
+
+    let hostile = TABLE.replace(r#""values": ["yes"]"#, r#""regex": "(?:(?:(?:x{0}){100}){100}){100}""#);
+    for runtime in [false, true] {
+        let config = format!(r#"{{"edge": {{"runtime": {runtime}}}, "table": {{"inline": {hostile}}}}}"#);
+        let err = isogroup_core::Settings::from_json(config.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("rules[0].regex: "), "{err}");
+    }
+}
