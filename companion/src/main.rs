@@ -26,7 +26,16 @@ use crate::store::file::FileStore;
 use crate::store::{Served, Store};
 
 #[derive(Parser)]
-#[command(name = "isogroup-companion", version, about = "isogroup control plane")]
+/// `--version` also names what this companion speaks, so an operator can
+/// match it with a filter build: the table's schema (`/v1/table`) and the
+/// fields it serves beyond groups and services, and the poll protocol
+/// (`?wait=` long-poll, `ETag`/`If-None-Match` or `?after=`, `?epoch=` with
+/// `X-Isogroup-Epoch`).
+#[command(
+    name = "isogroup-companion",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (table: v1 epoch sources rules; protocol: long-poll etag epoch)"),
+    about = "isogroup control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -410,7 +419,20 @@ async fn shutdown_signal() {
 mod tests {
     #![allow(clippy::panic)]
 
-    use super::parse_gateway_url;
+    use clap::CommandFactory;
+
+    use super::{parse_gateway_url, Cli};
+
+    #[test]
+    fn version_names_table_and_protocol_features() {
+        assert_eq!(
+            Cli::command().render_version(),
+            format!(
+                "isogroup-companion {} (table: v1 epoch sources rules; protocol: long-poll etag epoch)\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
 
     #[test]
     fn gateway_urls() {
