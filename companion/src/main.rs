@@ -419,9 +419,45 @@ async fn shutdown_signal() {
 mod tests {
     #![allow(clippy::panic)]
 
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
-    use super::{parse_gateway_url, Cli};
+    use super::{parse_gateway_url, Cli, Command, IstioFlag};
+
+    /// Each companion package under deploy/kubernetes, as `kubectl kustomize`
+    /// renders it, runs `serve` with flags this companion parses, for the
+    /// source its name says (a typo in a package's args fails here, not in a
+    /// crash loop on a cluster).
+    #[test]
+    fn every_companion_package_serves_its_source() {
+        let packages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/companion");
+        let cases = [
+            ("file", "file /data/table.json"),
+            ("etcd", "etcd 3 endpoints"),
+            ("kubernetes-target-header", "kubernetes TargetHeader"),
+            ("kubernetes-cluster-header", "kubernetes ClusterHeader"),
+        ];
+        for (package, want) in cases {
+            let objects = crate::kube::fake::kustomize(&packages.join(package));
+            let deployment = objects
+                .iter()
+                .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "isogroup-companion")
+                .unwrap_or_else(|| panic!("{package}: no Deployment isogroup-companion"));
+            let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
+            let args = args.iter().map(|a| a.as_str().unwrap());
+            let cli = Cli::try_parse_from(std::iter::once("isogroup-companion").chain(args))
+                .unwrap_or_else(|e| panic!("{package}: the companion refuses its args: {e}"));
+            let Command::Serve { table, etcd, kubernetes, istio, .. } = cli.command else {
+                panic!("{package}: not `serve`");
+            };
+            let got = match (table, etcd.len(), kubernetes, istio) {
+                (Some(path), 0, false, IstioFlag::Off) => format!("file {}", path.display()),
+                (None, n, false, IstioFlag::Off) if n > 0 => format!("etcd {n} endpoints"),
+                (None, 0, true, mode) => format!("kubernetes {mode:?}"),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(got, want, "{package}");
+        }
+    }
 
     #[test]
     fn version_names_table_and_protocol_features() {
