@@ -43,7 +43,11 @@ fn every_shipped_gateway_fails_closed() {
         .arg(root().join(package))
         .output()
         .unwrap_or_else(|e| panic!("kubectl kustomize {package}: {e} (needs kubectl >= 1.27)"));
-    assert!(rendered.status.success(), "kubectl kustomize {package}: {}", String::from_utf8_lossy(&rendered.stderr));
+    assert!(
+        rendered.status.success(),
+        "kubectl kustomize {package} (needs kubectl >= 1.27): {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
     let istio: serde_yaml::Value = serde_yaml::from_slice(&rendered.stdout).unwrap();
     assert_eq!(istio["kind"].as_str(), Some("WasmPlugin"), "{package}");
     assert_eq!(istio["spec"]["failStrategy"].as_str(), Some("FAIL_CLOSE"), "{package}");

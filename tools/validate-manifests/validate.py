@@ -14,6 +14,8 @@ exits 1 when any object is invalid, 2 when the validator itself is broken.
   CRD's openAPIV3Schema, unknown fields refused as the API server prunes them.
 - Everything else: `kubernetes-validate` in strict mode (unknown fields are
   errors) for the newest Kubernetes version the pinned package knows.
+- Kustomization and Component files (kustomize's input) are skipped:
+  build.sh validates what `kubectl kustomize` renders from them.
 - Every object: metadata names, namespace and labels in the forms the API
   server requires (the schemas above leave them free).
 - With --envoy: an EnvoyFilter's HTTP_ROUTE patch values, free-form to

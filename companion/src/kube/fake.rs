@@ -754,7 +754,12 @@ pub fn kustomize(dir: &std::path::Path) -> Vec<Value> {
         .output()
         .unwrap_or_else(|e| panic!("kubectl kustomize {}: {e} (needs kubectl >= 1.27)", dir.display()));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} (needs kubectl >= 1.27): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect()
 }
 
