@@ -94,6 +94,37 @@ validate_manifests() {
   .venv/bin/python tools/validate-manifests/validate.py --envoy "$ENVOY" deploy "${rendered[@]}"
 }
 
+# Every kustomize package under deploy/kubernetes, rendered by the real
+# `kubectl kustomize` and validated as rendered (tools/validate-manifests). No
+# fallback: a kubectl older than 1.27 (Debian's is 1.20) carries a kustomize
+# too old for these packages' components. An image or filter URL the release
+# component did not set (no registry in it) fails too: each comes from one
+# place, deploy/kubernetes/release. Needs validate_manifests' .venv.
+validate_kustomize() {
+  local client major minor dir name out rendered=()
+  if ! client=$(kubectl version --client -o json 2>/dev/null); then
+    echo "kubectl not found (or not working): rendering deploy/kubernetes needs kubectl >= 1.27 for kubectl kustomize"
+    exit 1
+  fi
+  read -r major minor < <(.venv/bin/python -c 'import json, sys; v = json.load(sys.stdin)["clientVersion"]; print(v["major"], v["minor"].rstrip("+"))' <<<"$client")
+  if [ "$major" -lt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -lt 27 ]; }; then
+    echo "kubectl $major.$minor ($(command -v kubectl)) is too old: rendering deploy/kubernetes needs kubectl >= 1.27 for kubectl kustomize"
+    exit 1
+  fi
+  log "kustomize packages (kubectl $major.$minor kustomize) against the same schemas"
+  for dir in $(grep -l '^kind: Kustomization$' $(find deploy/kubernetes -name kustomization.yaml) | xargs -n1 dirname | sort); do
+    name=${dir#deploy/kubernetes/}
+    out="$RUN_DIR/kustomize-${name//\//-}.yaml"
+    kubectl kustomize "$dir" >"$out" || { echo "kubectl kustomize $dir failed"; exit 1; }
+    if [ "$name" != companion/base ] && grep -nE '^ *(image: [^/]*|url: oci://[^/]*)$' "$out"; then
+      echo "$dir: an image or filter URL above is not set by deploy/kubernetes/release"
+      exit 1
+    fi
+    rendered+=("$out")
+  done
+  .venv/bin/python tools/validate-manifests/validate.py "${rendered[@]}"
+}
+
 # Node.js runs core's unit tests as wasm32-wasip1 programs (tools/wasi-run.mjs).
 ensure_node() {
   command -v node >/dev/null && return
@@ -242,6 +273,7 @@ run_tests() {
   ensure_etcd
   cargo test --quiet -p isogroup-companion
   validate_manifests
+  validate_kustomize
   log "OCI image: build, push to a registry on loopback, pull back with oci-client"
   ensure_registry
   cargo test --quiet -p isogroup-oci

@@ -36,10 +36,21 @@ fn plugin_configs<'a>(node: &'a serde_yaml::Value, out: &mut Vec<&'a serde_yaml:
 
 #[test]
 fn every_shipped_gateway_fails_closed() {
-    let istio: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root().join("deploy/istio/wasmplugin-gateway.yaml")).unwrap())
-            .unwrap();
-    assert_eq!(istio["spec"]["failStrategy"].as_str(), Some("FAIL_CLOSE"), "deploy/istio/wasmplugin-gateway.yaml");
+    // The gateway's WasmPlugin as `kubectl apply -k` sends it.
+    let package = "deploy/kubernetes/wasmplugin/gateway";
+    let rendered = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root().join(package))
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl kustomize {package}: {e} (needs kubectl >= 1.27)"));
+    assert!(
+        rendered.status.success(),
+        "kubectl kustomize {package} (needs kubectl >= 1.27): {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let istio: serde_yaml::Value = serde_yaml::from_slice(&rendered.stdout).unwrap();
+    assert_eq!(istio["kind"].as_str(), Some("WasmPlugin"), "{package}");
+    assert_eq!(istio["spec"]["failStrategy"].as_str(), Some("FAIL_CLOSE"), "{package}");
     let mut edge_filters = 0;
     for entry in std::fs::read_dir(root().join("envoy")).unwrap() {
         let path = entry.unwrap().path();

@@ -330,9 +330,12 @@ fn leader_label(fake: &FakeApi, pod: &str) -> bool {
     fake.get(&pods(), "isogroup-system", pod).is_some_and(|p| p["metadata"]["labels"]["isogroup.io/leader"] == "true")
 }
 
-/// The objects of deploy/istio/companion.yaml, the shipped manifest.
+/// The shipped package this test runs (`serve --kubernetes --istio
+/// target-header`), rendered.
+const SHIPPED_OVERLAY: &str = "deploy/kubernetes/companion/kubernetes-target-header";
+
 fn shipped_manifest() -> Vec<Value> {
-    kube_fake::manifest(&common::root().join("deploy/istio/companion.yaml"))
+    kube_fake::kustomize(&common::root().join(SHIPPED_OVERLAY))
 }
 
 /// The selector of the companion's Service as shipped: which pods it sends
@@ -341,7 +344,7 @@ fn shipped_service_selector() -> serde_json::Map<String, Value> {
     let service = shipped_manifest()
         .into_iter()
         .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "isogroup-companion")
-        .expect("the companion's Service in deploy/istio/companion.yaml");
+        .unwrap_or_else(|| panic!("the companion's Service in {SHIPPED_OVERLAY}"));
     service["spec"]["selector"].as_object().unwrap().clone()
 }
 
@@ -583,5 +586,5 @@ fn assert_shipped_rbac_allows(fake: &FakeApi) {
             !(verb == "list" && resource == "envoyfilters" && ns.as_deref() == Some("istio-system"))
         })
         .collect();
-    assert!(denied.is_empty(), "requests deploy/istio/companion.yaml does not allow: {denied:#?}");
+    assert!(denied.is_empty(), "requests {SHIPPED_OVERLAY} does not allow: {denied:#?}");
 }

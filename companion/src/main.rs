@@ -26,7 +26,16 @@ use crate::store::file::FileStore;
 use crate::store::{Served, Store};
 
 #[derive(Parser)]
-#[command(name = "isogroup-companion", version, about = "isogroup control plane")]
+/// `--version` also names what this companion speaks, so an operator can
+/// match it with a filter build: the table's schema (`/v1/table`) and the
+/// fields it serves beyond groups and services, and the poll protocol
+/// (`?wait=` long-poll, `ETag`/`If-None-Match` or `?after=`, `?epoch=` with
+/// `X-Isogroup-Epoch`).
+#[command(
+    name = "isogroup-companion",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (table: v1 epoch sources rules; protocol: long-poll etag epoch)"),
+    about = "isogroup control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -410,7 +419,56 @@ async fn shutdown_signal() {
 mod tests {
     #![allow(clippy::panic)]
 
-    use super::parse_gateway_url;
+    use clap::{CommandFactory, Parser};
+
+    use super::{parse_gateway_url, Cli, Command, IstioFlag};
+
+    /// Each companion package under deploy/kubernetes, as `kubectl kustomize`
+    /// renders it, runs `serve` with flags this companion parses, for the
+    /// source its name says (a typo in a package's args fails here, not in a
+    /// crash loop on a cluster).
+    #[test]
+    fn every_companion_package_serves_its_source() {
+        let packages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/companion");
+        let cases = [
+            ("file", "file /data/table.json"),
+            ("etcd", "etcd 3 endpoints"),
+            ("kubernetes-target-header", "kubernetes TargetHeader"),
+            ("kubernetes-cluster-header", "kubernetes ClusterHeader"),
+        ];
+        for (package, want) in cases {
+            let objects = crate::kube::fake::kustomize(&packages.join(package));
+            let deployment = objects
+                .iter()
+                .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "isogroup-companion")
+                .unwrap_or_else(|| panic!("{package}: no Deployment isogroup-companion"));
+            let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
+            let args = args.iter().map(|a| a.as_str().unwrap());
+            let cli = Cli::try_parse_from(std::iter::once("isogroup-companion").chain(args))
+                .unwrap_or_else(|e| panic!("{package}: the companion refuses its args: {e}"));
+            let Command::Serve { table, etcd, kubernetes, istio, .. } = cli.command else {
+                panic!("{package}: not `serve`");
+            };
+            let got = match (table, etcd.len(), kubernetes, istio) {
+                (Some(path), 0, false, IstioFlag::Off) => format!("file {}", path.display()),
+                (None, n, false, IstioFlag::Off) if n > 0 => format!("etcd {n} endpoints"),
+                (None, 0, true, mode) => format!("kubernetes {mode:?}"),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(got, want, "{package}");
+        }
+    }
+
+    #[test]
+    fn version_names_table_and_protocol_features() {
+        assert_eq!(
+            Cli::command().render_version(),
+            format!(
+                "isogroup-companion {} (table: v1 epoch sources rules; protocol: long-poll etag epoch)\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
 
     #[test]
     fn gateway_urls() {

@@ -263,7 +263,7 @@ fn links(text: &str) -> Vec<String> {
 fn markdown_files() -> Vec<PathBuf> {
     let root = repo();
     let mut files = vec![root.join("README.md")];
-    for extra in ["SECURITY.md", "deploy/istio/README.md"] {
+    for extra in ["SECURITY.md", "deploy/kubernetes/README.md"] {
         if root.join(extra).exists() {
             files.push(root.join(extra));
         }

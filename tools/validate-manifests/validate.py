@@ -14,6 +14,8 @@ exits 1 when any object is invalid, 2 when the validator itself is broken.
   CRD's openAPIV3Schema, unknown fields refused as the API server prunes them.
 - Everything else: `kubernetes-validate` in strict mode (unknown fields are
   errors) for the newest Kubernetes version the pinned package knows.
+- Kustomization and Component files (kustomize's input) are skipped:
+  build.sh validates what `kubectl kustomize` renders from them.
 - Every object: metadata names, namespace and labels in the forms the API
   server requires (the schemas above leave them free).
 - With --envoy: an EnvoyFilter's HTTP_ROUTE patch values, free-form to
@@ -49,9 +51,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Files that are not Kubernetes objects, and what they are instead.
 NOT_OBJECTS = {
-    "deploy/istio/proxy-stats-matcher.yaml": "Istio install values (meshConfig), not an object",
+    "deploy/kubernetes/examples/proxy-stats-matcher.yaml": "Istio install values (meshConfig), not an object",
     "deploy/docker/docker-compose.yaml": "a Compose file, not an object",
 }
+
+# A kustomization (or component) is kustomize's input, not an object: build.sh
+# renders each package with `kubectl kustomize` and validates what it renders.
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
 ISTIO_VERSION = ".".join(importlib.metadata.version("cloudcoil-models-istio").split(".")[:3])
@@ -568,6 +574,10 @@ def main(argv):
                 print(f"{label}: INVALID: has Kubernetes objects: take it out of NOT_OBJECTS in {Path(__file__).name}")
             else:
                 print(f"{label}: skipped: {NOT_OBJECTS[label]}")
+            continue
+        if objs and all(isinstance(o, dict) and o.get("kind") in KUSTOMIZE_KINDS
+                        and str(o.get("apiVersion", "")).startswith("kustomize.config.k8s.io/") for o in objs):
+            print(f"{label}: skipped: a kustomization (validated as `kubectl kustomize` renders it)")
             continue
         for obj in objs:
             count += 1

@@ -745,9 +745,21 @@ impl FakeApi {
     }
 }
 
-/// The objects of a multi-document YAML file (a shipped manifest).
-pub fn manifest(path: &std::path::Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+/// The objects a shipped kustomize package renders to (what `kubectl apply
+/// -k` would send), by the real `kubectl kustomize` (kubectl >= 1.27).
+pub fn kustomize(dir: &std::path::Path) -> Vec<Value> {
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl kustomize {}: {e} (needs kubectl >= 1.27)", dir.display()));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} (needs kubectl >= 1.27): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect()
 }
 

@@ -902,9 +902,9 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     assert!(fake.get(&envoy_filters(), "istio-system", "theirs").is_some(), "someone else's EnvoyFilter stays");
     assert_eq!(metrics.kube_istio_conflicts.get(), 0);
     // Every request it made is granted by the shipped RBAC for this mode.
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/istio");
-    let mut objects = crate::kube::fake::manifest(&deploy.join("companion.yaml"));
-    objects.extend(crate::kube::fake::manifest(&deploy.join("companion-cluster-header-rbac.yaml")));
+    let overlay = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/companion/kubernetes-cluster-header");
+    let objects = crate::kube::fake::kustomize(&overlay);
     let denied = fake.denied(&crate::kube::fake::companion_rbac(&objects));
-    assert!(denied.is_empty(), "not granted by companion.yaml and companion-cluster-header-rbac.yaml: {denied:#?}");
+    assert!(denied.is_empty(), "not granted by deploy/kubernetes/companion/kubernetes-cluster-header: {denied:#?}");
 }
