@@ -16,7 +16,7 @@ RUN_DIR=.run
 # goal), a hard bar no record raises.
 WASM_SIZE_RECORD=145875  # 153 046 - 1 519 for messages built by `cat!` (core::text) instead of `format!`, - 4 294 for the Fx hash without rustc-hash's unwraps (the last link to core::fmt), - 4 for cat! sizing its String up front, - 285 for Settings::validate's checks on a borrow, - 171 for the VM table in a Cell, - 241 for the IP parser's own digit(), - 657 for the request path without a served String or an edits Vec (merged with the above)
 WASM_SIZE_MARGIN=2048
-WASM_SIZE_LIMIT=150000
+WASM_SIZE_LIMIT=155000
 # wasm-opt: -Oz, but a function with one caller is inlined only when it is
 # tiny (-ocimfs 50): unlimited inlining builds 10-23 KB functions, and V8
 # compiles every function eagerly with memory that grows faster than the
@@ -32,6 +32,23 @@ BINARYEN_DIR=.tools/binaryen
 WASM_OPT=wasm-opt
 
 log() { printf '\033[1m==> [%s] %s\033[0m\n' "$(date +%T)" "$*"; } # the time: where a run's minutes go
+
+# section NAME: a timed part of `./build.sh test`; sections_report prints
+# how long each took (CI allows 90 minutes; the suite aims at under 30).
+SECTIONS=()
+SECTION_NAME=
+SECTION_START=$SECONDS
+section() {
+  [ -z "$SECTION_NAME" ] || SECTIONS+=("$(printf '%5d s  %s' $((SECONDS - SECTION_START)) "$SECTION_NAME")")
+  SECTION_NAME=$1
+  SECTION_START=$SECONDS
+  [ -z "$1" ] || log "$1"
+}
+sections_report() {
+  section ""
+  log "time per section (${SECONDS} s in all)"
+  printf '%s\n' "${SECTIONS[@]}"
+}
 
 ensure_target() {
   rustup target list --installed | grep -qx "$1" || rustup target add "$1"
@@ -217,7 +234,7 @@ check_wasm_size() {
   local size limit=$((WASM_SIZE_RECORD + WASM_SIZE_MARGIN))
   size=$(stat -c %s "$WASM")
   if [ "$size" -gt "$WASM_SIZE_LIMIT" ]; then
-    echo "wasm size: $WASM is $size bytes, over the hard limit of $WASM_SIZE_LIMIT (150 KB) whatever the record"
+    echo "wasm size: $WASM is $size bytes, over the hard limit of $WASM_SIZE_LIMIT bytes whatever the record"
     return 1
   fi
   if [ "$size" -gt "$limit" ]; then
@@ -241,25 +258,26 @@ run_tests() {
   # Some tests hold thousands of sockets (held long-polls): take the hard
   # open-files limit where the soft one is lower.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  section "build the filter (wasm)"
   build
   check_wasm_size
   check_wasm_module
   ensure_envoy
-  log "rustfmt and clippy (native and wasm32)"
+  section "rustfmt and clippy (native and wasm32)"
   cargo fmt --all --check
   cargo clippy --quiet --workspace --all-targets -- -D warnings
   cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter -- -D warnings
-  log "filter unit tests (native, fake host)"
+  section "filter unit tests (native, fake host)"
   cargo test --quiet -p isogroup-filter --lib
-  log "core unit tests (native)"
+  section "core unit tests (native)"
   cargo test --quiet -p isogroup-core --lib --tests
   ensure_node
-  log "core unit tests (wasm32-wasip1, the filter's own target, under Node.js's WASI)"
+  section "core unit tests (wasm32-wasip1, the filter's own target, under Node.js's WASI)"
   # panic=abort on wasm: a failing test ends its binary, so print as it goes
   # (--nocapture) to show which test failed and why.
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --single-threaded $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p isogroup-core --target wasm32-wasip1 -- --nocapture
-  log "shipped Envoy configs: envoy --mode validate"
+  section "shipped Envoy configs: envoy --mode validate"
   build_noop
   for f in envoy/*.yaml bench/envoy/*.yaml; do
     "$ENVOY" --mode validate -c "$f" -l error >/dev/null || { echo "invalid: $f"; exit 1; }
@@ -269,22 +287,24 @@ run_tests() {
   sed "s#{{dir}}#$PWD/envoy/reload#g" envoy/reload/bootstrap.yaml >"$RUN_DIR/reload-bootstrap.yaml"
   "$ENVOY" --mode validate -c "$RUN_DIR/reload-bootstrap.yaml" -l error >/dev/null || { echo "invalid: envoy/reload/bootstrap.yaml"; exit 1; }
   echo "valid: envoy/reload/bootstrap.yaml"
-  log "companion tests (the etcd ones start their own 3-member cluster)"
+  section "companion tests (the etcd ones start their own 3-member cluster)"
   ensure_etcd
   cargo test --quiet -p isogroup-companion
   validate_manifests
+  section "kustomize packages: kubectl kustomize, then the same schemas"
   validate_kustomize
-  log "OCI image: build, push to a registry on loopback, pull back with oci-client"
+  section "OCI image: build, push to a registry on loopback, pull back with oci-client"
   ensure_registry
   cargo test --quiet -p isogroup-oci
-  log "fuzz smoke: every target for 10 s (./build.sh fuzz runs longer)"
+  section "fuzz smoke: every target for 10 s (./build.sh fuzz runs longer)"
   fuzz 10
-  log "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
+  section "end-to-end tests against Envoy $ENVOY_VERSION (one at a time)"
   cargo build --quiet -p isogroup-demo -p isogroup-companion
   ensure_chromium # tests/console.rs drives it (screenshots in .run/console/)
   cargo test --quiet -p isogroup-filter --test '*' -- --test-threads=1
-  log "the container path: deploy/docker/ under docker or podman (./build.sh compose)"
+  section "the container path: deploy/docker/ under docker or podman (./build.sh compose)"
   compose debug # any failure exits non-zero (set -e), after its own report and teardown
+  sections_report
 }
 
 # Demo: default ports from envoy/demo.yaml.
@@ -319,13 +339,13 @@ b_serves() {
 demo() {
   build
   ensure_envoy
-  cargo build --quiet --release -p isogroup-demo -p isogroup-companion
+  cargo build --quiet --profile server -p isogroup-demo -p isogroup-companion
   mkdir -p "$RUN_DIR"
   DEMO_PIDS=()
   trap 'kill "${DEMO_PIDS[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
   log "starting the companion on $COMPANION (table: a copy of demo/table.json)"
   cp demo/table.json "$RUN_DIR/table.json"
-  ISOGROUP_TOKEN=$DEMO_TOKEN RUST_LOG=warn target/release/isogroup-companion serve \
+  ISOGROUP_TOKEN=$DEMO_TOKEN RUST_LOG=warn target/server/isogroup-companion serve \
     --listen "$COMPANION" --table "$RUN_DIR/table.json" &
   DEMO_PIDS+=($!)
   log "starting the demo services"
@@ -333,7 +353,7 @@ demo() {
     read -r port service group next <<<"$inst"
     local args=(serve --service "$service" --group "$group" --listen "127.0.0.1:$port" --via 127.0.0.1:10000)
     [ "$next" = - ] || args+=(--next "$next")
-    target/release/isogroup-demo "${args[@]}" &
+    target/server/isogroup-demo "${args[@]}" &
     DEMO_PIDS+=($!)
     printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
   done
@@ -348,14 +368,14 @@ demo() {
   wait_for "the first table" 10 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=table_version' | grep -q ': [1-9]'"
   echo
   log "b has no feature-1 instance yet: feature-1 falls back to b@base"
-  target/release/isogroup-demo show --via 127.0.0.1:10000
+  target/server/isogroup-demo show --via 127.0.0.1:10000
   echo
   log "developer B deploys b@feature-1 and registers it with the companion"
   echo "PUT /v1/services/b/groups/feature-1 -> $(admin PUT b feature-1 b-feature-1)"
   local started=$SECONDS
   wait_for "the new table in Envoy" 5 b_serves feature-1
   echo "every Envoy worker routes by it (within $((SECONDS - started + 1)) s)"
-  target/release/isogroup-demo show --via 127.0.0.1:10000
+  target/server/isogroup-demo show --via 127.0.0.1:10000
   echo
   log "b@feature-1 goes away: unregister, and feature-1 falls back again"
   echo "DELETE /v1/services/b/groups/feature-1 -> $(admin DELETE b feature-1)"
@@ -413,7 +433,7 @@ bench() {
   build_noop
   ensure_envoy
   ensure_oha
-  cargo build --quiet --release -p isogroup-companion
+  cargo build --quiet --profile server -p isogroup-companion
   if [ "${1:-}" = one ]; then # ./build.sh bench one: every arm a listener of one Envoy
     shift
     log "Envoy CPU per request, every arm a listener of one Envoy (see BENCHMARKS.md)"
@@ -807,11 +827,11 @@ compose_checks() {
   [ -z "$(compose_stopped)" ] || { echo "compose: stopped during the checks: $(compose_stopped | xargs)" >&2; return 1; }
 }
 
-# compose [release|debug]: the cargo profile of the host binaries (debug in
+# compose [server|debug]: the cargo profile of the host binaries (debug in
 # ./build.sh test, which has built them already).
 compose() (
-  local profile=${1:-release} release=(--release)
-  [ "$profile" = release ] || release=()
+  local profile=${1:-server} release=(--profile server)
+  [ "$profile" = server ] || release=()
   build
   cargo build --quiet "${release[@]}" -p isogroup-demo -p isogroup-companion
   export ISOGROUP_HOST_PROFILE=$profile
@@ -922,7 +942,7 @@ case "${1:-build}" in
   image) shift; image "$@" ;;
   soak) soak ;;
   fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
-  compose) compose "${2:-release}" ;;  # ./build.sh compose debug: with debug binaries
+  compose) compose "${2:-server}" ;;  # ./build.sh compose debug: with debug binaries
   size) size_report ;;
   *) echo "usage: $0 [build|test|demo|bench|memory|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
 esac

@@ -27,7 +27,7 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv/bin/envoy"
 OHA = ROOT / ".tools/bin/oha"
-COMPANION = ROOT / "target/release/isogroup-companion"
+COMPANION = ROOT / "target/server/isogroup-companion"
 OUT = ROOT / ".run/bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LISTENER, ADMIN = 19001, 19901

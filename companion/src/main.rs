@@ -6,6 +6,7 @@ mod explain;
 mod http;
 mod kube;
 mod metrics;
+mod pollers;
 mod random;
 mod store;
 
@@ -378,7 +379,7 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
     // ConfigMap isogroup-runtime).
     tokio::spawn(store::expiry::expire_sources(store.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let api = Arc::new(http::Api { store: store.clone(), token, metrics, gateway_url, shutdown: shutdown_rx });
+    let api = Arc::new(http::Api::new(store.clone(), token, metrics, gateway_url, shutdown_rx));
     if api.token.is_none() {
         tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
     }

@@ -1,8 +1,6 @@
 //! The companion's Prometheus metrics, and the distinct pollers seen lately.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,11 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// A poller counts as live this long after its last poll (longer than a
-/// long-poll hold).
-const POLLER_WINDOW: Duration = Duration::from_secs(120);
-/// Bound on remembered poller ids, so a client inventing ids costs little.
-const MAX_POLLERS: usize = 100_000;
+use crate::pollers::Pollers;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EtcdLabels {
@@ -53,7 +47,8 @@ pub struct Metrics {
     pub kube_invalid_groups: Gauge,
     pub kube_istio_writes: Counter,
     pub kube_istio_conflicts: Gauge,
-    seen: Mutex<HashMap<String, Instant>>,
+    pub handler_panics: Counter,
+    seen: Pollers,
 }
 
 impl Metrics {
@@ -79,7 +74,8 @@ impl Metrics {
             kube_invalid_groups: Gauge::default(),
             kube_istio_writes: Counter::default(),
             kube_istio_conflicts: Gauge::default(),
-            seen: Mutex::new(HashMap::new()),
+            handler_panics: Counter::default(),
+            seen: Pollers::default(),
             registry: Registry::default(),
         };
         registry.register("table_version", "Version of the table in force", m.table_version.clone());
@@ -129,6 +125,11 @@ impl Metrics {
             "Services whose Istio objects are left alone: another DestinationRule or VirtualService owns the host or name",
             m.kube_istio_conflicts.clone(),
         );
+        registry.register(
+            "handler_panics",
+            "HTTP requests whose handler panicked (answered 500; the process keeps serving)",
+            m.handler_panics.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -139,27 +140,11 @@ impl Metrics {
 
     /// Records a poll from `id`, refreshing the live-poller gauge.
     pub fn saw_poller(&self, id: &str) {
-        let Ok(mut seen) = self.seen.lock() else { return };
-        let now = Instant::now();
-        if seen.len() >= MAX_POLLERS && !seen.contains_key(id) {
-            seen.retain(|_, t| now.duration_since(*t) < POLLER_WINDOW);
-            if seen.len() >= MAX_POLLERS {
-                return;
-            }
-        }
-        seen.insert(id.to_owned(), now);
-        self.refresh_pollers(&mut seen, now);
-    }
-
-    fn refresh_pollers(&self, seen: &mut HashMap<String, Instant>, now: Instant) {
-        seen.retain(|_, t| now.duration_since(*t) < POLLER_WINDOW);
-        self.pollers.set(seen.len() as i64);
+        self.pollers.set(self.seen.saw(id, Instant::now()) as i64);
     }
 
     pub fn encode(&self) -> String {
-        if let Ok(mut seen) = self.seen.lock() {
-            self.refresh_pollers(&mut seen, Instant::now());
-        }
+        self.pollers.set(self.seen.live(Instant::now()) as i64);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

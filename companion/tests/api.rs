@@ -577,3 +577,47 @@ async fn put_table_replaces_the_table_within_its_own_body_limit() {
     assert_eq!(table["services"].as_object().unwrap().len(), 400);
     assert!(table["services"].get("reviews").is_none());
 }
+
+/// Sends a write's head and the start of a body it says is `length` long,
+/// then reads whatever answer comes within 10 s (the body never follows:
+/// only a server that answers before reading it can answer at all).
+async fn answer_before_body(port: u16, method: &str, path: &str, auth: Option<&str>, length: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = auth.as_str();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\n{auth}Content-Length: {length}\r\n\r\n{{"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} ({auth:?}): no answer before the body was sent"))
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn writes_without_the_token_are_refused_before_the_body_is_read() {
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    // 60 MB announced (under the 64 MiB table limit): nothing is buffered
+    // before the token is checked
+    for (method, path, length) in [
+        ("PUT", "/v1/table", 60_000_000),
+        ("PUT", "/v1/services/ratings/groups/f", 10_000),
+        ("PUT", "/v1/sources/10.0.0.1", 10_000),
+        ("PUT", "/v1/rules", 10_000),
+    ] {
+        for auth in [None, Some("wrong-token")] {
+            let answer = answer_before_body(c.port, method, path, auth, length).await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{method} {path} {auth:?}: {answer}");
+            assert!(answer.contains("\"unauthorized\""), "{answer}");
+        }
+    }
+    // with the token the body is read as before: `{` is not a table
+    let answer = answer_before_body(c.port, "PUT", "/v1/table", Some(TOKEN), 1).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let unauthorized = c.metric_sum("isogroup_companion_admin_requests_total").await;
+    assert!(unauthorized >= 9.0, "each refusal is counted: {unauthorized}");
+}

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -79,8 +80,11 @@ async fn matrix(State(api): State<Arc<Api>>) -> Response {
         return e.into_response();
     }
     let snap = served.current();
-    let mut body = matrix_json(&snap.raw, snap.table());
-    body["version"] = json!(snap.version);
-    body["epoch"] = json!(snap.epoch);
-    Json(body).into_response()
+    let body = api.matrix.get_or_build((snap.epoch.clone(), snap.version), || {
+        let mut body = matrix_json(&snap.raw, snap.table());
+        body["version"] = json!(snap.version);
+        body["epoch"] = json!(snap.epoch);
+        Bytes::from(body.to_string())
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -1,8 +1,36 @@
 //! The JSON of decisions and of the service × group matrix, shared by
 //! `/v1/resolve` and the console's `/v1/matrix`.
 
+use std::sync::Mutex;
+
+use axum::body::Bytes;
 use isogroup_core::{decide_service, Decision, RawTable, Table};
 use serde_json::{json, Value};
+
+/// What a rendering is of: the served (epoch, version).
+pub type Key = (Option<String>, u64);
+
+/// The last rendering and what it is of. Concurrent misses may each build
+/// (the same bytes); the cache never holds more than one.
+#[derive(Default)]
+pub struct Cached {
+    last: Mutex<Option<(Key, Bytes)>>,
+}
+
+impl Cached {
+    pub fn get_or_build(&self, key: Key, build: impl FnOnce() -> Bytes) -> Bytes {
+        if let Ok(last) = self.last.lock() {
+            if let Some((_, body)) = last.as_ref().filter(|(k, _)| *k == key) {
+                return body.clone();
+            }
+        }
+        let body = build();
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((key, body.clone()));
+        }
+        body
+    }
+}
 
 /// The JSON of one decision, as `/v1/resolve` answers it (without version).
 pub fn decision_json(decision: &Decision<'_>) -> Option<Value> {
@@ -90,7 +118,7 @@ mod tests {
     use isogroup_core::{decide_service, Limits, RawTable, Table};
     use serde_json::json;
 
-    use super::{decision_json, matrix_json};
+    use super::{decision_json, matrix_json, Cached};
 
     const T: &str = r#"{"version": 7, "groups": {"f1": {"fallback": ["ta", "tb"]}, "ta": {"fallback": ["tb"]},
         "tb": {}, "ts": {"mode": "strict"}},
@@ -139,5 +167,24 @@ mod tests {
         };
         assert_eq!(port(443, "ta")["cluster"], "pb-443");
         assert_eq!(port(80, "base")["cluster"], "p0-80");
+    }
+
+    #[test]
+    fn a_rendering_is_built_once_per_epoch_and_version() {
+        let cache = Cached::default();
+        let mut builds = 0;
+        let mut get = |key: (Option<String>, u64)| {
+            cache.get_or_build(key.clone(), || {
+                builds += 1;
+                axum::body::Bytes::from(format!("{key:?}"))
+            })
+        };
+        let a = get((Some("e1".into()), 7));
+        assert_eq!(get((Some("e1".into()), 7)), a);
+        assert_eq!(get((Some("e1".into()), 7)), a);
+        // a new version, then a new epoch with the same version: rebuilt
+        assert_ne!(get((Some("e1".into()), 8)), a);
+        assert_ne!(get((Some("e2".into()), 8)), a);
+        assert_eq!(builds, 3);
     }
 }

@@ -100,9 +100,12 @@ async fn bind_host(
     State(api): State<Arc<Api>>,
     Path(ip): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let result = bind(&api, &ip, None, &headers, &body).await;
+    let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
+        Ok(body) => bind(&api, &ip, None, &headers, &body).await,
+        Err(e) => Err(e),
+    };
     api.admin_result("bind_source", result)
 }
 
@@ -110,9 +113,12 @@ async fn bind_range(
     State(api): State<Arc<Api>>,
     Path((ip, len)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let result = bind(&api, &ip, Some(&len), &headers, &body).await;
+    let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
+        Ok(body) => bind(&api, &ip, Some(&len), &headers, &body).await,
+        Err(e) => Err(e),
+    };
     api.admin_result("bind_source", result)
 }
 
@@ -174,8 +180,11 @@ async fn list_rules(State(api): State<Arc<Api>>) -> Response {
     Json(json!({ "version": snap.version, "epoch": snap.epoch, "rules": snap.raw.rules })).into_response()
 }
 
-async fn set_rules(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let result = put_rules(&api, &headers, &body).await;
+async fn set_rules(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
+        Ok(body) => put_rules(&api, &headers, &body).await,
+        Err(e) => Err(e),
+    };
     api.admin_result("set_rules", result)
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -26,11 +26,9 @@ const MAX_WAIT_S: u64 = 300;
 /// The epoch of the table served, beside `ETag: "<version>"`.
 pub const EPOCH_HEADER: HeaderName = HeaderName::from_static("x-isogroup-epoch");
 
-/// `max_table`: the store's `max_table_bytes`, the one body larger than
-/// the admin limit.
-pub fn routes(max_table: usize) -> Router<Arc<Api>> {
+pub fn routes() -> Router<Arc<Api>> {
     Router::new()
-        .route("/v1/table", get(get_table).put(put_table).layer(DefaultBodyLimit::max(max_table)))
+        .route("/v1/table", get(get_table).put(put_table))
         .route("/v1/services/{service}/groups/{group}", put(put_group).delete(delete_group))
 }
 
@@ -157,9 +155,12 @@ async fn put_group(
     State(api): State<Arc<Api>>,
     Path((service, group)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let result = admin_put(&api, &service, &group, &headers, &body).await;
+    let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
+        Ok(body) => admin_put(&api, &service, &group, &headers, &body).await,
+        Err(e) => Err(e),
+    };
     api.admin_result("put", result)
 }
 
@@ -172,8 +173,12 @@ async fn delete_group(
     api.admin_result("delete", result)
 }
 
-async fn put_table(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let result = admin_put_table(&api, &headers, &body).await;
+async fn put_table(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let max_table = api.store.served().limits.max_table_bytes;
+    let result = match api.authorized_body(&headers, body, max_table).await {
+        Ok(body) => admin_put_table(&api, &headers, &body).await,
+        Err(e) => Err(e),
+    };
     api.admin_result("put_table", result)
 }
 

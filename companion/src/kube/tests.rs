@@ -449,7 +449,7 @@ async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() 
     store.served().set_readiness(Readiness::Ready);
     let token = crate::http::auth::Token::load(None, Some("t0ken".into())).unwrap();
     let (_tx, shutdown) = tokio::sync::watch::channel(false);
-    let api = Arc::new(crate::http::Api { store: store.clone(), token, metrics, gateway_url: None, shutdown });
+    let api = Arc::new(crate::http::Api::new(store.clone(), token, metrics, None, shutdown));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, crate::http::router(api)).await });
