@@ -325,8 +325,8 @@ mod tests {
         ] {
             assert_eq!(field_of(key), field);
         }
-        let mut raw = RawTable::default();
-        raw.rules = serde_json::from_str(r#"[{"header": "x-user", "values": ["a"], "group": "x"}]"#).unwrap();
+        let rules = serde_json::from_str(r#"[{"header": "x-user", "values": ["a"], "group": "x"}]"#).unwrap();
+        let raw = RawTable { rules, ..RawTable::default() };
         let entries = entries_of(&raw, "g1");
         let rules = entries["gen/g1/rules"].len();
         let at = "gen/g1/rules".len() + rules + 3;
