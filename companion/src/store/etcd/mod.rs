@@ -83,6 +83,8 @@ pub struct EtcdStore {
     rollback: Mutex<Rollback>,
     /// This store, for tasks started from `&self` (`saw_poll`).
     myself: std::sync::OnceLock<std::sync::Weak<EtcdStore>>,
+    /// A rollback check is under way.
+    checking: std::sync::atomic::AtomicBool,
 }
 
 /// Rollback evidence (see `saw_poll`).
@@ -150,6 +152,7 @@ impl EtcdStore {
             deadline: Mutex::new(Instant::now()),
             rollback: Mutex::new(Rollback { window: rollback_window, loaded_at: None, minted: false, warning: None }),
             myself: std::sync::OnceLock::new(),
+            checking: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = store.myself.set(Arc::downgrade(&store));
         Ok(store)
@@ -571,9 +574,23 @@ impl EtcdStore {
         }
     }
 
-    /// Mints a new epoch, once per load and only within the window after
-    /// it; counts the evidence and remembers a warning otherwise.
-    async fn on_rollback(&self, epoch: String, after: u64, version: u64) {
+    /// Confirms the evidence with etcd (a replica whose copy lags behind
+    /// another's sees such polls too: then etcd's `meta/rev` is at or above
+    /// `after`, and nothing happens), counts it, and mints a new epoch once
+    /// per load within the window after it; otherwise remembers a warning.
+    async fn on_rollback(&self, epoch: String, after: u64) {
+        self.count("range");
+        let stored = match self.kv.clone().get(self.key(layout::REV), Some(GetOptions::new().with_keys_only())).await {
+            Ok(r) => r.kvs().first().map_or(0, |kv| kv.mod_revision()),
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd: a poll above the version served could not be checked");
+                return;
+            }
+        };
+        if u64::try_from(stored).unwrap_or(0) >= after {
+            return;
+        }
+        self.served.metrics().rollback_polls.inc();
         let mint = {
             let Ok(mut r) = self.rollback.lock() else { return };
             let within = r.loaded_at.is_some_and(|at| at.elapsed() < r.window);
@@ -582,9 +599,9 @@ impl EtcdStore {
                 !std::mem::replace(&mut r.minted, true)
             } else {
                 r.warning = Some(format!(
-                    "rollback: a poll held epoch {epoch} at version {after}, above the version served \
-                     ({version}): the store went back (restored from a backup?) and filters holding it ignore \
-                     this companion, or the poll is forged. If the store was restored, run \
+                    "rollback: a poll held epoch {epoch} at version {after}, above the store's ({stored}): \
+                     the store went back (restored from a backup?) and filters holding it ignore this \
+                     companion, or the poll is forged. If the store was restored, run \
                      `isogroup-companion epoch --new`"
                 ));
                 false
@@ -594,10 +611,10 @@ impl EtcdStore {
             return;
         }
         let _guard = self.writer.lock().await;
-        match replace_epoch(&mut self.kv.clone(), &self.prefix, Some(&epoch)).await {
+        match replace_epoch(&mut self.kv.clone(), &self.prefix, Some((&epoch, after))).await {
             Ok(Some(new)) => tracing::warn!(
-                old = %epoch, %new, after, version,
-                "etcd: a poll held a version above the one served under this epoch (a restored store): new epoch"
+                old = %epoch, %new, after, stored,
+                "etcd: a poll held a version above the store's under this epoch (a restored store): new epoch"
             ),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "etcd: a new epoch after a rollback could not be written"),
@@ -627,10 +644,18 @@ impl Store for EtcdStore {
         if current.epoch.as_deref() != Some(epoch) || after <= current.version {
             return;
         }
-        self.served.metrics().rollback_polls.inc();
-        let (epoch, version) = (epoch.to_owned(), current.version);
+        // One check at a time: many filters poll at once.
+        if self.checking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let epoch = epoch.to_owned();
         if let Some(store) = self.myself.get().and_then(std::sync::Weak::upgrade) {
-            tokio::spawn(async move { store.on_rollback(epoch, after, version).await });
+            tokio::spawn(async move {
+                store.on_rollback(epoch, after).await;
+                store.checking.store(false, std::sync::atomic::Ordering::Release);
+            });
+        } else {
+            self.checking.store(false, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -656,10 +681,15 @@ async fn kv_client(endpoints: &[String], prefix: &str) -> Result<KvClient, Strin
 
 /// Puts a new epoch, newer than the stored one, and `meta/rev` again (so
 /// the version moves too) in one transaction guarded by both keys; returns
-/// it. With `only_if`, nothing happens (`None`) unless the stored epoch is
-/// that one (another replica replaced it already). A store never written
-/// has no epoch to replace.
-pub async fn replace_epoch(kv: &mut KvClient, prefix: &str, only_if: Option<&str>) -> Result<Option<String>, String> {
+/// it. With `only_if` (epoch, version), nothing happens (`None`) unless the
+/// stored epoch is that one and `meta/rev` is below that version (another
+/// replica replaced the epoch already, or the store is not behind). A
+/// store never written has no epoch to replace.
+pub async fn replace_epoch(
+    kv: &mut KvClient,
+    prefix: &str,
+    only_if: Option<(&str, u64)>,
+) -> Result<Option<String>, String> {
     let (epoch_key, rev_key) = (format!("{prefix}{}", layout::EPOCH), format!("{prefix}{}", layout::REV));
     for _ in 0..5 {
         let epoch = kv.get(epoch_key.clone(), None).await.map_err(|e| format!("etcd: {e}"))?;
@@ -668,7 +698,8 @@ pub async fn replace_epoch(kv: &mut KvClient, prefix: &str, only_if: Option<&str
             return Err(format!("{prefix}: the store has never been written: no epoch to replace"));
         };
         let old = String::from_utf8_lossy(epoch.value()).into_owned();
-        if only_if.is_some_and(|e| e != old) {
+        let behind = |after: u64| u64::try_from(rev.mod_revision()).unwrap_or(0) < after;
+        if only_if.is_some_and(|(e, after)| e != old || !behind(after)) {
             return Ok(None);
         }
         let new = crate::random::new_epoch(Some(&old));
