@@ -139,10 +139,11 @@ impl EtcdStore {
     /// once the watch has every event up to their revision). A
     /// watch-created response's revision is the store's at creation, ahead
     /// of the events still to come, and moves nothing; neither does an
-    /// answer to a progress request (watch id -1), which etcd 3.4 can send
-    /// ahead of events still queued. Writes wait only for revisions of
-    /// their own keys (`meta/rev`), so another application's writes under
-    /// another prefix never hold them up.
+    /// answer to a progress request (watch id -1), which etcd releases
+    /// without the fix of etcd issue 15220 (Debian's 3.4.23 among them)
+    /// send ahead of events still queued, so none is asked for. Writes wait
+    /// only for revisions of their own keys (`meta/rev`), so another
+    /// application's writes under another prefix never hold them up.
     async fn watch_from(&self, client: &mut WatchClient, start: i64) -> String {
         let options = WatchOptions::new()
             .with_range(prefix_end(self.prefix.as_bytes()))
