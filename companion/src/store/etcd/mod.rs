@@ -349,15 +349,15 @@ impl EtcdStore {
 
     /// Writes `next` once, guarded by what `base` saw.
     async fn write(&self, base: &Base, next: &RawTable, epoch: &str) -> Result<Outcome, ChangeError> {
-        // Any generation name: the sizes are what count.
-        let sized = layout::entries_of(next, "0000000000000000");
-        if let Some((field, size)) = layout::oversized(&sized, self.prefix.len(), MAX_PUT_BYTES) {
+        // The served generation's keys (a new one's are as long: the sizes
+        // are what count here).
+        let wanted = layout::entries_of(next, base.generation.as_deref().unwrap_or("0000000000000000"));
+        if let Some((field, size)) = layout::oversized(&wanted, self.prefix.len(), MAX_PUT_BYTES) {
             return Err(ChangeError::TooLarge(format!(
                 "{field}: {size} bytes in one etcd value; etcd takes at most {MAX_PUT_BYTES} (its request limit, 1.5 MiB by default, less framing)"
             )));
         }
         if let Some(generation) = &base.generation {
-            let wanted = layout::entries_of(next, generation);
             let mut ops = Vec::new();
             let mut bytes = 0;
             for (key, value) in &wanted {
