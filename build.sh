@@ -163,11 +163,12 @@ ensure_protoc() {
 # Debian's etcd-server (3.4) for the companion's etcd tests, which start
 # their own clusters: the service the package starts is stopped and disabled.
 ensure_etcd() {
-  command -v etcd >/dev/null && return
-  log "installing etcd-server (Debian) for the companion's etcd tests"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; } >/dev/null 2>&1 || true
+  command -v etcd >/dev/null && command -v etcdctl >/dev/null && return
+  log "installing etcd-server and etcd-client (Debian) for the companion's etcd tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client; } >/dev/null 2>&1 || true
   { systemctl disable --now etcd || service etcd stop; } >/dev/null 2>&1 || true
   command -v etcd >/dev/null || { echo "etcd is missing: install Debian's etcd-server"; exit 1; }
+  command -v etcdctl >/dev/null || { echo "etcdctl is missing: install Debian's etcd-client"; exit 1; }
 }
 
 # Debian's chromium and its WebDriver, for the console's browser tests.

@@ -140,18 +140,31 @@ async fn caught_up(port: u16, version: u64) {
 async fn set_instance(port: u16, service: &str, group: &str, cluster: Option<&str>) -> u64 {
     let url = format!("http://127.0.0.1:{port}/v1/services/{service}/groups/{group}");
     // Right after an etcd member is killed a write may wait for the replica's
-    // watch to fail over (keep-alive: up to 8 s) before it answers: this test
-    // asserts that no write is lost, not how fast one is (BENCHMARKS has that).
+    // watch to fail over (keep-alive: up to 8 s) before it answers, and one
+    // sent while etcd elects a new leader (3 to 6 s with this cluster's 3 s
+    // election timeout) is refused `503 store_unavailable` after 4 s without
+    // an answer from etcd, as a write without quorum is: sent again then.
+    // This test asserts that no write is lost, not how fast one is
+    // (BENCHMARKS has that).
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let req = match cluster {
-        Some(c) => client.put(url).json(&serde_json::json!({ "cluster": c })),
-        None => client.delete(url),
-    };
-    let resp = req.bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    assert!(status.is_success(), "admin call through :{port}: {status} {body}");
-    body["version"].as_u64().unwrap()
+    wait_for(&format!("admin call through :{port}"), SLOW, || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let req = match cluster {
+                Some(c) => client.put(url).json(&serde_json::json!({ "cluster": c })),
+                None => client.delete(url),
+            };
+            let resp = req.bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            if status == 503 && body["error"] == "store_unavailable" {
+                return None;
+            }
+            assert!(status.is_success(), "admin call through :{port}: {status} {body}");
+            body["version"].as_u64()
+        }
+    })
+    .await
 }
 
 /// The shipped companion config with its cluster over three endpoints (the

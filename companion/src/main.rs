@@ -58,6 +58,11 @@ enum Command {
         /// Where in etcd the table lives (see docs/companion.md, "etcd store").
         #[arg(long, default_value = "/isogroup/")]
         etcd_prefix: String,
+        /// etcd: for how long after this replica loads the store a poll
+        /// proving a rollback (its epoch, a version above the one served)
+        /// mints a new epoch (once); after it such polls only warn.
+        #[arg(long, default_value_t = store::etcd::ROLLBACK_WINDOW.as_secs())]
+        rollback_window_s: u64,
         /// Build the table from the cluster instead (pods labelled
         /// isogroup.io/group, ready endpoints, DestinationRule subsets,
         /// IsolationGroup objects). In-cluster or kubeconfig credentials.
@@ -142,6 +147,18 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         groups: usize,
     },
+    /// `epoch --new`: give the store a new epoch, newer than the one it
+    /// has, so every filter takes its table again (after restoring etcd
+    /// from a backup). Replicas serve it at once; the table is unchanged.
+    Epoch {
+        #[arg(long, required = true)]
+        new: bool,
+        /// The etcd endpoints (comma-separated), as for `serve --etcd`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        #[arg(long, default_value = "/isogroup/")]
+        etcd_prefix: String,
+    },
     /// Print, for every service and group, where requests go and why.
     Explain {
         file: PathBuf,
@@ -161,6 +178,7 @@ fn main() -> ExitCode {
             table,
             etcd,
             etcd_prefix,
+            rollback_window_s,
             kubernetes: _,
             namespace,
             pod_name,
@@ -176,7 +194,11 @@ fn main() -> ExitCode {
             let limits = Limits { max_table_bytes, ..Limits::default() };
             let source = match (table, etcd.is_empty()) {
                 (Some(path), _) => Source::File(path),
-                (None, false) => Source::Etcd { endpoints: etcd, prefix: etcd_prefix },
+                (None, false) => Source::Etcd {
+                    endpoints: etcd,
+                    prefix: etcd_prefix,
+                    rollback_window: Duration::from_secs(rollback_window_s),
+                },
                 (None, true) => Source::Kubernetes {
                     settle: Duration::from_millis(settle_ms),
                     namespace,
@@ -235,6 +257,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Epoch { new: _, etcd, etcd_prefix } => {
+            let made = tokio::runtime::Runtime::new()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(store::etcd::new_epoch_by_hand(&etcd, &etcd_prefix)));
+            match made {
+                Ok(epoch) => {
+                    println!("{etcd_prefix}: new epoch {epoch}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Explain { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
                 print!("{}", explain::explain(&t));
@@ -272,6 +309,7 @@ enum Source {
     Etcd {
         endpoints: Vec<String>,
         prefix: String,
+        rollback_window: Duration,
     },
     Kubernetes {
         settle: Duration,
@@ -346,9 +384,9 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             let source = file.path().display().to_string();
             (file, source)
         }
-        Source::Etcd { endpoints, prefix } => {
+        Source::Etcd { endpoints, prefix, rollback_window } => {
             let source = format!("etcd {} {prefix}", endpoints.join(","));
-            let etcd = EtcdStore::connect(endpoints, prefix, served).await?;
+            let etcd = EtcdStore::connect(endpoints, prefix, served, rollback_window).await?;
             tokio::spawn(etcd.clone().follow());
             (etcd, source)
         }

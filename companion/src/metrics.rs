@@ -41,6 +41,7 @@ pub struct Metrics {
     pub etcd_requests: Family<EtcdLabels, Counter>,
     pub etcd_conflicts: Counter,
     pub etcd_errors: Counter,
+    pub rollback_polls: Counter,
     pub kube_watch_errors: Family<KindLabels, Counter>,
     pub kube_leader: Gauge,
     pub kube_leader_changes: Counter,
@@ -68,6 +69,7 @@ impl Metrics {
             etcd_requests: Family::default(),
             etcd_conflicts: Counter::default(),
             etcd_errors: Counter::default(),
+            rollback_polls: Counter::default(),
             kube_watch_errors: Family::default(),
             kube_leader: Gauge::default(),
             kube_leader_changes: Counter::default(),
@@ -99,6 +101,11 @@ impl Metrics {
             m.etcd_conflicts.clone(),
         );
         registry.register("etcd_errors", "etcd requests or watches that failed (retried)", m.etcd_errors.clone());
+        registry.register(
+            "rollback_polls",
+            "Polls holding the current epoch with a version above the one served: the store went back (a restore), or a forged poll",
+            m.rollback_polls.clone(),
+        );
         registry.register(
             "kube_watch_errors",
             "Kubernetes list/watch errors by kind (each retried after a jittered backoff)",

@@ -158,7 +158,11 @@ async fn replicas_share_one_state_through_kills_garbage_and_reseeds() {
         .await;
 
     // Kill one etcd member: writes go on (quorum 2 of 3); bring it back.
+    // Should it lead, the others elect a new leader first (3 to 6 s with
+    // this cluster's 3 s election timeout), and a write sent meanwhile is
+    // refused 503 after 4 s without an answer, as without quorum.
     etcd.kill_member(2);
+    etcd.wait_writable().await;
     for (i, r) in replicas.iter().enumerate() {
         let (status, body) = r.register("svc-201", &format!("g-{i}"), "one-member-down").await;
         assert_eq!(status, 200, "replica {i} with a member down: {body}");

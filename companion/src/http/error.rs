@@ -48,6 +48,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Version(_) => (StatusCode::CONFLICT, "version_exhausted"),
             ChangeError::ManagedByKubernetes => (StatusCode::CONFLICT, "managed_by_kubernetes"),
             ChangeError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+            ChangeError::TooLarge(_) => (StatusCode::BAD_REQUEST, "value_too_large"),
             ChangeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ChangeError::Unreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreadable"),
             ChangeError::WriteFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "write_failed"),

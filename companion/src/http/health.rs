@@ -35,6 +35,10 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     if let Readiness::Unreachable(detail) = readiness {
         body["detail"] = json!(detail);
     }
+    let warnings = api.store.warnings();
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
     Json(body).into_response()
 }
 

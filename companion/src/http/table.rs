@@ -113,6 +113,9 @@ async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, hea
     let mut rx = served.subscribe();
     let mut snap = rx.borrow_and_update().clone();
     let poll = Poll { after: q.after.or_else(|| if_none_match(&headers)), epoch: q.epoch };
+    if let (Some(epoch), Some(after)) = (poll.epoch.as_deref(), poll.after) {
+        api.store.saw_poll(epoch, after);
+    }
     if poll.wants(&snap) {
         return table_response(&snap);
     }

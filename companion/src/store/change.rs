@@ -64,6 +64,11 @@ pub enum ChangeError {
     /// until someone removes or fixes it.
     #[error("{0}")]
     Unreadable(String),
+    /// A value over what the store takes in one request (etcd: 1.5 MiB);
+    /// the text starts with the field (`services.<name>`, `sources`,
+    /// `rules`, `groups.<name>`).
+    #[error("{0}")]
+    TooLarge(String),
     /// Writing the store failed (e.g. the table file).
     #[error("{0}")]
     WriteFailed(String),

@@ -3,9 +3,15 @@
 //! (temp file, fsync, rename, fsync of the directory), so a restart loses
 //! nothing.
 //!
-//! Its epoch is written into the file with the first write (at start, when
-//! the file has none); a hand edit's epoch is ignored. A file that cannot be
-//! written (a ConfigMap) gets a new epoch on every start.
+//! Its epoch and the highest version it served live in a state file beside
+//! the table (`<table>.state`, written atomically before anything is
+//! served), where neither a hand edit nor a restore of the table file
+//! lowers them: a restart goes on above that version under that epoch. The
+//! epoch is also written into the table file; a hand edit's epoch is
+//! ignored. Without a state file (first start, or it was removed) the store
+//! mints a new epoch, since nothing says the table file was last written by
+//! it. A file that cannot be written (a ConfigMap) gets a new epoch on
+//! every start.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,8 @@ pub enum FileError {
 
 pub struct FileStore {
     path: PathBuf,
+    /// The epoch and the highest version served (`<table>.state`).
+    state_path: PathBuf,
     /// The bytes last read or written by us: an identical file is no edit.
     known: Mutex<Vec<u8>>,
     /// Serialises every change (admin writes and file edits alike): each is
@@ -56,15 +64,20 @@ impl FileStore {
         let bytes = std::fs::read(&path).map_err(|source| FileError::Io { path: name.clone(), source })?;
         let raw = RawTable::from_json(&bytes, &served.limits)
             .map_err(|e| FileError::Invalid { path: name.clone(), errors: vec![e] })?;
-        let kept = raw.epoch.as_deref().filter(|e| Epoch::parse(e).is_some()).map(str::to_owned);
-        let fresh = kept.is_none();
-        let epoch = kept.unwrap_or_else(|| crate::random::new_epoch(raw.epoch.as_deref()));
-        let version = next_version(raw.version, 0, now_ms())
+        let state_path = state_path(&path);
+        let (epoch, floor) = match read_state(&state_path) {
+            Some(state) => (state.epoch, state.version),
+            None => (crate::random::new_epoch(raw.epoch.as_deref()), 0),
+        };
+        let fresh = raw.epoch.as_deref() != Some(epoch.as_str());
+        // Above the highest version served and the file's own.
+        let version = next_version(floor, raw.version, now_ms())
             .map_err(|source| FileError::Version { path: name.clone(), source })?;
         let snap = Snapshot::build(raw, Some(epoch.clone()), version, &served.base, &served.limits)
             .map_err(|errors| FileError::Invalid { path: name.clone(), errors })?;
         let store = FileStore {
             path,
+            state_path,
             known: Mutex::new(bytes),
             writer: tokio::sync::Mutex::new(()),
             epoch,
@@ -72,7 +85,12 @@ impl FileStore {
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicBool::new(_fail_writes),
         };
-        if fresh {
+        if let Err(e) = store.write_state(&snap) {
+            tracing::warn!(
+                epoch = %store.epoch, error = %e,
+                "the state file cannot be written: this epoch holds until the next start"
+            );
+        } else if fresh {
             match store.write(&snap.json) {
                 Ok(()) => tracing::info!(epoch = %store.epoch, path = %name, "new epoch written into the table file"),
                 Err(e) => tracing::warn!(
@@ -90,28 +108,27 @@ impl FileStore {
         &self.path
     }
 
-    /// Replaces the file atomically and durably with `bytes`. The temp file
-    /// name is unique per write, so replicas sharing a volume never collide.
+    /// Replaces the table file atomically and durably with `bytes`.
     fn write(&self, bytes: &[u8]) -> Result<(), FileError> {
         #[cfg(test)]
         if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(self.io(std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem)));
         }
         self.remember(bytes.to_vec());
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.{}.{:016x}.tmp", std::process::id(), crate::random::u64()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            self.io(source)
-        })
+        replace_file(&self.path, bytes).map_err(|source| self.io(source))
+    }
+
+    /// Records `snap`'s epoch and version as the highest served, before it
+    /// is served.
+    fn write_state(&self, snap: &Snapshot) -> Result<(), FileError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(self.io(std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem)));
+        }
+        let state = State { epoch: self.epoch.clone(), version: snap.version };
+        let bytes = serde_json::to_vec(&state).unwrap_or_default();
+        replace_file(&self.state_path, &bytes)
+            .map_err(|source| FileError::Io { path: self.state_path.display().to_string(), source })
     }
 
     fn io(&self, source: std::io::Error) -> FileError {
@@ -167,6 +184,11 @@ impl FileStore {
             });
         match result {
             Ok(snap) => {
+                // The edit's version is kept where a restart finds it (the
+                // table file keeps the edit as it is).
+                if let Err(e) = self.write_state(&snap) {
+                    tracing::warn!(error = %e, "the state file cannot be written; the edit is served anyway");
+                }
                 let snap = served.publish(snap);
                 tracing::info!(version = snap.version, %path, "table file changed: published");
             }
@@ -189,7 +211,10 @@ impl Store for FileStore {
             let version = next_version(current.version, 0, now_ms())?;
             let snap = Snapshot::build(next, Some(self.epoch.clone()), version, &self.served.base, &self.served.limits)
                 .map_err(ChangeError::Invalid)?;
-            // Durable first: a write that cannot be made durable is not served.
+            // Durable first: a write that cannot be made durable is not
+            // served. The state first: a crash between the two leaves a
+            // version above the file's, never below.
+            self.write_state(&snap).map_err(|e| ChangeError::WriteFailed(e.to_string()))?;
             self.write(&snap.json).map_err(|e| ChangeError::WriteFailed(e.to_string()))?;
             Ok(self.served.publish(snap))
         })
@@ -198,6 +223,52 @@ impl Store for FileStore {
     fn served(&self) -> &Served {
         &self.served
     }
+}
+
+/// `<table>.state`: the epoch and the highest version served.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    epoch: String,
+    version: u64,
+}
+
+fn state_path(table: &Path) -> PathBuf {
+    let mut name = table.file_name().unwrap_or_default().to_os_string();
+    name.push(".state");
+    table.with_file_name(name)
+}
+
+/// The state file, when it exists and holds a valid epoch (anything else
+/// is as if it were missing: a new epoch).
+fn read_state(path: &Path) -> Option<State> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<State>(&bytes) {
+        Ok(state) if Epoch::parse(&state.epoch).is_some() => Some(state),
+        Ok(_) | Err(_) => {
+            tracing::warn!(path = %path.display(), "the state file is unreadable; a new epoch");
+            None
+        }
+    }
+}
+
+/// Replaces `path` atomically and durably with `bytes` (temp file, fsync,
+/// rename, fsync of the directory). The temp file name is unique per
+/// write, so replicas sharing a volume never collide.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.{:016x}.tmp", std::process::id(), crate::random::u64()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// What tells a change cheaply: modification time and length.
@@ -297,7 +368,9 @@ mod tests {
         // no temp files left behind
         let names: Vec<String> =
             std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, ["table.json"]);
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, ["table.json", "table.json.state"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -312,6 +385,49 @@ mod tests {
         assert_ne!(a.epoch, b.epoch);
         assert!(a.epoch.is_some() && b.epoch.is_some());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), TABLE, "the file is untouched");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A restored older table file, or one hand-edited back, and a restart:
+    /// the epoch stays and the version goes on above the highest served,
+    /// even one a hand edit set far above the clock.
+    #[tokio::test]
+    async fn a_restored_older_file_and_a_restart_never_go_back() {
+        let dir = dir("restore");
+        let path = dir.join("table.json");
+        std::fs::write(&path, TABLE).unwrap();
+        let store = FileStore::open(path.clone(), served()).unwrap();
+        let epoch = store.served.current().epoch.clone().unwrap();
+        let backup = std::fs::read(&path).unwrap();
+        let change = Change::Register { service: "a".into(), group: "x".into(), cluster: "ax".into() };
+        store.apply(change).await.unwrap();
+        // A hand edit with a version far above the clock: served, and the
+        // table file keeps the edit as it was written.
+        let far = super::now_ms() * 1000;
+        std::fs::write(&path, TABLE.replace(r#""version": 3"#, &format!(r#""version": {far}"#))).unwrap();
+        store.take_edit().await;
+        let highest = store.served.current();
+        assert_eq!(highest.version, far);
+        drop(store);
+        // The backup taken before both comes back, and the companion restarts.
+        std::fs::write(&path, &backup).unwrap();
+        let again = FileStore::open(path.clone(), served()).unwrap();
+        let restarted = again.served.current();
+        assert_eq!(restarted.epoch.as_deref(), Some(&*epoch), "the same epoch");
+        assert!(restarted.version > highest.version, "{} > {}", restarted.version, highest.version);
+        drop(again);
+        // A table file from another store (another epoch), same state file:
+        // its epoch is ignored.
+        std::fs::write(&path, TABLE.replace(r#""version": 3"#, r#""epoch": "99999999999999-ff""#)).unwrap();
+        let third = FileStore::open(path.clone(), served()).unwrap().served.current();
+        assert_eq!(third.epoch.as_deref(), Some(&*epoch));
+        assert!(third.version > restarted.version);
+        // No state file (removed, or a table file brought from elsewhere):
+        // nothing says who wrote the table, so a new, newer epoch.
+        std::fs::remove_file(dir.join("table.json.state")).unwrap();
+        let fourth = FileStore::open(path.clone(), served()).unwrap().served.current();
+        assert!(fourth.stamp() > third.stamp());
+        assert_ne!(fourth.epoch.as_deref(), Some(&*epoch));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

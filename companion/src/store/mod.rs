@@ -32,4 +32,15 @@ pub trait Store: Send + Sync {
     fn not_serving(&self) -> Option<String> {
         None
     }
+
+    /// A poll held (`epoch`, `after`): when that is the epoch served with a
+    /// version above the one served, the store went back (etcd restored
+    /// from a backup) and every filter holding it ignores this companion,
+    /// or the poll is forged (polls carry no token).
+    fn saw_poll(&self, _epoch: &str, _after: u64) {}
+
+    /// Warnings for `/readyz` (ready, but an operator should look).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -21,20 +21,27 @@ pub struct Etcd {
     members: Vec<Member>,
     dir: PathBuf,
     token: String,
+    /// Extra flags for every member (e.g. `--max-request-bytes`).
+    extra: Vec<String>,
 }
 
 impl Etcd {
     /// Starts `n` members and waits until the cluster takes writes.
     pub async fn start(n: usize) -> Etcd {
-        Etcd::start_ports((0..n).map(|_| free_port()).collect()).await
+        Etcd::start_ports((0..n).map(|_| free_port()).collect(), &[]).await
+    }
+
+    /// Starts `n` members, each with `extra` flags.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Etcd {
+        Etcd::start_ports((0..n).map(|_| free_port()).collect(), extra).await
     }
 
     /// One member serving clients on `port`.
     pub async fn start_on(port: u16) -> Etcd {
-        Etcd::start_ports(vec![port]).await
+        Etcd::start_ports(vec![port], &[]).await
     }
 
-    async fn start_ports(client_ports: Vec<u16>) -> Etcd {
+    async fn start_ports(client_ports: Vec<u16>, extra: &[&str]) -> Etcd {
         let n = client_ports.len();
         let token = format!("isogroup-{}-{}", std::process::id(), free_port());
         let shm = PathBuf::from("/dev/shm");
@@ -45,7 +52,8 @@ impl Etcd {
             .enumerate()
             .map(|(i, &client)| Member { name: format!("m{i}"), client, peer: free_port(), child: None })
             .collect();
-        let mut etcd = Etcd { members, dir, token };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut etcd = Etcd { members, dir, token, extra };
         for i in 0..n {
             etcd.start_member(i);
         }
@@ -55,12 +63,7 @@ impl Etcd {
 
     /// Starts member `i` (again, on its data directory after a kill).
     pub fn start_member(&mut self, i: usize) {
-        let cluster = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-            .collect::<Vec<_>>()
-            .join(",");
+        let cluster = self.initial_cluster();
         let m = &self.members[i];
         let client = format!("http://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
@@ -73,12 +76,61 @@ impl Etcd {
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "200", "--election-timeout", "3000"])
             .args(["--logger", "zap", "--log-level", "error"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("ISOGROUP_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .expect("etcd (Debian's etcd-server; build.sh installs it)");
         self.members[i].child = Some(child);
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer)).collect::<Vec<_>>().join(",")
+    }
+
+    /// `etcdctl snapshot save` through member `i` into `file`.
+    pub fn snapshot_save(&self, i: usize, file: &std::path::Path) {
+        let endpoint = format!("http://127.0.0.1:{}", self.members[i].client);
+        let status = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoint, "snapshot", "save"])
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("etcdctl (Debian's etcd-client; build.sh installs it)");
+        assert!(status.success(), "etcdctl snapshot save");
+    }
+
+    /// Every member killed, its data replaced by `etcdctl snapshot restore`
+    /// of `file` (same names, peers and token), and started again.
+    pub async fn restore(&mut self, file: &std::path::Path) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+        let cluster = self.initial_cluster();
+        for m in &self.members {
+            let data = self.dir.join(&m.name);
+            let _ = std::fs::remove_dir_all(&data);
+            let status = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(file)
+                .args(["--name", &m.name, "--initial-cluster", &cluster, "--initial-cluster-token", &self.token])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer)])
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("etcdctl (Debian's etcd-client; build.sh installs it)");
+            assert!(status.success(), "etcdctl snapshot restore for {}", m.name);
+        }
+        for i in 0..self.members.len() {
+            self.start_member(i);
+        }
+        self.wait_writable().await;
     }
 
     /// `kill -9` member `i`.

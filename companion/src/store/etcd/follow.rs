@@ -8,16 +8,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchClient, WatchOptions};
 
 use super::layout::Entry;
-use super::EtcdStore;
+use super::{EtcdStore, MAX_DECODE_BYTES};
 use crate::store::Readiness;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Keys per page of the initial read.
+/// Keys per page of the initial read, at most.
 const PAGE: i64 = 1000;
+/// What a page of the initial read aims at: the next page's key count
+/// comes from the bytes per key of the last one. A page over the decode
+/// limit anyway is read again in quarters.
+const PAGE_BYTES: usize = 2 << 20;
 
 impl EtcdStore {
     /// Runs until the process ends.
@@ -44,19 +48,21 @@ impl EtcdStore {
     /// One read and watch; returns why it stopped.
     async fn follow_once(&self, backoff: &mut Duration) -> String {
         let mut client = match self.watch_client().await {
-            Ok(c) => c,
+            Ok(c) => c.watch_client().max_decoding_message_size(MAX_DECODE_BYTES),
             Err(e) => return e.to_string(),
         };
         let (entries, revision) = match self.read_all().await {
             Ok(x) => x,
             Err(e) => return e,
         };
+        self.sweep(&entries).await;
         if let Ok(mut mirror) = self.mirror.lock() {
             mirror.entries = entries;
             mirror.revision = revision;
             self.refresh(&mut mirror);
             self.update_readiness(&mut mirror);
         }
+        // Every key as of `revision` is in the mirror: caught up to it.
         self.seen.send_replace(revision);
         *backoff = super::follow::BACKOFF_MIN;
         tracing::info!(revision, "etcd: state read; following");
@@ -69,6 +75,7 @@ impl EtcdStore {
     fn update_readiness(&self, mirror: &mut super::Mirror) {
         if mirror.rejected.is_none() {
             mirror.loaded = true;
+            self.loaded();
         }
         let readiness = match &mirror.rejected {
             Some(why) if !mirror.loaded => Readiness::Loading(format!("the stored state is refused: {why}")),
@@ -79,28 +86,42 @@ impl EtcdStore {
         }
     }
 
-    /// Every key under the prefix, in pages, all at one revision.
+    /// Every key under the prefix, in pages, all at one revision. Pages are
+    /// cut by bytes (see `PAGE_BYTES`): a store of large values pages in
+    /// fewer keys.
     async fn read_all(&self) -> Result<(BTreeMap<String, Entry>, i64), String> {
         let mut kv = self.kv.clone();
         let end = prefix_end(self.prefix.as_bytes());
         let mut from = self.prefix.as_bytes().to_vec();
         let mut revision = 0;
         let mut entries = BTreeMap::new();
+        let mut limit = PAGE;
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
             self.count("range");
-            let response = kv.get(from.clone(), Some(options)).await.map_err(|e| e.to_string())?;
+            let response = match kv.get(from.clone(), Some(options)).await {
+                Ok(r) => r,
+                Err(e) if limit > 1 && too_large(&e) => {
+                    limit = (limit / 4).max(1);
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
+            let mut bytes = 0;
             for kv in response.kvs() {
+                bytes += kv.key().len() + kv.value().len();
                 let relative = kv.key().get(self.prefix.len()..).unwrap_or_default();
                 let key = String::from_utf8_lossy(relative).into_owned();
                 entries.insert(key, Entry { value: kv.value().to_vec(), mod_revision: kv.mod_revision() });
             }
+            let per_key = bytes / response.kvs().len().max(1);
+            limit = i64::try_from(PAGE_BYTES / per_key.max(1)).unwrap_or(PAGE).clamp(1, PAGE);
             match response.kvs().last() {
                 Some(last) if response.more() => {
                     from = last.key().to_vec();
@@ -111,8 +132,19 @@ impl EtcdStore {
         }
     }
 
-    /// Applies watch events to the mirror until the watch fails.
-    async fn watch_from(&self, client: &mut Client, start: i64) -> String {
+    /// Applies watch events to the mirror until the watch fails. The
+    /// mirror's revision moves only with what it has applied: each event's
+    /// revision (etcd sends a revision's events in one response), and
+    /// periodic progress notifications of this watch (etcd sends those only
+    /// once the watch has every event up to their revision). A
+    /// watch-created response's revision is the store's at creation, ahead
+    /// of the events still to come, and moves nothing; neither does an
+    /// answer to a progress request (watch id -1), which etcd releases
+    /// without the fix of etcd issue 15220 (Debian's 3.4.23 among them)
+    /// send ahead of events still queued, so none is asked for. Writes wait
+    /// only for revisions of their own keys (`meta/rev`), so another
+    /// application's writes under another prefix never hold them up.
+    async fn watch_from(&self, client: &mut WatchClient, start: i64) -> String {
         let options = WatchOptions::new()
             .with_range(prefix_end(self.prefix.as_bytes()))
             .with_start_revision(start)
@@ -132,11 +164,15 @@ impl EtcdStore {
                 let compacted = response.compact_revision();
                 return format!("watch canceled ({}; compacted at {compacted})", response.cancel_reason());
             }
-            let revision = response.header().map_or(0, |h| h.revision());
+            if response.created() {
+                continue;
+            }
             let Ok(mut mirror) = self.mirror.lock() else { return "mirror lock poisoned".into() };
             let mut relevant = false;
+            let mut applied = 0;
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
+                applied = applied.max(kv.mod_revision());
                 let relative = kv.key().get(self.prefix.len()..).unwrap_or_default();
                 let key = String::from_utf8_lossy(relative).into_owned();
                 relevant |= !in_other_generation(&mirror.entries, &key);
@@ -151,7 +187,11 @@ impl EtcdStore {
                     }
                 }
             }
-            mirror.revision = mirror.revision.max(revision);
+            if response.events().is_empty() && response.watch_id() >= 0 {
+                // This watch's periodic progress notification.
+                applied = response.header().map_or(0, |h| h.revision());
+            }
+            mirror.revision = mirror.revision.max(applied);
             // Writes into a generation not served yet change nothing served:
             // skip the rebuild until the switch arrives.
             if relevant {
@@ -163,6 +203,12 @@ impl EtcdStore {
             self.seen.send_replace(seen);
         }
     }
+}
+
+/// True when etcd's answer was over the decode limit.
+fn too_large(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("too large") || text.contains("OutOfRange")
 }
 
 /// True for a key of a generation other than the one `meta/rev` names.

@@ -199,6 +199,26 @@ pub fn entries_of(raw: &RawTable, generation: &str) -> BTreeMap<String, Vec<u8>>
     out
 }
 
+/// The table field a key (relative to the prefix) holds, as a `400` names
+/// it: `services.<name>`, `groups.<name>`, `sources`, `rules`, `base_group`.
+pub fn field_of(key: &str) -> String {
+    let rest = key.strip_prefix("gen/").and_then(|r| r.split_once('/')).map_or(key, |(_, rest)| rest);
+    match rest.split_once('/') {
+        Some((kind, name)) => format!("{kind}.{name}"),
+        None => rest.to_owned(),
+    }
+}
+
+/// The first value whose put (key with `prefix_len` bytes of prefix, and
+/// value) is over `limit` bytes: `(field, size)`.
+pub fn oversized(entries: &BTreeMap<String, Vec<u8>>, prefix_len: usize, limit: usize) -> Option<(String, usize)> {
+    entries
+        .iter()
+        .map(|(k, v)| (k, prefix_len + k.len() + v.len()))
+        .find(|(_, size)| *size > limit)
+        .map(|(k, size)| (field_of(k), size))
+}
+
 /// A generation id: 1 to 32 ASCII letters or digits.
 fn valid_generation(g: &str) -> bool {
     !g.is_empty() && g.len() <= 32 && g.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -212,7 +232,7 @@ mod tests {
 
     use isogroup_core::RawTable;
 
-    use super::{entries_of, other_generations, read, rev_value, Entry, Stored, EPOCH, REV};
+    use super::{entries_of, field_of, other_generations, oversized, read, rev_value, Entry, Stored, EPOCH, REV};
 
     fn entries(pairs: &[(&str, &str, i64)]) -> BTreeMap<String, Entry> {
         pairs
@@ -292,5 +312,25 @@ mod tests {
             read(&entries(&[(REV, rev, 2)]), "/p/"),
             Err(vec!["/p/meta/epoch: missing while meta/rev is present".to_owned()])
         );
+    }
+
+    #[test]
+    fn oversized_values_are_named_by_field() {
+        for (key, field) in [
+            ("gen/g1/services/r.ns", "services.r.ns"),
+            ("gen/g1/groups/team-a", "groups.team-a"),
+            ("gen/g1/sources", "sources"),
+            ("gen/g1/rules", "rules"),
+            ("gen/g1/base_group", "base_group"),
+        ] {
+            assert_eq!(field_of(key), field);
+        }
+        let rules = serde_json::from_str(r#"[{"header": "x-user", "values": ["a"], "group": "x"}]"#).unwrap();
+        let raw = RawTable { rules, ..RawTable::default() };
+        let entries = entries_of(&raw, "g1");
+        let rules = entries["gen/g1/rules"].len();
+        let at = "gen/g1/rules".len() + rules + 3;
+        assert_eq!(oversized(&entries, 3, at), None, "at the limit");
+        assert_eq!(oversized(&entries, 3, at - 1), Some(("rules".to_owned(), at)));
     }
 }
