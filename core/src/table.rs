@@ -6,18 +6,19 @@
 use crate::prelude::*;
 
 /// The raw table's maps from names (groups, services, a service's
-/// clusters). The wasm filter, which reads tables with `read.rs` and has no
-/// serde, keeps them in a sorted `Vec` (`VecMap`: a fraction of `BTreeMap`'s
-/// code); everything else (the companion, tests) has `BTreeMap`. Both
-/// iterate in name order.
-#[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+/// clusters): a sorted `Vec` (`VecMap`: a fraction of `BTreeMap`'s code in
+/// the wasm), the map the filter ships with, in every build but one that
+/// asks for `BTreeMap` (feature `btree-names`: the companion, which edits
+/// tables in place). So core's tests and the fuzz targets read into the
+/// shipped map whether or not `serde` is on. Both iterate in name order.
+#[cfg(not(feature = "btree-names"))]
 pub type NameMap<V> = crate::vec_map::VecMap<V>;
-#[cfg(not(all(target_arch = "wasm32", not(feature = "serde"))))]
+#[cfg(feature = "btree-names")]
 pub type NameMap<V> = alloc::collections::BTreeMap<String, V>;
 
 /// Gives back a map's spare capacity (a `VecMap`'s; `BTreeMap` keeps none).
 pub(crate) fn shrink_names<V>(_map: &mut NameMap<V>) {
-    #[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+    #[cfg(not(feature = "btree-names"))]
     _map.shrink_to_fit();
 }
 

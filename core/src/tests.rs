@@ -251,7 +251,11 @@ fn tables_over_the_default_limits_are_rejected() {
         let mut raw = RawTable::default();
         raw.services.insert(
             "a".into(),
-            RawService { hosts: vec!["a".into()], clusters: [("base".into(), "a0".into())].into(), ports: vec![] },
+            RawService {
+                hosts: vec!["a".into()],
+                clusters: [("base".into(), "a0".into())].into_iter().collect(),
+                ports: vec![],
+            },
         );
         for i in 1..n {
             raw.groups.insert(format!("g{i}"), RawGroup::default());

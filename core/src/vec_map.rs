@@ -117,6 +117,15 @@ impl<V> FromIterator<(String, V)> for VecMap<V> {
     }
 }
 
+/// As a JSON object in name order, as serde writes a `BTreeMap` (the
+/// companion's and the tests' serialised tables read the same either way).
+#[cfg(feature = "serde")]
+impl<V: serde::Serialize> serde::Serialize for VecMap<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
 impl<V: fmt::Debug> fmt::Debug for VecMap<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()

@@ -313,7 +313,7 @@ proptest! {
                 for (_, service) in t.services() {
                     for (_, group) in t.groups() {
                         let listed = match decide_service(&t, service, Some(group), None, None) {
-                            Decision::Route(r) => raw.services[r.service].clusters.get(r.serving) == Some(&r.cluster.to_owned()),
+                            Decision::Route(r) => raw.services.get(r.service).unwrap().clusters.get(r.serving) == Some(&r.cluster.to_owned()),
                             Decision::FailFast(f) => raw.groups.get(f.group).is_some_and(|g| g.mode == isogroup_core::Mode::Strict),
                             Decision::PassThrough => false,
                         };
