@@ -591,11 +591,28 @@ impl<'a> Reader<'a> {
         Err(self.err_key(&m, true))
     }
 
-    /// A map member's key given twice.
+    /// A name given twice in the map just read (found once it is sorted:
+    /// the error is at the map's end).
     pub(crate) fn duplicate_key(&self, key: &str) -> JsonError {
         let mut m = String::from("duplicate key ");
         push_quoted(&mut m, key);
-        self.err_key(&m, false)
+        self.err(&m)
+    }
+
+    /// Counts the member just keyed as one more of `field`: past `limit`,
+    /// an error at its key with `field` as its path (`services.*.clusters`).
+    pub(crate) fn count(&self, count: &mut usize, limit: usize, field: &str) -> Res<()> {
+        *count += 1;
+        if *count <= limit {
+            return Ok(());
+        }
+        let mut m = String::new();
+        push_u64(&mut m, *count as u64);
+        m.push_str(" exceeds the limit of ");
+        push_u64(&mut m, limit as u64);
+        let mut e = self.error_at(0, self.key_end, &m);
+        e.path = field.to_owned();
+        Err(e)
     }
 
     /// A required struct field that was absent (after the object).

@@ -16,6 +16,47 @@ pub type NameMap<V> = crate::vec_map::VecMap<V>;
 #[cfg(feature = "btree-names")]
 pub type NameMap<V> = alloc::collections::BTreeMap<String, V>;
 
+/// How the reader (`read.rs`) fills a `NameMap`: members added as they come
+/// (`push_read`), then sorted once (`sort_read`), so names in any order cost
+/// n log n; a name given twice is the `Err` of `sort_read`.
+pub(crate) trait ReadNames<V> {
+    /// What is noted between members: nothing for `VecMap` (its sort finds
+    /// a name given twice), the first one given twice for `BTreeMap`.
+    type Twice: Default;
+    fn push_read(&mut self, name: String, value: V, twice: &mut Self::Twice);
+    fn sort_read(&mut self, twice: Self::Twice) -> Result<(), String>;
+}
+
+impl<V> ReadNames<V> for crate::vec_map::VecMap<V> {
+    type Twice = ();
+
+    #[inline(always)]
+    fn push_read(&mut self, name: String, value: V, _: &mut ()) {
+        self.push(name, value);
+    }
+
+    fn sort_read(&mut self, _: ()) -> Result<(), String> {
+        self.sort()
+    }
+}
+
+#[cfg(feature = "btree-names")]
+impl<V> ReadNames<V> for alloc::collections::BTreeMap<String, V> {
+    type Twice = Option<String>;
+
+    fn push_read(&mut self, name: String, value: V, twice: &mut Option<String>) {
+        use alloc::collections::btree_map::Entry;
+        match self.entry(name) {
+            Entry::Vacant(e) => drop(e.insert(value)),
+            Entry::Occupied(e) => drop(twice.get_or_insert_with(|| e.key().clone())),
+        }
+    }
+
+    fn sort_read(&mut self, twice: Option<String>) -> Result<(), String> {
+        twice.map_or(Ok(()), Err)
+    }
+}
+
 /// Gives back a map's spare capacity (a `VecMap`'s; `BTreeMap` keeps none).
 pub(crate) fn shrink_names<V>(_map: &mut NameMap<V>) {
     #[cfg(not(feature = "btree-names"))]
@@ -102,7 +143,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let (raw, _) = crate::json::document(bytes, false, &mut crate::read::table)?;
+        let (raw, _) = crate::json::document(bytes, false, &mut |r| crate::read::table(r, limits))?;
         Ok(raw)
     }
 
@@ -113,7 +154,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        Ok(crate::json::document(bytes, true, &mut crate::read::table)?)
+        Ok(crate::json::document(bytes, true, &mut |r| crate::read::table(r, limits))?)
     }
 }
 

@@ -268,5 +268,5 @@ fn duplicate_keys_are_where_the_reader_is_stricter() {
     let theirs: RawTable = serde_json::from_str(doc).unwrap();
     assert_eq!(theirs.services.len(), 1);
     let err = RawTable::from_json(doc.as_bytes(), &Limits::default()).unwrap_err().to_string();
-    assert_eq!(err, "services: duplicate key \"r\" at line 1 column 60");
+    assert_eq!(err, "services: duplicate key \"r\" at line 1 column 101");
 }
