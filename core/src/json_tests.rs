@@ -100,10 +100,12 @@ fn skip(doc: &[u8]) -> Result<(), String> {
 fn structure() {
     let deep_ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
     let too_deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+    let too_deep_error =
+        format!("{}: recursion limit exceeded at line 1 column {}", "[0]".repeat(MAX_DEPTH), MAX_DEPTH + 1);
     let cases: &[(&[u8], Result<(), &str>)] = &[
         (b" {\"a\": [1, -2, 3.5e-1, true, false, null, \"x\", {}, []]}\n", Ok(())),
         (deep_ok.as_bytes(), Ok(())),
-        (too_deep.as_bytes(), Err("[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: recursion limit exceeded at line 1 column 65")),
+        (too_deep.as_bytes(), Err(&too_deep_error)),
         (b"", Err("(document): EOF while parsing a value at line 1 column 0")),
         (b"{} {}", Err("(document): trailing characters at line 1 column 4")),
         (b"1 2", Err("(document): trailing characters at line 1 column 3")),

@@ -247,6 +247,23 @@ proptest! {
     }
 }
 
+/// Nesting: a value the reader skips (a newer companion's field) may nest
+/// exactly as deep as serde_json reads (its recursion limit, 128, refuses
+/// the 128th level), counted from the document's root in both.
+#[test]
+fn skipped_values_nest_as_deep_as_serde_json_reads() {
+    for depth in [2, 63, 64, 65, 100, 126, 127, 128, 129, 300] {
+        // The table object is one level; the field's value the rest.
+        let (open, close) = ("[{\"a\":".repeat((depth - 1) / 2), "}]".repeat((depth - 1) / 2));
+        let inner = if depth % 2 == 0 { "[]" } else { "0" };
+        let doc = format!(r#"{{"later":{open}{inner}{close}}}"#);
+        let theirs = serde_json::from_str::<Value>(&doc).is_ok();
+        let ours = RawTable::from_companion_json(doc.as_bytes(), &Limits::default());
+        assert_eq!(ours.is_ok(), theirs, "depth {depth}: {:?}", ours.err().map(|e| e.to_string()));
+        assert_eq!(theirs, depth < 128, "depth {depth}");
+    }
+}
+
 /// These tests read into the map the filter ships: `NameMap` is `VecMap`
 /// here, not the companion's `BTreeMap`.
 #[test]
