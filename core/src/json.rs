@@ -13,6 +13,9 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
+/// Most unknown field names a lenient read keeps, for its one log line.
+const MAX_UNKNOWN_KEPT: usize = 16;
+
 /// Deepest nesting of arrays and objects, serde_json's: its recursion
 /// limit of 128 refuses the 128th level. The schemas need 6; a value skipped
 /// (a newer companion's field) may nest as deep as the companion's serde_json
@@ -42,13 +45,15 @@ pub(crate) struct Reader<'a> {
     /// the key itself (unknown or duplicate field).
     key_mark: usize,
     key_end: usize,
-    /// `Some` in a lenient parse: the unknown field names skipped.
+    /// `Some` in a lenient parse: the unknown field names skipped, as
+    /// `push_key` shows them, at most `MAX_UNKNOWN_KEPT`.
     unknown: Option<Vec<String>>,
 }
 
 /// Parses one whole document with `read`; bytes after it are an error, so a
 /// doubled or padded body is refused rather than half-read. In a lenient
-/// parse, unknown fields are skipped and returned.
+/// parse, unknown fields are skipped and the first `MAX_UNKNOWN_KEPT`
+/// names returned, shown as in a path (`push_key`).
 pub(crate) fn document<T>(
     bytes: &[u8],
     lenient: bool,
@@ -87,25 +92,82 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     }
 }
 
-/// Appends `s` in double quotes, `"` and `\` and control characters escaped.
+/// Most bytes of a key or value a message shows: every valid name (a
+/// service's, 253) whole; a longer one is cut, so one member of a table
+/// cannot flood a log line.
+pub const MAX_SHOWN: usize = 256;
+
+/// Characters a message shows escaped (`\u{1b}`): control characters, and
+/// Unicode's line separators and bidirectional controls, which could forge
+/// a log line or hide text.
+fn shown_escaped(c: char) -> bool {
+    matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Appends `s` in double quotes, `"`, `\` and `shown_escaped` characters
+/// escaped, cut after `MAX_SHOWN` bytes (`"abc"...`).
 pub(crate) fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
+    let mut shown = 0;
     for c in s.chars() {
+        shown += c.len_utf8();
+        if shown > MAX_SHOWN {
+            out.push_str("\"...");
+            return;
+        }
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+            c if shown_escaped(c) => {
                 out.push_str("\\u{");
-                let hex = b"0123456789abcdef";
-                out.push(char::from(hex[(c as usize >> 4) & 0xf]));
-                out.push(char::from(hex[c as usize & 0xf]));
+                crate::text::Piece::push_to(&crate::text::Hex { value: c as u64, width: 2 }, out);
                 out.push('}');
             }
             c => out.push(c),
         }
     }
     out.push('"');
+}
+
+/// A key as written when it is plain: printable ASCII but `"` and `\`, at
+/// most `MAX_SHOWN` bytes (every valid name); any other is shown quoted.
+fn is_plain(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_SHOWN && key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+/// Appends a key as a path segment (`services.reviews`): as written when it
+/// is plain, else quoted (`services."a\nb"`), so no key read from a table
+/// can break a log line, forge one or flood it.
+pub(crate) fn push_key(out: &mut String, key: &str) {
+    if is_plain(key) {
+        out.push_str(key);
+    } else {
+        push_quoted(out, key);
+    }
+}
+
+/// A name in a message as serde words it, `` `name` ``, when plain; else
+/// quoted (`push_key`).
+fn push_ticked(out: &mut String, name: &str) {
+    if is_plain(name) {
+        out.push('`');
+        out.push_str(name);
+        out.push('`');
+    } else {
+        push_quoted(out, name);
+    }
+}
+
+/// A key shown as `push_key` shows it, for messages built with `cat!`.
+pub struct Key<'a>(pub &'a str);
+
+impl core::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut s = String::with_capacity(self.0.len());
+        push_key(&mut s, self.0);
+        f.write_str(&s)
+    }
 }
 
 /// A string shown in double quotes, escaped as `push_quoted` does: for
@@ -118,6 +180,16 @@ impl core::fmt::Display for Quoted<'_> {
         push_quoted(&mut s, self.0);
         f.write_str(&s)
     }
+}
+
+/// "unknown variant `x`, expected `a` or `b`" (`x` as `push_ticked`
+/// shows it).
+pub(crate) fn unknown_variant(name: &str, variants: &[&str]) -> String {
+    let mut m = String::from("unknown variant ");
+    push_ticked(&mut m, name);
+    m.push_str(", expected ");
+    push_one_of(&mut m, variants);
+    m
 }
 
 /// `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` `` (serde's wording).
@@ -465,7 +537,7 @@ impl<'a> Reader<'a> {
                 if mark > 0 {
                     self.path.push('.');
                 }
-                self.path.push_str(key);
+                push_key(&mut self.path, key);
             }
             None => {
                 self.path.push('[');
@@ -583,13 +655,18 @@ impl<'a> Reader<'a> {
             return Ok(Some(i));
         }
         if let Some(list) = self.unknown.as_mut() {
-            list.push(key);
+            // Shown as in a path: the caller logs them.
+            if list.len() < MAX_UNKNOWN_KEPT {
+                let mut shown = String::new();
+                push_key(&mut shown, &key);
+                list.push(shown);
+            }
             self.skip()?;
             return Ok(None);
         }
-        let mut m = String::from("unknown field `");
-        m.push_str(&key);
-        m.push_str("`, expected ");
+        let mut m = String::from("unknown field ");
+        push_ticked(&mut m, &key);
+        m.push_str(", expected ");
         push_one_of(&mut m, fields);
         Err(self.err_key(&m, true))
     }
@@ -631,13 +708,7 @@ impl<'a> Reader<'a> {
         let s = self.string()?;
         match variants.iter().position(|v| *v == s) {
             Some(i) => Ok(i),
-            None => {
-                let mut m = String::from("unknown variant `");
-                m.push_str(&s);
-                m.push_str("`, expected ");
-                push_one_of(&mut m, variants);
-                Err(self.err(&m))
-            }
+            None => Err(self.err(&unknown_variant(&s, variants))),
         }
     }
 }

@@ -254,3 +254,62 @@ fn a_limit_stops_the_read_at_the_member_past_it() {
     let whole = services_doc(0..3);
     assert_eq!(crate::RawTable::from_json(whole.as_bytes(), &limits).map(|t| t.services.len()), Ok(3));
 }
+
+/// Keys from a table are shown quoted and escaped in every message unless
+/// plain, and cut when long: a key cannot end a log line, forge the next
+/// one, hide text (bidirectional controls) or flood the log.
+#[test]
+fn keys_in_messages_are_escaped_and_cut() {
+    let long = "k".repeat(100_000);
+    let cases: Vec<(String, String)> = vec![
+        // the reader's path and its own messages
+        (r#"{"services":{"a\nb":{"hosts":5}}}"#.into(), r#"services."a\nb".hosts: invalid type: integer `5`, expected a sequence at line 1 column 30"#.into()),
+        (
+            r#"{"groups":{"g":{"a\r\u001b[2Jb":1}}}"#.into(),
+            r#"groups.g."a\u{0d}\u{1b}[2Jb": unknown field "a\u{0d}\u{1b}[2Jb", expected one of `fallback`, `mode`, `description`, `owner` at line 1 column 31"#.into(),
+        ),
+        (
+            r#"{"groups":{"g":{"mode":"strict\u2028x"}}}"#.into(),
+            r#"groups.g.mode: unknown variant "strict\u{2028}x", expected `permissive` or `strict` at line 1 column 38"#.into(),
+        ),
+        (
+            format!(r#"{{"groups":{{"{long}":{{"mode":1}}}}}}"#),
+            format!(r#"groups."{}"....mode: invalid type: integer `1`, expected a string at line 1 column 100023"#, "k".repeat(256)),
+        ),
+        (
+            r#"{"groups":{"\u202egnp.exe":{},"\u202egnp.exe":{}}}"#.into(),
+            r#"groups: duplicate key "\u{202e}gnp.exe" at line 1 column 49"#.into(),
+        ),
+        // the compiled table's checks
+        (
+            r#"{"groups":{"a\nb":{}}}"#.into(),
+            r#"groups."a\nb": "a\nb" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+        ),
+        (
+            r#"{"services":{"a\u0085b":{"hosts":[],"clusters":{"base":"c"}}}}"#.into(),
+            r#"services."a\u{85}b": "a\u{85}b" is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)"#.into(),
+        ),
+        (
+            r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c","x\ty":"d"}}}}"#.into(),
+            r#"services.r.clusters."x\u{09}y": "x\u{09}y" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+        ),
+    ];
+    for (doc, want) in &cases {
+        let got = match crate::Table::from_json(doc.as_bytes(), "base", &crate::Limits::default()) {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(&got, want, "{}", &doc[..doc.len().min(80)]);
+        assert!(!got.chars().any(|c| c.is_control()), "{got}");
+    }
+    // A newer companion's fields, listed for the log: shown as in a path,
+    // at most 16 of them.
+    let mut doc = String::from(r#"{"x\ny":1,"plain":2"#);
+    for i in 0..30 {
+        doc.push_str(&format!(r#","f{i}":0"#));
+    }
+    doc.push('}');
+    let (_, unknown) = crate::RawTable::from_companion_json(doc.as_bytes(), &crate::Limits::default()).unwrap();
+    assert_eq!(unknown.len(), 16);
+    assert_eq!(unknown[..3], [r#""x\ny""#, "plain", "f0"]);
+}

@@ -22,7 +22,7 @@ pub mod group;
 pub mod ip;
 pub mod join;
 mod json;
-pub use json::Quoted;
+pub use json::{Key, Quoted, MAX_SHOWN};
 mod read;
 pub mod regex;
 pub mod request;

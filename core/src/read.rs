@@ -157,12 +157,7 @@ fn table_source(r: &mut Reader<'_>) -> Res<TableSource> {
             // come after it; `Settings` checks the compiled table against them.
             Some(0) => TableSource::Inline(table(r, &uncounted())?),
             Some(_) => TableSource::Companion(companion(r)?),
-            None => {
-                let mut m = String::from("unknown variant `");
-                m.push_str(&key);
-                m.push_str("`, expected `inline` or `companion`");
-                return Err(r.err_key(&m, false));
-            }
+            None => return Err(r.err_key(&crate::json::unknown_variant(&key, SOURCE_VARIANTS), false)),
         });
         Ok(())
     })?;

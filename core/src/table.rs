@@ -68,6 +68,7 @@ use crate::cidr::Cidr;
 use crate::edge::{RawRule, Rules};
 use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
+use crate::json::Key;
 use crate::sources::{Binding, Sources};
 use crate::{cat, cat_to};
 
@@ -523,7 +524,8 @@ impl<'r> Compiler<'r> {
             if is_valid_group(name.as_bytes()) {
                 c.intern(name);
             } else {
-                name_errors.push(TableError::InvalidGroupName { field: cat!("groups.", name), name: name.clone() });
+                name_errors
+                    .push(TableError::InvalidGroupName { field: cat!("groups.", Key(name)), name: name.clone() });
             }
         }
         for (svc, s) in &raw.services {
@@ -532,7 +534,7 @@ impl<'r> Compiler<'r> {
                     c.intern(group);
                 } else {
                     name_errors.push(TableError::InvalidGroupName {
-                        field: cat!("services.", svc, ".clusters.", group),
+                        field: cat!("services.", Key(svc), ".clusters.", Key(group)),
                         name: group.clone(),
                     });
                 }
@@ -642,7 +644,7 @@ impl<'r> Compiler<'r> {
             for (field, text) in [("description", &g.description), ("owner", &g.owner)] {
                 if let Some(text) = text.as_ref().filter(|t| t.len() > MAX_GROUP_TEXT) {
                     self.errors.push(TableError::Invalid {
-                        field: cat!("groups.", name, ".", field),
+                        field: cat!("groups.", Key(name), ".", field),
                         why: cat!(text.len(), " bytes, at most ", MAX_GROUP_TEXT),
                     });
                 }
@@ -939,8 +941,10 @@ impl Compiler<'_> {
             } else {
                 continue;
             };
-            self.errors
-                .push(TableError::Invalid { field: cat!("services.", service, ".ports[", i, "]"), why: why.into() });
+            self.errors.push(TableError::Invalid {
+                field: cat!("services.", Key(service), ".ports[", i, "]"),
+                why: why.into(),
+            });
         }
     }
 }
