@@ -133,7 +133,15 @@ pub(crate) fn push_quoted(out: &mut String, s: &str) {
 /// A key as written when it is plain: printable ASCII but `"` and `\`, at
 /// most `MAX_SHOWN` bytes (every valid name); any other is shown quoted.
 fn is_plain(key: &str) -> bool {
-    !key.is_empty() && key.len() <= MAX_SHOWN && key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    if key.is_empty() || key.len() > MAX_SHOWN {
+        return false;
+    }
+    for &b in key.as_bytes() {
+        if !b.is_ascii_graphic() || b == b'"' || b == b'\\' {
+            return false;
+        }
+    }
+    true
 }
 
 /// Appends a key as a path segment (`services.reviews`): as written when it
@@ -215,10 +223,9 @@ impl<'a> Reader<'a> {
         self.bytes.get(self.pos).copied()
     }
 
-    /// An error with the path's first `path_len` bytes, at the character
-    /// that ends at `end` (serde_json's line and column).
-    fn error_at(&self, path_len: usize, end: usize, message: &str) -> JsonError {
-        let path = self.path.get(..path_len).unwrap_or_default();
+    /// An error about `path`, at the character that ends at `end`
+    /// (serde_json's line and column).
+    fn error_at(&self, path: &str, end: usize, message: &str) -> JsonError {
         let path = if path.is_empty() { "(document)".to_owned() } else { path.to_owned() };
         let upto = self.bytes.get(..end.min(self.bytes.len())).unwrap_or_default();
         let line = 1 + upto.iter().filter(|&&b| b == b'\n').count();
@@ -234,18 +241,18 @@ impl<'a> Reader<'a> {
 
     /// An error about what was just read.
     pub(crate) fn err(&self, message: &str) -> JsonError {
-        self.error_at(self.path.len(), self.pos, message)
+        self.error_at(&self.path, self.pos, message)
     }
 
     /// An error about the next character (or the end of input).
     fn err_next(&self, message: &str) -> JsonError {
-        self.error_at(self.path.len(), self.pos + 1, message)
+        self.error_at(&self.path, self.pos + 1, message)
     }
 
     /// An error about the key just read (its path, at its closing quote).
     pub(crate) fn err_key(&self, message: &str, with_key: bool) -> JsonError {
         let path_len = if with_key { self.path.len() } else { self.key_mark };
-        self.error_at(path_len, self.key_end, message)
+        self.error_at(self.path.get(..path_len).unwrap_or_default(), self.key_end, message)
     }
 
     fn eof_or(&self, message: &str, eof: &str) -> JsonError {
@@ -690,9 +697,7 @@ impl<'a> Reader<'a> {
         push_u64(&mut m, *count as u64);
         m.push_str(" exceeds the limit of ");
         push_u64(&mut m, limit as u64);
-        let mut e = self.error_at(0, self.key_end, &m);
-        e.path = field.to_owned();
-        Err(e)
+        Err(self.error_at(field, self.key_end, &m))
     }
 
     /// A required struct field that was absent (after the object).
