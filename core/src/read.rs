@@ -155,7 +155,7 @@ fn table_source(r: &mut Reader<'_>) -> Res<TableSource> {
         source = Some(match SOURCE_VARIANTS.iter().position(|v| *v == key) {
             // Not counted while read: the configuration's own `limits` may
             // come after it; `Settings` checks the compiled table against them.
-            Some(0) => TableSource::Inline(table(r, &uncounted())?),
+            Some(0) => TableSource::Inline(table(r, &UNCOUNTED)?),
             Some(_) => TableSource::Companion(companion(r)?),
             None => return Err(r.err_key(&crate::json::unknown_variant(&key, SOURCE_VARIANTS), false)),
         });
@@ -187,10 +187,16 @@ fn companion(r: &mut Reader<'_>) -> Res<CompanionSource> {
 
 pub(crate) const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
 
-/// Limits that never stop a read.
-fn uncounted() -> Limits {
-    Limits { max_services: usize::MAX, max_groups: usize::MAX, max_cluster_entries: usize::MAX, ..Limits::default() }
-}
+/// Limits that never stop a read (only its counts are read).
+const UNCOUNTED: Limits = Limits {
+    max_services: usize::MAX,
+    max_groups: usize::MAX,
+    max_cluster_entries: usize::MAX,
+    max_table_bytes: usize::MAX,
+    max_fallback_depth: usize::MAX,
+    max_baggage_bytes: usize::MAX,
+    max_baggage_members: usize::MAX,
+};
 
 /// A table, stopping at the first member past one of `limits`' counts:
 /// `max_services`, `max_groups` (the `groups` map; `Table::check` also
