@@ -202,7 +202,8 @@ impl<V> Sortable for Vec<(String, V)> {
 
     fn swap_at(&mut self, i: usize, j: usize) {
         step(1);
-        // `i < j` always (the heap's parent before its child); no panic path.
+        // `i < j` always (a parent before its child, the root before the
+        // heap's end): no panic path.
         if let Some((first, rest)) = self.get_mut(i..=j).and_then(|s| s.split_first_mut()) {
             if let Some(last) = rest.last_mut() {
                 core::mem::swap(first, last);
@@ -308,7 +309,48 @@ mod tests {
             }
             let collected: VecMap<usize> = keys.iter().enumerate().map(|(i, k)| (k.to_string(), i)).collect();
             assert!(collected.iter().eq(std.iter()), "{keys:?} collected");
+            // As the reader builds a map: pushed in any order, sorted once;
+            // a name given twice refused.
+            let mut pushed = VecMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                pushed.push(k.to_string(), i);
+            }
+            let twice = keys.iter().enumerate().find(|(i, k)| keys[..*i].contains(k));
+            match twice {
+                None => {
+                    assert_eq!(pushed.sort(), Ok(()), "{keys:?}");
+                    assert!(pushed.iter().eq(std.iter()), "{keys:?} pushed and sorted");
+                }
+                Some(_) => assert!(pushed.sort().is_err(), "{keys:?}"),
+            }
             assert_eq!(format!("{ours:?}"), format!("{std:?}"), "{keys:?}");
         }
+    }
+
+    /// The sort against `BTreeMap` on shuffled names of every length up to
+    /// 300, and the name a duplicate is reported by.
+    #[test]
+    fn sort_orders_any_permutation() {
+        let mut seed: u64 = 7;
+        for n in 0..300usize {
+            let mut names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+            for i in (1..names.len()).rev() {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                names.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            let mut map = VecMap::new();
+            let mut std = BTreeMap::new();
+            for (i, name) in names.iter().enumerate() {
+                map.push(name.clone(), i);
+                std.insert(name.clone(), i);
+            }
+            assert_eq!(map.sort(), Ok(()), "{n}");
+            assert!(map.iter().eq(std.iter()), "{n}");
+        }
+        let mut map = VecMap::new();
+        for name in ["c", "b", "x", "b", "a"] {
+            map.push(name.to_owned(), ());
+        }
+        assert_eq!(map.sort(), Err("b".to_owned()));
     }
 }
