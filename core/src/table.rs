@@ -1063,34 +1063,27 @@ impl FallbackDepths<'_> {
     }
 }
 
-/// Heapsort by group id (ids are unique: no order to keep). Hand-written:
-/// std's `sort_unstable` is ~3.5 KB of wasm for this one call; this is
-/// O(k log k) too, in place.
+/// Sorts by group id (ids are unique: no order to keep) with the raw
+/// maps' heapsort (`vec_map::heap_sort`): O(k log k), in place, no second
+/// copy of a sort in the wasm.
 fn sort_by_group<T>(v: &mut [(GroupId, T)]) {
-    fn sift_down<T>(v: &mut [(GroupId, T)], mut root: usize, end: usize) {
-        loop {
-            let mut child = 2 * root + 1;
-            if child >= end {
-                return;
-            }
-            let key = |i: usize, v: &[(GroupId, T)]| v.get(i).map_or(0, |e| e.0);
-            if child + 1 < end && key(child, v) < key(child + 1, v) {
-                child += 1;
-            }
-            if key(root, v) >= key(child, v) {
-                return;
-            }
-            v.swap(root, child);
-            root = child;
-        }
+    crate::vec_map::heap_sort(&mut ByGroup(v));
+}
+
+struct ByGroup<'v, T>(&'v mut [(GroupId, T)]);
+
+impl<T> crate::vec_map::Sortable for ByGroup<'_, T> {
+    fn count(&self) -> usize {
+        self.0.len()
     }
-    let n = v.len();
-    for root in (0..n / 2).rev() {
-        sift_down(v, root, n);
+
+    fn less(&self, i: usize, j: usize) -> bool {
+        let id = |k: usize| self.0.get(k).map_or(0, |e| e.0);
+        id(i) < id(j)
     }
-    for end in (1..n).rev() {
-        v.swap(0, end);
-        sift_down(v, 0, end);
+
+    fn swap_up(&mut self, i: usize, j: usize) {
+        crate::vec_map::swap_up(self.0, i, j);
     }
 }
 

@@ -61,7 +61,10 @@ impl<V> VecMap<V> {
     /// O(n log n) steps whatever the order. A name given twice is refused:
     /// `Err` holds it.
     pub(crate) fn sort(&mut self) -> Result<(), String> {
-        sort_names(&mut self.entries)
+        match sort_once(&mut self.entries) {
+            Ok(()) => Ok(()),
+            Err(i) => Err(self.entries.get(i).map(|e| e.0.clone()).unwrap_or_default()),
+        }
     }
 
     /// Gives back spare capacity: a parsed table keeps its maps until it is
@@ -179,16 +182,27 @@ impl<V> FromIterator<(String, V)> for VecMap<V> {
 }
 
 /// What `heap_sort` orders, by index: behind `dyn`, so the sort is one
-/// copy in the wasm whatever the value type.
-trait Sortable {
+/// copy in the wasm whatever the element type.
+pub(crate) trait Sortable {
     fn count(&self) -> usize;
-    fn name(&self, i: usize) -> &str;
-    fn swap_at(&mut self, i: usize, j: usize);
+    fn less(&self, i: usize, j: usize) -> bool;
+    /// Only with `i < j` (a parent before its child, the root before the
+    /// heap's end).
+    fn swap_up(&mut self, i: usize, j: usize);
+}
+
+/// `v[i]` and `v[j]` swapped, `i < j`; no panic path.
+pub(crate) fn swap_up<T>(v: &mut [T], i: usize, j: usize) {
+    if let Some((first, rest)) = v.get_mut(i..=j).and_then(|s| s.split_first_mut()) {
+        if let Some(last) = rest.last_mut() {
+            core::mem::swap(first, last);
+        }
+    }
 }
 
 fn less(v: &dyn Sortable, i: usize, j: usize) -> bool {
     step(1);
-    v.name(i) < v.name(j)
+    v.less(i, j)
 }
 
 impl<V> Sortable for Vec<(String, V)> {
@@ -196,45 +210,41 @@ impl<V> Sortable for Vec<(String, V)> {
         self.len()
     }
 
-    fn name(&self, i: usize) -> &str {
-        self.get(i).map_or("", |e| e.0.as_str())
+    fn less(&self, i: usize, j: usize) -> bool {
+        match (self.get(i), self.get(j)) {
+            (Some(a), Some(b)) => a.0 < b.0,
+            _ => false,
+        }
     }
 
-    fn swap_at(&mut self, i: usize, j: usize) {
+    fn swap_up(&mut self, i: usize, j: usize) {
         step(1);
-        // `i < j` always (a parent before its child, the root before the
-        // heap's end): no panic path.
-        if let Some((first, rest)) = self.get_mut(i..=j).and_then(|s| s.split_first_mut()) {
-            if let Some(last) = rest.last_mut() {
-                core::mem::swap(first, last);
-            }
-        }
+        swap_up(self, i, j);
     }
 }
 
-/// Sorts by name unless the names already increase; a name given twice is
-/// `Err`.
-fn sort_names(v: &mut dyn Sortable) -> Result<(), String> {
+/// Sorts unless already strictly increasing; `Err` holds the index of an
+/// element equal to the next one (a name given twice).
+fn sort_once(v: &mut dyn Sortable) -> Result<(), usize> {
     if first_unordered(v).is_some() {
         heap_sort(v);
-        // Sorted: a pair out of order now is a name given twice.
+        // Sorted: a pair out of order now is two equal elements.
         if let Some(i) = first_unordered(v) {
-            return Err(v.name(i).to_owned());
+            return Err(i);
         }
     }
     Ok(())
 }
 
-/// The first `i` whose name is not below the next one's; `None` when the
-/// names strictly increase.
+/// The first `i` not below the next element; `None` when the elements
+/// strictly increase.
 fn first_unordered(v: &dyn Sortable) -> Option<usize> {
     (1..v.count()).find(|&i| !less(v, i - 1, i)).map(|i| i - 1)
 }
 
 /// Heapsort: O(n log n) compares and swaps whatever the order, in place.
-/// Hand-written like `table::sort_by_group`: std's sort is kilobytes of
-/// wasm per instance.
-fn heap_sort(v: &mut dyn Sortable) {
+/// Hand-written: std's sort is kilobytes of wasm per instance.
+pub(crate) fn heap_sort(v: &mut dyn Sortable) {
     fn sift_down(v: &mut dyn Sortable, mut root: usize, end: usize) {
         loop {
             let mut child = 2 * root + 1;
@@ -247,7 +257,7 @@ fn heap_sort(v: &mut dyn Sortable) {
             if !less(v, root, child) {
                 return;
             }
-            v.swap_at(root, child);
+            v.swap_up(root, child);
             root = child;
         }
     }
@@ -256,7 +266,7 @@ fn heap_sort(v: &mut dyn Sortable) {
         sift_down(v, root, n);
     }
     for end in (1..n).rev() {
-        v.swap_at(0, end);
+        v.swap_up(0, end);
         sift_down(v, 0, end);
     }
 }
