@@ -61,7 +61,7 @@ impl<V> VecMap<V> {
     /// O(n log n) steps whatever the order. A name given twice is refused:
     /// `Err` holds it.
     pub(crate) fn sort(&mut self) -> Result<(), String> {
-        match sort_once(&mut self.entries) {
+        match sort_once(&mut Entries(&mut self.entries)) {
             Ok(()) => Ok(()),
             Err(i) => Err(self.entries.get(i).map(|e| e.0.clone()).unwrap_or_default()),
         }
@@ -205,13 +205,16 @@ fn less(v: &dyn Sortable, i: usize, j: usize) -> bool {
     v.less(i, j)
 }
 
-impl<V> Sortable for Vec<(String, V)> {
+/// A map's entries as `Sortable`: a borrow, so nothing to drop behind `dyn`.
+struct Entries<'e, V>(&'e mut [(String, V)]);
+
+impl<V> Sortable for Entries<'_, V> {
     fn count(&self) -> usize {
-        self.len()
+        self.0.len()
     }
 
     fn less(&self, i: usize, j: usize) -> bool {
-        match (self.get(i), self.get(j)) {
+        match (self.0.get(i), self.0.get(j)) {
             (Some(a), Some(b)) => a.0 < b.0,
             _ => false,
         }
@@ -219,7 +222,7 @@ impl<V> Sortable for Vec<(String, V)> {
 
     fn swap_up(&mut self, i: usize, j: usize) {
         step(1);
-        swap_up(self, i, j);
+        swap_up(self.0, i, j);
     }
 }
 
