@@ -95,7 +95,7 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
 /// Most bytes of a key or value a message shows: every valid name (a
 /// service's, 253) whole; a longer one is cut, so one member of a table
 /// cannot flood a log line.
-pub const MAX_SHOWN: usize = 256;
+pub(crate) const MAX_SHOWN: usize = 256;
 
 /// Characters a message shows escaped (`\u{1b}`): control characters, and
 /// Unicode's line separators and bidirectional controls, which could forge

@@ -22,7 +22,7 @@ pub mod group;
 pub mod ip;
 pub mod join;
 mod json;
-pub use json::{Key, Quoted, MAX_SHOWN};
+pub use json::{Key, Quoted};
 mod read;
 pub mod regex;
 pub mod request;
