@@ -172,7 +172,7 @@ pub struct Key<'a>(pub &'a str);
 
 impl core::fmt::Display for Key<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mut s = String::with_capacity(self.0.len());
+        let mut s = String::new();
         push_key(&mut s, self.0);
         f.write_str(&s)
     }
