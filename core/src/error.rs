@@ -5,7 +5,7 @@
 use crate::prelude::*;
 
 use crate::cat_to;
-use crate::json::Quoted;
+use crate::json::{Key, Quoted};
 use crate::text::Piece;
 
 /// Why a route table was rejected. The whole table is rejected; the table in
@@ -98,30 +98,34 @@ impl Piece for TableError {
             TooMany { field, count, limit } => cat_to!(out; field, ": ", count, " exceeds the limit of ", limit),
             InvalidGroupName { field, name } => cat_to!(out; field, ": ", Quoted(name),
                 " is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"),
-            InvalidServiceName { service } => cat_to!(out; "services.", service, ": ", Quoted(service),
+            InvalidServiceName { service } => cat_to!(out; "services.", Key(service), ": ", Quoted(service),
                 " is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)"),
             NoHosts { service } => {
-                cat_to!(out; "services.", service, ".hosts: the list is empty; a service needs at least one host")
+                cat_to!(out; "services.", Key(service), ".hosts: the list is empty; a service needs at least one host")
             }
             InvalidHost { service, host, why } => {
-                cat_to!(out; "services.", service, ".hosts: ", Quoted(host), " is not a valid host (", why, ")")
+                cat_to!(out; "services.", Key(service), ".hosts: ", Quoted(host), " is not a valid host (", why, ")")
             }
-            DuplicateHost { service, host, other } => cat_to!(out; "services.", service, ".hosts: host ", Quoted(host),
-                " already belongs to service ", Quoted(other)),
+            DuplicateHost { service, host, other } => {
+                cat_to!(out; "services.", Key(service), ".hosts: host ", Quoted(host),
+                " already belongs to service ", Quoted(other))
+            }
             NoBaseCluster { service, base } => {
-                cat_to!(out; "services.", service, ".clusters: no cluster for base group ", Quoted(base))
+                cat_to!(out; "services.", Key(service), ".clusters: no cluster for base group ", Quoted(base))
             }
             InvalidCluster { service, group, cluster, why } => {
-                cat_to!(out; "services.", service, ".clusters.", group, ": ",
+                cat_to!(out; "services.", Key(service), ".clusters.", Key(group), ": ",
                 Quoted(cluster), " is not a valid cluster name (", why, ")")
             }
-            StrictWithFallback { group } => cat_to!(out; "groups.", group, ": a strict group cannot have a fallback"),
-            BaseHasFallback { group } => cat_to!(out; "groups.", group, ": the base group cannot have a fallback"),
-            UnknownFallback { group, fallback } => cat_to!(out; "groups.", group, ".fallback: unknown group ",
+            StrictWithFallback { group } => {
+                cat_to!(out; "groups.", Key(group), ": a strict group cannot have a fallback")
+            }
+            BaseHasFallback { group } => cat_to!(out; "groups.", Key(group), ": the base group cannot have a fallback"),
+            UnknownFallback { group, fallback } => cat_to!(out; "groups.", Key(group), ".fallback: unknown group ",
                 Quoted(fallback), " (not in groups, not the base group, not serving any service)"),
-            FallbackCycle { group, cycle } => cat_to!(out; "groups.", group, ".fallback: cycle ", cycle),
+            FallbackCycle { group, cycle } => cat_to!(out; "groups.", Key(group), ".fallback: cycle ", cycle),
             FallbackTooDeep { group, depth, limit } => {
-                cat_to!(out; "groups.", group, ".fallback: chain depth ", depth, " exceeds the limit of ", limit)
+                cat_to!(out; "groups.", Key(group), ".fallback: chain depth ", depth, " exceeds the limit of ", limit)
             }
             Invalid { field, why } => cat_to!(out; field, ": ", why),
         }
@@ -189,7 +193,8 @@ mod tests {
     use super::*;
 
     /// Every variant against the `thiserror` format string it had (kept
-    /// here, word for word): the messages must not change.
+    /// here, word for word): the messages must not change, but for names
+    /// from the table that are not plain, now shown quoted (`Key`).
     #[test]
     fn messages_read_as_the_format_strings_did() {
         let (s, h, o, g, w) =
@@ -212,7 +217,8 @@ mod tests {
             (
                 TableError::InvalidServiceName { service: h.clone() },
                 format!(
-                    "services.{h}: {} is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)",
+                    "services.{}: {} is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)",
+                    Key(&h),
                     Quoted(&h)
                 ),
             ),

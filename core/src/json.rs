@@ -13,8 +13,14 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
-/// Deepest nesting of arrays and objects; the schemas need 6.
-pub(crate) const MAX_DEPTH: usize = 64;
+/// Most unknown field names a lenient read keeps, for its one log line.
+const MAX_UNKNOWN_KEPT: usize = 16;
+
+/// Deepest nesting of arrays and objects, serde_json's: its recursion
+/// limit of 128 refuses the 128th level. The schemas need 6; a value skipped
+/// (a newer companion's field) may nest as deep as the companion's serde_json
+/// reads; core's tests read the deepest on the wasm target too.
+pub(crate) const MAX_DEPTH: usize = 127;
 
 /// A failure: the dotted path of the value (`(document)` for the root) and
 /// what was wrong with it, with its line and column.
@@ -39,13 +45,15 @@ pub(crate) struct Reader<'a> {
     /// the key itself (unknown or duplicate field).
     key_mark: usize,
     key_end: usize,
-    /// `Some` in a lenient parse: the unknown field names skipped.
+    /// `Some` in a lenient parse: the unknown field names skipped, as
+    /// `push_key` shows them, at most `MAX_UNKNOWN_KEPT`.
     unknown: Option<Vec<String>>,
 }
 
 /// Parses one whole document with `read`; bytes after it are an error, so a
 /// doubled or padded body is refused rather than half-read. In a lenient
-/// parse, unknown fields are skipped and returned.
+/// parse, unknown fields are skipped and the first `MAX_UNKNOWN_KEPT`
+/// names returned, shown as in a path (`push_key`).
 pub(crate) fn document<T>(
     bytes: &[u8],
     lenient: bool,
@@ -84,25 +92,90 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     }
 }
 
-/// Appends `s` in double quotes, `"` and `\` and control characters escaped.
+/// Most bytes of a key or value a message shows: every valid name (a
+/// service's, 253) whole; a longer one is cut, so one member of a table
+/// cannot flood a log line.
+pub(crate) const MAX_SHOWN: usize = 256;
+
+/// Characters a message shows escaped (`\u{1b}`): control characters, and
+/// Unicode's line separators and bidirectional controls, which could forge
+/// a log line or hide text.
+fn shown_escaped(c: char) -> bool {
+    matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Appends `s` in double quotes, `"`, `\` and `shown_escaped` characters
+/// escaped, cut after `MAX_SHOWN` bytes (`"abc"...`).
 pub(crate) fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
+    let mut shown = 0;
     for c in s.chars() {
+        shown += c.len_utf8();
+        if shown > MAX_SHOWN {
+            out.push_str("\"...");
+            return;
+        }
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+            c if shown_escaped(c) => {
                 out.push_str("\\u{");
-                let hex = b"0123456789abcdef";
-                out.push(char::from(hex[(c as usize >> 4) & 0xf]));
-                out.push(char::from(hex[c as usize & 0xf]));
+                crate::text::Piece::push_to(&crate::text::Hex { value: c as u64, width: 2 }, out);
                 out.push('}');
             }
             c => out.push(c),
         }
     }
     out.push('"');
+}
+
+/// A key as written when it is plain: printable ASCII but `"` and `\`, at
+/// most `MAX_SHOWN` bytes (every valid name); any other is shown quoted.
+fn is_plain(key: &str) -> bool {
+    if key.is_empty() || key.len() > MAX_SHOWN {
+        return false;
+    }
+    for &b in key.as_bytes() {
+        if !b.is_ascii_graphic() || b == b'"' || b == b'\\' {
+            return false;
+        }
+    }
+    true
+}
+
+/// Appends a key as a path segment (`services.reviews`): as written when it
+/// is plain, else quoted (`services."a\nb"`), so no key read from a table
+/// can break a log line, forge one or flood it.
+pub(crate) fn push_key(out: &mut String, key: &str) {
+    if is_plain(key) {
+        out.push_str(key);
+    } else {
+        push_quoted(out, key);
+    }
+}
+
+/// A name in a message as serde words it, `` `name` ``, when plain; else
+/// quoted (`push_key`).
+fn push_ticked(out: &mut String, name: &str) {
+    if is_plain(name) {
+        out.push('`');
+        out.push_str(name);
+        out.push('`');
+    } else {
+        push_quoted(out, name);
+    }
+}
+
+/// A key shown as `push_key` shows it, for messages built with `cat!`.
+pub struct Key<'a>(pub &'a str);
+
+impl core::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut s = String::new();
+        push_key(&mut s, self.0);
+        f.write_str(&s)
+    }
 }
 
 /// A string shown in double quotes, escaped as `push_quoted` does: for
@@ -115,6 +188,16 @@ impl core::fmt::Display for Quoted<'_> {
         push_quoted(&mut s, self.0);
         f.write_str(&s)
     }
+}
+
+/// "unknown variant `x`, expected `a` or `b`" (`x` as `push_ticked`
+/// shows it).
+pub(crate) fn unknown_variant(name: &str, variants: &[&str]) -> String {
+    let mut m = String::from("unknown variant ");
+    push_ticked(&mut m, name);
+    m.push_str(", expected ");
+    push_one_of(&mut m, variants);
+    m
 }
 
 /// `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` `` (serde's wording).
@@ -140,10 +223,9 @@ impl<'a> Reader<'a> {
         self.bytes.get(self.pos).copied()
     }
 
-    /// An error with the path's first `path_len` bytes, at the character
-    /// that ends at `end` (serde_json's line and column).
-    fn error_at(&self, path_len: usize, end: usize, message: &str) -> JsonError {
-        let path = self.path.get(..path_len).unwrap_or_default();
+    /// An error about `path`, at the character that ends at `end`
+    /// (serde_json's line and column).
+    fn error_at(&self, path: &str, end: usize, message: &str) -> JsonError {
         let path = if path.is_empty() { "(document)".to_owned() } else { path.to_owned() };
         let upto = self.bytes.get(..end.min(self.bytes.len())).unwrap_or_default();
         let line = 1 + upto.iter().filter(|&&b| b == b'\n').count();
@@ -159,18 +241,18 @@ impl<'a> Reader<'a> {
 
     /// An error about what was just read.
     pub(crate) fn err(&self, message: &str) -> JsonError {
-        self.error_at(self.path.len(), self.pos, message)
+        self.error_at(&self.path, self.pos, message)
     }
 
     /// An error about the next character (or the end of input).
     fn err_next(&self, message: &str) -> JsonError {
-        self.error_at(self.path.len(), self.pos + 1, message)
+        self.error_at(&self.path, self.pos + 1, message)
     }
 
     /// An error about the key just read (its path, at its closing quote).
     pub(crate) fn err_key(&self, message: &str, with_key: bool) -> JsonError {
         let path_len = if with_key { self.path.len() } else { self.key_mark };
-        self.error_at(path_len, self.key_end, message)
+        self.error_at(self.path.get(..path_len).unwrap_or_default(), self.key_end, message)
     }
 
     fn eof_or(&self, message: &str, eof: &str) -> JsonError {
@@ -462,7 +544,7 @@ impl<'a> Reader<'a> {
                 if mark > 0 {
                     self.path.push('.');
                 }
-                self.path.push_str(key);
+                push_key(&mut self.path, key);
             }
             None => {
                 self.path.push('[');
@@ -580,22 +662,42 @@ impl<'a> Reader<'a> {
             return Ok(Some(i));
         }
         if let Some(list) = self.unknown.as_mut() {
-            list.push(key);
+            // Shown as in a path: the caller logs them.
+            if list.len() < MAX_UNKNOWN_KEPT {
+                let mut shown = String::new();
+                push_key(&mut shown, &key);
+                list.push(shown);
+            }
             self.skip()?;
             return Ok(None);
         }
-        let mut m = String::from("unknown field `");
-        m.push_str(&key);
-        m.push_str("`, expected ");
+        let mut m = String::from("unknown field ");
+        push_ticked(&mut m, &key);
+        m.push_str(", expected ");
         push_one_of(&mut m, fields);
         Err(self.err_key(&m, true))
     }
 
-    /// A map member's key given twice.
+    /// A name given twice in the map just read (found once it is sorted:
+    /// the error is at the map's end).
     pub(crate) fn duplicate_key(&self, key: &str) -> JsonError {
         let mut m = String::from("duplicate key ");
         push_quoted(&mut m, key);
-        self.err_key(&m, false)
+        self.err(&m)
+    }
+
+    /// Counts the member just keyed as one more of `field`: past `limit`,
+    /// an error at its key with `field` as its path (`services.*.clusters`).
+    pub(crate) fn count(&self, count: &mut usize, limit: usize, field: &str) -> Res<()> {
+        *count += 1;
+        if *count <= limit {
+            return Ok(());
+        }
+        let mut m = String::new();
+        push_u64(&mut m, *count as u64);
+        m.push_str(" exceeds the limit of ");
+        push_u64(&mut m, limit as u64);
+        Err(self.error_at(field, self.key_end, &m))
     }
 
     /// A required struct field that was absent (after the object).
@@ -611,13 +713,7 @@ impl<'a> Reader<'a> {
         let s = self.string()?;
         match variants.iter().position(|v| *v == s) {
             Some(i) => Ok(i),
-            None => {
-                let mut m = String::from("unknown variant `");
-                m.push_str(&s);
-                m.push_str("`, expected ");
-                push_one_of(&mut m, variants);
-                Err(self.err(&m))
-            }
+            None => Err(self.err(&unknown_variant(&s, variants))),
         }
     }
 }

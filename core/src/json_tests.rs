@@ -100,10 +100,12 @@ fn skip(doc: &[u8]) -> Result<(), String> {
 fn structure() {
     let deep_ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
     let too_deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+    let too_deep_error =
+        format!("{}: recursion limit exceeded at line 1 column {}", "[0]".repeat(MAX_DEPTH), MAX_DEPTH + 1);
     let cases: &[(&[u8], Result<(), &str>)] = &[
         (b" {\"a\": [1, -2, 3.5e-1, true, false, null, \"x\", {}, []]}\n", Ok(())),
         (deep_ok.as_bytes(), Ok(())),
-        (too_deep.as_bytes(), Err("[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: recursion limit exceeded at line 1 column 65")),
+        (too_deep.as_bytes(), Err(&too_deep_error)),
         (b"", Err("(document): EOF while parsing a value at line 1 column 0")),
         (b"{} {}", Err("(document): trailing characters at line 1 column 4")),
         (b"1 2", Err("(document): trailing characters at line 1 column 3")),
@@ -173,18 +175,141 @@ fn decimal() {
     }
 }
 
-/// Duplicate map keys and the table's wording, through the schema.
+/// Duplicate map keys and the table's wording, through the schema: found
+/// once the map is sorted, so wherever they are, reported at the map's end.
 #[test]
 fn duplicate_map_keys_are_refused() {
     let cases = [
-        (r#"{"groups":{"a":{},"a":{}}}"#, "groups: duplicate key \"a\" at line 1 column 21"),
+        (r#"{"groups":{"a":{},"a":{}}}"#, "groups: duplicate key \"a\" at line 1 column 25"),
+        (r#"{"groups":{"b":{},"a":{},"c":{},"b":{}}}"#, "groups: duplicate key \"b\" at line 1 column 39"),
         (
-            r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c","base":"d"}}}}"#,
-            "services.r.clusters: duplicate key \"base\" at line 1 column 61",
+            r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c","g":"e","base":"d"}}}}"#,
+            "services.r.clusters: duplicate key \"base\" at line 1 column 74",
         ),
     ];
     for (input, want) in cases {
         let err = crate::RawTable::from_json(input.as_bytes(), &crate::Limits::default()).unwrap_err();
         assert_eq!(err.to_string(), want, "{input}");
     }
+}
+
+/// `{"services":{…}}` with services `s<i>` for each `i` of `order`, names
+/// zero-padded so that name order is number order.
+fn services_doc(order: impl Iterator<Item = usize>) -> String {
+    let mut doc = String::from(r#"{"services":{"#);
+    for (k, i) in order.enumerate() {
+        if k > 0 {
+            doc.push(',');
+        }
+        doc.push_str(&format!(r#""s{i:06}":{{"hosts":["h{i}"],"clusters":{{"base":"c"}}}}"#));
+    }
+    doc.push_str("}}");
+    doc
+}
+
+/// The default limit's 100 000 services, in reverse name order: read in
+/// O(n log n) steps (names compared, entries moved), not one shift of the
+/// whole map per name (n²/2 = 5·10⁹ steps: seconds per worker in a VM).
+#[test]
+fn names_in_reverse_order_read_in_n_log_n() {
+    let n = crate::Limits::default().max_services;
+    let doc = services_doc((0..n).rev());
+    let before = crate::vec_map::steps();
+    let raw = crate::RawTable::from_json(doc.as_bytes(), &crate::Limits::default()).unwrap();
+    let steps = crate::vec_map::steps() - before;
+    assert_eq!(raw.services.len(), n);
+    assert!(raw.services.keys().zip(raw.services.keys().skip(1)).all(|(a, b)| a < b), "in name order");
+    assert_eq!(raw.services.get("s000007").map(|s| s.hosts.clone()), Some(vec!["h7".to_owned()]));
+    let log2 = (usize::BITS - n.leading_zeros()) as u64; // 17
+    assert!(steps <= 4 * n as u64 * log2, "{steps} steps for {n} names");
+}
+
+/// Limits are counted while the table is read: the member one past a limit
+/// ends the read at its key, whatever follows. Each body here is cut short,
+/// which a read to the end would report instead.
+#[test]
+fn a_limit_stops_the_read_at_the_member_past_it() {
+    let limits = crate::Limits { max_services: 3, max_groups: 2, max_cluster_entries: 4, ..crate::Limits::default() };
+    let cut = |doc: &str| doc.trim_end_matches('}').to_owned();
+    // The column of `key`'s closing quote.
+    let at = |doc: &str, key: &str| doc.find(key).unwrap() + key.len();
+    let services = cut(&services_doc(0..6));
+    let groups = r#"{"groups":{"a":{},"b":{},"c":{},"d":"#.to_owned();
+    let clusters = r#"{"services":{"a":{"hosts":["a"],"clusters":{"base":"x","g":"y"}},"b":{"hosts":["b"],"clusters":{"base":"x","g":"y","h":"z","i":"#.to_owned();
+    let cases = [
+        (&services, format!("services: 4 exceeds the limit of 3 at line 1 column {}", at(&services, r#""s000003""#))),
+        (&groups, format!("groups: 3 exceeds the limit of 2 at line 1 column {}", at(&groups, r#""c""#))),
+        (
+            &clusters,
+            format!("services.*.clusters: 5 exceeds the limit of 4 at line 1 column {}", at(&clusters, r#""h""#)),
+        ),
+    ];
+    for (doc, want) in &cases {
+        let err = crate::RawTable::from_json(doc.as_bytes(), &limits).unwrap_err().to_string();
+        assert_eq!(&err, want, "{doc}");
+        let lenient = crate::RawTable::from_companion_json(doc.as_bytes(), &limits).unwrap_err().to_string();
+        assert_eq!(&lenient, want, "{doc}");
+    }
+    // At the limits a whole table reads.
+    let whole = services_doc(0..3);
+    assert_eq!(crate::RawTable::from_json(whole.as_bytes(), &limits).map(|t| t.services.len()), Ok(3));
+}
+
+/// Keys from a table are shown quoted and escaped in every message unless
+/// plain, and cut when long: a key cannot end a log line, forge the next
+/// one, hide text (bidirectional controls) or flood the log.
+#[test]
+fn keys_in_messages_are_escaped_and_cut() {
+    let long = "k".repeat(100_000);
+    let cases: Vec<(String, String)> = vec![
+        // the reader's path and its own messages
+        (r#"{"services":{"a\nb":{"hosts":5}}}"#.into(), r#"services."a\nb".hosts: invalid type: integer `5`, expected a sequence at line 1 column 30"#.into()),
+        (
+            r#"{"groups":{"g":{"a\r\u001b[2Jb":1}}}"#.into(),
+            r#"groups.g."a\u{0d}\u{1b}[2Jb": unknown field "a\u{0d}\u{1b}[2Jb", expected one of `fallback`, `mode`, `description`, `owner` at line 1 column 31"#.into(),
+        ),
+        (
+            r#"{"groups":{"g":{"mode":"strict\u2028x"}}}"#.into(),
+            r#"groups.g.mode: unknown variant "strict\u{2028}x", expected `permissive` or `strict` at line 1 column 38"#.into(),
+        ),
+        (
+            format!(r#"{{"groups":{{"{long}":{{"mode":1}}}}}}"#),
+            format!(r#"groups."{}"....mode: invalid type: integer `1`, expected a string at line 1 column 100023"#, "k".repeat(256)),
+        ),
+        (
+            r#"{"groups":{"\u202egnp.exe":{},"\u202egnp.exe":{}}}"#.into(),
+            r#"groups: duplicate key "\u{202e}gnp.exe" at line 1 column 49"#.into(),
+        ),
+        // the compiled table's checks
+        (
+            r#"{"groups":{"a\nb":{}}}"#.into(),
+            r#"groups."a\nb": "a\nb" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+        ),
+        (
+            r#"{"services":{"a\u0085b":{"hosts":[],"clusters":{"base":"c"}}}}"#.into(),
+            r#"services."a\u{85}b": "a\u{85}b" is not a valid service name (lower-case letters, digits, '-' and '.', at most 253)"#.into(),
+        ),
+        (
+            r#"{"services":{"r":{"hosts":["r"],"clusters":{"base":"c","x\ty":"d"}}}}"#.into(),
+            r#"services.r.clusters."x\u{09}y": "x\u{09}y" is not a valid group name (DNS-1123 label: lower-case letters, digits and '-', at most 63)"#.into(),
+        ),
+    ];
+    for (doc, want) in &cases {
+        let got = match crate::Table::from_json(doc.as_bytes(), "base", &crate::Limits::default()) {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(&got, want, "{}", &doc[..doc.len().min(80)]);
+        assert!(!got.chars().any(|c| c.is_control()), "{got}");
+    }
+    // A newer companion's fields, listed for the log: shown as in a path,
+    // at most 16 of them.
+    let mut doc = String::from(r#"{"x\ny":1,"plain":2"#);
+    for i in 0..30 {
+        doc.push_str(&format!(r#","f{i}":0"#));
+    }
+    doc.push('}');
+    let (_, unknown) = crate::RawTable::from_companion_json(doc.as_bytes(), &crate::Limits::default()).unwrap();
+    assert_eq!(unknown.len(), 16);
+    assert_eq!(unknown[..3], [r#""x\ny""#, "plain", "f0"]);
 }

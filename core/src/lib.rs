@@ -22,7 +22,7 @@ pub mod group;
 pub mod ip;
 pub mod join;
 mod json;
-pub use json::Quoted;
+pub use json::{Key, Quoted};
 mod read;
 pub use read::{SCHEMA_OBJECTS, SCHEMA_VALUES};
 pub mod regex;

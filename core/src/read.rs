@@ -6,6 +6,12 @@
 //! in one place: the filter reading a table a companion served, which may be
 //! newer and send fields this version does not know (SPEC "Second round":
 //! ignored and logged once); the reader's lenient mode skips them.
+//!
+//! A table's size limits are counted as it is read (`table`): the member
+//! one past a limit ends the read with an error at its key, so a hostile
+//! body costs no more than the limit (`Table::check` counts again, for
+//! tables built in memory). Maps are collected and sorted once
+//! (`ReadNames`): names in any order cost n log n.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -14,7 +20,7 @@ use crate::assist::{RawAssist, Side};
 use crate::config::{CompanionSource, RawConfig, TableSource};
 use crate::edge::{RawEdge, RawRule};
 use crate::json::{Reader, Res};
-use crate::table::{Limits, Mode, NameMap, RawGroup, RawService, RawSource, RawTable};
+use crate::table::{Limits, Mode, NameMap, RawGroup, RawService, RawSource, RawTable, ReadNames};
 
 const U16: u64 = u16::MAX as u64;
 const U32: u64 = u32::MAX as u64;
@@ -147,14 +153,11 @@ fn table_source(r: &mut Reader<'_>) -> Res<TableSource> {
         }
         // Strict even in a lenient parse: not a table field.
         source = Some(match SOURCE_VARIANTS.iter().position(|v| *v == key) {
-            Some(0) => TableSource::Inline(table(r)?),
+            // Not counted while read: the configuration's own `limits` may
+            // come after it; `Settings` checks the compiled table against them.
+            Some(0) => TableSource::Inline(table(r, &UNCOUNTED)?),
             Some(_) => TableSource::Companion(companion(r)?),
-            None => {
-                let mut m = String::from("unknown variant `");
-                m.push_str(&key);
-                m.push_str("`, expected `inline` or `companion`");
-                return Err(r.err_key(&m, false));
-            }
+            None => return Err(r.err_key(&crate::json::unknown_variant(&key, SOURCE_VARIANTS), false)),
         });
         Ok(())
     })?;
@@ -184,25 +187,50 @@ fn companion(r: &mut Reader<'_>) -> Res<CompanionSource> {
 
 pub(crate) const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
 
-pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
+/// Limits that never stop a read (only its counts are read).
+const UNCOUNTED: Limits = Limits {
+    max_services: usize::MAX,
+    max_groups: usize::MAX,
+    max_cluster_entries: usize::MAX,
+    max_table_bytes: usize::MAX,
+    max_fallback_depth: usize::MAX,
+    max_baggage_bytes: usize::MAX,
+    max_baggage_members: usize::MAX,
+};
+
+/// A table, stopping at the first member past one of `limits`' counts:
+/// `max_services`, `max_groups` (the `groups` map; `Table::check` also
+/// counts the names that only serve), `max_cluster_entries` (every
+/// service's `clusters`; `Table::check` also counts a `{port}` cluster once
+/// per port).
+pub(crate) fn table(r: &mut Reader<'_>, limits: &Limits) -> Res<RawTable> {
     let mut t = RawTable::default();
     let mut seen = 0;
+    let mut cluster_entries = 0;
     r.object("a route table object", &mut |r, key| {
         match r.field(key, TABLE_FIELDS, &mut seen)? {
             Some(0) => t.version = r.uint(u64::MAX, "u64")?,
             Some(1) => t.epoch = r.opt_string()?,
             Some(2) => t.base_group = r.opt_string()?,
             Some(3) => {
+                let (mut count, mut twice) = (0, Default::default());
                 r.object("a map", &mut |r, name| {
+                    r.count(&mut count, limits.max_groups, "groups")?;
                     let group = group(r)?;
-                    insert_new(r, &mut t.groups, name, group)
+                    t.groups.push_read(name, group, &mut twice);
+                    Ok(())
                 })?;
+                sorted(r, t.groups.sort_read(twice))?;
             }
             Some(4) => {
+                let (mut count, mut twice) = (0, Default::default());
                 r.object("a map", &mut |r, name| {
-                    let service = service(r)?;
-                    insert_new(r, &mut t.services, name, service)
+                    r.count(&mut count, limits.max_services, "services")?;
+                    let service = service(r, &mut cluster_entries, limits.max_cluster_entries)?;
+                    t.services.push_read(name, service, &mut twice);
+                    Ok(())
                 })?;
+                sorted(r, t.services.sort_read(twice))?;
                 crate::table::shrink_names(&mut t.services);
             }
             Some(5) => {
@@ -219,13 +247,10 @@ pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
     Ok(t)
 }
 
-/// Inserts a map member, refusing a key given twice.
-fn insert_new<T>(r: &Reader<'_>, map: &mut NameMap<T>, key: String, value: T) -> Res<()> {
-    if map.contains_key(&key) {
-        return Err(r.duplicate_key(&key));
-    }
-    map.insert(key, value);
-    Ok(())
+/// A map read whole and sorted (`ReadNames`): a name given twice is
+/// refused at the map's end.
+fn sorted(r: &Reader<'_>, sort: Result<(), String>) -> Res<()> {
+    sort.map_err(|name| r.duplicate_key(&name))
 }
 
 pub(crate) const GROUP_FIELDS: &[&str] = &["fallback", "mode", "description", "owner"];
@@ -249,7 +274,9 @@ fn group(r: &mut Reader<'_>) -> Res<RawGroup> {
 
 pub(crate) const SERVICE_FIELDS: &[&str] = &["hosts", "clusters", "ports"];
 
-fn service(r: &mut Reader<'_>) -> Res<RawService> {
+/// A service; `cluster_entries` counts every service's clusters so far,
+/// up to `max_cluster_entries`.
+fn service(r: &mut Reader<'_>, cluster_entries: &mut usize, max_cluster_entries: usize) -> Res<RawService> {
     let (mut hosts, mut clusters) = (None, None);
     let mut ports = Vec::new();
     let mut seen = 0;
@@ -257,11 +284,14 @@ fn service(r: &mut Reader<'_>) -> Res<RawService> {
         match r.field(key, SERVICE_FIELDS, &mut seen)? {
             Some(0) => hosts = Some(r.strings()?),
             Some(1) => {
-                let mut map = NameMap::new();
+                let (mut map, mut twice) = (NameMap::new(), Default::default());
                 r.object("a map", &mut |r, group| {
+                    r.count(cluster_entries, max_cluster_entries, "services.*.clusters")?;
                     let cluster = r.string()?;
-                    insert_new(r, &mut map, group, cluster)
+                    map.push_read(group, cluster, &mut twice);
+                    Ok(())
                 })?;
+                sorted(r, map.sort_read(twice))?;
                 // Spare room in one map per service adds up in a large table.
                 crate::table::shrink_names(&mut map);
                 clusters = Some(map);

@@ -40,8 +40,8 @@ fn every_new_field_round_trips() {
     assert_eq!(first.sources[0].expires_at, Some(1_798_761_600));
     assert_eq!(first.rules[0].group, None);
     assert!(first.rules[0].group_from_value);
-    assert_eq!(first.groups["feature-1"].owner.as_deref(), Some("alice"));
-    assert_eq!(first.services["reviews"].ports, [9080, 9443]);
+    assert_eq!(first.groups.get("feature-1").unwrap().owner.as_deref(), Some("alice"));
+    assert_eq!(first.services.get("reviews").unwrap().ports, [9080, 9443]);
     let text = serde_json::to_string(&first).unwrap();
     assert_eq!(raw(&text), first, "{text}");
     assert!(Table::compile(&first, "base", &Limits::default()).is_ok());

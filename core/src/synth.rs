@@ -12,29 +12,28 @@ use crate::table::{Mode, NameMap, RawGroup, RawService, RawTable};
 pub fn table(services: usize, groups: usize) -> RawTable {
     let groups = groups.max(1);
     let mut raw = RawTable { version: 1, ..RawTable::default() };
-    for j in 0..groups {
-        let strict = j % 10 == 9;
-        let fallback = if strict || j % 3 == 2 || j + 1 >= groups { vec![] } else { vec![group(j + 1)] };
-        let mode = if strict { Mode::Strict } else { Mode::Permissive };
-        raw.groups.insert(group(j), RawGroup { fallback, mode, ..RawGroup::default() });
-    }
-    for i in 0..services {
-        let name = service(i);
-        let mut clusters = NameMap::new();
-        clusters.insert("base".to_owned(), format!("outbound|80|base|{name}.default.svc.cluster.local"));
-        for k in 0..(i % 4) {
-            let g = group(instance_group(i, k, groups));
-            clusters.insert(g.clone(), format!("outbound|80|{g}|{name}.default.svc.cluster.local"));
-        }
-        raw.services.insert(
-            name.clone(),
-            RawService {
-                hosts: vec![name.clone(), format!("{name}.default.svc.cluster.local")],
-                clusters,
-                ports: Vec::new(),
-            },
-        );
-    }
+    // Maps collected, so built in one sort (`svc-10` sorts before `svc-2`).
+    raw.groups = (0..groups)
+        .map(|j| {
+            let strict = j % 10 == 9;
+            let fallback = if strict || j % 3 == 2 || j + 1 >= groups { vec![] } else { vec![group(j + 1)] };
+            let mode = if strict { Mode::Strict } else { Mode::Permissive };
+            (group(j), RawGroup { fallback, mode, ..RawGroup::default() })
+        })
+        .collect();
+    raw.services = (0..services)
+        .map(|i| {
+            let name = service(i);
+            let mut clusters = NameMap::new();
+            clusters.insert("base".to_owned(), format!("outbound|80|base|{name}.default.svc.cluster.local"));
+            for k in 0..(i % 4) {
+                let g = group(instance_group(i, k, groups));
+                clusters.insert(g.clone(), format!("outbound|80|{g}|{name}.default.svc.cluster.local"));
+            }
+            let hosts = vec![name.clone(), format!("{name}.default.svc.cluster.local")];
+            (name, RawService { hosts, clusters, ports: Vec::new() })
+        })
+        .collect();
     raw
 }
 

@@ -6,18 +6,60 @@
 use crate::prelude::*;
 
 /// The raw table's maps from names (groups, services, a service's
-/// clusters). The wasm filter, which reads tables with `read.rs` and has no
-/// serde, keeps them in a sorted `Vec` (`VecMap`: a fraction of `BTreeMap`'s
-/// code); everything else (the companion, tests) has `BTreeMap`. Both
-/// iterate in name order.
-#[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+/// clusters): a sorted `Vec` (`VecMap`: a fraction of `BTreeMap`'s code in
+/// the wasm), the map the filter ships with, in every build but one that
+/// asks for `BTreeMap` (feature `btree-names`: the companion, which edits
+/// tables in place). So core's tests and the fuzz targets read into the
+/// shipped map whether or not `serde` is on. Both iterate in name order.
+#[cfg(not(feature = "btree-names"))]
 pub type NameMap<V> = crate::vec_map::VecMap<V>;
-#[cfg(not(all(target_arch = "wasm32", not(feature = "serde"))))]
+#[cfg(feature = "btree-names")]
 pub type NameMap<V> = alloc::collections::BTreeMap<String, V>;
+
+/// How the reader (`read.rs`) fills a `NameMap`: members added as they come
+/// (`push_read`), then sorted once (`sort_read`), so names in any order cost
+/// n log n; a name given twice is the `Err` of `sort_read`.
+pub(crate) trait ReadNames<V> {
+    /// What is noted between members: nothing for `VecMap` (its sort finds
+    /// a name given twice), the first one given twice for `BTreeMap`.
+    type Twice: Default;
+    fn push_read(&mut self, name: String, value: V, twice: &mut Self::Twice);
+    fn sort_read(&mut self, twice: Self::Twice) -> Result<(), String>;
+}
+
+impl<V> ReadNames<V> for crate::vec_map::VecMap<V> {
+    type Twice = ();
+
+    #[inline(always)]
+    fn push_read(&mut self, name: String, value: V, _: &mut ()) {
+        self.push(name, value);
+    }
+
+    fn sort_read(&mut self, _: ()) -> Result<(), String> {
+        self.sort()
+    }
+}
+
+#[cfg(feature = "btree-names")]
+impl<V> ReadNames<V> for alloc::collections::BTreeMap<String, V> {
+    type Twice = Option<String>;
+
+    fn push_read(&mut self, name: String, value: V, twice: &mut Option<String>) {
+        use alloc::collections::btree_map::Entry;
+        match self.entry(name) {
+            Entry::Vacant(e) => drop(e.insert(value)),
+            Entry::Occupied(e) => drop(twice.get_or_insert_with(|| e.key().clone())),
+        }
+    }
+
+    fn sort_read(&mut self, twice: Option<String>) -> Result<(), String> {
+        twice.map_or(Ok(()), Err)
+    }
+}
 
 /// Gives back a map's spare capacity (a `VecMap`'s; `BTreeMap` keeps none).
 pub(crate) fn shrink_names<V>(_map: &mut NameMap<V>) {
-    #[cfg(all(target_arch = "wasm32", not(feature = "serde")))]
+    #[cfg(not(feature = "btree-names"))]
     _map.shrink_to_fit();
 }
 
@@ -26,6 +68,7 @@ use crate::cidr::Cidr;
 use crate::edge::{RawRule, Rules};
 use crate::error::TableError;
 use crate::group::{is_valid_group, GroupName};
+use crate::json::Key;
 use crate::sources::{Binding, Sources};
 use crate::{cat, cat_to};
 
@@ -101,7 +144,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let (raw, _) = crate::json::document(bytes, false, &mut crate::read::table)?;
+        let (raw, _) = crate::json::document(bytes, false, &mut |r| crate::read::table(r, limits))?;
         Ok(raw)
     }
 
@@ -112,7 +155,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        Ok(crate::json::document(bytes, true, &mut crate::read::table)?)
+        Ok(crate::json::document(bytes, true, &mut |r| crate::read::table(r, limits))?)
     }
 }
 
@@ -502,7 +545,8 @@ impl<'r> Compiler<'r> {
             if is_valid_group(name.as_bytes()) {
                 c.intern(name);
             } else {
-                name_errors.push(TableError::InvalidGroupName { field: cat!("groups.", name), name: name.clone() });
+                name_errors
+                    .push(TableError::InvalidGroupName { field: cat!("groups.", Key(name)), name: name.clone() });
             }
         }
         for (svc, s) in &raw.services {
@@ -511,7 +555,7 @@ impl<'r> Compiler<'r> {
                     c.intern(group);
                 } else {
                     name_errors.push(TableError::InvalidGroupName {
-                        field: cat!("services.", svc, ".clusters.", group),
+                        field: cat!("services.", Key(svc), ".clusters.", Key(group)),
                         name: group.clone(),
                     });
                 }
@@ -621,7 +665,7 @@ impl<'r> Compiler<'r> {
             for (field, text) in [("description", &g.description), ("owner", &g.owner)] {
                 if let Some(text) = text.as_ref().filter(|t| t.len() > MAX_GROUP_TEXT) {
                     self.errors.push(TableError::Invalid {
-                        field: cat!("groups.", name, ".", field),
+                        field: cat!("groups.", Key(name), ".", field),
                         why: cat!(text.len(), " bytes, at most ", MAX_GROUP_TEXT),
                     });
                 }
@@ -918,8 +962,10 @@ impl Compiler<'_> {
             } else {
                 continue;
             };
-            self.errors
-                .push(TableError::Invalid { field: cat!("services.", service, ".ports[", i, "]"), why: why.into() });
+            self.errors.push(TableError::Invalid {
+                field: cat!("services.", Key(service), ".ports[", i, "]"),
+                why: why.into(),
+            });
         }
     }
 }
@@ -1038,34 +1084,27 @@ impl FallbackDepths<'_> {
     }
 }
 
-/// Heapsort by group id (ids are unique: no order to keep). Hand-written:
-/// std's `sort_unstable` is ~3.5 KB of wasm for this one call; this is
-/// O(k log k) too, in place.
+/// Sorts by group id (ids are unique: no order to keep) with the raw
+/// maps' heapsort (`vec_map::heap_sort`): O(k log k), in place, no second
+/// copy of a sort in the wasm.
 fn sort_by_group<T>(v: &mut [(GroupId, T)]) {
-    fn sift_down<T>(v: &mut [(GroupId, T)], mut root: usize, end: usize) {
-        loop {
-            let mut child = 2 * root + 1;
-            if child >= end {
-                return;
-            }
-            let key = |i: usize, v: &[(GroupId, T)]| v.get(i).map_or(0, |e| e.0);
-            if child + 1 < end && key(child, v) < key(child + 1, v) {
-                child += 1;
-            }
-            if key(root, v) >= key(child, v) {
-                return;
-            }
-            v.swap(root, child);
-            root = child;
-        }
+    crate::vec_map::heap_sort(&mut ByGroup(v));
+}
+
+struct ByGroup<'v, T>(&'v mut [(GroupId, T)]);
+
+impl<T> crate::vec_map::Sortable for ByGroup<'_, T> {
+    fn count(&self) -> usize {
+        self.0.len()
     }
-    let n = v.len();
-    for root in (0..n / 2).rev() {
-        sift_down(v, root, n);
+
+    fn less(&self, i: usize, j: usize) -> bool {
+        let id = |k: usize| self.0.get(k).map_or(0, |e| e.0);
+        id(i) < id(j)
     }
-    for end in (1..n).rev() {
-        v.swap(0, end);
-        sift_down(v, 0, end);
+
+    fn swap_up(&mut self, i: usize, j: usize) {
+        crate::vec_map::swap_up(self.0, i, j);
     }
 }
 

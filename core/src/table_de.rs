@@ -80,8 +80,9 @@ impl<'de> Deserialize<'de> for RawTable {
                     version: version.unwrap_or_default(),
                     epoch: epoch.flatten(),
                     base_group: base_group.flatten(),
-                    groups: groups.unwrap_or_default(),
-                    services: services.unwrap_or_default(),
+                    // serde's map (the last of a repeated key wins) into `NameMap`.
+                    groups: groups.unwrap_or_default().into_iter().collect(),
+                    services: services.unwrap_or_default().into_iter().collect(),
                     sources: sources.unwrap_or_default(),
                     rules: rules.unwrap_or_default(),
                 })
@@ -146,7 +147,7 @@ impl<'de> Deserialize<'de> for RawService {
                 }
                 Ok(RawService {
                     hosts: hosts.ok_or_else(|| de::Error::missing_field("hosts"))?,
-                    clusters: clusters.ok_or_else(|| de::Error::missing_field("clusters"))?,
+                    clusters: clusters.ok_or_else(|| de::Error::missing_field("clusters"))?.into_iter().collect(),
                     ports: ports.unwrap_or_default(),
                 })
             }

@@ -61,6 +61,12 @@ impl Piece for crate::json::Quoted<'_> {
     }
 }
 
+impl Piece for crate::json::Key<'_> {
+    fn push_to(&self, out: &mut String) {
+        crate::json::push_key(out, self.0);
+    }
+}
+
 /// A number in lower-case hexadecimal, zero-padded to at least `width`
 /// digits (`{:x}` is width 1, `{:016x}` width 16).
 #[derive(Debug, Clone, Copy)]

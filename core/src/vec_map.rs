@@ -3,12 +3,35 @@
 //! insert, search, split and drop code once per value type (~14 KB for the
 //! three); this is a binary search and a `Vec`. Iteration is in name order,
 //! like `BTreeMap`'s, so the compiled table is the same either way.
+//!
+//! A map read from JSON is built whole (`push`, then `sort`): its members
+//! in the order they came, sorted once. Inserting each in place would shift
+//! the tail every time: n²/2 moves for names in reverse order.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
 
 use core::borrow::Borrow;
 use core::fmt;
+
+// Steps taken (names compared, entries moved), for the tests that bound
+// the work of a hostile input without timing it.
+#[cfg(test)]
+std::thread_local! {
+    static STEPS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Steps taken on this thread so far (tests only).
+#[cfg(test)]
+pub(crate) fn steps() -> u64 {
+    STEPS.with(core::cell::Cell::get)
+}
+
+#[inline(always)]
+fn step(_n: usize) {
+    #[cfg(test)]
+    STEPS.with(|s| s.set(s.get() + _n as u64));
+}
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct VecMap<V> {
@@ -26,6 +49,24 @@ impl<V> VecMap<V> {
         VecMap { entries: Vec::new() }
     }
 
+    /// Adds an entry at the end, in any order: a map built this way is
+    /// `sort`ed once it is whole.
+    #[inline(always)] // one move of the value, into the `Vec`
+    pub(crate) fn push(&mut self, key: String, value: V) {
+        self.entries.push((key, value));
+    }
+
+    /// Sorts the entries `push` added: nothing to do when the names came
+    /// in order (a companion's table, serialised from a `BTreeMap`), else
+    /// O(n log n) steps whatever the order. A name given twice is refused:
+    /// `Err` holds it.
+    pub(crate) fn sort(&mut self) -> Result<(), String> {
+        match sort_once(&mut Entries(&mut self.entries)) {
+            Ok(()) => Ok(()),
+            Err(i) => Err(self.entries.get(i).map(|e| e.0.clone()).unwrap_or_default()),
+        }
+    }
+
     /// Gives back spare capacity: a parsed table keeps its maps until it is
     /// compiled (and a wasm VM keeps its peak).
     pub fn shrink_to_fit(&mut self) {
@@ -38,11 +79,15 @@ impl<V> VecMap<V> {
     where
         String: Borrow<Q>,
     {
-        self.entries.binary_search_by(|(k, _)| k.borrow().cmp(key))
+        self.entries.binary_search_by(|(k, _)| {
+            step(1);
+            k.borrow().cmp(key)
+        })
     }
 
     /// Inserts or replaces; returns the value replaced. Names that come in
-    /// order (a companion's table, serialised from a `BTreeMap`) append.
+    /// order append; any other costs a shift of the entries after it (for
+    /// many names, `push` them and `sort` once).
     pub fn insert(&mut self, key: String, value: V) -> Option<V> {
         let in_order = match self.entries.last() {
             Some((last, _)) => last.as_str() < key.as_str(),
@@ -55,6 +100,7 @@ impl<V> VecMap<V> {
         match self.find(key.as_str()) {
             Ok(i) => self.entries.get_mut(i).map(|e| core::mem::replace(&mut e.1, value)),
             Err(i) => {
+                step(self.entries.len() - i);
                 self.entries.insert(i, (key, value));
                 None
             }
@@ -107,13 +153,133 @@ impl<'a, V> IntoIterator for &'a VecMap<V> {
     }
 }
 
+impl<V> IntoIterator for VecMap<V> {
+    type Item = (String, V);
+    type IntoIter = alloc::vec::IntoIter<(String, V)>;
+
+    /// In name order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// Sorted once; of a name given twice the last stays, as in `BTreeMap`.
+/// (std's stable sort: for tests and the companion's conversions, not in
+/// the wasm, which reads with `push` and `sort`.)
 impl<V> FromIterator<(String, V)> for VecMap<V> {
     fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
-        let mut map = VecMap::new();
-        for (k, v) in iter {
-            map.insert(k, v);
+        let mut all: Vec<(String, V)> = iter.into_iter().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut entries: Vec<(String, V)> = Vec::with_capacity(all.len());
+        for entry in all {
+            match entries.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => entries.push(entry),
+            }
         }
-        map
+        VecMap { entries }
+    }
+}
+
+/// What `heap_sort` orders, by index: behind `dyn`, so the sort is one
+/// copy in the wasm whatever the element type.
+pub(crate) trait Sortable {
+    fn count(&self) -> usize;
+    fn less(&self, i: usize, j: usize) -> bool;
+    /// Only with `i < j` (a parent before its child, the root before the
+    /// heap's end).
+    fn swap_up(&mut self, i: usize, j: usize);
+}
+
+/// `v[i]` and `v[j]` swapped, `i < j`; no panic path.
+pub(crate) fn swap_up<T>(v: &mut [T], i: usize, j: usize) {
+    if let Some((first, rest)) = v.get_mut(i..=j).and_then(|s| s.split_first_mut()) {
+        if let Some(last) = rest.last_mut() {
+            core::mem::swap(first, last);
+        }
+    }
+}
+
+fn less(v: &dyn Sortable, i: usize, j: usize) -> bool {
+    step(1);
+    v.less(i, j)
+}
+
+/// A map's entries as `Sortable`: a borrow, so nothing to drop behind `dyn`.
+struct Entries<'e, V>(&'e mut [(String, V)]);
+
+impl<V> Sortable for Entries<'_, V> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn less(&self, i: usize, j: usize) -> bool {
+        match (self.0.get(i), self.0.get(j)) {
+            (Some(a), Some(b)) => a.0 < b.0,
+            _ => false,
+        }
+    }
+
+    fn swap_up(&mut self, i: usize, j: usize) {
+        step(1);
+        swap_up(self.0, i, j);
+    }
+}
+
+/// Sorts unless already strictly increasing; `Err` holds the index of an
+/// element equal to the next one (a name given twice).
+fn sort_once(v: &mut dyn Sortable) -> Result<(), usize> {
+    if first_unordered(v).is_some() {
+        heap_sort(v);
+        // Sorted: a pair out of order now is two equal elements.
+        if let Some(i) = first_unordered(v) {
+            return Err(i);
+        }
+    }
+    Ok(())
+}
+
+/// The first `i` not below the next element; `None` when the elements
+/// strictly increase.
+fn first_unordered(v: &dyn Sortable) -> Option<usize> {
+    (1..v.count()).find(|&i| !less(v, i - 1, i)).map(|i| i - 1)
+}
+
+/// Heapsort: O(n log n) compares and swaps whatever the order, in place.
+/// Hand-written: std's sort is kilobytes of wasm per instance.
+pub(crate) fn heap_sort(v: &mut dyn Sortable) {
+    fn sift_down(v: &mut dyn Sortable, mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            if child + 1 < end && less(v, child, child + 1) {
+                child += 1;
+            }
+            if !less(v, root, child) {
+                return;
+            }
+            v.swap_up(root, child);
+            root = child;
+        }
+    }
+    let n = v.count();
+    for root in (0..n / 2).rev() {
+        sift_down(v, root, n);
+    }
+    for end in (1..n).rev() {
+        v.swap_up(0, end);
+        sift_down(v, 0, end);
+    }
+}
+
+/// As a JSON object in name order, as serde writes a `BTreeMap` (the
+/// companion's and the tests' serialised tables read the same either way).
+#[cfg(feature = "serde")]
+impl<V: serde::Serialize> serde::Serialize for VecMap<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
     }
 }
 
@@ -156,7 +322,48 @@ mod tests {
             }
             let collected: VecMap<usize> = keys.iter().enumerate().map(|(i, k)| (k.to_string(), i)).collect();
             assert!(collected.iter().eq(std.iter()), "{keys:?} collected");
+            // As the reader builds a map: pushed in any order, sorted once;
+            // a name given twice refused.
+            let mut pushed = VecMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                pushed.push(k.to_string(), i);
+            }
+            let twice = keys.iter().enumerate().find(|(i, k)| keys[..*i].contains(k));
+            match twice {
+                None => {
+                    assert_eq!(pushed.sort(), Ok(()), "{keys:?}");
+                    assert!(pushed.iter().eq(std.iter()), "{keys:?} pushed and sorted");
+                }
+                Some(_) => assert!(pushed.sort().is_err(), "{keys:?}"),
+            }
             assert_eq!(format!("{ours:?}"), format!("{std:?}"), "{keys:?}");
         }
+    }
+
+    /// The sort against `BTreeMap` on shuffled names of every length up to
+    /// 300, and the name a duplicate is reported by.
+    #[test]
+    fn sort_orders_any_permutation() {
+        let mut seed: u64 = 7;
+        for n in 0..300usize {
+            let mut names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+            for i in (1..names.len()).rev() {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                names.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            let mut map = VecMap::new();
+            let mut std = BTreeMap::new();
+            for (i, name) in names.iter().enumerate() {
+                map.push(name.clone(), i);
+                std.insert(name.clone(), i);
+            }
+            assert_eq!(map.sort(), Ok(()), "{n}");
+            assert!(map.iter().eq(std.iter()), "{n}");
+        }
+        let mut map = VecMap::new();
+        for name in ["c", "b", "x", "b", "a"] {
+            map.push(name.to_owned(), ());
+        }
+        assert_eq!(map.sort(), Err("b".to_owned()));
     }
 }

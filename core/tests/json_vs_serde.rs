@@ -3,6 +3,11 @@
 //! every non-ASCII character as a `\u` escape) read to the same value, and a
 //! mutated document the reader accepts, serde_json accepts with the same
 //! value (the reader is the stricter one: duplicate keys, no floats).
+//!
+//! Tables read into the map the filter ships (`NameMap` is `VecMap` unless
+//! feature `btree-names` is on, which only the companion asks for): run as
+//! `cargo test -p isogroup-core`; a workspace-wide build unifies the
+//! companion's features and `the_shipped_name_map_is_under_test` says so.
 
 #![cfg(not(target_arch = "wasm32"))] // proptest runs natively
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
@@ -36,7 +41,7 @@ fn group() -> impl Strategy<Value = RawGroup> {
 
 fn service() -> impl Strategy<Value = RawService> {
     (texts(), prop::collection::btree_map(text(), text(), 0..3), prop::collection::vec(any::<u16>(), 0..3))
-        .prop_map(|(hosts, clusters, ports)| RawService { hosts, clusters, ports })
+        .prop_map(|(hosts, clusters, ports)| RawService { hosts, clusters: clusters.into_iter().collect(), ports })
 }
 
 fn source() -> impl Strategy<Value = RawSource> {
@@ -97,8 +102,8 @@ fn table() -> impl Strategy<Value = RawTable> {
             version,
             epoch,
             base_group,
-            groups,
-            services,
+            groups: groups.into_iter().collect(),
+            services: services.into_iter().collect(),
             sources,
             rules,
         })
@@ -121,9 +126,24 @@ fn ascii_escaped(json: &str) -> String {
     out
 }
 
+/// `value` as compact JSON with every object's members in reverse order:
+/// map keys out of order, as a hand-written or hostile table may have them.
+fn reversed_members(value: &Value) -> String {
+    match value {
+        Value::Object(m) => {
+            let members: Vec<String> =
+                m.iter().rev().map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), reversed_members(v))).collect();
+            format!("{{{}}}", members.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(reversed_members).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
 fn encodings(value: &impl serde::Serialize) -> Vec<String> {
     let compact = serde_json::to_string(value).unwrap();
-    vec![ascii_escaped(&compact), serde_json::to_string_pretty(value).unwrap(), compact]
+    let reversed = reversed_members(&serde_json::to_value(value).unwrap());
+    vec![ascii_escaped(&compact), serde_json::to_string_pretty(value).unwrap(), reversed, compact]
 }
 
 /// A plugin configuration as JSON: any subset of the fields, valid types.
@@ -227,6 +247,36 @@ proptest! {
     }
 }
 
+/// Nesting: a value the reader skips (a newer companion's field) may nest
+/// exactly as deep as serde_json reads (its recursion limit, 128, refuses
+/// the 128th level), counted from the document's root in both.
+#[test]
+fn skipped_values_nest_as_deep_as_serde_json_reads() {
+    for depth in [2, 63, 64, 65, 100, 126, 127, 128, 129, 300] {
+        // The table object is one level; the field's value the rest.
+        let (open, close) = ("[{\"a\":".repeat((depth - 1) / 2), "}]".repeat((depth - 1) / 2));
+        let inner = if depth % 2 == 0 { "[]" } else { "0" };
+        let doc = format!(r#"{{"later":{open}{inner}{close}}}"#);
+        let theirs = serde_json::from_str::<Value>(&doc).is_ok();
+        let ours = RawTable::from_companion_json(doc.as_bytes(), &Limits::default());
+        assert_eq!(ours.is_ok(), theirs, "depth {depth}: {:?}", ours.err().map(|e| e.to_string()));
+        assert_eq!(theirs, depth < 128, "depth {depth}");
+    }
+}
+
+/// These tests read into the map the filter ships: `NameMap` is `VecMap`
+/// here, not the companion's `BTreeMap`.
+#[test]
+fn the_shipped_name_map_is_under_test() {
+    use std::any::TypeId;
+    assert_eq!(
+        TypeId::of::<isogroup_core::table::NameMap<String>>(),
+        TypeId::of::<isogroup_core::vec_map::VecMap<String>>(),
+        "NameMap is not the shipped VecMap in this build: run `cargo test -p isogroup-core` \
+         (a workspace-wide build turns on the companion's `btree-names`)"
+    );
+}
+
 /// A map key given twice: serde_json keeps the last, the reader refuses it.
 #[test]
 fn duplicate_keys_are_where_the_reader_is_stricter() {
@@ -235,5 +285,5 @@ fn duplicate_keys_are_where_the_reader_is_stricter() {
     let theirs: RawTable = serde_json::from_str(doc).unwrap();
     assert_eq!(theirs.services.len(), 1);
     let err = RawTable::from_json(doc.as_bytes(), &Limits::default()).unwrap_err().to_string();
-    assert_eq!(err, "services: duplicate key \"r\" at line 1 column 60");
+    assert_eq!(err, "services: duplicate key \"r\" at line 1 column 101");
 }

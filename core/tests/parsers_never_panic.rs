@@ -83,13 +83,18 @@ const TABLE_FIELDS: &[&str] = &["(document)", "table", "version", "base_group", 
 
 /// Whether an error starts with where it is: a known field (or the unknown
 /// one it complains about), an array index, or the whole document. (A
-/// mutated field name may hold `.`, `: ` or a backtick: every split is tried.)
+/// mutated field name may hold `.`, `: ` or a backtick: every split is tried.
+/// One that is not plain printable ASCII is quoted and escaped.)
 fn names_a_field(error: &str, fields: &[&str]) -> bool {
     let at = |path: &str, message: &str| {
         let first = path.split(['.', '[']).next().unwrap_or(path);
-        let unknown = (0..path.len())
-            .filter(|&i| i == 0 || path.as_bytes()[i - 1] == b'.')
-            .any(|i| path.get(i..).is_some_and(|field| message.starts_with(&format!("unknown field `{field}`"))));
+        let unknown = (0..path.len()).filter(|&i| i == 0 || path.as_bytes()[i - 1] == b'.').any(|i| {
+            path.get(i..).is_some_and(|field| {
+                // a plain name in backticks, any other quoted as in the path
+                message.starts_with(&format!("unknown field `{field}`"))
+                    || field.starts_with('"') && message.starts_with(&format!("unknown field {field}"))
+            })
+        });
         path == "(document)" || path.starts_with('[') || fields.contains(&first) || unknown
     };
     error.match_indices(": ").any(|(k, _)| at(&error[..k], &error[k + 2..]))
@@ -313,7 +318,7 @@ proptest! {
                 for (_, service) in t.services() {
                     for (_, group) in t.groups() {
                         let listed = match decide_service(&t, service, Some(group), None, None) {
-                            Decision::Route(r) => raw.services[r.service].clusters.get(r.serving) == Some(&r.cluster.to_owned()),
+                            Decision::Route(r) => raw.services.get(r.service).unwrap().clusters.get(r.serving) == Some(&r.cluster.to_owned()),
                             Decision::FailFast(f) => raw.groups.get(f.group).is_some_and(|g| g.mode == isogroup_core::Mode::Strict),
                             Decision::PassThrough => false,
                         };

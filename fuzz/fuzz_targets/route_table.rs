@@ -2,14 +2,21 @@
 //! typed errors that name a field; a compiled table answers every lookup
 //! without panicking, and every route it gives is one the table lists. A
 //! table the hand-written reader accepts, serde_json reads to the same value
-//! (the reader is the stricter: duplicate keys refused).
+//! (the reader is the stricter: duplicate keys refused). The table's maps
+//! are the shipped `VecMap` (core's `btree-names` is off here), checked on
+//! every input so a change of features cannot quietly fuzz another map.
 #![no_main]
 
+use std::any::TypeId;
+
 use isogroup_core::decide::{decide, Decision, RequestView};
+use isogroup_core::table::NameMap;
+use isogroup_core::vec_map::VecMap;
 use isogroup_core::{Limits, RawTable, Table};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    assert_eq!(TypeId::of::<NameMap<String>>(), TypeId::of::<VecMap<String>>(), "NameMap is not the shipped VecMap");
     let limits = Limits::default();
     let Ok(raw) = RawTable::from_json(data, &limits) else { return };
     let theirs: Option<RawTable> = serde_json::from_slice(data).ok();
