@@ -31,7 +31,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
 #[path = "fake_ssa.rs"]
@@ -78,6 +78,17 @@ pub mod kinds {
     }
     pub fn envoy_filters() -> Res {
         res("networking.istio.io", "v1alpha3", "envoyfilters")
+    }
+    pub fn namespaces() -> Res {
+        res("", "v1", "namespaces")
+    }
+
+    /// Every resource the fake knows: the core kinds above and every served
+    /// version of its CRDs (what a fake run on its own installs).
+    pub fn every() -> Vec<Res> {
+        let mut all = vec![pods(), services(), configmaps(), slices(), leases(), events(), namespaces()];
+        all.extend(super::crds().keys().cloned());
+        all
     }
 }
 
@@ -390,6 +401,17 @@ impl FakeApi {
         let _ = self.tx.send(Msg::Bookmark(r.clone(), rv));
     }
 
+    /// A kubeconfig for kubectl or the companion: this server, no
+    /// credentials, namespace `namespace`.
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: isogroup-fake\n  cluster:\n    server: {}\n\
+             contexts:\n- name: isogroup-fake\n  context:\n    cluster: isogroup-fake\n    user: isogroup-fake\n    \
+             namespace: {namespace}\ncurrent-context: isogroup-fake\nusers:\n- name: isogroup-fake\n  user: {{}}\n",
+            self.url
+        )
+    }
+
     /// The field managers of an object's `managedFields`, as
     /// (manager, operation), in their order there.
     pub fn managers(&self, r: &Res, ns: &str, name: &str) -> Vec<(String, String)> {
@@ -520,6 +542,11 @@ fn kind_of(r: &Res) -> Kind {
     }
 }
 
+/// The kind of `r`'s objects (`DestinationRule` for destinationrules).
+pub fn kind_name(r: &Res) -> String {
+    kind_of(r).kind
+}
+
 /// Records an update's field ownership in `new` (see `ssa::record_update`).
 fn owned_by_update(r: &Res, old: Option<&Value>, new: &mut Value, manager: &str, status: bool) {
     let api_version = new["apiVersion"].as_str().unwrap_or_default().to_owned();
@@ -641,6 +668,11 @@ fn matches(q: &BTreeMap<String, String>, obj: &Value) -> bool {
         && field_selector_matches(q.get("fieldSelector").map(String::as_str), obj)
 }
 
+fn group_version(r: &str) -> (&str, &str) {
+    let mut it = r.split('/');
+    (it.next().unwrap_or_default(), it.next().unwrap_or_default())
+}
+
 /// Discovery and version: what kubectl asks before anything else.
 fn discovery(fake: &FakeApi, path: &str) -> Option<Response> {
     let installed: Vec<Res> = fake.state.lock().unwrap().installed.iter().cloned().collect();
@@ -709,8 +741,42 @@ fn discovery(fake: &FakeApi, path: &str) -> Option<Response> {
                     "preferredVersion": versions[0] })
         }
         ["apis", g, v] => resources(g, v),
-        // No OpenAPI: kubectl then validates on the server (`fieldValidation`), or not at all.
-        ["openapi", ..] => return Some(status(404, "NotFound", "the fake serves no OpenAPI")),
+        // OpenAPI v3 only as far as kubectl reads it to learn that the
+        // server validates fields itself (`fieldValidation` on PATCH): no
+        // schemas, so kubectl validates nothing on its side.
+        ["openapi", "v3"] => {
+            let mut paths = Map::new();
+            for r in &installed {
+                let (group, version) = group_version(r);
+                let gv = if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") };
+                paths.insert(gv.clone(), json!({ "serverRelativeURL": format!("/openapi/v3/{gv}?hash=fake") }));
+            }
+            json!({ "paths": paths })
+        }
+        ["openapi", "v3", gv @ ..] => {
+            let (group, version) = match gv {
+                ["api", v] => ("", *v),
+                ["apis", g, v] => (*g, *v),
+                _ => return Some(status(404, "NotFound", "no such OpenAPI document")),
+            };
+            let mut paths = Map::new();
+            for r in installed.iter().filter(|r| group_version(r) == (group, version)) {
+                let plural = r.rsplit('/').next().unwrap_or_default();
+                let k = kind_of(r);
+                let prefix =
+                    if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+                let scope = if k.namespaced { "/namespaces/{namespace}" } else { "" };
+                let op = json!({ "x-kubernetes-group-version-kind": { "group": group, "version": version, "kind": k.kind },
+                                 "parameters": [{ "name": "fieldValidation", "in": "query", "schema": { "type": "string" } },
+                                                { "name": "fieldManager", "in": "query", "schema": { "type": "string" } },
+                                                { "name": "force", "in": "query", "schema": { "type": "boolean" } }],
+                                 "responses": {} });
+                paths.insert(format!("{prefix}{scope}/{plural}/{{name}}"), json!({ "patch": op }));
+            }
+            json!({ "openapi": "3.0.0", "info": { "title": "isogroup fake", "version": version }, "paths": paths,
+                    "components": { "schemas": {} } })
+        }
+        ["openapi", ..] => return Some(status(404, "NotFound", "the fake serves OpenAPI v3 only")),
         _ => return None,
     };
     Some(axum::Json(body).into_response())
@@ -770,6 +836,12 @@ async fn handle(
     match (method, &t.name) {
         (Method::GET, None) if q.get("watch").map(String::as_str) == Some("true") => watch(fake, t, q).await,
         (Method::GET, None) => list(&fake, &t, &q, table),
+        // Every namespace exists (objects may be made in any).
+        (Method::GET, Some(name)) if t.res == kinds::namespaces() && fake.get(&t.res, "", name).is_none() => {
+            axum::Json(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name },
+                               "status": { "phase": "Active" } }))
+            .into_response()
+        }
         (Method::GET, Some(name)) => match fake.get(&t.res, &ns, name) {
             Some(o) if table => axum::Json(as_table(&t.res, vec![o], json!({}))).into_response(),
             Some(o) => axum::Json(o).into_response(),
@@ -862,7 +934,7 @@ fn watch_line(kind: &str, obj: &Value) -> String {
 /// is DELETED (its last matching state at the event's version).
 fn as_seen(e: &Ev, wanted: &dyn Fn(&Value) -> bool) -> Option<String> {
     let now = e.kind != "DELETED" && wanted(&e.obj);
-    let before = e.old.as_ref().is_some_and(|o| wanted(o));
+    let before = e.old.as_ref().is_some_and(wanted);
     match (before, now) {
         (_, true) if e.kind == "ADDED" => Some(watch_line("ADDED", &e.obj)),
         (true, true) => Some(watch_line("MODIFIED", &e.obj)),

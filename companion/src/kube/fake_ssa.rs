@@ -425,10 +425,8 @@ pub fn to_fields_v1(set: &FieldSet) -> Value {
 pub fn from_fields_v1(v: &Value) -> FieldSet {
     fn go(v: &Value, path: &mut Path, out: &mut FieldSet) {
         let Some(m) = v.as_object() else { return };
-        if m.is_empty() || m.contains_key(".") {
-            if !path.is_empty() {
-                out.insert(path.clone());
-            }
+        if (m.is_empty() || m.contains_key(".")) && !path.is_empty() {
+            out.insert(path.clone());
         }
         for (k, child) in m {
             let step = match k.split_at(k.find(':').map_or(0, |i| i + 1)) {
