@@ -61,6 +61,16 @@ fn resource_of(obj: &serde_json::Value) -> Option<fake::Res> {
     })
 }
 
+/// The objects of a multi-document YAML file.
+fn read_seed(path: &str) -> Result<Vec<serde_json::Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    text.split("\n---\n")
+        .filter(|doc| !doc.trim().is_empty())
+        .enumerate()
+        .map(|(i, doc)| serde_yaml::from_str(doc).map_err(|e| format!("document {}: {e}", i + 1)))
+        .collect()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
@@ -75,7 +85,14 @@ async fn main() -> ExitCode {
     };
     let api = fake::FakeApi::start_with(&fake::kinds::every(), &args.listen, 4096).await;
     for seed in &args.seeds {
-        for obj in fake::manifest(std::path::Path::new(seed)) {
+        let objects = match read_seed(seed) {
+            Ok(o) => o,
+            Err(why) => {
+                eprintln!("isogroup-fake-kube: --seed {seed}: {why}");
+                return ExitCode::from(2);
+            }
+        };
+        for obj in objects {
             match resource_of(&obj) {
                 Some(r) => {
                     api.put(&r, obj);
