@@ -160,6 +160,68 @@ struct State0 {
     pod_grace: std::time::Duration,
     /// Watches ended because they fell behind.
     lagged: u64,
+    /// Every write request, in the order answered.
+    writes: Vec<Write>,
+    /// Objects whose writes wait until the test releases them.
+    holds: Vec<HoldState>,
+    next_hold: u64,
+}
+
+/// A write request as the fake answered it (the write log).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    /// `create`, `update` (PUT), `apply`, `patch` (merge or strategic), `delete`.
+    pub verb: &'static str,
+    pub res: Res,
+    /// To the `/status` subresource.
+    pub status: bool,
+    pub namespace: String,
+    pub name: String,
+    /// The field manager (`fieldManager`, else from the User-Agent).
+    pub manager: String,
+    pub agent: String,
+    /// The answer's HTTP status.
+    pub code: u16,
+    /// Whether it changed anything (a refused write or an apply that
+    /// changes nothing makes no new version).
+    pub changed: bool,
+    /// The object's resourceVersion after it (None: there is none).
+    pub resource_version: Option<String>,
+}
+
+struct HoldState {
+    id: u64,
+    key: (Res, String, String),
+    arrived: u64,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+/// Writes to one object wait until `release` (or the hold is dropped): a
+/// test can let a write arrive, change the world, then let it land.
+pub struct Hold {
+    fake: FakeApi,
+    id: u64,
+}
+
+impl Hold {
+    /// How many writes to the object have arrived since the hold began.
+    pub fn arrived(&self) -> u64 {
+        let s = self.fake.state.lock().unwrap();
+        s.holds.iter().find(|h| h.id == self.id).map_or(0, |h| h.arrived)
+    }
+
+    /// Lets the held writes (and later ones) through.
+    pub fn release(self) {}
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut s = self.fake.state.lock().unwrap();
+        if let Some(i) = s.holds.iter().position(|h| h.id == self.id) {
+            let h = s.holds.remove(i);
+            let _ = h.released.send(true);
+        }
+    }
 }
 
 /// A request as RBAC authorizes it: (verb, API group, resource with its
@@ -206,6 +268,22 @@ impl FakeApi {
     /// `deletionTimestamp` set, its endpoints not ready) before it goes.
     pub fn set_pod_grace(&self, grace: std::time::Duration) {
         self.state.lock().unwrap().pod_grace = grace;
+    }
+
+    /// Every write request so far, in the order answered.
+    pub fn writes(&self) -> Vec<Write> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    /// Holds every write to `r` `ns`/`name` (create, update, patch, apply,
+    /// delete) before it is looked at, until the `Hold` is released.
+    pub fn hold_writes(&self, r: &Res, ns: &str, name: &str) -> Hold {
+        let mut s = self.state.lock().unwrap();
+        s.next_hold += 1;
+        let id = s.next_hold;
+        let (released, _) = tokio::sync::watch::channel(false);
+        s.holds.push(HoldState { id, key: (r.clone(), ns.to_owned(), name.to_owned()), arrived: 0, released });
+        Hold { fake: self.clone(), id }
     }
 
     /// Watches ended so far because they fell too far behind.
@@ -833,7 +911,7 @@ async fn handle(
     let ns = t.namespace.clone().unwrap_or_default();
     let table = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("as=Table"));
     let manager = manager_of(&q, &headers);
-    match (method, &t.name) {
+    match (method.clone(), &t.name) {
         (Method::GET, None) if q.get("watch").map(String::as_str) == Some("true") => watch(fake, t, q).await,
         (Method::GET, None) => list(&fake, &t, &q, table),
         // Every namespace exists (objects may be made in any).
@@ -847,12 +925,83 @@ async fn handle(
             Some(o) => axum::Json(o).into_response(),
             None => not_found(&t.res, name),
         },
-        (Method::POST, None) => create(&fake, &t, &ns, &body, &manager),
-        (Method::PUT, Some(name)) => replace(&fake, &t, &ns, name, &body, &manager),
-        (Method::PATCH, Some(name)) => patch(&fake, &t, &ns, name, &q, &headers, &body, &manager),
-        (Method::DELETE, Some(name)) => delete(&fake, &t, &ns, name, &q, &body),
+        (Method::POST, None) | (Method::PUT, Some(_)) | (Method::PATCH, Some(_)) | (Method::DELETE, Some(_)) => {
+            write(&fake, method, &t, &q, &headers, &body, &manager).await
+        }
         _ => status(405, "MethodNotAllowed", "not in the fake"),
     }
+}
+
+/// A write: held first if a test holds writes to its object, then done,
+/// then logged.
+async fn write(
+    fake: &FakeApi,
+    method: Method,
+    t: &Target,
+    q: &BTreeMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+    manager: &str,
+) -> Response {
+    let ns = t.namespace.clone().unwrap_or_default();
+    let name = match &t.name {
+        Some(n) => n.clone(),
+        None => serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|b| b["metadata"]["name"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    };
+    let held = {
+        let mut s = fake.state.lock().unwrap();
+        s.holds.iter_mut().find(|h| h.key == (t.res.clone(), ns.clone(), name.clone())).map(|h| {
+            h.arrived += 1;
+            h.released.subscribe()
+        })
+    };
+    if let Some(mut released) = held {
+        let _ = released.wait_for(|r| *r).await;
+    }
+    let verb = match method {
+        m if m == Method::POST => "create",
+        m if m == Method::PUT => "update",
+        m if m == Method::DELETE => "delete",
+        _ if headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/apply-patch")) =>
+        {
+            "apply"
+        }
+        _ => "patch",
+    };
+    let before = fake.state.lock().unwrap().rv;
+    let answer = match verb {
+        "create" => create(fake, t, &ns, body, q, manager),
+        "update" => replace(fake, t, &ns, &name, body, q, manager),
+        "delete" => delete(fake, t, &ns, &name, q, body),
+        _ => patch(fake, t, &ns, &name, q, headers, body, manager),
+    };
+    let mut s = fake.state.lock().unwrap();
+    let changed = answer.status().is_success() && s.rv != before;
+    let resource_version = s
+        .objects
+        .get(&t.res)
+        .and_then(|m| m.get(&(ns.clone(), name.clone())))
+        .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_owned));
+    let agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    s.writes.push(Write {
+        verb,
+        res: t.res.clone(),
+        status: t.status,
+        namespace: ns,
+        name,
+        manager: manager.to_owned(),
+        agent,
+        code: answer.status().as_u16(),
+        changed,
+        resource_version,
+    });
+    answer
 }
 
 fn not_found(r: &Res, name: &str) -> Response {
@@ -1044,7 +1193,7 @@ fn check_size(r: &Res, obj: &Value) -> Result<(), Response> {
     Ok(())
 }
 
-fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8], manager: &str) -> Response {
+fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8], q: &BTreeMap<String, String>, manager: &str) -> Response {
     let mut obj = match parse_body(body) {
         Ok(o) => o,
         Err(r) => return r,
@@ -1061,6 +1210,9 @@ fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8], manager: &str) -> R
     if !obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().is_empty() {
         return status(400, "BadRequest", "resourceVersion should not be set on objects to be created");
     }
+    if let Err(r) = check_fields(&t.res, &mut obj, q, false) {
+        return r;
+    }
     if let Err(r) = check_size(&t.res, &obj) {
         return r;
     }
@@ -1076,6 +1228,25 @@ fn create(fake: &FakeApi, t: &Target, ns: &str, body: &[u8], manager: &str) -> R
     (StatusCode::CREATED, axum::Json(obj)).into_response()
 }
 
+/// A custom resource's fields its CRD does not declare: refused under
+/// `fieldValidation=Strict` (what kubectl sends), else pruned, as the API
+/// server does with a structural schema.
+#[allow(clippy::result_large_err)]
+fn check_fields(r: &Res, obj: &mut Value, q: &BTreeMap<String, String>, applying: bool) -> Result<(), Response> {
+    let Some(crd) = crds().get(r) else { return Ok(()) };
+    let strict = q.get("fieldValidation").map(String::as_str) == Some("Strict");
+    let unknown = ssa::unknown_fields(obj, &crd.schema, !strict);
+    match unknown.first() {
+        Some(field) if strict && applying => {
+            Err(status(400, "BadRequest", &format!(".{field}: field not declared in schema")))
+        }
+        Some(field) if strict => {
+            Err(status(400, "BadRequest", &format!("strict decoding error: unknown field \"{field}\"")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn conflict() -> Response {
     status(
         409,
@@ -1084,11 +1255,23 @@ fn conflict() -> Response {
     )
 }
 
-fn replace(fake: &FakeApi, t: &Target, ns: &str, name: &str, body: &[u8], manager: &str) -> Response {
-    let given = match parse_body(body) {
+#[allow(clippy::too_many_arguments)]
+fn replace(
+    fake: &FakeApi,
+    t: &Target,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+    q: &BTreeMap<String, String>,
+    manager: &str,
+) -> Response {
+    let mut given = match parse_body(body) {
         Ok(o) => o,
         Err(r) => return r,
     };
+    if let Err(r) = check_fields(&t.res, &mut given, q, false) {
+        return r;
+    }
     let k = (ns.to_owned(), name.to_owned());
     let mut s = fake.state.lock().unwrap();
     if let Some(winner) = s.race.remove(&t.res) {
@@ -1139,7 +1322,7 @@ fn patch(
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let applying = content_type.starts_with("application/apply-patch");
     // An apply body may be YAML (JSON is YAML too).
-    let given: Value = if applying {
+    let mut given: Value = if applying {
         match serde_yaml::from_slice(body) {
             Ok(v) => v,
             Err(e) => return status(400, "BadRequest", &format!("body: {e}")),
@@ -1150,6 +1333,11 @@ fn patch(
             Err(r) => return r,
         }
     };
+    if applying {
+        if let Err(r) = check_fields(&t.res, &mut given, q, true) {
+            return r;
+        }
+    }
     let k = (ns.to_owned(), name.to_owned());
     let mut s = fake.state.lock().unwrap();
     let current = s.objects.get(&t.res).and_then(|m| m.get(&k)).cloned();
@@ -1217,6 +1405,9 @@ fn patch(
             ssa::strategic_merge(&mut o, &given);
         } else {
             ssa::merge_patch(&mut o, &given);
+        }
+        if let Err(r) = check_fields(&t.res, &mut o, q, false) {
+            return r;
         }
         if let Some(c) = &current {
             owned_by_update(&t.res, Some(c), &mut o, manager, t.status);

@@ -611,6 +611,46 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, schema: &Schema, w: &
     write_managed(new, &entries);
 }
 
+/// Fields a CRD's structural schema does not declare, as `spec.foo`
+/// (identity, `apiVersion`, `kind` and `metadata` aside); with `prune`,
+/// removed from `obj`, as the API server prunes them.
+pub fn unknown_fields(obj: &mut Value, schema: &Schema, prune: bool) -> Vec<String> {
+    fn go(v: &mut Value, schema: &Schema, path: &str, prune: bool, out: &mut Vec<String>) {
+        match (v, schema) {
+            (Value::Object(m), Schema::Object { fields, other, .. }) => {
+                let mut gone = vec![];
+                for (k, child) in m.iter_mut() {
+                    let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                        continue;
+                    }
+                    match fields.get(k).or(other.as_deref()) {
+                        Some(s) => go(child, s, &here, prune, out),
+                        None => {
+                            out.push(here);
+                            gone.push(k.clone());
+                        }
+                    }
+                }
+                if prune {
+                    for k in gone {
+                        m.remove(&k);
+                    }
+                }
+            }
+            (Value::Array(items), Schema::List { item, .. }) => {
+                for (i, child) in items.iter_mut().enumerate() {
+                    go(child, item, &format!("{path}[{i}]"), prune, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    go(obj, schema, "", prune, &mut out);
+    out
+}
+
 /// The merge key a strategic merge patch uses for a list field of a core kind.
 fn strategic_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {

@@ -195,6 +195,61 @@ async fn resource_version_preconditions_refuse_stale_writes_and_deletes() {
 }
 
 #[tokio::test]
+async fn a_held_write_lands_after_the_world_changed_and_the_write_log_shows_the_order() {
+    let fake = fake().await;
+    let (_, o) = apply(&fake, DR_PATH, "isogroup", false, dr(json!({ "host": "a" }), json!({}))).await;
+    let seen = o["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+    let hold = fake.hold_writes(&destination_rules("v1"), "bookinfo", "reviews");
+    // A: a fenced apply, from what it saw
+    let mut from_a = dr(json!({ "host": "from-a" }), json!({}));
+    from_a["metadata"]["resourceVersion"] = json!(seen);
+    let late = tokio::spawn({
+        let fake = fake.clone();
+        async move { apply(&fake, DR_PATH, "isogroup", true, from_a).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while hold.arrived() == 0 {
+        assert!(std::time::Instant::now() < deadline, "A's write never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!late.is_finished(), "held");
+    // B writes meanwhile (not through the held path: the test's own write)
+    fake.put(&destination_rules("v1"), dr(json!({ "host": "from-b" }), json!({})));
+    hold.release();
+    let (code, o) = late.await.unwrap();
+    assert_eq!(code, 409, "A's stale precondition refused: {o}");
+    assert_eq!(fake.get(&destination_rules("v1"), "bookinfo", "reviews").unwrap()["spec"]["host"], "from-b");
+    let log: Vec<(&str, u16, bool)> = fake.writes().iter().map(|w| (w.verb, w.code, w.changed)).collect();
+    assert_eq!(log, [("apply", 201, true), ("apply", 409, false)]);
+    assert_eq!(fake.writes()[1].manager, "isogroup");
+}
+
+#[tokio::test]
+async fn fields_a_crd_does_not_declare_are_pruned_or_refused_when_strict() {
+    let fake = fake().await;
+    let typo = dr(
+        json!({ "host": "reviews", "subsetz": [] , "trafficPolicy": { "tls": { "mode": "ISTIO_MUTUAL", "sni2": "x" } } }),
+        json!({}),
+    );
+    let (code, o) = apply(&fake, DR_PATH, "isogroup", false, typo.clone()).await;
+    assert_eq!(code, 201, "{o}");
+    assert_eq!(
+        o["spec"],
+        json!({ "host": "reviews", "trafficPolicy": { "tls": { "mode": "ISTIO_MUTUAL" } } }),
+        "pruned"
+    );
+    assert_eq!(fields_of(&o, "isogroup", "Apply")["f:spec"]["f:trafficPolicy"], json!({ "f:tls": { "f:mode": {} } }));
+    let (code, o) =
+        call(&fake, "PATCH", &format!("{DR_PATH}?fieldManager=kubectl&fieldValidation=Strict"), APPLY, typo).await;
+    assert_eq!(code, 400, "{o}");
+    assert_eq!(o["message"], ".spec.subsetz: field not declared in schema");
+    let (code, o) =
+        call(&fake, "PATCH", &format!("{DR_PATH}?fieldValidation=Strict"), MERGE, json!({ "spec": { "hots": "x" } }))
+            .await;
+    assert_eq!((code, o["message"].as_str()), (400, Some("strict decoding error: unknown field \"spec.hots\"")));
+}
+
+#[tokio::test]
 async fn a_configmap_over_one_mebibyte_is_invalid() {
     let fake = fake().await;
     let path = "/api/v1/namespaces/isogroup-system/configmaps";
