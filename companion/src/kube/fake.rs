@@ -1352,12 +1352,27 @@ fn patch(
         if given["metadata"]["managedFields"].as_array().is_some_and(|m| !m.is_empty()) {
             return status(400, "BadRequest", "metadata.managedFields must be nil");
         }
-        // A resourceVersion in the applied object is a precondition.
+        // A resourceVersion in the applied object is a precondition on an
+        // update; an apply that creates ignores it (the API server wipes it
+        // before storing), but not a uid: that one is refused.
         if let Some(rv) = given["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty()) {
+            if current.as_ref().is_some_and(|c| c["metadata"]["resourceVersion"].as_str() != Some(rv)) {
+                return conflict();
+            }
+        }
+        if let Some(uid) = given["metadata"]["uid"].as_str().filter(|u| !u.is_empty()) {
             match &current {
-                Some(c) if c["metadata"]["resourceVersion"].as_str() != Some(rv) => return conflict(),
+                None => {
+                    return status(
+                        409,
+                        "Conflict",
+                        &format!("Operation cannot be fulfilled on {name}: uid mismatch: the provided object specified uid {uid}, and no existing object was found"),
+                    )
+                }
+                Some(c) if c["metadata"]["uid"].as_str() != Some(uid) => {
+                    return status(409, "Conflict", &format!("Operation cannot be fulfilled on {name}: Precondition failed: UID in precondition: {uid}, UID in object meta: {}", c["metadata"]["uid"].as_str().unwrap_or_default()))
+                }
                 Some(_) => {}
-                None => return not_found(&t.res, name),
             }
         }
         let force = q.get("force").map(String::as_str) == Some("true");

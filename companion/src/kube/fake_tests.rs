@@ -192,6 +192,18 @@ async fn resource_version_preconditions_refuse_stale_writes_and_deletes() {
     let (code, _) = call(&fake, "DELETE", DR_PATH, "application/json", delete(current)).await;
     assert_eq!(code, 200);
     assert!(fake.get(&destination_rules("v1"), "bookinfo", "reviews").is_none());
+    // an apply that would create is not held back by a resourceVersion (the
+    // API server wipes it on create): a create cannot be fenced that way...
+    let mut late = dr(json!({ "host": "late" }), json!({}));
+    late["metadata"]["resourceVersion"] = json!(seen);
+    let (code, o) = apply(&fake, DR_PATH, "isogroup", true, late.clone()).await;
+    assert_eq!(code, 201, "{o}");
+    // ...but by a uid it is
+    fake.delete(&destination_rules("v1"), "bookinfo", "reviews");
+    late["metadata"]["uid"] = o["metadata"]["uid"].clone();
+    let (code, o) = apply(&fake, DR_PATH, "isogroup", true, late).await;
+    assert_eq!(code, 409, "{o}");
+    assert!(o["message"].as_str().unwrap().contains("uid mismatch"), "{o}");
 }
 
 #[tokio::test]
