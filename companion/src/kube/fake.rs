@@ -1386,7 +1386,12 @@ fn patch(
         };
         let mut o = match ssa::apply(current.as_ref(), &given, &schema_of(&t.res), &w, force) {
             Ok(o) => o,
-            Err(c) => return status(409, "Conflict", &c.message()),
+            Err(c) => {
+                let body = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                   "code": 409, "reason": "Conflict", "message": c.message(),
+                                   "details": { "causes": c.causes() } });
+                return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+            }
         };
         o["apiVersion"] = given["apiVersion"].clone();
         o["kind"] = given["kind"].clone();
@@ -1397,6 +1402,9 @@ fn patch(
         o
     } else {
         let Some(mut o) = current.clone() else { return not_found(&t.res, name) };
+        if content_type.starts_with("application/json-patch") {
+            return status(415, "UnsupportedMediaType", "the fake does not do JSON patches (RFC 6902)");
+        }
         let strategic = content_type.starts_with("application/strategic-merge-patch");
         if strategic && crds().contains_key(&t.res) {
             return status(

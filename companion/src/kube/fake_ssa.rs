@@ -445,19 +445,45 @@ pub fn from_fields_v1(v: &Value) -> FieldSet {
     out
 }
 
-/// An apply refused: the fields another manager owns with another value.
+/// An apply refused: the fields another manager owns with another value,
+/// as (manager, that manager's apiVersion, field path).
 #[derive(Debug)]
-pub struct Conflicts(pub Vec<(String, String)>);
+pub struct Conflicts(pub Vec<(String, String, String)>);
 
 impl Conflicts {
-    /// The API server's message for it.
+    /// The API server's message for it (structured-merge-diff's wording).
     pub fn message(&self) -> String {
         let n = self.0.len();
-        let mut m = format!("Apply failed with {n} conflict{}: ", if n == 1 { "" } else { "s" });
-        let parts: Vec<String> =
-            self.0.iter().map(|(manager, path)| format!("conflict with \"{manager}\": {path}")).collect();
-        m.push_str(&parts.join("\n"));
-        m
+        if let [(manager, api_version, path)] = self.0.as_slice() {
+            return format!("Apply failed with 1 conflict: conflict with \"{manager}\" using {api_version}: {path}");
+        }
+        let mut groups: Vec<((&str, &str), Vec<&str>)> = vec![];
+        for (m, v, p) in &self.0 {
+            match groups.iter_mut().find(|(k, _)| *k == (m.as_str(), v.as_str())) {
+                Some((_, paths)) => paths.push(p),
+                None => groups.push(((m, v), vec![p])),
+            }
+        }
+        let parts: Vec<String> = groups
+            .iter()
+            .map(|((m, v), paths)| {
+                let lines: Vec<String> = paths.iter().map(|p| format!("- {p}")).collect();
+                format!("conflicts with \"{m}\" using {v}:\n{}", lines.join("\n"))
+            })
+            .collect();
+        format!("Apply failed with {n} conflicts: {}", parts.join("\n"))
+    }
+
+    /// `details.causes`, one per field, as the API server lists them.
+    pub fn causes(&self) -> Value {
+        Value::Array(
+            self.0
+                .iter()
+                .map(|(m, v, p)| {
+                    json!({ "reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\" using {v}"), "field": p })
+                })
+                .collect(),
+        )
     }
 }
 
@@ -514,7 +540,7 @@ pub fn apply(
             continue;
         }
         for e in entries.iter().filter(|e| !mine(e) && e.fields.contains(p)) {
-            conflicts.push((e.manager.clone(), path_text(p)));
+            conflicts.push((e.manager.clone(), e.api_version.clone(), path_text(p)));
             forced.insert(p.clone());
         }
     }

@@ -83,7 +83,10 @@ async fn applies_merge_across_managers_and_conflict_only_on_differing_values() {
     let (code, o) =
         apply(&fake, DR_PATH, "beta", false, dr(json!({ "subsets": subsets_b }), json!({ "y": "2" }))).await;
     assert_eq!((code, o["reason"].as_str()), (409, Some("Conflict")), "{o}");
-    assert_eq!(o["message"], "Apply failed with 1 conflict: conflict with \"alpha\": .spec.subsets");
+    assert_eq!(
+        o["message"],
+        "Apply failed with 1 conflict: conflict with \"alpha\" using networking.istio.io/v1: .spec.subsets"
+    );
     assert_eq!(fake.get(&destination_rules("v1"), "bookinfo", "reviews").unwrap()["spec"]["subsets"], subsets_a);
     // force takes it: the value and the ownership
     let (code, o) = apply(&fake, DR_PATH, "beta", true, dr(json!({ "subsets": subsets_b }), json!({ "y": "2" }))).await;
@@ -126,7 +129,7 @@ async fn lists_with_keys_merge_item_by_item() {
     assert_eq!(code, 409, "{o}");
     assert_eq!(
         o["message"],
-        "Apply failed with 1 conflict: conflict with \"alpha\": .spec.containers[name=\"app\"].image"
+        "Apply failed with 1 conflict: conflict with \"alpha\" using v1: .spec.containers[name=\"app\"].image"
     );
 }
 
@@ -148,7 +151,14 @@ async fn updates_take_the_fields_they_change_and_apply_conflicts_with_them() {
     assert!(fields_of(&o, "isogroup", "Apply").get("f:spec").is_none(), "isogroup owns no spec field now: {o}");
     let (code, o) = apply(&fake, DR_PATH, "isogroup", false, dr(json!({ "host": "reviews" }), json!({}))).await;
     assert_eq!(code, 409, "{o}");
-    assert_eq!(o["message"], "Apply failed with 1 conflict: conflict with \"kubectl-edit\": .spec.host");
+    assert_eq!(
+        o["message"],
+        "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using networking.istio.io/v1: .spec.host"
+    );
+    assert_eq!(
+        o["details"]["causes"],
+        json!([{ "reason": "FieldManagerConflict", "message": "conflict with \"kubectl-edit\" using networking.istio.io/v1", "field": ".spec.host" }])
+    );
     let (code, o) = apply(&fake, DR_PATH, "isogroup", true, dr(json!({ "host": "reviews" }), json!({}))).await;
     assert_eq!(code, 200, "{o}");
     assert_eq!(o["spec"], json!({ "host": "reviews", "exportTo": ["."] }), "the editor's own field is kept");
@@ -512,7 +522,7 @@ async fn kubectl_applies_gets_labels_edits_and_deletes_against_the_fake() {
     assert_eq!(fields_of(&o, "kubectl-label", "Update"), json!({ "f:metadata": { "f:labels": { "f:lane": {} } } }));
     // re-applying the file now conflicts with the edit, as on a real cluster
     let (ok, out) = k.run(&["apply", "--server-side", "-f", "dr.yaml"], None).await;
-    assert!(!ok && out.contains("conflict with \"kubectl-edit\": .spec.host"), "{out}");
+    assert!(!ok && out.contains("conflict with \"kubectl-edit\" using networking.istio.io/v1: .spec.host"), "{out}");
     let (ok, out) = k.run(&["apply", "--server-side", "--force-conflicts", "-f", "dr.yaml"], None).await;
     assert!(ok, "{out}");
     assert_eq!(fake.get(&r, "bookinfo", "reviews").unwrap()["spec"]["host"], "reviews");
