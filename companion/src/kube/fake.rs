@@ -746,6 +746,14 @@ fn matches(q: &BTreeMap<String, String>, obj: &Value) -> bool {
         && field_selector_matches(q.get("fieldSelector").map(String::as_str), obj)
 }
 
+/// `group/version` (`v1` for the core group) of a resource.
+fn api_version_of(r: &str) -> String {
+    match group_version(r) {
+        ("", v) => v.to_owned(),
+        (g, v) => format!("{g}/{v}"),
+    }
+}
+
 fn group_version(r: &str) -> (&str, &str) {
     let mut it = r.split('/');
     (it.next().unwrap_or_default(), it.next().unwrap_or_default())
@@ -1107,22 +1115,45 @@ async fn watch(fake: FakeApi, t: Target, q: BTreeMap<String, String>) -> Respons
     let rx = fake.tx.subscribe();
     let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
     let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
-    let (replay, gone) = {
-        let mut s = fake.state.lock().unwrap();
-        *s.watches.entry(t.res.clone()).or_default() += 1;
-        let gone = from != 0 && from < s.compacted;
-        let replay: Vec<Ev> = s.log.iter().filter(|e| e.res == t.res && e.rv > from).cloned().collect();
-        (replay, gone)
-    };
-    if gone {
-        return expired("too old resource version").into_response();
-    }
+    // A streaming list: the current state as ADDED, then a bookmark saying so.
+    let initial_events = q.get("sendInitialEvents").map(String::as_str) == Some("true");
     let ns = t.namespace.clone();
     let wanted = Arc::new(move |o: &Value| {
         ns.as_ref().is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n)) && matches(&q, o)
     });
-    let last = replay.last().map_or(from, |e| e.rv);
-    let first: Vec<String> = replay.iter().filter_map(|e| as_seen(e, &*wanted)).collect();
+    let (first, last, gone) = {
+        let mut s = fake.state.lock().unwrap();
+        *s.watches.entry(t.res.clone()).or_default() += 1;
+        let gone = from != 0 && from < s.compacted && !initial_events;
+        if from == 0 || initial_events {
+            // No version (or "0"), or a streaming list: synthetic ADDED events
+            // of everything there now, then what happens next.
+            let mut first: Vec<String> = s
+                .objects
+                .get(&t.res)
+                .into_iter()
+                .flatten()
+                .filter(|(_, o)| wanted(o))
+                .map(|(_, o)| watch_line("ADDED", o))
+                .collect();
+            if initial_events {
+                first.push(format!(
+                    "{}\n",
+                    json!({ "type": "BOOKMARK", "object": { "kind": kind_of(&t.res).kind,
+                        "apiVersion": api_version_of(&t.res), "metadata": { "resourceVersion": s.rv.to_string(),
+                        "annotations": { "k8s.io/initial-events-end": "true" } } } })
+                ));
+            }
+            (first, s.rv, gone)
+        } else {
+            let replay: Vec<Ev> = s.log.iter().filter(|e| e.res == t.res && e.rv > from).cloned().collect();
+            let last = replay.last().map_or(from, |e| e.rv);
+            (replay.iter().filter_map(|e| as_seen(e, &*wanted)).collect(), last, gone)
+        }
+    };
+    if gone {
+        return expired("too old resource version").into_response();
+    }
     let res = t.res.clone();
     // None: the watch ends; Some(None): nothing for this watcher.
     let live = futures::stream::unfold((rx, false), move |(mut rx, ended)| {

@@ -329,6 +329,39 @@ async fn a_selector_watch_sees_an_object_leave_as_deleted_and_come_back_as_added
 }
 
 #[tokio::test]
+async fn a_watch_from_no_version_or_a_streaming_list_starts_with_the_current_state() {
+    let fake = fake().await;
+    fake.put_quietly(&pods(), labelled("r"));
+    let mut resp = reqwest::get(format!("{}/api/v1/namespaces/bookinfo/pods?watch=true", fake.url)).await.unwrap();
+    let mut buf = String::new();
+    let seen = read_lines(&mut resp, &mut buf, 1).await;
+    assert_eq!((seen[0]["type"].as_str(), seen[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("p")));
+    let url = format!(
+        "{}/api/v1/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+        fake.url
+    );
+    let mut resp = reqwest::get(url).await.unwrap();
+    let mut buf = String::new();
+    let seen = read_lines(&mut resp, &mut buf, 2).await;
+    assert_eq!(seen[0]["type"], "ADDED");
+    assert_eq!(seen[1]["type"], "BOOKMARK");
+    assert_eq!(seen[1]["object"]["kind"], "Pod");
+    assert_eq!(seen[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    fake.put(&pods(), labelled("s"));
+    assert_eq!(read_lines(&mut resp, &mut buf, 1).await[0]["type"], "MODIFIED", "then live");
+}
+
+#[tokio::test]
+async fn an_object_over_etcds_request_limit_is_too_large() {
+    let fake = fake().await;
+    let mut big = dr(json!({ "host": "reviews" }), json!({}));
+    big["metadata"]["annotations"] = json!({ "note": "x".repeat(crate::kube::fake::OBJECT_LIMIT) });
+    let (code, o) = apply(&fake, DR_PATH, "isogroup", false, big).await;
+    assert_eq!((code, o["reason"].as_str()), (413, Some("RequestEntityTooLarge")), "{o}");
+    assert!(fake.get(&destination_rules("v1"), "bookinfo", "reviews").is_none());
+}
+
+#[tokio::test]
 async fn a_watch_that_falls_behind_is_ended_with_410_not_thinned() {
     let fake = FakeApi::start_with(&every(), "127.0.0.1:0", 8).await;
     let mut resp =
