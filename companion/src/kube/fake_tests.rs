@@ -584,3 +584,54 @@ async fn kubectl_applies_gets_labels_edits_and_deletes_against_the_fake() {
     assert!(!ok && out.contains("NotFound"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn list_types_in_a_crd_schema_decide_how_applies_merge() {
+    use crate::kube::fake::ssa::{apply, Schema, Writer};
+    // the shape Istio's ServiceEntry and WasmPlugin CRDs use for keyed lists
+    let schema = Schema::from_openapi(
+        &json!({ "type": "object", "properties": { "spec": { "type": "object", "properties": {
+        "ports": { "type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                   "items": { "type": "object", "properties": { "name": { "type": "string" }, "number": { "type": "integer" } } } },
+        "hosts": { "type": "array", "x-kubernetes-list-type": "set", "items": { "type": "string" } },
+        "addresses": { "type": "array", "items": { "type": "string" } } } } } }),
+    );
+    let w = |manager| Writer { manager, subresource: None, api_version: "networking.istio.io/v1", time: "t" };
+    let obj = |ports: Value, hosts: Value, addresses: Value| {
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": { "name": "se" },
+                "spec": { "ports": ports, "hosts": hosts, "addresses": addresses } })
+    };
+    let a = apply(
+        None,
+        &obj(json!([{ "name": "http", "number": 80 }]), json!(["a"]), json!(["10.0.0.1"])),
+        &schema,
+        &w("a"),
+        false,
+    )
+    .unwrap();
+    let b = apply(
+        Some(&a),
+        &obj(json!([{ "name": "grpc", "number": 90 }]), json!(["b"]), json!(["10.0.0.2"])),
+        &schema,
+        &w("b"),
+        false,
+    );
+    let conflicts = b.unwrap_err();
+    assert_eq!(conflicts.0.len(), 1, "only the atomic list conflicts: {conflicts:?}");
+    assert_eq!(conflicts.0[0].2, ".spec.addresses");
+    let b = apply(
+        Some(&a),
+        &obj(json!([{ "name": "grpc", "number": 90 }]), json!(["b"]), json!(["10.0.0.1"])),
+        &schema,
+        &w("b"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        b["spec"]["ports"],
+        json!([{ "name": "http", "number": 80 }, { "name": "grpc", "number": 90 }]),
+        "map: by key"
+    );
+    assert_eq!(b["spec"]["hosts"], json!(["a", "b"]), "set: union");
+    assert_eq!(b["spec"]["addresses"], json!(["10.0.0.1"]), "atomic, same value: shared");
+}
