@@ -1,15 +1,42 @@
-//! A fake Kubernetes API server for the Kubernetes source's tests: just what
-//! they assert, over real HTTP so kube-rs runs unchanged.
+//! A fake Kubernetes API server for the Kubernetes mode's tests, over real
+//! HTTP so kube-rs (and kubectl) run unchanged. Where the companion's
+//! correctness depends on the API server, it behaves as the real one
+//! (kube-apiserver 1.32); each such point has a test in `fake_tests.rs`.
 //!
 //! - list and watch for any installed resource, cluster-wide or in one
-//!   namespace, with label selectors (`k`, `k=v`, comma-separated);
+//!   namespace, with label selectors (`k`, `!k`, `k=v`, `k!=v`) and field
+//!   selectors on name and namespace;
 //! - watches resume from a resource version (events replayed from a log),
-//!   answer `410 Gone` for one older than the log's compaction point, send
-//!   bookmarks when asked, and can be ended by the test;
-//! - get, create (`409 AlreadyExists`), replace with a resource-version
-//!   check (`409 Conflict`), merge patch, server-side apply (field managers,
-//!   a conflict unless `force`), delete; `/status` touches only `status`;
-//!   another writer can be made to win the race to the next replace;
+//!   answer `410 Gone` for one older than the log's compaction point, start
+//!   with the current state as ADDED when given no version (and end it with
+//!   the `initial-events-end` bookmark for `sendInitialEvents`), send
+//!   bookmarks when asked, and can be ended by the test; an object that
+//!   stops matching a watch's selector is DELETED for it (and ADDED when it
+//!   matches again); a watch that falls behind is ended with `410 Expired`,
+//!   never thinned;
+//! - server-side apply with per-field ownership (`metadata.managedFields`,
+//!   `fieldsV1`, in `fake_ssa.rs`): applies of several managers merge, lists
+//!   as the CRD schemas say (Istio's CRDs as Istio ships them, in
+//!   `companion/tests/data`: a list without `x-kubernetes-list-type` is
+//!   atomic) and by the built-in merge keys for core kinds; a conflict
+//!   (`409`, with `details.causes`) only where another manager owns a field
+//!   with a different value, `force` takes it; a manager's fields it stops
+//!   applying are removed; updates (PUT, merge patch, strategic merge patch
+//!   for core kinds) take the fields they change; fields a CRD does not
+//!   declare are pruned, or refused under `fieldValidation=Strict`;
+//! - preconditions: `metadata.resourceVersion` on update and apply, and
+//!   `preconditions` on delete (`409 Conflict`); create `409 AlreadyExists`;
+//!   a ConfigMap over 1 MiB is `422 Invalid`, any object over etcd's 1.5 MiB
+//!   request limit `413`; `/status` touches only `status`;
+//! - a pod deleted through the API terminates first (`deletionTimestamp`,
+//!   not ready, its endpoints not ready and terminating) and goes after its
+//!   grace; the test's own `delete` removes at once;
+//! - what kubectl needs: `/version`, discovery, just enough OpenAPI v3 for it
+//!   to leave validation to the server, Tables for `kubectl get`, every
+//!   namespace existing;
+//! - a write log (`writes`), and writes to one object can be held until the
+//!   test releases them (`hold_writes`); another writer can be made to win
+//!   the race to the next replace;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
 //!   resource can be made to fail with any status (e.g. `403`) or to hang;
 //! - `events.k8s.io/v1` Events are created and listed like any object, and
@@ -18,8 +45,8 @@
 //!   against the shipped RBAC (`companion_rbac`, `denied`).
 //!
 //! It names no item of this crate (a kube client for it is `FakeClient`, in
-//! `kube::tests`): the Envoy end-to-end test `tests/kube_lanes.rs` includes
-//! this very file and serves it to the real companion binary.
+//! `kube::tests`): the Envoy end-to-end test `tests/kube_lanes.rs` and the
+//! stand-alone `tools/fake-kube` include this very file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
