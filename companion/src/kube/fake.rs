@@ -189,6 +189,10 @@ struct State0 {
     lagged: u64,
     /// Every write request, in the order answered.
     writes: Vec<Write>,
+    /// The addresses served (`url` first, then `add_endpoint`'s).
+    endpoints: Vec<String>,
+    /// (endpoint, resource) whose requests hang.
+    stalled_from: BTreeSet<(usize, Res)>,
     /// Objects whose writes wait until the test releases them.
     holds: Vec<HoldState>,
     next_hold: u64,
@@ -209,6 +213,8 @@ pub struct Write {
     pub agent: String,
     /// The answer's HTTP status.
     pub code: u16,
+    /// The address it came through (`FakeApi::url` or an `add_endpoint`).
+    pub endpoint: String,
     /// Whether it changed anything (a refused write or an apply that
     /// changes nothing makes no new version).
     pub changed: bool,
@@ -282,7 +288,8 @@ impl FakeApi {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let fake = FakeApi { state: Arc::new(Mutex::new(state)), tx, url };
-        let app = axum::Router::new().fallback(handle).with_state(fake.clone());
+        fake.state.lock().unwrap().endpoints.push(fake.url.clone());
+        let app = axum::Router::new().fallback(handle).with_state(Ctx { fake: fake.clone(), endpoint: 0 });
         tokio::spawn(async move { axum::serve(listener, app).await });
         fake
     }
@@ -325,6 +332,34 @@ impl FakeApi {
             s.fail.remove(r);
         } else {
             s.fail.insert(r.clone(), status);
+        }
+    }
+
+    /// Another address serving the same state: give each client its own,
+    /// and the write log tells their writes apart (`Write::endpoint`) and
+    /// `stall_from` can cut one off alone.
+    pub async fn add_endpoint(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let endpoint = {
+            let mut s = self.state.lock().unwrap();
+            s.endpoints.push(url.clone());
+            s.endpoints.len() - 1
+        };
+        let app = axum::Router::new().fallback(handle).with_state(Ctx { fake: self.clone(), endpoint });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    /// Requests for `r` through the endpoint at `url` (`url` or one from
+    /// `add_endpoint`) get no answer from now on (`false`: answered again).
+    pub fn stall_from(&self, url: &str, r: &Res, on: bool) {
+        let mut s = self.state.lock().unwrap();
+        let Some(endpoint) = s.endpoints.iter().position(|u| u == url) else { panic!("no endpoint {url}") };
+        if on {
+            s.stalled_from.insert((endpoint, r.clone()));
+        } else {
+            s.stalled_from.remove(&(endpoint, r.clone()));
         }
     }
 
@@ -895,8 +930,15 @@ fn discovery(fake: &FakeApi, path: &str) -> Option<Response> {
     Some(axum::Json(body).into_response())
 }
 
+/// A request's server: the state, and which of its addresses it came to.
+#[derive(Clone)]
+struct Ctx {
+    fake: FakeApi,
+    endpoint: usize,
+}
+
 async fn handle(
-    State(fake): State<FakeApi>,
+    State(Ctx { fake, endpoint }): State<Ctx>,
     method: Method,
     uri: Uri,
     Query(q): Query<BTreeMap<String, String>>,
@@ -938,7 +980,7 @@ async fn handle(
         if !s.installed.contains(&t.res) {
             return status(404, "NotFound", &format!("the server could not find the requested resource ({})", t.res));
         }
-        s.stalled.contains(&t.res)
+        s.stalled.contains(&t.res) || s.stalled_from.contains(&(endpoint, t.res.clone()))
     };
     if stalled {
         return std::future::pending().await;
@@ -961,7 +1003,7 @@ async fn handle(
             None => not_found(&t.res, name),
         },
         (Method::POST, None) | (Method::PUT, Some(_)) | (Method::PATCH, Some(_)) | (Method::DELETE, Some(_)) => {
-            write(&fake, method, &t, &q, &headers, &body, &manager).await
+            write(&fake, endpoint, method, &t, &q, &headers, &body, &manager).await
         }
         _ => status(405, "MethodNotAllowed", "not in the fake"),
     }
@@ -969,8 +1011,10 @@ async fn handle(
 
 /// A write: held first if a test holds writes to its object, then done,
 /// then logged.
+#[allow(clippy::too_many_arguments)]
 async fn write(
     fake: &FakeApi,
+    endpoint: usize,
     method: Method,
     t: &Target,
     q: &BTreeMap<String, String>,
@@ -1024,7 +1068,9 @@ async fn write(
         .and_then(|m| m.get(&(ns.clone(), name.clone())))
         .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_owned));
     let agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let endpoint = s.endpoints.get(endpoint).cloned().unwrap_or_default();
     s.writes.push(Write {
+        endpoint,
         verb,
         res: t.res.clone(),
         status: t.status,

@@ -247,6 +247,27 @@ async fn a_held_write_lands_after_the_world_changed_and_the_write_log_shows_the_
 }
 
 #[tokio::test]
+async fn each_client_can_have_its_own_endpoint_to_be_cut_off_and_told_apart_by() {
+    let fake = fake().await;
+    let b_url = fake.add_endpoint().await;
+    let http = reqwest::Client::new();
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/isogroup-system/leases/l";
+    let body = json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": { "name": "l" } });
+    let post = |base: String| {
+        http.post(format!("{base}/apis/coordination.k8s.io/v1/namespaces/isogroup-system/leases"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    assert_eq!(post(b_url.clone()).await.unwrap().status(), 201);
+    fake.stall_from(&fake.url, &crate::kube::fake::kinds::leases(), true);
+    let a_get = http.get(format!("{}{lease}", fake.url)).timeout(Duration::from_millis(300)).send().await;
+    assert!(a_get.is_err_and(|e| e.is_timeout()), "A is cut off");
+    assert_eq!(http.get(format!("{b_url}{lease}")).send().await.unwrap().status(), 200, "B is not");
+    assert_eq!(fake.writes()[0].endpoint, b_url);
+}
+
+#[tokio::test]
 async fn fields_a_crd_does_not_declare_are_pruned_or_refused_when_strict() {
     let fake = fake().await;
     let typo = dr(
