@@ -35,8 +35,10 @@
 //!   to leave validation to the server, Tables for `kubectl get`, every
 //!   namespace existing;
 //! - a write log (`writes`), and writes to one object can be held until the
-//!   test releases them (`hold_writes`); another writer can be made to win
-//!   the race to the next replace;
+//!   test releases them (`hold_writes`); each client can have its own
+//!   address (`add_endpoint`) to be told apart by in the log or cut off
+//!   alone (`stall_from`); another writer can be made to win the race to
+//!   the next replace;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
 //!   resource can be made to fail with any status (e.g. `403`) or to hang;
 //! - `events.k8s.io/v1` Events are created and listed like any object, and

@@ -563,7 +563,8 @@ pub fn apply(
     let mut body = applied.clone();
     if let Some(m) = body.as_object_mut() {
         if status {
-            m.retain(|k, _| k == "status" || k == "metadata" || k == "apiVersion" || k == "kind");
+            // Through `/status` only `status` changes.
+            m.retain(|k, _| k == "status");
         } else {
             m.remove("status");
         }

@@ -105,6 +105,33 @@ async fn applies_merge_across_managers_and_conflict_only_on_differing_values() {
 }
 
 #[tokio::test]
+async fn an_apply_to_status_owns_and_changes_only_status() {
+    let fake = fake().await;
+    let path = "/apis/isogroup.io/v1alpha1/isolationgroups/g";
+    let group = |labels: Value, status: Value| {
+        json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup",
+                "metadata": { "name": "g", "labels": labels }, "spec": { "mode": "strict" }, "status": status })
+    };
+    let (code, o) = apply(&fake, path, "owner", false, group(json!({ "a": "1" }), json!({ "ignored": true }))).await;
+    assert_eq!(code, 201, "{o}");
+    assert!(o.get("status").is_none(), "status is not written through the main resource: {o}");
+    let (code, o) = apply(
+        &fake,
+        &format!("{path}/status"),
+        "isogroup",
+        true,
+        group(json!({ "b": "2" }), json!({ "conditions": [] })),
+    )
+    .await;
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(o["metadata"]["labels"], json!({ "a": "1" }), "labels are not written through /status");
+    assert_eq!(o["status"], json!({ "conditions": [] }));
+    let entry = o["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "isogroup").unwrap();
+    assert_eq!(entry["subresource"], "status");
+    assert_eq!(entry["fieldsV1"], json!({ "f:status": { "f:conditions": {} } }));
+}
+
+#[tokio::test]
 async fn lists_with_keys_merge_item_by_item() {
     let fake = fake().await;
     let path = "/api/v1/namespaces/bookinfo/pods/p";
