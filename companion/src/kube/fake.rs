@@ -1000,7 +1000,7 @@ async fn handle(
             .into_response()
         }
         (Method::GET, Some(name)) => match fake.get(&t.res, &ns, name) {
-            Some(o) if table => axum::Json(as_table(&t.res, vec![o], json!({}))).into_response(),
+            Some(o) if table => axum::Json(as_table(vec![o], json!({}))).into_response(),
             Some(o) => axum::Json(o).into_response(),
             None => not_found(&t.res, name),
         },
@@ -1088,11 +1088,9 @@ async fn write(
 }
 
 fn not_found(r: &Res, name: &str) -> Response {
-    let k = kind_of(r);
     let group = r.split('/').next().unwrap_or_default();
     let plural = r.rsplit('/').next().unwrap_or_default();
     let what = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
-    let _ = k;
     status(404, "NotFound", &format!("{what} \"{name}\" not found"))
 }
 
@@ -1107,7 +1105,7 @@ fn manager_of(q: &BTreeMap<String, String>, headers: &HeaderMap) -> String {
 }
 
 /// A `meta.k8s.io/v1` Table of `objects`, as `kubectl get` asks for.
-fn as_table(r: &Res, objects: Vec<Value>, metadata: Value) -> Value {
+fn as_table(objects: Vec<Value>, metadata: Value) -> Value {
     let rows: Vec<Value> = objects
         .into_iter()
         .map(|o| {
@@ -1118,7 +1116,6 @@ fn as_table(r: &Res, objects: Vec<Value>, metadata: Value) -> Value {
             json!({ "cells": [name, created], "object": partial })
         })
         .collect();
-    let _ = r;
     json!({ "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata,
             "columnDefinitions": [
                 { "name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0 },
@@ -1152,7 +1149,7 @@ fn list(fake: &FakeApi, t: &Target, q: &BTreeMap<String, String>, table: bool) -
         metadata["continue"] = json!((offset + limit).to_string());
     }
     if table {
-        return axum::Json(as_table(&t.res, items, metadata)).into_response();
+        return axum::Json(as_table(items, metadata)).into_response();
     }
     axum::Json(json!({ "kind": "List", "apiVersion": "v1", "metadata": metadata, "items": items })).into_response()
 }
