@@ -19,4 +19,6 @@ mod bench;
 #[cfg(test)]
 pub mod fake;
 #[cfg(test)]
+mod fake_tests;
+#[cfg(test)]
 pub(crate) mod tests;
