@@ -351,7 +351,7 @@ fn on_panic(_: &core::panic::PanicInfo<'_>) -> ! {
 /// The dlmalloc crate (std's allocator on wasm32-unknown-unknown; it grows
 /// linear memory itself). Measured against wasi-libc's malloc in the same
 /// no_std build: Envoy holds ~4 MiB less malloc heap after start-up with it
-/// (BENCHMARKS.md, Memory), and the module is ~4.5 KB smaller.
+/// (docs/benchmarks-history.md, Memory), and the module is ~4.5 KB smaller.
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;

@@ -64,7 +64,7 @@ async fn registrations_reach_every_worker_within_a_second() {
     for round in 0..8 {
         let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
         let version = companion.set_instance("b", "feature-1", cluster).await;
-        // SPEC's one second is measured and printed (BENCHMARKS.md); the
+        // SPEC's one second is measured and printed (docs/benchmarks-history.md); the
         // deadline in until_all_see is a margin a loaded machine meets.
         let took = until_all_see(&mesh, &clients, group).await;
         println!("round {round}: version {version} on every worker after {took:?}");

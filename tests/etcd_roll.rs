@@ -145,7 +145,7 @@ async fn set_instance(port: u16, service: &str, group: &str, cluster: Option<&st
     // election timeout) is refused `503 store_unavailable` after 4 s without
     // an answer from etcd, as a write without quorum is: sent again then.
     // This test asserts that no write is lost, not how fast one is
-    // (BENCHMARKS has that).
+    // (docs/benchmarks-history.md has that).
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     wait_for(&format!("admin call through :{port}"), SLOW, || {
         let (client, url) = (client.clone(), url.clone());

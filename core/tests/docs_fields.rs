@@ -1,8 +1,9 @@
 //! The documentation against the code: every field core accepts (plugin
 //! configuration and route table, every nested object) has its row in
 //! `docs/configuration.md`, no row names a field core refuses, and every
-//! relative link in README.md and docs/ points at a file (and heading) that
-//! exists. A field added to a schema without documentation fails here.
+//! relative link in README.md, BENCHMARKS.md and docs/ points at a file (and
+//! heading) that exists. A field added to a schema without documentation
+//! fails here.
 //!
 //! The field lists are core's own (`SCHEMA_OBJECTS`, the lists the reader
 //! matches keys against); this test also checks that both parsers (the
@@ -263,7 +264,7 @@ fn links(text: &str) -> Vec<String> {
 fn markdown_files() -> Vec<PathBuf> {
     let root = repo();
     let mut files = vec![root.join("README.md")];
-    for extra in ["SECURITY.md", "deploy/kubernetes/README.md"] {
+    for extra in ["SECURITY.md", "BENCHMARKS.md", "deploy/kubernetes/README.md"] {
         if root.join(extra).exists() {
             files.push(root.join(extra));
         }
