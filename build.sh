@@ -9,6 +9,7 @@ ENVOY_VERSION=1.40.0
 ENVOY=.venv/bin/envoy
 WASM_RAW=target/wasm32-wasip1/release/isogroup_filter.wasm
 WASM=target/isogroup.wasm
+NATIVE=target/libisogroup_native.so
 RUN_DIR=.run
 # The wasm's size after wasm-opt, as recorded: `./build.sh test` fails past it
 # plus WASM_SIZE_MARGIN. A commit that adds a named feature may raise the
@@ -151,6 +152,17 @@ build() {
     cp "$WASM_RAW" "$WASM"
   fi
   echo "wasm: $WASM ($(stat -c %s "$WASM") bytes; before wasm-opt $(stat -c %s "$WASM_RAW"); $("$WASM_OPT" --version 2>/dev/null || echo "no wasm-opt"))"
+  build_native
+}
+
+# The native build (an Envoy dynamic module) in the server profile, copied
+# beside the wasm: Envoy finds it through ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target.
+build_native() {
+  log "building the native module (server profile)"
+  cargo build --quiet --profile server -p isogroup-native
+  mkdir -p target
+  cp "${CARGO_TARGET_DIR:-target}/server/libisogroup_native.so" "$NATIVE"
+  echo "native: $NATIVE ($(stat -c %s "$NATIVE") bytes)"
 }
 
 # The no-op filter of the load benchmark's second arm.

