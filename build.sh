@@ -156,7 +156,7 @@ build() {
 }
 
 # The native build (an Envoy dynamic module) in the server profile, copied
-# beside the wasm: Envoy finds it through ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target.
+# beside the wasm (envoy/native*.yaml load it from there).
 build_native() {
   log "building the native module (server profile)"
   cargo build --quiet --profile server -p isogroup-native

@@ -11,11 +11,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{chain, header_values, http, native_module_dir, root, wait_for, Envoy, Mesh, Rendered};
+use common::{chain, header_values, http, root, wait_for, Envoy, Mesh, Rendered};
 use serde_json::Value;
 
+/// The module the native configs load (`target/libisogroup_native.so`,
+/// relative to the repository root, where the harness runs Envoy).
 fn native_module() -> PathBuf {
-    let path = native_module_dir().join("libisogroup_native.so");
+    let path = root().join("target/libisogroup_native.so");
     assert!(path.exists(), "{} not found (run ./build.sh build)", path.display());
     path
 }
@@ -181,4 +183,41 @@ async fn lean_arm_the_cluster_specifier_picks_the_lane_after_the_filter_refreshe
         "select runs while the route resolves (before the filter), and again after the filter's refresh:\n{}",
         lines.join("\n")
     );
+}
+
+/// The `test-panic` module: built here (its own profile, so the shipped
+/// module is untouched), as the shipped module never has the feature.
+fn panic_module() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root())
+        .args(["build", "--quiet", "--profile", "test-panic", "-p", "isogroup-native", "--features", "test-panic"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the test-panic module");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let module = target.join("test-panic/libisogroup_native.so");
+    assert!(module.exists(), "{}", module.display());
+    module
+}
+
+#[tokio::test]
+async fn a_panic_fails_its_request_closed_is_counted_and_envoy_keeps_serving() {
+    let module = panic_module();
+    let mut rendered = Rendered::from_file("envoy/native.yaml");
+    rendered.yaml =
+        rendered.yaml.replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()));
+    let mesh = Mesh::start_with(rendered).await;
+    let panicked = mesh.request(&http(), "c").header("x-isogroup-test-panic", "1").send().await;
+    if let Ok(resp) = &panicked {
+        assert!(resp.status().is_server_error(), "a panicked request is not answered as served: {}", resp.status());
+    }
+    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0, "nothing forwarded");
+    mesh.envoy.wait_stat("isogroup.isogroup_native_panics_total", 1).await;
+    for _ in 0..4 {
+        let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+        assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"), "Envoy keeps serving");
+    }
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_native_panics_total").await, 1);
+    assert!(mesh.envoy.proc.pid() > 0);
 }

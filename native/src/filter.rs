@@ -168,6 +168,12 @@ impl Stream {
         // cannot be a header the filter reads, so it is left out.
         let headers: Vec<(&str, &[u8])> =
             raw.iter().filter_map(|(k, v)| Some((core::str::from_utf8(k).ok()?, v.as_slice()))).collect();
+        #[cfg(feature = "test-panic")]
+        #[allow(clippy::panic)] // the point of the feature
+        if headers.iter().any(|(name, _)| *name == "x-isogroup-test-panic") {
+            // Before anything is sanitised: the barrier must not forward this.
+            panic!("x-isogroup-test-panic");
+        }
         let table = config.table.as_ref();
         let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let peer = match &settings.edge {

@@ -23,12 +23,6 @@ pub fn envoy_bin() -> PathBuf {
     bin("ISOGROUP_ENVOY", ".venv/bin/envoy")
 }
 
-/// The directory Envoy loads `libisogroup_native.so` from (`./build.sh
-/// build` copies the module there).
-pub fn native_module_dir() -> PathBuf {
-    std::env::var_os("ISOGROUP_NATIVE_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
-}
-
 pub fn demo_bin() -> PathBuf {
     bin("ISOGROUP_DEMO", "target/debug/isogroup-demo")
 }
@@ -219,8 +213,6 @@ impl Envoy {
                 .arg(admin.to_string())
                 .arg("--log-path")
                 .arg(&log)
-                // Where the native configs' dynamic module is found (unused by the wasm ones).
-                .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
