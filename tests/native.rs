@@ -74,6 +74,92 @@ fn the_module_exports_every_hook_envoy_looks_up_for_a_filter_and_a_cluster_speci
     }
 }
 
+/// A shipped wasm config with each isogroup wasm filter replaced by the
+/// native module, keeping the plugin configuration JSON as it is: the same
+/// file runs on both builds.
+fn native_of(mut rendered: Rendered) -> Rendered {
+    const WASM_TYPE: &str = "\"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n";
+    const CONFIGURATION: &str = "configuration:\n";
+    let mut out = String::with_capacity(rendered.yaml.len());
+    let mut rest = rendered.yaml.as_str();
+    while let Some(at) = rest.find(WASM_TYPE) {
+        let line_start = rest[..at].rfind('\n').map_or(0, |i| i + 1);
+        let indent = &rest[line_start..at];
+        let config_at = at + rest[at..].find(CONFIGURATION).expect("a configuration under the wasm filter");
+        out.push_str(&rest[..line_start]);
+        for line in [
+            "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config:",
+            "  module: { local: { filename: target/libisogroup_native.so } }",
+            "  do_not_close: true",
+            "  metrics_namespace: isogroup",
+            "filter_name: isogroup",
+            // The JSON stays nested deeper than this key, as YAML allows.
+            "filter_config:",
+        ] {
+            out.push_str(indent);
+            out.push_str(line);
+            out.push('\n');
+        }
+        rest = &rest[config_at + CONFIGURATION.len()..];
+    }
+    out.push_str(rest);
+    assert!(out.contains("DynamicModuleFilter"), "no wasm filter to replace");
+    rendered.yaml = out;
+    rendered
+}
+
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().ok()).build().unwrap()
+}
+
+#[tokio::test]
+async fn at_the_edge_native_answers_as_the_wasm_build_does() {
+    let wasm_config = Rendered::from_file("envoy/edge.yaml");
+    let native_config = native_of(Rendered::from_file("envoy/edge.yaml"));
+    let (wasm_port, native_port) = (wasm_config.port(10080), native_config.port(10080));
+    let (_wasm, _native) = tokio::join!(Mesh::start_with(wasm_config), Mesh::start_with(native_config));
+    type EdgeCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[EdgeCase] = &[
+        ("127.0.0.1", "/", &[]),
+        ("127.0.0.1", "/", &[("x-user", "alice")]),
+        ("127.0.0.1", "/", &[("x-user", "qa-7")]),
+        ("127.0.0.1", "/", &[("x-user", "dev-abc")]),
+        ("127.0.0.1", "/", &[("cookie", "lane=blue; k=v")]),
+        ("127.0.0.1", "/?lane=green", &[]),
+        ("127.0.0.1", "/", &[("x-user-id", "user-17")]),
+        ("127.0.0.1", "/", &[("x-user-id", "user-18")]),
+        // The source-CIDR rule: the peer's address, read from Envoy.
+        ("127.0.0.3", "/", &[]),
+        // Untrusted peers' own group is dropped; trusted ones' is kept.
+        (
+            "127.0.0.1",
+            "/",
+            &[("x-isogroup", "feature-2"), ("baggage", "isogroup=feature-2,k=v"), ("x-isogroup-debug", "1")],
+        ),
+        ("127.0.0.2", "/", &[("x-isogroup", "feature-2"), ("x-user", "alice")]),
+        ("127.0.0.2", "/", &[("cookie", "isogroup=feature-1")]),
+        ("127.0.0.2", "/", &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "c")]),
+    ];
+    for (peer, path, headers) in cases {
+        let mut answers = Vec::new();
+        for port in [wasm_port, native_port] {
+            let mut req = client_from(peer).get(format!("http://127.0.0.1:{port}{path}")).header("host", "a");
+            for (k, v) in *headers {
+                req = req.header(*k, *v);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let served = header_values(&resp, "x-isogroup-served");
+            let decision = !header_values(&resp, "x-isogroup-decision").is_empty();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let seen = (&body["headers"]["x-isogroup"], &body["headers"]["baggage"], &body["headers"]["cookie"]);
+            answers.push(format!("{status} {served:?} decision={decision} {} {seen:?}", chain(&body)));
+        }
+        assert_eq!(answers[1], answers[0], "{peer} {path} {headers:?}: native (left) vs wasm (right)");
+    }
+}
+
 /// What a client sees of one answer: status, served annotation, failfast
 /// header, grpc-status, and the chain of hops.
 async fn answer(
@@ -112,20 +198,24 @@ const CASES: &[Case] = &[
 ];
 
 #[tokio::test]
-async fn native_answers_as_the_wasm_build_does() {
-    let (wasm, native) = tokio::join!(Mesh::start(), Mesh::start_with(Rendered::from_file("envoy/native.yaml")));
+async fn native_answers_as_the_wasm_build_does_in_both_arms() {
+    let (wasm, native, lean) = tokio::join!(
+        Mesh::start(),
+        Mesh::start_with(Rendered::from_file("envoy/native.yaml")),
+        Mesh::start_with(Rendered::from_file("envoy/native-lean.yaml"))
+    );
     for (host, headers) in CASES {
         let want = answer(&wasm, host, headers).await;
         let got = answer(&native, host, headers).await;
         assert_eq!(got, want, "{host} {headers:?}: native (left) vs wasm (right)");
+        let got = answer(&lean, host, headers).await;
+        assert_eq!(got, want, "{host} {headers:?}: native lean arm (left) vs wasm (right)");
     }
     for cluster in ["a-base", "a-feature-1", "a-feature-2", "a-team-s", "b-base", "b-feature-1", "c-base"] {
         let stat = format!("cluster.{cluster}.upstream_rq_total");
-        assert_eq!(
-            native.envoy.stat(&stat).await,
-            wasm.envoy.stat(&stat).await,
-            "{stat}: native (left) vs wasm (right)"
-        );
+        let want = wasm.envoy.stat(&stat).await;
+        assert_eq!(native.envoy.stat(&stat).await, want, "{stat}: native (left) vs wasm (right)");
+        assert_eq!(lean.envoy.stat(&stat).await, want, "{stat}: native lean arm (left) vs wasm (right)");
     }
     // Spot checks that the comparison compared something.
     let (status, served, _, _, hops) = answer(&native, "a", &[("x-isogroup", "feature-2")]).await;
@@ -143,6 +233,22 @@ async fn native_answers_as_the_wasm_build_does() {
     let routed = native.envoy.stat("isogroup.isogroup_requests_routed_total").await;
     let failfast = native.envoy.stat("isogroup.isogroup_requests_failfast_total").await;
     assert!(routed > 0 && failfast >= 3, "routed {routed}, failfast {failfast}");
+}
+
+/// Documented differences (docs/native.md): not yet supported, so Envoy
+/// refuses the filter with the field named instead of passing traffic through.
+#[tokio::test]
+async fn a_companion_source_or_the_assist_is_refused_by_the_native_build_for_now() {
+    let companion = r#"{"table": {"companion": {"cluster": "isogroup-companion", "authority": "isogroup-companion", "path": "/v1/table"}}}"#;
+    let assist = r#"{"propagation_assist": {"slots": 64, "ttl_s": 30}}"#;
+    for (json, field) in [(companion, "source"), (assist, "propagation_assist")] {
+        let rendered = Rendered::from_file("envoy/native.yaml").with_plugin_config(json);
+        let err = match Envoy::start(&rendered, 9901, 10000).await {
+            Ok(_) => panic!("Envoy started the native build with {json}"),
+            Err(log) => log,
+        };
+        assert!(err.contains(&format!("{field}: ")) && err.contains("not supported by the native build"), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -168,7 +274,13 @@ async fn lean_arm_the_cluster_specifier_picks_the_lane_after_the_filter_refreshe
     assert_eq!(served, ["c=base;fallback", "b=feature-1", "a=feature-1"]);
     let (_, _, _, _, hops) = answer(&mesh, "a", &[]).await;
     assert_eq!(hops, "a@base > b@base > c@base", "the route's default cluster");
-    // The routing headers are not written in this arm.
+    // A documented difference: the routing header is not written in this
+    // arm (the header arm writes it, as the wasm build does).
+    let body: Value =
+        mesh.request(&http(), "c").header("x-isogroup", "feature-1").send().await.unwrap().json().await.unwrap();
+    assert_eq!(chain(&body), "c@base");
+    assert!(body["headers"].get("x-isogroup-cluster").is_none(), "{body}");
+    assert_eq!(body["headers"]["x-isogroup"], "feature-1");
     let text = wait_for("the select log lines", Duration::from_secs(5), || async {
         let text = mesh.envoy.log_text();
         text.contains("filter picked a-feature-1").then_some(text)

@@ -90,7 +90,7 @@ impl Config {
             }
         };
         if settings.assist.is_some() {
-            return Err("assist: the propagation assist is not supported by the native build yet".into());
+            return Err("propagation_assist: the propagation assist is not supported by the native build yet".into());
         }
         let counters = COUNTERS.map(|name| envoy.define_counter(name));
         Ok(Config { settings, table, handoff, counters })
