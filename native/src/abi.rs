@@ -436,12 +436,15 @@ fn barrier<T>(hook: &str, failed: T, body: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The module's stream state behind Envoy's `filter_module_ptr`.
-fn stream<'a>(module_ptr: ModulePtr) -> Option<&'a mut Stream> {
+/// The module's stream state behind Envoy's `filter_module_ptr`, shared:
+/// hooks of one stream nest (a local reply runs the response hooks inside
+/// the request hook), so none may take it exclusively.
+fn stream<'a>(module_ptr: ModulePtr) -> Option<&'a Stream> {
     // SAFETY: a non-null pointer here is the `Box<Stream>` made by
-    // on_http_filter_new, owned by Envoy's filter until on_http_filter_destroy,
-    // and used only on the stream's worker thread, one hook at a time.
-    unsafe { (module_ptr as *mut Stream).as_mut() }
+    // on_http_filter_new, owned by Envoy's filter until on_http_filter_destroy
+    // (which no hook of the stream outlives), and used only on the stream's
+    // worker thread; it is only ever borrowed shared (its state is in `Cell`s).
+    unsafe { (module_ptr as *const Stream).as_ref() }
 }
 
 fn config(module_ptr: ModulePtr) -> Option<&'static Config> {

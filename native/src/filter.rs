@@ -11,6 +11,8 @@
 //!   cluster specifier (`specifier.rs`) again: no header write, no route
 //!   match again.
 
+use core::cell::Cell;
+
 use isogroup_core::cidr;
 use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::{Decision, Settings, Source, Table};
@@ -109,18 +111,22 @@ impl Config {
 }
 
 /// One HTTP stream's state: only its own worker touches it, so no lock.
+/// Hooks take it shared, its fields are `Cell`s: Envoy re-enters the
+/// stream synchronously (a local reply sent from the request-headers hook
+/// runs the response-headers hook before it returns), so two hooks of one
+/// stream can be live at once and neither may hold it exclusively.
 pub struct Stream {
     config: &'static Config,
     /// `x-isogroup-served`, written at response time.
-    served: Option<Served>,
-    explanation: Option<String>,
+    served: Cell<Option<Served>>,
+    explanation: Cell<Option<String>>,
     /// Untrusted edge peer: isogroup response headers do not go back to it.
-    strip_annotations: bool,
+    strip_annotations: Cell<bool>,
 }
 
 impl Stream {
     pub fn new(config: &'static Config) -> Stream {
-        Stream { config, served: None, explanation: None, strip_annotations: false }
+        Stream { config, served: Cell::new(None), explanation: Cell::new(None), strip_annotations: Cell::new(false) }
     }
 
     pub fn config(&self) -> &'static Config {
@@ -160,7 +166,7 @@ impl Stream {
         envoy.send_response(u32::from(reply.status), &headers, reply.body.as_bytes(), "isogroup");
     }
 
-    pub fn on_request_headers(&mut self, envoy: &StreamHandle) -> Next {
+    pub fn on_request_headers(&self, envoy: &StreamHandle) -> Next {
         let config = self.config;
         let settings = &config.settings;
         let raw = envoy.request_headers();
@@ -187,15 +193,19 @@ impl Stream {
             Self::send_reply(envoy, &reply);
             return Next::Stop;
         }
-        self.strip_annotations = !incoming.trusted;
+        self.strip_annotations.set(!incoming.trusted);
         for _ in 0..incoming.invalid {
             config.count(envoy, Counter::InvalidGroup);
         }
         let decision = table.map(|t| incoming.decide(t));
         self.count_decision(envoy, decision.as_ref());
         if incoming.debug && incoming.trusted {
-            self.explanation =
-                Some(request::explain(&incoming, decision.as_ref(), table.map(|t| t.version()), "native"));
+            self.explanation.set(Some(request::explain(
+                &incoming,
+                decision.as_ref(),
+                table.map(|t| t.version()),
+                "native",
+            )));
         }
         if let Some(Decision::FailFast(f)) = &decision {
             let reply = incoming.local_reply(f, settings);
@@ -248,12 +258,12 @@ impl Stream {
                 envoy.refresh_route_cluster();
             }
         }
-        self.served = incoming.served(decision.as_ref(), settings);
+        self.served.set(incoming.served(decision.as_ref(), settings));
         Next::Continue
     }
 
-    pub fn on_response_headers(&mut self, envoy: &StreamHandle) {
-        if self.strip_annotations {
+    pub fn on_response_headers(&self, envoy: &StreamHandle) {
+        if self.strip_annotations.get() {
             // Inner hops annotated too: remove theirs, add none.
             for name in ["x-isogroup-served", "x-isogroup-decision"] {
                 envoy.remove_response_header(name);
@@ -270,7 +280,7 @@ impl Stream {
         }
     }
 
-    pub fn on_stream_complete(&mut self, _envoy: &StreamHandle) {}
+    pub fn on_stream_complete(&self, _envoy: &StreamHandle) {}
 }
 
 /// gRPC's `grpc-message` encoding: printable ASCII but `%` as is, every
@@ -287,3 +297,12 @@ fn grpc_percent_encode(message: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Every worker reads one `Config` at once (Envoy shares the filter config
+/// across workers): it must be `Sync`, and `Send` for Envoy to drop it on
+/// the main thread.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Config>();
+    shared_across_threads::<crate::specifier::SpecifierConfig>();
+};
