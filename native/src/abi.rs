@@ -156,13 +156,6 @@ extern "C" {
         result: *mut Buffer,
     ) -> bool;
 
-    fn envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
-        context_envoy_ptr: EnvoyPtr,
-        key: Buffer,
-        result: *mut Buffer,
-        index: usize,
-        total_count_out: *mut usize,
-    ) -> bool;
     fn envoy_dynamic_module_callback_cluster_specifier_get_dynamic_metadata(
         context_envoy_ptr: EnvoyPtr,
         filter_name: Buffer,
@@ -382,24 +375,6 @@ impl StreamHandle {
 pub struct SelectHandle(EnvoyPtr);
 
 impl SelectHandle {
-    /// The first value of a request header.
-    pub fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        let mut out = Buffer::NULL;
-        let mut total = 0usize;
-        // SAFETY: the context pointer is valid during select; the value is
-        // copied before select returns.
-        let found = unsafe {
-            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
-                self.0,
-                Buffer::of(name.as_bytes()),
-                &mut out,
-                0,
-                &mut total,
-            )
-        };
-        found.then(|| out.bytes().to_vec())
-    }
-
     /// A string the HTTP filter put in the stream's dynamic metadata.
     pub fn metadata(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
         let mut out = Buffer::NULL;
@@ -513,6 +488,25 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr:
     })
 }
 
+/// A stream hook's barrier: a panic (or a missing stream) is counted in
+/// the stream's config and resets the stream: a request is never forwarded,
+/// and a response never reaches the client unsanitised.
+fn stream_hook(
+    hook: &str,
+    handle: &StreamHandle,
+    filter_module_ptr: ModulePtr,
+    body: impl FnOnce(&Stream) -> bool,
+) -> bool {
+    let done = barrier(hook, false, || stream(filter_module_ptr).is_some_and(body));
+    if !done {
+        if let Some(s) = stream(filter_module_ptr) {
+            s.config().count_panic(handle);
+        }
+        handle.reset("isogroup_failed_closed");
+    }
+    done
+}
+
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_envoy_ptr: EnvoyPtr,
@@ -520,20 +514,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> u32 {
     let handle = StreamHandle(filter_envoy_ptr);
-    let status = barrier("http_filter_request_headers", None, || {
-        stream(filter_module_ptr).map(|s| s.on_request_headers(&handle))
+    let mut next = filter::Next::Stop;
+    let done = stream_hook("http_filter_request_headers", &handle, filter_module_ptr, |s| {
+        next = s.on_request_headers(&handle);
+        true
     });
-    match status {
-        Some(filter::Next::Continue) => HEADERS_CONTINUE,
-        Some(filter::Next::Stop) => HEADERS_STOP_ITERATION,
-        None => {
-            // A panic (or no state): the request is never forwarded.
-            if let Some(s) = stream(filter_module_ptr) {
-                s.config().count_panic(&handle);
-            }
-            handle.reset("isogroup_panic");
-            HEADERS_STOP_ITERATION
-        }
+    match next {
+        filter::Next::Continue if done => HEADERS_CONTINUE,
+        _ => HEADERS_STOP_ITERATION,
     }
 }
 
@@ -544,12 +532,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _end_of_stream: bool,
 ) -> u32 {
     let handle = StreamHandle(filter_envoy_ptr);
-    barrier("http_filter_response_headers", (), || {
-        if let Some(s) = stream(filter_module_ptr) {
-            s.on_response_headers(&handle);
-        }
+    let done = stream_hook("http_filter_response_headers", &handle, filter_module_ptr, |s| {
+        s.on_response_headers(&handle);
+        true
     });
-    CONTINUE
+    if done {
+        CONTINUE
+    } else {
+        HEADERS_STOP_ITERATION
+    }
 }
 
 #[no_mangle]

@@ -98,7 +98,8 @@ impl Config {
         Ok(Config { settings, table, handoff, counters })
     }
 
-    /// A panic in one of this configuration's streams: counted once more.
+    /// A panic in one of this configuration's streams (the stream is reset):
+    /// counted once more.
     pub fn count_panic(&self, stream: &StreamHandle) {
         self.count(stream, Counter::Panics);
     }
@@ -122,11 +123,20 @@ pub struct Stream {
     explanation: Cell<Option<String>>,
     /// Untrusted edge peer: isogroup response headers do not go back to it.
     strip_annotations: Cell<bool>,
+    #[cfg(feature = "test-panic")]
+    panic_on_response: Cell<bool>,
 }
 
 impl Stream {
     pub fn new(config: &'static Config) -> Stream {
-        Stream { config, served: Cell::new(None), explanation: Cell::new(None), strip_annotations: Cell::new(false) }
+        Stream {
+            config,
+            served: Cell::new(None),
+            explanation: Cell::new(None),
+            strip_annotations: Cell::new(false),
+            #[cfg(feature = "test-panic")]
+            panic_on_response: Cell::new(false),
+        }
     }
 
     pub fn config(&self) -> &'static Config {
@@ -176,9 +186,11 @@ impl Stream {
             raw.iter().filter_map(|(k, v)| Some((core::str::from_utf8(k).ok()?, v.as_slice()))).collect();
         #[cfg(feature = "test-panic")]
         #[allow(clippy::panic)] // the point of the feature
-        if headers.iter().any(|(name, _)| *name == "x-isogroup-test-panic") {
+        match headers.iter().find(|(name, _)| *name == "x-isogroup-test-panic") {
+            Some((_, b"response")) => self.panic_on_response.set(true),
             // Before anything is sanitised: the barrier must not forward this.
-            panic!("x-isogroup-test-panic");
+            Some(_) => panic!("x-isogroup-test-panic"),
+            None => {}
         }
         let table = config.table.as_ref();
         let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -263,6 +275,12 @@ impl Stream {
     }
 
     pub fn on_response_headers(&self, envoy: &StreamHandle) {
+        #[cfg(feature = "test-panic")]
+        #[allow(clippy::panic)] // the point of the feature
+        if self.panic_on_response.get() {
+            // Before the annotations are stripped: the barrier must not pass the response on.
+            panic!("x-isogroup-test-panic: response");
+        }
         if self.strip_annotations.get() {
             // Inner hops annotated too: remove theirs, add none.
             for name in ["x-isogroup-served", "x-isogroup-decision"] {
