@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{chain, header_values, http, root, wait_for, Envoy, Mesh, Rendered};
+use common::{chain, header_values, http, root, wait_for, Companion, Envoy, Mesh, Rendered};
 use serde_json::Value;
 
 /// The module the native configs load (`target/libisogroup_native.so`,
@@ -235,20 +235,83 @@ async fn native_answers_as_the_wasm_build_does_in_both_arms() {
     assert!(routed > 0 && failfast >= 3, "routed {routed}, failfast {failfast}");
 }
 
-/// Documented differences (docs/native.md): not yet supported, so Envoy
+/// A documented difference (docs/native.md): not yet supported, so Envoy
 /// refuses the filter with the field named instead of passing traffic through.
 #[tokio::test]
-async fn a_companion_source_or_the_assist_is_refused_by_the_native_build_for_now() {
-    let companion = r#"{"table": {"companion": {"cluster": "isogroup-companion", "authority": "isogroup-companion", "path": "/v1/table"}}}"#;
-    let assist = r#"{"propagation_assist": {"slots": 64, "ttl_s": 30}}"#;
-    for (json, field) in [(companion, "source"), (assist, "propagation_assist")] {
-        let rendered = Rendered::from_file("envoy/native.yaml").with_plugin_config(json);
-        let err = match Envoy::start(&rendered, 9901, 10000).await {
-            Ok(_) => panic!("Envoy started the native build with {json}"),
-            Err(log) => log,
-        };
-        assert!(err.contains(&format!("{field}: ")) && err.contains("not supported by the native build"), "{err}");
+async fn the_propagation_assist_is_refused_by_the_native_build_for_now() {
+    let json = r#"{"propagation_assist": {"slots": 64, "ttl_s": 30}}"#;
+    let rendered = Rendered::from_file("envoy/native.yaml").with_plugin_config(json);
+    let err = match Envoy::start(&rendered, 9901, 10000).await {
+        Ok(_) => panic!("Envoy started the native build with {json}"),
+        Err(log) => log,
+    };
+    assert!(err.contains("propagation_assist: ") && err.contains("not supported by the native build"), "{err}");
+}
+
+/// What `b` serves for `x-isogroup: feature-1`, seen by each of `clients`.
+async fn groups_seen(mesh: &Mesh, clients: &[reqwest::Client]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for c in clients {
+        let Ok(resp) = mesh.request(c, "b").header("x-isogroup", "feature-1").send().await else { continue };
+        let body: Value = resp.json().await.unwrap_or_default();
+        seen.push(body["group"].as_str().unwrap_or("?").to_owned());
     }
+    seen
+}
+
+#[tokio::test]
+async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller() {
+    // envoy/companion.yaml with the module: the same plugin JSON (source: the companion).
+    let rendered = native_of(Rendered::from_file("envoy/companion.yaml"));
+    let companion = Companion::start(rendered.port(18080), include_str!("../demo/table.json")).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
+    // Ten kept-alive connections, spread over both workers.
+    let clients: Vec<reqwest::Client> = (0..10).map(|_| http()).collect();
+    for round in 0..4 {
+        let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
+        let version = companion.set_instance("b", "feature-1", cluster).await;
+        wait_for(&format!("every connection to see b@{group}"), Duration::from_secs(5), || async {
+            let seen = groups_seen(&mesh, &clients).await;
+            (seen.len() == clients.len() && seen.iter().all(|g| g == group)).then_some(())
+        })
+        .await;
+        mesh.envoy.wait_stat("isogroup.isogroup_table_version", version).await;
+    }
+    assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");
+    assert!(mesh.envoy.stat("isogroup.isogroup_table_updates_total").await >= 5);
+}
+
+#[tokio::test]
+async fn the_native_build_backs_off_while_the_companion_is_down_and_recovers() {
+    let rendered = native_of(Rendered::from_file("envoy/companion.yaml"));
+    let port = rendered.port(18080);
+    let mut companion = Companion::start(port, include_str!("../demo/table.json")).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
+    let dir = companion.dir.clone();
+    companion.proc.kill();
+    // The last good table keeps serving while the companion is away.
+    for _ in 0..3 {
+        let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+        assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"));
+    }
+    wait_for("the poller to notice", Duration::from_secs(10), || async {
+        // Envoy answers a callout whose upstream is gone with its own 503.
+        let log = mesh.envoy.log_text();
+        (log.contains("isogroup: companion answered 503") || log.contains("isogroup: companion unreachable"))
+            .then_some(())
+    })
+    .await;
+    let companion = Companion::start_in(port, dir).await;
+    let version = companion.set_instance("b", "feature-1", Some("b-feature-1")).await;
+    // Back within the backoff's bound (10 s) plus a poll.
+    wait_for("the new table after the companion's return", Duration::from_secs(15), || async {
+        (mesh.envoy.stat("isogroup.isogroup_table_version").await >= version).then_some(())
+    })
+    .await;
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!(hops, "a@feature-1 > b@feature-1 > c@base");
 }
 
 #[tokio::test]

@@ -75,6 +75,10 @@ const REQUEST_HEADER: u32 = 0;
 const RESPONSE_HEADER: u32 = 2;
 /// `envoy_dynamic_module_type_attribute_id_SourceAddress`.
 const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
+/// `envoy_dynamic_module_type_http_callout_init_result_Success`.
+const CALLOUT_STARTED: u32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result_Success`.
+const CALLOUT_SUCCESS: u32 = 0;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 const METRICS_SUCCESS: u32 = 0;
 /// `..._request_headers_status_Continue` / `_StopIteration`.
@@ -108,6 +112,41 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config_envoy_ptr: EnvoyPtr,
+        name: Buffer,
+        label_names: *mut Buffer,
+        label_names_length: usize,
+        gauge_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config_envoy_ptr: EnvoyPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config_envoy_ptr: EnvoyPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy_ptr: EnvoyPtr) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config_envoy_ptr: EnvoyPtr,
+        callout_id_out: *mut u64,
+        cluster_name: Buffer,
+        headers: *mut Header,
+        headers_size: usize,
+        body: Buffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_is_validation_mode() -> bool;
 
     fn envoy_dynamic_module_callback_http_get_headers_size(filter_envoy_ptr: EnvoyPtr, header_type: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(
@@ -216,6 +255,117 @@ impl ConfigHandle {
             )
         };
         (result == METRICS_SUCCESS).then_some(id)
+    }
+}
+
+impl ConfigHandle {
+    /// A gauge without labels; `None` when Envoy refuses it.
+    pub fn define_gauge(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: as define_counter.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.0,
+                Buffer::of(name.as_bytes()),
+                ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// A handle kept past config_new, for the main-thread hooks of this
+    /// configuration (scheduled events, callout answers).
+    pub fn keep(&self) -> MainThreadConfig {
+        MainThreadConfig(self.0)
+    }
+}
+
+/// Whether Envoy runs `--mode validate` (no poller then). Main thread only.
+pub fn validation_mode() -> bool {
+    // SAFETY: no arguments; called from config_new, on the main thread.
+    unsafe { envoy_dynamic_module_callback_is_validation_mode() }
+}
+
+/// Envoy's filter configuration, for calls made on the main thread while
+/// the configuration lives: Envoy calls its scheduled and callout hooks
+/// there, with the same pointer. `Send + Sync` only so the configuration
+/// that holds it can be shared; it is used on the main thread alone.
+#[derive(Clone, Copy)]
+pub struct MainThreadConfig(EnvoyPtr);
+
+// SAFETY: the pointer is only dereferenced by Envoy, in calls this module
+// makes on the main thread (config_new, config_scheduled, callout_done).
+unsafe impl Send for MainThreadConfig {}
+// SAFETY: as above; workers never call through it.
+unsafe impl Sync for MainThreadConfig {}
+
+impl MainThreadConfig {
+    pub fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: main thread, the configuration alive (see the type).
+        unsafe { envoy_dynamic_module_callback_http_filter_config_set_gauge(self.0, id, ptr::null_mut(), 0, value) };
+    }
+
+    pub fn increment_counter(&self, id: usize, by: u64) {
+        // SAFETY: as above.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter(self.0, id, ptr::null_mut(), 0, by)
+        };
+    }
+
+    /// An HTTP request to `cluster` from the configuration; the answer comes
+    /// to its `on_callout_done`. `None` when Envoy cannot start it.
+    pub fn callout(&self, cluster: &str, headers: &[(&str, &[u8])], timeout_ms: u64) -> Option<u64> {
+        let mut raw: Vec<Header> = headers.iter().map(|(k, v)| Header::of(k.as_bytes(), v)).collect();
+        let mut id = 0u64;
+        // SAFETY: as above; `raw` and what it points into outlive the call.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                Buffer::of(cluster.as_bytes()),
+                raw.as_mut_ptr(),
+                raw.len(),
+                Buffer::NULL,
+                timeout_ms,
+            )
+        };
+        (result == CALLOUT_STARTED).then_some(id)
+    }
+
+    /// A scheduler that runs `on_scheduled` of this configuration on the
+    /// main thread, committed from any thread.
+    pub fn scheduler(&self) -> Scheduler {
+        // SAFETY: main thread, the configuration alive.
+        Scheduler(unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) })
+    }
+}
+
+/// Envoy's main-thread scheduler of one configuration. Deleted on drop;
+/// whoever commits must hold it (the owner keeps it behind a lock that its
+/// destruction takes).
+pub struct Scheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler commit "is safe to call from any thread"; the
+// owner serialises commit and delete with a lock.
+unsafe impl Send for Scheduler {}
+
+impl Scheduler {
+    pub fn commit(&self, event: u64) {
+        if !self.0.is_null() {
+            // SAFETY: a live scheduler (deleted only on drop).
+            unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event) }
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: made by scheduler_new, deleted once.
+            unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+        }
     }
 }
 
@@ -607,19 +757,60 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: EnvoyPtr, _: ModulePtr, _: u64) {}
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(_: EnvoyPtr, _: ModulePtr, _: u64) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(_: EnvoyPtr, config_ptr: ModulePtr, event: u64) {
+    barrier("http_filter_config_scheduled", (), || {
+        if let Some(c) = config(config_ptr) {
+            c.on_scheduled(event);
+        }
+    })
+}
 
+// The arrays are Envoy's, valid during the call (see the SAFETY below).
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     _: EnvoyPtr,
-    _: ModulePtr,
-    _: u64,
-    _: u32,
-    _: *mut Header,
-    _: usize,
-    _: *mut Buffer,
-    _: usize,
+    config_ptr: ModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *mut Header,
+    headers_size: usize,
+    body_chunks: *mut Buffer,
+    body_chunks_size: usize,
 ) {
+    barrier("http_filter_config_http_callout_done", (), || {
+        let Some(c) = config(config_ptr) else { return };
+        let answer = (result == CALLOUT_SUCCESS).then(|| {
+            // SAFETY: Envoy hands arrays of `headers_size` headers and
+            // `body_chunks_size` buffers (or null), valid during this hook;
+            // everything is copied before it returns.
+            let headers = unsafe { raw_slice(headers, headers_size) };
+            let chunks = unsafe { raw_slice(body_chunks, body_chunks_size) };
+            let headers: Vec<(Vec<u8>, Vec<u8>)> = headers
+                .iter()
+                .map(|h| {
+                    let name = Buffer { ptr: h.key_ptr, length: h.key_length }.bytes().to_vec();
+                    (name, Buffer { ptr: h.value_ptr, length: h.value_length }.bytes().to_vec())
+                })
+                .collect();
+            let body: Vec<u8> = chunks.iter().flat_map(|b| b.bytes().iter().copied()).collect();
+            (headers, body)
+        });
+        c.on_callout_done(callout_id, answer);
+    })
+}
+
+/// `len` items at `ptr`, none when it is null.
+///
+/// # Safety
+/// `ptr` is null or points to `len` initialised items valid for `'a`.
+unsafe fn raw_slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { core::slice::from_raw_parts(ptr, len) }
+    }
 }
 
 #[no_mangle]

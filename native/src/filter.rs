@@ -17,7 +17,8 @@ use isogroup_core::cidr;
 use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::{Decision, Settings, Source, Table};
 
-use crate::abi::{log, log_enabled, ConfigHandle, Level, StreamHandle};
+use crate::abi::{log, log_enabled, validation_mode, ConfigHandle, Level, StreamHandle};
+use crate::sync::{self, Answer, Poller, WorkerTable};
 
 /// Where the lean arm puts the cluster for the cluster specifier.
 pub const METADATA_NAMESPACE: &str = "isogroup";
@@ -52,12 +53,37 @@ pub enum Handoff {
     ClusterSpecifier,
 }
 
+/// Where a configuration's table comes from.
+enum Tables {
+    /// No table (or Envoy's `--mode validate`): every request passes through.
+    None,
+    /// Compiled once per configuration, for good.
+    Inline(Table),
+    /// Long-polled from the companion on the main thread.
+    Companion(Poller),
+}
+
+/// The table one stream was decided against, held until its response.
+enum Decided {
+    Inline(&'static Table),
+    Companion(WorkerTable),
+}
+
+impl Decided {
+    fn table(&self) -> &Table {
+        match self {
+            Decided::Inline(t) => t,
+            Decided::Companion(t) => t,
+        }
+    }
+}
+
 /// One filter configuration (one per listener filter; an LDS update builds
-/// the new one before the old one goes). Shared by every worker: read-only.
+/// the new one before the old one goes). Shared by every worker: read-only
+/// for them.
 pub struct Config {
     settings: Settings,
-    /// The inline table, compiled once per configuration.
-    table: Option<Table>,
+    tables: Tables,
     handoff: Handoff,
     counters: [Option<usize>; COUNTERS.len()],
 }
@@ -81,21 +107,56 @@ impl Config {
             }
         };
         let mut settings = Settings::from_json(json).map_err(|e| e.to_string())?;
-        let table = match core::mem::replace(&mut settings.source, Source::None) {
-            Source::None => None,
-            Source::Inline(table) => Some(table),
-            Source::Companion(_) => {
-                return Err(
-                    "source: the companion source is not supported by the native build yet (use an inline table)"
-                        .into(),
-                )
+        let gauge_version = envoy.define_gauge("isogroup_table_version");
+        let main_thread = envoy.keep();
+        let tables = match core::mem::replace(&mut settings.source, Source::None) {
+            Source::None => Tables::None,
+            Source::Inline(table) => {
+                if let Some(id) = gauge_version {
+                    main_thread.set_gauge(id, table.version());
+                }
+                Tables::Inline(table)
+            }
+            // `--mode validate` checks the configuration only: no poller.
+            Source::Companion(_) if validation_mode() => Tables::None,
+            Source::Companion(source) => {
+                let metrics = (
+                    gauge_version,
+                    envoy.define_counter("isogroup_table_updates_total"),
+                    envoy.define_counter("isogroup_table_rejects_total"),
+                );
+                let (base_group, limits) = (settings.base_group.clone(), settings.limits);
+                Tables::Companion(Poller::start(source, base_group, limits, main_thread, metrics))
             }
         };
         if settings.assist.is_some() {
             return Err("propagation_assist: the propagation assist is not supported by the native build yet".into());
         }
         let counters = COUNTERS.map(|name| envoy.define_counter(name));
-        Ok(Config { settings, table, handoff, counters })
+        Ok(Config { settings, tables, handoff, counters })
+    }
+
+    /// Main thread: a scheduled event of this configuration.
+    pub fn on_scheduled(&self, event: u64) {
+        if let Tables::Companion(p) = &self.tables {
+            p.on_scheduled(event);
+        }
+    }
+
+    /// Main thread: the answer to one of this configuration's callouts.
+    pub fn on_callout_done(&self, id: u64, answer: Answer) {
+        if let Tables::Companion(p) = &self.tables {
+            p.on_callout_done(id, answer);
+        }
+    }
+
+    /// The table in force for a stream starting now on this worker.
+    fn table_now(&'static self) -> Option<Decided> {
+        match &self.tables {
+            Tables::None => None,
+            Tables::Inline(t) => Some(Decided::Inline(t)),
+            Tables::Companion(p) => sync::current(&p.published).map(Decided::Companion),
+        }
     }
 
     /// A panic in one of this configuration's streams (the stream is reset):
@@ -118,8 +179,9 @@ impl Config {
 /// stream can be live at once and neither may hold it exclusively.
 pub struct Stream {
     config: &'static Config,
-    /// `x-isogroup-served`, written at response time.
-    served: Cell<Option<Served>>,
+    /// `x-isogroup-served`, written at response time from the table the
+    /// request was decided against.
+    served: Cell<Option<(Served, Decided)>>,
     explanation: Cell<Option<String>>,
     /// Untrusted edge peer: isogroup response headers do not go back to it.
     strip_annotations: Cell<bool>,
@@ -192,7 +254,8 @@ impl Stream {
             Some(_) => panic!("x-isogroup-test-panic"),
             None => {}
         }
-        let table = config.table.as_ref();
+        let decided = config.table_now();
+        let table = decided.as_ref().map(Decided::table);
         let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let peer = match &settings.edge {
             Some(edge) if edge.needs_peer(table) => {
@@ -270,7 +333,8 @@ impl Stream {
                 envoy.refresh_route_cluster();
             }
         }
-        self.served.set(incoming.served(decision.as_ref(), settings));
+        let served = incoming.served(decision.as_ref(), settings);
+        self.served.set(served.zip(decided));
         Next::Continue
     }
 
@@ -288,9 +352,9 @@ impl Stream {
             }
             return;
         }
-        if let (Some(served), Some(table)) = (self.served.take(), self.config.table.as_ref()) {
+        if let Some((served, decided)) = self.served.take() {
             let mut value = Vec::with_capacity(64);
-            served.write(table, &mut value);
+            served.write(decided.table(), &mut value);
             envoy.add_response_header("x-isogroup-served", &value);
         }
         if let Some(explanation) = self.explanation.take() {

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 pub mod abi;
 mod filter;
 mod specifier;
+mod sync;
 
 /// Panics caught by the hooks' barrier in this process (every configuration).
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
