@@ -9,9 +9,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{chain, header_values, http, root, wait_for, Companion, Envoy, Mesh, Rendered};
+use common::{
+    chain, free_port, header_values, http, http_fresh_connections, root, wait_for, Companion, Envoy, Mesh, Rendered,
+};
 use serde_json::Value;
 
 /// The module the native configs load (`target/libisogroup_native.so`,
@@ -410,4 +414,91 @@ async fn a_panic_fails_its_request_closed_is_counted_and_envoy_keeps_serving() {
     mesh.envoy.wait_stat("isogroup.isogroup_native_panics_total", 2).await;
     let (status, _, _, _, hops) = answer(&mesh, "a", &[]).await;
     assert_eq!((status, hops.as_str()), (200, "a@base > b@base > c@base"), "Envoy keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lds_update_keeps_one_poller_and_the_table_and_fails_no_request() {
+    // envoy/reload/ with the module and the companion source: the listener
+    // (and its filter config) comes from a file Envoy watches.
+    let companion_port = free_port();
+    let companion_json = r#"{"table": {"companion": {"cluster": "isogroup-companion", "authority": "isogroup-companion", "path": "/v1/table", "wait_s": 25}}}"#;
+    let listeners = native_of(Rendered::from_file("envoy/reload/listeners.yaml")).with_plugin_config(companion_json);
+    let mut bootstrap = listeners.companion_file("envoy/reload/bootstrap.yaml");
+    bootstrap.yaml.push_str(&format!(
+        "  - {{ name: isogroup-companion, type: STATIC, connect_timeout: 1s, load_assignment: {{ cluster_name: isogroup-companion, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {companion_port} }} }} }} }}] }}] }} }}\n"
+    ));
+    let companion = Companion::start(companion_port, include_str!("../demo/table.json")).await;
+    companion.set_instance("b", "feature-1", Some("b-feature-1")).await;
+    let mesh = Arc::new(Mesh::start_full(bootstrap, &[], &[("listeners.yaml", &listeners.yaml)]).await);
+    let b_group = |mesh: Arc<Mesh>| async move {
+        let resp = mesh.request(&http_fresh_connections(), "b").header("x-isogroup", "feature-1").send().await.ok()?;
+        let body: Value = resp.json().await.ok()?;
+        body["group"].as_str().map(str::to_owned)
+    };
+    wait_for("the companion's table in the LDS listener", Duration::from_secs(10), || {
+        let mesh = mesh.clone();
+        async move { (b_group(mesh).await.as_deref() == Some("feature-1")).then_some(()) }
+    })
+    .await;
+    // Load on fresh connections: every answer must come from b@feature-1,
+    // across the update (a new config without the table would pass through to b@base).
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (mesh, stop, answered) = (mesh.clone(), stop.clone(), answered.clone());
+        load.push(tokio::spawn(async move {
+            let mut wrong = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match b_group(mesh.clone()).await.as_deref() {
+                    Some("feature-1") => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => wrong.push(format!("{other:?}")),
+                }
+            }
+            wrong
+        }));
+    }
+    let load_running = |more: u64| {
+        let answered = answered.clone();
+        let target = answered.load(Ordering::Relaxed) + more;
+        wait_for("load requests answered", Duration::from_secs(30), move || {
+            let answered = answered.clone();
+            async move { (answered.load(Ordering::Relaxed) >= target).then_some(()) }
+        })
+    };
+    load_running(100).await;
+    // The new listener: the same filter config, another stat prefix.
+    let new = listeners.yaml.replacen("stat_prefix: ", "stat_prefix: reloaded_", 1);
+    assert_ne!(new, listeners.yaml, "the edit applies");
+    let tmp = mesh.dir().join("listeners.yaml.tmp");
+    std::fs::write(&tmp, new).unwrap();
+    std::fs::rename(&tmp, mesh.dir().join("listeners.yaml")).unwrap();
+    wait_for("the second LDS update", Duration::from_secs(15), || {
+        let mesh = mesh.clone();
+        async move { (mesh.envoy.stat("listener_manager.lds.update_success").await >= 2).then_some(()) }
+    })
+    .await;
+    load_running(100).await;
+    // The new config polls on after the old one is gone: a registration still arrives.
+    let version = companion.set_instance("b", "feature-1", None).await;
+    wait_for("routing by the table published after the update", Duration::from_secs(10), || {
+        let mesh = mesh.clone();
+        async move { (b_group(mesh).await.as_deref() == Some("base")).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut wrong = Vec::new();
+    for t in load {
+        wrong.extend(t.await.unwrap());
+    }
+    // Answers after the deregistration are b@base, rightly: only those before count.
+    let before_deregistration: Vec<&String> = wrong.iter().filter(|w| w.as_str() != "Some(\"base\")").collect();
+    assert!(
+        before_deregistration.is_empty(),
+        "requests not served by b@feature-1 before the deregistration: {wrong:?}"
+    );
+    assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller across the update");
+    assert!(mesh.envoy.stat("isogroup.isogroup_table_version").await >= version);
 }

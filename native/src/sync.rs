@@ -1,8 +1,15 @@
-//! Companion sync for the native build: the configuration long-polls the
-//! companion with config-level HTTP callouts on Envoy's main thread (the
-//! same requests as the wasm build's poller: `?after=<version>[&epoch=<e>]
-//! &wait=<s>`, `x-isogroup-poller`), compiles each newer table there, and
-//! publishes it; workers pick it up by its generation.
+//! Companion sync for the native build: filter configurations long-poll
+//! the companion with config-level HTTP callouts on Envoy's main thread
+//! (the same requests as the wasm build's poller: `?after=<version>
+//! [&epoch=<e>]&wait=<s>`, `x-isogroup-poller`), compile each newer table
+//! there, and publish it; workers pick it up by its generation.
+//!
+//! One poller and one table per source per process: configurations with
+//! the same source (two listeners, or the old and new config of an LDS
+//! update) join one registry entry; the first live member polls, the
+//! others wait, and when it goes the next one takes over from the version
+//! held. A new configuration has the process's table from its first
+//! stream.
 //!
 //! Envoy 1.40 gives a filter configuration no timer: a backoff is a module
 //! thread that sleeps, then commits an event to the configuration's
@@ -51,7 +58,7 @@ impl Published {
     }
 
     fn publish(&self, table: Table) {
-        let mut slot = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.table);
         *slot = Some(Arc::new(table));
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -81,7 +88,7 @@ pub fn current(published: &Arc<Published>) -> Option<WorkerTable> {
         }
         // A miss (rare): drop the entries of configurations that are gone.
         cache.retain(|c| c.source.strong_count() > 0 && c.source.as_ptr() != Arc::as_ptr(published));
-        let table = published.table.lock().unwrap_or_else(|e| e.into_inner()).clone().map(Rc::new);
+        let table = lock(&published.table).clone().map(Rc::new);
         cache.push(Cached { source: Arc::downgrade(published), generation, table: table.clone() });
         table
     })
@@ -100,24 +107,65 @@ impl Held {
     }
 }
 
-/// Main-thread state of the poller (a `Mutex` only so the configuration is
-/// `Sync`: workers never touch it).
-struct State {
+/// One source's poller state and table, shared by every configuration of
+/// the process that names the source. Main thread only, but for
+/// `published` (a `Mutex` keeps the configurations `Sync`).
+struct SourceState {
     held: Option<Held>,
-    in_flight: Option<u64>,
+    /// Every live configuration of this source, oldest first: the first polls.
+    members: Vec<Member>,
     failures: u32,
 }
 
+struct Member {
+    id: u64,
+    wake: Weak<Mutex<Option<Scheduler>>>,
+}
+
+type SourceKey = (CompanionSource, String, Limits);
+
+struct SharedSource {
+    /// What a table is compiled with: the source, the base group, the limits.
+    key: SourceKey,
+    published: Arc<Published>,
+    state: Mutex<SourceState>,
+}
+
+static SOURCES: Mutex<Vec<Weak<SharedSource>>> = Mutex::new(Vec::new());
+static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
+
+/// The process's entry for `key`, made on first use; gone with its last configuration.
+fn join(key: SourceKey) -> Arc<SharedSource> {
+    let mut sources = lock(&SOURCES);
+    sources.retain(|w| w.strong_count() > 0);
+    if let Some(found) = sources.iter().filter_map(Weak::upgrade).find(|s| s.key == key) {
+        return found;
+    }
+    let shared = Arc::new(SharedSource {
+        key,
+        published: Published::new(),
+        state: Mutex::new(SourceState { held: None, members: Vec::new(), failures: 0 }),
+    });
+    sources.push(Arc::downgrade(&shared));
+    shared
+}
+
+/// The process's poller id: the companion counts pollers by it.
+fn poller_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("envoy-native-{:x}-{}", now_ms(), std::process::id()))
+}
+
+/// One configuration's part in its source's polling.
 pub struct Poller {
-    source: CompanionSource,
-    base_group: String,
-    limits: Limits,
+    id: u64,
+    shared: Arc<SharedSource>,
     envoy: MainThreadConfig,
     /// `None` once the configuration is being destroyed.
     scheduler: Arc<Mutex<Option<Scheduler>>>,
-    state: Mutex<State>,
+    /// This configuration's callout in flight (main thread only).
+    in_flight: Mutex<Option<u64>>,
     pub published: Arc<Published>,
-    poller_id: String,
     gauge_version: Option<usize>,
     counter_updates: Option<usize>,
     counter_rejects: Option<usize>,
@@ -131,75 +179,84 @@ impl Poller {
         envoy: MainThreadConfig,
         metrics: (Option<usize>, Option<usize>, Option<usize>),
     ) -> Poller {
-        let scheduler = envoy.scheduler();
-        // The first poll once the configuration is in place (config_new has returned).
-        scheduler.commit(EVENT_POLL);
-        let now = now_ms();
+        let shared = join((source, base_group, limits));
+        let scheduler = Arc::new(Mutex::new(Some(envoy.scheduler())));
+        let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
+        let (first, held) = {
+            let mut state = lock(&shared.state);
+            state.members.push(Member { id, wake: Arc::downgrade(&scheduler) });
+            (state.members.len() == 1, state.held.clone())
+        };
+        if first {
+            // The first poll once the configuration is in place (config_new has returned).
+            commit(&scheduler);
+        }
+        // A configuration joining a source that has a table shows its version.
+        if let (Some(gauge), Some(held)) = (metrics.0, held) {
+            envoy.set_gauge(gauge, held.version);
+        }
+        let published = shared.published.clone();
         Poller {
-            source,
-            base_group,
-            limits,
+            id,
+            shared,
             envoy,
-            scheduler: Arc::new(Mutex::new(Some(scheduler))),
-            state: Mutex::new(State { held: None, in_flight: None, failures: 0 }),
-            published: Published::new(),
-            poller_id: format!("envoy-native-{:x}-{}", now, std::process::id()),
+            scheduler,
+            in_flight: Mutex::new(None),
+            published,
             gauge_version: metrics.0,
             counter_updates: metrics.1,
             counter_rejects: metrics.2,
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn is_polling_member(&self) -> bool {
+        lock(&self.shared.state).members.first().is_some_and(|m| m.id == self.id)
     }
 
     /// Main thread: a scheduled event.
     pub fn on_scheduled(&self, event: u64) {
-        if event == EVENT_POLL {
+        if event == EVENT_POLL && self.is_polling_member() {
             self.poll();
         }
     }
 
     fn poll(&self) {
-        let path = {
-            let state = self.state();
-            if state.in_flight.is_some() {
-                return;
+        if lock(&self.in_flight).is_some() {
+            return;
+        }
+        let source = &self.shared.key.0;
+        let sep = if source.path.contains('?') { '&' } else { '?' };
+        let path = match &lock(&self.shared.state).held {
+            None => source.path.clone(),
+            Some(Held { version, epoch: Some(e) }) => {
+                format!("{}{sep}after={version}&epoch={e}&wait={}", source.path, source.wait_s)
             }
-            let sep = if self.source.path.contains('?') { '&' } else { '?' };
-            match &state.held {
-                None => self.source.path.clone(),
-                Some(Held { version, epoch: Some(e) }) => {
-                    format!("{}{sep}after={version}&epoch={e}&wait={}", self.source.path, self.source.wait_s)
-                }
-                Some(Held { version, epoch: None }) => {
-                    format!("{}{sep}after={version}&wait={}", self.source.path, self.source.wait_s)
-                }
+            Some(Held { version, epoch: None }) => {
+                format!("{}{sep}after={version}&wait={}", source.path, source.wait_s)
             }
         };
         let headers: [(&str, &[u8]); 5] = [
             (":method", b"GET"),
             (":path", path.as_bytes()),
-            (":authority", self.source.authority.as_bytes()),
+            (":authority", source.authority.as_bytes()),
             ("accept", b"application/json"),
-            ("x-isogroup-poller", self.poller_id.as_bytes()),
+            ("x-isogroup-poller", poller_id().as_bytes()),
         ];
-        let timeout_ms = (u64::from(self.source.wait_s) + 5) * 1000;
-        match self.envoy.callout(&self.source.cluster, &headers, timeout_ms) {
-            Some(id) => self.state().in_flight = Some(id),
-            None => self.failed(&format!("cannot call cluster {:?}", self.source.cluster)),
+        let timeout_ms = (u64::from(source.wait_s) + 5) * 1000;
+        match self.envoy.callout(&source.cluster, &headers, timeout_ms) {
+            Some(id) => *lock(&self.in_flight) = Some(id),
+            None => self.failed(&format!("cannot call cluster {:?}", source.cluster)),
         }
     }
 
     /// Main thread: the companion's answer (`None`: reset or timed out).
     pub fn on_callout_done(&self, id: u64, answer: Answer) {
         {
-            let mut state = self.state();
-            if state.in_flight != Some(id) {
+            let mut in_flight = lock(&self.in_flight);
+            if *in_flight != Some(id) {
                 return;
             }
-            state.in_flight = None;
+            *in_flight = None;
         }
         let Some((headers, body)) = answer else {
             return self.failed("companion unreachable or timed out");
@@ -214,7 +271,8 @@ impl Poller {
     }
 
     fn accept(&self, body: &[u8]) {
-        let table = match Table::from_companion_json(body, &self.base_group, &self.limits) {
+        let (_, base_group, limits) = &self.shared.key;
+        let table = match Table::from_companion_json(body, base_group, limits) {
             Ok((table, _unknown)) => table,
             Err(e) => {
                 if let Some(id) = self.counter_rejects {
@@ -225,30 +283,27 @@ impl Poller {
             }
         };
         let held = Held { version: table.version(), epoch: table.epoch().map(str::to_owned) };
-        let newer = {
-            let state = self.state();
-            state.held.as_ref().is_none_or(|h| held.stamp().is_newer_than(&h.stamp()))
-        };
+        let newer = lock(&self.shared.state).held.as_ref().is_none_or(|h| held.stamp().is_newer_than(&h.stamp()));
         if newer {
             log(
                 Level::Info,
                 &format!("isogroup: table {} accepted ({} services)", held.version, table.service_count()),
             );
-            if let Some(id) = self.gauge_version {
-                self.envoy.set_gauge(id, held.version);
-            }
             if let Some(id) = self.counter_updates {
                 self.envoy.increment_counter(id, 1);
             }
+            if let Some(id) = self.gauge_version {
+                self.envoy.set_gauge(id, held.version);
+            }
             self.published.publish(table);
-            self.state().held = Some(held);
+            lock(&self.shared.state).held = Some(held);
         }
         self.answered();
     }
 
     /// A good answer: the next long poll right away.
     fn answered(&self) {
-        let failures = core::mem::take(&mut self.state().failures);
+        let failures = core::mem::take(&mut lock(&self.shared.state).failures);
         if failures > 0 {
             log(Level::Info, "isogroup: companion reachable again");
         }
@@ -256,7 +311,7 @@ impl Poller {
     }
 
     fn failed(&self, why: &str) {
-        if self.state().failures == 0 {
+        if lock(&self.shared.state).failures == 0 {
             log(Level::Warn, &format!("isogroup: {why}"));
         }
         self.back_off();
@@ -264,7 +319,7 @@ impl Poller {
 
     fn back_off(&self) {
         let failures = {
-            let mut state = self.state();
+            let mut state = lock(&self.shared.state);
             state.failures = state.failures.saturating_add(1);
             state.failures
         };
@@ -275,9 +330,7 @@ impl Poller {
         let spawned = std::thread::Builder::new().name("isogroup-backoff".into()).spawn(move || {
             std::thread::sleep(Duration::from_millis(delay));
             if let Some(scheduler) = scheduler.upgrade() {
-                if let Some(s) = scheduler.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                    s.commit(EVENT_POLL);
-                }
+                commit(&scheduler);
             }
         });
         if let Err(e) = spawned {
@@ -288,9 +341,34 @@ impl Poller {
 
 impl Drop for Poller {
     fn drop(&mut self) {
-        // No commit after this: a sleeping backoff thread finds `None`.
-        self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // No commit to this configuration after this: a sleeping backoff
+        // thread finds `None`. Its callout in flight goes with it.
+        lock(&self.scheduler).take();
+        let successor = {
+            let mut state = lock(&self.shared.state);
+            let was_polling = state.members.first().is_some_and(|m| m.id == self.id);
+            state.members.retain(|m| m.id != self.id);
+            if was_polling {
+                state.members.first().and_then(|m| m.wake.upgrade())
+            } else {
+                None
+            }
+        };
+        // The next configuration of the source polls on, from the version held.
+        if let Some(next) = successor {
+            commit(&next);
+        }
     }
+}
+
+fn commit(scheduler: &Mutex<Option<Scheduler>>) {
+    if let Some(s) = lock(scheduler).as_ref() {
+        s.commit(EVENT_POLL);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_ms() -> u64 {
