@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    chain, free_port, header_values, http, http_fresh_connections, root, wait_for, Companion, Envoy, Mesh, Rendered,
+    chain, fake_companion, free_port, header_values, http, http_fresh_connections, root, wait_for, Companion, Envoy,
+    Mesh, Rendered,
 };
 use serde_json::Value;
 
@@ -284,6 +285,24 @@ async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller(
     }
     assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");
     assert!(mesh.envoy.stat("isogroup.isogroup_table_updates_total").await >= 5);
+    assert!(mesh.envoy.stat("isogroup.isogroup_table_fetches_total").await >= 5);
+}
+
+#[tokio::test]
+async fn a_table_that_does_not_compile_is_rejected_and_the_last_good_one_serves() {
+    let rendered = native_of(Rendered::from_file("envoy/companion.yaml"));
+    let good = include_str!("../demo/table.json").replace(r#""version": 1"#, r#""version": 7"#);
+    let bad = r#"{"version": 8, "groups": {"feature-1": {"fallback": ["nowhere"]}}, "services": {}}"#.to_owned();
+    // The good table, the bad one, then a poll held open.
+    let _companion = fake_companion(rendered.port(18080), vec![Some(good), Some(bad), None]).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_rejects_total", 1).await;
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_version").await, 7);
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_fetches_total").await, 2);
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_updates_total").await, 1);
+    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"), "table 7 serves");
+    assert!(mesh.envoy.log_text().contains("table rejected, the last good one keeps serving"));
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
 use isogroup_core::{Decision, Settings, Source, Table};
 
 use crate::abi::{log, log_enabled, validation_mode, ConfigHandle, Level, StreamHandle};
-use crate::sync::{self, Answer, Poller, WorkerTable};
+use crate::sync::{self, Answer, Poller, SyncMetrics, WorkerTable};
 
 /// Where the lean arm puts the cluster for the cluster specifier.
 pub const METADATA_NAMESPACE: &str = "isogroup";
@@ -120,11 +120,12 @@ impl Config {
             // `--mode validate` checks the configuration only: no poller.
             Source::Companion(_) if validation_mode() => Tables::None,
             Source::Companion(source) => {
-                let metrics = (
-                    gauge_version,
-                    envoy.define_counter("isogroup_table_updates_total"),
-                    envoy.define_counter("isogroup_table_rejects_total"),
-                );
+                let metrics = SyncMetrics {
+                    version: gauge_version,
+                    updates: envoy.define_counter("isogroup_table_updates_total"),
+                    rejects: envoy.define_counter("isogroup_table_rejects_total"),
+                    fetches: envoy.define_counter("isogroup_table_fetches_total"),
+                };
                 let (base_group, limits) = (settings.base_group.clone(), settings.limits);
                 Tables::Companion(Poller::start(source, base_group, limits, main_thread, metrics))
             }

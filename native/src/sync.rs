@@ -115,6 +115,8 @@ struct SourceState {
     /// Every live configuration of this source, oldest first: the first polls.
     members: Vec<Member>,
     failures: u32,
+    /// The unknown-fields warning is given once per source.
+    told_unknown: bool,
 }
 
 struct Member {
@@ -144,7 +146,7 @@ fn join(key: SourceKey) -> Arc<SharedSource> {
     let shared = Arc::new(SharedSource {
         key,
         published: Published::new(),
-        state: Mutex::new(SourceState { held: None, members: Vec::new(), failures: 0 }),
+        state: Mutex::new(SourceState { held: None, members: Vec::new(), failures: 0, told_unknown: false }),
     });
     sources.push(Arc::downgrade(&shared));
     shared
@@ -166,9 +168,16 @@ pub struct Poller {
     /// This configuration's callout in flight (main thread only).
     in_flight: Mutex<Option<u64>>,
     pub published: Arc<Published>,
-    gauge_version: Option<usize>,
-    counter_updates: Option<usize>,
-    counter_rejects: Option<usize>,
+    metrics: SyncMetrics,
+}
+
+/// The sync's metrics, defined by each configuration (ids are per configuration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncMetrics {
+    pub version: Option<usize>,
+    pub updates: Option<usize>,
+    pub rejects: Option<usize>,
+    pub fetches: Option<usize>,
 }
 
 impl Poller {
@@ -177,7 +186,7 @@ impl Poller {
         base_group: String,
         limits: Limits,
         envoy: MainThreadConfig,
-        metrics: (Option<usize>, Option<usize>, Option<usize>),
+        metrics: SyncMetrics,
     ) -> Poller {
         let shared = join((source, base_group, limits));
         let scheduler = Arc::new(Mutex::new(Some(envoy.scheduler())));
@@ -192,21 +201,11 @@ impl Poller {
             commit(&scheduler);
         }
         // A configuration joining a source that has a table shows its version.
-        if let (Some(gauge), Some(held)) = (metrics.0, held) {
+        if let (Some(gauge), Some(held)) = (metrics.version, held) {
             envoy.set_gauge(gauge, held.version);
         }
         let published = shared.published.clone();
-        Poller {
-            id,
-            shared,
-            envoy,
-            scheduler,
-            in_flight: Mutex::new(None),
-            published,
-            gauge_version: metrics.0,
-            counter_updates: metrics.1,
-            counter_rejects: metrics.2,
-        }
+        Poller { id, shared, envoy, scheduler, in_flight: Mutex::new(None), published, metrics }
     }
 
     fn is_polling_member(&self) -> bool {
@@ -263,7 +262,21 @@ impl Poller {
         };
         let header = |name: &str| headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
         match header(":status").and_then(|s| isogroup_core::text::parse_u64(s.trim_ascii())) {
-            Some(200) => self.accept(&body),
+            Some(200) => {
+                // The companion's ETag names the version: a table that is not
+                // newer than the one held is not parsed again.
+                if let Some(version) = header("etag").and_then(parse_etag) {
+                    let epoch = header("x-isogroup-epoch").and_then(|e| core::str::from_utf8(e).ok());
+                    let announced = Held { version, epoch: epoch.map(str::to_owned) };
+                    if !self.is_newer(&announced) {
+                        return self.answered();
+                    }
+                }
+                if let Some(id) = self.metrics.fetches {
+                    self.envoy.increment_counter(id, 1);
+                }
+                self.accept(&body)
+            }
             Some(304) => self.answered(),
             Some(status) => self.failed(&format!("companion answered {status}")),
             None => self.failed("companion answered without a status"),
@@ -273,9 +286,17 @@ impl Poller {
     fn accept(&self, body: &[u8]) {
         let (_, base_group, limits) = &self.shared.key;
         let table = match Table::from_companion_json(body, base_group, limits) {
-            Ok((table, _unknown)) => table,
+            Ok((table, unknown)) => {
+                if !unknown.is_empty() && !core::mem::replace(&mut lock(&self.shared.state).told_unknown, true) {
+                    log(
+                        Level::Warn,
+                        &format!("isogroup: table fields this filter does not know, ignored: {}", unknown.join(", ")),
+                    );
+                }
+                table
+            }
             Err(e) => {
-                if let Some(id) = self.counter_rejects {
+                if let Some(id) = self.metrics.rejects {
                     self.envoy.increment_counter(id, 1);
                 }
                 log(Level::Error, &format!("isogroup: table rejected, the last good one keeps serving: {e}"));
@@ -283,22 +304,25 @@ impl Poller {
             }
         };
         let held = Held { version: table.version(), epoch: table.epoch().map(str::to_owned) };
-        let newer = lock(&self.shared.state).held.as_ref().is_none_or(|h| held.stamp().is_newer_than(&h.stamp()));
-        if newer {
+        if self.is_newer(&held) {
             log(
                 Level::Info,
                 &format!("isogroup: table {} accepted ({} services)", held.version, table.service_count()),
             );
-            if let Some(id) = self.counter_updates {
+            if let Some(id) = self.metrics.updates {
                 self.envoy.increment_counter(id, 1);
             }
-            if let Some(id) = self.gauge_version {
+            if let Some(id) = self.metrics.version {
                 self.envoy.set_gauge(id, held.version);
             }
             self.published.publish(table);
             lock(&self.shared.state).held = Some(held);
         }
         self.answered();
+    }
+
+    fn is_newer(&self, held: &Held) -> bool {
+        lock(&self.shared.state).held.as_ref().is_none_or(|h| held.stamp().is_newer_than(&h.stamp()))
     }
 
     /// A good answer: the next long poll right away.
@@ -359,6 +383,13 @@ impl Drop for Poller {
             commit(&next);
         }
     }
+}
+
+/// `"42"` (or a weak `W/"42"`) → 42.
+fn parse_etag(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    let value = value.strip_prefix(b"W/").unwrap_or(value);
+    isogroup_core::text::parse_u64(value.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
 }
 
 fn commit(scheduler: &Mutex<Option<Scheduler>>) {
