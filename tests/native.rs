@@ -266,8 +266,8 @@ async fn groups_seen(mesh: &Mesh, clients: &[reqwest::Client]) -> Vec<String> {
 
 #[tokio::test]
 async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller() {
-    // envoy/companion.yaml with the module: the same plugin JSON (source: the companion).
-    let rendered = native_of(Rendered::from_file("envoy/companion.yaml"));
+    // The shipped envoy/native-companion.yaml: envoy/companion.yaml's plugin JSON (source: the companion).
+    let rendered = Rendered::from_file("envoy/native-companion.yaml");
     let companion = Companion::start(rendered.port(18080), include_str!("../demo/table.json")).await;
     let mesh = Mesh::start_with(rendered).await;
     mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
