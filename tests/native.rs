@@ -326,6 +326,11 @@ async fn the_native_build_backs_off_while_the_companion_is_down_and_recovers() {
             .then_some(())
     })
     .await;
+    // The table's age counts from the companion's last answer.
+    wait_for("the table age to grow", Duration::from_secs(10), || async {
+        (mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await >= 2).then_some(())
+    })
+    .await;
     let companion = Companion::start_in(port, dir).await;
     let version = companion.set_instance("b", "feature-1", Some("b-feature-1")).await;
     // Back within the backoff's bound (10 s) plus a poll.
@@ -335,6 +340,10 @@ async fn the_native_build_backs_off_while_the_companion_is_down_and_recovers() {
     .await;
     let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
     assert_eq!(hops, "a@feature-1 > b@feature-1 > c@base");
+    wait_for("the table age back near 0", Duration::from_secs(5), || async {
+        (mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await <= 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -122,6 +122,7 @@ impl Config {
             Source::Companion(source) => {
                 let metrics = SyncMetrics {
                     version: gauge_version,
+                    age: envoy.define_gauge("isogroup_table_age_seconds"),
                     updates: envoy.define_counter("isogroup_table_updates_total"),
                     rejects: envoy.define_counter("isogroup_table_rejects_total"),
                     fetches: envoy.define_counter("isogroup_table_fetches_total"),

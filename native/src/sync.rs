@@ -34,8 +34,11 @@ use crate::abi::{log, Level, MainThreadConfig, Scheduler};
 /// Backoff bounds after a failed poll, as the wasm build's.
 const BACKOFF_MIN_MS: u64 = 250;
 const BACKOFF_MAX_MS: u64 = 10_000;
-/// Scheduled events: poll now.
+/// Scheduled events: poll now; refresh the table-age gauges.
 const EVENT_POLL: u64 = 1;
+const EVENT_AGE: u64 = 2;
+/// How often the table-age gauges are refreshed.
+const AGE_PERIOD: Duration = Duration::from_secs(1);
 
 /// A worker's reference to a published table: a worker-local count over
 /// the shared one, so streams copy it without touching a shared cache line.
@@ -117,11 +120,15 @@ struct SourceState {
     failures: u32,
     /// The unknown-fields warning is given once per source.
     told_unknown: bool,
+    /// When the companion last answered (ms), else when the source started.
+    ok_at_ms: u64,
 }
 
 struct Member {
     id: u64,
     wake: Weak<Mutex<Option<Scheduler>>>,
+    /// Where this configuration shows the table's age.
+    age_gauge: Option<(MainThreadConfig, usize)>,
 }
 
 type SourceKey = (CompanionSource, String, Limits);
@@ -146,10 +153,34 @@ fn join(key: SourceKey) -> Arc<SharedSource> {
     let shared = Arc::new(SharedSource {
         key,
         published: Published::new(),
-        state: Mutex::new(SourceState { held: None, members: Vec::new(), failures: 0, told_unknown: false }),
+        state: Mutex::new(SourceState {
+            held: None,
+            members: Vec::new(),
+            failures: 0,
+            told_unknown: false,
+            ok_at_ms: now_ms(),
+        }),
     });
     sources.push(Arc::downgrade(&shared));
+    start_age_ticks(Arc::downgrade(&shared));
     shared
+}
+
+/// A filter config has no timer: a module thread wakes the polling
+/// configuration every second to refresh the table-age gauges; it ends
+/// with the source.
+fn start_age_ticks(source: Weak<SharedSource>) {
+    let spawned = std::thread::Builder::new().name("isogroup-age".into()).spawn(move || loop {
+        std::thread::sleep(AGE_PERIOD);
+        let Some(source) = source.upgrade() else { return };
+        let first = lock(&source.state).members.first().and_then(|m| m.wake.upgrade());
+        if let Some(scheduler) = first {
+            commit(&scheduler, EVENT_AGE);
+        }
+    });
+    if let Err(e) = spawned {
+        log(Level::Error, &format!("isogroup: no table-age thread ({e}): isogroup_table_age_seconds stays 0"));
+    }
 }
 
 /// The process's poller id: the companion counts pollers by it.
@@ -175,6 +206,7 @@ pub struct Poller {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncMetrics {
     pub version: Option<usize>,
+    pub age: Option<usize>,
     pub updates: Option<usize>,
     pub rejects: Option<usize>,
     pub fetches: Option<usize>,
@@ -193,12 +225,13 @@ impl Poller {
         let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
         let (first, held) = {
             let mut state = lock(&shared.state);
-            state.members.push(Member { id, wake: Arc::downgrade(&scheduler) });
+            let age_gauge = metrics.age.map(|g| (envoy, g));
+            state.members.push(Member { id, wake: Arc::downgrade(&scheduler), age_gauge });
             (state.members.len() == 1, state.held.clone())
         };
         if first {
             // The first poll once the configuration is in place (config_new has returned).
-            commit(&scheduler);
+            commit(&scheduler, EVENT_POLL);
         }
         // A configuration joining a source that has a table shows its version.
         if let (Some(gauge), Some(held)) = (metrics.version, held) {
@@ -214,8 +247,19 @@ impl Poller {
 
     /// Main thread: a scheduled event.
     pub fn on_scheduled(&self, event: u64) {
-        if event == EVENT_POLL && self.is_polling_member() {
-            self.poll();
+        if !self.is_polling_member() {
+            return;
+        }
+        match event {
+            EVENT_POLL => self.poll(),
+            EVENT_AGE => {
+                let state = lock(&self.shared.state);
+                let age_s = now_ms().saturating_sub(state.ok_at_ms) / 1000;
+                for (envoy, gauge) in state.members.iter().filter_map(|m| m.age_gauge) {
+                    envoy.set_gauge(gauge, age_s);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -327,7 +371,11 @@ impl Poller {
 
     /// A good answer: the next long poll right away.
     fn answered(&self) {
-        let failures = core::mem::take(&mut lock(&self.shared.state).failures);
+        let failures = {
+            let mut state = lock(&self.shared.state);
+            state.ok_at_ms = now_ms();
+            core::mem::take(&mut state.failures)
+        };
         if failures > 0 {
             log(Level::Info, "isogroup: companion reachable again");
         }
@@ -354,7 +402,7 @@ impl Poller {
         let spawned = std::thread::Builder::new().name("isogroup-backoff".into()).spawn(move || {
             std::thread::sleep(Duration::from_millis(delay));
             if let Some(scheduler) = scheduler.upgrade() {
-                commit(&scheduler);
+                commit(&scheduler, EVENT_POLL);
             }
         });
         if let Err(e) = spawned {
@@ -380,7 +428,7 @@ impl Drop for Poller {
         };
         // The next configuration of the source polls on, from the version held.
         if let Some(next) = successor {
-            commit(&next);
+            commit(&next, EVENT_POLL);
         }
     }
 }
@@ -392,9 +440,9 @@ fn parse_etag(value: &[u8]) -> Option<u64> {
     isogroup_core::text::parse_u64(value.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
 }
 
-fn commit(scheduler: &Mutex<Option<Scheduler>>) {
+fn commit(scheduler: &Mutex<Option<Scheduler>>, event: u64) {
     if let Some(s) = lock(scheduler).as_ref() {
-        s.commit(EVENT_POLL);
+        s.commit(event);
     }
 }
 
