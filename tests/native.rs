@@ -284,6 +284,14 @@ async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller(
         mesh.envoy.wait_stat("isogroup.isogroup_table_version", version).await;
     }
     assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");
+    // Both workers served: the explanation names the worker that decided.
+    let mut workers = std::collections::BTreeSet::new();
+    for c in &clients {
+        let resp = mesh.request(c, "b").header("x-isogroup-debug", "1").send().await.unwrap();
+        let decision = header_values(&resp, "x-isogroup-decision").last().cloned().unwrap_or_default();
+        workers.insert(decision.split(';').next().unwrap_or_default().trim().to_owned());
+    }
+    assert_eq!(workers, ["vm=native-0".to_owned(), "vm=native-1".to_owned()].into(), "{workers:?}");
     assert!(mesh.envoy.stat("isogroup.isogroup_table_updates_total").await >= 5);
     assert!(mesh.envoy.stat("isogroup.isogroup_table_fetches_total").await >= 5);
 }

@@ -182,6 +182,7 @@ extern "C" {
     );
     fn envoy_dynamic_module_callback_http_filter_reset_stream(filter_envoy_ptr: EnvoyPtr, reason: u32, details: Buffer);
     fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: EnvoyPtr);
+    fn envoy_dynamic_module_callback_http_filter_get_worker_index(filter_envoy_ptr: EnvoyPtr) -> u32;
     fn envoy_dynamic_module_callback_http_clear_route_cluster_cache(filter_envoy_ptr: EnvoyPtr);
     fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
         filter_envoy_ptr: EnvoyPtr,
@@ -476,6 +477,12 @@ impl StreamHandle {
         unsafe {
             envoy_dynamic_module_callback_http_filter_reset_stream(self.0, RESET_LOCAL, Buffer::of(details.as_bytes()))
         }
+    }
+
+    /// The index of the worker thread the stream runs on.
+    pub fn worker_index(&self) -> u32 {
+        // SAFETY: the filter pointer is valid during the hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_get_worker_index(self.0) }
     }
 
     /// The route is picked again (whole route match) when the router asks.

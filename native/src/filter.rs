@@ -277,11 +277,13 @@ impl Stream {
         let decision = table.map(|t| incoming.decide(t));
         self.count_decision(envoy, decision.as_ref());
         if incoming.debug && incoming.trusted {
+            // Names the worker, as the wasm build names its worker's VM.
+            let worker = format!("native-{}", envoy.worker_index());
             self.explanation.set(Some(request::explain(
                 &incoming,
                 decision.as_ref(),
                 table.map(|t| t.version()),
-                "native",
+                &worker,
             )));
         }
         if let Some(Decision::FailFast(f)) = &decision {
