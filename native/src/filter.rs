@@ -107,6 +107,10 @@ impl Config {
             }
         };
         let mut settings = Settings::from_json(json).map_err(|e| e.to_string())?;
+        // Refused before anything starts (a poller, its scheduler).
+        if settings.assist.is_some() {
+            return Err("propagation_assist: the propagation assist is not supported by the native build yet".into());
+        }
         let gauge_version = envoy.define_gauge("isogroup_table_version");
         let main_thread = envoy.keep();
         let tables = match core::mem::replace(&mut settings.source, Source::None) {
@@ -131,9 +135,6 @@ impl Config {
                 Tables::Companion(Poller::start(source, base_group, limits, main_thread, metrics))
             }
         };
-        if settings.assist.is_some() {
-            return Err("propagation_assist: the propagation assist is not supported by the native build yet".into());
-        }
         let counters = COUNTERS.map(|name| envoy.define_counter(name));
         Ok(Config { settings, tables, handoff, counters })
     }
