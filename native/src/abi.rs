@@ -1,11 +1,12 @@
 //! Envoy 1.40's dynamic-module ABI, by hand: the types, the event hooks this
 //! module exports and the `envoy_dynamic_module_callback_*` functions it
-//! calls, declared exactly as `source/extensions/dynamic_modules/abi/abi.h`
-//! declares them for the Envoy the project pins (docs/native.md names the
-//! header's commit). Only the callbacks the module uses are declared; the
-//! build checks that the wheel's Envoy exports every one of them
-//! (tests/native.rs, from the built library's undefined symbols), since 1.40 loads modules with `RTLD_NOW` and a wrong
-//! signature would be silent memory corruption.
+//! calls, declared as `source/extensions/dynamic_modules/abi/abi.h` declares
+//! them at envoyproxy/envoy 0199da4 (the nearest version that could be
+//! read; docs/native.md says why not 1.40.0's own, and what stands in for
+//! an exact match). Only the callbacks the module uses are declared; a test
+//! checks that the wheel's Envoy exports every one the built library
+//! imports (tests/native.rs), since 1.40 loads modules with `RTLD_NOW` and
+//! a wrong signature would be silent memory corruption.
 //!
 //! This is the crate's only `unsafe` code: every hook turns Envoy's raw
 //! pointers into safe handles and runs the module's code behind a panic
