@@ -412,7 +412,9 @@ bench() {
   if [ "${1:-}" = startup ]; then # ./build.sh bench startup: Envoy start -> first routed request
     shift
     log "Envoy start-up per arm at concurrency 4 (see BENCHMARKS.md)"
-    python3 bench/startup.py "$@"
+    # The native arm's config is built with pyyaml (bench/one_envoy.py).
+    .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
+    .venv/bin/python bench/startup.py "$@"
     return
   fi
   log "micro benchmarks (criterion, core)"
