@@ -276,11 +276,14 @@ async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller(
     for round in 0..4 {
         let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
         let version = companion.set_instance("b", "feature-1", cluster).await;
+        let started = std::time::Instant::now();
         wait_for(&format!("every connection to see b@{group}"), Duration::from_secs(5), || async {
             let seen = groups_seen(&mesh, &clients).await;
             (seen.len() == clients.len() && seen.iter().all(|g| g == group)).then_some(())
         })
         .await;
+        // Printed, not asserted (tests/companion_sync.rs prints the wasm build's).
+        println!("round {round}: version {version} on every connection after {:?}", started.elapsed());
         mesh.envoy.wait_stat("isogroup.isogroup_table_version", version).await;
     }
     assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");
