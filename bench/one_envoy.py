@@ -45,8 +45,36 @@ def arms(extra_wasm=()):
     ] + [(name, iso.replace("filename: target/isogroup.wasm", f"filename: {path}"), load.SMALL) for name, path in extra_wasm]
 
 
+def native_arms():
+    """The native build (target/libisogroup_native.so) on the lean arm's listener: `native-default`
+    hands the cluster over as the wasm build does (routing header + route-cache clear), `native-lean`
+    through the route's cluster specifier (dynamic metadata + cluster refresh, no header write)."""
+    module = {"module": {"local": {"filename": "target/libisogroup_native.so"}}, "do_not_close": True}
+    arms = []
+    for name, filter_name in (("native-default", "isogroup"), ("native-lean", "isogroup-lean")):
+        doc = yaml.safe_load((load.ROOT / "bench/envoy/isogroup.yaml").read_text())
+        hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        wasm = hcm["http_filters"][0]["typed_config"]
+        hcm["http_filters"][0]["typed_config"] = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {**module, "metrics_namespace": "isogroup"},
+            "filter_name": filter_name,
+            "filter_config": wasm["config"]["configuration"],
+        }
+        if filter_name == "isogroup-lean":
+            hcm["route_config"]["virtual_hosts"][0]["routes"] = [{"match": {"prefix": "/"}, "route": {
+                "inline_cluster_specifier_plugin": {"extension": {"name": "isogroup", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier",
+                    "dynamic_module_config": module,
+                    "specifier_name": "isogroup",
+                    "specifier_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "svc-base"},
+                }}}}}]
+        arms.append((name, yaml.safe_dump(doc, sort_keys=False), load.SMALL))
+    return arms
+
+
 def optional_arms():
-    """Arms run only when named in --arms (experiments on what the route re-match costs)."""
+    """Arms run only when named in --arms (experiments on what the route re-match costs, the native build)."""
     lua = (load.ROOT / "bench/envoy/lua.yaml").read_text()
     # Lua's work without the route re-match: no clearRouteCache, and the route matched before the
     # filter ran (the catch-all) already goes to svc-f1, so the header written is never read.
@@ -54,7 +82,7 @@ def optional_arms():
     probe = (load.ROOT / "bench/envoy/probe.yaml").read_text()
     repeated = lambda what: probe.replace("\n                    {}\n", f'\n                    {{"{what}": {REPEATS}}}\n')
     assert repeated("request_writes") != probe, "probe.yaml's configuration moved"
-    return [("lua-noclear", no_clear, load.SMALL),
+    return native_arms() + [("lua-noclear", no_clear, load.SMALL),
             # the probe's writes repeated: what one more header write costs Envoy (see per_write)
             (f"probe-req{REPEATS}", repeated("request_writes"), load.SMALL),
             (f"probe-resp{REPEATS}", repeated("response_writes"), load.SMALL),

@@ -25,7 +25,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import load  # noqa: E402  (the shared helpers: Envoy paths, table, log)
 
 CONCURRENCY = 4
-ARMS = ["floor", "noop-wasm", "isogroup", "isogroup-10k"]
+ARMS = ["floor", "noop-wasm", "isogroup", "isogroup-10k", "native"]
 
 
 def routed_count(admin, cluster):
@@ -73,6 +73,13 @@ def arm_configs():
         load.COMPANION = load.ROOT / "target/debug/isogroup-companion"
     configs = {}
     for arm in ARMS:
+        if arm == "native":  # the native build's header arm (bench/one_envoy.py), target/libisogroup_native.so
+            import one_envoy  # noqa: E402,PLC0415  (needs pyyaml, only for this arm)
+            name, text, headers = one_envoy.native_arms()[0]
+            path = load.OUT / f"startup-{name}.yaml"
+            path.write_text(text)
+            configs[arm] = (path, headers, "svc-f1")
+            continue
         path, headers, cluster = load.ARMS[arm]
         if arm == "isogroup-10k":
             text = load.with_table((load.ROOT / "bench/envoy/isogroup.yaml").read_text(), load.synth(10000))

@@ -1,0 +1,455 @@
+//! Companion sync for the native build: filter configurations long-poll
+//! the companion with config-level HTTP callouts on Envoy's main thread
+//! (the same requests as the wasm build's poller: `?after=<version>
+//! [&epoch=<e>]&wait=<s>`, `x-isogroup-poller`), compile each newer table
+//! there, and publish it; workers pick it up by its generation.
+//!
+//! One poller and one table per source per process: configurations with
+//! the same source (two listeners, or the old and new config of an LDS
+//! update) join one registry entry; the first live member polls, the
+//! others wait, and when it goes the next one takes over from the version
+//! held. A new configuration has the process's table from its first
+//! stream.
+//!
+//! Envoy 1.40 gives a filter configuration no timer: a backoff is a module
+//! thread that sleeps, then commits an event to the configuration's
+//! main-thread scheduler (the scheduler sits behind a lock that the
+//! configuration's destruction takes, so no commit outlives it).
+//!
+//! Workers never lock per request: each keeps, per configuration, the
+//! table of the generation it last saw (`Rc`, worker-local) and looks at
+//! the shared generation (one atomic load) before each stream.
+
+use core::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use isogroup_core::epoch::Stamp;
+use isogroup_core::{CompanionSource, Limits, Table};
+
+use crate::abi::{log, Level, MainThreadConfig, Scheduler};
+
+/// Backoff bounds after a failed poll, as the wasm build's.
+const BACKOFF_MIN_MS: u64 = 250;
+const BACKOFF_MAX_MS: u64 = 10_000;
+/// Scheduled events: poll now; refresh the table-age gauges.
+const EVENT_POLL: u64 = 1;
+const EVENT_AGE: u64 = 2;
+/// How often the table-age gauges are refreshed.
+const AGE_PERIOD: Duration = Duration::from_secs(1);
+
+/// A worker's reference to a published table: a worker-local count over
+/// the shared one, so streams copy it without touching a shared cache line.
+#[allow(clippy::redundant_allocation)] // the point: `Rc` per worker over the one `Arc`
+pub type WorkerTable = Rc<Arc<Table>>;
+
+/// The companion's answer to a callout: headers and body (`None`: reset or timed out).
+pub type Answer = Option<(Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)>;
+
+/// The table of one configuration as workers read it.
+pub struct Published {
+    /// 0 until the first table; bumped with every table published.
+    generation: AtomicU64,
+    table: Mutex<Option<Arc<Table>>>,
+}
+
+impl Published {
+    fn new() -> Arc<Published> {
+        Arc::new(Published { generation: AtomicU64::new(0), table: Mutex::new(None) })
+    }
+
+    fn publish(&self, table: Table) {
+        let mut slot = lock(&self.table);
+        *slot = Some(Arc::new(table));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A worker's copy of the reference: refreshed when the generation moved.
+struct Cached {
+    source: Weak<Published>,
+    generation: u64,
+    table: Option<WorkerTable>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The table a stream on this worker decides against (and keeps until its
+/// response): no lock and no shared reference count unless it changed.
+pub fn current(published: &Arc<Published>) -> Option<WorkerTable> {
+    let generation = published.generation.load(Ordering::Acquire);
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(c) = cache.iter().find(|c| c.source.as_ptr() == Arc::as_ptr(published)) {
+            if c.generation == generation {
+                return c.table.clone();
+            }
+        }
+        // A miss (rare): drop the entries of configurations that are gone.
+        cache.retain(|c| c.source.strong_count() > 0 && c.source.as_ptr() != Arc::as_ptr(published));
+        let table = lock(&published.table).clone().map(Rc::new);
+        cache.push(Cached { source: Arc::downgrade(published), generation, table: table.clone() });
+        table
+    })
+}
+
+/// The version (and epoch) of the table the poller holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    version: u64,
+    epoch: Option<String>,
+}
+
+impl Held {
+    fn stamp(&self) -> Stamp<'_> {
+        Stamp::new(self.epoch.as_deref(), self.version)
+    }
+}
+
+/// One source's poller state and table, shared by every configuration of
+/// the process that names the source. Main thread only, but for
+/// `published` (a `Mutex` keeps the configurations `Sync`).
+struct SourceState {
+    held: Option<Held>,
+    /// Every live configuration of this source, oldest first: the first polls.
+    members: Vec<Member>,
+    failures: u32,
+    /// The unknown-fields warning is given once per source.
+    told_unknown: bool,
+    /// When the companion last answered (ms), else when the source started.
+    ok_at_ms: u64,
+}
+
+struct Member {
+    id: u64,
+    wake: Weak<Mutex<Option<Scheduler>>>,
+    /// Where this configuration shows the table's age.
+    age_gauge: Option<(MainThreadConfig, usize)>,
+}
+
+type SourceKey = (CompanionSource, String, Limits);
+
+struct SharedSource {
+    /// What a table is compiled with: the source, the base group, the limits.
+    key: SourceKey,
+    published: Arc<Published>,
+    state: Mutex<SourceState>,
+}
+
+static SOURCES: Mutex<Vec<Weak<SharedSource>>> = Mutex::new(Vec::new());
+static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
+
+/// The process's entry for `key`, made on first use; gone with its last configuration.
+fn join(key: SourceKey) -> Arc<SharedSource> {
+    let mut sources = lock(&SOURCES);
+    sources.retain(|w| w.strong_count() > 0);
+    if let Some(found) = sources.iter().filter_map(Weak::upgrade).find(|s| s.key == key) {
+        return found;
+    }
+    let shared = Arc::new(SharedSource {
+        key,
+        published: Published::new(),
+        state: Mutex::new(SourceState {
+            held: None,
+            members: Vec::new(),
+            failures: 0,
+            told_unknown: false,
+            ok_at_ms: now_ms(),
+        }),
+    });
+    sources.push(Arc::downgrade(&shared));
+    start_age_ticks(Arc::downgrade(&shared));
+    shared
+}
+
+/// A filter config has no timer: a module thread wakes the polling
+/// configuration every second to refresh the table-age gauges; it ends
+/// with the source.
+fn start_age_ticks(source: Weak<SharedSource>) {
+    let spawned = std::thread::Builder::new().name("isogroup-age".into()).spawn(move || loop {
+        std::thread::sleep(AGE_PERIOD);
+        let Some(source) = source.upgrade() else { return };
+        let first = lock(&source.state).members.first().and_then(|m| m.wake.upgrade());
+        if let Some(scheduler) = first {
+            commit(&scheduler, EVENT_AGE);
+        }
+    });
+    if let Err(e) = spawned {
+        log(Level::Error, &format!("isogroup: no table-age thread ({e}): isogroup_table_age_seconds stays 0"));
+    }
+}
+
+/// The process's poller id: the companion counts pollers by it.
+fn poller_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("envoy-native-{:x}-{}", now_ms(), std::process::id()))
+}
+
+/// One configuration's part in its source's polling.
+pub struct Poller {
+    id: u64,
+    shared: Arc<SharedSource>,
+    envoy: MainThreadConfig,
+    /// `None` once the configuration is being destroyed.
+    scheduler: Arc<Mutex<Option<Scheduler>>>,
+    /// This configuration's callout in flight (main thread only).
+    in_flight: Mutex<Option<u64>>,
+    pub published: Arc<Published>,
+    metrics: SyncMetrics,
+}
+
+/// The sync's metrics, defined by each configuration (ids are per configuration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncMetrics {
+    pub version: Option<usize>,
+    pub age: Option<usize>,
+    pub updates: Option<usize>,
+    pub rejects: Option<usize>,
+    pub fetches: Option<usize>,
+}
+
+impl Poller {
+    pub fn start(
+        source: CompanionSource,
+        base_group: String,
+        limits: Limits,
+        envoy: MainThreadConfig,
+        metrics: SyncMetrics,
+    ) -> Poller {
+        let shared = join((source, base_group, limits));
+        let scheduler = Arc::new(Mutex::new(Some(envoy.scheduler())));
+        let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
+        let (first, held) = {
+            let mut state = lock(&shared.state);
+            let age_gauge = metrics.age.map(|g| (envoy, g));
+            state.members.push(Member { id, wake: Arc::downgrade(&scheduler), age_gauge });
+            (state.members.len() == 1, state.held.clone())
+        };
+        if first {
+            // The first poll once the configuration is in place (config_new has returned).
+            commit(&scheduler, EVENT_POLL);
+        }
+        // A configuration joining a source that has a table shows its version.
+        if let (Some(gauge), Some(held)) = (metrics.version, held) {
+            envoy.set_gauge(gauge, held.version);
+        }
+        let published = shared.published.clone();
+        Poller { id, shared, envoy, scheduler, in_flight: Mutex::new(None), published, metrics }
+    }
+
+    fn is_polling_member(&self) -> bool {
+        lock(&self.shared.state).members.first().is_some_and(|m| m.id == self.id)
+    }
+
+    /// Main thread: a scheduled event.
+    pub fn on_scheduled(&self, event: u64) {
+        if !self.is_polling_member() {
+            return;
+        }
+        match event {
+            EVENT_POLL => self.poll(),
+            EVENT_AGE => {
+                let state = lock(&self.shared.state);
+                let age_s = now_ms().saturating_sub(state.ok_at_ms) / 1000;
+                for (envoy, gauge) in state.members.iter().filter_map(|m| m.age_gauge) {
+                    envoy.set_gauge(gauge, age_s);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn poll(&self) {
+        if lock(&self.in_flight).is_some() {
+            return;
+        }
+        let source = &self.shared.key.0;
+        let sep = if source.path.contains('?') { '&' } else { '?' };
+        let path = match &lock(&self.shared.state).held {
+            None => source.path.clone(),
+            Some(Held { version, epoch: Some(e) }) => {
+                format!("{}{sep}after={version}&epoch={e}&wait={}", source.path, source.wait_s)
+            }
+            Some(Held { version, epoch: None }) => {
+                format!("{}{sep}after={version}&wait={}", source.path, source.wait_s)
+            }
+        };
+        let headers: [(&str, &[u8]); 5] = [
+            (":method", b"GET"),
+            (":path", path.as_bytes()),
+            (":authority", source.authority.as_bytes()),
+            ("accept", b"application/json"),
+            ("x-isogroup-poller", poller_id().as_bytes()),
+        ];
+        let timeout_ms = (u64::from(source.wait_s) + 5) * 1000;
+        match self.envoy.callout(&source.cluster, &headers, timeout_ms) {
+            Some(id) => *lock(&self.in_flight) = Some(id),
+            None => self.failed(&format!("cannot call cluster {:?}", source.cluster)),
+        }
+    }
+
+    /// Main thread: the companion's answer (`None`: reset or timed out).
+    pub fn on_callout_done(&self, id: u64, answer: Answer) {
+        {
+            let mut in_flight = lock(&self.in_flight);
+            if *in_flight != Some(id) {
+                return;
+            }
+            *in_flight = None;
+        }
+        let Some((headers, body)) = answer else {
+            return self.failed("companion unreachable or timed out");
+        };
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice());
+        match header(":status").and_then(|s| isogroup_core::text::parse_u64(s.trim_ascii())) {
+            Some(200) => {
+                // The companion's ETag names the version: a table that is not
+                // newer than the one held is not parsed again.
+                if let Some(version) = header("etag").and_then(parse_etag) {
+                    let epoch = header("x-isogroup-epoch").and_then(|e| core::str::from_utf8(e).ok());
+                    let announced = Held { version, epoch: epoch.map(str::to_owned) };
+                    if !self.is_newer(&announced) {
+                        return self.answered();
+                    }
+                }
+                if let Some(id) = self.metrics.fetches {
+                    self.envoy.increment_counter(id, 1);
+                }
+                self.accept(&body)
+            }
+            Some(304) => self.answered(),
+            Some(status) => self.failed(&format!("companion answered {status}")),
+            None => self.failed("companion answered without a status"),
+        }
+    }
+
+    fn accept(&self, body: &[u8]) {
+        let (_, base_group, limits) = &self.shared.key;
+        let table = match Table::from_companion_json(body, base_group, limits) {
+            Ok((table, unknown)) => {
+                if !unknown.is_empty() && !core::mem::replace(&mut lock(&self.shared.state).told_unknown, true) {
+                    log(
+                        Level::Warn,
+                        &format!("isogroup: table fields this filter does not know, ignored: {}", unknown.join(", ")),
+                    );
+                }
+                table
+            }
+            Err(e) => {
+                if let Some(id) = self.metrics.rejects {
+                    self.envoy.increment_counter(id, 1);
+                }
+                log(Level::Error, &format!("isogroup: table rejected, the last good one keeps serving: {e}"));
+                return self.back_off();
+            }
+        };
+        let held = Held { version: table.version(), epoch: table.epoch().map(str::to_owned) };
+        if self.is_newer(&held) {
+            log(
+                Level::Info,
+                &format!("isogroup: table {} accepted ({} services)", held.version, table.service_count()),
+            );
+            if let Some(id) = self.metrics.updates {
+                self.envoy.increment_counter(id, 1);
+            }
+            if let Some(id) = self.metrics.version {
+                self.envoy.set_gauge(id, held.version);
+            }
+            self.published.publish(table);
+            lock(&self.shared.state).held = Some(held);
+        }
+        self.answered();
+    }
+
+    fn is_newer(&self, held: &Held) -> bool {
+        lock(&self.shared.state).held.as_ref().is_none_or(|h| held.stamp().is_newer_than(&h.stamp()))
+    }
+
+    /// A good answer: the next long poll right away.
+    fn answered(&self) {
+        let failures = {
+            let mut state = lock(&self.shared.state);
+            state.ok_at_ms = now_ms();
+            core::mem::take(&mut state.failures)
+        };
+        if failures > 0 {
+            log(Level::Info, "isogroup: companion reachable again");
+        }
+        self.poll();
+    }
+
+    fn failed(&self, why: &str) {
+        if lock(&self.shared.state).failures == 0 {
+            log(Level::Warn, &format!("isogroup: {why}"));
+        }
+        self.back_off();
+    }
+
+    fn back_off(&self) {
+        let failures = {
+            let mut state = lock(&self.shared.state);
+            state.failures = state.failures.saturating_add(1);
+            state.failures
+        };
+        let base = BACKOFF_MIN_MS.saturating_mul(1 << failures.min(10)).min(BACKOFF_MAX_MS);
+        // Jitter from the clock, so Envoys that lost the companion together do not retry together.
+        let delay = base - base / 4 + now_ms() % (base / 2 + 1);
+        let scheduler = Arc::downgrade(&self.scheduler);
+        let spawned = std::thread::Builder::new().name("isogroup-backoff".into()).spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            if let Some(scheduler) = scheduler.upgrade() {
+                commit(&scheduler, EVENT_POLL);
+            }
+        });
+        if let Err(e) = spawned {
+            log(Level::Error, &format!("isogroup: no backoff thread ({e}); polling stops"));
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // No commit to this configuration after this: a sleeping backoff
+        // thread finds `None`. Its callout in flight goes with it.
+        lock(&self.scheduler).take();
+        let successor = {
+            let mut state = lock(&self.shared.state);
+            let was_polling = state.members.first().is_some_and(|m| m.id == self.id);
+            state.members.retain(|m| m.id != self.id);
+            if was_polling {
+                state.members.first().and_then(|m| m.wake.upgrade())
+            } else {
+                None
+            }
+        };
+        // The next configuration of the source polls on, from the version held.
+        if let Some(next) = successor {
+            commit(&next, EVENT_POLL);
+        }
+    }
+}
+
+/// `"42"` (or a weak `W/"42"`) → 42.
+fn parse_etag(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    let value = value.strip_prefix(b"W/").unwrap_or(value);
+    isogroup_core::text::parse_u64(value.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
+}
+
+fn commit(scheduler: &Mutex<Option<Scheduler>>, event: u64) {
+    if let Some(s) = lock(scheduler).as_ref() {
+        s.commit(event);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
