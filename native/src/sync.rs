@@ -329,7 +329,10 @@ impl Poller {
 
     fn accept(&self, body: &[u8]) {
         let (_, base_group, limits) = &self.shared.key;
-        let table = match Table::from_companion_json(body, base_group, limits) {
+        // One table serves every config that joined this source, with or
+        // without `edge.runtime`: its rules are kept compiled (one copy per
+        // process); a config without `runtime` never consults them.
+        let table = match Table::from_companion_json(body, base_group, limits, true) {
             Ok((table, unknown)) => {
                 if !unknown.is_empty() && !core::mem::replace(&mut lock(&self.shared.state).told_unknown, true) {
                     log(
