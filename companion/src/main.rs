@@ -95,6 +95,12 @@ enum Command {
         /// lane to it with `?lane=<group>`.
         #[arg(long, value_parser = parse_gateway_url)]
         gateway_url: Option<String>,
+        /// Held long-polls get a new version at most once per this many
+        /// milliseconds (a burst of changes coalesces into its last
+        /// version); 0 turns it off. Writes, `GET /v1/table` without
+        /// `after`, `/v1/resolve` and the console see each change at once.
+        #[arg(long, default_value_t = 1000)]
+        min_publish_ms: u64,
     },
     /// Validate a table file: print each error, exit non-zero when invalid.
     Check {
@@ -162,6 +168,7 @@ fn main() -> ExitCode {
             base_group,
             max_table_bytes,
             gateway_url,
+            min_publish_ms,
         } => {
             let limits = Limits { max_table_bytes, ..Limits::default() };
             let source = match (table, etcd.is_empty()) {
@@ -179,7 +186,7 @@ fn main() -> ExitCode {
                     },
                 },
             };
-            serve(listen, source, Options { token_file, base: base_group, limits, gateway_url })
+            serve(listen, source, Options { token_file, base: base_group, limits, gateway_url, min_publish_ms })
         }
         Command::Check { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
@@ -302,6 +309,7 @@ struct Options {
     base: String,
     limits: Limits,
     gateway_url: Option<String>,
+    min_publish_ms: u64,
 }
 
 fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
@@ -322,11 +330,12 @@ fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
 }
 
 async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(), String> {
-    let Options { token_file, base, limits, gateway_url } = options;
+    let Options { token_file, base, limits, gateway_url, min_publish_ms } = options;
     let token = http::auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
+    served.set_min_publish(std::time::Duration::from_millis(min_publish_ms));
     // Kubernetes: what hands the Lease back on shutdown.
     let mut release = None;
     let (store, source): (Arc<dyn Store>, String) = match source {
