@@ -21,10 +21,11 @@ pub enum Counter {
     TableUpdates,
     TableRejects,
     TableFetches,
+    TableDeltaFallbacks,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Routed,
         Counter::Fallback,
         Counter::Failfast,
@@ -33,6 +34,7 @@ impl Counter {
         Counter::TableUpdates,
         Counter::TableRejects,
         Counter::TableFetches,
+        Counter::TableDeltaFallbacks,
     ];
 
     /// One `match`: reordering the variants cannot mislabel a metric.
@@ -46,6 +48,7 @@ impl Counter {
             Counter::TableUpdates => "isogroup_table_updates_total",
             Counter::TableRejects => "isogroup_table_rejects_total",
             Counter::TableFetches => "isogroup_table_fetches_total",
+            Counter::TableDeltaFallbacks => "isogroup_table_delta_fallbacks_total",
         }
     }
 }

@@ -8,6 +8,14 @@
 //! order"): a wiped and re-seeded store, with a newer epoch, wins its Envoys
 //! back; a lagging replica never makes one go back.
 //!
+//! Deltas (SPEC "Delivery to many proxies"): the poller asks `delta=1`;
+//! a delta answer is applied onto the table it holds, spliced into the whole
+//! table's JSON in shared data (for a VM that must compile the whole), and
+//! itself shared: a VM whose installed (epoch, version) is the delta's base
+//! applies it onto its own raw table instead of parsing the whole. Any
+//! failure discards the delta: the poller then fetches the whole table, a
+//! VM compiles the whole; both are counted.
+//!
 //! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
 //! companion's cluster, authority and path): two plugin configs in one
 //! vm_id (Istio sets none) with different sources never see each other's
@@ -21,10 +29,11 @@ use core::time::Duration;
 
 use crate::proxy::{LogLevel, Status};
 use isogroup_core::cat;
+use isogroup_core::delta::{self, RawDelta, DELTA_CONTENT_TYPE};
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::text::{text_of, Hex};
-use isogroup_core::{CompanionSource, Source, Table};
+use isogroup_core::{CompanionSource, RawTable, Source, Table, TableError};
 
 use crate::host::{Host, HostError};
 use crate::metrics::{Counter, Gauge};
@@ -45,6 +54,9 @@ pub struct Keys {
     pub table: String,
     /// The shared table's stamp, `"<version>[ <epoch>]"`: small, read each tick.
     pub stamp: String,
+    /// The last delta answered (empty after a whole table): what VMs on
+    /// its base apply instead of compiling the whole.
+    pub delta: String,
     pub ok_at: String,
 }
 
@@ -60,6 +72,7 @@ impl Keys {
             lease: cat!(prefix, "/poller-lease"),
             table: cat!(prefix, "/table"),
             stamp: cat!(prefix, "/table-stamp"),
+            delta: cat!(prefix, "/table-delta"),
             ok_at: cat!(prefix, "/table-ok-at"),
         }
     }
@@ -142,6 +155,11 @@ pub struct Follower {
     keys: Keys,
     /// The table installed in this VM.
     local: Option<Held>,
+    /// Its raw form, what a delta applies onto (`None` when it did not
+    /// compile here, or after a delta was discarded: then whole tables only).
+    /// Kept beside the compiled one at no cost in peak memory: compiling
+    /// already holds the raw table and the one in force at once.
+    raw: Option<RawTable>,
     /// Unknown table fields were logged (once per VM and source).
     told_unknown: bool,
     /// The outstanding poll, while this VM is the poller.
@@ -153,7 +171,16 @@ pub struct Follower {
 impl Follower {
     fn new(source: CompanionSource) -> Follower {
         let keys = Keys::for_source(&source);
-        Follower { source, keys, local: None, told_unknown: false, in_flight: None, failures: 0, next_poll_ms: 0 }
+        Follower {
+            source,
+            keys,
+            local: None,
+            raw: None,
+            told_unknown: false,
+            in_flight: None,
+            failures: 0,
+            next_poll_ms: 0,
+        }
     }
 
     fn on_tick<H: Host>(&mut self, vm: &Rc<Vm<H>>) {
@@ -187,18 +214,24 @@ impl Follower {
         Held::decode(&value?)
     }
 
-    /// Installs a newer process-wide table in this VM, compiled once.
+    /// Installs a newer process-wide table in this VM: the shared delta
+    /// applied onto its own when that is the delta's base, else the whole
+    /// table compiled.
     fn follow<H: Host>(&mut self, vm: &Vm<H>) {
         let Some(shared) = self.shared(vm) else { return };
         if !shared.is_newer_than(self.local.as_ref()) {
             return;
         }
+        if let Some(table) = self.follow_delta(vm) {
+            return self.install(vm, table);
+        }
+        // Not kept beside the new one while it is read.
+        self.raw = None;
         let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-        match Table::from_companion_vec(bytes, &vm.settings.base_group, &vm.settings.limits) {
-            Ok((table, _)) => {
-                vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
-                self.local = Some(Held::of(&table));
-                vm.install(table);
+        match compile_whole(vm, &bytes) {
+            Ok((raw, table, _)) => {
+                self.raw = Some(raw);
+                self.install(vm, table);
             }
             Err(e) => {
                 // The poller validated it, but with its own config's base
@@ -209,6 +242,35 @@ impl Follower {
         }
     }
 
+    /// The shared delta applied onto this VM's table, when that is its base.
+    fn follow_delta<H: Host>(&mut self, vm: &Vm<H>) -> Option<Table> {
+        let local = self.local.as_ref()?;
+        self.raw.as_ref()?;
+        let (bytes, _) = vm.host.shared_get(&self.keys.delta).ok()?;
+        let parsed = RawDelta::from_json(&bytes?, &vm.settings.limits).ok()?;
+        if !parsed.delta.has_base(local.version, local.epoch.as_deref()) {
+            return None;
+        }
+        let raw = self.raw.take()?;
+        match delta::apply(raw, parsed.delta, &vm.settings.base_group, &vm.settings.limits) {
+            Ok((raw, table)) => {
+                self.raw = Some(raw);
+                Some(table)
+            }
+            Err(e) => {
+                vm.metrics.count(Counter::TableDeltaFallbacks);
+                vm.log(LogLevel::Warn, &cat!("shared delta does not apply here, compiling the whole table: ", e));
+                None
+            }
+        }
+    }
+
+    fn install<H: Host>(&mut self, vm: &Vm<H>, table: Table) {
+        vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
+        self.local = Some(Held::of(&table));
+        vm.install(table);
+    }
+
     fn poll<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
         // `follow` ran first this tick: this VM holds the process's table.
         let sep = if self.source.path.contains('?') { '&' } else { '?' };
@@ -217,6 +279,10 @@ impl Follower {
             None => base.clone(),
             // Only a valid epoch is sent, and a valid one is URL-safe.
             Some(held) => match (&held.epoch, held.stamp().epoch) {
+                // A delta only onto a table held whole, with an epoch.
+                (Some(e), Some(_)) if self.raw.is_some() => {
+                    cat!(base, sep, "after=", held.version, "&epoch=", e, "&wait=", wait, "&delta=1")
+                }
                 (Some(e), Some(_)) => cat!(base, sep, "after=", held.version, "&epoch=", e, "&wait=", wait),
                 _ => cat!(base, sep, "after=", held.version, "&wait=", wait),
             },
@@ -264,7 +330,11 @@ impl Follower {
                 }
                 vm.metrics.count(Counter::TableFetches);
                 let body = vm.host.http_call_response_body(body_size).ok().flatten().unwrap_or_default();
-                self.accept(vm, &body, now);
+                if headers.get("content-type").is_some_and(|t| t == DELTA_CONTENT_TYPE.as_bytes()) {
+                    self.accept_delta(vm, &body, now);
+                } else {
+                    self.accept(vm, &body, now);
+                }
             }
             Some(304) => self.answered(vm, now),
             Some(s) => self.failed(vm, now, &cat!("companion answered ", s)),
@@ -275,17 +345,10 @@ impl Follower {
     /// Validates a served table; a newer valid one goes to shared data for
     /// every VM, anything else is rejected whole and counted.
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
-        let table = match Table::from_companion_json(body, &vm.settings.base_group, &vm.settings.limits) {
-            Ok((table, unknown)) => {
-                // A newer companion's fields: skipped (SPEC), said once.
-                if !unknown.is_empty() && !self.told_unknown {
-                    self.told_unknown = true;
-                    let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
-                    let fields = isogroup_core::text::join_str(&names, ", ");
-                    vm.log(LogLevel::Warn, &cat!("table fields this filter does not know, ignored: ", fields));
-                }
-                table
-            }
+        // Not kept beside the new one while it is read.
+        self.raw = None;
+        let (raw, table, unknown) = match compile_whole(vm, body) {
+            Ok(compiled) => compiled,
             Err(e) => {
                 // Every reject is logged (rare, and each one matters); the
                 // poll backs off so garbage is not fetched in a loop.
@@ -295,16 +358,68 @@ impl Follower {
                 return;
             }
         };
+        self.tell_unknown(vm, &unknown);
         self.answered(vm, now);
+        self.share(vm, body, b"", raw, table);
+    }
+
+    /// Applies a delta onto the table held and shares the result (the whole
+    /// table's JSON spliced, and the delta); anything wrong discards it,
+    /// counted, and the next poll asks for the whole table at once.
+    fn accept_delta<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
+        self.answered(vm, now);
+        match self.apply_delta(vm, body) {
+            Ok((raw, table, whole)) => self.share(vm, &whole, body, raw, table),
+            Err(e) => {
+                self.raw = None;
+                vm.metrics.count(Counter::TableDeltaFallbacks);
+                vm.log(LogLevel::Warn, &cat!("table delta discarded, fetching the whole table: ", e));
+            }
+        }
+    }
+
+    /// The delta applied onto this VM's table (which `follow` made the
+    /// process's before the poll), and spliced into the shared whole.
+    fn apply_delta<H: Host>(&mut self, vm: &Vm<H>, body: &[u8]) -> Result<(RawTable, Table, Vec<u8>), TableError> {
+        let limits = &vm.settings.limits;
+        let parsed = RawDelta::from_json(body, limits)?;
+        // `apply` refuses another base; the shared whole must be the raw's.
+        let shared = self.shared(vm);
+        let raw =
+            self.raw.take().filter(|raw| shared.is_some_and(|s| s.version == raw.version && s.epoch == raw.epoch));
+        let raw = raw.ok_or_else(|| TableError::Json { path: "base".into(), message: "not the table held".into() })?;
+        let whole = vm.host.shared_get(&self.keys.table).ok().and_then(|(bytes, _)| bytes).unwrap_or_default();
+        let spliced = delta::splice(&whole, body, &parsed, limits)?;
+        drop(whole);
+        self.tell_unknown(vm, &parsed.unknown);
+        let (raw, table) = delta::apply(raw, parsed.delta, &vm.settings.base_group, limits)?;
+        Ok((raw, table, spliced))
+    }
+
+    /// A newer companion's fields: skipped (SPEC), said once.
+    fn tell_unknown<H: Host>(&mut self, vm: &Vm<H>, unknown: &[String]) {
+        if !unknown.is_empty() && !self.told_unknown {
+            self.told_unknown = true;
+            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+            let fields = isogroup_core::text::join_str(&names, ", ");
+            vm.log(LogLevel::Warn, &cat!("table fields this filter does not know, ignored: ", fields));
+        }
+    }
+
+    /// A newer table to shared data for every VM (the whole table's JSON,
+    /// and the delta it came as, if any), then installed here.
+    fn share<H: Host>(&mut self, vm: &Vm<H>, whole: &[u8], delta: &[u8], raw: RawTable, table: Table) {
         let held = Held::of(&table);
         if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
         }
-        // Table first, stamp second: a VM that sees the stamp finds the table.
+        // Table and delta first, stamp last: a VM that sees the stamp finds
+        // them (or newer ones).
         let stamp = held.encode();
         let written = vm
             .host
-            .shared_set(&self.keys.table, body, None)
+            .shared_set(&self.keys.table, whole, None)
+            .and_then(|()| vm.host.shared_set(&self.keys.delta, delta, None))
             .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
             vm.log(LogLevel::Error, &cat!("cannot share table ", stamp, ": ", e));
@@ -315,9 +430,8 @@ impl Follower {
             LogLevel::Info,
             &cat!("vm ", vm.id, ": table ", stamp, " accepted (", table.service_count(), " services)"),
         );
-        vm.metrics.set(&vm.host, Gauge::TableVersion, held.version);
-        self.local = Some(held);
-        vm.install(table);
+        self.raw = Some(raw);
+        self.install(vm, table);
     }
 
     fn answered<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
@@ -341,6 +455,13 @@ impl Follower {
         self.failures = self.failures.saturating_add(1);
         self.next_poll_ms = now.saturating_add(backoff_ms(self.failures, &vm.id, now));
     }
+}
+
+/// A whole table read and compiled: (raw, compiled, unknown field names).
+fn compile_whole<H: Host>(vm: &Vm<H>, bytes: &[u8]) -> Result<(RawTable, Table, Vec<String>), TableError> {
+    let (raw, unknown) = RawTable::from_companion_json(bytes, &vm.settings.limits)?;
+    let table = Table::compile(&raw, &vm.settings.base_group, &vm.settings.limits)?;
+    Ok((raw, table, unknown))
 }
 
 /// Exponential backoff from `BACKOFF_MIN_MS` to `BACKOFF_MAX_MS`, with ±25%

@@ -20,7 +20,6 @@ use crate::error::TableError;
 use crate::json::{document, Reader, Res};
 use crate::read;
 use crate::table::{Limits, NameMap, RawGroup, RawService, RawSource, RawTable, Table};
-use crate::text::text_of;
 
 /// The `Content-Type` of a delta answer.
 pub const DELTA_CONTENT_TYPE: &str = "application/vnd.isogroup.delta.v1+json";
@@ -78,13 +77,6 @@ fn refused(path: &str, message: String) -> TableError {
     TableError::Json { path: path.to_owned(), message }
 }
 
-fn stamp_text(version: u64, epoch: Option<&str>) -> String {
-    match epoch {
-        Some(e) => cat!(version, " ", e),
-        None => text_of(&version),
-    }
-}
-
 impl RawDelta {
     /// Parses (not yet applies) a delta, refusing one over `max_table_bytes`.
     pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<Parsed, TableError> {
@@ -105,22 +97,16 @@ impl RawDelta {
     /// the removal of a service `raw` does not have.
     fn check_onto(&self, raw: &RawTable) -> Result<(), TableError> {
         if !self.has_base(raw.version, raw.epoch.as_deref()) {
-            let message = cat!(
-                "the delta applies onto ",
-                stamp_text(self.base_version, self.base_epoch.as_deref()),
-                ", the table held is ",
-                stamp_text(raw.version, raw.epoch.as_deref())
-            );
-            return Err(refused("base", message));
+            return Err(refused("base", "not the table held".into()));
         }
         let base = Stamp::new(self.base_epoch.as_deref(), self.base_version);
         if !Stamp::new(self.epoch.as_deref(), self.version).is_newer_than(&base) {
             return Err(refused("version", "not newer than the delta's base".into()));
         }
-        for (i, name) in self.remove.iter().enumerate() {
+        for name in &self.remove {
             if !raw.services.contains_key(name.as_str()) || self.set.contains_key(name.as_str()) {
                 let message = cat!(crate::Quoted(name), " is not a service of the base, or is also in `set`");
-                return Err(refused(&cat!("remove[", i, "]"), message));
+                return Err(refused("remove", message));
             }
         }
         Ok(())
@@ -187,8 +173,6 @@ pub fn splice(whole: &[u8], delta_json: &[u8], parsed: &Parsed, limits: &Limits)
             Ok(())
         })
     })?;
-    let mut removed: Vec<&str> = delta.remove.iter().map(String::as_str).collect();
-    removed.sort_unstable();
     let mut out = Vec::with_capacity(whole.len() + delta_json.len());
     out.extend_from_slice(b"{\"version\":");
     out.extend_from_slice(part(delta_json, spans.version));
@@ -215,7 +199,7 @@ pub fn splice(whole: &[u8], delta_json: &[u8], parsed: &Parsed, limits: &Limits)
     out.extend_from_slice(b",\"services\":{");
     let open = out.len();
     for (name, key, value) in &services {
-        if !delta.set.contains_key(name.as_str()) && removed.binary_search(&name.as_str()).is_err() {
+        if !delta.set.contains_key(name.as_str()) && delta.remove.binary_search(name).is_err() {
             member(&mut out, whole, *key, *value);
         }
     }
@@ -285,7 +269,13 @@ fn delta(r: &mut Reader<'_>) -> Res<(RawDelta, Spans)> {
                 spans.set.push((key, (start, r.at())));
                 read::insert_new(r, &mut d.set, name, service)
             })?,
-            Some(4) => d.remove = r.strings()?,
+            Some(4) => {
+                d.remove = r.strings()?;
+                // In name order, each once: `splice` binary searches it.
+                if d.remove.windows(2).any(|pair| pair[0] >= pair[1]) {
+                    return Err(r.err("expected service names in order, each once"));
+                }
+            }
             _ => {
                 let mut seen = 0;
                 r.object("a delta replace object", &mut |r, key| {

@@ -115,6 +115,15 @@ impl<'a, V> IntoIterator for &'a VecMap<V> {
     }
 }
 
+impl<V> IntoIterator for VecMap<V> {
+    type Item = (String, V);
+    type IntoIter = alloc::vec::IntoIter<(String, V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
 impl<V> FromIterator<(String, V)> for VecMap<V> {
     fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
         let mut map = VecMap::new();

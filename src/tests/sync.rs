@@ -207,7 +207,7 @@ fn a_reseeded_store_wins_back_and_a_lagging_replica_never_takes_back() {
     worker.on_tick();
     assert_eq!(installed(&worker), Some(100));
     poller.on_tick();
-    assert_eq!(last_path(&host), "/v1/table?after=100&epoch=1000-aa&wait=25");
+    assert_eq!(last_path(&host), "/v1/table?after=100&epoch=1000-aa&wait=25&delta=1");
     // The store was wiped and re-seeded: a newer epoch, versions from low again.
     answer(&mut poller, &host, &[(":status", "200")], &table_in("2000-bb", 2));
     worker.on_tick();
@@ -264,4 +264,125 @@ fn a_newer_companions_fields_are_skipped_and_said_once() {
     assert_eq!(installed(&root), Some(6));
     let told = process.log.borrow().iter().filter(|(_, m)| m.contains("does not know, ignored: lane_notes")).count();
     assert_eq!(told, 1, "{:?}", process.log.borrow());
+}
+
+const DELTA: (&str, &str) = ("content-type", "application/vnd.isogroup.delta.v1+json");
+
+/// A delta from (1000-aa, `base`) to `version` that sets `set` and removes `remove`.
+fn delta_json(base: u64, version: u64, set: &str, remove: &str) -> String {
+    format!(
+        r#"{{"base": {{"version": {base}, "epoch": "1000-aa"}}, "version": {version}, "epoch": "1000-aa", "set": {{{set}}}, "remove": [{remove}], "replace": {{}}}}"#
+    )
+}
+
+const SERVICE_C: &str = r#""c": {"hosts": ["c"], "clusters": {"base": "c-base", "feature-1": "c-f1"}}"#;
+
+/// What a whole fetch of the table after `delta_json(100, 101, SERVICE_C, "\"b\"")` gives.
+fn whole_after_delta() -> isogroup_core::RawTable {
+    let mut table: serde_json::Value = serde_json::from_str(&table_in("1000-aa", 101)).unwrap();
+    table["services"].as_object_mut().unwrap().remove("b");
+    table["services"]["c"] = serde_json::json!({"hosts": ["c"], "clusters": {"base": "c-base", "feature-1": "c-f1"}});
+    shared_raw(table.to_string().as_bytes())
+}
+
+fn shared_raw(bytes: &[u8]) -> isogroup_core::RawTable {
+    isogroup_core::RawTable::from_companion_json(bytes, &isogroup_core::Limits::default()).unwrap().0
+}
+
+fn shared_table(host: &FakeHost) -> Vec<u8> {
+    use crate::host::Host;
+    let key = crate::sync::Keys::for_source(&companion_source()).table;
+    host.shared_get(&key).unwrap().0.unwrap()
+}
+
+fn companion_source() -> isogroup_core::CompanionSource {
+    let mut source = isogroup_core::CompanionSource::with_defaults("companion".into(), "companion".into());
+    source.path = "/v1/table".into();
+    source.wait_s = 25;
+    source
+}
+
+fn routes_c(root: &Root<FakeHost>) -> bool {
+    root.vm().and_then(|vm| vm.table()).is_some_and(|t| t.service_by_name("c").is_some())
+}
+
+#[test]
+fn a_delta_is_applied_by_the_poller_spliced_into_the_shared_whole_and_applied_by_every_vm_on_its_base() {
+    use crate::host::Host;
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, host) = configured(&process, &config);
+    let (mut worker, _) = configured(&process, &config);
+    poller.on_tick();
+    assert_eq!(last_path(&host), "/v1/table", "nothing held: no delta asked");
+    answer(&mut poller, &host, &[(":status", "200")], &table_in("1000-aa", 100));
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(100));
+    poller.on_tick();
+    assert_eq!(last_path(&host), "/v1/table?after=100&epoch=1000-aa&wait=25&delta=1");
+    answer(&mut poller, &host, &[(":status", "200"), DELTA], &delta_json(100, 101, SERVICE_C, r#""b""#));
+    assert_eq!(installed(&poller), Some(101));
+    assert!(routes_c(&poller));
+    // The shared whole is exactly what a whole fetch gives.
+    assert_eq!(shared_raw(&shared_table(&host)), whole_after_delta());
+    // The worker on the delta's base applies the delta: it does not even
+    // read the whole (spoilt here to show it).
+    let key = crate::sync::Keys::for_source(&companion_source()).table;
+    let whole = shared_table(&host);
+    host.shared_set(&key, b"not json", None).unwrap();
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(101));
+    assert!(routes_c(&worker));
+    let vm = worker.vm().unwrap();
+    assert!(vm.table().unwrap().service_by_name("b").is_none(), "removed");
+    // A VM not on the base (new here, nothing installed) compiles the whole.
+    host.shared_set(&key, &whole, None).unwrap();
+    let (mut late, _) = configured(&process, &config);
+    late.on_tick();
+    assert_eq!(installed(&late), Some(101));
+    assert!(routes_c(&late));
+    poller.on_tick();
+    assert_eq!(process.metric("isogroup_table_delta_fallbacks_total"), 0);
+}
+
+#[test]
+fn a_bad_delta_is_discarded_counted_and_the_whole_table_fetched_at_once() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &companion_config("companion"));
+    let unknown_key = delta_json(100, 101, SERVICE_C, "").replacen("\"replace\"", "\"rename\": {}, \"replace\"", 1);
+    let unknown_base_key =
+        delta_json(100, 101, SERVICE_C, "").replacen("\"version\": 100", "\"version\": 100, \"rev\": 1", 1);
+    let cases = [
+        ("an unknown key", unknown_key),
+        ("an unknown base key", unknown_base_key),
+        ("a wrong base", delta_json(99, 101, SERVICE_C, "")),
+        ("an invalid result", delta_json(100, 101, r#""c": {"hosts": ["c"], "clusters": {"feature-1": "x"}}"#, "")),
+        ("a removal of a service not held", delta_json(100, 101, "", r#""zz""#)),
+        ("garbage", "{".into()),
+    ];
+    let mut fallbacks = 0;
+    let mut version = 100;
+    root.on_tick();
+    answer(&mut root, &host, &[(":status", "200")], &table_in("1000-aa", version));
+    for (what, delta) in cases {
+        // Onto the version held (the top-level version first: the base's
+        // new number may be the old top-level one).
+        let delta = delta
+            .replace("\"version\": 101", &format!("\"version\": {}", version + 1))
+            .replace("\"version\": 100,", &format!("\"version\": {version},"));
+        root.on_tick();
+        assert!(last_path(&host).ends_with("&delta=1"), "{what}");
+        answer(&mut root, &host, &[(":status", "200"), DELTA], &delta);
+        assert_eq!(installed(&root), Some(version), "{what}: the table in force stays");
+        assert!(!routes_c(&root), "{what}");
+        // The next poll, at once, asks for the whole table.
+        root.on_tick();
+        fallbacks += 1;
+        assert_eq!(process.metric("isogroup_table_delta_fallbacks_total"), fallbacks, "{what}");
+        assert_eq!(last_path(&host), format!("/v1/table?after={version}&epoch=1000-aa&wait=25"), "{what}");
+        version += 1;
+        answer(&mut root, &host, &[(":status", "200")], &table_in("1000-aa", version));
+        assert_eq!(installed(&root), Some(version), "{what}");
+    }
+    assert_eq!(process.metric("isogroup_table_rejects_total"), 0, "a discarded delta is no rejected table");
 }
