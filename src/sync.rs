@@ -251,18 +251,23 @@ impl Follower {
         if !parsed.delta.has_base(local.version, local.epoch.as_deref()) {
             return None;
         }
-        let raw = self.raw.take()?;
-        match delta::apply(raw, parsed.delta, &vm.settings.base_group, &vm.settings.limits) {
-            Ok((raw, table)) => {
-                self.raw = Some(raw);
-                Some(table)
-            }
+        match self.apply(vm, parsed.delta) {
+            Ok(table) => Some(table),
             Err(e) => {
                 vm.metrics.count(Counter::TableDeltaFallbacks);
                 vm.log(LogLevel::Warn, &cat!("shared delta does not apply here, compiling the whole table: ", e));
                 None
             }
         }
+    }
+
+    /// `delta` applied onto this VM's raw table (which it then replaces).
+    fn apply<H: Host>(&mut self, vm: &Vm<H>, delta: RawDelta) -> Result<Table, TableError> {
+        let raw =
+            self.raw.take().ok_or_else(|| TableError::Json { path: "base".into(), message: "no table held".into() })?;
+        let (raw, table) = delta::apply(raw, delta, &vm.settings.base_group, &vm.settings.limits)?;
+        self.raw = Some(raw);
+        Ok(table)
     }
 
     fn install<H: Host>(&mut self, vm: &Vm<H>, table: Table) {
@@ -360,7 +365,8 @@ impl Follower {
         };
         self.tell_unknown(vm, &unknown);
         self.answered(vm, now);
-        self.share(vm, body, b"", raw, table);
+        self.raw = Some(raw);
+        self.share(vm, body, b"", table);
     }
 
     /// Applies a delta onto the table held and shares the result (the whole
@@ -369,7 +375,7 @@ impl Follower {
     fn accept_delta<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
         self.answered(vm, now);
         match self.apply_delta(vm, body) {
-            Ok((raw, table, whole)) => self.share(vm, &whole, body, raw, table),
+            Ok((table, whole)) => self.share(vm, &whole, body, table),
             Err(e) => {
                 self.raw = None;
                 vm.metrics.count(Counter::TableDeltaFallbacks);
@@ -380,20 +386,18 @@ impl Follower {
 
     /// The delta applied onto this VM's table (which `follow` made the
     /// process's before the poll), and spliced into the shared whole.
-    fn apply_delta<H: Host>(&mut self, vm: &Vm<H>, body: &[u8]) -> Result<(RawTable, Table, Vec<u8>), TableError> {
-        let limits = &vm.settings.limits;
-        let parsed = RawDelta::from_json(body, limits)?;
-        // `apply` refuses another base; the shared whole must be the raw's.
-        let shared = self.shared(vm);
-        let raw =
-            self.raw.take().filter(|raw| shared.is_some_and(|s| s.version == raw.version && s.epoch == raw.epoch));
-        let raw = raw.ok_or_else(|| TableError::Json { path: "base".into(), message: "not the table held".into() })?;
+    fn apply_delta<H: Host>(&mut self, vm: &Vm<H>, body: &[u8]) -> Result<(Table, Vec<u8>), TableError> {
+        let parsed = RawDelta::from_json(body, &vm.settings.limits)?;
+        // `apply` refuses another base than the raw table's; the shared
+        // whole must be that table too.
+        if self.shared(vm) != self.local {
+            self.raw = None;
+        }
         let whole = vm.host.shared_get(&self.keys.table).ok().and_then(|(bytes, _)| bytes).unwrap_or_default();
-        let spliced = delta::splice(&whole, body, &parsed, limits)?;
+        let spliced = delta::splice(&whole, body, &parsed, &vm.settings.limits)?;
         drop(whole);
         self.tell_unknown(vm, &parsed.unknown);
-        let (raw, table) = delta::apply(raw, parsed.delta, &vm.settings.base_group, limits)?;
-        Ok((raw, table, spliced))
+        Ok((self.apply(vm, parsed.delta)?, spliced))
     }
 
     /// A newer companion's fields: skipped (SPEC), said once.
@@ -408,9 +412,11 @@ impl Follower {
 
     /// A newer table to shared data for every VM (the whole table's JSON,
     /// and the delta it came as, if any), then installed here.
-    fn share<H: Host>(&mut self, vm: &Vm<H>, whole: &[u8], delta: &[u8], raw: RawTable, table: Table) {
+    /// `self.raw` is the new table's; it goes if the table is not shared.
+    fn share<H: Host>(&mut self, vm: &Vm<H>, whole: &[u8], delta: &[u8], table: Table) {
         let held = Held::of(&table);
         if !held.is_newer_than(self.shared(vm).as_ref()) {
+            self.raw = None;
             return;
         }
         // Table and delta first, stamp last: a VM that sees the stamp finds
@@ -423,6 +429,7 @@ impl Follower {
             .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
             vm.log(LogLevel::Error, &cat!("cannot share table ", stamp, ": ", e));
+            self.raw = None;
             return;
         }
         vm.metrics.count(Counter::TableUpdates);
@@ -430,7 +437,6 @@ impl Follower {
             LogLevel::Info,
             &cat!("vm ", vm.id, ": table ", stamp, " accepted (", table.service_count(), " services)"),
         );
-        self.raw = Some(raw);
         self.install(vm, table);
     }
 

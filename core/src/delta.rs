@@ -14,77 +14,101 @@
 use crate::prelude::*;
 
 use crate::cat;
-use crate::edge::RawRule;
 use crate::epoch::Stamp;
 use crate::error::TableError;
-use crate::json::{document, Reader, Res};
+use crate::json::document;
 use crate::read;
-use crate::table::{Limits, NameMap, RawGroup, RawService, RawSource, RawTable, Table};
+use crate::table::{Limits, RawTable, Table};
 
 /// The `Content-Type` of a delta answer.
 pub const DELTA_CONTENT_TYPE: &str = "application/vnd.isogroup.delta.v1+json";
 
 const DELTA_FIELDS: &[&str] = &["base", "version", "epoch", "set", "remove", "replace"];
-const BASE_FIELDS: &[&str] = &["version", "epoch"];
-const REPLACE_FIELDS: &[&str] = &["base_group", "groups", "sources", "rules"];
-
-/// The top-level fields other than `services`, each whole; `None`: unchanged.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Replace {
-    /// `Some(None)`: the new table names no base group.
-    pub base_group: Option<Option<String>>,
-    pub groups: Option<NameMap<RawGroup>>,
-    pub sources: Option<Vec<RawSource>>,
-    pub rules: Option<Vec<RawRule>>,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawDelta {
     pub base_version: u64,
     pub base_epoch: Option<String>,
-    pub version: u64,
-    pub epoch: Option<String>,
-    /// Services added or changed, each whole.
-    pub set: NameMap<RawService>,
+    /// The new table's `version`, `epoch`, `set` (as `services`) and the
+    /// fields `replace` names (the others left at their defaults).
+    pub changes: RawTable,
+    /// In name order, each once.
     pub remove: Vec<String>,
-    pub replace: Replace,
+    /// The fields `replace` names (`base_group`, `groups`, `sources`,
+    /// `rules`, or a newer companion's).
+    pub replaced: Vec<String>,
 }
 
-/// A value's bytes in its document: (start, end).
-type Span = (usize, usize);
-
-/// Where a delta's parts are in its JSON (`splice` copies them).
-#[derive(Debug, Clone, Default)]
-pub struct Spans {
-    version: Span,
-    epoch: Option<Span>,
-    /// (key as written, value) of each `set` member.
-    set: Vec<(Span, Span)>,
-    /// (name, key as written, value) of each `replace` member.
-    replace: Vec<(String, Span, Span)>,
-}
-
-/// A parsed delta: the delta, where its parts are, and the names of the
-/// fields skipped inside `set` values and `replace` (for the caller to log).
+/// A parsed delta, and the names of the fields skipped inside `set` values
+/// and `replace` (for the caller to log).
 #[derive(Debug, Clone)]
 pub struct Parsed {
     pub delta: RawDelta,
-    pub spans: Spans,
     pub unknown: Vec<String>,
 }
 
-fn refused(path: &str, message: String) -> TableError {
-    TableError::Json { path: path.to_owned(), message }
+fn refused(path: &str, message: &str) -> TableError {
+    TableError::Json { path: path.to_owned(), message: message.to_owned() }
 }
 
 impl RawDelta {
     /// Parses (not yet applies) a delta, refusing one over `max_table_bytes`.
+    /// The members are read as written (`members`), then the changes as one
+    /// table: `{"version", "epoch", "services": <set>, <replace members>}`,
+    /// with the table reader (so a problem inside is named as in a table).
     pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<Parsed, TableError> {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "delta", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let ((delta, spans), unknown) = document(bytes, true, &mut delta)?;
-        Ok(Parsed { delta, spans, unknown })
+        let top = members(bytes)?;
+        for (i, (name, _, _)) in top.iter().enumerate() {
+            if !DELTA_FIELDS.contains(&name.as_str()) || top.iter().take(i).any(|m| m.0 == *name) {
+                return Err(refused(name, "unknown field or given twice"));
+            }
+        }
+        let field = |name: &str| top.iter().find(|m| m.0 == name).map(|m| part(bytes, m.2));
+        let (Some(base_json), Some(version)) = (field("base"), field("version")) else {
+            return Err(refused("(document)", "missing field `base` or `version`"));
+        };
+        // Strict: a base with another member is not a base this filter knows.
+        let base_members = members(base_json)?;
+        if base_members.iter().any(|m| m.0 != "version" && m.0 != "epoch") {
+            return Err(refused("base", "unknown field"));
+        }
+        let (base, _) = read::table_document(base_json, false)?;
+        let replace_json = field("replace").unwrap_or(b"{}");
+        let replaced = members(replace_json)?;
+        let mut doc = Vec::with_capacity(bytes.len() + 32);
+        doc.extend_from_slice(b"{\"version\":");
+        doc.extend_from_slice(version);
+        if let Some(epoch) = field("epoch") {
+            doc.extend_from_slice(b",\"epoch\":");
+            doc.extend_from_slice(epoch);
+        }
+        doc.extend_from_slice(b",\"services\":");
+        doc.extend_from_slice(field("set").unwrap_or(b"{}"));
+        for (name, key, value) in &replaced {
+            if matches!(name.as_str(), "version" | "epoch" | "services") {
+                return Err(refused(&cat!("replace.", name), "not replaced whole (see the delta's top level)"));
+            }
+            doc.push(b',');
+            doc.extend_from_slice(part(replace_json, *key));
+            doc.push(b':');
+            doc.extend_from_slice(part(replace_json, *value));
+        }
+        doc.push(b'}');
+        let (changes, unknown) = read::table_document(&doc, true)?;
+        let remove = match field("remove") {
+            Some(json) => document(json, false, &mut |r| r.strings())?.0,
+            None => Vec::new(),
+        };
+        // `splice` binary searches it.
+        if remove.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(refused("remove", "expected service names in order, each once"));
+        }
+        let replaced = replaced.into_iter().map(|m| m.0).collect();
+        let delta = RawDelta { base_version: base.version, base_epoch: base.epoch, changes, remove, replaced };
+        Ok(Parsed { delta, unknown })
     }
 
     /// Whether this delta applies onto a table stamped (`epoch`, `version`).
@@ -92,61 +116,82 @@ impl RawDelta {
         self.base_version == version && self.base_epoch.as_deref() == epoch
     }
 
-    /// Refuses a delta that does not apply onto `raw`: another base, a
-    /// version not newer than its base, a service both set and removed, or
-    /// the removal of a service `raw` does not have.
-    fn check_onto(&self, raw: &RawTable) -> Result<(), TableError> {
-        if !self.has_base(raw.version, raw.epoch.as_deref()) {
-            return Err(refused("base", "not the table held".into()));
-        }
-        let base = Stamp::new(self.base_epoch.as_deref(), self.base_version);
-        if !Stamp::new(self.epoch.as_deref(), self.version).is_newer_than(&base) {
-            return Err(refused("version", "not newer than the delta's base".into()));
-        }
-        for name in &self.remove {
-            if !raw.services.contains_key(name.as_str()) || self.set.contains_key(name.as_str()) {
-                let message = cat!(crate::Quoted(name), " is not a service of the base, or is also in `set`");
-                return Err(refused("remove", message));
-            }
-        }
-        Ok(())
+    fn replaces(&self, field: &str) -> bool {
+        self.replaced.iter().any(|f| f == field)
     }
 }
 
 /// The table `delta` makes of `raw`, compiled: refused when `raw` is not
-/// exactly the delta's base, or when the result is not a valid table (the
-/// first problem, as `Table::compile` names it). Consumes `raw`: on a
-/// refusal the caller falls back to the whole table anyway.
+/// exactly the delta's base (or the delta's version is not newer than its
+/// base, or it removes a service `raw` does not have, or one it also sets),
+/// or when the result is not a valid table (the first problem, as
+/// `Table::compile` names it). Consumes `raw`: on a refusal the caller falls
+/// back to the whole table anyway.
 pub fn apply(
     mut raw: RawTable,
     delta: RawDelta,
     default_base: &str,
     limits: &Limits,
 ) -> Result<(RawTable, Table), TableError> {
-    delta.check_onto(&raw)?;
-    for name in &delta.remove {
-        raw.services.remove(name.as_str());
+    if !delta.has_base(raw.version, raw.epoch.as_deref()) {
+        return Err(refused("base", "not the table held"));
     }
-    for (name, service) in delta.set {
+    let replaces =
+        [delta.replaces("base_group"), delta.replaces("groups"), delta.replaces("sources"), delta.replaces("rules")];
+    let new = delta.changes;
+    let base = Stamp::new(delta.base_epoch.as_deref(), delta.base_version);
+    if !Stamp::new(new.epoch.as_deref(), new.version).is_newer_than(&base) {
+        return Err(refused("version", "not newer than the delta's base"));
+    }
+    for name in &delta.remove {
+        if new.services.contains_key(name.as_str()) || raw.services.remove(name.as_str()).is_none() {
+            return Err(refused("remove", "names a service the base does not have, or one also in `set`"));
+        }
+    }
+    for (name, service) in new.services {
         raw.services.insert(name, service);
     }
-    let Replace { base_group, groups, sources, rules } = delta.replace;
-    if let Some(base_group) = base_group {
-        raw.base_group = base_group;
+    let [base_group, groups, sources, rules] = replaces;
+    if base_group {
+        raw.base_group = new.base_group;
     }
-    if let Some(groups) = groups {
-        raw.groups = groups;
+    if groups {
+        raw.groups = new.groups;
     }
-    if let Some(sources) = sources {
-        raw.sources = sources;
+    if sources {
+        raw.sources = new.sources;
     }
-    if let Some(rules) = rules {
-        raw.rules = rules;
+    if rules {
+        raw.rules = new.rules;
     }
-    raw.version = delta.version;
-    raw.epoch = delta.epoch;
+    raw.version = new.version;
+    raw.epoch = new.epoch;
     let table = Table::compile(&raw, default_base, limits)?;
     Ok((raw, table))
+}
+
+/// A member of an object as written: (name, key, value), the key and
+/// value as byte ranges of the document.
+type Member = (String, Span, Span);
+
+/// The members of the object `doc` is.
+fn members(doc: &[u8]) -> Result<Vec<Member>, TableError> {
+    let mut out = Vec::new();
+    document(doc, true, &mut |r| {
+        r.object("an object", &mut |r, name| {
+            let key = r.key_span();
+            let start = r.at();
+            r.skip()?;
+            out.push((name, key, (start, r.at())));
+            Ok(())
+        })
+    })?;
+    Ok(out)
+}
+
+/// The value of member `name`, as written.
+fn value<'d>(members: &[Member], doc: &'d [u8], name: &str) -> &'d [u8] {
+    members.iter().find(|m| m.0 == name).map_or(b"{}", |m| part(doc, m.2))
 }
 
 /// The whole table's JSON that `delta` (parsed from `delta_json`) makes of
@@ -154,159 +199,60 @@ pub fn apply(
 /// stamp, the services set or removed and the fields replaced, which come
 /// from the delta as written. Refused over `max_table_bytes`.
 pub fn splice(whole: &[u8], delta_json: &[u8], parsed: &Parsed, limits: &Limits) -> Result<Vec<u8>, TableError> {
-    let (delta, spans) = (&parsed.delta, &parsed.spans);
-    let mut top: Vec<(String, Span, Span)> = Vec::new();
-    let mut services: Vec<(String, Span, Span)> = Vec::new();
-    document(whole, true, &mut |r| {
-        r.object("a route table object", &mut |r, key| {
-            let at = r.key_span();
-            if key == "services" {
-                return r.object("a map", &mut |r, name| {
-                    let at = r.key_span();
-                    let value = skip(r)?;
-                    services.push((name, at, value));
-                    Ok(())
-                });
-            }
-            let value = skip(r)?;
-            top.push((key, at, value));
-            Ok(())
-        })
-    })?;
+    let delta = &parsed.delta;
+    let (top, changes) = (members(whole)?, members(delta_json)?);
+    let services_json = value(&top, whole, "services");
+    let (set_json, replace_json) = (value(&changes, delta_json, "set"), value(&changes, delta_json, "replace"));
+    let (services, set, replace) = (members(services_json)?, members(set_json)?, members(replace_json)?);
     let mut out = Vec::with_capacity(whole.len() + delta_json.len());
-    out.extend_from_slice(b"{\"version\":");
-    out.extend_from_slice(part(delta_json, spans.version));
-    if let Some(epoch) = spans.epoch {
-        out.extend_from_slice(b",\"epoch\":");
-        out.extend_from_slice(part(delta_json, epoch));
-    }
-    let member = |out: &mut Vec<u8>, doc: &[u8], key: Span, value: Span| {
+    let member = |out: &mut Vec<u8>, doc: &[u8], (_, key, value): &Member| {
         out.push(b',');
-        out.extend_from_slice(part(doc, key));
+        out.extend_from_slice(part(doc, *key));
         out.push(b':');
-        out.extend_from_slice(part(doc, value));
+        out.extend_from_slice(part(doc, *value));
     };
-    for (name, key, value) in &top {
-        let replaced = spans.replace.iter().any(|(n, _, _)| n == name);
-        if !replaced && name != "version" && name != "epoch" {
-            member(&mut out, whole, *key, *value);
+    // Members are written each after a `,`: the first one's is a `{`.
+    for m in changes.iter().filter(|m| m.0 == "version" || m.0 == "epoch") {
+        member(&mut out, delta_json, m);
+    }
+    for m in &top {
+        if !matches!(m.0.as_str(), "version" | "epoch" | "services") && !replace.iter().any(|r| r.0 == m.0) {
+            member(&mut out, whole, m);
         }
     }
-    for (_, key, value) in &spans.replace {
-        member(&mut out, delta_json, *key, *value);
+    for m in &replace {
+        member(&mut out, replace_json, m);
     }
-    // Members are written each after a `,`: the first one's goes.
-    out.extend_from_slice(b",\"services\":{");
+    out.extend_from_slice(b",\"services\":");
     let open = out.len();
-    for (name, key, value) in &services {
-        if !delta.set.contains_key(name.as_str()) && delta.remove.binary_search(name).is_err() {
-            member(&mut out, whole, *key, *value);
+    for m in &services {
+        if !delta.changes.services.contains_key(m.0.as_str()) && delta.remove.binary_search(&m.0).is_err() {
+            member(&mut out, services_json, m);
         }
     }
-    for (key, value) in &spans.set {
-        member(&mut out, delta_json, *key, *value);
+    for m in &set {
+        member(&mut out, set_json, m);
     }
-    if out.get(open) == Some(&b',') {
-        out.remove(open);
+    if out.len() == open {
+        out.push(b'{');
     }
     out.extend_from_slice(b"}}");
+    for at in [0, open] {
+        if let Some(byte) = out.get_mut(at) {
+            *byte = b'{';
+        }
+    }
     if out.len() > limits.max_table_bytes {
         return Err(TableError::TooManyBytes { field: "table", size: out.len(), limit: limits.max_table_bytes });
     }
     Ok(out)
 }
 
+/// A value's bytes in its document: (start, end).
+type Span = (usize, usize);
+
 fn part(doc: &[u8], (start, end): Span) -> &[u8] {
     doc.get(start..end).unwrap_or_default()
-}
-
-/// Skips a value, giving its bytes.
-fn skip(r: &mut Reader<'_>) -> Res<Span> {
-    let start = r.at();
-    r.skip()?;
-    Ok((start, r.at()))
-}
-
-fn delta(r: &mut Reader<'_>) -> Res<(RawDelta, Spans)> {
-    let mut d = RawDelta::default();
-    let mut spans = Spans::default();
-    let (mut has_base, mut has_version) = (false, false);
-    let mut seen = 0;
-    r.object("a table delta object", &mut |r, key| {
-        match r.strict_field(key, DELTA_FIELDS, &mut seen)? {
-            Some(0) => {
-                has_base = true;
-                let (mut seen, mut has_version) = (0, false);
-                r.object("a delta base object", &mut |r, key| {
-                    match r.strict_field(key, BASE_FIELDS, &mut seen)? {
-                        Some(0) => {
-                            d.base_version = r.uint(u64::MAX, "u64")?;
-                            has_version = true;
-                        }
-                        _ => d.base_epoch = r.opt_string()?,
-                    }
-                    Ok(())
-                })?;
-                if !has_version {
-                    return Err(r.missing("version"));
-                }
-            }
-            Some(1) => {
-                let start = r.at();
-                d.version = r.uint(u64::MAX, "u64")?;
-                spans.version = (start, r.at());
-                has_version = true;
-            }
-            Some(2) => {
-                let start = r.at();
-                d.epoch = r.opt_string()?;
-                spans.epoch = Some((start, r.at()));
-            }
-            Some(3) => r.object("a map", &mut |r, name| {
-                let key = r.key_span();
-                let start = r.at();
-                let service = read::service(r)?;
-                spans.set.push((key, (start, r.at())));
-                read::insert_new(r, &mut d.set, name, service)
-            })?,
-            Some(4) => {
-                d.remove = r.strings()?;
-                // In name order, each once: `splice` binary searches it.
-                if d.remove.windows(2).any(|pair| pair[0] >= pair[1]) {
-                    return Err(r.err("expected service names in order, each once"));
-                }
-            }
-            _ => {
-                let mut seen = 0;
-                r.object("a delta replace object", &mut |r, key| {
-                    if matches!(key.as_str(), "version" | "epoch" | "services") {
-                        let message = cat!("`", key, "` is not replaced whole (see the delta's top level)");
-                        return Err(r.err_key(&message, true));
-                    }
-                    let (at, start, name) = (r.key_span(), r.at(), key.clone());
-                    match r.field(key, REPLACE_FIELDS, &mut seen)? {
-                        Some(0) => d.replace.base_group = Some(r.opt_string()?),
-                        Some(1) => d.replace.groups = Some(read::groups(r)?),
-                        Some(2) => d.replace.sources = Some(read::sources(r)?),
-                        Some(3) => d.replace.rules = Some(read::rules(r)?),
-                        // A newer companion's top-level field: skipped here,
-                        // kept in the spliced whole as a whole fetch has it.
-                        _ => {}
-                    }
-                    spans.replace.push((name, at, (start, r.at())));
-                    Ok(())
-                })?;
-            }
-        }
-        Ok(())
-    })?;
-    if !has_base {
-        return Err(r.missing("base"));
-    }
-    if !has_version {
-        return Err(r.missing("version"));
-    }
-    Ok((d, spans))
 }
 
 #[cfg(test)]

@@ -570,14 +570,6 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
-    /// `field`, but an unknown key is an error even in a lenient parse.
-    pub(crate) fn strict_field(&mut self, key: String, fields: &[&str], seen: &mut u32) -> Res<Option<usize>> {
-        let lenient = self.unknown.take();
-        let found = self.field(key, fields, seen);
-        self.unknown = lenient;
-        found
-    }
-
     /// Reads and drops any value.
     pub(crate) fn skip(&mut self) -> Res<()> {
         match self.peek() {

@@ -184,6 +184,13 @@ fn companion(r: &mut Reader<'_>) -> Res<CompanionSource> {
 
 pub(crate) const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
 
+/// A whole document that is a table (one copy of the reader's set-up for
+/// every caller: tables, and deltas' parts).
+#[inline(never)]
+pub(crate) fn table_document(bytes: &[u8], lenient: bool) -> Res<(RawTable, Vec<String>)> {
+    crate::json::document(bytes, lenient, &mut table)
+}
+
 pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
     let mut t = RawTable::default();
     let mut seen = 0;
@@ -192,9 +199,25 @@ pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
             Some(0) => t.version = r.uint(u64::MAX, "u64")?,
             Some(1) => t.epoch = r.opt_string()?,
             Some(2) => t.base_group = r.opt_string()?,
-            Some(3) => t.groups = groups(r)?,
-            Some(4) => t.services = services(r)?,
-            Some(5) => t.sources = sources(r)?,
+            Some(3) => {
+                r.object("a map", &mut |r, name| {
+                    let group = group(r)?;
+                    insert_new(r, &mut t.groups, name, group)
+                })?;
+            }
+            Some(4) => {
+                r.object("a map", &mut |r, name| {
+                    let service = service(r)?;
+                    insert_new(r, &mut t.services, name, service)
+                })?;
+                crate::table::shrink_names(&mut t.services);
+            }
+            Some(5) => {
+                r.array(&mut |r| {
+                    t.sources.push(source(r)?);
+                    Ok(())
+                })?;
+            }
             Some(6) => t.rules = rules(r)?,
             _ => {}
         }
@@ -203,39 +226,8 @@ pub(crate) fn table(r: &mut Reader<'_>) -> Res<RawTable> {
     Ok(t)
 }
 
-/// A table's `groups` (also a delta's `replace.groups`).
-pub(crate) fn groups(r: &mut Reader<'_>) -> Res<NameMap<RawGroup>> {
-    let mut groups = NameMap::new();
-    r.object("a map", &mut |r, name| {
-        let group = group(r)?;
-        insert_new(r, &mut groups, name, group)
-    })?;
-    Ok(groups)
-}
-
-/// A table's `services` (also a delta's `set`).
-pub(crate) fn services(r: &mut Reader<'_>) -> Res<NameMap<RawService>> {
-    let mut services = NameMap::new();
-    r.object("a map", &mut |r, name| {
-        let service = service(r)?;
-        insert_new(r, &mut services, name, service)
-    })?;
-    crate::table::shrink_names(&mut services);
-    Ok(services)
-}
-
-/// A table's `sources` (also a delta's `replace.sources`).
-pub(crate) fn sources(r: &mut Reader<'_>) -> Res<Vec<RawSource>> {
-    let mut sources = Vec::new();
-    r.array(&mut |r| {
-        sources.push(source(r)?);
-        Ok(())
-    })?;
-    Ok(sources)
-}
-
 /// Inserts a map member, refusing a key given twice.
-pub(crate) fn insert_new<T>(r: &Reader<'_>, map: &mut NameMap<T>, key: String, value: T) -> Res<()> {
+fn insert_new<T>(r: &Reader<'_>, map: &mut NameMap<T>, key: String, value: T) -> Res<()> {
     if map.contains_key(&key) {
         return Err(r.duplicate_key(&key));
     }
@@ -264,7 +256,7 @@ fn group(r: &mut Reader<'_>) -> Res<RawGroup> {
 
 pub(crate) const SERVICE_FIELDS: &[&str] = &["hosts", "clusters", "ports"];
 
-pub(crate) fn service(r: &mut Reader<'_>) -> Res<RawService> {
+fn service(r: &mut Reader<'_>) -> Res<RawService> {
     let (mut hosts, mut clusters) = (None, None);
     let mut ports = Vec::new();
     let mut seen = 0;
@@ -333,7 +325,7 @@ pub(crate) const RULE_FIELDS: &[&str] = &[
     "group_from_value",
 ];
 
-pub(crate) fn rules(r: &mut Reader<'_>) -> Res<Vec<RawRule>> {
+fn rules(r: &mut Reader<'_>) -> Res<Vec<RawRule>> {
     let mut out = Vec::new();
     r.array(&mut |r| {
         out.push(rule(r)?);

@@ -101,7 +101,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let (raw, _) = crate::json::document(bytes, false, &mut crate::read::table)?;
+        let (raw, _) = crate::read::table_document(bytes, false)?;
         Ok(raw)
     }
 
@@ -112,7 +112,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        Ok(crate::json::document(bytes, true, &mut crate::read::table)?)
+        Ok(crate::read::table_document(bytes, true)?)
     }
 }
 
