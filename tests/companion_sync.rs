@@ -143,3 +143,31 @@ async fn garbage_and_invalid_tables_are_rejected_whole() {
     assert!(log.contains("table rejected, the last good one keeps serving"), "the reject is logged");
     server.abort();
 }
+
+/// SPEC "Delivery to many proxies" with the real Envoy: one-service changes
+/// to a table large enough for deltas reach every worker as deltas (none
+/// discarded), and the tables the workers hold are the companion's.
+#[tokio::test]
+async fn one_service_changes_reach_every_worker_as_deltas() {
+    let mut table: serde_json::Value = serde_json::from_str(TABLE).unwrap();
+    for i in 0..30 {
+        let name = format!("pad-{i}");
+        table["services"][&name] = serde_json::json!({"hosts": [&name], "clusters": {"base": format!("{name}-base")}});
+    }
+    let rendered = Rendered::from_file("envoy/companion.yaml");
+    let companion = Companion::start(rendered.port(18080), &table.to_string()).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", 1).await;
+    let clients = clients();
+    until_all_see(&mesh, &clients, "base").await;
+    for round in 0..4 {
+        let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
+        let version = companion.set_instance("b", "feature-1", cluster).await;
+        until_all_see(&mesh, &clients, group).await;
+        mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", version).await;
+    }
+    assert!(companion.metric("isogroup_companion_delta_answers_total").await >= 4.0, "the poller got deltas");
+    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_delta_fallbacks_total").await, 0, "none discarded");
+    let log = mesh.envoy.log_text();
+    assert!(!log.contains("does not apply here"), "every worker applied the delta");
+}

@@ -616,6 +616,7 @@ async fn a_delta_poll_gets_a_delta_onto_what_it_holds_else_the_whole_table() {
     let (applied, _) = apply(held, parsed.delta, "base", &limits).unwrap();
     let whole_v1 = fetch(&c, "/v1/table").await.2;
     assert_eq!(applied, RawTable::from_companion_json(&whole_v1, &limits).unwrap().0);
+    assert_eq!(c.metric("isogroup_companion_delta_answers_total").await, 1.0);
     // Without delta=1, or from a version it never published: the whole table.
     for path in [
         format!("/v1/table?after={v0}&epoch={epoch}"),

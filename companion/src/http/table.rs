@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::error::{not_ready, ApiError};
 use super::Api;
+use crate::metrics::Metrics;
 use crate::store::{Change, ChangeError, Snapshot};
 
 /// The longest hold a poller may ask for.
@@ -115,14 +116,17 @@ fn stamp_headers(snap: &Snapshot) -> HeaderMap {
 /// The answer to a poll: the delta onto what it holds when it takes one
 /// and the snapshot has it, else the whole table. Either body is the
 /// snapshot's buffer, shared (`Bytes`), not copied.
-fn table_response(snap: &Snapshot, poll: &Poll) -> Response {
+fn table_response(snap: &Snapshot, poll: &Poll, metrics: &Metrics) -> Response {
     let mut headers = stamp_headers(snap);
     let delta = match (poll.delta, poll.after) {
         (true, Some(after)) => snap.delta_from(after, poll.epoch.as_deref()),
         _ => None,
     };
     let (content_type, body) = match delta {
-        Some(delta) => (DELTA_CONTENT_TYPE, delta.clone()),
+        Some(delta) => {
+            metrics.delta_answers.inc();
+            (DELTA_CONTENT_TYPE, delta.clone())
+        }
         None => ("application/json", snap.json.clone()),
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -177,7 +181,7 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
     let current = served.current();
     let poll = Poll { after: q.after.or_else(|| if_none_match(&headers)), epoch: q.epoch, delta: q.delta };
     if poll.wants(&current) {
-        return table_response(&current, &poll);
+        return table_response(&current, &poll, &api.metrics);
     }
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_S));
     if wait.is_zero() {
@@ -195,7 +199,7 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
         let snap = held.borrow_and_update().clone();
         if snap.stamp() >= shown.stamp() {
             if poll.wants(&snap) {
-                return table_response(&snap, &poll);
+                return table_response(&snap, &poll, &api.metrics);
             }
             shown = snap;
         }
