@@ -34,9 +34,9 @@ pub struct RawDelta {
     pub changes: RawTable,
     /// In name order, each once.
     pub remove: Vec<String>,
-    /// The fields `replace` names (`base_group`, `groups`, `sources`,
-    /// `rules`, or a newer companion's).
-    pub replaced: Vec<String>,
+    /// The members of `replace` (`base_group`, `groups`, `sources`,
+    /// `rules`, or a newer companion's), by name.
+    replaced: Vec<Member>,
 }
 
 /// A parsed delta, and the names of the fields skipped inside `set` values
@@ -87,14 +87,11 @@ impl RawDelta {
         }
         doc.extend_from_slice(b",\"services\":");
         doc.extend_from_slice(field("set").unwrap_or(b"{}"));
-        for (name, key, value) in &replaced {
-            if matches!(name.as_str(), "version" | "epoch" | "services") {
-                return Err(refused(&cat!("replace.", name), "not replaced whole (see the delta's top level)"));
+        for m in &replaced {
+            if matches!(m.0.as_str(), "version" | "epoch" | "services") {
+                return Err(refused(&cat!("replace.", m.0), "not replaced whole (see the delta's top level)"));
             }
-            doc.push(b',');
-            doc.extend_from_slice(part(replace_json, *key));
-            doc.push(b':');
-            doc.extend_from_slice(part(replace_json, *value));
+            push_member(&mut doc, replace_json, m);
         }
         doc.push(b'}');
         let (changes, unknown) = read::table_document(&doc, true)?;
@@ -106,7 +103,6 @@ impl RawDelta {
         if remove.windows(2).any(|pair| pair[0] >= pair[1]) {
             return Err(refused("remove", "expected service names in order, each once"));
         }
-        let replaced = replaced.into_iter().map(|m| m.0).collect();
         let delta = RawDelta { base_version: base.version, base_epoch: base.epoch, changes, remove, replaced };
         Ok(Parsed { delta, unknown })
     }
@@ -117,7 +113,7 @@ impl RawDelta {
     }
 
     fn replaces(&self, field: &str) -> bool {
-        self.replaced.iter().any(|f| f == field)
+        self.replaced.iter().any(|m| m.0 == field)
     }
 }
 
@@ -205,12 +201,7 @@ pub fn splice(whole: &[u8], delta_json: &[u8], parsed: &Parsed, limits: &Limits)
     let (set_json, replace_json) = (value(&changes, delta_json, "set"), value(&changes, delta_json, "replace"));
     let (services, set, replace) = (members(services_json)?, members(set_json)?, members(replace_json)?);
     let mut out = Vec::with_capacity(whole.len() + delta_json.len());
-    let member = |out: &mut Vec<u8>, doc: &[u8], (_, key, value): &Member| {
-        out.push(b',');
-        out.extend_from_slice(part(doc, *key));
-        out.push(b':');
-        out.extend_from_slice(part(doc, *value));
-    };
+    let member = push_member;
     // Members are written each after a `,`: the first one's is a `{`.
     for m in changes.iter().filter(|m| m.0 == "version" || m.0 == "epoch") {
         member(&mut out, delta_json, m);
@@ -246,6 +237,14 @@ pub fn splice(whole: &[u8], delta_json: &[u8], parsed: &Parsed, limits: &Limits)
         return Err(TableError::TooManyBytes { field: "table", size: out.len(), limit: limits.max_table_bytes });
     }
     Ok(out)
+}
+
+/// `,"key":value` as written in `doc`.
+fn push_member(out: &mut Vec<u8>, doc: &[u8], (_, key, value): &Member) {
+    out.push(b',');
+    out.extend_from_slice(part(doc, *key));
+    out.push(b':');
+    out.extend_from_slice(part(doc, *value));
 }
 
 /// A value's bytes in its document: (start, end).
