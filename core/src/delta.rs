@@ -66,7 +66,7 @@ impl RawDelta {
                 return Err(refused(name, "unknown field or given twice"));
             }
         }
-        let field = |name: &str| top.iter().find(|m| m.0 == name).map(|m| part(bytes, m.2));
+        let field = |name: &str| find(&top, bytes, name);
         let (Some(base_json), Some(version)) = (field("base"), field("version")) else {
             return Err(refused("(document)", "missing field `base` or `version`"));
         };
@@ -76,7 +76,7 @@ impl RawDelta {
             return Err(refused("base", "unknown field"));
         }
         let (base, _) = read::table_document(base_json, false)?;
-        let replace_json = field("replace").unwrap_or(b"{}");
+        let replace_json = value(&top, bytes, "replace");
         let replaced = members(replace_json)?;
         let mut doc = Vec::with_capacity(bytes.len() + 32);
         doc.extend_from_slice(b"{\"version\":");
@@ -86,7 +86,7 @@ impl RawDelta {
             doc.extend_from_slice(epoch);
         }
         doc.extend_from_slice(b",\"services\":");
-        doc.extend_from_slice(field("set").unwrap_or(b"{}"));
+        doc.extend_from_slice(value(&top, bytes, "set"));
         for m in &replaced {
             if matches!(m.0.as_str(), "version" | "epoch" | "services") {
                 return Err(refused(&cat!("replace.", m.0), "not replaced whole (see the delta's top level)"));
@@ -186,8 +186,14 @@ fn members(doc: &[u8]) -> Result<Vec<Member>, TableError> {
 }
 
 /// The value of member `name`, as written.
+#[inline(never)]
+fn find<'d>(members: &[Member], doc: &'d [u8], name: &str) -> Option<&'d [u8]> {
+    members.iter().find(|m| m.0 == name).map(|m| part(doc, m.2))
+}
+
+/// The value of member `name`, as written; `{}` when absent.
 fn value<'d>(members: &[Member], doc: &'d [u8], name: &str) -> &'d [u8] {
-    members.iter().find(|m| m.0 == name).map_or(b"{}", |m| part(doc, m.2))
+    find(members, doc, name).unwrap_or(b"{}")
 }
 
 /// The whole table's JSON that `delta` (parsed from `delta_json`) makes of
