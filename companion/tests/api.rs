@@ -747,3 +747,38 @@ async fn held_polls_get_a_burst_coalesced_and_everything_else_sees_each_write() 
     assert_eq!(got["version"], w3["version"], "w2 was {}", w2["version"]);
     assert_eq!(got["services"]["ratings"]["clusters"]["team-a"], "r3");
 }
+
+/// Non-filter clients may take the whole table gzipped (SPEC); the filter,
+/// which does not ask, gets it as ever.
+#[tokio::test]
+async fn the_whole_table_is_gzipped_for_clients_that_ask() {
+    use std::io::Read;
+    let c = Companion::start(TABLE, None).await;
+    let plain = fetch(&c, "/v1/table").await.2;
+    for (accept, gzipped) in [
+        ("gzip", true),
+        ("br, gzip;q=0.5", true),
+        ("*", true),
+        ("gzip;q=0", false),
+        ("gzip; q=0.000", false),
+        ("identity", false),
+        ("", false),
+    ] {
+        let mut req = reqwest::Client::new().get(c.url("/v1/table"));
+        if !accept.is_empty() {
+            req = req.header("accept-encoding", accept);
+        }
+        let resp = req.send().await.unwrap();
+        let encoding = resp.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(resp.headers()["vary"], "accept-encoding", "{accept}");
+        let body = resp.bytes().await.unwrap().to_vec();
+        if gzipped {
+            assert_eq!(encoding.as_deref(), Some("gzip"), "{accept}");
+            let mut unzipped = Vec::new();
+            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut unzipped).unwrap();
+            assert_eq!(unzipped, plain, "{accept}");
+        } else {
+            assert_eq!((encoding, body), (None, plain.clone()), "{accept}");
+        }
+    }
+}

@@ -88,6 +88,8 @@ struct Poll {
     epoch: Option<String>,
     /// It takes a delta onto what it holds.
     delta: bool,
+    /// It takes the whole table gzipped (`Accept-Encoding: gzip`).
+    gzip: bool,
 }
 
 impl Poll {
@@ -127,8 +129,13 @@ fn table_response(snap: &Snapshot, poll: &Poll, metrics: &Metrics) -> Response {
             metrics.delta_answers.inc();
             (DELTA_CONTENT_TYPE, delta.clone())
         }
+        None if poll.gzip => {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            ("application/json", snap.json_gzip())
+        }
         None => ("application/json", snap.json.clone()),
     };
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     (headers, body).into_response()
 }
@@ -179,7 +186,12 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
     // the two is not missed.
     let mut held = served.subscribe_held();
     let current = served.current();
-    let poll = Poll { after: q.after.or_else(|| if_none_match(&headers)), epoch: q.epoch, delta: q.delta };
+    let poll = Poll {
+        after: q.after.or_else(|| if_none_match(&headers)),
+        epoch: q.epoch,
+        delta: q.delta,
+        gzip: accepts_gzip(&headers),
+    };
     if poll.wants(&current) {
         return table_response(&current, &poll, &api.metrics);
     }
@@ -213,6 +225,18 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
             _ = shutdown.wait_for(|down| *down) => return not_modified(&shown),
         }
     }
+}
+
+/// `Accept-Encoding` names `gzip` (or `*`) without `q=0`.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+        |coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| p.strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        },
+    )
 }
 
 fn if_none_match(headers: &HeaderMap) -> Option<u64> {

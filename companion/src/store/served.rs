@@ -36,6 +36,8 @@ pub struct Snapshot {
     compiled: Compiled,
     pub json: Bytes,
     deltas: Vec<Delta>,
+    /// `json` gzipped, made on first ask (non-filter clients only).
+    gzip: OnceLock<Bytes>,
 }
 
 /// The compiled table: at once, or on first use for a table checked in
@@ -67,7 +69,15 @@ impl Snapshot {
     /// A table checked whole (`table`), stamped already, with its JSON.
     pub fn of(raw: RawTable, table: Arc<Table>, json: Vec<u8>) -> Snapshot {
         let (epoch, version, json) = (raw.epoch.clone(), raw.version, Bytes::from(json));
-        Snapshot { epoch, version, raw, compiled: Compiled::Now(table), json, deltas: Vec::new() }
+        Snapshot {
+            epoch,
+            version,
+            raw,
+            compiled: Compiled::Now(table),
+            json,
+            deltas: Vec::new(),
+            gzip: OnceLock::new(),
+        }
     }
 
     /// A table checked in parts (`store::parts`), stamped already, with its
@@ -81,7 +91,7 @@ impl Snapshot {
     ) -> Snapshot {
         let compiled = Compiled::Later { cell: OnceLock::new(), base: base.to_owned(), limits: *limits, fallback };
         let (epoch, version, json) = (raw.epoch.clone(), raw.version, Bytes::from(json));
-        Snapshot { epoch, version, raw, compiled, json, deltas: Vec::new() }
+        Snapshot { epoch, version, raw, compiled, json, deltas: Vec::new(), gzip: OnceLock::new() }
     }
 
     /// The compiled table.
@@ -111,6 +121,19 @@ impl Snapshot {
     /// Where this snapshot stands in the (epoch, version) order.
     pub fn stamp(&self) -> Stamp<'_> {
         Stamp::new(self.epoch.as_deref(), self.version)
+    }
+
+    /// The table's JSON gzipped: once per version, then shared like `json`.
+    pub fn json_gzip(&self) -> Bytes {
+        self.gzip
+            .get_or_init(|| {
+                use std::io::Write;
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                // Writing to memory cannot fail.
+                let _ = gz.write_all(&self.json);
+                Bytes::from(gz.finish().unwrap_or_default())
+            })
+            .clone()
     }
 
     /// The delta onto this table from the one stamped (`epoch`, `version`),
