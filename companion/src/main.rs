@@ -95,7 +95,7 @@ enum Command {
         /// lane to it with `?lane=<group>`.
         #[arg(long, value_parser = parse_gateway_url)]
         gateway_url: Option<String>,
-        /// Held long-polls get a new version at most once per this many
+        /// Held long-polls from proxies (x-isogroup-poller) get a new version at most once per this many
         /// milliseconds (a burst of changes coalesces into its last
         /// version); 0 turns it off. Writes, `GET /v1/table` without
         /// `after`, `/v1/resolve` and the console see each change at once.

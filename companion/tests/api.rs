@@ -704,8 +704,9 @@ async fn bad_poll_parameters_are_refused_naming_them_and_unknown_ones_ignored() 
     }
 }
 
-/// SPEC "Publish interval": a burst of writes reaches held polls as its last
-/// version; the writes themselves, a plain GET and /v1/resolve see each at once.
+/// SPEC "Publish interval": a burst of writes reaches held proxy polls as its
+/// last version; the writes themselves, a plain GET, /v1/resolve and the
+/// console's long-poll see each at once.
 #[tokio::test]
 async fn held_polls_get_a_burst_coalesced_and_everything_else_sees_each_write() {
     let dir = test_dir("publish-interval");
@@ -715,10 +716,16 @@ async fn held_polls_get_a_burst_coalesced_and_everything_else_sees_each_write() 
     let epoch = epoch.unwrap();
     // The first write after a quiet spell reaches a held poll (now, or once
     // the interval since start-up has passed).
-    let hold = |after: u64| {
+    // A proxy's poll (it names itself) is paced; the console's is not.
+    let poll = |after: u64, poller: bool| {
         let url = c.url(&format!("/v1/table?after={after}&epoch={epoch}&wait=60"));
-        tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await.unwrap() })
+        let mut req = reqwest::Client::new().get(url);
+        if poller {
+            req = req.header("x-isogroup-poller", "envoy-1");
+        }
+        tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
     };
+    let hold = |after: u64| poll(after, true);
     let first = hold(v);
     wait_until("the poll to be held", Duration::from_secs(10), async || {
         c.metric("isogroup_companion_held_polls").await >= 1.0
@@ -729,11 +736,13 @@ async fn held_polls_get_a_burst_coalesced_and_everything_else_sees_each_write() 
     // Right after that release: a burst of two writes.
     let v1 = w1["version"].as_u64().unwrap();
     let second = hold(v1);
-    wait_until("the poll to be held", Duration::from_secs(10), async || {
-        c.metric("isogroup_companion_held_polls").await >= 1.0
+    let console = poll(v1, false);
+    wait_until("the polls to be held", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_held_polls").await >= 2.0
     })
     .await;
     let (_, w2) = c.register("ratings", "team-a", "r2").await;
+    assert_eq!(console.await.unwrap()["version"], w2["version"], "the console's poll sees the write at once");
     // The write's own answer, a plain GET, a poll that is not held and
     // /v1/resolve see it at once.
     assert_eq!(c.served().await.1, w2["version"].as_u64().unwrap());

@@ -214,6 +214,11 @@ impl Served {
         self.tx.borrow().clone()
     }
 
+    /// Every snapshot as it is published.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
     /// What held long-polls wait on: the current snapshot, paced by the
     /// publish interval (bursts coalesce into their last version).
     pub fn subscribe_held(&self) -> watch::Receiver<Arc<Snapshot>> {
