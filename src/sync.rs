@@ -228,7 +228,10 @@ impl Follower {
         // Not kept beside the new one while it is read.
         self.raw = None;
         let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-        match compile_whole(vm, &bytes) {
+        let read = RawTable::from_companion_json(&bytes, &vm.settings.limits);
+        // Freed before compiling: a wasm VM's linear memory keeps its peak.
+        drop(bytes);
+        match read.and_then(|(raw, unknown)| compile(vm, raw, unknown)) {
             Ok((raw, table, _)) => {
                 self.raw = Some(raw);
                 self.install(vm, table);
@@ -352,7 +355,8 @@ impl Follower {
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
         // Not kept beside the new one while it is read.
         self.raw = None;
-        let (raw, table, unknown) = match compile_whole(vm, body) {
+        let read = RawTable::from_companion_json(body, &vm.settings.limits);
+        let (raw, table, unknown) = match read.and_then(|(raw, unknown)| compile(vm, raw, unknown)) {
             Ok(compiled) => compiled,
             Err(e) => {
                 // Every reject is logged (rare, and each one matters); the
@@ -463,9 +467,12 @@ impl Follower {
     }
 }
 
-/// A whole table read and compiled: (raw, compiled, unknown field names).
-fn compile_whole<H: Host>(vm: &Vm<H>, bytes: &[u8]) -> Result<(RawTable, Table, Vec<String>), TableError> {
-    let (raw, unknown) = RawTable::from_companion_json(bytes, &vm.settings.limits)?;
+/// A whole table read (`raw`, with the unknown field names) compiled.
+fn compile<H: Host>(
+    vm: &Vm<H>,
+    raw: RawTable,
+    unknown: Vec<String>,
+) -> Result<(RawTable, Table, Vec<String>), TableError> {
     let table = Table::compile(&raw, &vm.settings.base_group, &vm.settings.limits)?;
     Ok((raw, table, unknown))
 }
