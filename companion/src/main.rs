@@ -34,7 +34,7 @@ use crate::store::{Served, Store};
 /// `X-Isogroup-Epoch`).
 #[command(
     name = "isogroup-companion",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (table: v1 epoch sources rules; protocol: long-poll etag epoch)"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (table: v1 epoch sources rules; protocol: long-poll etag epoch delta gzip)"),
     about = "isogroup control plane"
 )]
 struct Cli {
@@ -110,6 +110,12 @@ enum Command {
         /// lane to it with `?lane=<group>`.
         #[arg(long, value_parser = parse_gateway_url)]
         gateway_url: Option<String>,
+        /// Held long-polls from proxies (x-isogroup-poller) get a new version at most once per this many
+        /// milliseconds (a burst of changes coalesces into its last
+        /// version); 0 turns it off. Writes, `GET /v1/table` without
+        /// `after`, `/v1/resolve` and the console see each change at once.
+        #[arg(long, default_value_t = 1000)]
+        min_publish_ms: u64,
     },
     /// Validate a table file: print each error, exit non-zero when invalid.
     Check {
@@ -190,6 +196,7 @@ fn main() -> ExitCode {
             base_group,
             max_table_bytes,
             gateway_url,
+            min_publish_ms,
         } => {
             let limits = Limits { max_table_bytes, ..Limits::default() };
             let source = match (table, etcd.is_empty()) {
@@ -211,7 +218,7 @@ fn main() -> ExitCode {
                     },
                 },
             };
-            serve(listen, source, Options { token_file, base: base_group, limits, gateway_url })
+            serve(listen, source, Options { token_file, base: base_group, limits, gateway_url, min_publish_ms })
         }
         Command::Check { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
@@ -350,6 +357,7 @@ struct Options {
     base: String,
     limits: Limits,
     gateway_url: Option<String>,
+    min_publish_ms: u64,
 }
 
 fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
@@ -370,11 +378,12 @@ fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
 }
 
 async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(), String> {
-    let Options { token_file, base, limits, gateway_url } = options;
+    let Options { token_file, base, limits, gateway_url, min_publish_ms } = options;
     let token = http::auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
+    served.set_min_publish(std::time::Duration::from_millis(min_publish_ms));
     // Kubernetes: what hands the Lease back on shutdown.
     let mut release = None;
     let (store, source): (Arc<dyn Store>, String) = match source {
@@ -503,7 +512,7 @@ mod tests {
         assert_eq!(
             Cli::command().render_version(),
             format!(
-                "isogroup-companion {} (table: v1 epoch sources rules; protocol: long-poll etag epoch)\n",
+                "isogroup-companion {} (table: v1 epoch sources rules; protocol: long-poll etag epoch delta gzip)\n",
                 env!("CARGO_PKG_VERSION")
             )
         );

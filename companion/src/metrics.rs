@@ -33,6 +33,7 @@ pub struct Metrics {
     pub file_rejects: Counter,
     pub polls: Counter,
     pub held_polls: Gauge,
+    pub delta_answers: Counter,
     pub pollers: Gauge,
     pub admin: Family<AdminLabels, Counter>,
     pub watch_errors: Counter,
@@ -61,6 +62,7 @@ impl Metrics {
             file_rejects: Counter::default(),
             polls: Counter::default(),
             held_polls: Gauge::default(),
+            delta_answers: Counter::default(),
             pollers: Gauge::default(),
             admin: Family::default(),
             watch_errors: Counter::default(),
@@ -85,6 +87,11 @@ impl Metrics {
         registry.register("file_rejects", "Table file edits refused by validation", m.file_rejects.clone());
         registry.register("polls", "Table requests answered", m.polls.clone());
         registry.register("held_polls", "Long-polls waiting right now", m.held_polls.clone());
+        registry.register(
+            "delta_answers",
+            "Polls answered with a delta instead of the whole table",
+            m.delta_answers.clone(),
+        );
         registry.register("pollers", "Distinct x-isogroup-poller ids seen in the last 120 s", m.pollers.clone());
         registry.register("admin_requests", "Admin API requests by operation and status", m.admin.clone());
         registry.register("watch_errors", "Kubernetes watch errors (retried)", m.watch_errors.clone());

@@ -621,3 +621,217 @@ async fn writes_without_the_token_are_refused_before_the_body_is_read() {
     let unauthorized = c.metric_sum("isogroup_companion_admin_requests_total").await;
     assert!(unauthorized >= 9.0, "each refusal is counted: {unauthorized}");
 }
+
+/// (status, content type, body) of a GET.
+async fn fetch(c: &Companion, path: &str) -> (u16, String, Vec<u8>) {
+    let resp = c.get(path).await;
+    let status = resp.status().as_u16();
+    let content_type = resp.headers().get("content-type").map_or("", |v| v.to_str().unwrap()).to_owned();
+    (status, content_type, resp.bytes().await.unwrap().to_vec())
+}
+
+const DELTA_TYPE: &str = "application/vnd.isogroup.delta.v1+json";
+
+#[tokio::test]
+async fn a_delta_poll_gets_a_delta_onto_what_it_holds_else_the_whole_table() {
+    use isogroup_core::delta::{apply, RawDelta};
+    use isogroup_core::{Limits, RawTable};
+    let dir = test_dir("delta");
+    std::fs::write(dir.join("table.json"), serde_json::to_vec(&common::table_json(40)).unwrap()).unwrap();
+    let c = Companion::start_in(dir, Some(TOKEN)).await;
+    let (epoch, v0, _) = c.served().await;
+    let epoch = epoch.unwrap();
+    let whole_v0 = fetch(&c, "/v1/table").await.2;
+    let (status, body) = c.register("svc-3", "team-a", "c-3-a").await;
+    assert_eq!(status, 200, "{body}");
+    let v1 = body["version"].as_u64().unwrap();
+    let (status, content_type, delta) = fetch(&c, &format!("/v1/table?after={v0}&epoch={epoch}&delta=1")).await;
+    assert_eq!((status, content_type.as_str()), (200, DELTA_TYPE));
+    let value: Value = serde_json::from_slice(&delta).unwrap();
+    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["base", "epoch", "remove", "replace", "set", "version"], "exactly SPEC's keys");
+    assert_eq!(value["base"], json!({"version": v0, "epoch": epoch}));
+    assert_eq!(value["set"].as_object().unwrap().keys().collect::<Vec<_>>(), ["svc-3"]);
+    assert_eq!((value["remove"].clone(), value["replace"].clone()), (json!([]), json!({})));
+    // Applied with core's code onto what the poller held: the whole table.
+    let limits = Limits::default();
+    let held = RawTable::from_companion_json(&whole_v0, &limits).unwrap().0;
+    let parsed = RawDelta::from_json(&delta, &limits).unwrap();
+    let (applied, _) = apply(held, parsed.delta, "base", &limits).unwrap();
+    let whole_v1 = fetch(&c, "/v1/table").await.2;
+    assert_eq!(applied, RawTable::from_companion_json(&whole_v1, &limits).unwrap().0);
+    assert_eq!(c.metric("isogroup_companion_delta_answers_total").await, 1.0);
+    // Without delta=1, or from a version it never published: the whole table.
+    for path in [
+        format!("/v1/table?after={v0}&epoch={epoch}"),
+        format!("/v1/table?after={}&epoch={epoch}&delta=1", v0 - 1),
+        format!("/v1/table?after={v0}&epoch=1-0&delta=1"),
+        format!("/v1/table?after={v0}&delta=1"),
+    ] {
+        let (status, content_type, body) = fetch(&c, &path).await;
+        assert_eq!(
+            (status, content_type.as_str(), body.as_slice()),
+            (200, "application/json", whole_v1.as_slice()),
+            "{path}"
+        );
+    }
+    // Eight more versions: v1 is still one of the last eight, v0 no longer is.
+    for i in 0..8 {
+        assert_eq!(c.register(&format!("svc-{}", 10 + i), "team-a", "x").await.0, 200);
+    }
+    assert_eq!(fetch(&c, &format!("/v1/table?after={v1}&epoch={epoch}&delta=1")).await.1, DELTA_TYPE);
+    assert_eq!(fetch(&c, &format!("/v1/table?after={v0}&epoch={epoch}&delta=1")).await.1, "application/json");
+    // A change of most of the table: a delta would not be smaller than half.
+    let (_, v_before, _) = c.served().await;
+    let mut big = common::table_json(40);
+    for (_, service) in big["services"].as_object_mut().unwrap() {
+        service["clusters"]["team-a"] = json!("elsewhere");
+    }
+    assert_eq!(c.put_table(&big).await.0, 200);
+    let (status, content_type, _) = fetch(&c, &format!("/v1/table?after={v_before}&epoch={epoch}&delta=1")).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+}
+
+#[tokio::test]
+async fn a_held_delta_poll_wakes_with_a_delta() {
+    let c = Companion::start(TABLE, Some(TOKEN)).await;
+    let (epoch, v, _) = c.served().await;
+    let epoch = epoch.unwrap();
+    // Big enough that a one-service change is under half the table.
+    let mut table: Value = serde_json::from_str(TABLE).unwrap();
+    for i in 0..20 {
+        table["services"][format!("s{i}")] = json!({"hosts": [format!("s{i}")], "clusters": {"base": "b"}});
+    }
+    let (status, body) = c.put_table(&table).await;
+    assert_eq!(status, 200, "{body}");
+    let v = body["version"].as_u64().unwrap().max(v);
+    let url = c.url(&format!("/v1/table?after={v}&epoch={epoch}&wait=30&delta=1"));
+    let poll = tokio::spawn(async move {
+        let resp = reqwest::get(url).await.unwrap();
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        (resp.status().as_u16(), content_type, resp.json::<Value>().await.unwrap())
+    });
+    wait_until("the poll to be held", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_held_polls").await >= 1.0
+    })
+    .await;
+    let (status, body) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, content_type, delta) = poll.await.unwrap();
+    assert_eq!((status, content_type.as_str()), (200, DELTA_TYPE));
+    assert_eq!(delta["version"], body["version"]);
+    assert_eq!(delta["set"]["ratings"]["clusters"]["feature-1"], "ratings-f1");
+}
+
+#[tokio::test]
+async fn bad_poll_parameters_are_refused_naming_them_and_unknown_ones_ignored() {
+    let c = Companion::start(TABLE, None).await;
+    let long_epoch = "9".repeat(129);
+    for (query, name) in [
+        ("after=x", "after"),
+        ("after=-1", "after"),
+        ("after=1&after=2", "after"),
+        ("wait=soon", "wait"),
+        ("wait=99999999999999999999999", "wait"),
+        ("delta=yes", "delta"),
+        (&*format!("after=1&epoch={long_epoch}"), "epoch"),
+    ] {
+        let resp = c.get(&format!("/v1/table?{query}")).await;
+        assert_eq!(resp.status(), 400, "{query}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{query}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_parameter", "{query}");
+        assert!(body["detail"].as_str().unwrap().starts_with(&format!("{name}: ")), "{query}: {body}");
+    }
+    for query in ["color=blue", "after=1&x=%ZZ&delta=0", "delta=1"] {
+        assert_eq!(c.get(&format!("/v1/table?{query}")).await.status(), 200, "{query}");
+    }
+}
+
+/// SPEC "Publish interval": a burst of writes reaches held proxy polls as its
+/// last version; the writes themselves, a plain GET, /v1/resolve and the
+/// console's long-poll see each at once.
+#[tokio::test]
+async fn held_polls_get_a_burst_coalesced_and_everything_else_sees_each_write() {
+    let dir = test_dir("publish-interval");
+    std::fs::write(dir.join("table.json"), TABLE).unwrap();
+    let c = Companion::start_args(dir, Some(TOKEN), &["--min-publish-ms", "5000"]).await;
+    let (epoch, v, _) = c.served().await;
+    let epoch = epoch.unwrap();
+    // The first write after a quiet spell reaches a held poll (now, or once
+    // the interval since start-up has passed).
+    // A proxy's poll (it names itself) is paced; the console's is not.
+    let poll = |after: u64, poller: bool| {
+        let url = c.url(&format!("/v1/table?after={after}&epoch={epoch}&wait=60"));
+        let mut req = reqwest::Client::new().get(url);
+        if poller {
+            req = req.header("x-isogroup-poller", "envoy-1");
+        }
+        tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    let hold = |after: u64| poll(after, true);
+    let first = hold(v);
+    wait_until("the poll to be held", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_held_polls").await >= 1.0
+    })
+    .await;
+    let (_, w1) = c.register("ratings", "team-a", "r1").await;
+    assert_eq!(first.await.unwrap()["version"], w1["version"]);
+    // Right after that release: a burst of two writes.
+    let v1 = w1["version"].as_u64().unwrap();
+    let second = hold(v1);
+    let console = poll(v1, false);
+    wait_until("the polls to be held", Duration::from_secs(10), async || {
+        c.metric("isogroup_companion_held_polls").await >= 2.0
+    })
+    .await;
+    let (_, w2) = c.register("ratings", "team-a", "r2").await;
+    assert_eq!(console.await.unwrap()["version"], w2["version"], "the console's poll sees the write at once");
+    // The write's own answer, a plain GET, a poll that is not held and
+    // /v1/resolve see it at once.
+    assert_eq!(c.served().await.1, w2["version"].as_u64().unwrap());
+    let now: Value = c.get(&format!("/v1/table?after={v1}&epoch={epoch}")).await.json().await.unwrap();
+    assert_eq!(now["version"], w2["version"]);
+    let resolved: Value = c.get("/v1/resolve?service=ratings&group=team-a").await.json().await.unwrap();
+    assert_eq!(resolved["cluster"], "r2");
+    let (_, w3) = c.register("ratings", "team-a", "r3").await;
+    // The held poll gets the burst's last version, never the one between.
+    let got = second.await.unwrap();
+    assert_eq!(got["version"], w3["version"], "w2 was {}", w2["version"]);
+    assert_eq!(got["services"]["ratings"]["clusters"]["team-a"], "r3");
+}
+
+/// Non-filter clients may take the whole table gzipped (SPEC); the filter,
+/// which does not ask, gets it as ever.
+#[tokio::test]
+async fn the_whole_table_is_gzipped_for_clients_that_ask() {
+    use std::io::Read;
+    let c = Companion::start(TABLE, None).await;
+    let plain = fetch(&c, "/v1/table").await.2;
+    for (accept, gzipped) in [
+        ("gzip", true),
+        ("br, gzip;q=0.5", true),
+        ("*", true),
+        ("gzip;q=0", false),
+        ("gzip; q=0.000", false),
+        ("identity", false),
+        ("", false),
+    ] {
+        let mut req = reqwest::Client::new().get(c.url("/v1/table"));
+        if !accept.is_empty() {
+            req = req.header("accept-encoding", accept);
+        }
+        let resp = req.send().await.unwrap();
+        let encoding = resp.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(resp.headers()["vary"], "accept-encoding", "{accept}");
+        let body = resp.bytes().await.unwrap().to_vec();
+        if gzipped {
+            assert_eq!(encoding.as_deref(), Some("gzip"), "{accept}");
+            let mut unzipped = Vec::new();
+            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut unzipped).unwrap();
+            assert_eq!(unzipped, plain, "{accept}");
+        } else {
+            assert_eq!((encoding, body), (None, plain.clone()), "{accept}");
+        }
+    }
+}

@@ -187,6 +187,14 @@ fn companion(r: &mut Reader<'_>) -> Res<CompanionSource> {
 
 pub(crate) const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
 
+/// A whole document that is a table (one copy of the reader's set-up for
+/// every caller: tables, and deltas' parts), stopping at the first member
+/// past one of `limits`' counts (see `table`).
+#[inline(never)]
+pub(crate) fn table_document(bytes: &[u8], lenient: bool, limits: &Limits) -> Res<(RawTable, Vec<String>)> {
+    crate::json::document(bytes, lenient, &mut |r| table(r, limits))
+}
+
 /// Limits that never stop a read (only its counts are read).
 const UNCOUNTED: Limits = Limits {
     max_services: usize::MAX,

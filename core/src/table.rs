@@ -144,7 +144,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let (raw, _) = crate::json::document(bytes, false, &mut |r| crate::read::table(r, limits))?;
+        let (raw, _) = crate::read::table_document(bytes, false, limits)?;
         Ok(raw)
     }
 
@@ -155,7 +155,7 @@ impl RawTable {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "table", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        Ok(crate::json::document(bytes, true, &mut |r| crate::read::table(r, limits))?)
+        Ok(crate::read::table_document(bytes, true, limits)?)
     }
 }
 

@@ -107,6 +107,14 @@ impl<V> VecMap<V> {
         }
     }
 
+    pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        String: Borrow<Q>,
+    {
+        let i = self.find(key).ok()?;
+        Some(self.entries.remove(i).1)
+    }
+
     pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
     where
         String: Borrow<Q>,

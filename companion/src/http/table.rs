@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use isogroup_core::delta::DELTA_CONTENT_TYPE;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::is_valid_service;
@@ -19,6 +20,7 @@ use serde_json::json;
 
 use super::error::{not_ready, ApiError};
 use super::Api;
+use crate::metrics::Metrics;
 use crate::store::{Change, ChangeError, Snapshot};
 
 /// The longest hold a poller may ask for.
@@ -32,17 +34,60 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/v1/services/{service}/groups/{group}", put(put_group).delete(delete_group))
 }
 
-#[derive(Deserialize)]
+/// A poll's parameters (`after`, `epoch`, `wait`, `delta`); others are
+/// ignored. A bad value, or a parameter given twice, is a `400` naming it.
+#[derive(Debug, Default, PartialEq)]
 struct TableQuery {
     after: Option<u64>,
     epoch: Option<String>,
     wait: Option<u64>,
+    delta: bool,
+}
+
+/// The longest `epoch` taken: epochs are `"<unix-ms>-<random>"`, far shorter.
+const MAX_EPOCH_PARAM: usize = 128;
+
+impl TableQuery {
+    fn parse(query: Option<&str>) -> Result<TableQuery, ApiError> {
+        let bad = |name: &str, why: &str| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{name}: {why}"))
+        };
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| bad("query", &e.to_string()))?;
+        let mut q = TableQuery::default();
+        let mut seen = [false; 4];
+        for (name, value) in pairs {
+            let Some(i) = ["after", "epoch", "wait", "delta"].iter().position(|p| *p == name) else { continue };
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(bad(&name, "given more than once"));
+            }
+            let number = |value: &str| value.parse::<u64>().map_err(|_| bad(&name, "expected a whole number"));
+            match i {
+                0 => q.after = Some(number(&value)?),
+                1 if value.len() > MAX_EPOCH_PARAM => return Err(bad(&name, "longer than 128 bytes")),
+                1 => q.epoch = Some(value),
+                2 => q.wait = Some(number(&value)?),
+                _ => {
+                    q.delta = match value.as_str() {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(bad(&name, "expected 1 or 0")),
+                    }
+                }
+            }
+        }
+        Ok(q)
+    }
 }
 
 /// What a poller holds, and so which answers are news to it.
 struct Poll {
     after: Option<u64>,
     epoch: Option<String>,
+    /// It takes a delta onto what it holds.
+    delta: bool,
+    /// It takes the whole table gzipped (`Accept-Encoding: gzip`).
+    gzip: bool,
 }
 
 impl Poll {
@@ -68,10 +113,29 @@ fn stamp_headers(snap: &Snapshot) -> HeaderMap {
     headers
 }
 
-fn table_response(snap: &Snapshot) -> Response {
+/// The answer to a poll: the delta onto what it holds when it takes one
+/// and the snapshot has it, else the whole table. Either body is the
+/// snapshot's buffer, shared (`Bytes`), not copied.
+fn table_response(snap: &Snapshot, poll: &Poll, metrics: &Metrics) -> Response {
     let mut headers = stamp_headers(snap);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    (headers, snap.json.clone()).into_response()
+    let delta = match (poll.delta, poll.after) {
+        (true, Some(after)) => snap.delta_from(after, poll.epoch.as_deref()),
+        _ => None,
+    };
+    let (content_type, body) = match delta {
+        Some(delta) => {
+            metrics.delta_answers.inc();
+            (DELTA_CONTENT_TYPE, delta.clone())
+        }
+        None if poll.gzip => {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            ("application/json", snap.json_gzip())
+        }
+        None => ("application/json", snap.json.clone()),
+    };
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (headers, body).into_response()
 }
 
 /// `304` still names what is served, so a poller (or a cache) can tell.
@@ -96,9 +160,16 @@ impl Drop for HeldPoll<'_> {
     }
 }
 
-/// `GET /v1/table[?after=v[&epoch=e]&wait=s]`: the table now when it is news
-/// to the poller (see `Poll::wants`), else held up to `wait` s, then 304.
-async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, headers: HeaderMap) -> Response {
+/// `GET /v1/table[?after=v[&epoch=e]&wait=s][&delta=1]`: the table (or a
+/// delta onto what the poller holds) now when it is news to the poller (see
+/// `Poll::wants`), else held up to `wait` s, then 304. A held poll sees new
+/// versions paced by the publish interval when it comes from a proxy
+/// (`Served::subscribe_held`).
+async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let q = match TableQuery::parse(query.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     if let Some(id) = headers.get("x-isogroup-poller").and_then(|v| v.to_str().ok()) {
         api.metrics.saw_poller(id);
     }
@@ -110,38 +181,67 @@ async fn get_table(State(api): State<Arc<Api>>, Query(q): Query<TableQuery>, hea
     if let Some(detail) = api.store.not_serving() {
         return ApiError::from(ChangeError::NotLeader(detail)).into_response();
     }
-    let mut rx = served.subscribe();
-    let mut snap = rx.borrow_and_update().clone();
-    let poll = Poll { after: q.after.or_else(|| if_none_match(&headers)), epoch: q.epoch };
+    // Proxies (which name themselves with `x-isogroup-poller`) are paced
+    // by the publish interval; the console and scripts see each write at
+    // once. Subscribed before the current snapshot is read: a release
+    // between the two is not missed.
+    let paced = headers.contains_key("x-isogroup-poller");
+    let mut held = if paced { served.subscribe_held() } else { served.subscribe() };
+    let current = served.current();
+    let poll = Poll {
+        after: q.after.or_else(|| if_none_match(&headers)),
+        epoch: q.epoch,
+        delta: q.delta,
+        gzip: accepts_gzip(&headers),
+    };
     if let (Some(epoch), Some(after)) = (poll.epoch.as_deref(), poll.after) {
         api.store.saw_poll(epoch, after);
     }
-    if poll.wants(&snap) {
-        return table_response(&snap);
+    if poll.wants(&current) {
+        return table_response(&current, &poll, &api.metrics);
     }
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_S));
     if wait.is_zero() {
-        return not_modified(&snap);
+        return not_modified(&current);
     }
     let _held = HeldPoll::new(&api.metrics.held_polls);
     let mut shutdown = api.shutdown.clone();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
+    // What a 304 names: the newest this poll was shown.
+    let mut shown = current;
     loop {
+        // Held polls may lag the current snapshot by the publish interval:
+        // never answer with one older than what was current at the start.
+        let snap = held.borrow_and_update().clone();
+        if snap.stamp() >= shown.stamp() {
+            if poll.wants(&snap) {
+                return table_response(&snap, &poll, &api.metrics);
+            }
+            shown = snap;
+        }
         tokio::select! {
-            changed = rx.changed() => {
+            changed = held.changed() => {
                 if changed.is_err() {
-                    return not_modified(&snap);
-                }
-                snap = rx.borrow_and_update().clone();
-                if poll.wants(&snap) {
-                    return table_response(&snap);
+                    return not_modified(&shown);
                 }
             }
-            _ = &mut deadline => return not_modified(&snap),
-            _ = shutdown.wait_for(|down| *down) => return not_modified(&snap),
+            _ = &mut deadline => return not_modified(&shown),
+            _ = shutdown.wait_for(|down| *down) => return not_modified(&shown),
         }
     }
+}
+
+/// `Accept-Encoding` names `gzip` (or `*`) without `q=0`.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+        |coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| p.strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        },
+    )
 }
 
 fn if_none_match(headers: &HeaderMap) -> Option<u64> {

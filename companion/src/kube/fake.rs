@@ -624,7 +624,7 @@ fn crds() -> &'static BTreeMap<Res, Kind> {
             include_str!("../../tests/data/destinationrules.crd.yaml"),
             include_str!("../../tests/data/virtualservices.crd.yaml"),
             include_str!("../../tests/data/envoyfilters.crd.yaml"),
-            include_str!("../../../deploy/istio/isolationgroup-crd.yaml"),
+            include_str!("../../../deploy/kubernetes/companion/kubernetes-source/isolationgroup-crd.yaml"),
         ];
         let mut out = BTreeMap::new();
         for text in texts {

@@ -4,6 +4,7 @@
 //! module.
 
 pub mod change;
+pub mod delta;
 pub mod etcd;
 pub mod expiry;
 pub mod file;

@@ -3,12 +3,14 @@
 //! publishes through one of these; the API only reads it.
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::{Limits, RawTable, Table, TableError};
 use tokio::sync::watch;
 
+use super::delta::{Delta, History};
 use crate::metrics::Metrics;
 
 /// The highest version served: a signed 64-bit reader (a Prometheus gauge,
@@ -24,13 +26,18 @@ pub struct VersionTooLarge {
 }
 
 /// One accepted table: the raw form (what changes start from), the compiled
-/// form (for `/v1/resolve`) and the JSON served to pollers.
+/// form (for `/v1/resolve`), the JSON served to pollers and, once published,
+/// the deltas onto it from the versions published before (one buffer each,
+/// shared by every answer).
 pub struct Snapshot {
     pub epoch: Option<String>,
     pub version: u64,
     pub raw: RawTable,
     compiled: Compiled,
-    pub json: Vec<u8>,
+    pub json: Bytes,
+    deltas: Vec<Delta>,
+    /// `json` gzipped, made on first ask (non-filter clients only).
+    gzip: OnceLock<Bytes>,
 }
 
 /// The compiled table: at once, or on first use for a table checked in
@@ -61,7 +68,16 @@ impl Snapshot {
 
     /// A table checked whole (`table`), stamped already, with its JSON.
     pub fn of(raw: RawTable, table: Arc<Table>, json: Vec<u8>) -> Snapshot {
-        Snapshot { epoch: raw.epoch.clone(), version: raw.version, raw, compiled: Compiled::Now(table), json }
+        let (epoch, version, json) = (raw.epoch.clone(), raw.version, Bytes::from(json));
+        Snapshot {
+            epoch,
+            version,
+            raw,
+            compiled: Compiled::Now(table),
+            json,
+            deltas: Vec::new(),
+            gzip: OnceLock::new(),
+        }
     }
 
     /// A table checked in parts (`store::parts`), stamped already, with its
@@ -74,7 +90,8 @@ impl Snapshot {
         fallback: Arc<Table>,
     ) -> Snapshot {
         let compiled = Compiled::Later { cell: OnceLock::new(), base: base.to_owned(), limits: *limits, fallback };
-        Snapshot { epoch: raw.epoch.clone(), version: raw.version, raw, compiled, json }
+        let (epoch, version, json) = (raw.epoch.clone(), raw.version, Bytes::from(json));
+        Snapshot { epoch, version, raw, compiled, json, deltas: Vec::new(), gzip: OnceLock::new() }
     }
 
     /// The compiled table.
@@ -105,6 +122,26 @@ impl Snapshot {
     pub fn stamp(&self) -> Stamp<'_> {
         Stamp::new(self.epoch.as_deref(), self.version)
     }
+
+    /// The table's JSON gzipped: once per version, then shared like `json`.
+    pub fn json_gzip(&self) -> Bytes {
+        self.gzip
+            .get_or_init(|| {
+                use std::io::Write;
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                // Writing to memory cannot fail.
+                let _ = gz.write_all(&self.json);
+                Bytes::from(gz.finish().unwrap_or_default())
+            })
+            .clone()
+    }
+
+    /// The delta onto this table from the one stamped (`epoch`, `version`),
+    /// when that is one of the versions published just before it and the
+    /// delta is smaller than half the table.
+    pub fn delta_from(&self, version: u64, epoch: Option<&str>) -> Option<&Bytes> {
+        self.deltas.iter().find(|d| d.base_version == version && d.base_epoch.as_deref() == epoch).map(|d| &d.json)
+    }
 }
 
 /// Whether the replica answers `/v1/table` (SPEC "Readiness").
@@ -124,9 +161,15 @@ impl Readiness {
     }
 }
 
-/// The current snapshot, watched by long-polls, and readiness.
+/// The current snapshot and readiness; and, paced by the publish interval,
+/// the snapshot held long-polls are answered with.
 pub struct Served {
-    tx: watch::Sender<Arc<Snapshot>>,
+    tx: Arc<watch::Sender<Arc<Snapshot>>>,
+    /// What held polls see: `tx` at most once per `min_publish`.
+    held_tx: Arc<watch::Sender<Arc<Snapshot>>>,
+    pacing: Arc<Mutex<Pacing>>,
+    /// The last published versions, to compute deltas from.
+    history: Mutex<History>,
     readiness: Mutex<Readiness>,
     metrics: Arc<Metrics>,
     pub base: String,
@@ -141,18 +184,45 @@ impl Served {
             .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
         let empty_table = Table::check(&empty.raw, &base, &limits)
             .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
-        let (tx, _) = watch::channel(Arc::new(empty));
+        let empty = Arc::new(empty);
+        let (tx, _) = watch::channel(empty.clone());
+        let (held_tx, _) = watch::channel(empty);
         metrics.ready.set(0);
         let readiness = Mutex::new(Readiness::Loading("loading the state".into()));
-        Ok(Served { tx, readiness, metrics, base, limits, empty: Arc::new(empty_table) })
+        Ok(Served {
+            tx: Arc::new(tx),
+            held_tx: Arc::new(held_tx),
+            pacing: Arc::new(Mutex::new(Pacing::default())),
+            history: Mutex::new(History::default()),
+            readiness,
+            metrics,
+            base,
+            limits,
+            empty: Arc::new(empty_table),
+        })
+    }
+
+    /// SPEC "Publish interval": held polls get a new version at most once
+    /// per `interval` (zero: at once, the default here; `serve` sets it).
+    pub fn set_min_publish(&self, interval: Duration) {
+        if let Ok(mut pacing) = self.pacing.lock() {
+            pacing.interval = interval;
+        }
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
         self.tx.borrow().clone()
     }
 
+    /// Every snapshot as it is published.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
+    }
+
+    /// What held long-polls wait on: the current snapshot, paced by the
+    /// publish interval (bursts coalesce into their last version).
+    pub fn subscribe_held(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.held_tx.subscribe()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -171,11 +241,43 @@ impl Served {
     }
 
     /// Serves `snap` from now on; the snapshot served before it, too.
-    pub fn replace(&self, snap: Snapshot) -> (Arc<Snapshot>, Arc<Snapshot>) {
+    /// Its deltas are computed here, once per published version.
+    pub fn replace(&self, mut snap: Snapshot) -> (Arc<Snapshot>, Arc<Snapshot>) {
+        if let Ok(mut history) = self.history.lock() {
+            snap.deltas = history.publish(&snap);
+        }
         let snap = Arc::new(snap);
         self.metrics.table_updated(snap.version);
         let old = self.tx.send_replace(snap.clone());
+        self.release_to_held();
         (snap, old)
+    }
+
+    /// Hands the current snapshot to held polls now, or, within the publish
+    /// interval of the last release, once it has passed (one timer at a
+    /// time: it releases whatever is current then).
+    fn release_to_held(&self) {
+        let Ok(mut pacing) = self.pacing.lock() else { return };
+        if pacing.timer_armed {
+            return;
+        }
+        let now = Instant::now();
+        let due = pacing.released_at.map(|at| at + pacing.interval).filter(|due| *due > now);
+        let (Some(due), Ok(runtime)) = (due, tokio::runtime::Handle::try_current()) else {
+            pacing.released_at = Some(now);
+            self.held_tx.send_replace(self.current());
+            return;
+        };
+        pacing.timer_armed = true;
+        let (tx, held_tx, pacing_cell) = (self.tx.clone(), self.held_tx.clone(), self.pacing.clone());
+        runtime.spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            if let Ok(mut pacing) = pacing_cell.lock() {
+                pacing.timer_armed = false;
+                pacing.released_at = Some(Instant::now());
+                held_tx.send_replace(tx.borrow().clone());
+            }
+        });
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -188,6 +290,14 @@ impl Served {
             *r = readiness;
         }
     }
+}
+
+/// When held polls last got a new version, and whether a release is due.
+#[derive(Default)]
+struct Pacing {
+    interval: Duration,
+    released_at: Option<Instant>,
+    timer_armed: bool,
 }
 
 pub fn now_ms() -> u64 {

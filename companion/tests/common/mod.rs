@@ -35,9 +35,13 @@ impl Companion {
     pub async fn spawn(dir: PathBuf, token: Option<&'static str>, args: &[String], port: Option<u16>) -> Companion {
         let port = port.unwrap_or_else(free_port);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env_remove("ISOGROUP_TOKEN")
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]).args(args);
+        // Held polls see each write at once unless a test is about the
+        // publish interval.
+        if !args.iter().any(|a| a == "--min-publish-ms") {
+            cmd.args(["--min-publish-ms", "0"]);
+        }
+        cmd.env_remove("ISOGROUP_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("ISOGROUP_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
