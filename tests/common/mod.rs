@@ -425,6 +425,10 @@ impl Companion {
             Command::new(companion_bin())
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--table"])
                 .arg(dir.join("table.json"))
+                // Each write reaches Envoy's poller at once: the tests here
+                // change tables faster than the default 1 s publish interval
+                // (companion/tests/api.rs tests the pacing itself).
+                .args(["--min-publish-ms", "0"])
                 .args(args)
                 .env("ISOGROUP_TOKEN", ADMIN_TOKEN)
                 .env("RUST_LOG", "warn")
