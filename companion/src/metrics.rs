@@ -53,6 +53,8 @@ pub struct Metrics {
     pub kube_invalid_groups: Gauge,
     pub kube_istio_writes: Counter,
     pub kube_istio_conflicts: Gauge,
+    pub kube_istio_resyncs: Counter,
+    pub lanes_left_out: Gauge,
     seen: Mutex<HashMap<String, Instant>>,
 }
 
@@ -79,6 +81,8 @@ impl Metrics {
             kube_invalid_groups: Gauge::default(),
             kube_istio_writes: Counter::default(),
             kube_istio_conflicts: Gauge::default(),
+            kube_istio_resyncs: Counter::default(),
+            lanes_left_out: Gauge::default(),
             seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -128,6 +132,16 @@ impl Metrics {
             "kube_istio_conflicts",
             "Services whose Istio objects are left alone: another DestinationRule or VirtualService owns the host or name",
             m.kube_istio_conflicts.clone(),
+        );
+        registry.register(
+            "kube_istio_resyncs",
+            "Periodic passes of the Istio reconciler over the watched objects (--resync-s)",
+            m.kube_istio_resyncs.clone(),
+        );
+        registry.register(
+            "lanes_left_out",
+            "Lanes left out of the table because with them it would be over a limit or invalid (newest first)",
+            m.lanes_left_out.clone(),
         );
         Metrics { registry, ..m }
     }

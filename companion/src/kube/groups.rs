@@ -203,8 +203,12 @@ fn condition(verdict: &Verdict) -> (&'static str, &'static str, String) {
 
 /// The status `o` should carry, or `None` when it carries it already
 /// (ignoring the transition time, so an unchanged verdict writes nothing).
-pub fn status_update(o: &GroupObject, verdict: &Verdict, now_rfc3339: &str) -> Option<Value> {
+///
+/// `left_out`: this group's lanes left out of the table (degraded, newest
+/// first), as `<service>: why`; shown as `status.lanesLeftOut`.
+pub fn status_update(o: &GroupObject, verdict: &Verdict, left_out: &[String], now_rfc3339: &str) -> Option<Value> {
     let (status, reason, message) = condition(verdict);
+    let lanes_left_out = if left_out.is_empty() { Value::Null } else { json!(left_out) };
     let current = o.status["conditions"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == CONDITION))
@@ -213,13 +217,16 @@ pub fn status_update(o: &GroupObject, verdict: &Verdict, now_rfc3339: &str) -> O
     let same = current["status"] == status
         && current["reason"] == reason
         && current["message"] == message.as_str()
-        && o.status["observedGeneration"] == o.generation;
+        && o.status["observedGeneration"] == o.generation
+        && o.status["lanesLeftOut"] == lanes_left_out;
     if same {
         return None;
     }
     let since = if current["status"] == status { current["lastTransitionTime"].clone() } else { json!(now_rfc3339) };
     let since = if since.is_null() { json!(now_rfc3339) } else { since };
+    // Null: a merge patch removes the field.
     Some(json!({
+        "lanesLeftOut": lanes_left_out,
         "observedGeneration": o.generation,
         "conditions": [{
             "type": CONDITION, "status": status, "reason": reason, "message": message,
@@ -301,18 +308,18 @@ mod tests {
     fn status_written_only_when_it_changes() {
         let mut o = obj("a", json!({}));
         let bad: Verdict = Err("spec.mode: nope".into());
-        let first = status_update(&o, &bad, "2026-01-01T00:00:00Z").unwrap();
+        let first = status_update(&o, &bad, &[], "2026-01-01T00:00:00Z").unwrap();
         assert_eq!(first["conditions"][0]["status"], "False");
         assert!(first["conditions"][0]["message"].as_str().unwrap().contains("permissive group without fallback"));
         o.status = first.clone();
-        assert_eq!(status_update(&o, &bad, "2026-01-02T00:00:00Z"), None, "unchanged: no write");
+        assert_eq!(status_update(&o, &bad, &[], "2026-01-02T00:00:00Z"), None, "unchanged: no write");
         // a new generation is observed even with the same verdict; the transition time stays
         o.generation = 2;
-        let second = status_update(&o, &bad, "2026-01-02T00:00:00Z").unwrap();
+        let second = status_update(&o, &bad, &[], "2026-01-02T00:00:00Z").unwrap();
         assert_eq!(second["observedGeneration"], 2);
         assert_eq!(second["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
         o.status = second;
-        let fixed = status_update(&o, &Ok(()), "2026-01-03T00:00:00Z").unwrap();
+        let fixed = status_update(&o, &Ok(()), &[], "2026-01-03T00:00:00Z").unwrap();
         assert_eq!(fixed["conditions"][0]["status"], "True");
         assert_eq!(fixed["conditions"][0]["lastTransitionTime"], "2026-01-03T00:00:00Z");
     }

@@ -90,14 +90,14 @@ fn random_rule(rng: &mut Rng, ns: &str) -> RuleObj {
         };
         subsets.insert(g.to_owned(), selector);
     }
-    RuleObj { host: fqdn(host_ns, rng.pick(SERVICES)), subsets, owned: rng.chance(50) }
+    RuleObj { host: fqdn(host_ns, rng.pick(SERVICES)), subsets, owned: rng.chance(50), ..RuleObj::default() }
 }
 
 fn random_route(rng: &mut Rng) -> RouteObj {
     let dests = (0..rng.below(4))
         .map(|_| (fqdn(rng.pick(NAMESPACES), rng.pick(SERVICES)), rng.pick(GROUPS).to_owned()))
         .collect();
-    RouteObj { hosts: vec![], dests, owned: true }
+    RouteObj { hosts: vec![], dests, owned: true, ..RouteObj::default() }
 }
 
 /// One watch report for an object of one kind: applied (sometimes as an
@@ -174,9 +174,9 @@ fn populated() -> Vec<Update> {
             let endpoints = PODS.iter().map(|p| Endpoint { ready: true, pod: Some((*p).into()) }).collect();
             slices.push((key(ns, SLICES[i]), EndpointSlice { namespace: ns.into(), service: (*s).into(), endpoints }));
             let subsets = GROUPS[..3].iter().map(|g| ((*g).to_owned(), labels(&[(GROUP_LABEL, g)]))).collect();
-            rules.push((key(ns, RULES[i]), RuleObj { host: fqdn(ns, s), subsets, owned: true }));
+            rules.push((key(ns, RULES[i]), RuleObj { host: fqdn(ns, s), subsets, owned: true, ..RuleObj::default() }));
             let dests = GROUPS[..3].iter().map(|g| (fqdn(ns, s), (*g).to_owned())).collect();
-            routes.push((key(ns, &format!("v{i}")), RouteObj { hosts: vec![], dests, owned: true }));
+            routes.push((key(ns, &format!("v{i}")), RouteObj { hosts: vec![], dests, owned: true, ..RouteObj::default() }));
         }
     }
     all.extend(relist(services).into_iter().map(Update::Service));

@@ -68,6 +68,8 @@ fn opts(settle_ms: u64) -> Options {
         },
         namespace: "isogroup-system".into(),
         istio: None,
+        installation: "isogroup-system".into(),
+        resync: Duration::from_secs(2),
     }
 }
 
@@ -235,7 +237,7 @@ async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1(
     tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(0)));
     wait_table(&store, "lane via v1beta1 subsets", |t| lanes(t) == ["base", "feature-1"]).await;
     match store.served().readiness() {
-        Readiness::Unreachable(detail) => {
+        Readiness::Degraded(detail) => {
             assert!(detail.contains("warning: IsolationGroup: no version of isogroup.io"), "{detail}")
         }
         other => panic!("ready with a warning, got {other:?}"),
@@ -507,7 +509,7 @@ async fn sources_and_rules_come_from_the_runtime_configmap() {
     // a bad edit: named in the readiness detail, the last good data stays
     fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.7/24", "group": "feature-1"}]"#, "[]"));
     let detail = wait("the bad edit reported", || match store.served().readiness() {
-        Readiness::Unreachable(d) if d.contains("isogroup-runtime") => Some(d),
+        Readiness::Degraded(d) if d.contains("isogroup-runtime") => Some(d),
         _ => None,
     })
     .await;
@@ -515,7 +517,7 @@ async fn sources_and_rules_come_from_the_runtime_configmap() {
     assert_eq!(store.served().current().raw.sources, t.sources, "the last good data stays");
     fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.0/24", "group": "team-a", "extra": 1}]"#, "[]"));
     let detail = wait("an unknown field reported", || match store.served().readiness() {
-        Readiness::Unreachable(d) if d.contains("extra") => Some(d),
+        Readiness::Degraded(d) if d.contains("extra") => Some(d),
         _ => None,
     })
     .await;
@@ -640,9 +642,10 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
 
     // the subsets and the route are made, by server-side apply, then the lane settles
     wait("reviews' subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
-    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup"));
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup/isogroup-system"));
     let dr = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
     assert_eq!(dr["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
+    assert_eq!(dr["metadata"]["labels"]["isogroup.io/installation"], "isogroup-system");
     let vs = wait("reviews' route", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")).await;
     assert_eq!(vs["spec"]["http"][0]["match"][0]["headers"]["x-isogroup-target"]["exact"], "feature-1");
     assert_eq!(vs["spec"]["http"][1]["route"][0]["destination"]["subset"], "base");
@@ -652,7 +655,7 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
     assert!(fake.get(&rules("v1"), "bookinfo", "ratings").is_some());
     wait("the conflict counted", || (metrics.kube_istio_conflicts.get() == 1).then_some(())).await;
     match store.served().readiness() {
-        Readiness::Unreachable(d) => assert!(d.contains("istio conflict: DestinationRule bookinfo/ratings"), "{d}"),
+        Readiness::Degraded(d) => assert!(d.contains("istio conflict: DestinationRule bookinfo/ratings"), "{d}"),
         other => panic!("ready with the conflict in the detail, got {other:?}"),
     }
     assert!(!store.served().current().raw.services.contains_key("ratings.bookinfo"), "no base subset of ours: out");
@@ -823,6 +826,11 @@ async fn istio_fake() -> FakeApi {
     .await
 }
 
+/// The labels of an object the default installation (`isogroup-system`) owns.
+static OWNED: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    json!({ "app.kubernetes.io/managed-by": "isogroup", "isogroup.io/installation": "isogroup-system" })
+});
+
 fn envoyfilter(name: &str, labels: Value) -> Value {
     json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
             "metadata": { "name": name, "namespace": "istio-system", "labels": labels }, "spec": { "configPatches": [] } })
@@ -843,15 +851,15 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     // A standby, ready; meanwhile the leader makes an EnvoyFilter for a
     // service that then goes, and dies: elected, this replica finds it.
     wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
-    let ghost = envoyfilter("isogroup-ghost-bookinfo", json!({ "app.kubernetes.io/managed-by": "isogroup" }));
-    fake.put_quietly(&envoy_filters(), ghost);
+    let ghost = envoyfilter("isogroup-ghost-bookinfo", OWNED.clone());
+    fake.put(&envoy_filters(), ghost);
     store.become_leader("1000-aa".into()).unwrap();
 
     // Server-side applied in the root namespace, where istiod patches every
     // client proxy: a cluster_header route first in each port's virtual host.
-    let name = "isogroup-reviews-bookinfo";
+    let name = &crate::kube::istio::envoy_filter_name("bookinfo", "reviews");
     let ef = wait("reviews' EnvoyFilter", || fake.get(&envoy_filters(), "istio-system", name)).await;
-    assert_eq!(fake.manager(&envoy_filters(), "istio-system", name).as_deref(), Some("isogroup"));
+    assert_eq!(fake.manager(&envoy_filters(), "istio-system", name).as_deref(), Some("isogroup/isogroup-system"));
     assert_eq!(ef["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
     let patches = ef["spec"]["configPatches"].as_array().unwrap();
     let vhosts: Vec<&str> =
