@@ -11,7 +11,8 @@ use isogroup_core::{Limits, RawTable, Table};
 
 use crate::kube::snapshot::Since;
 
-/// Lanes left out (`<service>/<group>`) and why.
+/// Lanes left out (`<service>/<group>`) and why; a group with no lane
+/// whose IsolationGroup is left out is keyed by its name alone.
 pub type LeftOut = BTreeMap<String, String>;
 
 /// A lane of the table: when its conditions began to hold, its key.
@@ -65,12 +66,17 @@ pub fn degrade(raw: &mut RawTable, since: &Since, base: &str, limits: &Limits) -
     let mut left = LeftOut::new();
     let original = raw.clone();
 
-    // Over max_groups: whole groups go, newest (by their first lane) first.
+    // Over max_groups: whole groups go (their lanes, and their
+    // IsolationGroup's entry), newest by their first lane first; a group
+    // with no lane routes nothing and goes before any; a group another
+    // names as its fallback stays.
     let count = group_count(raw, base);
     if count > limits.max_groups {
-        let declared: BTreeSet<&str> = raw.groups.keys().map(String::as_str).chain([base]).collect();
-        let mut first: BTreeMap<&str, u64> = BTreeMap::new();
-        for l in lanes.iter().filter(|l| !declared.contains(l.group.as_str())) {
+        let named: BTreeSet<&str> =
+            raw.groups.values().flat_map(|g| g.fallback.iter().map(String::as_str)).chain([base]).collect();
+        let mut first: BTreeMap<&str, u64> =
+            raw.groups.keys().map(|g| (g.as_str(), u64::MAX)).filter(|(g, _)| !named.contains(g)).collect();
+        for l in lanes.iter().filter(|l| !named.contains(l.group.as_str())) {
             let at = first.entry(l.group.as_str()).or_insert(l.since);
             *at = (*at).min(l.since);
         }
@@ -82,6 +88,11 @@ pub fn degrade(raw: &mut RawTable, since: &Since, base: &str, limits: &Limits) -
         let (out, kept): (Vec<Lane>, Vec<Lane>) = lanes.into_iter().partition(|l| over.contains(&l.group));
         remove(raw, &out);
         left.extend(out.iter().map(|l| (l.key(), why.clone())));
+        for g in &over {
+            if raw.groups.remove(g).is_some() && !out.iter().any(|l| &l.group == g) {
+                left.insert(g.clone(), why.clone());
+            }
+        }
         lanes = kept;
     }
     let errors = match Table::check(raw, base, limits) {
@@ -167,6 +178,22 @@ mod tests {
         let mut raw = table(&[("a", &["f1", "f2", "f3"])]);
         let s = since(&[("a/f1", 10), ("a/f2", 10), ("a/f3", 10)]);
         assert_eq!(degrade(&mut raw, &s, "base", &limits).unwrap().keys().collect::<Vec<_>>(), ["a/f3"]);
+        // a declared group with no lane goes first; one named as a fallback stays
+        let mut raw = table(&[("a", &["f1", "f2"])]);
+        raw.groups.insert("idle".into(), Default::default());
+        raw.groups.insert("spare".into(), Default::default());
+        raw.groups.insert(
+            "f1".into(),
+            isogroup_core::table::RawGroup { fallback: vec!["spare".into()], ..Default::default() },
+        );
+        let s = since(&[("a/f1", 10), ("a/f2", 20)]);
+        let left = degrade(&mut raw, &s, "base", &Limits { max_groups: 4, ..Limits::default() }).unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["idle"]);
+        assert!(!raw.groups.contains_key("idle") && raw.groups.contains_key("spare"));
+        let mut raw2 = raw.clone();
+        raw2.groups.insert("idle".into(), Default::default());
+        let left = degrade(&mut raw2, &s, "base", &Limits { max_groups: 3, ..Limits::default() }).unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["a/f2", "idle"]);
         // within the limit: nothing left out, nothing changed
         let mut raw = table(&[("a", &["f1", "f2"])]);
         let before = raw.clone();
@@ -184,9 +211,8 @@ mod tests {
             services.iter().map(|(s, g)| (s.as_str(), g.iter().map(String::as_str).collect())).collect();
         let lanes: Vec<(&str, &[&str])> = refs.iter().map(|(s, g)| (*s, g.as_slice())).collect();
         let mut raw = table(&lanes);
-        let s: Since = (0..4)
-            .flat_map(|i| [(format!("s{i}/f{i}"), 100 + i), (format!("s{i}/g{i}"), 200 + i)])
-            .collect();
+        let s: Since =
+            (0..4).flat_map(|i| [(format!("s{i}/f{i}"), 100 + i), (format!("s{i}/g{i}"), 200 + i)]).collect();
         let left = degrade(&mut raw, &s, "base", &limits).unwrap();
         // the four g lanes are the newest
         assert_eq!(left.keys().cloned().collect::<Vec<_>>(), ["s0/g0", "s1/g1", "s2/g2", "s3/g3"]);

@@ -176,7 +176,10 @@ fn populated() -> Vec<Update> {
             let subsets = GROUPS[..3].iter().map(|g| ((*g).to_owned(), labels(&[(GROUP_LABEL, g)]))).collect();
             rules.push((key(ns, RULES[i]), RuleObj { host: fqdn(ns, s), subsets, owned: true, ..RuleObj::default() }));
             let dests = GROUPS[..3].iter().map(|g| (fqdn(ns, s), (*g).to_owned())).collect();
-            routes.push((key(ns, &format!("v{i}")), RouteObj { hosts: vec![], dests, owned: true, ..RouteObj::default() }));
+            routes.push((
+                key(ns, &format!("v{i}")),
+                RouteObj { hosts: vec![], dests, owned: true, ..RouteObj::default() },
+            ));
         }
     }
     all.extend(relist(services).into_iter().map(Update::Service));

@@ -430,7 +430,8 @@ mod tests {
             groups: vec!["base".into()],
             traffic_policy: Some(json!({ "tls": { "mode": "ISTIO_MUTUAL" } })),
         };
-        let opts = Options { mode: Mode::TargetHeader, base: "base", root_namespace: "istio-system", installation: None };
+        let opts =
+            Options { mode: Mode::TargetHeader, base: "base", root_namespace: "istio-system", installation: None };
         let dr = &render_target(&t, &opts)[0];
         assert_eq!(dr["spec"]["trafficPolicy"], json!({ "tls": { "mode": "ISTIO_MUTUAL" } }));
         assert!(dr["metadata"]["labels"].get("isogroup.io/installation").is_none(), "printed: owned by none");

@@ -130,9 +130,8 @@ pub fn plan(desired: &[Vec<Value>], existing: &[Existing], in_flight: &InFlight)
         .filter_map(|e| Some(((e.kind.to_owned(), e.namespace.clone(), e.name.clone()), e.observed.as_ref()?)))
         .collect();
     let seen = |k: &Key| observed.get(k).and_then(|o| resource_version(o)).map(str::to_owned);
-    let sent = |k: &Key, what: Option<&Value>| {
-        in_flight.get(k).is_some_and(|(rv, v)| *rv == seen(k) && v.as_ref() == what)
-    };
+    let sent =
+        |k: &Key, what: Option<&Value>| in_flight.get(k).is_some_and(|(rv, v)| *rv == seen(k) && v.as_ref() == what);
     let mut wanted: BTreeSet<Key> = BTreeSet::new();
     let mut later = vec![];
     for group in desired {
@@ -227,6 +226,9 @@ fn api(client: &Client, kind: &str, namespace: &str) -> Api<DynamicObject> {
 /// Istio objects observed.
 pub type Desired = (Vec<Vec<Value>>, Vec<Existing>);
 
+/// How long a write may go unobserved before it is made again.
+const IN_FLIGHT_MAX: Duration = Duration::from_secs(2);
+
 /// How the reconciler runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -256,9 +258,6 @@ pub async fn run(
     loop {
         let current = rx.borrow_and_update().clone();
         if let Some((desired, existing)) = current {
-            in_flight.retain(|_, (_, _, at)| at.elapsed() < settings.resync);
-            let view: InFlight = in_flight.iter().map(|(k, (rv, v, _))| (k.clone(), (rv.clone(), v.clone()))).collect();
-            let plan = plan(&desired, &existing, &view);
             let observed_rv = |k: &Key| {
                 existing
                     .iter()
@@ -266,6 +265,13 @@ pub async fn run(
                     .and_then(|e| e.observed.as_ref())
                     .and_then(|o| resource_version(o).map(str::to_owned))
             };
+            // A write is observed once its object's version moved on (then
+            // what is observed decides again); one never observed is
+            // forgotten after a while (the watch may have missed it).
+            let forget = settings.resync.min(IN_FLIGHT_MAX);
+            in_flight.retain(|k, (rv, _, at)| at.elapsed() < forget && *rv == observed_rv(k));
+            let view: InFlight = in_flight.iter().map(|(k, (rv, v, _))| (k.clone(), (rv.clone(), v.clone()))).collect();
+            let plan = plan(&desired, &existing, &view);
             let due: BTreeSet<Key> =
                 plan.apply.iter().map(key_of).chain(plan.delete.iter().map(|(k, _)| k.clone())).collect();
             retry.retain(|k, _| due.contains(k));
@@ -389,7 +395,14 @@ mod tests {
     }
 
     fn foreign(kind: &'static str, ns: &str, name: &str, host: &str) -> Existing {
-        Existing { kind, namespace: ns.into(), name: name.into(), owned: false, hosts: vec![host.into()], observed: None }
+        Existing {
+            kind,
+            namespace: ns.into(),
+            name: name.into(),
+            owned: false,
+            hosts: vec![host.into()],
+            observed: None,
+        }
     }
 
     fn kinds(p: &Plan) -> Vec<String> {
@@ -453,7 +466,8 @@ mod tests {
         let theirs = foreign("DestinationRule", "bookinfo", "reviews", H);
         let p = plan(std::slice::from_ref(&group), std::slice::from_ref(&theirs), &none);
         assert!(p.apply.is_empty() && p.delete.is_empty());
-        assert!(p.conflicts[0].contains("DestinationRule bookinfo/reviews (not owned by this installation) configures host"));
+        assert!(p.conflicts[0]
+            .contains("DestinationRule bookinfo/reviews (not owned by this installation) configures host"));
         let same_name = foreign("VirtualService", "bookinfo", "isogroup-reviews", "elsewhere");
         assert!(plan(std::slice::from_ref(&group), &[same_name], &none).conflicts[0].contains("the same name"));
         // not owned, not wanted: never deleted

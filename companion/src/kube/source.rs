@@ -537,15 +537,8 @@ impl Cluster {
         let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded };
         self.first = false;
         let required = (opts.routes_required(), opts.filters_required());
-        let mirrors = Mirrors::of(
-            &self.services,
-            &self.pods,
-            &self.slices,
-            &self.rules,
-            &self.routes,
-            &self.filters,
-            required,
-        );
+        let mirrors =
+            Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, &self.filters, required);
         self.since_unwritten |= self.index.rebuild(&mirrors, base, &clock, &mut self.since);
         match self.index.take_changed() {
             None => Some(TableUpdate::Whole(self.raw_table(base))),
@@ -774,7 +767,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                         cluster.left_out.clear();
                     }
                 }
-                metrics.lanes_left_out.set(cluster.left_out.len() as i64);
+                let lanes_out = cluster.left_out.keys().filter(|k| k.contains('/')).count();
+                metrics.lanes_left_out.set(lanes_out as i64);
                 published = store.publish(whole, None).map_err(Some);
                 let readiness = cluster.readiness();
                 if served.readiness() != readiness {
