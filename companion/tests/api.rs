@@ -577,3 +577,21 @@ async fn put_table_replaces_the_table_within_its_own_body_limit() {
     assert_eq!(table["services"].as_object().unwrap().len(), 400);
     assert!(table["services"].get("reviews").is_none());
 }
+
+#[test]
+fn a_bad_installation_or_resync_exits_2_naming_the_flag() {
+    for (flag, value, names) in [
+        ("--installation", "Not A Label", "--installation"),
+        ("--installation", "-leading-dash", "--installation"),
+        ("--installation", &"x".repeat(64), "--installation"),
+        ("--resync-s", "0", "--resync-s"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"))
+            .args(["serve", "--kubernetes", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(names), "{flag} {value}: {stderr}");
+    }
+}

@@ -1142,6 +1142,15 @@ async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
     })
     .await;
     assert_eq!(status, [json!("reviews.bookinfo: groups: 4 exceeds the limit of 3")]);
+    // not frozen: a new service meanwhile enters
+    fake.put(&services(), service_named("ratings"));
+    fake.put(&pods(), pod("t0", "base"));
+    fake.put(&slices(), endpoint_slice("ratings", &[("t0", true)]));
+    let mut ratings = rule("v1", &["base"]);
+    (ratings["metadata"]["name"], ratings["spec"]["host"]) = (json!("ratings"), json!("ratings"));
+    fake.put(&rules("v1"), ratings);
+    wait_table(&store, "ratings, while degraded", |t| t.services.contains_key("ratings.bookinfo")).await;
+    assert_eq!(metrics.lanes_left_out.get(), 1);
     // one lane goes: the newest gets in
     fake.put(&slices(), endpoint_slice("reviews", &[("r0", true), ("a1", true), ("b1", true)]));
     wait_table(&store, "team-b in", |t| lanes(t) == ["base", "team-a", "team-b"]).await;
