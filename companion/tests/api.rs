@@ -587,7 +587,7 @@ fn a_bad_installation_or_resync_exits_2_naming_the_flag() {
         ("--resync-s", "0", "--resync-s"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"))
-            .args(["serve", "--kubernetes", flag, value])
+            .args(["serve", "--kubernetes", &format!("{flag}={value}")])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

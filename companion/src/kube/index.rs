@@ -46,11 +46,13 @@ pub struct RouteObj {
     pub observed: Option<Arc<Value>>,
 }
 
-/// An owned EnvoyFilter (cluster-header mode): the outbound virtual hosts
-/// (`<fqdn>:<port>`) it patches, and the object as observed.
+/// An EnvoyFilter of the root namespace (cluster-header mode): if this
+/// installation owns it, the outbound virtual hosts (`<fqdn>:<port>`) it
+/// patches and the object as observed (others' count only by name).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FilterObj {
     pub vhosts: Vec<(String, u16)>,
+    pub owned: bool,
     pub observed: Option<Arc<Value>>,
 }
 

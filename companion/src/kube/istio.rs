@@ -216,7 +216,9 @@ pub fn carried_policy<'r>(
     root_namespace: &str,
     rules: impl Iterator<Item = (&'r str, &'r str, &'r str, &'r Value)>,
 ) -> Option<Value> {
-    let mut best: Option<((u8, std::cmp::Reverse<usize>, &str), &Value)> = None;
+    // (namespace first, then the longest suffix, then the name)
+    type Rank<'n> = (u8, std::cmp::Reverse<usize>, &'n str);
+    let mut best: Option<(Rank<'r>, &Value)> = None;
     for (ns, name, host, policy) in rules {
         let place = if ns == namespace {
             0

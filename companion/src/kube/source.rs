@@ -1,8 +1,11 @@
 //! Kubernetes source, the watching half: mirror pods labelled
 //! `isogroup.io/group`, services, endpoint slices, Istio DestinationRules
-//! (`v1`, else `v1beta1`) and `IsolationGroup` objects (each watch its own
-//! task, see `kube::watch`), and hand the table to the store whenever it
-//! changes. Bursts of events are drained before one rebuild, and a rebuild
+//! (`v1`, else `v1beta1`), VirtualServices and (cluster-header) the root
+//! namespace's EnvoyFilters, and `IsolationGroup` objects (each watch its
+//! own task, see `kube::watch`), and hand the table to the store whenever it
+//! changes; with lanes left out when it would be over a limit or invalid
+//! (`kube::degrade`). The leader hands the Istio objects it wants, with
+//! those observed, to the reconciler (`kube::reconcile`). Bursts of events are drained before one rebuild, and a rebuild
 //! evaluates only the services the events touched (`kube::index`). The rules
 //! themselves live in `kube::snapshot` and `kube::groups` (pure, tested).
 //!
@@ -198,10 +201,10 @@ fn rule(r: &DynamicObject, installation: &str) -> Option<RuleObj> {
     Some(RuleObj { host, subsets, owned, observed: owned.then(|| observed(r)), policy })
 }
 
-/// An owned EnvoyFilter: the vhosts its patches match.
+/// An EnvoyFilter: owned, the vhosts its patches match.
 fn filter(f: &DynamicObject, installation: &str) -> Option<FilterObj> {
     if !owned(f, installation) {
-        return None;
+        return Some(FilterObj::default());
     }
     let vhosts = f.data["spec"]["configPatches"]
         .as_array()
@@ -212,7 +215,7 @@ fn filter(f: &DynamicObject, installation: &str) -> Option<FilterObj> {
             Some((host.to_owned(), port.parse().ok()?))
         })
         .collect();
-    Some(FilterObj { vhosts, observed: Some(observed(f)) })
+    Some(FilterObj { vhosts, owned: true, observed: Some(observed(f)) })
 }
 
 fn route(v: &DynamicObject, installation: &str) -> Option<RouteObj> {
@@ -500,7 +503,7 @@ impl Cluster {
             kind: "EnvoyFilter",
             namespace: ns.clone(),
             name: name.clone(),
-            owned: true,
+            owned: f.owned,
             hosts: vec![],
             observed: f.observed.clone(),
         });
@@ -639,14 +642,14 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         let route = move |v: &DynamicObject| route(v, &id);
         watch::spawn_optional(c(), istio, "VirtualService", ISTIO_VERSIONS, route, Update::Route, tx.clone(), t);
     }
-    // EnvoyFilters (cluster-header): this installation's, in the root namespace.
+    // EnvoyFilters (cluster-header), in the root namespace: this
+    // installation's, and the names of others' (never written over).
     if let (true, Some((_, root))) = (opts.filters_required(), &opts.istio) {
         let gvk = kube::api::GroupVersionKind::gvk(istio, "v1alpha3", "EnvoyFilter");
         let api = Api::<DynamicObject>::namespaced_with(c(), root, &kube::api::ApiResource::from_gvk(&gvk));
-        let selector = format!("{}={},{INSTALLATION_LABEL}={}", MANAGED_BY.0, MANAGED_BY.1, opts.installation);
         let id = opts.installation.clone();
         let filter = move |f: &DynamicObject| filter(f, &id);
-        watch::spawn(api, watcher::Config::default().labels(&selector), filter, Update::Filter, tx.clone(), t);
+        watch::spawn(api, watcher::Config::default(), filter, Update::Filter, tx.clone(), t);
     }
     let (group_api, kind) = (groups::API_GROUP, groups::KIND);
     watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
