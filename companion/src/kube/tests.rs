@@ -1044,6 +1044,18 @@ async fn cluster_header_mode_admits_a_lane_only_once_its_envoy_filter_is_observe
     let name = crate::kube::istio::envoy_filter_name("bookinfo", "reviews");
     wait("the EnvoyFilter", || fake.get(&envoy_filters(), "istio-system", &name)).await;
     wait_table(&store, "the lane, its EnvoyFilter observed", |t| lanes(t) == ["base", "feature-1"]).await;
+    // `kubectl delete` of the EnvoyFilter: back, as wanted
+    let was = fake.get(&envoy_filters(), "istio-system", &name).unwrap();
+    let started = Instant::now();
+    istio_api(&fake, "EnvoyFilter", "istio-system").delete(&name, &Default::default()).await.unwrap();
+    let back = wait("the EnvoyFilter back", || {
+        let o = fake.get(&envoy_filters(), "istio-system", &name)?;
+        (o["metadata"]["uid"] != was["metadata"]["uid"]).then_some(o)
+    })
+    .await;
+    eprintln!("EnvoyFilter deleted and back in {:?}", started.elapsed());
+    assert_eq!(back["spec"], was["spec"]);
+    wait_table(&store, "the lane again", |t| lanes(t) == ["base", "feature-1"]).await;
 }
 
 #[tokio::test]
