@@ -256,6 +256,13 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
         let whole = to_table(&snap, "base", &clock, &mut since);
         let at = format!("seed {seed}, step {step}, routes required {routes_required}");
         assert_eq!(c.index.services(), &whole.services, "{at}: services");
+        let mut lane_groups: Vec<&str> = c.index.lane_groups().collect();
+        lane_groups.sort_unstable();
+        let mut whole_groups: Vec<&str> =
+            whole.services.values().flat_map(|s| s.clusters.keys().map(String::as_str)).collect();
+        whole_groups.sort_unstable();
+        whole_groups.dedup();
+        assert_eq!(lane_groups, whole_groups, "{at}: the groups of lanes");
         assert_eq!(c.since, since, "{at}: since");
         assert_eq!(c.since_unwritten, since_before_copy != c.since, "{at}: whether since changed");
         let incremental: Vec<_> = c.index.targets().cloned().collect();

@@ -114,6 +114,9 @@ pub struct Index {
     unsettled: BTreeSet<Key>,
     /// The table's services, by table key.
     entries: BTreeMap<String, RawService>,
+    /// Group → how many entries have a lane of it (what `max_groups`
+    /// counts, kept so a rebuild need not walk every entry).
+    lane_groups: HashMap<String, usize>,
     /// What the Istio objects must cover, by (namespace, name).
     targets: BTreeMap<Key, Target>,
     /// The table keys of the entries changed since `take_changed` last
@@ -133,6 +136,7 @@ impl Default for Index {
             stale: true,
             unsettled: BTreeSet::new(),
             entries: BTreeMap::new(),
+            lane_groups: HashMap::new(),
             targets: BTreeMap::new(),
             changed: None,
         }
@@ -289,6 +293,7 @@ impl Index {
             self.stale = false;
             self.changed = None;
             self.entries.clear();
+            self.lane_groups.clear();
             self.targets.clear();
             self.unsettled.clear();
             let mut holding = Since::new();
@@ -312,6 +317,16 @@ impl Index {
             let mut holding = Since::new();
             let table_key = service_key(&key.0, &key.1);
             let old = self.entries.remove(&table_key);
+            if let Some(old) = &old {
+                for g in old.clusters.keys() {
+                    if let Some(n) = self.lane_groups.get_mut(g) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.lane_groups.remove(g);
+                        }
+                    }
+                }
+            }
             self.targets.remove(key);
             self.unsettled.remove(key);
             self.evaluate(key, m, base, clock, since, &mut holding);
@@ -364,6 +379,9 @@ impl Index {
             self.unsettled.insert(key.clone());
         }
         if let Some((k, service)) = e.entry {
+            for g in service.clusters.keys() {
+                *self.lane_groups.entry(g.clone()).or_default() += 1;
+            }
             self.entries.insert(k, service);
         }
         if let Some(t) = e.target {
@@ -380,6 +398,11 @@ impl Index {
     /// Whether some lane holds but has not settled yet.
     pub fn has_unsettled(&self) -> bool {
         !self.unsettled.is_empty()
+    }
+
+    /// The groups some entry has a lane of.
+    pub fn lane_groups(&self) -> impl Iterator<Item = &str> {
+        self.lane_groups.keys().map(String::as_str)
     }
 
     /// The table's services now.

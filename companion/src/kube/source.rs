@@ -724,9 +724,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                 _ if !cluster.left_out.is_empty() => Err(None),
                 TableUpdate::Changes(changes, mut rest) if store.has_table() => {
                     rest.groups = groups.clone();
-                    let services = cluster.index.services();
-                    let lanes = services.values().flat_map(|s| s.clusters.keys().map(String::as_str));
-                    let mut names: std::collections::BTreeSet<&str> = lanes.collect();
+                    let mut names: std::collections::BTreeSet<&str> = cluster.index.lane_groups().collect();
                     names.extend(groups.keys().map(String::as_str));
                     names.insert(base);
                     if names.len() > limits.max_groups {
