@@ -240,8 +240,8 @@ pub struct Settings {
     pub timing: Timing,
 }
 
-/// Carries out plans until the sender goes away; conflicts go to
-/// `conflicts`.
+/// Carries out plans until the sender goes away (`None`: nothing wanted,
+/// e.g. not the leader: no write at all); conflicts go to `conflicts`.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -257,6 +257,10 @@ pub async fn run(
     let mut next_resync = Instant::now() + settings.resync;
     loop {
         let current = rx.borrow_and_update().clone();
+        if current.is_none() {
+            // Nothing wanted (not the leader): what was pending is dropped.
+            (in_flight, retry) = (BTreeMap::new(), BTreeMap::new());
+        }
         if let Some((desired, existing)) = current {
             let observed_rv = |k: &Key| {
                 existing

@@ -817,6 +817,9 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         } else {
             cluster.recorded = false;
+            // Not the leader: the reconciler stops (no retry or resync of
+            // what it wanted while it led).
+            desired_tx.send_if_modified(|d| d.take().is_some());
         }
     }
 }

@@ -1213,3 +1213,29 @@ async fn a_wildcard_destination_rules_tls_settings_are_carried_into_the_generate
     wait("back to the mesh-wide TLS", || (policy(&fake)?["tls"]["mode"] == "ISTIO_MUTUAL").then_some(())).await;
     assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"], "the wildcard rules are no conflict");
 }
+
+#[tokio::test]
+async fn a_replica_that_stepped_down_writes_no_istio_object() {
+    let fake = istio_fake().await;
+    reviews_with_a_lane(&fake);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    o.resync = Duration::from_millis(100);
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    wait_table(&store, "the lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    // A write is failing (and retried) when the replica steps down.
+    fake.fail(&rules("v1"), 500);
+    fake.delete(&rules("v1"), "bookinfo", "isogroup-reviews");
+    wait_table(&store, "the service out with its subsets", |t| lanes(t).is_empty()).await;
+    store.step_down();
+    // a rebuild as a standby (the loop has seen it step down)
+    fake.put(&pods(), pod("x1", "team-x"));
+    let resyncs = metrics.kube_istio_resyncs.get();
+    wait("resyncs", || (metrics.kube_istio_resyncs.get() >= resyncs + 2).then_some(())).await;
+    fake.fail(&rules("v1"), 0);
+    let resyncs = metrics.kube_istio_resyncs.get();
+    wait("more resyncs", || (metrics.kube_istio_resyncs.get() >= resyncs + 10).then_some(())).await;
+    assert!(fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none(), "a standby does not put it back");
+}
