@@ -5,9 +5,10 @@
 //! own task, see `kube::watch`), and hand the table to the store whenever it
 //! changes; with lanes left out when it would be over a limit or invalid
 //! (`kube::degrade`). The leader hands the Istio objects it wants, with
-//! those observed, to the reconciler (`kube::reconcile`). Bursts of events are drained before one rebuild, and a rebuild
-//! evaluates only the services the events touched (`kube::index`). The rules
-//! themselves live in `kube::snapshot` and `kube::groups` (pure, tested).
+//! those observed, to the reconciler (`kube::reconcile`). Bursts of events
+//! are drained before one rebuild, and a rebuild evaluates only the
+//! services the events touched (`kube::index`). The rules themselves live
+//! in `kube::snapshot` and `kube::groups` (pure, tested).
 //!
 //! Every replica runs this loop (so a newly elected leader serves at once);
 //! only the leader writes `IsolationGroup` statuses.
