@@ -321,6 +321,8 @@ struct Cluster {
     first: bool,
     /// Whether this replica has written `isogroup-state` since it leads.
     recorded: bool,
+    /// Whether this replica led at the last rebuild.
+    led: bool,
     /// `since` changed after the last write of `isogroup-state`.
     since_unwritten: bool,
     /// When `isogroup-state` was last written.
@@ -709,8 +711,14 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
         let (groups, verdicts) = groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
-        // Unchanged: nothing to check or serve (a rejected table stays rejected).
+        // Unchanged: nothing to check or serve (a rejected table stays
+        // rejected), unless this replica has just been elected: a standby
+        // does not check what it is given, so it is checked (and degraded
+        // if need be) now.
+        let elected = store.is_leader() && !cluster.led;
+        cluster.led = store.is_leader();
         let table = match table {
+            None if elected => Some(TableUpdate::Whole(cluster.raw_table(base))),
             None if groups == cluster.published_groups => None,
             None => Some(TableUpdate::Changes(vec![], cluster.rest(base))),
             some => some,

@@ -1239,3 +1239,24 @@ async fn a_replica_that_stepped_down_writes_no_istio_object() {
     wait("more resyncs", || (metrics.kube_istio_resyncs.get() >= resyncs + 10).then_some(())).await;
     assert!(fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none(), "a standby does not put it back");
 }
+
+#[tokio::test]
+async fn a_table_over_a_limit_given_to_a_standby_is_degraded_once_it_leads() {
+    // base + 2 lanes of reviews: 3 cluster entries, 2 allowed
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), pod("a1", "team-a"));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true), ("a1", true)]));
+    fake.put_quietly(&rules("v1"), rule("v1", &["base", "feature-1", "team-a"]));
+    let metrics = Arc::new(Metrics::new());
+    let limits = Limits { max_cluster_entries: 2, ..Limits::default() };
+    let served = Served::new("base".into(), limits, metrics.clone()).unwrap();
+    let store = Arc::new(KubeStore::new(served));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
+    // elected: what it was given does not check; served with a lane left out
+    let _ = store.become_leader("1000-aa".into());
+    wait_table(&store, "base and one lane", |t| lanes(t).len() == 2).await;
+    assert_eq!(metrics.lanes_left_out.get(), 1);
+    // ties (both in the first list) by name: the later name is left out
+    assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"]);
+}
