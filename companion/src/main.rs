@@ -43,6 +43,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Serve the table file over HTTP.
     Serve {
@@ -86,6 +87,15 @@ enum Command {
         /// (meshConfig.rootNamespace), where EnvoyFilters reach every proxy.
         #[arg(long, default_value = "istio-system")]
         istio_root_namespace: String,
+        /// Kubernetes: this installation's id (a label value), on every
+        /// object it owns (`isogroup.io/installation`); it owns only objects
+        /// with it and the managed-by label. Default: the namespace.
+        #[arg(long, value_parser = parse_installation)]
+        installation: Option<String>,
+        /// Kubernetes with --istio: compare the Istio objects it owns with
+        /// the watched ones this often even without a change (seconds).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        resync_s: u64,
         /// Kubernetes: the Lease's duration; a leader that cannot renew for
         /// two thirds of it steps down.
         #[arg(long, default_value_t = 15_000)]
@@ -191,6 +201,8 @@ fn main() -> ExitCode {
             lease_ms,
             istio,
             istio_root_namespace,
+            installation,
+            resync_s,
             settle_ms,
             token_file,
             base_group,
@@ -211,6 +223,8 @@ fn main() -> ExitCode {
                     namespace,
                     pod_name,
                     lease: Duration::from_millis(lease_ms.max(1_000)),
+                    installation,
+                    resync: Duration::from_secs(resync_s),
                     istio: match istio {
                         IstioFlag::Off => None,
                         IstioFlag::TargetHeader => Some((kube::istio::Mode::TargetHeader, istio_root_namespace)),
@@ -236,7 +250,8 @@ fn main() -> ExitCode {
             match load_raw(&file, &base_group) {
                 Ok((raw, t)) => {
                     let base = t.group_name(t.base()).to_owned();
-                    let opts = kube::istio::Options { mode, base: &base, root_namespace: &root_namespace };
+                    let opts =
+                        kube::istio::Options { mode, base: &base, root_namespace: &root_namespace, installation: None };
                     let objects: Vec<serde_json::Value> = kube::istio::targets_of(&t, &raw, &namespace, default_port)
                         .iter()
                         .flat_map(|target| kube::istio::render_target(target, &opts))
@@ -323,6 +338,8 @@ enum Source {
         namespace: Option<String>,
         pod_name: Option<String>,
         lease: Duration,
+        installation: Option<String>,
+        resync: Duration,
         istio: Option<(kube::istio::Mode, String)>,
     },
 }
@@ -337,6 +354,20 @@ enum IstioFlag {
 
 /// `--gateway-url`: an absolute http(s) URL with no query or fragment (the
 /// console appends `?lane=<group>`).
+/// `--installation`: a Kubernetes label value (at most 63 characters,
+/// alphanumerics with `-`, `_`, `.` inside), not empty.
+fn parse_installation(id: &str) -> Result<String, String> {
+    let inner = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let ends = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    if id.len() > 63 || !id.bytes().all(inner) || !ends(id.as_bytes().first()) || !ends(id.as_bytes().last()) {
+        return Err(format!(
+            "{id:?} is not a Kubernetes label value (1-63 characters: letters, digits, '-', '_', '.', \
+             beginning and ending with a letter or digit)"
+        ));
+    }
+    Ok(id.to_owned())
+}
+
 fn parse_gateway_url(text: &str) -> Result<String, String> {
     let rest = text
         .strip_prefix("https://")
@@ -399,7 +430,7 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             tokio::spawn(etcd.clone().follow());
             (etcd, source)
         }
-        Source::Kubernetes { settle, namespace, pod_name, lease, istio } => {
+        Source::Kubernetes { settle, namespace, pod_name, lease, installation, resync, istio } => {
             kube::source::install_crypto();
             let client = ::kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
@@ -413,6 +444,10 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             lease_cfg.retry = lease / 7;
             let mut opts = kube::source::Options::new(settle, namespace.clone());
             opts.istio = istio;
+            opts.resync = resync;
+            if let Some(id) = installation {
+                opts.installation = id;
+            }
             tokio::spawn(kube::source::run(client.clone(), kube.clone(), metrics.clone(), opts));
             tokio::spawn(kube::leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
             let recheck = Duration::from_secs(5);

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub kube_istio_writes: Counter,
     pub kube_istio_conflicts: Gauge,
     pub handler_panics: Counter,
+    pub kube_istio_resyncs: Counter,
+    pub lanes_left_out: Gauge,
     seen: Pollers,
 }
 
@@ -79,6 +81,8 @@ impl Metrics {
             kube_istio_writes: Counter::default(),
             kube_istio_conflicts: Gauge::default(),
             handler_panics: Counter::default(),
+            kube_istio_resyncs: Counter::default(),
+            lanes_left_out: Gauge::default(),
             seen: Pollers::default(),
             registry: Registry::default(),
         };
@@ -143,6 +147,16 @@ impl Metrics {
             "handler_panics",
             "HTTP requests whose handler panicked (answered 500; the process keeps serving)",
             m.handler_panics.clone(),
+        );
+        registry.register(
+            "kube_istio_resyncs",
+            "Periodic passes of the Istio reconciler over the watched objects (--resync-s)",
+            m.kube_istio_resyncs.clone(),
+        );
+        registry.register(
+            "lanes_left_out",
+            "Lanes left out of the table because with them it would be over a limit or invalid (newest first)",
+            m.lanes_left_out.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -835,3 +835,21 @@ async fn the_whole_table_is_gzipped_for_clients_that_ask() {
         }
     }
 }
+
+#[test]
+fn a_bad_installation_or_resync_exits_2_naming_the_flag() {
+    for (flag, value, names) in [
+        ("--installation", "Not A Label", "--installation"),
+        ("--installation", "-leading-dash", "--installation"),
+        ("--installation", &"x".repeat(64), "--installation"),
+        ("--resync-s", "0", "--resync-s"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"))
+            .args(["serve", "--kubernetes", &format!("{flag}={value}")])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(names), "{flag} {value}: {stderr}");
+    }
+}

@@ -60,6 +60,6 @@ impl From<ChangeError> for ApiError {
 pub(crate) fn not_ready(readiness: &Readiness) -> Option<ApiError> {
     match readiness {
         Readiness::Loading(detail) => Some(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail.clone())),
-        Readiness::Ready | Readiness::Unreachable(_) => None,
+        Readiness::Ready | Readiness::Degraded(_) | Readiness::Unreachable(_) => None,
     }
 }

@@ -32,8 +32,13 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     }
     let snap = served.current();
     let mut body = json!({ "status": "ready", "version": snap.version, "epoch": snap.epoch });
-    if let Readiness::Unreachable(detail) = readiness {
-        body["detail"] = json!(detail);
+    match readiness {
+        Readiness::Unreachable(detail) => body["detail"] = json!(detail),
+        Readiness::Degraded(detail) => {
+            body["status"] = json!("degraded");
+            body["detail"] = json!(detail);
+        }
+        Readiness::Loading(_) | Readiness::Ready => {}
     }
     let warnings = api.store.warnings();
     if !warnings.is_empty() {

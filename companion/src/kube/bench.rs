@@ -114,6 +114,8 @@ async fn kube_bench() {
         watch: Timing::default(),
         namespace: "isogroup-system".into(),
         istio: None,
+        installation: "isogroup-system".into(),
+        resync: Duration::from_secs(60),
     };
     let started = Instant::now();
     tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts));

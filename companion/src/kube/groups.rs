@@ -201,10 +201,26 @@ fn condition(verdict: &Verdict) -> (&'static str, &'static str, String) {
     }
 }
 
+/// Most `status.lanesLeftOut` entries written (the CRD allows 1,000).
+pub const MAX_SHOWN_LEFT_OUT: usize = 100;
+
 /// The status `o` should carry, or `None` when it carries it already
 /// (ignoring the transition time, so an unchanged verdict writes nothing).
-pub fn status_update(o: &GroupObject, verdict: &Verdict, now_rfc3339: &str) -> Option<Value> {
+///
+/// `left_out`: this group's lanes left out of the table (degraded, newest
+/// first), as `<service>: why`; shown as `status.lanesLeftOut`.
+pub fn status_update(o: &GroupObject, verdict: &Verdict, left_out: &[String], now_rfc3339: &str) -> Option<Value> {
     let (status, reason, message) = condition(verdict);
+    let lanes_left_out = match left_out.len() {
+        0 => Value::Null,
+        n if n <= MAX_SHOWN_LEFT_OUT => json!(left_out),
+        // The CRD bounds the list (maxItems), as an object must stay small.
+        n => {
+            let mut shown: Vec<String> = left_out[..MAX_SHOWN_LEFT_OUT - 1].to_vec();
+            shown.push(format!("… and {} more (see /readyz)", n - (MAX_SHOWN_LEFT_OUT - 1)));
+            json!(shown)
+        }
+    };
     let current = o.status["conditions"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == CONDITION))
@@ -213,13 +229,16 @@ pub fn status_update(o: &GroupObject, verdict: &Verdict, now_rfc3339: &str) -> O
     let same = current["status"] == status
         && current["reason"] == reason
         && current["message"] == message.as_str()
-        && o.status["observedGeneration"] == o.generation;
+        && o.status["observedGeneration"] == o.generation
+        && o.status["lanesLeftOut"] == lanes_left_out;
     if same {
         return None;
     }
     let since = if current["status"] == status { current["lastTransitionTime"].clone() } else { json!(now_rfc3339) };
     let since = if since.is_null() { json!(now_rfc3339) } else { since };
+    // Null: a merge patch removes the field.
     Some(json!({
+        "lanesLeftOut": lanes_left_out,
         "observedGeneration": o.generation,
         "conditions": [{
             "type": CONDITION, "status": status, "reason": reason, "message": message,
@@ -236,6 +255,19 @@ mod tests {
 
     fn obj(name: &str, spec: Value) -> GroupObject {
         GroupObject { name: name.into(), generation: 1, spec, status: Value::Null }
+    }
+
+    #[test]
+    fn lanes_left_out_are_capped_within_the_crds_bound() {
+        let o = obj("g", json!({}));
+        let many: Vec<String> = (0..250).map(|i| format!("s{i}.ns: groups: 4 exceeds the limit of 3")).collect();
+        let status = status_update(&o, &Ok(()), &many, "2026-01-01T00:00:00Z").unwrap();
+        let shown = status["lanesLeftOut"].as_array().unwrap();
+        assert_eq!(shown.len(), MAX_SHOWN_LEFT_OUT);
+        assert_eq!(shown[0], many[0].as_str(), "newest first, as given");
+        assert_eq!(shown[MAX_SHOWN_LEFT_OUT - 1], "… and 151 more (see /readyz)");
+        let few = status_update(&o, &Ok(()), &many[..2], "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(few["lanesLeftOut"], json!(many[..2]));
     }
 
     #[test]
@@ -301,18 +333,18 @@ mod tests {
     fn status_written_only_when_it_changes() {
         let mut o = obj("a", json!({}));
         let bad: Verdict = Err("spec.mode: nope".into());
-        let first = status_update(&o, &bad, "2026-01-01T00:00:00Z").unwrap();
+        let first = status_update(&o, &bad, &[], "2026-01-01T00:00:00Z").unwrap();
         assert_eq!(first["conditions"][0]["status"], "False");
         assert!(first["conditions"][0]["message"].as_str().unwrap().contains("permissive group without fallback"));
         o.status = first.clone();
-        assert_eq!(status_update(&o, &bad, "2026-01-02T00:00:00Z"), None, "unchanged: no write");
+        assert_eq!(status_update(&o, &bad, &[], "2026-01-02T00:00:00Z"), None, "unchanged: no write");
         // a new generation is observed even with the same verdict; the transition time stays
         o.generation = 2;
-        let second = status_update(&o, &bad, "2026-01-02T00:00:00Z").unwrap();
+        let second = status_update(&o, &bad, &[], "2026-01-02T00:00:00Z").unwrap();
         assert_eq!(second["observedGeneration"], 2);
         assert_eq!(second["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
         o.status = second;
-        let fixed = status_update(&o, &Ok(()), "2026-01-03T00:00:00Z").unwrap();
+        let fixed = status_update(&o, &Ok(()), &[], "2026-01-03T00:00:00Z").unwrap();
         assert_eq!(fixed["conditions"][0]["status"], "True");
         assert_eq!(fixed["conditions"][0]["lastTransitionTime"], "2026-01-03T00:00:00Z");
     }

@@ -90,14 +90,14 @@ fn random_rule(rng: &mut Rng, ns: &str) -> RuleObj {
         };
         subsets.insert(g.to_owned(), selector);
     }
-    RuleObj { host: fqdn(host_ns, rng.pick(SERVICES)), subsets, owned: rng.chance(50) }
+    RuleObj { host: fqdn(host_ns, rng.pick(SERVICES)), subsets, owned: rng.chance(50), ..RuleObj::default() }
 }
 
 fn random_route(rng: &mut Rng) -> RouteObj {
     let dests = (0..rng.below(4))
         .map(|_| (fqdn(rng.pick(NAMESPACES), rng.pick(SERVICES)), rng.pick(GROUPS).to_owned()))
         .collect();
-    RouteObj { hosts: vec![], dests, owned: true }
+    RouteObj { hosts: vec![], dests, owned: true, ..RouteObj::default() }
 }
 
 /// One watch report for an object of one kind: applied (sometimes as an
@@ -174,9 +174,12 @@ fn populated() -> Vec<Update> {
             let endpoints = PODS.iter().map(|p| Endpoint { ready: true, pod: Some((*p).into()) }).collect();
             slices.push((key(ns, SLICES[i]), EndpointSlice { namespace: ns.into(), service: (*s).into(), endpoints }));
             let subsets = GROUPS[..3].iter().map(|g| ((*g).to_owned(), labels(&[(GROUP_LABEL, g)]))).collect();
-            rules.push((key(ns, RULES[i]), RuleObj { host: fqdn(ns, s), subsets, owned: true }));
+            rules.push((key(ns, RULES[i]), RuleObj { host: fqdn(ns, s), subsets, owned: true, ..RuleObj::default() }));
             let dests = GROUPS[..3].iter().map(|g| (fqdn(ns, s), (*g).to_owned())).collect();
-            routes.push((key(ns, &format!("v{i}")), RouteObj { hosts: vec![], dests, owned: true }));
+            routes.push((
+                key(ns, &format!("v{i}")),
+                RouteObj { hosts: vec![], dests, owned: true, ..RouteObj::default() },
+            ));
         }
     }
     all.extend(relist(services).into_iter().map(Update::Service));
@@ -253,6 +256,13 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
         let whole = to_table(&snap, "base", &clock, &mut since);
         let at = format!("seed {seed}, step {step}, routes required {routes_required}");
         assert_eq!(c.index.services(), &whole.services, "{at}: services");
+        let mut lane_groups: Vec<&str> = c.index.lane_groups().collect();
+        lane_groups.sort_unstable();
+        let mut whole_groups: Vec<&str> =
+            whole.services.values().flat_map(|s| s.clusters.keys().map(String::as_str)).collect();
+        whole_groups.sort_unstable();
+        whole_groups.dedup();
+        assert_eq!(lane_groups, whole_groups, "{at}: the groups of lanes");
         assert_eq!(c.since, since, "{at}: since");
         assert_eq!(c.since_unwritten, since_before_copy != c.since, "{at}: whether since changed");
         let incremental: Vec<_> = c.index.targets().cloned().collect();

@@ -13,29 +13,47 @@
 //! re-list of any kind rebuilds the indexes and evaluates everything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use isogroup_core::RawService;
+use serde_json::Value;
 
 use crate::kube::istio::Target;
 use crate::kube::snapshot::{evaluate, fqdn, lanes_of, service_key, Clock, EndpointSlice, Labels, Pod, Service, Since};
 use crate::kube::watch::{Key, Mirror};
 
 /// A DestinationRule: its host (as an FQDN), its subsets' selectors, and
-/// whether the companion made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// whether this installation owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RuleObj {
     pub host: String,
     pub subsets: BTreeMap<String, Labels>,
     pub owned: bool,
+    /// Owned: the object as observed (what the reconciler compares).
+    pub observed: Option<Arc<Value>>,
+    /// A wildcard host's `trafficPolicy` (carried into generated rules).
+    pub policy: Option<Arc<Value>>,
 }
 
 /// A VirtualService: its hosts, the (host, subset) pairs its HTTP routes go
-/// to, and whether the companion made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// to, and whether this installation owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteObj {
     pub hosts: Vec<String>,
     pub dests: Vec<(String, String)>,
     pub owned: bool,
+    /// Owned: the object as observed.
+    pub observed: Option<Arc<Value>>,
+}
+
+/// An EnvoyFilter of the root namespace (cluster-header mode): if this
+/// installation owns it, the outbound virtual hosts (`<fqdn>:<port>`) it
+/// patches and the object as observed (others' count only by name).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FilterObj {
+    pub vhosts: Vec<(String, u16)>,
+    pub owned: bool,
+    pub observed: Option<Arc<Value>>,
 }
 
 /// The mirrors the table is computed from, borrowed.
@@ -45,8 +63,11 @@ pub struct Mirrors<'a> {
     pub slices: &'a BTreeMap<Key, EndpointSlice>,
     pub rules: &'a BTreeMap<Key, RuleObj>,
     pub routes: &'a BTreeMap<Key, RouteObj>,
+    pub filters: &'a BTreeMap<Key, FilterObj>,
     /// A lane needs a VirtualService route to its subset (target-header).
     pub routes_required: bool,
+    /// A lane needs its service's EnvoyFilter (cluster-header).
+    pub filters_required: bool,
 }
 
 impl<'a> Mirrors<'a> {
@@ -56,7 +77,8 @@ impl<'a> Mirrors<'a> {
         slices: &'a Mirror<EndpointSlice>,
         rules: &'a Mirror<RuleObj>,
         routes: &'a Mirror<RouteObj>,
-        routes_required: bool,
+        filters: &'a Mirror<FilterObj>,
+        (routes_required, filters_required): (bool, bool),
     ) -> Mirrors<'a> {
         Mirrors {
             services: &services.items,
@@ -64,7 +86,9 @@ impl<'a> Mirrors<'a> {
             slices: &slices.items,
             rules: &rules.items,
             routes: &routes.items,
+            filters: &filters.items,
             routes_required,
+            filters_required,
         }
     }
 }
@@ -79,6 +103,8 @@ pub struct Index {
     rules_for: HashMap<Key, BTreeSet<String>>,
     /// (host FQDN, subset) → how many VirtualService routes go there.
     routes: HashMap<(String, String), usize>,
+    /// (host FQDN, port) → how many owned EnvoyFilters patch its vhost.
+    filtered: HashMap<(String, u16), usize>,
     /// Services (namespace, name) to evaluate again.
     dirty: BTreeSet<Key>,
     /// The indexes are to be rebuilt from the mirrors and every service
@@ -88,6 +114,9 @@ pub struct Index {
     unsettled: BTreeSet<Key>,
     /// The table's services, by table key.
     entries: BTreeMap<String, RawService>,
+    /// Group → how many entries have a lane of it (what `max_groups`
+    /// counts, kept so a rebuild need not walk every entry).
+    lane_groups: HashMap<String, usize>,
     /// What the Istio objects must cover, by (namespace, name).
     targets: BTreeMap<Key, Target>,
     /// The table keys of the entries changed since `take_changed` last
@@ -102,10 +131,12 @@ impl Default for Index {
             slices_with_pod: HashMap::new(),
             rules_for: HashMap::new(),
             routes: HashMap::new(),
+            filtered: HashMap::new(),
             dirty: BTreeSet::new(),
             stale: true,
             unsettled: BTreeSet::new(),
             entries: BTreeMap::new(),
+            lane_groups: HashMap::new(),
             targets: BTreeMap::new(),
             changed: None,
         }
@@ -212,12 +243,35 @@ impl Index {
         }
     }
 
+    pub fn filter_removed(&mut self, f: &FilterObj) {
+        for vhost in &f.vhosts {
+            if let Some(n) = self.filtered.get_mut(vhost) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.filtered.remove(vhost);
+                }
+            }
+            self.dirty.extend(services_of_host(&vhost.0));
+        }
+    }
+
+    pub fn filter_added(&mut self, f: &FilterObj) {
+        for vhost in &f.vhosts {
+            *self.filtered.entry(vhost.clone()).or_default() += 1;
+            self.dirty.extend(services_of_host(&vhost.0));
+        }
+    }
+
     /// The indexes from the mirrors as they are.
     fn reindex(&mut self, m: &Mirrors<'_>) {
         self.slices_of.clear();
         self.slices_with_pod.clear();
         self.rules_for.clear();
         self.routes.clear();
+        self.filtered.clear();
+        for f in m.filters.values() {
+            self.filter_added(f);
+        }
         for (k, sl) in m.slices {
             self.slice_added(k, sl);
         }
@@ -239,6 +293,7 @@ impl Index {
             self.stale = false;
             self.changed = None;
             self.entries.clear();
+            self.lane_groups.clear();
             self.targets.clear();
             self.unsettled.clear();
             let mut holding = Since::new();
@@ -262,6 +317,16 @@ impl Index {
             let mut holding = Since::new();
             let table_key = service_key(&key.0, &key.1);
             let old = self.entries.remove(&table_key);
+            if let Some(old) = &old {
+                for g in old.clusters.keys() {
+                    if let Some(n) = self.lane_groups.get_mut(g) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.lane_groups.remove(g);
+                        }
+                    }
+                }
+            }
             self.targets.remove(key);
             self.unsettled.remove(key);
             self.evaluate(key, m, base, clock, since, &mut holding);
@@ -301,14 +366,22 @@ impl Index {
         let subset = |g: &str| {
             rules.into_iter().flatten().find_map(|name| m.rules.get(&(ns.clone(), name.clone()))?.subsets.get(g))
         };
-        let routed =
-            |host: &str, g: &str| !m.routes_required || self.routes.contains_key(&(host.to_owned(), g.to_owned()));
+        // Cluster-header mode: a lane is reached through its service's
+        // EnvoyFilter, on every port (base goes by the VirtualService).
+        let filtered = |host: &str| s.ports.iter().all(|p| self.filtered.contains_key(&(host.to_owned(), *p)));
+        let routed = |host: &str, g: &str| {
+            (!m.routes_required || self.routes.contains_key(&(host.to_owned(), g.to_owned())))
+                && (!m.filters_required || g == base || filtered(host))
+        };
         let e = evaluate(s, &lanes, subset, routed, base, clock, since);
         holding.extend(e.holding);
         if e.unsettled {
             self.unsettled.insert(key.clone());
         }
         if let Some((k, service)) = e.entry {
+            for g in service.clusters.keys() {
+                *self.lane_groups.entry(g.clone()).or_default() += 1;
+            }
             self.entries.insert(k, service);
         }
         if let Some(t) = e.target {
@@ -325,6 +398,11 @@ impl Index {
     /// Whether some lane holds but has not settled yet.
     pub fn has_unsettled(&self) -> bool {
         !self.unsettled.is_empty()
+    }
+
+    /// The groups some entry has a lane of.
+    pub fn lane_groups(&self) -> impl Iterator<Item = &str> {
+        self.lane_groups.keys().map(String::as_str)
     }
 
     /// The table's services now.

@@ -28,8 +28,35 @@ use serde_json::{json, Value};
 pub const GROUP_LABEL: &str = "isogroup.io/group";
 /// On every object the companion writes; it touches no object without it.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "isogroup");
-/// The server-side apply field manager.
-pub const FIELD_MANAGER: &str = "isogroup";
+/// Beside `MANAGED_BY` on every object an installation owns: its id. An
+/// object is owned only with both (SPEC "Installations").
+pub const INSTALLATION_LABEL: &str = "isogroup.io/installation";
+
+/// The one server-side apply field manager of an installation's owned
+/// objects (applied with force).
+pub fn field_manager(installation: &str) -> String {
+    format!("isogroup/{installation}")
+}
+
+/// The name of a service's DestinationRule and VirtualService (in the
+/// service's own namespace, so unique by the service's name).
+pub fn object_name(service: &str) -> String {
+    format!("isogroup-{service}")
+}
+
+/// The name of a service's EnvoyFilter, in the mesh's root namespace: the
+/// service's name and a hash of its full name, so `a-b` in `c` and `a` in
+/// `b-c` do not meet (the hash part has a fixed length, so two different
+/// names could only meet on a 40-bit hash collision).
+pub fn envoy_filter_name(namespace: &str, service: &str) -> String {
+    // FNV-1a 64 of "<name>.<namespace>", the first 40 bits in hex.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in service.bytes().chain(std::iter::once(b'.')).chain(namespace.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("isogroup-{service}-{:010x}", h >> 24)
+}
 /// The header the filter writes for target-header mode.
 const TARGET_HEADER: &str = "x-isogroup-target";
 const CLUSTER_HEADER: &str = "x-isogroup-cluster";
@@ -50,6 +77,10 @@ pub struct Target {
     pub ports: Vec<u16>,
     /// Its groups, base first.
     pub groups: Vec<String>,
+    /// The `trafficPolicy` of the most specific wildcard DestinationRule
+    /// covering it (its own DestinationRule shadows that one in Istio, so
+    /// the policy is carried over).
+    pub traffic_policy: Option<Value>,
 }
 
 /// Where and how to render.
@@ -58,10 +89,17 @@ pub struct Options<'a> {
     pub base: &'a str,
     /// The mesh's root namespace (EnvoyFilters that apply to every proxy).
     pub root_namespace: &'a str,
+    /// The installation that owns the objects (`None`: printed manifests,
+    /// owned by none).
+    pub installation: Option<&'a str>,
 }
 
-fn metadata(name: &str, namespace: &str) -> Value {
-    json!({ "name": name, "namespace": namespace, "labels": { MANAGED_BY.0: MANAGED_BY.1 } })
+fn metadata(name: &str, namespace: &str, installation: Option<&str>) -> Value {
+    let mut labels = json!({ MANAGED_BY.0: MANAGED_BY.1 });
+    if let Some(id) = installation {
+        labels[INSTALLATION_LABEL] = json!(id);
+    }
+    json!({ "name": name, "namespace": namespace, "labels": labels })
 }
 
 /// Istio's own defaults for a route it generates (`route.DefaultRetryPolicy`
@@ -86,13 +124,17 @@ fn istio_route_defaults() -> Value {
 /// The objects for one service: DestinationRule, VirtualService and (cluster
 /// header) EnvoyFilter.
 pub fn render_target(t: &Target, opts: &Options<'_>) -> Vec<Value> {
-    let name = format!("isogroup-{}", t.name);
+    let name = object_name(&t.name);
     let subsets: Vec<Value> = t.groups.iter().map(|g| json!({ "name": g, "labels": { GROUP_LABEL: g } })).collect();
+    let mut rule_spec = json!({ "host": t.fqdn, "subsets": subsets });
+    if let Some(policy) = &t.traffic_policy {
+        rule_spec["trafficPolicy"] = policy.clone();
+    }
     let mut objects = vec![json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
-        "metadata": metadata(&name, &t.namespace),
-        "spec": { "host": t.fqdn, "subsets": subsets },
+        "metadata": metadata(&name, &t.namespace, opts.installation),
+        "spec": rule_spec,
     })];
     // No destination port: the request's own port, so one route serves
     // every port of the service.
@@ -116,7 +158,7 @@ pub fn render_target(t: &Target, opts: &Options<'_>) -> Vec<Value> {
     objects.push(json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": metadata(&name, &t.namespace),
+        "metadata": metadata(&name, &t.namespace, opts.installation),
         "spec": { "hosts": [t.fqdn], "http": http },
     }));
     if opts.mode == Mode::ClusterHeader {
@@ -144,11 +186,54 @@ pub fn render_target(t: &Target, opts: &Options<'_>) -> Vec<Value> {
         objects.push(json!({
             "apiVersion": "networking.istio.io/v1alpha3",
             "kind": "EnvoyFilter",
-            "metadata": metadata(&format!("isogroup-{}-{}", t.name, t.namespace), opts.root_namespace),
+            "metadata": metadata(&envoy_filter_name(&t.namespace, &t.name), opts.root_namespace, opts.installation),
             "spec": { "configPatches": patches },
         }));
     }
     objects
+}
+
+/// Whether the DestinationRule host `pattern` (a wildcard: `*`, `*.local`,
+/// `*.ns.svc.cluster.local`) covers `fqdn`, and how specifically: the
+/// length of the suffix it names (`*`: 0).
+pub fn wildcard_covers(pattern: &str, fqdn: &str) -> Option<usize> {
+    if pattern == "*" {
+        return Some(0);
+    }
+    let suffix = pattern.strip_prefix("*.")?;
+    let rest = fqdn.strip_suffix(suffix)?;
+    rest.ends_with('.').then_some(suffix.len())
+}
+
+/// The `trafficPolicy` a service's generated DestinationRule carries: that
+/// of the wildcard DestinationRule Istio would have applied without it.
+/// Istio looks in the service's namespace, then the mesh's root namespace,
+/// and in each takes the most specific host; ties by name. `rules` are
+/// (namespace, name, host, trafficPolicy) of wildcard DestinationRules.
+pub fn carried_policy<'r>(
+    namespace: &str,
+    fqdn: &str,
+    root_namespace: &str,
+    rules: impl Iterator<Item = (&'r str, &'r str, &'r str, &'r Value)>,
+) -> Option<Value> {
+    // (namespace first, then the longest suffix, then the name)
+    type Rank<'n> = (u8, std::cmp::Reverse<usize>, &'n str);
+    let mut best: Option<(Rank<'r>, &Value)> = None;
+    for (ns, name, host, policy) in rules {
+        let place = if ns == namespace {
+            0
+        } else if ns == root_namespace {
+            1
+        } else {
+            continue;
+        };
+        let Some(specific) = wildcard_covers(host, fqdn) else { continue };
+        let rank = (place, std::cmp::Reverse(specific), name);
+        if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+            best = Some((rank, policy));
+        }
+    }
+    best.map(|(_, p)| p.clone())
 }
 
 /// `istio-manifests`: the services of a table, as targets. The FQDN and
@@ -179,7 +264,7 @@ pub fn targets_of(table: &Table, raw: &isogroup_core::RawTable, namespace: &str,
         let mut groups: BTreeSet<&String> = service.clusters.keys().collect();
         groups.remove(&base);
         let groups = std::iter::once(base.clone()).chain(groups.into_iter().cloned()).collect();
-        out.push(Target { namespace: ns, name, fqdn, ports, groups });
+        out.push(Target { namespace: ns, name, fqdn, ports, groups, traffic_policy: None });
     }
     out
 }
@@ -206,7 +291,7 @@ mod tests {
     fn objects(mode: Mode) -> Vec<Value> {
         let raw: RawTable = serde_json::from_str(TABLE).unwrap();
         let table = Table::check(&raw, "base", &Limits::default()).unwrap();
-        let opts = Options { mode, base: "base", root_namespace: "istio-system" };
+        let opts = Options { mode, base: "base", root_namespace: "istio-system", installation: Some("mesh-a") };
         targets_of(&table, &raw, "default", 8080).iter().flat_map(|t| render_target(t, &opts)).collect()
     }
 
@@ -238,6 +323,8 @@ mod tests {
         );
         let dr = &objects[2];
         assert_eq!(dr["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
+        assert_eq!(dr["metadata"]["labels"]["isogroup.io/installation"], "mesh-a");
+        assert!(dr["spec"].get("trafficPolicy").is_none(), "no wildcard rule: no policy");
         assert_eq!(dr["spec"]["host"], "reviews.bookinfo.svc.cluster.local");
         assert_eq!(
             dr["spec"]["subsets"],
@@ -272,7 +359,7 @@ mod tests {
             [
                 "DestinationRule bookinfo/isogroup-reviews",
                 "VirtualService bookinfo/isogroup-reviews",
-                "EnvoyFilter istio-system/isogroup-reviews-bookinfo"
+                "EnvoyFilter istio-system/isogroup-reviews-4e01fc8a18"
             ]
         );
         // un-headered traffic goes to the base subset
@@ -296,5 +383,61 @@ mod tests {
         assert_eq!(route["retry_policy"]["num_retries"], 2);
         let yaml = to_yaml_stream(&objects);
         assert_eq!(yaml.matches("---\n").count(), objects.len());
+    }
+
+    #[test]
+    fn envoy_filter_names_do_not_collide_across_namespaces() {
+        // `a-b` in `c` and `a` in `b-c`: once both `isogroup-a-b-c`
+        let (one, other) = (envoy_filter_name("c", "a-b"), envoy_filter_name("b-c", "a"));
+        assert_ne!(one, other);
+        assert!(one.starts_with("isogroup-a-b-") && other.starts_with("isogroup-a-"), "{one} {other}");
+        assert_eq!(one, envoy_filter_name("c", "a-b"), "stable");
+        // a DNS-1123 name at the longest service name
+        let long = envoy_filter_name("ns", &"s".repeat(63));
+        assert!(long.len() <= 253 && long.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+    }
+
+    #[test]
+    fn wildcard_policies_are_carried_most_specific_first() {
+        let fqdn = "reviews.bookinfo.svc.cluster.local";
+        assert_eq!(wildcard_covers("*", fqdn), Some(0));
+        assert_eq!(wildcard_covers("*.local", fqdn), Some(5));
+        assert_eq!(wildcard_covers("*.svc.cluster.local", fqdn), Some(17));
+        assert_eq!(wildcard_covers("*.bookinfo.svc.cluster.local", fqdn), Some(26));
+        assert_eq!(wildcard_covers("*.other.svc.cluster.local", fqdn), None);
+        assert_eq!(wildcard_covers("*.ookinfo.svc.cluster.local", fqdn), None, "a whole label");
+        assert_eq!(wildcard_covers("reviews.bookinfo.svc.cluster.local", fqdn), None, "not a wildcard");
+        let p = |n: u64| json!({ "connectionPool": { "tcp": { "maxConnections": n } } });
+        let (p1, p2, p3, p4, p5) = (p(1), p(2), p(3), p(4), p(5));
+        let rules = [
+            ("istio-system", "mesh", "*", &p1),
+            ("istio-system", "local", "*.local", &p2),
+            ("istio-system", "ns", "*.bookinfo.svc.cluster.local", &p3),
+            ("bookinfo", "all", "*", &p4),
+            ("elsewhere", "other", "*.bookinfo.svc.cluster.local", &p5),
+        ];
+        let pick = |n: usize| carried_policy("bookinfo", fqdn, "istio-system", rules[..n].iter().copied());
+        assert_eq!(pick(1), Some(p1.clone()), "the mesh root's `*`");
+        assert_eq!(pick(2), Some(p2.clone()), "`*.local` is more specific");
+        assert_eq!(pick(3), Some(p3.clone()), "the namespace's hosts more still");
+        assert_eq!(pick(4), Some(p4.clone()), "the service's own namespace before the root");
+        assert_eq!(pick(5), Some(p4.clone()), "another namespace's rule does not count");
+        assert_eq!(carried_policy("bookinfo", fqdn, "istio-system", rules[4..].iter().copied()), None);
+        // rendered into the DestinationRule
+        let mut t = Target {
+            namespace: "bookinfo".into(),
+            name: "reviews".into(),
+            fqdn: fqdn.into(),
+            ports: vec![9080],
+            groups: vec!["base".into()],
+            traffic_policy: Some(json!({ "tls": { "mode": "ISTIO_MUTUAL" } })),
+        };
+        let opts =
+            Options { mode: Mode::TargetHeader, base: "base", root_namespace: "istio-system", installation: None };
+        let dr = &render_target(&t, &opts)[0];
+        assert_eq!(dr["spec"]["trafficPolicy"], json!({ "tls": { "mode": "ISTIO_MUTUAL" } }));
+        assert!(dr["metadata"]["labels"].get("isogroup.io/installation").is_none(), "printed: owned by none");
+        t.traffic_policy = None;
+        assert!(render_target(&t, &opts)[0]["spec"].get("trafficPolicy").is_none());
     }
 }

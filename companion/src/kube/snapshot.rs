@@ -205,6 +205,7 @@ pub fn evaluate<'a>(
             fqdn: host.clone(),
             ports: s.ports.clone(),
             groups: std::iter::once(base).chain(others).map(str::to_owned).collect(),
+            traffic_policy: None,
         });
     }
     let mut clusters = BTreeMap::new();

@@ -1,10 +1,14 @@
 //! Kubernetes source, the watching half: mirror pods labelled
 //! `isogroup.io/group`, services, endpoint slices, Istio DestinationRules
-//! (`v1`, else `v1beta1`) and `IsolationGroup` objects (each watch its own
-//! task, see `kube::watch`), and hand the table to the store whenever it
-//! changes. Bursts of events are drained before one rebuild, and a rebuild
-//! evaluates only the services the events touched (`kube::index`). The rules
-//! themselves live in `kube::snapshot` and `kube::groups` (pure, tested).
+//! (`v1`, else `v1beta1`), VirtualServices and (cluster-header) the root
+//! namespace's EnvoyFilters, and `IsolationGroup` objects (each watch its
+//! own task, see `kube::watch`), and hand the table to the store whenever it
+//! changes; with lanes left out when it would be over a limit or invalid
+//! (`kube::degrade`). The leader hands the Istio objects it wants, with
+//! those observed, to the reconciler (`kube::reconcile`). Bursts of events
+//! are drained before one rebuild, and a rebuild evaluates only the
+//! services the events touched (`kube::index`). The rules themselves live
+//! in `kube::snapshot` and `kube::groups` (pure, tested).
 //!
 //! Every replica runs this loop (so a newly elected leader serves at once);
 //! only the leader writes `IsolationGroup` statuses.
@@ -25,8 +29,8 @@ use isogroup_core::table::RawSource;
 use isogroup_core::{Limits, RawTable, Table};
 
 use crate::kube::groups::{self, GroupObject, Verdict};
-use crate::kube::index::{Index, Mirrors, RouteObj, RuleObj};
-use crate::kube::istio::{GROUP_LABEL, MANAGED_BY};
+use crate::kube::index::{FilterObj, Index, Mirrors, RouteObj, RuleObj};
+use crate::kube::istio::{GROUP_LABEL, INSTALLATION_LABEL, MANAGED_BY};
 use crate::kube::reconcile::Existing;
 use crate::kube::snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
 use crate::kube::store::{KubeStore, ServiceChanges};
@@ -69,6 +73,10 @@ pub struct Options {
     /// `--istio`: keep DestinationRules and routes (the mesh root namespace
     /// for EnvoyFilters); `None`: off.
     pub istio: Option<(crate::kube::istio::Mode, String)>,
+    /// `--installation`: the id on every object it owns.
+    pub installation: String,
+    /// `--resync-s`: the Istio objects are compared again this often.
+    pub resync: Duration,
 }
 
 impl Options {
@@ -76,11 +84,25 @@ impl Options {
     fn routes_required(&self) -> bool {
         matches!(self.istio, Some((crate::kube::istio::Mode::TargetHeader, _)))
     }
+
+    /// A lane needs its service's EnvoyFilter (cluster-header).
+    fn filters_required(&self) -> bool {
+        matches!(self.istio, Some((crate::kube::istio::Mode::ClusterHeader, _)))
+    }
 }
 
 impl Options {
+    /// The installation is the namespace, as by default.
     pub fn new(settle: Duration, namespace: String) -> Options {
-        Options { settle, recheck: Duration::from_millis(500), watch: Timing::default(), namespace, istio: None }
+        Options {
+            settle,
+            recheck: Duration::from_millis(500),
+            watch: Timing::default(),
+            installation: namespace.clone(),
+            namespace,
+            istio: None,
+            resync: Duration::from_secs(60),
+        }
     }
 }
 
@@ -91,6 +113,7 @@ enum Update {
     Slice(Report<EndpointSlice>),
     Rule(Report<RuleObj>),
     Route(Report<RouteObj>),
+    Filter(Report<FilterObj>),
     Group(Report<GroupObject>),
     Own(Report<Own>),
     Tick,
@@ -131,6 +154,10 @@ fn slice(s: &K8sSlice) -> Option<EndpointSlice> {
 /// An Istio host as an FQDN: a short name is relative to the object's
 /// namespace.
 fn istio_host(ns: &str, host: &str) -> String {
+    if host.starts_with('*') {
+        // A wildcard is not a short name (Istio resolves none).
+        return host.to_owned();
+    }
     match host.matches('.').count() {
         0 => fqdn(ns, host),
         1 => format!("{host}.svc.cluster.local"),
@@ -138,11 +165,24 @@ fn istio_host(ns: &str, host: &str) -> String {
     }
 }
 
-fn owned(o: &DynamicObject) -> bool {
-    o.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+/// Owned by this installation: both labels (SPEC "Installations").
+fn owned(o: &DynamicObject, installation: &str) -> bool {
+    let labels = o.labels();
+    labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+        && labels.get(INSTALLATION_LABEL).map(String::as_str) == Some(installation)
 }
 
-fn rule(r: &DynamicObject) -> Option<RuleObj> {
+/// What the reconciler compares of an owned object.
+fn observed(o: &DynamicObject) -> Arc<serde_json::Value> {
+    let metadata = serde_json::json!({
+        "labels": o.metadata.labels,
+        "resourceVersion": o.metadata.resource_version,
+        "uid": o.metadata.uid,
+    });
+    Arc::new(serde_json::json!({ "metadata": metadata, "spec": o.data.get("spec").cloned().unwrap_or_default() }))
+}
+
+fn rule(r: &DynamicObject, installation: &str) -> Option<RuleObj> {
     let ns = r.namespace()?;
     let host = istio_host(&ns, r.data.get("spec")?.get("host")?.as_str()?);
     let subsets = r.data["spec"]["subsets"]
@@ -157,10 +197,29 @@ fn rule(r: &DynamicObject) -> Option<RuleObj> {
             Some((s["name"].as_str()?.to_owned(), labels))
         })
         .collect();
-    Some(RuleObj { host, subsets, owned: owned(r) })
+    let owned = owned(r, installation);
+    let policy = r.data["spec"].get("trafficPolicy").filter(|_| host.starts_with('*')).cloned().map(Arc::new);
+    Some(RuleObj { host, subsets, owned, observed: owned.then(|| observed(r)), policy })
 }
 
-fn route(v: &DynamicObject) -> Option<RouteObj> {
+/// An EnvoyFilter: owned, the vhosts its patches match.
+fn filter(f: &DynamicObject, installation: &str) -> Option<FilterObj> {
+    if !owned(f, installation) {
+        return Some(FilterObj::default());
+    }
+    let vhosts = f.data["spec"]["configPatches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let (host, port) = p["match"]["routeConfiguration"]["vhost"]["name"].as_str()?.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    Some(FilterObj { vhosts, owned: true, observed: Some(observed(f)) })
+}
+
+fn route(v: &DynamicObject, installation: &str) -> Option<RouteObj> {
     let ns = v.namespace()?;
     let hosts = v.data["spec"]["hosts"].as_array()?.iter().filter_map(|h| Some(istio_host(&ns, h.as_str()?))).collect();
     let mut dests = vec![];
@@ -172,7 +231,8 @@ fn route(v: &DynamicObject) -> Option<RouteObj> {
             }
         }
     }
-    Some(RouteObj { hosts, dests, owned: owned(v) })
+    let owned = owned(v, installation);
+    Some(RouteObj { hosts, dests, owned, observed: owned.then(|| observed(v)) })
 }
 
 /// The leader's record (`isogroup-state`) or the runtime data
@@ -244,6 +304,7 @@ struct Cluster {
     slices: Mirror<EndpointSlice>,
     rules: Mirror<RuleObj>,
     routes: Mirror<RouteObj>,
+    filters: Mirror<FilterObj>,
     groups: Mirror<GroupObject>,
     own: Mirror<Own>,
     /// The last runtime data that passed, kept while a bad edit is fixed.
@@ -260,6 +321,8 @@ struct Cluster {
     first: bool,
     /// Whether this replica has written `isogroup-state` since it leads.
     recorded: bool,
+    /// Whether this replica led at the last rebuild.
+    led: bool,
     /// `since` changed after the last write of `isogroup-state`.
     since_unwritten: bool,
     /// When `isogroup-state` was last written.
@@ -269,6 +332,9 @@ struct Cluster {
     held: crate::kube::snapshot::Held,
     /// Istio conflicts the reconciler reports (readiness detail).
     conflicts: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Lanes (`<service>/<group>`) left out of the table because with them
+    /// it would be over a limit or invalid, and why.
+    left_out: BTreeMap<String, String>,
     /// Statuses written (or being written), so one verdict is written once;
     /// a failed write forgets its entry, so the next rebuild tries again.
     written: Written,
@@ -311,6 +377,16 @@ impl Cluster {
                     |i, _, o| i.route_added(o),
                 ),
             ),
+            Update::Filter(r) => (
+                "envoyfilters",
+                apply_indexed(
+                    &mut self.filters,
+                    &mut self.index,
+                    r,
+                    |i, _, o| i.filter_removed(o),
+                    |i, _, o| i.filter_added(o),
+                ),
+            ),
             Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r), None)),
             Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r), None)),
             Update::Tick => return,
@@ -328,6 +404,7 @@ impl Cluster {
             && self.slices.synced
             && self.rules.synced
             && self.routes.synced
+            && self.filters.synced
             && self.groups.synced
             && self.own.synced
     }
@@ -335,36 +412,47 @@ impl Cluster {
     /// Readiness with the detail `/readyz` shows: what is not listed yet,
     /// watch errors, missing kinds.
     fn readiness(&self) -> Readiness {
-        let kinds: [(&str, bool, &Option<String>, &Option<String>); 7] = [
+        let kinds: [(&str, bool, &Option<String>, &Option<String>); 8] = [
             ("pods", self.pods.synced, &self.pods.error, &None),
             ("services", self.services.synced, &self.services.error, &None),
             ("endpointslices", self.slices.synced, &self.slices.error, &None),
             ("destinationrules", self.rules.synced, &self.rules.error, &self.rules.missing),
             ("virtualservices", self.routes.synced, &self.routes.error, &self.routes.missing),
+            ("envoyfilters", self.filters.synced, &self.filters.error, &self.filters.missing),
             ("isolationgroups", self.groups.synced, &self.groups.error, &self.groups.missing),
             ("configmaps", self.own.synced, &self.own.error, &self.runtime_error),
         ];
-        let mut notes = vec![];
+        // Errors (a watch failing: the table may be stale) and warnings
+        // (ready, degraded): both in the detail, errors first.
+        let (mut errors, mut warnings) = (vec![], vec![]);
         for (kind, synced, error, missing) in kinds {
             if !synced {
-                notes.push(format!("{kind}: first list not finished"));
+                errors.push(format!("{kind}: first list not finished"));
             }
             if let Some(e) = error {
-                notes.push(format!("{kind}: watch error (retrying): {e}"));
+                errors.push(format!("{kind}: watch error (retrying): {e}"));
             }
             match missing {
-                Some(m) if kind == "configmaps" => notes.push(format!("warning: {m}; the last valid data stays")),
-                Some(m) => notes.push(format!("warning: {m}; counted as empty")),
+                Some(m) if kind == "configmaps" => warnings.push(format!("warning: {m}; the last valid data stays")),
+                Some(m) => warnings.push(format!("warning: {m}; counted as empty")),
                 None => {}
             }
         }
         if let Ok(c) = self.conflicts.lock() {
-            notes.extend(c.iter().map(|c| format!("istio conflict: {c}")));
+            warnings.extend(c.iter().map(|c| format!("istio conflict: {c}")));
         }
-        match (self.synced(), notes.is_empty()) {
-            (false, _) => Readiness::Loading(notes.join("; ")),
-            (true, true) => Readiness::Ready,
-            (true, false) => Readiness::Unreachable(notes.join("; ")),
+        if !self.left_out.is_empty() {
+            let lanes: Vec<String> = self.left_out.iter().map(|(lane, why)| format!("{lane} ({why})")).collect();
+            warnings.push(format!("lanes left out of the table, newest first: {}", lanes.join(", ")));
+        }
+        let no_errors = errors.is_empty();
+        errors.extend(warnings);
+        let detail = errors.join("; ");
+        match (self.synced(), no_errors, detail.is_empty()) {
+            (false, _, _) => Readiness::Loading(detail),
+            (true, true, true) => Readiness::Ready,
+            (true, true, false) => Readiness::Degraded(detail),
+            (true, false, _) => Readiness::Unreachable(detail),
         }
     }
 
@@ -372,22 +460,39 @@ impl Cluster {
     fn desired(
         &mut self,
         base: &str,
-        mode: crate::kube::istio::Mode,
-        root: &str,
+        (mode, root): (crate::kube::istio::Mode, &str),
+        installation: &str,
         now: u64,
         grace: u64,
     ) -> crate::kube::reconcile::Desired {
-        let opts = crate::kube::istio::Options { mode, base, root_namespace: root };
+        let opts = crate::kube::istio::Options { mode, base, root_namespace: root, installation: Some(installation) };
         let mut targets: Vec<crate::kube::istio::Target> = self.index.targets().cloned().collect();
         crate::kube::snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
         self.last_targets = targets.clone();
-        let objects = targets.iter().map(|t| crate::kube::istio::render_target(t, &opts)).collect();
+        // Wildcard DestinationRules' policies, carried into ours.
+        let wildcards: Vec<(&str, &str, &str, &serde_json::Value)> = self
+            .rules
+            .items
+            .iter()
+            .filter_map(|((ns, name), r)| Some((ns.as_str(), name.as_str(), r.host.as_str(), &**r.policy.as_ref()?)))
+            .collect();
+        let objects = targets
+            .iter_mut()
+            .map(|t| {
+                if !wildcards.is_empty() {
+                    t.traffic_policy =
+                        crate::kube::istio::carried_policy(&t.namespace, &t.fqdn, root, wildcards.iter().copied());
+                }
+                crate::kube::istio::render_target(t, &opts)
+            })
+            .collect();
         let rules = self.rules.items.iter().map(|((ns, name), r)| Existing {
             kind: "DestinationRule",
             namespace: ns.clone(),
             name: name.clone(),
             owned: r.owned,
             hosts: vec![r.host.clone()],
+            observed: r.observed.clone(),
         });
         let routes = self.routes.items.iter().map(|((ns, name), r)| Existing {
             kind: "VirtualService",
@@ -395,8 +500,17 @@ impl Cluster {
             name: name.clone(),
             owned: r.owned,
             hosts: r.hosts.clone(),
+            observed: r.observed.clone(),
         });
-        (objects, rules.chain(routes).collect())
+        let filters = self.filters.items.iter().map(|((ns, name), f)| Existing {
+            kind: "EnvoyFilter",
+            namespace: ns.clone(),
+            name: name.clone(),
+            owned: f.owned,
+            hosts: vec![],
+            observed: f.observed.clone(),
+        });
+        (objects, rules.chain(routes).chain(filters).collect())
     }
 
     /// The table now, whole or as its changes since the last call, or
@@ -428,8 +542,9 @@ impl Cluster {
         }
         let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded };
         self.first = false;
+        let required = (opts.routes_required(), opts.filters_required());
         let mirrors =
-            Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, opts.routes_required());
+            Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, &self.filters, required);
         self.since_unwritten |= self.index.rebuild(&mirrors, base, &clock, &mut self.since);
         match self.index.take_changed() {
             None => Some(TableUpdate::Whole(self.raw_table(base))),
@@ -521,10 +636,23 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     watch::spawn(Api::<K8sSlice>::all(client.clone()), all(), slice, Update::Slice, tx.clone(), t);
     let istio = "networking.istio.io";
     let c = || client.clone();
+    let id = opts.installation.clone();
+    let rule = move |r: &DynamicObject| rule(r, &id);
     watch::spawn_optional(c(), istio, "DestinationRule", ISTIO_VERSIONS, rule, Update::Rule, tx.clone(), t);
     // VirtualServices: routes to lanes (target-header) and conflicts.
     if opts.istio.is_some() {
+        let id = opts.installation.clone();
+        let route = move |v: &DynamicObject| route(v, &id);
         watch::spawn_optional(c(), istio, "VirtualService", ISTIO_VERSIONS, route, Update::Route, tx.clone(), t);
+    }
+    // EnvoyFilters (cluster-header), in the root namespace: this
+    // installation's, and the names of others' (never written over).
+    if let (true, Some((_, root))) = (opts.filters_required(), &opts.istio) {
+        let gvk = kube::api::GroupVersionKind::gvk(istio, "v1alpha3", "EnvoyFilter");
+        let api = Api::<DynamicObject>::namespaced_with(c(), root, &kube::api::ApiResource::from_gvk(&gvk));
+        let id = opts.installation.clone();
+        let filter = move |f: &DynamicObject| filter(f, &id);
+        watch::spawn(api, watcher::Config::default(), filter, Update::Filter, tx.clone(), t);
     }
     let (group_api, kind) = (groups::API_GROUP, groups::KIND);
     watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
@@ -543,12 +671,18 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     let mut cluster = Cluster { first: true, ..Cluster::default() };
     // Without --istio, VirtualServices are not watched.
     cluster.routes.synced = opts.istio.is_none();
+    cluster.filters.synced = !opts.filters_required();
     let conflicts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     cluster.conflicts = conflicts.clone();
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
-    if let Some((_, root)) = &opts.istio {
-        let (c, root, m) = (client.clone(), root.clone(), metrics.clone());
-        tokio::spawn(crate::kube::reconcile::run(c, root, desired_rx, conflicts, m));
+    if opts.istio.is_some() {
+        let settings = crate::kube::reconcile::Settings {
+            manager: crate::kube::istio::field_manager(&opts.installation),
+            resync: opts.resync,
+            timing: opts.watch,
+        };
+        let (c, m) = (client.clone(), metrics.clone());
+        tokio::spawn(crate::kube::reconcile::run(c, settings, desired_rx, conflicts, m));
     }
     while let Some(update) = rx.recv().await {
         cluster.apply(update, &metrics);
@@ -560,7 +694,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         let readiness = cluster.readiness();
         if served.readiness() != readiness {
             match &readiness {
-                Readiness::Loading(d) | Readiness::Unreachable(d) => {
+                Readiness::Loading(d) | Readiness::Unreachable(d) | Readiness::Degraded(d) => {
                     tracing::info!(detail = %d, "kubernetes: readiness")
                 }
                 Readiness::Ready => tracing::info!("kubernetes: every watch has listed; ready"),
@@ -577,29 +711,81 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         let objects: Vec<GroupObject> = cluster.groups.items.values().cloned().collect();
         let (groups, verdicts) = groups::to_groups(&objects, base, &served.limits);
         metrics.kube_invalid_groups.set(verdicts.values().filter(|v| v.is_err()).count() as i64);
-        // Unchanged: nothing to check or serve (a rejected table stays rejected).
+        // Unchanged: nothing to check or serve (a rejected table stays
+        // rejected), unless this replica has just been elected: a standby
+        // does not check what it is given, so it is checked (and degraded
+        // if need be) now.
+        let elected = store.is_leader() && !cluster.led;
+        cluster.led = store.is_leader();
         let table = match table {
+            None if elected => Some(TableUpdate::Whole(cluster.raw_table(base))),
             None if groups == cluster.published_groups => None,
             None => Some(TableUpdate::Changes(vec![], cluster.rest(base))),
             some => some,
         };
         if let Some(table) = table {
             cluster.published_groups.clone_from(&groups);
-            let published = match table {
+            let limits = &served.limits;
+            // Over max_groups (counted here: a standby does not check what
+            // it is given), or degraded already: whole, with lanes left out.
+            let over = |raw: &RawTable| crate::kube::degrade::group_count(raw, base) > limits.max_groups;
+            let mut published = match table {
+                _ if !cluster.left_out.is_empty() => Err(None),
                 TableUpdate::Changes(changes, mut rest) if store.has_table() => {
-                    rest.groups = groups;
-                    store.publish_changes(changes, rest)
+                    rest.groups = groups.clone();
+                    let mut names: std::collections::BTreeSet<&str> = cluster.index.lane_groups().collect();
+                    names.extend(groups.keys().map(String::as_str));
+                    names.insert(base);
+                    if names.len() > limits.max_groups {
+                        Err(None)
+                    } else {
+                        store.publish_changes(changes, rest).map_err(Some)
+                    }
                 }
                 TableUpdate::Changes(..) => {
                     let mut whole = cluster.raw_table(base);
-                    whole.groups = groups;
-                    store.publish(whole, None)
+                    whole.groups = groups.clone();
+                    if over(&whole) {
+                        Err(None)
+                    } else {
+                        store.publish(whole, None).map_err(Some)
+                    }
                 }
                 TableUpdate::Whole(mut whole) => {
-                    whole.groups = groups;
-                    store.publish(whole, None)
+                    whole.groups = groups.clone();
+                    if over(&whole) {
+                        Err(None)
+                    } else {
+                        store.publish(whole, None).map_err(Some)
+                    }
                 }
             };
+            if matches!(published, Err(None) | Err(Some(crate::store::ChangeError::Invalid(_)))) {
+                let mut whole = cluster.raw_table(base);
+                whole.groups = groups.clone();
+                match crate::kube::degrade::degrade(&mut whole, &cluster.since, base, limits) {
+                    Ok(left) => {
+                        if left != cluster.left_out {
+                            for (lane, why) in left.iter().filter(|(l, _)| !cluster.left_out.contains_key(*l)) {
+                                tracing::warn!(lane = %lane, why = %why, "kubernetes: lane left out of the table (newest first)");
+                            }
+                        }
+                        cluster.left_out = left;
+                    }
+                    Err(why) => {
+                        tracing::error!(error = %why, "kubernetes: the table is invalid without any lane");
+                        cluster.left_out.clear();
+                    }
+                }
+                let lanes_out = cluster.left_out.keys().filter(|k| k.contains('/')).count();
+                metrics.lanes_left_out.set(lanes_out as i64);
+                published = store.publish(whole, None).map_err(Some);
+                let readiness = cluster.readiness();
+                if served.readiness() != readiness {
+                    served.set_readiness(readiness);
+                }
+            }
+            let published = published.map_err(|e| e.map_or_else(String::new, |e| e.to_string()));
             tracing::debug!(?built, total = ?started.elapsed(), "kubernetes: rebuild (table from the mirrors, then validated and served)");
             match published {
                 Ok(None) => {}
@@ -617,9 +803,10 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         }
         if store.is_leader() {
-            write_statuses(&statuses, &objects, &verdicts, &cluster.written);
+            write_statuses(&statuses, &objects, &verdicts, &cluster.left_out, &cluster.written);
             if let Some((mode, root)) = &opts.istio {
-                let desired = cluster.desired(base, *mode, root, now_ms(), opts.settle.as_millis() as u64);
+                let grace = opts.settle.as_millis() as u64;
+                let desired = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace);
                 desired_tx.send_if_modified(|d| {
                     let changed = d.as_ref() != Some(&desired);
                     *d = Some(desired);
@@ -639,6 +826,9 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         } else {
             cluster.recorded = false;
+            // Not the leader: the reconciler stops (no retry or resync of
+            // what it wanted while it led).
+            desired_tx.send_if_modified(|d| d.take().is_some());
         }
     }
 }
@@ -667,14 +857,23 @@ fn write_statuses(
     api: &Api<DynamicObject>,
     objects: &[GroupObject],
     verdicts: &BTreeMap<String, Verdict>,
+    left_out: &crate::kube::degrade::LeftOut,
     memo: &Written,
 ) {
+    // group → its lanes left out (`<service>: why`).
+    let mut lanes_out: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (lane, why) in left_out {
+        if let Some((service, group)) = lane.rsplit_once('/') {
+            lanes_out.entry(group).or_default().push(format!("{service}: {why}"));
+        }
+    }
     let Ok(mut written) = memo.lock() else { return };
     let now = k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
     written.retain(|name, _| verdicts.contains_key(name));
     for o in objects {
         let Some(verdict) = verdicts.get(&o.name) else { continue };
-        let Some(status) = groups::status_update(o, verdict, &now) else {
+        let out = lanes_out.get(o.name.as_str()).map_or(&[][..], Vec::as_slice);
+        let Some(status) = groups::status_update(o, verdict, out, &now) else {
             written.remove(&o.name);
             continue;
         };
@@ -682,7 +881,8 @@ fn write_statuses(
         let key = serde_json::json!([
             status["observedGeneration"],
             status["conditions"][0]["status"],
-            status["conditions"][0]["message"]
+            status["conditions"][0]["message"],
+            status["lanesLeftOut"]
         ]);
         if written.get(&o.name) == Some(&key) {
             continue;

@@ -68,6 +68,8 @@ fn opts(settle_ms: u64) -> Options {
         },
         namespace: "isogroup-system".into(),
         istio: None,
+        installation: "isogroup-system".into(),
+        resync: Duration::from_secs(2),
     }
 }
 
@@ -235,7 +237,7 @@ async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1(
     tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(0)));
     wait_table(&store, "lane via v1beta1 subsets", |t| lanes(t) == ["base", "feature-1"]).await;
     match store.served().readiness() {
-        Readiness::Unreachable(detail) => {
+        Readiness::Degraded(detail) => {
             assert!(detail.contains("warning: IsolationGroup: no version of isogroup.io"), "{detail}")
         }
         other => panic!("ready with a warning, got {other:?}"),
@@ -507,7 +509,7 @@ async fn sources_and_rules_come_from_the_runtime_configmap() {
     // a bad edit: named in the readiness detail, the last good data stays
     fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.7/24", "group": "feature-1"}]"#, "[]"));
     let detail = wait("the bad edit reported", || match store.served().readiness() {
-        Readiness::Unreachable(d) if d.contains("isogroup-runtime") => Some(d),
+        Readiness::Degraded(d) if d.contains("isogroup-runtime") => Some(d),
         _ => None,
     })
     .await;
@@ -515,7 +517,7 @@ async fn sources_and_rules_come_from_the_runtime_configmap() {
     assert_eq!(store.served().current().raw.sources, t.sources, "the last good data stays");
     fake.put(&configmaps(), runtime(r#"[{"cidr": "192.0.2.0/24", "group": "team-a", "extra": 1}]"#, "[]"));
     let detail = wait("an unknown field reported", || match store.served().readiness() {
-        Readiness::Unreachable(d) if d.contains("extra") => Some(d),
+        Readiness::Degraded(d) if d.contains("extra") => Some(d),
         _ => None,
     })
     .await;
@@ -640,9 +642,10 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
 
     // the subsets and the route are made, by server-side apply, then the lane settles
     wait("reviews' subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
-    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup"));
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup/isogroup-system"));
     let dr = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
     assert_eq!(dr["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
+    assert_eq!(dr["metadata"]["labels"]["isogroup.io/installation"], "isogroup-system");
     let vs = wait("reviews' route", || fake.get(&virtualservices(), "bookinfo", "isogroup-reviews")).await;
     assert_eq!(vs["spec"]["http"][0]["match"][0]["headers"]["x-isogroup-target"]["exact"], "feature-1");
     assert_eq!(vs["spec"]["http"][1]["route"][0]["destination"]["subset"], "base");
@@ -652,7 +655,7 @@ async fn istio_objects_follow_the_lanes_and_others_objects_are_left_alone() {
     assert!(fake.get(&rules("v1"), "bookinfo", "ratings").is_some());
     wait("the conflict counted", || (metrics.kube_istio_conflicts.get() == 1).then_some(())).await;
     match store.served().readiness() {
-        Readiness::Unreachable(d) => assert!(d.contains("istio conflict: DestinationRule bookinfo/ratings"), "{d}"),
+        Readiness::Degraded(d) => assert!(d.contains("istio conflict: DestinationRule bookinfo/ratings"), "{d}"),
         other => panic!("ready with the conflict in the detail, got {other:?}"),
     }
     assert!(!store.served().current().raw.services.contains_key("ratings.bookinfo"), "no base subset of ours: out");
@@ -823,6 +826,11 @@ async fn istio_fake() -> FakeApi {
     .await
 }
 
+/// The labels of an object the default installation (`isogroup-system`) owns.
+static OWNED: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || json!({ "app.kubernetes.io/managed-by": "isogroup", "isogroup.io/installation": "isogroup-system" }),
+);
+
 fn envoyfilter(name: &str, labels: Value) -> Value {
     json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
             "metadata": { "name": name, "namespace": "istio-system", "labels": labels }, "spec": { "configPatches": [] } })
@@ -843,15 +851,15 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     // A standby, ready; meanwhile the leader makes an EnvoyFilter for a
     // service that then goes, and dies: elected, this replica finds it.
     wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
-    let ghost = envoyfilter("isogroup-ghost-bookinfo", json!({ "app.kubernetes.io/managed-by": "isogroup" }));
-    fake.put_quietly(&envoy_filters(), ghost);
+    let ghost = envoyfilter("isogroup-ghost-bookinfo", OWNED.clone());
+    fake.put(&envoy_filters(), ghost);
     store.become_leader("1000-aa".into()).unwrap();
 
     // Server-side applied in the root namespace, where istiod patches every
     // client proxy: a cluster_header route first in each port's virtual host.
-    let name = "isogroup-reviews-bookinfo";
+    let name = &crate::kube::istio::envoy_filter_name("bookinfo", "reviews");
     let ef = wait("reviews' EnvoyFilter", || fake.get(&envoy_filters(), "istio-system", name)).await;
-    assert_eq!(fake.manager(&envoy_filters(), "istio-system", name).as_deref(), Some("isogroup"));
+    assert_eq!(fake.manager(&envoy_filters(), "istio-system", name).as_deref(), Some("isogroup/isogroup-system"));
     assert_eq!(ef["metadata"]["labels"]["app.kubernetes.io/managed-by"], "isogroup");
     let patches = ef["spec"]["configPatches"].as_array().unwrap();
     let vhosts: Vec<&str> =
@@ -907,4 +915,348 @@ async fn cluster_header_mode_keeps_an_envoy_filter_per_service_in_the_root_names
     let objects = crate::kube::fake::kustomize(&overlay);
     let denied = fake.denied(&crate::kube::fake::companion_rbac(&objects));
     assert!(denied.is_empty(), "not granted by deploy/kubernetes/companion/kubernetes-cluster-header: {denied:#?}");
+}
+
+/// reviews in bookinfo with a base pod and a ready feature-1 pod.
+fn reviews_with_a_lane(fake: &FakeApi) {
+    fake.put_quietly(&services(), service_named("reviews"));
+    fake.put_quietly(&pods(), pod("r0", "base"));
+    fake.put_quietly(&pods(), pod("f1", "feature-1"));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true)]));
+}
+
+/// A kube client's API for an Istio kind (what `kubectl` would talk to).
+fn istio_api(fake: &FakeApi, kind: &str, namespace: &str) -> kube::Api<kube::api::DynamicObject> {
+    let version = if kind == "EnvoyFilter" { "v1alpha3" } else { "v1" };
+    let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", version, kind);
+    kube::Api::namespaced_with(fake.client(), namespace, &kube::api::ApiResource::from_gvk(&gvk))
+}
+
+fn rv(o: &Value) -> u64 {
+    o["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn deleted_or_edited_owned_objects_come_back_and_a_steady_state_makes_no_writes() {
+    let fake = istio_fake().await;
+    reviews_with_a_lane(&fake);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    o.resync = Duration::from_millis(300);
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    let name = "isogroup-reviews";
+    let vs_routes = |fake: &FakeApi| {
+        let vs = fake.get(&virtualservices(), "bookinfo", name)?;
+        Some(vs["spec"]["http"].as_array()?.len())
+    };
+    wait("the route to feature-1", || (vs_routes(&fake)? == 2).then_some(())).await;
+    wait_table(&store, "the lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    let dr = fake.get(&rules("v1"), "bookinfo", name).unwrap();
+    let vs = fake.get(&virtualservices(), "bookinfo", name).unwrap();
+    assert!(rv(&dr) < rv(&vs), "the subsets were applied before the route naming them");
+
+    // Steady state: five resyncs, not one write.
+    let (writes, resyncs) = (metrics.kube_istio_writes.get(), metrics.kube_istio_resyncs.get());
+    wait("five resyncs", || (metrics.kube_istio_resyncs.get() >= resyncs + 5).then_some(())).await;
+    assert_eq!(metrics.kube_istio_writes.get(), writes, "no write in a steady state");
+    assert_eq!(rv(&fake.get(&rules("v1"), "bookinfo", name).unwrap()), rv(&dr));
+    assert_eq!(rv(&fake.get(&virtualservices(), "bookinfo", name).unwrap()), rv(&vs));
+
+    // `kubectl delete` of each owned object: back, as wanted.
+    let dp = kube::api::DeleteParams::default();
+    for kind in ["DestinationRule", "VirtualService"] {
+        let started = Instant::now();
+        istio_api(&fake, kind, "bookinfo").delete(name, &dp).await.unwrap();
+        let r = if kind == "DestinationRule" { rules("v1") } else { virtualservices() };
+        let back = wait("the deleted object back", || {
+            let o = fake.get(&r, "bookinfo", name)?;
+            (o["metadata"]["uid"] != dr["metadata"]["uid"] && o["metadata"]["uid"] != vs["metadata"]["uid"])
+                .then_some(o)
+        })
+        .await;
+        let was = if kind == "DestinationRule" { &dr } else { &vs };
+        assert_eq!(back["spec"], was["spec"], "{kind} back as wanted");
+        eprintln!("{kind} deleted and back in {:?}", started.elapsed());
+    }
+    // An edit of a field the leader sets: reverted.
+    let mut edit = fake.get(&rules("v1"), "bookinfo", name).unwrap();
+    edit["spec"]["subsets"][1]["labels"]["isogroup.io/group"] = json!("someone-else");
+    let edited = fake.put(&rules("v1"), edit);
+    let reverted = wait("the edit reverted", || {
+        let o = fake.get(&rules("v1"), "bookinfo", name)?;
+        (rv(&o) > rv(&edited)).then_some(o)
+    })
+    .await;
+    assert_eq!(reverted["spec"]["subsets"], dr["spec"]["subsets"]);
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", name).as_deref(), Some("isogroup/isogroup-system"));
+
+    // The lane leaves: the route goes first, its subset after.
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true)]));
+    wait("the route gone", || (vs_routes(&fake)? == 1).then_some(())).await;
+    wait("the subset gone", || (subsets_of(&fake, name)? == ["base"]).then_some(())).await;
+    let dr = fake.get(&rules("v1"), "bookinfo", name).unwrap();
+    let vs = fake.get(&virtualservices(), "bookinfo", name).unwrap();
+    assert!(rv(&vs) < rv(&dr), "the route left before its subset");
+}
+
+#[tokio::test]
+async fn a_failed_write_is_retried_without_another_change() {
+    let fake = istio_fake().await;
+    reviews_with_a_lane(&fake);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    o.resync = Duration::from_secs(600); // not what puts it back
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    let name = "isogroup-reviews";
+    wait_table(&store, "the lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    // Writes fail (the open watch goes on); the rule is deleted under it.
+    fake.fail(&rules("v1"), 500);
+    fake.delete(&rules("v1"), "bookinfo", name);
+    // (no base subset either: the service leaves the table, Envoy's own route)
+    wait_table(&store, "the service out with its subsets", |t| lanes(t).is_empty()).await;
+    fake.fail(&rules("v1"), 0);
+    wait("the rule back", || (subsets_of(&fake, name)? == ["base", "feature-1"]).then_some(())).await;
+    wait_table(&store, "the lane back", |t| lanes(t) == ["base", "feature-1"]).await;
+}
+
+#[tokio::test]
+async fn cluster_header_mode_admits_a_lane_only_once_its_envoy_filter_is_observed() {
+    let fake = istio_fake().await;
+    reviews_with_a_lane(&fake);
+    let (store, metrics) = store();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::ClusterHeader, "istio-system".into()));
+    o.resync = Duration::from_millis(200);
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    wait("ready (every watch listed)", || store.served().readiness().is_ready().then_some(())).await;
+    // EnvoyFilter writes are refused (its watch is open already).
+    fake.fail(&envoy_filters(), 403);
+    store.become_leader("1000-aa".into()).unwrap();
+    wait("the subsets", || (subsets_of(&fake, "isogroup-reviews")? == ["base", "feature-1"]).then_some(())).await;
+    let resyncs = metrics.kube_istio_resyncs.get();
+    wait("passes go by", || (metrics.kube_istio_resyncs.get() >= resyncs + 3).then_some(())).await;
+    wait_table(&store, "reviews, base only", |t| lanes(t) == ["base"]).await;
+    fake.fail(&envoy_filters(), 0);
+    let name = crate::kube::istio::envoy_filter_name("bookinfo", "reviews");
+    wait("the EnvoyFilter", || fake.get(&envoy_filters(), "istio-system", &name)).await;
+    wait_table(&store, "the lane, its EnvoyFilter observed", |t| lanes(t) == ["base", "feature-1"]).await;
+    // `kubectl delete` of the EnvoyFilter: back, as wanted
+    let was = fake.get(&envoy_filters(), "istio-system", &name).unwrap();
+    let started = Instant::now();
+    istio_api(&fake, "EnvoyFilter", "istio-system").delete(&name, &Default::default()).await.unwrap();
+    let back = wait("the EnvoyFilter back", || {
+        let o = fake.get(&envoy_filters(), "istio-system", &name)?;
+        (o["metadata"]["uid"] != was["metadata"]["uid"]).then_some(o)
+    })
+    .await;
+    eprintln!("EnvoyFilter deleted and back in {:?}", started.elapsed());
+    assert_eq!(back["spec"], was["spec"]);
+    wait_table(&store, "the lane again", |t| lanes(t) == ["base", "feature-1"]).await;
+}
+
+#[tokio::test]
+async fn two_installations_in_one_cluster_do_not_touch_each_others_objects() {
+    let fake = istio_fake().await;
+    reviews_with_a_lane(&fake);
+    // Installation b's objects for a service it alone knows of (and one
+    // that names a service of a's), made before a starts.
+    let b_labels = json!({ "app.kubernetes.io/managed-by": "isogroup", "isogroup.io/installation": "b" });
+    let mut b_rule = rule("v1", &["base"]);
+    b_rule["metadata"]["name"] = json!("isogroup-details");
+    b_rule["metadata"]["labels"] = b_labels.clone();
+    b_rule["spec"]["host"] = json!("details.bookinfo.svc.cluster.local");
+    fake.put_quietly(&rules("v1"), b_rule);
+    let b_filter = envoyfilter(&crate::kube::istio::envoy_filter_name("bookinfo", "details"), b_labels);
+    fake.put_quietly(&envoy_filters(), b_filter);
+    let untouched = |fake: &FakeApi| {
+        let dr = fake.get(&rules("v1"), "bookinfo", "isogroup-details").unwrap();
+        let ef = fake.list_in(&envoy_filters(), "istio-system");
+        let ef = ef.iter().find(|o| o["metadata"]["labels"]["isogroup.io/installation"] == "b").unwrap().clone();
+        (rv(&dr), rv(&ef))
+    };
+    let before = untouched(&fake);
+
+    let start = |id: &str| {
+        let (store, metrics) = store();
+        store.become_leader(format!("1000-{id}")).unwrap();
+        let mut o = opts(0);
+        o.istio = Some((crate::kube::istio::Mode::ClusterHeader, "istio-system".into()));
+        o.installation = id.into();
+        o.resync = Duration::from_millis(200);
+        tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+        (store, metrics)
+    };
+    let (a, a_metrics) = start("a");
+    wait_table(&a, "a's lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    let dr = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
+    assert_eq!(dr["metadata"]["labels"]["isogroup.io/installation"], "a");
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup/a"));
+    let resyncs = a_metrics.kube_istio_resyncs.get();
+    wait("a's passes", || (a_metrics.kube_istio_resyncs.get() >= resyncs + 3).then_some(())).await;
+    assert_eq!(untouched(&fake), before, "a leaves b's objects alone");
+
+    // b starts too: a's objects for reviews are another's to it (a
+    // conflict, left alone); its own leftovers it deletes.
+    let (b, b_metrics) = start("b");
+    wait("b's conflict", || (b_metrics.kube_istio_conflicts.get() >= 1).then_some(())).await;
+    wait("b deletes its own leftover", || {
+        fake.get(&rules("v1"), "bookinfo", "isogroup-details").is_none().then_some(())
+    })
+    .await;
+    let resyncs = b_metrics.kube_istio_resyncs.get();
+    wait("b's passes", || (b_metrics.kube_istio_resyncs.get() >= resyncs + 3).then_some(())).await;
+    let now = fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").unwrap();
+    assert_eq!(rv(&now), rv(&dr), "b never wrote a's DestinationRule");
+    assert_eq!(fake.manager(&rules("v1"), "bookinfo", "isogroup-reviews").as_deref(), Some("isogroup/a"));
+    let name = crate::kube::istio::envoy_filter_name("bookinfo", "reviews");
+    let ef = fake.get(&envoy_filters(), "istio-system", &name).unwrap();
+    assert_eq!(ef["metadata"]["labels"]["isogroup.io/installation"], "a");
+    match b.served().readiness() {
+        Readiness::Degraded(d) => assert!(d.contains("not owned by this installation"), "{d}"),
+        other => panic!("b: degraded with the conflict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
+    let fake = bookinfo("v1").await;
+    // base, feature-1 and team-a live, team-b declared with no lane yet:
+    // max_groups 3 admits the three live ones (an idle group goes first)
+    fake.put_quietly(&pods(), pod("a1", "team-a"));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true), ("a1", true)]));
+    fake.put_quietly(&rules("v1"), rule("v1", &["base", "feature-1", "team-a", "team-b"]));
+    fake.put_quietly(&groups(), group("team-b", json!({ "description": "the newest" })));
+    let metrics = Arc::new(Metrics::new());
+    let limits = Limits { max_groups: 3, ..Limits::default() };
+    let served = Served::new("base".into(), limits, metrics.clone()).unwrap();
+    let store = Arc::new(KubeStore::new(served));
+    store.become_leader("1000-aa".into()).unwrap();
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    wait_table(&store, "three groups", |t| lanes(t) == ["base", "feature-1", "team-a"]).await;
+    // a fourth live lane, the newest: left out; everything else routes
+    fake.put(&pods(), pod("b1", "team-b"));
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true), ("a1", true), ("b1", true)]));
+    wait("the lane left out, counted", || (metrics.lanes_left_out.get() == 1).then_some(())).await;
+    assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1", "team-a"], "the others keep routing");
+    match store.served().readiness() {
+        Readiness::Degraded(d) => {
+            assert!(d.contains("reviews.bookinfo/team-b (groups: 4 exceeds the limit of 3)"), "{d}")
+        }
+        other => panic!("degraded, got {other:?}"),
+    }
+    let status = wait("team-b's status", || {
+        let o = fake.get(&groups(), "", "team-b")?;
+        o["status"]["lanesLeftOut"].as_array().cloned()
+    })
+    .await;
+    assert_eq!(status, [json!("reviews.bookinfo: groups: 4 exceeds the limit of 3")]);
+    // not frozen: a new service meanwhile enters
+    fake.put(&services(), service_named("ratings"));
+    fake.put(&pods(), pod("t0", "base"));
+    fake.put(&slices(), endpoint_slice("ratings", &[("t0", true)]));
+    let mut ratings = rule("v1", &["base"]);
+    (ratings["metadata"]["name"], ratings["spec"]["host"]) = (json!("ratings"), json!("ratings"));
+    fake.put(&rules("v1"), ratings);
+    wait_table(&store, "ratings, while degraded", |t| t.services.contains_key("ratings.bookinfo")).await;
+    assert_eq!(metrics.lanes_left_out.get(), 1);
+    // one lane goes: the newest gets in
+    fake.put(&slices(), endpoint_slice("reviews", &[("r0", true), ("a1", true), ("b1", true)]));
+    wait_table(&store, "team-b in", |t| lanes(t) == ["base", "team-a", "team-b"]).await;
+    assert_eq!(metrics.lanes_left_out.get(), 0);
+    assert_eq!(store.served().readiness(), Readiness::Ready);
+    wait("team-b's status cleared", || {
+        let o = fake.get(&groups(), "", "team-b")?;
+        o["status"].get("lanesLeftOut").is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wildcard_destination_rules_tls_settings_are_carried_into_the_generated_one() {
+    let fake = istio_fake().await;
+    reviews_with_a_lane(&fake);
+    let wildcard = |ns: &str, name: &str, host: &str, mode: &str| {
+        json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": { "name": name, "namespace": ns },
+                "spec": { "host": host, "trafficPolicy": { "tls": { "mode": mode } } } })
+    };
+    fake.put_quietly(&rules("v1"), wildcard("istio-system", "mesh", "*.local", "ISTIO_MUTUAL"));
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    let policy = |fake: &FakeApi| {
+        fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").map(|o| o["spec"]["trafficPolicy"].clone())
+    };
+    wait("the mesh-wide TLS carried", || {
+        (policy(&fake)? == json!({ "tls": { "mode": "ISTIO_MUTUAL" } })).then_some(())
+    })
+    .await;
+    wait_table(&store, "the lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    // a more specific one, in the service's namespace: it wins
+    let tls = json!({ "mode": "SIMPLE", "sni": "reviews.example", "caCertificates": "/etc/certs/ca.pem" });
+    let mut ns_rule = wildcard("bookinfo", "all-bookinfo", "*.bookinfo.svc.cluster.local", "SIMPLE");
+    ns_rule["spec"]["trafficPolicy"]["tls"] = tls.clone();
+    fake.put(&rules("v1"), ns_rule.clone());
+    wait("the namespace's TLS carried", || (policy(&fake)? == json!({ "tls": tls })).then_some(())).await;
+    // changed: re-rendered
+    ns_rule["spec"]["trafficPolicy"]["tls"]["sni"] = json!("other.example");
+    fake.put(&rules("v1"), ns_rule);
+    wait("re-rendered", || (policy(&fake)?["tls"]["sni"] == "other.example").then_some(())).await;
+    // gone: the mesh-wide one again
+    fake.delete(&rules("v1"), "bookinfo", "all-bookinfo");
+    wait("back to the mesh-wide TLS", || (policy(&fake)?["tls"]["mode"] == "ISTIO_MUTUAL").then_some(())).await;
+    assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"], "the wildcard rules are no conflict");
+}
+
+#[tokio::test]
+async fn a_replica_that_stepped_down_writes_no_istio_object() {
+    let fake = istio_fake().await;
+    reviews_with_a_lane(&fake);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    o.resync = Duration::from_millis(100);
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    wait_table(&store, "the lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    // A write is failing (and retried) when the replica steps down.
+    fake.fail(&rules("v1"), 500);
+    fake.delete(&rules("v1"), "bookinfo", "isogroup-reviews");
+    wait_table(&store, "the service out with its subsets", |t| lanes(t).is_empty()).await;
+    store.step_down();
+    // a rebuild as a standby (the loop has seen it step down)
+    fake.put(&pods(), pod("x1", "team-x"));
+    let resyncs = metrics.kube_istio_resyncs.get();
+    wait("resyncs", || (metrics.kube_istio_resyncs.get() >= resyncs + 2).then_some(())).await;
+    fake.fail(&rules("v1"), 0);
+    let resyncs = metrics.kube_istio_resyncs.get();
+    wait("more resyncs", || (metrics.kube_istio_resyncs.get() >= resyncs + 10).then_some(())).await;
+    assert!(fake.get(&rules("v1"), "bookinfo", "isogroup-reviews").is_none(), "a standby does not put it back");
+}
+
+#[tokio::test]
+async fn a_table_over_a_limit_given_to_a_standby_is_degraded_once_it_leads() {
+    // base + 2 lanes of reviews: 3 cluster entries, 2 allowed
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), pod("a1", "team-a"));
+    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("r0", true), ("f1", true), ("a1", true)]));
+    fake.put_quietly(&rules("v1"), rule("v1", &["base", "feature-1", "team-a"]));
+    let metrics = Arc::new(Metrics::new());
+    let limits = Limits { max_cluster_entries: 2, ..Limits::default() };
+    let served = Served::new("base".into(), limits, metrics.clone()).unwrap();
+    let store = Arc::new(KubeStore::new(served));
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0)));
+    wait("the standby ready", || store.served().readiness().is_ready().then_some(())).await;
+    // elected: what it was given does not check; served with a lane left out
+    let _ = store.become_leader("1000-aa".into());
+    wait_table(&store, "base and one lane", |t| lanes(t).len() == 2).await;
+    assert_eq!(metrics.lanes_left_out.get(), 1);
+    // ties (both in the first list) by name: the later name is left out
+    assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"]);
 }

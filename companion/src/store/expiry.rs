@@ -19,7 +19,8 @@ pub async fn expire_sources(store: Arc<dyn Store>) {
         let now = now_ms() / 1000;
         let served = store.served();
         // Only a replica that takes writes deletes (Kubernetes: the leader).
-        if served.readiness() != Readiness::Ready || store.not_serving().is_some() {
+        // Warnings (degraded) do not stop expiry: the store can be written.
+        if !matches!(served.readiness(), Readiness::Ready | Readiness::Degraded(_)) || store.not_serving().is_some() {
             continue;
         }
         let snap = served.current();

@@ -150,6 +150,9 @@ pub enum Readiness {
     /// The whole state is not loaded yet: `/readyz` and `/v1/table` answer 503.
     Loading(String),
     Ready,
+    /// Ready, with warnings (e.g. lanes left out of the table, a conflict):
+    /// `/readyz` answers 200 `degraded` with the detail.
+    Degraded(String),
     /// Loaded once, the store unreachable now: still ready, serving the last
     /// state; writes answer 503.
     Unreachable(String),
