@@ -313,7 +313,11 @@ async fn a_table_that_does_not_compile_is_rejected_and_the_last_good_one_serves(
     assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_updates_total").await, 1);
     let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
     assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"), "table 7 serves");
-    assert!(mesh.envoy.log_text().contains("table rejected, the last good one keeps serving"));
+    // Envoy flushes its log file on an interval: wait for the line.
+    wait_for("the rejection logged", Duration::from_secs(10), || async {
+        mesh.envoy.log_text().contains("table rejected, the last good one keeps serving").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
