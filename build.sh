@@ -450,6 +450,20 @@ fuzz() {
 }
 
 bench() {
+  if [ "${1:-}" = fanout ]; then # ./build.sh bench fanout: one companion, thousands of long polls
+    shift
+    log "companion fan-out: delta and whole polls side by side (see BENCHMARKS.md)"
+    cargo build --quiet --profile server -p isogroup-companion
+    cargo build --quiet --profile server -p isogroup-fanout
+    # 5,000 held polls: a socket each in the client and in the companion.
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    local bin="${CARGO_TARGET_DIR:-target}/server"
+    mkdir -p "$RUN_DIR/fanout"
+    uptime | tee "$RUN_DIR/fanout/load.txt"
+    "$bin/isogroup-fanout" --companion "$bin/isogroup-companion" --work-dir "$RUN_DIR/fanout" "$@" | tee "$RUN_DIR/fanout/report.txt"
+    uptime | tee -a "$RUN_DIR/fanout/load.txt"
+    return
+  fi
   build
   build_noop
   ensure_envoy
