@@ -152,20 +152,18 @@ fn is_plain(key: &str) -> bool {
 /// is plain, else quoted (`services."a\nb"`), so no key read from a table
 /// can break a log line, forge one or flood it.
 pub(crate) fn push_key(out: &mut String, key: &str) {
-    if is_plain(key) {
-        out.push_str(key);
-    } else {
-        push_quoted(out, key);
-    }
+    push_shown(out, key, "");
 }
 
-/// A name in a message as serde words it, `` `name` ``, when plain; else
-/// quoted (`push_key`).
-fn push_ticked(out: &mut String, name: &str) {
+/// A plain `name` between two `mark`s (none for a key, `` ` `` in a message
+/// as serde words it); any other quoted. One body for both: the wasm pays
+/// for it once.
+#[inline(never)]
+fn push_shown(out: &mut String, name: &str, mark: &str) {
     if is_plain(name) {
-        out.push('`');
+        out.push_str(mark);
         out.push_str(name);
-        out.push('`');
+        out.push_str(mark);
     } else {
         push_quoted(out, name);
     }
@@ -194,11 +192,11 @@ impl core::fmt::Display for Quoted<'_> {
     }
 }
 
-/// "unknown variant `x`, expected `a` or `b`" (`x` as `push_ticked`
+/// "unknown variant `x`, expected `a` or `b`" (`x` as `push_shown`
 /// shows it).
 pub(crate) fn unknown_variant(name: &str, variants: &[&str]) -> String {
     let mut m = String::from("unknown variant ");
-    push_ticked(&mut m, name);
+    push_shown(&mut m, name, "`");
     m.push_str(", expected ");
     push_one_of(&mut m, variants);
     m
@@ -690,7 +688,7 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         let mut m = String::from("unknown field ");
-        push_ticked(&mut m, &key);
+        push_shown(&mut m, &key, "`");
         m.push_str(", expected ");
         push_one_of(&mut m, fields);
         Err(self.err_key(&m, true))
