@@ -301,15 +301,24 @@ impl<'a> Reader<'a> {
             },
             Some(b'-' | b'0'..=b'9') => match self.number_text() {
                 Ok((text, integer)) => {
-                    m.push_str(if integer { "integer `" } else { "floating point `" });
-                    m.push_str(text);
-                    m.push('`');
+                    let head = if integer { "invalid type: integer `" } else { "invalid type: floating point `" };
+                    return self.number_error(head, text, expected);
                 }
                 Err(e) => return e,
             },
             _ => return self.eof_or("expected value", "EOF while parsing a value"),
         }
         m.push_str(", expected ");
+        m.push_str(expected);
+        self.err(&m)
+    }
+
+    /// "<head><number>`, expected <expected>", about the number just read:
+    /// one body for the three messages about a number.
+    fn number_error(&self, head: &str, text: &str, expected: &str) -> JsonError {
+        let mut m = String::from(head);
+        m.push_str(text);
+        m.push_str("`, expected ");
         m.push_str(expected);
         self.err(&m)
     }
@@ -387,11 +396,7 @@ impl<'a> Reader<'a> {
         }
         let (text, integer) = self.number_text()?;
         if !integer {
-            let mut m = String::from("invalid type: floating point `");
-            m.push_str(text);
-            m.push_str("`, expected ");
-            m.push_str(expected);
-            return Err(self.err(&m));
+            return Err(self.number_error("invalid type: floating point `", text, expected));
         }
         let mut value: Option<u64> = if text.starts_with('-') { None } else { Some(0) };
         for d in text.bytes().filter(u8::is_ascii_digit) {
@@ -399,13 +404,7 @@ impl<'a> Reader<'a> {
         }
         match value {
             Some(v) if v <= max => Ok(v),
-            _ => {
-                let mut m = String::from("invalid value: integer `");
-                m.push_str(text);
-                m.push_str("`, expected ");
-                m.push_str(expected);
-                Err(self.err(&m))
-            }
+            _ => Err(self.number_error("invalid value: integer `", text, expected)),
         }
     }
 
