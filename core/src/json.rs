@@ -203,6 +203,8 @@ pub(crate) fn unknown_variant(name: &str, variants: &[&str]) -> String {
 }
 
 /// `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` `` (serde's wording).
+/// The names are the schema's own, plain, so `push_shown` writes them as
+/// they are.
 pub(crate) fn push_one_of(out: &mut String, names: &[&str]) {
     if names.len() > 2 {
         out.push_str("one of ");
@@ -211,9 +213,7 @@ pub(crate) fn push_one_of(out: &mut String, names: &[&str]) {
         if i > 0 {
             out.push_str(if names.len() == 2 { " or " } else { ", " });
         }
-        out.push('`');
-        out.push_str(name);
-        out.push('`');
+        push_shown(out, name, "`");
     }
 }
 
@@ -668,9 +668,8 @@ impl<'a> Reader<'a> {
     pub(crate) fn field(&mut self, key: String, fields: &[&str], seen: &mut u32) -> Res<Option<usize>> {
         if let Some(i) = fields.iter().position(|f| *f == key) {
             if *seen & (1 << i) != 0 {
-                let mut m = String::from("duplicate field `");
-                m.push_str(&key);
-                m.push('`');
+                let mut m = String::from("duplicate field ");
+                push_shown(&mut m, &key, "`");
                 return Err(self.err_key(&m, false));
             }
             *seen |= 1 << i;
@@ -717,9 +716,8 @@ impl<'a> Reader<'a> {
 
     /// A required struct field that was absent (after the object).
     pub(crate) fn missing(&self, field: &str) -> JsonError {
-        let mut m = String::from("missing field `");
-        m.push_str(field);
-        m.push('`');
+        let mut m = String::from("missing field ");
+        push_shown(&mut m, field, "`");
         self.err(&m)
     }
 
