@@ -73,12 +73,12 @@ impl FailReason {
 /// Decides for a request addressed by `:authority` (its port picks a
 /// `{port}` cluster).
 pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
-    // Two calls rather than one closure that matches: the common path (no
-    // namespace) stays as inlined as it was.
-    let found = match req.namespace {
-        None => authority::with_host(req.authority, |h| table.service_by_host(h)),
-        Some(ns) => authority::with_host(req.authority, |h| service_in_namespace(table, h, ns)),
-    };
+    // One closure that matches: two calls would build `with_host` twice
+    // (264 bytes of wasm each), for one branch saved per request.
+    let found = authority::with_host(req.authority, |h| match req.namespace {
+        None => table.service_by_host(h),
+        Some(ns) => service_in_namespace(table, h, ns),
+    });
     let Some(service) = found else {
         return Decision::PassThrough;
     };
