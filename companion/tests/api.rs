@@ -252,7 +252,51 @@ async fn writes_are_durable_and_versions_monotonic_across_restart() {
     std::mem::forget(c); // keep the directory; the new process owns it
     let c = Companion::start_in(dir, Some(TOKEN)).await;
     assert_eq!(c.table().await["services"]["ratings"]["clusters"]["feature-1"], "ratings-f1");
-    assert!(c.version().await > written, "version after restart is higher");
+    assert_eq!(c.version().await, written, "the unchanged table keeps its version after a restart");
+}
+
+/// SIGTERM, then a new process on the same directory.
+async fn restart_on_sigterm(c: Companion) -> Companion {
+    restart_on_sigterm_after(c, || ()).await
+}
+
+/// SIGTERM, `while_stopped`, then a new process on the same directory.
+async fn restart_on_sigterm_after(mut c: Companion, while_stopped: impl FnOnce()) -> Companion {
+    assert_eq!(c.terminate().await, Some(0), "clean exit on SIGTERM");
+    while_stopped();
+    let dir = c.dir.clone();
+    std::mem::forget(c); // keep the directory; the new process owns it
+    Companion::start_in(dir, Some(TOKEN)).await
+}
+
+/// 5,000 pollers hold `after=V&epoch=E`: a restart on the table it last
+/// served must keep (E, V), or every one of them fetches the whole table.
+#[tokio::test]
+async fn a_restart_on_an_unchanged_table_keeps_its_epoch_and_version() {
+    let mut c = Companion::start(TABLE, Some(TOKEN)).await;
+    let (status, _) = c.register("ratings", "feature-1", "ratings-f1").await;
+    assert_eq!(status, 200);
+    let (epoch, version, _) = c.served().await;
+    let epoch = epoch.unwrap();
+    let poll = format!("/v1/table?after={version}&epoch={epoch}&wait=0");
+    // twice: a restart that reused (E, V) must leave them reusable
+    for _ in 0..2 {
+        c = restart_on_sigterm(c).await;
+        let resp = c.get(&poll).await;
+        assert_eq!(resp.status(), 304, "a held poll is still current after a restart");
+        assert_eq!(resp.headers()["etag"].to_str().unwrap(), format!("\"{version}\""));
+        assert_eq!(resp.headers()["x-isogroup-epoch"].to_str().unwrap(), epoch);
+    }
+    // An edit while stopped (only the file changes): a newer version, same epoch.
+    let path = c.table_path();
+    let edited = std::fs::read_to_string(&path).unwrap().replace("ratings-f1", "ratings-f2");
+    let c = restart_on_sigterm_after(c, || std::fs::write(&path, edited).unwrap()).await;
+    let (now_epoch, now_version, table) = c.served().await;
+    assert_eq!(now_epoch.as_deref(), Some(&*epoch));
+    assert!(now_version > version, "{now_version} > {version}");
+    assert_eq!(table["services"]["ratings"]["clusters"]["feature-1"], "ratings-f2");
+    let resp = c.get(&poll).await;
+    assert_eq!(resp.status(), 200, "the held poll gets the edit");
 }
 
 #[tokio::test]

@@ -6,8 +6,10 @@
 //! Its epoch and the highest version it served live in a state file beside
 //! the table (`<table>.state`, written atomically before anything is
 //! served), where neither a hand edit nor a restore of the table file
-//! lowers them: a restart goes on above that version under that epoch. The
-//! epoch is also written into the table file; a hand edit's epoch is
+//! lowers them: a restart goes on above that version under that epoch,
+//! unless the table file is what that version served (the state file keeps
+//! its digest): then it serves that version again, and pollers holding it
+//! stay held. The epoch is also written into the table file; a hand edit's epoch is
 //! ignored. Without a state file (first start, or it was removed) the store
 //! mints a new epoch, since nothing says the table file was last written by
 //! it. A file that cannot be written (a ConfigMap) gets a new epoch on
@@ -65,14 +67,20 @@ impl FileStore {
         let raw = RawTable::from_json(&bytes, &served.limits)
             .map_err(|e| FileError::Invalid { path: name.clone(), errors: vec![e] })?;
         let state_path = state_path(&path);
-        let (epoch, floor) = match read_state(&state_path) {
-            Some(state) => (state.epoch, state.version),
-            None => (crate::random::new_epoch(raw.epoch.as_deref()), 0),
+        let state = read_state(&state_path);
+        let epoch = match &state {
+            Some(state) => state.epoch.clone(),
+            None => crate::random::new_epoch(raw.epoch.as_deref()),
         };
         let fresh = raw.epoch.as_deref() != Some(epoch.as_str());
-        // Above the highest version served and the file's own.
-        let version = next_version(floor, raw.version, now_ms())
-            .map_err(|source| FileError::Version { path: name.clone(), source })?;
+        let unchanged = state.as_ref().is_some_and(|state| serves_unchanged(&raw, state));
+        let version = match &state {
+            // What was last served, again: pollers holding it stay held.
+            Some(state) if unchanged => state.version,
+            // Above the highest version served and the file's own.
+            _ => next_version(state.as_ref().map_or(0, |s| s.version), raw.version, now_ms())
+                .map_err(|source| FileError::Version { path: name.clone(), source })?,
+        };
         let snap = Snapshot::build(raw, Some(epoch.clone()), version, &served.base, &served.limits)
             .map_err(|errors| FileError::Invalid { path: name.clone(), errors })?;
         let store = FileStore {
@@ -85,7 +93,8 @@ impl FileStore {
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicBool::new(_fail_writes),
         };
-        if let Err(e) = store.write_state(&snap) {
+        let recorded = if unchanged { Ok(()) } else { store.write_state(&snap) };
+        if let Err(e) = recorded {
             tracing::warn!(
                 epoch = %store.epoch, error = %e,
                 "the state file cannot be written: this epoch holds until the next start"
@@ -125,7 +134,7 @@ impl FileStore {
         if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(self.io(std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem)));
         }
-        let state = State { epoch: self.epoch.clone(), version: snap.version };
+        let state = State { epoch: self.epoch.clone(), version: snap.version, digest: Some(digest(&snap.json)) };
         let bytes = serde_json::to_vec(&state).unwrap_or_default();
         replace_file(&self.state_path, &bytes)
             .map_err(|source| FileError::Io { path: self.state_path.display().to_string(), source })
@@ -225,12 +234,38 @@ impl Store for FileStore {
     }
 }
 
-/// `<table>.state`: the epoch and the highest version served.
+/// `<table>.state`: the epoch and the highest version served, and the
+/// digest of that version's JSON as served (absent in state files written
+/// before it was kept: a restart then takes a new version).
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct State {
     epoch: String,
     version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
+}
+
+/// SHA-256 of served JSON, in hex.
+fn digest(json: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `raw` (the table file), served under the state's epoch and
+/// version, is byte for byte what was served under them: then a restart
+/// serves that version again. A file asking for a higher version (a hand
+/// edit) is a change whatever its content.
+fn serves_unchanged(raw: &RawTable, state: &State) -> bool {
+    let Some(served) = &state.digest else { return false };
+    if raw.version > state.version {
+        return false;
+    }
+    let mut stamped = raw.clone();
+    stamped.epoch = Some(state.epoch.clone());
+    stamped.version = state.version;
+    // As `Snapshot::build` writes it.
+    serde_json::to_vec(&stamped).is_ok_and(|json| digest(&json) == *served)
 }
 
 fn state_path(table: &Path) -> PathBuf {
@@ -359,12 +394,13 @@ mod tests {
         assert!(written.stamp() > edited.stamp());
         // the same change again changes nothing: no new version
         assert_eq!(store.apply(change).await.unwrap().version, written.version);
-        // a restart keeps the epoch, and goes on above the version
+        // a restart on the table it last served serves the same (epoch, version)
         drop(store);
         let again = FileStore::open(path.clone(), served()).unwrap();
         let restarted = again.served.current();
         assert_eq!(restarted.epoch.as_deref(), Some(&*epoch));
-        assert!(restarted.stamp() > written.stamp());
+        assert_eq!(restarted.version, written.version);
+        assert_eq!(restarted.json, written.json);
         // no temp files left behind
         let names: Vec<String> =
             std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -388,6 +424,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A state file written before the digest was kept: a restart goes on
+    /// above its version under its epoch (and records the digest).
+    #[tokio::test]
+    async fn a_state_file_without_a_digest_takes_a_new_version() {
+        let dir = dir("nodigest");
+        let path = dir.join("table.json");
+        std::fs::write(&path, TABLE).unwrap();
+        let first = FileStore::open(path.clone(), served()).unwrap().served.current();
+        let state_path = dir.join("table.json.state");
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+        assert!(state["digest"].is_string(), "{state}");
+        let old_format = serde_json::json!({ "epoch": first.epoch, "version": first.version });
+        std::fs::write(&state_path, old_format.to_string()).unwrap();
+        let second = FileStore::open(path.clone(), served()).unwrap().served.current();
+        assert_eq!(second.epoch, first.epoch);
+        assert!(second.version > first.version);
+        // the digest is kept again: the next restart keeps the version
+        let third = FileStore::open(path.clone(), served()).unwrap().served.current();
+        assert_eq!((third.epoch.clone(), third.version), (second.epoch.clone(), second.version));
+        // a digest that does not match (a state file edited by hand): a new version
+        std::fs::write(&state_path, r#"{"epoch":"EPOCH","version":VERSION,"digest":"00"}"#
+            .replace("EPOCH", third.epoch.as_deref().unwrap())
+            .replace("VERSION", &third.version.to_string()))
+        .unwrap();
+        let fourth = FileStore::open(path.clone(), served()).unwrap().served.current();
+        assert!(fourth.version > third.version);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A restored older table file, or one hand-edited back, and a restart:
     /// the epoch stays and the version goes on above the highest served,
     /// even one a hand edit set far above the clock.
@@ -404,7 +469,8 @@ mod tests {
         // A hand edit with a version far above the clock: served, and the
         // table file keeps the edit as it was written.
         let far = super::now_ms() * 1000;
-        std::fs::write(&path, TABLE.replace(r#""version": 3"#, &format!(r#""version": {far}"#))).unwrap();
+        std::fs::write(&path, TABLE.replace("a0", "a9").replace(r#""version": 3"#, &format!(r#""version": {far}"#)))
+            .unwrap();
         store.take_edit().await;
         let highest = store.served.current();
         assert_eq!(highest.version, far);
@@ -417,11 +483,12 @@ mod tests {
         assert!(restarted.version > highest.version, "{} > {}", restarted.version, highest.version);
         drop(again);
         // A table file from another store (another epoch), same state file:
-        // its epoch is ignored.
+        // its epoch is ignored, and what it serves is what was last served
+        // (the backup's content), so that version stays.
         std::fs::write(&path, TABLE.replace(r#""version": 3"#, r#""epoch": "99999999999999-ff""#)).unwrap();
         let third = FileStore::open(path.clone(), served()).unwrap().served.current();
         assert_eq!(third.epoch.as_deref(), Some(&*epoch));
-        assert!(third.version > restarted.version);
+        assert_eq!(third.version, restarted.version);
         // No state file (removed, or a table file brought from elsewhere):
         // nothing says who wrote the table, so a new, newer epoch.
         std::fs::remove_file(dir.join("table.json.state")).unwrap();
