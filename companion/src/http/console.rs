@@ -14,7 +14,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::error::not_ready;
 use super::render::matrix_json;
 use super::Api;
 
@@ -75,10 +74,10 @@ async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
 /// `GET /v1/matrix`: every service × every group, each cell the decision
 /// `/v1/resolve` gives, plus each group's lane (instances, chain).
 async fn matrix(State(api): State<Arc<Api>>) -> Response {
-    let served = api.store.served();
-    if let Some(e) = not_ready(&served.readiness()) {
+    if let Some(e) = api.refuse_read() {
         return e.into_response();
     }
+    let served = api.store.served();
     let snap = served.current();
     let body = api.matrix.get_or_build((snap.epoch.clone(), snap.version), || {
         let mut body = matrix_json(&snap.raw, snap.table());

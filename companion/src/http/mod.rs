@@ -123,6 +123,16 @@ impl Api {
         })
     }
 
+    /// Why a table-derived read (`/v1/table`, `/v1/resolve`, `/v1/matrix`,
+    /// `/v1/sources`, `/v1/rules`) is refused: the replica is loading, or
+    /// it does not serve (a standby: `503 not_leader`).
+    pub(crate) fn refuse_read(&self) -> Option<ApiError> {
+        if let Some(e) = not_ready(&self.store.served().readiness()) {
+            return Some(e);
+        }
+        self.store.not_serving().map(|detail| ApiError::from(crate::store::ChangeError::NotLeader(detail)))
+    }
+
     /// Hands `change` to the store once the replica is ready.
     pub(crate) async fn apply(&self, change: Change) -> Result<Arc<Snapshot>, ApiError> {
         if let Some(e) = not_ready(&self.store.served().readiness()) {

@@ -14,7 +14,7 @@ use isogroup_core::group::is_valid_group;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{not_ready, ApiError};
+use super::error::ApiError;
 use super::render::decision_json;
 use super::Api;
 
@@ -60,10 +60,10 @@ async fn resolve(State(api): State<Arc<Api>>, Query(q): Query<ResolveQuery>) -> 
             return ApiError::new(StatusCode::BAD_REQUEST, "invalid_port", detail).into_response();
         }
     };
-    let served = api.store.served();
-    if let Some(e) = not_ready(&served.readiness()) {
+    if let Some(e) = api.refuse_read() {
         return e.into_response();
     }
+    let served = api.store.served();
     let snap = served.current();
     let picked = match (&q.group, client) {
         (None, Some(ip)) => resolve_client(snap.table(), ip, crate::store::now_s()),

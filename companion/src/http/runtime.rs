@@ -15,7 +15,7 @@ use isogroup_core::group::is_valid_group;
 use isogroup_core::RawTable;
 use serde_json::{json, Value};
 
-use super::error::{not_ready, ApiError};
+use super::error::ApiError;
 use super::Api;
 use crate::store::Change;
 
@@ -161,10 +161,10 @@ async fn unbind(api: &Api, ip: &str, len: Option<&str>, headers: &HeaderMap) -> 
 /// The bindings in force (expired ones, about to be deleted, are left out).
 /// Readable like the table itself, which carries them.
 async fn list_sources(State(api): State<Arc<Api>>) -> Response {
-    let served = api.store.served();
-    if let Some(e) = not_ready(&served.readiness()) {
+    if let Some(e) = api.refuse_read() {
         return e.into_response();
     }
+    let served = api.store.served();
     let snap = served.current();
     let now = crate::store::now_s();
     let sources: Vec<_> = snap.raw.sources.iter().filter(|s| s.expires_at.is_none_or(|t| now < t)).collect();
@@ -172,10 +172,10 @@ async fn list_sources(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn list_rules(State(api): State<Arc<Api>>) -> Response {
-    let served = api.store.served();
-    if let Some(e) = not_ready(&served.readiness()) {
+    if let Some(e) = api.refuse_read() {
         return e.into_response();
     }
+    let served = api.store.served();
     let snap = served.current();
     Json(json!({ "version": snap.version, "epoch": snap.epoch, "rules": snap.raw.rules })).into_response()
 }

@@ -17,11 +17,12 @@ use isogroup_core::RawTable;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::watch;
 
-use super::error::{not_ready, ApiError};
+use super::error::ApiError;
 use super::Api;
 use crate::metrics::Metrics;
-use crate::store::{Change, ChangeError, Snapshot};
+use crate::store::{Change, ChangeError, Snapshot, Store};
 
 /// The longest hold a poller may ask for.
 const MAX_WAIT_S: u64 = 300;
@@ -174,13 +175,13 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
         api.metrics.saw_poller(id);
     }
     api.metrics.polls.inc();
-    let served = api.store.served();
-    if let Some(e) = not_ready(&served.readiness()) {
+    // Subscribed before serving is checked: a step-down in between is
+    // not missed.
+    let mut serving = api.store.serving();
+    if let Some(e) = api.refuse_read() {
         return e.into_response();
     }
-    if let Some(detail) = api.store.not_serving() {
-        return ApiError::from(ChangeError::NotLeader(detail)).into_response();
-    }
+    let served = api.store.served();
     // Proxies (which name themselves with `x-isogroup-poller`) are paced
     // by the publish interval; the console and scripts see each write at
     // once. Subscribed before the current snapshot is read: a release
@@ -211,6 +212,9 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
     // What a 304 names: the newest this poll was shown.
     let mut shown = current;
     loop {
+        if serving.as_ref().is_some_and(|serving| !*serving.borrow()) {
+            return not_leader(api.store.as_ref());
+        }
         // Held polls may lag the current snapshot by the publish interval:
         // never answer with one older than what was current at the start.
         let snap = held.borrow_and_update().clone();
@@ -221,6 +225,9 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
             shown = snap;
         }
         tokio::select! {
+            // A step-down answers at once, before any table it might lag.
+            biased;
+            () = stopped_serving(serving.as_mut()) => return not_leader(api.store.as_ref()),
             changed = held.changed() => {
                 if changed.is_err() {
                     return not_modified(&shown);
@@ -229,6 +236,24 @@ async fn get_table(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, heade
             _ = &mut deadline => return not_modified(&shown),
             _ = shutdown.wait_for(|down| *down) => return not_modified(&shown),
         }
+    }
+}
+
+/// `503 not_leader`, for a poll held when this replica stepped down.
+fn not_leader(store: &dyn Store) -> Response {
+    let detail = store.not_serving().unwrap_or_else(|| "this replica stepped down".to_owned());
+    ApiError::from(ChangeError::NotLeader(detail)).into_response()
+}
+
+/// Ends once this replica no longer serves; never for a store that always
+/// does (or once the store is gone).
+async fn stopped_serving(serving: Option<&mut watch::Receiver<bool>>) {
+    let stopped = match serving {
+        Some(serving) => serving.wait_for(|serving| !*serving).await.is_ok(),
+        None => false,
+    };
+    if !stopped {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use std::collections::BTreeSet;
+use tokio::sync::watch;
 
 use isogroup_core::{RawService, RawTable, Table};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -61,13 +62,16 @@ const SEEN_DEADLINE: Duration = Duration::from_secs(10);
 pub struct KubeStore {
     served: Served,
     role: Mutex<Role>,
+    /// Whether this replica leads, for held polls to be released with
+    /// `503 not_leader` the moment it steps down (set under `role`).
+    leading: watch::Sender<bool>,
     /// The ConfigMaps of the companion's namespace (`None`: writes refused).
     runtime: Option<(Api<ConfigMap>, String)>,
 }
 
 impl KubeStore {
     pub fn new(served: Served) -> KubeStore {
-        KubeStore { served, role: Mutex::new(Role::default()), runtime: None }
+        KubeStore { served, role: Mutex::new(Role::default()), leading: watch::channel(false).0, runtime: None }
     }
 
     /// Takes source and rule writes into ConfigMap `isogroup-runtime` of
@@ -145,14 +149,20 @@ impl KubeStore {
     pub fn become_leader(&self, epoch: String) -> Result<Option<Arc<Snapshot>>, ChangeError> {
         let Ok(mut role) = self.role.lock() else { return Ok(None) };
         role.epoch = Some(epoch);
+        self.leading.send_replace(true);
         self.serve(&mut role, true)
     }
 
-    /// No longer the leader: `/v1/table` answers `503 not_leader` from now.
+    /// No longer the leader: every table-derived read answers `503
+    /// not_leader` from now, held polls included.
     pub fn step_down(&self) {
-        if let Ok(mut role) = self.role.lock() {
+        let mut role = self.role.lock();
+        if let Ok(role) = role.as_mut() {
             role.epoch = None;
         }
+        // A poisoned lock reads as not leading: told so all the same.
+        self.leading.send_replace(false);
+        drop(role);
     }
 
     /// Serves the latest table unless it is served already (a new epoch
@@ -327,6 +337,10 @@ impl Store for KubeStore {
 
     fn served(&self) -> &Served {
         &self.served
+    }
+
+    fn serving(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.leading.subscribe())
     }
 
     fn not_serving(&self) -> Option<String> {

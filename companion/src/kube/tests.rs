@@ -483,6 +483,148 @@ async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() 
     assert_eq!(answer.headers()["x-isogroup-epoch"], "1000-aa");
 }
 
+/// Serves the HTTP face over `store`; the answer's sender keeps shutdown
+/// from releasing held polls.
+async fn serve_http(store: Arc<KubeStore>, metrics: Arc<Metrics>) -> (String, tokio::sync::watch::Sender<bool>) {
+    let (tx, shutdown) = tokio::sync::watch::channel(false);
+    let api = Arc::new(crate::http::Api::new(store, None, metrics, None, shutdown));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, crate::http::router(api)).await });
+    (url, tx)
+}
+
+/// Every read derived from the table, as `/v1/table`'s pollers, scripts and
+/// the console make them.
+fn table_reads(service: &str) -> [String; 5] {
+    [
+        "/v1/table".to_owned(),
+        format!("/v1/resolve?service={service}&group=base"),
+        "/v1/matrix".to_owned(),
+        "/v1/sources".to_owned(),
+        "/v1/rules".to_owned(),
+    ]
+}
+
+/// The status and `error` of each of `paths`.
+async fn statuses(url: &str, paths: &[String]) -> Vec<(String, u16, Value)> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    for path in paths {
+        let answer = client.get(format!("{url}{path}")).send().await.unwrap();
+        let status = answer.status().as_u16();
+        let body = answer.json::<Value>().await.unwrap_or(Value::Null);
+        out.push((path.clone(), status, body["error"].clone()));
+    }
+    out
+}
+
+fn all_not_leader(answers: &[(String, u16, Value)]) -> bool {
+    answers.iter().all(|(_, status, error)| *status == 503 && error == "not_leader")
+}
+
+fn all_ok(answers: &[(String, u16, Value)]) -> bool {
+    answers.iter().all(|(_, status, _)| *status == 200)
+}
+
+/// A poll of `url` held on what `store` serves, with a wait (30 s) far
+/// beyond what the test takes: only a step-down answers it in time. A poll
+/// answered at once (a new version served in between) is made again.
+async fn hold_poll(url: &str, store: &KubeStore, metrics: &Metrics) -> JoinHandle<reqwest::Response> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let cur = store.served().current();
+        let poll = format!("{url}/v1/table?after={}&epoch={}&wait=30", cur.version, cur.epoch.as_deref().unwrap());
+        let held = tokio::spawn(async move { reqwest::get(poll).await.unwrap() });
+        while metrics.held_polls.get() == 0 && !held.is_finished() {
+            assert!(Instant::now() < deadline, "timed out waiting for the poll held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !held.is_finished() {
+            return held;
+        }
+    }
+}
+
+#[tokio::test]
+async fn over_http_a_standby_refuses_every_table_derived_read_and_the_leader_answers() {
+    let (store, metrics) = store();
+    store.served().set_readiness(Readiness::Ready);
+    let (url, _shutdown) = serve_http(store.clone(), metrics).await;
+    store
+        .publish(
+            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
+            None,
+        )
+        .unwrap();
+    let reads = table_reads("r");
+    let standby = statuses(&url, &reads).await;
+    assert!(all_not_leader(&standby), "a standby answered from stale state: {standby:?}");
+    store.become_leader("1000-aa".into()).unwrap();
+    let leader = statuses(&url, &reads).await;
+    assert!(all_ok(&leader), "the leader refused: {leader:?}");
+    store.step_down();
+    let stepped_down = statuses(&url, &reads).await;
+    assert!(all_not_leader(&stepped_down), "a replica that stepped down answered: {stepped_down:?}");
+}
+
+#[tokio::test]
+async fn stepping_down_answers_a_held_poll_not_leader_at_once() {
+    let (store, metrics) = store();
+    store.served().set_readiness(Readiness::Ready);
+    let (url, _shutdown) = serve_http(store.clone(), metrics.clone()).await;
+    store
+        .publish(
+            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
+            None,
+        )
+        .unwrap();
+    store.become_leader("1000-aa".into()).unwrap();
+    let held = hold_poll(&url, &store, &metrics).await;
+    store.step_down();
+    let answer = held.await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.json::<Value>().await.unwrap()["error"], "not_leader");
+}
+
+#[tokio::test]
+async fn a_leader_losing_its_lease_releases_held_polls_and_its_standby_refuses_reads() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.put_quietly(&pods(), own_pod("companion-b"));
+    let replicas = [Replica::start(&fake, "companion-a"), Replica::start(&fake, "companion-b")];
+    let leader = wait("a leader", || {
+        let leading: Vec<usize> = (0..2).filter(|&i| replicas[i].store.is_leader()).collect();
+        (leading.len() == 1).then(|| leading[0])
+    })
+    .await;
+    let other = 1 - leader;
+    wait("both ready", || replicas.iter().all(|r| r.store.served().readiness().is_ready()).then_some(())).await;
+    wait("the leader's table", || {
+        let cur = replicas[leader].store.served().current();
+        (lanes(&cur.raw) == ["base", "feature-1"]).then_some(())
+    })
+    .await;
+    let (leader_url, _a) = serve_http(replicas[leader].store.clone(), replicas[leader].metrics.clone()).await;
+    let (standby_url, _b) = serve_http(replicas[other].store.clone(), replicas[other].metrics.clone()).await;
+    let reads = table_reads("reviews.bookinfo");
+    let standby = statuses(&standby_url, &reads).await;
+    assert!(all_not_leader(&standby), "the standby answered from stale state: {standby:?}");
+    let leading = statuses(&leader_url, &reads).await;
+    assert!(all_ok(&leading), "the leader refused: {leading:?}");
+    // A poll held on the leader, then renewing the Lease fails: it steps
+    // down, and the poll is answered then, not when its wait ends.
+    let held = hold_poll(&leader_url, &replicas[leader].store, &replicas[leader].metrics).await;
+    fake.fail(&leases(), 500);
+    let answer = held.await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.json::<Value>().await.unwrap()["error"], "not_leader");
+    assert!(replicas[leader].store.not_serving().is_some());
+    for r in &replicas {
+        r.stop();
+    }
+}
+
 fn runtime(sources: &str, rules: &str) -> Value {
     json!({ "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": { "name": "isogroup-runtime", "namespace": "isogroup-system" },

@@ -34,6 +34,13 @@ pub trait Store: Send + Sync {
         None
     }
 
+    /// Whether this replica serves, as it changes (Kubernetes: whether it
+    /// leads), so that a held poll is released the moment it stops;
+    /// `None` for a store that always serves.
+    fn serving(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+
     /// A poll held (`epoch`, `after`): when that is the epoch served with a
     /// version above the one served, the store went back (etcd restored
     /// from a backup) and every filter holding it ignores this companion,
