@@ -103,7 +103,7 @@ async fn bind_host(
     body: axum::body::Body,
 ) -> Response {
     let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
-        Ok(body) => bind(&api, &ip, None, &headers, &body).await,
+        Ok(body) => bind(&api, &ip, None, &body).await,
         Err(e) => Err(e),
     };
     api.admin_result("bind_source", result)
@@ -116,7 +116,7 @@ async fn bind_range(
     body: axum::body::Body,
 ) -> Response {
     let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
-        Ok(body) => bind(&api, &ip, Some(&len), &headers, &body).await,
+        Ok(body) => bind(&api, &ip, Some(&len), &body).await,
         Err(e) => Err(e),
     };
     api.admin_result("bind_source", result)
@@ -136,8 +136,8 @@ async fn unbind_range(
     api.admin_result("unbind_source", result)
 }
 
-async fn bind(api: &Api, ip: &str, len: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
-    api.authorize(headers)?;
+async fn bind(api: &Api, ip: &str, len: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+    // `authorized_body` checked the token before reading the body.
     let cidr = parse_range(ip, len)?;
     let (group, ttl) = parse_binding(body)?;
     let expires_at = ttl.map(|t| crate::store::now_s() + t);
@@ -182,7 +182,7 @@ async fn list_rules(State(api): State<Arc<Api>>) -> Response {
 
 async fn set_rules(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
-        Ok(body) => put_rules(&api, &headers, &body).await,
+        Ok(body) => put_rules(&api, &body).await,
         Err(e) => Err(e),
     };
     api.admin_result("set_rules", result)
@@ -190,8 +190,8 @@ async fn set_rules(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::
 
 /// The body is the whole list; each rule is read with the table's own
 /// (strict) parser, so an error names `rules[i].<field>`.
-async fn put_rules(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
-    api.authorize(headers)?;
+async fn put_rules(api: &Api, body: &[u8]) -> Result<Response, ApiError> {
+    // `authorized_body` checked the token before reading the body.
     let mut wrapped = Vec::with_capacity(body.len() + 12);
     wrapped.extend_from_slice(b"{\"rules\":");
     wrapped.extend_from_slice(body);

@@ -286,7 +286,7 @@ async fn put_group(
     body: axum::body::Body,
 ) -> Response {
     let result = match api.authorized_body(&headers, body, super::MAX_BODY).await {
-        Ok(body) => admin_put(&api, &service, &group, &headers, &body).await,
+        Ok(body) => admin_put(&api, &service, &group, &body).await,
         Err(e) => Err(e),
     };
     api.admin_result("put", result)
@@ -304,7 +304,7 @@ async fn delete_group(
 async fn put_table(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let max_table = api.store.served().limits.max_table_bytes;
     let result = match api.authorized_body(&headers, body, max_table).await {
-        Ok(body) => admin_put_table(&api, &headers, &body).await,
+        Ok(body) => admin_put_table(&api, &body).await,
         Err(e) => Err(e),
     };
     api.admin_result("put_table", result)
@@ -328,14 +328,8 @@ fn check_names(service: &str, group: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn admin_put(
-    api: &Api,
-    service: &str,
-    group: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    api.authorize(headers)?;
+async fn admin_put(api: &Api, service: &str, group: &str, body: &[u8]) -> Result<Response, ApiError> {
+    // `authorized_body` checked the token before reading the body.
     check_names(service, group)?;
     let body: PutBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("expected {{\"cluster\": \"…\"}}: {e}"))
@@ -360,8 +354,8 @@ async fn admin_delete(api: &Api, service: &str, group: &str, headers: &HeaderMap
 
 /// `PUT /v1/table`: replaces services, groups and the base group with a
 /// validated table (its `version` and `epoch` are ignored).
-async fn admin_put_table(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
-    api.authorize(headers)?;
+async fn admin_put_table(api: &Api, body: &[u8]) -> Result<Response, ApiError> {
+    // `authorized_body` checked the token before reading the body.
     let limits = api.store.served().limits;
     let raw = RawTable::from_json(body, &limits)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_table", e.to_string()))?;
