@@ -1,11 +1,12 @@
 //! Propagation assist through real Envoy (envoy/assist.yaml): service a drops
-//! x-isogroup and baggage but forwards traceparent; the group survives.
+//! x-isogroup and baggage but forwards traceparent; the group survives. Each
+//! test runs on both builds (the wasm filter and the native module).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
 mod common;
 
-use common::{chain, http, Mesh, Rendered};
+use common::{chain, http, Build, Mesh};
 use serde_json::Value;
 
 fn traceparent(n: u64) -> String {
@@ -22,8 +23,17 @@ async fn through_inbound(port: u16, headers: &[(&str, String)]) -> Value {
 }
 
 #[tokio::test]
-async fn group_survives_an_app_that_forwards_only_traceparent() {
-    let rendered = Rendered::from_file("envoy/assist.yaml");
+async fn group_survives_an_app_that_forwards_only_traceparent_wasm() {
+    group_survives_an_app_that_forwards_only_traceparent(Build::Wasm).await;
+}
+
+#[tokio::test]
+async fn group_survives_an_app_that_forwards_only_traceparent_native() {
+    group_survives_an_app_that_forwards_only_traceparent(Build::Native).await;
+}
+
+async fn group_survives_an_app_that_forwards_only_traceparent(build: Build) {
+    let rendered = build.config("envoy/assist.yaml");
     let inbound = rendered.port(10001);
     let mesh = Mesh::start_custom(rendered, &["a"]).await;
     let tp = traceparent(0xabc);
@@ -57,9 +67,18 @@ fn slot(n: u64, slots: u64) -> u64 {
 }
 
 #[tokio::test]
-async fn a_later_trace_evicts_an_earlier_one_in_its_slot() {
+async fn a_later_trace_evicts_an_earlier_one_in_its_slot_wasm() {
+    a_later_trace_evicts_an_earlier_one_in_its_slot(Build::Wasm).await;
+}
+
+#[tokio::test]
+async fn a_later_trace_evicts_an_earlier_one_in_its_slot_native() {
+    a_later_trace_evicts_an_earlier_one_in_its_slot(Build::Native).await;
+}
+
+async fn a_later_trace_evicts_an_earlier_one_in_its_slot(build: Build) {
     // A TTL far beyond the test's length: only eviction can make trace 1 go.
-    let mut rendered = Rendered::from_file("envoy/assist.yaml");
+    let mut rendered = build.config("envoy/assist.yaml");
     rendered.yaml = rendered.yaml.replace(r#""ttl_s": 30"#, r#""ttl_s": 3600"#);
     let inbound = rendered.port(10001);
     let _mesh = Mesh::start_custom(rendered, &["a"]).await;

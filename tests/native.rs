@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    chain, fake_companion, free_port, header_values, http, http_fresh_connections, root, wait_for, Companion, Envoy,
-    Mesh, Rendered,
+    chain, fake_companion, free_port, header_values, http, http_fresh_connections, native_of, root, wait_for,
+    Companion, Envoy, Mesh, Rendered,
 };
 use serde_json::Value;
 
@@ -77,41 +77,6 @@ fn the_module_exports_every_hook_envoy_looks_up_for_a_filter_and_a_cluster_speci
     ] {
         assert!(exports.contains(hook), "{hook} not exported");
     }
-}
-
-/// A shipped wasm config with each isogroup wasm filter replaced by the
-/// native module, keeping the plugin configuration JSON as it is: the same
-/// file runs on both builds.
-fn native_of(mut rendered: Rendered) -> Rendered {
-    const WASM_TYPE: &str = "\"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n";
-    const CONFIGURATION: &str = "configuration:\n";
-    let mut out = String::with_capacity(rendered.yaml.len());
-    let mut rest = rendered.yaml.as_str();
-    while let Some(at) = rest.find(WASM_TYPE) {
-        let line_start = rest[..at].rfind('\n').map_or(0, |i| i + 1);
-        let indent = &rest[line_start..at];
-        let config_at = at + rest[at..].find(CONFIGURATION).expect("a configuration under the wasm filter");
-        out.push_str(&rest[..line_start]);
-        for line in [
-            "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-            "dynamic_module_config:",
-            "  module: { local: { filename: target/libisogroup_native.so } }",
-            "  do_not_close: true",
-            "  metrics_namespace: isogroup",
-            "filter_name: isogroup",
-            // The JSON stays nested deeper than this key, as YAML allows.
-            "filter_config:",
-        ] {
-            out.push_str(indent);
-            out.push_str(line);
-            out.push('\n');
-        }
-        rest = &rest[config_at + CONFIGURATION.len()..];
-    }
-    out.push_str(rest);
-    assert!(out.contains("DynamicModuleFilter"), "no wasm filter to replace");
-    rendered.yaml = out;
-    rendered
 }
 
 fn client_from(local: &str) -> reqwest::Client {
@@ -238,19 +203,6 @@ async fn native_answers_as_the_wasm_build_does_in_both_arms() {
     let routed = native.envoy.stat("isogroup.isogroup_requests_routed_total").await;
     let failfast = native.envoy.stat("isogroup.isogroup_requests_failfast_total").await;
     assert!(routed > 0 && failfast >= 3, "routed {routed}, failfast {failfast}");
-}
-
-/// A documented difference (docs/native.md): not yet supported, so Envoy
-/// refuses the filter with the field named instead of passing traffic through.
-#[tokio::test]
-async fn the_propagation_assist_is_refused_by_the_native_build_for_now() {
-    let json = r#"{"propagation_assist": {"slots": 64, "ttl_s": 30}}"#;
-    let rendered = Rendered::from_file("envoy/native.yaml").with_plugin_config(json);
-    let err = match Envoy::start(&rendered, 9901, 10000).await {
-        Ok(_) => panic!("Envoy started the native build with {json}"),
-        Err(log) => log,
-    };
-    assert!(err.contains("propagation_assist: ") && err.contains("not supported by the native build"), "{err}");
 }
 
 /// What `b` serves for `x-isogroup: feature-1`, seen by each of `clients`.

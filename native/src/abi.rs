@@ -1,12 +1,13 @@
 //! Envoy 1.40's dynamic-module ABI, by hand: the types, the event hooks this
 //! module exports and the `envoy_dynamic_module_callback_*` functions it
-//! calls, declared as `source/extensions/dynamic_modules/abi/abi.h` declares
-//! them at envoyproxy/envoy 0199da4 (the nearest version that could be
-//! read; docs/native.md says why not 1.40.0's own, and what stands in for
-//! an exact match). Only the callbacks the module uses are declared; a test
-//! checks that the wheel's Envoy exports every one the built library
-//! imports (tests/native.rs), since 1.40 loads modules with `RTLD_NOW` and
-//! a wrong signature would be silent memory corruption.
+//! calls, declared as `source/extensions/dynamic_modules/abi/abi.h`
+//! declares them at envoyproxy/envoy 0199da4 and (ABI v0.2.0, the closest
+//! stored version to 1.40.0's, which is not stored) at agrawroh/envoy
+//! 05f72c01; docs/native.md says how they were compared. Only the
+//! callbacks the module uses are declared; a test checks that the wheel's
+//! Envoy exports every one the built library imports (tests/native.rs),
+//! since 1.40 loads modules with `RTLD_NOW` and a wrong signature would be
+//! silent memory corruption.
 //!
 //! This is the crate's only `unsafe` code: every hook turns Envoy's raw
 //! pointers into safe handles and runs the module's code behind a panic
@@ -76,6 +77,9 @@ const REQUEST_HEADER: u32 = 0;
 const RESPONSE_HEADER: u32 = 2;
 /// `envoy_dynamic_module_type_attribute_id_SourceAddress`.
 const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
+/// `envoy_dynamic_module_type_attribute_id_XdsListenerDirection`
+/// (`xds.listener_direction`, the listener's `traffic_direction`).
+const ATTRIBUTE_LISTENER_DIRECTION: u32 = 59;
 /// `envoy_dynamic_module_type_http_callout_init_result_Success`.
 const CALLOUT_STARTED: u32 = 0;
 /// `envoy_dynamic_module_type_http_callout_result_Success`.
@@ -195,6 +199,11 @@ extern "C" {
         filter_envoy_ptr: EnvoyPtr,
         attribute_id: u32,
         result: *mut Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+        filter_envoy_ptr: EnvoyPtr,
+        attribute_id: u32,
+        result: *mut u64,
     ) -> bool;
 
     fn envoy_dynamic_module_callback_cluster_specifier_get_dynamic_metadata(
@@ -518,6 +527,17 @@ impl StreamHandle {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(self.0, ATTRIBUTE_SOURCE_ADDRESS, &mut out)
         };
         found.then(|| out.bytes().to_vec())
+    }
+
+    /// The listener's `traffic_direction` (Envoy's enum: 1 inbound, 2
+    /// outbound; 0 or `None` when the listener does not say).
+    pub fn listener_direction(&self) -> Option<u64> {
+        let mut out = 0u64;
+        // SAFETY: as above; `out` outlives the call.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_int(self.0, ATTRIBUTE_LISTENER_DIRECTION, &mut out)
+        };
+        found.then_some(out)
     }
 
     pub fn increment_counter(&self, id: usize, by: u64) -> bool {

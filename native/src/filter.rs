@@ -107,10 +107,6 @@ impl Config {
             }
         };
         let mut settings = Settings::from_json(json).map_err(|e| e.to_string())?;
-        // Refused before anything starts (a poller, its scheduler).
-        if settings.assist.is_some() {
-            return Err("propagation_assist: the propagation assist is not supported by the native build yet".into());
-        }
         let gauge_version = envoy.define_gauge("isogroup_table_version");
         let main_thread = envoy.keep();
         let tables = match core::mem::replace(&mut settings.source, Source::None) {
@@ -259,17 +255,23 @@ impl Stream {
         }
         let decided = config.table_now();
         let table = decided.as_ref().map(Decided::table);
-        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_s = now_ms / 1000;
         let peer = match &settings.edge {
             Some(edge) if edge.needs_peer(table) => {
                 Peer { ip: envoy.source_address().and_then(|a| cidr::peer_ip(&a)), now_s }
             }
             _ => Peer { ip: None, now_s },
         };
-        let incoming = request::scan(&headers, settings, peer, table);
+        let mut incoming = request::scan(&headers, settings, peer, table);
         if let Some(reply) = incoming.join(settings, table) {
             Self::send_reply(envoy, &reply);
             return Next::Stop;
+        }
+        if let Some(a) = &settings.assist {
+            crate::assist::apply(&mut incoming, a, envoy, now_ms);
         }
         self.strip_annotations.set(!incoming.trusted);
         for _ in 0..incoming.invalid {

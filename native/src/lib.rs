@@ -9,6 +9,7 @@
 use std::sync::atomic::AtomicU64;
 
 pub mod abi;
+mod assist;
 mod filter;
 mod specifier;
 mod sync;

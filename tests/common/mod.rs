@@ -512,3 +512,75 @@ pub async fn fake_companion(port: u16, answers: Vec<Option<String>>) -> tokio::t
         }
     })
 }
+
+/// The two builds of the filter an end-to-end suite runs against: the wasm
+/// filter as the shipped configs load it, and the native module
+/// (`target/libisogroup_native.so`) in its place with the same plugin JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Wasm,
+    Native,
+}
+
+impl Build {
+    pub const BOTH: [Build; 2] = [Build::Wasm, Build::Native];
+
+    /// A shipped config for this build.
+    pub fn config(self, relative: &str) -> Rendered {
+        self.of(Rendered::from_file(relative))
+    }
+
+    /// `rendered` for this build: as it is, or with its wasm filters swapped.
+    pub fn of(self, rendered: Rendered) -> Rendered {
+        match self {
+            Build::Wasm => rendered,
+            Build::Native => native_of(rendered),
+        }
+    }
+
+    /// A filter metric's stat name: Envoy prefixes wasm metrics with
+    /// `wasmcustom.` and the module's with its `metrics_namespace`.
+    pub fn stat(self, metric: &str) -> String {
+        match self {
+            Build::Wasm => format!("wasmcustom.{metric}"),
+            Build::Native => format!("isogroup.{metric}"),
+        }
+    }
+}
+
+/// A shipped wasm config with each isogroup wasm filter replaced by the
+/// native module, keeping the plugin configuration JSON as it is: the same
+/// file runs on both builds.
+pub fn native_of(mut rendered: Rendered) -> Rendered {
+    let module = root().join("target/libisogroup_native.so");
+    assert!(module.exists(), "{} not found (run ./build.sh build)", module.display());
+    const WASM_TYPE: &str = "\"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n";
+    const CONFIGURATION: &str = "configuration:\n";
+    let mut out = String::with_capacity(rendered.yaml.len());
+    let mut rest = rendered.yaml.as_str();
+    while let Some(at) = rest.find(WASM_TYPE) {
+        let line_start = rest[..at].rfind('\n').map_or(0, |i| i + 1);
+        let indent = &rest[line_start..at];
+        let config_at = at + rest[at..].find(CONFIGURATION).expect("a configuration under the wasm filter");
+        out.push_str(&rest[..line_start]);
+        for line in [
+            "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config:",
+            "  module: { local: { filename: target/libisogroup_native.so } }",
+            "  do_not_close: true",
+            "  metrics_namespace: isogroup",
+            "filter_name: isogroup",
+            // The JSON stays nested deeper than this key, as YAML allows.
+            "filter_config:",
+        ] {
+            out.push_str(indent);
+            out.push_str(line);
+            out.push('\n');
+        }
+        rest = &rest[config_at + CONFIGURATION.len()..];
+    }
+    out.push_str(rest);
+    assert!(out.contains("DynamicModuleFilter"), "no wasm filter to replace");
+    rendered.yaml = out;
+    rendered
+}
