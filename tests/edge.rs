@@ -3,11 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
 use std::net::IpAddr;
 
-use common::{chain, Mesh, Rendered};
+use common::{chain, Build, Mesh};
 use serde_json::Value;
 
 /// A client whose connections come from `local` (any 127/8 address is ours).
@@ -21,8 +22,8 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start() -> Gateway {
-        let rendered = Rendered::from_file("envoy/edge.yaml");
+    async fn start(build: Build) -> Gateway {
+        let rendered = build.config("envoy/edge.yaml");
         let port = rendered.port(10080);
         Gateway { _mesh: Mesh::start_with(rendered).await, port }
     }
@@ -43,9 +44,8 @@ impl Gateway {
     }
 }
 
-#[tokio::test]
-async fn each_rule_kind_routes_as_configured() {
-    let gw = Gateway::start().await;
+async fn each_rule_kind_routes_as_configured(build: Build) {
+    let gw = Gateway::start(build).await;
     let untrusted = client_from("127.0.0.1");
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
@@ -72,9 +72,8 @@ async fn each_rule_kind_routes_as_configured() {
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
 }
 
-#[tokio::test]
-async fn percentage_split_is_sticky_and_close_to_its_weight() {
-    let gw = Gateway::start().await;
+async fn percentage_split_is_sticky_and_close_to_its_weight(build: Build) {
+    let gw = Gateway::start(build).await;
     let client = client_from("127.0.0.1");
     let ids = 400;
     let mut in_lane = 0;
@@ -99,9 +98,8 @@ async fn percentage_split_is_sticky_and_close_to_its_weight() {
     assert!((0.22..0.38).contains(&share), "share {share}");
 }
 
-#[tokio::test]
-async fn only_trusted_peers_bring_their_own_group() {
-    let gw = Gateway::start().await;
+async fn only_trusted_peers_bring_their_own_group(build: Build) {
+    let gw = Gateway::start(build).await;
     let own = [("x-isogroup", "feature-2"), ("baggage", "isogroup=feature-2,k=v"), ("x-isogroup-debug", "1")];
     // untrusted: own group ignored and removed; no isogroup response headers
     let (headers, body) = gw.get(&client_from("127.0.0.1"), "/", &own).await;
@@ -128,3 +126,9 @@ async fn only_trusted_peers_bring_their_own_group() {
         gw.get(&client_from("127.0.0.2"), "/", &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "c")]).await;
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c:failfast strict_request");
 }
+
+on_both_builds!(
+    each_rule_kind_routes_as_configured,
+    percentage_split_is_sticky_and_close_to_its_weight,
+    only_trusted_peers_bring_their_own_group
+);

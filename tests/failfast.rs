@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
-use common::{header_values, http, Mesh};
+use common::{header_values, http, Build, Mesh};
 
-#[tokio::test]
-async fn strict_group_fails_fast_without_upstream_request() {
-    let mesh = Mesh::start().await;
+async fn strict_group_fails_fast_without_upstream_request(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let before = mesh.envoy.stat("cluster.b-base.upstream_rq_total").await;
     let resp = mesh.request(&http(), "b").header("x-isogroup", "team-s").send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 503);
@@ -19,7 +19,7 @@ async fn strict_group_fails_fast_without_upstream_request() {
         resp.text().await.unwrap(),
         r#"{"error":"isogroup_unavailable","service":"b","group":"team-s","reason":"strict_group"}"#
     );
-    mesh.envoy.wait_stat("wasmcustom.isogroup_requests_failfast_total", 1).await;
+    mesh.envoy.wait_stat(&build.stat("isogroup_requests_failfast_total"), 1).await;
     assert_eq!(mesh.envoy.stat("cluster.b-base.upstream_rq_total").await, before, "no request reached b");
     // a strict group with its own instance is served normally
     let resp = mesh.request(&http(), "a").header("x-isogroup", "team-s").send().await.unwrap();
@@ -29,9 +29,8 @@ async fn strict_group_fails_fast_without_upstream_request() {
     assert_eq!(body["next"]["reason"], "strict_group");
 }
 
-#[tokio::test]
-async fn strict_request_lists() {
-    let mesh = Mesh::start().await;
+async fn strict_request_lists(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let cases: &[(&str, &str, u16)] = &[
         ("c", "c", 503),
         ("c", " b , c ", 503),
@@ -69,9 +68,8 @@ async fn strict_request_lists() {
     assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 2, "only the two 200 cases reached c");
 }
 
-#[tokio::test]
-async fn grpc_fail_fast_is_trailers_only_unavailable() {
-    let mesh = Mesh::start().await;
+async fn grpc_fail_fast_is_trailers_only_unavailable(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let resp = mesh
         .request(&http(), "c")
         .header("content-type", "application/grpc")
@@ -88,3 +86,9 @@ async fn grpc_fail_fast_is_trailers_only_unavailable() {
     assert!(resp.bytes().await.unwrap().is_empty(), "trailers-only: no body");
     assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0);
 }
+
+on_both_builds!(
+    strict_group_fails_fast_without_upstream_request,
+    strict_request_lists,
+    grpc_fail_fast_is_trailers_only_unavailable
+);

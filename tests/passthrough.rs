@@ -3,17 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{chain, http, wait_for, Mesh, Rendered};
+use common::{chain, http, wait_for, Build, Mesh};
 use serde_json::Value;
 
-#[tokio::test]
-async fn before_the_first_table_requests_pass_through_sanitised() {
+async fn before_the_first_table_requests_pass_through_sanitised(build: Build) {
     // The companion config with no companion: no table ever arrives.
-    let mesh = Mesh::start_with(Rendered::from_file("envoy/companion.yaml")).await;
+    let mesh = Mesh::start_with(build.config("envoy/companion.yaml")).await;
     let resp = mesh
         .request(&http(), "b")
         .header("x-isogroup", "feature-1")
@@ -28,19 +28,18 @@ async fn before_the_first_table_requests_pass_through_sanitised() {
     assert!(body["headers"].get("x-isogroup-cluster").is_none(), "{body}");
     assert!(body["headers"].get("x-isogroup-target").is_none(), "{body}");
     assert_eq!(body["headers"]["x-isogroup"], "feature-1", "the group travels on");
-    mesh.envoy.wait_stat("wasmcustom.isogroup_requests_passthrough_total", 1).await;
-    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_version").await, 0);
+    mesh.envoy.wait_stat(&build.stat("isogroup_requests_passthrough_total"), 1).await;
+    assert_eq!(mesh.envoy.stat(&build.stat("isogroup_table_version")).await, 0);
     // Never reached the companion: the table's age counts from configure.
     wait_for("the table age to grow", Duration::from_secs(30), || async {
-        (mesh.envoy.stat("wasmcustom.isogroup_table_age_seconds").await >= 2).then_some(())
+        (mesh.envoy.stat(&build.stat("isogroup_table_age_seconds")).await >= 2).then_some(())
     })
     .await;
 }
 
-#[tokio::test]
-async fn an_edge_injects_the_group_on_a_service_the_table_does_not_name() {
+async fn an_edge_injects_the_group_on_a_service_the_table_does_not_name(build: Build) {
     // The edge's table without service a: a is a pass-through at the edge.
-    let mut rendered = Rendered::from_file("envoy/edge.yaml");
+    let mut rendered = build.config("envoy/edge.yaml");
     let line = r#""a": {"hosts": ["a"], "clusters": {"base": "a-base", "feature-1": "a-feature-1", "feature-2": "a-feature-2", "team-s": "a-team-s"}},"#;
     assert!(rendered.yaml.contains(line), "edge.yaml names service a as this test expects");
     rendered.yaml = rendered.yaml.replace(line, "");
@@ -59,3 +58,8 @@ async fn an_edge_injects_the_group_on_a_service_the_table_does_not_name() {
     assert_eq!(body["headers"]["x-isogroup"], "feature-1");
     assert_eq!(body["headers"]["baggage"], "user=alice,isogroup=feature-1");
 }
+
+on_both_builds!(
+    before_the_first_table_requests_pass_through_sanitised,
+    an_edge_injects_the_group_on_a_service_the_table_does_not_name
+);

@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
-use common::{chain, header_values, http, Mesh};
+use common::{chain, header_values, http, Build, Mesh};
 use serde_json::Value;
 
 async fn get(mesh: &Mesh, host: &str, headers: &[(&str, &str)]) -> (u16, Vec<String>, Value) {
@@ -20,9 +21,8 @@ async fn get(mesh: &Mesh, host: &str, headers: &[(&str, &str)]) -> (u16, Vec<Str
     (status, served, body)
 }
 
-#[tokio::test]
-async fn routes_groups_with_fallback_and_chains() {
-    let mesh = Mesh::start().await;
+async fn routes_groups_with_fallback_and_chains(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
     let cases: &[Case] = &[
         (&[], "a@base > b@base > c@base", &["c=base", "b=base", "a=base"]),
@@ -50,13 +50,12 @@ async fn routes_groups_with_fallback_and_chains() {
         assert_eq!(chain(&body), *want_chain, "{headers:?}");
         assert_eq!(served, *want_served, "{headers:?}");
     }
-    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_requests_routed_total", 12).await, 12);
-    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_requests_fallback_total", 6).await, 6);
+    assert_eq!(mesh.envoy.wait_stat(&build.stat("isogroup_requests_routed_total"), 12).await, 12);
+    assert_eq!(mesh.envoy.wait_stat(&build.stat("isogroup_requests_fallback_total"), 6).await, 6);
 }
 
-#[tokio::test]
-async fn baggage_carries_the_group() {
-    let mesh = Mesh::start().await;
+async fn baggage_carries_the_group(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let cases: &[(&str, &str)] = &[
         ("isogroup=feature-1", "a@feature-1 > b@feature-1 > c@base"),
         ("  user=alice ,  isogroup = feature-1 ;ttl=3 , other=x", "a@feature-1 > b@feature-1 > c@base"),
@@ -75,9 +74,8 @@ async fn baggage_carries_the_group() {
     assert_eq!(chain(&body), "a@feature-2 > b@feature-1 > c@base");
 }
 
-#[tokio::test]
-async fn unknown_service_passes_through() {
-    let mesh = Mesh::start().await;
+async fn unknown_service_passes_through(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let resp = mesh
         .request(&http(), "other")
         .header("x-isogroup", "feature-1")
@@ -88,12 +86,11 @@ async fn unknown_service_passes_through() {
     assert_eq!(resp.status().as_u16(), 404, "envoy's own route for unknown hosts");
     assert!(header_values(&resp, "x-isogroup-served").is_empty());
     assert_eq!(resp.text().await.unwrap(), "no such service\n");
-    mesh.envoy.wait_stat("wasmcustom.isogroup_requests_passthrough_total", 1).await;
+    mesh.envoy.wait_stat(&build.stat("isogroup_requests_passthrough_total"), 1).await;
 }
 
-#[tokio::test]
-async fn client_cannot_pick_a_cluster() {
-    let mesh = Mesh::start().await;
+async fn client_cannot_pick_a_cluster(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     // Routed request: the filter's own value replaces the client's.
     let (status, _, body) =
         get(&mesh, "c", &[("x-isogroup-cluster", "a-feature-1"), ("x-isogroup-target", "feature-1")]).await;
@@ -102,7 +99,7 @@ async fn client_cannot_pick_a_cluster() {
     assert_eq!(body["headers"]["x-isogroup-cluster"], "c-base");
     assert_eq!(body["headers"]["x-isogroup-target"], "base");
     // Pass-through request: removed, so the default route applies.
-    let mut rendered = common::Rendered::from_file("envoy/demo.yaml");
+    let mut rendered = build.config("envoy/demo.yaml");
     rendered = rendered.with_plugin_config(
         r#"{"table": {"inline": {"services": {"b": {"hosts": ["b"], "clusters": {"base": "b-base"}}}}}}"#,
     );
@@ -121,9 +118,8 @@ async fn client_cannot_pick_a_cluster() {
     assert!(body["headers"].get("x-isogroup-target").is_none(), "{body}");
 }
 
-#[tokio::test]
-async fn debug_explains_the_decision() {
-    let mesh = Mesh::start().await;
+async fn debug_explains_the_decision(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let resp = mesh
         .request(&http(), "b")
         .header("x-isogroup", "feature-2")
@@ -149,3 +145,11 @@ async fn debug_explains_the_decision() {
     let resp = mesh.request(&http(), "b").header("x-isogroup", "feature-2").send().await.unwrap();
     assert!(header_values(&resp, "x-isogroup-decision").is_empty());
 }
+
+on_both_builds!(
+    routes_groups_with_fallback_and_chains,
+    baggage_carries_the_group,
+    unknown_service_passes_through,
+    client_cannot_pick_a_cluster,
+    debug_explains_the_decision
+);

@@ -584,3 +584,22 @@ pub fn native_of(mut rendered: Rendered) -> Rendered {
     rendered.yaml = out;
     rendered
 }
+
+/// One `#[tokio::test]` per build for each named `async fn(Build)`: the
+/// tests `<name>::wasm` and `<name>::native`.
+#[allow(unused_macros)]
+macro_rules! on_both_builds {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn wasm() {
+                super::$name(crate::common::Build::Wasm).await;
+            }
+
+            #[tokio::test]
+            async fn native() {
+                super::$name(crate::common::Build::Native).await;
+            }
+        }
+    )*};
+}
