@@ -4,11 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{chain, fake_companion, http, http_fresh_connections, Mesh, Rendered};
+use common::{chain, fake_companion, http, http_fresh_connections, Build, Mesh};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,9 +32,8 @@ fn get(headers: &[u8]) -> Vec<u8> {
     r
 }
 
-#[tokio::test]
-async fn hostile_headers_have_clear_outcomes() {
-    let mesh = Mesh::start().await;
+async fn hostile_headers_have_clear_outcomes(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let port = mesh.envoy.listener;
     let big_baggage = format!("baggage: isogroup=feature-1,pad={}\r\n", "x".repeat(9000));
     let many_members = format!("baggage: isogroup=feature-1{}\r\n", ",k=v".repeat(300));
@@ -97,12 +97,11 @@ async fn hostile_headers_have_clear_outcomes() {
             mesh.request(&fresh, "b").header("x-isogroup", "feature-1").send().await.unwrap().json().await.unwrap();
         assert_eq!(chain(&body), "b@feature-1 > c@base");
     }
-    mesh.envoy.wait_stat("wasmcustom.isogroup_invalid_group_total", 5).await;
+    mesh.envoy.wait_stat(&build.stat("isogroup_invalid_group_total"), 5).await;
 }
 
-#[tokio::test]
-async fn oversized_tables_and_broken_companions_leave_the_last_good_table() {
-    let rendered = Rendered::from_file("envoy/companion.yaml").with_plugin_config(
+async fn oversized_tables_and_broken_companions_leave_the_last_good_table(build: Build) {
+    let rendered = build.config("envoy/companion.yaml").with_plugin_config(
         r#"{"limits": {"max_table_bytes": 20000, "max_services": 50},
  "table": {"companion": {"cluster": "isogroup-companion", "authority": "isogroup-companion", "wait_s": 1}}}"#,
     );
@@ -143,14 +142,16 @@ async fn oversized_tables_and_broken_companions_leave_the_last_good_table() {
         }
     };
     common::wait_for("table 5", Duration::from_secs(5), || b_serves("feature-1")).await;
-    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_table_rejects_total", 2).await, 2);
-    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_version").await, 5, "the last good table serves");
+    assert_eq!(mesh.envoy.wait_stat(&build.stat("isogroup_table_rejects_total"), 2).await, 2);
+    assert_eq!(mesh.envoy.stat(&build.stat("isogroup_table_version")).await, 5, "the last good table serves");
     b_serves("feature-1").await.expect("routing unchanged while the companion misbehaves");
     common::wait_for("table 9 after the hang and the reset", Duration::from_secs(20), || b_serves("base")).await;
-    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_version").await, 9);
+    assert_eq!(mesh.envoy.stat(&build.stat("isogroup_table_version")).await, 9);
     let log = mesh.envoy.log_text();
     assert!(log.contains("exceeds the limit of 20000"), "oversized table named in the log");
     // counted while read: the read stops at the 51st service
     assert!(log.contains("services: 51 exceeds the limit of 50 at line 1"), "too many services named in the log");
     server.abort();
 }
+
+on_both_builds!(hostile_headers_have_clear_outcomes, oversized_tables_and_broken_companions_leave_the_last_good_table);

@@ -7,12 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{chain, wait_for, Mesh, Rendered};
+use common::{chain, wait_for, Build, Mesh};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -137,9 +138,8 @@ const BASE: &str = "a@base > b@base > c@base";
 const FEATURE_1: &str = "a@feature-1 > b@feature-1 > c@base";
 const FEATURE_2: &str = "a@feature-2 > b@feature-1 > c@base";
 
-#[tokio::test]
-async fn joins_bindings_and_runtime_rules_at_the_edge() {
-    let rendered = Rendered::from_file("envoy/lanes.yaml");
+async fn joins_bindings_and_runtime_rules_at_the_edge(build: Build) {
+    let rendered = build.config("envoy/lanes.yaml");
     let (tables, rx) = watch::channel((1, table(1, now_s() + 3600)));
     let server = table_server(rendered.port(18080), rx).await;
     let edge =
@@ -200,3 +200,5 @@ async fn joins_bindings_and_runtime_rules_at_the_edge() {
     assert!(routed >= expires_at, "base only once expired ({routed} < {expires_at})");
     server.abort();
 }
+
+on_both_builds!(joins_bindings_and_runtime_rules_at_the_edge);

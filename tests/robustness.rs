@@ -2,13 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
-use common::{chain, http, Envoy, Mesh, Rendered};
+use common::{chain, http, Build, Envoy, Mesh};
 
-#[tokio::test]
-async fn invalid_group_is_ignored_counted_and_stripped() {
-    let mesh = Mesh::start().await;
+async fn invalid_group_is_ignored_counted_and_stripped(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let cases: &[(&str, &str)] =
         &[("x-isogroup", "Feature-1"), ("x-isogroup", "feature_1"), ("baggage", "a=1, isogroup=BAD, b=2")];
     for (name, value) in cases {
@@ -33,12 +33,11 @@ async fn invalid_group_is_ignored_counted_and_stripped() {
         .unwrap();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base");
-    mesh.envoy.wait_stat("wasmcustom.isogroup_invalid_group_total", 4).await;
+    mesh.envoy.wait_stat(&build.stat("isogroup_invalid_group_total"), 4).await;
 }
 
-#[tokio::test]
-async fn hostile_group_bytes_do_not_break_the_worker() {
-    let mesh = Mesh::start().await;
+async fn hostile_group_bytes_do_not_break_the_worker(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     let client = common::http_fresh_connections();
     let non_utf8 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9-\xff\xfe").unwrap();
     let oversized = "a".repeat(8000);
@@ -51,11 +50,10 @@ async fn hostile_group_bytes_do_not_break_the_worker() {
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(chain(&body), "b@feature-1 > c@base", "round {round}: the next request is routed");
     }
-    mesh.envoy.wait_stat("wasmcustom.isogroup_invalid_group_total", 12).await;
+    mesh.envoy.wait_stat(&build.stat("isogroup_invalid_group_total"), 12).await;
 }
 
-#[tokio::test]
-async fn bad_plugin_config_refuses_to_start() {
+async fn bad_plugin_config_refuses_to_start(build: Build) {
     let cases: &[(&str, &str)] = &[
         (
             r#"{"table": {"inline": {"services": {"b": {"hosts": ["b"], "clusters": {"feature-1": "b-feature-1"}}}}}}"#,
@@ -65,10 +63,16 @@ async fn bad_plugin_config_refuses_to_start() {
         (r#"{"failfast_status": 200}"#, r#"invalid plugin configuration: failfast_status: "200" is not valid"#),
     ];
     for (config, want) in cases {
-        let rendered = Rendered::from_file("envoy/demo.yaml").with_plugin_config(config);
+        let rendered = build.config("envoy/demo.yaml").with_plugin_config(config);
         match Envoy::start(&rendered, 9901, 10000).await {
             Ok(envoy) => panic!("envoy started with {config}:\n{}", envoy.log_text()),
             Err(log) => assert!(log.contains(want), "log lacks {want:?}:\n{log}"),
         }
     }
 }
+
+on_both_builds!(
+    invalid_group_is_ignored_counted_and_stripped,
+    hostile_group_bytes_do_not_break_the_worker,
+    bad_plugin_config_refuses_to_start
+);

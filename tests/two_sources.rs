@@ -4,11 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{demo_instance, http, wait_for, Companion, Envoy, Rendered};
+use common::{demo_instance, http, wait_for, Build, Companion, Envoy};
 
 /// b has a feature-1 lane in team A's table only.
 const TABLE_A: &str = r#"{"version": 1, "services": {"b": {"hosts": ["b"], "clusters": {"base": "b-base", "feature-1": "b-feature-1"}}}}"#;
@@ -34,9 +35,8 @@ async fn wait_serving(client: &reqwest::Client, port: u16, group: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn each_listener_routes_by_its_own_source() {
-    let rendered = Rendered::from_file("envoy/two-sources.yaml");
+async fn each_listener_routes_by_its_own_source(build: Build) {
+    let rendered = build.config("envoy/two-sources.yaml");
     let _base = demo_instance("b", "base", rendered.port(18010)).await;
     let _lane = demo_instance("b", "feature-1", rendered.port(18011)).await;
     let _a = Companion::start(rendered.port(18080), TABLE_A).await;
@@ -46,16 +46,15 @@ async fn each_listener_routes_by_its_own_source() {
     wait_serving(&client, rendered.port(10000), "feature-1").await;
     wait_serving(&client, rendered.port(10001), "base").await;
     // Both sources polled and accepted their own table; neither took the other's.
-    assert_eq!(envoy.wait_stat("wasmcustom.isogroup_table_updates_total", 2).await, 2);
+    assert_eq!(envoy.wait_stat(&build.stat("isogroup_table_updates_total"), 2).await, 2);
     for _ in 0..20 {
         assert_eq!(serving(&client, rendered.port(10000)).await.as_deref(), Some("feature-1"));
         assert_eq!(serving(&client, rendered.port(10001)).await.as_deref(), Some("base"));
     }
 }
 
-#[tokio::test]
-async fn listeners_that_share_a_source_poll_once() {
-    let mut rendered = Rendered::from_file("envoy/two-sources.yaml");
+async fn listeners_that_share_a_source_poll_once(build: Build) {
+    let mut rendered = build.config("envoy/two-sources.yaml");
     rendered.yaml = rendered.yaml.replace(
         r#""cluster": "companion-b", "authority": "companion-b""#,
         r#""cluster": "companion-a", "authority": "companion-a""#,
@@ -75,13 +74,15 @@ async fn listeners_that_share_a_source_poll_once() {
     let version = companion.set_instance("b", "feature-1", None).await;
     wait_serving(&client, rendered.port(10000), "base").await;
     wait_serving(&client, rendered.port(10001), "base").await;
-    envoy.wait_stat("wasmcustom.isogroup_table_version", version).await;
+    envoy.wait_stat(&build.stat("isogroup_table_version"), version).await;
     wait_for("a held poll", Duration::from_secs(10), || async {
         (companion.metric("isogroup_companion_held_polls").await == 1.0).then_some(())
     })
     .await;
     // Two tables accepted in all (the first and the change), not two per listener.
-    assert_eq!(envoy.stat("wasmcustom.isogroup_table_updates_total").await, 2);
+    assert_eq!(envoy.stat(&build.stat("isogroup_table_updates_total")).await, 2);
     let polls = companion.metric("isogroup_companion_polls_total").await;
     assert!(polls <= 4.0, "{polls} polls for two tables: more than one poller");
 }
+
+on_both_builds!(each_listener_routes_by_its_own_source, listeners_that_share_a_source_poll_once);

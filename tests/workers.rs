@@ -3,15 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::{header_values, http, Mesh};
+use common::{header_values, http, Build, Mesh};
 
-#[tokio::test]
-async fn both_workers_route() {
-    let mesh = Mesh::start().await;
+async fn both_workers_route(build: Build) {
+    let mesh = Mesh::start_with(build.config("envoy/demo.yaml")).await;
     // Ten clients, each keeping its one connection open: exact balance puts
     // five on each worker, and every request rides its client's connection.
     let clients: Vec<reqwest::Client> = (0..10).map(|_| http()).collect();
@@ -33,3 +33,5 @@ async fn both_workers_route() {
     assert_eq!(per_vm.len(), 2, "two worker VMs decided: {per_vm:?}");
     assert!(per_vm.values().all(|&n| n == 20), "five connections per worker, four requests each: {per_vm:?}");
 }
+
+on_both_builds!(both_workers_route);

@@ -626,7 +626,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             Ok(c) => Box::into_raw(Box::new(c)) as ModulePtr,
             Err(e) => {
                 // Envoy rejects the filter; the reason is in its log.
-                log(Level::Error, &format!("isogroup: invalid filter config: {e}"));
+                log(Level::Error, &format!("isogroup: invalid plugin configuration: {e}"));
                 ptr::null()
             }
         }
