@@ -1,24 +1,25 @@
 //! Live table sync: the companion publishes, one poller per Envoy process
-//! fetches, and every worker VM follows within a second.
+//! fetches, and every worker VM follows within a second. Both builds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{chain, fake_companion, header_values, http, wait_for, Companion, Mesh, Rendered};
+use common::{chain, fake_companion, header_values, http, wait_for, Build, Companion, Mesh};
 
 const TABLE: &str = include_str!("../demo/table.json");
 
 /// The companion config with everything started: companion first, so the
 /// first poll finds it.
-async fn start() -> (Companion, Mesh) {
-    let rendered = Rendered::from_file("envoy/companion.yaml");
+async fn start(build: Build) -> (Companion, Mesh) {
+    let rendered = build.config("envoy/companion.yaml");
     let companion = Companion::start(rendered.port(18080), TABLE).await;
     let mesh = Mesh::start_with(rendered).await;
-    mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", 1).await;
+    mesh.envoy.wait_stat(&build.stat("isogroup_table_version"), 1).await;
     (companion, mesh)
 }
 
@@ -53,9 +54,8 @@ async fn until_all_see(mesh: &Mesh, clients: &[reqwest::Client], group: &str) ->
     started.elapsed()
 }
 
-#[tokio::test]
-async fn registrations_reach_every_worker_within_a_second() {
-    let (companion, mesh) = start().await;
+async fn registrations_reach_every_worker_within_a_second(build: Build) {
+    let (companion, mesh) = start(build).await;
     let clients = clients();
     until_all_see(&mesh, &clients, "base").await;
     let vms: BTreeSet<String> = observe(&mesh, &clients).await.into_iter().map(|(vm, _)| vm).collect();
@@ -68,7 +68,7 @@ async fn registrations_reach_every_worker_within_a_second() {
         // deadline in until_all_see is a margin a loaded machine meets.
         let took = until_all_see(&mesh, &clients, group).await;
         println!("round {round}: version {version} on every worker after {took:?}");
-        mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", version).await;
+        mesh.envoy.wait_stat(&build.stat("isogroup_table_version"), version).await;
         times.push(took);
     }
     times.sort();
@@ -79,7 +79,7 @@ async fn registrations_reach_every_worker_within_a_second() {
         times[times.len() - 1]
     );
     // one table accepted per update, counted once per process (plus the first)
-    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_table_updates_total", 9).await, 9);
+    assert_eq!(mesh.envoy.wait_stat(&build.stat("isogroup_table_updates_total"), 9).await, 9);
     // one poller per Envoy process, and long polls held: few polls when idle
     assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0);
     // Idle: one poll held at the companion, and no new polls while it is.
@@ -94,9 +94,8 @@ async fn registrations_reach_every_worker_within_a_second() {
     assert!(idle <= 1.0, "a held long poll, not a poll loop: {idle} polls");
 }
 
-#[tokio::test]
-async fn companion_down_keeps_the_last_table_then_resumes() {
-    let (companion, mesh) = start().await;
+async fn companion_down_keeps_the_last_table_then_resumes(build: Build) {
+    let (companion, mesh) = start(build).await;
     let clients = clients();
     let port = companion.port;
     companion.set_instance("b", "feature-1", Some("b-feature-1")).await;
@@ -107,7 +106,7 @@ async fn companion_down_keeps_the_last_table_then_resumes() {
         let seen = observe(&mesh, &clients).await;
         assert!(seen.iter().all(|(_, g)| g == "feature-1"), "{seen:?}");
     }
-    let age = mesh.envoy.wait_stat("wasmcustom.isogroup_table_age_seconds", 1).await;
+    let age = mesh.envoy.wait_stat(&build.stat("isogroup_table_age_seconds"), 1).await;
     assert!(age >= 1, "the table's age grows while the companion is down");
     // back on the same file: the registration survived, updates resume
     let companion = Companion::start_in(port, dir).await;
@@ -116,11 +115,10 @@ async fn companion_down_keeps_the_last_table_then_resumes() {
     assert!(took < Duration::from_secs(3), "resumed after backoff: {took:?}");
 }
 
-#[tokio::test]
-async fn garbage_and_invalid_tables_are_rejected_whole() {
+async fn garbage_and_invalid_tables_are_rejected_whole(build: Build) {
     // A fake companion: serves a valid table, then garbage, then an invalid
     // table, then holds every further poll.
-    let rendered = Rendered::from_file("envoy/companion.yaml");
+    let rendered = build.config("envoy/companion.yaml");
     let valid = TABLE.replace("\"version\": 1", "\"version\": 7").replace(
         r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }"#,
         r#""b": { "hosts": ["b"], "clusters": { "base": "b-base", "feature-1": "b-feature-1" } }"#,
@@ -132,8 +130,8 @@ async fn garbage_and_invalid_tables_are_rejected_whole() {
     let mesh = Mesh::start_with(rendered).await;
     let clients = clients();
     until_all_see(&mesh, &clients, "feature-1").await;
-    assert_eq!(mesh.envoy.wait_stat("wasmcustom.isogroup_table_rejects_total", 2).await, 2);
-    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_version").await, 7, "the last good table stays");
+    assert_eq!(mesh.envoy.wait_stat(&build.stat("isogroup_table_rejects_total"), 2).await, 2);
+    assert_eq!(mesh.envoy.stat(&build.stat("isogroup_table_version")).await, 7, "the last good table stays");
     let seen = observe(&mesh, &clients).await;
     assert!(seen.iter().all(|(_, g)| g == "feature-1"), "routing unchanged: {seen:?}");
     let body: serde_json::Value =
@@ -143,3 +141,9 @@ async fn garbage_and_invalid_tables_are_rejected_whole() {
     assert!(log.contains("table rejected, the last good one keeps serving"), "the reject is logged");
     server.abort();
 }
+
+on_both_builds!(
+    registrations_reach_every_worker_within_a_second,
+    companion_down_keeps_the_last_table_then_resumes,
+    garbage_and_invalid_tables_are_rejected_whole
+);
