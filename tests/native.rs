@@ -497,3 +497,49 @@ async fn an_lds_update_keeps_one_poller_and_the_table_and_fails_no_request() {
     assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller across the update");
     assert!(mesh.envoy.stat("isogroup.isogroup_table_version").await >= version);
 }
+
+/// A documented difference (docs/native.md): the native poller does not
+/// ask for deltas (`&delta=1`); every poll asks for the whole table
+/// (`after`/`epoch`/`wait`, as the wasm build's), and a companion that
+/// answers whole tables serves it.
+#[tokio::test]
+async fn the_native_poller_asks_for_whole_tables_without_delta() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rendered = native_of(Rendered::from_file("envoy/companion.yaml"));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", rendered.port(18080))).await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = seen.clone();
+    let table = include_str!("../demo/table.json").to_owned();
+    let _server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let mut buf = vec![0u8; 8192];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
+            let first = recorded.lock().unwrap().is_empty();
+            recorded.lock().unwrap().push(head);
+            if first {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\netag: \"1\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{table}",
+                    table.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+            } else {
+                held.push(sock); // the long poll stays open
+            }
+        }
+    });
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
+    let polls = wait_for("the second poll", Duration::from_secs(10), || async {
+        let polls = seen.lock().unwrap().clone();
+        (polls.len() >= 2).then_some(polls)
+    })
+    .await;
+    assert!(polls.iter().all(|p| p.starts_with("GET /v1/table")), "{polls:?}");
+    assert!(polls.iter().all(|p| !p.contains("delta=")), "no delta asked: {polls:?}");
+    assert!(polls[1].contains("after=1") && polls[1].contains("wait="), "{polls:?}");
+    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"), "the whole table serves");
+}
