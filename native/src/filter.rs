@@ -15,10 +15,15 @@ use core::cell::Cell;
 
 use isogroup_core::cidr;
 use isogroup_core::request::{self, Edit, LocalReply, Peer, Served};
-use isogroup_core::{Decision, Settings, Source, Table};
+use isogroup_core::{regex, Decision, Settings, Source, Table};
 
 use crate::abi::{log, log_enabled, validation_mode, ConfigHandle, Level, StreamHandle};
 use crate::sync::{self, Answer, Poller, SyncMetrics, WorkerTable};
+
+thread_local! {
+    /// One per worker thread: a stream's hooks run on its worker alone.
+    static REGEX_SCRATCH: Cell<regex::Scratch> = Cell::new(regex::Scratch::default());
+}
 
 /// Where the lean arm puts the cluster for the cluster specifier.
 pub const METADATA_NAMESPACE: &str = "isogroup";
@@ -265,7 +270,11 @@ impl Stream {
             }
             _ => Peer { ip: None, now_s },
         };
-        let mut incoming = request::scan(&headers, settings, peer, table);
+        // The worker's regex scratch (the wasm build keeps one per VM): a
+        // request with regex rules allocates nothing for them.
+        let mut scratch = REGEX_SCRATCH.take();
+        let mut incoming = request::scan_with(&headers, settings, peer, table, &mut scratch);
+        REGEX_SCRATCH.set(scratch);
         if let Some(reply) = incoming.join(settings, table) {
             Self::send_reply(envoy, &reply);
             return Next::Stop;
