@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{chain, http, Companion, Mesh, Rendered, ADMIN_TOKEN};
+use common::{chain, http, Build, Companion, Mesh, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 10_000;
@@ -78,7 +78,16 @@ fn gateway_decision(values: &[String]) -> Option<(String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_and_lane_cookies_stay_right_while_the_table_churns() {
-    let rendered = Rendered::from_file("envoy/lanes.yaml").with_plugin_config(GATEWAY);
+    joins_and_lane_cookies_while_the_table_churns(Build::Wasm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_lane_cookies_stay_right_while_the_table_churns_native() {
+    joins_and_lane_cookies_while_the_table_churns(Build::Native).await;
+}
+
+async fn joins_and_lane_cookies_while_the_table_churns(build: Build) {
+    let rendered = build.config("envoy/lanes.yaml").with_plugin_config(GATEWAY);
     let companion_port = rendered.port(18080);
     let gateway = rendered.port(10080);
     // Envoy first, the companion later: the load runs while the first table
