@@ -543,3 +543,51 @@ async fn the_native_poller_asks_for_whole_tables_without_delta() {
     let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
     assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"), "the whole table serves");
 }
+
+/// The barrier of the configuration hook: a panic while Envoy creates the
+/// filter configuration rejects it (the config hook answers "no config"),
+/// logged; Envoy exits as for any rejected config, it does not abort.
+#[tokio::test]
+async fn a_panic_in_the_config_hook_rejects_the_config() {
+    let module = panic_module();
+    let mut rendered = Rendered::from_file("envoy/native.yaml");
+    rendered.yaml = rendered
+        .yaml
+        .replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()))
+        .replace("filter_name: isogroup\n", "filter_name: isogroup-test-panic\n");
+    assert!(rendered.yaml.contains("isogroup-test-panic"), "native.yaml names its filter as this test expects");
+    let log = match Envoy::start(&rendered, 9901, 10000).await {
+        Ok(_) => panic!("Envoy started with a config hook that panics"),
+        Err(log) => log,
+    };
+    assert!(log.contains("isogroup: panic in http_filter_config_new; failed closed"), "{log}");
+    assert!(log.contains("envoy exited with 1"), "a rejected config, not an abort: {log}");
+}
+
+/// The barrier of the cluster specifier's `select`: a panic there answers
+/// "no selection" (`false`). Envoy then has no cluster for the route (the
+/// route has none of its own): it answers the route's cluster-not-found
+/// status itself, forwards nothing, and keeps serving the other routes.
+#[tokio::test]
+async fn a_panic_in_the_cluster_specifier_selects_nothing_and_envoy_keeps_serving() {
+    let module = panic_module();
+    let mut rendered = Rendered::from_file("envoy/native-lean.yaml");
+    rendered.yaml =
+        rendered.yaml.replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()));
+    let c_route = "specifier_config: { \"@type\": type.googleapis.com/google.protobuf.StringValue, value: c-base }";
+    assert!(rendered.yaml.contains(c_route), "native-lean.yaml configures c's route as this test expects");
+    rendered.yaml = rendered.yaml.replace(c_route, &c_route.replace("value: c-base", "value: test-panic"));
+    let mesh = Mesh::start_with(rendered).await;
+    let resp = mesh.request(&http(), "c").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503, "Envoy's cluster-not-found answer");
+    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0, "nothing forwarded");
+    wait_for("the panic logged", Duration::from_secs(10), || async {
+        mesh.envoy.log_text().contains("isogroup: panic in cluster_specifier_select; failed closed").then_some(())
+    })
+    .await;
+    // b's own route serves (every demo chain ends at c: its call gets the 503).
+    let (status, _, _, _, hops) = answer(&mesh, "b", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!(status, 503, "{hops}");
+    assert!(hops.starts_with("b@feature-1 > "), "{hops}");
+    assert_eq!(mesh.envoy.stat("cluster.b-feature-1.upstream_rq_total").await, 1);
+}

@@ -101,6 +101,11 @@ pub enum Next {
 
 impl Config {
     pub fn new(envoy: &ConfigHandle, name: &[u8], json: &[u8]) -> Result<Config, String> {
+        #[cfg(feature = "test-panic")]
+        #[allow(clippy::panic)] // the point of the feature
+        if name == b"isogroup-test-panic" {
+            panic!("filter_name isogroup-test-panic");
+        }
         let handoff = match name {
             b"" | b"isogroup" => Handoff::Headers,
             b"isogroup-lean" => Handoff::ClusterSpecifier,

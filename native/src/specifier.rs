@@ -28,6 +28,11 @@ impl SpecifierConfig {
 }
 
 pub fn select(config: &SpecifierConfig, request: &SelectHandle) -> bool {
+    #[cfg(feature = "test-panic")]
+    #[allow(clippy::panic)] // the point of the feature
+    if config.default_cluster == b"test-panic" {
+        panic!("specifier_config test-panic");
+    }
     let picked = request.metadata(METADATA_NAMESPACE, METADATA_CLUSTER);
     if log_enabled(Level::Debug) {
         let seen = match picked.as_deref() {
