@@ -63,6 +63,51 @@ fn every_envoy_callback_the_module_imports_is_exported_by_the_wheels_envoy() {
     assert!(missing.is_empty(), "the module imports callbacks Envoy does not export: {missing:?}");
 }
 
+/// The callbacks whose declarations in native/src/abi.rs were checked,
+/// signature and enum values, against the closest stored ABI header
+/// (docs/native.md, "The ABI and its header"). A callback the module starts
+/// to import fails this test until it has been checked the same way.
+const CHECKED_CALLBACKS: [&str; 27] = [
+    "cluster_specifier_get_dynamic_metadata",
+    "cluster_specifier_set_cluster_name",
+    "http_add_header",
+    "http_clear_route_cache",
+    "http_clear_route_cluster_cache",
+    "http_filter_config_define_counter",
+    "http_filter_config_define_gauge",
+    "http_filter_config_http_callout",
+    "http_filter_config_increment_counter",
+    "http_filter_config_scheduler_commit",
+    "http_filter_config_scheduler_delete",
+    "http_filter_config_scheduler_new",
+    "http_filter_config_set_gauge",
+    "http_filter_get_attribute_int",
+    "http_filter_get_attribute_string",
+    "http_filter_get_worker_index",
+    "http_filter_increment_counter",
+    "http_filter_reset_stream",
+    "http_get_headers",
+    "http_get_headers_size",
+    "http_send_response",
+    "http_send_response_headers",
+    "http_set_dynamic_metadata_string",
+    "http_set_header",
+    "is_validation_mode",
+    "log",
+    "log_enabled",
+];
+
+#[test]
+fn every_callback_the_module_imports_was_checked_against_the_header() {
+    let imports: BTreeSet<String> = dynamic_symbols(&native_module(), "--undefined-only")
+        .into_iter()
+        .filter_map(|s| s.strip_prefix("envoy_dynamic_module_callback_").map(str::to_owned))
+        .collect();
+    let checked: BTreeSet<String> = CHECKED_CALLBACKS.iter().map(|s| (*s).to_owned()).collect();
+    let unchecked: Vec<&String> = imports.difference(&checked).collect();
+    assert!(unchecked.is_empty(), "imported but not checked against the ABI header: {unchecked:?}");
+}
+
 #[test]
 fn the_module_exports_every_hook_envoy_looks_up_for_a_filter_and_a_cluster_specifier() {
     let exports = dynamic_symbols(&native_module(), "--defined-only");
