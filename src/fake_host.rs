@@ -53,7 +53,7 @@ pub enum Call {
     LocalReply { status: u32, headers: Vec<(String, Vec<u8>)>, body: Vec<u8> },
     GrpcReply { code: u32, message: String, metadata: Vec<(String, Vec<u8>)> },
     Reset,
-    Dispatch { cluster: String, headers: Vec<(String, String)>, timeout: Duration, token: u32 },
+    Dispatch { cluster: String, headers: Vec<(String, String)>, body: Vec<u8>, timeout: Duration, token: u32 },
 }
 
 #[derive(Default)]
@@ -290,12 +290,24 @@ impl Host for FakeHost {
         Ok(self.vm.properties.borrow().get(&path.join(".")).and_then(|v| present(v)))
     }
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32> {
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout: Duration,
+    ) -> HostResult<u32> {
         self.check("dispatch_http_call")?;
         let token = self.vm.next_token.get() + 1;
         self.vm.next_token.set(token);
         let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), String::from_utf8_lossy(v).into_owned())).collect();
-        self.vm.calls.borrow_mut().push(Call::Dispatch { cluster: cluster.to_owned(), headers, timeout, token });
+        self.vm.calls.borrow_mut().push(Call::Dispatch {
+            cluster: cluster.to_owned(),
+            headers,
+            body: body.to_vec(),
+            timeout,
+            token,
+        });
         Ok(token)
     }
 
