@@ -302,7 +302,7 @@ fn check_fields(raw: &RawConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::InvalidValue {
             field: "workload",
             value: w.clone(),
-            why: "a Kubernetes name (DNS-1123 subdomain)",
+            why: "a Kubernetes name, DNS-1123 subdomain",
         });
     }
     if let Some(ns) = &raw.namespace {

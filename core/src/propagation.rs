@@ -61,7 +61,7 @@ impl RawPropagation {
 /// Whether the trace is sampled: FNV-1a 64 of its id modulo `sample` is 0,
 /// so every hop samples the same traces.
 pub fn sampled(trace_id: &[u8], sample: u32) -> bool {
-    fnv1a(trace_id) % u64::from(sample.max(1)) == 0
+    fnv1a(trace_id).is_multiple_of(u64::from(sample.max(1)))
 }
 
 /// The classes, in the report's order.
@@ -206,7 +206,7 @@ mod tests {
         let n = ids.iter().filter(|id| sampled(id.as_bytes(), 8)).count();
         let again = ids.iter().filter(|id| sampled(id.as_bytes(), 8)).count();
         assert_eq!(n, again);
-        assert_eq!(n, ids.iter().filter(|id| fnv1a(id.as_bytes()) % 8 == 0).count());
+        assert_eq!(n, ids.iter().filter(|id| fnv1a(id.as_bytes()).is_multiple_of(8)).count());
         assert!((900..1_100).contains(&n), "{n} of 8000 sampled at 1/8");
     }
 
@@ -305,5 +305,25 @@ mod tests {
         assert_eq!(err(0).as_deref(), Some("propagation.sample: 0 is not in 1..=1000000"));
         assert_eq!(err(1_000_001).as_deref(), Some("propagation.sample: 1000001 is not in 1..=1000000"));
         assert_eq!(err(8), None);
+    }
+
+    #[test]
+    fn config_fields() {
+        let err = |json: &str| crate::Settings::from_json(json.as_bytes()).err().map(|e| e.to_string());
+        assert_eq!(
+            err(r#"{"workload": "Bad Name"}"#).as_deref(),
+            Some(r#"workload: "Bad Name" is not valid (a Kubernetes name, DNS-1123 subdomain)"#)
+        );
+        assert_eq!(
+            err(r#"{"propagation": {"sample": 0}}"#).as_deref(),
+            Some("propagation.sample: 0 is not in 1..=1000000")
+        );
+        let s = crate::Settings::from_json(
+            br#"{"workload": "reviews-v1", "propagation": {}, "propagation_assist": {"heal": false}}"#,
+        )
+        .unwrap();
+        assert_eq!((s.workload.as_deref(), s.propagation), (Some("reviews-v1"), Some(8)));
+        assert!(!s.assist.unwrap().heal);
+        assert!(err(r#"{"propagation": {"rate": 1}}"#).unwrap().contains("unknown field `rate`, expected `sample`"));
     }
 }

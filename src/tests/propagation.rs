@@ -29,7 +29,7 @@ fn traceparent(n: u64) -> String {
 }
 
 fn is_sampled(n: u64) -> bool {
-    fnv1a(trace_id(n).as_bytes()) % 8 == 0
+    fnv1a(trace_id(n).as_bytes()).is_multiple_of(8)
 }
 
 /// Every class's metric, in `KINDS` order.
