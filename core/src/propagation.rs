@@ -51,9 +51,10 @@ impl RawPropagation {
         if (1..=1_000_000).contains(&self.sample) {
             return Ok(self.sample);
         }
-        Err(ConfigError::Invalid {
-            field: "propagation.sample".into(),
-            why: crate::cat!(self.sample, " is not in 1..=1000000"),
+        Err(ConfigError::InvalidValue {
+            field: "propagation.sample",
+            value: crate::text::text_of(&self.sample),
+            why: "1 to 1000000",
         })
     }
 }
@@ -169,12 +170,8 @@ impl Counts {
             if !out.ends_with('{') {
                 out.push(',');
             }
-            cat_to!(&mut out; "\"", d.as_str(), "\":");
-            for (name, n) in CLASS_NAMES.iter().zip(c) {
-                let sep = if out.ends_with(':') { "{\"" } else { ",\"" };
-                cat_to!(&mut out; sep, *name, "\":", *n);
-            }
-            out.push('}');
+            cat_to!(&mut out; "\"", d.as_str(), r#"":{"kept":"#, c[0], r#","changed":"#, c[1], r#","healed":"#, c[2],
+                r#","dropped":"#, c[3], r#","untraced":"#, c[4], "}");
             if out.len() + 2 > MAX_REPORT_BYTES {
                 out.truncate(mark);
                 break;
@@ -302,8 +299,8 @@ mod tests {
     #[test]
     fn sample_is_checked() {
         let err = |s| RawPropagation { sample: s }.check().err().map(|e| e.to_string());
-        assert_eq!(err(0).as_deref(), Some("propagation.sample: 0 is not in 1..=1000000"));
-        assert_eq!(err(1_000_001).as_deref(), Some("propagation.sample: 1000001 is not in 1..=1000000"));
+        assert_eq!(err(0).as_deref(), Some("propagation.sample: \"0\" is not valid (1 to 1000000)"));
+        assert_eq!(err(1_000_001).as_deref(), Some("propagation.sample: \"1000001\" is not valid (1 to 1000000)"));
         assert_eq!(err(8), None);
     }
 
@@ -316,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"propagation": {"sample": 0}}"#).as_deref(),
-            Some("propagation.sample: 0 is not in 1..=1000000")
+            Some("propagation.sample: \"0\" is not valid (1 to 1000000)")
         );
         let s = crate::Settings::from_json(
             br#"{"workload": "reviews-v1", "propagation": {}, "propagation_assist": {"heal": false}}"#,
