@@ -74,6 +74,9 @@ pub struct VmState {
     pub fail: RefCell<HashMap<&'static str, Status>>,
     /// Property reads made (a host call each).
     pub property_reads: Cell<u32>,
+    /// Shared-data reads and writes made.
+    pub shared_gets: Cell<u32>,
+    pub shared_sets: Cell<u32>,
     next_token: Cell<u32>,
 }
 
@@ -263,6 +266,7 @@ impl Host for FakeHost {
 
     fn shared_get(&self, key: &str) -> HostResult<Shared> {
         self.check("shared_get")?;
+        self.vm.shared_gets.set(self.vm.shared_gets.get() + 1);
         Ok(match self.process.shared.borrow().get(key) {
             Some((v, cas)) => (present(v), Some(*cas)),
             None => (None, None),
@@ -272,6 +276,7 @@ impl Host for FakeHost {
     /// Envoy's semantics: a CAS on a missing key is ignored.
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
         self.check("shared_set")?;
+        self.vm.shared_sets.set(self.vm.shared_sets.get() + 1);
         let mut shared = self.process.shared.borrow_mut();
         if let (Some(cas), Some((_, current))) = (cas, shared.get(key)) {
             if cas != *current {

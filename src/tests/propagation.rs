@@ -284,3 +284,54 @@ fn a_report_stays_within_16_kib_whatever_the_shared_counts() {
     assert!(v["outbound"].as_object().unwrap().len() > 10);
     assert_eq!(process.shared("isogroup/prop/a-v1/3").as_deref(), Some(&b"-"[..]), "taken");
 }
+
+/// Host calls per request, side `auto` (as in a sidecar): (property reads,
+/// shared-data reads, shared-data writes) for one request.
+fn calls_of(root: &mut Root<FakeHost>, host: &FakeHost, direction: i64, headers: &[(&str, &str)]) -> (u32, u32, u32) {
+    host.vm.properties.borrow_mut().insert("xds.listener_direction".into(), direction.to_le_bytes().to_vec());
+    let vm = &host.vm;
+    let before = (vm.property_reads.get(), vm.shared_gets.get(), vm.shared_sets.get());
+    send(root, host, headers);
+    (vm.property_reads.get() - before.0, vm.shared_gets.get() - before.1, vm.shared_sets.get() - before.2)
+}
+
+#[test]
+fn host_calls_per_request_with_and_without_reports() {
+    let with = config("a-v1", "auto", "");
+    let without = with.replace(r#""propagation": {"sample": 8},"#, "");
+    let sampled = traceparent((1..).find(|&n| is_sampled(n)).unwrap());
+    let unsampled = traceparent((1..).find(|&n| !is_sampled(n)).unwrap());
+    let (inbound, outbound) = (1, 2);
+    // (direction, headers, calls without reports, calls with reports)
+    let cases: &[(i64, Vec<(&str, &str)>, (u32, u32, u32), (u32, u32, u32))] = &[
+        // Inbound: a traced request with a group is remembered either way.
+        (
+            inbound,
+            vec![(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &unsampled)],
+            (1, 0, 1),
+            (1, 0, 1),
+        ),
+        // A base request: written only when sampled, and only with reports.
+        (inbound, vec![(":authority", "a"), ("traceparent", &unsampled)], (1, 0, 0), (1, 0, 0)),
+        (inbound, vec![(":authority", "a"), ("traceparent", &sampled)], (1, 0, 0), (1, 0, 1)),
+        // No trace id: no host call.
+        (inbound, vec![(":authority", "a"), ("x-isogroup", "feature-1")], (0, 0, 0), (0, 0, 0)),
+        // Outbound with a group: nothing beyond the direction, sampled or not.
+        (
+            outbound,
+            vec![(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &sampled)],
+            (1, 0, 0),
+            (1, 0, 0),
+        ),
+        // Outbound without: the assist's one read, shared with the reports.
+        (outbound, vec![(":authority", "a"), ("traceparent", &sampled)], (1, 1, 0), (1, 1, 0)),
+    ];
+    for (direction, headers, want_without, want_with) in cases {
+        let process = Process::new();
+        let (mut root, host) = configured(&process, &without);
+        assert_eq!(calls_of(&mut root, &host, *direction, headers), *want_without, "without reports: {headers:?}");
+        let process = Process::new();
+        let (mut root, host) = configured(&process, &with);
+        assert_eq!(calls_of(&mut root, &host, *direction, headers), *want_with, "with reports: {headers:?}");
+    }
+}
