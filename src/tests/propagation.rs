@@ -303,7 +303,8 @@ fn host_calls_per_request_with_and_without_reports() {
     let unsampled = traceparent((1..).find(|&n| !is_sampled(n)).unwrap());
     let (inbound, outbound) = (1, 2);
     // (direction, headers, calls without reports, calls with reports)
-    let cases: &[(i64, Vec<(&str, &str)>, (u32, u32, u32), (u32, u32, u32))] = &[
+    type Calls = (u32, u32, u32);
+    let cases: &[(i64, Vec<(&str, &str)>, Calls, Calls)] = &[
         // Inbound: a traced request with a group is remembered either way.
         (
             inbound,
