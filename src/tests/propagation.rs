@@ -304,7 +304,8 @@ fn host_calls_per_request_with_and_without_reports() {
     let (inbound, outbound) = (1, 2);
     // (direction, headers, calls without reports, calls with reports)
     type Calls = (u32, u32, u32);
-    let cases: &[(i64, Vec<(&str, &str)>, Calls, Calls)] = &[
+    type Case<'a> = (i64, Vec<(&'a str, &'a str)>, Calls, Calls);
+    let cases: &[Case] = &[
         // Inbound: a traced request with a group is remembered either way.
         (
             inbound,
