@@ -328,6 +328,10 @@ fn host_calls_per_request_with_and_without_reports() {
         // Outbound without: the assist's one read, shared with the reports.
         (outbound, vec![(":authority", "a"), ("traceparent", &sampled)], (1, 1, 0), (1, 1, 0)),
     ];
+    // Lane traffic seen: a request without trace or group may be untraced.
+    let lanes = |root: &mut Root<FakeHost>, host: &FakeHost| {
+        calls_of(root, host, inbound, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    };
     for (direction, headers, want_without, want_with) in cases {
         let process = Process::new();
         let (mut root, host) = configured(&process, &without);
@@ -335,5 +339,16 @@ fn host_calls_per_request_with_and_without_reports() {
         let process = Process::new();
         let (mut root, host) = configured(&process, &with);
         assert_eq!(calls_of(&mut root, &host, *direction, headers), *want_with, "with reports: {headers:?}");
+        lanes(&mut root, &host);
+        assert_eq!(calls_of(&mut root, &host, *direction, headers), *want_with, "with lanes seen: {headers:?}");
+    }
+    // Neither trace nor group: nothing, until the workload serves lanes;
+    // then the direction is read (one property read), on either side.
+    for direction in [inbound, outbound] {
+        let process = Process::new();
+        let (mut root, host) = configured(&process, &with);
+        assert_eq!(calls_of(&mut root, &host, direction, &[(":authority", "a")]), (0, 0, 0));
+        lanes(&mut root, &host);
+        assert_eq!(calls_of(&mut root, &host, direction, &[(":authority", "a")]), (1, 0, 0));
     }
 }
