@@ -1,46 +1,81 @@
 //! Propagation assist, host side: remember trace id → group on a workload's
 //! inbound listener, restore it on the outbound one. The store's format and
-//! bounds live in core (`isogroup_core::assist`).
+//! bounds live in core (`isogroup_core::assist`). With propagation reports
+//! on, the inbound side also records sampled traces without a group, and
+//! what the outbound side sees is handed to the reports (`Seen`).
 
 #[allow(unused_imports)]
 use isogroup_core::prelude::*;
 
 use isogroup_core::assist::{self, Assist, Side};
+use isogroup_core::propagation::{carried_none, sampled, Class};
 use isogroup_core::request::{GroupSource, Incoming};
 
 use crate::host::Host;
+use crate::propagation::Seen;
 use crate::vm::Vm;
 
 /// Envoy's `xds.listener_direction`: the listener's `traffic_direction`.
 const INBOUND: i64 = 1;
 const OUTBOUND: i64 = 2;
 
-pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) {
-    let Some(trace_id) = incoming.trace_id else { return };
+pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Seen {
+    let now = vm.clock_ms.get();
+    let reports = vm.reports.as_ref();
+    let mut is_sampled = false;
+    let mut untraced = false;
+    if let Some(r) = reports {
+        if incoming.group.is_some_and(|g| g.as_str() != vm.settings.base_group) {
+            r.saw_lane(now);
+        }
+        is_sampled = incoming.traced && incoming.trace_id.is_some_and(|t| sampled(t, r.sample));
+        // No trace the reports follow and no group of its own: counted as
+        // untraced (outbound, while the workload served lanes).
+        untraced = !incoming.traced && incoming.group.is_none() && r.lanes_recent(now);
+    }
+    if incoming.trace_id.is_none() && !untraced {
+        return Seen::Nothing;
+    }
     let side = match a.side {
         Side::Auto => match listener_direction(&vm.host) {
             Some(INBOUND) => Side::Inbound,
             Some(OUTBOUND) => Side::Outbound,
-            _ => return,
+            _ => return Seen::Nothing,
         },
         side => side,
     };
-    let now = vm.clock_ms.get();
-    match side {
-        Side::Inbound => {
-            if let (Some((trace, group)), false) = (incoming.remember(), incoming.source == GroupSource::Assist) {
-                let entry = assist::encode_entry(trace, &group, now.saturating_add(a.ttl_ms));
+    match (side, incoming.trace_id) {
+        (Side::Inbound, Some(trace)) => {
+            // A group to restore, or a sampled trace (base requests too).
+            if incoming.group.is_some() || is_sampled {
+                let entry = assist::encode_entry(trace, incoming.group.as_ref(), now.saturating_add(a.ttl_ms));
                 let _ = vm.host.shared_set(&a.slot_key(trace), &entry, None);
             }
+            Seen::Nothing
         }
-        Side::Outbound | Side::Auto => {
-            if incoming.group.is_some() {
-                return;
+        (Side::Inbound, None) => Seen::Nothing,
+        (_, _) if incoming.group.is_some() => {
+            if is_sampled {
+                Seen::Carried
+            } else {
+                Seen::Nothing
             }
-            if let Ok((Some(entry), _)) = vm.host.shared_get(&a.slot_key(trace_id)) {
-                if let Some(group) = assist::decode_entry(&entry, trace_id, now) {
-                    incoming.adopt(group, GroupSource::Assist);
-                }
+        }
+        (_, None) => Seen::Class(Class::Untraced),
+        (_, Some(trace)) => {
+            let recorded = match vm.host.shared_get(&a.slot_key(trace)) {
+                Ok((Some(entry), _)) => assist::decode_entry(&entry, trace, now),
+                _ => None,
+            };
+            let mut healed = false;
+            if let (Some(Some(group)), true) = (recorded, a.heal) {
+                incoming.adopt(group, GroupSource::Assist);
+                healed = true;
+            }
+            match recorded {
+                _ if untraced => Seen::Class(Class::Untraced),
+                Some(r) if is_sampled => Seen::Class(carried_none(r, healed)),
+                _ => Seen::Nothing,
             }
         }
     }

@@ -53,7 +53,7 @@ pub enum Call {
     LocalReply { status: u32, headers: Vec<(String, Vec<u8>)>, body: Vec<u8> },
     GrpcReply { code: u32, message: String, metadata: Vec<(String, Vec<u8>)> },
     Reset,
-    Dispatch { cluster: String, headers: Vec<(String, String)>, timeout: Duration, token: u32 },
+    Dispatch { cluster: String, headers: Vec<(String, String)>, body: Vec<u8>, timeout: Duration, token: u32 },
 }
 
 #[derive(Default)]
@@ -74,6 +74,9 @@ pub struct VmState {
     pub fail: RefCell<HashMap<&'static str, Status>>,
     /// Property reads made (a host call each).
     pub property_reads: Cell<u32>,
+    /// Shared-data reads and writes made.
+    pub shared_gets: Cell<u32>,
+    pub shared_sets: Cell<u32>,
     next_token: Cell<u32>,
 }
 
@@ -263,6 +266,7 @@ impl Host for FakeHost {
 
     fn shared_get(&self, key: &str) -> HostResult<Shared> {
         self.check("shared_get")?;
+        self.vm.shared_gets.set(self.vm.shared_gets.get() + 1);
         Ok(match self.process.shared.borrow().get(key) {
             Some((v, cas)) => (present(v), Some(*cas)),
             None => (None, None),
@@ -272,6 +276,7 @@ impl Host for FakeHost {
     /// Envoy's semantics: a CAS on a missing key is ignored.
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
         self.check("shared_set")?;
+        self.vm.shared_sets.set(self.vm.shared_sets.get() + 1);
         let mut shared = self.process.shared.borrow_mut();
         if let (Some(cas), Some((_, current))) = (cas, shared.get(key)) {
             if cas != *current {
@@ -290,12 +295,24 @@ impl Host for FakeHost {
         Ok(self.vm.properties.borrow().get(&path.join(".")).and_then(|v| present(v)))
     }
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32> {
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout: Duration,
+    ) -> HostResult<u32> {
         self.check("dispatch_http_call")?;
         let token = self.vm.next_token.get() + 1;
         self.vm.next_token.set(token);
         let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), String::from_utf8_lossy(v).into_owned())).collect();
-        self.vm.calls.borrow_mut().push(Call::Dispatch { cluster: cluster.to_owned(), headers, timeout, token });
+        self.vm.calls.borrow_mut().push(Call::Dispatch {
+            cluster: cluster.to_owned(),
+            headers,
+            body: body.to_vec(),
+            timeout,
+            token,
+        });
         Ok(token)
     }
 

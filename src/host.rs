@@ -77,7 +77,13 @@ pub trait Host: 'static {
     /// serialises it to.
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32>;
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout: Duration,
+    ) -> HostResult<u32>;
     fn http_call_response_headers(&self) -> HostResult<HeaderMap>;
     fn http_call_response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>>;
 }

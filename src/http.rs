@@ -20,6 +20,7 @@ use isogroup_core::{cat, Decision, Table};
 
 use crate::host::{HeaderMap, Host, HostError, HostResult};
 use crate::metrics::Counter;
+use crate::propagation::Seen;
 use crate::vm::Vm;
 
 pub struct Request<H> {
@@ -135,15 +136,24 @@ impl<H: Host> HttpContext for Request<H> {
                 Err(e) => self.reset(&cat!("join not answered (", e, ")")),
             };
         }
-        if let Some(a) = &settings.assist {
-            crate::assist::apply(&mut incoming, a, &self.vm);
-        }
+        let seen = match &settings.assist {
+            Some(a) => crate::assist::apply(&mut incoming, a, &self.vm),
+            None => Seen::Nothing,
+        };
         self.strip_annotations = !incoming.trusted;
         for _ in 0..incoming.invalid {
             self.vm.metrics.count(Counter::InvalidGroup);
         }
         let decision = table.as_deref().map(|t| incoming.decide(t));
         self.count(decision.as_ref());
+        if let Some(r) = &self.vm.reports {
+            let destination = match &decision {
+                Some(Decision::Route(route)) => Some(route.service),
+                Some(Decision::FailFast(f)) => Some(f.service),
+                _ => None,
+            };
+            r.observe(&self.vm.metrics, seen, destination, incoming.trace_id.unwrap_or_default(), incoming.group);
+        }
         if incoming.debug && incoming.trusted {
             self.explanation =
                 Some(request::explain(&incoming, decision.as_ref(), table.as_ref().map(|t| t.version()), &self.vm.id));

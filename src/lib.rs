@@ -16,6 +16,7 @@ mod header_map;
 pub mod host;
 mod http;
 mod metrics;
+mod propagation;
 pub mod proxy;
 #[cfg(any(target_arch = "wasm32", test))]
 mod proxy_abi;

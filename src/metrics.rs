@@ -21,10 +21,15 @@ pub enum Counter {
     TableUpdates,
     TableRejects,
     TableFetches,
+    PropagationKept,
+    PropagationChanged,
+    PropagationHealed,
+    PropagationDropped,
+    PropagationUntraced,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Routed,
         Counter::Fallback,
         Counter::Failfast,
@@ -33,6 +38,20 @@ impl Counter {
         Counter::TableUpdates,
         Counter::TableRejects,
         Counter::TableFetches,
+        Counter::PropagationKept,
+        Counter::PropagationChanged,
+        Counter::PropagationHealed,
+        Counter::PropagationDropped,
+        Counter::PropagationUntraced,
+    ];
+
+    /// By `propagation::Class`, in its order.
+    pub const PROPAGATION: [Counter; 5] = [
+        Counter::PropagationKept,
+        Counter::PropagationChanged,
+        Counter::PropagationHealed,
+        Counter::PropagationDropped,
+        Counter::PropagationUntraced,
     ];
 
     /// By the variant's index (the test below checks the order).
@@ -46,6 +65,11 @@ impl Counter {
             "isogroup_table_updates_total",
             "isogroup_table_rejects_total",
             "isogroup_table_fetches_total",
+            "isogroup_propagation_kept_total",
+            "isogroup_propagation_changed_total",
+            "isogroup_propagation_healed_total",
+            "isogroup_propagation_dropped_total",
+            "isogroup_propagation_untraced_total",
         ];
         NAMES[self as usize]
     }
@@ -156,7 +180,18 @@ mod tests {
             (Counter::TableUpdates, "isogroup_table_updates_total"),
             (Counter::TableRejects, "isogroup_table_rejects_total"),
             (Counter::TableFetches, "isogroup_table_fetches_total"),
+            (Counter::PropagationKept, "isogroup_propagation_kept_total"),
+            (Counter::PropagationChanged, "isogroup_propagation_changed_total"),
+            (Counter::PropagationHealed, "isogroup_propagation_healed_total"),
+            (Counter::PropagationDropped, "isogroup_propagation_dropped_total"),
+            (Counter::PropagationUntraced, "isogroup_propagation_untraced_total"),
         ];
+        for (class, counter) in Counter::PROPAGATION.iter().enumerate() {
+            assert_eq!(
+                counter.name(),
+                format!("isogroup_propagation_{}_total", isogroup_core::propagation::CLASS_NAMES[class])
+            );
+        }
         for (counter, name) in pinned {
             assert_eq!(counter.name(), name, "{counter:?}");
         }

@@ -232,7 +232,7 @@ pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     fetch(|data, size| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), data, size) })
 }
 
-pub fn http_call(upstream: &str, headers: &[(&str, &[u8])], timeout_ms: u32) -> Result<u32, Status> {
+pub fn http_call(upstream: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u32) -> Result<u32, Status> {
     let headers = serialize_pairs(headers);
     let trailers = serialize_pairs(&[]);
     let mut token = 0;
@@ -242,8 +242,8 @@ pub fn http_call(upstream: &str, headers: &[(&str, &[u8])], timeout_ms: u32) -> 
             upstream.len(),
             headers.as_ptr(),
             headers.len(),
-            null(),
-            0,
+            body.as_ptr(),
+            body.len(),
             trailers.as_ptr(),
             trailers.len(),
             timeout_ms,

@@ -15,6 +15,7 @@ use isogroup_core::{cat, GroupName, Settings, Source};
 use crate::host::Host;
 use crate::http::Request;
 use crate::metrics::Metrics;
+use crate::propagation::Reports;
 use crate::sync::TableSync;
 use crate::vm::Vm;
 
@@ -78,9 +79,13 @@ impl<H: Host> RootContext for Root<H> {
             settings.workload_group = node_label_group(&host);
         }
         if settings.namespace.is_none() {
-            settings.namespace = node_namespace(&host);
+            settings.namespace = node_metadata(&host, "NAMESPACE", false);
+        }
+        if settings.workload.is_none() {
+            settings.workload = node_metadata(&host, "WORKLOAD_NAME", true);
         }
         let now = host.now_ms().unwrap_or(0);
+        let reports = reports(&host, &mut settings, now);
         let metrics = Metrics::define(&host);
         let id = next_vm_id(&host);
         let vm = Rc::new(Vm {
@@ -93,6 +98,7 @@ impl<H: Host> RootContext for Root<H> {
             configured_ms: now,
             scratch: Cell::default(),
             regex_scratch: Cell::default(),
+            reports,
         });
         self.sync = Some(TableSync::start(source, &vm));
         let version = vm.table().map_or("none".to_owned(), |t| text_of(&t.version()));
@@ -105,6 +111,9 @@ impl<H: Host> RootContext for Root<H> {
         if let (Some(vm), Some(sync)) = (&self.vm, &mut self.sync) {
             if let Ok(now) = vm.host.now_ms() {
                 vm.clock_ms.set(now);
+            }
+            if let (Some(r), Some(a)) = (&vm.reports, &vm.settings.assist) {
+                r.on_tick(vm, a);
             }
             vm.metrics.flush(&vm.host);
             sync.on_tick(vm);
@@ -150,16 +159,39 @@ fn node_label_group(host: &impl Host) -> Option<String> {
     }
 }
 
-/// The proxy's namespace from the node metadata `NAMESPACE` (Istio sets it).
-fn node_namespace(host: &impl Host) -> Option<String> {
-    let value = host.property(&["xds", "node", "metadata", "NAMESPACE"]).ok()??;
-    match core::str::from_utf8(&value).ok().filter(|ns| isogroup_core::config::is_namespace(ns)) {
-        Some(ns) => Some(ns.to_owned()),
+/// A name from the node metadata (Istio sets `NAMESPACE` and `WORKLOAD_NAME`).
+/// A flag, not a `fn` to check it with: an indirect call of that type would
+/// keep integer formatting (the same wasm signature) in the module.
+fn node_metadata(host: &impl Host, key: &str, workload: bool) -> Option<String> {
+    let value = host.property(&["xds", "node", "metadata", key]).ok()??;
+    let valid = |v: &str| {
+        if workload {
+            isogroup_core::table::is_valid_service(v)
+        } else {
+            isogroup_core::config::is_namespace(v)
+        }
+    };
+    match core::str::from_utf8(&value).ok().filter(|v| valid(v)) {
+        Some(v) => Some(v.to_owned()),
         None => {
-            host.log(LogLevel::Warn, "isogroup: node metadata NAMESPACE is not a namespace name; ignored");
+            host.log(LogLevel::Warn, &cat!("isogroup: node metadata ", key, " is not a valid name; ignored"));
             None
         }
     }
+}
+
+/// Per workload: the assist's slots, and the reports when they are on.
+fn reports(host: &impl Host, settings: &mut Settings, now: u64) -> Option<Reports> {
+    let workload = settings.workload.as_deref();
+    if let (Some(a), Some(w)) = (&mut settings.assist, workload) {
+        a.prefix = cat!("isogroup/assist/", w, "/");
+    }
+    let sample = settings.propagation?;
+    if workload.is_some() && settings.namespace.is_some() && settings.assist.is_some() {
+        return Some(Reports::new(sample, now));
+    }
+    host.log(LogLevel::Warn, "isogroup: propagation reports off: no workload, namespace or propagation_assist");
+    None
 }
 
 /// A process-unique VM number from a shared-data counter (seeded first: a

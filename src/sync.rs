@@ -179,6 +179,9 @@ impl Follower {
         if self.in_flight.is_none() && now >= self.next_poll_ms {
             self.poll(vm, now);
         }
+        if let Some(r) = &vm.reports {
+            r.send(vm, &self.source, now, || poller_id(&vm.host, &vm.id, now));
+        }
     }
 
     /// The process-wide stamp for this source, if any.
@@ -235,7 +238,7 @@ impl Follower {
             ("x-isogroup-poller", poller.as_bytes()),
         ];
         let timeout = Duration::from_secs(u64::from(self.source.wait_s) + 5);
-        match vm.host.dispatch_http_call(&self.source.cluster, &headers, timeout) {
+        match vm.host.dispatch_http_call(&self.source.cluster, &headers, &[], timeout) {
             Ok(token) => self.in_flight = Some(token),
             Err(e) => self.failed(
                 vm,

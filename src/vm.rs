@@ -12,6 +12,7 @@ use isogroup_core::{regex, Settings, Table};
 
 use crate::host::Host;
 use crate::metrics::Metrics;
+use crate::propagation::Reports;
 
 pub struct Vm<H> {
     pub host: H,
@@ -35,6 +36,8 @@ pub struct Vm<H> {
     /// The rule regexes' thread sets: one per VM, grown to the largest
     /// program run, so a request allocates none (taken and put back).
     pub regex_scratch: Cell<regex::Scratch>,
+    /// Propagation reports, when on (`propagation`, the assist and a workload).
+    pub reports: Option<Reports>,
 }
 
 impl<H: Host> Vm<H> {

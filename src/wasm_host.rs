@@ -97,9 +97,15 @@ impl Host for WasmHost {
         check("get_property", abi::get_property(path))
     }
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &[u8])], timeout: Duration) -> HostResult<u32> {
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout: Duration,
+    ) -> HostResult<u32> {
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        check("dispatch_http_call", abi::http_call(cluster, headers, ms))
+        check("dispatch_http_call", abi::http_call(cluster, headers, body, ms))
     }
 
     fn http_call_response_headers(&self) -> HostResult<HeaderMap> {

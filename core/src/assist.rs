@@ -41,6 +41,13 @@ pub struct RawAssist {
     pub side: Side,
     #[cfg_attr(feature = "serde", serde(default = "default_trace_headers"))]
     pub trace_headers: Vec<String>,
+    /// `false`: record (and report) without restoring.
+    #[cfg_attr(feature = "serde", serde(default = "default_heal"))]
+    pub heal: bool,
+}
+
+fn default_heal() -> bool {
+    true
 }
 
 impl Default for RawAssist {
@@ -50,6 +57,7 @@ impl Default for RawAssist {
             ttl_s: default_ttl_s(),
             side: Side::Auto,
             trace_headers: default_trace_headers(),
+            heal: default_heal(),
         }
     }
 }
@@ -70,6 +78,10 @@ pub struct Assist {
     pub ttl_ms: u64,
     pub side: Side,
     pub trace_headers: Vec<String>,
+    pub heal: bool,
+    /// `isogroup/assist/[<workload>/]`: one workload's records never heal
+    /// another's requests (set once the workload is known).
+    pub prefix: String,
 }
 
 /// Longest trace id kept (W3C ids are 32 hex digits; request ids are UUIDs).
@@ -97,12 +109,14 @@ impl Assist {
             ttl_ms: u64::from(raw.ttl_s) * 1000,
             side: raw.side,
             trace_headers: raw.trace_headers.clone(),
+            heal: raw.heal,
+            prefix: "isogroup/assist/".into(),
         })
     }
 
     /// The shared-data key of the slot for `trace_id`.
     pub fn slot_key(&self, trace_id: &[u8]) -> String {
-        cat!("isogroup/assist/", fnv1a(trace_id) % u64::from(self.slots))
+        cat!(self.prefix, fnv1a(trace_id) % u64::from(self.slots))
     }
 }
 
@@ -123,18 +137,23 @@ pub fn trace_id<'v>(header: &str, value: &'v [u8]) -> Option<&'v [u8]> {
     (!id.is_empty() && id.len() <= MAX_TRACE_ID && id.iter().all(u8::is_ascii_graphic)).then_some(id)
 }
 
-/// A slot's value: `<expiry ms> <group> <trace id>`.
-pub fn encode_entry(trace_id: &[u8], group: &GroupName, expires_ms: u64) -> Vec<u8> {
-    let mut v = cat!(expires_ms, " ", group.as_str(), " ").into_bytes();
+/// A slot's value: `<expiry ms> <group> <trace id>`, the group `-` for a
+/// request that had none (a sampled base request, recorded for reports).
+pub fn encode_entry(trace_id: &[u8], group: Option<&GroupName>, expires_ms: u64) -> Vec<u8> {
+    let mut v = cat!(expires_ms, " ", group.map_or("-", GroupName::as_str), " ").into_bytes();
     v.extend_from_slice(trace_id);
     v
 }
 
-/// The group a slot holds for `trace_id`, if it is that trace's and fresh.
-pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<GroupName> {
+/// What a slot holds for `trace_id`, if it is that trace's and fresh: the
+/// inbound request's group, or `Some(None)` for one that had none.
+pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<Option<GroupName>> {
     let mut parts = entry.splitn(3, |&b| b == b' ');
     let expires = crate::text::parse_u64(parts.next()?)?;
-    let group = GroupName::new(parts.next()?)?;
+    let group = match parts.next()? {
+        b"-" => None,
+        g => Some(GroupName::new(g)?),
+    };
     (parts.next()? == trace_id && now_ms < expires).then_some(group)
 }
 
@@ -163,9 +182,13 @@ mod tests {
     #[test]
     fn entries_round_trip_and_expire() {
         let g = GroupName::new(b"feature-1").unwrap();
-        let e = encode_entry(b"abc", &g, 1_000);
+        let e = encode_entry(b"abc", Some(&g), 1_000);
         assert_eq!(e, b"1000 feature-1 abc");
-        assert_eq!(decode_entry(&e, b"abc", 999), Some(g));
+        assert_eq!(decode_entry(&e, b"abc", 999), Some(Some(g)));
+        let base = encode_entry(b"abc", None, 1_000);
+        assert_eq!(base, b"1000 - abc");
+        assert_eq!(decode_entry(&base, b"abc", 999), Some(None), "a base request's record");
+        assert_eq!(decode_entry(b"1000 -x abc", b"abc", 999), None);
         assert_eq!(decode_entry(&e, b"abc", 1_000), None, "expired");
         assert_eq!(decode_entry(&e, b"abd", 0), None, "another trace in the slot");
         assert_eq!(decode_entry(b"junk", b"abc", 0), None);
@@ -178,6 +201,7 @@ mod tests {
             ttl_s: 30,
             side: Side::Auto,
             trace_headers: default_trace_headers(),
+            heal: true,
         })
         .unwrap();
         let keys: alloc::collections::BTreeSet<String> =
@@ -193,6 +217,7 @@ mod tests {
             ttl_s,
             side: Side::Auto,
             trace_headers: headers.into_iter().map(String::from).collect(),
+            heal: true,
         };
         let err = |r: RawAssist| Assist::compile(&r).err().map(|e| e.to_string());
         assert_eq!(

@@ -8,7 +8,8 @@ use crate::assist::{Assist, RawAssist};
 use crate::edge::{Edge, RawEdge};
 use crate::error::ConfigError;
 use crate::group::is_valid_group;
-use crate::table::{Limits, RawTable, Table};
+use crate::propagation::RawPropagation;
+use crate::table::{is_valid_service, Limits, RawTable, Table};
 use crate::text::text_of;
 
 fn default_group_header() -> String {
@@ -90,6 +91,13 @@ pub struct RawConfig {
     pub edge: Option<RawEdge>,
     #[cfg_attr(feature = "serde", serde(default))]
     pub propagation_assist: Option<RawAssist>,
+    /// This workload's name, for propagation reports. Default: the node
+    /// metadata `WORKLOAD_NAME`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub workload: Option<String>,
+    /// Propagation reports: on when present.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub propagation: Option<RawPropagation>,
     #[cfg_attr(feature = "serde", serde(default))]
     pub table: Option<TableSource>,
 }
@@ -112,6 +120,8 @@ impl Default for RawConfig {
             limits: Limits::default(),
             edge: None,
             propagation_assist: None,
+            workload: None,
+            propagation: None,
             table: None,
         }
     }
@@ -179,6 +189,9 @@ pub struct Settings {
     pub limits: Limits,
     pub edge: Option<Edge>,
     pub assist: Option<Assist>,
+    pub workload: Option<String>,
+    /// Propagation reports' `sample` (reports on when set).
+    pub propagation: Option<u32>,
     pub source: Source,
 }
 
@@ -219,6 +232,7 @@ impl Settings {
         check_fields(&raw)?;
         let edge = raw.edge.as_ref().map(Edge::compile).transpose()?;
         let assist = raw.propagation_assist.as_ref().map(Assist::compile).transpose()?;
+        let propagation = raw.propagation.as_ref().map(RawPropagation::check).transpose()?;
         let source = match raw.table {
             None => Source::None,
             Some(TableSource::Inline(t)) => {
@@ -249,6 +263,8 @@ impl Settings {
             limits: raw.limits,
             edge,
             assist,
+            workload: raw.workload,
+            propagation,
             source,
         })
     }
@@ -281,6 +297,13 @@ fn check_fields(raw: &RawConfig) -> Result<(), ConfigError> {
         if !is_valid_group(g.as_bytes()) {
             return Err(ConfigError::InvalidGroupName { field: "workload_group", value: g.clone() });
         }
+    }
+    if let Some(w) = raw.workload.as_ref().filter(|w| !is_valid_service(w)) {
+        return Err(ConfigError::InvalidValue {
+            field: "workload",
+            value: w.clone(),
+            why: "a Kubernetes name, DNS-1123 subdomain",
+        });
     }
     if let Some(ns) = &raw.namespace {
         if !is_namespace(ns) {

@@ -26,6 +26,7 @@ mod json;
 pub use json::{Key, Quoted};
 mod read;
 pub use read::{SCHEMA_OBJECTS, SCHEMA_VALUES};
+pub mod propagation;
 pub mod regex;
 pub mod request;
 pub mod sources;

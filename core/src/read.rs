@@ -20,6 +20,7 @@ use crate::assist::{RawAssist, Side};
 use crate::config::{CompanionSource, RawConfig, TableSource};
 use crate::edge::{RawEdge, RawRule};
 use crate::json::{Reader, Res};
+use crate::propagation::RawPropagation;
 use crate::table::{Limits, Mode, NameMap, RawGroup, RawService, RawSource, RawTable, ReadNames};
 
 const U16: u64 = u16::MAX as u64;
@@ -42,6 +43,8 @@ const CONFIG_FIELDS: &[&str] = &[
     "limits",
     "edge",
     "propagation_assist",
+    "workload",
+    "propagation",
     "table",
 ];
 
@@ -65,7 +68,9 @@ pub(crate) fn config(r: &mut Reader<'_>) -> Res<RawConfig> {
             Some(12) => c.limits = limits(r)?,
             Some(13) => c.edge = if r.null_or()? { None } else { Some(edge(r)?) },
             Some(14) => c.propagation_assist = if r.null_or()? { None } else { Some(assist(r)?) },
-            Some(15) => c.table = if r.null_or()? { None } else { Some(table_source(r)?) },
+            Some(15) => c.workload = r.opt_string()?,
+            Some(16) => c.propagation = if r.null_or()? { None } else { Some(propagation(r)?) },
+            Some(17) => c.table = if r.null_or()? { None } else { Some(table_source(r)?) },
             _ => {}
         }
         Ok(())
@@ -123,7 +128,7 @@ fn edge(r: &mut Reader<'_>) -> Res<RawEdge> {
     Ok(e)
 }
 
-const ASSIST_FIELDS: &[&str] = &["slots", "ttl_s", "side", "trace_headers"];
+const ASSIST_FIELDS: &[&str] = &["slots", "ttl_s", "side", "trace_headers", "heal"];
 const SIDES: &[&str] = &["auto", "inbound", "outbound"];
 
 fn assist(r: &mut Reader<'_>) -> Res<RawAssist> {
@@ -135,11 +140,26 @@ fn assist(r: &mut Reader<'_>) -> Res<RawAssist> {
             Some(1) => a.ttl_s = r.uint(U32, "u32")? as u32,
             Some(2) => a.side = [Side::Auto, Side::Inbound, Side::Outbound][r.variant(SIDES)?.min(2)],
             Some(3) => a.trace_headers = r.strings()?,
+            Some(4) => a.heal = r.boolean()?,
             _ => {}
         }
         Ok(())
     })?;
     Ok(a)
+}
+
+const PROPAGATION_FIELDS: &[&str] = &["sample"];
+
+fn propagation(r: &mut Reader<'_>) -> Res<RawPropagation> {
+    let mut p = RawPropagation::default();
+    let mut seen = 0;
+    r.object("struct RawPropagation", &mut |r, key| {
+        if r.field(key, PROPAGATION_FIELDS, &mut seen)?.is_some() {
+            p.sample = r.uint(U32, "u32")? as u32;
+        }
+        Ok(())
+    })?;
+    Ok(p)
 }
 
 const SOURCE_VARIANTS: &[&str] = &["inline", "companion"];
@@ -409,6 +429,7 @@ pub const SCHEMA_OBJECTS: &[(&str, &[&str])] = &[
     ("config.edge", EDGE_FIELDS),
     ("config.edge.rules[]", RULE_FIELDS),
     ("config.propagation_assist", ASSIST_FIELDS),
+    ("config.propagation", PROPAGATION_FIELDS),
     ("config.table", SOURCE_VARIANTS),
     ("config.table.companion", COMPANION_FIELDS),
     ("table", TABLE_FIELDS),

@@ -102,6 +102,9 @@ pub struct Incoming<'h> {
     pub invalid: u32,
     /// The first trace id found in the configured trace headers.
     pub trace_id: Option<&'h [u8]>,
+    /// It came from `traceparent` or `x-b3-traceid`: a trace the
+    /// propagation reports follow (an `x-request-id` is not one).
+    pub traced: bool,
     group_headers: u32,
     strip_group_header: bool,
     strip_strict: bool,
@@ -206,6 +209,7 @@ pub fn scan_with<'h, N: AsRef<str>, H: AsRef<[u8]>>(
         trusted,
         invalid: 0,
         trace_id: None,
+        traced: false,
         group_headers: 0,
         strip_group_header: false,
         strip_strict: false,
@@ -215,7 +219,7 @@ pub fn scan_with<'h, N: AsRef<str>, H: AsRef<[u8]>>(
         strip_cookie: false,
         strip_lane_cookie: false,
     };
-    let mut trace: Option<(usize, &[u8])> = None;
+    let mut trace: Option<(usize, &[u8], bool)> = None;
     for (name, value) in headers {
         let value = value.as_ref();
         match name.as_ref() {
@@ -256,9 +260,9 @@ pub fn scan_with<'h, N: AsRef<str>, H: AsRef<[u8]>>(
             n => {
                 if let Some(assist) = &s.assist {
                     if let Some(rank) = assist.trace_headers.iter().position(|t| t == n) {
-                        if trace.is_none_or(|(r, _)| rank < r) {
+                        if trace.is_none_or(|(r, _, _)| rank < r) {
                             if let Some(id) = crate::assist::trace_id(n, value) {
-                                trace = Some((rank, id));
+                                trace = Some((rank, id, matches!(n, "traceparent" | "x-b3-traceid")));
                             }
                         }
                     }
@@ -266,7 +270,10 @@ pub fn scan_with<'h, N: AsRef<str>, H: AsRef<[u8]>>(
             }
         }
     }
-    inc.trace_id = trace.map(|(_, id)| id);
+    if let Some((_, id, traced)) = trace {
+        inc.trace_id = Some(id);
+        inc.traced = traced;
+    }
     if let Some(key) = &s.baggage_key {
         inc.scan_baggage(key, &s.limits);
     }

@@ -334,7 +334,7 @@ fn config_validation_errors() {
         (r#"{"workload_group":"-x"}"#, r#"workload_group: "-x" is not a valid group name (DNS-1123 label)"#),
         (r#"{"failfast_status":200}"#, r#"failfast_status: "200" is not valid (an HTTP error status, 400 to 599)"#),
         (r#"{"failfast_status":"503"}"#, r#"failfast_status: invalid type: string "503", expected u16 at line 1 column 24"#),
-        (r#"{"colour":1}"#, "colour: unknown field `colour`, expected one of `group_header`, `baggage_key`, `cookie`, `strict_header`, `cluster_header`, `target_header`, `base_group`, `workload_group`, `namespace`, `inject_baggage`, `annotate_response`, `failfast_status`, `limits`, `edge`, `propagation_assist`, `table` at line 1 column 9"),
+        (r#"{"colour":1}"#, "colour: unknown field `colour`, expected one of `group_header`, `baggage_key`, `cookie`, `strict_header`, `cluster_header`, `target_header`, `base_group`, `workload_group`, `namespace`, `inject_baggage`, `annotate_response`, `failfast_status`, `limits`, `edge`, `propagation_assist`, `workload`, `propagation`, `table` at line 1 column 9"),
         (r#"{"limits":{"max_sevices":1}}"#, "limits.max_sevices: unknown field `max_sevices`, expected one of `max_services`, `max_groups`, `max_cluster_entries`, `max_table_bytes`, `max_fallback_depth`, `max_baggage_bytes`, `max_baggage_members` at line 1 column 24"),
         (r#"{"table":{"file":"x"}}"#, "table: unknown variant `file`, expected `inline` or `companion` at line 1 column 16"),
         (r#"{"table":{"inline":{"services":{"r":{"hosts":["r"],"clusters":{}}}}}}"#, r#"table.inline.services.r.clusters: no cluster for base group "base""#),

@@ -39,6 +39,7 @@ fn probe(object: &str) -> Option<(bool, &'static str)> {
         "config.edge" => (true, r#"{"edge": @}"#),
         "config.edge.rules[]" => (true, r#"{"edge": {"rules": [@]}}"#),
         "config.propagation_assist" => (true, r#"{"propagation_assist": @}"#),
+        "config.propagation" => (true, r#"{"propagation": @}"#),
         "config.table" => (true, r#"{"table": @}"#),
         "config.table.companion" => (true, r#"{"table": {"companion": @}}"#),
         "table" => (false, "@"),

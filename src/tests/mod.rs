@@ -6,6 +6,7 @@ mod abi;
 mod assist;
 mod edge;
 pub mod envoy;
+mod propagation;
 mod request;
 mod sync;
 
