@@ -21,10 +21,11 @@ pub enum Counter {
     TableUpdates,
     TableRejects,
     TableFetches,
+    TableDeltaFallbacks,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Routed,
         Counter::Fallback,
         Counter::Failfast,
@@ -33,6 +34,7 @@ impl Counter {
         Counter::TableUpdates,
         Counter::TableRejects,
         Counter::TableFetches,
+        Counter::TableDeltaFallbacks,
     ];
 
     /// By the variant's index (the test below checks the order).
@@ -46,6 +48,7 @@ impl Counter {
             "isogroup_table_updates_total",
             "isogroup_table_rejects_total",
             "isogroup_table_fetches_total",
+            "isogroup_table_delta_fallbacks_total",
         ];
         NAMES[self as usize]
     }
@@ -156,6 +159,7 @@ mod tests {
             (Counter::TableUpdates, "isogroup_table_updates_total"),
             (Counter::TableRejects, "isogroup_table_rejects_total"),
             (Counter::TableFetches, "isogroup_table_fetches_total"),
+            (Counter::TableDeltaFallbacks, "isogroup_table_delta_fallbacks_total"),
         ];
         for (counter, name) in pinned {
             assert_eq!(counter.name(), name, "{counter:?}");

@@ -93,7 +93,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d["sett"] = json!({});
                 d
             },
-            "sett: unknown field or given twice",
+            "sett: unknown field",
         ),
         (
             {
@@ -101,7 +101,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d["base"]["revision"] = json!(3);
                 d
             },
-            "base: unknown field",
+            "base.revision: unknown field",
         ),
         (
             {
@@ -141,7 +141,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d.as_object_mut().unwrap().remove("version");
                 d
             },
-            "missing field `base` or `version`",
+            "missing field `version`",
         ),
         (
             {
@@ -173,7 +173,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d["replace"]["services"] = json!({});
                 d
             },
-            "replace.services: not replaced whole",
+            "replace: version, epoch and services are not replaced whole",
         ),
         // Results that are not valid tables, named as a whole table's problem is.
         (
@@ -219,7 +219,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
 fn a_key_given_twice_at_the_top_level_is_refused() {
     let bytes = br#"{"base": {"version": 1}, "version": 2, "version": 3, "set": {}}"#;
     let err = RawDelta::from_json(bytes, &Limits::default()).unwrap_err().to_string();
-    assert_eq!(err, "version: unknown field or given twice");
+    assert!(err.starts_with("(document): duplicate field `version`"), "{err}");
 }
 
 #[test]
@@ -232,7 +232,8 @@ fn fields_a_newer_companion_adds_inside_set_and_replace_are_skipped_and_named() 
     });
     let bytes = serde_json::to_vec(&delta).unwrap();
     let parsed = RawDelta::from_json(&bytes, &Limits::default()).unwrap();
-    assert_eq!(parsed.unknown, ["weight", "labels"]);
+    // In the order read (`replace` sorts before `set`).
+    assert_eq!(parsed.unknown, ["labels", "weight"]);
     let applied = delta_path(&old, &delta).unwrap();
     assert_eq!(applied.services.get("c").unwrap().clusters.get("base").unwrap(), "c-base");
     // The spliced whole keeps the new top-level field as a whole fetch has it.
