@@ -280,8 +280,12 @@ run_tests() {
   cargo fmt --all --check
   cargo clippy --quiet --workspace --all-targets -- -D warnings
   cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter -- -D warnings
+  # The table deltas feature (off in the shipped wasm, see Cargo.toml).
+  cargo clippy --quiet --all-targets -p isogroup-filter --features table-deltas -- -D warnings
+  cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter --features table-deltas -- -D warnings
   section "filter unit tests (native, fake host)"
   cargo test --quiet -p isogroup-filter --lib
+  cargo test --quiet -p isogroup-filter --lib --features table-deltas
   section "core unit tests (native)"
   cargo test --quiet -p isogroup-core --lib --tests
   ensure_node

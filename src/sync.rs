@@ -333,8 +333,7 @@ impl Follower {
                     return self.reject(vm, TableError::TooManyBytes { field: "table", size: body_size, limit }, now);
                 }
                 let body = vm.host.http_call_response_body(body_size).ok().flatten().unwrap_or_default();
-                let delta = cfg!(feature = "table-deltas")
-                    && headers.get("content-type").is_some_and(|t| t == DELTA_CONTENT_TYPE.as_bytes());
+                let delta = headers.get("content-type").is_some_and(|t| t == DELTA_CONTENT_TYPE.as_bytes());
                 self.accept(vm, &body, delta, now);
             }
             Some(304) => self.answered(vm, now),
@@ -348,6 +347,7 @@ impl Follower {
     /// not valid is rejected and counted; a delta is discarded and counted,
     /// and the whole table fetched at once.
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], delta: bool, now: u64) {
+        let delta = cfg!(feature = "table-deltas") && delta;
         // A whole table is read without the raw one held beside it. The
         // shared whole must be the table held: a delta patches one and is
         // spliced into the other.
@@ -391,7 +391,10 @@ impl Follower {
         let written = vm
             .host
             .shared_set(&self.keys.table, whole, None)
-            .and_then(|()| vm.host.shared_set(&self.keys.delta, &shared_delta, None))
+            .and_then(|()| match cfg!(feature = "table-deltas") {
+                true => vm.host.shared_set(&self.keys.delta, &shared_delta, None),
+                false => Ok(()),
+            })
             .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
             vm.log(LogLevel::Error, &cat!("cannot share table ", stamp, ": ", e));

@@ -317,3 +317,86 @@ fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_bac
     }
     assert!(deltas_applied > 200 && discarded_total > 150, "{deltas_applied} applied, {discarded_total} discarded");
 }
+
+// The VM CPU to install a one-service change (BENCHMARKS.md, "Table deltas
+// in the filter"): each step below in its own function, for callgrind's
+// inclusive instruction counts (`valgrind --tool=callgrind` on this test,
+// release build; `callgrind_annotate --inclusive=yes`).
+
+#[inline(never)]
+fn poller_takes_a_whole_table(poller: &mut Root<FakeHost>, host: &FakeHost, body: &str) {
+    answer(poller, host, &[(":status", "200")], body);
+}
+
+#[inline(never)]
+fn poller_takes_a_delta(poller: &mut Root<FakeHost>, host: &FakeHost, body: &str) {
+    answer(poller, host, &[(":status", "200"), DELTA], body);
+}
+
+#[inline(never)]
+fn workers_follow_a_whole_table(workers: &mut [Root<FakeHost>]) {
+    workers.iter_mut().for_each(|w| w.on_tick());
+}
+
+#[inline(never)]
+fn workers_follow_a_delta(workers: &mut [Root<FakeHost>]) {
+    workers.iter_mut().for_each(|w| w.on_tick());
+}
+
+/// 500 services × 50 lanes, one service changed per version: the same
+/// changes installed by whole tables (one Envoy) and by deltas (another),
+/// each with a poller and two workers, as Envoy's main thread and two
+/// workers. Checks both end with the same tables.
+#[test]
+#[ignore = "a measurement: run under callgrind (BENCHMARKS.md)"]
+fn install_cost_of_a_one_service_change() {
+    let raw = isogroup_core::synth::table(500, 50);
+    let mut table = json!({"version": 1, "epoch": "1000-aa", "groups": {}, "services": {}});
+    for (name, group) in &raw.groups {
+        let mut g = json!({"fallback": group.fallback});
+        if group.mode == isogroup_core::Mode::Strict {
+            g["mode"] = json!("strict");
+        }
+        table["groups"][name] = g;
+    }
+    for (name, service) in &raw.services {
+        let clusters: Map<String, Value> = service.clusters.iter().map(|(g, c)| (g.clone(), json!(c))).collect();
+        table["services"][name] = json!({"hosts": service.hosts, "clusters": clusters});
+    }
+    let config = companion_config("companion");
+    let envoys: Vec<_> = (0..2)
+        .map(|_| {
+            let process = Process::new();
+            let (mut poller, host) = configured(&process, &config);
+            let mut workers: Vec<Root<FakeHost>> = (0..2).map(|_| configured(&process, &config).0).collect();
+            poller.on_tick();
+            answer(&mut poller, &host, &[(":status", "200")], &table.to_string());
+            workers.iter_mut().for_each(|w| w.on_tick());
+            (process, poller, host, workers)
+        })
+        .collect();
+    let [(_, mut poller_w, host_w, mut workers_w), (process_d, mut poller_d, host_d, mut workers_d)] =
+        <[_; 2]>::try_from(envoys).unwrap_or_else(|_| unreachable!());
+    for step in 0..10u64 {
+        let mut new = table.clone();
+        new["version"] = json!(step + 2);
+        let name = isogroup_core::synth::service(usize::try_from(step * 37).unwrap());
+        new["services"][&name]["clusters"][format!("g-{step}")] = json!(format!("{name}-g-{step}"));
+        let (whole, delta) = (new.to_string(), diff(&table, &new).to_string());
+        poller_w.on_tick();
+        poller_d.on_tick();
+        assert!(last_path(&host_d).ends_with("&delta=1"));
+        poller_takes_a_whole_table(&mut poller_w, &host_w, &whole);
+        poller_takes_a_delta(&mut poller_d, &host_d, &delta);
+        workers_follow_a_whole_table(&mut workers_w);
+        workers_follow_a_delta(&mut workers_d);
+        let want = compiled_whole(&new);
+        for root in [&poller_w, &poller_d].into_iter().chain(&workers_w).chain(&workers_d) {
+            assert_eq!(compiled(root), want);
+        }
+        table = new;
+    }
+    poller_d.on_tick();
+    assert_eq!(process_d.metric("isogroup_table_delta_fallbacks_total"), 0);
+    println!("whole table: {} bytes", table.to_string().len());
+}
