@@ -325,21 +325,25 @@ fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_bac
 
 #[inline(never)]
 fn poller_takes_a_whole_table(poller: &mut Root<FakeHost>, host: &FakeHost, body: &str) {
+    std::hint::black_box(0); // not merged with its twin
     answer(poller, host, &[(":status", "200")], body);
 }
 
 #[inline(never)]
 fn poller_takes_a_delta(poller: &mut Root<FakeHost>, host: &FakeHost, body: &str) {
+    std::hint::black_box(1); // not merged with its twin
     answer(poller, host, &[(":status", "200"), DELTA], body);
 }
 
 #[inline(never)]
 fn workers_follow_a_whole_table(workers: &mut [Root<FakeHost>]) {
+    std::hint::black_box(2); // not merged with its twin
     workers.iter_mut().for_each(|w| w.on_tick());
 }
 
 #[inline(never)]
 fn workers_follow_a_delta(workers: &mut [Root<FakeHost>]) {
+    std::hint::black_box(3); // not merged with its twin
     workers.iter_mut().for_each(|w| w.on_tick());
 }
 
