@@ -378,3 +378,29 @@ fn the_delta_path_ends_with_the_whole_table_or_falls_back() {
     }
     assert!(applied > 500 && refused > 100 && spoilt_seen > 100, "{applied} applied, {refused} refused");
 }
+
+/// The splice copies members as written: whitespace anywhere (a pretty
+/// printed base and delta), empty `set` and `replace`, splice to the same
+/// table.
+#[test]
+fn pretty_printed_tables_and_deltas_splice_to_the_same_table() {
+    let limits = Limits::default();
+    let old = table_v(1);
+    let mut changes = vec![table_v(2)];
+    changes[0]["services"]["c"] = json!({"hosts": ["c"], "clusters": {"base": "c-base"}});
+    let mut removed = table_v(3);
+    removed["services"].as_object_mut().unwrap().remove("b");
+    changes.push(removed);
+    let mut regrouped = table_v(4);
+    regrouped["groups"]["f2"] = json!({"mode": "strict"});
+    changes.push(regrouped);
+    for new in changes {
+        let whole = serde_json::to_vec_pretty(&old).unwrap();
+        let bytes = serde_json::to_vec_pretty(&diff(&old, &new)).unwrap();
+        let parsed = RawDelta::from_json(&bytes, &limits).unwrap();
+        let spliced = splice(&whole, &bytes, &parsed, &limits).unwrap();
+        assert_eq!(RawTable::from_companion_json(&spliced, &limits).unwrap().0, raw(&new));
+        let (applied, _) = apply(raw(&old), parsed.delta, "base", &limits).unwrap();
+        assert_eq!(applied, raw(&new));
+    }
+}
