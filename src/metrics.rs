@@ -21,6 +21,7 @@ pub enum Counter {
     TableUpdates,
     TableRejects,
     TableFetches,
+    TableDeltaFallbacks,
     PropagationKept,
     PropagationChanged,
     PropagationHealed,
@@ -29,7 +30,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Routed,
         Counter::Fallback,
         Counter::Failfast,
@@ -38,6 +39,7 @@ impl Counter {
         Counter::TableUpdates,
         Counter::TableRejects,
         Counter::TableFetches,
+        Counter::TableDeltaFallbacks,
         Counter::PropagationKept,
         Counter::PropagationChanged,
         Counter::PropagationHealed,
@@ -65,6 +67,7 @@ impl Counter {
             "isogroup_table_updates_total",
             "isogroup_table_rejects_total",
             "isogroup_table_fetches_total",
+            "isogroup_table_delta_fallbacks_total",
             "isogroup_propagation_kept_total",
             "isogroup_propagation_changed_total",
             "isogroup_propagation_healed_total",
@@ -180,6 +183,7 @@ mod tests {
             (Counter::TableUpdates, "isogroup_table_updates_total"),
             (Counter::TableRejects, "isogroup_table_rejects_total"),
             (Counter::TableFetches, "isogroup_table_fetches_total"),
+            (Counter::TableDeltaFallbacks, "isogroup_table_delta_fallbacks_total"),
             (Counter::PropagationKept, "isogroup_propagation_kept_total"),
             (Counter::PropagationChanged, "isogroup_propagation_changed_total"),
             (Counter::PropagationHealed, "isogroup_propagation_healed_total"),

@@ -8,6 +8,14 @@
 //! order"): a wiped and re-seeded store, with a newer epoch, wins its Envoys
 //! back; a lagging replica never makes one go back.
 //!
+//! Deltas (SPEC "Delivery to many proxies"): the poller asks `delta=1`
+//! while it holds its table as read (`raw`); a delta is applied onto that
+//! table only, spliced into the whole table's JSON in shared data (for a VM
+//! that must compile the whole) and itself shared, after the stamp of its
+//! base: a VM whose installed table is that base applies it onto its own
+//! raw table instead of reading the whole. A delta that fails anywhere is
+//! discarded and counted; the poller then fetches the whole table at once.
+//!
 //! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
 //! companion's cluster, authority and path): two plugin configs in one
 //! vm_id (Istio sets none) with different sources never see each other's
@@ -21,10 +29,11 @@ use core::time::Duration;
 
 use crate::proxy::{LogLevel, Status};
 use isogroup_core::cat;
+use isogroup_core::delta::{self, RawDelta, DELTA_CONTENT_TYPE};
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::text::{text_of, Hex};
-use isogroup_core::{CompanionSource, Source, Table, TableError};
+use isogroup_core::{CompanionSource, RawTable, Source, Table, TableError};
 
 use crate::host::{Host, HostError};
 use crate::metrics::{Counter, Gauge};
@@ -45,6 +54,9 @@ pub struct Keys {
     pub table: String,
     /// The shared table's stamp, `"<version>[ <epoch>]"`: small, read each tick.
     pub stamp: String,
+    /// The last delta shared, after its base's stamp and a newline; empty
+    /// after a whole table.
+    pub delta: String,
     pub ok_at: String,
 }
 
@@ -60,6 +72,7 @@ impl Keys {
             lease: cat!(prefix, "/poller-lease"),
             table: cat!(prefix, "/table"),
             stamp: cat!(prefix, "/table-stamp"),
+            delta: cat!(prefix, "/table-delta"),
             ok_at: cat!(prefix, "/table-ok-at"),
         }
     }
@@ -142,6 +155,11 @@ pub struct Follower {
     keys: Keys,
     /// The table installed in this VM.
     local: Option<Held>,
+    /// That table as read: what a delta applies onto. `None` when there is
+    /// none to apply onto (then the poller asks for the whole table).
+    /// Beside the compiled table at no cost in peak memory: compiling holds
+    /// the raw table and the table in force at once anyway.
+    raw: Option<RawTable>,
     /// Unknown table fields were logged (once per VM and source).
     told_unknown: bool,
     /// The outstanding poll, while this VM is the poller.
@@ -153,7 +171,16 @@ pub struct Follower {
 impl Follower {
     fn new(source: CompanionSource) -> Follower {
         let keys = Keys::for_source(&source);
-        Follower { source, keys, local: None, told_unknown: false, in_flight: None, failures: 0, next_poll_ms: 0 }
+        Follower {
+            source,
+            keys,
+            local: None,
+            raw: None,
+            told_unknown: false,
+            in_flight: None,
+            failures: 0,
+            next_poll_ms: 0,
+        }
     }
 
     fn on_tick<H: Host>(&mut self, vm: &Rc<Vm<H>>) {
@@ -190,24 +217,39 @@ impl Follower {
         Held::decode(&value?)
     }
 
-    /// Installs a newer process-wide table in this VM, compiled once.
+    /// Installs a newer process-wide table in this VM: the shared delta
+    /// applied onto its own when that is the delta's base, else the whole
+    /// table compiled.
     pub fn follow<H: Host>(&mut self, vm: &Vm<H>) {
         let Some(shared) = self.shared(vm) else { return };
         if !shared.is_newer_than(self.local.as_ref()) {
             return;
         }
-        let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-        match Table::from_companion_vec(
-            bytes,
-            &vm.settings.base_group,
-            &vm.settings.limits,
-            vm.settings.runtime_rules(),
-        ) {
-            Ok((table, _)) => {
-                vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
-                self.local = Some(Held::of(&table));
-                vm.install(table);
+        let mut taken = None;
+        let raw = self.raw.take().filter(|_| cfg!(feature = "table-deltas"));
+        if let (Some(raw), Some(held)) = (raw, &self.local) {
+            let base = held.encode();
+            if let Ok((Some(value), _)) = vm.host.shared_get(&self.keys.delta) {
+                if let Some(body) = value.strip_prefix(base.as_bytes()).and_then(|v| v.strip_prefix(b"\n")) {
+                    match read(vm, body, true, Some(raw), None).and_then(|(raw, _)| compile(vm, raw)) {
+                        Ok(table) => taken = Some(table),
+                        Err(e) => self.discard(vm, e),
+                    }
+                }
             }
+        }
+        let taken = match taken {
+            Some(table) => Ok(table),
+            None => {
+                let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
+                let read = read(vm, &bytes, false, None, None);
+                // Freed before compiling: a wasm VM's linear memory keeps its peak.
+                drop(bytes);
+                read.and_then(|(raw, _)| compile(vm, raw))
+            }
+        };
+        match taken {
+            Ok((raw, table)) => self.install(vm, raw, table),
             Err(e) => {
                 // The poller validated it, but with its own config's base
                 // group and limits: a config sharing the source may differ.
@@ -217,15 +259,31 @@ impl Follower {
         }
     }
 
+    fn install<H: Host>(&mut self, vm: &Vm<H>, raw: RawTable, table: Table) {
+        vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
+        self.local = Some(Held::of(&table));
+        // Kept only where deltas are built in: else the memory is wasted.
+        self.raw = cfg!(feature = "table-deltas").then_some(raw);
+        vm.install(table);
+    }
+
+    /// A delta that does not apply: counted, and said.
+    fn discard<H: Host>(&mut self, vm: &Vm<H>, e: TableError) {
+        vm.metrics.count(Counter::TableDeltaFallbacks);
+        vm.log(LogLevel::Warn, &cat!("table delta discarded, the whole table is taken instead: ", e));
+    }
+
     fn poll<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
         // `follow` ran first this tick: this VM holds the process's table.
         let sep = if self.source.path.contains('?') { '&' } else { '?' };
         let (base, wait) = (&self.source.path, self.source.wait_s);
+        // A delta only onto a table held as read, with an epoch.
+        let delta = if self.raw.is_some() { "&delta=1" } else { "" };
         let path = match &self.local {
             None => base.clone(),
             // Only a valid epoch is sent, and a valid one is URL-safe.
             Some(held) => match (&held.epoch, held.stamp().epoch) {
-                (Some(e), Some(_)) => cat!(base, sep, "after=", held.version, "&epoch=", e, "&wait=", wait),
+                (Some(e), Some(_)) => cat!(base, sep, "after=", held.version, "&epoch=", e, "&wait=", wait, delta),
                 _ => cat!(base, sep, "after=", held.version, "&wait=", wait),
             },
         };
@@ -278,7 +336,8 @@ impl Follower {
                     return self.reject(vm, TableError::TooManyBytes { field: "table", size: body_size, limit }, now);
                 }
                 let body = vm.host.http_call_response_body(body_size).ok().flatten().unwrap_or_default();
-                self.accept(vm, &body, now);
+                let delta = headers.get("content-type").is_some_and(|t| t == DELTA_CONTENT_TYPE.as_bytes());
+                self.accept(vm, &body, delta, now);
             }
             Some(304) => self.answered(vm, now),
             Some(s) => self.failed(vm, now, &cat!("companion answered ", s)),
@@ -286,37 +345,59 @@ impl Follower {
         }
     }
 
-    /// Validates a served table; a newer valid one goes to shared data for
-    /// every VM, anything else is rejected whole and counted.
-    fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], now: u64) {
-        let table = match Table::from_companion_json(
-            body,
-            &vm.settings.base_group,
-            &vm.settings.limits,
-            vm.settings.runtime_rules(),
-        ) {
-            Ok((table, unknown)) => {
-                // A newer companion's fields: skipped (SPEC), said once.
-                if !unknown.is_empty() && !self.told_unknown {
-                    self.told_unknown = true;
-                    let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
-                    let fields = isogroup_core::text::join_str(&names, ", ");
-                    vm.log(LogLevel::Warn, &cat!("table fields this filter does not know, ignored: ", fields));
+    /// Validates a served table, or a delta applied onto the table held; a
+    /// newer valid one goes to shared data for every VM. A table that is
+    /// not valid is rejected and counted; a delta is discarded and counted,
+    /// and the whole table fetched at once.
+    fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], delta: bool, now: u64) {
+        let delta = cfg!(feature = "table-deltas") && delta;
+        // A whole table is read without the raw one held beside it. The
+        // shared whole must be the table held: a delta patches one and is
+        // spliced into the other.
+        let onto = self.raw.take().filter(|_| delta && self.shared(vm) == self.local);
+        let mut whole = Vec::new();
+        if onto.is_some() {
+            whole = vm.host.shared_get(&self.keys.table).ok().and_then(|(bytes, _)| bytes).unwrap_or_default();
+        }
+        let splice = delta.then_some(&mut whole);
+        let (raw, table, unknown) =
+            match read(vm, body, delta, onto, splice).and_then(|(raw, unknown)| Ok((compile(vm, raw)?, unknown))) {
+                Ok(((raw, table), unknown)) => (raw, table, unknown),
+                Err(e) if delta => {
+                    self.answered(vm, now);
+                    return self.discard(vm, e);
                 }
-                table
-            }
-            Err(e) => return self.reject(vm, e, now),
-        };
+                Err(e) => return self.reject(vm, e, now),
+            };
+        // A newer companion's fields: skipped (SPEC), said once.
+        if !unknown.is_empty() && !self.told_unknown {
+            self.told_unknown = true;
+            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+            let fields = isogroup_core::text::join_str(&names, ", ");
+            vm.log(LogLevel::Warn, &cat!("table fields this filter does not know, ignored: ", fields));
+        }
         self.answered(vm, now);
         let held = Held::of(&table);
         if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
         }
-        // Table first, stamp second: a VM that sees the stamp finds the table.
+        // The delta after its base's stamp: a VM holding that base applies it.
+        let mut shared_delta = Vec::new();
+        if let (true, Some(base)) = (delta, &self.local) {
+            shared_delta = cat!(base.encode(), "\n").into_bytes();
+            shared_delta.extend_from_slice(body);
+        }
+        let whole = if delta { &whole } else { body };
+        // Table and delta first, stamp last: a VM that sees the stamp finds
+        // them (or newer ones).
         let stamp = held.encode();
         let written = vm
             .host
-            .shared_set(&self.keys.table, body, None)
+            .shared_set(&self.keys.table, whole, None)
+            .and_then(|()| match cfg!(feature = "table-deltas") {
+                true => vm.host.shared_set(&self.keys.delta, &shared_delta, None),
+                false => Ok(()),
+            })
             .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
             vm.log(LogLevel::Error, &cat!("cannot share table ", stamp, ": ", e));
@@ -327,9 +408,7 @@ impl Follower {
             LogLevel::Info,
             &cat!("vm ", vm.id, ": table ", stamp, " accepted (", table.service_count(), " services)"),
         );
-        vm.metrics.set(&vm.host, Gauge::TableVersion, held.version);
-        self.local = Some(held);
-        vm.install(table);
+        self.install(vm, raw, table);
     }
 
     /// Every reject is logged (rare, and each one matters); the poll backs
@@ -361,6 +440,36 @@ impl Follower {
         self.failures = self.failures.saturating_add(1);
         self.next_poll_ms = now.saturating_add(backoff_ms(self.failures, &vm.id, now));
     }
+}
+
+/// What `body` makes here: a whole table read, or a delta applied onto the
+/// raw table it is based on (`onto`), its result spliced into `whole` (the
+/// base's JSON) when given.
+fn read<H: Host>(
+    vm: &Vm<H>,
+    body: &[u8],
+    delta: bool,
+    onto: Option<RawTable>,
+    whole: Option<&mut Vec<u8>>,
+) -> Result<(RawTable, Vec<String>), TableError> {
+    let limits = &vm.settings.limits;
+    // Without the feature, no delta is asked for nor read (the code is not linked).
+    if !delta || !cfg!(feature = "table-deltas") {
+        return RawTable::from_companion_json(body, limits);
+    }
+    let raw = onto.ok_or_else(|| TableError::Json { path: "base".into(), message: "not the table held".into() })?;
+    let parsed = RawDelta::from_json(body, limits)?;
+    if let Some(whole) = whole {
+        *whole = delta::splice(whole, body, &parsed, limits)?;
+    }
+    Ok((delta::patch(raw, parsed.delta)?, parsed.unknown))
+}
+
+/// A raw table compiled as this VM's config says.
+fn compile<H: Host>(vm: &Vm<H>, raw: RawTable) -> Result<(RawTable, Table), TableError> {
+    let s = &vm.settings;
+    let table = Table::compile_for(&raw, &s.base_group, &s.limits, s.runtime_rules())?;
+    Ok((raw, table))
 }
 
 /// Exponential backoff from `BACKOFF_MIN_MS` to `BACKOFF_MAX_MS`, with ±25%

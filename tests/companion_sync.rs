@@ -7,9 +7,11 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{chain, fake_companion, header_values, http, wait_for, Build, Companion, Mesh};
+use common::{chain, fake_companion, header_values, http, root, wait_for, Build, Companion, Mesh, Rendered};
 
 const TABLE: &str = include_str!("../demo/table.json");
 
@@ -147,3 +149,55 @@ on_both_builds!(
     companion_down_keeps_the_last_table_then_resumes,
     garbage_and_invalid_tables_are_rejected_whole
 );
+
+/// The wasm with the `table-deltas` feature: built here (its own profile, so
+/// the release build's output is untouched), as the shipped wasm is built
+/// without it until the delta path fits the size budget.
+fn deltas_wasm() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root())
+        .args(["build", "--quiet", "--profile", "table-deltas", "--target", "wasm32-wasip1"])
+        .args(["-p", "isogroup-filter", "--features", "table-deltas"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the table-deltas wasm");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let wasm = target.join("wasm32-wasip1/table-deltas/isogroup_filter.wasm");
+    assert!(wasm.exists(), "{}", wasm.display());
+    wasm
+}
+
+/// SPEC "Delivery to many proxies" with the real Envoy (two workers, and
+/// the main thread's VM): one-service changes to a table large enough for
+/// deltas reach every worker as deltas, none discarded, and what every
+/// worker routes by is the companion's table.
+#[tokio::test]
+async fn one_service_changes_reach_every_worker_as_deltas() {
+    let wasm = deltas_wasm();
+    let mut table: serde_json::Value = serde_json::from_str(TABLE).unwrap();
+    for i in 0..30 {
+        let name = format!("pad-{i}");
+        table["services"][&name] = serde_json::json!({"hosts": [&name], "clusters": {"base": format!("{name}-base")}});
+    }
+    let mut rendered = Rendered::from_file("envoy/companion.yaml");
+    rendered.yaml = rendered.yaml.replace("filename: target/isogroup.wasm", &format!("filename: {}", wasm.display()));
+    let companion = Companion::start(rendered.port(18080), &table.to_string()).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", 1).await;
+    let clients = clients();
+    until_all_see(&mesh, &clients, "base").await;
+    let answered = companion.metric("isogroup_companion_delta_answers_total").await;
+    for round in 0..4 {
+        let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
+        let version = companion.set_instance("b", "feature-1", cluster).await;
+        until_all_see(&mesh, &clients, group).await;
+        mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", version).await;
+    }
+    let deltas = companion.metric("isogroup_companion_delta_answers_total").await - answered;
+    assert!(deltas >= 4.0, "the poller got the changes as deltas: {deltas}");
+    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_delta_fallbacks_total").await, 0, "none discarded");
+    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_rejects_total").await, 0);
+    let log = mesh.envoy.log_text();
+    assert!(!log.contains("table delta discarded"), "every VM applied the deltas it was on the base of");
+}

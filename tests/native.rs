@@ -368,6 +368,18 @@ async fn a_bad_plugin_configuration_makes_envoy_reject_the_module_naming_the_fie
     assert!(err.contains("failfast_status"), "{err}");
 }
 
+/// A documented difference (docs/native.md): propagation reports are the
+/// wasm build's only, and the module refuses a configuration asking for them.
+#[tokio::test]
+async fn propagation_reports_are_refused_by_the_native_build_naming_the_field() {
+    let rendered = Rendered::from_file("envoy/native.yaml").with_plugin_config(r#"{"propagation": {"sample": 8}}"#);
+    let err = match Envoy::start(&rendered, 9901, 10000).await {
+        Ok(_) => panic!("Envoy started the module with propagation reports configured"),
+        Err(log) => log,
+    };
+    assert!(err.contains("propagation: reports are not supported by the native build"), "{err}");
+}
+
 /// The order of the cluster specifier's `select` and the filter's
 /// request-headers hook, from the module's debug log lines.
 #[tokio::test]

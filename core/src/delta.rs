@@ -13,30 +13,37 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
-use crate::cat;
 use crate::epoch::Stamp;
 use crate::error::TableError;
-use crate::json::document;
-use crate::read;
-use crate::table::{Limits, RawTable, Table};
+use crate::json::{document, Reader, Res};
+use crate::read::{self, TABLE_FIELDS};
+use crate::table::{Limits, NameMap, RawTable, ReadNames, Table};
 
 /// The `Content-Type` of a delta answer.
 pub const DELTA_CONTENT_TYPE: &str = "application/vnd.isogroup.delta.v1+json";
 
 const DELTA_FIELDS: &[&str] = &["base", "version", "epoch", "set", "remove", "replace"];
 
+/// Bytes of the delta's JSON: (start, end).
+type Span = (usize, usize);
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawDelta {
     pub base_version: u64,
     pub base_epoch: Option<String>,
     /// The new table's `version`, `epoch`, `set` (as `services`) and the
-    /// fields `replace` names (the others left at their defaults).
+    /// fields `replace` gives (the others left at their defaults).
     pub changes: RawTable,
     /// In name order, each once.
     pub remove: Vec<String>,
-    /// The members of `replace` (`base_group`, `groups`, `sources`,
-    /// `rules`, or a newer companion's), by name.
-    replaced: Vec<Member>,
+    /// The fields `replace` gives, one bit per `TABLE_FIELDS` index.
+    replaced: u32,
+    /// What `splice` copies as written: the `version` and `epoch` members,
+    /// and the members inside `set` and inside `replace`.
+    version_at: Span,
+    epoch_at: Option<Span>,
+    set_at: Span,
+    replace_at: Span,
 }
 
 /// A parsed delta, and the names of the fields skipped inside `set` values
@@ -53,57 +60,15 @@ fn refused(path: &str, message: &str) -> TableError {
 
 impl RawDelta {
     /// Parses (not yet applies) a delta, refusing one over `max_table_bytes`.
-    /// The members are read as written (`members`), then the changes as one
-    /// table: `{"version", "epoch", "services": <set>, <replace members>}`,
-    /// with the table reader (so a problem inside is named as in a table).
+    /// One pass of the table reader: `set` is read as a table's `services`,
+    /// `replace` as a table (so a problem inside is named as in a table).
     pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<Parsed, TableError> {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "delta", size: bytes.len(), limit: limits.max_table_bytes });
         }
-        let top = members(bytes)?;
-        for (i, (name, _, _)) in top.iter().enumerate() {
-            if !DELTA_FIELDS.contains(&name.as_str()) || top.iter().take(i).any(|m| m.0 == *name) {
-                return Err(refused(name, "unknown field or given twice"));
-            }
-        }
-        let field = |name: &str| find(&top, bytes, name);
-        let (Some(base_json), Some(version)) = (field("base"), field("version")) else {
-            return Err(refused("(document)", "missing field `base` or `version`"));
-        };
-        // Strict: a base with another member is not a base this filter knows.
-        let base_members = members(base_json)?;
-        if base_members.iter().any(|m| m.0 != "version" && m.0 != "epoch") {
-            return Err(refused("base", "unknown field"));
-        }
-        let (base, _) = read::table_document(base_json, false, limits)?;
-        let replace_json = value(&top, bytes, "replace");
-        let replaced = members(replace_json)?;
-        let mut doc = Vec::with_capacity(bytes.len() + 32);
-        doc.extend_from_slice(b"{\"version\":");
-        doc.extend_from_slice(version);
-        if let Some(epoch) = field("epoch") {
-            doc.extend_from_slice(b",\"epoch\":");
-            doc.extend_from_slice(epoch);
-        }
-        doc.extend_from_slice(b",\"services\":");
-        doc.extend_from_slice(value(&top, bytes, "set"));
-        for m in &replaced {
-            if matches!(m.0.as_str(), "version" | "epoch" | "services") {
-                return Err(refused(&cat!("replace.", m.0), "not replaced whole (see the delta's top level)"));
-            }
-            push_member(&mut doc, replace_json, m);
-        }
-        doc.push(b'}');
-        let (changes, unknown) = read::table_document(&doc, true, limits)?;
-        let remove = match field("remove") {
-            Some(json) => document(json, false, &mut |r| r.strings())?.0,
-            None => Vec::new(),
-        };
-        // `splice` binary searches it.
-        if remove.windows(2).any(|pair| pair[0] >= pair[1]) {
-            return Err(refused("remove", "expected service names in order, each once"));
-        }
-        let delta = RawDelta { base_version: base.version, base_epoch: base.epoch, changes, remove, replaced };
+        let mut delta = RawDelta::default();
+        // Read into `delta`: the reader's set-up is the one `splice` uses.
+        let ((), unknown) = document(bytes, true, &mut |r| read_delta(r, limits, &mut delta))?;
         Ok(Parsed { delta, unknown })
     }
 
@@ -111,10 +76,69 @@ impl RawDelta {
     pub fn has_base(&self, version: u64, epoch: Option<&str>) -> bool {
         self.base_version == version && self.base_epoch.as_deref() == epoch
     }
+}
 
-    fn replaces(&self, field: &str) -> bool {
-        self.replaced.iter().any(|m| m.0 == field)
+/// A key a strict object does not know (the delta's top level, `base`):
+/// lenient reading skipped it, this refuses it.
+fn unknown(r: &Reader<'_>) -> crate::json::JsonError {
+    r.err_key("unknown field", true)
+}
+
+/// A delta object: strict at the top level and in `base`, lenient inside
+/// `set` values and `replace`.
+fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> {
+    let (mut seen, mut cluster_entries) = (0, 0);
+    r.object("a delta object", &mut |r, key| {
+        let at = r.key_span().0;
+        match r.field(key, DELTA_FIELDS, &mut seen)? {
+            Some(0) => {
+                let mut seen = 0;
+                r.object("a delta base", &mut |r, key| {
+                    match r.field(key, TABLE_FIELDS.get(..2).unwrap_or_default(), &mut seen)? {
+                        Some(0) => d.base_version = r.uint(u64::MAX, "u64")?,
+                        Some(_) => d.base_epoch = r.opt_string()?,
+                        None => return Err(unknown(r)),
+                    }
+                    Ok(())
+                })?;
+            }
+            Some(1) => {
+                d.changes.version = r.uint(u64::MAX, "u64")?;
+                d.version_at = (at, r.end());
+            }
+            Some(2) => {
+                d.changes.epoch = r.opt_string()?;
+                d.epoch_at = Some((at, r.end()));
+            }
+            Some(3) => {
+                let inside = r.at() + 1;
+                d.changes.services = read::services(r, limits, &mut cluster_entries)?;
+                d.set_at = (inside, r.end() - 1);
+            }
+            Some(4) => {
+                d.remove = r.strings()?;
+                // `patch` and `splice` binary search it.
+                if d.remove.windows(2).any(|pair| pair[0] >= pair[1]) {
+                    return Err(r.err("expected service names in order, each once"));
+                }
+            }
+            Some(_) => {
+                let inside = r.at() + 1;
+                d.replaced = read::table_into(r, limits, &mut d.changes)?;
+                // version, epoch, services: the delta's own members.
+                if d.replaced & 0b1_0011 != 0 {
+                    return Err(r.err("version, epoch and services are not replaced whole"));
+                }
+                d.replace_at = (inside, r.end() - 1);
+            }
+            None => return Err(unknown(r)),
+        }
+        Ok(())
+    })?;
+    if seen & 0b11 != 0b11 {
+        return Err(r.missing(if seen & 1 == 0 { "base" } else { "version" }));
     }
+    Ok(())
 }
 
 /// The table `delta` makes of `raw`, compiled: refused when `raw` is not
@@ -124,140 +148,120 @@ impl RawDelta {
 /// `Table::compile` names it). Consumes `raw`: on a refusal the caller falls
 /// back to the whole table anyway.
 pub fn apply(
-    mut raw: RawTable,
+    raw: RawTable,
     delta: RawDelta,
     default_base: &str,
     limits: &Limits,
 ) -> Result<(RawTable, Table), TableError> {
+    let raw = patch(raw, delta)?;
+    let table = Table::compile(&raw, default_base, limits)?;
+    Ok((raw, table))
+}
+
+/// `apply` without the compile: the raw table `delta` makes of `raw`, for a
+/// caller that compiles it its own way (the filter, with or without rules).
+pub fn patch(mut raw: RawTable, delta: RawDelta) -> Result<RawTable, TableError> {
     if !delta.has_base(raw.version, raw.epoch.as_deref()) {
         return Err(refused("base", "not the table held"));
     }
-    let replaces =
-        [delta.replaces("base_group"), delta.replaces("groups"), delta.replaces("sources"), delta.replaces("rules")];
     let new = delta.changes;
     let base = Stamp::new(delta.base_epoch.as_deref(), delta.base_version);
     if !Stamp::new(new.epoch.as_deref(), new.version).is_newer_than(&base) {
         return Err(refused("version", "not newer than the delta's base"));
     }
-    for name in &delta.remove {
-        if new.services.contains_key(name.as_str()) || raw.services.remove(name.as_str()).is_none() {
-            return Err(refused("remove", "names a service the base does not have, or one also in `set`"));
+    // The base's services but those set or removed, then those set: sorted
+    // once (a name given twice cannot come of it).
+    let (mut services, mut twice) = (NameMap::new(), Default::default());
+    let mut removed = 0;
+    for (name, service) in core::mem::take(&mut raw.services) {
+        let set = new.services.contains_key(name.as_str());
+        if delta.remove.binary_search(&name).is_ok() {
+            removed += if set { delta.remove.len() + 1 } else { 1 };
+        } else if !set {
+            services.push_read(name, service, &mut twice);
         }
     }
-    for (name, service) in new.services {
-        raw.services.insert(name, service);
+    if removed != delta.remove.len() {
+        return Err(refused("remove", "names a service the base does not have, or one also in `set`"));
     }
-    let [base_group, groups, sources, rules] = replaces;
-    if base_group {
+    for (name, service) in new.services {
+        services.push_read(name, service, &mut twice);
+    }
+    services.sort_read(twice).map_err(|name| refused(&name, "set twice"))?;
+    raw.services = services;
+    let replaced = |field: usize| delta.replaced & (1 << field) != 0;
+    if replaced(2) {
         raw.base_group = new.base_group;
     }
-    if groups {
+    if replaced(3) {
         raw.groups = new.groups;
     }
-    if sources {
+    if replaced(5) {
         raw.sources = new.sources;
     }
-    if rules {
+    if replaced(6) {
         raw.rules = new.rules;
     }
     raw.version = new.version;
     raw.epoch = new.epoch;
-    let table = Table::compile(&raw, default_base, limits)?;
-    Ok((raw, table))
-}
-
-/// A member of an object as written: (name, key, value), the key and
-/// value as byte ranges of the document.
-type Member = (String, Span, Span);
-
-/// The members of the object `doc` is.
-fn members(doc: &[u8]) -> Result<Vec<Member>, TableError> {
-    let mut out = Vec::new();
-    document(doc, true, &mut |r| {
-        r.object("an object", &mut |r, name| {
-            let key = r.key_span();
-            let start = r.at();
-            r.skip()?;
-            out.push((name, key, (start, r.at())));
-            Ok(())
-        })
-    })?;
-    Ok(out)
-}
-
-/// The value of member `name`, as written.
-#[inline(never)]
-fn find<'d>(members: &[Member], doc: &'d [u8], name: &str) -> Option<&'d [u8]> {
-    members.iter().find(|m| m.0 == name).map(|m| part(doc, m.2))
-}
-
-/// The value of member `name`, as written; `{}` when absent.
-fn value<'d>(members: &[Member], doc: &'d [u8], name: &str) -> &'d [u8] {
-    find(members, doc, name).unwrap_or(b"{}")
+    Ok(raw)
 }
 
 /// The whole table's JSON that `delta` (parsed from `delta_json`) makes of
-/// `whole` (its base's JSON): the base's members as written, but for the
-/// stamp, the services set or removed and the fields replaced, which come
-/// from the delta as written. Refused over `max_table_bytes`.
+/// `whole` (its base's JSON): the base's members and services as written,
+/// but for the stamp, the services set or removed and the fields replaced,
+/// which come from the delta as written. Refused over `max_table_bytes`.
 pub fn splice(whole: &[u8], delta_json: &[u8], parsed: &Parsed, limits: &Limits) -> Result<Vec<u8>, TableError> {
-    let delta = &parsed.delta;
-    let (top, changes) = (members(whole)?, members(delta_json)?);
-    let services_json = value(&top, whole, "services");
-    let (set_json, replace_json) = (value(&changes, delta_json, "set"), value(&changes, delta_json, "replace"));
-    let (services, set, replace) = (members(services_json)?, members(set_json)?, members(replace_json)?);
+    let d = &parsed.delta;
     let mut out = Vec::with_capacity(whole.len() + delta_json.len());
-    let member = push_member;
-    // Members are written each after a `,`: the first one's is a `{`.
-    for m in changes.iter().filter(|m| m.0 == "version" || m.0 == "epoch") {
-        member(&mut out, delta_json, m);
+    let mut services = Vec::new();
+    out.push(b'{');
+    out.extend_from_slice(part(delta_json, d.version_at));
+    for at in d.epoch_at.into_iter().chain([d.replace_at]) {
+        push_members(&mut out, part(delta_json, at));
     }
-    for m in &top {
-        if !matches!(m.0.as_str(), "version" | "epoch" | "services") && !replace.iter().any(|r| r.0 == m.0) {
-            member(&mut out, whole, m);
-        }
-    }
-    for m in &replace {
-        member(&mut out, replace_json, m);
-    }
-    out.extend_from_slice(b",\"services\":");
-    let open = out.len();
-    for m in &services {
-        if !delta.changes.services.contains_key(m.0.as_str()) && delta.remove.binary_search(&m.0).is_err() {
-            member(&mut out, services_json, m);
-        }
-    }
-    for m in &set {
-        member(&mut out, set_json, m);
-    }
-    if out.len() == open {
-        out.push(b'{');
-    }
+    document(whole, true, &mut |r| {
+        r.object("a route table object", &mut |r, name| {
+            let start = r.key_span().0;
+            let field = TABLE_FIELDS.iter().position(|f| *f == name);
+            if field == Some(4) {
+                return r.object("a map", &mut |r, name| {
+                    let start = r.key_span().0;
+                    r.skip()?;
+                    if !d.changes.services.contains_key(name.as_str()) && d.remove.binary_search(&name).is_err() {
+                        push_members(&mut services, part(whole, (start, r.end())));
+                    }
+                    Ok(())
+                });
+            }
+            r.skip()?;
+            if !field.is_some_and(|i| i < 2 || d.replaced & (1 << i) != 0) {
+                push_members(&mut out, part(whole, (start, r.end())));
+            }
+            Ok(())
+        })
+    })?;
+    push_members(&mut services, part(delta_json, d.set_at));
+    out.extend_from_slice(b",\"services\":{");
+    // Each member came after a `,`: not the first.
+    out.extend_from_slice(services.get(1..).unwrap_or_default());
     out.extend_from_slice(b"}}");
-    for at in [0, open] {
-        if let Some(byte) = out.get_mut(at) {
-            *byte = b'{';
-        }
-    }
     if out.len() > limits.max_table_bytes {
         return Err(TableError::TooManyBytes { field: "table", size: out.len(), limit: limits.max_table_bytes });
     }
     Ok(out)
 }
 
-/// `,"key":value` as written in `doc`.
-fn push_member(out: &mut Vec<u8>, doc: &[u8], (_, key, value): &Member) {
-    out.push(b',');
-    out.extend_from_slice(part(doc, *key));
-    out.push(b':');
-    out.extend_from_slice(part(doc, *value));
-}
-
-/// A value's bytes in its document: (start, end).
-type Span = (usize, usize);
-
 fn part(doc: &[u8], (start, end): Span) -> &[u8] {
     doc.get(start..end).unwrap_or_default()
+}
+
+/// `,` and `json` (members as written), unless there are none.
+fn push_members(out: &mut Vec<u8>, json: &[u8]) {
+    if !json.trim_ascii().is_empty() {
+        out.push(b',');
+        out.extend_from_slice(json);
+    }
 }
 
 #[cfg(test)]

@@ -649,6 +649,11 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// Where the value just read ends (no whitespace skipped).
+    pub(crate) fn end(&self) -> usize {
+        self.pos
+    }
+
     /// Reads and drops any value.
     pub(crate) fn skip(&mut self) -> Res<()> {
         match self.peek() {

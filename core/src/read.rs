@@ -233,6 +233,13 @@ const UNCOUNTED: Limits = Limits {
 /// per port).
 pub(crate) fn table(r: &mut Reader<'_>, limits: &Limits) -> Res<RawTable> {
     let mut t = RawTable::default();
+    table_into(r, limits, &mut t)?;
+    Ok(t)
+}
+
+/// `table` into `t`: the fields given are set (a delta's `replace` reads
+/// into its changes); returns them, one bit per `TABLE_FIELDS` index.
+pub(crate) fn table_into(r: &mut Reader<'_>, limits: &Limits, t: &mut RawTable) -> Res<u32> {
     let mut seen = 0;
     let mut cluster_entries = 0;
     r.object("a route table object", &mut |r, key| {
@@ -250,17 +257,7 @@ pub(crate) fn table(r: &mut Reader<'_>, limits: &Limits) -> Res<RawTable> {
                 })?;
                 sorted(r, t.groups.sort_read(twice))?;
             }
-            Some(4) => {
-                let (mut count, mut twice) = (0, Default::default());
-                r.object("a map", &mut |r, name| {
-                    r.count(&mut count, limits.max_services, "services")?;
-                    let service = service(r, &mut cluster_entries, limits.max_cluster_entries)?;
-                    t.services.push_read(name, service, &mut twice);
-                    Ok(())
-                })?;
-                sorted(r, t.services.sort_read(twice))?;
-                crate::table::shrink_names(&mut t.services);
-            }
+            Some(4) => t.services = services(r, limits, &mut cluster_entries)?,
             Some(5) => {
                 r.array(&mut |r| {
                     t.sources.push(source(r)?);
@@ -272,7 +269,22 @@ pub(crate) fn table(r: &mut Reader<'_>, limits: &Limits) -> Res<RawTable> {
         }
         Ok(())
     })?;
-    Ok(t)
+    Ok(seen)
+}
+
+/// A table's `services` (or a delta's `set`); `cluster_entries` as in `service`.
+pub(crate) fn services(r: &mut Reader<'_>, limits: &Limits, cluster_entries: &mut usize) -> Res<NameMap<RawService>> {
+    let mut services = NameMap::new();
+    let (mut count, mut twice) = (0, Default::default());
+    r.object("a map", &mut |r, name| {
+        r.count(&mut count, limits.max_services, "services")?;
+        let service = service(r, cluster_entries, limits.max_cluster_entries)?;
+        services.push_read(name, service, &mut twice);
+        Ok(())
+    })?;
+    sorted(r, services.sort_read(twice))?;
+    crate::table::shrink_names(&mut services);
+    Ok(services)
 }
 
 /// A map read whole and sorted (`ReadNames`): a name given twice is

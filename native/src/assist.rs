@@ -56,14 +56,15 @@ pub fn apply(incoming: &mut Incoming<'_>, a: &Assist, envoy: &StreamHandle, now_
     match side {
         Side::Inbound => {
             if let (Some((trace, group)), false) = (incoming.remember(), incoming.source == GroupSource::Assist) {
-                store(a.slot_key(trace), assist::encode_entry(trace, &group, now_ms.saturating_add(a.ttl_ms)));
+                store(a.slot_key(trace), assist::encode_entry(trace, Some(&group), now_ms.saturating_add(a.ttl_ms)));
             }
         }
         Side::Outbound | Side::Auto => {
             if incoming.group.is_some() {
                 return;
             }
-            if let Some(group) = load(&a.slot_key(trace_id)).and_then(|e| assist::decode_entry(&e, trace_id, now_ms)) {
+            // A slot recorded for a request without a group (reports) heals nothing.
+            if let Some(group) = load(&a.slot_key(trace_id)).and_then(|e| assist::decode_entry(&e, trace_id, now_ms)).flatten() {
                 incoming.adopt(group, GroupSource::Assist);
             }
         }

@@ -117,6 +117,12 @@ impl Config {
             }
         };
         let mut settings = Settings::from_json(json).map_err(|e| e.to_string())?;
+        // Propagation reports are the wasm build's only (docs/native.md): a
+        // configuration asking for them is refused rather than silently
+        // sending nothing.
+        if settings.propagation.is_some() {
+            return Err("propagation: reports are not supported by the native build (use the wasm filter)".into());
+        }
         let gauge_version = envoy.define_gauge("isogroup_table_version");
         let main_thread = envoy.keep();
         let tables = match core::mem::replace(&mut settings.source, Source::None) {

@@ -4,6 +4,8 @@
 
 mod abi;
 mod assist;
+#[cfg(feature = "table-deltas")]
+mod delta;
 mod edge;
 pub mod envoy;
 mod propagation;

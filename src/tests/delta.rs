@@ -1,0 +1,406 @@
+//! Table deltas through the filter's own path (SPEC "Delivery to many
+//! proxies"), over the fake host: the poller applies a delta onto the table
+//! it holds and splices it into the shared whole, every VM on the delta's
+//! base applies it, any other compiles the whole; whatever is wrong with a
+//! delta discards it, counted, and the whole table is fetched at once.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use super::sync::{answer, installed, last_path, table_in};
+use super::{companion_config, configured};
+use crate::fake_host::{FakeHost, Process};
+use crate::host::Host;
+use crate::proxy::RootContext;
+use crate::root::Root;
+use crate::sync::{Keys, BACKOFF_MAX_MS};
+use isogroup_core::{CompanionSource, Limits, RawTable, Table};
+
+const DELTA: (&str, &str) = ("content-type", "application/vnd.isogroup.delta.v1+json");
+
+/// A delta as a companion makes one (its `store/delta.rs`): every service
+/// that differs set whole, every one gone removed (in name order), every
+/// other top-level field that differs replaced whole.
+fn diff(old: &Value, new: &Value) -> Value {
+    let services = |t: &Value| t.get("services").and_then(Value::as_object).cloned().unwrap_or_default();
+    let (old_s, new_s) = (services(old), services(new));
+    let set: Map<String, Value> =
+        new_s.iter().filter(|(k, v)| old_s.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let remove: Vec<&String> = old_s.keys().filter(|k| !new_s.contains_key(*k)).collect();
+    let mut replace = Map::new();
+    for field in ["base_group", "groups", "sources", "rules"] {
+        let (o, n) = (old.get(field), new.get(field));
+        if o != n {
+            let whole = match (field, n) {
+                (_, Some(v)) => v.clone(),
+                ("base_group", None) => Value::Null,
+                ("groups", None) => json!({}),
+                (_, None) => json!([]),
+            };
+            replace.insert(field.into(), whole);
+        }
+    }
+    json!({
+        "base": {"version": old["version"], "epoch": old.get("epoch").cloned().unwrap_or(Value::Null)},
+        "version": new["version"],
+        "epoch": new.get("epoch").cloned().unwrap_or(Value::Null),
+        "set": set, "remove": remove, "replace": replace,
+    })
+}
+
+fn source() -> CompanionSource {
+    let mut source = CompanionSource::with_defaults("companion".into(), "companion".into());
+    source.path = "/v1/table".into();
+    source.wait_s = 25;
+    source
+}
+
+fn shared(host: &FakeHost, key: &str) -> Vec<u8> {
+    host.shared_get(key).unwrap().0.unwrap_or_default()
+}
+
+fn raw(bytes: &[u8]) -> RawTable {
+    RawTable::from_companion_json(bytes, &Limits::default()).unwrap().0
+}
+
+/// The VM's compiled table as text: equal for equal raw tables.
+fn compiled(root: &Root<FakeHost>) -> String {
+    root.vm().and_then(|vm| vm.table()).map(|t| format!("{t:?}")).unwrap_or_default()
+}
+
+fn compiled_whole(table: &Value) -> String {
+    let bytes = serde_json::to_vec(table).unwrap();
+    format!("{:?}", Table::from_companion_json(&bytes, "base", &Limits::default(), false).unwrap().0)
+}
+
+fn routes(root: &Root<FakeHost>, service: &str) -> bool {
+    root.vm().and_then(|vm| vm.table()).is_some_and(|t| t.service_by_name(service).is_some())
+}
+
+fn v100() -> Value {
+    serde_json::from_str(&table_in("1000-aa", 100)).unwrap()
+}
+
+#[test]
+fn a_delta_is_applied_by_the_poller_spliced_into_the_shared_whole_and_applied_by_every_vm_on_its_base() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, host) = configured(&process, &config);
+    let (mut worker, _) = configured(&process, &config);
+    poller.on_tick();
+    assert_eq!(last_path(&host), "/v1/table", "nothing held: no delta asked");
+    let old = v100();
+    answer(&mut poller, &host, &[(":status", "200")], &old.to_string());
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(100));
+    poller.on_tick();
+    assert_eq!(last_path(&host), "/v1/table?after=100&epoch=1000-aa&wait=25&delta=1");
+    let mut new = old.clone();
+    new["version"] = json!(101);
+    new["services"]["c"] = json!({"hosts": ["c"], "clusters": {"base": "c-base", "feature-1": "c-f1"}});
+    new["services"].as_object_mut().unwrap().remove("b");
+    answer(&mut poller, &host, &[(":status", "200"), DELTA], &diff(&old, &new).to_string());
+    assert_eq!(installed(&poller), Some(101));
+    assert!(routes(&poller, "c") && !routes(&poller, "b"));
+    // The shared whole is what a whole fetch gives.
+    let keys = Keys::for_source(&source());
+    let whole = shared(&host, &keys.table);
+    assert_eq!(raw(&whole), raw(new.to_string().as_bytes()));
+    // The worker on the delta's base applies it: it does not even read the
+    // whole (spoilt here to show it).
+    host.shared_set(&keys.table, b"not json", None).unwrap();
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(101));
+    assert_eq!(compiled(&worker), compiled_whole(&new));
+    // A VM not on the base (new here, nothing installed) compiles the whole.
+    host.shared_set(&keys.table, &whole, None).unwrap();
+    let (mut late, _) = configured(&process, &config);
+    late.on_tick();
+    assert_eq!(compiled(&late), compiled_whole(&new));
+    poller.on_tick(); // flushes its counters
+    assert_eq!(process.metric("isogroup_table_delta_fallbacks_total"), 0);
+    assert_eq!(process.metric("isogroup_table_updates_total"), 2);
+}
+
+#[test]
+fn a_bad_delta_is_discarded_counted_and_the_whole_table_fetched_at_once() {
+    let process = Process::new();
+    let (mut root, host) = configured(&process, &companion_config("companion"));
+    root.on_tick();
+    let mut held = v100();
+    answer(&mut root, &host, &[(":status", "200")], &held.to_string());
+    type Spoil = fn(&mut Value);
+    let cases: [(&str, Spoil); 8] = [
+        ("an unknown key", |d| d["rename"] = json!({})),
+        ("an unknown base key", |d| d["base"]["revision"] = json!(1)),
+        ("a wrong base version", |d| d["base"]["version"] = json!(99)),
+        ("a wrong base epoch", |d| d["base"]["epoch"] = json!("999-zz")),
+        ("an invalid result", |d| d["set"]["c"]["clusters"] = json!({"feature-1": "x"})),
+        ("a removal of a service not held", |d| d["remove"] = json!(["zz"])),
+        ("a removal out of order", |d| d["remove"] = json!(["b", "a"])),
+        ("garbage", |d| *d = json!("{")),
+    ];
+    for (i, (what, spoil)) in cases.into_iter().enumerate() {
+        let mut new = held.clone();
+        new["version"] = json!(101 + i);
+        new["services"]["c"] = json!({"hosts": ["c"], "clusters": {"base": "c-base"}});
+        let mut delta = diff(&held, &new);
+        spoil(&mut delta);
+        root.on_tick();
+        assert!(last_path(&host).ends_with("&delta=1"), "{what}");
+        answer(&mut root, &host, &[(":status", "200"), DELTA], &delta.to_string());
+        assert_eq!(installed(&root), held["version"].as_u64(), "{what}: the table in force stays");
+        // The next poll, at once, asks for the whole table.
+        root.on_tick();
+        assert_eq!(process.metric("isogroup_table_delta_fallbacks_total"), i as i64 + 1, "{what}");
+        let want = format!("/v1/table?after={}&epoch=1000-aa&wait=25", held["version"]);
+        assert_eq!(last_path(&host), want, "{what}");
+        answer(&mut root, &host, &[(":status", "200")], &new.to_string());
+        assert_eq!(compiled(&root), compiled_whole(&new), "{what}");
+        new["services"].as_object_mut().unwrap().remove("c");
+        held = new;
+    }
+    assert_eq!(process.metric("isogroup_table_rejects_total"), 0, "a discarded delta is no rejected table");
+    assert!(process.logged("table delta discarded"));
+}
+
+/// A small deterministic generator: the same sequences on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+const GROUPS: &[&str] = &["base", "feature-1", "feature-2", "team-s", "Bad"];
+
+fn random_service(rng: &mut Rng, name: &str) -> Value {
+    let mut clusters = BTreeMap::new();
+    // Now and then no base cluster, or a bad group name: an invalid table.
+    let valid = rng.below(8) != 0;
+    if valid {
+        clusters.insert("base".to_owned(), json!(format!("{name}-base")));
+    }
+    for _ in 0..rng.below(3) {
+        let group = GROUPS[rng.below(if valid { 4 } else { 5 }) as usize];
+        clusters.insert(group.to_owned(), json!(format!("{name}-{group}-{}", rng.below(4))));
+    }
+    let mut hosts = vec![json!(name)];
+    if rng.below(10) == 0 {
+        hosts.push(json!(format!("s{}", rng.below(12)))); // may be another service's host
+    }
+    json!({"hosts": hosts, "clusters": clusters})
+}
+
+/// One change, valid or not: mostly one service, now and then groups,
+/// the base group or the source bindings.
+fn mutate(rng: &mut Rng, table: &mut Value) {
+    let name = format!("s{}", rng.below(12));
+    match rng.below(8) {
+        0..=3 => table["services"][&name] = random_service(rng, &name),
+        4 => {
+            table["services"].as_object_mut().unwrap().remove(&name);
+        }
+        5 => {
+            let fallback = GROUPS[rng.below(4) as usize];
+            table["groups"][GROUPS[1 + rng.below(3) as usize]] = json!({"fallback": [fallback]});
+        }
+        6 => match rng.below(2) {
+            0 => table["base_group"] = json!("base"),
+            _ => drop(table.as_object_mut().unwrap().remove("base_group")),
+        },
+        _ => table["sources"] = json!([{"cidr": format!("10.{}.0.0/16", rng.below(4)), "group": "feature-1"}]),
+    }
+}
+
+/// The differential test: random change sequences through a poller and
+/// several VMs (some lagging a version or more, some started late), with
+/// deltas that would make an invalid table and deltas spoilt (an unknown
+/// key, an unknown base key, a wrong base). After every change each VM
+/// holds exactly the table a whole fetch gives (the last valid one), and
+/// the shared whole reads as that table; a delta that cannot apply is
+/// discarded and counted, and nothing else is.
+#[test]
+fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_back() {
+    let keys = Keys::for_source(&source());
+    let (mut deltas_applied, mut discarded_total) = (0, 0);
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let process = Process::new();
+        let config = companion_config("companion");
+        let (mut poller, host) = configured(&process, &config);
+        let mut workers: Vec<Root<FakeHost>> = (0..3).map(|_| configured(&process, &config).0).collect();
+        let mut published = json!({
+            "version": 1, "epoch": "1000-aa",
+            "groups": {"feature-1": {}, "feature-2": {"fallback": ["feature-1"]}, "team-s": {"mode": "strict"}},
+            "services": {"s0": {"hosts": ["s0"], "clusters": {"base": "s0-base"}}},
+        });
+        poller.on_tick();
+        answer(&mut poller, &host, &[(":status", "200")], &published.to_string());
+        // What a whole fetch gives: the last valid table published.
+        let mut held = published.clone();
+        let mut discarded = 0;
+        for step in 0..40u64 {
+            let what = format!("seed {seed} step {step}");
+            let mut new = published.clone();
+            mutate(&mut rng, &mut new);
+            new["version"] = json!(step + 2);
+            let reseeded = rng.below(25) == 0;
+            if reseeded {
+                new["epoch"] = json!(format!("{}-bb", 2000 + step));
+            }
+            let valid =
+                Table::from_companion_json(new.to_string().as_bytes(), "base", &Limits::default(), false).is_ok();
+            // Polls come at once after an answer, or after the backoff of a reject.
+            host.advance(BACKOFF_MAX_MS * 2);
+            poller.on_tick();
+            let mut path = last_path(&host);
+            // The companion holds every version it published: a delta from
+            // the poll's base, unless the epoch changed (history lost).
+            if path.ends_with("&delta=1") && !reseeded {
+                let mut delta = diff(&published, &new);
+                assert!(path.contains(&format!("after={}&", published["version"])), "{what}: {path}");
+                let spoil: Option<fn(&mut Value, u64)> = match rng.below(10) {
+                    0 => Some(|d, _| d["extra"] = json!(1)),
+                    1 => Some(|d, _| d["base"]["rev"] = json!(1)),
+                    2 => Some(|d, step| d["base"]["version"] = json!(step + 500)),
+                    3 => Some(|d, _| d["base"]["epoch"] = json!("999-zz")),
+                    _ => None,
+                };
+                let spoilt = spoil.map(|spoil| spoil(&mut delta, step)).is_some();
+                let before = process.metric("isogroup_table_delta_fallbacks_total");
+                answer(&mut poller, &host, &[(":status", "200"), DELTA], &delta.to_string());
+                // Flushes the counters; polls again at once.
+                poller.on_tick();
+                let fell_back = process.metric("isogroup_table_delta_fallbacks_total") - before;
+                if !spoilt && valid {
+                    assert_eq!(fell_back, 0, "{what}: a good delta discarded");
+                    deltas_applied += 1;
+                } else {
+                    assert_eq!(fell_back, 1, "{what}: a bad delta not discarded (spoilt {spoilt}, valid {valid})");
+                    discarded += 1;
+                    path = last_path(&host);
+                    assert!(!path.contains("delta=1"), "{what}: the whole table is fetched at once: {path}");
+                    answer(&mut poller, &host, &[(":status", "200")], &new.to_string());
+                }
+            } else {
+                assert!(!path.contains("delta=1") || reseeded, "{what}");
+                answer(&mut poller, &host, &[(":status", "200")], &new.to_string());
+            }
+            published = new;
+            if valid {
+                held = published.clone();
+            }
+            let want = compiled_whole(&held);
+            assert_eq!(compiled(&poller), want, "{what}: poller");
+            assert_eq!(raw(&shared(&host, &keys.table)), raw(held.to_string().as_bytes()), "{what}: shared whole");
+            // Now and then a VM starts (nothing held: the whole), and each
+            // VM lags a tick now and then (not on the next delta's base).
+            if rng.below(15) == 0 {
+                workers.push(configured(&process, &config).0);
+            }
+            for worker in &mut workers {
+                if rng.below(4) == 0 {
+                    continue;
+                }
+                worker.on_tick();
+                assert_eq!(compiled(worker), want, "{what}: worker");
+            }
+        }
+        assert_eq!(process.metric("isogroup_table_delta_fallbacks_total"), discarded, "seed {seed}");
+        discarded_total += discarded;
+    }
+    assert!(deltas_applied > 200 && discarded_total > 150, "{deltas_applied} applied, {discarded_total} discarded");
+}
+
+// The VM CPU to install a one-service change (BENCHMARKS.md, "Table deltas
+// in the filter"): each step below in its own function, for callgrind's
+// inclusive instruction counts (`valgrind --tool=callgrind` on this test,
+// release build; `callgrind_annotate --inclusive=yes`).
+
+#[inline(never)]
+fn poller_takes_a_whole_table(poller: &mut Root<FakeHost>, host: &FakeHost, body: &str) {
+    std::hint::black_box(0); // not merged with its twin
+    answer(poller, host, &[(":status", "200")], body);
+}
+
+#[inline(never)]
+fn poller_takes_a_delta(poller: &mut Root<FakeHost>, host: &FakeHost, body: &str) {
+    std::hint::black_box(1); // not merged with its twin
+    answer(poller, host, &[(":status", "200"), DELTA], body);
+}
+
+#[inline(never)]
+fn workers_follow_a_whole_table(workers: &mut [Root<FakeHost>]) {
+    std::hint::black_box(2); // not merged with its twin
+    workers.iter_mut().for_each(|w| w.on_tick());
+}
+
+#[inline(never)]
+fn workers_follow_a_delta(workers: &mut [Root<FakeHost>]) {
+    std::hint::black_box(3); // not merged with its twin
+    workers.iter_mut().for_each(|w| w.on_tick());
+}
+
+/// 500 services × 50 lanes, one service changed per version: the same
+/// changes installed by whole tables (one Envoy) and by deltas (another),
+/// each with a poller and two workers, as Envoy's main thread and two
+/// workers. Checks both end with the same tables.
+#[test]
+#[ignore = "a measurement: run under callgrind (BENCHMARKS.md)"]
+fn install_cost_of_a_one_service_change() {
+    let raw = isogroup_core::synth::table(500, 50);
+    let mut table = json!({"version": 1, "epoch": "1000-aa", "groups": {}, "services": {}});
+    for (name, group) in &raw.groups {
+        let mut g = json!({"fallback": group.fallback});
+        if group.mode == isogroup_core::Mode::Strict {
+            g["mode"] = json!("strict");
+        }
+        table["groups"][name] = g;
+    }
+    for (name, service) in &raw.services {
+        let clusters: Map<String, Value> = service.clusters.iter().map(|(g, c)| (g.clone(), json!(c))).collect();
+        table["services"][name] = json!({"hosts": service.hosts, "clusters": clusters});
+    }
+    let config = companion_config("companion");
+    let envoys: Vec<_> = (0..2)
+        .map(|_| {
+            let process = Process::new();
+            let (mut poller, host) = configured(&process, &config);
+            let mut workers: Vec<Root<FakeHost>> = (0..2).map(|_| configured(&process, &config).0).collect();
+            poller.on_tick();
+            answer(&mut poller, &host, &[(":status", "200")], &table.to_string());
+            workers.iter_mut().for_each(|w| w.on_tick());
+            (process, poller, host, workers)
+        })
+        .collect();
+    let [(_, mut poller_w, host_w, mut workers_w), (process_d, mut poller_d, host_d, mut workers_d)] =
+        <[_; 2]>::try_from(envoys).unwrap_or_else(|_| unreachable!());
+    for step in 0..10u64 {
+        let mut new = table.clone();
+        new["version"] = json!(step + 2);
+        let name = isogroup_core::synth::service(usize::try_from(step * 37).unwrap());
+        new["services"][&name]["clusters"][format!("g-{step}")] = json!(format!("{name}-g-{step}"));
+        let (whole, delta) = (new.to_string(), diff(&table, &new).to_string());
+        poller_w.on_tick();
+        poller_d.on_tick();
+        assert!(last_path(&host_d).ends_with("&delta=1"));
+        poller_takes_a_whole_table(&mut poller_w, &host_w, &whole);
+        poller_takes_a_delta(&mut poller_d, &host_d, &delta);
+        workers_follow_a_whole_table(&mut workers_w);
+        workers_follow_a_delta(&mut workers_d);
+        let want = compiled_whole(&new);
+        for root in [&poller_w, &poller_d].into_iter().chain(&workers_w).chain(&workers_d) {
+            assert_eq!(compiled(root), want);
+        }
+        table = new;
+    }
+    poller_d.on_tick();
+    assert_eq!(process_d.metric("isogroup_table_delta_fallbacks_total"), 0);
+    println!("whole table: {} bytes", table.to_string().len());
+}
