@@ -285,7 +285,9 @@ impl Replica {
     }
 
     fn with_lease(fake: &FakeApi, name: &str, duration: Duration) -> Replica {
-        let (store, metrics) = store();
+        let metrics = Arc::new(Metrics::new());
+        let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
+        let store = Arc::new(KubeStore::new(served).with_renew_deadline(duration * 2 / 3));
         let cfg = LeaseConfig {
             namespace: "isogroup-system".into(),
             name: "isogroup-companion".into(),
@@ -293,6 +295,8 @@ impl Replica {
             duration,
             renew_deadline: duration * 2 / 3,
             retry: Duration::from_millis(100),
+            leader_label: LEADER_LABEL.into(),
+            max_stale: duration,
         };
         let tasks = vec![
             tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0))),
@@ -687,7 +691,8 @@ async fn the_leader_writes_sources_and_rules_into_the_runtime_configmap() {
     let fake = bookinfo("v1").await;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
-    let store = Arc::new(KubeStore::new(served).with_runtime_writes(fake.client(), "isogroup-system"));
+    let store =
+        Arc::new(KubeStore::new(served).with_runtime_writes(fake.client(), "isogroup-system", "isogroup-runtime"));
     tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(0)));
     let bind = |cidr: &str, expires_at: Option<u64>| Change::BindSource {
         cidr: cidr.into(),
