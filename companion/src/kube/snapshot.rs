@@ -474,10 +474,10 @@ mod tests {
     fn lanes_settle_from_the_latest_condition() {
         let mut since = Since::new();
         // the first evaluation: what holds and is unrecorded starts now
-        let first = run(&base(), 10_000, &mut since);
+        let first = run(&base(), 5_000, &mut since);
         assert!(summary(&first).is_empty(), "{:?}", summary(&first));
-        assert_eq!(since["reviews.bookinfo/feature-1"], 10_000);
-        let settled = run(&base(), 15_000, &mut since);
+        assert_eq!(since["reviews.bookinfo/feature-1"], 5_000);
+        let settled = run(&base(), 10_000, &mut since);
         assert_eq!(summary(&settled), ["ratings.bookinfo: base", "reviews.bookinfo: base,feature-1"]);
         // feature-1 of ratings becomes ready at 12 s: in at 17 s, not before
         let mut ready = base();
