@@ -358,7 +358,9 @@ async fn the_settle_window_and_a_leaving_lanes_grace_survive_a_failover() {
     let args = with(&["--settle-ms", &settle]);
     let a = Replica::start(&fake, "companion-a", NS, &args).await;
     wait("A leading, its record written", Duration::from_secs(20), async || {
-        (a.serving().await && shard(&fake, NS, "isogroup-state-0").is_some()).then_some(())
+        // (or the single ConfigMap of earlier versions)
+        let written = ["isogroup-state-0", "isogroup-state"].iter().any(|n| shard(&fake, NS, n).is_some());
+        (a.serving().await && written).then_some(())
     })
     .await;
     // A's record writes are held (never land): the lane is not on record
@@ -378,6 +380,7 @@ async fn the_settle_window_and_a_leaving_lanes_grace_survive_a_failover() {
         b.lanes().await?.contains(&LANE.to_owned()).then(Instant::now)
     })
     .await;
+    eprintln!("the lane was admitted {:?} after its readiness", admitted.duration_since(ready));
     assert!(
         admitted.duration_since(ready) >= Duration::from_millis(SETTLE_MS),
         "admitted {:?} after the lane's readiness (settle {SETTLE_MS} ms)",

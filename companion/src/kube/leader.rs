@@ -231,7 +231,7 @@ async fn round(leases: &Api<Lease>, store: &KubeStore, cfg: &LeaseConfig, e: &mu
     };
     // A replica campaigns only once every watch has listed and none is
     // failing: elected, it must serve (and record) what the cluster holds.
-    let may_lead = store.listed() && store.stale_for().is_zero();
+    let may_lead = store.listed();
     let Some(mut lease) = lease else {
         if !may_lead {
             return;

@@ -307,6 +307,8 @@ struct Cluster {
     index: Index,
     /// The groups of the table last handed to the store.
     published_groups: BTreeMap<String, isogroup_core::table::RawGroup>,
+    /// When the last watch error came (taken by each rebuild).
+    watch_error: Option<std::time::Instant>,
     /// Whether this replica has written its settle record since it leads.
     recorded: bool,
     /// The settle record as the shards hold it (joined when one changes).
@@ -390,6 +392,7 @@ impl Cluster {
             Update::Tick => return,
         };
         if let Some(e) = error {
+            self.watch_error = Some(std::time::Instant::now());
             metrics.watch_errors.inc();
             metrics.kube_watch_errors.get_or_create(&KindLabels { kind }).inc();
             tracing::warn!(kind, error = %e, "kubernetes watch (retrying after a backoff)");
@@ -713,19 +716,9 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         while let Ok(more) = rx.try_recv() {
             cluster.apply(more, &metrics);
         }
-        let failing = [
-            &cluster.pods.error,
-            &cluster.services.error,
-            &cluster.slices.error,
-            &cluster.rules.error,
-            &cluster.routes.error,
-            &cluster.filters.error,
-            &cluster.groups.error,
-            &cluster.own.error,
-        ]
-        .iter()
-        .any(|e| e.is_some());
-        store.set_watch_health(cluster.synced(), failing);
+        // A failing watch retries within its longest (jittered) backoff.
+        let gap = opts.watch.backoff_max * 3 / 2 + opts.recheck * 2;
+        store.set_watch_health(cluster.synced(), cluster.watch_error.take(), gap);
         // A new leader trusts the settle record only once its epoch is in
         // every shard (`kube::state`): then the record decides each lane's
         // clock (one it does not hold starts now) and which leaving lanes

@@ -172,9 +172,8 @@ pub fn split(epoch: &str, record: &Record, at_least: usize) -> Vec<BTreeMap<Stri
             parts[shard_of(k, count)].leaving.insert(k.clone(), *v);
         }
         let shards: Vec<BTreeMap<String, String>> = parts.iter().map(|p| encode(epoch, p)).collect();
-        // 4096 shards hold far more than any table's lanes: past that the
-        // record is cut (the last shard's keys), never a write the API
-        // server refuses.
+        // 4096 shards hold far more than any table's lanes (the table's own
+        // size limit comes first): no doubling past that.
         if shards.iter().all(|d| data_size(d) <= SHARD_MAX) || count >= 4096 {
             return shards;
         }
@@ -290,7 +289,6 @@ impl Writer {
                     self.fence.write(self.api.create(&self.params(), &self.config_map(n, None, data.clone()))).await
                 }
             };
-            tracing::debug!(shard = n, ok = written.is_ok(), "kubernetes: settle record shard written");
             match written {
                 Ok(cm) => {
                     seen.insert(n, Seen { rv: cm.metadata.resource_version.unwrap_or_default(), data });
@@ -343,7 +341,6 @@ pub async fn run(
             },
             Some(epoch) => {
                 let want = wanted.borrow_and_update().clone().filter(|w| w.epoch == epoch);
-                tracing::debug!(wanted = want.is_some(), "kubernetes: settle record writer");
                 if let (Some(want), Some((_, seen))) = (want, claimed.as_mut()) {
                     match writer.write(seen, &want).await {
                         Ok(true) => {}

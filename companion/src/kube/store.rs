@@ -70,8 +70,9 @@ pub struct KubeStore {
     runtime: Option<(Api<ConfigMap>, String, String)>,
     /// The leader's epoch and renew deadline, for every leader write.
     fence: Fence,
-    /// Whether every watch has listed, and since when one has been failing.
-    health: Mutex<(bool, Option<Instant>)>,
+    /// Whether every watch has listed, and the current run of watch errors
+    /// (first, latest) with the longest gap between two in one run.
+    health: Mutex<(bool, Option<(Instant, Instant)>, Duration)>,
 }
 
 impl KubeStore {
@@ -82,7 +83,7 @@ impl KubeStore {
             leading: watch::channel(false).0,
             runtime: None,
             fence: Fence::new(Duration::from_secs(10)),
-            health: Mutex::new((false, None)),
+            health: Mutex::new((false, None, Duration::ZERO)),
         }
     }
 
@@ -105,23 +106,38 @@ impl KubeStore {
         self.fence.clone()
     }
 
-    /// What the watches say: all listed, and since when one has failed
-    /// without a success since (`None`: none failing).
-    pub fn set_watch_health(&self, listed: bool, failing: bool) {
+    /// What the watches say: whether all have listed, and a watch error
+    /// seen at `error` (if any). A watch that fails retries within `gap`
+    /// (its longest backoff); a retry that works says nothing (a quiet
+    /// watch has no event), so errors further apart than `gap` are separate
+    /// runs, and a run whose latest error is older than `gap` is over.
+    pub fn set_watch_health(&self, listed: bool, error: Option<Instant>, gap: Duration) {
         if let Ok(mut h) = self.health.lock() {
             h.0 = listed;
-            h.1 = if failing { h.1.or_else(|| Some(Instant::now())) } else { None };
+            h.2 = gap;
+            if let Some(at) = error {
+                h.1 = match h.1 {
+                    Some((first, last)) if at.saturating_duration_since(last) <= gap => Some((first, at)),
+                    _ => Some((at, at)),
+                };
+            }
         }
     }
 
-    /// Whether every watch has listed (a replica campaigns only then).
+    /// Whether every watch has listed and none is failing (a replica
+    /// campaigns only then).
     pub fn listed(&self) -> bool {
-        self.health.lock().is_ok_and(|h| h.0)
+        self.health.lock().is_ok_and(|h| h.0 && h.1.is_none_or(|(_, last)| last.elapsed() > h.2))
     }
 
-    /// How long some watch has been failing.
+    /// How long the watches have been failing without a pause (zero when
+    /// none is).
     pub fn stale_for(&self) -> Duration {
-        self.health.lock().ok().and_then(|h| h.1).map_or(Duration::ZERO, |at| at.elapsed())
+        let Ok(h) = self.health.lock() else { return Duration::ZERO };
+        match h.1 {
+            Some((first, last)) if last.elapsed() <= h.2 => last.duration_since(first),
+            _ => Duration::ZERO,
+        }
     }
 
     /// The epoch this replica leads under, if it leads.
