@@ -332,6 +332,7 @@ impl FakeApi {
 
     /// Like `hold_writes`, for the writes that come through the endpoint
     /// at `url` only (one client's, see `add_endpoint`).
+    #[allow(dead_code)] // the companion binary's tests (tests/kube_fence.rs)
     pub fn hold_writes_from(&self, url: &str, r: &Res, ns: &str, name: &str) -> Hold {
         let hold = self.hold_writes(r, ns, name);
         let mut s = self.state.lock().unwrap();

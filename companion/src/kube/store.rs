@@ -59,6 +59,16 @@ const WRITE_ATTEMPTS: usize = 8;
 /// How long a written change may take to come back through the watch.
 const SEEN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Whether every watch has listed, and the current run of watch errors.
+#[derive(Default)]
+struct WatchHealth {
+    listed: bool,
+    /// The first and the latest error of the run.
+    errors: Option<(Instant, Instant)>,
+    /// The longest a failing watch waits before it retries.
+    gap: Duration,
+}
+
 pub struct KubeStore {
     served: Served,
     role: Mutex<Role>,
@@ -70,9 +80,8 @@ pub struct KubeStore {
     runtime: Option<(Api<ConfigMap>, String, String)>,
     /// The leader's epoch and renew deadline, for every leader write.
     fence: Fence,
-    /// Whether every watch has listed, and the current run of watch errors
-    /// (first, latest) with the longest gap between two in one run.
-    health: Mutex<(bool, Option<(Instant, Instant)>, Duration)>,
+    /// What the watches say (`set_watch_health`).
+    health: Mutex<WatchHealth>,
 }
 
 impl KubeStore {
@@ -83,7 +92,7 @@ impl KubeStore {
             leading: watch::channel(false).0,
             runtime: None,
             fence: Fence::new(Duration::from_secs(10)),
-            health: Mutex::new((false, None, Duration::ZERO)),
+            health: Mutex::new(WatchHealth::default()),
         }
     }
 
@@ -113,10 +122,9 @@ impl KubeStore {
     /// runs, and a run whose latest error is older than `gap` is over.
     pub fn set_watch_health(&self, listed: bool, error: Option<Instant>, gap: Duration) {
         if let Ok(mut h) = self.health.lock() {
-            h.0 = listed;
-            h.2 = gap;
+            (h.listed, h.gap) = (listed, gap);
             if let Some(at) = error {
-                h.1 = match h.1 {
+                h.errors = match h.errors {
                     Some((first, last)) if at.saturating_duration_since(last) <= gap => Some((first, at)),
                     _ => Some((at, at)),
                 };
@@ -127,15 +135,15 @@ impl KubeStore {
     /// Whether every watch has listed and none is failing (a replica
     /// campaigns only then).
     pub fn listed(&self) -> bool {
-        self.health.lock().is_ok_and(|h| h.0 && h.1.is_none_or(|(_, last)| last.elapsed() > h.2))
+        self.health.lock().is_ok_and(|h| h.listed && h.errors.is_none_or(|(_, last)| last.elapsed() > h.gap))
     }
 
     /// How long the watches have been failing without a pause (zero when
     /// none is).
     pub fn stale_for(&self) -> Duration {
         let Ok(h) = self.health.lock() else { return Duration::ZERO };
-        match h.1 {
-            Some((first, last)) if last.elapsed() <= h.2 => last.duration_since(first),
+        match h.errors {
+            Some((first, last)) if last.elapsed() <= h.gap => last.duration_since(first),
             _ => Duration::ZERO,
         }
     }
