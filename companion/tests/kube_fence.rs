@@ -307,6 +307,12 @@ async fn a_paused_leader_lands_no_write_after_the_next_leaders_first() {
     let landed: Vec<&Write> = a.writes(&log).filter(|(i, w)| *i > b_first && w.changed).map(|(_, w)| w).collect();
     assert!(landed.is_empty(), "A's writes landed after B's first: {landed:#?}");
     assert!(b.serving().await, "B still leads");
+    // Every request they made (the Lease, labels under a resourceVersion,
+    // the record's shards, Istio objects) is granted by the shipped RBAC.
+    let overlay = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/companion/kubernetes-target-header");
+    let denied = fake.denied(&kube_fake::companion_rbac(&kube_fake::kustomize(&overlay)));
+    assert!(denied.is_empty(), "not granted by the shipped RBAC: {denied:#?}");
 }
 
 /// Leadership A → B → A, with a lane added while B led: once A leads again,
