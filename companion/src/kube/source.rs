@@ -949,10 +949,17 @@ fn write_statuses(
         }
         let (api, name, memo, fence) = (api.clone(), o.name.clone(), memo.clone(), fence.clone());
         tokio::spawn(async move {
-            let patch = serde_json::json!({ "status": status });
-            // Only while leading, and no later than the renew deadline.
-            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-            if let Err(e) = fence.write(api.patch_status(&name, &params, &patch)).await {
+            // Fenced: only while leading, no later than the renew
+            // deadline, under the resourceVersion read just before (after
+            // this replica took the Lease); refused as stale, the memo is
+            // forgotten and the next rebuild decides again.
+            let write = async {
+                let current = api.get(&name).await?;
+                let rv = current.metadata.resource_version;
+                let patch = serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": status });
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await
+            };
+            if let Err(e) = fence.write(write).await {
                 tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");
                 if let Ok(mut w) = memo.lock() {
                     w.remove(&name);
