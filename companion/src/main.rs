@@ -100,6 +100,11 @@ enum Command {
         /// two thirds of it steps down.
         #[arg(long, default_value_t = 15_000)]
         lease_ms: u64,
+        /// Kubernetes: a leader whose watches have failed this long steps
+        /// down (its table may be that old); at least the Lease's duration
+        /// (seconds).
+        #[arg(long, default_value_t = 30)]
+        max_stale_s: u64,
         /// Kubernetes source: how long a new subset must exist before its
         /// group enters the table (so proxies have the subset first).
         #[arg(long, default_value_t = 5000)]
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
             namespace,
             pod_name,
             lease_ms,
+            max_stale_s,
             istio,
             istio_root_namespace,
             installation,
@@ -218,11 +224,19 @@ fn main() -> ExitCode {
                     prefix: etcd_prefix,
                     rollback_window: Duration::from_secs(rollback_window_s),
                 },
+                (None, true) if Duration::from_secs(max_stale_s) < Duration::from_millis(lease_ms.max(1_000)) => {
+                    eprintln!(
+                        "error: invalid value '{max_stale_s}' for '--max-stale-s <MAX_STALE_S>': must be at least the \
+                         Lease's duration (--lease-ms {lease_ms}), or a leader would step down before a standby may take over"
+                    );
+                    return ExitCode::from(2);
+                }
                 (None, true) => Source::Kubernetes {
                     settle: Duration::from_millis(settle_ms),
                     namespace,
                     pod_name,
                     lease: Duration::from_millis(lease_ms.max(1_000)),
+                    max_stale: Duration::from_secs(max_stale_s),
                     installation,
                     resync: Duration::from_secs(resync_s),
                     istio: match istio {
@@ -338,6 +352,7 @@ enum Source {
         namespace: Option<String>,
         pod_name: Option<String>,
         lease: Duration,
+        max_stale: Duration,
         installation: Option<String>,
         resync: Duration,
         istio: Option<(kube::istio::Mode, String)>,
@@ -430,31 +445,42 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             tokio::spawn(etcd.clone().follow());
             (etcd, source)
         }
-        Source::Kubernetes { settle, namespace, pod_name, lease, installation, resync, istio } => {
+        Source::Kubernetes { settle, namespace, pod_name, lease, max_stale, installation, resync, istio } => {
             kube::source::install_crypto();
             let client = ::kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             let identity = pod_name
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .ok_or("--pod-name (or env POD_NAME) is required with --kubernetes")?;
-            let kube = Arc::new(KubeStore::new(served).with_runtime_writes(client.clone(), &namespace));
-            let mut lease_cfg = kube::leader::LeaseConfig::new(namespace.clone(), identity.clone());
-            lease_cfg.duration = lease;
-            lease_cfg.renew_deadline = lease * 2 / 3;
-            lease_cfg.retry = lease / 7;
             let mut opts = kube::source::Options::new(settle, namespace.clone());
             opts.istio = istio;
             opts.resync = resync;
             if let Some(id) = installation {
                 opts.installation = id;
             }
+            // The installation's own Lease, record, runtime data and leader label.
+            let names = kube::names::Names::new(&opts.installation, &namespace);
+            let renew_deadline = lease * 2 / 3;
+            let kube = Arc::new(
+                KubeStore::new(served)
+                    .with_runtime_writes(client.clone(), &namespace, &names.runtime)
+                    .with_renew_deadline(renew_deadline),
+            );
+            let mut lease_cfg = kube::leader::LeaseConfig::new(namespace.clone(), identity.clone());
+            lease_cfg.name.clone_from(&names.lease);
+            lease_cfg.leader_label.clone_from(&names.leader_label);
+            lease_cfg.duration = lease;
+            lease_cfg.renew_deadline = renew_deadline;
+            lease_cfg.retry = lease / 7;
+            lease_cfg.max_stale = max_stale;
             tokio::spawn(kube::source::run(client.clone(), kube.clone(), metrics.clone(), opts));
             tokio::spawn(kube::leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
             let recheck = Duration::from_secs(5);
             let timing = kube::watch::Timing::default();
             tokio::spawn(kube::events::run(client.clone(), kube.clone(), identity.clone(), recheck, timing));
             release = Some((client, kube.clone(), lease_cfg));
-            (kube, format!("kubernetes (lease {namespace}/isogroup-companion as {identity})"))
+            let lease_name = &names.lease;
+            (kube, format!("kubernetes (lease {namespace}/{lease_name} as {identity})"))
         }
     };
     // Every store deletes expired bindings (Kubernetes: the leader, in

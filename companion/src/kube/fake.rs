@@ -227,6 +227,8 @@ pub struct Write {
 struct HoldState {
     id: u64,
     key: (Res, String, String),
+    /// Only writes through this endpoint (`None`: any).
+    endpoint: Option<usize>,
     arrived: u64,
     released: tokio::sync::watch::Sender<bool>,
 }
@@ -318,8 +320,28 @@ impl FakeApi {
         s.next_hold += 1;
         let id = s.next_hold;
         let (released, _) = tokio::sync::watch::channel(false);
-        s.holds.push(HoldState { id, key: (r.clone(), ns.to_owned(), name.to_owned()), arrived: 0, released });
+        s.holds.push(HoldState {
+            id,
+            key: (r.clone(), ns.to_owned(), name.to_owned()),
+            endpoint: None,
+            arrived: 0,
+            released,
+        });
         Hold { fake: self.clone(), id }
+    }
+
+    /// Like `hold_writes`, for the writes that come through the endpoint
+    /// at `url` only (one client's, see `add_endpoint`).
+    #[allow(dead_code)] // the companion binary's tests (tests/kube_fence.rs)
+    pub fn hold_writes_from(&self, url: &str, r: &Res, ns: &str, name: &str) -> Hold {
+        let hold = self.hold_writes(r, ns, name);
+        let mut s = self.state.lock().unwrap();
+        let Some(endpoint) = s.endpoints.iter().position(|u| u == url) else { panic!("no endpoint {url}") };
+        if let Some(h) = s.holds.iter_mut().find(|h| h.id == hold.id) {
+            h.endpoint = Some(endpoint);
+        }
+        drop(s);
+        hold
     }
 
     /// Watches ended so far because they fell too far behind.
@@ -740,6 +762,7 @@ fn status(code: u16, reason: &str, message: &str) -> Response {
 }
 
 /// What a request path names.
+#[derive(Clone)]
 struct Target {
     res: Res,
     namespace: Option<String>,
@@ -1005,7 +1028,12 @@ async fn handle(
             None => not_found(&t.res, name),
         },
         (Method::POST, None) | (Method::PUT, Some(_)) | (Method::PATCH, Some(_)) | (Method::DELETE, Some(_)) => {
-            write(&fake, endpoint, method, &t, &q, &headers, &body, &manager).await
+            // Carried out even if the client stops waiting (a timeout), as
+            // the API server does with a request it has received.
+            let fake = fake.clone();
+            let done =
+                tokio::spawn(async move { write(&fake, endpoint, method, &t, &q, &headers, &body, &manager).await });
+            done.await.unwrap_or_else(|_| status(500, "InternalError", "the write failed"))
         }
         _ => status(405, "MethodNotAllowed", "not in the fake"),
     }
@@ -1034,7 +1062,8 @@ async fn write(
     };
     let held = {
         let mut s = fake.state.lock().unwrap();
-        s.holds.iter_mut().find(|h| h.key == (t.res.clone(), ns.clone(), name.clone())).map(|h| {
+        let key = (t.res.clone(), ns.clone(), name.clone());
+        s.holds.iter_mut().find(|h| h.key == key && h.endpoint.is_none_or(|e| e == endpoint)).map(|h| {
             h.arrived += 1;
             h.released.subscribe()
         })

@@ -145,8 +145,11 @@ fn random_updates(rng: &mut Rng, routes: bool) -> Vec<Update> {
                 let lane = format!("{}/{}", service_key(rng.pick(NAMESPACES), rng.pick(SERVICES)), rng.pick(GROUPS));
                 since.insert(lane, rng.next() % 20_000);
             }
-            let cm = key("isogroup-system", super::STATE_CONFIGMAP);
-            vec![Update::Own(Report::Change(Change::Apply(cm, Some(Own::State(since)))))]
+            let n = rng.below(2);
+            let cm = key("isogroup-system", &format!("isogroup-state-{n}"));
+            let record = crate::kube::state::Record { since, leaving: Default::default() };
+            let shard = crate::kube::state::Shard { index: Some(n), epoch: None, record };
+            vec![Update::Own(Report::Change(Change::Apply(cm, Some(Own::State(shard)))))]
         }
         _ => report(rng, &["v0", "v1", "v2"], |rng, _, _| random_route(rng)).into_iter().map(Update::Route).collect(),
     }
@@ -209,7 +212,8 @@ fn snapshot(c: &Cluster, routes_required: bool) -> Snapshot {
 }
 
 fn recorded(c: &Cluster) -> Since {
-    c.own.items.values().find_map(|o| if let Own::State(s) = o { Some(s.clone()) } else { None }).unwrap_or_default()
+    let shards = c.own.items.values().filter_map(|o| if let Own::State(s) = o { Some(s) } else { None });
+    crate::kube::state::joined(shards).since
 }
 
 fn run(seed: u64, steps: usize, routes_required: bool) {
@@ -220,7 +224,7 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
         opts.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
     }
     let limits = Limits::default();
-    let mut c = Cluster { first: true, ..Cluster::default() };
+    let mut c = Cluster::default();
     let mut now = 10_000;
     let mut entered = 0;
     let mut last = BTreeMap::new();
@@ -231,7 +235,7 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
             c.apply(u, &metrics);
         }
         now += rng.next() % 1_500;
-        let (since_before, first) = (c.since.clone(), c.first);
+        let since_before = c.since.clone();
         c.since_unwritten = false;
         let table = c.table("base", now, &opts, &limits);
         match table {
@@ -250,7 +254,7 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
         assert_eq!(&last, c.index.services(), "seed {seed}, step {step}: handed over");
         let snap = snapshot(&c, routes_required);
         let record = recorded(&c);
-        let clock = Clock { now_ms: now, settle_ms: SETTLE_MS, first, recorded: &record };
+        let clock = Clock { now_ms: now, settle_ms: SETTLE_MS, recorded: &record };
         let since_before_copy = since_before.clone();
         let mut since = since_before;
         let whole = to_table(&snap, "base", &clock, &mut since);

@@ -9,9 +9,11 @@ pub mod groups;
 pub mod index;
 pub mod istio;
 pub mod leader;
+pub mod names;
 pub mod reconcile;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 pub mod store;
 pub mod watch;
 

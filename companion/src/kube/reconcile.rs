@@ -238,6 +238,9 @@ pub struct Settings {
     pub resync: Duration,
     /// Backoff of failed writes.
     pub timing: Timing,
+    /// Every write fenced: only while leading, no later than the renew
+    /// deadline, creates only within it.
+    pub fence: crate::kube::leader::Fence,
 }
 
 /// Carries out plans until the sender goes away (`None`: nothing wanted,
@@ -287,7 +290,15 @@ pub async fn run(
                     continue;
                 }
                 let params = PatchParams::apply(&settings.manager).force();
-                match api(&client, &key.0, &key.1).patch(&key.2, &params, &Patch::Apply(o)).await {
+                // Fenced: an update carries the resourceVersion observed
+                // (a precondition); with none observed it creates, which the
+                // fence allows only within the renew deadline.
+                let mut fenced = o.clone();
+                if let Some(rv) = observed_rv(&key) {
+                    fenced["metadata"]["resourceVersion"] = Value::String(rv);
+                }
+                let (objects, patch) = (api(&client, &key.0, &key.1), Patch::Apply(&fenced));
+                match settings.fence.write(objects.patch(&key.2, &params, &patch)).await.map_err(fenced_error) {
                     Ok(_) => {
                         metrics.kube_istio_writes.inc();
                         retry.remove(&key);
@@ -295,7 +306,9 @@ pub async fn run(
                     }
                     Err(e) => {
                         if let kube::Error::Api(e) = &e {
-                            if e.code == 409 {
+                            // A stale precondition is no conflict: decided
+                            // again once the watch shows the object.
+                            if e.code == 409 && !stale_precondition(e) {
                                 failed.push(format!("{} {}/{}: apply refused ({})", key.0, key.1, key.2, e.message));
                             }
                         }
@@ -314,7 +327,12 @@ pub async fn run(
                     uid: o["metadata"]["uid"].as_str().map(str::to_owned),
                 });
                 let params = DeleteParams { preconditions, ..DeleteParams::default() };
-                match api(&client, &key.0, &key.1).delete(&key.2, &params).await {
+                match settings
+                    .fence
+                    .write(api(&client, &key.0, &key.1).delete(&key.2, &params))
+                    .await
+                    .map_err(fenced_error)
+                {
                     Ok(_) => {
                         metrics.kube_istio_writes.inc();
                         retry.remove(key);
@@ -354,6 +372,21 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A fenced write's failure as a client error (not leading, or no answer
+/// before the renew deadline: a timeout, retried only by a leader).
+fn fenced_error(e: crate::kube::leader::Fenced) -> kube::Error {
+    match e {
+        crate::kube::leader::Fenced::Api(e) => e,
+        other => kube::Error::Service(other.to_string().into()),
+    }
+}
+
+/// `409` for a resourceVersion that is no longer the object's (not a field
+/// owned by another manager).
+fn stale_precondition(e: &kube::core::ErrorResponse) -> bool {
+    e.reason == "Conflict" && (e.message.contains("has been modified") || e.message.contains("Precondition failed"))
 }
 
 /// Schedules the next try of `key`; the wait.

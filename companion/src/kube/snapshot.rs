@@ -132,10 +132,6 @@ pub type Since = BTreeMap<String, u64>;
 pub struct Clock<'a> {
     pub now_ms: u64,
     pub settle_ms: u64,
-    /// The first evaluation after the first lists: lanes whose conditions
-    /// hold already count as settled (after a failover or a rollout, the
-    /// proxies have had them all along).
-    pub first: bool,
     /// What the leader recorded (ConfigMap `isogroup-state`): a lane not yet
     /// in `since` starts from there, so a new leader keeps the clock.
     pub recorded: &'a Since,
@@ -224,7 +220,10 @@ pub fn evaluate<'a>(
             .get(&lane_key)
             .or_else(|| clock.recorded.get(&lane_key))
             .copied()
-            .unwrap_or(if clock.first { 0 } else { clock.now_ms });
+            // Unrecorded: starting now, on a new leader's first pass too
+            // (SPEC "Leadership is fenced"); a proxy may not have its
+            // subset yet.
+            .unwrap_or(clock.now_ms);
         out.holding.push((lane_key, started));
         if clock.now_ms >= started.saturating_add(clock.settle_ms) {
             clusters.insert((*g).to_owned(), format!("outbound|{PORT_PLACEHOLDER}|{g}|{host}"));
@@ -284,7 +283,7 @@ pub fn to_table(snap: &Snapshot, base: &str, clock: &Clock<'_>, since: &mut Sinc
 /// *before* a lane may settle.
 pub fn targets(snap: &Snapshot, base: &str) -> Vec<Target> {
     let (recorded, since) = (Since::new(), Since::new());
-    let clock = Clock { now_ms: 0, settle_ms: 0, first: true, recorded: &recorded };
+    let clock = Clock { now_ms: 0, settle_ms: 0, recorded: &recorded };
     evaluate_all(snap, base, &clock, &since).into_iter().filter_map(|e| e.target).collect()
 }
 
@@ -375,9 +374,16 @@ mod tests {
         }
     }
 
-    fn run(snap: &Snapshot, now: u64, first: bool, since: &mut Since) -> isogroup_core::RawTable {
+    /// The table once what holds at 10 s has settled (5 s later).
+    fn settled(snap: &Snapshot) -> isogroup_core::RawTable {
+        let mut since = Since::new();
+        run(snap, 10_000, &mut since);
+        run(snap, 15_000, &mut since)
+    }
+
+    fn run(snap: &Snapshot, now: u64, since: &mut Since) -> isogroup_core::RawTable {
         let recorded = Since::new();
-        to_table(snap, "base", &Clock { now_ms: now, settle_ms: 5_000, first, recorded: &recorded }, since)
+        to_table(snap, "base", &Clock { now_ms: now, settle_ms: 5_000, recorded: &recorded }, since)
     }
 
     #[test]
@@ -453,11 +459,11 @@ mod tests {
             ("no base subset: left out", Snapshot { subsets: BTreeMap::new(), ..base() }, vec![]),
         ];
         for (what, snap, want) in cases {
-            let t = run(&snap, 10_000, true, &mut Since::new());
+            let t = settled(&snap);
             assert_eq!(summary(&t), want, "{what}");
             Table::check(&t, "base", &Limits::default()).unwrap_or_else(|e| panic!("{what}: {e:?}"));
         }
-        let t = run(&base(), 10_000, true, &mut Since::new());
+        let t = settled(&base());
         let reviews = &t.services["reviews.bookinfo"];
         assert_eq!(reviews.clusters["feature-1"], "outbound|{port}|feature-1|reviews.bookinfo.svc.cluster.local");
         assert_eq!(reviews.ports, [9080, 9443]);
@@ -467,21 +473,24 @@ mod tests {
     #[test]
     fn lanes_settle_from_the_latest_condition() {
         let mut since = Since::new();
-        // the first evaluation: what holds counts as settled
-        let first = run(&base(), 10_000, true, &mut since);
-        assert_eq!(summary(&first), ["ratings.bookinfo: base", "reviews.bookinfo: base,feature-1"]);
+        // the first evaluation: what holds and is unrecorded starts now
+        let first = run(&base(), 5_000, &mut since);
+        assert!(summary(&first).is_empty(), "{:?}", summary(&first));
+        assert_eq!(since["reviews.bookinfo/feature-1"], 5_000);
+        let settled = run(&base(), 10_000, &mut since);
+        assert_eq!(summary(&settled), ["ratings.bookinfo: base", "reviews.bookinfo: base,feature-1"]);
         // feature-1 of ratings becomes ready at 12 s: in at 17 s, not before
         let mut ready = base();
         ready.slices[1] = slice("bookinfo", "ratings", &[("ratings-0", true), ("ratings-f1", true)]);
-        assert_eq!(summary(&run(&ready, 12_000, false, &mut since))[0], "ratings.bookinfo: base");
+        assert_eq!(summary(&run(&ready, 12_000, &mut since))[0], "ratings.bookinfo: base");
         assert_eq!(since["ratings.bookinfo/feature-1"], 12_000);
-        assert_eq!(summary(&run(&ready, 16_999, false, &mut since))[0], "ratings.bookinfo: base");
-        assert_eq!(summary(&run(&ready, 17_000, false, &mut since))[0], "ratings.bookinfo: base,feature-1");
+        assert_eq!(summary(&run(&ready, 16_999, &mut since))[0], "ratings.bookinfo: base");
+        assert_eq!(summary(&run(&ready, 17_000, &mut since))[0], "ratings.bookinfo: base,feature-1");
         // a condition fails: out at once, and the clock starts again
-        let t = run(&base(), 18_000, false, &mut since);
+        let t = run(&base(), 18_000, &mut since);
         assert_eq!(summary(&t)[0], "ratings.bookinfo: base");
         assert!(!since.contains_key("ratings.bookinfo/feature-1"));
-        assert_eq!(summary(&run(&ready, 19_000, false, &mut since))[0], "ratings.bookinfo: base");
+        assert_eq!(summary(&run(&ready, 19_000, &mut since))[0], "ratings.bookinfo: base");
         // a new leader with the old one's record keeps its clock
         let recorded: Since = [
             ("ratings.bookinfo/base", 0),
@@ -492,7 +501,7 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v))
         .into();
         let mut fresh = Since::new();
-        let clock = Clock { now_ms: 17_500, settle_ms: 5_000, first: false, recorded: &recorded };
+        let clock = Clock { now_ms: 17_500, settle_ms: 5_000, recorded: &recorded };
         assert_eq!(summary(&to_table(&ready, "base", &clock, &mut fresh))[0], "ratings.bookinfo: base,feature-1");
     }
 
@@ -541,7 +550,7 @@ mod tests {
             subsets: [subsets("a", "reviews", &["base"]), subsets("b", "reviews", &["base"])].into(),
             routes: None,
         };
-        let t = run(&snap, 10_000, true, &mut Since::new());
+        let t = settled(&snap);
         assert_eq!(t.services["reviews.a"].hosts[0], "reviews.a");
         assert_eq!(t.services["reviews.b"].hosts[0], "reviews.b");
         Table::check(&t, "base", &Limits::default()).unwrap();

@@ -40,21 +40,19 @@ use crate::store::{now_ms, Readiness, Store};
 
 /// DestinationRule and VirtualService versions, newest first.
 const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
-/// The leader's bookkeeping (when each lane's conditions began to hold), in
-/// the companion's namespace.
-pub const STATE_CONFIGMAP: &str = "isogroup-state";
-const STATE_KEY: &str = "settled";
-/// Changes to `isogroup-state` that no settling lane waits for are written
-/// at most this often.
+/// Changes to the settle record (`kube::state`) that no settling lane
+/// waits for are written at most this often.
 const STATE_COALESCE: Duration = Duration::from_secs(1);
 /// Source bindings and runtime rules (keys `sources`, `rules`: JSON lists
-/// in the table's schema), in the companion's namespace.
+/// in the table's schema), in the companion's namespace (the default
+/// installation's name; see `kube::names`).
 pub const RUNTIME_CONFIGMAP: &str = "isogroup-runtime";
 
-/// The two ConfigMaps the companion reads.
+/// The ConfigMaps the companion reads.
 #[derive(Debug, Clone)]
 enum Own {
-    State(Since),
+    /// A shard of the leader's settle record (`kube::state`).
+    State(crate::kube::state::Shard),
     /// Parsed, not yet checked against the limits in force.
     Runtime(Result<(Vec<RawSource>, Vec<RawRule>), String>),
 }
@@ -235,21 +233,13 @@ fn route(v: &DynamicObject, installation: &str) -> Option<RouteObj> {
     Some(RouteObj { hosts, dests, owned, observed: owned.then(|| observed(v)) })
 }
 
-/// The leader's record (`isogroup-state`) or the runtime data
+/// The installation's settle record (`isogroup-state-<n>`) or runtime data
 /// (`isogroup-runtime`); other ConfigMaps do not count.
-fn own(c: &ConfigMap) -> Option<Own> {
-    let data = c.data.clone().unwrap_or_default();
-    match c.metadata.name.as_deref()? {
-        STATE_CONFIGMAP => match serde_json::from_str(data.get(STATE_KEY)?) {
-            Ok(since) => Some(Own::State(since)),
-            Err(e) => {
-                tracing::warn!(error = %e, "kubernetes: ConfigMap {STATE_CONFIGMAP}: data.{STATE_KEY} is not a JSON object of lane → ms; ignored");
-                None
-            }
-        },
-        RUNTIME_CONFIGMAP => Some(Own::Runtime(runtime(&data))),
-        _ => None,
+fn own(c: &ConfigMap, names: &crate::kube::names::Names) -> Option<Own> {
+    if c.metadata.name.as_deref()? == names.runtime {
+        return Some(Own::Runtime(runtime(&c.data.clone().unwrap_or_default())));
     }
+    crate::kube::state::parse(names, c).map(Own::State)
 }
 
 /// `sources` and `rules` in the table's own schema (strict: a misspelt
@@ -317,10 +307,17 @@ struct Cluster {
     index: Index,
     /// The groups of the table last handed to the store.
     published_groups: BTreeMap<String, isogroup_core::table::RawGroup>,
-    /// No table computed yet: lanes that hold count as settled.
-    first: bool,
-    /// Whether this replica has written `isogroup-state` since it leads.
+    /// When the last watch error came (taken by each rebuild).
+    watch_error: Option<std::time::Instant>,
+    /// Whether this replica has written its settle record since it leads.
     recorded: bool,
+    /// The settle record as the shards hold it (joined when one changes).
+    record: crate::kube::state::Record,
+    /// A shard changed since `record` was joined.
+    record_stale: bool,
+    /// The epoch whose claimed settle record this leader has merged: it
+    /// trusts what it reads, reconciles and writes only from then on.
+    trusted: Option<String>,
     /// Whether this replica led at the last rebuild.
     led: bool,
     /// `since` changed after the last write of `isogroup-state`.
@@ -388,10 +385,14 @@ impl Cluster {
                 ),
             ),
             Update::Group(r) => ("isolationgroups", error_of(r, |r| self.groups.apply(r), None)),
-            Update::Own(r) => ("configmaps", error_of(r, |r| self.own.apply(r), None)),
+            Update::Own(r) => {
+                self.record_stale = true;
+                ("configmaps", error_of(r, |r| self.own.apply(r), None))
+            }
             Update::Tick => return,
         };
         if let Some(e) = error {
+            self.watch_error = Some(std::time::Instant::now());
             metrics.watch_errors.inc();
             metrics.kube_watch_errors.get_or_create(&KindLabels { kind }).inc();
             tracing::warn!(kind, error = %e, "kubernetes watch (retrying after a backoff)");
@@ -467,7 +468,10 @@ impl Cluster {
     ) -> crate::kube::reconcile::Desired {
         let opts = crate::kube::istio::Options { mode, base, root_namespace: root, installation: Some(installation) };
         let mut targets: Vec<crate::kube::istio::Target> = self.index.targets().cloned().collect();
+        let held_before = self.held.len();
         crate::kube::snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
+        // Leaving lanes are on record, so their subsets outlive a failover.
+        self.since_unwritten |= self.held.len() != held_before;
         self.last_targets = targets.clone();
         // Wildcard DestinationRules' policies, carried into ours.
         let wildcards: Vec<(&str, &str, &str, &serde_json::Value)> = self
@@ -517,17 +521,22 @@ impl Cluster {
     /// `None` when its services and runtime data are what the last call
     /// gave; `since` moves on.
     fn table(&mut self, base: &str, now_ms: u64, opts: &Options, limits: &Limits) -> Option<TableUpdate> {
-        let empty = Since::new();
-        let mut recorded = &empty;
         self.runtime_error = None;
         let mut runtime = None;
         for own in self.own.items.values() {
             match own {
-                Own::State(since) => recorded = since,
+                Own::State(_) => {}
                 Own::Runtime(Ok((sources, rules))) => runtime = Some((sources, rules)),
                 Own::Runtime(Err(e)) => self.runtime_error = Some(e.clone()),
             }
         }
+        if std::mem::take(&mut self.record_stale) {
+            self.record = crate::kube::state::joined(self.own.items.values().filter_map(|o| match o {
+                Own::State(shard) => Some(shard),
+                Own::Runtime(_) => None,
+            }));
+        }
+        let recorded = &self.record.since;
         let before = std::mem::take(&mut self.runtime);
         match runtime {
             None if self.runtime_error.is_none() => {}
@@ -540,8 +549,7 @@ impl Cluster {
                 }
             },
         }
-        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, first: self.first, recorded };
-        self.first = false;
+        let clock = Clock { now_ms, settle_ms: opts.settle.as_millis() as u64, recorded };
         let required = (opts.routes_required(), opts.filters_required());
         let mirrors =
             Mirrors::of(&self.services, &self.pods, &self.slices, &self.rules, &self.routes, &self.filters, required);
@@ -656,8 +664,24 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     }
     let (group_api, kind) = (groups::API_GROUP, groups::KIND);
     watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
+    let names = crate::kube::names::Names::new(&opts.installation, &opts.namespace);
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace);
+    let own_names = names.clone();
+    let own = move |c: &ConfigMap| own(c, &own_names);
     watch::spawn(configmaps.clone(), all(), own, Update::Own, tx.clone(), t);
+    // The settle record's writer (`kube::state`): claims it under each new
+    // epoch, hands back what it then reads, and writes what is wanted.
+    let (record_tx, record_rx) = tokio::sync::watch::channel(None);
+    let (trusted_tx, trusted_rx) = tokio::sync::watch::channel(None);
+    let writer = crate::kube::state::Writer {
+        api: configmaps.clone(),
+        namespace: opts.namespace.clone(),
+        names,
+        installation: opts.installation.clone(),
+        manager: crate::kube::istio::field_manager(&opts.installation),
+        fence: store.fence(),
+    };
+    tokio::spawn(crate::kube::state::run(writer, record_rx, trusted_tx));
     let ticks = tx;
     tokio::spawn(async move {
         loop {
@@ -668,7 +692,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
     });
     let statuses = watch::dynamic_api(&client, groups::API_GROUP, groups::VERSION, groups::KIND);
-    let mut cluster = Cluster { first: true, ..Cluster::default() };
+    let mut cluster = Cluster::default();
     // Without --istio, VirtualServices are not watched.
     cluster.routes.synced = opts.istio.is_none();
     cluster.filters.synced = !opts.filters_required();
@@ -680,16 +704,60 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             manager: crate::kube::istio::field_manager(&opts.installation),
             resync: opts.resync,
             timing: opts.watch,
+            fence: store.fence(),
         };
         let (c, m) = (client.clone(), metrics.clone());
         tokio::spawn(crate::kube::reconcile::run(c, settings, desired_rx, conflicts, m));
     }
+    let mut trusted_rx = trusted_rx;
     while let Some(update) = rx.recv().await {
         cluster.apply(update, &metrics);
         // Coalesce a burst: everything already queued, then one rebuild.
         while let Ok(more) = rx.try_recv() {
             cluster.apply(more, &metrics);
         }
+        // A failing watch retries within its longest (jittered) backoff.
+        let gap = opts.watch.backoff_max * 3 / 2 + opts.recheck * 2;
+        store.set_watch_health(cluster.synced(), cluster.watch_error.take(), gap);
+        // A new leader trusts the settle record only once its epoch is in
+        // every shard (`kube::state`): then the record decides each lane's
+        // clock (one it does not hold starts now) and which leaving lanes
+        // keep their subsets, and only then does it reconcile and record.
+        let epoch = store.epoch();
+        if epoch.is_none() {
+            cluster.trusted = None;
+        } else if trusted_rx.has_changed().unwrap_or(false) || cluster.trusted != epoch {
+            let claimed = trusted_rx.borrow_and_update().clone();
+            if let Some((claimed_epoch, record)) = claimed.filter(|(e, _)| Some(e) == epoch.as_ref()) {
+                let now = now_ms();
+                // Claimed again in the same term (after a refused write):
+                // the record's times only; a new term: the rest starts now.
+                let new_term = cluster.trusted.as_ref() != Some(&claimed_epoch);
+                for (lane, at) in &mut cluster.since {
+                    match record.since.get(lane) {
+                        Some(recorded) => *at = *recorded,
+                        None if new_term => *at = now,
+                        None => {}
+                    }
+                }
+                if new_term {
+                    // What this replica held or rendered in an earlier term
+                    // is stale: the record says which lanes are leaving.
+                    cluster.last_targets.clear();
+                    cluster.held.clear();
+                }
+                for (k, until) in crate::kube::state::held_of(&record.leaving) {
+                    if until > now {
+                        let e = cluster.held.entry(k).or_insert(until);
+                        *e = (*e).max(until);
+                    }
+                }
+                cluster.index.relisted();
+                tracing::debug!(epoch = %claimed_epoch, lanes = record.since.len(), "kubernetes: settle record merged");
+                (cluster.trusted, cluster.recorded) = (Some(claimed_epoch), false);
+            }
+        }
+        let trusted = epoch.is_some() && cluster.trusted == epoch;
         let served = store.served();
         let readiness = cluster.readiness();
         if served.readiness() != readiness {
@@ -802,8 +870,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                 }
             }
         }
-        if store.is_leader() {
-            write_statuses(&statuses, &objects, &verdicts, &cluster.left_out, &cluster.written);
+        if store.is_leader() && trusted {
+            write_statuses(&statuses, &objects, &verdicts, &cluster.left_out, &cluster.written, &store.fence());
             if let Some((mode, root)) = &opts.istio {
                 let grace = opts.settle.as_millis() as u64;
                 let desired = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace);
@@ -819,10 +887,15 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             // coalesced: at 50k lanes the record is megabytes per write.
             let due =
                 cluster.index.has_unsettled() || cluster.state_written.is_none_or(|at| at.elapsed() >= STATE_COALESCE);
-            if !cluster.recorded || (cluster.since_unwritten && due) {
+            if let (Some(epoch), true) = (&epoch, !cluster.recorded || (cluster.since_unwritten && due)) {
                 (cluster.recorded, cluster.since_unwritten) = (true, false);
                 cluster.state_written = Some(std::time::Instant::now());
-                write_state(&configmaps, &opts.namespace, &cluster.since);
+                let record = crate::kube::state::Record {
+                    since: cluster.since.clone(),
+                    leaving: crate::kube::state::leaving_of(&cluster.held),
+                };
+                tracing::debug!(lanes = record.since.len(), "kubernetes: settle record wanted");
+                record_tx.send_replace(Some(crate::kube::state::Wanted { epoch: epoch.clone(), record }));
             }
         } else {
             cluster.recorded = false;
@@ -833,24 +906,6 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     }
 }
 
-/// Records when each lane's conditions began to hold, so a new leader keeps
-/// the clock (server-side apply: creates the ConfigMap if needed).
-fn write_state(api: &Api<ConfigMap>, namespace: &str, since: &Since) {
-    let cm = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": { "name": STATE_CONFIGMAP, "namespace": namespace,
-                      "labels": { "app.kubernetes.io/managed-by": "isogroup" } },
-        "data": { STATE_KEY: serde_json::to_string(since).unwrap_or_default() },
-    });
-    let api = api.clone();
-    tokio::spawn(async move {
-        let params = PatchParams::apply("isogroup").force();
-        if let Err(e) = api.patch(STATE_CONFIGMAP, &params, &Patch::Apply(&cm)).await {
-            tracing::warn!(error = %e, "kubernetes: cannot record lane settle times in ConfigMap {STATE_CONFIGMAP}");
-        }
-    });
-}
-
 /// Writes each object's status when its verdict changed (in the background:
 /// a slow API server never holds the table back).
 fn write_statuses(
@@ -859,6 +914,7 @@ fn write_statuses(
     verdicts: &BTreeMap<String, Verdict>,
     left_out: &crate::kube::degrade::LeftOut,
     memo: &Written,
+    fence: &crate::kube::leader::Fence,
 ) {
     // group → its lanes left out (`<service>: why`).
     let mut lanes_out: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -891,10 +947,19 @@ fn write_statuses(
         if let Err(why) = verdict {
             tracing::warn!(group = %o.name, error = %why, "kubernetes: IsolationGroup left out of the table");
         }
-        let (api, name, memo) = (api.clone(), o.name.clone(), memo.clone());
+        let (api, name, memo, fence) = (api.clone(), o.name.clone(), memo.clone(), fence.clone());
         tokio::spawn(async move {
-            let patch = serde_json::json!({ "status": status });
-            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            // Fenced: only while leading, no later than the renew
+            // deadline, under the resourceVersion read just before (after
+            // this replica took the Lease); refused as stale, the memo is
+            // forgotten and the next rebuild decides again.
+            let write = async {
+                let current = api.get(&name).await?;
+                let rv = current.metadata.resource_version;
+                let patch = serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": status });
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await
+            };
+            if let Err(e) = fence.write(write).await {
                 tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");
                 if let Ok(mut w) = memo.lock() {
                     w.remove(&name);

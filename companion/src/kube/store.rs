@@ -19,7 +19,7 @@ use isogroup_core::{RawService, RawTable, Table};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
-use crate::kube::source::RUNTIME_CONFIGMAP;
+use crate::kube::leader::{Fence, Fenced};
 
 use crate::store::parts::Parts;
 use crate::store::{next_version, now_ms, Change, ChangeError, Served, Snapshot, Store};
@@ -59,26 +59,98 @@ const WRITE_ATTEMPTS: usize = 8;
 /// How long a written change may take to come back through the watch.
 const SEEN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Whether every watch has listed, and the current run of watch errors.
+#[derive(Default)]
+struct WatchHealth {
+    listed: bool,
+    /// The first and the latest error of the run.
+    errors: Option<(Instant, Instant)>,
+    /// The longest a failing watch waits before it retries.
+    gap: Duration,
+}
+
 pub struct KubeStore {
     served: Served,
     role: Mutex<Role>,
     /// Whether this replica leads, for held polls to be released with
     /// `503 not_leader` the moment it steps down (set under `role`).
     leading: watch::Sender<bool>,
-    /// The ConfigMaps of the companion's namespace (`None`: writes refused).
-    runtime: Option<(Api<ConfigMap>, String)>,
+    /// The ConfigMaps of the companion's namespace and the runtime
+    /// ConfigMap's name (`None`: writes refused).
+    runtime: Option<(Api<ConfigMap>, String, String)>,
+    /// The leader's epoch and renew deadline, for every leader write.
+    fence: Fence,
+    /// What the watches say (`set_watch_health`).
+    health: Mutex<WatchHealth>,
 }
 
 impl KubeStore {
     pub fn new(served: Served) -> KubeStore {
-        KubeStore { served, role: Mutex::new(Role::default()), leading: watch::channel(false).0, runtime: None }
+        KubeStore {
+            served,
+            role: Mutex::new(Role::default()),
+            leading: watch::channel(false).0,
+            runtime: None,
+            fence: Fence::new(Duration::from_secs(10)),
+            health: Mutex::new(WatchHealth::default()),
+        }
     }
 
-    /// Takes source and rule writes into ConfigMap `isogroup-runtime` of
-    /// `namespace`.
-    pub fn with_runtime_writes(mut self, client: kube::Client, namespace: &str) -> KubeStore {
-        self.runtime = Some((Api::namespaced(client, namespace), namespace.to_owned()));
+    /// Takes source and rule writes into ConfigMap `name` (the
+    /// installation's `isogroup-runtime`) of `namespace`.
+    pub fn with_runtime_writes(mut self, client: kube::Client, namespace: &str, name: &str) -> KubeStore {
+        self.runtime = Some((Api::namespaced(client, namespace), namespace.to_owned(), name.to_owned()));
         self
+    }
+
+    /// The Lease's renew deadline: how long after a renewal leader writes
+    /// may still be made.
+    pub fn with_renew_deadline(mut self, renew_deadline: Duration) -> KubeStore {
+        self.fence = Fence::new(renew_deadline);
+        self
+    }
+
+    /// The fencing token and deadline every leader write goes through.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// What the watches say: whether all have listed, and a watch error
+    /// seen at `error` (if any). A watch that fails retries within `gap`
+    /// (its longest backoff); a retry that works says nothing (a quiet
+    /// watch has no event), so errors further apart than `gap` are separate
+    /// runs, and a run whose latest error is older than `gap` is over.
+    pub fn set_watch_health(&self, listed: bool, error: Option<Instant>, gap: Duration) {
+        if let Ok(mut h) = self.health.lock() {
+            (h.listed, h.gap) = (listed, gap);
+            if let Some(at) = error {
+                h.errors = match h.errors {
+                    Some((first, last)) if at.saturating_duration_since(last) <= gap => Some((first, at)),
+                    _ => Some((at, at)),
+                };
+            }
+        }
+    }
+
+    /// Whether every watch has listed and none is failing (a replica
+    /// campaigns only then).
+    pub fn listed(&self) -> bool {
+        self.health.lock().is_ok_and(|h| h.listed && h.errors.is_none_or(|(_, last)| last.elapsed() > h.gap))
+    }
+
+    /// How long the watches have been failing without a pause (zero when
+    /// none is).
+    pub fn stale_for(&self) -> Duration {
+        let Ok(h) = self.health.lock() else { return Duration::ZERO };
+        match h.errors {
+            Some((first, last)) if last.elapsed() <= h.gap => last.duration_since(first),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The epoch this replica leads under, if it leads.
+    pub fn epoch(&self) -> Option<String> {
+        self.role.lock().ok().and_then(|r| r.epoch.clone())
     }
 
     pub fn is_leader(&self) -> bool {
@@ -148,7 +220,8 @@ impl KubeStore {
     /// Elected with `epoch`: serves the latest table under it at once.
     pub fn become_leader(&self, epoch: String) -> Result<Option<Arc<Snapshot>>, ChangeError> {
         let Ok(mut role) = self.role.lock() else { return Ok(None) };
-        role.epoch = Some(epoch);
+        role.epoch = Some(epoch.clone());
+        self.fence.lead(epoch, Instant::now());
         self.leading.send_replace(true);
         self.serve(&mut role, true)
     }
@@ -160,6 +233,7 @@ impl KubeStore {
         if let Ok(role) = role.as_mut() {
             role.epoch = None;
         }
+        self.fence.stop();
         // A poisoned lock reads as not leading: told so all the same.
         self.leading.send_replace(false);
         drop(role);
@@ -246,17 +320,23 @@ impl KubeStore {
     /// A sources or rules change, written by the leader.
     async fn write_runtime(
         &self,
-        (api, namespace): &(Api<ConfigMap>, String),
+        (api, namespace, name): &(Api<ConfigMap>, String, String),
         change: &Change,
     ) -> Result<Arc<Snapshot>, ChangeError> {
+        // Fenced (SPEC "Leadership is fenced"): the replace carries the
+        // resourceVersion read just before (after this replica took the
+        // Lease), a create is made only within the renew deadline, and each
+        // call gets only the time left until it; a stale precondition reads
+        // again and decides again.
+        let fenced = |e: Fenced, what: &str| match e {
+            Fenced::NotLeader => ChangeError::NotLeader(format!("{what}: this replica is no longer the leader")),
+            e => ChangeError::Unavailable(format!("{what} ConfigMap {name}: {e}")),
+        };
         for _ in 0..WRITE_ATTEMPTS {
             if let Some(why) = self.not_serving() {
                 return Err(ChangeError::NotLeader(why));
             }
-            let current = api
-                .get_opt(RUNTIME_CONFIGMAP)
-                .await
-                .map_err(|e| ChangeError::Unavailable(format!("reading ConfigMap {RUNTIME_CONFIGMAP}: {e}")))?;
+            let current = self.fence.write(api.get_opt(name)).await.map_err(|e| fenced(e, "reading"))?;
             let data = current.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
             let (sources, rules) = crate::kube::source::runtime(&data).map_err(ChangeError::Unreadable)?;
             // The change applies to what the ConfigMap holds now, beside
@@ -269,7 +349,7 @@ impl KubeStore {
                 .map_err(ChangeError::Invalid)?;
             let mut cm = current.unwrap_or_else(|| {
                 let mut cm = ConfigMap::default();
-                cm.metadata.name = Some(RUNTIME_CONFIGMAP.to_owned());
+                cm.metadata.name = Some(name.clone());
                 cm.metadata.namespace = Some(namespace.clone());
                 cm
             });
@@ -278,25 +358,25 @@ impl KubeStore {
             map.insert("sources".to_owned(), to_json(&next.sources)?);
             map.insert("rules".to_owned(), to_json(&next.rules)?);
             let written = if creating {
-                api.create(&PostParams::default(), &cm).await
+                self.fence.write(api.create(&PostParams::default(), &cm)).await
             } else {
-                api.replace(RUNTIME_CONFIGMAP, &PostParams::default(), &cm).await
+                self.fence.write(api.replace(name, &PostParams::default(), &cm)).await
             };
             match written {
-                Ok(_) => return self.seen(&next).await,
+                Ok(_) => return self.seen(name, &next).await,
                 // Someone wrote in between (or created it): read again.
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                Err(e) => return Err(ChangeError::Unavailable(format!("writing ConfigMap {RUNTIME_CONFIGMAP}: {e}"))),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(fenced(e, "writing")),
             }
         }
         Err(ChangeError::Unavailable(format!(
-            "ConfigMap {RUNTIME_CONFIGMAP} changed under {WRITE_ATTEMPTS} writes in a row; try again"
+            "ConfigMap {name} changed under {WRITE_ATTEMPTS} writes in a row; try again"
         )))
     }
 
     /// Waits until the served table has what was written (the watch brings
     /// it back), so the answer's version serves the change.
-    async fn seen(&self, next: &RawTable) -> Result<Arc<Snapshot>, ChangeError> {
+    async fn seen(&self, name: &str, next: &RawTable) -> Result<Arc<Snapshot>, ChangeError> {
         let deadline = Instant::now() + SEEN_DEADLINE;
         loop {
             let cur = self.served.current();
@@ -305,7 +385,7 @@ impl KubeStore {
             }
             if Instant::now() > deadline {
                 return Err(ChangeError::Unavailable(format!(
-                    "written to ConfigMap {RUNTIME_CONFIGMAP}, not served yet (the watch has not brought it back)"
+                    "written to ConfigMap {name}, not served yet (the watch has not brought it back)"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

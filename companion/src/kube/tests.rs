@@ -123,7 +123,7 @@ async fn watch_loop_follows_the_cluster() {
     tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(300)));
 
     let mut versions = vec![];
-    // a subset in the first list counts as settled: the lane is there at once
+    // what holds at the first list and is on no record starts then
     versions.push(wait_table(&store, "feature-1", |t| lanes(t) == ["base", "feature-1"]).await);
     assert_eq!(store.served().readiness(), Readiness::Ready);
     let reviews = store.served().current().raw.services["reviews.bookinfo"].clone();
@@ -164,14 +164,15 @@ async fn watch_loop_follows_the_cluster() {
     versions.push(wait_table(&store, "team-a after settle", |t| lanes(t) == ["base", "team-a"]).await);
     assert!(started.elapsed() >= Duration::from_millis(250), "entered after the settle delay: {:?}", started.elapsed());
     // the leader recorded when team-a's conditions began to hold
-    let state = wait("isogroup-state", || {
-        let cm = fake.get(&configmaps(), "isogroup-system", "isogroup-state")?;
+    let state = wait("isogroup-state-0", || {
+        let cm = fake.get(&configmaps(), "isogroup-system", "isogroup-state-0")?;
+        assert_eq!(cm["data"]["epoch"], "1000-aa", "the leader's epoch in the shard");
         let since: std::collections::BTreeMap<String, u64> =
-            serde_json::from_str(cm["data"]["settled"].as_str()?).ok()?;
+            serde_json::from_str(cm["data"]["since"].as_str()?).ok()?;
         since.contains_key("reviews.bookinfo/team-a").then_some(since)
     })
     .await;
-    assert_eq!(state["reviews.bookinfo/base"], 0, "in the first list: settled");
+    assert!(state["reviews.bookinfo/base"] < state["reviews.bookinfo/team-a"], "{state:?}");
     assert!(!state.contains_key("reviews.bookinfo/feature-1"), "{state:?}");
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions only go up: {versions:?}");
 }
@@ -285,7 +286,9 @@ impl Replica {
     }
 
     fn with_lease(fake: &FakeApi, name: &str, duration: Duration) -> Replica {
-        let (store, metrics) = store();
+        let metrics = Arc::new(Metrics::new());
+        let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
+        let store = Arc::new(KubeStore::new(served).with_renew_deadline(duration * 2 / 3));
         let cfg = LeaseConfig {
             namespace: "isogroup-system".into(),
             name: "isogroup-companion".into(),
@@ -293,6 +296,8 @@ impl Replica {
             duration,
             renew_deadline: duration * 2 / 3,
             retry: Duration::from_millis(100),
+            leader_label: LEADER_LABEL.into(),
+            max_stale: duration,
         };
         let tasks = vec![
             tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts(0))),
@@ -687,7 +692,8 @@ async fn the_leader_writes_sources_and_rules_into_the_runtime_configmap() {
     let fake = bookinfo("v1").await;
     let metrics = Arc::new(Metrics::new());
     let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
-    let store = Arc::new(KubeStore::new(served).with_runtime_writes(fake.client(), "isogroup-system"));
+    let store =
+        Arc::new(KubeStore::new(served).with_runtime_writes(fake.client(), "isogroup-system", "isogroup-runtime"));
     tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts(0)));
     let bind = |cidr: &str, expires_at: Option<u64>| Change::BindSource {
         cidr: cidr.into(),
@@ -1401,4 +1407,80 @@ async fn a_table_over_a_limit_given_to_a_standby_is_degraded_once_it_leads() {
     assert_eq!(metrics.lanes_left_out.get(), 1);
     // ties (both in the first list) by name: the later name is left out
     assert_eq!(lanes(&store.served().current().raw), ["base", "feature-1"]);
+}
+
+/// A replica campaigns only once every watch has listed, and a leader whose
+/// watches fail for `--max-stale-s` steps down (and leads again once they
+/// work).
+#[tokio::test]
+async fn a_replica_leads_only_with_working_watches() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&pods(), own_pod("companion-a"));
+    fake.fail(&services(), 403);
+    let replica = Replica::start(&fake, "companion-a");
+    // listing fails: it never takes the free Lease
+    wait("a failed list", || (fake.lists(&services()) >= 2).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // several election rounds; nothing to poll for
+    assert!(!replica.store.is_leader());
+    assert!(fake.get(&leases(), "isogroup-system", "isogroup-companion").is_none(), "no Lease taken");
+    fake.fail(&services(), 0);
+    wait("leading once listed", || replica.store.is_leader().then_some(())).await;
+    // the watch fails for longer than --max-stale-s (here the Lease's 1.2 s)
+    fake.fail(&services(), 500);
+    fake.close_watches(&services());
+    wait("stepped down", || replica.store.not_serving().map(|_| ())).await;
+    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "handed back: {lease}");
+    fake.fail(&services(), 0);
+    wait("leading again", || replica.store.is_leader().then_some(())).await;
+    replica.stop();
+}
+
+/// 25,000 lanes in the settle record: written to the fake (which refuses a
+/// ConfigMap over 1 MiB with `422`) in shards, every write accepted.
+#[tokio::test]
+async fn a_settle_record_of_25000_lanes_is_written_in_shards_under_the_object_limit() {
+    let fake = FakeApi::start(&[configmaps()]).await;
+    let names = crate::kube::names::Names::new("isogroup-system", "isogroup-system");
+    let fence = crate::kube::leader::Fence::new(Duration::from_secs(30));
+    fence.lead("1000-aa".into(), Instant::now());
+    let writer = crate::kube::state::Writer {
+        api: kube::Api::namespaced(fake.client(), "isogroup-system"),
+        namespace: "isogroup-system".into(),
+        names,
+        installation: "isogroup-system".into(),
+        manager: "isogroup/isogroup-system".into(),
+        fence,
+    };
+    let mut record = crate::kube::state::Record::default();
+    for i in 0..25_000u64 {
+        record.since.insert(format!("svc-{i:05}.team-{}/feature-{}", i % 40, i % 300), 1_765_000_000_000 + i);
+    }
+    let whole = serde_json::to_string(&record.since).unwrap().len();
+    assert!(whole > 1024 * 1024, "over the object limit whole: {whole}");
+    let (wanted_tx, wanted_rx) = tokio::sync::watch::channel(None);
+    let (trusted_tx, mut trusted_rx) = tokio::sync::watch::channel(None);
+    let task = tokio::spawn(crate::kube::state::run(writer, wanted_rx, trusted_tx));
+    trusted_rx.wait_for(Option::is_some).await.unwrap();
+    wanted_tx.send_replace(Some(crate::kube::state::Wanted { epoch: "1000-aa".into(), record: record.clone() }));
+    let read = wait("every lane written", || {
+        let shards: Vec<Value> = fake.list_in(&configmaps(), "isogroup-system");
+        let mut since = std::collections::BTreeMap::<String, u64>::new();
+        for cm in &shards {
+            since.extend(
+                serde_json::from_str::<std::collections::BTreeMap<String, u64>>(cm["data"]["since"].as_str()?).ok()?,
+            );
+        }
+        (since.len() == 25_000).then_some(shards)
+    })
+    .await;
+    assert!(read.len() >= 3, "{} shards", read.len());
+    for cm in &read {
+        let size: usize =
+            cm["data"].as_object().unwrap().iter().map(|(k, v)| k.len() + v.as_str().unwrap().len()).sum();
+        assert!(size <= 512 * 1024, "{}: {size} bytes", cm["metadata"]["name"]);
+    }
+    let writes = fake.writes();
+    assert!(writes.iter().all(|w| w.code < 300), "every write accepted: {writes:?}");
+    task.abort();
 }
