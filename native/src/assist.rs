@@ -64,7 +64,9 @@ pub fn apply(incoming: &mut Incoming<'_>, a: &Assist, envoy: &StreamHandle, now_
                 return;
             }
             // A slot recorded for a request without a group (reports) heals nothing.
-            if let Some(group) = load(&a.slot_key(trace_id)).and_then(|e| assist::decode_entry(&e, trace_id, now_ms)).flatten() {
+            if let Some(group) =
+                load(&a.slot_key(trace_id)).and_then(|e| assist::decode_entry(&e, trace_id, now_ms)).flatten()
+            {
                 incoming.adopt(group, GroupSource::Assist);
             }
         }
