@@ -436,7 +436,7 @@ impl Companion {
                 .stderr(Stdio::null()),
         );
         let c = Companion { proc, port, dir };
-        wait_for("companion healthy", Duration::from_secs(10), || async {
+        wait_for("companion healthy", Duration::from_secs(30), || async {
             http().get(c.url("/healthz")).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
         })
         .await;
