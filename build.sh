@@ -287,6 +287,8 @@ run_tests() {
   section "filter unit tests (native, fake host)"
   cargo test --quiet -p isogroup-filter --lib
   cargo test --quiet -p isogroup-filter --lib --features table-deltas
+  section "native module unit tests (the poller's table and deltas, no Envoy)"
+  cargo test --quiet -p isogroup-native --lib
   section "core unit tests (native)"
   cargo test --quiet -p isogroup-core --lib --tests
   ensure_node

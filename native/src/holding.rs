@@ -40,6 +40,7 @@ pub struct Holding {
 
 /// What an answer made of the table held.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per answer, its table moved into the published `Arc` at once
 pub enum Taken {
     /// A newer valid table, now held: to publish.
     Newer { table: Table, unknown: Vec<String> },
