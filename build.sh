@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 ENVOY_VERSION=1.40.0
 ENVOY=.venv/bin/envoy
-WASM_RAW=target/wasm32-wasip1/release/isogroup_filter.wasm
+WASM_RAW=${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/isogroup_filter.wasm
 WASM=target/isogroup.wasm
 NATIVE=target/libisogroup_native.so
 RUN_DIR=.run
@@ -185,6 +185,7 @@ build() {
   ensure_target wasm32-wasip1
   log "building the filter (release, wasm32-wasip1)"
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-filter
+  mkdir -p target
   if ensure_wasm_opt; then
     # binaryen on Node takes ~25 s: skipped when the input, the optimiser,
     # its flags and the output are the ones of the last run.
@@ -286,6 +287,8 @@ run_tests() {
   section "filter unit tests (native, fake host)"
   cargo test --quiet -p isogroup-filter --lib
   cargo test --quiet -p isogroup-filter --lib --features table-deltas
+  section "native module unit tests (the poller's table and deltas, no Envoy)"
+  cargo test --quiet -p isogroup-native --lib
   section "core unit tests (native)"
   cargo test --quiet -p isogroup-core --lib --tests
   ensure_node

@@ -29,7 +29,7 @@ use core::time::Duration;
 
 use crate::proxy::{LogLevel, Status};
 use isogroup_core::cat;
-use isogroup_core::delta::{self, RawDelta, DELTA_CONTENT_TYPE};
+use isogroup_core::delta::{self, DELTA_CONTENT_TYPE};
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::Stamp;
 use isogroup_core::text::{text_of, Hex};
@@ -457,12 +457,7 @@ fn read<H: Host>(
     if !delta || !cfg!(feature = "table-deltas") {
         return RawTable::from_companion_json(body, limits);
     }
-    let raw = onto.ok_or_else(|| TableError::Json { path: "base".into(), message: "not the table held".into() })?;
-    let parsed = RawDelta::from_json(body, limits)?;
-    if let Some(whole) = whole {
-        *whole = delta::splice(whole, body, &parsed, limits)?;
-    }
-    Ok((delta::patch(raw, parsed.delta)?, parsed.unknown))
+    delta::read_onto(onto, body, limits, whole)
 }
 
 /// A raw table compiled as this VM's config says.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{chain, fake_companion, header_values, http, root, wait_for, Build, Companion, Mesh, Rendered};
+use common::{chain, fake_companion, header_values, http, root, wait_for, Build, Companion, Mesh};
 
 const TABLE: &str = include_str!("../demo/table.json");
 
@@ -168,23 +168,27 @@ fn deltas_wasm() -> PathBuf {
     wasm
 }
 
-/// SPEC "Delivery to many proxies" with the real Envoy (two workers, and
-/// the main thread's VM): one-service changes to a table large enough for
-/// deltas reach every worker as deltas, none discarded, and what every
-/// worker routes by is the companion's table.
-#[tokio::test]
-async fn one_service_changes_reach_every_worker_as_deltas() {
-    let wasm = deltas_wasm();
+/// SPEC "Delivery to many proxies" with the real Envoy (two workers): one-
+/// service changes to a table large enough for deltas reach every worker
+/// as deltas, none discarded, and what every worker routes by is the
+/// companion's table. The wasm arm is the `table-deltas` build (its
+/// poller's VM and the others each apply the delta); the native module
+/// always asks for deltas (its one poller applies it; workers share the table).
+async fn one_service_changes_reach_every_worker_as_deltas(build: Build) {
     let mut table: serde_json::Value = serde_json::from_str(TABLE).unwrap();
     for i in 0..30 {
         let name = format!("pad-{i}");
         table["services"][&name] = serde_json::json!({"hosts": [&name], "clusters": {"base": format!("{name}-base")}});
     }
-    let mut rendered = Rendered::from_file("envoy/companion.yaml");
-    rendered.yaml = rendered.yaml.replace("filename: target/isogroup.wasm", &format!("filename: {}", wasm.display()));
+    let mut rendered = build.config("envoy/companion.yaml");
+    if build == Build::Wasm {
+        let wasm = deltas_wasm();
+        rendered.yaml =
+            rendered.yaml.replace("filename: target/isogroup.wasm", &format!("filename: {}", wasm.display()));
+    }
     let companion = Companion::start(rendered.port(18080), &table.to_string()).await;
     let mesh = Mesh::start_with(rendered).await;
-    mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", 1).await;
+    mesh.envoy.wait_stat(&build.stat("isogroup_table_version"), 1).await;
     let clients = clients();
     until_all_see(&mesh, &clients, "base").await;
     let answered = companion.metric("isogroup_companion_delta_answers_total").await;
@@ -192,12 +196,14 @@ async fn one_service_changes_reach_every_worker_as_deltas() {
         let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
         let version = companion.set_instance("b", "feature-1", cluster).await;
         until_all_see(&mesh, &clients, group).await;
-        mesh.envoy.wait_stat("wasmcustom.isogroup_table_version", version).await;
+        mesh.envoy.wait_stat(&build.stat("isogroup_table_version"), version).await;
     }
     let deltas = companion.metric("isogroup_companion_delta_answers_total").await - answered;
     assert!(deltas >= 4.0, "the poller got the changes as deltas: {deltas}");
-    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_delta_fallbacks_total").await, 0, "none discarded");
-    assert_eq!(mesh.envoy.stat("wasmcustom.isogroup_table_rejects_total").await, 0);
+    assert_eq!(mesh.envoy.stat(&build.stat("isogroup_table_delta_fallbacks_total")).await, 0, "none discarded");
+    assert_eq!(mesh.envoy.stat(&build.stat("isogroup_table_rejects_total")).await, 0);
     let log = mesh.envoy.log_text();
-    assert!(!log.contains("table delta discarded"), "every VM applied the deltas it was on the base of");
+    assert!(!log.contains("table delta discarded"), "every delta applied onto its base");
 }
+
+on_both_builds!(one_service_changes_reach_every_worker_as_deltas);

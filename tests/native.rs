@@ -555,96 +555,104 @@ async fn an_lds_update_keeps_one_poller_and_the_table_and_fails_no_request() {
     assert!(mesh.envoy.stat("isogroup.isogroup_table_version").await >= version);
 }
 
-/// A documented difference (docs/native.md): the native poller does not
-/// ask for deltas (`&delta=1`); every poll asks for the whole table
-/// (`after`/`epoch`/`wait`, as the wasm build's), and a companion that
-/// answers whole tables serves it.
-#[tokio::test]
-async fn the_native_poller_asks_for_whole_tables_without_delta() {
+/// A fake companion that records each request line and answers the polls
+/// with `answers` in order (`Content-Type`, version for the `ETag`, body),
+/// then holds every further poll open.
+async fn scripted_companion(
+    port: u16,
+    answers: Vec<(&'static str, u64, String)>,
+) -> (tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rendered = native_of(Rendered::from_file("envoy/companion.yaml"));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", rendered.port(18080))).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let recorded = seen.clone();
-    let table = include_str!("../demo/table.json").to_owned();
-    let _server = tokio::spawn(async move {
-        let mut held = Vec::new();
+    let server = tokio::spawn(async move {
+        let (mut answers, mut held) = (answers.into_iter(), Vec::new());
         loop {
             let Ok((mut sock, _)) = listener.accept().await else { return };
             let mut buf = vec![0u8; 8192];
             let n = sock.read(&mut buf).await.unwrap_or(0);
             let head = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
-            let first = recorded.lock().unwrap().is_empty();
             recorded.lock().unwrap().push(head);
-            if first {
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\netag: \"1\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{table}",
-                    table.len()
-                );
-                let _ = sock.write_all(answer.as_bytes()).await;
-            } else {
-                held.push(sock); // the long poll stays open
+            match answers.next() {
+                Some((content_type, version, body)) => {
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\netag: \"{version}\"\r\nx-isogroup-epoch: 1000-aa\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                }
+                None => held.push(sock), // the long poll stays open
             }
         }
     });
-    let mesh = Mesh::start_with(rendered).await;
-    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
-    let polls = wait_for("the second poll", Duration::from_secs(10), || async {
-        let polls = seen.lock().unwrap().clone();
-        (polls.len() >= 2).then_some(polls)
-    })
-    .await;
-    assert!(polls.iter().all(|p| p.starts_with("GET /v1/table")), "{polls:?}");
-    assert!(polls.iter().all(|p| !p.contains("delta=")), "no delta asked: {polls:?}");
-    assert!(polls[1].contains("after=1") && polls[1].contains("wait="), "{polls:?}");
-    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
-    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"), "the whole table serves");
+    (server, seen)
 }
 
-/// The barrier of the configuration hook: a panic while Envoy creates the
-/// filter configuration rejects it (the config hook answers "no config"),
-/// logged; Envoy exits as for any rejected config, it does not abort.
+/// SPEC "Delivery to many proxies": the native poller asks for a delta
+/// onto the table it holds; a delta with an unknown top-level key, or onto
+/// a base it does not hold, is discarded and counted, the table in force
+/// keeps serving, and the next poll (at once) asks for the whole table.
 #[tokio::test]
-async fn a_panic_in_the_config_hook_rejects_the_config() {
-    let module = panic_module();
-    let mut rendered = Rendered::from_file("envoy/native.yaml");
-    rendered.yaml = rendered
-        .yaml
-        .replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()))
-        .replace("filter_name: isogroup\n", "filter_name: isogroup-test-panic\n");
-    assert!(rendered.yaml.contains("isogroup-test-panic"), "native.yaml names its filter as this test expects");
-    let log = match Envoy::start(&rendered, 9901, 10000).await {
-        Ok(_) => panic!("Envoy started with a config hook that panics"),
-        Err(log) => log,
+async fn a_bad_delta_is_discarded_counted_and_the_whole_table_fetched_at_once() {
+    const DELTA: &str = "application/vnd.isogroup.delta.v1+json";
+    const WHOLE: &str = "application/json";
+    let rendered = native_of(Rendered::from_file("envoy/companion.yaml"));
+    let mut v1: Value = serde_json::from_str(include_str!("../demo/table.json")).unwrap();
+    v1["epoch"] = "1000-aa".into();
+    let mut v2 = v1.clone();
+    v2["version"] = 2.into();
+    v2["services"]["b"]["clusters"]["feature-1"] = "b-feature-1".into();
+    let mut v3 = v2.clone();
+    v3["version"] = 3.into();
+    v3["services"]["a"]["clusters"].as_object_mut().unwrap().remove("feature-2");
+    let delta = |base: u64, new: &Value, service: &str| {
+        serde_json::json!({
+            "base": {"version": base, "epoch": "1000-aa"}, "version": new["version"], "epoch": "1000-aa",
+            "set": {service: new["services"][service]}, "remove": [], "replace": {},
+        })
     };
-    assert!(log.contains("isogroup: panic in http_filter_config_new; failed closed"), "{log}");
-    assert!(log.contains("envoy exited with 1"), "a rejected config, not an abort: {log}");
-}
-
-/// The barrier of the cluster specifier's `select`: a panic there answers
-/// "no selection" (`false`). Envoy then has no cluster for the route (the
-/// route has none of its own): it answers the route's cluster-not-found
-/// status itself, forwards nothing, and keeps serving the other routes.
-#[tokio::test]
-async fn a_panic_in_the_cluster_specifier_selects_nothing_and_envoy_keeps_serving() {
-    let module = panic_module();
-    let mut rendered = Rendered::from_file("envoy/native-lean.yaml");
-    rendered.yaml =
-        rendered.yaml.replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()));
-    let c_route = "specifier_config: { \"@type\": type.googleapis.com/google.protobuf.StringValue, value: c-base }";
-    assert!(rendered.yaml.contains(c_route), "native-lean.yaml configures c's route as this test expects");
-    rendered.yaml = rendered.yaml.replace(c_route, &c_route.replace("value: c-base", "value: test-panic"));
+    // v1 → v2 with a key this filter does not know at the top level.
+    let mut unknown_key = delta(1, &v2, "b");
+    unknown_key["rename"] = serde_json::json!({});
+    // v2 → v3, but onto version 1: not the table held.
+    let wrong_base = delta(1, &v3, "a");
+    let answers = vec![
+        (WHOLE, 1, v1.to_string()),
+        (DELTA, 2, unknown_key.to_string()),
+        (WHOLE, 2, v2.to_string()),
+        (DELTA, 3, wrong_base.to_string()),
+        (WHOLE, 3, v3.to_string()),
+    ];
+    let (_server, seen) = scripted_companion(rendered.port(18080), answers).await;
     let mesh = Mesh::start_with(rendered).await;
-    let resp = mesh.request(&http(), "c").send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 503, "Envoy's cluster-not-found answer");
-    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0, "nothing forwarded");
-    wait_for("the panic logged", Duration::from_secs(10), || async {
-        mesh.envoy.log_text().contains("isogroup: panic in cluster_specifier_select; failed closed").then_some(())
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 3).await;
+    let polls = wait_for("the poll after version 3", Duration::from_secs(10), || async {
+        let polls = seen.lock().unwrap().clone();
+        (polls.len() >= 6).then_some(polls)
     })
     .await;
-    // b's own route serves (every demo chain ends at c: its call gets the 503).
-    let (status, _, _, _, hops) = answer(&mesh, "b", &[("x-isogroup", "feature-1")]).await;
-    assert_eq!(status, 503, "{hops}");
-    assert!(hops.starts_with("b@feature-1 > "), "{hops}");
-    assert_eq!(mesh.envoy.stat("cluster.b-feature-1.upstream_rq_total").await, 1);
+    let paths: Vec<&str> = polls.iter().map(|p| p.split(' ').nth(1).unwrap_or_default()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/table",
+            "/v1/table?after=1&epoch=1000-aa&wait=25&delta=1",
+            "/v1/table?after=1&epoch=1000-aa&wait=25",
+            "/v1/table?after=2&epoch=1000-aa&wait=25&delta=1",
+            "/v1/table?after=2&epoch=1000-aa&wait=25",
+            "/v1/table?after=3&epoch=1000-aa&wait=25&delta=1",
+        ],
+        "a delta asked onto the table held; after a bad one, the whole table at once"
+    );
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_delta_fallbacks_total").await, 2);
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_rejects_total").await, 0, "a discarded delta is no reject");
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_updates_total").await, 3);
+    wait_for("the discard in Envoy's log", Duration::from_secs(10), || async {
+        mesh.envoy.log_text().contains("table delta discarded, the whole table is taken instead").then_some(())
+    })
+    .await;
+    // The whole v3 serves: b's feature-1 from v2, a's feature-2 gone (its fallback is feature-1).
+    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-2")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"));
 }

@@ -141,6 +141,25 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
     Ok(())
 }
 
+/// What a delta answer makes of the table its poller holds as read
+/// (`onto`; `None`, nothing held as read, is refused as not its base):
+/// parsed, spliced into `whole` (the base's JSON) when given, and patched,
+/// not yet compiled; with the names of the fields skipped inside it (for
+/// the caller to log). Both builds' pollers take a delta with this.
+pub fn read_onto(
+    onto: Option<RawTable>,
+    delta_json: &[u8],
+    limits: &Limits,
+    whole: Option<&mut Vec<u8>>,
+) -> Result<(RawTable, Vec<String>), TableError> {
+    let raw = onto.ok_or_else(|| refused("base", "not the table held"))?;
+    let parsed = RawDelta::from_json(delta_json, limits)?;
+    if let Some(whole) = whole {
+        *whole = splice(whole, delta_json, &parsed, limits)?;
+    }
+    Ok((patch(raw, parsed.delta)?, parsed.unknown))
+}
+
 /// The table `delta` makes of `raw`, compiled: refused when `raw` is not
 /// exactly the delta's base (or the delta's version is not newer than its
 /// base, or it removes a service `raw` does not have, or one it also sets),

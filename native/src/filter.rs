@@ -142,6 +142,7 @@ impl Config {
                     updates: envoy.define_counter("isogroup_table_updates_total"),
                     rejects: envoy.define_counter("isogroup_table_rejects_total"),
                     fetches: envoy.define_counter("isogroup_table_fetches_total"),
+                    delta_fallbacks: envoy.define_counter("isogroup_table_delta_fallbacks_total"),
                 };
                 let (base_group, limits) = (settings.base_group.clone(), settings.limits);
                 Tables::Companion(Poller::start(source, base_group, limits, main_thread, metrics))

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 pub mod abi;
 mod assist;
 mod filter;
+mod holding;
 mod specifier;
 mod sync;
 

@@ -1,8 +1,9 @@
 //! Companion sync for the native build: filter configurations long-poll
 //! the companion with config-level HTTP callouts on Envoy's main thread
 //! (the same requests as the wasm build's poller: `?after=<version>
-//! [&epoch=<e>]&wait=<s>`, `x-isogroup-poller`), compile each newer table
-//! there, and publish it; workers pick it up by its generation.
+//! [&epoch=<e>]&wait=<s>[&delta=1]`, `x-isogroup-poller`), take each newer
+//! table or delta there (`holding.rs`), and publish the table; workers
+//! pick it up by its generation.
 //!
 //! One poller and one table per source per process: configurations with
 //! the same source (two listeners, or the old and new config of an LDS
@@ -26,10 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use isogroup_core::epoch::Stamp;
-use isogroup_core::{CompanionSource, Limits, Table};
+use isogroup_core::delta::DELTA_CONTENT_TYPE;
+use isogroup_core::{CompanionSource, Limits, Table, TableError};
 
 use crate::abi::{log, Level, MainThreadConfig, Scheduler};
+use crate::holding::{Held, Holding, Taken};
 
 /// Backoff bounds after a failed poll, as the wasm build's.
 const BACKOFF_MIN_MS: u64 = 250;
@@ -97,24 +99,12 @@ pub fn current(published: &Arc<Published>) -> Option<WorkerTable> {
     })
 }
 
-/// The version (and epoch) of the table the poller holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Held {
-    version: u64,
-    epoch: Option<String>,
-}
-
-impl Held {
-    fn stamp(&self) -> Stamp<'_> {
-        Stamp::new(self.epoch.as_deref(), self.version)
-    }
-}
-
 /// One source's poller state and table, shared by every configuration of
 /// the process that names the source. Main thread only, but for
 /// `published` (a `Mutex` keeps the configurations `Sync`).
 struct SourceState {
-    held: Option<Held>,
+    /// The table held (its stamp, and the table as read for deltas).
+    holding: Holding,
     /// Every live configuration of this source, oldest first: the first polls.
     members: Vec<Member>,
     failures: u32,
@@ -154,7 +144,7 @@ fn join(key: SourceKey) -> Arc<SharedSource> {
         key,
         published: Published::new(),
         state: Mutex::new(SourceState {
-            held: None,
+            holding: Holding::default(),
             members: Vec::new(),
             failures: 0,
             told_unknown: false,
@@ -210,6 +200,7 @@ pub struct SyncMetrics {
     pub updates: Option<usize>,
     pub rejects: Option<usize>,
     pub fetches: Option<usize>,
+    pub delta_fallbacks: Option<usize>,
 }
 
 impl Poller {
@@ -227,7 +218,7 @@ impl Poller {
             let mut state = lock(&shared.state);
             let age_gauge = metrics.age.map(|g| (envoy, g));
             state.members.push(Member { id, wake: Arc::downgrade(&scheduler), age_gauge });
-            (state.members.len() == 1, state.held.clone())
+            (state.members.len() == 1, state.holding.held().cloned())
         };
         if first {
             // The first poll once the configuration is in place (config_new has returned).
@@ -268,16 +259,7 @@ impl Poller {
             return;
         }
         let source = &self.shared.key.0;
-        let sep = if source.path.contains('?') { '&' } else { '?' };
-        let path = match &lock(&self.shared.state).held {
-            None => source.path.clone(),
-            Some(Held { version, epoch: Some(e) }) => {
-                format!("{}{sep}after={version}&epoch={e}&wait={}", source.path, source.wait_s)
-            }
-            Some(Held { version, epoch: None }) => {
-                format!("{}{sep}after={version}&wait={}", source.path, source.wait_s)
-            }
-        };
+        let path = lock(&self.shared.state).holding.poll_path(source);
         let headers: [(&str, &[u8]); 5] = [
             (":method", b"GET"),
             (":path", path.as_bytes()),
@@ -319,7 +301,8 @@ impl Poller {
                 if let Some(id) = self.metrics.fetches {
                     self.envoy.increment_counter(id, 1);
                 }
-                self.accept(&body)
+                let delta = header("content-type").is_some_and(|t| t.trim_ascii() == DELTA_CONTENT_TYPE.as_bytes());
+                self.accept(&body, delta)
             }
             Some(304) => self.answered(),
             Some(status) => self.failed(&format!("companion answered {status}")),
@@ -327,13 +310,13 @@ impl Poller {
         }
     }
 
-    fn accept(&self, body: &[u8]) {
+    /// A `200` answer: a whole table or a delta, taken onto the table held
+    /// (main thread; one table per process).
+    fn accept(&self, body: &[u8], delta: bool) {
         let (_, base_group, limits) = &self.shared.key;
-        // One table serves every config that joined this source, with or
-        // without `edge.runtime`: its rules are kept compiled (one copy per
-        // process); a config without `runtime` never consults them.
-        let table = match Table::from_companion_json(body, base_group, limits, true) {
-            Ok((table, unknown)) => {
+        let taken = lock(&self.shared.state).holding.take(body, delta, base_group, limits);
+        let table = match taken {
+            Taken::Newer { table, unknown } => {
                 if !unknown.is_empty() && !core::mem::replace(&mut lock(&self.shared.state).told_unknown, true) {
                     log(
                         Level::Warn,
@@ -342,34 +325,42 @@ impl Poller {
                 }
                 table
             }
-            Err(e) => {
+            Taken::NotNewer => return self.answered(),
+            Taken::Rejected(e) => {
                 if let Some(id) = self.metrics.rejects {
                     self.envoy.increment_counter(id, 1);
                 }
                 log(Level::Error, &format!("isogroup: table rejected, the last good one keeps serving: {e}"));
                 return self.back_off();
             }
+            // The next poll, at once, asks for the whole table.
+            Taken::Discarded(e) => {
+                self.discard(&e);
+                return self.answered();
+            }
         };
-        let held = Held { version: table.version(), epoch: table.epoch().map(str::to_owned) };
-        if self.is_newer(&held) {
-            log(
-                Level::Info,
-                &format!("isogroup: table {} accepted ({} services)", held.version, table.service_count()),
-            );
-            if let Some(id) = self.metrics.updates {
-                self.envoy.increment_counter(id, 1);
-            }
-            if let Some(id) = self.metrics.version {
-                self.envoy.set_gauge(id, held.version);
-            }
-            self.published.publish(table);
-            lock(&self.shared.state).held = Some(held);
+        let version = table.version();
+        log(Level::Info, &format!("isogroup: table {version} accepted ({} services)", table.service_count()));
+        if let Some(id) = self.metrics.updates {
+            self.envoy.increment_counter(id, 1);
         }
+        if let Some(id) = self.metrics.version {
+            self.envoy.set_gauge(id, version);
+        }
+        self.published.publish(table);
         self.answered();
     }
 
+    /// A delta that does not apply: counted, and said.
+    fn discard(&self, e: &TableError) {
+        if let Some(id) = self.metrics.delta_fallbacks {
+            self.envoy.increment_counter(id, 1);
+        }
+        log(Level::Warn, &format!("isogroup: table delta discarded, the whole table is taken instead: {e}"));
+    }
+
     fn is_newer(&self, held: &Held) -> bool {
-        lock(&self.shared.state).held.as_ref().is_none_or(|h| held.stamp().is_newer_than(&h.stamp()))
+        lock(&self.shared.state).holding.is_newer(held)
     }
 
     /// A good answer: the next long poll right away.

@@ -4,8 +4,7 @@
 //! base applies it, any other compiles the whole; whatever is wrong with a
 //! delta discards it, counted, and the whole table is fetched at once.
 
-use std::collections::BTreeMap;
-
+use isogroup_test_support::table_changes::{diff, first_table, mutate, Rng};
 use serde_json::{json, Map, Value};
 
 use super::sync::{answer, installed, last_path, table_in};
@@ -18,36 +17,6 @@ use crate::sync::{Keys, BACKOFF_MAX_MS};
 use isogroup_core::{CompanionSource, Limits, RawTable, Table};
 
 const DELTA: (&str, &str) = ("content-type", "application/vnd.isogroup.delta.v1+json");
-
-/// A delta as a companion makes one (its `store/delta.rs`): every service
-/// that differs set whole, every one gone removed (in name order), every
-/// other top-level field that differs replaced whole.
-fn diff(old: &Value, new: &Value) -> Value {
-    let services = |t: &Value| t.get("services").and_then(Value::as_object).cloned().unwrap_or_default();
-    let (old_s, new_s) = (services(old), services(new));
-    let set: Map<String, Value> =
-        new_s.iter().filter(|(k, v)| old_s.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let remove: Vec<&String> = old_s.keys().filter(|k| !new_s.contains_key(*k)).collect();
-    let mut replace = Map::new();
-    for field in ["base_group", "groups", "sources", "rules"] {
-        let (o, n) = (old.get(field), new.get(field));
-        if o != n {
-            let whole = match (field, n) {
-                (_, Some(v)) => v.clone(),
-                ("base_group", None) => Value::Null,
-                ("groups", None) => json!({}),
-                (_, None) => json!([]),
-            };
-            replace.insert(field.into(), whole);
-        }
-    }
-    json!({
-        "base": {"version": old["version"], "epoch": old.get("epoch").cloned().unwrap_or(Value::Null)},
-        "version": new["version"],
-        "epoch": new.get("epoch").cloned().unwrap_or(Value::Null),
-        "set": set, "remove": remove, "replace": replace,
-    })
-}
 
 fn source() -> CompanionSource {
     let mut source = CompanionSource::with_defaults("companion".into(), "companion".into());
@@ -165,59 +134,6 @@ fn a_bad_delta_is_discarded_counted_and_the_whole_table_fetched_at_once() {
     assert!(process.logged("table delta discarded"));
 }
 
-/// A small deterministic generator: the same sequences on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-const GROUPS: &[&str] = &["base", "feature-1", "feature-2", "team-s", "Bad"];
-
-fn random_service(rng: &mut Rng, name: &str) -> Value {
-    let mut clusters = BTreeMap::new();
-    // Now and then no base cluster, or a bad group name: an invalid table.
-    let valid = rng.below(8) != 0;
-    if valid {
-        clusters.insert("base".to_owned(), json!(format!("{name}-base")));
-    }
-    for _ in 0..rng.below(3) {
-        let group = GROUPS[rng.below(if valid { 4 } else { 5 }) as usize];
-        clusters.insert(group.to_owned(), json!(format!("{name}-{group}-{}", rng.below(4))));
-    }
-    let mut hosts = vec![json!(name)];
-    if rng.below(10) == 0 {
-        hosts.push(json!(format!("s{}", rng.below(12)))); // may be another service's host
-    }
-    json!({"hosts": hosts, "clusters": clusters})
-}
-
-/// One change, valid or not: mostly one service, now and then groups,
-/// the base group or the source bindings.
-fn mutate(rng: &mut Rng, table: &mut Value) {
-    let name = format!("s{}", rng.below(12));
-    match rng.below(8) {
-        0..=3 => table["services"][&name] = random_service(rng, &name),
-        4 => {
-            table["services"].as_object_mut().unwrap().remove(&name);
-        }
-        5 => {
-            let fallback = GROUPS[rng.below(4) as usize];
-            table["groups"][GROUPS[1 + rng.below(3) as usize]] = json!({"fallback": [fallback]});
-        }
-        6 => match rng.below(2) {
-            0 => table["base_group"] = json!("base"),
-            _ => drop(table.as_object_mut().unwrap().remove("base_group")),
-        },
-        _ => table["sources"] = json!([{"cidr": format!("10.{}.0.0/16", rng.below(4)), "group": "feature-1"}]),
-    }
-}
-
 /// The differential test: random change sequences through a poller and
 /// several VMs (some lagging a version or more, some started late), with
 /// deltas that would make an invalid table and deltas spoilt (an unknown
@@ -235,11 +151,7 @@ fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_bac
         let config = companion_config("companion");
         let (mut poller, host) = configured(&process, &config);
         let mut workers: Vec<Root<FakeHost>> = (0..3).map(|_| configured(&process, &config).0).collect();
-        let mut published = json!({
-            "version": 1, "epoch": "1000-aa",
-            "groups": {"feature-1": {}, "feature-2": {"fallback": ["feature-1"]}, "team-s": {"mode": "strict"}},
-            "services": {"s0": {"hosts": ["s0"], "clusters": {"base": "s0-base"}}},
-        });
+        let mut published = first_table();
         poller.on_tick();
         answer(&mut poller, &host, &[(":status", "200")], &published.to_string());
         // What a whole fetch gives: the last valid table published.

@@ -1,12 +1,15 @@
 //! Helpers every crate's tests share (the filter's e2e harness, the
 //! companion's, the OCI image test), so there is one of each: a free port
 //! that is never handed out twice, a wait on a condition with a deadline
-//! (never a blind sleep), and a process's resident memory.
+//! (never a blind sleep), a process's resident memory, and random table
+//! changes with the deltas a companion makes of them (`table_changes`).
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub mod table_changes;
 
 /// A port free right now on loopback, and never handed out before in this
 /// process (the kernel would happily return the same free port twice).
