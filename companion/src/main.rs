@@ -2,6 +2,7 @@
 //! (long-poll), the admin API, resolve, health and metrics; validates and
 //! explains table files.
 
+mod doctor;
 mod explain;
 mod http;
 mod kube;
@@ -185,6 +186,22 @@ enum Command {
         #[arg(long, default_value = "/isogroup/")]
         etcd_prefix: String,
     },
+    /// Ask a running companion where lanes break (`GET /v1/propagation`):
+    /// print the edges worst first with what to do; exit 0 when every
+    /// workload's drop share is at most --max-drop-share, 1 when some
+    /// workload's is above it, 2 when the companion cannot be asked.
+    Doctor {
+        /// The companion's address, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// The largest drop share (dropped + healed over traced requests)
+        /// a workload may have, 0 to 1.
+        #[arg(long, default_value_t = 0.0, value_parser = doctor::parse_share)]
+        max_drop_share: f64,
+        /// A bearer token to send (when a proxy in front asks for one).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Print, for every service and group, where requests go and why.
     Explain {
         file: PathBuf,
@@ -318,6 +335,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Doctor { url, max_drop_share, token_file } => doctor::run(&url, max_drop_share, token_file.as_deref()),
         Command::Explain { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
                 print!("{}", explain::explain(&t));

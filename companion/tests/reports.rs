@@ -305,3 +305,72 @@ async fn hostile_senders_stay_bounded() {
     assert_eq!(wide_edges, 200);
     assert_eq!(routing(&c).await, before, "reports changed the table");
 }
+
+/// `isogroup-companion doctor <args…>`: (exit code, stdout, stderr).
+fn doctor(args: &[&str]) -> (i32, String, String) {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_isogroup-companion")).arg("doctor").args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn doctor_exits_0_1_or_2() {
+    let c = start(&[]).await;
+    let url = c.url("");
+    // Nothing reported: nothing drops.
+    let (code, out, _) = doctor(&["--url", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no reports"), "{out}");
+    assert_eq!(post(&c, "e-a", &report("a", json!({"b": counts(10, 0, 0, 0, 0)}))).await.0, 204);
+    let (code, out, _) = doctor(&["--url", &url]);
+    assert_eq!(code, 0, "{out}");
+    // b drops a quarter of its calls to c.
+    assert_eq!(post(&c, "e-b", &report("b", json!({"c": counts(3, 0, 0, 1, 0)}))).await.0, 204);
+    let (code, out, err) = doctor(&["--url", &url]);
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("WORKLOAD") && lines[0].contains("DROP SHARE") && lines[0].contains("ADVICE"),
+        "{out}"
+    );
+    let first: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(first[..9], ["b", "demo", "c", "3", "0", "0", "1", "0", "0.2500"], "worst first: {out}");
+    assert!(lines[1].contains("forward x-isogroup / baggage"), "{out}");
+    assert!(out.contains("workload b (namespace demo) drop share 0.2500 > 0"), "{out}");
+    assert!(!out.contains("workload a "), "a drops nothing: {out}");
+    // Allowed up to a quarter: ok; just below: not.
+    assert_eq!(doctor(&["--url", &url, "--max-drop-share", "0.25"]).0, 0);
+    assert_eq!(doctor(&["--url", &url, "--max-drop-share", "0.24"]).0, 1);
+    // Bad flags, an unreachable companion, something else answering: 2.
+    let (code, _, err) = doctor(&["--url", &url, "--max-drop-share", "1.5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("max-drop-share") && err.contains("share from 0 to 1"), "{err}");
+    assert_eq!(doctor(&["--max-drop-share", "0.1"]).0, 2, "--url is required");
+    let (code, _, err) = doctor(&["--url", "ftp://x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--url"), "{err}");
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let (code, _, err) = doctor(&["--url", &dead]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unreachable"), "{err}");
+    // A server that answers 200, but not with a propagation answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let body = r#"{"edges": 5}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    let (code, _, err) = tokio::task::spawn_blocking(move || doctor(&["--url", &other])).await.unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a propagation answer: edges: missing or not a list"), "{err}");
+}
