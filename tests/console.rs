@@ -529,7 +529,8 @@ async fn the_propagation_view_shows_a_broken_edge(w: &World) {
     let cells: Vec<&str> = cells.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(cells[..11], ["b", "demo", "a", "1", "0", "0", "3", "0", "1 in 8", "25.0 %", "75.0 %"], "{cells:?}");
     assert!(cells[11].contains("forward x-isogroup / baggage"), "{cells:?}");
-    let first = b.run("return document.querySelector('#propagation-edges tbody tr').dataset.destination;", json!([])).await;
+    let first =
+        b.run("return document.querySelector('#propagation-edges tbody tr').dataset.destination;", json!([])).await;
     assert_eq!(first, json!("a"), "worst first");
     let heading = b.text("#h-propagation").await;
     assert!(heading.contains("advisory"), "{heading}");
