@@ -540,6 +540,7 @@ async fn the_propagation_view_shows_a_broken_edge(w: &World) {
     assert!(lane.contains("Inferred") && lane.contains("b → a"), "{lane}");
     let marked = b.run(marked, json!([])).await;
     assert_eq!(marked, json!(["feature-1", "feature-2", "team-s"]), "lanes with an instance of a; not base");
+    b.screenshot(&shots().join("lanes-broken.png")).await;
     assert_eq!(version(c).await, version_before, "a report changed the table");
     no_console_errors(b, "the propagation view").await;
 }
