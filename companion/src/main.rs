@@ -2,11 +2,13 @@
 //! (long-poll), the admin API, resolve, health and metrics; validates and
 //! explains table files.
 
+mod doctor;
 mod explain;
 mod http;
 mod kube;
 mod metrics;
 mod pollers;
+mod propagation;
 mod random;
 mod store;
 
@@ -113,6 +115,10 @@ enum Command {
         /// neither: the admin API is off).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// File holding a bearer token every propagation report (`POST
+        /// /v1/reports`) must carry; without it reports need none.
+        #[arg(long)]
+        report_token_file: Option<PathBuf>,
         /// The base group for a table that names none.
         #[arg(long, default_value = "base")]
         base_group: String,
@@ -180,6 +186,22 @@ enum Command {
         #[arg(long, default_value = "/isogroup/")]
         etcd_prefix: String,
     },
+    /// Ask a running companion where lanes break (`GET /v1/propagation`):
+    /// print the edges worst first with what to do; exit 0 when every
+    /// workload's drop share is at most --max-drop-share, 1 when some
+    /// workload's is above it, 2 when the companion cannot be asked.
+    Doctor {
+        /// The companion's address, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// The largest drop share (dropped + healed over traced requests)
+        /// a workload may have, 0 to 1.
+        #[arg(long, default_value_t = 0.0, value_parser = doctor::parse_share)]
+        max_drop_share: f64,
+        /// A bearer token to send (when a proxy in front asks for one).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Print, for every service and group, where requests go and why.
     Explain {
         file: PathBuf,
@@ -211,6 +233,7 @@ fn main() -> ExitCode {
             resync_s,
             settle_ms,
             token_file,
+            report_token_file,
             base_group,
             max_table_bytes,
             gateway_url,
@@ -246,7 +269,11 @@ fn main() -> ExitCode {
                     },
                 },
             };
-            serve(listen, source, Options { token_file, base: base_group, limits, gateway_url, min_publish_ms })
+            serve(
+                listen,
+                source,
+                Options { token_file, report_token_file, base: base_group, limits, gateway_url, min_publish_ms },
+            )
         }
         Command::Check { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
@@ -308,6 +335,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Doctor { url, max_drop_share, token_file } => doctor::run(&url, max_drop_share, token_file.as_deref()),
         Command::Explain { file, base_group } => match load_table(&file, &base_group) {
             Ok(t) => {
                 print!("{}", explain::explain(&t));
@@ -400,6 +428,7 @@ fn parse_gateway_url(text: &str) -> Result<String, String> {
 /// `serve`'s settings beyond where it listens and what it serves.
 struct Options {
     token_file: Option<PathBuf>,
+    report_token_file: Option<PathBuf>,
     base: String,
     limits: Limits,
     gateway_url: Option<String>,
@@ -424,14 +453,24 @@ fn serve(listen: SocketAddr, source: Source, options: Options) -> ExitCode {
 }
 
 async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(), String> {
-    let Options { token_file, base, limits, gateway_url, min_publish_ms } = options;
+    let Options { token_file, report_token_file, base, limits, gateway_url, min_publish_ms } = options;
     let token = http::auth::Token::load(token_file.as_deref(), std::env::var("ISOGROUP_TOKEN").ok())
         .map_err(|e| format!("token file: {e}"))?;
+    let report_token = match &report_token_file {
+        Some(path) => Some(
+            http::auth::Token::load(Some(path), None)
+                .map_err(|e| format!("--report-token-file: {e}"))?
+                .ok_or("--report-token-file: the file is empty")?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let served = Served::new(base, limits, metrics.clone()).map_err(|e| format!("--base-group: {e}"))?;
     served.set_min_publish(std::time::Duration::from_millis(min_publish_ms));
     // Kubernetes: what hands the Lease back on shutdown.
     let mut release = None;
+    // etcd: every replica's reports, shared through etcd.
+    let mut shared_reports = None;
     let (store, source): (Arc<dyn Store>, String) = match source {
         Source::File(path) => {
             let file = FileStore::open(path, served).map_err(|e| e.to_string())?;
@@ -441,6 +480,8 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
         }
         Source::Etcd { endpoints, prefix, rollback_window } => {
             let source = format!("etcd {} {prefix}", endpoints.join(","));
+            let shared = propagation::shared::Shared::connect(&endpoints, &prefix, metrics.clone()).await?;
+            shared_reports = Some(Arc::new(shared));
             let etcd = EtcdStore::connect(endpoints, prefix, served, rollback_window).await?;
             tokio::spawn(etcd.clone().follow());
             (etcd, source)
@@ -487,7 +528,12 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
     // ConfigMap isogroup-runtime).
     tokio::spawn(store::expiry::expire_sources(store.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let api = Arc::new(http::Api::new(store.clone(), token, metrics, gateway_url, shutdown_rx));
+    let reports = Arc::new(propagation::Propagation::new(metrics.clone(), report_token, shared_reports.clone()));
+    if let Some(shared) = shared_reports {
+        tokio::spawn(shared.run(reports.clone()));
+    }
+    let api =
+        Arc::new(http::Api::new(store.clone(), token, metrics, gateway_url, shutdown_rx).with_propagation(reports));
     if api.token.is_none() {
         tracing::warn!("no admin token (--token-file or ISOGROUP_TOKEN): the admin API is off");
     }

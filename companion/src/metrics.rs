@@ -21,6 +21,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdminLabels {
     pub op: String,
     pub status: u16,
@@ -52,6 +57,11 @@ pub struct Metrics {
     pub handler_panics: Counter,
     pub kube_istio_resyncs: Counter,
     pub lanes_left_out: Gauge,
+    pub reports_accepted: Counter,
+    pub reports_refused: Family<ReasonLabels, Counter>,
+    pub reports_overflow: Counter,
+    pub reports_shared_truncated: Counter,
+    pub report_instances: Gauge,
     seen: Pollers,
 }
 
@@ -83,6 +93,11 @@ impl Metrics {
             handler_panics: Counter::default(),
             kube_istio_resyncs: Counter::default(),
             lanes_left_out: Gauge::default(),
+            reports_accepted: Counter::default(),
+            reports_refused: Family::default(),
+            reports_overflow: Counter::default(),
+            reports_shared_truncated: Counter::default(),
+            report_instances: Gauge::default(),
             seen: Pollers::default(),
             registry: Registry::default(),
         };
@@ -157,6 +172,31 @@ impl Metrics {
             "lanes_left_out",
             "Lanes left out of the table because with them it would be over a limit or invalid (newest first)",
             m.lanes_left_out.clone(),
+        );
+        registry.register(
+            "reports_accepted",
+            "Propagation reports (POST /v1/reports) taken into the window",
+            m.reports_accepted.clone(),
+        );
+        registry.register(
+            "reports_refused",
+            "Propagation reports refused, by reason (not_leader, unauthorized, instance, too_large, too_frequent, invalid)",
+            m.reports_refused.clone(),
+        );
+        registry.register(
+            "reports_overflow",
+            "Propagation edges (workload, destination) evicted or left out past the caps (2,000 workloads x 200 destinations)",
+            m.reports_overflow.clone(),
+        );
+        registry.register(
+            "reports_shared_truncated",
+            "Propagation edges left out of this replica's etcd copy (bounded in bytes), summed over its writes",
+            m.reports_shared_truncated.clone(),
+        );
+        registry.register(
+            "report_instances",
+            "Reporting instances (x-isogroup-poller) remembered for the rate limit (at most 10,000)",
+            m.report_instances.clone(),
         );
         Metrics { registry, ..m }
     }

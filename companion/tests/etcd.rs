@@ -393,3 +393,69 @@ async fn a_replica_starting_on_10k_services_loads_them_all() {
     })
     .await;
 }
+
+/// `POST /v1/reports` to `c` as `instance`.
+async fn report_to(c: &Companion, instance: &str, workload: &str, destination: &str, counts: [u64; 5]) {
+    let body = json!({"workload": workload, "namespace": "demo", "sample": 8, "window_s": 10,
+        "outbound": {destination: {"kept": counts[0], "changed": counts[1], "healed": counts[2],
+                                   "dropped": counts[3], "untraced": counts[4]}}});
+    let resp = reqwest::Client::new()
+        .post(c.url("/v1/reports"))
+        .header("x-isogroup-poller", instance)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn every_replica_answers_the_same_propagation_from_reports_sent_to_any() {
+    let etcd = Etcd::start(3).await;
+    let endpoints = etcd.endpoints();
+    let prefix = "/isogroup-reports-test/";
+    let replicas =
+        [replica(&endpoints, prefix).await, replica(&endpoints, prefix).await, replica(&endpoints, prefix).await];
+    let (status, _) = replicas[0].put_table(&table_json(3)).await;
+    assert_eq!(status, 200);
+    let all: Vec<&Companion> = replicas.iter().collect();
+    let (_, version, table) = converged(&all, "the table on every replica", |b| b["services"].is_object()).await;
+    // b's reports reach two replicas, a's a third.
+    report_to(&replicas[0], "envoy-b-1", "b", "c", [1, 0, 0, 3, 0]).await;
+    report_to(&replicas[1], "envoy-b-2", "b", "c", [1, 1, 2, 0, 4]).await;
+    report_to(&replicas[2], "envoy-a-1", "a", "b", [5, 0, 0, 0, 0]).await;
+    let want_bc = json!({"workload": "b", "namespace": "demo", "destination": "c", "kept": 2, "changed": 1,
+        "healed": 2, "dropped": 3, "untraced": 4, "sample": 8, "drop_share": 5.0 / 8.0});
+    let mut answers = Vec::new();
+    wait_until("every replica's merged propagation", CONVERGE, async || {
+        answers.clear();
+        for r in &replicas {
+            let resp = r.get("/v1/propagation").await;
+            if resp.status() != 200 {
+                return false;
+            }
+            answers.push(resp.json::<Value>().await.unwrap());
+        }
+        let merged = answers[0]["edges"].as_array().is_some_and(|edges| {
+            edges.len() == 2
+                && want_bc.as_object().unwrap().iter().all(|(k, v)| &edges[0][k] == v)
+                && edges[1]["workload"] == "a"
+                && edges[1]["kept"] == 5
+        });
+        merged && answers.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
+    assert_eq!(answers[0]["workloads"][0]["workload"], "b");
+    assert_eq!(answers[0]["workloads"][0]["dropped"], 3);
+    // Each replica wrote its own key beside the table's prefix, leased.
+    let mut client = etcd.client().await;
+    let keys = client
+        .get("/isogroup-reports-test-propagation/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(keys.kvs().len(), 3, "one key per replica that took a report");
+    assert!(keys.kvs().iter().all(|kv| kv.lease() != 0), "every key is leased");
+    // Reports never touch the table.
+    let (_, version_after, table_after) = converged(&all, "the table unchanged", |_| true).await;
+    assert_eq!((version_after, table_after), (version, table));
+}

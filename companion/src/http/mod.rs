@@ -1,6 +1,6 @@
 //! The HTTP face: the table with long-poll and its admin writes (`table`),
 //! resolve, health and metrics, source bindings and runtime rules
-//! (`runtime`), the console (`console`, assets in `ui/`). Every handler takes
+//! (`runtime`), propagation reports (`reports`), the console (`console`, assets in `ui/`). Every handler takes
 //! the one `Api`; admin writes become `store::Change`s, and nothing here
 //! knows which store holds the table.
 
@@ -9,6 +9,7 @@ mod console;
 pub mod error;
 mod health;
 mod render;
+mod reports;
 mod resolve;
 pub mod runtime;
 pub mod table;
@@ -37,6 +38,8 @@ pub struct Api {
     pub gateway_url: Option<String>,
     /// Flips to true on shutdown, releasing held polls at once.
     pub shutdown: watch::Receiver<bool>,
+    /// Propagation reports (`POST /v1/reports`, `GET /v1/propagation`).
+    pub propagation: Arc<crate::propagation::Propagation>,
     /// `/v1/matrix` costs services × groups decisions: built once per
     /// served (epoch, version), whoever asks how often.
     matrix: render::Cached,
@@ -49,6 +52,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(health::routes())
         .merge(console::routes())
         .merge(runtime::routes())
+        .merge(reports::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(console::security_headers));
     with_panic_barrier(router, api.metrics.clone()).with_state(api)
@@ -73,7 +77,14 @@ impl Api {
         gateway_url: Option<String>,
         shutdown: watch::Receiver<bool>,
     ) -> Api {
-        Api { store, token, metrics, gateway_url, shutdown, matrix: render::Cached::default() }
+        let propagation = Arc::new(crate::propagation::Propagation::new(metrics.clone(), None, None));
+        Api { store, token, metrics, gateway_url, shutdown, propagation, matrix: render::Cached::default() }
+    }
+
+    /// With `propagation` instead of a local one without a token.
+    pub fn with_propagation(mut self, propagation: Arc<crate::propagation::Propagation>) -> Api {
+        self.propagation = propagation;
+        self
     }
 
     pub(crate) fn admin_result(&self, op: &str, result: Result<Response, ApiError>) -> Response {

@@ -573,6 +573,48 @@ async fn over_http_a_standby_refuses_every_table_derived_read_and_the_leader_ans
     assert!(all_not_leader(&stepped_down), "a replica that stepped down answered: {stepped_down:?}");
 }
 
+/// Propagation reports live in the leader's memory: a standby refuses to
+/// take or answer them (`503 not_leader`), as for every read only the
+/// leader holds; a new leader starts empty (lost on failover).
+#[tokio::test]
+async fn over_http_a_standby_refuses_reports_and_propagation_and_the_leader_takes_them() {
+    let (store, metrics) = store();
+    store.served().set_readiness(Readiness::Ready);
+    let (url, _shutdown) = serve_http(store.clone(), metrics).await;
+    let client = reqwest::Client::new();
+    let report = json!({"workload": "b", "namespace": "demo", "sample": 8, "window_s": 10,
+        "outbound": {"c": {"kept": 1, "changed": 0, "healed": 0, "dropped": 2, "untraced": 0}}});
+    let post = |instance: &'static str| {
+        let request = client.post(format!("{url}/v1/reports")).header("x-isogroup-poller", instance).json(&report);
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap_or(Value::Null)["error"].clone())
+        }
+    };
+    let get = || async {
+        let answer = client.get(format!("{url}/v1/propagation")).send().await.unwrap();
+        (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+    };
+    assert_eq!(post("envoy-1").await, (503, json!("not_leader")));
+    let (status, body) = get().await;
+    assert_eq!((status, &body["error"]), (503, &json!("not_leader")));
+    store
+        .publish(
+            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
+            None,
+        )
+        .unwrap();
+    store.become_leader("1000-aa".into()).unwrap();
+    assert_eq!(post("envoy-1").await.0, 204, "the refused report did not take envoy-1's turn");
+    let (status, body) = get().await;
+    assert_eq!(status, 200);
+    assert_eq!(body["edges"][0]["dropped"], 2);
+    store.step_down();
+    assert_eq!(post("envoy-2").await, (503, json!("not_leader")));
+    assert_eq!(get().await.0, 503);
+}
+
 #[tokio::test]
 async fn stepping_down_answers_a_held_poll_not_leader_at_once() {
     let (store, metrics) = store();
