@@ -188,6 +188,23 @@ impl SidecarMesh {
         chain(&body)
     }
 
+    /// What each sidecar counted and the companion took, for a failure.
+    async fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for (name, envoy) in &self.sidecars {
+            out.push_str(&format!("{name}: {:?}\n", envoy.stats("isogroup_propagation").await));
+            let log = envoy.log_text();
+            for line in log.lines().filter(|l| l.contains("][warning][") || l.contains("][error][")).take(5) {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        let metrics = http().get(self.companion.url("/metrics")).send().await.unwrap().text().await.unwrap_or_default();
+        for line in metrics.lines().filter(|l| l.contains("report") || l.contains("propagation")) {
+            out.push_str(&format!("companion: {line}\n"));
+        }
+        out
+    }
+
     async fn propagation(&self) -> Value {
         http().get(self.companion.url("/v1/propagation")).send().await.unwrap().json().await.unwrap_or(Value::Null)
     }
@@ -245,7 +262,14 @@ async fn wait_edges(mesh: &SidecarMesh, what: &str, want: &BTreeMap<(String, Str
         ok.then_some(p)
     })
     .await;
-    found.unwrap_or_else(|e| panic!("{e}: want {want:?}, /v1/propagation gives {:#}", last.lock().unwrap()))
+    match found {
+        Ok(p) => p,
+        Err(e) => panic!(
+            "{e}: want {want:?}, /v1/propagation gives {:#}\n{}",
+            last.lock().unwrap(),
+            mesh.diagnostics().await
+        ),
+    }
 }
 
 #[tokio::test]
