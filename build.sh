@@ -304,6 +304,14 @@ run_tests() {
   sed "s#{{dir}}#$PWD/envoy/reload#g" envoy/reload/bootstrap.yaml >"$RUN_DIR/reload-bootstrap.yaml"
   "$ENVOY" --mode validate -c "$RUN_DIR/reload-bootstrap.yaml" -l error >/dev/null || { echo "invalid: envoy/reload/bootstrap.yaml"; exit 1; }
   echo "valid: envoy/reload/bootstrap.yaml"
+  # The demo's sidecar mesh templates, filled in as ./build.sh demo fills them.
+  mkdir -p "$RUN_DIR"
+  render_sidecar a feature-1 18001 false "$RUN_DIR/sidecar.yaml"
+  render_gateway "$RUN_DIR/gateway.yaml"
+  for f in sidecar gateway; do
+    "$ENVOY" --mode validate -c "$RUN_DIR/$f.yaml" -l error >/dev/null || { echo "invalid: envoy/sidecars/$f.yaml"; exit 1; }
+    echo "valid: envoy/sidecars/$f.yaml"
+  done
   section "companion tests (the etcd ones start their own 3-member cluster)"
   ensure_etcd
   cargo test --quiet -p isogroup-companion

@@ -40,21 +40,31 @@ const CASES: &[Case] = &[
 
 pub async fn run(via: &str) -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::new();
+    let mut traces = TraceIds::new();
     println!("{:<50} {:<6} path taken (a -> b -> c)", "request", "status");
     println!("{}", "-".repeat(110));
     for case in CASES {
-        let mut req = client.get(format!("http://{via}/")).header("host", "a");
+        // Each request its own trace, as a traced client sends it: the
+        // sidecars' propagation reports follow traces (untraced calls count
+        // as possibly broken).
+        let mut req = client
+            .get(format!("http://{via}/"))
+            .header("host", "a")
+            .header("traceparent", traceparent(&traces.next_id()));
         for (k, v) in case.headers {
             req = req.header(*k, *v);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
-        let served: Vec<String> = resp
+        let mut served: Vec<String> = resp
             .headers()
             .get_all("x-isogroup-served")
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
+        // With sidecars each hop is annotated twice (the caller's outbound
+        // side and the callee's inbound side).
+        served.dedup();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         println!("{:<50} {:<6} {}", case.what, status, path(&body, case.group));
         println!("{:<50} {:<6} x-isogroup-served: {}", "", "", served.join(", "));
@@ -94,12 +104,11 @@ const DEMO_SAMPLE: u32 = 8;
 
 pub async fn send(via: &str, group: &str, count: u32) -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::new();
-    // Trace ids unique to this run: a clock-seeded sequence through splitmix64.
-    let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut traces = TraceIds::new();
     let mut paths: BTreeMap<String, u32> = BTreeMap::new();
     let mut in_sample = 0;
-    for i in 0..u64::from(count) {
-        let trace_id = format!("{:016x}{:016x}", splitmix64(seed ^ i), splitmix64(seed.wrapping_add(i)));
+    for _ in 0..count {
+        let trace_id = traces.next_id();
         if sampled(trace_id.as_bytes(), DEMO_SAMPLE) {
             in_sample += 1;
         }
@@ -107,7 +116,7 @@ pub async fn send(via: &str, group: &str, count: u32) -> Result<(), Box<dyn std:
             .get(format!("http://{via}/"))
             .header("host", "a")
             .header("x-isogroup", group)
-            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .header("traceparent", traceparent(&trace_id))
             .send()
             .await?;
         let status = resp.status().as_u16();
@@ -119,6 +128,29 @@ pub async fn send(via: &str, group: &str, count: u32) -> Result<(), Box<dyn std:
         println!("  {n:>4} x {path}");
     }
     Ok(())
+}
+
+fn traceparent(trace_id: &str) -> String {
+    format!("00-{trace_id}-00f067aa0ba902b7-01")
+}
+
+/// Trace ids unique to this run: a clock-seeded sequence through splitmix64.
+struct TraceIds {
+    seed: u64,
+    n: u64,
+}
+
+impl TraceIds {
+    fn new() -> TraceIds {
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        TraceIds { seed, n: 0 }
+    }
+
+    /// 32 hex digits, as `traceparent` carries them.
+    fn next_id(&mut self) -> String {
+        self.n += 1;
+        format!("{:016x}{:016x}", splitmix64(self.seed ^ self.n), splitmix64(self.seed.wrapping_add(self.n)))
+    }
 }
 
 fn splitmix64(x: u64) -> u64 {
