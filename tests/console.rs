@@ -151,6 +151,7 @@ async fn console_in_a_browser() {
     join_and_leave_through_the_gateway(&w).await;
     a_binding_made_in_the_page_routes_until_it_expires(&w).await;
     a_rule_made_in_the_page_routes_and_a_bad_one_changes_nothing(&w).await;
+    the_propagation_view_shows_a_broken_edge(&w).await;
     no_console_errors(&w.b, "the whole run").await;
     without_a_gateway_url_or_an_admin_api(&w.b).await;
 }
@@ -495,4 +496,51 @@ async fn a_rule_made_in_the_page_routes_and_a_bad_one_changes_nothing(w: &World)
     // the refused save and the bad ttl were logged as failed requests; nothing else
     let logged: Vec<_> = b.console_log().await.into_iter().filter(|(level, _)| level == "SEVERE").collect();
     assert!(logged.iter().all(|(_, m)| m.contains("status of 400")), "{logged:?}");
+}
+
+/// A report of b dropping the group on its calls to a: the Propagation view
+/// shows the edge (counts, kept share, drop share, advice), marked
+/// advisory; the lanes with an instance of a are marked as seen to break
+/// (inferred), base is not.
+async fn the_propagation_view_shows_a_broken_edge(w: &World) {
+    let (c, b) = (&w.c, &w.b);
+    let version_before = version(c).await;
+    b.goto(&c.url("/ui/#lanes")).await;
+    b.wait_text("#live", "the live poll", |t| t.starts_with("live")).await;
+    let marked = "return [...document.querySelectorAll('article[data-broke=true]')].map(a => a.dataset.lane);";
+    assert_eq!(b.run(marked, json!([])).await, json!([]), "no lane is marked before any report");
+    let report = json!({"workload": "b", "namespace": "demo", "sample": 8, "window_s": 10,
+        "outbound": {"a": {"kept": 1, "changed": 0, "healed": 0, "dropped": 3, "untraced": 0},
+                     "c": {"kept": 5, "changed": 0, "healed": 0, "dropped": 0, "untraced": 0}}});
+    let posted = http()
+        .post(c.url("/v1/reports"))
+        .header("x-isogroup-poller", "console-test")
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 204);
+    b.goto(&c.url("/ui/#propagation")).await;
+    let row = "#propagation-edges tr[data-workload=b][data-destination=a]";
+    b.wait_text(row, "the broken edge b → a", |t| t.contains("75.0 %")).await;
+    let cells = b
+        .run(&format!("return [...document.querySelectorAll('{row} td')].map(td => td.textContent);"), json!([]))
+        .await;
+    let cells: Vec<&str> = cells.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(cells[..11], ["b", "demo", "a", "1", "0", "0", "3", "0", "1 in 8", "25.0 %", "75.0 %"], "{cells:?}");
+    assert!(cells[11].contains("forward x-isogroup / baggage"), "{cells:?}");
+    let first =
+        b.run("return document.querySelector('#propagation-edges tbody tr').dataset.destination;", json!([])).await;
+    assert_eq!(first, json!("a"), "worst first");
+    let heading = b.text("#h-propagation").await;
+    assert!(heading.contains("advisory"), "{heading}");
+    b.screenshot(&shots().join("propagation.png")).await;
+    b.goto(&c.url("/ui/#lanes")).await;
+    let lane = b.wait_text("article[data-lane=feature-1]", "feature-1 marked", |t| t.contains("seen to break")).await;
+    assert!(lane.contains("Inferred") && lane.contains("b → a"), "{lane}");
+    let marked = b.run(marked, json!([])).await;
+    assert_eq!(marked, json!(["feature-1", "feature-2", "team-s"]), "lanes with an instance of a; not base");
+    b.screenshot(&shots().join("lanes-broken.png")).await;
+    assert_eq!(version(c).await, version_before, "a report changed the table");
+    no_console_errors(b, "the propagation view").await;
 }

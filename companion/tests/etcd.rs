@@ -414,7 +414,7 @@ async fn every_replica_answers_the_same_propagation_from_reports_sent_to_any() {
     let etcd = Etcd::start(3).await;
     let endpoints = etcd.endpoints();
     let prefix = "/isogroup-reports-test/";
-    let replicas =
+    let mut replicas =
         [replica(&endpoints, prefix).await, replica(&endpoints, prefix).await, replica(&endpoints, prefix).await];
     let (status, _) = replicas[0].put_table(&table_json(3)).await;
     assert_eq!(status, 200);
@@ -458,4 +458,18 @@ async fn every_replica_answers_the_same_propagation_from_reports_sent_to_any() {
     // Reports never touch the table.
     let (_, version_after, table_after) = converged(&all, "the table unchanged", |_| true).await;
     assert_eq!((version_after, table_after), (version, table));
+    // A replica that stops is forgotten with its lease: a's reports (taken
+    // by replica 2 alone) leave every other replica's answer.
+    replicas[2].kill();
+    wait_until("the stopped replica's reports gone", CONVERGE, async || {
+        let mut workloads = Vec::new();
+        for r in &replicas[..2] {
+            let answer: Value = r.get("/v1/propagation").await.json().await.unwrap();
+            workloads.push(
+                answer["workloads"].as_array().unwrap().iter().map(|w| w["workload"].clone()).collect::<Vec<_>>(),
+            );
+        }
+        workloads.iter().all(|w| w == &[json!("b")])
+    })
+    .await;
 }

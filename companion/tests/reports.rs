@@ -149,12 +149,15 @@ async fn reports_are_ranked_and_never_change_routing() {
     assert_eq!(routing(&c).await, before, "reports changed the table");
 }
 
+/// (what, instance header, body, status, a word the detail names).
+type BadCase = (&'static str, Option<String>, Vec<u8>, u16, &'static str);
+
 #[tokio::test]
 async fn bad_reports_are_refused_naming_what_and_change_nothing() {
     let c = start(&[]).await;
     let before = routing(&c).await;
     let good = report("b", json!({"c": counts(1, 0, 0, 1, 0)}));
-    let cases: Vec<(&str, Option<String>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("no instance", None, good.to_string().into_bytes(), 400, "x-isogroup-poller"),
         ("blank instance", Some(" ".into()), good.to_string().into_bytes(), 400, "x-isogroup-poller"),
         ("long instance", Some("i".repeat(129)), good.to_string().into_bytes(), 400, "x-isogroup-poller"),

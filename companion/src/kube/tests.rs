@@ -500,14 +500,15 @@ async fn serve_http(store: Arc<KubeStore>, metrics: Arc<Metrics>) -> (String, to
 }
 
 /// Every read derived from the table, as `/v1/table`'s pollers, scripts and
-/// the console make them.
-fn table_reads(service: &str) -> [String; 5] {
+/// the console make them, and the propagation window the leader alone holds.
+fn table_reads(service: &str) -> [String; 6] {
     [
         "/v1/table".to_owned(),
         format!("/v1/resolve?service={service}&group=base"),
         "/v1/matrix".to_owned(),
         "/v1/sources".to_owned(),
         "/v1/rules".to_owned(),
+        "/v1/propagation".to_owned(),
     ]
 }
 

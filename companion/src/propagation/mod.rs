@@ -93,7 +93,7 @@ impl Propagation {
         let minute = now_minute();
         let snapshots = match &self.shared {
             Some(shared) => shared.read_all().await?,
-            None => vec![self.local(minute).0],
+            None => Arc::new(vec![self.local(minute).0]),
         };
         let mut answer = view::answer(&snapshots, minute);
         if let (Some(limit), Some(edges)) = (limit, answer.get_mut("edges").and_then(Value::as_array_mut)) {

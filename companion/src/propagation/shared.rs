@@ -11,7 +11,8 @@
 //! request over 1.5 MiB): the worst edges first, the rest left out and
 //! counted.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, PutOptions};
 
@@ -27,6 +28,8 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Replica keys read at most (each value at most `MAX_VALUE_BYTES`).
 const MAX_REPLICAS: i64 = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Answers within this long of a read share it (many consoles, one read).
+const READ_FRESH: Duration = Duration::from_secs(1);
 
 pub struct Shared {
     kv: KvClient,
@@ -35,7 +38,9 @@ pub struct Shared {
     prefix: String,
     /// This replica's key.
     key: String,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
+    /// The last read and when: concurrent answers wait for one read.
+    last_read: tokio::sync::Mutex<Option<(Instant, Arc<Vec<Snapshot>>)>>,
 }
 
 /// The reports' prefix beside the table's `prefix`.
@@ -45,11 +50,7 @@ pub fn prefix_for(table_prefix: &str) -> String {
 
 impl Shared {
     /// Connects lazily (nothing is read or written here).
-    pub async fn connect(
-        endpoints: &[String],
-        table_prefix: &str,
-        metrics: std::sync::Arc<Metrics>,
-    ) -> Result<Shared, String> {
+    pub async fn connect(endpoints: &[String], table_prefix: &str, metrics: Arc<Metrics>) -> Result<Shared, String> {
         let options = ConnectOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(Duration::from_secs(2))
@@ -64,11 +65,24 @@ impl Shared {
             key: format!("{prefix}{replica}"),
             prefix,
             metrics,
+            last_read: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// Every replica's window, as last written.
-    pub async fn read_all(&self) -> Result<Vec<Snapshot>, String> {
+    /// Every replica's window, as last written (read at most once a second).
+    pub async fn read_all(&self) -> Result<Arc<Vec<Snapshot>>, String> {
+        let mut last = self.last_read.lock().await;
+        if let Some((at, snapshots)) = last.as_ref() {
+            if at.elapsed() < READ_FRESH {
+                return Ok(snapshots.clone());
+            }
+        }
+        let snapshots = Arc::new(self.read_keys().await?);
+        *last = Some((Instant::now(), snapshots.clone()));
+        Ok(snapshots)
+    }
+
+    async fn read_keys(&self) -> Result<Vec<Snapshot>, String> {
         let options = GetOptions::new().with_prefix().with_limit(MAX_REPLICAS);
         let answer = self
             .kv
@@ -92,7 +106,7 @@ impl Shared {
 
     /// Writes this replica's window whenever it took a report since the
     /// last write, keeping its lease alive in between. Runs for good.
-    pub async fn run(self: std::sync::Arc<Self>, propagation: std::sync::Arc<Propagation>) {
+    pub async fn run(self: Arc<Self>, propagation: Arc<Propagation>) {
         let mut lease = None;
         let mut written = None;
         let mut tick = tokio::time::interval(WRITE_EVERY);

@@ -172,19 +172,24 @@ pub fn answer(snapshots: &[Snapshot], now: u32) -> Value {
 /// The edges of `snapshot`, worst first (for a bounded copy: the worst are
 /// kept when not all fit).
 pub fn rank_edges(snapshot: &mut Snapshot) {
-    let sums = |e: &super::window::Edge| {
-        let mut s = Sums::default();
-        for b in &e.buckets {
-            s.add(&b.counts);
-        }
-        s
-    };
-    snapshot.edges.sort_by(|a, b| {
+    let mut ranked: Vec<(Sums, super::window::Edge)> = snapshot
+        .edges
+        .drain(..)
+        .map(|e| {
+            let mut s = Sums::default();
+            for b in &e.buckets {
+                s.add(&b.counts);
+            }
+            (s, e)
+        })
+        .collect();
+    ranked.sort_by(|(sa, a), (sb, b)| {
         worst_first(
-            (&sums(a), [&a.workload, &a.namespace, &a.destination]),
-            (&sums(b), [&b.workload, &b.namespace, &b.destination]),
+            (sa, [&a.workload, &a.namespace, &a.destination]),
+            (sb, [&b.workload, &b.namespace, &b.destination]),
         )
     });
+    snapshot.edges = ranked.into_iter().map(|(_, e)| e).collect();
 }
 
 #[cfg(test)]

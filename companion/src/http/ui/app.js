@@ -4,7 +4,9 @@
 "use strict";
 
 const TOKEN_KEY = "isogroup-admin-token";
-const state = { config: { admin: false, gateway_url: null }, table: null, matrix: null, whoami: null };
+const state = { config: { admin: false, gateway_url: null }, table: null, matrix: null, whoami: null, propagation: null };
+/** The worst edges the Propagation view shows (the answer is ranked). */
+const PROPAGATION_EDGES = 200;
 
 // --- small helpers ------------------------------------------------------
 
@@ -103,6 +105,7 @@ function render() {
   renderAccess();
   renderLanes();
   renderMatrix();
+  renderPropagation();
   renderSources();
   renderRules();
   renderRegister();
@@ -155,10 +158,16 @@ function renderLanes() {
         el("a", { href: joinUrl(lane.name), class: "join", "data-lane": lane.name, text: "Join " + lane.name }),
         el("a", { href: joinUrl(""), class: "leave", text: "Leave lane" }));
     }
-    return el("article", { class: "card", "data-lane": lane.name },
+    const broke = lane.name === state.matrix.base_group ? [] : brokenEdges(instances.map(([s]) => s));
+    return el("article", { class: "card", "data-lane": lane.name, "data-broke": broke.length ? "true" : null },
       el("h3", {}, lane.name, lane.name === state.matrix.base_group ? el("span", { class: "badge", text: "base" }) : null,
-        lane.mode === "strict" ? el("span", { class: "badge strict", text: "strict" }) : null),
+        lane.mode === "strict" ? el("span", { class: "badge strict", text: "strict" }) : null,
+        broke.length ? el("span", { class: "badge broke", text: "traffic seen to break" }) : null),
       details,
+      broke.length ? el("p", { class: "broke-note" },
+        "Inferred (reports carry no lane): this lane has an instance of a service whose callers lost the group in the last 15 minutes: ",
+        broke.map((e) => e.workload + " → " + e.destination).join(", "),
+        ". See ", el("a", { href: "#propagation", text: "Propagation" }), ".") : null,
       el("div", { text: instances.length ? "Instances" : "No instances of its own" }),
       instances.length ? el("ul", { class: "instances" }, instances.map(([s, c]) => el("li", {}, el("strong", { text: s }), " → " + c))) : null,
       bound.length ? el("div", { text: "Bound machines" }) : null,
@@ -167,6 +176,66 @@ function renderLanes() {
   });
   $("lane-list").replaceChildren(...cards);
   $("group-names").replaceChildren(...lanes().map((l) => el("option", { value: l.name })));
+}
+
+/** Edges into any of `services` whose group was lost (dropped or healed) in the window. */
+function brokenEdges(services) {
+  const edges = (state.propagation && state.propagation.edges) || [];
+  return edges.filter((e) => (e.dropped > 0 || e.healed > 0) && services.includes(e.destination));
+}
+
+/** The share of traced requests whose app kept the group, as a percentage. */
+function keptShare(e) {
+  const traced = e.kept + e.changed + e.healed + e.dropped;
+  return traced === 0 ? "—" : (100 * e.kept / traced).toFixed(1) + " %";
+}
+
+function renderPropagation() {
+  const table = $("propagation-edges");
+  const status = $("propagation-status");
+  const p = state.propagation;
+  if (!p) {
+    status.textContent = "No propagation answer from the companion yet.";
+    table.replaceChildren();
+    return;
+  }
+  const edges = p.edges;
+  status.textContent = edges.length === 0
+    ? "No reports in the last 15 minutes (proxies report where the filter has a workload, the assist and propagation on)."
+    : "Advisory · the last " + Math.round(p.window_s / 60) + " minutes · " + edges.length + " edges, worst first" +
+      (p.overflow ? " · " + p.overflow + " edges over the companion's caps left out" : "");
+  status.className = "msg";
+  const cols = ["Workload", "Namespace", "Destination", "Kept", "Changed", "Healed", "Dropped", "Untraced", "Sample", "Kept the lane", "Drop share", "What to do"];
+  const head = el("tr", {}, cols.map((h) => el("th", { scope: "col", text: h })));
+  const rows = edges.map((e) => el("tr", {
+      class: e.dropped > 0 ? "broken" : e.healed > 0 ? "healed" : null,
+      "data-workload": e.workload, "data-namespace": e.namespace, "data-destination": e.destination },
+    el("td", { text: e.workload }), el("td", { text: e.namespace }), el("td", { text: e.destination }),
+    ["kept", "changed", "healed", "dropped", "untraced"].map((k) => el("td", { class: "num " + k, text: String(e[k]) })),
+    el("td", { class: "num", text: "1 in " + e.sample }),
+    el("td", { class: "num kept-share", text: keptShare(e) }),
+    el("td", { class: "num share", text: (100 * e.drop_share).toFixed(1) + " %" }),
+    el("td", { class: "advice", text: e.advice })));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
+}
+
+/** Reads the propagation answer (the worst edges) and shows it. */
+async function refreshPropagation() {
+  try {
+    state.propagation = await getJson("/v1/propagation?limit=" + PROPAGATION_EDGES);
+  } catch (e) {
+    state.propagation = null;
+  }
+  renderPropagation();
+  if (state.matrix) renderLanes();
+}
+
+/** Every 10 s (proxies report every 10 s). */
+async function followPropagation() {
+  for (;;) {
+    await refreshPropagation();
+    await sleep(10000);
+  }
 }
 
 /** The text of one matrix cell (the browser tests read it back). */
@@ -315,7 +384,7 @@ async function unregister() {
 
 // --- views and start ----------------------------------------------------
 
-const VIEWS = ["lanes", "matrix", "bind", "rules", "register"];
+const VIEWS = ["lanes", "matrix", "propagation", "bind", "rules", "register"];
 
 function showView(moved) {
   const want = location.hash.slice(1);
@@ -330,7 +399,10 @@ function showView(moved) {
 }
 
 async function start() {
-  window.addEventListener("hashchange", () => showView(true));
+  window.addEventListener("hashchange", () => {
+    showView(true);
+    if (["propagation", "lanes"].includes(location.hash.slice(1))) refreshPropagation();
+  });
   showView(false);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -356,6 +428,7 @@ async function start() {
   } catch (_) { $("whoami").textContent = "unknown"; }
   renderAccess();
   live();
+  followPropagation();
 }
 
 document.addEventListener("DOMContentLoaded", start);
