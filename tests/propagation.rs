@@ -17,6 +17,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
 mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -25,7 +27,8 @@ use std::time::Duration;
 use common::{chain, demo_bin, free_port, http, root, wait_for, Companion, Envoy, Proc, Rendered, DEMO_INSTANCES};
 use isogroup_core::edge::fnv1a;
 use isogroup_core::propagation::sampled;
-use serde_json::Value;
+use serde_json::{json, Value};
+use webdriver::Browser;
 
 /// The demo table with b@feature-1 registered.
 const TABLE: &str = r#"{
@@ -272,6 +275,69 @@ async fn wait_edges(mesh: &SidecarMesh, what: &str, want: &BTreeMap<(String, Str
     }
 }
 
+/// b-feature-1's untraced count as the companion has it (0 before any).
+async fn untraced_reported(mesh: &SidecarMesh) -> Option<u64> {
+    edges(&mesh.propagation().await).get(&edge(NOTHING, "c")).map(|c| c["untraced"])
+}
+
+/// Lane requests into b-feature-1 (feature-2, unsampled traces: no other
+/// edge counts them) until its outbound side counts one `untraced`. Its
+/// inbound side saw the lane first; the two listeners' filters share that
+/// through shared data on their ticks (the host-call budget allows no read
+/// on the request path), so the first lane requests after a quiet minute
+/// may go uncounted: SPEC's "served lane traffic in the last 60 s", seen
+/// with a tick's delay. Returns b-feature-1's untraced count once the
+/// companion has all of it (equal to the sidecar's own counter).
+async fn warm_up(mesh: &SidecarMesh, spare: &mut impl Iterator<Item = String>) -> u64 {
+    const UNTRACED: &str = "wasmcustom.isogroup_propagation_untraced_total";
+    let sidecar = &mesh.sidecars[NOTHING];
+    let before = sidecar.stat(UNTRACED).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sidecar.stat(UNTRACED).await == before {
+        assert!(std::time::Instant::now() < deadline, "b-feature-1 never counted an untraced call");
+        let id = spare.next().expect("spare trace ids");
+        assert_eq!(mesh.send("feature-2", &id).await, "a@feature-2 > b@feature-1 > c@base", "trace {id}");
+    }
+    wait_for("the warm-up's untraced count at the companion", Duration::from_secs(60), || async {
+        let counted = sidecar.stat(UNTRACED).await;
+        (untraced_reported(mesh).await == Some(counted)).then_some(counted)
+    })
+    .await
+}
+
+/// The console's Propagation view (headless chromium) shows exactly these
+/// edges with these counts (its live refresh follows the reports).
+async fn console_shows(b: &Browser, mesh: &SidecarMesh, what: &str, want: &BTreeMap<(String, String), BTreeMap<String, u64>>) {
+    b.goto(&mesh.companion.url("/ui/#propagation")).await;
+    let rows = "return [...document.querySelectorAll('#propagation-edges tbody tr')]\
+                  .map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent));";
+    let want_rows: BTreeSet<Vec<String>> = want
+        .iter()
+        .map(|((w, d), c)| {
+            let mut row = vec![w.clone(), "demo".into(), d.clone()];
+            row.extend(["kept", "changed", "healed", "dropped", "untraced"].iter().map(|k| c[*k].to_string()));
+            row
+        })
+        .collect();
+    let last = std::sync::Mutex::new(Value::Null);
+    let shown = isogroup_test_support::wait_for(what, Duration::from_secs(30), || async {
+        let v = b.run(rows, json!([])).await;
+        *last.lock().unwrap() = v.clone();
+        let got: BTreeSet<Vec<String>> = v
+            .as_array()?
+            .iter()
+            .map(|r| r.as_array().into_iter().flatten().take(8).map(|c| c.as_str().unwrap_or("").to_owned()).collect())
+            .collect();
+        (got == want_rows).then_some(())
+    })
+    .await;
+    if let Err(e) = shown {
+        panic!("{e}: want rows {want_rows:?}, the page shows {:?}", last.lock().unwrap());
+    }
+    let status = b.text("#propagation-status").await;
+    assert!(status.starts_with("Advisory"), "{status}");
+}
+
 #[tokio::test]
 async fn the_two_broken_workloads_are_named_then_the_trace_forwarding_one_is_healed() {
     let mut mesh = SidecarMesh::start().await;
@@ -280,7 +346,9 @@ async fn the_two_broken_workloads_are_named_then_the_trace_forwarding_one_is_hea
     // (which drops the group: b@base answers), feature-2 at a@feature-2,
     // which keeps it, so b@feature-1 (feature-2's fallback) serves lane
     // traffic and forwards nothing.
-    let (f1, f2) = (trace_ids(0, 40), trace_ids(40, 40));
+    let (f1, f2, f3) = (trace_ids(0, 40), trace_ids(40, 40), trace_ids(80, 40));
+    let mut spare = trace_ids(120, 400).into_iter().filter(|id| !sampled(id.as_bytes(), SAMPLE));
+    let warmed = warm_up(&mesh, &mut spare).await;
     for id in &f1 {
         assert_eq!(mesh.send("feature-1", id).await, "a@feature-1 > b@base > c@base", "trace {id}");
     }
@@ -289,17 +357,16 @@ async fn the_two_broken_workloads_are_named_then_the_trace_forwarding_one_is_hea
     }
     let (s1, s2) = (count_sampled(&f1), count_sampled(&f2));
     assert!(s1 > 0 && s2 > 0 && s1 < 40, "the ids cover sampled and unsampled traces ({s1}, {s2})");
-    let n2 = f2.len() as u64;
 
     // What every sidecar reports: the healthy edges keep (base requests,
     // the recorded trace without a group, are kept too), the two broken
     // ones drop the sampled feature-1 traces and lose every feature-2
-    // request's trace.
+    // request's trace (untraced has no trace to sample: every call counts).
     let mut want = BTreeMap::from([
         (edge("a-feature-1", "b"), counts(0, 0, s1, 0)),
         (edge("a-feature-2", "b"), counts(s2, 0, 0, 0)),
         (edge("b-base", "c"), counts(s1, 0, 0, 0)),
-        (edge("b-feature-1", "c"), counts(0, 0, 0, n2)),
+        (edge("b-feature-1", "c"), counts(0, 0, 0, warmed + f2.len() as u64)),
     ]);
     let p = wait_edges(&mesh, "the sidecars' reports", &want).await;
     assert_eq!(p["advisory"], true, "{p}");
@@ -315,24 +382,31 @@ async fn the_two_broken_workloads_are_named_then_the_trace_forwarding_one_is_hea
     assert_eq!(p["workloads"][0]["workload"], TRACE_ONLY, "{p:#}");
     assert_eq!(p["workloads"][0]["drop_share"].as_f64(), Some(1.0), "{p:#}");
     assert_eq!(p["edges"][0]["workload"], TRACE_ONLY, "{p:#}");
+    let b = Browser::start().await;
+    console_shows(&b, &mesh, "the console's Propagation view", &want).await;
+    b.screenshot(&root().join(".run/console/propagation-sidecars.png")).await;
     // The filter's own metrics say the same, per sidecar.
     let trace_only = &mesh.sidecars[TRACE_ONLY];
     assert_eq!(trace_only.stat("wasmcustom.isogroup_propagation_dropped_total").await, s1);
-    assert_eq!(mesh.sidecars[NOTHING].stat("wasmcustom.isogroup_propagation_untraced_total").await, n2);
+    assert_eq!(
+        mesh.sidecars[NOTHING].stat("wasmcustom.isogroup_propagation_untraced_total").await,
+        warmed + f2.len() as u64
+    );
 
     // The assist on for the trace-forwarding workload: its sidecar restarts
     // with `heal: true`, and its lane requests reach b@feature-1 again.
     drop(mesh.sidecars.remove(TRACE_ONLY));
     let healed = sidecar(&mesh.ports, TRACE_ONLY, 18001, true).await;
     mesh.sidecars.insert(TRACE_ONLY.into(), healed);
-    let f3 = trace_ids(80, 40);
+    let warmed = warm_up(&mesh, &mut spare).await;
     for id in &f3 {
         assert_eq!(mesh.send("feature-1", id).await, "a@feature-1 > b@feature-1 > c@base", "trace {id}");
     }
     let s3 = count_sampled(&f3);
     assert!(s3 > 0, "some of the ids are sampled");
     want.insert(edge("a-feature-1", "b"), counts(0, s3, s1, 0));
-    want.insert(edge("b-feature-1", "c"), counts(0, 0, 0, n2 + f3.len() as u64));
+    want.insert(edge("b-feature-1", "c"), counts(0, 0, 0, warmed + f3.len() as u64));
     wait_edges(&mesh, "the healed counts", &want).await;
+    console_shows(&b, &mesh, "the healed counts in the console", &want).await;
     assert_eq!(mesh.sidecars[TRACE_ONLY].stat("wasmcustom.isogroup_propagation_healed_total").await, s3);
 }

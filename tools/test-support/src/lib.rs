@@ -8,11 +8,29 @@ use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A port free right now on loopback, and never handed out before in this
-/// process (the kernel would happily return the same free port twice).
+/// A port free right now on loopback, never handed out before in this
+/// process, and below the kernel's ephemeral range: a port from that range
+/// can be taken as the source port of any outgoing connection between this
+/// check and the moment a test's server binds it (seen: a companion started
+/// late in a load test could not bind its port).
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let below = ephemeral_low().clamp(FIRST_PORT + 1000, 65535);
+    let span = u64::from(below - FIRST_PORT);
+    // Spread over the range so parallel test processes rarely try the same
+    // port; the bind below is what makes it free.
+    let mut seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..10_000 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let port = FIRST_PORT + ((seed >> 33) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    // Every port below the range taken: any free one, as before.
     loop {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
         if port != 0 && !given.contains(&port) {
@@ -20,6 +38,19 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The lowest port tests pick: above the well-known and most registered
+/// ports servers on a developer's machine use.
+const FIRST_PORT: u16 = 20000;
+
+/// The first port of the kernel's ephemeral range (Linux's default 32768
+/// where it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(32768)
 }
 
 /// Polls `probe` until it yields a value; `Err` with what was awaited after
