@@ -233,7 +233,8 @@ fn count_sampled(ids: &[String]) -> u64 {
 fn edges(p: &Value) -> BTreeMap<(String, String), BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for e in p["edges"].as_array().into_iter().flatten() {
-        let key = (e["workload"].as_str().unwrap_or("?").to_owned(), e["destination"].as_str().unwrap_or("?").to_owned());
+        let key =
+            (e["workload"].as_str().unwrap_or("?").to_owned(), e["destination"].as_str().unwrap_or("?").to_owned());
         let counts = ["kept", "changed", "healed", "dropped", "untraced"]
             .iter()
             .map(|c| ((*c).to_owned(), e[*c].as_u64().unwrap_or(0)))
@@ -267,15 +268,14 @@ async fn wait_edges(mesh: &SidecarMesh, what: &str, want: &BTreeMap<(String, Str
     .await;
     match found {
         Ok(p) => p,
-        Err(e) => panic!(
-            "{e}: want {want:?}, /v1/propagation gives {:#}\n{}",
-            last.lock().unwrap(),
-            mesh.diagnostics().await
-        ),
+        Err(e) => {
+            let diagnostics = mesh.diagnostics().await;
+            panic!("{e}: want {want:?}, /v1/propagation gives {:#}\n{diagnostics}", last.lock().unwrap())
+        }
     }
 }
 
-/// b-feature-1's untraced count as the companion has it (0 before any).
+/// b-feature-1's untraced count as the companion has it (None before any).
 async fn untraced_reported(mesh: &SidecarMesh) -> Option<u64> {
     edges(&mesh.propagation().await).get(&edge(NOTHING, "c")).map(|c| c["untraced"])
 }
@@ -307,7 +307,12 @@ async fn warm_up(mesh: &SidecarMesh, spare: &mut impl Iterator<Item = String>) -
 
 /// The console's Propagation view (headless chromium) shows exactly these
 /// edges with these counts (its live refresh follows the reports).
-async fn console_shows(b: &Browser, mesh: &SidecarMesh, what: &str, want: &BTreeMap<(String, String), BTreeMap<String, u64>>) {
+async fn console_shows(
+    b: &Browser,
+    mesh: &SidecarMesh,
+    what: &str,
+    want: &BTreeMap<(String, String), BTreeMap<String, u64>>,
+) {
     b.goto(&mesh.companion.url("/ui/#propagation")).await;
     let rows = "return [...document.querySelectorAll('#propagation-edges tbody tr')]\
                   .map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent));";
