@@ -363,9 +363,10 @@ b_serves() {
 
 # The demo's sidecar mesh (./build.sh demo): every workload (service@group,
 # named service-group) has its own Envoy, envoy/sidecars/sidecar.yaml, whose
-# inbound listener is its app's port + 1000, outbound + 2000 (the app's
-# --via), admin + 3000; the gateway (envoy/sidecars/gateway.yaml) takes the
-# clients' requests on 10000 (admin 9901).
+# inbound listener is its app's port - 3000, outbound - 2000 (the app's
+# --via), admin - 1000 (all below 20000, where the tests pick free ports);
+# the gateway (envoy/sidecars/gateway.yaml) takes the clients' requests on
+# 10000 (admin 9901).
 DEMO_GATEWAY_ADMIN=9901
 
 # render_template TEMPLATE OUT NAME=VALUE...: TEMPLATE with each {{NAME}}
@@ -386,7 +387,7 @@ demo_mesh_ports() {
   local inst port service group
   for inst in "${DEMO_INSTANCES[@]}"; do
     read -r port service group _ <<<"$inst"
-    echo "$service-$group=$((port + 1000))"
+    echo "$service-$group=$((port - 3000))"
   done
 }
 
@@ -394,7 +395,7 @@ demo_mesh_ports() {
 render_sidecar() {
   # shellcheck disable=SC2046 # one NAME=PORT word per workload
   render_template envoy/sidecars/sidecar.yaml "$5" workload="$1-$2" heal="$4" app="$3" \
-    inbound=$(($3 + 1000)) outbound=$(($3 + 2000)) admin=$(($3 + 3000)) companion="${COMPANION##*:}" $(demo_mesh_ports)
+    inbound=$(($3 - 3000)) outbound=$(($3 - 2000)) admin=$(($3 - 1000)) companion="${COMPANION##*:}" $(demo_mesh_ports)
 }
 
 render_gateway() { # render_gateway OUT
@@ -424,7 +425,7 @@ demo_sidecar() {
     kill "${DEMO_SIDECAR[$w]}" 2>/dev/null || true
     wait "${DEMO_SIDECAR[$w]}" 2>/dev/null || true
   fi
-  "$ENVOY" -c "$config" --concurrency 1 --disable-hot-restart --base-id $(($3 + 3000)) -l info \
+  "$ENVOY" -c "$config" --concurrency 1 --disable-hot-restart --base-id $(($3 - 1000)) -l info \
     --log-path "$RUN_DIR/demo/envoy-$w.log" &
   DEMO_SIDECAR[$w]=$!
 }
@@ -480,9 +481,9 @@ demo() {
     for inst in "${DEMO_INSTANCES[@]}"; do
       read -r port service group next <<<"$inst"
       demo_sidecar "$service" "$group" "$port" false
-      DEMO_ADMINS+=($((port + 3000)))
-      demo_app "$service" "$group" "$port" "$next" "127.0.0.1:$((port + 2000))"
-      printf '  %-12s app on 127.0.0.1:%s, its Envoy: inbound %s, outbound %s\n' "$service@$group" "$port" $((port + 1000)) $((port + 2000))
+      DEMO_ADMINS+=($((port - 1000)))
+      demo_app "$service" "$group" "$port" "$next" "127.0.0.1:$((port - 2000))"
+      printf '  %-12s app on 127.0.0.1:%s, its Envoy: inbound %s, outbound %s\n' "$service@$group" "$port" $((port - 3000)) $((port - 2000))
     done
     log "starting the gateway Envoy $ENVOY_VERSION on 127.0.0.1:10000 (envoy/sidecars/gateway.yaml)"
     render_gateway "$RUN_DIR/demo/gateway.yaml"
@@ -560,8 +561,8 @@ demo_propagation() {
   echo "a@feature-1 forwards only traceparent (drops x-isogroup and baggage); b@feature-1 forwards no header at all."
   echo "Each sidecar follows 1 trace in 8 (propagation.sample) from its inbound to its outbound side,"
   echo "heal off (record only), and reports what its app did with the group to the companion every 10 s."
-  demo_app a feature-1 18001 b 127.0.0.1:$((18001 + 2000)) --forward-only-trace-headers
-  demo_app b feature-1 18011 c 127.0.0.1:$((18011 + 2000)) --forward-nothing
+  demo_app a feature-1 18001 b 127.0.0.1:$((18001 - 2000)) --forward-only-trace-headers
+  demo_app b feature-1 18011 c 127.0.0.1:$((18011 - 2000)) --forward-nothing
   version=$(admin PUT b feature-1 b-feature-1)
   echo "PUT /v1/services/b/groups/feature-1 -> $version"
   version=$(grep -o '"version":[0-9]*' <<<"$version" | cut -d: -f2)

@@ -57,7 +57,7 @@ const TRACE_ONLY: &str = "a-feature-1";
 const NOTHING: &str = "b-feature-1";
 
 /// Ports as build.sh's demo lays them out (an instance's app port p: its
-/// sidecar's inbound p + 1000, outbound p + 2000, admin p + 3000; the
+/// sidecar's inbound p - 3000, outbound p - 2000, admin p - 1000; the
 /// gateway 10000 and 9901; the companion 18080), each mapped to a free one.
 struct Ports(BTreeMap<u16, u16>);
 
@@ -65,7 +65,7 @@ impl Ports {
     fn new() -> Ports {
         let mut defaults = vec![10000, 9901, 18080];
         for &(p, ..) in DEMO_INSTANCES {
-            defaults.extend([p, p + 1000, p + 2000, p + 3000]);
+            defaults.extend([p, p - 3000, p - 2000, p - 1000]);
         }
         Ports(defaults.into_iter().map(|d| (d, free_port())).collect())
     }
@@ -76,7 +76,7 @@ impl Ports {
 
     /// Every workload's sidecar inbound port, as placeholders.
     fn inbound_placeholders(&self) -> Vec<(String, String)> {
-        DEMO_INSTANCES.iter().map(|&(p, s, g, _)| (format!("{s}-{g}"), self.of(p + 1000).to_string())).collect()
+        DEMO_INSTANCES.iter().map(|&(p, s, g, _)| (format!("{s}-{g}"), self.of(p - 3000).to_string())).collect()
     }
 
     /// A template with these ports: each port it names maps back to its
@@ -102,13 +102,13 @@ async fn sidecar(ports: &Ports, name: &str, app: u16, heal: bool) -> Envoy {
         ("workload".into(), name.to_owned()),
         ("heal".into(), heal.to_string()),
         ("app".into(), ports.of(app).to_string()),
-        ("inbound".into(), ports.of(app + 1000).to_string()),
-        ("outbound".into(), ports.of(app + 2000).to_string()),
-        ("admin".into(), ports.of(app + 3000).to_string()),
+        ("inbound".into(), ports.of(app - 3000).to_string()),
+        ("outbound".into(), ports.of(app - 2000).to_string()),
+        ("admin".into(), ports.of(app - 1000).to_string()),
         ("companion".into(), ports.of(18080).to_string()),
     ]);
     let rendered = ports.render("envoy/sidecars/sidecar.yaml", &values);
-    let envoy = Envoy::start(&rendered, app + 3000, app + 2000).await.unwrap_or_else(|log| panic!("{name}: {log}"));
+    let envoy = Envoy::start(&rendered, app - 1000, app - 2000).await.unwrap_or_else(|log| panic!("{name}: {log}"));
     envoy.wait_stat("wasmcustom.isogroup_table_version", 1).await;
     envoy
 }
@@ -134,7 +134,7 @@ impl SidecarMesh {
             cmd.args(["serve", "--service", service, "--group", group, "--listen"])
                 .arg(format!("127.0.0.1:{}", ports.of(p)))
                 .arg("--via")
-                .arg(format!("127.0.0.1:{}", ports.of(p + 2000)));
+                .arg(format!("127.0.0.1:{}", ports.of(p - 2000)));
             if let Some(next) = next {
                 cmd.args(["--next", next]);
             }
