@@ -519,7 +519,7 @@ demo() {
   wait_for "the new table in Envoy" 5 b_serves base
   echo "b for feature-1 is served by base again"
   echo
-  log "filter metrics (the gateway's Envoy)"
+  log "filter metrics$([ "$build" = native ] || echo " (the gateway's Envoy)")"
   # Counters reach Envoy on the filter's next tick (200 ms).
   wait_for "metrics" 5 bash -c "curl -s 'http://127.0.0.1:$DEMO_GATEWAY_ADMIN/stats?filter=routed_total' | grep -q ': [1-9]'"
   curl -s "http://127.0.0.1:$DEMO_GATEWAY_ADMIN/stats?filter=$metrics" | grep "^$metrics\." | sed 's/^/  /'
