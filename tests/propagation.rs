@@ -387,6 +387,18 @@ async fn the_two_broken_workloads_are_named_then_the_trace_forwarding_one_is_hea
     assert_eq!(p["workloads"][0]["workload"], TRACE_ONLY, "{p:#}");
     assert_eq!(p["workloads"][0]["drop_share"].as_f64(), Some(1.0), "{p:#}");
     assert_eq!(p["edges"][0]["workload"], TRACE_ONLY, "{p:#}");
+    // The doctor (what a CI job runs) names the same two, and fails on the
+    // one that drops.
+    let doctor = Command::new(common::companion_bin())
+        .args(["doctor", "--url", &mesh.companion.url(""), "--max-drop-share", "0.5"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("drops the group: workload {TRACE_ONLY} ")), "{out}");
+    for name in [TRACE_ONLY, NOTHING] {
+        assert!(out.lines().any(|l| l.starts_with(name)), "{name} in {out}");
+    }
     let b = Browser::start().await;
     console_shows(&b, &mesh, "the console's Propagation view", &want).await;
     b.screenshot(&root().join(".run/console/propagation-sidecars.png")).await;
