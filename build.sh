@@ -307,6 +307,14 @@ run_tests() {
   sed "s#{{dir}}#$PWD/envoy/reload#g" envoy/reload/bootstrap.yaml >"$RUN_DIR/reload-bootstrap.yaml"
   "$ENVOY" --mode validate -c "$RUN_DIR/reload-bootstrap.yaml" -l error >/dev/null || { echo "invalid: envoy/reload/bootstrap.yaml"; exit 1; }
   echo "valid: envoy/reload/bootstrap.yaml"
+  # The demo's sidecar mesh templates, filled in as ./build.sh demo fills them.
+  mkdir -p "$RUN_DIR"
+  render_sidecar a feature-1 18001 false "$RUN_DIR/sidecar.yaml"
+  render_gateway "$RUN_DIR/gateway.yaml"
+  for f in sidecar gateway; do
+    "$ENVOY" --mode validate -c "$RUN_DIR/$f.yaml" -l error >/dev/null || { echo "invalid: envoy/sidecars/$f.yaml"; exit 1; }
+    echo "valid: envoy/sidecars/$f.yaml"
+  done
   section "companion tests (the etcd ones start their own 3-member cluster)"
   ensure_etcd
   cargo test --quiet -p isogroup-companion
@@ -356,53 +364,157 @@ b_serves() {
   curl -s -H 'host: b' -H 'x-isogroup: feature-1' http://127.0.0.1:10000/ | grep -q "^{\"group\":\"$1\""
 }
 
-# ./build.sh demo [native]: the wasm filter (envoy/companion.yaml), or the
-# native module (envoy/native-companion.yaml).
+# The demo's sidecar mesh (./build.sh demo): every workload (service@group,
+# named service-group) has its own Envoy, envoy/sidecars/sidecar.yaml, whose
+# inbound listener is its app's port - 3000, outbound - 2000 (the app's
+# --via), admin - 1000 (all below 20000, where the tests pick free ports);
+# the gateway (envoy/sidecars/gateway.yaml) takes the clients' requests on
+# 10000 (admin 9901).
+DEMO_GATEWAY_ADMIN=9901
+
+# render_template TEMPLATE OUT NAME=VALUE...: TEMPLATE with each {{NAME}}
+# replaced by VALUE; fails when a placeholder is left.
+render_template() {
+  local template=$1 out=$2 kv args=()
+  shift 2
+  for kv in "$@"; do args+=(-e "s#{{${kv%%=*}}}#${kv#*=}#g"); done
+  sed "${args[@]}" "$template" >"$out"
+  if grep -q '{{' "$out"; then
+    echo "$out: placeholders left: $(grep -o '{{[^}]*}}' "$out" | sort -u | xargs)" >&2
+    return 1
+  fi
+}
+
+# Every workload's sidecar inbound port, as NAME=PORT for render_template.
+demo_mesh_ports() {
+  local inst port service group
+  for inst in "${DEMO_INSTANCES[@]}"; do
+    read -r port service group _ <<<"$inst"
+    echo "$service-$group=$((port - 3000))"
+  done
+}
+
+# render_sidecar SERVICE GROUP APP_PORT HEAL OUT
+render_sidecar() {
+  # shellcheck disable=SC2046 # one NAME=PORT word per workload
+  render_template envoy/sidecars/sidecar.yaml "$5" workload="$1-$2" heal="$4" app="$3" \
+    inbound=$(($3 - 3000)) outbound=$(($3 - 2000)) admin=$(($3 - 1000)) companion="${COMPANION##*:}" $(demo_mesh_ports)
+}
+
+render_gateway() { # render_gateway OUT
+  # shellcheck disable=SC2046
+  render_template envoy/sidecars/gateway.yaml "$1" admin=$DEMO_GATEWAY_ADMIN listener=10000 companion="${COMPANION##*:}" $(demo_mesh_ports)
+}
+
+# demo_app SERVICE GROUP PORT NEXT VIA [FLAG]: (re)starts one demo service.
+demo_app() {
+  local w="$1-$2" args=(serve --service "$1" --group "$2" --listen "127.0.0.1:$3" --via "$5")
+  [ "$4" = - ] || args+=(--next "$4")
+  [ -z "${6:-}" ] || args+=("$6")
+  if [ -n "${DEMO_APP[$w]:-}" ]; then
+    kill "${DEMO_APP[$w]}" 2>/dev/null || true
+    wait "${DEMO_APP[$w]}" 2>/dev/null || true
+  fi
+  target/server/isogroup-demo "${args[@]}" &
+  DEMO_APP[$w]=$!
+  wait_for "$w on port $3" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$3"
+}
+
+# demo_sidecar SERVICE GROUP APP_PORT HEAL: (re)starts one workload's Envoy.
+demo_sidecar() {
+  local w="$1-$2" config="$RUN_DIR/demo/sidecar-$1-$2.yaml"
+  render_sidecar "$1" "$2" "$3" "$4" "$config"
+  if [ -n "${DEMO_SIDECAR[$w]:-}" ]; then
+    kill "${DEMO_SIDECAR[$w]}" 2>/dev/null || true
+    wait "${DEMO_SIDECAR[$w]}" 2>/dev/null || true
+  fi
+  "$ENVOY" -c "$config" --concurrency 1 --disable-hot-restart --base-id $(($3 - 1000)) -l info \
+    --log-path "$RUN_DIR/demo/envoy-$w.log" &
+  DEMO_SIDECAR[$w]=$!
+}
+
+# Every Envoy of the demo (their admin ports) has table version $1 or later.
+demo_tables_at() {
+  local admin
+  for admin in "${DEMO_ADMINS[@]}"; do
+    curl -s "http://127.0.0.1:$admin/stats?filter=isogroup_table_version" |
+      awk -v want="$1" -F': ' '$2 >= want { ok = 1 } END { exit !ok }' || return 1
+  done
+}
+
+demo_wait_envoys() { # every demo Envoy ready, with table version $1 or later
+  local admin
+  for admin in "${DEMO_ADMINS[@]}"; do
+    wait_for "Envoy (admin $admin)" 30 curl -sf "http://127.0.0.1:$admin/ready"
+  done
+  wait_for "table version $1 in every Envoy" 10 demo_tables_at "$1"
+}
+
+# b answers for group feature-1 with this serving group (the table reached Envoy).
+b_serves() {
+  curl -s -H 'host: b' -H 'x-isogroup: feature-1' http://127.0.0.1:10000/ | grep -q "^{\"group\":\"$1\""
+}
+
+# ./build.sh demo [native]. wasm (the default): the sidecar mesh above, the
+# routing steps, then where a lane breaks (propagation reports). native: one
+# Envoy with the native module (envoy/native-companion.yaml) for the routing
+# steps; the module refuses `propagation` (docs/native.md), so no sidecars.
 demo() {
-  local config=envoy/companion.yaml metrics=wasmcustom
-  case "${1:-wasm}" in
+  local build=${1:-wasm} metrics=wasmcustom inst port service group next version
+  case "$build" in
     wasm) ;;
-    native) config=envoy/native-companion.yaml metrics=isogroup ;;
+    native) metrics=isogroup ;;
     *) echo "usage: ./build.sh demo [wasm|native]" >&2; exit 2 ;;
   esac
   build
   ensure_envoy
   cargo build --quiet --profile server -p isogroup-demo -p isogroup-companion
-  mkdir -p "$RUN_DIR"
+  mkdir -p "$RUN_DIR/demo"
   DEMO_PIDS=()
-  trap 'kill "${DEMO_PIDS[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+  declare -gA DEMO_APP=() DEMO_SIDECAR=()
+  DEMO_ADMINS=("$DEMO_GATEWAY_ADMIN")
+  trap 'kill "${DEMO_PIDS[@]}" "${DEMO_APP[@]}" "${DEMO_SIDECAR[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
   log "starting the companion on $COMPANION (table: a copy of demo/table.json)"
   cp demo/table.json "$RUN_DIR/table.json"
   ISOGROUP_TOKEN=$DEMO_TOKEN RUST_LOG=warn target/server/isogroup-companion serve \
     --listen "$COMPANION" --table "$RUN_DIR/table.json" &
   DEMO_PIDS+=($!)
-  log "starting the demo services"
-  for inst in "${DEMO_INSTANCES[@]}"; do
-    read -r port service group next <<<"$inst"
-    local args=(serve --service "$service" --group "$group" --listen "127.0.0.1:$port" --via 127.0.0.1:10000)
-    [ "$next" = - ] || args+=(--next "$next")
-    target/server/isogroup-demo "${args[@]}" &
+  if [ "$build" = wasm ]; then
+    log "starting the demo services, each with its own Envoy (a sidecar: envoy/sidecars/sidecar.yaml)"
+    for inst in "${DEMO_INSTANCES[@]}"; do
+      read -r port service group next <<<"$inst"
+      demo_sidecar "$service" "$group" "$port" false
+      DEMO_ADMINS+=($((port - 1000)))
+      demo_app "$service" "$group" "$port" "$next" "127.0.0.1:$((port - 2000))"
+      printf '  %-12s app on 127.0.0.1:%s, its Envoy: inbound %s, outbound %s\n' "$service@$group" "$port" $((port - 3000)) $((port - 2000))
+    done
+    log "starting the gateway Envoy $ENVOY_VERSION on 127.0.0.1:10000 (envoy/sidecars/gateway.yaml)"
+    render_gateway "$RUN_DIR/demo/gateway.yaml"
+    "$ENVOY" -c "$RUN_DIR/demo/gateway.yaml" --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
     DEMO_PIDS+=($!)
-    printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
-  done
-  log "starting Envoy $ENVOY_VERSION with the isogroup filter ($config)"
-  "$ENVOY" -c "$config" --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
-  DEMO_PIDS+=($!)
-  wait_for "Envoy" 30 curl -sf http://127.0.0.1:9901/ready
-  for inst in "${DEMO_INSTANCES[@]}"; do
-    read -r port _ <<<"$inst"
-    wait_for "port $port" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
-  done
-  wait_for "the first table" 10 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=table_version' | grep -q ': [1-9]'"
+  else
+    log "starting the demo services"
+    for inst in "${DEMO_INSTANCES[@]}"; do
+      read -r port service group next <<<"$inst"
+      demo_app "$service" "$group" "$port" "$next" 127.0.0.1:10000
+      printf '  %s@%-10s on 127.0.0.1:%s\n' "$service" "$group" "$port"
+    done
+    log "starting Envoy $ENVOY_VERSION with the native module (envoy/native-companion.yaml)"
+    "$ENVOY" -c envoy/native-companion.yaml --concurrency 2 --disable-hot-restart -l info --log-path "$RUN_DIR/envoy.log" &
+    DEMO_PIDS+=($!)
+  fi
+  demo_wait_envoys 1
   echo
   log "b has no feature-1 instance yet: feature-1 falls back to b@base"
   target/server/isogroup-demo show --via 127.0.0.1:10000
   echo
   log "developer B deploys b@feature-1 and registers it with the companion"
-  echo "PUT /v1/services/b/groups/feature-1 -> $(admin PUT b feature-1 b-feature-1)"
+  version=$(admin PUT b feature-1 b-feature-1)
+  echo "PUT /v1/services/b/groups/feature-1 -> $version"
+  version=$(grep -o '"version":[0-9]*' <<<"$version" | cut -d: -f2)
   local started=$SECONDS
-  wait_for "the new table in Envoy" 5 b_serves feature-1
-  echo "every Envoy worker routes by it (within $((SECONDS - started + 1)) s)"
+  wait_for "the new table in every Envoy" 5 demo_tables_at "$version"
+  echo "every Envoy (${#DEMO_ADMINS[@]}) routes by it within $((SECONDS - started + 1)) s"
   target/server/isogroup-demo show --via 127.0.0.1:10000
   echo
   log "b@feature-1 goes away: unregister, and feature-1 falls back again"
@@ -410,12 +522,69 @@ demo() {
   wait_for "the new table in Envoy" 5 b_serves base
   echo "b for feature-1 is served by base again"
   echo
-  log "filter metrics"
+  log "filter metrics$([ "$build" = native ] || echo " (the gateway's Envoy)")"
   # Counters reach Envoy on the filter's next tick (200 ms).
-  wait_for "metrics" 5 bash -c "curl -s 'http://127.0.0.1:9901/stats?filter=routed_total' | grep -q ': [1-9]'"
-  curl -s "http://127.0.0.1:9901/stats?filter=$metrics" | grep "^$metrics\." | sed 's/^/  /'
+  wait_for "metrics" 5 bash -c "curl -s 'http://127.0.0.1:$DEMO_GATEWAY_ADMIN/stats?filter=routed_total' | grep -q ': [1-9]'"
+  curl -s "http://127.0.0.1:$DEMO_GATEWAY_ADMIN/stats?filter=$metrics" | grep "^$metrics\." | sed 's/^/  /'
   log "companion metrics"
   curl -s "http://$COMPANION/metrics" | grep -E '^isogroup_companion_(table_version|pollers|table_updates)' | sed 's/^/  /'
+  if [ "$build" = wasm ]; then
+    demo_propagation
+  else
+    echo
+    echo "(propagation reports: wasm only, the native module refuses \`propagation\`; ./build.sh demo shows them)"
+  fi
+}
+
+# workload W's edges in GET /v1/propagation have CLASS > 0.
+demo_reported() { # demo_reported WORKLOAD CLASS
+  curl -sf "http://$COMPANION/v1/propagation" | .venv/bin/python -c '
+import json, sys
+w, cls = sys.argv[1], sys.argv[2]
+edges = json.load(sys.stdin).get("edges", [])
+sys.exit(0 if any(e.get("workload") == w and e.get(cls, 0) > 0 for e in edges) else 1)' "$1" "$2"
+}
+
+demo_reports_name_both() {
+  demo_reported a-feature-1 dropped && demo_reported b-feature-1 untraced
+}
+
+demo_doctor() {
+  local status=0
+  target/server/isogroup-companion doctor --url "http://$COMPANION" --max-drop-share 0.1 | sed 's/^/  /' || status=$?
+  echo "  (doctor exits $status: 1 when a workload drops more than --max-drop-share of its sampled lane requests, for CI)"
+}
+
+# Where a lane breaks: two apps that lose the group, found by the sidecars'
+# propagation reports (heal off: record only), then healed by the assist.
+demo_propagation() {
+  local version started
+  echo
+  log "where a lane breaks: new builds of a@feature-1 and b@feature-1 lose the group"
+  echo "a@feature-1 forwards only traceparent (drops x-isogroup and baggage); b@feature-1 forwards no header at all."
+  echo "Each sidecar follows 1 trace in 8 (propagation.sample) from its inbound to its outbound side,"
+  echo "heal off (record only), and reports what its app did with the group to the companion every 10 s."
+  demo_app a feature-1 18001 b 127.0.0.1:$((18001 - 2000)) --forward-only-trace-headers
+  demo_app b feature-1 18011 c 127.0.0.1:$((18011 - 2000)) --forward-nothing
+  version=$(admin PUT b feature-1 b-feature-1)
+  echo "PUT /v1/services/b/groups/feature-1 -> $version"
+  version=$(grep -o '"version":[0-9]*' <<<"$version" | cut -d: -f2)
+  wait_for "the new table in every Envoy" 5 demo_tables_at "$version"
+  target/server/isogroup-demo send --via 127.0.0.1:10000 --group feature-1 --count 64
+  target/server/isogroup-demo send --via 127.0.0.1:10000 --group feature-2 --count 64
+  started=$SECONDS
+  wait_for "the sidecars' reports" 30 demo_reports_name_both
+  log "isogroup-companion doctor --url http://$COMPANION (reports in after $((SECONDS - started + 1)) s)"
+  demo_doctor
+  echo
+  log "the assist on for a@feature-1 (propagation_assist.heal: true): its sidecar restores the group from the trace"
+  demo_sidecar a feature-1 18001 true
+  demo_wait_envoys "$version"
+  target/server/isogroup-demo send --via 127.0.0.1:10000 --group feature-1 --count 64
+  started=$SECONDS
+  wait_for "a healed count" 30 demo_reported a-feature-1 healed
+  log "isogroup-companion doctor: a@feature-1's calls to b are healed now (reports in after $((SECONDS - started + 1)) s)"
+  demo_doctor
 }
 
 # The filter as an OCI image for Istio; with REF (host:port/repo:tag) also pushed.

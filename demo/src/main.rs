@@ -50,13 +50,28 @@ enum Command {
         /// Forward only the tracing headers (`traceparent`, `x-request-id`),
         /// dropping `x-isogroup` and `baggage`: the sloppy app that the
         /// propagation assist exists for.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "forward_nothing")]
         forward_only_trace_headers: bool,
+        /// Forward no header at all, not even `traceparent`: the app the
+        /// assist cannot help (its calls are counted `untraced`).
+        #[arg(long)]
+        forward_nothing: bool,
     },
     /// Send the demo requests through Envoy and print a table.
     Show {
         #[arg(long, default_value = "127.0.0.1:10000")]
         via: String,
+    },
+    /// Send requests in one group to service a, each with its own trace id
+    /// (`traceparent`), and print the paths they took.
+    Send {
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        via: String,
+        /// The group (`x-isogroup`).
+        #[arg(long)]
+        group: String,
+        #[arg(long, default_value_t = 64)]
+        count: u32,
     },
 }
 
@@ -65,21 +80,34 @@ struct App {
     group: String,
     next: Option<String>,
     via: String,
-    forward_only_trace_headers: bool,
+    forward: Forward,
     client: reqwest::Client,
+}
+
+/// Which of the received headers the app passes on to the next hop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Forward {
+    All,
+    TraceOnly,
+    Nothing,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Serve { service, group, listen, next, via, forward_only_trace_headers } => {
-            let app =
-                Arc::new(App { service, group, next, via, forward_only_trace_headers, client: reqwest::Client::new() });
+        Command::Serve { service, group, listen, next, via, forward_only_trace_headers, forward_nothing } => {
+            let forward = match (forward_only_trace_headers, forward_nothing) {
+                (_, true) => Forward::Nothing,
+                (true, false) => Forward::TraceOnly,
+                (false, false) => Forward::All,
+            };
+            let app = Arc::new(App { service, group, next, via, forward, client: reqwest::Client::new() });
             let router = axum::Router::new().fallback(handle).with_state(app);
             let listener = tokio::net::TcpListener::bind(listen).await?;
             axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
         }
         Command::Show { via } => show::run(&via).await?,
+        Command::Send { via, group, count } => show::send(&via, &group, count).await?,
     }
     Ok(())
 }
@@ -99,7 +127,12 @@ async fn handle(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoRes
     if let Some(next) = &app.next {
         let mut req = app.client.get(format!("http://{}/", app.via)).header("host", next.as_str());
         for name in FORWARDED {
-            if app.forward_only_trace_headers && !TRACE_HEADERS.contains(&name) {
+            let forwarded = match app.forward {
+                Forward::All => true,
+                Forward::TraceOnly => TRACE_HEADERS.contains(&name),
+                Forward::Nothing => false,
+            };
+            if !forwarded {
                 continue;
             }
             for v in headers.get_all(name) {
