@@ -232,6 +232,15 @@ ensure_registry() {
   { systemctl stop docker-registry || service docker-registry stop || pkill -x docker-registry; } >/dev/null 2>&1 || true
 }
 
+# Debian's valgrind: callgrind counts Envoy's instructions per request
+# (`./build.sh bench one --callgrind`), a measure the machine's load does not move.
+ensure_valgrind() {
+  command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && return
+  log "installing valgrind (Debian) for the instruction-count benchmark"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; } >/dev/null 2>&1 || true
+  command -v callgrind_control >/dev/null || { echo "valgrind is missing: install Debian's valgrind"; exit 1; }
+}
+
 ensure_cargo_fuzz() {
   [ -x .tools/bin/cargo-fuzz ] && return
   log "installing cargo-fuzz into .tools (a few minutes, once)"
@@ -474,6 +483,14 @@ bench() {
   build
   build_noop
   ensure_envoy
+  if [ "${1:-}" = one ] && [ "${2:-}" = --callgrind ]; then # instructions per request, one Envoy under callgrind
+    shift 2
+    ensure_valgrind
+    log "Envoy instructions per request under callgrind, every arm a listener of one Envoy (see docs/native.md)"
+    .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
+    .venv/bin/python bench/one_envoy_callgrind.py "$@"
+    return
+  fi
   ensure_oha
   cargo build --quiet --profile server -p isogroup-companion
   if [ "${1:-}" = one ]; then # ./build.sh bench one: every arm a listener of one Envoy
