@@ -218,9 +218,9 @@ build_native() {
 # The no-op filter of the load benchmark's second arm.
 build_noop() { # the load benchmark's floor arms: the no-op filter and the minimal probe
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-bench-noop --features probe
-  cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-probe.wasm
+  cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/isogroup_bench_noop.wasm" target/bench-probe.wasm
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-bench-noop
-  cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-noop.wasm
+  cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/isogroup_bench_noop.wasm" target/bench-noop.wasm
 }
 
 # Debian's registry, for the OCI push/pull test on loopback.
@@ -518,7 +518,9 @@ bench_memory() {
   build_noop
   ensure_envoy
   log "Envoy memory with and without the filter, split by kind (see BENCHMARKS.md)"
-  python3 bench/memory.py "$@"
+  # --native-services builds the native arm's config with pyyaml (bench/one_envoy.py).
+  .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
+  .venv/bin/python bench/memory.py "$@"
 }
 
 # ./build.sh compose: the shipped compose file (deploy/docker/) under a

