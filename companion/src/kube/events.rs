@@ -57,12 +57,13 @@ pub struct WatchedGroup {
     pub status: Value,
 }
 
-fn watched(o: &DynamicObject) -> Option<WatchedGroup> {
+/// `status`: this installation's entry (`kube::groups::own_status`).
+fn watched(o: &DynamicObject, installation: &str) -> Option<WatchedGroup> {
     Some(WatchedGroup {
         name: o.name_any(),
         uid: o.metadata.uid.clone().unwrap_or_default(),
         generation: o.metadata.generation.unwrap_or(0),
-        status: o.data.get("status").cloned().unwrap_or_default(),
+        status: crate::kube::groups::own_status(&o.data, installation),
     })
 }
 
@@ -127,8 +128,16 @@ pub fn event_for(o: &WatchedGroup, instance: &str, now_micros: &str) -> Option<V
 /// Watches `IsolationGroup` objects and, while this replica leads, writes
 /// the Events their statuses call for; every `recheck` it looks again
 /// without a change (a new leader reports what its predecessor could not).
-pub async fn run(client: Client, store: Arc<KubeStore>, instance: String, recheck: Duration, timing: Timing) {
+pub async fn run(
+    client: Client,
+    store: Arc<KubeStore>,
+    installation: String,
+    instance: String,
+    recheck: Duration,
+    timing: Timing,
+) {
     let (tx, mut rx) = mpsc::channel::<Report<WatchedGroup>>(64);
+    let watched = move |o: &DynamicObject| watched(o, &installation);
     watch::spawn_optional(client.clone(), API_GROUP, KIND, &[VERSION], watched, |r| r, tx, timing);
     let events: Api<Event> = Api::namespaced(client, NAMESPACE);
     let mut mirror: Mirror<WatchedGroup> = Mirror::default();

@@ -271,12 +271,14 @@ fn check_runtime(sources: &[RawSource], rules: &[RawRule], base: &str, limits: &
     })
 }
 
-fn group(o: &DynamicObject) -> Option<GroupObject> {
+/// An `IsolationGroup`, with this installation's entry of its status
+/// (`status.installations.<id>`; others' entries are theirs).
+fn group(o: &DynamicObject, installation: &str) -> Option<GroupObject> {
     Some(GroupObject {
         name: o.name_any(),
         generation: o.metadata.generation.unwrap_or(0),
         spec: o.data.get("spec").cloned().unwrap_or_default(),
-        status: o.data.get("status").cloned().unwrap_or_default(),
+        status: groups::own_status(&o.data, installation),
     })
 }
 
@@ -663,6 +665,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         watch::spawn(api, watcher::Config::default(), filter, Update::Filter, tx.clone(), t);
     }
     let (group_api, kind) = (groups::API_GROUP, groups::KIND);
+    let id = opts.installation.clone();
+    let group = move |g: &DynamicObject| group(g, &id);
     watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
     let names = crate::kube::names::Names::new(&opts.installation, &opts.namespace);
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace);
@@ -871,7 +875,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         }
         if store.is_leader() && trusted {
-            write_statuses(&statuses, &objects, &verdicts, &cluster.left_out, &cluster.written, &store.fence());
+            let to = StatusTarget { api: &statuses, installation: &opts.installation, fence: &store.fence() };
+            write_statuses(&to, &objects, &verdicts, &cluster.left_out, &cluster.written);
             if let Some((mode, root)) = &opts.istio {
                 let grace = opts.settle.as_millis() as u64;
                 let desired = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace);
@@ -906,15 +911,24 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     }
 }
 
-/// Writes each object's status when its verdict changed (in the background:
-/// a slow API server never holds the table back).
+/// Where statuses go: this installation's entry of each `IsolationGroup`'s
+/// status, written fenced.
+struct StatusTarget<'a> {
+    api: &'a Api<DynamicObject>,
+    installation: &'a str,
+    fence: &'a crate::kube::leader::Fence,
+}
+
+/// Writes each object's status entry (`status.installations.<id>`) when it
+/// differs from the one observed (in the background: a slow API server
+/// never holds the table back). A JSON merge patch of that one key: other
+/// installations' entries are left as they are.
 fn write_statuses(
-    api: &Api<DynamicObject>,
+    to: &StatusTarget<'_>,
     objects: &[GroupObject],
     verdicts: &BTreeMap<String, Verdict>,
     left_out: &crate::kube::degrade::LeftOut,
     memo: &Written,
-    fence: &crate::kube::leader::Fence,
 ) {
     // group → its lanes left out (`<service>: why`).
     let mut lanes_out: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -947,7 +961,8 @@ fn write_statuses(
         if let Err(why) = verdict {
             tracing::warn!(group = %o.name, error = %why, "kubernetes: IsolationGroup left out of the table");
         }
-        let (api, name, memo, fence) = (api.clone(), o.name.clone(), memo.clone(), fence.clone());
+        let (api, name, memo, fence) = (to.api.clone(), o.name.clone(), memo.clone(), to.fence.clone());
+        let id = to.installation.to_owned();
         tokio::spawn(async move {
             // Fenced: only while leading, no later than the renew
             // deadline, under the resourceVersion read just before (after
@@ -956,8 +971,15 @@ fn write_statuses(
             let write = async {
                 let current = api.get(&name).await?;
                 let rv = current.metadata.resource_version;
-                let patch = serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": status });
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await
+                let patch = serde_json::json!({
+                    "metadata": { "resourceVersion": rv },
+                    "status": { "installations": { id.as_str(): status } },
+                });
+                let params = PatchParams {
+                    field_manager: Some(crate::kube::istio::field_manager(&id)),
+                    ..PatchParams::default()
+                };
+                api.patch_status(&name, &params, &Patch::Merge(&patch)).await
             };
             if let Err(e) = fence.write(write).await {
                 tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");

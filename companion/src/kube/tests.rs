@@ -53,6 +53,11 @@ fn rule(version: &str, subsets: &[&str]) -> Value {
             "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "host": "reviews", "subsets": subsets } })
 }
 
+/// The default installation's entry of an IsolationGroup's status.
+fn entry(o: &Value) -> &Value {
+    &o["status"]["installations"]["isogroup-system"]
+}
+
 fn group(name: &str, spec: Value) -> Value {
     json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "metadata": { "name": name }, "spec": spec })
 }
@@ -196,26 +201,25 @@ async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
     // the invalid one: its own status says why, and it is left out
     let status = wait("broken's status", || {
         let o = fake.get(&groups(), "", "broken")?;
-        (!o["status"].is_null()).then(|| o["status"].clone())
+        (!entry(&o).is_null()).then(|| entry(&o).clone())
     })
     .await;
     let condition = &status["conditions"][0];
     assert_eq!((condition["type"].as_str(), condition["status"].as_str()), (Some("Accepted"), Some("False")));
     assert!(condition["message"].as_str().unwrap().contains("spec.fallback: a strict group cannot have a fallback"));
     assert_eq!(status["observedGeneration"], 1);
-    let ok =
-        wait("feature-1's status", || fake.get(&groups(), "", "feature-1").filter(|o| !o["status"].is_null())).await;
-    assert_eq!(ok["status"]["conditions"][0]["status"], "True");
+    let ok = wait("feature-1's status", || fake.get(&groups(), "", "feature-1").filter(|o| !entry(o).is_null())).await;
+    assert_eq!(entry(&ok)["conditions"][0]["status"], "True");
     assert_eq!(metrics.kube_invalid_groups.get(), 1);
     // fixed: it enters, and its status follows the new generation
     fake.put(&groups(), group("broken", json!({ "mode": "strict" })));
     wait_table(&store, "fixed group", |t| t.groups.contains_key("broken")).await;
     let fixed = wait("fixed status", || {
         let o = fake.get(&groups(), "", "broken")?;
-        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+        (entry(&o)["conditions"][0]["status"] == "True").then_some(o)
     })
     .await;
-    assert_eq!(fixed["status"]["observedGeneration"], 2);
+    assert_eq!(entry(&fixed)["observedGeneration"], 2);
     // deleted: gone from the table
     fake.delete(&groups(), "", "team-s");
     wait_table(&store, "deleted group", |t| !t.groups.contains_key("team-s")).await;
@@ -870,7 +874,8 @@ fn events_listed(fake: &FakeApi) -> Vec<(String, String)> {
 /// A replica's event writer, leading from the start.
 fn event_writer(fake: &FakeApi, store: &Arc<KubeStore>, pod: &str) -> JoinHandle<()> {
     let recheck = Duration::from_millis(50);
-    tokio::spawn(crate::kube::events::run(fake.client(), store.clone(), pod.into(), recheck, opts(0).watch))
+    let id = opts(0).installation;
+    tokio::spawn(crate::kube::events::run(fake.client(), store.clone(), id, pod.into(), recheck, opts(0).watch))
 }
 
 #[tokio::test]
@@ -923,10 +928,10 @@ async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
     );
     let fixed = wait("fine accepted", || {
         let o = fake.get(&groups(), "", "fine")?;
-        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+        (entry(&o)["conditions"][0]["status"] == "True").then_some(o)
     })
     .await;
-    assert_eq!(fixed["status"]["observedGeneration"], 3);
+    assert_eq!(entry(&fixed)["observedGeneration"], 3);
     assert_eq!(events_listed(&fake).len(), 3, "a fixed object gets no Event");
     for t in a_tasks {
         t.abort();
@@ -1269,6 +1274,53 @@ async fn two_installations_in_one_cluster_do_not_touch_each_others_objects() {
     }
 }
 
+/// Installations `a` and `b` in one cluster: each writes only its own entry
+/// of an IsolationGroup's status (`status.installations.<id>`), under its
+/// own field manager; the other's entry stays as its installation left it.
+#[tokio::test]
+async fn two_installations_each_keep_their_own_status_entry() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&groups(), group("broken", json!({ "mode": "strict", "fallback": ["base"] })));
+    let start = |id: &str| {
+        let (store, metrics) = store();
+        store.become_leader(format!("1000-{id}")).unwrap();
+        let mut o = opts(0);
+        o.installation = id.into();
+        tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, o));
+        store
+    };
+    let (a, b) = (start("a"), start("b"));
+    let entry_of = |id: &str| fake.get(&groups(), "", "broken").unwrap()["status"]["installations"][id].clone();
+    let accepted = |e: &Value| (e["conditions"][0]["status"].clone(), e["observedGeneration"].clone());
+    wait("both entries", || {
+        let both = [entry_of("a"), entry_of("b")];
+        both.iter().all(|e| accepted(e) == (json!("False"), json!(1))).then_some(())
+    })
+    .await;
+    // b no longer leads; the object is fixed: a's entry follows, b's stays.
+    b.step_down();
+    let b_was = entry_of("b");
+    let mut fixed = fake.get(&groups(), "", "broken").unwrap();
+    fixed["spec"] = json!({ "mode": "strict" });
+    fake.put(&groups(), fixed);
+    wait("a's entry for generation 2", || (accepted(&entry_of("a")) == (json!("True"), json!(2))).then_some(())).await;
+    assert_eq!(entry_of("b"), b_was, "a left b's entry alone");
+    // b leads again: its own entry follows, a's is left as a wrote it.
+    let a_was = entry_of("a");
+    b.become_leader("2000-b".into()).unwrap();
+    wait("b's entry for generation 2", || (accepted(&entry_of("b")) == (json!("True"), json!(2))).then_some(())).await;
+    assert_eq!(entry_of("a"), a_was, "b left a's entry alone");
+    assert!(fake.get(&groups(), "", "broken").unwrap()["status"].get("conditions").is_none(), "no shared entry");
+    // Every status write was a fenced merge patch by its installation's manager.
+    let writes: Vec<_> = fake.writes().into_iter().filter(|w| w.res == groups() && w.status).collect();
+    assert!(writes.len() >= 4, "{writes:#?}");
+    for w in &writes {
+        assert!(["isogroup/a", "isogroup/b"].contains(&w.manager.as_str()), "{w:?}");
+        assert_eq!(w.verb, "patch", "{w:?}");
+    }
+    drop(a);
+}
+
 #[tokio::test]
 async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
     let fake = bookinfo("v1").await;
@@ -1298,7 +1350,7 @@ async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
     }
     let status = wait("team-b's status", || {
         let o = fake.get(&groups(), "", "team-b")?;
-        o["status"]["lanesLeftOut"].as_array().cloned()
+        entry(&o)["lanesLeftOut"].as_array().cloned()
     })
     .await;
     assert_eq!(status, [json!("reviews.bookinfo: groups: 4 exceeds the limit of 3")]);
@@ -1318,7 +1370,7 @@ async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
     assert_eq!(store.served().readiness(), Readiness::Ready);
     wait("team-b's status cleared", || {
         let o = fake.get(&groups(), "", "team-b")?;
-        o["status"].get("lanesLeftOut").is_none().then_some(())
+        entry(&o).get("lanesLeftOut").is_none().then_some(())
     })
     .await;
 }
