@@ -455,6 +455,7 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             let mut opts = kube::source::Options::new(settle, namespace.clone());
             opts.istio = istio;
             opts.resync = resync;
+            opts.instance.clone_from(&identity);
             if let Some(id) = installation {
                 opts.installation = id;
             }

@@ -116,6 +116,7 @@ async fn kube_bench() {
         istio: None,
         installation: "isogroup-system".into(),
         resync: Duration::from_secs(60),
+        instance: "companion-bench".into(),
     };
     let started = Instant::now();
     tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts));

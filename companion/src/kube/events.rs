@@ -43,7 +43,7 @@ pub const REPORTER: &str = "isogroup.io/companion";
 const ACTION: &str = "Validate";
 const REASON: &str = "Invalid";
 /// The API server's limits: `note` at most 1 KiB, `reportingInstance` 128.
-const NOTE_MAX: usize = 1024;
+pub const NOTE_MAX: usize = 1024;
 const INSTANCE_MAX: usize = 128;
 /// Room left in a 253-byte name for the object's name before `.<hash>`.
 const NAME_PREFIX_MAX: usize = 200;
@@ -69,7 +69,7 @@ fn watched(o: &DynamicObject, installation: &str) -> Option<WatchedGroup> {
 
 /// FNV-1a, 64 bits: the same on every replica and every build, so two
 /// leaders name one occurrence alike.
-fn fnv1a(parts: &[&str]) -> u64 {
+pub fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.bytes().chain([0u8]) {
@@ -81,7 +81,7 @@ fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 /// The longest prefix of `text` within `max` bytes, on a char boundary.
-fn clip(text: &str, max: usize) -> &str {
+pub fn clip(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;

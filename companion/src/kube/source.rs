@@ -75,6 +75,8 @@ pub struct Options {
     pub installation: String,
     /// `--resync-s`: the Istio objects are compared again this often.
     pub resync: Duration,
+    /// This replica (its pod), as Events name their reporter's instance.
+    pub instance: String,
 }
 
 impl Options {
@@ -100,6 +102,7 @@ impl Options {
             namespace,
             istio: None,
             resync: Duration::from_secs(60),
+            instance: String::new(),
         }
     }
 }
@@ -172,10 +175,14 @@ fn owned(o: &DynamicObject, installation: &str) -> bool {
 
 /// What the reconciler compares of an owned object.
 fn observed(o: &DynamicObject) -> Arc<serde_json::Value> {
+    // managedFields: who made a drift (`kube::drift`).
     let metadata = serde_json::json!({
+        "namespace": o.metadata.namespace,
+        "name": o.metadata.name,
         "labels": o.metadata.labels,
         "resourceVersion": o.metadata.resource_version,
         "uid": o.metadata.uid,
+        "managedFields": o.metadata.managed_fields,
     });
     Arc::new(serde_json::json!({ "metadata": metadata, "spec": o.data.get("spec").cloned().unwrap_or_default() }))
 }
@@ -709,6 +716,11 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             resync: opts.resync,
             timing: opts.watch,
             fence: store.fence(),
+            instance: if opts.instance.is_empty() {
+                crate::kube::istio::field_manager(&opts.installation)
+            } else {
+                opts.instance.clone()
+            },
         };
         let (c, m) = (client.clone(), metrics.clone());
         tokio::spawn(crate::kube::reconcile::run(c, settings, desired_rx, conflicts, m));

@@ -75,6 +75,7 @@ fn opts(settle_ms: u64) -> Options {
         istio: None,
         installation: "isogroup-system".into(),
         resync: Duration::from_secs(2),
+        instance: "companion-test".into(),
     }
 }
 
@@ -1152,6 +1153,69 @@ async fn deleted_or_edited_owned_objects_come_back_and_a_steady_state_makes_no_w
     let dr = fake.get(&rules("v1"), "bookinfo", name).unwrap();
     let vs = fake.get(&virtualservices(), "bookinfo", name).unwrap();
     assert!(rv(&vs) < rv(&dr), "the route left before its subset");
+}
+
+/// `kubectl edit` of an owned DestinationRule (a merge patch by field
+/// manager `kubectl-edit`) that changes its subsets, which the leader sets,
+/// and adds `exportTo`, which it does not: the subsets are put back and an
+/// Event names `kubectl-edit` (from managedFields); `exportTo` is kept and
+/// reported once; then no more writes.
+#[tokio::test]
+async fn an_edit_by_another_manager_is_reverted_and_named_and_its_own_field_kept() {
+    let fake = istio_fake().await;
+    fake.install(&events());
+    reviews_with_a_lane(&fake);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    o.resync = Duration::from_millis(300);
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    let name = "isogroup-reviews";
+    wait_table(&store, "the lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    wait("the lane on record", || {
+        let shard = fake.get(&configmaps(), "isogroup-system", "isogroup-state-0")?;
+        shard["data"]["since"].as_str()?.contains("reviews.bookinfo/feature-1").then_some(())
+    })
+    .await;
+    let dr = fake.get(&rules("v1"), "bookinfo", name).unwrap();
+    let mut subsets = dr["spec"]["subsets"].clone();
+    subsets[1]["labels"]["isogroup.io/group"] = json!("someone-else");
+    let patch = json!({ "spec": { "subsets": subsets, "exportTo": ["."] } });
+    let params = kube::api::PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() };
+    let edited: Value = serde_json::to_value(
+        istio_api(&fake, "DestinationRule", "bookinfo")
+            .patch(name, &params, &kube::api::Patch::Merge(&patch))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(edited["spec"]["subsets"][1]["labels"]["isogroup.io/group"], "someone-else");
+    let reverted = wait("the subsets put back", || {
+        let o = fake.get(&rules("v1"), "bookinfo", name)?;
+        (o["spec"]["subsets"] == dr["spec"]["subsets"]).then_some(o)
+    })
+    .await;
+    assert_eq!(reverted["spec"]["exportTo"], json!(["."]), "the field the leader does not set is kept");
+    let listed = |reason: &str| -> Vec<Value> {
+        fake.list_in(&events(), "bookinfo").into_iter().filter(|e| e["reason"] == reason).collect()
+    };
+    let edit = wait("the Event naming the editor", || listed("EditReverted").into_iter().next()).await;
+    let note = edit["note"].as_str().unwrap();
+    assert!(note.contains("spec.subsets changed by kubectl-edit"), "{note}");
+    assert_eq!(edit["regarding"]["name"], name);
+    assert_eq!(edit["regarding"]["uid"], dr["metadata"]["uid"]);
+    let kept = wait("the kept field reported", || listed("FieldsKept").into_iter().next()).await;
+    let note = kept["note"].as_str().unwrap();
+    assert!(note.starts_with("spec.exportTo set by kubectl-edit: kept"), "{note}");
+    // Flat from here: passes go by with no write, no other Event.
+    let log = fake.writes().len();
+    let resyncs = metrics.kube_istio_resyncs.get();
+    wait("five passes", || (metrics.kube_istio_resyncs.get() >= resyncs + 5).then_some(())).await;
+    let after: Vec<_> = fake.writes().into_iter().skip(log).collect();
+    assert!(after.is_empty(), "writes in a steady state: {after:#?}");
+    assert_eq!((listed("EditReverted").len(), listed("FieldsKept").len()), (1, 1));
+    assert_eq!(fake.creates(&events()), 2, "each reported once");
 }
 
 #[tokio::test]
