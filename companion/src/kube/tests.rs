@@ -1197,6 +1197,11 @@ async fn an_edit_by_another_manager_is_reverted_and_named_and_its_own_field_kept
     })
     .await;
     assert_eq!(reverted["spec"]["exportTo"], json!(["."]), "the field the leader does not set is kept");
+    let versions = fake.history(&rules("v1"), "bookinfo", name);
+    let at = |o: &Value| {
+        versions.iter().position(|(_, _, v)| v["metadata"]["resourceVersion"] == o["metadata"]["resourceVersion"])
+    };
+    assert_eq!(at(&edited).unwrap() + 1, at(&reverted).unwrap(), "the next version after the edit is the revert");
     let listed = |reason: &str| -> Vec<Value> {
         fake.list_in(&events(), "bookinfo").into_iter().filter(|e| e["reason"] == reason).collect()
     };
