@@ -130,6 +130,16 @@ pub fn plan(desired: &[Vec<Value>], existing: &[Existing], in_flight: &InFlight)
         .filter_map(|e| Some(((e.kind.to_owned(), e.namespace.clone(), e.name.clone()), e.observed.as_ref()?)))
         .collect();
     let seen = |k: &Key| observed.get(k).and_then(|o| resource_version(o)).map(str::to_owned);
+    // Objects not owned, by (kind, namespace, name) and by (kind, host):
+    // the first in `existing` that shares either is the conflict.
+    let mut foreign_by_name: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
+    let mut foreign_by_host: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (i, e) in existing.iter().enumerate().filter(|(_, e)| !e.owned) {
+        foreign_by_name.entry((e.kind, &e.namespace, &e.name)).or_insert(i);
+        for h in &e.hosts {
+            foreign_by_host.entry((e.kind, h)).or_insert(i);
+        }
+    }
     let sent =
         |k: &Key, what: Option<&Value>| in_flight.get(k).is_some_and(|(rv, v)| *rv == seen(k) && v.as_ref() == what);
     let mut wanted: BTreeSet<Key> = BTreeSet::new();
@@ -146,12 +156,9 @@ pub fn plan(desired: &[Vec<Value>], existing: &[Existing], in_flight: &InFlight)
                 }
                 _ => vec![],
             };
-            let foreign = existing.iter().find(|e| {
-                !e.owned
-                    && e.kind == key.0
-                    && ((e.namespace == key.1 && e.name == key.2)
-                        || e.hosts.iter().any(|h| hosts.contains(&h.as_str())))
-            });
+            let by_name = foreign_by_name.get(&(key.0.as_str(), key.1.as_str(), key.2.as_str())).copied();
+            let by_host = hosts.iter().filter_map(|h| foreign_by_host.get(&(key.0.as_str(), *h)).copied()).min();
+            let foreign = by_name.into_iter().chain(by_host).min().map(|i| &existing[i]);
             if let Some(e) = foreign {
                 conflict = Some(format!(
                     "{} {}/{} (not owned by this installation) configures {}: isogroup leaves {}/{} alone",
@@ -269,13 +276,14 @@ pub async fn run(
             reports = Reports::default();
         }
         if let Some((desired, existing)) = current {
-            let observed_rv = |k: &Key| {
-                existing
-                    .iter()
-                    .find(|e| e.owned && (e.kind, &e.namespace, &e.name) == (k.0.as_str(), &k.1, &k.2))
-                    .and_then(|e| e.observed.as_ref())
-                    .and_then(|o| resource_version(o).map(str::to_owned))
-            };
+            // Owned objects as observed, by key (looked up per object).
+            let observed: BTreeMap<Key, &Arc<Value>> = existing
+                .iter()
+                .filter(|e| e.owned)
+                .filter_map(|e| Some(((e.kind.to_owned(), e.namespace.clone(), e.name.clone()), e.observed.as_ref()?)))
+                .collect();
+            let observed_of = |k: &Key| observed.get(k).map(|o| Arc::clone(o));
+            let observed_rv = |k: &Key| observed.get(k).and_then(|o| resource_version(o).map(str::to_owned));
             // A write is observed once its object's version moved on (then
             // what is observed decides again); one never observed is
             // forgotten after a while (the watch may have missed it).
@@ -288,12 +296,6 @@ pub async fn run(
             retry.retain(|k, _| due.contains(k));
             let mut failed = plan.conflicts.clone();
             let now = Instant::now();
-            let observed_of = |k: &Key| {
-                existing
-                    .iter()
-                    .find(|e| e.owned && (e.kind, &e.namespace, &e.name) == (k.0.as_str(), &k.1, &k.2))
-                    .and_then(|e| e.observed.clone())
-            };
             let mut events: Vec<Value> = vec![];
             for o in &plan.apply {
                 let key = key_of(o);
