@@ -336,6 +336,14 @@ struct Cluster {
     /// The Istio targets last rendered, and lanes held after they left.
     last_targets: Vec<crate::kube::istio::Target>,
     held: crate::kube::snapshot::Held,
+    /// Istio objects observed: bumped by every DestinationRule,
+    /// VirtualService or EnvoyFilter event (the reconciler's input).
+    istio_seen: u64,
+    /// What the last wanted set was made from (the observed objects'
+    /// `istio_seen`, the index's targets): the same again, with no lane
+    /// held, makes the same set (not rendered again: at 10k services it is
+    /// most of a rebuild).
+    desired_from: Option<(u64, Vec<crate::kube::istio::Target>)>,
     /// Istio conflicts the reconciler reports (readiness detail).
     conflicts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Lanes (`<service>/<group>`) left out of the table because with them
@@ -348,6 +356,9 @@ struct Cluster {
 
 impl Cluster {
     fn apply(&mut self, update: Update, metrics: &Metrics) {
+        if matches!(update, Update::Rule(_) | Update::Route(_) | Update::Filter(_)) {
+            self.istio_seen += 1;
+        }
         let (kind, error) = match update {
             Update::Pod(r) => {
                 let touched = touched(&r);
@@ -474,9 +485,18 @@ impl Cluster {
         installation: &str,
         now: u64,
         grace: u64,
-    ) -> crate::kube::reconcile::Desired {
+    ) -> Option<crate::kube::reconcile::Desired> {
+        let same = self.held.is_empty()
+            && self
+                .desired_from
+                .as_ref()
+                .is_some_and(|(seen, t)| *seen == self.istio_seen && self.index.targets().eq(t));
+        if same {
+            return None;
+        }
         let opts = crate::kube::istio::Options { mode, base, root_namespace: root, installation: Some(installation) };
         let mut targets: Vec<crate::kube::istio::Target> = self.index.targets().cloned().collect();
+        self.desired_from = Some((self.istio_seen, targets.clone()));
         let held_before = self.held.len();
         crate::kube::snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
         // Leaving lanes are on record, so their subsets outlive a failover.
@@ -523,7 +543,7 @@ impl Cluster {
             hosts: vec![],
             observed: f.observed.clone(),
         });
-        (objects, rules.chain(routes).chain(filters).collect())
+        Some((objects, rules.chain(routes).chain(filters).collect()))
     }
 
     /// The table now, whole or as its changes since the last call, or
@@ -760,6 +780,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                     // What this replica held or rendered in an earlier term
                     // is stale: the record says which lanes are leaving.
                     cluster.last_targets.clear();
+                    cluster.desired_from = None;
                     cluster.held.clear();
                 }
                 for (k, until) in crate::kube::state::held_of(&record.leaving) {
@@ -891,12 +912,13 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             write_statuses(&to, &objects, &verdicts, &cluster.left_out, &cluster.written);
             if let Some((mode, root)) = &opts.istio {
                 let grace = opts.settle.as_millis() as u64;
-                let desired = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace);
-                desired_tx.send_if_modified(|d| {
-                    let changed = d.as_ref() != Some(&desired);
-                    *d = Some(desired);
-                    changed
-                });
+                if let Some(desired) = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace) {
+                    desired_tx.send_if_modified(|d| {
+                        let changed = d.as_ref() != Some(&desired);
+                        *d = Some(desired);
+                        changed
+                    });
+                }
             }
             // A lane still settling needs its start on record at once (a
             // starting replica counts an unrecorded lane as settled); other
@@ -917,8 +939,9 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         } else {
             cluster.recorded = false;
             // Not the leader: the reconciler stops (no retry or resync of
-            // what it wanted while it led).
+            // what it wanted while it led); leading again, it is sent anew.
             desired_tx.send_if_modified(|d| d.take().is_some());
+            cluster.desired_from = None;
         }
     }
 }
