@@ -118,6 +118,15 @@ async fn kube_bench() {
     let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
     let store = Arc::new(KubeStore::new(served));
     store.become_leader("1000-aa".into()).unwrap();
+    // Renewals, as the Lease loop makes them: the leader's writes are
+    // fenced by the renew deadline of its last one.
+    let fence = store.fence();
+    tokio::spawn(async move {
+        loop {
+            fence.renewed(Instant::now());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let opts = Options {
         settle: Duration::from_millis(settle_ms),
         recheck: if settle_ms == 0 { Duration::from_secs(3600) } else { Duration::from_millis(500) },
