@@ -496,11 +496,13 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             let mut opts = kube::source::Options::new(settle, namespace.clone());
             opts.istio = istio;
             opts.resync = resync;
+            opts.instance.clone_from(&identity);
             if let Some(id) = installation {
                 opts.installation = id;
             }
             // The installation's own Lease, record, runtime data and leader label.
             let names = kube::names::Names::new(&opts.installation, &namespace);
+            let id = opts.installation.clone();
             let renew_deadline = lease * 2 / 3;
             let kube = Arc::new(
                 KubeStore::new(served)
@@ -518,7 +520,7 @@ async fn run(listen: SocketAddr, source: Source, options: Options) -> Result<(),
             tokio::spawn(kube::leader::run(client.clone(), kube.clone(), lease_cfg.clone(), metrics.clone()));
             let recheck = Duration::from_secs(5);
             let timing = kube::watch::Timing::default();
-            tokio::spawn(kube::events::run(client.clone(), kube.clone(), identity.clone(), recheck, timing));
+            tokio::spawn(kube::events::run(client.clone(), kube.clone(), id, identity.clone(), recheck, timing));
             release = Some((client, kube.clone(), lease_cfg));
             let lease_name = &names.lease;
             (kube, format!("kubernetes (lease {namespace}/{lease_name} as {identity})"))

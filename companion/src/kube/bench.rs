@@ -1,9 +1,14 @@
 //! The Kubernetes source at scale (BENCHMARKS.md): a synthetic API state of
-//! 10k services, 50k pods and 100 lanes in the fake API server; a pod
-//! turning ready → the new table, p50/p99, and the memory the companion's
-//! state adds. Ignored by default (minutes in a debug build); run with
-//! `cargo test --release -p isogroup-companion --bin isogroup-companion
-//! kube_bench -- --ignored --nocapture`.
+//! 10k services, 50k pods and 100 lanes in the fake API server, with the
+//! Istio reconciler on (`--istio target-header`: the leader makes every
+//! service's DestinationRule and VirtualService, and a lane enters the table
+//! only once its subset and route are observed); a pod turning ready → the
+//! new table, p50/p99, and the memory the companion's state adds. Ignored
+//! by default (minutes in a debug build); run with `cargo test --release
+//! -p isogroup-companion --bin isogroup-companion kube_bench -- --ignored
+//! --nocapture`. `KUBE_BENCH_SETTLE_MS` (default 0) sets the settle window
+//! and `KUBE_BENCH_EVENTS` (default 200) the number of flips;
+//! `KUBE_BENCH_SCALE=n` runs it on 1/n of the services and pods.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -66,28 +71,34 @@ async fn kube_bench() {
         .try_init();
     let (pods, services, slices) = (kinds::pods(), kinds::services(), kinds::slices());
     let rules = kinds::destination_rules("v1");
+    let settle_ms: u64 = std::env::var("KUBE_BENCH_SETTLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let events: usize = std::env::var("KUBE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(EVENTS);
+    // A smaller cluster to try the bench out (1/n of the services and pods).
+    let scale: usize = std::env::var("KUBE_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let (services_n, lane_pods) = (SERVICES / scale, LANE_PODS / scale);
     let fake = FakeApi::start(&[
         pods.clone(),
         services.clone(),
         slices.clone(),
         rules.clone(),
+        kinds::virtual_services(),
         kinds::isolation_groups(),
         kinds::configmaps(),
     ])
     .await;
     // svc-i: one base pod; lane l has a pod behind services l*100 + k*... (400 each)
-    let mut behind: Vec<Vec<(String, bool)>> = (0..SERVICES).map(|i| vec![(format!("svc-{i}-base"), true)]).collect();
-    let mut lanes_of: Vec<Vec<String>> = vec![vec!["base".to_owned()]; SERVICES];
+    let mut behind: Vec<Vec<(String, bool)>> = (0..services_n).map(|i| vec![(format!("svc-{i}-base"), true)]).collect();
+    let mut lanes_of: Vec<Vec<String>> = vec![vec!["base".to_owned()]; services_n];
     for l in 0..LANES {
-        for k in 0..LANE_PODS {
-            let i = (l * 97 + k * 25) % SERVICES;
+        for k in 0..lane_pods {
+            let i = (l * 97 + k * 25) % services_n;
             let name = format!("svc-{i}-lane-{l}-{k}");
             fake.put_quietly(&pods, pod(i, &name, &format!("lane-{l}")));
             behind[i].push((name, true));
             lanes_of[i].push(format!("lane-{l}"));
         }
     }
-    for i in 0..SERVICES {
+    for i in 0..services_n {
         fake.put_quietly(&pods, pod(i, &format!("svc-{i}-base"), "base"));
         fake.put_quietly(
             &services,
@@ -95,12 +106,11 @@ async fn kube_bench() {
             "metadata": { "name": format!("svc-{i}"), "namespace": ns(i) }, "spec": { "ports": [{ "port": 8080 }] } }),
         );
         fake.put_quietly(&slices, slice(i, &behind[i]));
+        lanes_of[i].sort();
         lanes_of[i].dedup();
-        let subsets: Vec<Value> =
-            lanes_of[i].iter().map(|g| json!({ "name": g, "labels": { "isogroup.io/group": g } })).collect();
-        fake.put_quietly(&rules, json!({ "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": { "name": format!("svc-{i}"), "namespace": ns(i) }, "spec": { "host": format!("svc-{i}"), "subsets": subsets } }));
     }
+    // The leader makes every DestinationRule and VirtualService itself.
+    let clusters_total: usize = lanes_of.iter().map(Vec::len).sum();
     let pods_total = fake_count(&fake, &pods);
     eprintln!("kube_bench: state built");
     let before = rss_kb();
@@ -108,22 +118,38 @@ async fn kube_bench() {
     let served = Served::new("base".into(), Limits::default(), metrics.clone()).unwrap();
     let store = Arc::new(KubeStore::new(served));
     store.become_leader("1000-aa".into()).unwrap();
+    // Renewals, as the Lease loop makes them: the leader's writes are
+    // fenced by the renew deadline of its last one.
+    let fence = store.fence();
+    tokio::spawn(async move {
+        loop {
+            fence.renewed(Instant::now());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let opts = Options {
-        settle: Duration::ZERO,
-        recheck: Duration::from_secs(3600),
+        settle: Duration::from_millis(settle_ms),
+        recheck: if settle_ms == 0 { Duration::from_secs(3600) } else { Duration::from_millis(500) },
         watch: Timing::default(),
         namespace: "isogroup-system".into(),
-        istio: None,
+        istio: Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into())),
         installation: "isogroup-system".into(),
         resync: Duration::from_secs(60),
+        instance: "companion-bench".into(),
     };
     let started = Instant::now();
-    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while store.served().current().raw.services.len() < SERVICES {
-        assert!(Instant::now() < deadline, "first table");
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), opts));
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let clusters = || store.served().current().raw.services.values().map(|s| s.clusters.len()).sum::<usize>();
+    while clusters() < clusters_total {
+        assert!(Instant::now() < deadline, "first table with every lane");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        eprintln!("kube_bench: {} services so far", store.served().current().raw.services.len());
+        eprintln!(
+            "kube_bench: {} services, {} of {clusters_total} clusters so far; {} Istio writes",
+            store.served().current().raw.services.len(),
+            clusters(),
+            metrics.kube_istio_writes.get()
+        );
     }
     let first = started.elapsed();
     eprintln!("kube_bench: first table after {first:?}");
@@ -131,8 +157,9 @@ async fn kube_bench() {
     // Events: a lane pod of a different service each time turns not ready
     // then ready again; each flip must show in a new table.
     let mut latencies = vec![];
-    for e in 0..EVENTS {
-        let i = (e * 37) % SERVICES;
+    let writes_before = metrics.kube_istio_writes.get();
+    for e in 0..events {
+        let i = (e * 37) % services_n;
         let Some(lane_pod) = behind[i].get(1).map(|p| p.0.clone()) else { continue };
         let group = lane_pod.split("-lane-").nth(1).map(|r| format!("lane-{}", r.split('-').next().unwrap())).unwrap();
         let key = format!("svc-{i}.{}", ns(i));
@@ -149,7 +176,10 @@ async fn kube_bench() {
                 if has == ready {
                     break;
                 }
-                assert!(sent.elapsed() < Duration::from_secs(60), "event {e} not in a table");
+                assert!(
+                    sent.elapsed() < Duration::from_secs(60) + Duration::from_millis(settle_ms),
+                    "event {e} not in a table"
+                );
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
             latencies.push(sent.elapsed());
@@ -162,10 +192,12 @@ async fn kube_bench() {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
-        "kube_bench: {SERVICES} services, {pods_total} pods, {LANES} lanes; first table after {first:?}; \
-         pod-ready event -> new table over {} events: p50 {:?}, p99 {:?}, max {:?}; \
+        "kube_bench: {services_n} services, {pods_total} pods, {LANES} lanes, --istio target-header, settle {settle_ms} ms; \
+         first table (every lane, its subset and route observed) after {first:?}; \
+         pod-ready event -> new table over {} events ({} Istio writes): p50 {:?}, p99 {:?}, max {:?}; \
          RSS {} MiB before the companion's state, {} MiB after (+{} MiB), table JSON {} KiB",
         latencies.len(),
+        metrics.kube_istio_writes.get() - writes_before,
         pct(0.50),
         pct(0.99),
         latencies.last().unwrap(),

@@ -43,7 +43,7 @@ pub const REPORTER: &str = "isogroup.io/companion";
 const ACTION: &str = "Validate";
 const REASON: &str = "Invalid";
 /// The API server's limits: `note` at most 1 KiB, `reportingInstance` 128.
-const NOTE_MAX: usize = 1024;
+pub const NOTE_MAX: usize = 1024;
 const INSTANCE_MAX: usize = 128;
 /// Room left in a 253-byte name for the object's name before `.<hash>`.
 const NAME_PREFIX_MAX: usize = 200;
@@ -57,18 +57,19 @@ pub struct WatchedGroup {
     pub status: Value,
 }
 
-fn watched(o: &DynamicObject) -> Option<WatchedGroup> {
+/// `status`: this installation's entry (`kube::groups::own_status`).
+fn watched(o: &DynamicObject, installation: &str) -> Option<WatchedGroup> {
     Some(WatchedGroup {
         name: o.name_any(),
         uid: o.metadata.uid.clone().unwrap_or_default(),
         generation: o.metadata.generation.unwrap_or(0),
-        status: o.data.get("status").cloned().unwrap_or_default(),
+        status: crate::kube::groups::own_status(&o.data, installation),
     })
 }
 
 /// FNV-1a, 64 bits: the same on every replica and every build, so two
 /// leaders name one occurrence alike.
-fn fnv1a(parts: &[&str]) -> u64 {
+pub fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.bytes().chain([0u8]) {
@@ -80,7 +81,7 @@ fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 /// The longest prefix of `text` within `max` bytes, on a char boundary.
-fn clip(text: &str, max: usize) -> &str {
+pub fn clip(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -127,8 +128,16 @@ pub fn event_for(o: &WatchedGroup, instance: &str, now_micros: &str) -> Option<V
 /// Watches `IsolationGroup` objects and, while this replica leads, writes
 /// the Events their statuses call for; every `recheck` it looks again
 /// without a change (a new leader reports what its predecessor could not).
-pub async fn run(client: Client, store: Arc<KubeStore>, instance: String, recheck: Duration, timing: Timing) {
+pub async fn run(
+    client: Client,
+    store: Arc<KubeStore>,
+    installation: String,
+    instance: String,
+    recheck: Duration,
+    timing: Timing,
+) {
     let (tx, mut rx) = mpsc::channel::<Report<WatchedGroup>>(64);
+    let watched = move |o: &DynamicObject| watched(o, &installation);
     watch::spawn_optional(client.clone(), API_GROUP, KIND, &[VERSION], watched, |r| r, tx, timing);
     let events: Api<Event> = Api::namespaced(client, NAMESPACE);
     let mut mirror: Mirror<WatchedGroup> = Mirror::default();

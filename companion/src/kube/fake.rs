@@ -313,6 +313,22 @@ impl FakeApi {
         self.state.lock().unwrap().writes.clone()
     }
 
+    /// The versions of one object from the event log, oldest first: its
+    /// resourceVersion, the event (`ADDED`, `MODIFIED`, `DELETED`) and the
+    /// object then (what a watch from the start would have shown).
+    pub fn history(&self, r: &Res, ns: &str, name: &str) -> Vec<(u64, &'static str, Value)> {
+        let s = self.state.lock().unwrap();
+        s.log
+            .iter()
+            .filter(|e| {
+                &e.res == r
+                    && e.obj["metadata"]["namespace"].as_str().unwrap_or_default() == ns
+                    && e.obj["metadata"]["name"] == name
+            })
+            .map(|e| (e.rv, e.kind, e.obj.clone()))
+            .collect()
+    }
+
     /// Holds every write to `r` `ns`/`name` (create, update, patch, apply,
     /// delete) before it is looked at, until the `Hold` is released.
     pub fn hold_writes(&self, r: &Res, ns: &str, name: &str) -> Hold {

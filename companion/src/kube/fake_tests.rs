@@ -120,15 +120,15 @@ async fn an_apply_to_status_owns_and_changes_only_status() {
         &format!("{path}/status"),
         "isogroup",
         true,
-        group(json!({ "b": "2" }), json!({ "conditions": [] })),
+        group(json!({ "b": "2" }), json!({ "installations": { "a": { "conditions": [] } } })),
     )
     .await;
     assert_eq!(code, 200, "{o}");
     assert_eq!(o["metadata"]["labels"], json!({ "a": "1" }), "labels are not written through /status");
-    assert_eq!(o["status"], json!({ "conditions": [] }));
+    assert_eq!(o["status"], json!({ "installations": { "a": { "conditions": [] } } }));
     let entry = o["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "isogroup").unwrap();
     assert_eq!(entry["subresource"], "status");
-    assert_eq!(entry["fieldsV1"], json!({ "f:status": { "f:conditions": {} } }));
+    assert_eq!(entry["fieldsV1"], json!({ "f:status": { "f:installations": { "f:a": { "f:conditions": {} } } } }));
 }
 
 #[tokio::test]

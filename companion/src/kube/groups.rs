@@ -201,14 +201,21 @@ fn condition(verdict: &Verdict) -> (&'static str, &'static str, String) {
     }
 }
 
-/// Most `status.lanesLeftOut` entries written (the CRD allows 1,000).
+/// Installation `id`'s entry of an `IsolationGroup`'s status
+/// (`status.installations.<id>`; `null` when it has none).
+pub fn own_status(data: &Value, id: &str) -> Value {
+    data.get("status").and_then(|s| s.get("installations")).and_then(|i| i.get(id)).cloned().unwrap_or_default()
+}
+
+/// Most `lanesLeftOut` entries written per installation (the CRD allows 1,000).
 pub const MAX_SHOWN_LEFT_OUT: usize = 100;
 
-/// The status `o` should carry, or `None` when it carries it already
+/// The status entry `o` should carry (this installation's, see
+/// `own_status`), or `None` when it carries it already
 /// (ignoring the transition time, so an unchanged verdict writes nothing).
 ///
 /// `left_out`: this group's lanes left out of the table (degraded, newest
-/// first), as `<service>: why`; shown as `status.lanesLeftOut`.
+/// first), as `<service>: why`; shown as `lanesLeftOut`.
 pub fn status_update(o: &GroupObject, verdict: &Verdict, left_out: &[String], now_rfc3339: &str) -> Option<Value> {
     let (status, reason, message) = condition(verdict);
     let lanes_left_out = match left_out.len() {

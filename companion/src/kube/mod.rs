@@ -4,6 +4,7 @@
 //! that route each lane reconciled by server-side apply.
 
 pub mod degrade;
+pub mod drift;
 pub mod events;
 pub mod groups;
 pub mod index;

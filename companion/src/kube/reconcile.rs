@@ -130,6 +130,16 @@ pub fn plan(desired: &[Vec<Value>], existing: &[Existing], in_flight: &InFlight)
         .filter_map(|e| Some(((e.kind.to_owned(), e.namespace.clone(), e.name.clone()), e.observed.as_ref()?)))
         .collect();
     let seen = |k: &Key| observed.get(k).and_then(|o| resource_version(o)).map(str::to_owned);
+    // Objects not owned, by (kind, namespace, name) and by (kind, host):
+    // the first in `existing` that shares either is the conflict.
+    let mut foreign_by_name: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
+    let mut foreign_by_host: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (i, e) in existing.iter().enumerate().filter(|(_, e)| !e.owned) {
+        foreign_by_name.entry((e.kind, &e.namespace, &e.name)).or_insert(i);
+        for h in &e.hosts {
+            foreign_by_host.entry((e.kind, h)).or_insert(i);
+        }
+    }
     let sent =
         |k: &Key, what: Option<&Value>| in_flight.get(k).is_some_and(|(rv, v)| *rv == seen(k) && v.as_ref() == what);
     let mut wanted: BTreeSet<Key> = BTreeSet::new();
@@ -146,12 +156,9 @@ pub fn plan(desired: &[Vec<Value>], existing: &[Existing], in_flight: &InFlight)
                 }
                 _ => vec![],
             };
-            let foreign = existing.iter().find(|e| {
-                !e.owned
-                    && e.kind == key.0
-                    && ((e.namespace == key.1 && e.name == key.2)
-                        || e.hosts.iter().any(|h| hosts.contains(&h.as_str())))
-            });
+            let by_name = foreign_by_name.get(&(key.0.as_str(), key.1.as_str(), key.2.as_str())).copied();
+            let by_host = hosts.iter().filter_map(|h| foreign_by_host.get(&(key.0.as_str(), *h)).copied()).min();
+            let foreign = by_name.into_iter().chain(by_host).min().map(|i| &existing[i]);
             if let Some(e) = foreign {
                 conflict = Some(format!(
                     "{} {}/{} (not owned by this installation) configures {}: isogroup leaves {}/{} alone",
@@ -241,6 +248,8 @@ pub struct Settings {
     /// Every write fenced: only while leading, no later than the renew
     /// deadline, creates only within it.
     pub fence: crate::kube::leader::Fence,
+    /// This replica, as its Events name it (`reportingInstance`).
+    pub instance: String,
 }
 
 /// Carries out plans until the sender goes away (`None`: nothing wanted,
@@ -258,20 +267,23 @@ pub async fn run(
     // Failed writes: their backoff, and when they may be tried again.
     let mut retry: BTreeMap<Key, (Jittered, Instant)> = BTreeMap::new();
     let mut next_resync = Instant::now() + settings.resync;
+    let mut reports = Reports::default();
     loop {
         let current = rx.borrow_and_update().clone();
         if current.is_none() {
             // Nothing wanted (not the leader): what was pending is dropped.
             (in_flight, retry) = (BTreeMap::new(), BTreeMap::new());
+            reports = Reports::default();
         }
         if let Some((desired, existing)) = current {
-            let observed_rv = |k: &Key| {
-                existing
-                    .iter()
-                    .find(|e| e.owned && (e.kind, &e.namespace, &e.name) == (k.0.as_str(), &k.1, &k.2))
-                    .and_then(|e| e.observed.as_ref())
-                    .and_then(|o| resource_version(o).map(str::to_owned))
-            };
+            // Owned objects as observed, by key (looked up per object).
+            let observed: BTreeMap<Key, &Arc<Value>> = existing
+                .iter()
+                .filter(|e| e.owned)
+                .filter_map(|e| Some(((e.kind.to_owned(), e.namespace.clone(), e.name.clone()), e.observed.as_ref()?)))
+                .collect();
+            let observed_of = |k: &Key| observed.get(k).map(|o| Arc::clone(o));
+            let observed_rv = |k: &Key| observed.get(k).and_then(|o| resource_version(o).map(str::to_owned));
             // A write is observed once its object's version moved on (then
             // what is observed decides again); one never observed is
             // forgotten after a while (the watch may have missed it).
@@ -284,6 +296,7 @@ pub async fn run(
             retry.retain(|k, _| due.contains(k));
             let mut failed = plan.conflicts.clone();
             let now = Instant::now();
+            let mut events: Vec<Value> = vec![];
             for o in &plan.apply {
                 let key = key_of(o);
                 if retry.get(&key).is_some_and(|(_, at)| *at > now) {
@@ -303,6 +316,9 @@ pub async fn run(
                         metrics.kube_istio_writes.inc();
                         retry.remove(&key);
                         in_flight.insert(key.clone(), (observed_rv(&key), Some(o.clone()), Instant::now()));
+                        if let Some(observed) = observed_of(&key) {
+                            events.extend(reverted(&key, o, &observed, &settings));
+                        }
                     }
                     Err(e) => {
                         if let kube::Error::Api(e) = &e {
@@ -347,6 +363,20 @@ pub async fn run(
                     }
                 }
             }
+            // Fields other managers set that the leader does not: kept,
+            // reported once (looked at again only when the object changed).
+            let wanted: BTreeMap<Key, &Value> = desired.iter().flatten().map(|o| (key_of(o), o)).collect();
+            reports.checked.retain(|k, _| wanted.contains_key(k));
+            for (key, o) in &wanted {
+                let Some(observed) = observed_of(key) else { continue };
+                let rv = resource_version(&observed).map(str::to_owned);
+                if reports.checked.get(key) == Some(&rv) {
+                    continue;
+                }
+                reports.checked.insert(key.clone(), rv);
+                events.extend(kept(key, o, &observed, &settings));
+            }
+            reports.write(&client, &settings, events).await;
             metrics.kube_istio_conflicts.set(failed.len() as i64);
             if let Ok(mut c) = conflicts.lock() {
                 if *c != failed {
@@ -372,6 +402,118 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Events written, and what was looked at for fields others keep.
+#[derive(Default)]
+struct Reports {
+    /// Event names created (or found created): not written again.
+    reported: BTreeSet<String>,
+    /// Event names whose create failed, and when (tried again a resync later).
+    failing: BTreeMap<String, Instant>,
+    /// The resourceVersion at which each owned object was looked at.
+    checked: BTreeMap<Key, Option<String>>,
+}
+
+/// Most Event names remembered (past it, forgotten: a repeat is `409`).
+const REPORTED_MAX: usize = 10_000;
+
+impl Reports {
+    /// Creates each Event not created yet (fenced: a create, only within
+    /// the renew deadline).
+    async fn write(&mut self, client: &Client, settings: &Settings, events: Vec<Value>) {
+        for e in events {
+            let (Some(name), Some(ns)) = (e["metadata"]["name"].as_str(), e["metadata"]["namespace"].as_str()) else {
+                continue;
+            };
+            let name = name.to_owned();
+            if self.reported.contains(&name) || self.failing.get(&name).is_some_and(|at| at.elapsed() < settings.resync)
+            {
+                continue;
+            }
+            let event: k8s_openapi::api::events::v1::Event = match serde_json::from_value(e.clone()) {
+                Ok(e) => e,
+                Err(err) => {
+                    tracing::error!(event = %name, error = %err, "istio: an Event that does not parse (a bug)");
+                    continue;
+                }
+            };
+            let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+            match settings
+                .fence
+                .write(api.create(&kube::api::PostParams::default(), &event))
+                .await
+                .map_err(fenced_error)
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(err) => {
+                    if self.failing.insert(name.clone(), Instant::now()).is_none() {
+                        tracing::warn!(event = %name, error = %err, "istio: cannot write an Event (retrying)");
+                    }
+                    continue;
+                }
+            }
+            self.failing.remove(&name);
+            if self.reported.len() >= REPORTED_MAX {
+                self.reported.clear();
+            }
+            self.reported.insert(name);
+        }
+    }
+}
+
+fn regarding<'a>(key: &'a Key, observed: &'a Value) -> crate::kube::drift::Regarding<'a> {
+    let api_version = if key.0 == "EnvoyFilter" { "networking.istio.io/v1alpha3" } else { "networking.istio.io/v1" };
+    crate::kube::drift::Regarding { api_version, kind: &key.0, observed }
+}
+
+fn now_micros() -> String {
+    k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Micros, true)
+}
+
+/// The Event for an owned object put back: the fields it puts back and the
+/// managers (from `managedFields`) that had changed them. One per edit
+/// (the observed resourceVersion).
+fn reverted(key: &Key, wanted: &Value, observed: &Value, settings: &Settings) -> Option<Value> {
+    use crate::kube::drift;
+    let paths = drift::drifted(wanted, observed);
+    if paths.is_empty() {
+        return None;
+    }
+    let managed = &observed["metadata"]["managedFields"];
+    let mut by: Vec<String> = vec![];
+    for p in &paths {
+        for m in drift::owners(managed, p, &settings.manager) {
+            if !by.contains(&m) {
+                by.push(m);
+            }
+        }
+    }
+    let who = if by.is_empty() { "another writer (no field manager owns them)".to_owned() } else { by.join(", ") };
+    let note = format!("{} changed by {who}: put back as {} sets them", drift::shown(&paths), settings.manager);
+    let meta = &observed["metadata"];
+    let occurrence =
+        [meta["uid"].as_str().unwrap_or_default(), resource_version(observed).unwrap_or_default(), "reverted"];
+    let now = now_micros();
+    Some(drift::event(&regarding(key, observed), &occurrence, true, "EditReverted", &note, &settings.instance, &now))
+}
+
+/// The Events for fields of an owned object set only by other managers:
+/// left alone, one Event per manager and set of fields.
+fn kept(key: &Key, wanted: &Value, observed: &Value, settings: &Settings) -> Vec<Value> {
+    use crate::kube::drift;
+    let uid = observed["metadata"]["uid"].as_str().unwrap_or_default();
+    let now = now_micros();
+    drift::kept(wanted, &observed["metadata"]["managedFields"], &settings.manager)
+        .into_iter()
+        .map(|(manager, paths)| {
+            let fields = drift::shown(&paths);
+            let note = format!("{fields} set by {manager}: kept ({} does not set them)", settings.manager);
+            let occurrence = [uid, manager.as_str(), fields.as_str(), "kept"];
+            drift::event(&regarding(key, observed), &occurrence, false, "FieldsKept", &note, &settings.instance, &now)
+        })
+        .collect()
 }
 
 /// A fenced write's failure as a client error (not leading, or no answer

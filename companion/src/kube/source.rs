@@ -75,6 +75,8 @@ pub struct Options {
     pub installation: String,
     /// `--resync-s`: the Istio objects are compared again this often.
     pub resync: Duration,
+    /// This replica (its pod), as Events name their reporter's instance.
+    pub instance: String,
 }
 
 impl Options {
@@ -100,6 +102,7 @@ impl Options {
             namespace,
             istio: None,
             resync: Duration::from_secs(60),
+            instance: String::new(),
         }
     }
 }
@@ -172,10 +175,14 @@ fn owned(o: &DynamicObject, installation: &str) -> bool {
 
 /// What the reconciler compares of an owned object.
 fn observed(o: &DynamicObject) -> Arc<serde_json::Value> {
+    // managedFields: who made a drift (`kube::drift`).
     let metadata = serde_json::json!({
+        "namespace": o.metadata.namespace,
+        "name": o.metadata.name,
         "labels": o.metadata.labels,
         "resourceVersion": o.metadata.resource_version,
         "uid": o.metadata.uid,
+        "managedFields": o.metadata.managed_fields,
     });
     Arc::new(serde_json::json!({ "metadata": metadata, "spec": o.data.get("spec").cloned().unwrap_or_default() }))
 }
@@ -271,12 +278,14 @@ fn check_runtime(sources: &[RawSource], rules: &[RawRule], base: &str, limits: &
     })
 }
 
-fn group(o: &DynamicObject) -> Option<GroupObject> {
+/// An `IsolationGroup`, with this installation's entry of its status
+/// (`status.installations.<id>`; others' entries are theirs).
+fn group(o: &DynamicObject, installation: &str) -> Option<GroupObject> {
     Some(GroupObject {
         name: o.name_any(),
         generation: o.metadata.generation.unwrap_or(0),
         spec: o.data.get("spec").cloned().unwrap_or_default(),
-        status: o.data.get("status").cloned().unwrap_or_default(),
+        status: groups::own_status(&o.data, installation),
     })
 }
 
@@ -327,6 +336,14 @@ struct Cluster {
     /// The Istio targets last rendered, and lanes held after they left.
     last_targets: Vec<crate::kube::istio::Target>,
     held: crate::kube::snapshot::Held,
+    /// Istio objects observed: bumped by every DestinationRule,
+    /// VirtualService or EnvoyFilter event (the reconciler's input).
+    istio_seen: u64,
+    /// What the last wanted set was made from (the observed objects'
+    /// `istio_seen`, the index's targets): the same again, with no lane
+    /// held, makes the same set (not rendered again: at 10k services it is
+    /// most of a rebuild).
+    desired_from: Option<(u64, Vec<crate::kube::istio::Target>)>,
     /// Istio conflicts the reconciler reports (readiness detail).
     conflicts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Lanes (`<service>/<group>`) left out of the table because with them
@@ -339,6 +356,9 @@ struct Cluster {
 
 impl Cluster {
     fn apply(&mut self, update: Update, metrics: &Metrics) {
+        if matches!(update, Update::Rule(_) | Update::Route(_) | Update::Filter(_)) {
+            self.istio_seen += 1;
+        }
         let (kind, error) = match update {
             Update::Pod(r) => {
                 let touched = touched(&r);
@@ -465,9 +485,18 @@ impl Cluster {
         installation: &str,
         now: u64,
         grace: u64,
-    ) -> crate::kube::reconcile::Desired {
+    ) -> Option<crate::kube::reconcile::Desired> {
+        let same = self.held.is_empty()
+            && self
+                .desired_from
+                .as_ref()
+                .is_some_and(|(seen, t)| *seen == self.istio_seen && self.index.targets().eq(t));
+        if same {
+            return None;
+        }
         let opts = crate::kube::istio::Options { mode, base, root_namespace: root, installation: Some(installation) };
         let mut targets: Vec<crate::kube::istio::Target> = self.index.targets().cloned().collect();
+        self.desired_from = Some((self.istio_seen, targets.clone()));
         let held_before = self.held.len();
         crate::kube::snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
         // Leaving lanes are on record, so their subsets outlive a failover.
@@ -514,7 +543,7 @@ impl Cluster {
             hosts: vec![],
             observed: f.observed.clone(),
         });
-        (objects, rules.chain(routes).chain(filters).collect())
+        Some((objects, rules.chain(routes).chain(filters).collect()))
     }
 
     /// The table now, whole or as its changes since the last call, or
@@ -663,6 +692,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         watch::spawn(api, watcher::Config::default(), filter, Update::Filter, tx.clone(), t);
     }
     let (group_api, kind) = (groups::API_GROUP, groups::KIND);
+    let id = opts.installation.clone();
+    let group = move |g: &DynamicObject| group(g, &id);
     watch::spawn_optional(c(), group_api, kind, GROUP_VERSIONS, group, Update::Group, tx.clone(), t);
     let names = crate::kube::names::Names::new(&opts.installation, &opts.namespace);
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace);
@@ -705,6 +736,11 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             resync: opts.resync,
             timing: opts.watch,
             fence: store.fence(),
+            instance: if opts.instance.is_empty() {
+                crate::kube::istio::field_manager(&opts.installation)
+            } else {
+                opts.instance.clone()
+            },
         };
         let (c, m) = (client.clone(), metrics.clone());
         tokio::spawn(crate::kube::reconcile::run(c, settings, desired_rx, conflicts, m));
@@ -744,6 +780,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                     // What this replica held or rendered in an earlier term
                     // is stale: the record says which lanes are leaving.
                     cluster.last_targets.clear();
+                    cluster.desired_from = None;
                     cluster.held.clear();
                 }
                 for (k, until) in crate::kube::state::held_of(&record.leaving) {
@@ -871,15 +908,17 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         }
         if store.is_leader() && trusted {
-            write_statuses(&statuses, &objects, &verdicts, &cluster.left_out, &cluster.written, &store.fence());
+            let to = StatusTarget { api: &statuses, installation: &opts.installation, fence: &store.fence() };
+            write_statuses(&to, &objects, &verdicts, &cluster.left_out, &cluster.written);
             if let Some((mode, root)) = &opts.istio {
                 let grace = opts.settle.as_millis() as u64;
-                let desired = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace);
-                desired_tx.send_if_modified(|d| {
-                    let changed = d.as_ref() != Some(&desired);
-                    *d = Some(desired);
-                    changed
-                });
+                if let Some(desired) = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace) {
+                    desired_tx.send_if_modified(|d| {
+                        let changed = d.as_ref() != Some(&desired);
+                        *d = Some(desired);
+                        changed
+                    });
+                }
             }
             // A lane still settling needs its start on record at once (a
             // starting replica counts an unrecorded lane as settled); other
@@ -900,21 +939,31 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         } else {
             cluster.recorded = false;
             // Not the leader: the reconciler stops (no retry or resync of
-            // what it wanted while it led).
+            // what it wanted while it led); leading again, it is sent anew.
             desired_tx.send_if_modified(|d| d.take().is_some());
+            cluster.desired_from = None;
         }
     }
 }
 
-/// Writes each object's status when its verdict changed (in the background:
-/// a slow API server never holds the table back).
+/// Where statuses go: this installation's entry of each `IsolationGroup`'s
+/// status, written fenced.
+struct StatusTarget<'a> {
+    api: &'a Api<DynamicObject>,
+    installation: &'a str,
+    fence: &'a crate::kube::leader::Fence,
+}
+
+/// Writes each object's status entry (`status.installations.<id>`) when it
+/// differs from the one observed (in the background: a slow API server
+/// never holds the table back). A JSON merge patch of that one key: other
+/// installations' entries are left as they are.
 fn write_statuses(
-    api: &Api<DynamicObject>,
+    to: &StatusTarget<'_>,
     objects: &[GroupObject],
     verdicts: &BTreeMap<String, Verdict>,
     left_out: &crate::kube::degrade::LeftOut,
     memo: &Written,
-    fence: &crate::kube::leader::Fence,
 ) {
     // group → its lanes left out (`<service>: why`).
     let mut lanes_out: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -947,7 +996,8 @@ fn write_statuses(
         if let Err(why) = verdict {
             tracing::warn!(group = %o.name, error = %why, "kubernetes: IsolationGroup left out of the table");
         }
-        let (api, name, memo, fence) = (api.clone(), o.name.clone(), memo.clone(), fence.clone());
+        let (api, name, memo, fence) = (to.api.clone(), o.name.clone(), memo.clone(), to.fence.clone());
+        let id = to.installation.to_owned();
         tokio::spawn(async move {
             // Fenced: only while leading, no later than the renew
             // deadline, under the resourceVersion read just before (after
@@ -956,8 +1006,15 @@ fn write_statuses(
             let write = async {
                 let current = api.get(&name).await?;
                 let rv = current.metadata.resource_version;
-                let patch = serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": status });
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await
+                let patch = serde_json::json!({
+                    "metadata": { "resourceVersion": rv },
+                    "status": { "installations": { id.as_str(): status } },
+                });
+                let params = PatchParams {
+                    field_manager: Some(crate::kube::istio::field_manager(&id)),
+                    ..PatchParams::default()
+                };
+                api.patch_status(&name, &params, &Patch::Merge(&patch)).await
             };
             if let Err(e) = fence.write(write).await {
                 tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");

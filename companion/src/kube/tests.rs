@@ -53,6 +53,11 @@ fn rule(version: &str, subsets: &[&str]) -> Value {
             "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "host": "reviews", "subsets": subsets } })
 }
 
+/// The default installation's entry of an IsolationGroup's status.
+fn entry(o: &Value) -> &Value {
+    &o["status"]["installations"]["isogroup-system"]
+}
+
 fn group(name: &str, spec: Value) -> Value {
     json!({ "apiVersion": "isogroup.io/v1alpha1", "kind": "IsolationGroup", "metadata": { "name": name }, "spec": spec })
 }
@@ -70,6 +75,7 @@ fn opts(settle_ms: u64) -> Options {
         istio: None,
         installation: "isogroup-system".into(),
         resync: Duration::from_secs(2),
+        instance: "companion-test".into(),
     }
 }
 
@@ -196,26 +202,25 @@ async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
     // the invalid one: its own status says why, and it is left out
     let status = wait("broken's status", || {
         let o = fake.get(&groups(), "", "broken")?;
-        (!o["status"].is_null()).then(|| o["status"].clone())
+        (!entry(&o).is_null()).then(|| entry(&o).clone())
     })
     .await;
     let condition = &status["conditions"][0];
     assert_eq!((condition["type"].as_str(), condition["status"].as_str()), (Some("Accepted"), Some("False")));
     assert!(condition["message"].as_str().unwrap().contains("spec.fallback: a strict group cannot have a fallback"));
     assert_eq!(status["observedGeneration"], 1);
-    let ok =
-        wait("feature-1's status", || fake.get(&groups(), "", "feature-1").filter(|o| !o["status"].is_null())).await;
-    assert_eq!(ok["status"]["conditions"][0]["status"], "True");
+    let ok = wait("feature-1's status", || fake.get(&groups(), "", "feature-1").filter(|o| !entry(o).is_null())).await;
+    assert_eq!(entry(&ok)["conditions"][0]["status"], "True");
     assert_eq!(metrics.kube_invalid_groups.get(), 1);
     // fixed: it enters, and its status follows the new generation
     fake.put(&groups(), group("broken", json!({ "mode": "strict" })));
     wait_table(&store, "fixed group", |t| t.groups.contains_key("broken")).await;
     let fixed = wait("fixed status", || {
         let o = fake.get(&groups(), "", "broken")?;
-        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+        (entry(&o)["conditions"][0]["status"] == "True").then_some(o)
     })
     .await;
-    assert_eq!(fixed["status"]["observedGeneration"], 2);
+    assert_eq!(entry(&fixed)["observedGeneration"], 2);
     // deleted: gone from the table
     fake.delete(&groups(), "", "team-s");
     wait_table(&store, "deleted group", |t| !t.groups.contains_key("team-s")).await;
@@ -913,7 +918,8 @@ fn events_listed(fake: &FakeApi) -> Vec<(String, String)> {
 /// A replica's event writer, leading from the start.
 fn event_writer(fake: &FakeApi, store: &Arc<KubeStore>, pod: &str) -> JoinHandle<()> {
     let recheck = Duration::from_millis(50);
-    tokio::spawn(crate::kube::events::run(fake.client(), store.clone(), pod.into(), recheck, opts(0).watch))
+    let id = opts(0).installation;
+    tokio::spawn(crate::kube::events::run(fake.client(), store.clone(), id, pod.into(), recheck, opts(0).watch))
 }
 
 #[tokio::test]
@@ -966,10 +972,10 @@ async fn an_invalid_isolation_group_gets_one_event_per_occurrence() {
     );
     let fixed = wait("fine accepted", || {
         let o = fake.get(&groups(), "", "fine")?;
-        (o["status"]["conditions"][0]["status"] == "True").then_some(o)
+        (entry(&o)["conditions"][0]["status"] == "True").then_some(o)
     })
     .await;
-    assert_eq!(fixed["status"]["observedGeneration"], 3);
+    assert_eq!(entry(&fixed)["observedGeneration"], 3);
     assert_eq!(events_listed(&fake).len(), 3, "a fixed object gets no Event");
     for t in a_tasks {
         t.abort();
@@ -1192,6 +1198,74 @@ async fn deleted_or_edited_owned_objects_come_back_and_a_steady_state_makes_no_w
     assert!(rv(&vs) < rv(&dr), "the route left before its subset");
 }
 
+/// `kubectl edit` of an owned DestinationRule (a merge patch by field
+/// manager `kubectl-edit`) that changes its subsets, which the leader sets,
+/// and adds `exportTo`, which it does not: the subsets are put back and an
+/// Event names `kubectl-edit` (from managedFields); `exportTo` is kept and
+/// reported once; then no more writes.
+#[tokio::test]
+async fn an_edit_by_another_manager_is_reverted_and_named_and_its_own_field_kept() {
+    let fake = istio_fake().await;
+    fake.install(&events());
+    reviews_with_a_lane(&fake);
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    let mut o = opts(0);
+    o.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    o.resync = Duration::from_millis(300);
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics.clone(), o));
+    let name = "isogroup-reviews";
+    wait_table(&store, "the lane", |t| lanes(t) == ["base", "feature-1"]).await;
+    wait("the lane on record", || {
+        let shard = fake.get(&configmaps(), "isogroup-system", "isogroup-state-0")?;
+        shard["data"]["since"].as_str()?.contains("reviews.bookinfo/feature-1").then_some(())
+    })
+    .await;
+    let dr = fake.get(&rules("v1"), "bookinfo", name).unwrap();
+    let mut subsets = dr["spec"]["subsets"].clone();
+    subsets[1]["labels"]["isogroup.io/group"] = json!("someone-else");
+    let patch = json!({ "spec": { "subsets": subsets, "exportTo": ["."] } });
+    let params = kube::api::PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() };
+    let edited: Value = serde_json::to_value(
+        istio_api(&fake, "DestinationRule", "bookinfo")
+            .patch(name, &params, &kube::api::Patch::Merge(&patch))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(edited["spec"]["subsets"][1]["labels"]["isogroup.io/group"], "someone-else");
+    let reverted = wait("the subsets put back", || {
+        let o = fake.get(&rules("v1"), "bookinfo", name)?;
+        (o["spec"]["subsets"] == dr["spec"]["subsets"]).then_some(o)
+    })
+    .await;
+    assert_eq!(reverted["spec"]["exportTo"], json!(["."]), "the field the leader does not set is kept");
+    let versions = fake.history(&rules("v1"), "bookinfo", name);
+    let at = |o: &Value| {
+        versions.iter().position(|(_, _, v)| v["metadata"]["resourceVersion"] == o["metadata"]["resourceVersion"])
+    };
+    assert_eq!(at(&edited).unwrap() + 1, at(&reverted).unwrap(), "the next version after the edit is the revert");
+    let listed = |reason: &str| -> Vec<Value> {
+        fake.list_in(&events(), "bookinfo").into_iter().filter(|e| e["reason"] == reason).collect()
+    };
+    let edit = wait("the Event naming the editor", || listed("EditReverted").into_iter().next()).await;
+    let note = edit["note"].as_str().unwrap();
+    assert!(note.contains("spec.subsets changed by kubectl-edit"), "{note}");
+    assert_eq!(edit["regarding"]["name"], name);
+    assert_eq!(edit["regarding"]["uid"], dr["metadata"]["uid"]);
+    let kept = wait("the kept field reported", || listed("FieldsKept").into_iter().next()).await;
+    let note = kept["note"].as_str().unwrap();
+    assert!(note.starts_with("spec.exportTo set by kubectl-edit: kept"), "{note}");
+    // Flat from here: passes go by with no write, no other Event.
+    let log = fake.writes().len();
+    let resyncs = metrics.kube_istio_resyncs.get();
+    wait("five passes", || (metrics.kube_istio_resyncs.get() >= resyncs + 5).then_some(())).await;
+    let after: Vec<_> = fake.writes().into_iter().skip(log).collect();
+    assert!(after.is_empty(), "writes in a steady state: {after:#?}");
+    assert_eq!((listed("EditReverted").len(), listed("FieldsKept").len()), (1, 1));
+    assert_eq!(fake.creates(&events()), 2, "each reported once");
+}
+
 #[tokio::test]
 async fn a_failed_write_is_retried_without_another_change() {
     let fake = istio_fake().await;
@@ -1312,6 +1386,53 @@ async fn two_installations_in_one_cluster_do_not_touch_each_others_objects() {
     }
 }
 
+/// Installations `a` and `b` in one cluster: each writes only its own entry
+/// of an IsolationGroup's status (`status.installations.<id>`), under its
+/// own field manager; the other's entry stays as its installation left it.
+#[tokio::test]
+async fn two_installations_each_keep_their_own_status_entry() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&groups(), group("broken", json!({ "mode": "strict", "fallback": ["base"] })));
+    let start = |id: &str| {
+        let (store, metrics) = store();
+        store.become_leader(format!("1000-{id}")).unwrap();
+        let mut o = opts(0);
+        o.installation = id.into();
+        tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, o));
+        store
+    };
+    let (a, b) = (start("a"), start("b"));
+    let entry_of = |id: &str| fake.get(&groups(), "", "broken").unwrap()["status"]["installations"][id].clone();
+    let accepted = |e: &Value| (e["conditions"][0]["status"].clone(), e["observedGeneration"].clone());
+    wait("both entries", || {
+        let both = [entry_of("a"), entry_of("b")];
+        both.iter().all(|e| accepted(e) == (json!("False"), json!(1))).then_some(())
+    })
+    .await;
+    // b no longer leads; the object is fixed: a's entry follows, b's stays.
+    b.step_down();
+    let b_was = entry_of("b");
+    let mut fixed = fake.get(&groups(), "", "broken").unwrap();
+    fixed["spec"] = json!({ "mode": "strict" });
+    fake.put(&groups(), fixed);
+    wait("a's entry for generation 2", || (accepted(&entry_of("a")) == (json!("True"), json!(2))).then_some(())).await;
+    assert_eq!(entry_of("b"), b_was, "a left b's entry alone");
+    // b leads again: its own entry follows, a's is left as a wrote it.
+    let a_was = entry_of("a");
+    b.become_leader("2000-b".into()).unwrap();
+    wait("b's entry for generation 2", || (accepted(&entry_of("b")) == (json!("True"), json!(2))).then_some(())).await;
+    assert_eq!(entry_of("a"), a_was, "b left a's entry alone");
+    assert!(fake.get(&groups(), "", "broken").unwrap()["status"].get("conditions").is_none(), "no shared entry");
+    // Every status write was a fenced merge patch by its installation's manager.
+    let writes: Vec<_> = fake.writes().into_iter().filter(|w| w.res == groups() && w.status).collect();
+    assert!(writes.len() >= 4, "{writes:#?}");
+    for w in &writes {
+        assert!(["isogroup/a", "isogroup/b"].contains(&w.manager.as_str()), "{w:?}");
+        assert_eq!(w.verb, "patch", "{w:?}");
+    }
+    drop(a);
+}
+
 #[tokio::test]
 async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
     let fake = bookinfo("v1").await;
@@ -1341,7 +1462,7 @@ async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
     }
     let status = wait("team-b's status", || {
         let o = fake.get(&groups(), "", "team-b")?;
-        o["status"]["lanesLeftOut"].as_array().cloned()
+        entry(&o)["lanesLeftOut"].as_array().cloned()
     })
     .await;
     assert_eq!(status, [json!("reviews.bookinfo: groups: 4 exceeds the limit of 3")]);
@@ -1361,7 +1482,7 @@ async fn over_max_groups_the_newest_lane_is_left_out_and_reported() {
     assert_eq!(store.served().readiness(), Readiness::Ready);
     wait("team-b's status cleared", || {
         let o = fake.get(&groups(), "", "team-b")?;
-        o["status"].get("lanesLeftOut").is_none().then_some(())
+        entry(&o).get("lanesLeftOut").is_none().then_some(())
     })
     .await;
 }
