@@ -14,150 +14,18 @@ mod common;
 #[path = "../src/kube/fake.rs"]
 mod kube_fake;
 
-use std::process::{Child, Command, Stdio};
+#[path = "common/kube.rs"]
+mod kube_common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube_fake::kinds::{
-    configmaps, destination_rules, events, isolation_groups, leases, pods, services, slices, virtual_services,
-};
-use kube_fake::{endpoint_slice, FakeApi, Write};
+use kube_common::{cluster, lane, pod, routes, subsets, wait, Replica, LANE};
+use kube_fake::kinds::{configmaps, destination_rules, events, leases, pods};
+use kube_fake::{FakeApi, Write};
 use serde_json::{json, Value};
 
 const NS: &str = "isogroup-system";
-const LANE: &str = "feature-1";
-
-fn pod(name: &str, namespace: &str, labels: Value) -> Value {
-    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": namespace, "labels": labels } })
-}
-
-/// reviews in bookinfo with a base pod, and the companions' pods.
-async fn cluster(companions: &[(&str, &str)]) -> FakeApi {
-    let fake = FakeApi::start(&[
-        pods(),
-        services(),
-        slices(),
-        destination_rules("v1"),
-        virtual_services(),
-        isolation_groups(),
-        leases(),
-        configmaps(),
-        events(),
-    ])
-    .await;
-    fake.put_quietly(
-        &services(),
-        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" },
-                "spec": { "ports": [{ "port": 9080 }] } }),
-    );
-    fake.put_quietly(&pods(), pod("reviews-base-0", "bookinfo", json!({ "isogroup.io/group": "base" })));
-    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
-    for (name, ns) in companions {
-        fake.put_quietly(&pods(), pod(name, ns, json!({ "app": "isogroup-companion" })));
-    }
-    fake
-}
-
-/// The lane's pod, ready (or gone: `false`).
-fn lane(fake: &FakeApi, on: bool) {
-    if on {
-        fake.put(&pods(), pod("reviews-f1-0", "bookinfo", json!({ "isogroup.io/group": LANE })));
-        fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true), ("reviews-f1-0", true)]));
-    } else {
-        fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
-    }
-}
-
-/// One companion process: its pod, its port, its own address at the fake.
-struct Replica {
-    child: Child,
-    pod: &'static str,
-    port: u16,
-    endpoint: String,
-    dir: std::path::PathBuf,
-}
-
-impl Replica {
-    async fn start(fake: &FakeApi, pod: &'static str, namespace: &str, args: &[&str]) -> Replica {
-        let endpoint = fake.add_endpoint().await;
-        let dir = common::test_dir(&format!("fence-{pod}"));
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, fake.kubeconfig(namespace).replace(&fake.url, &endpoint)).unwrap();
-        let port = common::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--kubernetes", "--pod-name", pod])
-            .args(["--namespace", namespace, "--lease-ms", "2000", "--resync-s", "2", "--min-publish-ms", "0"])
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", std::env::var("ISOGROUP_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .env_remove("ISOGROUP_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("ISOGROUP_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .unwrap();
-        Replica { child, pod, port, endpoint, dir }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill {signal} {}", self.pod);
-    }
-
-    /// Its table (None: not serving, e.g. a standby).
-    async fn table(&self) -> Option<Value> {
-        let url = format!("http://127.0.0.1:{}/v1/table", self.port);
-        let resp = reqwest::get(url).await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
-    }
-
-    /// Its table's lanes for reviews (None: not serving).
-    async fn lanes(&self) -> Option<Vec<String>> {
-        let table = self.table().await?;
-        let clusters = table["services"]["reviews.bookinfo"]["clusters"].as_object().cloned().unwrap_or_default();
-        Some(clusters.keys().cloned().collect())
-    }
-
-    /// Waits until every watch has listed (`/readyz` answers 200).
-    async fn listed(&self) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
-        wait(&format!("{} listed", self.pod), Duration::from_secs(20), async || {
-            (reqwest::get(&url).await.ok()?.status().as_u16() == 200).then_some(())
-        })
-        .await;
-    }
-
-    async fn serving(&self) -> bool {
-        self.table().await.is_some()
-    }
-
-    /// Its writes in the log.
-    fn writes<'a>(&self, log: &'a [Write]) -> impl Iterator<Item = (usize, &'a Write)> + 'a {
-        let endpoint = self.endpoint.clone();
-        log.iter().enumerate().filter(move |(_, w)| w.endpoint == endpoint)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn wait<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 fn holder(fake: &FakeApi, ns: &str, lease: &str) -> Option<String> {
     fake.get(&leases(), ns, lease)?["spec"]["holderIdentity"].as_str().map(str::to_owned)
@@ -174,24 +42,6 @@ fn shard(fake: &FakeApi, ns: &str, name: &str) -> Option<Value> {
 /// `data.<key>` of a shard, parsed.
 fn shard_map(fake: &FakeApi, name: &str, key: &str) -> Option<Value> {
     serde_json::from_str(shard(fake, NS, name)?["data"][key].as_str()?).ok()
-}
-
-fn subsets(fake: &FakeApi) -> Vec<String> {
-    let Some(dr) = fake.get(&destination_rules("v1"), "bookinfo", "isogroup-reviews") else { return vec![] };
-    dr["spec"]["subsets"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
-}
-
-fn routes(fake: &FakeApi) -> Vec<String> {
-    let Some(vs) = fake.get(&virtual_services(), "bookinfo", "isogroup-reviews") else { return vec![] };
-    let http = vs["spec"]["http"].as_array().cloned().unwrap_or_default();
-    let mut subsets: Vec<String> = http
-        .iter()
-        .flat_map(|h| h["route"].as_array().cloned().unwrap_or_default())
-        .filter_map(|r| r["destination"]["subset"].as_str().map(str::to_owned))
-        .collect();
-    subsets.sort();
-    subsets.dedup();
-    subsets
 }
 
 const ISTIO: &[&str] = &["--istio", "target-header"];

@@ -19,20 +19,19 @@ mod common;
 #[path = "../src/kube/fake.rs"]
 mod kube_fake;
 
+#[path = "common/kube.rs"]
+mod kube_common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube_fake::kinds::{
-    configmaps, destination_rules, envoy_filters, events, isolation_groups, leases, pods, services, slices,
-    virtual_services,
-};
-use kube_fake::{endpoint_slice, FakeApi, Write};
+use kube_common::{dr, lane, routes_of, subsets_of, vs, wait, Replica, LANE, NAME};
+use kube_fake::kinds::{configmaps, destination_rules, envoy_filters, events, leases, virtual_services};
+use kube_fake::FakeApi;
 use serde_json::{json, Value};
 
 const NS: &str = "isogroup-system";
-const LANE: &str = "feature-1";
-const NAME: &str = "isogroup-reviews";
 /// What the issue asks of a deleted or edited object: back within this.
 const BACK_WITHIN: Duration = Duration::from_secs(5);
 
@@ -79,148 +78,12 @@ impl Kubectl {
     }
 }
 
-fn pod(name: &str, namespace: &str, labels: Value) -> Value {
-    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": namespace, "labels": labels } })
-}
-
-/// reviews in bookinfo with a base pod, and the companion's pod.
+/// reviews in bookinfo with a base pod, the companion's pod, and the
+/// EnvoyFilter kind (for `--istio cluster-header`).
 async fn cluster() -> FakeApi {
-    let fake = FakeApi::start(&[
-        pods(),
-        services(),
-        slices(),
-        destination_rules("v1"),
-        virtual_services(),
-        envoy_filters(),
-        isolation_groups(),
-        leases(),
-        configmaps(),
-        events(),
-    ])
-    .await;
-    fake.put_quietly(
-        &services(),
-        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "reviews", "namespace": "bookinfo" },
-                "spec": { "ports": [{ "port": 9080 }] } }),
-    );
-    fake.put_quietly(&pods(), pod("reviews-base-0", "bookinfo", json!({ "isogroup.io/group": "base" })));
-    fake.put_quietly(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
-    fake.put_quietly(&pods(), pod("companion-a", NS, json!({ "app": "isogroup-companion" })));
+    let fake = kube_common::cluster(&[("companion-a", NS)]).await;
+    fake.install(&envoy_filters());
     fake
-}
-
-/// The lane's pod, ready (or gone: `false`).
-fn lane(fake: &FakeApi, on: bool) {
-    if on {
-        fake.put(&pods(), pod("reviews-f1-0", "bookinfo", json!({ "isogroup.io/group": LANE })));
-        fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true), ("reviews-f1-0", true)]));
-    } else {
-        fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
-    }
-}
-
-struct Companion {
-    child: Child,
-    port: u16,
-    endpoint: String,
-    dir: PathBuf,
-}
-
-impl Companion {
-    async fn start(fake: &FakeApi, name: &str, args: &[&str]) -> Companion {
-        let endpoint = fake.add_endpoint().await;
-        let dir = common::test_dir(&format!("kubectl-{name}"));
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, fake.kubeconfig(NS).replace(&fake.url, &endpoint)).unwrap();
-        let port = common::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_isogroup-companion"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--kubernetes", "--pod-name", "companion-a"])
-            .args(["--namespace", NS, "--lease-ms", "2000", "--resync-s", "2", "--min-publish-ms", "0"])
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", std::env::var("ISOGROUP_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .env_remove("ISOGROUP_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("ISOGROUP_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .unwrap();
-        Companion { child, port, endpoint, dir }
-    }
-
-    /// Its table's clusters for reviews (None: not serving).
-    async fn lanes(&self) -> Option<Vec<String>> {
-        let url = format!("http://127.0.0.1:{}/v1/table", self.port);
-        let resp = reqwest::get(url).await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        let table: Value = resp.json().await.ok()?;
-        let clusters = table["services"]["reviews.bookinfo"]["clusters"].as_object().cloned().unwrap_or_default();
-        Some(clusters.keys().cloned().collect())
-    }
-
-    async fn routes_lane(&self) -> bool {
-        self.lanes().await.is_some_and(|l| l.contains(&LANE.to_owned()))
-    }
-
-    /// A counter from `/metrics` (`isogroup_companion_<name>`).
-    async fn counter(&self, name: &str) -> Option<u64> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-        let prefix = format!("isogroup_companion_{name}");
-        let line = text.lines().find(|l| l.starts_with(&prefix) && !l.starts_with('#'))?;
-        line.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as u64)
-    }
-
-    /// Its writes in the log other than Lease renewals.
-    fn writes<'a>(&self, log: &'a [Write]) -> Vec<&'a Write> {
-        log.iter().filter(|w| w.endpoint == self.endpoint && w.res != leases()).collect()
-    }
-}
-
-impl Drop for Companion {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn wait<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn subsets_of(o: &Value) -> Vec<String> {
-    let all = o["spec"]["subsets"].as_array().cloned().unwrap_or_default();
-    all.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect()
-}
-
-fn routes_of(o: &Value) -> Vec<String> {
-    let http = o["spec"]["http"].as_array().cloned().unwrap_or_default();
-    let mut subsets: Vec<String> = http
-        .iter()
-        .flat_map(|h| h["route"].as_array().cloned().unwrap_or_default())
-        .filter_map(|r| r["destination"]["subset"].as_str().map(str::to_owned))
-        .collect();
-    subsets.sort();
-    subsets.dedup();
-    subsets
-}
-
-fn dr(fake: &FakeApi) -> Option<Value> {
-    fake.get(&destination_rules("v1"), "bookinfo", NAME)
-}
-
-fn vs(fake: &FakeApi) -> Option<Value> {
-    fake.get(&virtual_services(), "bookinfo", NAME)
 }
 
 fn our_filter(fake: &FakeApi) -> Option<Value> {
@@ -230,7 +93,7 @@ fn our_filter(fake: &FakeApi) -> Option<Value> {
 
 /// Waits until the companion leads and routes the lane with its objects
 /// in place, and the lane is on its settle record (nothing left to write).
-async fn routing(fake: &FakeApi, c: &Companion) {
+async fn routing(fake: &FakeApi, c: &Replica) {
     wait("the lane routed", Duration::from_secs(30), async || c.routes_lane().await.then_some(())).await;
     wait("the lane on record", Duration::from_secs(10), async || {
         let shard = fake.get(&configmaps(), NS, "isogroup-state-0")?;
@@ -258,7 +121,7 @@ async fn deleted_and_back(k: &Kubectl, args: &[&str], get: impl Fn() -> Option<V
 }
 
 /// Waits until `passes` more resyncs have gone by (and at least `min`).
-async fn resyncs(c: &Companion, passes: u64, min: Duration) -> u64 {
+async fn resyncs(c: &Replica, passes: u64, min: Duration) -> u64 {
     let from = c.counter("kube_istio_resyncs").await.unwrap();
     let started = Instant::now();
     wait("resyncs", min + Duration::from_secs(2 * passes + 10), async || {
@@ -273,7 +136,7 @@ async fn kubectl_delete_and_edit_of_owned_objects_are_undone_and_reported() {
     let fake = cluster().await;
     let dir = common::test_dir("kubectl-delete-edit");
     let k = Kubectl::new(&fake, &dir);
-    let c = Companion::start(&fake, "target", &["--istio", "target-header", "--settle-ms", "300"]).await;
+    let c = Replica::start(&fake, "companion-a", NS, &["--istio", "target-header", "--settle-ms", "300"]).await;
     lane(&fake, true);
     routing(&fake, &c).await;
     let wanted = dr(&fake).unwrap();
@@ -335,7 +198,7 @@ async fn kubectl_delete_and_edit_of_owned_objects_are_undone_and_reported() {
     let log = fake.writes().len();
     let passes = resyncs(&c, 2, Duration::ZERO).await;
     let after = fake.writes();
-    let later = c.writes(&after[log..]);
+    let later = c.writes_but_renewals(&after[log..]);
     assert!(later.is_empty(), "writes after the edit was put back ({passes} resyncs): {later:#?}");
     assert_eq!((listed("EditReverted").len(), listed("FieldsKept").len()), (1, 1), "each reported once");
     let _ = std::fs::remove_dir_all(&dir);
@@ -346,7 +209,7 @@ async fn kubectl_delete_of_an_owned_envoy_filter_is_undone() {
     let fake = cluster().await;
     let dir = common::test_dir("kubectl-envoyfilter");
     let k = Kubectl::new(&fake, &dir);
-    let c = Companion::start(&fake, "cluster", &["--istio", "cluster-header", "--settle-ms", "300"]).await;
+    let c = Replica::start(&fake, "companion-a", NS, &["--istio", "cluster-header", "--settle-ms", "300"]).await;
     lane(&fake, true);
     routing(&fake, &c).await;
     let name = our_filter(&fake).unwrap()["metadata"]["name"].as_str().unwrap().to_owned();
@@ -370,7 +233,8 @@ async fn a_lane_comes_in_order_a_steady_state_writes_nothing_and_it_leaves_in_re
     const SETTLE_MS: u64 = 3000;
     let fake = cluster().await;
     let c =
-        Companion::start(&fake, "order", &["--istio", "target-header", "--settle-ms", &SETTLE_MS.to_string()]).await;
+        Replica::start(&fake, "companion-a", NS, &["--istio", "target-header", "--settle-ms", &SETTLE_MS.to_string()])
+            .await;
     wait("base routed", Duration::from_secs(30), async || {
         (c.lanes().await? == ["base"] && routes_of(&vs(&fake)?) == ["base"]).then_some(())
     })
@@ -404,7 +268,7 @@ async fn a_lane_comes_in_order_a_steady_state_writes_nothing_and_it_leaves_in_re
     let started = Instant::now();
     let passes = resyncs(&c, 5, Duration::from_secs(20)).await;
     let after = fake.writes();
-    let writes = c.writes(&after[log..]);
+    let writes = c.writes_but_renewals(&after[log..]);
     let renewals = after[log..].iter().filter(|w| w.res == leases()).count();
     eprintln!(
         "steady state: {:?}, {passes} resyncs, {} writes (and {renewals} Lease renewals)",

@@ -1,5 +1,7 @@
 //! Shared test harness: the companion as a process, free ports, waiting for
 //! a condition with a deadline, and (in `etcd`) a real etcd cluster.
+//! `kube.rs` (the companion over the fake API server) is not a module
+//! here: the tests that include the fake as `kube_fake` include it by path.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // each test binary uses part
 
