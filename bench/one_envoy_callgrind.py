@@ -18,6 +18,11 @@ the upstream Envoy run outside valgrind. Admin reads (every request reached
 svc-f1) happen outside the zero..dump window. Each round ends with an idle
 window (no requests, as long as an arm's): the worker's own timers per second,
 removed from each arm's count in proportion to its window's length.
+
+The `prop-*` arms (bench/propagation_arms.py, named in --arms) measure
+propagation reports on against off in a sidecar-like setup; their traces go
+once through each inbound side before the first round, and the report ends
+with on − off per side and the filter's counters against what was sampled.
 """
 
 import argparse
