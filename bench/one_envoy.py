@@ -113,7 +113,7 @@ def per_write(cpu, paired):
 
 
 def combined_config(arm_list):
-    """One bootstrap: each arm's listener on its own port, its wasm VM its own."""
+    """One bootstrap: each arm's listener on its own port, its wasm VM its own (but a "sidecar-" one)."""
     merged = None
     for i, (name, config, _) in enumerate(arm_list):
         doc = yaml.safe_load(config)
@@ -122,7 +122,8 @@ def combined_config(arm_list):
         listener["address"]["socket_address"]["port_value"] = FIRST_PORT + i
         for f in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
             vm = f.get("typed_config", {}).get("config", {}).get("vm_config")
-            if vm is not None:
+            # A "sidecar-" VM is shared by name by two listeners (a sidecar's two sides, bench/propagation_arms.py).
+            if vm is not None and not vm["vm_id"].startswith("sidecar-"):
                 vm["vm_id"] = name
                 f["typed_config"]["config"]["root_id"] = name
         if merged is None:

@@ -18,6 +18,11 @@ the upstream Envoy run outside valgrind. Admin reads (every request reached
 svc-f1) happen outside the zero..dump window. Each round ends with an idle
 window (no requests, as long as an arm's): the worker's own timers per second,
 removed from each arm's count in proportion to its window's length.
+
+The `prop-*` arms (bench/propagation_arms.py, named in --arms) measure
+propagation reports on against off in a sidecar-like setup; their traces go
+once through each inbound side before the first round, and the report ends
+with on − off per side and the filter's counters against what was sampled.
 """
 
 import argparse
@@ -33,6 +38,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import load  # noqa: E402  (paths, the upstream Envoy, admin helpers)
 import one_envoy  # noqa: E402  (the arms and the combined config)
+import propagation_arms  # noqa: E402  (what propagation reports cost: sidecar-like arms)
 
 DEFAULT_ARMS = "floor,lua,noop-wasm,isogroup-lean,native-default,native-lean"
 ADMIN = 19901  # the combined config keeps the first arm's admin address
@@ -41,16 +47,20 @@ GOALS = (("native lean ÷ Lua (goal ≤ 0.5)", "native-lean"), ("native default 
 
 
 class KeepAlive:
-    """One HTTP/1.1 keep-alive connection; every response must be a 200."""
+    """One HTTP/1.1 keep-alive connection; every response must be a 200.
+    `headers`: one header set, or a list of them sent in turn (cycled)."""
 
     def __init__(self, port, headers):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
         self.file = self.sock.makefile("rb")
-        self.request = ("GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+        self.requests = [("GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode()
+                         for h in (headers if isinstance(headers, list) else [headers])]
+        self.sent = 0
 
     def send(self, n):
         for _ in range(n):
-            self.sock.sendall(self.request)
+            self.sock.sendall(self.requests[self.sent % len(self.requests)])
+            self.sent += 1
             status = self.file.readline()
             if b" 200 " not in status:
                 raise SystemExit(f"request answered {status!r}, not 200")
@@ -135,7 +145,7 @@ def main():
     out_dir = load.OUT / "callgrind"
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = ["floor"] + [a for a in args.arms.split(",") if a != "floor"]
-    known = {a[0]: a for a in one_envoy.arms() + one_envoy.optional_arms()}
+    known = {a[0]: a for a in one_envoy.arms() + one_envoy.optional_arms() + propagation_arms.arms()}
     if unknown := [a for a in wanted if a not in known]:
         raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(known)}")
     arm_list = [known[a] for a in wanted]
@@ -155,6 +165,10 @@ def main():
     envoy = Callgrind(config, out_dir, args.startup_timeout)
     try:
         envoy.control("-i", "on")
+        for name, headers in propagation_arms.prime(wanted):
+            conn = KeepAlive(port[name], headers)
+            conn.send(len(conn.requests))
+            conn.close()
         for rnd in range(args.rounds):
             order = arm_list[rnd % len(arm_list):] + arm_list[:rnd % len(arm_list)]
             for name, _, headers in order:
@@ -188,6 +202,8 @@ def main():
             seconds = time.monotonic() - t0
             idle_worker.append(counts.get(worker, 0) / seconds)
             idle_all.append(sum(counts.values()) / seconds)
+        # After the last idle window, every tick has classified what it held.
+        reports_check = propagation_check(wanted, args)
     finally:
         envoy.stop()
         upstream.stop()
@@ -198,6 +214,10 @@ def main():
     net_ir = {name: [ir - idle["worker"] * seconds / args.requests for ir, seconds in zip(v, windows[name])]
               for name, v in worker_ir.items()}
     text = report(net_ir, worker_ir, all_ir, idle, statistics.median(window_s), args, load_before, load_after)
+    if summary := propagation_summary(net_ir):
+        text += "\n\n" + summary
+    if reports_check:
+        text += "\n" + reports_check
     (out_dir / "report.md").write_text(text + "\n")
     (out_dir / "raw.json").write_text(json.dumps({
         "args": vars(args), "worker_net_instructions_per_request": net_ir,
@@ -206,6 +226,42 @@ def main():
         "idle_instructions_per_s": {"worker": idle_worker, "all": idle_all},
         "loadavg": [load_before, load_after]}, indent=1))
     print(text)
+
+
+def propagation_check(arms, args):
+    """With propagation arms: the filter's counters against what was sent (reports on count 1 in
+    `sample` of the traces sent to the outbound side; nothing else counts), so a run whose reports
+    did not run is seen as such."""
+    # Each connection starts at the first trace id, a sampled one: 1 in `sample` rounded up.
+    per_connection = -(-(args.warmup + args.requests) // propagation_arms.SAMPLE)
+    sent = lambda arm, per=per_connection: args.rounds * per if arm in arms else 0
+    expected = {"kept": sent("prop-on-out") + sent("prop-on-out-allsampled", args.warmup + args.requests),
+                "healed": sent("prop-on-out-nogroup")}
+    if not any(expected.values()):
+        return ""
+    text = load.http_get(f"http://127.0.0.1:{ADMIN}/stats?filter=isogroup_propagation_")[2]
+    counted = {line.split(":")[0].split("isogroup_propagation_")[1].removesuffix("_total"): int(line.split(":")[-1])
+               for line in text.splitlines() if ":" in line}
+    return ("Propagation counters at the end (Envoy's stats, every VM): "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(counted.items()))
+            + "; sampled requests sent: " + ", ".join(f"{k} {v:,}" for k, v in expected.items()) + ".")
+
+
+def propagation_summary(ir):
+    """Reports on minus off, paired per round (the same side, the same requests), and what one
+    sampled request costs on the outbound side (every one sampled minus none, same VM)."""
+    med = statistics.median
+    paired = lambda a, b: [x - y for x, y in zip(ir[a], ir[b])]
+    span = lambda v: f"{med(v):+,.0f} ({min(v):+,.0f}–{max(v):+,.0f})"
+    pairs = (("inbound, request with its lane", "prop-on-in", "prop-off-in"),
+             ("outbound, request with its lane, 1 in 8 sampled", "prop-on-out", "prop-off-out"),
+             ("outbound, request without a group (healed)", "prop-on-out-nogroup", "prop-off-out-nogroup"),
+             ("outbound, request with its lane, none sampled", "prop-on-out-unsampled", "prop-off-out"),
+             ("outbound, request with its lane, every one sampled", "prop-on-out-allsampled", "prop-off-out"),
+             ("one sampled request with its lane, outbound (every one − none, reports on)",
+              "prop-on-out-allsampled", "prop-on-out-unsampled"))
+    rows = [f"- {label}: {span(paired(a, b))} instructions/request" for label, a, b in pairs if a in ir and b in ir]
+    return ("Propagation reports on − off, worker thread, paired per round, median (min–max):\n" + "\n".join(rows)) if rows else ""
 
 
 def over_floor(ir):
