@@ -18,7 +18,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,9 +102,11 @@ async fn joins_and_lane_cookies_while_the_table_churns(build: Build) {
     for _ in 0..CLIENTS {
         let (next_round, has_table, changes) = (next_round.clone(), has_table.clone(), changes.clone());
         clients.push(tokio::spawn(async move {
-            // A new connection per request, so both workers serve; no redirect followed.
+            // A new connection per request, so both workers serve; no redirect
+            // followed. No local address: a bind before connect cannot reuse a
+            // loopback port in TIME_WAIT (connect's own choice can, with
+            // tcp_tw_reuse), and thousands of rounds ran the range out.
             let client = reqwest::Client::builder()
-                .local_address("127.0.0.1".parse::<IpAddr>().ok())
                 .pool_max_idle_per_host(0)
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(10))
