@@ -562,6 +562,21 @@ async fn deciding_arm_refuses_what_needs_the_filter_naming_the_field() {
     assert!(err.contains(r#"specifier_config: unknown field "cluster""#), "{err}");
 }
 
+/// The deciding arm in edge mode: `select` reads the peer's address for a
+/// source rule, ignores an untrusted peer's group header, and (a
+/// documented difference) does not strip it from what is forwarded.
+#[tokio::test]
+async fn deciding_arm_reads_the_peer_for_edge_rules_and_leaves_untrusted_group_headers_in_place() {
+    let plugin = r#"{"edge": {"trusted_cidrs": ["127.0.0.2/32"], "rules": [{"source_cidrs": ["127.0.0.1/32"], "group": "feature-1"}]}, "table": {"inline": {"version": 1, "groups": {"feature-1": {"fallback": []}, "team-s": {"mode": "strict"}}, "services": {"a": {"hosts": ["a"], "clusters": {"base": "a-base", "feature-1": "a-feature-1", "team-s": "a-team-s"}}, "b": {"hosts": ["b"], "clusters": {"base": "b-base", "feature-1": "b-feature-1"}}, "c": {"hosts": ["c"], "clusters": {"base": "c-base"}}}}}}"#;
+    let mesh = Mesh::start_with(decide_with_plugin(plugin)).await;
+    let (status, _, _, _, hops) = answer(&mesh, "b", &[]).await;
+    assert_eq!((status, hops.as_str()), (200, "b@feature-1 > c@base"), "the source rule, from the peer's address");
+    let body: Value =
+        mesh.request(&http(), "a").header("x-isogroup", "team-s").send().await.unwrap().json().await.unwrap();
+    assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base", "an untrusted peer's group is ignored");
+    assert_eq!(body["headers"]["x-isogroup"], "team-s", "and forwarded as sent: {body}");
+}
+
 /// A panic in the deciding `select` (the `test-panic` build, on a request
 /// header): no cluster, Envoy's 503, nothing forwarded, Envoy keeps serving.
 #[tokio::test]
