@@ -63,6 +63,7 @@ impl SpecifierConfig {
         }
         let value: serde_json::Value =
             serde_json::from_slice(config).map_err(|e| format!("specifier_config: not valid JSON: {e}"))?;
+        // Starts with `{`: an object or not JSON at all.
         let Some(object) = value.as_object() else {
             return Err("specifier_config: expected a JSON object".into());
         };
@@ -119,7 +120,7 @@ impl Decider {
             return refuse("propagation", "reports need the filter");
         }
         if settings.assist.is_some() {
-            return refuse("assist", "the assist writes request headers");
+            return refuse("propagation_assist", "the assist writes request headers");
         }
         if settings.edge.as_ref().is_some_and(|e| e.join_path.is_some()) {
             return refuse("edge.join_path", "a join is answered with a local reply");
@@ -217,3 +218,6 @@ fn select_deciding(config: &SpecifierConfig, decider: &Decider, request: &Select
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
