@@ -468,6 +468,8 @@ async fn deciding_arm_the_cluster_specifier_alone_routes_falls_back_and_fails_st
     assert_eq!((status, hops.as_str()), (503, ""), "a strict group without a cluster on b");
     assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, before, "nothing forwarded");
     assert_eq!(mesh.envoy.stat("cluster.b-base.upstream_rq_total").await, 2, "the two base chains only, not team-s");
+    // No request counters: they are the filter's.
+    assert!(mesh.envoy.stats("isogroup.").await.is_empty(), "no isogroup stats without the filter");
 
     // No header is written or removed: a client-sent routing header reaches
     // the service (it does not pick the cluster), no baggage is injected.
@@ -575,6 +577,20 @@ async fn deciding_arm_reads_the_peer_for_edge_rules_and_leaves_untrusted_group_h
         mesh.request(&http(), "a").header("x-isogroup", "team-s").send().await.unwrap().json().await.unwrap();
     assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base", "an untrusted peer's group is ignored");
     assert_eq!(body["headers"]["x-isogroup"], "team-s", "and forwarded as sent: {body}");
+}
+
+/// The fail-fast status is the plugin's `failfast_status`, set as the
+/// route's cluster-not-found status.
+#[tokio::test]
+async fn deciding_arm_a_fail_fast_answers_with_the_plugins_failfast_status() {
+    let plugin = r#"{"failfast_status": 429, "table": {"inline": {"version": 1, "groups": {"feature-1": {"fallback": []}}, "services": {"c": {"hosts": ["c"], "clusters": {"base": "c-base"}}}}}}"#;
+    let mesh = Mesh::start_with(decide_with_plugin(plugin)).await;
+    let (status, _, failfast, _, _) =
+        answer(&mesh, "c", &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "*")]).await;
+    assert_eq!((status, failfast.len()), (429, 0));
+    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0, "nothing forwarded");
+    let (status, _, _, _, hops) = answer(&mesh, "c", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "c@base"), "not strict: the fallback to base");
 }
 
 /// A panic in the deciding `select` (the `test-panic` build, on a request

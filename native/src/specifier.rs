@@ -13,7 +13,8 @@
 //!   peer's address in edge mode) with core's scan and decide over the
 //!   plugin configuration's table; no HTTP filter, no metadata, no refresh.
 //!   What it cannot do from `select` (local replies, header writes, response
-//!   annotations) is refused at configuration or listed in docs/native.md.
+//!   annotations) is refused at configuration or listed in docs/native.md;
+//!   a fail-fast is Envoy's cluster-not-found answer with the plugin's status.
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, Weak};
@@ -205,16 +206,19 @@ fn select_deciding(config: &SpecifierConfig, decider: &Decider, request: &Select
     match decider.decide(request, &config.default_cluster) {
         Ok(()) => true,
         Err(status) => {
-            // No local reply from `select`: no cluster, and Envoy answers
-            // with the route's cluster-not-found status, set to the plugin's
-            // fail-fast status (400..=599, which Envoy accepts).
+            // No local reply from `select`: the empty cluster name, which
+            // no cluster has (Envoy requires one), and Envoy answers with
+            // this request's cluster-not-found status, the plugin's
+            // fail-fast status (400..=599, which Envoy accepts). Returning
+            // "no selection" instead would answer the route's own 503.
             if !request.set_cluster_not_found_status(status) {
                 log(Level::Warn, &format!("isogroup: fail-fast status {status} refused by Envoy; its default serves"));
             }
             if log_enabled(Level::Debug) {
-                log(Level::Debug, "isogroup: cluster specifier decided (fail-fast: no cluster)");
+                log(Level::Debug, "isogroup: cluster specifier decided (fail-fast: the empty cluster)");
             }
-            false
+            request.set_cluster(b"");
+            true
         }
     }
 }
