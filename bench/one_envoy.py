@@ -48,10 +48,11 @@ def arms(extra_wasm=()):
 def native_arms():
     """The native build (target/libisogroup_native.so) on the lean arm's listener: `native-default`
     hands the cluster over as the wasm build does (routing header + route-cache clear), `native-lean`
-    through the route's cluster specifier (dynamic metadata + cluster refresh, no header write)."""
+    through the route's cluster specifier (dynamic metadata + cluster refresh, no header write),
+    `native-decide` by the cluster specifier alone (it decides in select; no HTTP filter)."""
     module = {"module": {"local": {"filename": "target/libisogroup_native.so"}}, "do_not_close": True}
     arms = []
-    for name, filter_name in (("native-default", "isogroup"), ("native-lean", "isogroup-lean")):
+    for name, filter_name in (("native-default", "isogroup"), ("native-lean", "isogroup-lean"), ("native-decide", None)):
         doc = yaml.safe_load((load.ROOT / "bench/envoy/isogroup.yaml").read_text())
         hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         wasm = hcm["http_filters"][0]["typed_config"]
@@ -61,13 +62,19 @@ def native_arms():
             "filter_name": filter_name,
             "filter_config": wasm["config"]["configuration"],
         }
-        if filter_name == "isogroup-lean":
+        specifier = "svc-base"
+        if filter_name is None:
+            # The same plugin configuration, given to the cluster specifier; no HTTP filter.
+            plugin = json.loads(wasm["config"]["configuration"]["value"])
+            specifier = json.dumps({"decide": True, "default_cluster": "svc-base", "plugin": plugin})
+            del hcm["http_filters"][0]
+        if filter_name != "isogroup":
             hcm["route_config"]["virtual_hosts"][0]["routes"] = [{"match": {"prefix": "/"}, "route": {
                 "inline_cluster_specifier_plugin": {"extension": {"name": "isogroup", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier",
                     "dynamic_module_config": module,
                     "specifier_name": "isogroup",
-                    "specifier_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "svc-base"},
+                    "specifier_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": specifier},
                 }}}}}]
         arms.append((name, yaml.safe_dump(doc, sort_keys=False), load.SMALL))
     return arms

@@ -40,10 +40,11 @@ import load  # noqa: E402  (paths, the upstream Envoy, admin helpers)
 import one_envoy  # noqa: E402  (the arms and the combined config)
 import propagation_arms  # noqa: E402  (what propagation reports cost: sidecar-like arms)
 
-DEFAULT_ARMS = "floor,lua,noop-wasm,isogroup-lean,native-default,native-lean"
+DEFAULT_ARMS = "floor,lua,noop-wasm,isogroup-lean,native-default,native-lean,native-decide"
 ADMIN = 19901  # the combined config keeps the first arm's admin address
 # Arms compared in the summary: (label, arm); each over the floor, and as a ratio to Lua's.
-GOALS = (("native lean ÷ Lua (goal ≤ 0.5)", "native-lean"), ("native default ÷ Lua (goal ≤ 1)", "native-default"))
+GOALS = (("native lean ÷ Lua (goal ≤ 0.5)", "native-lean"), ("native decide ÷ Lua (goal ≤ 0.5)", "native-decide"),
+         ("native default ÷ Lua (goal ≤ 1)", "native-default"))
 
 
 class KeepAlive:

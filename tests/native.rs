@@ -67,9 +67,13 @@ fn every_envoy_callback_the_module_imports_is_exported_by_the_wheels_envoy() {
 /// signature and enum values, against the closest stored ABI header
 /// (docs/native.md, "The ABI and its header"). A callback the module starts
 /// to import fails this test until it has been checked the same way.
-const CHECKED_CALLBACKS: [&str; 27] = [
+const CHECKED_CALLBACKS: [&str; 31] = [
+    "cluster_specifier_get_attribute_string",
     "cluster_specifier_get_dynamic_metadata",
+    "cluster_specifier_get_request_headers",
+    "cluster_specifier_get_request_headers_size",
     "cluster_specifier_set_cluster_name",
+    "cluster_specifier_set_cluster_not_found_response_code",
     "http_add_header",
     "http_clear_route_cache",
     "http_clear_route_cluster_cache",
@@ -414,6 +418,199 @@ async fn lean_arm_the_cluster_specifier_picks_the_lane_after_the_filter_refreshe
         "select runs while the route resolves (before the filter), and again after the filter's refresh:\n{}",
         lines.join("\n")
     );
+}
+
+/// The deciding arm (`envoy/native-decide.yaml`): the cluster specifier
+/// decides alone, with no HTTP filter in the chain. It routes to the lane
+/// and falls back as the filter does; the documented differences
+/// (docs/native.md) are asserted too: a fail-fast is the route's
+/// cluster-not-found answer with the plugin's status (no JSON body, no
+/// `x-isogroup-failfast`, no gRPC trailers), nothing is annotated and no
+/// header is written or removed for the next hop.
+#[tokio::test]
+async fn deciding_arm_the_cluster_specifier_alone_routes_falls_back_and_fails_strict_requests() {
+    let mesh = Mesh::start_with(Rendered::from_file("envoy/native-decide.yaml")).await;
+    let admin = format!("http://127.0.0.1:{}/logging?dynamic_modules=debug", mesh.envoy.admin);
+    assert!(http().post(admin).send().await.unwrap().status().is_success());
+    let (status, served, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"), "the lane, hop after hop");
+    assert!(served.is_empty(), "no response annotation without the filter: {served:?}");
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-2")]).await;
+    assert_eq!(hops, "a@feature-2 > b@feature-1 > c@base", "the fallback chain");
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[]).await;
+    assert_eq!(hops, "a@base > b@base > c@base", "no group: base");
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "nobody")]).await;
+    assert_eq!(hops, "a@base > b@base > c@base", "an unknown group falls back to base");
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[("baggage", "isogroup=feature-1")]).await;
+    assert_eq!(hops, "a@feature-1 > b@feature-1 > c@base", "the group from baggage");
+
+    // Strict without the group's cluster: no cluster, the plugin's
+    // failfast_status (503) from Envoy, nothing forwarded.
+    let before = mesh.envoy.stat("cluster.c-base.upstream_rq_total").await;
+    for grpc in [false, true] {
+        let mut req = mesh.request(&http(), "c").header("x-isogroup", "feature-1").header("x-isogroup-strict", "*");
+        if grpc {
+            req = req.header("content-type", "application/grpc");
+        }
+        let resp = req.send().await.unwrap();
+        assert!(header_values(&resp, "x-isogroup-failfast").is_empty(), "no fail-fast header (gRPC: {grpc})");
+        if grpc {
+            // Envoy's own gRPC local reply for 503: UNAVAILABLE, as the filter answers.
+            assert_eq!(resp.status().as_u16(), 200);
+            assert_eq!(header_values(&resp, "grpc-status"), ["14"]);
+            continue;
+        }
+        assert_eq!(resp.status().as_u16(), 503);
+        let body = resp.text().await.unwrap();
+        assert!(serde_json::from_str::<Value>(&body).is_err(), "no JSON fail-fast body: {body}");
+    }
+    let (status, _, _, _, hops) = answer(&mesh, "b", &[("x-isogroup", "team-s")]).await;
+    assert_eq!((status, hops.as_str()), (503, ""), "a strict group without a cluster on b");
+    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, before, "nothing forwarded");
+    assert_eq!(mesh.envoy.stat("cluster.b-base.upstream_rq_total").await, 2, "the two base chains only, not team-s");
+    // No request counters: they are the filter's.
+    assert!(mesh.envoy.stats("isogroup.").await.is_empty(), "no isogroup stats without the filter");
+
+    // No header is written or removed: a client-sent routing header reaches
+    // the service (it does not pick the cluster), no baggage is injected.
+    let body: Value = mesh
+        .request(&http(), "c")
+        .header("x-isogroup", "feature-1")
+        .header("x-isogroup-cluster", "c-elsewhere")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(chain(&body), "c@base");
+    assert_eq!(body["headers"]["x-isogroup-cluster"], "c-elsewhere", "{body}");
+    assert!(body["headers"].get("baggage").is_none(), "{body}");
+
+    // One decision per request: no filter hook, no second select.
+    let text = wait_for("the select log lines", Duration::from_secs(5), || async {
+        let text = mesh.envoy.log_text();
+        text.contains("cluster specifier decided (cluster a-feature-1)").then_some(text)
+    })
+    .await;
+    assert!(!text.contains("request headers decided"), "no filter hook ran");
+    assert!(!text.contains("cluster specifier select ("), "no metadata-reading select ran");
+}
+
+/// `envoy/native-decide.yaml` with every route's plugin configuration
+/// replaced by `plugin` (one line of JSON).
+fn decide_with_plugin(plugin: &str) -> Rendered {
+    let base = Rendered::from_file("envoy/native-decide.yaml");
+    let mut yaml = String::new();
+    // Set while skipping a route's old value: the indent of its closing `}}`.
+    let mut skipping: Option<String> = None;
+    for line in base.yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if let Some(closing) = &skipping {
+            if trimmed == "}}" && indent == closing {
+                skipping = None;
+            }
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix(r#"{"decide": true, "default_cluster": ""#) {
+            let cluster = rest.split('"').next().unwrap();
+            yaml.push_str(&format!(
+                "{indent}{{\"decide\": true, \"default_cluster\": \"{cluster}\", \"plugin\": {plugin}}}\n"
+            ));
+            skipping = Some(indent.to_owned());
+            continue;
+        }
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
+    assert!(skipping.is_none() && yaml.matches(plugin).count() == 3, "three routes rewritten:\n{yaml}");
+    Rendered { yaml, ports: base.ports }
+}
+
+/// What the deciding specifier cannot do is refused at configuration,
+/// naming the field, and Envoy does not start.
+#[tokio::test]
+async fn deciding_arm_refuses_what_needs_the_filter_naming_the_field() {
+    let table = r#""table": {"inline": {"version": 1, "groups": {}, "services": {}}}"#;
+    let cases = [
+        (
+            r#"{"table": {"companion": {"cluster": "c", "authority": "c", "path": "/v1/table"}}}"#.to_owned(),
+            "specifier_config.plugin.table.companion",
+        ),
+        (
+            format!(r#"{{"edge": {{"join_path": "/.isogroup/join"}}, {table}}}"#),
+            "specifier_config.plugin.edge.join_path",
+        ),
+        (format!(r#"{{"propagation": {{"sample": 8}}, {table}}}"#), "specifier_config.plugin.propagation"),
+        (format!(r#"{{"failfast_status": "soon", {table}}}"#), "failfast_status"),
+    ];
+    for (plugin, field) in cases {
+        let err = match Envoy::start(&decide_with_plugin(&plugin), 9901, 10000).await {
+            Ok(_) => panic!("Envoy started with {plugin}"),
+            Err(log) => log,
+        };
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    let base = Rendered::from_file("envoy/native-decide.yaml");
+    let unknown = Rendered {
+        yaml: base.yaml.replacen(r#"{"decide": true, "default"#, r#"{"decide": true, "cluster": "x", "default"#, 1),
+        ports: base.ports.clone(),
+    };
+    let err = match Envoy::start(&unknown, 9901, 10000).await {
+        Ok(_) => panic!("Envoy started with an unknown specifier field"),
+        Err(log) => log,
+    };
+    assert!(err.contains(r#"specifier_config: unknown field "cluster""#), "{err}");
+}
+
+/// The deciding arm in edge mode: `select` reads the peer's address for a
+/// source rule, ignores an untrusted peer's group header, and (a
+/// documented difference) does not strip it from what is forwarded.
+#[tokio::test]
+async fn deciding_arm_reads_the_peer_for_edge_rules_and_leaves_untrusted_group_headers_in_place() {
+    let plugin = r#"{"edge": {"trusted_cidrs": ["127.0.0.2/32"], "rules": [{"source_cidrs": ["127.0.0.1/32"], "group": "feature-1"}]}, "table": {"inline": {"version": 1, "groups": {"feature-1": {"fallback": []}, "team-s": {"mode": "strict"}}, "services": {"a": {"hosts": ["a"], "clusters": {"base": "a-base", "feature-1": "a-feature-1", "team-s": "a-team-s"}}, "b": {"hosts": ["b"], "clusters": {"base": "b-base", "feature-1": "b-feature-1"}}, "c": {"hosts": ["c"], "clusters": {"base": "c-base"}}}}}}"#;
+    let mesh = Mesh::start_with(decide_with_plugin(plugin)).await;
+    let (status, _, _, _, hops) = answer(&mesh, "b", &[]).await;
+    assert_eq!((status, hops.as_str()), (200, "b@feature-1 > c@base"), "the source rule, from the peer's address");
+    let body: Value =
+        mesh.request(&http(), "a").header("x-isogroup", "team-s").send().await.unwrap().json().await.unwrap();
+    assert_eq!(chain(&body), "a@feature-1 > b@feature-1 > c@base", "an untrusted peer's group is ignored");
+    assert_eq!(body["headers"]["x-isogroup"], "team-s", "and forwarded as sent: {body}");
+}
+
+/// The fail-fast status is the plugin's `failfast_status`, set as the
+/// route's cluster-not-found status.
+#[tokio::test]
+async fn deciding_arm_a_fail_fast_answers_with_the_plugins_failfast_status() {
+    let plugin = r#"{"failfast_status": 429, "table": {"inline": {"version": 1, "groups": {"feature-1": {"fallback": []}}, "services": {"c": {"hosts": ["c"], "clusters": {"base": "c-base"}}}}}}"#;
+    let mesh = Mesh::start_with(decide_with_plugin(plugin)).await;
+    let (status, _, failfast, _, _) =
+        answer(&mesh, "c", &[("x-isogroup", "feature-1"), ("x-isogroup-strict", "*")]).await;
+    assert_eq!((status, failfast.len()), (429, 0));
+    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0, "nothing forwarded");
+    let (status, _, _, _, hops) = answer(&mesh, "c", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "c@base"), "not strict: the fallback to base");
+}
+
+/// A panic in the deciding `select` (the `test-panic` build, on a request
+/// header): no cluster, Envoy's 503, nothing forwarded, Envoy keeps serving.
+#[tokio::test]
+async fn deciding_arm_a_panic_in_select_fails_the_request_closed_and_envoy_keeps_serving() {
+    let module = panic_module();
+    let mut rendered = Rendered::from_file("envoy/native-decide.yaml");
+    rendered.yaml =
+        rendered.yaml.replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()));
+    let mesh = Mesh::start_with(rendered).await;
+    let resp = mesh.request(&http(), "c").header("x-isogroup-test-panic", "1").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(mesh.envoy.stat("cluster.c-base.upstream_rq_total").await, 0, "nothing forwarded");
+    wait_for("the barrier's log line", Duration::from_secs(5), || async {
+        mesh.envoy.log_text().contains("isogroup: panic in cluster_specifier_select; failed closed").then_some(())
+    })
+    .await;
+    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"), "Envoy keeps serving");
 }
 
 /// The `test-panic` module: built here (its own profile, so the shipped

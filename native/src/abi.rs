@@ -216,6 +216,20 @@ extern "C" {
         context_envoy_ptr: EnvoyPtr,
         cluster_name: Buffer,
     );
+    fn envoy_dynamic_module_callback_cluster_specifier_get_request_headers_size(context_envoy_ptr: EnvoyPtr) -> usize;
+    fn envoy_dynamic_module_callback_cluster_specifier_get_request_headers(
+        context_envoy_ptr: EnvoyPtr,
+        result_headers: *mut Header,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_specifier_get_attribute_string(
+        context_envoy_ptr: EnvoyPtr,
+        attribute_id: u32,
+        result: *mut Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_not_found_response_code(
+        context_envoy_ptr: EnvoyPtr,
+        status_code: u32,
+    ) -> bool;
 }
 
 // -------------------------------------------------------- safe handles
@@ -571,6 +585,58 @@ impl SelectHandle {
     pub fn set_cluster(&self, name: &[u8]) {
         // SAFETY: as above; Envoy copies the name.
         unsafe { envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(self.0, Buffer::of(name)) }
+    }
+
+    /// Every request header, borrowed from Envoy's header map: valid while
+    /// `select` runs, which the handle does not outlive.
+    pub fn request_headers(&self) -> Vec<(&[u8], &[u8])> {
+        // SAFETY: the context pointer is valid during `select`; the vector
+        // has room for as many headers as Envoy said it has; the buffers
+        // point into the request's header map, which Envoy does not change
+        // while `select` runs.
+        unsafe {
+            let count = envoy_dynamic_module_callback_cluster_specifier_get_request_headers_size(self.0);
+            let mut raw = vec![Header::EMPTY; count];
+            if count == 0
+                || !envoy_dynamic_module_callback_cluster_specifier_get_request_headers(self.0, raw.as_mut_ptr())
+            {
+                return Vec::new();
+            }
+            raw.iter()
+                .map(|h| {
+                    (
+                        Buffer { ptr: h.key_ptr, length: h.key_length }.bytes(),
+                        Buffer { ptr: h.value_ptr, length: h.value_length }.bytes(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// The downstream peer's address (`source.address`, "ip:port").
+    pub fn source_address(&self) -> Option<Vec<u8>> {
+        let mut out = Buffer::NULL;
+        // SAFETY: as above; the result is copied before `select` returns.
+        let found = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_get_attribute_string(
+                self.0,
+                ATTRIBUTE_SOURCE_ADDRESS,
+                &mut out,
+            )
+        };
+        found.then(|| out.bytes().to_vec())
+    }
+
+    /// The status Envoy answers with when this request gets no cluster
+    /// (Envoy refuses codes outside 200..600: `false`).
+    pub fn set_cluster_not_found_status(&self, status: u16) -> bool {
+        // SAFETY: as above.
+        unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_set_cluster_not_found_response_code(
+                self.0,
+                u32::from(status),
+            )
+        }
     }
 }
 
