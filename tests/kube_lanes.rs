@@ -3,8 +3,12 @@
 //! real Envoy with an Istio sidecar's outbound side (envoy/istio-outbound.yaml)
 //! and the filter fed by that companion. A client sends requests without a
 //! pause the whole time; the lane appears only once its pod is ready and
-//! `--settle-ms` has passed, is routed by Envoy, and leaves (its instance
-//! stopped once the companion dropped its route) without a single non-200.
+//! `--settle-ms` has passed, is routed by Envoy, and leaves when its pod's
+//! group label is taken off (its instance stopped once the companion
+//! dropped its route) without a single non-200. This Envoy's subset
+//! clusters are static: what Istio would do to the subset's endpoints when
+//! the label goes is not emulated, so the proof is the order (the lane out
+//! of the table, then its route, then its instance).
 //! Then a source binding written through the admin API (the console's
 //! write) lands in ConfigMap isogroup-runtime and is served, and an invalid
 //! IsolationGroup has had its Event.
@@ -139,7 +143,7 @@ fn instances(seen: &Seen, from: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
+async fn a_lane_arrives_is_routed_and_leaves_by_its_label_without_an_error() {
     let started = Instant::now();
     let fake = fake_cluster().await;
     let rendered = Rendered::from_file("envoy/istio-outbound.yaml");
@@ -251,10 +255,11 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
     })
     .await;
 
-    // The pod goes: the lane leaves the table at once, its route stays
-    // --settle-ms longer, then goes; only then is its instance stopped.
-    fake.delete(&pods(), "bookinfo", "reviews-f1-0");
-    fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
+    // The pod's group label is taken off (the pod stays, ready, in the
+    // Service's endpoints): the lane leaves the table at once, its route
+    // stays --settle-ms longer, then goes; only then is its instance
+    // stopped and the pod deleted.
+    fake.put(&pods(), pod("reviews-f1-0", "bookinfo", json!({})));
     wait_for("the lane out of the table", Duration::from_secs(15), || async move {
         lanes(companion_port).await.filter(|l| l == &["base"])
     })
@@ -265,6 +270,8 @@ async fn a_lane_arrives_is_routed_and_leaves_without_an_error() {
     })
     .await;
     lane_instance.kill();
+    fake.delete(&pods(), "bookinfo", "reviews-f1-0");
+    fake.put(&slices(), endpoint_slice("reviews", &[("reviews-base-0", true)]));
     let after_kill = seen.lock().unwrap().len();
     wait_for("requests after the lane's instance stopped", Duration::from_secs(10), || {
         let seen = seen.clone();
