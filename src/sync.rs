@@ -31,7 +31,7 @@ use crate::proxy::{LogLevel, Status};
 use isogroup_core::cat;
 use isogroup_core::delta::{self, DELTA_CONTENT_TYPE};
 use isogroup_core::edge::fnv1a;
-use isogroup_core::epoch::Stamp;
+pub use isogroup_core::epoch::Held;
 use isogroup_core::text::{text_of, Hex};
 use isogroup_core::{CompanionSource, RawTable, Source, Table, TableError};
 
@@ -109,44 +109,6 @@ impl TableSync {
         if let TableSync::Companion(f) = self {
             f.on_response(vm, token, body_size);
         }
-    }
-}
-
-/// A table's place in the order, owned: (epoch, version).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    pub version: u64,
-    pub epoch: Option<String>,
-}
-
-impl Held {
-    pub fn of(table: &Table) -> Held {
-        Held { version: table.version(), epoch: table.epoch().map(str::to_owned) }
-    }
-
-    pub fn stamp(&self) -> Stamp<'_> {
-        Stamp::new(self.epoch.as_deref(), self.version)
-    }
-
-    /// The shared-data form: `"<version>[ <epoch>]"`.
-    pub fn encode(&self) -> String {
-        match &self.epoch {
-            Some(e) => cat!(self.version, " ", e),
-            None => text_of(&self.version),
-        }
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Held> {
-        let text = core::str::from_utf8(bytes).ok()?;
-        let (version, epoch) = match text.split_once(' ') {
-            Some((v, e)) => (v, Some(e.to_owned())),
-            None => (text, None),
-        };
-        Some(Held { version: isogroup_core::text::parse_u64(version.as_bytes())?, epoch })
-    }
-
-    fn is_newer_than(&self, other: Option<&Held>) -> bool {
-        other.is_none_or(|o| self.stamp().is_newer_than(&o.stamp()))
     }
 }
 

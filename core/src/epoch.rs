@@ -89,6 +89,46 @@ impl<'a> Stamp<'a> {
     }
 }
 
+/// A table's place in the order, owned: (epoch, version). What a poller
+/// holds, in the wasm build and the native one alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub version: u64,
+    pub epoch: Option<String>,
+}
+
+impl Held {
+    pub fn of(table: &crate::Table) -> Held {
+        Held { version: table.version(), epoch: table.epoch().map(str::to_owned) }
+    }
+
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp::new(self.epoch.as_deref(), self.version)
+    }
+
+    /// The shared-data form: `"<version>[ <epoch>]"`.
+    pub fn encode(&self) -> String {
+        match &self.epoch {
+            Some(e) => crate::cat!(self.version, " ", e),
+            None => crate::text::text_of(&self.version),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Held> {
+        let text = core::str::from_utf8(bytes).ok()?;
+        let (version, epoch) = match text.split_once(' ') {
+            Some((v, e)) => (v, Some(e.to_owned())),
+            None => (text, None),
+        };
+        Some(Held { version: crate::text::parse_u64(version.as_bytes())?, epoch })
+    }
+
+    /// True when `self` should replace `other` (anything replaces nothing).
+    pub fn is_newer_than(&self, other: Option<&Held>) -> bool {
+        other.is_none_or(|o| self.stamp().is_newer_than(&o.stamp()))
+    }
+}
+
 /// Compares two tables by (epoch, version), as the SPEC orders them.
 pub fn compare(a_epoch: Option<&str>, a_version: u64, b_epoch: Option<&str>, b_version: u64) -> Ordering {
     Stamp::new(a_epoch, a_version).cmp(&Stamp::new(b_epoch, b_version))

@@ -8,25 +8,8 @@
 //! the wasm build's poller does it (`delta::read_onto`).
 
 use isogroup_core::delta;
-use isogroup_core::epoch::Stamp;
+pub use isogroup_core::epoch::Held;
 use isogroup_core::{CompanionSource, Limits, RawTable, Table, TableError};
-
-/// A table's place in the order, owned: (epoch, version).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    pub version: u64,
-    pub epoch: Option<String>,
-}
-
-impl Held {
-    pub fn of(table: &Table) -> Held {
-        Held { version: table.version(), epoch: table.epoch().map(str::to_owned) }
-    }
-
-    pub fn stamp(&self) -> Stamp<'_> {
-        Stamp::new(self.epoch.as_deref(), self.version)
-    }
-}
 
 /// The table a source's poller holds (nothing before the first).
 #[derive(Debug, Default)]
