@@ -76,6 +76,7 @@ pub struct Reports {
 }
 
 impl Reports {
+    #[inline(always)]
     pub fn new(sample: u32, now: u64) -> Reports {
         Reports {
             sample,

@@ -152,12 +152,13 @@ pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<Option
     // expiry, the one before the trace id ends the group.
     let head = entry.strip_suffix(trace_id)?.strip_suffix(b" ")?;
     let space = head.iter().position(|&b| b == b' ')?;
-    let expires = crate::text::parse_u64(head.get(..space)?)?;
-    let group = match head.get(space + 1..)? {
-        b"-" => None,
-        g => Some(GroupName::new(g)?),
-    };
-    (now_ms < expires).then_some(group)
+    if now_ms >= crate::text::parse_u64(head.get(..space)?)? {
+        return None;
+    }
+    match head.get(space + 1..)? {
+        b"-" => Some(None),
+        g => GroupName::new(g).map(Some),
+    }
 }
 
 #[cfg(test)]
