@@ -140,13 +140,15 @@ def main():
     p.add_argument("--warmup", type=int, default=500, help="requests per arm and round before the counters are zeroed")
     p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated (default {DEFAULT_ARMS}); floor is always kept")
     p.add_argument("--startup-timeout", type=float, default=600)
+    p.add_argument("--was-wasm", metavar="PATH",
+                   help="another build of the filter for the was-prop-on-* arms (a change against the build before it)")
     p.add_argument("--keep-dumps", action="store_true",
                    help="keep each arm's callgrind dumps (ARM-ROUND-THREAD.callgrind) to read with callgrind_annotate")
     args = p.parse_args()
     out_dir = load.OUT / "callgrind"
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = ["floor"] + [a for a in args.arms.split(",") if a != "floor"]
-    known = {a[0]: a for a in one_envoy.arms() + one_envoy.optional_arms() + propagation_arms.arms()}
+    known = {a[0]: a for a in one_envoy.arms() + one_envoy.optional_arms() + propagation_arms.arms(args.was_wasm)}
     if unknown := [a for a in wanted if a not in known]:
         raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(known)}")
     arm_list = [known[a] for a in wanted]
@@ -236,8 +238,10 @@ def propagation_check(arms, args):
     # Each connection starts at the first trace id, a sampled one: 1 in `sample` rounded up.
     per_connection = -(-(args.warmup + args.requests) // propagation_arms.SAMPLE)
     sent = lambda arm, per=per_connection: args.rounds * per if arm in arms else 0
-    expected = {"kept": sent("prop-on-out") + sent("prop-on-out-allsampled", args.warmup + args.requests),
-                "healed": sent("prop-on-out-nogroup")}
+    every = args.warmup + args.requests
+    expected = {"kept": sum(sent(f"{was}prop-on-out") + sent(f"{was}prop-on-out-allsampled", every)
+                            + sent(f"{was}prop-on-out-elsewhere", every) for was in ("", "was-")),
+                "healed": sent("prop-on-out-nogroup") + sent("was-prop-on-out-nogroup")}
     if not any(expected.values()):
         return ""
     text = load.http_get(f"http://127.0.0.1:{ADMIN}/stats?filter=isogroup_propagation_")[2]
@@ -260,7 +264,13 @@ def propagation_summary(ir):
              ("outbound, request with its lane, none sampled", "prop-on-out-unsampled", "prop-off-out"),
              ("outbound, request with its lane, every one sampled", "prop-on-out-allsampled", "prop-off-out"),
              ("one sampled request with its lane, outbound (every one − none, reports on)",
-              "prop-on-out-allsampled", "prop-on-out-unsampled"))
+              "prop-on-out-allsampled", "prop-on-out-unsampled"),
+             ("one sampled request with its lane whose record the VM no longer holds (elsewhere − none)",
+              "prop-on-out-elsewhere", "prop-on-out-unsampled"))
+    # With --was-wasm: the same, with the build before, and this build against it per arm.
+    pairs += tuple((f"{label} [was]", f"was-{a}" if a.startswith("prop-on") else a, f"was-{b}" if b.startswith("prop-on") else b)
+                   for label, a, b in pairs)
+    pairs += tuple((f"this build − was: {name}", name, f"was-{name}") for name in ir if f"was-{name}" in ir)
     rows = [f"- {label}: {span(paired(a, b))} instructions/request" for label, a, b in pairs if a in ir and b in ir]
     return ("Propagation reports on − off, worker thread, paired per round, median (min–max):\n" + "\n".join(rows)) if rows else ""
 

@@ -18,12 +18,22 @@ but for reports: `prop-off` without `propagation`, `prop-on` with
   (`healed` when sampled), from what the `-in` arm of its VM recorded (the
   tool sends every trace through it once before the first round: `prime`);
 - `prop-on-out-unsampled`, `prop-on-out-allsampled`: `prop-on-out` with no
-  trace sampled, and every one: what a sampled one costs, apart.
+  trace sampled, and every one: what a sampled one costs, apart;
+- `prop-on-out-elsewhere`: `prop-on-out-allsampled`, but the VM no longer
+  holds the records among its own (each trace's place there was taken by
+  another trace recorded after it), as when the inbound request ran on
+  another worker: the tick reads each record from shared data.
+
+With `--was-wasm PATH` (bench/one_envoy_callgrind.py), `was-prop-on-*` are
+the `prop-on-*` arms with that build of the filter, in a VM of its own: a
+change measured against the build before it, in the same run.
 
 Every request reaches svc-f1 (the tool checks it). The trace ids cycle
 through 64 ids (`TRACE_IDS`), 1 in 8 sampled at `sample: 8` (SPEC's FNV-1a
 rule), each in its own assist slot, so a record is never overwritten by
-another trace's.
+another trace's; each sampled one also in its own place among the records
+a VM keeps (`local_slot`, as src/propagation.rs places them), but the
+`elsewhere` ones, whose places the `shadow` ones take.
 """
 
 import json
@@ -44,25 +54,42 @@ def fnv1a(data):
     return h
 
 
-def trace_ids(sampled_every, slots, count=64):
+def local_slot(h, bits=7):
+    """A sampled trace's place among the records a VM keeps (src/propagation.rs `local_slot`)."""
+    return ((h * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) >> (64 - bits)
+
+
+_seq = iter(range(1, 1 << 30))
+
+
+def trace_ids(sampled_every, slots, local, count=64, places=None):
     """`count` W3C trace ids, every `sampled_every`-th sampled at `SAMPLE` and no other (None: none),
-    each in an assist slot not in `slots` (which takes them)."""
-    ids, i = [], 0
+    each in an assist slot not in `slots` and, sampled, in a VM's place not in `local` (the sets take
+    them); `places`: the VM's places the ids take, in order (their traces then share them)."""
+    ids = []
     while len(ids) < count:
-        i += 1
+        i = next(_seq)
         tid = f"{(i * 0x9E3779B97F4A7C15F39CC0605CEDC835) & ((1 << 128) - 1):032x}"
         h = fnv1a(tid.encode())
         want = sampled_every is not None and len(ids) % sampled_every == 0
-        if h % SLOTS not in slots and (h % SAMPLE == 0) == want:
+        place = local_slot(h)
+        free = place == places[len(ids)] if places else not want or place not in local
+        if h % SLOTS not in slots and (h % SAMPLE == 0) == want and free:
             ids.append(tid)
             slots.add(h % SLOTS)
+            if want:
+                local.add(place)
     return ids
 
 
 # 1 in 8 sampled (as `sample: 8` samples traces); for the split of what a sampled one costs,
-# none and every one. No two ids share a slot, so no record is overwritten by another's.
-_slots = set()
-TRACE_IDS = {k: trace_ids(every, _slots) for k, every in (("mix", SAMPLE), ("unsampled", None), ("sampled", 1))}
+# none and every one. No two ids share an assist slot, so no record is overwritten by another's;
+# the `shadow` ids take the VM's places of the `elsewhere` ones (primed after them).
+_slots, _local = set(), set()
+TRACE_IDS = {k: trace_ids(every, _slots, _local) for k, every in (("mix", SAMPLE), ("unsampled", None), ("sampled", 1))}
+TRACE_IDS["elsewhere"] = trace_ids(1, _slots, _local, count=16)
+TRACE_IDS["shadow"] = trace_ids(1, _slots, set(), count=16,
+                                places=[local_slot(fnv1a(t.encode())) for t in TRACE_IDS["elsewhere"]])
 
 
 def requests(group, ids="mix"):
@@ -83,8 +110,9 @@ def sidecar_listener(direction, vm, plugin):
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def arms():
-    """(name, Envoy config, request headers: a list, cycled)."""
+def arms(was_wasm=None):
+    """(name, Envoy config, request headers: a list, cycled). `was_wasm`: the `was-prop-on-*` arms
+    with that build of the filter."""
     out = []
     for name, reports in (("prop-off", {}), ("prop-on", {"propagation": {"sample": SAMPLE}})):
         plugin = {"annotate_response": False, "target_header": None, "workload": "bench", "namespace": "bench",
@@ -96,13 +124,19 @@ def arms():
                 (f"{name}-out-nogroup", sidecar_listener("OUTBOUND", vm, plugin), requests(None))]
     on = out[-2][1]
     # What a sampled request costs, apart: the outbound side with none sampled, and every one.
-    return out + [("prop-on-out-unsampled", on, requests("f1", "unsampled")),
-                  ("prop-on-out-allsampled", on, requests("f1", "sampled"))]
+    out += [("prop-on-out-unsampled", on, requests("f1", "unsampled")),
+            ("prop-on-out-allsampled", on, requests("f1", "sampled")),
+            ("prop-on-out-elsewhere", on, requests("f1", "elsewhere"))]
+    if was_wasm:
+        was = lambda config: (config.replace("filename: target/isogroup.wasm", f"filename: {was_wasm}")
+                              .replace("sidecar-prop-on", "sidecar-was-prop-on"))
+        out += [(f"was-{name}", was(config), headers) for name, config, headers in out if name.startswith("prop-on")]
+    return out
 
 
 def prime(arms):
     """(inbound arm, requests) to send before the first round, uncounted: every trace id the
     outbound arms send is recorded by its VM's inbound side (an -out arm then never finds a
     slot empty, whatever the order of the arms)."""
-    return [(f"{vm}-in", requests("f1", ids)) for vm in ("prop-off", "prop-on") if f"{vm}-in" in arms
+    return [(f"{vm}-in", requests("f1", ids)) for vm in ("prop-off", "prop-on", "was-prop-on") if f"{vm}-in" in arms
             for ids in TRACE_IDS]

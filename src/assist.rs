@@ -8,8 +8,9 @@
 use isogroup_core::prelude::*;
 
 use isogroup_core::assist::{self, Assist, Side};
-use isogroup_core::propagation::{carried_none, sampled, Class};
+use isogroup_core::propagation::{carried, carried_none, sampled, Class};
 use isogroup_core::request::{GroupSource, Incoming};
+use isogroup_core::GroupName;
 
 use crate::host::Host;
 use crate::propagation::Seen;
@@ -49,24 +50,24 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
             // A group to restore, or a sampled trace (base requests too).
             if incoming.group.is_some() || is_sampled {
                 let entry = assist::encode_entry(trace, incoming.group.as_ref(), now.saturating_add(a.ttl_ms));
-                let _ = vm.host.shared_set(&a.slot_key(trace), &entry, None);
+                let written = vm.host.shared_set(&a.slot_key(trace), &entry, None).is_ok();
+                if let (Some(r), true) = (reports, written && is_sampled) {
+                    r.remember(trace, entry);
+                }
             }
             Seen::Nothing
         }
         (Side::Inbound, None) => Seen::Nothing,
-        (_, _) if incoming.group.is_some() => {
-            if is_sampled {
-                Seen::Carried
-            } else {
-                Seen::Nothing
+        (_, trace) if incoming.group.is_some() => match (reports, trace, incoming.group) {
+            // Recorded by this VM: classified now, without a host call.
+            (Some(r), Some(trace), Some(group)) if is_sampled => {
+                r.recorded(trace, now).map_or(Seen::Carried, |recorded| Seen::Class(carried(recorded, group)))
             }
-        }
+            _ => Seen::Nothing,
+        },
         (_, None) => Seen::Class(Class::Untraced),
         (_, Some(trace)) => {
-            let recorded = match vm.host.shared_get(&a.slot_key(trace)) {
-                Ok((Some(entry), _)) => assist::decode_entry(&entry, trace, now),
-                _ => None,
-            };
+            let recorded = read_record(&vm.host, a, trace, now);
             let mut healed = false;
             if let (Some(Some(group)), true) = (recorded, a.heal) {
                 incoming.adopt(group, GroupSource::Assist);
@@ -78,6 +79,15 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
                 _ => Seen::Nothing,
             }
         }
+    }
+}
+
+/// What the inbound side recorded for `trace` (one shared-data read): the
+/// group, or `Some(None)` for a sampled request without one.
+pub fn read_record(host: &impl Host, a: &Assist, trace: &[u8], now: u64) -> Option<Option<GroupName>> {
+    match host.shared_get(&a.slot_key(trace)) {
+        Ok((Some(entry), _)) => assist::decode_entry(&entry, trace, now),
+        _ => None,
     }
 }
 

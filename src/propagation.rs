@@ -3,9 +3,13 @@
 //! hand the counts to shared data on each tick, and, from the poller VM,
 //! send them to the companion every 10 s (`POST /v1/reports`).
 //!
-//! Host calls on the request path: none for a request that carries a group
-//! (one of a sampled trace is classified on the tick, which reads its
-//! record there); for one without, the assist's one shared-data read.
+//! Host calls on the request path: none for a request that carries a group;
+//! for one without, the assist's one shared-data read. A request of a
+//! sampled trace that carries a group is classified at once when this VM
+//! recorded the trace's inbound request itself (`remember`: the sampled
+//! records it wrote, kept in the VM), else on the tick, which reads the
+//! record from shared data (the inbound request ran on another worker's VM,
+//! or a newer trace took its place here).
 //!
 //! Worker VMs add their counts to a per-VM key (`isogroup/prop/<workload>/<n>`,
 //! n = VM number mod `VM_KEYS`, merged with CAS, so two VMs on one key lose
@@ -22,6 +26,7 @@ use core::time::Duration;
 
 use crate::proxy::LogLevel;
 use isogroup_core::assist::{decode_entry, Assist};
+use isogroup_core::edge::fnv1a;
 use isogroup_core::propagation::{carried, Class, Counts, LANE_WINDOW_MS, MAX_REPORT_BYTES, REPORT_EVERY_MS};
 use isogroup_core::text::text_of;
 use isogroup_core::{cat, CompanionSource, GroupName};
@@ -35,13 +40,17 @@ const VM_KEYS: u64 = 16;
 /// Sampled group-carrying requests kept for the tick's classification;
 /// more are not counted.
 const MAX_CARRIED: usize = 64;
+/// Sampled inbound records kept in the VM (`remember`): 1 << this many,
+/// each in its place by trace; a newer trace in the same place replaces it.
+const LOCAL_BITS: u32 = 7;
+const LOCAL_RECORDS: usize = 1 << LOCAL_BITS;
 
 /// What the assist saw of a request, for the reports.
 pub enum Seen {
     Nothing,
     Class(Class),
-    /// An outbound request of a sampled trace carrying a group: classified
-    /// on the tick.
+    /// An outbound request of a sampled trace carrying a group that this VM
+    /// did not record: classified on the tick.
     Carried,
 }
 
@@ -50,11 +59,13 @@ type Carried = (String, Vec<u8>, GroupName);
 
 /// Reports on: the settings have `propagation`, the assist, a workload and
 /// a namespace (checked by the root before it makes one).
-#[derive(Default)]
 pub struct Reports {
     pub sample: u32,
     counts: Cell<Counts>,
     carried: Cell<Vec<Carried>>,
+    /// The sampled inbound records this VM wrote (`encode_entry`'s form),
+    /// each at `local_slot` of its trace.
+    recorded: [Cell<Vec<u8>>; LOCAL_RECORDS],
     /// When this VM last saw a lane request, and last told the others.
     lane_seen_ms: Cell<u64>,
     lane_told_ms: Cell<u64>,
@@ -65,12 +76,18 @@ pub struct Reports {
 }
 
 impl Reports {
+    #[inline(always)]
     pub fn new(sample: u32, now: u64) -> Reports {
         Reports {
             sample,
+            counts: Cell::default(),
+            carried: Cell::default(),
+            recorded: [const { Cell::new(Vec::new()) }; LOCAL_RECORDS],
+            lane_seen_ms: Cell::default(),
+            lane_told_ms: Cell::default(),
+            lane_shared_ms: Cell::default(),
             next_report_ms: Cell::new(now.saturating_add(REPORT_EVERY_MS)),
             last_report_ms: Cell::new(now),
-            ..Reports::default()
         }
     }
 
@@ -82,6 +99,24 @@ impl Reports {
     /// The workload served lane traffic in the last 60 s.
     pub fn lanes_recent(&self, now: u64) -> bool {
         now < self.lane_seen_ms.get().max(self.lane_shared_ms.get()).saturating_add(LANE_WINDOW_MS)
+    }
+
+    /// A sampled inbound record this VM wrote to shared data, kept here too:
+    /// a carried request of its trace is then classified without a host call.
+    pub fn remember(&self, trace: &[u8], entry: Vec<u8>) {
+        if let Some(slot) = self.recorded.get(local_slot(trace)) {
+            slot.set(entry);
+        }
+    }
+
+    /// What this VM recorded for `trace`, if it still holds it and it is
+    /// fresh (as `decode_entry`): the inbound request's group or none.
+    pub fn recorded(&self, trace: &[u8], now: u64) -> Option<Option<GroupName>> {
+        let slot = self.recorded.get(local_slot(trace))?;
+        let entry = slot.take();
+        let found = decode_entry(&entry, trace, now);
+        slot.set(entry);
+        found
     }
 
     /// Counts what the assist saw of a request to `destination` (a table
@@ -120,10 +155,8 @@ impl Reports {
     pub fn on_tick<H: Host>(&self, vm: &Vm<H>, assist: &Assist) {
         let (host, now) = (&vm.host, vm.clock_ms.get());
         for (destination, trace, group) in self.carried.take() {
-            if let Ok((Some(entry), _)) = host.shared_get(&assist.slot_key(&trace)) {
-                if let Some(recorded) = decode_entry(&entry, &trace, now) {
-                    self.count(&vm.metrics, &destination, carried(recorded, group));
-                }
+            if let Some(recorded) = crate::assist::read_record(host, assist, &trace, now) {
+                self.count(&vm.metrics, &destination, carried(recorded, group));
             }
         }
         let lanes_key = key(vm, "lanes");
@@ -200,6 +233,13 @@ impl Reports {
             vm.log(LogLevel::Warn, &cat!("propagation report not sent: ", e));
         }
     }
+}
+
+/// A trace's place in `Reports::recorded`: the top bits of its hash times
+/// 2^64 / φ (a sampled trace's low bits are the sampling's zeros, and ids
+/// that differ in their last digit differ little in FNV's high bits).
+pub(crate) fn local_slot(trace: &[u8]) -> usize {
+    (fnv1a(trace).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - LOCAL_BITS)) as usize
 }
 
 /// `isogroup/prop/<workload>/<name>`: one workload's counts and lane time.

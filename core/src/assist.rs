@@ -148,13 +148,17 @@ pub fn encode_entry(trace_id: &[u8], group: Option<&GroupName>, expires_ms: u64)
 /// What a slot holds for `trace_id`, if it is that trace's and fresh: the
 /// inbound request's group, or `Some(None)` for one that had none.
 pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<Option<GroupName>> {
-    let mut parts = entry.splitn(3, |&b| b == b' ');
-    let expires = crate::text::parse_u64(parts.next()?)?;
-    let group = match parts.next()? {
-        b"-" => None,
-        g => Some(GroupName::new(g)?),
-    };
-    (parts.next()? == trace_id && now_ms < expires).then_some(group)
+    // Neither the expiry nor the group has a space: the first one ends the
+    // expiry, the one before the trace id ends the group.
+    let head = entry.strip_suffix(trace_id)?.strip_suffix(b" ")?;
+    let space = head.iter().position(|&b| b == b' ')?;
+    if now_ms >= crate::text::parse_u64(head.get(..space)?)? {
+        return None;
+    }
+    match head.get(space + 1..)? {
+        b"-" => Some(None),
+        g => GroupName::new(g).map(Some),
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +196,11 @@ mod tests {
         assert_eq!(decode_entry(&e, b"abc", 1_000), None, "expired");
         assert_eq!(decode_entry(&e, b"abd", 0), None, "another trace in the slot");
         assert_eq!(decode_entry(b"junk", b"abc", 0), None);
+        assert_eq!(decode_entry(b"1000 feature-1 xabc", b"abc", 0), None, "a longer trace ending in this one");
+        assert_eq!(decode_entry(b"1000 a b abc", b"abc", 0), None, "a group with a space");
+        assert_eq!(decode_entry(b"1000  abc", b"abc", 0), None, "an empty group");
+        assert_eq!(decode_entry(b"x1000 - abc", b"abc", 0), None, "an expiry that is not a number");
+        assert_eq!(decode_entry(b"abc", b"abc", 0), None);
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub const CLASS_NAMES: [&str; 5] = ["kept", "changed", "healed", "dropped", "unt
 /// An outbound request that carries a group (`sent`), against what the
 /// inbound side recorded for its trace.
 pub fn carried(recorded: Option<GroupName>, sent: GroupName) -> Class {
-    if recorded == Some(sent) {
+    if recorded.is_some_and(|r| r == sent) {
         Class::Kept
     } else {
         Class::Changed

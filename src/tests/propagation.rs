@@ -352,3 +352,74 @@ fn host_calls_per_request_with_and_without_reports() {
         assert_eq!(calls_of(&mut root, &host, direction, &[(":authority", "a")]), (1, 0, 0));
     }
 }
+
+/// One VM on both sides (side `auto`, as a sidecar's one VM per worker):
+/// sampled traces through its inbound side, then their outbound requests
+/// carrying a group. Returns the shared-data reads those outbound requests
+/// and the next tick made.
+fn carried_through_one_vm(root: &mut Root<FakeHost>, host: &FakeHost, traces: &[u64]) -> u32 {
+    let (inbound, outbound) = (1, 2);
+    for &n in traces {
+        calls_of(
+            root,
+            host,
+            inbound,
+            &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &traceparent(n))],
+        );
+    }
+    let before = host.vm.shared_gets.get();
+    for &n in traces {
+        let tp = traceparent(n);
+        calls_of(root, host, outbound, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+        calls_of(root, host, outbound, &[(":authority", "b"), ("x-isogroup", "feature-2"), ("traceparent", &tp)]);
+    }
+    root.on_tick();
+    host.vm.shared_gets.get() - before
+}
+
+/// A VM of workload `a-v1` on both sides, having seen lane traffic and
+/// told the other VMs (its ticks then make the same reads of their own).
+fn one_vm(process: &std::rc::Rc<Process>) -> (Root<FakeHost>, FakeHost) {
+    let (mut root, host) = configured(process, &config("a-v1", "auto", ""));
+    calls_of(&mut root, &host, 1, &[(":authority", "a"), ("x-isogroup", "feature-1")]);
+    root.on_tick();
+    (root, host)
+}
+
+#[test]
+fn carried_requests_of_traces_the_vm_recorded_take_no_read_per_request() {
+    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(20).collect();
+    let process = Process::new();
+    let (mut root, host) = one_vm(&process);
+    // The tick's own reads (the lane time or the count key), whatever the
+    // number of requests: one trace, then twenty.
+    let one = carried_through_one_vm(&mut root, &host, &traces[..1]);
+    assert_eq!(counted(&process), [1, 1, 0, 0, 0]);
+    let twenty = carried_through_one_vm(&mut root, &host, &traces);
+    assert_eq!(counted(&process), [21, 21, 0, 0, 0], "each counted once, exactly as from shared data");
+    assert_eq!(twenty, one, "no read per carried request (40 of them)");
+    assert!(one <= 2, "{one} reads on the tick");
+}
+
+#[test]
+fn a_record_this_vm_no_longer_holds_is_read_on_the_tick() {
+    use crate::propagation::local_slot;
+    // Two sampled traces in the same place of the VM's records (not of the
+    // assist's slots): the second recorded replaces the first there.
+    let first = (1..).find(|&n| is_sampled(n)).unwrap();
+    let slot = |n: u64| local_slot(trace_id(n).as_bytes());
+    let second = (first + 1..).find(|&n| is_sampled(n) && slot(n) == slot(first)).unwrap();
+    let process = Process::new();
+    let (mut root, host) = one_vm(&process);
+    let baseline = carried_through_one_vm(&mut root, &host, &[second]);
+    let reads = carried_through_one_vm(&mut root, &host, &[first, second]);
+    assert_eq!(reads, baseline + 2, "the first trace's two requests read its record on the tick");
+    assert_eq!(counted(&process), [3, 3, 0, 0, 0], "and count as the VM's own records do");
+    // Expired: neither the VM's record nor the shared one counts.
+    host.advance(3_600_000);
+    carried_through_one_vm(&mut root, &host, &[]);
+    let tp = traceparent(second);
+    calls_of(&mut root, &host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+    root.on_tick();
+    assert_eq!(counted(&process), [3, 3, 0, 0, 0]);
+}
