@@ -684,7 +684,10 @@ async fn deciding_arm_follows_the_companion_through_the_bootstrap_extension() {
 async fn deciding_arm_the_bootstrap_poller_backs_off_while_the_companion_is_down_and_recovers() {
     let rendered = Rendered::from_file("envoy/native-decide-companion.yaml");
     let port = rendered.port(18080);
-    let table = include_str!("../demo/table.json").replace(r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }"#, r#""b": { "hosts": ["b"], "clusters": { "base": "b-base", "feature-1": "b-feature-1" } }"#);
+    let table = include_str!("../demo/table.json").replace(
+        r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }"#,
+        r#""b": { "hosts": ["b"], "clusters": { "base": "b-base", "feature-1": "b-feature-1" } }"#,
+    );
     assert_ne!(table, include_str!("../demo/table.json"));
     let mut companion = Companion::start(port, &table).await;
     let mesh = Mesh::start_with(rendered).await;
@@ -751,7 +754,10 @@ async fn a_companion_source_the_deciding_arm_cannot_read_is_refused_naming_the_f
         ports: base.ports.clone(),
     };
     for (rendered, field) in [
-        (without, "specifier_config.plugin.table.companion: no isogroup bootstrap extension of this Envoy polls this source"),
+        (
+            without,
+            "specifier_config.plugin.table.companion: no isogroup bootstrap extension of this Envoy polls this source",
+        ),
         (other_wait, "specifier_config.plugin.table.companion: no isogroup bootstrap extension"),
         (unknown, r#"extension_config: unknown field "edge""#),
         (not_companion, "extension_config.table.companion: required"),
@@ -792,6 +798,32 @@ async fn the_filter_and_the_bootstrap_extension_share_one_poller_per_source() {
     let (_, served, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
     assert_eq!(hops, "a@feature-1 > b@feature-1 > c@base");
     assert!(!served.is_empty(), "the filter annotated");
+}
+
+/// A panic in the bootstrap extension's callout hook (the `test-panic`
+/// build panics on a companion answer carrying its marker): the barrier
+/// catches it, Envoy keeps serving (the default cluster, no table yet), and
+/// the poller goes on after a backoff: the next answer's table arrives.
+#[tokio::test]
+async fn a_panic_in_the_bootstrap_poller_is_caught_and_polling_goes_on() {
+    let module = panic_module();
+    let mut rendered = Rendered::from_file("envoy/native-decide-companion.yaml");
+    rendered.yaml =
+        rendered.yaml.replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()));
+    let marked = r#"{"version": 5, "groups": {"isogroup-test-panic": {}}, "services": {}}"#.to_owned();
+    let good = include_str!("../demo/table.json").replace(r#""version": 1"#, r#""version": 7"#).replace(
+        r#""clusters": { "base": "b-base" }"#,
+        r#""clusters": { "base": "b-base", "feature-1": "b-feature-1" }"#,
+    );
+    let _companion = fake_companion(rendered.port(18080), vec![Some(marked), Some(good), None]).await;
+    let mesh = Mesh::start_with(rendered).await;
+    wait_for("the barrier's log line", Duration::from_secs(10), || async {
+        mesh.envoy.log_text().contains("isogroup: panic in bootstrap_extension_http_callout_done").then_some(())
+    })
+    .await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 7).await;
+    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"), "table 7 routes");
 }
 
 /// The `test-panic` module: built here (its own profile, so the shipped

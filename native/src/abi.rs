@@ -20,8 +20,8 @@ use core::panic::AssertUnwindSafe;
 use core::ptr;
 use std::panic::catch_unwind;
 
-use crate::filter::{self, Config, Stream};
 use crate::bootstrap::BootstrapConfig;
+use crate::filter::{self, Config, Stream};
 use crate::specifier::{self, SpecifierConfig};
 
 // ---------------------------------------------------------------- types
@@ -1042,11 +1042,17 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: EnvoyPtr, _: 
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(_: EnvoyPtr, config_ptr: ModulePtr, event: u64) {
-    barrier("http_filter_config_scheduled", (), || {
+    let done = barrier("http_filter_config_scheduled", false, || {
         if let Some(c) = config(config_ptr) {
             c.on_scheduled(event);
         }
-    })
+        true
+    });
+    if !done {
+        if let Some(c) = config(config_ptr) {
+            barrier("http_filter_config_scheduled", (), || c.recover_after_panic());
+        }
+    }
 }
 
 // The arrays are Envoy's, valid during the call (see the SAFETY below).
@@ -1062,12 +1068,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     body_chunks: *mut Buffer,
     body_chunks_size: usize,
 ) {
-    barrier("http_filter_config_http_callout_done", (), || {
-        let Some(c) = config(config_ptr) else { return };
+    let done = barrier("http_filter_config_http_callout_done", false, || {
+        let Some(c) = config(config_ptr) else { return true };
         // SAFETY: Envoy's arrays, valid during this hook (callout_answer's contract).
         let answer = unsafe { callout_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
         c.on_callout_done(callout_id, answer);
-    })
+        true
+    });
+    if !done {
+        if let Some(c) = config(config_ptr) {
+            barrier("http_filter_config_http_callout_done", (), || c.recover_after_panic());
+        }
+    }
 }
 
 /// A callout's answer, copied out of Envoy's arrays (`None`: reset, timed
@@ -1225,15 +1237,13 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
     name: Buffer,
     config: Buffer,
 ) -> ModulePtr {
-    barrier("cluster_specifier_config_new", ptr::null(), || match SpecifierConfig::new(
-        name.bytes(),
-        config.bytes(),
-        validation_mode(),
-    ) {
-        Ok(c) => Box::into_raw(Box::new(c)) as ModulePtr,
-        Err(e) => {
-            log(Level::Error, &format!("isogroup: invalid cluster specifier config: {e}"));
-            ptr::null()
+    barrier("cluster_specifier_config_new", ptr::null(), || {
+        match SpecifierConfig::new(name.bytes(), config.bytes(), validation_mode()) {
+            Ok(c) => Box::into_raw(Box::new(c)) as ModulePtr,
+            Err(e) => {
+                log(Level::Error, &format!("isogroup: invalid cluster specifier config: {e}"));
+                ptr::null()
+            }
         }
     })
 }
@@ -1334,11 +1344,13 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_server_initialized
     _extension_envoy_ptr: EnvoyPtr,
     extension_module_ptr: ModulePtr,
 ) {
-    barrier("bootstrap_extension_server_initialized", (), || {
+    let done = barrier("bootstrap_extension_server_initialized", false, || {
         if let Some(c) = bootstrap(extension_module_ptr) {
             c.on_server_initialized();
         }
-    })
+        true
+    });
+    bootstrap_recover(done, extension_module_ptr);
 }
 
 #[no_mangle]
@@ -1353,6 +1365,8 @@ type EventCallback = Option<unsafe extern "C" fn(context: *mut c_void)>;
 /// Envoy waits for the completion callback before it exits: called at once
 /// (the module has nothing to flush), outside any barrier so no panic can
 /// skip it.
+// The context is Envoy's, handed back to Envoy's callback untouched.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_shutdown(
     _extension_envoy_ptr: EnvoyPtr,
@@ -1382,12 +1396,23 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_http_callout_done(
     body_chunks: *mut Buffer,
     body_chunks_size: usize,
 ) {
-    barrier("bootstrap_extension_http_callout_done", (), || {
-        let Some(c) = bootstrap(extension_config_module_ptr) else { return };
+    let done = barrier("bootstrap_extension_http_callout_done", false, || {
+        let Some(c) = bootstrap(extension_config_module_ptr) else { return true };
         // SAFETY: Envoy's arrays, valid during this hook.
         let answer = unsafe { callout_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
         c.on_callout_done(callout_id, answer);
-    })
+        true
+    });
+    bootstrap_recover(done, extension_config_module_ptr);
+}
+
+/// After a bootstrap hook's panic (`done` false): polling goes on.
+fn bootstrap_recover(done: bool, module_ptr: ModulePtr) {
+    if !done {
+        if let Some(c) = bootstrap(module_ptr) {
+            barrier("bootstrap_extension_recover", (), || c.recover_after_panic());
+        }
+    }
 }
 
 #[no_mangle]
@@ -1396,15 +1421,23 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
     extension_config_module_ptr: ModulePtr,
     timer_ptr: *mut c_void,
 ) {
-    barrier("bootstrap_extension_timer_fired", (), || {
+    let done = barrier("bootstrap_extension_timer_fired", false, || {
         if let Some(c) = bootstrap(extension_config_module_ptr) {
             c.on_timer(TimerId(timer_ptr as usize));
         }
-    })
+        true
+    });
+    bootstrap_recover(done, extension_config_module_ptr);
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_file_changed(_: EnvoyPtr, _: ModulePtr, _: Buffer, _: u32) {}
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_file_changed(
+    _: EnvoyPtr,
+    _: ModulePtr,
+    _: Buffer,
+    _: u32,
+) {
+}
 
 /// No admin handler is registered; Envoy would call this only for one.
 #[no_mangle]
@@ -1419,7 +1452,12 @@ pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_admin_request(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_add_or_update(_: EnvoyPtr, _: ModulePtr, _: Buffer) {}
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_add_or_update(
+    _: EnvoyPtr,
+    _: ModulePtr,
+    _: Buffer,
+) {
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_removal(_: EnvoyPtr, _: ModulePtr, _: Buffer) {}

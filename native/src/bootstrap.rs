@@ -75,6 +75,11 @@ impl BootstrapConfig {
     pub fn on_callout_done(&self, id: u64, answer: Answer) {
         self.poller.on_callout_done(id, answer);
     }
+
+    /// Main thread: one of this configuration's hooks panicked; polling goes on.
+    pub fn recover_after_panic(&self) {
+        self.poller.recover_after_panic();
+    }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -25,8 +25,8 @@ use isogroup_core::request::{self, Peer};
 use isogroup_core::{cidr, regex, Decision, Settings, Source, Table};
 
 use crate::abi::{log, log_enabled, Level, SelectHandle};
-use crate::sync::{self, SourceReader};
 use crate::filter::{METADATA_CLUSTER, METADATA_NAMESPACE};
+use crate::sync::{self, SourceReader};
 
 thread_local! {
     /// One per worker: `select` runs on the request's worker alone.
@@ -52,6 +52,7 @@ struct Decider {
 }
 
 /// Where a decider's table comes from.
+#[allow(clippy::large_enum_variant)] // one per plugin configuration; the inline table read in place, no box to follow
 enum Tables {
     /// No table (or a companion source under `--mode validate`): every
     /// request goes to the default cluster.

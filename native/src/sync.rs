@@ -433,9 +433,25 @@ impl Poller {
         }
     }
 
+    /// Main thread: a hook of this part panicked (the barrier caught it),
+    /// maybe between a callout's answer and the next poll: the source
+    /// would stop being polled, so the next poll is scheduled as after a
+    /// failure.
+    pub fn recover_after_panic(&self) {
+        lock(&self.in_flight).take();
+        if self.is_polling_member() {
+            self.back_off();
+        }
+    }
+
     /// A `200` answer: a whole table or a delta, taken onto the table held
     /// (main thread; one table per process).
     fn accept(&self, body: &[u8], delta: bool) {
+        #[cfg(feature = "test-panic")]
+        #[allow(clippy::panic)] // the point of the feature
+        if body.windows(19).any(|w| w == b"isogroup-test-panic") {
+            panic!("isogroup-test-panic: a companion answer");
+        }
         let (_, base_group, limits) = &self.shared.key;
         let taken = lock(&self.shared.state).holding.take(body, delta, base_group, limits);
         let table = match taken {

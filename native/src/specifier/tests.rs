@@ -56,7 +56,8 @@ fn the_same_plugin_configuration_is_compiled_once_for_every_specifier() {
     let (a_decider, b_decider) = (a.decider.as_ref().unwrap(), b.decider.as_ref().unwrap());
     assert!(Arc::ptr_eq(a_decider, b_decider));
     assert!(matches!(a_decider.table, super::Tables::Inline(_)));
-    let other = SpecifierConfig::new(b"isogroup", config("a-base").replace("svc-f1", "svc-f2").as_bytes(), false).unwrap();
+    let other =
+        SpecifierConfig::new(b"isogroup", config("a-base").replace("svc-f1", "svc-f2").as_bytes(), false).unwrap();
     assert!(!Arc::ptr_eq(a_decider, other.decider.as_ref().unwrap()));
 }
 
@@ -70,13 +71,11 @@ fn what_needs_the_filter_is_refused_naming_the_field() {
         .contains("specifier_config.plugin.propagation_assist"));
 }
 
-const COMPANION: &str = r#""table": {"companion": {"cluster": "CLUSTER", "authority": "companion", "path": "/v1/table", "wait_s": 25}}"#;
+const COMPANION: &str =
+    r#""table": {"companion": {"cluster": "CLUSTER", "authority": "companion", "path": "/v1/table", "wait_s": 25}}"#;
 
 fn with_companion(cluster: &str) -> String {
-    format!(
-        r#"{{"decide": true, "default_cluster": "b", "plugin": {{{}}}}}"#,
-        COMPANION.replace("CLUSTER", cluster)
-    )
+    format!(r#"{{"decide": true, "default_cluster": "b", "plugin": {{{}}}}}"#, COMPANION.replace("CLUSTER", cluster))
 }
 
 #[test]
