@@ -562,8 +562,9 @@ async fn deciding_arm_refuses_what_needs_the_filter_naming_the_field() {
     let table = r#""table": {"inline": {"version": 1, "groups": {}, "services": {}}}"#;
     let cases = [
         (
+            // Without a bootstrap extension polling that source.
             r#"{"table": {"companion": {"cluster": "c", "authority": "c", "path": "/v1/table"}}}"#.to_owned(),
-            "specifier_config.plugin.table.companion",
+            "specifier_config.plugin.table.companion: no isogroup bootstrap extension",
         ),
         (
             format!(r#"{{"edge": {{"join_path": "/.isogroup/join"}}, {table}}}"#),
@@ -768,6 +769,37 @@ async fn a_companion_source_the_deciding_arm_cannot_read_is_refused_naming_the_f
         };
         assert!(err.contains(field), "{field}: {err}");
     }
+}
+
+/// `envoy --mode validate` makes the bootstrap extensions before the routes,
+/// as a server does: the shipped config validates, and without its bootstrap
+/// extension validation fails naming the route's field.
+#[test]
+fn the_companion_fed_deciding_config_validates_and_fails_validation_without_its_extension() {
+    let base = Rendered::from_file("envoy/native-decide-companion.yaml");
+    let dir = std::env::temp_dir().join(format!("isogroup-validate-decide-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let validate = |yaml: &str| {
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let out = Command::new(common::envoy_bin())
+            .current_dir(root())
+            .args(["--mode", "validate", "-l", "error", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let (ok, text) = validate(&base.yaml);
+    assert!(ok, "{text}");
+    let extension = &base.yaml[base.yaml.find("bootstrap_extensions:").unwrap()..base.yaml.find("admin:").unwrap()];
+    let (ok, text) = validate(&base.yaml.replace(extension, ""));
+    assert!(!ok, "validated without the bootstrap extension");
+    assert!(text.contains("specifier_config.plugin.table.companion: no isogroup bootstrap extension"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A bootstrap extension and a filter configuration with the same source

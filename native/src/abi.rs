@@ -1237,13 +1237,11 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
     name: Buffer,
     config: Buffer,
 ) -> ModulePtr {
-    barrier("cluster_specifier_config_new", ptr::null(), || {
-        match SpecifierConfig::new(name.bytes(), config.bytes(), validation_mode()) {
-            Ok(c) => Box::into_raw(Box::new(c)) as ModulePtr,
-            Err(e) => {
-                log(Level::Error, &format!("isogroup: invalid cluster specifier config: {e}"));
-                ptr::null()
-            }
+    barrier("cluster_specifier_config_new", ptr::null(), || match SpecifierConfig::new(name.bytes(), config.bytes()) {
+        Ok(c) => Box::into_raw(Box::new(c)) as ModulePtr,
+        Err(e) => {
+            log(Level::Error, &format!("isogroup: invalid cluster specifier config: {e}"));
+            ptr::null()
         }
     })
 }

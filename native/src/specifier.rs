@@ -54,8 +54,7 @@ struct Decider {
 /// Where a decider's table comes from.
 #[allow(clippy::large_enum_variant)] // one per plugin configuration; the inline table read in place, no box to follow
 enum Tables {
-    /// No table (or a companion source under `--mode validate`): every
-    /// request goes to the default cluster.
+    /// No table: every request goes to the default cluster.
     None,
     Inline(Table),
     /// The table the module's bootstrap extension polls from the companion,
@@ -70,9 +69,7 @@ static DECIDERS: Mutex<Vec<Weak<Decider>>> = Mutex::new(Vec::new());
 const KEYS: [&str; 3] = ["decide", "default_cluster", "plugin"];
 
 impl SpecifierConfig {
-    /// `validating`: Envoy's `--mode validate`, which makes no bootstrap
-    /// extension, so a companion source is taken unchecked there.
-    pub fn new(_name: &[u8], config: &[u8], validating: bool) -> Result<SpecifierConfig, String> {
+    pub fn new(_name: &[u8], config: &[u8]) -> Result<SpecifierConfig, String> {
         let config = config.trim_ascii();
         if config.first() != Some(&b'{') {
             if config.is_empty() {
@@ -112,24 +109,24 @@ impl SpecifierConfig {
             );
         };
         let key = serde_json::to_vec(plugin).map_err(|e| format!("specifier_config.plugin: {e}"))?;
-        Ok(SpecifierConfig { default_cluster, decider: Some(Decider::shared(key, validating)?) })
+        Ok(SpecifierConfig { default_cluster, decider: Some(Decider::shared(key)?) })
     }
 }
 
 impl Decider {
     /// The process's decider for this plugin configuration, made on first use.
-    fn shared(key: Vec<u8>, validating: bool) -> Result<Arc<Decider>, String> {
+    fn shared(key: Vec<u8>) -> Result<Arc<Decider>, String> {
         let mut deciders = DECIDERS.lock().unwrap_or_else(|e| e.into_inner());
         deciders.retain(|d| d.strong_count() > 0);
         if let Some(found) = deciders.iter().filter_map(Weak::upgrade).find(|d| d.key == key) {
             return Ok(found);
         }
-        let decider = Arc::new(Decider::new(key, validating)?);
+        let decider = Arc::new(Decider::new(key)?);
         deciders.push(Arc::downgrade(&decider));
         Ok(decider)
     }
 
-    fn new(key: Vec<u8>, validating: bool) -> Result<Decider, String> {
+    fn new(key: Vec<u8>) -> Result<Decider, String> {
         let mut settings = Settings::from_json(&key).map_err(|e| format!("specifier_config.plugin: {e}"))?;
         // What needs an HTTP filter is refused, not silently dropped.
         let refuse = |field: &str, why: &str| {
@@ -147,7 +144,6 @@ impl Decider {
         let table = match core::mem::replace(&mut settings.source, Source::None) {
             Source::None => Tables::None,
             Source::Inline(table) => Tables::Inline(table),
-            Source::Companion(_) if validating => Tables::None,
             Source::Companion(source) => {
                 let key = (source, settings.base_group.clone(), settings.limits);
                 match sync::bootstrap_source(&key) {

@@ -10,7 +10,7 @@ use super::SpecifierConfig;
 const TABLE: &str = r#"{"table": {"inline": {"version": 1, "groups": {"f1": {}}, "services": {"svc": {"hosts": ["svc"], "clusters": {"base": "svc-base", "f1": "svc-f1"}}}}}}"#;
 
 fn error(config: &str) -> String {
-    match SpecifierConfig::new(b"isogroup", config.as_bytes(), false) {
+    match SpecifierConfig::new(b"isogroup", config.as_bytes()) {
         Ok(_) => panic!("accepted: {config}"),
         Err(e) => e,
     }
@@ -18,7 +18,7 @@ fn error(config: &str) -> String {
 
 #[test]
 fn a_plain_string_is_the_default_cluster_and_reads_the_filters_metadata() {
-    let c = SpecifierConfig::new(b"isogroup", b" svc-base \n", false).unwrap();
+    let c = SpecifierConfig::new(b"isogroup", b" svc-base \n").unwrap();
     assert_eq!(c.default_cluster, b"svc-base");
     assert!(c.decider.is_none());
     assert!(error("  ").contains("default cluster's name is required"));
@@ -51,13 +51,12 @@ fn deeply_nested_json_is_refused_without_exhausting_the_stack() {
 #[test]
 fn the_same_plugin_configuration_is_compiled_once_for_every_specifier() {
     let config = |cluster: &str| format!(r#"{{"decide": true, "default_cluster": "{cluster}", "plugin": {TABLE}}}"#);
-    let a = SpecifierConfig::new(b"isogroup", config("a-base").as_bytes(), false).unwrap();
-    let b = SpecifierConfig::new(b"isogroup", config("b-base").as_bytes(), false).unwrap();
+    let a = SpecifierConfig::new(b"isogroup", config("a-base").as_bytes()).unwrap();
+    let b = SpecifierConfig::new(b"isogroup", config("b-base").as_bytes()).unwrap();
     let (a_decider, b_decider) = (a.decider.as_ref().unwrap(), b.decider.as_ref().unwrap());
     assert!(Arc::ptr_eq(a_decider, b_decider));
     assert!(matches!(a_decider.table, super::Tables::Inline(_)));
-    let other =
-        SpecifierConfig::new(b"isogroup", config("a-base").replace("svc-f1", "svc-f2").as_bytes(), false).unwrap();
+    let other = SpecifierConfig::new(b"isogroup", config("a-base").replace("svc-f1", "svc-f2").as_bytes()).unwrap();
     assert!(!Arc::ptr_eq(a_decider, other.decider.as_ref().unwrap()));
 }
 
@@ -83,10 +82,6 @@ fn a_companion_source_no_bootstrap_extension_polls_is_refused_naming_the_field()
     let e = error(&with_companion("specifier-test-unpolled"));
     assert!(e.starts_with("specifier_config.plugin.table.companion: no isogroup bootstrap extension"), "{e}");
     assert!(e.contains(r#"cluster "specifier-test-unpolled""#), "{e}");
-    // `--mode validate` makes no bootstrap extension: taken unchecked, and no table.
-    let validating =
-        SpecifierConfig::new(b"isogroup", with_companion("specifier-test-unpolled").as_bytes(), true).unwrap();
-    assert!(matches!(validating.decider.as_ref().unwrap().table, super::Tables::None));
 }
 
 #[test]
@@ -96,7 +91,7 @@ fn a_companion_source_a_bootstrap_extension_polls_is_read_from_the_registry() {
     let settings = isogroup_core::Settings::from_json(plugin.to_string().as_bytes()).unwrap();
     let isogroup_core::Source::Companion(source) = settings.source else { panic!("a companion source") };
     let _polling = crate::sync::tests_support::polled_by_a_bootstrap((source, settings.base_group, settings.limits));
-    let c = SpecifierConfig::new(b"isogroup", json.as_bytes(), false).unwrap();
+    let c = SpecifierConfig::new(b"isogroup", json.as_bytes()).unwrap();
     assert!(matches!(c.decider.as_ref().unwrap().table, super::Tables::Companion(_)));
     // The same source with another hold time is not polled.
     let e = error(&json.replace(r#""wait_s": 25"#, r#""wait_s": 26"#));
