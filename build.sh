@@ -655,6 +655,8 @@ bench() {
   if [ "${1:-}" = one ] && [ "${2:-}" = --callgrind ]; then # instructions per request, one Envoy under callgrind
     shift 2
     ensure_valgrind
+    # The companion the companion-fed deciding arm polls.
+    cargo build --quiet --profile server -p isogroup-companion
     log "Envoy instructions per request under callgrind, every arm a listener of one Envoy (see docs/native.md)"
     .venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml
     .venv/bin/python bench/one_envoy_callgrind.py "$@"

@@ -14,6 +14,7 @@ minimal probe measured in the same run.
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
@@ -45,14 +46,23 @@ def arms(extra_wasm=()):
     ] + [(name, iso.replace("filename: target/isogroup.wasm", f"filename: {path}"), load.SMALL) for name, path in extra_wasm]
 
 
+# The companion the `native-decide-companion` arm's bootstrap extension polls (companion()).
+COMPANION_PORT = 19081
+COMPANION_SOURCE = {"cluster": "isogroup-companion", "authority": "isogroup-companion", "wait_s": 20}
+COMPANION_ARMS = ("native-decide-companion",)
+
+
 def native_arms():
     """The native build (target/libisogroup_native.so) on the lean arm's listener: `native-default`
     hands the cluster over as the wasm build does (routing header + route-cache clear), `native-lean`
     through the route's cluster specifier (dynamic metadata + cluster refresh, no header write),
-    `native-decide` by the cluster specifier alone (it decides in select; no HTTP filter)."""
+    `native-decide` by the cluster specifier alone (it decides in select; no HTTP filter), and
+    `native-decide-companion` the same with the table long-polled from a companion by the module's
+    bootstrap extension (the bench starts the companion: companion())."""
     module = {"module": {"local": {"filename": "target/libisogroup_native.so"}}, "do_not_close": True}
     arms = []
-    for name, filter_name in (("native-default", "isogroup"), ("native-lean", "isogroup-lean"), ("native-decide", None)):
+    for name, filter_name in (("native-default", "isogroup"), ("native-lean", "isogroup-lean"), ("native-decide", None),
+                              ("native-decide-companion", None)):
         doc = yaml.safe_load((load.ROOT / "bench/envoy/isogroup.yaml").read_text())
         hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         wasm = hcm["http_filters"][0]["typed_config"]
@@ -66,6 +76,20 @@ def native_arms():
         if filter_name is None:
             # The same plugin configuration, given to the cluster specifier; no HTTP filter.
             plugin = json.loads(wasm["config"]["configuration"]["value"])
+            if name in COMPANION_ARMS:
+                # The same settings, the table from the companion (SMALL_TABLE) through the bootstrap extension.
+                plugin["table"] = {"companion": COMPANION_SOURCE}
+                doc["bootstrap_extensions"] = [{"name": "envoy.bootstrap.dynamic_modules", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.bootstrap.dynamic_modules.v3.DynamicModuleBootstrapExtension",
+                    "dynamic_module_config": {**module, "metrics_namespace": "isogroup"},
+                    "extension_name": "isogroup",
+                    "extension_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                         "value": json.dumps({"table": {"companion": COMPANION_SOURCE}})},
+                }}]
+                doc["static_resources"]["clusters"].append({
+                    "name": "isogroup-companion", "type": "STATIC", "connect_timeout": "1s",
+                    "load_assignment": {"cluster_name": "isogroup-companion", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": COMPANION_PORT}}}}]}]}})
             specifier = json.dumps({"decide": True, "default_cluster": "svc-base", "plugin": plugin})
             del hcm["http_filters"][0]
         if filter_name != "isogroup":
@@ -119,11 +143,51 @@ def per_write(cpu, paired):
     return lines
 
 
+class companion:
+    """The companion the companion-fed arms poll (SMALL_TABLE), while any of `arm_names` runs:
+    `with companion(names): ...`; nothing without such an arm."""
+
+    def __init__(self, arm_names):
+        self.needed = any(a in COMPANION_ARMS for a in arm_names)
+        self.proc = None
+
+    def __enter__(self):
+        if not self.needed:
+            return self
+        target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or load.ROOT / "target")
+        binary = target / "server/isogroup-companion"
+        table = load.OUT / "companion-table.json"
+        table.write_text(json.dumps({"version": 1, **SMALL_TABLE}))
+        env = dict(os.environ, ISOGROUP_TOKEN="bench", RUST_LOG="warn")
+        self.proc = subprocess.Popen([str(binary), "serve", "--listen", f"127.0.0.1:{COMPANION_PORT}", "--table", str(table)],
+                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        load.wait_for("the companion", 10, lambda: load.http_get(f"http://127.0.0.1:{COMPANION_PORT}/v1/table")[0] == 200)
+        return self
+
+    def wait_polled(self, admin):
+        """Until Envoy's bootstrap extension holds the companion's table."""
+        if self.needed:
+            version = lambda: [int(l.split(":")[-1]) for l in load.http_get(
+                f"http://127.0.0.1:{admin}/stats?filter=isogroup_table_version")[2].splitlines() if ":" in l]
+            load.wait_for("the companion's table in Envoy", 60, lambda: any(v >= 1 for v in version()))
+
+    def __exit__(self, *_):
+        if self.proc:
+            load.stop_process(self.proc)
+
+
 def combined_config(arm_list):
-    """One bootstrap: each arm's listener on its own port, its wasm VM its own (but a "sidecar-" one)."""
+    """One bootstrap: each arm's listener on its own port, its wasm VM its own (but a "sidecar-" one);
+    bootstrap extensions and clusters an arm adds (the companion-fed arms') are kept once."""
     merged = None
     for i, (name, config, _) in enumerate(arm_list):
         doc = yaml.safe_load(config)
+        if merged is not None:
+            for ext in doc.get("bootstrap_extensions", []):
+                if ext not in merged.setdefault("bootstrap_extensions", []):
+                    merged["bootstrap_extensions"].append(ext)
+            have = {c["name"] for c in merged["static_resources"]["clusters"]}
+            merged["static_resources"]["clusters"] += [c for c in doc["static_resources"]["clusters"] if c["name"] not in have]
         listener = doc["static_resources"]["listeners"][0]
         listener["name"] = name
         listener["address"]["socket_address"]["port_value"] = FIRST_PORT + i
@@ -167,8 +231,10 @@ def main():
     cpu = {name: [] for name, _, _ in arm_list}
     load_before = os.getloadavg()
     upstream = load.Envoy("bench/envoy/upstream.yaml", cpus="1", admin=19902, base_id=2)
+    companion_proc = companion([a[0] for a in arm_list]).__enter__()
     envoy = load.Envoy(config, cpus="0", base_id=80)
     try:
+        companion_proc.wait_polled(load.ADMIN)
         for rnd in range(args.rounds):
             order = arm_list[rnd % len(arm_list):] + arm_list[:rnd % len(arm_list)]
             for name, _, headers in order:
@@ -183,6 +249,7 @@ def main():
                 load.log(f"round {rnd + 1}/{args.rounds} {name:20} {cpu[name][-1]:6.2f} µs/req")
     finally:
         envoy.stop()
+        companion_proc.__exit__()
         upstream.stop()
     med = {name: statistics.median(v) for name, v in cpu.items()}
     # Paired: the median of per-round differences (both arms measured minutes apart at most, so a

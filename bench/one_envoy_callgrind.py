@@ -40,10 +40,11 @@ import load  # noqa: E402  (paths, the upstream Envoy, admin helpers)
 import one_envoy  # noqa: E402  (the arms and the combined config)
 import propagation_arms  # noqa: E402  (what propagation reports cost: sidecar-like arms)
 
-DEFAULT_ARMS = "floor,lua,noop-wasm,isogroup-lean,native-default,native-lean,native-decide"
+DEFAULT_ARMS = "floor,lua,noop-wasm,isogroup-lean,native-default,native-lean,native-decide,native-decide-companion"
 ADMIN = 19901  # the combined config keeps the first arm's admin address
 # Arms compared in the summary: (label, arm); each over the floor, and as a ratio to Lua's.
 GOALS = (("native lean ÷ Lua (goal ≤ 0.5)", "native-lean"), ("native decide ÷ Lua (goal ≤ 0.5)", "native-decide"),
+         ("native decide, companion-fed ÷ Lua (goal ≤ 0.5)", "native-decide-companion"),
          ("native default ÷ Lua (goal ≤ 1)", "native-default"))
 
 
@@ -164,9 +165,17 @@ def main():
     worker = None
     load_before = os.getloadavg()
     upstream = load.Envoy("bench/envoy/upstream.yaml", cpus="1", admin=19902, base_id=2)
+    # The companion-fed arms' companion, before Envoy (its bootstrap extension polls at start).
+    companion = one_envoy.companion(wanted).__enter__()
     load.log("starting Envoy under callgrind (uninstrumented until the first arm)")
-    envoy = Callgrind(config, out_dir, args.startup_timeout)
     try:
+        envoy = Callgrind(config, out_dir, args.startup_timeout)
+    except BaseException:
+        companion.__exit__()
+        upstream.stop()
+        raise
+    try:
+        companion.wait_polled(ADMIN)
         envoy.control("-i", "on")
         for name, headers in propagation_arms.prime(wanted):
             conn = KeepAlive(port[name], headers)
@@ -209,6 +218,7 @@ def main():
         reports_check = propagation_check(wanted, args)
     finally:
         envoy.stop()
+        companion.__exit__()
         upstream.stop()
     load_after = os.getloadavg()
     idle = {"worker": statistics.median(idle_worker), "all": statistics.median(idle_all)}

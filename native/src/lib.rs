@@ -1,7 +1,8 @@
 //! isogroup-native: the isogroup filter as an Envoy 1.40 dynamic module
 //! (`libisogroup_native.so`), over the same core as the wasm build. The
 //! ABI (`abi`) is the only `unsafe` code; `filter` is the request path and
-//! `specifier` the route's cluster specifier. docs/native.md says what is
+//! `specifier` the route's cluster specifier, `bootstrap` the bootstrap
+//! extension that polls a companion for it. docs/native.md says what is
 //! the same as the wasm build and what differs.
 
 #![deny(unsafe_code)]
@@ -10,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 
 pub mod abi;
 mod assist;
+mod bootstrap;
 mod filter;
 mod holding;
 mod specifier;

@@ -11,7 +11,9 @@
 //! - a JSON object `{"decide": true, "default_cluster": ..., "plugin": {...}}`:
 //!   `select` decides on its own, once, from the request headers (and the
 //!   peer's address in edge mode) with core's scan and decide over the
-//!   plugin configuration's table; no HTTP filter, no metadata, no refresh.
+//!   plugin configuration's table (inline, or a companion source the
+//!   module's bootstrap extension polls: `bootstrap.rs`); no HTTP filter, no
+//!   metadata, no refresh.
 //!   What it cannot do from `select` (local replies, header writes, response
 //!   annotations) is refused at configuration or listed in docs/native.md;
 //!   a fail-fast is Envoy's cluster-not-found answer with the plugin's status.
@@ -24,6 +26,7 @@ use isogroup_core::{cidr, regex, Decision, Settings, Source, Table};
 
 use crate::abi::{log, log_enabled, Level, SelectHandle};
 use crate::filter::{METADATA_CLUSTER, METADATA_NAMESPACE};
+use crate::sync::{self, SourceReader};
 
 thread_local! {
     /// One per worker: `select` runs on the request's worker alone.
@@ -45,7 +48,19 @@ struct Decider {
     /// The plugin configuration as given (re-serialised): the registry's key.
     key: Vec<u8>,
     settings: Settings,
-    table: Option<Table>,
+    table: Tables,
+}
+
+/// Where a decider's table comes from.
+#[allow(clippy::large_enum_variant)] // one per plugin configuration; the inline table read in place, no box to follow
+enum Tables {
+    /// No table: every request goes to the default cluster.
+    None,
+    Inline(Table),
+    /// The table the module's bootstrap extension polls from the companion,
+    /// per worker (`sync::current`: one atomic load, no lock); none before
+    /// its first table.
+    Companion(SourceReader),
 }
 
 static DECIDERS: Mutex<Vec<Weak<Decider>>> = Mutex::new(Vec::new());
@@ -127,13 +142,14 @@ impl Decider {
             return refuse("edge.join_path", "a join is answered with a local reply");
         }
         let table = match core::mem::replace(&mut settings.source, Source::None) {
-            Source::None => None,
-            Source::Inline(table) => Some(table),
-            Source::Companion(_) => {
-                return refuse(
-                    "table.companion",
-                    "companion sync needs the filter configuration's callouts and timers",
-                );
+            Source::None => Tables::None,
+            Source::Inline(table) => Tables::Inline(table),
+            Source::Companion(source) => {
+                let key = (source, settings.base_group.clone(), settings.limits);
+                match sync::bootstrap_source(&key) {
+                    Ok(reader) => Tables::Companion(reader),
+                    Err(polled) => return Err(not_polled(&key, &polled)),
+                }
             }
         };
         Ok(Decider { key, settings, table })
@@ -142,9 +158,23 @@ impl Decider {
     /// Decides this request and hands Envoy its cluster (`default_cluster`
     /// for a pass-through); a fail-fast is `Err(status)`, with no cluster.
     fn decide(&self, request: &SelectHandle, default_cluster: &[u8]) -> Result<(), u16> {
-        let Some(table) = &self.table else {
-            request.set_cluster(default_cluster);
-            return Ok(());
+        let polled;
+        let table = match &self.table {
+            Tables::Inline(table) => table,
+            Tables::Companion(reader) => match reader.current() {
+                Some(t) => {
+                    polled = t;
+                    &**polled
+                }
+                None => {
+                    request.set_cluster(default_cluster);
+                    return Ok(());
+                }
+            },
+            Tables::None => {
+                request.set_cluster(default_cluster);
+                return Ok(());
+            }
         };
         let settings = &self.settings;
         let raw = request.request_headers();
@@ -179,6 +209,19 @@ impl Decider {
         request.set_cluster(cluster);
         Ok(())
     }
+}
+
+/// The error for a companion source no bootstrap extension polls.
+fn not_polled(key: &sync::SourceKey, polled: &[String]) -> String {
+    let (source, base_group, _) = key;
+    let polled = if polled.is_empty() { "none".to_owned() } else { polled.join(", ") };
+    format!(
+        "specifier_config.plugin.table.companion: no isogroup bootstrap extension of this Envoy polls this source \
+         (cluster {:?}, path {:?}, wait_s {}, base_group {base_group:?}, limits as given): the deciding cluster \
+         specifier reads the table the module's bootstrap extension polls, which takes the same table.companion, \
+         base_group and limits (sources polled: {polled})",
+        source.cluster, source.path, source.wait_s
+    )
 }
 
 pub fn select(config: &SpecifierConfig, request: &SelectHandle) -> bool {

@@ -12,10 +12,16 @@
 //! held. A new configuration has the process's table from its first
 //! stream.
 //!
-//! Envoy 1.40 gives a filter configuration no timer: a backoff is a module
-//! thread that sleeps, then commits an event to the configuration's
-//! main-thread scheduler (the scheduler sits behind a lock that the
-//! configuration's destruction takes, so no commit outlives it).
+//! A source is polled by one of two owners (`Owner`): a filter
+//! configuration, or the module's bootstrap extension (`bootstrap.rs`, one
+//! per process, made before any listener, so it is the source's first member
+//! and polls it). Envoy 1.40 gives a filter configuration no timer: its
+//! backoff is a module thread that sleeps, then commits an event to the
+//! configuration's main-thread scheduler (the scheduler sits behind a lock
+//! that the configuration's destruction takes, so no commit outlives it); a
+//! bootstrap extension has real main-thread timers and uses them. The
+//! deciding cluster specifier reads a source a bootstrap extension polls
+//! (`bootstrap_source`).
 //!
 //! Workers never lock per request: each keeps, per configuration, the
 //! table of the generation it last saw (`Rc`, worker-local) and looks at
@@ -30,15 +36,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use isogroup_core::delta::DELTA_CONTENT_TYPE;
 use isogroup_core::{CompanionSource, Limits, Table, TableError};
 
-use crate::abi::{log, Level, MainThreadConfig, Scheduler};
+use crate::abi::{log, BootstrapHandle, Level, MainThreadConfig, Scheduler, Timer};
 use crate::holding::{Held, Holding, Taken};
 
 /// Backoff bounds after a failed poll, as the wasm build's.
 const BACKOFF_MIN_MS: u64 = 250;
 const BACKOFF_MAX_MS: u64 = 10_000;
 /// Scheduled events: poll now; refresh the table-age gauges.
-const EVENT_POLL: u64 = 1;
-const EVENT_AGE: u64 = 2;
+pub const EVENT_POLL: u64 = 1;
+pub const EVENT_AGE: u64 = 2;
 /// How often the table-age gauges are refreshed.
 const AGE_PERIOD: Duration = Duration::from_secs(1);
 
@@ -116,12 +122,52 @@ struct SourceState {
 
 struct Member {
     id: u64,
-    wake: Weak<Mutex<Option<Scheduler>>>,
-    /// Where this configuration shows the table's age.
-    age_gauge: Option<(MainThreadConfig, usize)>,
+    wake: Wake,
+    /// Where this member shows the table's age.
+    age_gauge: Option<(Owner, usize)>,
 }
 
-type SourceKey = (CompanionSource, String, Limits);
+/// How a member is woken for its next poll.
+enum Wake {
+    /// A filter configuration: its scheduler, committed from any thread.
+    Filter(Weak<Mutex<Option<Scheduler>>>),
+    /// A bootstrap extension: its poll timer, armed on the main thread only.
+    Bootstrap(Weak<Timer>),
+}
+
+/// The Envoy object a poller calls through (main thread only).
+#[derive(Clone, Copy)]
+pub enum Owner {
+    Filter(MainThreadConfig),
+    Bootstrap(BootstrapHandle),
+}
+
+impl Owner {
+    fn set_gauge(&self, id: usize, value: u64) {
+        match self {
+            Owner::Filter(e) => e.set_gauge(id, value),
+            Owner::Bootstrap(e) => e.set_gauge(id, value),
+        }
+    }
+
+    fn increment_counter(&self, id: usize, by: u64) {
+        match self {
+            Owner::Filter(e) => e.increment_counter(id, by),
+            Owner::Bootstrap(e) => e.increment_counter(id, by),
+        }
+    }
+
+    fn callout(&self, cluster: &str, headers: &[(&str, &[u8])], timeout_ms: u64) -> Option<u64> {
+        match self {
+            Owner::Filter(e) => e.callout(cluster, headers, timeout_ms),
+            Owner::Bootstrap(e) => e.callout(cluster, headers, timeout_ms),
+        }
+    }
+}
+
+/// What one source's table is compiled with: the source, the base group,
+/// the limits. Two configurations share a source when these are equal.
+pub type SourceKey = (CompanionSource, String, Limits);
 
 struct SharedSource {
     /// What a table is compiled with: the source, the base group, the limits.
@@ -133,12 +179,13 @@ struct SharedSource {
 static SOURCES: Mutex<Vec<Weak<SharedSource>>> = Mutex::new(Vec::new());
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
-/// The process's entry for `key`, made on first use; gone with its last configuration.
-fn join(key: SourceKey) -> Arc<SharedSource> {
+/// The process's entry for `key`, made on first use (`true`: made now);
+/// gone with its last configuration.
+fn join(key: SourceKey) -> (Arc<SharedSource>, bool) {
     let mut sources = lock(&SOURCES);
     sources.retain(|w| w.strong_count() > 0);
     if let Some(found) = sources.iter().filter_map(Weak::upgrade).find(|s| s.key == key) {
-        return found;
+        return (found, false);
     }
     let shared = Arc::new(SharedSource {
         key,
@@ -152,8 +199,37 @@ fn join(key: SourceKey) -> Arc<SharedSource> {
         }),
     });
     sources.push(Arc::downgrade(&shared));
-    start_age_ticks(Arc::downgrade(&shared));
-    shared
+    (shared, true)
+}
+
+/// A source a bootstrap extension of this process polls, as the deciding
+/// cluster specifier reads it: its table per worker (`current`).
+pub struct SourceReader {
+    shared: Arc<SharedSource>,
+}
+
+impl SourceReader {
+    /// The table a request on this worker is decided against; `None`
+    /// before the first one.
+    pub fn current(&self) -> Option<WorkerTable> {
+        current(&self.shared.published)
+    }
+}
+
+/// The source `key` if a bootstrap extension of this process polls it; else
+/// the companion clusters of the sources bootstrap extensions do poll (for
+/// the configuration's error).
+pub fn bootstrap_source(key: &SourceKey) -> Result<SourceReader, Vec<String>> {
+    let sources: Vec<Arc<SharedSource>> = lock(&SOURCES).iter().filter_map(Weak::upgrade).collect();
+    let polled = |s: &SharedSource| lock(&s.state).members.iter().any(|m| matches!(m.wake, Wake::Bootstrap(_)));
+    if let Some(shared) = sources.iter().find(|s| s.key == *key && polled(s)) {
+        return Ok(SourceReader { shared: shared.clone() });
+    }
+    Err(sources
+        .iter()
+        .filter(|s| polled(s))
+        .map(|s| format!("{:?} {:?} (wait_s {})", s.key.0.cluster, s.key.0.path, s.key.0.wait_s))
+        .collect())
 }
 
 /// A filter config has no timer: a module thread wakes the polling
@@ -163,7 +239,11 @@ fn start_age_ticks(source: Weak<SharedSource>) {
     let spawned = std::thread::Builder::new().name("isogroup-age".into()).spawn(move || loop {
         std::thread::sleep(AGE_PERIOD);
         let Some(source) = source.upgrade() else { return };
-        let first = lock(&source.state).members.first().and_then(|m| m.wake.upgrade());
+        // A bootstrap extension refreshes the gauges with its own timer.
+        let first = lock(&source.state).members.first().and_then(|m| match &m.wake {
+            Wake::Filter(scheduler) => scheduler.upgrade(),
+            Wake::Bootstrap(_) => None,
+        });
         if let Some(scheduler) = first {
             commit(&scheduler, EVENT_AGE);
         }
@@ -183,13 +263,21 @@ fn poller_id() -> &'static str {
 pub struct Poller {
     id: u64,
     shared: Arc<SharedSource>,
-    envoy: MainThreadConfig,
-    /// `None` once the configuration is being destroyed.
-    scheduler: Arc<Mutex<Option<Scheduler>>>,
+    envoy: Owner,
+    next: NextPoll,
     /// This configuration's callout in flight (main thread only).
     in_flight: Mutex<Option<u64>>,
     pub published: Arc<Published>,
     metrics: SyncMetrics,
+}
+
+/// How a poller gets its next poll on the main thread.
+enum NextPoll {
+    /// A filter configuration's scheduler (`None` once the configuration
+    /// is being destroyed); a delay is a module thread's sleep.
+    Filter(Arc<Mutex<Option<Scheduler>>>),
+    /// A bootstrap extension's poll timer.
+    Bootstrap(Arc<Timer>),
 }
 
 /// The sync's metrics, defined by each configuration (ids are per configuration).
@@ -204,6 +292,7 @@ pub struct SyncMetrics {
 }
 
 impl Poller {
+    /// A filter configuration's part: it polls if it is the source's first member.
     pub fn start(
         source: CompanionSource,
         base_group: String,
@@ -211,25 +300,59 @@ impl Poller {
         envoy: MainThreadConfig,
         metrics: SyncMetrics,
     ) -> Poller {
-        let shared = join((source, base_group, limits));
         let scheduler = Arc::new(Mutex::new(Some(envoy.scheduler())));
-        let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
-        let (first, held) = {
-            let mut state = lock(&shared.state);
-            let age_gauge = metrics.age.map(|g| (envoy, g));
-            state.members.push(Member { id, wake: Arc::downgrade(&scheduler), age_gauge });
-            (state.members.len() == 1, state.holding.held().cloned())
-        };
+        let wake = Wake::Filter(Arc::downgrade(&scheduler));
+        let (poller, first, made) = Poller::join(
+            (source, base_group, limits),
+            Owner::Filter(envoy),
+            NextPoll::Filter(scheduler.clone()),
+            wake,
+            metrics,
+        );
+        if made {
+            start_age_ticks(Arc::downgrade(&poller.shared));
+        }
         if first {
             // The first poll once the configuration is in place (config_new has returned).
             commit(&scheduler, EVENT_POLL);
         }
+        poller
+    }
+
+    /// A bootstrap extension's part. Its first poll waits for `poll_soon`
+    /// (callouts need the server initialized); it fires `timer` for each
+    /// next poll.
+    pub fn start_bootstrap(key: SourceKey, envoy: BootstrapHandle, timer: Arc<Timer>, metrics: SyncMetrics) -> Poller {
+        let wake = Wake::Bootstrap(Arc::downgrade(&timer));
+        Poller::join(key, Owner::Bootstrap(envoy), NextPoll::Bootstrap(timer), wake, metrics).0
+    }
+
+    /// Joins the source as its last member: (the part, whether it is the
+    /// first member, whether the source was made now).
+    fn join(key: SourceKey, envoy: Owner, next: NextPoll, wake: Wake, metrics: SyncMetrics) -> (Poller, bool, bool) {
+        let (shared, made) = join(key);
+        let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
+        let (first, held) = {
+            let mut state = lock(&shared.state);
+            let age_gauge = metrics.age.map(|g| (envoy, g));
+            state.members.push(Member { id, wake, age_gauge });
+            (state.members.len() == 1, state.holding.held().cloned())
+        };
         // A configuration joining a source that has a table shows its version.
         if let (Some(gauge), Some(held)) = (metrics.version, held) {
             envoy.set_gauge(gauge, held.version);
         }
         let published = shared.published.clone();
-        Poller { id, shared, envoy, scheduler, in_flight: Mutex::new(None), published, metrics }
+        let poller = Poller { id, shared, envoy, next, in_flight: Mutex::new(None), published, metrics };
+        (poller, first, made)
+    }
+
+    /// Main thread: the first poll of a bootstrap extension's part, when it
+    /// polls the source (the server is initialized).
+    pub fn poll_soon(&self) {
+        if let (NextPoll::Bootstrap(timer), true) = (&self.next, self.is_polling_member()) {
+            timer.enable(0);
+        }
     }
 
     fn is_polling_member(&self) -> bool {
@@ -310,9 +433,25 @@ impl Poller {
         }
     }
 
+    /// Main thread: a hook of this part panicked (the barrier caught it),
+    /// maybe between a callout's answer and the next poll: the source
+    /// would stop being polled, so the next poll is scheduled as after a
+    /// failure.
+    pub fn recover_after_panic(&self) {
+        lock(&self.in_flight).take();
+        if self.is_polling_member() {
+            self.back_off();
+        }
+    }
+
     /// A `200` answer: a whole table or a delta, taken onto the table held
     /// (main thread; one table per process).
     fn accept(&self, body: &[u8], delta: bool) {
+        #[cfg(feature = "test-panic")]
+        #[allow(clippy::panic)] // the point of the feature
+        if body.windows(19).any(|w| w == b"isogroup-test-panic") {
+            panic!("isogroup-test-panic: a companion answer");
+        }
         let (_, base_group, limits) = &self.shared.key;
         let taken = lock(&self.shared.state).holding.take(body, delta, base_group, limits);
         let table = match taken {
@@ -392,7 +531,10 @@ impl Poller {
         let base = BACKOFF_MIN_MS.saturating_mul(1 << failures.min(10)).min(BACKOFF_MAX_MS);
         // Jitter from the clock, so Envoys that lost the companion together do not retry together.
         let delay = base - base / 4 + now_ms() % (base / 2 + 1);
-        let scheduler = Arc::downgrade(&self.scheduler);
+        let scheduler = match &self.next {
+            NextPoll::Bootstrap(timer) => return timer.enable(delay),
+            NextPoll::Filter(scheduler) => Arc::downgrade(scheduler),
+        };
         let spawned = std::thread::Builder::new().name("isogroup-backoff".into()).spawn(move || {
             std::thread::sleep(Duration::from_millis(delay));
             if let Some(scheduler) = scheduler.upgrade() {
@@ -409,20 +551,26 @@ impl Drop for Poller {
     fn drop(&mut self) {
         // No commit to this configuration after this: a sleeping backoff
         // thread finds `None`. Its callout in flight goes with it.
-        lock(&self.scheduler).take();
+        if let NextPoll::Filter(scheduler) = &self.next {
+            lock(scheduler).take();
+        }
         let successor = {
             let mut state = lock(&self.shared.state);
             let was_polling = state.members.first().is_some_and(|m| m.id == self.id);
             state.members.retain(|m| m.id != self.id);
-            if was_polling {
-                state.members.first().and_then(|m| m.wake.upgrade())
-            } else {
-                None
+            match state.members.first() {
+                Some(Member { wake: Wake::Filter(s), .. }) if was_polling => s.upgrade().map(NextPoll::Filter),
+                Some(Member { wake: Wake::Bootstrap(t), .. }) if was_polling => t.upgrade().map(NextPoll::Bootstrap),
+                _ => None,
             }
         };
-        // The next configuration of the source polls on, from the version held.
-        if let Some(next) = successor {
-            commit(&next, EVENT_POLL);
+        // The next configuration of the source polls on, from the version
+        // held (configurations are destroyed on the main thread, where a
+        // bootstrap extension's timer is armed).
+        match successor {
+            Some(NextPoll::Filter(scheduler)) => commit(&scheduler, EVENT_POLL),
+            Some(NextPoll::Bootstrap(timer)) => timer.enable(0),
+            None => {}
         }
     }
 }
@@ -447,3 +595,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// For the unit tests of the registry's readers (no Envoy).
+#[cfg(test)]
+pub mod tests_support {
+    use super::{join, lock, Member, SourceKey, SourceReader, Wake, NEXT_MEMBER};
+
+    /// Registers a source as a bootstrap extension polls it (without its timer).
+    pub fn polled_by_a_bootstrap(key: SourceKey) -> SourceReader {
+        let (shared, _) = join(key);
+        let id = NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&shared.state).members.push(Member { id, wake: Wake::Bootstrap(std::sync::Weak::new()), age_gauge: None });
+        SourceReader { shared }
+    }
+}
+
+#[cfg(test)]
+mod tests;

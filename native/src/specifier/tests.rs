@@ -55,7 +55,7 @@ fn the_same_plugin_configuration_is_compiled_once_for_every_specifier() {
     let b = SpecifierConfig::new(b"isogroup", config("b-base").as_bytes()).unwrap();
     let (a_decider, b_decider) = (a.decider.as_ref().unwrap(), b.decider.as_ref().unwrap());
     assert!(Arc::ptr_eq(a_decider, b_decider));
-    assert!(a_decider.table.is_some());
+    assert!(matches!(a_decider.table, super::Tables::Inline(_)));
     let other = SpecifierConfig::new(b"isogroup", config("a-base").replace("svc-f1", "svc-f2").as_bytes()).unwrap();
     assert!(!Arc::ptr_eq(a_decider, other.decider.as_ref().unwrap()));
 }
@@ -63,11 +63,37 @@ fn the_same_plugin_configuration_is_compiled_once_for_every_specifier() {
 #[test]
 fn what_needs_the_filter_is_refused_naming_the_field() {
     let with = |plugin: &str| format!(r#"{{"decide": true, "default_cluster": "b", "plugin": {plugin}}}"#);
-    assert!(error(&with(r#"{"table": {"companion": {"cluster": "c", "authority": "c", "path": "/v1/table"}}}"#))
-        .contains("specifier_config.plugin.table.companion"));
     assert!(error(&with(r#"{"edge": {"join_path": "/.isogroup/join"}}"#))
         .contains("specifier_config.plugin.edge.join_path"));
     assert!(error(&with(r#"{"propagation": {"sample": 8}}"#)).contains("specifier_config.plugin.propagation:"));
     assert!(error(&with(r#"{"propagation_assist": {"slots": 64, "ttl_s": 30}}"#))
         .contains("specifier_config.plugin.propagation_assist"));
+}
+
+const COMPANION: &str =
+    r#""table": {"companion": {"cluster": "CLUSTER", "authority": "companion", "path": "/v1/table", "wait_s": 25}}"#;
+
+fn with_companion(cluster: &str) -> String {
+    format!(r#"{{"decide": true, "default_cluster": "b", "plugin": {{{}}}}}"#, COMPANION.replace("CLUSTER", cluster))
+}
+
+#[test]
+fn a_companion_source_no_bootstrap_extension_polls_is_refused_naming_the_field() {
+    let e = error(&with_companion("specifier-test-unpolled"));
+    assert!(e.starts_with("specifier_config.plugin.table.companion: no isogroup bootstrap extension"), "{e}");
+    assert!(e.contains(r#"cluster "specifier-test-unpolled""#), "{e}");
+}
+
+#[test]
+fn a_companion_source_a_bootstrap_extension_polls_is_read_from_the_registry() {
+    let json = with_companion("specifier-test-polled");
+    let plugin = serde_json::from_str::<serde_json::Value>(&json).unwrap()["plugin"].clone();
+    let settings = isogroup_core::Settings::from_json(plugin.to_string().as_bytes()).unwrap();
+    let isogroup_core::Source::Companion(source) = settings.source else { panic!("a companion source") };
+    let _polling = crate::sync::tests_support::polled_by_a_bootstrap((source, settings.base_group, settings.limits));
+    let c = SpecifierConfig::new(b"isogroup", json.as_bytes()).unwrap();
+    assert!(matches!(c.decider.as_ref().unwrap().table, super::Tables::Companion(_)));
+    // The same source with another hold time is not polled.
+    let e = error(&json.replace(r#""wait_s": 25"#, r#""wait_s": 26"#));
+    assert!(e.contains("wait_s 26") && e.contains(r#""specifier-test-polled" "/v1/table" (wait_s 25)"#), "{e}");
 }
