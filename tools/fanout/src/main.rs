@@ -8,7 +8,11 @@
 //! companion's CPU, and its RSS. Each mode is a fresh companion: `delta`
 //! (polls send `delta=1` and apply deltas with `isogroup_core::delta`) and
 //! `whole` (the same polls without `delta=1`: whole tables, as before
-//! deltas), side by side in one invocation.
+//! deltas), side by side in one invocation. Beside them: real Envoys among
+//! the pollers in the `delta` mode (`envoy.rs`), a flood of unauthenticated
+//! requests after its changes (`flood.rs`), and the `kube` mode, two
+//! Kubernetes-mode replicas over the fake API server whose leader is
+//! SIGKILLed (`kube.rs`).
 //!
 //! A poller counts a version as held only when the hash of its table (a
 //! canonical, name-ordered serialisation) equals that of the whole table
