@@ -181,28 +181,47 @@ ensure_chromium() {
 }
 
 build() {
+  build_wasm
+  build_native
+}
+
+build_wasm() {
   ensure_protoc
   ensure_target wasm32-wasip1
   log "building the filter (release, wasm32-wasip1)"
   cargo build --quiet --release --target wasm32-wasip1 -p isogroup-filter
   mkdir -p target
+  optimise_wasm "$WASM_RAW" "$WASM"
+}
+
+# optimise_wasm RAW OUT: wasm-opt with the shipped flags (a copy without one).
+optimise_wasm() {
+  local raw=$1 out=$2
   if ensure_wasm_opt; then
     # binaryen on Node takes ~25 s: skipped when the input, the optimiser,
     # its flags and the output are the ones of the last run.
-    local stamp=$WASM.stamp key
-    key="$(sha256sum "$WASM_RAW" | cut -d' ' -f1) $("$WASM_OPT" --version) $WASM_OPT_FLAGS"
-    if [ -f "$WASM" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$key $(sha256sum "$WASM" | cut -d' ' -f1)" ]; then
-      echo "wasm-opt: $WASM is up to date"
+    local stamp=$out.stamp key
+    key="$(sha256sum "$raw" | cut -d' ' -f1) $("$WASM_OPT" --version) $WASM_OPT_FLAGS"
+    if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$key $(sha256sum "$out" | cut -d' ' -f1)" ]; then
+      echo "wasm-opt: $out is up to date"
     else
-      "$WASM_OPT" $WASM_OPT_FLAGS --strip-debug "$WASM_RAW" -o "$WASM"
-      echo "$key $(sha256sum "$WASM" | cut -d' ' -f1)" >"$stamp"
+      "$WASM_OPT" $WASM_OPT_FLAGS --strip-debug "$raw" -o "$out"
+      echo "$key $(sha256sum "$out" | cut -d' ' -f1)" >"$stamp"
     fi
   else
     echo "wasm-opt not available: shipping the unoptimised wasm"
-    cp "$WASM_RAW" "$WASM"
+    cp "$raw" "$out"
   fi
-  echo "wasm: $WASM ($(stat -c %s "$WASM") bytes; before wasm-opt $(stat -c %s "$WASM_RAW"); $("$WASM_OPT" --version 2>/dev/null || echo "no wasm-opt"))"
-  build_native
+  echo "wasm: $out ($(stat -c %s "$out") bytes; before wasm-opt $(stat -c %s "$raw"); $("$WASM_OPT" --version 2>/dev/null || echo "no wasm-opt"))"
+}
+
+# The filter with the `table-deltas` feature (off in the shipped wasm while
+# it does not fit the size budget), optimised as the shipped one is.
+WASM_DELTAS=target/isogroup-table-deltas.wasm
+build_wasm_deltas() {
+  log "building the filter with table-deltas (its own profile, wasm32-wasip1)"
+  cargo build --quiet --profile table-deltas --target wasm32-wasip1 -p isogroup-filter --features table-deltas
+  optimise_wasm "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/table-deltas/isogroup_filter.wasm" "$WASM_DELTAS"
 }
 
 # The native build (an Envoy dynamic module) in the server profile, copied
@@ -640,12 +659,23 @@ bench() {
     log "companion fan-out: delta and whole polls side by side (see BENCHMARKS.md)"
     cargo build --quiet --profile server -p isogroup-companion
     cargo build --quiet --profile server -p isogroup-fanout
+    # Two Envoys (two workers each) among the pollers in the delta mode: the
+    # shipped wasm (whole tables) and the table-deltas build. --no-envoy: without.
+    local envoy_args=()
+    if [ "${1:-}" = --no-envoy ]; then
+      shift
+    else
+      build_wasm
+      build_wasm_deltas
+      ensure_envoy
+      envoy_args=(--envoy "$ENVOY" --envoy-arm "shipped=$WASM" --envoy-arm "table-deltas=$WASM_DELTAS")
+    fi
     # 5,000 held polls: a socket each in the client and in the companion.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     local bin="${CARGO_TARGET_DIR:-target}/server"
     mkdir -p "$RUN_DIR/fanout"
     uptime | tee "$RUN_DIR/fanout/load.txt"
-    "$bin/isogroup-fanout" --companion "$bin/isogroup-companion" --work-dir "$RUN_DIR/fanout" "$@" | tee "$RUN_DIR/fanout/report.txt"
+    "$bin/isogroup-fanout" --companion "$bin/isogroup-companion" --work-dir "$RUN_DIR/fanout" "${envoy_args[@]}" "$@" | tee "$RUN_DIR/fanout/report.txt"
     uptime | tee -a "$RUN_DIR/fanout/load.txt"
     return
   fi

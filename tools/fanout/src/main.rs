@@ -8,7 +8,11 @@
 //! companion's CPU, and its RSS. Each mode is a fresh companion: `delta`
 //! (polls send `delta=1` and apply deltas with `isogroup_core::delta`) and
 //! `whole` (the same polls without `delta=1`: whole tables, as before
-//! deltas), side by side in one invocation.
+//! deltas), side by side in one invocation. Beside them: real Envoys among
+//! the pollers in the `delta` mode (`envoy.rs`), a flood of unauthenticated
+//! requests after its changes (`flood.rs`), and the `kube` mode, two
+//! Kubernetes-mode replicas over the fake API server whose leader is
+//! SIGKILLed (`kube.rs`).
 //!
 //! A poller counts a version as held only when the hash of its table (a
 //! canonical, name-ordered serialisation) equals that of the whole table
@@ -16,7 +20,17 @@
 //! bytes onto the same table share one parse or apply (deterministic on its
 //! inputs; 5,000 private copies of the table would not fit the machine).
 
-use std::collections::HashMap;
+mod envoy;
+mod flood;
+mod kube;
+
+// The companion's fake Kubernetes API server (test code, as in
+// tools/fake-kube), for the Kubernetes arm.
+#[allow(dead_code)] // the file allows its own unwraps (test code)
+#[path = "../../../companion/src/kube/fake.rs"]
+mod fake;
+
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,9 +81,34 @@ struct Args {
     /// How long to wait for every poller to hold a change.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
-    /// Modes, in order: `delta` (polls send delta=1), `whole` (they do not).
-    #[arg(long, default_value = "delta,whole", value_delimiter = ',')]
+    /// Modes, in order: `delta` (polls send delta=1), `whole` (they do
+    /// not), `kube` (two Kubernetes-mode replicas over the fake API server,
+    /// delta polls, the leader SIGKILLed).
+    #[arg(long, default_value = "delta,whole,kube", value_delimiter = ',')]
     modes: Vec<String>,
+    /// The Envoy binary: with it, each `--envoy-arm` is a real Envoy (two
+    /// workers) polling the companion in the `delta` mode.
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// An Envoy arm, `name=path.wasm` (repeatable): e.g. the shipped wasm
+    /// and the `table-deltas` build.
+    #[arg(long = "envoy-arm", value_parser = envoy::parse_arm)]
+    envoy_arms: Vec<envoy::ArmSpec>,
+    /// After every load poller holds a change, this long more (three filter
+    /// ticks) before an Envoy's CPU window closes.
+    #[arg(long, default_value_t = 600)]
+    envoy_settle_ms: u64,
+    /// Seconds of unauthenticated flood load (unique and over-long poller
+    /// ids, unique report instances, big token-less table PUTs) after the
+    /// changes, in the `delta` mode; 0: none.
+    #[arg(long, default_value_t = 20)]
+    flood_s: u64,
+    /// One-service changes written during the flood.
+    #[arg(long, default_value_t = 3)]
+    flood_changes: usize,
+    /// The `kube` mode's Lease (`serve --lease-ms`).
+    #[arg(long, default_value_t = 5000)]
+    lease_ms: u64,
 }
 
 /// A table a poller holds.
@@ -146,7 +185,10 @@ type Install = (u32, u64, u64, Instant);
 /// What every poller shares.
 struct Shared {
     client: reqwest::Client,
-    url: String,
+    /// The companion's addresses: one, or (Kubernetes) every replica, as the
+    /// Service that selects the leader would give them: a poller whose
+    /// replica refuses or is gone tries the next.
+    urls: Vec<String>,
     wait_s: u64,
     delta: bool,
     limits: Limits,
@@ -162,9 +204,40 @@ struct Shared {
     refused: AtomicU64,
     errors: AtomicU64,
     installs: Mutex<Vec<Install>>,
-    per_version: Mutex<HashMap<u64, usize>>,
+    /// Pollers holding each table, by its hash (a new epoch may reuse a version).
+    per_hash: Mutex<HashMap<u64, usize>>,
     started: AtomicUsize,
     stop: AtomicBool,
+}
+
+impl Shared {
+    fn new(args: &Args, client: reqwest::Client, urls: Vec<String>, delta: bool) -> Shared {
+        Shared {
+            client,
+            urls,
+            wait_s: args.wait_s,
+            delta,
+            limits: Limits::default(),
+            services: args.services,
+            groups: args.groups,
+            memo: Memo::default(),
+            bytes: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            delta_answers: AtomicU64::new(0),
+            whole_answers: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            installs: Mutex::new(Vec::new()),
+            per_hash: Mutex::new(HashMap::new()),
+            started: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Pollers holding the table with `hash`.
+    fn holding(&self, hash: u64) -> usize {
+        self.per_hash.lock().unwrap_or_else(|e| e.into_inner()).get(&hash).copied().unwrap_or(0)
+    }
 }
 
 fn wire_bytes(response: &reqwest::Response) -> u64 {
@@ -184,16 +257,18 @@ async fn poller(id: u32, shared: Arc<Shared>, mut held: Arc<Held>) {
     let mut failures: u64 = 0;
     let mut force_whole = false;
     let mut first = true;
+    let mut at = 0;
     while !shared.stop.load(Ordering::Relaxed) {
+        let base = &shared.urls[at % shared.urls.len()];
         if failures > 0 {
             // Spread 5,000 reconnects (the restart) over time.
             let ms = 100 * failures.min(10) + u64::from(id) * 37 % 200;
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let url = if force_whole {
-            format!("{}/v1/table", shared.url)
+            format!("{base}/v1/table")
         } else {
-            let mut url = format!("{}/v1/table?after={}&wait={}", shared.url, held.version, shared.wait_s);
+            let mut url = format!("{base}/v1/table?after={}&wait={}", held.version, shared.wait_s);
             if let Some(epoch) = &held.epoch {
                 url.push_str("&epoch=");
                 url.push_str(epoch);
@@ -214,6 +289,7 @@ async fn poller(id: u32, shared: Arc<Shared>, mut held: Arc<Held>) {
             Err(_) => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 failures += 1;
+                at += 1;
                 continue;
             }
         };
@@ -241,6 +317,7 @@ async fn poller(id: u32, shared: Arc<Shared>, mut held: Arc<Held>) {
         if status != 200 {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             failures += 1;
+            at += 1;
             continue;
         }
         failures = 0;
@@ -257,7 +334,7 @@ async fn poller(id: u32, shared: Arc<Shared>, mut held: Arc<Held>) {
             Ok(next) => {
                 let at = Instant::now();
                 shared.installs.lock().unwrap_or_else(|e| e.into_inner()).push((id, next.version, next.hash, at));
-                *shared.per_version.lock().unwrap_or_else(|e| e.into_inner()).entry(next.version).or_default() += 1;
+                *shared.per_hash.lock().unwrap_or_else(|e| e.into_inner()).entry(next.hash).or_default() += 1;
                 held = next;
             }
             Err(_) => {
@@ -368,8 +445,35 @@ struct Change {
     cpu_ms: u64,
 }
 
+/// The Envoy arms' figures in one mode.
+struct EnvoyResult {
+    names: Vec<String>,
+    idle_ns_per_s: Vec<f64>,
+    /// Per change, per arm.
+    changes: Vec<Vec<envoy::ArmCost>>,
+    /// From the SIGTERM to the restart's change held, per arm.
+    restart: Vec<envoy::ArmCost>,
+    stats: Vec<BTreeMap<String, u64>>,
+}
+
+/// Poll latency and RSS before and during the flood.
+struct FloodResult {
+    probes_before: Vec<Duration>,
+    probes_during: Vec<Duration>,
+    rss_before_max_kib: u64,
+    rss_during_max_kib: u64,
+    rss_after_kib: u64,
+    changes: Vec<Change>,
+    counts: flood::Counts,
+    ran: Duration,
+    /// The companion's own view afterwards (pollers, reports refused).
+    metrics: Vec<String>,
+}
+
 struct ModeResult {
     name: String,
+    flood: Option<FloodResult>,
+    envoy: Option<EnvoyResult>,
     table_bytes: usize,
     changes: Vec<Change>,
     restart: Change,
@@ -431,7 +535,7 @@ async fn one_change(
     expected.insert(now.version, now.hash);
     let deadline = Instant::now() + timeout;
     loop {
-        let held = shared.per_version.lock().unwrap_or_else(|e| e.into_inner()).get(&now.version).copied();
+        let held = shared.per_hash.lock().unwrap_or_else(|e| e.into_inner()).get(&now.hash).copied();
         if held.unwrap_or(0) >= n || Instant::now() > deadline {
             break;
         }
@@ -472,34 +576,18 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
     wait_ready(&client, &url, &mut child).await?;
     let initial = Arc::new(fetch_whole(&client, &url, &limits).await?);
     let mut expected = HashMap::from([(initial.version, initial.hash)]);
-    let shared = Arc::new(Shared {
-        client,
-        url: url.clone(),
-        wait_s: args.wait_s,
-        delta,
-        limits,
-        services: args.services,
-        groups: args.groups,
-        memo: Memo::default(),
-        bytes: AtomicU64::new(0),
-        polls: AtomicU64::new(0),
-        delta_answers: AtomicU64::new(0),
-        whole_answers: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        installs: Mutex::new(Vec::new()),
-        per_version: Mutex::new(HashMap::new()),
-        started: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(args, client, vec![url.clone()], delta));
     let pid = Arc::new(AtomicU32::new(child.id()));
     let rss_max = Arc::new(AtomicU64::new(0));
+    // The max since the driver last reset it (a phase's max).
+    let rss_phase = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (pid, rss_max) = (pid.clone(), rss_max.clone());
+        let (pid, rss_max, rss_phase) = (pid.clone(), rss_max.clone(), rss_phase.clone());
         tokio::spawn(async move {
             loop {
                 let rss = status_kib(&pid.load(Ordering::Relaxed).to_string(), "VmRSS");
                 rss_max.fetch_max(rss, Ordering::Relaxed);
+                rss_phase.fetch_max(rss, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -520,6 +608,16 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut arms = match (&args.envoy, delta && !args.envoy_arms.is_empty()) {
+        (Some(bin), true) => {
+            let mut arms = envoy::Arms::start(bin, &args.envoy_arms, port, &dir, initial.version).await?;
+            arms.measure_idle(Duration::from_secs(3)).await;
+            Some(arms)
+        }
+        _ => None,
+    };
+    let settle = Duration::from_millis(args.envoy_settle_ms);
+    let mut envoy_changes = Vec::new();
     let timeout = Duration::from_secs(args.timeout_s);
     let mut changes = Vec::new();
     let gap = Duration::from_millis(args.gap_ms.unwrap_or(args.min_publish_ms));
@@ -528,7 +626,25 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
             tokio::time::sleep(gap).await;
         }
         let pid_text = pid.load(Ordering::Relaxed).to_string();
+        let envoy_before = arms.as_ref().map(envoy::Arms::snapshot);
         let change = one_change(&shared, &url, &token, k, &pid_text, ticks, n, timeout, &mut expected, None).await?;
+        if let (Some(arms), Some(before)) = (&mut arms, &envoy_before) {
+            tokio::time::sleep(settle).await;
+            let costs = arms.cost_since(before, change.version, false).await;
+            for (arm, cost) in arms.envoys.iter().zip(&costs) {
+                eprintln!(
+                    "  envoy {}: {:.1} ms CPU (net {:.1}; main {:.1}, workers {:.1}) over {:.0} ms, workers hold it: {}",
+                    arm.name,
+                    cost.split.total_ns() as f64 / 1e6,
+                    cost.net_ns as f64 / 1e6,
+                    cost.split.main_ns as f64 / 1e6,
+                    cost.split.workers_ns as f64 / 1e6,
+                    ms(cost.window),
+                    cost.held
+                );
+            }
+            envoy_changes.push(costs);
+        }
         let l = &change.latencies;
         eprintln!(
             "{name} change {k:>2} v{}: p50 {:.0} p99 {:.0} max {:.0} ms, missing {}, {} bytes, CPU {} ms",
@@ -543,8 +659,19 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
         changes.push(change);
     }
     tokio::time::sleep(gap).await;
+    let flood = if delta && args.flood_s > 0 {
+        let pid_text = pid.load(Ordering::Relaxed).to_string();
+        let last = changes.last().map_or(initial.version, |c| c.version);
+        let current =
+            Arc::new(flood::Current { version: AtomicU64::new(last), epoch: Mutex::new(initial.epoch.clone()) });
+        let phase = Phase { url: &url, token: &token, pid: &pid_text, ticks, n, timeout, gap };
+        Some(run_flood(args, &shared, &phase, &current, &rss_phase, &mut expected).await?)
+    } else {
+        None
+    };
     // Restart on the same file: same epoch, the version goes on.
     let hwm_before = status_kib(&pid.load(Ordering::Relaxed).to_string(), "VmHWM");
+    let envoy_before = arms.as_ref().map(envoy::Arms::snapshot);
     let t0 = Instant::now();
     let bytes0 = shared.bytes.load(Ordering::Relaxed);
     stop_companion(&mut child).await?;
@@ -559,6 +686,25 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
             .await?;
     // The new process's CPU from its start (it did not exist before).
     restart.cpu_ms = cpu_ticks(&pid_text) * 1000 / ticks;
+    let envoy = match (&mut arms, &envoy_before) {
+        (Some(arms), Some(before)) => {
+            tokio::time::sleep(settle).await;
+            let restart = arms.cost_since(before, restart.version, true).await;
+            let mut stats = Vec::new();
+            for e in &arms.envoys {
+                stats.push(e.stats().await);
+            }
+            Some(EnvoyResult {
+                names: arms.envoys.iter().map(|e| e.name.clone()).collect(),
+                idle_ns_per_s: arms.idle_ns_per_s().to_vec(),
+                changes: envoy_changes,
+                restart,
+                stats,
+            })
+        }
+        _ => None,
+    };
+    drop(arms);
     let hwm_after = status_kib(&pid_text, "VmHWM");
     shared.stop.store(true, Ordering::Relaxed);
     for p in &pollers {
@@ -576,6 +722,8 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
         .count();
     Ok(ModeResult {
         name: name.to_owned(),
+        flood,
+        envoy,
         table_bytes: table_json.len(),
         changes,
         restart,
@@ -590,6 +738,298 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
         errors: shared.errors.load(Ordering::Relaxed),
         client_cpu_ms,
     })
+}
+
+/// What a phase of the run needs to write and time changes.
+struct Phase<'a> {
+    url: &'a str,
+    token: &'a str,
+    pid: &'a str,
+    ticks: u64,
+    n: usize,
+    timeout: Duration,
+    gap: Duration,
+}
+
+/// Poll latency and RSS for `--flood-s / 4` before the flood, then during
+/// it (with `--flood-changes` changes written, their fan-out timed).
+async fn run_flood(
+    args: &Args,
+    shared: &Shared,
+    phase: &Phase<'_>,
+    current: &Arc<flood::Current>,
+    rss_phase: &AtomicU64,
+    expected: &mut HashMap<u64, u64>,
+) -> Result<FloodResult, Error> {
+    let span = Duration::from_secs(args.flood_s);
+    rss_phase.store(0, Ordering::Relaxed);
+    let probes_before = flood::probe_polls(phase.url, current, span / 4).await;
+    let rss_before_max_kib = rss_phase.swap(0, Ordering::Relaxed);
+    let started = flood::Flood::start(phase.url, current.clone())?;
+    eprintln!("flood: started for {} s", args.flood_s);
+    let t0 = Instant::now();
+    let probes = {
+        let (url, current) = (phase.url.to_owned(), current.clone());
+        tokio::spawn(async move { flood::probe_polls(&url, &current, span).await })
+    };
+    let mut changes = Vec::new();
+    for j in 0..args.flood_changes {
+        tokio::time::sleep(phase.gap).await;
+        let k = args.changes + 2 + j;
+        let (url, token, pid) = (phase.url, phase.token, phase.pid);
+        let change =
+            one_change(shared, url, token, k, pid, phase.ticks, phase.n, phase.timeout, expected, None).await?;
+        current.version.store(change.version, Ordering::Relaxed);
+        let l = &change.latencies;
+        eprintln!(
+            "flood change {j} v{}: p50 {:.0} p99 {:.0} max {:.0} ms, missing {}",
+            change.version,
+            ms(quantile(l, 0.5)),
+            ms(quantile(l, 0.99)),
+            ms(quantile(l, 1.0)),
+            change.missing
+        );
+        changes.push(change);
+    }
+    if let Some(rest) = span.checked_sub(t0.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let probes_during = probes.await.unwrap_or_default();
+    let rss_during_max_kib = rss_phase.swap(0, Ordering::Relaxed);
+    let (counts, ran) = started.stop().await;
+    let rss_after_kib = status_kib(phase.pid, "VmRSS");
+    let text = shared.client.get(format!("{}/metrics", phase.url)).send().await?.text().await?;
+    let metrics = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && (l.contains("pollers") || l.contains("report")))
+        .map(str::to_owned)
+        .collect();
+    Ok(FloodResult {
+        probes_before,
+        probes_during,
+        rss_before_max_kib,
+        rss_during_max_kib,
+        rss_after_kib,
+        changes,
+        counts,
+        ran,
+        metrics,
+    })
+}
+
+fn report_flood(r: &ModeResult, f: &FloodResult) {
+    let q = |l: &[Duration]| {
+        format!(
+            "p50 {:.1} / p99 {:.1} / max {:.1} ms",
+            ms(quantile(l, 0.5)),
+            ms(quantile(l, 0.99)),
+            ms(quantile(l, 1.0))
+        )
+    };
+    println!("\n[flood, {} mode] {:.1} s of unauthenticated load beside the held polls", r.name, f.ran.as_secs_f64());
+    for (kind, sent) in &f.counts.sent {
+        let statuses: Vec<String> = f
+            .counts
+            .statuses
+            .iter()
+            .filter(|((k, _), _)| k == kind)
+            .map(|((_, status), n)| format!("{status}: {n}"))
+            .collect();
+        println!(
+            "  {kind}: {sent} sent ({:.0}/s); answers {}",
+            *sent as f64 / f.ran.as_secs_f64().max(1e-3),
+            statuses.join(", ")
+        );
+    }
+    println!(
+        "  poll latency (an at-once 304, one client): before {} ({} probes); during {} ({} probes)",
+        q(&f.probes_before),
+        f.probes_before.len(),
+        q(&f.probes_during),
+        f.probes_during.len()
+    );
+    let mut before: Vec<Duration> = r.changes.iter().flat_map(|c| c.latencies.iter().copied()).collect();
+    before.sort();
+    let mut during: Vec<Duration> = f.changes.iter().flat_map(|c| c.latencies.iter().copied()).collect();
+    during.sort();
+    let missing: usize = f.changes.iter().map(|c| c.missing).sum();
+    println!(
+        "  change -> every poller holds it: before the flood {}; during it {} ({} changes, missing {missing})",
+        q(&before),
+        q(&during),
+        f.changes.len()
+    );
+    println!(
+        "  companion RSS: max {:.1} MiB before (the probes' span), max {:.1} MiB during, {:.1} MiB after",
+        f.rss_before_max_kib as f64 / 1024.0,
+        f.rss_during_max_kib as f64 / 1024.0,
+        f.rss_after_kib as f64 / 1024.0
+    );
+    for line in &f.metrics {
+        println!("  companion: {line}");
+    }
+}
+
+/// The Kubernetes arm's figures.
+struct KubeResult {
+    table_bytes: usize,
+    /// Kill → each poller holding the new leader's table.
+    latencies: Vec<Duration>,
+    missing: usize,
+    /// Kill → the standby serving.
+    takeover: Duration,
+    bytes: u64,
+    /// The new leader's CPU from the kill until every poller held its table.
+    cpu_ms: u64,
+    /// Max sampled VmRSS per replica, and VmHWM of the survivor.
+    rss_max_kib: [u64; 2],
+    hwm_kib: u64,
+    epochs: [Option<String>; 2],
+    /// The new leader's first table has the old one's services and lanes.
+    same_lanes: bool,
+    errors: u64,
+    refused: u64,
+    mismatches: usize,
+}
+
+/// `delta` pollers on two Kubernetes-mode replicas; SIGKILL the leader.
+async fn run_kube(args: &Args) -> Result<KubeResult, Error> {
+    let dir = args.work_dir.join("kube");
+    std::fs::create_dir_all(&dir)?;
+    let pods = ["companion-a", "companion-b"];
+    eprintln!("kube: seeding the fake API server ({} services)", args.services);
+    let fake = kube::cluster(args.services, args.groups, &pods).await;
+    let client = reqwest::Client::builder().pool_idle_timeout(None).build()?;
+    let (lease, publish) = (args.lease_ms, args.min_publish_ms);
+    let mut leader = kube::Replica::start(&args.companion, &fake, pods[0], &dir, lease, publish)?;
+    kube::wait_for("companion-a leading", Duration::from_secs(120), async || leader.serving(&client).await).await?;
+    let mut standby = kube::Replica::start(&args.companion, &fake, pods[1], &dir, lease, publish)?;
+    kube::wait_for("companion-b listed", Duration::from_secs(120), async || Ok(standby.listed(&client).await)).await?;
+    let limits = Limits::default();
+    // Every service in, every lane settled (`--settle-ms`, 5 s by default).
+    let want = (0..args.services).map(|i| kube::pod_groups(i, args.groups).len()).sum::<usize>();
+    let leader_url = leader.url.clone();
+    kube::wait_for("the leader's table complete", Duration::from_secs(120), async || {
+        let held = fetch_whole(&client, &leader_url, &limits).await?;
+        Ok(held.raw.services.len() == args.services && lanes(&held) == want)
+    })
+    .await?;
+    let initial = Arc::new(fetch_whole(&client, &leader.url, &limits).await?);
+    let table_bytes = client.get(format!("{}/v1/table", leader.url)).send().await?.bytes().await?.len();
+    let mut expected = HashMap::from([(initial.version, initial.hash)]);
+    let shared = Arc::new(Shared::new(args, client, vec![leader.url.clone(), standby.url.clone()], true));
+    let pids = Arc::new([AtomicU32::new(leader.pid()), AtomicU32::new(standby.pid())]);
+    let rss_max = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let sampler = {
+        let (pids, rss_max) = (pids.clone(), rss_max.clone());
+        tokio::spawn(async move {
+            loop {
+                for (pid, max) in pids.iter().zip(rss_max.iter()) {
+                    max.fetch_max(status_kib(&pid.load(Ordering::Relaxed).to_string(), "VmRSS"), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let n = args.pollers;
+    let pollers: Vec<_> = (0..n).map(|i| tokio::spawn(poller(i as u32, shared.clone(), initial.clone()))).collect();
+    kube::wait_for("every poller held on the leader", Duration::from_secs(120), async || {
+        let seen = metric(&shared.client, &leader_url, "isogroup_companion_pollers").await.unwrap_or(0.0);
+        Ok(seen as usize >= n && shared.started.load(Ordering::Relaxed) >= n)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bytes0 = shared.bytes.load(Ordering::Relaxed);
+    let cpu0 = cpu_ticks(&standby.pid().to_string());
+    eprintln!("kube: {n} pollers on {}; SIGKILL", leader.pod);
+    let t0 = Instant::now();
+    leader.kill()?;
+    kube::wait_for("companion-b leading", Duration::from_secs(60), async || standby.serving(&shared.client).await)
+        .await?;
+    let takeover = t0.elapsed();
+    let now = fetch_whole(&shared.client, &standby.url, &limits).await?;
+    let same_lanes = now.raw.services.len() == initial.raw.services.len() && lanes(&now) == lanes(&initial);
+    expected.insert(now.version, now.hash);
+    let deadline = t0 + Duration::from_secs(args.timeout_s.max(30));
+    while shared.holding(now.hash) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ticks = clock_ticks_per_s();
+    let cpu_ms = cpu_ticks(&standby.pid().to_string()).saturating_sub(cpu0) * 1000 / ticks;
+    let bytes = shared.bytes.load(Ordering::Relaxed) - bytes0;
+    let mut latencies: Vec<Duration> = shared
+        .installs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|i| i.2 == now.hash)
+        .map(|i| i.3.saturating_duration_since(t0))
+        .collect();
+    latencies.sort();
+    let hwm_kib = status_kib(&standby.pid().to_string(), "VmHWM");
+    shared.stop.store(true, Ordering::Relaxed);
+    for p in &pollers {
+        p.abort();
+    }
+    sampler.abort();
+    drop(standby);
+    let mismatches = shared
+        .installs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|i| i.2 != initial.hash && i.2 != now.hash)
+        .count();
+    Ok(KubeResult {
+        table_bytes,
+        missing: n.saturating_sub(latencies.len()),
+        latencies,
+        takeover,
+        bytes,
+        cpu_ms,
+        rss_max_kib: [rss_max[0].load(Ordering::Relaxed), rss_max[1].load(Ordering::Relaxed)],
+        hwm_kib,
+        epochs: [initial.epoch.clone(), now.epoch.clone()],
+        same_lanes,
+        errors: shared.errors.load(Ordering::Relaxed),
+        refused: shared.refused.load(Ordering::Relaxed),
+        mismatches,
+    })
+}
+
+/// Clusters (service lanes, base included) in a table.
+fn lanes(held: &Held) -> usize {
+    held.raw.services.values().map(|s| s.clusters.len()).sum()
+}
+
+fn report_kube(args: &Args, k: &KubeResult) {
+    let l = &k.latencies;
+    println!(
+        "\n[kube] two replicas over the fake API server, --lease-ms {}, {} pollers (delta=1), table {} bytes; epoch {:?} -> {:?}",
+        args.lease_ms, args.pollers, k.table_bytes, k.epochs[0], k.epochs[1]
+    );
+    println!(
+        "  SIGKILL of the leader -> every poller holds the new leader's table: p50 {:.0} / p99 {:.0} / max {:.0} ms, missing {}; the standby served after {:.0} ms",
+        ms(quantile(l, 0.5)),
+        ms(quantile(l, 0.99)),
+        ms(quantile(l, 1.0)),
+        k.missing,
+        ms(k.takeover)
+    );
+    println!(
+        "  the new leader's first table has the old one's services and lanes: {}; bytes after the kill {}; new leader CPU {} ms",
+        k.same_lanes, k.bytes, k.cpu_ms
+    );
+    println!(
+        "  RSS: max sampled {:.1} MiB (the killed leader), {:.1} MiB (the new leader; VmHWM {:.1} MiB)",
+        k.rss_max_kib[0] as f64 / 1024.0,
+        k.rss_max_kib[1] as f64 / 1024.0,
+        k.hwm_kib as f64 / 1024.0
+    );
+    println!(
+        "  errors {} (refused polls while no replica led count here), refused tables {}, other tables installed {}",
+        k.errors, k.refused, k.mismatches
+    );
 }
 
 fn median(mut values: Vec<u64>) -> u64 {
@@ -661,6 +1101,14 @@ fn report(args: &Args, results: &[ModeResult]) {
             r.polls, r.delta_answers, r.whole_answers, r.refused, r.errors, r.mismatches, r.client_cpu_ms
         );
     }
+    for r in results {
+        if let Some(e) = &r.envoy {
+            report_envoy(&r.name, e);
+        }
+        if let Some(f) = &r.flood {
+            report_flood(r, f);
+        }
+    }
     if let [a, b] = results {
         let total = |r: &ModeResult| r.changes.iter().map(|c| c.bytes).sum::<u64>().max(1) as f64;
         let cpu = |r: &ModeResult| r.changes.iter().map(|c| c.cpu_ms).sum::<u64>().max(1) as f64;
@@ -674,11 +1122,74 @@ fn report(args: &Args, results: &[ModeResult]) {
     }
 }
 
+fn median_f(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn report_envoy(mode: &str, e: &EnvoyResult) {
+    println!(
+        "\n[envoy arms, {mode} mode] CPU of the whole Envoy process (every thread: the workers' VMs, the main thread's VM and poller), from the write until every load poller holds it + settle, no request traffic; net = less the idle rate over the window"
+    );
+    let mut medians = Vec::new();
+    for (i, name) in e.names.iter().enumerate() {
+        let costs: Vec<&envoy::ArmCost> = e.changes.iter().filter_map(|c| c.get(i)).collect();
+        let net: Vec<f64> = costs.iter().map(|c| c.net_ns as f64 / 1e6).collect();
+        let total: Vec<f64> = costs.iter().map(|c| c.split.total_ns() as f64 / 1e6).collect();
+        let main: Vec<f64> = costs.iter().map(|c| c.split.main_ns as f64 / 1e6).collect();
+        let workers: Vec<f64> = costs.iter().map(|c| c.split.workers_ns as f64 / 1e6).collect();
+        let held = costs.iter().filter(|c| c.held).count();
+        let idle = e.idle_ns_per_s.get(i).copied().unwrap_or(0.0) / 1e6;
+        let m = median_f(net.clone());
+        medians.push(m);
+        println!(
+            "  {name}: per change median net {m:.2} ms (mean {:.2}, max {:.2}); gross median {:.2} ms = main {:.2} + workers {:.2}; idle {idle:.2} ms/s; workers served the version after {held} of {} changes",
+            net.iter().sum::<f64>() / net.len().max(1) as f64,
+            net.iter().copied().fold(0.0, f64::max),
+            median_f(total),
+            median_f(main),
+            median_f(workers),
+            costs.len()
+        );
+        if let Some(r) = e.restart.get(i) {
+            println!(
+                "  {name}: restart (SIGTERM -> both workers serve its change, debug requests included, {:.0} ms): net {:.2} ms (main {:.2}, workers {:.2}); workers hold it: {}",
+                ms(r.window),
+                r.net_ns as f64 / 1e6,
+                r.split.main_ns as f64 / 1e6,
+                r.split.workers_ns as f64 / 1e6,
+                r.held
+            );
+        }
+        if let Some(stats) = e.stats.get(i) {
+            let shown: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("  {name}: filter stats {}", shown.join(" "));
+        }
+    }
+    if let Some(first) = medians.first().copied() {
+        for (name, m) in e.names.iter().zip(&medians).skip(1) {
+            println!("  {} / {name}: median net CPU per change {:.1}x (same run)", e.names[0], first / m.max(1e-3));
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let mut results = Vec::new();
+    let mut kube_result = None;
     for mode in &args.modes {
+        if mode == "kube" {
+            eprintln!("mode kube: {} pollers, two replicas", args.pollers);
+            match run_kube(&args).await {
+                Ok(k) => kube_result = Some(k),
+                Err(e) => {
+                    eprintln!("fanout: kube: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+            continue;
+        }
         eprintln!("mode {mode}: {} pollers", args.pollers);
         match run_mode(&args, mode).await {
             Ok(result) => results.push(result),
@@ -689,6 +1200,9 @@ async fn main() -> std::process::ExitCode {
         }
     }
     report(&args, &results);
+    if let Some(k) = &kube_result {
+        report_kube(&args, k);
+    }
     std::process::ExitCode::SUCCESS
 }
 
