@@ -75,7 +75,7 @@ pub fn port(authority: &[u8]) -> Option<u16> {
     let colon = a.iter().rposition(|&b| b == b':')?;
     let host = &a[..colon];
     let bracketed = host.first() == Some(&b'[') && host.last() == Some(&b']');
-    if !bracketed && host.contains(&b':') {
+    if !bracketed && host.iter().any(|&b| b == b':') {
         return None;
     }
     let digits = &a[colon + 1..];

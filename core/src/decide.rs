@@ -89,7 +89,7 @@ pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
 /// The service of a normalised host: a host without a dot (`reviews`) is
 /// first tried as `reviews.<namespace>`, in a stack buffer.
 fn service_in_namespace(table: &Table, host: &[u8], ns: &str) -> Option<ServiceId> {
-    if !host.contains(&b'.') && !host.contains(&b':') {
+    if !host.iter().any(|&b| b == b'.' || b == b':') {
         let len = host.len() + 1 + ns.len();
         if len <= MAX_HOST_LEN {
             let mut buf = [0u8; MAX_HOST_LEN];

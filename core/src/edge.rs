@@ -282,7 +282,7 @@ fn is_join_path(p: &str) -> bool {
     let b = p.as_bytes();
     b.first() == Some(&b'/')
         && b.get(1) != Some(&b'/')
-        && b.iter().all(|c| c.is_ascii_graphic() && !b"?#\\".contains(c))
+        && b.iter().all(|c| c.is_ascii_graphic() && !matches!(c, b'?' | b'#' | b'\\'))
 }
 
 /// FNV-1a 64-bit, as the SPEC fixes it, so `explain` and `/v1/resolve` agree.
@@ -311,8 +311,8 @@ fn cidr_list(field: &str, list: &[String]) -> Result<Vec<Cidr>, RuleError> {
 }
 
 fn header_name(field: String, name: &str) -> Result<String, RuleError> {
-    let ok =
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(name.to_owned())
     } else {

@@ -765,7 +765,7 @@ impl<'r> Compiler<'r> {
                 plain.push(if templated { Span::default() } else { push_text(&mut text, cluster) });
             }
             for host in &s.hosts {
-                let norm = if host.contains('/') || host.contains('*') {
+                let norm = if host.bytes().any(|b| b == b'/' || b == b'*') {
                     Err("a host has no '/' and no wildcard")
                 } else {
                     authority::normalize_owned(host).ok_or("empty, too long, or not printable ASCII")

@@ -106,14 +106,28 @@ pub fn fill(template: &str, pieces: &[&dyn Piece]) -> String {
 /// Appends `template` with each NUL byte replaced by the next piece.
 pub fn fill_to(out: &mut String, template: &str, pieces: &[&dyn Piece]) {
     let mut pieces = pieces.iter();
-    for (i, part) in template.split('\0').enumerate() {
-        if i > 0 {
-            if let Some(piece) = pieces.next() {
-                piece.push_to(out);
-            }
-        }
+    let mut rest = template;
+    while let Some((part, after)) = split_once_ascii(rest, 0) {
         out.push_str(part);
+        if let Some(piece) = pieces.next() {
+            piece.push_to(out);
+        }
+        rest = after;
     }
+    out.push_str(rest);
+}
+
+/// `text.split_once(sep)` for an ASCII `sep`, without std's char searcher
+/// (its memchr costs the wasm a few hundred bytes; these texts are short).
+pub fn split_once_ascii(text: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = text.bytes().position(|b| b == sep)?;
+    Some((text.get(..i)?, text.get(i + 1..)?))
+}
+
+/// `text.rsplit_once(sep)` for an ASCII `sep` (see `split_once_ascii`).
+pub fn rsplit_once_ascii(text: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = text.bytes().rposition(|b| b == sep)?;
+    Some((text.get(..i)?, text.get(i + 1..)?))
 }
 
 /// A piece's text (`to_string` without `core::fmt`).
@@ -199,6 +213,27 @@ pub fn parse_u64(text: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     Some(n)
+}
+
+/// `str::trim` (Unicode White_Space off both ends) without std's generic
+/// char searcher and its Unicode table: the property's 25 code points.
+pub fn trim(text: &str) -> &str {
+    fn white(c: char) -> bool {
+        matches!(c, '\t'..='\r' | ' ' | '\u{85}' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}')
+    }
+    let mut s = text;
+    while let Some(c) = s.chars().next().filter(|&c| white(c)) {
+        s = s.get(c.len_utf8()..).unwrap_or_default();
+    }
+    // The last char starts at the last byte that is not a continuation byte.
+    while let Some(i) = s.bytes().rposition(|b| b & 0xc0 != 0x80) {
+        if !s.get(i..).and_then(|last| last.chars().next()).is_some_and(white) {
+            break;
+        }
+        s = s.get(..i).unwrap_or_default();
+    }
+    s
 }
 
 /// `parts` with `sep` between them.
@@ -309,6 +344,29 @@ mod tests {
             for width in [0, 1, 4, 16, 20] {
                 let want = format!("{value:0width$x}");
                 assert_eq!(cat!(Hex { value, width }), want, "{value} width {width}");
+            }
+        }
+    }
+
+    #[test]
+    fn trim_agrees_with_std_for_every_char() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            for text in [format!("{c}"), format!("{c}a{c}"), format!("{c}{c}a b{c}{c}"), format!("a{c}")] {
+                assert_eq!(trim(&text), text.trim(), "U+{:04X}", u32::from(c));
+            }
+        }
+        for text in ["", " ", "\u{a0}\u{3000}", " \t10.0.0.0/8\n", "\u{2029}x\u{85}"] {
+            assert_eq!(trim(text), text.trim(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn ascii_splits_agree_with_std() {
+        for text in ["", "-", "a-b", "-a-b-", "ü-ü", "1.2.3.4:80", "[::1]:8080", "no sep", "a\0b\0"] {
+            for sep in [b'-', b':', b']', b' ', 0] {
+                let c = char::from(sep);
+                assert_eq!(split_once_ascii(text, sep), text.split_once(c), "{text:?} {c:?}");
+                assert_eq!(rsplit_once_ascii(text, sep), text.rsplit_once(c), "{text:?} {c:?}");
             }
         }
     }
