@@ -496,11 +496,41 @@ fn poller_id(host: &impl Host, vm_id: &str, now: u64) -> String {
 
 /// `"42"` (or a weak `W/"42"`) → 42.
 fn parse_etag(value: &[u8]) -> Option<u64> {
-    let value = value.strip_prefix(b"W/").unwrap_or(value);
-    parse_u64(value.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
+    let value = match value {
+        [b'W', b'/', value @ ..] => value,
+        _ => value,
+    };
+    match value {
+        [b'"', digits @ .., b'"'] => parse_u64(digits),
+        _ => None,
+    }
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
     // Digits only: no UTF-8 check needed, and HTTP's whitespace is ASCII.
     isogroup_core::text::parse_u64(bytes.trim_ascii())
+}
+
+#[cfg(test)]
+mod etag_tests {
+    #[test]
+    fn etags_are_a_quoted_number_weak_or_not() {
+        let cases: &[(&[u8], Option<u64>)] = &[
+            (b"\"42\"", Some(42)),
+            (b"W/\"42\"", Some(42)),
+            (b"\" 7 \"", Some(7)),
+            (b"42", None),
+            (b"W/42", None),
+            (b"\"", None),
+            (b"\"\"", None),
+            (b"W/\"", None),
+            (b"\"42", None),
+            (b"42\"", None),
+            (b"w/\"42\"", None),
+            (b"\"4x\"", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(super::parse_etag(value), *want, "{:?}", String::from_utf8_lossy(value));
+        }
+    }
 }

@@ -399,13 +399,10 @@ fn compile_rule(rule: &str, r: &RawRule, percent_used: &mut u64) -> Result<Rule,
 /// The value of query parameter `name` in a `:path`, percent-decoded
 /// (`+` as space, as forms send it).
 pub fn query_param(path: &[u8], name: &str) -> Option<Vec<u8>> {
-    let query = &path[path.iter().position(|&b| b == b'?')? + 1..];
+    let (_, query) = crate::text::split_byte(path, b'?')?;
     let query = query.split(|&b| b == b'#').next().unwrap_or(query);
     query.split(|&b| b == b'&').find_map(|pair| {
-        let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &b""[..]),
-        };
+        let (k, v) = crate::text::split_byte(pair, b'=').unwrap_or((pair, b""));
         (k == name.as_bytes()).then(|| percent_decode(v))
     })
 }

@@ -82,16 +82,16 @@ pub(crate) fn document<T>(
 /// Appends `n` in decimal (no `core::fmt` in the wasm).
 pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+    let mut used = 0;
+    for (i, digit) in digits.iter_mut().rev().enumerate() {
+        *digit = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
+            used = i + 1;
             break;
         }
     }
-    for &d in &digits[i..] {
+    for &d in digits.iter().skip(digits.len() - used) {
         out.push(char::from(d));
     }
 }

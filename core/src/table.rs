@@ -957,7 +957,7 @@ impl Compiler<'_> {
         for (i, &p) in ports.iter().enumerate() {
             let why = if p == 0 {
                 "0 is not a port"
-            } else if ports[..i].contains(&p) {
+            } else if ports.iter().take(i).any(|&q| q == p) {
                 "listed twice"
             } else {
                 continue;

@@ -80,10 +80,13 @@ impl Piece for Hex {
         let mut digits = [b'0'; 16];
         let mut n = self.value;
         let mut used = 0;
-        while n != 0 || used == 0 {
-            used += 1;
-            digits[16 - used] = b"0123456789abcdef"[(n & 0xf) as usize];
+        for (i, digit) in digits.iter_mut().rev().enumerate() {
+            *digit = b"0123456789abcdef"[(n & 0xf) as usize];
             n >>= 4;
+            if n == 0 {
+                used = i + 1;
+                break;
+            }
         }
         for _ in used..self.width {
             out.push('0');
@@ -115,6 +118,19 @@ pub fn fill_to(out: &mut String, template: &str, pieces: &[&dyn Piece]) {
         rest = after;
     }
     out.push_str(rest);
+}
+
+/// `bytes` split at the first `sep`, which neither side keeps. Through
+/// `get`: no index panic (its message and location) in the wasm.
+pub fn split_byte(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = bytes.iter().position(|&b| b == sep)?;
+    Some((bytes.get(..i)?, bytes.get(i + 1..)?))
+}
+
+/// `bytes` split at the last `sep` (see `split_byte`).
+pub fn rsplit_byte(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = bytes.iter().rposition(|&b| b == sep)?;
+    Some((bytes.get(..i)?, bytes.get(i + 1..)?))
 }
 
 /// `text.split_once(sep)` for an ASCII `sep`, without std's char searcher
@@ -201,7 +217,10 @@ pub const fn nul_count(text: &str) -> usize {
 /// A decimal `u64` as `str::parse::<u64>` reads it: an optional `+`, then
 /// at least one ASCII digit, nothing else; `None` on overflow.
 pub fn parse_u64(text: &[u8]) -> Option<u64> {
-    let digits = text.strip_prefix(b"+").unwrap_or(text);
+    let digits = match text {
+        [b'+', digits @ ..] => digits,
+        _ => text,
+    };
     if digits.is_empty() {
         return None;
     }
@@ -367,6 +386,10 @@ mod tests {
                 let c = char::from(sep);
                 assert_eq!(split_once_ascii(text, sep), text.split_once(c), "{text:?} {c:?}");
                 assert_eq!(rsplit_once_ascii(text, sep), text.rsplit_once(c), "{text:?} {c:?}");
+                let (bytes, at) =
+                    (text.as_bytes(), |(l, r): (&'static str, &'static str)| (l.as_bytes(), r.as_bytes()));
+                assert_eq!(split_byte(bytes, sep), text.split_once(c).map(at), "{text:?} {c:?}");
+                assert_eq!(rsplit_byte(bytes, sep), text.rsplit_once(c).map(at), "{text:?} {c:?}");
             }
         }
     }
