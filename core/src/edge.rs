@@ -304,10 +304,12 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
 }
 
 fn cidr_list(field: &str, list: &[String]) -> Result<Vec<Cidr>, RuleError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, c)| Cidr::parse(c).map_err(|why| rule_error(cat!(field, "[", i, "]"), cat!(Quoted(c), ": ", why))))
-        .collect()
+    // A loop, not `collect::<Result<Vec<_>, _>>()`: its adapters cost the wasm ~1 KB.
+    let mut out = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        out.push(Cidr::parse(c).map_err(|why| rule_error(cat!(field, "[", i, "]"), cat!(Quoted(c), ": ", why)))?);
+    }
+    Ok(out)
 }
 
 fn header_name(field: String, name: &str) -> Result<String, RuleError> {
