@@ -334,8 +334,13 @@ impl Follower {
         // A newer companion's fields: skipped (SPEC), said once.
         if !unknown.is_empty() && !self.told_unknown {
             self.told_unknown = true;
-            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
-            let fields = isogroup_core::text::join_str(&names, ", ");
+            let mut fields = String::new();
+            for (i, name) in unknown.iter().enumerate() {
+                if i > 0 {
+                    fields.push_str(", ");
+                }
+                fields.push_str(name);
+            }
             vm.log(LogLevel::Warn, &cat!("table fields this filter does not know, ignored: ", fields));
         }
         self.answered(vm, now);

@@ -692,19 +692,19 @@ impl<'r> Compiler<'r> {
     /// Each group's resolution order; only for a table without errors (no
     /// cycles, chains within the depth limit, so `visit` recurses little).
     fn compile_groups(&self) -> Vec<CompiledGroup> {
-        self.group_names
-            .iter()
-            .map(|name| {
-                let strict = self.raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
-                let mut order = Vec::new();
-                self.visit(name, &mut order);
-                let base = 0;
-                if !order.contains(&base) {
-                    order.push(base);
-                }
-                CompiledGroup { strict, order: order.into() }
-            })
-            .collect()
+        // A loop, not `map(..).collect()`: one generic fold less in the wasm.
+        let mut groups = Vec::with_capacity(self.group_names.len());
+        for name in self.group_names.iter() {
+            let strict = self.raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
+            let mut order = Vec::new();
+            self.visit(name, &mut order);
+            let base = 0;
+            if !order.contains(&base) {
+                order.push(base);
+            }
+            groups.push(CompiledGroup { strict, order: order.into() });
+        }
+        groups
     }
 
     /// Depth-first resolution order, each group once.
@@ -832,17 +832,15 @@ impl<'r> Compiler<'r> {
                         // char and range Debug (Unicode tables) into the wasm.
                         let (head, tail) = cluster.split_at_checked(at).unwrap_or((cluster, ""));
                         let tail = tail.get(PORT_PLACEHOLDER.len()..).unwrap_or("");
-                        let names: PortNames = s
-                            .ports
-                            .iter()
-                            .map(|p| {
-                                let mut name = String::with_capacity(cluster.len());
-                                name.push_str(head);
-                                crate::json::push_u64(&mut name, u64::from(*p));
-                                name.push_str(tail);
-                                name.into_boxed_str()
-                            })
-                            .collect();
+                        let mut names = Vec::with_capacity(s.ports.len());
+                        for p in &s.ports {
+                            let mut name = String::with_capacity(cluster.len());
+                            name.push_str(head);
+                            crate::json::push_u64(&mut name, u64::from(*p));
+                            name.push_str(tail);
+                            names.push(name.into_boxed_str());
+                        }
+                        let names: PortNames = names.into();
                         let default = names.first().map_or(cluster.as_str(), |n| n);
                         all_clusters.push((g, push_text(&mut text, default)));
                         by_port.push((g, names));
