@@ -438,11 +438,12 @@ fn hex_pair(hi: u8, lo: u8) -> Option<u8> {
 /// A `cookie` header without cookie `name` (other cookies kept); `None` if
 /// nothing is left.
 pub fn cookie_without(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    let kept: Vec<&[u8]> = header
-        .split(|&b| b == b';')
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty() && group::cookie_value(c, name).is_none())
-        .collect();
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for c in header.split(|&b| b == b';').map(<[u8]>::trim_ascii) {
+        if !c.is_empty() && group::cookie_value(c, name).is_none() {
+            kept.push(c);
+        }
+    }
     (!kept.is_empty()).then(|| crate::text::join_bytes(&kept, b"; "))
 }
 
