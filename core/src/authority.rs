@@ -77,7 +77,7 @@ pub fn port(authority: &[u8]) -> Option<u16> {
     let a = authority.trim_ascii();
     let (host, digits) = crate::text::rsplit_byte(a, b':')?;
     let bracketed = host.first() == Some(&b'[') && host.last() == Some(&b']');
-    if !bracketed && host.iter().any(|&b| b == b':') {
+    if !bracketed && crate::text::has_byte(host, b':') {
         return None;
     }
     if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {

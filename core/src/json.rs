@@ -91,7 +91,7 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in digits.iter().skip(digits.len() - used) {
+    for &d in digits.get(digits.len() - used..).unwrap_or_default() {
         out.push(char::from(d));
     }
 }

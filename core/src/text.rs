@@ -91,7 +91,7 @@ impl Piece for Hex {
         for _ in used..self.width {
             out.push('0');
         }
-        for &d in digits.iter().skip(16 - used) {
+        for &d in digits.get(16 - used..).unwrap_or_default() {
             out.push(char::from(d));
         }
     }
@@ -120,6 +120,13 @@ pub fn fill_to(out: &mut String, template: &str, pieces: &[&dyn Piece]) {
     out.push_str(rest);
 }
 
+/// Whether `bytes` holds `b`: `<[u8]>::contains` calls memchr, a few
+/// hundred bytes of wasm for the short names searched here.
+#[allow(clippy::manual_contains)]
+pub fn has_byte(bytes: &[u8], b: u8) -> bool {
+    bytes.iter().any(|&c| c == b)
+}
+
 /// `bytes` split at the first `sep`, which neither side keeps. Through
 /// `get`: no index panic (its message and location) in the wasm.
 pub fn split_byte(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
@@ -136,14 +143,14 @@ pub fn rsplit_byte(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
 /// `text.split_once(sep)` for an ASCII `sep`, without std's char searcher
 /// (its memchr costs the wasm a few hundred bytes; these texts are short).
 pub fn split_once_ascii(text: &str, sep: u8) -> Option<(&str, &str)> {
-    let i = text.bytes().position(|b| b == sep)?;
-    Some((text.get(..i)?, text.get(i + 1..)?))
+    let (head, _) = split_byte(text.as_bytes(), sep)?;
+    Some((text.get(..head.len())?, text.get(head.len() + 1..)?))
 }
 
 /// `text.rsplit_once(sep)` for an ASCII `sep` (see `split_once_ascii`).
 pub fn rsplit_once_ascii(text: &str, sep: u8) -> Option<(&str, &str)> {
-    let i = text.bytes().rposition(|b| b == sep)?;
-    Some((text.get(..i)?, text.get(i + 1..)?))
+    let (head, _) = rsplit_byte(text.as_bytes(), sep)?;
+    Some((text.get(..head.len())?, text.get(head.len() + 1..)?))
 }
 
 /// A piece's text (`to_string` without `core::fmt`).
@@ -246,7 +253,7 @@ pub fn trim(text: &str) -> &str {
         s = s.get(c.len_utf8()..).unwrap_or_default();
     }
     // The last char starts at the last byte that is not a continuation byte.
-    while let Some(i) = s.bytes().rposition(|b| b & 0xc0 != 0x80) {
+    while let Some(i) = s.as_bytes().iter().rposition(|&b| b & 0xc0 != 0x80) {
         if !s.get(i..).and_then(|last| last.chars().next()).is_some_and(white) {
             break;
         }
