@@ -237,7 +237,7 @@ impl Follower {
 
     fn poll<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
         // `follow` ran first this tick: this VM holds the process's table.
-        let sep = if self.source.path.bytes().any(|b| b == b'?') { '&' } else { '?' };
+        let sep = if isogroup_core::text::has_byte(self.source.path.as_bytes(), b'?') { '&' } else { '?' };
         let (base, wait) = (&self.source.path, self.source.wait_s);
         // A delta only onto a table held as read, with an epoch.
         let delta = if self.raw.is_some() { "&delta=1" } else { "" };

@@ -314,7 +314,10 @@ fn cidr_list(field: &str, list: &[String]) -> Result<Vec<Cidr>, RuleError> {
 
 fn header_name(field: String, name: &str) -> Result<String, RuleError> {
     let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+        && name
+            .as_bytes()
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(name.to_owned())
     } else {

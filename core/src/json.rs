@@ -399,8 +399,10 @@ impl<'a> Reader<'a> {
             return Err(self.number_error("invalid type: floating point `", text, expected));
         }
         let mut value: Option<u64> = if text.starts_with('-') { None } else { Some(0) };
-        for d in text.bytes().filter(u8::is_ascii_digit) {
-            value = value.and_then(|v| v.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+        for &d in text.as_bytes() {
+            if d.is_ascii_digit() {
+                value = value.and_then(|v| v.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+            }
         }
         match value {
             Some(v) if v <= max => Ok(v),

@@ -521,15 +521,14 @@ impl<'r> Compiler<'r> {
             });
         }
         // A `{port}` cluster is one name per port.
-        let entries: usize = raw
-            .services
-            .values()
-            .map(|s| match s.ports.len() {
+        let mut entries = 0usize;
+        for s in raw.services.values() {
+            entries += match s.ports.len() {
                 // Without ports a `{port}` cluster is one name (and an error).
                 0 | 1 => s.clusters.len(),
                 n => s.clusters.values().map(|c| if port_placeholder(c).is_some() { n } else { 1 }).sum(),
-            })
-            .sum();
+            };
+        }
         if entries > limits.max_cluster_entries {
             c.errors.push(TableError::TooMany {
                 field: "services.*.clusters",
@@ -568,7 +567,8 @@ impl<'r> Compiler<'r> {
                 limit: limits.max_groups,
             });
         }
-        c.errors.extend(name_errors);
+        // `append`, not `extend`: a move of the elements, no IntoIter in the wasm.
+        c.errors.append(&mut name_errors);
         c
     }
 
@@ -676,8 +676,8 @@ impl<'r> Compiler<'r> {
                 }
             }
         }
-        let (depths, cycles) = fallback_walk(raw);
-        self.errors.extend(cycles);
+        let (depths, mut cycles) = fallback_walk(raw);
+        self.errors.append(&mut cycles);
         let limit = self.limits.max_fallback_depth;
         for name in raw.groups.keys() {
             match depths.get(name.as_str()) {
@@ -765,7 +765,7 @@ impl<'r> Compiler<'r> {
                 plain.push(if templated { Span::default() } else { push_text(&mut text, cluster) });
             }
             for host in &s.hosts {
-                let norm = if host.bytes().any(|b| b == b'/' || b == b'*') {
+                let norm = if host.as_bytes().iter().any(|&b| b == b'/' || b == b'*') {
                     Err("a host has no '/' and no wildcard")
                 } else {
                     authority::normalize_owned(host).ok_or("empty, too long, or not printable ASCII")
@@ -1139,7 +1139,7 @@ fn check_cluster(cluster: &str) -> Result<(), &'static str> {
     if cluster.len() > 1024 {
         return Err("longer than 1024 bytes");
     }
-    if !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+    if !cluster.as_bytes().iter().all(|&b| b.is_ascii_graphic()) {
         return Err("only printable ASCII without spaces");
     }
     Ok(())
