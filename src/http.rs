@@ -191,7 +191,11 @@ impl<H: Host> HttpContext for Request<H> {
         if let Some((name, e)) = unwritten {
             return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
         }
-        self.served = incoming.served(decision.as_ref(), settings).zip(table);
+        // A match, not `Option::zip` (a generic body of its own in the wasm).
+        self.served = match (incoming.served(decision.as_ref(), settings), table) {
+            (Some(served), Some(table)) => Some((served, table)),
+            _ => None,
+        };
         Action::Continue
     }
 
