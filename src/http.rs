@@ -97,7 +97,10 @@ impl<H: Host> Request<H> {
                 &[("x-isogroup-failfast", reply.service.as_bytes())],
             )
         } else {
-            let headers: Vec<(&str, &[u8])> = reply.headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(reply.headers.len());
+            for (k, v) in &reply.headers {
+                headers.push((*k, v.as_bytes()));
+            }
             host.send_local_reply(u32::from(reply.status), &headers, reply.body.as_bytes())
         }
     }
@@ -188,7 +191,11 @@ impl<H: Host> HttpContext for Request<H> {
         if let Some((name, e)) = unwritten {
             return self.reset(&cat!("routing header ", name, " not written (", e, ")"));
         }
-        self.served = incoming.served(decision.as_ref(), settings).zip(table);
+        // A match, not `Option::zip` (a generic body of its own in the wasm).
+        self.served = match (incoming.served(decision.as_ref(), settings), table) {
+            (Some(served), Some(table)) => Some((served, table)),
+            _ => None,
+        };
         Action::Continue
     }
 

@@ -237,7 +237,7 @@ impl Follower {
 
     fn poll<H: Host>(&mut self, vm: &Vm<H>, now: u64) {
         // `follow` ran first this tick: this VM holds the process's table.
-        let sep = if self.source.path.contains('?') { '&' } else { '?' };
+        let sep = if isogroup_core::text::has_byte(self.source.path.as_bytes(), b'?') { '&' } else { '?' };
         let (base, wait) = (&self.source.path, self.source.wait_s);
         // A delta only onto a table held as read, with an epoch.
         let delta = if self.raw.is_some() { "&delta=1" } else { "" };
@@ -334,8 +334,13 @@ impl Follower {
         // A newer companion's fields: skipped (SPEC), said once.
         if !unknown.is_empty() && !self.told_unknown {
             self.told_unknown = true;
-            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
-            let fields = isogroup_core::text::join_str(&names, ", ");
+            let mut fields = String::new();
+            for (i, name) in unknown.iter().enumerate() {
+                if i > 0 {
+                    fields.push_str(", ");
+                }
+                fields.push_str(name);
+            }
             vm.log(LogLevel::Warn, &cat!("table fields this filter does not know, ignored: ", fields));
         }
         self.answered(vm, now);
@@ -496,11 +501,41 @@ fn poller_id(host: &impl Host, vm_id: &str, now: u64) -> String {
 
 /// `"42"` (or a weak `W/"42"`) → 42.
 fn parse_etag(value: &[u8]) -> Option<u64> {
-    let value = value.strip_prefix(b"W/").unwrap_or(value);
-    parse_u64(value.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
+    let value = match value {
+        [b'W', b'/', value @ ..] => value,
+        _ => value,
+    };
+    match value {
+        [b'"', digits @ .., b'"'] => parse_u64(digits),
+        _ => None,
+    }
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
     // Digits only: no UTF-8 check needed, and HTTP's whitespace is ASCII.
     isogroup_core::text::parse_u64(bytes.trim_ascii())
+}
+
+#[cfg(test)]
+mod etag_tests {
+    #[test]
+    fn etags_are_a_quoted_number_weak_or_not() {
+        let cases: &[(&[u8], Option<u64>)] = &[
+            (b"\"42\"", Some(42)),
+            (b"W/\"42\"", Some(42)),
+            (b"\" 7 \"", Some(7)),
+            (b"42", None),
+            (b"W/42", None),
+            (b"\"", None),
+            (b"\"\"", None),
+            (b"W/\"", None),
+            (b"\"42", None),
+            (b"42\"", None),
+            (b"w/\"42\"", None),
+            (b"\"4x\"", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(super::parse_etag(value), *want, "{:?}", String::from_utf8_lossy(value));
+        }
+    }
 }

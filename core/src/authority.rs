@@ -14,7 +14,7 @@ pub fn normalize<'b>(authority: &'b [u8], buf: &'b mut [u8; MAX_HOST_LEN + 1]) -
     if !upper {
         return core::str::from_utf8(host).ok();
     }
-    let out = &mut buf[..host.len()];
+    let out = buf.get_mut(..host.len())?;
     for (o, b) in out.iter_mut().zip(host) {
         *o = b.to_ascii_lowercase();
     }
@@ -30,7 +30,7 @@ pub fn with_host<R>(authority: &[u8], f: impl FnOnce(&[u8]) -> Option<R>) -> Opt
         return f(host);
     }
     let mut buf = [0u8; MAX_HOST_LEN + 1];
-    let out = &mut buf[..host.len()];
+    let out = buf.get_mut(..host.len())?;
     for (o, b) in out.iter_mut().zip(host) {
         *o = b.to_ascii_lowercase();
     }
@@ -58,13 +58,16 @@ fn host_part(authority: &[u8]) -> Option<(&[u8], bool)> {
         // `[v6]` or `[v6]:port`
         (Some(b'['), _) => {
             let end = a.iter().position(|&b| b == b']')?;
-            &a[1..end]
+            a.get(1..end)?
         }
         // `host:port`; several colons and no brackets: a bare IPv6 address
-        (_, Some(c)) if colons == 1 => &a[..c],
+        (_, Some(c)) if colons == 1 => a.get(..c)?,
         _ => a,
     };
-    let host = host.strip_suffix(b".").unwrap_or(host);
+    let host = match host {
+        [host @ .., b'.'] => host,
+        _ => host,
+    };
     (!host.is_empty() && host.len() <= MAX_HOST_LEN).then_some((host, upper))
 }
 
@@ -72,13 +75,11 @@ fn host_part(authority: &[u8]) -> Option<(&[u8], bool)> {
 /// one, or for a bare IPv6 address.
 pub fn port(authority: &[u8]) -> Option<u16> {
     let a = authority.trim_ascii();
-    let colon = a.iter().rposition(|&b| b == b':')?;
-    let host = &a[..colon];
+    let (host, digits) = crate::text::rsplit_byte(a, b':')?;
     let bracketed = host.first() == Some(&b'[') && host.last() == Some(&b']');
-    if !bracketed && host.contains(&b':') {
+    if !bracketed && crate::text::has_byte(host, b':') {
         return None;
     }
-    let digits = &a[colon + 1..];
     if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -17,14 +17,14 @@ pub struct Cidr {
 impl Cidr {
     /// `addr/len`, or a bare address (a /32 or /128).
     pub fn parse(text: &str) -> Result<Cidr, &'static str> {
-        let (addr, prefix) = match text.split_once('/') {
+        let (addr, prefix) = match crate::text::split_once_ascii(text, b'/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let net = parse_ip(addr.trim()).ok_or("not an IP address")?;
+        let net = parse_ip(crate::text::trim(addr)).ok_or("not an IP address")?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => crate::text::parse_u64(p.trim().as_bytes())
+            Some(p) => crate::text::parse_u64(crate::text::trim(p).as_bytes())
                 .and_then(|p| u8::try_from(p).ok())
                 .ok_or("prefix length is not a number")?,
             None => max,
@@ -88,14 +88,14 @@ fn prefix_eq(a: u128, b: u128, prefix: u8) -> bool {
 /// The IP of an Envoy `source.address` value: `ip:port`, `[v6]:port`, or a
 /// bare address.
 pub fn peer_ip(address: &[u8]) -> Option<IpAddr> {
-    let text = core::str::from_utf8(address).ok()?.trim();
+    let text = crate::text::trim(core::str::from_utf8(address).ok()?);
     if let Some(ip) = parse_ip(text) {
         return Some(ip);
     }
     if let Some(rest) = text.strip_prefix('[') {
-        return parse_ip(rest.split(']').next()?);
+        return parse_ip(crate::text::split_once_ascii(rest, b']').map_or(rest, |(ip, _)| ip));
     }
-    parse_ip(text.rsplit_once(':')?.0)
+    parse_ip(crate::text::rsplit_once_ascii(text, b':')?.0)
 }
 
 #[cfg(test)]

@@ -375,7 +375,7 @@ fn validate_companion(c: &CompanionSource) -> Result<(), ConfigError> {
             why: "the Envoy cluster of the companion, not empty",
         });
     }
-    if c.authority.is_empty() || !c.authority.bytes().all(|b| b.is_ascii_graphic()) {
+    if c.authority.is_empty() || !c.authority.as_bytes().iter().all(|&b| b.is_ascii_graphic()) {
         return Err(ConfigError::InvalidValue {
             field: "table.companion.authority",
             value: c.authority.clone(),
@@ -406,10 +406,14 @@ pub fn is_namespace(name: &str) -> bool {
 
 /// Envoy lower-cases header names; a configured name must already be lower-case.
 fn is_header_name(name: &str) -> bool {
-    is_token(name) && !name.bytes().any(|b| b.is_ascii_uppercase())
+    is_token(name) && !name.as_bytes().iter().any(|&b| b.is_ascii_uppercase())
 }
 
 /// RFC 9110 token.
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.as_bytes().iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+        })
 }

@@ -89,14 +89,14 @@ pub fn decide<'a>(table: &'a Table, req: &RequestView<'a>) -> Decision<'a> {
 /// The service of a normalised host: a host without a dot (`reviews`) is
 /// first tried as `reviews.<namespace>`, in a stack buffer.
 fn service_in_namespace(table: &Table, host: &[u8], ns: &str) -> Option<ServiceId> {
-    if !host.contains(&b'.') && !host.contains(&b':') {
-        let len = host.len() + 1 + ns.len();
-        if len <= MAX_HOST_LEN {
-            let mut buf = [0u8; MAX_HOST_LEN];
-            buf[..host.len()].copy_from_slice(host);
-            buf[host.len()] = b'.';
-            buf[host.len() + 1..len].copy_from_slice(ns.as_bytes());
-            if let Some(id) = table.service_by_host(&buf[..len]) {
+    if !host.iter().any(|&b| b == b'.' || b == b':') {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        // No room (a longer name than any host): not tried.
+        if let Some(name) = buf.get_mut(..host.len() + 1 + ns.len()) {
+            for (o, &b) in name.iter_mut().zip(host.iter().chain(b".").chain(ns.as_bytes())) {
+                *o = b;
+            }
+            if let Some(id) = table.service_by_host(name) {
                 return Some(id);
             }
         }

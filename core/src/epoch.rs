@@ -38,7 +38,7 @@ impl<'a> Epoch<'a> {
     /// random part 1 to 64 ASCII letters or digits. Canonical forms only, so
     /// two strings are equal exactly when their epochs are.
     pub fn parse(text: &'a str) -> Option<Epoch<'a>> {
-        let (number, random) = text.split_once('-')?;
+        let (number, random) = crate::text::split_once_ascii(text, b'-')?;
         let digits = number.as_bytes();
         let canonical = match digits {
             [] => false,
@@ -116,7 +116,7 @@ impl Held {
 
     pub fn decode(bytes: &[u8]) -> Option<Held> {
         let text = core::str::from_utf8(bytes).ok()?;
-        let (version, epoch) = match text.split_once(' ') {
+        let (version, epoch) = match crate::text::split_once_ascii(text, b' ') {
             Some((v, e)) => (v, Some(e.to_owned())),
             None => (text, None),
         };

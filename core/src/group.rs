@@ -37,13 +37,13 @@ impl GroupName {
             return None;
         }
         let mut bytes = [0u8; MAX_GROUP_LEN];
-        bytes[..name.len()].copy_from_slice(name);
+        bytes.get_mut(..name.len())?.copy_from_slice(name);
         Some(Self { len: name.len() as u8, bytes })
     }
 
     pub fn as_str(&self) -> &str {
         // Only ASCII ever gets in (checked by `new`); the fallback is unreachable.
-        core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+        self.bytes.get(..self.len as usize).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or_default()
     }
 }
 
@@ -107,8 +107,8 @@ pub fn from_baggage(value: &[u8], key: &str) -> Lookup {
 /// `key=value;props` → (key, value), trimmed.
 fn baggage_key_value(member: &[u8]) -> Option<(&[u8], &[u8])> {
     let kv = member.split(|&b| b == b';').next()?;
-    let eq = kv.iter().position(|&b| b == b'=')?;
-    Some((kv[..eq].trim_ascii(), kv[eq + 1..].trim_ascii()))
+    let (k, v) = crate::text::split_byte(kv, b'=')?;
+    Some((k.trim_ascii(), v.trim_ascii()))
 }
 
 fn percent_decode_group(v: &[u8]) -> Option<GroupName> {
@@ -128,7 +128,7 @@ fn percent_decode_group(v: &[u8]) -> Option<GroupName> {
         *out.get_mut(n)? = b;
         n += 1;
     }
-    GroupName::new(&out[..n])
+    GroupName::new(out.get(..n)?)
 }
 
 pub(crate) fn hex(b: u8) -> Option<u8> {
@@ -176,8 +176,8 @@ pub fn baggage_with(value: Option<&[u8]>, key: &str, group: &str) -> Vec<u8> {
 pub fn cookie_value<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (&pair[..eq] == name.as_bytes()).then(|| trim_quotes(&pair[eq + 1..]))
+        let (k, v) = crate::text::split_byte(pair, b'=')?;
+        (k == name.as_bytes()).then(|| trim_quotes(v))
     })
 }
 
@@ -190,7 +190,14 @@ fn trim_quotes(v: &[u8]) -> &[u8] {
 
 /// Whether a strict-list header value (`svc,svc` or `*`) names `service`.
 pub fn strict_lists(value: &[u8], service: &str) -> bool {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|s| s == b"*" || s == service.as_bytes())
+    // A loop, not `map(..).any(..)`: one generic try_fold less in the wasm.
+    for s in value.split(|&b| b == b',') {
+        let s = s.trim_ascii();
+        if s == b"*" || s == service.as_bytes() {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

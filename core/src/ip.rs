@@ -107,8 +107,11 @@ impl Cursor<'_> {
             c.eat(b':')?;
             // `::` stands for at least one group.
             let mut tail = [0u16; 7];
-            let (tail_size, _) = c.groups(&mut tail[..7 - head_size]);
-            head[8 - tail_size..].copy_from_slice(&tail[..tail_size]);
+            let (tail_size, _) = c.groups(tail.get_mut(..7 - head_size)?);
+            // The tail's groups end the address.
+            for (h, &t) in head.iter_mut().rev().zip(tail.get(..tail_size)?.iter().rev()) {
+                *h = t;
+            }
             Some(head)
         })
     }

@@ -82,16 +82,16 @@ pub(crate) fn document<T>(
 /// Appends `n` in decimal (no `core::fmt` in the wasm).
 pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+    let mut used = 0;
+    for (i, digit) in digits.iter_mut().rev().enumerate() {
+        *digit = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
+            used = i + 1;
             break;
         }
     }
-    for &d in &digits[i..] {
+    for &d in digits.get(digits.len() - used..).unwrap_or_default() {
         out.push(char::from(d));
     }
 }
@@ -399,8 +399,10 @@ impl<'a> Reader<'a> {
             return Err(self.number_error("invalid type: floating point `", text, expected));
         }
         let mut value: Option<u64> = if text.starts_with('-') { None } else { Some(0) };
-        for d in text.bytes().filter(u8::is_ascii_digit) {
-            value = value.and_then(|v| v.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+        for &d in text.as_bytes() {
+            if d.is_ascii_digit() {
+                value = value.and_then(|v| v.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+            }
         }
         match value {
             Some(v) if v <= max => Ok(v),

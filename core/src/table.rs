@@ -521,15 +521,14 @@ impl<'r> Compiler<'r> {
             });
         }
         // A `{port}` cluster is one name per port.
-        let entries: usize = raw
-            .services
-            .values()
-            .map(|s| match s.ports.len() {
+        let mut entries = 0usize;
+        for s in raw.services.values() {
+            entries += match s.ports.len() {
                 // Without ports a `{port}` cluster is one name (and an error).
                 0 | 1 => s.clusters.len(),
                 n => s.clusters.values().map(|c| if port_placeholder(c).is_some() { n } else { 1 }).sum(),
-            })
-            .sum();
+            };
+        }
         if entries > limits.max_cluster_entries {
             c.errors.push(TableError::TooMany {
                 field: "services.*.clusters",
@@ -568,7 +567,8 @@ impl<'r> Compiler<'r> {
                 limit: limits.max_groups,
             });
         }
-        c.errors.extend(name_errors);
+        // `append`, not `extend`: a move of the elements, no IntoIter in the wasm.
+        c.errors.append(&mut name_errors);
         c
     }
 
@@ -676,8 +676,8 @@ impl<'r> Compiler<'r> {
                 }
             }
         }
-        let (depths, cycles) = fallback_walk(raw);
-        self.errors.extend(cycles);
+        let (depths, mut cycles) = fallback_walk(raw);
+        self.errors.append(&mut cycles);
         let limit = self.limits.max_fallback_depth;
         for name in raw.groups.keys() {
             match depths.get(name.as_str()) {
@@ -692,19 +692,19 @@ impl<'r> Compiler<'r> {
     /// Each group's resolution order; only for a table without errors (no
     /// cycles, chains within the depth limit, so `visit` recurses little).
     fn compile_groups(&self) -> Vec<CompiledGroup> {
-        self.group_names
-            .iter()
-            .map(|name| {
-                let strict = self.raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
-                let mut order = Vec::new();
-                self.visit(name, &mut order);
-                let base = 0;
-                if !order.contains(&base) {
-                    order.push(base);
-                }
-                CompiledGroup { strict, order: order.into() }
-            })
-            .collect()
+        // A loop, not `map(..).collect()`: one generic fold less in the wasm.
+        let mut groups = Vec::with_capacity(self.group_names.len());
+        for name in self.group_names.iter() {
+            let strict = self.raw.groups.get(&**name).is_some_and(|g| g.mode == Mode::Strict);
+            let mut order = Vec::new();
+            self.visit(name, &mut order);
+            let base = 0;
+            if !order.contains(&base) {
+                order.push(base);
+            }
+            groups.push(CompiledGroup { strict, order: order.into() });
+        }
+        groups
     }
 
     /// Depth-first resolution order, each group once.
@@ -765,7 +765,7 @@ impl<'r> Compiler<'r> {
                 plain.push(if templated { Span::default() } else { push_text(&mut text, cluster) });
             }
             for host in &s.hosts {
-                let norm = if host.contains('/') || host.contains('*') {
+                let norm = if host.as_bytes().iter().any(|&b| b == b'/' || b == b'*') {
                     Err("a host has no '/' and no wildcard")
                 } else {
                     authority::normalize_owned(host).ok_or("empty, too long, or not printable ASCII")
@@ -832,17 +832,15 @@ impl<'r> Compiler<'r> {
                         // char and range Debug (Unicode tables) into the wasm.
                         let (head, tail) = cluster.split_at_checked(at).unwrap_or((cluster, ""));
                         let tail = tail.get(PORT_PLACEHOLDER.len()..).unwrap_or("");
-                        let names: PortNames = s
-                            .ports
-                            .iter()
-                            .map(|p| {
-                                let mut name = String::with_capacity(cluster.len());
-                                name.push_str(head);
-                                crate::json::push_u64(&mut name, u64::from(*p));
-                                name.push_str(tail);
-                                name.into_boxed_str()
-                            })
-                            .collect();
+                        let mut names = Vec::with_capacity(s.ports.len());
+                        for p in &s.ports {
+                            let mut name = String::with_capacity(cluster.len());
+                            name.push_str(head);
+                            crate::json::push_u64(&mut name, u64::from(*p));
+                            name.push_str(tail);
+                            names.push(name.into_boxed_str());
+                        }
+                        let names: PortNames = names.into();
                         let default = names.first().map_or(cluster.as_str(), |n| n);
                         all_clusters.push((g, push_text(&mut text, default)));
                         by_port.push((g, names));
@@ -957,7 +955,7 @@ impl Compiler<'_> {
         for (i, &p) in ports.iter().enumerate() {
             let why = if p == 0 {
                 "0 is not a port"
-            } else if ports[..i].contains(&p) {
+            } else if ports.iter().take(i).any(|&q| q == p) {
                 "listed twice"
             } else {
                 continue;
@@ -1141,7 +1139,7 @@ fn check_cluster(cluster: &str) -> Result<(), &'static str> {
     if cluster.len() > 1024 {
         return Err("longer than 1024 bytes");
     }
-    if !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+    if !cluster.as_bytes().iter().all(|&b| b.is_ascii_graphic()) {
         return Err("only printable ASCII without spaces");
     }
     Ok(())

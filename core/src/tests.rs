@@ -577,3 +577,24 @@ fn companion_tables_skip_unknown_fields_and_name_them() {
     let duplicate = br#"{"version": 1, "version": 2}"#;
     assert!(Table::from_companion_json(duplicate, "base", &limits, true).is_err());
 }
+
+#[test]
+fn a_dotless_host_is_tried_in_the_namespace_first() {
+    let json = r#"{"services":{"a":{"hosts":["reviews.prod"],"clusters":{"base":"a0"}},
+                   "b":{"hosts":["reviews"],"clusters":{"base":"b0"}}}}"#;
+    let t = Table::from_json(json.as_bytes(), "base", &Limits::default()).unwrap();
+    let long_ns = "n".repeat(crate::authority::MAX_HOST_LEN);
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        ("reviews", Some("prod"), "a=base via a0"),
+        ("REVIEWS:9080", Some("prod"), "a=base via a0"),
+        ("reviews", Some("dev"), "b=base via b0"),
+        ("reviews", None, "b=base via b0"),
+        ("reviews.prod", Some("dev"), "a=base via a0"),
+        // `reviews.<ns>` longer than any host: not tried.
+        ("reviews", Some(&long_ns), "b=base via b0"),
+    ];
+    for (authority, namespace, want) in cases {
+        let req = RequestView { authority: authority.as_bytes(), group: None, strict: None, namespace: *namespace };
+        assert_eq!(outcome(decide(&t, &req)), *want, "{authority:?} {namespace:?}");
+    }
+}

@@ -80,15 +80,18 @@ impl Piece for Hex {
         let mut digits = [b'0'; 16];
         let mut n = self.value;
         let mut used = 0;
-        while n != 0 || used == 0 {
-            used += 1;
-            digits[16 - used] = b"0123456789abcdef"[(n & 0xf) as usize];
+        for (i, digit) in digits.iter_mut().rev().enumerate() {
+            *digit = b"0123456789abcdef"[(n & 0xf) as usize];
             n >>= 4;
+            if n == 0 {
+                used = i + 1;
+                break;
+            }
         }
         for _ in used..self.width {
             out.push('0');
         }
-        for &d in digits.iter().skip(16 - used) {
+        for &d in digits.get(16 - used..).unwrap_or_default() {
             out.push(char::from(d));
         }
     }
@@ -106,14 +109,48 @@ pub fn fill(template: &str, pieces: &[&dyn Piece]) -> String {
 /// Appends `template` with each NUL byte replaced by the next piece.
 pub fn fill_to(out: &mut String, template: &str, pieces: &[&dyn Piece]) {
     let mut pieces = pieces.iter();
-    for (i, part) in template.split('\0').enumerate() {
-        if i > 0 {
-            if let Some(piece) = pieces.next() {
-                piece.push_to(out);
-            }
-        }
+    let mut rest = template;
+    while let Some((part, after)) = split_once_ascii(rest, 0) {
         out.push_str(part);
+        if let Some(piece) = pieces.next() {
+            piece.push_to(out);
+        }
+        rest = after;
     }
+    out.push_str(rest);
+}
+
+/// Whether `bytes` holds `b`: `<[u8]>::contains` calls memchr, a few
+/// hundred bytes of wasm for the short names searched here.
+#[allow(clippy::manual_contains)]
+pub fn has_byte(bytes: &[u8], b: u8) -> bool {
+    bytes.iter().any(|&c| c == b)
+}
+
+/// `bytes` split at the first `sep`, which neither side keeps. Through
+/// `get`: no index panic (its message and location) in the wasm.
+pub fn split_byte(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = bytes.iter().position(|&b| b == sep)?;
+    Some((bytes.get(..i)?, bytes.get(i + 1..)?))
+}
+
+/// `bytes` split at the last `sep` (see `split_byte`).
+pub fn rsplit_byte(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = bytes.iter().rposition(|&b| b == sep)?;
+    Some((bytes.get(..i)?, bytes.get(i + 1..)?))
+}
+
+/// `text.split_once(sep)` for an ASCII `sep`, without std's char searcher
+/// (its memchr costs the wasm a few hundred bytes; these texts are short).
+pub fn split_once_ascii(text: &str, sep: u8) -> Option<(&str, &str)> {
+    let (head, _) = split_byte(text.as_bytes(), sep)?;
+    Some((text.get(..head.len())?, text.get(head.len() + 1..)?))
+}
+
+/// `text.rsplit_once(sep)` for an ASCII `sep` (see `split_once_ascii`).
+pub fn rsplit_once_ascii(text: &str, sep: u8) -> Option<(&str, &str)> {
+    let (head, _) = rsplit_byte(text.as_bytes(), sep)?;
+    Some((text.get(..head.len())?, text.get(head.len() + 1..)?))
 }
 
 /// A piece's text (`to_string` without `core::fmt`).
@@ -187,7 +224,10 @@ pub const fn nul_count(text: &str) -> usize {
 /// A decimal `u64` as `str::parse::<u64>` reads it: an optional `+`, then
 /// at least one ASCII digit, nothing else; `None` on overflow.
 pub fn parse_u64(text: &[u8]) -> Option<u64> {
-    let digits = text.strip_prefix(b"+").unwrap_or(text);
+    let digits = match text {
+        [b'+', digits @ ..] => digits,
+        _ => text,
+    };
     if digits.is_empty() {
         return None;
     }
@@ -199,6 +239,27 @@ pub fn parse_u64(text: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     Some(n)
+}
+
+/// `str::trim` (Unicode White_Space off both ends) without std's generic
+/// char searcher and its Unicode table: the property's 25 code points.
+pub fn trim(text: &str) -> &str {
+    fn white(c: char) -> bool {
+        matches!(c, '\t'..='\r' | ' ' | '\u{85}' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}')
+    }
+    let mut s = text;
+    while let Some(c) = s.chars().next().filter(|&c| white(c)) {
+        s = s.get(c.len_utf8()..).unwrap_or_default();
+    }
+    // The last char starts at the last byte that is not a continuation byte.
+    while let Some(i) = s.as_bytes().iter().rposition(|&b| b & 0xc0 != 0x80) {
+        if !s.get(i..).and_then(|last| last.chars().next()).is_some_and(white) {
+            break;
+        }
+        s = s.get(..i).unwrap_or_default();
+    }
+    s
 }
 
 /// `parts` with `sep` between them.
@@ -309,6 +370,33 @@ mod tests {
             for width in [0, 1, 4, 16, 20] {
                 let want = format!("{value:0width$x}");
                 assert_eq!(cat!(Hex { value, width }), want, "{value} width {width}");
+            }
+        }
+    }
+
+    #[test]
+    fn trim_agrees_with_std_for_every_char() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            for text in [format!("{c}"), format!("{c}a{c}"), format!("{c}{c}a b{c}{c}"), format!("a{c}")] {
+                assert_eq!(trim(&text), text.trim(), "U+{:04X}", u32::from(c));
+            }
+        }
+        for text in ["", " ", "\u{a0}\u{3000}", " \t10.0.0.0/8\n", "\u{2029}x\u{85}"] {
+            assert_eq!(trim(text), text.trim(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn ascii_splits_agree_with_std() {
+        for text in ["", "-", "a-b", "-a-b-", "ü-ü", "1.2.3.4:80", "[::1]:8080", "no sep", "a\0b\0"] {
+            for sep in [b'-', b':', b']', b' ', 0] {
+                let c = char::from(sep);
+                assert_eq!(split_once_ascii(text, sep), text.split_once(c), "{text:?} {c:?}");
+                assert_eq!(rsplit_once_ascii(text, sep), text.rsplit_once(c), "{text:?} {c:?}");
+                let (bytes, at) =
+                    (text.as_bytes(), |(l, r): (&'static str, &'static str)| (l.as_bytes(), r.as_bytes()));
+                assert_eq!(split_byte(bytes, sep), text.split_once(c).map(at), "{text:?} {c:?}");
+                assert_eq!(rsplit_byte(bytes, sep), text.rsplit_once(c).map(at), "{text:?} {c:?}");
             }
         }
     }
