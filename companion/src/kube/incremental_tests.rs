@@ -230,6 +230,7 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
     let mut last = BTreeMap::new();
     // What the reconciler was sent (target-header mode).
     let (mut sent, mut seen) = (BTreeMap::new(), BTreeMap::new());
+    let (mut model_last, mut model_held) = (vec![], crate::kube::snapshot::Held::new());
     for step in 0..steps {
         // random events wear a cluster down: start it again now and then
         let updates = if step % 60 == 0 { populated() } else { random_updates(&mut rng, routes_required) };
@@ -293,6 +294,14 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
                     None => seen.remove(&k),
                 };
             }
+            // The lanes held, and the targets sent, as the whole
+            // `hold_leaving` over every target holds them.
+            let mut model: Vec<_> = c.index.targets().cloned().collect();
+            crate::kube::snapshot::hold_leaving(&mut model, &model_last, &mut model_held, now, SETTLE_MS);
+            model_last.clone_from(&model);
+            assert_eq!(c.held, model_held, "{at}: the lanes held");
+            let sent_targets: Vec<_> = c.last_targets.values().cloned().collect();
+            assert_eq!(sent_targets, model, "{at}: the targets sent");
             let held = c.held.clone();
             c.istio_sent = false;
             let whole = c.istio_changes("base", mode, "isogroup-system", now, SETTLE_MS);

@@ -320,9 +320,9 @@ pub fn hold_leaving(targets: &mut [Target], previous: &[Target], held: &mut Held
 }
 
 /// `hold_leaving` for one service (`key`): its target now, if it has one,
-/// and the one last returned for it. The same holds as the whole call
-/// makes for that service, except the expiry of other services' lanes,
-/// which the caller does (each expired lane changes its service's objects).
+/// and the one last returned for it. What the whole call does for that
+/// service: called for every service whose target changed and every one
+/// with a held lane past its time, it holds as the whole call would.
 pub fn hold_leaving_one(
     key: &(String, String),
     target: Option<&mut Target>,

@@ -531,14 +531,10 @@ impl Cluster {
         self.istio_sent = true;
         let held_before = self.held.len();
         let mut services: std::collections::BTreeSet<crate::kube::watch::Key> = std::collections::BTreeSet::new();
-        // Lanes held past their grace: their services' objects change.
-        self.held.retain(|(ns, name, _), until| {
-            let keep = *until > now;
-            if !keep {
-                services.insert((ns.clone(), name.clone()));
-            }
-            keep
-        });
+        // Lanes held past their grace: their services' objects change
+        // (`hold_leaving_one` lets them go).
+        let expired = self.held.iter().filter(|(_, until)| **until <= now);
+        services.extend(expired.map(|((ns, name, _), _)| (ns.clone(), name.clone())));
         if whole {
             services.extend(self.index.targets().map(|t| (t.namespace.clone(), t.name.clone())));
             services.extend(self.last_targets.keys().cloned());
