@@ -652,17 +652,21 @@ mod incremental {
                         let g = groups[(next(&mut rng) % 3) as usize];
                         let o = &objects(i, g)[(next(&mut rng) % 2) as usize];
                         let (k, e) = seen(o, step, true);
-                        changes.existing.insert(k, e.filter(|_| next(&mut rng) % 4 != 0));
+                        changes.existing.insert(k, e.filter(|_| !next(&mut rng).is_multiple_of(4)));
                     }
                     _ => {
                         // another's object, for a host or under our name
                         let j = (next(&mut rng) % 8) as usize;
-                        let name = if next(&mut rng) % 2 == 0 { format!("x{j}") } else { format!("isogroup-svc-{i}") };
-                        let kind = if next(&mut rng) % 2 == 0 { "DestinationRule" } else { "VirtualService" };
+                        let name = if next(&mut rng).is_multiple_of(2) {
+                            format!("x{j}")
+                        } else {
+                            format!("isogroup-svc-{i}")
+                        };
+                        let kind = if next(&mut rng).is_multiple_of(2) { "DestinationRule" } else { "VirtualService" };
                         let o = json!({ "kind": kind, "metadata": { "namespace": "ns", "name": name },
                                         "spec": { "host": host(j), "hosts": [host(j)] } });
                         let (k, e) = seen(&o, step, false);
-                        let gone = next(&mut rng) % 3 == 0 || existing.get(&k).is_some_and(|e| e.owned);
+                        let gone = next(&mut rng).is_multiple_of(3) || existing.get(&k).is_some_and(|e| e.owned);
                         changes.existing.insert(k, e.filter(|_| !gone));
                     }
                 }
