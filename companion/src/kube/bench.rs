@@ -66,7 +66,7 @@ fn slice(i: usize, pods: &[(String, bool)]) -> Value {
 async fn kube_bench() {
     // Where a rebuild's time goes: `kube::source`'s debug line per rebuild.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("isogroup_companion::kube_source=debug"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("isogroup_companion::kube::source=debug"))
         .with_writer(std::io::stderr)
         .try_init();
     let (pods, services, slices) = (kinds::pods(), kinds::services(), kinds::slices());

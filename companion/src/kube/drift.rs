@@ -29,7 +29,7 @@ pub fn drifted(wanted: &Value, observed: &Value) -> Vec<Path> {
                     path.pop();
                 }
             }
-            (_, Some(o)) if crate::kube::reconcile::sets(w, o) => {}
+            (_, Some(o)) if crate::kube::plan::sets(w, o) => {}
             _ => out.push(path.clone()),
         }
     }

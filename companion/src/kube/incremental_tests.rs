@@ -228,6 +228,9 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
     let mut now = 10_000;
     let mut entered = 0;
     let mut last = BTreeMap::new();
+    // What the reconciler was sent (target-header mode).
+    let (mut sent, mut seen) = (BTreeMap::new(), BTreeMap::new());
+    let (mut model_last, mut model_held) = (vec![], crate::kube::snapshot::Held::new());
     for step in 0..steps {
         // random events wear a cluster down: start it again now and then
         let updates = if step % 60 == 0 { populated() } else { random_updates(&mut rng, routes_required) };
@@ -271,6 +274,44 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
         assert_eq!(c.since_unwritten, since_before_copy != c.since, "{at}: whether since changed");
         let incremental: Vec<_> = c.index.targets().cloned().collect();
         assert_eq!(incremental, targets(&snap, "base"), "{at}: targets");
+        if routes_required {
+            // What the reconciler is sent, change by change, is what a
+            // whole send would give now (held lanes, expiries included).
+            let mode = (crate::kube::istio::Mode::TargetHeader, "istio-system");
+            let changes = c.istio_changes("base", mode, "isogroup-system", now, SETTLE_MS);
+            if changes.whole {
+                (sent, seen) = (BTreeMap::new(), BTreeMap::new());
+            }
+            for (k, v) in changes.wanted {
+                match v {
+                    Some(v) => sent.insert(k, v),
+                    None => sent.remove(&k),
+                };
+            }
+            for (k, v) in changes.existing {
+                match v {
+                    Some(v) => seen.insert(k, v),
+                    None => seen.remove(&k),
+                };
+            }
+            // The lanes held, and the targets sent, as the whole
+            // `hold_leaving` over every target holds them.
+            let mut model: Vec<_> = c.index.targets().cloned().collect();
+            crate::kube::snapshot::hold_leaving(&mut model, &model_last, &mut model_held, now, SETTLE_MS);
+            model_last.clone_from(&model);
+            assert_eq!(c.held, model_held, "{at}: the lanes held");
+            let sent_targets: Vec<_> = c.last_targets.values().cloned().collect();
+            assert_eq!(sent_targets, model, "{at}: the targets sent");
+            let held = c.held.clone();
+            c.istio_sent = false;
+            let whole = c.istio_changes("base", mode, "isogroup-system", now, SETTLE_MS);
+            assert!(whole.whole);
+            let whole_sent: BTreeMap<_, _> = whole.wanted.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+            let whole_seen: BTreeMap<_, _> = whole.existing.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+            assert_eq!(sent, whole_sent, "{at}: the wanted objects sent");
+            assert_eq!(seen, whole_seen, "{at}: the observed objects sent");
+            assert_eq!(c.held, held, "{at}: a whole send holds nothing more");
+        }
         entered += last.values().map(|s| s.clusters.len()).sum::<usize>();
     }
     // the sequences must reach tables with lanes, or they prove little
@@ -282,4 +323,48 @@ fn the_incremental_table_equals_a_whole_rebuild_after_every_event() {
     for seed in 1..=40u64 {
         run(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), 300, seed % 2 == 0);
     }
+}
+
+/// The reconciler's input costs an event its own services: one endpoint
+/// turning ready renders that service's objects, not every service's
+/// (at 10k services, a whole render per event was most of its latency).
+#[test]
+fn one_services_event_renders_and_sends_that_service_only() {
+    let metrics = Metrics::new();
+    let mut opts = Options::new(Duration::from_millis(0), "isogroup-system".into());
+    opts.istio = Some((crate::kube::istio::Mode::TargetHeader, "istio-system".into()));
+    let limits = Limits::default();
+    let mode = (crate::kube::istio::Mode::TargetHeader, "istio-system");
+    let mut c = Cluster::default();
+    for u in populated() {
+        c.apply(u, &metrics);
+    }
+    c.table("base", 10_000, &opts, &limits);
+    let first = c.istio_changes("base", mode, "isogroup-system", 10_000, 0);
+    let services = c.index.targets().count();
+    assert!(first.whole && services == 6, "{services} services");
+    assert_eq!((c.rendered, first.wanted.len()), (6, 6));
+    // nothing changed: nothing rendered or sent
+    c.table("base", 10_001, &opts, &limits);
+    assert!(c.istio_changes("base", mode, "isogroup-system", 10_001, 0).is_empty());
+    assert_eq!(c.rendered, 6);
+    // one pod behind a/s0 leaves its slice: that service only
+    let endpoints = PODS[..2].iter().map(|p| Endpoint { ready: true, pod: Some((*p).into()) }).collect();
+    let sl = EndpointSlice { namespace: "a".into(), service: "s0".into(), endpoints };
+    c.apply(Update::Slice(Report::Change(Change::Apply(key("a", SLICES[0]), Some(sl)))), &metrics);
+    c.table("base", 10_002, &opts, &limits);
+    let changes = c.istio_changes("base", mode, "isogroup-system", 10_002, 0);
+    assert!(!changes.whole);
+    assert_eq!(changes.wanted.keys().collect::<Vec<_>>(), [&key("a", "s0")]);
+    assert_eq!(c.rendered, 7, "one service rendered");
+    assert!(changes.existing.is_empty());
+    // one DestinationRule observed anew: that object only, nothing rendered
+    let rule = RuleObj { host: fqdn("b", "s1"), owned: true, ..RuleObj::default() };
+    c.apply(Update::Rule(Report::Change(Change::Apply(key("b", RULES[1]), Some(rule)))), &metrics);
+    c.table("base", 10_003, &opts, &limits);
+    let changes = c.istio_changes("base", mode, "isogroup-system", 10_003, 0);
+    assert!(!changes.whole && changes.wanted.is_empty());
+    let observed: Vec<_> = changes.existing.keys().cloned().collect();
+    assert_eq!(observed, [("DestinationRule".to_owned(), "b".to_owned(), RULES[1].to_owned())]);
+    assert_eq!(c.rendered, 7);
 }

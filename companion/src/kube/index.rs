@@ -122,6 +122,9 @@ pub struct Index {
     /// The table keys of the entries changed since `take_changed` last
     /// answered (`None`: every entry was evaluated anew).
     changed: Option<BTreeSet<String>>,
+    /// The services whose target changed since `take_targets_changed`
+    /// last answered (`None`: maybe every one).
+    targets_changed: Option<BTreeSet<Key>>,
 }
 
 impl Default for Index {
@@ -139,6 +142,7 @@ impl Default for Index {
             lane_groups: HashMap::new(),
             targets: BTreeMap::new(),
             changed: None,
+            targets_changed: None,
         }
     }
 }
@@ -292,6 +296,7 @@ impl Index {
             self.reindex(m);
             self.stale = false;
             self.changed = None;
+            self.targets_changed = None;
             self.entries.clear();
             self.lane_groups.clear();
             self.targets.clear();
@@ -327,12 +332,17 @@ impl Index {
                     }
                 }
             }
-            self.targets.remove(key);
+            let old_target = self.targets.remove(key);
             self.unsettled.remove(key);
             self.evaluate(key, m, base, clock, since, &mut holding);
             if old.as_ref() != self.entries.get(&table_key) {
                 if let Some(changed) = self.changed.as_mut() {
                     changed.insert(table_key);
+                }
+            }
+            if old_target.as_ref() != self.targets.get(key) {
+                if let Some(changed) = self.targets_changed.as_mut() {
+                    changed.insert(key.clone());
                 }
             }
             since_changed |=
@@ -393,6 +403,17 @@ impl Index {
     /// (`None`: maybe every one).
     pub fn take_changed(&mut self) -> Option<BTreeSet<String>> {
         self.changed.replace(BTreeSet::new())
+    }
+
+    /// The services whose target changed since the last call (`None`:
+    /// maybe every one).
+    pub fn take_targets_changed(&mut self) -> Option<BTreeSet<Key>> {
+        self.targets_changed.replace(BTreeSet::new())
+    }
+
+    /// One service's target, if it has one.
+    pub fn target(&self, key: &Key) -> Option<&Target> {
+        self.targets.get(key)
     }
 
     /// Whether some lane holds but has not settled yet.

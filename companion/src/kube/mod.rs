@@ -11,6 +11,7 @@ pub mod index;
 pub mod istio;
 pub mod leader;
 pub mod names;
+pub mod plan;
 pub mod reconcile;
 pub mod snapshot;
 pub mod source;

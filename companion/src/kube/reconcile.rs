@@ -34,7 +34,8 @@
 //! lane enters the table only once its subset, route or EnvoyFilter is
 //! observed there).
 //!
-//! The plan is pure (`plan`); one task carries plans out.
+//! The plan is pure (`kube::plan`); one task carries plans out, for what
+//! each change touched (an event about one service plans that service).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -45,183 +46,9 @@ use kube::Client;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::kube::plan::{key_of, resource_version, Changes, InFlight, Key, ServiceKey, View};
 use crate::kube::watch::{Jittered, Timing};
 use crate::metrics::Metrics;
-
-/// (kind, namespace, name).
-pub type Key = (String, String, String);
-
-/// An Istio object that exists, as the watches see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Existing {
-    pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
-    /// Labelled managed-by isogroup and with this installation's id.
-    pub owned: bool,
-    /// The hosts it configures (a DestinationRule's host, a VirtualService's
-    /// hosts), as FQDNs.
-    pub hosts: Vec<String>,
-    /// An owned object as observed (its `metadata` and `spec`).
-    pub observed: Option<Arc<Value>>,
-}
-
-fn key_of(o: &Value) -> Key {
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    (s(&o["kind"]), s(&o["metadata"]["namespace"]), s(&o["metadata"]["name"]))
-}
-
-/// What to do now.
-#[derive(Debug, Default, PartialEq)]
-pub struct Plan {
-    /// In order: DestinationRules first.
-    pub apply: Vec<Value>,
-    /// In order: DestinationRules last.
-    pub delete: Vec<(Key, Option<Arc<Value>>)>,
-    /// One line per service left alone, naming the other object.
-    pub conflicts: Vec<String>,
-    /// Writes that wait for another object to be observed first.
-    pub waiting: usize,
-}
-
-/// Whether `observed` has every field `wanted` sets, with its value (what a
-/// forced apply of `wanted` would leave unchanged). Lists compare element
-/// by element (Istio's lists are atomic: an apply replaces them whole).
-pub fn sets(wanted: &Value, observed: &Value) -> bool {
-    match (wanted, observed) {
-        (Value::Object(w), Value::Object(o)) => w.iter().all(|(k, v)| o.get(k).is_some_and(|ov| sets(v, ov))),
-        (Value::Array(w), Value::Array(o)) => w.len() == o.len() && w.iter().zip(o).all(|(a, b)| sets(a, b)),
-        _ => wanted == observed,
-    }
-}
-
-/// Whether the observed object is as wanted: labels and spec.
-fn as_wanted(wanted: &Value, observed: &Value) -> bool {
-    sets(&wanted["metadata"]["labels"], &observed["metadata"]["labels"]) && sets(&wanted["spec"], &observed["spec"])
-}
-
-fn subsets(dr: &Value) -> BTreeSet<&str> {
-    dr["spec"]["subsets"].as_array().into_iter().flatten().filter_map(|s| s["name"].as_str()).collect()
-}
-
-fn routed(vs: &Value) -> BTreeSet<&str> {
-    let http = vs["spec"]["http"].as_array().into_iter().flatten();
-    http.flat_map(|h| h["route"].as_array().into_iter().flatten())
-        .filter_map(|r| r["destination"]["subset"].as_str())
-        .collect()
-}
-
-fn resource_version(o: &Value) -> Option<&str> {
-    o["metadata"]["resourceVersion"].as_str()
-}
-
-/// A write made and not yet observed: the observed resourceVersion it was
-/// made against, and what it wrote (`None`: a delete).
-pub type InFlight = BTreeMap<Key, (Option<String>, Option<Value>)>;
-
-/// `desired`: every service's objects, grouped per service (a conflict
-/// leaves a whole group alone). `existing`: the Istio objects observed.
-/// `in_flight`: writes not yet observed (not repeated meanwhile).
-pub fn plan(desired: &[Vec<Value>], existing: &[Existing], in_flight: &InFlight) -> Plan {
-    let mut plan = Plan::default();
-    let observed: BTreeMap<Key, &Arc<Value>> = existing
-        .iter()
-        .filter(|e| e.owned)
-        .filter_map(|e| Some(((e.kind.to_owned(), e.namespace.clone(), e.name.clone()), e.observed.as_ref()?)))
-        .collect();
-    let seen = |k: &Key| observed.get(k).and_then(|o| resource_version(o)).map(str::to_owned);
-    // Objects not owned, by (kind, namespace, name) and by (kind, host):
-    // the first in `existing` that shares either is the conflict.
-    let mut foreign_by_name: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
-    let mut foreign_by_host: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for (i, e) in existing.iter().enumerate().filter(|(_, e)| !e.owned) {
-        foreign_by_name.entry((e.kind, &e.namespace, &e.name)).or_insert(i);
-        for h in &e.hosts {
-            foreign_by_host.entry((e.kind, h)).or_insert(i);
-        }
-    }
-    let sent =
-        |k: &Key, what: Option<&Value>| in_flight.get(k).is_some_and(|(rv, v)| *rv == seen(k) && v.as_ref() == what);
-    let mut wanted: BTreeSet<Key> = BTreeSet::new();
-    let mut later = vec![];
-    for group in desired {
-        let keys: Vec<Key> = group.iter().map(key_of).collect();
-        wanted.extend(keys.iter().cloned());
-        let mut conflict = None;
-        for (o, key) in group.iter().zip(&keys) {
-            let hosts: Vec<&str> = match key.0.as_str() {
-                "DestinationRule" => o["spec"]["host"].as_str().into_iter().collect(),
-                "VirtualService" => {
-                    o["spec"]["hosts"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
-                }
-                _ => vec![],
-            };
-            let by_name = foreign_by_name.get(&(key.0.as_str(), key.1.as_str(), key.2.as_str())).copied();
-            let by_host = hosts.iter().filter_map(|h| foreign_by_host.get(&(key.0.as_str(), *h)).copied()).min();
-            let foreign = by_name.into_iter().chain(by_host).min().map(|i| &existing[i]);
-            if let Some(e) = foreign {
-                conflict = Some(format!(
-                    "{} {}/{} (not owned by this installation) configures {}: isogroup leaves {}/{} alone",
-                    e.kind,
-                    e.namespace,
-                    e.name,
-                    if e.name == key.2 { "the same name".to_owned() } else { format!("host {}", hosts.join(",")) },
-                    key.1,
-                    key.2
-                ));
-                break;
-            }
-        }
-        if let Some(c) = conflict {
-            plan.conflicts.push(c);
-            continue;
-        }
-        let find = |kind: &str| group.iter().zip(&keys).find(|(_, k)| k.0 == kind);
-        let (rule, route) = (find("DestinationRule"), find("VirtualService"));
-        for (o, key) in group.iter().zip(&keys) {
-            let current = observed.get(key);
-            if current.is_some_and(|c| as_wanted(o, c)) || sent(key, Some(o)) {
-                continue;
-            }
-            // Subsets before the routes that name them, out after them.
-            let ready = match key.0.as_str() {
-                "DestinationRule" => {
-                    let now_routed = route.and_then(|(_, k)| observed.get(k)).map(|vs| routed(vs));
-                    let keeps = subsets(o);
-                    now_routed.is_none_or(|r| r.is_subset(&keeps))
-                }
-                "VirtualService" => {
-                    let have = rule.and_then(|(_, k)| observed.get(k)).map(|dr| subsets(dr));
-                    have.is_some_and(|have| routed(o).is_subset(&have))
-                }
-                _ => true,
-            };
-            if !ready {
-                plan.waiting += 1;
-            } else if key.0 == "DestinationRule" {
-                plan.apply.push(o.clone());
-            } else {
-                later.push(o.clone());
-            }
-        }
-    }
-    plan.apply.extend(later);
-    let gone: Vec<(&Key, &&Arc<Value>)> =
-        observed.iter().filter(|(k, _)| !wanted.contains(*k) && !sent(k, None)).collect();
-    // A DestinationRule goes once no route of ours under its name is left.
-    let mut rules = vec![];
-    for (k, o) in gone {
-        if k.0 != "DestinationRule" {
-            plan.delete.push((k.clone(), Some(Arc::clone(o))));
-        } else if observed.contains_key(&("VirtualService".to_owned(), k.1.clone(), k.2.clone())) {
-            plan.waiting += 1;
-        } else {
-            rules.push((k.clone(), Some(Arc::clone(o))));
-        }
-    }
-    plan.delete.extend(rules);
-    plan
-}
 
 fn api(client: &Client, kind: &str, namespace: &str) -> Api<DynamicObject> {
     let version = if kind == "EnvoyFilter" { "v1alpha3" } else { "v1" };
@@ -229,9 +56,74 @@ fn api(client: &Client, kind: &str, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
 }
 
-/// What the reconciler is asked to reach: every service's objects, and the
-/// Istio objects observed.
-pub type Desired = (Vec<Vec<Value>>, Vec<Existing>);
+/// From the source to the reconciler: changes pile up until a pass takes
+/// them (a pass takes all there are: bursts coalesce).
+#[derive(Debug, Default)]
+struct Pending {
+    /// Leading: something is wanted. Not: nothing is (no write at all).
+    leading: bool,
+    /// Stopped since the last pass: what was pending is dropped.
+    stopped: bool,
+    changes: Changes,
+}
+
+/// The source's end: what is wanted and observed, as it changes.
+#[derive(Debug)]
+pub struct Outbox {
+    pending: Arc<Mutex<Pending>>,
+    wake: watch::Sender<()>,
+}
+
+/// The reconciler's end.
+#[derive(Debug)]
+pub struct Inbox {
+    pending: Arc<Mutex<Pending>>,
+    wake: watch::Receiver<()>,
+}
+
+/// A link from the source to the reconciler; the reconciler ends when the
+/// `Outbox` goes away.
+pub fn channel() -> (Outbox, Inbox) {
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let (tx, rx) = watch::channel(());
+    (Outbox { pending: pending.clone(), wake: tx }, Inbox { pending, wake: rx })
+}
+
+impl Outbox {
+    /// Leading: `changes` on top of what is pending. The first changes
+    /// after a `stop` must be whole (the reconciler dropped its view).
+    pub fn send(&self, changes: Changes) {
+        let Ok(mut p) = self.pending.lock() else { return };
+        if p.leading && changes.is_empty() {
+            return;
+        }
+        p.leading = true;
+        p.changes.merge(changes);
+        drop(p);
+        self.wake.send_modify(|()| {});
+    }
+
+    /// Not leading: nothing is wanted; what is pending is dropped.
+    pub fn stop(&self) {
+        let Ok(mut p) = self.pending.lock() else { return };
+        if !p.leading {
+            return;
+        }
+        *p = Pending { leading: false, stopped: true, changes: Changes::default() };
+        drop(p);
+        self.wake.send_modify(|()| {});
+    }
+}
+
+impl Inbox {
+    /// (stopped since the last take, leading, the changes).
+    fn take(&mut self) -> (bool, bool, Changes) {
+        self.wake.borrow_and_update();
+        let Ok(mut p) = self.pending.lock() else { return (false, false, Changes::default()) };
+        let stopped = std::mem::take(&mut p.stopped);
+        (stopped, p.leading, std::mem::take(&mut p.changes))
+    }
+}
 
 /// How long a write may go unobserved before it is made again.
 const IN_FLIGHT_MAX: Duration = Duration::from_secs(2);
@@ -252,12 +144,14 @@ pub struct Settings {
     pub instance: String,
 }
 
-/// Carries out plans until the sender goes away (`None`: nothing wanted,
-/// e.g. not the leader: no write at all); conflicts go to `conflicts`.
+/// Carries out plans until the `Outbox` goes away (not leading: no write
+/// at all); conflicts go to `conflicts`. Each pass plans what its changes
+/// touched (`kube::plan`), plus writes to retry and writes made and not
+/// observed; every `resync`, everything.
 pub async fn run(
     client: Client,
     settings: Settings,
-    mut rx: watch::Receiver<Option<Desired>>,
+    mut inbox: Inbox,
     conflicts: Arc<Mutex<Vec<String>>>,
     metrics: Arc<Metrics>,
 ) {
@@ -267,34 +161,56 @@ pub async fn run(
     // Failed writes: their backoff, and when they may be tried again.
     let mut retry: BTreeMap<Key, (Jittered, Instant)> = BTreeMap::new();
     let mut next_resync = Instant::now() + settings.resync;
+    let mut resync_due = false;
     let mut reports = Reports::default();
+    // What is wanted and observed, and each service's conflict.
+    let mut view = View::default();
+    let mut conflicts_of: BTreeMap<ServiceKey, String> = BTreeMap::new();
+    let forget = settings.resync.min(IN_FLIGHT_MAX);
     loop {
-        let current = rx.borrow_and_update().clone();
-        if current.is_none() {
+        let (stopped, leading, changes) = inbox.take();
+        if stopped || !leading {
             // Nothing wanted (not the leader): what was pending is dropped.
             (in_flight, retry) = (BTreeMap::new(), BTreeMap::new());
             reports = Reports::default();
+            (view, conflicts_of) = (View::default(), BTreeMap::new());
         }
-        if let Some((desired, existing)) = current {
-            // Owned objects as observed, by key (looked up per object).
-            let observed: BTreeMap<Key, &Arc<Value>> = existing
-                .iter()
-                .filter(|e| e.owned)
-                .filter_map(|e| Some(((e.kind.to_owned(), e.namespace.clone(), e.name.clone()), e.observed.as_ref()?)))
-                .collect();
-            let observed_of = |k: &Key| observed.get(k).map(|o| Arc::clone(o));
-            let observed_rv = |k: &Key| observed.get(k).and_then(|o| resource_version(o).map(str::to_owned));
+        if leading {
+            let started = Instant::now();
+            let whole = changes.whole || std::mem::take(&mut resync_due);
+            if changes.whole {
+                conflicts_of.clear();
+            }
+            let mut touched = view.apply(changes);
+            if whole {
+                touched = view.everything();
+            }
+            let observed_of = |k: &Key| view.observed(k).map(Arc::clone);
+            let observed_rv = |k: &Key| view.observed(k).and_then(|o| resource_version(o).map(str::to_owned));
             // A write is observed once its object's version moved on (then
             // what is observed decides again); one never observed is
             // forgotten after a while (the watch may have missed it).
-            let forget = settings.resync.min(IN_FLIGHT_MAX);
-            in_flight.retain(|k, (rv, _, at)| at.elapsed() < forget && *rv == observed_rv(k));
-            let view: InFlight = in_flight.iter().map(|(k, (rv, v, _))| (k.clone(), (rv.clone(), v.clone()))).collect();
-            let plan = plan(&desired, &existing, &view);
+            in_flight.retain(|k, (rv, _, at)| {
+                let keep = at.elapsed() < forget && *rv == observed_rv(k);
+                if !keep {
+                    touched.objects.insert(k.clone());
+                }
+                keep
+            });
+            touched.objects.extend(retry.keys().cloned());
+            let sent: InFlight = in_flight.iter().map(|(k, (rv, v, _))| (k.clone(), (rv.clone(), v.clone()))).collect();
+            let (plan, checked) = view.plan(&touched, &sent);
             let due: BTreeSet<Key> =
                 plan.apply.iter().map(key_of).chain(plan.delete.iter().map(|(k, _)| k.clone())).collect();
+            // (every key in `retry` was planned: it is in `touched`)
             retry.retain(|k, _| due.contains(k));
-            let mut failed = plan.conflicts.clone();
+            for (service, conflict) in &checked {
+                match conflict {
+                    Some(c) => conflicts_of.insert(service.clone(), c.clone()),
+                    None => conflicts_of.remove(service),
+                };
+            }
+            let mut failed: Vec<String> = conflicts_of.values().cloned().collect();
             let now = Instant::now();
             let mut events: Vec<Value> = vec![];
             for o in &plan.apply {
@@ -365,9 +281,14 @@ pub async fn run(
             }
             // Fields other managers set that the leader does not: kept,
             // reported once (looked at again only when the object changed).
-            let wanted: BTreeMap<Key, &Value> = desired.iter().flatten().map(|o| (key_of(o), o)).collect();
-            reports.checked.retain(|k, _| wanted.contains_key(k));
-            for (key, o) in &wanted {
+            if whole {
+                reports.checked.retain(|k, _| view.is_wanted(k));
+            } else {
+                for k in touched.objects.iter().filter(|k| !view.is_wanted(k)) {
+                    reports.checked.remove(k);
+                }
+            }
+            for (key, o) in view.wanted_of(view.services_of(&touched)) {
                 let Some(observed) = observed_of(key) else { continue };
                 let rv = resource_version(&observed).map(str::to_owned);
                 if reports.checked.get(key) == Some(&rv) {
@@ -386,10 +307,14 @@ pub async fn run(
                     *c = failed;
                 }
             }
+            tracing::debug!(whole, services = checked.len(), took = ?started.elapsed(), "istio: reconcile pass");
         }
-        let wake = retry.values().map(|(_, at)| *at).min().map_or(next_resync, |at| at.min(next_resync));
+        // The next retry, the next unobserved write to forget, the resync.
+        let retry_at = retry.values().map(|(_, at)| *at);
+        let forget_at = in_flight.values().map(|(_, _, at)| *at + forget);
+        let wake = retry_at.chain(forget_at).fold(next_resync, Instant::min);
         tokio::select! {
-            changed = rx.changed() => {
+            changed = inbox.wake.changed() => {
                 if changed.is_err() {
                     return;
                 }
@@ -398,6 +323,7 @@ pub async fn run(
                 if Instant::now() >= next_resync {
                     metrics.kube_istio_resyncs.inc();
                     next_resync = Instant::now() + settings.resync;
+                    resync_due = true;
                 }
             }
         }
@@ -537,123 +463,4 @@ fn backoff(retry: &mut BTreeMap<Key, (Jittered, Instant)>, key: &Key, timing: &T
     let wait = entry.0.next().unwrap_or(timing.backoff_max);
     entry.1 = Instant::now() + wait;
     wait
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use serde_json::json;
-
-    use super::*;
-
-    const H: &str = "reviews.bookinfo.svc.cluster.local";
-
-    fn dr(subsets: &[&str]) -> Value {
-        let subsets: Vec<Value> = subsets.iter().map(|s| json!({ "name": s, "labels": { "g": s } })).collect();
-        json!({ "kind": "DestinationRule", "metadata": { "namespace": "bookinfo", "name": "isogroup-reviews", "labels": { "own": "yes" } },
-                "spec": { "host": H, "subsets": subsets } })
-    }
-
-    fn vs(subsets: &[&str]) -> Value {
-        let http: Vec<Value> =
-            subsets.iter().map(|s| json!({ "route": [{ "destination": { "host": H, "subset": s } }] })).collect();
-        json!({ "kind": "VirtualService", "metadata": { "namespace": "bookinfo", "name": "isogroup-reviews", "labels": { "own": "yes" } },
-                "spec": { "hosts": [H], "http": http } })
-    }
-
-    /// `o` as observed: owned, with a resourceVersion (and what the API
-    /// server or another manager adds).
-    fn seen(o: &Value, rv: &str) -> Existing {
-        let mut obs = o.clone();
-        obs["metadata"]["resourceVersion"] = json!(rv);
-        obs["metadata"]["labels"]["added"] = json!("by someone");
-        let (kind, ns, name) = key_of(o);
-        let kind = if kind == "DestinationRule" { "DestinationRule" } else { "VirtualService" };
-        Existing { kind, namespace: ns, name, owned: true, hosts: vec![H.into()], observed: Some(Arc::new(obs)) }
-    }
-
-    fn foreign(kind: &'static str, ns: &str, name: &str, host: &str) -> Existing {
-        Existing {
-            kind,
-            namespace: ns.into(),
-            name: name.into(),
-            owned: false,
-            hosts: vec![host.into()],
-            observed: None,
-        }
-    }
-
-    fn kinds(p: &Plan) -> Vec<String> {
-        p.apply.iter().map(|o| o["kind"].as_str().unwrap().to_owned()).collect()
-    }
-
-    #[test]
-    fn drift_is_judged_on_the_fields_wanted() {
-        let want = json!({ "a": 1, "b": { "c": [1, { "d": 2 }] } });
-        assert!(sets(&want, &json!({ "a": 1, "x": 9, "b": { "c": [1, { "d": 2, "e": 3 }], "y": 0 } })));
-        assert!(!sets(&want, &json!({ "a": 2, "b": { "c": [1, { "d": 2 }] } })), "a value changed");
-        assert!(!sets(&want, &json!({ "a": 1, "b": { "c": [1] } })), "a list shortened");
-        assert!(!sets(&want, &json!({ "a": 1 })), "a field removed");
-    }
-
-    #[test]
-    fn plans_follow_what_is_observed() {
-        let group = vec![dr(&["base", "f1"]), vs(&["f1", "base"])];
-        let none = InFlight::new();
-        // nothing observed: the subsets first, the route waits for them
-        let p = plan(std::slice::from_ref(&group), &[], &none);
-        assert_eq!((kinds(&p), p.waiting), (vec!["DestinationRule".to_owned()], 1));
-        // the subsets observed: the route
-        let p = plan(std::slice::from_ref(&group), &[seen(&group[0], "5")], &none);
-        assert_eq!(kinds(&p), ["VirtualService"]);
-        // both observed as wanted (plus fields others added): nothing to do
-        let both = [seen(&group[0], "5"), seen(&group[1], "6")];
-        assert_eq!(plan(std::slice::from_ref(&group), &both, &none), Plan::default());
-        // a field the leader sets edited: put back
-        let mut edited = group[0].clone();
-        edited["spec"]["subsets"][1]["labels"]["g"] = json!("other");
-        let p = plan(std::slice::from_ref(&group), &[seen(&edited, "7"), both[1].clone()], &none);
-        assert_eq!(kinds(&p), ["DestinationRule"]);
-        // deleted: put back (the route still names only subsets it keeps)
-        let p = plan(std::slice::from_ref(&group), &both[1..], &none);
-        assert_eq!(kinds(&p), ["DestinationRule"]);
-        // a write sent and not observed yet is not repeated; once the
-        // object is observed at another version, it counts again
-        let sent: InFlight = [(key_of(&group[0]), (None, Some(group[0].clone())))].into();
-        assert_eq!(plan(std::slice::from_ref(&group), &both[1..], &sent).apply, Vec::<Value>::new());
-        let p = plan(std::slice::from_ref(&group), &[seen(&edited, "8"), both[1].clone()], &sent);
-        assert_eq!(kinds(&p), ["DestinationRule"]);
-        // a lane leaving: the route goes first, the subset once it is gone
-        let fewer = vec![dr(&["base"]), vs(&["base"])];
-        let p = plan(std::slice::from_ref(&fewer), &both, &none);
-        assert_eq!((kinds(&p), p.waiting), (vec!["VirtualService".to_owned()], 1));
-        let routed_base = [both[0].clone(), seen(&fewer[1], "9")];
-        assert_eq!(kinds(&plan(std::slice::from_ref(&fewer), &routed_base, &none)), ["DestinationRule"]);
-        // the service gone: its route deleted first, its rule after
-        let p = plan(&[], &both, &none);
-        assert_eq!(p.delete.iter().map(|(k, _)| k.0.as_str()).collect::<Vec<_>>(), ["VirtualService"]);
-        let p = plan(&[], &both[..1], &none);
-        assert_eq!(p.delete.iter().map(|(k, _)| k.0.as_str()).collect::<Vec<_>>(), ["DestinationRule"]);
-        assert_eq!(p.delete[0].1.as_ref().unwrap()["metadata"]["resourceVersion"], "5", "deleted as observed");
-    }
-
-    #[test]
-    fn objects_not_owned_are_conflicts_never_written() {
-        let group = vec![dr(&["base"]), vs(&["base"])];
-        let none = InFlight::new();
-        let theirs = foreign("DestinationRule", "bookinfo", "reviews", H);
-        let p = plan(std::slice::from_ref(&group), std::slice::from_ref(&theirs), &none);
-        assert!(p.apply.is_empty() && p.delete.is_empty());
-        assert!(p.conflicts[0]
-            .contains("DestinationRule bookinfo/reviews (not owned by this installation) configures host"));
-        let same_name = foreign("VirtualService", "bookinfo", "isogroup-reviews", "elsewhere");
-        assert!(plan(std::slice::from_ref(&group), &[same_name], &none).conflicts[0].contains("the same name"));
-        // not owned, not wanted: never deleted
-        let p = plan(&[], &[theirs], &none);
-        assert!(p.delete.is_empty());
-        // a conflict does not delete what we made before for that service
-        let both = [seen(&group[0], "5"), seen(&group[1], "6"), foreign("DestinationRule", "bookinfo", "r", H)];
-        assert!(plan(&[group], &both, &none).delete.is_empty());
-    }
 }

@@ -23,7 +23,9 @@
 //!   acks go to istiod, not to the API server): the settle time is the
 //!   margin for istiod's push, and the closest honest bound we can give.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+#[cfg(test)]
+use std::collections::BTreeSet;
 
 use isogroup_core::group::is_valid_group;
 use isogroup_core::table::PORT_PLACEHOLDER;
@@ -294,6 +296,7 @@ pub type Held = BTreeMap<(String, String, String), u64>;
 /// the table first, and a proxy may route by the older table until its next
 /// poll, so its cluster must outlive it. `previous` is what the last call
 /// returned; `targets` gets the held lanes back.
+#[cfg(test)]
 pub fn hold_leaving(targets: &mut [Target], previous: &[Target], held: &mut Held, now_ms: u64, grace_ms: u64) {
     let key = |t: &Target, g: &str| (t.namespace.clone(), t.name.clone(), g.to_owned());
     let current: BTreeSet<(String, String, String)> =
@@ -311,6 +314,48 @@ pub fn hold_leaving(targets: &mut [Target], previous: &[Target], held: &mut Held
         for ((ns, name, g), _) in held.iter() {
             if *ns == t.namespace && *name == t.name && !t.groups.contains(g) {
                 t.groups.push(g.clone());
+            }
+        }
+    }
+}
+
+/// `hold_leaving` for one service (`key`): its target now, if it has one,
+/// and the one last returned for it. What the whole call does for that
+/// service: called for every service whose target changed and every one
+/// with a held lane past its time, it holds as the whole call would.
+pub fn hold_leaving_one(
+    key: &(String, String),
+    target: Option<&mut Target>,
+    previous: Option<&Target>,
+    held: &mut Held,
+    now_ms: u64,
+    grace_ms: u64,
+) {
+    let (ns, name) = key;
+    let current = |g: &str| target.as_ref().is_some_and(|t| t.groups.iter().any(|c| c == g));
+    for g in previous.into_iter().flat_map(|t| &t.groups) {
+        if !current(g) {
+            held.entry((ns.clone(), name.clone(), g.clone())).or_insert(now_ms.saturating_add(grace_ms));
+        }
+    }
+    let from = (ns.clone(), name.clone(), String::new());
+    let mine: Vec<(String, u64)> = held
+        .range(from..)
+        .take_while(|((n, s, _), _)| n == ns && s == name)
+        .map(|((_, _, g), until)| (g.clone(), *until))
+        .collect();
+    let mut kept = vec![];
+    for (g, until) in mine {
+        if until > now_ms && !current(&g) {
+            kept.push(g);
+        } else {
+            held.remove(&(ns.clone(), name.clone(), g));
+        }
+    }
+    if let Some(t) = target {
+        for g in kept {
+            if !t.groups.contains(&g) {
+                t.groups.push(g);
             }
         }
     }

@@ -31,7 +31,7 @@ use isogroup_core::{Limits, RawTable, Table};
 use crate::kube::groups::{self, GroupObject, Verdict};
 use crate::kube::index::{FilterObj, Index, Mirrors, RouteObj, RuleObj};
 use crate::kube::istio::{GROUP_LABEL, INSTALLATION_LABEL, MANAGED_BY};
-use crate::kube::reconcile::Existing;
+use crate::kube::plan::Existing;
 use crate::kube::snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
 use crate::kube::store::{KubeStore, ServiceChanges};
 use crate::kube::watch::{self, Change, Mirror, Report, Timing};
@@ -333,17 +333,21 @@ struct Cluster {
     since_unwritten: bool,
     /// When `isogroup-state` was last written.
     state_written: Option<std::time::Instant>,
-    /// The Istio targets last rendered, and lanes held after they left.
-    last_targets: Vec<crate::kube::istio::Target>,
+    /// The Istio targets last rendered (with the lanes held and the
+    /// carried policy), by service, and lanes held after they left.
+    last_targets: BTreeMap<crate::kube::watch::Key, crate::kube::istio::Target>,
     held: crate::kube::snapshot::Held,
-    /// Istio objects observed: bumped by every DestinationRule,
-    /// VirtualService or EnvoyFilter event (the reconciler's input).
-    istio_seen: u64,
-    /// What the last wanted set was made from (the observed objects'
-    /// `istio_seen`, the index's targets): the same again, with no lane
-    /// held, makes the same set (not rendered again: at 10k services it is
-    /// most of a rebuild).
-    desired_from: Option<(u64, Vec<crate::kube::istio::Target>)>,
+    /// The reconciler holds what this replica sent since it leads: later
+    /// changes go as changes (otherwise the next go whole).
+    istio_sent: bool,
+    /// DestinationRules, VirtualServices and EnvoyFilters observed anew
+    /// since the reconciler was last sent changes.
+    istio_touched: std::collections::BTreeSet<crate::kube::plan::Key>,
+    /// The DestinationRules with a wildcard host's `trafficPolicy` (their
+    /// change changes any service's objects: all are rendered again).
+    wildcards: std::collections::BTreeSet<crate::kube::watch::Key>,
+    /// Services rendered (what an event costs the reconciler; tests).
+    rendered: u64,
     /// Istio conflicts the reconciler reports (readiness detail).
     conflicts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Lanes (`<service>/<group>`) left out of the table because with them
@@ -356,9 +360,21 @@ struct Cluster {
 
 impl Cluster {
     fn apply(&mut self, update: Update, metrics: &Metrics) {
-        if matches!(update, Update::Rule(_) | Update::Route(_) | Update::Filter(_)) {
-            self.istio_seen += 1;
+        let istio_kind = match &update {
+            Update::Rule(r) => Some(("DestinationRule", touched(r))),
+            Update::Route(r) => Some(("VirtualService", touched(r))),
+            Update::Filter(r) => Some(("EnvoyFilter", touched(r))),
+            _ => None,
+        };
+        // (a re-list makes the index evaluate everything: then everything
+        // goes to the reconciler again)
+        if let Some((kind, Some((ns, name)))) = istio_kind {
+            self.istio_touched.insert((kind.to_owned(), ns, name));
         }
+        let rule_update = match &update {
+            Update::Rule(r) => Some(touched(r)),
+            _ => None,
+        };
         let (kind, error) = match update {
             Update::Pod(r) => {
                 let touched = touched(&r);
@@ -411,6 +427,25 @@ impl Cluster {
             }
             Update::Tick => return,
         };
+        // A wildcard DestinationRule's policy is carried into any service's
+        // rule: one coming, going or changing renders every service again.
+        match rule_update {
+            Some(Some(k)) => {
+                let was = self.wildcards.remove(&k);
+                let is = self.rules.items.get(&k).is_some_and(|r| r.policy.is_some());
+                if is {
+                    self.wildcards.insert(k);
+                }
+                if was || is {
+                    self.istio_sent = false;
+                }
+            }
+            Some(None) => {
+                self.wildcards =
+                    self.rules.items.iter().filter(|(_, r)| r.policy.is_some()).map(|(k, _)| k.clone()).collect();
+            }
+            None => {}
+        }
         if let Some(e) = error {
             self.watch_error = Some(std::time::Instant::now());
             metrics.watch_errors.inc();
@@ -477,73 +512,97 @@ impl Cluster {
         }
     }
 
-    /// The Istio objects every service needs, and the ones that exist.
-    fn desired(
+    /// What changed for the reconciler since the last call: the objects of
+    /// the services whose target changed (rendered again: one event, its
+    /// services; everything after a re-list, a new term or a wildcard
+    /// policy change), and the Istio objects observed anew. Lanes that
+    /// left are held for `grace` (`snapshot::hold_leaving`, per service).
+    fn istio_changes(
         &mut self,
         base: &str,
         (mode, root): (crate::kube::istio::Mode, &str),
         installation: &str,
         now: u64,
         grace: u64,
-    ) -> Option<crate::kube::reconcile::Desired> {
-        let same = self.held.is_empty()
-            && self
-                .desired_from
-                .as_ref()
-                .is_some_and(|(seen, t)| *seen == self.istio_seen && self.index.targets().eq(t));
-        if same {
-            return None;
-        }
+    ) -> crate::kube::plan::Changes {
         let opts = crate::kube::istio::Options { mode, base, root_namespace: root, installation: Some(installation) };
-        let mut targets: Vec<crate::kube::istio::Target> = self.index.targets().cloned().collect();
-        self.desired_from = Some((self.istio_seen, targets.clone()));
+        let targets_changed = self.index.take_targets_changed();
+        let whole = !self.istio_sent || targets_changed.is_none();
+        self.istio_sent = true;
         let held_before = self.held.len();
-        crate::kube::snapshot::hold_leaving(&mut targets, &self.last_targets, &mut self.held, now, grace);
-        // Leaving lanes are on record, so their subsets outlive a failover.
-        self.since_unwritten |= self.held.len() != held_before;
-        self.last_targets = targets.clone();
+        let mut services: std::collections::BTreeSet<crate::kube::watch::Key> = std::collections::BTreeSet::new();
+        // Lanes held past their grace: their services' objects change
+        // (`hold_leaving_one` lets them go).
+        let expired = self.held.iter().filter(|(_, until)| **until <= now);
+        services.extend(expired.map(|((ns, name, _), _)| (ns.clone(), name.clone())));
+        if whole {
+            services.extend(self.index.targets().map(|t| (t.namespace.clone(), t.name.clone())));
+            services.extend(self.last_targets.keys().cloned());
+        } else {
+            services.extend(targets_changed.into_iter().flatten());
+        }
         // Wildcard DestinationRules' policies, carried into ours.
         let wildcards: Vec<(&str, &str, &str, &serde_json::Value)> = self
-            .rules
-            .items
+            .wildcards
             .iter()
+            .filter_map(|k| Some((k, self.rules.items.get(k)?)))
             .filter_map(|((ns, name), r)| Some((ns.as_str(), name.as_str(), r.host.as_str(), &**r.policy.as_ref()?)))
             .collect();
-        let objects = targets
-            .iter_mut()
-            .map(|t| {
-                if !wildcards.is_empty() {
-                    t.traffic_policy =
-                        crate::kube::istio::carried_policy(&t.namespace, &t.fqdn, root, wildcards.iter().copied());
-                }
-                crate::kube::istio::render_target(t, &opts)
-            })
-            .collect();
-        let rules = self.rules.items.iter().map(|((ns, name), r)| Existing {
-            kind: "DestinationRule",
-            namespace: ns.clone(),
-            name: name.clone(),
-            owned: r.owned,
-            hosts: vec![r.host.clone()],
-            observed: r.observed.clone(),
-        });
-        let routes = self.routes.items.iter().map(|((ns, name), r)| Existing {
-            kind: "VirtualService",
-            namespace: ns.clone(),
-            name: name.clone(),
-            owned: r.owned,
-            hosts: r.hosts.clone(),
-            observed: r.observed.clone(),
-        });
-        let filters = self.filters.items.iter().map(|((ns, name), f)| Existing {
-            kind: "EnvoyFilter",
-            namespace: ns.clone(),
-            name: name.clone(),
-            owned: f.owned,
-            hosts: vec![],
-            observed: f.observed.clone(),
-        });
-        Some((objects, rules.chain(routes).chain(filters).collect()))
+        let mut changes = crate::kube::plan::Changes { whole, ..Default::default() };
+        for key in services {
+            let mut target = self.index.target(&key).cloned();
+            let previous = self.last_targets.get(&key);
+            crate::kube::snapshot::hold_leaving_one(&key, target.as_mut(), previous, &mut self.held, now, grace);
+            if let Some(t) = target.as_mut().filter(|_| !wildcards.is_empty()) {
+                t.traffic_policy =
+                    crate::kube::istio::carried_policy(&t.namespace, &t.fqdn, root, wildcards.iter().copied());
+            }
+            if !whole && target.as_ref() == previous {
+                continue;
+            }
+            let objects = target.as_ref().map(|t| crate::kube::istio::render_target(t, &opts));
+            self.rendered += u64::from(objects.is_some());
+            match target {
+                Some(t) => self.last_targets.insert(key.clone(), t),
+                None => self.last_targets.remove(&key),
+            };
+            changes.wanted.insert(key, objects);
+        }
+        // Leaving lanes are on record, so their subsets outlive a failover.
+        self.since_unwritten |= self.held.len() != held_before;
+        let touched = std::mem::take(&mut self.istio_touched);
+        if whole {
+            let all = self.rules.items.keys().map(|(ns, name)| ("DestinationRule", ns, name));
+            let all = all.chain(self.routes.items.keys().map(|(ns, name)| ("VirtualService", ns, name)));
+            let all = all.chain(self.filters.items.keys().map(|(ns, name)| ("EnvoyFilter", ns, name)));
+            for (kind, ns, name) in all {
+                let key = (kind.to_owned(), ns.clone(), name.clone());
+                let seen = self.existing(&key);
+                changes.existing.insert(key, seen);
+            }
+        } else {
+            for key in touched {
+                let seen = self.existing(&key);
+                changes.existing.insert(key, seen);
+            }
+        }
+        changes
+    }
+
+    /// An Istio object as the reconciler sees it, if it exists.
+    fn existing(&self, (kind, ns, name): &crate::kube::plan::Key) -> Option<Existing> {
+        let k = (ns.clone(), name.clone());
+        let (kind, owned, hosts, observed) = match kind.as_str() {
+            "DestinationRule" => {
+                self.rules.items.get(&k).map(|r| ("DestinationRule", r.owned, vec![r.host.clone()], &r.observed))?
+            }
+            "VirtualService" => {
+                self.routes.items.get(&k).map(|r| ("VirtualService", r.owned, r.hosts.clone(), &r.observed))?
+            }
+            "EnvoyFilter" => self.filters.items.get(&k).map(|f| ("EnvoyFilter", f.owned, vec![], &f.observed))?,
+            _ => return None,
+        };
+        Some(Existing { kind, namespace: ns.clone(), name: name.clone(), owned, hosts, observed: observed.clone() })
     }
 
     /// The table now, whole or as its changes since the last call, or
@@ -729,7 +788,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
     cluster.filters.synced = !opts.filters_required();
     let conflicts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     cluster.conflicts = conflicts.clone();
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+    let (outbox, inbox) = crate::kube::reconcile::channel();
     if opts.istio.is_some() {
         let settings = crate::kube::reconcile::Settings {
             manager: crate::kube::istio::field_manager(&opts.installation),
@@ -743,7 +802,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             },
         };
         let (c, m) = (client.clone(), metrics.clone());
-        tokio::spawn(crate::kube::reconcile::run(c, settings, desired_rx, conflicts, m));
+        tokio::spawn(crate::kube::reconcile::run(c, settings, inbox, conflicts, m));
     }
     let mut trusted_rx = trusted_rx;
     while let Some(update) = rx.recv().await {
@@ -780,7 +839,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                     // What this replica held or rendered in an earlier term
                     // is stale: the record says which lanes are leaving.
                     cluster.last_targets.clear();
-                    cluster.desired_from = None;
+                    cluster.istio_sent = false;
                     cluster.held.clear();
                 }
                 for (k, until) in crate::kube::state::held_of(&record.leaving) {
@@ -912,13 +971,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             write_statuses(&to, &objects, &verdicts, &cluster.left_out, &cluster.written);
             if let Some((mode, root)) = &opts.istio {
                 let grace = opts.settle.as_millis() as u64;
-                if let Some(desired) = cluster.desired(base, (*mode, root), &opts.installation, now_ms(), grace) {
-                    desired_tx.send_if_modified(|d| {
-                        let changed = d.as_ref() != Some(&desired);
-                        *d = Some(desired);
-                        changed
-                    });
-                }
+                let changes = cluster.istio_changes(base, (*mode, root), &opts.installation, now_ms(), grace);
+                outbox.send(changes);
             }
             // A lane still settling needs its start on record at once (a
             // starting replica counts an unrecorded lane as settled); other
@@ -940,8 +994,10 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             cluster.recorded = false;
             // Not the leader: the reconciler stops (no retry or resync of
             // what it wanted while it led); leading again, it is sent anew.
-            desired_tx.send_if_modified(|d| d.take().is_some());
-            cluster.desired_from = None;
+            outbox.stop();
+            cluster.istio_sent = false;
+            cluster.istio_touched.clear();
+            cluster.index.take_targets_changed();
         }
     }
 }
