@@ -4,9 +4,10 @@
 //! service's DestinationRule and VirtualService, and a lane enters the table
 //! only once its subset and route are observed); a pod turning ready → the
 //! new table, p50/p99, and the memory the companion's state adds. Ignored
-//! by default (minutes in a debug build); run with `cargo test --release
-//! -p isogroup-companion --bin isogroup-companion kube_bench -- --ignored
-//! --nocapture`. `KUBE_BENCH_SETTLE_MS` (default 0) sets the settle window
+//! by default (minutes in a debug build); run with `cargo test --profile
+//! server -p isogroup-companion --bin isogroup-companion kube_bench --
+//! --ignored --nocapture` (the shipped profile: `--release` is the wasm
+//! filter's size profile). `KUBE_BENCH_SETTLE_MS` (default 0) sets the settle window
 //! and `KUBE_BENCH_EVENTS` (default 200) the number of flips;
 //! `KUBE_BENCH_SCALE=n` runs it on 1/n of the services and pods.
 
