@@ -142,6 +142,8 @@ pub fn rsplit_byte(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
 
 /// `text.split_once(sep)` for an ASCII `sep`, without std's char searcher
 /// (its memchr costs the wasm a few hundred bytes; these texts are short).
+/// A non-ASCII `sep` (a byte inside some character) gives `None` rather
+/// than a split inside that character.
 pub fn split_once_ascii(text: &str, sep: u8) -> Option<(&str, &str)> {
     let (head, _) = split_byte(text.as_bytes(), sep)?;
     Some((text.get(..head.len())?, text.get(head.len() + 1..)?))

@@ -21,14 +21,11 @@ use std::time::Duration;
 use isogroup_core::{Settings, Source};
 
 use crate::abi::{BootstrapHandle, Timer, TimerId};
-use crate::sync::{Answer, Poller, SourceKey, SyncMetrics};
+use crate::sync::{Answer, Poller, SourceKey, SyncMetrics, AGE_PERIOD};
 
 /// The bootstrap extension's JSON keys: a source's, out of the plugin
 /// configuration's schema; anything else is refused by name.
 const KEYS: [&str; 3] = ["table", "base_group", "limits"];
-
-/// How often the table-age gauges are refreshed.
-const AGE_PERIOD: Duration = Duration::from_secs(1);
 
 /// One bootstrap extension configuration (Envoy keeps it for the process's life).
 pub struct BootstrapConfig {
@@ -57,8 +54,9 @@ impl BootstrapConfig {
 
     /// Main thread: callouts can reach clusters from now on.
     pub fn on_server_initialized(&self) {
-        self.poller.poll_soon();
+        // Armed first: a panic in what follows must not stop the gauge.
         self.age_timer.enable(millis(AGE_PERIOD));
+        self.poller.poll_soon();
     }
 
     /// Main thread: one of this configuration's timers fired.
@@ -66,8 +64,9 @@ impl BootstrapConfig {
         if self.poll_timer.is(fired) {
             self.poller.on_scheduled(crate::sync::EVENT_POLL);
         } else if self.age_timer.is(fired) {
-            self.poller.on_scheduled(crate::sync::EVENT_AGE);
+            // Re-armed first: a panic in the refresh must not stop it.
             self.age_timer.enable(millis(AGE_PERIOD));
+            self.poller.on_scheduled(crate::sync::EVENT_AGE);
         }
     }
 

@@ -46,7 +46,7 @@ const BACKOFF_MAX_MS: u64 = 10_000;
 pub const EVENT_POLL: u64 = 1;
 pub const EVENT_AGE: u64 = 2;
 /// How often the table-age gauges are refreshed.
-const AGE_PERIOD: Duration = Duration::from_secs(1);
+pub const AGE_PERIOD: Duration = Duration::from_secs(1);
 
 /// A worker's reference to a published table: a worker-local count over
 /// the shared one, so streams copy it without touching a shared cache line.

@@ -295,7 +295,8 @@ pub type Held = BTreeMap<(String, String, String), u64>;
 /// A lane that left keeps its subset and route for `grace_ms` more: it left
 /// the table first, and a proxy may route by the older table until its next
 /// poll, so its cluster must outlive it. `previous` is what the last call
-/// returned; `targets` gets the held lanes back.
+/// returned; `targets` gets the held lanes back. The whole-set form, kept
+/// as the model the per-service `hold_leaving_one` is tested against.
 #[cfg(test)]
 pub fn hold_leaving(targets: &mut [Target], previous: &[Target], held: &mut Held, now_ms: u64, grace_ms: u64) {
     let key = |t: &Target, g: &str| (t.namespace.clone(), t.name.clone(), g.to_owned());

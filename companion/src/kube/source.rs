@@ -512,11 +512,18 @@ impl Cluster {
         }
     }
 
+    /// Drops what the watches touched since the reconciler was last sent
+    /// changes (no reconciler, or not leading: it is sent anew).
+    fn forget_istio_changes(&mut self) {
+        self.istio_touched.clear();
+        self.index.take_targets_changed();
+    }
+
     /// What changed for the reconciler since the last call: the objects of
     /// the services whose target changed (rendered again: one event, its
     /// services; everything after a re-list, a new term or a wildcard
     /// policy change), and the Istio objects observed anew. Lanes that
-    /// left are held for `grace` (`snapshot::hold_leaving`, per service).
+    /// left are held for `grace` (`snapshot::hold_leaving_one`, per service).
     fn istio_changes(
         &mut self,
         base: &str,
@@ -973,6 +980,10 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                 let grace = opts.settle.as_millis() as u64;
                 let changes = cluster.istio_changes(base, (*mode, root), &opts.installation, now_ms(), grace);
                 outbox.send(changes);
+            } else {
+                // No reconciler to hand them to: dropped here, or they
+                // would grow with every name the watches ever saw.
+                cluster.forget_istio_changes();
             }
             // A lane still settling needs its start on record at once (a
             // starting replica counts an unrecorded lane as settled); other
@@ -996,8 +1007,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             // what it wanted while it led); leading again, it is sent anew.
             outbox.stop();
             cluster.istio_sent = false;
-            cluster.istio_touched.clear();
-            cluster.index.take_targets_changed();
+            cluster.forget_istio_changes();
         }
     }
 }
