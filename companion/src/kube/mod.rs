@@ -16,6 +16,7 @@ pub mod reconcile;
 pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod watch;
 

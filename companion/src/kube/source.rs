@@ -11,7 +11,7 @@
 //! in `kube::snapshot` and `kube::groups` (pure, tested).
 //!
 //! Every replica runs this loop (so a newly elected leader serves at once);
-//! only the leader writes `IsolationGroup` statuses.
+//! only the leader writes `IsolationGroup` statuses (`kube::status`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ use isogroup_core::edge::RawRule;
 use isogroup_core::table::RawSource;
 use isogroup_core::{Limits, RawTable, Table};
 
-use crate::kube::groups::{self, GroupObject, Verdict};
+use crate::kube::groups::{self, GroupObject};
 use crate::kube::index::{FilterObj, Index, Mirrors, RouteObj, RuleObj};
 use crate::kube::istio::{GROUP_LABEL, INSTALLATION_LABEL, MANAGED_BY};
 use crate::kube::plan::Existing;
@@ -353,9 +353,6 @@ struct Cluster {
     /// Lanes (`<service>/<group>`) left out of the table because with them
     /// it would be over a limit or invalid, and why.
     left_out: BTreeMap<String, String>,
-    /// Statuses written (or being written), so one verdict is written once;
-    /// a failed write forgets its entry, so the next rebuild tries again.
-    written: Written,
 }
 
 impl Cluster {
@@ -726,8 +723,6 @@ fn error_of<T>(
     error
 }
 
-type Written = Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>;
-
 /// Watches the cluster and publishes tables until the process ends.
 pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, opts: Options) {
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
@@ -789,6 +784,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
     });
     let statuses = watch::dynamic_api(&client, groups::API_GROUP, groups::VERSION, groups::KIND);
+    let statuses = crate::kube::status::StatusWriter::new(statuses, &opts.installation, store.fence());
     let mut cluster = Cluster::default();
     // Without --istio, VirtualServices are not watched.
     cluster.routes.synced = opts.istio.is_none();
@@ -974,8 +970,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         }
         if store.is_leader() && trusted {
-            let to = StatusTarget { api: &statuses, installation: &opts.installation, fence: &store.fence() };
-            write_statuses(&to, &objects, &verdicts, &cluster.left_out, &cluster.written);
+            statuses.write(&objects, &verdicts, &cluster.left_out);
             if let Some((mode, root)) = &opts.istio {
                 let grace = opts.settle.as_millis() as u64;
                 let changes = cluster.istio_changes(base, (*mode, root), &opts.installation, now_ms(), grace);
@@ -1009,86 +1004,6 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             cluster.istio_sent = false;
             cluster.forget_istio_changes();
         }
-    }
-}
-
-/// Where statuses go: this installation's entry of each `IsolationGroup`'s
-/// status, written fenced.
-struct StatusTarget<'a> {
-    api: &'a Api<DynamicObject>,
-    installation: &'a str,
-    fence: &'a crate::kube::leader::Fence,
-}
-
-/// Writes each object's status entry (`status.installations.<id>`) when it
-/// differs from the one observed (in the background: a slow API server
-/// never holds the table back). A JSON merge patch of that one key: other
-/// installations' entries are left as they are.
-fn write_statuses(
-    to: &StatusTarget<'_>,
-    objects: &[GroupObject],
-    verdicts: &BTreeMap<String, Verdict>,
-    left_out: &crate::kube::degrade::LeftOut,
-    memo: &Written,
-) {
-    // group → its lanes left out (`<service>: why`).
-    let mut lanes_out: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (lane, why) in left_out {
-        if let Some((service, group)) = lane.rsplit_once('/') {
-            lanes_out.entry(group).or_default().push(format!("{service}: {why}"));
-        }
-    }
-    let Ok(mut written) = memo.lock() else { return };
-    let now = k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
-    written.retain(|name, _| verdicts.contains_key(name));
-    for o in objects {
-        let Some(verdict) = verdicts.get(&o.name) else { continue };
-        let out = lanes_out.get(o.name.as_str()).map_or(&[][..], Vec::as_slice);
-        let Some(status) = groups::status_update(o, verdict, out, &now) else {
-            written.remove(&o.name);
-            continue;
-        };
-        // Ignoring the time: the same status is in flight already.
-        let key = serde_json::json!([
-            status["observedGeneration"],
-            status["conditions"][0]["status"],
-            status["conditions"][0]["message"],
-            status["lanesLeftOut"]
-        ]);
-        if written.get(&o.name) == Some(&key) {
-            continue;
-        }
-        written.insert(o.name.clone(), key);
-        if let Err(why) = verdict {
-            tracing::warn!(group = %o.name, error = %why, "kubernetes: IsolationGroup left out of the table");
-        }
-        let (api, name, memo, fence) = (to.api.clone(), o.name.clone(), memo.clone(), to.fence.clone());
-        let id = to.installation.to_owned();
-        tokio::spawn(async move {
-            // Fenced: only while leading, no later than the renew
-            // deadline, under the resourceVersion read just before (after
-            // this replica took the Lease); refused as stale, the memo is
-            // forgotten and the next rebuild decides again.
-            let write = async {
-                let current = api.get(&name).await?;
-                let rv = current.metadata.resource_version;
-                let patch = serde_json::json!({
-                    "metadata": { "resourceVersion": rv },
-                    "status": { "installations": { id.as_str(): status } },
-                });
-                let params = PatchParams {
-                    field_manager: Some(crate::kube::istio::field_manager(&id)),
-                    ..PatchParams::default()
-                };
-                api.patch_status(&name, &params, &Patch::Merge(&patch)).await
-            };
-            if let Err(e) = fence.write(write).await {
-                tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");
-                if let Ok(mut w) = memo.lock() {
-                    w.remove(&name);
-                }
-            }
-        });
     }
 }
 
