@@ -299,18 +299,18 @@ fn run(seed: u64, steps: usize, routes_required: bool) {
             let mut model: Vec<_> = c.index.targets().cloned().collect();
             crate::kube::snapshot::hold_leaving(&mut model, &model_last, &mut model_held, now, SETTLE_MS);
             model_last.clone_from(&model);
-            assert_eq!(c.held, model_held, "{at}: the lanes held");
-            let sent_targets: Vec<_> = c.last_targets.values().cloned().collect();
+            assert_eq!(c.istio.held, model_held, "{at}: the lanes held");
+            let sent_targets: Vec<_> = c.istio.last_targets.values().cloned().collect();
             assert_eq!(sent_targets, model, "{at}: the targets sent");
-            let held = c.held.clone();
-            c.istio_sent = false;
+            let held = c.istio.held.clone();
+            c.istio.sent = false;
             let whole = c.istio_changes("base", mode, "isogroup-system", now, SETTLE_MS);
             assert!(whole.whole);
             let whole_sent: BTreeMap<_, _> = whole.wanted.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
             let whole_seen: BTreeMap<_, _> = whole.existing.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
             assert_eq!(sent, whole_sent, "{at}: the wanted objects sent");
             assert_eq!(seen, whole_seen, "{at}: the observed objects sent");
-            assert_eq!(c.held, held, "{at}: a whole send holds nothing more");
+            assert_eq!(c.istio.held, held, "{at}: a whole send holds nothing more");
         }
         entered += last.values().map(|s| s.clusters.len()).sum::<usize>();
     }
@@ -343,11 +343,11 @@ fn one_services_event_renders_and_sends_that_service_only() {
     let first = c.istio_changes("base", mode, "isogroup-system", 10_000, 0);
     let services = c.index.targets().count();
     assert!(first.whole && services == 6, "{services} services");
-    assert_eq!((c.rendered, first.wanted.len()), (6, 6));
+    assert_eq!((c.istio.rendered, first.wanted.len()), (6, 6));
     // nothing changed: nothing rendered or sent
     c.table("base", 10_001, &opts, &limits);
     assert!(c.istio_changes("base", mode, "isogroup-system", 10_001, 0).is_empty());
-    assert_eq!(c.rendered, 6);
+    assert_eq!(c.istio.rendered, 6);
     // one pod behind a/s0 leaves its slice: that service only
     let endpoints = PODS[..2].iter().map(|p| Endpoint { ready: true, pod: Some((*p).into()) }).collect();
     let sl = EndpointSlice { namespace: "a".into(), service: "s0".into(), endpoints };
@@ -356,7 +356,7 @@ fn one_services_event_renders_and_sends_that_service_only() {
     let changes = c.istio_changes("base", mode, "isogroup-system", 10_002, 0);
     assert!(!changes.whole);
     assert_eq!(changes.wanted.keys().collect::<Vec<_>>(), [&key("a", "s0")]);
-    assert_eq!(c.rendered, 7, "one service rendered");
+    assert_eq!(c.istio.rendered, 7, "one service rendered");
     assert!(changes.existing.is_empty());
     // one DestinationRule observed anew: that object only, nothing rendered
     let rule = RuleObj { host: fqdn("b", "s1"), owned: true, ..RuleObj::default() };
@@ -366,5 +366,5 @@ fn one_services_event_renders_and_sends_that_service_only() {
     assert!(!changes.whole && changes.wanted.is_empty());
     let observed: Vec<_> = changes.existing.keys().cloned().collect();
     assert_eq!(observed, [("DestinationRule".to_owned(), "b".to_owned(), RULES[1].to_owned())]);
-    assert_eq!(c.rendered, 7);
+    assert_eq!(c.istio.rendered, 7);
 }

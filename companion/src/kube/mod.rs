@@ -3,6 +3,7 @@
 //! table, one replica elected on a Lease to serve it, and the Istio objects
 //! that route each lane reconciled by server-side apply.
 
+pub mod changes;
 pub mod degrade;
 pub mod drift;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod reconcile;
 pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod watch;
 

@@ -5,13 +5,14 @@
 //! own task, see `kube::watch`), and hand the table to the store whenever it
 //! changes; with lanes left out when it would be over a limit or invalid
 //! (`kube::degrade`). The leader hands the Istio objects it wants, with
-//! those observed, to the reconciler (`kube::reconcile`). Bursts of events
+//! those observed, to the reconciler (`kube::reconcile`; what it was sent
+//! and is to be sent: `kube::changes`). Bursts of events
 //! are drained before one rebuild, and a rebuild evaluates only the
 //! services the events touched (`kube::index`). The rules themselves live
 //! in `kube::snapshot` and `kube::groups` (pure, tested).
 //!
 //! Every replica runs this loop (so a newly elected leader serves at once);
-//! only the leader writes `IsolationGroup` statuses.
+//! only the leader writes `IsolationGroup` statuses (`kube::status`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
@@ -28,10 +29,10 @@ use isogroup_core::edge::RawRule;
 use isogroup_core::table::RawSource;
 use isogroup_core::{Limits, RawTable, Table};
 
-use crate::kube::groups::{self, GroupObject, Verdict};
+use crate::kube::changes::{IstioChanges, IstioMirrors};
+use crate::kube::groups::{self, GroupObject};
 use crate::kube::index::{FilterObj, Index, Mirrors, RouteObj, RuleObj};
 use crate::kube::istio::{GROUP_LABEL, INSTALLATION_LABEL, MANAGED_BY};
-use crate::kube::plan::Existing;
 use crate::kube::snapshot::{fqdn, Clock, Endpoint, EndpointSlice, Pod, Service, Since};
 use crate::kube::store::{KubeStore, ServiceChanges};
 use crate::kube::watch::{self, Change, Mirror, Report, Timing};
@@ -333,29 +334,13 @@ struct Cluster {
     since_unwritten: bool,
     /// When `isogroup-state` was last written.
     state_written: Option<std::time::Instant>,
-    /// The Istio targets last rendered (with the lanes held and the
-    /// carried policy), by service, and lanes held after they left.
-    last_targets: BTreeMap<crate::kube::watch::Key, crate::kube::istio::Target>,
-    held: crate::kube::snapshot::Held,
-    /// The reconciler holds what this replica sent since it leads: later
-    /// changes go as changes (otherwise the next go whole).
-    istio_sent: bool,
-    /// DestinationRules, VirtualServices and EnvoyFilters observed anew
-    /// since the reconciler was last sent changes.
-    istio_touched: std::collections::BTreeSet<crate::kube::plan::Key>,
-    /// The DestinationRules with a wildcard host's `trafficPolicy` (their
-    /// change changes any service's objects: all are rendered again).
-    wildcards: std::collections::BTreeSet<crate::kube::watch::Key>,
-    /// Services rendered (what an event costs the reconciler; tests).
-    rendered: u64,
+    /// What the reconciler was sent and is to be sent (`kube::changes`).
+    istio: IstioChanges,
     /// Istio conflicts the reconciler reports (readiness detail).
     conflicts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Lanes (`<service>/<group>`) left out of the table because with them
     /// it would be over a limit or invalid, and why.
     left_out: BTreeMap<String, String>,
-    /// Statuses written (or being written), so one verdict is written once;
-    /// a failed write forgets its entry, so the next rebuild tries again.
-    written: Written,
 }
 
 impl Cluster {
@@ -369,7 +354,7 @@ impl Cluster {
         // (a re-list makes the index evaluate everything: then everything
         // goes to the reconciler again)
         if let Some((kind, Some((ns, name)))) = istio_kind {
-            self.istio_touched.insert((kind.to_owned(), ns, name));
+            self.istio.observed((kind.to_owned(), ns, name));
         }
         let rule_update = match &update {
             Update::Rule(r) => Some(touched(r)),
@@ -427,24 +412,8 @@ impl Cluster {
             }
             Update::Tick => return,
         };
-        // A wildcard DestinationRule's policy is carried into any service's
-        // rule: one coming, going or changing renders every service again.
-        match rule_update {
-            Some(Some(k)) => {
-                let was = self.wildcards.remove(&k);
-                let is = self.rules.items.get(&k).is_some_and(|r| r.policy.is_some());
-                if is {
-                    self.wildcards.insert(k);
-                }
-                if was || is {
-                    self.istio_sent = false;
-                }
-            }
-            Some(None) => {
-                self.wildcards =
-                    self.rules.items.iter().filter(|(_, r)| r.policy.is_some()).map(|(k, _)| k.clone()).collect();
-            }
-            None => {}
+        if let Some(rule) = rule_update {
+            self.istio.rule_updated(rule, &self.rules);
         }
         if let Some(e) = error {
             self.watch_error = Some(std::time::Instant::now());
@@ -515,101 +484,26 @@ impl Cluster {
     /// Drops what the watches touched since the reconciler was last sent
     /// changes (no reconciler, or not leading: it is sent anew).
     fn forget_istio_changes(&mut self) {
-        self.istio_touched.clear();
-        self.index.take_targets_changed();
+        self.istio.forget(&mut self.index);
     }
 
-    /// What changed for the reconciler since the last call: the objects of
-    /// the services whose target changed (rendered again: one event, its
-    /// services; everything after a re-list, a new term or a wildcard
-    /// policy change), and the Istio objects observed anew. Lanes that
-    /// left are held for `grace` (`snapshot::hold_leaving_one`, per service).
+    /// What changed for the reconciler since the last call
+    /// (`IstioChanges::changes`); lanes newly held or let go are to be
+    /// recorded.
     fn istio_changes(
         &mut self,
         base: &str,
-        (mode, root): (crate::kube::istio::Mode, &str),
+        mode: (crate::kube::istio::Mode, &str),
         installation: &str,
         now: u64,
         grace: u64,
     ) -> crate::kube::plan::Changes {
-        let opts = crate::kube::istio::Options { mode, base, root_namespace: root, installation: Some(installation) };
-        let targets_changed = self.index.take_targets_changed();
-        let whole = !self.istio_sent || targets_changed.is_none();
-        self.istio_sent = true;
-        let held_before = self.held.len();
-        let mut services: std::collections::BTreeSet<crate::kube::watch::Key> = std::collections::BTreeSet::new();
-        // Lanes held past their grace: their services' objects change
-        // (`hold_leaving_one` lets them go).
-        let expired = self.held.iter().filter(|(_, until)| **until <= now);
-        services.extend(expired.map(|((ns, name, _), _)| (ns.clone(), name.clone())));
-        if whole {
-            services.extend(self.index.targets().map(|t| (t.namespace.clone(), t.name.clone())));
-            services.extend(self.last_targets.keys().cloned());
-        } else {
-            services.extend(targets_changed.into_iter().flatten());
-        }
-        // Wildcard DestinationRules' policies, carried into ours.
-        let wildcards: Vec<(&str, &str, &str, &serde_json::Value)> = self
-            .wildcards
-            .iter()
-            .filter_map(|k| Some((k, self.rules.items.get(k)?)))
-            .filter_map(|((ns, name), r)| Some((ns.as_str(), name.as_str(), r.host.as_str(), &**r.policy.as_ref()?)))
-            .collect();
-        let mut changes = crate::kube::plan::Changes { whole, ..Default::default() };
-        for key in services {
-            let mut target = self.index.target(&key).cloned();
-            let previous = self.last_targets.get(&key);
-            crate::kube::snapshot::hold_leaving_one(&key, target.as_mut(), previous, &mut self.held, now, grace);
-            if let Some(t) = target.as_mut().filter(|_| !wildcards.is_empty()) {
-                t.traffic_policy =
-                    crate::kube::istio::carried_policy(&t.namespace, &t.fqdn, root, wildcards.iter().copied());
-            }
-            if !whole && target.as_ref() == previous {
-                continue;
-            }
-            let objects = target.as_ref().map(|t| crate::kube::istio::render_target(t, &opts));
-            self.rendered += u64::from(objects.is_some());
-            match target {
-                Some(t) => self.last_targets.insert(key.clone(), t),
-                None => self.last_targets.remove(&key),
-            };
-            changes.wanted.insert(key, objects);
-        }
+        let held_before = self.istio.held.len();
+        let mirrors = IstioMirrors { rules: &self.rules, routes: &self.routes, filters: &self.filters };
+        let changes = self.istio.changes(&mut self.index, &mirrors, base, mode, installation, now, grace);
         // Leaving lanes are on record, so their subsets outlive a failover.
-        self.since_unwritten |= self.held.len() != held_before;
-        let touched = std::mem::take(&mut self.istio_touched);
-        if whole {
-            let all = self.rules.items.keys().map(|(ns, name)| ("DestinationRule", ns, name));
-            let all = all.chain(self.routes.items.keys().map(|(ns, name)| ("VirtualService", ns, name)));
-            let all = all.chain(self.filters.items.keys().map(|(ns, name)| ("EnvoyFilter", ns, name)));
-            for (kind, ns, name) in all {
-                let key = (kind.to_owned(), ns.clone(), name.clone());
-                let seen = self.existing(&key);
-                changes.existing.insert(key, seen);
-            }
-        } else {
-            for key in touched {
-                let seen = self.existing(&key);
-                changes.existing.insert(key, seen);
-            }
-        }
+        self.since_unwritten |= self.istio.held.len() != held_before;
         changes
-    }
-
-    /// An Istio object as the reconciler sees it, if it exists.
-    fn existing(&self, (kind, ns, name): &crate::kube::plan::Key) -> Option<Existing> {
-        let k = (ns.clone(), name.clone());
-        let (kind, owned, hosts, observed) = match kind.as_str() {
-            "DestinationRule" => {
-                self.rules.items.get(&k).map(|r| ("DestinationRule", r.owned, vec![r.host.clone()], &r.observed))?
-            }
-            "VirtualService" => {
-                self.routes.items.get(&k).map(|r| ("VirtualService", r.owned, r.hosts.clone(), &r.observed))?
-            }
-            "EnvoyFilter" => self.filters.items.get(&k).map(|f| ("EnvoyFilter", f.owned, vec![], &f.observed))?,
-            _ => return None,
-        };
-        Some(Existing { kind, namespace: ns.clone(), name: name.clone(), owned, hosts, observed: observed.clone() })
     }
 
     /// The table now, whole or as its changes since the last call, or
@@ -726,8 +620,6 @@ fn error_of<T>(
     error
 }
 
-type Written = Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>;
-
 /// Watches the cluster and publishes tables until the process ends.
 pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, opts: Options) {
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
@@ -789,6 +681,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
     });
     let statuses = watch::dynamic_api(&client, groups::API_GROUP, groups::VERSION, groups::KIND);
+    let statuses = crate::kube::status::StatusWriter::new(statuses, &opts.installation, store.fence());
     let mut cluster = Cluster::default();
     // Without --istio, VirtualServices are not watched.
     cluster.routes.synced = opts.istio.is_none();
@@ -845,13 +738,13 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                 if new_term {
                     // What this replica held or rendered in an earlier term
                     // is stale: the record says which lanes are leaving.
-                    cluster.last_targets.clear();
-                    cluster.istio_sent = false;
-                    cluster.held.clear();
+                    cluster.istio.last_targets.clear();
+                    cluster.istio.sent = false;
+                    cluster.istio.held.clear();
                 }
                 for (k, until) in crate::kube::state::held_of(&record.leaving) {
                     if until > now {
-                        let e = cluster.held.entry(k).or_insert(until);
+                        let e = cluster.istio.held.entry(k).or_insert(until);
                         *e = (*e).max(until);
                     }
                 }
@@ -974,8 +867,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             }
         }
         if store.is_leader() && trusted {
-            let to = StatusTarget { api: &statuses, installation: &opts.installation, fence: &store.fence() };
-            write_statuses(&to, &objects, &verdicts, &cluster.left_out, &cluster.written);
+            statuses.write(&objects, &verdicts, &cluster.left_out);
             if let Some((mode, root)) = &opts.istio {
                 let grace = opts.settle.as_millis() as u64;
                 let changes = cluster.istio_changes(base, (*mode, root), &opts.installation, now_ms(), grace);
@@ -996,7 +888,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                 cluster.state_written = Some(std::time::Instant::now());
                 let record = crate::kube::state::Record {
                     since: cluster.since.clone(),
-                    leaving: crate::kube::state::leaving_of(&cluster.held),
+                    leaving: crate::kube::state::leaving_of(&cluster.istio.held),
                 };
                 tracing::debug!(lanes = record.since.len(), "kubernetes: settle record wanted");
                 record_tx.send_replace(Some(crate::kube::state::Wanted { epoch: epoch.clone(), record }));
@@ -1006,89 +898,9 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
             // Not the leader: the reconciler stops (no retry or resync of
             // what it wanted while it led); leading again, it is sent anew.
             outbox.stop();
-            cluster.istio_sent = false;
+            cluster.istio.sent = false;
             cluster.forget_istio_changes();
         }
-    }
-}
-
-/// Where statuses go: this installation's entry of each `IsolationGroup`'s
-/// status, written fenced.
-struct StatusTarget<'a> {
-    api: &'a Api<DynamicObject>,
-    installation: &'a str,
-    fence: &'a crate::kube::leader::Fence,
-}
-
-/// Writes each object's status entry (`status.installations.<id>`) when it
-/// differs from the one observed (in the background: a slow API server
-/// never holds the table back). A JSON merge patch of that one key: other
-/// installations' entries are left as they are.
-fn write_statuses(
-    to: &StatusTarget<'_>,
-    objects: &[GroupObject],
-    verdicts: &BTreeMap<String, Verdict>,
-    left_out: &crate::kube::degrade::LeftOut,
-    memo: &Written,
-) {
-    // group → its lanes left out (`<service>: why`).
-    let mut lanes_out: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (lane, why) in left_out {
-        if let Some((service, group)) = lane.rsplit_once('/') {
-            lanes_out.entry(group).or_default().push(format!("{service}: {why}"));
-        }
-    }
-    let Ok(mut written) = memo.lock() else { return };
-    let now = k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
-    written.retain(|name, _| verdicts.contains_key(name));
-    for o in objects {
-        let Some(verdict) = verdicts.get(&o.name) else { continue };
-        let out = lanes_out.get(o.name.as_str()).map_or(&[][..], Vec::as_slice);
-        let Some(status) = groups::status_update(o, verdict, out, &now) else {
-            written.remove(&o.name);
-            continue;
-        };
-        // Ignoring the time: the same status is in flight already.
-        let key = serde_json::json!([
-            status["observedGeneration"],
-            status["conditions"][0]["status"],
-            status["conditions"][0]["message"],
-            status["lanesLeftOut"]
-        ]);
-        if written.get(&o.name) == Some(&key) {
-            continue;
-        }
-        written.insert(o.name.clone(), key);
-        if let Err(why) = verdict {
-            tracing::warn!(group = %o.name, error = %why, "kubernetes: IsolationGroup left out of the table");
-        }
-        let (api, name, memo, fence) = (to.api.clone(), o.name.clone(), memo.clone(), to.fence.clone());
-        let id = to.installation.to_owned();
-        tokio::spawn(async move {
-            // Fenced: only while leading, no later than the renew
-            // deadline, under the resourceVersion read just before (after
-            // this replica took the Lease); refused as stale, the memo is
-            // forgotten and the next rebuild decides again.
-            let write = async {
-                let current = api.get(&name).await?;
-                let rv = current.metadata.resource_version;
-                let patch = serde_json::json!({
-                    "metadata": { "resourceVersion": rv },
-                    "status": { "installations": { id.as_str(): status } },
-                });
-                let params = PatchParams {
-                    field_manager: Some(crate::kube::istio::field_manager(&id)),
-                    ..PatchParams::default()
-                };
-                api.patch_status(&name, &params, &Patch::Merge(&patch)).await
-            };
-            if let Err(e) = fence.write(write).await {
-                tracing::warn!(group = %name, error = %e, "kubernetes: cannot write the IsolationGroup status");
-                if let Ok(mut w) = memo.lock() {
-                    w.remove(&name);
-                }
-            }
-        });
     }
 }
 
