@@ -206,6 +206,22 @@ async fn at_the_edge_native_answers_as_the_wasm_build_does() {
     }
 }
 
+/// After the companion came back with `version`: the table arrives within
+/// the backoff's bound (10 s) plus a poll, routes `feature-1` as `hops`
+/// says, and its age is back near 0.
+async fn back_after_the_companion_returns(mesh: &Mesh, version: u64, hops: &str) {
+    wait_for("the new table after the companion's return", Duration::from_secs(15), || async {
+        (mesh.envoy.stat("isogroup.isogroup_table_version").await >= version).then_some(())
+    })
+    .await;
+    let (_, _, _, _, got) = answer(mesh, "a", &[("x-isogroup", "feature-1")]).await;
+    assert_eq!(got, hops);
+    wait_for("the table age back near 0", Duration::from_secs(5), || async {
+        (mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await <= 1).then_some(())
+    })
+    .await;
+}
+
 /// What a client sees of one answer: status, served annotation, failfast
 /// header, grpc-status, and the chain of hops.
 async fn answer(
@@ -376,17 +392,7 @@ async fn the_native_build_backs_off_while_the_companion_is_down_and_recovers() {
     .await;
     let companion = Companion::start_in(port, dir).await;
     let version = companion.set_instance("b", "feature-1", Some("b-feature-1")).await;
-    // Back within the backoff's bound (10 s) plus a poll.
-    wait_for("the new table after the companion's return", Duration::from_secs(15), || async {
-        (mesh.envoy.stat("isogroup.isogroup_table_version").await >= version).then_some(())
-    })
-    .await;
-    let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
-    assert_eq!(hops, "a@feature-1 > b@feature-1 > c@base");
-    wait_for("the table age back near 0", Duration::from_secs(5), || async {
-        (mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await <= 1).then_some(())
-    })
-    .await;
+    back_after_the_companion_returns(&mesh, version, "a@feature-1 > b@feature-1 > c@base").await;
 }
 
 #[tokio::test]
@@ -716,17 +722,7 @@ async fn deciding_arm_the_bootstrap_poller_backs_off_while_the_companion_is_down
     assert!(mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await >= 2, "the table's age grows");
     let companion = Companion::start_in(port, dir).await;
     let version = companion.set_instance("b", "feature-1", None).await;
-    // Back within the backoff's bound (10 s) plus a poll.
-    wait_for("the new table after the companion's return", Duration::from_secs(15), || async {
-        (mesh.envoy.stat("isogroup.isogroup_table_version").await >= version).then_some(())
-    })
-    .await;
-    let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
-    assert_eq!(hops, "a@feature-1 > b@base > c@base");
-    wait_for("the table age back near 0", Duration::from_secs(5), || async {
-        (mesh.envoy.stat("isogroup.isogroup_table_age_seconds").await <= 1).then_some(())
-    })
-    .await;
+    back_after_the_companion_returns(&mesh, version, "a@feature-1 > b@base > c@base").await;
 }
 
 /// A route whose companion source no bootstrap extension polls (none at

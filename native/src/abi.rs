@@ -83,6 +83,28 @@ const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 const ATTRIBUTE_LISTENER_DIRECTION: u32 = 59;
 /// `envoy_dynamic_module_type_http_callout_init_result_Success`.
 const CALLOUT_STARTED: u32 = 0;
+
+/// A configuration's or a bootstrap extension's HTTP callout (the two
+/// callbacks share one signature). `None` when Envoy cannot start it.
+///
+/// # Safety
+/// `owner` is the live Envoy object `start` takes, on the main thread.
+unsafe fn start_callout(
+    start: unsafe extern "C" fn(EnvoyPtr, *mut u64, Buffer, *mut Header, usize, Buffer, u64) -> u32,
+    owner: EnvoyPtr,
+    cluster: &str,
+    headers: &[(&str, &[u8])],
+    timeout_ms: u64,
+) -> Option<u64> {
+    let mut raw: Vec<Header> = headers.iter().map(|(k, v)| Header::of(k.as_bytes(), v)).collect();
+    let mut id = 0u64;
+    // SAFETY: the caller's; `raw` and what it points into outlive the call
+    // (Envoy copies them).
+    let result = unsafe {
+        start(owner, &mut id, Buffer::of(cluster.as_bytes()), raw.as_mut_ptr(), raw.len(), Buffer::NULL, timeout_ms)
+    };
+    (result == CALLOUT_STARTED).then_some(id)
+}
 /// `envoy_dynamic_module_type_http_callout_result_Success`.
 const CALLOUT_SUCCESS: u32 = 0;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
@@ -388,21 +410,16 @@ impl MainThreadConfig {
     /// An HTTP request to `cluster` from the configuration; the answer comes
     /// to its `on_callout_done`. `None` when Envoy cannot start it.
     pub fn callout(&self, cluster: &str, headers: &[(&str, &[u8])], timeout_ms: u64) -> Option<u64> {
-        let mut raw: Vec<Header> = headers.iter().map(|(k, v)| Header::of(k.as_bytes(), v)).collect();
-        let mut id = 0u64;
-        // SAFETY: as above; `raw` and what it points into outlive the call.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_http_callout(
+        // SAFETY: main thread, the configuration alive.
+        unsafe {
+            start_callout(
+                envoy_dynamic_module_callback_http_filter_config_http_callout,
                 self.0,
-                &mut id,
-                Buffer::of(cluster.as_bytes()),
-                raw.as_mut_ptr(),
-                raw.len(),
-                Buffer::NULL,
+                cluster,
+                headers,
                 timeout_ms,
             )
-        };
-        (result == CALLOUT_STARTED).then_some(id)
+        }
     }
 
     /// A scheduler that runs `on_scheduled` of this configuration on the
@@ -764,21 +781,16 @@ impl BootstrapHandle {
     /// callout_done hook. `None` when Envoy cannot start it (before the
     /// server is initialized Envoy answers "cluster not found").
     pub fn callout(&self, cluster: &str, headers: &[(&str, &[u8])], timeout_ms: u64) -> Option<u64> {
-        let mut raw: Vec<Header> = headers.iter().map(|(k, v)| Header::of(k.as_bytes(), v)).collect();
-        let mut id = 0u64;
-        // SAFETY: as above; `raw` and what it points into outlive the call (Envoy copies).
-        let result = unsafe {
-            envoy_dynamic_module_callback_bootstrap_extension_http_callout(
+        // SAFETY: main thread, the configuration alive.
+        unsafe {
+            start_callout(
+                envoy_dynamic_module_callback_bootstrap_extension_http_callout,
                 self.0,
-                &mut id,
-                Buffer::of(cluster.as_bytes()),
-                raw.as_mut_ptr(),
-                raw.len(),
-                Buffer::NULL,
+                cluster,
+                headers,
                 timeout_ms,
             )
-        };
-        (result == CALLOUT_STARTED).then_some(id)
+        }
     }
 
     /// A main-thread timer of this configuration: when armed, it fires the

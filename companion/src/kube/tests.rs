@@ -481,12 +481,7 @@ async fn over_http_a_standby_answers_not_leader_and_registrations_are_refused() 
         .unwrap();
     assert_eq!(register.status(), 409);
     assert_eq!(register.json::<Value>().await.unwrap()["error"], "managed_by_kubernetes");
-    store
-        .publish(
-            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
-            None,
-        )
-        .unwrap();
+    publish_one_service(&store);
     store.become_leader("1000-aa".into()).unwrap();
     let answer = get().await;
     assert_eq!(answer.status(), 200);
@@ -557,17 +552,22 @@ async fn hold_poll(url: &str, store: &KubeStore, metrics: &Metrics) -> JoinHandl
     }
 }
 
-#[tokio::test]
-async fn over_http_a_standby_refuses_every_table_derived_read_and_the_leader_answers() {
-    let (store, metrics) = store();
-    store.served().set_readiness(Readiness::Ready);
-    let (url, _shutdown) = serve_http(store.clone(), metrics).await;
+/// The cluster's table: one service, `r`, on its base cluster `c`.
+fn publish_one_service(store: &KubeStore) {
     store
         .publish(
             serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
             None,
         )
         .unwrap();
+}
+
+#[tokio::test]
+async fn over_http_a_standby_refuses_every_table_derived_read_and_the_leader_answers() {
+    let (store, metrics) = store();
+    store.served().set_readiness(Readiness::Ready);
+    let (url, _shutdown) = serve_http(store.clone(), metrics).await;
+    publish_one_service(&store);
     let reads = table_reads("r");
     let standby = statuses(&url, &reads).await;
     assert!(all_not_leader(&standby), "a standby answered from stale state: {standby:?}");
@@ -605,12 +605,7 @@ async fn over_http_a_standby_refuses_reports_and_propagation_and_the_leader_take
     assert_eq!(post("envoy-1").await, (503, json!("not_leader")));
     let (status, body) = get().await;
     assert_eq!((status, &body["error"]), (503, &json!("not_leader")));
-    store
-        .publish(
-            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
-            None,
-        )
-        .unwrap();
+    publish_one_service(&store);
     store.become_leader("1000-aa".into()).unwrap();
     assert_eq!(post("envoy-1").await.0, 204, "the refused report did not take envoy-1's turn");
     let (status, body) = get().await;
@@ -626,12 +621,7 @@ async fn stepping_down_answers_a_held_poll_not_leader_at_once() {
     let (store, metrics) = store();
     store.served().set_readiness(Readiness::Ready);
     let (url, _shutdown) = serve_http(store.clone(), metrics.clone()).await;
-    store
-        .publish(
-            serde_json::from_value(json!({"services": {"r": {"hosts": ["r"], "clusters": {"base": "c"}}}})).unwrap(),
-            None,
-        )
-        .unwrap();
+    publish_one_service(&store);
     store.become_leader("1000-aa".into()).unwrap();
     let held = hold_poll(&url, &store, &metrics).await;
     store.step_down();

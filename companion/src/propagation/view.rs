@@ -208,6 +208,16 @@ mod tests {
         }
     }
 
+    /// The answer's edges as `workload->destination`, in its order.
+    fn edge_names(got: &serde_json::Value) -> Vec<String> {
+        got["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}->{}", e["workload"].as_str().unwrap(), e["destination"].as_str().unwrap()))
+            .collect()
+    }
+
     #[test]
     fn the_answer_sums_ranks_and_advises() {
         let a = Snapshot {
@@ -226,10 +236,7 @@ mod tests {
         assert_eq!(got["window_s"], 900);
         assert_eq!(got["overflow"], 3, "minute 50 is out of the window");
         let edges = got["edges"].as_array().unwrap();
-        let names: Vec<String> = edges
-            .iter()
-            .map(|e| format!("{}->{}", e["workload"].as_str().unwrap(), e["destination"].as_str().unwrap()))
-            .collect();
+        let names = edge_names(&got);
         // x->c: 4/4 healed = 1.0; b->c: 4 dropped of 7 traced; a->b: 0
         assert_eq!(names, ["x->c", "b->c", "a->b"]);
         let bc = &edges[1];
@@ -262,13 +269,7 @@ mod tests {
             ..Snapshot::default()
         };
         let got = answer(&[s], 1);
-        let names: Vec<String> = got["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| format!("{}->{}", e["workload"].as_str().unwrap(), e["destination"].as_str().unwrap()))
-            .collect();
-        assert_eq!(names, ["a->b", "a->c", "b->c", "z->c"]);
+        assert_eq!(edge_names(&got), ["a->b", "a->c", "b->c", "z->c"]);
         assert_eq!(got["edges"][3]["drop_share"], 0.0, "only untraced: nothing to share");
     }
 

@@ -502,6 +502,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// `p50 A / p99 B / max C ms` of sorted latencies, whole milliseconds.
+fn spread(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:.0} / p99 {:.0} / max {:.0} ms",
+        ms(quantile(sorted, 0.5)),
+        ms(quantile(sorted, 0.99)),
+        ms(quantile(sorted, 1.0))
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn one_change(
     shared: &Shared,
@@ -647,11 +657,9 @@ async fn run_mode(args: &Args, name: &str) -> Result<ModeResult, Error> {
         }
         let l = &change.latencies;
         eprintln!(
-            "{name} change {k:>2} v{}: p50 {:.0} p99 {:.0} max {:.0} ms, missing {}, {} bytes, CPU {} ms",
+            "{name} change {k:>2} v{}: {}, missing {}, {} bytes, CPU {} ms",
             change.version,
-            ms(quantile(l, 0.5)),
-            ms(quantile(l, 0.99)),
-            ms(quantile(l, 1.0)),
+            spread(l),
             change.missing,
             change.bytes,
             change.cpu_ms
@@ -781,14 +789,7 @@ async fn run_flood(
             one_change(shared, url, token, k, pid, phase.ticks, phase.n, phase.timeout, expected, None).await?;
         current.version.store(change.version, Ordering::Relaxed);
         let l = &change.latencies;
-        eprintln!(
-            "flood change {j} v{}: p50 {:.0} p99 {:.0} max {:.0} ms, missing {}",
-            change.version,
-            ms(quantile(l, 0.5)),
-            ms(quantile(l, 0.99)),
-            ms(quantile(l, 1.0)),
-            change.missing
-        );
+        eprintln!("flood change {j} v{}: {}, missing {}", change.version, spread(l), change.missing);
         changes.push(change);
     }
     if let Some(rest) = span.checked_sub(t0.elapsed()) {
@@ -1009,10 +1010,8 @@ fn report_kube(args: &Args, k: &KubeResult) {
         args.lease_ms, args.pollers, k.table_bytes, k.epochs[0], k.epochs[1]
     );
     println!(
-        "  SIGKILL of the leader -> every poller holds the new leader's table: p50 {:.0} / p99 {:.0} / max {:.0} ms, missing {}; the standby served after {:.0} ms",
-        ms(quantile(l, 0.5)),
-        ms(quantile(l, 0.99)),
-        ms(quantile(l, 1.0)),
+        "  SIGKILL of the leader -> every poller holds the new leader's table: {}, missing {}; the standby served after {:.0} ms",
+        spread(l),
         k.missing,
         ms(k.takeover)
     );
@@ -1057,19 +1056,15 @@ fn report(args: &Args, results: &[ModeResult]) {
         let rl = &r.restart.latencies;
         println!("\n[{}] table {} bytes", r.name, r.table_bytes);
         println!(
-            "  change -> every poller holds it: p50 {:.0} / p99 {:.0} / max {:.0} ms over all {} samples; worst change's p99 {:.0} ms; missing {}",
-            ms(quantile(&all, 0.5)),
-            ms(quantile(&all, 0.99)),
-            ms(quantile(&all, 1.0)),
+            "  change -> every poller holds it: {} over all {} samples; worst change's p99 {:.0} ms; missing {}",
+            spread(&all),
             all.len(),
             ms(worst_p99),
             missing
         );
         println!(
-            "  restart (SIGTERM -> every poller holds the next change): p50 {:.0} / p99 {:.0} / max {:.0} ms, missing {}; down {:.0} ms; new process CPU {} ms, bytes {}",
-            ms(quantile(rl, 0.5)),
-            ms(quantile(rl, 0.99)),
-            ms(quantile(rl, 1.0)),
+            "  restart (SIGTERM -> every poller holds the next change): {}, missing {}; down {:.0} ms; new process CPU {} ms, bytes {}",
+            spread(rl),
             r.restart.missing,
             ms(r.restart_down),
             r.restart.cpu_ms,
