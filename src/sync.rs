@@ -47,6 +47,9 @@ pub const LEASE_TTL_MS: u64 = 2_000;
 pub const BACKOFF_MIN_MS: u64 = 250;
 pub const BACKOFF_MAX_MS: u64 = 10_000;
 
+/// Whether this build asks for deltas (SPEC "Delivery to many proxies").
+const DELTAS: bool = cfg!(feature = "table-deltas");
+
 /// The shared-data keys of one table source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -54,8 +57,7 @@ pub struct Keys {
     pub table: String,
     /// The shared table's stamp, `"<version>[ <epoch>]"`: small, read each tick.
     pub stamp: String,
-    /// The last delta shared, after its base's stamp and a newline; empty
-    /// after a whole table.
+    /// The last delta shared (it names its base); empty after a whole table.
     pub delta: String,
     pub ok_at: String,
 }
@@ -187,24 +189,22 @@ impl Follower {
         if !shared.is_newer_than(self.local.as_ref()) {
             return;
         }
+        // The delta names its base: one that does not apply here (another
+        // base, or none after a whole table) is no fault, the poller
+        // validated it; this VM then reads the whole.
         let mut taken = None;
-        let raw = self.raw.take().filter(|_| cfg!(feature = "table-deltas"));
-        if let (Some(raw), Some(held)) = (raw, &self.local) {
-            let base = held.encode();
-            if let Ok((Some(value), _)) = vm.host.shared_get(&self.keys.delta) {
-                if let Some(body) = value.strip_prefix(base.as_bytes()).and_then(|v| v.strip_prefix(b"\n")) {
-                    match read(vm, body, true, Some(raw), None).and_then(|(raw, _)| compile(vm, raw)) {
-                        Ok(table) => taken = Some(table),
-                        Err(e) => self.discard(vm, e),
-                    }
-                }
+        if let (Some(raw), true) = (self.raw.take(), DELTAS) {
+            if let Ok((Some(delta), _)) = vm.host.shared_get(&self.keys.delta) {
+                taken = delta::read_onto(Some(raw), &delta, &vm.settings.limits, None)
+                    .and_then(|(raw, _)| compile(vm, raw))
+                    .ok();
             }
         }
         let taken = match taken {
             Some(table) => Ok(table),
             None => {
                 let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-                let read = read(vm, &bytes, false, None, None);
+                let read = RawTable::from_companion_json(&bytes, &vm.settings.limits);
                 // Freed before compiling: a wasm VM's linear memory keeps its peak.
                 drop(bytes);
                 read.and_then(|(raw, _)| compile(vm, raw))
@@ -225,7 +225,7 @@ impl Follower {
         vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
         self.local = Some(Held::of(&table));
         // Kept only where deltas are built in: else the memory is wasted.
-        self.raw = cfg!(feature = "table-deltas").then_some(raw);
+        self.raw = DELTAS.then_some(raw);
         vm.install(table);
     }
 
@@ -240,7 +240,7 @@ impl Follower {
         let sep = if isogroup_core::text::has_byte(self.source.path.as_bytes(), b'?') { '&' } else { '?' };
         let (base, wait) = (&self.source.path, self.source.wait_s);
         // A delta only onto a table held as read, with an epoch.
-        let delta = if self.raw.is_some() { "&delta=1" } else { "" };
+        let delta = if DELTAS && self.raw.is_some() { "&delta=1" } else { "" };
         let path = match &self.local {
             None => base.clone(),
             // Only a valid epoch is sent, and a valid one is URL-safe.
@@ -312,25 +312,30 @@ impl Follower {
     /// not valid is rejected and counted; a delta is discarded and counted,
     /// and the whole table fetched at once.
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], delta: bool, now: u64) {
-        let delta = cfg!(feature = "table-deltas") && delta;
-        // A whole table is read without the raw one held beside it. The
-        // shared whole must be the table held: a delta patches one and is
-        // spliced into the other.
-        let onto = self.raw.take().filter(|_| delta && self.shared(vm) == self.local);
+        let delta = DELTAS && delta;
+        let limits = &vm.settings.limits;
         let mut whole = Vec::new();
-        if onto.is_some() {
-            whole = vm.host.shared_get(&self.keys.table).ok().and_then(|(bytes, _)| bytes).unwrap_or_default();
-        }
-        let splice = delta.then_some(&mut whole);
-        let (raw, table, unknown) =
-            match read(vm, body, delta, onto, splice).and_then(|(raw, unknown)| Ok((compile(vm, raw)?, unknown))) {
-                Ok(((raw, table), unknown)) => (raw, table, unknown),
-                Err(e) if delta => {
-                    self.answered(vm, now);
-                    return self.discard(vm, e);
-                }
-                Err(e) => return self.reject(vm, e, now),
-            };
+        let read = if delta {
+            // Onto the table held, which must be the shared whole: a delta
+            // patches one and is spliced into the other.
+            let onto = self.raw.take().filter(|_| self.shared(vm) == self.local);
+            if onto.is_some() {
+                whole = vm.host.shared_get(&self.keys.table).ok().and_then(|(bytes, _)| bytes).unwrap_or_default();
+            }
+            delta::read_onto(onto, body, limits, Some(&mut whole))
+        } else {
+            // A whole table is read without the raw one held beside it.
+            self.raw = None;
+            RawTable::from_companion_json(body, limits)
+        };
+        let (raw, table, unknown) = match read.and_then(|(raw, unknown)| Ok((compile(vm, raw)?, unknown))) {
+            Ok(((raw, table), unknown)) => (raw, table, unknown),
+            Err(e) if delta => {
+                self.answered(vm, now);
+                return self.discard(vm, e);
+            }
+            Err(e) => return self.reject(vm, e, now),
+        };
         // A newer companion's fields: skipped (SPEC), said once.
         if !unknown.is_empty() && !self.told_unknown {
             self.told_unknown = true;
@@ -348,21 +353,16 @@ impl Follower {
         if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
         }
-        // The delta after its base's stamp: a VM holding that base applies it.
-        let mut shared_delta = Vec::new();
-        if let (true, Some(base)) = (delta, &self.local) {
-            shared_delta = cat!(base.encode(), "\n").into_bytes();
-            shared_delta.extend_from_slice(body);
-        }
-        let whole = if delta { &whole } else { body };
+        // A VM holding the delta's base applies it; none after a whole table.
+        let (whole, shared_delta) = if delta { (&whole[..], body) } else { (body, &[][..]) };
         // Table and delta first, stamp last: a VM that sees the stamp finds
         // them (or newer ones).
         let stamp = held.encode();
         let written = vm
             .host
             .shared_set(&self.keys.table, whole, None)
-            .and_then(|()| match cfg!(feature = "table-deltas") {
-                true => vm.host.shared_set(&self.keys.delta, &shared_delta, None),
+            .and_then(|()| match DELTAS {
+                true => vm.host.shared_set(&self.keys.delta, shared_delta, None),
                 false => Ok(()),
             })
             .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
@@ -407,24 +407,6 @@ impl Follower {
         self.failures = self.failures.saturating_add(1);
         self.next_poll_ms = now.saturating_add(backoff_ms(self.failures, &vm.id, now));
     }
-}
-
-/// What `body` makes here: a whole table read, or a delta applied onto the
-/// raw table it is based on (`onto`), its result spliced into `whole` (the
-/// base's JSON) when given.
-fn read<H: Host>(
-    vm: &Vm<H>,
-    body: &[u8],
-    delta: bool,
-    onto: Option<RawTable>,
-    whole: Option<&mut Vec<u8>>,
-) -> Result<(RawTable, Vec<String>), TableError> {
-    let limits = &vm.settings.limits;
-    // Without the feature, no delta is asked for nor read (the code is not linked).
-    if !delta || !cfg!(feature = "table-deltas") {
-        return RawTable::from_companion_json(body, limits);
-    }
-    delta::read_onto(onto, body, limits, whole)
 }
 
 /// A raw table compiled as this VM's config says.

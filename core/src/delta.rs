@@ -29,8 +29,9 @@ type Span = (usize, usize);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawDelta {
-    pub base_version: u64,
-    pub base_epoch: Option<String>,
+    /// `base`: its `version` and `epoch` (the other fields left at their
+    /// defaults).
+    pub base: RawTable,
     /// The new table's `version`, `epoch`, `set` (as `services`) and the
     /// fields `replace` gives (the others left at their defaults).
     pub changes: RawTable,
@@ -54,14 +55,19 @@ pub struct Parsed {
     pub unknown: Vec<String>,
 }
 
-fn refused(path: &str, message: &str) -> TableError {
+/// One body for every refusal that is not the reader's.
+#[inline(never)]
+fn refused((path, message): (&str, &str)) -> TableError {
     TableError::Json { path: path.to_owned(), message: message.to_owned() }
 }
 
+const NOT_HELD: (&str, &str) = ("base", "not the table held");
+
 impl RawDelta {
     /// Parses (not yet applies) a delta, refusing one over `max_table_bytes`.
-    /// One pass of the table reader: `set` is read as a table's `services`,
-    /// `replace` as a table (so a problem inside is named as in a table).
+    /// One pass of the table reader: `base` is read as a table's `version`
+    /// and `epoch`, `set` as a table's `services`, `replace` as a table (so
+    /// a problem inside is named as in a table).
     pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<Parsed, TableError> {
         if bytes.len() > limits.max_table_bytes {
             return Err(TableError::TooManyBytes { field: "delta", size: bytes.len(), limit: limits.max_table_bytes });
@@ -74,14 +80,8 @@ impl RawDelta {
 
     /// Whether this delta applies onto a table stamped (`epoch`, `version`).
     pub fn has_base(&self, version: u64, epoch: Option<&str>) -> bool {
-        self.base_version == version && self.base_epoch.as_deref() == epoch
+        self.base.version == version && self.base.epoch.as_deref() == epoch
     }
-}
-
-/// A key a strict object does not know (the delta's top level, `base`):
-/// lenient reading skipped it, this refuses it.
-fn unknown(r: &Reader<'_>) -> crate::json::JsonError {
-    r.err_key("unknown field", true)
 }
 
 /// A delta object: strict at the top level and in `base`, lenient inside
@@ -92,15 +92,12 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
         let at = r.key_span().0;
         match r.field(key, DELTA_FIELDS, &mut seen)? {
             Some(0) => {
-                let mut seen = 0;
-                r.object("a delta base", &mut |r, key| {
-                    match r.field(key, TABLE_FIELDS.get(..2).unwrap_or_default(), &mut seen)? {
-                        Some(0) => d.base_version = r.uint(u64::MAX, "u64")?,
-                        Some(_) => d.base_epoch = r.opt_string()?,
-                        None => return Err(unknown(r)),
-                    }
-                    Ok(())
-                })?;
+                // Strict inside the lenient read: a key `base` does not
+                // know refuses the delta.
+                let lenient = r.unknown.take();
+                let base = read::table_into(r, limits, &mut d.base, TABLE_FIELDS.get(..2).unwrap_or_default());
+                r.unknown = lenient;
+                base?;
             }
             Some(1) => {
                 d.changes.version = r.uint(u64::MAX, "u64")?;
@@ -118,20 +115,24 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
             Some(4) => {
                 d.remove = r.strings()?;
                 // `patch` and `splice` binary search it.
-                if d.remove.windows(2).any(|pair| pair[0] >= pair[1]) {
-                    return Err(r.err("expected service names in order, each once"));
+                let mut last: Option<&String> = None;
+                for name in &d.remove {
+                    if last.is_some_and(|last| last >= name) {
+                        return Err(r.err("expected service names in order, each once"));
+                    }
+                    last = Some(name);
                 }
             }
             Some(_) => {
                 let inside = r.at() + 1;
-                d.replaced = read::table_into(r, limits, &mut d.changes)?;
+                d.replaced = read::table_into(r, limits, &mut d.changes, TABLE_FIELDS)?;
                 // version, epoch, services: the delta's own members.
                 if d.replaced & 0b1_0011 != 0 {
                     return Err(r.err("version, epoch and services are not replaced whole"));
                 }
                 d.replace_at = (inside, r.end() - 1);
             }
-            None => return Err(unknown(r)),
+            None => return Err(r.err_key("unknown field", true)),
         }
         Ok(())
     })?;
@@ -145,19 +146,21 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
 /// (`onto`; `None`, nothing held as read, is refused as not its base):
 /// parsed, spliced into `whole` (the base's JSON) when given, and patched,
 /// not yet compiled; with the names of the fields skipped inside it (for
-/// the caller to log). Both builds' pollers take a delta with this.
+/// the caller to log). Both builds' pollers, and the wasm build's VMs,
+/// take a delta with this.
 pub fn read_onto(
     onto: Option<RawTable>,
     delta_json: &[u8],
     limits: &Limits,
     whole: Option<&mut Vec<u8>>,
 ) -> Result<(RawTable, Vec<String>), TableError> {
-    let raw = onto.ok_or_else(|| refused("base", "not the table held"))?;
-    let parsed = RawDelta::from_json(delta_json, limits)?;
+    let mut raw = onto.ok_or_else(|| refused(NOT_HELD))?;
+    let mut parsed = RawDelta::from_json(delta_json, limits)?;
     if let Some(whole) = whole {
         *whole = splice(whole, delta_json, &parsed, limits)?;
     }
-    Ok((patch(raw, parsed.delta)?, parsed.unknown))
+    patch_in(&mut raw, &mut parsed.delta).map_err(refused)?;
+    Ok((raw, parsed.unknown))
 }
 
 /// The table `delta` makes of `raw`, compiled: refused when `raw` is not
@@ -178,15 +181,21 @@ pub fn apply(
 }
 
 /// `apply` without the compile: the raw table `delta` makes of `raw`, for a
-/// caller that compiles it its own way (the filter, with or without rules).
-pub fn patch(mut raw: RawTable, delta: RawDelta) -> Result<RawTable, TableError> {
-    if !delta.has_base(raw.version, raw.epoch.as_deref()) {
-        return Err(refused("base", "not the table held"));
+/// caller that compiles it its own way.
+pub fn patch(mut raw: RawTable, mut delta: RawDelta) -> Result<RawTable, TableError> {
+    patch_in(&mut raw, &mut delta).map_err(refused)?;
+    Ok(raw)
+}
+
+/// `patch` in place, the parts of `d` it takes moved out of it; on a
+/// refusal `raw` is left half made (the caller drops it).
+fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &'static str)> {
+    let (base, new) = (&d.base, &mut d.changes);
+    if (base.version, &base.epoch) != (raw.version, &raw.epoch) {
+        return Err(NOT_HELD);
     }
-    let new = delta.changes;
-    let base = Stamp::new(delta.base_epoch.as_deref(), delta.base_version);
-    if !Stamp::new(new.epoch.as_deref(), new.version).is_newer_than(&base) {
-        return Err(refused("version", "not newer than the delta's base"));
+    if !Stamp::new(new.epoch.as_deref(), new.version).is_newer_than(&Stamp::new(base.epoch.as_deref(), base.version)) {
+        return Err(("version", "not newer than the delta's base"));
     }
     // The base's services but those set or removed, then those set: sorted
     // once (a name given twice cannot come of it).
@@ -194,36 +203,36 @@ pub fn patch(mut raw: RawTable, delta: RawDelta) -> Result<RawTable, TableError>
     let mut removed = 0;
     for (name, service) in core::mem::take(&mut raw.services) {
         let set = new.services.contains_key(name.as_str());
-        if delta.remove.binary_search(&name).is_ok() {
-            removed += if set { delta.remove.len() + 1 } else { 1 };
+        if d.remove.binary_search(&name).is_ok() {
+            removed += if set { d.remove.len() + 1 } else { 1 };
         } else if !set {
             services.push_read(name, service, &mut twice);
         }
     }
-    if removed != delta.remove.len() {
-        return Err(refused("remove", "names a service the base does not have, or one also in `set`"));
-    }
-    for (name, service) in new.services {
+    for (name, service) in core::mem::take(&mut new.services) {
         services.push_read(name, service, &mut twice);
     }
-    services.sort_read(twice).map_err(|name| refused(&name, "set twice"))?;
+    if removed != d.remove.len() || services.sort_read(twice).is_err() {
+        return Err(("remove", "names a service the base does not have, or one also in `set`"));
+    }
     raw.services = services;
-    let replaced = |field: usize| delta.replaced & (1 << field) != 0;
+    // Swapped, not assigned: the base's go with the delta.
+    let replaced = |field: usize| d.replaced & (1 << field) != 0;
     if replaced(2) {
-        raw.base_group = new.base_group;
+        core::mem::swap(&mut raw.base_group, &mut new.base_group);
     }
     if replaced(3) {
-        raw.groups = new.groups;
+        core::mem::swap(&mut raw.groups, &mut new.groups);
     }
     if replaced(5) {
-        raw.sources = new.sources;
+        core::mem::swap(&mut raw.sources, &mut new.sources);
     }
     if replaced(6) {
-        raw.rules = new.rules;
+        core::mem::swap(&mut raw.rules, &mut new.rules);
     }
     raw.version = new.version;
-    raw.epoch = new.epoch;
-    Ok(raw)
+    core::mem::swap(&mut raw.epoch, &mut new.epoch);
+    Ok(())
 }
 
 /// The whole table's JSON that `delta` (parsed from `delta_json`) makes of

@@ -49,8 +49,9 @@ pub(crate) struct Reader<'a> {
     /// members as written (`delta.rs`).
     key_start: usize,
     /// `Some` in a lenient parse: the unknown field names skipped, as
-    /// `push_key` shows them, at most `MAX_UNKNOWN_KEPT`.
-    unknown: Option<Vec<String>>,
+    /// `push_key` shows them, at most `MAX_UNKNOWN_KEPT`. (A delta takes
+    /// it out to read its `base` strictly.)
+    pub(crate) unknown: Option<Vec<String>>,
 }
 
 /// Parses one whole document with `read`; bytes after it are an error, so a
