@@ -10,11 +10,13 @@
 //!
 //! Deltas (SPEC "Delivery to many proxies"): the poller asks `delta=1`
 //! while it holds its table as read (`raw`); a delta is applied onto that
-//! table only, spliced into the whole table's JSON in shared data (for a VM
-//! that must compile the whole) and itself shared, after the stamp of its
-//! base: a VM whose installed table is that base applies it onto its own
-//! raw table instead of reading the whole. A delta that fails anywhere is
-//! discarded and counted; the poller then fetches the whole table at once.
+//! table only and, once valid, appended to the deltas shared after the
+//! last whole table: a VM brings its own raw table on through those based
+//! on it (usually just the last), and a VM that cannot (new, or too far
+//! behind) reads the whole and brings it on through them all. A delta that
+//! fails is discarded and counted; the poller then fetches the whole table
+//! at once. After `MAX_SHARED_DELTAS` the poller asks for the whole again,
+//! so a new VM never applies more than that.
 //!
 //! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
 //! companion's cluster, authority and path): two plugin configs in one
@@ -46,6 +48,9 @@ const POLLER_ID_KEY: &str = "isogroup/poller-id";
 pub const LEASE_TTL_MS: u64 = 2_000;
 pub const BACKOFF_MIN_MS: u64 = 250;
 pub const BACKOFF_MAX_MS: u64 = 10_000;
+/// Deltas shared after a whole table before the poller asks for the whole
+/// again: what a VM that starts then applies at most.
+pub const MAX_SHARED_DELTAS: usize = 16;
 
 /// Whether this build asks for deltas (SPEC "Delivery to many proxies").
 const DELTAS: bool = cfg!(feature = "table-deltas");
@@ -54,11 +59,12 @@ const DELTAS: bool = cfg!(feature = "table-deltas");
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     pub lease: String,
+    /// The last whole table.
     pub table: String,
     /// The shared table's stamp, `"<version>[ <epoch>]"`: small, read each tick.
     pub stamp: String,
-    /// The last delta shared (it names its base); empty after a whole table.
-    pub delta: String,
+    /// The deltas after that table, in order (`delta::push_delta`).
+    pub deltas: String,
     pub ok_at: String,
 }
 
@@ -74,7 +80,7 @@ impl Keys {
             lease: cat!(prefix, "/poller-lease"),
             table: cat!(prefix, "/table"),
             stamp: cat!(prefix, "/table-stamp"),
-            delta: cat!(prefix, "/table-delta"),
+            deltas: cat!(prefix, "/table-deltas"),
             ok_at: cat!(prefix, "/table-ok-at"),
         }
     }
@@ -189,25 +195,28 @@ impl Follower {
         if !shared.is_newer_than(self.local.as_ref()) {
             return;
         }
-        // The delta names its base: one that does not apply here (another
-        // base, or none after a whole table) is no fault, the poller
-        // validated it; this VM then reads the whole.
-        let mut taken = None;
-        if let (Some(raw), true) = (self.raw.take(), DELTAS) {
-            if let Ok((Some(delta), _)) = vm.host.shared_get(&self.keys.delta) {
-                taken = delta::read_onto(Some(raw), &delta, &vm.settings.limits, None)
-                    .and_then(|(raw, _)| compile(vm, raw))
-                    .ok();
-            }
+        // Its own table brought on by the shared deltas when they reach
+        // the shared stamp from it, else the whole and every delta after.
+        // The poller validated them: one that does not apply here is no
+        // fault of theirs (a config sharing the source may differ).
+        let mut deltas = Vec::new();
+        if DELTAS {
+            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
         }
-        let taken = match taken {
-            Some(table) => Ok(table),
+        let limits = &vm.settings.limits;
+        let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
+        let taken = match own.filter(|raw| (raw.version, &raw.epoch) == (shared.version, &shared.epoch)) {
+            Some(raw) => compile(vm, raw),
             None => {
                 let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-                let read = RawTable::from_companion_json(&bytes, &vm.settings.limits);
+                let read = RawTable::from_companion_json(&bytes, limits);
                 // Freed before compiling: a wasm VM's linear memory keeps its peak.
                 drop(bytes);
-                read.and_then(|(raw, _)| compile(vm, raw))
+                read.and_then(|(raw, _)| match DELTAS {
+                    true => delta::catch_up(raw, &deltas, limits),
+                    false => Ok(raw),
+                })
+                .and_then(|raw| compile(vm, raw))
             }
         };
         match taken {
@@ -314,15 +323,11 @@ impl Follower {
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], delta: bool, now: u64) {
         let delta = DELTAS && delta;
         let limits = &vm.settings.limits;
-        let mut whole = Vec::new();
         let read = if delta {
-            // Onto the table held, which must be the shared whole: a delta
-            // patches one and is spliced into the other.
+            // Onto the table held, which must be the process's: the delta
+            // goes after the ones shared, which bring the whole to it.
             let onto = self.raw.take().filter(|_| self.shared(vm) == self.local);
-            if onto.is_some() {
-                whole = vm.host.shared_get(&self.keys.table).ok().and_then(|(bytes, _)| bytes).unwrap_or_default();
-            }
-            delta::read_onto(onto, body, limits, Some(&mut whole))
+            delta::read_onto(onto, body, limits)
         } else {
             // A whole table is read without the raw one held beside it.
             self.raw = None;
@@ -353,19 +358,25 @@ impl Follower {
         if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
         }
-        // A VM holding the delta's base applies it; none after a whole table.
-        let (whole, shared_delta) = if delta { (&whole[..], body) } else { (body, &[][..]) };
-        // Table and delta first, stamp last: a VM that sees the stamp finds
-        // them (or newer ones).
+        // A whole table, and no delta after it yet; or the delta after the
+        // ones shared.
+        let mut deltas = Vec::new();
+        if let (true, Some(base)) = (delta, &self.local) {
+            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
+            delta::push_delta(&mut deltas, base.version, body);
+        }
+        // The whole (or deltas) first, stamp last: a VM that sees the stamp
+        // finds them (or newer ones).
         let stamp = held.encode();
-        let written = vm
-            .host
-            .shared_set(&self.keys.table, whole, None)
-            .and_then(|()| match DELTAS {
-                true => vm.host.shared_set(&self.keys.delta, shared_delta, None),
-                false => Ok(()),
-            })
-            .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
+        let written = match delta {
+            true => Ok(()),
+            false => vm.host.shared_set(&self.keys.table, body, None),
+        }
+        .and_then(|()| match DELTAS {
+            true => vm.host.shared_set(&self.keys.deltas, &deltas, None),
+            false => Ok(()),
+        })
+        .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
             vm.log(LogLevel::Error, &cat!("cannot share table ", stamp, ": ", e));
             return;
@@ -375,7 +386,12 @@ impl Follower {
             LogLevel::Info,
             &cat!("vm ", vm.id, ": table ", stamp, " accepted (", table.service_count(), " services)"),
         );
+        // Enough deltas shared: the next poll asks for the whole.
+        let full = deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
         self.install(vm, raw, table);
+        if full {
+            self.raw = None;
+        }
     }
 
     /// Every reject is logged (rare, and each one matters); the poll backs

@@ -6,9 +6,9 @@
 //! as a whole table is (`apply`). Its top level and `base` are strict (an
 //! unknown key refuses it: the client then fetches the whole table); inside
 //! `set` values and `replace` a newer companion's fields are skipped, as in
-//! a whole table from a companion. `splice` makes the whole table's JSON
-//! from the base's and the delta's, copying members as written, so a reader
-//! of the spliced JSON gets exactly the table `apply` makes.
+//! a whole table from a companion. `catch_up` brings a table on through
+//! deltas in order (the wasm build shares the last whole table and the
+//! deltas after it, not a table spliced for each one).
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -24,9 +24,6 @@ pub const DELTA_CONTENT_TYPE: &str = "application/vnd.isogroup.delta.v1+json";
 
 const DELTA_FIELDS: &[&str] = &["base", "version", "epoch", "set", "remove", "replace"];
 
-/// Bytes of the delta's JSON: (start, end).
-type Span = (usize, usize);
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawDelta {
     /// `base`: its `version` and `epoch` (the other fields left at their
@@ -39,12 +36,6 @@ pub struct RawDelta {
     pub remove: Vec<String>,
     /// The fields `replace` gives, one bit per `TABLE_FIELDS` index.
     replaced: u32,
-    /// What `splice` copies as written: the `version` and `epoch` members,
-    /// and the members inside `set` and inside `replace`.
-    version_at: Span,
-    epoch_at: Option<Span>,
-    set_at: Span,
-    replace_at: Span,
 }
 
 /// A parsed delta, and the names of the fields skipped inside `set` values
@@ -73,7 +64,6 @@ impl RawDelta {
             return Err(TableError::TooManyBytes { field: "delta", size: bytes.len(), limit: limits.max_table_bytes });
         }
         let mut delta = RawDelta::default();
-        // Read into `delta`: the reader's set-up is the one `splice` uses.
         let ((), unknown) = document(bytes, true, &mut |r| read_delta(r, limits, &mut delta))?;
         Ok(Parsed { delta, unknown })
     }
@@ -89,7 +79,6 @@ impl RawDelta {
 fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> {
     let (mut seen, mut cluster_entries) = (0, 0);
     r.object("a delta object", &mut |r, key| {
-        let at = r.key_span().0;
         match r.field(key, DELTA_FIELDS, &mut seen)? {
             Some(0) => {
                 // Strict inside the lenient read: a key `base` does not
@@ -99,22 +88,12 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
                 r.unknown = lenient;
                 base?;
             }
-            Some(1) => {
-                d.changes.version = r.uint(u64::MAX, "u64")?;
-                d.version_at = (at, r.end());
-            }
-            Some(2) => {
-                d.changes.epoch = r.opt_string()?;
-                d.epoch_at = Some((at, r.end()));
-            }
-            Some(3) => {
-                let inside = r.at() + 1;
-                d.changes.services = read::services(r, limits, &mut cluster_entries)?;
-                d.set_at = (inside, r.end() - 1);
-            }
+            Some(1) => d.changes.version = r.uint(u64::MAX, "u64")?,
+            Some(2) => d.changes.epoch = r.opt_string()?,
+            Some(3) => d.changes.services = read::services(r, limits, &mut cluster_entries)?,
             Some(4) => {
                 d.remove = r.strings()?;
-                // `patch` and `splice` binary search it.
+                // `patch` binary searches it.
                 let mut last: Option<&String> = None;
                 for name in &d.remove {
                     if last.is_some_and(|last| last >= name) {
@@ -124,13 +103,11 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
                 }
             }
             Some(_) => {
-                let inside = r.at() + 1;
                 d.replaced = read::table_into(r, limits, &mut d.changes, TABLE_FIELDS)?;
                 // version, epoch, services: the delta's own members.
                 if d.replaced & 0b1_0011 != 0 {
                     return Err(r.err("version, epoch and services are not replaced whole"));
                 }
-                d.replace_at = (inside, r.end() - 1);
             }
             None => return Err(r.err_key("unknown field", true)),
         }
@@ -144,23 +121,48 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
 
 /// What a delta answer makes of the table its poller holds as read
 /// (`onto`; `None`, nothing held as read, is refused as not its base):
-/// parsed, spliced into `whole` (the base's JSON) when given, and patched,
-/// not yet compiled; with the names of the fields skipped inside it (for
-/// the caller to log). Both builds' pollers, and the wasm build's VMs,
-/// take a delta with this.
+/// parsed and patched, not yet compiled; with the names of the fields
+/// skipped inside it (for the caller to log). Both builds' pollers take a
+/// delta with this.
 pub fn read_onto(
     onto: Option<RawTable>,
     delta_json: &[u8],
     limits: &Limits,
-    whole: Option<&mut Vec<u8>>,
 ) -> Result<(RawTable, Vec<String>), TableError> {
     let mut raw = onto.ok_or_else(|| refused(NOT_HELD))?;
-    let mut parsed = RawDelta::from_json(delta_json, limits)?;
-    if let Some(whole) = whole {
-        *whole = splice(whole, delta_json, &parsed, limits)?;
+    let Parsed { mut delta, unknown } = RawDelta::from_json(delta_json, limits)?;
+    patch_in(&mut raw, &mut delta).map_err(refused)?;
+    Ok((raw, unknown))
+}
+
+/// Appends a delta's JSON (valid, so it holds no NUL), based on a table of
+/// version `base`, to `deltas` as `catch_up` reads them: a NUL between two,
+/// each after its base's version and a newline (what a reader skips by).
+pub fn push_delta(deltas: &mut Vec<u8>, base: u64, json: &[u8]) {
+    if !deltas.is_empty() {
+        deltas.push(0);
     }
-    patch_in(&mut raw, &mut parsed.delta).map_err(refused)?;
-    Ok((raw, parsed.unknown))
+    deltas.extend_from_slice(crate::text::text_of(&base).as_bytes());
+    deltas.push(b'\n');
+    deltas.extend_from_slice(json);
+}
+
+/// `raw` brought on by `deltas` (`push_delta`'s, in the order published):
+/// each one based on the table's version as it then stands is applied
+/// (refused unless exactly onto its base, as `read_onto` refuses a delta),
+/// any other skipped unread; a table that is the base of none comes out as
+/// it went in.
+pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<RawTable, TableError> {
+    let mut rest = deltas;
+    while let Some((base, after)) = crate::text::split_byte(rest, b'\n') {
+        let (json, after) = crate::text::split_byte(after, 0).unwrap_or((after, &[]));
+        rest = after;
+        if crate::text::parse_u64(base) == Some(raw.version) {
+            let mut delta = RawDelta::from_json(json, limits)?.delta;
+            patch_in(&mut raw, &mut delta).map_err(refused)?;
+        }
+    }
+    Ok(raw)
 }
 
 /// The table `delta` makes of `raw`, compiled: refused when `raw` is not
@@ -233,63 +235,6 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
     raw.version = new.version;
     core::mem::swap(&mut raw.epoch, &mut new.epoch);
     Ok(())
-}
-
-/// The whole table's JSON that `delta` (parsed from `delta_json`) makes of
-/// `whole` (its base's JSON): the base's members and services as written,
-/// but for the stamp, the services set or removed and the fields replaced,
-/// which come from the delta as written. Refused over `max_table_bytes`.
-pub fn splice(whole: &[u8], delta_json: &[u8], parsed: &Parsed, limits: &Limits) -> Result<Vec<u8>, TableError> {
-    let d = &parsed.delta;
-    let mut out = Vec::with_capacity(whole.len() + delta_json.len());
-    let mut services = Vec::new();
-    out.push(b'{');
-    out.extend_from_slice(part(delta_json, d.version_at));
-    for at in d.epoch_at.into_iter().chain([d.replace_at]) {
-        push_members(&mut out, part(delta_json, at));
-    }
-    document(whole, true, &mut |r| {
-        r.object("a route table object", &mut |r, name| {
-            let start = r.key_span().0;
-            let field = TABLE_FIELDS.iter().position(|f| *f == name);
-            if field == Some(4) {
-                return r.object("a map", &mut |r, name| {
-                    let start = r.key_span().0;
-                    r.skip()?;
-                    if !d.changes.services.contains_key(name.as_str()) && d.remove.binary_search(&name).is_err() {
-                        push_members(&mut services, part(whole, (start, r.end())));
-                    }
-                    Ok(())
-                });
-            }
-            r.skip()?;
-            if !field.is_some_and(|i| i < 2 || d.replaced & (1 << i) != 0) {
-                push_members(&mut out, part(whole, (start, r.end())));
-            }
-            Ok(())
-        })
-    })?;
-    push_members(&mut services, part(delta_json, d.set_at));
-    out.extend_from_slice(b",\"services\":{");
-    // Each member came after a `,`: not the first.
-    out.extend_from_slice(services.get(1..).unwrap_or_default());
-    out.extend_from_slice(b"}}");
-    if out.len() > limits.max_table_bytes {
-        return Err(TableError::TooManyBytes { field: "table", size: out.len(), limit: limits.max_table_bytes });
-    }
-    Ok(out)
-}
-
-fn part(doc: &[u8], (start, end): Span) -> &[u8] {
-    doc.get(start..end).unwrap_or_default()
-}
-
-/// `,` and `json` (members as written), unless there are none.
-fn push_members(out: &mut Vec<u8>, json: &[u8]) {
-    if !json.trim_ascii().is_empty() {
-        out.push(b',');
-        out.extend_from_slice(json);
-    }
 }
 
 #[cfg(test)]
