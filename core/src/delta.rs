@@ -130,9 +130,21 @@ pub fn read_onto(
     limits: &Limits,
 ) -> Result<(RawTable, Vec<String>), TableError> {
     let mut raw = onto.ok_or_else(|| refused(NOT_HELD))?;
-    let Parsed { mut delta, unknown } = RawDelta::from_json(delta_json, limits)?;
-    patch_in(&mut raw, &mut delta).map_err(refused)?;
+    let unknown = read_into(&mut raw, delta_json, limits)?;
     Ok((raw, unknown))
+}
+
+/// `read_onto` in place (`raw` left half made on a refusal): one body for
+/// the poller's delta and each a VM catches up with.
+#[inline(never)]
+fn read_into(raw: &mut RawTable, delta_json: &[u8], limits: &Limits) -> Result<Vec<String>, TableError> {
+    if delta_json.len() > limits.max_table_bytes {
+        return Err(TableError::TooManyBytes { field: "delta", size: delta_json.len(), limit: limits.max_table_bytes });
+    }
+    let mut delta = RawDelta::default();
+    let ((), unknown) = document(delta_json, true, &mut |r| read_delta(r, limits, &mut delta))?;
+    patch_in(raw, &mut delta).map_err(refused)?;
+    Ok(unknown)
 }
 
 /// Appends a delta's JSON (valid, so it holds no NUL), based on a table of
@@ -158,8 +170,7 @@ pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<Raw
         let (json, after) = crate::text::split_byte(after, 0).unwrap_or((after, &[]));
         rest = after;
         if crate::text::parse_u64(base) == Some(raw.version) {
-            let mut delta = RawDelta::from_json(json, limits)?.delta;
-            patch_in(&mut raw, &mut delta).map_err(refused)?;
+            read_into(&mut raw, json, limits)?;
         }
     }
     Ok(raw)
