@@ -326,8 +326,10 @@ impl Follower {
         let read = if delta {
             // Onto the table held, which must be the process's: the delta
             // goes after the ones shared, which bring the whole to it.
-            let onto = self.raw.take().filter(|_| self.shared(vm) == self.local);
-            delta::read_onto(onto, body, limits)
+            match self.raw.take().filter(|_| self.shared(vm) == self.local) {
+                Some(mut raw) => delta::read_into(&mut raw, body, limits).map(|unknown| (raw, unknown)),
+                None => Err(delta::not_held()),
+            }
         } else {
             // A whole table is read without the raw one held beside it.
             self.raw = None;

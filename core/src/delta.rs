@@ -129,15 +129,20 @@ pub fn read_onto(
     delta_json: &[u8],
     limits: &Limits,
 ) -> Result<(RawTable, Vec<String>), TableError> {
-    let mut raw = onto.ok_or_else(|| refused(NOT_HELD))?;
+    let mut raw = onto.ok_or_else(not_held)?;
     let unknown = read_into(&mut raw, delta_json, limits)?;
     Ok((raw, unknown))
 }
 
+/// The refusal of a delta whose base is not the table held.
+pub fn not_held() -> TableError {
+    refused(NOT_HELD)
+}
+
 /// `read_onto` in place (`raw` left half made on a refusal): one body for
-/// the poller's delta and each a VM catches up with.
+/// the poller's delta and each one a VM catches up with.
 #[inline(never)]
-fn read_into(raw: &mut RawTable, delta_json: &[u8], limits: &Limits) -> Result<Vec<String>, TableError> {
+pub fn read_into(raw: &mut RawTable, delta_json: &[u8], limits: &Limits) -> Result<Vec<String>, TableError> {
     if delta_json.len() > limits.max_table_bytes {
         return Err(TableError::TooManyBytes { field: "delta", size: delta_json.len(), limit: limits.max_table_bytes });
     }
