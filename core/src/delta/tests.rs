@@ -65,7 +65,7 @@ fn table_v(version: u64) -> Value {
 }
 
 #[test]
-fn a_delta_applies_onto_its_base_and_splices_the_same_table() {
+fn a_delta_applies_onto_its_base_and_reads_as_the_poller_reads_it() {
     let old = table_v(1);
     let mut new = table_v(2);
     new["services"]["c"] = json!({"hosts": ["c"], "clusters": {"base": "c-base"}});
