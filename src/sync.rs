@@ -15,8 +15,9 @@
 //! on it (usually just the last), and a VM that cannot (new, or too far
 //! behind) reads the whole and brings it on through them all. A delta that
 //! fails is discarded and counted; the poller then fetches the whole table
-//! at once. After `MAX_SHARED_DELTAS` the poller asks for the whole again,
-//! so a new VM never applies more than that.
+//! at once. After `MAX_SHARED_DELTAS`, or as many bytes of deltas as the
+//! whole, the poller asks for the whole again: a VM that starts never
+//! applies more than that, nor holds more than twice the whole's bytes.
 //!
 //! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
 //! companion's cluster, authority and path): two plugin configs in one
@@ -130,6 +131,9 @@ pub struct Follower {
     /// Beside the compiled table at no cost in peak memory: compiling holds
     /// the raw table and the table in force at once anyway.
     raw: Option<RawTable>,
+    /// The bytes of the last whole table this VM shared as the poller (0:
+    /// none yet): the deltas shared after it are kept below that.
+    whole_len: usize,
     /// Unknown table fields were logged (once per VM and source).
     told_unknown: bool,
     /// The outstanding poll, while this VM is the poller.
@@ -146,6 +150,7 @@ impl Follower {
             keys,
             local: None,
             raw: None,
+            whole_len: 0,
             told_unknown: false,
             in_flight: None,
             failures: 0,
@@ -388,10 +393,17 @@ impl Follower {
             LogLevel::Info,
             &cat!("vm ", vm.id, ": table ", stamp, " accepted (", table.service_count(), " services)"),
         );
-        // Enough deltas shared: the next poll asks for the whole.
-        let full = deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
+        // Enough deltas shared (as many as `MAX_SHARED_DELTAS`, or as many
+        // bytes as the whole, or a whole this VM did not share: a VM that
+        // starts holds the whole and them at once): the next poll asks for
+        // the whole.
+        if !delta {
+            self.whole_len = body.len();
+        }
+        let full =
+            deltas.len() >= self.whole_len || deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
         self.install(vm, raw, table);
-        if full {
+        if DELTAS && full {
             self.raw = None;
         }
     }

@@ -236,9 +236,28 @@ fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_bac
     assert!(deltas_applied > 200 && discarded_total > 150, "{deltas_applied} applied, {discarded_total} discarded");
 }
 
-/// After `MAX_SHARED_DELTAS` deltas the poller asks for the whole table,
-/// which replaces the shared whole and clears the deltas: a VM that starts
-/// never applies more than that many.
+/// Deltas through one poller onto `table` until its next poll asks for the
+/// whole table: how many it applied.
+fn deltas_until_a_whole_poll(poller: &mut Root<FakeHost>, host: &FakeHost, table: &mut Value, size: usize) -> usize {
+    for i in 0..100 {
+        poller.on_tick();
+        if !last_path(host).ends_with("&delta=1") {
+            return i;
+        }
+        let mut new = table.clone();
+        new["version"] = json!(table["version"].as_u64().unwrap() + 1);
+        new["services"][format!("s{i}")] = json!({"hosts": [format!("s{i}")], "clusters": {"base": "x".repeat(size)}});
+        answer(poller, host, &[(":status", "200"), DELTA], &diff(table, &new).to_string());
+        assert_eq!(installed(poller), new["version"].as_u64());
+        *table = new;
+    }
+    panic!("the poller never asked for the whole table");
+}
+
+/// After `MAX_SHARED_DELTAS` deltas, or as many bytes of them as the whole
+/// table, the poller asks for the whole, which replaces the shared whole
+/// and clears the deltas: a VM that starts never applies more than that
+/// many, nor holds more than twice the whole.
 #[test]
 fn after_enough_deltas_the_whole_table_is_fetched_and_the_deltas_cleared() {
     let process = Process::new();
@@ -246,34 +265,56 @@ fn after_enough_deltas_the_whole_table_is_fetched_and_the_deltas_cleared() {
     let (mut poller, host) = configured(&process, &config);
     let keys = Keys::for_source(&source());
     poller.on_tick();
+    // Large enough for `MAX_SHARED_DELTAS` small deltas.
     let mut table = v100();
-    answer(&mut poller, &host, &[(":status", "200")], &table.to_string());
-    for i in 0..MAX_SHARED_DELTAS {
-        poller.on_tick();
-        assert!(last_path(&host).ends_with("&delta=1"), "delta {i}");
-        let mut new = table.clone();
-        new["version"] = json!(101 + i);
-        new["services"][format!("s{i}")] = json!({"hosts": [format!("s{i}")], "clusters": {"base": "x"}});
-        answer(&mut poller, &host, &[(":status", "200"), DELTA], &diff(&table, &new).to_string());
-        assert_eq!(installed(&poller), new["version"].as_u64());
-        table = new;
+    for i in 0..60 {
+        table["services"][format!("pad-{i}")] = json!({"hosts": [format!("pad-{i}")], "clusters": {"base": "pad"}});
     }
+    answer(&mut poller, &host, &[(":status", "200")], &table.to_string());
+    assert_eq!(deltas_until_a_whole_poll(&mut poller, &host, &mut table, 1), MAX_SHARED_DELTAS);
     let shared_deltas = shared(&host, &keys.deltas);
     assert_eq!(shared_deltas.iter().filter(|&&b| b == 0).count(), MAX_SHARED_DELTAS - 1);
     // A VM that starts now applies them all onto the whole.
     let (mut late, _) = configured(&process, &config);
     late.on_tick();
     assert_eq!(compiled(&late), compiled_whole(&table));
-    poller.on_tick();
     let path = last_path(&host);
-    assert!(!path.contains("delta=1") && path.contains(&format!("after={}", table["version"])), "{path}");
+    assert!(path.ends_with(&format!("after={}&epoch=1000-aa&wait=25", table["version"])), "{path}");
     table["version"] = json!(200);
-    answer(&mut poller, &host, &[(":status", "200")], &table.to_string());
-    assert_eq!(raw(&shared(&host, &keys.table)), raw(table.to_string().as_bytes()));
+    let whole = table.to_string();
+    answer(&mut poller, &host, &[(":status", "200")], &whole);
+    assert_eq!(raw(&shared(&host, &keys.table)), raw(whole.as_bytes()));
     assert!(shared(&host, &keys.deltas).is_empty());
-    poller.on_tick();
-    assert!(last_path(&host).ends_with("after=200&epoch=1000-aa&wait=25&delta=1"));
+    // Deltas of about a tenth of the whole: the whole again once they are
+    // as large as it, before `MAX_SHARED_DELTAS`.
+    let n = deltas_until_a_whole_poll(&mut poller, &host, &mut table, whole.len() / 10);
+    assert!((5..MAX_SHARED_DELTAS).contains(&n), "{n}");
+    let shared_deltas = shared(&host, &keys.deltas);
+    assert!(shared_deltas.len() >= whole.len(), "{} bytes", shared_deltas.len());
+    let all_but_last = shared_deltas.iter().rposition(|&b| b == 0).unwrap();
+    assert!(all_but_last < whole.len(), "not before");
     assert_eq!(process.metric("isogroup_table_delta_fallbacks_total"), 0);
+}
+
+/// A VM that becomes the poller after another (the lease lapsed) does not
+/// know the size of the whole the deltas follow: it asks for the whole
+/// table after its first delta.
+#[test]
+fn a_new_poller_asks_for_the_whole_after_its_first_delta() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut first, host1) = configured(&process, &config);
+    let (mut second, host2) = configured(&process, &config);
+    first.on_tick();
+    let mut table = v100();
+    answer(&mut first, &host1, &[(":status", "200")], &table.to_string());
+    second.on_tick();
+    assert_eq!(installed(&second), Some(100));
+    // The first poller stops ticking; its lease lapses and the second polls.
+    host2.advance(crate::sync::LEASE_TTL_MS * 2);
+    assert_eq!(deltas_until_a_whole_poll(&mut second, &host2, &mut table, 1), 1);
+    // The first answered delta was taken and shared.
+    assert_eq!(installed(&second), Some(101));
 }
 
 // The VM CPU to install a one-service change (BENCHMARKS.md, "Table deltas
