@@ -10,11 +10,14 @@
 //!
 //! Deltas (SPEC "Delivery to many proxies"): the poller asks `delta=1`
 //! while it holds its table as read (`raw`); a delta is applied onto that
-//! table only, spliced into the whole table's JSON in shared data (for a VM
-//! that must compile the whole) and itself shared, after the stamp of its
-//! base: a VM whose installed table is that base applies it onto its own
-//! raw table instead of reading the whole. A delta that fails anywhere is
-//! discarded and counted; the poller then fetches the whole table at once.
+//! table only and, once valid, appended to the deltas shared after the
+//! last whole table: a VM brings its own raw table on through those based
+//! on it (usually just the last), and a VM that cannot (new, or too far
+//! behind) reads the whole and brings it on through them all. A delta that
+//! fails is discarded and counted; the poller then fetches the whole table
+//! at once. After `MAX_SHARED_DELTAS`, or as many bytes of deltas as the
+//! whole, the poller asks for the whole again: a VM that starts never
+//! applies more than that, nor holds more than twice the whole's bytes.
 //!
 //! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
 //! companion's cluster, authority and path): two plugin configs in one
@@ -46,17 +49,23 @@ const POLLER_ID_KEY: &str = "isogroup/poller-id";
 pub const LEASE_TTL_MS: u64 = 2_000;
 pub const BACKOFF_MIN_MS: u64 = 250;
 pub const BACKOFF_MAX_MS: u64 = 10_000;
+/// Deltas shared after a whole table before the poller asks for the whole
+/// again: what a VM that starts then applies at most.
+pub const MAX_SHARED_DELTAS: usize = 16;
+
+/// Whether this build asks for deltas (SPEC "Delivery to many proxies").
+const DELTAS: bool = cfg!(feature = "table-deltas");
 
 /// The shared-data keys of one table source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     pub lease: String,
+    /// The last whole table.
     pub table: String,
     /// The shared table's stamp, `"<version>[ <epoch>]"`: small, read each tick.
     pub stamp: String,
-    /// The last delta shared, after its base's stamp and a newline; empty
-    /// after a whole table.
-    pub delta: String,
+    /// The deltas after that table, in order (`delta::push_delta`).
+    pub deltas: String,
     pub ok_at: String,
 }
 
@@ -72,7 +81,7 @@ impl Keys {
             lease: cat!(prefix, "/poller-lease"),
             table: cat!(prefix, "/table"),
             stamp: cat!(prefix, "/table-stamp"),
-            delta: cat!(prefix, "/table-delta"),
+            deltas: cat!(prefix, "/table-deltas"),
             ok_at: cat!(prefix, "/table-ok-at"),
         }
     }
@@ -122,6 +131,9 @@ pub struct Follower {
     /// Beside the compiled table at no cost in peak memory: compiling holds
     /// the raw table and the table in force at once anyway.
     raw: Option<RawTable>,
+    /// The bytes of the last whole table this VM shared as the poller (0:
+    /// none yet): the deltas shared after it are kept below that.
+    whole_len: usize,
     /// Unknown table fields were logged (once per VM and source).
     told_unknown: bool,
     /// The outstanding poll, while this VM is the poller.
@@ -138,6 +150,7 @@ impl Follower {
             keys,
             local: None,
             raw: None,
+            whole_len: 0,
             told_unknown: false,
             in_flight: None,
             failures: 0,
@@ -187,27 +200,28 @@ impl Follower {
         if !shared.is_newer_than(self.local.as_ref()) {
             return;
         }
-        let mut taken = None;
-        let raw = self.raw.take().filter(|_| cfg!(feature = "table-deltas"));
-        if let (Some(raw), Some(held)) = (raw, &self.local) {
-            let base = held.encode();
-            if let Ok((Some(value), _)) = vm.host.shared_get(&self.keys.delta) {
-                if let Some(body) = value.strip_prefix(base.as_bytes()).and_then(|v| v.strip_prefix(b"\n")) {
-                    match read(vm, body, true, Some(raw), None).and_then(|(raw, _)| compile(vm, raw)) {
-                        Ok(table) => taken = Some(table),
-                        Err(e) => self.discard(vm, e),
-                    }
-                }
-            }
+        // Its own table brought on by the shared deltas when they reach
+        // the shared stamp from it, else the whole and every delta after.
+        // The poller validated them: one that does not apply here is no
+        // fault of theirs (a config sharing the source may differ).
+        let mut deltas = Vec::new();
+        if DELTAS {
+            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
         }
-        let taken = match taken {
-            Some(table) => Ok(table),
+        let limits = &vm.settings.limits;
+        let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
+        let taken = match own.filter(|raw| (raw.version, &raw.epoch) == (shared.version, &shared.epoch)) {
+            Some(raw) => compile(vm, raw),
             None => {
                 let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
-                let read = read(vm, &bytes, false, None, None);
+                let read = RawTable::from_companion_json(&bytes, limits);
                 // Freed before compiling: a wasm VM's linear memory keeps its peak.
                 drop(bytes);
-                read.and_then(|(raw, _)| compile(vm, raw))
+                read.and_then(|(raw, _)| match DELTAS {
+                    true => delta::catch_up(raw, &deltas, limits),
+                    false => Ok(raw),
+                })
+                .and_then(|raw| compile(vm, raw))
             }
         };
         match taken {
@@ -225,7 +239,7 @@ impl Follower {
         vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
         self.local = Some(Held::of(&table));
         // Kept only where deltas are built in: else the memory is wasted.
-        self.raw = cfg!(feature = "table-deltas").then_some(raw);
+        self.raw = DELTAS.then_some(raw);
         vm.install(table);
     }
 
@@ -240,7 +254,7 @@ impl Follower {
         let sep = if isogroup_core::text::has_byte(self.source.path.as_bytes(), b'?') { '&' } else { '?' };
         let (base, wait) = (&self.source.path, self.source.wait_s);
         // A delta only onto a table held as read, with an epoch.
-        let delta = if self.raw.is_some() { "&delta=1" } else { "" };
+        let delta = if DELTAS && self.raw.is_some() { "&delta=1" } else { "" };
         let path = match &self.local {
             None => base.clone(),
             // Only a valid epoch is sent, and a valid one is URL-safe.
@@ -312,25 +326,28 @@ impl Follower {
     /// not valid is rejected and counted; a delta is discarded and counted,
     /// and the whole table fetched at once.
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], delta: bool, now: u64) {
-        let delta = cfg!(feature = "table-deltas") && delta;
-        // A whole table is read without the raw one held beside it. The
-        // shared whole must be the table held: a delta patches one and is
-        // spliced into the other.
-        let onto = self.raw.take().filter(|_| delta && self.shared(vm) == self.local);
-        let mut whole = Vec::new();
-        if onto.is_some() {
-            whole = vm.host.shared_get(&self.keys.table).ok().and_then(|(bytes, _)| bytes).unwrap_or_default();
-        }
-        let splice = delta.then_some(&mut whole);
-        let (raw, table, unknown) =
-            match read(vm, body, delta, onto, splice).and_then(|(raw, unknown)| Ok((compile(vm, raw)?, unknown))) {
-                Ok(((raw, table), unknown)) => (raw, table, unknown),
-                Err(e) if delta => {
-                    self.answered(vm, now);
-                    return self.discard(vm, e);
-                }
-                Err(e) => return self.reject(vm, e, now),
-            };
+        let delta = DELTAS && delta;
+        let limits = &vm.settings.limits;
+        let read = if delta {
+            // Onto the table held, which must be the process's: the delta
+            // goes after the ones shared, which bring the whole to it.
+            match self.raw.take().filter(|_| self.shared(vm) == self.local) {
+                Some(mut raw) => delta::read_into(&mut raw, body, limits).map(|unknown| (raw, unknown)),
+                None => Err(delta::not_held()),
+            }
+        } else {
+            // A whole table is read without the raw one held beside it.
+            self.raw = None;
+            RawTable::from_companion_json(body, limits)
+        };
+        let (raw, table, unknown) = match read.and_then(|(raw, unknown)| Ok((compile(vm, raw)?, unknown))) {
+            Ok(((raw, table), unknown)) => (raw, table, unknown),
+            Err(e) if delta => {
+                self.answered(vm, now);
+                return self.discard(vm, e);
+            }
+            Err(e) => return self.reject(vm, e, now),
+        };
         // A newer companion's fields: skipped (SPEC), said once.
         if !unknown.is_empty() && !self.told_unknown {
             self.told_unknown = true;
@@ -348,24 +365,25 @@ impl Follower {
         if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
         }
-        // The delta after its base's stamp: a VM holding that base applies it.
-        let mut shared_delta = Vec::new();
+        // A whole table, and no delta after it yet; or the delta after the
+        // ones shared.
+        let mut deltas = Vec::new();
         if let (true, Some(base)) = (delta, &self.local) {
-            shared_delta = cat!(base.encode(), "\n").into_bytes();
-            shared_delta.extend_from_slice(body);
+            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
+            delta::push_delta(&mut deltas, base.version, body);
         }
-        let whole = if delta { &whole } else { body };
-        // Table and delta first, stamp last: a VM that sees the stamp finds
-        // them (or newer ones).
+        // The whole (or deltas) first, stamp last: a VM that sees the stamp
+        // finds them (or newer ones).
         let stamp = held.encode();
-        let written = vm
-            .host
-            .shared_set(&self.keys.table, whole, None)
-            .and_then(|()| match cfg!(feature = "table-deltas") {
-                true => vm.host.shared_set(&self.keys.delta, &shared_delta, None),
-                false => Ok(()),
-            })
-            .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
+        let written = match delta {
+            true => Ok(()),
+            false => vm.host.shared_set(&self.keys.table, body, None),
+        }
+        .and_then(|()| match DELTAS {
+            true => vm.host.shared_set(&self.keys.deltas, &deltas, None),
+            false => Ok(()),
+        })
+        .and_then(|()| vm.host.shared_set(&self.keys.stamp, stamp.as_bytes(), None));
         if let Err(e) = written {
             vm.log(LogLevel::Error, &cat!("cannot share table ", stamp, ": ", e));
             return;
@@ -375,7 +393,19 @@ impl Follower {
             LogLevel::Info,
             &cat!("vm ", vm.id, ": table ", stamp, " accepted (", table.service_count(), " services)"),
         );
+        // Enough deltas shared (as many as `MAX_SHARED_DELTAS`, or as many
+        // bytes as the whole, or a whole this VM did not share: a VM that
+        // starts holds the whole and them at once): the next poll asks for
+        // the whole.
+        if !delta {
+            self.whole_len = body.len();
+        }
+        let full =
+            deltas.len() >= self.whole_len || deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
         self.install(vm, raw, table);
+        if DELTAS && full {
+            self.raw = None;
+        }
     }
 
     /// Every reject is logged (rare, and each one matters); the poll backs
@@ -407,24 +437,6 @@ impl Follower {
         self.failures = self.failures.saturating_add(1);
         self.next_poll_ms = now.saturating_add(backoff_ms(self.failures, &vm.id, now));
     }
-}
-
-/// What `body` makes here: a whole table read, or a delta applied onto the
-/// raw table it is based on (`onto`), its result spliced into `whole` (the
-/// base's JSON) when given.
-fn read<H: Host>(
-    vm: &Vm<H>,
-    body: &[u8],
-    delta: bool,
-    onto: Option<RawTable>,
-    whole: Option<&mut Vec<u8>>,
-) -> Result<(RawTable, Vec<String>), TableError> {
-    let limits = &vm.settings.limits;
-    // Without the feature, no delta is asked for nor read (the code is not linked).
-    if !delta || !cfg!(feature = "table-deltas") {
-        return RawTable::from_companion_json(body, limits);
-    }
-    delta::read_onto(onto, body, limits, whole)
 }
 
 /// A raw table compiled as this VM's config says.

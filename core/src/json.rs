@@ -45,12 +45,10 @@ pub(crate) struct Reader<'a> {
     /// the key itself (unknown or duplicate field).
     key_mark: usize,
     key_end: usize,
-    /// Where the key being read starts (its opening quote): deltas splice
-    /// members as written (`delta.rs`).
-    key_start: usize,
     /// `Some` in a lenient parse: the unknown field names skipped, as
-    /// `push_key` shows them, at most `MAX_UNKNOWN_KEPT`.
-    unknown: Option<Vec<String>>,
+    /// `push_key` shows them, at most `MAX_UNKNOWN_KEPT`. (A delta takes
+    /// it out to read its `base` strictly.)
+    pub(crate) unknown: Option<Vec<String>>,
 }
 
 /// Parses one whole document with `read`; bytes after it are an error, so a
@@ -69,7 +67,6 @@ pub(crate) fn document<T>(
         depth: 0,
         key_mark: 0,
         key_end: 0,
-        key_start: 0,
         unknown: lenient.then(Vec::new),
     };
     let value = read(&mut r)?;
@@ -581,7 +578,6 @@ impl<'a> Reader<'a> {
                 None => return Err(self.err_next("EOF while parsing an object")),
                 Some(_) => return Err(self.err_next("key must be a string")),
             }
-            let key_start = self.pos;
             let key = self.string_raw()?;
             let key_end = self.pos;
             match self.peek() {
@@ -589,7 +585,7 @@ impl<'a> Reader<'a> {
                 _ => return Err(self.eof_or("expected `:`", "EOF while parsing an object")),
             }
             let mark = self.push_segment(Some(&key), 0);
-            (self.key_mark, self.key_end, self.key_start) = (mark, key_end, key_start);
+            (self.key_mark, self.key_end) = (mark, key_end);
             member(self, key)?;
             self.path.truncate(mark);
             match self.peek() {
@@ -636,24 +632,6 @@ impl<'a> Reader<'a> {
         self.pos += 1;
         self.depth -= 1;
         Ok(())
-    }
-
-    /// The member's key as written, quotes included (inside `object`'s
-    /// callback, before the value is read).
-    pub(crate) fn key_span(&self) -> (usize, usize) {
-        (self.key_start, self.key_end)
-    }
-
-    /// Where the next value starts (or the last one ended, whitespace
-    /// skipped): a value's bytes are between two of these.
-    pub(crate) fn at(&mut self) -> usize {
-        self.peek();
-        self.pos
-    }
-
-    /// Where the value just read ends (no whitespace skipped).
-    pub(crate) fn end(&self) -> usize {
-        self.pos
     }
 
     /// Reads and drops any value.

@@ -233,17 +233,19 @@ const UNCOUNTED: Limits = Limits {
 /// per port).
 pub(crate) fn table(r: &mut Reader<'_>, limits: &Limits) -> Res<RawTable> {
     let mut t = RawTable::default();
-    table_into(r, limits, &mut t)?;
+    table_into(r, limits, &mut t, TABLE_FIELDS)?;
     Ok(t)
 }
 
-/// `table` into `t`: the fields given are set (a delta's `replace` reads
-/// into its changes); returns them, one bit per `TABLE_FIELDS` index.
-pub(crate) fn table_into(r: &mut Reader<'_>, limits: &Limits, t: &mut RawTable) -> Res<u32> {
+/// `table` into `t`, knowing `fields` (`TABLE_FIELDS` or the first of
+/// them: a delta's `base` has only `version` and `epoch`): the fields given
+/// are set (a delta's `replace` reads into its changes); returns them, one
+/// bit per `TABLE_FIELDS` index.
+pub(crate) fn table_into(r: &mut Reader<'_>, limits: &Limits, t: &mut RawTable, fields: &[&str]) -> Res<u32> {
     let mut seen = 0;
     let mut cluster_entries = 0;
     r.object("a route table object", &mut |r, key| {
-        match r.field(key, TABLE_FIELDS, &mut seen)? {
+        match r.field(key, fields, &mut seen)? {
             Some(0) => t.version = r.uint(u64::MAX, "u64")?,
             Some(1) => t.epoch = r.opt_string()?,
             Some(2) => t.base_group = r.opt_string()?,

@@ -76,7 +76,7 @@ impl Holding {
         let read = match delta {
             // The raw table goes into the patch: whatever is wrong with the
             // delta, it is gone, and the next poll asks for the whole.
-            true => delta::read_onto(self.raw.take(), body, limits, None),
+            true => delta::read_onto(self.raw.take(), body, limits),
             false => RawTable::from_companion_json(body, limits),
         };
         let compiled =

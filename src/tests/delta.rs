@@ -1,8 +1,9 @@
 //! Table deltas through the filter's own path (SPEC "Delivery to many
 //! proxies"), over the fake host: the poller applies a delta onto the table
-//! it holds and splices it into the shared whole, every VM on the delta's
-//! base applies it, any other compiles the whole; whatever is wrong with a
-//! delta discards it, counted, and the whole table is fetched at once.
+//! it holds and shares it after the last whole table, every VM on the
+//! delta's base applies it, any other compiles the whole and the deltas
+//! after it; whatever is wrong with a delta discards it, counted, and the
+//! whole table is fetched at once.
 
 use isogroup_test_support::table_changes::{diff, first_table, mutate, Rng};
 use serde_json::{json, Map, Value};
@@ -13,7 +14,7 @@ use crate::fake_host::{FakeHost, Process};
 use crate::host::Host;
 use crate::proxy::RootContext;
 use crate::root::Root;
-use crate::sync::{Keys, BACKOFF_MAX_MS};
+use crate::sync::{Keys, BACKOFF_MAX_MS, MAX_SHARED_DELTAS};
 use isogroup_core::{CompanionSource, Limits, RawTable, Table};
 
 const DELTA: (&str, &str) = ("content-type", "application/vnd.isogroup.delta.v1+json");
@@ -52,7 +53,7 @@ fn v100() -> Value {
 }
 
 #[test]
-fn a_delta_is_applied_by_the_poller_spliced_into_the_shared_whole_and_applied_by_every_vm_on_its_base() {
+fn a_delta_is_applied_by_the_poller_shared_after_the_whole_and_applied_by_every_vm_on_its_base() {
     let process = Process::new();
     let config = companion_config("companion");
     let (mut poller, host) = configured(&process, &config);
@@ -72,17 +73,20 @@ fn a_delta_is_applied_by_the_poller_spliced_into_the_shared_whole_and_applied_by
     answer(&mut poller, &host, &[(":status", "200"), DELTA], &diff(&old, &new).to_string());
     assert_eq!(installed(&poller), Some(101));
     assert!(routes(&poller, "c") && !routes(&poller, "b"));
-    // The shared whole is what a whole fetch gives.
+    // The shared whole stays the last whole table; the delta is shared after it.
     let keys = Keys::for_source(&source());
     let whole = shared(&host, &keys.table);
-    assert_eq!(raw(&whole), raw(new.to_string().as_bytes()));
+    assert_eq!(raw(&whole), raw(old.to_string().as_bytes()));
+    let deltas = shared(&host, &keys.deltas);
+    assert!(deltas.starts_with(b"100\n") && deltas.ends_with(diff(&old, &new).to_string().as_bytes()));
     // The worker on the delta's base applies it: it does not even read the
     // whole (spoilt here to show it).
     host.shared_set(&keys.table, b"not json", None).unwrap();
     worker.on_tick();
     assert_eq!(installed(&worker), Some(101));
     assert_eq!(compiled(&worker), compiled_whole(&new));
-    // A VM not on the base (new here, nothing installed) compiles the whole.
+    // A VM not on the base (new here, nothing installed) compiles the whole
+    // brought on by the delta.
     host.shared_set(&keys.table, &whole, None).unwrap();
     let (mut late, _) = configured(&process, &config);
     late.on_tick();
@@ -139,11 +143,11 @@ fn a_bad_delta_is_discarded_counted_and_the_whole_table_fetched_at_once() {
 /// deltas that would make an invalid table and deltas spoilt (an unknown
 /// key, an unknown base key, a wrong base). After every change each VM
 /// holds exactly the table a whole fetch gives (the last valid one), and
-/// the shared whole reads as that table; a delta that cannot apply is
-/// discarded and counted, and nothing else is.
+/// a VM started then gets it from the shared whole and the deltas after
+/// it; a delta that cannot apply is discarded and counted, and nothing
+/// else is.
 #[test]
 fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_back() {
-    let keys = Keys::for_source(&source());
     let (mut deltas_applied, mut discarded_total) = (0, 0);
     for seed in 1..=40u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -210,7 +214,9 @@ fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_bac
             }
             let want = compiled_whole(&held);
             assert_eq!(compiled(&poller), want, "{what}: poller");
-            assert_eq!(raw(&shared(&host, &keys.table)), raw(held.to_string().as_bytes()), "{what}: shared whole");
+            let mut fresh = configured(&process, &config).0;
+            fresh.on_tick();
+            assert_eq!(compiled(&fresh), want, "{what}: a VM started now");
             // Now and then a VM starts (nothing held: the whole), and each
             // VM lags a tick now and then (not on the next delta's base).
             if rng.below(15) == 0 {
@@ -228,6 +234,87 @@ fn random_changes_end_in_every_vm_with_the_table_a_whole_fetch_gives_or_fall_bac
         discarded_total += discarded;
     }
     assert!(deltas_applied > 200 && discarded_total > 150, "{deltas_applied} applied, {discarded_total} discarded");
+}
+
+/// Deltas through one poller onto `table` until its next poll asks for the
+/// whole table: how many it applied.
+fn deltas_until_a_whole_poll(poller: &mut Root<FakeHost>, host: &FakeHost, table: &mut Value, size: usize) -> usize {
+    for i in 0..100 {
+        poller.on_tick();
+        if !last_path(host).ends_with("&delta=1") {
+            return i;
+        }
+        let mut new = table.clone();
+        new["version"] = json!(table["version"].as_u64().unwrap() + 1);
+        new["services"][format!("s{i}")] = json!({"hosts": [format!("s{i}")], "clusters": {"base": "x".repeat(size)}});
+        answer(poller, host, &[(":status", "200"), DELTA], &diff(table, &new).to_string());
+        assert_eq!(installed(poller), new["version"].as_u64());
+        *table = new;
+    }
+    panic!("the poller never asked for the whole table");
+}
+
+/// After `MAX_SHARED_DELTAS` deltas, or as many bytes of them as the whole
+/// table, the poller asks for the whole, which replaces the shared whole
+/// and clears the deltas: a VM that starts never applies more than that
+/// many, nor holds more than twice the whole.
+#[test]
+fn after_enough_deltas_the_whole_table_is_fetched_and_the_deltas_cleared() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, host) = configured(&process, &config);
+    let keys = Keys::for_source(&source());
+    poller.on_tick();
+    // Large enough for `MAX_SHARED_DELTAS` small deltas.
+    let mut table = v100();
+    for i in 0..60 {
+        table["services"][format!("pad-{i}")] = json!({"hosts": [format!("pad-{i}")], "clusters": {"base": "pad"}});
+    }
+    answer(&mut poller, &host, &[(":status", "200")], &table.to_string());
+    assert_eq!(deltas_until_a_whole_poll(&mut poller, &host, &mut table, 1), MAX_SHARED_DELTAS);
+    let shared_deltas = shared(&host, &keys.deltas);
+    assert_eq!(shared_deltas.iter().filter(|&&b| b == 0).count(), MAX_SHARED_DELTAS - 1);
+    // A VM that starts now applies them all onto the whole.
+    let (mut late, _) = configured(&process, &config);
+    late.on_tick();
+    assert_eq!(compiled(&late), compiled_whole(&table));
+    let path = last_path(&host);
+    assert!(path.ends_with(&format!("after={}&epoch=1000-aa&wait=25", table["version"])), "{path}");
+    table["version"] = json!(200);
+    let whole = table.to_string();
+    answer(&mut poller, &host, &[(":status", "200")], &whole);
+    assert_eq!(raw(&shared(&host, &keys.table)), raw(whole.as_bytes()));
+    assert!(shared(&host, &keys.deltas).is_empty());
+    // Deltas of about a tenth of the whole: the whole again once they are
+    // as large as it, before `MAX_SHARED_DELTAS`.
+    let n = deltas_until_a_whole_poll(&mut poller, &host, &mut table, whole.len() / 10);
+    assert!((5..MAX_SHARED_DELTAS).contains(&n), "{n}");
+    let shared_deltas = shared(&host, &keys.deltas);
+    assert!(shared_deltas.len() >= whole.len(), "{} bytes", shared_deltas.len());
+    let all_but_last = shared_deltas.iter().rposition(|&b| b == 0).unwrap();
+    assert!(all_but_last < whole.len(), "not before");
+    assert_eq!(process.metric("isogroup_table_delta_fallbacks_total"), 0);
+}
+
+/// A VM that becomes the poller after another (the lease lapsed) does not
+/// know the size of the whole the deltas follow: it asks for the whole
+/// table after its first delta.
+#[test]
+fn a_new_poller_asks_for_the_whole_after_its_first_delta() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut first, host1) = configured(&process, &config);
+    let (mut second, host2) = configured(&process, &config);
+    first.on_tick();
+    let mut table = v100();
+    answer(&mut first, &host1, &[(":status", "200")], &table.to_string());
+    second.on_tick();
+    assert_eq!(installed(&second), Some(100));
+    // The first poller stops ticking; its lease lapses and the second polls.
+    host2.advance(crate::sync::LEASE_TTL_MS * 2);
+    assert_eq!(deltas_until_a_whole_poll(&mut second, &host2, &mut table, 1), 1);
+    // The first answered delta was taken and shared.
+    assert_eq!(installed(&second), Some(101));
 }
 
 // The VM CPU to install a one-service change (BENCHMARKS.md, "Table deltas

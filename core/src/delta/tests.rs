@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::{apply, splice, RawDelta};
+use super::{apply, catch_up, push_delta, read_onto, RawDelta};
 use crate::{Limits, RawTable, Table};
 
 /// A delta as a companion makes one: every service that differs is set
@@ -41,16 +41,14 @@ fn raw(v: &Value) -> RawTable {
 }
 
 /// What the delta path ends with: the applied table (checked against the
-/// spliced JSON, which must read as the same table), or why it was refused.
+/// poller's `read_onto`, which must make the same), or why it was refused.
 fn delta_path(old: &Value, delta: &Value) -> Result<RawTable, String> {
     let limits = Limits::default();
-    let whole = serde_json::to_vec(old).unwrap();
     let bytes = serde_json::to_vec(delta).unwrap();
     let parsed = RawDelta::from_json(&bytes, &limits).map_err(|e| e.to_string())?;
-    let spliced = splice(&whole, &bytes, &parsed, &limits).map_err(|e| e.to_string())?;
+    let read = read_onto(Some(raw(old)), &bytes, &limits);
     let (applied, table) = apply(raw(old), parsed.delta, "base", &limits).map_err(|e| e.to_string())?;
-    let reread = RawTable::from_companion_json(&spliced, &limits).unwrap().0;
-    assert_eq!(reread, applied, "the spliced whole reads as the applied table");
+    assert_eq!(read.unwrap().0, applied, "read_onto makes the applied table");
     assert_eq!(table.version(), applied.version);
     Ok(applied)
 }
@@ -67,7 +65,7 @@ fn table_v(version: u64) -> Value {
 }
 
 #[test]
-fn a_delta_applies_onto_its_base_and_splices_the_same_table() {
+fn a_delta_applies_onto_its_base_and_reads_as_the_poller_reads_it() {
     let old = table_v(1);
     let mut new = table_v(2);
     new["services"]["c"] = json!({"hosts": ["c"], "clusters": {"base": "c-base"}});
@@ -236,27 +234,18 @@ fn fields_a_newer_companion_adds_inside_set_and_replace_are_skipped_and_named() 
     assert_eq!(parsed.unknown, ["labels", "weight"]);
     let applied = delta_path(&old, &delta).unwrap();
     assert_eq!(applied.services.get("c").unwrap().clusters.get("base").unwrap(), "c-base");
-    // The spliced whole keeps the new top-level field as a whole fetch has it.
-    let spliced = splice(&serde_json::to_vec(&old).unwrap(), &bytes, &parsed, &Limits::default()).unwrap();
-    let spliced: Value = serde_json::from_slice(&spliced).unwrap();
-    assert_eq!(spliced["labels"], json!({"x": 1}));
 }
 
 #[test]
-fn a_spliced_table_over_the_byte_limit_is_refused() {
+fn a_delta_over_the_byte_limit_is_refused() {
     let old = table_v(1);
     let mut new = table_v(2);
     new["services"]["c"] = json!({"hosts": ["c"], "clusters": {"base": "c".repeat(400)}});
     let bytes = serde_json::to_vec(&diff(&old, &new)).unwrap();
-    let whole = serde_json::to_vec(&old).unwrap();
-    // Room for the delta, not for the table it makes.
-    let limits = Limits { max_table_bytes: bytes.len() + 10, ..Limits::default() };
-    assert!(whole.len() + bytes.len() > limits.max_table_bytes + 100);
-    let parsed = RawDelta::from_json(&bytes, &limits).unwrap();
-    let err = splice(&whole, &bytes, &parsed, &limits).unwrap_err().to_string();
-    assert!(err.starts_with("table: "), "{err}");
-    let tiny = Limits { max_table_bytes: 10, ..Limits::default() };
-    assert!(RawDelta::from_json(&bytes, &tiny).unwrap_err().to_string().contains("delta"));
+    let tiny = Limits { max_table_bytes: bytes.len() - 1, ..Limits::default() };
+    let err = RawDelta::from_json(&bytes, &tiny).unwrap_err().to_string();
+    assert!(err.starts_with("delta: "), "{err}");
+    assert!(RawDelta::from_json(&bytes, &Limits { max_table_bytes: bytes.len(), ..tiny }).is_ok());
 }
 
 /// A small deterministic generator: the same sequences on every run.
@@ -379,11 +368,10 @@ fn the_delta_path_ends_with_the_whole_table_or_falls_back() {
     assert!(applied > 500 && refused > 100 && spoilt_seen > 100, "{applied} applied, {refused} refused");
 }
 
-/// The splice copies members as written: whitespace anywhere (a pretty
-/// printed base and delta), empty `set` and `replace`, splice to the same
-/// table.
+/// Whitespace anywhere (a pretty printed base and delta), empty `set` and
+/// `replace`: the same table.
 #[test]
-fn pretty_printed_tables_and_deltas_splice_to_the_same_table() {
+fn pretty_printed_tables_and_deltas_apply_to_the_same_table() {
     let limits = Limits::default();
     let old = table_v(1);
     let mut changes = vec![table_v(2)];
@@ -395,12 +383,47 @@ fn pretty_printed_tables_and_deltas_splice_to_the_same_table() {
     regrouped["groups"]["f2"] = json!({"mode": "strict"});
     changes.push(regrouped);
     for new in changes {
-        let whole = serde_json::to_vec_pretty(&old).unwrap();
         let bytes = serde_json::to_vec_pretty(&diff(&old, &new)).unwrap();
-        let parsed = RawDelta::from_json(&bytes, &limits).unwrap();
-        let spliced = splice(&whole, &bytes, &parsed, &limits).unwrap();
-        assert_eq!(RawTable::from_companion_json(&spliced, &limits).unwrap().0, raw(&new));
-        let (applied, _) = apply(raw(&old), parsed.delta, "base", &limits).unwrap();
+        let old_read = RawTable::from_companion_json(&serde_json::to_vec_pretty(&old).unwrap(), &limits).unwrap().0;
+        let (applied, _) = read_onto(Some(old_read), &bytes, &limits).unwrap();
         assert_eq!(applied, raw(&new));
     }
+}
+
+/// Deltas shared after a whole table: a table at any version among them
+/// is brought to the last, one at none of their bases is left as it is,
+/// and a delta that does not apply where its base's version is met is
+/// refused.
+#[test]
+fn catch_up_brings_a_table_on_through_the_deltas_after_it() {
+    let limits = Limits::default();
+    let mut tables = vec![table_v(1)];
+    let mut deltas = Vec::new();
+    for version in 2..=6u64 {
+        let mut new = tables.last().unwrap().clone();
+        new["version"] = json!(version);
+        new["services"][format!("s{version}")] = json!({"hosts": [format!("s{version}")], "clusters": {"base": "x"}});
+        if version == 4 {
+            new["services"].as_object_mut().unwrap().remove("b");
+        }
+        push_delta(&mut deltas, version - 1, &serde_json::to_vec(&diff(tables.last().unwrap(), &new)).unwrap());
+        tables.push(new);
+    }
+    assert_eq!(deltas.iter().filter(|&&b| b == 0).count(), 4, "a NUL between two");
+    let last = raw(tables.last().unwrap());
+    for table in &tables {
+        assert_eq!(catch_up(raw(table), &deltas, &limits).unwrap(), last, "from v{}", table["version"]);
+    }
+    let mut other = table_v(9);
+    other["services"]["z"] = json!({"hosts": ["z"], "clusters": {"base": "z"}});
+    assert_eq!(catch_up(raw(&other), &deltas, &limits).unwrap(), raw(&other), "the base of none");
+    assert_eq!(catch_up(raw(&tables[0]), b"", &limits).unwrap(), raw(&tables[0]), "no deltas");
+    // Version 3 of another epoch: its delta's base is not this table.
+    let mut elsewhere = tables[2].clone();
+    elsewhere["epoch"] = json!("1700000000009-zz");
+    let err = catch_up(raw(&elsewhere), &deltas, &limits).unwrap_err().to_string();
+    assert!(err.contains("base: not the table held"), "{err}");
+    let mut garbage = Vec::new();
+    push_delta(&mut garbage, 1, b"{");
+    assert!(catch_up(raw(&tables[0]), &garbage, &limits).is_err());
 }
