@@ -249,7 +249,7 @@ def propagation_check(arms, args):
     per_connection = -(-(args.warmup + args.requests) // propagation_arms.SAMPLE)
     sent = lambda arm, per=per_connection: args.rounds * per if arm in arms else 0
     every = args.warmup + args.requests
-    expected = {"kept": sum(sent(f"{was}prop-on-out") + sent(f"{was}prop-on-out-allsampled", every)
+    expected = {"kept": sum(sent(f"{was}prop-on-out") + sent(f"{was}prop-on-out-half") + sent(f"{was}prop-on-out-allsampled", every)
                             + sent(f"{was}prop-on-out-elsewhere", every) for was in ("", "was-")),
                 "healed": sent("prop-on-out-nogroup") + sent("was-prop-on-out-nogroup")}
     if not any(expected.values()):
@@ -273,6 +273,8 @@ def propagation_summary(ir):
              ("outbound, request without a group (healed)", "prop-on-out-nogroup", "prop-off-out-nogroup"),
              ("outbound, request with its lane, none sampled", "prop-on-out-unsampled", "prop-off-out"),
              ("outbound, request with its lane, every one sampled", "prop-on-out-allsampled", "prop-off-out"),
+             ("outbound, request with its lane, 1 in 8 sampled, half the records elsewhere (two workers)",
+              "prop-on-out-half", "prop-off-out"),
              ("one sampled request with its lane, outbound (every one − none, reports on)",
               "prop-on-out-allsampled", "prop-on-out-unsampled"),
              ("one sampled request with its lane whose record the VM no longer holds (elsewhere − none)",

@@ -62,7 +62,12 @@ impl RawPropagation {
 /// Whether the trace is sampled: FNV-1a 64 of its id modulo `sample` is 0,
 /// so every hop samples the same traces.
 pub fn sampled(trace_id: &[u8], sample: u32) -> bool {
-    fnv1a(trace_id).is_multiple_of(u64::from(sample.max(1)))
+    sampled_hash(fnv1a(trace_id), sample)
+}
+
+/// `sampled` of a trace whose FNV-1a hash is `hash`.
+pub fn sampled_hash(hash: u64, sample: u32) -> bool {
+    hash.is_multiple_of(u64::from(sample.max(1)))
 }
 
 /// The classes, in the report's order.
@@ -89,6 +94,18 @@ pub fn carried(recorded: Option<GroupName>, sent: GroupName) -> Class {
         Class::Kept
     } else {
         Class::Changed
+    }
+}
+
+/// `carried` for the group bytes `sent` (a group name), against a record's
+/// group bytes as written (`-` for none,
+/// `assist::entry_group`): `None` when they are neither (a record that is
+/// not one counts nothing). The common case, the group kept, is one compare.
+pub fn carried_bytes(recorded: &[u8], sent: &[u8]) -> Option<Class> {
+    if recorded == sent {
+        Some(Class::Kept)
+    } else {
+        (recorded == b"-" || crate::group::is_valid_group(recorded)).then_some(Class::Changed)
     }
 }
 
