@@ -25,8 +25,8 @@ use core::cell::Cell;
 use core::time::Duration;
 
 use crate::proxy::LogLevel;
-use isogroup_core::assist::{entry_group, Assist};
-use isogroup_core::propagation::{carried_bytes, Class, Counts, LANE_WINDOW_MS, MAX_REPORT_BYTES, REPORT_EVERY_MS};
+use isogroup_core::assist::Assist;
+use isogroup_core::propagation::{carried_entry, Class, Counts, LANE_WINDOW_MS, MAX_REPORT_BYTES, REPORT_EVERY_MS};
 use isogroup_core::text::text_of;
 use isogroup_core::{cat, CompanionSource, GroupName};
 
@@ -121,17 +121,14 @@ impl Reports {
     }
 
     /// An outbound request of a sampled trace (`hash`: its FNV-1a) that
-    /// carries `group`: classified now when this VM still holds the trace's
-    /// fresh record, else `Carried`, for the tick.
+    /// carries `group`: classified now when this VM holds the trace's fresh
+    /// record, else `Carried`, for the tick.
     pub fn classify_carried(&self, trace: &[u8], hash: u64, group: &GroupName, now: u64) -> Seen {
         let Some(slot) = self.recorded.get(local_slot(hash)) else { return Seen::Carried(hash) };
         let entry = slot.take();
-        let seen = match entry_group(&entry, trace, now) {
-            Some(recorded) => carried_bytes(recorded, group.as_str().as_bytes()).map_or(Seen::Nothing, Seen::Class),
-            None => Seen::Carried(hash),
-        };
+        let class = carried_entry(&entry, trace, group.as_str().as_bytes(), now);
         slot.set(entry);
-        seen
+        class.map_or(Seen::Carried(hash), Seen::Class)
     }
 
     /// Counts what the assist saw of a request to `destination` (a table
@@ -149,7 +146,7 @@ impl Reports {
             (Seen::Class(class), _) => self.count(metrics, destination, class),
             (Seen::Carried(hash), Some(group)) => {
                 let n = self.carried_n.get();
-                let lengths = [destination.len(), trace.len(), group.as_str().as_bytes().len()];
+                let lengths = [destination.len(), trace.len(), group.as_str().len()];
                 // Past the bound, or a length that does not fit its byte
                 // (never for a service name, a trace id or a group).
                 if n >= MAX_CARRIED || lengths.iter().any(|&l| l > 255) {
@@ -188,7 +185,7 @@ impl Reports {
             rest = next;
             assist.slot_key_to(hash, &mut slot_key);
             if let Ok((Some(entry), _)) = host.shared_get(&slot_key) {
-                let class = entry_group(&entry, trace, now).and_then(|recorded| carried_bytes(recorded, group));
+                let class = carried_entry(&entry, trace, group, now);
                 if let (Some(class), Ok(destination)) = (class, core::str::from_utf8(destination)) {
                     self.count(&vm.metrics, destination, class);
                 }
@@ -219,8 +216,10 @@ impl Reports {
         // `VM_KEYS`, so two first writes racing is rare (one is lost).
         let written = match host.shared_get(&key) {
             Ok((value, cas)) => {
-                // The poller's `-` (taken) is no line: skipped.
+                // A line of its own after what the key holds (the poller's
+                // `-`, taken, is no line: skipped).
                 let mut text = value.unwrap_or_default();
+                text.push(b'\n');
                 text.extend_from_slice(ours.encode().as_bytes());
                 let mut sum = Counts::default();
                 sum.merge(&text);

@@ -232,6 +232,12 @@ mod tests {
         let keys: alloc::collections::BTreeSet<String> =
             (0..10_000).map(|i| a.slot_key(format!("trace-{i}").as_bytes())).collect();
         assert_eq!(keys.len(), 64, "10 000 trace ids share 64 keys");
+        // The key of a known hash, into a reused buffer: the same text.
+        let mut key = String::from("left over");
+        for id in ["trace-1", "trace-2"] {
+            a.slot_key_to(fnv1a(id.as_bytes()), &mut key);
+            assert_eq!(key, a.slot_key(id.as_bytes()));
+        }
         assert!(keys.iter().all(|k| k.starts_with("isogroup/assist/")));
     }
 
