@@ -53,8 +53,8 @@ pub enum Seen {
     Nothing,
     Class(Class),
     /// An outbound request of a sampled trace carrying a group that this VM
-    /// did not record (the trace id's FNV-1a): classified on the tick.
-    Carried(u64),
+    /// did not record: classified on the tick.
+    Carried,
 }
 
 /// Reports on: the settings have `propagation`, the assist, a workload and
@@ -66,10 +66,10 @@ pub struct Reports {
     flushed_ms: Cell<u64>,
     /// The sampled requests that carried a group, for the tick, one after
     /// another in one buffer kept from tick to tick (no allocation per
-    /// request): the trace's hash (8 bytes), the lengths of the destination,
-    /// the trace id and the group (a byte each: at most 253, 128 and 63),
-    /// then those three.
+    /// request): the lengths of the destination, the trace id and the group
+    /// (a byte each: at most 253, 128 and 63), then those three.
     carried: Cell<Vec<u8>>,
+    /// How many requests `carried` holds (at most `MAX_CARRIED`).
     carried_n: Cell<u32>,
     /// The sampled inbound records this VM wrote (`encode_entry`'s form),
     /// each at `local_slot` of its trace.
@@ -124,11 +124,11 @@ impl Reports {
     /// carries `group`: classified now when this VM holds the trace's fresh
     /// record, else `Carried`, for the tick.
     pub fn classify_carried(&self, trace: &[u8], hash: u64, group: &GroupName, now: u64) -> Seen {
-        let Some(slot) = self.recorded.get(local_slot(hash)) else { return Seen::Carried(hash) };
+        let Some(slot) = self.recorded.get(local_slot(hash)) else { return Seen::Carried };
         let entry = slot.take();
         let class = carried_entry(&entry, trace, group.as_str().as_bytes(), now);
         slot.set(entry);
-        class.map_or(Seen::Carried(hash), Seen::Class)
+        class.map_or(Seen::Carried, Seen::Class)
     }
 
     /// Counts what the assist saw of a request to `destination` (a table
@@ -144,7 +144,7 @@ impl Reports {
         let Some(destination) = destination else { return };
         match (seen, group) {
             (Seen::Class(class), _) => self.count(metrics, destination, class),
-            (Seen::Carried(hash), Some(group)) => {
+            (Seen::Carried, Some(group)) => {
                 let n = self.carried_n.get();
                 let lengths = [destination.len(), trace.len(), group.as_str().len()];
                 // Past the bound, or a length that does not fit its byte
@@ -153,7 +153,6 @@ impl Reports {
                     return;
                 }
                 let mut carried = self.carried.take();
-                carried.extend_from_slice(&hash.to_le_bytes());
                 for l in lengths {
                     carried.push(l as u8);
                 }
@@ -181,9 +180,9 @@ impl Reports {
         let mut carried = self.carried.take();
         let mut rest = carried.as_slice();
         let mut slot_key = String::new();
-        while let Some((hash, destination, trace, group, next)) = next_carried(rest) {
+        while let Some((destination, trace, group, next)) = next_carried(rest) {
             rest = next;
-            assist.slot_key_to(hash, &mut slot_key);
+            assist.slot_key_to(isogroup_core::edge::fnv1a(trace), &mut slot_key);
             if let Ok((Some(entry), _)) = host.shared_get(&slot_key) {
                 let class = carried_entry(&entry, trace, group, now);
                 if let (Some(class), Ok(destination)) = (class, core::str::from_utf8(destination)) {
@@ -216,13 +215,10 @@ impl Reports {
         // `VM_KEYS`, so two first writes racing is rare (one is lost).
         let written = match host.shared_get(&key) {
             Ok((value, cas)) => {
-                // A line of its own after what the key holds (the poller's
-                // `-`, taken, is no line: skipped).
-                let mut text = value.unwrap_or_default();
-                text.push(b'\n');
-                text.extend_from_slice(ours.encode().as_bytes());
+                // The poller's `-` (taken) is no line: skipped.
                 let mut sum = Counts::default();
-                sum.merge(&text);
+                sum.merge(&value.unwrap_or_default());
+                sum.merge(ours.encode().as_bytes());
                 let text = sum.encode();
                 text.len() <= MAX_REPORT_BYTES && host.shared_set(&key, text.as_bytes(), cas).is_ok()
             }
@@ -288,16 +284,15 @@ pub(crate) fn local_slot(hash: u64) -> usize {
     (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - LOCAL_BITS)) as usize
 }
 
-/// The first request in `Reports::carried`'s buffer: (hash, destination,
-/// trace id, group, the rest); `None` at its end.
+/// The first request in `Reports::carried`'s buffer: (destination, trace
+/// id, group, the rest); `None` at its end.
 #[allow(clippy::type_complexity)]
-fn next_carried(buf: &[u8]) -> Option<(u64, &[u8], &[u8], &[u8], &[u8])> {
-    let (hash, rest) = buf.split_first_chunk::<8>()?;
-    let ([d, t, g], rest) = rest.split_first_chunk::<3>()?;
+fn next_carried(buf: &[u8]) -> Option<(&[u8], &[u8], &[u8], &[u8])> {
+    let ([d, t, g], rest) = buf.split_first_chunk::<3>()?;
     let (destination, rest) = rest.split_at_checked(usize::from(*d))?;
     let (trace, rest) = rest.split_at_checked(usize::from(*t))?;
     let (group, rest) = rest.split_at_checked(usize::from(*g))?;
-    Some((u64::from_le_bytes(*hash), destination, trace, group, rest))
+    Some((destination, trace, group, rest))
 }
 
 /// `isogroup/prop/<workload>/<name>`: one workload's counts and lane time.
