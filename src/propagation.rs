@@ -1,6 +1,7 @@
 //! Propagation reports, host side: count each outbound request of a sampled
 //! trace (the classes and the counts are core's, `isogroup_core::propagation`),
-//! hand the counts to shared data on each tick, and, from the poller VM,
+//! hand the counts to shared data on a tick at most once a second, and,
+//! from the poller VM,
 //! send them to the companion every 10 s (`POST /v1/reports`).
 //!
 //! Host calls on the request path: none for a request that carries a group;
@@ -12,8 +13,8 @@
 //! or a newer trace took its place here).
 //!
 //! Worker VMs add their counts to a per-VM key (`isogroup/prop/<workload>/<n>`,
-//! n = VM number mod `VM_KEYS`, merged with CAS, so two VMs on one key lose
-//! nothing); the poller takes each key with CAS (a VM that wrote in between
+//! n = VM number mod `VM_KEYS`, one line per destination, merged with CAS,
+//! so two VMs on one key lose nothing); the poller takes each key with CAS (a VM that wrote in between
 //! keeps its counts for the next window) and posts their sum. Taken counts
 //! are gone whatever the POST's fate: a failed one drops its window, never
 //! counts it twice (its answer is not even read).
@@ -174,7 +175,7 @@ impl Reports {
     }
 
     /// Every VM, each tick: classify the carried requests, share the lane
-    /// time, hand the counts to this VM's key.
+    /// time, hand the counts to this VM's key (at most once a second).
     pub fn on_tick<H: Host>(&self, vm: &Vm<H>, assist: &Assist) {
         let (host, now) = (&vm.host, vm.clock_ms.get());
         let mut carried = self.carried.take();
