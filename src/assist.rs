@@ -8,7 +8,8 @@
 use isogroup_core::prelude::*;
 
 use isogroup_core::assist::{self, Assist, Side};
-use isogroup_core::propagation::{carried, carried_none, sampled, Class};
+use isogroup_core::edge::fnv1a;
+use isogroup_core::propagation::{carried_none, sampled_hash, Class};
 use isogroup_core::request::{GroupSource, Incoming};
 use isogroup_core::GroupName;
 
@@ -25,11 +26,17 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
     let reports = vm.reports.as_ref();
     let mut is_sampled = false;
     let mut untraced = false;
+    // A sampled trace's FNV-1a: the VM's records place it by the hash the
+    // sampling took.
+    let mut hash = 0;
     if let Some(r) = reports {
-        if incoming.group.is_some_and(|g| g.as_str() != vm.settings.base_group) {
+        if incoming.group.as_ref().is_some_and(|g| g.as_str() != vm.settings.base_group) {
             r.saw_lane(now);
         }
-        is_sampled = incoming.traced && incoming.trace_id.is_some_and(|t| sampled(t, r.sample));
+        if let (true, Some(t)) = (incoming.traced, incoming.trace_id) {
+            hash = fnv1a(t);
+            is_sampled = sampled_hash(hash, r.sample);
+        }
         // No trace the reports follow and no group of its own: counted as
         // untraced (outbound, while the workload served lanes).
         untraced = !incoming.traced && incoming.group.is_none() && r.lanes_recent(now);
@@ -50,24 +57,24 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
             // A group to restore, or a sampled trace (base requests too).
             if incoming.group.is_some() || is_sampled {
                 let entry = assist::encode_entry(trace, incoming.group.as_ref(), now.saturating_add(a.ttl_ms));
-                let written = vm.host.shared_set(&a.slot_key(trace), &entry, None).is_ok();
+                let mut key = String::new();
+                a.slot_key_to(fnv1a(trace), &mut key);
+                let written = vm.host.shared_set(&key, &entry, None).is_ok();
                 if let (Some(r), true) = (reports, written && is_sampled) {
-                    r.remember(trace, entry);
+                    r.remember(hash, entry);
                 }
             }
             Seen::Nothing
         }
         (Side::Inbound, None) => Seen::Nothing,
-        (_, trace) if incoming.group.is_some() => match (reports, trace, incoming.group) {
+        (_, trace) if incoming.group.is_some() => match (reports, trace, &incoming.group) {
             // Recorded by this VM: classified now, without a host call.
-            (Some(r), Some(trace), Some(group)) if is_sampled => {
-                r.recorded(trace, now).map_or(Seen::Carried, |recorded| Seen::Class(carried(recorded, group)))
-            }
+            (Some(r), Some(trace), Some(group)) if is_sampled => r.classify_carried(trace, hash, group, now),
             _ => Seen::Nothing,
         },
         (_, None) => Seen::Class(Class::Untraced),
         (_, Some(trace)) => {
-            let recorded = read_record(&vm.host, a, trace, now);
+            let recorded = read_record(&vm.host, a, trace, fnv1a(trace), now);
             let mut healed = false;
             if let (Some(Some(group)), true) = (recorded, a.heal) {
                 incoming.adopt(group, GroupSource::Assist);
@@ -82,10 +89,12 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
     }
 }
 
-/// What the inbound side recorded for `trace` (one shared-data read): the
-/// group, or `Some(None)` for a sampled request without one.
-pub fn read_record(host: &impl Host, a: &Assist, trace: &[u8], now: u64) -> Option<Option<GroupName>> {
-    match host.shared_get(&a.slot_key(trace)) {
+/// What the inbound side recorded for `trace` (one shared-data read; `hash`:
+/// its FNV-1a): the group, or `Some(None)` for a sampled request without one.
+pub fn read_record(host: &impl Host, a: &Assist, trace: &[u8], hash: u64, now: u64) -> Option<Option<GroupName>> {
+    let mut key = String::new();
+    a.slot_key_to(hash, &mut key);
+    match host.shared_get(&key) {
         Ok((Some(entry), _)) => assist::decode_entry(&entry, trace, now),
         _ => None,
     }

@@ -155,7 +155,13 @@ impl<H: Host> HttpContext for Request<H> {
                 Some(Decision::FailFast(f)) => Some(f.service),
                 _ => None,
             };
-            r.observe(&self.vm.metrics, seen, destination, incoming.trace_id.unwrap_or_default(), incoming.group);
+            r.observe(
+                &self.vm.metrics,
+                seen,
+                destination,
+                incoming.trace_id.unwrap_or_default(),
+                incoming.group.as_ref(),
+            );
         }
         if incoming.debug && incoming.trusted {
             self.explanation =

@@ -116,7 +116,17 @@ impl Assist {
 
     /// The shared-data key of the slot for `trace_id`.
     pub fn slot_key(&self, trace_id: &[u8]) -> String {
-        cat!(self.prefix, fnv1a(trace_id) % u64::from(self.slots))
+        let mut key = String::new();
+        self.slot_key_to(fnv1a(trace_id), &mut key);
+        key
+    }
+
+    /// `slot_key` of a trace whose FNV-1a hash is `hash`, into `key` (its
+    /// old text cleared): a caller that hashed the id already, or keeps a
+    /// key buffer, neither hashes nor allocates again.
+    pub fn slot_key_to(&self, hash: u64, key: &mut String) {
+        key.clear();
+        crate::cat_to!(key; self.prefix.as_str(), hash % u64::from(self.slots));
     }
 }
 
@@ -148,6 +158,15 @@ pub fn encode_entry(trace_id: &[u8], group: Option<&GroupName>, expires_ms: u64)
 /// What a slot holds for `trace_id`, if it is that trace's and fresh: the
 /// inbound request's group, or `Some(None)` for one that had none.
 pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<Option<GroupName>> {
+    match entry_group(entry, trace_id, now_ms)? {
+        b"-" => Some(None),
+        g => GroupName::new(g).map(Some),
+    }
+}
+
+/// `decode_entry` in place: the group's bytes as written (`-` for none),
+/// not yet checked to be a group name, if the entry is `trace_id`'s and fresh.
+pub fn entry_group<'e>(entry: &'e [u8], trace_id: &[u8], now_ms: u64) -> Option<&'e [u8]> {
     // Neither the expiry nor the group has a space: the first one ends the
     // expiry, the one before the trace id ends the group.
     let head = entry.strip_suffix(trace_id)?.strip_suffix(b" ")?;
@@ -155,10 +174,7 @@ pub fn decode_entry(entry: &[u8], trace_id: &[u8], now_ms: u64) -> Option<Option
     if now_ms >= crate::text::parse_u64(head.get(..space)?)? {
         return None;
     }
-    match head.get(space + 1..)? {
-        b"-" => Some(None),
-        g => GroupName::new(g).map(Some),
-    }
+    head.get(space + 1..)
 }
 
 #[cfg(test)]
@@ -216,6 +232,12 @@ mod tests {
         let keys: alloc::collections::BTreeSet<String> =
             (0..10_000).map(|i| a.slot_key(format!("trace-{i}").as_bytes())).collect();
         assert_eq!(keys.len(), 64, "10 000 trace ids share 64 keys");
+        // The key of a known hash, into a reused buffer: the same text.
+        let mut key = String::from("left over");
+        for id in ["trace-1", "trace-2"] {
+            a.slot_key_to(fnv1a(id.as_bytes()), &mut key);
+            assert_eq!(key, a.slot_key(id.as_bytes()));
+        }
         assert!(keys.iter().all(|k| k.starts_with("isogroup/assist/")));
     }
 

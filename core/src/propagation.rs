@@ -62,7 +62,12 @@ impl RawPropagation {
 /// Whether the trace is sampled: FNV-1a 64 of its id modulo `sample` is 0,
 /// so every hop samples the same traces.
 pub fn sampled(trace_id: &[u8], sample: u32) -> bool {
-    fnv1a(trace_id).is_multiple_of(u64::from(sample.max(1)))
+    sampled_hash(fnv1a(trace_id), sample)
+}
+
+/// `sampled` of a trace whose FNV-1a hash is `hash`.
+pub fn sampled_hash(hash: u64, sample: u32) -> bool {
+    hash.is_multiple_of(u64::from(sample.max(1)))
 }
 
 /// The classes, in the report's order.
@@ -89,6 +94,19 @@ pub fn carried(recorded: Option<GroupName>, sent: GroupName) -> Class {
         Class::Kept
     } else {
         Class::Changed
+    }
+}
+
+/// `carried` against a slot's entry (`assist::encode_entry`'s form), read
+/// in place, for the group bytes `sent`: `None` unless the entry is the
+/// trace's fresh record with a group name or `-` (none). The common case,
+/// the group kept, is one compare.
+pub fn carried_entry(entry: &[u8], trace_id: &[u8], sent: &[u8], now_ms: u64) -> Option<Class> {
+    let recorded = crate::assist::entry_group(entry, trace_id, now_ms)?;
+    if recorded == sent {
+        Some(Class::Kept)
+    } else {
+        (recorded == b"-" || crate::group::is_valid_group(recorded)).then_some(Class::Changed)
     }
 }
 
@@ -227,6 +245,40 @@ mod tests {
         }
         assert_eq!(CLASS_NAMES[Class::Untraced as usize], "untraced");
         assert_eq!(CLASS_NAMES[Class::Kept as usize], "kept");
+    }
+
+    #[test]
+    fn a_carried_request_against_an_entry_read_in_place() {
+        use crate::assist::encode_entry;
+        let lane = encode_entry(b"abc", Some(&g("feature-1")), 1_000);
+        let base = encode_entry(b"abc", None, 1_000);
+        type Case<'a> = (&'a [u8], &'a [u8], u64, Option<Class>);
+        let cases: &[Case] = &[
+            // (entry, group sent, now, class), as `carried` of `decode_entry`
+            (&lane, b"feature-1", 999, Some(Class::Kept)),
+            (&lane, b"feature-2", 999, Some(Class::Changed)),
+            (&base, b"feature-2", 999, Some(Class::Changed)),
+            (&lane, b"feature-1", 1_000, None),
+            (b"1000 Not_A_Group abc", b"feature-1", 0, None),
+            (b"1000 feature-1 xabc", b"feature-1", 0, None),
+            (b"junk", b"feature-1", 0, None),
+        ];
+        for &(entry, sent, now, want) in cases {
+            assert_eq!(carried_entry(entry, b"abc", sent, now), want, "{:?}", core::str::from_utf8(entry));
+            let via_decode =
+                crate::assist::decode_entry(entry, b"abc", now).map(|r| carried(r, GroupName::new(sent).unwrap()));
+            assert_eq!(carried_entry(entry, b"abc", sent, now), via_decode, "the same as decode_entry and carried");
+        }
+        assert_eq!(carried_entry(&lane, b"abd", b"feature-1", 0), None, "another trace's entry");
+    }
+
+    #[test]
+    fn sampled_hash_is_sampled_of_the_ids_hash() {
+        for id in ["a", "4bf92f3577b34da6a3ce929d0e0e4736", ""] {
+            for sample in [1, 2, 8, 1_000_000] {
+                assert_eq!(sampled_hash(fnv1a(id.as_bytes()), sample), sampled(id.as_bytes(), sample));
+            }
+        }
     }
 
     #[test]

@@ -62,7 +62,11 @@ impl Pair {
         host.request_header("x-isogroup").first().map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
+    /// A tick of both VMs, a second after the last one (a VM hands its
+    /// counts to shared data at most once a second).
     fn tick(&mut self) {
+        self.inbound.1.advance(1_000);
+        self.outbound.1.advance(1_000);
         self.inbound.0.on_tick();
         self.outbound.0.on_tick();
     }
@@ -373,6 +377,7 @@ fn carried_through_one_vm(root: &mut Root<FakeHost>, host: &FakeHost, traces: &[
         calls_of(root, host, outbound, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
         calls_of(root, host, outbound, &[(":authority", "b"), ("x-isogroup", "feature-2"), ("traceparent", &tp)]);
     }
+    host.advance(1_000);
     root.on_tick();
     host.vm.shared_gets.get() - before
 }
@@ -407,7 +412,7 @@ fn a_record_this_vm_no_longer_holds_is_read_on_the_tick() {
     // Two sampled traces in the same place of the VM's records (not of the
     // assist's slots): the second recorded replaces the first there.
     let first = (1..).find(|&n| is_sampled(n)).unwrap();
-    let slot = |n: u64| local_slot(trace_id(n).as_bytes());
+    let slot = |n: u64| local_slot(fnv1a(trace_id(n).as_bytes()));
     let second = (first + 1..).find(|&n| is_sampled(n) && slot(n) == slot(first)).unwrap();
     let process = Process::new();
     let (mut root, host) = one_vm(&process);
@@ -422,4 +427,44 @@ fn a_record_this_vm_no_longer_holds_is_read_on_the_tick() {
     calls_of(&mut root, &host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
     root.on_tick();
     assert_eq!(counted(&process), [3, 3, 0, 0, 0]);
+}
+
+#[test]
+fn counts_reach_shared_data_at_most_once_a_second_one_line_per_destination() {
+    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(5).collect();
+    let process = Process::new();
+    let (mut root, host) = one_vm(&process);
+    let key = || {
+        process
+            .shared_keys()
+            .into_iter()
+            .find(|k| k.starts_with("isogroup/prop/a-v1/") && k != "isogroup/prop/a-v1/lanes")
+    };
+    // Five ticks a second apart: each hands its counts over, added to the
+    // key's one line per destination (not appended: the key stays as large
+    // as its destinations, however long the poller takes).
+    for _ in 0..5 {
+        carried_through_one_vm(&mut root, &host, &traces);
+    }
+    assert_eq!(counted(&process), [25, 25, 0, 0, 0]);
+    let text = |k: &str| String::from_utf8(process.shared(k).unwrap()).unwrap();
+    let key = key().unwrap();
+    assert_eq!(text(&key), "a 25 0 0 0 0\nb 0 25 0 0 0\n");
+    // Within the second: counted at once, handed over on the first tick
+    // past it, nothing lost.
+    for &n in &traces {
+        let tp = traceparent(n);
+        calls_of(&mut root, &host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+        root.on_tick();
+        host.advance(100);
+    }
+    assert_eq!(counted(&process), [30, 25, 0, 0, 0]);
+    assert_eq!(text(&key), "a 25 0 0 0 0\nb 0 25 0 0 0\n", "no write within the second");
+    host.advance(1_000);
+    root.on_tick();
+    assert_eq!(text(&key), "a 30 0 0 0 0\nb 0 25 0 0 0\n");
+    // The poller's `-` (taken) is no line: the next counts start over.
+    crate::host::Host::shared_set(&host, &key, b"-", None).unwrap();
+    carried_through_one_vm(&mut root, &host, &traces[..1]);
+    assert_eq!(text(&key), "a 1 0 0 0 0\nb 0 1 0 0 0\n");
 }
