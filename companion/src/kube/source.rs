@@ -891,7 +891,8 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
                     leaving: crate::kube::state::leaving_of(&cluster.istio.held),
                 };
                 tracing::debug!(lanes = record.since.len(), "kubernetes: settle record wanted");
-                record_tx.send_replace(Some(crate::kube::state::Wanted { epoch: epoch.clone(), record }));
+                // Shared with the writer, not copied (50k lanes at scale).
+                record_tx.send_replace(Some(Arc::new(crate::kube::state::Wanted { epoch: epoch.clone(), record })));
             }
         } else {
             cluster.recorded = false;

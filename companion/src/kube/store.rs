@@ -291,7 +291,7 @@ impl KubeStore {
             },
         };
         drop(current);
-        let (new, old) = self.served.replace(snap);
+        let (new, old) = self.served.replace_changed(snap, role.pending.as_ref());
         let latest = match (Arc::try_unwrap(old), role.replay.take()) {
             (Ok(old), Some(replay)) => {
                 let mut spare = old.raw;

@@ -1616,7 +1616,10 @@ async fn a_settle_record_of_25000_lanes_is_written_in_shards_under_the_object_li
     let (trusted_tx, mut trusted_rx) = tokio::sync::watch::channel(None);
     let task = tokio::spawn(crate::kube::state::run(writer, wanted_rx, trusted_tx));
     trusted_rx.wait_for(Option::is_some).await.unwrap();
-    wanted_tx.send_replace(Some(crate::kube::state::Wanted { epoch: "1000-aa".into(), record: record.clone() }));
+    wanted_tx.send_replace(Some(std::sync::Arc::new(crate::kube::state::Wanted {
+        epoch: "1000-aa".into(),
+        record: record.clone(),
+    })));
     let read = wait("every lane written", || {
         let shards: Vec<Value> = fake.list_in(&configmaps(), "isogroup-system");
         let mut since = std::collections::BTreeMap::<String, u64>::new();

@@ -2,6 +2,7 @@
 //! watched by long-polls, and whether the replica is ready. Every store
 //! publishes through one of these; the API only reads it.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -245,9 +246,20 @@ impl Served {
 
     /// Serves `snap` from now on; the snapshot served before it, too.
     /// Its deltas are computed here, once per published version.
-    pub fn replace(&self, mut snap: Snapshot) -> (Arc<Snapshot>, Arc<Snapshot>) {
+    pub fn replace(&self, snap: Snapshot) -> (Arc<Snapshot>, Arc<Snapshot>) {
+        self.replace_changed(snap, None)
+    }
+
+    /// Like `replace`, for a snapshot whose services differ from the one
+    /// served only (if at all) in those `changed` names (`None`: not
+    /// known): its deltas then cost in proportion to the change.
+    pub fn replace_changed(
+        &self,
+        mut snap: Snapshot,
+        changed: Option<&BTreeSet<String>>,
+    ) -> (Arc<Snapshot>, Arc<Snapshot>) {
         if let Ok(mut history) = self.history.lock() {
-            snap.deltas = history.publish(&snap);
+            snap.deltas = history.publish(&snap, changed);
         }
         let snap = Arc::new(snap);
         self.metrics.table_updated(snap.version);
