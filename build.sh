@@ -15,7 +15,7 @@ RUN_DIR=.run
 # plus WASM_SIZE_MARGIN. A commit that adds a named feature may raise the
 # record and says by how much, up to WASM_SIZE_LIMIT (150 KB, issue 13's
 # goal), a hard bar no record raises.
-WASM_SIZE_RECORD=148383  # 153 046 - 1 519 for messages built by `cat!` (core::text) instead of `format!`, - 4 294 for the Fx hash without rustc-hash's unwraps (the last link to core::fmt), - 4 for cat! sizing its String up front, - 285 for Settings::validate's checks on a borrow, - 171 for the VM table in a Cell, - 241 for the IP parser's own digit(), - 657 for the request path without a served String or an edits Vec (merged with the above), + 103 for issue 21's escaped keys in messages, limits counted while reading, the sort-once heapsort and status names, - 22 for push_key and ticked names in one body (push_shown), - 25 for one body for the messages about a number, - 19 for duplicate and missing field names and push_one_of through push_shown, - 316 for decide's one with_host call (it was built twice), + 8 082 for issue 24's propagation reports (classification, per-VM counts, the poller's POST /v1/reports, config), over its 4 500 budget, + 1 059 for the table-deltas groundwork (each VM's raw table slot, the reader's services and replace shared with the delta reader; the delta path itself is the table-deltas feature, off), - 5 for the poller's Held in core (shared with the native build), - 1 234 for ASCII splits, byte searches and trim without std's char searcher, memchr and Unicode table, - 1 911 for slicing through get and byte patterns instead of index panics (their messages, locations and file names), - 720 for edge's CIDR lists read in a loop, not collect into a Result, - 518 for the table's group orders and port cluster names and the poller's unknown-field list built in loops, - 710 for the kept cookies and a local reply's headers built in loops, - 900 for the text helpers on split_byte and get (no Copied and Skip folds), header lookup and kept baggage in loops, - 755 for byte checks over as_bytes().iter() (no Copied folds), error lists appended, cluster entries, strict lists and JSON integers in loops, - 40 for the served annotation paired by a match, not Option::zip, + 350 for each VM's own sampled propagation records (a carried request whose trace its VM recorded is classified without a shared-data read; decode_entry without SplitN takes back 160; +221 on the larger base it was written on), - 112 for the JSON reader without the key spans the table-deltas splice needed (that build now shares the deltas after the last whole table instead) and the delta sharing left out of the whole-only build, + 247 for propagation reports' outbound CPU (carried requests in one reused buffer, records read in place, counts added into the VM's key at most once a second; 148 383 with the table-delta size pass)
+WASM_SIZE_RECORD=154516  # 153 046 - 1 519 for messages built by `cat!` (core::text) instead of `format!`, - 4 294 for the Fx hash without rustc-hash's unwraps (the last link to core::fmt), - 4 for cat! sizing its String up front, - 285 for Settings::validate's checks on a borrow, - 171 for the VM table in a Cell, - 241 for the IP parser's own digit(), - 657 for the request path without a served String or an edits Vec (merged with the above), + 103 for issue 21's escaped keys in messages, limits counted while reading, the sort-once heapsort and status names, - 22 for push_key and ticked names in one body (push_shown), - 25 for one body for the messages about a number, - 19 for duplicate and missing field names and push_one_of through push_shown, - 316 for decide's one with_host call (it was built twice), + 8 082 for issue 24's propagation reports (classification, per-VM counts, the poller's POST /v1/reports, config), over its 4 500 budget, + 1 059 for the table-deltas groundwork (each VM's raw table slot, the reader's services and replace shared with the delta reader; the delta path itself is the table-deltas feature, off), - 5 for the poller's Held in core (shared with the native build), - 1 234 for ASCII splits, byte searches and trim without std's char searcher, memchr and Unicode table, - 1 911 for slicing through get and byte patterns instead of index panics (their messages, locations and file names), - 720 for edge's CIDR lists read in a loop, not collect into a Result, - 518 for the table's group orders and port cluster names and the poller's unknown-field list built in loops, - 710 for the kept cookies and a local reply's headers built in loops, - 900 for the text helpers on split_byte and get (no Copied and Skip folds), header lookup and kept baggage in loops, - 755 for byte checks over as_bytes().iter() (no Copied folds), error lists appended, cluster entries, strict lists and JSON integers in loops, - 40 for the served annotation paired by a match, not Option::zip, + 350 for each VM's own sampled propagation records (a carried request whose trace its VM recorded is classified without a shared-data read; decode_entry without SplitN takes back 160; +221 on the larger base it was written on), - 112 for the JSON reader without the key spans the table-deltas splice needed (that build now shares the deltas after the last whole table instead) and the delta sharing left out of the whole-only build, + 247 for propagation reports' outbound CPU (carried requests in one reused buffer, records read in place, counts added into the VM's key at most once a second; 148 383 with the table-delta size pass), + 6 133 for the table-delta path shipped on (its own cost 6 133 over the 4 096 budget)
 WASM_SIZE_MARGIN=2048
 WASM_SIZE_LIMIT=155000
 # wasm-opt: -Oz, but a function with one caller is inlined only when it is
@@ -215,13 +215,13 @@ optimise_wasm() {
   echo "wasm: $out ($(stat -c %s "$out") bytes; before wasm-opt $(stat -c %s "$raw"); $("$WASM_OPT" --version 2>/dev/null || echo "no wasm-opt"))"
 }
 
-# The filter with the `table-deltas` feature (off in the shipped wasm while
-# it does not fit the size budget), optimised as the shipped one is.
-WASM_DELTAS=target/isogroup-table-deltas.wasm
-build_wasm_deltas() {
-  log "building the filter with table-deltas (its own profile, wasm32-wasip1)"
-  cargo build --quiet --profile table-deltas --target wasm32-wasip1 -p isogroup-filter --features table-deltas
-  optimise_wasm "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/table-deltas/isogroup_filter.wasm" "$WASM_DELTAS"
+# The whole-only filter (without the default `table-deltas` feature): the
+# fan-out benchmark's baseline arm, optimised as the shipped one is.
+WASM_WHOLE=target/isogroup-whole-tables.wasm
+build_wasm_whole() {
+  log "building the whole-only filter (its own profile, wasm32-wasip1)"
+  cargo build --quiet --profile whole-tables --target wasm32-wasip1 -p isogroup-filter --no-default-features
+  optimise_wasm "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/whole-tables/isogroup_filter.wasm" "$WASM_WHOLE"
 }
 
 # The native build (an Envoy dynamic module) in the server profile, copied
@@ -309,12 +309,12 @@ run_tests() {
   cargo fmt --all --check
   cargo clippy --quiet --workspace --all-targets -- -D warnings
   cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter -- -D warnings
-  # The table deltas feature (off in the shipped wasm, see Cargo.toml).
-  cargo clippy --quiet --all-targets -p isogroup-filter --features table-deltas -- -D warnings
-  cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter --features table-deltas -- -D warnings
+  # The whole-only filter (the fan-out benchmark's baseline, see Cargo.toml).
+  cargo clippy --quiet --all-targets -p isogroup-filter --no-default-features -- -D warnings
+  cargo clippy --quiet --target wasm32-wasip1 -p isogroup-filter --no-default-features -- -D warnings
   section "filter unit tests (native, fake host)"
   cargo test --quiet -p isogroup-filter --lib
-  cargo test --quiet -p isogroup-filter --lib --features table-deltas
+  cargo test --quiet -p isogroup-filter --lib --no-default-features
   section "native module unit tests (the poller's table and deltas, no Envoy)"
   cargo test --quiet -p isogroup-native --lib
   section "core unit tests (native)"
@@ -660,15 +660,15 @@ bench() {
     cargo build --quiet --profile server -p isogroup-companion
     cargo build --quiet --profile server -p isogroup-fanout
     # Two Envoys (two workers each) among the pollers in the delta mode: the
-    # shipped wasm (whole tables) and the table-deltas build. --no-envoy: without.
+    # shipped wasm (deltas) and the whole-only build. --no-envoy: without.
     local envoy_args=()
     if [ "${1:-}" = --no-envoy ]; then
       shift
     else
       build_wasm
-      build_wasm_deltas
+      build_wasm_whole
       ensure_envoy
-      envoy_args=(--envoy "$ENVOY" --envoy-arm "shipped=$WASM" --envoy-arm "table-deltas=$WASM_DELTAS")
+      envoy_args=(--envoy "$ENVOY" --envoy-arm "shipped=$WASM" --envoy-arm "whole-only=$WASM_WHOLE")
     fi
     # 5,000 held polls: a socket each in the client and in the companion.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -7,11 +7,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{chain, fake_companion, header_values, http, root, wait_for, Build, Companion, Mesh};
+use common::{chain, fake_companion, header_values, http, wait_for, Build, Companion, Mesh};
 
 const TABLE: &str = include_str!("../demo/table.json");
 
@@ -150,42 +148,19 @@ on_both_builds!(
     garbage_and_invalid_tables_are_rejected_whole
 );
 
-/// The wasm with the `table-deltas` feature: built here (its own profile, so
-/// the release build's output is untouched), as the shipped wasm is built
-/// without it until the delta path fits the size budget.
-fn deltas_wasm() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root())
-        .args(["build", "--quiet", "--profile", "table-deltas", "--target", "wasm32-wasip1"])
-        .args(["-p", "isogroup-filter", "--features", "table-deltas"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the table-deltas wasm");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    let wasm = target.join("wasm32-wasip1/table-deltas/isogroup_filter.wasm");
-    assert!(wasm.exists(), "{}", wasm.display());
-    wasm
-}
-
 /// SPEC "Delivery to many proxies" with the real Envoy (two workers): one-
 /// service changes to a table large enough for deltas reach every worker
 /// as deltas, none discarded, and what every worker routes by is the
-/// companion's table. The wasm arm is the `table-deltas` build (its
-/// poller's VM and the others each apply the delta); the native module
-/// always asks for deltas (its one poller applies it; workers share the table).
+/// companion's table. The wasm arm is the shipped wasm (its poller's VM
+/// and the others each apply the delta); the native module asks for deltas
+/// too (its one poller applies it; workers share the table).
 async fn one_service_changes_reach_every_worker_as_deltas(build: Build) {
     let mut table: serde_json::Value = serde_json::from_str(TABLE).unwrap();
     for i in 0..30 {
         let name = format!("pad-{i}");
         table["services"][&name] = serde_json::json!({"hosts": [&name], "clusters": {"base": format!("{name}-base")}});
     }
-    let mut rendered = build.config("envoy/companion.yaml");
-    if build == Build::Wasm {
-        let wasm = deltas_wasm();
-        rendered.yaml =
-            rendered.yaml.replace("filename: target/isogroup.wasm", &format!("filename: {}", wasm.display()));
-    }
+    let rendered = build.config("envoy/companion.yaml");
     let companion = Companion::start(rendered.port(18080), &table.to_string()).await;
     let mesh = Mesh::start_with(rendered).await;
     mesh.envoy.wait_stat(&build.stat("isogroup_table_version"), 1).await;

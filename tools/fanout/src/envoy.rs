@@ -1,7 +1,7 @@
 //! The Envoy arms: a real Envoy (two workers) among the pollers, running
 //! the wasm filter with the companion as its table source. Each arm is one
-//! Envoy with one wasm build (the shipped one, which asks for whole tables,
-//! and the `table-deltas` build), all polling the same companion.
+//! Envoy with one wasm build (the shipped one, which asks for deltas, and
+//! the whole-only build), all polling the same companion.
 //!
 //! What a change costs an Envoy is read from the kernel, not from the
 //! filter: the CPU time of each of the process's threads

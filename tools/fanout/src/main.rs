@@ -91,7 +91,7 @@ struct Args {
     #[arg(long)]
     envoy: Option<PathBuf>,
     /// An Envoy arm, `name=path.wasm` (repeatable): e.g. the shipped wasm
-    /// and the `table-deltas` build.
+    /// (deltas) and the whole-only build.
     #[arg(long = "envoy-arm", value_parser = envoy::parse_arm)]
     envoy_arms: Vec<envoy::ArmSpec>,
     /// After every load poller holds a change, this long more (three filter
