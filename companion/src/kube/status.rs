@@ -150,8 +150,10 @@ impl WriteTask {
                 "metadata": { "resourceVersion": rv },
                 "status": { "installations": { self.id.as_str(): status } },
             });
-            let params =
-                PatchParams { field_manager: Some(crate::kube::istio::field_manager(&self.id)), ..PatchParams::default() };
+            let params = PatchParams {
+                field_manager: Some(crate::kube::istio::field_manager(&self.id)),
+                ..PatchParams::default()
+            };
             self.api.patch_status(&self.name, &params, &Patch::Merge(&patch)).await
         };
         self.fence.write(write).await

@@ -244,9 +244,10 @@ async fn a_failed_status_write_is_retried_by_the_writer_without_another_event() 
     let logged = fake.writes().len();
     fake.fail_status_writes(&groups(), 500, 2);
     fake.put(&groups(), group("feature-1", json!({ "description": "checkout, second take" })));
-    let landed =
-        wait("the new generation's status", || fake.get(&groups(), "", "feature-1").filter(|o| generation(o) == Some(2)))
-            .await;
+    let landed = wait("the new generation's status", || {
+        fake.get(&groups(), "", "feature-1").filter(|o| generation(o) == Some(2))
+    })
+    .await;
     assert_eq!(entry(&landed)["conditions"][0]["status"], "True");
     let tries: Vec<u16> = fake.writes()[logged..]
         .iter()
