@@ -40,7 +40,8 @@
 //!   alone (`stall_from`); another writer can be made to win the race to
 //!   the next replace;
 //! - a resource not installed answers `404` (a missing CRD or version), and a
-//!   resource can be made to fail with any status (e.g. `403`) or to hang;
+//!   resource can be made to fail with any status (e.g. `403`) or to hang,
+//!   and the next writes to its `/status` subresource alone to fail;
 //! - `events.k8s.io/v1` Events are created and listed like any object, and
 //!   checked as the API server checks them (`422 Invalid` naming the field);
 //! - every request is recorded as RBAC sees it, so a test can check them
@@ -172,6 +173,8 @@ struct State0 {
     /// Watches from a version below this answer 410 Gone.
     compacted: u64,
     fail: BTreeMap<Res, u16>,
+    /// The next writes to a resource's `/status` refused: (status, how many).
+    fail_status: BTreeMap<Res, (u16, u64)>,
     /// A write that lands just before the next replace of that resource
     /// (another writer winning a race).
     race: BTreeMap<Res, Value>,
@@ -373,6 +376,12 @@ impl FakeApi {
         } else {
             s.fail.insert(r.clone(), status);
         }
+    }
+
+    /// The next `count` writes to `r`'s `/status` subresource answer `code`
+    /// and change nothing (logged as answered); other requests are served.
+    pub fn fail_status_writes(&self, r: &Res, code: u16, count: u64) {
+        self.state.lock().unwrap().fail_status.insert(r.clone(), (code, count));
     }
 
     /// Another address serving the same state: give each client its own,
@@ -1100,12 +1109,23 @@ async fn write(
         }
         _ => "patch",
     };
-    let before = fake.state.lock().unwrap().rv;
-    let answer = match verb {
-        "create" => create(fake, t, &ns, body, q, manager),
-        "update" => replace(fake, t, &ns, &name, body, q, manager),
-        "delete" => delete(fake, t, &ns, &name, q, body),
-        _ => patch(fake, t, &ns, &name, q, headers, body, manager),
+    let (before, refused) = {
+        let mut s = fake.state.lock().unwrap();
+        let refused = match s.fail_status.get_mut(&t.res) {
+            Some((code, left)) if t.status && *left > 0 => {
+                *left -= 1;
+                Some(*code)
+            }
+            _ => None,
+        };
+        (s.rv, refused)
+    };
+    let answer = match (refused, verb) {
+        (Some(code), _) => status(code, "InternalError", "status write made to fail by the test"),
+        (None, "create") => create(fake, t, &ns, body, q, manager),
+        (None, "update") => replace(fake, t, &ns, &name, body, q, manager),
+        (None, "delete") => delete(fake, t, &ns, &name, q, body),
+        (None, _) => patch(fake, t, &ns, &name, q, headers, body, manager),
     };
     let mut s = fake.state.lock().unwrap();
     let changed = answer.status().is_success() && s.rv != before;

@@ -681,7 +681,7 @@ pub async fn run(client: Client, store: Arc<KubeStore>, metrics: Arc<Metrics>, o
         }
     });
     let statuses = watch::dynamic_api(&client, groups::API_GROUP, groups::VERSION, groups::KIND);
-    let statuses = crate::kube::status::StatusWriter::new(statuses, &opts.installation, store.fence());
+    let statuses = crate::kube::status::StatusWriter::new(statuses, &opts.installation, store.fence(), opts.watch);
     let mut cluster = Cluster::default();
     // Without --istio, VirtualServices are not watched.
     cluster.routes.synced = opts.istio.is_none();

@@ -230,6 +230,34 @@ async fn isolation_groups_become_groups_and_invalid_ones_are_reported() {
 }
 
 #[tokio::test]
+async fn a_failed_status_write_is_retried_by_the_writer_without_another_event() {
+    let fake = bookinfo("v1").await;
+    fake.put_quietly(&groups(), group("feature-1", json!({ "description": "checkout" })));
+    let (store, metrics) = store();
+    store.become_leader("1000-aa".into()).unwrap();
+    // No tick and no resync: only a watch event would make the source
+    // decide again; the writer alone must retry.
+    let opts = Options { recheck: Duration::from_secs(3600), resync: Duration::from_secs(3600), ..opts(0) };
+    tokio::spawn(crate::kube::source::run(fake.client(), store.clone(), metrics, opts));
+    let generation = |o: &Value| entry(o)["observedGeneration"].as_i64();
+    wait("the first status", || fake.get(&groups(), "", "feature-1").filter(|o| generation(o) == Some(1))).await;
+    let logged = fake.writes().len();
+    fake.fail_status_writes(&groups(), 500, 2);
+    fake.put(&groups(), group("feature-1", json!({ "description": "checkout, second take" })));
+    let landed = wait("the new generation's status", || {
+        fake.get(&groups(), "", "feature-1").filter(|o| generation(o) == Some(2))
+    })
+    .await;
+    assert_eq!(entry(&landed)["conditions"][0]["status"], "True");
+    let tries: Vec<u16> = fake.writes()[logged..]
+        .iter()
+        .filter(|w| w.res == groups() && w.status && w.name == "feature-1")
+        .map(|w| w.code)
+        .collect();
+    assert!(tries.starts_with(&[500, 500, 200]), "{tries:?}");
+}
+
+#[tokio::test]
 async fn missing_crds_count_as_empty_and_destination_rules_fall_back_to_v1beta1() {
     // Istio serves only v1beta1; the IsolationGroup CRD is not installed.
     let fake = FakeApi::start(&[pods(), services(), slices(), rules("v1beta1"), leases(), configmaps()]).await;
