@@ -19,8 +19,10 @@
 //! whole, the poller asks for the whole again: a VM that starts never
 //! applies more than that, nor holds more than twice the whole's bytes.
 //!
-//! Keys are scoped by the source (`isogroup/src-<hash>/…`, the hash of the
-//! companion's cluster, authority and path): two plugin configs in one
+//! Keys are scoped by the source (`isogroup/src2-<hash>/…`, the hash of the
+//! companion's cluster, authority and path; `src-` in the whole-only build,
+//! whose `table` is always the stamp's, as before the deltas, so that the two
+//! layouts never read each other's keys): two plugin configs in one
 //! vm_id (Istio sets none) with different sources never see each other's
 //! table, and configs that share a source share one poller and one table.
 
@@ -76,7 +78,12 @@ impl Keys {
             id.extend_from_slice(part.as_bytes());
             id.push(0);
         }
-        let prefix = cat!("isogroup/src-", Hex { value: fnv1a(&id), width: 16 });
+        // The layout is in the prefix: this build's `table` is the last
+        // whole, not the stamp's table as the whole-only layout's (and every
+        // build's before the deltas) is, so during a rollout each layout
+        // elects its own poller and no VM reads the other's keys.
+        let layout = if DELTAS { "isogroup/src2-" } else { "isogroup/src-" };
+        let prefix = cat!(layout, Hex { value: fnv1a(&id), width: 16 });
         Keys {
             lease: cat!(prefix, "/poller-lease"),
             table: cat!(prefix, "/table"),
@@ -370,7 +377,7 @@ impl Follower {
         let mut deltas = Vec::new();
         if let (true, Some(base)) = (delta, &self.local) {
             deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
-            delta::push_delta(&mut deltas, base.version, body);
+            delta::push_delta(&mut deltas, base, body);
         }
         // The whole (or deltas) first, stamp last: a VM that sees the stamp
         // finds them (or newer ones).

@@ -13,7 +13,7 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
-use crate::epoch::Stamp;
+use crate::epoch::{Held, Stamp};
 use crate::error::TableError;
 use crate::json::{document, Reader, Res};
 use crate::read::{self, TABLE_FIELDS};
@@ -152,14 +152,15 @@ pub fn read_into(raw: &mut RawTable, delta_json: &[u8], limits: &Limits) -> Resu
     Ok(unknown)
 }
 
-/// Appends a delta's JSON (valid, so it holds no NUL), based on a table of
-/// version `base`, to `deltas` as `catch_up` reads them: a NUL between two,
-/// each after its base's version and a newline (what a reader skips by).
-pub fn push_delta(deltas: &mut Vec<u8>, base: u64, json: &[u8]) {
+/// Appends a delta's JSON (valid, so it holds no NUL), based on the table
+/// `base`, to `deltas` as `catch_up` reads them: a NUL between two, each
+/// after its base's stamp (`Held::encode`) and a newline (what a reader
+/// skips by).
+pub fn push_delta(deltas: &mut Vec<u8>, base: &Held, json: &[u8]) {
     if !deltas.is_empty() {
         deltas.push(0);
     }
-    deltas.extend_from_slice(crate::text::text_of(&base).as_bytes());
+    deltas.extend_from_slice(base.encode().as_bytes());
     deltas.push(b'\n');
     deltas.extend_from_slice(json);
 }
@@ -174,7 +175,10 @@ pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<Raw
     while let Some((base, after)) = crate::text::split_byte(rest, b'\n') {
         let (json, after) = crate::text::split_byte(after, 0).unwrap_or((after, &[]));
         rest = after;
-        if crate::text::parse_u64(base) == Some(raw.version) {
+        // Its base's stamp, epoch and all: one based on this version of
+        // another epoch (deltas read before a whole of a new epoch replaced
+        // them) is not this table's.
+        if Held::decode(base).is_some_and(|b| (b.version, &b.epoch) == (raw.version, &raw.epoch)) {
             read_into(&mut raw, json, limits)?;
         }
     }

@@ -78,7 +78,7 @@ fn a_delta_is_applied_by_the_poller_shared_after_the_whole_and_applied_by_every_
     let whole = shared(&host, &keys.table);
     assert_eq!(raw(&whole), raw(old.to_string().as_bytes()));
     let deltas = shared(&host, &keys.deltas);
-    assert!(deltas.starts_with(b"100\n") && deltas.ends_with(diff(&old, &new).to_string().as_bytes()));
+    assert!(deltas.starts_with(b"100 1000-aa\n") && deltas.ends_with(diff(&old, &new).to_string().as_bytes()));
     // The worker on the delta's base applies it: it does not even read the
     // whole (spoilt here to show it).
     host.shared_set(&keys.table, b"not json", None).unwrap();
@@ -402,4 +402,40 @@ fn install_cost_of_a_one_service_change() {
     poller_d.on_tick();
     assert_eq!(process_d.metric("isogroup_table_delta_fallbacks_total"), 0);
     println!("whole table: {} bytes", table.to_string().len());
+}
+
+/// The whole-only layout (the `--no-default-features` build, and every build
+/// before the deltas) keeps the stamp's table under `table`; this build keeps
+/// the last whole there. In one process during a rollout the two must not
+/// read each other's keys: a whole-only VM would install this build's stale
+/// whole for a newer stamp, and this build would take the other's table.
+#[test]
+fn the_delta_layout_and_the_whole_only_layout_never_share_keys() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, host) = configured(&process, &config);
+    poller.on_tick();
+    let old = v100();
+    answer(&mut poller, &host, &[(":status", "200")], &old.to_string());
+    poller.on_tick();
+    let mut new = old.clone();
+    new["version"] = json!(101);
+    new["services"]["c"] = json!({"hosts": ["c"], "clusters": {"base": "c-base"}});
+    answer(&mut poller, &host, &[(":status", "200"), DELTA], &diff(&old, &new).to_string());
+    assert_eq!(installed(&poller), Some(101));
+    let keys = Keys::for_source(&source());
+    let whole_only = |key: &str| key.replacen("isogroup/src2-", "isogroup/src-", 1);
+    // (On a build with one layout for both, the checks below fail.)
+    // Nothing of this build's under the keys a whole-only VM reads.
+    for key in [&keys.lease, &keys.table, &keys.stamp, &keys.deltas] {
+        assert!(shared(&host, &whole_only(key)).is_empty(), "{key}");
+    }
+    // A whole-only poller's newer table is not this build's to take.
+    let other = table_in("1000-aa", 200);
+    host.shared_set(&whole_only(&keys.table), other.as_bytes(), None).unwrap();
+    host.shared_set(&whole_only(&keys.stamp), b"200 1000-aa", None).unwrap();
+    let (mut late, _) = configured(&process, &config);
+    late.on_tick();
+    assert_eq!(installed(&late), Some(101));
+    assert_eq!(compiled(&late), compiled_whole(&new));
 }
