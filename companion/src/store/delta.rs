@@ -295,14 +295,14 @@ mod tests {
 
     const EPOCH: &str = "1700000000000-aa";
 
-    fn raw(v: &Value) -> RawTable {
+    pub(super) fn raw(v: &Value) -> RawTable {
         RawTable::from_json(&serde_json::to_vec(v).unwrap(), &Limits::default()).unwrap()
     }
 
-    struct Rng(u64);
+    pub(super) struct Rng(pub(super) u64);
 
     impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
+        pub(super) fn below(&mut self, n: u64) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use isogroup_core::{Limits, RawTable};
 use serde_json::{json, Value};
 
+use super::tests::{raw, Rng};
 use super::{digest, fields_of, Delta, Digest, History, KEEP};
 use crate::store::served::Snapshot;
 
@@ -66,21 +67,6 @@ impl WholeHistory {
         self.published.push_back(summary);
         deltas
     }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn raw(v: &Value) -> RawTable {
-    RawTable::from_json(&serde_json::to_vec(v).unwrap(), &Limits::default()).unwrap()
 }
 
 /// Services set (to one of a few values, so that some come back to what a
