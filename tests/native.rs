@@ -308,21 +308,18 @@ async fn groups_seen(mesh: &Mesh, clients: &[reqwest::Client]) -> Vec<String> {
     seen
 }
 
-#[tokio::test]
-async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller() {
-    // The shipped envoy/native-companion.yaml: envoy/companion.yaml's plugin JSON (source: the companion).
-    let rendered = Rendered::from_file("envoy/native-companion.yaml");
-    let companion = Companion::start(rendered.port(18080), include_str!("../demo/table.json")).await;
-    let mesh = Mesh::start_with(rendered).await;
-    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
-    // Ten kept-alive connections, spread over both workers.
+/// Four rounds of b's `feature-1` instance added and removed at the
+/// companion: each round waits for ten kept-alive connections (spread over
+/// both workers, handed back) to see it, and for the stat to show its
+/// version.
+async fn lane_flips_reach_every_connection(companion: &Companion, mesh: &Mesh) -> Vec<reqwest::Client> {
     let clients: Vec<reqwest::Client> = (0..10).map(|_| http()).collect();
     for round in 0..4 {
         let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
         let version = companion.set_instance("b", "feature-1", cluster).await;
         let started = std::time::Instant::now();
         wait_for(&format!("every connection to see b@{group}"), Duration::from_secs(5), || async {
-            let seen = groups_seen(&mesh, &clients).await;
+            let seen = groups_seen(mesh, &clients).await;
             (seen.len() == clients.len() && seen.iter().all(|g| g == group)).then_some(())
         })
         .await;
@@ -330,6 +327,17 @@ async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller(
         println!("round {round}: version {version} on every connection after {:?}", started.elapsed());
         mesh.envoy.wait_stat("isogroup.isogroup_table_version", version).await;
     }
+    clients
+}
+
+#[tokio::test]
+async fn the_native_build_follows_the_companion_on_every_worker_with_one_poller() {
+    // The shipped envoy/native-companion.yaml: envoy/companion.yaml's plugin JSON (source: the companion).
+    let rendered = Rendered::from_file("envoy/native-companion.yaml");
+    let companion = Companion::start(rendered.port(18080), include_str!("../demo/table.json")).await;
+    let mesh = Mesh::start_with(rendered).await;
+    mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
+    let clients = lane_flips_reach_every_connection(&companion, &mesh).await;
     assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");
     // Both workers served: the explanation names the worker that decided.
     let mut workers = std::collections::BTreeSet::new();
@@ -661,19 +669,7 @@ async fn deciding_arm_follows_the_companion_through_the_bootstrap_extension() {
     mesh.envoy.wait_stat("isogroup.isogroup_table_version", 1).await;
     let (status, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
     assert_eq!((status, hops.as_str()), (200, "a@feature-1 > b@base > c@base"), "the companion's table 1");
-    let clients: Vec<reqwest::Client> = (0..10).map(|_| http()).collect();
-    for round in 0..4 {
-        let (cluster, group) = if round % 2 == 0 { (Some("b-feature-1"), "feature-1") } else { (None, "base") };
-        let version = companion.set_instance("b", "feature-1", cluster).await;
-        let started = std::time::Instant::now();
-        wait_for(&format!("every connection to see b@{group}"), Duration::from_secs(5), || async {
-            let seen = groups_seen(&mesh, &clients).await;
-            (seen.len() == clients.len() && seen.iter().all(|g| g == group)).then_some(())
-        })
-        .await;
-        println!("round {round}: version {version} on every connection after {:?}", started.elapsed());
-        mesh.envoy.wait_stat("isogroup.isogroup_table_version", version).await;
-    }
+    lane_flips_reach_every_connection(&companion, &mesh).await;
     let (_, _, _, _, hops) = answer(&mesh, "a", &[("x-isogroup", "feature-1")]).await;
     assert_eq!(hops, "a@feature-1 > b@base > c@base", "the lane removed again");
     assert_eq!(companion.metric("isogroup_companion_pollers").await, 1.0, "one poller for the process");

@@ -211,6 +211,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// How long after `t0` each install `keep` picks came, sorted.
+    fn install_latencies(&self, t0: Instant, keep: impl Fn(&Install) -> bool) -> Vec<Duration> {
+        let mut latencies: Vec<Duration> = self
+            .installs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|i| keep(i))
+            .map(|i| i.3.saturating_duration_since(t0))
+            .collect();
+        latencies.sort();
+        latencies
+    }
+
     fn new(args: &Args, client: reqwest::Client, urls: Vec<String>, delta: bool) -> Shared {
         Shared {
             client,
@@ -553,15 +567,7 @@ async fn one_change(
     }
     let cpu_ms = cpu_ticks(pid).saturating_sub(cpu0) * 1000 / ticks;
     let bytes = shared.bytes.load(Ordering::Relaxed) - bytes0;
-    let mut latencies: Vec<Duration> = shared
-        .installs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|i| i.1 == now.version && i.2 == now.hash)
-        .map(|i| i.3.saturating_duration_since(t0))
-        .collect();
-    latencies.sort();
+    let latencies = shared.install_latencies(t0, |i| i.1 == now.version && i.2 == now.hash);
     Ok(Change { version: now.version, missing: n.saturating_sub(latencies.len()), latencies, bytes, cpu_ms })
 }
 
@@ -958,15 +964,7 @@ async fn run_kube(args: &Args) -> Result<KubeResult, Error> {
     let ticks = clock_ticks_per_s();
     let cpu_ms = cpu_ticks(&standby.pid().to_string()).saturating_sub(cpu0) * 1000 / ticks;
     let bytes = shared.bytes.load(Ordering::Relaxed) - bytes0;
-    let mut latencies: Vec<Duration> = shared
-        .installs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|i| i.2 == now.hash)
-        .map(|i| i.3.saturating_duration_since(t0))
-        .collect();
-    latencies.sort();
+    let latencies = shared.install_latencies(t0, |i| i.2 == now.hash);
     let hwm_kib = status_kib(&standby.pid().to_string(), "VmHWM");
     shared.stop.store(true, Ordering::Relaxed);
     for p in &pollers {
