@@ -27,15 +27,16 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
     let mut is_sampled = false;
     let mut untraced = false;
     // A sampled trace's FNV-1a: the VM's records place it by the hash the
-    // sampling took.
-    let mut hash = 0;
+    // sampling took (`None`: not taken, made where needed).
+    let mut hash = None;
     if let Some(r) = reports {
         if incoming.group.as_ref().is_some_and(|g| g.as_str() != vm.settings.base_group) {
             r.saw_lane(now);
         }
         if let (true, Some(t)) = (incoming.traced, incoming.trace_id) {
-            hash = fnv1a(t);
-            is_sampled = sampled_hash(hash, r.sample);
+            let h = fnv1a(t);
+            hash = Some(h);
+            is_sampled = sampled_hash(h, r.sample);
         }
         // No trace the reports follow and no group of its own: counted as
         // untraced (outbound, while the workload served lanes).
@@ -52,13 +53,14 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
         },
         side => side,
     };
+    let hash_of = |trace| hash.unwrap_or_else(|| fnv1a(trace));
     match (side, incoming.trace_id) {
         (Side::Inbound, Some(trace)) => {
             // A group to restore, or a sampled trace (base requests too).
             if incoming.group.is_some() || is_sampled {
                 let entry = assist::encode_entry(trace, incoming.group.as_ref(), now.saturating_add(a.ttl_ms));
-                let mut key = String::new();
-                a.slot_key_to(fnv1a(trace), &mut key);
+                let (hash, mut key) = (hash_of(trace), String::new());
+                a.slot_key_to(hash, &mut key);
                 let written = vm.host.shared_set(&key, &entry, None).is_ok();
                 if let (Some(r), true) = (reports, written && is_sampled) {
                     r.remember(hash, entry);
@@ -69,12 +71,12 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
         (Side::Inbound, None) => Seen::Nothing,
         (_, trace) if incoming.group.is_some() => match (reports, trace, &incoming.group) {
             // Recorded by this VM: classified now, without a host call.
-            (Some(r), Some(trace), Some(group)) if is_sampled => r.classify_carried(trace, hash, group, now),
+            (Some(r), Some(trace), Some(group)) if is_sampled => r.classify_carried(trace, hash_of(trace), group, now),
             _ => Seen::Nothing,
         },
         (_, None) => Seen::Class(Class::Untraced),
         (_, Some(trace)) => {
-            let recorded = read_record(&vm.host, a, trace, fnv1a(trace), now);
+            let recorded = read_record(&vm.host, a, trace, hash_of(trace), now);
             let mut healed = false;
             if let (Some(Some(group)), true) = (recorded, a.heal) {
                 incoming.adopt(group, GroupSource::Assist);
