@@ -63,15 +63,15 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
                 a.slot_key_to(hash, &mut key);
                 let written = vm.host.shared_set(&key, &entry, None).is_ok();
                 if let (Some(r), true) = (reports, written && is_sampled) {
-                    r.remember(hash, entry);
+                    r.remember(hash, &entry);
                 }
             }
             Seen::Nothing
         }
         (Side::Inbound, None) => Seen::Nothing,
         (_, trace) if incoming.group.is_some() => match (reports, trace, &incoming.group) {
-            // Recorded by this VM: classified now, without a host call.
-            (Some(r), Some(trace), Some(group)) if is_sampled => r.classify_carried(trace, hash_of(trace), group, now),
+            // Classified on a tick, without a host call now.
+            (Some(_), Some(trace), Some(_)) if is_sampled => Seen::Carried(hash_of(trace)),
             _ => Seen::Nothing,
         },
         (_, None) => Seen::Class(Class::Untraced),

@@ -6,11 +6,12 @@
 //!
 //! Host calls on the request path: none for a request that carries a group;
 //! for one without, the assist's one shared-data read. A request of a
-//! sampled trace that carries a group is classified at once when this VM
-//! recorded the trace's inbound request itself (`remember`: the sampled
-//! records it wrote, kept in the VM), else on the tick, which reads the
-//! record from shared data (the inbound request ran on another worker's VM,
-//! or a newer trace took its place here).
+//! sampled trace that carries a group waits in a buffer and is classified a
+//! tick later against the workload's recent records: each VM adds the
+//! sampled inbound records it wrote to one shared key on its tick
+//! (`isogroup/prop/<workload>/recent`, the newest `RECENT_BYTES`), so a
+//! tick makes one read for all of its carried requests, whichever worker's
+//! VM recorded their traces (a tick later: that VM has ticked since).
 //!
 //! Worker VMs add their counts to a per-VM key (`isogroup/prop/<workload>/<n>`,
 //! n = VM number mod `VM_KEYS`, one line per destination, merged with CAS,
@@ -26,7 +27,6 @@ use core::cell::Cell;
 use core::time::Duration;
 
 use crate::proxy::LogLevel;
-use isogroup_core::assist::Assist;
 use isogroup_core::propagation::{carried_entry, Class, Counts, LANE_WINDOW_MS, MAX_REPORT_BYTES, REPORT_EVERY_MS};
 use isogroup_core::text::text_of;
 use isogroup_core::{cat, CompanionSource, GroupName};
@@ -40,22 +40,25 @@ const VM_KEYS: u64 = 16;
 /// Sampled group-carrying requests kept for the tick's classification;
 /// more are not counted.
 const MAX_CARRIED: u32 = 64;
+/// The workload's recent sampled records kept in shared data for the ticks
+/// (`recent`: the newest this many bytes, ~250 records).
+const RECENT_BYTES: usize = MAX_REPORT_BYTES;
 /// A VM hands its counts to shared data at most this often (a read and a
 /// write of its key: per time, not per request; the poller takes the keys
 /// every `REPORT_EVERY_MS`).
 const FLUSH_EVERY_MS: u64 = 1_000;
-/// Sampled inbound records kept in the VM (`remember`): 1 << this many,
-/// each in its place by trace; a newer trace in the same place replaces it.
-const LOCAL_BITS: u32 = 7;
-const LOCAL_RECORDS: usize = 1 << LOCAL_BITS;
+/// A tick's index of the recent records: 1 << this many places, more than
+/// 16 KiB holds of the smallest record a filter writes (~26 bytes).
+const INDEX_BITS: u32 = 10;
+const INDEX_PLACES: usize = 1 << INDEX_BITS;
 
 /// What the assist saw of a request, for the reports.
 pub enum Seen {
     Nothing,
     Class(Class),
-    /// An outbound request of a sampled trace carrying a group that this VM
-    /// did not record: classified on the tick.
-    Carried,
+    /// An outbound request of a sampled trace (its FNV-1a) carrying a
+    /// group: classified on a tick.
+    Carried(u64),
 }
 
 /// Reports on: the settings have `propagation`, the assist, a workload and
@@ -65,16 +68,19 @@ pub struct Reports {
     counts: Cell<Counts>,
     /// When the counts last went to shared data.
     flushed_ms: Cell<u64>,
-    /// The sampled requests that carried a group, for the tick, one after
-    /// another in one buffer kept from tick to tick (no allocation per
-    /// request): the lengths of the destination, the trace id and the group
-    /// (a byte each: at most 253, 128 and 63), then those three.
+    /// The sampled requests that carried a group, for the tick after the
+    /// next, one after another in one buffer kept from tick to tick (no
+    /// allocation per request): the lengths of the destination, the trace id
+    /// and the group (a byte each: at most 253, 128 and 63), the trace id's
+    /// FNV-1a, then those three.
     carried: Cell<Vec<u8>>,
+    /// Those of the tick before, classified on the next.
+    pending: Cell<Vec<u8>>,
     /// How many requests `carried` holds (at most `MAX_CARRIED`).
     carried_n: Cell<u32>,
-    /// The sampled inbound records this VM wrote (`encode_entry`'s form),
-    /// each at `local_slot` of its trace.
-    recorded: [Cell<Vec<u8>>; LOCAL_RECORDS],
+    /// The sampled records this VM wrote since it last added them to the
+    /// workload's recent records (`recent`'s frames, at most `RECENT_BYTES`).
+    fresh: Cell<Vec<u8>>,
     /// When this VM last saw a lane request, and last told the others.
     lane_seen_ms: Cell<u64>,
     lane_told_ms: Cell<u64>,
@@ -93,7 +99,8 @@ impl Reports {
             flushed_ms: Cell::default(),
             carried: Cell::default(),
             carried_n: Cell::default(),
-            recorded: [const { Cell::new(Vec::new()) }; LOCAL_RECORDS],
+            pending: Cell::default(),
+            fresh: Cell::default(),
             lane_seen_ms: Cell::default(),
             lane_told_ms: Cell::default(),
             lane_shared_ms: Cell::default(),
@@ -112,24 +119,19 @@ impl Reports {
         now < self.lane_seen_ms.get().max(self.lane_shared_ms.get()).saturating_add(LANE_WINDOW_MS)
     }
 
-    /// A sampled inbound record this VM wrote to shared data, kept here too:
-    /// a carried request of its trace is then classified without a host call.
-    /// `hash`: the trace id's FNV-1a.
-    pub fn remember(&self, hash: u64, entry: Vec<u8>) {
-        if let Some(slot) = self.recorded.get(local_slot(hash)) {
-            slot.set(entry);
+    /// A sampled inbound record (`encode_entry`'s form) this VM wrote to
+    /// the assist's slot, added to the workload's recent records on the
+    /// tick. `hash`: the trace id's FNV-1a.
+    pub fn remember(&self, hash: u64, entry: &[u8]) {
+        let mut fresh = self.fresh.take();
+        // A frame: the entry's length (at most 213: expiry, group, trace id),
+        // the hash, the entry; past the bound, not shared.
+        if let (Ok(len), true) = (u8::try_from(entry.len()), fresh.len() + entry.len() < RECENT_BYTES) {
+            fresh.push(len);
+            fresh.extend_from_slice(&hash.to_le_bytes());
+            fresh.extend_from_slice(entry);
         }
-    }
-
-    /// An outbound request of a sampled trace (`hash`: its FNV-1a) that
-    /// carries `group`: classified now when this VM holds the trace's fresh
-    /// record, else `Carried`, for the tick.
-    pub fn classify_carried(&self, trace: &[u8], hash: u64, group: &GroupName, now: u64) -> Seen {
-        let Some(slot) = self.recorded.get(local_slot(hash)) else { return Seen::Carried };
-        let entry = slot.take();
-        let class = carried_entry(&entry, trace, group.as_str().as_bytes(), now);
-        slot.set(entry);
-        class.map_or(Seen::Carried, Seen::Class)
+        self.fresh.set(fresh);
     }
 
     /// Counts what the assist saw of a request to `destination` (a table
@@ -145,7 +147,7 @@ impl Reports {
         let Some(destination) = destination else { return };
         match (seen, group) {
             (Seen::Class(class), _) => self.count(metrics, destination, class),
-            (Seen::Carried, Some(group)) => {
+            (Seen::Carried(hash), Some(group)) => {
                 let n = self.carried_n.get();
                 let lengths = [destination.len(), trace.len(), group.as_str().len()];
                 // Past the bound, or a length that does not fit its byte
@@ -157,6 +159,7 @@ impl Reports {
                 for l in lengths {
                     carried.push(l as u8);
                 }
+                carried.extend_from_slice(&hash.to_le_bytes());
                 for part in [destination.as_bytes(), trace, group.as_str().as_bytes()] {
                     carried.extend_from_slice(part);
                 }
@@ -174,25 +177,44 @@ impl Reports {
         metrics.count(Counter::PROPAGATION[class as usize]);
     }
 
-    /// Every VM, each tick: classify the carried requests, share the lane
-    /// time, hand the counts to this VM's key (at most once a second).
-    pub fn on_tick<H: Host>(&self, vm: &Vm<H>, assist: &Assist) {
+    /// Every VM, each tick: add its fresh records to the workload's recent
+    /// ones, classify the requests carried the tick before against them,
+    /// share the lane time, hand the counts to this VM's key (at most once a
+    /// second).
+    pub fn on_tick<H: Host>(&self, vm: &Vm<H>) {
         let (host, now) = (&vm.host, vm.clock_ms.get());
-        let mut carried = self.carried.take();
-        let mut rest = carried.as_slice();
-        let mut slot_key = String::new();
-        while let Some((destination, trace, group, next)) = next_carried(rest) {
-            rest = next;
-            assist.slot_key_to(isogroup_core::edge::fnv1a(trace), &mut slot_key);
-            if let Ok((Some(entry), _)) = host.shared_get(&slot_key) {
-                let class = carried_entry(&entry, trace, group, now);
-                if let (Some(class), Ok(destination)) = (class, core::str::from_utf8(destination)) {
+        // The tick before's, then this one's for the next tick.
+        let mut classify = self.pending.replace(self.carried.take());
+        let fresh = self.fresh.take();
+        if !classify.is_empty() || !fresh.is_empty() {
+            let recent_key = key(vm, "recent");
+            let (recent, cas) = host.shared_get(&recent_key).unwrap_or_default();
+            let mut recent = recent.unwrap_or_default();
+            recent.extend_from_slice(&fresh);
+            // The oldest frames out past the bound.
+            let mut start = 0;
+            while recent.len().saturating_sub(start) > RECENT_BYTES {
+                start += 9 + usize::from(recent.get(start).copied().unwrap_or(0));
+            }
+            let recent = recent.get(start..).unwrap_or_default();
+            if !fresh.is_empty() && host.shared_set(&recent_key, recent, cas).is_err() {
+                // Lost to another VM's write: added on the next tick.
+                self.fresh.set(fresh);
+            }
+            let index = Index::of(recent);
+            let mut rest = classify.as_slice();
+            while let Some((hash, destination, trace, group, next)) = next_carried(rest) {
+                rest = next;
+                if let (Some(class), Ok(destination)) =
+                    (index.class(recent, hash, trace, group, now), core::str::from_utf8(destination))
+                {
                     self.count(&vm.metrics, destination, class);
                 }
             }
         }
-        carried.clear();
-        self.carried.set(carried);
+        // Its buffer kept for the requests of the next tick.
+        classify.clear();
+        self.carried.set(classify);
         self.carried_n.set(0);
         let lanes_key = key(vm, "lanes");
         let seen = self.lane_seen_ms.get();
@@ -277,23 +299,82 @@ impl Reports {
     }
 }
 
-/// A trace's place in `Reports::recorded`, by its FNV-1a `hash`: the top
-/// bits of the hash times 2^64 / φ (a sampled trace's low bits are the
-/// sampling's zeros, and ids that differ in their last digit differ little
-/// in FNV's high bits).
-pub(crate) fn local_slot(hash: u64) -> usize {
-    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - LOCAL_BITS)) as usize
-}
-
-/// The first request in `Reports::carried`'s buffer: (destination, trace
-/// id, group, the rest); `None` at its end.
+/// The first request in `Reports::carried`'s buffer: (its trace id's
+/// FNV-1a, destination, trace id, group, the rest); `None` at its end.
 #[allow(clippy::type_complexity)]
-fn next_carried(buf: &[u8]) -> Option<(&[u8], &[u8], &[u8], &[u8])> {
+fn next_carried(buf: &[u8]) -> Option<(u64, &[u8], &[u8], &[u8], &[u8])> {
     let ([d, t, g], rest) = buf.split_first_chunk::<3>()?;
+    let (hash, rest) = rest.split_first_chunk::<8>()?;
     let (destination, rest) = rest.split_at_checked(usize::from(*d))?;
     let (trace, rest) = rest.split_at_checked(usize::from(*t))?;
     let (group, rest) = rest.split_at_checked(usize::from(*g))?;
-    Some((destination, trace, group, rest))
+    Some((u64::from_le_bytes(*hash), destination, trace, group, rest))
+}
+
+/// The first of the recent records' frames (`Reports::remember`'s): (the
+/// trace id's FNV-1a, the entry, the rest).
+fn next_record(buf: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let ([len], rest) = buf.split_first_chunk::<1>()?;
+    let (hash, rest) = rest.split_first_chunk::<8>()?;
+    let (entry, rest) = rest.split_at_checked(usize::from(*len))?;
+    Some((u64::from_le_bytes(*hash), entry, rest))
+}
+
+/// The recent records' frames by their hash (open addressing, linear
+/// probing): each carried request is then found without a scan.
+struct Index([u16; INDEX_PLACES]);
+
+const EMPTY: u16 = u16::MAX;
+
+/// A hash's first place (its top bits times 2^64 / φ: a sampled trace's low
+/// bits are the sampling's zeros).
+fn place(hash: u64) -> usize {
+    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - INDEX_BITS)) as usize
+}
+
+impl Index {
+    /// `recent` (at most `RECENT_BYTES`: its offsets fit a `u16`), oldest
+    /// first, so a trace's newer record comes later along its probe; its
+    /// newest `INDEX_PLACES / 2` frames (more than a filter's fit), so every
+    /// probe ends and the worst (every hash in one run) stays bounded.
+    fn of(recent: &[u8]) -> Index {
+        let mut index = Index([EMPTY; INDEX_PLACES]);
+        let mut rest = recent;
+        let mut skip = 0usize;
+        while let Some((_, _, next)) = next_record(rest) {
+            (rest, skip) = (next, skip + 1);
+        }
+        skip = skip.saturating_sub(INDEX_PLACES / 2);
+        rest = recent;
+        while let Some((hash, _, next)) = next_record(rest) {
+            if skip == 0 {
+                let mut i = place(hash);
+                while index.0.get(i).is_some_and(|&at| at != EMPTY) {
+                    i = (i + 1) % INDEX_PLACES;
+                }
+                if let Some(at) = index.0.get_mut(i) {
+                    *at = (recent.len() - rest.len()) as u16;
+                }
+            }
+            (rest, skip) = (next, skip.saturating_sub(1));
+        }
+        index
+    }
+
+    /// A carried request of `trace` (`hash`: its FNV-1a) that sent `group`:
+    /// the newest fresh record of the trace decides.
+    fn class(&self, recent: &[u8], hash: u64, trace: &[u8], group: &[u8], now: u64) -> Option<Class> {
+        let (mut i, mut class) = (place(hash), None);
+        while let Some(&at) = self.0.get(i).filter(|&&at| at != EMPTY) {
+            if let Some((h, entry, _)) = recent.get(usize::from(at)..).and_then(next_record) {
+                if h == hash {
+                    class = carried_entry(entry, trace, group, now).or(class);
+                }
+            }
+            i = (i + 1) % INDEX_PLACES;
+        }
+        class
+    }
 }
 
 /// `isogroup/prop/<workload>/<name>`: one workload's counts and lane time.

@@ -89,7 +89,10 @@ fn sampling_is_deterministic_and_each_class_is_counted_once_per_trace_and_destin
         p.outbound(&[(":authority", "elsewhere"), ("traceparent", &tp)]);
         p.tick();
     }
-    // Kept and changed are classified on the tick; healed on the request.
+    // Kept and changed are classified a tick after the one that follows
+    // them (the recording VM has shared its records since); healed on the
+    // request.
+    p.tick();
     assert_eq!(counted(&p.process), [sampled, sampled, sampled, 0, 0]);
     // A base trace whose outbound request carries no group either: kept.
     let base = (1_000..).find(|&n| is_sampled(n)).unwrap();
@@ -102,6 +105,7 @@ fn sampling_is_deterministic_and_each_class_is_counted_once_per_trace_and_destin
     for _ in 0..100 {
         p.outbound(&[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &traceparent(lane))]);
     }
+    p.tick();
     p.tick();
     assert_eq!(counted(&p.process), [sampled + 65, sampled, sampled, 0, 0]);
     // The per-VM counts went to shared data for the poller.
@@ -172,6 +176,7 @@ fn a_stamped_workload_group_is_changed() {
     let n = (1..).find(|&n| is_sampled(n)).unwrap();
     p.inbound(&[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &traceparent(n))]);
     assert_eq!(p.outbound(&[(":authority", "a"), ("traceparent", &traceparent(n))]).as_deref(), Some("feature-2"));
+    p.tick();
     p.tick();
     assert_eq!(counted(&p.process), [0, 1, 0, 0, 0]);
 }
@@ -360,7 +365,8 @@ fn host_calls_per_request_with_and_without_reports() {
 /// One VM on both sides (side `auto`, as a sidecar's one VM per worker):
 /// sampled traces through its inbound side, then their outbound requests
 /// carrying a group. Returns the shared-data reads those outbound requests
-/// and the next tick made.
+/// and the next two ticks (a second apart) made: they are classified on the
+/// second.
 fn carried_through_one_vm(root: &mut Root<FakeHost>, host: &FakeHost, traces: &[u64]) -> u32 {
     let (inbound, outbound) = (1, 2);
     for &n in traces {
@@ -377,8 +383,10 @@ fn carried_through_one_vm(root: &mut Root<FakeHost>, host: &FakeHost, traces: &[
         calls_of(root, host, outbound, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
         calls_of(root, host, outbound, &[(":authority", "b"), ("x-isogroup", "feature-2"), ("traceparent", &tp)]);
     }
-    host.advance(1_000);
-    root.on_tick();
+    for _ in 0..2 {
+        host.advance(1_000);
+        root.on_tick();
+    }
     host.vm.shared_gets.get() - before
 }
 
@@ -396,37 +404,133 @@ fn carried_requests_of_traces_the_vm_recorded_take_no_read_per_request() {
     let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(20).collect();
     let process = Process::new();
     let (mut root, host) = one_vm(&process);
-    // The tick's own reads (the lane time or the count key), whatever the
-    // number of requests: one trace, then twenty.
+    // The ticks' own reads (the lane time or the count key, and the
+    // workload's recent records, to add this VM's and classify), whatever
+    // the number of requests: one trace, then twenty (after a first round:
+    // the lane time is then told, not read, alike).
+    carried_through_one_vm(&mut root, &host, &traces[..1]);
     let one = carried_through_one_vm(&mut root, &host, &traces[..1]);
-    assert_eq!(counted(&process), [1, 1, 0, 0, 0]);
+    assert_eq!(counted(&process), [2, 2, 0, 0, 0]);
     let twenty = carried_through_one_vm(&mut root, &host, &traces);
-    assert_eq!(counted(&process), [21, 21, 0, 0, 0], "each counted once, exactly as from shared data");
+    assert_eq!(counted(&process), [22, 22, 0, 0, 0], "each counted once");
     assert_eq!(twenty, one, "no read per carried request (40 of them)");
-    assert!(one <= 2, "{one} reads on the tick");
+    assert!(one <= 4, "{one} reads on two ticks");
+}
+
+/// Sampled inbound requests of `traces` (lane `feature-1`) through VM `a`,
+/// then its tick (it adds them to the workload's recent records).
+fn recorded_then_tick(a: &mut Root<FakeHost>, a_host: &FakeHost, traces: &[u64]) {
+    for &n in traces {
+        let tp = traceparent(n);
+        calls_of(a, a_host, 1, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+    }
+    a_host.advance(1_000);
+    a.on_tick();
+}
+
+/// Outbound requests of `traces` through VM `b` (to `a` keeping the lane,
+/// to `b` changing it), then its two ticks (they are classified on the
+/// second): the shared-data reads of all of it.
+fn carried_then_tick(b: &mut Root<FakeHost>, b_host: &FakeHost, traces: &[u64]) -> u32 {
+    let before = b_host.vm.shared_gets.get();
+    for &n in traces {
+        let tp = traceparent(n);
+        calls_of(b, b_host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+        calls_of(b, b_host, 2, &[(":authority", "b"), ("x-isogroup", "feature-2"), ("traceparent", &tp)]);
+    }
+    for _ in 0..2 {
+        b_host.advance(1_000);
+        b.on_tick();
+    }
+    b_host.vm.shared_gets.get() - before
 }
 
 #[test]
-fn a_record_this_vm_no_longer_holds_is_read_on_the_tick() {
-    use crate::propagation::local_slot;
-    // Two sampled traces in the same place of the VM's records (not of the
-    // assist's slots): the second recorded replaces the first there.
-    let first = (1..).find(|&n| is_sampled(n)).unwrap();
-    let slot = |n: u64| local_slot(fnv1a(trace_id(n).as_bytes()));
-    let second = (first + 1..).find(|&n| is_sampled(n) && slot(n) == slot(first)).unwrap();
+fn carried_requests_recorded_on_another_vm_take_one_read_per_tick_not_one_each() {
+    // Two VMs of one workload, as two workers: each trace's inbound request
+    // on one, its outbound requests on the other.
+    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(20).collect();
     let process = Process::new();
-    let (mut root, host) = one_vm(&process);
-    let baseline = carried_through_one_vm(&mut root, &host, &[second]);
-    let reads = carried_through_one_vm(&mut root, &host, &[first, second]);
-    assert_eq!(reads, baseline + 2, "the first trace's two requests read its record on the tick");
-    assert_eq!(counted(&process), [3, 3, 0, 0, 0], "and count as the VM's own records do");
-    // Expired: neither the VM's record nor the shared one counts.
-    host.advance(3_600_000);
-    carried_through_one_vm(&mut root, &host, &[]);
-    let tp = traceparent(second);
-    calls_of(&mut root, &host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
-    root.on_tick();
-    assert_eq!(counted(&process), [3, 3, 0, 0, 0]);
+    let (mut a, a_host) = one_vm(&process);
+    let (mut b, b_host) = one_vm(&process);
+    recorded_then_tick(&mut a, &a_host, &traces);
+    // After a first round (the lane time is then told, not read, alike).
+    carried_then_tick(&mut b, &b_host, &traces[..1]);
+    let one = carried_then_tick(&mut b, &b_host, &traces[..1]);
+    assert_eq!(counted(&process), [2, 2, 0, 0, 0]);
+    let twenty = carried_then_tick(&mut b, &b_host, &traces);
+    assert_eq!(counted(&process), [22, 22, 0, 0, 0], "each counted once, as the recording VM counts its own");
+    assert_eq!(twenty, one, "no read per carried request (40 of them)");
+    assert!(one <= 4, "{one} reads on two ticks");
+}
+
+#[test]
+fn a_carried_request_is_classified_a_tick_later_against_the_records_shared_by_then() {
+    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(2).collect();
+    let process = Process::new();
+    let (mut a, a_host) = one_vm(&process);
+    let (mut b, b_host) = one_vm(&process);
+    let tick = |root: &mut Root<FakeHost>, host: &FakeHost| {
+        host.advance(1_000);
+        root.on_tick();
+    };
+    // Recorded by `a`, which has not ticked yet when `b`'s request of the
+    // trace has its first tick; `a` ticks before `b`'s next: counted.
+    let tp = traceparent(traces[0]);
+    calls_of(&mut a, &a_host, 1, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+    calls_of(&mut b, &b_host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+    tick(&mut b, &b_host);
+    assert_eq!(counted(&process), [0, 0, 0, 0, 0]);
+    tick(&mut a, &a_host);
+    tick(&mut b, &b_host);
+    assert_eq!(counted(&process), [1, 0, 0, 0, 0], "classified on the tick after the next");
+    // A record shared later than that: not counted, and the request not
+    // kept any longer (the buffer stays bounded).
+    let tp = traceparent(traces[1]);
+    calls_of(&mut a, &a_host, 1, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+    calls_of(&mut b, &b_host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+    tick(&mut b, &b_host);
+    tick(&mut b, &b_host);
+    tick(&mut a, &a_host);
+    tick(&mut b, &b_host);
+    assert_eq!(counted(&process), [1, 0, 0, 0, 0]);
+    // Expired records count for no one.
+    carried_then_tick(&mut b, &b_host, &traces[..1]);
+    assert_eq!(counted(&process), [2, 1, 0, 0, 0]);
+    b_host.advance(3_600_000);
+    carried_then_tick(&mut b, &b_host, &traces[..1]);
+    assert_eq!(counted(&process), [2, 1, 0, 0, 0]);
+}
+
+#[test]
+fn the_workloads_recent_records_keep_the_newest_within_their_bound() {
+    // Far more sampled records than the bound holds (~250).
+    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(600).collect();
+    let process = Process::new();
+    let (mut a, a_host) = one_vm(&process);
+    let (mut b, b_host) = one_vm(&process);
+    for chunk in traces.chunks(100) {
+        recorded_then_tick(&mut a, &a_host, chunk);
+    }
+    let recent = process.shared("isogroup/prop/a-v1/recent").unwrap();
+    assert!(recent.len() <= isogroup_core::propagation::MAX_REPORT_BYTES, "{} bytes", recent.len());
+    assert!(recent.len() > isogroup_core::propagation::MAX_REPORT_BYTES - 300, "{} bytes", recent.len());
+    // The newest are found, the oldest are not.
+    carried_then_tick(&mut b, &b_host, &traces[590..]);
+    assert_eq!(counted(&process), [10, 10, 0, 0, 0]);
+    carried_then_tick(&mut b, &b_host, &traces[..10]);
+    assert_eq!(counted(&process), [10, 10, 0, 0, 0]);
+    // Frames no filter writes (empty entries, one hash: one probe run as
+    // long as the index): the ticks index at most its places and go on.
+    let hostile: Vec<u8> = (0..16 * 1024 / 9).flat_map(|_| [0u8; 9]).collect();
+    crate::host::Host::shared_set(&a_host, "isogroup/prop/a-v1/recent", &hostile, None).unwrap();
+    carried_then_tick(&mut b, &b_host, &traces[590..]);
+    assert_eq!(counted(&process), [10, 10, 0, 0, 0], "nothing found among them");
+    recorded_then_tick(&mut a, &a_host, &traces[590..]);
+    let recent = process.shared("isogroup/prop/a-v1/recent").unwrap();
+    assert!(recent.len() <= isogroup_core::propagation::MAX_REPORT_BYTES, "{} bytes", recent.len());
+    carried_then_tick(&mut b, &b_host, &traces[590..]);
+    assert_eq!(counted(&process), [20, 20, 0, 0, 0], "the newest records found again");
 }
 
 #[test]
@@ -450,14 +554,15 @@ fn counts_reach_shared_data_at_most_once_a_second_one_line_per_destination() {
     let text = |k: &str| String::from_utf8(process.shared(k).unwrap()).unwrap();
     let key = key().unwrap();
     assert_eq!(text(&key), "a 25 0 0 0 0\nb 0 25 0 0 0\n");
-    // Within the second: counted at once, handed over on the first tick
-    // past it, nothing lost.
+    // Within the second: counted on the tick after the next, handed over
+    // on the first tick past the second, nothing lost.
     for &n in &traces {
         let tp = traceparent(n);
         calls_of(&mut root, &host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
         root.on_tick();
         host.advance(100);
     }
+    root.on_tick();
     assert_eq!(counted(&process), [30, 25, 0, 0, 0]);
     assert_eq!(text(&key), "a 25 0 0 0 0\nb 0 25 0 0 0\n", "no write within the second");
     host.advance(1_000);
