@@ -47,7 +47,8 @@ import one_envoy  # noqa: E402  (the arms and the combined config)
 import propagation_arms  # noqa: E402  (what propagation reports cost: sidecar-like arms)
 
 DEFAULT_ARMS = "floor,lua,noop-wasm,isogroup-lean,native-default,native-lean,native-decide,native-decide-companion"
-ADMIN = 19901  # the combined config keeps the first arm's admin address
+ADMIN = 19901
+PACED = "@half"  # an arm's suffix: its requests at half the rate  # the combined config keeps the first arm's admin address
 # Arms compared in the summary: (label, arm); each over the floor, and as a ratio to Lua's.
 GOALS = (("native lean ÷ Lua (goal ≤ 0.5)", "native-lean"), ("native decide ÷ Lua (goal ≤ 0.5)", "native-decide"),
          ("native decide, companion-fed ÷ Lua (goal ≤ 0.5)", "native-decide-companion"),
@@ -58,7 +59,8 @@ class KeepAlive:
     """One HTTP/1.1 keep-alive connection; every response must be a 200.
     `headers`: one header set, or a list of them sent in turn (cycled)."""
 
-    def __init__(self, port, headers):
+    def __init__(self, port, headers, paced=False):
+        self.paced = paced  # half the rate: after each request, idle as long as it took
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
         self.file = self.sock.makefile("rb")
         self.requests = [("GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode()
@@ -67,6 +69,7 @@ class KeepAlive:
 
     def send(self, n):
         for _ in range(n):
+            started = time.monotonic()
             self.sock.sendall(self.requests[self.sent % len(self.requests)])
             self.sent += 1
             status = self.file.readline()
@@ -77,6 +80,8 @@ class KeepAlive:
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
             self.file.read(length)
+            if self.paced:
+                time.sleep(time.monotonic() - started)
 
     def close(self):
         self.file.close()
@@ -204,12 +209,19 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = ["floor"] + [a for a in args.arms.split(",") if a != "floor"]
     known = {a[0]: a for a in one_envoy.arms() + one_envoy.optional_arms() + propagation_arms.arms(args.was_wasm)}
-    if unknown := [a for a in wanted if a not in known]:
-        raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    arm_list = [known[a] for a in wanted]
+    # `ARM@half`: ARM's listener, its requests sent at half the rate (the client idles as long as
+    # each request took): with ARM, what its timers cost per second apart from each request's own.
+    if unknown := [a for a in wanted if a.removesuffix(PACED) not in known]:
+        raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(known)} (and ARM{PACED})")
+    listeners = [known[a] for a in wanted if not a.endswith(PACED)]
+    for a in wanted:
+        if a.endswith(PACED) and known[a.removesuffix(PACED)] not in listeners:
+            listeners.append(known[a.removesuffix(PACED)])
+    arm_list = [(a, *known[a.removesuffix(PACED)][1:]) for a in wanted]
     config = out_dir / "one-envoy.yaml"
-    config.write_text(one_envoy.combined_config(arm_list))
-    port = {name: one_envoy.FIRST_PORT + i for i, (name, _, _) in enumerate(arm_list)}
+    config.write_text(one_envoy.combined_config(listeners))
+    port = {name: one_envoy.FIRST_PORT + i for i, (name, _, _) in enumerate(listeners)}
+    port.update({a: port[a.removesuffix(PACED)] for a in wanted if a.endswith(PACED)})
     # Per arm, instructions per request: on the worker thread (where requests run), and in all threads.
     worker_ir = {name: [] for name, _, _ in arm_list}
     windows = {name: [] for name, _, _ in arm_list}  # seconds each counted window lasted
@@ -239,10 +251,16 @@ def main():
         for rnd in range(args.rounds):
             order = arm_list[rnd % len(arm_list):] + arm_list[:rnd % len(arm_list)]
             for name, _, headers in order:
+                # The traces this arm sends recorded again by its VM's inbound side (uncounted): what
+                # a VM holds of them is then as fresh as when each inbound request just ran.
+                for inbound, primed in propagation_arms.refresh(name.removesuffix(PACED), wanted):
+                    conn = KeepAlive(port[inbound], primed)
+                    conn.send(len(conn.requests))
+                    conn.close()
                 # Admin requests leave work on the main thread (the connection's close): done before
                 # the warm-up, never inside a counted window.
                 before = stat("svc-f1")
-                conn = KeepAlive(port[name], headers)
+                conn = KeepAlive(port[name], headers, paced=name.endswith(PACED))
                 conn.send(args.warmup)
                 envoy.control("-z")
                 t0 = time.monotonic()
@@ -290,6 +308,8 @@ def main():
             f"- {name}: {statistics.median(v):+,.0f} ({min(v):+,.0f}–{max(v):+,.0f})" for name, v in over_user.items())
     if summary := propagation_summary(net_ir, unit):
         text += "\n\n" + summary
+    if paced := paced_split(net_ir, windows, args.requests, unit):
+        text += "\n\n" + paced
     if reports_check:
         text += "\n" + reports_check
     (out_dir / "report.md").write_text(text + "\n")
@@ -309,7 +329,8 @@ def propagation_check(arms, args):
     did not run is seen as such."""
     # Each connection starts at the first trace id, a sampled one: 1 in `sample` rounded up.
     per_connection = -(-(args.warmup + args.requests) // propagation_arms.SAMPLE)
-    sent = lambda arm, per=per_connection: args.rounds * per if arm in arms else 0
+    # An arm and its paced twin (`ARM@half`) send as many.
+    sent = lambda arm, per=per_connection: args.rounds * per * sum(a.removesuffix(PACED) == arm for a in arms)
     every = args.warmup + args.requests
     expected = {"kept": sum(sent(f"{was}prop-on-out") + sent(f"{was}prop-on-out-half") + sent(f"{was}prop-on-out-allsampled", every)
                             + sent(f"{was}prop-on-out-elsewhere", every) for was in ("", "was-")),
@@ -347,6 +368,46 @@ def propagation_summary(ir, unit="instructions"):
     pairs += tuple((f"this build − was: {name}", name, f"was-{name}") for name in ir if f"was-{name}" in ir)
     rows = [f"- {label}: {span(paired(a, b))} {unit}/request" for label, a, b in pairs if a in ir and b in ir]
     return ("Propagation reports on − off, worker thread, paired per round, median (min–max):\n" + "\n".join(rows)) if rows else ""
+
+
+def paced_split(ir, windows, requests, unit="instructions"):
+    """Per arm run at two rates (ARM and ARM@half), each round's count split into what each request
+    costs itself and what the VM's timers cost per second while requests run (counted ÷ request =
+    own + per-second × seconds per request): under callgrind a request takes ~50× its real time, so
+    per-second work weighs ~50× more per request than at a real rate; the split gives both, and the
+    per-request cost at real rates. Against the floor's own split, paired per round."""
+    rows = []
+    split = {}
+    for name in ir:
+        if not name.endswith(PACED) or name.removesuffix(PACED) not in ir:
+            continue
+        base = name.removesuffix(PACED)
+        own, per_s = [], []
+        for full, half, w_full, w_half in zip(ir[base], ir[name], windows[base], windows[name]):
+            dt = (w_half - w_full) / requests
+            s = (half - full) / dt if dt > 0 else 0.0
+            own.append(full - s * w_full / requests)
+            per_s.append(s)
+        split[base] = (own, per_s)
+    med = statistics.median
+    for base, (own, per_s) in split.items():
+        at = lambda rate: [o + s / rate for o, s in zip(own, per_s)]
+        # Against reports off on the same side (propagation arms), else the floor.
+        side = "prop-off-in" if base.endswith("-in") else "prop-off-out" if "-out" in base else "floor"
+        vs = split.get(side if side in split and base.removeprefix("was-").startswith("prop-on") else "floor")
+        line_ref = side if side in split and base.removeprefix("was-").startswith("prop-on") else "the floor"
+        over = lambda v, f: [a - b for a, b in zip(v, f)]
+        line = (f"- {base}: own {med(own):,.0f} {unit}/request, timers while requests run {med(per_s):,.0f}/s; "
+                f"at 1 000 requests/s {med(at(1000)):,.0f}, at 5 000/s {med(at(5000)):,.0f}")
+        if vs and base != "floor":
+            f_at = lambda rate: [o + s / rate for o, s in zip(*vs)]
+            line += (f" (over {line_ref}, paired: own {med(over(own, vs[0])):+,.0f}, at 1 000/s "
+                     f"{med(over(at(1000), f_at(1000))):+,.0f}, at 5 000/s {med(over(at(5000), f_at(5000))):+,.0f})")
+        rows.append(line)
+    if not rows:
+        return ""
+    return ("Each request's own cost and the timers' per second (ARM against ARM@half, per round; "
+            "timers without requests already removed):\n" + "\n".join(rows))
 
 
 def over_floor(ir):

@@ -149,3 +149,22 @@ def prime(arms):
     slot empty, whatever the order of the arms)."""
     return [(f"{vm}-in", requests("f1", ids)) for vm in ("prop-off", "prop-on", "was-prop-on") if f"{vm}-in" in arms
             for ids in TRACE_IDS]
+
+
+# What each outbound arm's traces were recorded as (`refresh`): its ids, then those that take
+# their places among a VM's own records after them (builds that keep such records).
+_REFRESH = {"out": ("mix",), "out-nogroup": ("mix",), "out-unsampled": ("unsampled",),
+            "out-allsampled": ("sampled",), "out-elsewhere": ("elsewhere", "shadow"),
+            "out-half": ("half", "half-shadow")}
+
+
+def refresh(arm, arms):
+    """(inbound arm, requests) to send, uncounted, before each round of an outbound arm: its traces
+    recorded again by its VM's inbound side, as in a mesh where a trace's inbound request runs just
+    before its outbound ones (a VM that shares a bounded window of recent records would otherwise
+    have let the other arms' records replace them)."""
+    for vm in ("prop-off", "prop-on", "was-prop-on"):
+        side = arm.removeprefix(f"{vm}-")
+        if side != arm and side in _REFRESH and f"{vm}-in" in arms:
+            return [(f"{vm}-in", requests("f1", ids)) for ids in _REFRESH[side]]
+    return []

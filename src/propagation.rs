@@ -48,8 +48,8 @@ const RECENT_BYTES: usize = MAX_REPORT_BYTES;
 /// every `REPORT_EVERY_MS`).
 const FLUSH_EVERY_MS: u64 = 1_000;
 /// A tick's index of the recent records: 1 << this many places, more than
-/// 16 KiB holds of the smallest record a filter writes (~26 bytes).
-const INDEX_BITS: u32 = 10;
+/// twice what 16 KiB holds of the smallest record a filter writes (~26 bytes).
+const INDEX_BITS: u32 = 11;
 const INDEX_PLACES: usize = 1 << INDEX_BITS;
 
 /// What the assist saw of a request, for the reports.
@@ -192,11 +192,11 @@ impl Reports {
             let mut recent = recent.unwrap_or_default();
             recent.extend_from_slice(&fresh);
             // The oldest frames out past the bound.
-            let mut start = 0;
-            while recent.len().saturating_sub(start) > RECENT_BYTES {
-                start += 9 + usize::from(recent.get(start).copied().unwrap_or(0));
+            let mut rest = recent.as_slice();
+            while rest.len() > RECENT_BYTES {
+                rest = next_record(rest).map_or(&[], |(_, _, next)| next);
             }
-            let recent = recent.get(start..).unwrap_or_default();
+            let recent = rest;
             if !fresh.is_empty() && host.shared_set(&recent_key, recent, cas).is_err() {
                 // Lost to another VM's write: added on the next tick.
                 self.fresh.set(fresh);
@@ -334,29 +334,21 @@ fn place(hash: u64) -> usize {
 
 impl Index {
     /// `recent` (at most `RECENT_BYTES`: its offsets fit a `u16`), oldest
-    /// first, so a trace's newer record comes later along its probe; its
-    /// newest `INDEX_PLACES / 2` frames (more than a filter's fit), so every
-    /// probe ends and the worst (every hash in one run) stays bounded.
+    /// first, so a trace's newer record comes later along its probe; at most
+    /// half its places (more frames than 16 KiB holds of a filter's), so
+    /// every probe ends and the worst (every hash in one run) stays bounded.
     fn of(recent: &[u8]) -> Index {
         let mut index = Index([EMPTY; INDEX_PLACES]);
-        let mut rest = recent;
-        let mut skip = 0usize;
-        while let Some((_, _, next)) = next_record(rest) {
-            (rest, skip) = (next, skip + 1);
-        }
-        skip = skip.saturating_sub(INDEX_PLACES / 2);
-        rest = recent;
-        while let Some((hash, _, next)) = next_record(rest) {
-            if skip == 0 {
-                let mut i = place(hash);
-                while index.0.get(i).is_some_and(|&at| at != EMPTY) {
-                    i = (i + 1) % INDEX_PLACES;
-                }
-                if let Some(at) = index.0.get_mut(i) {
-                    *at = (recent.len() - rest.len()) as u16;
-                }
+        let (mut rest, mut n) = (recent, 0);
+        while let (Some((hash, _, next)), true) = (next_record(rest), n < INDEX_PLACES / 2) {
+            let mut i = place(hash);
+            while index.0.get(i).is_some_and(|&at| at != EMPTY) {
+                i = (i + 1) % INDEX_PLACES;
             }
-            (rest, skip) = (next, skip.saturating_sub(1));
+            if let Some(at) = index.0.get_mut(i) {
+                *at = (recent.len() - rest.len()) as u16;
+            }
+            (rest, n) = (next, n + 1);
         }
         index
     }

@@ -521,12 +521,15 @@ fn the_workloads_recent_records_keep_the_newest_within_their_bound() {
     carried_then_tick(&mut b, &b_host, &traces[..10]);
     assert_eq!(counted(&process), [10, 10, 0, 0, 0]);
     // Frames no filter writes (empty entries, one hash: one probe run as
-    // long as the index): the ticks index at most its places and go on.
+    // long as the index can hold): the ticks index at most half its places
+    // and go on, until newer records push them out.
     let hostile: Vec<u8> = (0..16 * 1024 / 9).flat_map(|_| [0u8; 9]).collect();
     crate::host::Host::shared_set(&a_host, "isogroup/prop/a-v1/recent", &hostile, None).unwrap();
     carried_then_tick(&mut b, &b_host, &traces[590..]);
     assert_eq!(counted(&process), [10, 10, 0, 0, 0], "nothing found among them");
-    recorded_then_tick(&mut a, &a_host, &traces[590..]);
+    for chunk in traces[300..].chunks(100) {
+        recorded_then_tick(&mut a, &a_host, chunk);
+    }
     let recent = process.shared("isogroup/prop/a-v1/recent").unwrap();
     assert!(recent.len() <= isogroup_core::propagation::MAX_REPORT_BYTES, "{} bytes", recent.len());
     carried_then_tick(&mut b, &b_host, &traces[590..]);
