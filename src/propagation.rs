@@ -28,7 +28,7 @@ use core::time::Duration;
 
 use crate::proxy::LogLevel;
 use isogroup_core::propagation::{carried_entry, Class, Counts, LANE_WINDOW_MS, MAX_REPORT_BYTES, REPORT_EVERY_MS};
-use isogroup_core::text::text_of;
+use isogroup_core::text::{split_byte, text_of};
 use isogroup_core::{cat, CompanionSource, GroupName};
 
 use crate::host::Host;
@@ -70,9 +70,8 @@ pub struct Reports {
     flushed_ms: Cell<u64>,
     /// The sampled requests that carried a group, for the tick after the
     /// next, one after another in one buffer kept from tick to tick (no
-    /// allocation per request): the lengths of the destination, the trace id
-    /// and the group (a byte each: at most 253, 128 and 63), the trace id's
-    /// FNV-1a, then those three.
+    /// allocation per request): frames (`push_frame`) of the trace id's
+    /// FNV-1a and `<destination> <group> <trace id>`.
     carried: Cell<Vec<u8>>,
     /// Those of the tick before, classified on the next.
     pending: Cell<Vec<u8>>,
@@ -124,12 +123,9 @@ impl Reports {
     /// tick. `hash`: the trace id's FNV-1a.
     pub fn remember(&self, hash: u64, entry: &[u8]) {
         let mut fresh = self.fresh.take();
-        // A frame: the entry's length (at most 213: expiry, group, trace id),
-        // the hash, the entry; past the bound, not shared.
-        if let (Ok(len), true) = (u8::try_from(entry.len()), fresh.len() + entry.len() < RECENT_BYTES) {
-            fresh.push(len);
-            fresh.extend_from_slice(&hash.to_le_bytes());
-            fresh.extend_from_slice(entry);
+        // Past the bound, not shared.
+        if fresh.len() + entry.len() < RECENT_BYTES {
+            push_frame(&mut fresh, hash, &[entry]);
         }
         self.fresh.set(fresh);
     }
@@ -149,22 +145,16 @@ impl Reports {
             (Seen::Class(class), _) => self.count(metrics, destination, class),
             (Seen::Carried(hash), Some(group)) => {
                 let n = self.carried_n.get();
-                let lengths = [destination.len(), trace.len(), group.as_str().len()];
-                // Past the bound, or a length that does not fit its byte
-                // (never for a service name, a trace id or a group).
-                if n >= MAX_CARRIED || lengths.iter().any(|&l| l > 255) {
+                if n >= MAX_CARRIED {
                     return;
                 }
                 let mut carried = self.carried.take();
-                for l in lengths {
-                    carried.push(l as u8);
-                }
-                carried.extend_from_slice(&hash.to_le_bytes());
-                for part in [destination.as_bytes(), trace, group.as_str().as_bytes()] {
-                    carried.extend_from_slice(part);
+                // None of the three has a space.
+                let body = [destination.as_bytes(), b" ", group.as_str().as_bytes(), b" ", trace];
+                if push_frame(&mut carried, hash, &body) {
+                    self.carried_n.set(n + 1);
                 }
                 self.carried.set(carried);
-                self.carried_n.set(n + 1);
             }
             _ => {}
         }
@@ -203,8 +193,10 @@ impl Reports {
             }
             let index = Index::of(recent);
             let mut rest = classify.as_slice();
-            while let Some((hash, destination, trace, group, next)) = next_carried(rest) {
+            while let Some((hash, body, next)) = next_record(rest) {
                 rest = next;
+                let Some((destination, body)) = split_byte(body, b' ') else { continue };
+                let Some((group, trace)) = split_byte(body, b' ') else { continue };
                 if let (Some(class), Ok(destination)) =
                     (index.class(recent, hash, trace, group, now), core::str::from_utf8(destination))
                 {
@@ -299,20 +291,22 @@ impl Reports {
     }
 }
 
-/// The first request in `Reports::carried`'s buffer: (its trace id's
-/// FNV-1a, destination, trace id, group, the rest); `None` at its end.
-#[allow(clippy::type_complexity)]
-fn next_carried(buf: &[u8]) -> Option<(u64, &[u8], &[u8], &[u8], &[u8])> {
-    let ([d, t, g], rest) = buf.split_first_chunk::<3>()?;
-    let (hash, rest) = rest.split_first_chunk::<8>()?;
-    let (destination, rest) = rest.split_at_checked(usize::from(*d))?;
-    let (trace, rest) = rest.split_at_checked(usize::from(*t))?;
-    let (group, rest) = rest.split_at_checked(usize::from(*g))?;
-    Some((u64::from_le_bytes(*hash), destination, trace, group, rest))
+/// Appends a frame to `buf`: the length of `parts` together (a byte: at
+/// most 213 for a record, 446 for a carried request of a 253-byte service,
+/// a 63-byte group and a 128-byte trace id, not taken), the trace id's
+/// FNV-1a, the parts. Whether it fit.
+fn push_frame(buf: &mut Vec<u8>, hash: u64, parts: &[&[u8]]) -> bool {
+    let Ok(len) = u8::try_from(parts.iter().map(|p| p.len()).sum::<usize>()) else { return false };
+    buf.push(len);
+    buf.extend_from_slice(&hash.to_le_bytes());
+    for part in parts {
+        buf.extend_from_slice(part);
+    }
+    true
 }
 
-/// The first of the recent records' frames (`Reports::remember`'s): (the
-/// trace id's FNV-1a, the entry, the rest).
+/// The first frame (`push_frame`'s) in `buf`: (the trace id's FNV-1a, the
+/// parts together, the rest); `None` at its end.
 fn next_record(buf: &[u8]) -> Option<(u64, &[u8], &[u8])> {
     let ([len], rest) = buf.split_first_chunk::<1>()?;
     let (hash, rest) = rest.split_first_chunk::<8>()?;
