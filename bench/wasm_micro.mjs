@@ -28,10 +28,20 @@
 import { readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 
+// A plugin configuration's `_headers` ([[name, value], ...]) is not the module's: those request
+// headers are added to the arm's request (e.g. a `traceparent`), and the key is taken out.
 function parseArm(arg) {
   const [name, rest] = arg.split(/=(.*)/s);
   const at = rest.indexOf("@");
-  return { name, path: at < 0 ? rest : rest.slice(0, at), config: at < 0 ? "{}" : rest.slice(at + 1) };
+  let config = at < 0 ? "{}" : rest.slice(at + 1);
+  let headers = [];
+  const parsed = JSON.parse(config);
+  if (parsed._headers) {
+    headers = parsed._headers;
+    delete parsed._headers;
+    config = JSON.stringify(parsed);
+  }
+  return { name, path: at < 0 ? rest : rest.slice(0, at), config, headers };
 }
 
 const args = process.argv.slice(2);
@@ -101,7 +111,7 @@ function serialise(pairs) {
   return buf;
 }
 
-function load({ name, path, config }, mode) {
+function load({ name, path, config, headers }, mode) {
   let ex;
   let view;
   let bytes;
@@ -136,7 +146,8 @@ function load({ name, path, config }, mode) {
     return dst;
   };
   const read = mode === "alloc" ? (p, n) => new Uint8Array(ex.memory.buffer, p, n).slice() : copyOut;
-  const maps = { 0: serialise(REQUEST), 2: serialise(RESPONSE) };
+  const request = [...REQUEST, ...(headers ?? [])];
+  const maps = { 0: serialise(request), 2: serialise(RESPONSE) };
   const counts = { writes: 0 };
   const env = {
     proxy_log: () => 0,
@@ -179,7 +190,7 @@ function load({ name, path, config }, mode) {
   const one = () => {
     const c = id++;
     create(c, 1);
-    reqH(c, REQUEST.length, 1);
+    reqH(c, request.length, 1);
     respH(c, RESPONSE.length, 0);
     respB(c, 3, 1);
     done(c);

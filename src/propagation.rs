@@ -37,9 +37,10 @@ use crate::vm::Vm;
 
 /// Per-VM count keys per workload (VMs past it share keys, merged).
 const VM_KEYS: u64 = 16;
-/// Sampled group-carrying requests kept for the tick's classification;
+/// Sampled group-carrying requests kept for a tick's classification, in
+/// bytes (64 requests of a 32-digit trace id, a short service and group);
 /// more are not counted.
-const MAX_CARRIED: u32 = 64;
+pub(crate) const MAX_CARRIED: usize = 4 * 1024;
 /// The workload's recent sampled records kept in shared data for the ticks
 /// (`recent`: the newest this many bytes, ~250 records).
 const RECENT_BYTES: usize = MAX_REPORT_BYTES;
@@ -47,10 +48,6 @@ const RECENT_BYTES: usize = MAX_REPORT_BYTES;
 /// write of its key: per time, not per request; the poller takes the keys
 /// every `REPORT_EVERY_MS`).
 const FLUSH_EVERY_MS: u64 = 1_000;
-/// A tick's index of the recent records: 1 << this many places, more than
-/// twice what 16 KiB holds of the smallest record a filter writes (~26 bytes).
-const INDEX_BITS: u32 = 11;
-const INDEX_PLACES: usize = 1 << INDEX_BITS;
 
 /// What the assist saw of a request, for the reports.
 pub enum Seen {
@@ -75,8 +72,6 @@ pub struct Reports {
     carried: Cell<Vec<u8>>,
     /// Those of the tick before, classified on the next.
     pending: Cell<Vec<u8>>,
-    /// How many requests `carried` holds (at most `MAX_CARRIED`).
-    carried_n: Cell<u32>,
     /// The sampled records this VM wrote since it last added them to the
     /// workload's recent records (`recent`'s frames, at most `RECENT_BYTES`).
     fresh: Cell<Vec<u8>>,
@@ -97,7 +92,6 @@ impl Reports {
             counts: Cell::default(),
             flushed_ms: Cell::default(),
             carried: Cell::default(),
-            carried_n: Cell::default(),
             pending: Cell::default(),
             fresh: Cell::default(),
             lane_seen_ms: Cell::default(),
@@ -144,15 +138,14 @@ impl Reports {
         match (seen, group) {
             (Seen::Class(class), _) => self.count(metrics, destination, class),
             (Seen::Carried(hash), Some(group)) => {
-                let n = self.carried_n.get();
-                if n >= MAX_CARRIED {
-                    return;
-                }
                 let mut carried = self.carried.take();
-                // None of the three has a space.
-                let body = [destination.as_bytes(), b" ", group.as_str().as_bytes(), b" ", trace];
-                if push_frame(&mut carried, hash, &body) {
-                    self.carried_n.set(n + 1);
+                if carried.len() < MAX_CARRIED {
+                    // None of the three has a space.
+                    push_frame(
+                        &mut carried,
+                        hash,
+                        &[destination.as_bytes(), b" ", group.as_str().as_bytes(), b" ", trace],
+                    );
                 }
                 self.carried.set(carried);
             }
@@ -181,24 +174,26 @@ impl Reports {
             let (recent, cas) = host.shared_get(&recent_key).unwrap_or_default();
             let mut recent = recent.unwrap_or_default();
             recent.extend_from_slice(&fresh);
-            // The oldest frames out past the bound.
-            let mut rest = recent.as_slice();
-            while rest.len() > RECENT_BYTES {
-                rest = next_record(rest).map_or(&[], |(_, _, next)| next);
+            // The newest frames within the bound.
+            let mut start = recent.as_slice();
+            while let Some((_, _, before)) = last_frame(start) {
+                if recent.len() - before.len() > RECENT_BYTES {
+                    break;
+                }
+                start = before;
             }
-            let recent = rest;
+            let recent = recent.get(start.len()..).unwrap_or_default();
             if !fresh.is_empty() && host.shared_set(&recent_key, recent, cas).is_err() {
                 // Lost to another VM's write: added on the next tick.
                 self.fresh.set(fresh);
             }
-            let index = Index::of(recent);
             let mut rest = classify.as_slice();
-            while let Some((hash, body, next)) = next_record(rest) {
-                rest = next;
+            while let Some((hash, body, before)) = last_frame(rest) {
+                rest = before;
                 let Some((destination, body)) = split_byte(body, b' ') else { continue };
                 let Some((group, trace)) = split_byte(body, b' ') else { continue };
                 if let (Some(class), Ok(destination)) =
-                    (index.class(recent, hash, trace, group, now), core::str::from_utf8(destination))
+                    (recent_class(recent, hash, trace, group, now), core::str::from_utf8(destination))
                 {
                     self.count(&vm.metrics, destination, class);
                 }
@@ -207,7 +202,6 @@ impl Reports {
         // Its buffer kept for the requests of the next tick.
         classify.clear();
         self.carried.set(classify);
-        self.carried_n.set(0);
         let lanes_key = key(vm, "lanes");
         let seen = self.lane_seen_ms.get();
         if seen > self.lane_told_ms.get().saturating_add(1_000) {
@@ -291,76 +285,43 @@ impl Reports {
     }
 }
 
-/// Appends a frame to `buf`: the length of `parts` together (a byte: at
-/// most 213 for a record, 446 for a carried request of a 253-byte service,
-/// a 63-byte group and a 128-byte trace id, not taken), the trace id's
-/// FNV-1a, the parts. Whether it fit.
-fn push_frame(buf: &mut Vec<u8>, hash: u64, parts: &[&[u8]]) -> bool {
-    let Ok(len) = u8::try_from(parts.iter().map(|p| p.len()).sum::<usize>()) else { return false };
-    buf.push(len);
+/// Appends a frame to `buf`: the trace id's FNV-1a, the parts, the length
+/// of the parts together (a byte: at most 213 for a record, 446 for a
+/// carried request of a 253-byte service, a 63-byte group and a 128-byte
+/// trace id, not taken; last, so frames are read newest first).
+fn push_frame(buf: &mut Vec<u8>, hash: u64, parts: &[&[u8]]) {
+    let Ok(len) = u8::try_from(parts.iter().map(|p| p.len()).sum::<usize>()) else { return };
     buf.extend_from_slice(&hash.to_le_bytes());
     for part in parts {
         buf.extend_from_slice(part);
     }
-    true
+    buf.push(len);
 }
 
-/// The first frame (`push_frame`'s) in `buf`: (the trace id's FNV-1a, the
-/// parts together, the rest); `None` at its end.
-fn next_record(buf: &[u8]) -> Option<(u64, &[u8], &[u8])> {
-    let ([len], rest) = buf.split_first_chunk::<1>()?;
-    let (hash, rest) = rest.split_first_chunk::<8>()?;
-    let (entry, rest) = rest.split_at_checked(usize::from(*len))?;
-    Some((u64::from_le_bytes(*hash), entry, rest))
+/// The last frame (`push_frame`'s) in `buf`: (the trace id's FNV-1a, the
+/// parts together, what is before it); `None` when there is none.
+fn last_frame(buf: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let (len, rest) = buf.split_last()?;
+    let (rest, body) = rest.split_at_checked(rest.len().checked_sub(usize::from(*len))?)?;
+    let (rest, hash) = rest.split_last_chunk::<8>()?;
+    Some((u64::from_le_bytes(*hash), body, rest))
 }
 
-/// The recent records' frames by their hash (open addressing, linear
-/// probing): each carried request is then found without a scan.
-struct Index([u16; INDEX_PLACES]);
-
-const EMPTY: u16 = u16::MAX;
-
-/// A hash's first place (its top bits times 2^64 / φ: a sampled trace's low
-/// bits are the sampling's zeros).
-fn place(hash: u64) -> usize {
-    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - INDEX_BITS)) as usize
-}
-
-impl Index {
-    /// `recent` (at most `RECENT_BYTES`: its offsets fit a `u16`), oldest
-    /// first, so a trace's newer record comes later along its probe; at most
-    /// half its places (more frames than 16 KiB holds of a filter's), so
-    /// every probe ends and the worst (every hash in one run) stays bounded.
-    fn of(recent: &[u8]) -> Index {
-        let mut index = Index([EMPTY; INDEX_PLACES]);
-        let (mut rest, mut n) = (recent, 0);
-        while let (Some((hash, _, next)), true) = (next_record(rest), n < INDEX_PLACES / 2) {
-            let mut i = place(hash);
-            while index.0.get(i).is_some_and(|&at| at != EMPTY) {
-                i = (i + 1) % INDEX_PLACES;
+/// A carried request of `trace` (`hash`: its FNV-1a) that sent `group`,
+/// against the workload's recent records: the newest fresh record of the
+/// trace decides. Read newest first, so a request's record, written just
+/// before it, is near the end.
+fn recent_class(recent: &[u8], hash: u64, trace: &[u8], group: &[u8], now: u64) -> Option<Class> {
+    let mut rest = recent;
+    while let Some((h, entry, before)) = last_frame(rest) {
+        if h == hash {
+            if let Some(class) = carried_entry(entry, trace, group, now) {
+                return Some(class);
             }
-            if let Some(at) = index.0.get_mut(i) {
-                *at = (recent.len() - rest.len()) as u16;
-            }
-            (rest, n) = (next, n + 1);
         }
-        index
+        rest = before;
     }
-
-    /// A carried request of `trace` (`hash`: its FNV-1a) that sent `group`:
-    /// the newest fresh record of the trace decides.
-    fn class(&self, recent: &[u8], hash: u64, trace: &[u8], group: &[u8], now: u64) -> Option<Class> {
-        let (mut i, mut class) = (place(hash), None);
-        while let Some(&at) = self.0.get(i).filter(|&&at| at != EMPTY) {
-            if let Some((h, entry, _)) = recent.get(usize::from(at)..).and_then(next_record) {
-                if h == hash {
-                    class = carried_entry(entry, trace, group, now).or(class);
-                }
-            }
-            i = (i + 1) % INDEX_PLACES;
-        }
-        class
-    }
+    None
 }
 
 /// `isogroup/prop/<workload>/<name>`: one workload's counts and lane time.
