@@ -6,12 +6,12 @@
 //!
 //! Host calls on the request path: none for a request that carries a group;
 //! for one without, the assist's one shared-data read. A request of a
-//! sampled trace that carries a group waits in a buffer and is classified a
-//! tick later against the workload's recent records: each VM adds the
+//! sampled trace that carries a group waits in a buffer and is classified
+//! two ticks later against the workload's recent records: each VM adds the
 //! sampled inbound records it wrote to one shared key on its tick
 //! (`isogroup/prop/<workload>/recent`, the newest `RECENT_BYTES`), so a
 //! tick makes one read for all of its carried requests, whichever worker's
-//! VM recorded their traces (a tick later: that VM has ticked since).
+//! VM recorded their traces (that VM has ticked since, even a tick late).
 //!
 //! Worker VMs add their counts to a per-VM key (`isogroup/prop/<workload>/<n>`,
 //! n = VM number mod `VM_KEYS`, one line per destination, merged with CAS,
@@ -65,13 +65,15 @@ pub struct Reports {
     counts: Cell<Counts>,
     /// When the counts last went to shared data.
     flushed_ms: Cell<u64>,
-    /// The sampled requests that carried a group, for the tick after the
-    /// next, one after another in one buffer kept from tick to tick (no
+    /// The sampled requests that carried a group, for the second tick
+    /// after the next, one after another in one buffer kept from tick to tick (no
     /// allocation per request): frames (`push_frame`) of the trace id's
     /// FNV-1a and `<destination> <group> <trace id>`.
     carried: Cell<Vec<u8>>,
-    /// Those of the tick before, classified on the next.
+    /// Those of the tick before, and of the one before it (classified on
+    /// the next tick).
     pending: Cell<Vec<u8>>,
+    older: Cell<Vec<u8>>,
     /// The sampled records this VM wrote since it last added them to the
     /// workload's recent records (`recent`'s frames, at most `RECENT_BYTES`).
     fresh: Cell<Vec<u8>>,
@@ -93,6 +95,7 @@ impl Reports {
             flushed_ms: Cell::default(),
             carried: Cell::default(),
             pending: Cell::default(),
+            older: Cell::default(),
             fresh: Cell::default(),
             lane_seen_ms: Cell::default(),
             lane_told_ms: Cell::default(),
@@ -161,13 +164,13 @@ impl Reports {
     }
 
     /// Every VM, each tick: add its fresh records to the workload's recent
-    /// ones, classify the requests carried the tick before against them,
+    /// ones, classify the requests carried two ticks before against them,
     /// share the lane time, hand the counts to this VM's key (at most once a
     /// second).
     pub fn on_tick<H: Host>(&self, vm: &Vm<H>) {
         let (host, now) = (&vm.host, vm.clock_ms.get());
-        // The tick before's, then this one's for the next tick.
-        let mut classify = self.pending.replace(self.carried.take());
+        // Those two ticks old; the others a tick older.
+        let mut classify = self.older.replace(self.pending.replace(self.carried.take()));
         let fresh = self.fresh.take();
         if !classify.is_empty() || !fresh.is_empty() {
             let recent_key = key(vm, "recent");
