@@ -77,9 +77,8 @@ pub struct Reports {
     /// The sampled records this VM wrote since it last added them to the
     /// workload's recent records (`recent`'s frames, at most `RECENT_BYTES`).
     fresh: Cell<Vec<u8>>,
-    /// When this VM last saw a lane request, and last told the others.
+    /// When this VM last saw a lane request.
     lane_seen_ms: Cell<u64>,
-    lane_told_ms: Cell<u64>,
     /// When any VM of this workload last saw one, as of the last tick.
     lane_shared_ms: Cell<u64>,
     next_report_ms: Cell<u64>,
@@ -98,7 +97,6 @@ impl Reports {
             older: Cell::default(),
             fresh: Cell::default(),
             lane_seen_ms: Cell::default(),
-            lane_told_ms: Cell::default(),
             lane_shared_ms: Cell::default(),
             next_report_ms: Cell::new(now.saturating_add(REPORT_EVERY_MS)),
             last_report_ms: Cell::new(now),
@@ -172,48 +170,51 @@ impl Reports {
         // Those two ticks old; the others a tick older.
         let mut classify = self.older.replace(self.pending.replace(self.carried.take()));
         let fresh = self.fresh.take();
-        if !classify.is_empty() || !fresh.is_empty() {
-            let recent_key = key(vm, "recent");
-            let (recent, cas) = host.shared_get(&recent_key).unwrap_or_default();
-            let mut recent = recent.unwrap_or_default();
-            recent.extend_from_slice(&fresh);
-            // The newest frames within the bound.
-            let mut start = recent.as_slice();
-            while let Some((_, _, before)) = last_frame(start) {
-                if recent.len() - before.len() > RECENT_BYTES {
-                    break;
-                }
-                start = before;
+        // The workload's key: its recent records, then (8 bytes) when any
+        // of its VMs last told of lane traffic. Read each tick: the lane
+        // time is wanted by `lanes_recent`.
+        let recent_key = key(vm, "recent");
+        let (value, cas) = host.shared_get(&recent_key).unwrap_or_default();
+        let mut value = value.unwrap_or_default();
+        let (frames, told) = value.split_last_chunk::<8>().map_or((0, 0), |(f, t)| (f.len(), u64::from_le_bytes(*t)));
+        self.lane_shared_ms.set(told);
+        let seen = self.lane_seen_ms.get();
+        // Told at most once a second.
+        let tell = seen > told.saturating_add(1_000);
+        value.truncate(frames);
+        value.extend_from_slice(&fresh);
+        // The newest frames within the bound.
+        let mut start = value.as_slice();
+        while let Some((_, _, before)) = last_frame(start) {
+            if value.len() - before.len() > RECENT_BYTES {
+                break;
             }
-            let recent = recent.get(start.len()..).unwrap_or_default();
-            if !fresh.is_empty() && host.shared_set(&recent_key, recent, cas).is_err() {
-                // Lost to another VM's write: added on the next tick.
-                self.fresh.set(fresh);
-            }
-            let mut rest = classify.as_slice();
-            while let Some((hash, body, before)) = last_frame(rest) {
-                rest = before;
-                let Some((destination, body)) = split_byte(body, b' ') else { continue };
-                let Some((group, trace)) = split_byte(body, b' ') else { continue };
-                if let (Some(class), Ok(destination)) =
-                    (recent_class(recent, hash, trace, group, now), core::str::from_utf8(destination))
-                {
-                    self.count(&vm.metrics, destination, class);
-                }
+            start = before;
+        }
+        let start = start.len();
+        let frames = value.len();
+        value.extend_from_slice(&told.max(seen).to_le_bytes());
+        if (tell || !fresh.is_empty())
+            && host.shared_set(&recent_key, value.get(start..).unwrap_or_default(), cas).is_err()
+        {
+            // Lost to another VM's write: added on the next tick.
+            self.fresh.set(fresh);
+        }
+        let recent = value.get(start..frames).unwrap_or_default();
+        let mut rest = classify.as_slice();
+        while let Some((hash, body, before)) = last_frame(rest) {
+            rest = before;
+            let Some((destination, body)) = split_byte(body, b' ') else { continue };
+            let Some((group, trace)) = split_byte(body, b' ') else { continue };
+            if let (Some(class), Ok(destination)) =
+                (recent_class(recent, hash, trace, group, now), core::str::from_utf8(destination))
+            {
+                self.count(&vm.metrics, destination, class);
             }
         }
         // Its buffer kept for the requests of the next tick.
         classify.clear();
         self.carried.set(classify);
-        let lanes_key = key(vm, "lanes");
-        let seen = self.lane_seen_ms.get();
-        if seen > self.lane_told_ms.get().saturating_add(1_000) {
-            // At most once a second per VM: other VMs read it each tick.
-            self.lane_told_ms.set(seen);
-            let _ = host.shared_set(&lanes_key, text_of(&seen).as_bytes(), None);
-        } else if let Ok((Some(at), _)) = host.shared_get(&lanes_key) {
-            self.lane_shared_ms.set(isogroup_core::text::parse_u64(&at).unwrap_or(0));
-        }
         let ours = self.counts.take();
         if ours.is_empty() || now < self.flushed_ms.get().saturating_add(FLUSH_EVERY_MS) {
             self.counts.set(ours);
