@@ -38,8 +38,8 @@ use crate::vm::Vm;
 /// Per-VM count keys per workload (VMs past it share keys, merged).
 const VM_KEYS: u64 = 16;
 /// Sampled group-carrying requests kept for a tick's classification, in
-/// bytes (64 requests of a 32-digit trace id, a short service and group);
-/// more are not counted.
+/// bytes (~78 requests of a 32-digit trace id to a short service and
+/// group); more are not counted.
 pub(crate) const MAX_CARRIED: usize = 4 * 1024;
 /// The workload's recent sampled records kept in shared data for the ticks
 /// (`recent`: the newest this many bytes, ~250 records).
@@ -65,8 +65,8 @@ pub struct Reports {
     counts: Cell<Counts>,
     /// When the counts last went to shared data.
     flushed_ms: Cell<u64>,
-    /// The sampled requests that carried a group, for the second tick
-    /// after the next, one after another in one buffer kept from tick to tick (no
+    /// The sampled requests that carried a group, for the second tick after
+    /// the next, one after another in one buffer kept from tick to tick (no
     /// allocation per request): frames (`push_frame`) of the trace id's
     /// FNV-1a and `<destination> <group> <trace id>`.
     carried: Cell<Vec<u8>>,
@@ -328,7 +328,8 @@ fn recent_class(recent: &[u8], hash: u64, trace: &[u8], group: &[u8], now: u64) 
     None
 }
 
-/// `isogroup/prop/<workload>/<name>`: one workload's counts and lane time.
+/// `isogroup/prop/<workload>/<name>`: one workload's counts, recent records
+/// and lane time.
 fn key<H: Host>(vm: &Vm<H>, name: &str) -> String {
     cat!("isogroup/prop/", vm.settings.workload.as_deref().unwrap_or_default(), "/", name)
 }
