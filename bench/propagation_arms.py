@@ -26,6 +26,10 @@ but for reports: `prop-off` without `propagation`, `prop-on` with
 - `prop-on-out-half`: `prop-on-out` (1 in 8 sampled), but every other
   sampled trace's record is elsewhere, as `-elsewhere`: two workers, half
   the inbound requests on the other one.
+  (Builds that keep no records of their own, every one since the shared
+  recent-records key, take one path for all of these: the `-elsewhere` and
+  `-half` arms then measure it with other trace ids, and compare with
+  builds before it through `--was-wasm`.)
 
 With `--was-wasm PATH` (bench/one_envoy_callgrind.py), `was-prop-on-*` are
 the `prop-on-*` arms with that build of the filter, in a VM of its own: a

@@ -593,3 +593,32 @@ fn counts_reach_shared_data_at_most_once_a_second_one_line_per_destination() {
     carried_through_one_vm(&mut root, &host, &traces[..1]);
     assert_eq!(text(&key), "a 1 0 0 0 0\nb 0 1 0 0 0\n");
 }
+
+/// What the reports cost per request on one VM, both sides (as a sidecar's
+/// worker): sampled traces recorded, then group-carrying outbound requests
+/// of them with a tick every 60. A measurement: run under callgrind and read
+/// `callgrind_annotate --inclusive=yes` for the request path and the tick.
+#[test]
+#[ignore = "a measurement: run under callgrind"]
+fn carried_request_cost() {
+    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(8).collect();
+    let process = Process::new();
+    let (mut root, host) = one_vm(&process);
+    for _ in 0..50 {
+        for &n in &traces {
+            let tp = traceparent(n);
+            calls_of(&mut root, &host, 1, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+        }
+        for i in 0..60 {
+            let tp = traceparent(traces[i % traces.len()]);
+            calls_of(&mut root, &host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+        }
+        host.advance(200);
+        root.on_tick();
+    }
+    for _ in 0..3 {
+        host.advance(200);
+        root.on_tick();
+    }
+    assert_eq!(counted(&process)[0], 50 * 60);
+}
