@@ -217,18 +217,16 @@ impl Follower {
         }
         let limits = &vm.settings.limits;
         let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
-        let taken = match own.filter(|raw| (raw.version, &raw.epoch) == (shared.version, &shared.epoch)) {
-            Some(raw) => compile(vm, raw),
+        let taken = match own.filter(|(raw, _)| (raw.version, &raw.epoch) == (shared.version, &shared.epoch)) {
+            Some((raw, _)) => compile(vm, raw),
             None => {
                 let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
                 let read = RawTable::from_companion_json(&bytes, limits);
                 // Freed before compiling: a wasm VM's linear memory keeps its peak.
                 drop(bytes);
-                read.and_then(|(raw, _)| match DELTAS {
-                    true => delta::catch_up(raw, &deltas, limits),
-                    false => Ok(raw),
-                })
-                .and_then(|raw| compile(vm, raw))
+                #[cfg(feature = "table-deltas")]
+                let read = read.and_then(|(raw, _)| delta::catch_up(raw, &deltas, limits));
+                read.and_then(|(raw, _)| compile(vm, raw))
             }
         };
         match taken {
@@ -335,12 +333,22 @@ impl Follower {
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], delta: bool, now: u64) {
         let delta = DELTAS && delta;
         let limits = &vm.settings.limits;
+        // A whole table, and no delta after it yet; or the delta after the
+        // ones shared.
+        let mut deltas = Vec::new();
         let read = if delta {
             // Onto the table held, which must be the process's: the delta
-            // goes after the ones shared, which bring the whole to it.
-            match self.raw.take().filter(|_| self.shared(vm) == self.local) {
-                Some(mut raw) => delta::read_into(&mut raw, body, limits).map(|unknown| (raw, unknown)),
-                None => Err(delta::not_held()),
+            // goes after the ones shared, which bring the whole to it. Read
+            // as a VM catching up reads it.
+            match (self.raw.take(), &self.local) {
+                (Some(raw), Some(base)) if self.shared(vm).as_ref() == Some(base) => {
+                    deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
+                    // Past the NUL that goes before it.
+                    let start = deltas.len() + usize::from(!deltas.is_empty());
+                    delta::push_delta(&mut deltas, base, body);
+                    delta::catch_up(raw, deltas.get(start..).unwrap_or_default(), limits)
+                }
+                _ => Err(delta::not_held()),
             }
         } else {
             // A whole table is read without the raw one held beside it.
@@ -371,13 +379,6 @@ impl Follower {
         let held = Held::of(&table);
         if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
-        }
-        // A whole table, and no delta after it yet; or the delta after the
-        // ones shared.
-        let mut deltas = Vec::new();
-        if let (true, Some(base)) = (delta, &self.local) {
-            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
-            delta::push_delta(&mut deltas, base, body);
         }
         // The whole (or deltas) first, stamp last: a VM that sees the stamp
         // finds them (or newer ones).

@@ -169,9 +169,11 @@ pub fn push_delta(deltas: &mut Vec<u8>, base: &Held, json: &[u8]) {
 /// each one based on the table's version as it then stands is applied
 /// (refused unless exactly onto its base, as `read_onto` refuses a delta),
 /// any other skipped unread; a table that is the base of none comes out as
-/// it went in.
-pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<RawTable, TableError> {
-    let mut rest = deltas;
+/// it went in. With the names of the fields skipped inside the last one
+/// applied: the poller takes its delta through here too (one delta after
+/// its base's stamp), and logs them.
+pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<(RawTable, Vec<String>), TableError> {
+    let (mut rest, mut unknown) = (deltas, Vec::new());
     while let Some((base, after)) = crate::text::split_byte(rest, b'\n') {
         let (json, after) = crate::text::split_byte(after, 0).unwrap_or((after, &[]));
         rest = after;
@@ -179,10 +181,10 @@ pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<Raw
         // another epoch (deltas read before a whole of a new epoch replaced
         // them) is not this table's.
         if Held::decode(base).is_some_and(|b| (b.version, &b.epoch) == (raw.version, &raw.epoch)) {
-            read_into(&mut raw, json, limits)?;
+            unknown = read_into(&mut raw, json, limits)?;
         }
     }
-    Ok(raw)
+    Ok((raw, unknown))
 }
 
 /// The table `delta` makes of `raw`, compiled: refused when `raw` is not
