@@ -36,6 +36,7 @@ use crate::proxy::{LogLevel, Status};
 use isogroup_core::cat;
 use isogroup_core::delta::{self, DELTA_CONTENT_TYPE};
 use isogroup_core::edge::fnv1a;
+use isogroup_core::epoch::same;
 pub use isogroup_core::epoch::Held;
 use isogroup_core::text::{text_of, Hex};
 use isogroup_core::{CompanionSource, RawTable, Source, Table, TableError};
@@ -217,7 +218,7 @@ impl Follower {
         }
         let limits = &vm.settings.limits;
         let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
-        let taken = match own.filter(|(raw, _)| (raw.version, &raw.epoch) == (shared.version, &shared.epoch)) {
+        let taken = match own.filter(|(raw, _)| same((raw.version, &raw.epoch), (shared.version, &shared.epoch))) {
             Some((raw, _)) => compile(vm, raw),
             None => {
                 let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
@@ -341,7 +342,9 @@ impl Follower {
             // goes after the ones shared, which bring the whole to it. Read
             // as a VM catching up reads it.
             match (self.raw.take(), &self.local) {
-                (Some(raw), Some(base)) if self.shared(vm).as_ref() == Some(base) => {
+                (Some(raw), Some(base))
+                    if self.shared(vm).is_some_and(|s| same((s.version, &s.epoch), (base.version, &base.epoch))) =>
+                {
                     deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
                     // Past the NUL that goes before it.
                     let start = deltas.len() + usize::from(!deltas.is_empty());

@@ -13,7 +13,7 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
-use crate::epoch::{Held, Stamp};
+use crate::epoch::{same, Held, Stamp};
 use crate::error::TableError;
 use crate::json::{document, Reader, Res};
 use crate::read::{self, TABLE_FIELDS};
@@ -180,7 +180,7 @@ pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<(Ra
         // Its base's stamp, epoch and all: one based on this version of
         // another epoch (deltas read before a whole of a new epoch replaced
         // them) is not this table's.
-        if Held::decode(base).is_some_and(|b| (b.version, &b.epoch) == (raw.version, &raw.epoch)) {
+        if Held::decode(base).is_some_and(|b| same((b.version, &b.epoch), (raw.version, &raw.epoch))) {
             unknown = read_into(&mut raw, json, limits)?;
         }
     }
@@ -215,7 +215,7 @@ pub fn patch(mut raw: RawTable, mut delta: RawDelta) -> Result<RawTable, TableEr
 /// refusal `raw` is left half made (the caller drops it).
 fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &'static str)> {
     let (base, new) = (&d.base, &mut d.changes);
-    if (base.version, &base.epoch) != (raw.version, &raw.epoch) {
+    if !same((base.version, &base.epoch), (raw.version, &raw.epoch)) {
         return Err(NOT_HELD);
     }
     if !Stamp::new(new.epoch.as_deref(), new.version).is_newer_than(&Stamp::new(base.epoch.as_deref(), base.version)) {
