@@ -200,6 +200,11 @@ impl Follower {
         Held::decode(&value?)
     }
 
+    /// The deltas shared after the last whole table (none: empty).
+    fn shared_deltas<H: Host>(&self, vm: &Vm<H>) -> Vec<u8> {
+        vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default()
+    }
+
     /// Installs a newer process-wide table in this VM: the shared delta
     /// applied onto its own when that is the delta's base, else the whole
     /// table compiled.
@@ -214,7 +219,7 @@ impl Follower {
         // fault of theirs (a config sharing the source may differ).
         let mut deltas = Vec::new();
         if DELTAS {
-            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
+            deltas = self.shared_deltas(vm);
         }
         let limits = &vm.settings.limits;
         let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
@@ -345,7 +350,7 @@ impl Follower {
                 (Some(raw), Some(base))
                     if self.shared(vm).is_some_and(|s| same((s.version, &s.epoch), (base.version, &base.epoch))) =>
                 {
-                    deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
+                    deltas = self.shared_deltas(vm);
                     // Past the NUL that goes before it.
                     let start = deltas.len() + usize::from(!deltas.is_empty());
                     delta::push_delta(&mut deltas, base, body);
