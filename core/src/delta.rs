@@ -146,8 +146,10 @@ pub fn read_into(raw: &mut RawTable, delta_json: &[u8], limits: &Limits) -> Resu
     if delta_json.len() > limits.max_table_bytes {
         return Err(TableError::TooManyBytes { field: "delta", size: delta_json.len(), limit: limits.max_table_bytes });
     }
-    let mut delta = RawDelta::default();
-    let ((), unknown) = document(delta_json, true, &mut |r| read_delta(r, limits, &mut delta))?;
+    // A document as `json::document` reads one, without its generic shell.
+    let (mut delta, mut r) = (RawDelta::default(), Reader::new(delta_json, true));
+    read_delta(&mut r, limits, &mut delta)?;
+    let unknown = r.finish()?;
     patch_in(raw, &mut delta).map_err(refused)?;
     Ok(unknown)
 }

@@ -207,7 +207,7 @@ impl<'a> Reader<'a> {
     /// A reader at the start of `bytes` (`document`'s, one body for every
     /// type it reads).
     #[inline(never)]
-    fn new(bytes: &'a [u8], lenient: bool) -> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8], lenient: bool) -> Reader<'a> {
         Reader {
             bytes,
             pos: 0,
@@ -222,7 +222,7 @@ impl<'a> Reader<'a> {
     /// The end of a document: nothing but whitespace after it; the unknown
     /// field names skipped.
     #[inline(never)]
-    fn finish(mut self) -> Res<Vec<String>> {
+    pub(crate) fn finish(mut self) -> Res<Vec<String>> {
         if self.peek().is_some() {
             return Err(self.err_next("trailing characters"));
         }
