@@ -202,7 +202,10 @@ impl Follower {
 
     /// The deltas shared after the last whole table (none: empty).
     fn shared_deltas<H: Host>(&self, vm: &Vm<H>) -> Vec<u8> {
-        vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default()
+        match vm.host.shared_get(&self.keys.deltas) {
+            Ok((Some(deltas), _)) => deltas,
+            _ => Vec::new(),
+        }
     }
 
     /// Installs a newer process-wide table in this VM: the shared delta
