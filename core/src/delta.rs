@@ -93,7 +93,7 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
             Some(3) => d.changes.services = read::services(r, limits, &mut cluster_entries)?,
             Some(4) => {
                 d.remove = r.strings()?;
-                // `patch` binary searches it.
+                // `patch` walks it beside the base's names.
                 let mut last: Option<&String> = None;
                 for name in &d.remove {
                     if last.is_some_and(|last| last >= name) {
@@ -226,11 +226,17 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
     // The base's services but those set or removed, then those set: sorted
     // once (a name given twice cannot come of it).
     let (mut services, mut twice) = (NameMap::new(), Default::default());
+    const BAD_REMOVE: (&str, &str) = ("remove", "names a service the base does not have, or one also in `set`");
     let mut removed = 0;
     for (name, service) in core::mem::take(&mut raw.services) {
         let set = new.services.contains_key(name.as_str());
-        if d.remove.binary_search(&name).is_ok() {
-            removed += if set { d.remove.len() + 1 } else { 1 };
+        // Both in name order: the next name to remove is this one or a
+        // later one (one the base lacks is never reached).
+        if d.remove.get(removed).is_some_and(|next| *next == name) {
+            if set {
+                return Err(BAD_REMOVE);
+            }
+            removed += 1;
         } else if !set {
             services.push_read(name, service, &mut twice);
         }
@@ -239,7 +245,7 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
         services.push_read(name, service, &mut twice);
     }
     if removed != d.remove.len() || services.sort_read(twice).is_err() {
-        return Err(("remove", "names a service the base does not have, or one also in `set`"));
+        return Err(BAD_REMOVE);
     }
     raw.services = services;
     // Swapped, not assigned: the base's go with the delta.
