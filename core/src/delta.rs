@@ -32,7 +32,7 @@ pub struct RawDelta {
     /// The new table's `version`, `epoch`, `set` (as `services`) and the
     /// fields `replace` gives (the others left at their defaults).
     pub changes: RawTable,
-    /// In name order, each once.
+    /// In name order, each once (else the patch is refused).
     pub remove: Vec<String>,
     /// The fields `replace` gives, one bit per `TABLE_FIELDS` index.
     replaced: u32,
@@ -91,17 +91,8 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
             Some(1) => d.changes.version = r.uint(u64::MAX, "u64")?,
             Some(2) => d.changes.epoch = r.opt_string()?,
             Some(3) => d.changes.services = read::services(r, limits, &mut cluster_entries)?,
-            Some(4) => {
-                d.remove = r.strings()?;
-                // `patch` walks it beside the base's names.
-                let mut last: Option<&String> = None;
-                for name in &d.remove {
-                    if last.is_some_and(|last| last >= name) {
-                        return Err(r.err("expected service names in order, each once"));
-                    }
-                    last = Some(name);
-                }
-            }
+            // In name order, each once: else `patch` refuses it.
+            Some(4) => d.remove = r.strings()?,
             Some(_) => {
                 d.replaced = read::table_into(r, limits, &mut d.changes, TABLE_FIELDS)?;
                 // version, epoch, services: the delta's own members.
@@ -226,12 +217,14 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
     // The base's services but those set or removed, then those set: sorted
     // once (a name given twice cannot come of it).
     let (mut services, mut twice) = (NameMap::new(), Default::default());
-    const BAD_REMOVE: (&str, &str) = ("remove", "names a service the base does not have, or one also in `set`");
+    const BAD_REMOVE: (&str, &str) =
+        ("remove", "names a service the base does not have, or one also in `set`, or is not in name order");
     let mut removed = 0;
     for (name, service) in core::mem::take(&mut raw.services) {
         let set = new.services.contains_key(name.as_str());
         // Both in name order: the next name to remove is this one or a
-        // later one (one the base lacks is never reached).
+        // later one (one the base lacks, or out of order or given twice,
+        // is never reached).
         if d.remove.get(removed).is_some_and(|next| *next == name) {
             if set {
                 return Err(BAD_REMOVE);

@@ -170,6 +170,23 @@ fn a_delta_is_refused_naming_what_is_wrong() {
             },
             "remove: names a service the base does not have, or one also in `set`",
         ),
+        // The base has both: out of order, or given twice, is refused too.
+        (
+            {
+                let mut d = good.clone();
+                d["remove"] = json!(["b", "a"]);
+                d
+            },
+            "remove: names a service the base does not have, or one also in `set`, or is not in name order",
+        ),
+        (
+            {
+                let mut d = good.clone();
+                d["remove"] = json!(["a", "a"]);
+                d
+            },
+            "remove: names a service the base does not have, or one also in `set`, or is not in name order",
+        ),
         (
             {
                 let mut d = good.clone();
