@@ -234,9 +234,7 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
             services.push_read(name, service, &mut twice);
         }
     }
-    for (name, service) in core::mem::take(&mut new.services) {
-        services.push_read(name, service, &mut twice);
-    }
+    services.append(&mut new.services);
     if removed != d.remove.len() || services.sort_read(twice).is_err() {
         return Err(BAD_REMOVE);
     }
