@@ -139,8 +139,7 @@ pub fn read_into(raw: &mut RawTable, delta_json: &[u8], limits: &Limits) -> Resu
     }
     // A document as `json::document` reads one, without its generic shell.
     let (mut delta, mut r) = (RawDelta::default(), Reader::new(delta_json, true));
-    read_delta(&mut r, limits, &mut delta)?;
-    let unknown = r.finish()?;
+    let unknown = read_delta(&mut r, limits, &mut delta).and_then(|()| r.finish())?;
     patch_in(raw, &mut delta).map_err(refused)?;
     Ok(unknown)
 }
