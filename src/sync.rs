@@ -226,8 +226,8 @@ impl Follower {
         }
         let limits = &vm.settings.limits;
         let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
-        let taken = match own.filter(|(raw, _)| same((raw.version, &raw.epoch), (shared.version, &shared.epoch))) {
-            Some((raw, _)) => compile(vm, raw),
+        let read = match own.filter(|(raw, _)| same((raw.version, &raw.epoch), (shared.version, &shared.epoch))) {
+            Some(own) => Ok(own),
             None => {
                 let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
                 let read = RawTable::from_companion_json(&bytes, limits);
@@ -235,9 +235,10 @@ impl Follower {
                 drop(bytes);
                 #[cfg(feature = "table-deltas")]
                 let read = read.and_then(|(raw, _)| delta::catch_up(raw, &deltas, limits));
-                read.and_then(|(raw, _)| compile(vm, raw))
+                read
             }
         };
+        let taken = read.and_then(|(raw, _)| compile(vm, raw));
         match taken {
             Ok((raw, table)) => self.install(vm, raw, table),
             Err(e) => {
