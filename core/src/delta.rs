@@ -218,23 +218,23 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
     let (mut services, mut twice) = (NameMap::new(), Default::default());
     const BAD_REMOVE: (&str, &str) =
         ("remove", "names a service the base does not have, or one also in `set`, or is not in name order");
-    let mut removed = 0;
-    for (name, service) in core::mem::take(&mut raw.services) {
+    let mut base = core::mem::take(&mut raw.services);
+    // The base's names from the last: both in name order, the last name
+    // left to remove is this one or an earlier one (one the base lacks, or
+    // out of order or given twice, is never reached).
+    while let Some((name, service)) = base.pop_last() {
         let set = new.services.contains_key(name.as_str());
-        // Both in name order: the next name to remove is this one or a
-        // later one (one the base lacks, or out of order or given twice,
-        // is never reached).
-        if d.remove.get(removed).is_some_and(|next| *next == name) {
+        if d.remove.last().is_some_and(|last| *last == name) {
             if set {
                 return Err(BAD_REMOVE);
             }
-            removed += 1;
+            d.remove.pop();
         } else if !set {
             services.push_read(name, service, &mut twice);
         }
     }
     services.append(&mut new.services);
-    if removed != d.remove.len() || services.sort_read(twice).is_err() {
+    if !d.remove.is_empty() || services.sort_read(twice).is_err() {
         return Err(BAD_REMOVE);
     }
     raw.services = services;

@@ -67,6 +67,11 @@ impl<V> VecMap<V> {
         }
     }
 
+    /// Takes the entry with the last name out, as `BTreeMap::pop_last`.
+    pub fn pop_last(&mut self) -> Option<(String, V)> {
+        self.entries.pop()
+    }
+
     /// Moves every entry of `other` to the end of this map's, in any
     /// order (like `push`: `sort` once whole), as `BTreeMap::append` moves
     /// them into its own.
@@ -356,9 +361,10 @@ mod tests {
     }
 
     /// `append` then `sort` makes what `BTreeMap::append` makes of two
-    /// maps with no name in common; a name in both is refused by the sort.
+    /// maps with no name in common (and `pop_last` takes what it takes); a
+    /// name in both is refused by the sort.
     #[test]
-    fn append_then_sort_is_btree_maps_append() {
+    fn append_sort_and_pop_last_are_btree_maps() {
         let (mut ours, mut std) = (VecMap::new(), BTreeMap::new());
         let (mut more, mut std_more) = (VecMap::new(), BTreeMap::new());
         for (i, k) in ["m", "c", "x"].iter().enumerate() {
@@ -373,6 +379,8 @@ mod tests {
         std.append(&mut std_more);
         assert!(more.is_empty());
         assert_eq!(ours.sort(), Ok(()));
+        assert!(ours.iter().eq(std.iter()));
+        assert_eq!(ours.pop_last(), std.pop_last());
         assert!(ours.iter().eq(std.iter()));
         let mut twice = VecMap::new();
         twice.insert("c".to_owned(), 0);
