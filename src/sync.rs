@@ -142,6 +142,9 @@ pub struct Follower {
     /// The bytes of the last whole table this VM shared as the poller (0:
     /// none yet): the deltas shared after it are kept below that.
     whole_len: usize,
+    /// The deltas shared after it are enough: the next poll asks for the
+    /// whole.
+    deltas_full: bool,
     /// Unknown table fields were logged (once per VM and source).
     told_unknown: bool,
     /// The outstanding poll, while this VM is the poller.
@@ -159,6 +162,7 @@ impl Follower {
             local: None,
             raw: None,
             whole_len: 0,
+            deltas_full: false,
             told_unknown: false,
             in_flight: None,
             failures: 0,
@@ -269,7 +273,7 @@ impl Follower {
         let sep = if isogroup_core::text::has_byte(self.source.path.as_bytes(), b'?') { '&' } else { '?' };
         let (base, wait) = (&self.source.path, self.source.wait_s);
         // A delta only onto a table held as read, with an epoch.
-        let delta = if DELTAS && self.raw.is_some() { "&delta=1" } else { "" };
+        let delta = if DELTAS && self.raw.is_some() && !self.deltas_full { "&delta=1" } else { "" };
         let path = match &self.local {
             None => base.clone(),
             // Only a valid epoch is sent, and a valid one is URL-safe.
@@ -420,12 +424,11 @@ impl Follower {
         if !delta {
             self.whole_len = body.len();
         }
-        let full =
-            deltas.len() >= self.whole_len || deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
-        self.install(vm, raw, table);
-        if DELTAS && full {
-            self.raw = None;
+        if DELTAS {
+            self.deltas_full =
+                deltas.len() >= self.whole_len || deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
         }
+        self.install(vm, raw, table);
     }
 
     /// Every reject is logged (rare, and each one matters); the poll backs
