@@ -217,7 +217,7 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
     // once (a name given twice cannot come of it).
     let (mut services, mut twice) = (NameMap::new(), Default::default());
     const BAD_REMOVE: (&str, &str) =
-        ("remove", "names a service the base does not have, or one also in `set`, or is not in name order");
+        ("remove", "names a service the base does not have, or one in `set`, or out of order");
     let mut base = core::mem::take(&mut raw.services);
     // The base's names from the last: both in name order, the last name
     // left to remove is this one or an earlier one (one the base lacks, or

@@ -168,7 +168,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d["remove"] = json!(["c"]);
                 d
             },
-            "remove: names a service the base does not have, or one also in `set`",
+            "remove: names a service the base does not have, or one in `set`",
         ),
         // The base has both: out of order, or given twice, is refused too.
         (
@@ -177,7 +177,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d["remove"] = json!(["b", "a"]);
                 d
             },
-            "remove: names a service the base does not have, or one also in `set`, or is not in name order",
+            "remove: names a service the base does not have, or one in `set`, or out of order",
         ),
         (
             {
@@ -185,7 +185,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d["remove"] = json!(["a", "a"]);
                 d
             },
-            "remove: names a service the base does not have, or one also in `set`, or is not in name order",
+            "remove: names a service the base does not have, or one in `set`, or out of order",
         ),
         (
             {
