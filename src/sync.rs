@@ -36,6 +36,7 @@ use crate::proxy::{LogLevel, Status};
 use isogroup_core::cat;
 use isogroup_core::delta::{self, DELTA_CONTENT_TYPE};
 use isogroup_core::edge::fnv1a;
+use isogroup_core::epoch::same;
 pub use isogroup_core::epoch::Held;
 use isogroup_core::text::{text_of, Hex};
 use isogroup_core::{CompanionSource, RawTable, Source, Table, TableError};
@@ -141,6 +142,9 @@ pub struct Follower {
     /// The bytes of the last whole table this VM shared as the poller (0:
     /// none yet): the deltas shared after it are kept below that.
     whole_len: usize,
+    /// The deltas shared after it are enough: the next poll asks for the
+    /// whole.
+    deltas_full: bool,
     /// Unknown table fields were logged (once per VM and source).
     told_unknown: bool,
     /// The outstanding poll, while this VM is the poller.
@@ -158,6 +162,7 @@ impl Follower {
             local: None,
             raw: None,
             whole_len: 0,
+            deltas_full: false,
             told_unknown: false,
             in_flight: None,
             failures: 0,
@@ -199,6 +204,14 @@ impl Follower {
         Held::decode(&value?)
     }
 
+    /// The deltas shared after the last whole table (none: empty).
+    fn shared_deltas<H: Host>(&self, vm: &Vm<H>) -> Vec<u8> {
+        match vm.host.shared_get(&self.keys.deltas) {
+            Ok((Some(deltas), _)) => deltas,
+            _ => Vec::new(),
+        }
+    }
+
     /// Installs a newer process-wide table in this VM: the shared delta
     /// applied onto its own when that is the delta's base, else the whole
     /// table compiled.
@@ -213,24 +226,23 @@ impl Follower {
         // fault of theirs (a config sharing the source may differ).
         let mut deltas = Vec::new();
         if DELTAS {
-            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
+            deltas = self.shared_deltas(vm);
         }
         let limits = &vm.settings.limits;
         let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
-        let taken = match own.filter(|raw| (raw.version, &raw.epoch) == (shared.version, &shared.epoch)) {
-            Some(raw) => compile(vm, raw),
+        let read = match own.filter(|(raw, _)| same((raw.version, &raw.epoch), (shared.version, &shared.epoch))) {
+            Some(own) => Ok(own),
             None => {
                 let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
                 let read = RawTable::from_companion_json(&bytes, limits);
                 // Freed before compiling: a wasm VM's linear memory keeps its peak.
                 drop(bytes);
-                read.and_then(|(raw, _)| match DELTAS {
-                    true => delta::catch_up(raw, &deltas, limits),
-                    false => Ok(raw),
-                })
-                .and_then(|raw| compile(vm, raw))
+                #[cfg(feature = "table-deltas")]
+                let read = read.and_then(|(raw, _)| delta::catch_up(raw, &deltas, limits));
+                read
             }
         };
+        let taken = read.and_then(|(raw, _)| compile(vm, raw));
         match taken {
             Ok((raw, table)) => self.install(vm, raw, table),
             Err(e) => {
@@ -261,7 +273,7 @@ impl Follower {
         let sep = if isogroup_core::text::has_byte(self.source.path.as_bytes(), b'?') { '&' } else { '?' };
         let (base, wait) = (&self.source.path, self.source.wait_s);
         // A delta only onto a table held as read, with an epoch.
-        let delta = if DELTAS && self.raw.is_some() { "&delta=1" } else { "" };
+        let delta = if DELTAS && self.raw.is_some() && !self.deltas_full { "&delta=1" } else { "" };
         let path = match &self.local {
             None => base.clone(),
             // Only a valid epoch is sent, and a valid one is URL-safe.
@@ -335,12 +347,24 @@ impl Follower {
     fn accept<H: Host>(&mut self, vm: &Vm<H>, body: &[u8], delta: bool, now: u64) {
         let delta = DELTAS && delta;
         let limits = &vm.settings.limits;
+        // A whole table, and no delta after it yet; or the delta after the
+        // ones shared.
+        let mut deltas = Vec::new();
         let read = if delta {
             // Onto the table held, which must be the process's: the delta
-            // goes after the ones shared, which bring the whole to it.
-            match self.raw.take().filter(|_| self.shared(vm) == self.local) {
-                Some(mut raw) => delta::read_into(&mut raw, body, limits).map(|unknown| (raw, unknown)),
-                None => Err(delta::not_held()),
+            // goes after the ones shared, which bring the whole to it. Read
+            // as a VM catching up reads it.
+            match (self.raw.take(), &self.local) {
+                (Some(raw), Some(base))
+                    if self.shared(vm).is_some_and(|s| same((s.version, &s.epoch), (base.version, &base.epoch))) =>
+                {
+                    deltas = self.shared_deltas(vm);
+                    // Past the NUL that goes before it.
+                    let start = deltas.len() + usize::from(!deltas.is_empty());
+                    delta::push_delta(&mut deltas, base, body);
+                    delta::catch_up(raw, deltas.get(start..).unwrap_or_default(), limits)
+                }
+                _ => Err(delta::not_held()),
             }
         } else {
             // A whole table is read without the raw one held beside it.
@@ -372,13 +396,6 @@ impl Follower {
         if !held.is_newer_than(self.shared(vm).as_ref()) {
             return;
         }
-        // A whole table, and no delta after it yet; or the delta after the
-        // ones shared.
-        let mut deltas = Vec::new();
-        if let (true, Some(base)) = (delta, &self.local) {
-            deltas = vm.host.shared_get(&self.keys.deltas).ok().and_then(|(d, _)| d).unwrap_or_default();
-            delta::push_delta(&mut deltas, base, body);
-        }
         // The whole (or deltas) first, stamp last: a VM that sees the stamp
         // finds them (or newer ones).
         let stamp = held.encode();
@@ -407,12 +424,11 @@ impl Follower {
         if !delta {
             self.whole_len = body.len();
         }
-        let full =
-            deltas.len() >= self.whole_len || deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
-        self.install(vm, raw, table);
-        if DELTAS && full {
-            self.raw = None;
+        if DELTAS {
+            self.deltas_full =
+                deltas.len() >= self.whole_len || deltas.iter().filter(|&&b| b == 0).count() + 1 >= MAX_SHARED_DELTAS;
         }
+        self.install(vm, raw, table);
     }
 
     /// Every reject is logged (rare, and each one matters); the poll backs

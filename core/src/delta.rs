@@ -13,7 +13,7 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 
-use crate::epoch::{Held, Stamp};
+use crate::epoch::{same, Held, Stamp};
 use crate::error::TableError;
 use crate::json::{document, Reader, Res};
 use crate::read::{self, TABLE_FIELDS};
@@ -32,7 +32,7 @@ pub struct RawDelta {
     /// The new table's `version`, `epoch`, `set` (as `services`) and the
     /// fields `replace` gives (the others left at their defaults).
     pub changes: RawTable,
-    /// In name order, each once.
+    /// In name order, each once (else the patch is refused).
     pub remove: Vec<String>,
     /// The fields `replace` gives, one bit per `TABLE_FIELDS` index.
     replaced: u32,
@@ -91,17 +91,8 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
             Some(1) => d.changes.version = r.uint(u64::MAX, "u64")?,
             Some(2) => d.changes.epoch = r.opt_string()?,
             Some(3) => d.changes.services = read::services(r, limits, &mut cluster_entries)?,
-            Some(4) => {
-                d.remove = r.strings()?;
-                // `patch` binary searches it.
-                let mut last: Option<&String> = None;
-                for name in &d.remove {
-                    if last.is_some_and(|last| last >= name) {
-                        return Err(r.err("expected service names in order, each once"));
-                    }
-                    last = Some(name);
-                }
-            }
+            // In name order, each once: else `patch` refuses it.
+            Some(4) => d.remove = r.strings()?,
             Some(_) => {
                 d.replaced = read::table_into(r, limits, &mut d.changes, TABLE_FIELDS)?;
                 // version, epoch, services: the delta's own members.
@@ -146,8 +137,9 @@ pub fn read_into(raw: &mut RawTable, delta_json: &[u8], limits: &Limits) -> Resu
     if delta_json.len() > limits.max_table_bytes {
         return Err(TableError::TooManyBytes { field: "delta", size: delta_json.len(), limit: limits.max_table_bytes });
     }
-    let mut delta = RawDelta::default();
-    let ((), unknown) = document(delta_json, true, &mut |r| read_delta(r, limits, &mut delta))?;
+    // A document as `json::document` reads one, without its generic shell.
+    let (mut delta, mut r) = (RawDelta::default(), Reader::new(delta_json, true));
+    let unknown = read_delta(&mut r, limits, &mut delta).and_then(|()| r.finish())?;
     patch_in(raw, &mut delta).map_err(refused)?;
     Ok(unknown)
 }
@@ -169,20 +161,22 @@ pub fn push_delta(deltas: &mut Vec<u8>, base: &Held, json: &[u8]) {
 /// each one based on the table's version as it then stands is applied
 /// (refused unless exactly onto its base, as `read_onto` refuses a delta),
 /// any other skipped unread; a table that is the base of none comes out as
-/// it went in.
-pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<RawTable, TableError> {
-    let mut rest = deltas;
+/// it went in. With the names of the fields skipped inside the last one
+/// applied: the poller takes its delta through here too (one delta after
+/// its base's stamp), and logs them.
+pub fn catch_up(mut raw: RawTable, deltas: &[u8], limits: &Limits) -> Result<(RawTable, Vec<String>), TableError> {
+    let (mut rest, mut unknown) = (deltas, Vec::new());
     while let Some((base, after)) = crate::text::split_byte(rest, b'\n') {
         let (json, after) = crate::text::split_byte(after, 0).unwrap_or((after, &[]));
         rest = after;
         // Its base's stamp, epoch and all: one based on this version of
         // another epoch (deltas read before a whole of a new epoch replaced
         // them) is not this table's.
-        if Held::decode(base).is_some_and(|b| (b.version, &b.epoch) == (raw.version, &raw.epoch)) {
-            read_into(&mut raw, json, limits)?;
+        if Held::decode(base).is_some_and(|b| same((b.version, &b.epoch), (raw.version, &raw.epoch))) {
+            unknown = read_into(&mut raw, json, limits)?;
         }
     }
-    Ok(raw)
+    Ok((raw, unknown))
 }
 
 /// The table `delta` makes of `raw`, compiled: refused when `raw` is not
@@ -213,7 +207,7 @@ pub fn patch(mut raw: RawTable, mut delta: RawDelta) -> Result<RawTable, TableEr
 /// refusal `raw` is left half made (the caller drops it).
 fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &'static str)> {
     let (base, new) = (&d.base, &mut d.changes);
-    if (base.version, &base.epoch) != (raw.version, &raw.epoch) {
+    if !same((base.version, &base.epoch), (raw.version, &raw.epoch)) {
         return Err(NOT_HELD);
     }
     if !Stamp::new(new.epoch.as_deref(), new.version).is_newer_than(&Stamp::new(base.epoch.as_deref(), base.version)) {
@@ -222,20 +216,26 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
     // The base's services but those set or removed, then those set: sorted
     // once (a name given twice cannot come of it).
     let (mut services, mut twice) = (NameMap::new(), Default::default());
-    let mut removed = 0;
-    for (name, service) in core::mem::take(&mut raw.services) {
+    const BAD_REMOVE: (&str, &str) =
+        ("remove", "names a service the base does not have, or one in `set`, or out of order");
+    let mut base = core::mem::take(&mut raw.services);
+    // The base's names from the last: both in name order, the last name
+    // left to remove is this one or an earlier one (one the base lacks, or
+    // out of order or given twice, is never reached).
+    while let Some((name, service)) = base.pop_last() {
         let set = new.services.contains_key(name.as_str());
-        if d.remove.binary_search(&name).is_ok() {
-            removed += if set { d.remove.len() + 1 } else { 1 };
+        if d.remove.last().is_some_and(|last| *last == name) {
+            if set {
+                return Err(BAD_REMOVE);
+            }
+            d.remove.pop();
         } else if !set {
             services.push_read(name, service, &mut twice);
         }
     }
-    for (name, service) in core::mem::take(&mut new.services) {
-        services.push_read(name, service, &mut twice);
-    }
-    if removed != d.remove.len() || services.sort_read(twice).is_err() {
-        return Err(("remove", "names a service the base does not have, or one also in `set`"));
+    services.append(&mut new.services);
+    if !d.remove.is_empty() || services.sort_read(twice).is_err() {
+        return Err(BAD_REMOVE);
     }
     raw.services = services;
     // Swapped, not assigned: the base's go with the delta.

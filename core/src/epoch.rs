@@ -129,6 +129,13 @@ impl Held {
     }
 }
 
+/// Whether two stamps, (version, epoch) as held or as a table read has
+/// them, are the same: one body for every such check of the delta path.
+#[inline(never)]
+pub fn same(a: (u64, &Option<String>), b: (u64, &Option<String>)) -> bool {
+    a == b
+}
+
 /// Compares two tables by (epoch, version), as the SPEC orders them.
 pub fn compare(a_epoch: Option<&str>, a_version: u64, b_epoch: Option<&str>, b_version: u64) -> Ordering {
     Stamp::new(a_epoch, a_version).cmp(&Stamp::new(b_epoch, b_version))

@@ -60,20 +60,9 @@ pub(crate) fn document<T>(
     lenient: bool,
     read: &mut dyn FnMut(&mut Reader<'_>) -> Res<T>,
 ) -> Res<(T, Vec<String>)> {
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        path: String::new(),
-        depth: 0,
-        key_mark: 0,
-        key_end: 0,
-        unknown: lenient.then(Vec::new),
-    };
+    let mut r = Reader::new(bytes, lenient);
     let value = read(&mut r)?;
-    if r.peek().is_some() {
-        return Err(r.err_next("trailing characters"));
-    }
-    Ok((value, r.unknown.unwrap_or_default()))
+    Ok((value, r.finish()?))
 }
 
 /// Appends `n` in decimal (no `core::fmt` in the wasm).
@@ -215,6 +204,31 @@ pub(crate) fn push_one_of(out: &mut String, names: &[&str]) {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `bytes` (`document`'s, one body for every
+    /// type it reads).
+    #[inline(never)]
+    pub(crate) fn new(bytes: &'a [u8], lenient: bool) -> Reader<'a> {
+        Reader {
+            bytes,
+            pos: 0,
+            path: String::new(),
+            depth: 0,
+            key_mark: 0,
+            key_end: 0,
+            unknown: lenient.then(Vec::new),
+        }
+    }
+
+    /// The end of a document: nothing but whitespace after it; the unknown
+    /// field names skipped.
+    #[inline(never)]
+    pub(crate) fn finish(mut self) -> Res<Vec<String>> {
+        if self.peek().is_some() {
+            return Err(self.err_next("trailing characters"));
+        }
+        Ok(self.unknown.take().unwrap_or_default())
+    }
+
     fn peek(&mut self) -> Option<u8> {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
             self.pos += 1;

@@ -77,7 +77,7 @@ pub const MAX_GROUP_TEXT: usize = 256;
 
 /// Read by hand (`read.rs`): strict, or lenient for a companion's table
 /// (`RawTable::from_companion_json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RawTable {
     #[cfg_attr(feature = "serde", serde(default))]
@@ -238,6 +238,22 @@ impl Default for Limits {
             max_fallback_depth: 8,
             max_baggage_bytes: 8192,
             max_baggage_members: 180,
+        }
+    }
+}
+
+/// One body for every empty table made (the reader's, a delta's two).
+impl Default for RawTable {
+    #[inline(never)]
+    fn default() -> Self {
+        RawTable {
+            version: 0,
+            epoch: None,
+            base_group: None,
+            groups: NameMap::new(),
+            services: NameMap::new(),
+            sources: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }

@@ -67,6 +67,18 @@ impl<V> VecMap<V> {
         }
     }
 
+    /// Takes the entry with the last name out, as `BTreeMap::pop_last`.
+    pub fn pop_last(&mut self) -> Option<(String, V)> {
+        self.entries.pop()
+    }
+
+    /// Moves every entry of `other` to the end of this map's, in any
+    /// order (like `push`: `sort` once whole), as `BTreeMap::append` moves
+    /// them into its own.
+    pub fn append(&mut self, other: &mut Self) {
+        self.entries.append(&mut other.entries);
+    }
+
     /// Gives back spare capacity: a parsed table keeps its maps until it is
     /// compiled (and a wasm VM keeps its peak).
     pub fn shrink_to_fit(&mut self) {
@@ -346,6 +358,34 @@ mod tests {
             }
             assert_eq!(format!("{ours:?}"), format!("{std:?}"), "{keys:?}");
         }
+    }
+
+    /// `append` then `sort` makes what `BTreeMap::append` makes of two
+    /// maps with no name in common (and `pop_last` takes what it takes); a
+    /// name in both is refused by the sort.
+    #[test]
+    fn append_sort_and_pop_last_are_btree_maps() {
+        let (mut ours, mut std) = (VecMap::new(), BTreeMap::new());
+        let (mut more, mut std_more) = (VecMap::new(), BTreeMap::new());
+        for (i, k) in ["m", "c", "x"].iter().enumerate() {
+            ours.insert(k.to_string(), i);
+            std.insert(k.to_string(), i);
+        }
+        for (i, k) in ["a", "q", "b"].iter().enumerate() {
+            more.insert(k.to_string(), 10 + i);
+            std_more.insert(k.to_string(), 10 + i);
+        }
+        ours.append(&mut more);
+        std.append(&mut std_more);
+        assert!(more.is_empty());
+        assert_eq!(ours.sort(), Ok(()));
+        assert!(ours.iter().eq(std.iter()));
+        assert_eq!(ours.pop_last(), std.pop_last());
+        assert!(ours.iter().eq(std.iter()));
+        let mut twice = VecMap::new();
+        twice.insert("c".to_owned(), 0);
+        ours.append(&mut twice);
+        assert_eq!(ours.sort(), Err("c".to_owned()));
     }
 
     /// The sort against `BTreeMap` on shuffled names of every length up to
