@@ -30,7 +30,7 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
     // sampling took (`None`: not taken, made where needed).
     let mut hash = None;
     if let Some(r) = reports {
-        if incoming.group.as_ref().is_some_and(|g| g.as_str() != vm.settings.base_group) {
+        if incoming.group.as_ref().is_some_and(|g| g.as_bytes() != vm.settings.base_group.as_bytes()) {
             r.saw_lane(now);
         }
         if let (true, Some(t)) = (incoming.traced, incoming.trace_id) {

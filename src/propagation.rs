@@ -142,11 +142,7 @@ impl Reports {
                 let mut carried = self.carried.take();
                 if carried.len() < MAX_CARRIED {
                     // None of the three has a space.
-                    push_frame(
-                        &mut carried,
-                        hash,
-                        &[destination.as_bytes(), b" ", group.as_str().as_bytes(), b" ", trace],
-                    );
+                    push_frame(&mut carried, hash, &[destination.as_bytes(), b" ", group.as_bytes(), b" ", trace]);
                 }
                 self.carried.set(carried);
             }

@@ -41,9 +41,15 @@ impl GroupName {
         Some(Self { len: name.len() as u8, bytes })
     }
 
+    /// The name's bytes, without `as_str`'s UTF-8 check (the request
+    /// path compares bytes).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len as usize).unwrap_or_default()
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII ever gets in (checked by `new`); the fallback is unreachable.
-        self.bytes.get(..self.len as usize).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or_default()
+        core::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
