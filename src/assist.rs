@@ -71,7 +71,7 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
         (Side::Inbound, None) => Seen::Nothing,
         (_, trace) if incoming.group.is_some() => match (reports, trace, &incoming.group) {
             // Classified on a tick, without a host call now.
-            (Some(_), Some(trace), Some(_)) if is_sampled => Seen::Carried(hash_of(trace)),
+            (Some(_), Some(trace), Some(_)) if is_sampled => Seen::Carried(hash_of(trace), now),
             _ => Seen::Nothing,
         },
         (_, None) => Seen::Class(Class::Untraced),

@@ -27,6 +27,7 @@ use core::cell::Cell;
 use core::time::Duration;
 
 use crate::proxy::LogLevel;
+use isogroup_core::assist::Assist;
 use isogroup_core::propagation::{carried_entry, Class, Counts, LANE_WINDOW_MS, MAX_REPORT_BYTES, REPORT_EVERY_MS};
 use isogroup_core::text::{split_byte, text_of};
 use isogroup_core::{cat, CompanionSource, GroupName};
@@ -44,6 +45,9 @@ pub(crate) const MAX_CARRIED: usize = 4 * 1024;
 /// The workload's recent sampled records kept in shared data for the ticks
 /// (`recent`: the newest this many bytes, ~250 records).
 const RECENT_BYTES: usize = MAX_REPORT_BYTES;
+/// Carried requests a tick looks up in their assist slot (a read each) when
+/// the recent records do not hold their trace; more are not counted.
+const SLOT_READS: u32 = 16;
 /// A VM hands its counts to shared data at most this often (a read and a
 /// write of its key: per time, not per request; the poller takes the keys
 /// every `REPORT_EVERY_MS`).
@@ -53,9 +57,9 @@ const FLUSH_EVERY_MS: u64 = 1_000;
 pub enum Seen {
     Nothing,
     Class(Class),
-    /// An outbound request of a sampled trace (its FNV-1a) carrying a
-    /// group: classified on a tick.
-    Carried(u64),
+    /// An outbound request of a sampled trace (its FNV-1a, and when it was
+    /// made) carrying a group: classified on a tick.
+    Carried(u64, u64),
 }
 
 /// Reports on: the settings have `propagation`, the assist, a workload and
@@ -118,8 +122,9 @@ impl Reports {
     /// tick. `hash`: the trace id's FNV-1a.
     pub fn remember(&self, hash: u64, entry: &[u8]) {
         let mut fresh = self.fresh.take();
-        // Past the bound, not shared.
-        if fresh.len() + entry.len() < RECENT_BYTES {
+        // Past twice the bound, not shared (the tick keeps the newest
+        // within it).
+        if fresh.len() + entry.len() < 2 * RECENT_BYTES {
             push_frame(&mut fresh, hash, &[entry]);
         }
         self.fresh.set(fresh);
@@ -138,11 +143,15 @@ impl Reports {
         let Some(destination) = destination else { return };
         match (seen, group) {
             (Seen::Class(class), _) => self.count(metrics, destination, class),
-            (Seen::Carried(hash), Some(group)) => {
+            (Seen::Carried(hash, at), Some(group)) => {
                 let mut carried = self.carried.take();
                 if carried.len() < MAX_CARRIED {
                     // None of the three has a space.
-                    push_frame(&mut carried, hash, &[destination.as_bytes(), b" ", group.as_bytes(), b" ", trace]);
+                    push_frame(
+                        &mut carried,
+                        hash,
+                        &[&at.to_le_bytes(), destination.as_bytes(), b" ", group.as_bytes(), b" ", trace],
+                    );
                 }
                 self.carried.set(carried);
             }
@@ -161,7 +170,7 @@ impl Reports {
     /// ones, classify the requests carried two ticks before against them,
     /// share the lane time, hand the counts to this VM's key (at most once a
     /// second).
-    pub fn on_tick<H: Host>(&self, vm: &Vm<H>) {
+    pub fn on_tick<H: Host>(&self, vm: &Vm<H>, assist: &Assist) {
         let (host, now) = (&vm.host, vm.clock_ms.get());
         // Those two ticks old; the others a tick older.
         let mut classify = self.older.replace(self.pending.replace(self.carried.take()));
@@ -170,7 +179,11 @@ impl Reports {
         // of its VMs last told of lane traffic. Read each tick: the lane
         // time is wanted by `lanes_recent`.
         let recent_key = key(vm, "recent");
-        let (value, cas) = host.shared_get(&recent_key).unwrap_or_default();
+        // A failed read is not an empty key: nothing is written over it.
+        let (read, (value, cas)) = match host.shared_get(&recent_key) {
+            Ok(got) => (true, got),
+            Err(_) => (false, (None, None)),
+        };
         let mut value = value.unwrap_or_default();
         let (frames, told) = value.split_last_chunk::<8>().map_or((0, 0), |(f, t)| (f.len(), u64::from_le_bytes(*t)));
         self.lane_shared_ms.set(told);
@@ -190,21 +203,35 @@ impl Reports {
         let start = start.len();
         let frames = value.len();
         value.extend_from_slice(&told.max(seen).to_le_bytes());
-        if (tell || !fresh.is_empty())
-            && host.shared_set(&recent_key, value.get(start..).unwrap_or_default(), cas).is_err()
+        if !read
+            || ((tell || !fresh.is_empty())
+                && host.shared_set(&recent_key, value.get(start..).unwrap_or_default(), cas).is_err())
         {
-            // Lost to another VM's write: added on the next tick.
+            // Not read, or lost to another VM's write: added on the next tick.
             self.fresh.set(fresh);
         }
         let recent = value.get(start..frames).unwrap_or_default();
         let mut rest = classify.as_slice();
+        let (mut slot_reads, mut slot_key) = (0, String::new());
         while let Some((hash, body, before)) = last_frame(rest) {
             rest = before;
+            // When the request was made: its record is checked fresh as of then.
+            let Some((at, body)) = body.split_first_chunk::<8>() else { continue };
+            let at = u64::from_le_bytes(*at);
             let Some((destination, body)) = split_byte(body, b' ') else { continue };
             let Some((group, trace)) = split_byte(body, b' ') else { continue };
-            if let (Some(class), Ok(destination)) =
-                (recent_class(recent, hash, trace, group, now), core::str::from_utf8(destination))
-            {
+            let mut class = recent_class(recent, hash, trace, group, at);
+            if class.is_none() && slot_reads < SLOT_READS {
+                // Not among the recent records (its handler called out
+                // later than they reach back, or a write of them failed):
+                // the trace's assist slot, which lives for the assist's ttl.
+                slot_reads += 1;
+                assist.slot_key_to(hash, &mut slot_key);
+                if let Ok((Some(entry), _)) = host.shared_get(&slot_key) {
+                    class = carried_entry(&entry, trace, group, at);
+                }
+            }
+            if let (Some(class), Ok(destination)) = (class, core::str::from_utf8(destination)) {
                 self.count(&vm.metrics, destination, class);
             }
         }
@@ -286,23 +313,23 @@ impl Reports {
 }
 
 /// Appends a frame to `buf`: the trace id's FNV-1a, the parts, the length
-/// of the parts together (a byte: at most 213 for a record, 446 for a
-/// carried request of a 253-byte service, a 63-byte group and a 128-byte
-/// trace id, not taken; last, so frames are read newest first).
+/// of the parts together (two bytes, last, so frames are read newest first;
+/// at most 213 for a record, 454 for a carried request of a 253-byte
+/// service, a 63-byte group and a 128-byte trace id).
 fn push_frame(buf: &mut Vec<u8>, hash: u64, parts: &[&[u8]]) {
-    let Ok(len) = u8::try_from(parts.iter().map(|p| p.len()).sum::<usize>()) else { return };
+    let Ok(len) = u16::try_from(parts.iter().map(|p| p.len()).sum::<usize>()) else { return };
     buf.extend_from_slice(&hash.to_le_bytes());
     for part in parts {
         buf.extend_from_slice(part);
     }
-    buf.push(len);
+    buf.extend_from_slice(&len.to_le_bytes());
 }
 
 /// The last frame (`push_frame`'s) in `buf`: (the trace id's FNV-1a, the
 /// parts together, what is before it); `None` when there is none.
 fn last_frame(buf: &[u8]) -> Option<(u64, &[u8], &[u8])> {
-    let (len, rest) = buf.split_last()?;
-    let (rest, body) = rest.split_at_checked(rest.len().checked_sub(usize::from(*len))?)?;
+    let (rest, len) = buf.split_last_chunk::<2>()?;
+    let (rest, body) = rest.split_at_checked(rest.len().checked_sub(usize::from(u16::from_le_bytes(*len)))?)?;
     let (rest, hash) = rest.split_last_chunk::<8>()?;
     Some((u64::from_le_bytes(*hash), body, rest))
 }

@@ -112,8 +112,8 @@ impl<H: Host> RootContext for Root<H> {
             if let Ok(now) = vm.host.now_ms() {
                 vm.clock_ms.set(now);
             }
-            if let Some(r) = &vm.reports {
-                r.on_tick(vm);
+            if let (Some(r), Some(a)) = (&vm.reports, &vm.settings.assist) {
+                r.on_tick(vm, a);
             }
             vm.metrics.flush(&vm.host);
             sync.on_tick(vm);

@@ -111,15 +111,13 @@ fn sampling_is_deterministic_and_each_class_is_counted_once_per_trace_and_destin
     p.tick();
     p.tick();
     p.tick();
-    let held = crate::propagation::MAX_CARRIED.div_ceil(8 + "a feature-1 ".len() + 32 + 1) as i64;
+    // A frame: hash, time, `a feature-1 <trace id>`, length.
+    let held = crate::propagation::MAX_CARRIED.div_ceil(8 + 8 + "a feature-1 ".len() + 32 + 2) as i64;
     assert!((64..200).contains(&held));
     assert_eq!(counted(&p.process), [sampled + 1 + held, sampled, sampled, 0, 0]);
     // The per-VM counts went to shared data for the poller.
-    let key = p
-        .process
-        .shared_keys()
-        .into_iter()
-        .find(|k| k.starts_with("isogroup/prop/a-v1/") && !k.ends_with("/lanes") && !k.ends_with("/recent"));
+    let key =
+        p.process.shared_keys().into_iter().find(|k| k.starts_with("isogroup/prop/a-v1/") && !k.ends_with("/recent"));
     let text = String::from_utf8(p.process.shared(&key.unwrap()).unwrap()).unwrap();
     let mut sum = isogroup_core::propagation::Counts::default();
     sum.merge(text.as_bytes());
@@ -492,23 +490,26 @@ fn a_carried_request_is_classified_two_ticks_later_against_the_records_shared_by
     tick(&mut a, &a_host);
     tick(&mut b, &b_host);
     assert_eq!(counted(&process), [1, 0, 0, 0, 0], "classified on the third tick");
-    // A record shared later than that: not counted, and the request not
-    // kept any longer (the buffer stays bounded).
+    // A record not shared by then: found in the trace's assist slot (one
+    // read, written with the inbound request), counted once, not kept.
     let tp = traceparent(traces[1]);
     calls_of(&mut a, &a_host, 1, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
     calls_of(&mut b, &b_host, 2, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
     for _ in 0..3 {
         tick(&mut b, &b_host);
     }
+    assert_eq!(counted(&process), [2, 0, 0, 0, 0]);
     tick(&mut a, &a_host);
     tick(&mut b, &b_host);
-    assert_eq!(counted(&process), [1, 0, 0, 0, 0]);
+    assert_eq!(counted(&process), [2, 0, 0, 0, 0]);
     // Expired records count for no one.
     carried_then_tick(&mut b, &b_host, &traces[..1]);
-    assert_eq!(counted(&process), [2, 1, 0, 0, 0]);
-    b_host.advance(3_600_000);
+    assert_eq!(counted(&process), [3, 1, 0, 0, 0]);
+    // (The VM's clock is its last tick's.)
+    b_host.advance(3_700_000);
+    b.on_tick();
     carried_then_tick(&mut b, &b_host, &traces[..1]);
-    assert_eq!(counted(&process), [2, 1, 0, 0, 0]);
+    assert_eq!(counted(&process), [3, 1, 0, 0, 0]);
 }
 
 #[test]
@@ -521,28 +522,76 @@ fn the_workloads_recent_records_keep_the_newest_within_their_bound() {
     for chunk in traces.chunks(100) {
         recorded_then_tick(&mut a, &a_host, chunk);
     }
+    // The records' frames within the bound, the lane time's 8 bytes after.
+    let bound = isogroup_core::propagation::MAX_REPORT_BYTES + 8;
     let recent = process.shared("isogroup/prop/a-v1/recent").unwrap();
-    assert!(recent.len() <= isogroup_core::propagation::MAX_REPORT_BYTES, "{} bytes", recent.len());
-    assert!(recent.len() > isogroup_core::propagation::MAX_REPORT_BYTES - 300, "{} bytes", recent.len());
-    // The newest are found, the oldest are not.
+    assert!(recent.len() <= bound, "{} bytes", recent.len());
+    assert!(recent.len() > bound - 300, "{} bytes", recent.len());
+    // The newest are found among them; the oldest are not, and are read
+    // from their assist slots instead, at most 16 a tick (of 20 requests:
+    // the newest 8 traces' two each), found where no later trace took the
+    // slot (the assist's 4 096, hash mod 4 096).
+    let slot_holds = |i: usize| {
+        let slot = |n: u64| fnv1a(trace_id(n).as_bytes()) % 4096;
+        !traces[i + 1..].iter().any(|&m| slot(m) == slot(traces[i]))
+    };
+    let held = |range: core::ops::Range<usize>| range.filter(|&i| slot_holds(i)).count() as i64;
     carried_then_tick(&mut b, &b_host, &traces[590..]);
     assert_eq!(counted(&process), [10, 10, 0, 0, 0]);
+    let reads = b_host.vm.shared_gets.get();
     carried_then_tick(&mut b, &b_host, &traces[..10]);
-    assert_eq!(counted(&process), [10, 10, 0, 0, 0]);
-    // Frames no filter writes (empty entries, ~1 800 of them): each tick
-    // walks at most the bound's bytes and goes on; newer records are found
-    // at once (read newest first), and push them out.
-    let hostile: Vec<u8> = (0..16 * 1024 / 9).flat_map(|_| [0u8; 9]).collect();
+    let old = 10 + held(2..10);
+    assert!(old > 10, "some of the oldest still hold their slot");
+    assert_eq!(counted(&process), [old, old, 0, 0, 0]);
+    assert!(b_host.vm.shared_gets.get() - reads <= 16 + 5, "the slot reads are bounded");
+    // Frames no filter writes (empty entries, ~1 600 of them): each tick
+    // walks at most the bound's bytes and goes on (the slots again, 16);
+    // newer records are found at once (read newest first), and push them out.
+    let hostile: Vec<u8> = (0..16 * 1024 / 10).flat_map(|_| [0u8; 10]).collect();
     crate::host::Host::shared_set(&a_host, "isogroup/prop/a-v1/recent", &hostile, None).unwrap();
     carried_then_tick(&mut b, &b_host, &traces[590..]);
-    assert_eq!(counted(&process), [10, 10, 0, 0, 0], "nothing found among them");
+    let slots = old + held(592..600);
+    assert_eq!(counted(&process), [slots, slots, 0, 0, 0], "none among them, the newest 8 from their slots");
     for chunk in traces[300..].chunks(100) {
         recorded_then_tick(&mut a, &a_host, chunk);
     }
     let recent = process.shared("isogroup/prop/a-v1/recent").unwrap();
-    assert!(recent.len() <= isogroup_core::propagation::MAX_REPORT_BYTES, "{} bytes", recent.len());
+    assert!(recent.len() <= bound, "{} bytes", recent.len());
     carried_then_tick(&mut b, &b_host, &traces[590..]);
-    assert_eq!(counted(&process), [20, 20, 0, 0, 0], "the newest records found again");
+    assert_eq!(counted(&process), [slots + 10, slots + 10, 0, 0, 0], "the newest records found again");
+}
+
+#[test]
+fn a_failed_read_or_a_lost_write_of_the_recent_records_keeps_them_for_the_next_tick() {
+    use crate::proxy::Status;
+    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(10).collect();
+    let process = Process::new();
+    let (mut a, a_host) = one_vm(&process);
+    let (mut b, b_host) = one_vm(&process);
+    let (mut c, c_host) = one_vm(&process);
+    // `c`'s records are shared first; `a`'s read then fails: nothing is
+    // written over `c`'s, and `a` keeps its own.
+    recorded_then_tick(&mut c, &c_host, &traces[5..]);
+    let shared = process.shared("isogroup/prop/a-v1/recent").unwrap();
+    a_host.fail("shared_get");
+    recorded_then_tick(&mut a, &a_host, &traces[..3]);
+    a_host.heal("shared_get");
+    assert_eq!(process.shared("isogroup/prop/a-v1/recent").unwrap(), shared, "not written over");
+    // Its write lost to another VM's (CAS): kept again.
+    for &n in &traces[3..5] {
+        let tp = traceparent(n);
+        calls_of(&mut a, &a_host, 1, &[(":authority", "a"), ("x-isogroup", "feature-1"), ("traceparent", &tp)]);
+    }
+    a_host.fail_with("shared_set", Status::CasMismatch);
+    recorded_then_tick(&mut a, &a_host, &[]);
+    a_host.heal("shared_set");
+    assert_eq!(process.shared("isogroup/prop/a-v1/recent").unwrap(), shared, "not written");
+    // The next tick adds all five; `b` finds all ten there (slot reads aside).
+    recorded_then_tick(&mut a, &a_host, &[]);
+    let before = b_host.vm.shared_gets.get();
+    carried_then_tick(&mut b, &b_host, &traces);
+    assert_eq!(counted(&process), [10, 10, 0, 0, 0]);
+    assert!(b_host.vm.shared_gets.get() - before <= 5, "found among the recent records, no slot read");
 }
 
 #[test]
@@ -550,12 +599,8 @@ fn counts_reach_shared_data_at_most_once_a_second_one_line_per_destination() {
     let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(5).collect();
     let process = Process::new();
     let (mut root, host) = one_vm(&process);
-    let key = || {
-        process
-            .shared_keys()
-            .into_iter()
-            .find(|k| k.starts_with("isogroup/prop/a-v1/") && !k.ends_with("/lanes") && !k.ends_with("/recent"))
-    };
+    let key =
+        || process.shared_keys().into_iter().find(|k| k.starts_with("isogroup/prop/a-v1/") && !k.ends_with("/recent"));
     // Five ticks a second apart: each hands its counts over, added to the
     // key's one line per destination (not appended: the key stays as large
     // as its destinations, however long the poller takes).
