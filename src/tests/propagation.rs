@@ -395,6 +395,11 @@ fn carried_through_one_vm(root: &mut Root<FakeHost>, host: &FakeHost, traces: &[
     host.vm.shared_gets.get() - before
 }
 
+/// The first `n` trace numbers SPEC's rule samples at 1 in 8.
+fn sampled_traces(n: usize) -> Vec<u64> {
+    (1..).filter(|&n| is_sampled(n)).take(n).collect()
+}
+
 /// A VM of workload `a-v1` on both sides, having seen lane traffic and
 /// told the other VMs (its ticks then make the same reads of their own).
 fn one_vm(process: &std::rc::Rc<Process>) -> (Root<FakeHost>, FakeHost) {
@@ -409,15 +414,20 @@ fn carried_requests_of_traces_the_vm_recorded_take_no_read_per_request() {
     let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(20).collect();
     let process = Process::new();
     let (mut root, host) = one_vm(&process);
-    // The ticks' own reads (the lane time or the count key, and the
-    // workload's recent records, to add this VM's and classify), whatever
-    // the number of requests: one trace, then twenty (after a first round:
-    // the lane time is then told, not read, alike).
-    carried_through_one_vm(&mut root, &host, &traces[..1]);
-    let one = carried_through_one_vm(&mut root, &host, &traces[..1]);
-    assert_eq!(counted(&process), [2, 2, 0, 0, 0]);
-    let twenty = carried_through_one_vm(&mut root, &host, &traces);
-    assert_eq!(counted(&process), [22, 22, 0, 0, 0], "each counted once");
+    reads_stay_as_requests_grow(&process, &traces, |t| carried_through_one_vm(&mut root, &host, t));
+}
+
+/// The ticks' own reads (the lane time or the count key, and the
+/// workload's recent records, to add a VM's and classify), whatever the
+/// number of requests `carried` makes and ticks through (returning its
+/// reads): one trace, then twenty (after a first round: the lane time is
+/// then told, not read, alike); each counted once.
+fn reads_stay_as_requests_grow(process: &Process, traces: &[u64], mut carried: impl FnMut(&[u64]) -> u32) {
+    carried(&traces[..1]);
+    let one = carried(&traces[..1]);
+    assert_eq!(counted(process), [2, 2, 0, 0, 0]);
+    let twenty = carried(&traces[..20]);
+    assert_eq!(counted(process), [22, 22, 0, 0, 0], "each counted once");
     assert_eq!(twenty, one, "no read per carried request (40 of them)");
     assert!(one <= 5, "{one} reads on three ticks");
 }
@@ -454,27 +464,16 @@ fn carried_then_tick(b: &mut Root<FakeHost>, b_host: &FakeHost, traces: &[u64]) 
 fn carried_requests_recorded_on_another_vm_take_one_read_per_tick_not_one_each() {
     // Two VMs of one workload, as two workers: each trace's inbound request
     // on one, its outbound requests on the other.
-    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(20).collect();
-    let process = Process::new();
-    let (mut a, a_host) = one_vm(&process);
-    let (mut b, b_host) = one_vm(&process);
+    let (traces, process) = (sampled_traces(20), Process::new());
+    let ((mut a, a_host), (mut b, b_host)) = (one_vm(&process), one_vm(&process));
     recorded_then_tick(&mut a, &a_host, &traces);
-    // After a first round (the lane time is then told, not read, alike).
-    carried_then_tick(&mut b, &b_host, &traces[..1]);
-    let one = carried_then_tick(&mut b, &b_host, &traces[..1]);
-    assert_eq!(counted(&process), [2, 2, 0, 0, 0]);
-    let twenty = carried_then_tick(&mut b, &b_host, &traces);
-    assert_eq!(counted(&process), [22, 22, 0, 0, 0], "each counted once, as the recording VM counts its own");
-    assert_eq!(twenty, one, "no read per carried request (40 of them)");
-    assert!(one <= 5, "{one} reads on three ticks");
+    reads_stay_as_requests_grow(&process, &traces, |t| carried_then_tick(&mut b, &b_host, t));
 }
 
 #[test]
 fn a_carried_request_is_classified_two_ticks_later_against_the_records_shared_by_then() {
-    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(2).collect();
-    let process = Process::new();
-    let (mut a, a_host) = one_vm(&process);
-    let (mut b, b_host) = one_vm(&process);
+    let (traces, process) = (sampled_traces(2), Process::new());
+    let ((mut a, a_host), (mut b, b_host)) = (one_vm(&process), one_vm(&process));
     let tick = |root: &mut Root<FakeHost>, host: &FakeHost| {
         host.advance(1_000);
         root.on_tick();
@@ -515,10 +514,8 @@ fn a_carried_request_is_classified_two_ticks_later_against_the_records_shared_by
 #[test]
 fn the_workloads_recent_records_keep_the_newest_within_their_bound() {
     // Far more sampled records than the bound holds (~250).
-    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(600).collect();
-    let process = Process::new();
-    let (mut a, a_host) = one_vm(&process);
-    let (mut b, b_host) = one_vm(&process);
+    let (traces, process) = (sampled_traces(600), Process::new());
+    let ((mut a, a_host), (mut b, b_host)) = (one_vm(&process), one_vm(&process));
     for chunk in traces.chunks(100) {
         recorded_then_tick(&mut a, &a_host, chunk);
     }
@@ -564,10 +561,8 @@ fn the_workloads_recent_records_keep_the_newest_within_their_bound() {
 #[test]
 fn a_failed_read_or_a_lost_write_of_the_recent_records_keeps_them_for_the_next_tick() {
     use crate::proxy::Status;
-    let traces: Vec<u64> = (1..).filter(|&n| is_sampled(n)).take(10).collect();
-    let process = Process::new();
-    let (mut a, a_host) = one_vm(&process);
-    let (mut b, b_host) = one_vm(&process);
+    let (traces, process) = (sampled_traces(10), Process::new());
+    let ((mut a, a_host), (mut b, b_host)) = (one_vm(&process), one_vm(&process));
     let (mut c, c_host) = one_vm(&process);
     // `c`'s records are shared first; `a`'s read then fails: nothing is
     // written over `c`'s, and `a` keeps its own.
