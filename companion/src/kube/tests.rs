@@ -1611,8 +1611,13 @@ async fn a_replica_leads_only_with_working_watches() {
     fake.fail(&services(), 500);
     fake.close_watches(&services());
     wait("stepped down", || replica.store.not_serving().map(|_| ())).await;
-    let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion").unwrap();
-    assert!(lease["spec"]["holderIdentity"].is_null(), "handed back: {lease}");
+    // It steps down first (polls answered at once), then hands the Lease
+    // back with one more write: wait for that write, not the step-down.
+    wait("the Lease handed back", || {
+        let lease = fake.get(&leases(), "isogroup-system", "isogroup-companion")?;
+        lease["spec"]["holderIdentity"].is_null().then_some(())
+    })
+    .await;
     fake.fail(&services(), 0);
     wait("leading again", || replica.store.is_leader().then_some(())).await;
     replica.stop();
