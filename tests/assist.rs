@@ -60,10 +60,12 @@ async fn group_survives_an_app_that_forwards_only_traceparent(build: Build) {
     assert_eq!(chain(&body), "b@base > c@base");
 }
 
-/// The slot a trace id lands in (`isogroup/assist/<fnv1a(id) % slots>`).
+/// The slot a trace id lands in (`isogroup/assist/<n>`, n from its FNV-1a
+/// hash as core's `assist::slot_of` takes it).
 fn slot(n: u64, slots: u64) -> u64 {
     let tp = traceparent(n);
-    tp[3..35].bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3)) % slots
+    let fnv = tp[3..35].bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    (fnv.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % slots
 }
 
 #[tokio::test]

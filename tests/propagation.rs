@@ -49,7 +49,7 @@ const TABLE: &str = r#"{
 const SAMPLE: u32 = 8;
 /// `propagation_assist.slots` (its default): the test's trace ids each get
 /// their own slot, so no record is evicted before its outbound request.
-const SLOTS: u64 = 4096;
+const SLOTS: u32 = 4096;
 
 /// The workload that forwards only the trace headers, and the one that
 /// forwards nothing.
@@ -219,7 +219,7 @@ fn trace_ids(skip: usize, n: usize) -> Vec<String> {
     let mut slots = BTreeSet::new();
     (1u64..)
         .map(|i| format!("{:032x}", u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)))
-        .filter(|id| slots.insert(fnv1a(id.as_bytes()) % SLOTS))
+        .filter(|id| slots.insert(isogroup_core::assist::slot_of(fnv1a(id.as_bytes()), SLOTS)))
         .skip(skip)
         .take(n)
         .collect()

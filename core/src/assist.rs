@@ -4,8 +4,8 @@
 //! carries a known trace id but no group.
 //!
 //! The store is shared data, which has no delete and no TTL: a fixed set of
-//! slot keys (`isogroup/assist/<n>`, n = hash(trace id) mod `slots`), each
-//! holding one entry with its expiry. Memory stays bounded whatever the load;
+//! slot keys (`isogroup/assist/<n>`, n from the trace id's hash: `slot_of`),
+//! each holding one entry with its expiry. Memory stays bounded whatever the load;
 //! a newer trace overwrites an older one in the same slot.
 
 #[allow(unused_imports)]
@@ -126,8 +126,18 @@ impl Assist {
     /// key buffer, neither hashes nor allocates again.
     pub fn slot_key_to(&self, hash: u64, key: &mut String) {
         key.clear();
-        crate::cat_to!(key; self.prefix.as_str(), hash % u64::from(self.slots));
+        crate::cat_to!(key; self.prefix.as_str(), slot_of(hash, self.slots));
     }
+}
+
+/// The slot of a trace whose FNV-1a hash is `hash`, of `slots`. Not the
+/// hash mod `slots`: propagation samples on the hash's low bits (hash mod
+/// `propagation.sample`), so every sampled trace would share one slot in
+/// `sample` and evict the others' records; nor its high bits alone, which
+/// FNV-1a mixes little from the id's last bytes. The high 32 bits of the
+/// hash times an odd constant (Fibonacci hashing) depend on all its bits.
+pub fn slot_of(hash: u64, slots: u32) -> u64 {
+    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % u64::from(slots.max(1))
 }
 
 /// The trace id in a trace header value: the trace-id field of a W3C
@@ -239,6 +249,22 @@ mod tests {
             assert_eq!(key, a.slot_key(id.as_bytes()));
         }
         assert!(keys.iter().all(|k| k.starts_with("isogroup/assist/")));
+    }
+
+    #[test]
+    fn sampled_traces_spread_over_every_slot() {
+        // Propagation samples the traces whose hash is 0 mod 8: their slots
+        // must not be the multiples of 8 only (they would evict each other).
+        let sampled: Vec<u64> = (0..20_000)
+            .map(|i| fnv1a(format!("{i:032x}").as_bytes()))
+            .filter(|h| crate::propagation::sampled_hash(*h, 8))
+            .collect();
+        assert!(sampled.len() > 2_000, "{}", sampled.len());
+        let slots: alloc::collections::BTreeSet<u64> = sampled.iter().map(|h| slot_of(*h, 64)).collect();
+        assert_eq!(slots.len(), 64, "sampled traces in every slot of 64");
+        let odd = sampled.iter().filter(|h| slot_of(**h, 64) % 2 == 1).count();
+        assert!(odd * 3 > sampled.len(), "{odd} of {} in odd slots", sampled.len());
+        assert_eq!(slot_of(u64::MAX, 0), 0, "no division by zero");
     }
 
     #[test]

@@ -527,9 +527,9 @@ fn the_workloads_recent_records_keep_the_newest_within_their_bound() {
     // The newest are found among them; the oldest are not, and are read
     // from their assist slots instead, at most 16 a tick (of 20 requests:
     // the newest 8 traces' two each), found where no later trace took the
-    // slot (the assist's 4 096, hash mod 4 096).
+    // slot (of the assist's 4 096).
     let slot_holds = |i: usize| {
-        let slot = |n: u64| fnv1a(trace_id(n).as_bytes()) % 4096;
+        let slot = |n: u64| isogroup_core::assist::slot_of(fnv1a(trace_id(n).as_bytes()), 4096);
         !traces[i + 1..].iter().any(|&m| slot(m) == slot(traces[i]))
     };
     let held = |range: core::ops::Range<usize>| range.filter(|&i| slot_holds(i)).count() as i64;
