@@ -34,6 +34,7 @@ use core::time::Duration;
 
 use crate::proxy::{LogLevel, Status};
 use isogroup_core::cat;
+#[cfg(feature = "table-deltas")]
 use isogroup_core::delta::{self, DELTA_CONTENT_TYPE};
 use isogroup_core::edge::fnv1a;
 use isogroup_core::epoch::same;
@@ -229,7 +230,10 @@ impl Follower {
             deltas = self.shared_deltas(vm);
         }
         let limits = &vm.settings.limits;
-        let own = self.raw.take().filter(|_| DELTAS).and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
+        #[cfg(feature = "table-deltas")]
+        let own = self.raw.take().and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
+        #[cfg(not(feature = "table-deltas"))]
+        let own: Option<(RawTable, Vec<String>)> = None;
         let read = match own.filter(|(raw, _)| same((raw.version, &raw.epoch), (shared.version, &shared.epoch))) {
             Some(own) => Ok(own),
             None => {
@@ -331,7 +335,10 @@ impl Follower {
                     return self.reject(vm, TableError::TooManyBytes { field: "table", size: body_size, limit }, now);
                 }
                 let body = vm.host.http_call_response_body(body_size).ok().flatten().unwrap_or_default();
+                #[cfg(feature = "table-deltas")]
                 let delta = headers.get("content-type").is_some_and(|t| t == DELTA_CONTENT_TYPE.as_bytes());
+                #[cfg(not(feature = "table-deltas"))]
+                let delta = false;
                 self.accept(vm, &body, delta, now);
             }
             Some(304) => self.answered(vm, now),
@@ -349,12 +356,14 @@ impl Follower {
         let limits = &vm.settings.limits;
         // A whole table, and no delta after it yet; or the delta after the
         // ones shared.
+        #[cfg_attr(not(feature = "table-deltas"), allow(unused_mut))]
         let mut deltas = Vec::new();
-        let read = if delta {
+        let read = match delta {
             // Onto the table held, which must be the process's: the delta
             // goes after the ones shared, which bring the whole to it. Read
             // as a VM catching up reads it.
-            match (self.raw.take(), &self.local) {
+            #[cfg(feature = "table-deltas")]
+            true => match (self.raw.take(), &self.local) {
                 (Some(raw), Some(base))
                     if self.shared(vm).is_some_and(|s| same((s.version, &s.epoch), (base.version, &base.epoch))) =>
                 {
@@ -365,11 +374,12 @@ impl Follower {
                     delta::catch_up(raw, deltas.get(start..).unwrap_or_default(), limits)
                 }
                 _ => Err(delta::not_held()),
+            },
+            _ => {
+                // A whole table is read without the raw one held beside it.
+                self.raw = None;
+                RawTable::from_companion_json(body, limits)
             }
-        } else {
-            // A whole table is read without the raw one held beside it.
-            self.raw = None;
-            RawTable::from_companion_json(body, limits)
         };
         let (raw, table, unknown) = match read.and_then(|(raw, unknown)| Ok((compile(vm, raw)?, unknown))) {
             Ok(((raw, table), unknown)) => (raw, table, unknown),

@@ -22,15 +22,18 @@ use crate::table::{Limits, NameMap, RawTable, ReadNames, Table};
 /// The `Content-Type` of a delta answer.
 pub const DELTA_CONTENT_TYPE: &str = "application/vnd.isogroup.delta.v1+json";
 
-const DELTA_FIELDS: &[&str] = &["base", "version", "epoch", "set", "remove", "replace"];
+/// A delta's members, at the indexes of the table fields the table reader
+/// reads them as (`version`, `epoch`, and `set` as `services`), its own
+/// after those (`read::table_into` hands them back). The empty names hold
+/// the table's other places: a key `""` is refused after the read.
+const DELTA_FIELDS: &[&str] = &["version", "epoch", "", "", "set", "", "", "base", "remove", "replace"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawDelta {
-    /// `base`: its `version` and `epoch` (the other fields left at their
-    /// defaults).
+    /// `base`'s `version` and `epoch`, and the fields `replace` gives (the
+    /// others left at their defaults).
     pub base: RawTable,
-    /// The new table's `version`, `epoch`, `set` (as `services`) and the
-    /// fields `replace` gives (the others left at their defaults).
+    /// The new table's `version`, `epoch` and `set` (as `services`).
     pub changes: RawTable,
     /// In name order, each once (else the patch is refused).
     pub remove: Vec<String>,
@@ -75,37 +78,52 @@ impl RawDelta {
 }
 
 /// A delta object: strict at the top level and in `base`, lenient inside
-/// `set` values and `replace`.
+/// `set` values and `replace`. One pass of the table reader: the top level
+/// as the table of the delta's `version`, `epoch` and `set`, its other
+/// members through `member`.
 fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> {
-    let (mut seen, mut cluster_entries) = (0, 0);
-    r.object("a delta object", &mut |r, key| {
-        match r.field(key, DELTA_FIELDS, &mut seen)? {
-            Some(0) => {
-                // Strict inside the lenient read: a key `base` does not
-                // know refuses the delta.
-                let lenient = r.unknown.take();
-                let base = read::table_into(r, limits, &mut d.base, TABLE_FIELDS.get(..2).unwrap_or_default());
-                r.unknown = lenient;
-                base?;
-            }
-            Some(1) => d.changes.version = r.uint(u64::MAX, "u64")?,
-            Some(2) => d.changes.epoch = r.opt_string()?,
-            Some(3) => d.changes.services = read::services(r, limits, &mut cluster_entries)?,
-            // In name order, each once: else `patch` refuses it.
-            Some(4) => d.remove = r.strings()?,
-            Some(_) => {
-                d.replaced = read::table_into(r, limits, &mut d.changes, TABLE_FIELDS)?;
-                // version, epoch, services: the delta's own members.
-                if d.replaced & 0b1_0011 != 0 {
-                    return Err(r.err("version, epoch and services are not replaced whole"));
-                }
-            }
-            None => return Err(r.err_key("unknown field", true)),
+    let mut members = Members { base: core::mem::take(&mut d.base), remove: Vec::new(), replaced: 0 };
+    let seen = read::table_into(r, limits, &mut d.changes, DELTA_FIELDS, Some(&mut members));
+    (d.base, d.remove, d.replaced) = (members.base, members.remove, members.replaced);
+    let seen = seen?;
+    if seen & 0b1000_0001 != 0b1000_0001 {
+        return Err(r.missing(if seen & 0b1000_0000 == 0 { "base" } else { "version" }));
+    }
+    if seen & 0b100 != 0 {
+        return Err(r.err("unknown field ``"));
+    }
+    Ok(())
+}
+
+/// A delta's members that are not its table's, as `read_delta` reads them.
+pub(crate) struct Members {
+    base: RawTable,
+    remove: Vec<String>,
+    replaced: u32,
+}
+
+/// One of a delta's own members (`DELTA_FIELDS` from 7; `None`: a key not
+/// known), for `read::table_into`.
+pub(crate) fn member(r: &mut Reader<'_>, limits: &Limits, d: &mut Members, member: Option<usize>) -> Res<()> {
+    match member {
+        Some(7) => {
+            // Strict inside the lenient read: a key `base` does not know
+            // refuses the delta.
+            let lenient = r.unknown.take();
+            let read = read::table_into(r, limits, &mut d.base, TABLE_FIELDS.get(..2).unwrap_or_default(), None);
+            r.unknown = lenient;
+            read?;
         }
-        Ok(())
-    })?;
-    if seen & 0b11 != 0b11 {
-        return Err(r.missing(if seen & 1 == 0 { "base" } else { "version" }));
+        // In name order, each once: else `patch` refuses it.
+        Some(8) => d.remove = r.strings()?,
+        Some(_) => {
+            d.replaced = read::table_into(r, limits, &mut d.base, TABLE_FIELDS, None)?;
+            // version, epoch, services: the delta's own members.
+            if d.replaced & 0b1_0011 != 0 {
+                return Err(r.err("version, epoch and services are not replaced whole"));
+            }
+        }
+        None => return Err(r.err_key("unknown field", true)),
     }
     Ok(())
 }
@@ -238,19 +256,20 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
         return Err(BAD_REMOVE);
     }
     raw.services = services;
-    // Swapped, not assigned: the base's go with the delta.
+    // Swapped, not assigned: the base's go with the delta (`replace`'s
+    // fields are read into its `base`).
     let replaced = |field: usize| d.replaced & (1 << field) != 0;
     if replaced(2) {
-        core::mem::swap(&mut raw.base_group, &mut new.base_group);
+        core::mem::swap(&mut raw.base_group, &mut d.base.base_group);
     }
     if replaced(3) {
-        core::mem::swap(&mut raw.groups, &mut new.groups);
+        core::mem::swap(&mut raw.groups, &mut d.base.groups);
     }
     if replaced(5) {
-        core::mem::swap(&mut raw.sources, &mut new.sources);
+        core::mem::swap(&mut raw.sources, &mut d.base.sources);
     }
     if replaced(6) {
-        core::mem::swap(&mut raw.rules, &mut new.rules);
+        core::mem::swap(&mut raw.rules, &mut d.base.rules);
     }
     raw.version = new.version;
     core::mem::swap(&mut raw.epoch, &mut new.epoch);

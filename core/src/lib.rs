@@ -14,6 +14,7 @@ pub mod cidr;
 pub mod client;
 pub mod config;
 pub mod decide;
+#[cfg(feature = "deltas")]
 pub mod delta;
 pub mod edge;
 pub mod epoch;

@@ -205,6 +205,12 @@ fn companion(r: &mut Reader<'_>) -> Res<CompanionSource> {
     Ok(c)
 }
 
+#[cfg(feature = "deltas")]
+use crate::delta::Members;
+/// Built without deltas: none to read.
+#[cfg(not(feature = "deltas"))]
+pub(crate) enum Members {}
+
 pub(crate) const TABLE_FIELDS: &[&str] = &["version", "epoch", "base_group", "groups", "services", "sources", "rules"];
 
 /// A whole document that is a table (one copy of the reader's set-up for
@@ -233,15 +239,23 @@ const UNCOUNTED: Limits = Limits {
 /// per port).
 pub(crate) fn table(r: &mut Reader<'_>, limits: &Limits) -> Res<RawTable> {
     let mut t = RawTable::default();
-    table_into(r, limits, &mut t, TABLE_FIELDS)?;
+    table_into(r, limits, &mut t, TABLE_FIELDS, None)?;
     Ok(t)
 }
 
-/// `table` into `t`, knowing `fields` (`TABLE_FIELDS` or the first of
-/// them: a delta's `base` has only `version` and `epoch`): the fields given
-/// are set (a delta's `replace` reads into its changes); returns them, one
-/// bit per `TABLE_FIELDS` index.
-pub(crate) fn table_into(r: &mut Reader<'_>, limits: &Limits, t: &mut RawTable, fields: &[&str]) -> Res<u32> {
+/// `table` into `t`, knowing `fields` (`TABLE_FIELDS`, the first of them:
+/// a delta's `base` has only `version` and `epoch`, or a delta's own: its
+/// top level is read as the table of its `version`, `epoch` and `set`):
+/// the fields given are set; a delta's own members (an index in `fields`
+/// from 7, or `None`: a key not known, skipped) go to `delta::member`;
+/// returns the fields read, one bit per index in `fields`.
+pub(crate) fn table_into(
+    r: &mut Reader<'_>,
+    limits: &Limits,
+    t: &mut RawTable,
+    fields: &[&str],
+    mut delta: Option<&mut Members>,
+) -> Res<u32> {
     let mut seen = 0;
     let mut cluster_entries = 0;
     r.object("a route table object", &mut |r, key| {
@@ -267,7 +281,16 @@ pub(crate) fn table_into(r: &mut Reader<'_>, limits: &Limits, t: &mut RawTable, 
                 })?;
             }
             Some(6) => t.rules = rules(r)?,
-            _ => {}
+            other => {
+                if let Some(d) = delta.as_deref_mut() {
+                    #[cfg(feature = "deltas")]
+                    crate::delta::member(r, limits, d, other)?;
+                    #[cfg(not(feature = "deltas"))]
+                    match (&*d, other) {
+                        (never, _) => match *never {},
+                    }
+                }
+            }
         }
         Ok(())
     })?;

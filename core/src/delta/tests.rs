@@ -98,6 +98,33 @@ fn a_delta_is_refused_naming_what_is_wrong() {
             },
             "sett: unknown field",
         ),
+        // The top level is read as a table's: its other fields, and the
+        // empty name holding their places, are not a delta's.
+        (
+            {
+                let mut d = good.clone();
+                d["groups"] = json!({});
+                d
+            },
+            "groups: unknown field",
+        ),
+        (
+            {
+                let mut d = good.clone();
+                d[""] = json!("feature-1");
+                d
+            },
+            "unknown field ``",
+        ),
+        (
+            {
+                let mut d = good.clone();
+                d["set"]["c"]["hosts"] = json!(["c"]);
+                d.as_object_mut().unwrap().remove("base");
+                d
+            },
+            "missing field `base`",
+        ),
         (
             {
                 let mut d = good.clone();
