@@ -206,6 +206,7 @@ impl Follower {
     }
 
     /// The deltas shared after the last whole table (none: empty).
+    #[cfg(feature = "table-deltas")]
     fn shared_deltas<H: Host>(&self, vm: &Vm<H>) -> Vec<u8> {
         match vm.host.shared_get(&self.keys.deltas) {
             Ok((Some(deltas), _)) => deltas,
@@ -225,11 +226,9 @@ impl Follower {
         // the shared stamp from it, else the whole and every delta after.
         // The poller validated them: one that does not apply here is no
         // fault of theirs (a config sharing the source may differ).
-        let mut deltas = Vec::new();
-        if DELTAS {
-            deltas = self.shared_deltas(vm);
-        }
         let limits = &vm.settings.limits;
+        #[cfg(feature = "table-deltas")]
+        let deltas = self.shared_deltas(vm);
         #[cfg(feature = "table-deltas")]
         let own = self.raw.take().and_then(|raw| delta::catch_up(raw, &deltas, limits).ok());
         #[cfg(not(feature = "table-deltas"))]

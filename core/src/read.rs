@@ -286,8 +286,9 @@ pub(crate) fn table_into(
                     #[cfg(feature = "deltas")]
                     crate::delta::member(r, limits, d, other)?;
                     #[cfg(not(feature = "deltas"))]
-                    match (&*d, other) {
-                        (never, _) => match *never {},
+                    {
+                        let _ = other;
+                        match *d {}
                     }
                 }
             }
