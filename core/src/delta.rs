@@ -30,11 +30,19 @@ const DELTA_FIELDS: &[&str] = &["version", "epoch", "", "", "set", "", "", "base
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawDelta {
+    /// The new table's `version`, `epoch` and `set` (as `services`).
+    pub changes: RawTable,
+    /// `base`, `remove` and `replace`.
+    pub own: Members,
+}
+
+/// A delta's own members, beside the table of its changes (`read::table_into`
+/// hands them to `member`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
     /// `base`'s `version` and `epoch`, and the fields `replace` gives (the
     /// others left at their defaults).
     pub base: RawTable,
-    /// The new table's `version`, `epoch` and `set` (as `services`).
-    pub changes: RawTable,
     /// In name order, each once (else the patch is refused).
     pub remove: Vec<String>,
     /// The fields `replace` gives, one bit per `TABLE_FIELDS` index.
@@ -73,7 +81,7 @@ impl RawDelta {
 
     /// Whether this delta applies onto a table stamped (`epoch`, `version`).
     pub fn has_base(&self, version: u64, epoch: Option<&str>) -> bool {
-        self.base.version == version && self.base.epoch.as_deref() == epoch
+        self.own.base.version == version && self.own.base.epoch.as_deref() == epoch
     }
 }
 
@@ -82,10 +90,7 @@ impl RawDelta {
 /// as the table of the delta's `version`, `epoch` and `set`, its other
 /// members through `member`.
 fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> {
-    let mut members = Members { base: core::mem::take(&mut d.base), remove: Vec::new(), replaced: 0 };
-    let seen = read::table_into(r, limits, &mut d.changes, DELTA_FIELDS, Some(&mut members));
-    (d.base, d.remove, d.replaced) = (members.base, members.remove, members.replaced);
-    let seen = seen?;
+    let seen = read::table_into(r, limits, &mut d.changes, DELTA_FIELDS, Some(&mut d.own))?;
     if seen & 0b1000_0001 != 0b1000_0001 {
         return Err(r.missing(if seen & 0b1000_0000 == 0 { "base" } else { "version" }));
     }
@@ -93,13 +98,6 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
         return Err(r.err("unknown field ``"));
     }
     Ok(())
-}
-
-/// A delta's members that are not its table's, as `read_delta` reads them.
-pub(crate) struct Members {
-    base: RawTable,
-    remove: Vec<String>,
-    replaced: u32,
 }
 
 /// One of a delta's own members (`DELTA_FIELDS` from 7; `None`: a key not
@@ -224,7 +222,7 @@ pub fn patch(mut raw: RawTable, mut delta: RawDelta) -> Result<RawTable, TableEr
 /// `patch` in place, the parts of `d` it takes moved out of it; on a
 /// refusal `raw` is left half made (the caller drops it).
 fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &'static str)> {
-    let (base, new) = (&d.base, &mut d.changes);
+    let (base, new) = (&d.own.base, &mut d.changes);
     if !same((base.version, &base.epoch), (raw.version, &raw.epoch)) {
         return Err(NOT_HELD);
     }
@@ -242,34 +240,34 @@ fn patch_in(raw: &mut RawTable, d: &mut RawDelta) -> Result<(), (&'static str, &
     // out of order or given twice, is never reached).
     while let Some((name, service)) = base.pop_last() {
         let set = new.services.contains_key(name.as_str());
-        if d.remove.last().is_some_and(|last| *last == name) {
+        if d.own.remove.last().is_some_and(|last| *last == name) {
             if set {
                 return Err(BAD_REMOVE);
             }
-            d.remove.pop();
+            d.own.remove.pop();
         } else if !set {
             services.push_read(name, service, &mut twice);
         }
     }
     services.append(&mut new.services);
-    if !d.remove.is_empty() || services.sort_read(twice).is_err() {
+    if !d.own.remove.is_empty() || services.sort_read(twice).is_err() {
         return Err(BAD_REMOVE);
     }
     raw.services = services;
     // Swapped, not assigned: the base's go with the delta (`replace`'s
     // fields are read into its `base`).
-    let replaced = |field: usize| d.replaced & (1 << field) != 0;
+    let replaced = |field: usize| d.own.replaced & (1 << field) != 0;
     if replaced(2) {
-        core::mem::swap(&mut raw.base_group, &mut d.base.base_group);
+        core::mem::swap(&mut raw.base_group, &mut d.own.base.base_group);
     }
     if replaced(3) {
-        core::mem::swap(&mut raw.groups, &mut d.base.groups);
+        core::mem::swap(&mut raw.groups, &mut d.own.base.groups);
     }
     if replaced(5) {
-        core::mem::swap(&mut raw.sources, &mut d.base.sources);
+        core::mem::swap(&mut raw.sources, &mut d.own.base.sources);
     }
     if replaced(6) {
-        core::mem::swap(&mut raw.rules, &mut d.base.rules);
+        core::mem::swap(&mut raw.rules, &mut d.own.base.rules);
     }
     raw.version = new.version;
     core::mem::swap(&mut raw.epoch, &mut new.epoch);
