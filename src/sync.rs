@@ -367,10 +367,10 @@ impl Follower {
                     if self.shared(vm).is_some_and(|s| same((s.version, &s.epoch), (base.version, &base.epoch))) =>
                 {
                     deltas = self.shared_deltas(vm);
-                    // Past the NUL that goes before it.
-                    let start = deltas.len() + usize::from(!deltas.is_empty());
                     delta::push_delta(&mut deltas, base, body);
-                    delta::catch_up(raw, deltas.get(start..).unwrap_or_default(), limits)
+                    // The table held is the last one shared: of them all, only
+                    // this one is based on it.
+                    delta::catch_up(raw, &deltas, limits)
                 }
                 _ => Err(delta::not_held()),
             },
