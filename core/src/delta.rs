@@ -24,9 +24,11 @@ pub const DELTA_CONTENT_TYPE: &str = "application/vnd.isogroup.delta.v1+json";
 
 /// A delta's members, at the indexes of the table fields the table reader
 /// reads them as (`version`, `epoch`, and `set` as `services`), its own
-/// after those (`read::table_into` hands them back). The empty names hold
-/// the table's other places: a key `""` is refused after the read.
-const DELTA_FIELDS: &[&str] = &["version", "epoch", "", "", "set", "", "", "base", "remove", "replace"];
+/// after those (`read::table_into` hands them to `member`). The table's
+/// other places repeat `version`, which is found at its own index first:
+/// no key reaches them.
+const DELTA_FIELDS: &[&str] =
+    &["version", "epoch", "version", "version", "set", "version", "version", "base", "remove", "replace"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawDelta {
@@ -93,9 +95,6 @@ fn read_delta(r: &mut Reader<'_>, limits: &Limits, d: &mut RawDelta) -> Res<()> 
     let seen = read::table_into(r, limits, &mut d.changes, DELTA_FIELDS, Some(&mut d.own))?;
     if seen & 0b1000_0001 != 0b1000_0001 {
         return Err(r.missing(if seen & 0b1000_0000 == 0 { "base" } else { "version" }));
-    }
-    if seen & 0b100 != 0 {
-        return Err(r.err("unknown field ``"));
     }
     Ok(())
 }

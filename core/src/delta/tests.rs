@@ -98,8 +98,8 @@ fn a_delta_is_refused_naming_what_is_wrong() {
             },
             "sett: unknown field",
         ),
-        // The top level is read as a table's: its other fields, and the
-        // empty name holding their places, are not a delta's.
+        // The top level is read as a table's: its other fields, and keys
+        // such as the empty one, are not a delta's.
         (
             {
                 let mut d = good.clone();
@@ -114,7 +114,7 @@ fn a_delta_is_refused_naming_what_is_wrong() {
                 d[""] = json!("feature-1");
                 d
             },
-            "unknown field ``",
+            "\"\": unknown field",
         ),
         (
             {
