@@ -20,6 +20,10 @@ pub struct Process {
     metric_names: RefCell<Vec<String>>,
     metric_values: RefCell<BTreeMap<String, i64>>,
     pub log: RefCell<Vec<(LogLevel, String)>>,
+    /// Once, right after some VM reads this key: what another VM (on
+    /// another thread in Envoy) does meanwhile.
+    #[allow(clippy::type_complexity)]
+    after_read: RefCell<Option<(String, Box<dyn FnOnce(&Process)>)>>,
 }
 
 impl Process {
@@ -40,6 +44,23 @@ impl Process {
     /// A metric's value by its name (0 when never touched).
     pub fn metric(&self, name: &str) -> i64 {
         self.metric_values.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    /// Runs `then` once, right after a VM next reads `key`.
+    pub fn after_read(&self, key: &str, then: impl FnOnce(&Process) + 'static) {
+        *self.after_read.borrow_mut() = Some((key.to_owned(), Box::new(then)));
+    }
+
+    /// Writes shared data as another VM would.
+    pub fn write_shared(&self, key: &str, value: &[u8]) {
+        let cas = self.cas_seq.get() + 1;
+        self.cas_seq.set(cas);
+        self.shared.borrow_mut().insert(key.to_owned(), (value.to_vec(), cas));
+    }
+
+    /// Sets a metric as another VM would.
+    pub fn set_metric(&self, name: &str, value: i64) {
+        self.metric_values.borrow_mut().insert(name.to_owned(), value);
     }
 
     pub fn logged(&self, needle: &str) -> bool {
@@ -267,10 +288,15 @@ impl Host for FakeHost {
     fn shared_get(&self, key: &str) -> HostResult<Shared> {
         self.check("shared_get")?;
         self.vm.shared_gets.set(self.vm.shared_gets.get() + 1);
-        Ok(match self.process.shared.borrow().get(key) {
+        let read = match self.process.shared.borrow().get(key) {
             Some((v, cas)) => (present(v), Some(*cas)),
             None => (None, None),
-        })
+        };
+        let then = self.process.after_read.borrow_mut().take_if(|(k, _)| k == key);
+        if let Some((_, then)) = then {
+            then(&self.process);
+        }
+        Ok(read)
     }
 
     /// Envoy's semantics: a CAS on a missing key is ignored.

@@ -258,8 +258,14 @@ impl Follower {
     }
 
     fn install<H: Host>(&mut self, vm: &Vm<H>, raw: RawTable, table: Table) {
-        vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
-        self.local = Some(Held::of(&table));
+        let held = Held::of(&table);
+        // The gauge is the process's: a table another VM replaced while this
+        // one compiled it (it read the stamp before the poller wrote a newer
+        // one) does not set it back. This VM installs the newer one next tick.
+        if !self.shared(vm).is_some_and(|s| s.is_newer_than(Some(&held))) {
+            vm.metrics.set(&vm.host, Gauge::TableVersion, table.version());
+        }
+        self.local = Some(held);
         // Kept only where deltas are built in: else the memory is wasted.
         self.raw = DELTAS.then_some(raw);
         vm.install(table);

@@ -376,3 +376,34 @@ fn a_lease_value_of_any_bytes_has_a_clear_outcome() {
         assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(value));
     }
 }
+
+/// The version gauge is the process's: a VM that compiled a table another
+/// VM replaced meanwhile (it read the stamp before the poller wrote a newer
+/// one) does not set the gauge back, and installs the newer table next tick.
+#[test]
+fn a_table_replaced_while_a_vm_compiles_it_does_not_set_the_version_gauge_back() {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (mut poller, host) = configured(&process, &config);
+    let (mut worker, _) = configured(&process, &config);
+    poller.on_tick();
+    worker.on_tick();
+    answer(&mut poller, &host, &[(":status", "200")], &table(11));
+    assert_eq!(process.metric("isogroup_table_version"), 11);
+    let key = |suffix: &str| process.shared_keys().into_iter().find(|k| k.ends_with(suffix)).unwrap();
+    let (table_key, stamp_key) = (key("/table"), key("/table-stamp"));
+    let stamp = String::from_utf8(process.shared(&stamp_key).unwrap()).unwrap();
+    // While the worker reads table 11, another VM publishes and installs 12.
+    let read = table_key.clone();
+    process.after_read(&read, move |p| {
+        p.write_shared(&table_key, table(12).as_bytes());
+        p.write_shared(&stamp_key, stamp.replacen("11", "12", 1).as_bytes());
+        p.set_metric("isogroup_table_version", 12);
+    });
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(11), "it installs what it read");
+    assert_eq!(process.metric("isogroup_table_version"), 12, "the gauge not set back to 11");
+    worker.on_tick();
+    assert_eq!(installed(&worker), Some(12));
+    assert_eq!(process.metric("isogroup_table_version"), 12);
+}
