@@ -8,7 +8,9 @@
 #[macro_use]
 mod common;
 
-use common::{chain, http, Build, Mesh, Rendered};
+use std::time::Duration;
+
+use common::{chain, http, wait_for, Build, Mesh, Rendered};
 use serde_json::Value;
 
 /// demo.yaml as the sidecar of a workload labelled `isogroup.io/group: feature-1`.
@@ -37,7 +39,13 @@ async fn node_label_group_is_stamped(build: Build) {
     let body: Value =
         mesh.request(&http(), "b").header("x-isogroup", "base").send().await.unwrap().json().await.unwrap();
     assert_eq!(chain(&body), "b@base > c@base");
-    assert!(mesh.envoy.log_text().contains(r#"workload group "feature-1" from the node label isogroup.io/group"#));
+    // Logged at configure, but Envoy writes its log file out on an interval
+    // (`--file-flush-interval-msec`): the line may follow the answers.
+    let line = r#"workload group "feature-1" from the node label isogroup.io/group"#;
+    wait_for("the node label's group in Envoy's log", Duration::from_secs(10), || async {
+        mesh.envoy.log_text().contains(line).then_some(())
+    })
+    .await;
 }
 
 async fn config_workload_group_wins_over_the_label(build: Build) {

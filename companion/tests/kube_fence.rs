@@ -189,8 +189,13 @@ async fn a_lane_added_while_b_led_is_routed_after_leadership_returns_to_a() {
         (a.serving().await && holder(&fake, NS, "isogroup-companion").as_deref() == Some("companion-a")).then_some(())
     })
     .await;
-    // After a resync or two, as A left them.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two of A's resyncs (`--resync-s 2`) later, as A left them: counted,
+    // not slept for, so a loaded machine cannot make the check come first.
+    let from = a.counter("kube_istio_resyncs").await.unwrap();
+    wait("two of A's resyncs", Duration::from_secs(20), async || {
+        (a.counter("kube_istio_resyncs").await? >= from + 2).then_some(())
+    })
+    .await;
     assert_eq!(subsets(&fake), ["base", LANE]);
     assert_eq!(routes(&fake), ["base", LANE]);
     assert_eq!(a.lanes().await.unwrap(), ["base", LANE]);

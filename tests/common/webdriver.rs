@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -148,18 +148,40 @@ impl Browser {
         .await
     }
 
+    /// Runs `act` on the element `css` selects. The console redraws a view
+    /// on every new table it polls: an element found just before a redraw
+    /// is stale when `act` reaches it (nothing was done to it), so it is
+    /// found again and `act` retried; any other error fails the test.
+    async fn on_element<T>(&self, css: &str, act: impl AsyncFn(&str) -> Result<T, String>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let id = self.find(css).await;
+            match act(&id).await {
+                Ok(v) => return v,
+                Err(e) if e.contains("stale element reference") && Instant::now() < deadline => {}
+                Err(e) => panic!("webdriver {e}"),
+            }
+        }
+    }
+
     pub async fn click(&self, css: &str) {
-        let id = self.find(css).await;
-        self.post(&format!("/element/{id}/click"), json!({})).await;
+        self.on_element(css, async |id| {
+            self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await.map(drop)
+        })
+        .await;
     }
 
     /// Clears the field, then types `text` into it.
     pub async fn fill(&self, css: &str, text: &str) {
-        let id = self.find(css).await;
-        self.post(&format!("/element/{id}/clear"), json!({})).await;
-        if !text.is_empty() {
-            self.post(&format!("/element/{id}/value"), json!({ "text": text })).await;
-        }
+        self.on_element(css, async |id| {
+            self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await?;
+            if !text.is_empty() {
+                let value = Some(json!({ "text": text }));
+                self.call(reqwest::Method::POST, &format!("/element/{id}/value"), value).await?;
+            }
+            Ok(())
+        })
+        .await;
     }
 
     /// Types keys into the focused element (e.g. "\u{E004}" is Tab, "\u{E007}" Enter).
@@ -174,8 +196,10 @@ impl Browser {
     }
 
     pub async fn text(&self, css: &str) -> String {
-        let id = self.find(css).await;
-        self.get(&format!("/element/{id}/text")).await.as_str().unwrap_or_default().to_owned()
+        let text = self
+            .on_element(css, async |id| self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None).await)
+            .await;
+        text.as_str().unwrap_or_default().to_owned()
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.

@@ -1602,7 +1602,10 @@ async fn a_replica_leads_only_with_working_watches() {
     let replica = Replica::start(&fake, "companion-a");
     // listing fails: it never takes the free Lease
     wait("a failed list", || (fake.lists(&services()) >= 2).then_some(())).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // several election rounds; nothing to poll for
+    // Every election round reads the Lease (every 100 ms): ten of them go
+    // by, counted rather than slept for.
+    let from = fake.gets(&leases());
+    wait("ten election rounds", || (fake.gets(&leases()) >= from + 10).then_some(())).await;
     assert!(!replica.store.is_leader());
     assert!(fake.get(&leases(), "isogroup-system", "isogroup-companion").is_none(), "no Lease taken");
     fake.fail(&services(), 0);
