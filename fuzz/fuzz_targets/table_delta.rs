@@ -67,8 +67,7 @@ const RULE_KEYS: &[&str] = &[
 /// The patch's three refusals, exactly as core words them.
 const NOT_HELD: (&str, &str) = ("base", "not the table held");
 const NOT_NEWER: (&str, &str) = ("version", "not newer than the delta's base");
-const BAD_REMOVE: (&str, &str) =
-    ("remove", "names a service the base does not have, or one in `set`, or out of order");
+const BAD_REMOVE: (&str, &str) = ("remove", "names a service the base does not have, or one in `set`, or out of order");
 
 /// Why the reference refuses a delta: it does not read (`Read`), or one of
 /// the patch's rules refuses it.
