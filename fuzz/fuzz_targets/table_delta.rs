@@ -3,7 +3,8 @@
 //! path (`RawDelta::from_json`, `delta::patch`, `delta::apply`) and the
 //! poller's one pass (`delta::read_onto`) accept and refuse alike and make
 //! the same table; `delta::catch_up` makes the same of the delta after its
-//! base's stamp and skips it after any other stamp.
+//! base's stamp and skips it after any other stamp. Under lower limits
+//! (which short inputs reach) every path refuses alike, naming the limit.
 //!
 //! The differential reference is written here over `serde_json::Value`, not
 //! core's reader: the SPEC's keys exactly at the top level and in `base`,
@@ -119,10 +120,81 @@ fn field<T: serde::de::DeserializeOwned>(value: Option<&Value>, default: T) -> R
     }
 }
 
+/// `data` with every number that is not an integer serde_json holds
+/// exactly (a fraction, an exponent, past i64 or u64) written `0.0`. Core
+/// checks a number's grammar and computes only the integers it reads, so it
+/// skips `1e400` in an unknown field where serde_json refuses it as out of
+/// range; no field core reads takes such a number (it refuses them, and
+/// serde refuses `0.0` there alike). Anything else is left as it is: a
+/// malformed document stays malformed.
+fn floats_zeroed(data: &[u8]) -> Vec<u8> {
+    let (mut out, mut at, mut in_string) = (Vec::with_capacity(data.len()), 0, false);
+    while let Some(&b) = data.get(at) {
+        if in_string {
+            out.push(b);
+            match b {
+                b'\\' => {
+                    out.extend(data.get(at + 1));
+                    at += 2;
+                    continue;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+            at += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let len =
+                data[at..].iter().take_while(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')).count();
+            let token = &data[at..at + len];
+            let exact = std::str::from_utf8(token).is_ok_and(|t| t.parse::<u64>().is_ok() || t.parse::<i64>().is_ok());
+            if is_json_number(token) && !exact {
+                out.extend_from_slice(b"0.0");
+            } else {
+                out.extend_from_slice(token);
+            }
+            at += len;
+            continue;
+        }
+        in_string = b == b'"';
+        out.push(b);
+        at += 1;
+    }
+    out
+}
+
+/// RFC 8259's number grammar, the whole of `token`.
+fn is_json_number(token: &[u8]) -> bool {
+    let digits = |t: &[u8]| t.iter().take_while(|c| c.is_ascii_digit()).count();
+    let t = token.strip_prefix(b"-").unwrap_or(token);
+    let int = digits(t);
+    if int == 0 || (int > 1 && t[0] == b'0') {
+        return false;
+    }
+    let mut t = &t[int..];
+    if let Some(rest) = t.strip_prefix(b".") {
+        let frac = digits(rest);
+        if frac == 0 {
+            return false;
+        }
+        t = &rest[frac..];
+    }
+    if let Some(rest) = t.strip_prefix(b"e").or_else(|| t.strip_prefix(b"E")) {
+        let rest = rest.strip_prefix(b"+").or_else(|| rest.strip_prefix(b"-")).unwrap_or(rest);
+        let exp = digits(rest);
+        if exp == 0 {
+            return false;
+        }
+        t = &rest[exp..];
+    }
+    t.is_empty()
+}
+
 /// The table `data` makes of `base` as the SPEC words a delta, with the
 /// unknown field names skipped inside it.
 fn reference(data: &[u8], base: &RawTable) -> Result<(RawTable, BTreeSet<String>), Refusal> {
-    let document: Value = serde_json::from_slice(data).map_err(read_err)?;
+    let document: Value = serde_json::from_slice(&floats_zeroed(data)).map_err(read_err)?;
     let top = document.as_object().ok_or_else(|| read_err("not an object"))?;
     if let Some(key) = top.keys().find(|k| !TOP_KEYS.contains(&k.as_str())) {
         return Err(read_err(format!("unknown key {key}")));
@@ -300,6 +372,23 @@ fn assert_same_unknown(core: &[String], reference: &BTreeSet<String>) {
     }
 }
 
+/// Whether `e` is a refusal for one of the limits `small_limits` lowers.
+fn is_limit(e: &TableError) -> bool {
+    match e {
+        TableError::TooManyBytes { field: "delta", .. } => true,
+        TableError::Json { path, message } => {
+            ["services", "groups", "services.*.clusters"].contains(&path.as_str())
+                && message.contains(" exceeds the limit of ")
+        }
+        _ => false,
+    }
+}
+
+/// Limits a short input reaches (the defaults are past the fuzzer's).
+fn small_limits() -> Limits {
+    Limits { max_services: 4, max_groups: 3, max_cluster_entries: 6, max_table_bytes: 600, ..Limits::default() }
+}
+
 fn held(version: u64, epoch: Option<&str>) -> Held {
     Held { version, epoch: epoch.map(str::to_owned) }
 }
@@ -348,11 +437,24 @@ fuzz_target!(|data: &[u8]| {
                 // given twice (the size limits are past the fuzzer's
                 // inputs).
                 if !matches!(theirs, Err(Refusal::Read(_))) {
-                    let twice = serde_json::from_slice::<NoDuplicateKeys>(data).is_err();
+                    let twice = serde_json::from_slice::<NoDuplicateKeys>(&floats_zeroed(data)).is_err();
                     assert!(twice, "core refuses a delta the reference reads ({theirs:?}): {e}");
                 }
             }
         }
+    }
+
+    // Lower limits refuse more, naming the limit, and accept the same: the
+    // limits are counted as the delta is read, alike on every path.
+    let small = small_limits();
+    let read_small = delta::read_onto(Some(base.clone()), data, &small);
+    let patched_small =
+        RawDelta::from_json(data, &small).and_then(|p| Ok((delta::patch(base.clone(), p.delta)?, p.unknown)));
+    assert_eq!(read_small, patched_small, "read_onto and from_json + patch differ under lower limits");
+    match (&read_small, &read) {
+        (Ok(_), _) => assert_eq!(read_small, read, "lower limits accept otherwise"),
+        (Err(e), Ok(_)) => assert!(is_limit(e), "lower limits refuse for another reason: {e}"),
+        (Err(e), Err(whole)) => assert!(e == whole || is_limit(e), "lower limits refuse otherwise: {e}"),
     }
 
     // 3. `catch_up`: after its base's stamp, as read; after another, skipped.
@@ -364,6 +466,7 @@ fuzz_target!(|data: &[u8]| {
     let mut after_base = Vec::new();
     delta::push_delta(&mut after_base, &stamp, data);
     assert_eq!(delta::catch_up(base.clone(), &after_base, &limits), read, "catch_up reads otherwise");
+    assert_eq!(delta::catch_up(base.clone(), &after_base, &small), read_small, "catch_up limits otherwise");
     let others = [
         held(base.version + 1, base.epoch.as_deref()),
         held(base.version, Some("1700000000001-ab")),
