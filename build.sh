@@ -640,7 +640,7 @@ fuzz() {
   local seconds=${1:-120} status=0
   ensure_cargo_fuzz
   mkdir -p "$RUN_DIR/fuzz"
-  for target in request_headers plugin_config route_table regex_differential; do
+  for target in request_headers plugin_config route_table table_delta regex_differential; do
     log "fuzz $target for $seconds s"
     mkdir -p "$RUN_DIR/fuzz/$target"
     if ! PATH="$PWD/.tools/bin:$PATH" cargo fuzz run -s none "$target" "$RUN_DIR/fuzz/$target" "fuzz/seeds/$target" -- \
