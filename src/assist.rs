@@ -96,10 +96,7 @@ pub fn apply<H: Host>(incoming: &mut Incoming<'_>, a: &Assist, vm: &Vm<H>) -> Se
 pub fn read_record(host: &impl Host, a: &Assist, trace: &[u8], hash: u64, now: u64) -> Option<Option<GroupName>> {
     let mut key = String::new();
     a.slot_key_to(hash, &mut key);
-    match host.shared_get(&key) {
-        Ok((Some(entry), _)) => assist::decode_entry(&entry, trace, now),
-        _ => None,
-    }
+    assist::decode_entry(&crate::host::shared_value(host, &key), trace, now)
 }
 
 fn listener_direction(host: &impl Host) -> Option<i64> {

@@ -87,3 +87,12 @@ pub trait Host: 'static {
     fn http_call_response_headers(&self) -> HostResult<HeaderMap>;
     fn http_call_response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>>;
 }
+
+/// A shared-data value; none, or a failed read: empty (one body for every
+/// read that needs no CAS and takes an empty value as none).
+pub fn shared_value(host: &impl Host, key: &str) -> Vec<u8> {
+    match host.shared_get(key) {
+        Ok((Some(value), _)) => value,
+        _ => Vec::new(),
+    }
+}

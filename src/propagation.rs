@@ -227,9 +227,7 @@ impl Reports {
                 // the trace's assist slot, which lives for the assist's ttl.
                 slot_reads += 1;
                 assist.slot_key_to(hash, &mut slot_key);
-                if let Ok((Some(entry), _)) = host.shared_get(&slot_key) {
-                    class = carried_entry(&entry, trace, group, at);
-                }
+                class = carried_entry(&crate::host::shared_value(host, &slot_key), trace, group, at);
             }
             if let (Some(class), Ok(destination)) = (class, core::str::from_utf8(destination)) {
                 self.count(&vm.metrics, destination, class);

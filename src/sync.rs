@@ -42,7 +42,7 @@ pub use isogroup_core::epoch::Held;
 use isogroup_core::text::{text_of, Hex};
 use isogroup_core::{CompanionSource, RawTable, Source, Table, TableError};
 
-use crate::host::{Host, HostError};
+use crate::host::{shared_value, Host, HostError};
 use crate::metrics::{Counter, Gauge};
 use crate::vm::Vm;
 
@@ -186,10 +186,7 @@ impl Follower {
         }
         // Until the companion first answers, the age counts from configure:
         // an Envoy that never reached it must not look fresh.
-        let ok_at = match vm.host.shared_get(&self.keys.ok_at) {
-            Ok((Some(at), _)) => parse_u64(&at).unwrap_or(vm.configured_ms),
-            _ => vm.configured_ms,
-        };
+        let ok_at = parse_u64(&shared_value(&vm.host, &self.keys.ok_at)).unwrap_or(vm.configured_ms);
         vm.metrics.set(&vm.host, Gauge::TableAgeSeconds, now.saturating_sub(ok_at) / 1000);
         if self.in_flight.is_none() && now >= self.next_poll_ms {
             self.poll(vm, now);
@@ -201,17 +198,13 @@ impl Follower {
 
     /// The process-wide stamp for this source, if any.
     fn shared<H: Host>(&self, vm: &Vm<H>) -> Option<Held> {
-        let (value, _) = vm.host.shared_get(&self.keys.stamp).ok()?;
-        Held::decode(&value?)
+        Held::decode(&shared_value(&vm.host, &self.keys.stamp))
     }
 
     /// The deltas shared after the last whole table (none: empty).
     #[cfg(feature = "table-deltas")]
     fn shared_deltas<H: Host>(&self, vm: &Vm<H>) -> Vec<u8> {
-        match vm.host.shared_get(&self.keys.deltas) {
-            Ok((Some(deltas), _)) => deltas,
-            _ => Vec::new(),
-        }
+        shared_value(&vm.host, &self.keys.deltas)
     }
 
     /// Installs a newer process-wide table in this VM: the shared delta
@@ -236,7 +229,10 @@ impl Follower {
         let read = match own.filter(|(raw, _)| same((raw.version, &raw.epoch), (shared.version, &shared.epoch))) {
             Some(own) => Ok(own),
             None => {
-                let Ok((Some(bytes), _)) = vm.host.shared_get(&self.keys.table) else { return };
+                let bytes = shared_value(&vm.host, &self.keys.table);
+                if bytes.is_empty() {
+                    return;
+                }
                 let read = RawTable::from_companion_json(&bytes, limits);
                 // Freed before compiling: a wasm VM's linear memory keeps its peak.
                 drop(bytes);
