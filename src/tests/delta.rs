@@ -9,7 +9,7 @@ use isogroup_test_support::table_changes::{diff, first_table, mutate, Rng};
 use serde_json::{json, Map, Value};
 
 use super::sync::{answer, installed, last_path, table_in};
-use super::{companion_config, configured};
+use super::{companion_config, configured, poller_and_worker};
 use crate::fake_host::{FakeHost, Process};
 use crate::host::Host;
 use crate::proxy::RootContext;
@@ -54,10 +54,7 @@ fn v100() -> Value {
 
 #[test]
 fn a_delta_is_applied_by_the_poller_shared_after_the_whole_and_applied_by_every_vm_on_its_base() {
-    let process = Process::new();
-    let config = companion_config("companion");
-    let (mut poller, host) = configured(&process, &config);
-    let (mut worker, _) = configured(&process, &config);
+    let (process, mut poller, host, mut worker) = poller_and_worker();
     poller.on_tick();
     assert_eq!(last_path(&host), "/v1/table", "nothing held: no delta asked");
     let old = v100();
@@ -88,7 +85,7 @@ fn a_delta_is_applied_by_the_poller_shared_after_the_whole_and_applied_by_every_
     // A VM not on the base (new here, nothing installed) compiles the whole
     // brought on by the delta.
     host.shared_set(&keys.table, &whole, None).unwrap();
-    let (mut late, _) = configured(&process, &config);
+    let (mut late, _) = configured(&process, &companion_config("companion"));
     late.on_tick();
     assert_eq!(compiled(&late), compiled_whole(&new));
     poller.on_tick(); // flushes its counters

@@ -51,6 +51,16 @@ pub fn configured(process: &Rc<Process>, config: &str) -> (Root<FakeHost>, FakeH
     (root, host)
 }
 
+/// A poller and a worker of one companion source on a new process (neither
+/// ticked yet): the process, the poller and its host, the worker.
+pub fn poller_and_worker() -> (Rc<Process>, Root<FakeHost>, FakeHost, Root<FakeHost>) {
+    let process = Process::new();
+    let config = companion_config("companion");
+    let (poller, host) = configured(&process, &config);
+    let (worker, _) = configured(&process, &config);
+    (process, poller, host, worker)
+}
+
 /// One request through a new HTTP context: the action and the context (for
 /// the response side).
 pub fn send(root: &mut Root<FakeHost>, host: &FakeHost, headers: &[(&str, &str)]) -> (Action, Box<dyn HttpContext>) {

@@ -3,7 +3,7 @@
 
 use crate::proxy::{Context, RootContext};
 
-use super::{companion_config, configured, TABLE};
+use super::{companion_config, configured, poller_and_worker, TABLE};
 use crate::fake_host::{Call, FakeHost, Process};
 use crate::root::Root;
 use crate::sync::{backoff_ms, BACKOFF_MAX_MS, BACKOFF_MIN_MS, LEASE_TTL_MS};
@@ -240,10 +240,7 @@ pub(super) fn table_in(epoch: &str, version: u64) -> String {
 
 #[test]
 fn a_reseeded_store_wins_back_and_a_lagging_replica_never_takes_back() {
-    let process = Process::new();
-    let config = companion_config("companion");
-    let (mut poller, host) = configured(&process, &config);
-    let (mut worker, _) = configured(&process, &config);
+    let (_process, mut poller, host, mut worker) = poller_and_worker();
     poller.on_tick();
     answer(&mut poller, &host, &[(":status", "200")], &table_in("1000-aa", 100));
     worker.on_tick();
@@ -382,10 +379,7 @@ fn a_lease_value_of_any_bytes_has_a_clear_outcome() {
 /// one) does not set the gauge back, and installs the newer table next tick.
 #[test]
 fn a_table_replaced_while_a_vm_compiles_it_does_not_set_the_version_gauge_back() {
-    let process = Process::new();
-    let config = companion_config("companion");
-    let (mut poller, host) = configured(&process, &config);
-    let (mut worker, _) = configured(&process, &config);
+    let (process, mut poller, host, mut worker) = poller_and_worker();
     poller.on_tick();
     worker.on_tick();
     answer(&mut poller, &host, &[(":status", "200")], &table(11));
